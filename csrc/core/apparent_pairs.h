@@ -1,0 +1,110 @@
+// Implicit coboundaries of edges and the apparent-pair test, shared by CPU and GPU.
+//
+// The coboundary of an edge {i > j} is the set of triangles {i, j, k}; it is never stored, only
+// enumerated from the distance matrix. An edge e and a triangle t form an apparent pair when t
+// is e's earliest cofacet and e is t's latest facet (both in filtration order) and they have
+// the same diameter. Apparent pairs are persistence pairs of zero persistence, so their columns
+// need no reduction: on the GPU every edge is tested by its own thread.
+#pragma once
+
+#include "common.h"
+
+namespace tsl {
+
+// Diameter of the triangle {i, j, k} given the diameter of the edge {i, j}.
+template <typename T>
+TSL_HD T cofacet_diameter(const DistanceMatrix<T>& d, T edge_diameter, index_t i, index_t j,
+                          index_t k) {
+  T a = d(i, k), b = d(j, k);
+  T m = a > b ? a : b;
+  return m > edge_diameter ? m : edge_diameter;
+}
+
+// Triangle index of {i, j, k} for an edge i > j and a third vertex k.
+TSL_HD index_t cofacet_index(index_t i, index_t j, index_t k) {
+  if (k > i) return triangle_index(k, i, j);
+  if (k > j) return triangle_index(i, k, j);
+  return triangle_index(i, j, k);
+}
+
+// Earliest cofacet (in filtration order) of the edge {i > j} among triangles of diameter
+// <= threshold; {.., -1} if none. Cofacets are visited in decreasing index, so the first one
+// whose diameter equals the edge's cannot be beaten and ends the scan (Ripser's shortcut).
+template <typename T>
+TSL_HD Entry<T> earliest_cofacet(const DistanceMatrix<T>& d, index_t i, index_t j,
+                                 T edge_diameter, T threshold) {
+  Entry<T> best{T(0), -1};
+  const T* ri = d.row(i);
+  const T* rj = d.row(j);
+  for (index_t k = d.n - 1; k >= 0; --k) {
+    if (k == i || k == j) continue;
+    T a = ri[k], b = rj[k];
+    T diam = a > b ? a : b;
+    diam = diam > edge_diameter ? diam : edge_diameter;
+    if (diam > threshold) continue;
+    if (best.index < 0 || diam < best.diameter) {
+      best.diameter = diam;
+      best.index = cofacet_index(i, j, k);
+      if (diam == edge_diameter) break;
+    }
+  }
+  return best;
+}
+
+// Latest facet (in filtration order) of the triangle {a > b > c}: the longest edge; among
+// equally long edges the one of smallest index, i.e. {b,c} before {a,c} before {a,b}.
+template <typename T>
+TSL_HD Entry<T> latest_facet(const DistanceMatrix<T>& d, index_t a, index_t b, index_t c) {
+  T dbc = d(b, c), dac = d(a, c), dab = d(a, b);
+  Entry<T> best{dbc, edge_index(b, c)};
+  if (dac > best.diameter) best = Entry<T>{dac, edge_index(a, c)};
+  if (dab > best.diameter) best = Entry<T>{dab, edge_index(a, b)};
+  return best;
+}
+
+template <typename T>
+TSL_HD Entry<T> latest_facet(const DistanceMatrix<T>& d, index_t triangle) {
+  index_t a, b, c;
+  triangle_vertices(triangle, d.n, &a, &b, &c);
+  return latest_facet(d, a, b, c);
+}
+
+// The longest edge of a triangle as a vertex pair (u < v): the edge whose length is the
+// triangle's diameter, and so the edge that carries the gradient of an H1 death.
+template <typename T>
+TSL_HD void death_edge(const DistanceMatrix<T>& d, index_t triangle, index_t* u, index_t* v) {
+  Entry<T> f = latest_facet(d, triangle);
+  index_t i, j;
+  edge_vertices(f.index, d.n, &i, &j);
+  *u = j;
+  *v = i;
+}
+
+// If the edge {i > j} (diameter de) is the facet of a zero-persistence apparent pair, returns
+// its partner triangle; otherwise {.., -1}.
+template <typename T>
+TSL_HD Entry<T> apparent_cofacet(const DistanceMatrix<T>& d, index_t i, index_t j, T de,
+                                 T threshold) {
+  Entry<T> t = earliest_cofacet(d, i, j, de, threshold);
+  if (t.index >= 0 && t.diameter == de) {
+    Entry<T> f = latest_facet(d, t.index);
+    if (f.index == edge_index(i, j)) return t;
+  }
+  return Entry<T>{T(0), -1};
+}
+
+// If the triangle t is the cofacet of a zero-persistence apparent pair, returns its partner
+// edge; otherwise {.., -1}.
+template <typename T>
+TSL_HD Entry<T> apparent_facet(const DistanceMatrix<T>& d, Entry<T> t, T threshold) {
+  Entry<T> f = latest_facet(d, t.index);
+  if (f.diameter == t.diameter) {
+    index_t i, j;
+    edge_vertices(f.index, d.n, &i, &j);
+    Entry<T> back = earliest_cofacet(d, i, j, f.diameter, threshold);
+    if (back.index == t.index) return f;
+  }
+  return Entry<T>{T(0), -1};
+}
+
+}  // namespace tsl

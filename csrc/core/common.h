@@ -1,0 +1,122 @@
+// Shared, torch-free definitions for the Vietoris–Rips engine.
+//
+// Everything here compiles as plain C++17 on the host and as CUDA device code under nvcc, so the
+// CPU tests exercise exactly the rules the GPU kernels run: the filtration order, the
+// combinatorial number system and the cofacet/facet queries that define apparent pairs.
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define TSL_HD __host__ __device__ __forceinline__
+#else
+#define TSL_HD inline
+#endif
+
+namespace tsl {
+
+using index_t = int64_t;
+
+// Status codes returned by per-cloud routines that run with caller-provided, fixed-capacity
+// workspaces (the GPU cannot grow memory mid-kernel; the CPU grows and retries).
+enum Status : int32_t {
+  kOk = 0,
+  kHeapFull = 1,
+  kPivotTableFull = 2,
+  kReductionArenaFull = 3,
+  kPairsFull = 4,
+};
+
+// Largest cloud the engine accepts. Triangle indices C(n,3) stay far inside int64 and the
+// O(n^2) distance matrix of one cloud stays in the tens of MB.
+constexpr index_t kMaxPoints = 4096;
+
+// ---- Combinatorial number system (Ripser's simplex indexing) ---------------------------------
+// An edge {i > j} has index C(i,2) + j; a triangle {a > b > c} has index C(a,3) + C(b,2) + c.
+// Ordering by index is the colexicographic order of vertex sets.
+
+TSL_HD index_t choose2(index_t n) { return n * (n - 1) / 2; }
+TSL_HD index_t choose3(index_t n) { return n * (n - 1) * (n - 2) / 6; }
+
+TSL_HD index_t edge_index(index_t i, index_t j) {
+  // Accepts either argument order.
+  return i > j ? choose2(i) + j : choose2(j) + i;
+}
+
+TSL_HD index_t triangle_index(index_t a, index_t b, index_t c) {
+  // Requires a > b > c.
+  return choose3(a) + choose2(b) + c;
+}
+
+// Largest v with choose(v) <= idx, searched in [lo, hi]. Used to decode indices; the ranges are
+// small (v < n <= kMaxPoints), so a binary search is exact and cheap on both sides.
+template <typename ChooseFn>
+TSL_HD index_t largest_vertex(index_t idx, index_t lo, index_t hi, ChooseFn choose) {
+  while (lo < hi) {
+    index_t mid = (lo + hi + 1) / 2;
+    if (choose(mid) <= idx) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+struct Choose2 { TSL_HD index_t operator()(index_t v) const { return choose2(v); } };
+struct Choose3 { TSL_HD index_t operator()(index_t v) const { return choose3(v); } };
+
+TSL_HD void edge_vertices(index_t idx, index_t n, index_t* i, index_t* j) {
+  *i = largest_vertex(idx, 1, n - 1, Choose2());
+  *j = idx - choose2(*i);
+}
+
+TSL_HD void triangle_vertices(index_t idx, index_t n, index_t* a, index_t* b, index_t* c) {
+  *a = largest_vertex(idx, 2, n - 1, Choose3());
+  idx -= choose3(*a);
+  *b = largest_vertex(idx, 1, *a - 1, Choose2());
+  *c = idx - choose2(*b);
+}
+
+// ---- Filtration order -----------------------------------------------------------------------
+// Simplices of one dimension are ordered by diameter, then by *decreasing* index (Ripser's
+// "reverse colexicographic" refinement). This strict total order makes the minimum spanning
+// tree, the persistence pairing and every reported edge unique, and equal to ripser.py's.
+
+template <typename T>
+struct Entry {
+  T diameter;
+  index_t index;  // -1: no simplex
+};
+
+template <typename T>
+TSL_HD bool filtration_less(T da, index_t ia, T db, index_t ib) {
+  return da < db || (da == db && ia > ib);
+}
+
+template <typename T>
+TSL_HD bool filtration_less(const Entry<T>& a, const Entry<T>& b) {
+  return filtration_less(a.diameter, a.index, b.diameter, b.index);
+}
+
+// A dense, row-major, symmetric N x N distance matrix of one cloud.
+template <typename T>
+struct DistanceMatrix {
+  const T* data;
+  index_t n;
+  TSL_HD T operator()(index_t i, index_t j) const { return data[i * n + j]; }
+  TSL_HD const T* row(index_t i) const { return data + i * n; }
+};
+
+// Enclosing radius: min_i max_j d(i, j). At that scale the Rips complex is a cone over the
+// vertex attaining it, so every H1 class has died by then and larger simplices only form
+// zero-persistence pairs. Restricting the complex to it changes no reported pair.
+template <typename T>
+TSL_HD T enclosing_radius(const DistanceMatrix<T>& d) {
+  T best = T(0);
+  for (index_t i = 0; i < d.n; ++i) {
+    T row_max = T(0);
+    const T* r = d.row(i);
+    for (index_t j = 0; j < d.n; ++j) row_max = r[j] > row_max ? r[j] : row_max;
+    if (i == 0 || row_max < best) best = row_max;
+  }
+  return best;
+}
+
+}  // namespace tsl

@@ -1,0 +1,330 @@
+// H1 of a Rips filtration by cohomology reduction over Z/2 (Ripser's recipe).
+//
+// Columns are the edges that are neither spanning-tree edges (cleared: they are H0 deaths) nor
+// facets of zero-persistence apparent pairs, visited in reverse filtration order. A column's
+// coboundary is enumerated implicitly from the distance matrix into a heap; the heap's earliest
+// entry is the pivot. Only the reduction matrix V (which edges were summed) is stored, and a
+// pivot already owned by an earlier column is eliminated by re-enumerating that column's V.
+//
+// All memory is caller-provided with fixed capacities, because a CUDA thread cannot allocate:
+// routines return a Status, the CPU grows the full buffer and retries, the GPU reports it.
+#pragma once
+
+#include <math.h>
+
+#include "apparent_pairs.h"
+
+namespace tsl {
+
+template <typename T>
+struct H1Column {
+  T diameter;
+  index_t i, j;  // i > j
+};
+
+// Columns are reduced in reverse filtration order.
+template <typename T>
+TSL_HD bool column_before(const H1Column<T>& a, const H1Column<T>& b) {
+  return filtration_less(b.diameter, edge_index(b.i, b.j), a.diameter, edge_index(a.i, a.j));
+}
+
+template <typename T>
+struct H1Pair {
+  T birth, death;
+  index_t birth_edge;      // edge index
+  index_t death_triangle;  // triangle index; -1 for a class that never dies
+};
+
+// Reported H1 bars are ordered by decreasing persistence; ties by reverse filtration order of
+// the birth edge (the order the reduction finds them), which birth edges make total.
+template <typename T>
+TSL_HD bool h1_pair_before(const H1Pair<T>& a, const H1Pair<T>& b) {
+  T pa = a.death - a.birth, pb = b.death - b.birth;
+  if (pa != pb) return pa > pb;
+  return filtration_less(b.birth, b.birth_edge, a.birth, a.birth_edge);
+}
+
+// ---- A binary heap in filtration order, over a caller's array --------------------------------
+template <typename T>
+struct EntryHeap {
+  Entry<T>* data;
+  index_t size;
+  index_t capacity;
+
+  TSL_HD static bool before(const Entry<T>& a, const Entry<T>& b) { return filtration_less(a, b); }
+
+  TSL_HD void sift_down(index_t pos, index_t end) {
+    Entry<T> x = data[pos];
+    for (;;) {
+      index_t child = 2 * pos + 1;
+      if (child >= end) break;
+      if (child + 1 < end && before(data[child + 1], data[child])) ++child;
+      if (!before(data[child], x)) break;
+      data[pos] = data[child];
+      pos = child;
+    }
+    data[pos] = x;
+  }
+
+  // Drops cancelling pairs (Z/2) in place. Heapsort leaves the array in reverse order; equal
+  // entries are then adjacent; reversing the survivors gives a sorted array, itself a heap.
+  TSL_HD void compact() {
+    for (index_t k = size - 1; k > 0; --k) {
+      Entry<T> t = data[0];
+      data[0] = data[k];
+      data[k] = t;
+      sift_down(0, k);
+    }
+    index_t out = 0;
+    for (index_t k = 0; k < size;) {
+      index_t run = k + 1;
+      while (run < size && data[run].index == data[k].index) ++run;
+      if ((run - k) & 1) data[out++] = data[k];
+      k = run;
+    }
+    for (index_t a = 0, b = out - 1; a < b; ++a, --b) {
+      Entry<T> t = data[a];
+      data[a] = data[b];
+      data[b] = t;
+    }
+    size = out;
+  }
+
+  TSL_HD bool push(Entry<T> e) {
+    if (size == capacity) {
+      compact();
+      if (size == capacity) return false;
+    }
+    index_t pos = size++;
+    while (pos > 0) {
+      index_t parent = (pos - 1) / 2;
+      if (!before(e, data[parent])) break;
+      data[pos] = data[parent];
+      pos = parent;
+    }
+    data[pos] = e;
+    return true;
+  }
+
+  TSL_HD Entry<T> pop() {
+    Entry<T> top = data[0];
+    data[0] = data[--size];
+    if (size > 0) sift_down(0, size);
+    return top;
+  }
+
+  // The earliest entry of the Z/2 sum the heap represents, left in the heap; {.., -1} if zero.
+  TSL_HD Entry<T> pivot() {
+    while (size > 0) {
+      Entry<T> top = pop();
+      if (size > 0 && data[0].index == top.index) {
+        pop();
+        continue;
+      }
+      push(top);  // room is guaranteed: one entry was just popped
+      return top;
+    }
+    return Entry<T>{T(0), -1};
+  }
+};
+
+// A heap of edge indices (any fixed order serves: it only gathers equal entries to cancel).
+struct IndexHeap {
+  index_t* data;
+  index_t size;
+  index_t capacity;
+
+  TSL_HD bool push(index_t v) {
+    if (size == capacity) return false;
+    index_t pos = size++;
+    while (pos > 0) {
+      index_t parent = (pos - 1) / 2;
+      if (data[parent] <= v) break;
+      data[pos] = data[parent];
+      pos = parent;
+    }
+    data[pos] = v;
+    return true;
+  }
+
+  TSL_HD index_t pop() {
+    index_t top = data[0];
+    index_t x = data[--size];
+    index_t pos = 0;
+    for (;;) {
+      index_t child = 2 * pos + 1;
+      if (child >= size) break;
+      if (child + 1 < size && data[child + 1] < data[child]) ++child;
+      if (data[child] >= x) break;
+      data[pos] = data[child];
+      pos = child;
+    }
+    if (size > 0) data[pos] = x;
+    return top;
+  }
+};
+
+// Open-addressing map from a pivot triangle to the slot of the column that owns it.
+struct PivotTable {
+  index_t* keys;   // -1: empty
+  index_t* slots;
+  index_t capacity;  // a power of two
+  index_t size;
+
+  TSL_HD index_t hash(index_t key) const {
+    uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull;
+    return (index_t)(h >> 17) & (capacity - 1);
+  }
+  TSL_HD void clear() {
+    for (index_t k = 0; k < capacity; ++k) keys[k] = -1;
+    size = 0;
+  }
+  TSL_HD index_t find(index_t key) const {
+    for (index_t h = hash(key);; h = (h + 1) & (capacity - 1)) {
+      if (keys[h] == key) return slots[h];
+      if (keys[h] < 0) return -1;
+    }
+  }
+  TSL_HD bool insert(index_t key, index_t slot) {
+    if (2 * (size + 1) > capacity) return false;  // keep probes short
+    index_t h = hash(key);
+    while (keys[h] >= 0) h = (h + 1) & (capacity - 1);
+    keys[h] = key;
+    slots[h] = slot;
+    ++size;
+    return true;
+  }
+};
+
+// Everything one cloud's reduction needs, all caller-owned.
+template <typename T>
+struct H1Workspace {
+  EntryHeap<T> coboundary;  // the working column's coboundary
+  IndexHeap reduction;      // the working column of V
+  PivotTable pivots;
+  index_t* v_start;  // per slot: where its V column starts in v_arena
+  index_t* v_length;
+  index_t slot_capacity;
+  index_t* v_arena;
+  index_t arena_capacity;
+  index_t arena_size;
+  index_t slots_used;
+};
+
+template <typename T>
+TSL_HD bool push_coboundary(const DistanceMatrix<T>& d, index_t edge, T threshold,
+                            EntryHeap<T>& heap) {
+  index_t i, j;
+  edge_vertices(edge, d.n, &i, &j);
+  T de = d(i, j);
+  const T* ri = d.row(i);
+  const T* rj = d.row(j);
+  for (index_t k = d.n - 1; k >= 0; --k) {
+    if (k == i || k == j) continue;
+    T a = ri[k], b = rj[k];
+    T diam = a > b ? a : b;
+    diam = diam > de ? diam : de;
+    if (diam > threshold) continue;
+    if (!heap.push(Entry<T>{diam, cofacet_index(i, j, k)})) return false;
+  }
+  return true;
+}
+
+// Add the column whose V is {edges} to the working column.
+template <typename T>
+TSL_HD Status add_column(const DistanceMatrix<T>& d, const index_t* edges, index_t count,
+                         T threshold, H1Workspace<T>& ws) {
+  for (index_t k = 0; k < count; ++k) {
+    if (!ws.reduction.push(edges[k])) return kHeapFull;
+    if (!push_coboundary(d, edges[k], threshold, ws.coboundary)) return kHeapFull;
+  }
+  return kOk;
+}
+
+// Store the working V column (Z/2-cancelled) as the owner of `pivot`.
+template <typename T>
+TSL_HD Status store_column(Entry<T> pivot, H1Workspace<T>& ws) {
+  if (ws.slots_used == ws.slot_capacity) return kPivotTableFull;
+  index_t slot = ws.slots_used;
+  index_t start = ws.arena_size;
+  IndexHeap& v = ws.reduction;
+  while (v.size > 0) {
+    index_t e = v.pop();
+    if (v.size > 0 && v.data[0] == e) {
+      v.pop();
+      continue;
+    }
+    if (ws.arena_size == ws.arena_capacity) return kReductionArenaFull;
+    ws.v_arena[ws.arena_size++] = e;
+  }
+  if (!ws.pivots.insert(pivot.index, slot)) return kPivotTableFull;
+  ws.v_start[slot] = start;
+  ws.v_length[slot] = ws.arena_size - start;
+  ++ws.slots_used;
+  return kOk;
+}
+
+// Reduce `columns` (already in reverse filtration order, apparent-pair facets removed) and
+// append every pair of nonzero persistence to `pairs`. `threshold` is the enclosing radius.
+template <typename T>
+TSL_HD Status reduce_h1(const DistanceMatrix<T>& d, const H1Column<T>* columns,
+                        index_t num_columns, T threshold, H1Workspace<T>& ws, H1Pair<T>* pairs,
+                        index_t pair_capacity, index_t* num_pairs) {
+  ws.pivots.clear();
+  ws.arena_size = 0;
+  ws.slots_used = 0;
+  *num_pairs = 0;
+  for (index_t c = 0; c < num_columns; ++c) {
+    const H1Column<T> col = columns[c];
+    const index_t e = edge_index(col.i, col.j);
+
+    // Emergent pair: the unreduced pivot has the column's own diameter and nobody owns it, so
+    // the column is already reduced and the pair has zero persistence.
+    Entry<T> first = earliest_cofacet(d, col.i, col.j, col.diameter, threshold);
+    if (first.index >= 0 && first.diameter == col.diameter &&
+        ws.pivots.find(first.index) < 0 && apparent_facet(d, first, threshold).index < 0) {
+      ws.reduction.size = 0;
+      ws.reduction.push(e);
+      Status s = store_column(first, ws);
+      if (s != kOk) return s;
+      continue;
+    }
+
+    ws.coboundary.size = 0;
+    ws.reduction.size = 0;
+    Status s = add_column(d, &e, 1, threshold, ws);
+    if (s != kOk) return s;
+    for (;;) {
+      Entry<T> pivot = ws.coboundary.pivot();
+      if (pivot.index < 0) {
+        // Unreachable below the enclosing radius (the complex there is a cone); kept so that a
+        // class that never dies is reported rather than lost.
+        if (*num_pairs == pair_capacity) return kPairsFull;
+        pairs[(*num_pairs)++] = H1Pair<T>{col.diameter, T(INFINITY), e, -1};
+        break;
+      }
+      index_t slot = ws.pivots.find(pivot.index);
+      if (slot >= 0) {
+        s = add_column(d, ws.v_arena + ws.v_start[slot], ws.v_length[slot], threshold, ws);
+        if (s != kOk) return s;
+        continue;
+      }
+      Entry<T> f = apparent_facet(d, pivot, threshold);
+      if (f.index >= 0) {
+        s = add_column(d, &f.index, 1, threshold, ws);
+        if (s != kOk) return s;
+        continue;
+      }
+      if (pivot.diameter > col.diameter) {
+        if (*num_pairs == pair_capacity) return kPairsFull;
+        pairs[(*num_pairs)++] = H1Pair<T>{col.diameter, pivot.diameter, e, pivot.index};
+      }
+      s = store_column(pivot, ws);
+      if (s != kOk) return s;
+      break;
+    }
+  }
+  return kOk;
+}
+
+}  // namespace tsl

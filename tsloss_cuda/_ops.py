@@ -1,0 +1,81 @@
+"""Fake (meta) kernels and autograd for the `tsloss_cuda` ops registered in C++.
+
+Shapes depend only on input shapes and the capacity argument, never on values, which is what
+lets the ops run under torch.compile and with no host synchronisation.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loads the TORCH_LIBRARY registrations)
+
+ops = torch.ops.tsloss_cuda
+
+
+@torch.library.register_fake("tsloss_cuda::pairwise_distance")
+def _pairwise_distance_fake(x: torch.Tensor) -> torch.Tensor:
+    torch._check(x.dim() == 3, lambda: f"pairwise_distance: x must be (B, N, D), got {tuple(x.shape)}")
+    return x.new_empty((x.shape[0], x.shape[1], x.shape[1]))
+
+
+@torch.library.register_fake("tsloss_cuda::vr_persistence")
+def _vr_persistence_fake(x, maxdim, distances, max_h1):
+    torch._check(x.dim() == 3, lambda: f"vr_persistence: x must be 3-D, got {tuple(x.shape)}")
+    b, n = x.shape[0], x.shape[1]
+    h0 = max(n - 1, 0) if isinstance(n, int) else n - 1
+    k = max_h1 if maxdim >= 1 else 0
+    long = dict(dtype=torch.int64, device=x.device)
+    return (
+        x.new_empty((b, h0, 2)),
+        torch.empty((b, h0, 2), **long),
+        x.new_empty((b, k, 2)),
+        torch.empty((b, k, 4), **long),
+        torch.empty((b,), **long),
+        torch.empty((b,), dtype=torch.bool, device=x.device),
+    )
+
+
+@torch.library.register_fake("tsloss_cuda::vr_persistence_backward")
+def _vr_persistence_backward_fake(grad_h0, grad_h1, x, h0_edges, h1_edges, distances):
+    return torch.empty_like(x)
+
+
+# ---- autograd -------------------------------------------------------------------------------
+
+def _pairwise_distance_setup(ctx, inputs, output):
+    (x,) = inputs
+    ctx.save_for_backward(x, output)
+
+
+def _pairwise_distance_backward(ctx, grad):
+    x, dist = ctx.saved_tensors
+    # d d_ij / d x_i = (x_i - x_j) / d_ij; the diagonal and coincident points contribute nothing.
+    w = (grad + grad.transpose(1, 2)) / torch.where(dist > 0, dist, torch.ones_like(dist))
+    w = torch.where(dist > 0, w, torch.zeros_like(w))
+    return w.sum(-1, keepdim=True) * x - torch.bmm(w, x)
+
+
+torch.library.register_autograd(
+    "tsloss_cuda::pairwise_distance", _pairwise_distance_backward,
+    setup_context=_pairwise_distance_setup)
+
+
+def _vr_persistence_setup(ctx, inputs, output):
+    x, _maxdim, distances, _max_h1 = inputs
+    _h0, h0_edges, _h1, h1_edges, _count, _trunc = output
+    ctx.distances = distances
+    ctx.save_for_backward(x, h0_edges, h1_edges)
+
+
+def _vr_persistence_backward(ctx, grad_h0, grad_h1, *_unused):
+    x, h0_edges, h1_edges = ctx.saved_tensors
+    if grad_h0 is None:
+        grad_h0 = x.new_zeros(h0_edges.shape)
+    if grad_h1 is None:
+        grad_h1 = x.new_zeros(h1_edges.shape[:-1] + (2,))
+    grad = ops.vr_persistence_backward(grad_h0, grad_h1, x, h0_edges, h1_edges, ctx.distances)
+    return grad, None, None, None
+
+
+torch.library.register_autograd(
+    "tsloss_cuda::vr_persistence", _vr_persistence_backward, setup_context=_vr_persistence_setup)
