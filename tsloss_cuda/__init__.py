@@ -6,7 +6,11 @@ Public API:
     loss(prompts, ...)                     TSLoss
     TSLoss(...)                            stateful module (keeps the previous diagram)
 """
+from .loss import PromptTopology, TSLoss, loss
 from .persistence import Diagrams, default_max_h1, pairwise_distance, vr_persistence
 
-__all__ = ["Diagrams", "default_max_h1", "pairwise_distance", "vr_persistence"]
+__all__ = [
+    "Diagrams", "PromptTopology", "TSLoss", "default_max_h1", "loss", "pairwise_distance",
+    "vr_persistence",
+]
 __version__ = "0.1.0"

@@ -67,7 +67,7 @@ def _vr_persistence_setup(ctx, inputs, output):
     ctx.save_for_backward(x, h0_edges, h1_edges)
 
 
-def _vr_persistence_backward(ctx, grad_h0, grad_h1, *_unused):
+def _vr_persistence_backward(ctx, grad_h0, _grad_h0_edges, grad_h1, *_grad_integer_outputs):
     x, h0_edges, h1_edges = ctx.saved_tensors
     if grad_h0 is None:
         grad_h0 = x.new_zeros(h0_edges.shape)

@@ -1,0 +1,212 @@
+"""TSLoss: the Topological Soft Prompt Loss.
+
+The paper (arXiv 2602.16500) rewards a prompt whose Vietoris–Rips topology is connected and
+compact (H0), free of redundant loops (H1) and stable over training, without a formula we can
+read. This is *our* definition. For a prompt P of N points with diagram (H0, H1):
+
+* scale ``s``: the mean pairwise distance of P (``normalize="mean"``, differentiable, so that
+  shrinking the whole prompt cannot trivially win) or 1 (``normalize="none"``);
+* connectivity: mean over H0 deaths δ of ``δ/s`` (``connectivity_mode="total"``) or of
+  ``|δ/s − τ|`` (``"target"``: pulls components to a common scale, as Hofer et al. 2019);
+* redundancy: ``Σ_{H1 bars} ((death − birth)/s)^p``;
+* stability: mean squared difference between the sorted H0 deaths/s of this call and of the
+  previous one, plus the same for the sorted, zero-padded H1 persistences/s; 0 on a first call.
+
+``TSLoss = connectivity·C + redundancy·R + stability·S`` per prompt, then reduced over the batch.
+Everything stays on the prompt's device; nothing synchronises with the host.
+"""
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional, Tuple, Union
+
+import torch
+
+from .persistence import default_max_h1, pairwise_distance, vr_persistence
+
+_NORMALIZE = ("mean", "none")
+_MODES = ("total", "target")
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class PromptTopology(NamedTuple):
+    """A detached, scale-normalised summary of a diagram, kept for the stability term.
+
+    h0: ``(B, N-1)`` sorted H0 deaths / s.  h1: ``(B, K)`` sorted (descending), zero-padded H1
+    persistences / s.
+    """
+
+    h0: torch.Tensor
+    h1: torch.Tensor
+
+
+def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1) -> None:
+    if normalize not in _NORMALIZE:
+        raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
+    if connectivity_mode not in _MODES:
+        raise ValueError(f"connectivity_mode must be one of {_MODES}, got {connectivity_mode!r}")
+    if connectivity_mode == "target" and target is None:
+        raise ValueError("connectivity_mode='target' needs target=τ (a float)")
+    if not p > 0:
+        raise ValueError(f"p must be > 0, got {p}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if max_h1 is not None and max_h1 < 0:
+        raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
+
+
+def _as_prompts(prompts: torch.Tensor) -> torch.Tensor:
+    if not isinstance(prompts, torch.Tensor):
+        raise TypeError(f"prompts must be a torch.Tensor, got {type(prompts).__name__}")
+    if prompts.dim() not in (2, 3):
+        raise ValueError(f"prompts must be (N, D) or (B, N, D), got shape {tuple(prompts.shape)}")
+    if not prompts.is_floating_point():
+        raise TypeError(f"prompts must be a floating-point tensor, got {prompts.dtype}")
+    # Half precision cannot resolve near-equal distances; float64 stays float64 (gradcheck).
+    compute = torch.float64 if prompts.dtype == torch.float64 else torch.float32
+    x = prompts.to(compute)
+    return x if x.dim() == 3 else x.unsqueeze(0)
+
+
+def _match_width(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[-1] >= width:
+        return t[..., :width]
+    return torch.nn.functional.pad(t, (0, width - t.shape[-1]))
+
+
+def _reduce(v: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return v.mean()
+    if reduction == "sum":
+        return v.sum()
+    return v
+
+
+def loss(
+    prompts: torch.Tensor,
+    *,
+    connectivity: float = 1.0,
+    redundancy: float = 1.0,
+    stability: float = 0.0,
+    previous: Optional[PromptTopology] = None,
+    normalize: str = "mean",
+    connectivity_mode: str = "total",
+    target: Optional[float] = None,
+    p: float = 1.0,
+    reduction: str = "mean",
+    return_terms: bool = False,
+    max_h1: Optional[int] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+    """Topological Soft Prompt Loss of a prompt or a batch of prompts.
+
+    Args:
+        prompts: ``(N, D)`` or ``(B, N, D)`` float32/float16/bfloat16 (computed in float32) or
+            float64 (computed in float64) soft-prompt embeddings.
+        connectivity, redundancy, stability: weights of the three terms.
+        previous: the :class:`PromptTopology` of the previous call (``terms["topology"]`` of a
+            call with ``return_terms=True``); None makes the stability term 0.
+        normalize: ``"mean"`` (divide by the mean pairwise distance) or ``"none"``.
+        connectivity_mode: ``"total"`` or ``"target"`` (needs ``target``).
+        target: τ for ``connectivity_mode="target"``.
+        p: exponent of the H1 persistences in the redundancy term.
+        reduction: ``"mean"`` or ``"sum"`` over prompts (scalar), or ``"none"`` (``(B,)``).
+        return_terms: also return a dict of the unweighted terms (reduced like the loss),
+            ``scale``, ``h1_count`` ``(B,)``, and ``topology`` (detached, for ``previous``).
+        max_h1: H1 capacity per prompt (default 4·N); the K most persistent bars are used.
+
+    Returns:
+        The loss (float32 or float64 tensor; scalar unless ``reduction="none"``), and with
+        ``return_terms=True`` a tuple ``(loss, terms)``.
+    """
+    _check_options(normalize, connectivity_mode, target, p, reduction, max_h1)
+    x = _as_prompts(prompts)
+    b, n = x.shape[0], x.shape[1]
+    k = default_max_h1(n) if max_h1 is None else max_h1
+    need_h1 = redundancy != 0 or stability != 0 or return_terms
+
+    # One distance matrix serves the scale and the diagram; gradients of both flow through it.
+    dist = pairwise_distance(x)
+    if normalize == "mean":
+        scale = dist.sum((-2, -1)) / max(n * (n - 1), 1)
+        scale = scale.clamp_min(torch.finfo(x.dtype).tiny)
+    else:
+        scale = torch.ones(b, dtype=x.dtype, device=x.device)
+    dg = vr_persistence(dist, 1 if need_h1 else 0, distances=True, max_h1=k)
+
+    deaths = dg.h0[..., 1] / scale[:, None]  # (B, N-1), ascending
+    if connectivity_mode == "total":
+        conn = deaths.mean(-1) if n > 1 else x.new_zeros(b)
+    else:
+        conn = (deaths - target).abs().mean(-1) if n > 1 else x.new_zeros(b)
+
+    kk = dg.h1.shape[1]
+    valid = torch.arange(kk, device=x.device)[None, :] < dg.h1_count[:, None]
+    pers = (dg.h1[..., 1] - dg.h1[..., 0]) / scale[:, None]  # (B, K); padding rows are 0
+    # Padding is masked before the power: d/dx x^p at 0 is infinite for p < 1.
+    powered = torch.where(valid, torch.where(valid, pers, torch.ones_like(pers)) ** p,
+                          torch.zeros_like(pers))
+    red = powered.sum(-1)
+
+    h1_sorted = torch.sort(torch.where(valid, pers, torch.zeros_like(pers)), dim=-1,
+                           descending=True).values
+    if previous is None:
+        stab = x.new_zeros(b)
+    else:
+        prev_h0 = previous.h0.to(device=x.device, dtype=x.dtype)
+        prev_h1 = _match_width(previous.h1.to(device=x.device, dtype=x.dtype), kk)
+        if prev_h0.shape != deaths.shape:
+            raise ValueError(f"previous.h0 has shape {tuple(prev_h0.shape)}, expected "
+                             f"{tuple(deaths.shape)} (same B and N as the previous call)")
+        stab = ((deaths - prev_h0) ** 2).mean(-1) if n > 1 else x.new_zeros(b)
+        if kk > 0:
+            stab = stab + ((h1_sorted - prev_h1) ** 2).mean(-1)
+
+    total = connectivity * conn + redundancy * red + stability * stab
+    out = _reduce(total, reduction)
+    if not return_terms:
+        return out
+    terms = {
+        "connectivity": _reduce(conn, reduction),
+        "redundancy": _reduce(red, reduction),
+        "stability": _reduce(stab, reduction),
+        "scale": _reduce(scale, reduction),
+        "h1_count": dg.h1_count,
+        "topology": PromptTopology(deaths.detach(), h1_sorted.detach()),
+    }
+    return out, terms
+
+
+class TSLoss(torch.nn.Module):
+    """Stateful TSLoss: keeps the previous diagram for the stability term.
+
+    Takes the keyword options of :func:`loss` (except ``previous`` and ``return_terms``).
+    ``forward(prompts)`` returns the loss; ``last_terms`` holds the detached per-term tensors
+    of the last call for logging (read them at your logging interval, not every step).
+    ``reset()`` forgets the previous diagram.
+    """
+
+    def __init__(self, *, connectivity: float = 1.0, redundancy: float = 1.0,
+                 stability: float = 0.0, normalize: str = "mean",
+                 connectivity_mode: str = "total", target: Optional[float] = None,
+                 p: float = 1.0, reduction: str = "mean", max_h1: Optional[int] = None) -> None:
+        super().__init__()
+        _check_options(normalize, connectivity_mode, target, p, reduction, max_h1)
+        self.options = dict(connectivity=connectivity, redundancy=redundancy,
+                            stability=stability, normalize=normalize,
+                            connectivity_mode=connectivity_mode, target=target, p=p,
+                            reduction=reduction, max_h1=max_h1)
+        self.previous: Optional[PromptTopology] = None
+        self.last_terms: Dict[str, torch.Tensor] = {}
+
+    def reset(self) -> None:
+        self.previous = None
+        self.last_terms = {}
+
+    def forward(self, prompts: torch.Tensor) -> torch.Tensor:
+        value, terms = loss(prompts, previous=self.previous, return_terms=True, **self.options)
+        self.previous = terms["topology"]
+        self.last_terms = {k: v.detach() if isinstance(v, torch.Tensor) else v
+                           for k, v in terms.items()}
+        return value
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
