@@ -1,0 +1,322 @@
+"""Bad input gives a clear error naming the argument; odd-but-valid input works; determinism."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from tsloss_cuda import default_max_h1, pairwise_distance, vr_persistence
+
+KMAX = None
+
+
+def _kmax() -> int:
+    """kMaxPoints, read from csrc/core/common.h so the test follows the source of truth."""
+    global KMAX
+    if KMAX is None:
+        import os
+        path = os.path.join(os.path.dirname(__file__), "..", "csrc", "core", "common.h")
+        m = re.search(r"kMaxPoints\s*=\s*(\d+)", open(path).read())
+        KMAX = int(m.group(1))
+    return KMAX
+
+
+FIELDS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
+ERRORS = (ValueError, TypeError, RuntimeError)
+
+
+def _same(a, b):
+    for f in FIELDS:
+        ta, tb = getattr(a, f), getattr(b, f)
+        assert ta.dtype == tb.dtype and ta.shape == tb.shape, f
+        assert torch.equal(ta, tb), f"{f} differs"
+
+
+def _dist(rng, n=8, d=3, dtype=torch.float64):
+    return pairwise_distance(torch.tensor(rng.standard_normal((n, d)), dtype=dtype))[0]
+
+
+# ---- rank, sizes --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(), (5,), (1, 2, 5, 3)])
+@pytest.mark.parametrize("distances", [False, True])
+def test_wrong_rank(shape, distances):
+    with pytest.raises(ValueError, match=r"x must be .*shape"):
+        vr_persistence(torch.zeros(shape), distances=distances)
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (1, 2, 5, 3)])
+def test_pairwise_distance_wrong_rank(shape):
+    with pytest.raises(ValueError, match=r"x must be"):
+        pairwise_distance(torch.zeros(shape))
+
+
+def test_not_a_tensor():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        vr_persistence(np.zeros((4, 2)))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        pairwise_distance([[0.0, 1.0]])
+
+
+def test_zero_dimensional_points():
+    with pytest.raises(RuntimeError, match=r"D >= 1"):
+        vr_persistence(torch.zeros(5, 0))
+    with pytest.raises(RuntimeError, match=r"D >= 1"):
+        vr_persistence(torch.zeros(2, 5, 0))
+
+
+def test_pairwise_distance_zero_dimensional_points_are_all_coincident():
+    # R^0 has a single point: every distance is exactly 0 (no error, no garbage).
+    pd = pairwise_distance(torch.zeros(2, 5, 0))
+    assert pd.shape == (2, 5, 5) and (pd == 0).all()
+
+
+@pytest.mark.parametrize("distances", [False, True])
+@pytest.mark.parametrize("maxdim", [0, 1])
+def test_empty_batch(distances, maxdim):
+    """B = 0: an empty result with the shapes a non-empty batch would have."""
+    n = 6
+    x = torch.zeros(0, n, n if distances else 3)
+    dgm = vr_persistence(x, maxdim=maxdim, distances=distances)
+    k = default_max_h1(n) if maxdim == 1 else 0
+    assert dgm.h0.shape == (0, n - 1, 2) and dgm.h0_edges.shape == (0, n - 1, 2)
+    assert dgm.h1.shape == (0, k, 2) and dgm.h1_edges.shape == (0, k, 4)
+    assert dgm.h1_count.shape == (0,) and dgm.truncated.shape == (0,)
+    assert dgm.h0.dtype == x.dtype and dgm.h0_edges.dtype == torch.int64
+    assert dgm.h1_count.dtype == torch.int64 and dgm.truncated.dtype == torch.bool
+    assert dgm.to_numpy() == []
+    assert pairwise_distance(torch.zeros(0, n, 3)).shape == (0, n, n)
+
+
+@pytest.mark.parametrize("distances", [False, True])
+def test_empty_cloud(distances):
+    """N = 0: no H0/H1 rows; H1 is padding with count 0 (never uninitialised memory)."""
+    for b in (1, 3):
+        x = torch.zeros(b, 0, 0 if distances else 3)
+        dgm = vr_persistence(x, distances=distances)
+        k = default_max_h1(0)
+        assert dgm.h0.shape == (b, 0, 2) and dgm.h0_edges.shape == (b, 0, 2)
+        assert dgm.h1.shape == (b, k, 2)
+        assert (dgm.h1 == 0).all() and (dgm.h1_edges == -1).all()
+        assert (dgm.h1_count == 0).all() and not dgm.truncated.any()
+        for h0, h1 in dgm.to_numpy():
+            assert h1.shape == (0, 2)
+            assert np.isfinite(h0[:, 1]).sum() == 0
+
+
+@pytest.mark.parametrize("distances", [False, True])
+def test_single_point_batch(distances):
+    x = torch.zeros(4, 1, 1) if distances else torch.randn(4, 1, 3)
+    dgm = vr_persistence(x, distances=distances, max_h1=5)
+    assert dgm.h0.shape == (4, 0, 2) and dgm.h1.shape == (4, 5, 2)
+    assert (dgm.h1 == 0).all() and (dgm.h1_edges == -1).all() and (dgm.h1_count == 0).all()
+    for h0, h1 in dgm.to_numpy():
+        np.testing.assert_array_equal(h0, [[0.0, np.inf]])
+        assert h1.shape == (0, 2)
+
+
+def test_too_many_points_names_the_limit():
+    kmax = _kmax()
+    with pytest.raises(RuntimeError, match=rf"N = {kmax + 1}.*maximum of {kmax}"):
+        vr_persistence(torch.zeros(kmax + 1, 1))
+    with pytest.raises(RuntimeError, match=rf"maximum of {kmax}"):
+        vr_persistence(torch.zeros(1, kmax + 1, kmax + 1), distances=True)
+    # A batch does not bypass the limit either.
+    with pytest.raises(RuntimeError, match=rf"maximum of {kmax}"):
+        vr_persistence(torch.zeros(2, kmax + 1, 1), maxdim=0)
+
+
+# ---- dtypes, arguments --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool,
+                                   torch.complex64, torch.complex128, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("distances", [False, True])
+def test_bad_dtypes(dtype, distances):
+    x = torch.zeros(5, 5, dtype=dtype) if distances else torch.ones(5, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=r"x must be float32 or float64"):
+        vr_persistence(x, distances=distances)
+    if not distances:
+        with pytest.raises(TypeError, match=r"x must be float32 or float64"):
+            pairwise_distance(x)
+
+
+@pytest.mark.parametrize("max_h1", [-1, -100])
+def test_negative_max_h1(max_h1):
+    with pytest.raises(ValueError, match=r"max_h1 must be >= 0"):
+        vr_persistence(torch.randn(5, 3), max_h1=max_h1)
+
+
+@pytest.mark.parametrize("maxdim", [-1, 2, 3])
+def test_bad_maxdim(maxdim):
+    with pytest.raises(ValueError, match=r"maxdim must be 0 or 1"):
+        vr_persistence(torch.randn(5, 3), maxdim=maxdim)
+
+
+# ---- non-finite values --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_points(bad, dtype):
+    x = torch.randn(3, 6, 2, dtype=dtype)
+    x[2, 4, 1] = bad
+    with pytest.raises(RuntimeError, match=r"x contains NaN or Inf"):
+        vr_persistence(x)
+    with pytest.raises(RuntimeError, match=r"x contains NaN or Inf"):
+        vr_persistence(x, maxdim=0)
+    with pytest.raises(RuntimeError, match=r"x contains NaN or Inf"):
+        pairwise_distance(x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["lower", "upper", "both"])
+def test_non_finite_distances(rng, bad, where):
+    d = torch.stack([_dist(rng) for _ in range(3)])
+    if where in ("lower", "both"):
+        d[1, 5, 2] = bad
+    if where in ("upper", "both"):
+        d[1, 2, 5] = bad
+    with pytest.raises(RuntimeError, match=r"distance matrix contains NaN or Inf"):
+        vr_persistence(d, distances=True)
+
+
+def test_nan_on_distance_diagonal(rng):
+    d = _dist(rng)
+    d[3, 3] = float("nan")
+    with pytest.raises(RuntimeError, match=r"distance matrix .*(diagonal|NaN)"):
+        vr_persistence(d, distances=True)
+
+
+# ---- malformed distance matrices ----------------------------------------------------------------
+
+def test_distance_matrix_not_square():
+    with pytest.raises(RuntimeError, match=r"distance matrix must be square"):
+        vr_persistence(torch.zeros(4, 5), distances=True)
+    with pytest.raises(RuntimeError, match=r"distance matrix must be square"):
+        vr_persistence(torch.zeros(2, 5, 4), distances=True)
+
+
+def test_distance_matrix_not_symmetric(rng):
+    d = _dist(rng)
+    d[5, 1] += 1.0
+    with pytest.raises(RuntimeError, match=r"not symmetric.*\(5, 1\)"):
+        vr_persistence(d, distances=True)
+    d = _dist(rng)
+    d[1, 5] *= 2.0  # the upper triangle is compared too, not silently ignored
+    with pytest.raises(RuntimeError, match=r"not symmetric"):
+        vr_persistence(d, distances=True)
+
+
+def test_distance_matrix_negative(rng):
+    d = _dist(rng)
+    d[4, 2] = d[2, 4] = -0.5
+    with pytest.raises(RuntimeError, match=r"negative entry"):
+        vr_persistence(d, distances=True)
+
+
+def test_distance_matrix_nonzero_diagonal(rng):
+    d = _dist(rng)
+    d[6, 6] = 0.1
+    with pytest.raises(RuntimeError, match=r"non-zero diagonal .*\(6, 6\)"):
+        vr_persistence(d, distances=True)
+    d = torch.ones(1, 1, 1)
+    with pytest.raises(RuntimeError, match=r"non-zero diagonal"):
+        vr_persistence(d, distances=True)
+
+
+def test_distance_matrix_rounding_asymmetry_is_accepted(rng):
+    """Symmetric up to rounding is fine: the lower triangle is read, as ripser.py does."""
+    d = _dist(rng, dtype=torch.float32)
+    e = d.clone()
+    e[7, 3] = torch.nextafter(e[7, 3], torch.tensor(10.0))
+    a = vr_persistence(e, distances=True)
+    lower = torch.tril(e) + torch.tril(e, -1).T
+    _same(a, vr_persistence(lower, distances=True))
+
+
+# ---- layouts ------------------------------------------------------------------------------------
+
+def test_non_contiguous_points(rng):
+    base = torch.tensor(rng.standard_normal((3, 4, 20)))
+    x = base.transpose(1, 2)  # (3, 20, 4), non-contiguous
+    assert not x.is_contiguous()
+    _same(vr_persistence(x), vr_persistence(x.contiguous()))
+    assert torch.equal(pairwise_distance(x), pairwise_distance(x.contiguous()))
+    sliced = torch.tensor(rng.standard_normal((3, 40, 8)))[:, ::2, 1::2]
+    assert not sliced.is_contiguous()
+    _same(vr_persistence(sliced), vr_persistence(sliced.contiguous()))
+    assert torch.equal(pairwise_distance(sliced), pairwise_distance(sliced.contiguous()))
+
+
+def test_non_contiguous_distances(rng):
+    d = pairwise_distance(torch.tensor(rng.standard_normal((3, 15, 4))))
+    t = d.transpose(1, 2)
+    assert not t.is_contiguous()
+    _same(vr_persistence(t, distances=True), vr_persistence(t.contiguous(), distances=True))
+    big = pairwise_distance(torch.tensor(rng.standard_normal((3, 30, 4))))
+    sub = big[:, ::2, ::2]
+    assert not sub.is_contiguous()
+    _same(vr_persistence(sub, distances=True), vr_persistence(sub.contiguous(), distances=True))
+
+
+def test_expanded_stride0_inputs(rng):
+    one = torch.tensor(rng.standard_normal((1, 18, 5)))
+    x = one.expand(4, 18, 5)
+    assert x.stride(0) == 0
+    dgm = vr_persistence(x)
+    _same(dgm, vr_persistence(x.contiguous()))
+    single = vr_persistence(one)
+    for b in range(4):
+        for f in FIELDS:
+            assert torch.equal(getattr(dgm, f)[b], getattr(single, f)[0])
+    # Stride-0 along the coordinates: every point identical.
+    flat = torch.tensor([1.0, 2.0]).expand(7, 2)
+    z = vr_persistence(flat)
+    assert (z.h0 == 0).all() and (z.h1_count == 0).all()
+    # Expanded distance matrices.
+    d = pairwise_distance(one)
+    dx = d.expand(3, 18, 18)
+    _same(vr_persistence(dx, distances=True), vr_persistence(dx.contiguous(), distances=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed devices need a CUDA device")
+@pytest.mark.cuda
+def test_mixed_devices():  # pragma: no cover - needs a GPU
+    x = torch.randn(5, 3, device="cuda")
+    dgm = vr_persistence(x)
+    assert dgm.h0.device == x.device and dgm.h1_count.device == x.device
+
+
+# ---- determinism --------------------------------------------------------------------------------
+
+def _det_batch(rng, dtype):
+    n, d = 40, 6
+    parts = [rng.standard_normal((n, d)) for _ in range(5)]
+    parts.append(np.round(rng.standard_normal((n, d)), 1))
+    parts.append(rng.integers(0, 2, (n, d)).astype(float))
+    base = rng.standard_normal((n // 2, d))
+    parts.append(np.concatenate([base, base]))
+    return torch.tensor(np.stack(parts), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("distances", [False, True])
+def test_deterministic_across_calls_and_threads(rng, dtype, distances):
+    x = _det_batch(rng, dtype)
+    if distances:
+        x = pairwise_distance(x)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ref = vr_persistence(x, distances=distances)
+        pd2 = pairwise_distance(x) if not distances else None
+        for _ in range(3):
+            _same(vr_persistence(x, distances=distances), ref)
+        torch.set_num_threads(1)
+        for _ in range(2):
+            _same(vr_persistence(x, distances=distances), ref)
+        if pd2 is not None:
+            assert torch.equal(pairwise_distance(x), pd2)
+    finally:
+        torch.set_num_threads(old)

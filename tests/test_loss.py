@@ -1,0 +1,235 @@
+"""Gradients of the persistence op, TSLoss terms, op registration and torch.compile."""
+import math
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import tsloss_cuda as T
+
+ops = torch.ops.tsloss_cuda
+
+
+def generic_cloud(b=2, n=10, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, d, dtype=torch.float64, generator=g)
+
+
+def noisy_circle(n=24, d=16, noise=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
+    c = torch.stack([t.cos(), t.sin()], 1) + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(d, 2, generator=g, dtype=torch.float64))
+    return c @ q.T
+
+
+# ---- gradients -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["h0", "h1"])
+def test_gradcheck_diagram_values(field):
+    x = generic_cloud().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: getattr(T.vr_persistence(x), field), (x,))
+
+
+def test_gradcheck_from_distance_matrix():
+    # Perturb only the strictly lower triangle (what the op reads); the matrix stays a valid
+    # distance matrix with zero diagonal.
+    d0 = T.pairwise_distance(generic_cloud(b=1, n=9))[0]
+    rows, cols = torch.tril_indices(9, 9, offset=-1)
+    v = d0[rows, cols].clone().requires_grad_()
+
+    def diagram(v):
+        d = torch.zeros(9, 9, dtype=v.dtype).index_put((rows, cols), v).index_put((cols, rows), v)
+        dg = T.vr_persistence(d, distances=True)
+        return dg.h0, dg.h1
+
+    assert torch.autograd.gradcheck(diagram, (v,))
+
+
+def test_gradcheck_pairwise_distance():
+    x = generic_cloud(n=7).requires_grad_()
+    assert torch.autograd.gradcheck(T.pairwise_distance, (x,))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(connectivity=1.0, redundancy=0.0),
+    dict(connectivity=1.0, redundancy=0.0, connectivity_mode="target", target=0.4),
+    dict(connectivity=0.0, redundancy=1.0),
+    dict(connectivity=0.0, redundancy=1.0, p=2.0),
+    dict(connectivity=0.0, redundancy=1.0, normalize="none"),
+])
+def test_gradcheck_loss_terms(kw):
+    x = generic_cloud().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: T.loss(x, **kw), (x,))
+
+
+def test_gradcheck_stability_term():
+    x0 = generic_cloud()
+    _, terms = T.loss(x0, return_terms=True)
+    x = (x0 + 0.01 * generic_cloud(seed=1)).requires_grad_()
+    f = lambda x: T.loss(x, connectivity=0, redundancy=0, stability=1, previous=terms["topology"])
+    assert torch.autograd.gradcheck(f, (x,))
+
+
+def reference_values(x, dg):
+    """Bar values recomputed in pure PyTorch: cdist gathered at the returned edges."""
+    d = torch.cdist(x, x)
+    b = torch.arange(x.shape[0])[:, None]
+    h0 = d[b, dg.h0_edges[..., 0], dg.h0_edges[..., 1]]
+    e = dg.h1_edges.clamp_min(0)
+    valid = dg.h1_edges[..., 0] >= 0
+    birth = torch.where(valid, d[b, e[..., 0], e[..., 1]], 0)
+    death = torch.where(valid, d[b, e[..., 2], e[..., 3]], 0)
+    return h0, birth, death
+
+
+def test_gradient_matches_pure_pytorch_reference():
+    x = generic_cloud(b=3, n=16, d=6).requires_grad_()
+    dg = T.vr_persistence(x)
+    g = torch.Generator().manual_seed(3)
+    w0 = torch.randn(dg.h0.shape[:-1], dtype=x.dtype, generator=g)
+    w1 = torch.randn(dg.h1.shape, dtype=x.dtype, generator=g)
+    ours = torch.autograd.grad((dg.h0[..., 1] * w0).sum() + (dg.h1 * w1).sum(), x)[0]
+
+    xr = x.detach().clone().requires_grad_()
+    h0, birth, death = reference_values(xr, dg)
+    torch.testing.assert_close(h0.detach(), dg.h0[..., 1].detach(), rtol=0, atol=1e-12)
+    ref = torch.autograd.grad((h0 * w0).sum() + (birth * w1[..., 0]).sum() + (death * w1[..., 1]).sum(), xr)[0]
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
+def test_zero_length_edges_and_padding_give_zero_gradient():
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64,
+                     requires_grad=True)
+    dg = T.vr_persistence(x, max_h1=8)
+    (dg.h0.sum() + dg.h1.sum()).backward()
+    assert torch.isfinite(x.grad).all()
+    # the duplicate pair only joins at length 0; padding rows carry nothing
+    assert dg.h0[0, 0, 1] == 0
+    g = torch.zeros_like(dg.h1)
+    g[0, int(dg.h1_count[0]):] = 1.0  # gradient placed only on padding rows
+    grad = torch.autograd.grad(T.vr_persistence(x, max_h1=8).h1, x, g)[0]
+    assert torch.count_nonzero(grad) == 0
+
+
+# ---- behaviour of the terms ------------------------------------------------------------------
+
+def h1_total_persistence(x):
+    dg = T.vr_persistence(x)
+    return float((dg.h1[..., 1] - dg.h1[..., 0]).sum())
+
+
+def test_redundancy_descent_removes_the_loop():
+    x = noisy_circle().float().requires_grad_()
+    start = h1_total_persistence(x.detach())
+    opt = torch.optim.Adam([x], lr=0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        T.loss(x, connectivity=0.0, redundancy=1.0).backward()
+        opt.step()
+    end = h1_total_persistence(x.detach())
+    scale = float(T.pairwise_distance(x.detach()).mean())
+    assert start > 0.5
+    assert end / scale < 0.02 * start / scale + 1e-3
+
+
+def test_connectivity_descent_lowers_relative_h0_deaths():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 24, 8, generator=g).requires_grad_()
+    _, before = T.loss(x.detach(), return_terms=True)
+    opt = torch.optim.Adam([x], lr=0.02)
+    for _ in range(60):
+        opt.zero_grad()
+        T.loss(x, connectivity=1.0, redundancy=0.0).backward()
+        opt.step()
+    _, after = T.loss(x.detach(), return_terms=True)
+    assert float(after["connectivity"]) < 0.8 * float(before["connectivity"])
+
+
+def test_stability_zero_when_unchanged_positive_after_change():
+    x = generic_cloud().float()
+    module = T.TSLoss(stability=1.0)
+    module(x)
+    assert float(module.last_terms["stability"]) == 0.0  # first call
+    module(x)
+    assert float(module.last_terms["stability"]) == 0.0  # unchanged prompt
+    module(x + 0.3 * torch.randn_like(x))
+    assert float(module.last_terms["stability"]) > 0.0
+    module.reset()
+    module(x)
+    assert float(module.last_terms["stability"]) == 0.0
+
+
+def test_scale_normalisation_makes_loss_scale_invariant():
+    x = generic_cloud().float()
+    torch.testing.assert_close(T.loss(x), T.loss(3.0 * x), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(T.loss(x, normalize="none"), T.loss(3.0 * x, normalize="none"))
+
+
+def test_reduction_and_terms():
+    x = generic_cloud(b=3).float()
+    per = T.loss(x, reduction="none")
+    assert per.shape == (3,)
+    torch.testing.assert_close(T.loss(x), per.mean())
+    torch.testing.assert_close(T.loss(x, reduction="sum"), per.sum())
+    value, terms = T.loss(x, return_terms=True, stability=0.5)
+    assert set(terms) >= {"connectivity", "redundancy", "stability", "scale", "h1_count", "topology"}
+    torch.testing.assert_close(value, terms["connectivity"] + terms["redundancy"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_computed_in_float32(dtype):
+    x = generic_cloud().to(dtype).requires_grad_()
+    value = T.loss(x)
+    assert value.dtype == torch.float32
+    value.backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+
+
+def test_bad_loss_options_name_the_argument():
+    x = generic_cloud().float()
+    with pytest.raises(ValueError, match="normalize"):
+        T.loss(x, normalize="max")
+    with pytest.raises(ValueError, match="target"):
+        T.loss(x, connectivity_mode="target")
+    with pytest.raises(ValueError, match="reduction"):
+        T.loss(x, reduction="avg")
+    with pytest.raises(ValueError, match="p must be"):
+        T.loss(x, p=0)
+    with pytest.raises(TypeError, match="prompts"):
+        T.loss(torch.ones(3, 4, dtype=torch.int64))
+
+
+# ---- registration: opcheck and torch.compile -------------------------------------------------
+
+def test_opcheck_all_ops():
+    x = torch.randn(3, 12, 4, requires_grad=True)
+    opcheck(ops.pairwise_distance.default, (x,))
+    opcheck(ops.vr_persistence.default, (x, 1, False, 48))
+    opcheck(ops.vr_persistence.default, (x, 0, False, 48))
+    d = T.pairwise_distance(x.detach()).requires_grad_()
+    opcheck(ops.vr_persistence.default, (d, 1, True, 48))
+    dg = T.vr_persistence(x.detach())
+    opcheck(ops.vr_persistence_backward.default,
+            (torch.randn(3, 11, 2), torch.randn(3, 48, 2), x.detach(), dg.h0_edges, dg.h1_edges, False))
+
+
+def test_torch_compile_fullgraph_training_step():
+    torch.manual_seed(0)
+    prompt = torch.nn.Parameter(torch.randn(2, 16, 32))
+    opt = torch.optim.SGD([prompt], lr=0.05)
+
+    def objective(p):
+        value, terms = T.loss(p, stability=0.5, return_terms=True)
+        return value, terms["redundancy"]
+
+    compiled = torch.compile(objective, fullgraph=True)  # fails on any host sync / graph break
+    for _ in range(2):
+        opt.zero_grad()
+        value, red = compiled(prompt)
+        value.backward()
+        opt.step()
+    eager, _ = objective(prompt)
+    compiled_value, _ = compiled(prompt)
+    torch.testing.assert_close(compiled_value, eager, rtol=1e-5, atol=1e-6)
+    assert prompt.grad is not None and torch.isfinite(prompt.grad).all()
