@@ -35,6 +35,9 @@ class Diagrams:
         h1_edges: ``(B, K, 4)`` int64, ``(i, j, k, l)``: birth edge ``(i < j)`` and death edge
             ``(k < l)``, the longest edge of the triangle that kills the class. Padding is -1.
         h1_count: ``(B,)`` int64, the true number of H1 pairs (zero-persistence pairs excluded).
+            On CUDA only, -1 marks a cloud whose H1 reduction outgrew its fixed device
+            workspace (its H1 rows are all padding, ``truncated`` is True, H0 is exact); raise
+            ``TSLOSS_CUDA_H1_HEAP`` / ``TSLOSS_CUDA_H1_ARENA`` / ``TSLOSS_CUDA_H1_COLUMNS``.
         truncated: ``(B,)`` bool, whether ``h1_count > K`` (then the K most persistent are kept).
 
     ``h0`` and ``h1`` carry gradients to the input points (or distance matrix).
@@ -55,7 +58,12 @@ class Diagrams:
         """
         h0 = self.h0.detach().double().cpu().numpy()
         h1 = self.h1.detach().double().cpu().numpy()
-        counts = np.minimum(self.h1_count.cpu().numpy(), h1.shape[1])
+        counts = self.h1_count.cpu().numpy()
+        if (counts < 0).any():
+            raise RuntimeError(
+                f"H1 of clouds {np.flatnonzero(counts < 0).tolist()} overflowed the CUDA "
+                "workspace; raise TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_ARENA and recompute")
+        counts = np.minimum(counts, h1.shape[1])
         out = []
         for b in range(h0.shape[0]):
             bars0 = h0[b][h0[b, :, 1] > 0]

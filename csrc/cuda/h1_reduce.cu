@@ -1,0 +1,362 @@
+// H1 for a whole batch in a fixed sequence of launches, and the forward driver.
+//
+//   1. flag_columns     one thread per edge: below the enclosing radius, not a tree edge, not
+//                       the facet of an apparent pair (tsl::apparent_cofacet)?
+//   2. compact_columns  one block per cloud: block scan of the flags, keeps index order
+//   3. CUB segmented    stable sort by diameter, descending; index order is kept among equal
+//      sort            diameters, which is exactly tsl::column_before (reverse filtration)
+//   4. make_columns     (diameter, edge) -> tsl::H1Column
+//   5. reduce           one thread per cloud runs tsl::reduce_h1 in its workspace slice
+//   6. finalize         one block per cloud ranks pairs by tsl::h1_pair_before, writes top K
+//
+// Sizes are fixed by (B, N, cap) alone, so nothing here needs to read a count back on the host.
+#include <cuda_runtime.h>
+
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_segmented_sort.cuh>
+
+#include "../core/h0_mst.h"
+#include "../core/h1_reduce.h"
+#include "kernels.h"
+
+namespace tsl {
+namespace cuda {
+namespace {
+
+constexpr int kScanThreads = 256;
+constexpr int kScanItems = 4;
+
+__host__ __device__ inline int64_t num_edges(int64_t N) { return N * (N - 1) / 2; }
+
+int64_t next_pow2_i64(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+// Byte offsets of every workspace part; the same computation sizes and carves the workspace.
+template <typename T>
+struct Layout {
+  size_t best_parent = 0, threshold = 0, mst = 0;
+  size_t flags = 0, columns = 0, keys_out = 0, vals_out = 0, counts = 0, seg_begin = 0,
+         seg_end = 0, cub_temp = 0, heap = 0, vheap = 0, pivot_keys = 0, pivot_slots = 0,
+         v_start = 0, v_length = 0, arena = 0, pairs = 0, status = 0, num_pairs = 0;
+  size_t cub_bytes = 0;
+  size_t total = 0;
+  int64_t E = 0, S = 0, P = 0;
+  bool h1 = false;
+  cudaError_t error = cudaSuccess;
+
+  size_t take(size_t bytes) {
+    const size_t at = total;
+    total += (bytes + 255) / 256 * 256;  // keep every part 256-byte aligned, as CUB wants
+    return at;
+  }
+
+  Layout(int64_t B, int64_t N, int maxdim, const H1Capacity& cap) {
+    best_parent = take(sizeof(index_t) * B * N);
+    threshold = take(sizeof(T) * B);
+    mst = take(sizeof(MstEdge<T>) * B * N);
+    h1 = maxdim >= 1 && N >= 3 && B > 0;
+    if (!h1) return;
+    E = num_edges(N);
+    S = cap.columns < E ? cap.columns : E;
+    P = next_pow2_i64(2 * S + 2);
+    const int64_t BE = B * E;
+    flags = take(BE);
+    // The sort's inputs (keys, then int32 edge indices) live inside the column buffer: they
+    // are dead once sorted, and an H1Column is at least as large as a key plus a value.
+    columns = take(sizeof(H1Column<T>) * BE);
+    keys_out = take(sizeof(T) * BE);
+    vals_out = take(sizeof(int32_t) * BE);
+    counts = take(sizeof(int32_t) * B);
+    seg_begin = take(sizeof(int32_t) * B);
+    seg_end = take(sizeof(int32_t) * B);
+    error = cub::DeviceSegmentedSort::StableSortPairsDescending(
+        nullptr, cub_bytes, (const T*)nullptr, (T*)nullptr, (const int32_t*)nullptr,
+        (int32_t*)nullptr, (int)BE, (int)B, (const int32_t*)nullptr, (const int32_t*)nullptr);
+    cub_temp = take(cub_bytes);
+    heap = take(sizeof(Entry<T>) * B * cap.heap);
+    vheap = take(sizeof(index_t) * B * cap.heap);
+    pivot_keys = take(sizeof(index_t) * B * P);
+    pivot_slots = take(sizeof(index_t) * B * P);
+    v_start = take(sizeof(index_t) * B * (S + 1));
+    v_length = take(sizeof(index_t) * B * (S + 1));
+    arena = take(sizeof(index_t) * B * cap.arena);
+    pairs = take(sizeof(H1Pair<T>) * B * (S + 1));
+    status = take(sizeof(int32_t) * B);
+    num_pairs = take(sizeof(index_t) * B);
+  }
+};
+
+template <typename P>
+P* part(void* base, size_t offset) {
+  return reinterpret_cast<P*>(static_cast<char*>(base) + offset);
+}
+
+template <typename T>
+__global__ void flag_columns_kernel(const T* __restrict__ dist, int64_t B, int64_t N,
+                                    const index_t* __restrict__ best_parent,
+                                    const T* __restrict__ threshold,
+                                    unsigned char* __restrict__ flags) {
+  const int64_t E = num_edges(N), total = B * E;
+  for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < total;
+       g += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = g / E, e = g % E;
+    const DistanceMatrix<T> d{dist + b * N * N, N};
+    index_t i, j;
+    edge_vertices(e, N, &i, &j);
+    const T de = d(i, j), thr = threshold[b];
+    bool keep = de <= thr && !is_tree_edge(best_parent + b * N, i, j);
+    if (keep) keep = apparent_cofacet(d, i, j, de, thr).index < 0;
+    flags[g] = keep ? 1 : 0;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kScanThreads)
+    compact_columns_kernel(const T* __restrict__ dist, int64_t N,
+                           const unsigned char* __restrict__ flags, T* __restrict__ keys,
+                           int32_t* __restrict__ vals, int32_t* __restrict__ counts,
+                           int32_t* __restrict__ seg_begin, int32_t* __restrict__ seg_end) {
+  using Scan = cub::BlockScan<int, kScanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  const int64_t b = blockIdx.x, E = num_edges(N);
+  const unsigned char* f = flags + b * E;
+  const T* d = dist + b * N * N;
+  T* kb = keys + b * E;
+  int32_t* vb = vals + b * E;
+  int64_t base = 0;
+  for (int64_t t0 = 0; t0 < E; t0 += kScanThreads * kScanItems) {
+    const int64_t e0 = t0 + (int64_t)threadIdx.x * kScanItems;
+    int keep[kScanItems], offset[kScanItems], tile_total;
+#pragma unroll
+    for (int k = 0; k < kScanItems; ++k) keep[k] = e0 + k < E ? f[e0 + k] : 0;
+    Scan(scan_storage).ExclusiveSum(keep, offset, tile_total);
+#pragma unroll
+    for (int k = 0; k < kScanItems; ++k) {
+      if (!keep[k]) continue;
+      const int64_t e = e0 + k;
+      index_t i, j;
+      edge_vertices(e, N, &i, &j);
+      kb[base + offset[k]] = d[i * N + j];
+      vb[base + offset[k]] = (int32_t)e;
+    }
+    base += tile_total;
+    __syncthreads();  // scan_storage is reused by the next tile
+  }
+  if (threadIdx.x == 0) {
+    counts[b] = (int32_t)base;
+    seg_begin[b] = (int32_t)(b * E);
+    seg_end[b] = (int32_t)(b * E + base);
+  }
+}
+
+template <typename T>
+__global__ void make_columns_kernel(int64_t B, int64_t N, const T* __restrict__ keys,
+                                    const int32_t* __restrict__ vals,
+                                    const int32_t* __restrict__ counts,
+                                    H1Column<T>* __restrict__ columns) {
+  const int64_t E = num_edges(N), total = B * E;
+  for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < total;
+       g += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = g / E, r = g % E;
+    if (r >= counts[b]) continue;
+    index_t i, j;
+    edge_vertices(vals[g], N, &i, &j);
+    columns[g] = H1Column<T>{keys[g], i, j};
+  }
+}
+
+struct ReduceBuffers {
+  index_t *vheap, *pivot_keys, *pivot_slots, *v_start, *v_length, *arena, *num_pairs;
+  int32_t* status;
+};
+
+template <typename T>
+__global__ void reduce_kernel(const T* __restrict__ dist, int64_t B, int64_t N,
+                              const T* __restrict__ threshold,
+                              const H1Column<T>* __restrict__ columns,
+                              const int32_t* __restrict__ counts, H1Capacity cap, int64_t S,
+                              int64_t P, Entry<T>* heap, H1Pair<T>* pairs, ReduceBuffers rb) {
+  const int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  const int64_t E = num_edges(N), m = counts[b];
+  if (m > S) {  // more columns than slots: the pivot table could not hold them
+    rb.status[b] = kPivotTableFull;
+    rb.num_pairs[b] = 0;
+    return;
+  }
+  H1Workspace<T> ws{EntryHeap<T>{heap + b * cap.heap, 0, cap.heap},
+                    IndexHeap{rb.vheap + b * cap.heap, 0, cap.heap},
+                    PivotTable{rb.pivot_keys + b * P, rb.pivot_slots + b * P, P, 0},
+                    rb.v_start + b * (S + 1),
+                    rb.v_length + b * (S + 1),
+                    S + 1,
+                    rb.arena + b * cap.arena,
+                    cap.arena,
+                    0,
+                    0};
+  index_t np = 0;
+  const Status s = reduce_h1(DistanceMatrix<T>{dist + b * N * N, N}, columns + b * E, m,
+                             threshold[b], ws, pairs + b * (S + 1), S + 1, &np);
+  rb.status[b] = s;
+  rb.num_pairs[b] = s == kOk ? np : 0;
+}
+
+// status / num_pairs null: no H1 was computed (maxdim 0 or N < 3): all rows are padding.
+template <typename T>
+__global__ void finalize_kernel(const T* __restrict__ dist, int64_t N, int64_t K,
+                                const H1Pair<T>* __restrict__ pairs_all, int64_t pair_stride,
+                                const int32_t* __restrict__ status,
+                                const index_t* __restrict__ num_pairs, T* __restrict__ h1,
+                                int64_t* __restrict__ h1_edges, int64_t* __restrict__ h1_count,
+                                bool* __restrict__ truncated) {
+  const int64_t b = blockIdx.x;
+  const bool failed = status != nullptr && status[b] != kOk;
+  const int64_t count = (num_pairs == nullptr || failed) ? 0 : num_pairs[b];
+  const int64_t keep = count < K ? count : K;
+  T* hb = h1 + b * K * 2;
+  int64_t* eb = h1_edges + b * K * 4;
+  for (int64_t r = keep + threadIdx.x; r < K; r += blockDim.x) {
+    hb[2 * r] = hb[2 * r + 1] = T(0);
+    for (int c = 0; c < 4; ++c) eb[4 * r + c] = -1;
+  }
+  if (count > 0) {
+    const H1Pair<T>* pairs = pairs_all + b * pair_stride;
+    const DistanceMatrix<T> d{dist + b * N * N, N};
+    // Birth edges are distinct, so h1_pair_before is a strict total order and the ranks are a
+    // permutation: every kept row is written exactly once.
+    for (int64_t p = threadIdx.x; p < count; p += blockDim.x) {
+      const H1Pair<T> x = pairs[p];
+      int64_t rank = 0;
+      for (int64_t q = 0; q < count && rank < K; ++q) rank += h1_pair_before(pairs[q], x) ? 1 : 0;
+      if (rank >= K) continue;
+      index_t i, j;
+      edge_vertices(x.birth_edge, N, &i, &j);
+      hb[2 * rank] = x.birth;
+      hb[2 * rank + 1] = x.death;
+      int64_t* e = eb + 4 * rank;
+      e[0] = j;
+      e[1] = i;
+      if (x.death_triangle >= 0) {
+        index_t u, v;
+        death_edge(d, x.death_triangle, &u, &v);
+        e[2] = u;
+        e[3] = v;
+      } else {
+        e[2] = e[3] = -1;
+      }
+    }
+  }
+  if (threadIdx.x == 0) {
+    h1_count[b] = failed ? -1 : count;
+    truncated[b] = failed || count > K;
+  }
+}
+
+unsigned grid_for(int64_t total, int threads) {
+  const int64_t blocks = (total + threads - 1) / threads;
+  // Grid-stride loops cover the rest; a bounded grid keeps the launch cheap for huge batches.
+  return (unsigned)(blocks < 65535 * 16 ? (blocks > 0 ? blocks : 1) : 65535 * 16);
+}
+
+}  // namespace
+
+H1Capacity default_h1_capacity(int64_t n) {
+  H1Capacity c;
+  c.heap = n * 16 > 8192 ? n * 16 : 8192;
+  c.columns = n * 4 > 4096 ? n * 4 : 4096;
+  c.arena = n * 16 > 8192 ? n * 16 : 8192;
+  return c;
+}
+
+size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
+                          const H1Capacity& cap) {
+  return elem_size == sizeof(float) ? Layout<float>(B, N, maxdim, cap).total
+                                    : Layout<double>(B, N, maxdim, cap).total;
+}
+
+int64_t vr_max_clouds_per_call(int64_t N) {
+  const int64_t E = num_edges(N);
+  const int64_t limit = E > 0 ? ((int64_t)0x7fffffff - 1) / E : ((int64_t)1 << 30);
+  return limit > 0 ? limit : 1;
+}
+
+template <typename T>
+cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdim, int64_t K,
+                                  T* h0, int64_t* h0_edges, T* h1, int64_t* h1_edges,
+                                  int64_t* h1_count, bool* truncated, void* workspace,
+                                  size_t workspace_bytes, const H1Capacity& cap,
+                                  cudaStream_t stream) {
+  if (B == 0) return cudaSuccess;
+  if (B > vr_max_clouds_per_call(N)) return cudaErrorInvalidValue;
+  const Layout<T> L(B, N, maxdim, cap);
+  if (L.error != cudaSuccess) return L.error;
+  if (workspace_bytes < L.total) return cudaErrorInvalidValue;
+  void* w = workspace;
+  index_t* best_parent = part<index_t>(w, L.best_parent);
+  T* threshold = part<T>(w, L.threshold);
+  cudaError_t err = launch_h0_mst(dist, B, N, h0, h0_edges, best_parent, threshold,
+                                  part<void>(w, L.mst), stream);
+  if (err != cudaSuccess) return err;
+
+  if (!L.h1) {
+    finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, N, K, nullptr, 0, nullptr,
+                                                        nullptr, h1, h1_edges, h1_count,
+                                                        truncated);
+    return cudaGetLastError();
+  }
+
+  const int64_t BE = B * L.E;
+  unsigned char* flags = part<unsigned char>(w, L.flags);
+  H1Column<T>* columns = part<H1Column<T>>(w, L.columns);
+  T* keys_in = part<T>(w, L.columns);
+  int32_t* vals_in = part<int32_t>(w, L.columns + sizeof(T) * BE);
+  T* keys_out = part<T>(w, L.keys_out);
+  int32_t* vals_out = part<int32_t>(w, L.vals_out);
+  int32_t* counts = part<int32_t>(w, L.counts);
+  int32_t* seg_begin = part<int32_t>(w, L.seg_begin);
+  int32_t* seg_end = part<int32_t>(w, L.seg_end);
+
+  flag_columns_kernel<T><<<grid_for(BE, 256), 256, 0, stream>>>(dist, B, N, best_parent,
+                                                                 threshold, flags);
+  compact_columns_kernel<T><<<(unsigned)B, kScanThreads, 0, stream>>>(
+      dist, N, flags, keys_in, vals_in, counts, seg_begin, seg_end);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+
+  size_t cub_bytes = L.cub_bytes;
+  err = cub::DeviceSegmentedSort::StableSortPairsDescending(
+      part<void>(w, L.cub_temp), cub_bytes, keys_in, keys_out, vals_in, vals_out, (int)BE,
+      (int)B, seg_begin, seg_end, stream);
+  if (err != cudaSuccess) return err;
+
+  make_columns_kernel<T><<<grid_for(BE, 256), 256, 0, stream>>>(B, N, keys_out, vals_out,
+                                                                 counts, columns);
+  ReduceBuffers rb{part<index_t>(w, L.vheap),    part<index_t>(w, L.pivot_keys),
+                   part<index_t>(w, L.pivot_slots), part<index_t>(w, L.v_start),
+                   part<index_t>(w, L.v_length), part<index_t>(w, L.arena),
+                   part<index_t>(w, L.num_pairs), part<int32_t>(w, L.status)};
+  H1Pair<T>* pairs = part<H1Pair<T>>(w, L.pairs);
+  // Each thread runs a long sequential reduction: small blocks spread clouds over all SMs.
+  constexpr int kReduceThreads = 32;
+  reduce_kernel<T><<<(unsigned)((B + kReduceThreads - 1) / kReduceThreads), kReduceThreads, 0,
+                     stream>>>(dist, B, N, threshold, columns, counts, cap, L.S, L.P,
+                               part<Entry<T>>(w, L.heap), pairs, rb);
+  finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, N, K, pairs, L.S + 1, rb.status,
+                                                      rb.num_pairs, h1, h1_edges, h1_count,
+                                                      truncated);
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_vr_persistence<float>(const float*, int64_t, int64_t, int, int64_t,
+                                                  float*, int64_t*, float*, int64_t*, int64_t*,
+                                                  bool*, void*, size_t, const H1Capacity&,
+                                                  cudaStream_t);
+template cudaError_t launch_vr_persistence<double>(const double*, int64_t, int64_t, int,
+                                                   int64_t, double*, int64_t*, double*,
+                                                   int64_t*, int64_t*, bool*, void*, size_t,
+                                                   const H1Capacity&, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace tsl

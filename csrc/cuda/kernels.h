@@ -1,0 +1,105 @@
+// Torch-free launchers of the CUDA Vietoris–Rips engine.
+//
+// Every launcher takes raw device pointers, sizes and a stream; none allocates, none
+// synchronises with the host, and all are deterministic (no floating-point atomics; every sum
+// runs in a fixed order). Memory comes from the caller: `vr_workspace_bytes` says how much one
+// call of `launch_vr_persistence` needs, so the torch glue can take it from the caching allocator.
+//
+// Tensors are dense and row-major; "(B, N, D) T" below means B*N*D contiguous elements of T,
+// where T is float or double (the only instantiations). Index outputs are int64.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+namespace tsl {
+namespace cuda {
+
+// Fixed per-cloud capacities of the H1 reduction. A CUDA thread cannot grow its buffers, so a
+// cloud whose reduction needs more reports an overflow instead (see launch_vr_persistence).
+struct H1Capacity {
+  int64_t heap;     // entries of the coboundary heap and of the V-column heap
+  int64_t columns;  // columns (non-apparent, non-tree edges) one cloud may have; also slots
+  int64_t arena;    // stored V-column entries (edge indices) over all stored columns
+};
+
+// Defaults that make overflow rare for N up to a few thousand points: a column's coboundary
+// holds at most N-2 triangles before cancellation, and few edges survive the apparent-pair test.
+H1Capacity default_h1_capacity(int64_t n);
+
+// Bytes of workspace `launch_vr_persistence<T>` needs for B clouds of N points with the same
+// `maxdim` and `cap`. `elem_size` is sizeof(T) (4 or 8). The workspace must be 256-byte aligned
+// (any CUDA allocator's block is).
+size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
+                          const H1Capacity& cap);
+
+// Largest number of clouds one launch_vr_persistence call accepts for N points: bounded so that
+// every per-batch edge count fits the 32-bit offsets of the segmented sort.
+int64_t vr_max_clouds_per_call(int64_t N);
+
+// Euclidean distances by the difference form, accumulated in double without fused
+// multiply-adds (so each entry is the CPU difference form rounded once to T).
+//   x:   (B, N, D) T, points
+//   out: (B, N, N) T, exactly symmetric with an exact zero diagonal
+template <typename T>
+cudaError_t launch_pairwise_distance(const T* x, int64_t B, int64_t N, int64_t D, T* out,
+                                     cudaStream_t stream);
+
+// Symmetric matrices from the lower triangles of user distance matrices (ripser.py's reading).
+//   in:  (B, N, N) T; only entries (i, j) with i > j are read
+//   out: (B, N, N) T; out[i][j] = out[j][i] = in[max][min], zero diagonal
+template <typename T>
+cudaError_t launch_symmetrize_lower(const T* in, int64_t B, int64_t N, T* out,
+                                    cudaStream_t stream);
+
+// H0 and H1 persistence of B clouds from their symmetric distance matrices.
+//   dist:      (B, N, N) T, symmetric, zero diagonal (e.g. from the two launchers above)
+//   maxdim:    0 (H0 only; H1 outputs become padding with count 0) or 1
+//   K:         rows of the H1 outputs per cloud (max_h1), >= 0
+//   h0:        (B, N-1, 2) T        out: (0, death), sorted by tsl::mst_edge_before
+//   h0_edges:  (B, N-1, 2) int64    out: death edge (u < v)
+//   h1:        (B, K, 2) T          out: (birth, death) of the K most persistent bars
+//   h1_edges:  (B, K, 4) int64      out: birth edge (j < i), death edge (u < v); padding -1
+//   h1_count:  (B,) int64           out: true number of H1 bars; -1 when the cloud overflowed
+//   truncated: (B,) bool            out: h1_count > K, or the cloud overflowed
+//   workspace: vr_workspace_bytes(B, N, maxdim, sizeof(T), cap) bytes, device memory
+// B must not exceed vr_max_clouds_per_call(N). A cloud whose H1 reduction exceeds `cap` gets
+// h1_count = -1, truncated = true and all-padding H1 rows (its H0 is still exact).
+template <typename T>
+cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdim, int64_t K,
+                                  T* h0, int64_t* h0_edges, T* h1, int64_t* h1_edges,
+                                  int64_t* h1_count, bool* truncated, void* workspace,
+                                  size_t workspace_bytes, const H1Capacity& cap,
+                                  cudaStream_t stream);
+
+// Bytes of workspace launch_vr_backward<T> needs (one double per reported edge).
+size_t vr_backward_workspace_bytes(int64_t B, int64_t H0, int64_t K);
+
+// Gradient of the reported bar values with respect to the input, in the CPU's summation order
+// (h0 rows, then h1 rows: birth then death), so the result equals the CPU kernel's.
+//   grad_h0:   (B, H0, 2) T; only column 1 (the death) carries gradient
+//   grad_h1:   (B, K, 2) T
+//   x:         (B, N, D) T points, or (B, N, N) T distances when `distances`
+//   h0_edges:  (B, H0, 2) int64; h1_edges: (B, K, 4) int64; rows with -1 are skipped
+//   grad:      like x, must be zero on entry; with distances only lower-triangle entries get
+//              gradient (the entries the forward read)
+//   workspace: vr_backward_workspace_bytes(B, H0, K) bytes
+template <typename T>
+cudaError_t launch_vr_backward(const T* grad_h0, const T* grad_h1, const T* x, int64_t B,
+                               int64_t N, int64_t D, const int64_t* h0_edges, int64_t H0,
+                               const int64_t* h1_edges, int64_t K, bool distances, T* grad,
+                               void* workspace, cudaStream_t stream);
+
+// ---- building blocks (used by launch_vr_persistence; exposed for tests and profiling) -------
+
+// Prim's MST, one block per cloud. Writes h0/h0_edges, the Prim parent of every vertex
+// (best_parent, (B, N) int64; -1 for the root) and the enclosing radius (threshold, (B,) T).
+// mst_scratch: (B, N) MstEdge<T>-sized slots (see vr_workspace_bytes).
+template <typename T>
+cudaError_t launch_h0_mst(const T* dist, int64_t B, int64_t N, T* h0, int64_t* h0_edges,
+                          int64_t* best_parent, T* threshold, void* mst_scratch,
+                          cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace tsl

@@ -1,0 +1,160 @@
+// CUDA kernels of the tsloss_cuda ops: thin torch glue around the torch-free launchers in
+// kernels.h. Same signatures and results as the CPU kernels, on the current stream, with
+// workspaces from the caching allocator and no host synchronisation.
+//
+// Differences from the CPU kernels, all forced by "no host sync": inputs are not scanned for
+// NaN/Inf, and user distance matrices are not checked for symmetry, sign or zero diagonal (the
+// lower triangle is read as on the CPU). A cloud whose H1 reduction overflows the fixed
+// workspace reports h1_count = -1 and truncated = true (see kernels.h); the capacities can be
+// raised with TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_COLUMNS / TSLOSS_CUDA_H1_ARENA.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "../checks.h"
+#include "kernels.h"
+
+namespace tsloss {
+namespace {
+
+void check_cuda(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+}
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  const long long parsed = std::atoll(v);
+  return parsed > 0 ? static_cast<int64_t>(parsed) : fallback;
+}
+
+tsl::cuda::H1Capacity h1_capacity(int64_t n) {
+  tsl::cuda::H1Capacity c = tsl::cuda::default_h1_capacity(n);
+  c.heap = env_int("TSLOSS_CUDA_H1_HEAP", c.heap);
+  c.columns = env_int("TSLOSS_CUDA_H1_COLUMNS", c.columns);
+  c.arena = env_int("TSLOSS_CUDA_H1_ARENA", c.arena);
+  return c;
+}
+
+at::Tensor pairwise_distance_cuda(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() == 3, "pairwise_distance: x must be (B, N, D) at the op level, got ",
+              x_in.sizes());
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+              "pairwise_distance: x must be float32 or float64, got ", x_in.scalar_type());
+  c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = x_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  auto out = at::empty({B, N, N}, x.options());
+  if (B == 0 || N == 0) return out;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cuda", [&] {
+    check_cuda(tsl::cuda::launch_pairwise_distance<scalar_t>(
+                   x.data_ptr<scalar_t>(), B, N, D, out.data_ptr<scalar_t>(), stream),
+               "pairwise_distance");
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int64_t max_h1) {
+  check_points_or_distances(x_in, distances);
+  check_max_h1(max_h1);
+  TORCH_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
+  c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = x_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  const int64_t K = maxdim >= 1 ? max_h1 : 0;
+  auto opts = x.options();
+  auto iopts = opts.dtype(at::kLong);
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  auto h0 = at::empty({B, H0, 2}, opts);
+  auto h0_edges = at::empty({B, H0, 2}, iopts);
+  auto h1 = at::empty({B, K, 2}, opts);
+  auto h1_edges = at::empty({B, K, 4}, iopts);
+  auto h1_count = at::empty({B}, iopts);
+  auto truncated = at::empty({B}, opts.dtype(at::kBool));
+  if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
+
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const tsl::cuda::H1Capacity cap = h1_capacity(N);
+  const int dim = static_cast<int>(maxdim);
+  const size_t elem = x.element_size();
+  // Clouds per launch: bounded by the sort's 32-bit offsets and by a workspace budget, so a
+  // large batch runs as a few launches instead of one giant allocation.
+  const size_t budget = static_cast<size_t>(env_int("TSLOSS_CUDA_WORKSPACE_MB", 2048)) << 20;
+  const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap) +
+                           static_cast<size_t>(N * N) * elem;
+  int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
+  chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
+
+  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap);
+  auto workspace = at::empty({static_cast<int64_t>(ws_bytes)}, opts.dtype(at::kByte));
+  auto dist = at::empty({chunk, N, N}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "vr_persistence_cuda", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    scalar_t* pd = dist.data_ptr<scalar_t>();
+    for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+      const int64_t nb = std::min(chunk, B - b0);
+      if (distances) {
+        check_cuda(tsl::cuda::launch_symmetrize_lower<scalar_t>(px + b0 * N * N, nb, N, pd,
+                                                                stream),
+                   "vr_persistence (distances)");
+      } else {
+        check_cuda(tsl::cuda::launch_pairwise_distance<scalar_t>(px + b0 * N * D, nb, N, D, pd,
+                                                                 stream),
+                   "vr_persistence (pairwise distances)");
+      }
+      check_cuda(tsl::cuda::launch_vr_persistence<scalar_t>(
+                     pd, nb, N, dim, K, h0.data_ptr<scalar_t>() + b0 * H0 * 2,
+                     h0_edges.data_ptr<int64_t>() + b0 * H0 * 2,
+                     h1.data_ptr<scalar_t>() + b0 * K * 2,
+                     h1_edges.data_ptr<int64_t>() + b0 * K * 4,
+                     h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
+                     workspace.data_ptr(), ws_bytes, cap, stream),
+                 "vr_persistence");
+    }
+  });
+  return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
+}
+
+at::Tensor vr_persistence_backward_cuda(const at::Tensor& grad_h0, const at::Tensor& grad_h1,
+                                        const at::Tensor& x_in, const at::Tensor& h0_edges_in,
+                                        const at::Tensor& h1_edges_in, bool distances) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = x_in.contiguous();
+  auto g0 = grad_h0.to(x.scalar_type()).contiguous();
+  auto g1 = grad_h1.to(x.scalar_type()).contiguous();
+  auto e0 = h0_edges_in.contiguous();
+  auto e1 = h1_edges_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  const int64_t H0 = e0.size(1), K = e1.size(1);
+  auto grad = at::zeros_like(x);
+  if (B == 0 || N == 0) return grad;
+  auto workspace = at::empty(
+      {static_cast<int64_t>(tsl::cuda::vr_backward_workspace_bytes(B, H0, K))},
+      x.options().dtype(at::kByte));
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "vr_persistence_backward_cuda", [&] {
+    check_cuda(tsl::cuda::launch_vr_backward<scalar_t>(
+                   g0.data_ptr<scalar_t>(), g1.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), B,
+                   N, D, e0.data_ptr<int64_t>(), H0, e1.data_ptr<int64_t>(), K, distances,
+                   grad.data_ptr<scalar_t>(), workspace.data_ptr(), stream),
+               "vr_persistence_backward");
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tsloss_cuda, CUDA, m) {
+  m.impl("pairwise_distance", &pairwise_distance_cuda);
+  m.impl("vr_persistence", &vr_persistence_cuda);
+  m.impl("vr_persistence_backward", &vr_persistence_backward_cuda);
+}
+
+}  // namespace tsloss

@@ -1,0 +1,212 @@
+// Native tests of the torch-free engine with known answers; run by ctest (also under ASan and
+// UBSan with -DTSLOSS_SANITIZE=ON). Exits non-zero on the first failed check group.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "core/pairwise_distance.h"
+#include "core/vr_engine.h"
+
+namespace {
+
+int g_failures = 0;
+
+#define CHECK(cond, ...)                                             \
+  do {                                                               \
+    if (!(cond)) {                                                   \
+      ++g_failures;                                                  \
+      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);    \
+      std::printf(__VA_ARGS__);                                      \
+      std::printf("\n");                                             \
+    }                                                                \
+  } while (0)
+
+template <typename T>
+struct Result {
+  std::vector<T> h0, h1;
+  std::vector<int64_t> h0_edges, h1_edges;
+  int64_t count = 0;
+  bool truncated = false;
+};
+
+template <typename T>
+Result<T> run(const std::vector<double>& pts, int64_t n, int64_t dim, int64_t K = 8) {
+  std::vector<T> x(pts.begin(), pts.end()), dist(n * n);
+  tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
+  Result<T> r;
+  const int64_t h0 = n > 0 ? n - 1 : 0;
+  r.h0.assign(2 * h0, T(-7));
+  r.h0_edges.assign(2 * h0, -7);
+  r.h1.assign(2 * K, T(-7));
+  r.h1_edges.assign(4 * K, -7);
+  tsl::HostWorkspace<T> ws;
+  tsl::CloudOutput<T> out{r.h0.data(), r.h0_edges.data(), r.h1.data(), r.h1_edges.data(),
+                          &r.count, &r.truncated, K};
+  tsl::vr_persistence_cloud(dist.data(), n, 1, out, ws);
+  return r;
+}
+
+template <typename T>
+bool near(T a, double b, double tol) {
+  return std::fabs(static_cast<double>(a) - b) <= tol * (1.0 + std::fabs(b));
+}
+
+template <typename T>
+double tol() {
+  return sizeof(T) == 4 ? 1e-6 : 1e-12;
+}
+
+template <typename T>
+void check_padding(const Result<T>& r, int64_t K, const char* name) {
+  for (int64_t q = r.count; q < K; ++q) {
+    CHECK(r.h1[2 * q] == T(0) && r.h1[2 * q + 1] == T(0), "%s: padding value row %lld", name,
+          (long long)q);
+    for (int c = 0; c < 4; ++c)
+      CHECK(r.h1_edges[4 * q + c] == -1, "%s: padding edge row %lld", name, (long long)q);
+  }
+}
+
+template <typename T>
+void test_square() {
+  const std::vector<double> pts{0, 0, 1, 0, 1, 1, 0, 1};
+  Result<T> r = run<T>(pts, 4, 2);
+  for (int k = 0; k < 3; ++k) {
+    CHECK(r.h0[2 * k] == T(0), "square birth");
+    CHECK(near(r.h0[2 * k + 1], 1.0, tol<T>()), "square H0 death %d = %g", k,
+          (double)r.h0[2 * k + 1]);
+    CHECK(r.h0_edges[2 * k] < r.h0_edges[2 * k + 1], "square H0 edge order");
+  }
+  CHECK(r.count == 1, "square H1 count %lld", (long long)r.count);
+  CHECK(!r.truncated, "square truncated");
+  CHECK(near(r.h1[0], 1.0, tol<T>()) && near(r.h1[1], std::sqrt(2.0), tol<T>()),
+        "square H1 bar (%g, %g)", (double)r.h1[0], (double)r.h1[1]);
+  // Birth edge: a unit side (j < i); death edge: a diagonal {0,2} or {1,3}.
+  const int64_t* e = r.h1_edges.data();
+  CHECK(e[0] < e[1], "square birth edge order");
+  CHECK((e[2] == 0 && e[3] == 2) || (e[2] == 1 && e[3] == 3), "square death edge (%lld,%lld)",
+        (long long)e[2], (long long)e[3]);
+  check_padding(r, 8, "square");
+}
+
+template <typename T>
+void test_hexagon() {
+  const int n = 6;
+  std::vector<double> pts;
+  for (int k = 0; k < n; ++k) {
+    pts.push_back(std::cos(2 * M_PI * k / n));
+    pts.push_back(std::sin(2 * M_PI * k / n));
+  }
+  Result<T> r = run<T>(pts, n, 2);
+  // Side 1, short diagonal sqrt 3, long diagonal 2. H0: five sides. The hexagon's cycle is
+  // born at 1 and filled by triangles of short diagonals at sqrt 3.
+  for (int k = 0; k < n - 1; ++k)
+    CHECK(near(r.h0[2 * k + 1], 1.0, 1e-5), "hexagon H0 death %g", (double)r.h0[2 * k + 1]);
+  CHECK(r.count == 1, "hexagon H1 count %lld", (long long)r.count);
+  CHECK(near(r.h1[0], 1.0, 1e-5) && near(r.h1[1], std::sqrt(3.0), 1e-5),
+        "hexagon H1 bar (%g, %g)", (double)r.h1[0], (double)r.h1[1]);
+  check_padding(r, 8, "hexagon");
+}
+
+template <typename T>
+void test_duplicates() {
+  // Three copies of one point and a fourth point at distance 2: H0 deaths 0, 0, 2; no H1.
+  const std::vector<double> pts{0, 0, 0, 0, 0, 0, 2, 0};
+  Result<T> r = run<T>(pts, 4, 2);
+  CHECK(r.h0[1] == T(0) && r.h0[3] == T(0) && near(r.h0[5], 2.0, tol<T>()),
+        "duplicates H0 deaths %g %g %g", (double)r.h0[1], (double)r.h0[3], (double)r.h0[5]);
+  CHECK(r.count == 0 && !r.truncated, "duplicates H1 count %lld", (long long)r.count);
+  check_padding(r, 8, "duplicates");
+}
+
+template <typename T>
+void test_tiny() {
+  Result<T> one = run<T>({1.0, 2.0}, 1, 2);
+  CHECK(one.h0.empty() && one.count == 0 && !one.truncated, "N=1");
+  check_padding(one, 8, "N=1");
+  Result<T> two = run<T>({0.0, 0.0, 3.0, 4.0}, 2, 2);
+  CHECK(two.h0.size() == 2 && near(two.h0[1], 5.0, tol<T>()), "N=2 death %g",
+        (double)two.h0[1]);
+  CHECK(two.h0_edges[0] == 0 && two.h0_edges[1] == 1, "N=2 edge");
+  CHECK(two.count == 0, "N=2 H1 count");
+  check_padding(two, 8, "N=2");
+}
+
+// Kruskal with union-find on the same distances: the MST weight is unique even with ties.
+double kruskal_weight(const std::vector<double>& d, int n) {
+  std::vector<std::pair<double, std::pair<int, int>>> edges;
+  for (int i = 1; i < n; ++i)
+    for (int j = 0; j < i; ++j) edges.push_back({d[i * n + j], {i, j}});
+  std::sort(edges.begin(), edges.end());
+  std::vector<int> parent(n);
+  for (int i = 0; i < n; ++i) parent[i] = i;
+  auto find = [&](int v) {
+    while (parent[v] != v) v = parent[v] = parent[parent[v]];
+    return v;
+  };
+  double w = 0;
+  for (auto& e : edges) {
+    int a = find(e.second.first), b = find(e.second.second);
+    if (a != b) {
+      parent[a] = b;
+      w += e.first;
+    }
+  }
+  return w;
+}
+
+template <typename T>
+void test_random_mst(unsigned seed, int n, int dim) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> pts(n * dim);
+  for (double& p : pts) p = normal(rng);
+  // Round to T first so Kruskal sees the very points the engine sees.
+  std::vector<T> xt(pts.begin(), pts.end());
+  std::vector<double> xr(xt.begin(), xt.end());
+  std::vector<T> dist(n * n);
+  tsl::pairwise_distance_cloud(xt.data(), n, dim, dist.data());
+  std::vector<double> dd(dist.begin(), dist.end());
+  const double expected = kruskal_weight(dd, n);
+  Result<T> r = run<T>(xr, n, dim, 4);
+  double sum = 0;
+  for (int k = 0; k + 1 < n; ++k) {
+    sum += (double)r.h0[2 * k + 1];
+    if (k > 0) CHECK(r.h0[2 * k + 1] >= r.h0[2 * k - 1], "random H0 sorted");
+  }
+  CHECK(std::fabs(sum - expected) <= 1e-9 * (1 + expected), "random MST weight %.12g vs %.12g",
+        sum, expected);
+  CHECK(r.count >= 0, "random H1 count");
+  CHECK(r.truncated == (r.count > 4), "random truncated flag");
+  const int64_t keep = r.count < 4 ? r.count : 4;
+  for (int64_t q = 0; q < keep; ++q) {
+    CHECK(r.h1[2 * q + 1] > r.h1[2 * q], "random H1 bar has positive persistence");
+    if (q > 0)
+      CHECK(r.h1[2 * q + 1] - r.h1[2 * q] <= r.h1[2 * q - 1] - r.h1[2 * q - 2],
+            "random H1 sorted by persistence");
+  }
+  check_padding(r, 4, "random");
+}
+
+template <typename T>
+void run_all() {
+  test_square<T>();
+  test_hexagon<T>();
+  test_duplicates<T>();
+  test_tiny<T>();
+  test_random_mst<T>(1, 40, 3);
+  test_random_mst<T>(2, 100, 8);
+}
+
+}  // namespace
+
+int main() {
+  run_all<float>();
+  run_all<double>();
+  if (g_failures) {
+    std::printf("%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("all core checks passed\n");
+  return 0;
+}

@@ -1,0 +1,139 @@
+"""CUDA kernels against the CPU engine; every test is skipped without a CUDA device.
+
+H0 must match exactly (values and edges) when both engines read the same distance matrix;
+H1 values match up to float rounding and the counts exactly. From points the two engines
+compute distances differently (CPU: Gram form with a difference-form fallback; CUDA: difference
+form), which can move a value by an ulp, so points are compared with a tolerance.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tsloss_cuda  # noqa: F401  (registers the ops)
+from cases import all_clouds
+
+ops = torch.ops.tsloss_cuda
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+K = 16
+
+
+def _cpu_dist(x: torch.Tensor) -> torch.Tensor:
+    return ops.pairwise_distance(x.cpu())
+
+
+def _forward(x, distances, k=K):
+    return ops.vr_persistence(x, 1, distances, k)
+
+
+def _assert_same(cpu, gpu, exact: bool, rtol: float):
+    h0c, e0c, h1c, e1c, nc, tc = [t.cpu() for t in cpu]
+    h0g, e0g, h1g, e1g, ng, tg = [t.cpu() for t in gpu]
+    assert torch.equal(nc, ng), (nc, ng)
+    assert torch.equal(tc, tg)
+    if exact:
+        assert torch.equal(h0c, h0g)
+        assert torch.equal(e0c, e0g)
+        assert torch.equal(e1c, e1g)
+    else:
+        torch.testing.assert_close(h0g, h0c, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(h1g, h1c, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,idx,cloud", list(all_clouds()), ids=lambda v: str(v) if not isinstance(v, np.ndarray) else "")
+def test_families_match_cpu(name, idx, cloud, dtype):
+    x = torch.as_tensor(cloud, dtype=dtype)[None]
+    d = _cpu_dist(x)
+    cpu = _forward(d, True)
+    gpu = _forward(d.cuda(), True)
+    _assert_same(cpu, gpu, exact=True, rtol=1e-6 if dtype == torch.float32 else 1e-12)
+    # From points: H1 counts and values still agree; H0 values to rounding.
+    cpu_p = _forward(x, False)
+    gpu_p = _forward(x.cuda(), False)
+    torch.testing.assert_close(gpu_p[0].cpu(), cpu_p[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("B,N,D", [(1, 64, 32), (64, 64, 16), (256, 128, 8), (1024, 256, 4)])
+def test_random_batches_match_cpu(B, N, D):
+    g = torch.Generator().manual_seed(B * 1000 + N)
+    x = torch.randn(B, N, D, generator=g, dtype=torch.float64)
+    d = _cpu_dist(x)
+    _assert_same(_forward(d, True), _forward(d.cuda(), True), exact=True, rtol=1e-12)
+
+
+def test_float32_random_batch_matches_cpu():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(128, 96, 12, generator=g, dtype=torch.float32)
+    d = _cpu_dist(x)
+    _assert_same(_forward(d, True), _forward(d.cuda(), True), exact=True, rtol=1e-6)
+
+
+def test_pairwise_distance_matches_float64():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 100, 300, generator=g, dtype=torch.float64)
+    ref = torch.cdist(x, x)
+    ref.diagonal(dim1=1, dim2=2).zero_()
+    out = ops.pairwise_distance(x.cuda()).cpu()
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-9)
+    out32 = ops.pairwise_distance(x.float().cuda()).cpu().double()
+    torch.testing.assert_close(out32, ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(out32, out32.transpose(1, 2))
+
+
+def test_maxdim0_and_tiny():
+    for n in (0, 1, 2, 3):
+        x = torch.randn(3, n, 2, dtype=torch.float64)
+        for maxdim in (0, 1):
+            cpu = ops.vr_persistence(x, maxdim, False, 4)
+            gpu = ops.vr_persistence(x.cuda(), maxdim, False, 4)
+            for a, b in zip(cpu, gpu):
+                assert a.shape == b.shape
+            _assert_same(cpu, gpu, exact=False, rtol=1e-12)
+
+
+def test_no_sync_during_forward_and_backward():
+    x = torch.randn(16, 48, 8, device="cuda", dtype=torch.float64, requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        h0, _, h1, _, _, _ = ops.vr_persistence(x, 1, False, 8)
+        (h0[..., 1].sum() + (h1[..., 1] - h1[..., 0]).sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert x.grad is not None
+
+
+def test_non_default_stream_and_determinism():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(64, 80, 6, generator=g, dtype=torch.float32).cuda()
+    ref = ops.vr_persistence(x, 1, False, K)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        outs = [ops.vr_persistence(x, 1, False, K) for _ in range(3)]
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    for out in outs:
+        for a, b in zip(ref, out):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("distances", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_matches_cpu(distances, dtype):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(12, 40, 5, generator=g, dtype=dtype)
+    if distances:
+        x = _cpu_dist(x)
+    _, e0, _, e1, _, _ = ops.vr_persistence(x, 1, distances, 8)
+    g0 = torch.randn(e0.shape[:-1] + (2,), generator=g, dtype=dtype)
+    g1 = torch.randn(e1.shape[:-1] + (2,), generator=g, dtype=dtype)
+    cpu = ops.vr_persistence_backward(g0, g1, x, e0, e1, distances)
+    gpu = ops.vr_persistence_backward(g0.cuda(), g1.cuda(), x.cuda(), e0.cuda(), e1.cuda(), distances)
+    assert torch.equal(gpu.cpu(), cpu)
+    again = ops.vr_persistence_backward(g0.cuda(), g1.cuda(), x.cuda(), e0.cuda(), e1.cuda(), distances)
+    assert torch.equal(gpu, again)
