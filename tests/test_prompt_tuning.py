@@ -1,0 +1,131 @@
+"""Soft prompt wrapper, PEFT prompt finder, regularisers and topology tracking on tiny models."""
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tsloss_cuda.loss import loss as ts_loss  # noqa: E402
+from tsloss_cuda.prompt_tuning import SoftPromptModel, detect_task, prompt_parameters  # noqa: E402
+from tsloss_cuda.tracking import METRICS, TopologyTracker, topology_metrics, to_floats  # noqa: E402
+from tsloss_cuda.train import REGULARIZERS, make_regularizer  # noqa: E402
+
+
+def tiny_bert():
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.BertModel(cfg).eval()
+
+
+def tiny_gpt2():
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+class _Args:
+    ts_connectivity, ts_redundancy, ts_stability = 1.0, 1.0, 0.1
+
+
+def _encoder_batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 64, (12, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[:4, 5:] = 0
+    return ids, mask, torch.arange(12) % 3
+
+
+@pytest.mark.parametrize("reg", REGULARIZERS)
+def test_encoder_trains_with_each_regularizer(reg):
+    spm = SoftPromptModel(tiny_bert(), 6, num_labels=3, generator=torch.Generator().manual_seed(0))
+    assert spm.task == "encoder" and spm.prompt.shape == (6, 32)
+    assert all(not p.requires_grad for p in spm.model.parameters())
+    opt = torch.optim.Adam(spm.trainable_parameters(), lr=0.05)
+    fn, ts_mod = make_regularizer(reg, _Args)
+    tracker = TopologyTracker(every=5)
+    ids, mask, y = _encoder_batch()
+    losses, rows = [], []
+    for step in range(1, 21):
+        opt.zero_grad()
+        task = spm(ids, mask, labels=y)["loss"]
+        (task + 0.1 * fn(spm.prompt)).backward()
+        opt.step()
+        losses.append(task.detach())
+        if tracker.due(step):
+            terms = ts_mod.last_terms if ts_mod is not None else ts_loss(
+                spm.prompt.detach(), return_terms=True)[1]
+            tracker.update(step, spm.prompt, terms)
+    rows = tracker.flush()
+    assert float(losses[-1]) < float(losses[0])
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    for r in rows:
+        for k in METRICS + ("ts_connectivity", "ts_redundancy", "ts_stability", "ts_scale"):
+            assert k in r and math.isfinite(r[k])
+    if reg == "tsloss":
+        assert rows[-1]["ts_stability"] > 0  # stateful: compared with the previous step
+
+
+def test_causal_lm_loss_on_answer_tokens_only():
+    model = tiny_gpt2()
+    assert detect_task(model) == "causal"
+    spm = SoftPromptModel(model, 4, init="random", generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, 64, (5, 8), generator=torch.Generator().manual_seed(2))
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = ids[:, -1]  # answer = last token
+    out = spm(ids, labels=labels)
+    assert out["logits"].shape == (5, 12, 64)
+    # Reference: the model's own loss on the same embeddings, answer position only.
+    emb = torch.cat([spm.prompt.expand(5, -1, -1), model.get_input_embeddings()(ids)], 1)
+    logits = model(inputs_embeds=emb).logits
+    ref = torch.nn.functional.cross_entropy(logits[:, -2], ids[:, -1])
+    torch.testing.assert_close(out["loss"], ref)
+    opt = torch.optim.Adam(spm.trainable_parameters(), lr=0.05)
+    first = None
+    for _ in range(15):
+        opt.zero_grad()
+        loss = spm(ids, labels=labels)["loss"] + 0.1 * ts_loss(prompt_parameters(spm))
+        loss.backward()
+        opt.step()
+        first = float(loss.detach()) if first is None else first
+    assert float(spm(ids, labels=labels)["loss"]) < first
+
+
+def test_vocab_init_copies_embeddings():
+    model = tiny_bert()
+    spm = SoftPromptModel(model, 5, generator=torch.Generator().manual_seed(3))
+    emb = model.get_input_embeddings().weight
+    same = (spm.prompt.detach()[:, None, :] == emb.detach()[None]).all(-1)  # (N, V)
+    assert bool(same.any(1).all())
+    with pytest.raises(ValueError):
+        SoftPromptModel(model, 0)
+
+
+def test_peft_prompt_tuning_one_line_tsloss():
+    peft = pytest.importorskip("peft")
+    cfg = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)
+    pm = peft.get_peft_model(tiny_gpt2(), cfg)
+    prompt = prompt_parameters(pm)
+    assert prompt.shape == (5, 32) and prompt.requires_grad
+    ids = torch.randint(1, 64, (3, 6), generator=torch.Generator().manual_seed(4))
+    before = prompt.detach().clone()
+    opt = torch.optim.Adam([p for p in pm.parameters() if p.requires_grad], lr=0.01)
+    loss = pm(input_ids=ids, labels=ids).loss + 0.1 * ts_loss(prompt_parameters(pm))
+    loss.backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+    opt.step()
+    assert not torch.equal(before, prompt_parameters(pm).detach())
+    with pytest.raises(ValueError):
+        prompt_parameters(torch.nn.Linear(2, 2))
+
+
+def test_topology_metrics_of_a_square():
+    sq = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    m = to_floats(topology_metrics(sq))
+    assert m["h0_count"] == 3 and m["h1_count"] == 1
+    assert m["h0_max_life"] == pytest.approx(1.0) and m["h0_total"] == pytest.approx(3.0)
+    assert m["h0_entropy"] == pytest.approx(math.log(3))
+    assert m["h1_max_life"] == pytest.approx(math.sqrt(2) - 1, rel=1e-5)
+    assert m["h1_entropy"] == pytest.approx(0.0, abs=1e-7)

@@ -1,0 +1,106 @@
+"""Topology metrics of a soft prompt, computed on its device and read back only when logged.
+
+:func:`topology_metrics` returns 0-d tensors on the prompt's device (no host sync);
+:func:`to_floats` copies a dict of them to Python floats in one transfer, at the logging
+interval.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional
+
+import torch
+
+from tsloss_cuda.persistence import vr_persistence
+
+#: Metric names, in CSV column order.
+METRICS = ("h0_count", "h1_count", "h0_mean_life", "h0_max_life", "h1_mean_life", "h1_max_life",
+           "h0_entropy", "h1_entropy", "h0_total", "h1_total")
+TERMS = ("connectivity", "redundancy", "stability", "scale")
+
+
+def _entropy(life: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Persistent entropy ``-Σ p log p`` with ``p = l / Σ l`` over valid bars; 0 if none."""
+    life = torch.where(valid, life, torch.zeros_like(life))
+    total = life.sum(-1, keepdim=True)
+    pr = life / total.clamp_min(torch.finfo(life.dtype).tiny)
+    # 0·log 0 = 0: mask before the log so no NaN appears.
+    return -(torch.where(pr > 0, pr * torch.log(torch.where(pr > 0, pr, torch.ones_like(pr))),
+                         torch.zeros_like(pr))).sum(-1)
+
+
+def _masked_mean_max(life: torch.Tensor, valid: torch.Tensor):
+    cnt = valid.sum(-1)
+    z = torch.zeros_like(life)
+    total = torch.where(valid, life, z).sum(-1)
+    mean = total / cnt.clamp_min(1).to(life.dtype)
+    mx = torch.where(valid, life, z).amax(-1) if life.shape[-1] > 0 else total
+    return cnt, mean, mx, total
+
+
+@torch.no_grad()
+def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Bar counts, mean/max lifetimes, persistent entropy and total persistence of H0 and H1.
+
+    Args:
+        prompt: ``(N, D)`` prompt (any float dtype; computed in float32).
+
+    Returns:
+        dict name -> 0-d float32 tensor on ``prompt``'s device (names in :data:`METRICS`).
+        H0 uses the N-1 finite bars of positive length (the infinite bar is left out).
+    """
+    x = prompt.detach().float().reshape(-1, prompt.shape[-1])
+    dg = vr_persistence(x, 1)
+    life0 = dg.h0[0, :, 1] - dg.h0[0, :, 0]  # (N-1,)
+    valid0 = life0 > 0
+    k = dg.h1.shape[1]
+    life1 = dg.h1[0, :, 1] - dg.h1[0, :, 0]  # (K,)
+    valid1 = torch.arange(k, device=x.device) < dg.h1_count[0].clamp_max(k)
+    c0, m0, x0, t0 = _masked_mean_max(life0, valid0)
+    c1, m1, x1, t1 = _masked_mean_max(life1, valid1)
+    vals = dict(h0_count=c0, h1_count=dg.h1_count[0], h0_mean_life=m0, h0_max_life=x0,
+                h1_mean_life=m1, h1_max_life=x1, h0_entropy=_entropy(life0, valid0),
+                h1_entropy=_entropy(life1, valid1), h0_total=t0, h1_total=t1)
+    return {k: v.float() for k, v in vals.items()}
+
+
+def to_floats(values: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+    """Copy a dict of 0-d tensors to floats with a single device -> host transfer."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    if not keys:
+        return {}
+    stacked = torch.stack([values[k].detach().reshape(()).float() for k in keys]).cpu().tolist()
+    return dict(zip(keys, stacked))
+
+
+class TopologyTracker:
+    """Every ``every`` steps, records topology metrics and the TSLoss terms of a prompt.
+
+    ``update(step, prompt, terms)`` keeps device tensors; ``flush()`` reads the pending ones back
+    (one transfer per record) and returns them as rows of floats.
+    """
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = max(int(every), 1)
+        self._pending: List[tuple] = []
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def update(self, step: int, prompt: torch.Tensor,
+               terms: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        vals = topology_metrics(prompt)
+        if terms:
+            for name in TERMS:
+                t = terms.get(name)
+                if isinstance(t, torch.Tensor) and t.numel() == 1:
+                    vals["ts_" + name] = t.detach().float().reshape(())
+        self._pending.append((step, vals))
+
+    def flush(self) -> List[Dict[str, float]]:
+        rows = []
+        for step, vals in self._pending:
+            row = {"step": step}
+            row.update(to_floats(vals))
+            rows.append(row)
+        self._pending = []
+        return rows
