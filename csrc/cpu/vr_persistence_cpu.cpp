@@ -22,29 +22,42 @@ void check_finite(const T* p, int64_t count, const char* what) {
                 "); persistence of non-finite points is undefined");
 }
 
-// Squared distances from xi to each of the `count` rows of `rows` (all of length dim), by the
-// difference form in double: no cancellation, so close points keep their digits. Eight
+// Squared distances from xi (already in double) to each of the `count` rows of `rows` (all of
+// length dim), by the difference form in double: no cancellation, so close points keep their
+// digits. float rows are widened in registers rather than copied, halving memory traffic. Eight
 // independent accumulators let the compiler vectorise without reassociating a reduction;
 // target_clones picks AVX2 at load time where the CPU has it.
-__attribute__((target_clones("avx2", "default")))
-void squared_distance_row(const double* xi, const double* rows, int64_t count, int64_t dim,
-                          double* out) {
+template <typename R>
+__attribute__((always_inline)) inline void squared_distance_row_body(
+    const double* xi, const R* rows, int64_t count, int64_t dim, double* out) {
   for (int64_t j = 0; j < count; ++j) {
-    const double* xj = rows + j * dim;
+    const R* xj = rows + j * dim;
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t k = 0;
     for (; k + 8 <= dim; k += 8)
       for (int l = 0; l < 8; ++l) {
-        const double t = xi[k + l] - xj[k + l];
+        const double t = xi[k + l] - static_cast<double>(xj[k + l]);
         acc[l] += t * t;
       }
     double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     for (; k < dim; ++k) {
-      const double t = xi[k] - xj[k];
+      const double t = xi[k] - static_cast<double>(xj[k]);
       s += t * t;
     }
     out[j] = s;
   }
+}
+
+__attribute__((target_clones("avx2", "default")))
+void squared_distance_row(const double* xi, const float* rows, int64_t count, int64_t dim,
+                          double* out) {
+  squared_distance_row_body(xi, rows, count, dim, out);
+}
+
+__attribute__((target_clones("avx2", "default")))
+void squared_distance_row(const double* xi, const double* rows, int64_t count, int64_t dim,
+                          double* out) {
+  squared_distance_row_body(xi, rows, count, dim, out);
 }
 
 // Distances from points, exactly symmetric with an exact zero diagonal. Parallel over rows of
@@ -57,19 +70,20 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   auto out = at::empty({B, N, N}, x_in.options());
   if (B == 0 || N == 0) return out;
-  auto xd = x_in.to(at::kDouble).contiguous();
-  const double* px = xd.data_ptr<double>();
-  check_finite(px, xd.numel(), "pairwise_distance: x");
-  AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "pairwise_distance_cpu", [&] {
+  auto x = x_in.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    check_finite(px, x.numel(), "pairwise_distance: x");
     scalar_t* po = out.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, N * D));
     at::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
-      std::vector<double> row(N);
+      std::vector<double> row(N), xi(D);
       for (int64_t bi = begin; bi < end; ++bi) {
         const int64_t b = bi / N, i = bi % N;
-        const double* xb = px + b * N * D;
+        const scalar_t* xb = px + b * N * D;
         scalar_t* ob = po + b * N * N;
-        squared_distance_row(xb + i * D, xb, i, D, row.data());
+        for (int64_t k = 0; k < D; ++k) xi[k] = static_cast<double>(xb[i * D + k]);
+        squared_distance_row(xi.data(), xb, i, D, row.data());
         ob[i * N + i] = scalar_t(0);
         for (int64_t j = 0; j < i; ++j) {
           const scalar_t v = static_cast<scalar_t>(std::sqrt(row[j]));
