@@ -1,0 +1,621 @@
+#!/usr/bin/env python
+"""Benchmark tsloss_cuda against peer Vietoris–Rips persistence libraries.
+
+One run measures, on identical seeded float32 Gaussian prompt clouds (B, N, D):
+
+* ``ours``          ``tsloss_cuda.vr_persistence`` forward (H0+H1), all CPU threads / CUDA;
+* ``ours``          ``tsloss_cuda.loss`` forward+backward (op ``loss_fwd_bwd``);
+* ``ripser``        ripser.py, a Python loop over clouds;
+* ``gph-1t``/``gph-all``  giotto-ph ``ripser_parallel`` with 1 thread / all cores;
+* ``gudhi``         ``RipsComplex`` + ``SimplexTree(max_dimension=2).persistence()``, loop;
+* ``gudhi-sklearn`` ``gudhi.sklearn.rips_persistence.RipsPersistence`` (all cores), if importable;
+* ``torch-topological`` ``VietorisRipsComplex(dim=1)`` forward+backward of the sum of all finite
+  persistences (op ``loss_fwd_bwd``; its ratio is to our TSLoss forward+backward).
+
+Peers are timed both on points and on a precomputed float64 distance matrix; the faster is
+kept and recorded (``input``). The matrix is computed *outside* the timed region (a
+conservative choice: it favours peers; its cost is recorded as ``matrix_precompute_s``).
+
+Each timing is the median of ``--reps`` repetitions after one warm-up. Every result is
+checked against ripser.py (float64 distance matrix): bottleneck distance of H0 and H1 per
+cloud <= 1e-4 x the cloud's diameter, else the row is ``correct: false`` and gets no ratio.
+Loss rows are checked for a finite value (torch-topological's diagrams are also checked).
+
+Usage::
+
+    python benchmarks/run.py                 # all configs of this device
+    python benchmarks/run.py --quick         # a small subset, < 1 minute
+    python benchmarks/run.py --configs 16,768,64 64,2048,64 --reps 7 --impls ours,ripser
+    python benchmarks/run.py --scaling       # also fit time ~ N^a, B^b, D^c for ours
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+
+ROOT = Path(__file__).resolve().parent
+CPU_CONFIGS = [(16, 768, 64), (32, 2048, 64), (64, 2048, 64), (64, 4096, 16), (128, 2048, 16),
+               (256, 768, 4)]
+GPU_EXTRA = [(1, 64, 4096), (64, 64, 4096), (1024, 256, 768)]
+QUICK_CONFIGS = [(16, 768, 16), (64, 256, 8)]
+ALL_IMPLS = ["ours", "ripser", "gph-1t", "gph-all", "gudhi", "gudhi-sklearn", "torch-topological"]
+TOL = 1e-4  # x diameter
+# A peer's input kind whose warm-up is this much slower than the other's (and slower than
+# SLOW_S seconds) is not repeated: its warm-up time is recorded instead.
+SLOW_S = 1.0
+SLOW_FACTOR = 1.5
+
+
+# --------------------------------------------------------------------------------------------
+# environment
+# --------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def device_name(use_cuda: bool) -> str:
+    if use_cuda:
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+    model = cpu_model().lower()
+    model = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*$", " ", model)
+    words = [w for w in re.split(r"[^a-z0-9]+", model) if w][:3]
+    return "cpu-" + "-".join(words or ["unknown"]) + f"-{os.cpu_count()}c"
+
+
+def make_clouds(n: int, d: int, b: int, seed: int = 0) -> torch.Tensor:
+    """Gaussian-ish prompt clouds: a shared random mean direction plus isotropic noise."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + n * 7919 + d * 31 + b)
+    mean = torch.randn(1, 1, d, generator=g) * 0.5
+    return (mean + torch.randn(b, n, d, generator=g)).float().contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# correctness
+# --------------------------------------------------------------------------------------------
+def _finite(a) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    return a[np.isfinite(a[:, 1])]
+
+
+def _ninf(a) -> int:
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    return int((~np.isfinite(a[:, 1])).sum())
+
+
+def bottleneck(a: np.ndarray, b: np.ndarray) -> float:
+    import gudhi
+    if len(a) == 0 and len(b) == 0:
+        return 0.0
+    return float(gudhi.bottleneck_distance(a, b, 0.0))
+
+
+def check_diagrams(ref, got, diam, reports_inf=True):
+    """Worst bottleneck/diameter over clouds and dims, and whether it passes."""
+    worst = 0.0
+    ok = len(ref) == len(got)
+    for r, g, dm in zip(ref, got, diam):
+        for dim in (0, 1):
+            if reports_inf and _ninf(r[dim]) != _ninf(g[dim]):
+                ok = False
+                worst = math.inf
+            e = bottleneck(_finite(r[dim]), _finite(g[dim])) / max(dm, 1e-30)
+            worst = max(worst, e)
+    return bool(ok and worst <= TOL), float(worst)
+
+
+# --------------------------------------------------------------------------------------------
+# implementations: each returns (run_fn, result_to_diagrams) per input kind
+# --------------------------------------------------------------------------------------------
+class Inputs:
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self.np64 = x.double().numpy()
+        t = time.perf_counter()
+        xd = x.double()
+        self.dm = torch.cdist(xd, xd).numpy()
+        # exact symmetric, zero diagonal
+        self.dm = 0.5 * (self.dm + self.dm.transpose(0, 2, 1))
+        for m in self.dm:
+            np.fill_diagonal(m, 0.0)
+        self.dm_time = time.perf_counter() - t
+        self.diam = self.dm.reshape(len(self.dm), -1).max(axis=1)
+
+
+def peer_ripser(inp: Inputs, kind: str):
+    import ripser
+    if kind == "points":
+        def run():
+            return [ripser.ripser(p, maxdim=1)["dgms"] for p in inp.np64]
+    else:
+        def run():
+            return [ripser.ripser(m, maxdim=1, distance_matrix=True)["dgms"] for m in inp.dm]
+    return run, lambda out: out
+
+
+def peer_gph(inp: Inputs, kind: str, threads: int):
+    from gph import ripser_parallel
+    if kind == "points":
+        def run():
+            return [ripser_parallel(p, maxdim=1, n_threads=threads)["dgms"] for p in inp.np64]
+    else:
+        def run():
+            return [ripser_parallel(m, maxdim=1, metric="precomputed", n_threads=threads)["dgms"]
+                    for m in inp.dm]
+    return run, lambda out: out
+
+
+def peer_gudhi(inp: Inputs, kind: str):
+    import gudhi
+
+    def one(rc):
+        st = rc.create_simplex_tree(max_dimension=2)
+        st.persistence(homology_coeff_field=2, min_persistence=0.0)
+        return [st.persistence_intervals_in_dimension(0), st.persistence_intervals_in_dimension(1)]
+    if kind == "points":
+        def run():
+            return [one(gudhi.RipsComplex(points=p)) for p in inp.np64]
+    else:
+        def run():
+            return [one(gudhi.RipsComplex(distance_matrix=m)) for m in inp.dm]
+    return run, lambda out: out
+
+
+def peer_gudhi_sklearn(inp: Inputs, kind: str):
+    from gudhi.sklearn.rips_persistence import RipsPersistence
+    itype = "point cloud" if kind == "points" else "full distance matrix"
+    rp = RipsPersistence(homology_dimensions=[0, 1], input_type=itype, homology_coeff_field=2,
+                         n_jobs=os.cpu_count())
+    data = list(inp.np64) if kind == "points" else list(inp.dm)
+
+    def run():
+        return rp.fit_transform(data)
+    return run, lambda out: out
+
+
+def peer_torch_topological(inp: Inputs, kind: str):
+    from torch_topological.nn import VietorisRipsComplex
+    if kind != "points":
+        # fwd+bwd must reach the points, as ours does: a precomputed matrix would skip the
+        # distance computation and its backward, so only points are timed.
+        raise NotImplementedError("torch-topological is timed on points only")
+    vr = VietorisRipsComplex(dim=1)
+    src = inp.x
+
+    def run():
+        xr = src.clone().requires_grad_(True)
+        out = vr(xr)
+        total = sum((info.diagram[:, 1] - info.diagram[:, 0]).sum()
+                    for cloud in out for info in cloud)
+        total.backward()
+        return out, float(total.detach())
+
+    def to_dgms(res):
+        out, _ = res
+        return [[c[0].diagram.detach().double().numpy(), c[1].diagram.detach().double().numpy()]
+                for c in out]
+    return run, to_dgms
+
+
+PEERS = {
+    "ripser": (peer_ripser, "forward"),
+    "gph-1t": (lambda i, k: peer_gph(i, k, 1), "forward"),
+    "gph-all": (lambda i, k: peer_gph(i, k, os.cpu_count()), "forward"),
+    "gudhi": (peer_gudhi, "forward"),
+    "gudhi-sklearn": (peer_gudhi_sklearn, "forward"),
+    "torch-topological": (peer_torch_topological, "loss_fwd_bwd"),
+}
+
+
+def available(impl: str) -> bool:
+    try:
+        if impl == "ours":
+            import tsloss_cuda  # noqa: F401
+        elif impl == "ripser":
+            import ripser  # noqa: F401
+        elif impl.startswith("gph"):
+            import gph  # noqa: F401
+        elif impl == "gudhi":
+            import gudhi  # noqa: F401
+        elif impl == "gudhi-sklearn":
+            import gudhi.sklearn.rips_persistence  # noqa: F401
+        elif impl == "torch-topological":
+            import torch_topological.nn  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+def time_fn(run, reps: int, cuda: bool = False):
+    """(warm-up result, warm-up seconds, list of rep seconds)."""
+    if cuda:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        first = run()
+        torch.cuda.synchronize()
+        warm = time.perf_counter() - t0
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            run()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return first, warm, times
+    t0 = time.perf_counter()
+    first = run()
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return first, warm, times
+
+
+def ours_runs(inp: Inputs, cuda: bool):
+    import tsloss_cuda
+    x = inp.x.cuda() if cuda else inp.x
+
+    def fwd():
+        return tsloss_cuda.vr_persistence(x, maxdim=1)
+
+    def loss():
+        xr = x.detach().clone().requires_grad_(True)
+        v = tsloss_cuda.loss(xr)
+        v.backward()
+        return float(v.detach()) if not cuda else v.detach()
+    return fwd, loss
+
+
+def bench_config(cfg, impls, reps, cuda, ref_cache=None, progress=None):
+    import ripser
+    n, d, b = cfg
+    dev = "cuda" if cuda else "cpu"
+    inp = Inputs(make_clouds(n, d, b))
+    ref = [ripser.ripser(m, maxdim=1, distance_matrix=True)["dgms"] for m in inp.dm]
+    recs = []
+
+    def base(impl, op):
+        # the 1-minute load average when this measurement started (other jobs skew timings)
+        return dict(impl=impl, device=dev, N=n, D=d, B=b, op=op, reps=reps,
+                    load_1m=round(os.getloadavg()[0], 2))
+
+    if "ours" in impls:
+        fwd, loss = ours_runs(inp, cuda)
+        first, warm, times = time_fn(fwd, reps, cuda)
+        ok, err = check_diagrams(ref, first.to_numpy(), inp.diam)
+        r = base("ours", "forward")
+        r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times, correct=ok,
+                 max_bottleneck_over_diam=err, input="points",
+                 truncated=bool(first.truncated.any()))
+        recs.append(r)
+        if progress:
+            progress.update(1)
+        first, warm, times = time_fn(loss, reps, cuda)
+        val = float(first)
+        r = base("ours", "loss_fwd_bwd")
+        r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times,
+                 correct=bool(math.isfinite(val)), loss_value=val, input="points")
+        recs.append(r)
+        if progress:
+            progress.update(1)
+    for impl in impls:
+        if impl == "ours":
+            continue
+        make, op = PEERS[impl]
+        dev_peer = "cpu"
+        cand = {}
+        for kind in ("points", "matrix"):
+            try:
+                run, to_dgms = make(inp, kind)
+                first, warm, _ = time_fn(run, 0)
+                cand[kind] = (run, to_dgms, first, warm)
+            except Exception as e:  # an input kind a peer does not support
+                cand[kind] = e
+        good = {k: v for k, v in cand.items() if not isinstance(v, Exception)}
+        r = base(impl, op)
+        r["device"] = dev_peer
+        if not good:
+            r.update(correct=False, error=repr(cand["points"]), median_s=None)
+            recs.append(r)
+            if progress:
+                progress.update(1)
+            continue
+        results = {}
+        fastest_warm = min(v[3] for v in good.values())
+        for kind, (run, to_dgms, first, warm) in good.items():
+            if warm > SLOW_S and warm > SLOW_FACTOR * fastest_warm:
+                results[kind] = (first, to_dgms, [warm], True)  # clearly slower: not repeated
+                continue
+            _, _, times = time_fn(run, reps)
+            results[kind] = (first, to_dgms, times, False)
+        kind = min(results, key=lambda k: statistics.median(results[k][2]))
+        first, to_dgms, times, _ = results[kind]
+        ok, err = check_diagrams(ref, to_dgms(first), inp.diam,
+                                 reports_inf=impl != "torch-topological")
+        if impl == "torch-topological":
+            ok = ok and math.isfinite(first[1])
+            r["loss_value"] = first[1]
+        r.update(median_s=statistics.median(times), times_s=times, correct=ok, reps=len(times),
+                 max_bottleneck_over_diam=err, input=kind,
+                 alternatives={k: dict(median_s=statistics.median(v[2]), reps=len(v[2]),
+                                       warmup_only=v[3]) for k, v in results.items()},
+                 matrix_precompute_s=inp.dm_time)
+        recs.append(r)
+        if progress:
+            progress.update(1)
+    # per-cloud µs and ratios (peer time / our time, same op)
+    ours = {r["op"]: r for r in recs if r["impl"] == "ours"}
+    for r in recs:
+        if r.get("median_s") is None:
+            continue
+        r["per_cloud_us"] = r["median_s"] / b * 1e6
+        o = ours.get(r["op"])
+        r["ratio_to_ours"] = (r["median_s"] / o["median_s"]
+                              if o and r["correct"] and o["correct"] else None)
+        if r["ratio_to_ours"] is not None and r.get("input") == "matrix":
+            # the same ratio if the peer had to compute its distance matrix in the timed region
+            r["ratio_to_ours_incl_matrix"] = ((r["median_s"] + r["matrix_precompute_s"])
+                                              / o["median_s"])
+        if not r["correct"]:
+            r["note"] = "WRONG: result failed the check; not reported as a speed"
+    return recs
+
+
+# --------------------------------------------------------------------------------------------
+# scaling
+# --------------------------------------------------------------------------------------------
+def scaling(reps, cuda, progress_cls):
+    import tsloss_cuda
+    sweeps = {
+        "N": [(n, 768, 16) for n in (16, 32, 64, 128, 256)],
+        "B": [(64, 768, b) for b in (4, 16, 64, 256)],
+        "D": [(64, d, 16) for d in (64, 256, 1024, 4096)],
+    }
+    out = {}
+    bar = progress_cls(total=sum(len(v) for v in sweeps.values()), desc="scaling")
+    for axis, cfgs in sweeps.items():
+        pts = []
+        for (n, d, b) in cfgs:
+            x = make_clouds(n, d, b)
+            x = x.cuda() if cuda else x
+            _, _, times = time_fn(lambda: tsloss_cuda.vr_persistence(x, maxdim=1), reps, cuda)
+            pts.append(dict(N=n, D=d, B=b, median_s=statistics.median(times)))
+            bar.update(1)
+        key = axis
+        xs = np.log([p[key] for p in pts])
+        ys = np.log([p["median_s"] for p in pts])
+        slope = float(np.polyfit(xs, ys, 1)[0])
+        out[axis] = dict(points=pts, exponent=slope)
+    bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------------------------
+def fmt_t(s):
+    if s is None:
+        return "–"
+    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def markdown(records, meta, scal) -> str:
+    impls = [i for i in ALL_IMPLS if any(r["impl"] == i for r in records)]
+    lines = [f"# Benchmarks on {meta['device']}", "",
+             f"{meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} "
+             f"({meta['threads']} threads); load average at start {meta['load_start']}, "
+             f"at end {meta['load_end']}; median of {meta['reps']} reps after a warm-up.", "",
+             "Cells: median time of the whole batch, and in parentheses the ratio peer / ours "
+             "(> 1 means ours is faster). `points`/`matrix`: the faster input kind for the peer "
+             "(the distance matrix is precomputed outside the timed region). "
+             "`forward`: H0+H1 diagrams; `loss_fwd_bwd`: ours = TSLoss forward+backward, "
+             "torch-topological = VietorisRipsComplex(dim=1) + sum of persistences, "
+             "forward+backward. WRONG = failed the bottleneck check vs ripser.py.", "",
+             "The last column is the best peer's ratio if its distance matrix had been computed "
+             "inside the timed region (batched float64 torch.cdist).", "",
+             "| N | D | B | op | " + " | ".join(impls) + " | best peer × | incl. matrix × |",
+             "|---|---|---|---|" + "---|" * len(impls) + "---|---|"]
+    keys = sorted({(r["N"], r["D"], r["B"], r["op"]) for r in records},
+                  key=lambda k: (k[0], k[1], k[2], k[3]))
+    for k in keys:
+        cells, best, best_incl = [], None, None
+        for i in impls:
+            rs = [r for r in records if (r["N"], r["D"], r["B"], r["op"]) == k and r["impl"] == i]
+            if not rs:
+                cells.append("")
+                continue
+            r = rs[0]
+            if not r["correct"]:
+                cells.append("WRONG")
+                continue
+            c = fmt_t(r["median_s"])
+            if i != "ours":
+                ratio = r.get("ratio_to_ours")
+                c += f" ({ratio:.2f}×, {r['input']})" if ratio is not None else f" ({r['input']})"
+                if ratio is not None:
+                    best = ratio if best is None else min(best, ratio)
+                    incl = r.get("ratio_to_ours_incl_matrix", ratio)
+                    best_incl = incl if best_incl is None else min(best_incl, incl)
+            cells.append(c)
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | " + " | ".join(cells)
+                     + f" | {'' if best is None else f'{best:.2f}×'}"
+                     + f" | {'' if best_incl is None else f'{best_incl:.2f}×'} |")
+    if scal:
+        lines += ["", "## Scaling of ours (forward H0+H1)", "",
+                  "| axis | sizes (N, D, B) | median times | fitted exponent |", "|---|---|---|---|"]
+        for axis, s in scal.items():
+            sizes = ", ".join(f"({p['N']},{p['D']},{p['B']})" for p in s["points"])
+            ts = ", ".join(fmt_t(p["median_s"]) for p in s["points"])
+            lines.append(f"| {axis} | {sizes} | {ts} | {s['exponent']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(records, scal, path_prefix: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return []
+    written = []
+    fwd = [r for r in records if r["op"] == "forward" and r["correct"] and r.get("median_s")]
+    for axis in ("N", "B"):
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        impls = [i for i in ALL_IMPLS if any(r["impl"] == i for r in fwd)]
+        for i in impls:
+            pts = sorted((r[axis], r["per_cloud_us"], r) for r in fwd if r["impl"] == i)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=i, alpha=0.8)
+        if scal and axis in scal:
+            sp = scal[axis]["points"]
+            ax.plot([p[axis] for p in sp], [p["median_s"] / p["B"] * 1e6 for p in sp], "k-",
+                    label=f"ours sweep (slope {scal[axis]['exponent']:.2f} in batch time)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(axis)
+        ax.set_ylabel("µs per cloud (forward H0+H1)")
+        ax.set_title(f"time vs {axis} ({path_prefix.name})")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        p = path_prefix.parent / f"{path_prefix.name}-vs-{axis}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(str(p))
+    return written
+
+
+def parse_cfg(s: str):
+    parts = [int(v) for v in s.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"config must be N,D,B, got {s!r}")
+    return tuple(parts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", nargs="+", type=parse_cfg, help="N,D,B triples")
+    ap.add_argument("--quick", action="store_true", help="a small subset (< 1 minute)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--impls", default=",".join(ALL_IMPLS), help="comma-separated subset")
+    ap.add_argument("--out", default=str(ROOT / "results"), help="output directory")
+    ap.add_argument("--name", help="file stem (default: the device name)")
+    ap.add_argument("--scaling", action="store_true", help="fit time exponents in N, B, D")
+    ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--render", metavar="JSON", help="only re-render .md/.png from a results JSON")
+    args = ap.parse_args(argv)
+    if args.render:
+        src = Path(args.render)
+        payload = json.loads(src.read_text())
+        recs = payload["records"]
+        for r in recs:  # recompute derived fields (older files)
+            r["correct"] = bool(r["correct"])
+            if r.get("ratio_to_ours") is not None and r.get("input") == "matrix":
+                o = [q for q in recs if q["impl"] == "ours" and q["op"] == r["op"]
+                     and (q["N"], q["D"], q["B"]) == (r["N"], r["D"], r["B"])][0]
+                r["ratio_to_ours_incl_matrix"] = ((r["median_s"] + r["matrix_precompute_s"])
+                                                  / o["median_s"])
+        src.write_text(json.dumps(payload, indent=1, default=float))
+        md = markdown(recs, payload["meta"], payload.get("scaling"))
+        src.with_suffix(".md").write_text(md)
+        plots(recs, payload.get("scaling"), src.with_suffix(""))
+        print(md)
+        return payload
+
+    cuda = torch.cuda.is_available() and not args.cpu
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = set(impls) - set(ALL_IMPLS)
+    if unknown:
+        ap.error(f"unknown impls {sorted(unknown)}; choose from {ALL_IMPLS}")
+    skipped = [i for i in impls if not available(i)]
+    impls = [i for i in impls if i not in skipped]
+    if args.configs:
+        configs = args.configs
+    elif args.quick:
+        configs = QUICK_CONFIGS
+    else:
+        configs = CPU_CONFIGS + (GPU_EXTRA if cuda else [])
+    reps = max(1, args.reps)
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    class _Null:
+        def __init__(self, *a, **k):
+            pass
+
+        def update(self, *a):
+            pass
+
+        def close(self):
+            pass
+
+        def set_postfix_str(self, *a):
+            pass
+    bar_cls = _Null if (args.no_progress or tqdm is None) else tqdm
+
+    n_runs = sum((2 if i == "ours" else 1) for i in impls) * len(configs)
+    dev = device_name(cuda)
+    meta = dict(device=dev, cpu=cpu_model(), cores=os.cpu_count(), threads=torch.get_num_threads(),
+                torch=torch.__version__, cuda=torch.cuda.get_device_name(0) if cuda else None,
+                python=sys.version.split()[0], reps=reps, impls=impls, skipped_impls=skipped,
+                load_start=" ".join(f"{v:.2f}" for v in os.getloadavg()),
+                tolerance_bottleneck_over_diameter=TOL,
+                time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    records = []
+    t_start = time.perf_counter()
+    bar = bar_cls(total=n_runs, desc="benchmarks")
+    for cfg in configs:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str("N,D,B=%d,%d,%d" % cfg)
+        records += bench_config(cfg, impls, reps, cuda, progress=bar)
+    bar.close()
+    scal = scaling(reps, cuda, bar_cls) if args.scaling else None
+    meta["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    meta["wall_s"] = time.perf_counter() - t_start
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or dev
+    payload = dict(meta=meta, records=records, scaling=scal)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=float))
+    md = markdown(records, meta, scal)
+    (out / f"{stem}.md").write_text(md)
+    pngs = plots(records, scal, out / stem)
+    print(md)
+    print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}" +
+          (", " + ", ".join(pngs) if pngs else "") + f"  ({meta['wall_s']:.0f} s)")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

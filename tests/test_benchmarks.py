@@ -1,0 +1,64 @@
+"""The benchmark runner works end to end on a tiny config (never asserts timings)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("impls", ["ours,ripser", "ours,ripser,gph-1t,torch-topological"])
+def test_runner_tiny(tmp_path, impls):
+    pytest.importorskip("ripser")
+    pytest.importorskip("gudhi")  # bottleneck distances
+    run = _load()
+    payload = run.main(["--configs", "8,4,2", "--reps", "1", "--impls", impls,
+                        "--out", str(tmp_path), "--name", "tiny", "--cpu", "--no-progress"])
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    assert data["meta"]["reps"] == 1
+    recs = data["records"]
+    assert recs == json.loads(json.dumps(payload["records"], default=float))
+    want = set(i for i in impls.split(",") if run.available(i))
+    assert {r["impl"] for r in recs} == want
+    keys = {"impl", "device", "N", "D", "B", "op", "median_s", "per_cloud_us", "ratio_to_ours",
+            "correct", "input"}
+    for r in recs:
+        assert keys <= set(r), r
+        assert (r["N"], r["D"], r["B"]) == (8, 4, 2)
+        assert r["input"] in ("points", "matrix")
+        assert r["correct"] is True, r
+        assert r["median_s"] > 0
+    ops = {(r["impl"], r["op"]) for r in recs}
+    assert ("ours", "forward") in ops and ("ours", "loss_fwd_bwd") in ops
+    md = (tmp_path / "tiny.md").read_text()
+    assert md.startswith("# Benchmarks")
+    table = [ln for ln in md.splitlines() if ln.startswith("| 8 | 4 | 2 |")]
+    assert len(table) == 2  # forward, loss_fwd_bwd
+    header = [ln for ln in md.splitlines() if ln.startswith("| N | D | B | op |")][0]
+    assert all(ln.count("|") == header.count("|") for ln in table)
+
+
+def test_render_roundtrip(tmp_path):
+    pytest.importorskip("ripser")
+    pytest.importorskip("gudhi")
+    run = _load()
+    run.main(["--configs", "8,4,2", "--reps", "1", "--impls", "ours,ripser", "--out",
+              str(tmp_path), "--name", "r", "--cpu", "--no-progress"])
+    (tmp_path / "r.md").unlink()
+    run.main(["--render", str(tmp_path / "r.json")])
+    assert (tmp_path / "r.md").read_text().startswith("# Benchmarks")
+
+
+def test_config_parsing():
+    run = _load()
+    assert run.parse_cfg("16,768,64") == (16, 768, 64)
+    with pytest.raises(Exception):
+        run.parse_cfg("16,768")
