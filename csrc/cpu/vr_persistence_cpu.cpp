@@ -15,6 +15,11 @@
 namespace tsloss {
 namespace {
 
+// Clouds per parallel task so that each task does at least ~32k units of work.
+int64_t cloud_grain(int64_t work_per_cloud) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));
+}
+
 template <typename T>
 void check_finite(const T* p, int64_t count, const char* what) {
   for (int64_t k = 0; k < count; ++k)
@@ -144,8 +149,9 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
 
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_cpu", [&] {
     const scalar_t* pd = dist.data_ptr<scalar_t>();
-    // One cloud per task: the clouds are independent and each is O(N^3) work at most.
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    // Clouds are independent. Tiny clouds are batched into one task: waking threads costs more
+    // than their work, and on a loaded machine a parallel region can stall for milliseconds.
+    at::parallel_for(0, B, cloud_grain(N * N), [&](int64_t begin, int64_t end) {
       tsl::HostWorkspace<scalar_t> ws;
       std::vector<scalar_t> sym(distances ? N * N : 0);
       for (int64_t b = begin; b < end; ++b) {
@@ -212,7 +218,7 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
     const int64_t* pe0 = e0.data_ptr<int64_t>();
     const int64_t* pe1 = e1.data_ptr<int64_t>();
     scalar_t* pgrad = grad.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B, cloud_grain((H0 + 2 * K) * D), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* xb = px + b * N * D;
         scalar_t* gb = pgrad + b * N * D;
