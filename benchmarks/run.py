@@ -82,6 +82,28 @@ def device_name(use_cuda: bool) -> str:
     return "cpu-" + "-".join(words or ["unknown"]) + f"-{os.cpu_count()}c"
 
 
+def engine_version() -> dict:
+    """The git commit of the checkout and the build time of the loaded extension."""
+    info = {}
+    try:
+        import subprocess
+        info["git_head"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT.parent, capture_output=True,
+            text=True, timeout=10).stdout.strip() or None
+        info["git_dirty_csrc"] = bool(subprocess.run(
+            ["git", "status", "--porcelain", "--", "csrc", "tsloss_cuda"], cwd=ROOT.parent,
+            capture_output=True, text=True, timeout=10).stdout.strip())
+    except Exception:
+        pass
+    try:
+        import tsloss_cuda._C as ext
+        info["extension_mtime"] = time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                time.localtime(os.path.getmtime(ext.__file__)))
+    except Exception:
+        pass
+    return info
+
+
 def make_clouds(n: int, d: int, b: int, seed: int = 0) -> torch.Tensor:
     """Gaussian-ish prompt clouds: a shared random mean direction plus isotropic noise."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + n * 7919 + d * 31 + b)
@@ -529,6 +551,7 @@ def main(argv=None):
     ap.add_argument("--scaling", action="store_true", help="fit time exponents in N, B, D")
     ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--threads", type=int, help="torch threads for ours (default: all)")
     ap.add_argument("--render", metavar="JSON", help="only re-render .md/.png from a results JSON")
     args = ap.parse_args(argv)
     if args.render:
@@ -550,6 +573,8 @@ def main(argv=None):
         return payload
 
     cuda = torch.cuda.is_available() and not args.cpu
+    if args.threads:
+        torch.set_num_threads(args.threads)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = set(impls) - set(ALL_IMPLS)
     if unknown:
@@ -590,7 +615,7 @@ def main(argv=None):
                 python=sys.version.split()[0], reps=reps, impls=impls, skipped_impls=skipped,
                 load_start=" ".join(f"{v:.2f}" for v in os.getloadavg()),
                 tolerance_bottleneck_over_diameter=TOL,
-                time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), engine=engine_version())
     records = []
     t_start = time.perf_counter()
     bar = bar_cls(total=n_runs, desc="benchmarks")
