@@ -17,6 +17,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ._cli import first_line, report_unexpected
+
 PREFERRED_KEYS = ("prompt", "prompt_embeddings", "embedding.weight")
 
 
@@ -33,7 +35,7 @@ def load_prompt(path: str) -> torch.Tensor:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
-        raise AnalyzeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        raise AnalyzeError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
     if isinstance(obj, torch.Tensor):
         t = obj
     elif isinstance(obj, dict):
@@ -118,9 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError, ValueError) as exc:
-        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
-        return 1
+        return report_unexpected(exc)
     print(f"analysed {len(rows)} checkpoints; outputs in {args.output_dir or args.folder}")
     return 0
 

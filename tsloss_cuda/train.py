@@ -24,6 +24,8 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ._cli import first_line, report_unexpected  # noqa: E402
+
 REGULARIZERS = ("none", "l2", "pairwise", "tsloss")
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DATA_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reviews.csv")
@@ -139,7 +141,7 @@ def load_model(name: str, task: str, device: torch.device):
         model = cls.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
-        raise CLIError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+        raise CLIError(f"cannot load model from {path}: {first_line(exc)}") from None
     model.to(device).eval()  # frozen: dropout off, so every rank computes the same thing
     return tok, model, task
 
@@ -505,9 +507,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError, ValueError) as exc:
-        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
-        return 1
+        return report_unexpected(exc)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
