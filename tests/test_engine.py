@@ -221,6 +221,11 @@ def _pd_cases(rng):
         "near_duplicates_far": 1000.0 + np.concatenate([base[:20], base[:20] + 1e-2 * rng.standard_normal((20, 16))]),
         "high_dim": rng.standard_normal((30, 768)),
         "duplicates": np.concatenate([base[:20], base[:20]]),
+        # Magnitudes where float32 squares would underflow or overflow although the distances
+        # themselves are representable: these take the exact double path.
+        "tiny_scale": 1e-25 * base,
+        "huge_scale": 3e19 * base,
+        "odd_sizes": rng.standard_normal((37, 259)),  # every tile remainder and block tail
         # Copies at many scales in high dimension, far from the origin: exercises both the
         # Gram form and the difference-form fallback around its switch-over.
         "multiscale_near_dups_768": 1000.0 + np.concatenate(
@@ -231,7 +236,8 @@ def _pd_cases(rng):
 @pytest.mark.parametrize("dtype,rel", [(torch.float32, 1e-6), (torch.float64, 1e-10)], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", ["gaussian", "far_from_origin", "far_large_offset", "near_duplicates",
                                   "near_duplicates_far", "high_dim", "duplicates",
-                                  "multiscale_near_dups_768"])
+                                  "multiscale_near_dups_768", "tiny_scale", "huge_scale",
+                                  "odd_sizes"])
 def test_pairwise_distance_accuracy(rng, case, dtype, rel):
     x = _t(_pd_cases(rng)[case], dtype)
     pd = pairwise_distance(x)

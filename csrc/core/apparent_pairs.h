@@ -28,27 +28,31 @@ TSL_HD index_t cofacet_index(index_t i, index_t j, index_t k) {
 }
 
 // Earliest cofacet (in filtration order) of the edge {i > j} among triangles of diameter
-// <= threshold; {.., -1} if none. Cofacets are visited in decreasing index, so the first one
-// whose diameter equals the edge's cannot be beaten and ends the scan (Ripser's shortcut).
+// <= threshold; {.., -1} if none. A cofacet's index grows with its third vertex k, so among
+// equal diameters the largest k wins. First the common case, a k within the edge's own length
+// of both ends (the cofacet cannot be beaten), by a scan from the top that stops at the first
+// hit; failing that, the least far side over all k.
 template <typename T>
 TSL_HD Entry<T> earliest_cofacet(const DistanceMatrix<T>& d, index_t i, index_t j,
                                  T edge_diameter, T threshold) {
-  Entry<T> best{T(0), -1};
   const T* ri = d.row(i);
   const T* rj = d.row(j);
   for (index_t k = d.n - 1; k >= 0; --k) {
-    if (k == i || k == j) continue;
-    T a = ri[k], b = rj[k];
-    T diam = a > b ? a : b;
-    diam = diam > edge_diameter ? diam : edge_diameter;
-    if (diam > threshold) continue;
-    if (best.index < 0 || diam < best.diameter) {
-      best.diameter = diam;
-      best.index = cofacet_index(i, j, k);
-      if (diam == edge_diameter) break;
+    T a = ri[k] > rj[k] ? ri[k] : rj[k];
+    if (a <= edge_diameter && k != i && k != j)
+      return Entry<T>{edge_diameter, cofacet_index(i, j, k)};
+  }
+  T best = threshold;
+  index_t best_k = -1;
+  for (index_t k = d.n - 1; k >= 0; --k) {
+    T a = ri[k] > rj[k] ? ri[k] : rj[k];
+    if ((a < best || (a == best && best_k < 0)) && k != i && k != j) {
+      best = a;
+      best_k = k;
     }
   }
-  return best;
+  if (best_k < 0) return Entry<T>{T(0), -1};
+  return Entry<T>{best, cofacet_index(i, j, best_k)};
 }
 
 // Latest facet (in filtration order) of the triangle {a > b > c}: the longest edge; among

@@ -5,6 +5,7 @@
 // combinatorial number system and the cofacet/facet queries that define apparent pairs.
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__CUDACC__)
@@ -48,30 +49,26 @@ TSL_HD index_t triangle_index(index_t a, index_t b, index_t c) {
   return choose3(a) + choose2(b) + c;
 }
 
-// Largest v with choose(v) <= idx, searched in [lo, hi]. Used to decode indices; the ranges are
-// small (v < n <= kMaxPoints), so a binary search is exact and cheap on both sides.
-template <typename ChooseFn>
-TSL_HD index_t largest_vertex(index_t idx, index_t lo, index_t hi, ChooseFn choose) {
-  while (lo < hi) {
-    index_t mid = (lo + hi + 1) / 2;
-    if (choose(mid) <= idx) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
-
-struct Choose2 { TSL_HD index_t operator()(index_t v) const { return choose2(v); } };
-struct Choose3 { TSL_HD index_t operator()(index_t v) const { return choose3(v); } };
-
+// Decoding starts from the closed-form root (sqrt / cbrt in double, exact to well under one
+// unit for indices of clouds up to kMaxPoints) and corrects it by at most a step or two.
 TSL_HD void edge_vertices(index_t idx, index_t n, index_t* i, index_t* j) {
-  *i = largest_vertex(idx, 1, n - 1, Choose2());
-  *j = idx - choose2(*i);
+  index_t v = (index_t)((1.0 + sqrt(1.0 + 8.0 * (double)idx)) * 0.5);
+  if (v > n - 1) v = n - 1;
+  while (v > 1 && choose2(v) > idx) --v;
+  while (v < n - 1 && choose2(v + 1) <= idx) ++v;
+  *i = v;
+  *j = idx - choose2(v);
 }
 
 TSL_HD void triangle_vertices(index_t idx, index_t n, index_t* a, index_t* b, index_t* c) {
-  *a = largest_vertex(idx, 2, n - 1, Choose3());
-  idx -= choose3(*a);
-  *b = largest_vertex(idx, 1, *a - 1, Choose2());
-  *c = idx - choose2(*b);
+  index_t v = (index_t)cbrt(6.0 * (double)idx);
+  if (v < 2) v = 2;
+  if (v > n - 1) v = n - 1;
+  while (v > 2 && choose3(v) > idx) --v;
+  while (v < n - 1 && choose3(v + 1) <= idx) ++v;
+  *a = v;
+  idx -= choose3(v);
+  edge_vertices(idx, v, b, c);
 }
 
 // ---- Filtration order -----------------------------------------------------------------------

@@ -211,8 +211,9 @@ struct H1Workspace {
   index_t slots_used;
 };
 
+// Push the cofacets of `edge` whose diameter lies in (lower, upper].
 template <typename T>
-TSL_HD bool push_coboundary(const DistanceMatrix<T>& d, index_t edge, T threshold,
+TSL_HD bool push_coboundary(const DistanceMatrix<T>& d, index_t edge, T lower, T upper,
                             EntryHeap<T>& heap) {
   index_t i, j;
   edge_vertices(edge, d.n, &i, &j);
@@ -220,24 +221,34 @@ TSL_HD bool push_coboundary(const DistanceMatrix<T>& d, index_t edge, T threshol
   const T* ri = d.row(i);
   const T* rj = d.row(j);
   for (index_t k = d.n - 1; k >= 0; --k) {
-    if (k == i || k == j) continue;
     T a = ri[k], b = rj[k];
     T diam = a > b ? a : b;
     diam = diam > de ? diam : de;
-    if (diam > threshold) continue;
+    if (diam > upper || diam <= lower || k == i || k == j) continue;
     if (!heap.push(Entry<T>{diam, cofacet_index(i, j, k)})) return false;
   }
   return true;
 }
 
-// Add the column whose V is {edges} to the working column.
+// Add the column whose V is {edges} to the working column, whose coboundary holds only the
+// entries of diameter <= `band`.
 template <typename T>
 TSL_HD Status add_column(const DistanceMatrix<T>& d, const index_t* edges, index_t count,
-                         T threshold, H1Workspace<T>& ws) {
+                         T band, H1Workspace<T>& ws) {
   for (index_t k = 0; k < count; ++k) {
     if (!ws.reduction.push(edges[k])) return kHeapFull;
-    if (!push_coboundary(d, edges[k], threshold, ws.coboundary)) return kHeapFull;
+    if (!push_coboundary(d, edges[k], T(-1), band, ws.coboundary)) return kHeapFull;
   }
+  return kOk;
+}
+
+// Widen the working coboundary from entries of diameter <= `band` to <= `wider`, by enumerating
+// the edges of V again. Copies of a triangle share its diameter, so they enter in the same band
+// and still cancel.
+template <typename T>
+TSL_HD Status widen_band(const DistanceMatrix<T>& d, T band, T wider, H1Workspace<T>& ws) {
+  for (index_t k = 0; k < ws.reduction.size; ++k)
+    if (!push_coboundary(d, ws.reduction.data[k], band, wider, ws.coboundary)) return kHeapFull;
   return kOk;
 }
 
@@ -266,6 +277,12 @@ TSL_HD Status store_column(Entry<T> pivot, H1Workspace<T>& ws) {
 
 // Reduce `columns` (already in reverse filtration order, apparent-pair facets removed) and
 // append every pair of nonzero persistence to `pairs`. `threshold` is the enclosing radius.
+//
+// Only a small part of a working coboundary is ever popped: its pivot lies close above the
+// column's diameter, and the entries beyond it are enumerated, pushed and thrown away. So the
+// heap holds only entries of diameter <= a band limit, widened geometrically (by enumerating V
+// again) when the sum below it is zero. The pivot of the banded sum, when there is one, is the
+// pivot of the whole sum, so the pairing is unchanged.
 template <typename T>
 TSL_HD Status reduce_h1(const DistanceMatrix<T>& d, const H1Column<T>* columns,
                         index_t num_columns, T threshold, H1Workspace<T>& ws, H1Pair<T>* pairs,
@@ -290,12 +307,24 @@ TSL_HD Status reduce_h1(const DistanceMatrix<T>& d, const H1Column<T>* columns,
       continue;
     }
 
+    T step = (threshold - col.diameter) / T(64);
+    T band = first.index < 0 ? threshold : first.diameter + step;
+    if (!(band < threshold)) band = threshold;
     ws.coboundary.size = 0;
     ws.reduction.size = 0;
-    Status s = add_column(d, &e, 1, threshold, ws);
+    Status s = add_column(d, &e, 1, band, ws);
     if (s != kOk) return s;
     for (;;) {
       Entry<T> pivot = ws.coboundary.pivot();
+      if (pivot.index < 0 && band < threshold) {
+        step *= T(4);
+        T wider = band + step;
+        if (!(wider < threshold)) wider = threshold;
+        s = widen_band(d, band, wider, ws);
+        if (s != kOk) return s;
+        band = wider;
+        continue;
+      }
       if (pivot.index < 0) {
         // Unreachable below the enclosing radius (the complex there is a cone); kept so that a
         // class that never dies is reported rather than lost.
@@ -305,13 +334,13 @@ TSL_HD Status reduce_h1(const DistanceMatrix<T>& d, const H1Column<T>* columns,
       }
       index_t slot = ws.pivots.find(pivot.index);
       if (slot >= 0) {
-        s = add_column(d, ws.v_arena + ws.v_start[slot], ws.v_length[slot], threshold, ws);
+        s = add_column(d, ws.v_arena + ws.v_start[slot], ws.v_length[slot], band, ws);
         if (s != kOk) return s;
         continue;
       }
       Entry<T> f = apparent_facet(d, pivot, threshold);
       if (f.index >= 0) {
-        s = add_column(d, &f.index, 1, threshold, ws);
+        s = add_column(d, &f.index, 1, band, ws);
         if (s != kOk) return s;
         continue;
       }

@@ -11,6 +11,7 @@
 #include "../checks.h"
 #include "../core/pairwise_distance.h"
 #include "../core/vr_engine.h"
+#include "distance_tiles.h"
 
 namespace tsloss {
 namespace {
@@ -20,53 +21,63 @@ int64_t cloud_grain(int64_t work_per_cloud) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));
 }
 
-template <typename T>
-void check_finite(const T* p, int64_t count, const char* what) {
-  for (int64_t k = 0; k < count; ++k)
-    TORCH_CHECK(std::isfinite(p[k]), what, " contains NaN or Inf (first at flat index ", k,
-                "); persistence of non-finite points is undefined");
-}
+// Row blocks of 4 points; a work unit pairs block q with block nb-1-q so that every unit of the
+// triangle costs about the same.
+constexpr int64_t kRowBlock = 4;
 
-// Squared distances from xi (already in double) to each of the `count` rows of `rows` (all of
-// length dim), by the difference form in double: no cancellation, so close points keep their
-// digits. float rows are widened in registers rather than copied, halving memory traffic. Eight
-// independent accumulators let the compiler vectorise without reassociating a reduction;
-// target_clones picks AVX2 at load time where the CPU has it.
-template <typename R>
-__attribute__((always_inline)) inline void squared_distance_row_body(
-    const double* xi, const R* rows, int64_t count, int64_t dim, double* out) {
-  for (int64_t j = 0; j < count; ++j) {
-    const R* xj = rows + j * dim;
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t k = 0;
-    for (; k + 8 <= dim; k += 8)
-      for (int l = 0; l < 8; ++l) {
-        const double t = xi[k + l] - static_cast<double>(xj[k + l]);
-        acc[l] += t * t;
+// Distances of rows [i0, i1) of cloud b (x: (N, D)) to all earlier rows, written to both
+// triangles of out (N, N) with the diagonal; sq holds (i1 - i0) * N doubles of scratch. A
+// non-finite result is traced back to its cause (non-finite input, or a distance the dtype
+// cannot hold) and reported: no NaN leaves this op.
+template <typename T>
+void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
+                   double* sq, T* out) {
+  cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq);
+  for (int64_t i = i0; i < i1; ++i) {
+    out[i * N + i] = T(0);
+    const double* si = sq + (i - i0) * N;
+    for (int64_t j = 0; j < i; ++j) {
+      double s = si[j];
+      if (!(s >= cpu::SafeRange<T>::low && s <= cpu::SafeRange<T>::high))
+        s = tsl::squared_distance(x + i * D, x + j * D, D);  // exact path, rare
+      const T v = static_cast<T>(std::sqrt(s));
+      if (!std::isfinite(v)) {
+        for (int64_t p : {j, i})
+          for (int64_t k = 0; k < D; ++k)
+            TORCH_CHECK(std::isfinite(x[p * D + k]), "pairwise_distance: x contains NaN or Inf ",
+                        "(point ", p, " of cloud ", b, ", coordinate ", k,
+                        "); persistence of non-finite points is undefined");
+        TORCH_CHECK(false, "pairwise_distance: the distance between points ", j, " and ", i,
+                    " of cloud ", b, " overflows ", sizeof(T) == 4 ? "float32" : "float64",
+                    "; pass float64 points");
       }
-    double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; k < dim; ++k) {
-      const double t = xi[k] - static_cast<double>(xj[k]);
-      s += t * t;
+      out[i * N + j] = v;
+      out[j * N + i] = v;
     }
-    out[j] = s;
   }
 }
 
-__attribute__((target_clones("avx2", "default")))
-void squared_distance_row(const double* xi, const float* rows, int64_t count, int64_t dim,
-                          double* out) {
-  squared_distance_row_body(xi, rows, count, dim, out);
+// All distances of one cloud, serially (the caller parallelises over clouds).
+template <typename T>
+void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
+                     T* out) {
+  sq.resize(kRowBlock * N);
+  for (int64_t i0 = 0; i0 < N; i0 += kRowBlock)
+    distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out);
 }
 
-__attribute__((target_clones("avx2", "default")))
-void squared_distance_row(const double* xi, const double* rows, int64_t count, int64_t dim,
-                          double* out) {
-  squared_distance_row_body(xi, rows, count, dim, out);
+// A cloud of fewer than two points has no distance to carry a non-finite coordinate.
+template <typename T>
+void check_lone_points(const T* x, int64_t count, int64_t N) {
+  if (N < 2)
+    for (int64_t k = 0; k < count; ++k)
+      TORCH_CHECK(std::isfinite(x[k]), "pairwise_distance: x contains NaN or Inf (cloud ", k / std::max<int64_t>(N, 1),
+                  "); persistence of non-finite points is undefined");
 }
 
-// Distances from points, exactly symmetric with an exact zero diagonal. Parallel over rows of
-// all clouds: a batch of small clouds and a single large cloud both keep every thread busy.
+// Distances from points, exactly symmetric with an exact zero diagonal. Parallel over balanced
+// row blocks of all clouds: a batch of small clouds and a single large cloud both keep every
+// thread busy.
 at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.dim() == 3, "pairwise_distance: x must be (B, N, D) at the op level, got ",
               x_in.sizes());
@@ -78,25 +89,20 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
   auto x = x_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
-    check_finite(px, x.numel(), "pairwise_distance: x");
     scalar_t* po = out.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, N * D));
-    at::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
-      std::vector<double> row(N), xi(D);
-      for (int64_t bi = begin; bi < end; ++bi) {
-        const int64_t b = bi / N, i = bi % N;
-        const scalar_t* xb = px + b * N * D;
-        scalar_t* ob = po + b * N * N;
-        for (int64_t k = 0; k < D; ++k) xi[k] = static_cast<double>(xb[i * D + k]);
-        squared_distance_row(xi.data(), xb, i, D, row.data());
-        ob[i * N + i] = scalar_t(0);
-        for (int64_t j = 0; j < i; ++j) {
-          const scalar_t v = static_cast<scalar_t>(std::sqrt(row[j]));
-          TORCH_CHECK(std::isfinite(v), "pairwise_distance: the distance between points ", j,
-                      " and ", i, " of cloud ", b, " overflows ", x_in.scalar_type(),
-                      "; pass float64 points");
-          ob[i * N + j] = v;
-          ob[j * N + i] = v;
+    check_lone_points(px, x.numel(), N);
+    const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+    const int64_t units = (blocks + 1) / 2;
+    const int64_t grain =
+        std::max<int64_t>(1, 262144 / (2 * kRowBlock * N * std::max<int64_t>(D, 1)));
+    at::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
+      std::vector<double> sq(kRowBlock * N);
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t b = u / units, q = u % units;
+        for (int64_t block : {q, blocks - 1 - q}) {
+          const int64_t i0 = block * kRowBlock, i1 = std::min(N, i0 + kRowBlock);
+          distance_rows(px + b * N * D, N, D, i0, i1, b, sq.data(), po + b * N * N);
+          if (block == blocks - 1 - q) break;  // the middle block of an odd count, done once
         }
       }
     });
@@ -135,7 +141,13 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   TORCH_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
   const int64_t B = x_in.size(0), N = x_in.size(1);
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
-  at::Tensor dist = distances ? x_in.contiguous() : pairwise_distance_cpu(x_in);
+  // With enough clouds for every thread, each task computes its clouds' distances itself: one
+  // parallel region, and the matrix stays in cache. Otherwise the distances are parallel over
+  // row blocks first, so that one large cloud still uses every thread.
+  const bool fused = !distances && B >= 2 * at::get_num_threads();
+  at::Tensor dist = distances ? x_in.contiguous()
+                    : fused   ? x_in.contiguous()
+                              : pairwise_distance_cpu(x_in);
   auto opts = x_in.options();
   auto iopts = opts.dtype(at::kLong);
   const int64_t H0 = N > 0 ? N - 1 : 0;
@@ -149,16 +161,23 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
 
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_cpu", [&] {
     const scalar_t* pd = dist.data_ptr<scalar_t>();
+    const int64_t D = fused ? x_in.size(2) : N;
+    if (fused) check_lone_points(pd, dist.numel(), N);
     // Clouds are independent. Tiny clouds are batched into one task: waking threads costs more
     // than their work, and on a loaded machine a parallel region can stall for milliseconds.
-    at::parallel_for(0, B, cloud_grain(N * N), [&](int64_t begin, int64_t end) {
+    const int64_t work = N * N * (N + (fused ? D : 0));
+    at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
       tsl::HostWorkspace<scalar_t> ws;
-      std::vector<scalar_t> sym(distances ? N * N : 0);
+      std::vector<scalar_t> matrix(distances || fused ? N * N : 0);
+      std::vector<double> sq;
       for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* cloud = pd + b * N * N;
+        const scalar_t* cloud = pd + b * N * D;
         if (distances) {
-          symmetric_from_lower(cloud, N, sym.data());
-          cloud = sym.data();
+          symmetric_from_lower(cloud, N, matrix.data());
+          cloud = matrix.data();
+        } else if (fused) {
+          cloud_distances(cloud, N, D, b, sq, matrix.data());
+          cloud = matrix.data();
         }
         tsl::CloudOutput<scalar_t> out{h0.data_ptr<scalar_t>() + b * H0 * 2,
                                        h0_edges.data_ptr<int64_t>() + b * H0 * 2,

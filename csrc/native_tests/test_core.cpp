@@ -7,6 +7,7 @@
 
 #include "core/pairwise_distance.h"
 #include "core/vr_engine.h"
+#include "cpu/distance_tiles.h"
 
 namespace {
 
@@ -188,8 +189,37 @@ void test_random_mst(unsigned seed, int n, int dim) {
   check_padding(r, 4, "random");
 }
 
+// The tiled, vectorised CPU distances against the plain double loop, over sizes that exercise
+// every tile shape and remainder: row counts around the 4 x 2 tiles, dims around the vector
+// width and the 256-coordinate float blocks. float must stay within a few float32 units.
+template <typename T>
+void test_distance_tiles() {
+  std::mt19937 rng(7);
+  std::normal_distribution<double> normal;
+  const double rel = sizeof(T) == 4 ? 3e-7 : 1e-14;
+  for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 13, 33}) {
+    for (int64_t dim : {1, 3, 8, 15, 16, 17, 31, 255, 256, 257, 1000}) {
+      std::vector<T> x(n * dim);
+      for (T& v : x) v = static_cast<T>(3.0 + normal(rng));  // off-centre: no lucky zeros
+      for (int64_t i0 : {int64_t(0), n / 2}) {
+        std::vector<double> sq((n - i0) * n, -1.0);
+        tsloss::cpu::squared_distance_lower_rows(x.data(), n, dim, i0, n, sq.data());
+        for (int64_t i = i0; i < n; ++i)
+          for (int64_t j = 0; j < i; ++j) {
+            const double ref = tsl::squared_distance(&x[i * dim], &x[j * dim], dim);
+            const double got = sq[(i - i0) * n + j];
+            CHECK(std::fabs(got - ref) <= rel * ref, "tile distance n=%lld dim=%lld (%lld,%lld): "
+                  "%.17g vs %.17g", (long long)n, (long long)dim, (long long)i, (long long)j,
+                  got, ref);
+          }
+      }
+    }
+  }
+}
+
 template <typename T>
 void run_all() {
+  test_distance_tiles<T>();
   test_square<T>();
   test_hexagon<T>();
   test_duplicates<T>();
