@@ -320,3 +320,11 @@ def test_deterministic_across_calls_and_threads(rng, dtype, distances):
             assert torch.equal(pairwise_distance(x), pd2)
     finally:
         torch.set_num_threads(old)
+
+
+def test_absurd_max_h1_is_refused_by_name():
+    # 10**12 rows would exhaust memory; the error names the argument and what suffices.
+    with pytest.raises(RuntimeError, match=r"max_h1 = 1000000000000 .* pass max_h1 <= 10"):
+        vr_persistence(torch.randn(5, 3), max_h1=10**12)
+    # surplus capacity that fits stays legal
+    assert vr_persistence(torch.randn(5, 3), max_h1=1000).h1.shape == (1, 1000, 2)

@@ -68,6 +68,7 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
+  check_h1_capacity(K, B, N, x.element_size());
   auto opts = x.options();
   auto iopts = opts.dtype(at::kLong);
   const int64_t H0 = N > 0 ? N - 1 : 0;
