@@ -40,10 +40,14 @@ def test_runner_tiny(tmp_path, impls):
     assert ("ours", "forward") in ops and ("ours", "loss_fwd_bwd") in ops
     md = (tmp_path / "tiny.md").read_text()
     assert md.startswith("# Benchmarks")
-    table = [ln for ln in md.splitlines() if ln.startswith("| 8 | 4 | 2 |")]
+    rows = [ln for ln in md.splitlines() if ln.startswith("| 8 | 4 | 2 |")]
+    table = [ln for ln in rows if "| forward |" in ln or "| loss_fwd_bwd |" in ln]
     assert len(table) == 2  # forward, loss_fwd_bwd
     header = [ln for ln in md.splitlines() if ln.startswith("| N | D | B | op |")][0]
     assert all(ln.count("|") == header.count("|") for ln in table)
+    # the goals table: one row per config, a verdict for the forward goal (ripser ran)
+    goal = [ln for ln in rows if ln not in table]
+    assert len(goal) == 1 and ("(met)" in goal[0] or "(missed" in goal[0]), goal
 
 
 def test_render_roundtrip(tmp_path):

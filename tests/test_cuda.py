@@ -2,8 +2,8 @@
 
 H0 must match exactly (values and edges) when both engines read the same distance matrix;
 H1 values match up to float rounding and the counts exactly. From points the two engines
-compute distances differently (CPU: Gram form with a difference-form fallback; CUDA: difference
-form), which can move a value by an ulp, so points are compared with a tolerance.
+compute distances differently (CPU: tiled difference form in the input precision; CUDA:
+difference form), which can move a value by an ulp, so points are compared with a tolerance.
 """
 from __future__ import annotations
 
@@ -137,3 +137,15 @@ def test_backward_matches_cpu(distances, dtype):
     assert torch.equal(gpu.cpu(), cpu)
     again = ops.vr_persistence_backward(g0.cuda(), g1.cuda(), x.cuda(), e0.cuda(), e1.cuda(), distances)
     assert torch.equal(gpu, again)
+
+
+def test_invalid_input_is_flagged_not_raised():
+    # No host check on CUDA: the bad cloud gets NaN values and count -2, the others are exact.
+    x = torch.randn(3, 10, 4, device="cuda")
+    x[1, 2, 3] = float("nan")
+    dg = tsloss_cuda.vr_persistence(x)
+    assert dg.h1_count.tolist()[1] == tsloss_cuda.persistence.INVALID_INPUT
+    assert torch.isnan(dg.h0[1]).all() and torch.isfinite(dg.h0[[0, 2]]).all()
+    assert torch.isnan(tsloss_cuda.loss(x, reduction="none")[1])
+    with pytest.raises(RuntimeError, match="invalid input"):
+        dg.to_numpy()

@@ -328,3 +328,48 @@ def test_absurd_max_h1_is_refused_by_name():
         vr_persistence(torch.randn(5, 3), max_h1=10**12)
     # surplus capacity that fits stays legal
     assert vr_persistence(torch.randn(5, 3), max_h1=1000).h1.shape == (1, 1000, 2)
+
+
+# ---- the CUDA path's no-sync validity flags, checked here against the CPU op's verdict ------
+
+def _cpu_rejects(x, distances):
+    try:
+        vr_persistence(x, distances=distances)
+        return False
+    except RuntimeError:
+        return True
+
+
+def test_invalid_cloud_flags_agree_with_cpu_checks(rng):
+    from tsloss_cuda.persistence import invalid_clouds
+    pts = torch.tensor(rng.standard_normal((6, 9, 3)))
+    pts[1, 4, 2] = float("nan")
+    pts[2, 0, 0] = float("inf")
+    pts[3, 8, 1] = -float("inf")
+    flags = invalid_clouds(pts, False)
+    assert flags.tolist() == [_cpu_rejects(pts[b], False) for b in range(6)]
+    assert flags.tolist() == [False, True, True, True, False, False]
+
+    dm = pairwise_distance(torch.tensor(rng.standard_normal((8, 7, 3))))
+    dm[1, 3, 2] += 1.0                        # not symmetric
+    dm[2, 5, 1] = dm[2, 1, 5] = -0.5          # negative
+    dm[3, 4, 4] = 0.25                        # non-zero diagonal
+    dm[4, 6, 0] = float("nan")                # NaN
+    dm[5, 2, 1] *= 1 + 1e-6                   # asymmetric within rounding: accepted
+    dm[6, 6, 5] = dm[6, 5, 6] = float("inf")  # Inf
+    flags = invalid_clouds(dm, True)
+    assert flags.tolist() == [_cpu_rejects(dm[b], True) for b in range(8)]
+    assert flags.tolist() == [False, True, True, True, True, False, True, False]
+
+
+def test_marked_clouds_are_nan_with_invalid_count(rng):
+    from tsloss_cuda.persistence import INVALID_INPUT, Diagrams, mark_invalid_clouds
+    x = torch.tensor(rng.standard_normal((3, 12, 4)))
+    out = torch.ops.tsloss_cuda.vr_persistence(x, 1, False, 48)
+    marked = mark_invalid_clouds(out, torch.tensor([False, True, False]))
+    assert marked[4].tolist() == [out[4][0].item(), INVALID_INPUT, out[4][2].item()]
+    assert torch.isnan(marked[0][1]).all() and torch.isnan(marked[2][1]).all()
+    for k in (0, 2):  # the valid clouds are untouched, bitwise
+        assert torch.equal(marked[0][k], out[0][k]) and torch.equal(marked[2][k], out[2][k])
+    with pytest.raises(RuntimeError, match=r"clouds \[1\] had invalid input"):
+        Diagrams(*marked).to_numpy()

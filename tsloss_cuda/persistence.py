@@ -16,6 +16,13 @@ H1_CAPACITY_PER_POINT = 4
 H1_MIN_CAPACITY = 8
 
 
+#: ``h1_count`` of a cloud whose H1 reduction outgrew its fixed CUDA workspace.
+H1_OVERFLOW = -1
+#: ``h1_count`` of a cloud whose input was invalid on CUDA, where checking on the host would
+#: synchronise (see :func:`vr_persistence`).
+INVALID_INPUT = -2
+
+
 def default_max_h1(n: int) -> int:
     """The default H1 capacity K for clouds of ``n`` points."""
     return max(H1_CAPACITY_PER_POINT * n, H1_MIN_CAPACITY)
@@ -35,9 +42,11 @@ class Diagrams:
         h1_edges: ``(B, K, 4)`` int64, ``(i, j, k, l)``: birth edge ``(i < j)`` and death edge
             ``(k < l)``, the longest edge of the triangle that kills the class. Padding is -1.
         h1_count: ``(B,)`` int64, the true number of H1 pairs (zero-persistence pairs excluded).
-            On CUDA only, -1 marks a cloud whose H1 reduction outgrew its fixed device
-            workspace (its H1 rows are all padding, ``truncated`` is True, H0 is exact); raise
-            ``TSLOSS_CUDA_H1_HEAP`` / ``TSLOSS_CUDA_H1_ARENA`` / ``TSLOSS_CUDA_H1_COLUMNS``.
+            On CUDA only, two negative codes: -1 (``H1_OVERFLOW``) marks a cloud whose H1
+            reduction outgrew its fixed device workspace (its H1 rows are all padding,
+            ``truncated`` is True, H0 is exact; raise ``TSLOSS_CUDA_H1_HEAP`` /
+            ``TSLOSS_CUDA_H1_ARENA`` / ``TSLOSS_CUDA_H1_COLUMNS``), and -2 (``INVALID_INPUT``)
+            a cloud with invalid input (its ``h0`` and ``h1`` values are NaN).
         truncated: ``(B,)`` bool, whether ``h1_count > K`` (then the K most persistent are kept).
 
     ``h0`` and ``h1`` carry gradients to the input points (or distance matrix).
@@ -59,6 +68,11 @@ class Diagrams:
         h0 = self.h0.detach().double().cpu().numpy()
         h1 = self.h1.detach().double().cpu().numpy()
         counts = self.h1_count.cpu().numpy()
+        if (counts == INVALID_INPUT).any():
+            raise RuntimeError(
+                f"clouds {np.flatnonzero(counts == INVALID_INPUT).tolist()} had invalid input "
+                "(NaN or Inf, or a distance matrix that is not a symmetric, non-negative matrix "
+                "with zero diagonal); their diagrams are NaN")
         if (counts < 0).any():
             raise RuntimeError(
                 f"H1 of clouds {np.flatnonzero(counts < 0).tolist()} overflowed the CUDA "
@@ -117,6 +131,12 @@ def vr_persistence(
 
     Returns:
         :class:`Diagrams` on x's device; ``h0``/``h1`` are differentiable w.r.t. ``x``.
+
+    Invalid values (NaN or Inf; with ``distances=True`` also a matrix that is not symmetric to
+    1e-4 relative, has a negative entry or a non-zero diagonal) raise a RuntimeError naming the
+    entry on the CPU. On CUDA they are not checked on the host, which would synchronise the
+    training step: such a cloud gets NaN ``h0``/``h1`` values and ``h1_count = -2``
+    (``INVALID_INPUT``), so a loss built on it is NaN and :meth:`Diagrams.to_numpy` raises.
     """
     xb = _as_batch(x, "x", square=distances)
     n = xb.shape[1]
@@ -126,4 +146,29 @@ def vr_persistence(
         max_h1 = default_max_h1(n)
     elif max_h1 < 0:
         raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
-    return Diagrams(*ops.vr_persistence(xb, maxdim, distances, max_h1))
+    out = ops.vr_persistence(xb, maxdim, distances, max_h1)
+    if xb.is_cuda:
+        out = mark_invalid_clouds(out, invalid_clouds(xb, distances))
+    return Diagrams(*out)
+
+
+def invalid_clouds(x: torch.Tensor, distances: bool) -> torch.Tensor:
+    """``(B,)`` bool: which clouds of ``x`` (``(B, N, D)`` points or ``(B, N, N)`` matrices)
+    the CPU op would reject. Device tensor ops only: no host synchronisation."""
+    bad = ~torch.isfinite(x).flatten(1).all(1)
+    if distances and x.shape[1] > 0:
+        lo = torch.tril(x, -1)
+        up = torch.tril(x.transpose(1, 2), -1)
+        asym = (lo - up).abs() > 1e-4 * torch.maximum(lo.abs(), up.abs())
+        diag = torch.diagonal(x, dim1=1, dim2=2)
+        bad = bad | (diag != 0).any(1) | (lo < 0).flatten(1).any(1) | asym.flatten(1).any(1)
+    return bad
+
+
+def mark_invalid_clouds(out, bad: torch.Tensor):
+    """The op's outputs with the clouds flagged in ``bad`` made NaN, count ``INVALID_INPUT``."""
+    h0, h0_edges, h1, h1_edges, count, truncated = out
+    nan = torch.full((), float("nan"), dtype=h0.dtype, device=h0.device)
+    flag = bad[:, None, None]
+    return (torch.where(flag, nan, h0), h0_edges, torch.where(flag, nan, h1), h1_edges,
+            torch.where(bad, torch.full_like(count, INVALID_INPUT), count), truncated)

@@ -83,7 +83,9 @@ inline void collect_h1_columns(const DistanceMatrix<T>& d, T threshold,
       columns.push_back(H1Column<T>{de, i, j});
     }
   }
-  std::sort(columns.begin(), columns.end(), column_before<T>);
+  // Lambdas, not function pointers: the comparisons inline into the sorts.
+  std::sort(columns.begin(), columns.end(),
+            [](const H1Column<T>& a, const H1Column<T>& b) { return column_before(a, b); });
 }
 
 inline index_t next_pow2(index_t v) {
@@ -144,7 +146,8 @@ inline void vr_persistence_cloud(const T* dist, index_t n, int maxdim, CloudOutp
   ws.mst.resize(n - 1);
   prim_mst(d, ws.best_d.data(), ws.best_parent.data(), ws.in_tree.data(), ws.mst.data());
   std::vector<MstEdge<T>>& sorted_mst = ws.mst;
-  std::sort(sorted_mst.begin(), sorted_mst.end(), mst_edge_before<T>);
+  std::sort(sorted_mst.begin(), sorted_mst.end(),
+            [](const MstEdge<T>& a, const MstEdge<T>& b) { return mst_edge_before(a, b); });
   for (index_t r = 0; r + 1 < n; ++r) {
     out.h0[2 * r] = T(0);
     out.h0[2 * r + 1] = sorted_mst[r].diameter;
@@ -160,7 +163,8 @@ inline void vr_persistence_cloud(const T* dist, index_t n, int maxdim, CloudOutp
   std::vector<H1Pair<T>>& pairs = ws.pairs;
   const index_t count = (index_t)pairs.size();
   const index_t keep = count < out.h1_capacity ? count : out.h1_capacity;
-  std::partial_sort(pairs.begin(), pairs.begin() + keep, pairs.end(), h1_pair_before<T>);
+  std::partial_sort(pairs.begin(), pairs.begin() + keep, pairs.end(),
+                    [](const H1Pair<T>& a, const H1Pair<T>& b) { return h1_pair_before(a, b); });
   *out.h1_count = count;
   *out.truncated = count > out.h1_capacity;
   for (index_t r = 0; r < keep; ++r) {
