@@ -209,6 +209,8 @@ def test_opcheck_all_ops():
     opcheck(ops.vr_persistence.default, (x, 0, False, 48))
     d = T.pairwise_distance(x.detach()).requires_grad_()
     opcheck(ops.vr_persistence.default, (d, 1, True, 48))
+    opcheck(ops.pairwise_distance_backward.default,
+            (torch.randn(3, 12, 12), x.detach(), T.pairwise_distance(x.detach())))
     dg = T.vr_persistence(x.detach())
     opcheck(ops.vr_persistence_backward.default,
             (torch.randn(3, 11, 2), torch.randn(3, 48, 2), x.detach(), dg.h0_edges, dg.h1_edges, False))
@@ -233,3 +235,23 @@ def test_torch_compile_fullgraph_training_step():
     compiled_value, _ = compiled(prompt)
     torch.testing.assert_close(compiled_value, eager, rtol=1e-5, atol=1e-6)
     assert prompt.grad is not None and torch.isfinite(prompt.grad).all()
+
+
+@pytest.mark.parametrize("dtype,rel", [(torch.float32, 1e-6), (torch.float64, 1e-13)], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(3, 7, 5), (2, 16, 768), (1, 33, 259), (2, 1, 3), (2, 2, 1)])
+def test_pairwise_distance_backward_kernel(dtype, rel, shape):
+    # The fused CPU kernel against the plain difference-form sum, with a duplicated point (no
+    # direction: contributes 0), far from the origin (where a rowsum(w) x - w x form cancels).
+    g = torch.Generator().manual_seed(1)
+    x = 100.0 + torch.randn(shape, dtype=dtype, generator=g)
+    x[0, -1] = x[0, 0]
+    d = ops.pairwise_distance(x)
+    grad = torch.randn(d.shape, dtype=dtype, generator=g)
+    pos = d > 0
+    w = torch.where(pos, (grad + grad.transpose(1, 2)) / torch.where(pos, d, torch.ones_like(d)),
+                    torch.zeros_like(d))
+    ref = (w.double().unsqueeze(-1) * (x.double().unsqueeze(2) - x.double().unsqueeze(1))).sum(2)
+    got = ops.pairwise_distance_backward(grad, x, d)
+    assert got.dtype == dtype and got.shape == x.shape
+    scale = ref.abs().max().clamp_min(1e-30)
+    assert float((got.double() - ref).abs().max() / scale) <= rel

@@ -151,6 +151,50 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
   }
 }
 
+// Backward of the distances for rows [i0, i1) (at most kTileRows) of one cloud:
+// gx[i] = sum_j w[i][j] (x_i - x_j), w given per row (w[(i - i0) * n + j]). The difference form
+// keeps the digits a Gram-like rowsum(w) x_i - (w x)_i would cancel for clouds far from the
+// origin; four rows share every loaded x_j.
+constexpr int kTileRows = 4;
+
+template <typename T, int Bytes, int VPR>
+__attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, int64_t n,
+                                                                   int64_t dim, int64_t i0,
+                                                                   int64_t i1, const T* w,
+                                                                   T* gx) {
+  using V = typename Vec<T, Bytes>::type;
+  constexpr int L = Vec<T, Bytes>::lanes;
+  constexpr int64_t C = VPR * L;  // coordinates per register tile
+  const int64_t rows = i1 - i0;
+  const int64_t body = dim - dim % C;
+  for (int64_t k = 0; k < body; k += C) {
+    V xi[kTileRows][VPR], acc[kTileRows][VPR];
+    for (int a = 0; a < kTileRows; ++a)
+      for (int v = 0; v < VPR; ++v) {
+        load(xi[a][v], x + (i0 + (a < rows ? a : 0)) * dim + k + v * L);
+        acc[a][v] = V{};
+      }
+    for (int64_t j = 0; j < n; ++j) {
+      V xj[VPR];
+      for (int v = 0; v < VPR; ++v) load(xj[v], x + j * dim + k + v * L);
+      for (int a = 0; a < kTileRows; ++a) {
+        const T wj = a < rows ? w[a * n + j] : T(0);
+        for (int v = 0; v < VPR; ++v) acc[a][v] += wj * (xi[a][v] - xj[v]);
+      }
+    }
+    for (int a = 0; a < rows; ++a)
+      for (int v = 0; v < VPR; ++v) memcpy(gx + (i0 + a) * dim + k + v * L, &acc[a][v], sizeof(V));
+  }
+  for (int64_t a = 0; a < rows; ++a) {
+    const T* xa = x + (i0 + a) * dim;
+    for (int64_t k = body; k < dim; ++k) {
+      T s = T(0);
+      for (int64_t j = 0; j < n; ++j) s += w[a * n + j] * (xa[k] - x[j * dim + k]);
+      gx[(i0 + a) * dim + k] = s;
+    }
+  }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TSLOSS_X86_CLONES 1
 // AVX-512 (x86-64-v4) and AVX2+FMA (x86-64-v3) builds of the same body; the baseline build
@@ -167,27 +211,66 @@ __attribute__((target("arch=x86-64-v3"))) void lower_rows_v3(const T* x, int64_t
                                                              double* sq) {
   lower_rows_body<T, 32>(x, n, dim, i0, i1, sq);
 }
+
+template <typename T>
+__attribute__((target("arch=x86-64-v4"))) void grad_rows_v4(const T* x, int64_t n, int64_t dim,
+                                                            int64_t i0, int64_t i1, const T* w,
+                                                            T* gx) {
+  distance_grad_rows_body<T, 64, 2>(x, n, dim, i0, i1, w, gx);
+}
+template <typename T>
+__attribute__((target("arch=x86-64-v3"))) void grad_rows_v3(const T* x, int64_t n, int64_t dim,
+                                                            int64_t i0, int64_t i1, const T* w,
+                                                            T* gx) {
+  distance_grad_rows_body<T, 32, 1>(x, n, dim, i0, i1, w, gx);
+}
 #endif
+
+template <typename T>
+void grad_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, const T* w,
+                    T* gx) {
+  distance_grad_rows_body<T, 16, 1>(x, n, dim, i0, i1, w, gx);
+}
 
 template <typename T>
 void lower_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, double* sq) {
   lower_rows_body<T, 16>(x, n, dim, i0, i1, sq);
 }
 
-// The best build for this CPU, chosen once.
-template <typename T>
-void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
-                                 double* sq) {
+// The x86-64 level of this CPU (4: AVX-512, 3: AVX2+FMA, 0: baseline), probed once.
+inline int x86_level() {
 #ifdef TSLOSS_X86_CLONES
   static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
                                ? 4
                                : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
                                       ? 3
                                       : 0);
-  if (level == 4) return lower_rows_v4<T>(x, n, dim, i0, i1, sq);
-  if (level == 3) return lower_rows_v3<T>(x, n, dim, i0, i1, sq);
+  return level;
+#else
+  return 0;
+#endif
+}
+
+// The best build for this CPU.
+template <typename T>
+void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
+                                 double* sq) {
+#ifdef TSLOSS_X86_CLONES
+  if (x86_level() == 4) return lower_rows_v4<T>(x, n, dim, i0, i1, sq);
+  if (x86_level() == 3) return lower_rows_v3<T>(x, n, dim, i0, i1, sq);
 #endif
   lower_rows_base<T>(x, n, dim, i0, i1, sq);
+}
+
+// gx rows [i0, i1) (i1 - i0 <= kTileRows), see distance_grad_rows_body.
+template <typename T>
+void distance_grad_rows(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, const T* w,
+                        T* gx) {
+#ifdef TSLOSS_X86_CLONES
+  if (x86_level() == 4) return grad_rows_v4<T>(x, n, dim, i0, i1, w, gx);
+  if (x86_level() == 3) return grad_rows_v3<T>(x, n, dim, i0, i1, w, gx);
+#endif
+  grad_rows_base<T>(x, n, dim, i0, i1, w, gx);
 }
 
 }  // namespace cpu

@@ -110,6 +110,50 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
   return out;
 }
 
+// Gradient of the distances w.r.t. the points: gx_i = sum_j w_ij (x_i - x_j) with
+// w_ij = (g_ij + g_ji) / d_ij, and 0 where d_ij = 0 (coincident points have no direction).
+// Fused and tiled like the forward; parallel over pairs of rows of all clouds.
+at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                          const at::Tensor& dist_in) {
+  TORCH_CHECK(x_in.dim() == 3 && grad_in.dim() == 3 && dist_in.dim() == 3,
+              "pairwise_distance_backward: expects (B, N, N) grad and dist and (B, N, D) x");
+  const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
+  TORCH_CHECK(grad_in.sizes() == dist_in.sizes() && dist_in.size(0) == B &&
+                  dist_in.size(1) == N && dist_in.size(2) == N,
+              "pairwise_distance_backward: grad ", grad_in.sizes(), " and dist ", dist_in.sizes(),
+              " must both be (B, N, N) for x ", x_in.sizes());
+  auto x = x_in.contiguous();
+  auto g = grad_in.to(x.scalar_type()).contiguous();
+  auto dist = dist_in.to(x.scalar_type()).contiguous();
+  auto out = at::empty_like(x);
+  if (B == 0 || N == 0 || D == 0) return out;
+  constexpr int64_t R = cpu::kTileRows;
+  const int64_t units = (N + R - 1) / R;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_backward_cpu", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* pg = g.data_ptr<scalar_t>();
+    const scalar_t* pd = dist.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 262144 / (R * N * std::max<int64_t>(D, 1)));
+    at::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> w(R * N);
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t b = u / units, i0 = (u % units) * R, i1 = std::min(N, i0 + R);
+        const scalar_t* gb = pg + b * N * N;
+        const scalar_t* db = pd + b * N * N;
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = 0; j < N; ++j) {
+            const scalar_t d = db[i * N + j];
+            w[(i - i0) * N + j] = d > scalar_t(0) ? (gb[i * N + j] + gb[j * N + i]) / d
+                                                  : scalar_t(0);
+          }
+        cpu::distance_grad_rows(px + b * N * D, N, D, i0, i1, w.data(), po + b * N * D);
+      }
+    });
+  });
+  return out;
+}
+
 // A user's distance matrix is read through its lower triangle (as ripser.py does); it must be
 // finite, non-negative, zero on the diagonal and symmetric up to rounding.
 template <typename T>
@@ -262,6 +306,7 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
 
 TORCH_LIBRARY_IMPL(tsloss_cuda, CPU, m) {
   m.impl("pairwise_distance", &pairwise_distance_cpu);
+  m.impl("pairwise_distance_backward", &pairwise_distance_backward_cpu);
   m.impl("vr_persistence", &vr_persistence_cpu);
   m.impl("vr_persistence_backward", &vr_persistence_backward_cpu);
 }
