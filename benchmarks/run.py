@@ -16,7 +16,8 @@ Peers are timed both on points and on a precomputed float64 distance matrix; the
 kept and recorded (``input``). The matrix is computed *outside* the timed region (a
 conservative choice: it favours peers; its cost is recorded as ``matrix_precompute_s``).
 
-Each timing is the median of ``--reps`` repetitions after one warm-up. Every result is
+Each timing is the median of at least ``--reps`` repetitions after one warm-up (calls faster
+than 50 ms are repeated until ~0.25 s is timed, at most 200 times, for every implementation). Every result is
 checked against ripser.py (float64 distance matrix): bottleneck distance of H0 and H1 per
 cloud <= 1e-4 x the cloud's diameter, else the row is ``correct: false`` and gets no ratio.
 Loss rows are checked for a finite value (torch-topological's diagrams are also checked).
@@ -160,7 +161,7 @@ class Inputs:
             np.fill_diagonal(m, 0.0)
         self.diam = self.dm.reshape(len(self.dm), -1).max(axis=1)
         # What a user pays to hand a peer a matrix: one batched float64 torch.cdist of the
-        # float32 points (all threads), median of 5 after a warm-up.
+        # float32 points (all threads), timed like everything else.
         _, _, ts = time_fn(lambda: torch.cdist(x.double(), x.double()), 5)
         self.dm_time = statistics.median(ts)
 
@@ -272,16 +273,30 @@ def available(impl: str) -> bool:
 # --------------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------------
-def time_fn(run, reps: int, cuda: bool = False):
-    """(warm-up result, warm-up seconds, list of rep seconds)."""
-    if cuda:
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        first = run()
-        torch.cuda.synchronize()
-        warm = time.perf_counter() - t0
-        times = []
-        for _ in range(reps):
+# Fast calls are repeated until about MIN_TOTAL_S has been timed (at most MAX_REPS), the same
+# rule for every implementation: five back-to-back calls of a sub-millisecond op mostly measure
+# cold caches and waking threads.
+MIN_TOTAL_S = 0.25
+MAX_REPS = 200
+
+
+def time_fn(run, reps: int, cuda: bool = False, adaptive: bool = True):
+    """(warm-up result, warm-up seconds, list of rep seconds): at least ``reps`` reps, more for
+    fast calls when ``adaptive``."""
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    sync()
+    t0 = time.perf_counter()
+    first = run()
+    sync()
+    warm = time.perf_counter() - t0
+    if adaptive and reps > 0:
+        reps = max(reps, min(MAX_REPS, int(MIN_TOTAL_S / max(warm, 1e-6))))
+    times = []
+    for _ in range(reps):
+        if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
             start.record()
@@ -289,15 +304,10 @@ def time_fn(run, reps: int, cuda: bool = False):
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
-        return first, warm, times
-    t0 = time.perf_counter()
-    first = run()
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
+        else:
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
     return first, warm, times
 
 
@@ -335,6 +345,7 @@ def bench_config(cfg, impls, reps, cuda, ref_cache=None, progress=None):
         ok, err = check_diagrams(ref, first.to_numpy(), inp.diam)
         r = base("ours", "forward")
         r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times, correct=ok,
+                 reps=len(times),
                  max_bottleneck_over_diam=err, input="points",
                  truncated=bool(first.truncated.any()))
         recs.append(r)
@@ -343,7 +354,7 @@ def bench_config(cfg, impls, reps, cuda, ref_cache=None, progress=None):
         first, warm, times = time_fn(loss, reps, cuda)
         val = float(first)
         r = base("ours", "loss_fwd_bwd")
-        r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times,
+        r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times, reps=len(times),
                  correct=bool(math.isfinite(val)), loss_value=val, input="points")
         recs.append(r)
         if progress:
@@ -484,7 +495,9 @@ def markdown(records, meta, scal) -> str:
     lines = [f"# Benchmarks on {meta['device']}", "",
              f"{meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} "
              f"({meta['threads']} threads); load average at start {meta['load_start']}, "
-             f"at end {meta['load_end']}; median of {meta['reps']} reps after a warm-up.", "",
+             f"at end {meta['load_end']}; median of at least {meta['reps']} reps after a warm-up "
+             f"(calls under 50 ms repeated until ~{MIN_TOTAL_S} s is timed, at most {MAX_REPS}).",
+             "",
              "Cells: median time of the whole batch, and in parentheses the ratio peer / ours "
              "(> 1 means ours is faster). `points`/`matrix`: the faster input kind for the peer "
              "(the distance matrix is precomputed outside the timed region). "
@@ -493,7 +506,7 @@ def markdown(records, meta, scal) -> str:
              "forward+backward. WRONG = failed the bottleneck check vs ripser.py.", "",
              "The last column is the best peer's ratio if its distance matrix had been computed "
              "inside the timed region (batched float64 torch.cdist of the points, timed "
-             "separately: median of 5).", "",
+             "separately, timed like the rest).", "",
              "| N | D | B | op | " + " | ".join(impls) + " | best peer × | incl. matrix × |",
              "|---|---|---|---|" + "---|" * len(impls) + "---|---|"]
     keys = sorted({(r["N"], r["D"], r["B"], r["op"]) for r in records},

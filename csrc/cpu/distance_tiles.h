@@ -197,29 +197,29 @@ __attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, i
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TSLOSS_X86_CLONES 1
-// AVX-512 (x86-64-v4) and AVX2+FMA (x86-64-v3) builds of the same body; the baseline build
-// below serves every other CPU.
+// AVX-512 and AVX2+FMA builds of the same body (feature lists rather than x86-64-v4/v3 names,
+// which older compilers lack); the baseline build below serves every other CPU.
 template <typename T>
-__attribute__((target("arch=x86-64-v4"))) void lower_rows_v4(const T* x, int64_t n,
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void lower_rows_v4(const T* x, int64_t n,
                                                              int64_t dim, int64_t i0, int64_t i1,
                                                              double* sq) {
   lower_rows_body<T, 64>(x, n, dim, i0, i1, sq);
 }
 template <typename T>
-__attribute__((target("arch=x86-64-v3"))) void lower_rows_v3(const T* x, int64_t n,
+__attribute__((target("avx2,fma"))) void lower_rows_v3(const T* x, int64_t n,
                                                              int64_t dim, int64_t i0, int64_t i1,
                                                              double* sq) {
   lower_rows_body<T, 32>(x, n, dim, i0, i1, sq);
 }
 
 template <typename T>
-__attribute__((target("arch=x86-64-v4"))) void grad_rows_v4(const T* x, int64_t n, int64_t dim,
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void grad_rows_v4(const T* x, int64_t n, int64_t dim,
                                                             int64_t i0, int64_t i1, const T* w,
                                                             T* gx) {
   distance_grad_rows_body<T, 64, 2>(x, n, dim, i0, i1, w, gx);
 }
 template <typename T>
-__attribute__((target("arch=x86-64-v3"))) void grad_rows_v3(const T* x, int64_t n, int64_t dim,
+__attribute__((target("avx2,fma"))) void grad_rows_v3(const T* x, int64_t n, int64_t dim,
                                                             int64_t i0, int64_t i1, const T* w,
                                                             T* gx) {
   distance_grad_rows_body<T, 32, 1>(x, n, dim, i0, i1, w, gx);

@@ -21,6 +21,25 @@ int64_t cloud_grain(int64_t work_per_cloud) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));
 }
 
+// Each thread keeps its engine workspace across calls: a training loop calls the op every step,
+// and allocating (and page-faulting) the buffers anew costs more than a small cloud's whole
+// persistence. A workspace that grew past kKeepEntries for an unusually large cloud is dropped
+// after the call rather than held for the life of the thread.
+template <typename T>
+tsl::HostWorkspace<T>& thread_workspace() {
+  thread_local tsl::HostWorkspace<T> ws;
+  return ws;
+}
+
+constexpr int64_t kKeepEntries = int64_t(1) << 22;
+
+template <typename T>
+void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
+  if (ws.heap_capacity > kKeepEntries || ws.arena_capacity > kKeepEntries ||
+      int64_t(ws.pivot_keys.size()) > kKeepEntries)
+    ws = tsl::HostWorkspace<T>();
+}
+
 // Row blocks of 4 points; a work unit pairs block q with block nb-1-q so that every unit of the
 // triangle costs about the same.
 constexpr int64_t kRowBlock = 4;
@@ -212,7 +231,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
     // than their work, and on a loaded machine a parallel region can stall for milliseconds.
     const int64_t work = N * N * (N + (fused ? D : 0));
     at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
-      tsl::HostWorkspace<scalar_t> ws;
+      tsl::HostWorkspace<scalar_t>& ws = thread_workspace<scalar_t>();
       std::vector<scalar_t> matrix(distances || fused ? N * N : 0);
       std::vector<double> sq;
       for (int64_t b = begin; b < end; ++b) {
@@ -233,6 +252,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
                                        K};
         tsl::vr_persistence_cloud(cloud, N, static_cast<int>(maxdim), out, ws);
       }
+      trim_thread_workspace(ws);
     });
   });
   return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
