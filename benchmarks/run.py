@@ -505,8 +505,8 @@ def markdown(records, meta, scal) -> str:
              "torch-topological = VietorisRipsComplex(dim=1) + sum of persistences, "
              "forward+backward. WRONG = failed the bottleneck check vs ripser.py.", "",
              "The last column is the best peer's ratio if its distance matrix had been computed "
-             "inside the timed region (batched float64 torch.cdist of the points, timed "
-             "separately, timed like the rest).", "",
+             "inside the timed region (a batched float64 torch.cdist of the points, timed like "
+             "the rest).", "",
              "| N | D | B | op | " + " | ".join(impls) + " | best peer × | incl. matrix × |",
              "|---|---|---|---|" + "---|" * len(impls) + "---|---|"]
     keys = sorted({(r["N"], r["D"], r["B"], r["op"]) for r in records},

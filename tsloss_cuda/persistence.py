@@ -105,7 +105,10 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(B, N, N)`` distances in x's dtype (B = 1 for 2-D input): exactly symmetric, exact
-        zero diagonal, accurate to the float64-computed distance (no Gram-form cancellation).
+        zero diagonal, by the difference form (no Gram-form cancellation for close points).
+        float64 input is computed in float64; float32 input in float32 blocks of 256
+        coordinates summed in float64, within a few float32 units of the exact distance (pairs
+        whose float squares could under- or overflow are recomputed in float64).
         Differentiable.
     """
     return ops.pairwise_distance(_as_batch(x, "x", square=False))
