@@ -2,8 +2,8 @@
 
 H0 must match exactly (values and edges) when both engines read the same distance matrix;
 H1 values match up to float rounding and the counts exactly. From points the two engines
-compute distances differently (CPU: tiled difference form in the input precision; CUDA:
-difference form), which can move a value by an ulp, so points are compared with a tolerance.
+compute distances differently (CPU: tiled difference form summed in float64; CUDA: difference
+form), which can move a value by an ulp, so points are compared with a tolerance.
 """
 from __future__ import annotations
 

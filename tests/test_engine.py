@@ -444,3 +444,25 @@ def test_distances_non_euclidean_matrix(rng):
     ref = ripser_reference(dm, distance_matrix=True)
     assert_diagrams_match(dgm.to_numpy()[0], ref, scaled_tol(1e-6, dm))
     _check_edges(dgm, torch.from_numpy(dm))
+
+
+@pytest.mark.parametrize("dim", [2, 3, 17, 768])
+def test_float32_distances_are_correctly_rounded(rng, dim):
+    # Rows are widened and summed in float64, so each float32 distance is the float64
+    # distance rounded once: the matrix ripser.py builds from the same points, on any CPU.
+    x = torch.tensor(rng.standard_normal((80, dim)), dtype=torch.float32)
+    got = pairwise_distance(x)[0].numpy()
+    ref = _ref_dist(x.numpy().astype(np.float64)).astype(np.float32)
+    assert np.array_equal(got, ref), f"{(got != ref).sum()} of {got.size} entries differ"
+
+
+def test_float32_points_h0_equals_ripser_exactly(rng):
+    # ripser.py given the float32 points' exact (float64) values computes float64 distances and
+    # rounds them to float32, as we do. (Handed float32 arrays, it would build its matrix in
+    # float32 by sklearn's Gram form, a few ulps off.)
+    from diagram_utils import ripser_reference
+    for _ in range(20):
+        x = torch.tensor(rng.standard_normal((60, 3)), dtype=torch.float32)
+        ours = vr_persistence(x).to_numpy()[0][0]
+        ref = ripser_reference(x.numpy().astype(np.float64))[0]
+        np.testing.assert_array_equal(np.sort(ours[:, 1]), np.sort(ref[:, 1]))

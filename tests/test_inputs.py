@@ -373,3 +373,49 @@ def test_marked_clouds_are_nan_with_invalid_count(rng):
         assert torch.equal(marked[0][k], out[0][k]) and torch.equal(marked[2][k], out[2][k])
     with pytest.raises(RuntimeError, match=r"clouds \[1\] had invalid input"):
         Diagrams(*marked).to_numpy()
+
+
+# ---- extreme magnitudes: no hang, no silent zeros, no wrong advice -----------------------------
+
+@pytest.mark.parametrize("dtype,unit", [(torch.float32, 2.0 ** -149), (torch.float64, 2.0 ** -1074)],
+                         ids=["f32", "f64"])
+def test_subnormal_distance_matrix_finishes_and_scales(rng, dtype, unit):
+    # Integer multiples of the smallest subnormal: the H1 band step underflows to zero here,
+    # which once looped forever. Scaling by a power of two is exact, so the diagram must be the
+    # scaled diagram of the same integer matrix.
+    n = 11
+    a = np.tril(rng.integers(1, 31, size=(n, n)).astype(np.float64), -1)
+    a = a + a.T
+    tiny = vr_persistence(torch.tensor(a * unit, dtype=dtype), distances=True)
+    ref = vr_persistence(torch.tensor(a, dtype=dtype), distances=True)
+    assert torch.equal(tiny.h1_count, ref.h1_count)
+    assert torch.equal(tiny.h0_edges, ref.h0_edges) and torch.equal(tiny.h1_edges, ref.h1_edges)
+    assert torch.equal(tiny.h1.double() / unit, ref.h1.double())
+
+
+def test_subnormal_float32_points_finish():
+    x = torch.tensor(np.random.default_rng(1).normal(size=(40, 2)) * 1e-44, dtype=torch.float32)
+    dg = vr_persistence(x)
+    assert (dg.h0[..., 1] >= 0).all() and int(dg.h1_count) >= 0
+
+
+def test_float64_distances_beyond_the_square_range():
+    # Squares would overflow / underflow float64; the distances themselves are representable.
+    big = pairwise_distance(torch.tensor([[0.0], [1e200]], dtype=torch.float64))
+    assert big[0, 1, 0].item() == 1e200
+    small = pairwise_distance(torch.tensor([[0.0], [1e-200], [3e-200]], dtype=torch.float64))
+    np.testing.assert_allclose(small[0].numpy(), np.array([[0, 1, 3], [1, 0, 2], [3, 2, 0]]) * 1e-200,
+                               rtol=1e-15)
+    with pytest.raises(RuntimeError, match="exceeds the float64 range"):
+        pairwise_distance(torch.tensor([[-1e308], [1e308]], dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="overflows float32; pass float64 points"):
+        pairwise_distance(torch.tensor([[-3e38], [3e38]], dtype=torch.float32))
+
+
+def test_lone_point_error_names_its_cloud():
+    x = torch.zeros(3, 1, 4)
+    x[2, 0, 1] = float("nan")
+    with pytest.raises(RuntimeError, match=r"NaN or Inf \(cloud 2\)"):
+        pairwise_distance(x)
+    with pytest.raises(RuntimeError, match=r"NaN or Inf \(cloud 2\)"):
+        vr_persistence(x)

@@ -255,3 +255,9 @@ def test_pairwise_distance_backward_kernel(dtype, rel, shape):
     assert got.dtype == dtype and got.shape == x.shape
     scale = ref.abs().max().clamp_min(1e-30)
     assert float((got.double() - ref).abs().max() / scale) <= rel
+
+
+def test_double_backward_through_pairwise_distance():
+    # create_graph=True takes the differentiable formula; the fused kernel has no autograd.
+    x = torch.randn(2, 7, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(lambda t: T.pairwise_distance(t).pow(3).sum(), (x,))

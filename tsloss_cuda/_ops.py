@@ -49,6 +49,12 @@ def _pairwise_distance_setup(ctx, inputs, output):
 
 def _pairwise_distance_backward(ctx, grad):
     x, dist = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward): the same sum as differentiable tensor ops.
+        pos = dist > 0
+        w = torch.where(pos, (grad + grad.transpose(1, 2)) / torch.where(pos, dist, torch.ones_like(dist)),
+                        torch.zeros_like(dist))
+        return (w.unsqueeze(-1) * (x.unsqueeze(2) - x.unsqueeze(1))).sum(2)
     # d d_ij / d x_i = (x_i - x_j) / d_ij; coincident points contribute nothing. A fused CPU
     # kernel; elsewhere a C++ composite of bmm and elementwise ops (csrc/ops.cpp).
     return ops.pairwise_distance_backward(grad, x, dist)

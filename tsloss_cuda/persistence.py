@@ -106,9 +106,9 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, N, N)`` distances in x's dtype (B = 1 for 2-D input): exactly symmetric, exact
         zero diagonal, by the difference form (no Gram-form cancellation for close points).
-        float64 input is computed in float64; float32 input in float32 blocks of 256
-        coordinates summed in float64, within a few float32 units of the exact distance (pairs
-        whose float squares could under- or overflow are recomputed in float64).
+        float32 rows are widened and summed in float64, so each float32 distance is the
+        float64 distance rounded once (the matrix ripser.py builds); float64 pairs whose
+        squares would under- or overflow are recomputed with scaling.
         Differentiable.
     """
     return ops.pairwise_distance(_as_batch(x, "x", square=False))

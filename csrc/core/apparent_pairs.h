@@ -35,6 +35,7 @@ TSL_HD index_t cofacet_index(index_t i, index_t j, index_t k) {
 template <typename T>
 TSL_HD Entry<T> earliest_cofacet(const DistanceMatrix<T>& d, index_t i, index_t j,
                                  T edge_diameter, T threshold) {
+  if (edge_diameter > threshold) return Entry<T>{T(0), -1};  // every cofacet is beyond it
   const T* ri = d.row(i);
   const T* rj = d.row(j);
   for (index_t k = d.n - 1; k >= 0; --k) {

@@ -319,7 +319,9 @@ TSL_HD Status reduce_h1(const DistanceMatrix<T>& d, const H1Column<T>* columns,
       if (pivot.index < 0 && band < threshold) {
         step *= T(4);
         T wider = band + step;
-        if (!(wider < threshold)) wider = threshold;
+        // A step too small to move the band (subnormal distances) jumps to the threshold: the
+        // band must grow on every widening, or the loop would not end.
+        if (!(wider > band) || !(wider < threshold)) wider = threshold;
         s = widen_band(d, band, wider, ws);
         if (s != kOk) return s;
         band = wider;

@@ -1,33 +1,32 @@
-// Squared Euclidean distances of one cloud on the CPU, register-tiled and vectorised.
+// Squared Euclidean distances of one cloud on the CPU, register-tiled and vectorised, and the
+// matching backward.
 //
 // Torch-free, so the native tests check it against the plain double loop of
 // core/pairwise_distance.h. The difference form (no Gram-matrix cancellation) is kept; speed
-// comes from tiles of 4 x 2 point pairs that reuse every loaded vector four or two times, from
-// computing in the input's precision, and from a clone per x86 level picked at load time.
-//
-// Accuracy for float32 input: each block of 256 coordinates is summed in float (a handful
-// of terms per lane), then the blocks are added in double, so the relative error stays within
-// a few float32 units. Sums outside [kSafeLow, kSafeHigh], where float squares could have
-// underflowed or overflowed, are recomputed in double by the caller.
+// comes from tiles of 4 x 2 point pairs that reuse every loaded vector four or two times, and
+// from a build per x86 level picked at load time. float32 coordinates are widened to double in
+// registers and everything is summed in double, so a float32 distance is the correctly rounded
+// value in all but ~1e-9 of cases: the same matrix ripser.py builds from the same points, on
+// every CPU. Only float64 sums outside [SafeRange::low, SafeRange::high], where squares may have
+// under- or overflowed, need the caller's scaled recomputation.
 #pragma once
 
 #include <stdint.h>
 #include <string.h>
 
 #include <cmath>
+#include <vector>
 
 namespace tsloss {
 namespace cpu {
 
 template <typename T>
-struct SafeRange;
-template <>
-struct SafeRange<float> {
-  static constexpr double low = 1e-30, high = 1e30;
+struct SafeRange {  // float32 input, summed in double: no square can under- or overflow
+  static constexpr double low = 0.0, high = INFINITY;
 };
 template <>
 struct SafeRange<double> {
-  static constexpr double low = 0.0, high = INFINITY;
+  static constexpr double low = 1e-290, high = 1e290;
 };
 
 // Portable vector types (GCC/Clang extensions): the compiler lowers them to the widest
@@ -53,67 +52,97 @@ __attribute__((always_inline)) inline double lane_sum(const V& v) {
   return s;
 }
 
-// Float partial sums are poured into double lanes every kBlock coordinates (a few terms per
-// lane); double input accumulates in double throughout.
-template <typename T>
-struct Block {
-  static constexpr int64_t size = 256;
-};
-template <>
-struct Block<double> {
-  static constexpr int64_t size = INT64_MAX;
-};
+// Loads L coordinates as double lanes: float rows are loaded at half the width and widened
+// exactly.
+template <typename VD, int L, typename T>
+__attribute__((always_inline)) inline void load_wide(VD& v, const T* p) {
+  using VT = typename Vec<T, L * int(sizeof(T))>::type;
+  VT t;
+  load(t, p);
+  v = __builtin_convertvector(t, VD);
+}
 
-// out[a * TJ + b] = |xi[a] - xj[b]|^2 for TI x TJ rows of length dim.
+// out[a * TJ + b] = |xi[a] - xj[b]|^2 for TI x TJ rows of length dim, in double lanes of Bytes.
+// The xi rows are already double (widened once per row block); the xj rows are widened here.
 template <typename T, int Bytes, int TI, int TJ>
-__attribute__((always_inline)) inline void squared_distance_tile(const T* const* xi,
+__attribute__((always_inline)) inline void squared_distance_tile(const double* const* xi,
                                                                  const T* const* xj,
                                                                  int64_t dim, double* out) {
-  using V = typename Vec<T, Bytes>::type;
-  using VD = typename Vec<double, Bytes * sizeof(double) / sizeof(T)>::type;
-  constexpr int L = Vec<T, Bytes>::lanes;
-  VD total[TI][TJ];
-  T tail[TI][TJ];
+  using VD = typename Vec<double, Bytes>::type;
+  constexpr int L = Vec<double, Bytes>::lanes;
+  VD acc[TI][TJ];
   for (int a = 0; a < TI; ++a)
-    for (int b = 0; b < TJ; ++b) total[a][b] = VD{}, tail[a][b] = T(0);
+    for (int b = 0; b < TJ; ++b) acc[a][b] = VD{};
   const int64_t body = dim - dim % L;
-  for (int64_t k0 = 0; k0 < body; k0 += Block<T>::size) {
-    const int64_t k1 = body - k0 > Block<T>::size ? k0 + Block<T>::size : body;
-    V acc[TI][TJ];
+  for (int64_t k = 0; k < body; k += L) {
+    VD u[TI], w[TJ];
+    for (int a = 0; a < TI; ++a) load(u[a], xi[a] + k);
+    for (int b = 0; b < TJ; ++b) load_wide<VD, L>(w[b], xj[b] + k);
     for (int a = 0; a < TI; ++a)
-      for (int b = 0; b < TJ; ++b) acc[a][b] = V{};
-    for (int64_t k = k0; k < k1; k += L) {
-      V u[TI], w[TJ];
-      for (int a = 0; a < TI; ++a) load(u[a], xi[a] + k);
-      for (int b = 0; b < TJ; ++b) load(w[b], xj[b] + k);
-      for (int a = 0; a < TI; ++a)
-        for (int b = 0; b < TJ; ++b) {
-          const V t = u[a] - w[b];
-          acc[a][b] += t * t;
-        }
-    }
-    for (int a = 0; a < TI; ++a)
-      for (int b = 0; b < TJ; ++b) total[a][b] += __builtin_convertvector(acc[a][b], VD);
+      for (int b = 0; b < TJ; ++b) {
+        const VD t = u[a] - w[b];
+        acc[a][b] += t * t;
+      }
   }
   for (int a = 0; a < TI; ++a)
     for (int b = 0; b < TJ; ++b) {
+      double tail = 0.0;
       for (int64_t r = body; r < dim; ++r) {
-        const T t = xi[a][r] - xj[b][r];
-        tail[a][b] += t * t;
+        const double t = xi[a][r] - static_cast<double>(xj[b][r]);
+        tail += t * t;
       }
-      out[a * TJ + b] = lane_sum(total[a][b]) + static_cast<double>(tail[a][b]);
+      out[a * TJ + b] = lane_sum(acc[a][b]) + tail;
     }
 }
 
+// out[p] = |xa[p] - xb[p]|^2 for P separate pairs: independent accumulators, so the pairs
+// inside a row block do not wait on one dependency chain each.
+template <typename T, int Bytes, int P>
+__attribute__((always_inline)) inline void squared_distance_pairs(const double* const* xa,
+                                                                  const T* const* xb,
+                                                                  int64_t dim, double* out) {
+  using VD = typename Vec<double, Bytes>::type;
+  constexpr int L = Vec<double, Bytes>::lanes;
+  VD acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = VD{};
+  const int64_t body = dim - dim % L;
+  for (int64_t k = 0; k < body; k += L)
+    for (int p = 0; p < P; ++p) {
+      VD u, w;
+      load(u, xa[p] + k);
+      load_wide<VD, L>(w, xb[p] + k);
+      const VD t = u - w;
+      acc[p] += t * t;
+    }
+  for (int p = 0; p < P; ++p) {
+    double tail = 0.0;
+    for (int64_t r = body; r < dim; ++r) {
+      const double t = xa[p][r] - static_cast<double>(xb[p][r]);
+      tail += t * t;
+    }
+    out[p] = lane_sum(acc[p]) + tail;
+  }
+}
+
+// Row `row` of x as double: itself for float64, else widened into buf.
+template <typename T>
+inline const double* wide_row(const T* row, int64_t dim, double* buf) {
+  if (sizeof(T) == sizeof(double)) return reinterpret_cast<const double*>(row);
+  for (int64_t k = 0; k < dim; ++k) buf[k] = static_cast<double>(row[k]);
+  return buf;
+}
+
 // Squared distances of rows [i0, i1) of one cloud x (n, dim) to every earlier row (and to each
-// other): sq[(i - i0) * n + j] for i0 <= i < i1 and j < i.
+// other): sq[(i - i0) * n + j] for i0 <= i < i1 and j < i. `wide` is scratch for 4 * dim doubles.
 template <typename T, int Bytes>
 __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n, int64_t dim,
-                                                           int64_t i0, int64_t i1, double* sq) {
+                                                           int64_t i0, int64_t i1, double* sq,
+                                                           double* wide) {
   constexpr int TI = 4, TJ = 2;
   int64_t i = i0;
   for (; i + TI <= i1; i += TI) {
-    const T* xi[TI] = {x + i * dim, x + (i + 1) * dim, x + (i + 2) * dim, x + (i + 3) * dim};
+    const double* xi[TI];
+    for (int a = 0; a < TI; ++a) xi[a] = wide_row(x + (i + a) * dim, dim, wide + a * dim);
     double tile[TI * TJ];
     int64_t j = 0;
     for (; j + TJ <= i; j += TJ) {
@@ -127,16 +156,17 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
       squared_distance_tile<T, Bytes, TI, 1>(xi, xj, dim, tile);
       for (int a = 0; a < TI; ++a) sq[(i - i0 + a) * n + j] = tile[a];
     }
-    // The pairs inside the tile.
-    for (int a = 1; a < TI; ++a)
-      for (int b = 0; b < a; ++b) {
-        const T* pa[1] = {xi[a]};
-        const T* pb[1] = {xi[b]};
-        squared_distance_tile<T, Bytes, 1, 1>(pa, pb, dim, &sq[(i - i0 + a) * n + i + b]);
-      }
+    // The six pairs inside the block, side by side.
+    const double* pa[6] = {xi[1], xi[2], xi[2], xi[3], xi[3], xi[3]};
+    const T* pb[6] = {x + i * dim,       x + i * dim,       x + (i + 1) * dim,
+                      x + i * dim,       x + (i + 1) * dim, x + (i + 2) * dim};
+    double inner[6];
+    squared_distance_pairs<T, Bytes, 6>(pa, pb, dim, inner);
+    const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
+    for (int p = 0; p < 6; ++p) sq[(i - i0 + ia[p]) * n + i + ib[p]] = inner[p];
   }
   for (; i < i1; ++i) {
-    const T* xi[1] = {x + i * dim};
+    const double* xi[1] = {wide_row(x + i * dim, dim, wide)};
     int64_t j = 0;
     double tile[4];
     for (; j + 4 <= i; j += 4) {
@@ -200,16 +230,15 @@ __attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, i
 // AVX-512 and AVX2+FMA builds of the same body (feature lists rather than x86-64-v4/v3 names,
 // which older compilers lack); the baseline build below serves every other CPU.
 template <typename T>
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void lower_rows_v4(const T* x, int64_t n,
-                                                             int64_t dim, int64_t i0, int64_t i1,
-                                                             double* sq) {
-  lower_rows_body<T, 64>(x, n, dim, i0, i1, sq);
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void lower_rows_v4(
+    const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, double* sq, double* wide) {
+  lower_rows_body<T, 64>(x, n, dim, i0, i1, sq, wide);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void lower_rows_v3(const T* x, int64_t n,
-                                                             int64_t dim, int64_t i0, int64_t i1,
-                                                             double* sq) {
-  lower_rows_body<T, 32>(x, n, dim, i0, i1, sq);
+__attribute__((target("avx2,fma"))) void lower_rows_v3(const T* x, int64_t n, int64_t dim,
+                                                      int64_t i0, int64_t i1, double* sq,
+                                                      double* wide) {
+  lower_rows_body<T, 32>(x, n, dim, i0, i1, sq, wide);
 }
 
 template <typename T>
@@ -233,8 +262,9 @@ void grad_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, 
 }
 
 template <typename T>
-void lower_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, double* sq) {
-  lower_rows_body<T, 16>(x, n, dim, i0, i1, sq);
+void lower_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, double* sq,
+                     double* wide) {
+  lower_rows_body<T, 16>(x, n, dim, i0, i1, sq, wide);
 }
 
 // The x86-64 level of this CPU (4: AVX-512, 3: AVX2+FMA, 0: baseline), probed once.
@@ -255,11 +285,14 @@ inline int x86_level() {
 template <typename T>
 void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
                                  double* sq) {
+  thread_local std::vector<double> wide;
+  if (sizeof(T) != sizeof(double) && int64_t(wide.size()) < 4 * dim) wide.resize(4 * dim);
+  double* w = wide.data();
 #ifdef TSLOSS_X86_CLONES
-  if (x86_level() == 4) return lower_rows_v4<T>(x, n, dim, i0, i1, sq);
-  if (x86_level() == 3) return lower_rows_v3<T>(x, n, dim, i0, i1, sq);
+  if (x86_level() == 4) return lower_rows_v4<T>(x, n, dim, i0, i1, sq, w);
+  if (x86_level() == 3) return lower_rows_v3<T>(x, n, dim, i0, i1, sq, w);
 #endif
-  lower_rows_base<T>(x, n, dim, i0, i1, sq);
+  lower_rows_base<T>(x, n, dim, i0, i1, sq, w);
 }
 
 // gx rows [i0, i1) (i1 - i0 <= kTileRows), see distance_grad_rows_body.

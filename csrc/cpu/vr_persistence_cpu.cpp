@@ -31,7 +31,7 @@ tsl::HostWorkspace<T>& thread_workspace() {
   return ws;
 }
 
-constexpr int64_t kKeepEntries = int64_t(1) << 22;
+constexpr int64_t kKeepEntries = int64_t(1) << 18;
 
 template <typename T>
 void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
@@ -43,6 +43,21 @@ void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
 // Row blocks of 4 points; a work unit pairs block q with block nb-1-q so that every unit of the
 // triangle costs about the same.
 constexpr int64_t kRowBlock = 4;
+
+// |x - y| for float64 rows whose plain sum of squares under- or overflowed: scaled by the
+// largest coordinate difference first (what hypot does for two coordinates).
+template <typename T>
+double scaled_distance(const T* x, const T* y, int64_t D) {
+  double m = 0.0;
+  for (int64_t k = 0; k < D; ++k) m = std::max(m, std::abs(double(x[k]) - double(y[k])));
+  if (m == 0.0) return 0.0;  // duplicates: nothing to scale
+  double s = 0.0;
+  for (int64_t k = 0; k < D; ++k) {
+    const double t = (double(x[k]) - double(y[k])) / m;
+    s += t * t;
+  }
+  return m * std::sqrt(s);
+}
 
 // Distances of rows [i0, i1) of cloud b (x: (N, D)) to all earlier rows, written to both
 // triangles of out (N, N) with the diagonal; sq holds (i1 - i0) * N doubles of scratch. A
@@ -56,19 +71,26 @@ void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int
     out[i * N + i] = T(0);
     const double* si = sq + (i - i0) * N;
     for (int64_t j = 0; j < i; ++j) {
-      double s = si[j];
-      if (!(s >= cpu::SafeRange<T>::low && s <= cpu::SafeRange<T>::high))
-        s = tsl::squared_distance(x + i * D, x + j * D, D);  // exact path, rare
-      const T v = static_cast<T>(std::sqrt(s));
+      const double s = si[j];
+      double dist;
+      if (s >= cpu::SafeRange<T>::low && s <= cpu::SafeRange<T>::high)
+        dist = std::sqrt(s);
+      else if (std::isnan(s))
+        dist = s;
+      else
+        dist = scaled_distance(x + i * D, x + j * D, D);  // float64 under/overflow, rare
+      const T v = static_cast<T>(dist);
       if (!std::isfinite(v)) {
         for (int64_t p : {j, i})
           for (int64_t k = 0; k < D; ++k)
             TORCH_CHECK(std::isfinite(x[p * D + k]), "pairwise_distance: x contains NaN or Inf ",
                         "(point ", p, " of cloud ", b, ", coordinate ", k,
                         "); persistence of non-finite points is undefined");
+        TORCH_CHECK(sizeof(T) != 4, "pairwise_distance: the distance between points ", j,
+                    " and ", i, " of cloud ", b, " (", dist, ") overflows float32; pass float64 "
+                    "points");
         TORCH_CHECK(false, "pairwise_distance: the distance between points ", j, " and ", i,
-                    " of cloud ", b, " overflows ", sizeof(T) == 4 ? "float32" : "float64",
-                    "; pass float64 points");
+                    " of cloud ", b, " exceeds the float64 range");
       }
       out[i * N + j] = v;
       out[j * N + i] = v;
@@ -87,11 +109,11 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
 
 // A cloud of fewer than two points has no distance to carry a non-finite coordinate.
 template <typename T>
-void check_lone_points(const T* x, int64_t count, int64_t N) {
-  if (N < 2)
-    for (int64_t k = 0; k < count; ++k)
-      TORCH_CHECK(std::isfinite(x[k]), "pairwise_distance: x contains NaN or Inf (cloud ", k / std::max<int64_t>(N, 1),
-                  "); persistence of non-finite points is undefined");
+void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D) {
+  if (N >= 2) return;
+  for (int64_t k = 0; k < B * N * D; ++k)
+    TORCH_CHECK(std::isfinite(x[k]), "pairwise_distance: x contains NaN or Inf (cloud ",
+                k / std::max<int64_t>(N * D, 1), "); persistence of non-finite points is undefined");
 }
 
 // Distances from points, exactly symmetric with an exact zero diagonal. Parallel over balanced
@@ -109,7 +131,7 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    check_lone_points(px, x.numel(), N);
+    check_lone_points(px, B, N, D);
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
     const int64_t units = (blocks + 1) / 2;
     const int64_t grain =
@@ -226,7 +248,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_cpu", [&] {
     const scalar_t* pd = dist.data_ptr<scalar_t>();
     const int64_t D = fused ? x_in.size(2) : N;
-    if (fused) check_lone_points(pd, dist.numel(), N);
+    if (fused) check_lone_points(pd, B, N, D);
     // Clouds are independent. Tiny clouds are batched into one task: waking threads costs more
     // than their work, and on a loaded machine a parallel region can stall for milliseconds.
     const int64_t work = N * N * (N + (fused ? D : 0));
