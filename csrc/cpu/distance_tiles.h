@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace tsloss {
@@ -127,9 +128,12 @@ __attribute__((always_inline)) inline void squared_distance_pairs(const double* 
 // Row `row` of x as double: itself for float64, else widened into buf.
 template <typename T>
 inline const double* wide_row(const T* row, int64_t dim, double* buf) {
-  if (sizeof(T) == sizeof(double)) return reinterpret_cast<const double*>(row);
-  for (int64_t k = 0; k < dim; ++k) buf[k] = static_cast<double>(row[k]);
-  return buf;
+  if constexpr (std::is_same<T, double>::value) {
+    return row;
+  } else {
+    for (int64_t k = 0; k < dim; ++k) buf[k] = static_cast<double>(row[k]);
+    return buf;
+  }
 }
 
 // Squared distances of rows [i0, i1) of one cloud x (n, dim) to every earlier row (and to each
@@ -286,7 +290,7 @@ template <typename T>
 void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
                                  double* sq) {
   thread_local std::vector<double> wide;
-  if (sizeof(T) != sizeof(double) && int64_t(wide.size()) < 4 * dim) wide.resize(4 * dim);
+  if (!std::is_same<T, double>::value && int64_t(wide.size()) < 4 * dim) wide.resize(4 * dim);
   double* w = wide.data();
 #ifdef TSLOSS_X86_CLONES
   if (x86_level() == 4) return lower_rows_v4<T>(x, n, dim, i0, i1, sq, w);

@@ -44,21 +44,6 @@ void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
 // triangle costs about the same.
 constexpr int64_t kRowBlock = 4;
 
-// |x - y| for float64 rows whose plain sum of squares under- or overflowed: scaled by the
-// largest coordinate difference first (what hypot does for two coordinates).
-template <typename T>
-double scaled_distance(const T* x, const T* y, int64_t D) {
-  double m = 0.0;
-  for (int64_t k = 0; k < D; ++k) m = std::max(m, std::abs(double(x[k]) - double(y[k])));
-  if (m == 0.0) return 0.0;  // duplicates: nothing to scale
-  double s = 0.0;
-  for (int64_t k = 0; k < D; ++k) {
-    const double t = (double(x[k]) - double(y[k])) / m;
-    s += t * t;
-  }
-  return m * std::sqrt(s);
-}
-
 // Distances of rows [i0, i1) of cloud b (x: (N, D)) to all earlier rows, written to both
 // triangles of out (N, N) with the diagonal; sq holds (i1 - i0) * N doubles of scratch. A
 // non-finite result is traced back to its cause (non-finite input, or a distance the dtype
@@ -78,7 +63,7 @@ void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int
       else if (std::isnan(s))
         dist = s;
       else
-        dist = scaled_distance(x + i * D, x + j * D, D);  // float64 under/overflow, rare
+        dist = tsl::scaled_distance(x + i * D, x + j * D, D);  // float64 under/overflow, rare
       const T v = static_cast<T>(dist);
       if (!std::isfinite(v)) {
         for (int64_t p : {j, i})
@@ -231,9 +216,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   // parallel region, and the matrix stays in cache. Otherwise the distances are parallel over
   // row blocks first, so that one large cloud still uses every thread.
   const bool fused = !distances && B >= 2 * at::get_num_threads();
-  at::Tensor dist = distances ? x_in.contiguous()
-                    : fused   ? x_in.contiguous()
-                              : pairwise_distance_cpu(x_in);
+  at::Tensor dist = distances || fused ? x_in.contiguous() : pairwise_distance_cpu(x_in);
   auto opts = x_in.options();
   auto iopts = opts.dtype(at::kLong);
   const int64_t H0 = N > 0 ? N - 1 : 0;
