@@ -27,22 +27,38 @@ TSL_HD index_t cofacet_index(index_t i, index_t j, index_t k) {
   return triangle_index(i, j, k);
 }
 
+// The largest third vertex k (neither i nor j) within `de` of both ends of the edge {i, j}, or
+// -1. Blocks of vertices are tested from the top without branches (the host compiler
+// vectorises them); the scan stops at the first block with a hit.
+template <typename T>
+TSL_HD index_t last_vertex_within(const DistanceMatrix<T>& d, index_t i, index_t j, T de) {
+  constexpr index_t W = 16;
+  const T* ri = d.row(i);
+  const T* rj = d.row(j);
+  index_t k = d.n;
+  for (; k >= W; k -= W) {
+    int hit = 0;
+    for (index_t l = k - W; l < k; ++l)
+      hit |= ((ri[l] > rj[l] ? ri[l] : rj[l]) <= de) & (l != i) & (l != j);
+    if (hit) break;
+  }
+  for (--k; k >= 0; --k)
+    if ((ri[k] > rj[k] ? ri[k] : rj[k]) <= de && k != i && k != j) break;
+  return k;
+}
+
 // Earliest cofacet (in filtration order) of the edge {i > j} among triangles of diameter
 // <= threshold; {.., -1} if none. A cofacet's index grows with its third vertex k, so among
 // equal diameters the largest k wins. First the common case, a k within the edge's own length
-// of both ends (the cofacet cannot be beaten), by a scan from the top that stops at the first
-// hit; failing that, the least far side over all k.
+// of both ends (the cofacet cannot be beaten); failing that, the least far side over all k.
 template <typename T>
 TSL_HD Entry<T> earliest_cofacet(const DistanceMatrix<T>& d, index_t i, index_t j,
                                  T edge_diameter, T threshold) {
   if (edge_diameter > threshold) return Entry<T>{T(0), -1};  // every cofacet is beyond it
+  const index_t within = last_vertex_within(d, i, j, edge_diameter);
+  if (within >= 0) return Entry<T>{edge_diameter, cofacet_index(i, j, within)};
   const T* ri = d.row(i);
   const T* rj = d.row(j);
-  for (index_t k = d.n - 1; k >= 0; --k) {
-    T a = ri[k] > rj[k] ? ri[k] : rj[k];
-    if (a <= edge_diameter && k != i && k != j)
-      return Entry<T>{edge_diameter, cofacet_index(i, j, k)};
-  }
   T best = threshold;
   index_t best_k = -1;
   for (index_t k = d.n - 1; k >= 0; --k) {
@@ -85,17 +101,24 @@ TSL_HD void death_edge(const DistanceMatrix<T>& d, index_t triangle, index_t* u,
   *v = i;
 }
 
-// If the edge {i > j} (diameter de) is the facet of a zero-persistence apparent pair, returns
-// its partner triangle; otherwise {.., -1}.
+// Whether the edge {i > j} (diameter de <= the threshold) is the facet of a zero-persistence
+// apparent pair: its earliest cofacet has the edge's own diameter, i.e. some k is within de of
+// both ends (the largest such k gives the earliest), and the edge is that triangle's latest
+// facet. Both the CPU sweep and the CUDA flag kernel test every edge with this.
 template <typename T>
-TSL_HD Entry<T> apparent_cofacet(const DistanceMatrix<T>& d, index_t i, index_t j, T de,
-                                 T threshold) {
-  Entry<T> t = earliest_cofacet(d, i, j, de, threshold);
-  if (t.index >= 0 && t.diameter == de) {
-    Entry<T> f = latest_facet(d, t.index);
-    if (f.index == edge_index(i, j)) return t;
+TSL_HD bool in_apparent_pair(const DistanceMatrix<T>& d, index_t i, index_t j, T de) {
+  const index_t k = last_vertex_within(d, i, j, de);
+  if (k < 0) return false;
+  index_t a = i, b = j, c = k;
+  if (k > i) {
+    a = k;
+    b = i;
+    c = j;
+  } else if (k > j) {
+    b = k;
+    c = j;
   }
-  return Entry<T>{T(0), -1};
+  return latest_facet(d, a, b, c).index == edge_index(i, j);
 }
 
 // If the triangle t is the cofacet of a zero-persistence apparent pair, returns its partner

@@ -42,32 +42,6 @@ struct HostWorkspace {
   index_t arena_capacity = 1 << 12;
 };
 
-// The host twin of apparent_cofacet() != -1, for the sweep over every edge. The earliest
-// cofacet of {i, j} has the edge's own diameter iff some third vertex k is within de of both
-// ends, and among those it is the one of largest index, i.e. largest k. Blocks of vertices are
-// tested from the top without branches (the compiler vectorises them); the scan stops at the
-// first block with a hit.
-template <typename T>
-inline bool in_apparent_pair(const DistanceMatrix<T>& d, index_t i, index_t j, T de) {
-  constexpr index_t W = 16;
-  const T* ri = d.row(i);
-  const T* rj = d.row(j);
-  index_t k = d.n;
-  for (; k >= W; k -= W) {
-    int hit = 0;
-    for (index_t l = k - W; l < k; ++l)
-      hit |= ((ri[l] > rj[l] ? ri[l] : rj[l]) <= de) & (l != i) & (l != j);
-    if (hit) break;
-  }
-  for (--k; k >= 0; --k)
-    if ((ri[k] > rj[k] ? ri[k] : rj[k]) <= de && k != i && k != j) break;
-  if (k < 0) return false;
-  // Apparent iff {i, j} is also the latest facet of {i, j, k} (latest_facet's rule).
-  index_t a = i, b = j, c = k;
-  if (k > i) { a = k; b = i; c = j; } else if (k > j) { b = k; c = j; }
-  return latest_facet(d, a, b, c).index == edge_index(i, j);
-}
-
 // Columns of the H1 reduction: edges below the threshold that are neither tree edges nor
 // facets of apparent pairs, in reverse filtration order.
 template <typename T>

@@ -1,7 +1,7 @@
 // H1 for a whole batch in a fixed sequence of launches, and the forward driver.
 //
 //   1. flag_columns     one thread per edge: below the enclosing radius, not a tree edge, not
-//                       the facet of an apparent pair (tsl::apparent_cofacet)?
+//                       the facet of an apparent pair (tsl::in_apparent_pair)?
 //   2. compact_columns  one block per cloud: block scan of the flags, keeps index order
 //   3. CUB segmented    stable sort by diameter, descending; index order is kept among equal
 //      sort            diameters, which is exactly tsl::column_before (reverse filtration)
@@ -108,7 +108,7 @@ __global__ void flag_columns_kernel(const T* __restrict__ dist, int64_t B, int64
     edge_vertices(e, N, &i, &j);
     const T de = d(i, j), thr = threshold[b];
     bool keep = de <= thr && !is_tree_edge(best_parent + b * N, i, j);
-    if (keep) keep = apparent_cofacet(d, i, j, de, thr).index < 0;
+    if (keep) keep = !in_apparent_pair(d, i, j, de);
     flags[g] = keep ? 1 : 0;
   }
 }
