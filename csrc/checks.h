@@ -4,29 +4,77 @@
 
 #include <torch/types.h>
 
+#include <cstdio>
+#include <string>
+#include <type_traits>
+
 #include "core/common.h"
 
 namespace tsloss {
 
+// TSL_CHECK(cond, parts...) is TORCH_CHECK with the message built by to_string/snprintf rather
+// than by iostreams. On the H200 host's toolchain (Ubuntu 24.04: GCC 13.3, glibc 2.39) every
+// TORCH_CHECK of ours that streamed a number segfaulted (cuda-gdb: inside
+// basic_ostream::_M_insert<long>, placed in _C.so), while torch's own errors were caught; our
+// messages therefore never touch an ostream. The message text is the same as TORCH_CHECK's.
+namespace detail {
+inline void put(std::string& s, const char* v) { s += v; }
+inline void put(std::string& s, const std::string& v) { s += v; }
+template <typename I, std::enable_if_t<std::is_integral<I>::value, int> = 0>
+inline void put(std::string& s, I v) {
+  s += std::to_string(v);
+}
+inline void put(std::string& s, double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);  // ostream's default: %g, 6 significant digits
+  s += buf;
+}
+inline void put(std::string& s, float v) { put(s, static_cast<double>(v)); }
+inline void put(std::string& s, c10::IntArrayRef v) {
+  s += '[';
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(v[i]);
+  }
+  s += ']';
+}
+inline void put(std::string& s, at::ScalarType t) { s += c10::toString(t); }
+
+template <typename... Parts>
+std::string message(const Parts&... parts) {
+  std::string s;
+  (put(s, parts), ...);
+  return s;
+}
+}  // namespace detail
+
+#define TSL_CHECK(cond, ...)                                                         \
+  do {                                                                               \
+    if (C10_UNLIKELY(!(cond))) {                                                     \
+      ::c10::detail::torchCheckFail(__func__, __FILE__, static_cast<uint32_t>(__LINE__), \
+                                    ::tsloss::detail::message(__VA_ARGS__));         \
+    }                                                                                \
+  } while (0)
+
 inline void check_points_or_distances(const at::Tensor& x, bool distances) {
-  TORCH_CHECK(x.dim() == 3,
+  TSL_CHECK(x.dim() == 3,
               "vr_persistence: x must be ", distances ? "(B, N, N) distances" : "(B, N, D) points",
               " at the op level, got shape ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+  TSL_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "vr_persistence: x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.size(1) <= tsl::kMaxPoints, "vr_persistence: N = ", x.size(1),
+  TSL_CHECK(x.size(1) <= tsl::kMaxPoints, "vr_persistence: N = ", x.size(1),
               " points exceeds the supported maximum of ", tsl::kMaxPoints);
   if (distances) {
-    TORCH_CHECK(x.size(1) == x.size(2), "vr_persistence: a distance matrix must be square, got ",
+    TSL_CHECK(x.size(1) == x.size(2), "vr_persistence: a distance matrix must be square, got ",
                 x.sizes());
   } else {
-    TORCH_CHECK(x.size(2) >= 1 || x.size(1) <= 1, "vr_persistence: points need D >= 1, got ",
+    TSL_CHECK(x.size(2) >= 1 || x.size(1) <= 1, "vr_persistence: points need D >= 1, got ",
                 x.sizes());
   }
 }
 
 inline void check_max_h1(int64_t max_h1) {
-  TORCH_CHECK(max_h1 >= 0, "vr_persistence: max_h1 must be >= 0, got ", max_h1);
+  TSL_CHECK(max_h1 >= 0, "vr_persistence: max_h1 must be >= 0, got ", max_h1);
 }
 
 // A capacity beyond the number of edges can never fill, and one large enough to exhaust memory
@@ -35,7 +83,7 @@ inline void check_max_h1(int64_t max_h1) {
 inline void check_h1_capacity(int64_t max_h1, int64_t B, int64_t N, int64_t value_bytes) {
   const int64_t edges = N * (N - 1) / 2;
   const double bytes = double(B) * double(max_h1) * double(2 * value_bytes + 4 * 8);
-  TORCH_CHECK(max_h1 <= edges || bytes <= double(1ull << 30), "vr_persistence: max_h1 = ",
+  TSL_CHECK(max_h1 <= edges || bytes <= double(1ull << 30), "vr_persistence: max_h1 = ",
               max_h1, " asks for ", bytes / double(1ull << 30), " GiB of H1 outputs, but a ",
               "cloud of ", N, " points has at most ", edges, " H1 bars; pass max_h1 <= ",
               edges);

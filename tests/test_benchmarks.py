@@ -1,6 +1,7 @@
 """The benchmark runner works end to end on a tiny config (never asserts timings)."""
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,19 @@ def test_config_parsing():
     assert run.parse_cfg("16,768,64") == (16, 768, 64)
     with pytest.raises(Exception):
         run.parse_cfg("16,768")
+
+
+def test_peer_subset_is_scaled_and_marked(tmp_path):
+    # Peers run on the first --peer-clouds clouds of a larger batch; their time is scaled to the
+    # whole batch and the table says so. Ours always runs the whole batch.
+    pytest.importorskip("ripser")
+    pytest.importorskip("gudhi")
+    run = _load()
+    payload = run.main(["--configs", "8,4,6", "--reps", "1", "--impls", "ours,ripser",
+                        "--peer-clouds", "2", "--out", str(tmp_path), "--name", "sub", "--cpu",
+                        "--no-progress"])
+    peer = [r for r in payload["records"] if r["impl"] == "ripser"][0]
+    assert peer["peer_clouds"] == 2 and peer["correct"] is True
+    assert peer["median_s"] == pytest.approx(3 * statistics.median(peer["times_s"]))
+    md = (tmp_path / "sub.md").read_text()
+    assert "†" in md and "first 2 clouds" in md and "6/2" in md

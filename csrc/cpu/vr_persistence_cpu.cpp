@@ -68,13 +68,13 @@ void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int
       if (!std::isfinite(v)) {
         for (int64_t p : {j, i})
           for (int64_t k = 0; k < D; ++k)
-            TORCH_CHECK(std::isfinite(x[p * D + k]), "pairwise_distance: x contains NaN or Inf ",
+            TSL_CHECK(std::isfinite(x[p * D + k]), "pairwise_distance: x contains NaN or Inf ",
                         "(point ", p, " of cloud ", b, ", coordinate ", k,
                         "); persistence of non-finite points is undefined");
-        TORCH_CHECK(sizeof(T) != 4, "pairwise_distance: the distance between points ", j,
+        TSL_CHECK(sizeof(T) != 4, "pairwise_distance: the distance between points ", j,
                     " and ", i, " of cloud ", b, " (", dist, ") overflows float32; pass float64 "
                     "points");
-        TORCH_CHECK(false, "pairwise_distance: the distance between points ", j, " and ", i,
+        TSL_CHECK(false, "pairwise_distance: the distance between points ", j, " and ", i,
                     " of cloud ", b, " exceeds the float64 range");
       }
       out[i * N + j] = v;
@@ -97,7 +97,7 @@ template <typename T>
 void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D) {
   if (N >= 2) return;
   for (int64_t k = 0; k < B * N * D; ++k)
-    TORCH_CHECK(std::isfinite(x[k]), "pairwise_distance: x contains NaN or Inf (cloud ",
+    TSL_CHECK(std::isfinite(x[k]), "pairwise_distance: x contains NaN or Inf (cloud ",
                 k / std::max<int64_t>(N * D, 1), "); persistence of non-finite points is undefined");
 }
 
@@ -105,9 +105,9 @@ void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D) {
 // row blocks of all clouds: a batch of small clouds and a single large cloud both keep every
 // thread busy.
 at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.dim() == 3, "pairwise_distance: x must be (B, N, D) at the op level, got ",
+  TSL_CHECK(x_in.dim() == 3, "pairwise_distance: x must be (B, N, D) at the op level, got ",
               x_in.sizes());
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+  TSL_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "pairwise_distance: x must be float32 or float64, got ", x_in.scalar_type());
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   auto out = at::empty({B, N, N}, x_in.options());
@@ -141,10 +141,10 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
 // Fused and tiled like the forward; parallel over pairs of rows of all clouds.
 at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                           const at::Tensor& dist_in) {
-  TORCH_CHECK(x_in.dim() == 3 && grad_in.dim() == 3 && dist_in.dim() == 3,
+  TSL_CHECK(x_in.dim() == 3 && grad_in.dim() == 3 && dist_in.dim() == 3,
               "pairwise_distance_backward: expects (B, N, N) grad and dist and (B, N, D) x");
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
-  TORCH_CHECK(grad_in.sizes() == dist_in.sizes() && dist_in.size(0) == B &&
+  TSL_CHECK(grad_in.sizes() == dist_in.sizes() && dist_in.size(0) == B &&
                   dist_in.size(1) == N && dist_in.size(2) == N,
               "pairwise_distance_backward: grad ", grad_in.sizes(), " and dist ", dist_in.sizes(),
               " must both be (B, N, N) for x ", x_in.sizes());
@@ -185,17 +185,17 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::T
 template <typename T>
 void symmetric_from_lower(const T* in, int64_t n, T* out) {
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(in[i * n + i] == T(0), "vr_persistence: distance matrix has non-zero diagonal ",
+    TSL_CHECK(in[i * n + i] == T(0), "vr_persistence: distance matrix has non-zero diagonal ",
                 "entry ", in[i * n + i], " at (", i, ", ", i, ")");
     out[i * n + i] = T(0);
     for (int64_t j = 0; j < i; ++j) {
       const T lo = in[i * n + j], up = in[j * n + i];
-      TORCH_CHECK(std::isfinite(lo) && std::isfinite(up),
+      TSL_CHECK(std::isfinite(lo) && std::isfinite(up),
                   "vr_persistence: distance matrix contains NaN or Inf at (", i, ", ", j, ")");
-      TORCH_CHECK(lo >= T(0), "vr_persistence: distance matrix has negative entry ", lo, " at (",
+      TSL_CHECK(lo >= T(0), "vr_persistence: distance matrix has negative entry ", lo, " at (",
                   i, ", ", j, ")");
       const T scale = std::abs(lo) > std::abs(up) ? std::abs(lo) : std::abs(up);
-      TORCH_CHECK(std::abs(lo - up) <= T(1e-4) * scale,
+      TSL_CHECK(std::abs(lo - up) <= T(1e-4) * scale,
                   "vr_persistence: distance matrix is not symmetric: entry (", i, ", ", j,
                   ") = ", lo, " but (", j, ", ", i, ") = ", up);
       out[i * n + j] = lo;
@@ -208,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64_t max_h1) {
   check_points_or_distances(x_in, distances);
   check_max_h1(max_h1);
-  TORCH_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
+  TSL_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
   const int64_t B = x_in.size(0), N = x_in.size(1);
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
   check_h1_capacity(K, B, N, x_in.element_size());

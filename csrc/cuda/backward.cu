@@ -83,7 +83,9 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
       const double s = scale[r];
       if (s == 0.0) continue;
       const EdgeRef e = edge_ref(b, r, h0_edges, H0, h1_edges, K);
-      const T step = (T)(s * ((double)xb[e.u * D + k] - (double)xb[e.v * D + k]));
+      // __dmul_rn: for T = double the cast is a no-op and nvcc would fuse the product into
+      // the += below (one rounding instead of the CPU's two).
+      const T step = (T)__dmul_rn(s, (double)xb[e.u * D + k] - (double)xb[e.v * D + k]);
       gb[e.u * D + k] += step;
       gb[e.v * D + k] -= step;
     }

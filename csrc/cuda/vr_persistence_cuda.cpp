@@ -22,7 +22,7 @@ namespace tsloss {
 namespace {
 
 void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+  TSL_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
 int64_t env_int(const char* name, int64_t fallback) {
@@ -41,9 +41,9 @@ tsl::cuda::H1Capacity h1_capacity(int64_t n) {
 }
 
 at::Tensor pairwise_distance_cuda(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.dim() == 3, "pairwise_distance: x must be (B, N, D) at the op level, got ",
+  TSL_CHECK(x_in.dim() == 3, "pairwise_distance: x must be (B, N, D) at the op level, got ",
               x_in.sizes());
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+  TSL_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "pairwise_distance: x must be float32 or float64, got ", x_in.scalar_type());
   c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int64_t max_h1) {
   check_points_or_distances(x_in, distances);
   check_max_h1(max_h1);
-  TORCH_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
+  TSL_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
   c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
