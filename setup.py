@@ -41,6 +41,22 @@ def _use_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+def _share_libstdcxx() -> None:
+    """Drop -static-libstdc++ from the link flags the environment passes in.
+
+    A second, static libstdc++ inside the extension shares the process with torch's dynamic
+    one; their iostream and locale state disagree, and on the H200 host (which linked it this
+    way) any error message that formatted a number segfaulted. Reproduced on Ubuntu 24.04 with
+    LDFLAGS=-static-libstdc++.
+    """
+    for var in ("LDFLAGS", "LDSHARED", "CFLAGS", "CXXFLAGS"):
+        flags = os.environ.get(var, "")
+        if "-static-libstdc++" in flags.split():
+            os.environ[var] = " ".join(f for f in flags.split() if f != "-static-libstdc++")
+            print(f"tsloss_cuda: ignoring -static-libstdc++ in ${var}: a torch extension must "
+                  "use the libstdc++ that torch uses")
+
+
 def _extension():
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = ["-O3", "-std=c++17", "-fopenmp"]
@@ -54,6 +70,7 @@ def _extension():
     return CppExtension("tsloss_cuda._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
+_share_libstdcxx()
 setup(
     name="tsloss_cuda",
     version="0.1.0",

@@ -13,10 +13,10 @@
 namespace tsloss {
 
 // TSL_CHECK(cond, parts...) is TORCH_CHECK with the message built by to_string/snprintf rather
-// than by iostreams. On the H200 host's toolchain (Ubuntu 24.04: GCC 13.3, glibc 2.39) every
-// TORCH_CHECK of ours that streamed a number segfaulted (cuda-gdb: inside
-// basic_ostream::_M_insert<long>, placed in _C.so), while torch's own errors were caught; our
-// messages therefore never touch an ostream. The message text is the same as TORCH_CHECK's.
+// than by iostreams. An extension that carries its own static libstdc++ (as it was linked on the
+// H200 host) has iostream/locale state that clashes with torch's shared libstdc++: every
+// TORCH_CHECK of ours that streamed a number segfaulted there (reproduced on Ubuntu 24.04 with
+// LDFLAGS=-static-libstdc++; setup.py now drops that flag too). The text is TORCH_CHECK's.
 namespace detail {
 inline void put(std::string& s, const char* v) { s += v; }
 inline void put(std::string& s, const std::string& v) { s += v; }
