@@ -45,9 +45,9 @@ def _share_libstdcxx() -> None:
     """Drop -static-libstdc++ from the link flags the environment passes in.
 
     A second, static libstdc++ inside the extension shares the process with torch's dynamic
-    one; their iostream and locale state disagree, and on the H200 host (which linked it this
-    way) any error message that formatted a number segfaulted. Reproduced on Ubuntu 24.04 with
-    LDFLAGS=-static-libstdc++.
+    one, and their iostream and locale state disagree. On Ubuntu 24.04, with
+    LDFLAGS=-static-libstdc++, any error message that formatted a number segfaulted. The H200
+    host showed the same crash, with libstdc++ code inside the extension.
     """
     for var in ("LDFLAGS", "LDSHARED", "CFLAGS", "CXXFLAGS"):
         flags = os.environ.get(var, "")

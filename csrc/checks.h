@@ -13,15 +13,19 @@
 namespace tsloss {
 
 // TSL_CHECK(cond, parts...) is TORCH_CHECK with the message built by to_string/snprintf rather
-// than by iostreams. An extension that carries its own static libstdc++ (as it was linked on the
-// H200 host) has iostream/locale state that clashes with torch's shared libstdc++: every
-// TORCH_CHECK of ours that streamed a number segfaulted there (reproduced on Ubuntu 24.04 with
-// LDFLAGS=-static-libstdc++; setup.py now drops that flag too). The text is TORCH_CHECK's.
+// than by iostreams. An extension carrying its own static libstdc++ has iostream/locale state
+// that clashes with torch's shared libstdc++: with LDFLAGS=-static-libstdc++ on Ubuntu 24.04,
+// every TORCH_CHECK of ours that streamed a number segfaulted, as it did on the H200 host. The
+// text is TORCH_CHECK's for the argument types used here; chars are refused (they would print
+// as numbers) and a message is required.
 namespace detail {
 inline void put(std::string& s, const char* v) { s += v; }
 inline void put(std::string& s, const std::string& v) { s += v; }
 template <typename I, std::enable_if_t<std::is_integral<I>::value, int> = 0>
 inline void put(std::string& s, I v) {
+  static_assert(!std::is_same<I, char>::value && !std::is_same<I, signed char>::value &&
+                    !std::is_same<I, unsigned char>::value,
+                "TSL_CHECK prints integers; pass a string for a character");
   s += std::to_string(v);
 }
 inline void put(std::string& s, double v) {
@@ -42,6 +46,7 @@ inline void put(std::string& s, at::ScalarType t) { s += c10::toString(t); }
 
 template <typename... Parts>
 std::string message(const Parts&... parts) {
+  static_assert(sizeof...(Parts) > 0, "TSL_CHECK needs a message that names the argument");
   std::string s;
   (put(s, parts), ...);
   return s;

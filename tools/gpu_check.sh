@@ -15,7 +15,8 @@
 #   suite       the whole test suite (pytest-xdist when present)
 # GPU_CHECK_BUDGET_S (default 0: none) caps the whole run: each phase's time limit is cut to what
 # is left, and a phase with under 20 s left is skipped. Wheels in .whl/ (peers for the tests and
-# the benchmark, on a host without a registry) are installed first into /tmp/site.
+# the benchmark, on a host without a registry) are installed first into /tmp/site. Exits 1 if
+# any phase failed or ran out of time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:?usage: bash tools/gpu_check.sh OUT_DIR [phase ...]}")
@@ -28,6 +29,7 @@ LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 SUMMARY=()
+FAILED=0
 
 phase() {  # name limit_s command...: runs with a time limit, output appended to the log
   local name=$1 limit=$2
@@ -44,6 +46,7 @@ phase() {  # name limit_s command...: runs with a time limit, output appended to
   timeout --kill-after=5 "$limit" bash -c '"$@"' _ "$@" >>"$LOG" 2>&1
   rc=$?
   SUMMARY+=("$name: rc=$rc, $((SECONDS - t)) s")
+  [ $rc -eq 0 ] || FAILED=1
   echo "=== $name rc=$rc ($((SECONDS - t)) s)" | tee -a "$LOG"
   return 0
 }
@@ -76,8 +79,9 @@ do_sanitizer() {
   local rc=0
   for tool in memcheck racecheck; do
     echo "--- compute-sanitizer --tool $tool"
-    compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
-      $PY tools/gpu_smoke.py || rc=$?
+    # No caching allocator: memcheck sees each tensor's own bounds, not a cached block's.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      --print-limit 20 $PY tools/gpu_smoke.py || rc=$?
   done
   return $rc
 }
@@ -110,3 +114,4 @@ for p in "${PHASES[@]}"; do
   esac
 done
 printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"
+exit $FAILED

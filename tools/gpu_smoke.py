@@ -1,5 +1,6 @@
 """A small CUDA workload for compute-sanitizer: every op forward and backward, both dtypes,
-points and distance input, the loss with all terms, an H1 overflow and a NaN cloud.
+points and distance input, the loss with all terms, N = 256 split over several launches, an H1
+overflow and a NaN cloud.
 
     compute-sanitizer --tool memcheck python tools/gpu_smoke.py
 Exits non-zero if a CUDA result differs from the CPU one.
@@ -49,6 +50,16 @@ def main() -> int:
         (vc).backward()
         (vg + v2).backward()
         good &= check(f"loss {dtype}", torch.allclose(vc, vg.cpu(), rtol=1e-5, atol=1e-6))
+    # N = 256 with the default capacities, run as several launches (a 1 MB workspace budget
+    # takes one cloud per launch).
+    z = torch.randn(3, 256, 8, generator=g)
+    os.environ["TSLOSS_CUDA_WORKSPACE_MB"] = "1"
+    out = ops.vr_persistence(z.cuda(), 1, False, 64)
+    del os.environ["TSLOSS_CUDA_WORKSPACE_MB"]
+    ref = ops.vr_persistence(z, 1, False, 64)
+    good &= check("N=256, one cloud per launch: counts", torch.equal(out[4].cpu(), ref[4]))
+    good &= check("N=256, one cloud per launch: h1",
+                  torch.allclose(out[2].cpu(), ref[2], rtol=1e-5, atol=1e-5))
     # A cloud that overflows a tiny H1 workspace, and a NaN cloud: flagged, not crashing.
     os.environ["TSLOSS_CUDA_H1_HEAP"] = "4"
     y = torch.randn(3, 40, 8, generator=g).cuda()

@@ -267,7 +267,8 @@ H1Capacity default_h1_capacity(int64_t n) {
   H1Capacity c;
   // Measured with the CPU engine (which grows its buffers) on Gaussian clouds: at N = 256 the
   // banded coboundary heap peaked between 8192 and 16384 entries, the V arena between 2048 and
-  // 4096, and at most 622 columns; the H200 run overflowed 16N heaps in 2 of 1024 clouds. So
+  // 4096, and at most 622 columns; the H200 run overflowed the old 8192-entry heaps in 2 of
+  // 1024 clouds. So
   // twice the measured peaks: 128N heap entries (~0.8 MB per N = 256 cloud with its V heap).
   c.heap = n * 128 > 8192 ? n * 128 : 8192;
   c.columns = n * 8 > 4096 ? n * 8 : 4096;
