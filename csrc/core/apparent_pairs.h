@@ -7,6 +7,8 @@
 // need no reduction: on the GPU every edge is tested by its own thread.
 #pragma once
 
+#include <string.h>
+
 #include "common.h"
 
 namespace tsl {
@@ -27,24 +29,57 @@ TSL_HD index_t cofacet_index(index_t i, index_t j, index_t k) {
   return triangle_index(i, j, k);
 }
 
-// The largest third vertex k (neither i nor j) within `de` of both ends of the edge {i, j}, or
-// -1. Blocks of vertices are tested from the top without branches (the host compiler
-// vectorises them); the scan stops at the first block with a hit.
+// ---- Blocks of third vertices as bit masks -------------------------------------------------
+// Scans over the third vertex k of an edge's cofacets are done a block of kBlock vertices at a
+// time: a branch-free pass builds a mask of the k that qualify, and only its set bits are
+// visited. Outcomes of the per-vertex tests are unpredictable, so this beats branching.
+constexpr index_t kBlock = 32;
+
+TSL_HD int highest_bit(uint32_t m) {
+#if defined(__CUDA_ARCH__)
+  return 31 - __clz(m);
+#else
+  return 31 - __builtin_clz(m);
+#endif
+}
+
+// Bit (k - lo) set for each k in [lo, hi) (hi - lo <= kBlock), k neither i nor j, whose cofacet
+// {i, j, k} of the edge {i, j} (length de) has its diameter in (lower, upper].
 template <typename T>
-TSL_HD index_t last_vertex_within(const DistanceMatrix<T>& d, index_t i, index_t j, T de) {
-  constexpr index_t W = 16;
+TSL_HD uint32_t cofacet_mask(const DistanceMatrix<T>& d, index_t i, index_t j, T de, T lower,
+                             T upper, index_t lo, index_t hi) {
   const T* ri = d.row(i);
   const T* rj = d.row(j);
-  index_t k = d.n;
-  for (; k >= W; k -= W) {
-    int hit = 0;
-    for (index_t l = k - W; l < k; ++l)
-      hit |= ((ri[l] > rj[l] ? ri[l] : rj[l]) <= de) & (l != i) & (l != j);
-    if (hit) break;
+  // Byte flags (a loop the host compiler vectorises), packed eight at a time into bits by one
+  // multiply (little-endian, as x86, ARM and CUDA are).
+  unsigned char flag[kBlock] = {};
+  for (index_t t = 0; t < hi - lo; ++t) {
+    T diam = ri[lo + t] > rj[lo + t] ? ri[lo + t] : rj[lo + t];
+    diam = diam > de ? diam : de;
+    flag[t] = (unsigned char)((diam > lower) & (diam <= upper));
   }
-  for (--k; k >= 0; --k)
-    if ((ri[k] > rj[k] ? ri[k] : rj[k]) <= de && k != i && k != j) break;
-  return k;
+  uint32_t m = 0;
+  for (int q = 0; q < int(kBlock / 8); ++q) {
+    uint64_t w;
+    memcpy(&w, flag + 8 * q, 8);
+    m |= uint32_t((w * 0x0102040810204080ull) >> 56) << (8 * q);
+  }
+  // i and j themselves always pass (their "cofacet" has the edge's own length); drop them.
+  if (i >= lo && i < hi) m &= ~(uint32_t(1) << (i - lo));
+  if (j >= lo && j < hi) m &= ~(uint32_t(1) << (j - lo));
+  return m;
+}
+
+// The largest third vertex k (neither i nor j) within `de` of both ends of the edge {i, j}, or
+// -1.
+template <typename T>
+TSL_HD index_t last_vertex_within(const DistanceMatrix<T>& d, index_t i, index_t j, T de) {
+  for (index_t hi = d.n; hi > 0; hi -= kBlock) {
+    const index_t lo = hi > kBlock ? hi - kBlock : 0;
+    const uint32_t m = cofacet_mask(d, i, j, de, T(-1), de, lo, hi);
+    if (m) return lo + highest_bit(m);
+  }
+  return -1;
 }
 
 // Earliest cofacet (in filtration order) of the edge {i > j} among triangles of diameter

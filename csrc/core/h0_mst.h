@@ -21,46 +21,47 @@ TSL_HD bool prim_better(T d, index_t idx, T bd, index_t bidx) {
   return bidx < 0 || filtration_less(d, idx, bd, bidx);
 }
 
-// Sequential Prim for one cloud. `best_d`, `best_parent` and `in_tree` are workspaces of n
+// Sequential Prim for one cloud. `best_d`, `best_parent` and `outside` are workspaces of n
 // entries. Writes n-1 edges in the order vertices join the tree. The CUDA kernel runs the same
-// relaxation and comparison with one thread per vertex and a block-wide argmin.
+// comparison (prim_better) with one thread per vertex and a block-wide argmin.
 template <typename T>
 TSL_HD void prim_mst(const DistanceMatrix<T>& d, T* best_d, index_t* best_parent,
-                     unsigned char* in_tree, MstEdge<T>* out) {
+                     index_t* outside, MstEdge<T>* out) {
   const index_t n = d.n;
   if (n <= 1) return;
-  for (index_t v = 0; v < n; ++v) {
-    in_tree[v] = 0;
-    best_d[v] = T(0);
-    best_parent[v] = -1;
+  // The vertices not yet in the tree, packed: each step scans only those, and their order does
+  // not matter because the comparison is a strict total order.
+  index_t remaining = n - 1;
+  for (index_t v = 1; v < n; ++v) {
+    outside[v - 1] = v;
+    best_d[v] = d(0, v);
+    best_parent[v] = 0;
   }
-  index_t current = 0;
-  in_tree[0] = 1;
+  best_parent[0] = -1;
   for (index_t step = 0; step + 1 < n; ++step) {
-    const T* row = d.row(current);
-    index_t next = -1;
-    T next_d = T(0);
-    index_t next_idx = -1;
-    for (index_t v = 0; v < n; ++v) {
-      if (in_tree[v]) continue;
-      T dv = row[v];
-      index_t iv = edge_index(current, v);
-      index_t bi = best_parent[v] < 0 ? -1 : edge_index(best_parent[v], v);
-      if (prim_better(dv, iv, best_d[v], bi)) {
-        best_d[v] = dv;
-        best_parent[v] = current;
-        bi = iv;
-      }
-      if (prim_better(best_d[v], bi, next_d, next_idx)) {
-        next = v;
-        next_d = best_d[v];
-        next_idx = bi;
-      }
+    // Edge indices only break exact ties, so they are computed only on a tie, and the
+    // unpredictable comparisons become selects.
+    index_t pos = 0;
+    for (index_t t = 1; t < remaining; ++t) {
+      const index_t v = outside[t], w = outside[pos];
+      const T dv = best_d[v], dw = best_d[w];
+      bool better = dv < dw;
+      if (dv == dw) better = edge_index(best_parent[v], v) > edge_index(best_parent[w], w);
+      pos = better ? t : pos;
     }
-    in_tree[next] = 1;
-    index_t p = best_parent[next];
-    out[step] = MstEdge<T>{next_d, p < next ? p : next, p < next ? next : p};
-    current = next;
+    const index_t next = outside[pos];
+    outside[pos] = outside[--remaining];
+    const index_t p = best_parent[next];
+    out[step] = MstEdge<T>{best_d[next], p < next ? p : next, p < next ? next : p};
+    const T* row = d.row(next);
+    for (index_t t = 0; t < remaining; ++t) {
+      const index_t v = outside[t];
+      const T dv = row[v], bv = best_d[v];
+      bool better = dv < bv;
+      if (dv == bv) better = edge_index(next, v) > edge_index(best_parent[v], v);
+      best_d[v] = better ? dv : bv;
+      best_parent[v] = better ? next : best_parent[v];
+    }
   }
 }
 

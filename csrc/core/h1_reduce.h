@@ -211,21 +211,26 @@ struct H1Workspace {
   index_t slots_used;
 };
 
-// Push the cofacets of `edge` whose diameter lies in (lower, upper].
+// Push the cofacets of `edge` whose diameter lies in (lower, upper], by decreasing third vertex.
 template <typename T>
 TSL_HD bool push_coboundary(const DistanceMatrix<T>& d, index_t edge, T lower, T upper,
                             EntryHeap<T>& heap) {
   index_t i, j;
   edge_vertices(edge, d.n, &i, &j);
-  T de = d(i, j);
+  const T de = d(i, j);
+  if (de > upper) return true;  // every cofacet is at least as long as the edge
   const T* ri = d.row(i);
   const T* rj = d.row(j);
-  for (index_t k = d.n - 1; k >= 0; --k) {
-    T a = ri[k], b = rj[k];
-    T diam = a > b ? a : b;
-    diam = diam > de ? diam : de;
-    if (diam > upper || diam <= lower || k == i || k == j) continue;
-    if (!heap.push(Entry<T>{diam, cofacet_index(i, j, k)})) return false;
+  for (index_t hi = d.n; hi > 0; hi -= kBlock) {
+    const index_t lo = hi > kBlock ? hi - kBlock : 0;
+    for (uint32_t m = cofacet_mask(d, i, j, de, lower, upper, lo, hi); m;) {
+      const int bit = highest_bit(m);
+      m &= ~(uint32_t(1) << bit);
+      const index_t k = lo + bit;
+      T diam = ri[k] > rj[k] ? ri[k] : rj[k];
+      diam = diam > de ? diam : de;
+      if (!heap.push(Entry<T>{diam, cofacet_index(i, j, k)})) return false;
+    }
   }
   return true;
 }

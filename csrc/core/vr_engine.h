@@ -32,12 +32,11 @@ template <typename T>
 struct HostWorkspace {
   std::vector<T> best_d;
   std::vector<index_t> best_parent;
-  std::vector<unsigned char> in_tree;
   std::vector<MstEdge<T>> mst;
   std::vector<H1Column<T>> columns;
   std::vector<H1Pair<T>> pairs;
   std::vector<Entry<T>> heap;
-  std::vector<index_t> vheap, pivot_keys, pivot_slots, v_start, v_length, v_arena;
+  std::vector<index_t> outside, vheap, pivot_keys, pivot_slots, v_start, v_length, v_arena;
   index_t heap_capacity = 1 << 12;
   index_t arena_capacity = 1 << 12;
 };
@@ -116,9 +115,9 @@ inline void vr_persistence_cloud(const T* dist, index_t n, int maxdim, CloudOutp
   DistanceMatrix<T> d{dist, n};
   ws.best_d.resize(n);
   ws.best_parent.resize(n);
-  ws.in_tree.resize(n);
+  ws.outside.resize(n);
   ws.mst.resize(n - 1);
-  prim_mst(d, ws.best_d.data(), ws.best_parent.data(), ws.in_tree.data(), ws.mst.data());
+  prim_mst(d, ws.best_d.data(), ws.best_parent.data(), ws.outside.data(), ws.mst.data());
   std::vector<MstEdge<T>>& sorted_mst = ws.mst;
   std::sort(sorted_mst.begin(), sorted_mst.end(),
             [](const MstEdge<T>& a, const MstEdge<T>& b) { return mst_edge_before(a, b); });

@@ -185,6 +185,57 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
   }
 }
 
+// Squared distances of all pairs j < i of one cloud of double rows xd (n, dim), into
+// sq[i * n + j]. Tiles of 8 x 2 rows: each loaded vector of the 8 rows serves two pairs and each
+// of the 2 rows eight, which beats 4 x 2 once no row needs widening in the loop.
+template <int Bytes>
+__attribute__((always_inline)) inline void lower_cloud_body(const double* xd, int64_t n,
+                                                            int64_t dim, double* sq) {
+  constexpr int TI = 8, TJ = 2;
+  double tile[TI * TJ];
+  int64_t i = 0;
+  for (; i + TI <= n; i += TI) {
+    const double* xi[TI];
+    for (int a = 0; a < TI; ++a) xi[a] = xd + (i + a) * dim;
+    for (int64_t j = 0; j < i; j += TJ) {  // i is a multiple of TI, so of TJ
+      const double* xj[TJ] = {xd + j * dim, xd + (j + 1) * dim};
+      squared_distance_tile<double, Bytes, TI, TJ>(xi, xj, dim, tile);
+      for (int a = 0; a < TI; ++a)
+        for (int b = 0; b < TJ; ++b) sq[(i + a) * n + j + b] = tile[a * TJ + b];
+    }
+    // Inside the block: the upper half against the lower half as one 4 x 4 tile, then the six
+    // pairs inside each half.
+    const double* hi[4] = {xi[4], xi[5], xi[6], xi[7]};
+    const double* lo[4] = {xi[0], xi[1], xi[2], xi[3]};
+    squared_distance_tile<double, Bytes, 4, 4>(hi, lo, dim, tile);
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b) sq[(i + 4 + a) * n + i + b] = tile[a * 4 + b];
+    for (int half = 0; half < TI; half += 4) {
+      const double* const* h = xi + half;
+      const double* pa[6] = {h[1], h[2], h[2], h[3], h[3], h[3]};
+      const double* pb[6] = {h[0], h[0], h[1], h[0], h[1], h[2]};
+      double inner[6];
+      squared_distance_pairs<double, Bytes, 6>(pa, pb, dim, inner);
+      const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
+      for (int p = 0; p < 6; ++p) sq[(i + half + ia[p]) * n + i + half + ib[p]] = inner[p];
+    }
+  }
+  for (; i < n; ++i) {  // fewer than TI rows left
+    const double* xi[1] = {xd + i * dim};
+    int64_t j = 0;
+    for (; j + 4 <= i; j += 4) {
+      const double* xj[4] = {xd + j * dim, xd + (j + 1) * dim, xd + (j + 2) * dim,
+                             xd + (j + 3) * dim};
+      squared_distance_tile<double, Bytes, 1, 4>(xi, xj, dim, tile);
+      for (int b = 0; b < 4; ++b) sq[i * n + j + b] = tile[b];
+    }
+    for (; j < i; ++j) {
+      const double* xj[1] = {xd + j * dim};
+      squared_distance_tile<double, Bytes, 1, 1>(xi, xj, dim, &sq[i * n + j]);
+    }
+  }
+}
+
 // Backward of the distances for rows [i0, i1) (at most kTileRows) of one cloud:
 // gx[i] = sum_j w[i][j] (x_i - x_j), w given per row (w[(i - i0) * n + j]). The difference form
 // keeps the digits a Gram-like rowsum(w) x_i - (w x)_i would cancel for clouds far from the
@@ -245,6 +296,15 @@ __attribute__((target("avx2,fma"))) void lower_rows_v3(const T* x, int64_t n, in
   lower_rows_body<T, 32>(x, n, dim, i0, i1, sq, wide);
 }
 
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) inline void lower_cloud_v4(
+    const double* xd, int64_t n, int64_t dim, double* sq) {
+  lower_cloud_body<64>(xd, n, dim, sq);
+}
+__attribute__((target("avx2,fma"))) inline void lower_cloud_v3(const double* xd, int64_t n,
+                                                             int64_t dim, double* sq) {
+  lower_cloud_body<32>(xd, n, dim, sq);
+}
+
 template <typename T>
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void grad_rows_v4(const T* x, int64_t n, int64_t dim,
                                                             int64_t i0, int64_t i1, const T* w,
@@ -269,6 +329,10 @@ template <typename T>
 void lower_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, double* sq,
                      double* wide) {
   lower_rows_body<T, 16>(x, n, dim, i0, i1, sq, wide);
+}
+
+inline void lower_cloud_base(const double* xd, int64_t n, int64_t dim, double* sq) {
+  lower_cloud_body<16>(xd, n, dim, sq);
 }
 
 // The x86-64 level of this CPU (4: AVX-512, 3: AVX2+FMA, 0: baseline), probed once.
@@ -297,6 +361,34 @@ void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0,
   if (x86_level() == 3) return lower_rows_v3<T>(x, n, dim, i0, i1, sq, w);
 #endif
   lower_rows_base<T>(x, n, dim, i0, i1, sq, w);
+}
+
+// Clouds up to this many coordinates are widened to double once, whole, and tiled from the
+// widened copy (it stays in L2); larger ones go row block by row block.
+constexpr int64_t kWholeCloudCoords = int64_t(1) << 17;
+
+// Squared distances of all pairs j < i of one cloud x (n, dim): sq[i * n + j] (sq is n * n).
+template <typename T>
+void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
+  if (n * dim > kWholeCloudCoords) {
+    for (int64_t i0 = 0; i0 < n; i0 += 4)
+      squared_distance_lower_rows(x, n, dim, i0, i0 + 4 < n ? i0 + 4 : n, sq + i0 * n);
+    return;
+  }
+  const double* xd;
+  thread_local std::vector<double> wide;
+  if constexpr (std::is_same<T, double>::value) {
+    xd = x;
+  } else {
+    if (int64_t(wide.size()) < n * dim) wide.resize(n * dim);
+    for (int64_t k = 0; k < n * dim; ++k) wide[k] = static_cast<double>(x[k]);
+    xd = wide.data();
+  }
+#ifdef TSLOSS_X86_CLONES
+  if (x86_level() == 4) return lower_cloud_v4(xd, n, dim, sq);
+  if (x86_level() == 3) return lower_cloud_v3(xd, n, dim, sq);
+#endif
+  lower_cloud_base(xd, n, dim, sq);
 }
 
 // gx rows [i0, i1) (i1 - i0 <= kTileRows), see distance_grad_rows_body.

@@ -44,14 +44,13 @@ void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
 // triangle costs about the same.
 constexpr int64_t kRowBlock = 4;
 
-// Distances of rows [i0, i1) of cloud b (x: (N, D)) to all earlier rows, written to both
-// triangles of out (N, N) with the diagonal; sq holds (i1 - i0) * N doubles of scratch. A
+// Distances of rows [i0, i1) of cloud b (x: (N, D)) to all earlier rows, from their squares
+// sq[(i - i0) * N + j], written to both triangles of out (N, N) with the diagonal. A
 // non-finite result is traced back to its cause (non-finite input, or a distance the dtype
 // cannot hold) and reported: no NaN leaves this op.
 template <typename T>
-void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
-                   double* sq, T* out) {
-  cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq);
+void finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
+                          const double* sq, T* out) {
   for (int64_t i = i0; i < i1; ++i) {
     out[i * N + i] = T(0);
     const double* si = sq + (i - i0) * N;
@@ -83,13 +82,21 @@ void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int
   }
 }
 
+// The same, computing the squares into sq ((i1 - i0) * N doubles of scratch).
+template <typename T>
+void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
+                   double* sq, T* out) {
+  cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq);
+  finish_distance_rows(x, N, D, i0, i1, b, sq, out);
+}
+
 // All distances of one cloud, serially (the caller parallelises over clouds).
 template <typename T>
 void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
                      T* out) {
-  sq.resize(kRowBlock * N);
-  for (int64_t i0 = 0; i0 < N; i0 += kRowBlock)
-    distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out);
+  sq.resize(N * N);
+  cpu::squared_distance_lower(x, N, D, sq.data());
+  finish_distance_rows(x, N, D, 0, N, b, sq.data(), out);
 }
 
 // A cloud of fewer than two points has no distance to carry a non-finite coordinate.

@@ -190,14 +190,14 @@ void test_random_mst(unsigned seed, int n, int dim) {
 }
 
 // The tiled, vectorised CPU distances against the plain double loop, over sizes that exercise
-// every tile shape and remainder: row counts around the 4 x 2 tiles, dims around the vector
-// width.
+// every tile shape and remainder: row counts around the 4 x 2 and 8 x 2 tiles, dims around the
+// vector width.
 template <typename T>
 void test_distance_tiles() {
   std::mt19937 rng(7);
   std::normal_distribution<double> normal;
   const double rel = 1e-13;  // float rows are widened and summed in double too
-  for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 13, 33}) {
+  for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 33}) {
     for (int64_t dim : {1, 3, 8, 15, 16, 17, 31, 255, 256, 257, 1000}) {
       std::vector<T> x(n * dim);
       for (T& v : x) v = static_cast<T>(3.0 + normal(rng));  // off-centre: no lucky zeros
@@ -213,6 +213,17 @@ void test_distance_tiles() {
                   got, ref);
           }
       }
+      // The whole-cloud entry (8 x 2 tiles from a widened copy) gives the same squares.
+      std::vector<double> whole(n * n, -1.0);
+      tsloss::cpu::squared_distance_lower(x.data(), n, dim, whole.data());
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < i; ++j) {
+          const double ref = tsl::squared_distance(&x[i * dim], &x[j * dim], dim);
+          const double got = whole[i * n + j];
+          CHECK(std::fabs(got - ref) <= rel * ref, "whole-cloud distance n=%lld dim=%lld "
+                "(%lld,%lld): %.17g vs %.17g", (long long)n, (long long)dim, (long long)i,
+                (long long)j, got, ref);
+        }
     }
   }
 }
