@@ -186,41 +186,33 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
 }
 
 // Squared distances of all pairs j < i of one cloud of double rows xd (n, dim), into
-// sq[i * n + j]. Tiles of 8 x 2 rows: each loaded vector of the 8 rows serves two pairs and each
-// of the 2 rows eight, which beats 4 x 2 once no row needs widening in the loop.
+// sq[i * n + j]. Tiles of 4 x 4 rows: with no row to widen in the loop, each loaded vector
+// serves four pairs.
 template <int Bytes>
 __attribute__((always_inline)) inline void lower_cloud_body(const double* xd, int64_t n,
                                                             int64_t dim, double* sq) {
-  constexpr int TI = 8, TJ = 2;
-  double tile[TI * TJ];
+  constexpr int T4 = 4;
+  double tile[T4 * T4];
   int64_t i = 0;
-  for (; i + TI <= n; i += TI) {
-    const double* xi[TI];
-    for (int a = 0; a < TI; ++a) xi[a] = xd + (i + a) * dim;
-    for (int64_t j = 0; j < i; j += TJ) {  // i is a multiple of TI, so of TJ
-      const double* xj[TJ] = {xd + j * dim, xd + (j + 1) * dim};
-      squared_distance_tile<double, Bytes, TI, TJ>(xi, xj, dim, tile);
-      for (int a = 0; a < TI; ++a)
-        for (int b = 0; b < TJ; ++b) sq[(i + a) * n + j + b] = tile[a * TJ + b];
+  for (; i + T4 <= n; i += T4) {
+    const double* xi[T4];
+    for (int a = 0; a < T4; ++a) xi[a] = xd + (i + a) * dim;
+    for (int64_t j = 0; j < i; j += T4) {  // i is a multiple of 4
+      const double* xj[T4];
+      for (int b = 0; b < T4; ++b) xj[b] = xd + (j + b) * dim;
+      squared_distance_tile<double, Bytes, T4, T4>(xi, xj, dim, tile);
+      for (int a = 0; a < T4; ++a)
+        for (int b = 0; b < T4; ++b) sq[(i + a) * n + j + b] = tile[a * T4 + b];
     }
-    // Inside the block: the upper half against the lower half as one 4 x 4 tile, then the six
-    // pairs inside each half.
-    const double* hi[4] = {xi[4], xi[5], xi[6], xi[7]};
-    const double* lo[4] = {xi[0], xi[1], xi[2], xi[3]};
-    squared_distance_tile<double, Bytes, 4, 4>(hi, lo, dim, tile);
-    for (int a = 0; a < 4; ++a)
-      for (int b = 0; b < 4; ++b) sq[(i + 4 + a) * n + i + b] = tile[a * 4 + b];
-    for (int half = 0; half < TI; half += 4) {
-      const double* const* h = xi + half;
-      const double* pa[6] = {h[1], h[2], h[2], h[3], h[3], h[3]};
-      const double* pb[6] = {h[0], h[0], h[1], h[0], h[1], h[2]};
-      double inner[6];
-      squared_distance_pairs<double, Bytes, 6>(pa, pb, dim, inner);
-      const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
-      for (int p = 0; p < 6; ++p) sq[(i + half + ia[p]) * n + i + half + ib[p]] = inner[p];
-    }
+    // The six pairs inside the block, side by side.
+    const double* pa[6] = {xi[1], xi[2], xi[2], xi[3], xi[3], xi[3]};
+    const double* pb[6] = {xi[0], xi[0], xi[1], xi[0], xi[1], xi[2]};
+    double inner[6];
+    squared_distance_pairs<double, Bytes, 6>(pa, pb, dim, inner);
+    const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
+    for (int p = 0; p < 6; ++p) sq[(i + ia[p]) * n + i + ib[p]] = inner[p];
   }
-  for (; i < n; ++i) {  // fewer than TI rows left
+  for (; i < n; ++i) {  // fewer than 4 rows left
     const double* xi[1] = {xd + i * dim};
     int64_t j = 0;
     for (; j + 4 <= i; j += 4) {

@@ -108,9 +108,9 @@ void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D) {
                 k / std::max<int64_t>(N * D, 1), "); persistence of non-finite points is undefined");
 }
 
-// Distances from points, exactly symmetric with an exact zero diagonal. Parallel over balanced
-// row blocks of all clouds: a batch of small clouds and a single large cloud both keep every
-// thread busy.
+// Distances from points, exactly symmetric with an exact zero diagonal. Parallel over whole
+// clouds when there are enough of them, else over balanced row blocks of all clouds, so that a
+// single large cloud still keeps every thread busy.
 at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
   TSL_CHECK(x_in.dim() == 3, "pairwise_distance: x must be (B, N, D) at the op level, got ",
               x_in.sizes());
@@ -124,6 +124,15 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
     check_lone_points(px, B, N, D);
+    if (B >= 2 * at::get_num_threads()) {
+      // Enough clouds for every thread: whole clouds per task (tiled from one widened copy).
+      at::parallel_for(0, B, cloud_grain(N * N * D), [&](int64_t begin, int64_t end) {
+        std::vector<double> sq;
+        for (int64_t b = begin; b < end; ++b)
+          cloud_distances(px + b * N * D, N, D, b, sq, po + b * N * N);
+      });
+      return;
+    }
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
     const int64_t units = (blocks + 1) / 2;
     const int64_t grain =

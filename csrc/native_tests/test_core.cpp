@@ -190,7 +190,7 @@ void test_random_mst(unsigned seed, int n, int dim) {
 }
 
 // The tiled, vectorised CPU distances against the plain double loop, over sizes that exercise
-// every tile shape and remainder: row counts around the 4 x 2 and 8 x 2 tiles, dims around the
+// every tile shape and remainder: row counts around the 4 x 2 and 4 x 4 tiles, dims around the
 // vector width.
 template <typename T>
 void test_distance_tiles() {
@@ -213,7 +213,7 @@ void test_distance_tiles() {
                   got, ref);
           }
       }
-      // The whole-cloud entry (8 x 2 tiles from a widened copy) gives the same squares.
+      // The whole-cloud entry (4 x 4 tiles from a widened copy) gives the same squares.
       std::vector<double> whole(n * n, -1.0);
       tsloss::cpu::squared_distance_lower(x.data(), n, dim, whole.data());
       for (int64_t i = 0; i < n; ++i)

@@ -1,0 +1,96 @@
+"""Where the time of the forward and of TSLoss goes, op by op and kernel by kernel.
+
+    python tools/profile_ops.py [--device cuda] [--configs N,D,B ...] [--iters 5] [--out DIR]
+
+For each config (default: the benchmark's GPU-relevant sizes), one warm-up call, then --iters
+calls of `vr_persistence` forward and --iters of `tsloss_cuda.loss` forward+backward under
+torch.profiler (CPU activity, plus CUDA activity on a CUDA device, so every kernel of ours —
+pairwise_distance, h0_mst, the H1 flag and reduce kernels, backward — appears with its own
+time). Prints the top entries by self device time (CPU: self CPU time) and writes, per config,
+DIR/profile-<device>-<N>-<D>-<B>.txt and a Chrome trace (.json) for chrome://tracing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Tuple
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import tsloss_cuda
+
+DEFAULT_CONFIGS = [(16, 768, 64), (64, 4096, 64), (256, 768, 4), (256, 768, 1024)]
+
+
+def parse_config(text: str) -> Tuple[int, int, int]:
+    try:
+        n, d, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--configs: expected N,D,B, got {text!r}") from None
+    if min(n, d, b) < 1:
+        raise argparse.ArgumentTypeError(f"--configs: N, D and B must be >= 1, got {text!r}")
+    return n, d, b
+
+
+def profile_config(n: int, d: int, b: int, device: torch.device, iters: int, out_dir: str,
+                   rows: int) -> str:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, n, d, generator=g).to(device)
+    prompts = x.clone().requires_grad_(True)
+
+    def forward() -> None:
+        tsloss_cuda.vr_persistence(x, maxdim=1)
+
+    def loss_step() -> None:
+        prompts.grad = None
+        tsloss_cuda.loss(prompts).backward()
+
+    cuda = device.type == "cuda"
+    forward()
+    loss_step()  # warm-up: module load, allocator, thread workspaces
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        with torch.profiler.record_function("forward x%d" % iters):
+            for _ in range(iters):
+                forward()
+        with torch.profiler.record_function("loss_fwd_bwd x%d" % iters):
+            for _ in range(iters):
+                loss_step()
+        if cuda:
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=rows)
+    stem = os.path.join(out_dir, f"profile-{device.type}-{n}-{d}-{b}")
+    header = f"(N, D, B) = ({n}, {d}, {b}), device {device}, {iters} iterations of each\n"
+    with open(stem + ".txt", "w") as f:
+        f.write(header + table + "\n")
+    prof.export_chrome_trace(stem + ".json")
+    return header + table
+
+
+def main(argv: List[str] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--configs", nargs="+", type=parse_config, default=DEFAULT_CONFIGS,
+                    help="N,D,B triples")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=15, help="rows of each printed table")
+    ap.add_argument("--out", default="profile-out")
+    args = ap.parse_args(argv)
+    if args.iters < 1:
+        ap.error(f"--iters must be >= 1, got {args.iters}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch has no CUDA device here")
+    os.makedirs(args.out, exist_ok=True)
+    for n, d, b in args.configs:
+        print(profile_config(n, d, b, device, args.iters, args.out, args.rows), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
