@@ -84,3 +84,20 @@ def test_peer_subset_is_scaled_and_marked(tmp_path):
     assert peer["alternatives"][peer["input"]]["median_s"] == pytest.approx(peer["median_s"])
     md = (tmp_path / "sub.md").read_text()
     assert "†" in md and "first 2 clouds" in md and "6/2" in md
+
+
+def test_profile_ops_tiny(tmp_path):
+    """tools/profile_ops.py (the GPU check's profile phase) runs on the CPU and names our ops."""
+    spec = importlib.util.spec_from_file_location(
+        "profile_ops", RUN.parents[1] / "tools" / "profile_ops.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--device", "cpu", "--configs", "8,4,2", "--iters", "1", "--rows", "50",
+                     "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "profile-cpu-8-4-2.txt").read_text()
+    for name in ("tsloss_cuda::pairwise_distance", "tsloss_cuda::vr_persistence",
+                 "forward x1", "loss_fwd_bwd x1"):
+        assert name in table, name
+    assert json.loads((tmp_path / "profile-cpu-8-4-2.json").read_text())["traceEvents"]
+    with pytest.raises(SystemExit):
+        mod.main(["--configs", "8,4"])  # not an N,D,B triple

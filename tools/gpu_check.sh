@@ -3,13 +3,15 @@
 #
 #   bash tools/gpu_check.sh OUT_DIR [phase ...]
 #
-# Phases, in this order unless named: build cuda_tests bench sanitizer train suite.
+# Phases, in this order unless named: build cuda_tests bench profile sanitizer train suite.
 #   build       pip install -e . with the host's CUDA torch (README's GPU build), TORCH_CUDA_ARCH_LIST
 #               defaulting to 9.0 (H100/H200); checks the CUDA kernels are registered
 #   cuda_tests  tests/test_cuda.py and the mixed-devices test, skips listed (-rs)
 #   bench       benchmarks/run.py on the GPU; results under OUT_DIR/bench. Plain GUDHI (RipsComplex +
 #               SimplexTree, 1.3 s per N=256 cloud) is left out by default, gudhi-sklearn stands
 #               for GUDHI (GPU_CHECK_IMPLS sets the list)
+#   profile     tools/profile_ops.py: torch.profiler time per kernel of the forward and of TSLoss
+#               at the GPU sizes; tables and Chrome traces under OUT_DIR/profile
 #   sanitizer   compute-sanitizer memcheck and racecheck on tools/gpu_smoke.py
 #   train       the main job with --device cuda (model from GPU_CHECK_MODEL, default: the package)
 #   suite       the whole test suite (pytest-xdist when present)
@@ -23,7 +25,7 @@ OUT=$(realpath -m "${1:?usage: bash tools/gpu_check.sh OUT_DIR [phase ...]}")
 shift
 mkdir -p "$OUT"
 PHASES=("$@")
-[ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests bench sanitizer train suite)
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests bench profile sanitizer train suite)
 BUDGET=${GPU_CHECK_BUDGET_S:-0}
 LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
@@ -107,6 +109,7 @@ for p in "${PHASES[@]}"; do
                   tests/test_inputs.py::test_mixed_devices ;;
     bench) phase bench 300 $PY benchmarks/run.py --no-progress --out "$OUT/bench" \
              --impls "${GPU_CHECK_IMPLS:-ours,ripser,gph-1t,gph-all,gudhi-sklearn,torch-topological}" ;;
+    profile) phase profile 180 $PY tools/profile_ops.py --device cuda --out "$OUT/profile" ;;
     sanitizer) phase sanitizer 240 do_sanitizer ;;
     train) phase train 180 do_train ;;
     suite) phase suite 300 do_suite ;;
