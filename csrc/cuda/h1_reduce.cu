@@ -6,7 +6,8 @@
 //   3. CUB segmented    stable sort by diameter, descending; index order is kept among equal
 //      sort            diameters, which is exactly tsl::column_before (reverse filtration)
 //   4. make_columns     (diameter, edge) -> tsl::H1Column
-//   5. reduce           one thread per cloud runs tsl::reduce_h1 in its workspace slice
+//   5. reduce           one thread per cloud runs tsl::reduce_h1 in its workspace slice, one
+//                       cloud per warp unless the batch overfills the GPU
 //   6. finalize         one block per cloud ranks pairs by tsl::h1_pair_before, writes top K
 //
 // Sizes are fixed by (B, N, cap) alone, so nothing here needs to read a count back on the host.
@@ -173,13 +174,21 @@ struct ReduceBuffers {
   int32_t* status;
 };
 
+// Lane l < clouds_per_warp of warp w reduces cloud w * clouds_per_warp + l; the other lanes
+// idle. A cloud's reduction is long and branchy, so clouds sharing a warp serialise wherever
+// their control flow differs: one cloud per warp unless the batch is large enough to fill the
+// GPU's warps anyway (reduce_clouds_per_warp).
 template <typename T>
 __global__ void reduce_kernel(const T* __restrict__ dist, int64_t B, int64_t N,
                               const T* __restrict__ threshold,
                               const H1Column<T>* __restrict__ columns,
                               const int32_t* __restrict__ counts, H1Capacity cap, int64_t S,
-                              int64_t P, Entry<T>* heap, H1Pair<T>* pairs, ReduceBuffers rb) {
-  const int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+                              int64_t P, Entry<T>* heap, H1Pair<T>* pairs, ReduceBuffers rb,
+                              int clouds_per_warp) {
+  const int lane = threadIdx.x & 31;
+  if (lane >= clouds_per_warp) return;
+  const int64_t warp = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
+  const int64_t b = warp * clouds_per_warp + lane;
   if (b >= B) return;
   const int64_t E = num_edges(N), m = counts[b];
   if (m > S) {  // more columns than slots: the pivot table could not hold them
@@ -253,6 +262,22 @@ __global__ void finalize_kernel(const T* __restrict__ dist, int64_t N, int64_t K
     h1_count[b] = failed ? -1 : count;
     truncated[b] = failed || count > K;
   }
+}
+
+// Clouds per warp of reduce_kernel: 1 while the batch gives at most 16 warps per SM, more (up
+// to 32) beyond that, so that huge batches of tiny clouds are not spread over more warps than
+// the GPU can hold.
+int reduce_clouds_per_warp(int64_t B) {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      sms <= 0) {
+    cudaGetLastError();  // clear the error: fall back to a typical SM count
+    sms = 100;
+  }
+  const int64_t warps = (int64_t)sms * 16;
+  const int64_t c = (B + warps - 1) / warps;
+  return (int)(c < 1 ? 1 : (c > 32 ? 32 : c));
 }
 
 unsigned grid_for(int64_t total, int threads) {
@@ -343,11 +368,14 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                    part<index_t>(w, L.v_length), part<index_t>(w, L.arena),
                    part<index_t>(w, L.num_pairs), part<int32_t>(w, L.status)};
   H1Pair<T>* pairs = part<H1Pair<T>>(w, L.pairs);
-  // Each thread runs a long sequential reduction: small blocks spread clouds over all SMs.
-  constexpr int kReduceThreads = 32;
-  reduce_kernel<T><<<(unsigned)((B + kReduceThreads - 1) / kReduceThreads), kReduceThreads, 0,
-                     stream>>>(dist, B, N, threshold, columns, counts, cap, L.S, L.P,
-                               part<Entry<T>>(w, L.heap), pairs, rb);
+  // Small blocks (4 warps) spread the warps over all SMs.
+  constexpr int kReduceThreads = 128;
+  const int per_warp = reduce_clouds_per_warp(B);
+  const int64_t reduce_warps = (B + per_warp - 1) / per_warp;
+  reduce_kernel<T><<<(unsigned)((reduce_warps * 32 + kReduceThreads - 1) / kReduceThreads),
+                     kReduceThreads, 0, stream>>>(dist, B, N, threshold, columns, counts, cap,
+                                                  L.S, L.P, part<Entry<T>>(w, L.heap), pairs,
+                                                  rb, per_warp);
   finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, N, K, pairs, L.S + 1, rb.status,
                                                       rb.num_pairs, h1, h1_edges, h1_count,
                                                       truncated);
