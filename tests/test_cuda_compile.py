@@ -2,7 +2,8 @@
 type check of the CUDA torch glue.
 
 Configures the top-level CMakeLists.txt in a temporary directory, builds `tsloss_cuda_kernels`
-(nvcc, sm_80 and sm_90) and `test_core`, and runs ctest; skipped only without cmake or nvcc.
+(nvcc, sm_80 and sm_90), `test_core` and `profile_core`, runs ctest and the profiling harness on
+a tiny batch; skipped only without cmake or nvcc.
 Then runs g++ -fsyntax-only over csrc/cuda/*.cpp against torch's CUDA headers.
 """
 from __future__ import annotations
@@ -39,9 +40,15 @@ def test_cuda_kernels_and_native_tests_build(tmp_path):
     _run(["cmake", "-S", ROOT, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
           "-DTSLOSS_CUDA_KERNELS=ON", f"-DCMAKE_CUDA_COMPILER={_nvcc()}"])
     jobs = str(max(1, min(4, os.cpu_count() or 1)))
-    _run(["cmake", "--build", str(build), "-j", jobs, "--target", "tsloss_cuda_kernels", "test_core"])
+    _run(["cmake", "--build", str(build), "-j", jobs, "--target", "tsloss_cuda_kernels", "test_core",
+          "profile_core"])
     assert any(name.startswith("libtsloss_cuda_kernels") for name in os.listdir(build))
     _run(["ctest", "--test-dir", str(build), "--output-on-failure"])
+    # The profiling harness runs and reports every phase on a tiny batch.
+    out = _run([str(build / "profile_core"), "12", "5", "3", "1"]).stdout
+    for phase in ("distances", "prim", "apparent-pair sweep", "reduction", "engine total"):
+        assert phase in out, out
+    assert subprocess.run([str(build / "profile_core"), "2", "5", "3"], capture_output=True).returncode == 2
 
 
 # The torch glue (csrc/cuda/*.cpp) is only built where torch has CUDA, which CI does not have.
