@@ -39,14 +39,15 @@ TSL_HD void prim_mst(const DistanceMatrix<T>& d, T* best_d, index_t* best_parent
   }
   best_parent[0] = -1;
   for (index_t step = 0; step + 1 < n; ++step) {
-    // Edge indices only break exact ties, so they are computed only on a tie, and the
-    // unpredictable comparisons become selects.
+    // Edge indices only break exact ties, so they are computed (and prim_better, the GPU's rule,
+    // applied) only on a tie; the unpredictable comparisons become selects.
     index_t pos = 0;
     for (index_t t = 1; t < remaining; ++t) {
       const index_t v = outside[t], w = outside[pos];
       const T dv = best_d[v], dw = best_d[w];
       bool better = dv < dw;
-      if (dv == dw) better = edge_index(best_parent[v], v) > edge_index(best_parent[w], w);
+      if (dv == dw)
+        better = prim_better(dv, edge_index(best_parent[v], v), dw, edge_index(best_parent[w], w));
       pos = better ? t : pos;
     }
     const index_t next = outside[pos];
@@ -58,7 +59,8 @@ TSL_HD void prim_mst(const DistanceMatrix<T>& d, T* best_d, index_t* best_parent
       const index_t v = outside[t];
       const T dv = row[v], bv = best_d[v];
       bool better = dv < bv;
-      if (dv == bv) better = edge_index(next, v) > edge_index(best_parent[v], v);
+      if (dv == bv)
+        better = prim_better(dv, edge_index(next, v), bv, edge_index(best_parent[v], v));
       best_d[v] = better ? dv : bv;
       best_parent[v] = better ? next : best_parent[v];
     }
