@@ -355,14 +355,16 @@ void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0,
   lower_rows_base<T>(x, n, dim, i0, i1, sq, w);
 }
 
-// Clouds up to this many coordinates are widened to double once, whole, and tiled from the
-// widened copy (it stays in L2); larger ones go row block by row block.
-constexpr int64_t kWholeCloudCoords = int64_t(1) << 17;
+// Whether a cloud is small enough to be widened to double once, whole, and tiled from the
+// widened copy (it stays in L2) into an n x n scratch; larger ones go row block by row block.
+inline bool whole_cloud_tiles(int64_t n, int64_t dim) {
+  return n <= 256 && n * dim <= (int64_t(1) << 17);
+}
 
 // Squared distances of all pairs j < i of one cloud x (n, dim): sq[i * n + j] (sq is n * n).
 template <typename T>
 void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
-  if (n * dim > kWholeCloudCoords) {
+  if (!whole_cloud_tiles(n, dim)) {
     for (int64_t i0 = 0; i0 < n; i0 += 4)
       squared_distance_lower_rows(x, n, dim, i0, i0 + 4 < n ? i0 + 4 : n, sq + i0 * n);
     return;

@@ -90,13 +90,20 @@ void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int
   finish_distance_rows(x, N, D, i0, i1, b, sq, out);
 }
 
-// All distances of one cloud, serially (the caller parallelises over clouds).
+// All distances of one cloud, serially (the caller parallelises over clouds): whole-cloud tiles
+// for small clouds, else row blocks with a scratch of kRowBlock rows.
 template <typename T>
 void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
                      T* out) {
-  sq.resize(N * N);
-  cpu::squared_distance_lower(x, N, D, sq.data());
-  finish_distance_rows(x, N, D, 0, N, b, sq.data(), out);
+  if (cpu::whole_cloud_tiles(N, D)) {
+    sq.resize(N * N);
+    cpu::squared_distance_lower(x, N, D, sq.data());
+    finish_distance_rows(x, N, D, 0, N, b, sq.data(), out);
+    return;
+  }
+  sq.resize(kRowBlock * N);
+  for (int64_t i0 = 0; i0 < N; i0 += kRowBlock)
+    distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out);
 }
 
 // A cloud of fewer than two points has no distance to carry a non-finite coordinate.
