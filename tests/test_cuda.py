@@ -226,3 +226,18 @@ def test_cuda_graph_replay_equals_eager():
         torch.cuda.synchronize()
         assert torch.equal(value, ref_value)
         assert torch.equal(x.grad, ref.grad)
+
+
+@pytest.mark.parametrize("per_warp", ["1", "3", "32"])
+def test_reduce_mapping_does_not_change_results(monkeypatch, per_warp):
+    """The reduce kernel's clouds-per-warp mapping (automatic, or the tuning knob) is invisible."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(37, 24, 16, generator=g).cuda()  # 37: a partial last warp for every mapping
+    auto = [t.cpu() for t in _forward(x, False)]
+    monkeypatch.setenv("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", per_warp)
+    mapped = [t.cpu() for t in _forward(x, False)]
+    for a, b in zip(auto, mapped):
+        assert torch.equal(a, b)
+    monkeypatch.setenv("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", "33")
+    with pytest.raises(RuntimeError, match="TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP"):
+        _forward(x, False)

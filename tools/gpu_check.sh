@@ -11,7 +11,8 @@
 #               SimplexTree, 1.3 s per N=256 cloud) is left out by default, gudhi-sklearn stands
 #               for GUDHI (GPU_CHECK_IMPLS sets the list)
 #   profile     tools/profile_ops.py: torch.profiler time per kernel of the forward and of TSLoss
-#               at the GPU sizes; tables and Chrome traces under OUT_DIR/profile
+#               at the GPU sizes, with the reduce kernel's automatic mapping and again with 32
+#               clouds per warp (the mapping before 86d43fd), under OUT_DIR/profile{,-32-per-warp}
 #   sanitizer   compute-sanitizer memcheck and racecheck on tools/gpu_smoke.py
 #   train       the main job with --device cuda (model from GPU_CHECK_MODEL, default: the package)
 #   suite       the whole test suite (pytest-xdist when present)
@@ -88,6 +89,12 @@ do_sanitizer() {
   return $rc
 }
 
+do_profile() {
+  $PY tools/profile_ops.py --device cuda --out "$OUT/profile" &&
+    TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP=32 $PY tools/profile_ops.py --device cuda \
+      --out "$OUT/profile-32-per-warp"
+}
+
 do_train() {
   local model=${GPU_CHECK_MODEL:-}
   $PY -m tsloss_cuda.train --device cuda ${model:+--model "$model"} --output-dir /tmp/gpu-train \
@@ -100,7 +107,7 @@ do_suite() {
   $PY -m pytest -q -rs -p no:cacheprovider "${par[@]}" tests
 }
 
-export -f do_build do_sanitizer do_train do_suite
+export -f do_build do_profile do_sanitizer do_train do_suite
 export PY OUT
 for p in "${PHASES[@]}"; do
   case $p in
@@ -109,7 +116,7 @@ for p in "${PHASES[@]}"; do
                   tests/test_inputs.py::test_mixed_devices ;;
     bench) phase bench 300 $PY benchmarks/run.py --no-progress --out "$OUT/bench" \
              --impls "${GPU_CHECK_IMPLS:-ours,ripser,gph-1t,gph-all,gudhi-sklearn,torch-topological}" ;;
-    profile) phase profile 180 $PY tools/profile_ops.py --device cuda --out "$OUT/profile" ;;
+    profile) phase profile 240 do_profile ;;
     sanitizer) phase sanitizer 240 do_sanitizer ;;
     train) phase train 180 do_train ;;
     suite) phase suite 300 do_suite ;;

@@ -318,8 +318,9 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                   T* h0, int64_t* h0_edges, T* h1, int64_t* h1_edges,
                                   int64_t* h1_count, bool* truncated, void* workspace,
                                   size_t workspace_bytes, const H1Capacity& cap,
-                                  cudaStream_t stream) {
+                                  int clouds_per_warp, cudaStream_t stream) {
   if (B == 0) return cudaSuccess;
+  if (clouds_per_warp < 0 || clouds_per_warp > 32) return cudaErrorInvalidValue;
   if (B > vr_max_clouds_per_call(N)) return cudaErrorInvalidValue;
   const Layout<T> L(B, N, maxdim, cap);
   if (L.error != cudaSuccess) return L.error;
@@ -370,7 +371,7 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
   H1Pair<T>* pairs = part<H1Pair<T>>(w, L.pairs);
   // Small blocks (4 warps) spread the warps over all SMs.
   constexpr int kReduceThreads = 128;
-  const int per_warp = reduce_clouds_per_warp(B);
+  const int per_warp = clouds_per_warp > 0 ? clouds_per_warp : reduce_clouds_per_warp(B);
   const int64_t reduce_warps = (B + per_warp - 1) / per_warp;
   reduce_kernel<T><<<(unsigned)((reduce_warps * 32 + kReduceThreads - 1) / kReduceThreads),
                      kReduceThreads, 0, stream>>>(dist, B, N, threshold, columns, counts, cap,
@@ -384,12 +385,12 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
 
 template cudaError_t launch_vr_persistence<float>(const float*, int64_t, int64_t, int, int64_t,
                                                   float*, int64_t*, float*, int64_t*, int64_t*,
-                                                  bool*, void*, size_t, const H1Capacity&,
+                                                  bool*, void*, size_t, const H1Capacity&, int,
                                                   cudaStream_t);
 template cudaError_t launch_vr_persistence<double>(const double*, int64_t, int64_t, int,
                                                    int64_t, double*, int64_t*, double*,
                                                    int64_t*, int64_t*, bool*, void*, size_t,
-                                                   const H1Capacity&, cudaStream_t);
+                                                   const H1Capacity&, int, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace tsl

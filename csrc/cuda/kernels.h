@@ -64,6 +64,8 @@ cudaError_t launch_symmetrize_lower(const T* in, int64_t B, int64_t N, T* out,
 //   h1_count:  (B,) int64           out: true number of H1 bars; -1 when the cloud overflowed
 //   truncated: (B,) bool            out: h1_count > K, or the cloud overflowed
 //   workspace: vr_workspace_bytes(B, N, maxdim, sizeof(T), cap) bytes, device memory
+//   clouds_per_warp: clouds one warp of the reduce kernel takes, 1..32; 0 picks it from B and
+//                    the SM count (1 unless the batch exceeds 16 warps per SM)
 // B must not exceed vr_max_clouds_per_call(N). A cloud whose H1 reduction exceeds `cap` gets
 // h1_count = -1, truncated = true and all-padding H1 rows (its H0 is still exact).
 template <typename T>
@@ -71,7 +73,7 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                   T* h0, int64_t* h0_edges, T* h1, int64_t* h1_edges,
                                   int64_t* h1_count, bool* truncated, void* workspace,
                                   size_t workspace_bytes, const H1Capacity& cap,
-                                  cudaStream_t stream);
+                                  int clouds_per_warp, cudaStream_t stream);
 
 // Bytes of workspace launch_vr_backward<T> needs (one double per reported edge).
 size_t vr_backward_workspace_bytes(int64_t B, int64_t H0, int64_t K);

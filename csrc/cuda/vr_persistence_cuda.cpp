@@ -82,6 +82,10 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const tsl::cuda::H1Capacity cap = h1_capacity(N);
+  // A tuning knob for measuring the reduce kernel's mapping (0 or unset: automatic).
+  const int64_t clouds_per_warp = env_int("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", 0);
+  TSL_CHECK(clouds_per_warp <= 32, "TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP must be 1..32, got ",
+            clouds_per_warp);
   const int dim = static_cast<int>(maxdim);
   const size_t elem = x.element_size();
   // Clouds per launch: bounded by the sort's 32-bit offsets and by a workspace budget, so a
@@ -116,7 +120,7 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
                      h1.data_ptr<scalar_t>() + b0 * K * 2,
                      h1_edges.data_ptr<int64_t>() + b0 * K * 4,
                      h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
-                     workspace.data_ptr(), ws_bytes, cap, stream),
+                     workspace.data_ptr(), ws_bytes, cap, static_cast<int>(clouds_per_warp), stream),
                  "vr_persistence");
     }
   });
