@@ -6,10 +6,13 @@
 
 namespace tsl {
 
-template void vr_persistence_cloud<float>(const float*, index_t, int, CloudOutput<float>,
-                                          HostWorkspace<float>&);
-template void vr_persistence_cloud<double>(const double*, index_t, int, CloudOutput<double>,
-                                           HostWorkspace<double>&);
+template void vr_persistence_cloud<float, SerialChunks>(const float*, index_t, int,
+                                                        CloudOutput<float>, HostWorkspace<float>&,
+                                                        index_t, const SerialChunks&);
+template void vr_persistence_cloud<double, SerialChunks>(const double*, index_t, int,
+                                                         CloudOutput<double>,
+                                                         HostWorkspace<double>&, index_t,
+                                                         const SerialChunks&);
 template void pairwise_distance_cloud<float>(const float*, index_t, index_t, float*);
 template void pairwise_distance_cloud<double>(const double*, index_t, index_t, double*);
 

@@ -34,6 +34,7 @@ struct HostWorkspace {
   std::vector<index_t> best_parent;
   std::vector<MstEdge<T>> mst;
   std::vector<H1Column<T>> columns;
+  std::vector<std::vector<H1Column<T>>> column_parts;  // per chunk of a split sweep
   std::vector<H1Pair<T>> pairs;
   std::vector<Entry<T>> heap;
   std::vector<index_t> outside, vheap, pivot_keys, pivot_slots, v_start, v_length, v_arena;
@@ -41,13 +42,22 @@ struct HostWorkspace {
   index_t arena_capacity = 1 << 12;
 };
 
-// Columns of the H1 reduction: edges below the threshold that are neither tree edges nor
-// facets of apparent pairs, in reverse filtration order.
+// Runs body(c) for every chunk c in [0, chunks). The engine's own default runs them in order; a
+// caller with idle threads (the CPU op on a batch smaller than its thread count) passes one that
+// runs them in parallel.
+struct SerialChunks {
+  template <class Body>
+  void operator()(index_t chunks, const Body& body) const {
+    for (index_t c = 0; c < chunks; ++c) body(c);
+  }
+};
+
+// Columns of the H1 reduction among the edges {i > j} with i in [i0, i1): below the threshold,
+// neither tree edges nor facets of apparent pairs. Appended to `columns`, unsorted.
 template <typename T>
-inline void collect_h1_columns(const DistanceMatrix<T>& d, T threshold,
-                               const index_t* best_parent, std::vector<H1Column<T>>& columns) {
-  columns.clear();
-  for (index_t i = 1; i < d.n; ++i) {
+inline void sweep_h1_columns(const DistanceMatrix<T>& d, T threshold, const index_t* best_parent,
+                             index_t i0, index_t i1, std::vector<H1Column<T>>& columns) {
+  for (index_t i = i0 < 1 ? 1 : i0; i < i1; ++i) {
     const T* ri = d.row(i);
     for (index_t j = 0; j < i; ++j) {
       T de = ri[j];
@@ -55,6 +65,32 @@ inline void collect_h1_columns(const DistanceMatrix<T>& d, T threshold,
       if (in_apparent_pair(d, i, j, de)) continue;
       columns.push_back(H1Column<T>{de, i, j});
     }
+  }
+}
+
+// All columns of the H1 reduction, in reverse filtration order. The sweep is independent per
+// edge, so it is cut into `chunks` row ranges of about equal edge counts, each swept into its own
+// part by `run_chunks`.
+template <typename T, class RunChunks = SerialChunks>
+inline void collect_h1_columns(const DistanceMatrix<T>& d, T threshold,
+                               const index_t* best_parent, std::vector<H1Column<T>>& columns,
+                               std::vector<std::vector<H1Column<T>>>& parts, index_t chunks = 1,
+                               const RunChunks& run_chunks = RunChunks()) {
+  columns.clear();
+  if (chunks <= 1) {
+    sweep_h1_columns(d, threshold, best_parent, 1, d.n, columns);
+  } else {
+    if ((index_t)parts.size() < chunks) parts.resize(chunks);
+    // Row i holds i edges: the boundaries of equal edge counts are at n * sqrt(c / chunks).
+    auto boundary = [&](index_t c) {
+      return c >= chunks ? d.n : (index_t)((double)d.n * sqrt((double)c / (double)chunks));
+    };
+    run_chunks(chunks, [&](index_t c) {
+      parts[c].clear();
+      sweep_h1_columns(d, threshold, best_parent, boundary(c), boundary(c + 1), parts[c]);
+    });
+    for (index_t c = 0; c < chunks; ++c)
+      columns.insert(columns.end(), parts[c].begin(), parts[c].end());
   }
   // Lambdas, not function pointers: the comparisons inline into the sorts.
   std::sort(columns.begin(), columns.end(),
@@ -101,9 +137,12 @@ inline void run_h1_reduction(const DistanceMatrix<T>& d, T threshold, HostWorksp
 
 // Persistence of one cloud. `dist` is a dense symmetric (n, n) matrix with zero diagonal.
 // maxdim 0 computes H0 only (h1 rows all padding, count 0).
-template <typename T>
+// `chunks` and `run_chunks` split the apparent-pair sweep (see collect_h1_columns); the result
+// does not depend on them.
+template <typename T, class RunChunks = SerialChunks>
 inline void vr_persistence_cloud(const T* dist, index_t n, int maxdim, CloudOutput<T> out,
-                                 HostWorkspace<T>& ws) {
+                                 HostWorkspace<T>& ws, index_t chunks = 1,
+                                 const RunChunks& run_chunks = RunChunks()) {
   for (index_t r = 0; r < out.h1_capacity; ++r) {
     out.h1[2 * r] = out.h1[2 * r + 1] = T(0);
     for (int c = 0; c < 4; ++c) out.h1_edges[4 * r + c] = -1;
@@ -130,7 +169,8 @@ inline void vr_persistence_cloud(const T* dist, index_t n, int maxdim, CloudOutp
   if (maxdim < 1 || n < 3) return;
 
   const T threshold = enclosing_radius(d);
-  collect_h1_columns(d, threshold, ws.best_parent.data(), ws.columns);
+  collect_h1_columns(d, threshold, ws.best_parent.data(), ws.columns, ws.column_parts, chunks,
+                     run_chunks);
   run_h1_reduction(d, threshold, ws);
 
   std::vector<H1Pair<T>>& pairs = ws.pairs;

@@ -33,6 +33,16 @@ tsl::HostWorkspace<T>& thread_workspace() {
 
 constexpr int64_t kKeepEntries = int64_t(1) << 18;
 
+// Runs the chunks of a split apparent-pair sweep on torch's threads.
+struct ParallelChunks {
+  template <class Body>
+  void operator()(int64_t chunks, const Body& body) const {
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) body(c);
+    });
+  }
+};
+
 template <typename T>
 void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
   if (ws.heap_capacity > kKeepEntries || ws.arena_capacity > kKeepEntries ||
@@ -258,6 +268,11 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
     // Clouds are independent. Tiny clouds are batched into one task: waking threads costs more
     // than their work, and on a loaded machine a parallel region can stall for milliseconds.
     const int64_t work = N * N * (N + (fused ? D : 0));
+    // A lone cloud leaves the other threads idle: its apparent-pair sweep, a third of the
+    // engine's time at N = 256, is split among them (a nested region would run serially, so
+    // only when there is one cloud).
+    const int64_t threads = at::get_num_threads();
+    const int64_t sweep_chunks = B == 1 && N >= 64 && threads > 1 ? 4 * threads : 1;
     at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
       tsl::HostWorkspace<scalar_t>& ws = thread_workspace<scalar_t>();
       std::vector<scalar_t> matrix(distances || fused ? N * N : 0);
@@ -278,7 +293,8 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
                                        h1_count.data_ptr<int64_t>() + b,
                                        truncated.data_ptr<bool>() + b,
                                        K};
-        tsl::vr_persistence_cloud(cloud, N, static_cast<int>(maxdim), out, ws);
+        tsl::vr_persistence_cloud(cloud, N, static_cast<int>(maxdim), out, ws, sweep_chunks,
+                                  ParallelChunks());
       }
       trim_thread_workspace(ws);
     });

@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
       const float threshold = tsl::enclosing_radius(d);
       t[kRadius] += seconds_since(t0);
       t0 = Clock::now();
-      tsl::collect_h1_columns(d, threshold, ws.best_parent.data(), ws.columns);
+      tsl::collect_h1_columns(d, threshold, ws.best_parent.data(), ws.columns, ws.column_parts);
       t[kSweep] += seconds_since(t0);
       t0 = Clock::now();
       tsl::run_h1_reduction(d, threshold, ws);
