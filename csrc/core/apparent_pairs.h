@@ -43,15 +43,26 @@ TSL_HD int highest_bit(uint32_t m) {
 #endif
 }
 
-// Bit (k - lo) set for each k in [lo, hi) (hi - lo <= kBlock), k neither i nor j, whose cofacet
-// {i, j, k} of the edge {i, j} (length de) has its diameter in (lower, upper].
+// Bit t set for each t < hi - lo (hi - lo <= kBlock) whose vertex k = lo + t makes a triangle
+// {i, j, k} with the edge {i, j} (rows ri, rj, length de) of diameter in (lower, upper]. Two
+// builds of the same mask: bit by bit in a register (the device's), and as byte flags that the
+// host compiler vectorises, packed eight at a time by one multiply (little-endian, as x86 and
+// ARM are). The native tests check that they agree.
 template <typename T>
-TSL_HD uint32_t cofacet_mask(const DistanceMatrix<T>& d, index_t i, index_t j, T de, T lower,
-                             T upper, index_t lo, index_t hi) {
-  const T* ri = d.row(i);
-  const T* rj = d.row(j);
-  // Byte flags (a loop the host compiler vectorises), packed eight at a time into bits by one
-  // multiply (little-endian, as x86, ARM and CUDA are).
+TSL_HD uint32_t band_bits(const T* ri, const T* rj, T de, T lower, T upper, index_t lo,
+                          index_t hi) {
+  uint32_t m = 0;
+  for (index_t t = 0; t < hi - lo; ++t) {
+    T diam = ri[lo + t] > rj[lo + t] ? ri[lo + t] : rj[lo + t];
+    diam = diam > de ? diam : de;
+    m |= uint32_t((diam > lower) & (diam <= upper)) << t;
+  }
+  return m;
+}
+
+template <typename T>
+inline uint32_t band_flags(const T* ri, const T* rj, T de, T lower, T upper, index_t lo,
+                           index_t hi) {
   unsigned char flag[kBlock] = {};
   for (index_t t = 0; t < hi - lo; ++t) {
     T diam = ri[lo + t] > rj[lo + t] ? ri[lo + t] : rj[lo + t];
@@ -64,6 +75,19 @@ TSL_HD uint32_t cofacet_mask(const DistanceMatrix<T>& d, index_t i, index_t j, T
     memcpy(&w, flag + 8 * q, 8);
     m |= uint32_t((w * 0x0102040810204080ull) >> 56) << (8 * q);
   }
+  return m;
+}
+
+// Bit (k - lo) set for each k in [lo, hi) (hi - lo <= kBlock), k neither i nor j, whose cofacet
+// {i, j, k} of the edge {i, j} (length de) has its diameter in (lower, upper].
+template <typename T>
+TSL_HD uint32_t cofacet_mask(const DistanceMatrix<T>& d, index_t i, index_t j, T de, T lower,
+                             T upper, index_t lo, index_t hi) {
+#if defined(__CUDA_ARCH__)
+  uint32_t m = band_bits(d.row(i), d.row(j), de, lower, upper, lo, hi);
+#else
+  uint32_t m = band_flags(d.row(i), d.row(j), de, lower, upper, lo, hi);
+#endif
   // i and j themselves always pass (their "cofacet" has the edge's own length); drop them.
   if (i >= lo && i < hi) m &= ~(uint32_t(1) << (i - lo));
   if (j >= lo && j < hi) m &= ~(uint32_t(1) << (j - lo));

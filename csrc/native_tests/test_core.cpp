@@ -229,6 +229,28 @@ void test_distance_tiles() {
   }
 }
 
+// The device's bit-by-bit band mask and the host's packed byte flags agree on every block
+// length, with values on and around both band ends.
+template <typename T>
+void test_band_masks() {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> level(0, 6);
+  std::vector<T> ri(40), rj(40);
+  for (int trial = 0; trial < 2000; ++trial) {
+    for (int k = 0; k < 40; ++k) {
+      ri[k] = T(level(rng));
+      rj[k] = T(level(rng));
+    }
+    const T de = T(level(rng)), lower = T(level(rng)) - T(0.5) * T(trial % 2),
+            upper = T(level(rng));
+    const int64_t lo = trial % 9, hi = lo + 1 + (trial / 9) % tsl::kBlock;
+    const uint32_t bits = tsl::band_bits(ri.data(), rj.data(), de, lower, upper, lo, hi);
+    const uint32_t flags = tsl::band_flags(ri.data(), rj.data(), de, lower, upper, lo, hi);
+    CHECK(bits == flags, "band masks differ: lo=%lld hi=%lld bits=%08x flags=%08x", (long long)lo,
+          (long long)hi, bits, flags);
+  }
+}
+
 // A sweep split into row chunks (as the CPU op does for a lone cloud) gives the same result,
 // bit for bit, whatever the chunk count, including chunks with no rows at all.
 template <typename T>
@@ -251,6 +273,7 @@ void test_split_sweep() {
 
 template <typename T>
 void run_all() {
+  test_band_masks<T>();
   test_split_sweep<T>();
   test_distance_tiles<T>();
   test_square<T>();
