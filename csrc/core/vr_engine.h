@@ -43,8 +43,7 @@ struct HostWorkspace {
 };
 
 // Runs body(c) for every chunk c in [0, chunks). The engine's own default runs them in order; a
-// caller with idle threads (the CPU op on a batch smaller than its thread count) passes one that
-// runs them in parallel.
+// caller with idle threads (the CPU op on a lone cloud) passes one that runs them in parallel.
 struct SerialChunks {
   template <class Body>
   void operator()(index_t chunks, const Body& body) const {
