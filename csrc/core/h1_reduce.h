@@ -219,17 +219,14 @@ TSL_HD bool push_coboundary(const DistanceMatrix<T>& d, index_t edge, T lower, T
   edge_vertices(edge, d.n, &i, &j);
   const T de = d(i, j);
   if (de > upper) return true;  // every cofacet is at least as long as the edge
-  const T* ri = d.row(i);
-  const T* rj = d.row(j);
   for (index_t hi = d.n; hi > 0; hi -= kBlock) {
     const index_t lo = hi > kBlock ? hi - kBlock : 0;
     for (uint32_t m = cofacet_mask(d, i, j, de, lower, upper, lo, hi); m;) {
       const int bit = highest_bit(m);
       m &= ~(uint32_t(1) << bit);
       const index_t k = lo + bit;
-      T diam = ri[k] > rj[k] ? ri[k] : rj[k];
-      diam = diam > de ? diam : de;
-      if (!heap.push(Entry<T>{diam, cofacet_index(i, j, k)})) return false;
+      if (!heap.push(Entry<T>{cofacet_diameter(d, de, i, j, k), cofacet_index(i, j, k)}))
+        return false;
     }
   }
   return true;
