@@ -3,8 +3,9 @@
 //
 // Torch-free, so the native tests check it against the plain double loop of
 // core/pairwise_distance.h. The difference form (no Gram-matrix cancellation) is kept; speed
-// comes from tiles of 4 x 2 point pairs that reuse every loaded vector four or two times, and
-// from a build per x86 level picked at load time. float32 coordinates are widened to double in
+// comes from register tiles of point pairs that reuse every loaded vector (4 x 4 over L1-sized
+// coordinate chunks for clouds of up to 256 points, 4 x 2 row blocks beyond), and from a build
+// per x86 level picked at load time. float32 coordinates are widened to double in
 // registers and everything is summed in double, so a float32 distance is the correctly rounded
 // value in all but ~1e-9 of cases: the same matrix ripser.py builds from the same points, on
 // every CPU. Only float64 sums outside [SafeRange::low, SafeRange::high], where squares may have
@@ -185,46 +186,100 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
   }
 }
 
-// Squared distances of all pairs j < i of one cloud of double rows xd (n, dim), into
-// sq[i * n + j]. Tiles of 4 x 4 rows: with no row to widen in the loop, each loaded vector
-// serves four pairs.
-template <int Bytes>
-__attribute__((always_inline)) inline void lower_cloud_body(const double* xd, int64_t n,
-                                                            int64_t dim, double* sq) {
-  constexpr int T4 = 4;
-  double tile[T4 * T4];
-  int64_t i = 0;
-  for (; i + T4 <= n; i += T4) {
-    const double* xi[T4];
-    for (int a = 0; a < T4; ++a) xi[a] = xd + (i + a) * dim;
-    for (int64_t j = 0; j < i; j += T4) {  // i is a multiple of 4
-      const double* xj[T4];
-      for (int b = 0; b < T4; ++b) xj[b] = xd + (j + b) * dim;
-      squared_distance_tile<double, Bytes, T4, T4>(xi, xj, dim, tile);
-      for (int a = 0; a < T4; ++a)
-        for (int b = 0; b < T4; ++b) sq[(i + a) * n + j + b] = tile[a * T4 + b];
+// The whole-cloud kernel works through the coordinates in chunks of kChunk: the chunk of every
+// row, widened to double, stays in L1 while all 4 x 4 tiles of row pairs run over it, and each
+// tile's lane sums carry over to the next chunk in `part`. Without chunks a tile streams its
+// eight full rows from L2 (128 KB at D = 2048), and that, not the FMAs, set the pace.
+constexpr int64_t kChunk = 128;
+
+// Doubles of scratch for lower_cloud_body: the chunk of n rows (padded to 4), then the carried
+// lane sums of every tile (16 per off-diagonal tile, 6 per diagonal block) at the widest width.
+inline int64_t lower_cloud_scratch(int64_t n) {
+  const int64_t blocks = (n + 3) / 4;
+  return blocks * 4 * kChunk + (16 * blocks * (blocks - 1) / 2 + 6 * blocks) * 8;
+}
+
+// Squared distances of all pairs j < i of one cloud x (n, dim), into sq[i * n + j], through
+// scratch of lower_cloud_scratch(n) doubles. Rows past n and coordinates past dim are zero in the
+// chunk, so they add exact zeros and every tile has full shape.
+template <typename T, int Bytes>
+__attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t n, int64_t dim,
+                                                            double* sq, double* scratch) {
+  using VD = typename Vec<double, Bytes>::type;
+  constexpr int L = Vec<double, Bytes>::lanes;
+  const int64_t blocks = (n + 3) / 4;
+  double* chunk = scratch;
+  double* part = scratch + blocks * 4 * kChunk;
+  const int64_t carried = (16 * blocks * (blocks - 1) / 2 + 6 * blocks) * L;
+  for (int64_t v = 0; v < carried; ++v) part[v] = 0.0;
+  const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
+  for (int64_t k0 = 0; k0 < dim; k0 += kChunk) {
+    const int64_t kc = dim - k0 < kChunk ? dim - k0 : kChunk;
+    const int64_t steps = (kc + L - 1) / L;
+    for (int64_t r = 0; r < blocks * 4; ++r) {
+      double* row = chunk + r * kChunk;
+      int64_t k = 0;
+      if (r < n) {
+        const T* src = x + r * dim + k0;
+        for (; k < kc; ++k) row[k] = static_cast<double>(src[k]);
+        // The next chunk of this row, requested while the tiles run over this one.
+        if (k0 + kChunk < dim)
+          for (int64_t q = 0; q < kChunk; q += 64 / int64_t(sizeof(T)))
+            __builtin_prefetch(src + kChunk + q);
+      }
+      for (; k < steps * L; ++k) row[k] = 0.0;
     }
-    // The six pairs inside the block, side by side.
-    const double* pa[6] = {xi[1], xi[2], xi[2], xi[3], xi[3], xi[3]};
-    const double* pb[6] = {xi[0], xi[0], xi[1], xi[0], xi[1], xi[2]};
-    double inner[6];
-    squared_distance_pairs<double, Bytes, 6>(pa, pb, dim, inner);
-    const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
-    for (int p = 0; p < 6; ++p) sq[(i + ia[p]) * n + i + ib[p]] = inner[p];
+    double* carry = part;
+    for (int64_t bi = 0; bi < blocks; ++bi) {
+      const double* xi = chunk + bi * 4 * kChunk;
+      for (int64_t bj = 0; bj < bi; ++bj, carry += 16 * L) {
+        const double* xj = chunk + bj * 4 * kChunk;
+        VD acc[4][4];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) load(acc[a][b], carry + (a * 4 + b) * L);
+        for (int64_t s = 0; s < steps; ++s) {
+          VD u[4], w[4];
+          for (int a = 0; a < 4; ++a) load(u[a], xi + a * kChunk + s * L);
+          for (int b = 0; b < 4; ++b) load(w[b], xj + b * kChunk + s * L);
+          for (int a = 0; a < 4; ++a)
+            for (int b = 0; b < 4; ++b) {
+              const VD t = u[a] - w[b];
+              acc[a][b] += t * t;
+            }
+        }
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) memcpy(carry + (a * 4 + b) * L, &acc[a][b], sizeof(VD));
+      }
+      // The six pairs inside the block, side by side.
+      VD acc[6];
+      for (int p = 0; p < 6; ++p) load(acc[p], carry + p * L);
+      for (int64_t s = 0; s < steps; ++s) {
+        VD u[4];
+        for (int a = 0; a < 4; ++a) load(u[a], xi + a * kChunk + s * L);
+        for (int p = 0; p < 6; ++p) {
+          const VD t = u[ia[p]] - u[ib[p]];
+          acc[p] += t * t;
+        }
+      }
+      for (int p = 0; p < 6; ++p) memcpy(carry + p * L, &acc[p], sizeof(VD));
+      carry += 6 * L;
+    }
   }
-  for (; i < n; ++i) {  // fewer than 4 rows left
-    const double* xi[1] = {xd + i * dim};
-    int64_t j = 0;
-    for (; j + 4 <= i; j += 4) {
-      const double* xj[4] = {xd + j * dim, xd + (j + 1) * dim, xd + (j + 2) * dim,
-                             xd + (j + 3) * dim};
-      squared_distance_tile<double, Bytes, 1, 4>(xi, xj, dim, tile);
-      for (int b = 0; b < 4; ++b) sq[i * n + j + b] = tile[b];
+  const double* carry = part;
+  for (int64_t bi = 0; bi < blocks; ++bi) {
+    for (int64_t bj = 0; bj < bi; ++bj, carry += 16 * L)
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          VD v;
+          load(v, carry + (a * 4 + b) * L);
+          if (bi * 4 + a < n) sq[(bi * 4 + a) * n + bj * 4 + b] = lane_sum(v);
+        }
+    for (int p = 0; p < 6; ++p) {
+      VD v;
+      load(v, carry + p * L);
+      if (bi * 4 + ia[p] < n) sq[(bi * 4 + ia[p]) * n + bi * 4 + ib[p]] = lane_sum(v);
     }
-    for (; j < i; ++j) {
-      const double* xj[1] = {xd + j * dim};
-      squared_distance_tile<double, Bytes, 1, 1>(xi, xj, dim, &sq[i * n + j]);
-    }
+    carry += 6 * L;
   }
 }
 
@@ -288,13 +343,16 @@ __attribute__((target("avx2,fma"))) void lower_rows_v3(const T* x, int64_t n, in
   lower_rows_body<T, 32>(x, n, dim, i0, i1, sq, wide);
 }
 
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) inline void lower_cloud_v4(
-    const double* xd, int64_t n, int64_t dim, double* sq) {
-  lower_cloud_body<64>(xd, n, dim, sq);
+template <typename T>
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void lower_cloud_v4(const T* x, int64_t n,
+                                                                          int64_t dim, double* sq,
+                                                                          double* scratch) {
+  lower_cloud_body<T, 64>(x, n, dim, sq, scratch);
 }
-__attribute__((target("avx2,fma"))) inline void lower_cloud_v3(const double* xd, int64_t n,
-                                                             int64_t dim, double* sq) {
-  lower_cloud_body<32>(xd, n, dim, sq);
+template <typename T>
+__attribute__((target("avx2,fma"))) void lower_cloud_v3(const T* x, int64_t n, int64_t dim,
+                                                       double* sq, double* scratch) {
+  lower_cloud_body<T, 32>(x, n, dim, sq, scratch);
 }
 
 template <typename T>
@@ -323,8 +381,9 @@ void lower_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
   lower_rows_body<T, 16>(x, n, dim, i0, i1, sq, wide);
 }
 
-inline void lower_cloud_base(const double* xd, int64_t n, int64_t dim, double* sq) {
-  lower_cloud_body<16>(xd, n, dim, sq);
+template <typename T>
+void lower_cloud_base(const T* x, int64_t n, int64_t dim, double* sq, double* scratch) {
+  lower_cloud_body<T, 16>(x, n, dim, sq, scratch);
 }
 
 // The x86-64 level of this CPU (4: AVX-512, 3: AVX2+FMA, 0: baseline), probed once.
@@ -355,34 +414,25 @@ void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0,
   lower_rows_base<T>(x, n, dim, i0, i1, sq, w);
 }
 
-// Whether a cloud is small enough to be widened to double once, whole, and tiled from the
-// widened copy (it stays in L2) into an n x n scratch; larger ones go row block by row block.
-inline bool whole_cloud_tiles(int64_t n, int64_t dim) {
-  return n <= 256 && n * dim <= (int64_t(1) << 17);
-}
+// Whether a cloud takes the chunked whole-cloud kernel, into an n x n scratch; its carried sums
+// grow as n^2 (2 MB at n = 256), so larger clouds go row block by row block.
+inline bool whole_cloud_tiles(int64_t n) { return n <= 256; }
 
 // Squared distances of all pairs j < i of one cloud x (n, dim): sq[i * n + j] (sq is n * n).
 template <typename T>
 void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
-  if (!whole_cloud_tiles(n, dim)) {
+  if (!whole_cloud_tiles(n)) {
     for (int64_t i0 = 0; i0 < n; i0 += 4)
       squared_distance_lower_rows(x, n, dim, i0, i0 + 4 < n ? i0 + 4 : n, sq + i0 * n);
     return;
   }
-  const double* xd;
-  thread_local std::vector<double> wide;
-  if constexpr (std::is_same<T, double>::value) {
-    xd = x;
-  } else {
-    if (int64_t(wide.size()) < n * dim) wide.resize(n * dim);
-    for (int64_t k = 0; k < n * dim; ++k) wide[k] = static_cast<double>(x[k]);
-    xd = wide.data();
-  }
+  thread_local std::vector<double> scratch;
+  if (int64_t(scratch.size()) < lower_cloud_scratch(n)) scratch.resize(lower_cloud_scratch(n));
 #ifdef TSLOSS_X86_CLONES
-  if (x86_level() == 4) return lower_cloud_v4(xd, n, dim, sq);
-  if (x86_level() == 3) return lower_cloud_v3(xd, n, dim, sq);
+  if (x86_level() == 4) return lower_cloud_v4<T>(x, n, dim, sq, scratch.data());
+  if (x86_level() == 3) return lower_cloud_v3<T>(x, n, dim, sq, scratch.data());
 #endif
-  lower_cloud_base(xd, n, dim, sq);
+  lower_cloud_base<T>(x, n, dim, sq, scratch.data());
 }
 
 // gx rows [i0, i1) (i1 - i0 <= kTileRows), see distance_grad_rows_body.

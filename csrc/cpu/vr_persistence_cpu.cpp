@@ -105,7 +105,7 @@ void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int
 template <typename T>
 void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
                      T* out) {
-  if (cpu::whole_cloud_tiles(N, D)) {
+  if (cpu::whole_cloud_tiles(N)) {
     sq.resize(N * N);
     cpu::squared_distance_lower(x, N, D, sq.data());
     finish_distance_rows(x, N, D, 0, N, b, sq.data(), out);

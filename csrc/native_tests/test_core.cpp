@@ -198,7 +198,7 @@ void test_distance_tiles() {
   std::mt19937 rng(7);
   std::normal_distribution<double> normal;
   const double rel = 1e-13;  // float rows are widened and summed in double too
-  for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 33}) {
+  for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 33, 65}) {
     for (int64_t dim : {1, 3, 8, 15, 16, 17, 31, 255, 256, 257, 1000}) {
       std::vector<T> x(n * dim);
       for (T& v : x) v = static_cast<T>(3.0 + normal(rng));  // off-centre: no lucky zeros
@@ -214,17 +214,30 @@ void test_distance_tiles() {
                   got, ref);
           }
       }
-      // The whole-cloud entry (4 x 4 tiles from a widened copy) gives the same squares.
-      std::vector<double> whole(n * n, -1.0);
-      tsloss::cpu::squared_distance_lower(x.data(), n, dim, whole.data());
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < i; ++j) {
-          const double ref = tsl::squared_distance(&x[i * dim], &x[j * dim], dim);
-          const double got = whole[i * n + j];
-          CHECK(std::fabs(got - ref) <= rel * ref, "whole-cloud distance n=%lld dim=%lld "
-                "(%lld,%lld): %.17g vs %.17g", (long long)n, (long long)dim, (long long)i,
-                (long long)j, got, ref);
-        }
+      // The whole-cloud entry (4 x 4 tiles over coordinate chunks) gives the same squares, in
+      // the build this CPU picks and in the narrower builds other CPUs get.
+      std::vector<double> scratch(tsloss::cpu::lower_cloud_scratch(n));
+      for (int build = 0; build < 3; ++build) {
+        std::vector<double> whole(n * n, -1.0);
+        if (build == 0) tsloss::cpu::squared_distance_lower(x.data(), n, dim, whole.data());
+        if (build == 1) tsloss::cpu::lower_cloud_base(x.data(), n, dim, whole.data(), scratch.data());
+#ifdef TSLOSS_X86_CLONES
+        if (build == 2 && tsloss::cpu::x86_level() >= 3)
+          tsloss::cpu::lower_cloud_v3(x.data(), n, dim, whole.data(), scratch.data());
+        else if (build == 2)
+          continue;
+#else
+        if (build == 2) continue;
+#endif
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < i; ++j) {
+            const double ref = tsl::squared_distance(&x[i * dim], &x[j * dim], dim);
+            const double got = whole[i * n + j];
+            CHECK(std::fabs(got - ref) <= rel * ref, "whole-cloud distance (build %d) n=%lld "
+                  "dim=%lld (%lld,%lld): %.17g vs %.17g", build, (long long)n, (long long)dim,
+                  (long long)i, (long long)j, got, ref);
+          }
+      }
     }
   }
 }
