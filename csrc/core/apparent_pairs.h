@@ -116,19 +116,30 @@ TSL_HD Entry<T> earliest_cofacet(const DistanceMatrix<T>& d, index_t i, index_t 
   if (edge_diameter > threshold) return Entry<T>{T(0), -1};  // every cofacet is beyond it
   const index_t within = last_vertex_within(d, i, j, edge_diameter);
   if (within >= 0) return Entry<T>{edge_diameter, cofacet_index(i, j, within)};
+  // The least far side first, in kLanes independent minima that the host compiler vectorises;
+  // then the largest k attaining it, by the same masks as above.
+  constexpr int kLanes = 8;
   const T* ri = d.row(i);
   const T* rj = d.row(j);
-  T best = threshold;
-  index_t best_k = -1;
-  for (index_t k = d.n - 1; k >= 0; --k) {
-    T a = ri[k] > rj[k] ? ri[k] : rj[k];
-    if ((a < best || (a == best && best_k < 0)) && k != i && k != j) {
-      best = a;
-      best_k = k;
+  T lane_best[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane_best[l] = T(INFINITY);
+  for (index_t k0 = 0; k0 < d.n; k0 += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const index_t k = k0 + l < d.n ? k0 + l : i;  // past the end: a stand-in that is skipped
+      T a = ri[k] > rj[k] ? ri[k] : rj[k];
+      a = (k == i || k == j) ? T(INFINITY) : a;
+      lane_best[l] = a < lane_best[l] ? a : lane_best[l];
     }
   }
-  if (best_k < 0) return Entry<T>{T(0), -1};
-  return Entry<T>{best, cofacet_index(i, j, best_k)};
+  T best = lane_best[0];
+  for (int l = 1; l < kLanes; ++l) best = lane_best[l] < best ? lane_best[l] : best;
+  if (!(best <= threshold)) return Entry<T>{T(0), -1};
+  for (index_t hi = d.n; hi > 0; hi -= kBlock) {
+    const index_t lo = hi > kBlock ? hi - kBlock : 0;
+    const uint32_t m = cofacet_mask(d, i, j, edge_diameter, T(-1), best, lo, hi);
+    if (m) return Entry<T>{best, cofacet_index(i, j, lo + highest_bit(m))};
+  }
+  return Entry<T>{T(0), -1};  // unreachable: some k attains the minimum
 }
 
 // Latest facet (in filtration order) of the triangle {a > b > c}: the longest edge; among

@@ -284,6 +284,28 @@ void test_split_sweep() {
   }
 }
 
+// Simplex indices decode to their vertices for clouds up to kMaxPoints: every index at and
+// around each boundary C(v, 3) and C(v, 2), where a start that is one off would show.
+void test_index_decoding() {
+  const tsl::index_t n = tsl::kMaxPoints;
+  for (tsl::index_t a = 2; a < n; ++a)
+    for (tsl::index_t b : {a - 1, a / 2, tsl::index_t(1)})
+      for (tsl::index_t c : {b - 1, tsl::index_t(0)}) {
+        if (!(a > b && b > c && c >= 0)) continue;
+        tsl::index_t x, y, z;
+        tsl::triangle_vertices(tsl::triangle_index(a, b, c), n, &x, &y, &z);
+        CHECK(x == a && y == b && z == c, "triangle (%lld,%lld,%lld) decoded as (%lld,%lld,%lld)",
+              (long long)a, (long long)b, (long long)c, (long long)x, (long long)y, (long long)z);
+      }
+  for (tsl::index_t i = 1; i < n; ++i)
+    for (tsl::index_t j : {i - 1, tsl::index_t(0)}) {
+      tsl::index_t x, y;
+      tsl::edge_vertices(tsl::edge_index(i, j), n, &x, &y);
+      CHECK(x == i && y == j, "edge (%lld,%lld) decoded as (%lld,%lld)", (long long)i,
+            (long long)j, (long long)x, (long long)y);
+    }
+}
+
 template <typename T>
 void run_all() {
   test_band_masks<T>();
@@ -300,6 +322,7 @@ void run_all() {
 }  // namespace
 
 int main() {
+  test_index_decoding();
   run_all<float>();
   run_all<double>();
   if (g_failures) {
