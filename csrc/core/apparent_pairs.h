@@ -94,13 +94,15 @@ TSL_HD uint32_t cofacet_mask(const DistanceMatrix<T>& d, index_t i, index_t j, T
   return m;
 }
 
-// The largest third vertex k (neither i nor j) within `de` of both ends of the edge {i, j}, or
-// -1.
+// The largest third vertex k (neither i nor j) within `reach` of both ends of the edge {i, j}
+// (length de <= reach), or -1. With reach = de: the vertices whose cofacet has the edge's own
+// length.
 template <typename T>
-TSL_HD index_t last_vertex_within(const DistanceMatrix<T>& d, index_t i, index_t j, T de) {
+TSL_HD index_t last_vertex_within(const DistanceMatrix<T>& d, index_t i, index_t j, T de,
+                                  T reach) {
   for (index_t hi = d.n; hi > 0; hi -= kBlock) {
     const index_t lo = hi > kBlock ? hi - kBlock : 0;
-    const uint32_t m = cofacet_mask(d, i, j, de, T(-1), de, lo, hi);
+    const uint32_t m = cofacet_mask(d, i, j, de, T(-1), reach, lo, hi);
     if (m) return lo + highest_bit(m);
   }
   return -1;
@@ -114,10 +116,10 @@ template <typename T>
 TSL_HD Entry<T> earliest_cofacet(const DistanceMatrix<T>& d, index_t i, index_t j,
                                  T edge_diameter, T threshold) {
   if (edge_diameter > threshold) return Entry<T>{T(0), -1};  // every cofacet is beyond it
-  const index_t within = last_vertex_within(d, i, j, edge_diameter);
+  const index_t within = last_vertex_within(d, i, j, edge_diameter, edge_diameter);
   if (within >= 0) return Entry<T>{edge_diameter, cofacet_index(i, j, within)};
   // The least far side first, in kLanes independent minima that the host compiler vectorises;
-  // then the largest k attaining it, by the same masks as above.
+  // then the largest k attaining it: the last vertex within that reach.
   constexpr int kLanes = 8;
   const T* ri = d.row(i);
   const T* rj = d.row(j);
@@ -134,12 +136,7 @@ TSL_HD Entry<T> earliest_cofacet(const DistanceMatrix<T>& d, index_t i, index_t 
   T best = lane_best[0];
   for (int l = 1; l < kLanes; ++l) best = lane_best[l] < best ? lane_best[l] : best;
   if (!(best <= threshold)) return Entry<T>{T(0), -1};
-  for (index_t hi = d.n; hi > 0; hi -= kBlock) {
-    const index_t lo = hi > kBlock ? hi - kBlock : 0;
-    const uint32_t m = cofacet_mask(d, i, j, edge_diameter, T(-1), best, lo, hi);
-    if (m) return Entry<T>{best, cofacet_index(i, j, lo + highest_bit(m))};
-  }
-  return Entry<T>{T(0), -1};  // unreachable: some k attains the minimum
+  return Entry<T>{best, cofacet_index(i, j, last_vertex_within(d, i, j, edge_diameter, best))};
 }
 
 // Latest facet (in filtration order) of the triangle {a > b > c}: the longest edge; among
@@ -177,7 +174,7 @@ TSL_HD void death_edge(const DistanceMatrix<T>& d, index_t triangle, index_t* u,
 // facet. Both the CPU sweep and the CUDA flag kernel test every edge with this.
 template <typename T>
 TSL_HD bool in_apparent_pair(const DistanceMatrix<T>& d, index_t i, index_t j, T de) {
-  const index_t k = last_vertex_within(d, i, j, de);
+  const index_t k = last_vertex_within(d, i, j, de, de);
   if (k < 0) return false;
   index_t a = i, b = j, c = k;
   if (k > i) {
