@@ -168,24 +168,26 @@ TSL_HD void death_edge(const DistanceMatrix<T>& d, index_t triangle, index_t* u,
   *v = i;
 }
 
+// Whether the edge {i > j} of length de is the latest facet of the triangle {i, j, k} whose
+// other sides d_ik and d_jk are at most de: latest_facet's answer, from values the caller has.
+// With the vertices ordered a > b > c, latest_facet prefers {b,c}, then {a,c}, then {a,b} among
+// equally long edges, so {i, j} loses exactly to an equally long side that comes first.
+template <typename T>
+TSL_HD bool is_latest_facet(index_t i, index_t j, index_t k, T de, T dik, T djk) {
+  if (k > i) return true;              // {i, j} is {b, c}
+  if (k > j) return djk != de;         // {i, j} is {a, c}: only {b, c} = {k, j} comes first
+  return djk != de && dik != de;       // {i, j} is {a, b}: {j, k} and {i, k} come first
+}
+
 // Whether the edge {i > j} (diameter de <= the threshold) is the facet of a zero-persistence
 // apparent pair: its earliest cofacet has the edge's own diameter, i.e. some k is within de of
 // both ends (the largest such k gives the earliest), and the edge is that triangle's latest
-// facet. Both the CPU sweep and the CUDA flag kernel test every edge with this.
+// facet. The CUDA flag kernel tests every edge with this; the CPU sweep finds k with vector
+// compares where it can (sweep_x86.h) and decides with is_latest_facet.
 template <typename T>
 TSL_HD bool in_apparent_pair(const DistanceMatrix<T>& d, index_t i, index_t j, T de) {
   const index_t k = last_vertex_within(d, i, j, de, de);
-  if (k < 0) return false;
-  index_t a = i, b = j, c = k;
-  if (k > i) {
-    a = k;
-    b = i;
-    c = j;
-  } else if (k > j) {
-    b = k;
-    c = j;
-  }
-  return latest_facet(d, a, b, c).index == edge_index(i, j);
+  return k >= 0 && is_latest_facet(i, j, k, de, d(i, k), d(j, k));
 }
 
 // If the triangle t is the cofacet of a zero-persistence apparent pair, returns its partner

@@ -10,6 +10,8 @@
 
 #include "h0_mst.h"
 #include "h1_reduce.h"
+#include "sweep_x86.h"
+#include "x86_level.h"
 
 namespace tsl {
 
@@ -53,9 +55,11 @@ struct SerialChunks {
 
 // Columns of the H1 reduction among the edges {i > j} with i in [i0, i1): below the threshold,
 // neither tree edges nor facets of apparent pairs. Appended to `columns`, unsorted.
+// The portable build, the shared in_apparent_pair per edge; sweep_h1_columns picks the build.
 template <typename T>
-inline void sweep_h1_columns(const DistanceMatrix<T>& d, T threshold, const index_t* best_parent,
-                             index_t i0, index_t i1, std::vector<H1Column<T>>& columns) {
+inline void sweep_h1_columns_portable(const DistanceMatrix<T>& d, T threshold,
+                                      const index_t* best_parent, index_t i0, index_t i1,
+                                      std::vector<H1Column<T>>& columns) {
   for (index_t i = i0 < 1 ? 1 : i0; i < i1; ++i) {
     const T* ri = d.row(i);
     for (index_t j = 0; j < i; ++j) {
@@ -65,6 +69,20 @@ inline void sweep_h1_columns(const DistanceMatrix<T>& d, T threshold, const inde
       columns.push_back(H1Column<T>{de, i, j});
     }
   }
+}
+
+// Columns of the H1 reduction among the edges {i > j} with i in [i0, i1) (see
+// sweep_h1_columns_portable), by the fastest build for this CPU; all give the same columns in
+// the same order.
+template <typename T>
+inline void sweep_h1_columns(const DistanceMatrix<T>& d, T threshold, const index_t* best_parent,
+                             index_t i0, index_t i1, std::vector<H1Column<T>>& columns) {
+#ifdef TSL_X86_LEVELS
+  if (x86_level() == 4)
+    return sweep_h1_columns_avx512(d, threshold, best_parent, i0, i1, columns);
+  if (x86_level() == 3) return sweep_h1_columns_avx2(d, threshold, best_parent, i0, i1, columns);
+#endif
+  sweep_h1_columns_portable(d, threshold, best_parent, i0, i1, columns);
 }
 
 // All columns of the H1 reduction, in reverse filtration order. The sweep is independent per

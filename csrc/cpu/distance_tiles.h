@@ -19,6 +19,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "../core/x86_level.h"
+
 namespace tsloss {
 namespace cpu {
 
@@ -327,8 +329,7 @@ __attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, i
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define TSLOSS_X86_CLONES 1
+#ifdef TSL_X86_LEVELS
 // AVX-512 and AVX2+FMA builds of the same body (feature lists rather than x86-64-v4/v3 names,
 // which older compilers lack); the baseline build below serves every other CPU.
 template <typename T>
@@ -386,19 +387,7 @@ void lower_cloud_base(const T* x, int64_t n, int64_t dim, double* sq, double* sc
   lower_cloud_body<T, 16>(x, n, dim, sq, scratch);
 }
 
-// The x86-64 level of this CPU (4: AVX-512, 3: AVX2+FMA, 0: baseline), probed once.
-inline int x86_level() {
-#ifdef TSLOSS_X86_CLONES
-  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-                               ? 4
-                               : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-                                      ? 3
-                                      : 0);
-  return level;
-#else
-  return 0;
-#endif
-}
+using tsl::x86_level;  // which build below to run
 
 // The best build for this CPU.
 template <typename T>
@@ -407,7 +396,7 @@ void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0,
   thread_local std::vector<double> wide;
   if (!std::is_same<T, double>::value && int64_t(wide.size()) < 4 * dim) wide.resize(4 * dim);
   double* w = wide.data();
-#ifdef TSLOSS_X86_CLONES
+#ifdef TSL_X86_LEVELS
   if (x86_level() == 4) return lower_rows_v4<T>(x, n, dim, i0, i1, sq, w);
   if (x86_level() == 3) return lower_rows_v3<T>(x, n, dim, i0, i1, sq, w);
 #endif
@@ -428,7 +417,7 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
   }
   thread_local std::vector<double> scratch;
   if (int64_t(scratch.size()) < lower_cloud_scratch(n)) scratch.resize(lower_cloud_scratch(n));
-#ifdef TSLOSS_X86_CLONES
+#ifdef TSL_X86_LEVELS
   if (x86_level() == 4) return lower_cloud_v4<T>(x, n, dim, sq, scratch.data());
   if (x86_level() == 3) return lower_cloud_v3<T>(x, n, dim, sq, scratch.data());
 #endif
@@ -439,7 +428,7 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
 template <typename T>
 void distance_grad_rows(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, const T* w,
                         T* gx) {
-#ifdef TSLOSS_X86_CLONES
+#ifdef TSL_X86_LEVELS
   if (x86_level() == 4) return grad_rows_v4<T>(x, n, dim, i0, i1, w, gx);
   if (x86_level() == 3) return grad_rows_v3<T>(x, n, dim, i0, i1, w, gx);
 #endif

@@ -1,8 +1,10 @@
 // Native tests of the torch-free engine with known answers; run by ctest (also under ASan and
 // UBSan with -DTSLOSS_SANITIZE=ON). Exits non-zero on the first failed check group.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/pairwise_distance.h"
@@ -221,7 +223,7 @@ void test_distance_tiles() {
         std::vector<double> whole(n * n, -1.0);
         if (build == 0) tsloss::cpu::squared_distance_lower(x.data(), n, dim, whole.data());
         if (build == 1) tsloss::cpu::lower_cloud_base(x.data(), n, dim, whole.data(), scratch.data());
-#ifdef TSLOSS_X86_CLONES
+#ifdef TSL_X86_LEVELS
         if (build == 2 && tsloss::cpu::x86_level() >= 3)
           tsloss::cpu::lower_cloud_v3(x.data(), n, dim, whole.data(), scratch.data());
         else if (build == 2)
@@ -284,6 +286,87 @@ void test_split_sweep() {
   }
 }
 
+// Clouds for the sweep tests: Gaussian points, or points of a small integer grid (many exactly
+// equal lengths, where the tie rules decide).
+template <typename T>
+std::vector<T> test_matrix(int64_t n, bool grid, std::mt19937& rng) {
+  std::normal_distribution<double> gauss;
+  std::uniform_int_distribution<int> coord(0, 2);
+  const int64_t dim = 3;
+  std::vector<T> x(n * dim), dist(n * n);
+  for (T& v : x) v = grid ? T(coord(rng)) : T(gauss(rng));
+  tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
+  return dist;
+}
+
+// is_latest_facet gives latest_facet's answer for every triangle {i, j, k} with k within the
+// length of {i, j} of both ends, ties included.
+template <typename T>
+void test_latest_facet_rule() {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int64_t n = 12;
+    const std::vector<T> dist = test_matrix<T>(n, trial % 2 == 0, rng);
+    const tsl::DistanceMatrix<T> d{dist.data(), n};
+    for (int64_t i = 1; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j)
+        for (int64_t k = 0; k < n; ++k) {
+          const T de = d(i, j);
+          if (k == i || k == j || d(i, k) > de || d(j, k) > de) continue;
+          int64_t v[3] = {i, j, k};
+          std::sort(v, v + 3, [](int64_t a, int64_t b) { return a > b; });
+          const bool expect = tsl::latest_facet(d, v[0], v[1], v[2]).index == tsl::edge_index(i, j);
+          CHECK(tsl::is_latest_facet(i, j, k, de, d(i, k), d(j, k)) == expect,
+                "is_latest_facet(%lld, %lld, %lld) differs from latest_facet", (long long)i,
+                (long long)j, (long long)k);
+        }
+  }
+}
+
+// Every build of the apparent-pair sweep this CPU can run gives the portable build's columns,
+// in order, across block boundaries (N = 31..33, 64, 65) and with many ties; also when the
+// rows are swept in parts appended to one list, as a split sweep does.
+template <typename T>
+void test_sweep_builds() {
+  using Sweep = void (*)(const tsl::DistanceMatrix<T>&, T, const tsl::index_t*, tsl::index_t,
+                         tsl::index_t, std::vector<tsl::H1Column<T>>&);
+  std::vector<std::pair<const char*, Sweep>> builds;
+#ifdef TSL_X86_LEVELS
+  if (tsl::x86_level() >= 3) builds.push_back({"avx2", tsl::sweep_h1_columns_avx2<T>});
+  if (tsl::x86_level() >= 4) builds.push_back({"avx512", tsl::sweep_h1_columns_avx512<T>});
+#endif
+  if (builds.empty()) std::printf("note: no vector build of the sweep runs on this CPU\n");
+  std::mt19937 rng(17);
+  for (int64_t n : {3, 4, 16, 31, 32, 33, 64, 65, 100})
+    for (bool grid : {false, true}) {
+      const std::vector<T> dist = test_matrix<T>(n, grid, rng);
+      const tsl::DistanceMatrix<T> d{dist.data(), n};
+      std::vector<T> best_d(n);
+      std::vector<tsl::index_t> parent(n), outside(n);
+      std::vector<tsl::MstEdge<T>> mst(n - 1);
+      tsl::prim_mst(d, best_d.data(), parent.data(), outside.data(), mst.data());
+      const T radius = tsl::enclosing_radius(d);
+      for (T threshold : {radius, T(0.5) * radius, T(INFINITY)}) {
+        std::vector<tsl::H1Column<T>> expect;
+        tsl::sweep_h1_columns_portable(d, threshold, parent.data(), 0, n, expect);
+        for (const auto& build : builds) {
+          std::vector<tsl::H1Column<T>> whole, parts(1, tsl::H1Column<T>{T(-1), -1, -1});
+          build.second(d, threshold, parent.data(), 0, n, whole);
+          build.second(d, threshold, parent.data(), 0, n / 3, parts);
+          build.second(d, threshold, parent.data(), n / 3, n, parts);
+          bool same = whole.size() == expect.size() && parts.size() == expect.size() + 1;
+          for (size_t c = 0; same && c < expect.size(); ++c)
+            same = whole[c].diameter == expect[c].diameter && whole[c].i == expect[c].i &&
+                   whole[c].j == expect[c].j && parts[c + 1].i == expect[c].i &&
+                   parts[c + 1].j == expect[c].j;
+          CHECK(same, "%s sweep differs: n=%lld grid=%d threshold=%g (%zu vs %zu columns)",
+                build.first, (long long)n, int(grid), double(threshold), whole.size(),
+                expect.size());
+        }
+      }
+    }
+}
+
 // Simplex indices decode to their vertices for clouds up to kMaxPoints: every index at and
 // around each boundary C(v, 3) and C(v, 2), where a start that is one off would show.
 void test_index_decoding() {
@@ -309,6 +392,8 @@ void test_index_decoding() {
 template <typename T>
 void run_all() {
   test_band_masks<T>();
+  test_latest_facet_rule<T>();
+  test_sweep_builds<T>();
   test_split_sweep<T>();
   test_distance_tiles<T>();
   test_square<T>();
