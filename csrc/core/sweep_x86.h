@@ -23,93 +23,86 @@
 
 namespace tsl {
 
-// Bit t set for each k = lo + t < hi (0 < hi - lo <= kBlock = 32) with max(ri[k], rj[k]) <= de:
-// band_flags(ri, rj, de, -1, de, lo, hi) for the non-negative distances the engine sees. Lanes
-// past hi are neither loaded nor set.
-struct WithinAvx512 {
-  __attribute__((target("avx512f,avx512vl"))) static uint32_t bits(const float* ri,
-                                                                  const float* rj, float de,
-                                                                  index_t lo, index_t hi) {
-    const __m512 r = _mm512_set1_ps(de);
-    const uint32_t lanes = hi - lo >= 32 ? ~0u : (1u << (hi - lo)) - 1;
-    uint32_t m = 0;
-    for (int q = 0; q < 2; ++q) {  // unrolled: the lane masks are fixed per call
-      const __mmask16 part = __mmask16(lanes >> (16 * q));
-      // maskz_max: plain max_ps starts from an undefined vector, which GCC 12 warns about
-      const __m512 far = _mm512_maskz_max_ps(part, _mm512_maskz_loadu_ps(part, ri + lo + 16 * q),
-                                             _mm512_maskz_loadu_ps(part, rj + lo + 16 * q));
-      m |= uint32_t(_mm512_mask_cmp_ps_mask(part, far, r, _CMP_LE_OQ)) << (16 * q);
-    }
-    return m;
+// One vector of the search below: bit l set for each live lane l (bit l of `live`) with
+// max(ri[l], rj[l]) <= de. Lanes that are not live are neither loaded nor set.
+__attribute__((target("avx512f,avx512vl"))) inline uint32_t within_avx512(const float* ri,
+                                                                         const float* rj,
+                                                                         float de, uint32_t live) {
+  const __mmask16 lanes = __mmask16(live);
+  // maskz_max: plain max_ps starts from an undefined vector, which GCC 12 warns about
+  const __m512 far = _mm512_maskz_max_ps(lanes, _mm512_maskz_loadu_ps(lanes, ri),
+                                         _mm512_maskz_loadu_ps(lanes, rj));
+  return _mm512_mask_cmp_ps_mask(lanes, far, _mm512_set1_ps(de), _CMP_LE_OQ);
+}
+
+__attribute__((target("avx512f,avx512vl"))) inline uint32_t within_avx512(const double* ri,
+                                                                         const double* rj,
+                                                                         double de,
+                                                                         uint32_t live) {
+  const __mmask8 lanes = __mmask8(live);
+  const __m512d far = _mm512_maskz_max_pd(lanes, _mm512_maskz_loadu_pd(lanes, ri),
+                                          _mm512_maskz_loadu_pd(lanes, rj));
+  return _mm512_mask_cmp_pd_mask(lanes, far, _mm512_set1_pd(de), _CMP_LE_OQ);
+}
+
+// The same with AVX2, for the first `left` lanes (all when left >= the lane count): a masked
+// load only for a partial vector, whose other lanes read as zero and are cleared by the caller.
+__attribute__((target("avx2"))) inline uint32_t within_avx2(const float* ri, const float* rj,
+                                                           float de, index_t left) {
+  __m256 a, b;
+  if (left >= 8) {
+    a = _mm256_loadu_ps(ri);
+    b = _mm256_loadu_ps(rj);
+  } else {
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    a = _mm256_maskload_ps(ri, live);
+    b = _mm256_maskload_ps(rj, live);
   }
-  __attribute__((target("avx512f,avx512vl"))) static uint32_t bits(const double* ri,
-                                                                  const double* rj, double de,
-                                                                  index_t lo, index_t hi) {
-    const __m512d r = _mm512_set1_pd(de);
+  return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_max_ps(a, b), _mm256_set1_ps(de), _CMP_LE_OQ));
+}
+
+__attribute__((target("avx2"))) inline uint32_t within_avx2(const double* ri, const double* rj,
+                                                           double de, index_t left) {
+  __m256d a, b;
+  if (left >= 4) {
+    a = _mm256_loadu_pd(ri);
+    b = _mm256_loadu_pd(rj);
+  } else {
+    const __m256i live = _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)left),
+                                            _mm256_setr_epi64x(0, 1, 2, 3));
+    a = _mm256_maskload_pd(ri, live);
+    b = _mm256_maskload_pd(rj, live);
+  }
+  return _mm256_movemask_pd(_mm256_cmp_pd(_mm256_max_pd(a, b), _mm256_set1_pd(de), _CMP_LE_OQ));
+}
+
+// Bit t set for each k = lo + t < hi (0 < hi - lo <= kBlock = 32) with max(ri[k], rj[k]) <= de:
+// band_flags(ri, rj, de, -1, de, lo, hi) for the non-negative distances the engine sees.
+struct WithinAvx512 {
+  template <typename T>
+  __attribute__((target("avx512f,avx512vl"))) static uint32_t bits(const T* ri, const T* rj,
+                                                                  T de, index_t lo, index_t hi) {
+    constexpr int L = 64 / sizeof(T);  // lanes per vector
     const uint32_t lanes = hi - lo >= 32 ? ~0u : (1u << (hi - lo)) - 1;
     uint32_t m = 0;
-    for (int q = 0; q < 4; ++q) {
-      const __mmask8 part = __mmask8(lanes >> (8 * q));
-      const __m512d far = _mm512_maskz_max_pd(part, _mm512_maskz_loadu_pd(part, ri + lo + 8 * q),
-                                              _mm512_maskz_loadu_pd(part, rj + lo + 8 * q));
-      m |= uint32_t(_mm512_mask_cmp_pd_mask(part, far, r, _CMP_LE_OQ)) << (8 * q);
-    }
+    for (int q = 0; q < 32 / L; ++q)  // unrolled: the lane masks are fixed per call
+      m |= within_avx512(ri + lo + L * q, rj + lo + L * q, de,
+                         (lanes >> (L * q)) & ((1u << L) - 1))
+           << (L * q);
     return m;
   }
 };
 
-// The same with AVX2: a masked load for the last, partial vector (its lanes past hi read as
-// zero and are cleared).
 struct WithinAvx2 {
-  // All-ones in the first `left` (0 < left < 8, or < 4) 32- or 64-bit lanes, as maskload wants.
-  __attribute__((target("avx2"))) static __m256i first_lanes32(index_t left) {
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), idx);
-  }
-  __attribute__((target("avx2"))) static __m256i first_lanes64(index_t left) {
-    const __m256i idx = _mm256_setr_epi64x(0, 1, 2, 3);
-    return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)left), idx);
-  }
-  __attribute__((target("avx2"))) static uint32_t bits(const float* ri, const float* rj,
-                                                       float de, index_t lo, index_t hi) {
-    const __m256 r = _mm256_set1_ps(de);
+  template <typename T>
+  __attribute__((target("avx2"))) static uint32_t bits(const T* ri, const T* rj, T de,
+                                                       index_t lo, index_t hi) {
+    constexpr int L = 32 / sizeof(T);
     const uint32_t lanes = hi - lo >= 32 ? ~0u : (1u << (hi - lo)) - 1;
     uint32_t m = 0;
-    for (int q = 0; q < 4 && lo + 8 * q < hi; ++q) {
-      const index_t at = lo + 8 * q, left = hi - at;
-      __m256 a, b;
-      if (left >= 8) {
-        a = _mm256_loadu_ps(ri + at);
-        b = _mm256_loadu_ps(rj + at);
-      } else {
-        const __m256i live = first_lanes32(left);
-        a = _mm256_maskload_ps(ri + at, live);
-        b = _mm256_maskload_ps(rj + at, live);
-      }
-      const __m256 within = _mm256_cmp_ps(_mm256_max_ps(a, b), r, _CMP_LE_OQ);
-      m |= uint32_t(_mm256_movemask_ps(within)) << (8 * q);
-    }
-    return m & lanes;
-  }
-  __attribute__((target("avx2"))) static uint32_t bits(const double* ri, const double* rj,
-                                                       double de, index_t lo, index_t hi) {
-    const __m256d r = _mm256_set1_pd(de);
-    const uint32_t lanes = hi - lo >= 32 ? ~0u : (1u << (hi - lo)) - 1;
-    uint32_t m = 0;
-    for (int q = 0; q < 8 && lo + 4 * q < hi; ++q) {
-      const index_t at = lo + 4 * q, left = hi - at;
-      __m256d a, b;
-      if (left >= 4) {
-        a = _mm256_loadu_pd(ri + at);
-        b = _mm256_loadu_pd(rj + at);
-      } else {
-        const __m256i live = first_lanes64(left);
-        a = _mm256_maskload_pd(ri + at, live);
-        b = _mm256_maskload_pd(rj + at, live);
-      }
-      const __m256d within = _mm256_cmp_pd(_mm256_max_pd(a, b), r, _CMP_LE_OQ);
-      m |= uint32_t(_mm256_movemask_pd(within)) << (4 * q);
-    }
+    for (int q = 0; q < 32 / L && lo + L * q < hi; ++q)
+      m |= within_avx2(ri + lo + L * q, rj + lo + L * q, de, hi - lo - L * q) << (L * q);
     return m & lanes;
   }
 };
