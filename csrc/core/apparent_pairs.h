@@ -9,6 +9,7 @@
 
 #include <string.h>
 
+#include "band_x86.h"
 #include "common.h"
 
 namespace tsl {
@@ -47,7 +48,8 @@ TSL_HD int highest_bit(uint32_t m) {
 // {i, j, k} with the edge {i, j} (rows ri, rj, length de) of diameter in (lower, upper]. Two
 // builds of the same mask: bit by bit in a register (the device's), and as byte flags that the
 // host compiler vectorises, packed eight at a time by one multiply (little-endian, as x86 and
-// ARM are). The native tests check that they agree.
+// ARM are); x86 hosts with AVX2 or AVX-512 use vector compares instead (band_x86.h). The native
+// tests check that they all agree.
 template <typename T>
 TSL_HD uint32_t band_bits(const T* ri, const T* rj, T de, T lower, T upper, index_t lo,
                           index_t hi) {
@@ -86,7 +88,9 @@ TSL_HD uint32_t cofacet_mask(const DistanceMatrix<T>& d, index_t i, index_t j, T
 #if defined(__CUDA_ARCH__)
   uint32_t m = band_bits(d.row(i), d.row(j), de, lower, upper, lo, hi);
 #else
-  uint32_t m = band_flags(d.row(i), d.row(j), de, lower, upper, lo, hi);
+  uint32_t m;
+  if (!band_mask_x86(d.row(i), d.row(j), de, lower, upper, lo, hi, &m))
+    m = band_flags(d.row(i), d.row(j), de, lower, upper, lo, hi);
 #endif
   // i and j themselves always pass (their "cofacet" has the edge's own length); drop them.
   if (i >= lo && i < hi) m &= ~(uint32_t(1) << (i - lo));

@@ -77,7 +77,7 @@ inline void sweep_h1_columns_portable(const DistanceMatrix<T>& d, T threshold,
 template <typename T>
 inline void sweep_h1_columns(const DistanceMatrix<T>& d, T threshold, const index_t* best_parent,
                              index_t i0, index_t i1, std::vector<H1Column<T>>& columns) {
-#ifdef TSL_X86_LEVELS
+#ifdef TSL_X86_BANDS
   if (x86_level() == 4)
     return sweep_h1_columns_avx512(d, threshold, best_parent, i0, i1, columns);
   if (x86_level() == 3) return sweep_h1_columns_avx2(d, threshold, best_parent, i0, i1, columns);

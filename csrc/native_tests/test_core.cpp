@@ -244,8 +244,8 @@ void test_distance_tiles() {
   }
 }
 
-// The device's bit-by-bit band mask and the host's packed byte flags agree on every block
-// length, with values on and around both band ends.
+// The device's bit-by-bit band mask, the host's packed byte flags and the x86 vector builds
+// this CPU runs agree on every block length, with values on and around both band ends.
 template <typename T>
 void test_band_masks() {
   std::mt19937 rng(3);
@@ -263,6 +263,19 @@ void test_band_masks() {
     const uint32_t flags = tsl::band_flags(ri.data(), rj.data(), de, lower, upper, lo, hi);
     CHECK(bits == flags, "band masks differ: lo=%lld hi=%lld bits=%08x flags=%08x", (long long)lo,
           (long long)hi, bits, flags);
+#ifdef TSL_X86_BANDS
+    if (tsl::x86_level() >= 3) {
+      const uint32_t avx2 = tsl::BandAvx2::bits(ri.data(), rj.data(), de, lower, upper, lo, hi);
+      CHECK(avx2 == flags, "AVX2 band mask differs: lo=%lld hi=%lld %08x vs %08x", (long long)lo,
+            (long long)hi, avx2, flags);
+    }
+    if (tsl::x86_level() >= 4) {
+      const uint32_t avx512 =
+          tsl::BandAvx512::bits(ri.data(), rj.data(), de, lower, upper, lo, hi);
+      CHECK(avx512 == flags, "AVX-512 band mask differs: lo=%lld hi=%lld %08x vs %08x",
+            (long long)lo, (long long)hi, avx512, flags);
+    }
+#endif
   }
 }
 
@@ -331,7 +344,7 @@ void test_sweep_builds() {
   using Sweep = void (*)(const tsl::DistanceMatrix<T>&, T, const tsl::index_t*, tsl::index_t,
                          tsl::index_t, std::vector<tsl::H1Column<T>>&);
   std::vector<std::pair<const char*, Sweep>> builds;
-#ifdef TSL_X86_LEVELS
+#ifdef TSL_X86_BANDS
   if (tsl::x86_level() >= 3) builds.push_back({"avx2", tsl::sweep_h1_columns_avx2<T>});
   if (tsl::x86_level() >= 4) builds.push_back({"avx512", tsl::sweep_h1_columns_avx512<T>});
 #endif
