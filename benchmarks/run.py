@@ -168,10 +168,12 @@ class Inputs:
             np.fill_diagonal(m, 0.0)
         self.diam = self.dm.reshape(len(self.dm), -1).max(axis=1)
         # What a user pays to hand a peer a float64 matrix, by the fastest of the usual ways
-        # (all threads), timed like everything else: torch.cdist is slow on some CPUs, where
-        # the Gram form that sklearn (and so ripser.py on points) uses is several times faster.
-        self.dm_times = {name: statistics.median(time_fn(fn, 5)[2])
-                         for name, fn in matrix_builders(x).items()}
+        # (all threads): torch.cdist is slow on some CPUs, where the Gram form that sklearn (and
+        # so ripser.py on points) uses is several times faster. Its fastest repetition, not the
+        # median: on the 2-core VM the Gram form took 5.2 ms in some runs of the suite and a
+        # median 9.6 ms in others, which would have lifted our "matrix timed" ratio by a third.
+        # A lower bound on the user's cost keeps that column from flattering us.
+        self.dm_times = {name: min(time_fn(fn, 5)[2]) for name, fn in matrix_builders(x).items()}
         self.dm_method = min(self.dm_times, key=self.dm_times.get)
         self.dm_time = self.dm_times[self.dm_method]
 
@@ -546,7 +548,8 @@ def markdown(records, meta, scal) -> str:
              "forward+backward. WRONG = failed the bottleneck check vs ripser.py.", "",
              "The last column is the best peer's ratio if its distance matrix had been computed "
              "inside the timed region: the faster of a batched float64 torch.cdist and a batched "
-             "float64 numpy Gram form (sklearn's recipe) of the points, timed like the rest.", "",
+             "float64 numpy Gram form (sklearn's recipe) of the points, at its fastest "
+             "repetition (a lower bound on what a user pays).", "",
              "| N | D | B | op | " + " | ".join(impls) + " | best peer × | incl. matrix × |",
              "|---|---|---|---|" + "---|" * len(impls) + "---|---|"]
     keys = sorted({(r["N"], r["D"], r["B"], r["op"]) for r in records},
