@@ -59,7 +59,9 @@ def _share_libstdcxx() -> None:
 
 def _extension():
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # -ffp-contract=off: no FMA contraction anywhere, so that every x86 build (and the GPU) gives
+    # the same bits (core/pairwise_distance.h).
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
     kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
     if _use_cuda():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
