@@ -5,6 +5,8 @@
 #include <torch/library.h>
 #include <Python.h>
 
+#include "core/x86_level.h"
+
 TORCH_LIBRARY(tsloss_cuda, m) {
   m.def("pairwise_distance(Tensor x) -> Tensor");
   m.def(
@@ -32,6 +34,26 @@ TORCH_LIBRARY_IMPL(tsloss_cuda, CompositeExplicitAutograd, m) {
   m.impl("pairwise_distance_backward", &pairwise_distance_backward_composite);
 }
 
-// Importing the extension module is what loads the registrations above; it has no Python API.
-static struct PyModuleDef tsloss_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+// Importing the extension module is what loads the registrations above. Its only Python API is
+// the x86 level of the CPU kernels (tsloss_cuda/cpu_isa.py wraps it): not an op, because it
+// configures the process rather than computing on tensors.
+static PyObject* cpu_levels(PyObject*, PyObject*) {
+  return Py_BuildValue("(ii)", tsl::detected_x86_level(), tsl::x86_level());
+}
+
+static PyObject* set_cpu_level(PyObject*, PyObject* arg) {
+  const long level = PyLong_AsLong(arg);
+  if (level == -1 && PyErr_Occurred()) return nullptr;
+  return PyBool_FromLong(tsl::set_x86_cap(static_cast<int>(level)));
+}
+
+static PyMethodDef tsloss_methods[] = {
+    {"cpu_levels", cpu_levels, METH_NOARGS,
+     "(detected, active) x86 levels of the CPU kernels: 0 baseline, 3 AVX2, 4 AVX-512."},
+    {"set_cpu_level", set_cpu_level, METH_O,
+     "Caps the CPU kernels' x86 level at 0, 3 or 4 (-1 lifts the cap); False if the CPU lacks it."},
+    {nullptr, nullptr, 0, nullptr}};
+
+static struct PyModuleDef tsloss_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                           tsloss_methods};
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&tsloss_module); }

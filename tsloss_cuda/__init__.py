@@ -7,16 +7,21 @@ Public API:
     TSLoss(...)                            stateful module (keeps the previous diagram)
     SoftPromptModel, prompt_parameters     soft prompts for transformers / PEFT models
     TopologyTracker, topology_metrics      prompt topology over training
+    cpu_isa, set_cpu_isa                   which x86 build of the CPU kernels runs (same bits)
 
 Main job: python -m tsloss_cuda.train (see --help); analysis: python -m tsloss_cuda.analyze DIR.
 """
+from .cpu_isa import cpu_isa, set_cpu_isa, supported_cpu_isas
+from .cpu_isa import _apply_environment as _apply_cpu_isa_environment
 from .loss import PromptTopology, TSLoss, loss
 from .persistence import Diagrams, default_max_h1, pairwise_distance, vr_persistence
 from .prompt_tuning import SoftPromptModel, prompt_parameters
 from .tracking import TopologyTracker, topology_metrics
 
 __all__ = [
-    "Diagrams", "PromptTopology", "SoftPromptModel", "TSLoss", "TopologyTracker", "default_max_h1",
-    "loss", "pairwise_distance", "prompt_parameters", "topology_metrics", "vr_persistence",
+    "Diagrams", "PromptTopology", "SoftPromptModel", "TSLoss", "TopologyTracker", "cpu_isa",
+    "default_max_h1", "loss", "pairwise_distance", "prompt_parameters", "set_cpu_isa",
+    "supported_cpu_isas", "topology_metrics", "vr_persistence",
 ]
+_apply_cpu_isa_environment()
 __version__ = "0.1.0"

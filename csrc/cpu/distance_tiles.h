@@ -1,15 +1,19 @@
 // Squared Euclidean distances of one cloud on the CPU, register-tiled and vectorised, and the
 // matching backward.
 //
-// Torch-free, so the native tests check it against the plain double loop of
+// Torch-free, so the native tests check it bit for bit against the canonical double loop of
 // core/pairwise_distance.h. The difference form (no Gram-matrix cancellation) is kept; speed
-// comes from register tiles of point pairs that reuse every loaded vector (4 x 4 over L1-sized
-// coordinate chunks for clouds of up to 256 points, 4 x 2 row blocks beyond), and from a build
-// per x86 level picked at load time. float32 coordinates are widened to double in
-// registers and everything is summed in double, so a float32 distance is the correctly rounded
-// value in all but ~1e-9 of cases: the same matrix ripser.py builds from the same points, on
-// every CPU. Only float64 sums outside [SafeRange::low, SafeRange::high], where squares may have
-// under- or overflowed, need the caller's scaled recomputation.
+// comes from register tiles of point pairs that reuse every loaded vector, over L1-sized
+// coordinate chunks for clouds of up to 256 points (row blocks beyond), and from a build per x86
+// level picked at run time. Every build sums in the canonical order: eight lane sums per pair
+// (coordinate k into lane k mod 8), a rounded product then a rounded add, a fixed final tree.
+// A build whose vectors hold fewer than eight doubles makes one pass per group of lanes over the
+// L1-resident chunk, which leaves its registers free for a larger tile. So batch layout, thread
+// count and CPU never change a bit, in float64 too. float32 coordinates are widened to double in
+// registers, so a float32 distance is the correctly rounded value in all but ~1e-9 of cases: the
+// matrix ripser.py builds from the same points. Only float64 sums outside [SafeRange::low,
+// SafeRange::high], where squares may have under- or overflowed, need the caller's scaled
+// recomputation.
 #pragma once
 
 #include <stdint.h>
@@ -19,10 +23,17 @@
 #include <type_traits>
 #include <vector>
 
+#include "../core/pairwise_distance.h"
 #include "../core/x86_level.h"
 
 namespace tsloss {
 namespace cpu {
+
+// Register tiles live in registers only if GCC unrolls every loop over them fully; left to its
+// heuristics it kept the AVX2 build's accumulators on the stack (5x slower than SSE2).
+#define TSL_UNROLL _Pragma("GCC unroll 16")
+
+using tsl::kDistanceLanes;
 
 template <typename T>
 struct SafeRange {  // float32 input, summed in double: no square can under- or overflow
@@ -49,11 +60,8 @@ __attribute__((always_inline)) inline void load(V& v, const void* p) {
 }
 
 template <typename V>
-__attribute__((always_inline)) inline double lane_sum(const V& v) {
-  constexpr int n = sizeof(V) / sizeof(v[0]);
-  double s = 0.0;
-  for (int l = 0; l < n; ++l) s += static_cast<double>(v[l]);
-  return s;
+__attribute__((always_inline)) inline void store(void* p, const V& v) {
+  memcpy(p, &v, sizeof(V));
 }
 
 // Loads L coordinates as double lanes: float rows are loaded at half the width and widened
@@ -66,66 +74,79 @@ __attribute__((always_inline)) inline void load_wide(VD& v, const T* p) {
   v = __builtin_convertvector(t, VD);
 }
 
-// out[a * TJ + b] = |xi[a] - xj[b]|^2 for TI x TJ rows of length dim, in double lanes of Bytes.
-// The xi rows are already double (widened once per row block); the xj rows are widened here.
+// u - w, rounded once as the subtract rounds it, but computed as -(w * 1) + u by an FMA
+// instruction: an FMA rounds the exact -(w * 1) + u = u - w once, so the bits are the subtract's.
+// Why: the canonical order needs a subtract, a multiply and an add per pair and coordinate. On
+// cores whose adders are separate from their multipliers (AMD Zen) the subtract and the add both
+// queue on the adders while the FMA units idle; moving every other subtract to the FMA units
+// balances the two (benchmarks/README.md). Written in assembly because GCC, told not to
+// contract, would never emit it, and the intrinsic would tie this header to one target.
+template <bool OnFma, typename VD>
+__attribute__((always_inline)) inline void subtract(VD& t, const VD& u, const VD& w) {
+  if constexpr (OnFma) {
+    const VD one = VD{} + 1.0;
+    t = u;
+    asm("vfnmadd231pd %2, %1, %0" : "+v"(t) : "v"(one), "vm"(w));
+  } else {
+    t = u - w;
+  }
+}
+
+// A build's shape: Bytes of doubles per vector, so L lanes per vector and G passes (lane groups)
+// to cover the eight canonical lanes.
+template <int Bytes>
+struct Lanes {
+  using VD = typename Vec<double, Bytes>::type;
+  static constexpr int L = Bytes / 8;
+  static constexpr int G = kDistanceLanes / L;
+  static_assert(kDistanceLanes % L == 0, "a vector must hold a whole number of lane groups");
+};
+
+// The canonical lane sums of TI x TJ pairs (xi[a], xj[b]) over the whole of dim:
+// lanes[(a * TJ + b) * 8 + l]. The xi rows are already double (widened once per row block); the
+// xj rows are widened as they are loaded. Coordinates past the last whole group of eight go in
+// by the scalar loop, after every earlier coordinate of their lane, as the order requires.
+template <typename T, int Bytes, int TI, int TJ>
+__attribute__((always_inline)) inline void lane_sums_tile(const double* const* xi,
+                                                          const T* const* xj, int64_t dim,
+                                                          double* lanes) {
+  using VD = typename Lanes<Bytes>::VD;
+  constexpr int L = Lanes<Bytes>::L, G = Lanes<Bytes>::G;
+  const int64_t body = dim - dim % kDistanceLanes;
+  for (int g = 0; g < G; ++g) {
+    VD acc[TI][TJ];
+    TSL_UNROLL for (int a = 0; a < TI; ++a)
+      TSL_UNROLL for (int b = 0; b < TJ; ++b) acc[a][b] = VD{};
+    for (int64_t k = g * L; k < body; k += kDistanceLanes) {
+      VD u[TI], w[TJ];
+      TSL_UNROLL for (int a = 0; a < TI; ++a) load(u[a], xi[a] + k);
+      TSL_UNROLL for (int b = 0; b < TJ; ++b) load_wide<VD, L>(w[b], xj[b] + k);
+      TSL_UNROLL for (int a = 0; a < TI; ++a)
+        TSL_UNROLL for (int b = 0; b < TJ; ++b) {
+          const VD t = u[a] - w[b];
+          acc[a][b] += t * t;
+        }
+    }
+    TSL_UNROLL for (int a = 0; a < TI; ++a)
+      TSL_UNROLL for (int b = 0; b < TJ; ++b) store(lanes + (a * TJ + b) * kDistanceLanes + g * L, acc[a][b]);
+  }
+  TSL_UNROLL for (int a = 0; a < TI; ++a)
+    TSL_UNROLL for (int b = 0; b < TJ; ++b)
+      for (int64_t k = body; k < dim; ++k) {
+        const double t = xi[a][k] - static_cast<double>(xj[b][k]);
+        double& lane = lanes[(a * TJ + b) * kDistanceLanes + k % kDistanceLanes];
+        lane += t * t;
+      }
+}
+
+// out[a * TJ + b] = |xi[a] - xj[b]|^2, canonical.
 template <typename T, int Bytes, int TI, int TJ>
 __attribute__((always_inline)) inline void squared_distance_tile(const double* const* xi,
                                                                  const T* const* xj,
                                                                  int64_t dim, double* out) {
-  using VD = typename Vec<double, Bytes>::type;
-  constexpr int L = Vec<double, Bytes>::lanes;
-  VD acc[TI][TJ];
-  for (int a = 0; a < TI; ++a)
-    for (int b = 0; b < TJ; ++b) acc[a][b] = VD{};
-  const int64_t body = dim - dim % L;
-  for (int64_t k = 0; k < body; k += L) {
-    VD u[TI], w[TJ];
-    for (int a = 0; a < TI; ++a) load(u[a], xi[a] + k);
-    for (int b = 0; b < TJ; ++b) load_wide<VD, L>(w[b], xj[b] + k);
-    for (int a = 0; a < TI; ++a)
-      for (int b = 0; b < TJ; ++b) {
-        const VD t = u[a] - w[b];
-        acc[a][b] += t * t;
-      }
-  }
-  for (int a = 0; a < TI; ++a)
-    for (int b = 0; b < TJ; ++b) {
-      double tail = 0.0;
-      for (int64_t r = body; r < dim; ++r) {
-        const double t = xi[a][r] - static_cast<double>(xj[b][r]);
-        tail += t * t;
-      }
-      out[a * TJ + b] = lane_sum(acc[a][b]) + tail;
-    }
-}
-
-// out[p] = |xa[p] - xb[p]|^2 for P separate pairs: independent accumulators, so the pairs
-// inside a row block do not wait on one dependency chain each.
-template <typename T, int Bytes, int P>
-__attribute__((always_inline)) inline void squared_distance_pairs(const double* const* xa,
-                                                                  const T* const* xb,
-                                                                  int64_t dim, double* out) {
-  using VD = typename Vec<double, Bytes>::type;
-  constexpr int L = Vec<double, Bytes>::lanes;
-  VD acc[P];
-  for (int p = 0; p < P; ++p) acc[p] = VD{};
-  const int64_t body = dim - dim % L;
-  for (int64_t k = 0; k < body; k += L)
-    for (int p = 0; p < P; ++p) {
-      VD u, w;
-      load(u, xa[p] + k);
-      load_wide<VD, L>(w, xb[p] + k);
-      const VD t = u - w;
-      acc[p] += t * t;
-    }
-  for (int p = 0; p < P; ++p) {
-    double tail = 0.0;
-    for (int64_t r = body; r < dim; ++r) {
-      const double t = xa[p][r] - static_cast<double>(xb[p][r]);
-      tail += t * t;
-    }
-    out[p] = lane_sum(acc[p]) + tail;
-  }
+  double lanes[TI * TJ * kDistanceLanes];
+  lane_sums_tile<T, Bytes, TI, TJ>(xi, xj, dim, lanes);
+  for (int p = 0; p < TI * TJ; ++p) out[p] = tsl::lane_tree(lanes + p * kDistanceLanes);
 }
 
 // Row `row` of x as double: itself for float64, else widened into buf.
@@ -141,85 +162,86 @@ inline const double* wide_row(const T* row, int64_t dim, double* buf) {
 
 // Squared distances of rows [i0, i1) of one cloud x (n, dim) to every earlier row (and to each
 // other): sq[(i - i0) * n + j] for i0 <= i < i1 and j < i. `wide` is scratch for 4 * dim doubles.
+// The path of clouds too large for the whole-cloud kernel: a block of four rows against earlier
+// rows two at a time, the block's own pairs one by one.
 template <typename T, int Bytes>
 __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n, int64_t dim,
                                                            int64_t i0, int64_t i1, double* sq,
                                                            double* wide) {
   constexpr int TI = 4, TJ = 2;
-  int64_t i = i0;
-  for (; i + TI <= i1; i += TI) {
+  for (int64_t i = i0; i < i1; i += TI) {
+    const int rows = i1 - i < TI ? int(i1 - i) : TI;
     const double* xi[TI];
-    for (int a = 0; a < TI; ++a) xi[a] = wide_row(x + (i + a) * dim, dim, wide + a * dim);
-    double tile[TI * TJ];
+    xi[0] = wide_row(x + i * dim, dim, wide);
+    for (int a = 1; a < TI; ++a)  // a short last block repeats its first row, never stored
+      xi[a] = a < rows ? wide_row(x + (i + a) * dim, dim, wide + a * dim) : xi[0];
+    double tile[TI * TJ] = {};
     int64_t j = 0;
     for (; j + TJ <= i; j += TJ) {
       const T* xj[TJ] = {x + j * dim, x + (j + 1) * dim};
       squared_distance_tile<T, Bytes, TI, TJ>(xi, xj, dim, tile);
-      for (int a = 0; a < TI; ++a)
-        for (int b = 0; b < TJ; ++b) sq[(i - i0 + a) * n + j + b] = tile[a * TJ + b];
+      for (int a = 0; a < rows; ++a)
+        TSL_UNROLL for (int b = 0; b < TJ; ++b) sq[(i - i0 + a) * n + j + b] = tile[a * TJ + b];
     }
     for (; j < i; ++j) {
       const T* xj[1] = {x + j * dim};
       squared_distance_tile<T, Bytes, TI, 1>(xi, xj, dim, tile);
-      for (int a = 0; a < TI; ++a) sq[(i - i0 + a) * n + j] = tile[a];
+      for (int a = 0; a < rows; ++a) sq[(i - i0 + a) * n + j] = tile[a];
     }
-    // The six pairs inside the block, side by side.
-    const double* pa[6] = {xi[1], xi[2], xi[2], xi[3], xi[3], xi[3]};
-    const T* pb[6] = {x + i * dim,       x + i * dim,       x + (i + 1) * dim,
-                      x + i * dim,       x + (i + 1) * dim, x + (i + 2) * dim};
-    double inner[6];
-    squared_distance_pairs<T, Bytes, 6>(pa, pb, dim, inner);
-    const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
-    for (int p = 0; p < 6; ++p) sq[(i - i0 + ia[p]) * n + i + ib[p]] = inner[p];
-  }
-  for (; i < i1; ++i) {
-    const double* xi[1] = {wide_row(x + i * dim, dim, wide)};
-    int64_t j = 0;
-    double tile[4];
-    for (; j + 4 <= i; j += 4) {
-      const T* xj[4] = {x + j * dim, x + (j + 1) * dim, x + (j + 2) * dim, x + (j + 3) * dim};
-      squared_distance_tile<T, Bytes, 1, 4>(xi, xj, dim, tile);
-      for (int b = 0; b < 4; ++b) sq[(i - i0) * n + j + b] = tile[b];
-    }
-    for (; j < i; ++j) {
-      const T* xj[1] = {x + j * dim};
-      squared_distance_tile<T, Bytes, 1, 1>(xi, xj, dim, &sq[(i - i0) * n + j]);
-    }
+    for (int a = 1; a < rows; ++a)
+      for (int b = 0; b < a; ++b) {
+        const double* xa[1] = {xi[a]};
+        const T* xb[1] = {x + (i + b) * dim};
+        squared_distance_tile<T, Bytes, 1, 1>(xa, xb, dim, &sq[(i - i0 + a) * n + i + b]);
+      }
   }
 }
 
 // The whole-cloud kernel works through the coordinates in chunks of kChunk: the chunk of every
-// row, widened to double, stays in L1 while all 4 x 4 tiles of row pairs run over it, and each
-// tile's lane sums carry over to the next chunk in `part`. Without chunks a tile streams its
-// eight full rows from L2 (128 KB at D = 2048), and that, not the FMAs, set the pace.
-constexpr int64_t kChunk = 128;
+// row, widened to double, stays in L1 while all tiles of row pairs run over it, and each pair's
+// eight lane sums carry over to the next chunk in `part`. Without chunks a tile streams its
+// eight full rows from L2 (128 KB at D = 2048), and that, not the arithmetic, set the pace.
+// kChunk is a multiple of the eight lanes, so a coordinate's lane is its offset's in the chunk.
+#ifndef TSL_CHUNK
+#define TSL_CHUNK 128
+#endif
+#ifndef TSL_PAD
+#define TSL_PAD 8
+#endif
+constexpr int64_t kChunk = TSL_CHUNK;
+constexpr int64_t kStride = kChunk + TSL_PAD;
+constexpr int64_t kBlock = 4;  // rows per block: 16 pairs per block pair, 6 inside a block
 
-// Doubles of scratch for lower_cloud_body: the chunk of n rows (padded to 4), then the carried
-// lane sums of every tile (16 per off-diagonal tile, 6 per diagonal block) at the widest width.
+static_assert(kChunk % kDistanceLanes == 0, "a chunk must hold whole lane groups");
+
+// Doubles of scratch for lower_cloud_body: the chunk of n rows (padded to a whole block), then
+// the eight carried lane sums of every pair of every block pair and inside every block.
 inline int64_t lower_cloud_scratch(int64_t n) {
-  const int64_t blocks = (n + 3) / 4;
-  return blocks * 4 * kChunk + (16 * blocks * (blocks - 1) / 2 + 6 * blocks) * 8;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  return blocks * kBlock * kStride + (16 * blocks * (blocks - 1) / 2 + 6 * blocks) * kDistanceLanes;
 }
 
 // Squared distances of all pairs j < i of one cloud x (n, dim), into sq[i * n + j], through
 // scratch of lower_cloud_scratch(n) doubles. Rows past n and coordinates past dim are zero in the
-// chunk, so they add exact zeros and every tile has full shape.
-template <typename T, int Bytes>
+// chunk, so they add exact zeros and every tile has full shape. A block pair's 4 x 4 pairs run
+// as register tiles of TI x TJ, once per lane group.
+template <typename T, int Bytes, int TI, int TJ, bool FmaSub>
 __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t n, int64_t dim,
                                                             double* sq, double* scratch) {
-  using VD = typename Vec<double, Bytes>::type;
-  constexpr int L = Vec<double, Bytes>::lanes;
-  const int64_t blocks = (n + 3) / 4;
+  using VD = typename Lanes<Bytes>::VD;
+  constexpr int L = Lanes<Bytes>::L, G = Lanes<Bytes>::G, E = kDistanceLanes;
+  static_assert(kBlock % TI == 0 && kBlock % TJ == 0, "tiles must divide a block pair");
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
   double* chunk = scratch;
-  double* part = scratch + blocks * 4 * kChunk;
-  const int64_t carried = (16 * blocks * (blocks - 1) / 2 + 6 * blocks) * L;
+  double* part = scratch + blocks * kBlock * kStride;
+  const int64_t carried = (16 * blocks * (blocks - 1) / 2 + 6 * blocks) * E;
   for (int64_t v = 0; v < carried; ++v) part[v] = 0.0;
   const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
   for (int64_t k0 = 0; k0 < dim; k0 += kChunk) {
     const int64_t kc = dim - k0 < kChunk ? dim - k0 : kChunk;
-    const int64_t steps = (kc + L - 1) / L;
-    for (int64_t r = 0; r < blocks * 4; ++r) {
-      double* row = chunk + r * kChunk;
+    const int64_t width = (kc + E - 1) / E * E;
+    for (int64_t r = 0; r < blocks * kBlock; ++r) {
+      double* row = chunk + r * kStride;
       int64_t k = 0;
       if (r < n) {
         const T* src = x + r * dim + k0;
@@ -229,59 +251,67 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
           for (int64_t q = 0; q < kChunk; q += 64 / int64_t(sizeof(T)))
             __builtin_prefetch(src + kChunk + q);
       }
-      for (; k < steps * L; ++k) row[k] = 0.0;
+      for (; k < width; ++k) row[k] = 0.0;
     }
     double* carry = part;
     for (int64_t bi = 0; bi < blocks; ++bi) {
-      const double* xi = chunk + bi * 4 * kChunk;
-      for (int64_t bj = 0; bj < bi; ++bj, carry += 16 * L) {
-        const double* xj = chunk + bj * 4 * kChunk;
-        VD acc[4][4];
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) load(acc[a][b], carry + (a * 4 + b) * L);
-        for (int64_t s = 0; s < steps; ++s) {
-          VD u[4], w[4];
-          for (int a = 0; a < 4; ++a) load(u[a], xi + a * kChunk + s * L);
-          for (int b = 0; b < 4; ++b) load(w[b], xj + b * kChunk + s * L);
-          for (int a = 0; a < 4; ++a)
-            for (int b = 0; b < 4; ++b) {
-              const VD t = u[a] - w[b];
-              acc[a][b] += t * t;
+      const double* xi = chunk + bi * kBlock * kStride;
+      for (int64_t bj = 0; bj < bi; ++bj, carry += 16 * E) {
+        const double* xj = chunk + bj * kBlock * kStride;
+        for (int g = 0; g < G; ++g)
+          for (int ta = 0; ta < kBlock; ta += TI)
+            for (int tb = 0; tb < kBlock; tb += TJ) {
+              VD acc[TI][TJ];
+              TSL_UNROLL for (int a = 0; a < TI; ++a)
+                TSL_UNROLL for (int b = 0; b < TJ; ++b)
+                  load(acc[a][b], carry + ((ta + a) * kBlock + tb + b) * E + g * L);
+              for (int64_t k = g * L; k < width; k += E) {
+                VD u[TI], w[TJ];
+                TSL_UNROLL for (int a = 0; a < TI; ++a) load(u[a], xi + (ta + a) * kStride + k);
+                TSL_UNROLL for (int b = 0; b < TJ; ++b) load(w[b], xj + (tb + b) * kStride + k);
+                TSL_UNROLL for (int a = 0; a < TI; ++a)
+                  TSL_UNROLL for (int b = 0; b < TJ; ++b) {
+                    VD t;  // (a + b) is a constant once the loops are unrolled
+                    if ((a + b) % 2 == 1)
+                      subtract<FmaSub>(t, u[a], w[b]);
+                    else
+                      subtract<false>(t, u[a], w[b]);
+                    acc[a][b] += t * t;
+                  }
+              }
+              TSL_UNROLL for (int a = 0; a < TI; ++a)
+                TSL_UNROLL for (int b = 0; b < TJ; ++b)
+                  store(carry + ((ta + a) * kBlock + tb + b) * E + g * L, acc[a][b]);
             }
-        }
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) memcpy(carry + (a * 4 + b) * L, &acc[a][b], sizeof(VD));
       }
       // The six pairs inside the block, side by side.
-      VD acc[6];
-      for (int p = 0; p < 6; ++p) load(acc[p], carry + p * L);
-      for (int64_t s = 0; s < steps; ++s) {
-        VD u[4];
-        for (int a = 0; a < 4; ++a) load(u[a], xi + a * kChunk + s * L);
-        for (int p = 0; p < 6; ++p) {
-          const VD t = u[ia[p]] - u[ib[p]];
-          acc[p] += t * t;
+      for (int g = 0; g < G; ++g) {
+        VD acc[6];
+        TSL_UNROLL for (int p = 0; p < 6; ++p) load(acc[p], carry + p * E + g * L);
+        for (int64_t k = g * L; k < width; k += E) {
+          VD u[kBlock];
+          TSL_UNROLL for (int a = 0; a < kBlock; ++a) load(u[a], xi + a * kStride + k);
+          TSL_UNROLL for (int p = 0; p < 6; ++p) {
+            const VD t = u[ia[p]] - u[ib[p]];
+            acc[p] += t * t;
+          }
         }
+        TSL_UNROLL for (int p = 0; p < 6; ++p) store(carry + p * E + g * L, acc[p]);
       }
-      for (int p = 0; p < 6; ++p) memcpy(carry + p * L, &acc[p], sizeof(VD));
-      carry += 6 * L;
+      carry += 6 * E;
     }
   }
   const double* carry = part;
   for (int64_t bi = 0; bi < blocks; ++bi) {
-    for (int64_t bj = 0; bj < bi; ++bj, carry += 16 * L)
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) {
-          VD v;
-          load(v, carry + (a * 4 + b) * L);
-          if (bi * 4 + a < n) sq[(bi * 4 + a) * n + bj * 4 + b] = lane_sum(v);
-        }
-    for (int p = 0; p < 6; ++p) {
-      VD v;
-      load(v, carry + p * L);
-      if (bi * 4 + ia[p] < n) sq[(bi * 4 + ia[p]) * n + bi * 4 + ib[p]] = lane_sum(v);
-    }
-    carry += 6 * L;
+    for (int64_t bj = 0; bj < bi; ++bj, carry += 16 * E)
+      TSL_UNROLL for (int a = 0; a < kBlock; ++a)
+        TSL_UNROLL for (int b = 0; b < kBlock; ++b)
+          if (bi * kBlock + a < n)
+            sq[(bi * kBlock + a) * n + bj * kBlock + b] = tsl::lane_tree(carry + (a * kBlock + b) * E);
+    TSL_UNROLL for (int p = 0; p < 6; ++p)
+      if (bi * kBlock + ia[p] < n)
+        sq[(bi * kBlock + ia[p]) * n + bi * kBlock + ib[p]] = tsl::lane_tree(carry + p * E);
+    carry += 6 * E;
   }
 }
 
@@ -329,62 +359,83 @@ __attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, i
   }
 }
 
+// Each build's shapes, chosen by measurement (benchmarks/README.md): the vector width, the
+// register tile of the whole-cloud kernel (TI x TJ pairs per lane group) and the vectors per row
+// of the backward's tile. AVX-512 has 32 registers of 8 doubles: one pass of 4 x 4 tiles (16
+// accumulators, 8 operands). AVX2 and SSE2 have 16 registers: a 4 x 4 tile would spill, so they
+// run 2 x 4 tiles (8 accumulators, 6 operands) in two or four passes.
+struct Avx512Shape {
+  static constexpr int bytes = 64, ti = 4, tj = 4, grad_vectors = 2;
+  static constexpr bool fma_sub = true;
+};
+struct Avx2Shape {
+  static constexpr int bytes = 32, ti = 2, tj = 4, grad_vectors = 1;
+  static constexpr bool fma_sub = true;
+};
+struct BaseShape {  // SSE2: no FMA instructions
+  static constexpr int bytes = 16, ti = 2, tj = 4, grad_vectors = 1;
+  static constexpr bool fma_sub = false;
+};
+
 #ifdef TSL_X86_LEVELS
-// AVX-512 and AVX2+FMA builds of the same body (feature lists rather than x86-64-v4/v3 names,
-// which older compilers lack); the baseline build below serves every other CPU.
+// AVX-512 and AVX2 builds of the same bodies (feature lists rather than x86-64-v4/v3 names,
+// which older compilers lack; -ffp-contract=off keeps "fma" from changing a bit); the baseline
+// build below serves every other CPU.
+#define TSL_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#define TSL_AVX2 __attribute__((target("avx2,fma")))
+
 template <typename T>
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void lower_rows_v4(
-    const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, double* sq, double* wide) {
-  lower_rows_body<T, 64>(x, n, dim, i0, i1, sq, wide);
+TSL_AVX512 void lower_rows_v4(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
+                              double* sq, double* wide) {
+  lower_rows_body<T, Avx512Shape::bytes>(x, n, dim, i0, i1, sq, wide);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void lower_rows_v3(const T* x, int64_t n, int64_t dim,
-                                                      int64_t i0, int64_t i1, double* sq,
-                                                      double* wide) {
-  lower_rows_body<T, 32>(x, n, dim, i0, i1, sq, wide);
+TSL_AVX2 void lower_rows_v3(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
+                            double* sq, double* wide) {
+  lower_rows_body<T, Avx2Shape::bytes>(x, n, dim, i0, i1, sq, wide);
 }
 
 template <typename T>
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void lower_cloud_v4(const T* x, int64_t n,
-                                                                          int64_t dim, double* sq,
-                                                                          double* scratch) {
-  lower_cloud_body<T, 64>(x, n, dim, sq, scratch);
+TSL_AVX512 void lower_cloud_v4(const T* x, int64_t n, int64_t dim, double* sq, double* scratch) {
+  using S = Avx512Shape;
+  lower_cloud_body<T, S::bytes, S::ti, S::tj, S::fma_sub>(x, n, dim, sq, scratch);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void lower_cloud_v3(const T* x, int64_t n, int64_t dim,
-                                                       double* sq, double* scratch) {
-  lower_cloud_body<T, 32>(x, n, dim, sq, scratch);
+TSL_AVX2 void lower_cloud_v3(const T* x, int64_t n, int64_t dim, double* sq, double* scratch) {
+  using S = Avx2Shape;
+  lower_cloud_body<T, S::bytes, S::ti, S::tj, S::fma_sub>(x, n, dim, sq, scratch);
 }
 
 template <typename T>
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void grad_rows_v4(const T* x, int64_t n, int64_t dim,
-                                                            int64_t i0, int64_t i1, const T* w,
-                                                            T* gx) {
-  distance_grad_rows_body<T, 64, 2>(x, n, dim, i0, i1, w, gx);
+TSL_AVX512 void grad_rows_v4(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
+                             const T* w, T* gx) {
+  distance_grad_rows_body<T, Avx512Shape::bytes, Avx512Shape::grad_vectors>(x, n, dim, i0, i1,
+                                                                             w, gx);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void grad_rows_v3(const T* x, int64_t n, int64_t dim,
-                                                            int64_t i0, int64_t i1, const T* w,
-                                                            T* gx) {
-  distance_grad_rows_body<T, 32, 1>(x, n, dim, i0, i1, w, gx);
+TSL_AVX2 void grad_rows_v3(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
+                           const T* w, T* gx) {
+  distance_grad_rows_body<T, Avx2Shape::bytes, Avx2Shape::grad_vectors>(x, n, dim, i0, i1, w,
+                                                                         gx);
 }
 #endif
 
 template <typename T>
 void grad_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, const T* w,
                     T* gx) {
-  distance_grad_rows_body<T, 16, 1>(x, n, dim, i0, i1, w, gx);
+  distance_grad_rows_body<T, BaseShape::bytes, BaseShape::grad_vectors>(x, n, dim, i0, i1, w, gx);
 }
 
 template <typename T>
 void lower_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, double* sq,
                      double* wide) {
-  lower_rows_body<T, 16>(x, n, dim, i0, i1, sq, wide);
+  lower_rows_body<T, BaseShape::bytes>(x, n, dim, i0, i1, sq, wide);
 }
 
 template <typename T>
 void lower_cloud_base(const T* x, int64_t n, int64_t dim, double* sq, double* scratch) {
-  lower_cloud_body<T, 16>(x, n, dim, sq, scratch);
+  using S = BaseShape;
+  lower_cloud_body<T, S::bytes, S::ti, S::tj, S::fma_sub>(x, n, dim, sq, scratch);
 }
 
 using tsl::x86_level;  // which build below to run

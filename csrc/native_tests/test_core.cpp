@@ -192,56 +192,80 @@ void test_random_mst(unsigned seed, int n, int dim) {
   check_padding(r, 4, "random");
 }
 
-// The tiled, vectorised CPU distances against the plain double loop, over sizes that exercise
-// every tile shape and remainder: row counts around the 4 x 2 and 4 x 4 tiles, dims around the
-// vector width.
+// The tiled, vectorised CPU distances against the canonical double loop, bit for bit, in every
+// build this CPU can run (the cap selects it), over sizes that exercise every tile shape and
+// remainder: row counts around the tiles and blocks, dims around the lane groups and chunks.
 template <typename T>
 void test_distance_tiles() {
   std::mt19937 rng(7);
   std::normal_distribution<double> normal;
-  const double rel = 1e-13;  // float rows are widened and summed in double too
-  for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 33, 65}) {
-    for (int64_t dim : {1, 3, 8, 15, 16, 17, 31, 255, 256, 257, 1000}) {
-      std::vector<T> x(n * dim);
-      for (T& v : x) v = static_cast<T>(3.0 + normal(rng));  // off-centre: no lucky zeros
-      for (int64_t i0 : {int64_t(0), n / 2}) {
-        std::vector<double> sq((n - i0) * n, -1.0);
-        tsloss::cpu::squared_distance_lower_rows(x.data(), n, dim, i0, n, sq.data());
-        for (int64_t i = i0; i < n; ++i)
-          for (int64_t j = 0; j < i; ++j) {
-            const double ref = tsl::squared_distance(&x[i * dim], &x[j * dim], dim);
-            const double got = sq[(i - i0) * n + j];
-            CHECK(std::fabs(got - ref) <= rel * ref, "tile distance n=%lld dim=%lld (%lld,%lld): "
-                  "%.17g vs %.17g", (long long)n, (long long)dim, (long long)i, (long long)j,
-                  got, ref);
-          }
-      }
-      // The whole-cloud entry (4 x 4 tiles over coordinate chunks) gives the same squares, in
-      // the build this CPU picks and in the narrower builds other CPUs get.
-      std::vector<double> scratch(tsloss::cpu::lower_cloud_scratch(n));
-      for (int build = 0; build < 3; ++build) {
+  for (int level : {0, 3, 4}) {
+    if (!tsl::set_x86_cap(level)) continue;  // a build this CPU cannot run
+    for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 33, 65}) {
+      for (int64_t dim : {1, 3, 7, 8, 9, 15, 16, 17, 31, 127, 128, 129, 255, 256, 257, 1000}) {
+        std::vector<T> x(n * dim);
+        for (T& v : x) v = static_cast<T>(3.0 + normal(rng));  // off-centre: no lucky zeros
+        for (int64_t i0 : {int64_t(0), n / 2}) {
+          std::vector<double> sq((n - i0) * n, -1.0);
+          tsloss::cpu::squared_distance_lower_rows(x.data(), n, dim, i0, n, sq.data());
+          for (int64_t i = i0; i < n; ++i)
+            for (int64_t j = 0; j < i; ++j) {
+              const double ref = tsl::squared_distance(&x[i * dim], &x[j * dim], dim);
+              const double got = sq[(i - i0) * n + j];
+              CHECK(got == ref, "row-block distance, level %d n=%lld dim=%lld (%lld,%lld): "
+                    "%.17g vs %.17g", level, (long long)n, (long long)dim, (long long)i,
+                    (long long)j, got, ref);
+            }
+        }
         std::vector<double> whole(n * n, -1.0);
-        if (build == 0) tsloss::cpu::squared_distance_lower(x.data(), n, dim, whole.data());
-        if (build == 1) tsloss::cpu::lower_cloud_base(x.data(), n, dim, whole.data(), scratch.data());
-#ifdef TSL_X86_LEVELS
-        if (build == 2 && tsloss::cpu::x86_level() >= 3)
-          tsloss::cpu::lower_cloud_v3(x.data(), n, dim, whole.data(), scratch.data());
-        else if (build == 2)
-          continue;
-#else
-        if (build == 2) continue;
-#endif
+        tsloss::cpu::squared_distance_lower(x.data(), n, dim, whole.data());
         for (int64_t i = 0; i < n; ++i)
           for (int64_t j = 0; j < i; ++j) {
             const double ref = tsl::squared_distance(&x[i * dim], &x[j * dim], dim);
             const double got = whole[i * n + j];
-            CHECK(std::fabs(got - ref) <= rel * ref, "whole-cloud distance (build %d) n=%lld "
-                  "dim=%lld (%lld,%lld): %.17g vs %.17g", build, (long long)n, (long long)dim,
-                  (long long)i, (long long)j, got, ref);
+            CHECK(got == ref, "whole-cloud distance, level %d n=%lld dim=%lld (%lld,%lld): "
+                  "%.17g vs %.17g", level, (long long)n, (long long)dim, (long long)i,
+                  (long long)j, got, ref);
           }
       }
     }
   }
+  tsl::set_x86_cap(-1);
+}
+
+// The backward's tiles in every build against the plain loop, bit for bit: each coordinate's
+// sum runs over j in order in every build, so no width may change it.
+template <typename T>
+void test_distance_grad() {
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal;
+  for (int level : {0, 3, 4}) {
+    if (!tsl::set_x86_cap(level)) continue;
+    for (int64_t n : {1, 2, 3, 5, 8, 17}) {
+      for (int64_t dim : {1, 3, 8, 15, 16, 17, 33, 100}) {
+        std::vector<T> x(n * dim), w(n * n), gx(n * dim, T(-1));
+        for (T& v : x) v = static_cast<T>(normal(rng));
+        for (T& v : w) v = static_cast<T>(normal(rng));
+        for (int64_t i0 = 0; i0 < n; i0 += tsloss::cpu::kTileRows) {
+          const int64_t i1 = std::min<int64_t>(n, i0 + tsloss::cpu::kTileRows);
+          tsloss::cpu::distance_grad_rows(x.data(), n, dim, i0, i1, &w[i0 * n], gx.data());
+        }
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t k = 0; k < dim; ++k) {
+            T ref = T(0);
+            for (int64_t j = 0; j < n; ++j) {
+              const T diff = x[i * dim + k] - x[j * dim + k];
+              const T term = w[i * n + j] * diff;
+              ref = ref + term;
+            }
+            CHECK(gx[i * dim + k] == ref, "distance gradient, level %d n=%lld dim=%lld (%lld,%lld): "
+                  "%.17g vs %.17g", level, (long long)n, (long long)dim, (long long)i,
+                  (long long)k, (double)gx[i * dim + k], (double)ref);
+          }
+      }
+    }
+  }
+  tsl::set_x86_cap(-1);
 }
 
 // The device's bit-by-bit band mask, the host's packed byte flags and the x86 vector builds
@@ -409,6 +433,7 @@ void run_all() {
   test_sweep_builds<T>();
   test_split_sweep<T>();
   test_distance_tiles<T>();
+  test_distance_grad<T>();
   test_square<T>();
   test_hexagon<T>();
   test_duplicates<T>();

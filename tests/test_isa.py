@@ -1,0 +1,131 @@
+"""The same bits from every x86 build, batch layout, thread count and split of the work.
+
+The CPU kernels have a baseline (SSE2), an AVX2 and an AVX-512 build; the distances follow one
+canonical order of operations in all of them (csrc/core/pairwise_distance.h), so results may not
+differ by a single bit, in float64 too. Each test runs every build this CPU supports, capped with
+tsloss_cuda.set_cpu_isa, and compares against the baseline build.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import tsloss_cuda
+from tsloss_cuda import pairwise_distance, vr_persistence
+
+FIELDS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
+BUILDS = tsloss_cuda.supported_cpu_isas()
+
+
+@pytest.fixture
+def restore_isa():
+    before = tsloss_cuda.cpu_isa()
+    yield
+    tsloss_cuda.set_cpu_isa(None if before == BUILDS[-1] else before)
+
+
+def _clouds(rng: np.random.Generator):
+    """Gaussian and tie-heavy clouds, N = 3-300, off-centre so no coordinate is a lucky zero."""
+    for n, d in [(3, 2), (17, 9), (33, 64), (64, 127), (129, 40), (300, 17)]:
+        yield f"gaussian-{n}x{d}", 3.0 + rng.standard_normal((n, d))
+    for n, d in [(5, 3), (40, 4), (100, 6), (257, 3)]:
+        yield f"integer-{n}x{d}", rng.integers(0, 3, (n, d)).astype(float)
+    for k, d in [(3, 3), (7, 2), (4, 4)]:
+        yield f"lattice-{k}^{d}", np.array(list(itertools.product(range(k), repeat=d)), float)
+    base = rng.standard_normal((20, 11))
+    yield "duplicates-40x11", np.concatenate([base, base])
+
+
+def _equal(a, b) -> bool:
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_build_gives_the_same_bits(rng, dtype, restore_isa):
+    for name, cloud in _clouds(rng):
+        x = torch.tensor(cloud, dtype=dtype)
+        results = {}
+        for isa in BUILDS:
+            tsloss_cuda.set_cpu_isa(isa)
+            xg = x.clone().requires_grad_(True)
+            dist = pairwise_distance(xg)
+            dgm = vr_persistence(xg)
+            grad_points, = torch.autograd.grad(dgm.h0[:, 1].sum() + dgm.h1.sum() + dist.sum(), xg)
+            results[isa] = (dist.detach(), dgm, grad_points)
+        ref_dist, ref_dgm, ref_grad = results[BUILDS[0]]
+        for isa in BUILDS[1:]:
+            dist, dgm, grad_points = results[isa]
+            assert torch.equal(dist, ref_dist), f"{name} {dtype}: distances differ, {isa} vs baseline"
+            assert _equal(dgm, ref_dgm), f"{name} {dtype}: diagrams differ, {isa} vs baseline"
+            assert torch.equal(grad_points, ref_grad), f"{name} {dtype}: gradients differ, {isa}"
+
+
+def _layouts(x: torch.Tensor):
+    """The same clouds as a batch, one by one, expanded, non-contiguous and permuted."""
+    b = x.shape[0]
+    yield "batched", x, list(range(b))
+    yield "non-contiguous", x.transpose(1, 2).contiguous().transpose(1, 2), list(range(b))
+    perm = list(reversed(range(b)))
+    yield "permuted", x[perm], perm
+    yield "padded-columns", torch.cat([x, x], 2)[:, :, : x.shape[2]], list(range(b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("isa", BUILDS)
+def test_layouts_and_threads_give_the_same_bits(rng, dtype, isa, restore_isa):
+    """A cloud's diagram is a function of that cloud alone: not of its batch, its position in it,
+    the tensor's strides, the number of threads or how they split the work."""
+    tsloss_cuda.set_cpu_isa(isa)
+    threads = torch.get_num_threads()
+    try:
+        for n, d, b in [(18, 5, 4), (40, 23, 5), (70, 33, 3), (130, 9, 2)]:
+            x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
+            alone = [vr_persistence(x[i:i + 1]) for i in range(b)]
+            for t in sorted({1, max(threads, 2)}):
+                torch.set_num_threads(t)
+                for name, xs, order in _layouts(x):
+                    dgm = vr_persistence(xs)
+                    for row, i in enumerate(order):
+                        for f in FIELDS:
+                            assert torch.equal(getattr(dgm, f)[row], getattr(alone[i], f)[0]), (
+                                f"{name} (n={n}, d={d}, {t} threads, {isa}): field {f} of cloud "
+                                f"{i} differs from the cloud computed alone")
+                # Expanded (stride 0): every copy equals the cloud alone.
+                many = vr_persistence(x[:1].expand(6, n, d))
+                for row in range(6):
+                    for f in FIELDS:
+                        assert torch.equal(getattr(many, f)[row], getattr(alone[0], f)[0])
+                # A lone cloud split among threads, alone and as a 2-D input.
+                assert _equal(vr_persistence(x[0]), vr_persistence(x[0].unsqueeze(0)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_set_cpu_isa_errors_name_the_argument(restore_isa):
+    with pytest.raises(ValueError, match="isa must be one of baseline, avx2, avx512"):
+        tsloss_cuda.set_cpu_isa("sse4")
+    assert tsloss_cuda.set_cpu_isa("baseline") == "baseline"
+    assert tsloss_cuda.cpu_isa() == "baseline"
+    assert tsloss_cuda.set_cpu_isa(None) == BUILDS[-1]
+    unsupported = [isa for isa in ("avx2", "avx512") if isa not in BUILDS]
+    for isa in unsupported:
+        with pytest.raises(ValueError, match=f"isa='{isa}' is not supported by this CPU"):
+            tsloss_cuda.set_cpu_isa(isa)
+
+
+def test_environment_variable_sets_the_build():
+    code = "import tsloss_cuda; print(tsloss_cuda.cpu_isa())"
+    for isa in BUILDS:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "TSLOSS_CPU_ISA": isa}, check=True)
+        assert out.stdout.strip() == isa
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "TSLOSS_CPU_ISA": "mmx"})
+    assert bad.returncode != 0
+    assert "TSLOSS_CPU_ISA='mmx'" in bad.stderr.splitlines()[-1]
