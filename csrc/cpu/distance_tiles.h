@@ -81,12 +81,15 @@ __attribute__((always_inline)) inline void load_wide(VD& v, const T* p) {
 // queue on the adders while the FMA units idle; moving every other subtract to the FMA units
 // balances the two (benchmarks/README.md). Written in assembly because GCC, told not to
 // contract, would never emit it, and the intrinsic would tie this header to one target.
-template <bool OnFma, typename VD>
-__attribute__((always_inline)) inline void subtract(VD& t, const VD& u, const VD& w) {
+template <bool OnFma, typename V>
+__attribute__((always_inline)) inline void subtract(V& t, const V& u, const V& w) {
   if constexpr (OnFma) {
-    const VD one = VD{} + 1.0;
+    const V one = V{} + 1;
     t = u;
-    asm("vfnmadd231pd %2, %1, %0" : "+v"(t) : "v"(one), "vm"(w));
+    if constexpr (sizeof(t[0]) == 8)
+      asm("vfnmadd231pd %2, %1, %0" : "+v"(t) : "v"(one), "vm"(w));
+    else
+      asm("vfnmadd231ps %2, %1, %0" : "+v"(t) : "v"(one), "vm"(w));
   } else {
     t = u - w;
   }
@@ -321,7 +324,7 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
 // origin; four rows share every loaded x_j.
 constexpr int kTileRows = 4;
 
-template <typename T, int Bytes, int VPR>
+template <typename T, int Bytes, int VPR, bool FmaSub>
 __attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, int64_t n,
                                                                    int64_t dim, int64_t i0,
                                                                    int64_t i1, const T* w,
@@ -330,24 +333,41 @@ __attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, i
   constexpr int L = Vec<T, Bytes>::lanes;
   constexpr int64_t C = VPR * L;  // coordinates per register tile
   const int64_t rows = i1 - i0;
+  // A short last block repeats its first row: computed alongside, never stored.
+  const T* wr[kTileRows];
+  const T* xr[kTileRows];
+  for (int a = 0; a < kTileRows; ++a) {
+    wr[a] = w + (a < rows ? a : 0) * n;
+    xr[a] = x + (i0 + (a < rows ? a : 0)) * dim;
+  }
   const int64_t body = dim - dim % C;
   for (int64_t k = 0; k < body; k += C) {
     V xi[kTileRows][VPR], acc[kTileRows][VPR];
-    for (int a = 0; a < kTileRows; ++a)
-      for (int v = 0; v < VPR; ++v) {
-        load(xi[a][v], x + (i0 + (a < rows ? a : 0)) * dim + k + v * L);
+    TSL_UNROLL for (int a = 0; a < kTileRows; ++a)
+      TSL_UNROLL for (int v = 0; v < VPR; ++v) {
+        load(xi[a][v], xr[a] + k + v * L);
         acc[a][v] = V{};
       }
     for (int64_t j = 0; j < n; ++j) {
       V xj[VPR];
-      for (int v = 0; v < VPR; ++v) load(xj[v], x + j * dim + k + v * L);
-      for (int a = 0; a < kTileRows; ++a) {
-        const T wj = a < rows ? w[a * n + j] : T(0);
-        for (int v = 0; v < VPR; ++v) acc[a][v] += wj * (xi[a][v] - xj[v]);
+      TSL_UNROLL for (int v = 0; v < VPR; ++v) load(xj[v], x + j * dim + k + v * L);
+      TSL_UNROLL for (int a = 0; a < kTileRows; ++a) {
+        // A scalar operand, which GCC broadcasts in one instruction; building the vector by hand
+        // (V{} + s, a loop over lanes) cost an add or a chain of inserts per row and j.
+        const T wj = wr[a][j];
+        TSL_UNROLL for (int v = 0; v < VPR; ++v) {
+          V d;  // (a + v) is a constant once the loops are unrolled
+          if ((a + v) % 2 == 1)
+            subtract<FmaSub>(d, xi[a][v], xj[v]);
+          else
+            subtract<false>(d, xi[a][v], xj[v]);
+          d = wj * d;
+          acc[a][v] += d;
+        }
       }
     }
     for (int a = 0; a < rows; ++a)
-      for (int v = 0; v < VPR; ++v) memcpy(gx + (i0 + a) * dim + k + v * L, &acc[a][v], sizeof(V));
+      for (int v = 0; v < VPR; ++v) store(gx + (i0 + a) * dim + k + v * L, acc[a][v]);
   }
   for (int64_t a = 0; a < rows; ++a) {
     const T* xa = x + (i0 + a) * dim;
@@ -359,17 +379,20 @@ __attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, i
   }
 }
 
-// Each build's shapes, chosen by measurement (benchmarks/README.md): the vector width, the
-// register tile of the whole-cloud kernel (TI x TJ pairs per lane group) and the vectors per row
-// of the backward's tile. AVX-512 has 32 registers of 8 doubles: one pass of 4 x 4 tiles (16
-// accumulators, 8 operands). AVX2 and SSE2 have 16 registers: a 4 x 4 tile would spill, so they
-// run 2 x 4 tiles (8 accumulators, 6 operands) in two or four passes.
+// Each build's shapes, chosen by measurement (build/kernel_rates, benchmarks/README.md): the
+// vector width, the register tile of the whole-cloud kernel (TI x TJ pairs per lane group), the
+// vectors per row of the backward's tile and whether subtracts may run on the FMA units. AVX-512
+// has 32 registers of 8 doubles: one pass of 4 x 4 tiles (16 accumulators, 8 operands). AVX2
+// and SSE2 have 16 registers: a 4 x 4 tile would spill, so they run 2 x 4 tiles (8
+// accumulators, 6 operands) in two or four passes. The backward's 4 rows x 2 vectors keep 8
+// accumulator chains in flight (one vector left AVX2 waiting on the adds; three cost AVX-512 a
+// scalar tail at D = 2048).
 struct Avx512Shape {
   static constexpr int bytes = 64, ti = 4, tj = 4, grad_vectors = 2;
   static constexpr bool fma_sub = true;
 };
 struct Avx2Shape {
-  static constexpr int bytes = 32, ti = 2, tj = 4, grad_vectors = 1;
+  static constexpr int bytes = 32, ti = 2, tj = 4, grad_vectors = 2;
   static constexpr bool fma_sub = true;
 };
 struct BaseShape {  // SSE2: no FMA instructions
@@ -409,21 +432,22 @@ TSL_AVX2 void lower_cloud_v3(const T* x, int64_t n, int64_t dim, double* sq, dou
 template <typename T>
 TSL_AVX512 void grad_rows_v4(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
                              const T* w, T* gx) {
-  distance_grad_rows_body<T, Avx512Shape::bytes, Avx512Shape::grad_vectors>(x, n, dim, i0, i1,
-                                                                             w, gx);
+  using S = Avx512Shape;
+  distance_grad_rows_body<T, S::bytes, S::grad_vectors, S::fma_sub>(x, n, dim, i0, i1, w, gx);
 }
 template <typename T>
 TSL_AVX2 void grad_rows_v3(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
                            const T* w, T* gx) {
-  distance_grad_rows_body<T, Avx2Shape::bytes, Avx2Shape::grad_vectors>(x, n, dim, i0, i1, w,
-                                                                         gx);
+  using S = Avx2Shape;
+  distance_grad_rows_body<T, S::bytes, S::grad_vectors, S::fma_sub>(x, n, dim, i0, i1, w, gx);
 }
 #endif
 
 template <typename T>
 void grad_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, const T* w,
                     T* gx) {
-  distance_grad_rows_body<T, BaseShape::bytes, BaseShape::grad_vectors>(x, n, dim, i0, i1, w, gx);
+  using S = BaseShape;
+  distance_grad_rows_body<T, S::bytes, S::grad_vectors, S::fma_sub>(x, n, dim, i0, i1, w, gx);
 }
 
 template <typename T>
