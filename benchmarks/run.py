@@ -28,6 +28,7 @@ Usage::
     python benchmarks/run.py --quick         # a small subset, < 1 minute
     python benchmarks/run.py --configs 16,768,64 64,2048,64 --reps 7 --impls ours,ripser
     python benchmarks/run.py --scaling       # also fit time ~ N^a, B^b, D^c for ours
+    python benchmarks/run.py --isa avx2      # our CPU kernels' AVX2 build (same bits, its speed)
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import tsloss_cuda
 
 warnings.filterwarnings("ignore")
 
@@ -536,7 +539,8 @@ def markdown(records, meta, scal) -> str:
     impls = [i for i in ALL_IMPLS if any(r["impl"] == i for r in records)]
     lines = [f"# Benchmarks on {meta['device']}", "",
              f"{meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} "
-             f"({meta['threads']} threads); load average at start {meta['load_start']}, "
+             f"({meta['threads']} threads), our CPU kernels' build: "
+             f"{meta.get('cpu_isa', 'not recorded')}; load average at start {meta['load_start']}, "
              f"at end {meta['load_end']}; median of at least {meta['reps']} reps after a warm-up "
              f"(calls under 50 ms repeated until ~{MIN_TOTAL_S} s is timed, at most {MAX_REPS}).",
              "",
@@ -650,6 +654,9 @@ def main(argv=None):
     ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--threads", type=int, help="torch threads for ours (default: all)")
+    ap.add_argument("--isa", choices=("baseline", "avx2", "avx512"),
+                    help="x86 build of our CPU kernels (default: the best this CPU runs); the "
+                         "result files are named after it")
     ap.add_argument("--peer-clouds", type=int, default=PEER_CLOUDS,
                     help="peers run on at most this many clouds of a batch, their time scaled "
                          "to the whole batch (0: all clouds)")
@@ -674,6 +681,11 @@ def main(argv=None):
         return payload
 
     cuda = torch.cuda.is_available() and not args.cpu
+    if args.isa:
+        try:
+            tsloss_cuda.set_cpu_isa(args.isa)
+        except ValueError as err:
+            ap.error(f"--isa: {err}")
     if args.threads:
         torch.set_num_threads(args.threads)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
@@ -714,6 +726,7 @@ def main(argv=None):
     n_runs = sum((2 if i == "ours" else 1) for i in impls) * len(configs)
     dev = device_name(cuda)
     meta = dict(device=dev, cpu=cpu_model(), cores=os.cpu_count(), threads=torch.get_num_threads(),
+                cpu_isa=tsloss_cuda.cpu_isa(),
                 torch=torch.__version__, cuda=torch.cuda.get_device_name(0) if cuda else None,
                 python=sys.version.split()[0], reps=reps, impls=impls, skipped_impls=skipped,
                 load_start=" ".join(f"{v:.2f}" for v in os.getloadavg()),
@@ -734,7 +747,7 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or dev
+    stem = args.name or (dev if cuda or not args.isa else f"{dev}-{args.isa}")
     payload = dict(meta=meta, records=records, scaling=scal)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=float))
     md = markdown(records, meta, scal)

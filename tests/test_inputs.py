@@ -161,12 +161,14 @@ def test_bad_maxdim(maxdim):
 def test_non_finite_points(bad, dtype):
     x = torch.randn(3, 6, 2, dtype=dtype)
     x[2, 4, 1] = bad
-    with pytest.raises(RuntimeError, match=r"x contains NaN or Inf"):
-        vr_persistence(x)
-    with pytest.raises(RuntimeError, match=r"x contains NaN or Inf"):
-        vr_persistence(x, maxdim=0)
-    with pytest.raises(RuntimeError, match=r"x contains NaN or Inf"):
-        pairwise_distance(x)
+    # Each message names the op the user called, whichever path computed the distances.
+    for batch in (x, x[2:]):
+        with pytest.raises(RuntimeError, match=r"^vr_persistence: x contains NaN or Inf"):
+            vr_persistence(batch)
+        with pytest.raises(RuntimeError, match=r"^vr_persistence: x contains NaN or Inf"):
+            vr_persistence(batch, maxdim=0)
+        with pytest.raises(RuntimeError, match=r"^pairwise_distance: x contains NaN or Inf"):
+            pairwise_distance(batch)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -57,10 +57,10 @@ constexpr int64_t kRowBlock = 4;
 // Distances of rows [i0, i1) of cloud b (x: (N, D)) to all earlier rows, from their squares
 // sq[(i - i0) * N + j], written to both triangles of out (N, N) with the diagonal. A
 // non-finite result is traced back to its cause (non-finite input, or a distance the dtype
-// cannot hold) and reported: no NaN leaves this op.
+// cannot hold) and reported in the name of `op`, the op the user called: no NaN leaves it.
 template <typename T>
 void finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
-                          const double* sq, T* out) {
+                          const double* sq, T* out, const char* op) {
   for (int64_t i = i0; i < i1; ++i) {
     out[i * N + i] = T(0);
     const double* si = sq + (i - i0) * N;
@@ -77,13 +77,13 @@ void finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t 
       if (!std::isfinite(v)) {
         for (int64_t p : {j, i})
           for (int64_t k = 0; k < D; ++k)
-            TSL_CHECK(std::isfinite(x[p * D + k]), "pairwise_distance: x contains NaN or Inf ",
+            TSL_CHECK(std::isfinite(x[p * D + k]), op, ": x contains NaN or Inf ",
                         "(point ", p, " of cloud ", b, ", coordinate ", k,
                         "); persistence of non-finite points is undefined");
-        TSL_CHECK(sizeof(T) != 4, "pairwise_distance: the distance between points ", j,
+        TSL_CHECK(sizeof(T) != 4, op, ": the distance between points ", j,
                     " and ", i, " of cloud ", b, " (", dist, ") overflows float32; pass float64 "
                     "points");
-        TSL_CHECK(false, "pairwise_distance: the distance between points ", j, " and ", i,
+        TSL_CHECK(false, op, ": the distance between points ", j, " and ", i,
                     " of cloud ", b, " exceeds the float64 range");
       }
       out[i * N + j] = v;
@@ -95,44 +95,44 @@ void finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t 
 // The same, computing the squares into sq ((i1 - i0) * N doubles of scratch).
 template <typename T>
 void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
-                   double* sq, T* out) {
+                   double* sq, T* out, const char* op) {
   cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq);
-  finish_distance_rows(x, N, D, i0, i1, b, sq, out);
+  finish_distance_rows(x, N, D, i0, i1, b, sq, out, op);
 }
 
 // All distances of one cloud, serially (the caller parallelises over clouds): whole-cloud tiles
 // for small clouds, else row blocks with a scratch of kRowBlock rows.
 template <typename T>
 void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
-                     T* out) {
+                     T* out, const char* op) {
   if (cpu::whole_cloud_tiles(N)) {
     sq.resize(N * N);
     cpu::squared_distance_lower(x, N, D, sq.data());
-    finish_distance_rows(x, N, D, 0, N, b, sq.data(), out);
+    finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op);
     return;
   }
   sq.resize(kRowBlock * N);
   for (int64_t i0 = 0; i0 < N; i0 += kRowBlock)
-    distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out);
+    distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out, op);
 }
 
 // A cloud of fewer than two points has no distance to carry a non-finite coordinate.
 template <typename T>
-void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D) {
+void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D, const char* op) {
   if (N >= 2) return;
   for (int64_t k = 0; k < B * N * D; ++k)
-    TSL_CHECK(std::isfinite(x[k]), "pairwise_distance: x contains NaN or Inf (cloud ",
+    TSL_CHECK(std::isfinite(x[k]), op, ": x contains NaN or Inf (cloud ",
                 k / std::max<int64_t>(N * D, 1), "); persistence of non-finite points is undefined");
 }
 
 // Distances from points, exactly symmetric with an exact zero diagonal. Parallel over whole
 // clouds when there are enough of them, else over balanced row blocks of all clouds, so that a
-// single large cloud still keeps every thread busy.
-at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
-  TSL_CHECK(x_in.dim() == 3, "pairwise_distance: x must be (B, N, D) at the op level, got ",
+// single large cloud still keeps every thread busy. Errors are reported in the name of `op`.
+at::Tensor distances_cpu(const at::Tensor& x_in, const char* op) {
+  TSL_CHECK(x_in.dim() == 3, op, ": x must be (B, N, D) at the op level, got ",
               x_in.sizes());
   TSL_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-              "pairwise_distance: x must be float32 or float64, got ", x_in.scalar_type());
+              op, ": x must be float32 or float64, got ", x_in.scalar_type());
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   auto out = at::empty({B, N, N}, x_in.options());
   if (B == 0 || N == 0) return out;
@@ -140,13 +140,13 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    check_lone_points(px, B, N, D);
+    check_lone_points(px, B, N, D, op);
     if (B >= 2 * at::get_num_threads()) {
       // Enough clouds for every thread: whole clouds per task (tiled from one widened copy).
       at::parallel_for(0, B, cloud_grain(N * N * D), [&](int64_t begin, int64_t end) {
         std::vector<double> sq;
         for (int64_t b = begin; b < end; ++b)
-          cloud_distances(px + b * N * D, N, D, b, sq, po + b * N * N);
+          cloud_distances(px + b * N * D, N, D, b, sq, po + b * N * N, op);
       });
       return;
     }
@@ -160,7 +160,7 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
         const int64_t b = u / units, q = u % units;
         for (int64_t block : {q, blocks - 1 - q}) {
           const int64_t i0 = block * kRowBlock, i1 = std::min(N, i0 + kRowBlock);
-          distance_rows(px + b * N * D, N, D, i0, i1, b, sq.data(), po + b * N * N);
+          distance_rows(px + b * N * D, N, D, i0, i1, b, sq.data(), po + b * N * N, op);
           if (block == blocks - 1 - q) break;  // the middle block of an odd count, done once
         }
       }
@@ -168,6 +168,8 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in) {
   });
   return out;
 }
+
+at::Tensor pairwise_distance_cpu(const at::Tensor& x) { return distances_cpu(x, "pairwise_distance"); }
 
 // Gradient of the distances w.r.t. the points: gx_i = sum_j w_ij (x_i - x_j) with
 // w_ij = (g_ij + g_ji) / d_ij, and 0 where d_ij = 0 (coincident points have no direction).
@@ -249,7 +251,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   // parallel region, and the matrix stays in cache. Otherwise the distances are parallel over
   // row blocks first, so that one large cloud still uses every thread.
   const bool fused = !distances && B >= 2 * at::get_num_threads();
-  at::Tensor dist = distances || fused ? x_in.contiguous() : pairwise_distance_cpu(x_in);
+  at::Tensor dist = distances || fused ? x_in.contiguous() : distances_cpu(x_in, "vr_persistence");
   auto opts = x_in.options();
   auto iopts = opts.dtype(at::kLong);
   const int64_t H0 = N > 0 ? N - 1 : 0;
@@ -264,7 +266,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_cpu", [&] {
     const scalar_t* pd = dist.data_ptr<scalar_t>();
     const int64_t D = fused ? x_in.size(2) : N;
-    if (fused) check_lone_points(pd, B, N, D);
+    if (fused) check_lone_points(pd, B, N, D, "vr_persistence");
     // Clouds are independent. Tiny clouds are batched into one task: waking threads costs more
     // than their work, and on a loaded machine a parallel region can stall for milliseconds.
     const int64_t work = N * N * (N + (fused ? D : 0));
@@ -283,7 +285,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
           symmetric_from_lower(cloud, N, matrix.data());
           cloud = matrix.data();
         } else if (fused) {
-          cloud_distances(cloud, N, D, b, sq, matrix.data());
+          cloud_distances(cloud, N, D, b, sq, matrix.data(), "vr_persistence");
           cloud = matrix.data();
         }
         tsl::CloudOutput<scalar_t> out{h0.data_ptr<scalar_t>() + b * H0 * 2,
