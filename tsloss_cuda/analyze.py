@@ -41,7 +41,9 @@ def load_prompt(path: str) -> torch.Tensor:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
-        raise CLIError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
+        # torch's own first line is a bare key or a page of weights_only advice
+        raise CLIError(f"cannot read checkpoint {path}: not a tensor file written by "
+                       f"torch.save ({type(exc).__name__})") from None
     if isinstance(obj, torch.Tensor):
         t = obj
     elif isinstance(obj, dict):
