@@ -20,7 +20,8 @@ COVERED = {
     quickstart(): ".ci/run: run as written in a fresh clone and venv, outputs checked",
     "bash .ci/run": "the CI itself",
     "pip install torch==2.13.0": ".ci/run (venv step) and the quick start",
-    "pip install -e . --no-build-isolation": "the quick start (with the [train] extra)",
+    "pip install -e . --no-build-isolation": "not literally: the quick start runs it with the "
+                                             "[train] extra, .ci/run with [test]",
     'pip install -e ".[train]" --no-build-isolation': "the quick start; "
                                                        "test_train_extra_names_the_default_model",
     'pip install -e ".[test]" --no-build-isolation': ".ci/run (install step)",
