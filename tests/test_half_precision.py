@@ -42,5 +42,5 @@ def test_half_input_matches_the_loss_on_the_same_points():
 
 
 def test_other_dtypes_are_refused_by_name():
-    with pytest.raises(TypeError, match="x must be a float tensor"):
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
         vr_persistence(torch.ones(4, 3, dtype=torch.int32))

@@ -83,7 +83,7 @@ FUNCTION_CASES = [
     ("vr_persistence(x, max_h1=2.5)", lambda: T.vr_persistence(torch.randn(5, 3), max_h1=2.5),
      ValueError, "max_h1"),
     ("vr_persistence(torch.randn(5, 3), distances=True)",
-     lambda: T.vr_persistence(torch.randn(5, 3), distances=True), ValueError, "distances=True"),
+     lambda: T.vr_persistence(torch.randn(5, 3), distances=True), RuntimeError, "square"),
     ("vr_persistence(torch.tensor([[0., 1.], [2., 0.]]), distances=True)",
      lambda: T.vr_persistence(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), distances=True),
      RuntimeError, "symmetric"),

@@ -94,14 +94,14 @@ def _as_batch(x: torch.Tensor, name: str, *, square: bool) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     what = ("(N, N) or (B, N, N) distance matrix (distances=True)" if square
             else "(N, D) or (B, N, D) tensor of points")
-    if x.dim() not in (2, 3) or (square and x.shape[-1] != x.shape[-2]):
+    if x.dim() not in (2, 3):
         raise ValueError(f"{name} must be a {what}, got shape {tuple(x.shape)}")
     if x.dtype in HALF_DTYPES:
         # As tsloss_cuda.loss does: half precision cannot resolve near-equal distances.
         x = x.float()
     elif x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} must be a float tensor (float16, bfloat16, float32 or float64), "
-                        f"got {x.dtype}")
+        raise TypeError(f"{name} must be float32 or float64 (float16 and bfloat16 are computed "
+                        f"in float32), got {x.dtype}")
     return x if x.dim() == 3 else x.unsqueeze(0)
 
 
@@ -162,7 +162,7 @@ def vr_persistence(
     if max_h1 is None:
         max_h1 = default_max_h1(n)
     elif isinstance(max_h1, bool) or not isinstance(max_h1, int) or max_h1 < 0:
-        raise ValueError(f"max_h1 must be an int >= 0 or None, got {max_h1!r}")
+        raise ValueError(f"max_h1 must be >= 0 (an int, or None for the default), got {max_h1!r}")
     out = ops.vr_persistence(xb, maxdim, distances, max_h1)
     if xb.is_cuda:
         out = mark_invalid_clouds(out, invalid_clouds(xb, distances))
