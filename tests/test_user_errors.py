@@ -81,7 +81,7 @@ FUNCTION_CASES = [
     ("vr_persistence(x, max_h1=-1)", lambda: T.vr_persistence(torch.randn(5, 3), max_h1=-1),
      ValueError, "max_h1"),
     ("vr_persistence(x, max_h1=2.5)", lambda: T.vr_persistence(torch.randn(5, 3), max_h1=2.5),
-     ValueError, "max_h1"),
+     TypeError, "max_h1"),
     ("vr_persistence(torch.randn(5, 3), distances=True)",
      lambda: T.vr_persistence(torch.randn(5, 3), distances=True), RuntimeError, "square"),
     ("vr_persistence(torch.tensor([[0., 1.], [2., 0.]]), distances=True)",

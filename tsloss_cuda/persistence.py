@@ -161,8 +161,10 @@ def vr_persistence(
         raise ValueError(f"maxdim must be 0 or 1, got {maxdim}")
     if max_h1 is None:
         max_h1 = default_max_h1(n)
-    elif isinstance(max_h1, bool) or not isinstance(max_h1, int) or max_h1 < 0:
-        raise ValueError(f"max_h1 must be >= 0 (an int, or None for the default), got {max_h1!r}")
+    elif isinstance(max_h1, bool) or not isinstance(max_h1, int):
+        raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
+    elif max_h1 < 0:
+        raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
     out = ops.vr_persistence(xb, maxdim, distances, max_h1)
     if xb.is_cuda:
         out = mark_invalid_clouds(out, invalid_clouds(xb, distances))
