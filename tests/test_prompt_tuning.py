@@ -90,7 +90,7 @@ def test_causal_lm_loss_on_answer_tokens_only():
         loss.backward()
         opt.step()
         first = float(loss.detach()) if first is None else first
-    assert float(spm(ids, labels=labels)["loss"]) < first
+    assert float(spm(ids, labels=labels)["loss"].detach()) < first
 
 
 def test_vocab_init_copies_embeddings():
@@ -129,3 +129,24 @@ def test_topology_metrics_of_a_square():
     assert m["h0_entropy"] == pytest.approx(math.log(3))
     assert m["h1_max_life"] == pytest.approx(math.sqrt(2) - 1, rel=1e-5)
     assert m["h1_entropy"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_tracker_records_tsloss_terms_of_the_prompt_it_is_given():
+    """tsloss_terms=True: the row's ts_* columns are the TSLoss terms of the same prompt, and
+    ts_stability is measured against the previous record's prompt."""
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)
+    tracker = TopologyTracker(1, tsloss_terms=True)
+    tracker.update(0, a)
+    tracker.update(1, b)
+    tracker.update(2, torch.randn(9, 5, generator=g))  # N changes: stability starts over
+    r0, r1, r2 = tracker.flush()
+    _, ta = ts_loss(a, return_terms=True)
+    _, tb = ts_loss(b, previous=ta["topology"], stability=1.0, return_terms=True)
+    for name in ("connectivity", "redundancy", "scale"):
+        assert r0["ts_" + name] == pytest.approx(float(ta[name]), rel=1e-6)
+        assert r1["ts_" + name] == pytest.approx(float(tb[name]), rel=1e-6)
+    assert r0["ts_stability"] == 0.0 and r2["ts_stability"] == 0.0
+    assert r1["ts_stability"] == pytest.approx(float(tb["stability"]), rel=1e-6) and \
+        r1["ts_stability"] > 0
+    assert r0["h1_entropy"] == 0.0 and str(to_floats({"z": -torch.zeros(())})["z"]) == "0.0"

@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from check_job_outputs import problems
+
 transformers = pytest.importorskip("transformers")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,11 +77,38 @@ def test_cli_compare_end_to_end_and_analyze(tiny_models, tmp_path):
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 8 * 3
 
     ck = out / "checkpoints" / "tsloss_seed0"
-    assert sorted(os.listdir(ck)) == ["step_000003.pt", "step_000006.pt"]
+    assert sorted(os.listdir(ck)) == ["step_000000.pt", "step_000003.pt", "step_000006.pt"]
     a = _run([str(ck), "--output-dir", str(tmp_path / "an")], module="tsloss_cuda.analyze")
     assert a.returncode == 0, a.stderr
     for f in ("topology_metrics.csv", "topology.png", "diagrams.png"):
         assert (tmp_path / "an" / f).is_file()
+    assert problems(str(out)) == []
+
+
+def test_metrics_rows_equal_analyze(tiny_models, tmp_path):
+    """One metrics row = one prompt state: the saved prompt of that step, analysed afresh,
+    gives the row's topology and TSLoss columns. 7 steps, rows every 3: 0, 3, 6 and 7."""
+    out = tmp_path / "run"
+    args = [a if a != "6" else "7" for a in TINY]  # --max-steps 7
+    r = _run(["--model", tiny_models["bert"], "--output-dir", str(out)] + args)
+    assert r.returncode == 0, r.stderr
+    ck = out / "checkpoints" / "tsloss_seed0"
+    assert sorted(os.listdir(ck)) == [f"step_{s:06d}.pt" for s in (0, 3, 6, 7)]
+    a = _run([str(ck)], module="tsloss_cuda.analyze")  # default: DIR_analysis beside DIR
+    assert a.returncode == 0, a.stderr
+    assert sorted(os.listdir(ck)) == [f"step_{s:06d}.pt" for s in (0, 3, 6, 7)]  # untouched
+    assert problems(str(out), str(ck) + "_analysis") == []
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert ",," not in "\n".join(rows) and "-0.0," not in "\n".join(rows)
+
+
+def test_quiet_prints_no_progress(tmp_path):
+    _minilm_dir()  # the default model, whose loading draws transformers' own bar
+    args = ["--max-steps", "1", "--max-val", "10", "--no-plots", "--output-dir", str(tmp_path)]
+    loud = _run(args)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr, loud.stderr
+    quiet = _run(args + ["--quiet"])
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 
 
 def test_cli_causal_lm(tiny_models, tmp_path):

@@ -1,7 +1,15 @@
-"""Error reporting shared by the command-line tools: one line on stderr, never a traceback."""
+"""What the command-line tools share: argument types that name the argument in their errors, a
+parser whose errors are one line, and one format for every message: ``PROG: error: ...``."""
 from __future__ import annotations
 
+import argparse
+import math
 import sys
+from typing import Callable
+
+
+class CLIError(Exception):
+    """A user error: reported as one line, exit status 2."""
 
 
 def first_line(exc: BaseException) -> str:
@@ -9,7 +17,67 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def report_unexpected(exc: BaseException) -> int:
-    """Print an unexpected (OS/runtime/value) error as one line; the exit status to return."""
-    print(f"error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
-    return 1
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _number(kind: Callable, low: float, strict: bool, what: str) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
+
+
+#: argparse ``type=`` values; argparse prefixes their messages with ``argument --NAME:``.
+positive_int = _number(int, 0, True, "an integer >= 1")
+nonneg_int = _number(int, 0, False, "an integer >= 0")
+positive_float = _number(float, 0.0, True, "a number > 0")
+nonneg_float = _number(float, 0.0, False, "a number >= 0")
+
+
+def fraction(text: str) -> float:
+    value = nonneg_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+#: The end of each tool's --device help.
+DEVICE_HELP = "cpu, or cuda (needs a CUDA build of torch and of tsloss_cuda, and a visible GPU)"
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`CLIError` naming ``--device`` when CUDA is asked for but not usable."""
+    if device != "cuda":
+        return
+    import torch
+    if torch.version.cuda is None:
+        raise CLIError(f"--device cuda: this torch ({torch.__version__}) is a CPU-only build; "
+                       "use --device cpu or install a CUDA build of torch")
+    if not torch.cuda.is_available():
+        raise CLIError("--device cuda: torch sees no CUDA device; use --device cpu")
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a CLI body; every error becomes one line ``PROG: error: ...`` and an exit status."""
+    try:
+        return body()
+    except CLIError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        # Not foreseen as a user error, but still one line: the type says where it came from.
+        print(f"{prog}: error: {first_line(exc)} ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return 130

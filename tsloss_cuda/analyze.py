@@ -1,10 +1,14 @@
 """Topology of saved soft prompts: ``python -m tsloss_cuda.analyze DIR``.
 
-DIR holds ``.pt`` prompt checkpoints (one per step or epoch), each a ``(N, D)`` tensor or a dict
-with one (``prompt``/``prompt_embeddings`` keys first, e.g. PEFT adapter state dicts). They are
-ordered by the numbers in their names. Writes ``topology_metrics.csv``, ``topology.png`` (metrics
-and TSLoss terms over checkpoints) and ``diagrams.png`` (barcodes and diagrams of the first,
-middle and last checkpoints). Offline and on the CPU unless ``--device cuda``.
+DIR holds ``.pt`` prompt checkpoints, each a ``(N, D)`` tensor or a dict with one
+(``prompt``/``prompt_embeddings`` keys first, e.g. PEFT adapter state dicts), such as the
+``checkpoints/REG_seedS/step_000010.pt`` files of ``python -m tsloss_cuda.train``. The training
+step of a checkpoint is read from its name (``step_10``, ``step-000010``, else the last number
+in it); they are analysed in that order. Writes ``topology_metrics.csv`` (the columns of the
+training job's ``metrics.csv``: the same values for the same prompt), ``topology.png``
+(metrics and TSLoss terms against the step) and ``diagrams.png`` (barcodes and diagrams of the
+first, middle and last checkpoints) into ``DIR_analysis`` next to DIR unless --output-dir is
+given. Offline; on the CPU unless ``--device cuda``.
 """
 from __future__ import annotations
 
@@ -13,86 +17,103 @@ import csv
 import os
 import re
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ._cli import first_line, report_unexpected
+from ._cli import DEVICE_HELP, CLIError, Parser, check_device, first_line, run_main
 
+PROG = "python -m tsloss_cuda.analyze"
 PREFERRED_KEYS = ("prompt", "prompt_embeddings", "embedding.weight")
 
 
-class AnalyzeError(Exception):
-    """A user error: reported as one line."""
-
-
-def _natural_key(name: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+def checkpoint_step(name: str) -> Optional[int]:
+    """The training step in a checkpoint's file name, or None when it has no number."""
+    m = re.search(r"step[_-]?(\d+)", name)
+    if m:
+        return int(m.group(1))
+    nums = re.findall(r"\d+", name)
+    return int(nums[-1]) if nums else None
 
 
 def load_prompt(path: str) -> torch.Tensor:
-    """The ``(N, D)`` prompt stored in a ``.pt`` file."""
+    """The ``(N, D)`` prompt stored in a ``.pt`` file, as float32."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
-        raise AnalyzeError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
+        # torch's own first line is a bare key or a page of weights_only advice
+        raise CLIError(f"cannot read checkpoint {path}: not a tensor file written by "
+                       f"torch.save ({type(exc).__name__})") from None
     if isinstance(obj, torch.Tensor):
         t = obj
     elif isinstance(obj, dict):
         cands = [obj[k] for k in PREFERRED_KEYS if isinstance(obj.get(k), torch.Tensor)]
         cands += [v for v in obj.values() if isinstance(v, torch.Tensor) and v.dim() == 2]
         if not cands:
-            raise AnalyzeError(f"no (N, D) prompt tensor in {path}")
+            raise CLIError(f"no (N, D) prompt tensor in checkpoint {path}")
         t = cands[0]
     else:
-        raise AnalyzeError(f"{path} holds a {type(obj).__name__}, not a prompt tensor")
-    if t.dim() != 2 or not t.is_floating_point():
-        raise AnalyzeError(f"{path}: expected a float (N, D) prompt, got {tuple(t.shape)} {t.dtype}")
+        raise CLIError(f"checkpoint {path} holds a {type(obj).__name__}, not a prompt tensor")
+    if t.dim() != 2 or not t.is_floating_point() or t.shape[0] < 1 or t.shape[1] < 1:
+        raise CLIError(f"checkpoint {path}: expected a float (N, D) prompt, got "
+                       f"{tuple(t.shape)} {t.dtype}")
     return t.float()
 
 
-def list_checkpoints(folder: str) -> List[str]:
+def list_checkpoints(folder: str) -> Tuple[List[str], List[int], bool]:
+    """(paths, steps, whether every step came from the name) in step order."""
     if not os.path.isdir(folder):
-        raise AnalyzeError(f"not a folder: {folder}")
+        raise CLIError(f"DIR: not a folder: {folder}")
     try:
-        names = os.listdir(folder)
+        names = [n for n in os.listdir(folder) if n.endswith(".pt")]
     except OSError as exc:
-        raise AnalyzeError(f"cannot read folder {folder}: {exc.strerror}") from None
-    files = sorted((n for n in names if n.endswith(".pt")), key=_natural_key)
-    if not files:
-        raise AnalyzeError(f"no .pt checkpoints in {folder}")
-    return [os.path.join(folder, n) for n in files]
+        raise CLIError(f"DIR: cannot read folder {folder}: {exc.strerror}") from None
+    if not names:
+        raise CLIError(f"DIR: no .pt checkpoints in {folder}")
+    found = {n: checkpoint_step(n) for n in names}
+    named = all(s is not None for s in found.values()) and len(set(found.values())) == len(names)
+    if named:
+        names.sort(key=lambda n: found[n])
+        steps = [found[n] for n in names]
+    else:  # no usable numbers: the checkpoints in name order, numbered 0, 1, ...
+        names.sort()
+        steps = list(range(len(names)))
+    return [os.path.join(folder, n) for n in names], steps, named
+
+
+def default_output_dir(folder: str) -> str:
+    """``DIR_analysis`` beside DIR: the checkpoint folder itself is left as it was."""
+    return os.path.normpath(folder) + "_analysis"
 
 
 def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
             plots: bool = True) -> List[Dict[str, float]]:
     """Metrics rows (one per checkpoint) and, with ``plots``, the PNG figures in ``out_dir``."""
-    from tsloss_cuda.loss import TSLoss
     from tsloss_cuda.persistence import vr_persistence
     from tsloss_cuda.tracking import TopologyTracker
 
-    paths = list_checkpoints(folder)
-    out_dir = out_dir or folder
-    os.makedirs(out_dir, exist_ok=True)
+    if device not in ("cpu", "cuda"):
+        raise CLIError(f"--device must be cpu or cuda, got {device!r}")
+    check_device(device)
+    paths, steps, named = list_checkpoints(folder)
+    out_dir = out_dir or default_output_dir(folder)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CLIError(f"--output-dir {out_dir} exists and is not a folder")
+    prompts = [load_prompt(p) for p in paths]  # every file read before anything is written
     dev = torch.device(device)
-    ts = TSLoss(stability=1.0)  # stability against the previous checkpoint
-    tracker = TopologyTracker(1)
+    tracker = TopologyTracker(1, tsloss_terms=True)
     snaps = {}
     keep = {0, len(paths) // 2, len(paths) - 1}
-    shape = None
-    for i, path in enumerate(paths):
-        p = load_prompt(path).to(dev)
-        if shape is not None and p.shape != shape:
-            ts.reset()  # a different N cannot be compared for stability
-        shape = p.shape
-        with torch.no_grad():
-            ts(p)
-        tracker.update(i, p, ts.last_terms)
+    for i, (step, prompt) in enumerate(zip(steps, prompts)):
+        p = prompt.to(dev)
+        tracker.update(step, p)
         if i in keep:
-            snaps[os.path.basename(path)] = vr_persistence(p).to_numpy()[0]
+            snaps[f"step {step}" if named else os.path.basename(paths[i])] = \
+                vr_persistence(p).to_numpy()[0]
     rows = tracker.flush()
     for row, path in zip(rows, paths):
         row["checkpoint"] = os.path.basename(path)
+    os.makedirs(out_dir, exist_ok=True)
     cols = ["step", "checkpoint"] + [k for k in rows[0] if k not in ("step", "checkpoint")]
     with open(os.path.join(out_dir, "topology_metrics.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
@@ -100,29 +121,37 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
         w.writerows(rows)
     if plots:
         from tsloss_cuda import plots as P
-        P.plot_topology({os.path.basename(os.path.normpath(folder)): rows},
-                        os.path.join(out_dir, "topology.png"))
-        P.plot_diagrams(snaps, os.path.join(out_dir, "diagrams.png"))
+        name = os.path.basename(os.path.normpath(folder))
+        xlabel = "training step" if named else "checkpoint (file name order)"
+        P.plot_topology({name: rows}, os.path.join(out_dir, "topology.png"), xlabel=xlabel,
+                        title=f"Prompt topology of the checkpoints in {name}")
+        P.plot_diagrams(snaps, os.path.join(out_dir, "diagrams.png"),
+                        title=f"Persistence of the prompts in {name}")
     return rows
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tsloss_cuda.analyze", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    ap = Parser(prog=PROG, description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", metavar="DIR", help="folder of .pt prompt checkpoints")
-    ap.add_argument("--output-dir", default=None, help="where outputs go (default: DIR)")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--output-dir", default=None,
+                    help="where outputs go (default: DIR_analysis, beside DIR)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the persistence computations run: " + DEVICE_HELP)
     ap.add_argument("--no-plots", action="store_true", help="CSV only")
-    args = ap.parse_args(argv)
-    try:
-        rows = analyze(args.folder, args.output_dir, args.device, not args.no_plots)
-    except AnalyzeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, RuntimeError, ValueError) as exc:
-        return report_unexpected(exc)
-    print(f"analysed {len(rows)} checkpoints; outputs in {args.output_dir or args.folder}")
-    return 0
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        out = args.output_dir or default_output_dir(args.folder)
+        rows = analyze(args.folder, out, args.device, not args.no_plots)
+        print(f"analysed {len(rows)} checkpoints; outputs in {out}")
+        return 0
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

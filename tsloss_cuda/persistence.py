@@ -16,6 +16,9 @@ H1_CAPACITY_PER_POINT = 4
 H1_MIN_CAPACITY = 8
 
 
+#: Input dtypes computed in float32 (results are float32; gradients flow back to the input).
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
 #: ``h1_count`` of a cloud whose H1 reduction outgrew its fixed CUDA workspace.
 H1_OVERFLOW = -1
 #: ``h1_count`` of a cloud whose input was invalid on CUDA, where checking on the host would
@@ -89,11 +92,16 @@ class Diagrams:
 def _as_batch(x: torch.Tensor, name: str, *, square: bool) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    what = "(N, N) or (B, N, N) distance matrix" if square else "(N, D) or (B, N, D) points"
+    what = ("(N, N) or (B, N, N) distance matrix (distances=True)" if square
+            else "(N, D) or (B, N, D) tensor of points")
     if x.dim() not in (2, 3):
         raise ValueError(f"{name} must be a {what}, got shape {tuple(x.shape)}")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.dtype in HALF_DTYPES:
+        # As tsloss_cuda.loss does: half precision cannot resolve near-equal distances.
+        x = x.float()
+    elif x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64 (float16 and bfloat16 are computed "
+                        f"in float32), got {x.dtype}")
     return x if x.dim() == 3 else x.unsqueeze(0)
 
 
@@ -101,10 +109,12 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     """Euclidean distances within each cloud.
 
     Args:
-        x: ``(N, D)`` or ``(B, N, D)`` float32/float64 points.
+        x: ``(N, D)`` or ``(B, N, D)`` float32/float64 points; float16/bfloat16 are computed
+            in float32.
 
     Returns:
-        ``(B, N, N)`` distances in x's dtype (B = 1 for 2-D input): exactly symmetric, exact
+        ``(B, N, N)`` distances in x's dtype, float32 for half-precision input (B = 1 for 2-D
+        input): exactly symmetric, exact
         zero diagonal, by the difference form (no Gram-form cancellation for close points).
         float32 rows are widened and summed in float64, so each float32 distance is the
         float64 distance rounded once (the matrix ripser.py builds); float64 pairs whose
@@ -127,13 +137,17 @@ def vr_persistence(
 
     Args:
         x: points ``(N, D)`` / ``(B, N, D)``, or with ``distances=True`` a distance matrix
-            ``(N, N)`` / ``(B, N, N)`` (read through its lower triangle). float32 or float64.
+            ``(N, N)`` / ``(B, N, N)`` (read through its lower triangle). float32 or float64;
+            float16 and bfloat16 are widened to float32 first (as :func:`tsloss_cuda.loss`
+            does: half precision cannot tell near-equal distances apart), so their diagrams
+            are float32 and gradients flow back to the half-precision input.
         maxdim: 1 for H0 and H1, 0 for H0 only (``h1`` then has K = 0 rows).
         distances: whether ``x`` is a distance matrix.
         max_h1: capacity K of the H1 outputs; default :func:`default_max_h1` (4·N).
 
     Returns:
-        :class:`Diagrams` on x's device; ``h0``/``h1`` are differentiable w.r.t. ``x``.
+        :class:`Diagrams` on x's device, in x's dtype (float32 for half-precision input);
+        ``h0``/``h1`` are differentiable w.r.t. ``x``.
 
     Invalid values (NaN or Inf; with ``distances=True`` also a matrix that is not symmetric to
     1e-4 relative, has a negative entry or a non-zero diagonal) raise a RuntimeError naming the
@@ -147,6 +161,8 @@ def vr_persistence(
         raise ValueError(f"maxdim must be 0 or 1, got {maxdim}")
     if max_h1 is None:
         max_h1 = default_max_h1(n)
+    elif isinstance(max_h1, bool) or not isinstance(max_h1, int):
+        raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
     elif max_h1 < 0:
         raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
     out = ops.vr_persistence(xb, maxdim, distances, max_h1)

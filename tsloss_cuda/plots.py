@@ -1,8 +1,8 @@
 """Matplotlib figures for training runs and prompt checkpoints (written as PNG files)."""
 from __future__ import annotations
 
-import os
-from typing import Dict, List, Mapping, Sequence
+import math
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -10,17 +10,39 @@ matplotlib.use("Agg")  # headless: the job runs without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tsloss_cuda.tracking import METRICS  # noqa: E402
+Rows = List[Dict[str, float]]
+
+#: Panels of :func:`plot_topology`, most telling first: (column, title, y label). The CSV keeps
+#: every column; these are the ones worth a picture (h0_total is (N-1)·h0_mean_life, h1_mean_life
+#: and h1_entropy follow the H1 bar count).
+TOPOLOGY_PANELS: Tuple[Tuple[str, str, str], ...] = (
+    ("ts_connectivity", "TSLoss connectivity term", "mean H0 death / scale"),
+    ("ts_scale", "Prompt scale", "mean pairwise distance"),
+    ("h0_mean_life", "H0: mean bar length", "distance"),
+    ("h0_max_life", "H0: longest finite bar", "distance"),
+    ("h0_entropy", "H0: persistent entropy", "entropy (nats)"),
+    ("ts_stability", "TSLoss stability term\n(change since the previous record)", "mean squared change"),
+    ("ts_redundancy", "TSLoss redundancy term", "sum of H1 bar lengths / scale"),
+    ("h1_count", "H1: number of loops", "bars"),
+    ("h1_max_life", "H1: longest loop bar", "distance"),
+    ("h1_total", "H1: total bar length", "distance"),
+    ("h0_count", "H0: finite bars of positive length", "bars"),
+)
 
 
 def _save(fig, path: str) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def plot_curves(rows_by_run: Mapping[str, List[Dict[str, float]]], path: str) -> str:
+def _constant(values: Sequence[float]) -> bool:
+    finite = [v for v in values if not math.isnan(v)]
+    return not finite or max(finite) - min(finite) <= 1e-12 * max(1.0, abs(finite[0]))
+
+
+def plot_curves(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[str] = None,
+                xlabel: str = "training step") -> str:
     """Task loss and validation accuracy against step, one line per run label.
 
     rows_by_run: label -> metric rows (dicts with ``step``, ``task_loss``, ``val_acc``).
@@ -28,70 +50,118 @@ def plot_curves(rows_by_run: Mapping[str, List[Dict[str, float]]], path: str) ->
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, rows in rows_by_run.items():
         steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r.get("task_loss", np.nan) for r in rows], label=label)
-        axes[1].plot(steps, [r.get("val_acc", np.nan) for r in rows], label=label)
-    axes[0].set(xlabel="step", ylabel="task loss (train batch)", title="Task loss")
-    axes[1].set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy")
+        axes[0].plot(steps, [r.get("task_loss", np.nan) for r in rows], marker=".", label=label)
+        axes[1].plot(steps, [r.get("val_acc", np.nan) for r in rows], marker=".", label=label)
+    axes[0].set(xlabel=xlabel, ylabel="cross-entropy",
+                title="Task loss on the training batches\n(mean since the previous record)")
+    axes[1].set(xlabel=xlabel, ylabel="accuracy", title="Validation accuracy")
     for ax in axes:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_topology(rows_by_run: Mapping[str, List[Dict[str, float]]], path: str,
-                  names: Sequence[str] = METRICS + ("ts_connectivity", "ts_redundancy")) -> str:
-    """Each topology metric (and TSLoss term, when present) against step, one line per run."""
-    names = [n for n in names if any(n in r for rows in rows_by_run.values() for r in rows)]
-    cols = 4
-    nrows = max(1, (len(names) + cols - 1) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[str] = None,
+                  xlabel: str = "training step",
+                  panels: Sequence[Tuple[str, str, str]] = TOPOLOGY_PANELS) -> str:
+    """Topology metrics and TSLoss terms against step, one line per run label.
+
+    Panels whose value never changes (in any run) are left out and listed, with their value, in
+    a note under the figure, so that e.g. a prompt without loops does not fill it with flat
+    zero lines.
+    """
+    shown, flat = [], []
+    for col, name, unit in panels:
+        vals = [r[col] for rows in rows_by_run.values() for r in rows if col in r]
+        if not vals:
+            continue
+        if _constant(vals):
+            flat.append(f"{name.splitlines()[0]} = {vals[0]:.4g}")
+        else:
+            shown.append((col, name, unit))
+    cols = 3
+    nrows = max(1, math.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.3 * cols, 3.1 * nrows + 0.9), squeeze=False)
+    for ax, (col, name, unit) in zip(axes.flat, shown):
         for label, rows in rows_by_run.items():
-            pts = [(r["step"], r[name]) for r in rows if name in r]
+            pts = [(r["step"], r[col]) for r in rows if col in r]
             if pts:
                 s, v = zip(*pts)
-                ax.plot(s, v, label=label)
-        ax.set_title(name, fontsize=9)
+                ax.plot(s, v, marker=".", label=label)
+        ax.set(title=name, xlabel=xlabel, ylabel=unit)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
-    if names:
-        axes.flat[0].legend(fontsize=6)
+    if not shown:
+        axes.flat[0].text(0.5, 0.5, "every metric is constant", ha="center", va="center")
+    handles, labels = (axes.flat[0].get_legend_handles_labels() if shown else ([], []))
+    fig.suptitle(title or "Prompt topology over training", fontsize=13)
+    fig.tight_layout(rect=(0, 0.06 if flat else 0, 1, 0.93 if handles else 0.97))
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=10,
+                   bbox_to_anchor=(0.5, 0.955), frameon=False)
+    if flat:
+        note = "Not drawn, constant at every record: " + "; ".join(flat)
+        fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=9, wrap=True)
     return _save(fig, path)
 
 
-def plot_diagrams(snapshots: Mapping[str, Sequence[np.ndarray]], path: str) -> str:
+def _finite_top(h0: np.ndarray, h1: np.ndarray) -> float:
+    vals = np.concatenate([h0[np.isfinite(h0[:, 1]), 1], h1.reshape(-1)])
+    return float(vals.max()) * 1.12 if vals.size and vals.max() > 0 else 1.0
+
+
+def plot_diagrams(snapshots: Mapping[str, Sequence[np.ndarray]], path: str, *,
+                  title: Optional[str] = None) -> str:
     """Barcodes (top row) and persistence diagrams (bottom row) of a few prompt snapshots.
 
-    snapshots: title -> ripser-format ``[H0 (n0, 2), H1 (n1, 2)]`` arrays (H0 may hold an
-    infinite death, drawn at the top of the axis).
+    snapshots: panel label (e.g. ``"step 50"``) -> ripser-format ``[H0 (n0, 2), H1 (n1, 2)]``
+    arrays. H0's infinite bar is drawn to the right edge with an arrow and the point of infinite
+    death on a dashed "∞" line at the top of the diagram.
     """
     n = max(len(snapshots), 1)
-    fig, axes = plt.subplots(2, n, figsize=(3.8 * n, 6.5), squeeze=False)
-    for j, (title, (h0, h1)) in enumerate(snapshots.items()):
-        finite = np.concatenate([h0[np.isfinite(h0[:, 1]), 1], h1.reshape(-1)]) \
-            if len(h1) else h0[np.isfinite(h0[:, 1]), 1]
-        top = float(finite.max()) * 1.1 if finite.size else 1.0
+    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 7.2), squeeze=False)
+    # One filtration scale for every snapshot, so they compare at a glance.
+    top = max([_finite_top(h0, h1) for h0, h1 in snapshots.values()] or [1.0])
+    for j, (label, (h0, h1)) in enumerate(snapshots.items()):
+        inf0 = ~np.isfinite(h0[:, 1])
         ax = axes[0, j]
-        bars = [(0, b, d) for b, d in h0] + [(1, b, d) for b, d in h1]
-        for i, (dim, b, d) in enumerate(bars):
-            ax.plot([b, min(d, top)], [i, i], color="C0" if dim == 0 else "C3", lw=1.2)
-        ax.set(title=f"{title}: barcode", xlabel="filtration", yticks=[])
+        bars = [(0, b, d) for b, d in h0[~inf0]] + [(1, b, d) for b, d in h1]
+        bars.sort(key=lambda t: (t[0], -(t[2] - t[1])))
+        y = 0
+        for b, _ in h0[inf0]:
+            ax.annotate("", xy=(top, y), xytext=(b, y),
+                        arrowprops=dict(arrowstyle="->", color="C0", lw=1.4))
+            ax.text(top, y + 0.2, "infinite H0 bar →∞", ha="right", va="bottom", color="C0",
+                    fontsize=8)
+            y += 1
+        for dim, b, d in bars:
+            ax.plot([b, d], [y, y], color="C0" if dim == 0 else "C3", lw=1.6)
+            y += 1
+        ax.set(title=f"{label}: barcode", xlabel="filtration (distance)",
+               ylabel="bars: H0 blue, H1 red", xlim=(0, top * 1.02), ylim=(-0.8, max(y, 1) + 0.3))
+        ax.set_yticks([])
+        ax.grid(alpha=0.3, axis="x")
+
         ax = axes[1, j]
-        h0f = np.where(np.isfinite(h0[:, 1]), h0[:, 1], top)
-        ax.scatter(h0[:, 0], h0f, s=10, label="H0")
-        if len(h1):
-            ax.scatter(h1[:, 0], h1[:, 1], s=10, color="C3", label="H1")
         ax.plot([0, top], [0, top], "k--", lw=0.7)
-        ax.set(title=f"{title}: diagram", xlabel="birth", ylabel="death")
-        ax.legend(fontsize=7)
+        ax.axhline(top, color="0.4", ls=":", lw=0.9)
+        ax.text(0.02 * top, top, "∞", va="bottom", fontsize=11, color="0.3")
+        ax.scatter(h0[~inf0, 0], h0[~inf0, 1], s=14, color="C0", label="H0")
+        if inf0.any():
+            ax.scatter(h0[inf0, 0], np.full(int(inf0.sum()), top), s=50, marker="^",
+                       color="C0", label="H0, infinite death")
+        ax.scatter(h1[:, 0], h1[:, 1], s=14, color="C3",
+                   label="H1" if len(h1) else "H1 (none)")
+        ax.set(title=f"{label}: persistence diagram", xlabel="birth (distance)",
+               ylabel="death (distance)", xlim=(-0.03 * top, top * 1.02),
+               ylim=(-0.03 * top, top * 1.08))
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
     return _save(fig, path)
-
-
-def plot_run(out_dir: str, rows_by_run, snapshots) -> List[str]:
-    """The three standard figures of a run folder; returns the written paths."""
-    paths = [plot_curves(rows_by_run, os.path.join(out_dir, "curves.png")),
-             plot_topology(rows_by_run, os.path.join(out_dir, "topology.png"))]
-    if snapshots:
-        paths.append(plot_diagrams(snapshots, os.path.join(out_dir, "diagrams.png")))
-    return paths

@@ -23,9 +23,10 @@ def _entropy(life: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     life = torch.where(valid, life, torch.zeros_like(life))
     total = life.sum(-1, keepdim=True)
     pr = life / total.clamp_min(torch.finfo(life.dtype).tiny)
-    # 0·log 0 = 0: mask before the log so no NaN appears.
-    return -(torch.where(pr > 0, pr * torch.log(torch.where(pr > 0, pr, torch.ones_like(pr))),
-                         torch.zeros_like(pr))).sum(-1)
+    # 0·log 0 = 0: mask before the log so no NaN appears. p·log(1/p) rather than -(p·log p):
+    # with no bars the sum is +0, where negating it would log "-0.0".
+    safe = torch.where(pr > 0, pr, torch.ones_like(pr))
+    return torch.where(pr > 0, pr * torch.log(1.0 / safe), torch.zeros_like(pr)).sum(-1)
 
 
 def _masked_mean_max(life: torch.Tensor, valid: torch.Tensor):
@@ -48,7 +49,10 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
         dict name -> 0-d float32 tensor on ``prompt``'s device (names in :data:`METRICS`).
         H0 uses the N-1 finite bars of positive length (the infinite bar is left out).
     """
-    x = prompt.detach().float().reshape(-1, prompt.shape[-1])
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2:
+        got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
+        raise ValueError(f"prompt must be an (N, D) tensor, got {got}")
+    x = prompt.detach().float()
     dg = vr_persistence(x, 1)
     life0 = dg.h0[0, :, 1] - dg.h0[0, :, 0]  # (N-1,)
     valid0 = life0 > 0
@@ -69,7 +73,7 @@ def to_floats(values: Mapping[str, torch.Tensor]) -> Dict[str, float]:
     if not keys:
         return {}
     stacked = torch.stack([values[k].detach().reshape(()).float() for k in keys]).cpu().tolist()
-    return dict(zip(keys, stacked))
+    return {k: v + 0.0 for k, v in zip(keys, stacked)}  # + 0.0 turns -0.0 into 0.0
 
 
 class TopologyTracker:
@@ -77,18 +81,39 @@ class TopologyTracker:
 
     ``update(step, prompt, terms)`` keeps device tensors; ``flush()`` reads the pending ones back
     (one transfer per record) and returns them as rows of floats.
+
+    With ``tsloss_terms=True``, ``update`` without ``terms`` computes the TSLoss terms of the
+    prompt it is given (default options, unweighted), with ``ts_stability`` measured against the
+    prompt of the previous record (0 for the first record, or when N changes). Every column of a
+    row then describes the same prompt: the training job and ``tsloss_cuda.analyze`` both record
+    this way, so a row of one equals the row of the other for the same saved prompt.
     """
 
-    def __init__(self, every: int = 10) -> None:
+    def __init__(self, every: int = 10, *, tsloss_terms: bool = False) -> None:
         self.every = max(int(every), 1)
         self._pending: List[tuple] = []
+        self._probe = None
+        if tsloss_terms:
+            from tsloss_cuda.loss import TSLoss
+            self._probe = TSLoss(stability=1.0)
+        self._shape = None
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
+    def _terms_of(self, prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self._shape is not None and prompt.shape != self._shape:
+            self._probe.reset()  # prompts of different N cannot be compared for stability
+        self._shape = prompt.shape
+        with torch.no_grad():
+            self._probe(prompt.detach())
+        return self._probe.last_terms
+
     def update(self, step: int, prompt: torch.Tensor,
                terms: Optional[Mapping[str, torch.Tensor]] = None) -> None:
         vals = topology_metrics(prompt)
+        if terms is None and self._probe is not None:
+            terms = self._terms_of(prompt)
         if terms:
             for name in TERMS:
                 t = terms.get(name)

