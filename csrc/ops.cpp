@@ -15,6 +15,22 @@ TORCH_LIBRARY(tsloss_cuda, m) {
   m.def(
       "vr_persistence_backward(Tensor grad_h0, Tensor grad_h1, Tensor x, Tensor h0_edges, "
       "Tensor h1_edges, bool distances) -> Tensor");
+  // TSLoss in one op (tsloss_cuda/loss.py documents the terms; core/tsloss_terms.h computes
+  // them). reduction: 0 none, 1 mean, 2 sum. The outputs after h1_count are the detached
+  // topology, then what the backward needs: per-cloud scales, the distances and the bars' edges.
+  m.def(
+      "tsloss_forward(Tensor x, Tensor? prev_h0, Tensor? prev_h1, int maxdim, int max_h1, "
+      "bool normalize, bool target_mode, float target, float p, float connectivity, "
+      "float redundancy, float stability, int reduction) -> "
+      "(Tensor loss, Tensor connectivity_term, Tensor redundancy_term, Tensor stability_term, "
+      "Tensor scale, Tensor h1_count, Tensor topo_h0, Tensor topo_h1, Tensor scales, "
+      "Tensor dist, Tensor h0_edges, Tensor h1_edges)");
+  m.def(
+      "tsloss_backward(Tensor? grad_loss, Tensor? grad_connectivity, Tensor? grad_redundancy, "
+      "Tensor? grad_stability, Tensor? grad_scale, Tensor x, Tensor dist, Tensor scales, "
+      "Tensor topo_h0, Tensor topo_h1, Tensor h1_count, Tensor h0_edges, Tensor h1_edges, "
+      "Tensor? prev_h0, Tensor? prev_h1, bool normalize, bool target_mode, float target, "
+      "float p, float connectivity, float redundancy, float stability, int reduction) -> Tensor");
 }
 
 // Gradient of pairwise_distance w.r.t. the points, for every backend without its own kernel
