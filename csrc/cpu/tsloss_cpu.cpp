@@ -17,6 +17,7 @@
 #include "../core/tsloss_terms.h"
 #include "../core/vr_engine.h"
 #include "distance_tiles.h"
+#include "tsloss_grad_tiles.h"
 
 namespace tsloss {
 namespace {
@@ -336,47 +337,65 @@ at::Tensor tsloss_backward_cpu(
       dense[b] = tsl::dense_pair_weight(ds, N, passes);
     }
 
-    // One pass over the pairs: gx_i = sum_j (W_ij / d_ij) (x_i - x_j), W_ij the dense weight
-    // plus the weights of the reported edges {i, j}; coincident points have no direction.
-    constexpr int64_t R = cpu::kTileRows;
-    const int64_t units = (N + R - 1) / R;
+    // One pass over the pairs: gx_i = sum_j W_ij (x_i - x_j), W_ij = (dense weight + the
+    // weights of the reported edges {i, j}) / d_ij; coincident points have no direction.
+    const int64_t n4 = (N + 3) / 4 * 4;
+    const int64_t chunk = cpu::grad_chunk(n4, sizeof(scalar_t));
+    const int64_t chunks = (D + chunk - 1) / chunk;
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pd = dist.data_ptr<scalar_t>();
     const int64_t* pe0 = e0.data_ptr<int64_t>();
     const int64_t* pe1 = e1.data_ptr<int64_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 262144 / (R * N * std::max<int64_t>(D, 1)));
-    at::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
-      std::vector<double> wd(R * N);
-      std::vector<scalar_t> w(R * N);
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t b = u / units, i0 = (u % units) * R, i1 = std::min(N, i0 + R);
-        std::fill(wd.begin(), wd.end(), dense[b]);
-        const double* ew = edge_w.data() + b * E;
-        auto add = [&](int64_t i, int64_t j, double g) {
-          if (g == 0.0 || i < 0 || j < 0 || i == j) return;
-          if (i >= i0 && i < i1) wd[(i - i0) * N + j] += g;
-          if (j >= i0 && j < i1) wd[(j - i0) * N + i] += g;
-        };
-        for (int64_t r = 0; r < H0; ++r) {
-          const int64_t* e = pe0 + (b * H0 + r) * 2;
-          add(e[0], e[1], ew[r]);
-        }
-        for (int64_t q = 0; q < K; ++q) {
-          const int64_t* e = pe1 + (b * K + q) * 4;
-          add(e[0], e[1], -ew[H0 + q]);
-          add(e[2], e[3], ew[H0 + q]);
-        }
-        const scalar_t* db = pd + b * N * N;
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = 0; j < N; ++j) {
-            const scalar_t d = db[i * N + j];
-            w[(i - i0) * N + j] =
-                d > scalar_t(0) ? static_cast<scalar_t>(wd[(i - i0) * N + j] / d) : scalar_t(0);
-          }
-        cpu::distance_grad_rows(px + b * N * D, N, D, i0, i1, w.data(), po + b * N * D);
+    auto pair_weights = [&](int64_t b, scalar_t* W) {
+      // The weights summed in double, then divided by the distance and rounded once.
+      thread_local std::vector<double> wd;
+      wd.assign(n4 * n4, 0.0);
+      std::fill(W, W + n4 * n4, scalar_t(0));
+      for (int64_t i = 1; i < N; ++i)
+        for (int64_t j = 0; j < i; ++j) wd[i * n4 + j] = dense[b];
+      const double* ew = edge_w.data() + b * E;
+      auto add = [&](int64_t u, int64_t v, double g) {
+        if (u < 0 || v < 0 || u == v) return;
+        wd[std::max(u, v) * n4 + std::min(u, v)] += g;
+      };
+      for (int64_t r = 0; r < H0; ++r) add(pe0[(b * H0 + r) * 2], pe0[(b * H0 + r) * 2 + 1], ew[r]);
+      for (int64_t q = 0; q < K; ++q) {
+        const int64_t* e = pe1 + (b * K + q) * 4;
+        add(e[0], e[1], -ew[H0 + q]);
+        add(e[2], e[3], ew[H0 + q]);
       }
-    });
+      const scalar_t* db = pd + b * N * N;
+      for (int64_t i = 1; i < N; ++i)
+        for (int64_t j = 0; j < i; ++j) {
+          const double d = static_cast<double>(db[i * N + j]);
+          W[i * n4 + j] = d > 0.0 ? static_cast<scalar_t>(wd[i * n4 + j] / d) : scalar_t(0);
+        }
+    };
+    const int64_t work = N * N * D;
+    if (B >= 2 * at::get_num_threads()) {
+      at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> W(n4 * n4), scratch(2 * n4 * chunk);
+        for (int64_t b = begin; b < end; ++b) {
+          pair_weights(b, W.data());
+          for (int64_t c = 0; c < chunks; ++c)
+            cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
+                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D);
+        }
+      });
+    } else {
+      // Few clouds: their coordinate chunks are shared out (chunks never write the same entry).
+      std::vector<scalar_t> W(n4 * n4);
+      for (int64_t b = 0; b < B; ++b) {
+        pair_weights(b, W.data());
+        at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> scratch(2 * n4 * chunk);
+          for (int64_t c = begin; c < end; ++c)
+            cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
+                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D);
+        });
+      }
+    }
   });
   return out;
 }
