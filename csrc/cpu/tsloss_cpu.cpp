@@ -117,12 +117,14 @@ double cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<
 }
 
 // The registered pairwise_distance kernel, for batches too small to keep every thread busy with
-// whole clouds: it splits one cloud's rows among the threads.
+// whole clouds: it splits one cloud's rows among the threads. Called through the dispatcher
+// (below autograd: this is already inside the op) so that profiles show it by name.
 at::Tensor distances_by_rows(const at::Tensor& x) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("tsloss_cuda::pairwise_distance", "")
                        .typed<at::Tensor(const at::Tensor&)>();
-  return op.redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), x);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x);
 }
 
 tsl::TermOptions term_options(bool has_prev, bool normalize, bool target_mode, double target,
