@@ -115,6 +115,9 @@ def loss(
     Returns:
         The loss (float32 or float64 tensor; scalar unless ``reduction="none"``), and with
         ``return_terms=True`` a tuple ``(loss, terms)``.
+
+    The loss, the terms and the scale are differentiable once: the backward is one fused op
+    (``create_graph=True`` raises a RuntimeError).
     """
     _check_options(normalize, connectivity_mode, target, p, reduction, max_h1)
     x = _as_prompts(prompts)
