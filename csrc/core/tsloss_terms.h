@@ -53,6 +53,7 @@ TSL_HD T cloud_scale(double pair_sum, index_t n, bool normalize, bool* grad_pass
   const double ordered = n > 1 ? (double)(n * (n - 1)) : 1.0;
   const T raw = (T)((T)(2.0 * pair_sum) / (T)ordered);
   *grad_passes = raw >= tiny_of<T>();
+  if (raw != raw) return raw;  // NaN passes through, as through torch's clamp_min
   return *grad_passes ? raw : tiny_of<T>();
 }
 

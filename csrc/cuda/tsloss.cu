@@ -57,6 +57,8 @@ __global__ void __launch_bounds__(kTermThreads)
   const T s = s_scale;
   const bool bad = s_bad;
   const int64_t count = bad ? -2 : h1_count[b];  // -2: INVALID_INPUT, as vr_persistence marks it
+  // An invalid cloud is marked as vr_persistence marks it: NaN H0 deaths, no trusted H1 bar
+  // (count -2), so its loss is NaN wherever it has an H0 bar; the composition agrees.
   const T nan = (T)NAN;
   double c = 0.0, s0 = 0.0, r = 0.0, s1 = 0.0;
   for (int64_t i = threadIdx.x; i < H0; i += blockDim.x) {
@@ -69,7 +71,7 @@ __global__ void __launch_bounds__(kTermThreads)
     }
   }
   for (int64_t q = threadIdx.x; q < K; q += blockDim.x) {
-    const T v = bad ? nan : h1_unit(h1[(b * K + q) * 2], h1[(b * K + q) * 2 + 1], s, q, count);
+    const T v = h1_unit(h1[(b * K + q) * 2], h1[(b * K + q) * 2 + 1], s, q, count);
     topo_h1[b * K + q] = v;
     if (q < count) r += red_value((double)v, o);
     if (o.has_prev) {
@@ -82,8 +84,8 @@ __global__ void __launch_bounds__(kTermThreads)
   r = block_sum(r, scratch);
   s1 = block_sum(s1, scratch);
   if (threadIdx.x != 0) return;
-  const double conn = bad ? (double)NAN : (H0 > 0 ? c / (double)H0 : 0.0);
-  const double red = bad ? (double)NAN : r;
+  const double conn = H0 > 0 ? c / (double)H0 : 0.0;
+  const double red = r;
   const double stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (K > 0 ? s1 / (double)K : 0.0)
                                  : 0.0;
   scales[b] = s;
