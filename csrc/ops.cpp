@@ -17,6 +17,38 @@ TORCH_LIBRARY(tsloss_cuda, m) {
   m.def(
       "vr_persistence_backward(Tensor grad_h0, Tensor grad_h1, Tensor x, Tensor h0_edges, "
       "Tensor h1_edges, bool distances) -> Tensor");
+  // TSLoss in one op pair (tsloss_cuda/loss.py defines the terms, core/tsloss_terms.h computes
+  // them; tsloss_cuda.loss is the Python entry point).
+  //
+  // tsloss_forward
+  //   x:        (B, N, D) float32/float64 points
+  //   prev_h0:  (B, N-1) x.dtype, prev_h1: (B, K) x.dtype: the previous topology (both or
+  //             neither; the stability term is on when given)
+  //   maxdim:   1 computes H1 (K = max_h1 rows), 0 H0 only (K = 0)
+  //   normalize (scale = mean distance, else 1), target_mode (connectivity |u - target|, else
+  //   u), target, p, connectivity / redundancy / stability weights, reduction (0 none, 1 mean,
+  //   2 sum over the batch)
+  // Returns, in x.dtype unless said: loss, connectivity_term, redundancy_term, stability_term,
+  //   scale: () or (B,) with reduction 0; h1_count (B,) int64 (CUDA: -1 overflow, -2 invalid
+  //   input); topo_h0 (B, N-1) and topo_h1 (B, K): the topology for the next call's previous;
+  //   then, for the backward: scales (B,), dist (B, N, N), h0_edges (B, N-1, 2) int64,
+  //   h1_edges (B, K, 4) int64.
+  //
+  // tsloss_backward: the gradient (B, N, D) on x given the gradients of the five reduced
+  //   outputs (absent = zero), the forward's saved outputs and the same options.
+  m.def(
+      "tsloss_forward(Tensor x, Tensor? prev_h0, Tensor? prev_h1, int maxdim, int max_h1, "
+      "bool normalize, bool target_mode, float target, float p, float connectivity, "
+      "float redundancy, float stability, int reduction) -> "
+      "(Tensor loss, Tensor connectivity_term, Tensor redundancy_term, Tensor stability_term, "
+      "Tensor scale, Tensor h1_count, Tensor topo_h0, Tensor topo_h1, Tensor scales, "
+      "Tensor dist, Tensor h0_edges, Tensor h1_edges)");
+  m.def(
+      "tsloss_backward(Tensor? grad_loss, Tensor? grad_connectivity, Tensor? grad_redundancy, "
+      "Tensor? grad_stability, Tensor? grad_scale, Tensor x, Tensor dist, Tensor scales, "
+      "Tensor topo_h0, Tensor topo_h1, Tensor h1_count, Tensor h0_edges, Tensor h1_edges, "
+      "Tensor? prev_h0, Tensor? prev_h1, bool normalize, bool target_mode, float target, "
+      "float p, float connectivity, float redundancy, float stability, int reduction) -> Tensor");
 }
 
 // Gradient of pairwise_distance w.r.t. the points, for every backend without its own kernel

@@ -3,10 +3,14 @@
 #
 #   bash tools/gpu_check.sh OUT_DIR [phase ...]
 #
-# Phases, in this order unless named: build cuda_tests bench profile sanitizer train suite.
+# Phases, in this order unless named: build cuda_tests tsloss bench profile sanitizer train suite.
 #   build       pip install -e . with the host's CUDA torch (README's GPU build), TORCH_CUDA_ARCH_LIST
 #               defaulting to 9.0 (H100/H200); checks the CUDA kernels are registered
-#   cuda_tests  tests/test_cuda.py and the mixed-devices test, skips listed (-rs)
+#   cuda_tests  tests/test_cuda.py, the fused TSLoss op's tests (tests/test_cuda_tsloss.py and
+#               tests/test_tsloss_op.py, which also run every option on CUDA) and the mixed-devices
+#               test, skips listed (-rs)
+#   tsloss      TSLoss forward+backward: kernels launched (budget 8) and CUDA-event time at
+#               (64, 4096, 64) and two more sizes, under OUT_DIR/tsloss/launches.txt
 #   bench       benchmarks/run.py on the GPU; results under OUT_DIR/bench. Plain GUDHI (RipsComplex +
 #               SimplexTree, 1.3 s per N=256 cloud) is left out by default, gudhi-sklearn stands
 #               for GUDHI (GPU_CHECK_IMPLS sets the list)
@@ -26,7 +30,7 @@ OUT=$(realpath -m "${1:?usage: bash tools/gpu_check.sh OUT_DIR [phase ...]}")
 shift
 mkdir -p "$OUT"
 PHASES=("$@")
-[ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests bench profile sanitizer train suite)
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests tsloss bench profile sanitizer train suite)
 BUDGET=${GPU_CHECK_BUDGET_S:-0}
 LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
@@ -73,7 +77,8 @@ do_build() {
     $PY -m pip install --no-build-isolation --no-deps --no-index -e . &&
     $PY -c "
 import torch, tsloss_cuda
-for op in ('pairwise_distance', 'vr_persistence', 'vr_persistence_backward'):
+for op in ('pairwise_distance', 'vr_persistence', 'vr_persistence_backward', 'tsloss_forward',
+           'tsloss_backward'):
     assert torch._C._dispatch_has_kernel_for_dispatch_key('tsloss_cuda::' + op, 'CUDA'), op
 print('CUDA kernels registered')"
 }
@@ -112,8 +117,11 @@ export PY OUT
 for p in "${PHASES[@]}"; do
   case $p in
     build) phase build 300 do_build ;;
-    cuda_tests) phase cuda_tests 200 $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
+    cuda_tests) phase cuda_tests 260 $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
+                  tests/test_cuda_tsloss.py tests/test_tsloss_op.py \
                   tests/test_inputs.py::test_mixed_devices ;;
+    tsloss) phase tsloss 120 $PY tools/profile_ops.py --device cuda --launches-only \
+              --configs 64,4096,64 16,768,64 64,2048,64 --out "$OUT/tsloss" ;;
     bench) phase bench 300 $PY benchmarks/run.py --no-progress --out "$OUT/bench" \
              --impls "${GPU_CHECK_IMPLS:-ours,ripser,gph-1t,gph-all,gudhi-sklearn,torch-topological}" ;;
     profile) phase profile 240 do_profile ;;

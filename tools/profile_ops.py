@@ -8,6 +8,10 @@ torch.profiler (CPU activity, plus CUDA activity on a CUDA device, so every kern
 pairwise_distance, h0_mst, the H1 flag and reduce kernels, backward — appears with its own
 time). Prints the top entries by self device time (CPU: self CPU time) and writes, per config,
 DIR/profile-<device>-<N>-<D>-<B>.txt and a Chrome trace (.json) for chrome://tracing.
+
+On CUDA it also reports, per config, the kernels launched by one TSLoss forward+backward
+(counted with torch.profiler; the issue's budget is 8, engine included) and its time by CUDA
+events (median of --iters), next to the forward's; `--launches-only` prints just that.
 """
 from __future__ import annotations
 
@@ -32,6 +36,50 @@ def parse_config(text: str) -> Tuple[int, int, int]:
     if min(n, d, b) < 1:
         raise argparse.ArgumentTypeError(f"--configs: N, D and B must be >= 1, got {text!r}")
     return n, d, b
+
+
+def launches_and_times(n: int, d: int, b: int, iters: int) -> str:
+    """One line: kernels of a TSLoss forward+backward and of a forward, and their CUDA-event
+    times (median of iters), at (N, D, B) on the current CUDA device."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, n, d, generator=g).cuda()
+    prompts = x.clone().requires_grad_(True)
+
+    def forward() -> None:
+        tsloss_cuda.vr_persistence(x, maxdim=1)
+
+    def loss_step() -> None:
+        prompts.grad = None
+        tsloss_cuda.loss(prompts).backward()
+
+    def kernels(fn) -> List[str]:
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        return [e.name for e in prof.events()
+                if e.device_type == torch.autograd.DeviceType.CUDA]
+
+    def event_ms(fn) -> float:
+        times = []
+        for _ in range(max(iters, 3)):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+
+    fwd_k, loss_k = kernels(forward), kernels(loss_step)
+    fwd_ms, loss_ms = event_ms(forward), event_ms(loss_step)
+    verdict = "met" if len(loss_k) <= 8 else "missed"
+    return (f"(N, D, B) = ({n}, {d}, {b}): TSLoss forward+backward {len(loss_k)} kernels "
+            f"(budget 8: {verdict}), {loss_ms:.3f} ms; forward {len(fwd_k)} kernels, "
+            f"{fwd_ms:.3f} ms (CUDA events, median of {max(iters, 3)})\n"
+            f"  TSLoss kernels: {', '.join(loss_k)}")
 
 
 def profile_config(n: int, d: int, b: int, device: torch.device, iters: int, out_dir: str,
@@ -80,6 +128,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--rows", type=int, default=15, help="rows of each printed table")
     ap.add_argument("--out", default="profile-out")
+    ap.add_argument("--launches-only", action="store_true",
+                    help="CUDA: only the launch counts and CUDA-event times of each config")
     args = ap.parse_args(argv)
     if args.iters < 1:
         ap.error(f"--iters must be >= 1, got {args.iters}")
@@ -88,6 +138,13 @@ def main(argv: List[str] = None) -> int:
         ap.error("--device cuda: torch has no CUDA device here")
     os.makedirs(args.out, exist_ok=True)
     for n, d, b in args.configs:
+        if device.type == "cuda":
+            line = launches_and_times(n, d, b, args.iters)
+            print(line, flush=True)
+            with open(os.path.join(args.out, "launches.txt"), "a") as f:
+                f.write(line + "\n")
+            if args.launches_only:
+                continue
         print(profile_config(n, d, b, device, args.iters, args.out, args.rows), flush=True)
     return 0
 

@@ -84,3 +84,65 @@ def _vr_persistence_backward(ctx, grad_h0, _grad_h0_edges, grad_h1, *_grad_integ
 
 torch.library.register_autograd(
     "tsloss_cuda::vr_persistence", _vr_persistence_backward, setup_context=_vr_persistence_setup)
+
+
+# ---- TSLoss: one forward and one backward op ---------------------------------------------------
+
+@torch.library.register_fake("tsloss_cuda::tsloss_forward")
+def _tsloss_forward_fake(x, prev_h0, prev_h1, maxdim, max_h1, normalize, target_mode, target, p,
+                         connectivity, redundancy, stability, reduction):
+    torch._check(x.dim() == 3, lambda: f"tsloss_forward: x must be (B, N, D), got {tuple(x.shape)}")
+    b, n = x.shape[0], x.shape[1]
+    h0 = max(n - 1, 0) if isinstance(n, int) else n - 1
+    k = max_h1 if maxdim >= 1 else 0
+    reduced = (b,) if reduction == 0 else ()
+    long = dict(dtype=torch.int64, device=x.device)
+    return (
+        x.new_empty(reduced), x.new_empty(reduced), x.new_empty(reduced), x.new_empty(reduced),
+        x.new_empty(reduced),
+        torch.empty((b,), **long),
+        x.new_empty((b, h0)), x.new_empty((b, k)),
+        x.new_empty((b,)), x.new_empty((b, n, n)),
+        torch.empty((b, h0, 2), **long), torch.empty((b, k, 4), **long),
+    )
+
+
+@torch.library.register_fake("tsloss_cuda::tsloss_backward")
+def _tsloss_backward_fake(grad_loss, grad_connectivity, grad_redundancy, grad_stability,
+                          grad_scale, x, *_rest):
+    return torch.empty_like(x)
+
+
+# Options after x, prev_h0, prev_h1, maxdim, max_h1, in the order of both schemas.
+_TSLOSS_OPTIONS = ("normalize", "target_mode", "target", "p", "connectivity", "redundancy",
+                   "stability", "reduction")
+
+
+def _tsloss_setup(ctx, inputs, output):
+    x, prev_h0, prev_h1 = inputs[:3]
+    ctx.options = inputs[5:]
+    _, _, _, _, _, h1_count, topo_h0, topo_h1, scales, dist, h0_edges, h1_edges = output
+    ctx.save_for_backward(x, dist, scales, topo_h0, topo_h1, h1_count, h0_edges, h1_edges,
+                          prev_h0, prev_h1)
+    # Absent upstream gradients stay None: the op treats them as zero without a zeros tensor
+    # (one kernel launch each on CUDA).
+    ctx.set_materialize_grads(False)
+
+
+def _tsloss_backward(ctx, g_loss, g_conn, g_red, g_stab, g_scale, *_grad_saved_outputs):
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "tsloss_cuda.loss: double backward (create_graph=True) is not supported by the fused "
+            "TSLoss op: its backward is one kernel without a derivative of its own. Its "
+            "first-order gradient is exact; for higher orders differentiate the composition of "
+            "tsloss_cuda.pairwise_distance and tsloss_cuda.vr_persistence yourself.")
+    (x, dist, scales, topo_h0, topo_h1, h1_count, h0_edges, h1_edges, prev_h0,
+     prev_h1) = ctx.saved_tensors
+    grad = ops.tsloss_backward(g_loss, g_conn, g_red, g_stab, g_scale, x, dist, scales, topo_h0,
+                               topo_h1, h1_count, h0_edges, h1_edges, prev_h0, prev_h1,
+                               *ctx.options)
+    return (grad,) + (None,) * 12
+
+
+torch.library.register_autograd(
+    "tsloss_cuda::tsloss_forward", _tsloss_backward, setup_context=_tsloss_setup)

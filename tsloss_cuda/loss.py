@@ -13,7 +13,9 @@ read. This is *our* definition. For a prompt P of N points with diagram (H0, H1)
   previous one, plus the same for the sorted, zero-padded H1 persistences/s; 0 on a first call.
 
 ``TSLoss = connectivity·C + redundancy·R + stability·S`` per prompt, then reduced over the batch.
-Everything stays on the prompt's device; nothing synchronises with the host.
+Everything stays on the prompt's device; nothing synchronises with the host. The loss is one
+registered op pair (``tsloss_cuda::tsloss_forward`` / ``tsloss_backward``) on CPU and CUDA;
+tests/reference_loss.py keeps the same definition as a composition of the public ops.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from .persistence import default_max_h1, pairwise_distance, vr_persistence
+from ._ops import ops
+from .persistence import default_max_h1
 
 _NORMALIZE = ("mean", "none")
 _MODES = ("total", "target")
@@ -73,12 +76,8 @@ def _match_width(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, width - t.shape[-1]))
 
 
-def _reduce(v: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return v.mean()
-    if reduction == "sum":
-        return v.sum()
-    return v
+# The `reduction` codes of the tsloss ops (csrc/core/tsloss_terms.h).
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 
 
 def loss(
@@ -116,61 +115,41 @@ def loss(
     Returns:
         The loss (float32 or float64 tensor; scalar unless ``reduction="none"``), and with
         ``return_terms=True`` a tuple ``(loss, terms)``.
+
+    The loss, the terms and the scale are differentiable once: the backward is one fused op
+    (``create_graph=True`` raises a RuntimeError).
     """
     _check_options(normalize, connectivity_mode, target, p, reduction, max_h1)
     x = _as_prompts(prompts)
     b, n = x.shape[0], x.shape[1]
     k = default_max_h1(n) if max_h1 is None else max_h1
     need_h1 = redundancy != 0 or stability != 0 or return_terms
-
-    # One distance matrix serves the scale and the diagram; gradients of both flow through it.
-    dist = pairwise_distance(x)
-    if normalize == "mean":
-        scale = dist.sum((-2, -1)) / max(n * (n - 1), 1)
-        scale = scale.clamp_min(torch.finfo(x.dtype).tiny)
-    else:
-        scale = torch.ones(b, dtype=x.dtype, device=x.device)
-    dg = vr_persistence(dist, 1 if need_h1 else 0, distances=True, max_h1=k)
-
-    deaths = dg.h0[..., 1] / scale[:, None]  # (B, N-1), ascending
-    if connectivity_mode == "total":
-        conn = deaths.mean(-1) if n > 1 else x.new_zeros(b)
-    else:
-        conn = (deaths - target).abs().mean(-1) if n > 1 else x.new_zeros(b)
-
-    kk = dg.h1.shape[1]
-    valid = torch.arange(kk, device=x.device)[None, :] < dg.h1_count[:, None]
-    pers = (dg.h1[..., 1] - dg.h1[..., 0]) / scale[:, None]  # (B, K); padding rows are 0
-    # Padding is masked before the power: d/dx x^p at 0 is infinite for p < 1.
-    powered = torch.where(valid, torch.where(valid, pers, torch.ones_like(pers)) ** p,
-                          torch.zeros_like(pers))
-    red = powered.sum(-1)
-
-    h1_sorted = torch.sort(torch.where(valid, pers, torch.zeros_like(pers)), dim=-1,
-                           descending=True).values
-    if previous is None:
-        stab = x.new_zeros(b)
-    else:
+    kk = k if need_h1 else 0
+    prev_h0 = prev_h1 = None
+    if previous is not None:
         prev_h0 = previous.h0.to(device=x.device, dtype=x.dtype)
         prev_h1 = _match_width(previous.h1.to(device=x.device, dtype=x.dtype), kk)
-        if prev_h0.shape != deaths.shape:
+        h0_shape = (b, max(n - 1, 0))
+        if tuple(prev_h0.shape) != h0_shape:
             raise ValueError(f"previous.h0 has shape {tuple(prev_h0.shape)}, expected "
-                             f"{tuple(deaths.shape)} (same B and N as the previous call)")
-        stab = ((deaths - prev_h0) ** 2).mean(-1) if n > 1 else x.new_zeros(b)
-        if kk > 0:
-            stab = stab + ((h1_sorted - prev_h1) ** 2).mean(-1)
+                             f"{h0_shape} (same B and N as the previous call)")
+        prev_h0, prev_h1 = prev_h0.contiguous(), prev_h1.contiguous()
 
-    total = connectivity * conn + redundancy * red + stability * stab
-    out = _reduce(total, reduction)
+    # One op computes the distances once, the scale, the diagrams and every term; its backward
+    # is one pass over the pairs (tsloss_cuda/_ops.py, csrc/core/tsloss_terms.h).
+    (out, conn, red, stab, scale, h1_count, topo_h0, topo_h1, *_saved) = ops.tsloss_forward(
+        x, prev_h0, prev_h1, 1 if need_h1 else 0, k, normalize == "mean",
+        connectivity_mode == "target", 0.0 if target is None else float(target), float(p),
+        float(connectivity), float(redundancy), float(stability), _REDUCTION_CODES[reduction])
     if not return_terms:
         return out
     terms = {
-        "connectivity": _reduce(conn, reduction),
-        "redundancy": _reduce(red, reduction),
-        "stability": _reduce(stab, reduction),
-        "scale": _reduce(scale, reduction),
-        "h1_count": dg.h1_count,
-        "topology": PromptTopology(deaths.detach(), h1_sorted.detach()),
+        "connectivity": conn,
+        "redundancy": red,
+        "stability": stab,
+        "scale": scale,
+        "h1_count": h1_count,
+        "topology": PromptTopology(topo_h0.detach(), topo_h1.detach()),
     }
     return out, terms
 

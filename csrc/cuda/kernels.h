@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../core/tsloss_terms.h"
+
 namespace tsl {
 namespace cuda {
 
@@ -38,13 +40,25 @@ size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
 // every per-batch edge count fits the 32-bit offsets of the segmented sort.
 int64_t vr_max_clouds_per_call(int64_t N);
 
-// Euclidean distances by the difference form, accumulated in double without fused
-// multiply-adds (so each entry is the CPU difference form rounded once to T).
+// Euclidean distances by the difference form in the canonical order of
+// core/pairwise_distance.h (double, eight lane sums, no FMA): each entry is the CPU's, bit for bit.
 //   x:   (B, N, D) T, points
 //   out: (B, N, N) T, exactly symmetric with an exact zero diagonal
 template <typename T>
 cudaError_t launch_pairwise_distance(const T* x, int64_t B, int64_t N, int64_t D, T* out,
                                      cudaStream_t stream);
+
+// Blocks per cloud of launch_pairwise_distance_sum: lower-triangle tiles of 32 x 32 pairs.
+int64_t distance_tiles(int64_t N);
+
+// The same distances, and per block the sum of its distances over pairs i > j, for the scale of
+// TSLoss without another pass: the cloud's sum is the sum of its distance_tiles(N) partials in
+// order (launch_tsloss_terms does it). A non-finite distance (non-finite input, or a float32
+// overflow) makes its partial non-finite: the invalid-input flag.
+//   partial: (B, distance_tiles(N)) double, out; nullptr: not written
+template <typename T>
+cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64_t D, T* out,
+                                         double* partial, cudaStream_t stream);
 
 // Symmetric matrices from the lower triangles of user distance matrices (ripser.py's reading).
 //   in:  (B, N, N) T; only entries (i, j) with i > j are read
@@ -92,6 +106,48 @@ cudaError_t launch_vr_backward(const T* grad_h0, const T* grad_h1, const T* x, i
                                int64_t N, int64_t D, const int64_t* h0_edges, int64_t H0,
                                const int64_t* h1_edges, int64_t K, bool distances, T* grad,
                                void* workspace, cudaStream_t stream);
+
+// ---- TSLoss (the fused op pair; core/tsloss_terms.h defines the terms) ----------------------
+
+// Bytes of workspace the forward needs: the distance partials of launch_pairwise_distance_sum
+// ((B, distance_tiles(N)) doubles, which that launch writes first into the start of this same
+// workspace) and five values per cloud.
+size_t tsloss_forward_workspace_bytes(int64_t B, int64_t N);
+
+// The terms of every cloud from its diagrams, then their reduction over the batch (two kernels).
+//   x:          (B, N, D) T points (read only for N = 1, whose non-finite coordinates have no
+//               distance to show in)
+//   h0, h1:     (B, N-1, 2), (B, K, 2) T, from launch_vr_persistence on the same distances
+//   h1_count:   (B,) int64; set to -2 (INVALID_INPUT) for a cloud with a non-finite distance
+//   prev_h0/1:  (B, N-1), (B, K) T, read only when o.has_prev
+//   reduction:  TsReduction
+//   topo_h0/1:  (B, N-1), (B, K) T out: u and v (NaN for invalid clouds)
+//   scales:     (B,) T out;  loss, conn, red, stab, scale: () or (B,) T out (reduction)
+//   workspace:  tsloss_forward_workspace_bytes(B, N) bytes, distance partials already written
+template <typename T>
+cudaError_t launch_tsloss_terms(const T* x, int64_t B, int64_t N, int64_t D, const T* h0,
+                                const T* h1, int64_t K, int64_t* h1_count, const T* prev_h0,
+                                const T* prev_h1, const TermOptions& o, int reduction,
+                                T* topo_h0, T* topo_h1, T* scales, T* loss, T* conn, T* red,
+                                T* stab, T* scale, void* workspace, cudaStream_t stream);
+
+// Bytes of workspace launch_tsloss_backward needs: one double per reported edge and per cloud.
+size_t tsloss_backward_workspace_bytes(int64_t B, int64_t N, int64_t K);
+
+// Gradient of the loss on the points, in two kernels: the pair weights of every cloud (the bars'
+// edges and the dense weight from the scale), then one pass over the pairs.
+//   g_*:       upstream gradients of the five reduced outputs, () or (B,) T; nullptr: zero
+//   dist, scales, topo_h0, topo_h1, h1_count, h0_edges, h1_edges: the forward's outputs
+//   grad:      (B, N, D) T out (every entry written)
+template <typename T>
+cudaError_t launch_tsloss_backward(const T* g_loss, const T* g_conn, const T* g_red,
+                                   const T* g_stab, const T* g_scale, const T* x, int64_t B,
+                                   int64_t N, int64_t D, const T* dist, const T* scales,
+                                   const T* topo_h0, const T* topo_h1, int64_t K,
+                                   const int64_t* h1_count, const int64_t* h0_edges,
+                                   const int64_t* h1_edges, const T* prev_h0, const T* prev_h1,
+                                   const TermOptions& o, int reduction, T* grad,
+                                   void* workspace, cudaStream_t stream);
 
 // ---- building blocks (used by launch_vr_persistence; exposed for tests and profiling) -------
 

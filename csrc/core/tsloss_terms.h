@@ -1,0 +1,182 @@
+// The terms of TSLoss for one cloud and their derivatives, shared by the CPU op
+// (cpu/tsloss_cpu.cpp) and the CUDA kernels (cuda/tsloss.cu), so the CPU tests exercise the
+// arithmetic the GPU runs. Definitions (tsloss_cuda/loss.py): for a cloud of n points with
+// scale s, H0 deaths D_r (n - 1 of them) and H1 bars (b_q, d_q) (K rows, `count` real ones):
+//
+//   u_r = D_r / s,  v_q = (d_q - b_q) / s for q < count, else 0 (padding)
+//   connectivity C = mean_r u_r                      ("total")
+//                  = mean_r |u_r - target|           ("target")
+//   redundancy   R = sum_{q < count} v_q^p
+//   stability    S = mean_r (u_r - prev0_r)^2 + mean_q (v_q - prev1_q)^2   (with a previous call)
+//   L = w_C C + w_R R + w_S S
+//
+// The per-element pieces are separate functions so that the host can loop over a cloud while a
+// CUDA block gives each element a thread and reduces in a fixed order. u and v are rounded to T
+// exactly as the Python composition rounds them (T division of T values): the detached topology
+// the stability term keeps is then the same on every backend. Sums run in double.
+#pragma once
+
+#include <float.h>
+#include <math.h>
+
+#include "common.h"
+
+namespace tsl {
+
+// Codes of the `reduction` argument of the tsloss ops.
+enum TsReduction : int { kReduceNone = 0, kReduceMean = 1, kReduceSum = 2 };
+
+struct TermOptions {
+  bool normalize;    // s = mean pairwise distance (else s = 1)
+  bool target_mode;  // connectivity |u - target| (else u)
+  bool has_prev;     // a previous topology is given: the stability term is on
+  double target;
+  double p;
+  double w_conn, w_red, w_stab;
+};
+
+template <typename T>
+TSL_HD T tiny_of() {
+  return sizeof(T) == 4 ? (T)FLT_MIN : (T)DBL_MIN;
+}
+
+// The scale of a cloud from the sum of its distances over unordered pairs {i > j}: the mean
+// over the n(n-1) ordered pairs, clamped to the dtype's smallest normal so that a cloud of equal
+// points divides by something. `grad_passes` says whether d s / d distances is non-zero there
+// (torch's clamp_min passes the gradient where the input is >= the bound).
+template <typename T>
+TSL_HD T cloud_scale(double pair_sum, index_t n, bool normalize, bool* grad_passes) {
+  if (!normalize) {
+    *grad_passes = false;
+    return T(1);
+  }
+  const double ordered = n > 1 ? (double)(n * (n - 1)) : 1.0;
+  const T raw = (T)((T)(2.0 * pair_sum) / (T)ordered);
+  *grad_passes = raw >= tiny_of<T>();
+  if (raw != raw) return raw;  // NaN passes through, as through torch's clamp_min
+  return *grad_passes ? raw : tiny_of<T>();
+}
+
+TSL_HD double conn_value(double u, const TermOptions& o) {
+  return o.target_mode ? fabs(u - o.target) : u;
+}
+
+// d conn_value / d u; 0 at the kink, as torch's abs.
+TSL_HD double conn_slope(double u, const TermOptions& o) {
+  if (!o.target_mode) return 1.0;
+  const double t = u - o.target;
+  return t > 0.0 ? 1.0 : (t < 0.0 ? -1.0 : 0.0);
+}
+
+TSL_HD double red_value(double v, const TermOptions& o) {
+  if (o.p == 1.0) return v;
+  if (o.p == 2.0) return v * v;
+  return pow(v, o.p);
+}
+
+TSL_HD double red_slope(double v, const TermOptions& o) {
+  if (o.p == 1.0) return 1.0;
+  if (o.p == 2.0) return 2.0 * v;
+  return o.p * pow(v, o.p - 1.0);
+}
+
+// H0 row r: u_r, rounded to T.
+template <typename T>
+TSL_HD T h0_unit(T death, T s) {
+  return death / s;
+}
+
+// H1 row q: v_q (rounded to T), 0 for padding rows and for clouds whose count is negative (the
+// CUDA overflow / invalid-input codes: no bar is trusted).
+template <typename T>
+TSL_HD T h1_unit(T birth, T death, T s, index_t q, int64_t count) {
+  return q < count ? (T)(death - birth) / s : T(0);
+}
+
+// Per-cloud sums of the three terms, before the weights.
+struct CloudSums {
+  double conn, red, stab;
+};
+
+// All terms of one cloud, serially (the host's loop; a CUDA block computes the same per element
+// and reduces). h0: (n-1, 2) rows (0, death); h1: (K, 2) rows (birth, death); prev_h0: (n-1),
+// prev_h1: (K), both read only when o.has_prev. Writes the detached topology: topo_h0 (n-1) =
+// u, topo_h1 (K) = v.
+template <typename T>
+TSL_HD CloudSums cloud_terms(const T* h0, index_t n, const T* h1, index_t K, int64_t count, T s,
+                             const T* prev_h0, const T* prev_h1, const TermOptions& o,
+                             T* topo_h0, T* topo_h1) {
+  CloudSums out{0.0, 0.0, 0.0};
+  const index_t H0 = n > 0 ? n - 1 : 0;
+  double c = 0.0, s0 = 0.0, r = 0.0, s1 = 0.0;
+  for (index_t i = 0; i < H0; ++i) {
+    const T u = h0_unit(h0[2 * i + 1], s);
+    topo_h0[i] = u;
+    c += conn_value((double)u, o);
+    if (o.has_prev) {
+      const double t = (double)u - (double)prev_h0[i];
+      s0 += t * t;
+    }
+  }
+  for (index_t q = 0; q < K; ++q) {
+    const T v = h1_unit(h1[2 * q], h1[2 * q + 1], s, q, count);
+    topo_h1[q] = v;
+    if (q < count) r += red_value((double)v, o);
+    if (o.has_prev) {
+      const double t = (double)v - (double)prev_h1[q];
+      s1 += t * t;
+    }
+  }
+  out.conn = H0 > 0 ? c / (double)H0 : 0.0;
+  out.red = r;
+  out.stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (K > 0 ? s1 / (double)K : 0.0) : 0.0;
+  return out;
+}
+
+// Per-cloud multipliers of the backward: the upstream gradient reaching each term of this cloud
+// (weight times the loss's gradient, plus any gradient on the returned term itself).
+struct CloudCoefficients {
+  double conn, red, stab, scale;  // d out / d C, d R, d S, and d out / d s directly
+};
+
+// d out / d D_r (the H0 death) for row r, given u_r; adds -(d out / d u_r) u_r / s to *ds.
+template <typename T>
+TSL_HD double h0_death_grad(T u, T prev, index_t H0, double s, const TermOptions& o,
+                            const CloudCoefficients& k, double* ds) {
+  double g = k.conn * conn_slope((double)u, o);
+  if (o.has_prev) g += k.stab * 2.0 * ((double)u - (double)prev);
+  g /= (double)H0;
+  *ds -= g * (double)u / s;
+  return g / s;
+}
+
+// d out / d (d_q - b_q) for H1 row q, given v_q; adds -(d out / d v_q) v_q / s to *ds. Padding
+// rows carry nothing: their v is the constant 0.
+template <typename T>
+TSL_HD double h1_pers_grad(T v, T prev, index_t q, int64_t count, index_t K, double s,
+                           const TermOptions& o, const CloudCoefficients& k, double* ds) {
+  if (q >= count) return 0.0;
+  double g = k.red * red_slope((double)v, o);
+  if (o.has_prev) g += k.stab * 2.0 * ((double)v - (double)prev) / (double)K;
+  *ds -= g * (double)v / s;
+  return g / s;
+}
+
+// The weight on every unordered pair {i, j} from d out / d s: s is the mean of the n(n-1)
+// ordered distances, and both d_ij and d_ji are the one distance.
+TSL_HD double dense_pair_weight(double ds, index_t n, bool grad_passes) {
+  if (!grad_passes) return 0.0;
+  const double ordered = n > 1 ? (double)(n * (n - 1)) : 1.0;
+  return 2.0 * ds / ordered;
+}
+
+// Multiplier of a cloud's upstream gradient under the batch reduction: g is the gradient of a
+// reduced output (one value, or B values with kReduceNone).
+template <typename G>
+TSL_HD double reduced_grad(const G* g, index_t b, index_t B, int reduction) {
+  if (g == nullptr) return 0.0;
+  if (reduction == kReduceNone) return (double)g[b];
+  return reduction == kReduceMean ? (double)g[0] / (double)B : (double)g[0];
+}
+
+}  // namespace tsl

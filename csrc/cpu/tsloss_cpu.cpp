@@ -1,0 +1,412 @@
+// CPU kernels of the fused TSLoss ops (tsloss_forward, tsloss_backward): one parallel region
+// per call over the clouds of a batch, each task computing its cloud's distances once (kept for
+// the backward), the scale from their sum, the diagrams and the terms (core/tsloss_terms.h);
+// the backward is one pass over the pairs with the dense scale weight and the sparse bar
+// weights together.
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "../core/pairwise_distance.h"
+#include "../core/tsloss_terms.h"
+#include "../core/vr_engine.h"
+#include "distance_tiles.h"
+#include "tsloss_grad_tiles.h"
+
+namespace tsloss {
+namespace {
+
+int64_t cloud_grain(int64_t work_per_cloud) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));
+}
+
+// The engine's workspace is kept per thread across calls (a training loop calls every step);
+// one grown past kKeepEntries by an unusually large cloud is dropped after the call.
+template <typename T>
+tsl::HostWorkspace<T>& thread_workspace() {
+  thread_local tsl::HostWorkspace<T> ws;
+  return ws;
+}
+
+constexpr int64_t kKeepEntries = int64_t(1) << 18;
+
+template <typename T>
+void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
+  if (ws.heap_capacity > kKeepEntries || ws.arena_capacity > kKeepEntries ||
+      int64_t(ws.pivot_keys.size()) > kKeepEntries)
+    ws = tsl::HostWorkspace<T>();
+}
+
+struct ParallelChunks {
+  template <class Body>
+  void operator()(int64_t chunks, const Body& body) const {
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) body(c);
+    });
+  }
+};
+
+// A non-finite distance is traced to its cause, with pairwise_distance's messages.
+template <typename T>
+[[noreturn]] void report_bad_distance(const T* x, int64_t D, int64_t b, int64_t i, int64_t j,
+                                      double dist) {
+  for (int64_t p : {j, i})
+    for (int64_t k = 0; k < D; ++k)
+      TSL_CHECK(std::isfinite(x[p * D + k]), "pairwise_distance: x contains NaN or Inf ",
+                "(point ", p, " of cloud ", b, ", coordinate ", k,
+                "); persistence of non-finite points is undefined");
+  TSL_CHECK(sizeof(T) != 4, "pairwise_distance: the distance between points ", j, " and ", i,
+            " of cloud ", b, " (", dist, ") overflows float32; pass float64 points");
+  TSL_CHECK(false, "pairwise_distance: the distance between points ", j, " and ", i,
+            " of cloud ", b, " exceeds the float64 range");
+  __builtin_unreachable();
+}
+
+// Distances of rows [i0, i1) from their squares (sq[(i - i0) * N + j], j < i) into both
+// triangles of out, as pairwise_distance rounds them (so the diagrams are vr_persistence's);
+// returns their sum over the pairs j < i, in double.
+template <typename T>
+double finish_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
+                   const double* sq, T* out) {
+  double sum = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    out[i * N + i] = T(0);
+    const double* si = sq + (i - i0) * N;
+    for (int64_t j = 0; j < i; ++j) {
+      const double s = si[j];
+      double dist;
+      if (s >= cpu::SafeRange<T>::low && s <= cpu::SafeRange<T>::high)
+        dist = std::sqrt(s);
+      else if (std::isnan(s))
+        dist = s;
+      else
+        dist = tsl::scaled_distance(x + i * D, x + j * D, D);
+      const T v = static_cast<T>(dist);
+      if (!std::isfinite(v)) report_bad_distance(x, D, b, i, j, dist);
+      out[i * N + j] = v;
+      out[j * N + i] = v;
+      sum += static_cast<double>(v);
+    }
+  }
+  return sum;
+}
+
+template <typename T>
+double cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
+                       T* out) {
+  if (cpu::whole_cloud_tiles(N)) {
+    sq.resize(N * N);
+    cpu::squared_distance_lower(x, N, D, sq.data());
+    return finish_rows(x, N, D, 0, N, b, sq.data(), out);
+  }
+  constexpr int64_t R = 4;
+  sq.resize(R * N);
+  double sum = 0.0;
+  for (int64_t i0 = 0; i0 < N; i0 += R) {
+    const int64_t i1 = std::min(N, i0 + R);
+    cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq.data());
+    sum += finish_rows(x, N, D, i0, i1, b, sq.data(), out);
+  }
+  return sum;
+}
+
+// The registered pairwise_distance kernel, for batches too small to keep every thread busy with
+// whole clouds: it splits one cloud's rows among the threads. Called through the dispatcher
+// (below autograd: this is already inside the op) so that profiles show it by name.
+at::Tensor distances_by_rows(const at::Tensor& x) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("tsloss_cuda::pairwise_distance", "")
+                       .typed<at::Tensor(const at::Tensor&)>();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x);
+}
+
+tsl::TermOptions term_options(bool has_prev, bool normalize, bool target_mode, double target,
+                              double p, double w_conn, double w_red, double w_stab) {
+  return tsl::TermOptions{normalize, target_mode, has_prev, target, p, w_conn, w_red, w_stab};
+}
+
+void check_options(int64_t maxdim, int64_t max_h1, double p, int64_t reduction) {
+  TSL_CHECK(maxdim == 0 || maxdim == 1, "tsloss_forward: maxdim must be 0 or 1, got ", maxdim);
+  TSL_CHECK(max_h1 >= 0, "tsloss_forward: max_h1 must be >= 0, got ", max_h1);
+  TSL_CHECK(p > 0, "tsloss_forward: p must be > 0, got ", p);
+  TSL_CHECK(reduction >= 0 && reduction <= 2,
+            "tsloss_forward: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+}
+
+// prev_h0 (B, N-1) and prev_h1 (B, K) of x's dtype, both or neither.
+std::pair<at::Tensor, at::Tensor> previous_of(const c10::optional<at::Tensor>& prev_h0,
+                                              const c10::optional<at::Tensor>& prev_h1,
+                                              const at::Tensor& x, int64_t H0, int64_t K) {
+  const bool h0 = prev_h0.has_value() && prev_h0->defined();
+  const bool h1 = prev_h1.has_value() && prev_h1->defined();
+  TSL_CHECK(h0 == h1, "tsloss: prev_h0 and prev_h1 must be given together");
+  if (!h0) return {at::Tensor(), at::Tensor()};
+  const int64_t B = x.size(0);
+  TSL_CHECK(prev_h0->dim() == 2 && prev_h0->size(0) == B && prev_h0->size(1) == H0,
+            "tsloss: prev_h0 must be (B, N-1) = (", B, ", ", H0, "), got ", prev_h0->sizes());
+  TSL_CHECK(prev_h1->dim() == 2 && prev_h1->size(0) == B && prev_h1->size(1) == K,
+            "tsloss: prev_h1 must be (B, K) = (", B, ", ", K, "), got ", prev_h1->sizes());
+  return {prev_h0->to(x.scalar_type()).contiguous(), prev_h1->to(x.scalar_type()).contiguous()};
+}
+
+// Reduces per-cloud values (double) over the batch into out (T; shape () or (B,)).
+template <typename T>
+void reduce_into(const std::vector<double>& v, int64_t reduction, T* out) {
+  const int64_t B = static_cast<int64_t>(v.size());
+  if (reduction == tsl::kReduceNone) {
+    for (int64_t b = 0; b < B; ++b) out[b] = static_cast<T>(v[b]);
+    return;
+  }
+  double s = 0.0;
+  for (double e : v) s += e;
+  out[0] = static_cast<T>(reduction == tsl::kReduceMean ? s / static_cast<double>(B) : s);
+}
+
+using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                              at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                              at::Tensor, at::Tensor>;
+
+ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& prev_h0_in,
+                              const c10::optional<at::Tensor>& prev_h1_in, int64_t maxdim,
+                              int64_t max_h1, bool normalize, bool target_mode, double target,
+                              double p, double w_conn, double w_red, double w_stab,
+                              int64_t reduction) {
+  check_points_or_distances(x_in, false);
+  check_options(maxdim, max_h1, p, reduction);
+  const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  const int64_t K = maxdim >= 1 ? max_h1 : 0;
+  check_h1_capacity(K, B, N, x_in.element_size());
+  auto x = x_in.contiguous();
+  auto [prev_h0, prev_h1] = previous_of(prev_h0_in, prev_h1_in, x, H0, K);
+  const tsl::TermOptions opt = term_options(prev_h0.defined(), normalize, target_mode, target, p,
+                                            w_conn, w_red, w_stab);
+  auto opts = x.options();
+  auto iopts = opts.dtype(at::kLong);
+  const std::vector<int64_t> reduced =
+      reduction == tsl::kReduceNone ? std::vector<int64_t>{B} : std::vector<int64_t>{};
+  auto loss = at::empty(reduced, opts), conn = at::empty(reduced, opts),
+       red = at::empty(reduced, opts), stab = at::empty(reduced, opts),
+       scale = at::empty(reduced, opts);
+  auto h1_count = at::empty({B}, iopts);
+  auto topo_h0 = at::empty({B, H0}, opts), topo_h1 = at::empty({B, K}, opts);
+  auto scales = at::empty({B}, opts);
+  auto h0_edges = at::empty({B, H0, 2}, iopts), h1_edges = at::empty({B, K, 4}, iopts);
+  // With enough clouds for every thread, each task computes its clouds' distances itself (one
+  // parallel region; the matrix is still in cache for the engine). Otherwise the rows of the
+  // few clouds are shared out first.
+  const bool fused = B >= 2 * at::get_num_threads();
+  at::Tensor dist = fused ? at::empty({B, N, N}, opts) : distances_by_rows(x);
+
+  std::vector<double> v_conn(B), v_red(B), v_stab(B), v_scale(B), v_total(B);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_forward_cpu", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    scalar_t* pd = dist.data_ptr<scalar_t>();
+    const scalar_t* pp0 = prev_h0.defined() ? prev_h0.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pp1 = prev_h1.defined() ? prev_h1.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pt0 = topo_h0.data_ptr<scalar_t>();
+    scalar_t* pt1 = topo_h1.data_ptr<scalar_t>();
+    scalar_t* psc = scales.data_ptr<scalar_t>();
+    int64_t* pcount = h1_count.data_ptr<int64_t>();
+    int64_t* pe0 = h0_edges.data_ptr<int64_t>();
+    int64_t* pe1 = h1_edges.data_ptr<int64_t>();
+    if (fused && N < 2)
+      for (int64_t k = 0; k < B * N * D; ++k)
+        TSL_CHECK(std::isfinite(px[k]), "pairwise_distance: x contains NaN or Inf (cloud ",
+                  k / std::max<int64_t>(N * D, 1),
+                  "); persistence of non-finite points is undefined");
+    const int64_t threads = at::get_num_threads();
+    const int64_t sweep_chunks = B == 1 && N >= 64 && threads > 1 ? 4 * threads : 1;
+    const int64_t work = N * N * (N + (fused ? D : 0));
+    at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
+      tsl::HostWorkspace<scalar_t>& ws = thread_workspace<scalar_t>();
+      std::vector<double> sq;
+      std::vector<scalar_t> h0(H0 * 2), h1(K * 2);
+      bool truncated = false;
+      for (int64_t b = begin; b < end; ++b) {
+        scalar_t* db = pd + b * N * N;
+        double pair_sum = 0.0;
+        if (fused) {
+          pair_sum = cloud_distances(px + b * N * D, N, D, b, sq, db);
+        } else {
+          for (int64_t i = 1; i < N; ++i)
+            for (int64_t j = 0; j < i; ++j) pair_sum += static_cast<double>(db[i * N + j]);
+        }
+        bool passes = false;
+        const scalar_t s = tsl::cloud_scale<scalar_t>(pair_sum, N, normalize, &passes);
+        psc[b] = s;
+        tsl::CloudOutput<scalar_t> out{h0.data(),         pe0 + b * H0 * 2, h1.data(),
+                                       pe1 + b * K * 4,   pcount + b,       &truncated,
+                                       K};
+        tsl::vr_persistence_cloud(db, N, static_cast<int>(maxdim), out, ws, sweep_chunks,
+                                  ParallelChunks());
+        const tsl::CloudSums t = tsl::cloud_terms(
+            h0.data(), N, h1.data(), K, pcount[b], s, pp0 ? pp0 + b * H0 : nullptr,
+            pp1 ? pp1 + b * K : nullptr, opt, pt0 + b * H0, pt1 + b * K);
+        v_conn[b] = t.conn;
+        v_red[b] = t.red;
+        v_stab[b] = t.stab;
+        v_scale[b] = static_cast<double>(s);
+        v_total[b] = w_conn * t.conn + w_red * t.red + w_stab * t.stab;
+      }
+      trim_thread_workspace(ws);
+    });
+    reduce_into(v_total, reduction, loss.data_ptr<scalar_t>());
+    reduce_into(v_conn, reduction, conn.data_ptr<scalar_t>());
+    reduce_into(v_red, reduction, red.data_ptr<scalar_t>());
+    reduce_into(v_stab, reduction, stab.data_ptr<scalar_t>());
+    reduce_into(v_scale, reduction, scale.data_ptr<scalar_t>());
+  });
+  return {loss,  conn,   red,  stab,     scale,    h1_count,
+          topo_h0, topo_h1, scales, dist, h0_edges, h1_edges};
+}
+
+// An upstream gradient as a double array (nullptr when absent).
+std::vector<double> grad_values(const c10::optional<at::Tensor>& g) {
+  if (!g.has_value() || !g->defined()) return {};
+  auto d = g->to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
+at::Tensor tsloss_backward_cpu(
+    const c10::optional<at::Tensor>& grad_loss, const c10::optional<at::Tensor>& grad_conn,
+    const c10::optional<at::Tensor>& grad_red, const c10::optional<at::Tensor>& grad_stab,
+    const c10::optional<at::Tensor>& grad_scale, const at::Tensor& x_in,
+    const at::Tensor& dist_in, const at::Tensor& scales_in, const at::Tensor& topo_h0_in,
+    const at::Tensor& topo_h1_in, const at::Tensor& h1_count_in, const at::Tensor& h0_edges_in,
+    const at::Tensor& h1_edges_in, const c10::optional<at::Tensor>& prev_h0_in,
+    const c10::optional<at::Tensor>& prev_h1_in, bool normalize, bool target_mode, double target,
+    double p, double w_conn, double w_red, double w_stab, int64_t reduction) {
+  TSL_CHECK(x_in.dim() == 3, "tsloss_backward: x must be (B, N, D), got ", x_in.sizes());
+  const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  const int64_t K = topo_h1_in.size(1);
+  TSL_CHECK(dist_in.sizes() == at::IntArrayRef({B, N, N}) && topo_h0_in.size(1) == H0 &&
+                h0_edges_in.size(1) == H0 && h1_edges_in.size(1) == K,
+            "tsloss_backward: saved tensors do not match x ", x_in.sizes());
+  auto x = x_in.contiguous();
+  const auto st = x.scalar_type();
+  auto dist = dist_in.to(st).contiguous();
+  auto scales = scales_in.to(st).contiguous();
+  auto topo_h0 = topo_h0_in.to(st).contiguous(), topo_h1 = topo_h1_in.to(st).contiguous();
+  auto count = h1_count_in.contiguous();
+  auto e0 = h0_edges_in.contiguous(), e1 = h1_edges_in.contiguous();
+  auto [prev_h0, prev_h1] = previous_of(prev_h0_in, prev_h1_in, x, H0, K);
+  const tsl::TermOptions opt = term_options(prev_h0.defined(), normalize, target_mode, target, p,
+                                            w_conn, w_red, w_stab);
+  const std::vector<double> gl = grad_values(grad_loss), gc = grad_values(grad_conn),
+                            gr = grad_values(grad_red), gs = grad_values(grad_stab),
+                            gsc = grad_values(grad_scale);
+  auto ptr = [](const std::vector<double>& v) { return v.empty() ? nullptr : v.data(); };
+  auto out = at::empty_like(x);
+  if (B == 0 || N == 0 || D == 0) return out.zero_();
+
+  // Per cloud: the weight on every pair (the scale's) and on each reported edge (the bars').
+  const int64_t E = H0 + K;
+  std::vector<double> dense(B), edge_w(B * E);
+  AT_DISPATCH_FLOATING_TYPES(st, "tsloss_backward_cpu", [&] {
+    const scalar_t* psc = scales.data_ptr<scalar_t>();
+    const scalar_t* pt0 = topo_h0.data_ptr<scalar_t>();
+    const scalar_t* pt1 = topo_h1.data_ptr<scalar_t>();
+    const scalar_t* pp0 = prev_h0.defined() ? prev_h0.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pp1 = prev_h1.defined() ? prev_h1.data_ptr<scalar_t>() : nullptr;
+    const int64_t* pcount = count.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      const double a = tsl::reduced_grad(ptr(gl), b, B, static_cast<int>(reduction));
+      const tsl::CloudCoefficients k{
+          a * w_conn + tsl::reduced_grad(ptr(gc), b, B, static_cast<int>(reduction)),
+          a * w_red + tsl::reduced_grad(ptr(gr), b, B, static_cast<int>(reduction)),
+          a * w_stab + tsl::reduced_grad(ptr(gs), b, B, static_cast<int>(reduction)),
+          tsl::reduced_grad(ptr(gsc), b, B, static_cast<int>(reduction))};
+      const double s = static_cast<double>(psc[b]);
+      double ds = k.scale;
+      double* w = edge_w.data() + b * E;
+      for (int64_t r = 0; r < H0; ++r)
+        w[r] = tsl::h0_death_grad(pt0[b * H0 + r], pp0 ? pp0[b * H0 + r] : scalar_t(0), H0, s,
+                                  opt, k, &ds);
+      for (int64_t q = 0; q < K; ++q)
+        w[H0 + q] = tsl::h1_pers_grad(pt1[b * K + q], pp1 ? pp1[b * K + q] : scalar_t(0), q,
+                                      pcount[b], K, s, opt, k, &ds);
+      // The clamp of the scale passes the gradient unless the raw mean fell below it.
+      const bool passes = normalize && psc[b] > tsl::tiny_of<scalar_t>();
+      dense[b] = tsl::dense_pair_weight(ds, N, passes);
+    }
+
+    // One pass over the pairs: gx_i = sum_j W_ij (x_i - x_j), W_ij = (dense weight + the
+    // weights of the reported edges {i, j}) / d_ij; coincident points have no direction.
+    const int64_t n4 = (N + 3) / 4 * 4;
+    const int64_t chunk = cpu::grad_chunk(n4, sizeof(scalar_t));
+    const int64_t chunks = (D + chunk - 1) / chunk;
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* pd = dist.data_ptr<scalar_t>();
+    const int64_t* pe0 = e0.data_ptr<int64_t>();
+    const int64_t* pe1 = e1.data_ptr<int64_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    auto pair_weights = [&](int64_t b, scalar_t* W) {
+      // The weights summed in double, then divided by the distance and rounded once.
+      thread_local std::vector<double> wd;
+      wd.assign(n4 * n4, 0.0);
+      std::fill(W, W + n4 * n4, scalar_t(0));
+      for (int64_t i = 1; i < N; ++i)
+        for (int64_t j = 0; j < i; ++j) wd[i * n4 + j] = dense[b];
+      const double* ew = edge_w.data() + b * E;
+      auto add = [&](int64_t u, int64_t v, double g) {
+        if (u < 0 || v < 0 || u == v) return;
+        wd[std::max(u, v) * n4 + std::min(u, v)] += g;
+      };
+      for (int64_t r = 0; r < H0; ++r) add(pe0[(b * H0 + r) * 2], pe0[(b * H0 + r) * 2 + 1], ew[r]);
+      for (int64_t q = 0; q < K; ++q) {
+        const int64_t* e = pe1 + (b * K + q) * 4;
+        add(e[0], e[1], -ew[H0 + q]);
+        add(e[2], e[3], ew[H0 + q]);
+      }
+      const scalar_t* db = pd + b * N * N;
+      for (int64_t i = 1; i < N; ++i)
+        for (int64_t j = 0; j < i; ++j) {
+          const double d = static_cast<double>(db[i * N + j]);
+          W[i * n4 + j] = d > 0.0 ? static_cast<scalar_t>(wd[i * n4 + j] / d) : scalar_t(0);
+        }
+    };
+    const int64_t work = N * N * D;
+    if (B >= 2 * at::get_num_threads()) {
+      at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> W(n4 * n4), scratch(2 * n4 * chunk);
+        for (int64_t b = begin; b < end; ++b) {
+          pair_weights(b, W.data());
+          for (int64_t c = 0; c < chunks; ++c)
+            cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
+                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D);
+        }
+      });
+    } else {
+      // Few clouds: their coordinate chunks are shared out (chunks never write the same entry).
+      std::vector<scalar_t> W(n4 * n4);
+      for (int64_t b = 0; b < B; ++b) {
+        pair_weights(b, W.data());
+        at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> scratch(2 * n4 * chunk);
+          for (int64_t c = begin; c < end; ++c)
+            cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
+                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D);
+        });
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tsloss_cuda, CPU, m) {
+  m.impl("tsloss_forward", &tsloss_forward_cpu);
+  m.impl("tsloss_backward", &tsloss_backward_cpu);
+}
+
+}  // namespace tsloss

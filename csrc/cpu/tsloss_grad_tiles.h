@@ -1,0 +1,160 @@
+// The backward pass of TSLoss over the pairs of one cloud on the CPU:
+//
+//   gx_i = sum_{j != i} W_ij (x_i - x_j),   W symmetric (the pair weights over the distances)
+//
+// in x's dtype (as pairwise_distance_backward: float32 points get float32 sums, at twice the
+// lanes of double), by the difference form (the Gram form rowsum(W) x_i - (W x)_i cancels for close points,
+// where W_ij ~ 1/d_ij is largest). Each unordered pair is visited once and its term
+// t = W_ij (x_i - x_j) goes to both rows: four operations per pair and coordinate (subtract,
+// multiply, add, subtract) where the row-by-row form (distance_grad_rows) spends six on the two
+// ordered pairs. Work is cut by coordinate chunks: the chunk of every row and of its gradient stay in L1/L2 while all 4 x 4 tiles of row blocks run over it, and chunks
+// are independent, so several threads can share one cloud without write conflicts. Tiles whose
+// sixteen weights are all zero are skipped (normalize="none": only the bars' edges weigh).
+// Sums run in a fixed order (no FMA): the result does not depend on the thread count.
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include "distance_tiles.h"
+
+namespace tsloss {
+namespace cpu {
+
+// Coordinates per chunk for a cloud of n4 (n padded to 4) rows: the rows and their gradients,
+// 2 * n4 * C values, in about 64 KB of doubles or floats. A multiple of 16 (a vector of floats).
+inline int64_t grad_chunk(int64_t n4, int64_t value_bytes) {
+  int64_t c = (32768 / value_bytes / (n4 > 0 ? n4 : 1)) & ~int64_t(15);
+  return c < 16 ? 16 : (c > 256 ? 256 : c);
+}
+
+// gs (n4 rows of C, zero on entry) += the pair terms of rows xs (n4 rows of C, padding rows and
+// coordinates zero) under W (n4 x n4, read below the diagonal; zero for padding rows). Rows of
+// xs and gs are S apart. C is a multiple of 16.
+template <typename A, int Bytes>
+__attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, const A* W,
+                                                                int64_t n4, int64_t C, int64_t S,
+                                                                A* gs) {
+  using VD = typename Vec<A, Bytes>::type;
+  constexpr int L = Vec<A, Bytes>::lanes;
+  const int64_t steps = C / L, blocks = n4 / 4;
+  const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
+  for (int64_t bi = 0; bi < blocks; ++bi) {
+    const A* xi = xs + bi * 4 * S;
+    A* gi = gs + bi * 4 * S;
+    for (int64_t bj = 0; bj < bi; ++bj) {
+      A w[4][4];
+      bool any = false;
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          w[a][b] = W[(bi * 4 + a) * n4 + bj * 4 + b];
+          any |= w[a][b] != A(0);
+        }
+      if (!any) continue;
+      const A* xj = xs + bj * 4 * S;
+      A* gj = gs + bj * 4 * S;
+      for (int64_t s = 0; s < steps; ++s) {
+        VD u[4], v[4], ga[4], gb[4];
+        for (int a = 0; a < 4; ++a) {
+          load(u[a], xi + a * S + s * L);
+          load(ga[a], gi + a * S + s * L);
+        }
+        for (int b = 0; b < 4; ++b) {
+          load(v[b], xj + b * S + s * L);
+          load(gb[b], gj + b * S + s * L);
+        }
+        // All sixteen terms first, then short sums into the gradients: chains of one add per
+        // row rather than four dependent ones.
+        VD t[4][4];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) t[a][b] = (VD{} + w[a][b]) * (u[a] - v[b]);
+        for (int a = 0; a < 4; ++a) ga[a] += (t[a][0] + t[a][1]) + (t[a][2] + t[a][3]);
+        for (int b = 0; b < 4; ++b) gb[b] -= (t[0][b] + t[1][b]) + (t[2][b] + t[3][b]);
+        for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &ga[a], sizeof(VD));
+        for (int b = 0; b < 4; ++b) memcpy(gj + b * S + s * L, &gb[b], sizeof(VD));
+      }
+    }
+    // The six pairs inside the block.
+    A w[6];
+    bool any = false;
+    for (int p = 0; p < 6; ++p) {
+      w[p] = W[(bi * 4 + ia[p]) * n4 + bi * 4 + ib[p]];
+      any |= w[p] != A(0);
+    }
+    if (!any) continue;
+    for (int64_t s = 0; s < steps; ++s) {
+      VD u[4], g[4];
+      for (int a = 0; a < 4; ++a) {
+        load(u[a], xi + a * S + s * L);
+        load(g[a], gi + a * S + s * L);
+      }
+      for (int p = 0; p < 6; ++p) {
+        const VD t = (VD{} + w[p]) * (u[ia[p]] - u[ib[p]]);
+        g[ia[p]] += t;
+        g[ib[p]] -= t;
+      }
+      for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &g[a], sizeof(VD));
+    }
+  }
+}
+
+#ifdef TSL_X86_LEVELS
+template <typename A>
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void pair_grad_chunk_v4(
+    const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs) {
+  pair_grad_chunk_body<A, 64>(xs, W, n4, C, S, gs);
+}
+template <typename A>
+__attribute__((target("avx2,fma"))) void pair_grad_chunk_v3(const A* xs, const A* W, int64_t n4,
+                                                           int64_t C, int64_t S, A* gs) {
+  pair_grad_chunk_body<A, 32>(xs, W, n4, C, S, gs);
+}
+#endif
+
+template <typename A>
+void pair_grad_chunk_base(const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs) {
+  pair_grad_chunk_body<A, 16>(xs, W, n4, C, S, gs);
+}
+
+template <typename T>
+void pair_grad_dispatch(const T* xs, const T* W, int64_t n4, int64_t C, int64_t S, T* gs) {
+#ifdef TSL_X86_LEVELS
+  if (x86_level() == 4) return pair_grad_chunk_v4<T>(xs, W, n4, C, S, gs);
+  if (x86_level() == 3) return pair_grad_chunk_v3<T>(xs, W, n4, C, S, gs);
+#endif
+  pair_grad_chunk_base<T>(xs, W, n4, C, S, gs);
+}
+
+// gx[:, k0:k0+kc] of one cloud x (n, dim) under W (n4 x n4, see pair_grad_chunk_body). When the
+// cloud fills its row blocks and the chunk its vectors (n % 4 == 0, kc % 16 == 0) and rows are not
+// a multiple of 2 KB apart, the tiles read x and add into gx in place. Otherwise through scratch
+// of 2 * n4 * grad_chunk(n4, sizeof(T)) values, zero-padded: the sixteen rows a tile touches,
+// 8 KB apart at D = 2048 floats, would share L1 sets (in place was 0.8x as fast at (64,4096,16),
+// 1.3x faster at (16,768,64), one thread).
+template <typename T>
+void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4, int64_t k0,
+                     int64_t kc, T* scratch, T* gx) {
+  if (n == n4 && kc % 16 == 0 && (dim * int64_t(sizeof(T))) % 2048 != 0) {
+    for (int64_t r = 0; r < n; ++r) memset(gx + r * dim + k0, 0, sizeof(T) * kc);
+    pair_grad_dispatch<T>(x + k0, W, n4, kc, dim, gx + k0);
+    return;
+  }
+  const int64_t C = (kc + 15) & ~int64_t(15);
+  T* xs = scratch;
+  T* gs = scratch + n4 * C;
+  for (int64_t r = 0; r < n4; ++r) {
+    T* row = xs + r * C;
+    int64_t k = 0;
+    if (r < n) {
+      memcpy(row, x + r * dim + k0, sizeof(T) * kc);
+      k = kc;
+    }
+    for (; k < C; ++k) row[k] = T(0);
+  }
+  for (int64_t v = 0; v < n4 * C; ++v) gs[v] = T(0);
+  pair_grad_dispatch<T>(xs, W, n4, C, C, gs);
+  for (int64_t r = 0; r < n; ++r) memcpy(gx + r * dim + k0, gs + r * C, sizeof(T) * kc);
+}
+
+}  // namespace cpu
+}  // namespace tsloss

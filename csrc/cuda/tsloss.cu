@@ -1,0 +1,299 @@
+// CUDA kernels of the fused TSLoss ops: the terms of every cloud from its diagrams (one block per
+// cloud), their reduction over the batch, and the backward (the pair weights of every cloud,
+// then one pass over the pairs). The per-element arithmetic is core/tsloss_terms.h, the code
+// the CPU op runs. Sums run in fixed orders (block trees of fixed shape, no atomics), so results
+// do not change from run to run; nothing synchronises with the host, and the kernels keep no
+// state between calls (CUDA-graph capturable).
+#include <cuda_runtime.h>
+
+#include "../core/common.h"
+#include "../core/tsloss_terms.h"
+#include "kernels.h"
+
+namespace tsl {
+namespace cuda {
+namespace {
+
+constexpr int kTermThreads = 256;
+
+// Sums v over the block in a fixed tree (the same for every launch); every thread gets the sum.
+__device__ double block_sum(double v, double* scratch) {
+  for (int off = 16; off > 0; off >>= 1) v = __dadd_rn(v, __shfl_down_sync(0xffffffffu, v, off));
+  const int warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (threadIdx.x % 32 == 0) scratch[warp] = v;
+  __syncthreads();
+  double s = 0.0;
+  for (int w = 0; w < warps; ++w) s = __dadd_rn(s, scratch[w]);
+  return s;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kTermThreads)
+    tsloss_terms_kernel(const T* __restrict__ x, int64_t N, int64_t D,
+                        const double* __restrict__ partial, int64_t tiles,
+                        const T* __restrict__ h0, const T* __restrict__ h1, int64_t K,
+                        int64_t* __restrict__ h1_count, const T* __restrict__ prev_h0,
+                        const T* __restrict__ prev_h1, TermOptions o, T* __restrict__ topo_h0,
+                        T* __restrict__ topo_h1, T* __restrict__ scales,
+                        double* __restrict__ per_cloud) {
+  __shared__ double scratch[kTermThreads / 32];
+  __shared__ T s_scale;
+  __shared__ bool s_bad;
+  const int64_t b = blockIdx.x;
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  if (threadIdx.x == 0) {
+    double sum = 0.0;
+    for (int64_t t = 0; t < tiles; ++t) sum = __dadd_rn(sum, partial[b * tiles + t]);
+    bool bad = !isfinite(sum);
+    // A lone point has no distance to carry a non-finite coordinate.
+    if (N == 1)
+      for (int64_t k = 0; k < D; ++k) bad |= !isfinite((double)x[b * D + k]);
+    bool passes;
+    s_scale = cloud_scale<T>(sum, N, o.normalize, &passes);
+    s_bad = bad;
+  }
+  __syncthreads();
+  const T s = s_scale;
+  const bool bad = s_bad;
+  const int64_t count = bad ? -2 : h1_count[b];  // -2: INVALID_INPUT, as vr_persistence marks it
+  // An invalid cloud is marked as vr_persistence marks it: NaN H0 deaths, no trusted H1 bar
+  // (count -2), so its loss is NaN wherever it has an H0 bar; the composition agrees.
+  const T nan = (T)NAN;
+  double c = 0.0, s0 = 0.0, r = 0.0, s1 = 0.0;
+  for (int64_t i = threadIdx.x; i < H0; i += blockDim.x) {
+    const T u = bad ? nan : h0_unit(h0[(b * H0 + i) * 2 + 1], s);
+    topo_h0[b * H0 + i] = u;
+    c += conn_value((double)u, o);
+    if (o.has_prev) {
+      const double t = (double)u - (double)prev_h0[b * H0 + i];
+      s0 += t * t;
+    }
+  }
+  for (int64_t q = threadIdx.x; q < K; q += blockDim.x) {
+    const T v = h1_unit(h1[(b * K + q) * 2], h1[(b * K + q) * 2 + 1], s, q, count);
+    topo_h1[b * K + q] = v;
+    if (q < count) r += red_value((double)v, o);
+    if (o.has_prev) {
+      const double t = (double)v - (double)prev_h1[b * K + q];
+      s1 += t * t;
+    }
+  }
+  c = block_sum(c, scratch);
+  s0 = block_sum(s0, scratch);
+  r = block_sum(r, scratch);
+  s1 = block_sum(s1, scratch);
+  if (threadIdx.x != 0) return;
+  const double conn = H0 > 0 ? c / (double)H0 : 0.0;
+  const double red = r;
+  const double stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (K > 0 ? s1 / (double)K : 0.0)
+                                 : 0.0;
+  scales[b] = s;
+  if (bad) h1_count[b] = -2;
+  double* v = per_cloud + b * 5;
+  v[0] = o.w_conn * conn + o.w_red * red + o.w_stab * stab;
+  v[1] = conn;
+  v[2] = red;
+  v[3] = stab;
+  v[4] = (double)s;
+}
+
+// out[m] (m = loss, connectivity, redundancy, stability, scale) reduced over the batch in order;
+// with kReduceNone, B values each. One block.
+template <typename T>
+__global__ void tsloss_reduce_kernel(const double* __restrict__ per_cloud, int64_t B,
+                                     int reduction, T* loss, T* conn, T* red, T* stab, T* scale) {
+  T* outs[5] = {loss, conn, red, stab, scale};
+  if (reduction == kReduceNone) {
+    for (int64_t e = threadIdx.x; e < 5 * B; e += blockDim.x)
+      outs[e / B][e % B] = (T)per_cloud[(e % B) * 5 + e / B];
+    return;
+  }
+  if (threadIdx.x >= 5) return;
+  double s = 0.0;
+  for (int64_t b = 0; b < B; ++b) s = __dadd_rn(s, per_cloud[b * 5 + threadIdx.x]);
+  outs[threadIdx.x][0] = (T)(reduction == kReduceMean ? s / (double)B : s);
+}
+
+// Per cloud: the weight of each reported edge (H0 rows, then H1 rows; the birth edge takes
+// minus the bar's weight) and the dense weight of every pair from the scale.
+template <typename T>
+__global__ void __launch_bounds__(kTermThreads)
+    tsloss_edge_weights_kernel(const T* g_loss, const T* g_conn, const T* g_red,
+                               const T* g_stab, const T* g_scale, int64_t B, int64_t N,
+                               const T* __restrict__ scales, const T* __restrict__ topo_h0,
+                               const T* __restrict__ topo_h1, int64_t K,
+                               const int64_t* __restrict__ h1_count,
+                               const T* __restrict__ prev_h0, const T* __restrict__ prev_h1,
+                               TermOptions o, int reduction, double* __restrict__ edge_w,
+                               double* __restrict__ dense) {
+  __shared__ double scratch[kTermThreads / 32];
+  const int64_t b = blockIdx.x;
+  const int64_t H0 = N > 0 ? N - 1 : 0, E = H0 + K;
+  const double a = reduced_grad(g_loss, b, B, reduction);
+  const CloudCoefficients k{a * o.w_conn + reduced_grad(g_conn, b, B, reduction),
+                            a * o.w_red + reduced_grad(g_red, b, B, reduction),
+                            a * o.w_stab + reduced_grad(g_stab, b, B, reduction),
+                            reduced_grad(g_scale, b, B, reduction)};
+  const double s = (double)scales[b];
+  const int64_t count = h1_count[b];
+  double ds = 0.0;
+  for (int64_t r = threadIdx.x; r < H0; r += blockDim.x)
+    edge_w[b * E + r] = h0_death_grad(topo_h0[b * H0 + r], o.has_prev ? prev_h0[b * H0 + r] : T(0),
+                                      H0, s, o, k, &ds);
+  for (int64_t q = threadIdx.x; q < K; q += blockDim.x)
+    edge_w[b * E + H0 + q] = h1_pers_grad(topo_h1[b * K + q],
+                                          o.has_prev ? prev_h1[b * K + q] : T(0), q, count, K, s,
+                                          o, k, &ds);
+  ds = block_sum(ds, scratch);
+  if (threadIdx.x == 0)
+    dense[b] = dense_pair_weight(__dadd_rn(ds, k.scale), N,
+                                 o.normalize && scales[b] > tiny_of<T>());
+}
+
+constexpr int kGradRows = 8;     // rows of x per block
+constexpr int kGradCols = 32;    // coordinates per block (a warp reads them coalesced)
+constexpr int kGradJ = 128;      // pair weights staged per round
+
+// gx_i = sum_j W_ij (x_i - x_j): the dense weight over d_ij for every pair, then each reported
+// edge touching row i. Thread (row, coordinate); x_j is read coalesced along the coordinates.
+template <typename T>
+__global__ void __launch_bounds__(kGradRows * kGradCols)
+    tsloss_grad_kernel(const T* __restrict__ x, int64_t N, int64_t D, const T* __restrict__ dist,
+                       const double* __restrict__ dense, const double* __restrict__ edge_w,
+                       const int64_t* __restrict__ h0_edges, const int64_t* __restrict__ h1_edges,
+                       int64_t K, T* __restrict__ grad) {
+  __shared__ double w[kGradRows][kGradJ];
+  const int64_t b = blockIdx.z;
+  const int row = threadIdx.x / kGradCols, col = threadIdx.x % kGradCols;
+  const int64_t i = (int64_t)blockIdx.y * kGradRows + row;
+  const int64_t k = (int64_t)blockIdx.x * kGradCols + col;
+  const int64_t H0 = N > 0 ? N - 1 : 0, E = H0 + K;
+  const T* xb = x + b * N * D;
+  const T* db = dist + b * N * N;
+  const double wd = dense[b];
+  const bool live = i < N && k < D;
+  const double xi = live ? (double)xb[i * D + k] : 0.0;
+  double acc = 0.0;
+  if (wd != 0.0) {
+    for (int64_t j0 = 0; j0 < N; j0 += kGradJ) {
+      __syncthreads();
+      for (int e = threadIdx.x; e < kGradRows * kGradJ; e += blockDim.x) {
+        const int r = e / kGradJ, jj = e % kGradJ;
+        const int64_t ii = (int64_t)blockIdx.y * kGradRows + r, j = j0 + jj;
+        double v = 0.0;
+        if (ii < N && j < N && j != ii) {
+          const double d = (double)db[ii * N + j];
+          v = d > 0.0 ? wd / d : 0.0;
+        }
+        w[r][jj] = v;
+      }
+      __syncthreads();
+      if (!live) continue;
+      const int64_t jn = N - j0 < kGradJ ? N - j0 : kGradJ;
+      for (int64_t jj = 0; jj < jn; ++jj) {
+        const double t = __dsub_rn(xi, (double)xb[(j0 + jj) * D + k]);
+        acc = __dadd_rn(acc, __dmul_rn(w[row][jj], t));
+      }
+    }
+  }
+  if (!live) return;
+  // The bars' edges (H0 deaths, then per H1 bar birth and death), in the order of the CPU.
+  for (int64_t e = 0; e < E; ++e) {
+    const double g = edge_w[b * E + e];
+    if (g == 0.0) continue;
+    const int64_t* p = e < H0 ? h0_edges + (b * H0 + e) * 2 : nullptr;
+    for (int side = 0; side < (e < H0 ? 1 : 2); ++side) {
+      if (e >= H0) p = h1_edges + (b * K + (e - H0)) * 4 + 2 * side;
+      const int64_t u = p[0], v = p[1];
+      if (u < 0 || v < 0 || u == v || (u != i && v != i)) continue;
+      const int64_t other = u == i ? v : u;
+      const double d = (double)db[i * N + other];
+      if (!(d > 0.0)) continue;
+      const double ge = e >= H0 && side == 0 ? -g : g;
+      acc = __dadd_rn(acc, __dmul_rn(ge / d, __dsub_rn(xi, (double)xb[other * D + k])));
+    }
+  }
+  grad[b * N * D + i * D + k] = (T)acc;
+}
+
+}  // namespace
+
+size_t tsloss_forward_workspace_bytes(int64_t B, int64_t N) {
+  return sizeof(double) * (size_t)(B * distance_tiles(N) + 5 * B + 1);
+}
+
+size_t tsloss_backward_workspace_bytes(int64_t B, int64_t N, int64_t K) {
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  return sizeof(double) * (size_t)(B * (H0 + K) + B + 1);
+}
+
+template <typename T>
+cudaError_t launch_tsloss_terms(const T* x, int64_t B, int64_t N, int64_t D, const T* h0,
+                                const T* h1, int64_t K, int64_t* h1_count, const T* prev_h0,
+                                const T* prev_h1, const TermOptions& o, int reduction,
+                                T* topo_h0, T* topo_h1, T* scales, T* loss, T* conn, T* red,
+                                T* stab, T* scale, void* workspace, cudaStream_t stream) {
+  if (B == 0) return cudaSuccess;
+  double* partial = static_cast<double*>(workspace);
+  const int64_t tiles = distance_tiles(N);  // N = 1: one block, whose sum is 0
+  double* per_cloud = partial + B * tiles;
+  tsloss_terms_kernel<T><<<(unsigned)B, kTermThreads, 0, stream>>>(
+      x, N, D, partial, tiles, h0, h1, K, h1_count, prev_h0, prev_h1, o, topo_h0, topo_h1,
+      scales, per_cloud);
+  tsloss_reduce_kernel<T><<<1, 256, 0, stream>>>(per_cloud, B, reduction, loss, conn, red, stab,
+                                                 scale);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_tsloss_backward(const T* g_loss, const T* g_conn, const T* g_red,
+                                   const T* g_stab, const T* g_scale, const T* x, int64_t B,
+                                   int64_t N, int64_t D, const T* dist, const T* scales,
+                                   const T* topo_h0, const T* topo_h1, int64_t K,
+                                   const int64_t* h1_count, const int64_t* h0_edges,
+                                   const int64_t* h1_edges, const T* prev_h0, const T* prev_h1,
+                                   const TermOptions& o, int reduction, T* grad,
+                                   void* workspace, cudaStream_t stream) {
+  if (B == 0 || N == 0 || D == 0) return cudaSuccess;
+  const int64_t H0 = N - 1;
+  double* edge_w = static_cast<double*>(workspace);
+  double* dense = edge_w + B * (H0 + K);
+  tsloss_edge_weights_kernel<T><<<(unsigned)B, kTermThreads, 0, stream>>>(
+      g_loss, g_conn, g_red, g_stab, g_scale, B, N, scales, topo_h0, topo_h1, K, h1_count,
+      prev_h0, prev_h1, o, reduction, edge_w, dense);
+  for (int64_t b0 = 0; b0 < B; b0 += 65535) {
+    const int64_t nb = B - b0 < 65535 ? B - b0 : 65535;
+    dim3 grid((unsigned)((D + kGradCols - 1) / kGradCols), (unsigned)((N + kGradRows - 1) / kGradRows),
+              (unsigned)nb);
+    tsloss_grad_kernel<T><<<grid, kGradRows * kGradCols, 0, stream>>>(
+        x + b0 * N * D, N, D, dist + b0 * N * N, dense + b0, edge_w + b0 * (H0 + K),
+        h0_edges + b0 * H0 * 2, h1_edges + b0 * K * 4, K, grad + b0 * N * D);
+  }
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_tsloss_terms<float>(const float*, int64_t, int64_t, int64_t,
+                                                const float*, const float*, int64_t, int64_t*,
+                                                const float*, const float*, const TermOptions&,
+                                                int, float*, float*, float*, float*, float*,
+                                                float*, float*, float*, void*, cudaStream_t);
+template cudaError_t launch_tsloss_terms<double>(const double*, int64_t, int64_t, int64_t,
+                                                 const double*, const double*, int64_t, int64_t*,
+                                                 const double*, const double*,
+                                                 const TermOptions&, int, double*, double*,
+                                                 double*, double*, double*, double*, double*,
+                                                 double*, void*, cudaStream_t);
+template cudaError_t launch_tsloss_backward<float>(
+    const float*, const float*, const float*, const float*, const float*, const float*, int64_t,
+    int64_t, int64_t, const float*, const float*, const float*, const float*, int64_t,
+    const int64_t*, const int64_t*, const int64_t*, const float*, const float*,
+    const TermOptions&, int, float*, void*, cudaStream_t);
+template cudaError_t launch_tsloss_backward<double>(
+    const double*, const double*, const double*, const double*, const double*, const double*,
+    int64_t, int64_t, int64_t, const double*, const double*, const double*, const double*,
+    int64_t, const int64_t*, const int64_t*, const int64_t*, const double*, const double*,
+    const TermOptions&, int, double*, void*, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace tsl

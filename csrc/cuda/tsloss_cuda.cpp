@@ -1,0 +1,204 @@
+// CUDA kernels of the fused TSLoss ops: thin torch glue around kernels.h. The forward is the
+// distance kernel (whose epilogue leaves the per-cloud distance sums and the invalid-input flag),
+// the engine (launch_vr_persistence) and the terms with their reduction; the backward is two
+// kernels. Same results as the CPU op, on the current stream, workspaces from the caching
+// allocator, no host synchronisation: a cloud with a non-finite distance is not reported on the
+// host but gets NaN values and h1_count = -2 (INVALID_INPUT), as vr_persistence marks it.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "../checks.h"
+#include "kernels.h"
+
+namespace tsloss {
+namespace {
+
+void check_cuda(cudaError_t err, const char* what) {
+  TSL_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+}
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  const long long parsed = std::atoll(v);
+  return parsed > 0 ? static_cast<int64_t>(parsed) : fallback;
+}
+
+// The capacities vr_persistence uses (the same environment overrides).
+tsl::cuda::H1Capacity h1_capacity(int64_t n) {
+  tsl::cuda::H1Capacity c = tsl::cuda::default_h1_capacity(n);
+  c.heap = env_int("TSLOSS_CUDA_H1_HEAP", c.heap);
+  c.columns = env_int("TSLOSS_CUDA_H1_COLUMNS", c.columns);
+  c.arena = env_int("TSLOSS_CUDA_H1_ARENA", c.arena);
+  return c;
+}
+
+bool given(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+template <typename T>
+const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
+  return given(t) ? t->data_ptr<T>() : nullptr;
+}
+
+// An optional tensor on x's device, in x's dtype, contiguous (undefined when absent).
+c10::optional<at::Tensor> like_x(const c10::optional<at::Tensor>& t, const at::Tensor& x) {
+  if (!given(t)) return c10::nullopt;
+  return t->to(x.device(), x.scalar_type()).contiguous();
+}
+
+using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                              at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                              at::Tensor, at::Tensor>;
+
+ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
+                               const c10::optional<at::Tensor>& prev_h0_in,
+                               const c10::optional<at::Tensor>& prev_h1_in, int64_t maxdim,
+                               int64_t max_h1, bool normalize, bool target_mode, double target,
+                               double p, double w_conn, double w_red, double w_stab,
+                               int64_t reduction) {
+  check_points_or_distances(x_in, false);
+  TSL_CHECK(maxdim == 0 || maxdim == 1, "tsloss_forward: maxdim must be 0 or 1, got ", maxdim);
+  TSL_CHECK(max_h1 >= 0, "tsloss_forward: max_h1 must be >= 0, got ", max_h1);
+  TSL_CHECK(p > 0, "tsloss_forward: p must be > 0, got ", p);
+  TSL_CHECK(reduction >= 0 && reduction <= 2,
+            "tsloss_forward: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = x_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  const int64_t K = maxdim >= 1 ? max_h1 : 0;
+  check_h1_capacity(K, B, N, x.element_size());
+  TSL_CHECK(given(prev_h0_in) == given(prev_h1_in),
+            "tsloss: prev_h0 and prev_h1 must be given together");
+  auto prev_h0 = like_x(prev_h0_in, x), prev_h1 = like_x(prev_h1_in, x);
+  if (prev_h0) {
+    TSL_CHECK(prev_h0->dim() == 2 && prev_h0->size(0) == B && prev_h0->size(1) == H0,
+              "tsloss: prev_h0 must be (B, N-1) = (", B, ", ", H0, "), got ", prev_h0->sizes());
+    TSL_CHECK(prev_h1->dim() == 2 && prev_h1->size(0) == B && prev_h1->size(1) == K,
+              "tsloss: prev_h1 must be (B, K) = (", B, ", ", K, "), got ", prev_h1->sizes());
+  }
+  const tsl::TermOptions o{normalize, target_mode, prev_h0.has_value(), target, p,
+                           w_conn,    w_red,       w_stab};
+  auto opts = x.options();
+  auto iopts = opts.dtype(at::kLong);
+  const std::vector<int64_t> reduced =
+      reduction == tsl::kReduceNone ? std::vector<int64_t>{B} : std::vector<int64_t>{};
+  auto loss = at::empty(reduced, opts), conn = at::empty(reduced, opts),
+       red = at::empty(reduced, opts), stab = at::empty(reduced, opts),
+       scale = at::empty(reduced, opts);
+  auto h1_count = at::empty({B}, iopts);
+  auto topo_h0 = at::empty({B, H0}, opts), topo_h1 = at::empty({B, K}, opts);
+  auto scales = at::empty({B}, opts);
+  auto dist = at::empty({B, N, N}, opts);
+  auto h0_edges = at::empty({B, H0, 2}, iopts), h1_edges = at::empty({B, K, 4}, iopts);
+  auto h0 = at::empty({B, H0, 2}, opts), h1 = at::empty({B, K, 2}, opts);
+  auto truncated = at::empty({B}, opts.dtype(at::kBool));
+  if (B == 0) return {loss, conn, red, stab, scale, h1_count, topo_h0, topo_h1, scales, dist,
+                      h0_edges, h1_edges};
+
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const tsl::cuda::H1Capacity cap = h1_capacity(N);
+  const int dim = static_cast<int>(maxdim);
+  const size_t elem = x.element_size();
+  // The engine's workspace bounds the clouds per launch, as in vr_persistence.
+  const size_t budget = static_cast<size_t>(env_int("TSLOSS_CUDA_WORKSPACE_MB", 2048)) << 20;
+  const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap);
+  int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
+  chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
+  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap);
+  auto workspace = at::empty({static_cast<int64_t>(ws_bytes)}, opts.dtype(at::kByte));
+  auto terms_ws = at::empty({static_cast<int64_t>(tsl::cuda::tsloss_forward_workspace_bytes(B, N))},
+                            opts.dtype(at::kByte));
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_forward_cuda", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    scalar_t* pd = dist.data_ptr<scalar_t>();
+    check_cuda(tsl::cuda::launch_pairwise_distance_sum<scalar_t>(
+                   px, B, N, D, pd, static_cast<double*>(terms_ws.data_ptr()), stream),
+               "tsloss_forward (distances)");
+    for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+      const int64_t nb = std::min(chunk, B - b0);
+      check_cuda(tsl::cuda::launch_vr_persistence<scalar_t>(
+                     pd + b0 * N * N, nb, N, dim, K, h0.data_ptr<scalar_t>() + b0 * H0 * 2,
+                     h0_edges.data_ptr<int64_t>() + b0 * H0 * 2,
+                     h1.data_ptr<scalar_t>() + b0 * K * 2,
+                     h1_edges.data_ptr<int64_t>() + b0 * K * 4,
+                     h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
+                     workspace.data_ptr(), ws_bytes, cap, 0, stream),
+                 "tsloss_forward (persistence)");
+    }
+    check_cuda(tsl::cuda::launch_tsloss_terms<scalar_t>(
+                   px, B, N, D, h0.data_ptr<scalar_t>(), h1.data_ptr<scalar_t>(), K,
+                   h1_count.data_ptr<int64_t>(), ptr_or_null<scalar_t>(prev_h0),
+                   ptr_or_null<scalar_t>(prev_h1), o, static_cast<int>(reduction),
+                   topo_h0.data_ptr<scalar_t>(), topo_h1.data_ptr<scalar_t>(),
+                   scales.data_ptr<scalar_t>(), loss.data_ptr<scalar_t>(),
+                   conn.data_ptr<scalar_t>(), red.data_ptr<scalar_t>(),
+                   stab.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(), terms_ws.data_ptr(),
+                   stream),
+               "tsloss_forward (terms)");
+  });
+  return {loss, conn, red, stab, scale, h1_count, topo_h0, topo_h1, scales, dist, h0_edges,
+          h1_edges};
+}
+
+at::Tensor tsloss_backward_cuda(
+    const c10::optional<at::Tensor>& grad_loss, const c10::optional<at::Tensor>& grad_conn,
+    const c10::optional<at::Tensor>& grad_red, const c10::optional<at::Tensor>& grad_stab,
+    const c10::optional<at::Tensor>& grad_scale, const at::Tensor& x_in,
+    const at::Tensor& dist_in, const at::Tensor& scales_in, const at::Tensor& topo_h0_in,
+    const at::Tensor& topo_h1_in, const at::Tensor& h1_count_in, const at::Tensor& h0_edges_in,
+    const at::Tensor& h1_edges_in, const c10::optional<at::Tensor>& prev_h0_in,
+    const c10::optional<at::Tensor>& prev_h1_in, bool normalize, bool target_mode, double target,
+    double p, double w_conn, double w_red, double w_stab, int64_t reduction) {
+  TSL_CHECK(x_in.dim() == 3, "tsloss_backward: x must be (B, N, D), got ", x_in.sizes());
+  c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = x_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  const int64_t K = topo_h1_in.size(1);
+  auto dist = dist_in.to(x.scalar_type()).contiguous();
+  auto scales = scales_in.to(x.scalar_type()).contiguous();
+  auto topo_h0 = topo_h0_in.to(x.scalar_type()).contiguous();
+  auto topo_h1 = topo_h1_in.to(x.scalar_type()).contiguous();
+  auto count = h1_count_in.contiguous();
+  auto e0 = h0_edges_in.contiguous(), e1 = h1_edges_in.contiguous();
+  auto prev_h0 = like_x(prev_h0_in, x), prev_h1 = like_x(prev_h1_in, x);
+  auto gl = like_x(grad_loss, x), gc = like_x(grad_conn, x), gr = like_x(grad_red, x),
+       gs = like_x(grad_stab, x), gsc = like_x(grad_scale, x);
+  const tsl::TermOptions o{normalize, target_mode, prev_h0.has_value(), target, p,
+                           w_conn,    w_red,       w_stab};
+  auto grad = at::empty_like(x);
+  if (B == 0 || N == 0 || D == 0) return grad.zero_();
+  auto workspace = at::empty(
+      {static_cast<int64_t>(tsl::cuda::tsloss_backward_workspace_bytes(B, N, K))},
+      x.options().dtype(at::kByte));
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_backward_cuda", [&] {
+    check_cuda(tsl::cuda::launch_tsloss_backward<scalar_t>(
+                   ptr_or_null<scalar_t>(gl), ptr_or_null<scalar_t>(gc),
+                   ptr_or_null<scalar_t>(gr), ptr_or_null<scalar_t>(gs),
+                   ptr_or_null<scalar_t>(gsc), x.data_ptr<scalar_t>(), B, N, D,
+                   dist.data_ptr<scalar_t>(), scales.data_ptr<scalar_t>(),
+                   topo_h0.data_ptr<scalar_t>(), topo_h1.data_ptr<scalar_t>(), K,
+                   count.data_ptr<int64_t>(), e0.data_ptr<int64_t>(), e1.data_ptr<int64_t>(),
+                   ptr_or_null<scalar_t>(prev_h0), ptr_or_null<scalar_t>(prev_h1), o,
+                   static_cast<int>(reduction), grad.data_ptr<scalar_t>(), workspace.data_ptr(),
+                   stream),
+               "tsloss_backward");
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tsloss_cuda, CUDA, m) {
+  m.impl("tsloss_forward", &tsloss_forward_cuda);
+  m.impl("tsloss_backward", &tsloss_backward_cuda);
+}
+
+}  // namespace tsloss

@@ -1,0 +1,99 @@
+"""TSLoss as a composition of the public ops (pairwise_distance, vr_persistence) and torch
+tensor ops: the definition `tsloss_cuda.loss` had before it became one fused op, kept as the
+reference the fused op is tested against (tests/test_tsloss_op.py)."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+
+from tsloss_cuda.loss import PromptTopology, _as_prompts, _check_options
+from tsloss_cuda.persistence import default_max_h1, pairwise_distance, vr_persistence
+
+
+def _match_width(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[-1] >= width:
+        return t[..., :width]
+    return torch.nn.functional.pad(t, (0, width - t.shape[-1]))
+
+
+def _reduce(v: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return v.mean()
+    if reduction == "sum":
+        return v.sum()
+    return v
+
+
+def reference_loss(
+    prompts: torch.Tensor,
+    *,
+    connectivity: float = 1.0,
+    redundancy: float = 1.0,
+    stability: float = 0.0,
+    previous: Optional[PromptTopology] = None,
+    normalize: str = "mean",
+    connectivity_mode: str = "total",
+    target: Optional[float] = None,
+    p: float = 1.0,
+    reduction: str = "mean",
+    return_terms: bool = False,
+    max_h1: Optional[int] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+    """The composition tsloss_cuda.loss was before it became one op: the reference."""
+    _check_options(normalize, connectivity_mode, target, p, reduction, max_h1)
+    x = _as_prompts(prompts)
+    b, n = x.shape[0], x.shape[1]
+    k = default_max_h1(n) if max_h1 is None else max_h1
+    need_h1 = redundancy != 0 or stability != 0 or return_terms
+
+    # One distance matrix serves the scale and the diagram; gradients of both flow through it.
+    dist = pairwise_distance(x)
+    if normalize == "mean":
+        scale = dist.sum((-2, -1)) / max(n * (n - 1), 1)
+        scale = scale.clamp_min(torch.finfo(x.dtype).tiny)
+    else:
+        scale = torch.ones(b, dtype=x.dtype, device=x.device)
+    dg = vr_persistence(dist, 1 if need_h1 else 0, distances=True, max_h1=k)
+
+    deaths = dg.h0[..., 1] / scale[:, None]  # (B, N-1), ascending
+    if connectivity_mode == "total":
+        conn = deaths.mean(-1) if n > 1 else x.new_zeros(b)
+    else:
+        conn = (deaths - target).abs().mean(-1) if n > 1 else x.new_zeros(b)
+
+    kk = dg.h1.shape[1]
+    valid = torch.arange(kk, device=x.device)[None, :] < dg.h1_count[:, None]
+    pers = (dg.h1[..., 1] - dg.h1[..., 0]) / scale[:, None]  # (B, K); padding rows are 0
+    # Padding is masked before the power: d/dx x^p at 0 is infinite for p < 1.
+    powered = torch.where(valid, torch.where(valid, pers, torch.ones_like(pers)) ** p,
+                          torch.zeros_like(pers))
+    red = powered.sum(-1)
+
+    h1_sorted = torch.sort(torch.where(valid, pers, torch.zeros_like(pers)), dim=-1,
+                           descending=True).values
+    if previous is None:
+        stab = x.new_zeros(b)
+    else:
+        prev_h0 = previous.h0.to(device=x.device, dtype=x.dtype)
+        prev_h1 = _match_width(previous.h1.to(device=x.device, dtype=x.dtype), kk)
+        if prev_h0.shape != deaths.shape:
+            raise ValueError(f"previous.h0 has shape {tuple(prev_h0.shape)}, expected "
+                             f"{tuple(deaths.shape)} (same B and N as the previous call)")
+        stab = ((deaths - prev_h0) ** 2).mean(-1) if n > 1 else x.new_zeros(b)
+        if kk > 0:
+            stab = stab + ((h1_sorted - prev_h1) ** 2).mean(-1)
+
+    total = connectivity * conn + redundancy * red + stability * stab
+    out = _reduce(total, reduction)
+    if not return_terms:
+        return out
+    terms = {
+        "connectivity": _reduce(conn, reduction),
+        "redundancy": _reduce(red, reduction),
+        "stability": _reduce(stab, reduction),
+        "scale": _reduce(scale, reduction),
+        "h1_count": dg.h1_count,
+        "topology": PromptTopology(deaths.detach(), h1_sorted.detach()),
+    }
+    return out, terms

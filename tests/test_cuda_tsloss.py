@@ -1,0 +1,148 @@
+"""The fused TSLoss op on CUDA; every test is skipped without a CUDA device.
+
+tests/test_tsloss_op.py already runs every option combination against the reference
+composition on CUDA when a device is present; this file adds what only the device path has:
+the distance kernel's canonical bits, the CPU op as a second reference, invalid input marked
+without a host check, the launch count, no host synchronisation, and CUDA-graph capture.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tsloss_cuda as T
+from reference_loss import reference_loss
+
+ops = torch.ops.tsloss_cuda
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def cloud(b, n, d, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, d, generator=g, dtype=torch.float64).to(dtype)
+
+
+def canonical_distances(x: torch.Tensor) -> torch.Tensor:
+    """core/pairwise_distance.h in torch, step by step: eight lane sums by coordinate mod 8 in
+    increasing k (rounded product, rounded add), then ((0+1)+(2+3))+((4+5)+(6+7))."""
+    xd = x.double()
+    b, n, d = xd.shape
+    pad = (-d) % 8
+    xd = torch.nn.functional.pad(xd, (0, pad))
+    t = xd[:, :, None, :] - xd[:, None, :, :]
+    sq = (t * t).reshape(b, n, n, -1, 8)
+    lanes = torch.zeros(b, n, n, 8, dtype=torch.float64)
+    for m in range(sq.shape[3]):
+        lanes = lanes + sq[:, :, :, m, :]
+    s = ((lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])) + \
+        ((lanes[..., 4] + lanes[..., 5]) + (lanes[..., 6] + lanes[..., 7]))
+    # numpy's sqrt: correctly rounded like C's (this torch's CPU sqrt was seen 1 ulp off).
+    return torch.from_numpy(np.sqrt(s.numpy())).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b,n,d", [(3, 5, 3), (2, 33, 70), (2, 64, 129), (1, 97, 16), (4, 1, 8)])
+def test_distance_kernel_has_the_canonical_bits(dtype, b, n, d):
+    x = cloud(b, n, d, seed=n, dtype=dtype)
+    got = ops.pairwise_distance(x.cuda()).cpu()
+    assert torch.equal(got, canonical_distances(x))
+    assert torch.equal(got, got.transpose(1, 2))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("b,n,d", [(4, 16, 64), (3, 40, 300), (1, 70, 33), (64, 64, 128)])
+@pytest.mark.parametrize("kw", [dict(), dict(normalize="none", p=2.0, reduction="none"),
+                                dict(connectivity_mode="target", target=0.4, reduction="sum")])
+def test_cuda_equals_cpu_op(dtype, tol, b, n, d, kw):
+    x = cloud(b, n, d, seed=b + n, dtype=dtype)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        xr = x.to(dev).requires_grad_()
+        prev = T.loss(xr.detach() * 1.1 + 0.01, return_terms=True, **kw)[1]["topology"]
+        value, terms = T.loss(xr, stability=0.5, previous=prev, return_terms=True, **kw)
+        (grad,) = torch.autograd.grad(value.sum() + terms["redundancy"].sum(), xr)
+        out[dev] = [value, terms["connectivity"], terms["redundancy"], terms["stability"],
+                    terms["scale"], terms["topology"].h0, terms["topology"].h1, grad]
+        out[dev + "_count"] = terms["h1_count"]
+    assert torch.equal(out["cpu_count"], out["cuda_count"].cpu())
+    for c, g in zip(out["cpu"], out["cuda"]):
+        g = g.detach().cpu().double()
+        c = c.detach().double()
+        assert float((g - c).abs().max()) <= tol * float(c.abs().max().clamp_min(1e-30))
+
+
+def test_gradcheck_on_cuda():
+    x = cloud(2, 9, 4, dtype=torch.float64).cuda().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: T.loss(x, p=2.0), (x,))
+
+
+def test_invalid_cloud_is_marked_not_raised():
+    x = cloud(3, 12, 5).cuda()
+    x[1, 4, 2] = float("nan")
+    value, terms = T.loss(x, reduction="none", return_terms=True)
+    assert torch.isnan(value[1]) and torch.isfinite(value[[0, 2]]).all()
+    assert int(terms["h1_count"][1]) == -2
+    ref = reference_loss(x, reduction="none")
+    torch.testing.assert_close(value[[0, 2]], ref[[0, 2]], rtol=1e-5, atol=1e-6)
+
+
+def _kernels(fn):
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    syncs = [e.name for e in events
+             if e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize")
+             or ("Memcpy" in e.name and "DtoH" in e.name)]
+    return kernels, syncs
+
+
+def test_launches_and_no_host_sync():
+    x = cloud(64, 64, 256).cuda()
+    xr = x.clone().requires_grad_()
+
+    def step():
+        xr.grad = None
+        T.loss(xr).backward()
+
+    engine, _ = _kernels(lambda: ops.vr_persistence(x, 1, False, 256))
+    loss, syncs = _kernels(step)
+    # Ours: the distance kernel (which the engine count above includes), the terms and their
+    # reduction, the two backward kernels; plus the autograd engine's own seed of ones. The
+    # issue asks for <= 8 in all: printed here, asserted in tools/profile_ops.py's report.
+    print(f"vr_persistence forward: {len(engine)} kernels; TSLoss forward+backward: {len(loss)}")
+    assert len(loss) <= len(engine) + 5, [e.name for e in loss]
+    assert not syncs, syncs
+
+
+def test_cuda_graph_capture_and_replay():
+    x = cloud(8, 32, 64).cuda()
+    static = x.clone().requires_grad_()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):  # warm-up outside the capture (allocator, workspaces)
+            static.grad = None
+            T.loss(static).backward()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    static.grad = None
+    with torch.cuda.graph(graph):
+        value = T.loss(static)
+        value.backward()
+    new = cloud(8, 32, 64, seed=3).cuda()
+    with torch.no_grad():
+        static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    xr = new.clone().requires_grad_()
+    ref = T.loss(xr)
+    ref.backward()
+    torch.testing.assert_close(value, ref, rtol=0, atol=0)
+    torch.testing.assert_close(static.grad, xr.grad, rtol=0, atol=0)

@@ -1,0 +1,263 @@
+"""The fused TSLoss op pair (tsloss_forward / tsloss_backward) against the composition of the
+public ops it replaced (tests/reference_loss.py): values, terms, topology and gradients for
+every option combination, on CPU and (when present) CUDA; gradcheck, the double-backward error,
+opcheck, torch.compile and the edge cases."""
+import itertools
+import math
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import tsloss_cuda as T
+from reference_loss import reference_loss
+
+ops = torch.ops.tsloss_cuda
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def cloud(b=3, n=12, d=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, d, generator=g, dtype=torch.float64).to(dtype)
+
+
+def rel_err(got, ref):
+    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
+    if ref.numel() == 0:
+        return 0.0
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+def both(x, seed_w=1, **kw):
+    """(value, terms, grad of a random mix of the loss and its terms) of the fused op and of the
+    reference, on the same leaf."""
+    out = []
+    for fn in (T.loss, reference_loss):
+        xr = x.detach().clone().requires_grad_()
+        value, terms = fn(xr, return_terms=True, **kw)
+        g = torch.Generator().manual_seed(seed_w)
+        mix = sum(torch.randn(v.shape, generator=g, dtype=torch.float64).to(v) * v
+                  for v in (value, terms["connectivity"], terms["redundancy"],
+                            terms["stability"], terms["scale"]))
+        grad = torch.autograd.grad(mix.sum(), xr, allow_unused=True)[0]
+        out.append((value, terms, torch.zeros_like(xr) if grad is None else grad))
+    return out
+
+
+def assert_same(fused, ref, tol):
+    (v, t, g), (vr, tr, gr) = fused, ref
+    assert v.shape == vr.shape and v.dtype == vr.dtype
+    assert rel_err(v, vr) <= tol, (v, vr)
+    for k in ("connectivity", "redundancy", "stability", "scale"):
+        assert t[k].shape == tr[k].shape, k
+        assert rel_err(t[k], tr[k]) <= tol, (k, t[k], tr[k])
+    assert torch.equal(t["h1_count"].cpu(), tr["h1_count"].cpu())
+    assert t["topology"].h0.shape == tr["topology"].h0.shape
+    assert t["topology"].h1.shape == tr["topology"].h1.shape
+    assert rel_err(t["topology"].h0, tr["topology"].h0) <= tol
+    assert rel_err(t["topology"].h1, tr["topology"].h1) <= tol
+    assert rel_err(g, gr) <= tol, rel_err(g, gr)
+
+
+OPTIONS = list(itertools.product(["mean", "none"], ["total", "target"], [1.0, 0.5, 2.0],
+                                 ["mean", "sum", "none"], [False, True]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("normalize,mode,p,reduction,stab", OPTIONS,
+                         ids=lambda v: str(v))
+def test_fused_equals_reference(device, dtype, normalize, mode, p, reduction, stab):
+    kw = dict(normalize=normalize, connectivity_mode=mode, target=0.3 if mode == "target" else None,
+              p=p, reduction=reduction, connectivity=0.7, redundancy=1.3,
+              stability=0.9 if stab else 0.0)
+    x0 = cloud(dtype=dtype).to(device)
+    x1 = x0 + 0.05 * cloud(seed=7, dtype=dtype).to(device)
+    if stab:
+        # Each side's own previous topology, from a first call on x0.
+        prev = T.loss(x0, return_terms=True, **kw)[1]["topology"]
+        prev_ref = reference_loss(x0, return_terms=True, **kw)[1]["topology"]
+        assert rel_err(prev.h1, prev_ref.h1) <= TOL[dtype]
+        fused = both(x1, previous=prev, **kw)[0]
+        ref = both(x1, previous=prev_ref, **kw)[1]
+        assert float(fused[1]["stability"].detach().abs().sum()) > 0  # the term is really on
+    else:
+        fused, ref = both(x1, **kw)
+    assert_same(fused, ref, TOL[dtype])
+    assert fused[0].device.type == device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_larger_clouds_and_batch_paths(device):
+    # B >= 2 threads takes the per-cloud fused path, B = 1 the row-parallel distances and the
+    # split sweep (N >= 64); both must equal the reference.
+    for b, n, d in [(8, 24, 40), (1, 70, 33), (2, 40, 300)]:
+        x = cloud(b, n, d, seed=n).to(device)
+        fused, ref = both(x, stability=0.0)
+        assert_same(fused, ref, 1e-12)
+        xf = x.float()
+        fused, ref = both(xf)
+        assert_same(fused, ref, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_tiny_clouds(device, n):
+    x = cloud(2, n, 4, seed=n).to(device)
+    fused, ref = both(x)
+    assert_same(fused, ref, 1e-12)
+    value, terms = fused[0], fused[1]
+    assert torch.isfinite(value) and torch.isfinite(fused[2]).all()
+    assert terms["topology"].h0.shape == (2, n - 1)
+    assert int(terms["h1_count"].max()) == 0  # a loop needs four points
+    prev = terms["topology"]
+    fused, ref = both(x + 0.1 * cloud(2, n, 4, seed=9).to(device), previous=prev, stability=1.0)
+    assert_same(fused, ref, 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_points_equal(device):
+    x = torch.full((2, 6, 3), 1.5, dtype=torch.float64, device=device)
+    fused, ref = both(x)
+    assert_same(fused, ref, 1e-12)
+    v, terms, grad = fused
+    assert float(v.detach()) == 0.0
+    # The scale is clamped to the smallest normal, and coincident points have no direction.
+    assert float(terms["scale"]) == torch.finfo(torch.float64).tiny
+    assert torch.count_nonzero(grad) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_h1_bars(device):
+    # Points on a line: a tree, no loops.
+    t = torch.linspace(0, 1, 9, dtype=torch.float64)
+    x = torch.stack([t, 2 * t, -t], 1)[None].repeat(2, 1, 1).to(device)
+    x[1] += 0.01 * cloud(1, 9, 3, seed=3)[0].to(device)
+    fused, ref = both(x, stability=0.5)
+    assert_same(fused, ref, 1e-12)
+    assert int(fused[1]["h1_count"][0]) == 0
+    assert float(fused[1]["redundancy"]) >= 0.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("max_h1", [0, 1, 3])
+def test_truncated_h1(device, max_h1):
+    x = cloud(2, 30, 16, seed=4).to(device)
+    fused, ref = both(x, max_h1=max_h1)
+    assert_same(fused, ref, 1e-12)
+    counts = fused[1]["h1_count"]
+    assert int(counts.min()) > max_h1  # really truncated: more bars than rows
+    assert fused[1]["topology"].h1.shape == (2, max_h1)
+    # The previous topology of another capacity is cut or padded to this one.
+    prev = T.loss(x, return_terms=True, max_h1=5)[1]["topology"]
+    prev_ref = reference_loss(x, return_terms=True, max_h1=5)[1]["topology"]
+    x1 = x + 0.1 * cloud(2, 30, 16, seed=5).to(device)  # not a rescaling: the topology moves
+    fused = both(x1, previous=prev, stability=1.0, max_h1=max_h1)[0]
+    ref = both(x1, previous=prev_ref, stability=1.0, max_h1=max_h1)[1]
+    assert_same(fused, ref, 1e-12)
+
+
+def test_previous_of_another_shape_is_refused():
+    x = cloud()
+    prev = T.loss(x, return_terms=True)[1]["topology"]
+    with pytest.raises(ValueError, match="previous.h0"):
+        T.loss(cloud(n=11), previous=prev, stability=1.0)
+
+
+def test_non_finite_points_name_the_point():
+    x = cloud(4, 8, 3)
+    x[2, 5, 1] = float("nan")
+    with pytest.raises(RuntimeError, match="point 5 of cloud 2"):
+        T.loss(x)
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        T.loss(x[2:3])
+
+
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(normalize="none", p=2.0),
+    dict(connectivity_mode="target", target=0.4, reduction="sum"),
+    dict(p=0.5, reduction="none"),
+])
+def test_gradcheck(kw):
+    x = cloud(2, 9, 4).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: T.loss(x, **kw), (x,))
+
+
+def test_gradcheck_stability_and_terms():
+    x0 = cloud(2, 9, 4)
+    prev = T.loss(x0, return_terms=True)[1]["topology"]
+    x = (x0 + 0.01 * cloud(2, 9, 4, seed=1)).requires_grad_()
+
+    def f(x):
+        value, terms = T.loss(x, stability=0.8, previous=prev, return_terms=True)
+        return value, terms["connectivity"], terms["redundancy"], terms["stability"], terms["scale"]
+
+    assert torch.autograd.gradcheck(f, (x,))
+
+
+def test_double_backward_is_a_clear_error():
+    x = cloud(2, 9, 4).requires_grad_()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.gradgradcheck(lambda x: T.loss(x), (x,))
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(T.loss(x), x, create_graph=True)
+
+
+def test_opcheck():
+    x = cloud(3, 10, 4).float().requires_grad_()
+    args = (x, None, None, 1, 40, True, False, 0.0, 1.0, 1.0, 1.0, 0.0, 1)
+    opcheck(ops.tsloss_forward.default, args)
+    out = ops.tsloss_forward(*args)
+    prev_h0, prev_h1 = out[6].detach() * 1.1, out[7].detach()
+    for reduction in (0, 2):
+        opcheck(ops.tsloss_forward.default,
+                (x, prev_h0, prev_h1, 1, 40, False, True, 0.3, 2.0, 0.5, 1.5, 0.7, reduction))
+    opcheck(ops.tsloss_forward.default, (x, None, None, 0, 40, True, False, 0.0, 1.0, 1.0, 0.0,
+                                         0.0, 1))
+    xd = x.detach()
+    g = torch.ones(())
+    saved = (xd, out[9], out[8], out[6], out[7], out[5], out[10], out[11])
+    opcheck(ops.tsloss_backward.default,
+            (g, None, None, None, None) + saved + (None, None, True, False, 0.0, 1.0, 1.0, 1.0,
+                                                    0.0, 1))
+    opcheck(ops.tsloss_backward.default,
+            (g, g, g, g, g) + saved + (prev_h0, prev_h1, True, True, 0.2, 0.5, 1.0, 1.0, 1.0, 1))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    x = torch.randn(3, 14, 24)
+    prev = T.loss(x * 1.05, return_terms=True)[1]["topology"]
+
+    def objective(p):
+        value, terms = T.loss(p, stability=0.5, previous=prev, return_terms=True,
+                              connectivity_mode="target", target=0.5, p=2.0)
+        return value, terms["redundancy"], terms["topology"].h1
+
+    compiled = torch.compile(objective, fullgraph=True)
+    xe = x.clone().requires_grad_()
+    xc = x.clone().requires_grad_()
+    ve, re_, he = objective(xe)
+    vc, rc, hc = compiled(xc)
+    torch.testing.assert_close(vc, ve, rtol=1e-6, atol=0)
+    torch.testing.assert_close(rc, re_, rtol=1e-6, atol=0)
+    torch.testing.assert_close(hc, he, rtol=0, atol=0)
+    (ve + re_).backward()
+    (vc + rc).backward()
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_module_keeps_previous_and_matches_reference():
+    x = cloud(2, 12, 6)
+    module = T.TSLoss(stability=1.0, connectivity_mode="target", target=0.5)
+    first = module(x)
+    second = module(x * 1.2 + 0.1 * cloud(2, 12, 6, seed=2))
+    prev = reference_loss(x, stability=1.0, connectivity_mode="target", target=0.5,
+                          return_terms=True)[1]["topology"]
+    ref = reference_loss(x * 1.2 + 0.1 * cloud(2, 12, 6, seed=2), stability=1.0,
+                         connectivity_mode="target", target=0.5, previous=prev)
+    assert rel_err(second, ref) <= 1e-12
+    assert float(module.last_terms["stability"]) > 0 and math.isfinite(float(first))
