@@ -102,14 +102,14 @@ FUNCTION_CASES = [
     ("prompt_parameters(torch.nn.Linear(2, 2))",
      lambda: T.prompt_parameters(torch.nn.Linear(2, 2)), ValueError, "SoftPromptModel"),
     ("vr_persistence(torch.tensor([[0., nan], [1., 1.]]))",
-     lambda: T.vr_persistence(torch.tensor(NAN_POINTS)), RuntimeError, "NaN"),
+     lambda: T.vr_persistence(torch.tensor(NAN_POINTS)), RuntimeError, "vr_persistence: x"),
+    ("loss(torch.tensor([[0., nan], [1., 1.]]))", lambda: T.loss(torch.tensor(NAN_POINTS)),
+     RuntimeError, "loss: prompts"),
+    ("TSLoss(stability=1.0) on N=5, then on N=6", lambda: _two_shapes(T.TSLoss(stability=1.0)),
+     ValueError, "call reset() first"),
 ]
-# Messages that still need work outside this file's reach (C++ / loss.py); shown in
-# docs/errors.md, not asserted.
-KNOWN_CASES = [
-    ("loss(torch.tensor([[0., nan], [1., 1.]]))", lambda: T.loss(torch.tensor(NAN_POINTS))),
-    ("TSLoss(stability=1.0) on N=5, then on N=6", lambda: _two_shapes(T.TSLoss(stability=1.0))),
-]
+# Messages that still need work outside this file's reach; shown in docs/errors.md, not asserted.
+KNOWN_CASES = []
 
 
 def _two_shapes(module):

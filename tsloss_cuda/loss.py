@@ -181,6 +181,15 @@ class TSLoss(torch.nn.Module):
         self.last_terms = {}
 
     def forward(self, prompts: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None and prompts.dim() in (2, 3):
+            # Shapes only: no host synchronisation.
+            b, n = (1, prompts.shape[0]) if prompts.dim() == 2 else tuple(prompts.shape[:2])
+            pb, pn = self.previous.h0.shape[0], self.previous.h0.shape[1] + 1
+            if (b, n) != (pb, pn):
+                raise ValueError(
+                    f"TSLoss: prompts changed shape from B={pb}, N={pn} to B={b}, N={n} since the "
+                    "previous call; the stability term compares prompts of one shape: call "
+                    "reset() first")
         value, terms = loss(prompts, previous=self.previous, return_terms=True, **self.options)
         self.previous = terms["topology"]
         self.last_terms = {k: v.detach() if isinstance(v, torch.Tensor) else v

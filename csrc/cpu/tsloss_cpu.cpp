@@ -16,105 +16,17 @@
 #include "../core/pairwise_distance.h"
 #include "../core/tsloss_terms.h"
 #include "../core/vr_engine.h"
+#include "cloud_glue.h"
 #include "distance_tiles.h"
 #include "tsloss_grad_tiles.h"
 
 namespace tsloss {
 namespace {
 
-int64_t cloud_grain(int64_t work_per_cloud) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));
-}
+using namespace glue;
 
-// The engine's workspace is kept per thread across calls (a training loop calls every step);
-// one grown past kKeepEntries by an unusually large cloud is dropped after the call.
-template <typename T>
-tsl::HostWorkspace<T>& thread_workspace() {
-  thread_local tsl::HostWorkspace<T> ws;
-  return ws;
-}
-
-constexpr int64_t kKeepEntries = int64_t(1) << 18;
-
-template <typename T>
-void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
-  if (ws.heap_capacity > kKeepEntries || ws.arena_capacity > kKeepEntries ||
-      int64_t(ws.pivot_keys.size()) > kKeepEntries)
-    ws = tsl::HostWorkspace<T>();
-}
-
-struct ParallelChunks {
-  template <class Body>
-  void operator()(int64_t chunks, const Body& body) const {
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) body(c);
-    });
-  }
-};
-
-// A non-finite distance is traced to its cause, with pairwise_distance's messages.
-template <typename T>
-[[noreturn]] void report_bad_distance(const T* x, int64_t D, int64_t b, int64_t i, int64_t j,
-                                      double dist) {
-  for (int64_t p : {j, i})
-    for (int64_t k = 0; k < D; ++k)
-      TSL_CHECK(std::isfinite(x[p * D + k]), "pairwise_distance: x contains NaN or Inf ",
-                "(point ", p, " of cloud ", b, ", coordinate ", k,
-                "); persistence of non-finite points is undefined");
-  TSL_CHECK(sizeof(T) != 4, "pairwise_distance: the distance between points ", j, " and ", i,
-            " of cloud ", b, " (", dist, ") overflows float32; pass float64 points");
-  TSL_CHECK(false, "pairwise_distance: the distance between points ", j, " and ", i,
-            " of cloud ", b, " exceeds the float64 range");
-  __builtin_unreachable();
-}
-
-// Distances of rows [i0, i1) from their squares (sq[(i - i0) * N + j], j < i) into both
-// triangles of out, as pairwise_distance rounds them (so the diagrams are vr_persistence's);
-// returns their sum over the pairs j < i, in double.
-template <typename T>
-double finish_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
-                   const double* sq, T* out) {
-  double sum = 0.0;
-  for (int64_t i = i0; i < i1; ++i) {
-    out[i * N + i] = T(0);
-    const double* si = sq + (i - i0) * N;
-    for (int64_t j = 0; j < i; ++j) {
-      const double s = si[j];
-      double dist;
-      if (s >= cpu::SafeRange<T>::low && s <= cpu::SafeRange<T>::high)
-        dist = std::sqrt(s);
-      else if (std::isnan(s))
-        dist = s;
-      else
-        dist = tsl::scaled_distance(x + i * D, x + j * D, D);
-      const T v = static_cast<T>(dist);
-      if (!std::isfinite(v)) report_bad_distance(x, D, b, i, j, dist);
-      out[i * N + j] = v;
-      out[j * N + i] = v;
-      sum += static_cast<double>(v);
-    }
-  }
-  return sum;
-}
-
-template <typename T>
-double cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
-                       T* out) {
-  if (cpu::whole_cloud_tiles(N)) {
-    sq.resize(N * N);
-    cpu::squared_distance_lower(x, N, D, sq.data());
-    return finish_rows(x, N, D, 0, N, b, sq.data(), out);
-  }
-  constexpr int64_t R = 4;
-  sq.resize(R * N);
-  double sum = 0.0;
-  for (int64_t i0 = 0; i0 < N; i0 += R) {
-    const int64_t i1 = std::min(N, i0 + R);
-    cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq.data());
-    sum += finish_rows(x, N, D, i0, i1, b, sq.data(), out);
-  }
-  return sum;
-}
+// Errors about the points name the function the user called and its argument.
+const Caller kOp{"loss", "prompts"};
 
 // The registered pairwise_distance kernel, for batches too small to keep every thread busy with
 // whole clouds: it splits one cloud's rows among the threads. Called through the dispatcher
@@ -203,6 +115,10 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
   // parallel region; the matrix is still in cache for the engine). Otherwise the rows of the
   // few clouds are shared out first.
   const bool fused = B >= 2 * at::get_num_threads();
+  if (!fused)  // the pairwise_distance op's own errors would name it, not what the user called
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_forward_check", [&] {
+      check_finite_points(x.data_ptr<scalar_t>(), B, N, D, kOp);
+    });
   at::Tensor dist = fused ? at::empty({B, N, N}, opts) : distances_by_rows(x);
 
   std::vector<double> v_conn(B), v_red(B), v_stab(B), v_scale(B), v_total(B);
@@ -217,11 +133,7 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
     int64_t* pcount = h1_count.data_ptr<int64_t>();
     int64_t* pe0 = h0_edges.data_ptr<int64_t>();
     int64_t* pe1 = h1_edges.data_ptr<int64_t>();
-    if (fused && N < 2)
-      for (int64_t k = 0; k < B * N * D; ++k)
-        TSL_CHECK(std::isfinite(px[k]), "pairwise_distance: x contains NaN or Inf (cloud ",
-                  k / std::max<int64_t>(N * D, 1),
-                  "); persistence of non-finite points is undefined");
+    if (fused) check_lone_points(px, B, N, D, kOp);
     const int64_t threads = at::get_num_threads();
     const int64_t sweep_chunks = B == 1 && N >= 64 && threads > 1 ? 4 * threads : 1;
     const int64_t work = N * N * (N + (fused ? D : 0));
@@ -234,7 +146,7 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
         scalar_t* db = pd + b * N * N;
         double pair_sum = 0.0;
         if (fused) {
-          pair_sum = cloud_distances(px + b * N * D, N, D, b, sq, db);
+          pair_sum = cloud_distances(px + b * N * D, N, D, b, sq, db, kOp);
         } else {
           for (int64_t i = 1; i < N; ++i)
             for (int64_t j = 0; j < i; ++j) pair_sum += static_cast<double>(db[i * N + j]);

@@ -11,128 +11,24 @@
 #include "../checks.h"
 #include "../core/pairwise_distance.h"
 #include "../core/vr_engine.h"
+#include "cloud_glue.h"
 #include "distance_tiles.h"
 
 namespace tsloss {
 namespace {
 
-// Clouds per parallel task so that each task does at least ~32k units of work.
-int64_t cloud_grain(int64_t work_per_cloud) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));
-}
+using namespace glue;
 
-// Each thread keeps its engine workspace across calls: a training loop calls the op every step,
-// and allocating (and page-faulting) the buffers anew costs more than a small cloud's whole
-// persistence. A workspace that grew past kKeepEntries for an unusually large cloud is dropped
-// after the call rather than held for the life of the thread.
-template <typename T>
-tsl::HostWorkspace<T>& thread_workspace() {
-  thread_local tsl::HostWorkspace<T> ws;
-  return ws;
-}
-
-constexpr int64_t kKeepEntries = int64_t(1) << 18;
-
-// Runs the chunks of a split apparent-pair sweep on torch's threads.
-struct ParallelChunks {
-  template <class Body>
-  void operator()(int64_t chunks, const Body& body) const {
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) body(c);
-    });
-  }
-};
-
-template <typename T>
-void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
-  if (ws.heap_capacity > kKeepEntries || ws.arena_capacity > kKeepEntries ||
-      int64_t(ws.pivot_keys.size()) > kKeepEntries)
-    ws = tsl::HostWorkspace<T>();
-}
-
-// Row blocks of 4 points; a work unit pairs block q with block nb-1-q so that every unit of the
-// triangle costs about the same.
-constexpr int64_t kRowBlock = 4;
-
-// Distances of rows [i0, i1) of cloud b (x: (N, D)) to all earlier rows, from their squares
-// sq[(i - i0) * N + j], written to both triangles of out (N, N) with the diagonal. A
-// non-finite result is traced back to its cause (non-finite input, or a distance the dtype
-// cannot hold) and reported in the name of `op`, the op the user called: no NaN leaves it.
-template <typename T>
-void finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
-                          const double* sq, T* out, const char* op) {
-  for (int64_t i = i0; i < i1; ++i) {
-    out[i * N + i] = T(0);
-    const double* si = sq + (i - i0) * N;
-    for (int64_t j = 0; j < i; ++j) {
-      const double s = si[j];
-      double dist;
-      if (s >= cpu::SafeRange<T>::low && s <= cpu::SafeRange<T>::high)
-        dist = std::sqrt(s);
-      else if (std::isnan(s))
-        dist = s;
-      else
-        dist = tsl::scaled_distance(x + i * D, x + j * D, D);  // float64 under/overflow, rare
-      const T v = static_cast<T>(dist);
-      if (!std::isfinite(v)) {
-        for (int64_t p : {j, i})
-          for (int64_t k = 0; k < D; ++k)
-            TSL_CHECK(std::isfinite(x[p * D + k]), op, ": x contains NaN or Inf ",
-                        "(point ", p, " of cloud ", b, ", coordinate ", k,
-                        "); persistence of non-finite points is undefined");
-        TSL_CHECK(sizeof(T) != 4, op, ": the distance between points ", j,
-                    " and ", i, " of cloud ", b, " (", dist, ") overflows float32; pass float64 "
-                    "points");
-        TSL_CHECK(false, op, ": the distance between points ", j, " and ", i,
-                    " of cloud ", b, " exceeds the float64 range");
-      }
-      out[i * N + j] = v;
-      out[j * N + i] = v;
-    }
-  }
-}
-
-// The same, computing the squares into sq ((i1 - i0) * N doubles of scratch).
-template <typename T>
-void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
-                   double* sq, T* out, const char* op) {
-  cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq);
-  finish_distance_rows(x, N, D, i0, i1, b, sq, out, op);
-}
-
-// All distances of one cloud, serially (the caller parallelises over clouds): whole-cloud tiles
-// for small clouds, else row blocks with a scratch of kRowBlock rows.
-template <typename T>
-void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
-                     T* out, const char* op) {
-  if (cpu::whole_cloud_tiles(N)) {
-    sq.resize(N * N);
-    cpu::squared_distance_lower(x, N, D, sq.data());
-    finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op);
-    return;
-  }
-  sq.resize(kRowBlock * N);
-  for (int64_t i0 = 0; i0 < N; i0 += kRowBlock)
-    distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out, op);
-}
-
-// A cloud of fewer than two points has no distance to carry a non-finite coordinate.
-template <typename T>
-void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D, const char* op) {
-  if (N >= 2) return;
-  for (int64_t k = 0; k < B * N * D; ++k)
-    TSL_CHECK(std::isfinite(x[k]), op, ": x contains NaN or Inf (cloud ",
-                k / std::max<int64_t>(N * D, 1), "); persistence of non-finite points is undefined");
-}
+const Caller kVr{"vr_persistence", "x"};
 
 // Distances from points, exactly symmetric with an exact zero diagonal. Parallel over whole
 // clouds when there are enough of them, else over balanced row blocks of all clouds, so that a
 // single large cloud still keeps every thread busy. Errors are reported in the name of `op`.
-at::Tensor distances_cpu(const at::Tensor& x_in, const char* op) {
-  TSL_CHECK(x_in.dim() == 3, op, ": x must be (B, N, D) at the op level, got ",
+at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
+  TSL_CHECK(x_in.dim() == 3, op.op, ": x must be (B, N, D) at the op level, got ",
               x_in.sizes());
   TSL_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-              op, ": x must be float32 or float64, got ", x_in.scalar_type());
+              op.op, ": x must be float32 or float64, got ", x_in.scalar_type());
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   auto out = at::empty({B, N, N}, x_in.options());
   if (B == 0 || N == 0) return out;
@@ -169,7 +65,9 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const char* op) {
   return out;
 }
 
-at::Tensor pairwise_distance_cpu(const at::Tensor& x) { return distances_cpu(x, "pairwise_distance"); }
+at::Tensor pairwise_distance_cpu(const at::Tensor& x) {
+  return distances_cpu(x, {"pairwise_distance", "x"});
+}
 
 // Gradient of the distances w.r.t. the points: gx_i = sum_j w_ij (x_i - x_j) with
 // w_ij = (g_ij + g_ji) / d_ij, and 0 where d_ij = 0 (coincident points have no direction).
@@ -251,7 +149,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   // parallel region, and the matrix stays in cache. Otherwise the distances are parallel over
   // row blocks first, so that one large cloud still uses every thread.
   const bool fused = !distances && B >= 2 * at::get_num_threads();
-  at::Tensor dist = distances || fused ? x_in.contiguous() : distances_cpu(x_in, "vr_persistence");
+  at::Tensor dist = distances || fused ? x_in.contiguous() : distances_cpu(x_in, kVr);
   auto opts = x_in.options();
   auto iopts = opts.dtype(at::kLong);
   const int64_t H0 = N > 0 ? N - 1 : 0;
@@ -266,7 +164,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_cpu", [&] {
     const scalar_t* pd = dist.data_ptr<scalar_t>();
     const int64_t D = fused ? x_in.size(2) : N;
-    if (fused) check_lone_points(pd, B, N, D, "vr_persistence");
+    if (fused) check_lone_points(pd, B, N, D, kVr);
     // Clouds are independent. Tiny clouds are batched into one task: waking threads costs more
     // than their work, and on a loaded machine a parallel region can stall for milliseconds.
     const int64_t work = N * N * (N + (fused ? D : 0));
@@ -285,7 +183,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
           symmetric_from_lower(cloud, N, matrix.data());
           cloud = matrix.data();
         } else if (fused) {
-          cloud_distances(cloud, N, D, b, sq, matrix.data(), "vr_persistence");
+          cloud_distances(cloud, N, D, b, sq, matrix.data(), kVr);
           cloud = matrix.data();
         }
         tsl::CloudOutput<scalar_t> out{h0.data_ptr<scalar_t>() + b * H0 * 2,

@@ -1,0 +1,152 @@
+// CPU glue shared by the ops' kernels (vr_persistence_cpu.cpp, tsloss_cpu.cpp): per-thread
+// engine workspaces, the parallel split of a lone cloud's sweep, and one cloud's distances
+// finished from their squares, with their sum and the checks that name the op the user called.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "../core/pairwise_distance.h"
+#include "../core/vr_engine.h"
+#include "distance_tiles.h"
+
+namespace tsloss {
+namespace glue {
+
+// Who is asking, for error messages: the function the user called and its points argument.
+struct Caller {
+  const char* op;
+  const char* points;
+};
+
+// Clouds per parallel task so that each task does at least ~32k units of work.
+inline int64_t cloud_grain(int64_t work_per_cloud) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));
+}
+
+// Each thread keeps its engine workspace across calls: a training loop calls the op every step,
+// and allocating (and page-faulting) the buffers anew costs more than a small cloud's whole
+// persistence. A workspace that grew past kKeepEntries for an unusually large cloud is dropped
+// after the call rather than held for the life of the thread.
+template <typename T>
+tsl::HostWorkspace<T>& thread_workspace() {
+  thread_local tsl::HostWorkspace<T> ws;
+  return ws;
+}
+
+constexpr int64_t kKeepEntries = int64_t(1) << 18;
+
+// Runs the chunks of a split apparent-pair sweep on torch's threads.
+struct ParallelChunks {
+  template <class Body>
+  void operator()(int64_t chunks, const Body& body) const {
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) body(c);
+    });
+  }
+};
+
+template <typename T>
+void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
+  if (ws.heap_capacity > kKeepEntries || ws.arena_capacity > kKeepEntries ||
+      int64_t(ws.pivot_keys.size()) > kKeepEntries)
+    ws = tsl::HostWorkspace<T>();
+}
+
+// Row blocks of 4 points; a work unit pairs block q with block nb-1-q so that every unit of the
+// triangle costs about the same.
+constexpr int64_t kRowBlock = 4;
+
+// Distances of rows [i0, i1) of cloud b (x: (N, D)) to all earlier rows, from their squares
+// sq[(i - i0) * N + j], written to both triangles of out (N, N) with the diagonal. A
+// non-finite result is traced back to its cause (non-finite input, or a distance the dtype
+// cannot hold) and reported in the name of `op`, the op the user called: no NaN leaves it.
+// Returns the sum of the rounded distances over those pairs, in double (TSLoss's scale).
+template <typename T>
+double finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
+                            const double* sq, T* out, const Caller& op) {
+  double sum = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    out[i * N + i] = T(0);
+    const double* si = sq + (i - i0) * N;
+    for (int64_t j = 0; j < i; ++j) {
+      const double s = si[j];
+      double dist;
+      if (s >= cpu::SafeRange<T>::low && s <= cpu::SafeRange<T>::high)
+        dist = std::sqrt(s);
+      else if (std::isnan(s))
+        dist = s;
+      else
+        dist = tsl::scaled_distance(x + i * D, x + j * D, D);  // float64 under/overflow, rare
+      const T v = static_cast<T>(dist);
+      if (!std::isfinite(v)) {
+        for (int64_t p : {j, i})
+          for (int64_t k = 0; k < D; ++k)
+            TSL_CHECK(std::isfinite(x[p * D + k]), op.op, ": ", op.points, " contains NaN or Inf ",
+                        "(point ", p, " of cloud ", b, ", coordinate ", k,
+                        "); persistence of non-finite points is undefined");
+        TSL_CHECK(sizeof(T) != 4, op.op, ": the distance between points ", j,
+                    " and ", i, " of cloud ", b, " (", dist, ") overflows float32; pass float64 "
+                    "points");
+        TSL_CHECK(false, op.op, ": the distance between points ", j, " and ", i,
+                    " of cloud ", b, " exceeds the float64 range");
+      }
+      out[i * N + j] = v;
+      out[j * N + i] = v;
+      sum += static_cast<double>(v);
+    }
+  }
+  return sum;
+}
+
+// The same, computing the squares into sq ((i1 - i0) * N doubles of scratch).
+template <typename T>
+double distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
+                     double* sq, T* out, const Caller& op) {
+  cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq);
+  return finish_distance_rows(x, N, D, i0, i1, b, sq, out, op);
+}
+
+// All distances of one cloud, serially (the caller parallelises over clouds): whole-cloud tiles
+// for small clouds, else row blocks with a scratch of kRowBlock rows.
+template <typename T>
+double cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
+                       T* out, const Caller& op) {
+  if (cpu::whole_cloud_tiles(N)) {
+    sq.resize(N * N);
+    cpu::squared_distance_lower(x, N, D, sq.data());
+    return finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op);
+  }
+  sq.resize(kRowBlock * N);
+  double sum = 0.0;
+  for (int64_t i0 = 0; i0 < N; i0 += kRowBlock)
+    sum += distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out, op);
+  return sum;
+}
+
+// Every coordinate finite, else an error naming the op, the cloud, the point and the coordinate.
+// Needed where no distance will carry a non-finite coordinate to finish_distance_rows: clouds of
+// fewer than two points (check_lone_points), or distances another op computes.
+template <typename T>
+void check_finite_points(const T* x, int64_t B, int64_t N, int64_t D, const Caller& op) {
+  for (int64_t k = 0; k < B * N * D; ++k)
+    TSL_CHECK(std::isfinite(x[k]), op.op, ": ", op.points, " contains NaN or Inf (point ",
+              (k / std::max<int64_t>(D, 1)) % std::max<int64_t>(N, 1), " of cloud ",
+              k / std::max<int64_t>(N * D, 1), ", coordinate ", k % std::max<int64_t>(D, 1),
+              "); persistence of non-finite points is undefined");
+}
+
+template <typename T>
+void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D, const Caller& op) {
+  if (N >= 2) return;
+  for (int64_t k = 0; k < B * N * D; ++k)
+    TSL_CHECK(std::isfinite(x[k]), op.op, ": ", op.points, " contains NaN or Inf (cloud ",
+                k / std::max<int64_t>(N * D, 1), "); persistence of non-finite points is undefined");
+}
+
+}  // namespace glue
+}  // namespace tsloss
