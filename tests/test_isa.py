@@ -129,3 +129,37 @@ def test_environment_variable_sets_the_build():
                          env={**os.environ, "TSLOSS_CPU_ISA": "mmx"})
     assert bad.returncode != 0
     assert "TSLOSS_CPU_ISA='mmx'" in bad.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tsloss_same_bits_in_every_build_and_layout(rng, dtype, restore_isa):
+    """TSLoss per cloud (reduction="none") and its gradient: equal bits whatever the build, the
+    batch around the cloud, the strides or the thread count."""
+    threads = torch.get_num_threads()
+    opts = dict(connectivity=1.0, redundancy=1.0, reduction="none")
+    try:
+        for n, d, b in [(12, 7, 5), (40, 33, 4), (70, 9, 3)]:
+            x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
+            results = []
+            for isa in BUILDS:
+                tsloss_cuda.set_cpu_isa(isa)
+                for t in sorted({1, max(threads, 2)}):
+                    torch.set_num_threads(t)
+                    for name, xs in [("batched", x), ("strided", x.transpose(1, 2).contiguous()
+                                                      .transpose(1, 2))]:
+                        xg = xs.detach().clone().requires_grad_(True)
+                        value = tsloss_cuda.loss(xg, **opts)
+                        grad, = torch.autograd.grad(value.sum(), xg)
+                        results.append((f"{isa}, {t} threads, {name}", value.detach(), grad))
+                    for i in range(b):  # each cloud alone
+                        xg = x[i:i + 1].detach().clone().requires_grad_(True)
+                        value = tsloss_cuda.loss(xg, **opts)
+                        grad, = torch.autograd.grad(value.sum(), xg)
+                        ref = results[0]
+                        assert torch.equal(value[0], ref[1][i]), f"cloud {i} alone, {isa}, {t}"
+                        assert torch.equal(grad[0], ref[2][i]), f"cloud {i} alone, {isa}, {t}"
+            for what, value, grad in results[1:]:
+                assert torch.equal(value, results[0][1]), f"n={n}: loss differs ({what})"
+                assert torch.equal(grad, results[0][2]), f"n={n}: gradient differs ({what})"
+    finally:
+        torch.set_num_threads(threads)

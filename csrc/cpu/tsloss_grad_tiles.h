@@ -45,8 +45,8 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
     for (int64_t bj = 0; bj < bi; ++bj) {
       A w[4][4];
       bool any = false;
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) {
+      TSL_UNROLL for (int a = 0; a < 4; ++a)
+        TSL_UNROLL for (int b = 0; b < 4; ++b) {
           w[a][b] = W[(bi * 4 + a) * n4 + bj * 4 + b];
           any |= w[a][b] != A(0);
         }
@@ -55,45 +55,45 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
       A* gj = gs + bj * 4 * S;
       for (int64_t s = 0; s < steps; ++s) {
         VD u[4], v[4], ga[4], gb[4];
-        for (int a = 0; a < 4; ++a) {
+        TSL_UNROLL for (int a = 0; a < 4; ++a) {
           load(u[a], xi + a * S + s * L);
           load(ga[a], gi + a * S + s * L);
         }
-        for (int b = 0; b < 4; ++b) {
+        TSL_UNROLL for (int b = 0; b < 4; ++b) {
           load(v[b], xj + b * S + s * L);
           load(gb[b], gj + b * S + s * L);
         }
         // All sixteen terms first, then short sums into the gradients: chains of one add per
         // row rather than four dependent ones.
         VD t[4][4];
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) t[a][b] = (VD{} + w[a][b]) * (u[a] - v[b]);
-        for (int a = 0; a < 4; ++a) ga[a] += (t[a][0] + t[a][1]) + (t[a][2] + t[a][3]);
-        for (int b = 0; b < 4; ++b) gb[b] -= (t[0][b] + t[1][b]) + (t[2][b] + t[3][b]);
-        for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &ga[a], sizeof(VD));
-        for (int b = 0; b < 4; ++b) memcpy(gj + b * S + s * L, &gb[b], sizeof(VD));
+        TSL_UNROLL for (int a = 0; a < 4; ++a)
+          TSL_UNROLL for (int b = 0; b < 4; ++b) t[a][b] = (VD{} + w[a][b]) * (u[a] - v[b]);
+        TSL_UNROLL for (int a = 0; a < 4; ++a) ga[a] += (t[a][0] + t[a][1]) + (t[a][2] + t[a][3]);
+        TSL_UNROLL for (int b = 0; b < 4; ++b) gb[b] -= (t[0][b] + t[1][b]) + (t[2][b] + t[3][b]);
+        TSL_UNROLL for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &ga[a], sizeof(VD));
+        TSL_UNROLL for (int b = 0; b < 4; ++b) memcpy(gj + b * S + s * L, &gb[b], sizeof(VD));
       }
     }
     // The six pairs inside the block.
     A w[6];
     bool any = false;
-    for (int p = 0; p < 6; ++p) {
+    TSL_UNROLL for (int p = 0; p < 6; ++p) {
       w[p] = W[(bi * 4 + ia[p]) * n4 + bi * 4 + ib[p]];
       any |= w[p] != A(0);
     }
     if (!any) continue;
     for (int64_t s = 0; s < steps; ++s) {
       VD u[4], g[4];
-      for (int a = 0; a < 4; ++a) {
+      TSL_UNROLL for (int a = 0; a < 4; ++a) {
         load(u[a], xi + a * S + s * L);
         load(g[a], gi + a * S + s * L);
       }
-      for (int p = 0; p < 6; ++p) {
+      TSL_UNROLL for (int p = 0; p < 6; ++p) {
         const VD t = (VD{} + w[p]) * (u[ia[p]] - u[ib[p]]);
         g[ia[p]] += t;
         g[ib[p]] -= t;
       }
-      for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &g[a], sizeof(VD));
+      TSL_UNROLL for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &g[a], sizeof(VD));
     }
   }
 }
