@@ -15,6 +15,7 @@ TORCH_LIBRARY(tsloss_cuda, m) {
   m.def(
       "vr_persistence_backward(Tensor grad_h0, Tensor grad_h1, Tensor x, Tensor h0_edges, "
       "Tensor h1_edges, bool distances) -> Tensor");
+  m.def("vr_persistence_emulated(Tensor x, int maxdim, bool distances, int max_h1) -> (Tensor h0, Tensor h0_edges, Tensor h1, Tensor h1_edges, Tensor h1_count, Tensor truncated)");
 }
 
 // Gradient of pairwise_distance w.r.t. the points, for every backend without its own kernel
