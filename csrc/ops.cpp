@@ -49,6 +49,11 @@ TORCH_LIBRARY(tsloss_cuda, m) {
       "Tensor topo_h0, Tensor topo_h1, Tensor h1_count, Tensor h0_edges, Tensor h1_edges, "
       "Tensor? prev_h0, Tensor? prev_h1, bool normalize, bool target_mode, float target, "
       "float p, float connectivity, float redundancy, float stability, int reduction) -> Tensor");
+  // The CPU engine run through the warp kernels on the host emulation (TSLOSS_ENGINE=emulated).
+  m.def(
+      "vr_persistence_emulated(Tensor x, int maxdim, bool distances, int max_h1) -> "
+      "(Tensor h0, Tensor h0_edges, Tensor h1, Tensor h1_edges, Tensor h1_count, "
+      "Tensor truncated)");
 }
 
 // Gradient of pairwise_distance w.r.t. the points, for every backend without its own kernel

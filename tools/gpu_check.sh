@@ -11,6 +11,9 @@
 #               test, skips listed (-rs)
 #   tsloss      TSLoss forward+backward: kernels launched (budget 8) and CUDA-event time at
 #               (64, 4096, 64) and two more sizes, under OUT_DIR/tsloss/launches.txt
+#   warp_tests  tests/test_cuda.py with the warp-cooperative kernels switched on
+#               (TSLOSS_CUDA_TOPOLOGY=block, TSLOSS_CUDA_REDUCE=warp), then their compute-sanitizer
+#               racecheck/synccheck run
 #   bench       benchmarks/run.py on the GPU; results under OUT_DIR/bench. Plain GUDHI (RipsComplex +
 #               SimplexTree, 1.3 s per N=256 cloud) is left out by default, gudhi-sklearn stands
 #               for GUDHI (GPU_CHECK_IMPLS sets the list)
@@ -30,7 +33,7 @@ OUT=$(realpath -m "${1:?usage: bash tools/gpu_check.sh OUT_DIR [phase ...]}")
 shift
 mkdir -p "$OUT"
 PHASES=("$@")
-[ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests tsloss bench profile sanitizer train suite)
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests warp_tests tsloss bench profile sanitizer train suite)
 BUDGET=${GPU_CHECK_BUDGET_S:-0}
 LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
@@ -94,6 +97,18 @@ do_sanitizer() {
   return $rc
 }
 
+do_warp_tests() {
+  local rc=0
+  TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp $PY -m pytest -q -rs -p no:cacheprovider \
+    tests/test_cuda.py || rc=$?
+  for tool in memcheck racecheck synccheck; do
+    echo "--- compute-sanitizer --tool $tool (warp kernels)"
+    TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 $PY tools/gpu_smoke.py || rc=$?
+  done
+  return $rc
+}
+
 do_profile() {
   $PY tools/profile_ops.py --device cuda --out "$OUT/profile" &&
     TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP=32 $PY tools/profile_ops.py --device cuda \
@@ -112,7 +127,7 @@ do_suite() {
   $PY -m pytest -q -rs -p no:cacheprovider "${par[@]}" tests
 }
 
-export -f do_build do_profile do_sanitizer do_train do_suite
+export -f do_build do_warp_tests do_profile do_sanitizer do_train do_suite
 export PY OUT
 for p in "${PHASES[@]}"; do
   case $p in
@@ -122,6 +137,7 @@ for p in "${PHASES[@]}"; do
                   tests/test_inputs.py::test_mixed_devices ;;
     tsloss) phase tsloss 120 $PY tools/profile_ops.py --device cuda --launches-only \
               --configs 64,4096,64 16,768,64 64,2048,64 --out "$OUT/tsloss" ;;
+    warp_tests) phase warp_tests 300 do_warp_tests ;;
     bench) phase bench 300 $PY benchmarks/run.py --no-progress --out "$OUT/bench" \
              --impls "${GPU_CHECK_IMPLS:-ours,ripser,gph-1t,gph-all,gudhi-sklearn,torch-topological}" ;;
     profile) phase profile 240 do_profile ;;

@@ -1,6 +1,7 @@
 """Batched Vietoris–Rips persistence (H0, H1) of point clouds or distance matrices."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -165,10 +166,19 @@ def vr_persistence(
         raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
     elif max_h1 < 0:
         raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
-    out = ops.vr_persistence(xb, maxdim, distances, max_h1)
+    out = _engine(xb)(xb, maxdim, distances, max_h1)
     if xb.is_cuda:
         out = mark_invalid_clouds(out, invalid_clouds(xb, distances))
     return Diagrams(*out)
+
+
+def _engine(x: torch.Tensor):
+    """The op for ``x``: TSLOSS_ENGINE=emulated runs CPU tensors through the GPU engine's kernels
+    on the host warp emulation (tests and CI without a GPU); otherwise ``vr_persistence``."""
+    if os.environ.get("TSLOSS_ENGINE", "") == "emulated" and not x.is_cuda:
+        from ._emulated import op
+        return op
+    return ops.vr_persistence
 
 
 def invalid_clouds(x: torch.Tensor, distances: bool) -> torch.Tensor:

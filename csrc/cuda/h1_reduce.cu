@@ -10,6 +10,10 @@
 //                       cloud per warp unless the batch overfills the GPU
 //   6. finalize         one block per cloud ranks pairs by tsl::h1_pair_before, writes top K
 //
+// With block_topology, steps 1-4 and Prim's kernel are one launch of the per-cloud topology pass
+// (topology.cu, core/topology_block.h) instead; with warp_reduction, step 5 is one warp per cloud
+// (h1_reduce_warp.cu, core/h1_reduce_warp.h) in the same buffers.
+//
 // Sizes are fixed by (B, N, cap) alone, so nothing here needs to read a count back on the host.
 #include <cuda_runtime.h>
 
@@ -38,7 +42,7 @@ int64_t next_pow2_i64(int64_t v) {
 // Byte offsets of every workspace part; the same computation sizes and carves the workspace.
 template <typename T>
 struct Layout {
-  size_t best_parent = 0, threshold = 0, mst = 0;
+  size_t best_parent = 0, threshold = 0, mst = 0, topology_scratch = 0;
   size_t flags = 0, columns = 0, keys_out = 0, vals_out = 0, counts = 0, seg_begin = 0,
          seg_end = 0, cub_temp = 0, heap = 0, vheap = 0, pivot_keys = 0, pivot_slots = 0,
          v_start = 0, v_length = 0, arena = 0, pairs = 0, status = 0, num_pairs = 0;
@@ -54,16 +58,41 @@ struct Layout {
     return at;
   }
 
-  Layout(int64_t B, int64_t N, int maxdim, const H1Capacity& cap) {
+  // block_topology: the one-kernel topology pass (topology.cu) replaces Prim's kernel, the
+  // flags, the compaction and the segmented sort, and needs none of their buffers.
+  Layout(int64_t B, int64_t N, int maxdim, const H1Capacity& cap, bool block_topology) {
     best_parent = take(sizeof(index_t) * B * N);
     threshold = take(sizeof(T) * B);
-    mst = take(sizeof(MstEdge<T>) * B * N);
+    if (block_topology) {
+      topology_scratch = take(topology_scratch_bytes(B, N, sizeof(T)));
+      counts = take(sizeof(int32_t) * B);
+    } else {
+      mst = take(sizeof(MstEdge<T>) * B * N);
+    }
     h1 = maxdim >= 1 && N >= 3 && B > 0;
     if (!h1) return;
     E = num_edges(N);
     S = cap.columns < E ? cap.columns : E;
     P = next_pow2_i64(2 * S + 2);
     const int64_t BE = B * E;
+    if (block_topology) {
+      columns = take(sizeof(H1Column<T>) * BE);
+    } else {
+      take_sort_parts(B, BE);
+    }
+    heap = take(sizeof(Entry<T>) * B * cap.heap);
+    vheap = take(sizeof(index_t) * B * cap.heap);
+    pivot_keys = take(sizeof(index_t) * B * P);
+    pivot_slots = take(sizeof(index_t) * B * P);
+    v_start = take(sizeof(index_t) * B * (S + 1));
+    v_length = take(sizeof(index_t) * B * (S + 1));
+    arena = take(sizeof(index_t) * B * cap.arena);
+    pairs = take(sizeof(H1Pair<T>) * B * (S + 1));
+    status = take(sizeof(int32_t) * B);
+    num_pairs = take(sizeof(index_t) * B);
+  }
+
+  void take_sort_parts(int64_t B, int64_t BE) {
     flags = take(BE);
     // The sort's inputs (keys, then int32 edge indices) live inside the column buffer: they
     // are dead once sorted, and an H1Column is at least as large as a key plus a value.
@@ -77,16 +106,6 @@ struct Layout {
         nullptr, cub_bytes, (const T*)nullptr, (T*)nullptr, (const int32_t*)nullptr,
         (int32_t*)nullptr, (int)BE, (int)B, (const int32_t*)nullptr, (const int32_t*)nullptr);
     cub_temp = take(cub_bytes);
-    heap = take(sizeof(Entry<T>) * B * cap.heap);
-    vheap = take(sizeof(index_t) * B * cap.heap);
-    pivot_keys = take(sizeof(index_t) * B * P);
-    pivot_slots = take(sizeof(index_t) * B * P);
-    v_start = take(sizeof(index_t) * B * (S + 1));
-    v_length = take(sizeof(index_t) * B * (S + 1));
-    arena = take(sizeof(index_t) * B * cap.arena);
-    pairs = take(sizeof(H1Pair<T>) * B * (S + 1));
-    status = take(sizeof(int32_t) * B);
-    num_pairs = take(sizeof(index_t) * B);
   }
 };
 
@@ -286,6 +305,40 @@ unsigned grid_for(int64_t total, int threads) {
   return (unsigned)(blocks < 65535 * 16 ? (blocks > 0 ? blocks : 1) : 65535 * 16);
 }
 
+// Columns of every cloud by the global passes: flags, compaction, segmented sort, make_columns.
+template <typename T>
+cudaError_t build_columns_by_passes(const Layout<T>& L, const T* dist, int64_t B, int64_t N,
+                                    const index_t* best_parent, const T* threshold, void* w,
+                                    cudaStream_t stream) {
+  const int64_t BE = B * L.E;
+  unsigned char* flags = part<unsigned char>(w, L.flags);
+  H1Column<T>* columns = part<H1Column<T>>(w, L.columns);
+  T* keys_in = part<T>(w, L.columns);
+  int32_t* vals_in = part<int32_t>(w, L.columns + sizeof(T) * BE);
+  T* keys_out = part<T>(w, L.keys_out);
+  int32_t* vals_out = part<int32_t>(w, L.vals_out);
+  int32_t* counts = part<int32_t>(w, L.counts);
+  int32_t* seg_begin = part<int32_t>(w, L.seg_begin);
+  int32_t* seg_end = part<int32_t>(w, L.seg_end);
+
+  flag_columns_kernel<T><<<grid_for(BE, 256), 256, 0, stream>>>(dist, B, N, best_parent,
+                                                                 threshold, flags);
+  compact_columns_kernel<T><<<(unsigned)B, kScanThreads, 0, stream>>>(
+      dist, N, flags, keys_in, vals_in, counts, seg_begin, seg_end);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  size_t cub_bytes = L.cub_bytes;
+  err = cub::DeviceSegmentedSort::StableSortPairsDescending(
+      part<void>(w, L.cub_temp), cub_bytes, keys_in, keys_out, vals_in, vals_out, (int)BE,
+      (int)B, seg_begin, seg_end, stream);
+  if (err != cudaSuccess) return err;
+
+  make_columns_kernel<T><<<grid_for(BE, 256), 256, 0, stream>>>(B, N, keys_out, vals_out,
+                                                                 counts, columns);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 H1Capacity default_h1_capacity(int64_t n) {
@@ -302,9 +355,9 @@ H1Capacity default_h1_capacity(int64_t n) {
 }
 
 size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
-                          const H1Capacity& cap) {
-  return elem_size == sizeof(float) ? Layout<float>(B, N, maxdim, cap).total
-                                    : Layout<double>(B, N, maxdim, cap).total;
+                          const H1Capacity& cap, bool block_topology) {
+  return elem_size == sizeof(float) ? Layout<float>(B, N, maxdim, cap, block_topology).total
+                                    : Layout<double>(B, N, maxdim, cap, block_topology).total;
 }
 
 int64_t vr_max_clouds_per_call(int64_t N) {
@@ -318,18 +371,28 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                   T* h0, int64_t* h0_edges, T* h1, int64_t* h1_edges,
                                   int64_t* h1_count, bool* truncated, void* workspace,
                                   size_t workspace_bytes, const H1Capacity& cap,
-                                  int clouds_per_warp, cudaStream_t stream) {
+                                  int clouds_per_warp, cudaStream_t stream,
+                                  bool block_topology, bool warp_reduction) {
   if (B == 0) return cudaSuccess;
   if (clouds_per_warp < 0 || clouds_per_warp > 32) return cudaErrorInvalidValue;
   if (B > vr_max_clouds_per_call(N)) return cudaErrorInvalidValue;
-  const Layout<T> L(B, N, maxdim, cap);
+  const Layout<T> L(B, N, maxdim, cap, block_topology);
   if (L.error != cudaSuccess) return L.error;
   if (workspace_bytes < L.total) return cudaErrorInvalidValue;
   void* w = workspace;
   index_t* best_parent = part<index_t>(w, L.best_parent);
   T* threshold = part<T>(w, L.threshold);
-  cudaError_t err = launch_h0_mst(dist, B, N, h0, h0_edges, best_parent, threshold,
-                                  part<void>(w, L.mst), stream);
+  H1Column<T>* columns = part<H1Column<T>>(w, L.columns);
+  int32_t* counts = part<int32_t>(w, L.counts);
+  cudaError_t err;
+  if (block_topology) {
+    err = launch_topology(dist, B, N, L.h1, h0, h0_edges, best_parent, threshold,
+                          L.h1 ? columns : nullptr, counts, part<void>(w, L.topology_scratch),
+                          topology_scratch_bytes(B, N, sizeof(T)), stream);
+  } else {
+    err = launch_h0_mst(dist, B, N, h0, h0_edges, best_parent, threshold, part<void>(w, L.mst),
+                        stream);
+  }
   if (err != cudaSuccess) return err;
 
   if (!L.h1) {
@@ -339,36 +402,32 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
     return cudaGetLastError();
   }
 
-  const int64_t BE = B * L.E;
-  unsigned char* flags = part<unsigned char>(w, L.flags);
-  H1Column<T>* columns = part<H1Column<T>>(w, L.columns);
-  T* keys_in = part<T>(w, L.columns);
-  int32_t* vals_in = part<int32_t>(w, L.columns + sizeof(T) * BE);
-  T* keys_out = part<T>(w, L.keys_out);
-  int32_t* vals_out = part<int32_t>(w, L.vals_out);
-  int32_t* counts = part<int32_t>(w, L.counts);
-  int32_t* seg_begin = part<int32_t>(w, L.seg_begin);
-  int32_t* seg_end = part<int32_t>(w, L.seg_end);
-
-  flag_columns_kernel<T><<<grid_for(BE, 256), 256, 0, stream>>>(dist, B, N, best_parent,
-                                                                 threshold, flags);
-  compact_columns_kernel<T><<<(unsigned)B, kScanThreads, 0, stream>>>(
-      dist, N, flags, keys_in, vals_in, counts, seg_begin, seg_end);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-
-  size_t cub_bytes = L.cub_bytes;
-  err = cub::DeviceSegmentedSort::StableSortPairsDescending(
-      part<void>(w, L.cub_temp), cub_bytes, keys_in, keys_out, vals_in, vals_out, (int)BE,
-      (int)B, seg_begin, seg_end, stream);
-  if (err != cudaSuccess) return err;
-
-  make_columns_kernel<T><<<grid_for(BE, 256), 256, 0, stream>>>(B, N, keys_out, vals_out,
-                                                                 counts, columns);
+  if (!block_topology && (err = build_columns_by_passes(L, dist, B, N, best_parent, threshold,
+                                                        w, stream)) != cudaSuccess)
+    return err;
   ReduceBuffers rb{part<index_t>(w, L.vheap),    part<index_t>(w, L.pivot_keys),
                    part<index_t>(w, L.pivot_slots), part<index_t>(w, L.v_start),
                    part<index_t>(w, L.v_length), part<index_t>(w, L.arena),
                    part<index_t>(w, L.num_pairs), part<int32_t>(w, L.status)};
   H1Pair<T>* pairs = part<H1Pair<T>>(w, L.pairs);
+  if (warp_reduction) {
+    // The scalar kernel's buffers, reread as the warp reduction's (its int32 arrays get twice
+    // the entries of the int64 ones they reuse).
+    const WarpReduceSlices<T> g{part<Entry<T>>(w, L.heap),      cap.heap,
+                                part<int32_t>(w, L.vheap),      2 * cap.heap,
+                                part<int32_t>(w, L.arena),      2 * cap.arena,
+                                part<int64_t>(w, L.pivot_keys), part<int32_t>(w, L.pivot_slots),
+                                L.P,                            part<int32_t>(w, L.v_start),
+                                part<int32_t>(w, L.v_length),   pairs,
+                                L.S + 1,                        rb.status,
+                                part<int64_t>(w, L.num_pairs)};
+    err = launch_reduce_warp(dist, B, N, threshold, columns, counts, g, stream);
+    if (err != cudaSuccess) return err;
+    finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, N, K, pairs, L.S + 1, rb.status,
+                                                        rb.num_pairs, h1, h1_edges, h1_count,
+                                                        truncated);
+    return cudaGetLastError();
+  }
   // Small blocks (4 warps) spread the warps over all SMs.
   constexpr int kReduceThreads = 128;
   const int per_warp = clouds_per_warp > 0 ? clouds_per_warp : reduce_clouds_per_warp(B);
@@ -386,11 +445,12 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
 template cudaError_t launch_vr_persistence<float>(const float*, int64_t, int64_t, int, int64_t,
                                                   float*, int64_t*, float*, int64_t*, int64_t*,
                                                   bool*, void*, size_t, const H1Capacity&, int,
-                                                  cudaStream_t);
+                                                  cudaStream_t, bool, bool);
 template cudaError_t launch_vr_persistence<double>(const double*, int64_t, int64_t, int,
                                                    int64_t, double*, int64_t*, double*,
                                                    int64_t*, int64_t*, bool*, void*, size_t,
-                                                   const H1Capacity&, int, cudaStream_t);
+                                                   const H1Capacity&, int, cudaStream_t, bool,
+                                                   bool);
 
 }  // namespace cuda
 }  // namespace tsl

@@ -16,6 +16,13 @@
 #include "../core/tsloss_terms.h"
 
 namespace tsl {
+template <typename T>
+struct H1Column;  // core/h1_reduce.h
+template <typename T>
+struct H1Pair;  // core/h1_reduce.h
+template <typename T>
+struct Entry;  // core/common.h
+
 namespace cuda {
 
 // Fixed per-cloud capacities of the H1 reduction. A CUDA thread cannot grow its buffers, so a
@@ -34,7 +41,7 @@ H1Capacity default_h1_capacity(int64_t n);
 // `maxdim` and `cap`. `elem_size` is sizeof(T) (4 or 8). The workspace must be 256-byte aligned
 // (any CUDA allocator's block is).
 size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
-                          const H1Capacity& cap);
+                          const H1Capacity& cap, bool block_topology = false);
 
 // Largest number of clouds one launch_vr_persistence call accepts for N points: bounded so that
 // every per-batch edge count fits the 32-bit offsets of the segmented sort.
@@ -80,6 +87,12 @@ cudaError_t launch_symmetrize_lower(const T* in, int64_t B, int64_t N, T* out,
 //   workspace: vr_workspace_bytes(B, N, maxdim, sizeof(T), cap) bytes, device memory
 //   clouds_per_warp: clouds one warp of the reduce kernel takes, 1..32; 0 picks it from B and
 //                    the SM count (1 unless the batch exceeds 16 warps per SM)
+//   block_topology: build the tree and the H1 columns with launch_topology (one block per
+//                    cloud) instead of Prim's kernel, the flag pass and the segmented sort; same
+//                    results (the native tests prove the algorithm on the host emulation), and
+//                    the workspace must be sized with the same flag
+//   warp_reduction:  reduce H1 with one warp per cloud (launch_reduce_warp) instead of one
+//                    thread; same workspace, same results and overflow reporting
 // B must not exceed vr_max_clouds_per_call(N). A cloud whose H1 reduction exceeds `cap` gets
 // h1_count = -1, truncated = true and all-padding H1 rows (its H0 is still exact).
 template <typename T>
@@ -87,7 +100,8 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                   T* h0, int64_t* h0_edges, T* h1, int64_t* h1_edges,
                                   int64_t* h1_count, bool* truncated, void* workspace,
                                   size_t workspace_bytes, const H1Capacity& cap,
-                                  int clouds_per_warp, cudaStream_t stream);
+                                  int clouds_per_warp, cudaStream_t stream,
+                                  bool block_topology = false, bool warp_reduction = false);
 
 // Bytes of workspace launch_vr_backward<T> needs (one double per reported edge).
 size_t vr_backward_workspace_bytes(int64_t B, int64_t H0, int64_t K);
@@ -158,6 +172,52 @@ template <typename T>
 cudaError_t launch_h0_mst(const T* dist, int64_t B, int64_t N, T* h0, int64_t* h0_edges,
                           int64_t* best_parent, T* threshold, void* mst_scratch,
                           cudaStream_t stream);
+
+// The per-cloud topology pass (core/topology_block.h), one block per cloud: the enclosing
+// radius, Prim's tree, H0 bars in filtration order and the H1 columns in reverse filtration
+// order (what launch_h0_mst, the flag and compaction kernels and the segmented sort give).
+//   dist:        (B, N, N) T, symmetric, zero diagonal
+//   h1:          whether to build the columns (maxdim >= 1 and N >= 3)
+//   h0, h0_edges, threshold: as launch_h0_mst; best_parent: (B, N) int64 or null
+//   columns:     (B, N(N-1)/2) H1Column<T>; cloud b's first counts[b] are its columns
+//   counts:      (B,) int32
+//   scratch:     topology_scratch_bytes(B, N, sizeof(T)) bytes (0 while Prim's state fits in
+//                shared memory, N up to about 1100)
+size_t topology_scratch_bytes(int64_t B, int64_t N, size_t elem_size);
+template <typename T>
+cudaError_t launch_topology(const T* dist, int64_t B, int64_t N, bool h1, T* h0,
+                            int64_t* h0_edges, int64_t* best_parent, T* threshold,
+                            H1Column<T>* columns, int32_t* counts, void* scratch,
+                            size_t scratch_bytes, cudaStream_t stream);
+
+// Per-cloud slices of the warp reduction's global memory: the spill parts of its arrays, its
+// pivot table, stored-column index, pairs and status. Cloud b's part of each array starts at
+// b times its capacity.
+template <typename T>
+struct WarpReduceSlices {
+  Entry<T>* set;
+  int64_t set_capacity;
+  int32_t* vwork;
+  int64_t vwork_capacity;
+  int32_t* arena;
+  int64_t arena_capacity;
+  int64_t* pivot_keys;
+  int32_t* pivot_slots;
+  int64_t pivot_capacity;  // a power of two >= 2 (slot_capacity)
+  int32_t* v_start;
+  int32_t* v_length;
+  H1Pair<T>* pairs;
+  int64_t slot_capacity;  // columns + 1; also the pair capacity
+  int32_t* status;        // (B,) tsl::Status
+  int64_t* num_pairs;     // (B,)
+};
+
+// The H1 reduction with one warp per cloud (core/h1_reduce_warp.h) over the columns of
+// launch_topology (or of the global passes): four clouds per block of 128 threads.
+template <typename T>
+cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* threshold,
+                               const H1Column<T>* columns, const int32_t* counts,
+                               const WarpReduceSlices<T>& slices, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace tsl

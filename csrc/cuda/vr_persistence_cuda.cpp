@@ -7,6 +7,11 @@
 // lower triangle is read as on the CPU). A cloud whose H1 reduction overflows the fixed
 // workspace reports h1_count = -1 and truncated = true (see kernels.h); the capacities can be
 // raised with TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_COLUMNS / TSLOSS_CUDA_H1_ARENA.
+//
+// TSLOSS_CUDA_TOPOLOGY=block builds the tree and the H1 columns with the one-block-per-cloud
+// topology kernel (topology.cu) instead of the global passes, TSLOSS_CUDA_REDUCE=warp reduces
+// H1 with one warp per cloud (h1_reduce_warp.cu) instead of one thread; both off by default
+// until a GPU run has checked them (tools/gpu_check.sh runs the CUDA tests both ways).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -14,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 #include "../checks.h"
 #include "kernels.h"
@@ -87,16 +93,21 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
   TSL_CHECK(clouds_per_warp <= 32, "TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP must be 1..32, got ",
             clouds_per_warp);
   const int dim = static_cast<int>(maxdim);
+  const char* topology = std::getenv("TSLOSS_CUDA_TOPOLOGY");
+  const bool block_topology = topology != nullptr && std::string(topology) == "block";
+  const char* reduce = std::getenv("TSLOSS_CUDA_REDUCE");
+  const bool warp_reduction = reduce != nullptr && std::string(reduce) == "warp";
   const size_t elem = x.element_size();
   // Clouds per launch: bounded by the sort's 32-bit offsets and by a workspace budget, so a
   // large batch runs as a few launches instead of one giant allocation.
   const size_t budget = static_cast<size_t>(env_int("TSLOSS_CUDA_WORKSPACE_MB", 2048)) << 20;
-  const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap) +
+  const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, block_topology) +
                            static_cast<size_t>(N * N) * elem;
   int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
   chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
 
-  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap);
+  const size_t ws_bytes =
+      tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap, block_topology);
   auto workspace = at::empty({static_cast<int64_t>(ws_bytes)}, opts.dtype(at::kByte));
   auto dist = at::empty({chunk, N, N}, opts);
 
@@ -120,7 +131,8 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
                      h1.data_ptr<scalar_t>() + b0 * K * 2,
                      h1_edges.data_ptr<int64_t>() + b0 * K * 4,
                      h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
-                     workspace.data_ptr(), ws_bytes, cap, static_cast<int>(clouds_per_warp), stream),
+                     workspace.data_ptr(), ws_bytes, cap, static_cast<int>(clouds_per_warp), stream,
+                     block_topology, warp_reduction),
                  "vr_persistence");
     }
   });

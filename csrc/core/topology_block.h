@@ -1,0 +1,326 @@
+// Per-cloud topology, one block per cloud, written once on the warp contract (warp.h): the
+// enclosing radius, H0 by Prim, the columns of the H1 reduction (edges below the radius that are
+// neither tree edges nor facets of apparent pairs) in reverse filtration order, and the H0 bars
+// in filtration order. It replaces the GPU's global flag pass, segmented sort and column-building
+// pass, and gives exactly what the scalar engine gives (prim_mst, collect_h1_columns, the H0
+// sort): the native tests compare them bit for bit through the host emulation.
+#pragma once
+
+#include "h0_mst.h"
+#include "h1_reduce.h"
+#include "warp.h"
+
+namespace tsl {
+
+// Memory of one cloud's topology pass. The per-vertex Prim state and the warp words are the
+// block's shared memory on the device where they fit (topology_shared_bytes), else a slice of
+// global scratch; the outputs are global. All sizes are fixed by n alone.
+template <typename T>
+struct TopologyCloud {
+  DistanceMatrix<T> d;  // symmetric, zero diagonal
+  bool h1;              // compute the H1 columns (maxdim >= 1 and n >= 3)
+  // Prim's state per vertex: the best connection to the tree as a packed key, its tree end,
+  // whether the vertex has joined.
+  uint64_t* key_hi;
+  uint32_t* key_lo;
+  int32_t* parent;
+  uint8_t* in_tree;
+  uint32_t* warp_words;  // one word per warp (ballots, partial minima)
+  T* warp_values;        // one value per warp
+  MstEdge<T>* mst;       // n - 1 edges in Prim order, sorted in place afterwards
+  // outputs
+  T* h0;                 // (n-1, 2): (0, death), by mst_edge_before
+  int64_t* h0_edges;     // (n-1, 2): u < v
+  int64_t* best_parent;  // (n,): Prim parent, -1 for the root; may be null
+  T* threshold;          // the enclosing radius
+  H1Column<T>* columns;  // up to n(n-1)/2, by column_before
+  int32_t* num_columns;
+};
+
+// Shared-memory bytes of TopologyCloud's per-vertex state, MST and warp words for n points.
+TSL_HD int64_t topology_state_bytes(int64_t n, int64_t value_size, int64_t edge_size) {
+  const int64_t per_vertex = 8 + 4 + 4 + 1;
+  int64_t bytes = per_vertex * n;
+  bytes = (bytes + 7) / 8 * 8 + edge_size * n;
+  return bytes + (4 + value_size) * 32;
+}
+
+// Work of one cloud's pass, as the emulation counts it.
+struct TopologyStats {
+  int64_t prim_steps = 0;
+  int64_t flag_chunks = 0;   // block-wide chunks of edges tested
+  int64_t columns = 0;
+  int64_t sort_stages = 0;   // compare-exchange rounds of the two sorts, one barrier each
+  int64_t scan_steps = 0;    // third vertices visited by the apparent-pair tests, all lanes
+};
+
+namespace topology_detail {
+
+TSL_HD uint32_t tie_key(index_t edge) { return ~uint32_t(edge); }  // larger index comes first
+
+// The lane holding the least (hi, lo) key. Keys are unique among lanes that hold a vertex, and
+// lanes without one hold all ones. For float the key packs into one 64-bit word: one reduction.
+template <typename T, class W>
+TSL_HD int argmin_lane(W& w, const typename W::template Var<uint64_t>& hi,
+                       const typename W::template Var<uint32_t>& lo) {
+  typename W::template Var<bool> is_min;
+  if constexpr (sizeof(T) == 4) {
+    typename W::template Var<uint64_t> packed;
+    w.each([&](int l) { packed[l] = (hi[l] << 32) | lo[l]; });
+    const uint64_t m = w.min(packed);
+    w.each([&](int l) { is_min[l] = packed[l] == m; });
+  } else {
+    const uint64_t mh = w.min(hi);
+    typename W::template Var<uint32_t> lo_at;
+    w.each([&](int l) { lo_at[l] = hi[l] == mh ? lo[l] : ~0u; });
+    const uint32_t ml = w.min(lo_at);
+    w.each([&](int l) { is_min[l] = hi[l] == mh && lo[l] == ml; });
+  }
+  return warp::lowest_bit(w.ballot(is_min));
+}
+
+// Whether the edge {i > j} of length de is the facet of an apparent pair (in_apparent_pair's
+// answer), reading d(k, j) rather than d(j, k): across a warp j runs over consecutive values,
+// so the reads of row k are coalesced. The largest k within de of both ends gives the earliest
+// cofacet.
+// `visited` (host statistics only; null on the device) counts the third vertices read.
+template <typename T>
+TSL_HD bool apparent_facet_by_columns(const DistanceMatrix<T>& d, index_t i, index_t j, T de,
+                                      int64_t* visited) {
+  for (index_t k = d.n - 1; k >= 0; --k) {
+    if (k == i || k == j) continue;
+    const T dik = d(i, k), dkj = d(k, j);
+    if (visited) ++*visited;
+    if (dik <= de && dkj <= de) return is_latest_facet(i, j, k, de, dik, dkj);
+  }
+  return false;
+}
+
+template <typename T>
+TSL_HD bool is_column(const DistanceMatrix<T>& d, const int32_t* parent, T threshold, index_t e,
+                      index_t* i, index_t* j, T* de, int64_t* visited) {
+  edge_vertices(e, d.n, i, j);
+  *de = d(*i, *j);
+  if (*de > threshold) return false;
+  if (parent[*i] == *j || parent[*j] == *i) return false;
+  return !apparent_facet_by_columns(d, *i, *j, *de, visited);
+}
+
+}  // namespace topology_detail
+
+// Sorts x[0, count) (a pointer, or any indexable such as a Spill) by less(a, b) with the whole
+// block: a bitonic network whose every
+// compare-exchange puts the lesser element first (the first round of each merge pairs mirrored
+// positions), so positions past `count` act as +infinity and are never touched. `less` must be
+// a strict total order: then the result is the one sorted sequence, whatever the schedule.
+template <class Block, class Array, class Less>
+TSL_HD int64_t block_sort(Block& blk, const Array& x, index_t count, const Less& less) {
+  int64_t stages = 0;
+  index_t p2 = 1;
+  while (p2 < count) p2 <<= 1;
+  for (index_t k = 2; k <= p2; k <<= 1) {
+    for (index_t j = k >> 1; j > 0; j >>= 1) {
+      blk.each_warp([&](typename Block::Warp& w, int warp_id) {
+        w.each([&](int lane) {
+          for (index_t t = index_t(warp_id) * warp::kLanes + lane; t < p2 / 2;
+               t += blk.threads()) {
+            const index_t a = (t / j) * 2 * j + t % j;
+            const index_t b = j == (k >> 1) ? (a ^ (k - 1)) : a + j;
+            if (b < count && less(x[b], x[a])) {
+              const auto s = x[a];
+              x[a] = x[b];
+              x[b] = s;
+            }
+          }
+        });
+      });
+      blk.sync();
+      ++stages;
+    }
+  }
+  return stages;
+}
+
+template <typename T>
+struct ColumnOrder {
+  TSL_HD bool operator()(const H1Column<T>& a, const H1Column<T>& b) const {
+    return column_before(a, b);
+  }
+};
+template <typename T>
+struct MstOrder {
+  TSL_HD bool operator()(const MstEdge<T>& a, const MstEdge<T>& b) const {
+    return mst_edge_before(a, b);
+  }
+};
+
+// The whole pass for one cloud. Block-uniform code between phases runs in every thread on the
+// device (each reads the same shared words after a barrier) and once on the host.
+template <class Block, typename T>
+TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats* stats = nullptr) {
+  using W = typename Block::Warp;
+  using namespace topology_detail;
+  const index_t n = c.d.n;
+  if (n <= 0) return;
+  const int nthreads = blk.threads();
+
+  // ---- enclosing radius: column maxima (coalesced; equal to row maxima), then their minimum
+  blk.each_warp([&](W& w, int warp_id) {
+    typename W::template Var<T> least;
+    w.each([&](int lane) {
+      T r = T(INFINITY);  // a lane without a vertex never wins
+      for (index_t v = index_t(warp_id) * warp::kLanes + lane; v < n; v += nthreads) {
+        T m = T(0);
+        for (index_t u = 0; u < n; ++u) {
+          const T x = c.d(u, v);
+          m = x > m ? x : m;
+        }
+        r = m < r ? m : r;
+      }
+      least[lane] = r;
+    });
+    const T r = w.min(least);
+    w.each([&](int lane) {
+      if (lane == 0) c.warp_values[warp_id] = r;
+    });
+  });
+  blk.sync();
+  T radius = c.warp_values[0];
+  for (int k = 1; k < blk.warps(); ++k) radius = c.warp_values[k] < radius ? c.warp_values[k] : radius;
+
+  // ---- Prim in the first warp. Lane l owns the vertices v = l (mod 32) and all their state, so
+  // no lane reads a word another lane writes within a step. Each step relaxes the owned
+  // vertices against the newest tree vertex (its row, coalesced) and proposes the best of them.
+  blk.first_warp([&](W& w) {
+    w.each([&](int lane) {
+      if (lane == 0) *c.threshold = radius;
+      for (index_t v = lane; v < n; v += warp::kLanes) {
+        c.key_hi[v] = ~uint64_t(0);
+        c.key_lo[v] = ~0u;
+        c.parent[v] = -1;
+        c.in_tree[v] = v == 0;
+      }
+    });
+    index_t current = 0;
+    for (index_t step = 0; step + 1 < n; ++step) {
+      typename W::template Var<uint64_t> hi;
+      typename W::template Var<uint32_t> lo;
+      typename W::template Var<int32_t> vertex;
+      w.each([&](int lane) {
+        uint64_t bh = ~uint64_t(0);
+        uint32_t bl = ~0u;
+        int32_t bv = -1;
+        const T* row = c.d.row(current);
+        for (index_t v = lane; v < n; v += warp::kLanes) {
+          if (c.in_tree[v]) continue;
+          const uint64_t h = warp::order_bits(row[v]);
+          const uint32_t l = tie_key(edge_index(current, v));
+          if (h < c.key_hi[v] || (h == c.key_hi[v] && l < c.key_lo[v])) {
+            c.key_hi[v] = h;
+            c.key_lo[v] = l;
+            c.parent[v] = int32_t(current);
+          }
+          if (c.key_hi[v] < bh || (c.key_hi[v] == bh && c.key_lo[v] < bl)) {
+            bh = c.key_hi[v];
+            bl = c.key_lo[v];
+            bv = int32_t(v);
+          }
+        }
+        hi[lane] = bh;
+        lo[lane] = bl;
+        vertex[lane] = bv;
+      });
+      const index_t next = w.shfl(vertex, argmin_lane<T>(w, hi, lo));
+      w.each([&](int lane) {
+        if (next % warp::kLanes != lane) return;  // the owner records the edge
+        c.in_tree[next] = 1;
+        const index_t p = c.parent[next];
+        c.mst[step] = MstEdge<T>{c.d(p, next), p < next ? p : next, p < next ? next : p};
+      });
+      current = next;
+    }
+    if (stats) stats->prim_steps += n - 1;
+  });
+  blk.sync();
+
+  if (c.best_parent) {
+    blk.each_warp([&](W& w, int warp_id) {
+      w.each([&](int lane) {
+        for (index_t v = index_t(warp_id) * warp::kLanes + lane; v < n; v += nthreads)
+          c.best_parent[v] = c.parent[v];
+      });
+    });
+  }
+
+  // ---- H1 columns: every edge tested by its own lane, kept ones compacted in index order by
+  // ballots and the per-warp counts before them.
+  if (c.h1) {
+    const index_t E = n * (n - 1) / 2;
+    index_t base = 0;
+    for (index_t e0 = 0; e0 < E; e0 += nthreads) {
+      blk.each_warp([&](W& w, int warp_id) {
+        typename W::template Var<bool> keep;
+        w.each([&](int lane) {
+          const index_t e = e0 + index_t(warp_id) * warp::kLanes + lane;
+          index_t i, j;
+          T de;
+          keep[lane] = e < E && is_column(c.d, c.parent, radius, e, &i, &j, &de,
+                                          stats ? &stats->scan_steps : nullptr);
+        });
+        const uint32_t m = w.ballot(keep);
+        w.each([&](int lane) {
+          if (lane == 0) c.warp_words[warp_id] = m;
+        });
+      });
+      blk.sync();
+      blk.each_warp([&](W& w, int warp_id) {
+        index_t offset = base;
+        for (int k = 0; k < warp_id; ++k) offset += warp::popcount(c.warp_words[k]);
+        const uint32_t m = c.warp_words[warp_id];
+        w.each([&](int lane) {
+          if (!((m >> lane) & 1u)) return;
+          const index_t e = e0 + index_t(warp_id) * warp::kLanes + lane;
+          index_t i, j;
+          edge_vertices(e, n, &i, &j);
+          c.columns[offset + warp::popcount(m & warp::lanes_below(lane))] =
+              H1Column<T>{c.d(i, j), i, j};
+        });
+      });
+      for (int k = 0; k < blk.warps(); ++k) base += warp::popcount(c.warp_words[k]);
+      blk.sync();  // the warp words are reused by the next chunk
+      if (stats) ++stats->flag_chunks;
+    }
+    const int64_t s = block_sort(blk, c.columns, base, ColumnOrder<T>());
+    if (stats) {
+      stats->sort_stages += s;
+      stats->columns += base;
+    }
+    blk.each_warp([&](W& w, int warp_id) {
+      w.each([&](int lane) {
+        if (warp_id == 0 && lane == 0) *c.num_columns = int32_t(base);
+      });
+    });
+  } else {
+    blk.each_warp([&](W& w, int warp_id) {
+      w.each([&](int lane) {
+        if (warp_id == 0 && lane == 0) *c.num_columns = 0;
+      });
+    });
+  }
+
+  // ---- H0 bars in filtration order of their death edges
+  const int64_t s = block_sort(blk, c.mst, n - 1, MstOrder<T>());
+  if (stats) stats->sort_stages += s;
+  blk.each_warp([&](W& w, int warp_id) {
+    w.each([&](int lane) {
+      for (index_t r = index_t(warp_id) * warp::kLanes + lane; r + 1 < n; r += nthreads) {
+        c.h0[2 * r] = T(0);
+        c.h0[2 * r + 1] = c.mst[r].diameter;
+        c.h0_edges[2 * r] = c.mst[r].u;
+        c.h0_edges[2 * r + 1] = c.mst[r].v;
+      }
+    });
+  });
+}
+
+}  // namespace tsl

@@ -1,0 +1,196 @@
+// The GPU engine's per-cloud kernels run on the host through the warp emulation (warp_host.h):
+// the same algorithm text the CUDA kernels instantiate with CudaBlock, so the native tests and
+// the emulated op (TSLOSS_ENGINE=emulated) check the device's code against the scalar engine.
+//
+// The topology pass (topology_block.h) runs on an emulated block, the H1 reduction
+// (h1_reduce_warp.h) on an emulated warp; the CUDA path runs the same two as kernels behind
+// TSLOSS_CUDA_TOPOLOGY=block and TSLOSS_CUDA_REDUCE=warp, and by default still its global passes
+// and the scalar reduce_h1, one thread per cloud.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "h1_reduce_warp.h"
+#include "topology_block.h"
+#include "vr_engine.h"
+#include "warp_host.h"
+
+namespace tsl {
+
+// Warps of the topology block for n points: enough lanes for a row, at most 8 warps (256
+// threads) so that several clouds share an SM. The CUDA launcher uses the same rule.
+TSL_HD int topology_warps(index_t n) {
+  const index_t w = (n + warp::kLanes - 1) / warp::kLanes;
+  return int(w < 1 ? 1 : (w > 8 ? 8 : w));
+}
+
+struct EmulationOptions {
+  uint64_t seed = 0;  // 0: lanes and warps in order; otherwise shuffled from this seed
+  int warps = 0;      // 0: topology_warps(n)
+  bool warp_reduction = true;  // false: the scalar reduce_h1 on the emulated columns
+  // Entries of each reduction array in the fast (shared-memory) part; the rest spills.
+  index_t shared_entries = 1024;
+};
+
+// The reduction's arrays on the host: a fast part of fixed size and a slow part that doubles
+// when the reduction reports it full (the device reports the status instead).
+template <typename T>
+struct EmulatedReduceBuffers {
+  std::vector<Entry<T>> set_fast, set_slow;
+  std::vector<int32_t> vwork_fast, vwork_slow, arena_fast, arena_slow, v_start, v_length,
+      pivot_slots;
+  std::vector<int64_t> pivot_keys;
+  index_t set_slow_capacity = 1 << 12, vwork_slow_capacity = 1 << 10,
+          arena_slow_capacity = 1 << 12;
+};
+
+template <typename T>
+inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
+                                    const std::vector<H1Column<T>>& columns,
+                                    EmulatedReduceBuffers<T>& b, std::vector<H1Pair<T>>& pairs,
+                                    const EmulationOptions& opt, WarpReduceStats* stats,
+                                    WarpCounters* counters) {
+  const index_t m = (index_t)columns.size();
+  const index_t fast = opt.shared_entries;
+  const index_t pivot_capacity = next_pow2(2 * m + 2);
+  b.pivot_keys.resize(pivot_capacity);
+  b.pivot_slots.resize(pivot_capacity);
+  b.v_start.resize(m + 1);
+  b.v_length.resize(m + 1);
+  pairs.resize(m + 1);
+  b.set_fast.resize(fast);
+  b.vwork_fast.resize(fast);
+  b.arena_fast.resize(fast);
+  for (;;) {
+    b.set_slow.resize(b.set_slow_capacity);
+    b.vwork_slow.resize(b.vwork_slow_capacity);
+    b.arena_slow.resize(b.arena_slow_capacity);
+    const WarpReduceMemory<T> mem{
+        Spill<Entry<T>>{b.set_fast.data(), fast, b.set_slow.data(), b.set_slow_capacity},
+        Spill<int32_t>{b.vwork_fast.data(), fast, b.vwork_slow.data(), b.vwork_slow_capacity},
+        Spill<int32_t>{b.arena_fast.data(), fast, b.arena_slow.data(), b.arena_slow_capacity},
+        b.pivot_keys.data(), b.pivot_slots.data(), pivot_capacity,
+        b.v_start.data(), b.v_length.data(), m + 1,
+        pairs.data(), m + 1};
+    HostWarp w(opt.seed, counters);
+    WarpReduceStats local;
+    WarpReducer<HostWarp, T> reducer(w, d, threshold, mem, &local);
+    index_t num_pairs = 0;
+    const Status s = reducer.run(columns.data(), m, &num_pairs);
+    if (s == kOk) {
+      pairs.resize(num_pairs);
+      if (stats) *stats = local;
+      return kOk;
+    }
+    if (s == kHeapFull) {
+      b.set_slow_capacity *= 2;
+      b.vwork_slow_capacity *= 2;
+    } else if (s == kReductionArenaFull) {
+      b.arena_slow_capacity *= 2;
+    } else {
+      return s;  // sized exactly above: cannot happen
+    }
+  }
+}
+
+template <typename T>
+struct EmulatedWorkspace {
+  std::vector<uint64_t> key_hi;
+  std::vector<uint32_t> key_lo, warp_words;
+  std::vector<int32_t> parent;
+  std::vector<uint8_t> in_tree;
+  std::vector<T> warp_values;
+  std::vector<MstEdge<T>> mst;
+  std::vector<int64_t> best_parent;
+  HostWorkspace<T> host;  // the column list, the pairs, the scalar reduction's buffers
+  EmulatedReduceBuffers<T> reduce;
+  TopologyStats topology;
+  WarpReduceStats reduction;
+  WarpCounters warp;
+  Status status = kOk;
+};
+
+// Persistence of one cloud, as vr_persistence_cloud, with the topology pass emulated.
+template <typename T>
+inline void vr_persistence_cloud_emulated(const T* dist, index_t n, int maxdim,
+                                          CloudOutput<T> out, EmulatedWorkspace<T>& ws,
+                                          const EmulationOptions& opt = EmulationOptions()) {
+  for (index_t r = 0; r < out.h1_capacity; ++r) {
+    out.h1[2 * r] = out.h1[2 * r + 1] = T(0);
+    for (int c = 0; c < 4; ++c) out.h1_edges[4 * r + c] = -1;
+  }
+  *out.h1_count = 0;
+  *out.truncated = false;
+  if (n <= 1) return;
+
+  const DistanceMatrix<T> d{dist, n};
+  const bool h1 = maxdim >= 1 && n >= 3;
+  ws.key_hi.resize(n);
+  ws.key_lo.resize(n);
+  ws.parent.resize(n);
+  ws.in_tree.resize(n);
+  ws.warp_words.assign(HostBlock::kMaxWarps, 0);
+  ws.warp_values.assign(HostBlock::kMaxWarps, T(0));
+  ws.mst.resize(n - 1);
+  ws.best_parent.resize(n);
+  std::vector<H1Column<T>>& columns = ws.host.columns;
+  columns.resize(h1 ? n * (n - 1) / 2 : 0);
+  T threshold = T(0);
+  int32_t num_columns = 0;
+  TopologyCloud<T> c{d,
+                     h1,
+                     ws.key_hi.data(),
+                     ws.key_lo.data(),
+                     ws.parent.data(),
+                     ws.in_tree.data(),
+                     ws.warp_words.data(),
+                     ws.warp_values.data(),
+                     ws.mst.data(),
+                     out.h0,
+                     out.h0_edges,
+                     ws.best_parent.data(),
+                     &threshold,
+                     columns.data(),
+                     &num_columns};
+  HostBlock blk(opt.warps > 0 ? opt.warps : topology_warps(n), opt.seed);
+  cloud_topology(blk, c, &ws.topology);
+  ws.warp.steps += blk.counters().steps;
+  ws.warp.collectives += blk.counters().collectives;
+  ws.warp.barriers += blk.counters().barriers;
+  if (!h1) return;
+  columns.resize(num_columns);
+  if (opt.warp_reduction) {
+    ws.status = run_h1_reduction_warp(d, threshold, columns, ws.reduce, ws.host.pairs, opt,
+                                      &ws.reduction, &ws.warp);
+    if (ws.status != kOk) {  // not reached: the host grows what the device would report
+      *out.h1_count = -1;
+      *out.truncated = true;
+      return;
+    }
+  } else {
+    run_h1_reduction(d, threshold, ws.host);
+  }
+
+  // Reporting, as vr_persistence_cloud does it (the parity tests hold the two to the same bits).
+  std::vector<H1Pair<T>>& pairs = ws.host.pairs;
+  const index_t count = (index_t)pairs.size();
+  const index_t keep = count < out.h1_capacity ? count : out.h1_capacity;
+  std::partial_sort(pairs.begin(), pairs.begin() + keep, pairs.end(),
+                    [](const H1Pair<T>& a, const H1Pair<T>& b) { return h1_pair_before(a, b); });
+  *out.h1_count = count;
+  *out.truncated = count > out.h1_capacity;
+  for (index_t r = 0; r < keep; ++r) {
+    const H1Pair<T>& p = pairs[r];
+    index_t i, j;
+    edge_vertices(p.birth_edge, n, &i, &j);
+    out.h1[2 * r] = p.birth;
+    out.h1[2 * r + 1] = p.death;
+    out.h1_edges[4 * r] = j;
+    out.h1_edges[4 * r + 1] = i;
+    if (p.death_triangle >= 0)
+      death_edge(d, p.death_triangle, &out.h1_edges[4 * r + 2], &out.h1_edges[4 * r + 3]);
+  }
+}
+
+}  // namespace tsl

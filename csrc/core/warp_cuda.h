@@ -1,0 +1,90 @@
+// The CUDA warp and block of the warp contract (warp.h): every operation is one intrinsic or a
+// short shuffle tree. Included from .cu files only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "warp.h"
+
+namespace tsl {
+
+struct CudaWarp {
+  template <typename T>
+  struct Var {
+    T v;
+    __device__ __forceinline__ T& operator[](int) { return v; }
+    __device__ __forceinline__ const T& operator[](int) const { return v; }
+  };
+
+  __device__ __forceinline__ static int lane() { return int(threadIdx.x & 31u); }
+
+  template <class F>
+  __device__ __forceinline__ void each(F&& f) {
+    f(lane());
+  }
+
+  __device__ __forceinline__ uint32_t ballot(const Var<bool>& p) {
+    return __ballot_sync(0xffffffffu, p.v);
+  }
+  __device__ __forceinline__ bool any(const Var<bool>& p) { return __any_sync(0xffffffffu, p.v); }
+  __device__ __forceinline__ bool all(const Var<bool>& p) { return __all_sync(0xffffffffu, p.v); }
+
+  template <typename T>
+  __device__ __forceinline__ T shfl(const Var<T>& v, int src) {
+    return __shfl_sync(0xffffffffu, v.v, src);
+  }
+
+  // Butterfly reductions: every lane ends with the result, no second broadcast needed.
+  template <typename T>
+  __device__ __forceinline__ T min(const Var<T>& v) {
+    T m = v.v;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const T o = __shfl_xor_sync(0xffffffffu, m, off);
+      m = o < m ? o : m;
+    }
+    return m;
+  }
+  template <typename T>
+  __device__ __forceinline__ T max(const Var<T>& v) {
+    T m = v.v;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const T o = __shfl_xor_sync(0xffffffffu, m, off);
+      m = o > m ? o : m;
+    }
+    return m;
+  }
+  __device__ __forceinline__ int64_t sum(const Var<int64_t>& v) {
+    long long s = v.v;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    return s;
+  }
+
+  __device__ __forceinline__ Var<uint32_t> match_any(const Var<uint32_t>& v) {
+    return Var<uint32_t>{__match_any_sync(0xffffffffu, v.v)};
+  }
+
+  __device__ __forceinline__ void sync() { __syncwarp(); }
+};
+
+struct CudaBlock {
+  using Warp = CudaWarp;
+  CudaWarp warp_;
+
+  __device__ __forceinline__ int warps() const { return int(blockDim.x >> 5); }
+  __device__ __forceinline__ int threads() const { return int(blockDim.x); }
+
+  template <class F>
+  __device__ __forceinline__ void each_warp(F&& f) {
+    f(warp_, int(threadIdx.x >> 5));
+  }
+  template <class F>
+  __device__ __forceinline__ void first_warp(F&& f) {
+    if ((threadIdx.x >> 5) == 0) f(warp_);
+  }
+  __device__ __forceinline__ void sync() { __syncthreads(); }
+};
+
+}  // namespace tsl

@@ -1,0 +1,215 @@
+// The host emulation of a warp and of a block of warps (see warp.h for the contract).
+//
+// Lanes run one after another inside `each`, in lockstep between collectives. Under test the
+// lane order is reshuffled on every `each` (and the warp order on every block phase), so code
+// that depends on lane order, such as a lane reading a word another lane writes in the same
+// step, gives different results from run to run and fails the bit-for-bit comparisons.
+// Collectives abort when called from inside per-lane code: that is a point the lanes may reach
+// at different times, where a real warp would deadlock or read garbage.
+//
+// The emulation says nothing about speed, bank conflicts or memory ordering; the counters say
+// how much work and memory the device would see.
+#pragma once
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "warp.h"
+
+namespace tsl {
+
+// Work counted by the emulation, summed over the warps that share it.
+struct WarpCounters {
+  int64_t steps = 0;        // `each` calls: warp-wide instructions issued, roughly
+  int64_t collectives = 0;  // ballots, shuffles, reductions, syncs
+  int64_t barriers = 0;     // block barriers
+};
+
+class HostWarp {
+ public:
+  template <typename T>
+  struct Var {
+    T v[warp::kLanes];
+    T& operator[](int lane) { return v[lane]; }
+    const T& operator[](int lane) const { return v[lane]; }
+  };
+
+  // seed 0: lanes in order 0..31 (fast, for the emulated op); otherwise a reshuffled order.
+  explicit HostWarp(uint64_t seed = 0, WarpCounters* counters = nullptr)
+      : state_(seed), counters_(counters ? counters : &own_) {
+    for (int l = 0; l < warp::kLanes; ++l) order_[l] = l;
+  }
+
+  template <class F>
+  void each(F&& f) {
+    require_uniform("each");
+    ++counters_->steps;
+    if (state_) shuffle();
+    in_lane_ = true;
+    for (int t = 0; t < warp::kLanes; ++t) f(order_[t]);
+    in_lane_ = false;
+  }
+
+  uint32_t ballot(const Var<bool>& p) {
+    collective("ballot");
+    uint32_t m = 0;
+    for (int l = 0; l < warp::kLanes; ++l) m |= uint32_t(p[l] ? 1 : 0) << l;
+    return m;
+  }
+  bool any(const Var<bool>& p) { return ballot(p) != 0; }
+  bool all(const Var<bool>& p) { return ballot(p) == 0xffffffffu; }
+
+  // Lane `src`'s value, to every lane.
+  template <typename T>
+  T shfl(const Var<T>& v, int src) {
+    collective("shfl");
+    if (src < 0 || src >= warp::kLanes) fail("shfl from a lane outside the warp");
+    return v[src];
+  }
+
+  // The least value over the lanes (an argmin when the value is a packed key that ends in
+  // something unique).
+  template <typename T>
+  T min(const Var<T>& v) {
+    collective("min");
+    T m = v[0];
+    for (int l = 1; l < warp::kLanes; ++l) m = v[l] < m ? v[l] : m;
+    return m;
+  }
+  template <typename T>
+  T max(const Var<T>& v) {
+    collective("max");
+    T m = v[0];
+    for (int l = 1; l < warp::kLanes; ++l) m = v[l] > m ? v[l] : m;
+    return m;
+  }
+  // Sum in a fixed order: integers only (a float sum's bits would depend on the order).
+  int64_t sum(const Var<int64_t>& v) {
+    collective("sum");
+    int64_t s = 0;
+    for (int l = 0; l < warp::kLanes; ++l) s += v[l];
+    return s;
+  }
+
+  // Per lane: the lanes holding the same value.
+  Var<uint32_t> match_any(const Var<uint32_t>& v) {
+    collective("match_any");
+    Var<uint32_t> r;
+    for (int l = 0; l < warp::kLanes; ++l) {
+      r[l] = 0;
+      for (int m = 0; m < warp::kLanes; ++m) r[l] |= uint32_t(v[m] == v[l]) << m;
+    }
+    return r;
+  }
+
+  void sync() { collective("sync"); }
+
+  const WarpCounters& counters() const { return *counters_; }
+  bool in_lane() const { return in_lane_; }
+
+ private:
+  void collective(const char* what) {
+    require_uniform(what);
+    ++counters_->collectives;
+  }
+  void require_uniform(const char* what) const {
+    if (in_lane_) fail(what);
+  }
+  [[noreturn]] static void fail(const char* what) {
+    fprintf(stderr, "HostWarp: %s reached from per-lane code (not warp-uniform)\n", what);
+    abort();
+  }
+  void shuffle() {
+    for (int t = warp::kLanes - 1; t > 0; --t) {
+      const int s = int(next() % uint64_t(t + 1));
+      const int x = order_[t];
+      order_[t] = order_[s];
+      order_[s] = x;
+    }
+  }
+  uint64_t next() {  // xorshift64*
+    state_ ^= state_ >> 12;
+    state_ ^= state_ << 25;
+    state_ ^= state_ >> 27;
+    return state_ * 0x2545F4914F6CDD1Dull;
+  }
+
+  uint64_t state_;
+  int order_[warp::kLanes];
+  bool in_lane_ = false;
+  WarpCounters own_;
+  WarpCounters* counters_;
+};
+
+// A block of `warps` emulated warps. Phases run the warps one after another (shuffled under
+// test); a barrier inside a phase aborts, as a __syncthreads() in divergent code would hang.
+class HostBlock {
+ public:
+  using Warp = HostWarp;
+  static constexpr int kMaxWarps = 32;
+
+  HostBlock(int warps, uint64_t seed = 0)
+      : warps_(warps < 1 ? 1 : (warps > kMaxWarps ? kMaxWarps : warps)), state_(seed) {
+    for (int w = 0; w < warps_; ++w) {
+      warp_[w] = HostWarp(seed ? seed * 0x9E3779B97F4A7C15ull + uint64_t(w) + 1 : 0, &counters_);
+      order_[w] = w;
+    }
+  }
+
+  HostBlock(const HostBlock&) = delete;  // the warps point at this block's counters
+  HostBlock& operator=(const HostBlock&) = delete;
+
+  int warps() const { return warps_; }
+  int threads() const { return warps_ * warp::kLanes; }
+
+  template <class F>
+  void each_warp(F&& f) {
+    if (in_phase_) fail("each_warp nested in a phase");
+    in_phase_ = true;
+    if (state_) shuffle();
+    for (int t = 0; t < warps_; ++t) f(warp_[order_[t]], order_[t]);
+    in_phase_ = false;
+  }
+
+  // Only warp 0 runs `f` (a serial stretch of the kernel, such as Prim's steps).
+  template <class F>
+  void first_warp(F&& f) {
+    if (in_phase_) fail("first_warp nested in a phase");
+    in_phase_ = true;
+    f(warp_[0]);
+    in_phase_ = false;
+  }
+
+  void sync() {
+    if (in_phase_) fail("block barrier inside a warp phase");
+    ++counters_.barriers;
+  }
+
+  const WarpCounters& counters() const { return counters_; }
+
+ private:
+  [[noreturn]] static void fail(const char* what) {
+    fprintf(stderr, "HostBlock: %s\n", what);
+    abort();
+  }
+  void shuffle() {
+    for (int t = warps_ - 1; t > 0; --t) {
+      state_ ^= state_ << 13;
+      state_ ^= state_ >> 7;
+      state_ ^= state_ << 17;
+      const int s = int(state_ % uint64_t(t + 1));
+      const int x = order_[t];
+      order_[t] = order_[s];
+      order_[s] = x;
+    }
+  }
+
+  int warps_;
+  uint64_t state_;
+  bool in_phase_ = false;
+  WarpCounters counters_;
+  HostWarp warp_[kMaxWarps];
+  int order_[kMaxWarps];
+};
+
+}  // namespace tsl

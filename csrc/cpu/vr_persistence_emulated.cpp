@@ -1,0 +1,99 @@
+// tsloss_cuda::vr_persistence_emulated on the CPU: vr_persistence with the GPU engine's
+// warp-cooperative kernels run through the host warp emulation (core/vr_emulated.h), so that the
+// Python suites (ripser.py parity, loss, gradients) can run the device's algorithm on a machine
+// without a GPU: TSLOSS_ENGINE=emulated (tsloss_cuda/persistence.py). Same signature, outputs,
+// checks and messages as the CPU op; lanes run in order (no shuffling: the native tests do that).
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "../core/vr_emulated.h"
+
+namespace tsloss {
+namespace {
+
+// The lower triangle read as ripser.py reads it, with the CPU op's checks and messages.
+template <typename T>
+void emulated_symmetric_from_lower(const T* in, int64_t n, T* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    TSL_CHECK(in[i * n + i] == T(0), "vr_persistence: distance matrix has non-zero diagonal ",
+              "entry ", in[i * n + i], " at (", i, ", ", i, ")");
+    out[i * n + i] = T(0);
+    for (int64_t j = 0; j < i; ++j) {
+      const T lo = in[i * n + j], up = in[j * n + i];
+      TSL_CHECK(std::isfinite(lo) && std::isfinite(up),
+                "vr_persistence: distance matrix contains NaN or Inf at (", i, ", ", j, ")");
+      TSL_CHECK(lo >= T(0), "vr_persistence: distance matrix has negative entry ", lo, " at (",
+                i, ", ", j, ")");
+      const T scale = std::abs(lo) > std::abs(up) ? std::abs(lo) : std::abs(up);
+      TSL_CHECK(std::abs(lo - up) <= T(1e-4) * scale,
+                "vr_persistence: distance matrix is not symmetric: entry (", i, ", ", j, ") = ",
+                lo, " but (", j, ", ", i, ") = ", up);
+      out[i * n + j] = lo;
+      out[j * n + i] = lo;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances,
+                            int64_t max_h1) {
+  check_points_or_distances(x_in, distances);
+  check_max_h1(max_h1);
+  TSL_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
+  const int64_t B = x_in.size(0), N = x_in.size(1);
+  const int64_t K = maxdim >= 1 ? max_h1 : 0;
+  check_h1_capacity(K, B, N, x_in.element_size());
+  // From points, the distances of the CPU op (its checks included), through the dispatcher.
+  static const auto distance_op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("tsloss_cuda::pairwise_distance", "")
+          .typed<at::Tensor(const at::Tensor&)>();
+  const at::Tensor dist = distances ? x_in.contiguous() : distance_op.call(x_in).contiguous();
+  auto opts = x_in.options();
+  auto iopts = opts.dtype(at::kLong);
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  auto h0 = at::empty({B, H0, 2}, opts);
+  auto h0_edges = at::empty({B, H0, 2}, iopts);
+  auto h1 = at::empty({B, K, 2}, opts);
+  auto h1_edges = at::empty({B, K, 4}, iopts);
+  auto h1_count = at::empty({B}, iopts);
+  auto truncated = at::empty({B}, opts.dtype(at::kBool));
+  if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
+  AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_emulated_cpu", [&] {
+    const scalar_t* pd = dist.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      tsl::EmulatedWorkspace<scalar_t> ws;
+      std::vector<scalar_t> matrix(distances ? N * N : 0);
+      for (int64_t b = begin; b < end; ++b) {
+        const scalar_t* cloud = pd + b * N * N;
+        if (distances) {
+          emulated_symmetric_from_lower(cloud, N, matrix.data());
+          cloud = matrix.data();
+        }
+        tsl::CloudOutput<scalar_t> out{h0.data_ptr<scalar_t>() + b * H0 * 2,
+                                       h0_edges.data_ptr<int64_t>() + b * H0 * 2,
+                                       h1.data_ptr<scalar_t>() + b * K * 2,
+                                       h1_edges.data_ptr<int64_t>() + b * K * 4,
+                                       h1_count.data_ptr<int64_t>() + b,
+                                       truncated.data_ptr<bool>() + b,
+                                       K};
+        tsl::vr_persistence_cloud_emulated(cloud, N, static_cast<int>(maxdim), out, ws);
+      }
+    });
+  });
+  return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tsloss_cuda, CPU, m) {
+  m.impl("vr_persistence_emulated", &vr_persistence_emulated_cpu);
+}
+
+}  // namespace tsloss

@@ -1,0 +1,78 @@
+// The H1 reduction with one warp per cloud (core/h1_reduce_warp.h on CudaWarp): the fast part of
+// every reduction array in shared memory, the rest spilled to the cloud's slice of the global
+// workspace that the scalar reduce kernel would use.
+#include <cuda_runtime.h>
+
+#include "../core/h1_reduce_warp.h"
+#include "../core/warp_cuda.h"
+#include "kernels.h"
+
+namespace tsl {
+namespace cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+// Entries of each array a warp keeps in shared memory: 256 coboundary entries and 256 V edges
+// of each kind, 6 KB per warp, 24 KB per block; the native tests' counters size it (the
+// median working set at N = 256 fits, the long columns spill).
+constexpr int kFastEntries = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    reduce_warp_kernel(const T* __restrict__ dist, int64_t B, int64_t N,
+                       const T* __restrict__ threshold, const H1Column<T>* __restrict__ columns,
+                       const int32_t* __restrict__ counts, WarpReduceSlices<T> g) {
+  __shared__ Entry<T> s_set[kWarpsPerBlock][kFastEntries];
+  __shared__ int32_t s_vwork[kWarpsPerBlock][kFastEntries];
+  __shared__ int32_t s_arena[kWarpsPerBlock][kFastEntries];
+  const int warp = int(threadIdx.x >> 5);
+  const int64_t b = (int64_t)blockIdx.x * kWarpsPerBlock + warp;
+  if (b >= B) return;  // whole warps leave together
+  const int64_t E = N * (N - 1) / 2, m = counts[b];
+  const WarpReduceMemory<T> mem{
+      Spill<Entry<T>>{s_set[warp], kFastEntries, g.set + b * g.set_capacity, g.set_capacity},
+      Spill<int32_t>{s_vwork[warp], kFastEntries, g.vwork + b * g.vwork_capacity,
+                     g.vwork_capacity},
+      Spill<int32_t>{s_arena[warp], kFastEntries, g.arena + b * g.arena_capacity,
+                     g.arena_capacity},
+      g.pivot_keys + b * g.pivot_capacity,
+      g.pivot_slots + b * g.pivot_capacity,
+      g.pivot_capacity,
+      g.v_start + b * g.slot_capacity,
+      g.v_length + b * g.slot_capacity,
+      g.slot_capacity,
+      g.pairs + b * g.slot_capacity,
+      g.slot_capacity};
+  CudaWarp w;
+  WarpReducer<CudaWarp, T> reducer(w, DistanceMatrix<T>{dist + b * N * N, N}, threshold[b], mem,
+                                   nullptr);
+  index_t np = 0;
+  const Status s = reducer.run(columns + b * E, m, &np);
+  if ((threadIdx.x & 31) == 0) {
+    g.status[b] = s;
+    g.num_pairs[b] = s == kOk ? np : 0;
+  }
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* threshold,
+                               const H1Column<T>* columns, const int32_t* counts,
+                               const WarpReduceSlices<T>& slices, cudaStream_t stream) {
+  if (B == 0) return cudaSuccess;
+  const int64_t blocks = (B + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  reduce_warp_kernel<T><<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
+      dist, B, N, threshold, columns, counts, slices);
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_reduce_warp<float>(const float*, int64_t, int64_t, const float*,
+                                               const H1Column<float>*, const int32_t*,
+                                               const WarpReduceSlices<float>&, cudaStream_t);
+template cudaError_t launch_reduce_warp<double>(const double*, int64_t, int64_t, const double*,
+                                                const H1Column<double>*, const int32_t*,
+                                                const WarpReduceSlices<double>&, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace tsl
