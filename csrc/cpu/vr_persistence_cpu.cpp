@@ -113,30 +113,6 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::T
   return out;
 }
 
-// A user's distance matrix is read through its lower triangle (as ripser.py does); it must be
-// finite, non-negative, zero on the diagonal and symmetric up to rounding.
-template <typename T>
-void symmetric_from_lower(const T* in, int64_t n, T* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    TSL_CHECK(in[i * n + i] == T(0), "vr_persistence: distance matrix has non-zero diagonal ",
-                "entry ", in[i * n + i], " at (", i, ", ", i, ")");
-    out[i * n + i] = T(0);
-    for (int64_t j = 0; j < i; ++j) {
-      const T lo = in[i * n + j], up = in[j * n + i];
-      TSL_CHECK(std::isfinite(lo) && std::isfinite(up),
-                  "vr_persistence: distance matrix contains NaN or Inf at (", i, ", ", j, ")");
-      TSL_CHECK(lo >= T(0), "vr_persistence: distance matrix has negative entry ", lo, " at (",
-                  i, ", ", j, ")");
-      const T scale = std::abs(lo) > std::abs(up) ? std::abs(lo) : std::abs(up);
-      TSL_CHECK(std::abs(lo - up) <= T(1e-4) * scale,
-                  "vr_persistence: distance matrix is not symmetric: entry (", i, ", ", j,
-                  ") = ", lo, " but (", j, ", ", i, ") = ", up);
-      out[i * n + j] = lo;
-      out[j * n + i] = lo;
-    }
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64_t max_h1) {
   check_points_or_distances(x_in, distances);

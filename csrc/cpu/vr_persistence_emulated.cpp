@@ -13,32 +13,10 @@
 
 #include "../checks.h"
 #include "../core/vr_emulated.h"
+#include "cloud_glue.h"
 
 namespace tsloss {
 namespace {
-
-// The lower triangle read as ripser.py reads it, with the CPU op's checks and messages.
-template <typename T>
-void emulated_symmetric_from_lower(const T* in, int64_t n, T* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    TSL_CHECK(in[i * n + i] == T(0), "vr_persistence: distance matrix has non-zero diagonal ",
-              "entry ", in[i * n + i], " at (", i, ", ", i, ")");
-    out[i * n + i] = T(0);
-    for (int64_t j = 0; j < i; ++j) {
-      const T lo = in[i * n + j], up = in[j * n + i];
-      TSL_CHECK(std::isfinite(lo) && std::isfinite(up),
-                "vr_persistence: distance matrix contains NaN or Inf at (", i, ", ", j, ")");
-      TSL_CHECK(lo >= T(0), "vr_persistence: distance matrix has negative entry ", lo, " at (",
-                i, ", ", j, ")");
-      const T scale = std::abs(lo) > std::abs(up) ? std::abs(lo) : std::abs(up);
-      TSL_CHECK(std::abs(lo - up) <= T(1e-4) * scale,
-                "vr_persistence: distance matrix is not symmetric: entry (", i, ", ", j, ") = ",
-                lo, " but (", j, ", ", i, ") = ", up);
-      out[i * n + j] = lo;
-      out[j * n + i] = lo;
-    }
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances,
@@ -73,7 +51,7 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* cloud = pd + b * N * N;
         if (distances) {
-          emulated_symmetric_from_lower(cloud, N, matrix.data());
+          glue::symmetric_from_lower(cloud, N, matrix.data());
           cloud = matrix.data();
         }
         tsl::CloudOutput<scalar_t> out{h0.data_ptr<scalar_t>() + b * H0 * 2,
