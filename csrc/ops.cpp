@@ -5,6 +5,7 @@
 #include <torch/library.h>
 #include <Python.h>
 
+#include "core/vr_emulated.h"
 #include "core/x86_level.h"
 
 TORCH_LIBRARY(tsloss_cuda, m) {
@@ -71,9 +72,9 @@ TORCH_LIBRARY_IMPL(tsloss_cuda, CompositeExplicitAutograd, m) {
   m.impl("pairwise_distance_backward", &pairwise_distance_backward_composite);
 }
 
-// Importing the extension module is what loads the registrations above. Its only Python API is
-// the x86 level of the CPU kernels (tsloss_cuda/cpu_isa.py wraps it): not an op, because it
-// configures the process rather than computing on tensors.
+// Importing the extension module is what loads the registrations above. Its Python API is the
+// x86 level of the CPU kernels (tsloss_cuda/cpu_isa.py wraps it) and a count for the emulation's
+// tests: not ops, because they configure or observe the process rather than compute on tensors.
 static PyObject* cpu_levels(PyObject*, PyObject*) {
   return Py_BuildValue("(ii)", tsl::detected_x86_level(), tsl::x86_level());
 }
@@ -84,11 +85,17 @@ static PyObject* set_cpu_level(PyObject*, PyObject* arg) {
   return PyBool_FromLong(tsl::set_x86_cap(static_cast<int>(level)));
 }
 
+static PyObject* emulated_clouds(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(tsl::emulated_cloud_count().load());
+}
+
 static PyMethodDef tsloss_methods[] = {
     {"cpu_levels", cpu_levels, METH_NOARGS,
      "(detected, active) x86 levels of the CPU kernels: 0 baseline, 3 AVX2, 4 AVX-512."},
     {"set_cpu_level", set_cpu_level, METH_O,
      "Caps the CPU kernels' x86 level at 0, 3 or 4 (-1 lifts the cap); False if the CPU lacks it."},
+    {"emulated_clouds", emulated_clouds, METH_NOARGS,
+     "Clouds run through the host warp emulation so far (tests of TSLOSS_ENGINE=emulated)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef tsloss_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,

@@ -86,3 +86,28 @@ def test_opcheck_emulated():
     opcheck(ops.vr_persistence_emulated.default, (x, 0, False, 48))
     d = ops.pairwise_distance(x.detach()).requires_grad_(True)
     opcheck(ops.vr_persistence_emulated.default, (d, 1, True, 48))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_switch_routes_fused_loss_through_emulation(monkeypatch, dtype):
+    # The fused TSLoss op reads the switch in C++; the emulation's cloud count shows it ran, and
+    # the loss, its terms and the gradient are the CPU engine's bits.
+    from tsloss_cuda import _C
+    torch.manual_seed(3)
+    x = torch.randn(5, 24, 6, dtype=dtype)
+    kw = dict(stability=0.5, previous=None, return_terms=True)
+    results = []
+    for engine in ("emulated", ""):
+        monkeypatch.setenv("TSLOSS_ENGINE", engine)
+        before = _C.emulated_clouds()
+        xi = x.clone().requires_grad_(True)
+        loss, terms = tsloss_cuda.loss(xi, **kw)
+        loss.backward()
+        results.append((before, _C.emulated_clouds(), loss.detach(), terms, xi.grad))
+    (b0, a0, l0, t0, g0), (b1, a1, l1, t1, g1) = results
+    assert a0 - b0 == 5 and a1 == b1
+    assert torch.equal(l0, l1) and torch.equal(g0, g1)
+    assert t0.keys() == t1.keys()
+    for k in t0:
+        pairs = zip(t0[k], t1[k]) if k == "topology" else [(t0[k], t1[k])]
+        assert all(torch.equal(a, b) for a, b in pairs), k

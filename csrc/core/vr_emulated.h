@@ -9,6 +9,8 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <vector>
 
 #include "h1_reduce_warp.h"
@@ -111,17 +113,20 @@ struct EmulatedWorkspace {
   Status status = kOk;
 };
 
+// Clouds run through the emulation in this process. The results are the scalar engine's bits by
+// design, so this count is how a test sees that a switch (TSLOSS_ENGINE=emulated) took effect.
+inline std::atomic<int64_t>& emulated_cloud_count() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
 // Persistence of one cloud, as vr_persistence_cloud, with the topology pass emulated.
 template <typename T>
 inline void vr_persistence_cloud_emulated(const T* dist, index_t n, int maxdim,
                                           CloudOutput<T> out, EmulatedWorkspace<T>& ws,
                                           const EmulationOptions& opt = EmulationOptions()) {
-  for (index_t r = 0; r < out.h1_capacity; ++r) {
-    out.h1[2 * r] = out.h1[2 * r + 1] = T(0);
-    for (int c = 0; c < 4; ++c) out.h1_edges[4 * r + c] = -1;
-  }
-  *out.h1_count = 0;
-  *out.truncated = false;
+  emulated_cloud_count().fetch_add(1, std::memory_order_relaxed);
+  clear_h1_output(out);
   if (n <= 1) return;
 
   const DistanceMatrix<T> d{dist, n};
@@ -172,25 +177,7 @@ inline void vr_persistence_cloud_emulated(const T* dist, index_t n, int maxdim,
     run_h1_reduction(d, threshold, ws.host);
   }
 
-  // Reporting, as vr_persistence_cloud does it (the parity tests hold the two to the same bits).
-  std::vector<H1Pair<T>>& pairs = ws.host.pairs;
-  const index_t count = (index_t)pairs.size();
-  const index_t keep = count < out.h1_capacity ? count : out.h1_capacity;
-  std::partial_sort(pairs.begin(), pairs.begin() + keep, pairs.end(),
-                    [](const H1Pair<T>& a, const H1Pair<T>& b) { return h1_pair_before(a, b); });
-  *out.h1_count = count;
-  *out.truncated = count > out.h1_capacity;
-  for (index_t r = 0; r < keep; ++r) {
-    const H1Pair<T>& p = pairs[r];
-    index_t i, j;
-    edge_vertices(p.birth_edge, n, &i, &j);
-    out.h1[2 * r] = p.birth;
-    out.h1[2 * r + 1] = p.death;
-    out.h1_edges[4 * r] = j;
-    out.h1_edges[4 * r + 1] = i;
-    if (p.death_triangle >= 0)
-      death_edge(d, p.death_triangle, &out.h1_edges[4 * r + 2], &out.h1_edges[4 * r + 3]);
-  }
+  report_h1_pairs(d, ws.host.pairs, out);
 }
 
 }  // namespace tsl

@@ -152,6 +152,41 @@ inline void run_h1_reduction(const DistanceMatrix<T>& d, T threshold, HostWorksp
   }
 }
 
+// H1 outputs before any pair is known: padding rows (zeros, edges -1), count 0.
+template <typename T>
+inline void clear_h1_output(CloudOutput<T> out) {
+  for (index_t r = 0; r < out.h1_capacity; ++r) {
+    out.h1[2 * r] = out.h1[2 * r + 1] = T(0);
+    for (int c = 0; c < 4; ++c) out.h1_edges[4 * r + c] = -1;
+  }
+  *out.h1_count = 0;
+  *out.truncated = false;
+}
+
+// Writes the reduction's pairs in the diagram order (h1_pair_before), the first
+// out.h1_capacity of them, with their birth and death edges; every engine reports through it.
+template <typename T>
+inline void report_h1_pairs(const DistanceMatrix<T>& d, std::vector<H1Pair<T>>& pairs,
+                            CloudOutput<T> out) {
+  const index_t count = (index_t)pairs.size();
+  const index_t keep = count < out.h1_capacity ? count : out.h1_capacity;
+  std::partial_sort(pairs.begin(), pairs.begin() + keep, pairs.end(),
+                    [](const H1Pair<T>& a, const H1Pair<T>& b) { return h1_pair_before(a, b); });
+  *out.h1_count = count;
+  *out.truncated = count > out.h1_capacity;
+  for (index_t r = 0; r < keep; ++r) {
+    const H1Pair<T>& p = pairs[r];
+    index_t i, j;
+    edge_vertices(p.birth_edge, d.n, &i, &j);
+    out.h1[2 * r] = p.birth;
+    out.h1[2 * r + 1] = p.death;
+    out.h1_edges[4 * r] = j;
+    out.h1_edges[4 * r + 1] = i;
+    if (p.death_triangle >= 0)
+      death_edge(d, p.death_triangle, &out.h1_edges[4 * r + 2], &out.h1_edges[4 * r + 3]);
+  }
+}
+
 // Persistence of one cloud. `dist` is a dense symmetric (n, n) matrix with zero diagonal.
 // maxdim 0 computes H0 only (h1 rows all padding, count 0).
 // `chunks` and `run_chunks` split the apparent-pair sweep (see collect_h1_columns); the result
@@ -160,12 +195,7 @@ template <typename T, class RunChunks = SerialChunks>
 inline void vr_persistence_cloud(const T* dist, index_t n, int maxdim, CloudOutput<T> out,
                                  HostWorkspace<T>& ws, index_t chunks = 1,
                                  const RunChunks& run_chunks = RunChunks()) {
-  for (index_t r = 0; r < out.h1_capacity; ++r) {
-    out.h1[2 * r] = out.h1[2 * r + 1] = T(0);
-    for (int c = 0; c < 4; ++c) out.h1_edges[4 * r + c] = -1;
-  }
-  *out.h1_count = 0;
-  *out.truncated = false;
+  clear_h1_output(out);
   if (n <= 1) return;
 
   DistanceMatrix<T> d{dist, n};
@@ -190,24 +220,7 @@ inline void vr_persistence_cloud(const T* dist, index_t n, int maxdim, CloudOutp
                      run_chunks);
   run_h1_reduction(d, threshold, ws);
 
-  std::vector<H1Pair<T>>& pairs = ws.pairs;
-  const index_t count = (index_t)pairs.size();
-  const index_t keep = count < out.h1_capacity ? count : out.h1_capacity;
-  std::partial_sort(pairs.begin(), pairs.begin() + keep, pairs.end(),
-                    [](const H1Pair<T>& a, const H1Pair<T>& b) { return h1_pair_before(a, b); });
-  *out.h1_count = count;
-  *out.truncated = count > out.h1_capacity;
-  for (index_t r = 0; r < keep; ++r) {
-    const H1Pair<T>& p = pairs[r];
-    index_t i, j;
-    edge_vertices(p.birth_edge, n, &i, &j);
-    out.h1[2 * r] = p.birth;
-    out.h1[2 * r + 1] = p.death;
-    out.h1_edges[4 * r] = j;
-    out.h1_edges[4 * r + 1] = i;
-    if (p.death_triangle >= 0) death_edge(d, p.death_triangle, &out.h1_edges[4 * r + 2],
-                                          &out.h1_edges[4 * r + 3]);
-  }
+  report_h1_pairs(d, ws.pairs, out);
 }
 
 }  // namespace tsl

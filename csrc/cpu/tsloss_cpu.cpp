@@ -10,11 +10,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "../checks.h"
 #include "../core/pairwise_distance.h"
 #include "../core/tsloss_terms.h"
+#include "../core/vr_emulated.h"
 #include "../core/vr_engine.h"
 #include "cloud_glue.h"
 #include "distance_tiles.h"
@@ -37,6 +40,15 @@ at::Tensor distances_by_rows(const at::Tensor& x) {
                        .typed<at::Tensor(const at::Tensor&)>();
   at::AutoDispatchBelowADInplaceOrView guard;
   return op.call(x);
+}
+
+// TSLOSS_ENGINE=emulated: the diagrams come from the GPU engine's kernels on the host warp
+// emulation (core/vr_emulated.h), so that the loss suites check the device's algorithm on a
+// machine without a GPU, as persistence.py does for vr_persistence. Read at every call: a test
+// switches it within a process.
+bool emulated_engine() {
+  const char* e = std::getenv("TSLOSS_ENGINE");
+  return e != nullptr && std::strcmp(e, "emulated") == 0;
 }
 
 tsl::TermOptions term_options(bool has_prev, bool normalize, bool target_mode, double target,
@@ -137,8 +149,10 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
     const int64_t threads = at::get_num_threads();
     const int64_t sweep_chunks = B == 1 && N >= 64 && threads > 1 ? 4 * threads : 1;
     const int64_t work = N * N * (N + (fused ? D : 0));
+    const bool emulated = emulated_engine();
     at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
       tsl::HostWorkspace<scalar_t>& ws = thread_workspace<scalar_t>();
+      tsl::EmulatedWorkspace<scalar_t> emulated_ws;
       std::vector<double> sq;
       std::vector<scalar_t> h0(H0 * 2), h1(K * 2);
       bool truncated = false;
@@ -157,8 +171,11 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
         tsl::CloudOutput<scalar_t> out{h0.data(),         pe0 + b * H0 * 2, h1.data(),
                                        pe1 + b * K * 4,   pcount + b,       &truncated,
                                        K};
-        tsl::vr_persistence_cloud(db, N, static_cast<int>(maxdim), out, ws, sweep_chunks,
-                                  ParallelChunks());
+        if (emulated)
+          tsl::vr_persistence_cloud_emulated(db, N, static_cast<int>(maxdim), out, emulated_ws);
+        else
+          tsl::vr_persistence_cloud(db, N, static_cast<int>(maxdim), out, ws, sweep_chunks,
+                                    ParallelChunks());
         const tsl::CloudSums t = tsl::cloud_terms(
             h0.data(), N, h1.data(), K, pcount[b], s, pp0 ? pp0 + b * H0 : nullptr,
             pp1 ? pp1 + b * K : nullptr, opt, pt0 + b * H0, pt1 + b * K);
