@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "core/common.h"
@@ -92,6 +93,19 @@ inline void check_h1_capacity(int64_t max_h1, int64_t B, int64_t N, int64_t valu
               max_h1, " asks for ", bytes / double(1ull << 30), " GiB of H1 outputs, but a ",
               "cloud of ", N, " points has at most ", edges, " H1 bars; pass max_h1 <= ",
               edges);
+}
+
+// vr_persistence's six outputs, uninitialised, for B clouds of N points and H1 capacity K:
+// h0 (B, N-1, 2) and h1 (B, K, 2) of the input's dtype, h0_edges (B, N-1, 2), h1_edges
+// (B, K, 4) and h1_count (B,) int64, truncated (B,) bool. Every backend's kernel fills them.
+using Diagrams6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                             at::Tensor>;
+inline Diagrams6 empty_diagrams(const at::TensorOptions& opts, int64_t B, int64_t N, int64_t K) {
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  const auto iopts = opts.dtype(at::kLong);
+  return {at::empty({B, H0, 2}, opts), at::empty({B, H0, 2}, iopts),
+          at::empty({B, K, 2}, opts),  at::empty({B, K, 4}, iopts),
+          at::empty({B}, iopts),       at::empty({B}, opts.dtype(at::kBool))};
 }
 
 }  // namespace tsloss

@@ -127,14 +127,9 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   const bool fused = !distances && B >= 2 * at::get_num_threads();
   at::Tensor dist = distances || fused ? x_in.contiguous() : distances_cpu(x_in, kVr);
   auto opts = x_in.options();
-  auto iopts = opts.dtype(at::kLong);
   const int64_t H0 = N > 0 ? N - 1 : 0;
-  auto h0 = at::empty({B, H0, 2}, opts);
-  auto h0_edges = at::empty({B, H0, 2}, iopts);
-  auto h1 = at::empty({B, K, 2}, opts);
-  auto h1_edges = at::empty({B, K, 4}, iopts);
-  auto h1_count = at::empty({B}, iopts);
-  auto truncated = at::empty({B}, opts.dtype(at::kBool));
+  at::Tensor h0, h0_edges, h1, h1_edges, h1_count, truncated;
+  std::tie(h0, h0_edges, h1, h1_edges, h1_count, truncated) = empty_diagrams(opts, B, N, K);
   if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
 
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_cpu", [&] {

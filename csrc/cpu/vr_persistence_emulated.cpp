@@ -34,14 +34,9 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
           .typed<at::Tensor(const at::Tensor&)>();
   const at::Tensor dist = distances ? x_in.contiguous() : distance_op.call(x_in).contiguous();
   auto opts = x_in.options();
-  auto iopts = opts.dtype(at::kLong);
   const int64_t H0 = N > 0 ? N - 1 : 0;
-  auto h0 = at::empty({B, H0, 2}, opts);
-  auto h0_edges = at::empty({B, H0, 2}, iopts);
-  auto h1 = at::empty({B, K, 2}, opts);
-  auto h1_edges = at::empty({B, K, 4}, iopts);
-  auto h1_count = at::empty({B}, iopts);
-  auto truncated = at::empty({B}, opts.dtype(at::kBool));
+  at::Tensor h0, h0_edges, h1, h1_edges, h1_count, truncated;
+  std::tie(h0, h0_edges, h1, h1_edges, h1_count, truncated) = empty_diagrams(opts, B, N, K);
   if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_emulated_cpu", [&] {
     const scalar_t* pd = dist.data_ptr<scalar_t>();

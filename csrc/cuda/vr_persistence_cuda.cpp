@@ -76,14 +76,9 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
   check_h1_capacity(K, B, N, x.element_size());
   auto opts = x.options();
-  auto iopts = opts.dtype(at::kLong);
   const int64_t H0 = N > 0 ? N - 1 : 0;
-  auto h0 = at::empty({B, H0, 2}, opts);
-  auto h0_edges = at::empty({B, H0, 2}, iopts);
-  auto h1 = at::empty({B, K, 2}, opts);
-  auto h1_edges = at::empty({B, K, 4}, iopts);
-  auto h1_count = at::empty({B}, iopts);
-  auto truncated = at::empty({B}, opts.dtype(at::kBool));
+  at::Tensor h0, h0_edges, h1, h1_edges, h1_count, truncated;
+  std::tie(h0, h0_edges, h1, h1_edges, h1_count, truncated) = empty_diagrams(opts, B, N, K);
   if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();

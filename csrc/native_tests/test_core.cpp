@@ -7,23 +7,12 @@
 #include <utility>
 #include <vector>
 
+#include "check.h"
 #include "core/pairwise_distance.h"
 #include "core/vr_engine.h"
 #include "cpu/distance_tiles.h"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond, ...)                                             \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      ++g_failures;                                                  \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);    \
-      std::printf(__VA_ARGS__);                                      \
-      std::printf("\n");                                             \
-    }                                                                \
-  } while (0)
 
 template <typename T>
 struct Result {
@@ -448,10 +437,5 @@ int main() {
   test_index_decoding();
   run_all<float>();
   run_all<double>();
-  if (g_failures) {
-    std::printf("%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("all core checks passed\n");
-  return 0;
+  return tsl_test::finish_checks("core");
 }

@@ -25,22 +25,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "core/pairwise_distance.h"
 #include "core/vr_emulated.h"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      ++g_failures;                                               \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-    }                                                             \
-  } while (0)
 
 using tsl::HostBlock;
 using tsl::HostWarp;
@@ -312,7 +301,7 @@ bool compare_cloud(const std::vector<double>& pts, int64_t n, int64_t dim, uint6
     (void)d;
   }
   if (!ok) {
-    ++g_failures;
+    ++tsl_test::failures();
     std::printf("FAIL %s n=%lld dim=%lld %s seed=%llu warps=%d: emulated kernels differ from the "
                 "scalar engine (count %lld vs %lld, columns %zu vs %zu)\n",
                 what, (long long)n, (long long)dim, sizeof(T) == 4 ? "float" : "double",
@@ -443,10 +432,5 @@ int main(int argc, char** argv) {
   test_block_sort();
   test_parity(big, mid);
   if (counters) print_counters();
-  if (g_failures) {
-    std::printf("%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("all warp checks passed\n");
-  return 0;
+  return tsl_test::finish_checks("warp");
 }
