@@ -30,8 +30,13 @@ def _png(path: str) -> bool:
 def problems(run_dir: str, analysis_dir: Optional[str] = None) -> List[str]:
     """Everything wrong with a run folder (empty list: it is as documented)."""
     bad: List[str] = []
-    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        text = f.read()
+    summary = json.loads(text)
     cfg = summary["config"]
+    for home in {os.path.expanduser("~"), os.path.abspath(run_dir)} - {"/", ""}:
+        if home in text:
+            bad.append(f"summary.json names the folder {home} of this machine")
     rows = _rows(os.path.join(run_dir, "metrics.csv"))
     runs = summary["runs"]
     steps = sorted({0, cfg["max_steps"], *range(0, cfg["max_steps"] + 1, cfg["log_every"])})
@@ -39,12 +44,14 @@ def problems(run_dir: str, analysis_dir: Optional[str] = None) -> List[str]:
         bad.append(f"metrics.csv has {len(rows)} rows, expected {len(runs)} runs x {len(steps)}")
     for r in rows:
         for k, v in r.items():
-            if v == "" or (k != "regularizer" and (v.startswith("-0.0")
+            if v == "" or (k not in ("regularizer", "variant") and (v.startswith("-0.0")
                                                    or not math.isfinite(float(v)))):
                 bad.append(f"metrics.csv step {r['step']}: column {k} is {v!r}")
     for res in runs:
-        reg, seed = res["regularizer"], res["seed"]
-        mine = [r for r in rows if r["regularizer"] == reg and int(r["seed"]) == seed]
+        # A comparison's named variants (tsloss_stab, tsloss_w0.3) share a regulariser.
+        reg, seed = res.get("variant") or res["regularizer"], res["seed"]
+        mine = [r for r in rows if r.get("variant", r["regularizer"]) == reg
+                and int(r["seed"]) == seed]
         if [int(r["step"]) for r in mine] != steps:
             bad.append(f"metrics.csv steps of {reg} seed {seed}: {[r['step'] for r in mine]}")
         ck = os.path.join(run_dir, "checkpoints", f"{reg}_seed{seed}")
@@ -54,7 +61,8 @@ def problems(run_dir: str, analysis_dir: Optional[str] = None) -> List[str]:
         if not os.path.isfile(os.path.join(run_dir, "prompts", f"prompt_{reg}_seed{seed}.pt")):
             bad.append(f"no final prompt for {reg} seed {seed}")
     if not cfg["no_plots"]:
-        figs = ["curves.png", "topology.png"] + [f"diagrams_{r['regularizer']}.png" for r in runs]
+        figs = ["curves.png", "topology.png"] + [
+            f"diagrams_{r.get('variant') or r['regularizer']}.png" for r in runs]
         bad += [f"{f} missing or not a PNG" for f in figs
                 if not (os.path.isfile(os.path.join(run_dir, f)) and _png(os.path.join(run_dir, f)))]
     if analysis_dir:

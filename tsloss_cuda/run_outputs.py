@@ -4,26 +4,57 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Dict, List
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 import torch
 
-#: metrics.csv columns first in this order; the topology columns follow.
-LEAD_COLUMNS = ("regularizer", "seed", "step", "val_acc", "task_loss", "reg_loss")
+#: metrics.csv columns first in this order (``variant`` only in comparisons with named
+#: variants); the topology columns follow.
+LEAD_COLUMNS = ("regularizer", "variant", "seed", "step", "val_acc", "task_loss", "reg_loss")
 
 
 def _mean_std(v: List[float]) -> str:
     return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "n/a"
 
 
+def variant(res: Mapping) -> str:
+    """The run's variant (``tsloss_stab``, ``tsloss_w0.3``, ...), else its regulariser."""
+    return res.get("variant") or res["regularizer"]
+
+
+def portable_path(path: str, out: str) -> str:
+    """``path`` relative to the output folder when it exists on disk (a model folder, the data
+    CSV), else unchanged (a model name): summaries must not name this machine's folders."""
+    if not isinstance(path, str) or not os.path.exists(path):
+        return path
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(out)).replace(os.sep, "/")
+
+
+#: Job arguments that name files or folders.
+PATH_ARGS = ("model", "data", "output_dir")
+
+
+def portable_config(args: Any, out: str) -> Dict[str, Any]:
+    """``vars(args)`` with the path arguments made relative to ``out`` (see portable_path)."""
+    cfg = dict(vars(args))
+    for k in PATH_ARGS:
+        if k in cfg:
+            cfg[k] = portable_path(cfg[k], out)
+    return cfg
+
+
 def compare_table(results: List[Dict], regs: List[str], target: float) -> str:
-    """Markdown table: one row per regulariser, aggregated over seeds."""
+    """Markdown table: one row per variant (regulariser, or named variant such as
+    ``tsloss_stab``), aggregated over seeds; ``regs`` variants first, in that order."""
+    regs = list(regs) + [v for v in dict.fromkeys(variant(r) for r in results) if v not in regs]
     lines = [f"| regularizer | steps to val acc ≥ {target:.2f} (mean ± std, reached/runs) | "
              "final val acc (mean ± std) | s/step | regulariser share of step time |",
              "|---|---|---|---|---|"]
     for reg in regs:
-        rs = [r for r in results if r["regularizer"] == reg]
+        rs = [r for r in results if variant(r) == reg]
+        if not rs:
+            continue
         hit = [r["steps_to_target"] for r in rs if r["steps_to_target"] is not None]
         steps = (f"{np.mean(hit):.0f} ± {np.std(hit):.0f} ({len(hit)}/{len(rs)})" if hit
                  else f"not reached (0/{len(rs)})")
@@ -43,17 +74,35 @@ def write_metrics(path: str, rows: List[Dict]) -> None:
         w.writerows(rows)
 
 
+def metrics_rows(results: Sequence[Mapping]) -> List[Dict]:
+    """Every run's rows; with named variants a ``variant`` column follows ``regularizer``."""
+    named = any(variant(r) != r["regularizer"] for r in results)
+    rows = []
+    for res in results:
+        for r in res["rows"]:
+            rows.append({"regularizer": r["regularizer"], "variant": variant(res), **r}
+                        if named else dict(r))
+    return rows
+
+
 def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_path: str,
                   task: str, world: int, total_s: float) -> str:
-    """metrics.csv, summary.json, prompts/*.pt, PNG plots; returns the comparison table."""
+    """metrics.csv, summary.json, prompts/*.pt, PNG plots; returns the comparison table.
+
+    ``results`` are :func:`tsloss_cuda.train.train_one`'s dicts, or the same loaded back by
+    :func:`tsloss_cuda.compare.load_run` (``variant``/``run_id`` then name the runs).
+    ``summary.json`` names no folder of this machine: paths are relative to ``out``, and a
+    model given by name stays a name.
+    """
     os.makedirs(os.path.join(out, "prompts"), exist_ok=True)
-    write_metrics(os.path.join(out, "metrics.csv"), [r for res in results for r in res["rows"]])
+    write_metrics(os.path.join(out, "metrics.csv"), metrics_rows(results))
     for res in results:
         torch.save(res["prompt"], os.path.join(
-            out, "prompts", f"prompt_{res['regularizer']}_seed{res['seed']}.pt"))
+            out, "prompts", f"prompt_{variant(res)}_seed{res['seed']}.pt"))
     table = compare_table(results, regs, args.target_acc)
+    model = portable_path(model_path, out) if os.path.exists(str(args.model)) else args.model
     summary = {
-        "config": dict(vars(args)), "model_path": model_path, "task": task,
+        "config": portable_config(args, out), "model": model, "task": task,
         "world_size": world, "total_seconds": total_s, "table_markdown": table,
         "runs": [{k: v for k, v in r.items() if k not in ("rows", "snapshots", "prompt")}
                  for r in results],
@@ -63,8 +112,8 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
     if not args.no_plots:
         from tsloss_cuda import plots
         first: Dict[str, Dict] = {}
-        for res in results:  # curves: the first seed of each regulariser
-            first.setdefault(res["regularizer"], res)
+        for res in results:  # curves: the first seed of each variant
+            first.setdefault(variant(res), res)
         by_run = {f"{k} (seed {v['seed']})": v["rows"] for k, v in first.items()}
         plots.plot_curves(by_run, os.path.join(out, "curves.png"),
                           title="Soft prompt tuning: " + ", ".join(by_run))

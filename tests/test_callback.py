@@ -1,0 +1,91 @@
+"""TSLossCallback in a real Trainer run of PEFT prompt tuning on a tiny random causal LM."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from tsloss_cuda.callback import TSLossCallback  # noqa: E402
+from tsloss_cuda.loss import loss as tsloss  # noqa: E402
+from tsloss_cuda.prompt_tuning import prompt_parameters  # noqa: E402
+
+LR, WEIGHT = 0.1, 0.5
+
+
+def _model():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=4, intermediate_size=64)
+    base = transformers.LlamaForCausalLM(cfg)
+    return peft.get_peft_model(base, peft.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                             num_virtual_tokens=6))
+
+
+def _data(n=16, length=8):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 64, (n, length), generator=g)
+    return [{"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x} for x in ids]
+
+
+class Record(transformers.TrainerCallback):
+    """The prompt before training and after the first optimizer step; every logs dict seen."""
+
+    def __init__(self):
+        self.prompts, self.logs = [], []
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.prompts.append(prompt_parameters(model).detach().clone())
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step == 1:
+            self.prompts.append(prompt_parameters(model).detach().clone())
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        self.logs.append(dict(logs))
+
+
+def _train(tmp_path, callback, accumulation):
+    model, rec = _model(), Record()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, logging_steps=1, report_to=[], use_cpu=True,
+        optim="sgd", learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=0.0,
+        per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation,
+        save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_data(),
+                                   callbacks=[rec])
+    if callback is not None:
+        callback.install(trainer)
+    trainer.train()
+    return rec, trainer
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_callback_adds_the_tsloss_gradient(tmp_path, accumulation):
+    plain, _ = _train(tmp_path / "plain", None, accumulation)
+    cb = TSLossCallback(WEIGHT)
+    with_ts, trainer = _train(tmp_path / "ts", cb, accumulation)
+    p0 = with_ts.prompts[0]
+    assert torch.equal(p0, plain.prompts[0])  # same start, same batches
+    x = p0.clone().requires_grad_()
+    (g,) = torch.autograd.grad(tsloss(x), x)
+    # SGD: p1 = p0 - lr·(g_task + weight·g_ts), and g_task is the same in both runs.
+    diff = with_ts.prompts[1] - plain.prompts[1]
+    assert g.abs().max() > 1e-3
+    torch.testing.assert_close(diff, -LR * WEIGHT * g, atol=2e-6, rtol=1e-4)
+
+    keys = ["topology/" + k for k in ("h0_count", "h1_count", "h0_total", "ts_connectivity",
+                                       "ts_redundancy", "ts_stability", "tsloss")]
+    train_logs = [l for l in with_ts.logs if "loss" in l]
+    assert len(train_logs) == 3  # a reporter registered after it sees the keys
+    for logs in train_logs:
+        assert all(k in logs for k in keys), sorted(logs)
+    assert train_logs[0]["topology/ts_stability"] == 0.0  # no previous log yet
+    assert train_logs[1]["topology/ts_stability"] > 0.0
+    hist = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(k in h for h in hist for k in keys)
+    assert not any(k.startswith("topology/") for l in plain.logs for k in l)
+
+
+def test_weight_must_be_nonnegative():
+    with pytest.raises(ValueError, match="weight"):
+        TSLossCallback(-1.0)

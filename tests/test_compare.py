@@ -1,0 +1,253 @@
+"""Comparison statistics (hand-computed values) and the resumable comparison runner."""
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from check_job_outputs import problems
+from tsloss_cuda import stats
+from tsloss_cuda._cli import CLIError
+from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_specs, load_run,
+                                 run_comparison)
+from tsloss_cuda.run_outputs import write_outputs
+
+
+def _rows(steps, accs, **cols):
+    return [dict(step=s, val_acc=a, **{k: v[i] for k, v in cols.items()})
+            for i, (s, a) in enumerate(zip(steps, accs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+def test_steps_to_target_and_censoring():
+    rows = _rows([0, 5, 10, 15], [0.1, 0.5, 0.85, 0.9])
+    assert stats.steps_to_target(rows, 0.8) == 10
+    assert stats.steps_to_target(rows, 0.1) == 0
+    assert stats.steps_to_target(rows, 0.95) is None
+    assert stats.censored_steps(rows, 0.8) == 10
+    assert stats.censored_steps(rows, 0.95) == 20  # never reached: last step + log interval
+
+
+def test_accuracy_auc():
+    assert stats.accuracy_auc(_rows([0, 10, 20], [0.0, 0.5, 1.0])) == pytest.approx(0.5)
+    # (10·(0.2+0.6)/2 + 20·(0.6+0.6)/2) / 30 = 16/30, uneven steps weigh by their length
+    assert stats.accuracy_auc(_rows([0, 10, 30], [0.2, 0.6, 0.6])) == pytest.approx(16 / 30)
+    assert stats.accuracy_auc(_rows([0, 10], [1.0, 1.0])) == 1.0
+    assert stats.accuracy_auc(_rows([0], [0.4])) == 0.4
+
+
+def test_ranks_and_spearman():
+    assert stats.ranks([10, 20, 20, 30]).tolist() == [1, 2.5, 2.5, 4]
+    assert stats.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    # no ties: 1 - 6 Σd² / (n(n²-1)) = 1 - 6·4/120
+    assert stats.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    # ties: ranks (1, 2.5, 2.5, 4) vs (1, 2, 3, 4): 4.5 / sqrt(4.5 · 5) = sqrt(0.9)
+    assert stats.spearman([1, 2, 2, 3], [10, 20, 30, 40]) == pytest.approx(math.sqrt(0.9))
+    assert math.isnan(stats.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_spearman_matches_scipy(rng):
+    sp = pytest.importorskip("scipy.stats")
+    x, y = rng.integers(0, 5, 30), rng.integers(0, 5, 30)  # many ties
+    assert stats.spearman(x, y) == pytest.approx(sp.spearmanr(x, y)[0])
+
+
+def test_spearman_interval():
+    x = np.arange(12.0)
+    iv = stats.spearman_interval(x, x ** 3, n_boot=500)
+    assert iv.value == 1 and iv.n == 12 and iv.low == pytest.approx(1) and iv.excludes_zero(+1)
+    iv = stats.spearman_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5], n_boot=500, seed=3)
+    assert iv.low <= iv.value <= iv.high
+    assert iv == stats.spearman_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5], n_boot=500,
+                                         seed=3)  # a fixed RNG seed: reproducible
+
+
+def test_paired_difference():
+    var, base = {0: 3.0, 1: 5.0, 2: 4.0}, {0: 1.0, 1: 2.0, 2: 4.0, 3: 9.0}  # seed 3 unpaired
+    iv = stats.paired_difference(var, base, n_boot=2000)
+    assert iv.value == pytest.approx(5 / 3) and iv.n == 3  # differences 2, 3, 0
+    assert 0 <= iv.low <= iv.value <= iv.high <= 3  # a mean of resampled differences
+    assert iv == stats.paired_difference(var, base, n_boot=2000)
+    same = stats.paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})
+    assert same == (1.0, 1.0, 1.0, 2) and same.excludes_zero(+1) and not same.excludes_zero(-1)
+    one = stats.paired_difference({0: 2.0}, {0: 1.0})
+    assert one.value == 1 and math.isnan(one.low) and not one.excludes_zero(+1)
+
+
+def test_by_seed_uses_censored_steps():
+    res = [{"regularizer": "tsloss", "variant": "tsloss_w1", "seed": s,
+            "rows": _rows([0, 5, 10], [0.1, 0.2, 0.9 if s else 0.3])} for s in (0, 1)]
+    assert stats.by_seed(res, "tsloss_w1", "steps_to_target", 0.8) == {0: 15.0, 1: 10.0}
+    assert stats.by_seed(res, "tsloss", "final_acc", 0.8) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+
+def test_comparison_specs():
+    specs = comparison_specs(["none", "l2", "pairwise", "tsloss"], [0, 3], [0.03, 0.1, 0.3],
+                             stability_weight=0.5, base_weight=0.1)
+    ids = [s.run_id for s in specs]
+    assert ids[:7] == ["none_seed0", "l2_seed0", "pairwise_seed0", "tsloss_seed0",
+                       "tsloss_stab_seed0", "tsloss_w0.03_seed0", "tsloss_w0.3_seed0"]
+    assert len(ids) == 14 and "tsloss_w0.3_seed3" in ids
+    stab = specs[4]
+    assert stab.regularizer == "tsloss" and dict(stab.overrides) == {"ts_stability": 0.5}
+    args = argparse.Namespace(reg_weight=0.1, ts_stability=0.0)
+    assert apply_overrides(args, specs[6]).reg_weight == 0.3 and args.reg_weight == 0.1
+    with pytest.raises(ValueError, match="not a job argument"):
+        apply_overrides(args, RunSpec("tsloss", 0, (("nope", 1.0),)))
+
+
+STEPS = [0, 5, 10]
+
+
+def fake_train(spec: RunSpec):
+    """Deterministic, fast stand-in for train_one."""
+    w = dict(spec.overrides).get("reg_weight", 0.1)
+    g = torch.Generator().manual_seed(spec.seed * 100 + len(spec.variant))
+    acc = [0.3, 0.5 + 0.1 * spec.seed, min(0.6 + w + 0.05 * spec.seed, 1.0)]
+    topo = {k: [float(torch.rand((), generator=g)) for _ in STEPS]
+            for k in ("h0_total", "ts_connectivity", "ts_redundancy", "ts_stability")}
+    rows = [{"regularizer": spec.regularizer, "seed": spec.seed, "step": s, "val_acc": a,
+             "task_loss": 1.0 - a, "reg_loss": w, **{k: v[i] for k, v in topo.items()}}
+            for i, (s, a) in enumerate(zip(STEPS, acc))]
+    snaps = {f"step {s}": [np.array([[0.0, 0.5], [0.0, np.inf]]), np.zeros((0, 2))]
+             for s in (0, 10)}
+    return {"regularizer": spec.regularizer, "seed": spec.seed, "rows": rows,
+            "snapshots": snaps, "prompt": torch.randn(4, 3, generator=g),
+            "final_acc": acc[-1], "steps_to_target": stats.steps_to_target(rows, 0.8),
+            "sec_per_step": 0.01, "reg_share": 0.1}
+
+
+SPECS = comparison_specs(["none", "tsloss"], [0, 1], [0.1, 0.3], stability_weight=1.0,
+                         base_weight=0.1)
+CONFIG = {"max_steps": 10, "lr": 0.01, "model": "tiny"}
+
+
+def _files(d):
+    out = {}
+    for sub in ("runs", "prompts"):
+        for f in sorted(os.listdir(os.path.join(d, sub))):
+            out[f"{sub}/{f}"] = open(os.path.join(d, sub, f), "rb").read()
+    return out
+
+
+def test_resume_trains_only_missing_runs(tmp_path):
+    full = run_comparison(str(tmp_path / "a"), SPECS, fake_train, CONFIG, quiet=True)
+    assert [r["run_id"] for r in full] == [s.run_id for s in SPECS] and len(full) == 8
+
+    calls = []
+
+    def flaky(spec):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the job were stopped during the third run
+        calls.append(spec.run_id)
+        return fake_train(spec)
+
+    b = str(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(b, SPECS, flaky, CONFIG, quiet=True)
+    assert sorted(os.listdir(os.path.join(b, "runs"))) == sorted(f"{i}.json" for i in calls)
+    assert not [f for f in os.listdir(os.path.join(b, "prompts")) if ".tmp" in f]
+
+    again = []
+    resumed = run_comparison(b, SPECS, lambda s: again.append(s.run_id) or fake_train(s),
+                             CONFIG, quiet=True)
+    assert again == [s.run_id for s in SPECS][2:]  # only the missing runs are trained
+    assert _files(b) == _files(str(tmp_path / "a"))
+    assert json.dumps([{k: v for k, v in r.items() if k not in ("prompt", "snapshots")}
+                       for r in resumed]) == \
+        json.dumps([{k: v for k, v in r.items() if k not in ("prompt", "snapshots")}
+                    for r in full])
+    assert all(torch.equal(x["prompt"], y["prompt"]) for x, y in zip(resumed, full))
+    # A third start trains nothing.
+    assert run_comparison(b, SPECS, lambda s: pytest.fail("retrained"), CONFIG, quiet=True)
+
+
+def test_other_config_is_refused(tmp_path):
+    out = str(tmp_path)
+    run_comparison(out, SPECS[:1], fake_train, CONFIG, quiet=True)
+    with pytest.raises(CLIError, match="--output-dir") as e:
+        run_comparison(out, SPECS[:1], fake_train, dict(CONFIG, lr=0.02), quiet=True)
+    assert "lr=0.01" in str(e.value) and "\n" not in str(e.value)
+    other = RunSpec("tsloss", 0, (("ts_stability", 2.0),), "tsloss_stab")
+    run_comparison(out, [s for s in SPECS if s.run_id == "tsloss_stab_seed0"], fake_train,
+                   CONFIG, quiet=True)
+    with pytest.raises(CLIError, match="--output-dir .* tsloss_stab_seed0"):
+        run_comparison(out, [other], fake_train, CONFIG, quiet=True)
+    # More seeds with the same settings extend the folder.
+    more = comparison_specs(["none"], [0, 5])
+    assert [r["seed"] for r in run_comparison(out, more, fake_train, CONFIG, quiet=True)] == [0, 5]
+
+
+def test_outputs_from_loaded_runs(tmp_path):
+    """write_outputs from results read back from disk: documented files, no absolute paths."""
+    out = tmp_path / "cmp"
+    data = tmp_path / "data.csv"
+    data.write_text("text,label,split\n")
+    results = run_comparison(str(out), SPECS, fake_train, CONFIG, quiet=True)
+    loaded = [load_run(str(out), s.run_id) for s in SPECS]
+    assert np.isinf(loaded[0]["snapshots"]["step 0"][0][1, 1])
+    args = argparse.Namespace(model="tiny-model", data=str(data), output_dir=str(out),
+                              max_steps=10, log_every=5, checkpoint_every=0, target_acc=0.8,
+                              no_plots=False)
+    table = write_outputs(str(out), args, loaded, ["none", "tsloss"], "/abs/models/tiny",
+                          "causal", 1, 1.0)
+    assert "| tsloss_stab |" in table and "| tsloss_w0.3 |" in table
+    assert problems(str(out)) == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "tiny-model" and summary["config"]["data"] == "../data.csv"
+    assert summary["config"]["output_dir"] == "."
+    assert str(tmp_path) not in (out / "summary.json").read_text()
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("regularizer,variant,seed,step,val_acc,task_loss,reg_loss,")
+    assert len(results) == len(summary["runs"]) == 8
+
+
+def test_report_says_what_held(tmp_path):
+    """python/compare_report.py on a fake comparison: tsloss_w0.3 beats the baseline's final
+    accuracy by 0.2, 0.2, 0.2, 0.15 on seeds 0-3, so claim 2 holds; the plain tsloss equals the baseline and holds nothing."""
+    import subprocess
+    import sys
+    out = str(tmp_path)
+    specs = comparison_specs(["none", "tsloss"], [0, 1, 2, 3], [0.1, 0.3], base_weight=0.1)
+    run_comparison(out, specs, fake_train, {"reg_weight": 0.1, "target_acc": 0.8}, quiet=True)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "python", "compare_report.py")
+
+    def report(*extra):
+        r = subprocess.run([sys.executable, script, out, "--n-boot", "500", *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    text = report("--variant", "tsloss_w0.3")
+    first = text.split("\n\n")[1]
+    assert "From 12 runs (3 variants, seeds 0, 1, 2, 3)" in first
+    assert "**claim 2 (higher final accuracy) held** (+0.187, [+0.163, +0.200])" in first
+    assert "| 0.3 | tsloss_w0.3 |" in text and "| 0.1 | tsloss |" in text
+    assert "| tsloss_w0.3 | final accuracy (+) | +0.187 | [+0.163, +0.200] | 4 |" in text
+    assert "Spearman" in text
+    assert "claim 2 (higher final accuracy) did not hold" in report()
+
+
+def test_comparison_config_and_readonly_rank(tmp_path):
+    from tsloss_cuda.compare import comparison_config
+    data = tmp_path / "d.csv"
+    data.write_text("x")
+    args = argparse.Namespace(model="gemma-3-270m", data=str(data),
+                              output_dir=str(tmp_path / "o"), quiet=True, seeds=[0, 1], lr=0.01, reg_weight=0.1)
+    cfg = comparison_config(args, str(tmp_path / "o"))
+    assert cfg == {"model": "gemma-3-270m", "data": "../d.csv", "lr": 0.01, "reg_weight": 0.1}
+    # Ranks other than 0 of a distributed job train the missing runs but write nothing.
+    out = str(tmp_path / "o")
+    run_comparison(out, SPECS[:1], fake_train, cfg, quiet=True)
+    before = _files(out)
+    res = run_comparison(out, SPECS[:3], fake_train, cfg, quiet=True, write=False)
+    assert [r["run_id"] for r in res] == [s.run_id for s in SPECS[:3]] and _files(out) == before

@@ -1,0 +1,266 @@
+"""Resumable comparison of regularisers: each run is written as soon as it finishes.
+
+Layout of the output folder::
+
+    comparison.json         the configuration and every run spec ever asked for
+    runs/<run_id>.json      one finished run: spec, summary fields, metrics rows, snapshots
+    prompts/prompt_<run_id>.pt   its final (N, D) prompt
+
+Started again on the same folder with the same configuration, :func:`run_comparison` loads the
+finished runs and trains only the missing ones, so a long comparison survives an interruption.
+A different configuration for the same folder is refused (one line naming ``--output-dir``).
+Files are written to a temporary name and renamed, so a killed job leaves no half-written run.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ._cli import CLIError
+
+CONFIG_FILE = "comparison.json"
+#: Result keys kept out of ``runs/<id>.json`` (the prompt has its own file).
+_NOT_IN_JSON = ("prompt",)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One named run of a comparison.
+
+    regularizer: ``none``, ``l2``, ``pairwise`` or ``tsloss``. seed: seeds the prompt's
+    initialisation and the data order. overrides: ``(name, value)`` pairs set on the job's
+    arguments for this run only (e.g. ``("reg_weight", 0.3)``). name: the variant, shared by all
+    seeds (default: the regulariser).
+    """
+
+    regularizer: str
+    seed: int
+    overrides: Tuple[Tuple[str, float], ...] = ()
+    name: str = ""
+
+    @property
+    def variant(self) -> str:
+        return self.name or self.regularizer
+
+    @property
+    def run_id(self) -> str:
+        """Stable file name of the run, e.g. ``tsloss_w0.3_seed3``."""
+        return f"{self.variant}_seed{self.seed}"
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"regularizer": self.regularizer, "seed": self.seed, "variant": self.variant,
+                "overrides": dict(self.overrides)}
+
+
+def comparison_specs(regs: Sequence[str], seeds: Sequence[int], weights: Sequence[float] = (),
+                     stability_weight: float = 0.0, base_weight: Optional[float] = None
+                     ) -> List[RunSpec]:
+    """The runs of ``--compare``: every regulariser, ``tsloss_stab`` and a TSLoss weight sweep.
+
+    Args:
+        regs: regularisers run at the job's own settings (e.g. none, l2, pairwise, tsloss).
+        seeds: every variant runs with each seed (the seed fixes the data order, so runs pair
+            by seed).
+        weights: TSLoss weights of the sweep, variants ``tsloss_w<weight>``; a weight equal to
+            ``base_weight`` is the plain ``tsloss`` variant and is not run twice.
+        stability_weight: > 0 adds ``tsloss_stab``: TSLoss with this stability weight.
+        base_weight: the job's ``--reg-weight``.
+
+    Returns:
+        specs ordered seed-major (every variant of seed 0 first), so an interrupted
+        comparison already holds complete seeds to pair.
+    """
+    variants: List[Tuple[str, Tuple[Tuple[str, float], ...], str]] = [(r, (), "") for r in regs]
+    if stability_weight > 0:
+        variants.append(("tsloss", (("ts_stability", float(stability_weight)),), "tsloss_stab"))
+    for w in weights:
+        if base_weight is not None and math.isclose(w, base_weight) and "tsloss" in regs:
+            continue
+        variants.append(("tsloss", (("reg_weight", float(w)),), f"tsloss_w{w:g}"))
+    return [RunSpec(r, int(s), o, n) for s in seeds for r, o, n in variants]
+
+
+#: Job arguments that change no result of a run (or that the specs carry), left out of the
+#: configuration a comparison folder must match.
+NOT_CONFIG = ("output_dir", "quiet", "no_plots", "threads", "compare", "seeds", "seed",
+              "regularizer", "checkpoint_every")
+
+
+def comparison_config(args: Any, out_dir: str, ignore: Sequence[str] = ()) -> Dict[str, Any]:
+    """The job's settings that a comparison folder records and must match on a restart:
+    ``vars(args)`` without :data:`NOT_CONFIG` and ``ignore``, paths relative to ``out_dir``."""
+    from .run_outputs import portable_config
+    cfg = portable_config(args, out_dir)
+    return {k: v for k, v in cfg.items() if k not in NOT_CONFIG and k not in ignore}
+
+
+def apply_overrides(args: Any, spec: RunSpec) -> Any:
+    """A shallow copy of an ``argparse.Namespace`` with the spec's overrides set."""
+    out = copy.copy(args)
+    for k, v in spec.overrides:
+        if not hasattr(out, k):
+            raise ValueError(f"override {k!r} of run {spec.run_id} is not a job argument")
+        setattr(out, k, v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+def _atomic(path: str, write: Callable[[str], None]) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+    _atomic(path, write)
+
+
+def _encode(v: Any) -> Any:
+    """JSON-safe: arrays -> lists, infinities (H0's infinite bar) -> ``"inf"``."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, dict):
+        return {k: _encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x) for x in v]
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def _decode_snapshots(snaps: Mapping[str, list]) -> Dict[str, List[np.ndarray]]:
+    def arr(a: list) -> np.ndarray:
+        x = np.array([[float(v) for v in row] for row in a], dtype=float)
+        return x.reshape(-1, 2)
+    return {k: [arr(h) for h in hs] for k, hs in snaps.items()}
+
+
+def prompt_path(out_dir: str, run_id: str) -> str:
+    return os.path.join(out_dir, "prompts", f"prompt_{run_id}.pt")
+
+
+def save_run(out_dir: str, spec: RunSpec, result: Mapping[str, Any]) -> None:
+    """Write one finished run (prompt first, so a ``runs/<id>.json`` always has its prompt)."""
+    os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "prompts"), exist_ok=True)
+    _atomic(prompt_path(out_dir, spec.run_id),
+            lambda tmp: torch.save(result["prompt"].detach().cpu().clone(), tmp))
+    body = {k: _encode(v) for k, v in result.items() if k not in _NOT_IN_JSON}
+    body.update(spec.to_json(), run_id=spec.run_id)
+    _write_json(os.path.join(out_dir, "runs", f"{spec.run_id}.json"), body)
+
+
+def load_run(out_dir: str, run_id: str) -> Optional[Dict[str, Any]]:
+    """A finished run as :func:`save_run` wrote it (prompt tensor included), or None."""
+    path = os.path.join(out_dir, "runs", f"{run_id}.json")
+    if not (os.path.isfile(path) and os.path.isfile(prompt_path(out_dir, run_id))):
+        return None
+    with open(path) as f:
+        res = json.load(f)
+    res["snapshots"] = _decode_snapshots(res.get("snapshots") or {})
+    res["prompt"] = torch.load(prompt_path(out_dir, run_id), map_location="cpu")
+    return res
+
+
+def _check_config(out_dir: str, config: Mapping[str, Any], specs: Sequence[RunSpec],
+                  write: bool) -> None:
+    """Refuse a folder made with another configuration; record this one (and new specs)."""
+    path = os.path.join(out_dir, CONFIG_FILE)
+    config = json.loads(json.dumps(_encode(dict(config))))  # compare as it is stored
+    known: Dict[str, Any] = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        for k in sorted(set(old["config"]) | set(config)):
+            if old["config"].get(k) != config.get(k):
+                raise CLIError(
+                    f"--output-dir {out_dir} holds a comparison with {k}={old['config'].get(k)!r}"
+                    f", not {config.get(k)!r}: use another --output-dir or the same settings")
+        known = old["specs"]
+    for s in specs:
+        if s.run_id in known and known[s.run_id] != s.to_json():
+            raise CLIError(f"--output-dir {out_dir} holds run {s.run_id} with "
+                           f"{known[s.run_id]['overrides']}, not {dict(s.overrides)}: use "
+                           "another --output-dir or the same settings")
+        known[s.run_id] = s.to_json()
+    if write:
+        _write_json(path, {"config": config, "specs": known})
+
+
+def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[RunSpec], Dict],
+                   config: Mapping[str, Any], *, quiet: bool = False, write: bool = True
+                   ) -> List[Dict[str, Any]]:
+    """Train every spec not yet finished in ``out_dir``; return all results in spec order.
+
+    Args:
+        out_dir: the comparison folder (created).
+        specs: the runs, e.g. from :func:`comparison_specs`.
+        train_fn: trains one run: ``spec -> result dict`` with ``rows`` (list of metrics rows),
+            ``prompt`` (``(N, D)`` tensor), ``snapshots`` (label -> ``[H0, H1]`` arrays) and
+            JSON-able summary fields (``final_acc``, ``steps_to_target``, ...).
+        config: JSON-able settings the results depend on (no paths of this machine); a folder
+            made with other settings is refused with a :class:`CLIError`.
+        quiet: no progress bar.
+        write: False on the ranks other than 0 of a distributed job: they train the same
+            missing runs (which runs are done is read before any rank can finish one, since
+            training is collective) but write nothing, and return their own results.
+
+    Returns:
+        One result per spec, each with ``run_id``, ``variant``, ``overrides`` added; finished
+        runs are loaded from disk, so a resumed comparison returns what an uninterrupted one
+        would.
+    """
+    from tqdm.auto import tqdm
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"run ids repeat: {sorted(i for i in set(ids) if ids.count(i) > 1)}")
+    if write:
+        os.makedirs(out_dir, exist_ok=True)
+    _check_config(out_dir, config, specs, write)
+    done = {s.run_id: load_run(out_dir, s.run_id) for s in specs}
+    todo = [s for s in specs if done[s.run_id] is None]
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="comparison", unit="run",
+               disable=quiet, dynamic_ncols=True)
+    spent: List[float] = []
+    try:
+        for i, spec in enumerate(todo):
+            if spent:  # time left from this process's own runs (loaded ones took unknown time)
+                left = np.mean(spent) * (len(todo) - i)
+                bar.set_postfix_str(f"{spec.run_id}, ~{_hms(left)} left")
+            else:
+                bar.set_postfix_str(spec.run_id)
+            t0 = time.perf_counter()
+            result = train_fn(spec)
+            spent.append(time.perf_counter() - t0)
+            if write:  # returned as read back, so a resumed comparison returns the same
+                save_run(out_dir, spec, result)
+                done[spec.run_id] = load_run(out_dir, spec.run_id)
+            else:
+                done[spec.run_id] = dict(result, **spec.to_json(), run_id=spec.run_id)
+            bar.update(1)
+    finally:
+        bar.close()
+    return [done[i] for i in ids]
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
