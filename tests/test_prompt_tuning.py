@@ -7,7 +7,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from tsloss_cuda.loss import loss as ts_loss  # noqa: E402
-from tsloss_cuda.prompt_tuning import SoftPromptModel, detect_task, prompt_parameters  # noqa: E402
+from tsloss_cuda.prompt_tuning import (TEMPERATURE, SoftPromptModel, detect_task,  # noqa: E402
+                                       prompt_parameters)
 from tsloss_cuda.tracking import METRICS, TopologyTracker, topology_metrics, to_floats  # noqa: E402
 from tsloss_cuda.train import REGULARIZERS, make_regularizer  # noqa: E402
 
@@ -68,29 +69,60 @@ def test_encoder_trains_with_each_regularizer(reg):
         assert rows[-1]["ts_stability"] > 0  # stateful: compared with the previous step
 
 
-def test_causal_lm_loss_on_answer_tokens_only():
+def test_causal_lm_classifies_by_label_words():
     model = tiny_gpt2()
     assert detect_task(model) == "causal"
-    spm = SoftPromptModel(model, 4, init="random", generator=torch.Generator().manual_seed(0))
-    ids = torch.randint(1, 64, (5, 8), generator=torch.Generator().manual_seed(2))
-    labels = torch.full_like(ids, -100)
-    labels[:, -1] = ids[:, -1]  # answer = last token
-    out = spm(ids, labels=labels)
-    assert out["logits"].shape == (5, 12, 64)
-    # Reference: the model's own loss on the same embeddings, answer position only.
-    emb = torch.cat([spm.prompt.expand(5, -1, -1), model.get_input_embeddings()(ids)], 1)
-    logits = model(inputs_embeds=emb).logits
-    ref = torch.nn.functional.cross_entropy(logits[:, -2], ids[:, -1])
-    torch.testing.assert_close(out["loss"], ref)
+    labels = torch.tensor([3, 7, 11])
+    spm = SoftPromptModel(model, 4, label_ids=labels, init="random",
+                          generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, 64, (6, 8), generator=torch.Generator().manual_seed(2))
+    y = torch.arange(6) % 3
+    out = spm(ids, labels=y)
+    assert out["logits"].shape == (6, 3)
+    # Reference: the model's own logits on the same embeddings, last position, label columns.
+    emb = torch.cat([spm.prompt.expand(6, -1, -1), model.get_input_embeddings()(ids)], 1)
+    ref = model(inputs_embeds=emb).logits[:, -1][:, labels]
+    torch.testing.assert_close(out["loss"], torch.nn.functional.cross_entropy(ref, y))
     opt = torch.optim.Adam(spm.trainable_parameters(), lr=0.05)
     first = None
     for _ in range(15):
         opt.zero_grad()
-        loss = spm(ids, labels=labels)["loss"] + 0.1 * ts_loss(prompt_parameters(spm))
+        loss = spm(ids, labels=y)["loss"] + 0.1 * ts_loss(prompt_parameters(spm))
         loss.backward()
         opt.step()
         first = float(loss.detach()) if first is None else first
-    assert float(spm(ids, labels=labels)["loss"].detach()) < first
+    assert float(spm(ids, labels=y)["loss"].detach()) < first
+    with pytest.raises(ValueError, match="label_ids"):
+        SoftPromptModel(model, 4)
+
+
+def test_encoder_head_free_scores_label_descriptions():
+    model = tiny_bert()
+    desc = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(6))
+    spm = SoftPromptModel(model, 6, head="similarity", label_inputs=(desc, torch.ones_like(desc)),
+                          generator=torch.Generator().manual_seed(0))
+    assert spm.head is None and spm.trainable_parameters() == [spm.prompt]
+    ids, mask, y = _encoder_batch()
+    out = spm(ids, mask, labels=y)
+    # Reference: cosine similarity of masked-mean embeddings, times the fixed temperature.
+    def pooled(i, m):
+        h = model(input_ids=i, attention_mask=m).last_hidden_state
+        return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+    label_emb = pooled(desc, torch.ones_like(desc))
+    emb = torch.cat([spm.prompt.expand(12, -1, -1), model.get_input_embeddings()(ids)], 1)
+    full_mask = torch.cat([torch.ones(12, 6, dtype=mask.dtype), mask], 1)
+    h = model(inputs_embeds=emb, attention_mask=full_mask).last_hidden_state
+    p = (h * full_mask[..., None]).sum(1) / full_mask.sum(1, keepdim=True)
+    ref = TEMPERATURE * torch.nn.functional.cosine_similarity(p[:, None], label_emb[None], dim=-1)
+    torch.testing.assert_close(out["logits"], ref, rtol=1e-4, atol=1e-4)
+    opt = torch.optim.Adam(spm.trainable_parameters(), lr=0.05)
+    for _ in range(15):
+        opt.zero_grad()
+        loss = spm(ids, mask, labels=y)["loss"]
+        loss.backward()
+        opt.step()
+    assert all(p.grad is None for p in model.parameters())
+    assert float(spm(ids, mask, labels=y)["loss"].detach()) < float(out["loss"].detach())
 
 
 def test_vocab_init_copies_embeddings():

@@ -140,9 +140,9 @@ def test_analyze_unreadable_checkpoint(tmp_path):
 
 def test_default_model_loads_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from tsloss_cuda.train import DEFAULT_MODEL, resolve_model_path
+    from tsloss_cuda.models import DEFAULT_MODEL, resolve_model
     expected = _minilm_dir()  # skips where the model package is not installed
-    path = resolve_model_path(DEFAULT_MODEL)
+    path = resolve_model(DEFAULT_MODEL)
     assert path == expected and os.path.isfile(os.path.join(path, "model.safetensors"))
     model = transformers.AutoModel.from_pretrained(path)
     tok = transformers.AutoTokenizer.from_pretrained(path)

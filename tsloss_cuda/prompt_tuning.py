@@ -1,26 +1,39 @@
-"""Soft prompt tuning for Hugging Face transformers, and a prompt finder for PEFT models.
+"""Pure soft prompt tuning of a frozen transformers model, and the same loss for PEFT models.
 
 :class:`SoftPromptModel` prepends N learnable vectors (the soft prompt, ``(N, D)``) to the
 token embeddings of a frozen model through ``inputs_embeds`` and extends the attention mask.
+Both tasks take class labels ``(B,)`` and return class logits ``(B, C)``:
 
-* causal LMs: the LM loss is taken on answer tokens only (labels ``-100`` elsewhere; the prompt
-  positions are always ``-100``);
-* encoders: a small trainable linear head classifies the masked mean of the last hidden states.
+* causal LMs: classification as next-token prediction of label words (a verbalizer, ``C``
+  token ids). Only the decoder body runs over the sequence; the output embedding is applied
+  at the answer position alone and only to the ``C`` label rows of the LM head, so no
+  full-vocabulary logits are ever formed. The loss is cross-entropy over the ``C`` label words
+  (the label words' logits renormalised among themselves), the usual objective of verbalizer
+  prompt tuning; it differs from the LM loss on the answer token only by the probability mass
+  the LM puts on other words.
+* encoders, ``head="similarity"`` (head-free): the masked-mean sentence embedding of the
+  prompted input is scored against frozen embeddings of label descriptions by cosine
+  similarity times a fixed temperature. The prompt is the only trainable tensor.
+  ``head="linear"``: a trainable linear head instead.
 
-:func:`prompt_parameters` returns the prompt tensor of a :class:`SoftPromptModel` *or* of a PEFT
-prompt-tuning model, so TSLoss is one line for either::
+:func:`peft_answer_logits` computes the same causal answer-position logits for a PEFT
+prompt-tuning model, and :func:`prompt_parameters` finds the prompt tensor of either, so
+TSLoss is one line for both::
 
     loss = task_loss + 0.1 * tsloss_cuda.loss(prompt_parameters(model))
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 TASKS = ("causal", "encoder")
-INITS = ("vocab", "random")
+INITS = ("vocab", "random", "text")
+HEADS = ("similarity", "linear")
+#: Cosine similarities lie in [-1, 1]; scaled by 20 the label softmax can become confident.
+TEMPERATURE = 20.0
 
 
 def detect_task(model: nn.Module) -> str:
@@ -36,46 +49,134 @@ def detect_task(model: nn.Module) -> str:
     return "encoder"
 
 
+def text_init_ids(ids: Sequence[int], n: int) -> torch.Tensor:
+    """``(n,)`` token ids of an init text, repeated or truncated to ``n`` (as PEFT's
+    ``PromptTuningInit.TEXT``)."""
+    if len(ids) == 0:
+        raise ValueError("the init text has no tokens")
+    reps = -(-n // len(ids))
+    return torch.tensor(list(ids) * reps)[:n]
+
+
+def _decoder_body(lm: nn.Module) -> nn.Module:
+    """The transformer under a causal LM's head (Llama/Gemma ``.model``, GPT-2 ``.transformer``)."""
+    for name in ("model", "transformer"):
+        body = getattr(lm, name, None)
+        if isinstance(body, nn.Module):
+            return body
+    get = getattr(lm, "get_decoder", None)
+    if get is not None and get() is not None:
+        return get()
+    raise ValueError(f"cannot find the decoder body of {type(lm).__name__}")
+
+
+def answer_logits(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor,
+                  index: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
+    """Label-word logits ``(B, C)`` of a causal LM at one position per row.
+
+    Args:
+        lm: a transformers causal LM.
+        embeds: ``(B, T, D)`` input embeddings (prompt included), mask ``(B, T)``.
+        index: ``(B,)`` the position whose next-token prediction is the answer.
+        label_ids: ``(C,)`` the verbalizer's token ids.
+    """
+    # Positions count real tokens only, so left padding does not shift them.
+    pos = (mask.long().cumsum(1) - 1).clamp_min(0)
+    hidden = _decoder_body(lm)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                               use_cache=False).last_hidden_state  # (B, T, D)
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # (B, D)
+    head = lm.get_output_embeddings()
+    w = head.weight[label_ids]  # (C, D): C rows instead of the whole vocabulary
+    logits = h @ w.t()
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[label_ids]
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:  # Gemma 2 squashes its logits; the argmax is unchanged, the loss is not
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
+def last_real_index(mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` index of each row's last unmasked position (either padding side)."""
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    return (cols * mask.long()).argmax(1)
+
+
 class SoftPromptModel(nn.Module):
-    """A frozen transformers model with a learnable soft prompt (and, for encoders, a head).
+    """A frozen transformers model with a learnable soft prompt.
 
     Args:
         model: a transformers ``PreTrainedModel`` (causal LM, or a bare encoder such as
             ``BertModel``). Its parameters are frozen here.
         n_prompts: N, the number of prompt vectors.
         task: ``"causal"``, ``"encoder"`` or None (detected with :func:`detect_task`).
-        num_labels: classes of the encoder head (ignored for causal LMs).
-        init: ``"vocab"`` (copies of N randomly sampled vocabulary embeddings, as Lester et al.
-            2021) or ``"random"`` (Gaussian with the vocabulary embeddings' per-dim std).
+        label_ids: causal: ``(C,)`` verbalizer token ids (required).
+        label_inputs: encoder with ``head="similarity"``: ``(ids, mask)`` ``(C, Lc)`` of the label
+            descriptions, embedded once without the prompt.
+        head: encoder: ``"similarity"`` (head-free) or ``"linear"``.
+        num_labels: classes of the linear head.
+        init: ``"vocab"`` (N randomly sampled vocabulary embeddings, as Lester et al. 2021),
+            ``"random"`` (Gaussian with the embeddings' per-dim std) or ``"text"`` (embeddings
+            of ``init_ids`` repeated/truncated to N).
+        init_ids: token ids of the init text.
         generator: optional ``torch.Generator`` for the initialisation.
     """
 
     def __init__(self, model: nn.Module, n_prompts: int, *, task: Optional[str] = None,
-                 num_labels: int = 2, init: str = "vocab",
+                 label_ids: Optional[torch.Tensor] = None, label_inputs=None,
+                 head: str = "linear", num_labels: int = 2, init: str = "vocab",
+                 init_ids: Optional[Sequence[int]] = None,
                  generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
         if n_prompts < 1:
             raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         task = detect_task(model) if task is None else task
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.model, self.task = model, task
         for p in model.parameters():
             p.requires_grad_(False)
-        emb = model.get_input_embeddings().weight.detach()  # (V, D)
-        v, d = emb.shape
-        if init == "vocab":
-            ids = torch.randint(0, v, (n_prompts,), generator=generator)
-            start = emb[ids.to(emb.device)].float().clone()
+        self.prompt = nn.Parameter(self._initial(n_prompts, init, init_ids, generator))
+        self.head: Optional[nn.Linear] = None
+        if task == "causal":
+            if label_ids is None:
+                raise ValueError("a causal model needs label_ids (the verbalizer's token ids)")
+            self.register_buffer("label_ids", torch.as_tensor(label_ids).long(),
+                                 persistent=False)
+        elif head == "linear":
+            self.head = nn.Linear(self.prompt.shape[1], num_labels).to(self.prompt.device)
         else:
-            std = emb.float().std(0)
-            start = torch.randn(n_prompts, d, generator=generator).to(emb.device) * std
-        self.prompt = nn.Parameter(start)  # (N, D), float32 whatever the model's dtype
-        self.head = nn.Linear(d, num_labels) if task == "encoder" else None
-        if self.head is not None:
-            self.head.to(emb.device)
+            if label_inputs is None:
+                raise ValueError("head='similarity' needs label_inputs (label description ids "
+                                 "and mask)")
+            with torch.no_grad():
+                ids, mask = (t.to(self.prompt.device) for t in label_inputs)
+                emb = model.get_input_embeddings()(ids)
+                target = self._pool(emb, mask)
+            self.register_buffer("label_emb", nn.functional.normalize(target, dim=-1),
+                                 persistent=False)  # (C, D)
+
+    def _initial(self, n: int, init: str, init_ids, generator) -> torch.Tensor:
+        """``(N, D)`` float32 start; through the embedding module, which may scale (Gemma)."""
+        embed = self.model.get_input_embeddings()
+        v = embed.weight.shape[0]
+        dev = embed.weight.device
+        with torch.no_grad():
+            if init == "text":
+                if init_ids is None:
+                    raise ValueError("init='text' needs init_ids")
+                return embed(text_init_ids(init_ids, n).to(dev)).float().clone()
+            if init == "vocab":
+                ids = torch.randint(0, v, (n,), generator=generator)
+                return embed(ids.to(dev)).float().clone()
+            # The std over a sample of the vocabulary: the full table can be 100s of MB.
+            sample = embed(torch.randperm(v, generator=generator)[:4096].to(dev)).float()
+            std = sample.std(0)
+            return torch.randn(n, std.shape[0], generator=generator).to(dev) * std
 
     @property
     def n_prompts(self) -> int:
@@ -89,49 +190,70 @@ class SoftPromptModel(nn.Module):
         mask = torch.cat([attention_mask.new_ones(b, self.n_prompts), attention_mask], 1)
         return torch.cat([p, tok], 1), mask
 
+    def _pool(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean ``(B, D)`` of the encoder's last hidden states."""
+        hidden = self.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * m).sum(1) / m.sum(1).clamp_min(1.0)).float()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                labels: Optional[torch.Tensor] = None,
+                answer_index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Run the prompted model.
 
         Args:
-            input_ids: ``(B, L)`` token ids.
+            input_ids: ``(B, L)`` token ids (causal: the text and cue, without the answer).
             attention_mask: ``(B, L)`` (default all ones).
-            labels: causal: ``(B, L)`` token ids with ``-100`` on non-answer tokens; encoder:
-                ``(B,)`` class indices. Optional.
+            labels: ``(B,)`` class indices. Optional.
+            answer_index: causal: ``(B,)`` position in ``input_ids`` whose next token is the
+                answer (default: each row's last unmasked token).
 
         Returns:
-            dict with ``logits`` (causal ``(B, N+L, V)``, encoder ``(B, C)``) and, with labels,
-            the scalar ``loss``.
+            dict with ``logits`` ``(B, C)`` and, with labels, the scalar cross-entropy ``loss``.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds, mask = self._embed(input_ids, attention_mask)
-        out: Dict[str, torch.Tensor] = {}
         if self.task == "causal":
-            full = None
-            if labels is not None:
-                full = torch.cat([labels.new_full((labels.shape[0], self.n_prompts), -100),
-                                  labels], 1)
-            res = self.model(inputs_embeds=embeds, attention_mask=mask, labels=full)
-            out["logits"] = res.logits
-            if labels is not None:
-                out["loss"] = res.loss
-            return out
-        hidden = self.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D) masked mean
-        logits = self.head(pooled.float())
-        out["logits"] = logits
+            if answer_index is None:
+                answer_index = last_real_index(attention_mask)
+            logits = answer_logits(self.model, embeds, mask, answer_index + self.n_prompts,
+                                   self.label_ids)
+        elif self.head is not None:
+            logits = self.head(self._pool(embeds, mask))
+        else:
+            pooled = nn.functional.normalize(self._pool(embeds, mask), dim=-1)
+            logits = TEMPERATURE * pooled @ self.label_emb.t()
+        out = {"logits": logits}
         if labels is not None:
             out["loss"] = nn.functional.cross_entropy(logits, labels)
         return out
 
-    def trainable_parameters(self):
-        """The prompt, plus the head for encoders."""
-        params = [self.prompt]
-        if self.head is not None:
-            params += list(self.head.parameters())
-        return params
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        """The prompt, plus the linear head where there is one."""
+        return [self.prompt] + (list(self.head.parameters()) if self.head is not None else [])
+
+
+def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor, label_ids: torch.Tensor,
+                       answer_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`answer_logits` ``(B, C)`` for a PEFT prompt-tuning causal LM.
+
+    PEFT puts its ``num_virtual_tokens`` prompt vectors before the token embeddings, as
+    :class:`SoftPromptModel` does, so the answer position shifts by that many. The prompt
+    comes from ``peft_model.get_prompt`` and the frozen base model runs without its
+    full-vocabulary head; ``answer_index`` (default: last unmasked token) indexes ``input_ids``.
+    """
+    base = peft_model.get_base_model()
+    tok = base.get_input_embeddings()(input_ids)
+    b = input_ids.shape[0]
+    prompt = peft_model.get_prompt(batch_size=b).to(tok.dtype)  # (B, Nv, D)
+    nv = prompt.shape[1]
+    mask = torch.cat([attention_mask.new_ones(b, nv), attention_mask], 1)
+    if answer_index is None:
+        answer_index = last_real_index(attention_mask)
+    return answer_logits(base, torch.cat([prompt, tok], 1), mask, answer_index + nv,
+                         torch.as_tensor(label_ids, device=input_ids.device))
 
 
 def prompt_parameters(model: nn.Module) -> torch.Tensor:

@@ -1,0 +1,108 @@
+"""Time one soft-prompt training step of the Gemma job, before and after answer-position logits.
+
+    python benchmarks/llm_step.py                     # gemma-3-270m from the model cache
+    python benchmarks/llm_step.py --model PATH --threads 1 2 --steps 5
+
+A step is forward, backward into the prompt and an Adam update, on a batch of
+``--batch`` × (``--prompt`` soft tokens + ``--text`` text tokens), float32. Variants:
+
+* ``full-vocab``: the LM with ``labels`` (the old path): logits over the whole vocabulary
+  at every position, loss on the answer token;
+* ``last-pos-vocab``: the LM's logits at the last position only (``logits_to_keep=1``);
+* ``answer-C``: the decoder body, then the C label rows of the LM head at the answer
+  position (:class:`tsloss_cuda.prompt_tuning.SoftPromptModel`);
+* ``answer-C eager``: the same with eager instead of SDPA attention.
+
+Prints a Markdown table of the median seconds per step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Callable, List
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from tsloss_cuda.models import GEMMA, load_model  # noqa: E402
+from tsloss_cuda.prompt_tuning import SoftPromptModel  # noqa: E402
+
+
+def median_step(step: Callable[[], torch.Tensor], prompt: torch.nn.Parameter,
+                steps: int) -> float:
+    """Median seconds of ``steps`` timed steps after one warm-up."""
+    opt = torch.optim.Adam([prompt], lr=1e-3)
+    times: List[float] = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        step().backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=GEMMA)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=8)
+    ap.add_argument("--text", type=int, default=32)
+    ap.add_argument("--variants", default="full-vocab,last-pos-vocab,answer-C,answer-C eager")
+    args = ap.parse_args(argv)
+
+    tok, model, _ = load_model(args.model, "causal", torch.device("cpu"), quiet=True)
+    g = torch.Generator().manual_seed(0)
+    v = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(10, min(v, 30000), (args.batch, args.text), generator=g)
+    mask = torch.ones_like(ids)
+    label_ids = torch.tensor([5676, 12643, 4414]) % v  # Gemma's " negative/neutral/positive"
+    y = torch.arange(args.batch) % 3
+    spm = SoftPromptModel(model, args.prompt, task="causal", label_ids=label_ids,
+                          generator=g)
+    # The old path's labels: -100 everywhere but the answer token after the last position.
+    full_ids = torch.cat([ids, label_ids[y][:, None]], 1)
+    lm_labels = torch.full((args.batch, args.prompt + args.text + 1), -100)
+    lm_labels[:, -1] = label_ids[y]
+
+    def full_vocab() -> torch.Tensor:
+        emb, m = spm._embed(full_ids, torch.ones_like(full_ids))
+        return model(inputs_embeds=emb, attention_mask=m, labels=lm_labels,
+                     use_cache=False).loss
+
+    def last_pos_vocab() -> torch.Tensor:
+        emb, m = spm._embed(ids, mask)
+        logits = model(inputs_embeds=emb, attention_mask=m, logits_to_keep=1,
+                       use_cache=False).logits[:, -1]
+        return torch.nn.functional.cross_entropy(logits.float(), label_ids[y])
+
+    def answer_c() -> torch.Tensor:
+        return spm(ids, mask, labels=y)["loss"]
+
+    fns = {"full-vocab": full_vocab, "last-pos-vocab": last_pos_vocab, "answer-C": answer_c,
+           "answer-C eager": answer_c}
+    names = [n.strip() for n in args.variants.split(",")]
+    print(f"{args.model}: batch {args.batch} x ({args.prompt} prompt + {args.text} text) "
+          f"tokens, float32, median of {args.steps} steps (s/step)\n")
+    print("| variant | " + " | ".join(f"{t} thread{'s' * (t > 1)}" for t in args.threads) + " |")
+    print("|---|" + "---|" * len(args.threads))
+    for name in names:
+        model.set_attn_implementation("eager" if name.endswith("eager") else "sdpa")
+        cells = []
+        for t in args.threads:
+            torch.set_num_threads(t)
+            cells.append(f"{median_step(fns[name], spm.prompt, args.steps):.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

