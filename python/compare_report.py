@@ -31,30 +31,40 @@ MEASURES = {"ts_connectivity": "connectivity (H0 term)", "ts_redundancy": "redun
 def load(out: str) -> Tuple[List[Dict], Dict]:
     """(results with ``variant``, ``seed``, ``rows``, ``overrides``; the job configuration)."""
     config: Dict = {}
+    specs: Dict[str, Dict] = {}
     for name in ("comparison.json", "summary.json"):
         path = os.path.join(out, name)
         if os.path.isfile(path):
             with open(path) as f:
-                config = json.load(f).get("config", {})
+                saved = json.load(f)
+            config, specs = saved.get("config", {}), saved.get("specs", {})
             break
-    files = sorted(glob.glob(os.path.join(out, "runs", "*.json")))
+    # One order whatever the source, so the bootstrap draws the same intervals from the runs'
+    # files and from the metrics.csv committed without them.
+    order = lambda r: (r["variant"] or r["regularizer"], r["seed"])  # noqa: E731
+    files = glob.glob(os.path.join(out, "runs", "*.json"))
     if files:
         results = []
         for p in files:
             with open(p) as f:
                 results.append(json.load(f))
-        return results, config
+        return sorted(results, key=order), config
     path = os.path.join(out, "metrics.csv")
     if not os.path.isfile(path):
         sys.exit(f"compare_report: OUT_DIR {out} has neither runs/*.json nor metrics.csv")
     groups: Dict[Tuple[str, int], List[Dict]] = {}
+    regs: Dict[str, str] = {}
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             v = r.get("variant") or r["regularizer"]
+            regs[v] = r["regularizer"]
             row = {k: float(x) for k, x in r.items() if k not in ("regularizer", "variant")}
             groups.setdefault((v, int(row["seed"])), []).append(row)
-    return [{"variant": v, "regularizer": v, "seed": s, "rows": rows, "overrides": {}}
-            for (v, s), rows in groups.items()], config
+    # The specs in comparison.json carry each run's overrides (the weight sweep's weights).
+    results = [{"variant": v, "regularizer": regs[v], "seed": s, "rows": rows,
+                "overrides": specs.get(f"{v}_seed{s}", {}).get("overrides", {})}
+               for (v, s), rows in groups.items()]
+    return sorted(results, key=order), config
 
 
 def fmt(x: float, digits: int = 3) -> str:

@@ -3,6 +3,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -236,6 +237,13 @@ def test_report_says_what_held(tmp_path):
     assert "Spearman" in text
     assert "claim 2 (higher final accuracy) did not hold" in report()
 
+    # A committed comparison keeps metrics.csv and comparison.json, not runs/: same report.
+    from tsloss_cuda.run_outputs import write_metrics, metrics_rows
+    write_metrics(os.path.join(out, "metrics.csv"),
+                  metrics_rows([load_run(out, s.run_id) for s in specs]))
+    shutil.rmtree(os.path.join(out, "runs"))
+    assert report("--variant", "tsloss_w0.3") == text
+
 
 def test_comparison_config_and_readonly_rank(tmp_path):
     from tsloss_cuda.compare import comparison_config
@@ -251,3 +259,14 @@ def test_comparison_config_and_readonly_rank(tmp_path):
     before = _files(out)
     res = run_comparison(out, SPECS[:3], fake_train, cfg, quiet=True, write=False)
     assert [r["run_id"] for r in res] == [s.run_id for s in SPECS[:3]] and _files(out) == before
+
+
+def test_portable_paths_name_no_folder_of_this_machine(tmp_path):
+    from tsloss_cuda.run_outputs import portable_path
+    from tsloss_cuda.tasks import DATA_CSV
+    out = tmp_path / "run"
+    assert portable_path(DATA_CSV, str(out)) == "tsloss_cuda/data/reviews.csv"
+    mine = tmp_path / "mine.csv"
+    mine.write_text("text,label,split\n")
+    assert portable_path(str(mine), str(out)) == "../mine.csv"
+    assert portable_path("gemma-3-270m", str(out)) == "gemma-3-270m"

@@ -23,12 +23,21 @@ def variant(res: Mapping) -> str:
     return res.get("variant") or res["regularizer"]
 
 
+#: The installed package's folder: files shipped in it are named from the package on.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
 def portable_path(path: str, out: str) -> str:
-    """``path`` relative to the output folder when it exists on disk (a model folder, the data
-    CSV), else unchanged (a model name): summaries must not name this machine's folders."""
+    """A path that names no folder of this machine: a file shipped in the package as
+    ``tsloss_cuda/...`` (the task CSVs), another existing path relative to the output folder (a
+    model folder, the user's CSV), anything else (a model name) unchanged."""
     if not isinstance(path, str) or not os.path.exists(path):
         return path
-    return os.path.relpath(os.path.abspath(path), os.path.abspath(out)).replace(os.sep, "/")
+    full = os.path.abspath(path)
+    if os.path.commonpath([full, _PACKAGE]) == _PACKAGE:
+        return os.path.basename(_PACKAGE) + "/" + os.path.relpath(full, _PACKAGE).replace(os.sep,
+                                                                                          "/")
+    return os.path.relpath(full, os.path.abspath(out)).replace(os.sep, "/")
 
 
 #: Job arguments that name files or folders.

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of a single run")
     p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2],
                    help="seeds for --compare")
+    p.add_argument("--compare-regularizers", nargs="+", choices=REGULARIZERS,
+                   default=list(REGULARIZERS), metavar="REG",
+                   help="the regularisers --compare runs (any of: " + ", ".join(REGULARIZERS) + ")")
     p.add_argument("--compare-weights", type=nonneg_float, nargs="*", default=[],
                    help="--compare also sweeps TSLoss at these --reg-weight values (variants "
                         "tsloss_wW, same seeds)")
@@ -340,7 +343,7 @@ def run(args) -> int:
     from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_config,
                                      comparison_specs, run_comparison)
     from tsloss_cuda.run_outputs import write_outputs
-    regs = list(REGULARIZERS) if args.compare else [args.regularizer]
+    regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
     specs = (comparison_specs(regs, args.seeds, args.compare_weights, args.compare_stability,
                               args.reg_weight)
              if args.compare else [RunSpec(args.regularizer, args.seed)])
@@ -373,7 +376,8 @@ def run(args) -> int:
                              progress_pos=1 if args.compare else 0, run_id=spec.run_id)
 
         if args.compare:  # each run is written as it finishes; a restart trains the rest
-            config = comparison_config(args, out, ignore=("compare_weights", "compare_stability"))
+            ignore = ("compare_regularizers", "compare_weights", "compare_stability")
+            config = comparison_config(args, out, ignore=ignore)
             results = run_comparison(out, specs, train_fn, config, quiet=args.quiet,
                                      write=dist.main)
         else:
