@@ -54,6 +54,24 @@ NEUTRAL = ["The {item} was released on a {day}.", "I picked up the {item} on {da
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
+def split_rows(rows, rng: random.Random, val_frac: float, noise: float):
+    """Rows ``(text, label, split)`` from label -> texts: a stratified validation split of
+    ``val_frac`` per label, ``noise`` of the training labels flipped, all shuffled."""
+    out = []
+    for label, texts in rows.items():
+        texts = sorted(texts)
+        rng.shuffle(texts)
+        n_val = int(len(texts) * val_frac)
+        for i, t in enumerate(texts):
+            split = "validation" if i < n_val else "train"
+            lab = label
+            if split == "train" and rng.random() < noise:
+                lab = rng.choice([l for l in rows if l != label])
+            out.append((t, lab, split))
+    rng.shuffle(out)
+    return out
+
+
 def make(n_per_class: int = 200, seed: int = 0, noise: float = 0.04, val_frac: float = 0.25):
     """Rows ``(text, label, split)``: 3·n_per_class unique sentences, stratified split."""
     rng = random.Random(seed)
@@ -74,19 +92,7 @@ def make(n_per_class: int = 200, seed: int = 0, noise: float = 0.04, val_frac: f
             text, label = rng.choice(NEUTRAL).format(item=item, day=rng.choice(DAYS)), "neutral"
         if len(rows[label]) < n_per_class:
             rows[label].add(text)
-    out = []
-    for label, texts in rows.items():
-        texts = sorted(texts)
-        rng.shuffle(texts)
-        n_val = int(len(texts) * val_frac)
-        for i, t in enumerate(texts):
-            split = "validation" if i < n_val else "train"
-            lab = label
-            if split == "train" and rng.random() < noise:
-                lab = rng.choice([l for l in rows if l != label])
-            out.append((t, lab, split))
-    rng.shuffle(out)
-    return out
+    return split_rows(rows, rng, val_frac, noise)
 
 
 TOPIC_PHRASES = {
@@ -179,19 +185,7 @@ def make_topics(n_per_class: int = 200, seed: int = 0, noise: float = 0.04,
             continue
         if len(rows[label]) < n_per_class:
             rows[label].add(text)
-    out = []
-    for label, texts in rows.items():
-        texts = sorted(texts)
-        rng.shuffle(texts)
-        n_val = int(len(texts) * val_frac)
-        for i, t in enumerate(texts):
-            split = "validation" if i < n_val else "train"
-            lab = label
-            if split == "train" and rng.random() < noise:
-                lab = rng.choice([l for l in rows if l != label])
-            out.append((t, lab, split))
-    rng.shuffle(out)
-    return out
+    return split_rows(rows, rng, val_frac, noise)
 
 
 TASKS = {"reviews": make, "topics": make_topics}
