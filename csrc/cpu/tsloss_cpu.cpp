@@ -131,7 +131,7 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_forward_check", [&] {
       check_finite_points(x.data_ptr<scalar_t>(), B, N, D, kOp);
     });
-  at::Tensor dist = fused ? at::empty({B, N, N}, opts) : distances_by_rows(x);
+  at::Tensor dist = fused ? glue::empty_written({B, N, N}, opts) : distances_by_rows(x);
 
   std::vector<double> v_conn(B), v_red(B), v_stab(B), v_scale(B), v_total(B);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_forward_cpu", [&] {
@@ -234,7 +234,7 @@ at::Tensor tsloss_backward_cpu(
                             gr = grad_values(grad_red), gs = grad_values(grad_stab),
                             gsc = grad_values(grad_scale);
   auto ptr = [](const std::vector<double>& v) { return v.empty() ? nullptr : v.data(); };
-  auto out = at::empty_like(x);
+  auto out = glue::empty_written(x.sizes(), x.options());
   if (B == 0 || N == 0 || D == 0) return out.zero_();
 
   // Per cloud: the weight on every pair (the scale's) and on each reported edge (the bars').

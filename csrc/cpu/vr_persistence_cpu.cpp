@@ -30,7 +30,7 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
   TSL_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               op.op, ": x must be float32 or float64, got ", x_in.scalar_type());
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
-  auto out = at::empty({B, N, N}, x_in.options());
+  auto out = glue::empty_written({B, N, N}, x_in.options());
   if (B == 0 || N == 0) return out;
   auto x = x_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
@@ -84,7 +84,7 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::T
   auto x = x_in.contiguous();
   auto g = grad_in.to(x.scalar_type()).contiguous();
   auto dist = dist_in.to(x.scalar_type()).contiguous();
-  auto out = at::empty_like(x);
+  auto out = glue::empty_written(x.sizes(), x.options());
   if (B == 0 || N == 0 || D == 0) return out;
   constexpr int64_t R = cpu::kTileRows;
   const int64_t units = (N + R - 1) / R;
@@ -209,7 +209,7 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
   auto e1 = h1_edges_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
   const int64_t H0 = e0.size(1), K = e1.size(1);
-  auto grad = at::zeros_like(x);
+  auto grad = glue::empty_written(x.sizes(), x.options()).zero_();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "vr_persistence_backward_cpu", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pg0 = g0.data_ptr<scalar_t>();
