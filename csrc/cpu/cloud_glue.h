@@ -44,6 +44,20 @@ inline at::Tensor empty_written(at::IntArrayRef sizes, const at::TensorOptions& 
   return out;
 }
 
+// Cloud b's slots in vr_persistence's outputs (h0 (B, N-1, 2), h0_edges (B, N-1, 2), h1 (B, K, 2),
+// h1_edges (B, K, 4), h1_count (B,), truncated (B,); checks.h's empty_diagrams).
+template <typename T>
+tsl::CloudOutput<T> cloud_output(const at::Tensor& h0, const at::Tensor& h0_edges,
+                                 const at::Tensor& h1, const at::Tensor& h1_edges,
+                                 const at::Tensor& h1_count, const at::Tensor& truncated,
+                                 int64_t b) {
+  const int64_t H0 = h0.size(1), K = h1.size(1);
+  return {h0.data_ptr<T>() + b * H0 * 2,       h0_edges.data_ptr<int64_t>() + b * H0 * 2,
+          h1.data_ptr<T>() + b * K * 2,        h1_edges.data_ptr<int64_t>() + b * K * 4,
+          h1_count.data_ptr<int64_t>() + b,    truncated.data_ptr<bool>() + b,
+          K};
+}
+
 // Clouds per parallel task so that each task does at least ~32k units of work.
 inline int64_t cloud_grain(int64_t work_per_cloud) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));

@@ -34,7 +34,6 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
           .typed<at::Tensor(const at::Tensor&)>();
   const at::Tensor dist = distances ? x_in.contiguous() : distance_op.call(x_in).contiguous();
   auto opts = x_in.options();
-  const int64_t H0 = N > 0 ? N - 1 : 0;
   at::Tensor h0, h0_edges, h1, h1_edges, h1_count, truncated;
   std::tie(h0, h0_edges, h1, h1_edges, h1_count, truncated) = empty_diagrams(opts, B, N, K);
   if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
@@ -49,13 +48,8 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
           glue::symmetric_from_lower(cloud, N, matrix.data());
           cloud = matrix.data();
         }
-        tsl::CloudOutput<scalar_t> out{h0.data_ptr<scalar_t>() + b * H0 * 2,
-                                       h0_edges.data_ptr<int64_t>() + b * H0 * 2,
-                                       h1.data_ptr<scalar_t>() + b * K * 2,
-                                       h1_edges.data_ptr<int64_t>() + b * K * 4,
-                                       h1_count.data_ptr<int64_t>() + b,
-                                       truncated.data_ptr<bool>() + b,
-                                       K};
+        const auto out = glue::cloud_output<scalar_t>(h0, h0_edges, h1, h1_edges, h1_count,
+                                                 truncated, b);
         tsl::vr_persistence_cloud_emulated(cloud, N, static_cast<int>(maxdim), out, ws);
       }
     });

@@ -13,30 +13,13 @@
 #include <cstdlib>
 
 #include "../checks.h"
+#include "cuda_glue.h"
 #include "kernels.h"
 
 namespace tsloss {
 namespace {
 
-void check_cuda(cudaError_t err, const char* what) {
-  TSL_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
-}
-
-int64_t env_int(const char* name, int64_t fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  const long long parsed = std::atoll(v);
-  return parsed > 0 ? static_cast<int64_t>(parsed) : fallback;
-}
-
-// The capacities vr_persistence uses (the same environment overrides).
-tsl::cuda::H1Capacity h1_capacity(int64_t n) {
-  tsl::cuda::H1Capacity c = tsl::cuda::default_h1_capacity(n);
-  c.heap = env_int("TSLOSS_CUDA_H1_HEAP", c.heap);
-  c.columns = env_int("TSLOSS_CUDA_H1_COLUMNS", c.columns);
-  c.arena = env_int("TSLOSS_CUDA_H1_ARENA", c.arena);
-  return c;
-}
+using namespace cuda_glue;
 
 bool given(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
