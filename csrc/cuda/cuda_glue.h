@@ -2,8 +2,10 @@
 // the launchers and the environment settings both read the same way.
 #pragma once
 
+#include <ATen/cuda/CUDAContext.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 
@@ -32,6 +34,17 @@ inline tsl::cuda::H1Capacity h1_capacity(int64_t n) {
   c.columns = env_int("TSLOSS_CUDA_H1_COLUMNS", c.columns);
   c.arena = env_int("TSLOSS_CUDA_H1_ARENA", c.arena);
   return c;
+}
+
+// Bytes of engine workspace one call may allocate: TSLOSS_CUDA_WORKSPACE_MB, else an eighth of
+// the current device's memory (at least 2 GB). A batch whose workspace exceeds it runs as several
+// launches. A fixed 2 GB split (N, D, B) = (256, 768, 1024), 2.4 MB per cloud, in two on an
+// H200; its eighth, 17 GB, keeps that and any batch of up to ~7000 such clouds in one launch.
+inline size_t workspace_budget() {
+  const size_t total = at::cuda::getCurrentDeviceProperties()->totalGlobalMem;
+  const size_t fallback = std::max<size_t>(size_t(2048) << 20, total / 8);
+  const int64_t mb = env_int("TSLOSS_CUDA_WORKSPACE_MB", 0);
+  return mb > 0 ? static_cast<size_t>(mb) << 20 : fallback;
 }
 
 }  // namespace cuda_glue

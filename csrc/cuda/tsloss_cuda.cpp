@@ -89,7 +89,7 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
   const int dim = static_cast<int>(maxdim);
   const size_t elem = x.element_size();
   // The engine's workspace bounds the clouds per launch, as in vr_persistence.
-  const size_t budget = static_cast<size_t>(env_int("TSLOSS_CUDA_WORKSPACE_MB", 2048)) << 20;
+  const size_t budget = workspace_budget();
   const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap);
   int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
   chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));

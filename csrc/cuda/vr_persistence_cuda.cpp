@@ -79,7 +79,7 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
   const size_t elem = x.element_size();
   // Clouds per launch: bounded by the sort's 32-bit offsets and by a workspace budget, so a
   // large batch runs as a few launches instead of one giant allocation.
-  const size_t budget = static_cast<size_t>(env_int("TSLOSS_CUDA_WORKSPACE_MB", 2048)) << 20;
+  const size_t budget = workspace_budget();
   const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, block_topology) +
                            static_cast<size_t>(N * N) * elem;
   int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
