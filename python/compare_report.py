@@ -38,6 +38,8 @@ def load(out: str) -> Tuple[List[Dict], Dict]:
             with open(path) as f:
                 saved = json.load(f)
             config, specs = saved.get("config", {}), saved.get("specs", {})
+            if not specs:  # summary.json: each run's record carries its id and overrides
+                specs = {r["run_id"]: r for r in saved.get("runs", []) if "run_id" in r}
             break
     # One order whatever the source, so the bootstrap draws the same intervals from the runs'
     # files and from the metrics.csv committed without them.
@@ -60,7 +62,8 @@ def load(out: str) -> Tuple[List[Dict], Dict]:
             regs[v] = r["regularizer"]
             row = {k: float(x) for k, x in r.items() if k not in ("regularizer", "variant")}
             groups.setdefault((v, int(row["seed"])), []).append(row)
-    # The specs in comparison.json carry each run's overrides (the weight sweep's weights).
+    # The specs (comparison.json, else summary.json's runs) carry each run's overrides (the weight
+    # sweep's weights).
     results = [{"variant": v, "regularizer": regs[v], "seed": s, "rows": rows,
                 "overrides": specs.get(f"{v}_seed{s}", {}).get("overrides", {})}
                for (v, s), rows in groups.items()]

@@ -1,16 +1,16 @@
 """Generate the project's two small synthetic classification tasks (``--task``).
 
 Origin: every sentence is produced by this script from hand-written templates and word lists
-(no external data, no licence questions). Both are seeded and deterministic; both flip 4% of
-the *training* labels (label noise) and keep validation labels clean.
+(no external data, no licence questions). Both are seeded and deterministic; each training row's
+label is flipped with probability 4% (label noise) and validation labels are clean.
 
 ``--task reviews`` (default) writes tsloss_cuda/data/reviews.csv, 3-class review sentiment.
 Labels: ``positive``, ``negative``, ``neutral``.
 What keeps it from being trivial for a frozen sentence encoder with a linear head:
 
-* negation flips the polarity word ("was not great" is negative, "was not bad" is positive),
+* negation flips the polarity word ("was not great" is negative, "was not awful" is positive),
 * neutral sentences reuse the same nouns and sentence frames as the opinionated ones,
-* 4% of the training labels are flipped (label noise); validation labels are clean.
+* each training label is flipped with probability 4% (label noise); validation labels are clean.
 
 ``--task topics`` writes tsloss_cuda/data/topics.csv, 4-class topic classification of short
 chat/news-style sentences. Labels: ``food``, ``science``, ``sports``, ``travel`` (each one

@@ -243,6 +243,14 @@ def test_report_says_what_held(tmp_path):
                   metrics_rows([load_run(out, s.run_id) for s in specs]))
     shutil.rmtree(os.path.join(out, "runs"))
     assert report("--variant", "tsloss_w0.3") == text
+    # Without comparison.json, summary.json's runs carry the overrides (the sweep's weights).
+    with open(os.path.join(out, "comparison.json")) as f:
+        saved = json.load(f)
+    os.remove(os.path.join(out, "comparison.json"))
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump({"config": saved["config"],
+                   "runs": [dict(spec, run_id=rid) for rid, spec in saved["specs"].items()]}, f)
+    assert report("--variant", "tsloss_w0.3") == text
 
 
 def test_comparison_config_and_readonly_rank(tmp_path):
@@ -250,9 +258,14 @@ def test_comparison_config_and_readonly_rank(tmp_path):
     data = tmp_path / "d.csv"
     data.write_text("x")
     args = argparse.Namespace(model="gemma-3-270m", data=str(data),
-                              output_dir=str(tmp_path / "o"), quiet=True, seeds=[0, 1], lr=0.01, reg_weight=0.1)
+                              output_dir=str(tmp_path / "o"), quiet=True, seeds=[0, 1], lr=0.01,
+                              reg_weight=0.1, model_cache=str(tmp_path / "cache"))
     cfg = comparison_config(args, str(tmp_path / "o"))
+    # The model cache is where this machine keeps the converted model: not recorded, and a
+    # restart with another cache resumes the same comparison.
     assert cfg == {"model": "gemma-3-270m", "data": "../d.csv", "lr": 0.01, "reg_weight": 0.1}
+    args.model_cache = "/elsewhere"
+    assert comparison_config(args, str(tmp_path / "o")) == cfg
     # Ranks other than 0 of a distributed job train the missing runs but write nothing.
     out = str(tmp_path / "o")
     run_comparison(out, SPECS[:1], fake_train, cfg, quiet=True)

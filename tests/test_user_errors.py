@@ -28,6 +28,8 @@ def _fixtures(d):
     open(os.path.join(d, "afile"), "w").close()
     with open(os.path.join(d, "bad.csv"), "w") as f:
         f.write("a,b\n1,2\n")
+    with open(os.path.join(d, "header.csv"), "w") as f:
+        f.write("text,label,split\n")
     with open(os.path.join(d, "junk", "step_1.pt"), "w") as f:
         f.write("not a checkpoint")
     torch.save(torch.zeros(3, 4, 5), os.path.join(d, "shape", "step_1.pt"))
@@ -47,12 +49,16 @@ TRAIN_CASES = [
     ("--target-acc 1.5", "--target-acc"),
     ("--threads -1", "--threads"),
     ("--seeds", "--seeds"),
+    ("--compare --seeds 0 0", "--seeds"),
+    ("--compare --compare-weights 0.3 0.30000001", "--compare-weights"),
+    ("--compare --compare-regularizers none none", "--compare-regularizers"),
     ("--regularizer dropout", "--regularizer"),
     ("--device tpu", "--device"),
     ("--model {d}/nonexistent", "--model"),
     ("--model {d}", "--model"),
     ("--data {d}/nonexistent.csv", "--data"),
     ("--data {d}/bad.csv", "--data"),
+    ("--data {d}/header.csv", "--data"),
     ("--output-dir {d}/afile", "--output-dir"),
     ("--bogus", "--bogus"),
 ]

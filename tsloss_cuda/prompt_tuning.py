@@ -37,14 +37,15 @@ TEMPERATURE = 20.0
 
 
 def detect_task(model: nn.Module) -> str:
-    """``"causal"`` for a model with an LM head that generates, else ``"encoder"``."""
+    """``"causal"`` for a model with an LM head that generates, else ``"encoder"`` (masked LMs
+    and bare encoders included)."""
     cfg = getattr(model, "config", None)
     archs = list(getattr(cfg, "architectures", None) or []) + [type(model).__name__]
-    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "causal"
-    if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None \
-            and not getattr(cfg, "is_encoder_decoder", False) \
-            and getattr(cfg, "model_type", "") not in ("bert", "roberta", "distilbert"):
+    can_generate = getattr(model, "can_generate", None)
+    if callable(can_generate) and can_generate() \
+            and not getattr(cfg, "is_encoder_decoder", False):
         return "causal"
     return "encoder"
 

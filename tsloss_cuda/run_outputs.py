@@ -42,11 +42,14 @@ def portable_path(path: str, out: str) -> str:
 
 #: Job arguments that name files or folders.
 PATH_ARGS = ("model", "data", "output_dir")
+#: Job arguments that say where this machine keeps things and change no result: not recorded.
+MACHINE_ARGS = ("model_cache",)
 
 
 def portable_config(args: Any, out: str) -> Dict[str, Any]:
-    """``vars(args)`` with the path arguments made relative to ``out`` (see portable_path)."""
-    cfg = dict(vars(args))
+    """``vars(args)`` without :data:`MACHINE_ARGS`, the path arguments made relative to ``out``
+    (see portable_path)."""
+    cfg = {k: v for k, v in vars(args).items() if k not in MACHINE_ARGS}
     for k in PATH_ARGS:
         if k in cfg:
             cfg[k] = portable_path(cfg[k], out)

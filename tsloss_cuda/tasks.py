@@ -61,13 +61,17 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
     """split -> (texts, label indices), and the sorted label names."""
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = set(reader.fieldnames or ())
     except OSError as exc:
         raise CLIError(f"--data: cannot read {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise CLIError(f"--data: {path} is not a CSV text file: {first_line(exc)}") from None
-    if not rows or not {"text", "label", "split"} <= set(rows[0]):
+    if not {"text", "label", "split"} <= columns:
         raise CLIError(f"--data: {path} needs columns text,label,split")
+    if not rows:
+        raise CLIError(f"--data: {path} has no rows after its header")
     names = sorted({r["label"] for r in rows})
     out: Dict[str, Tuple[List[str], List[int]]] = {}
     for split in ("train", "validation"):

@@ -344,6 +344,14 @@ def run(args) -> int:
                                      comparison_specs, run_comparison)
     from tsloss_cuda.run_outputs import write_outputs
     regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
+    if args.compare:
+        # Each run is named by its variant and seed: a repeated value would name two runs alike.
+        for flag, names in (("--seeds", [str(s) for s in args.seeds]),
+                            ("--compare-regularizers", regs),
+                            ("--compare-weights", [f"{w:g}" for w in args.compare_weights or []])):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise CLIError(f"{flag} repeats {', '.join(repeated)}: each value names runs once")
     specs = (comparison_specs(regs, args.seeds, args.compare_weights, args.compare_stability,
                               args.reg_weight)
              if args.compare else [RunSpec(args.regularizer, args.seed)])
