@@ -8,6 +8,7 @@ peft = pytest.importorskip("peft")
 from tsloss_cuda.callback import TSLossCallback  # noqa: E402
 from tsloss_cuda.loss import loss as tsloss  # noqa: E402
 from tsloss_cuda.prompt_tuning import prompt_parameters  # noqa: E402
+from tsloss_cuda.tracking import topology_metrics  # noqa: E402
 
 LR, WEIGHT = 0.1, 0.5
 
@@ -28,10 +29,11 @@ def _data(n=16, length=8):
 
 
 class Record(transformers.TrainerCallback):
-    """The prompt before training and after the first optimizer step; every logs dict seen."""
+    """The prompt before training, after the first optimizer step and after training; every
+    logs dict seen."""
 
     def __init__(self):
-        self.prompts, self.logs = [], []
+        self.prompts, self.logs, self.final = [], [], None
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         self.prompts.append(prompt_parameters(model).detach().clone())
@@ -40,15 +42,22 @@ class Record(transformers.TrainerCallback):
         if state.global_step == 1:
             self.prompts.append(prompt_parameters(model).detach().clone())
 
+    def on_train_end(self, args, state, control, model=None, **kw):
+        self.final = prompt_parameters(model).detach().clone()
+
     def on_log(self, args, state, control, logs=None, **kw):
         self.logs.append(dict(logs))
 
 
-def _train(tmp_path, callback, accumulation):
+KEYS = ["topology/" + k for k in ("h0_count", "h1_count", "h0_total", "ts_connectivity",
+                                  "ts_redundancy", "ts_stability", "tsloss")]
+
+
+def _train(tmp_path, callback, accumulation, max_grad_norm=0.0):
     model, rec = _model(), Record()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=3, logging_steps=1, report_to=[], use_cpu=True,
-        optim="sgd", learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=0.0,
+        optim="sgd", learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=max_grad_norm,
         per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation,
         save_strategy="no", disable_tqdm=True, seed=0)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_data(),
@@ -73,8 +82,7 @@ def test_callback_adds_the_tsloss_gradient(tmp_path, accumulation):
     assert g.abs().max() > 1e-3
     torch.testing.assert_close(diff, -LR * WEIGHT * g, atol=2e-6, rtol=1e-4)
 
-    keys = ["topology/" + k for k in ("h0_count", "h1_count", "h0_total", "ts_connectivity",
-                                       "ts_redundancy", "ts_stability", "tsloss")]
+    keys = KEYS
     train_logs = [l for l in with_ts.logs if "loss" in l]
     assert len(train_logs) == 3  # a reporter registered after it sees the keys
     for logs in train_logs:
@@ -84,6 +92,48 @@ def test_callback_adds_the_tsloss_gradient(tmp_path, accumulation):
     hist = [h for h in trainer.state.log_history if "loss" in h]
     assert all(k in h for h in hist for k in keys)
     assert not any(k.startswith("topology/") for l in plain.logs for k in l)
+
+
+def test_tsloss_gradient_is_not_clipped(tmp_path):
+    """With max_grad_norm tiny, the Trainer clips the task gradient to that norm, and the TSLoss
+    gradient, added after the clipping, still moves the prompt by -lr·weight·∇TSLoss."""
+    clip = 1e-3
+    plain, _ = _train(tmp_path / "plain", None, 1, max_grad_norm=clip)
+    with_ts, _ = _train(tmp_path / "ts", TSLossCallback(WEIGHT), 1, max_grad_norm=clip)
+    p0 = with_ts.prompts[0]
+    assert torch.equal(p0, plain.prompts[0])
+    # The clipping is active: the plain run's first SGD step has norm lr·clip (the prompt is the
+    # only trainable parameter), far below that of the TSLoss step.
+    step_plain = (plain.prompts[1] - p0).norm()
+    torch.testing.assert_close(step_plain, torch.tensor(LR * clip), rtol=1e-3, atol=0.0)
+    x = p0.clone().requires_grad_()
+    (g,) = torch.autograd.grad(tsloss(x), x)
+    assert (LR * WEIGHT * g).norm() > 10 * step_plain
+    # Had the TSLoss gradient been clipped with the task gradient, the whole step would have
+    # norm lr·clip.
+    diff = with_ts.prompts[1] - plain.prompts[1]
+    torch.testing.assert_close(diff, -LR * WEIGHT * g, atol=2e-6, rtol=1e-4)
+
+
+def test_weight_zero_only_logs_the_topology(tmp_path):
+    plain, _ = _train(tmp_path / "plain", None, 1)
+    zero, trainer = _train(tmp_path / "zero", TSLossCallback(0.0), 1)
+    assert torch.equal(zero.prompts[0], plain.prompts[0])
+    assert not torch.equal(plain.final, plain.prompts[0])  # training moved the prompt
+    assert torch.equal(zero.final, plain.final)  # ... and weight 0 changed nothing
+    train_logs = [l for l in zero.logs if "loss" in l]
+    assert len(train_logs) == 3
+    logged = [k for k in KEYS if k != "topology/tsloss"]  # TSLoss is never evaluated
+    for logs in train_logs:
+        assert all(k in logs for k in logged), sorted(logs)
+    hist = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(k in h for h in hist for k in logged)
+    # The logged topology is that of the prompt after the logged step.
+    want = topology_metrics(zero.prompts[1])
+    for k in ("h0_count", "h0_total", "h0_entropy"):
+        assert train_logs[0]["topology/" + k] == pytest.approx(float(want[k]), rel=1e-6), k
+    assert train_logs[0]["topology/ts_stability"] == 0.0
+    assert train_logs[1]["topology/ts_stability"] > 0.0
 
 
 def test_weight_must_be_nonnegative():

@@ -1,4 +1,5 @@
 """End-to-end CLI tests: tiny models saved from configs (no download), torchrun DDP, analysis."""
+import csv
 import json
 import os
 import shutil
@@ -58,6 +59,21 @@ TINY = ["--max-steps", "6", "--log-every", "3", "--max-val", "30", "--batch-size
         "--prompt-length", "6", "--quiet"]
 
 
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _final(out, reg, seed):
+    return torch.load(out / "prompts" / f"prompt_{reg}_seed{seed}.pt")
+
+
+def _set(args, flag, value):
+    """``args`` with ``flag``'s value replaced."""
+    i = args.index(flag)
+    return args[:i + 1] + [value] + args[i + 2:]
+
+
 def test_cli_compare_end_to_end_and_analyze(tiny_models, tmp_path):
     out = tmp_path / "run"
     r = _run(["--model", tiny_models["bert"], "--compare", "--seeds", "0", "1",
@@ -83,6 +99,26 @@ def test_cli_compare_end_to_end_and_analyze(tiny_models, tmp_path):
     for f in ("topology_metrics.csv", "topology.png", "diagrams.png"):
         assert (tmp_path / "an" / f).is_file()
     assert problems(str(out)) == []
+
+    # A seed fixes the prompt's start and the data order, so runs pair by seed: every
+    # regulariser of a seed starts from the same prompt, and step 1's task loss (computed at
+    # that prompt on the first batch, before any regulariser acts) is the same; seed 1 differs.
+    def start(reg, seed):
+        return torch.load(out / "checkpoints" / f"{reg}_seed{seed}" / "step_000000.pt")
+
+    rows = _csv_rows(out / "metrics.csv")
+    loss0 = {(r["regularizer"], int(r["seed"])): float(r["task_loss"]) for r in rows
+             if int(r["step"]) == 0}
+    regs = ("none", "l2", "pairwise", "tsloss")
+    assert sorted(loss0) == sorted((g, s) for g in regs for s in (0, 1))
+    for seed in (0, 1):
+        for reg in regs[1:]:
+            assert torch.equal(start(reg, seed), start("none", seed)), (reg, seed)
+            assert loss0[(reg, seed)] == loss0[("none", seed)], (reg, seed)
+            # ... while the runs themselves differ (the regulariser acted).
+            assert not torch.equal(_final(out, reg, seed), _final(out, "none", seed)), reg
+    assert not torch.equal(start("none", 0), start("none", 1))
+    assert loss0[("none", 0)] != loss0[("none", 1)]
 
 
 def test_metrics_rows_equal_analyze(tiny_models, tmp_path):
@@ -116,6 +152,18 @@ def test_cli_causal_lm(tiny_models, tmp_path):
               "--output-dir", str(tmp_path)] + TINY)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["task"] == "causal"
+    assert problems(str(tmp_path)) == []
+    rows = _csv_rows(tmp_path / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [0, 3, 6]  # --max-steps 6 --log-every 3
+    assert all(r["regularizer"] == "tsloss" and r["seed"] == "0" for r in rows)
+    for r in rows:
+        assert 0.0 <= float(r["val_acc"]) <= 1.0 and float(r["task_loss"]) > 0.0
+    ck = tmp_path / "checkpoints" / "tsloss_seed0"
+    assert sorted(os.listdir(ck)) == ["step_000000.pt", "step_000003.pt", "step_000006.pt"]
+    p0, p6 = torch.load(ck / "step_000000.pt"), torch.load(ck / "step_000006.pt")
+    assert p0.shape == (6, 32) and torch.isfinite(p6).all()
+    assert not torch.equal(p0, p6)  # the prompt trained
+    assert torch.equal(p6, _final(tmp_path, "tsloss", 0))
 
 
 @pytest.mark.parametrize("args,module", [
@@ -150,16 +198,31 @@ def test_default_model_loads_offline(monkeypatch):
 
 
 def test_ddp_two_cpu_ranks_keep_identical_prompts(tiny_models, tmp_path):
+    """2 ranks x --batch-size 4 take the two halves of each global batch of 8 and average their
+    gradients: the same training as one process with --batch-size 8."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2", "-m"]
-    r = _run(["--model", tiny_models["bert"], "--regularizer", "tsloss", "--no-plots",
-              "--output-dir", str(tmp_path)] + TINY, launcher=launcher, timeout=150)
+    common = ["--model", tiny_models["bert"], "--regularizer", "tsloss", "--no-plots"]
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    r = _run(common + ["--output-dir", str(ddp_dir)] + _set(TINY, "--batch-size", "4"),
+             launcher=launcher, timeout=150)
     assert r.returncode == 0, r.stderr[-3000:]
-    p0 = torch.load(tmp_path / "prompt_rank0.pt")
-    p1 = torch.load(tmp_path / "prompt_rank1.pt")
+    p0 = torch.load(ddp_dir / "prompt_rank0.pt")
+    p1 = torch.load(ddp_dir / "prompt_rank1.pt")
     assert torch.equal(p0, p1)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((ddp_dir / "summary.json").read_text())
     assert summary["world_size"] == 2
     # Rank 0's outputs hold the same final prompt.
-    init = torch.load(tmp_path / "prompts" / "prompt_tsloss_seed0.pt")
-    assert torch.equal(init, p0)
+    assert torch.equal(_final(ddp_dir, "tsloss", 0), p0)
+
+    s = _run(common + ["--output-dir", str(single_dir)] + TINY)
+    assert s.returncode == 0, s.stderr
+    single = _final(single_dir, "tsloss", 0)
+    start = torch.load(single_dir / "checkpoints" / "tsloss_seed0" / "step_000000.pt")
+    assert torch.equal(start, torch.load(ddp_dir / "checkpoints" / "tsloss_seed0"
+                                         / "step_000000.pt"))
+    # Equal up to float rounding (each half batch is padded to its own longest text, and the
+    # mean over 8 is summed in another order); a rank training on the other's half, or on a
+    # batch of 4 alone, ends far outside this tolerance.
+    torch.testing.assert_close(p0, single, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(single, start)
