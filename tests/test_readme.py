@@ -41,7 +41,7 @@ COVERED = {
     "python -m tsloss_cuda.train --model gemma-3-270m":
         "test_llm.py::test_gemma_job_two_steps (2 steps, converted into a temporary cache)",
     'pip install -e ".[bench]" --no-build-isolation': "not run: installs the benchmark peers",
-    "python benchmarks/run.py": "not run: the full suite takes an hour; --quick below",
+    "python benchmarks/run.py": "not run: the full suite takes minutes and installs peers; --quick below",
     "python -m pytest -q": ".ci/run (tests step)",
 }
 

@@ -11,7 +11,7 @@ import torch
 from ._ops import ops
 
 #: Default H1 capacity per cloud is ``H1_CAPACITY_PER_POINT * N`` (at least ``H1_MIN_CAPACITY``).
-#: Gaussian clouds in high dimension give 1.5–2.6·N H1 pairs, so clouds of N <= 256 do not
+#: Gaussian clouds in high dimension give up to about 2·N H1 pairs (N = 256), so clouds of N <= 256 do not
 #: truncate in practice; ``truncated`` reports it whenever they do.
 H1_CAPACITY_PER_POINT = 4
 H1_MIN_CAPACITY = 8
