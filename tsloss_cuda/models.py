@@ -122,12 +122,15 @@ def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = Fals
     return name
 
 
+#: Class-name endings of transformers architectures that generate text.
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
 def detect_checkpoint_task(path: str) -> str:
     """``causal`` when the checkpoint's architecture generates text, else ``encoder``."""
     from transformers import AutoConfig
     archs = AutoConfig.from_pretrained(path).architectures or []
-    return "causal" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) \
-        else "encoder"
+    return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in archs) else "encoder"
 
 
 def load_model(name: str, task: str, device: torch.device, quiet: bool = False,

@@ -11,8 +11,8 @@ import torch
 from ._ops import ops
 
 #: Default H1 capacity per cloud is ``H1_CAPACITY_PER_POINT * N`` (at least ``H1_MIN_CAPACITY``).
-#: Gaussian clouds in high dimension give up to about 2·N H1 pairs (N = 256), so clouds of N <= 256 do not
-#: truncate in practice; ``truncated`` reports it whenever they do.
+#: Gaussian clouds in high dimension give up to about 2·N H1 pairs (at N = 256), so clouds of
+#: N <= 256 do not truncate in practice; ``truncated`` reports it whenever they do.
 H1_CAPACITY_PER_POINT = 4
 H1_MIN_CAPACITY = 8
 

@@ -29,6 +29,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .models import CAUSAL_ARCHITECTURES
+
 TASKS = ("causal", "encoder")
 INITS = ("vocab", "random", "text")
 HEADS = ("similarity", "linear")
@@ -41,7 +43,7 @@ def detect_task(model: nn.Module) -> str:
     and bare encoders included)."""
     cfg = getattr(model, "config", None)
     archs = list(getattr(cfg, "architectures", None) or []) + [type(model).__name__]
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+    if any(a.endswith(CAUSAL_ARCHITECTURES) for a in archs):
         return "causal"
     can_generate = getattr(model, "can_generate", None)
     if callable(can_generate) and can_generate() \

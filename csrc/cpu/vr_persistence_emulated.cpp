@@ -49,7 +49,7 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
           cloud = matrix.data();
         }
         const auto out = glue::cloud_output<scalar_t>(h0, h0_edges, h1, h1_edges, h1_count,
-                                                 truncated, b);
+                                                       truncated, b);
         tsl::vr_persistence_cloud_emulated(cloud, N, static_cast<int>(maxdim), out, ws);
       }
     });
