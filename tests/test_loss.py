@@ -214,6 +214,11 @@ def test_opcheck_all_ops():
     dg = T.vr_persistence(x.detach())
     opcheck(ops.vr_persistence_backward.default,
             (torch.randn(3, 11, 2), torch.randn(3, 48, 2), x.detach(), dg.h0_edges, dg.h1_edges, False))
+    # Points that are not contiguous: the fake's gradient has the kernel's contiguous strides.
+    xp = torch.randn(3, 4, 12).transpose(1, 2)
+    dp = T.vr_persistence(xp.contiguous())
+    opcheck(ops.vr_persistence_backward.default,
+            (torch.randn(3, 11, 2), torch.randn(3, 48, 2), xp, dp.h0_edges, dp.h1_edges, False))
 
 
 def test_torch_compile_fullgraph_training_step():

@@ -3,7 +3,8 @@
 #
 #   bash tools/gpu_check.sh OUT_DIR [phase ...]
 #
-# Phases, in this order unless named: build cuda_tests tsloss bench profile sanitizer train suite.
+# Phases, in this order unless named: build cuda_tests warp_tests tsloss bench profile sanitizer
+# train suite.
 #   build       pip install -e . with the host's CUDA torch (README's GPU build), TORCH_CUDA_ARCH_LIST
 #               defaulting to 9.0 (H100/H200); checks the CUDA kernels are registered
 #   cuda_tests  tests/test_cuda.py, the fused TSLoss op's tests (tests/test_cuda_tsloss.py and
@@ -23,8 +24,10 @@
 #   sanitizer   compute-sanitizer memcheck and racecheck on tools/gpu_smoke.py
 #   train       the main job with --device cuda (model from GPU_CHECK_MODEL, default: the package)
 #   suite       the whole test suite (pytest-xdist when present)
-# GPU_CHECK_BUDGET_S (default 0: none) caps the whole run: each phase's time limit is cut to what
-# is left, and a phase with under 20 s left is skipped. Wheels in .whl/ (peers for the tests and
+# GPU_CHECK_BUDGET_S (default 570: one device command may run 600 s at most; 0: none) caps the
+# whole run: each phase's time limit is cut to what is left, and a phase with under 20 s left is
+# skipped, so the SUMMARY is printed inside the command's limit. Name the phases that matter most
+# first (e.g. build cuda_tests warp_tests): a fresh device machine rebuilds the extension. Wheels in .whl/ (peers for the tests and
 # the benchmark, on a host without a registry) are installed first into /tmp/site. Exits 1 if
 # any phase failed or ran out of time.
 set -uo pipefail
@@ -34,7 +37,7 @@ shift
 mkdir -p "$OUT"
 PHASES=("$@")
 [ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests warp_tests tsloss bench profile sanitizer train suite)
-BUDGET=${GPU_CHECK_BUDGET_S:-0}
+BUDGET=${GPU_CHECK_BUDGET_S:-570}
 LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}

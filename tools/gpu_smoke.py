@@ -1,6 +1,6 @@
 """A small CUDA workload for compute-sanitizer: every op forward and backward, both dtypes,
-points and distance input, the loss with all terms, N = 256 split over several launches, an H1
-overflow and a NaN cloud.
+points and distance input, the loss with all terms, N = 256 split over several launches (one and
+a few clouds per launch), an H1 overflow and a NaN cloud.
 
     compute-sanitizer --tool memcheck python tools/gpu_smoke.py
 Exits non-zero if a CUDA result differs from the CPU one.
@@ -60,6 +60,20 @@ def main() -> int:
     good &= check("N=256, one cloud per launch: counts", torch.equal(out[4].cpu(), ref[4]))
     good &= check("N=256, one cloud per launch: h1",
                   torch.allclose(out[2].cpu(), ref[2], rtol=1e-5, atol=1e-5))
+    # Several clouds per launch and a partial last launch, for both ops (about 2.4 MB per cloud
+    # at N = 256: a 6 MB budget takes two).
+    z = torch.randn(7, 256, 8, generator=g)
+    os.environ["TSLOSS_CUDA_WORKSPACE_MB"] = "6"
+    out = ops.vr_persistence(z.cuda(), 1, False, 64)
+    loss_gpu = tsloss_cuda.loss(z.cuda(), reduction="none")
+    del os.environ["TSLOSS_CUDA_WORKSPACE_MB"]
+    ref = ops.vr_persistence(z, 1, False, 64)
+    good &= check("N=256, B=7, a few clouds per launch: counts", torch.equal(out[4].cpu(), ref[4]))
+    good &= check("N=256, B=7, a few clouds per launch: h1",
+                  torch.allclose(out[2].cpu(), ref[2], rtol=1e-5, atol=1e-5))
+    good &= check("N=256, B=7, a few clouds per launch: loss",
+                  torch.allclose(loss_gpu.cpu(), tsloss_cuda.loss(z, reduction="none"),
+                                 rtol=1e-5, atol=1e-6))
     # A cloud that overflows a tiny H1 workspace, and a NaN cloud: flagged, not crashing.
     os.environ["TSLOSS_CUDA_H1_HEAP"] = "4"
     y = torch.randn(3, 40, 8, generator=g).cuda()

@@ -37,7 +37,7 @@ def _vr_persistence_fake(x, maxdim, distances, max_h1):
 
 @torch.library.register_fake("tsloss_cuda::vr_persistence_backward")
 def _vr_persistence_backward_fake(grad_h0, grad_h1, x, h0_edges, h1_edges, distances):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the kernels write it (x may be permuted)
 
 
 # ---- autograd -------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def _tsloss_forward_fake(x, prev_h0, prev_h1, maxdim, max_h1, normalize, target_
 @torch.library.register_fake("tsloss_cuda::tsloss_backward")
 def _tsloss_backward_fake(grad_loss, grad_connectivity, grad_redundancy, grad_stability,
                           grad_scale, x, *_rest):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the kernels write it (x may be permuted)
 
 
 # Options after x, prev_h0, prev_h1, maxdim, max_h1, in the order of both schemas.

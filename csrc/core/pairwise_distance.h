@@ -69,7 +69,7 @@ TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
   double s = 0.0;
   for (index_t k = 0; k < dim; ++k) {
     const double t = ((double)x[k] - (double)y[k]) / m;
-    s += t * t;
+    s = add_rn(s, mul_rn(t, t));  // nvcc would fuse s += t * t
   }
   return m * sqrt(s);
 }

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "../core/common.h"
+#include "../core/pairwise_distance.h"
 #include "kernels.h"
 
 namespace tsl {
@@ -67,12 +68,9 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
     if (g != T(0) && e.u >= 0 && e.v >= 0 && e.u != e.v) {
       const T* xu = xb + e.u * D;
       const T* xv = xb + e.v * D;
-      double sq = 0.0;
-      for (int64_t k = 0; k < D; ++k) {
-        const double t = (double)xu[k] - (double)xv[k];
-        sq = __dadd_rn(sq, __dmul_rn(t, t));  // the CPU's unfused sum
-      }
-      const double len = sqrt(sq);
+      // The canonical order (eight lane sums, a fixed tree), as the CPU's scatter_edge: a single
+      // running sum rounds differently from D = 4 on.
+      const double len = sqrt(tsl::squared_distance(xu, xv, D));
       if (len != 0.0) s = (double)g / len;
     }
     scale[r] = s;

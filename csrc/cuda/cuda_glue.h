@@ -47,5 +47,19 @@ inline size_t workspace_budget() {
   return mb > 0 ? static_cast<size_t>(mb) << 20 : fallback;
 }
 
+// The engine's workspace for `clouds` clouds per launch, or, when the device has too little
+// memory for it, an error that names the settings sizing it rather than torch's bare message.
+inline at::Tensor engine_workspace(size_t bytes, const at::TensorOptions& options, const char* op,
+                                   int64_t clouds, size_t per_cloud) {
+  try {
+    return at::empty({static_cast<int64_t>(bytes)}, options.dtype(at::kByte));
+  } catch (const c10::OutOfMemoryError&) {
+    TSL_CHECK(false, op, ": out of GPU memory for the engine's workspace (", clouds,
+              " clouds per launch, ", per_cloud >> 10, " KB each): lower TSLOSS_CUDA_WORKSPACE_MB "
+              "(clouds per launch) or the TSLOSS_CUDA_H1_HEAP / _ARENA / _COLUMNS capacities");
+  }
+  return at::Tensor();
+}
+
 }  // namespace cuda_glue
 }  // namespace tsloss

@@ -92,7 +92,10 @@ cudaError_t launch_symmetrize_lower(const T* in, int64_t B, int64_t N, T* out,
 //                    results (the native tests prove the algorithm on the host emulation), and
 //                    the workspace must be sized with the same flag
 //   warp_reduction:  reduce H1 with one warp per cloud (launch_reduce_warp) instead of one
-//                    thread; same workspace, same results and overflow reporting
+//                    thread; same workspace and results, but it holds more before it
+//                    overflows (256 heap entries in shared memory besides `cap`, and room for
+//                    twice the V arena), so a cloud just past a capacity may report -1 on the
+//                    scalar path only
 // B must not exceed vr_max_clouds_per_call(N). A cloud whose H1 reduction exceeds `cap` gets
 // h1_count = -1, truncated = true and all-padding H1 rows (its H0 is still exact).
 template <typename T>

@@ -94,7 +94,7 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
   int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
   chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
   const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap);
-  auto workspace = at::empty({static_cast<int64_t>(ws_bytes)}, opts.dtype(at::kByte));
+  auto workspace = engine_workspace(ws_bytes, opts, "tsloss", chunk, per_cloud);
   auto terms_ws = at::empty({static_cast<int64_t>(tsl::cuda::tsloss_forward_workspace_bytes(B, N))},
                             opts.dtype(at::kByte));
 

@@ -87,7 +87,7 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
 
   const size_t ws_bytes =
       tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap, block_topology);
-  auto workspace = at::empty({static_cast<int64_t>(ws_bytes)}, opts.dtype(at::kByte));
+  auto workspace = engine_workspace(ws_bytes, opts, "vr_persistence", chunk, per_cloud);
   auto dist = at::empty({chunk, N, N}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "vr_persistence_cuda", [&] {
