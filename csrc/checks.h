@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include <cstdio>
+#include <initializer_list>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -93,6 +94,80 @@ inline void check_h1_capacity(int64_t max_h1, int64_t B, int64_t N, int64_t valu
               max_h1, " asks for ", bytes / double(1ull << 30), " GiB of H1 outputs, but a ",
               "cloud of ", N, " points has at most ", edges, " H1 bars; pass max_h1 <= ",
               edges);
+}
+
+// A tensor of the given shape and dtype, or an error naming it: the backward ops index their
+// saved tensors by x's sizes, so a mismatch would read or write out of bounds.
+inline void check_saved(const char* op, const char* name, const at::Tensor& t,
+                        c10::IntArrayRef shape, const char* shape_text, bool integer) {
+  TSL_CHECK(t.defined() && t.sizes() == shape, op, ": ", name, " must be ", shape_text, " = ",
+            shape, " for x of that batch and size, got ",
+            t.defined() ? t.sizes() : c10::IntArrayRef{});
+  TSL_CHECK(integer ? t.scalar_type() == at::kLong : at::isFloatingType(t.scalar_type()), op,
+            ": ", name, " must be ", integer ? "int64" : "floating point", ", got ",
+            t.scalar_type());
+}
+
+// vr_persistence_backward's inputs: x as the forward's, h0_edges (B, N-1, 2) and h1_edges
+// (B, K, 4) int64, grad_h0 (B, N-1, 2) and grad_h1 (B, K, 2).
+inline void check_vr_backward_inputs(const at::Tensor& grad_h0, const at::Tensor& grad_h1,
+                                     const at::Tensor& x, const at::Tensor& h0_edges,
+                                     const at::Tensor& h1_edges, bool distances) {
+  const char* op = "vr_persistence_backward";
+  TSL_CHECK(x.dim() == 3 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+            op, ": x must be float32 or float64 ", distances ? "(B, N, N)" : "(B, N, D)",
+            ", got ", x.scalar_type(), " ", x.sizes());
+  TSL_CHECK(!distances || x.size(1) == x.size(2), op, ": distances must be square, got ",
+            x.sizes());
+  const int64_t B = x.size(0), N = x.size(1), H0 = N > 0 ? N - 1 : 0;
+  TSL_CHECK(h1_edges.dim() == 3, op, ": h1_edges must be (B, K, 4), got ", h1_edges.sizes());
+  const int64_t K = h1_edges.size(1);
+  check_saved(op, "h0_edges", h0_edges, {B, H0, 2}, "(B, N-1, 2)", true);
+  check_saved(op, "h1_edges", h1_edges, {B, K, 4}, "(B, K, 4)", true);
+  check_saved(op, "grad_h0", grad_h0, {B, H0, 2}, "(B, N-1, 2)", false);
+  check_saved(op, "grad_h1", grad_h1, {B, K, 2}, "(B, K, 2)", false);
+}
+
+// tsloss_backward's saved tensors against x (B, N, D): dist (B, N, N), scales (B,), topo_h0
+// (B, N-1), topo_h1 (B, K), h1_count (B,), h0_edges (B, N-1, 2), h1_edges (B, K, 4); and each
+// given upstream gradient () or (B,) as the reduction made the outputs.
+inline void check_tsloss_backward_inputs(
+    const at::Tensor& x, const at::Tensor& dist, const at::Tensor& scales,
+    const at::Tensor& topo_h0, const at::Tensor& topo_h1, const at::Tensor& h1_count,
+    const at::Tensor& h0_edges, const at::Tensor& h1_edges, int64_t reduction,
+    std::initializer_list<const c10::optional<at::Tensor>*> grads) {
+  const char* op = "tsloss_backward";
+  TSL_CHECK(x.dim() == 3 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+            op, ": x must be float32 or float64 (B, N, D), got ", x.scalar_type(), " ",
+            x.sizes());
+  TSL_CHECK(reduction >= 0 && reduction <= 2, op,
+            ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  const int64_t B = x.size(0), N = x.size(1), H0 = N > 0 ? N - 1 : 0;
+  TSL_CHECK(topo_h1.dim() == 2, op, ": topo_h1 must be (B, K), got ", topo_h1.sizes());
+  const int64_t K = topo_h1.size(1);
+  check_saved(op, "dist", dist, {B, N, N}, "(B, N, N)", false);
+  check_saved(op, "scales", scales, {B}, "(B,)", false);
+  check_saved(op, "topo_h0", topo_h0, {B, H0}, "(B, N-1)", false);
+  check_saved(op, "topo_h1", topo_h1, {B, K}, "(B, K)", false);
+  check_saved(op, "h1_count", h1_count, {B}, "(B,)", true);
+  check_saved(op, "h0_edges", h0_edges, {B, H0, 2}, "(B, N-1, 2)", true);
+  check_saved(op, "h1_edges", h1_edges, {B, K, 4}, "(B, K, 4)", true);
+  const int64_t values = reduction == 0 ? B : 1;
+  for (const c10::optional<at::Tensor>* g : grads) {
+    if (!g->has_value() || !(*g)->defined()) continue;
+    TSL_CHECK((*g)->numel() == values, op, ": an output gradient must have ",
+              reduction == 0 ? "B values (reduction none)" : "one value (reduced outputs)",
+              ", got shape ", (*g)->sizes());
+  }
+}
+
+// On the CPU, where it costs no synchronisation: every edge endpoint is a point of the cloud
+// (negative marks a padding row). The CUDA kernels skip an endpoint >= N instead.
+inline void check_edge_range(const char* op, const char* name, const at::Tensor& edges,
+                             int64_t N) {
+  if (edges.numel() == 0) return;
+  const int64_t top = edges.max().item<int64_t>();
+  TSL_CHECK(top < N, op, ": ", name, " names point ", top, " of a cloud of ", N, " points");
 }
 
 // vr_persistence's six outputs, uninitialised, for B clouds of N points and H1 capacity K:

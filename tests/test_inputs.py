@@ -422,3 +422,90 @@ def test_lone_point_error_names_its_cloud():
         pairwise_distance(x)
     with pytest.raises(RuntimeError, match=r"NaN or Inf \(cloud 2\)"):
         vr_persistence(x)
+
+
+# ---- The backward ops check their saved tensors against x ------------------------------------
+# They are public ops (torch.ops.tsloss_cuda.*): a wrong shape must be an error naming the
+# tensor, not a read or write outside it. Same checks on every backend.
+BACKWARD_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ops = torch.ops.tsloss_cuda
+
+
+def _vr_saved(device):
+    torch.manual_seed(3)
+    x = torch.randn(2, 7, 3, dtype=torch.float64, device=device)
+    h0, e0, h1, e1, _, _ = ops.vr_persistence(x, 1, False, 6)
+    return [torch.ones_like(h0), torch.ones_like(h1), x, e0, e1, False]
+
+
+@pytest.mark.parametrize("device", BACKWARD_DEVICES)
+@pytest.mark.parametrize("index, bad, name", [
+    (3, lambda e: e[:, :-1], "h0_edges"),            # (B, N-2, 2)
+    (3, lambda e: e.double(), "h0_edges must be int64"),
+    (4, lambda e: e[..., :3], "h1_edges"),          # (B, K, 3)
+    (4, lambda e: e[:1], "h1_edges"),               # one cloud for two
+    (0, lambda g: g[:, :, :1], "grad_h0"),
+    (1, lambda g: g[:, :-1], "grad_h1"),            # K - 1 rows for K edges
+])
+def test_vr_persistence_backward_checks_shapes(device, index, bad, name):
+    args = _vr_saved(device)
+    args[index] = bad(args[index])
+    with pytest.raises(RuntimeError, match=re.escape(name)):
+        ops.vr_persistence_backward(*args)
+
+
+def test_vr_persistence_backward_refuses_an_edge_outside_the_cloud():
+    args = _vr_saved("cpu")
+    args[3] = args[3].clone()
+    args[3][1, 0, 0] = 7  # N = 7: points 0..6
+    with pytest.raises(RuntimeError, match=r"h0_edges names point 7 of a cloud of 7 points"):
+        ops.vr_persistence_backward(*args)
+
+
+def _tsloss_saved(device, reduction):
+    torch.manual_seed(4)
+    x = torch.randn(3, 8, 5, dtype=torch.float64, device=device)
+    out = ops.tsloss_forward(x, None, None, 1, 10, True, False, 0.0, 1.0, 1.0, 1.0, 0.0,
+                             reduction)
+    grads = [torch.ones_like(out[0]), None, None, None, None]
+    saved = [x, out[9], out[8], out[6], out[7], out[5], out[10], out[11]]
+    options = [None, None, True, False, 0.0, 1.0, 1.0, 1.0, 0.0, reduction]
+    return grads, saved, options
+
+
+@pytest.mark.parametrize("device", BACKWARD_DEVICES)
+@pytest.mark.parametrize("index, bad, name", [
+    (1, lambda d: d[:, :-1], "dist"),
+    (2, lambda s: s[:-1], "scales"),
+    (3, lambda t: t[:, :-1], "topo_h0"),
+    (5, lambda c: c.double(), "h1_count must be int64"),
+    (6, lambda e: e[:-1], "h0_edges"),
+    (7, lambda e: e[:, :-1], "h1_edges"),           # K - 1 rows for a topo_h1 of K
+])
+def test_tsloss_backward_checks_saved_shapes(device, index, bad, name):
+    grads, saved, options = _tsloss_saved(device, 1)
+    saved[index] = bad(saved[index])
+    with pytest.raises(RuntimeError, match=re.escape(name)):
+        ops.tsloss_backward(*grads, *saved, *options)
+
+
+@pytest.mark.parametrize("device", BACKWARD_DEVICES)
+def test_tsloss_backward_checks_the_output_gradient_shape(device):
+    grads, saved, options = _tsloss_saved(device, 1)  # mean: one value per output
+    grads[0] = torch.ones(3, dtype=torch.float64, device=device)
+    with pytest.raises(RuntimeError, match="one value"):
+        ops.tsloss_backward(*grads, *saved, *options)
+    grads, saved, options = _tsloss_saved(device, 0)  # none: B values
+    grads[2] = torch.ones((), dtype=torch.float64, device=device)
+    with pytest.raises(RuntimeError, match="B values"):
+        ops.tsloss_backward(*grads, *saved, *options)
+    grads[2] = None
+    assert ops.tsloss_backward(*grads, *saved, *options).shape == saved[0].shape
+
+
+def test_tsloss_backward_refuses_an_edge_outside_the_cloud():
+    grads, saved, options = _tsloss_saved("cpu", 1)
+    saved[7] = saved[7].clone()
+    saved[7][0, 0, 1] = 8
+    with pytest.raises(RuntimeError, match=r"h1_edges names point 8 of a cloud of 8 points"):
+        ops.tsloss_backward(*grads, *saved, *options)

@@ -213,13 +213,14 @@ at::Tensor tsloss_backward_cpu(
     const at::Tensor& h1_edges_in, const c10::optional<at::Tensor>& prev_h0_in,
     const c10::optional<at::Tensor>& prev_h1_in, bool normalize, bool target_mode, double target,
     double p, double w_conn, double w_red, double w_stab, int64_t reduction) {
-  TSL_CHECK(x_in.dim() == 3, "tsloss_backward: x must be (B, N, D), got ", x_in.sizes());
+  check_tsloss_backward_inputs(x_in, dist_in, scales_in, topo_h0_in, topo_h1_in, h1_count_in,
+                               h0_edges_in, h1_edges_in, reduction,
+                               {&grad_loss, &grad_conn, &grad_red, &grad_stab, &grad_scale});
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   const int64_t H0 = N > 0 ? N - 1 : 0;
   const int64_t K = topo_h1_in.size(1);
-  TSL_CHECK(dist_in.sizes() == at::IntArrayRef({B, N, N}) && topo_h0_in.size(1) == H0 &&
-                h0_edges_in.size(1) == H0 && h1_edges_in.size(1) == K,
-            "tsloss_backward: saved tensors do not match x ", x_in.sizes());
+  check_edge_range("tsloss_backward", "h0_edges", h0_edges_in, N);
+  check_edge_range("tsloss_backward", "h1_edges", h1_edges_in, N);
   auto x = x_in.contiguous();
   const auto st = x.scalar_type();
   auto dist = dist_in.to(st).contiguous();

@@ -196,6 +196,9 @@ void scatter_edge(T g, int64_t u, int64_t v, bool distances, const T* x, int64_t
 at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tensor& grad_h1,
                                        const at::Tensor& x_in, const at::Tensor& h0_edges_in,
                                        const at::Tensor& h1_edges_in, bool distances) {
+  check_vr_backward_inputs(grad_h0, grad_h1, x_in, h0_edges_in, h1_edges_in, distances);
+  check_edge_range("vr_persistence_backward", "h0_edges", h0_edges_in, x_in.size(1));
+  check_edge_range("vr_persistence_backward", "h1_edges", h1_edges_in, x_in.size(1));
   auto x = x_in.contiguous();
   auto g0 = grad_h0.to(x.scalar_type()).contiguous();
   auto g1 = grad_h1.to(x.scalar_type()).contiguous();

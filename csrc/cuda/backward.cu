@@ -32,6 +32,12 @@ __device__ __forceinline__ EdgeRef edge_ref(int64_t b, int64_t r, const int64_t*
   return EdgeRef{e[0], e[1], -1 - ((b * K + q) * 2 + side)};
 }
 
+// An edge the gradient flows through: both endpoints points of the cloud (a negative one marks a
+// padding row; one >= N, which the CPU op refuses, would index outside it) and distinct.
+__device__ __forceinline__ bool live_edge(const EdgeRef& e, int64_t N) {
+  return e.u >= 0 && e.v >= 0 && e.u < N && e.v < N && e.u != e.v;
+}
+
 template <typename T>
 __device__ __forceinline__ T edge_grad(const EdgeRef& e, const T* g0, const T* g1) {
   return e.gi >= 0 ? g0[e.gi] : g1[-1 - e.gi];
@@ -52,7 +58,7 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
     for (int64_t r = 0; r < R; ++r) {
       const EdgeRef e = edge_ref(b, r, h0_edges, H0, h1_edges, K);
       const T g = edge_grad(e, g0, g1);
-      if (g == T(0) || e.u < 0 || e.v < 0 || e.u == e.v) continue;
+      if (g == T(0) || !live_edge(e, N)) continue;
       const int64_t hi = e.u > e.v ? e.u : e.v, lo = e.u > e.v ? e.v : e.u;
       gb[hi * N + lo] += g;
     }
@@ -65,7 +71,7 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
     const EdgeRef e = edge_ref(b, r, h0_edges, H0, h1_edges, K);
     const T g = edge_grad(e, g0, g1);
     double s = 0.0;  // 0: the edge contributes nothing (same skips as the CPU)
-    if (g != T(0) && e.u >= 0 && e.v >= 0 && e.u != e.v) {
+    if (g != T(0) && live_edge(e, N)) {
       const T* xu = xb + e.u * D;
       const T* xv = xb + e.v * D;
       // The canonical order (eight lane sums, a fixed tree), as the CPU's scatter_edge: a single

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "../checks.h"
 #include "kernels.h"
@@ -34,6 +35,30 @@ inline tsl::cuda::H1Capacity h1_capacity(int64_t n) {
   c.columns = env_int("TSLOSS_CUDA_H1_COLUMNS", c.columns);
   c.arena = env_int("TSLOSS_CUDA_H1_ARENA", c.arena);
   return c;
+}
+
+// How the engine runs, read from the environment at every call so that both ops switch together
+// (tools/gpu_check.sh runs the CUDA tests each way): TSLOSS_CUDA_TOPOLOGY=block builds the tree
+// and the H1 columns with the one-block-per-cloud topology kernel, TSLOSS_CUDA_REDUCE=warp
+// reduces H1 with one warp per cloud, TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP (1..32, 0 automatic)
+// tunes the one-thread reduction's mapping.
+struct EngineSettings {
+  bool block_topology;
+  bool warp_reduction;
+  int clouds_per_warp;
+};
+
+inline bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
+inline EngineSettings engine_settings() {
+  const int64_t clouds_per_warp = env_int("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", 0);
+  TSL_CHECK(clouds_per_warp <= 32, "TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP must be 1..32, got ",
+            clouds_per_warp);
+  return EngineSettings{env_is("TSLOSS_CUDA_TOPOLOGY", "block"), env_is("TSLOSS_CUDA_REDUCE", "warp"),
+                        static_cast<int>(clouds_per_warp)};
 }
 
 // Bytes of engine workspace one call may allocate: TSLOSS_CUDA_WORKSPACE_MB, else an eighth of

@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
     for (int side = 0; side < (e < H0 ? 1 : 2); ++side) {
       if (e >= H0) p = h1_edges + (b * K + (e - H0)) * 4 + 2 * side;
       const int64_t u = p[0], v = p[1];
-      if (u < 0 || v < 0 || u == v || (u != i && v != i)) continue;
+      if (u < 0 || v < 0 || u >= N || v >= N || u == v || (u != i && v != i)) continue;
       const int64_t other = u == i ? v : u;
       const double d = (double)db[i * N + other];
       if (!(d > 0.0)) continue;

@@ -10,7 +10,6 @@
 #include <torch/types.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "../checks.h"
 #include "cuda_glue.h"
@@ -88,12 +87,16 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
   const tsl::cuda::H1Capacity cap = h1_capacity(N);
   const int dim = static_cast<int>(maxdim);
   const size_t elem = x.element_size();
-  // The engine's workspace bounds the clouds per launch, as in vr_persistence.
+  // The engine as vr_persistence runs it (same settings), its workspace bounding the clouds per
+  // launch.
+  const EngineSettings engine = engine_settings();
   const size_t budget = workspace_budget();
-  const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap);
+  const size_t per_cloud =
+      tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, engine.block_topology);
   int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
   chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
-  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap);
+  const size_t ws_bytes =
+      tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap, engine.block_topology);
   auto workspace = engine_workspace(ws_bytes, opts, "tsloss", chunk, per_cloud);
   auto terms_ws = at::empty({static_cast<int64_t>(tsl::cuda::tsloss_forward_workspace_bytes(B, N))},
                             opts.dtype(at::kByte));
@@ -112,7 +115,8 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
                      h1.data_ptr<scalar_t>() + b0 * K * 2,
                      h1_edges.data_ptr<int64_t>() + b0 * K * 4,
                      h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
-                     workspace.data_ptr(), ws_bytes, cap, 0, stream),
+                     workspace.data_ptr(), ws_bytes, cap, engine.clouds_per_warp, stream,
+                     engine.block_topology, engine.warp_reduction),
                  "tsloss_forward (persistence)");
     }
     check_cuda(tsl::cuda::launch_tsloss_terms<scalar_t>(
@@ -139,7 +143,9 @@ at::Tensor tsloss_backward_cuda(
     const at::Tensor& h1_edges_in, const c10::optional<at::Tensor>& prev_h0_in,
     const c10::optional<at::Tensor>& prev_h1_in, bool normalize, bool target_mode, double target,
     double p, double w_conn, double w_red, double w_stab, int64_t reduction) {
-  TSL_CHECK(x_in.dim() == 3, "tsloss_backward: x must be (B, N, D), got ", x_in.sizes());
+  check_tsloss_backward_inputs(x_in, dist_in, scales_in, topo_h0_in, topo_h1_in, h1_count_in,
+                               h0_edges_in, h1_edges_in, reduction,
+                               {&grad_loss, &grad_conn, &grad_red, &grad_stab, &grad_scale});
   c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);

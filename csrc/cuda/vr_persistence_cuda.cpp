@@ -10,16 +10,15 @@
 //
 // TSLOSS_CUDA_TOPOLOGY=block builds the tree and the H1 columns with the one-block-per-cloud
 // topology kernel (topology.cu) instead of the global passes, TSLOSS_CUDA_REDUCE=warp reduces
-// H1 with one warp per cloud (h1_reduce_warp.cu) instead of one thread; both off by default
-// until a GPU run has checked them (tools/gpu_check.sh runs the CUDA tests both ways).
+// H1 with one warp per cloud (h1_reduce_warp.cu) instead of one thread (cuda_glue.h's
+// engine_settings, read by the fused TSLoss op too); both off by default until a GPU run has
+// checked them (tools/gpu_check.sh runs the CUDA tests both ways).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "../checks.h"
 #include "cuda_glue.h"
@@ -67,26 +66,19 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const tsl::cuda::H1Capacity cap = h1_capacity(N);
-  // A tuning knob for measuring the reduce kernel's mapping (0 or unset: automatic).
-  const int64_t clouds_per_warp = env_int("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", 0);
-  TSL_CHECK(clouds_per_warp <= 32, "TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP must be 1..32, got ",
-            clouds_per_warp);
+  const EngineSettings engine = engine_settings();
   const int dim = static_cast<int>(maxdim);
-  const char* topology = std::getenv("TSLOSS_CUDA_TOPOLOGY");
-  const bool block_topology = topology != nullptr && std::string(topology) == "block";
-  const char* reduce = std::getenv("TSLOSS_CUDA_REDUCE");
-  const bool warp_reduction = reduce != nullptr && std::string(reduce) == "warp";
   const size_t elem = x.element_size();
   // Clouds per launch: bounded by the sort's 32-bit offsets and by a workspace budget, so a
   // large batch runs as a few launches instead of one giant allocation.
   const size_t budget = workspace_budget();
-  const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, block_topology) +
+  const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, engine.block_topology) +
                            static_cast<size_t>(N * N) * elem;
   int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
   chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
 
   const size_t ws_bytes =
-      tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap, block_topology);
+      tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap, engine.block_topology);
   auto workspace = engine_workspace(ws_bytes, opts, "vr_persistence", chunk, per_cloud);
   auto dist = at::empty({chunk, N, N}, opts);
 
@@ -110,8 +102,8 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
                      h1.data_ptr<scalar_t>() + b0 * K * 2,
                      h1_edges.data_ptr<int64_t>() + b0 * K * 4,
                      h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
-                     workspace.data_ptr(), ws_bytes, cap, static_cast<int>(clouds_per_warp), stream,
-                     block_topology, warp_reduction),
+                     workspace.data_ptr(), ws_bytes, cap, engine.clouds_per_warp, stream,
+                     engine.block_topology, engine.warp_reduction),
                  "vr_persistence");
     }
   });
@@ -121,6 +113,7 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
 at::Tensor vr_persistence_backward_cuda(const at::Tensor& grad_h0, const at::Tensor& grad_h1,
                                         const at::Tensor& x_in, const at::Tensor& h0_edges_in,
                                         const at::Tensor& h1_edges_in, bool distances) {
+  check_vr_backward_inputs(grad_h0, grad_h1, x_in, h0_edges_in, h1_edges_in, distances);
   c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
   auto g0 = grad_h0.to(x.scalar_type()).contiguous();
