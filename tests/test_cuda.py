@@ -84,6 +84,21 @@ def test_pairwise_distance_matches_float64():
     assert torch.equal(out32, out32.transpose(1, 2))
 
 
+def test_pairwise_distance_backward_is_accurate_for_close_pairs():
+    # A pair 1e-4 apart in a cloud far from the origin: w ~ 1/d is largest on that pair, where
+    # the Gram form rowsum(w) x - w x loses ~1e-2 relative in float32. CUDA runs the composite.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 64, 768, generator=g, dtype=torch.float64)
+    x[:, 1] = x[:, 0] + 1e-4 / 27 * torch.randn(3, 768, generator=g, dtype=torch.float64)
+    x = (x + 1e4).float()
+    grad = torch.randn(3, 64, 64, generator=g)
+    xd = x.double()
+    ref = ops.pairwise_distance_backward(grad.double(), xd, ops.pairwise_distance(xd))
+    xc = x.cuda()
+    out = ops.pairwise_distance_backward(grad.cuda(), xc, ops.pairwise_distance(xc)).cpu()
+    assert (out.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
 def test_maxdim0_and_tiny():
     for n in (0, 1, 2, 3):
         x = torch.randn(3, n, 2, dtype=torch.float64)

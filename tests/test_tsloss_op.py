@@ -175,6 +175,46 @@ def test_non_finite_points_name_the_point():
         T.loss(x[2:3])
 
 
+def test_errors_name_loss_whatever_the_batch_and_threads():
+    # Few clouds take the row-parallel distances, many the fused path: the message is the same.
+    big = torch.zeros(2, 2, 3)
+    big[:, 0, 0], big[:, 1, 0] = -3e38, 3e38  # finite points 6e38 apart: over float32
+    messages = set()
+    for b in (1, 2):
+        for threads in (1, 2):
+            with _threads(threads), pytest.raises(RuntimeError) as err:
+                T.loss(big[:b])
+            messages.add(str(err.value).splitlines()[0])
+    assert len(messages) == 1 and next(iter(messages)).startswith("loss: the distance between")
+
+
+def test_scale_is_the_same_bits_for_any_batch_layout_and_threads():
+    # N > 256 takes row-block distances; their per-block sums once made the scale (and so the
+    # loss and gradient) depend on whether the cloud ran fused and on the thread count.
+    torch.manual_seed(8)
+    x = torch.randn(4, 300, 3, dtype=torch.float64)
+    seen = set()
+    for threads in (1, 2):
+        with _threads(threads):
+            for part, row in ((x, 1), (x[1:2], 0), (x[:2], 1)):  # cloud 1 in each
+                out = ops.tsloss_forward(part, None, None, 1, 64, True, False, 0.0, 1.0, 1.0,
+                                         1.0, 0.0, 0)
+                seen.add((out[8][row].item(), out[0][row].item()))
+    assert len(seen) == 1, seen
+
+
+class _threads:
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
 @pytest.mark.parametrize("kw", [
     dict(),
     dict(normalize="none", p=2.0),

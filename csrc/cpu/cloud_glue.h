@@ -100,11 +100,13 @@ constexpr int64_t kRowBlock = 4;
 // sq[(i - i0) * N + j], written to both triangles of out (N, N) with the diagonal. A
 // non-finite result is traced back to its cause (non-finite input, or a distance the dtype
 // cannot hold) and reported in the name of `op`, the op the user called: no NaN leaves it.
-// Returns the sum of the rounded distances over those pairs, in double (TSLoss's scale).
+// Adds the rounded distances to *sum (when given) in row order, i then j ascending: one running
+// sum, the same bits as a plain loop over the finished matrix (TSLoss's scale), however the rows
+// were blocked.
 template <typename T>
-double finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
-                            const double* sq, T* out, const Caller& op) {
-  double sum = 0.0;
+void finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
+                          const double* sq, T* out, const Caller& op, double* sum_out = nullptr) {
+  double sum = sum_out ? *sum_out : 0.0;
   for (int64_t i = i0; i < i1; ++i) {
     out[i * N + i] = T(0);
     const double* si = sq + (i - i0) * N;
@@ -135,33 +137,37 @@ double finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_
       sum += static_cast<double>(v);
     }
   }
-  return sum;
+  if (sum_out) *sum_out = sum;
 }
 
 // The same, computing the squares into sq ((i1 - i0) * N doubles of scratch).
 template <typename T>
-double distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
-                     double* sq, T* out, const Caller& op) {
+void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int64_t b,
+                   double* sq, T* out, const Caller& op, double* sum = nullptr) {
   cpu::squared_distance_lower_rows(x, N, D, i0, i1, sq);
-  return finish_distance_rows(x, N, D, i0, i1, b, sq, out, op);
+  finish_distance_rows(x, N, D, i0, i1, b, sq, out, op, sum);
 }
 
 // All distances of one cloud, serially (the caller parallelises over clouds): whole-cloud tiles
 // for small clouds, else row blocks with a scratch of kRowBlock rows.
 template <typename T>
-double cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
-                       T* out, const Caller& op) {
+void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
+                     T* out, const Caller& op, double* sum = nullptr) {
   if (cpu::whole_cloud_tiles(N)) {
     sq.resize(N * N);
     cpu::squared_distance_lower(x, N, D, sq.data());
-    return finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op);
+    finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op, sum);
+    return;
   }
   sq.resize(kRowBlock * N);
-  double sum = 0.0;
   for (int64_t i0 = 0; i0 < N; i0 += kRowBlock)
-    sum += distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out, op);
-  return sum;
+    distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out, op, sum);
 }
+
+// Distances (B, N, N) of points x (B, N, D) float32/float64, as the pairwise_distance op computes
+// them (parallel over clouds, or over row blocks for few clouds), with its checks reported in
+// the name of `op`. Defined in vr_persistence_cpu.cpp.
+at::Tensor distances(const at::Tensor& x, const Caller& op);
 
 // Every coordinate finite, else an error naming the op, the cloud, the point and the coordinate.
 // Needed where no distance will carry a non-finite coordinate to finish_distance_rows: clouds of

@@ -4,7 +4,6 @@
 // the backward is one pass over the pairs with the dense scale weight and the sparse bar
 // weights together.
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -30,17 +29,6 @@ using namespace glue;
 
 // Errors about the points name the function the user called and its argument.
 const Caller kOp{"loss", "prompts"};
-
-// The registered pairwise_distance kernel, for batches too small to keep every thread busy with
-// whole clouds: it splits one cloud's rows among the threads. Called through the dispatcher
-// (below autograd: this is already inside the op) so that profiles show it by name.
-at::Tensor distances_by_rows(const at::Tensor& x) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("tsloss_cuda::pairwise_distance", "")
-                       .typed<at::Tensor(const at::Tensor&)>();
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(x);
-}
 
 // TSLOSS_ENGINE=emulated: the diagrams come from the GPU engine's kernels on the host warp
 // emulation (core/vr_emulated.h), so that the loss suites check the device's algorithm on a
@@ -102,12 +90,12 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
                               int64_t max_h1, bool normalize, bool target_mode, double target,
                               double p, double w_conn, double w_red, double w_stab,
                               int64_t reduction) {
-  check_points_or_distances(x_in, false);
+  check_points_or_distances(x_in, false, kOp.op, kOp.points);
   check_options(maxdim, max_h1, p, reduction);
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   const int64_t H0 = N > 0 ? N - 1 : 0;
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
-  check_h1_capacity(K, B, N, x_in.element_size());
+  check_h1_capacity(K, B, N, x_in.element_size(), kOp.op);
   auto x = x_in.contiguous();
   auto [prev_h0, prev_h1] = previous_of(prev_h0_in, prev_h1_in, x, H0, K);
   const tsl::TermOptions opt = term_options(prev_h0.defined(), normalize, target_mode, target, p,
@@ -127,11 +115,7 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
   // parallel region; the matrix is still in cache for the engine). Otherwise the rows of the
   // few clouds are shared out first.
   const bool fused = B >= 2 * at::get_num_threads();
-  if (!fused)  // the pairwise_distance op's own errors would name it, not what the user called
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_forward_check", [&] {
-      check_finite_points(x.data_ptr<scalar_t>(), B, N, D, kOp);
-    });
-  at::Tensor dist = fused ? glue::empty_written({B, N, N}, opts) : distances_by_rows(x);
+  at::Tensor dist = fused ? glue::empty_written({B, N, N}, opts) : glue::distances(x, kOp);
 
   std::vector<double> v_conn(B), v_red(B), v_stab(B), v_scale(B), v_total(B);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_forward_cpu", [&] {
@@ -158,9 +142,11 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
       bool truncated = false;
       for (int64_t b = begin; b < end; ++b) {
         scalar_t* db = pd + b * N * N;
+        // One running sum in row order however the distances were made (fused: while they are
+        // written), so that the scale does not depend on the batch's layout or the threads.
         double pair_sum = 0.0;
         if (fused) {
-          pair_sum = cloud_distances(px + b * N * D, N, D, b, sq, db, kOp);
+          cloud_distances(px + b * N * D, N, D, b, sq, db, kOp, &pair_sum);
         } else {
           for (int64_t i = 1; i < N; ++i)
             for (int64_t j = 0; j < i; ++j) pair_sum += static_cast<double>(db[i * N + j]);
@@ -279,9 +265,9 @@ at::Tensor tsloss_backward_cpu(
     const int64_t* pe0 = e0.data_ptr<int64_t>();
     const int64_t* pe1 = e1.data_ptr<int64_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    auto pair_weights = [&](int64_t b, scalar_t* W) {
-      // The weights summed in double, then divided by the distance and rounded once.
-      thread_local std::vector<double> wd;
+    // The weights summed in double (wd: n4 * n4 scratch of the task, not kept past the call),
+    // then divided by the distance and rounded once.
+    auto pair_weights = [&](int64_t b, scalar_t* W, std::vector<double>& wd) {
       wd.assign(n4 * n4, 0.0);
       std::fill(W, W + n4 * n4, scalar_t(0));
       for (int64_t i = 1; i < N; ++i)
@@ -308,8 +294,9 @@ at::Tensor tsloss_backward_cpu(
     if (B >= 2 * at::get_num_threads()) {
       at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> W(n4 * n4), scratch(2 * n4 * chunk);
+        std::vector<double> wd;
         for (int64_t b = begin; b < end; ++b) {
-          pair_weights(b, W.data());
+          pair_weights(b, W.data(), wd);
           for (int64_t c = 0; c < chunks; ++c)
             cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
                                  std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D);
@@ -318,8 +305,9 @@ at::Tensor tsloss_backward_cpu(
     } else {
       // Few clouds: their coordinate chunks are shared out (chunks never write the same entry).
       std::vector<scalar_t> W(n4 * n4);
+      std::vector<double> wd;
       for (int64_t b = 0; b < B; ++b) {
-        pair_weights(b, W.data());
+        pair_weights(b, W.data(), wd);
         at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
           std::vector<scalar_t> scratch(2 * n4 * chunk);
           for (int64_t c = begin; c < end; ++c)

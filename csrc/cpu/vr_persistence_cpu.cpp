@@ -236,6 +236,8 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
 
 }  // namespace
 
+at::Tensor glue::distances(const at::Tensor& x, const Caller& op) { return distances_cpu(x, op); }
+
 TORCH_LIBRARY_IMPL(tsloss_cuda, CPU, m) {
   m.impl("pairwise_distance", &pairwise_distance_cpu);
   m.impl("pairwise_distance_backward", &pairwise_distance_backward_cpu);

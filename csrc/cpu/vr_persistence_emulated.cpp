@@ -4,7 +4,6 @@
 // without a GPU: TSLOSS_ENGINE=emulated (tsloss_cuda/persistence.py). Same signature, outputs,
 // checks and messages as the CPU op; lanes run in order (no shuffling: the native tests do that).
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -27,12 +26,9 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
   const int64_t B = x_in.size(0), N = x_in.size(1);
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
   check_h1_capacity(K, B, N, x_in.element_size());
-  // From points, the distances of the CPU op (its checks included), through the dispatcher.
-  static const auto distance_op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("tsloss_cuda::pairwise_distance", "")
-          .typed<at::Tensor(const at::Tensor&)>();
-  const at::Tensor dist = distances ? x_in.contiguous() : distance_op.call(x_in).contiguous();
+  // From points, the CPU op's distances, checked in vr_persistence's name as the CPU op checks.
+  const at::Tensor dist =
+      distances ? x_in.contiguous() : glue::distances(x_in, {"vr_persistence", "x"});
   auto opts = x_in.options();
   at::Tensor h0, h0_edges, h1, h1_edges, h1_count, truncated;
   std::tie(h0, h0_edges, h1, h1_edges, h1_count, truncated) = empty_diagrams(opts, B, N, K);
