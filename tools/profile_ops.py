@@ -1,17 +1,20 @@
 """Where the time of the forward and of TSLoss goes, op by op and kernel by kernel.
 
     python tools/profile_ops.py [--device cuda] [--configs N,D,B ...] [--iters 5] [--out DIR]
+                                [--no-trace] [--launches-only]
 
 For each config (default: the benchmark's GPU-relevant sizes), one warm-up call, then --iters
 calls of `vr_persistence` forward and --iters of `tsloss_cuda.loss` forward+backward under
 torch.profiler (CPU activity, plus CUDA activity on a CUDA device, so every kernel of ours —
 pairwise_distance, h0_mst, the H1 flag and reduce kernels, backward — appears with its own
 time). Prints the top entries by self device time (CPU: self CPU time) and writes, per config,
-DIR/profile-<device>-<N>-<D>-<B>.txt and a Chrome trace (.json) for chrome://tracing.
+DIR/profile-<device>-<N>-<D>-<B>.txt and a Chrome trace (.json) for chrome://tracing (not with
+--no-trace: a trace is megabytes, and tools/gpu_check.sh brings back little).
 
 On CUDA it also reports, per config, the kernels launched by one TSLoss forward+backward
 (counted with torch.profiler; the issue's budget is 8, engine included) and its time by CUDA
-events (median of --iters), next to the forward's; `--launches-only` prints just that.
+events (median of --iters), next to the forward's, and the names of both kernel lists;
+`--launches-only` prints just that.
 """
 from __future__ import annotations
 
@@ -79,11 +82,12 @@ def launches_and_times(n: int, d: int, b: int, iters: int) -> str:
     return (f"(N, D, B) = ({n}, {d}, {b}): TSLoss forward+backward {len(loss_k)} kernels "
             f"(budget 8: {verdict}), {loss_ms:.3f} ms; forward {len(fwd_k)} kernels, "
             f"{fwd_ms:.3f} ms (CUDA events, median of {max(iters, 3)})\n"
-            f"  TSLoss kernels: {', '.join(loss_k)}")
+            f"  TSLoss kernels: {', '.join(loss_k)}\n"
+            f"  forward kernels: {', '.join(fwd_k)}")
 
 
 def profile_config(n: int, d: int, b: int, device: torch.device, iters: int, out_dir: str,
-                   rows: int) -> str:
+                   rows: int, trace: bool = True) -> str:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, n, d, generator=g).to(device)
     prompts = x.clone().requires_grad_(True)
@@ -116,7 +120,8 @@ def profile_config(n: int, d: int, b: int, device: torch.device, iters: int, out
     header = f"(N, D, B) = ({n}, {d}, {b}), device {device}, {iters} iterations of each\n"
     with open(stem + ".txt", "w") as f:
         f.write(header + table + "\n")
-    prof.export_chrome_trace(stem + ".json")
+    if trace:
+        prof.export_chrome_trace(stem + ".json")
     return header + table
 
 
@@ -128,6 +133,7 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--rows", type=int, default=15, help="rows of each printed table")
     ap.add_argument("--out", default="profile-out")
+    ap.add_argument("--no-trace", action="store_true", help="write no Chrome trace (.json)")
     ap.add_argument("--launches-only", action="store_true",
                     help="CUDA: only the launch counts and CUDA-event times of each config")
     args = ap.parse_args(argv)
@@ -145,7 +151,8 @@ def main(argv: List[str] = None) -> int:
                 f.write(line + "\n")
             if args.launches_only:
                 continue
-        print(profile_config(n, d, b, device, args.iters, args.out, args.rows), flush=True)
+        print(profile_config(n, d, b, device, args.iters, args.out, args.rows,
+                             trace=not args.no_trace), flush=True)
     return 0
 
 

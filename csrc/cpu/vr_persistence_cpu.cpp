@@ -1,6 +1,7 @@
 // CPU kernels of the tsloss_cuda ops: thin glue around the torch-free engine in csrc/core,
 // parallel over the clouds of a batch.
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -125,7 +126,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   // parallel region, and the matrix stays in cache. Otherwise the distances are parallel over
   // row blocks first, so that one large cloud still uses every thread.
   const bool fused = !distances && B >= 2 * at::get_num_threads();
-  at::Tensor dist = distances || fused ? x_in.contiguous() : distances_cpu(x_in, kVr);
+  at::Tensor dist = distances || fused ? x_in.contiguous() : glue::distances(x_in, kVr);
   auto opts = x_in.options();
   at::Tensor h0, h0_edges, h1, h1_edges, h1_count, truncated;
   std::tie(h0, h0_edges, h1, h1_edges, h1_count, truncated) = empty_diagrams(opts, B, N, K);
@@ -236,7 +237,11 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
 
 }  // namespace
 
-at::Tensor glue::distances(const at::Tensor& x, const Caller& op) { return distances_cpu(x, op); }
+// Named in profiles as the op it computes, from vr_persistence and loss alike.
+at::Tensor glue::distances(const at::Tensor& x, const Caller& op) {
+  RECORD_FUNCTION("tsloss_cuda::pairwise_distance", std::vector<c10::IValue>({x}));
+  return distances_cpu(x, op);
+}
 
 TORCH_LIBRARY_IMPL(tsloss_cuda, CPU, m) {
   m.impl("pairwise_distance", &pairwise_distance_cpu);
