@@ -50,6 +50,11 @@ struct EntryHeap {
   Entry<T>* data;
   index_t size;
   index_t capacity;
+  // Whether a full heap first drops its cancelling pairs, or reports itself full at once. The
+  // device's fixed heap must compact to hold more; the CPU grows the heap instead, which costs
+  // less than a sort of the whole heap at every overflow (an overflowing heap seldom holds many
+  // pairs, so compacting it tends to repeat at the next few pushes).
+  bool compact_when_full = true;
 
   TSL_HD static bool before(const Entry<T>& a, const Entry<T>& b) { return filtration_less(a, b); }
 
@@ -92,6 +97,7 @@ struct EntryHeap {
 
   TSL_HD bool push(Entry<T> e) {
     if (size == capacity) {
+      if (!compact_when_full) return false;
       compact();
       if (size == capacity) return false;
     }
@@ -209,6 +215,11 @@ struct H1Workspace {
   index_t arena_capacity;
   index_t arena_size;
   index_t slots_used;
+  // Progress kept between calls for a caller that grows a full buffer and calls again (see
+  // reduce_h1); a new workspace starts at the first column.
+  index_t columns_done = 0;    // columns reduced
+  bool suspended = false;      // the next column stopped on a full heap, with its V kept
+  T band = T(0), step = T(0);  // and its band
 };
 
 // Push the cofacets of `edge` whose diameter lies in (lower, upper], by decreasing third vertex.
@@ -233,24 +244,25 @@ TSL_HD bool push_coboundary(const DistanceMatrix<T>& d, index_t edge, T lower, T
 }
 
 // Add the column whose V is {edges} to the working column, whose coboundary holds only the
-// entries of diameter <= `band`.
+// entries of diameter <= `band`. V takes all the edges first, so that a heap that overflows
+// leaves a V whose banded coboundary is the intended working column (see reduce_column).
 template <typename T>
 TSL_HD Status add_column(const DistanceMatrix<T>& d, const index_t* edges, index_t count,
                          T band, H1Workspace<T>& ws) {
-  for (index_t k = 0; k < count; ++k) {
-    if (!ws.reduction.push(edges[k])) return kHeapFull;
+  if (ws.reduction.capacity - ws.reduction.size < count) return kHeapFull;
+  for (index_t k = 0; k < count; ++k) ws.reduction.push(edges[k]);
+  for (index_t k = 0; k < count; ++k)
     if (!push_coboundary(d, edges[k], T(-1), band, ws.coboundary)) return kHeapFull;
-  }
   return kOk;
 }
 
-// Widen the working coboundary from entries of diameter <= `band` to <= `wider`, by enumerating
-// the edges of V again. Copies of a triangle share its diameter, so they enter in the same band
-// and still cancel.
+// Push the cofacets of diameter in (lower, upper] of every edge of V. From lower = -1 this
+// enumerates the whole banded coboundary; from the old band, it widens it. Copies of a triangle
+// share its diameter, so they enter in the same band and still cancel.
 template <typename T>
-TSL_HD Status widen_band(const DistanceMatrix<T>& d, T band, T wider, H1Workspace<T>& ws) {
+TSL_HD Status push_band(const DistanceMatrix<T>& d, T lower, T upper, H1Workspace<T>& ws) {
   for (index_t k = 0; k < ws.reduction.size; ++k)
-    if (!push_coboundary(d, ws.reduction.data[k], band, wider, ws.coboundary)) return kHeapFull;
+    if (!push_coboundary(d, ws.reduction.data[k], lower, upper, ws.coboundary)) return kHeapFull;
   return kOk;
 }
 
@@ -277,6 +289,89 @@ TSL_HD Status store_column(Entry<T> pivot, H1Workspace<T>& ws) {
   return kOk;
 }
 
+// Reduce the column of the edge `col` (see reduce_h1), appending its pair if it has nonzero
+// persistence.
+//
+// When a heap is full the column is suspended, not lost: V then holds every edge added so far
+// (add_column pushes them first) and ws.band/ws.step the band, widened already when the
+// widening overflowed. A caller that grows the full heap (V's with its contents: a copy is
+// still a heap) and calls again resumes it: the coboundary is enumerated again from V up to
+// the band, which gives the working column that the interrupted step would have left.
+template <typename T>
+TSL_HD Status reduce_column(const DistanceMatrix<T>& d, const H1Column<T>& col, T threshold,
+                            H1Workspace<T>& ws, H1Pair<T>* pairs, index_t pair_capacity,
+                            index_t* num_pairs) {
+  const index_t e = edge_index(col.i, col.j);
+  T band, step;
+  Status s;
+  if (ws.suspended) {
+    ws.suspended = false;
+    band = ws.band;
+    step = ws.step;
+    ws.coboundary.size = 0;
+    s = push_band(d, T(-1), band, ws);
+  } else {
+    // Emergent pair: the unreduced pivot has the column's own diameter and nobody owns it, so
+    // the column is already reduced and the pair has zero persistence.
+    Entry<T> first = earliest_cofacet(d, col.i, col.j, col.diameter, threshold);
+    if (first.index >= 0 && first.diameter == col.diameter &&
+        ws.pivots.find(first.index) < 0 && apparent_facet(d, first, threshold).index < 0) {
+      ws.reduction.size = 0;
+      ws.reduction.push(e);
+      return store_column(first, ws);
+    }
+
+    step = (threshold - col.diameter) / T(64);
+    band = first.index < 0 ? threshold : first.diameter + step;
+    if (!(band < threshold)) band = threshold;
+    ws.coboundary.size = 0;
+    ws.reduction.size = 0;
+    s = add_column(d, &e, 1, band, ws);
+  }
+  for (;;) {
+    if (s == kHeapFull) {
+      ws.suspended = true;
+      ws.band = band;
+      ws.step = step;
+    }
+    if (s != kOk) return s;
+    Entry<T> pivot = ws.coboundary.pivot();
+    if (pivot.index < 0 && band < threshold) {
+      step *= T(4);
+      T wider = band + step;
+      // A step too small to move the band (subnormal distances) jumps to the threshold: the
+      // band must grow on every widening, or the loop would not end.
+      if (!(wider > band) || !(wider < threshold)) wider = threshold;
+      const T lower = band;
+      band = wider;
+      s = push_band(d, lower, band, ws);
+      continue;
+    }
+    if (pivot.index < 0) {
+      // Unreachable below the enclosing radius (the complex there is a cone); kept so that a
+      // class that never dies is reported rather than lost.
+      if (*num_pairs == pair_capacity) return kPairsFull;
+      pairs[(*num_pairs)++] = H1Pair<T>{col.diameter, T(INFINITY), e, -1};
+      return kOk;
+    }
+    index_t slot = ws.pivots.find(pivot.index);
+    if (slot >= 0) {
+      s = add_column(d, ws.v_arena + ws.v_start[slot], ws.v_length[slot], band, ws);
+      continue;
+    }
+    Entry<T> f = apparent_facet(d, pivot, threshold);
+    if (f.index >= 0) {
+      s = add_column(d, &f.index, 1, band, ws);
+      continue;
+    }
+    if (pivot.diameter > col.diameter) {
+      if (*num_pairs == pair_capacity) return kPairsFull;
+      pairs[(*num_pairs)++] = H1Pair<T>{col.diameter, pivot.diameter, e, pivot.index};
+    }
+    return store_column(pivot, ws);
+  }
+}
+
 // Reduce `columns` (already in reverse filtration order, apparent-pair facets removed) and
 // append every pair of nonzero persistence to `pairs`. `threshold` is the enclosing radius.
 //
@@ -285,76 +380,33 @@ TSL_HD Status store_column(Entry<T> pivot, H1Workspace<T>& ws) {
 // heap holds only entries of diameter <= a band limit, widened geometrically (by enumerating V
 // again) when the sum below it is zero. The pivot of the banded sum, when there is one, is the
 // pivot of the whole sum, so the pairing is unchanged.
+//
+// A new workspace starts at the first column. On overflow the columns before the one that
+// overflowed stay reduced (their pivots, V columns and pairs, *num_pairs counting them) and
+// ws.columns_done is where it stopped: a caller that can grow the full buffer calls again with
+// the same workspace, and the reduction resumes there instead of redoing every column. After
+// kHeapFull it resumes within the column (see reduce_column); after any other overflow the
+// column starts again.
 template <typename T>
 TSL_HD Status reduce_h1(const DistanceMatrix<T>& d, const H1Column<T>* columns,
                         index_t num_columns, T threshold, H1Workspace<T>& ws, H1Pair<T>* pairs,
                         index_t pair_capacity, index_t* num_pairs) {
-  ws.pivots.clear();
-  ws.arena_size = 0;
-  ws.slots_used = 0;
-  *num_pairs = 0;
-  for (index_t c = 0; c < num_columns; ++c) {
-    const H1Column<T> col = columns[c];
-    const index_t e = edge_index(col.i, col.j);
-
-    // Emergent pair: the unreduced pivot has the column's own diameter and nobody owns it, so
-    // the column is already reduced and the pair has zero persistence.
-    Entry<T> first = earliest_cofacet(d, col.i, col.j, col.diameter, threshold);
-    if (first.index >= 0 && first.diameter == col.diameter &&
-        ws.pivots.find(first.index) < 0 && apparent_facet(d, first, threshold).index < 0) {
-      ws.reduction.size = 0;
-      ws.reduction.push(e);
-      Status s = store_column(first, ws);
-      if (s != kOk) return s;
-      continue;
-    }
-
-    T step = (threshold - col.diameter) / T(64);
-    T band = first.index < 0 ? threshold : first.diameter + step;
-    if (!(band < threshold)) band = threshold;
-    ws.coboundary.size = 0;
-    ws.reduction.size = 0;
-    Status s = add_column(d, &e, 1, band, ws);
-    if (s != kOk) return s;
-    for (;;) {
-      Entry<T> pivot = ws.coboundary.pivot();
-      if (pivot.index < 0 && band < threshold) {
-        step *= T(4);
-        T wider = band + step;
-        // A step too small to move the band (subnormal distances) jumps to the threshold: the
-        // band must grow on every widening, or the loop would not end.
-        if (!(wider > band) || !(wider < threshold)) wider = threshold;
-        s = widen_band(d, band, wider, ws);
-        if (s != kOk) return s;
-        band = wider;
-        continue;
-      }
-      if (pivot.index < 0) {
-        // Unreachable below the enclosing radius (the complex there is a cone); kept so that a
-        // class that never dies is reported rather than lost.
-        if (*num_pairs == pair_capacity) return kPairsFull;
-        pairs[(*num_pairs)++] = H1Pair<T>{col.diameter, T(INFINITY), e, -1};
-        break;
-      }
-      index_t slot = ws.pivots.find(pivot.index);
-      if (slot >= 0) {
-        s = add_column(d, ws.v_arena + ws.v_start[slot], ws.v_length[slot], band, ws);
-        if (s != kOk) return s;
-        continue;
-      }
-      Entry<T> f = apparent_facet(d, pivot, threshold);
-      if (f.index >= 0) {
-        s = add_column(d, &f.index, 1, band, ws);
-        if (s != kOk) return s;
-        continue;
-      }
-      if (pivot.diameter > col.diameter) {
-        if (*num_pairs == pair_capacity) return kPairsFull;
-        pairs[(*num_pairs)++] = H1Pair<T>{col.diameter, pivot.diameter, e, pivot.index};
-      }
-      s = store_column(pivot, ws);
-      if (s != kOk) return s;
-      break;
+  if (ws.columns_done == 0 && !ws.suspended) {
+    ws.pivots.clear();
+    ws.arena_size = 0;
+    ws.slots_used = 0;
+    *num_pairs = 0;
+  }
+  for (; ws.columns_done < num_columns; ++ws.columns_done) {
+    // A column that fails to be stored leaves no trace: its pair and its partial V are dropped
+    // (the pivot table and the slots change only once a column is stored whole).
+    const index_t arena_before = ws.arena_size, pairs_before = *num_pairs;
+    const Status s = reduce_column(d, columns[ws.columns_done], threshold, ws, pairs,
+                                   pair_capacity, num_pairs);
+    if (s != kOk) {
+      ws.arena_size = arena_before;
+      *num_pairs = pairs_before;
+      return s;
     }
   }
   return kOk;

@@ -40,7 +40,8 @@ struct HostWorkspace {
   std::vector<H1Pair<T>> pairs;
   std::vector<Entry<T>> heap;
   std::vector<index_t> outside, vheap, pivot_keys, pivot_slots, v_start, v_length, v_arena;
-  index_t heap_capacity = 1 << 12;
+  index_t heap_capacity = 1 << 12;  // of heap, the working coboundary
+  index_t vheap_capacity = 1 << 10;  // of vheap, the working column of V
   index_t arena_capacity = 1 << 12;
 };
 
@@ -129,27 +130,42 @@ inline void run_h1_reduction(const DistanceMatrix<T>& d, T threshold, HostWorksp
   ws.v_start.resize(m + 1);
   ws.v_length.resize(m + 1);
   ws.pairs.resize(m + 1);
-  for (;;) {
-    ws.heap.resize(ws.heap_capacity);
-    ws.vheap.resize(ws.heap_capacity);
-    ws.v_arena.resize(ws.arena_capacity);
-    H1Workspace<T> w{
-        EntryHeap<T>{ws.heap.data(), 0, ws.heap_capacity},
-        IndexHeap{ws.vheap.data(), 0, ws.heap_capacity},
-        PivotTable{ws.pivot_keys.data(), ws.pivot_slots.data(), pivot_capacity, 0},
-        ws.v_start.data(), ws.v_length.data(), m + 1,
-        ws.v_arena.data(), ws.arena_capacity, 0, 0};
-    index_t num_pairs = 0;
-    Status s = reduce_h1(d, ws.columns.data(), m, threshold, w, ws.pairs.data(),
-                         (index_t)ws.pairs.size(), &num_pairs);
-    if (s == kOk) {
-      ws.pairs.resize(num_pairs);
-      return;
+  ws.heap.resize(ws.heap_capacity);
+  ws.vheap.resize(ws.vheap_capacity);
+  H1Workspace<T> w{
+      EntryHeap<T>{ws.heap.data(), 0, ws.heap_capacity, false},
+      IndexHeap{ws.vheap.data(), 0, ws.vheap_capacity},
+      PivotTable{ws.pivot_keys.data(), ws.pivot_slots.data(), pivot_capacity, 0},
+      ws.v_start.data(), ws.v_length.data(), m + 1,
+      nullptr, 0, 0, 0};  // the arena: sized for each column below
+  index_t num_pairs = 0;
+  // One column a call, resuming where the last call stopped (see reduce_h1), so that the
+  // arena can grow between columns and a full heap between calls.
+  while (w.columns_done < m) {
+    // Room in the arena for a V column as long as the V heap can hold: storing a column, the
+    // last step of its reduction, then never overflows.
+    while (w.arena_size + ws.vheap_capacity > ws.arena_capacity) ws.arena_capacity *= 2;
+    ws.v_arena.resize(ws.arena_capacity);  // keeps the V columns stored so far
+    w.v_arena = ws.v_arena.data();
+    w.arena_capacity = ws.arena_capacity;
+    const Status s = reduce_h1(d, ws.columns.data(), w.columns_done + 1, threshold, w,
+                               ws.pairs.data(), (index_t)ws.pairs.size(), &num_pairs);
+    if (s == kOk) continue;
+    // kHeapFull: the full heap grows and the column resumes (see reduce_column). The other
+    // buffers cannot overflow: they are sized exactly above, the arena for every column.
+    if (w.coboundary.size == w.coboundary.capacity) {
+      ws.heap_capacity *= 2;
+      ws.heap.clear();  // enumerated again from V: nothing to copy
+      ws.heap.resize(ws.heap_capacity);
+      w.coboundary = EntryHeap<T>{ws.heap.data(), 0, ws.heap_capacity, false};
+    } else {
+      ws.vheap_capacity *= 2;
+      ws.vheap.resize(ws.vheap_capacity);  // copies V, still a heap
+      w.reduction.data = ws.vheap.data();
+      w.reduction.capacity = ws.vheap_capacity;
     }
-    // Only the growable buffers can overflow; the others are sized exactly above.
-    if (s == kHeapFull) ws.heap_capacity *= 2;
-    if (s == kReductionArenaFull) ws.arena_capacity *= 2;
   }
+  ws.pairs.resize(num_pairs);
 }
 
 // H1 outputs before any pair is known: padding rows (zeros, edges -1), count 0.

@@ -87,7 +87,8 @@ struct ParallelChunks {
 
 template <typename T>
 void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
-  if (ws.heap_capacity > kKeepEntries || ws.arena_capacity > kKeepEntries ||
+  if (ws.heap_capacity > kKeepEntries || ws.vheap_capacity > kKeepEntries ||
+      ws.arena_capacity > kKeepEntries ||
       int64_t(ws.pivot_keys.size()) > kKeepEntries)
     ws = tsl::HostWorkspace<T>();
 }

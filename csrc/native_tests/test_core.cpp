@@ -22,9 +22,10 @@ struct Result {
   bool truncated = false;
 };
 
+// `capacity`: the reduction's buffers start that small (0: the workspace's defaults).
 template <typename T>
 Result<T> run(const std::vector<double>& pts, int64_t n, int64_t dim, int64_t K = 8,
-              int64_t sweep_chunks = 1) {
+              int64_t sweep_chunks = 1, int64_t capacity = 0) {
   std::vector<T> x(pts.begin(), pts.end()), dist(n * n);
   tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
   Result<T> r;
@@ -34,6 +35,7 @@ Result<T> run(const std::vector<double>& pts, int64_t n, int64_t dim, int64_t K 
   r.h1.assign(2 * K, T(-7));
   r.h1_edges.assign(4 * K, -7);
   tsl::HostWorkspace<T> ws;
+  if (capacity > 0) ws.heap_capacity = ws.vheap_capacity = ws.arena_capacity = capacity;
   tsl::CloudOutput<T> out{r.h0.data(), r.h0_edges.data(), r.h1.data(), r.h1_edges.data(),
                           &r.count, &r.truncated, K};
   tsl::vr_persistence_cloud(dist.data(), n, 1, out, ws, sweep_chunks);
@@ -312,6 +314,35 @@ void test_split_sweep() {
   }
 }
 
+// Buffers that start far too small give the same result, bit for bit: the reduction resumes
+// after each overflow within the column that overflowed (the heaps) and the arena grows between
+// columns. A polygon's column chases its pivot round the circle through hundreds of additions;
+// the grid and Gaussian clouds have many columns, some owning pivots the others add.
+template <typename T>
+void test_growing_buffers() {
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> coord(0, 3);
+  std::normal_distribution<double> gauss;
+  for (int kind = 0; kind < 3; ++kind) {
+    const int64_t n = 60, dim = kind == 0 ? 2 : 3;
+    std::vector<double> pts(n * dim);
+    for (int64_t p = 0; p < n; ++p)
+      for (int64_t c = 0; c < dim; ++c)
+        pts[p * dim + c] = kind == 0   ? (c == 0 ? std::cos(2 * M_PI * p / n)
+                                                 : std::sin(2 * M_PI * p / n))
+                           : kind == 1 ? coord(rng)
+                                       : gauss(rng);
+    const int64_t K = 4 * n;
+    const Result<T> roomy = run<T>(pts, n, dim, K);
+    for (int64_t capacity : {1, 3, 64}) {
+      const Result<T> grown = run<T>(pts, n, dim, K, 1, capacity);
+      CHECK(grown.count == roomy.count && grown.h1 == roomy.h1 &&
+                grown.h1_edges == roomy.h1_edges && grown.h0 == roomy.h0,
+            "kind %d: buffers grown from %lld differ", kind, (long long)capacity);
+    }
+  }
+}
+
 // Clouds for the sweep tests: Gaussian points, or points of a small integer grid (many exactly
 // equal lengths, where the tie rules decide).
 template <typename T>
@@ -421,6 +452,7 @@ void run_all() {
   test_latest_facet_rule<T>();
   test_sweep_builds<T>();
   test_split_sweep<T>();
+  test_growing_buffers<T>();
   test_distance_tiles<T>();
   test_distance_grad<T>();
   test_square<T>();
