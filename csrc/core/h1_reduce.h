@@ -44,6 +44,10 @@ TSL_HD bool h1_pair_before(const H1Pair<T>& a, const H1Pair<T>& b) {
   return filtration_less(b.birth, b.birth_edge, a.birth, a.birth_edge);
 }
 
+// The largest value below x, for a strict lower bound that keeps x itself.
+TSL_HD float just_below(float x) { return nextafterf(x, -INFINITY); }
+TSL_HD double just_below(double x) { return nextafter(x, -INFINITY); }
+
 // ---- A binary heap in filtration order, over a caller's array --------------------------------
 template <typename T>
 struct EntryHeap {
@@ -217,9 +221,9 @@ struct H1Workspace {
   index_t slots_used;
   // Progress kept between calls for a caller that grows a full buffer and calls again (see
   // reduce_h1); a new workspace starts at the first column.
-  index_t columns_done = 0;    // columns reduced
-  bool suspended = false;      // the next column stopped on a full heap, with its V kept
-  T band = T(0), step = T(0);  // and its band
+  index_t columns_done = 0;     // columns reduced
+  bool suspended = false;       // the next column stopped on a full heap, with its V kept,
+  T floor = T(0), band = T(0);  // and the diameters its working coboundary lies between
 };
 
 // Push the cofacets of `edge` whose diameter lies in (lower, upper], by decreasing third vertex.
@@ -293,23 +297,27 @@ TSL_HD Status store_column(Entry<T> pivot, H1Workspace<T>& ws) {
 // persistence.
 //
 // When a heap is full the column is suspended, not lost: V then holds every edge added so far
-// (add_column pushes them first) and ws.band/ws.step the band, widened already when the
-// widening overflowed. A caller that grows the full heap (V's with its contents: a copy is
-// still a heap) and calls again resumes it: the coboundary is enumerated again from V up to
-// the band, which gives the working column that the interrupted step would have left.
+// (add_column pushes them first), and ws.floor and ws.band the diameters that its coboundary
+// lies between (the band widened already when the widening overflowed). A caller that grows
+// the full heap (V's with its contents: a copy is still a heap) and calls again resumes it: the
+// coboundary is enumerated again from V between floor and band, which gives the working column
+// that the interrupted step would have left. Only from the floor up: the sum has no entry at or
+// below it (they all cancel), and enumerating the pairs that the heap had cancelled would fill
+// it again.
 template <typename T>
 TSL_HD Status reduce_column(const DistanceMatrix<T>& d, const H1Column<T>& col, T threshold,
                             H1Workspace<T>& ws, H1Pair<T>* pairs, index_t pair_capacity,
                             index_t* num_pairs) {
   const index_t e = edge_index(col.i, col.j);
-  T band, step;
+  const T step = (threshold - col.diameter) / T(64);
+  T floor = T(-1), band;  // the working sum has no entry of diameter <= floor
   Status s;
   if (ws.suspended) {
     ws.suspended = false;
+    floor = ws.floor;
     band = ws.band;
-    step = ws.step;
     ws.coboundary.size = 0;
-    s = push_band(d, T(-1), band, ws);
+    s = push_band(d, floor, band, ws);
   } else {
     // Emergent pair: the unreduced pivot has the column's own diameter and nobody owns it, so
     // the column is already reduced and the pair has zero persistence.
@@ -321,7 +329,6 @@ TSL_HD Status reduce_column(const DistanceMatrix<T>& d, const H1Column<T>& col, 
       return store_column(first, ws);
     }
 
-    step = (threshold - col.diameter) / T(64);
     band = first.index < 0 ? threshold : first.diameter + step;
     if (!(band < threshold)) band = threshold;
     ws.coboundary.size = 0;
@@ -331,20 +338,19 @@ TSL_HD Status reduce_column(const DistanceMatrix<T>& d, const H1Column<T>& col, 
   for (;;) {
     if (s == kHeapFull) {
       ws.suspended = true;
+      ws.floor = floor;
       ws.band = band;
-      ws.step = step;
     }
     if (s != kOk) return s;
     Entry<T> pivot = ws.coboundary.pivot();
     if (pivot.index < 0 && band < threshold) {
-      step *= T(4);
       T wider = band + step;
       // A step too small to move the band (subnormal distances) jumps to the threshold: the
       // band must grow on every widening, or the loop would not end.
       if (!(wider > band) || !(wider < threshold)) wider = threshold;
-      const T lower = band;
+      floor = band;  // the sum up to the band is zero
       band = wider;
-      s = push_band(d, lower, band, ws);
+      s = push_band(d, floor, band, ws);
       continue;
     }
     if (pivot.index < 0) {
@@ -354,6 +360,8 @@ TSL_HD Status reduce_column(const DistanceMatrix<T>& d, const H1Column<T>& col, 
       pairs[(*num_pairs)++] = H1Pair<T>{col.diameter, T(INFINITY), e, -1};
       return kOk;
     }
+    // Adding a column whose pivot is this one leaves a sum of later entries only.
+    floor = just_below(pivot.diameter);
     index_t slot = ws.pivots.find(pivot.index);
     if (slot >= 0) {
       s = add_column(d, ws.v_arena + ws.v_start[slot], ws.v_length[slot], band, ws);
@@ -377,9 +385,13 @@ TSL_HD Status reduce_column(const DistanceMatrix<T>& d, const H1Column<T>& col, 
 //
 // Only a small part of a working coboundary is ever popped: its pivot lies close above the
 // column's diameter, and the entries beyond it are enumerated, pushed and thrown away. So the
-// heap holds only entries of diameter <= a band limit, widened geometrically (by enumerating V
-// again) when the sum below it is zero. The pivot of the banded sum, when there is one, is the
-// pivot of the whole sum, so the pairing is unchanged.
+// heap holds only entries of diameter <= a band limit, widened (by enumerating V again) when
+// the sum below it is zero. The pivot of the banded sum, when there is one, is the pivot of the
+// whole sum, so the pairing is unchanged. The band widens by equal steps, 1/64 of the way from
+// the column's diameter to the threshold: a wider band holds more entries that are never
+// popped, and tie-heavy clouds chase pivots far up (a 512-gon's longest column climbs from its
+// shortest edge to sqrt(3) times the radius), which a band growing fourfold at each widening
+// soon covered whole, heaping millions of entries; a widening costs one enumeration of V.
 //
 // A new workspace starts at the first column. On overflow the columns before the one that
 // overflowed stay reduced (their pivots, V columns and pairs, *num_pairs counting them) and
