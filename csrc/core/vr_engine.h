@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <stdexcept>
 #include <vector>
 
 #include "h0_mst.h"
@@ -152,7 +153,10 @@ inline void run_h1_reduction(const DistanceMatrix<T>& d, T threshold, HostWorksp
                                ws.pairs.data(), (index_t)ws.pairs.size(), &num_pairs);
     if (s == kOk) continue;
     // kHeapFull: the full heap grows and the column resumes (see reduce_column). The other
-    // buffers cannot overflow: they are sized exactly above, the arena for every column.
+    // buffers cannot overflow: they are sized exactly above, the arena for every column. Were
+    // that ever false, growing a heap would not help and the loop would never end: fail loudly.
+    if (s != kHeapFull)
+      throw std::logic_error("tsloss_cuda: the H1 reduction overflowed a buffer sized for it");
     if (w.coboundary.size == w.coboundary.capacity) {
       ws.heap_capacity *= 2;
       ws.heap.clear();  // enumerated again from V: nothing to copy
