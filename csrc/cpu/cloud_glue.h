@@ -9,8 +9,13 @@
 #include <sys/mman.h>
 #endif
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "../checks.h"
@@ -27,21 +32,92 @@ struct Caller {
   const char* points;
 };
 
-// A contiguous tensor for a kernel that writes all of it. A large fresh allocation is mapped in 4 KB
-// pages and the first write to each one faults: 8192 faults for a (64, 64, 2048) float32
-// gradient, 29% of the TSLoss backward there on a 2-core VM (perf). Transparent huge pages on the
-// allocation's 2 MB-aligned interior cut that 512-fold where the kernel grants them (its "madvise"
-// mode, the common default). Only a hint: the contents and every result are the same without it.
-inline at::Tensor empty_written(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  auto out = at::empty(sizes, options);
+// Buffers of large outputs, kept when a tensor is freed for the next call's output of the same
+// size. Outputs above glibc's largest mmap threshold (32 MB) are mapped anew at every call and
+// each first write faults: for the (64, 64, 2048) float32 TSLoss gradient at two threads the
+// backward ran 2.2x slower than at (56, 64, 2048) (perf: 21 % of the samples zeroing fresh pages
+// in the kernel, against 2 %), because glibc reuses the smaller one's memory and not this one's.
+// A training loop asks for the same sizes every step, so a few buffers serve it. Holds at most
+// TSLOSS_CPU_OUTPUT_CACHE_MB (default 256; 0: off) of freed buffers, the oldest dropped first.
+class OutputCache {
+ public:
+  static constexpr size_t kMinBytes = size_t(4) << 20;  // smaller ones glibc reuses well
+
+  static OutputCache& instance() {
+    static OutputCache* cache = new OutputCache();  // never destroyed: tensors may outlive it
+    return *cache;
+  }
+
+  size_t capacity() const { return capacity_; }
+
+  // A buffer of `bytes`, 2 MB-aligned (huge pages where the kernel grants them): a cached one,
+  // else a fresh one; nullptr if the allocation failed.
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t k = free_.size(); k-- > 0;)
+        if (free_[k].first == bytes) {
+          void* p = free_[k].second;
+          free_.erase(free_.begin() + k);
+          held_ -= bytes;
+          return p;
+        }
+    }
+    void* p = nullptr;
+    if (posix_memalign(&p, kHuge, bytes) != 0) return nullptr;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + out.nbytes()) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+    const size_t whole = bytes & ~(kHuge - 1);
+    if (whole > 0) madvise(p, whole, MADV_HUGEPAGE);
 #endif
-  return out;
+    return p;
+  }
+
+  // Called when an output's storage is freed.
+  void give(void* p, size_t bytes) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (bytes > capacity_) {
+        drop.push_back(p);
+      } else {
+        while (held_ + bytes > capacity_) {
+          drop.push_back(free_.front().second);
+          held_ -= free_.front().first;
+          free_.erase(free_.begin());
+        }
+        free_.emplace_back(bytes, p);
+        held_ += bytes;
+      }
+    }
+    for (void* q : drop) free(q);
+  }
+
+ private:
+  static constexpr size_t kHuge = size_t(2) << 20;
+
+  OutputCache() {
+    const char* v = std::getenv("TSLOSS_CPU_OUTPUT_CACHE_MB");
+    const long long mb = v != nullptr && *v != '\0' ? std::atoll(v) : 256;
+    capacity_ = mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
+  }
+
+  std::mutex mutex_;
+  std::vector<std::pair<size_t, void*>> free_;  // oldest first
+  size_t held_ = 0;
+  size_t capacity_ = 0;
+};
+
+// A contiguous tensor for a kernel that writes all of it (contents undefined until then). Large
+// ones come from OutputCache; the rest from torch's allocator.
+inline at::Tensor empty_written(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  OutputCache& cache = OutputCache::instance();
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
+                       c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  if (cache.capacity() == 0 || bytes < OutputCache::kMinBytes) return at::empty(sizes, options);
+  void* p = cache.take(bytes);
+  if (p == nullptr) return at::empty(sizes, options);  // let torch's allocator say why
+  return at::from_blob(
+      p, sizes, [bytes](void* q) { OutputCache::instance().give(q, bytes); }, options);
 }
 
 // Cloud b's slots in vr_persistence's outputs (h0 (B, N-1, 2), h0_edges (B, N-1, 2), h1 (B, K, 2),
