@@ -168,9 +168,10 @@ inline void check_tsloss_backward_inputs(
 // (negative marks a padding row). The CUDA kernels skip an endpoint >= N instead.
 inline void check_edge_range(const char* op, const char* name, const at::Tensor& edges,
                              int64_t N) {
-  if (edges.numel() == 0) return;
-  const int64_t top = edges.max().item<int64_t>();
-  TSL_CHECK(top < N, op, ": ", name, " names point ", top, " of a cloud of ", N, " points");
+  const at::Tensor e = edges.contiguous();
+  const int64_t* p = e.data_ptr<int64_t>();
+  for (int64_t k = 0; k < e.numel(); ++k)
+    TSL_CHECK(p[k] < N, op, ": ", name, " names point ", p[k], " of a cloud of ", N, " points");
 }
 
 // vr_persistence's six outputs, uninitialised, for B clouds of N points and H1 capacity K:

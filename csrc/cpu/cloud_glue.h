@@ -246,18 +246,8 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
 // the name of `op`. Defined in vr_persistence_cpu.cpp.
 at::Tensor distances(const at::Tensor& x, const Caller& op);
 
-// Every coordinate finite, else an error naming the op, the cloud, the point and the coordinate.
-// Needed where no distance will carry a non-finite coordinate to finish_distance_rows: clouds of
-// fewer than two points (check_lone_points), or distances another op computes.
-template <typename T>
-void check_finite_points(const T* x, int64_t B, int64_t N, int64_t D, const Caller& op) {
-  for (int64_t k = 0; k < B * N * D; ++k)
-    TSL_CHECK(std::isfinite(x[k]), op.op, ": ", op.points, " contains NaN or Inf (point ",
-              (k / std::max<int64_t>(D, 1)) % std::max<int64_t>(N, 1), " of cloud ",
-              k / std::max<int64_t>(N * D, 1), ", coordinate ", k % std::max<int64_t>(D, 1),
-              "); persistence of non-finite points is undefined");
-}
-
+// Clouds of fewer than two points have no distance to carry a non-finite coordinate to
+// finish_distance_rows, which reports it for all others: their coordinates are checked here.
 template <typename T>
 void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D, const Caller& op) {
   if (N >= 2) return;
