@@ -111,17 +111,13 @@ inline void check_saved(const char* op, const char* name, const at::Tensor& t,
             t.scalar_type());
 }
 
-// vr_persistence_backward's inputs: x as the forward's, h0_edges (B, N-1, 2) and h1_edges
+// vr_persistence_backward's inputs: x as the forward's (its checks), h0_edges (B, N-1, 2) and h1_edges
 // (B, K, 4) int64, grad_h0 (B, N-1, 2) and grad_h1 (B, K, 2).
 inline void check_vr_backward_inputs(const at::Tensor& grad_h0, const at::Tensor& grad_h1,
                                      const at::Tensor& x, const at::Tensor& h0_edges,
                                      const at::Tensor& h1_edges, bool distances) {
   const char* op = "vr_persistence_backward";
-  TSL_CHECK(x.dim() == 3 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
-            op, ": x must be float32 or float64 ", distances ? "(B, N, N)" : "(B, N, D)",
-            ", got ", x.scalar_type(), " ", x.sizes());
-  TSL_CHECK(!distances || x.size(1) == x.size(2), op, ": distances must be square, got ",
-            x.sizes());
+  check_points_or_distances(x, distances, op);
   const int64_t B = x.size(0), N = x.size(1), H0 = N > 0 ? N - 1 : 0;
   TSL_CHECK(h1_edges.dim() == 3, op, ": h1_edges must be (B, K, 4), got ", h1_edges.sizes());
   const int64_t K = h1_edges.size(1);
@@ -140,9 +136,7 @@ inline void check_tsloss_backward_inputs(
     const at::Tensor& h0_edges, const at::Tensor& h1_edges, int64_t reduction,
     std::initializer_list<const c10::optional<at::Tensor>*> grads) {
   const char* op = "tsloss_backward";
-  TSL_CHECK(x.dim() == 3 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
-            op, ": x must be float32 or float64 (B, N, D), got ", x.scalar_type(), " ",
-            x.sizes());
+  check_points_or_distances(x, false, op);
   TSL_CHECK(reduction >= 0 && reduction <= 2, op,
             ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
   const int64_t B = x.size(0), N = x.size(1), H0 = N > 0 ? N - 1 : 0;
