@@ -137,6 +137,8 @@ def test_matches_ripser_on_small_clouds(x):
     # Points route (float64) vs ripser.py on the same points.
     ours = _dgms(x)
     ref_pts = ripser_reference(x)
-    tol = scaled_tol(1e-5, pairwise_distance(torch.tensor(x))[0])
+    # ripser.py measures points by the Gram form, off by up to ~sqrt(eps) |x| (coincident points
+    # at |x| ~ 1 came back 1.5e-8 apart): its own error is added to the tolerance.
+    tol = scaled_tol(1e-5, pairwise_distance(torch.tensor(x))[0]) + 1e-7 * float(np.abs(x).max())
     for k in (0, 1):
         assert bottleneck(ours[k], ref_pts[k]) <= tol
