@@ -297,9 +297,16 @@ at::Tensor tsloss_backward_cpu(
         std::vector<double> wd;
         for (int64_t b = begin; b < end; ++b) {
           pair_weights(b, W.data(), wd);
-          for (int64_t c = 0; c < chunks; ++c)
+          for (int64_t c = 0; c < chunks; ++c) {
+            // The next chunk is this cloud's, or the next cloud's first in this task.
+            const int64_t nb = c + 1 < chunks ? b : b + 1, nk = c + 1 < chunks ? (c + 1) * chunk : 0;
+            const bool next = nb < end;
             cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
-                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D);
+                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D,
+                                 next ? px + nb * N * D + nk : nullptr,
+                                 next ? po + nb * N * D + nk : nullptr,
+                                 next ? std::min(chunk, D - nk) : 0);
+          }
         }
       });
     } else {
@@ -310,9 +317,15 @@ at::Tensor tsloss_backward_cpu(
         pair_weights(b, W.data(), wd);
         at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
           std::vector<scalar_t> scratch(2 * n4 * chunk);
-          for (int64_t c = begin; c < end; ++c)
+          for (int64_t c = begin; c < end; ++c) {
+            const int64_t nk = (c + 1) * chunk;
+            const bool next = c + 1 < end;
             cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
-                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D);
+                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D,
+                                 next ? px + b * N * D + nk : nullptr,
+                                 next ? po + b * N * D + nk : nullptr,
+                                 next ? std::min(chunk, D - nk) : 0);
+          }
         });
       }
     }

@@ -22,19 +22,58 @@ namespace tsloss {
 namespace cpu {
 
 // Coordinates per chunk for a cloud of n4 (n padded to 4) rows: the rows and their gradients,
-// 2 * n4 * C values, in about 64 KB of doubles or floats. A multiple of 16 (a vector of floats).
+// 2 * n4 * C values, in about 64 KB of doubles or floats, but never under 512 bytes a row: at
+// n4 = 128 and 256 the 64 KB rule gave rows of 256 and 128 bytes, and the per-tile work (sixteen
+// weights, the loop) over so short a row cost up to 1.4x (the tiles then run from L2, 256 KB at
+// n = 256, which cost less). A multiple of 16 (a vector of floats).
 inline int64_t grad_chunk(int64_t n4, int64_t value_bytes) {
+  const int64_t floor = 512 / value_bytes;
   int64_t c = (32768 / value_bytes / (n4 > 0 ? n4 : 1)) & ~int64_t(15);
-  return c < 16 ? 16 : (c > 256 ? 256 : c);
+  return c < floor ? floor : (c > 256 ? 256 : c);
 }
+
+// The lines of the next chunk's rows (points to read, gradients to write), prefetched a few per
+// tile while the current chunk computes. Rows 2-16 KB apart are not followed by the hardware
+// prefetchers (they stay within a 4 KB page), so without this every chunk began by waiting on
+// DRAM for its rows and on reads-for-ownership of its gradient lines (a third of the backward at
+// (64, 2048, 64), one thread); issued as one burst at the chunk's start, the prefetches stalled
+// on the core's miss buffers instead.
+struct RowPrefetch {
+  const char* x = nullptr;  // the next line to fetch, or nullptr: nothing (left) to fetch
+  const char* g = nullptr;
+  int64_t stride = 0;          // bytes between rows
+  int64_t rows = 0, lines = 0;  // rows left, and 64-byte lines per row
+  int64_t per_tile = 0, line = 0;
+
+  RowPrefetch() = default;
+  RowPrefetch(const void* x_, const void* g_, int64_t stride_, int64_t rows_, int64_t row_bytes,
+              int64_t tiles)
+      : x(static_cast<const char*>(x_)), g(static_cast<const char*>(g_)), stride(stride_),
+        rows(rows_), lines((row_bytes + 63) / 64) {
+    per_tile = (rows * lines + tiles - 1) / (tiles > 0 ? tiles : 1);
+    if (rows <= 0 || lines <= 0) x = nullptr;
+  }
+  __attribute__((always_inline)) inline void step() {
+    for (int64_t q = 0; q < per_tile && x != nullptr; ++q) {
+      __builtin_prefetch(x + line * 64, 0, 3);
+      __builtin_prefetch(g + line * 64, 0, 3);  // read, not prefetchw (that needs PRFCHW): the
+                                                // line arrives exclusive all the same
+      if (++line == lines) {
+        line = 0;
+        x = --rows > 0 ? x + stride : nullptr;
+        g += stride;
+      }
+    }
+  }
+};
 
 // gs (n4 rows of C, zero on entry) += the pair terms of rows xs (n4 rows of C, padding rows and
 // coordinates zero) under W (n4 x n4, read below the diagonal; zero for padding rows). Rows of
-// xs and gs are S apart. C is a multiple of 16.
+// xs and gs are S apart. C is a multiple of 16. pf: the next chunk's lines, a few per tile.
 template <typename A, int Bytes>
 __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, const A* W,
                                                                 int64_t n4, int64_t C, int64_t S,
-                                                                A* gs) {
+                                                                A* gs, RowPrefetch& pf) {
   using VD = typename Vec<A, Bytes>::type;
   constexpr int L = Vec<A, Bytes>::lanes;
   const int64_t steps = C / L, blocks = n4 / 4;
@@ -43,6 +82,7 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
     const A* xi = xs + bi * 4 * S;
     A* gi = gs + bi * 4 * S;
     for (int64_t bj = 0; bj < bi; ++bj) {
+      pf.step();
       A w[4][4];
       bool any = false;
       TSL_UNROLL for (int a = 0; a < 4; ++a)
@@ -75,6 +115,7 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
       }
     }
     // The six pairs inside the block.
+    pf.step();
     A w[6];
     bool any = false;
     TSL_UNROLL for (int p = 0; p < 6; ++p) {
@@ -101,28 +142,31 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
 #ifdef TSL_X86_LEVELS
 template <typename A>
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void pair_grad_chunk_v4(
-    const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs) {
-  pair_grad_chunk_body<A, 64>(xs, W, n4, C, S, gs);
+    const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs, RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 64>(xs, W, n4, C, S, gs, pf);
 }
 template <typename A>
 __attribute__((target("avx2,fma"))) void pair_grad_chunk_v3(const A* xs, const A* W, int64_t n4,
-                                                           int64_t C, int64_t S, A* gs) {
-  pair_grad_chunk_body<A, 32>(xs, W, n4, C, S, gs);
+                                                           int64_t C, int64_t S, A* gs,
+                                                           RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 32>(xs, W, n4, C, S, gs, pf);
 }
 #endif
 
 template <typename A>
-void pair_grad_chunk_base(const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs) {
-  pair_grad_chunk_body<A, 16>(xs, W, n4, C, S, gs);
+void pair_grad_chunk_base(const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs,
+                          RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 16>(xs, W, n4, C, S, gs, pf);
 }
 
 template <typename T>
-void pair_grad_dispatch(const T* xs, const T* W, int64_t n4, int64_t C, int64_t S, T* gs) {
+void pair_grad_dispatch(const T* xs, const T* W, int64_t n4, int64_t C, int64_t S, T* gs,
+                        RowPrefetch& pf) {
 #ifdef TSL_X86_LEVELS
-  if (x86_level() == 4) return pair_grad_chunk_v4<T>(xs, W, n4, C, S, gs);
-  if (x86_level() == 3) return pair_grad_chunk_v3<T>(xs, W, n4, C, S, gs);
+  if (x86_level() == 4) return pair_grad_chunk_v4<T>(xs, W, n4, C, S, gs, pf);
+  if (x86_level() == 3) return pair_grad_chunk_v3<T>(xs, W, n4, C, S, gs, pf);
 #endif
-  pair_grad_chunk_base<T>(xs, W, n4, C, S, gs);
+  pair_grad_chunk_base<T>(xs, W, n4, C, S, gs, pf);
 }
 
 // gx[:, k0:k0+kc] of one cloud x (n, dim) under W (n4 x n4, see pair_grad_chunk_body). When the
@@ -130,13 +174,20 @@ void pair_grad_dispatch(const T* xs, const T* W, int64_t n4, int64_t C, int64_t 
 // a multiple of 2 KB apart, the tiles read x and add into gx in place. Otherwise through scratch
 // of 2 * n4 * grad_chunk(n4, sizeof(T)) values, zero-padded: the sixteen rows a tile touches,
 // 8 KB apart at D = 2048 floats, would share L1 sets (in place was 0.8x as fast at (64,4096,16),
-// 1.3x faster at (16,768,64), one thread).
+// 1.3x faster at (16,768,64), one thread). next_x, next_g, next_kc: where the chunk that comes
+// after this one starts (rows dim apart, as here; nullptr if none), prefetched meanwhile.
 template <typename T>
 void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4, int64_t k0,
-                     int64_t kc, T* scratch, T* gx) {
+                     int64_t kc, T* scratch, T* gx, const T* next_x = nullptr,
+                     const T* next_g = nullptr, int64_t next_kc = 0) {
+  const int64_t blocks = n4 / 4;
+  RowPrefetch pf;
+  if (next_x != nullptr)
+    pf = RowPrefetch(next_x, next_g, dim * int64_t(sizeof(T)), n, next_kc * int64_t(sizeof(T)),
+                     blocks * (blocks + 1) / 2);
   if (n == n4 && kc % 16 == 0 && (dim * int64_t(sizeof(T))) % 2048 != 0) {
     for (int64_t r = 0; r < n; ++r) memset(gx + r * dim + k0, 0, sizeof(T) * kc);
-    pair_grad_dispatch<T>(x + k0, W, n4, kc, dim, gx + k0);
+    pair_grad_dispatch<T>(x + k0, W, n4, kc, dim, gx + k0, pf);
     return;
   }
   const int64_t C = (kc + 15) & ~int64_t(15);
@@ -152,7 +203,7 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
     for (; k < C; ++k) row[k] = T(0);
   }
   for (int64_t v = 0; v < n4 * C; ++v) gs[v] = T(0);
-  pair_grad_dispatch<T>(xs, W, n4, C, C, gs);
+  pair_grad_dispatch<T>(xs, W, n4, C, C, gs, pf);
   for (int64_t r = 0; r < n; ++r) memcpy(gx + r * dim + k0, gs + r * C, sizeof(T) * kc);
 }
 
