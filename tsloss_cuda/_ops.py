@@ -1,4 +1,5 @@
-"""Fake (meta) kernels and autograd for the `tsloss_cuda` ops registered in C++.
+"""Fake (meta) kernels and autograd for the `tsloss_cuda` ops registered in C++ (the fused
+TSLoss op's autograd is in C++ too, csrc/ops.cpp).
 
 Shapes depend only on input shapes and the capacity argument, never on values, which is what
 lets the ops run under torch.compile and with no host synchronisation.
@@ -113,36 +114,5 @@ def _tsloss_backward_fake(grad_loss, grad_connectivity, grad_redundancy, grad_st
     return x.new_empty(x.shape)  # contiguous, as the kernels write it (x may be permuted)
 
 
-# Options after x, prev_h0, prev_h1, maxdim, max_h1, in the order of both schemas.
-_TSLOSS_OPTIONS = ("normalize", "target_mode", "target", "p", "connectivity", "redundancy",
-                   "stability", "reduction")
-
-
-def _tsloss_setup(ctx, inputs, output):
-    x, prev_h0, prev_h1 = inputs[:3]
-    ctx.options = inputs[5:]
-    _, _, _, _, _, h1_count, topo_h0, topo_h1, scales, dist, h0_edges, h1_edges = output
-    ctx.save_for_backward(x, dist, scales, topo_h0, topo_h1, h1_count, h0_edges, h1_edges,
-                          prev_h0, prev_h1)
-    # Absent upstream gradients stay None: the op treats them as zero without a zeros tensor
-    # (one kernel launch each on CUDA).
-    ctx.set_materialize_grads(False)
-
-
-def _tsloss_backward(ctx, g_loss, g_conn, g_red, g_stab, g_scale, *_grad_saved_outputs):
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "tsloss_cuda.loss: double backward (create_graph=True) is not supported by the fused "
-            "TSLoss op: its backward is one kernel without a derivative of its own. Its "
-            "first-order gradient is exact; for higher orders differentiate the composition of "
-            "tsloss_cuda.pairwise_distance and tsloss_cuda.vr_persistence yourself.")
-    (x, dist, scales, topo_h0, topo_h1, h1_count, h0_edges, h1_edges, prev_h0,
-     prev_h1) = ctx.saved_tensors
-    grad = ops.tsloss_backward(g_loss, g_conn, g_red, g_stab, g_scale, x, dist, scales, topo_h0,
-                               topo_h1, h1_count, h0_edges, h1_edges, prev_h0, prev_h1,
-                               *ctx.options)
-    return (grad,) + (None,) * 12
-
-
-torch.library.register_autograd(
-    "tsloss_cuda::tsloss_forward", _tsloss_backward, setup_context=_tsloss_setup)
+# tsloss_forward's autograd is registered in C++ (csrc/ops.cpp): it runs every training step, and
+# a Python autograd kernel cost ~50 us a call there.
