@@ -246,6 +246,39 @@ def test_double_backward_is_a_clear_error():
         torch.autograd.grad(T.loss(x), x, create_graph=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_only_the_reduced_outputs_carry_gradients(device):
+    # The backward takes the gradients of loss, the three terms and the scale; the topology and
+    # the tensors saved for the backward are non-differentiable, so asking their gradient is an
+    # error, not a silent zero.
+    x = cloud(2, 9, 4).to(device).requires_grad_()
+    out = ops.tsloss_forward(x, None, None, 1, 36, True, False, 0.0, 1.0, 1.0, 1.0, 0.0, 1)
+    assert all(out[i].requires_grad for i in range(5))
+    assert not any(out[i].requires_grad for i in range(5, 12))
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.autograd.grad(out[6].sum(), x)
+    # Only the scale's gradient asked: the other upstream gradients stay absent, and the
+    # scale's reaches x as the reference composition's does.
+    g, = torch.autograd.grad(out[4], x)
+    ref, = torch.autograd.grad(reference_loss(x, return_terms=True)[1]["scale"], x)
+    assert rel_err(g, ref) <= 1e-12
+
+
+def test_compiled_autograd_runs_the_backward():
+    # Compiled autograd traces the backward graph; it refuses C++ autograd nodes that mark
+    # outputs non-differentiable, which is why the topology outputs come out detached instead.
+    # A C++ node runs eagerly inside the traced backward (a graph break: not fullgraph).
+    from torch._dynamo import compiled_autograd
+    x = cloud(2, 9, 4)
+    xe = x.clone().requires_grad_()
+    T.loss(xe).backward()
+    xc = x.clone().requires_grad_()
+    torch._dynamo.reset()
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        T.loss(xc).backward()
+    assert torch.equal(xc.grad, xe.grad)
+
+
 def test_opcheck():
     x = cloud(3, 10, 4).float().requires_grad_()
     args = (x, None, None, 1, 40, True, False, 0.0, 1.0, 1.0, 1.0, 0.0, 1)

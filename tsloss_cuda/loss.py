@@ -136,7 +136,7 @@ def loss(
         prev_h0, prev_h1 = prev_h0.contiguous(), prev_h1.contiguous()
 
     # One op computes the distances once, the scale, the diagrams and every term; its backward
-    # is one pass over the pairs (tsloss_cuda/_ops.py, csrc/core/tsloss_terms.h).
+    # is one pass over the pairs (autograd in csrc/ops.cpp, terms in csrc/core/tsloss_terms.h).
     (out, conn, red, stab, scale, h1_count, topo_h0, topo_h1, *_saved) = ops.tsloss_forward(
         x, prev_h0, prev_h1, 1 if need_h1 else 0, k, normalize == "mean",
         connectivity_mode == "target", 0.0 if target is None else float(target), float(p),

@@ -258,7 +258,12 @@ at::Tensor tsloss_backward_cpu(
     // One pass over the pairs: gx_i = sum_j W_ij (x_i - x_j), W_ij = (dense weight + the
     // weights of the reported edges {i, j}) / d_ij; coincident points have no direction.
     const int64_t n4 = (N + 3) / 4 * 4;
-    const int64_t chunk = cpu::grad_chunk(n4, sizeof(scalar_t));
+    const int64_t threads = at::get_num_threads();
+    const bool per_cloud = B >= 2 * threads;
+    int64_t chunk = cpu::grad_chunk(n4, sizeof(scalar_t));
+    // Few clouds share out their chunks: at least one per thread, even if narrower (the chunk
+    // width changes no sum's order).
+    if (!per_cloud) chunk = std::min(chunk, std::max<int64_t>(16, (D / threads) & ~int64_t(15)));
     const int64_t chunks = (D + chunk - 1) / chunk;
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pd = dist.data_ptr<scalar_t>();
@@ -291,7 +296,7 @@ at::Tensor tsloss_backward_cpu(
         }
     };
     const int64_t work = N * N * D;
-    if (B >= 2 * at::get_num_threads()) {
+    if (per_cloud) {
       at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> W(n4 * n4), scratch(2 * n4 * chunk);
         std::vector<double> wd;

@@ -60,8 +60,9 @@ struct RowPrefetch {
                                                 // line arrives exclusive all the same
       if (++line == lines) {
         line = 0;
-        x = --rows > 0 ? x + stride : nullptr;
-        g += stride;
+        --rows;
+        x = rows > 0 ? x + stride : nullptr;  // never a pointer past the last row
+        g = rows > 0 ? g + stride : nullptr;
       }
     }
   }
