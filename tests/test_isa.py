@@ -139,8 +139,9 @@ def test_tsloss_same_bits_in_every_build_and_layout(rng, dtype, restore_isa):
     opts = dict(connectivity=1.0, redundancy=1.0, reduction="none")
     try:
         # d = 300: several coordinate chunks of the backward, in place and through scratch, each
-        # prefetching the next (the next cloud's first at a cloud's end).
-        for n, d, b in [(12, 7, 5), (40, 33, 4), (70, 9, 3), (20, 300, 5)]:
+        # prefetching the next (the next cloud's first at a cloud's end); (40, 700, 3) at two
+        # threads: fewer clouds than twice the threads, whose chunks the threads share.
+        for n, d, b in [(12, 7, 5), (40, 33, 4), (70, 9, 3), (20, 300, 5), (40, 700, 3)]:
             x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
             results = []
             for isa in BUILDS:
