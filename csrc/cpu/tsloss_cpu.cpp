@@ -295,6 +295,15 @@ at::Tensor tsloss_backward_cpu(
           W[i * n4 + j] = d > 0.0 ? static_cast<scalar_t>(wd[i * n4 + j] / d) : scalar_t(0);
         }
     };
+    // Chunk c of cloud b under W; meanwhile chunk nc of cloud nb is prefetched (nb < 0: none).
+    auto run_chunk = [&](int64_t b, int64_t c, const scalar_t* W, scalar_t* scratch, int64_t nb,
+                         int64_t nc) {
+      const int64_t nk = nc * chunk;
+      cpu::pair_grad_chunk(px + b * N * D, N, D, W, n4, c * chunk, std::min(chunk, D - c * chunk),
+                           scratch, po + b * N * D, nb < 0 ? nullptr : px + nb * N * D + nk,
+                           nb < 0 ? nullptr : po + nb * N * D + nk,
+                           nb < 0 ? 0 : std::min(chunk, D - nk));
+    };
     const int64_t work = N * N * D;
     if (per_cloud) {
       at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
@@ -302,40 +311,27 @@ at::Tensor tsloss_backward_cpu(
         std::vector<double> wd;
         for (int64_t b = begin; b < end; ++b) {
           pair_weights(b, W.data(), wd);
-          for (int64_t c = 0; c < chunks; ++c) {
-            // The next chunk is this cloud's, or the next cloud's first in this task.
-            const int64_t nb = c + 1 < chunks ? b : b + 1, nk = c + 1 < chunks ? (c + 1) * chunk : 0;
-            const bool next = nb < end;
-            cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
-                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D,
-                                 next ? px + nb * N * D + nk : nullptr,
-                                 next ? po + nb * N * D + nk : nullptr,
-                                 next ? std::min(chunk, D - nk) : 0);
-          }
+          // The next chunk is this cloud's, or the next cloud's first in this task.
+          for (int64_t c = 0; c + 1 < chunks; ++c)
+            run_chunk(b, c, W.data(), scratch.data(), b, c + 1);
+          run_chunk(b, chunks - 1, W.data(), scratch.data(), b + 1 < end ? b + 1 : -1, 0);
         }
       });
     } else {
       // Few clouds: their coordinate chunks are shared out (chunks never write the same entry).
       std::vector<scalar_t> W(n4 * n4);
       std::vector<double> wd;
+      // A task takes ~2^18 pair-coordinate terms at least: less was slower to share out than to
+      // run (one prompt of N = 8 took 9.7 us at two threads, 7.5 at one; N = 16, D = 768 14.2
+      // and 12.7).
+      const int64_t grain =
+          std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, N * N * chunk));
       for (int64_t b = 0; b < B; ++b) {
         pair_weights(b, W.data(), wd);
-        // A task takes ~2^18 pair-coordinate terms at least: less was slower to share out than
-        // to run (one prompt of N = 8 took 9.7 us at two threads, 7.5 at one; N = 16, D = 768
-        // 14.2 and 12.7).
-        const int64_t grain =
-            std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, N * N * chunk));
         at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
           std::vector<scalar_t> scratch(2 * n4 * chunk);
-          for (int64_t c = begin; c < end; ++c) {
-            const int64_t nk = (c + 1) * chunk;
-            const bool next = c + 1 < end;
-            cpu::pair_grad_chunk(px + b * N * D, N, D, W.data(), n4, c * chunk,
-                                 std::min(chunk, D - c * chunk), scratch.data(), po + b * N * D,
-                                 next ? px + b * N * D + nk : nullptr,
-                                 next ? po + b * N * D + nk : nullptr,
-                                 next ? std::min(chunk, D - nk) : 0);
-          }
+          for (int64_t c = begin; c < end; ++c)
+            run_chunk(b, c, W.data(), scratch.data(), c + 1 < end ? b : -1, c + 1);
         });
       }
     }
