@@ -11,6 +11,7 @@
 #include "core/pairwise_distance.h"
 #include "core/vr_engine.h"
 #include "cpu/distance_tiles.h"
+#include "cpu/tsloss_grad_tiles.h"
 
 namespace {
 
@@ -259,6 +260,96 @@ void test_distance_grad() {
   tsl::set_x86_cap(-1);
 }
 
+// The fused TSLoss backward's fixed order for one coordinate (cpu/tsloss_grad_tiles.h), one
+// scalar at a time: rows padded with zeros to n4, in blocks of four; block bi takes its pairs with
+// every earlier block bj (skipped when all sixteen weights are zero), each row's four terms
+// summed as (t0 + t1) + (t2 + t3), added to bi's rows and subtracted from bj's; then its own six
+// pairs in order (skipped when their six weights are zero).
+template <typename T>
+void pair_grad_reference(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4, T* g) {
+  const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
+  for (int64_t k = 0; k < dim; ++k) {
+    std::vector<T> u(n4, T(0)), acc(n4, T(0));
+    for (int64_t r = 0; r < n; ++r) u[r] = x[r * dim + k];
+    for (int64_t bi = 0; bi < n4 / 4; ++bi) {
+      for (int64_t bj = 0; bj < bi; ++bj) {
+        T t[4][4];
+        bool any = false;
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) {
+            const T w = W[(bi * 4 + a) * n4 + bj * 4 + b];
+            any |= w != T(0);
+            t[a][b] = w * (u[bi * 4 + a] - u[bj * 4 + b]);
+          }
+        if (!any) continue;
+        for (int a = 0; a < 4; ++a)
+          acc[bi * 4 + a] = acc[bi * 4 + a] + ((t[a][0] + t[a][1]) + (t[a][2] + t[a][3]));
+        for (int b = 0; b < 4; ++b)
+          acc[bj * 4 + b] = acc[bj * 4 + b] - ((t[0][b] + t[1][b]) + (t[2][b] + t[3][b]));
+      }
+      bool any = false;
+      for (int p = 0; p < 6; ++p) any |= W[(bi * 4 + ia[p]) * n4 + bi * 4 + ib[p]] != T(0);
+      if (!any) continue;
+      for (int p = 0; p < 6; ++p) {
+        const T w = W[(bi * 4 + ia[p]) * n4 + bi * 4 + ib[p]];
+        const T t = w * (u[bi * 4 + ia[p]] - u[bi * 4 + ib[p]]);
+        acc[bi * 4 + ia[p]] = acc[bi * 4 + ia[p]] + t;
+        acc[bi * 4 + ib[p]] = acc[bi * 4 + ib[p]] - t;
+      }
+    }
+    for (int64_t r = 0; r < n; ++r) g[r * dim + k] = acc[r];
+  }
+}
+
+// The TSLoss backward's tiles in every build, in place and through scratch, at the op's chunk
+// width and at the narrowest, each chunk prefetching the next (the next cloud's first at a
+// cloud's end), against the scalar order bit for bit, zero signs included. Some clouds weigh
+// only a few pairs (normalize="none": the bars' edges), so that whole tiles are skipped.
+template <typename T>
+void test_pair_grad() {
+  std::mt19937 rng(17);
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> uniform;
+  for (int level : {0, 3, 4}) {
+    if (!tsl::set_x86_cap(level)) continue;
+    for (int64_t n : {1, 2, 3, 4, 5, 8, 13, 17, 33}) {
+      for (int64_t dim : {1, 7, 16, 17, 100, 300, 512}) {
+        const int64_t B = 2, n4 = (n + 3) / 4 * 4;
+        std::vector<T> x(B * n * dim), W(B * n4 * n4, T(0)), ref(B * n * dim);
+        for (T& v : x) v = static_cast<T>(3.0 + normal(rng));
+        for (int64_t b = 0; b < B; ++b) {
+          const double keep = b == 0 ? 1.0 : 0.1;
+          for (int64_t i = 1; i < n; ++i)
+            for (int64_t j = 0; j < i; ++j)
+              if (uniform(rng) < keep) W[b * n4 * n4 + i * n4 + j] = static_cast<T>(normal(rng));
+          pair_grad_reference(&x[b * n * dim], n, dim, &W[b * n4 * n4], n4, &ref[b * n * dim]);
+        }
+        for (int64_t chunk : {tsloss::cpu::grad_chunk(n4, sizeof(T)), int64_t(16)}) {
+          std::vector<T> gx(B * n * dim, T(-1)), scratch(2 * n4 * chunk);
+          const int64_t chunks = (dim + chunk - 1) / chunk;
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t c = 0; c < chunks; ++c) {
+              const bool last = c + 1 == chunks;
+              const int64_t nb = last ? b + 1 : b, nk = last ? 0 : (c + 1) * chunk;
+              const bool next = nb < B;
+              tsloss::cpu::pair_grad_chunk(
+                  &x[b * n * dim], n, dim, &W[b * n4 * n4], n4, c * chunk,
+                  std::min(chunk, dim - c * chunk), scratch.data(), &gx[b * n * dim],
+                  next ? &x[nb * n * dim + nk] : nullptr, next ? &gx[nb * n * dim + nk] : nullptr,
+                  next ? std::min(chunk, dim - nk) : 0);
+            }
+          for (int64_t e = 0; e < B * n * dim; ++e)
+            CHECK(std::signbit(gx[e]) == std::signbit(ref[e]) && (gx[e] == ref[e]),
+                  "TSLoss gradient tiles, level %d n=%lld dim=%lld chunk=%lld, entry %lld: "
+                  "%.17g vs %.17g", level, (long long)n, (long long)dim, (long long)chunk,
+                  (long long)e, (double)gx[e], (double)ref[e]);
+        }
+      }
+    }
+  }
+  tsl::set_x86_cap(-1);
+}
+
 // The device's bit-by-bit band mask, the host's packed byte flags and the x86 vector builds
 // this CPU runs agree on every block length, with values on and around both band ends.
 template <typename T>
@@ -455,6 +546,7 @@ void run_all() {
   test_growing_buffers<T>();
   test_distance_tiles<T>();
   test_distance_grad<T>();
+  test_pair_grad<T>();
   test_square<T>();
   test_hexagon<T>();
   test_duplicates<T>();
