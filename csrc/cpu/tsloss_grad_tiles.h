@@ -173,7 +173,7 @@ void pair_grad_dispatch(const T* xs, const T* W, int64_t n4, int64_t C, int64_t 
 // gx[:, k0:k0+kc] of one cloud x (n, dim) under W (n4 x n4, see pair_grad_chunk_body). When the
 // cloud fills its row blocks and the chunk its vectors (n % 4 == 0, kc % 16 == 0) and rows are not
 // a multiple of 2 KB apart, the tiles read x and add into gx in place. Otherwise through scratch
-// of 2 * n4 * grad_chunk(n4, sizeof(T)) values, zero-padded: the sixteen rows a tile touches,
+// of 2 * n4 * C values (C: kc rounded up to 16), zero-padded: the sixteen rows a tile touches,
 // 8 KB apart at D = 2048 floats, would share L1 sets (in place was 0.8x as fast at (64,4096,16),
 // 1.3x faster at (16,768,64), one thread). next_x, next_g, next_kc: where the chunk that comes
 // after this one starts (rows dim apart, as here; nullptr if none), prefetched meanwhile.
