@@ -159,6 +159,14 @@ def test_truncated_h1(device, max_h1):
     assert_same(fused, ref, 1e-12)
 
 
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0, 3), (1, 4), (2, 1, 4)])
+def test_module_calls_again_on_clouds_of_zero_or_one_point(shape):
+    # h0 has N - 1 columns, none for N = 0 as for N = 1; a second call once read N = 0 as a change.
+    m = T.TSLoss(stability=1.0)
+    for _ in range(2):
+        assert float(m(torch.randn(*shape))) == 0.0
+
+
 def test_previous_of_another_shape_is_refused():
     x = cloud()
     prev = T.loss(x, return_terms=True)[1]["topology"]

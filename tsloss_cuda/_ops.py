@@ -79,8 +79,36 @@ def _vr_persistence_backward(ctx, grad_h0, _grad_h0_edges, grad_h1, *_grad_integ
         grad_h0 = x.new_zeros(h0_edges.shape)
     if grad_h1 is None:
         grad_h1 = x.new_zeros(h1_edges.shape[:-1] + (2,))
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward): the kernel's sum as differentiable tensor ops;
+        # the kernel itself has no derivative, and the second derivative would silently be zero.
+        grad = _bar_gradient(grad_h0, grad_h1, x, h0_edges, h1_edges, ctx.distances)
+        return grad, None, None, None
     grad = ops.vr_persistence_backward(grad_h0, grad_h1, x, h0_edges, h1_edges, ctx.distances)
     return grad, None, None, None
+
+
+def _bar_gradient(grad_h0, grad_h1, x, h0_edges, h1_edges, distances: bool) -> torch.Tensor:
+    """The gradient on x of sum(grad_h0 * h0) + sum(grad_h1 * h1), differentiable: every bar end
+    is the length of a known edge (h0 births are 0; rows past h1_count have edges -1)."""
+    edges = torch.cat([h0_edges, h1_edges[..., :2], h1_edges[..., 2:]], dim=1)  # (B, E, 2)
+    w = torch.cat([grad_h0[..., 1], grad_h1[..., 0], grad_h1[..., 1]], dim=1)  # (B, E)
+    valid = (edges >= 0).all(-1)
+    w = torch.where(valid, w, torch.zeros_like(w))
+    u, v = edges[..., 0].clamp_min(0), edges[..., 1].clamp_min(0)
+    b, n = x.shape[0], x.shape[1]
+    if distances:  # the op reads the lower triangle: entry (max, min) of each edge
+        i, j = torch.maximum(u, v), torch.minimum(u, v)
+        return x.new_zeros(b, n * n).scatter_add(1, i * n + j, w).view(b, n, n)
+    d = x.shape[2]
+    iu, iv = u.unsqueeze(-1).expand(-1, -1, d), v.unsqueeze(-1).expand(-1, -1, d)
+    diff = x.gather(1, iu) - x.gather(1, iv)
+    sq = (diff * diff).sum(-1, keepdim=True)
+    pos = sq > 0  # coincident points have no direction, as in the kernel
+    unit = torch.where(pos, diff / torch.where(pos, sq, torch.ones_like(sq)).sqrt(),
+                       torch.zeros_like(diff))
+    t = w.unsqueeze(-1) * unit
+    return torch.zeros_like(x).scatter_add(1, iu, t).scatter_add(1, iv, -t)
 
 
 torch.library.register_autograd(

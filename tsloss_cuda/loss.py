@@ -42,17 +42,34 @@ class PromptTopology(NamedTuple):
     h1: torch.Tensor
 
 
-def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1) -> None:
+def _real(name: str, value) -> float:
+    """``value`` as a float, or a TypeError that names the argument."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+
+
+def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
+                   weights: Tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
     if connectivity_mode not in _MODES:
         raise ValueError(f"connectivity_mode must be one of {_MODES}, got {connectivity_mode!r}")
     if connectivity_mode == "target" and target is None:
         raise ValueError("connectivity_mode='target' needs target=τ (a float)")
-    if not p > 0:
+    if target is not None:
+        _real("target", target)
+    if not _real("p", p) > 0:
         raise ValueError(f"p must be > 0, got {p}")
+    for name, w in zip(("connectivity", "redundancy", "stability"), weights):
+        _real(name, w)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if max_h1 is not None and (isinstance(max_h1, bool) or not isinstance(max_h1, int)):
+        raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
     if max_h1 is not None and max_h1 < 0:
         raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
 
@@ -119,7 +136,8 @@ def loss(
     The loss, the terms and the scale are differentiable once: the backward is one fused op
     (``create_graph=True`` raises a RuntimeError).
     """
-    _check_options(normalize, connectivity_mode, target, p, reduction, max_h1)
+    _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
+                   (connectivity, redundancy, stability))
     x = _as_prompts(prompts)
     b, n = x.shape[0], x.shape[1]
     k = default_max_h1(n) if max_h1 is None else max_h1
@@ -168,7 +186,8 @@ class TSLoss(torch.nn.Module):
                  connectivity_mode: str = "total", target: Optional[float] = None,
                  p: float = 1.0, reduction: str = "mean", max_h1: Optional[int] = None) -> None:
         super().__init__()
-        _check_options(normalize, connectivity_mode, target, p, reduction, max_h1)
+        _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
+                       (connectivity, redundancy, stability))
         self.options = dict(connectivity=connectivity, redundancy=redundancy,
                             stability=stability, normalize=normalize,
                             connectivity_mode=connectivity_mode, target=target, p=p,
@@ -185,7 +204,8 @@ class TSLoss(torch.nn.Module):
             # Shapes only: no host synchronisation.
             b, n = (1, prompts.shape[0]) if prompts.dim() == 2 else tuple(prompts.shape[:2])
             pb, pn = self.previous.h0.shape[0], self.previous.h0.shape[1] + 1
-            if (b, n) != (pb, pn):
+            # h0 has N - 1 columns, and none for N = 0 as for N = 1.
+            if (b, max(n - 1, 0)) != tuple(self.previous.h0.shape):
                 raise ValueError(
                     f"TSLoss: prompts changed shape from B={pb}, N={pn} to B={b}, N={n} since the "
                     "previous call; the stability term compares prompts of one shape: call "
