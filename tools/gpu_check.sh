@@ -223,6 +223,10 @@ do_profile() {
 
 do_bench() {
   if ! $PY -c "import ripser, gudhi" 2>/dev/null; then
+    if compgen -G ".whl/*.whl" >/dev/null; then  # carried, but not importable: a failure
+      echo "FAILED: the peer wheels in .whl/ were carried but ripser/gudhi do not import"
+      return 1
+    fi
     echo "SKIP: no ripser/gudhi (reference check): run bash tools/fetch_peer_wheels.sh, carry .whl"
     return 77
   fi
