@@ -47,6 +47,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -674,6 +675,18 @@ def parse_cfg(s: str):
     return tuple(parts)
 
 
+def result_stem(dev: str, isa: Optional[str], args) -> str:
+    """The default file stem: the device, its CPU build, and for a partial run (a subset of the
+    configs or of the implementations) what was left out, so that a partial run never overwrites
+    the full suite's files (`--quick` into benchmarks/results once did)."""
+    stem = f"{dev}-{isa}" if isa else dev
+    requested = {i.strip() for i in args.impls.split(",") if i.strip()}
+    partial = ["quick" if args.quick else "gpu-configs" if args.gpu_configs
+               else "configs" if args.configs else "",
+               "impls" if requested != set(ALL_IMPLS) else ""]
+    return "-".join([stem] + [p for p in partial if p])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", type=parse_cfg, help="N,D,B triples")
@@ -684,7 +697,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--impls", default=",".join(ALL_IMPLS), help="comma-separated subset")
     ap.add_argument("--out", default=str(ROOT / "results"), help="output directory")
-    ap.add_argument("--name", help="file stem (default: the device name)")
+    ap.add_argument("--name", help="file stem (default: the device name, then the --isa, then "
+                                   "-quick/-gpu-configs/-configs/-impls for a partial run)")
     ap.add_argument("--scaling", action="store_true", help="fit time exponents in N, B, D")
     ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
     ap.add_argument("--no-progress", action="store_true")
@@ -772,7 +786,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or (dev if cuda or not args.isa else f"{dev}-{args.isa}")
+    stem = args.name or result_stem(dev, None if cuda else args.isa, args)
 
     def write(scal):
         """The JSON and markdown of what has finished so far: rewritten after every config, so

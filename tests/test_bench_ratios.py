@@ -31,3 +31,23 @@ def test_the_points_run_counts_when_faster_than_matrix_plus_its_cost():
 
 def test_without_a_points_run_the_matrix_cost_is_added():
     assert bench.incl_matrix_ratio(record(2.0, 1.0), 1.5) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("argv,stem", [
+    ([], "dev"),
+    (["--isa", "avx2"], "dev-avx2"),
+    (["--quick"], "dev-quick"),
+    (["--gpu-configs", "--impls", "ours,ripser"], "dev-gpu-configs-impls"),
+    (["--configs", "16,768,64"], "dev-configs"),
+    (["--impls", "ours"], "dev-impls"),
+])
+def test_a_partial_run_never_takes_the_full_suites_file_name(argv, stem):
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--isa")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--gpu-configs", action="store_true")
+    ap.add_argument("--configs", nargs="+")
+    ap.add_argument("--impls", default=",".join(bench.ALL_IMPLS))
+    args = ap.parse_args(argv)
+    assert bench.result_stem("dev", args.isa, args) == stem
