@@ -24,7 +24,7 @@ from typing import Dict, NamedTuple, Optional, Tuple, Union
 import torch
 
 from ._ops import ops
-from .persistence import default_max_h1
+from .persistence import check_max_h1, default_max_h1
 
 _NORMALIZE = ("mean", "none")
 _MODES = ("total", "target")
@@ -68,10 +68,7 @@ def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
         _real(name, w)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if max_h1 is not None and (isinstance(max_h1, bool) or not isinstance(max_h1, int)):
-        raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
-    if max_h1 is not None and max_h1 < 0:
-        raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
+    check_max_h1(max_h1)
 
 
 def _as_prompts(prompts: torch.Tensor) -> torch.Tensor:

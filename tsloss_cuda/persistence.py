@@ -27,6 +27,16 @@ H1_OVERFLOW = -1
 INVALID_INPUT = -2
 
 
+def check_max_h1(max_h1) -> None:
+    """An H1 capacity argument: None (the default) or an int >= 0; errors name ``max_h1``."""
+    if max_h1 is None:
+        return
+    if isinstance(max_h1, bool) or not isinstance(max_h1, int):
+        raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
+    if max_h1 < 0:
+        raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
+
+
 def default_max_h1(n: int) -> int:
     """The default H1 capacity K for clouds of ``n`` points."""
     return max(H1_CAPACITY_PER_POINT * n, H1_MIN_CAPACITY)
@@ -160,12 +170,9 @@ def vr_persistence(
     n = xb.shape[1]
     if maxdim not in (0, 1):
         raise ValueError(f"maxdim must be 0 or 1, got {maxdim}")
+    check_max_h1(max_h1)
     if max_h1 is None:
         max_h1 = default_max_h1(n)
-    elif isinstance(max_h1, bool) or not isinstance(max_h1, int):
-        raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
-    elif max_h1 < 0:
-        raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
     out = _engine(xb)(xb, maxdim, distances, max_h1)
     if xb.is_cuda:
         out = mark_invalid_clouds(out, invalid_clouds(xb, distances))

@@ -1,0 +1,94 @@
+"""What the fused TSLoss op costs beside the suite: its backward alone, and the main job's
+regulariser step, hot and after other work.
+
+    python benchmarks/tsloss_overheads.py [--threads 2]
+
+Prints (1) ``torch.autograd.grad`` of ``tsloss_cuda.loss`` alone, µs per cloud, best of 7, at
+the suite's CPU configs; (2) one regulariser step as ``train.py`` runs it (the regulariser on one
+(8, 384) prompt, its own ``autograd.grad``, added into the prompt's gradient) for TSLoss, L2 and
+``torch.pdist(p).mean()``: median µs of 200 steps back to back ("hot") and each right after
+twenty 512 x 512 matmuls ("after other work"); (3) the op's forward with and without grad and
+its backward through autograd for one (8, 64) prompt. Numbers are in benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import tsloss_cuda
+
+CONFIGS = [(16, 768, 64), (32, 2048, 64), (64, 2048, 64), (64, 4096, 16), (128, 2048, 16),
+           (256, 768, 4)]
+
+
+def best_us(f, reps: int, per: int = 1) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best / per * 1e6
+
+
+def backward_alone() -> None:
+    print("| (N, D, B) | backward alone, µs per cloud |\n|---|--:|")
+    for n, d, b in CONFIGS:
+        x = torch.randn(b, n, d, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        value = tsloss_cuda.loss(x)
+        us = best_us(lambda: torch.autograd.grad(value, x, retain_graph=True), 7, b)
+        print(f"| ({n}, {d}, {b}) | {us:.0f} |")
+
+
+def regulariser_step() -> None:
+    prompt = torch.nn.Parameter(torch.randn(8, 384) * 0.05)
+    prompt.grad = torch.zeros_like(prompt)
+    other = torch.randn(512, 512)
+    fns = {"tsloss": tsloss_cuda.TSLoss(), "l2": lambda p: (p ** 2).sum(-1).mean(),
+           "pdist": lambda p: torch.pdist(p).mean()}
+    print("\n| regulariser | hot, µs | after other work, µs |\n|---|--:|--:|")
+    for name, fn in fns.items():
+        def step():
+            reg = fn(prompt)
+            (g,) = torch.autograd.grad(0.1 * reg, prompt)
+            prompt.grad.add_(g)
+        medians = []
+        for cold in (False, True):
+            times = []
+            for _ in range(200):
+                if cold:
+                    for _ in range(20):
+                        other @ other
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+            medians.append(statistics.median(times) * 1e6)
+        print(f"| {name} | {medians[0]:.0f} | {medians[1]:.0f} |")
+
+
+def op_overhead() -> None:
+    ops = torch.ops.tsloss_cuda
+    args = (None, None, 1, 32, True, False, 0.0, 1.0, 1.0, 1.0, 0.0, 1)
+    x = torch.randn(1, 8, 64)
+    xg = x.clone().requires_grad_()
+    out = ops.tsloss_forward(xg, *args)
+    print("\n| one (8, 64) prompt | µs |\n|---|--:|")
+    print(f"| forward | {best_us(lambda: ops.tsloss_forward(x, *args), 300):.0f} |")
+    print(f"| forward with grad | {best_us(lambda: ops.tsloss_forward(xg, *args), 300):.0f} |")
+    grad = lambda: torch.autograd.grad(out[0], xg, retain_graph=True)  # noqa: E731
+    print(f"| backward through autograd | {best_us(grad, 300):.0f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    torch.set_num_threads(ap.parse_args().threads)
+    backward_alone()
+    regulariser_step()
+    op_overhead()
+
+
+if __name__ == "__main__":
+    main()
