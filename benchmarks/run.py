@@ -37,6 +37,7 @@ The JSON and markdown are rewritten after every config, so a run cut short keeps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -363,7 +364,22 @@ def ours_runs(x: torch.Tensor, cuda: bool):
     return fwd, loss
 
 
-def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS):
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """torch's thread count set to ``n`` inside the block (None: unchanged). ``--threads``
+    applies to ours only: pytorch-topological's torch calls and the matrix builders keep
+    every thread, as the peers' users would."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
+                 threads: Optional[int] = None):
     import ripser
     n, d, b = cfg
     dev = "cuda" if cuda else "cpu"
@@ -380,31 +396,36 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS)
                     load_1m=round(os.getloadavg()[0], 2))
 
     if "ours" in impls:
-        fwd, loss = ours_runs(x, cuda)
-        # One untimed call of each first, as the peers get: time_fn sizes its repetitions from
-        # its own first call, and a cold one (a CUDA context, first-touch pages) asked too few.
-        fwd()
-        loss()
-        if cuda:
-            torch.cuda.synchronize()
-        first, warm, times = time_fn(fwd, reps, cuda)
-        ok, err = check_diagrams(ref, first.to_numpy()[:k], inp.diam)
-        r = base("ours", "forward")
-        r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times, correct=ok,
-                 reps=len(times),
-                 max_bottleneck_over_diam=err, input="points",
-                 truncated=bool(first.truncated.any()))
-        recs.append(r)
-        if progress:
-            progress.update(1)
-        first, warm, times = time_fn(loss, reps, cuda)
-        val = float(first)
-        r = base("ours", "loss_fwd_bwd")
-        r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times, reps=len(times),
-                 correct=bool(math.isfinite(val)), loss_value=val, input="points")
-        recs.append(r)
-        if progress:
-            progress.update(1)
+        with torch_threads(threads):
+            fwd, loss = ours_runs(x, cuda)
+            # One untimed call of each first, as the peers get: time_fn sizes its repetitions
+            # from its own first call, and a cold one (a CUDA context, first-touch pages) asked
+            # too few.
+            fwd()
+            loss()
+            if cuda:
+                torch.cuda.synchronize()
+            first, warm, times = time_fn(fwd, reps, cuda)
+            ok, err = check_diagrams(ref, first.to_numpy()[:k], inp.diam)
+            # Only the first k clouds are checked against ripser; a cloud past them whose H1
+            # overflowed its capacity would otherwise pass as correct.
+            truncated = bool(first.truncated.any())
+            r = base("ours", "forward")
+            r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times,
+                     correct=ok and not truncated, reps=len(times),
+                     max_bottleneck_over_diam=err, input="points", truncated=truncated)
+            recs.append(r)
+            if progress:
+                progress.update(1)
+            first, warm, times = time_fn(loss, reps, cuda)
+            val = float(first)
+            r = base("ours", "loss_fwd_bwd")
+            r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times,
+                     reps=len(times), correct=bool(math.isfinite(val)), loss_value=val,
+                     input="points")
+            recs.append(r)
+            if progress:
+                progress.update(1)
     for impl in impls:
         if impl == "ours":
             continue
@@ -702,7 +723,8 @@ def main(argv=None):
     ap.add_argument("--scaling", action="store_true", help="fit time exponents in N, B, D")
     ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--threads", type=int, help="torch threads for ours (default: all)")
+    ap.add_argument("--threads", type=int,
+                    help="torch threads for ours (default: all); peers keep all threads")
     ap.add_argument("--isa", choices=("baseline", "avx2", "avx512"),
                     help="x86 build of our CPU kernels (default: the best this CPU runs); the "
                          "result files are named after it")
@@ -734,8 +756,6 @@ def main(argv=None):
             tsloss_cuda.set_cpu_isa(args.isa)
         except ValueError as err:
             ap.error(f"--isa: {err}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = set(impls) - set(ALL_IMPLS)
     if unknown:
@@ -775,7 +795,7 @@ def main(argv=None):
 
     n_runs = sum((2 if i == "ours" else 1) for i in impls) * len(configs)
     dev = device_name(cuda)
-    meta = dict(device=dev, cpu=cpu_model(), cores=os.cpu_count(), threads=torch.get_num_threads(),
+    meta = dict(device=dev, cpu=cpu_model(), cores=os.cpu_count(), threads=args.threads or torch.get_num_threads(),
                 cpu_isa=tsloss_cuda.cpu_isa(),
                 torch=torch.__version__, cuda=torch.cuda.get_device_name(0) if cuda else None,
                 python=sys.version.split()[0], reps=reps, impls=impls, skipped_impls=skipped,
@@ -809,7 +829,7 @@ def main(argv=None):
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str("N,D,B=%d,%d,%d" % cfg)
         records += bench_config(cfg, impls, reps, cuda, progress=bar,
-                                peer_clouds=args.peer_clouds)
+                                peer_clouds=args.peer_clouds, threads=args.threads)
         write(None)
         if args.no_progress:
             print("N,D,B=%d,%d,%d done, %.0f s" % (cfg + (time.perf_counter() - t_start,)),

@@ -86,6 +86,38 @@ def test_peer_subset_is_scaled_and_marked(tmp_path):
     assert "†" in md and "first 2 clouds" in md and "6/2" in md
 
 
+def test_threads_option_applies_to_ours_only(tmp_path, monkeypatch):
+    # --threads 1 once limited every torch call in the process, pytorch-topological's and the
+    # matrix builders' too, so the peers were timed on one thread as well.
+    pytest.importorskip("ripser")
+    pytest.importorskip("gudhi")
+    import torch
+    run = _load()
+    seen = {}
+    ours_runs = run.ours_runs
+
+    def spy_ours(x, cuda):
+        seen["ours"] = torch.get_num_threads()
+        return ours_runs(x, cuda)
+
+    def spy_peer(inp, kind):
+        seen["peer"] = torch.get_num_threads()
+        return run.peer_ripser(inp, kind)
+    monkeypatch.setattr(run, "ours_runs", spy_ours)
+    monkeypatch.setitem(run.PEERS, "ripser", (spy_peer, "forward"))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        payload = run.main(["--configs", "8,4,2", "--reps", "1", "--impls", "ours,ripser",
+                            "--threads", "1", "--out", str(tmp_path), "--name", "t", "--cpu",
+                            "--no-progress"])
+        assert seen == {"ours": 1, "peer": 2}
+        assert torch.get_num_threads() == 2
+        assert payload["meta"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_profile_ops_tiny(tmp_path):
     """tools/profile_ops.py (the GPU check's profile phase) runs on the CPU and names our ops."""
     spec = importlib.util.spec_from_file_location(

@@ -180,7 +180,10 @@ def test_non_finite_distances(rng, bad, where):
         d[1, 5, 2] = bad
     if where in ("upper", "both"):
         d[1, 2, 5] = bad
-    with pytest.raises(RuntimeError, match=r"distance matrix contains NaN or Inf"):
+    # the message names the cloud and the bad entry where the user put it
+    at = r"\(2, 5\)" if where == "upper" else r"\(5, 2\)"
+    with pytest.raises(RuntimeError,
+                       match=r"distance matrix of cloud 1 contains NaN or Inf at " + at):
         vr_persistence(d, distances=True)
 
 

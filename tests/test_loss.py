@@ -207,6 +207,16 @@ def test_reduction_and_terms():
     torch.testing.assert_close(value, terms["connectivity"] + terms["redundancy"])
 
 
+def test_empty_batch_reduces_as_torch_does():
+    # B = 0: "mean" is NaN (torch.mean of nothing, as the docstring says), "sum" is 0, "none"
+    # is empty; the gradient is an empty tensor, not an error.
+    x = torch.zeros(0, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.isnan(T.loss(x)) and T.loss(x, reduction="sum") == 0
+    assert T.loss(x, reduction="none").shape == (0,)
+    T.loss(x, reduction="sum").backward()
+    assert x.grad.shape == (0, 5, 3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_are_computed_in_float32(dtype):
     x = generic_cloud().to(dtype).requires_grad_()

@@ -122,6 +122,7 @@ def loss(
         target: τ for ``connectivity_mode="target"``.
         p: exponent of the H1 persistences in the redundancy term.
         reduction: ``"mean"`` or ``"sum"`` over prompts (scalar), or ``"none"`` (``(B,)``).
+            For an empty batch (B = 0) ``"mean"`` is NaN, as ``torch.mean`` of no elements.
         return_terms: also return a dict of the unweighted terms (reduced like the loss),
             ``scale``, ``h1_count`` ``(B,)``, and ``topology`` (detached, for ``previous``).
         max_h1: H1 capacity per prompt (default 4·N); the K most persistent bars are used.

@@ -151,7 +151,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* cloud = pd + b * N * D;
         if (distances) {
-          symmetric_from_lower(cloud, N, matrix.data());
+          symmetric_from_lower(cloud, N, b, matrix.data());
           cloud = matrix.data();
         } else if (fused) {
           cloud_distances(cloud, N, D, b, sq, matrix.data(), kVr);
