@@ -66,7 +66,9 @@ def _extension():
     if _use_cuda():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        # --fmad=false: nvcc contracts multiply-adds by default; the shared term and gradient
+        # code (core/tsloss_terms.h) must round as the CPU build does.
+        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
         return CUDAExtension("tsloss_cuda._C", sources, define_macros=[("TSLOSS_WITH_CUDA", None)],
                              extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     return CppExtension("tsloss_cuda._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)

@@ -45,6 +45,7 @@ inline void put(std::string& s, c10::IntArrayRef v) {
   s += ']';
 }
 inline void put(std::string& s, at::ScalarType t) { s += c10::toString(t); }
+inline void put(std::string& s, const c10::Device& d) { s += d.str(); }
 
 template <typename... Parts>
 std::string message(const Parts&... parts) {
@@ -99,13 +100,18 @@ inline void check_h1_capacity(int64_t max_h1, int64_t B, int64_t N, int64_t valu
               edges);
 }
 
-// A tensor of the given shape and dtype, or an error naming it: the backward ops index their
-// saved tensors by x's sizes, so a mismatch would read or write out of bounds.
+// A tensor of the given shape and dtype on x's device, or an error naming it: the backward ops
+// index their saved tensors by x's sizes, so a mismatch would read or write out of bounds, and
+// the dispatcher picks the CUDA kernel when any argument is on a GPU, so a tensor elsewhere
+// would hand the kernel a foreign pointer.
 inline void check_saved(const char* op, const char* name, const at::Tensor& t,
-                        c10::IntArrayRef shape, const char* shape_text, bool integer) {
+                        c10::IntArrayRef shape, const char* shape_text, bool integer,
+                        const at::Tensor& x) {
   TSL_CHECK(t.defined() && t.sizes() == shape, op, ": ", name, " must be ", shape_text, " = ",
             shape, " for x of that batch and size, got ",
             t.defined() ? t.sizes() : c10::IntArrayRef{});
+  TSL_CHECK(t.device() == x.device(), op, ": ", name, " must be on x's device ", x.device(),
+            ", got ", t.device());
   TSL_CHECK(integer ? t.scalar_type() == at::kLong : at::isFloatingType(t.scalar_type()), op,
             ": ", name, " must be ", integer ? "int64" : "floating point", ", got ",
             t.scalar_type());
@@ -121,10 +127,10 @@ inline void check_vr_backward_inputs(const at::Tensor& grad_h0, const at::Tensor
   const int64_t B = x.size(0), N = x.size(1), H0 = N > 0 ? N - 1 : 0;
   TSL_CHECK(h1_edges.dim() == 3, op, ": h1_edges must be (B, K, 4), got ", h1_edges.sizes());
   const int64_t K = h1_edges.size(1);
-  check_saved(op, "h0_edges", h0_edges, {B, H0, 2}, "(B, N-1, 2)", true);
-  check_saved(op, "h1_edges", h1_edges, {B, K, 4}, "(B, K, 4)", true);
-  check_saved(op, "grad_h0", grad_h0, {B, H0, 2}, "(B, N-1, 2)", false);
-  check_saved(op, "grad_h1", grad_h1, {B, K, 2}, "(B, K, 2)", false);
+  check_saved(op, "h0_edges", h0_edges, {B, H0, 2}, "(B, N-1, 2)", true, x);
+  check_saved(op, "h1_edges", h1_edges, {B, K, 4}, "(B, K, 4)", true, x);
+  check_saved(op, "grad_h0", grad_h0, {B, H0, 2}, "(B, N-1, 2)", false, x);
+  check_saved(op, "grad_h1", grad_h1, {B, K, 2}, "(B, K, 2)", false, x);
 }
 
 // tsloss_backward's saved tensors against x (B, N, D): dist (B, N, N), scales (B,), topo_h0
@@ -142,13 +148,13 @@ inline void check_tsloss_backward_inputs(
   const int64_t B = x.size(0), N = x.size(1), H0 = N > 0 ? N - 1 : 0;
   TSL_CHECK(topo_h1.dim() == 2, op, ": topo_h1 must be (B, K), got ", topo_h1.sizes());
   const int64_t K = topo_h1.size(1);
-  check_saved(op, "dist", dist, {B, N, N}, "(B, N, N)", false);
-  check_saved(op, "scales", scales, {B}, "(B,)", false);
-  check_saved(op, "topo_h0", topo_h0, {B, H0}, "(B, N-1)", false);
-  check_saved(op, "topo_h1", topo_h1, {B, K}, "(B, K)", false);
-  check_saved(op, "h1_count", h1_count, {B}, "(B,)", true);
-  check_saved(op, "h0_edges", h0_edges, {B, H0, 2}, "(B, N-1, 2)", true);
-  check_saved(op, "h1_edges", h1_edges, {B, K, 4}, "(B, K, 4)", true);
+  check_saved(op, "dist", dist, {B, N, N}, "(B, N, N)", false, x);
+  check_saved(op, "scales", scales, {B}, "(B,)", false, x);
+  check_saved(op, "topo_h0", topo_h0, {B, H0}, "(B, N-1)", false, x);
+  check_saved(op, "topo_h1", topo_h1, {B, K}, "(B, K)", false, x);
+  check_saved(op, "h1_count", h1_count, {B}, "(B,)", true, x);
+  check_saved(op, "h0_edges", h0_edges, {B, H0, 2}, "(B, N-1, 2)", true, x);
+  check_saved(op, "h1_edges", h1_edges, {B, K, 4}, "(B, K, 4)", true, x);
   const int64_t values = reduction == 0 ? B : 1;
   for (const c10::optional<at::Tensor>* g : grads) {
     if (!g->has_value() || !(*g)->defined()) continue;

@@ -121,6 +121,45 @@ def test_launches_and_no_host_sync():
     assert not syncs, syncs
 
 
+def test_no_host_sync_past_cubs_segment_threshold():
+    # 600 clouds in one launch: CUB's segmented sort reads group sizes back to the host above
+    # 500 segments, so the engine sorts at most 256 clouds a call (h1_reduce.cu).
+    x = cloud(600, 16, 8)
+    _, syncs = _kernels(lambda: ops.vr_persistence(x.cuda(), 1, False, 16))
+    assert not syncs, syncs
+    got = T.vr_persistence(x.cuda())
+    want = T.vr_persistence(x)
+    for a, b in ((got.h0, want.h0), (got.h1, want.h1), (got.h1_count, want.h1_count)):
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
+
+
+def test_nan_cloud_rows_are_deterministic():
+    # A NaN point makes NaN edges; the bars are placed by rank, which needs a strict order.
+    x = cloud(4, 40, 6).cuda()
+    x[2, 7, 1] = float("nan")
+    runs = [ops.vr_persistence(x, 1, False, 40) for _ in range(3)]
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    h0_edges = runs[0][1]
+    assert (h0_edges[2] >= 0).all()  # every row written (each a real tree edge)
+
+
+def test_backward_refuses_a_tensor_on_another_device():
+    # Any CUDA argument sends the call to the CUDA kernel; a CPU tensor among them would hand
+    # it a host pointer.
+    x = cloud(2, 10, 3).cuda()
+    h0, h0_edges, h1, h1_edges, _, _ = ops.vr_persistence(x, 1, False, 8)
+    with pytest.raises(RuntimeError, match=r"grad_h0 must be on x's device"):
+        ops.vr_persistence_backward(torch.ones_like(h0).cpu(), torch.ones_like(h1), x,
+                                    h0_edges, h1_edges, False)
+
+
+def test_empty_batch_reductions():
+    x = torch.zeros(0, 5, 3, device="cuda")
+    assert torch.isnan(T.loss(x)).item() and T.loss(x, reduction="sum").item() == 0
+
+
 def test_cuda_graph_capture_and_replay():
     x = cloud(8, 32, 64).cuda()
     static = x.clone().requires_grad_()

@@ -67,10 +67,16 @@ TSL_HD void prim_mst(const DistanceMatrix<T>& d, T* best_d, index_t* best_parent
   }
 }
 
-// H0 bars are reported in filtration order of their death edges.
+// H0 bars are reported in filtration order of their death edges. A NaN diameter (a cloud with
+// non-finite points, which the CPU refuses and CUDA marks invalid afterwards) sorts last, by
+// index, so the order stays strict: CUDA places bars by rank, and with NaN incomparable two
+// bars would share a row and one row would stay unwritten.
 template <typename T>
 TSL_HD bool mst_edge_before(const MstEdge<T>& a, const MstEdge<T>& b) {
-  return filtration_less(a.diameter, edge_index(a.u, a.v), b.diameter, edge_index(b.u, b.v));
+  const index_t ia = edge_index(a.u, a.v), ib = edge_index(b.u, b.v);
+  const bool na = a.diameter != a.diameter, nb = b.diameter != b.diameter;
+  if (na || nb) return na == nb ? ia > ib : nb;
+  return filtration_less(a.diameter, ia, b.diameter, ib);
 }
 
 // Is the edge {i, j} in the tree? `best_parent` as left by prim_mst.

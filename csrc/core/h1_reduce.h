@@ -40,7 +40,12 @@ struct H1Pair {
 template <typename T>
 TSL_HD bool h1_pair_before(const H1Pair<T>& a, const H1Pair<T>& b) {
   T pa = a.death - a.birth, pb = b.death - b.birth;
-  if (pa != pb) return pa > pb;
+  // NaN (non-finite input, see mst_edge_before) sorts last, keeping the order strict.
+  const bool na = pa != pa, nb = pb != pb;
+  if (na != nb) return nb;
+  if (!na && pa != pb) return pa > pb;
+  const bool ba = a.birth != a.birth, bb = b.birth != b.birth;
+  if (ba || bb) return ba == bb ? a.birth_edge < b.birth_edge : bb;
   return filtration_less(b.birth, b.birth_edge, a.birth, a.birth_edge);
 }
 

@@ -322,6 +322,9 @@ class WarpReducer {
         m_.set[size_ + warp::popcount(mask & warp::lanes_below(lane))] =
             Entry<T>{diam[lane], cofacet_index(i, j, k0 + lane)};
       });
+      // A later cancel_pairs() sorts entries that other lanes wrote; the ballot above orders
+      // nothing in memory, only a warp barrier does.
+      w_.sync();
       size_ += count;
       if (stats_) {
         stats_->entries_pushed += count;

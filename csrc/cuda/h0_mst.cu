@@ -45,7 +45,7 @@ __device__ __forceinline__ Candidate<T> warp_argmin(Candidate<T> c) {
 }
 
 template <typename T>
-__global__ void h0_mst_kernel(const T* __restrict__ dist, int64_t N, T* __restrict__ h0,
+__global__ void __launch_bounds__(kMaxThreads) h0_mst_kernel(const T* __restrict__ dist, int64_t N, T* __restrict__ h0,
                               int64_t* __restrict__ h0_edges, int64_t* __restrict__ best_parent,
                               T* __restrict__ threshold, MstEdge<T>* __restrict__ mst_all) {
   __shared__ Candidate<T> s_warp[kMaxWarps];

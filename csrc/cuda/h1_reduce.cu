@@ -4,7 +4,8 @@
 //                       the facet of an apparent pair (tsl::in_apparent_pair)?
 //   2. compact_columns  one block per cloud: block scan of the flags, keeps index order
 //   3. CUB segmented    stable sort by diameter, descending; index order is kept among equal
-//      sort            diameters, which is exactly tsl::column_before (reverse filtration)
+//      sort            diameters, which is exactly tsl::column_before (reverse filtration);
+//                       at most kSortSegments clouds a call (no host read-back in CUB)
 //   4. make_columns     (diameter, edge) -> tsl::H1Column
 //   5. reduce           one thread per cloud runs tsl::reduce_h1 in its workspace slice, one
 //                       cloud per warp unless the batch overfills the GPU
@@ -15,6 +16,7 @@
 // (h1_reduce_warp.cu, core/h1_reduce_warp.h) in the same buffers.
 //
 // Sizes are fixed by (B, N, cap) alone, so nothing here needs to read a count back on the host.
+#include <algorithm>
 #include <cuda_runtime.h>
 
 #include <cub/block/block_scan.cuh>
@@ -29,6 +31,8 @@ namespace cuda {
 namespace {
 
 constexpr int kScanThreads = 256;
+// Clouds per segmented sort, below CUB's partitioning threshold (build_columns_by_passes).
+constexpr int64_t kSortSegments = 256;
 constexpr int kScanItems = 4;
 
 __host__ __device__ inline int64_t num_edges(int64_t N) { return N * (N - 1) / 2; }
@@ -102,9 +106,12 @@ struct Layout {
     counts = take(sizeof(int32_t) * B);
     seg_begin = take(sizeof(int32_t) * B);
     seg_end = take(sizeof(int32_t) * B);
+    // Sized for the largest call build_columns_by_passes makes: every item, kSortSegments
+    // segments (a call's items and segments never exceed these).
     error = cub::DeviceSegmentedSort::StableSortPairsDescending(
         nullptr, cub_bytes, (const T*)nullptr, (T*)nullptr, (const int32_t*)nullptr,
-        (int32_t*)nullptr, (int)BE, (int)B, (const int32_t*)nullptr, (const int32_t*)nullptr);
+        (int32_t*)nullptr, (int)BE, (int)std::min<int64_t>(B, kSortSegments),
+        (const int32_t*)nullptr, (const int32_t*)nullptr);
     cub_temp = take(cub_bytes);
   }
 };
@@ -328,11 +335,17 @@ cudaError_t build_columns_by_passes(const Layout<T>& L, const T* dist, int64_t B
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  size_t cub_bytes = L.cub_bytes;
-  err = cub::DeviceSegmentedSort::StableSortPairsDescending(
-      part<void>(w, L.cub_temp), cub_bytes, keys_in, keys_out, vals_in, vals_out, (int)BE,
-      (int)B, seg_begin, seg_end, stream);
-  if (err != cudaSuccess) return err;
+  // At most kSortSegments clouds per sort: above CUB's partitioning threshold (500 segments on
+  // sm_60 and later, 300 before) DeviceSegmentedSort copies its segment-group sizes to the
+  // host and synchronises the stream, which would block the host on every large batch and
+  // break CUDA-graph capture. Offsets stay absolute, so each call sorts its clouds in place.
+  for (int64_t s0 = 0; s0 < B; s0 += kSortSegments) {
+    size_t cub_bytes = L.cub_bytes;
+    err = cub::DeviceSegmentedSort::StableSortPairsDescending(
+        part<void>(w, L.cub_temp), cub_bytes, keys_in, keys_out, vals_in, vals_out, (int)BE,
+        (int)std::min<int64_t>(B - s0, kSortSegments), seg_begin + s0, seg_end + s0, stream);
+    if (err != cudaSuccess) return err;
+  }
 
   make_columns_kernel<T><<<grid_for(BE, 256), 256, 0, stream>>>(B, N, keys_out, vals_out,
                                                                  counts, columns);

@@ -10,6 +10,7 @@
 #include <torch/types.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "../checks.h"
 #include "cuda_glue.h"
@@ -80,8 +81,14 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
   auto h0_edges = at::empty({B, H0, 2}, iopts), h1_edges = at::empty({B, K, 4}, iopts);
   auto h0 = at::empty({B, H0, 2}, opts), h1 = at::empty({B, K, 2}, opts);
   auto truncated = at::empty({B}, opts.dtype(at::kBool));
-  if (B == 0) return {loss, conn, red, stab, scale, h1_count, topo_h0, topo_h1, scales, dist,
-                      h0_edges, h1_edges};
+  if (B == 0) {
+    // Reduced over no prompts, as the CPU op (and torch.mean / torch.sum) give.
+    if (reduction != tsl::kReduceNone)
+      for (at::Tensor* t : {&loss, &conn, &red, &stab, &scale})
+        t->fill_(reduction == tsl::kReduceMean ? std::nan("") : 0.0);
+    return {loss, conn, red, stab, scale, h1_count, topo_h0, topo_h1, scales, dist,
+            h0_edges, h1_edges};
+  }
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const tsl::cuda::H1Capacity cap = h1_capacity(N);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <utility>
 #include <vector>
@@ -537,8 +538,51 @@ void test_index_decoding() {
     }
 }
 
+// The orders CUDA places bars by (by rank: each row's position is the number of rows before
+// it) must be strict even with NaN values, which a non-finite cloud gives before it is marked
+// invalid: then the ranks are a permutation, every row written exactly once. NaN goes last.
+template <typename T>
+void test_rank_orders_with_nan() {
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
+  std::vector<tsl::MstEdge<T>> edges;
+  std::vector<tsl::H1Pair<T>> pairs;
+  const T values[] = {T(1), nan, T(2), T(1), nan, inf, T(0.5), nan};
+  tsl::index_t k = 0;
+  for (T v : values) {
+    const tsl::index_t u = k + 1, w = k / 2;
+    edges.push_back(tsl::MstEdge<T>{v, w, u});
+    pairs.push_back(tsl::H1Pair<T>{T(0.25) * (k % 3), v, tsl::edge_index(u, w), k});
+    pairs.push_back(tsl::H1Pair<T>{v, T(3), tsl::edge_index(u + 10, w), k});
+    ++k;
+  }
+  auto check_ranks = [](const auto& xs, auto before, auto is_nan, const char* what) {
+    const size_t n = xs.size();
+    std::vector<int> seen(n, 0);
+    size_t nan_count = 0;
+    for (const auto& x : xs) nan_count += is_nan(x);
+    for (size_t a = 0; a < n; ++a) {
+      CHECK(!before(xs[a], xs[a]), "%s: an element before itself", what);
+      size_t rank = 0;
+      for (size_t b = 0; b < n; ++b) {
+        rank += before(xs[b], xs[a]);
+        CHECK(a == b || before(xs[a], xs[b]) != before(xs[b], xs[a]),
+              "%s: elements %zu and %zu unordered", what, a, b);
+      }
+      CHECK(rank < n && seen[rank]++ == 0, "%s: rank %zu taken twice", what, rank);
+      CHECK(!is_nan(xs[a]) || rank >= n - nan_count, "%s: a NaN row at rank %zu", what, rank);
+    }
+  };
+  check_ranks(
+      edges, [](const auto& a, const auto& b) { return tsl::mst_edge_before(a, b); },
+      [](const auto& e) { return std::isnan(e.diameter); }, "mst_edge_before");
+  check_ranks(
+      pairs, [](const auto& a, const auto& b) { return tsl::h1_pair_before(a, b); },
+      [](const auto& p) { return std::isnan(p.death - p.birth); }, "h1_pair_before");
+}
+
 template <typename T>
 void run_all() {
+  test_rank_orders_with_nan<T>();
   test_band_masks<T>();
   test_latest_facet_rule<T>();
   test_sweep_builds<T>();
