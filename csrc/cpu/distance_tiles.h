@@ -95,6 +95,21 @@ __attribute__((always_inline)) inline void subtract(V& t, const V& u, const V& w
   }
 }
 
+// Keeps a loaded tile operand in a register. Left alone, GCC folds every use of an operand into
+// its arithmetic as a memory operand, so the AVX2 build's 2 x 4 tile issued 10 loads per
+// iteration instead of 6; on the Sapphire Rapids Xeon that loop ran at 9.7 G pair-coordinates/s
+// against 12.0 with its operands pinned (a standalone copy, one thread), and the whole kernel
+// 12-19 % faster (build/kernel_rates, AVX-512 and baseline builds unchanged). The empty asm
+// emits nothing and changes no bit.
+template <typename V>
+__attribute__((always_inline)) inline void in_register(V& v) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+v"(v));
+#else
+  (void)v;
+#endif
+}
+
 // A build's shape: Bytes of doubles per vector, so L lanes per vector and G passes (lane groups)
 // to cover the eight canonical lanes.
 template <int Bytes>
@@ -270,8 +285,14 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
                   load(acc[a][b], carry + ((ta + a) * kBlock + tb + b) * E + g * L);
               for (int64_t k = g * L; k < width; k += E) {
                 VD u[TI], w[TJ];
-                TSL_UNROLL for (int a = 0; a < TI; ++a) load(u[a], xi + (ta + a) * kStride + k);
-                TSL_UNROLL for (int b = 0; b < TJ; ++b) load(w[b], xj + (tb + b) * kStride + k);
+                TSL_UNROLL for (int a = 0; a < TI; ++a) {
+                  load(u[a], xi + (ta + a) * kStride + k);
+                  in_register(u[a]);
+                }
+                TSL_UNROLL for (int b = 0; b < TJ; ++b) {
+                  load(w[b], xj + (tb + b) * kStride + k);
+                  in_register(w[b]);
+                }
                 TSL_UNROLL for (int a = 0; a < TI; ++a)
                   TSL_UNROLL for (int b = 0; b < TJ; ++b) {
                     VD t;  // (a + b) is a constant once the loops are unrolled
