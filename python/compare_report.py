@@ -4,8 +4,10 @@
         > docs/compare-llm.md
 
 Reads ``OUT_DIR/runs/*.json`` (a comparison in progress works: it reports the runs that
-exist), else ``OUT_DIR/metrics.csv``. A claim holds only when its 95 % bootstrap interval
-excludes zero in the claimed direction.
+exist), else ``OUT_DIR/metrics.csv``; only the runs of the last invocation that
+``comparison.json`` recorded are reported. A claim holds only when its 95 % interval (or, for
+steps to target, its sign test) excludes no effect in the claimed direction; the statistics are
+those of :mod:`tsloss_cuda.stats`.
 """
 from __future__ import annotations
 
@@ -13,136 +15,210 @@ import argparse
 import csv
 import glob
 import json
+import math
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tsloss_cuda import stats  # noqa: E402
-from tsloss_cuda.stats import Interval  # noqa: E402
+from tsloss_cuda.stats import Interval, SignTest, variant_of  # noqa: E402
 
 #: Measure -> what it is, for claim 3; the paper expects a negative correlation for each.
 MEASURES = {"ts_connectivity": "connectivity (H0 term)", "ts_redundancy": "redundancy (H1 term)",
             "ts_stability": "stability distance to the previous log"}
 
 
-def load(out: str) -> Tuple[List[Dict], Dict]:
-    """(results with ``variant``, ``seed``, ``rows``, ``overrides``; the job configuration)."""
-    config: Dict = {}
-    specs: Dict[str, Dict] = {}
+def _saved(out: str) -> Tuple[Dict, Dict, Optional[List[str]]]:
+    """(config, specs, run ids of the last invocation or None) from comparison.json, else
+    summary.json (whose runs are the last invocation's)."""
     for name in ("comparison.json", "summary.json"):
         path = os.path.join(out, name)
         if os.path.isfile(path):
             with open(path) as f:
                 saved = json.load(f)
-            config, specs = saved.get("config", {}), saved.get("specs", {})
-            if not specs:  # summary.json: each run's record carries its id and overrides
-                specs = {r["run_id"]: r for r in saved.get("runs", []) if "run_id" in r}
-            break
-    # One order whatever the source, so the bootstrap draws the same intervals from the runs'
-    # files and from the metrics.csv committed without them.
-    order = lambda r: (r["variant"] or r["regularizer"], r["seed"])  # noqa: E731
-    files = glob.glob(os.path.join(out, "runs", "*.json"))
+            specs = saved.get("specs") or {r["run_id"]: r for r in saved.get("runs", [])
+                                           if "run_id" in r}
+            # A folder from before "last" was recorded: every run it ever asked for.
+            last = saved.get("last") or list(specs) or None
+            return saved.get("config", {}), specs, last
+    return {}, {}, None
+
+
+def load(out: str) -> Tuple[List[Dict], Dict, int]:
+    """(results with ``variant``, ``seed``, ``rows``, ``overrides``; the job configuration;
+    runs on disk left out because the last invocation did not ask for them)."""
+    config, specs, last = _saved(out)
+    # One order whatever the source, so the report is the same from the runs' files and from
+    # the metrics.csv committed without them.
+    order = lambda r: (variant_of(r), r["seed"])  # noqa: E731
+    files = sorted(glob.glob(os.path.join(out, "runs", "*.json")))
     if files:
         results = []
         for p in files:
             with open(p) as f:
                 results.append(json.load(f))
-        return sorted(results, key=order), config
-    path = os.path.join(out, "metrics.csv")
-    if not os.path.isfile(path):
-        sys.exit(f"compare_report: OUT_DIR {out} has neither runs/*.json nor metrics.csv")
-    groups: Dict[Tuple[str, int], List[Dict]] = {}
-    regs: Dict[str, str] = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            v = r.get("variant") or r["regularizer"]
-            regs[v] = r["regularizer"]
-            row = {k: float(x) for k, x in r.items() if k not in ("regularizer", "variant")}
-            groups.setdefault((v, int(row["seed"])), []).append(row)
-    # The specs (comparison.json, else summary.json's runs) carry each run's overrides (the weight
-    # sweep's weights).
-    results = [{"variant": v, "regularizer": regs[v], "seed": s, "rows": rows,
-                "overrides": specs.get(f"{v}_seed{s}", {}).get("overrides", {})}
-               for (v, s), rows in groups.items()]
-    return sorted(results, key=order), config
+    else:
+        path = os.path.join(out, "metrics.csv")
+        if not os.path.isfile(path):
+            sys.exit(f"compare_report: OUT_DIR {out} has neither runs/*.json nor metrics.csv")
+        groups: Dict[Tuple[str, int], List[Dict]] = {}
+        regs: Dict[str, str] = {}
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                v = r.get("variant") or r["regularizer"]
+                regs[v] = r["regularizer"]
+                row = {k: float(x) for k, x in r.items() if k not in ("regularizer", "variant")}
+                groups.setdefault((v, int(row["seed"])), []).append(row)
+        # The specs carry each run's overrides (the weight sweep's weights).
+        results = [{"variant": v, "regularizer": regs[v], "seed": s, "rows": rows,
+                    "run_id": f"{v}_seed{s}",
+                    "overrides": specs.get(f"{v}_seed{s}", {}).get("overrides", {})}
+                   for (v, s), rows in groups.items()]
+    keep = set(last) if last is not None else None
+    mine = [r for r in results if keep is None or r.get("run_id", "") in keep]
+    return sorted(mine, key=order), config, len(results) - len(mine)
 
 
-def fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:+.{digits}f}"
+def fmt(x: Optional[float], digits: int = 3) -> str:
+    return "n/a" if x is None or np.isnan(x) else f"{x:+.{digits}f}"
 
 
 def ci(iv: Interval, digits: int = 3) -> str:
-    if not (np.isfinite(iv.low) and np.isfinite(iv.high)):
-        return "n/a"
+    if np.isnan(iv.low) or np.isnan(iv.high):
+        return "n/a" + (f" ({iv.nonfinite} non-finite)" if iv.nonfinite else "")
+    if np.isinf(iv.low) and np.isinf(iv.high):
+        return "unbounded (n < 4)"
     return f"[{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]"
 
 
-def verdict(ok: List[bool]) -> str:
-    return "held" if all(ok) else ("partly held" if any(ok) else "did not hold")
+def state(x: Union[Interval, SignTest], sign: int) -> str:
+    """A table's verdict of an :class:`Interval` or :class:`SignTest` for the claimed ``sign``,
+    saying when the data show the opposite."""
+    s = x.decide(sign)
+    if s == "inconclusive":
+        return "inconclusive (end within Monte-Carlo error of 0)"
+    return "not held (the other way)" if s == "not held" and x.decide(-sign) == "held" else s
+
+
+def verdict(states: List[str], why_untested: str) -> str:
+    """One claim from its parts: those that could not be tested are left out."""
+    s = [x for x in states if x != "untested"]
+    if not s:
+        return f"untested ({why_untested})"
+    if all(x == "held" for x in s):
+        return "held"
+    if "held" in s:
+        return "partly held"
+    return "was inconclusive" if "inconclusive" in s else "did not hold"
+
+
+def steps_text(t: SignTest, reached: str) -> str:
+    return f"{t.wins}/{t.ties}/{t.losses}, reached {reached}"
 
 
 def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: str,
-           target: float, n_boot: int, seed: int) -> str:
+           target: float, n_boot: int, seed: int, left_out: int = 0) -> str:
     """The markdown report of ``results`` (as :func:`load` returns them)."""
-    variants = list(dict.fromkeys(r.get("variant") or r["regularizer"] for r in results))
+    variants = list(dict.fromkeys(variant_of(r) for r in results))
     seeds = stats.seeds_of(results)
     if baseline not in variants:
         sys.exit(f"compare_report: --baseline {baseline} has no runs in {out} "
                  f"(variants: {', '.join(variants)})")
     others = [v for v in variants if v != baseline]
+    exact = stats.resamples_exact(len(seeds))
 
-    def paired(v: str, stat: str) -> Interval:
+    def paired(v: str, stat: str) -> Interval:  # accuracies: a difference lies in [-1, 1]
         return stats.paired_difference(stats.by_seed(results, v, stat, target),
                                        stats.by_seed(results, baseline, stat, target),
-                                       n_boot=n_boot, seed=seed)
+                                       n_boot=n_boot, seed=seed, bounds=(-1.0, 1.0))
 
-    lines: List[str] = []
-    # Claims 1 and 2 are judged on --variant against --baseline.
-    steps = paired(variant, "steps_to_target") if variant in variants else None
-    auc = paired(variant, "auc") if variant in variants else None
-    final = paired(variant, "final_acc") if variant in variants else None
+    def steps(v: str) -> Tuple[SignTest, str]:
+        mine, base = (stats.steps_by_seed(results, x, target) for x in (v, baseline))
+        reached = (f"{sum(r for _, r in mine.values())}/{len(mine)} vs {baseline} "
+                   f"{sum(r for _, r in base.values())}/{len(base)}")
+        return stats.sign_test(stats.paired_outcomes(mine, base)), reached
+
     summaries = [stats.run_summary(r["rows"], target) for r in results]
     acc = [s["final_acc"] for s in summaries]
-    rho = {m: stats.spearman_interval([s.get(m, np.nan) for s in summaries], acc,
+    clusters = [int(r["seed"]) for r in results]
+    rho = {m: stats.spearman_interval([s.get(m, np.nan) for s in summaries], acc, clusters,
                                       n_boot=n_boot, seed=seed)
-           for m in MEASURES if all(m in s for s in summaries)}
+           for m in MEASURES if any(m in s for s in summaries)}
 
-    lines.append("# Does TSLoss help? Paired comparison by seed\n")
+    lines = ["# Does TSLoss help? Paired comparison by seed\n"]
     head = (f"From {len(results)} runs ({len(variants)} variants, seeds "
             f"{', '.join(map(str, seeds))}), `{variant}` against `{baseline}`, "
             f"target accuracy {target:.2f}: ")
-    if steps is None:
-        lines.append(head + f"no `{variant}` runs yet, so claims 1 and 2 are untested.")
+    if variant not in variants:
+        c12 = f"no `{variant}` runs yet, so claims 1 and 2 are untested; "
     else:
-        c1 = verdict([steps.excludes_zero(-1), auc.excludes_zero(+1)])
-        c2 = verdict([final.excludes_zero(+1)])
-        c3 = verdict([iv.excludes_zero(-1) for iv in rho.values()]) if rho else "was untested"
-        lines.append(
-            head + f"**claim 1 (faster convergence) {c1}** (steps to target "
-            f"{fmt(steps.value, 1)}, 95 % CI {ci(steps, 1)}; accuracy AUC {fmt(auc.value)}, "
-            f"{ci(auc)}); **claim 2 (higher final accuracy) {c2}** ({fmt(final.value)}, "
-            f"{ci(final)}); **claim 3 (stable, compact prompts do better) {c3}** ("
-            + "; ".join(f"{MEASURES[m].split(' (')[0]} ρ = {fmt(iv.value, 2)}, {ci(iv, 2)}"
-                        for m, iv in rho.items())
-            + f", across {len(results)} runs). A claim holds only where its 95 % interval "
-            "excludes zero in the claimed direction.")
-    lines.append(f"\nDifferences are variant − `{baseline}`, paired by seed (same seed: same "
-                 "prompt initialisation and data order); intervals are percentile bootstraps "
-                 f"over seeds ({n_boot} resamples, RNG seed {seed}). A run that never reaches "
-                 "the target counts as reaching it one logging interval after its last step.\n")
+        st, reached = steps(variant)
+        auc, final = paired(variant, "auc"), paired(variant, "final_acc")
+        why = "non-finite values" if auc.nonfinite or final.nonfinite else "n < 4 seeds"
+        c1 = verdict([st.decide(+1), auc.decide(+1)], why)
+        c2 = verdict([final.decide(+1)], why)
+        st_why = ""
+        if st.decide(+1) == "untested" and auc.decide(+1) != "untested":
+            c1, st_why = c1 + " on the accuracy AUC alone", " (too few untied seeds to test)"
+        c12 = (f"**claim 1 (faster convergence) {c1}** (steps to target, wins/ties/losses "
+               f"{steps_text(st, reached)}, sign test p = {st.p:.2f}{st_why}; accuracy AUC "
+               f"{fmt(auc.value)}, 95 % CI {ci(auc)}); **claim 2 (higher final accuracy) "
+               f"{c2}** ({fmt(final.value)}, {ci(final)}); ")
+    by = {d: [MEASURES[m].split(" (")[0] for m, iv in rho.items() if iv.decide(-1) == d]
+          for d in ("held", "inconclusive", "untested")}
+    tested = len(rho) - len(by["untested"])
+    if not tested:
+        c3 = "untested (n < 3 runs or < 4 seeds)"
+    elif by["held"]:
+        c3 = f"held for {len(by['held'])} of {tested} measures ({', '.join(by['held'])})"
+    elif by["inconclusive"]:
+        c3 = (f"was inconclusive for {len(by['inconclusive'])} of {tested} measures "
+              f"({', '.join(by['inconclusive'])}) and held for none")
+    else:
+        c3 = f"did not hold for any of {tested} measures"
+    lines.append(
+        head + c12 + f"**claim 3 (stable, compact prompts do better) {c3}** ("
+        + "; ".join(f"{MEASURES[m].split(' (')[0]} ρ = {fmt(iv.value, 2)}, {ci(iv, 2)}"
+                    for m, iv in rho.items())
+        + f", across {len(results)} runs of {len(seeds)} seeds). A claim holds only where its "
+        "95 % interval excludes zero in the claimed direction; claim 3's measures are "
+        f"{len(rho)} separate tests at 95 % each, not corrected for multiplicity.")
+    draw = (f"all {math.comb(2 * len(seeds) - 1, len(seeds))} distinct resamples of the "
+            f"{len(seeds)} seeds, each with its probability: no RNG" if exact else
+            f"{n_boot} resamples, RNG seed {seed}; an end within its Monte-Carlo error of 0 is "
+            "inconclusive")
+    draw += "; with fewer than 4 seeds there is no interval and a claim is untested"
+    lines.append(
+        f"\nDifferences are variant − `{baseline}`, paired by seed (same seed: same prompt "
+        "initialisation and data order); intervals are 95 % studentized bootstraps over seeds "
+        f"({draw}). Steps to target: a run that "
+        "never reaches the target is censored; per seed the variant wins (it reached the "
+        "target at an earlier log, or reached it where the baseline did not), ties (same log, "
+        "or neither reached it) or loses, and an exact two-sided sign test over the untied "
+        "seeds decides; p < 0.05 needs 6 untied seeds or more, so with fewer claim 1 rests on "
+        "the accuracy AUC. Claim 3's Spearman ρ pools all runs; its interval resamples seeds "
+        "with all their runs (runs of one seed share start and data order), studentized on "
+        "Fisher's z with a jackknife over seeds."
+        + (f" {left_out} run(s) in runs/ that the last invocation did not ask for are left "
+           "out." if left_out else "") + "\n")
 
     lines.append("## Claims 1 and 2: convergence and final accuracy\n")
-    lines.append("| variant | statistic (claimed sign) | mean difference | 95 % CI | n seeds |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| variant | statistic (claimed direction) | value | 95 % CI / test | "
+                 "n seeds | verdict |")
+    lines.append("|---|---|---|---|---|---|")
     for v in others:
-        for stat, label, d in (("steps_to_target", f"steps to acc ≥ {target:.2f} (−)", 1),
-                               ("auc", "accuracy AUC / step span (+)", 3),
-                               ("final_acc", "final accuracy (+)", 3)):
+        st, reached = steps(v)
+        lines.append(f"| {v} | steps to acc ≥ {target:.2f}: wins/ties/losses (more wins) | "
+                     f"{steps_text(st, reached)} | sign test p = {st.p:.2f} | {st.n} | "
+                     f"{state(st, +1)} |")
+        for stat, label in (("auc", "accuracy AUC / step span (+)"),
+                            ("final_acc", "final accuracy (+)")):
             iv = paired(v, stat)
-            lines.append(f"| {v} | {label} | {fmt(iv.value, d)} | {ci(iv, d)} | {iv.n} |")
+            lines.append(f"| {v} | {label} | {fmt(iv.value)} | {ci(iv)} | {iv.n} | "
+                         f"{state(iv, +1)} |")
 
     sweep = weight_sweep(results, config)
     if sweep:
@@ -151,8 +227,7 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
                      f"Δ final acc vs {baseline} | 95 % CI | n seeds |")
         lines.append("|---|---|---|---|---|---|---|")
         for w, v in sweep:
-            mine = [stats.run_summary(r["rows"], target) for r in results
-                    if (r.get("variant") or r["regularizer"]) == v]
+            mine = [stats.run_summary(r["rows"], target) for r in results if variant_of(r) == v]
             iv = paired(v, "final_acc")
             lines.append(f"| {w:g} | {v} | {np.mean([s['final_acc'] for s in mine]):.3f} | "
                          f"{np.mean([s['auc'] for s in mine]):.3f} | {fmt(iv.value)} | "
@@ -160,11 +235,17 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
 
     if rho:
         lines.append("\n## Claim 3: final topology against final accuracy (all runs)\n")
-        lines.append("| final measure | Spearman ρ with final accuracy (claimed: −) | 95 % CI | "
-                     "n runs |")
-        lines.append("|---|---|---|---|")
+        lines.append("| final measure | Spearman ρ with final accuracy (claimed: −) | 95 % CI "
+                     "(seeds resampled) | runs / seeds | verdict |")
+        lines.append("|---|---|---|---|---|")
         for m, iv in rho.items():
-            lines.append(f"| {MEASURES[m]} | {fmt(iv.value, 2)} | {ci(iv, 2)} | {iv.n} |")
+            note = (f"; {iv.nonfinite} run(s) without a finite value dropped"
+                    if iv.nonfinite else "")
+            note += (f"; {iv.undefined:.1%} of resamples without ρ left out"
+                     if iv.undefined else "")
+            lines.append(f"| {MEASURES[m]} | {fmt(iv.value, 2)} | {ci(iv, 2)} | "
+                         f"{len(results) - iv.nonfinite} / {iv.n} | "
+                         f"{state(iv, -1)}{note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +253,7 @@ def weight_sweep(results: List[Dict], config: Dict) -> List[Tuple[float, str]]:
     """(TSLoss weight, variant) of the variants that change nothing but the weight."""
     out: Dict[str, float] = {}
     for r in results:
-        v, ov = r.get("variant") or r["regularizer"], r.get("overrides") or {}
+        v, ov = variant_of(r), r.get("overrides") or {}
         if r["regularizer"] == "tsloss" and set(ov) <= {"reg_weight"}:
             w: Optional[float] = ov.get("reg_weight", config.get("reg_weight"))
             if w is not None:
@@ -187,15 +268,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--variant", default="tsloss", help="variant that claims 1 and 2 are about")
     p.add_argument("--target", type=float, default=None,
                    help="target accuracy (default: the job's --target-acc, else 0.8)")
-    p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
+    p.add_argument("--n-boot", type=int, default=20000,
+                   help="bootstrap resamples when there are too many seeds to enumerate them")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (idem)")
     a = p.parse_args(argv)
     if not os.path.isdir(a.out_dir):
         sys.exit(f"compare_report: OUT_DIR {a.out_dir} is not a folder")
-    results, config = load(a.out_dir)
+    results, config, left_out = load(a.out_dir)
     target = a.target if a.target is not None else float(config.get("target_acc", 0.8))
     sys.stdout.write(report(a.out_dir, results, config, a.baseline, a.variant, target,
-                            a.n_boot, a.seed))
+                            a.n_boot, a.seed, left_out))
     return 0
 
 

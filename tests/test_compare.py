@@ -1,5 +1,6 @@
 """Comparison statistics (hand-computed values) and the resumable comparison runner."""
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -50,6 +51,8 @@ def test_ranks_and_spearman():
     # ties: ranks (1, 2.5, 2.5, 4) vs (1, 2, 3, 4): 4.5 / sqrt(4.5 · 5) = sqrt(0.9)
     assert stats.spearman([1, 2, 2, 3], [10, 20, 30, 40]) == pytest.approx(math.sqrt(0.9))
     assert math.isnan(stats.spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="non-finite"):  # NaN has no rank (was ranked last)
+        stats.spearman([1, 2, float("nan")], [1, 2, 3])
 
 
 def test_spearman_matches_scipy(rng):
@@ -69,13 +72,17 @@ def test_spearman_interval():
 
 
 def test_paired_difference():
-    var, base = {0: 3.0, 1: 5.0, 2: 4.0}, {0: 1.0, 1: 2.0, 2: 4.0, 3: 9.0}  # seed 3 unpaired
-    iv = stats.paired_difference(var, base, n_boot=2000)
-    assert iv.value == pytest.approx(5 / 3) and iv.n == 3  # differences 2, 3, 0
-    assert 0 <= iv.low <= iv.value <= iv.high <= 3  # a mean of resampled differences
-    assert iv == stats.paired_difference(var, base, n_boot=2000)
-    same = stats.paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})
-    assert same == (1.0, 1.0, 1.0, 2) and same.excludes_zero(+1) and not same.excludes_zero(-1)
+    var = {0: 3.0, 1: 5.0, 2: 4.0, 3: 4.5, 4: 9.0}
+    base = {0: 1.0, 1: 2.0, 2: 4.0, 3: 3.0, 4: 8.0, 5: 0.0}  # seed 5 unpaired
+    iv = stats.paired_difference(var, base)
+    assert iv.value == pytest.approx(1.5) and iv.n == 5  # differences 2, 3, 0, 1.5, 1
+    assert iv.low < iv.value < iv.high and iv.mc_error == 0
+    assert iv == stats.paired_difference(var, base, seed=9)  # 5 seeds: enumerated, no RNG
+    same = stats.paired_difference({s: s + 1.0 for s in range(4)}, {s: float(s) for s in range(4)})
+    assert same[:4] == (1.0, 1.0, 1.0, 4) and same.excludes_zero(+1)
+    assert not same.excludes_zero(-1)
+    two = stats.paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})  # too few to bound
+    assert two[:4] == (1.0, -math.inf, math.inf, 2) and two.decide(+1) == "untested"
     one = stats.paired_difference({0: 2.0}, {0: 1.0})
     assert one.value == 1 and math.isnan(one.low) and not one.excludes_zero(+1)
 
@@ -84,6 +91,7 @@ def test_by_seed_uses_censored_steps():
     res = [{"regularizer": "tsloss", "variant": "tsloss_w1", "seed": s,
             "rows": _rows([0, 5, 10], [0.1, 0.2, 0.9 if s else 0.3])} for s in (0, 1)]
     assert stats.by_seed(res, "tsloss_w1", "steps_to_target", 0.8) == {0: 15.0, 1: 10.0}
+    assert stats.steps_by_seed(res, "tsloss_w1", 0.8) == {0: (15.0, False), 1: (10.0, True)}
     assert stats.by_seed(res, "tsloss", "final_acc", 0.8) == {}
 
 
@@ -213,7 +221,8 @@ def test_outputs_from_loaded_runs(tmp_path):
 
 def test_report_says_what_held(tmp_path):
     """python/compare_report.py on a fake comparison: tsloss_w0.3 beats the baseline's final
-    accuracy by 0.2, 0.2, 0.2, 0.15 on seeds 0-3, so claim 2 holds; the plain tsloss equals the baseline and holds nothing."""
+    accuracy by 0.2, 0.2, 0.2, 0.15 on seeds 0-3, so claim 2 holds; the plain tsloss equals
+    the baseline and holds nothing."""
     import subprocess
     import sys
     out = str(tmp_path)
@@ -231,10 +240,13 @@ def test_report_says_what_held(tmp_path):
     text = report("--variant", "tsloss_w0.3")
     first = text.split("\n\n")[1]
     assert "From 12 runs (3 variants, seeds 0, 1, 2, 3)" in first
-    assert "**claim 2 (higher final accuracy) held** (+0.187, [+0.163, +0.200])" in first
+    assert "**claim 2 (higher final accuracy) held** (+0.187, [+0.175, +0.212])" in first
+    # 3 wins, 1 tie: too few untied seeds for the sign test, so the AUC decides claim 1.
+    assert ("**claim 1 (faster convergence) held on the accuracy AUC alone** (steps to "
+            "target, wins/ties/losses 3/1/0, reached 4/4 vs none 1/4, sign test p = 0.25") in first
     assert "| 0.3 | tsloss_w0.3 |" in text and "| 0.1 | tsloss |" in text
-    assert "| tsloss_w0.3 | final accuracy (+) | +0.187 | [+0.163, +0.200] | 4 |" in text
-    assert "Spearman" in text
+    assert "| tsloss_w0.3 | final accuracy (+) | +0.187 | [+0.175, +0.212] | 4 | held |" in text
+    assert "| 12 / 4 |" in text  # claim 3: 12 runs, 4 seeds resampled
     assert "claim 2 (higher final accuracy) did not hold" in report()
 
     # A committed comparison keeps metrics.csv and comparison.json, not runs/: same report.
@@ -283,3 +295,98 @@ def test_portable_paths_name_no_folder_of_this_machine(tmp_path):
     mine.write_text("text,label,split\n")
     assert portable_path(str(mine), str(out)) == "../mine.csv"
     assert portable_path("gemma-3-270m", str(out)) == "gemma-3-270m"
+
+
+def _report_text(out, *extra):
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "python", "compare_report.py")
+    r = subprocess.run([sys.executable, script, out, *extra], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_report_of_a_comparison_in_progress_says_untested(tmp_path):
+    """Seed 0 alone: no interval exists, so no claim 'did not hold'."""
+    out = str(tmp_path)
+    run_comparison(out, comparison_specs(["none", "tsloss"], [0]), fake_train,
+                   {"target_acc": 0.8}, quiet=True)
+    first = _report_text(out).split("\n\n")[1]
+    assert "**claim 1 (faster convergence) untested (n < 4 seeds)**" in first
+    assert "**claim 2 (higher final accuracy) untested (n < 4 seeds)**" in first
+    assert "**claim 3 (stable, compact prompts do better) untested (n < 3 runs or < 4 seeds)**" \
+        in first
+    assert "did not hold" not in first
+
+
+def test_report_shows_the_last_invocation_only(tmp_path):
+    """A second, smaller invocation on the same folder: the report shows its runs, not the
+    earlier seeds and variants still in runs/."""
+    out = str(tmp_path)
+    run_comparison(out, SPECS, fake_train, CONFIG, quiet=True)  # 4 variants x seeds 0, 1
+    fewer = comparison_specs(["none", "tsloss"], [0, 1])
+    run_comparison(out, fewer, fake_train, CONFIG, quiet=True)
+    assert len(os.listdir(os.path.join(out, "runs"))) == 8
+    saved = json.loads(open(os.path.join(out, "comparison.json")).read())
+    assert saved["last"] == [s.run_id for s in fewer] and len(saved["specs"]) == 8
+    text = _report_text(out)
+    assert "From 4 runs (2 variants, seeds 0, 1)" in text
+    assert "4 run(s) in runs/ that the last invocation did not ask for are left out" in text
+    assert "tsloss_stab" not in text and "tsloss_w0.3" not in text
+
+
+def test_runs_without_their_config_are_refused(tmp_path):
+    out = str(tmp_path)
+    run_comparison(out, SPECS[:2], fake_train, CONFIG, quiet=True)
+    os.remove(os.path.join(out, "comparison.json"))
+    with pytest.raises(CLIError, match=f"--output-dir {out} holds runs/ but no comparison.json"):
+        run_comparison(out, SPECS[:2], lambda s: pytest.fail("reused"), dict(CONFIG, lr=0.5),
+                       quiet=True)
+
+
+def test_resume_checks_each_runs_provenance(tmp_path):
+    """World size (the effective batch is --batch-size x world), the data file's sha256 and
+    the package version are recorded per run; a resume that differs in one is refused."""
+    from tsloss_cuda import __version__
+    from tsloss_cuda.compare import provenance
+    data = tmp_path / "d.csv"
+    data.write_text("text,label,split\n")
+    prov = provenance(str(data), 1)
+    assert prov == {"world_size": 1, "version": __version__,
+                    "data_sha256": hashlib.sha256(b"text,label,split\n").hexdigest()}
+    out = str(tmp_path / "cmp")
+    run_comparison(out, SPECS[:2], fake_train, CONFIG, quiet=True, prov=prov)
+    rec = json.loads(open(os.path.join(out, "runs", "none_seed0.json")).read())
+    assert rec["provenance"] == prov
+    # Same provenance: resumes, trains nothing.
+    run_comparison(out, SPECS[:2], lambda s: pytest.fail("retrained"), CONFIG, quiet=True,
+                   prov=prov)
+    for key, value in (("world_size", 2), ("data_sha256", "0" * 64), ("version", "0.0.0")):
+        with pytest.raises(CLIError, match=f"--output-dir .* none_seed0 made with {key}="):
+            run_comparison(out, SPECS[:2], fake_train, CONFIG, quiet=True,
+                           prov=dict(prov, **{key: value}))
+    # A run recorded before provenance was: unknown, so refused too.
+    old = str(tmp_path / "old")
+    run_comparison(old, SPECS[:1], fake_train, CONFIG, quiet=True)
+    with pytest.raises(CLIError, match="none_seed0 recorded without its world size"):
+        run_comparison(old, SPECS[:1], fake_train, CONFIG, quiet=True, prov=prov)
+
+
+def test_single_run_refuses_a_comparison_folder(tmp_path, capsys):
+    """A single run writes prompts/, metrics.csv and summary.json: over a comparison's it
+    would overwrite them. Refused before any model is loaded."""
+    from tsloss_cuda import train
+    out = str(tmp_path)
+    run_comparison(out, SPECS[:1], fake_train, CONFIG, quiet=True)
+    before = _files(out)
+    assert train.main(["--output-dir", out, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} holds a --compare comparison" in err and err.count("\n") == 1
+    assert _files(out) == before
+    # A runs/ folder of other outputs (the default --output-dir's parent) is no comparison.
+    from tsloss_cuda.compare import holds_comparison
+    other = tmp_path / "other"
+    (other / "runs" / "prompt_tuning").mkdir(parents=True)
+    assert not holds_comparison(str(other)) and holds_comparison(out)

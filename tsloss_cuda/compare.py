@@ -2,18 +2,22 @@
 
 Layout of the output folder::
 
-    comparison.json         the configuration and every run spec ever asked for
-    runs/<run_id>.json      one finished run: spec, summary fields, metrics rows, snapshots
+    comparison.json         the configuration, every run spec ever asked for, and the run
+                            ids of the last invocation (``last``, what a report shows)
+    runs/<run_id>.json      one finished run: spec, summary fields, metrics rows, snapshots,
+                            and its provenance (world size, data file sha256, package version)
     prompts/prompt_<run_id>.pt   its final (N, D) prompt
 
 Started again on the same folder with the same configuration, :func:`run_comparison` loads the
 finished runs and trains only the missing ones, so a long comparison survives an interruption.
-A different configuration for the same folder is refused (one line naming ``--output-dir``).
+A different configuration for the same folder, a finished run of another provenance, or a
+``runs/`` folder without its ``comparison.json`` is refused (one line naming ``--output-dir``).
 Files are written to a temporary name and renamed, so a killed job leaves no half-written run.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -27,6 +31,8 @@ import torch
 from ._cli import CLIError
 
 CONFIG_FILE = "comparison.json"
+#: Key of a run's record holding :func:`provenance`.
+PROVENANCE = "provenance"
 #: Result keys kept out of ``runs/<id>.json`` (the prompt has its own file).
 _NOT_IN_JSON = ("prompt",)
 
@@ -112,6 +118,29 @@ def apply_overrides(args: Any, spec: RunSpec) -> Any:
     return out
 
 
+def provenance(data: str, world: int) -> Dict[str, Any]:
+    """What a run's result depends on beyond the configuration: the number of ranks (the
+    effective batch is ``--batch-size`` × world), the data file's bytes and the code's version.
+    A resumed comparison must match the record of every finished run it reuses."""
+    from . import __version__
+    h = hashlib.sha256()
+    with open(data, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"world_size": int(world), "data_sha256": h.hexdigest(), "version": __version__}
+
+
+def _run_files(out_dir: str) -> List[str]:
+    runs = os.path.join(out_dir, "runs")
+    return [f for f in os.listdir(runs) if f.endswith(".json")] if os.path.isdir(runs) else []
+
+
+def holds_comparison(out_dir: str) -> bool:
+    """Whether ``out_dir`` holds a ``--compare`` comparison: its config or finished runs (a
+    ``runs/`` folder of other things, such as the default outputs' parent, does not count)."""
+    return os.path.isfile(os.path.join(out_dir, CONFIG_FILE)) or bool(_run_files(out_dir))
+
+
 # ---------------------------------------------------------------------------------------------
 # files
 
@@ -157,14 +186,18 @@ def prompt_path(out_dir: str, run_id: str) -> str:
     return os.path.join(out_dir, "prompts", f"prompt_{run_id}.pt")
 
 
-def save_run(out_dir: str, spec: RunSpec, result: Mapping[str, Any]) -> None:
-    """Write one finished run (prompt first, so a ``runs/<id>.json`` always has its prompt)."""
+def save_run(out_dir: str, spec: RunSpec, result: Mapping[str, Any],
+             prov: Optional[Mapping[str, Any]] = None) -> None:
+    """Write one finished run (prompt first, so a ``runs/<id>.json`` always has its prompt),
+    with its :func:`provenance` ``prov`` when given."""
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "prompts"), exist_ok=True)
     _atomic(prompt_path(out_dir, spec.run_id),
             lambda tmp: torch.save(result["prompt"].detach().cpu().clone(), tmp))
     body = {k: _encode(v) for k, v in result.items() if k not in _NOT_IN_JSON}
     body.update(spec.to_json(), run_id=spec.run_id)
+    if prov is not None:
+        body[PROVENANCE] = dict(prov)
     _write_json(os.path.join(out_dir, "runs", f"{spec.run_id}.json"), body)
 
 
@@ -186,6 +219,11 @@ def _check_config(out_dir: str, config: Mapping[str, Any], specs: Sequence[RunSp
     path = os.path.join(out_dir, CONFIG_FILE)
     config = json.loads(json.dumps(_encode(dict(config))))  # compare as it is stored
     known: Dict[str, Any] = {}
+    if not os.path.isfile(path) and _run_files(out_dir):
+        # Without the config its runs' settings are unknown: reusing them could mix settings.
+        raise CLIError(f"--output-dir {out_dir} holds runs/ but no {CONFIG_FILE}, so the "
+                       "settings of its runs are unknown: use another --output-dir (or restore "
+                       f"its {CONFIG_FILE})")
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)
@@ -201,13 +239,28 @@ def _check_config(out_dir: str, config: Mapping[str, Any], specs: Sequence[RunSp
                            f"{known[s.run_id]['overrides']}, not {dict(s.overrides)}: use "
                            "another --output-dir or the same settings")
         known[s.run_id] = s.to_json()
-    if write:
-        _write_json(path, {"config": config, "specs": known})
+    if write:  # "last": the runs a report of this folder shows
+        _write_json(path, {"config": config, "specs": known, "last": [s.run_id for s in specs]})
+
+
+def _check_provenance(out_dir: str, run: Mapping[str, Any], prov: Mapping[str, Any]) -> None:
+    """Refuse to reuse a finished run made by another world size, data file or version."""
+    if PROVENANCE not in run:
+        raise CLIError(f"--output-dir {out_dir} holds run {run['run_id']} recorded without its "
+                       "world size, data file sha256 and version (an older tsloss_cuda), so "
+                       "it may not match: use another --output-dir")
+    mine = run[PROVENANCE]
+    for k in sorted(prov):
+        if mine.get(k) != prov[k]:
+            raise CLIError(
+                f"--output-dir {out_dir} holds run {run['run_id']} made with {k}="
+                f"{mine.get(k)!r}, not {prov[k]!r}: use another --output-dir or the same "
+                "world size, data file and tsloss_cuda version")
 
 
 def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[RunSpec], Dict],
-                   config: Mapping[str, Any], *, quiet: bool = False, write: bool = True
-                   ) -> List[Dict[str, Any]]:
+                   config: Mapping[str, Any], *, quiet: bool = False, write: bool = True,
+                   prov: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
     """Train every spec not yet finished in ``out_dir``; return all results in spec order.
 
     Args:
@@ -222,6 +275,9 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
         write: False on the ranks other than 0 of a distributed job: they train the same
             missing runs (which runs are done is read before any rank can finish one, since
             training is collective) but write nothing, and return their own results.
+        prov: :func:`provenance` of this job, recorded in each new run and checked against
+            each finished one (a mismatch is a :class:`CLIError`); None records and checks
+            nothing.
 
     Returns:
         One result per spec, each with ``run_id``, ``variant``, ``overrides`` added; finished
@@ -236,6 +292,10 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
         os.makedirs(out_dir, exist_ok=True)
     _check_config(out_dir, config, specs, write)
     done = {s.run_id: load_run(out_dir, s.run_id) for s in specs}
+    if prov is not None:
+        for run in done.values():
+            if run is not None:
+                _check_provenance(out_dir, run, prov)
     todo = [s for s in specs if done[s.run_id] is None]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="comparison", unit="run",
                disable=quiet, dynamic_ncols=True)
@@ -251,10 +311,12 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
             result = train_fn(spec)
             spent.append(time.perf_counter() - t0)
             if write:  # returned as read back, so a resumed comparison returns the same
-                save_run(out_dir, spec, result)
+                save_run(out_dir, spec, result, prov)
                 done[spec.run_id] = load_run(out_dir, spec.run_id)
             else:
                 done[spec.run_id] = dict(result, **spec.to_json(), run_id=spec.run_id)
+                if prov is not None:
+                    done[spec.run_id][PROVENANCE] = dict(prov)
             bar.update(1)
     finally:
         bar.close()

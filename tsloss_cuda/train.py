@@ -341,7 +341,8 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
 
 def run(args) -> int:
     from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_config,
-                                     comparison_specs, run_comparison)
+                                     comparison_specs, holds_comparison, provenance,
+                                     run_comparison)
     from tsloss_cuda.run_outputs import write_outputs
     regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
     if args.compare:
@@ -357,6 +358,10 @@ def run(args) -> int:
              if args.compare else [RunSpec(args.regularizer, args.seed)])
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise CLIError(f"--output-dir {args.output_dir} exists and is not a folder")
+    if not args.compare and holds_comparison(args.output_dir):
+        # A single run writes prompts/, metrics.csv and summary.json over the comparison's.
+        raise CLIError(f"--output-dir {args.output_dir} holds a --compare comparison, which a "
+                       "single run would overwrite: use another --output-dir")
     data_raw, names = load_data(args.data)
     dist = Dist(args.device)
     try:
@@ -387,7 +392,7 @@ def run(args) -> int:
             ignore = ("compare_regularizers", "compare_weights", "compare_stability")
             config = comparison_config(args, out, ignore=ignore)
             results = run_comparison(out, specs, train_fn, config, quiet=args.quiet,
-                                     write=dist.main)
+                                     write=dist.main, prov=provenance(args.data, dist.world))
         else:
             results = [train_fn(specs[0])]
         if dist.world > 1:  # each rank saves its prompt so identity across ranks can be checked

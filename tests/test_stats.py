@@ -1,0 +1,197 @@
+"""tsloss_cuda.stats: the intervals cover what they claim, with the small numbers of seeds a
+comparison has (simulated), and each decision rule refuses what it should."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from tsloss_cuda import stats
+from tsloss_cuda.stats import Interval
+
+
+def _coverage(draw, mu, n, reps, rng, n_boot):
+    hits = plain = 0
+    for i in range(reps):
+        d = draw(rng, n)
+        iv = stats.mean_interval(dict(enumerate(d)), n_boot=n_boot, seed=i)
+        hits += iv.low <= mu <= iv.high
+        if n == 5:  # the plain 2.5 / 97.5 % percentile bootstrap, exactly, for contrast
+            counts, w, _ = stats.resamples(n, 0, 0)
+            m = counts @ d / n
+            o = np.argsort(m)
+            cum = np.cumsum(w[o])
+            lo, hi = m[o][np.searchsorted(cum, 0.025)], m[o][np.searchsorted(cum, 0.975)]
+            plain += lo <= mu <= hi
+    return hits / reps, plain / reps
+
+
+@pytest.mark.parametrize("name,draw,mu,low", [
+    ("normal", lambda r, n: r.normal(0.0, 1.0, n), 0.0, 0.93),
+    ("exponential", lambda r, n: r.exponential(1.0, n), 1.0, 0.91),  # skewed: a t interval
+])                                                                  # covers ~0.90-0.93 too
+def test_mean_interval_covers_95_percent_with_few_seeds(name, draw, mu, low):
+    """1500 simulated data sets each at n = 5 (resamples enumerated) and n = 10 (1000 drawn):
+    Monte-Carlo sd of a coverage is 0.006. The plain percentile bootstrap covers ~0.84 at
+    n = 5 (normal), which the same bound rejects."""
+    rng = np.random.default_rng(7)
+    for n in (5, 10):
+        cover, plain = _coverage(draw, mu, n, 1500, rng, n_boot=1000)
+        assert low <= cover <= 0.97, (name, n, cover)
+        if n == 5:
+            assert plain < 0.9, (name, plain)
+
+
+def test_exact_resamples_are_the_ordered_bootstrap():
+    """The multiset enumeration with multinomial weights is the n^n equally likely ordered
+    resamples, grouped: the same distribution of the mean, so the same interval."""
+    d = np.array([0.3, -0.1, 0.7, 0.2])
+    counts, w, exact = stats.resamples(4, 0, 0)
+    assert exact and len(counts) == math.comb(7, 4) and w.sum() == pytest.approx(1)
+    ordered = np.array(list(itertools.product(range(4), repeat=4)))
+    means_o = np.sort(d[ordered].mean(1))
+    means_w = counts @ d / 4
+    for q in np.linspace(0, 1, 9):  # same CDF at every value
+        v = means_o[min(int(q * (len(means_o) - 1)), len(means_o) - 1)]
+        assert np.mean(means_o <= v + 1e-12) == pytest.approx(w[means_w <= v + 1e-12].sum())
+
+    # the studentized interval from a direct computation over the 256 ordered resamples
+    def t_star(idx):
+        x = d[idx]
+        se = x.std(ddof=1) / 2
+        diff = x.mean() - d.mean()
+        return diff / se if se > 1e-12 else math.copysign(math.inf, diff)
+    t = np.sort([t_star(i) for i in ordered])
+    se = d.std(ddof=1) / 2
+    q_lo, q_hi = t[math.ceil(0.025 * 256) - 1], t[math.ceil(0.975 * 256) - 1]
+    iv = stats.mean_interval(dict(enumerate(d)))
+    assert (iv.low, iv.high) == pytest.approx((d.mean() - q_hi * se, d.mean() - q_lo * se))
+    assert iv.mc_error == 0
+
+
+def test_few_seeds_give_unbounded_or_no_interval():
+    three = stats.mean_interval({0: 1.0, 1: 2.0, 2: 3.5})
+    assert three.low == -math.inf and three.high == math.inf  # 1/27 single-seed resamples
+    assert three.decide(+1) == "untested"
+    one = stats.mean_interval({0: 1.0})
+    assert one.value == 1 and math.isnan(one.low) and one.decide(+1) == "untested"
+
+
+def test_tied_values_keep_the_interval_finite():
+    """Resamples of tied values only have no spread; standardised by the sample's se they keep
+    both ends finite (as +-inf, three equal differences of 0.2 made the low end -inf)."""
+    iv = stats.mean_interval({0: 0.2, 1: 0.2, 2: 0.2, 3: 0.15, 4: 0.1})
+    assert 0.1 < iv.low < iv.value < iv.high < 0.25 and iv.decide(+1) == "held"
+
+
+def test_ends_are_clipped_to_the_possible_range():
+    d = {0: 0.007, 1: -0.033, 2: -0.207, 3: 0.0, 4: 0.007}  # one outlying seed
+    free = stats.mean_interval(d)
+    assert free.low < -1  # studentized: wide on the outlier's side
+    clipped = stats.mean_interval(d, bounds=(-1.0, 1.0))
+    assert clipped[:3] == (free.value, -1.0, free.high)
+
+
+def test_enumerated_intervals_do_not_depend_on_the_rng_seed():
+    d = {s: v for s, v in enumerate([0.02, 0.05, -0.01, 0.04, 0.03])}
+    assert len({stats.mean_interval(d, seed=s) for s in range(5)}) == 1
+
+
+def test_floating_point_zero_is_zero():
+    """0.1 + 0.2 - 0.3 = 5.6e-17 on every seed: the interval is [5.6e-17, 5.6e-17], which
+    lies above 0 only by rounding."""
+    iv = stats.paired_difference({s: 0.1 + 0.2 for s in range(5)}, {s: 0.3 for s in range(5)})
+    assert 0 < iv.low < 1e-16
+    assert iv.decide(+1) == "not held" and not iv.excludes_zero(+1)
+    assert Interval(0.0, -0.3, -2.2e-17, 5).decide(-1) == "not held"
+    assert Interval(0.1, 1e-6, 0.2, 5).decide(+1) == "held"
+
+
+def test_monte_carlo_error_makes_a_near_end_inconclusive():
+    assert Interval(0.1, 0.004, 0.2, 12, mc_error=0.01).decide(+1) == "inconclusive"
+    assert Interval(0.1, -0.004, 0.2, 12, mc_error=0.01).decide(+1) == "inconclusive"
+    assert Interval(0.1, 0.02, 0.2, 12, mc_error=0.01).decide(+1) == "held"
+    assert Interval(0.1, -0.02, 0.2, 12, mc_error=0.01).decide(+1) == "not held"
+    # 10 seeds are drawn, not enumerated: the ends carry a Monte-Carlo error, and well away
+    # from 0 the decision is the same whatever the RNG seed.
+    d = dict(enumerate(np.linspace(-0.3, 1.5, 10)))
+    ivs = [stats.mean_interval(d, n_boot=4000, seed=s) for s in range(3)]
+    assert all(0 < iv.mc_error < 0.1 for iv in ivs)
+    assert {iv.decide(+1) for iv in ivs} == {"held"}
+
+
+def test_nonfinite_values_are_visible():
+    iv = stats.paired_difference({0: 1, 1: 2, 2: float("nan"), 3: 4, 4: 5},
+                                 dict.fromkeys(range(5), 0))
+    assert math.isnan(iv.value) and math.isnan(iv.low) and iv.nonfinite == 1
+    assert iv.decide(+1) == "untested"
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.spearman([1, 2, float("nan")], [1, 2, 3])
+    sp = stats.spearman_interval([1, 2, float("nan"), 4, 5, 6], [1, 2, 3, 4, 6, 5])
+    assert sp.nonfinite == 1 and sp.value == pytest.approx(stats.spearman([1, 2, 4, 5, 6],
+                                                                          [1, 2, 4, 6, 5]))
+
+
+def test_weighted_spearman_is_spearman_of_the_copies(rng):
+    x, y = rng.integers(0, 4, 12).astype(float), rng.normal(size=12)  # ties in x
+    c = rng.integers(0, 3, (6, 12)).astype(float)
+    got = stats._spearman_weighted(x, y, c)
+    for row, g in zip(c, got):
+        k = row.astype(int)
+        xs, ys = np.repeat(x, k), np.repeat(y, k)
+        want = stats.spearman(xs, ys) if len(set(xs)) > 1 and len(set(ys)) > 1 else math.nan
+        assert g == pytest.approx(want, nan_ok=True)
+
+
+def test_spearman_interval_resamples_seeds_not_runs():
+    """7 near-copies of each of 5 seeds: 35 runs but 5 independent units. Resampling runs
+    finds a correlation; resampling seeds, rightly, does not."""
+    rng = np.random.default_rng(0)
+    seeds = np.repeat(np.arange(5), 7)
+    x = np.array([1, 2, 3, 4, 5.0])[seeds] + rng.normal(0, 0.01, 35)
+    y = np.array([3, 1, 2, 5, 4.0])[seeds] + rng.normal(0, 0.01, 35)
+    runs = stats.spearman_interval(x, y, n_boot=2000)
+    by_seed = stats.spearman_interval(x, y, seeds)
+    assert runs.n == 35 and by_seed.n == 5 and runs.value == by_seed.value
+    assert runs.decide(+1) == "held" and by_seed.decide(+1) == "not held"
+    assert by_seed.mc_error == 0  # 126 resamples of 5 seeds, enumerated
+    # 12 seeds are drawn, not enumerated: a Monte-Carlo error, and the same verdict whatever
+    # the RNG seed.
+    twelve = np.repeat(np.arange(12), 2)
+    xs, ys = np.arange(24.0), np.arange(24.0) + rng.normal(0, 4, 24)
+    drawn = [stats.spearman_interval(xs, ys, twelve, n_boot=2000, seed=s) for s in range(3)]
+    assert all(iv.mc_error > 0 and iv.n == 12 for iv in drawn)
+    assert {iv.decide(+1) for iv in drawn} == {"held"}
+    assert stats.spearman_interval(x[:2], y[:2]).decide(-1) == "untested"  # n < 3
+    assert stats.spearman_interval(x[:7], y[:7], seeds[:7]).decide(-1) == "untested"  # 1 seed
+    assert stats.spearman_interval(x[:21], y[:21], seeds[:21]).decide(-1) == "untested"  # 3
+
+
+def test_steps_outcome_and_sign_test():
+    """Censored runs: reached against censored is a win, both censored a tie."""
+    assert stats.steps_outcome((10.0, True), (35.0, False)) == 1
+    assert stats.steps_outcome((35.0, False), (30.0, True)) == -1
+    assert stats.steps_outcome((35.0, False), (35.0, False)) == 0
+    assert stats.steps_outcome((35.0, False), (40.0, False)) == 0  # runs of other lengths
+    assert stats.steps_outcome((20.0, True), (25.0, True)) == 1
+    six = stats.sign_test(dict.fromkeys(range(6), 1))
+    assert six == (6, 0, 0, pytest.approx(2 / 64)) and six.decide(+1) == "held"
+    five = stats.sign_test({**dict.fromkeys(range(5), 1), 5: 0})
+    assert five.p == pytest.approx(2 / 32) and five.decide(+1) == "untested"  # 5 untied
+    mixed = stats.sign_test({**dict.fromkeys(range(6), 1), 6: -1})
+    assert mixed.p == pytest.approx(2 * 8 / 128) and mixed.decide(+1) == "not held"
+    assert stats.sign_test(dict.fromkeys(range(6), -1)).decide(-1) == "held"
+
+
+def test_censoring_does_not_pull_the_comparison_to_zero():
+    """Variant reaches 0.8 at step 10 on 6 seeds; the baseline never does in 30 steps. The
+    censored mean difference (-25) understates the gap; the sign test counts 6 wins."""
+    def rows(hit):
+        return [{"step": s, "val_acc": 0.9 if hit and s >= 10 else 0.5} for s in range(0, 35, 5)]
+    res = ([{"regularizer": "tsloss", "seed": s, "rows": rows(True)} for s in range(6)]
+           + [{"regularizer": "none", "seed": s, "rows": rows(False)} for s in range(6)])
+    v, b = (stats.steps_by_seed(res, x, 0.8) for x in ("tsloss", "none"))
+    assert v[0] == (10.0, True) and b[0] == (35.0, False)
+    t = stats.sign_test(stats.paired_outcomes(v, b))
+    assert (t.wins, t.ties, t.losses) == (6, 0, 0) and t.decide(+1) == "held"
+    assert stats.run_summary(rows(False), 0.8)["reached"] == 0.0
