@@ -5,6 +5,7 @@ seen) from the same cases.
 """
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import tsloss_cuda as T
-from tsloss_cuda import analyze, train
+from tsloss_cuda import analyze, compare, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN_POINTS = [[0.0, float("nan")], [1.0, 1.0]]
@@ -34,9 +35,65 @@ def _fixtures(d):
         f.write("not a checkpoint")
     torch.save(torch.zeros(3, 4, 5), os.path.join(d, "shape", "step_1.pt"))
     torch.save(torch.randn(4, 3), os.path.join(d, "good", "step_1.pt"))
+    _comparison_fixtures(d)
 
 
-# (argv with {d} for the fixture folder, text the message must contain: the argument's name)
+#: The comparison of the --compare cases: one run, none_seed0 (so a check that let a resume
+#: through would reuse the finished run written below, not train).
+CMP = "--compare --seeds 0 --compare-regularizers none"
+#: Arguments train.run leaves out of a comparison's configuration besides compare.NOT_CONFIG.
+CMP_IGNORE = ("compare_regularizers", "compare_weights", "compare_stability")
+NO_PROVENANCE = object()
+
+
+def _cmp_config(out):
+    """The configuration train.run records for the CMP invocation into ``out``."""
+    args = train.build_parser().parse_args(CMP.split() + ["--output-dir", out, "--quiet"])
+    return compare.comparison_config(args, out, ignore=CMP_IGNORE)
+
+
+def _comparison_folder(out, *, config=True, run=None):
+    """A --compare folder written by hand, no training: ``comparison.json`` of the CMP
+    invocation (as train.run computes and writes it) if ``config``; if ``run`` (a provenance,
+    or NO_PROVENANCE for a record without one), the finished run none_seed0 and its prompt."""
+    os.makedirs(out)
+    specs = compare.comparison_specs(["none"], [0])
+    if config:
+        body = {"config": _cmp_config(out),
+                "specs": {s.run_id: s.to_json() for s in specs},
+                "last": [s.run_id for s in specs]}
+        # Byte for byte what run_comparison writes: it rewrites comparison.json (same content)
+        # before it checks the runs' provenance.
+        with open(os.path.join(out, compare.CONFIG_FILE), "w") as f:
+            json.dump(body, f, indent=1, allow_nan=False)
+            f.write("\n")
+    if run is not None:
+        record = dict(specs[0].to_json(), run_id=specs[0].run_id, rows=[], snapshots={})
+        if run is not NO_PROVENANCE:
+            record[compare.PROVENANCE] = run
+        os.makedirs(os.path.join(out, "runs"))
+        with open(os.path.join(out, "runs", "none_seed0.json"), "w") as f:
+            json.dump(record, f)
+        os.makedirs(os.path.join(out, "prompts"))
+        torch.save(torch.zeros(8, 4), compare.prompt_path(out, "none_seed0"))
+
+
+def _comparison_fixtures(d):
+    """Comparison folders under ``d``: finished runs without comparison.json, a comparison
+    begun (comparison.json alone), and finished runs of another world size, data file, version
+    or of no recorded provenance, all else matching the CMP invocation on this host."""
+    mine = compare.provenance(train.DATA_CSV, 1)  # a CPU job: one rank
+    _comparison_folder(os.path.join(d, "cmp_no_config"), config=False, run=mine)
+    _comparison_folder(os.path.join(d, "cmp_begun"))
+    for name, other in (("world", dict(mine, world_size=2)),
+                        ("data", dict(mine, data_sha256="0" * 64)),
+                        ("version", dict(mine, version="0.0.0")),
+                        ("old", NO_PROVENANCE)):
+        _comparison_folder(os.path.join(d, f"cmp_{name}"), run=other)
+
+
+# (argv with {d} for the fixture folder, text the message must contain: the argument's name,
+# and for the comparison folders' cases, with {d} too, what is wrong with the folder)
 TRAIN_CASES = [
     ("--max-steps 0", "--max-steps"),
     ("--prompt-length -3", "--prompt-length"),
@@ -60,6 +117,24 @@ TRAIN_CASES = [
     ("--data {d}/bad.csv", "--data"),
     ("--data {d}/header.csv", "--data"),
     ("--output-dir {d}/afile", "--output-dir"),
+    # A resume needs comparison.json: without it the settings of the runs in runs/ are unknown.
+    (CMP + " --output-dir {d}/cmp_no_config",
+     "--output-dir {d}/cmp_no_config holds runs/ but no comparison.json"),
+    # A resume reuses finished runs only if made by the same world size, data file and version.
+    (CMP + " --output-dir {d}/cmp_world",
+     "--output-dir {d}/cmp_world holds run none_seed0 made with world_size=2, not 1"),
+    (CMP + " --output-dir {d}/cmp_data",
+     "--output-dir {d}/cmp_data holds run none_seed0 made with data_sha256='" + "0" * 64),
+    (CMP + " --output-dir {d}/cmp_version",
+     "--output-dir {d}/cmp_version holds run none_seed0 made with version='0.0.0', not '"
+     + T.__version__),
+    (CMP + " --output-dir {d}/cmp_old",
+     "--output-dir {d}/cmp_old holds run none_seed0 recorded without its world size"),
+    # A single run would overwrite a comparison's prompts/ (its config alone, or its runs alone).
+    ("--max-steps 1 --output-dir {d}/cmp_begun",
+     "--output-dir {d}/cmp_begun holds a --compare comparison"),
+    ("--max-steps 1 --output-dir {d}/cmp_no_config",
+     "--output-dir {d}/cmp_no_config holds a --compare comparison"),
     ("--bogus", "--bogus"),
 ]
 ANALYZE_CASES = [
@@ -144,6 +219,18 @@ def _run_cli(main, argv):
     return rc, err.getvalue()
 
 
+def _tree(d):
+    """Every folder and file under ``d``, with the file's bytes."""
+    tree = {}
+    for root, dirs, files in os.walk(d):
+        for name in dirs:
+            tree[os.path.relpath(os.path.join(root, name), d)] = None
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                tree[os.path.relpath(os.path.join(root, name), d)] = f.read()
+    return tree
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("bad"))
@@ -164,9 +251,26 @@ def test_train_errors(args, name, bad_inputs, tmp_path):
     argv = args.format(d=bad_inputs).split()
     if "--output-dir" not in argv:
         argv += ["--output-dir", str(tmp_path / "out")]
+    before = _tree(bad_inputs)
     rc, err = _run_cli(train.main, argv + ["--quiet"])
-    _check_one_line(rc, err, train.PROG, name)
+    _check_one_line(rc, err, train.PROG, name.format(d=bad_inputs))
     assert not (tmp_path / "out").exists()  # nothing written before the error
+    assert _tree(bad_inputs) == before  # the comparison folders included
+
+
+def test_refused_resume_leaves_comparison_json_as_it_was(tmp_path):
+    """The provenance cases above ask for the folder's own runs, so an early rewrite of
+    comparison.json would be invisible there; asking for one more run shows it: a report of
+    the folder would then show the refused invocation's runs ('last'), one never trained."""
+    out = str(tmp_path / "cmp")
+    mine = compare.provenance(train.DATA_CSV, 1)
+    _comparison_folder(out, run=dict(mine, world_size=2))
+    before = _tree(out)
+    with pytest.raises(compare.CLIError, match="none_seed0 made with world_size=2, not 1"):
+        compare.run_comparison(out, compare.comparison_specs(["none", "l2"], [0]),
+                               lambda s: pytest.fail("trained"), _cmp_config(out), quiet=True,
+                               prov=mine)
+    assert _tree(out) == before
 
 
 @pytest.mark.parametrize("args,name", ANALYZE_CASES)

@@ -290,12 +290,14 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
         raise ValueError(f"run ids repeat: {sorted(i for i in set(ids) if ids.count(i) > 1)}")
     if write:
         os.makedirs(out_dir, exist_ok=True)
-    _check_config(out_dir, config, specs, write)
+    _check_config(out_dir, config, specs, False)
     done = {s.run_id: load_run(out_dir, s.run_id) for s in specs}
     if prov is not None:
         for run in done.values():
             if run is not None:
                 _check_provenance(out_dir, run, prov)
+    # Recorded only once every check passed: a refused resume leaves the folder as it was.
+    _check_config(out_dir, config, specs, write)
     todo = [s for s in specs if done[s.run_id] is None]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="comparison", unit="run",
                disable=quiet, dynamic_ncols=True)
