@@ -1,4 +1,6 @@
 """TSLossCallback in a real Trainer run of PEFT prompt tuning on a tiny random causal LM."""
+import types
+
 import pytest
 import torch
 
@@ -139,3 +141,51 @@ def test_weight_zero_only_logs_the_topology(tmp_path):
 def test_weight_must_be_nonnegative():
     with pytest.raises(ValueError, match="weight"):
         TSLossCallback(-1.0)
+
+
+def _log_once(cb, model, step=2):
+    """The callback's keys added to one training log at ``step``, without a Trainer run."""
+    args = transformers.TrainingArguments("unused", report_to=[], use_cpu=True)
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    cb.on_train_begin(args, state, control, model=model)
+    state.global_step = step
+    logs = {"loss": 1.0}
+    cb.on_log(args, state, control, logs=logs, model=model)
+    return logs
+
+
+def test_logged_terms_use_the_callback_options():
+    """The logged ts_* terms are those the callback trains with, unweighted: computed with its
+    normalize / connectivity_mode / target / p, not TSLoss's defaults."""
+    opts = dict(normalize="none", connectivity_mode="target", target=0.5, p=2.0)
+    model = _model()
+    with torch.no_grad():  # a hexagon of radius 3: one loop, so redundancy and p matter
+        angle = torch.arange(6) * (torch.pi / 3)
+        prompt_parameters(model).zero_()[:, :2] = 3 * torch.stack([angle.cos(), angle.sin()], 1)
+    logs = _log_once(TSLossCallback(WEIGHT, redundancy=3.0, **opts), model)
+    _, want = tsloss(prompt_parameters(model).detach(), return_terms=True, **opts)
+    _, default = tsloss(prompt_parameters(model).detach(), return_terms=True)
+    for name in ("connectivity", "redundancy"):
+        got = logs["topology/ts_" + name]
+        assert got == pytest.approx(float(want[name]), rel=1e-6), name
+        assert got != pytest.approx(float(default[name]), rel=1e-3), name
+    assert logs["topology/ts_scale"] == 1.0  # normalize="none" divides by 1
+
+
+def test_needs_the_pre_optimizer_step_hook(monkeypatch):
+    """A Trainer without on_pre_optimizer_step would never add the TSLoss gradient."""
+    monkeypatch.delattr(transformers.TrainerCallback, "on_pre_optimizer_step")
+    with pytest.raises(ImportError, match="on_pre_optimizer_step.*transformers"):
+        TSLossCallback(WEIGHT)
+
+
+@pytest.mark.parametrize("engine,match", [
+    (dict(deepspeed={"zero_optimization": {"stage": 2}}), "DeepSpeed.*\\.grad"),
+    (dict(deepspeed_plugin=object()), "DeepSpeed"),  # accelerate launch --use_deepspeed
+    (dict(fsdp="full_shard"), "FSDP.*shard"),
+])
+def test_deepspeed_and_fsdp_are_refused_at_train_begin(engine, match):
+    args = types.SimpleNamespace(**engine)
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    with pytest.raises(RuntimeError, match=match):
+        TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=_model())

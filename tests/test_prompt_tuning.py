@@ -169,6 +169,19 @@ def test_peft_prompt_tuning_one_line_tsloss():
         prompt_parameters(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("kind", ["P_TUNING", "PREFIX_TUNING"])
+def test_other_peft_types_have_no_soft_prompt(kind):
+    """P-tuning's embedding table goes through an MLP/LSTM and prefix tuning's becomes key/value
+    prefixes: neither is the prompt the model sees, so TSLoss must not be put on it."""
+    peft = pytest.importorskip("peft")
+    cfg = (peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5,
+                                    encoder_hidden_size=16) if kind == "P_TUNING"
+           else peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    pm = peft.get_peft_model(tiny_gpt2(), cfg)
+    with pytest.raises(ValueError, match=f"no soft prompt found.*PEFT type is {kind}"):
+        prompt_parameters(pm)
+
+
 def test_topology_metrics_of_a_square():
     sq = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     m = to_floats(topology_metrics(sq))

@@ -226,3 +226,45 @@ def test_ddp_two_cpu_ranks_keep_identical_prompts(tiny_models, tmp_path):
     # batch of 4 alone, ends far outside this tolerance.
     torch.testing.assert_close(p0, single, rtol=1e-4, atol=1e-5)
     assert not torch.equal(single, start)
+
+
+def test_middle_diagram_snapshot_when_not_a_logging_step(tiny_models, tmp_path):
+    """Diagrams at steps 0, max/2 and max, even where max/2 (3) is no multiple of --log-every."""
+    out = tmp_path / "run"
+    r = _run(["--model", tiny_models["bert"], "--compare", "--compare-regularizers", "none",
+              "--seeds", "0", "--no-plots", "--output-dir", str(out)]
+             + _set(TINY, "--log-every", "4"))
+    assert r.returncode == 0, r.stderr
+    run = json.loads((out / "runs" / "none_seed0.json").read_text())
+    assert list(run["snapshots"]) == ["step 0", "step 3", "step 6"]
+
+
+def test_analyze_orders_names_without_steps_by_name(tmp_path):
+    """The job's final prompts of three seeds are no training steps: name order, and no
+    stability term between unrelated prompts."""
+    from tsloss_cuda.analyze import analyze, list_checkpoints
+    g = torch.Generator().manual_seed(0)
+    for seed in (2, 0, 1):
+        torch.save(torch.randn(5, 4, generator=g), tmp_path / f"prompt_tsloss_seed{seed}.pt")
+    paths, steps, named = list_checkpoints(str(tmp_path))
+    assert not named and steps == [0, 1, 2]
+    assert [os.path.basename(p) for p in paths] == [f"prompt_tsloss_seed{s}.pt" for s in range(3)]
+    rows = analyze(str(tmp_path), str(tmp_path / "out"), plots=False)
+    assert all("ts_stability" not in r and "ts_connectivity" in r for r in rows)
+    # A step anywhere in a name counts, whatever other numbers it holds; in step order.
+    steps_dir = tmp_path / "steps"
+    steps_dir.mkdir()
+    for name in ("run_seed7_step_10.pt", "run_seed7_step_2.pt"):
+        torch.save(torch.randn(5, 4, generator=g), steps_dir / name)
+    assert list_checkpoints(str(steps_dir))[1:] == ([2, 10], True)
+
+
+def test_analyze_default_output_dir_of_dot_and_root(tmp_path, monkeypatch):
+    from tsloss_cuda.analyze import default_output_dir
+    here = tmp_path / "runs" / "ck"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    assert default_output_dir(".") == str(here) + "_analysis"
+    assert default_output_dir("..") == str(tmp_path / "runs") + "_analysis"
+    assert default_output_dir("/") == str(here / "root_analysis")
+    assert default_output_dir("a/b/") == os.path.join("a", "b_analysis")

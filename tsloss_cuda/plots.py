@@ -41,6 +41,11 @@ def _constant(values: Sequence[float]) -> bool:
     return not finite or max(finite) - min(finite) <= 1e-12 * max(1.0, abs(finite[0]))
 
 
+def _first_value(values: Sequence[float]) -> float:
+    """The first non-NaN value (NaN if none): what a constant column's note shows."""
+    return next((v for v in values if not math.isnan(v)), math.nan)
+
+
 def plot_curves(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[str] = None,
                 xlabel: str = "training step") -> str:
     """Task loss and validation accuracy against step, one line per run label.
@@ -79,7 +84,7 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
         if not vals:
             continue
         if _constant(vals):
-            flat.append(f"{name.splitlines()[0]} = {vals[0]:.4g}")
+            flat.append(f"{name.splitlines()[0]} = {_first_value(vals):.4g}")
         else:
             shown.append((col, name, unit))
     cols = 3
@@ -110,7 +115,8 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
 
 
 def _finite_top(h0: np.ndarray, h1: np.ndarray) -> float:
-    vals = np.concatenate([h0[np.isfinite(h0[:, 1]), 1], h1.reshape(-1)])
+    vals = np.concatenate([h0[:, 1], h1.reshape(-1)])
+    vals = vals[np.isfinite(vals)]  # the infinite bar, and NaN bars of an invalid prompt
     return float(vals.max()) * 1.12 if vals.size and vals.max() > 0 else 1.0
 
 
@@ -127,7 +133,7 @@ def plot_diagrams(snapshots: Mapping[str, Sequence[np.ndarray]], path: str, *,
     # One filtration scale for every snapshot, so they compare at a glance.
     top = max([_finite_top(h0, h1) for h0, h1 in snapshots.values()] or [1.0])
     for j, (label, (h0, h1)) in enumerate(snapshots.items()):
-        inf0 = ~np.isfinite(h0[:, 1])
+        inf0 = np.isinf(h0[:, 1])  # NaN deaths (invalid input) are no infinite bar; not drawn
         ax = axes[0, j]
         bars = [(0, b, d) for b, d in h0[~inf0]] + [(1, b, d) for b, d in h1]
         bars.sort(key=lambda t: (t[0], -(t[2] - t[1])))

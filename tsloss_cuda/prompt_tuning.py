@@ -259,30 +259,66 @@ def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
                          torch.as_tensor(label_ids, device=input_ids.device))
 
 
+def _peft_type(model: nn.Module, name: str, encoder: nn.Module) -> str:
+    """The PEFT type of adapter ``name`` (``"PROMPT_TUNING"``, ``"P_TUNING"``, ...): from its
+    config, else from the encoder's class (``PromptEmbedding`` is prompt tuning's)."""
+    configs = getattr(model, "peft_config", None)
+    kind = getattr(configs.get(name), "peft_type", None) if isinstance(configs, dict) else None
+    if kind is not None:
+        return str(getattr(kind, "value", kind))  # PeftType is a str enum
+    return "PROMPT_TUNING" if type(encoder).__name__ == "PromptEmbedding" else \
+        type(encoder).__name__
+
+
+def _peft_prompt(model: nn.Module) -> Optional[torch.Tensor]:
+    """The prompt of a PEFT prompt-tuning model, None if ``model`` has no prompt encoder.
+
+    Other prompt-learning types also hold an ``embedding`` table, but it is not the prompt the
+    model sees: P-tuning feeds it through an MLP/LSTM, prefix tuning makes key/value prefixes
+    of it, multitask prompt tuning mixes it with task factors. TSLoss on it would regularise
+    the wrong tensor, so they are refused.
+    """
+    encoders = getattr(model, "prompt_encoder", None)
+    if not isinstance(encoders, nn.ModuleDict) or len(encoders) == 0:
+        return None
+    name = getattr(model, "active_adapter", None)
+    if isinstance(name, (list, tuple)):
+        name = name[0]
+    if name not in encoders:
+        name = next(iter(encoders.keys()))
+    enc = encoders[name]
+    kind = _peft_type(model, name, enc)
+    emb = getattr(enc, "embedding", None)
+    if kind != "PROMPT_TUNING" or not isinstance(emb, nn.Embedding):
+        raise ValueError(f"no soft prompt found in {type(model).__name__}: its PEFT type is "
+                         f"{kind}, and only PEFT prompt tuning (PeftType.PROMPT_TUNING) has "
+                         "its soft prompt as a parameter")
+    return emb.weight
+
+
 def prompt_parameters(model: nn.Module) -> torch.Tensor:
-    """The soft-prompt tensor ``(N, D)`` of a :class:`SoftPromptModel` or a PEFT model.
+    """The soft-prompt tensor ``(N, D)`` of a :class:`SoftPromptModel` or a PEFT prompt-tuning
+    model.
 
     For PEFT ``PromptTuningConfig`` models this is the active adapter's
     ``prompt_encoder[name].embedding.weight`` (``N = num_virtual_tokens ·
     num_transformer_submodules``). The returned tensor is the live parameter (not a copy), so
-    a loss on it back-propagates into the prompt.
+    a loss on it back-propagates into the prompt. Other PEFT types (P-tuning, prefix tuning,
+    ...) raise a ValueError naming the type.
     """
     if isinstance(model, SoftPromptModel):
         return model.prompt
     inner = getattr(model, "module", None)  # DDP / DataParallel wrappers
+    inner_error: Optional[ValueError] = None
     if isinstance(inner, nn.Module) and inner is not model:
         try:
             return prompt_parameters(inner)
-        except ValueError:
-            pass
-    encoders = getattr(model, "prompt_encoder", None)
-    if isinstance(encoders, nn.ModuleDict) and len(encoders) > 0:
-        name = getattr(model, "active_adapter", None)
-        if isinstance(name, (list, tuple)):
-            name = name[0]
-        enc = encoders[name] if name in encoders else next(iter(encoders.values()))
-        emb = getattr(enc, "embedding", None)
-        if isinstance(emb, nn.Embedding):
-            return emb.weight
+        except ValueError as exc:
+            inner_error = exc
+    found = _peft_prompt(model)
+    if found is not None:
+        return found
+    if inner_error is not None:  # it names the wrapped model, and its PEFT type if it has one
+        raise inner_error
     raise ValueError(f"no soft prompt found in {type(model).__name__}: expected a "
                      "SoftPromptModel or a PEFT prompt-tuning model")

@@ -82,24 +82,26 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
     return out, names
 
 
-def verbalizer(tok, names: Sequence[str]) -> torch.Tensor:
+def verbalizer(tok, names: Sequence[str], cue: str) -> torch.Tensor:
     """``(C,)`` token ids: label ``c`` is answered by the single token ``ids[c]``.
 
-    The word with a leading space (``" positive"``, how it follows the cue) is tried first,
-    then the bare word. A label that is several tokens either way is an error naming it.
+    The token is the one the model must predict: the label word as it follows the cue,
+    ``encode(cue + " " + name)`` past ``encode(cue)`` (for SentencePiece vocabularies such as
+    Gemma's, ``▁word``, not the bare ``word``). A label that is not exactly one token there is an
+    error naming it.
     """
+    head = tok.encode(cue, add_special_tokens=False)
     ids = []
     for name in names:
-        pieces = None
-        for word in (" " + name, name):
-            pieces = tok.encode(word, add_special_tokens=False)
-            if len(pieces) == 1:
-                ids.append(pieces[0])
-                break
-        else:
-            raise CLIError(f"--data: label {name!r} is {len(pieces)} tokens for this tokenizer "
-                           f"({tok.convert_ids_to_tokens(pieces)}); the causal task needs one "
-                           "token per label word")
+        full = tok.encode(cue + " " + name, add_special_tokens=False)
+        merged = full[:len(head)] != head  # the label changes how the cue itself splits
+        pieces = full if merged else full[len(head):]
+        if merged or len(pieces) != 1:
+            what = "merges with the cue" if merged else f"is {len(pieces)} tokens"
+            raise CLIError(f"--data: label {name!r} {what} for this tokenizer after the cue "
+                           f"{cue!r} ({tok.convert_ids_to_tokens(pieces)}); the causal task "
+                           "needs one token per label word")
+        ids.append(pieces[0])
     if len(set(ids)) != len(ids):
         raise CLIError("--data: two label words map to the same token for this tokenizer")
     return torch.tensor(ids)
@@ -134,7 +136,7 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
                    return_tensors="pt")
         return {"ids": enc["input_ids"], "mask": enc["attention_mask"], "y": y,
                 "label_ids": desc["input_ids"], "label_mask": desc["attention_mask"]}
-    label_ids = verbalizer(tok, names)
+    label_ids = verbalizer(tok, names, spec.cue)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     cue = tok.encode(spec.cue, add_special_tokens=False)
     rows = []

@@ -2,20 +2,28 @@
 
 :func:`topology_metrics` returns 0-d tensors on the prompt's device (no host sync);
 :func:`to_floats` copies a dict of them to Python floats in one transfer, at the logging
-interval.
+interval. :class:`StepTimer` times training steps without a host sync per step.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from tsloss_cuda.persistence import vr_persistence
+from tsloss_cuda.persistence import INVALID_INPUT, vr_persistence
 
 #: Metric names, in CSV column order.
 METRICS = ("h0_count", "h1_count", "h0_mean_life", "h0_max_life", "h1_mean_life", "h1_max_life",
            "h0_entropy", "h1_entropy", "h0_total", "h1_total")
 TERMS = ("connectivity", "redundancy", "stability", "scale")
+#: TSLoss options that change a term's value. The weights only scale the terms, which are logged
+#: unweighted, and the tracker sets the stability weight itself (see :class:`TopologyTracker`).
+TERM_OPTIONS = ("normalize", "connectivity_mode", "target", "p", "max_h1")
+#: TSLoss clamps the scale of a prompt whose points all coincide (or of one point) to float32's
+#: smallest normal so that it can divide; the prompt's actual scale there is 0.
+_SCALE_FLOOR = torch.finfo(torch.float32).tiny
 
 
 def _entropy(life: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -47,7 +55,9 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
 
     Returns:
         dict name -> 0-d float32 tensor on ``prompt``'s device (names in :data:`METRICS`).
-        H0 uses the N-1 finite bars of positive length (the infinite bar is left out).
+        H0 uses the N-1 finite bars of positive length (the infinite bar is left out). On CUDA,
+        a prompt whose H1 outgrew the device workspace has NaN H1 metrics, and an invalid
+        prompt (NaN or Inf) NaN metrics throughout: not the 0 bars they would otherwise count.
     """
     if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2:
         got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
@@ -64,7 +74,14 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     vals = dict(h0_count=c0, h1_count=dg.h1_count[0], h0_mean_life=m0, h0_max_life=x0,
                 h1_mean_life=m1, h1_max_life=x1, h0_entropy=_entropy(life0, valid0),
                 h1_entropy=_entropy(life1, valid1), h0_total=t0, h1_total=t1)
-    return {k: v.float() for k, v in vals.items()}
+    # CUDA flags what it could not compute instead of raising (that would be a host sync):
+    # h1_count -1, H1 overflowed (H0 exact); -2, invalid input (NaN H0 deaths). The masks
+    # above would count those as 0 bars.
+    bad1 = dg.h1_count[0] < 0
+    bad0 = (dg.h1_count[0] == INVALID_INPUT) | torch.isnan(life0).any()
+    nan = torch.full((), float("nan"), device=x.device)
+    return {k: torch.where(bad0 if k.startswith("h0") else bad1, nan, v.float())
+            for k, v in vals.items()}
 
 
 def to_floats(values: Mapping[str, torch.Tensor]) -> Dict[str, float]:
@@ -82,20 +99,26 @@ class TopologyTracker:
     ``update(step, prompt, terms)`` keeps device tensors; ``flush()`` reads the pending ones back
     (one transfer per record) and returns them as rows of floats.
 
-    With ``tsloss_terms=True``, ``update`` without ``terms`` computes the TSLoss terms of the
-    prompt it is given (default options, unweighted), with ``ts_stability`` measured against the
-    prompt of the previous record (0 for the first record, or when N changes). Every column of a
-    row then describes the same prompt: the training job and ``tsloss_cuda.analyze`` both record
-    this way, so a row of one equals the row of the other for the same saved prompt.
+    With ``tsloss_terms=True``, ``update`` without ``terms`` computes the unweighted TSLoss
+    terms of the prompt it is given, with ``term_options`` (any of :data:`TERM_OPTIONS`; default
+    TSLoss's defaults), and ``ts_stability`` measured against the prompt of the previous record
+    (0 for the first record, or when N changes). Every column of a row then describes the same
+    prompt: the training job and ``tsloss_cuda.analyze`` both record this way, so a row of one
+    equals the row of the other for the same saved prompt. ``ts_scale`` is the scale the terms
+    are divided by (1 with ``normalize="none"``), 0 for a prompt of coincident points.
     """
 
-    def __init__(self, every: int = 10, *, tsloss_terms: bool = False) -> None:
+    def __init__(self, every: int = 10, *, tsloss_terms: bool = False,
+                 term_options: Optional[Mapping[str, Any]] = None) -> None:
         self.every = max(int(every), 1)
         self._pending: List[tuple] = []
         self._probe = None
+        unknown = sorted(set(term_options or {}) - set(TERM_OPTIONS))
+        if unknown:
+            raise ValueError(f"term_options: {', '.join(unknown)} not among {TERM_OPTIONS}")
         if tsloss_terms:
             from tsloss_cuda.loss import TSLoss
-            self._probe = TSLoss(stability=1.0)
+            self._probe = TSLoss(stability=1.0, **dict(term_options or {}))
         self._shape = None
 
     def due(self, step: int) -> bool:
@@ -118,7 +141,10 @@ class TopologyTracker:
             for name in TERMS:
                 t = terms.get(name)
                 if isinstance(t, torch.Tensor) and t.numel() == 1:
-                    vals["ts_" + name] = t.detach().float().reshape(())
+                    t = t.detach().float().reshape(())
+                    if name == "scale":  # the clamp is not the prompt's scale
+                        t = torch.where(t <= _SCALE_FLOOR, torch.zeros_like(t), t)
+                    vals["ts_" + name] = t
         self._pending.append((step, vals))
 
     def flush(self) -> List[Dict[str, float]]:
@@ -129,3 +155,46 @@ class TopologyTracker:
             rows.append(row)
         self._pending = []
         return rows
+
+
+class StepTimer:
+    """Total seconds of marked spans of training steps, without a host sync per step.
+
+    On CUDA the kernels run asynchronously, so a host clock would need a synchronisation at
+    every mark. ``mark()`` records a CUDA event on the current stream instead; a span is read
+    from its two events once they have completed: as they go when ``Event.query`` (which does
+    not block) says so, else in :meth:`totals`, which waits for the last ones. On the CPU a mark
+    is ``time.perf_counter()``.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = torch.device(device).type == "cuda"
+        self._open: Deque[Tuple[str, Any, Any]] = deque()  # CUDA spans not read yet
+        self._totals: Dict[str, float] = {}
+
+    def mark(self) -> Any:
+        if not self._cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def add(self, key: str, start: Any, end: Any) -> None:
+        """Add the span between two marks to ``key``'s total."""
+        if not self._cuda:
+            self._totals[key] = self._totals.get(key, 0.0) + (end - start)
+            return
+        self._open.append((key, start, end))
+        while self._open and self._open[0][2].query():  # keeps few events alive
+            self._read()
+
+    def _read(self) -> None:
+        key, start, end = self._open.popleft()
+        end.synchronize()  # already complete, except for the last spans read by totals()
+        self._totals[key] = self._totals.get(key, 0.0) + start.elapsed_time(end) / 1000.0
+
+    def totals(self) -> Dict[str, float]:
+        """Seconds per key so far (on CUDA, waits for the spans still running)."""
+        while self._open:
+            self._read()
+        return dict(self._totals)

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ts-stability", type=nonneg_float, default=0.0,
                    help="TSLoss stability weight")
     p.add_argument("--log-every", type=positive_int, default=10,
-                   help="steps between evaluations / metrics rows (the only host syncs)")
+                   help="steps between evaluations / metrics rows; other steps do not wait for "
+                        "the device, except checkpoint saves, step 1 and step max/2")
     p.add_argument("--target-acc", type=fraction, default=0.9,
                    help="validation accuracy whose first reaching step is reported")
     p.add_argument("--checkpoint-every", type=nonneg_int, default=None,
@@ -185,12 +186,6 @@ class Dist:
             dist.destroy_process_group()
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":  # timing only: kernels are asynchronous
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 # ---------------------------------------------------------------------------------------------
 # training
 
@@ -236,7 +231,8 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     over the training steps since the previous row; step 0's are those of step 1, whose batch
     is computed at the initial prompt.
     """
-    from tsloss_cuda.tracking import TopologyTracker, to_floats
+    from tsloss_cuda.persistence import vr_persistence
+    from tsloss_cuda.tracking import StepTimer, TopologyTracker, to_floats
     from tqdm.auto import tqdm
 
     dev = dist.device
@@ -263,7 +259,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     loss_acc = torch.zeros((), device=dev)
     reg_acc = torch.zeros((), device=dev)
     n_acc = 0
-    step_time = reg_time = 0.0
+    timer = StepTimer(dev)  # CUDA events: no host sync per step
     steps_to_target = None
     every = args.log_every if args.checkpoint_every is None else args.checkpoint_every
     run_id = run_id or f"{reg_name}_seed{seed}"
@@ -271,10 +267,12 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     if ckpt_dir and dist.main:
         os.makedirs(ckpt_dir, exist_ok=True)
 
-    def save(step: int) -> None:
+    def save(step: int) -> None:  # the checkpoint and diagram snapshot due at ``step``
         if ckpt_dir and dist.main and (step % every == 0 or step == args.max_steps):
             torch.save(spm.prompt.detach().cpu().clone(),
                        os.path.join(ckpt_dir, f"step_{step:06d}.pt"))
+        if dist.main and step in snap_steps:  # logged or not (--log-every)
+            snapshots[f"step {step}"] = vr_persistence(spm.prompt.detach().float()).to_numpy()[0]
 
     def log(step: int) -> None:
         nonlocal loss_acc, reg_acc, n_acc, steps_to_target
@@ -290,9 +288,6 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         if steps_to_target is None and row["val_acc"] >= args.target_acc:
             steps_to_target = step
         rows.append(row)
-        if step in snap_steps:
-            from tsloss_cuda.persistence import vr_persistence
-            snapshots[f"step {step}"] = vr_persistence(spm.prompt.detach().float()).to_numpy()[0]
 
     if dist.main:
         log(0)
@@ -305,23 +300,22 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         idx = perm[pos + dist.rank * args.batch_size: pos + (dist.rank + 1) * args.batch_size]
         pos += global_b
         b = batch(train, idx, task, dev)
-        t0 = _now(dev)
+        t0 = timer.mark()
         opt.zero_grad(set_to_none=False)
         task_loss = spm(**b)["loss"]
         task_loss.backward()
-        t1 = _now(dev)
+        t1 = timer.mark()
         if reg_name != "none":
             # The regulariser gets its own backward so that its cost can be timed on its own.
             reg = reg_fn(spm.prompt)
             (g,) = torch.autograd.grad(args.reg_weight * reg, spm.prompt)
             spm.prompt.grad.add_(g)
             reg_acc += reg.detach()
-        t2 = _now(dev)
+        t2 = timer.mark()
         dist.average_grads(params)
         opt.step()
-        t3 = _now(dev)
-        step_time += t3 - t0
-        reg_time += t2 - t1
+        timer.add("step", t0, timer.mark())
+        timer.add("reg", t1, t2)
         loss_acc += task_loss.detach()
         n_acc += 1
         if step == 1 and dist.main:  # step 1's losses were computed at the initial prompt
@@ -331,6 +325,8 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             bar.set_postfix(acc=f"{rows[-1]['val_acc']:.3f}", loss=f"{rows[-1]['task_loss']:.3f}")
         save(step)
     bar.close()
+    seconds = timer.totals()
+    step_time, reg_time = seconds["step"], seconds["reg"]
     return {"regularizer": reg_name, "seed": seed, "rows": rows, "snapshots": snapshots,
             "prompt": spm.prompt.detach().cpu().clone(),
             "final_acc": rows[-1]["val_acc"] if rows else None,

@@ -1,0 +1,127 @@
+"""Tracking and plots on the outputs CUDA can produce (built by hand, so they run on the CPU):
+flagged diagrams, collapsed prompts, NaN columns, and step timing by CUDA events."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tsloss_cuda import plots, tracking
+from tsloss_cuda.persistence import H1_OVERFLOW, INVALID_INPUT, Diagrams, vr_persistence
+from tsloss_cuda.tracking import METRICS, StepTimer, TopologyTracker, to_floats, topology_metrics
+
+SQUARE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+
+
+def _flagged(code: int) -> Diagrams:
+    """The square's diagram as CUDA returns it for an H1 overflow (-1: H1 rows padding, H0
+    exact) or an invalid input (-2: H0 and H1 NaN)."""
+    d = vr_persistence(SQUARE)
+    h1 = torch.zeros_like(d.h1)
+    h0 = d.h0
+    if code == INVALID_INPUT:
+        h0, h1 = torch.full_like(d.h0, math.nan), torch.full_like(d.h1, math.nan)
+    return Diagrams(h0, d.h0_edges, h1, d.h1_edges, torch.tensor([code]), d.truncated)
+
+
+@pytest.mark.parametrize("code", [H1_OVERFLOW, INVALID_INPUT])
+def test_flagged_diagrams_give_nan_metrics_not_zero_bars(monkeypatch, code):
+    exact = to_floats(topology_metrics(SQUARE))
+    monkeypatch.setattr(tracking, "vr_persistence", lambda x, maxdim=1: _flagged(code))
+    got = to_floats(topology_metrics(SQUARE))
+    for name in METRICS:
+        if name.startswith("h1") or code == INVALID_INPUT:
+            assert math.isnan(got[name]), (name, got[name])
+        else:  # an overflow leaves H0 exact
+            assert got[name] == exact[name], name
+
+
+@pytest.mark.parametrize("prompt", [torch.randn(1, 4), torch.ones(3, 4)], ids=["N=1", "collapsed"])
+def test_scale_of_a_collapsed_prompt_is_logged_as_zero(prompt):
+    """TSLoss clamps the scale to float32's smallest normal to divide by it; the log says 0."""
+    tracker = TopologyTracker(1, tsloss_terms=True)
+    tracker.update(0, prompt)
+    tracker.update(1, SQUARE)
+    collapsed, square = tracker.flush()
+    assert collapsed["ts_scale"] == 0.0
+    assert square["ts_scale"] > 0.5
+
+
+def test_tracker_refuses_options_that_are_not_term_options():
+    with pytest.raises(ValueError, match="stability"):
+        TopologyTracker(1, tsloss_terms=True, term_options={"stability": 0.5})
+
+
+def _capture(monkeypatch):
+    """The figures the plot functions would save."""
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    return figs
+
+
+def test_a_nan_death_is_not_drawn_as_an_infinite_bar(monkeypatch):
+    figs = _capture(monkeypatch)
+    h0 = np.array([[0.0, 1.0], [0.0, np.nan], [0.0, np.inf]])
+    plots.plot_diagrams({"step 0": [h0, np.zeros((0, 2))]}, "unused.png")
+    barcode = figs[0].axes[0]
+    arrows = [t for t in barcode.texts if "infinite H0 bar" in t.get_text()]
+    assert len(arrows) == 1
+    assert np.isfinite(barcode.get_xlim()).all()
+
+
+def test_constant_note_shows_the_first_finite_value(monkeypatch):
+    figs = _capture(monkeypatch)
+    rows = [{"step": 0, "h0_mean_life": math.nan}, {"step": 10, "h0_mean_life": 1.5},
+            {"step": 20, "h0_mean_life": 1.5}]
+    plots.plot_topology({"run": rows}, "unused.png")
+    notes = [t.get_text() for t in figs[0].texts if "constant" in t.get_text()]
+    assert len(notes) == 1 and "= 1.5" in notes[0] and "nan" not in notes[0], notes
+
+
+class _FakeEvent:
+    """A CUDA event on a fake clock: completes when the test says so."""
+    clock = 0.0
+
+    def __init__(self, enable_timing=False):
+        self.time, self.done = None, False
+
+    def record(self, stream=None):
+        self.time = _FakeEvent.clock
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.done = True
+
+    def elapsed_time(self, end):
+        assert end.done, "read before completion"  # then the earlier start is done too
+        return (end.time - self.time) * 1000.0
+
+
+def test_step_timer_on_cuda_reads_events_without_a_sync_per_step(monkeypatch):
+    def no_sync(*args, **kwargs):
+        raise AssertionError("a host sync per step")
+
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", no_sync)
+    timer = StepTimer(torch.device("cuda"))
+    for step in range(3):
+        t0 = timer.mark()
+        _FakeEvent.clock += 2.0
+        t1 = timer.mark()
+        _FakeEvent.clock += 0.5
+        timer.add("step", t0, t1)
+        timer.add("reg", t1, timer.mark())
+        if step == 0:  # the first step's kernels have finished: folded in as it goes
+            t0.done = t1.done = True
+    assert len(timer._open) == 5  # the rest wait, without blocking
+    assert timer.totals() == {"step": 6.0, "reg": 1.5}
+    assert not timer._open
+
+
+def test_step_timer_on_cpu_uses_the_host_clock():
+    timer = StepTimer(torch.device("cpu"))
+    timer.add("step", 1.0, 3.5)
+    timer.add("step", 4.0, 4.5)
+    assert timer.totals() == {"step": 3.0}
