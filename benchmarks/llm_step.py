@@ -34,7 +34,9 @@ from typing import Callable, List
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The ISA cap must be in the environment before torch loads MKL and oneDNN, so it is read
 # from argv here; argparse below validates and documents it.
-if "--torch-isa" in sys.argv[:-1] and sys.argv[sys.argv.index("--torch-isa") + 1] == "avx2":
+_isa = argparse.ArgumentParser(add_help=False)
+_isa.add_argument("--torch-isa")
+if _isa.parse_known_args()[0].torch_isa == "avx2":
     os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2",
                       ONEDNN_MAX_CPU_ISA="AVX2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

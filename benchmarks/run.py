@@ -503,7 +503,7 @@ def incl_matrix_ratio(r: dict, ours_s: float) -> float:
 # --------------------------------------------------------------------------------------------
 # scaling
 # --------------------------------------------------------------------------------------------
-def scaling(reps, cuda, progress_cls):
+def scaling(reps, cuda, progress_cls, threads: Optional[int] = None):
     import tsloss_cuda
     sweeps = {
         "N": [(n, 768, 16) for n in (16, 32, 64, 128, 256)],
@@ -517,7 +517,9 @@ def scaling(reps, cuda, progress_cls):
         for (n, d, b) in cfgs:
             x = make_clouds(n, d, b)
             x = x.cuda() if cuda else x
-            _, _, times = time_fn(lambda: tsloss_cuda.vr_persistence(x, maxdim=1), reps, cuda)
+            with torch_threads(threads):
+                _, _, times = time_fn(lambda: tsloss_cuda.vr_persistence(x, maxdim=1), reps,
+                                      cuda)
             pts.append(dict(N=n, D=d, B=b, median_s=statistics.median(times)))
             bar.update(1)
         key = axis
@@ -835,7 +837,7 @@ def main(argv=None):
             print("N,D,B=%d,%d,%d done, %.0f s" % (cfg + (time.perf_counter() - t_start,)),
                   flush=True)
     bar.close()
-    scal = scaling(reps, cuda, bar_cls) if args.scaling else None
+    scal = scaling(reps, cuda, bar_cls, args.threads) if args.scaling else None
     payload, md = write(scal)
     pngs = plots(records, scal, out / stem)
     print(md)

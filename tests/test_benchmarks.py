@@ -142,7 +142,7 @@ def test_llm_step_on_a_tiny_causal_lm(tmp_path):
     script = RUN.parent / "llm_step.py"
     proc = subprocess.run([sys.executable, str(script), "--model", str(tmp_path), "--threads",
                            "1", "--steps", "1", "--batch", "2", "--text", "6", "--variants",
-                           "answer-C,full-vocab", "--torch-isa", "avx2"],
+                           "answer-C,full-vocab", "--torch-isa=avx2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

@@ -13,7 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from tsloss_cuda._cli import CLIError  # noqa: E402
-from tsloss_cuda.models import GEMMA, LLM_EXTRA, resolve_model  # noqa: E402
+from tsloss_cuda.models import GEMMA, LLM_EXTRA, STALE_AFTER_S, resolve_model  # noqa: E402
 from tsloss_cuda.prompt_tuning import (SoftPromptModel, peft_answer_logits,  # noqa: E402
                                        prompt_parameters, text_init_ids)
 from tsloss_cuda.tasks import verbalizer  # noqa: E402
@@ -195,8 +195,12 @@ def test_conversion_deletes_what_killed_conversions_left(monkeypatch, tmp_path):
     stale = tmp_path / f".{GEMMA}.tmp-killed"  # a conversion killed before its cleanup
     (stale / "gguf").mkdir(parents=True)
     (stale / "gguf" / "model.gguf").write_bytes(b"x" * 1000)
+    old = time.time() - STALE_AFTER_S - 60
+    os.utime(stale, (old, old))
+    live = tmp_path / f".{GEMMA}.tmp-live"  # young: maybe another machine's conversion
+    live.mkdir()
     path = resolve_model(GEMMA, cache_dir=str(tmp_path), quiet=True)
-    assert calls == [path] and not stale.exists()
+    assert calls == [path] and not stale.exists() and live.exists()
     assert resolve_model(GEMMA, cache_dir=str(tmp_path), quiet=True) == path and len(calls) == 1
 
 

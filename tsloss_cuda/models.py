@@ -63,27 +63,27 @@ STALE_AFTER_S = 3600
 
 
 @contextlib.contextmanager
-def _conversion_lock(parent: str) -> Iterator[bool]:
+def _conversion_lock(parent: str) -> Iterator[None]:
     """Exclusive lock of the cache folder ``parent``, so that torchrun ranks wait for one
     conversion instead of all converting at once; the kernel drops it if its holder dies.
-    Yields False on a file system without locks (Lustre without ``-o flock``)."""
+    On a file system without locks (Lustre without ``-o flock``) it does not wait."""
     os.makedirs(parent, exist_ok=True)
     with open(os.path.join(parent, f".{GEMMA}.lock"), "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX)
-            locked = True
         except OSError:
-            locked = False
-        yield locked  # closing the file releases the lock
+            pass
+        yield  # closing the file releases the lock
 
 
-def _remove_stale_conversions(parent: str, locked: bool) -> None:
+def _remove_stale_conversions(parent: str) -> None:
     """Delete the temporary folders (over 1 GB each) of conversions killed before their
-    cleanup. Only the lock holder converts, so with the lock every one of them is stale."""
+    cleanup, once older than STALE_AFTER_S. The age test holds even with the lock: flock is
+    local to one machine on some network file systems, and an older tsloss_cuda converts
+    without it, so a young folder may be a live conversion."""
     for name in os.listdir(parent):
         path = os.path.join(parent, name)
-        if name.startswith(TMP_PREFIX) and \
-                (locked or time.time() - os.path.getmtime(path) > STALE_AFTER_S):
+        if name.startswith(TMP_PREFIX) and time.time() - os.path.getmtime(path) > STALE_AFTER_S:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -91,10 +91,10 @@ def _ensure_gemma(target: str, quiet: bool) -> None:
     """Convert into ``target`` unless another process did while this one waited for the lock."""
     pkg = _gguf_package()  # before the lock: a missing extra leaves the cache untouched
     parent = os.path.dirname(target)
-    with _conversion_lock(parent) as locked:
+    with _conversion_lock(parent):
         if os.path.isfile(os.path.join(target, "config.json")):
             return
-        _remove_stale_conversions(parent, locked)
+        _remove_stale_conversions(parent)
         _convert_gemma(pkg, target, quiet)
 
 

@@ -322,9 +322,6 @@ class WarpReducer {
         m_.set[size_ + warp::popcount(mask & warp::lanes_below(lane))] =
             Entry<T>{diam[lane], cofacet_index(i, j, k0 + lane)};
       });
-      // A later cancel_pairs() sorts entries that other lanes wrote; the ballot above orders
-      // nothing in memory, only a warp barrier does.
-      w_.sync();
       size_ += count;
       if (stats_) {
         stats_->entries_pushed += count;
@@ -340,6 +337,9 @@ class WarpReducer {
   // (like the scalar heap's compaction when full), so the set stays near its true support.
   TSL_HD void cancel_pairs() {
     using namespace warp_reduce_detail;
+    // The sort reads entries other lanes wrote (push_coboundary); ballots and shuffles order
+    // nothing in memory, only a warp barrier does.
+    w_.sync();
     if (stats_) ++stats_->cancel_passes;
     WarpBlock<W> blk{w_};
     if (size_ > 1) block_sort(blk, m_.set, size_, IndexLess<T>());
