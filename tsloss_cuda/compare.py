@@ -213,9 +213,10 @@ def load_run(out_dir: str, run_id: str) -> Optional[Dict[str, Any]]:
     return res
 
 
-def _check_config(out_dir: str, config: Mapping[str, Any], specs: Sequence[RunSpec],
-                  write: bool) -> None:
-    """Refuse a folder made with another configuration; record this one (and new specs)."""
+def _check_config(out_dir: str, config: Mapping[str, Any],
+                  specs: Sequence[RunSpec]) -> Dict[str, Any]:
+    """Refuse a folder made with another configuration; return the config file's new content
+    (this configuration, every spec ever asked for, and this invocation's as ``last``)."""
     path = os.path.join(out_dir, CONFIG_FILE)
     config = json.loads(json.dumps(_encode(dict(config))))  # compare as it is stored
     known: Dict[str, Any] = {}
@@ -239,8 +240,7 @@ def _check_config(out_dir: str, config: Mapping[str, Any], specs: Sequence[RunSp
                            f"{known[s.run_id]['overrides']}, not {dict(s.overrides)}: use "
                            "another --output-dir or the same settings")
         known[s.run_id] = s.to_json()
-    if write:  # "last": the runs a report of this folder shows
-        _write_json(path, {"config": config, "specs": known, "last": [s.run_id for s in specs]})
+    return {"config": config, "specs": known, "last": [s.run_id for s in specs]}
 
 
 def _check_provenance(out_dir: str, run: Mapping[str, Any], prov: Mapping[str, Any]) -> None:
@@ -290,14 +290,14 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
         raise ValueError(f"run ids repeat: {sorted(i for i in set(ids) if ids.count(i) > 1)}")
     if write:
         os.makedirs(out_dir, exist_ok=True)
-    _check_config(out_dir, config, specs, False)
+    recorded = _check_config(out_dir, config, specs)
     done = {s.run_id: load_run(out_dir, s.run_id) for s in specs}
     if prov is not None:
         for run in done.values():
             if run is not None:
                 _check_provenance(out_dir, run, prov)
-    # Recorded only once every check passed: a refused resume leaves the folder as it was.
-    _check_config(out_dir, config, specs, write)
+    if write:  # only once every check passed: a refused resume leaves the folder as it was
+        _write_json(os.path.join(out_dir, CONFIG_FILE), recorded)
     todo = [s for s in specs if done[s.run_id] is None]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="comparison", unit="run",
                disable=quiet, dynamic_ncols=True)
