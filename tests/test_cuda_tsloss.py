@@ -60,7 +60,11 @@ def test_cuda_equals_cpu_op(dtype, tol, b, n, d, kw):
     out = {}
     for dev in ("cpu", "cuda"):
         xr = x.to(dev).requires_grad_()
-        prev = T.loss(xr.detach() * 1.1 + 0.01, return_terms=True, **kw)[1]["topology"]
+        # A previous prompt that differs in shape, not only in scale: under normalize="mean" a
+        # scaled copy has the same topology, and its stability term is rounding noise that a
+        # 1-ulp scale difference between backends (csrc/core/tsloss_terms.h) changes by 5-90 %.
+        noise = cloud(b, n, d, seed=99, dtype=dtype).to(dev)
+        prev = T.loss(xr.detach() + 0.05 * noise, return_terms=True, **kw)[1]["topology"]
         value, terms = T.loss(xr, stability=0.5, previous=prev, return_terms=True, **kw)
         (grad,) = torch.autograd.grad(value.sum() + terms["redundancy"].sum(), xr)
         out[dev] = [value, terms["connectivity"], terms["redundancy"], terms["stability"],
@@ -97,9 +101,10 @@ def _kernels(fn):
         torch.cuda.synchronize()
     events = prof.events()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    # cudaDeviceSynchronize is not counted: the synchronize above and the profiler's own exit
+    # make one. A sync of ours would be a stream sync or a copy to the host (as CUB's was).
     syncs = [e.name for e in events
-             if e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize")
-             or ("Memcpy" in e.name and "DtoH" in e.name)]
+             if e.name == "cudaStreamSynchronize" or ("Memcpy" in e.name and "DtoH" in e.name)]
     return kernels, syncs
 
 
