@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import tsloss_cuda
+from diagram_utils import canonical_distances
 from tsloss_cuda import pairwise_distance, vr_persistence
 
 FIELDS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
@@ -40,6 +41,36 @@ def _clouds(rng: np.random.Generator):
         yield f"lattice-{k}^{d}", np.array(list(itertools.product(range(k), repeat=d)), float)
     base = rng.standard_normal((20, 11))
     yield "duplicates-40x11", np.concatenate([base, base])
+
+
+def _float32_clouds(rng: np.random.Generator):
+    """Clouds on which float32 distances certify from their Gram sums (centred, high D) and
+    clouds on which they must fall back to the canonical sums: exact ties, duplicate points, far
+    off-centre, magnitudes 1e-30..1e30."""
+    yield "centred-64x2048", rng.standard_normal((64, 2048))
+    yield "centred-200x129", rng.standard_normal((200, 129))
+    # Far enough off-centre that the Gram sums, taken unchecked, gave 82 wrong distances here.
+    yield "off-centre-40x300", 1e4 + rng.standard_normal((40, 300))
+    yield "magnitudes-40x50", rng.standard_normal((40, 50)) * 10.0 ** rng.uniform(-30, 30, (40, 50))
+    yield "integer-50x16", rng.integers(-2, 3, (50, 16)).astype(float)
+    base = rng.standard_normal((16, 700))
+    yield "duplicates-32x700", np.concatenate([base, base])
+
+
+def test_float32_distances_are_the_canonical_sums(rng, restore_isa):
+    """Clouds of up to 256 points take Gram sums, certified against a rounding bound, instead of
+    the canonical ones (csrc/cpu/distance_tiles.h: certified_squares_lower): the float32
+    distances must still be the canonical sums' bits, in every build, whole clouds per thread
+    (a batch) or row blocks (one cloud)."""
+    for name, cloud in _float32_clouds(rng):
+        x = torch.tensor(cloud, dtype=torch.float32)
+        ref = canonical_distances(x[None])[0]
+        batch = x.expand(4, *x.shape)
+        for isa in BUILDS:
+            tsloss_cuda.set_cpu_isa(isa)
+            for b, got in enumerate(pairwise_distance(batch)):
+                assert torch.equal(got, ref), f"{name}, {isa}, batch entry {b}"
+            assert torch.equal(pairwise_distance(x)[0], ref), f"{name}, {isa}, alone"
 
 
 def _equal(a, b) -> bool:

@@ -232,7 +232,14 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
                      T* out, const Caller& op, double* sum = nullptr) {
   if (cpu::whole_cloud_tiles(N)) {
     sq.resize(N * N);
-    cpu::squared_distance_lower(x, N, D, sq.data());
+    if constexpr (std::is_same<T, float>::value) {
+      if (cpu::certify_float_distances(N))
+        cpu::certified_squares_lower(x, N, D, sq.data());  // the same floats, fewer operations
+      else
+        cpu::squared_distance_lower(x, N, D, sq.data());
+    } else {
+      cpu::squared_distance_lower(x, N, D, sq.data());
+    }
     finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op, sum);
     return;
   }

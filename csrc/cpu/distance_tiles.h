@@ -13,7 +13,9 @@
 // registers, so a float32 distance is the correctly rounded value in all but ~1e-9 of cases: the
 // matrix ripser.py builds from the same points. Only float64 sums outside [SafeRange::low,
 // SafeRange::high], where squares may have under- or overflowed, need the caller's scaled
-// recomputation.
+// recomputation. float32 clouds of 32-256 points reach the same floats faster through
+// certified_squares_lower: Gram sums with FMA, each pair proved equal to the canonical float32
+// distance by a rounding bound or recomputed canonically.
 #pragma once
 
 #include <stdint.h>
@@ -108,6 +110,21 @@ __attribute__((always_inline)) inline void in_register(V& v) {
 #else
   (void)v;
 #endif
+}
+
+// acc + u * w: one FMA instruction where the build has them, else a multiply and an add. Only
+// for sums whose order and rounding nothing depends on (the Gram sums of the certified float32
+// distances below, whose bound holds either way); the canonical sums never fuse.
+template <bool Fused, typename V>
+__attribute__((always_inline)) inline void multiply_add(V& acc, const V& u, const V& w) {
+  if constexpr (Fused) {
+    if constexpr (sizeof(acc[0]) == 8)
+      asm("vfmadd231pd %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(w));
+    else
+      asm("vfmadd231ps %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(w));
+  } else {
+    acc += u * w;
+  }
 }
 
 // A build's shape: Bytes of doubles per vector, so L lanes per vector and G passes (lane groups)
@@ -232,29 +249,43 @@ constexpr int64_t kBlock = 4;  // rows per block: 16 pairs per block pair, 6 ins
 
 static_assert(kChunk % kDistanceLanes == 0, "a chunk must hold whole lane groups");
 
+// Sums carried per block for its own rows: the six pairs inside it, and for Gram sums the four
+// squared norms too.
+constexpr int in_block_sums(bool gram) { return gram ? 10 : 6; }
+
 // Doubles of scratch for lower_cloud_body: the chunk of n rows (padded to a whole block), then
 // the eight carried lane sums of every pair of every block pair and inside every block.
-inline int64_t lower_cloud_scratch(int64_t n) {
+inline int64_t lower_cloud_scratch(int64_t n, bool gram = false) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  return blocks * kBlock * kStride + (16 * blocks * (blocks - 1) / 2 + 6 * blocks) * kDistanceLanes;
+  return blocks * kBlock * kStride +
+         (16 * blocks * (blocks - 1) / 2 + in_block_sums(gram) * blocks) * kDistanceLanes;
 }
 
 // Squared distances of all pairs j < i of one cloud x (n, dim), into sq[i * n + j], through
-// scratch of lower_cloud_scratch(n) doubles. Rows past n and coordinates past dim are zero in the
-// chunk, so they add exact zeros and every tile has full shape. A block pair's 4 x 4 pairs run
-// as register tiles of TI x TJ, once per lane group.
-template <typename T, int Bytes, int TI, int TJ, bool FmaSub>
+// scratch of lower_cloud_scratch(n, Gram) doubles. Rows past n and coordinates past dim are zero
+// in the chunk, so they add exact zeros and every tile has full shape. A block pair's 4 x 4
+// pairs run as register tiles of TI x TJ, once per lane group.
+// Gram: the same tiles sum products of the rows less `centre` (rounded differences) instead,
+// fused where the build can, in no canonical order: with y_i = x_i - centre,
+// sq[i * n + j] = y_i . y_j (j < i) and sq[i * n + i] = |y_i|^2, for certified_squares_lower.
+template <typename T, int Bytes, int TI, int TJ, bool FmaSub, bool Gram = false>
 __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t n, int64_t dim,
-                                                            double* sq, double* scratch) {
+                                                            double* sq, double* scratch,
+                                                            const T* centre = nullptr) {
   using VD = typename Lanes<Bytes>::VD;
-  constexpr int L = Lanes<Bytes>::L, G = Lanes<Bytes>::G, E = kDistanceLanes;
+  constexpr int L = Lanes<Bytes>::L, E = kDistanceLanes;
+  // Gram sums have no canonical lanes to keep: one pass, lane l of a vector taking every
+  // coordinate k = l mod L (the carried lanes past L stay zero).
+  constexpr int G = Gram ? 1 : Lanes<Bytes>::G, Step = Gram ? L : E;
   static_assert(kBlock % TI == 0 && kBlock % TJ == 0, "tiles must divide a block pair");
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   double* chunk = scratch;
   double* part = scratch + blocks * kBlock * kStride;
-  const int64_t carried = (16 * blocks * (blocks - 1) / 2 + 6 * blocks) * E;
+  constexpr int P = in_block_sums(Gram);
+  constexpr bool Fused = Bytes >= 32;  // the AVX2 and AVX-512 builds have FMA
+  const int64_t carried = (16 * blocks * (blocks - 1) / 2 + P * blocks) * E;
   for (int64_t v = 0; v < carried; ++v) part[v] = 0.0;
-  const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
+  const int ia[10] = {1, 2, 2, 3, 3, 3, 0, 1, 2, 3}, ib[10] = {0, 0, 1, 0, 1, 2, 0, 1, 2, 3};
   for (int64_t k0 = 0; k0 < dim; k0 += kChunk) {
     const int64_t kc = dim - k0 < kChunk ? dim - k0 : kChunk;
     const int64_t width = (kc + E - 1) / E * E;
@@ -263,7 +294,11 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
       int64_t k = 0;
       if (r < n) {
         const T* src = x + r * dim + k0;
-        for (; k < kc; ++k) row[k] = static_cast<double>(src[k]);
+        if constexpr (Gram)
+          for (; k < kc; ++k)
+            row[k] = static_cast<double>(src[k]) - static_cast<double>(centre[k0 + k]);
+        else
+          for (; k < kc; ++k) row[k] = static_cast<double>(src[k]);
         // The next chunk of this row, requested while the tiles run over this one.
         if (k0 + kChunk < dim)
           for (int64_t q = 0; q < kChunk; q += 64 / int64_t(sizeof(T)))
@@ -283,7 +318,7 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
               TSL_UNROLL for (int a = 0; a < TI; ++a)
                 TSL_UNROLL for (int b = 0; b < TJ; ++b)
                   load(acc[a][b], carry + ((ta + a) * kBlock + tb + b) * E + g * L);
-              for (int64_t k = g * L; k < width; k += E) {
+              for (int64_t k = g * L; k < width; k += Step) {
                 VD u[TI], w[TJ];
                 TSL_UNROLL for (int a = 0; a < TI; ++a) {
                   load(u[a], xi + (ta + a) * kStride + k);
@@ -295,6 +330,10 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
                 }
                 TSL_UNROLL for (int a = 0; a < TI; ++a)
                   TSL_UNROLL for (int b = 0; b < TJ; ++b) {
+                    if constexpr (Gram) {
+                      multiply_add<Fused>(acc[a][b], u[a], w[b]);
+                      continue;
+                    }
                     VD t;  // (a + b) is a constant once the loops are unrolled
                     if ((a + b) % 2 == 1)
                       subtract<FmaSub>(t, u[a], w[b]);
@@ -308,21 +347,25 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
                   store(carry + ((ta + a) * kBlock + tb + b) * E + g * L, acc[a][b]);
             }
       }
-      // The six pairs inside the block, side by side.
+      // The six pairs inside the block (and the four norms), side by side.
       for (int g = 0; g < G; ++g) {
-        VD acc[6];
-        TSL_UNROLL for (int p = 0; p < 6; ++p) load(acc[p], carry + p * E + g * L);
-        for (int64_t k = g * L; k < width; k += E) {
+        VD acc[P];
+        TSL_UNROLL for (int p = 0; p < P; ++p) load(acc[p], carry + p * E + g * L);
+        for (int64_t k = g * L; k < width; k += Step) {
           VD u[kBlock];
           TSL_UNROLL for (int a = 0; a < kBlock; ++a) load(u[a], xi + a * kStride + k);
-          TSL_UNROLL for (int p = 0; p < 6; ++p) {
-            const VD t = u[ia[p]] - u[ib[p]];
-            acc[p] += t * t;
+          TSL_UNROLL for (int p = 0; p < P; ++p) {
+            if constexpr (Gram) {
+              multiply_add<Fused>(acc[p], u[ia[p]], u[ib[p]]);
+            } else {
+              const VD t = u[ia[p]] - u[ib[p]];
+              acc[p] += t * t;
+            }
           }
         }
-        TSL_UNROLL for (int p = 0; p < 6; ++p) store(carry + p * E + g * L, acc[p]);
+        TSL_UNROLL for (int p = 0; p < P; ++p) store(carry + p * E + g * L, acc[p]);
       }
-      carry += 6 * E;
+      carry += P * E;
     }
   }
   const double* carry = part;
@@ -332,10 +375,10 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
         TSL_UNROLL for (int b = 0; b < kBlock; ++b)
           if (bi * kBlock + a < n)
             sq[(bi * kBlock + a) * n + bj * kBlock + b] = tsl::lane_tree(carry + (a * kBlock + b) * E);
-    TSL_UNROLL for (int p = 0; p < 6; ++p)
+    TSL_UNROLL for (int p = 0; p < P; ++p)
       if (bi * kBlock + ia[p] < n)
         sq[(bi * kBlock + ia[p]) * n + bi * kBlock + ib[p]] = tsl::lane_tree(carry + p * E);
-    carry += 6 * E;
+    carry += P * E;
   }
 }
 
@@ -450,6 +493,17 @@ TSL_AVX2 void lower_cloud_v3(const T* x, int64_t n, int64_t dim, double* sq, dou
   lower_cloud_body<T, S::bytes, S::ti, S::tj, S::fma_sub>(x, n, dim, sq, scratch);
 }
 
+TSL_AVX512 inline void gram_cloud_v4(const float* x, int64_t n, int64_t dim, double* sq,
+                                    double* scratch, const float* centre) {
+  using S = Avx512Shape;
+  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre);
+}
+TSL_AVX2 inline void gram_cloud_v3(const float* x, int64_t n, int64_t dim, double* sq,
+                                  double* scratch, const float* centre) {
+  using S = Avx2Shape;
+  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre);
+}
+
 template <typename T>
 TSL_AVX512 void grad_rows_v4(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
                              const T* w, T* gx) {
@@ -481,6 +535,12 @@ template <typename T>
 void lower_cloud_base(const T* x, int64_t n, int64_t dim, double* sq, double* scratch) {
   using S = BaseShape;
   lower_cloud_body<T, S::bytes, S::ti, S::tj, S::fma_sub>(x, n, dim, sq, scratch);
+}
+
+inline void gram_cloud_base(const float* x, int64_t n, int64_t dim, double* sq,
+                            double* scratch, const float* centre) {
+  using S = BaseShape;
+  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre);
 }
 
 using tsl::x86_level;  // which build below to run
@@ -518,6 +578,98 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
   if (x86_level() == 3) return lower_cloud_v3<T>(x, n, dim, sq, scratch.data());
 #endif
   lower_cloud_base<T>(x, n, dim, sq, scratch.data());
+}
+
+// Whether float32 clouds of n points take certified_squares_lower. Below 32 points its costs per
+// point (the centre, the centred copy, two square roots a pair) left it no faster than the
+// canonical kernel (Sapphire Rapids, every build).
+inline bool certify_float_distances(int64_t n) { return n >= 32 && n <= 256; }
+
+// The float32 distances of one cloud x (n, dim), n <= 256, with one fused multiply-add per pair
+// and coordinate (AVX2, AVX-512; a multiply and an add on the baseline) where the canonical sums
+// take a subtract, a multiply and an add: 1.2-1.4x faster (build/kernel_rates, "certified").
+// sq[i * n + j] (j < i) is a double s whose (float)sqrt(s) is bit for bit the
+// canonical float32 distance, (float)sqrt(tsl::squared_distance(x_i, x_j)), on every build.
+// Returns how many pairs needed the canonical sum.
+//
+// The Gram form a = |y_i|^2 + |y_j|^2 - 2 y_i.y_j of the rows less a float32 centre c (the
+// rounded mean, so that off-centre clouds lose no digits), y = fl(x - c), summed in any order
+// with or without FMA, satisfies, with u = 2^-53, S the exact square and n the computed norms:
+//   |a - |y_i - y_j|^2| <= 2 gamma_D (n_i + n_j) + u (n_i + n_j) + u |a|   (sums, final ops)
+//   | |y_i - y_j|^2 - S | <= u (S + 2 (n_i + n_j))                          (rounded y)
+//   |c - S| <= (D + 3) u S        (the canonical sum: rounded difference, square, adds)
+// so |a - c| <= (2D + 3) u (n_i + n_j) + (D + 5) u |a| to first order, and
+// e = 4 (D + 3) u (n_i + n_j + |a|) bounds it with room for the second-order terms and for the
+// rounding of e and a -+ e. (No product under- or overflows: float32 inputs, double sums.)
+// sqrt and the cast to float are monotone, so where (float)sqrt(a - e) == (float)sqrt(a + e),
+// every value between, c included, gives that float, and a stands in for c. Other pairs (ties,
+// duplicate points, a float32 rounding step inside the interval, non-finite points) take the
+// canonical sum: one by one when few, else from the canonical tiled kernel (a cloud with an
+// extreme outlier, whose mean is no centre, is that case: slower, never wrong). For Gaussian clouds
+// at D = 2048 the interval is ~1e-12 of the distance against float32 steps of ~6e-8, so nearly
+// every pair certifies (csrc/native_tests/test_core.cpp checks both ways).
+inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, double* sq) {
+  if (n < 2) {
+    if (n == 1) sq[0] = 0.0;
+    return 0;
+  }
+  thread_local std::vector<double> scratch;
+  thread_local std::vector<double> sum;
+  thread_local std::vector<float> centre;
+  thread_local std::vector<int64_t> doubtful;
+  if (int64_t(scratch.size()) < lower_cloud_scratch(n, true))
+    scratch.resize(lower_cloud_scratch(n, true));
+  sum.assign(dim, 0.0);
+  centre.resize(dim);
+  for (int64_t i = 0; i < n; ++i)  // row by row: independent sums, vectorised
+    for (int64_t k = 0; k < dim; ++k) sum[k] += static_cast<double>(x[i * dim + k]);
+  for (int64_t k = 0; k < dim; ++k) {
+    const float c = static_cast<float>(sum[k] / double(n));
+    centre[k] = std::isfinite(c) ? c : 0.0f;  // a non-finite point falls back below anyway
+  }
+#ifdef TSL_X86_LEVELS
+  if (x86_level() == 4)
+    gram_cloud_v4(x, n, dim, sq, scratch.data(), centre.data());
+  else if (x86_level() == 3)
+    gram_cloud_v3(x, n, dim, sq, scratch.data(), centre.data());
+  else
+#endif
+    gram_cloud_base(x, n, dim, sq, scratch.data(), centre.data());
+  const double k = 4.0 * double(dim + 3) * 0x1p-53;
+  doubtful.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    const double ni = sq[i * n + i];
+    for (int64_t j = 0; j < i; ++j) {
+      const double nn = ni + sq[j * n + j];
+      const double a = nn - 2.0 * sq[i * n + j];
+      const double e = k * (nn + std::fabs(a));
+      const double lo = a - e, hi = a + e;
+      // NaN anywhere fails both tests.
+      bool sure = hi <= 3.0e76;  // far inside double; a float32 distance overflows long before
+      if (sure) {
+        const float flo = static_cast<float>(std::sqrt(lo > 0.0 ? lo : 0.0));
+        const float fhi = static_cast<float>(std::sqrt(hi));
+        sure = flo == fhi && fhi <= 3.0e38f;
+      }
+      if (sure)
+        sq[i * n + j] = a > 0.0 ? a : 0.0;
+      else
+        doubtful.push_back(i * n + j);
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) sq[i * n + i] = 0.0;
+  const int64_t count = int64_t(doubtful.size());
+  // The scalar canonical sum runs ~6x slower than the tiled kernel: past a sixteenth of the
+  // pairs, tile them all.
+  if (count * 16 > n * (n - 1) / 2) {
+    thread_local std::vector<double> canonical;
+    canonical.resize(n * n);
+    squared_distance_lower(x, n, dim, canonical.data());
+    for (int64_t p : doubtful) sq[p] = canonical[p];
+  } else {
+    for (int64_t p : doubtful) sq[p] = tsl::squared_distance(x + p / n * dim, x + p % n * dim, dim);
+  }
+  return count;
 }
 
 // gx rows [i0, i1) (i1 - i0 <= kTileRows), see distance_grad_rows_body.

@@ -226,6 +226,66 @@ void test_distance_tiles() {
   tsl::set_x86_cap(-1);
 }
 
+// The certified float32 distances (Gram sums, canonical only where the bound leaves a doubt)
+// against the canonical float32 distance, bit for bit, in every build, on clouds that defeat
+// certification (ties, duplicates, far off-centre, magnitudes 1e-30..1e30, non-finite and
+// overflowing points) and on centred ones, where nearly every pair must certify.
+void test_certified_distances() {
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal;
+  std::uniform_int_distribution<int> small(-2, 2);
+  std::uniform_real_distribution<double> uniform(-30.0, 30.0);
+  auto fdist = [](double s) { return static_cast<float>(std::sqrt(s)); };
+  for (int level : {0, 3, 4}) {
+    if (!tsl::set_x86_cap(level)) continue;
+    for (int kind = 0; kind < 8; ++kind) {
+      for (int64_t n : {2, 3, 5, 9, 17, 64, 130, 256}) {
+        for (int64_t dim : {1, 3, 8, 9, 129, 2048}) {
+          if (n * dim > 256 * 300 && kind != 0) continue;
+          std::vector<float> x(n * dim);
+          for (int64_t v = 0; v < n * dim; ++v) {
+            const double g = normal(rng);
+            switch (kind) {
+              case 0: x[v] = float(g); break;                           // centred
+              case 1: x[v] = float(1000.0 + g); break;                  // far off-centre
+              case 2: x[v] = float(small(rng)); break;                  // exact ties
+              case 3: x[v] = float(g * std::pow(10.0, uniform(rng))); break;  // magnitudes
+              case 4: x[v] = float(std::round(g * 4.0) / 4.0); break;   // ties on a grid
+              default: x[v] = float(g); break;
+            }
+          }
+          if (kind == 5)  // duplicate points
+            for (int64_t i = 1; i < n; i += 2)
+              for (int64_t k = 0; k < dim; ++k) x[i * dim + k] = x[(i - 1) * dim + k];
+          if (kind == 6) x[(n / 2) * dim] = std::nanf("");
+          if (kind == 7) x[(n - 1) * dim] = 3.0e38f;  // distances beyond float32
+          std::vector<double> sq(n * n, -1.0);
+          const int64_t exact = tsloss::cpu::certified_squares_lower(x.data(), n, dim, sq.data());
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t j = 0; j < i; ++j) {
+              const float ref = fdist(tsl::squared_distance(&x[i * dim], &x[j * dim], dim));
+              const float got = fdist(sq[i * n + j]);
+              CHECK(memcmp(&ref, &got, sizeof ref) == 0 || (std::isnan(ref) && std::isnan(got)),
+                    "certified distance, level %d kind %d n=%lld dim=%lld (%lld,%lld): "
+                    "%.9g vs %.9g", level, kind, (long long)n, (long long)dim, (long long)i,
+                    (long long)j, double(got), double(ref));
+            }
+          if (kind == 0 && n >= 64 && dim >= 129)
+            CHECK(exact * 100 <= n * (n - 1) / 2, "centred cloud certifies: %lld of %lld pairs "
+                  "needed the canonical sum (level %d n=%lld dim=%lld)", (long long)exact,
+                  (long long)(n * (n - 1) / 2), level, (long long)n, (long long)dim);
+          // A duplicate pair's Gram value is an exact 0 with a positive bound: it never
+          // certifies, except when the pair is the whole cloud (its centre is the point itself).
+          if (kind == 5 && n > 2)
+            CHECK(exact >= n / 2, "duplicate points never certify (%lld, n=%lld dim=%lld)",
+                  (long long)exact, (long long)n, (long long)dim);
+        }
+      }
+    }
+  }
+  tsl::set_x86_cap(-1);
+}
+
 // The backward's tiles in every build against the plain loop, bit for bit: each coordinate's
 // sum runs over j in order in every build, so no width may change it.
 template <typename T>
@@ -603,6 +663,7 @@ void run_all() {
 
 int main() {
   test_index_decoding();
+  test_certified_distances();
   run_all<float>();
   run_all<double>();
   return tsl_test::finish_checks("core");
