@@ -74,6 +74,33 @@ TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
   return m * sqrt(s);
 }
 
+// A Gram-form square of two float32 points proved to give their canonical float32 distance, or
+// not: nn = |y_i|^2 + |y_j|^2 and g = y_i . y_j summed in double in any order, with or without
+// FMA, y = fl(x - c) for any float32 centre c, over dim coordinates. On true, (float)sqrt(*s)
+// is bit for bit (float)sqrt(squared_distance(x_i, x_j, dim)); on false the caller sums
+// canonically. With u = 2^-53, S the exact square, n the computed norms and a = nn - 2g:
+//   |a - |y_i - y_j|^2| <= 2 gamma_D (n_i + n_j) + u (n_i + n_j) + u |a|   (sums, final ops)
+//   | |y_i - y_j|^2 - S | <= u (S + 2 (n_i + n_j))                          (rounded y)
+//   |c - S| <= (D + 3) u S        (the canonical sum: rounded difference, square, adds)
+// so |a - c| <= (2D + 3) u (n_i + n_j) + (D + 5) u |a| to first order, and
+// e = 4 (D + 3) u (nn + |a|) bounds it with room for the second-order terms and the rounding of
+// e (no product of float32 values, or of their differences, under- or overflows a double).
+// c is a double, so c >= a - e gives c >= fl(a - e), and likewise above. sqrt and the cast to
+// float are monotone: where (float)sqrt(fl(a - e)) == (float)sqrt(fl(a + e)) every double
+// between, c included, gives that float. NaN fails both tests; squares past 3e76 never
+// certify (their float32 distance overflows), so the caller reports them as before.
+TSL_HD bool certify_float_square(double nn, double g, index_t dim, double* s) {
+  const double a = nn - 2.0 * g;
+  const double e = 4.0 * double(dim + 3) * 0x1p-53 * (nn + fabs(a));
+  const double lo = a - e, hi = a + e;
+  if (!(hi <= 3.0e76)) return false;
+  const float flo = (float)sqrt(lo > 0.0 ? lo : 0.0);
+  const float fhi = (float)sqrt(hi);
+  if (!(flo == fhi)) return false;
+  *s = a > 0.0 ? a : 0.0;
+  return true;
+}
+
 // Dense (n, n) distances of one cloud x (n, dim): exactly symmetric, exact zero diagonal.
 template <typename T>
 inline void pairwise_distance_cloud(const T* x, index_t n, index_t dim, T* out) {

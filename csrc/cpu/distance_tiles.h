@@ -588,26 +588,17 @@ inline bool certify_float_distances(int64_t n) { return n >= 32 && n <= 256; }
 // The float32 distances of one cloud x (n, dim), n <= 256, with one fused multiply-add per pair
 // and coordinate (AVX2, AVX-512; a multiply and an add on the baseline) where the canonical sums
 // take a subtract, a multiply and an add: 1.2-1.4x faster (build/kernel_rates, "certified").
-// sq[i * n + j] (j < i) is a double s whose (float)sqrt(s) is bit for bit the
-// canonical float32 distance, (float)sqrt(tsl::squared_distance(x_i, x_j)), on every build.
-// Returns how many pairs needed the canonical sum.
+// sq[i * n + j] (j < i) is a double s whose (float)sqrt(s) is bit for bit the canonical float32
+// distance, (float)sqrt(tsl::squared_distance(x_i, x_j)), on every build. Returns how many pairs
+// needed the canonical sum.
 //
-// The Gram form a = |y_i|^2 + |y_j|^2 - 2 y_i.y_j of the rows less a float32 centre c (a
-// rounded mean, so that off-centre clouds lose no digits), y = fl(x - c), summed in any order
-// with or without FMA, satisfies, with u = 2^-53, S the exact square and n the computed norms:
-//   |a - |y_i - y_j|^2| <= 2 gamma_D (n_i + n_j) + u (n_i + n_j) + u |a|   (sums, final ops)
-//   | |y_i - y_j|^2 - S | <= u (S + 2 (n_i + n_j))                          (rounded y)
-//   |c - S| <= (D + 3) u S        (the canonical sum: rounded difference, square, adds)
-// so |a - c| <= (2D + 3) u (n_i + n_j) + (D + 5) u |a| to first order, and
-// e = 4 (D + 3) u (n_i + n_j + |a|) bounds it with room for the second-order terms and for the
-// rounding of e and a -+ e. (No product under- or overflows: float32 inputs, double sums.)
-// sqrt and the cast to float are monotone, so where (float)sqrt(a - e) == (float)sqrt(a + e),
-// every value between, c included, gives that float, and a stands in for c. Other pairs (ties,
-// duplicate points, a float32 rounding step inside the interval, non-finite points) take the
-// canonical sum: one by one when few, else from the canonical tiled kernel (a cloud with an
-// extreme outlier, whose mean is no centre, is that case: slower, never wrong). For Gaussian clouds
-// at D = 2048 the interval is ~1e-12 of the distance against float32 steps of ~6e-8, so nearly
-// every pair certifies (csrc/native_tests/test_core.cpp checks both ways).
+// Gram sums of the rows less a float32 centre (a rounded mean of eight rows, so that off-centre
+// clouds lose no digits), each pair accepted by tsl::certify_float_square (the proof is there).
+// Other pairs (ties, duplicate points, a float32 rounding step inside the bound, non-finite
+// points) take the canonical sum: one by one when few, else from the canonical tiled kernel (a
+// cloud with an extreme outlier, whose mean is no centre, is that case: slower, never wrong).
+// For Gaussian clouds at D = 2048 the bound is ~1e-12 of the distance against float32 steps of
+// ~6e-8, so nearly every pair certifies (csrc/native_tests/test_core.cpp checks both ways).
 inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, double* sq) {
   if (n < 2) {
     if (n == 1) sq[0] = 0.0;
@@ -641,27 +632,12 @@ inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, d
   else
 #endif
     gram_cloud_base(x, n, dim, sq, scratch.data(), centre.data());
-  const double k = 4.0 * double(dim + 3) * 0x1p-53;
   doubtful.clear();
   for (int64_t i = 0; i < n; ++i) {
     const double ni = sq[i * n + i];
-    for (int64_t j = 0; j < i; ++j) {
-      const double nn = ni + sq[j * n + j];
-      const double a = nn - 2.0 * sq[i * n + j];
-      const double e = k * (nn + std::fabs(a));
-      const double lo = a - e, hi = a + e;
-      // NaN anywhere fails both tests.
-      bool sure = hi <= 3.0e76;  // far inside double; a float32 distance overflows long before
-      if (sure) {
-        const float flo = static_cast<float>(std::sqrt(lo > 0.0 ? lo : 0.0));
-        const float fhi = static_cast<float>(std::sqrt(hi));
-        sure = flo == fhi && fhi <= 3.0e38f;
-      }
-      if (sure)
-        sq[i * n + j] = a > 0.0 ? a : 0.0;
-      else
+    for (int64_t j = 0; j < i; ++j)
+      if (!tsl::certify_float_square(ni + sq[j * n + j], sq[i * n + j], dim, &sq[i * n + j]))
         doubtful.push_back(i * n + j);
-    }
   }
   for (int64_t i = 0; i < n; ++i) sq[i * n + i] = 0.0;
   const int64_t count = int64_t(doubtful.size());
