@@ -44,24 +44,28 @@ def _clouds(rng: np.random.Generator):
 
 
 def _float32_clouds(rng: np.random.Generator):
-    """Clouds on which float32 distances certify from their Gram sums (centred, high D) and
-    clouds on which they must fall back to the canonical sums: exact ties, duplicate points, far
-    off-centre, magnitudes 1e-30..1e30."""
+    """Clouds of the certified route (32-256 points, D >= 256) on which float32 distances certify
+    from their Gram sums (centred) and clouds on which they must fall back to the canonical sums:
+    exact ties, duplicate points, far off-centre, magnitudes 1e-30..1e30."""
     yield "centred-64x2048", rng.standard_normal((64, 2048))
-    yield "centred-200x129", rng.standard_normal((200, 129))
-    # Far enough off-centre that the Gram sums, taken unchecked, gave 82 wrong distances here.
+    yield "centred-200x300", rng.standard_normal((200, 300))
     yield "off-centre-40x300", 1e4 + rng.standard_normal((40, 300))
-    yield "magnitudes-40x50", rng.standard_normal((40, 50)) * 10.0 ** rng.uniform(-30, 30, (40, 50))
-    yield "integer-50x16", rng.integers(-2, 3, (50, 16)).astype(float)
+    # Two tight clusters far apart: the Gram sums, taken unchecked (the bound set to 0), gave
+    # wrong float32 distances inside the clusters; checked, those pairs take the canonical sums.
+    v = 1e3 * rng.standard_normal(300)
+    yield "two-clusters-40x300", np.concatenate([v + 1e-3 * rng.standard_normal((20, 300)),
+                                                 -v + 1e-3 * rng.standard_normal((20, 300))])
+    yield "magnitudes-40x300", rng.standard_normal((40, 300)) * 10.0 ** rng.uniform(-30, 30, (40, 300))
+    yield "integer-50x256", rng.integers(-2, 3, (50, 256)).astype(float)
     base = rng.standard_normal((16, 700))
     yield "duplicates-32x700", np.concatenate([base, base])
 
 
 def test_float32_distances_are_the_canonical_sums(rng, restore_isa):
-    """Clouds of up to 256 points take Gram sums, certified against a rounding bound, instead of
-    the canonical ones (csrc/cpu/distance_tiles.h: certified_squares_lower): the float32
-    distances must still be the canonical sums' bits, in every build, whole clouds per thread
-    (a batch) or row blocks (one cloud)."""
+    """Clouds of 32-256 points in 256+ dimensions take Gram sums, certified against a rounding
+    bound, instead of the canonical ones (certified_squares_lower in csrc/cpu/distance_tiles.h):
+    the float32 distances must still be the canonical sums' bits, in every build, whole clouds
+    per thread (a batch) or row blocks (one cloud)."""
     for name, cloud in _float32_clouds(rng):
         x = torch.tensor(cloud, dtype=torch.float32)
         ref = canonical_distances(x[None])[0]

@@ -233,7 +233,7 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
   if (cpu::whole_cloud_tiles(N)) {
     sq.resize(N * N);
     if constexpr (std::is_same<T, float>::value) {
-      if (cpu::certify_float_distances(N))
+      if (cpu::certify_float_distances(N, D))
         cpu::certified_squares_lower(x, N, D, sq.data());  // the same floats, fewer operations
       else
         cpu::squared_distance_lower(x, N, D, sq.data());

@@ -13,7 +13,7 @@
 // registers, so a float32 distance is the correctly rounded value in all but ~1e-9 of cases: the
 // matrix ripser.py builds from the same points. Only float64 sums outside [SafeRange::low,
 // SafeRange::high], where squares may have under- or overflowed, need the caller's scaled
-// recomputation. float32 clouds of 32-256 points reach the same floats faster through
+// recomputation. float32 clouds of 32-256 points in D >= 256 reach the same floats faster through
 // certified_squares_lower: Gram sums with FMA, each pair proved equal to the canonical float32
 // distance by a rounding bound or recomputed canonically.
 #pragma once
@@ -580,10 +580,14 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
   lower_cloud_base<T>(x, n, dim, sq, scratch.data());
 }
 
-// Whether float32 clouds of n points take certified_squares_lower. Below 32 points its costs per
-// point (the centre, the centred copy, two square roots a pair) left it no faster than the
-// canonical kernel (Sapphire Rapids, every build).
-inline bool certify_float_distances(int64_t n) { return n >= 32 && n <= 256; }
+// Whether float32 clouds of n points in dim dimensions take certified_squares_lower. Its costs
+// per point (the centre, the centred copy) and per pair (two square roots, the test) left it no
+// faster than the canonical kernel below 32 points or 256 dimensions (Sapphire Rapids: at
+// (64, 64) 10-25 % slower in every build, at (64, 256) 20 % faster with AVX2 and the baseline,
+// even with AVX-512; at (64, 4096) 1.2-1.5x faster).
+inline bool certify_float_distances(int64_t n, int64_t dim) {
+  return n >= 32 && n <= 256 && dim >= 256;
+}
 
 // The float32 distances of one cloud x (n, dim), n <= 256, with one fused multiply-add per pair
 // and coordinate (AVX2, AVX-512; a multiply and an add on the baseline) where the canonical sums
