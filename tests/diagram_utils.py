@@ -5,7 +5,6 @@ import warnings
 from typing import List, Sequence
 
 import numpy as np
-import torch
 
 import gudhi
 from ripser import ripser
@@ -72,21 +71,3 @@ def assert_diagrams_match(ours: Sequence, ref: Sequence, tol: float, dims=(0, 1)
         assert n_infinite(ours[k]) == n_infinite(ref[k]), f"{what} H{k}: infinite bar count differs"
         bn = bottleneck(fo, fr)
         assert bn <= tol, f"{what} H{k}: bottleneck {bn:.3e} > {tol:.3e}"
-
-
-def canonical_distances(x: torch.Tensor) -> torch.Tensor:
-    """core/pairwise_distance.h in torch, step by step: eight lane sums by coordinate mod 8 in
-    increasing k (rounded product, rounded add), then ((0+1)+(2+3))+((4+5)+(6+7))."""
-    xd = x.double()
-    b, n, d = xd.shape
-    pad = (-d) % 8
-    xd = torch.nn.functional.pad(xd, (0, pad))
-    t = xd[:, :, None, :] - xd[:, None, :, :]
-    sq = (t * t).reshape(b, n, n, -1, 8)
-    lanes = torch.zeros(b, n, n, 8, dtype=torch.float64)
-    for m in range(sq.shape[3]):
-        lanes = lanes + sq[:, :, :, m, :]
-    s = ((lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])) + \
-        ((lanes[..., 4] + lanes[..., 5]) + (lanes[..., 6] + lanes[..., 7]))
-    # numpy's sqrt: correctly rounded like C's (this torch's CPU sqrt was seen 1 ulp off).
-    return torch.from_numpy(np.sqrt(s.numpy())).to(x.dtype)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tsloss_cuda as T
-from diagram_utils import canonical_distances
+from distance_utils import canonical_distances
 from reference_loss import reference_loss
 
 ops = torch.ops.tsloss_cuda

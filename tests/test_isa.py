@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tsloss_cuda
-from diagram_utils import canonical_distances
+from distance_utils import canonical_distances
 from tsloss_cuda import pairwise_distance, vr_persistence
 
 FIELDS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
@@ -44,9 +44,9 @@ def _clouds(rng: np.random.Generator):
 
 
 def _float32_clouds(rng: np.random.Generator):
-    """Clouds of the certified route (32-256 points, D >= 256) on which float32 distances certify
-    from their Gram sums (centred) and clouds on which they must fall back to the canonical sums:
-    exact ties, duplicate points, far off-centre, magnitudes 1e-30..1e30."""
+    """Clouds of the certified route (32-256 points, D >= 256): centred, off-centre, exact ties
+    and magnitudes 1e-30..1e30 certify (nearly) every pair from their Gram sums; duplicate points
+    and two tight clusters far apart send pairs to the canonical sums, one by one and tiled."""
     yield "centred-64x2048", rng.standard_normal((64, 2048))
     yield "centred-200x300", rng.standard_normal((200, 300))
     yield "off-centre-40x300", 1e4 + rng.standard_normal((40, 300))
@@ -55,7 +55,8 @@ def _float32_clouds(rng: np.random.Generator):
     v = 1e3 * rng.standard_normal(300)
     yield "two-clusters-40x300", np.concatenate([v + 1e-3 * rng.standard_normal((20, 300)),
                                                  -v + 1e-3 * rng.standard_normal((20, 300))])
-    yield "magnitudes-40x300", rng.standard_normal((40, 300)) * 10.0 ** rng.uniform(-30, 30, (40, 300))
+    scale = 10.0 ** rng.uniform(-30, 30, (40, 300))
+    yield "magnitudes-40x300", rng.standard_normal((40, 300)) * scale
     yield "integer-50x256", rng.integers(-2, 3, (50, 256)).astype(float)
     base = rng.standard_normal((16, 700))
     yield "duplicates-32x700", np.concatenate([base, base])
@@ -69,7 +70,8 @@ def test_float32_distances_are_the_canonical_sums(rng, restore_isa):
     for name, cloud in _float32_clouds(rng):
         x = torch.tensor(cloud, dtype=torch.float32)
         ref = canonical_distances(x[None])[0]
-        batch = x.expand(4, *x.shape)
+        # Whole clouds per task (the route) only with at least two clouds per thread.
+        batch = x.expand(2 * torch.get_num_threads(), *x.shape)
         for isa in BUILDS:
             tsloss_cuda.set_cpu_isa(isa)
             for b, got in enumerate(pairwise_distance(batch)):

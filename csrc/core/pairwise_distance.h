@@ -87,8 +87,8 @@ TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
 // e (no product of float32 values, or of their differences, under- or overflows a double).
 // c is a double, so c >= a - e gives c >= fl(a - e), and likewise above. sqrt and the cast to
 // float are monotone: where (float)sqrt(fl(a - e)) == (float)sqrt(fl(a + e)) every double
-// between, c included, gives that float. NaN fails both tests; squares past 3e76 never
-// certify (their float32 distance overflows), so the caller reports them as before.
+// between, c included, gives that float. NaN fails both tests; squares past 3e76 never certify
+// (a cap below float32's overflow at ~1.16e77), so the caller handles them as before.
 TSL_HD bool certify_float_square(double nn, double g, index_t dim, double* s) {
   const double a = nn - 2.0 * g;
   const double e = 4.0 * double(dim + 3) * 0x1p-53 * (nn + fabs(a));

@@ -2,7 +2,8 @@
 // matching backward.
 //
 // Torch-free, so the native tests check it bit for bit against the canonical double loop of
-// core/pairwise_distance.h. The difference form (no Gram-matrix cancellation) is kept; speed
+// core/pairwise_distance.h (the certified float32 route at the end reaches the same bits by
+// proof rather than by order). The difference form (no Gram-matrix cancellation) is kept; speed
 // comes from register tiles of point pairs that reuse every loaded vector, over L1-sized
 // coordinate chunks for clouds of up to 256 points (row blocks beyond), and from a build per x86
 // level picked at run time. Every build sums in the canonical order: eight lane sums per pair
@@ -582,25 +583,27 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
 
 // Whether float32 clouds of n points in dim dimensions take certified_squares_lower. Its costs
 // per point (the centre, the centred copy) and per pair (two square roots, the test) left it no
-// faster than the canonical kernel below 32 points or 256 dimensions (Sapphire Rapids: at
-// (64, 64) 10-25 % slower in every build, at (64, 256) 20 % faster with AVX2 and the baseline,
-// even with AVX-512; at (64, 4096) 1.2-1.5x faster).
+// faster than the canonical kernel below 256 dimensions (Sapphire Rapids: at (64, 64) 10-25 %
+// slower in every build, at (64, 256) 20 % faster with AVX2 and the baseline, about even with
+// AVX-512; at (64, 4096) 1.4-1.5x faster); at 8 points it is 1.4-1.6x slower and at 16-24
+// points it gains only at large D, so it starts at 32 points.
 inline bool certify_float_distances(int64_t n, int64_t dim) {
   return n >= 32 && n <= 256 && dim >= 256;
 }
 
 // The float32 distances of one cloud x (n, dim), n <= 256, with one fused multiply-add per pair
 // and coordinate (AVX2, AVX-512; a multiply and an add on the baseline) where the canonical sums
-// take a subtract, a multiply and an add: 1.2-1.4x faster (build/kernel_rates, "certified").
+// take a subtract, a multiply and an add: 1.3-1.6x faster (build/kernel_rates, "certified").
 // sq[i * n + j] (j < i) is a double s whose (float)sqrt(s) is bit for bit the canonical float32
 // distance, (float)sqrt(tsl::squared_distance(x_i, x_j)), on every build. Returns how many pairs
 // needed the canonical sum.
 //
 // Gram sums of the rows less a float32 centre (a rounded mean of eight rows, so that off-centre
 // clouds lose no digits), each pair accepted by tsl::certify_float_square (the proof is there).
-// Other pairs (ties, duplicate points, a float32 rounding step inside the bound, non-finite
-// points) take the canonical sum: one by one when few, else from the canonical tiled kernel (a
-// cloud with an extreme outlier, whose mean is no centre, is that case: slower, never wrong).
+// Other pairs (duplicate points, pairs far closer than the cloud is wide, a float32 rounding
+// step inside the bound, non-finite points) take the canonical sum: one by one when few, else
+// from the canonical tiled kernel (a cloud with an extreme outlier, whose mean is no centre, is
+// that case: slower, never wrong).
 // For Gaussian clouds at D = 2048 the bound is ~1e-12 of the distance against float32 steps of
 // ~6e-8, so nearly every pair certifies (csrc/native_tests/test_core.cpp checks both ways).
 inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, double* sq) {
@@ -645,9 +648,9 @@ inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, d
   }
   for (int64_t i = 0; i < n; ++i) sq[i * n + i] = 0.0;
   const int64_t count = int64_t(doubtful.size());
-  // The scalar canonical sum runs ~6x slower than the tiled kernel: past a sixteenth of the
-  // pairs, tile them all.
-  if (count * 16 > n * (n - 1) / 2) {
+  // The scalar canonical sum ran 3.5-8.7x slower than the tiled kernel per pair: past an
+  // eighth of the pairs, tile them all.
+  if (count * 8 > n * (n - 1) / 2) {
     thread_local std::vector<double> canonical;
     canonical.resize(n * n);
     squared_distance_lower(x, n, dim, canonical.data());

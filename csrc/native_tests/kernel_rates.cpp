@@ -12,8 +12,9 @@
 //     subtract on the FMA units), the most our bit-identical kernels could reach;
 //   - forward: the whole-cloud distance kernel on B clouds of N x D float32 points, streaming
 //     them from memory as the op does, and on one cloud kept in cache;
-//   - certified: what the ops run for float32 clouds of 32-256 points in D >= 256, streaming: Gram sums (one
-//     FMA per pair-coordinate) certified against the canonical float32 distances;
+//   - certified: what the ops run on whole float32 clouds of 32-256 points in D >= 256,
+//     streaming: Gram sums (one FMA per pair-coordinate) certified against the canonical
+//     float32 distances;
 //   - backward: the gradient tiles (N x N x D pair-coordinates per cloud, float32 and float64).
 // Times are the thread's CPU time, best of several passes, so a busy second core disturbs them
 // less than it would wall time.

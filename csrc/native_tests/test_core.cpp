@@ -258,11 +258,15 @@ void test_certified_distances() {
             for (int64_t i = 1; i < n; i += 2)
               for (int64_t k = 0; k < dim; ++k) x[i * dim + k] = x[(i - 1) * dim + k];
           if (kind == 6) x[(n / 2) * dim] = std::nanf("");
-          if (kind == 7) x[(n - 1) * dim] = 3.0e38f;  // distances beyond float32
+          if (kind == 7) {  // a distance beyond float32
+            x[(n - 1) * dim] = 3.0e38f;
+            x[(n - 2) * dim] = -3.0e38f;
+          }
           if (kind == 8)  // two tight clusters far apart: the Gram sums lose the inner distances
             for (int64_t i = 0; i < n; ++i)
               for (int64_t k = 0; k < dim; ++k)
-                x[i * dim + k] = float((i % 2 ? 1e3 : -1e3) * (1.0 + 0.01 * k) + 1e-3 * normal(rng));
+                x[i * dim + k] =
+                    float((i % 2 ? 1e3 : -1e3) * (1.0 + 0.01 * k) + 1e-3 * normal(rng));
           std::vector<double> sq(n * n, -1.0);
           const int64_t exact = tsloss::cpu::certified_squares_lower(x.data(), n, dim, sq.data());
           for (int64_t i = 0; i < n; ++i)
