@@ -232,14 +232,12 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
                      T* out, const Caller& op, double* sum = nullptr) {
   if (cpu::whole_cloud_tiles(N)) {
     sq.resize(N * N);
+    bool done = false;
     if constexpr (std::is_same<T, float>::value) {
-      if (cpu::certify_float_distances(N, D))
-        cpu::certified_squares_lower(x, N, D, sq.data());  // the same floats, fewer operations
-      else
-        cpu::squared_distance_lower(x, N, D, sq.data());
-    } else {
-      cpu::squared_distance_lower(x, N, D, sq.data());
+      done = cpu::certify_float_distances(N, D);
+      if (done) cpu::certified_squares_lower(x, N, D, sq.data());  // same floats, fewer operations
     }
+    if (!done) cpu::squared_distance_lower(x, N, D, sq.data());
     finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op, sum);
     return;
   }

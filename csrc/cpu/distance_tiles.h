@@ -118,11 +118,9 @@ __attribute__((always_inline)) inline void in_register(V& v) {
 // distances below, whose bound holds either way); the canonical sums never fuse.
 template <bool Fused, typename V>
 __attribute__((always_inline)) inline void multiply_add(V& acc, const V& u, const V& w) {
+  static_assert(sizeof(acc[0]) == 8, "Gram sums run in double lanes");
   if constexpr (Fused) {
-    if constexpr (sizeof(acc[0]) == 8)
-      asm("vfmadd231pd %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(w));
-    else
-      asm("vfmadd231ps %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(w));
+    asm("vfmadd231pd %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(w));
   } else {
     acc += u * w;
   }
