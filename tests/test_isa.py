@@ -203,3 +203,39 @@ def test_tsloss_same_bits_in_every_build_and_layout(rng, dtype, restore_isa):
                 assert torch.equal(grad, results[0][2]), f"n={n}: gradient differs ({what})"
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_distance_gradient_same_bits_everywhere(rng, dtype, restore_isa):
+    """pairwise_distance's backward (the pair tiles TSLoss's backward runs): a cloud's gradient
+    depends on that cloud and its upstream gradient alone, in every build, thread count, batch
+    layout and split of the work; a sparse upstream gradient skips whole tiles, and duplicate
+    points (distance 0) get no direction."""
+    threads = torch.get_num_threads()
+    try:
+        for n, d, b in [(5, 3, 6), (16, 130, 5), (33, 300, 4), (64, 700, 3)]:
+            x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
+            x[:, -1] = x[:, 0]  # a duplicate pair in every cloud
+            grad = torch.tensor(rng.standard_normal((b, n, n)), dtype=dtype)
+            grad[1:] *= torch.tensor(rng.random((b - 1, n, n)) < 0.05, dtype=dtype)
+            results = []
+            for isa in BUILDS:
+                tsloss_cuda.set_cpu_isa(isa)
+                for t in sorted({1, max(threads, 2)}):
+                    torch.set_num_threads(t)
+                    for name, xs, order in _layouts(x):
+                        xg = xs.detach().clone().requires_grad_(True)
+                        got, = torch.autograd.grad(pairwise_distance(xg), xg, grad[order])
+                        results.append((f"{name}, {isa}, {t} threads", got[torch.argsort(
+                            torch.tensor(order))]))
+                    for i in range(b):
+                        xg = x[i].detach().clone().requires_grad_(True)
+                        got, = torch.autograd.grad(pairwise_distance(xg), xg, grad[i:i + 1])
+                        results.append((f"cloud {i} alone, {isa}, {t} threads",
+                                        torch.cat([results[0][1][:i], got[None],
+                                                   results[0][1][i + 1:]])))
+            assert torch.isfinite(results[0][1]).all()
+            for what, got in results[1:]:
+                assert torch.equal(got, results[0][1]), f"n={n}, d={d}: gradient differs ({what})"
+    finally:
+        torch.set_num_threads(threads)

@@ -1,5 +1,5 @@
-// Squared Euclidean distances of one cloud on the CPU, register-tiled and vectorised, and the
-// matching backward.
+// Squared Euclidean distances of one cloud on the CPU, register-tiled and vectorised (their
+// backward: distance_grad_tiles.h).
 //
 // Torch-free, so the native tests check it bit for bit against the canonical double loop of
 // core/pairwise_distance.h (the certified float32 route at the end reaches the same bits by
@@ -381,85 +381,21 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
   }
 }
 
-// Backward of the distances for rows [i0, i1) (at most kTileRows) of one cloud:
-// gx[i] = sum_j w[i][j] (x_i - x_j), w given per row (w[(i - i0) * n + j]). The difference form
-// keeps the digits a Gram-like rowsum(w) x_i - (w x)_i would cancel for clouds far from the
-// origin; four rows share every loaded x_j.
-constexpr int kTileRows = 4;
-
-template <typename T, int Bytes, int VPR, bool FmaSub>
-__attribute__((always_inline)) inline void distance_grad_rows_body(const T* x, int64_t n,
-                                                                   int64_t dim, int64_t i0,
-                                                                   int64_t i1, const T* w,
-                                                                   T* gx) {
-  using V = typename Vec<T, Bytes>::type;
-  constexpr int L = Vec<T, Bytes>::lanes;
-  constexpr int64_t C = VPR * L;  // coordinates per register tile
-  const int64_t rows = i1 - i0;
-  // A short last block repeats its first row: computed alongside, never stored.
-  const T* wr[kTileRows];
-  const T* xr[kTileRows];
-  for (int a = 0; a < kTileRows; ++a) {
-    wr[a] = w + (a < rows ? a : 0) * n;
-    xr[a] = x + (i0 + (a < rows ? a : 0)) * dim;
-  }
-  const int64_t body = dim - dim % C;
-  for (int64_t k = 0; k < body; k += C) {
-    V xi[kTileRows][VPR], acc[kTileRows][VPR];
-    TSL_UNROLL for (int a = 0; a < kTileRows; ++a)
-      TSL_UNROLL for (int v = 0; v < VPR; ++v) {
-        load(xi[a][v], xr[a] + k + v * L);
-        acc[a][v] = V{};
-      }
-    for (int64_t j = 0; j < n; ++j) {
-      V xj[VPR];
-      TSL_UNROLL for (int v = 0; v < VPR; ++v) load(xj[v], x + j * dim + k + v * L);
-      TSL_UNROLL for (int a = 0; a < kTileRows; ++a) {
-        // A scalar operand, which GCC broadcasts in one instruction; building the vector by hand
-        // (V{} + s, a loop over lanes) cost an add or a chain of inserts per row and j.
-        const T wj = wr[a][j];
-        TSL_UNROLL for (int v = 0; v < VPR; ++v) {
-          V d;  // (a + v) is a constant once the loops are unrolled
-          if ((a + v) % 2 == 1)
-            subtract<FmaSub>(d, xi[a][v], xj[v]);
-          else
-            subtract<false>(d, xi[a][v], xj[v]);
-          d = wj * d;
-          acc[a][v] += d;
-        }
-      }
-    }
-    for (int a = 0; a < rows; ++a)
-      for (int v = 0; v < VPR; ++v) store(gx + (i0 + a) * dim + k + v * L, acc[a][v]);
-  }
-  for (int64_t a = 0; a < rows; ++a) {
-    const T* xa = x + (i0 + a) * dim;
-    for (int64_t k = body; k < dim; ++k) {
-      T s = T(0);
-      for (int64_t j = 0; j < n; ++j) s += w[a * n + j] * (xa[k] - x[j * dim + k]);
-      gx[(i0 + a) * dim + k] = s;
-    }
-  }
-}
-
 // Each build's shapes, chosen by measurement (build/kernel_rates, benchmarks/README.md): the
-// vector width, the register tile of the whole-cloud kernel (TI x TJ pairs per lane group), the
-// vectors per row of the backward's tile and whether subtracts may run on the FMA units. AVX-512
-// has 32 registers of 8 doubles: one pass of 4 x 4 tiles (16 accumulators, 8 operands). AVX2
-// and SSE2 have 16 registers: a 4 x 4 tile would spill, so they run 2 x 4 tiles (8
-// accumulators, 6 operands) in two or four passes. The backward's 4 rows x 2 vectors keep 8
-// accumulator chains in flight (one vector left AVX2 waiting on the adds; three cost AVX-512 a
-// scalar tail at D = 2048).
+// vector width, the register tile of the whole-cloud kernel (TI x TJ pairs per lane group) and
+// whether subtracts may run on the FMA units. AVX-512 has 32 registers of 8 doubles: one pass of
+// 4 x 4 tiles (16 accumulators, 8 operands). AVX2 and SSE2 have 16 registers: a 4 x 4 tile would
+// spill, so they run 2 x 4 tiles (8 accumulators, 6 operands) in two or four passes.
 struct Avx512Shape {
-  static constexpr int bytes = 64, ti = 4, tj = 4, grad_vectors = 2;
+  static constexpr int bytes = 64, ti = 4, tj = 4;
   static constexpr bool fma_sub = true;
 };
 struct Avx2Shape {
-  static constexpr int bytes = 32, ti = 2, tj = 4, grad_vectors = 2;
+  static constexpr int bytes = 32, ti = 2, tj = 4;
   static constexpr bool fma_sub = true;
 };
 struct BaseShape {  // SSE2: no FMA instructions
-  static constexpr int bytes = 16, ti = 2, tj = 4, grad_vectors = 1;
+  static constexpr int bytes = 16, ti = 2, tj = 4;
   static constexpr bool fma_sub = false;
 };
 
@@ -503,26 +439,7 @@ TSL_AVX2 inline void gram_cloud_v3(const float* x, int64_t n, int64_t dim, doubl
   lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre);
 }
 
-template <typename T>
-TSL_AVX512 void grad_rows_v4(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
-                             const T* w, T* gx) {
-  using S = Avx512Shape;
-  distance_grad_rows_body<T, S::bytes, S::grad_vectors, S::fma_sub>(x, n, dim, i0, i1, w, gx);
-}
-template <typename T>
-TSL_AVX2 void grad_rows_v3(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
-                           const T* w, T* gx) {
-  using S = Avx2Shape;
-  distance_grad_rows_body<T, S::bytes, S::grad_vectors, S::fma_sub>(x, n, dim, i0, i1, w, gx);
-}
 #endif
-
-template <typename T>
-void grad_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, const T* w,
-                    T* gx) {
-  using S = BaseShape;
-  distance_grad_rows_body<T, S::bytes, S::grad_vectors, S::fma_sub>(x, n, dim, i0, i1, w, gx);
-}
 
 template <typename T>
 void lower_rows_base(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, double* sq,
@@ -657,17 +574,6 @@ inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, d
     for (int64_t p : doubtful) sq[p] = tsl::squared_distance(x + p / n * dim, x + p % n * dim, dim);
   }
   return count;
-}
-
-// gx rows [i0, i1) (i1 - i0 <= kTileRows), see distance_grad_rows_body.
-template <typename T>
-void distance_grad_rows(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1, const T* w,
-                        T* gx) {
-#ifdef TSL_X86_LEVELS
-  if (x86_level() == 4) return grad_rows_v4<T>(x, n, dim, i0, i1, w, gx);
-  if (x86_level() == 3) return grad_rows_v3<T>(x, n, dim, i0, i1, w, gx);
-#endif
-  grad_rows_base<T>(x, n, dim, i0, i1, w, gx);
 }
 
 }  // namespace cpu

@@ -20,7 +20,7 @@
 #include "../core/vr_engine.h"
 #include "cloud_glue.h"
 #include "distance_tiles.h"
-#include "tsloss_grad_tiles.h"
+#include "distance_grad_tiles.h"
 
 namespace tsloss {
 namespace {
@@ -258,23 +258,14 @@ at::Tensor tsloss_backward_cpu(
     // One pass over the pairs: gx_i = sum_j W_ij (x_i - x_j), W_ij = (dense weight + the
     // weights of the reported edges {i, j}) / d_ij; coincident points have no direction.
     const int64_t n4 = (N + 3) / 4 * 4;
-    const int64_t threads = at::get_num_threads();
-    const bool per_cloud = B >= 2 * threads;
-    int64_t chunk = cpu::grad_chunk(n4, sizeof(scalar_t));
-    // Few clouds share out their chunks: at least one per thread, even if narrower (the chunk
-    // width changes no sum's order).
-    if (!per_cloud) chunk = std::min(chunk, std::max<int64_t>(16, (D / threads) & ~int64_t(15)));
-    const int64_t chunks = (D + chunk - 1) / chunk;
-    const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pd = dist.data_ptr<scalar_t>();
     const int64_t* pe0 = e0.data_ptr<int64_t>();
     const int64_t* pe1 = e1.data_ptr<int64_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    // The weights summed in double (wd: n4 * n4 scratch of the task, not kept past the call),
-    // then divided by the distance and rounded once.
-    auto pair_weights = [&](int64_t b, scalar_t* W, std::vector<double>& wd) {
+    // The weights summed in double, then divided by the distance and rounded once.
+    glue::pair_gradients<scalar_t>(x.data_ptr<scalar_t>(), B, N, D, out.data_ptr<scalar_t>(),
+                                   [&](int64_t b, scalar_t* W) {
+      thread_local std::vector<double> wd;
       wd.assign(n4 * n4, 0.0);
-      std::fill(W, W + n4 * n4, scalar_t(0));
       for (int64_t i = 1; i < N; ++i)
         for (int64_t j = 0; j < i; ++j) wd[i * n4 + j] = dense[b];
       const double* ew = edge_w.data() + b * E;
@@ -294,47 +285,7 @@ at::Tensor tsloss_backward_cpu(
           const double d = static_cast<double>(db[i * N + j]);
           W[i * n4 + j] = d > 0.0 ? static_cast<scalar_t>(wd[i * n4 + j] / d) : scalar_t(0);
         }
-    };
-    // Chunk c of cloud b under W; meanwhile chunk nc of cloud nb is prefetched (nb < 0: none).
-    auto run_chunk = [&](int64_t b, int64_t c, const scalar_t* W, scalar_t* scratch, int64_t nb,
-                         int64_t nc) {
-      const int64_t nk = nc * chunk;
-      cpu::pair_grad_chunk(px + b * N * D, N, D, W, n4, c * chunk, std::min(chunk, D - c * chunk),
-                           scratch, po + b * N * D, nb < 0 ? nullptr : px + nb * N * D + nk,
-                           nb < 0 ? nullptr : po + nb * N * D + nk,
-                           nb < 0 ? 0 : std::min(chunk, D - nk));
-    };
-    const int64_t work = N * N * D;
-    if (per_cloud) {
-      at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> W(n4 * n4), scratch(2 * n4 * chunk);
-        std::vector<double> wd;
-        for (int64_t b = begin; b < end; ++b) {
-          pair_weights(b, W.data(), wd);
-          // The next chunk is this cloud's, or the next cloud's first in this task.
-          for (int64_t c = 0; c + 1 < chunks; ++c)
-            run_chunk(b, c, W.data(), scratch.data(), b, c + 1);
-          run_chunk(b, chunks - 1, W.data(), scratch.data(), b + 1 < end ? b + 1 : -1, 0);
-        }
-      });
-    } else {
-      // Few clouds: their coordinate chunks are shared out (chunks never write the same entry).
-      std::vector<scalar_t> W(n4 * n4);
-      std::vector<double> wd;
-      // A task takes ~2^18 pair-coordinate terms at least: less was slower to share out than to
-      // run (one prompt of N = 8 took 9.7 us at two threads, 7.5 at one; N = 16, D = 768 14.2
-      // and 12.7).
-      const int64_t grain =
-          std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, N * N * chunk));
-      for (int64_t b = 0; b < B; ++b) {
-        pair_weights(b, W.data(), wd);
-        at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> scratch(2 * n4 * chunk);
-          for (int64_t c = begin; c < end; ++c)
-            run_chunk(b, c, W.data(), scratch.data(), c + 1 < end ? b : -1, c + 1);
-        });
-      }
-    }
+    });
   });
   return out;
 }

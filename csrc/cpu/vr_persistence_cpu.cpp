@@ -71,8 +71,8 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x) {
 }
 
 // Gradient of the distances w.r.t. the points: gx_i = sum_j w_ij (x_i - x_j) with
-// w_ij = (g_ij + g_ji) / d_ij, and 0 where d_ij = 0 (coincident points have no direction).
-// Fused and tiled like the forward; parallel over pairs of rows of all clouds.
+// w_ij = (g_ij + g_ji) / d_ij, and 0 where d_ij = 0 (coincident points have no direction), by the
+// pair tiles TSLoss's backward runs (glue::pair_gradients): each unordered pair once.
 at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                           const at::Tensor& dist_in) {
   TSL_CHECK(x_in.dim() == 3 && grad_in.dim() == 3 && dist_in.dim() == 3,
@@ -87,28 +87,19 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::T
   auto dist = dist_in.to(x.scalar_type()).contiguous();
   auto out = glue::empty_written(x.sizes(), x.options());
   if (B == 0 || N == 0 || D == 0) return out;
-  constexpr int64_t R = cpu::kTileRows;
-  const int64_t units = (N + R - 1) / R;
+  const int64_t n4 = (N + 3) / 4 * 4;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_backward_cpu", [&] {
-    const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pg = g.data_ptr<scalar_t>();
     const scalar_t* pd = dist.data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 262144 / (R * N * std::max<int64_t>(D, 1)));
-    at::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> w(R * N);
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t b = u / units, i0 = (u % units) * R, i1 = std::min(N, i0 + R);
-        const scalar_t* gb = pg + b * N * N;
-        const scalar_t* db = pd + b * N * N;
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = 0; j < N; ++j) {
-            const scalar_t d = db[i * N + j];
-            w[(i - i0) * N + j] = d > scalar_t(0) ? (gb[i * N + j] + gb[j * N + i]) / d
-                                                  : scalar_t(0);
-          }
-        cpu::distance_grad_rows(px + b * N * D, N, D, i0, i1, w.data(), po + b * N * D);
-      }
+    glue::pair_gradients<scalar_t>(x.data_ptr<scalar_t>(), B, N, D, out.data_ptr<scalar_t>(),
+                                   [&](int64_t b, scalar_t* W) {
+      const scalar_t* gb = pg + b * N * N;
+      const scalar_t* db = pd + b * N * N;
+      for (int64_t i = 1; i < N; ++i)
+        for (int64_t j = 0; j < i; ++j) {
+          const scalar_t d = db[i * N + j];
+          W[i * n4 + j] = d > scalar_t(0) ? (gb[i * N + j] + gb[j * N + i]) / d : scalar_t(0);
+        }
     });
   });
   return out;

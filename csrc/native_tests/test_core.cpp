@@ -12,7 +12,7 @@
 #include "core/pairwise_distance.h"
 #include "core/vr_engine.h"
 #include "cpu/distance_tiles.h"
-#include "cpu/tsloss_grad_tiles.h"
+#include "cpu/distance_grad_tiles.h"
 
 namespace {
 
@@ -294,42 +294,7 @@ void test_certified_distances() {
   tsl::set_x86_cap(-1);
 }
 
-// The backward's tiles in every build against the plain loop, bit for bit: each coordinate's
-// sum runs over j in order in every build, so no width may change it.
-template <typename T>
-void test_distance_grad() {
-  std::mt19937 rng(11);
-  std::normal_distribution<double> normal;
-  for (int level : {0, 3, 4}) {
-    if (!tsl::set_x86_cap(level)) continue;
-    for (int64_t n : {1, 2, 3, 5, 8, 17}) {
-      for (int64_t dim : {1, 3, 8, 15, 16, 17, 33, 100}) {
-        std::vector<T> x(n * dim), w(n * n), gx(n * dim, T(-1));
-        for (T& v : x) v = static_cast<T>(normal(rng));
-        for (T& v : w) v = static_cast<T>(normal(rng));
-        for (int64_t i0 = 0; i0 < n; i0 += tsloss::cpu::kTileRows) {
-          const int64_t i1 = std::min<int64_t>(n, i0 + tsloss::cpu::kTileRows);
-          tsloss::cpu::distance_grad_rows(x.data(), n, dim, i0, i1, &w[i0 * n], gx.data());
-        }
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t k = 0; k < dim; ++k) {
-            T ref = T(0);
-            for (int64_t j = 0; j < n; ++j) {
-              const T diff = x[i * dim + k] - x[j * dim + k];
-              const T term = w[i * n + j] * diff;
-              ref = ref + term;
-            }
-            CHECK(gx[i * dim + k] == ref, "distance gradient, level %d n=%lld dim=%lld (%lld,%lld): "
-                  "%.17g vs %.17g", level, (long long)n, (long long)dim, (long long)i,
-                  (long long)k, (double)gx[i * dim + k], (double)ref);
-          }
-      }
-    }
-  }
-  tsl::set_x86_cap(-1);
-}
-
-// The fused TSLoss backward's fixed order for one coordinate (cpu/tsloss_grad_tiles.h), one
+// The distance backward's fixed order for one coordinate (cpu/distance_grad_tiles.h), one
 // scalar at a time: rows padded with zeros to n4, in blocks of four; block bi takes its pairs with
 // every earlier block bj (skipped when all sixteen weights are zero), each row's four terms
 // summed as (t0 + t1) + (t2 + t3), added to bi's rows and subtracted from bj's; then its own six
@@ -370,7 +335,7 @@ void pair_grad_reference(const T* x, int64_t n, int64_t dim, const T* W, int64_t
   }
 }
 
-// The TSLoss backward's tiles in every build, in place and through scratch, at the op's chunk
+// The distance backward's tiles (pairwise_distance, TSLoss) in every build, in place and through scratch, at the op's chunk
 // width and at the narrowest, each chunk prefetching the next (the next cloud's first at a
 // cloud's end), against the scalar order bit for bit, zero signs included. Some clouds weigh
 // only a few pairs (normalize="none": the bars' edges), so that whole tiles are skipped.
@@ -393,7 +358,7 @@ void test_pair_grad() {
               if (uniform(rng) < keep) W[b * n4 * n4 + i * n4 + j] = static_cast<T>(normal(rng));
           pair_grad_reference(&x[b * n * dim], n, dim, &W[b * n4 * n4], n4, &ref[b * n * dim]);
         }
-        for (int64_t chunk : {tsloss::cpu::grad_chunk(n4, sizeof(T)), int64_t(16)}) {
+        for (int64_t chunk : {tsloss::cpu::grad_chunk(sizeof(T)), int64_t(16)}) {
           std::vector<T> gx(B * n * dim, T(-1)), scratch(2 * n4 * chunk);
           const int64_t chunks = (dim + chunk - 1) / chunk;
           for (int64_t b = 0; b < B; ++b)
@@ -409,7 +374,7 @@ void test_pair_grad() {
             }
           for (int64_t e = 0; e < B * n * dim; ++e)
             CHECK(std::signbit(gx[e]) == std::signbit(ref[e]) && (gx[e] == ref[e]),
-                  "TSLoss gradient tiles, level %d n=%lld dim=%lld chunk=%lld, entry %lld: "
+                  "distance gradient tiles, level %d n=%lld dim=%lld chunk=%lld, entry %lld: "
                   "%.17g vs %.17g", level, (long long)n, (long long)dim, (long long)chunk,
                   (long long)e, (double)gx[e], (double)ref[e]);
         }
@@ -657,7 +622,6 @@ void run_all() {
   test_split_sweep<T>();
   test_growing_buffers<T>();
   test_distance_tiles<T>();
-  test_distance_grad<T>();
   test_pair_grad<T>();
   test_square<T>();
   test_hexagon<T>();

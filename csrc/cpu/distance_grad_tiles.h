@@ -1,16 +1,19 @@
-// The backward pass of TSLoss over the pairs of one cloud on the CPU:
+// The backward of the distances over the pairs of one cloud on the CPU, for pairwise_distance
+// and for TSLoss alike (glue::pair_gradients drives it over a batch):
 //
 //   gx_i = sum_{j != i} W_ij (x_i - x_j),   W symmetric (the pair weights over the distances)
 //
-// in x's dtype (as pairwise_distance_backward: float32 points get float32 sums, at twice the
-// lanes of double), by the difference form (the Gram form rowsum(W) x_i - (W x)_i cancels for close points,
-// where W_ij ~ 1/d_ij is largest). Each unordered pair is visited once and its term
+// in x's dtype (float32 points get float32 sums, at twice the lanes of double), by the
+// difference form (the Gram form rowsum(W) x_i - (W x)_i cancels for close points, where
+// W_ij ~ 1/d_ij is largest). Each unordered pair is visited once and its term
 // t = W_ij (x_i - x_j) goes to both rows: four operations per pair and coordinate (subtract,
-// multiply, add, subtract) where the row-by-row form (distance_grad_rows) spends six on the two
-// ordered pairs. Work is cut by coordinate chunks: the chunk of every row and of its gradient stay in L1/L2 while all 4 x 4 tiles of row blocks run over it, and chunks
-// are independent, so several threads can share one cloud without write conflicts. Tiles whose
-// sixteen weights are all zero are skipped (normalize="none": only the bars' edges weigh).
-// Sums run in a fixed order (no FMA): the result does not depend on the thread count.
+// multiply, add, subtract), two per ordered pair, where a row-by-row form spends three (it ran
+// 1.4-2.9x off the FMA limit in build/kernel_rates, the pair tiles 0.8-1.3x). Work is cut by
+// coordinate chunks: the chunk of every row and of its gradient stay in L1/L2 while all 4 x 4
+// tiles of row blocks run over it, and chunks are independent, so several threads can share one
+// cloud without write conflicts. Tiles whose sixteen weights are all zero are skipped (sparse
+// upstream gradients; normalize="none": only the bars' edges weigh). Sums run in a fixed order
+// (no FMA): the result does not depend on the build, the thread count or the batch.
 #pragma once
 
 #include <stdint.h>
@@ -21,16 +24,13 @@
 namespace tsloss {
 namespace cpu {
 
-// Coordinates per chunk for a cloud of n4 (n padded to 4) rows: the rows and their gradients,
-// 2 * n4 * C values, in about 64 KB of doubles or floats, but never under 512 bytes a row: at
-// n4 = 128 and 256 the 64 KB rule gave rows of 256 and 128 bytes, and the per-tile work (sixteen
-// weights, the loop) over so short a row cost up to 1.4x (the tiles then run from L2, 256 KB at
-// n = 256, which cost less). A multiple of 16 (a vector of floats).
-inline int64_t grad_chunk(int64_t n4, int64_t value_bytes) {
-  const int64_t floor = 512 / value_bytes;
-  int64_t c = (32768 / value_bytes / (n4 > 0 ? n4 : 1)) & ~int64_t(15);
-  return c < floor ? floor : (c > 256 ? 256 : c);
-}
+// Coordinates per chunk: 512 bytes a row (128 floats, 64 doubles), whatever the cloud's size.
+// Wider rows at 16-32 points (the rows and their gradients filling 64 KB, as before) ran
+// 1.1-1.2x slower: the chunk no longer fit the 48 KB L1 (build/kernel_rates, (16, 768) and
+// (32, 2048)). Narrower rows at 128-256 points, which would fit it, cost up to 1.4x in per-tile
+// work (sixteen weights, the loop) over so short a row; those tiles run from L2. A multiple of
+// 16 (a vector of floats).
+inline int64_t grad_chunk(int64_t value_bytes) { return 512 / value_bytes; }
 
 // The lines of the next chunk's rows (points to read, gradients to write), prefetched a few per
 // tile while the current chunk computes. Rows 2-16 KB apart are not followed by the hardware
