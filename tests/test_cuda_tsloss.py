@@ -34,6 +34,28 @@ def test_distance_kernel_has_the_canonical_bits(dtype, b, n, d):
     assert torch.equal(got, got.transpose(1, 2))
 
 
+def test_float32_distances_that_do_not_certify_are_canonical():
+    """float32 clouds take certified Gram sums on the GPU; a block with a pair the bound cannot
+    certify sums its tile again canonically (csrc/cuda/pairwise_distance.cu). Clouds that force
+    it (duplicates, two tight clusters far apart, a NaN point, integer ties, all points equal)
+    beside Gaussian ones in one batch, across several blocks per cloud."""
+    g = torch.Generator().manual_seed(5)
+    n, d = 70, 300
+    base = torch.randn(8, n, d, generator=g, dtype=torch.float64)
+    x = base.clone()
+    x[1, 1::2] = x[1, 0::2]                                              # duplicates
+    x[2] = torch.where(torch.arange(n)[:, None] % 2 == 1, 1e3, -1e3) * (
+        1 + 0.01 * torch.arange(d)) + 1e-3 * base[2]                     # far clusters
+    x[3, n // 2, 0] = float("nan")                                       # a NaN point
+    x[4] = torch.randint(-2, 3, (n, d), generator=g)                     # integer ties
+    x[5] = 1000.0 + base[5]                                              # off-centre
+    x[6] = 1e-18 * base[6]                                               # tiny magnitudes
+    x[7] = x[7, :1]                                                      # all points equal
+    x = x.float()
+    got = ops.pairwise_distance(x.cuda()).cpu()
+    torch.testing.assert_close(got, canonical_distances(x), rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("b,n,d", [(4, 16, 64), (3, 40, 300), (1, 70, 33), (64, 64, 128)])
 @pytest.mark.parametrize("kw", [dict(), dict(normalize="none", p=2.0, reduction="none"),

@@ -76,7 +76,8 @@ TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
 
 // A Gram-form square of two float32 points proved to give their canonical float32 distance, or
 // not: nn = |y_i|^2 + |y_j|^2 and g = y_i . y_j summed in double in any order, with or without
-// FMA, y = fl(x - c) for any float32 centre c, over dim coordinates. On true, (float)sqrt(*s)
+// FMA, y = fl(x - c) rounded in double (a float32 difference breaks the bound: the native
+// test catches it) for any float32 centre c, over dim coordinates. On true, (float)sqrt(*s)
 // is bit for bit (float)sqrt(squared_distance(x_i, x_j, dim)); on false the caller sums
 // canonically. With u = 2^-53, S the exact square, n the computed norms and a = nn - 2g:
 //   |a - |y_i - y_j|^2| <= 2 gamma_D (n_i + n_j) + u (n_i + n_j) + u |a|   (sums, final ops)

@@ -47,8 +47,10 @@ size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
 // every per-batch edge count fits the 32-bit offsets of the segmented sort.
 int64_t vr_max_clouds_per_call(int64_t N);
 
-// Euclidean distances by the difference form in the canonical order of
-// core/pairwise_distance.h (double, eight lane sums, no FMA): each entry is the CPU's, bit for bit.
+// Euclidean distances, each entry the canonical one of core/pairwise_distance.h, the CPU's bit
+// for bit: float64 points by the canonical sum itself (double, eight lane sums, no FMA), float32
+// points by certified Gram sums, a block falling back to the canonical sum where a pair does not
+// certify (pairwise_distance.cu).
 //   x:   (B, N, D) T, points
 //   out: (B, N, N) T, exactly symmetric with an exact zero diagonal
 template <typename T>

@@ -1,17 +1,31 @@
-// Batched pairwise distances by the difference form: lower-triangle tiles of 32 x 32 pairs, each
-// thread holding a 4 x 4 register tile of pairs for one of the eight canonical lanes.
+// Batched pairwise distances: lower-triangle tiles of 32 x 32 pairs, each thread holding a 4 x 4
+// register tile of pairs for one of eight lanes.
 //
-// The Gram form would map onto tensor cores but cancels catastrophically for close points; the
-// diagrams depend on exact ties and tiny edges, so accuracy wins. Every entry is the canonical
-// sum of core/pairwise_distance.h: lane l (one thread of eight) sums the coordinates
-// k = l (mod 8) in increasing k, each step a rounded product then a rounded add (__dmul_rn,
-// __dadd_rn), and the eight lanes meet by shuffles in the fixed tree ((0+1)+(2+3))+((4+5)+(6+7)).
-// No FMA: a fused multiply-add rounds once where the CPU rounds twice, and the distances must be
-// the CPU's bit for bit (the diagrams are compared exactly across devices), and a CPU without
-// FMA could not reproduce it. Each pair is computed once and written to both triangles, so the
-// matrix is exactly symmetric. The epilogue adds the block's distances (a per-block partial, in
-// a fixed order: no atomics) for the scale of TSLoss; a non-finite distance makes that partial
-// non-finite, which is the invalid-input flag.
+// Every entry is the canonical distance of core/pairwise_distance.h, the CPU's bit for bit (the
+// diagrams are compared exactly across devices). float64 points take the canonical sum itself:
+// lane l (one thread of eight) sums the coordinates k = l (mod 8) in increasing k, each step a
+// rounded difference, product and add (__dsub_rn, __dmul_rn, __dadd_rn; an FMA would round once
+// where a CPU without FMA rounds twice), and the eight lanes meet by shuffles in the fixed tree
+// ((0+1)+(2+3))+((4+5)+(6+7)).
+//
+// float32 points take the certified route the CPU takes (certified_squares_lower in
+// cpu/distance_tiles.h): Gram sums of the points less a float32 centre (the cloud's first
+// point), one FMA per pair and coordinate in double where the canonical sum needs three
+// operations, and the norms alongside. tsl::certify_float_square accepts a pair only where its
+// rounding bound proves that the float32 square root of any double near the Gram value, the
+// canonical sum included, is one float; a block with any other pair (duplicates, far clusters,
+// a float32 step inside the interval, non-finite points) sums its tile again canonically. The Gram
+// form's cancellation for close points is what the bound catches, not an error. At
+// (64, 4096, 64) the canonical order is ~1.6e9 double operations, ~94 us at the H200's 17 T
+// double operations per second (its 34 TFLOP/s counts an FMA as two): more than issue 19's
+// 90 us budget before any memory traffic; the Gram route, norms included, needs half of them
+// (24 FMAs per 16 pairs and coordinate of a register tile, against 48 operations). Computed,
+// not measured: no GPU has run this kernel yet.
+//
+// Each pair is computed once and written to both triangles, so the matrix is exactly
+// symmetric. The epilogue adds the block's distances (a per-block partial, in a fixed order: no
+// atomics) for the scale of TSLoss; a non-finite distance makes that partial non-finite, which
+// is the invalid-input flag.
 #include <cuda_runtime.h>
 
 #include "../core/common.h"
@@ -48,7 +62,78 @@ __device__ __forceinline__ T finish_distance(double s, const T* xi, const T* xj,
   return (T)sqrt(s);
 }
 
-template <typename T>
+// One block's tile sums, complete in every lane of each group of eight: Gram, the products and
+// both rows' squared norms of the points less the centre (the cloud's first point); else the
+// canonical sums. acc, nu, nv: zeroed here.
+template <typename T, bool Gram>
+__device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, int64_t D,
+                                          int64_t i0, int64_t j0, int ti, int tj, int lane,
+                                          int tid, double (*xi)[kStride], double (*xj)[kStride],
+                                          double (&acc)[kReg][kReg], double (&nu)[kReg],
+                                          double (&nv)[kReg]) {
+#pragma unroll
+  for (int a = 0; a < kReg; ++a) {
+    nu[a] = nv[a] = 0.0;
+#pragma unroll
+    for (int c = 0; c < kReg; ++c) acc[a][c] = 0.0;
+  }
+  for (int64_t k0 = 0; k0 < D; k0 += kChunk) {
+    // Stage 2 x 32 rows x 64 coordinates, widened exactly (Gram: less the centre, a rounded
+    // double difference, as the bound requires: a float32 one would not do); rows past N and
+    // coordinates past D are zeros, which add exact zeros to every lane.
+    for (int e = tid; e < kBlockRows * kChunk; e += kThreads) {
+      const int r = e / kChunk, c = e % kChunk;
+      const int64_t k = k0 + c;
+      const double ck = Gram && k < D ? (double)xb[k] : 0.0;
+      xi[r][c] = (i0 + r < N && k < D) ? __dsub_rn((double)xb[(i0 + r) * D + k], ck) : 0.0;
+      xj[r][c] = (j0 + r < N && k < D) ? __dsub_rn((double)xb[(j0 + r) * D + k], ck) : 0.0;
+    }
+    __syncthreads();
+#pragma unroll 2
+    for (int c = lane; c < kChunk; c += kLanes) {
+      double u[kReg], v[kReg];
+#pragma unroll
+      for (int a = 0; a < kReg; ++a) u[a] = xi[ti + a][c];
+#pragma unroll
+      for (int a = 0; a < kReg; ++a) v[a] = xj[tj + a][c];
+      if (Gram) {
+#pragma unroll
+        for (int a = 0; a < kReg; ++a) {
+          nu[a] = __fma_rn(u[a], u[a], nu[a]);
+          nv[a] = __fma_rn(v[a], v[a], nv[a]);
+#pragma unroll
+          for (int q = 0; q < kReg; ++q) acc[a][q] = __fma_rn(u[a], v[q], acc[a][q]);
+        }
+      } else {
+#pragma unroll
+        for (int a = 0; a < kReg; ++a)
+#pragma unroll
+          for (int q = 0; q < kReg; ++q) {
+            const double t = __dsub_rn(u[a], v[q]);
+            acc[a][q] = __dadd_rn(acc[a][q], __dmul_rn(t, t));
+          }
+      }
+    }
+    __syncthreads();
+  }
+  // The lane tree: xor 1, then 2, then 4, the canonical one (IEEE addition is commutative, so
+  // every lane of the group ends with the same sum); the Gram sums may take any order.
+#pragma unroll
+  for (int off = 1; off < kLanes; off <<= 1)
+#pragma unroll
+    for (int a = 0; a < kReg; ++a) {
+      if (Gram) {
+        nu[a] = __dadd_rn(nu[a], __shfl_xor_sync(0xffffffffu, nu[a], off));
+        nv[a] = __dadd_rn(nv[a], __shfl_xor_sync(0xffffffffu, nv[a], off));
+      }
+#pragma unroll
+      for (int q = 0; q < kReg; ++q)
+        acc[a][q] = __dadd_rn(acc[a][q], __shfl_xor_sync(0xffffffffu, acc[a][q], off));
+    }
+}
+
+// Gram: the certified route (float32 only), else the canonical sums.
+template <typename T, bool Gram>
 __global__ void __launch_bounds__(kThreads)
     pairwise_distance_kernel(const T* __restrict__ x, int64_t N, int64_t D, T* __restrict__ out,
                              double* __restrict__ partial, int64_t tiles) {
@@ -63,52 +148,28 @@ __global__ void __launch_bounds__(kThreads)
   const int ti = (group / (kBlockRows / kReg)) * kReg, tj = (group % (kBlockRows / kReg)) * kReg;
   const T* xb = x + b * N * D;
 
-  double acc[kReg][kReg];
+  double acc[kReg][kReg], nu[kReg], nv[kReg];
+  bool canonical = !Gram;
+  if (Gram) {
+    tile_sums<T, true>(xb, N, D, i0, j0, ti, tj, lane, tid, xi, xj, acc, nu, nv);
+    // Each lane certifies the pairs it writes (below); where any pair of the block fails, the
+    // block sums its whole tile again canonically (duplicates, far clusters, non-finite points:
+    // one pass more, rather than a thread summing its pairs alone while its warp waits).
+    int fail = 0;
 #pragma unroll
-  for (int a = 0; a < kReg; ++a)
-#pragma unroll
-    for (int c = 0; c < kReg; ++c) acc[a][c] = 0.0;
-
-  for (int64_t k0 = 0; k0 < D; k0 += kChunk) {
-    // Stage 2 x 32 rows x 64 coordinates, widened exactly; rows past N and coordinates past D
-    // are zeros, which add exact zeros to every lane.
-    for (int e = tid; e < kBlockRows * kChunk; e += kThreads) {
-      const int r = e / kChunk, c = e % kChunk;
-      const int64_t k = k0 + c;
-      xi[r][c] = (i0 + r < N && k < D) ? (double)xb[(i0 + r) * D + k] : 0.0;
-      xj[r][c] = (j0 + r < N && k < D) ? (double)xb[(j0 + r) * D + k] : 0.0;
+    for (int e = 0; e < kReg * kReg; ++e) {
+      const int a = e / kReg, q = e % kReg;
+      const int64_t i = i0 + ti + a, j = j0 + tj + q;
+      if (e % kLanes != lane || i >= N || j >= i) continue;
+      double s;
+      if (certify_float_square(__dadd_rn(nu[a], nv[q]), acc[a][q], D, &s))
+        acc[a][q] = s;
+      else
+        fail = 1;
     }
-    __syncthreads();
-#pragma unroll 2
-    for (int c = lane; c < kChunk; c += kLanes) {
-      double u[kReg], v[kReg];
-#pragma unroll
-      for (int a = 0; a < kReg; ++a) u[a] = xi[ti + a][c];
-#pragma unroll
-      for (int a = 0; a < kReg; ++a) v[a] = xj[tj + a][c];
-#pragma unroll
-      for (int a = 0; a < kReg; ++a)
-#pragma unroll
-        for (int q = 0; q < kReg; ++q) {
-          const double t = __dsub_rn(u[a], v[q]);
-          acc[a][q] = __dadd_rn(acc[a][q], __dmul_rn(t, t));
-        }
-    }
-    __syncthreads();
+    canonical = __syncthreads_or(fail) != 0;
   }
-
-  // The canonical lane tree: xor 1, then 2, then 4 (IEEE addition is commutative, so every
-  // lane of the group ends with the same sum).
-#pragma unroll
-  for (int a = 0; a < kReg; ++a)
-#pragma unroll
-    for (int q = 0; q < kReg; ++q) {
-      double s = acc[a][q];
-      s = __dadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 1));
-      s = __dadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 2));
-      s = __dadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 4));
-      acc[a][q] = s;
-    }
+  if (canonical) tile_sums<T, false>(xb, N, D, i0, j0, ti, tj, lane, tid, xi, xj, acc, nu, nv);
 
   // Lane l of the group writes pairs l and l + 8 of its 16; the block's sum of distances over
   // its pairs i > j goes to partial[b * tiles + tile] in a fixed order.
@@ -169,7 +230,8 @@ cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64
   for (int64_t b0 = 0; b0 < B; b0 += 65535) {
     const int64_t nb = B - b0 < 65535 ? B - b0 : 65535;
     dim3 grid((unsigned)tiles, (unsigned)nb);
-    pairwise_distance_kernel<T><<<grid, kThreads, 0, stream>>>(
+    constexpr bool gram = sizeof(T) == 4;  // float32: the certified route
+    pairwise_distance_kernel<T, gram><<<grid, kThreads, 0, stream>>>(
         x + b0 * N * D, N, D, out + b0 * N * N, partial ? partial + b0 * tiles : nullptr, tiles);
   }
   return cudaGetLastError();

@@ -226,15 +226,72 @@ void test_distance_tiles() {
   tsl::set_x86_cap(-1);
 }
 
+// The clouds of the certified-distance tests: 0 centred Gaussian, 1 far off-centre, 2 exact
+// ties, 3 magnitudes 1e-30..1e30, 4 ties on a grid, 5 duplicate points, 6 a NaN, 7 a distance
+// beyond float32, 8 two tight clusters far apart (the Gram sums lose the inner distances).
+std::vector<float> certified_test_cloud(int kind, int64_t n, int64_t dim, std::mt19937& rng) {
+  std::normal_distribution<double> normal;
+  std::uniform_int_distribution<int> small(-2, 2);
+  std::uniform_real_distribution<double> uniform(-30.0, 30.0);
+  std::vector<float> x(n * dim);
+  for (int64_t v = 0; v < n * dim; ++v) {
+    const double g = normal(rng);
+    switch (kind) {
+      case 0: x[v] = float(g); break;                           // centred
+      case 1: x[v] = float(1000.0 + g); break;                  // far off-centre
+      case 2: x[v] = float(small(rng)); break;                  // exact ties
+      case 3: x[v] = float(g * std::pow(10.0, uniform(rng))); break;  // magnitudes
+      case 4: x[v] = float(std::round(g * 4.0) / 4.0); break;   // ties on a grid
+      default: x[v] = float(g); break;
+    }
+  }
+  if (kind == 5)  // duplicate points
+    for (int64_t i = 1; i < n; i += 2)
+      for (int64_t k = 0; k < dim; ++k) x[i * dim + k] = x[(i - 1) * dim + k];
+  if (kind == 6) x[(n / 2) * dim] = std::nanf("");
+  if (kind == 7) {  // a distance beyond float32
+    x[(n - 1) * dim] = 3.0e38f;
+    x[(n - 2) * dim] = -3.0e38f;
+  }
+  if (kind == 8)  // two tight clusters far apart: the Gram sums lose the inner distances
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < dim; ++k)
+        x[i * dim + k] =
+            float((i % 2 ? 1e3 : -1e3) * (1.0 + 0.01 * k) + 1e-3 * normal(rng));
+  return x;
+}
+
+// The CUDA kernel's float32 route (csrc/cuda/pairwise_distance.cu), its arithmetic modelled on
+// the host: the centre is the cloud's first point, y = x - c rounded in double; eight lanes each
+// sum the coordinates k = l (mod 8) by FMA in double (the Gram product and both norms); the
+// lanes meet by the xor tree 1, 2, 4; then tsl::certify_float_square, as the kernel calls it.
+double gpu_route_square(const float* x, int64_t dim, int64_t i, int64_t j, int64_t* fallbacks) {
+  double g[8] = {0}, ni[8] = {0}, nj[8] = {0};
+  for (int64_t k = 0; k < dim; ++k) {
+    const double u = double(x[i * dim + k]) - double(x[k]);
+    const double v = double(x[j * dim + k]) - double(x[k]);
+    g[k % 8] = std::fma(u, v, g[k % 8]);
+    ni[k % 8] = std::fma(u, u, ni[k % 8]);
+    nj[k % 8] = std::fma(v, v, nj[k % 8]);
+  }
+  for (int off = 1; off < 8; off <<= 1)
+    for (double* s : {g, ni, nj}) {
+      double t[8];
+      for (int l = 0; l < 8; ++l) t[l] = s[l] + s[l ^ off];
+      for (int l = 0; l < 8; ++l) s[l] = t[l];
+    }
+  double s;
+  if (tsl::certify_float_square(ni[0] + nj[0], g[0], dim, &s)) return s;
+  ++*fallbacks;  // the kernel's block sums its tile canonically
+  return tsl::squared_distance(&x[i * dim], &x[j * dim], dim);
+}
+
 // The certified float32 distances (Gram sums, canonical only where the bound leaves a doubt)
 // against the canonical float32 distance, bit for bit, in every build, on clouds that defeat
 // certification (ties, duplicates, far off-centre, magnitudes 1e-30..1e30, non-finite and
 // overflowing points) and on centred ones, where nearly every pair must certify.
 void test_certified_distances() {
   std::mt19937 rng(11);
-  std::normal_distribution<double> normal;
-  std::uniform_int_distribution<int> small(-2, 2);
-  std::uniform_real_distribution<double> uniform(-30.0, 30.0);
   auto fdist = [](double s) { return static_cast<float>(std::sqrt(s)); };
   for (int level : {0, 3, 4}) {
     if (!tsl::set_x86_cap(level)) continue;
@@ -242,31 +299,7 @@ void test_certified_distances() {
       for (int64_t n : {2, 3, 5, 9, 17, 64, 130, 256}) {
         for (int64_t dim : {1, 3, 8, 9, 129, 2048}) {
           if (n * dim > 256 * 300 && kind != 0) continue;
-          std::vector<float> x(n * dim);
-          for (int64_t v = 0; v < n * dim; ++v) {
-            const double g = normal(rng);
-            switch (kind) {
-              case 0: x[v] = float(g); break;                           // centred
-              case 1: x[v] = float(1000.0 + g); break;                  // far off-centre
-              case 2: x[v] = float(small(rng)); break;                  // exact ties
-              case 3: x[v] = float(g * std::pow(10.0, uniform(rng))); break;  // magnitudes
-              case 4: x[v] = float(std::round(g * 4.0) / 4.0); break;   // ties on a grid
-              default: x[v] = float(g); break;
-            }
-          }
-          if (kind == 5)  // duplicate points
-            for (int64_t i = 1; i < n; i += 2)
-              for (int64_t k = 0; k < dim; ++k) x[i * dim + k] = x[(i - 1) * dim + k];
-          if (kind == 6) x[(n / 2) * dim] = std::nanf("");
-          if (kind == 7) {  // a distance beyond float32
-            x[(n - 1) * dim] = 3.0e38f;
-            x[(n - 2) * dim] = -3.0e38f;
-          }
-          if (kind == 8)  // two tight clusters far apart: the Gram sums lose the inner distances
-            for (int64_t i = 0; i < n; ++i)
-              for (int64_t k = 0; k < dim; ++k)
-                x[i * dim + k] =
-                    float((i % 2 ? 1e3 : -1e3) * (1.0 + 0.01 * k) + 1e-3 * normal(rng));
+          std::vector<float> x = certified_test_cloud(kind, n, dim, rng);
           std::vector<double> sq(n * n, -1.0);
           const int64_t exact = tsloss::cpu::certified_squares_lower(x.data(), n, dim, sq.data());
           for (int64_t i = 0; i < n; ++i)
@@ -278,6 +311,22 @@ void test_certified_distances() {
                     "%.9g vs %.9g", level, kind, (long long)n, (long long)dim, (long long)i,
                     (long long)j, double(got), double(ref));
             }
+          int64_t gpu_fallbacks = 0;
+          if (level == 0)  // the GPU route's arithmetic (no x86 build involved)
+            for (int64_t i = 0; i < n; ++i)
+              for (int64_t j = 0; j < i; ++j) {
+                const float ref = fdist(tsl::squared_distance(&x[i * dim], &x[j * dim], dim));
+                const float got = fdist(gpu_route_square(x.data(), dim, i, j, &gpu_fallbacks));
+                CHECK(memcmp(&ref, &got, sizeof ref) == 0 || (std::isnan(ref) && std::isnan(got)),
+                      "GPU route's distance, kind %d n=%lld dim=%lld (%lld,%lld): %.9g vs %.9g",
+                      kind, (long long)n, (long long)dim, (long long)i, (long long)j,
+                      double(got), double(ref));
+              }
+          if (level == 0 && (kind == 0 || kind == 1) && n >= 64 && dim >= 129)
+            CHECK(gpu_fallbacks * 100 <= n * (n - 1) / 2, "GPU route: %lld of %lld pairs of a "
+                  "Gaussian cloud (kind %d) needed the canonical sum (n=%lld dim=%lld)",
+                  (long long)gpu_fallbacks, (long long)(n * (n - 1) / 2), kind, (long long)n,
+                  (long long)dim);
           if (kind == 0 && n >= 64 && dim >= 129)
             CHECK(exact * 100 <= n * (n - 1) / 2, "centred cloud certifies: %lld of %lld pairs "
                   "needed the canonical sum (level %d n=%lld dim=%lld)", (long long)exact,
