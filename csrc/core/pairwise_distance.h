@@ -102,6 +102,21 @@ TSL_HD bool certify_float_square(double nn, double g, index_t dim, double* s) {
   return true;
 }
 
+// Coordinate k of the float32 centre the certified route subtracts (CPU and GPU alike): the mean
+// of eight rows spread over the cloud (all of them below eight), summed in double in row order
+// and rounded to float32; 0 where that is not finite (a non-finite point fails certification
+// anyway). Any float32 centre keeps the bound; a central one keeps the norms, and so the bound,
+// small (the first point alone, an outlier, made nearly every pair fail). T is float; a template
+// so that the float64 instantiation of the CUDA kernel, which never calls it, compiles.
+template <typename T>
+TSL_HD float certify_centre(const T* x, index_t n, index_t dim, index_t k) {
+  const index_t rows = n < 8 ? n : 8;
+  double acc = 0.0;
+  for (index_t r = 0; r < rows; ++r) acc = add_rn(acc, (double)x[(r * n / rows) * dim + k]);
+  const float c = (float)(acc / double(rows));
+  return isfinite(c) ? c : 0.0f;
+}
+
 // Dense (n, n) distances of one cloud x (n, dim): exactly symmetric, exact zero diagonal.
 template <typename T>
 inline void pairwise_distance_cloud(const T* x, index_t n, index_t dim, T* out) {

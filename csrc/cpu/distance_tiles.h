@@ -532,8 +532,10 @@ inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, d
   thread_local std::vector<int64_t> doubtful;
   if (int64_t(scratch.size()) < lower_cloud_scratch(n, true))
     scratch.resize(lower_cloud_scratch(n, true));
-  // The mean of eight rows spread over the cloud: any float32 centre keeps the bound, and the
-  // full mean cost an eighth of the whole function at (64, 4096).
+  // The mean of eight rows spread over the cloud, tsl::certify_centre's value (the GPU kernel
+  // calls that per coordinate), summed here row by row: per coordinate it ran 1.4x slower at
+  // (32, 2048) one thread (build/kernel_rates). The full mean cost an eighth of the whole
+  // function at (64, 4096).
   const int64_t rows = n < 8 ? n : 8;
   sum.assign(dim, 0.0);
   centre.resize(dim);

@@ -9,8 +9,8 @@
 // ((0+1)+(2+3))+((4+5)+(6+7)).
 //
 // float32 points take the certified route the CPU takes (certified_squares_lower in
-// cpu/distance_tiles.h): Gram sums of the points less a float32 centre (the cloud's first
-// point), one FMA per pair and coordinate in double where the canonical sum needs three
+// cpu/distance_tiles.h): Gram sums of the points less a float32 centre (the CPU's: a mean of
+// eight rows), one FMA per pair and coordinate in double where the canonical sum needs three
 // operations, and the norms alongside. tsl::certify_float_square accepts a pair only where its
 // rounding bound proves that the float32 square root of any double near the Gram value, the
 // canonical sum included, is one float; a block with any other pair (duplicates, far clusters,
@@ -63,12 +63,13 @@ __device__ __forceinline__ T finish_distance(double s, const T* xi, const T* xj,
 }
 
 // One block's tile sums, complete in every lane of each group of eight: Gram, the products and
-// both rows' squared norms of the points less the centre (the cloud's first point); else the
-// canonical sums. acc, nu, nv: zeroed here.
+// both rows' squared norms of the points less the centre (tsl::certify_centre, as the CPU's);
+// else the canonical sums. acc, nu, nv: zeroed here. centre: kChunk doubles of shared memory.
 template <typename T, bool Gram>
 __device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, int64_t D,
                                           int64_t i0, int64_t j0, int ti, int tj, int lane,
                                           int tid, double (*xi)[kStride], double (*xj)[kStride],
+                                          double* centre,
                                           double (&acc)[kReg][kReg], double (&nu)[kReg],
                                           double (&nv)[kReg]) {
 #pragma unroll
@@ -78,13 +79,18 @@ __device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, i
     for (int c = 0; c < kReg; ++c) acc[a][c] = 0.0;
   }
   for (int64_t k0 = 0; k0 < D; k0 += kChunk) {
+    if (Gram) {  // the chunk's centre (the previous chunk's readers passed its last barrier)
+      if (tid < kChunk)
+        centre[tid] = k0 + tid < D ? (double)certify_centre(xb, N, D, k0 + tid) : 0.0;
+      __syncthreads();
+    }
     // Stage 2 x 32 rows x 64 coordinates, widened exactly (Gram: less the centre, a rounded
     // double difference, as the bound requires: a float32 one would not do); rows past N and
     // coordinates past D are zeros, which add exact zeros to every lane.
     for (int e = tid; e < kBlockRows * kChunk; e += kThreads) {
       const int r = e / kChunk, c = e % kChunk;
       const int64_t k = k0 + c;
-      const double ck = Gram && k < D ? (double)xb[k] : 0.0;
+      const double ck = Gram ? centre[c] : 0.0;
       xi[r][c] = (i0 + r < N && k < D) ? __dsub_rn((double)xb[(i0 + r) * D + k], ck) : 0.0;
       xj[r][c] = (j0 + r < N && k < D) ? __dsub_rn((double)xb[(j0 + r) * D + k], ck) : 0.0;
     }
@@ -139,6 +145,7 @@ __global__ void __launch_bounds__(kThreads)
                              double* __restrict__ partial, int64_t tiles) {
   __shared__ double xi[kBlockRows][kStride];
   __shared__ double xj[kBlockRows][kStride];
+  __shared__ double centre[kChunk];
   __shared__ double warp_sums[kThreads / 32];
   const int64_t b = blockIdx.y;
   int64_t bi, bj;
@@ -151,7 +158,7 @@ __global__ void __launch_bounds__(kThreads)
   double acc[kReg][kReg], nu[kReg], nv[kReg];
   bool canonical = !Gram;
   if (Gram) {
-    tile_sums<T, true>(xb, N, D, i0, j0, ti, tj, lane, tid, xi, xj, acc, nu, nv);
+    tile_sums<T, true>(xb, N, D, i0, j0, ti, tj, lane, tid, xi, xj, centre, acc, nu, nv);
     // Each lane certifies the pairs it writes (below); where any pair of the block fails, the
     // block sums its whole tile again canonically (duplicates, far clusters, non-finite points:
     // one pass more, rather than a thread summing its pairs alone while its warp waits).
@@ -169,7 +176,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     canonical = __syncthreads_or(fail) != 0;
   }
-  if (canonical) tile_sums<T, false>(xb, N, D, i0, j0, ti, tj, lane, tid, xi, xj, acc, nu, nv);
+  if (canonical)
+    tile_sums<T, false>(xb, N, D, i0, j0, ti, tj, lane, tid, xi, xj, centre, acc, nu, nv);
 
   // Lane l of the group writes pairs l and l + 8 of its 16; the block's sum of distances over
   // its pairs i > j goes to partial[b * tiles + tile] in a fixed order.

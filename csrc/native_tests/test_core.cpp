@@ -228,7 +228,8 @@ void test_distance_tiles() {
 
 // The clouds of the certified-distance tests: 0 centred Gaussian, 1 far off-centre, 2 exact
 // ties, 3 magnitudes 1e-30..1e30, 4 ties on a grid, 5 duplicate points, 6 a NaN, 7 a distance
-// beyond float32, 8 two tight clusters far apart (the Gram sums lose the inner distances).
+// beyond float32, 8 two tight clusters far apart (the Gram sums lose the inner distances),
+// 9 an outlier as the first point.
 std::vector<float> certified_test_cloud(int kind, int64_t n, int64_t dim, std::mt19937& rng) {
   std::normal_distribution<double> normal;
   std::uniform_int_distribution<int> small(-2, 2);
@@ -253,6 +254,8 @@ std::vector<float> certified_test_cloud(int kind, int64_t n, int64_t dim, std::m
     x[(n - 1) * dim] = 3.0e38f;
     x[(n - 2) * dim] = -3.0e38f;
   }
+  if (kind == 9)  // the first point an outlier, 100 sigma out
+    for (int64_t k = 0; k < dim; ++k) x[k] += 100.0f;
   if (kind == 8)  // two tight clusters far apart: the Gram sums lose the inner distances
     for (int64_t i = 0; i < n; ++i)
       for (int64_t k = 0; k < dim; ++k)
@@ -262,14 +265,15 @@ std::vector<float> certified_test_cloud(int kind, int64_t n, int64_t dim, std::m
 }
 
 // The CUDA kernel's float32 route (csrc/cuda/pairwise_distance.cu), its arithmetic modelled on
-// the host: the centre is the cloud's first point, y = x - c rounded in double; eight lanes each
+// the host: the centre tsl::certify_centre, y = x - c rounded in double; eight lanes each
 // sum the coordinates k = l (mod 8) by FMA in double (the Gram product and both norms); the
 // lanes meet by the xor tree 1, 2, 4; then tsl::certify_float_square, as the kernel calls it.
-double gpu_route_square(const float* x, int64_t dim, int64_t i, int64_t j, int64_t* fallbacks) {
+double gpu_route_square(const float* x, int64_t n, int64_t dim, int64_t i, int64_t j,
+                        int64_t* fallbacks) {
   double g[8] = {0}, ni[8] = {0}, nj[8] = {0};
   for (int64_t k = 0; k < dim; ++k) {
-    const double u = double(x[i * dim + k]) - double(x[k]);
-    const double v = double(x[j * dim + k]) - double(x[k]);
+    const double c = double(tsl::certify_centre(x, n, dim, k));
+    const double u = double(x[i * dim + k]) - c, v = double(x[j * dim + k]) - c;
     g[k % 8] = std::fma(u, v, g[k % 8]);
     ni[k % 8] = std::fma(u, u, ni[k % 8]);
     nj[k % 8] = std::fma(v, v, nj[k % 8]);
@@ -295,7 +299,7 @@ void test_certified_distances() {
   auto fdist = [](double s) { return static_cast<float>(std::sqrt(s)); };
   for (int level : {0, 3, 4}) {
     if (!tsl::set_x86_cap(level)) continue;
-    for (int kind = 0; kind < 9; ++kind) {
+    for (int kind = 0; kind < 10; ++kind) {
       for (int64_t n : {2, 3, 5, 9, 17, 64, 130, 256}) {
         for (int64_t dim : {1, 3, 8, 9, 129, 2048}) {
           if (n * dim > 256 * 300 && kind != 0) continue;
@@ -316,13 +320,13 @@ void test_certified_distances() {
             for (int64_t i = 0; i < n; ++i)
               for (int64_t j = 0; j < i; ++j) {
                 const float ref = fdist(tsl::squared_distance(&x[i * dim], &x[j * dim], dim));
-                const float got = fdist(gpu_route_square(x.data(), dim, i, j, &gpu_fallbacks));
+                const float got = fdist(gpu_route_square(x.data(), n, dim, i, j, &gpu_fallbacks));
                 CHECK(memcmp(&ref, &got, sizeof ref) == 0 || (std::isnan(ref) && std::isnan(got)),
                       "GPU route's distance, kind %d n=%lld dim=%lld (%lld,%lld): %.9g vs %.9g",
                       kind, (long long)n, (long long)dim, (long long)i, (long long)j,
                       double(got), double(ref));
               }
-          if (level == 0 && (kind == 0 || kind == 1) && n >= 64 && dim >= 129)
+          if (level == 0 && (kind == 0 || kind == 1 || kind == 9) && n >= 64 && dim >= 129)
             CHECK(gpu_fallbacks * 100 <= n * (n - 1) / 2, "GPU route: %lld of %lld pairs of a "
                   "Gaussian cloud (kind %d) needed the canonical sum (n=%lld dim=%lld)",
                   (long long)gpu_fallbacks, (long long)(n * (n - 1) / 2), kind, (long long)n,
