@@ -8,7 +8,10 @@ the suite's CPU configs; (2) one regulariser step as ``train.py`` runs it (the r
 (8, 384) prompt, its own ``autograd.grad``, added into the prompt's gradient) for TSLoss, L2 and
 ``torch.pdist(p).mean()``: median µs of 200 steps back to back ("hot") and each right after
 twenty 512 x 512 matmuls ("after other work"); (3) the op's forward with and without grad and
-its backward through autograd for one (8, 64) prompt. Numbers are in benchmarks/README.md.
+its backward through autograd for one (8, 64) prompt; (4) one prompt (B = 1) at the suite's
+(N, D): ``pairwise_distance``, ``vr_persistence`` and TSLoss forward+backward, median ms of 21
+(``--one-prompt``: this table alone, in every build the CPU supports). Numbers are in
+benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -81,13 +84,49 @@ def op_overhead() -> None:
     print(f"| backward through autograd | {best_us(grad, 300):.0f} |")
 
 
+def median_ms(f, reps: int = 21) -> float:
+    f()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def one_prompt(isas) -> None:
+    """A training step's case: one prompt, B = 1, the work split among the threads."""
+    print("\n| build | (N, D) | pairwise_distance, ms | vr_persistence, ms | TSLoss fwd+bwd, ms |"
+          "\n|---|---|--:|--:|--:|")
+    for isa in isas:
+        tsloss_cuda.set_cpu_isa(isa)
+        for n, d, _ in CONFIGS:
+            x = torch.randn(1, n, d, generator=torch.Generator().manual_seed(0))
+            xg = x.clone().requires_grad_()
+
+            def loss_step():
+                xg.grad = None
+                tsloss_cuda.loss(xg).backward()
+            print(f"| {isa} | ({n}, {d}) | {median_ms(lambda: tsloss_cuda.pairwise_distance(x)):.3f}"
+                  f" | {median_ms(lambda: tsloss_cuda.vr_persistence(x)):.3f}"
+                  f" | {median_ms(loss_step):.3f} |")
+    tsloss_cuda.set_cpu_isa(None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    torch.set_num_threads(ap.parse_args().threads)
+    ap.add_argument("--one-prompt", action="store_true",
+                    help="only the one-prompt table, in every build this CPU supports")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one_prompt:
+        one_prompt(tsloss_cuda.supported_cpu_isas())
+        return
     backward_alone()
     regulariser_step()
     op_overhead()
+    one_prompt([tsloss_cuda.cpu_isa()])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ tsloss_cuda.set_cpu_isa, and compares against the baseline build.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -70,13 +71,27 @@ def test_float32_distances_are_the_canonical_sums(rng, restore_isa):
     for name, cloud in _float32_clouds(rng):
         x = torch.tensor(cloud, dtype=torch.float32)
         ref = canonical_distances(x[None])[0]
-        # Whole clouds per task (the route) only with at least two clouds per thread.
+        # Whole clouds per task with at least two clouds per thread; fewer clouds split each
+        # cloud's coordinates among the threads (split_certified_distances), one range per
+        # thread: 1, 2 and 3 of them.
         batch = x.expand(2 * torch.get_num_threads(), *x.shape)
         for isa in BUILDS:
             tsloss_cuda.set_cpu_isa(isa)
             for b, got in enumerate(pairwise_distance(batch)):
                 assert torch.equal(got, ref), f"{name}, {isa}, batch entry {b}"
-            assert torch.equal(pairwise_distance(x)[0], ref), f"{name}, {isa}, alone"
+            for t in (1, 2, 3):
+                with _threads(t):
+                    assert torch.equal(pairwise_distance(x)[0], ref), f"{name}, {isa}, alone, {t}"
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _equal(a, b) -> bool:

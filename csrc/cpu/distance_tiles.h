@@ -260,8 +260,8 @@ inline int64_t lower_cloud_scratch(int64_t n, bool gram = false) {
          (16 * blocks * (blocks - 1) / 2 + in_block_sums(gram) * blocks) * kDistanceLanes;
 }
 
-// Squared distances of all pairs j < i of one cloud x (n, dim), into sq[i * n + j], through
-// scratch of lower_cloud_scratch(n, Gram) doubles. Rows past n and coordinates past dim are zero
+// Squared distances of all pairs j < i of one cloud x (n, dim; rows ld apart, dim by default),
+// into sq[i * n + j], through scratch of lower_cloud_scratch(n, Gram) doubles. Rows past n and coordinates past dim are zero
 // in the chunk, so they add exact zeros and every tile has full shape. A block pair's 4 x 4
 // pairs run as register tiles of TI x TJ, once per lane group.
 // Gram: the same tiles sum products of the rows less `centre` (rounded differences) instead,
@@ -270,7 +270,9 @@ inline int64_t lower_cloud_scratch(int64_t n, bool gram = false) {
 template <typename T, int Bytes, int TI, int TJ, bool FmaSub, bool Gram = false>
 __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t n, int64_t dim,
                                                             double* sq, double* scratch,
-                                                            const T* centre = nullptr) {
+                                                            const T* centre = nullptr,
+                                                            int64_t ld = -1) {
+  if (ld < 0) ld = dim;  // elements between rows: dim, or more for a range of the coordinates
   using VD = typename Lanes<Bytes>::VD;
   constexpr int L = Lanes<Bytes>::L, E = kDistanceLanes;
   // Gram sums have no canonical lanes to keep: one pass, lane l of a vector taking every
@@ -292,7 +294,7 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
       double* row = chunk + r * kStride;
       int64_t k = 0;
       if (r < n) {
-        const T* src = x + r * dim + k0;
+        const T* src = x + r * ld + k0;
         if constexpr (Gram)
           for (; k < kc; ++k)
             row[k] = static_cast<double>(src[k]) - static_cast<double>(centre[k0 + k]);
@@ -428,15 +430,15 @@ TSL_AVX2 void lower_cloud_v3(const T* x, int64_t n, int64_t dim, double* sq, dou
   lower_cloud_body<T, S::bytes, S::ti, S::tj, S::fma_sub>(x, n, dim, sq, scratch);
 }
 
-TSL_AVX512 inline void gram_cloud_v4(const float* x, int64_t n, int64_t dim, double* sq,
-                                    double* scratch, const float* centre) {
+TSL_AVX512 inline void gram_cloud_v4(const float* x, int64_t n, int64_t dim, int64_t ld,
+                                    double* sq, double* scratch, const float* centre) {
   using S = Avx512Shape;
-  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre);
+  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre, ld);
 }
-TSL_AVX2 inline void gram_cloud_v3(const float* x, int64_t n, int64_t dim, double* sq,
-                                  double* scratch, const float* centre) {
+TSL_AVX2 inline void gram_cloud_v3(const float* x, int64_t n, int64_t dim, int64_t ld,
+                                  double* sq, double* scratch, const float* centre) {
   using S = Avx2Shape;
-  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre);
+  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre, ld);
 }
 
 #endif
@@ -453,10 +455,10 @@ void lower_cloud_base(const T* x, int64_t n, int64_t dim, double* sq, double* sc
   lower_cloud_body<T, S::bytes, S::ti, S::tj, S::fma_sub>(x, n, dim, sq, scratch);
 }
 
-inline void gram_cloud_base(const float* x, int64_t n, int64_t dim, double* sq,
+inline void gram_cloud_base(const float* x, int64_t n, int64_t dim, int64_t ld, double* sq,
                             double* scratch, const float* centre) {
   using S = BaseShape;
-  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre);
+  lower_cloud_body<float, S::bytes, S::ti, S::tj, false, true>(x, n, dim, sq, scratch, centre, ld);
 }
 
 using tsl::x86_level;  // which build below to run
@@ -496,7 +498,8 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
   lower_cloud_base<T>(x, n, dim, sq, scratch.data());
 }
 
-// Whether float32 clouds of n points in dim dimensions take certified_squares_lower. Its costs
+// Whether float32 clouds of n points in dim dimensions take the certified route
+// (certified_squares_lower; for few clouds glue::split_certified_distances). Its costs
 // per point (the centre, the centred copy) and per pair (two square roots, the test) left it no
 // faster than the canonical kernel below 256 dimensions (Sapphire Rapids: at (64, 64) 10-25 %
 // slower in every build, at (64, 256) 20 % faster with AVX2 and the baseline, about even with
@@ -504,6 +507,61 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
 // points it gains only at large D, so it starts at 32 points.
 inline bool certify_float_distances(int64_t n, int64_t dim) {
   return n >= 32 && n <= 256 && dim >= 256;
+}
+
+// The certified route's centre: coordinate k is tsl::certify_centre(x, n, dim, k) (the GPU
+// kernel calls that per coordinate), summed here row by row: per coordinate it ran 1.4x slower
+// at (32, 2048), one thread (build/kernel_rates). The full mean cost an eighth of the whole
+// route at (64, 4096).
+inline void certify_centre_rows(const float* x, int64_t n, int64_t dim, float* centre) {
+  thread_local std::vector<double> sum;
+  const int64_t rows = n < 8 ? n : 8;
+  sum.assign(dim, 0.0);
+  double* acc = sum.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + (r * n / rows) * dim;
+    for (int64_t k = 0; k < dim; ++k) acc[k] += static_cast<double>(row[k]);
+  }
+  for (int64_t k = 0; k < dim; ++k) {
+    const float c = static_cast<float>(acc[k] / double(rows));
+    centre[k] = std::isfinite(c) ? c : 0.0f;  // a non-finite point fails certification anyway
+  }
+}
+
+// Gram sums over coordinates [k0, k0 + kc) of a cloud x (n rows, dim apart) less `centre` (dim
+// values): sq[i * n + j] = y_i . y_j (j < i), sq[i * n + i] = |y_i|^2, summed in no canonical
+// order, so sums over several ranges may be added in any order (the bound allows it).
+inline void gram_sums_lower(const float* x, int64_t n, int64_t dim, int64_t k0, int64_t kc,
+                            const float* centre, double* sq) {
+  thread_local std::vector<double> scratch;
+  if (int64_t(scratch.size()) < lower_cloud_scratch(n, true))
+    scratch.resize(lower_cloud_scratch(n, true));
+#ifdef TSL_X86_LEVELS
+  if (x86_level() == 4)
+    return gram_cloud_v4(x + k0, n, kc, dim, sq, scratch.data(), centre + k0);
+  if (x86_level() == 3)
+    return gram_cloud_v3(x + k0, n, kc, dim, sq, scratch.data(), centre + k0);
+#endif
+  gram_cloud_base(x + k0, n, kc, dim, sq, scratch.data(), centre + k0);
+}
+
+// Rows [i0, i1) of Gram sums sq (as gram_sums_lower leaves them, over all dim coordinates; the
+// squared norms of all rows in `norms`, since the diagonal is zeroed here): each pair j < i is
+// replaced by a certified square (tsl::certify_float_square) or by kDoubtful, for the caller to
+// sum canonically. Returns how many are doubtful.
+constexpr double kDoubtful = -1.0;  // no square is negative
+inline int64_t certify_rows(double* sq, const double* norms, int64_t n, int64_t dim, int64_t i0,
+                            int64_t i1) {
+  int64_t count = 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t j = 0; j < i; ++j)
+      if (!tsl::certify_float_square(norms[i] + norms[j], sq[i * n + j], dim, &sq[i * n + j])) {
+        sq[i * n + j] = kDoubtful;
+        ++count;
+      }
+    sq[i * n + i] = 0.0;
+  }
+  return count;
 }
 
 // The float32 distances of one cloud x (n, dim), n <= 256, with one fused multiply-add per pair
@@ -526,54 +584,27 @@ inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, d
     if (n == 1) sq[0] = 0.0;
     return 0;
   }
-  thread_local std::vector<double> scratch;
-  thread_local std::vector<double> sum;
   thread_local std::vector<float> centre;
-  thread_local std::vector<int64_t> doubtful;
-  if (int64_t(scratch.size()) < lower_cloud_scratch(n, true))
-    scratch.resize(lower_cloud_scratch(n, true));
-  // The mean of eight rows spread over the cloud, tsl::certify_centre's value (the GPU kernel
-  // calls that per coordinate), summed here row by row: per coordinate it ran 1.4x slower at
-  // (32, 2048) one thread (build/kernel_rates). The full mean cost an eighth of the whole
-  // function at (64, 4096).
-  const int64_t rows = n < 8 ? n : 8;
-  sum.assign(dim, 0.0);
+  thread_local std::vector<double> norms;
   centre.resize(dim);
-  double* acc = sum.data();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x + (r * n / rows) * dim;
-    for (int64_t k = 0; k < dim; ++k) acc[k] += static_cast<double>(row[k]);
-  }
-  for (int64_t k = 0; k < dim; ++k) {
-    const float c = static_cast<float>(acc[k] / double(rows));
-    centre[k] = std::isfinite(c) ? c : 0.0f;  // a non-finite point falls back below anyway
-  }
-#ifdef TSL_X86_LEVELS
-  if (x86_level() == 4)
-    gram_cloud_v4(x, n, dim, sq, scratch.data(), centre.data());
-  else if (x86_level() == 3)
-    gram_cloud_v3(x, n, dim, sq, scratch.data(), centre.data());
-  else
-#endif
-    gram_cloud_base(x, n, dim, sq, scratch.data(), centre.data());
-  doubtful.clear();
-  for (int64_t i = 0; i < n; ++i) {
-    const double ni = sq[i * n + i];
-    for (int64_t j = 0; j < i; ++j)
-      if (!tsl::certify_float_square(ni + sq[j * n + j], sq[i * n + j], dim, &sq[i * n + j]))
-        doubtful.push_back(i * n + j);
-  }
-  for (int64_t i = 0; i < n; ++i) sq[i * n + i] = 0.0;
-  const int64_t count = int64_t(doubtful.size());
+  certify_centre_rows(x, n, dim, centre.data());
+  gram_sums_lower(x, n, dim, 0, dim, centre.data(), sq);
+  norms.resize(n);
+  for (int64_t i = 0; i < n; ++i) norms[i] = sq[i * n + i];
+  const int64_t count = certify_rows(sq, norms.data(), n, dim, 0, n);
   // The scalar canonical sum ran 3.5-8.7x slower than the tiled kernel per pair: past an
   // eighth of the pairs, tile them all.
   if (count * 8 > n * (n - 1) / 2) {
     thread_local std::vector<double> canonical;
     canonical.resize(n * n);
     squared_distance_lower(x, n, dim, canonical.data());
-    for (int64_t p : doubtful) sq[p] = canonical[p];
-  } else {
-    for (int64_t p : doubtful) sq[p] = tsl::squared_distance(x + p / n * dim, x + p % n * dim, dim);
+    for (int64_t p = 0; p < n * n; ++p)
+      if (sq[p] == kDoubtful) sq[p] = canonical[p];
+  } else if (count > 0) {
+    for (int64_t i = 1; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j)
+        if (sq[i * n + j] == kDoubtful)
+          sq[i * n + j] = tsl::squared_distance(x + i * dim, x + j * dim, dim);
   }
   return count;
 }

@@ -47,6 +47,11 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
       });
       return;
     }
+    // Few clouds: one at a time with every thread, certified where the route applies.
+    std::vector<bool> done(B, false);
+    if (cpu::certify_float_distances(N, D))
+      for (int64_t b = 0; b < B; ++b)
+        done[b] = split_certified_distances(px + b * N * D, N, D, b, po + b * N * N, op);
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
     const int64_t units = (blocks + 1) / 2;
     const int64_t grain =
@@ -55,6 +60,7 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
       std::vector<double> sq(kRowBlock * N);
       for (int64_t u = begin; u < end; ++u) {
         const int64_t b = u / units, q = u % units;
+        if (done[b]) continue;
         for (int64_t block : {q, blocks - 1 - q}) {
           const int64_t i0 = block * kRowBlock, i1 = std::min(N, i0 + kRowBlock);
           distance_rows(px + b * N * D, N, D, i0, i1, b, sq.data(), po + b * N * N, op);
