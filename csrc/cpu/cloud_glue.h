@@ -303,79 +303,93 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
     distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out, op, sum);
 }
 
-// Row-block units of an n-row lower triangle with balanced work: unit q takes row blocks q and
-// blocks - 1 - q (rows of block r hold about r times the pairs of block 0). f(i0, i1) per block.
+// Row-block units of the n-row lower triangles of B clouds, with balanced work: unit q of a
+// cloud takes its row blocks q and blocks - 1 - q (rows of block r hold about r times the pairs
+// of block 0). f(b, i0, i1) per block, in parallel.
 template <class F>
-void for_balanced_row_blocks(int64_t n, int64_t rows_per_block, const F& f) {
+void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const F& f) {
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
   const int64_t units = (blocks + 1) / 2;
-  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t q = begin; q < end; ++q)
+  at::parallel_for(0, B * units, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t b = u / units, q = u % units;
       for (int64_t block : {q, blocks - 1 - q}) {
-        f(block * rows_per_block, std::min(n, (block + 1) * rows_per_block));
+        f(b, block * rows_per_block, std::min(n, (block + 1) * rows_per_block));
         if (block == blocks - 1 - q) break;  // the middle block of an odd count, done once
       }
+    }
   });
 }
 
-// One float32 cloud's distances by the certified route (cpu::certified_squares_lower's), with
-// every thread: each sums the Gram products over its range of the coordinates (the ranges'
-// sums add in any order: the bound allows it), then rows are shared out to be certified and
-// finished. For the few clouds that cannot give every thread whole clouds: the canonical row
-// blocks ran 2.4x slower per cloud than whole clouds on the certified route (one (64, 4096)
-// cloud at 2 threads, AVX2: 0.58 ms, against 0.24 ms per cloud in a batch of 4). Returns false,
-// having written nothing, when more than an eighth of the pairs do not certify: the caller
-// then takes the canonical row blocks.
-inline bool split_certified_distances(const float* x, int64_t N, int64_t D, int64_t b,
-                                      float* out, const Caller& op) {
+// The float32 distances of B clouds, fewer than twice the threads (a training step's one
+// prompt), by the certified route (cpu::certified_squares_lower's) with every thread: each task
+// sums the Gram products of one cloud over one range of its coordinates (the ranges' sums add
+// in any order: the bound allows it), then row blocks of all clouds are summed, certified and
+// finished in parallel. The canonical row blocks ran 2.4x slower per cloud than whole clouds on
+// the certified route (one (64, 4096) cloud at 2 threads, AVX2: 0.58 ms, against 0.24 ms per
+// cloud in a batch of 4). done[b] is set for each cloud written; a cloud with more than an eighth
+// of its pairs uncertified is left to the caller's canonical row blocks.
+inline void split_certified_distances(const float* x, int64_t B, int64_t N, int64_t D,
+                                      float* out, const Caller& op, std::vector<char>& done) {
+  const int64_t threads = at::get_num_threads();
   const int64_t parts =
-      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), D / cpu::kChunk));
-  // Kept by the calling thread across calls: a training step calls this every step, and fresh
-  // buffers (1 MB of partial sums at N = 256) would be page-faulted in each time. Lambdas see
-  // another thread's copies under these names (thread_local is not captured): they use the
-  // pointers.
+      std::max<int64_t>(1, std::min<int64_t>((threads + B - 1) / B, D / cpu::kChunk));
+  // Kept by the calling thread across calls (a training step calls this every step, and fresh
+  // buffers would be page-faulted in each time) unless large. Lambdas see another thread's
+  // copies under these names (thread_local is not captured): they use the pointers.
   thread_local std::vector<float> centre_buf;
   thread_local std::vector<double> partial_buf, norms_buf;
-  centre_buf.resize(D);
-  partial_buf.resize(parts * N * N);
-  norms_buf.resize(N);
-  const float* centre = centre_buf.data();
-  double* partial = partial_buf.data();
+  centre_buf.resize(B * D);
+  partial_buf.resize(B * parts * N * N);
+  norms_buf.resize(B * N);
+  float* centre = centre_buf.data();
+  double* partial = partial_buf.data();  // cloud b, part p: partial + (b * parts + p) * N * N
   double* norms = norms_buf.data();
-  cpu::certify_centre_rows(x, N, D, centre_buf.data());
+  std::vector<std::atomic<int64_t>> doubtful(B);
+  for (int64_t b = 0; b < B; ++b) {
+    cpu::certify_centre_rows(x + b * N * D, N, D, centre + b * D);
+    doubtful[b] = 0;
+  }
   auto bound = [&](int64_t p) {
     return p == parts ? D : p * D / parts / cpu::kChunk * cpu::kChunk;
   };
-  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p)
-      cpu::gram_sums_lower(x, N, D, bound(p), bound(p + 1) - bound(p), centre,
-                           partial + p * N * N);
+  at::parallel_for(0, B * parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / parts, p = t % parts;
+      cpu::gram_sums_lower(x + b * N * D, N, D, bound(p), bound(p + 1) - bound(p),
+                           centre + b * D, partial + t * N * N);
+    }
   });
-  double* sq = partial;
-  for (int64_t p = 1; p < parts; ++p)
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j <= i; ++j) sq[i * N + j] += partial[p * N * N + i * N + j];
-  for (int64_t i = 0; i < N; ++i) norms[i] = sq[i * N + i];
-  std::atomic<int64_t> doubtful{0};
-  for_balanced_row_blocks(N, 8, [&](int64_t i0, int64_t i1) {
-    doubtful += cpu::certify_rows(sq, norms, N, D, i0, i1);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < N; ++i) {
+      double n2 = 0.0;
+      for (int64_t p = 0; p < parts; ++p) n2 += partial[(b * parts + p) * N * N + i * N + i];
+      norms[b * N + i] = n2;
+    }
+  for_balanced_row_blocks(B, N, 8, [&](int64_t b, int64_t i0, int64_t i1) {
+    double* sq = partial + b * parts * N * N;
+    for (int64_t p = 1; p < parts; ++p)
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = 0; j < i; ++j) sq[i * N + j] += sq[p * N * N + i * N + j];
+    doubtful[b] += cpu::certify_rows(sq, norms + b * N, N, D, i0, i1);
   });
-  if (doubtful * 8 > N * (N - 1) / 2) return false;
-  for_balanced_row_blocks(N, 8, [&](int64_t i0, int64_t i1) {
+  for (int64_t b = 0; b < B; ++b) done[b] = doubtful[b] * 8 <= N * (N - 1) / 2;
+  for_balanced_row_blocks(B, N, 8, [&](int64_t b, int64_t i0, int64_t i1) {
+    if (!done[b]) return;
+    const float* xb = x + b * N * D;
+    double* sq = partial + b * parts * N * N;
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = 0; j < i; ++j)
         if (sq[i * N + j] == cpu::kDoubtful)
-          sq[i * N + j] = tsl::squared_distance(x + i * D, x + j * D, D);
-    finish_distance_rows(x, N, D, i0, i1, b, sq + i0 * N, out, op);
+          sq[i * N + j] = tsl::squared_distance(xb + i * D, xb + j * D, D);
+    finish_distance_rows(xb, N, D, i0, i1, b, sq + i0 * N, out + b * N * N, op);
   });
-  return true;
+  if (int64_t(partial_buf.size()) > kKeepEntries) std::vector<double>().swap(partial_buf);
 }
 
 // float64 keeps the canonical sums (no bound certifies them).
-inline bool split_certified_distances(const double*, int64_t, int64_t, int64_t, double*,
-                                      const Caller&) {
-  return false;
-}
+inline void split_certified_distances(const double*, int64_t, int64_t, int64_t, double*,
+                                      const Caller&, std::vector<char>&) {}
 
 // Distances (B, N, N) of points x (B, N, D) float32/float64, as the pairwise_distance op computes
 // them (parallel over clouds, or over row blocks for few clouds), with its checks reported in

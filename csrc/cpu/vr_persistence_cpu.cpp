@@ -47,11 +47,10 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
       });
       return;
     }
-    // Few clouds: one at a time with every thread, certified where the route applies.
-    std::vector<bool> done(B, false);
+    // Few clouds: certified where the route applies, the work of all of them shared out.
+    std::vector<char> done(B, 0);
     if (cpu::certify_float_distances(N, D))
-      for (int64_t b = 0; b < B; ++b)
-        done[b] = split_certified_distances(px + b * N * D, N, D, b, po + b * N * N, op);
+      split_certified_distances(px, B, N, D, po, op, done);
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
     const int64_t units = (blocks + 1) / 2;
     const int64_t grain =
