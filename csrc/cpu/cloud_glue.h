@@ -305,12 +305,13 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
 
 // Row-block units of the n-row lower triangles of B clouds, with balanced work: unit q of a
 // cloud takes its row blocks q and blocks - 1 - q (rows of block r hold about r times the pairs
-// of block 0). f(b, i0, i1) per block, in parallel.
+// of block 0). f(b, i0, i1) per block, in parallel, at least `grain` units a task.
 template <class F>
-void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const F& f) {
+void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const F& f,
+                             int64_t grain = 1) {
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
   const int64_t units = (blocks + 1) / 2;
-  at::parallel_for(0, B * units, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t b = u / units, q = u % units;
       for (int64_t block : {q, blocks - 1 - q}) {

@@ -47,26 +47,19 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
       });
       return;
     }
-    // Few clouds: certified where the route applies, the work of all of them shared out.
+    // Few clouds: certified where the route applies, the work of all of them shared out; the
+    // others by balanced row blocks of all clouds, so that one large cloud keeps every thread busy.
     std::vector<char> done(B, 0);
     if (cpu::certify_float_distances(N, D))
       split_certified_distances(px, B, N, D, po, op, done);
-    const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-    const int64_t units = (blocks + 1) / 2;
     const int64_t grain =
         std::max<int64_t>(1, 262144 / (2 * kRowBlock * N * std::max<int64_t>(D, 1)));
-    at::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
-      std::vector<double> sq(kRowBlock * N);
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t b = u / units, q = u % units;
-        if (done[b]) continue;
-        for (int64_t block : {q, blocks - 1 - q}) {
-          const int64_t i0 = block * kRowBlock, i1 = std::min(N, i0 + kRowBlock);
-          distance_rows(px + b * N * D, N, D, i0, i1, b, sq.data(), po + b * N * N, op);
-          if (block == blocks - 1 - q) break;  // the middle block of an odd count, done once
-        }
-      }
-    });
+    for_balanced_row_blocks(B, N, kRowBlock, [&](int64_t b, int64_t i0, int64_t i1) {
+      if (done[b]) return;
+      thread_local std::vector<double> sq;  // the executing thread's
+      sq.resize(kRowBlock * N);
+      distance_rows(px + b * N * D, N, D, i0, i1, b, sq.data(), po + b * N * N, op);
+    }, grain);
   });
   return out;
 }
