@@ -8,7 +8,8 @@
 // W_ij ~ 1/d_ij is largest). Each unordered pair is visited once and its term
 // t = W_ij (x_i - x_j) goes to both rows: four operations per pair and coordinate (subtract,
 // multiply, add, subtract), two per ordered pair, where a row-by-row form spends three (it ran
-// 1.4-2.9x off the FMA limit in build/kernel_rates, the pair tiles 0.8-1.3x). Work is cut by
+// 1.4-3.0x off the FMA limit in build/kernel_rates; the pair tiles 0.9-1.4x at 128 points or
+// more, 1.3-2.0x below, where they stream memory: benchmarks/README.md). Work is cut by
 // coordinate chunks: the chunk of every row and of its gradient stay in L1/L2 while all 4 x 4
 // tiles of row blocks run over it, and chunks are independent, so several threads can share one
 // cloud without write conflicts. Tiles whose sixteen weights are all zero are skipped (sparse

@@ -261,9 +261,9 @@ inline int64_t lower_cloud_scratch(int64_t n, bool gram = false) {
 }
 
 // Squared distances of all pairs j < i of one cloud x (n, dim; rows ld apart, dim by default),
-// into sq[i * n + j], through scratch of lower_cloud_scratch(n, Gram) doubles. Rows past n and coordinates past dim are zero
-// in the chunk, so they add exact zeros and every tile has full shape. A block pair's 4 x 4
-// pairs run as register tiles of TI x TJ, once per lane group.
+// into sq[i * n + j], through scratch of lower_cloud_scratch(n, Gram) doubles. Rows past n and
+// coordinates past dim are zero in the chunk, so they add exact zeros and every tile has full
+// shape. A block pair's 4 x 4 pairs run as register tiles of TI x TJ, once per lane group.
 // Gram: the same tiles sum products of the rows less `centre` (rounded differences) instead,
 // fused where the build can, in no canonical order: with y_i = x_i - centre,
 // sq[i * n + j] = y_i . y_j (j < i) and sq[i * n + i] = |y_i|^2, for certified_squares_lower.

@@ -315,6 +315,15 @@ void test_certified_distances() {
                     "%.9g vs %.9g", level, kind, (long long)n, (long long)dim, (long long)i,
                     (long long)j, double(got), double(ref));
             }
+          // The CPU's row-by-row centre is the shared per-coordinate one, bit for bit.
+          std::vector<float> centre(dim);
+          tsloss::cpu::certify_centre_rows(x.data(), n, dim, centre.data());
+          for (int64_t k = 0; k < dim; ++k) {
+            const float c = tsl::certify_centre(x.data(), n, dim, k);
+            CHECK(memcmp(&c, &centre[k], sizeof c) == 0, "centre, kind %d n=%lld dim=%lld k=%lld: "
+                  "%.9g vs %.9g", kind, (long long)n, (long long)dim, (long long)k,
+                  double(centre[k]), double(c));
+          }
           int64_t gpu_fallbacks = 0;
           if (level == 0)  // the GPU route's arithmetic (no x86 build involved)
             for (int64_t i = 0; i < n; ++i)
