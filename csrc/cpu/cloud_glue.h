@@ -149,6 +149,7 @@ inline int64_t cloud_grain(int64_t work_per_cloud) {
 // chunks are shared out. Neither the split nor the thread count changes a sum's order.
 template <typename T, class Weights>
 void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const Weights& weights) {
+  if (B == 0 || N == 0 || D == 0) return;  // no chunk to run (the callers return earlier)
   const int64_t n4 = (N + 3) / 4 * 4;
   const int64_t threads = at::get_num_threads();
   const bool per_cloud = B >= 2 * threads;

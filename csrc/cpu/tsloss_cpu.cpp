@@ -285,6 +285,8 @@ at::Tensor tsloss_backward_cpu(
           const double d = static_cast<double>(db[i * N + j]);
           W[i * n4 + j] = d > 0.0 ? static_cast<scalar_t>(wd[i * n4 + j] / d) : scalar_t(0);
         }
+      // Kept for the next call, unless an unusually large cloud grew it.
+      if (int64_t(wd.size()) > glue::kKeepEntries) std::vector<double>().swap(wd);
     });
   });
   return out;
