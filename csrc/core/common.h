@@ -11,8 +11,12 @@
 
 #if defined(__CUDACC__)
 #define TSL_HD __host__ __device__ __forceinline__
+// A rare path kept out of line on the device, so that its registers do not weigh on the loop
+// that calls it.
+#define TSL_HD_COLD __host__ __device__ __noinline__
 #else
 #define TSL_HD inline
+#define TSL_HD_COLD inline
 #endif
 
 namespace tsl {

@@ -1,12 +1,19 @@
 // The H1 reduction of one cloud by one warp, written once on the warp contract (warp.h): the
 // algorithm of reduce_h1 (h1_reduce.h), with data structures a warp can share.
 //
-// - The working coboundary is an unsorted multiset of entries. A column's cofacets enter 32 third
-//   vertices at a time (a ballot and the ranks below each lane place them); the pivot is a warp
-//   argmin over a packed key (diameter bits, then the triangle index reversed: filtration
-//   order), and the copies of it are counted by the warp: an even count cancels (Z/2), an odd one
-//   leaves one copy. Cancelled copies are marked dead and squeezed out when they are the
-//   majority.
+// - The working coboundary is a stack of sorted runs and an unsorted tail. A column's cofacets
+//   enter the tail 32 third vertices at a time (a ballot and the ranks below each lane place
+//   them). A tail of kSealAt entries is sealed: sorted in filtration order by the warp, equal
+//   pairs cancelled (Z/2), and pushed as the newest run; the last two runs merge (merge path,
+//   one slice of the output per lane, into free space past the set, then cancelled back into
+//   place) while the older one is at most twice the newer, so the runs' sizes fall by half or
+//   more and there are fewer than 32 of them. Lane r holds run r's head and end.
+// - The pivot is a warp argmin over a packed key (diameter bits, then the triangle index
+//   reversed: filtration order) of the run heads (a run holds each triangle once) and a scan of
+//   the tail (at most kSealAt entries). The copies are counted by the warp: an even count
+//   cancels, an odd one leaves one copy. A pivot query costs O(1 + kSealAt / 32) warp steps
+//   however large the set; before, the whole set was scanned on every query (a ring of 256
+//   points: 525 k entries).
 // - The pivot table is probed 32 slots at a time; the first hit or empty slot in probe order
 //   decides, as a linear probe would.
 // - Working V columns cancel their pairs when stored: sorted by the warp, runs of even length
@@ -166,10 +173,22 @@ struct IntLess {
   TSL_HD bool operator()(int32_t a, int32_t b) const { return a < b; }
 };
 
-// Entries by triangle index (cancelled ones, index -1, first): equal triangles become adjacent.
+// Filtration order (reduce_h1's pivot order), cancelled entries (index -1) after every live one.
 template <typename T>
-struct IndexLess {
-  TSL_HD bool operator()(const Entry<T>& a, const Entry<T>& b) const { return a.index < b.index; }
+struct EntryBefore {
+  TSL_HD bool operator()(const Entry<T>& a, const Entry<T>& b) const {
+    if (a.index < 0) return false;
+    if (b.index < 0) return true;
+    return filtration_less(a, b);
+  }
+};
+
+// Positions [base, base + count) of a Spill, indexed from 0 (for block_sort).
+template <typename X>
+struct SpillRange {
+  Spill<X> s;
+  index_t base;
+  TSL_HD X& operator[](index_t i) const { return s[base + i]; }
 };
 
 }  // namespace warp_reduce_detail
@@ -212,8 +231,8 @@ class WarpReducer {
       const T step = (threshold_ - col.diameter) / T(64);
       T band = first.index < 0 ? threshold_ : first.diameter + step;
       if (!(band < threshold_)) band = threshold_;
-      size_ = dead_ = vsize_ = 0;
-      cancel_at_ = kMinCancel;
+      size_ = tail_ = dead_ = vsize_ = 0;
+      runs_ = 0;
       Status s = add_edge(e, band);
       if (s != kOk) return s;
       for (;;) {
@@ -294,7 +313,7 @@ class WarpReducer {
     return s != kOk ? s : push_coboundary(edge, T(-1), band);
   }
 
-  // The cofacets of `edge` of diameter in (lower, upper] into the set.
+  // The cofacets of `edge` of diameter in (lower, upper] into the set's tail.
   TSL_HD Status push_coboundary(index_t edge, T lower, T upper) {
     index_t i, j;
     edge_vertices(edge, d_.n, &i, &j);
@@ -313,8 +332,9 @@ class WarpReducer {
       const uint32_t mask = w_.ballot(in);
       if (!mask) continue;
       const index_t count = warp::popcount(mask);
-      if (size_ + count > cancel_at_ || size_ + count > m_.set.capacity()) {
-        cancel_pairs();
+      if (size_ + count > m_.set.capacity()) {
+        seal_tail();
+        if (size_ + count > m_.set.capacity()) compact_all();
         if (size_ + count > m_.set.capacity()) return kHeapFull;
       }
       w_.each([&](int lane) {
@@ -327,69 +347,160 @@ class WarpReducer {
         stats_->entries_pushed += count;
         if (size_ > stats_->set_high) stats_->set_high = size_;
       }
+      if (size_ - tail_ >= kSealAt) seal_tail();
     }
     w_.sync();
     return kOk;
   }
 
-  // Cancels every pair of equal entries (Z/2), not only the pivot's: sorted by triangle, the
-  // first entry of each run of odd length stays. Run when the set doubles since the last time
-  // (like the scalar heap's compaction when full), so the set stays near its true support.
-  TSL_HD void cancel_pairs() {
-    using namespace warp_reduce_detail;
-    // The sort reads entries other lanes wrote (push_coboundary); ballots and shuffles order
-    // nothing in memory, only a warp barrier does.
+  // The first entry of each run of equal triangles of odd length, from the sorted positions
+  // [from, from + count) to `to` <= from, in order; cancelled entries are dropped. Returns how
+  // many were kept. A chunk's 32 entries are all read before any is written, and a write never
+  // reaches a position a later chunk reads.
+  TSL_HD index_t cancel_sorted(index_t from, index_t count, index_t to) {
+    // The entries were written by other lanes; ballots and shuffles order nothing in memory,
+    // only a warp barrier does.
     w_.sync();
-    if (stats_) ++stats_->cancel_passes;
-    WarpBlock<W> blk{w_};
-    if (size_ > 1) block_sort(blk, m_.set, size_, IndexLess<T>());
     index_t out = 0;
-    for (index_t r0 = 0; r0 < size_; r0 += warp::kLanes) {
+    for (index_t r0 = 0; r0 < count; r0 += warp::kLanes) {
       typename W::template Var<Entry<T>> x;
       typename W::template Var<bool> keep;
       w_.each([&](int lane) {
         const index_t p = r0 + lane;
         keep[lane] = false;
-        if (p >= size_) return;
-        x[lane] = m_.set[p];
-        if (x[lane].index < 0 || (p > 0 && m_.set[p - 1].index == x[lane].index)) return;
+        if (p >= count) return;
+        x[lane] = m_.set[from + p];
+        if (x[lane].index < 0 || (p > 0 && m_.set[from + p - 1].index == x[lane].index)) return;
         index_t run = 1;
-        while (p + run < size_ && m_.set[p + run].index == x[lane].index) ++run;
+        while (p + run < count && m_.set[from + p + run].index == x[lane].index) ++run;
         keep[lane] = run & 1;
       });
       const uint32_t mask = w_.ballot(keep);
       w_.sync();
       w_.each([&](int lane) {
-        if (keep[lane]) m_.set[out + warp::popcount(mask & warp::lanes_below(lane))] = x[lane];
+        if (keep[lane]) m_.set[to + out + warp::popcount(mask & warp::lanes_below(lane))] = x[lane];
       });
       out += warp::popcount(mask);
       w_.sync();
     }
-    size_ = out;
-    dead_ = 0;
-    cancel_at_ = 2 * size_ > kMinCancel ? 2 * size_ : kMinCancel;
+    return out;
   }
 
-  // Drops the cancelled entries, keeping the others in order: 32 at a time, all read before any
-  // is written (a write may land on a position another lane reads).
-  TSL_HD void squeeze() {
+  // The live entries of [from, from + count) to `to` <= from, in order; returns how many.
+  TSL_HD index_t move_live_left(index_t from, index_t count, index_t to) {
+    w_.sync();
     index_t out = 0;
-    for (index_t r0 = 0; r0 < size_; r0 += warp::kLanes) {
+    for (index_t r0 = 0; r0 < count; r0 += warp::kLanes) {
       typename W::template Var<Entry<T>> x;
       typename W::template Var<bool> live;
       w_.each([&](int lane) {
-        live[lane] = r0 + lane < size_ && m_.set[r0 + lane].index >= 0;
-        if (live[lane]) x[lane] = m_.set[r0 + lane];
+        live[lane] = r0 + lane < count && m_.set[from + r0 + lane].index >= 0;
+        if (live[lane]) x[lane] = m_.set[from + r0 + lane];
       });
       const uint32_t mask = w_.ballot(live);
       w_.sync();
       w_.each([&](int lane) {
-        if (live[lane]) m_.set[out + warp::popcount(mask & warp::lanes_below(lane))] = x[lane];
+        if (live[lane]) m_.set[to + out + warp::popcount(mask & warp::lanes_below(lane))] = x[lane];
       });
       out += warp::popcount(mask);
       w_.sync();
     }
-    size_ = out;
+    return out;
+  }
+
+  // Sorts [from, from + count) in filtration order and cancels it in place; returns its size.
+  TSL_HD index_t sort_and_cancel(index_t from, index_t count) {
+    using namespace warp_reduce_detail;
+    if (stats_) ++stats_->cancel_passes;
+    w_.sync();
+    WarpBlock<W> blk{w_};
+    if (count > 1) block_sort(blk, SpillRange<Entry<T>>{m_.set, from}, count, EntryBefore<T>());
+    return cancel_sorted(from, count, from);
+  }
+
+  TSL_HD void set_run(int r, index_t head, index_t end) {
+    w_.each([&](int lane) {
+      if (lane != r) return;
+      head_[lane] = head;
+      end_[lane] = end;
+    });
+  }
+
+  // The tail as the newest run, then merges while the older of the last two is at most twice
+  // the newer (or all 32 lanes hold runs), so that sizes halve from run to run.
+  TSL_HD void seal_tail() {
+    if (size_ == tail_) return;
+    const index_t kept = sort_and_cancel(tail_, size_ - tail_);
+    size_ = tail_ + kept;
+    dead_ = 0;
+    if (kept == 0) return;
+    set_run(runs_, tail_, size_);
+    ++runs_;
+    tail_ = size_;
+    while (runs_ >= 2) {
+      const index_t older = w_.shfl(end_, runs_ - 2) - w_.shfl(head_, runs_ - 2);
+      const index_t newer = w_.shfl(end_, runs_ - 1) - w_.shfl(head_, runs_ - 1);
+      if (runs_ < warp::kLanes && older > 2 * newer) break;
+      if (!merge_last()) return;  // compacted instead
+    }
+  }
+
+  // Merges the last two runs (the tail is empty): merge path into the free space past the set,
+  // each lane one slice of the output, then cancelled into place from the older run's start.
+  // Returns false when there was no room and the whole set was compacted instead.
+  TSL_HD_COLD bool merge_last() {
+    using namespace warp_reduce_detail;
+    const int a = runs_ - 2, b = runs_ - 1;
+    const index_t ha = w_.shfl(head_, a), na = w_.shfl(end_, a) - ha;
+    const index_t hb = w_.shfl(head_, b), nb = w_.shfl(end_, b) - hb;
+    const index_t sa = a == 0 ? 0 : w_.shfl(end_, a - 1);
+    const index_t n = na + nb, scratch = size_;
+    if (scratch + n > m_.set.capacity()) {
+      compact_all();
+      return false;
+    }
+    if (stats_ && scratch + n > stats_->set_high) stats_->set_high = scratch + n;
+    const index_t per = (n + warp::kLanes - 1) / warp::kLanes;
+    const EntryBefore<T> before;
+    w_.sync();
+    w_.each([&](int lane) {
+      index_t o = index_t(lane) * per;
+      const index_t o_end = o + per < n ? o + per : n;
+      if (o >= n) return;
+      // The split of the first o outputs between the runs; ties take the older run first.
+      index_t lo = o > nb ? o - nb : 0, hi = o < na ? o : na;
+      while (lo < hi) {
+        const index_t mid = (lo + hi) / 2;
+        if (!before(m_.set[hb + o - mid - 1], m_.set[ha + mid])) lo = mid + 1;
+        else hi = mid;
+      }
+      index_t i = lo, j = o - lo;
+      for (; o < o_end; ++o) {
+        const bool take_a = j >= nb || (i < na && !before(m_.set[hb + j], m_.set[ha + i]));
+        m_.set[scratch + o] = take_a ? m_.set[ha + i++] : m_.set[hb + j++];
+      }
+    });
+    // Copies of a triangle (one per run) are now adjacent; the output starts at or before the
+    // older run's start and ends before the scratch.
+    const index_t kept = cancel_sorted(scratch, n, sa);
+    runs_ -= kept ? 1 : 2;
+    if (kept) set_run(a, sa, sa + kept);
+    size_ = tail_ = sa + kept;
+    return true;
+  }
+
+  // Every live entry into one sorted, cancelled run from position 0 (when the set is full).
+  TSL_HD_COLD void compact_all() {
+    index_t out = 0;
+    for (int r = 0; r < runs_; ++r) {
+      const index_t h = w_.shfl(head_, r), e = w_.shfl(end_, r);
+      out += move_live_left(h, e - h, out);
+    }
+    out += move_live_left(tail_, size_ - tail_, out);
+    const index_t kept = sort_and_cancel(0, out);
+    runs_ = kept ? 1 : 0;
+    if (kept) set_run(0, 0, kept);
+    size_ = tail_ = kept;
     dead_ = 0;
   }
 
@@ -398,50 +509,63 @@ class WarpReducer {
   TSL_HD Status pivot_of_set(Entry<T>* pivot) {
     if (stats_) ++stats_->pivot_queries;
     for (;;) {
-      if (dead_ > 64 && 2 * dead_ > size_) squeeze();
+      if (dead_ > 64 && 2 * dead_ > size_ - tail_) seal_tail();
       typename W::template Var<uint64_t> hi, lo;
       w_.each([&](int lane) {
         uint64_t bh = ~uint64_t(0), bl = ~uint64_t(0);
-        for (index_t s = lane; s < size_; s += warp::kLanes) {
-          const Entry<T> x = m_.set[s];
-          if (x.index < 0) continue;
+        const auto consider = [&](const Entry<T>& x) {
           const uint64_t h = warp::order_bits(x.diameter), l = ~uint64_t(x.index);
           if (h < bh || (h == bh && l < bl)) {
             bh = h;
             bl = l;
           }
+        };
+        for (index_t s = tail_ + lane; s < size_; s += warp::kLanes) {
+          const Entry<T> x = m_.set[s];
+          if (x.index >= 0) consider(x);
         }
+        if (lane < runs_ && head_[lane] < end_[lane]) consider(m_.set[head_[lane]]);
         hi[lane] = bh;
         lo[lane] = bl;
       });
       const uint64_t mh = w_.min(hi);
       if (mh == ~uint64_t(0)) {
-        size_ = dead_ = 0;
+        size_ = tail_ = dead_ = 0;
+        runs_ = 0;
         *pivot = Entry<T>{T(0), -1};
         return kOk;
       }
       typename W::template Var<uint64_t> lo_at;
       w_.each([&](int lane) { lo_at[lane] = hi[lane] == mh ? lo[lane] : ~uint64_t(0); });
       const int64_t index = int64_t(~w_.min(lo_at));
-      // The copies of the earliest entry: how many, and the first position holding one.
+      // The copies of the earliest entry: at run heads (one per run at most) and in the tail.
+      typename W::template Var<bool> at_head;
       typename W::template Var<int64_t> copies, first;
       w_.each([&](int lane) {
+        at_head[lane] =
+            lane < runs_ && head_[lane] < end_[lane] && m_.set[head_[lane]].index == index;
         copies[lane] = 0;
         first[lane] = INT64_MAX;
-        for (index_t s = lane; s < size_; s += warp::kLanes) {
+        for (index_t s = tail_ + lane; s < size_; s += warp::kLanes) {
           if (m_.set[s].index != index) continue;
           ++copies[lane];
           first[lane] = s < first[lane] ? s : first[lane];
         }
       });
-      const int64_t count = w_.sum(copies);
-      const int64_t keep = (count & 1) ? w_.min(first) : -1;
+      const uint32_t heads = w_.ballot(at_head);
+      const int64_t in_tail = w_.sum(copies);
+      const int64_t count = warp::popcount(heads) + in_tail;
+      // The copy left behind: the first run's head, else the tail's first copy.
+      const int keep_run = (count & 1) && heads ? warp::lowest_bit(heads) : -1;
+      const int64_t keep_tail = (count & 1) && !heads ? w_.min(first) : -1;
+      const int64_t keep = keep_run >= 0 ? w_.shfl(head_, keep_run) : keep_tail;
       w_.each([&](int lane) {
-        for (index_t s = lane; s < size_; s += warp::kLanes)
-          if (m_.set[s].index == index && s != keep) m_.set[s].index = -1;
+        if (at_head[lane] && lane != keep_run) ++head_[lane];
+        for (index_t s = tail_ + lane; s < size_; s += warp::kLanes)
+          if (m_.set[s].index == index && s != keep_tail) m_.set[s].index = -1;
       });
       w_.sync();
-      dead_ += (count & 1) ? count - 1 : count;
+      dead_ += keep_tail >= 0 ? in_tail - 1 : in_tail;
       if (keep >= 0) {
         *pivot = m_.set[keep];
         return kOk;
@@ -499,9 +623,16 @@ class WarpReducer {
   T threshold_;
   WarpReduceMemory<T> m_;
   WarpReduceStats* stats_;
-  static constexpr index_t kMinCancel = 1024;
-  index_t size_ = 0, dead_ = 0, vsize_ = 0, arena_size_ = 0, slots_used_ = 0;
-  index_t cancel_at_ = kMinCancel;  // set size that triggers the next cancel_pairs
+  // Tail entries that make a run: every pivot query scans the tail, and a sealed run costs a
+  // sort of it and its merges.
+  static constexpr index_t kSealAt = 256;
+  // The set: runs in [0, tail_), lane r's run in [head_[r], end_[r]) (its start is run r - 1's
+  // end; entries before the head are spent), the unsorted tail in [tail_, size_), dead_ of it
+  // cancelled (index -1).
+  index_t size_ = 0, tail_ = 0, dead_ = 0;
+  int runs_ = 0;
+  typename W::template Var<index_t> head_, end_;
+  index_t vsize_ = 0, arena_size_ = 0, slots_used_ = 0;
 };
 
 }  // namespace tsl

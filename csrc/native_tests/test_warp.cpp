@@ -5,6 +5,8 @@
 //                                                only the fraction F of those of N >= 255
 //                                                (--big) and of N = 64, 100 (--mid); --counters
 //                                                prints the emulation's counters per N
+//   test_warp --probe N                          the reduction's work on a ring, a ring with
+//                                                centre, a lattice and a Gaussian cloud of N
 // Environment: TEST_WARP_ONLY_N=n runs the parity on size n alone (other clouds then differ),
 // TEST_WARP_VERBOSE=1 prints each cloud and its time.
 //
@@ -221,10 +223,10 @@ std::vector<double> make_cloud(int family, int64_t n, int64_t* dim, std::mt19937
     default: {  // a regular polygon, sometimes with its centre (every side and chord ties)
       *dim = 2;
       x.resize(n * 2);
-      // A bare ring is the reductions' worst case: the scalar one takes 13 s at N = 512, the
-      // warp one's working set reaches 34 k entries at N = 100 and 525 k at N = 256 (each pivot
-      // query scans it: 1.8 s and 520 s emulated). Past N = 64 the ring gets its centre.
-      const bool centre = (rng() % 2 || n > 64) && n > 3;
+      // A bare ring is the reductions' worst case (--probe): at N = 256 the warp reduction's
+      // set reaches 29 k entries, 0.5 s emulated (11 s when every pivot query scanned the whole
+      // set), and at N = 512 206 k, 12 s. Past N = 256 the ring gets its centre.
+      const bool centre = (rng() % 2 || n > 256) && n > 3;
       const int64_t ring = centre ? n - 1 : n;
       for (int64_t p = 0; p < ring; ++p) {
         x[2 * p] = std::cos(2 * M_PI * double(p) / double(ring));
@@ -340,11 +342,10 @@ void test_parity(double big_fraction, double mid_fraction) {
     int64_t n;
     int clouds;
   };
-  // The emulated warp reduction scans its working set on every pivot query, so a tie-heavy
-  // N = 256 cloud costs up to 9 s here and an N = 512 one about 18 s: the large sizes get few
-  // clouds (a run with 20 of each of N = 255..257 and 6 of N = 512 passed in 167 s).
-  const Size sizes[] = {{3, 2900}, {31, 2100}, {32, 2100}, {33, 2100}, {64, 500},
-                        {100, 280}, {255, 6},   {256, 6},   {257, 6},   {512, 2}};
+  // A tie-heavy cloud costs the emulation up to 1 s at N = 256 and 13 s at N = 512 (integer
+  // coordinates), so the large sizes get fewer clouds.
+  const Size sizes[] = {{3, 2900}, {31, 2100}, {32, 2100}, {33, 2100}, {64, 480},
+                        {100, 260}, {255, 20},  {256, 20},  {257, 20},  {512, 2}};
   const char* only = std::getenv("TEST_WARP_ONLY_N");
   std::mt19937 rng(2026);
   int64_t total = 0, failed = 0;
@@ -408,6 +409,66 @@ void print_counters() {
   }
 }
 
+
+// --probe N: the warp reduction's work on single clouds of N points that stress it, each checked
+// against the scalar engine: a bare ring (the worst case), a ring with its centre, a lattice and
+// a Gaussian cloud. Prints the reduction's warp steps and collectives (the emulation's count of
+// warp-wide instructions, without the topology pass), its set high-water and both times.
+void probe(int64_t n) {
+  struct Case {
+    const char* name;
+    int64_t dim;
+    std::vector<double> x;
+  };
+  std::vector<Case> cases;
+  for (int centre = 0; centre < 2; ++centre) {
+    const int64_t ring = n - centre;
+    std::vector<double> x(n * 2, 0.0);
+    for (int64_t p = 0; p < ring; ++p) {
+      x[2 * p] = std::cos(2 * M_PI * double(p) / double(ring));
+      x[2 * p + 1] = std::sin(2 * M_PI * double(p) / double(ring));
+    }
+    cases.push_back({centre ? "ring+centre" : "bare ring", 2, x});
+  }
+  std::mt19937 rng(7);
+  std::vector<double> lattice(n * 2), gauss(n * 8);
+  for (double& v : lattice) v = double(rng() % 6);
+  std::normal_distribution<double> g;
+  for (double& v : gauss) v = g(rng);
+  cases.push_back({"lattice 6x6", 2, lattice});
+  cases.push_back({"gaussian D=8", 8, gauss});
+  std::printf("%-14s %6s %12s %12s %10s %10s %10s  %s\n", "cloud", "N", "red. steps",
+              "collectives", "set high", "emul. s", "scalar s", "parity");
+  for (const Case& c : cases) {
+    std::vector<double> dist(n * n);
+    tsl::pairwise_distance_cloud(c.x.data(), n, c.dim, dist.data());
+    const int64_t K = 4 * n;
+    Outputs<double> ref(n, K), emu(n, K), topo(n, K);
+    tsl::HostWorkspace<double> hws;
+    auto t0 = std::chrono::steady_clock::now();
+    tsl::vr_persistence_cloud(dist.data(), n, 1, ref.view(K), hws);
+    const double scalar_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    tsl::EmulationOptions opt;
+    tsl::EmulatedWorkspace<double> only_topology, ews;
+    opt.warp_reduction = false;
+    tsl::vr_persistence_cloud_emulated(dist.data(), n, 1, topo.view(K), only_topology, opt);
+    opt.warp_reduction = true;
+    t0 = std::chrono::steady_clock::now();
+    tsl::vr_persistence_cloud_emulated(dist.data(), n, 1, emu.view(K), ews, opt);
+    const double emu_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const bool ok = same_bits(ref.h1, emu.h1) && ref.h1_edges == emu.h1_edges &&
+                    ref.count == emu.count && ews.status == tsl::kOk;
+    CHECK(ok, "probe %s n=%lld: the emulated reduction differs from the scalar engine", c.name,
+          (long long)n);
+    std::printf("%-14s %6lld %12lld %12lld %10lld %10.3f %10.3f  %s\n", c.name, (long long)n,
+                (long long)(ews.warp.steps - only_topology.warp.steps),
+                (long long)(ews.warp.collectives - only_topology.warp.collectives),
+                (long long)ews.reduction.set_high, emu_s, scalar_s, ok ? "same" : "DIFFERENT");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -421,6 +482,9 @@ int main(int argc, char** argv) {
       mid = std::atof(argv[++a]);
     } else if (arg == "--counters") {
       counters = true;
+    } else if (arg == "--probe" && a + 1 < argc) {
+      probe(std::atoll(argv[++a]));
+      return tsl_test::finish_checks("warp probe");
     } else {
       std::printf("unknown argument %s\n", argv[a]);
       return 2;
