@@ -1,13 +1,15 @@
 // The H1 reduction of one cloud by one warp, written once on the warp contract (warp.h): the
 // algorithm of reduce_h1 (h1_reduce.h), with data structures a warp can share.
 //
-// - The working coboundary is a stack of sorted runs and an unsorted tail. A column's cofacets
+// - The working coboundary is an unsorted tail and a stack of sorted runs. A column's cofacets
 //   enter the tail 32 third vertices at a time (a ballot and the ranks below each lane place
-//   them). A tail of kSealAt entries is sealed: sorted in filtration order by the warp, equal
-//   pairs cancelled (Z/2), and pushed as the newest run; the last two runs merge (merge path,
-//   one slice of the output per lane, into free space past the set, then cancelled back into
-//   place) while the older one is at most twice the newer, so the runs' sizes fall by half or
-//   more and there are fewer than 32 of them. Lane r holds run r's head and end.
+//   them). A full tail (kSealAt entries) is sealed: sorted in filtration order by the warp,
+//   equal pairs cancelled (Z/2), and pushed as the newest run; the last two runs merge (merge
+//   path, one slice of the output per lane, into free space past the set, then cancelled back
+//   into place) while the older one is at most twice the newer, so the runs' sizes fall by half
+//   or more and there are fewer than 32 of them. Lane r holds run r's head and end.
+// - The tail, read by every pivot query, is the set's first kSealAt positions: the part a
+//   launcher puts in shared memory. The runs follow it.
 // - The pivot is a warp argmin over a packed key (diameter bits, then the triangle index
 //   reversed: filtration order) of the run heads (a run holds each triangle once) and a scan of
 //   the tail (at most kSealAt entries). The copies are counted by the warp: an even count
@@ -206,6 +208,7 @@ class WarpReducer {
     using namespace warp_reduce_detail;
     *num_pairs = 0;
     if (num_columns + 1 > m_.slot_capacity) return kPivotTableFull;
+    if (m_.set.capacity() < 2 * kSealAt) return kHeapFull;  // the tail and one run
     if (2 * (num_columns + 1) > m_.pivot_capacity) return kPivotTableFull;
     w_.each([&](int lane) {
       for (index_t s = lane; s < m_.pivot_capacity; s += warp::kLanes) m_.pivot_keys[s] = -1;
@@ -231,8 +234,8 @@ class WarpReducer {
       const T step = (threshold_ - col.diameter) / T(64);
       T band = first.index < 0 ? threshold_ : first.diameter + step;
       if (!(band < threshold_)) band = threshold_;
-      size_ = tail_ = dead_ = vsize_ = 0;
-      runs_ = 0;
+      reset_set();
+      vsize_ = 0;
       Status s = add_edge(e, band);
       if (s != kOk) return s;
       for (;;) {
@@ -332,31 +335,29 @@ class WarpReducer {
       const uint32_t mask = w_.ballot(in);
       if (!mask) continue;
       const index_t count = warp::popcount(mask);
-      if (size_ + count > m_.set.capacity()) {
-        seal_tail();
-        if (size_ + count > m_.set.capacity()) compact_all();
-        if (size_ + count > m_.set.capacity()) return kHeapFull;
+      if (tail_ + count > kSealAt) {
+        const Status s = seal_tail();
+        if (s != kOk) return s;
       }
       w_.each([&](int lane) {
         if (!in[lane]) return;
-        m_.set[size_ + warp::popcount(mask & warp::lanes_below(lane))] =
+        m_.set[tail_ + warp::popcount(mask & warp::lanes_below(lane))] =
             Entry<T>{diam[lane], cofacet_index(i, j, k0 + lane)};
       });
-      size_ += count;
+      tail_ += count;
       if (stats_) {
         stats_->entries_pushed += count;
-        if (size_ > stats_->set_high) stats_->set_high = size_;
+        if (tail_ > stats_->set_high) stats_->set_high = tail_;
       }
-      if (size_ - tail_ >= kSealAt) seal_tail();
     }
     w_.sync();
     return kOk;
   }
 
   // The first entry of each run of equal triangles of odd length, from the sorted positions
-  // [from, from + count) to `to` <= from, in order; cancelled entries are dropped. Returns how
-  // many were kept. A chunk's 32 entries are all read before any is written, and a write never
-  // reaches a position a later chunk reads.
+  // [from, from + count) to `to` (<= from, or past the range), in order; cancelled entries are
+  // dropped. Returns how many were kept. A chunk's 32 entries are all read before any is
+  // written, and a write never reaches a position a later chunk reads.
   TSL_HD index_t cancel_sorted(index_t from, index_t count, index_t to) {
     // The entries were written by other lanes; ballots and shuffles order nothing in memory,
     // only a warp barrier does.
@@ -408,16 +409,6 @@ class WarpReducer {
     return out;
   }
 
-  // Sorts [from, from + count) in filtration order and cancels it in place; returns its size.
-  TSL_HD index_t sort_and_cancel(index_t from, index_t count) {
-    using namespace warp_reduce_detail;
-    if (stats_) ++stats_->cancel_passes;
-    w_.sync();
-    WarpBlock<W> blk{w_};
-    if (count > 1) block_sort(blk, SpillRange<Entry<T>>{m_.set, from}, count, EntryBefore<T>());
-    return cancel_sorted(from, count, from);
-  }
-
   TSL_HD void set_run(int r, index_t head, index_t end) {
     w_.each([&](int lane) {
       if (lane != r) return;
@@ -426,34 +417,48 @@ class WarpReducer {
     });
   }
 
+  TSL_HD void reset_set() {
+    tail_ = dead_ = 0;
+    size_ = kSealAt;
+    runs_ = 0;
+  }
+
   // The tail as the newest run, then merges while the older of the last two is at most twice
   // the newer (or all 32 lanes hold runs), so that sizes halve from run to run.
-  TSL_HD void seal_tail() {
-    if (size_ == tail_) return;
-    const index_t kept = sort_and_cancel(tail_, size_ - tail_);
-    size_ = tail_ + kept;
-    dead_ = 0;
-    if (kept == 0) return;
-    set_run(runs_, tail_, size_);
+  TSL_HD_COLD Status seal_tail() {
+    using namespace warp_reduce_detail;
+    if (tail_ == 0) return kOk;
+    if (stats_) ++stats_->cancel_passes;
+    w_.sync();
+    WarpBlock<W> blk{w_};
+    if (tail_ > 1) block_sort(blk, SpillRange<Entry<T>>{m_.set, 0}, tail_, EntryBefore<T>());
+    if (size_ + tail_ > m_.set.capacity()) compact_all();
+    if (size_ + tail_ > m_.set.capacity()) return kHeapFull;
+    const index_t kept = cancel_sorted(0, tail_, size_);
+    tail_ = dead_ = 0;
+    if (kept == 0) return kOk;
+    set_run(runs_, size_, size_ + kept);
     ++runs_;
-    tail_ = size_;
+    size_ += kept;
+    if (stats_ && size_ > stats_->set_high) stats_->set_high = size_;
     while (runs_ >= 2) {
       const index_t older = w_.shfl(end_, runs_ - 2) - w_.shfl(head_, runs_ - 2);
       const index_t newer = w_.shfl(end_, runs_ - 1) - w_.shfl(head_, runs_ - 1);
       if (runs_ < warp::kLanes && older > 2 * newer) break;
-      if (!merge_last()) return;  // compacted instead
+      if (!merge_last()) break;  // compacted instead
     }
+    return kOk;
   }
 
-  // Merges the last two runs (the tail is empty): merge path into the free space past the set,
-  // each lane one slice of the output, then cancelled into place from the older run's start.
-  // Returns false when there was no room and the whole set was compacted instead.
-  TSL_HD_COLD bool merge_last() {
+  // Merges the last two runs: merge path into the free space past the set, each lane one slice
+  // of the output, then cancelled into place from the older run's start. Returns false when
+  // there was no room and the runs were compacted instead.
+  TSL_HD bool merge_last() {
     using namespace warp_reduce_detail;
     const int a = runs_ - 2, b = runs_ - 1;
     const index_t ha = w_.shfl(head_, a), na = w_.shfl(end_, a) - ha;
     const index_t hb = w_.shfl(head_, b), nb = w_.shfl(end_, b) - hb;
-    const index_t sa = a == 0 ? 0 : w_.shfl(end_, a - 1);
+    const index_t sa = a == 0 ? kSealAt : w_.shfl(end_, a - 1);
     const index_t n = na + nb, scratch = size_;
     if (scratch + n > m_.set.capacity()) {
       compact_all();
@@ -485,23 +490,28 @@ class WarpReducer {
     const index_t kept = cancel_sorted(scratch, n, sa);
     runs_ -= kept ? 1 : 2;
     if (kept) set_run(a, sa, sa + kept);
-    size_ = tail_ = sa + kept;
+    size_ = sa + kept;
     return true;
   }
 
-  // Every live entry into one sorted, cancelled run from position 0 (when the set is full).
-  TSL_HD_COLD void compact_all() {
-    index_t out = 0;
+  // Every run into one sorted, cancelled run (when the set is full); the tail stays.
+  TSL_HD void compact_all() {
+    using namespace warp_reduce_detail;
+    index_t out = kSealAt;
     for (int r = 0; r < runs_; ++r) {
       const index_t h = w_.shfl(head_, r), e = w_.shfl(end_, r);
       out += move_live_left(h, e - h, out);
     }
-    out += move_live_left(tail_, size_ - tail_, out);
-    const index_t kept = sort_and_cancel(0, out);
+    if (stats_) ++stats_->cancel_passes;
+    w_.sync();
+    WarpBlock<W> blk{w_};
+    const index_t count = out - kSealAt;
+    if (count > 1)
+      block_sort(blk, SpillRange<Entry<T>>{m_.set, kSealAt}, count, EntryBefore<T>());
+    const index_t kept = cancel_sorted(kSealAt, count, kSealAt);
     runs_ = kept ? 1 : 0;
-    if (kept) set_run(0, 0, kept);
-    size_ = tail_ = kept;
-    dead_ = 0;
+    if (kept) set_run(0, kSealAt, kSealAt + kept);
+    size_ = kSealAt + kept;
   }
 
   // The pivot of the set (its earliest entry of odd multiplicity), left in the set once;
@@ -509,7 +519,10 @@ class WarpReducer {
   TSL_HD Status pivot_of_set(Entry<T>* pivot) {
     if (stats_) ++stats_->pivot_queries;
     for (;;) {
-      if (dead_ > 64 && 2 * dead_ > size_ - tail_) seal_tail();
+      if (dead_ > 64 && 2 * dead_ > tail_) {
+        const Status s = seal_tail();
+        if (s != kOk) return s;
+      }
       typename W::template Var<uint64_t> hi, lo;
       w_.each([&](int lane) {
         uint64_t bh = ~uint64_t(0), bl = ~uint64_t(0);
@@ -520,7 +533,7 @@ class WarpReducer {
             bl = l;
           }
         };
-        for (index_t s = tail_ + lane; s < size_; s += warp::kLanes) {
+        for (index_t s = lane; s < tail_; s += warp::kLanes) {
           const Entry<T> x = m_.set[s];
           if (x.index >= 0) consider(x);
         }
@@ -530,8 +543,7 @@ class WarpReducer {
       });
       const uint64_t mh = w_.min(hi);
       if (mh == ~uint64_t(0)) {
-        size_ = tail_ = dead_ = 0;
-        runs_ = 0;
+        reset_set();
         *pivot = Entry<T>{T(0), -1};
         return kOk;
       }
@@ -546,7 +558,7 @@ class WarpReducer {
             lane < runs_ && head_[lane] < end_[lane] && m_.set[head_[lane]].index == index;
         copies[lane] = 0;
         first[lane] = INT64_MAX;
-        for (index_t s = tail_ + lane; s < size_; s += warp::kLanes) {
+        for (index_t s = lane; s < tail_; s += warp::kLanes) {
           if (m_.set[s].index != index) continue;
           ++copies[lane];
           first[lane] = s < first[lane] ? s : first[lane];
@@ -561,7 +573,7 @@ class WarpReducer {
       const int64_t keep = keep_run >= 0 ? w_.shfl(head_, keep_run) : keep_tail;
       w_.each([&](int lane) {
         if (at_head[lane] && lane != keep_run) ++head_[lane];
-        for (index_t s = tail_ + lane; s < size_; s += warp::kLanes)
+        for (index_t s = lane; s < tail_; s += warp::kLanes)
           if (m_.set[s].index == index && s != keep_tail) m_.set[s].index = -1;
       });
       w_.sync();
@@ -623,13 +635,13 @@ class WarpReducer {
   T threshold_;
   WarpReduceMemory<T> m_;
   WarpReduceStats* stats_;
-  // Tail entries that make a run: every pivot query scans the tail, and a sealed run costs a
-  // sort of it and its merges.
+  // The tail's capacity: every pivot query scans the tail, and a sealed run costs a sort of it
+  // and its merges.
   static constexpr index_t kSealAt = 256;
-  // The set: runs in [0, tail_), lane r's run in [head_[r], end_[r]) (its start is run r - 1's
-  // end; entries before the head are spent), the unsorted tail in [tail_, size_), dead_ of it
-  // cancelled (index -1).
-  index_t size_ = 0, tail_ = 0, dead_ = 0;
+  // The set: the unsorted tail in [0, tail_), dead_ of it cancelled (index -1); the runs in
+  // [kSealAt, size_), lane r's run in [head_[r], end_[r]) (its start is run r - 1's end, or
+  // kSealAt; entries before the head are spent).
+  index_t tail_ = 0, dead_ = 0, size_ = kSealAt;
   int runs_ = 0;
   typename W::template Var<index_t> head_, end_;
   index_t vsize_ = 0, arena_size_ = 0, slots_used_ = 0;
