@@ -200,6 +200,10 @@ struct SpillRange {
 template <class W, typename T>
 class WarpReducer {
  public:
+  // The tail's capacity: every pivot query scans the tail, and a sealed run costs a sort of it
+  // and its merges. Positions [0, kSealAt) of the set; a launcher keeps them in shared memory.
+  static constexpr index_t kSealAt = 256;
+
   TSL_HD WarpReducer(W& w, const DistanceMatrix<T>& d, T threshold, const WarpReduceMemory<T>& m,
                      WarpReduceStats* stats)
       : w_(w), d_(d), threshold_(threshold), m_(m), stats_(stats) {}
@@ -635,9 +639,6 @@ class WarpReducer {
   T threshold_;
   WarpReduceMemory<T> m_;
   WarpReduceStats* stats_;
-  // The tail's capacity: every pivot query scans the tail, and a sealed run costs a sort of it
-  // and its merges.
-  static constexpr index_t kSealAt = 256;
   // The set: the unsorted tail in [0, tail_), dead_ of it cancelled (index -1); the runs in
   // [kSealAt, size_), lane r's run in [head_[r], end_[r]) (its start is run r - 1's end, or
   // kSealAt; entries before the head are spent).
