@@ -56,3 +56,20 @@ def all_clouds(seed: int = 0):
     for name, clouds in families(seed).items():
         for i, c in enumerate(clouds):
             yield name, i, c
+
+
+def _ring(n: int, centre: bool = False) -> np.ndarray:
+    t = 2 * np.pi * np.arange(n - centre) / (n - centre)
+    pts = np.stack([np.cos(t), np.sin(t)], 1)
+    return np.concatenate([pts, np.zeros((1, 2))]) if centre else pts
+
+
+def hard_clouds():
+    """(name, cloud) pairs whose H1 reduction keeps thousands of coboundary entries at once:
+    rings and lattices of 100-256 points (ties everywhere)."""
+    rng = np.random.default_rng(11)
+    yield "ring100", _ring(100)
+    yield "ring256+centre", _ring(256, centre=True)
+    yield "lattice6x6_256", rng.integers(0, 6, (256, 2)).astype(float)
+    yield "grid16x16", np.array([(i, j) for i in range(16) for j in range(16)], float)
+    yield "rounded200", np.round(2 * rng.standard_normal((200, 3)))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tsloss_cuda  # noqa: F401  (registers the ops)
-from cases import all_clouds
+from cases import all_clouds, hard_clouds
 
 ops = torch.ops.tsloss_cuda
 
@@ -256,3 +256,20 @@ def test_reduce_mapping_does_not_change_results(monkeypatch, per_warp):
     monkeypatch.setenv("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", "33")
     with pytest.raises(RuntimeError, match="TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP"):
         _forward(x, False)
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,cloud", list(hard_clouds()), ids=lambda v: v if isinstance(v, str) else "")
+def test_tie_heavy_clouds_match_cpu(monkeypatch, name, cloud, dtype):
+    """Clouds whose H1 working set runs to thousands of entries (the warp reduction's sorted
+    runs, merges and compaction all run; gpu_check.sh's warp_tests phase reruns this file with
+    TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp) give the CPU engine's pairs exactly."""
+    monkeypatch.setenv("TSLOSS_CUDA_H1_HEAP", str(1 << 17))  # the capacity is not under test
+    x = torch.as_tensor(cloud, dtype=dtype)[None]
+    d = _cpu_dist(x)
+    k = 4 * x.shape[1]
+    cpu = ops.vr_persistence(d, 1, True, k)
+    gpu = ops.vr_persistence(d.cuda(), 1, True, k)
+    assert int(cpu[4]) > 0  # H1 bars exist, so the reduction did work
+    _assert_same(cpu, gpu, exact=True, rtol=0.0)

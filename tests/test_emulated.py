@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tsloss_cuda
-from cases import all_clouds
+from cases import all_clouds, hard_clouds
 from tsloss_cuda import _emulated  # noqa: F401  (the emulated op's fake kernel and autograd)
 
 ops = torch.ops.tsloss_cuda
@@ -41,6 +41,19 @@ def test_emulated_equals_cpu(name, idx, cloud, dtype):
     d = ops.pairwise_distance(x)
     _same(ops.vr_persistence_emulated(d, 1, True, k), ops.vr_persistence(d, 1, True, k))
     _same(ops.vr_persistence_emulated(x, 0, False, k), ops.vr_persistence(x, 0, False, k))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,cloud", list(hard_clouds()), ids=lambda v: v if isinstance(v, str) else "")
+def test_emulated_equals_cpu_on_tie_heavy_clouds(name, cloud, dtype):
+    """Working sets of thousands of entries: the warp reduction seals its tail into sorted runs
+    and merges them (csrc/core/h1_reduce_warp.h), with the CPU engine's bits."""
+    x = torch.as_tensor(cloud, dtype=dtype)[None]
+    d = ops.pairwise_distance(x)
+    k = 4 * x.shape[1]
+    out = ops.vr_persistence_emulated(d, 1, True, k)
+    assert int(out[4]) > 0
+    _same(out, ops.vr_persistence(d, 1, True, k))
 
 
 def test_switch_routes_through_emulation(monkeypatch):
