@@ -1,6 +1,6 @@
 """A small CUDA workload for compute-sanitizer: every op forward and backward, both dtypes,
 points and distance input, the loss with all terms, N = 256 split over several launches (one and
-a few clouds per launch), an H1 overflow and a NaN cloud.
+a few clouds per launch), a tie-heavy ring (exact), an H1 overflow and a NaN cloud.
 
     compute-sanitizer --tool memcheck python tools/gpu_smoke.py
 Exits non-zero if a CUDA result differs from the CPU one. The engine's switches
@@ -78,6 +78,22 @@ def main() -> int:
     good &= check("N=256, B=7, a few clouds per launch: loss",
                   torch.allclose(loss_gpu.cpu(), tsloss_cuda.loss(z, reduction="none"),
                                  rtol=1e-5, atol=1e-6))
+    # A bare 100-point ring: every chord ties, the H1 working set reaches ~2,000 entries, so the
+    # warp reduction seals its tail into runs and merges them; with a 1,500-entry heap it also
+    # compacts them (or reports the overflow).
+    t = torch.arange(100, dtype=torch.float64) * (2 * torch.pi / 100)
+    ring = torch.stack([t.cos(), t.sin()], 1)[None]
+    for dtype in (torch.float32, torch.float64):
+        d = ops.pairwise_distance(ring.to(dtype))
+        ref = ops.vr_persistence(d, 1, True, 64)
+        out = ops.vr_persistence(d.cuda(), 1, True, 64)
+        good &= check(f"ring of 100 {dtype}: exact",
+                      all(torch.equal(a, b.cpu()) for a, b in zip(ref, out)))
+        os.environ["TSLOSS_CUDA_H1_HEAP"] = "1500"
+        out = ops.vr_persistence(d.cuda(), 1, True, 64)
+        del os.environ["TSLOSS_CUDA_H1_HEAP"]
+        good &= check(f"ring of 100 {dtype}, 1,500-entry heap: exact or flagged",
+                      int(out[4]) == -1 or all(torch.equal(a, b.cpu()) for a, b in zip(ref, out)))
     # A cloud that overflows a tiny H1 workspace, and a NaN cloud: flagged, not crashing.
     os.environ["TSLOSS_CUDA_H1_HEAP"] = "4"
     y = torch.randn(3, 40, 8, generator=g).cuda()
