@@ -166,6 +166,24 @@ def test_invalid_input_is_flagged_not_raised():
         dg.to_numpy()
 
 
+def test_invalid_distance_matrices_end_and_are_flagged():
+    """Matrices the CPU refuses (a few NaN entries, negative entries) run on CUDA unchecked:
+    they must end (the warp reduction once looped forever on negative ones) and come back
+    flagged, the valid cloud beside them exact."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 40, 5, generator=g, dtype=torch.float64)
+    d = ops.pairwise_distance(x)
+    d[0, 7, 3] = d[0, 3, 7] = float("nan")
+    d[0, 20, 11] = d[0, 11, 20] = float("nan")
+    d[2] = torch.round(8 * (d[2] - 2)) / 8  # about half the entries negative, in eighths
+    d[2].fill_diagonal_(0)
+    dg = tsloss_cuda.vr_persistence(d.cuda(), distances=True)
+    assert dg.h1_count.tolist()[0] == dg.h1_count.tolist()[2] == tsloss_cuda.persistence.INVALID_INPUT
+    ref = tsloss_cuda.vr_persistence(d[1:2], distances=True)
+    assert int(dg.h1_count[1]) == int(ref.h1_count[0])
+    assert torch.equal(dg.h1[1].cpu(), ref.h1[0]) and torch.equal(dg.h0[1].cpu(), ref.h0[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_loss_and_gradient_match_cpu(dtype):
     g = torch.Generator().manual_seed(21)

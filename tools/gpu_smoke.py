@@ -1,6 +1,6 @@
 """A small CUDA workload for compute-sanitizer: every op forward and backward, both dtypes,
 points and distance input, the loss with all terms, N = 256 split over several launches (one and
-a few clouds per launch), a tie-heavy ring (exact), an H1 overflow and a NaN cloud.
+a few clouds per launch), a tie-heavy ring (exact), an H1 overflow, a NaN cloud and invalid distance matrices.
 
     compute-sanitizer --tool memcheck python tools/gpu_smoke.py
 Exits non-zero if a CUDA result differs from the CPU one. The engine's switches
@@ -105,6 +105,14 @@ def main() -> int:
     y[1, 3, 2] = float("nan")
     dg = tsloss_cuda.vr_persistence(y)
     good &= check("nan flagged", dg.h1_count[1].item() == tsloss_cuda.persistence.INVALID_INPUT)
+    # Distance matrices with a NaN entry or negative entries: they end, flagged.
+    d = ops.pairwise_distance(y.cpu()[[0, 2]].double())
+    d[0, 7, 3] = d[0, 3, 7] = float("nan")
+    d[1] = torch.round(8 * (d[1] - 2)) / 8
+    d[1].fill_diagonal_(0)
+    dg = tsloss_cuda.vr_persistence(d.cuda(), distances=True)
+    good &= check("NaN and negative distance matrices flagged",
+                  dg.h1_count.tolist() == [tsloss_cuda.persistence.INVALID_INPUT] * 2)
     torch.cuda.synchronize()
     print("gpu_smoke:", "all checks passed" if good else "FAILED", flush=True)
     return 0 if good else 1

@@ -175,13 +175,16 @@ struct IntLess {
   TSL_HD bool operator()(int32_t a, int32_t b) const { return a < b; }
 };
 
-// Filtration order (reduce_h1's pivot order), cancelled entries (index -1) after every live one.
+// Filtration order (reduce_h1's pivot order) by the pivot query's own key, so that runs sort
+// exactly as the argmin over their heads ranks (a total order on every bit pattern, NaN
+// included); cancelled entries (index -1) after every live one.
 template <typename T>
 struct EntryBefore {
   TSL_HD bool operator()(const Entry<T>& a, const Entry<T>& b) const {
     if (a.index < 0) return false;
     if (b.index < 0) return true;
-    return filtration_less(a, b);
+    const uint64_t ka = warp::order_bits(a.diameter), kb = warp::order_bits(b.diameter);
+    return ka < kb || (ka == kb && a.index > b.index);
   }
 };
 

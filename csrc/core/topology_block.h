@@ -101,7 +101,7 @@ TSL_HD bool is_column(const DistanceMatrix<T>& d, const int32_t* parent, T thres
                       index_t* i, index_t* j, T* de, int64_t* visited) {
   edge_vertices(e, d.n, i, j);
   *de = d(*i, *j);
-  if (*de > threshold) return false;
+  if (!(*de <= threshold)) return false;  // a NaN radius (or length) makes no column
   if (parent[*i] == *j || parent[*j] == *i) return false;
   return !apparent_facet_by_columns(d, *i, *j, *de, visited);
 }
@@ -164,29 +164,39 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
   if (n <= 0) return;
   const int nthreads = blk.threads();
 
-  // ---- enclosing radius: column maxima (coalesced; equal to row maxima), then their minimum
+  // ---- enclosing radius: column maxima (coalesced; equal to row maxima), then their minimum.
+  // A NaN distance (CUDA does not check its input on the host; the cloud is reported invalid
+  // afterwards) makes the radius NaN, and a NaN radius makes no H1 column: the reductions never
+  // see an order that NaN breaks (the scalar one grew its heap without end on such a matrix).
   blk.each_warp([&](W& w, int warp_id) {
     typename W::template Var<T> least;
+    typename W::template Var<bool> nan;
     w.each([&](int lane) {
       T r = T(INFINITY);  // a lane without a vertex never wins
+      bool seen = false;
       for (index_t v = index_t(warp_id) * warp::kLanes + lane; v < n; v += nthreads) {
         T m = T(0);
         for (index_t u = 0; u < n; ++u) {
           const T x = c.d(u, v);
           m = x > m ? x : m;
+          seen |= x != x;
         }
         r = m < r ? m : r;
       }
       least[lane] = r;
+      nan[lane] = seen;
     });
-    const T r = w.min(least);
+    const T r = w.any(nan) ? T(NAN) : w.min(least);
     w.each([&](int lane) {
       if (lane == 0) c.warp_values[warp_id] = r;
     });
   });
   blk.sync();
   T radius = c.warp_values[0];
-  for (int k = 1; k < blk.warps(); ++k) radius = c.warp_values[k] < radius ? c.warp_values[k] : radius;
+  for (int k = 1; k < blk.warps(); ++k) {
+    const T r = c.warp_values[k];
+    radius = (r < radius || r != r) ? r : radius;
+  }
 
   // ---- Prim in the first warp. Lane l owns the vertices v = l (mod 32) and all their state, so
   // no lane reads a word another lane writes within a step. Each step relaxes the owned

@@ -53,20 +53,25 @@ TSL_HD int lowest_bit(uint32_t m) {
 #endif
 }
 
-// The bits of a non-negative, non-NaN float or double as an unsigned integer of the same order:
-// the distance part of packed argmin and sort keys. +0.0 is added first so that -0.0 (equal to
-// 0.0 in every comparison of the scalar engine) becomes 0.0 and gets the same key.
+// A float or double as an unsigned integer of the same order: the distance part of packed
+// argmin and sort keys. +0.0 is added first so that -0.0 (equal to 0.0 in every comparison of
+// the scalar engine) becomes 0.0 and gets the same key. Negative values (an invalid distance
+// matrix, which CUDA does not check on the host) come below the positive ones in their own
+// order, so the keys order every non-NaN value as the scalar engine's comparisons do: the warp
+// reduction's sorted runs and its argmin must agree, or a column's reduction never ends. NaNs
+// get keys of their own, never all ones (the "none" marker of the argmins).
 TSL_HD uint64_t order_bits(double x) {
   const double y = x + 0.0;
   uint64_t u;
   memcpy(&u, &y, sizeof u);
-  return u;
+  const uint64_t k = (u >> 63) ? ~u : u | (uint64_t(1) << 63);
+  return k == ~uint64_t(0) ? k - 1 : k;
 }
 TSL_HD uint64_t order_bits(float x) {
   const float y = x + 0.0f;
   uint32_t u;
   memcpy(&u, &y, sizeof u);
-  return u;
+  return (u >> 31) ? ~u : u | 0x80000000u;
 }
 
 }  // namespace warp

@@ -70,10 +70,12 @@ __global__ void __launch_bounds__(kMaxThreads) h0_mst_kernel(const T* __restrict
   }
 
   // Enclosing radius min_v max_u d(u, v): column maxima equal row maxima (d is symmetric)
-  // and are read coalesced across the block.
+  // and are read coalesced across the block. A NaN distance makes it NaN, and a NaN radius
+  // makes no H1 column (flag_columns_kernel keeps de <= radius): the reduction never runs on an
+  // order NaN breaks (the cloud is reported invalid afterwards).
   {
     T r = T(0);
-    bool have = false;
+    bool have = false, nan = false;
 #pragma unroll
     for (int s = 0; s < kPerThread; ++s) {
       const int v = tid + s * nthreads;
@@ -82,6 +84,7 @@ __global__ void __launch_bounds__(kMaxThreads) h0_mst_kernel(const T* __restrict
       for (int u = 0; u < n; ++u) {
         const T x = d[(int64_t)u * N + v];
         m = x > m ? x : m;
+        nan |= x != x;
       }
       r = (!have || m < r) ? m : r;
       have = true;
@@ -91,12 +94,13 @@ __global__ void __launch_bounds__(kMaxThreads) h0_mst_kernel(const T* __restrict
       const T o = __shfl_down_sync(0xffffffffu, r, off);
       r = o < r ? o : r;
     }
+    nan = __syncthreads_or(nan);
     if (lane == 0) s_radius[warp] = r;
     __syncthreads();
     if (tid == 0) {
       T m = s_radius[0];
       for (int w = 1; w < nwarps; ++w) m = s_radius[w] < m ? s_radius[w] : m;
-      threshold[b] = n > 0 ? m : T(0);
+      threshold[b] = n > 0 ? (nan ? T(NAN) : m) : T(0);
     }
   }
 

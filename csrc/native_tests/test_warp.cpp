@@ -86,6 +86,18 @@ void test_warp_primitives() {
             tsl::warp::order_bits(1e-40f) < tsl::warp::order_bits(1e-38f) &&
             tsl::warp::order_bits(3.0) < tsl::warp::order_bits(double(INFINITY)),
         "order_bits keeps the order");
+  // Negative values too (an unchecked CUDA distance matrix): below zero, in their order.
+  CHECK(tsl::warp::order_bits(-double(INFINITY)) < tsl::warp::order_bits(-2.0) &&
+            tsl::warp::order_bits(-2.0) < tsl::warp::order_bits(-1e-300) &&
+            tsl::warp::order_bits(-1e-300) < tsl::warp::order_bits(0.0) &&
+            tsl::warp::order_bits(-2.0f) < tsl::warp::order_bits(-1.0f) &&
+            tsl::warp::order_bits(-1e-40f) < tsl::warp::order_bits(0.0f) &&
+            tsl::warp::order_bits(0.0f) < tsl::warp::order_bits(1e-45f),
+        "order_bits orders negative values");
+  uint64_t all_ones_nan = ~uint64_t(0);
+  double nan_bits;
+  std::memcpy(&nan_bits, &all_ones_nan, sizeof nan_bits);
+  CHECK(tsl::warp::order_bits(nan_bits) != ~uint64_t(0), "no key is the argmins' none marker");
 }
 
 // A lane-order dependency shows up as a changed result: a lane reads a word its neighbour writes
@@ -271,10 +283,21 @@ std::map<int64_t, SizeCounters> g_counters;
 
 // One cloud through both engines; returns false (and reports) on any difference.
 template <typename T>
+bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t seed, int warps,
+                    const char* what);
+
+template <typename T>
 bool compare_cloud(const std::vector<double>& pts, int64_t n, int64_t dim, uint64_t seed,
                    int warps, const char* what) {
   std::vector<T> x(pts.begin(), pts.end()), dist(n * n);
   tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
+  return compare_matrix(dist, n, dim, seed, warps, what);
+}
+
+// One distance matrix through both engines (dim: the points' dimension, for the report only).
+template <typename T>
+bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t seed, int warps,
+                    const char* what) {
   const int64_t K = std::max<int64_t>(4 * n, 8) / (seed % 3 == 0 ? 8 : 1);  // some truncate
   Outputs<T> ref(n, K), emu(n, K);
   tsl::HostWorkspace<T> hws;
@@ -379,6 +402,43 @@ void test_parity(double big_fraction, double mid_fraction) {
   std::printf("parity: %lld clouds (", (long long)total);
   for (auto& f : per_family) std::printf("%s%s %lld", f.first ? ", " : "", family_name(f.first), (long long)f.second);
   std::printf("), %lld differ\n", (long long)failed);
+}
+
+// Matrices the CPU op refuses but CUDA does not check on the host (it would synchronise):
+// negative entries, which the emulated kernels must order as the scalar engine does (when the
+// warp reduction's sorted runs and its argmin ranked negative values differently, a column's
+// reduction never ended), and NaN entries, where only termination is asked.
+void test_unchecked_matrices() {
+  std::mt19937 rng(99);
+  int64_t negative = 0, with_nan = 0;
+  for (int q = 0; q < 400; ++q) {
+    const int64_t n = 8 + int64_t(rng() % 40);
+    const bool nan = q % 4 == 3;
+    std::vector<double> d(n * n, 0.0);
+    for (int64_t i = 1; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j) {
+        double v = double(int(rng() % 23) - 7) / 8.0;  // (-1, 2) in eighths: ties and negatives
+        if (nan && rng() % 32 == 0) v = NAN;
+        d[i * n + j] = d[j * n + i] = v;
+      }
+    const uint64_t seed = 1 + rng();
+    if (!nan) {
+      const bool ok = q % 2 ? compare_matrix(std::vector<float>(d.begin(), d.end()), n, 0, seed,
+                                             0, "negative entries")
+                            : compare_matrix(d, n, 0, seed, 0, "negative entries");
+      negative += ok;
+      continue;
+    }
+    const int64_t K = 4 * n;
+    Outputs<double> emu(n, K);
+    tsl::EmulatedWorkspace<double> ews;
+    tsl::EmulationOptions opt;
+    opt.seed = seed;
+    tsl::vr_persistence_cloud_emulated(d.data(), n, 1, emu.view(K), ews, opt);
+    ++with_nan;  // reached: the emulation ended
+  }
+  std::printf("unchecked matrices: %lld with negative entries equal the scalar engine, %lld with "
+              "NaN entries ended\n", (long long)negative, (long long)with_nan);
 }
 
 void print_counters() {
@@ -494,6 +554,7 @@ int main(int argc, char** argv) {
   test_shuffle_exposes_order_dependence();
   test_refusals();
   test_block_sort();
+  test_unchecked_matrices();
   test_parity(big, mid);
   if (counters) print_counters();
   return tsl_test::finish_checks("warp");
