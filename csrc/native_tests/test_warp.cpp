@@ -475,6 +475,11 @@ void print_counters() {
 // a Gaussian cloud. Prints the reduction's warp steps and collectives (the emulation's count of
 // warp-wide instructions, without the topology pass), its set high-water and both times.
 void probe(int64_t n) {
+  if (n < 4 || n > 4096) {
+    std::printf("--probe takes N in 4..4096, got %lld\n", (long long)n);
+    ++tsl_test::failures();
+    return;
+  }
   struct Case {
     const char* name;
     int64_t dim;
