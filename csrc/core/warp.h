@@ -71,7 +71,8 @@ TSL_HD uint64_t order_bits(float x) {
   const float y = x + 0.0f;
   uint32_t u;
   memcpy(&u, &y, sizeof u);
-  return (u >> 31) ? ~u : u | 0x80000000u;
+  const uint32_t k = (u >> 31) ? ~u : u | 0x80000000u;
+  return k == ~0u ? k - 1 : k;  // the device's NaN, 0x7fffffff, would be all ones
 }
 
 }  // namespace warp

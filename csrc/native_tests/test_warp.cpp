@@ -98,6 +98,10 @@ void test_warp_primitives() {
   double nan_bits;
   std::memcpy(&nan_bits, &all_ones_nan, sizeof nan_bits);
   CHECK(tsl::warp::order_bits(nan_bits) != ~uint64_t(0), "no key is the argmins' none marker");
+  uint32_t device_nan = 0x7fffffffu;
+  float nan_f;
+  std::memcpy(&nan_f, &device_nan, sizeof nan_f);
+  CHECK(tsl::warp::order_bits(nan_f) != 0xffffffffu, "no float key is all ones");
 }
 
 // A lane-order dependency shows up as a changed result: a lane reads a word its neighbour writes
