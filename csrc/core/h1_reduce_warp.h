@@ -361,11 +361,11 @@ class WarpReducer {
     return kOk;
   }
 
-  // The first entry of each run of equal triangles of odd length, from the sorted positions
-  // [from, from + count) to `to` (<= from, or past the range), in order; cancelled entries are
-  // dropped. Returns how many were kept. A chunk's 32 entries are all read before any is
+  // The entries of [from, from + count) that keep(position) accepts, to `to` (<= from, or past
+  // the range), in order; returns how many. A chunk's 32 entries are all read before any is
   // written, and a write never reaches a position a later chunk reads.
-  TSL_HD index_t cancel_sorted(index_t from, index_t count, index_t to) {
+  template <class Keep>
+  TSL_HD index_t compact_entries(index_t from, index_t count, index_t to, const Keep& keep_at) {
     // The entries were written by other lanes; ballots and shuffles order nothing in memory,
     // only a warp barrier does.
     w_.sync();
@@ -375,13 +375,8 @@ class WarpReducer {
       typename W::template Var<bool> keep;
       w_.each([&](int lane) {
         const index_t p = r0 + lane;
-        keep[lane] = false;
-        if (p >= count) return;
-        x[lane] = m_.set[from + p];
-        if (x[lane].index < 0 || (p > 0 && m_.set[from + p - 1].index == x[lane].index)) return;
-        index_t run = 1;
-        while (p + run < count && m_.set[from + p + run].index == x[lane].index) ++run;
-        keep[lane] = run & 1;
+        keep[lane] = p < count && keep_at(p);
+        if (keep[lane]) x[lane] = m_.set[from + p];
       });
       const uint32_t mask = w_.ballot(keep);
       w_.sync();
@@ -394,26 +389,31 @@ class WarpReducer {
     return out;
   }
 
-  // The live entries of [from, from + count) to `to` <= from, in order; returns how many.
+  // Z/2 over the sorted positions [from, from + count): the first entry of each run of equal
+  // triangles of odd length, to `to`; cancelled entries are dropped.
+  TSL_HD index_t cancel_sorted(index_t from, index_t count, index_t to) {
+    return compact_entries(from, count, to, [&](index_t p) {
+      const index_t index = m_.set[from + p].index;
+      if (index < 0 || (p > 0 && m_.set[from + p - 1].index == index)) return false;
+      index_t run = 1;
+      while (p + run < count && m_.set[from + p + run].index == index) ++run;
+      return (run & 1) != 0;
+    });
+  }
+
+  // The live entries of [from, from + count) to `to` <= from.
   TSL_HD index_t move_live_left(index_t from, index_t count, index_t to) {
+    return compact_entries(from, count, to,
+                           [&](index_t p) { return m_.set[from + p].index >= 0; });
+  }
+
+  // [from, from + count) of the set in filtration order.
+  TSL_HD void sort_entries(index_t from, index_t count) {
+    using namespace warp_reduce_detail;
+    if (stats_) ++stats_->cancel_passes;
     w_.sync();
-    index_t out = 0;
-    for (index_t r0 = 0; r0 < count; r0 += warp::kLanes) {
-      typename W::template Var<Entry<T>> x;
-      typename W::template Var<bool> live;
-      w_.each([&](int lane) {
-        live[lane] = r0 + lane < count && m_.set[from + r0 + lane].index >= 0;
-        if (live[lane]) x[lane] = m_.set[from + r0 + lane];
-      });
-      const uint32_t mask = w_.ballot(live);
-      w_.sync();
-      w_.each([&](int lane) {
-        if (live[lane]) m_.set[to + out + warp::popcount(mask & warp::lanes_below(lane))] = x[lane];
-      });
-      out += warp::popcount(mask);
-      w_.sync();
-    }
-    return out;
+    WarpBlock<W> blk{w_};
+    if (count > 1) block_sort(blk, SpillRange<Entry<T>>{m_.set, from}, count, EntryBefore<T>());
   }
 
   TSL_HD void set_run(int r, index_t head, index_t end) {
@@ -433,12 +433,8 @@ class WarpReducer {
   // The tail as the newest run, then merges while the older of the last two is at most twice
   // the newer (or all 32 lanes hold runs), so that sizes halve from run to run.
   TSL_HD_COLD Status seal_tail() {
-    using namespace warp_reduce_detail;
     if (tail_ == 0) return kOk;
-    if (stats_) ++stats_->cancel_passes;
-    w_.sync();
-    WarpBlock<W> blk{w_};
-    if (tail_ > 1) block_sort(blk, SpillRange<Entry<T>>{m_.set, 0}, tail_, EntryBefore<T>());
+    sort_entries(0, tail_);
     if (size_ + tail_ > m_.set.capacity()) compact_all();
     if (size_ + tail_ > m_.set.capacity()) return kHeapFull;
     const index_t kept = cancel_sorted(0, tail_, size_);
@@ -503,18 +499,13 @@ class WarpReducer {
 
   // Every run into one sorted, cancelled run (when the set is full); the tail stays.
   TSL_HD void compact_all() {
-    using namespace warp_reduce_detail;
     index_t out = kSealAt;
     for (int r = 0; r < runs_; ++r) {
       const index_t h = w_.shfl(head_, r), e = w_.shfl(end_, r);
       out += move_live_left(h, e - h, out);
     }
-    if (stats_) ++stats_->cancel_passes;
-    w_.sync();
-    WarpBlock<W> blk{w_};
     const index_t count = out - kSealAt;
-    if (count > 1)
-      block_sort(blk, SpillRange<Entry<T>>{m_.set, kSealAt}, count, EntryBefore<T>());
+    sort_entries(kSealAt, count);
     const index_t kept = cancel_sorted(kSealAt, count, kSealAt);
     runs_ = kept ? 1 : 0;
     if (kept) set_run(0, kSealAt, kSealAt + kept);
