@@ -166,6 +166,27 @@ def test_invalid_input_is_flagged_not_raised():
         dg.to_numpy()
 
 
+@pytest.mark.parametrize("block", [False, True])
+def test_overflowing_distances_of_finite_points_are_flagged(block, monkeypatch):
+    """Finite points whose distance overflows the dtype: the CPU raises; CUDA, which does not
+    check on the host, must flag the cloud (count -2, NaN values), the clouds beside it exact."""
+    if block:
+        monkeypatch.setenv("TSLOSS_CUDA_TOPOLOGY", "block")
+        monkeypatch.setenv("TSLOSS_CUDA_REDUCE", "warp")
+    for dtype, big in ((torch.float64, 1e308), (torch.float32, 3e38)):
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(3, 12, 4, generator=g, dtype=dtype)
+        x[1, 0, 0], x[1, 5, 0] = big, -big
+        with pytest.raises(RuntimeError, match="range|overflows"):
+            tsloss_cuda.vr_persistence(x)
+        dg = tsloss_cuda.vr_persistence(x.cuda())
+        ref = tsloss_cuda.vr_persistence(x[[0, 2]])
+        assert dg.h1_count.tolist()[1] == tsloss_cuda.persistence.INVALID_INPUT
+        assert torch.isnan(dg.h0[1]).all()
+        assert torch.equal(dg.h0[[0, 2]].cpu(), ref.h0) and torch.equal(dg.h1[[0, 2]].cpu(), ref.h1)
+        assert torch.isnan(tsloss_cuda.loss(x.cuda(), reduction="none")[1])
+
+
 def test_invalid_distance_matrices_end_and_are_flagged():
     """Matrices the CPU refuses (a few NaN entries, negative entries) run on CUDA unchecked:
     they must end (the warp reduction once looped forever on negative ones) and come back

@@ -1,6 +1,7 @@
 """A small CUDA workload for compute-sanitizer: every op forward and backward, both dtypes,
 points and distance input, the loss with all terms, N = 256 split over several launches (one and
-a few clouds per launch), a tie-heavy ring (exact), an H1 overflow, a NaN cloud and invalid distance matrices.
+a few clouds per launch), a tie-heavy ring (exact), an H1 overflow, a NaN cloud, invalid distance
+matrices and overflowing distances.
 
     compute-sanitizer --tool memcheck python tools/gpu_smoke.py
 Exits non-zero if a CUDA result differs from the CPU one. The engine's switches
@@ -113,6 +114,13 @@ def main() -> int:
     dg = tsloss_cuda.vr_persistence(d.cuda(), distances=True)
     good &= check("NaN and negative distance matrices flagged",
                   dg.h1_count.tolist() == [tsloss_cuda.persistence.INVALID_INPUT] * 2)
+    # Finite float64 points whose distance overflows (the CPU raises): flagged by the engine.
+    z = torch.randn(2, 12, 4, generator=g, dtype=torch.float64)
+    z[1, 0, 0], z[1, 5, 0] = 1e308, -1e308
+    dg = tsloss_cuda.vr_persistence(z.cuda())
+    good &= check("overflowing distances flagged",
+                  dg.h1_count.tolist()[1] == tsloss_cuda.persistence.INVALID_INPUT
+                  and bool(torch.isnan(dg.h0[1]).all()))
     torch.cuda.synchronize()
     print("gpu_smoke:", "all checks passed" if good else "FAILED", flush=True)
     return 0 if good else 1

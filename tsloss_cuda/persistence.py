@@ -60,7 +60,8 @@ class Diagrams:
             reduction outgrew its fixed device workspace (its H1 rows are all padding,
             ``truncated`` is True, H0 is exact; raise ``TSLOSS_CUDA_H1_HEAP`` /
             ``TSLOSS_CUDA_H1_ARENA`` / ``TSLOSS_CUDA_H1_COLUMNS``), and -2 (``INVALID_INPUT``)
-            a cloud with invalid input (its ``h0`` and ``h1`` values are NaN).
+            a cloud with invalid input: NaN or Inf values, a bad matrix, or finite points
+            whose distance overflows the dtype (its ``h0`` and ``h1`` values are NaN).
         truncated: ``(B,)`` bool, whether ``h1_count > K`` (then the K most persistent are kept).
 
     ``h0`` and ``h1`` carry gradients to the input points (or distance matrix).
@@ -163,7 +164,8 @@ def vr_persistence(
     Invalid values (NaN or Inf; with ``distances=True`` also a matrix that is not symmetric to
     1e-4 relative, has a negative entry or a non-zero diagonal) raise a RuntimeError naming the
     entry on the CPU. On CUDA they are not checked on the host, which would synchronise the
-    training step: such a cloud gets NaN ``h0``/``h1`` values and ``h1_count = -2``
+    training step: such a cloud, and one of finite points whose distance overflows the dtype
+    (the CPU raises there too), gets NaN ``h0``/``h1`` values and ``h1_count = -2``
     (``INVALID_INPUT``), so a loss built on it is NaN and :meth:`Diagrams.to_numpy` raises.
     """
     xb = _as_batch(x, "x", square=distances)
@@ -175,7 +177,9 @@ def vr_persistence(
         max_h1 = default_max_h1(n)
     out = _engine(xb)(xb, maxdim, distances, max_h1)
     if xb.is_cuda:
-        out = mark_invalid_clouds(out, invalid_clouds(xb, distances))
+        # The input's own NaN/Inf and bad matrices, and (count -2 from the engine) distances
+        # that overflowed from finite points.
+        out = mark_invalid_clouds(out, invalid_clouds(xb, distances) | (out[4] == INVALID_INPUT))
     return Diagrams(*out)
 
 

@@ -33,6 +33,16 @@ enum Status : int32_t {
   kPairsFull = 4,
 };
 
+// h1_count of a cloud with a non-finite distance on CUDA (Python's INVALID_INPUT); the CPU
+// raises instead. -1 is an overflowed workspace.
+constexpr int64_t kInvalidInputCount = -2;
+
+// NaN and +-Inf alike (x - x is NaN for both), without <cmath>'s host-only overloads.
+template <typename T>
+TSL_HD bool is_finite(T x) {
+  return x - x == T(0);
+}
+
 // Largest cloud the engine accepts. Triangle indices C(n,3) stay far inside int64 and the
 // O(n^2) distance matrix of one cloud stays in the tens of MB.
 constexpr index_t kMaxPoints = 4096;

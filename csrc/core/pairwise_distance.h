@@ -66,6 +66,9 @@ TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
     m = t > m ? t : m;
   }
   if (m == 0.0) return 0.0;  // duplicates: nothing to scale
+  // A difference past the float64 range (finite points near +-1.8e308) puts the distance past
+  // it too: +Inf, which every caller flags, where scaling by it would give a NaN.
+  if (!is_finite(m)) return m;
   double s = 0.0;
   for (index_t k = 0; k < dim; ++k) {
     const double t = ((double)x[k] - (double)y[k]) / m;

@@ -165,9 +165,10 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
   const int nthreads = blk.threads();
 
   // ---- enclosing radius: column maxima (coalesced; equal to row maxima), then their minimum.
-  // A NaN distance (CUDA does not check its input on the host; the cloud is reported invalid
-  // afterwards) makes the radius NaN, and a NaN radius makes no H1 column: the reductions never
-  // see an order that NaN breaks (the scalar one grew its heap without end on such a matrix).
+  // A non-finite distance (CUDA does not check its input on the host; NaN, or +-Inf from an
+  // overflow or the user's matrix) makes the radius NaN, and a NaN radius makes no H1 column:
+  // the reductions never see an order that NaN breaks (the scalar one grew its heap without end
+  // on such a matrix), and the cloud is reported invalid (h1_count = kInvalidInputCount).
   blk.each_warp([&](W& w, int warp_id) {
     typename W::template Var<T> least;
     typename W::template Var<bool> nan;
@@ -179,7 +180,7 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
         for (index_t u = 0; u < n; ++u) {
           const T x = c.d(u, v);
           m = x > m ? x : m;
-          seen |= x != x;
+          seen |= !is_finite(x);
         }
         r = m < r ? m : r;
       }

@@ -163,6 +163,10 @@ inline void vr_persistence_cloud_emulated(const T* dist, index_t n, int maxdim,
   ws.warp.steps += blk.counters().steps;
   ws.warp.collectives += blk.counters().collectives;
   ws.warp.barriers += blk.counters().barriers;
+  if (threshold != threshold) {  // a non-finite distance: reported as the device's finalize does
+    *out.h1_count = kInvalidInputCount;
+    return;
+  }
   if (!h1) return;
   columns.resize(num_columns);
   if (opt.warp_reduction) {

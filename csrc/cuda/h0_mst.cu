@@ -70,9 +70,10 @@ __global__ void __launch_bounds__(kMaxThreads) h0_mst_kernel(const T* __restrict
   }
 
   // Enclosing radius min_v max_u d(u, v): column maxima equal row maxima (d is symmetric)
-  // and are read coalesced across the block. A NaN distance makes it NaN, and a NaN radius
-  // makes no H1 column (flag_columns_kernel keeps de <= radius): the reduction never runs on an
-  // order NaN breaks (the cloud is reported invalid afterwards).
+  // and are read coalesced across the block. A non-finite distance (NaN, or +-Inf from an
+  // overflow or the user's matrix) makes it NaN, and a NaN radius makes no H1 column
+  // (flag_columns_kernel keeps de <= radius): the reduction never runs on an order NaN breaks,
+  // and finalize_kernel reports the cloud invalid (h1_count = kInvalidInputCount).
   {
     T r = T(0);
     bool have = false, nan = false;
@@ -84,7 +85,7 @@ __global__ void __launch_bounds__(kMaxThreads) h0_mst_kernel(const T* __restrict
       for (int u = 0; u < n; ++u) {
         const T x = d[(int64_t)u * N + v];
         m = x > m ? x : m;
-        nan |= x != x;
+        nan |= !is_finite(x);
       }
       r = (!have || m < r) ? m : r;
       have = true;

@@ -239,9 +239,11 @@ __global__ void reduce_kernel(const T* __restrict__ dist, int64_t B, int64_t N,
   rb.num_pairs[b] = s == kOk ? np : 0;
 }
 
-// status / num_pairs null: no H1 was computed (maxdim 0 or N < 3): all rows are padding.
+// status / num_pairs null: no H1 was computed (maxdim 0 or N < 3): all rows are padding. A NaN
+// threshold (a non-finite distance: the H0 pass made it so) reports the cloud invalid.
 template <typename T>
-__global__ void finalize_kernel(const T* __restrict__ dist, int64_t N, int64_t K,
+__global__ void finalize_kernel(const T* __restrict__ dist, const T* __restrict__ threshold,
+                                int64_t N, int64_t K,
                                 const H1Pair<T>* __restrict__ pairs_all, int64_t pair_stride,
                                 const int32_t* __restrict__ status,
                                 const index_t* __restrict__ num_pairs, T* __restrict__ h1,
@@ -285,8 +287,9 @@ __global__ void finalize_kernel(const T* __restrict__ dist, int64_t N, int64_t K
     }
   }
   if (threadIdx.x == 0) {
-    h1_count[b] = failed ? -1 : count;
-    truncated[b] = failed || count > K;
+    const bool invalid = N > 0 && threshold[b] != threshold[b];
+    h1_count[b] = invalid ? kInvalidInputCount : (failed ? -1 : count);
+    truncated[b] = !invalid && (failed || count > K);
   }
 }
 
@@ -409,9 +412,9 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
   if (err != cudaSuccess) return err;
 
   if (!L.h1) {
-    finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, N, K, nullptr, 0, nullptr,
-                                                        nullptr, h1, h1_edges, h1_count,
-                                                        truncated);
+    finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, threshold, N, K, nullptr, 0,
+                                                        nullptr, nullptr, h1, h1_edges,
+                                                        h1_count, truncated);
     return cudaGetLastError();
   }
 
@@ -436,9 +439,9 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                 part<int64_t>(w, L.num_pairs)};
     err = launch_reduce_warp(dist, B, N, threshold, columns, counts, g, stream);
     if (err != cudaSuccess) return err;
-    finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, N, K, pairs, L.S + 1, rb.status,
-                                                        rb.num_pairs, h1, h1_edges, h1_count,
-                                                        truncated);
+    finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, threshold, N, K, pairs, L.S + 1,
+                                                        rb.status, rb.num_pairs, h1, h1_edges,
+                                                        h1_count, truncated);
     return cudaGetLastError();
   }
   // Small blocks (4 warps) spread the warps over all SMs.
@@ -449,9 +452,9 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                      kReduceThreads, 0, stream>>>(dist, B, N, threshold, columns, counts, cap,
                                                   L.S, L.P, part<Entry<T>>(w, L.heap), pairs,
                                                   rb, per_warp);
-  finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, N, K, pairs, L.S + 1, rb.status,
-                                                      rb.num_pairs, h1, h1_edges, h1_count,
-                                                      truncated);
+  finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, threshold, N, K, pairs, L.S + 1,
+                                                      rb.status, rb.num_pairs, h1, h1_edges,
+                                                      h1_count, truncated);
   return cudaGetLastError();
 }
 

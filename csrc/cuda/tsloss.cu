@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kTermThreads)
   __syncthreads();
   const T s = s_scale;
   const bool bad = s_bad;
-  const int64_t count = bad ? -2 : h1_count[b];  // -2: INVALID_INPUT, as vr_persistence marks it
+  const int64_t count = bad ? kInvalidInputCount : h1_count[b];  // as vr_persistence marks it
   // An invalid cloud is marked as vr_persistence marks it: NaN H0 deaths, no trusted H1 bar
   // (count -2), so its loss is NaN wherever it has an H0 bar; the composition agrees.
   const T nan = (T)NAN;
@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kTermThreads)
   const double stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (K > 0 ? s1 / (double)K : 0.0)
                                  : 0.0;
   scales[b] = s;
-  if (bad) h1_count[b] = -2;
+  if (bad) h1_count[b] = kInvalidInputCount;
   double* v = per_cloud + b * 5;
   v[0] = o.w_conn * conn + o.w_red * red + o.w_stab * stab;
   v[1] = conn;

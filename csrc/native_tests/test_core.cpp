@@ -675,6 +675,27 @@ void test_rank_orders_with_nan() {
       [](const auto& p) { return std::isnan(p.death - p.birth); }, "h1_pair_before");
 }
 
+// Distances past the float64 range come out +Inf (the CPU glue raises on it, the CUDA engine
+// flags the cloud), never NaN; under- and near-overflowing ones stay exact by scaling.
+void test_scaled_distance() {
+  const double big = 1e308, inf = std::numeric_limits<double>::infinity();
+  const double a[2] = {big, 0.0}, b[2] = {-big, 0.0}, c[2] = {0.0, big}, z[2] = {0.0, 0.0};
+  CHECK(tsl::scaled_distance(a, b, 2) == inf, "scaled_distance(1e308, -1e308) is not +Inf");
+  const double r = tsl::scaled_distance(a, c, 2);  // sqrt(2) 1e308: its square would overflow
+  CHECK(std::fabs(r / std::hypot(big, big) - 1) < 1e-15, "scaled_distance near the range");
+  CHECK(tsl::scaled_distance(a, z, 2) == big, "scaled_distance(1e308, 0)");
+  const float fa[1] = {3e38f}, fb[1] = {-3e38f};  // float32 points: double differences, finite
+  CHECK(tsl::scaled_distance(fa, fb, 1) == 2.0 * double(fa[0]), "scaled_distance of float32");
+  const double tiny[2] = {1e-300, 1e-300};
+  const double t = tsl::scaled_distance(tiny, z, 2);  // its square would underflow to 0
+  CHECK(std::fabs(t / std::hypot(1e-300, 1e-300) - 1) < 1e-15, "scaled_distance tiny");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (double v : {inf, -inf, nan}) CHECK(!tsl::is_finite(v), "is_finite(%g)", v);
+  for (double v : {0.0, -0.0, big, -big, 1e-310}) CHECK(tsl::is_finite(v), "!is_finite(%g)", v);
+  CHECK(!tsl::is_finite(std::numeric_limits<float>::infinity()), "is_finite(float Inf)");
+  CHECK(tsl::is_finite(std::numeric_limits<float>::max()), "!is_finite(FLT_MAX)");
+}
+
 template <typename T>
 void run_all() {
   test_rank_orders_with_nan<T>();
@@ -698,6 +719,7 @@ void run_all() {
 int main() {
   test_index_decoding();
   test_certified_distances();
+  test_scaled_distance();
   run_all<float>();
   run_all<double>();
   return tsl_test::finish_checks("core");
