@@ -215,7 +215,9 @@ class WarpReducer {
     using namespace warp_reduce_detail;
     *num_pairs = 0;
     if (num_columns + 1 > m_.slot_capacity) return kPivotTableFull;
-    if (m_.set.capacity() < 2 * kSealAt) return kHeapFull;  // the tail and one run
+    // The tail and one run; a cloud without columns needs neither (TSLOSS_CUDA_H1_HEAP < 256
+    // flagged every cloud).
+    if (num_columns > 0 && m_.set.capacity() < 2 * kSealAt) return kHeapFull;
     if (2 * (num_columns + 1) > m_.pivot_capacity) return kPivotTableFull;
     w_.each([&](int lane) {
       for (index_t s = lane; s < m_.pivot_capacity; s += warp::kLanes) m_.pivot_keys[s] = -1;

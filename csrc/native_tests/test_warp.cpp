@@ -186,6 +186,36 @@ void test_refusals() {
         "uniform collectives and barriers must not abort");
 }
 
+// A set too small for the tail and one run (TSLOSS_CUDA_H1_HEAP < 256 on the device) refuses a
+// cloud with columns, and only such a cloud.
+void test_small_set() {
+  using T = double;
+  const int64_t n = 4;
+  std::vector<T> dist(n * n, 1.0);
+  for (int64_t i = 0; i < n; ++i) dist[i * n + i] = 0.0;
+  const tsl::DistanceMatrix<T> d{dist.data(), n};
+  const tsl::index_t small = 2 * tsl::WarpReducer<HostWarp, T>::kSealAt - 1;
+  std::vector<tsl::Entry<T>> set(small);
+  std::vector<int32_t> vwork(64), arena(64), slots(16), v_start(8), v_length(8);
+  std::vector<int64_t> keys(16);
+  std::vector<tsl::H1Pair<T>> pairs(8);
+  const tsl::WarpReduceMemory<T> mem{
+      tsl::Spill<tsl::Entry<T>>{set.data(), small, nullptr, 0},
+      tsl::Spill<int32_t>{vwork.data(), 64, nullptr, 0},
+      tsl::Spill<int32_t>{arena.data(), 64, nullptr, 0},
+      keys.data(), slots.data(), 16, v_start.data(), v_length.data(), 8, pairs.data(), 8};
+  const tsl::H1Column<T> column{T(1), 2, 1};
+  for (int64_t m : {0, 1}) {
+    HostWarp w(7);
+    tsl::WarpReducer<HostWarp, T> reducer(w, d, T(1), mem, nullptr);
+    tsl::index_t num_pairs = -1;
+    const tsl::Status s = reducer.run(&column, m, &num_pairs);
+    CHECK(s == (m ? tsl::kHeapFull : tsl::kOk), "a %lld-entry set with %lld columns: status %d",
+          (long long)small, (long long)m, int(s));
+    CHECK(m || num_pairs == 0, "no columns, %lld pairs", (long long)num_pairs);
+  }
+}
+
 // ---- clouds -----------------------------------------------------------------------------------
 
 enum Family { kGaussian, kRounded, kLattice, kDuplicates, kPolygon, kFamilies };
@@ -571,6 +601,7 @@ int main(int argc, char** argv) {
   test_refusals();
   test_block_sort();
   test_unchecked_matrices();
+  test_small_set();
   test_parity(big, mid);
   if (counters) print_counters();
   return tsl_test::finish_checks("warp");
