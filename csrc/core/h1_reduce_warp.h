@@ -523,21 +523,41 @@ class WarpReducer {
         const Status s = seal_tail();
         if (s != kOk) return s;
       }
-      typename W::template Var<uint64_t> hi, lo;
+      // One pass over the tail: each lane's least key there, how many copies of it the lane
+      // holds and where the first is. Copies of the set's least key can only sit in lanes
+      // whose own least key it is, so no second pass counts them; the cancelling pass runs in
+      // those lanes alone (none when the pivot is a run head's only copy).
+      typename W::template Var<uint64_t> hi, lo, tail_hi, tail_lo;
+      typename W::template Var<int64_t> copies, first;
       w_.each([&](int lane) {
-        uint64_t bh = ~uint64_t(0), bl = ~uint64_t(0);
-        const auto consider = [&](const Entry<T>& x) {
+        uint64_t th = ~uint64_t(0), tl = ~uint64_t(0);
+        int64_t c = 0, f = INT64_MAX;
+        for (index_t s = lane; s < tail_; s += warp::kLanes) {
+          const Entry<T> x = m_.set[s];
+          if (x.index < 0) continue;
+          const uint64_t h = warp::order_bits(x.diameter), l = ~uint64_t(x.index);
+          if (h < th || (h == th && l < tl)) {
+            th = h;
+            tl = l;
+            c = 1;
+            f = s;
+          } else if (h == th && l == tl) {
+            ++c;
+          }
+        }
+        tail_hi[lane] = th;
+        tail_lo[lane] = tl;
+        copies[lane] = c;
+        first[lane] = f;
+        uint64_t bh = th, bl = tl;
+        if (lane < runs_ && head_[lane] < end_[lane]) {
+          const Entry<T> x = m_.set[head_[lane]];
           const uint64_t h = warp::order_bits(x.diameter), l = ~uint64_t(x.index);
           if (h < bh || (h == bh && l < bl)) {
             bh = h;
             bl = l;
           }
-        };
-        for (index_t s = lane; s < tail_; s += warp::kLanes) {
-          const Entry<T> x = m_.set[s];
-          if (x.index >= 0) consider(x);
         }
-        if (lane < runs_ && head_[lane] < end_[lane]) consider(m_.set[head_[lane]]);
         hi[lane] = bh;
         lo[lane] = bl;
       });
@@ -549,19 +569,17 @@ class WarpReducer {
       }
       typename W::template Var<uint64_t> lo_at;
       w_.each([&](int lane) { lo_at[lane] = hi[lane] == mh ? lo[lane] : ~uint64_t(0); });
-      const int64_t index = int64_t(~w_.min(lo_at));
+      const uint64_t ml = w_.min(lo_at);
+      const int64_t index = int64_t(~ml);
       // The copies of the earliest entry: at run heads (one per run at most) and in the tail.
-      typename W::template Var<bool> at_head;
-      typename W::template Var<int64_t> copies, first;
+      typename W::template Var<bool> at_head, holds;
       w_.each([&](int lane) {
         at_head[lane] =
             lane < runs_ && head_[lane] < end_[lane] && m_.set[head_[lane]].index == index;
-        copies[lane] = 0;
-        first[lane] = INT64_MAX;
-        for (index_t s = lane; s < tail_; s += warp::kLanes) {
-          if (m_.set[s].index != index) continue;
-          ++copies[lane];
-          first[lane] = s < first[lane] ? s : first[lane];
+        holds[lane] = tail_hi[lane] == mh && tail_lo[lane] == ml;
+        if (!holds[lane]) {
+          copies[lane] = 0;
+          first[lane] = INT64_MAX;
         }
       });
       const uint32_t heads = w_.ballot(at_head);
@@ -573,7 +591,8 @@ class WarpReducer {
       const int64_t keep = keep_run >= 0 ? w_.shfl(head_, keep_run) : keep_tail;
       w_.each([&](int lane) {
         if (at_head[lane] && lane != keep_run) ++head_[lane];
-        for (index_t s = lane; s < tail_; s += warp::kLanes)
+        if (!holds[lane]) return;
+        for (index_t s = first[lane]; s < tail_; s += warp::kLanes)
           if (m_.set[s].index == index && s != keep_tail) m_.set[s].index = -1;
       });
       w_.sync();
