@@ -187,6 +187,26 @@ def test_overflowing_distances_of_finite_points_are_flagged(block, monkeypatch):
         assert torch.isnan(tsloss_cuda.loss(x.cuda(), reduction="none")[1])
 
 
+def test_warp_reduction_grows_from_its_pool(monkeypatch):
+    """The warp reduction's arrays grow from a pool the launch shares: a bare regular 512-gon,
+    whose working set peaks at 215 k entries (the default heap is 65 k per cloud), comes out
+    exact under the default capacities, alone and beside Gaussian clouds."""
+    monkeypatch.setenv("TSLOSS_CUDA_TOPOLOGY", "block")
+    monkeypatch.setenv("TSLOSS_CUDA_REDUCE", "warp")
+    t = torch.arange(512, dtype=torch.float64) * (2 * np.pi / 512)
+    ring = torch.stack([t.cos(), t.sin(), torch.zeros_like(t)], 1)
+    g = torch.Generator().manual_seed(8)
+    x = torch.stack([ring, torch.randn(512, 3, generator=g, dtype=torch.float64)])
+    d = _cpu_dist(x)
+    k = 4 * 512
+    cpu = ops.vr_persistence(d, 1, True, k)
+    for batch in (d[:1], d):
+        gpu = ops.vr_persistence(batch.cuda(), 1, True, k)
+        ref = [t[: len(batch)] for t in cpu]
+        assert int(gpu[4][0]) == int(ref[4][0]) > 0
+        _assert_same(ref, gpu, exact=True, rtol=0.0)
+
+
 def test_invalid_distance_matrices_end_and_are_flagged():
     """Matrices the CPU refuses (a few NaN entries, negative entries) run on CUDA unchecked:
     they must end (the warp reduction once looped forever on negative ones) and come back

@@ -21,9 +21,11 @@
 // - Working V columns cancel their pairs when stored: sorted by the warp, runs of even length
 //   dropped.
 // Every array is a Spill: its first part where the launcher puts it (shared memory on the
-// device), the rest in a second, larger part (global memory), so the shared capacity is a
-// speed setting, never a limit. Only the total capacities can overflow, and then the status says
-// which (see h1_reduce.h's Status).
+// device), the rest in a second part (global memory), so the shared capacity is a speed
+// setting, never a limit. The second parts come from a reserve that all clouds of a launch
+// share (WarpPool): a full array takes one twice as large and copies itself over, so a
+// tie-heavy cloud can use many times an average cloud's memory. Only the reserve can run out,
+// and then the status says which array was full (see h1_reduce.h's Status).
 //
 // The pairs equal reduce_h1's: the persistence pairing does not depend on how V is represented,
 // and the native tests compare the two on every cloud they run.
@@ -51,7 +53,16 @@ struct Spill {
 // Work and high-water marks of one cloud's reduction, as the emulation counts them.
 struct WarpReduceStats {
   int64_t columns = 0, emergent = 0, pivot_queries = 0, additions = 0, widenings = 0,
-          entries_pushed = 0, set_high = 0, vwork_high = 0, arena_used = 0, cancel_passes = 0;
+          entries_pushed = 0, set_high = 0, vwork_high = 0, arena_used = 0, cancel_passes = 0,
+          grown = 0;
+};
+
+// Global memory that the warps of a launch take their arrays' second parts from: a bump
+// allocation (fetch_add), never returned; a grown array's old part is left behind.
+struct WarpPool {
+  unsigned char* base = nullptr;  // null: no reserve, the arrays keep the parts they are given
+  uint64_t bytes = 0;
+  unsigned long long* used = nullptr;  // bytes handed out; zero before the launch
 };
 
 template <typename T>
@@ -67,6 +78,7 @@ struct WarpReduceMemory {
   index_t slot_capacity;
   H1Pair<T>* pairs;
   index_t pair_capacity;
+  WarpPool pool = {};
 };
 
 namespace warp_reduce_detail {
@@ -217,7 +229,8 @@ class WarpReducer {
     if (num_columns + 1 > m_.slot_capacity) return kPivotTableFull;
     // The tail and one run; a cloud without columns needs neither (TSLOSS_CUDA_H1_HEAP < 256
     // flagged every cloud).
-    if (num_columns > 0 && m_.set.capacity() < 2 * kSealAt) return kHeapFull;
+    if (num_columns > 0 && m_.set.capacity() < 2 * kSealAt && !grow(m_.set, 2 * kSealAt, 0))
+      return kHeapFull;
     if (2 * (num_columns + 1) > m_.pivot_capacity) return kPivotTableFull;
     w_.each([&](int lane) {
       for (index_t s = lane; s < m_.pivot_capacity; s += warp::kLanes) m_.pivot_keys[s] = -1;
@@ -300,6 +313,32 @@ class WarpReducer {
   }
 
  private:
+  // Gives array `a` a second part from the pool with room for at least `need` entries in all
+  // (twice the old part, at least 1024 entries), its first `used` entries kept; false when
+  // there is no pool or too little of it is left (the array is then unchanged).
+  template <typename X>
+  TSL_HD_COLD bool grow(Spill<X>& a, index_t need, index_t used) {
+    if (m_.pool.base == nullptr) return false;
+    index_t slow = 2 * a.slow_capacity;
+    if (slow < need - a.fast_capacity) slow = need - a.fast_capacity;
+    if (slow < 1024) slow = 1024;
+    const uint64_t bytes = (uint64_t(slow) * sizeof(X) + 15) & ~uint64_t(15);
+    const uint64_t at = w_.fetch_add(m_.pool.used, bytes);
+    if (at + bytes > m_.pool.bytes) return false;
+    X* fresh = reinterpret_cast<X*>(m_.pool.base + at);
+    const X* old = a.slow;
+    const index_t keep = used > a.fast_capacity ? used - a.fast_capacity : 0;
+    w_.sync();  // the entries were written by other lanes
+    w_.each([&](int lane) {
+      for (index_t k = lane; k < keep; k += warp::kLanes) fresh[k] = old[k];
+    });
+    w_.sync();
+    a.slow = fresh;
+    a.slow_capacity = slow;
+    if (stats_) ++stats_->grown;
+    return true;
+  }
+
   TSL_HD Status add_pair(const H1Pair<T>& p, index_t* num_pairs) {
     if (*num_pairs == m_.pair_capacity) return kPairsFull;
     const index_t at = (*num_pairs)++;
@@ -310,7 +349,7 @@ class WarpReducer {
   }
 
   TSL_HD Status append_v(index_t edge) {
-    if (vsize_ == m_.vwork.capacity()) return kHeapFull;
+    if (vsize_ == m_.vwork.capacity() && !grow(m_.vwork, vsize_ + 1, vsize_)) return kHeapFull;
     const index_t at = vsize_++;
     w_.each([&](int lane) {
       if (lane == 0) m_.vwork[at] = int32_t(edge);
@@ -437,8 +476,13 @@ class WarpReducer {
   TSL_HD_COLD Status seal_tail() {
     if (tail_ == 0) return kOk;
     sort_entries(0, tail_);
-    if (size_ + tail_ > m_.set.capacity()) compact_all();
-    if (size_ + tail_ > m_.set.capacity()) return kHeapFull;
+    if (size_ + tail_ > m_.set.capacity()) {
+      compact_all();
+      // Still more than half full: grow rather than compact again at the next seal.
+      if (2 * (size_ + tail_) > m_.set.capacity() && !grow(m_.set, 2 * (size_ + tail_), size_) &&
+          size_ + tail_ > m_.set.capacity())
+        return kHeapFull;
+    }
     const index_t kept = cancel_sorted(0, tail_, size_);
     tail_ = dead_ = 0;
     if (kept == 0) return kOk;
@@ -465,7 +509,7 @@ class WarpReducer {
     const index_t hb = w_.shfl(head_, b), nb = w_.shfl(end_, b) - hb;
     const index_t sa = a == 0 ? kSealAt : w_.shfl(end_, a - 1);
     const index_t n = na + nb, scratch = size_;
-    if (scratch + n > m_.set.capacity()) {
+    if (scratch + n > m_.set.capacity() && !grow(m_.set, scratch + n, size_)) {
       compact_all();
       return false;
     }
@@ -629,7 +673,8 @@ class WarpReducer {
       });
       const uint32_t mask = w_.ballot(keep);
       const index_t count = warp::popcount(mask);
-      if (out + count > m_.arena.capacity()) return kReductionArenaFull;
+      if (out + count > m_.arena.capacity() && !grow(m_.arena, out + count, out))
+        return kReductionArenaFull;
       w_.each([&](int lane) {
         if (keep[lane]) m_.arena[out + warp::popcount(mask & warp::lanes_below(lane))] =
             m_.vwork[r0 + lane];

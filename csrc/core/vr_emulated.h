@@ -35,16 +35,17 @@ struct EmulationOptions {
   index_t shared_entries = 1024;
 };
 
-// The reduction's arrays on the host: a fast part of fixed size and a slow part that doubles
-// when the reduction reports it full (the device reports the status instead).
+// The reduction's arrays on the host: a fast part of fixed size, second parts from a pool as
+// on the device (they start empty and grow from it), and a pool that doubles, the reduction
+// starting over, when the reduction reports it exhausted (the device reports the status).
 template <typename T>
 struct EmulatedReduceBuffers {
-  std::vector<Entry<T>> set_fast, set_slow;
-  std::vector<int32_t> vwork_fast, vwork_slow, arena_fast, arena_slow, v_start, v_length,
-      pivot_slots;
+  std::vector<Entry<T>> set_fast;
+  std::vector<int32_t> vwork_fast, arena_fast, v_start, v_length, pivot_slots;
   std::vector<int64_t> pivot_keys;
-  index_t set_slow_capacity = 1 << 12, vwork_slow_capacity = 1 << 10,
-          arena_slow_capacity = 1 << 12;
+  std::vector<uint64_t> pool;  // 8-byte words: the pool's allocations are 16-byte multiples
+  uint64_t pool_bytes = 1 << 16;
+  unsigned long long pool_used = 0;
 };
 
 template <typename T>
@@ -65,16 +66,16 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
   b.vwork_fast.resize(fast);
   b.arena_fast.resize(fast);
   for (;;) {
-    b.set_slow.resize(b.set_slow_capacity);
-    b.vwork_slow.resize(b.vwork_slow_capacity);
-    b.arena_slow.resize(b.arena_slow_capacity);
-    const WarpReduceMemory<T> mem{
-        Spill<Entry<T>>{b.set_fast.data(), fast, b.set_slow.data(), b.set_slow_capacity},
-        Spill<int32_t>{b.vwork_fast.data(), fast, b.vwork_slow.data(), b.vwork_slow_capacity},
-        Spill<int32_t>{b.arena_fast.data(), fast, b.arena_slow.data(), b.arena_slow_capacity},
-        b.pivot_keys.data(), b.pivot_slots.data(), pivot_capacity,
-        b.v_start.data(), b.v_length.data(), m + 1,
-        pairs.data(), m + 1};
+    b.pool.resize((b.pool_bytes + 7) / 8);
+    b.pool_used = 0;
+    WarpReduceMemory<T> mem{Spill<Entry<T>>{b.set_fast.data(), fast, nullptr, 0},
+                            Spill<int32_t>{b.vwork_fast.data(), fast, nullptr, 0},
+                            Spill<int32_t>{b.arena_fast.data(), fast, nullptr, 0},
+                            b.pivot_keys.data(), b.pivot_slots.data(), pivot_capacity,
+                            b.v_start.data(), b.v_length.data(), m + 1,
+                            pairs.data(), m + 1};
+    mem.pool = WarpPool{reinterpret_cast<unsigned char*>(b.pool.data()), b.pool_bytes,
+                        &b.pool_used};
     HostWarp w(opt.seed, counters);
     WarpReduceStats local;
     WarpReducer<HostWarp, T> reducer(w, d, threshold, mem, &local);
@@ -85,14 +86,8 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
       if (stats) *stats = local;
       return kOk;
     }
-    if (s == kHeapFull) {
-      b.set_slow_capacity *= 2;
-      b.vwork_slow_capacity *= 2;
-    } else if (s == kReductionArenaFull) {
-      b.arena_slow_capacity *= 2;
-    } else {
-      return s;  // sized exactly above: cannot happen
-    }
+    if (s != kHeapFull && s != kReductionArenaFull) return s;  // sized exactly above: not reached
+    b.pool_bytes *= 2;
   }
 }
 

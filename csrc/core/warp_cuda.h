@@ -67,6 +67,13 @@ struct CudaWarp {
   }
 
   __device__ __forceinline__ void sync() { __syncwarp(); }
+
+  // *p += v once for the warp (lane 0's atomic); every lane gets the old value.
+  __device__ __forceinline__ uint64_t fetch_add(unsigned long long* p, uint64_t v) {
+    unsigned long long old = 0;
+    if (lane() == 0) old = atomicAdd(p, (unsigned long long)v);
+    return __shfl_sync(0xffffffffu, old, 0);
+  }
 };
 
 struct CudaBlock {

@@ -104,6 +104,13 @@ class HostWarp {
 
   void sync() { collective("sync"); }
 
+  // *p += v once for the warp; every lane gets the old value. Atomic: the emulated op runs
+  // several clouds' warps on host threads against one pool.
+  uint64_t fetch_add(unsigned long long* p, uint64_t v) {
+    collective("fetch_add");
+    return __atomic_fetch_add(p, (unsigned long long)v, __ATOMIC_RELAXED);
+  }
+
   const WarpCounters& counters() const { return *counters_; }
   bool in_lane() const { return in_lane_; }
 

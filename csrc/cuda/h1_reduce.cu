@@ -49,7 +49,9 @@ struct Layout {
   size_t best_parent = 0, threshold = 0, mst = 0, topology_scratch = 0;
   size_t flags = 0, columns = 0, keys_out = 0, vals_out = 0, counts = 0, seg_begin = 0,
          seg_end = 0, cub_temp = 0, heap = 0, vheap = 0, pivot_keys = 0, pivot_slots = 0,
-         v_start = 0, v_length = 0, arena = 0, pairs = 0, status = 0, num_pairs = 0;
+         v_start = 0, v_length = 0, arena = 0, pairs = 0, status = 0, num_pairs = 0, pool = 0,
+         pool_used = 0;
+  uint64_t pool_bytes = 0;
   size_t cub_bytes = 0;
   size_t total = 0;
   int64_t E = 0, S = 0, P = 0;
@@ -64,7 +66,10 @@ struct Layout {
 
   // block_topology: the one-kernel topology pass (topology.cu) replaces Prim's kernel, the
   // flags, the compaction and the segmented sort, and needs none of their buffers.
-  Layout(int64_t B, int64_t N, int maxdim, const H1Capacity& cap, bool block_topology) {
+  // warp_reduction: one pool for every cloud's arrays replaces the scalar kernel's heaps and
+  // arenas.
+  Layout(int64_t B, int64_t N, int maxdim, const H1Capacity& cap, bool block_topology,
+         bool warp_reduction) {
     best_parent = take(sizeof(index_t) * B * N);
     threshold = take(sizeof(T) * B);
     if (block_topology) {
@@ -84,13 +89,19 @@ struct Layout {
     } else {
       take_sort_parts(B, BE);
     }
-    heap = take(sizeof(Entry<T>) * B * cap.heap);
-    vheap = take(sizeof(index_t) * B * cap.heap);
+    if (warp_reduction) {
+      pool_bytes = warp_pool_bytes(B, cap, sizeof(T));
+      pool = take(pool_bytes);
+      pool_used = take(sizeof(unsigned long long));
+    } else {
+      heap = take(sizeof(Entry<T>) * B * cap.heap);
+      vheap = take(sizeof(index_t) * B * cap.heap);
+      arena = take(sizeof(index_t) * B * cap.arena);
+    }
     pivot_keys = take(sizeof(index_t) * B * P);
     pivot_slots = take(sizeof(index_t) * B * P);
     v_start = take(sizeof(index_t) * B * (S + 1));
     v_length = take(sizeof(index_t) * B * (S + 1));
-    arena = take(sizeof(index_t) * B * cap.arena);
     pairs = take(sizeof(H1Pair<T>) * B * (S + 1));
     status = take(sizeof(int32_t) * B);
     num_pairs = take(sizeof(index_t) * B);
@@ -371,9 +382,18 @@ H1Capacity default_h1_capacity(int64_t n) {
 }
 
 size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
-                          const H1Capacity& cap, bool block_topology) {
-  return elem_size == sizeof(float) ? Layout<float>(B, N, maxdim, cap, block_topology).total
-                                    : Layout<double>(B, N, maxdim, cap, block_topology).total;
+                          const H1Capacity& cap, bool block_topology, bool warp_reduction) {
+  return elem_size == sizeof(float)
+             ? Layout<float>(B, N, maxdim, cap, block_topology, warp_reduction).total
+             : Layout<double>(B, N, maxdim, cap, block_topology, warp_reduction).total;
+}
+
+uint64_t warp_pool_bytes(int64_t B, const H1Capacity& cap, size_t elem_size) {
+  // The scalar kernel's per-cloud heaps (entries and int64 V entries) and arena, as one pool.
+  const uint64_t entry = elem_size == sizeof(float) ? sizeof(Entry<float>) : sizeof(Entry<double>);
+  const uint64_t slices =
+      uint64_t(B) * (uint64_t(cap.heap) * (entry + sizeof(index_t)) + uint64_t(cap.arena) * sizeof(index_t));
+  return slices > kMinWarpPoolBytes ? slices : kMinWarpPoolBytes;
 }
 
 int64_t vr_max_clouds_per_call(int64_t N) {
@@ -392,7 +412,7 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
   if (B == 0) return cudaSuccess;
   if (clouds_per_warp < 0 || clouds_per_warp > 32) return cudaErrorInvalidValue;
   if (B > vr_max_clouds_per_call(N)) return cudaErrorInvalidValue;
-  const Layout<T> L(B, N, maxdim, cap, block_topology);
+  const Layout<T> L(B, N, maxdim, cap, block_topology, warp_reduction);
   if (L.error != cudaSuccess) return L.error;
   if (workspace_bytes < L.total) return cudaErrorInvalidValue;
   void* w = workspace;
@@ -427,11 +447,11 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                    part<index_t>(w, L.num_pairs), part<int32_t>(w, L.status)};
   H1Pair<T>* pairs = part<H1Pair<T>>(w, L.pairs);
   if (warp_reduction) {
-    // The scalar kernel's buffers, reread as the warp reduction's (its int32 arrays get twice
-    // the entries of the int64 ones they reuse).
-    const WarpReduceSlices<T> g{part<Entry<T>>(w, L.heap),      cap.heap,
-                                part<int32_t>(w, L.vheap),      2 * cap.heap,
-                                part<int32_t>(w, L.arena),      2 * cap.arena,
+    // The pivot table, stored-column index and pairs are the scalar kernel's buffers (its int64
+    // index arrays reread as int32); the arrays grow from the pool, whose counter starts at 0.
+    unsigned long long* used = part<unsigned long long>(w, L.pool_used);
+    if ((err = cudaMemsetAsync(used, 0, sizeof *used, stream)) != cudaSuccess) return err;
+    const WarpReduceSlices<T> g{part<unsigned char>(w, L.pool), L.pool_bytes, used,
                                 part<int64_t>(w, L.pivot_keys), part<int32_t>(w, L.pivot_slots),
                                 L.P,                            part<int32_t>(w, L.v_start),
                                 part<int32_t>(w, L.v_length),   pairs,

@@ -1,6 +1,6 @@
 // The H1 reduction with one warp per cloud (core/h1_reduce_warp.h on CudaWarp): the fast part of
-// every reduction array in shared memory, the rest spilled to the cloud's slice of the global
-// workspace that the scalar reduce kernel would use.
+// every reduction array in shared memory, the rest taken, as it grows, from a pool of global
+// memory that the launch's clouds share.
 #include <cuda_runtime.h>
 
 #include "../core/h1_reduce_warp.h"
@@ -33,11 +33,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   if (b >= B) return;  // whole warps leave together
   const int64_t E = N * (N - 1) / 2, m = counts[b];
   const WarpReduceMemory<T> mem{
-      Spill<Entry<T>>{s_set[warp], kFastEntries, g.set + b * g.set_capacity, g.set_capacity},
-      Spill<int32_t>{s_vwork[warp], kFastEntries, g.vwork + b * g.vwork_capacity,
-                     g.vwork_capacity},
-      Spill<int32_t>{s_arena[warp], kFastEntries, g.arena + b * g.arena_capacity,
-                     g.arena_capacity},
+      Spill<Entry<T>>{s_set[warp], kFastEntries, nullptr, 0},
+      Spill<int32_t>{s_vwork[warp], kFastEntries, nullptr, 0},
+      Spill<int32_t>{s_arena[warp], kFastEntries, nullptr, 0},
       g.pivot_keys + b * g.pivot_capacity,
       g.pivot_slots + b * g.pivot_capacity,
       g.pivot_capacity,
@@ -45,7 +43,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       g.v_length + b * g.slot_capacity,
       g.slot_capacity,
       g.pairs + b * g.slot_capacity,
-      g.slot_capacity};
+      g.slot_capacity,
+      WarpPool{g.pool, g.pool_bytes, g.pool_used}};
   CudaWarp w;
   WarpReducer<CudaWarp, T> reducer(w, DistanceMatrix<T>{dist + b * N * N, N}, threshold[b], mem,
                                    nullptr);

@@ -2,7 +2,9 @@
 //
 // Every launcher takes raw device pointers, sizes and a stream; none allocates, none
 // synchronises with the host, and all are deterministic (no floating-point atomics; every sum
-// runs in a fixed order). Memory comes from the caller: `vr_workspace_bytes` says how much one
+// runs in a fixed order). One exception, in which clouds fail rather than in any value: when
+// the warp reduction's shared pool runs out, which of its clouds get -1 depends on the order
+// the warps reached it (see warp_reduction below). Memory comes from the caller: `vr_workspace_bytes` says how much one
 // call of `launch_vr_persistence` needs, so the torch glue can take it from the caching allocator.
 //
 // Tensors are dense and row-major; "(B, N, D) T" below means B*N*D contiguous elements of T,
@@ -38,10 +40,17 @@ struct H1Capacity {
 H1Capacity default_h1_capacity(int64_t n);
 
 // Bytes of workspace `launch_vr_persistence<T>` needs for B clouds of N points with the same
-// `maxdim` and `cap`. `elem_size` is sizeof(T) (4 or 8). The workspace must be 256-byte aligned
-// (any CUDA allocator's block is).
+// `maxdim`, `cap` and engine flags. `elem_size` is sizeof(T) (4 or 8). The workspace must be
+// 256-byte aligned (any CUDA allocator's block is).
 size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
-                          const H1Capacity& cap, bool block_topology = false);
+                          const H1Capacity& cap, bool block_topology = false,
+                          bool warp_reduction = false);
+
+// Bytes of the pool the warp reduction's clouds share: what their fixed slices would hold
+// (B times the heap, V-heap and arena capacities), at least kMinWarpPoolBytes, so that one
+// tie-heavy cloud of a small batch can grow far past its share.
+constexpr uint64_t kMinWarpPoolBytes = uint64_t(96) << 20;
+uint64_t warp_pool_bytes(int64_t B, const H1Capacity& cap, size_t elem_size);
 
 // Largest number of clouds one launch_vr_persistence call accepts for N points: bounded so that
 // every per-batch edge count fits the 32-bit offsets of the segmented sort.
@@ -84,8 +93,10 @@ cudaError_t launch_symmetrize_lower(const T* in, int64_t B, int64_t N, T* out,
 //   h0_edges:  (B, N-1, 2) int64    out: death edge (u < v)
 //   h1:        (B, K, 2) T          out: (birth, death) of the K most persistent bars
 //   h1_edges:  (B, K, 4) int64      out: birth edge (j < i), death edge (u < v); padding -1
-//   h1_count:  (B,) int64           out: true number of H1 bars; -1 when the cloud overflowed
-//   truncated: (B,) bool            out: h1_count > K, or the cloud overflowed
+//   h1_count:  (B,) int64           out: true number of H1 bars; -1 when the cloud overflowed,
+//                                   -2 (kInvalidInputCount) when a distance is NaN or +-Inf
+//                                   (the H0 pass made the threshold NaN; no H1 was computed)
+//   truncated: (B,) bool            out: h1_count > K, or the cloud overflowed; false at -2
 //   workspace: vr_workspace_bytes(B, N, maxdim, sizeof(T), cap) bytes, device memory
 //   clouds_per_warp: clouds one warp of the reduce kernel takes, 1..32; 0 picks it from B and
 //                    the SM count (1 unless the batch exceeds 16 warps per SM)
@@ -94,10 +105,10 @@ cudaError_t launch_symmetrize_lower(const T* in, int64_t B, int64_t N, T* out,
 //                    results (the native tests prove the algorithm on the host emulation), and
 //                    the workspace must be sized with the same flag
 //   warp_reduction:  reduce H1 with one warp per cloud (launch_reduce_warp) instead of one
-//                    thread; same workspace and results, but it holds more before it
-//                    overflows (256 heap entries in shared memory besides `cap`, and room for
-//                    twice the V arena), so a cloud just past a capacity may report -1 on the
-//                    scalar path only
+//                    thread; same results. Its clouds share one pool (warp_pool_bytes) instead
+//                    of fixed slices, so a cloud reports -1 only when the pool runs out (then
+//                    which ones depends on the warps' order); the workspace must be sized with
+//                    the same flag
 // B must not exceed vr_max_clouds_per_call(N). A cloud whose H1 reduction exceeds `cap` gets
 // h1_count = -1, truncated = true and all-padding H1 rows (its H0 is still exact).
 template <typename T>
@@ -171,7 +182,9 @@ cudaError_t launch_tsloss_backward(const T* g_loss, const T* g_conn, const T* g_
 // ---- building blocks (used by launch_vr_persistence; exposed for tests and profiling) -------
 
 // Prim's MST, one block per cloud. Writes h0/h0_edges, the Prim parent of every vertex
-// (best_parent, (B, N) int64; -1 for the root) and the enclosing radius (threshold, (B,) T).
+// (best_parent, (B, N) int64; -1 for the root) and the enclosing radius (threshold, (B,) T;
+// NaN when any distance of the cloud is NaN or +-Inf, which makes no H1 column and which
+// launch_vr_persistence reports as h1_count = -2).
 // mst_scratch: (B, N) MstEdge<T>-sized slots (see vr_workspace_bytes).
 template <typename T>
 cudaError_t launch_h0_mst(const T* dist, int64_t B, int64_t N, T* h0, int64_t* h0_edges,
@@ -195,17 +208,15 @@ cudaError_t launch_topology(const T* dist, int64_t B, int64_t N, bool h1, T* h0,
                             H1Column<T>* columns, int32_t* counts, void* scratch,
                             size_t scratch_bytes, cudaStream_t stream);
 
-// Per-cloud slices of the warp reduction's global memory: the spill parts of its arrays, its
-// pivot table, stored-column index, pairs and status. Cloud b's part of each array starts at
-// b times its capacity.
+// The warp reduction's global memory: one pool that every cloud's arrays take their second
+// parts from (core/h1_reduce_warp.h's WarpPool; `pool_used` must be zero at the launch), and
+// per-cloud slices of its pivot table, stored-column index, pairs and status (cloud b's part of
+// each starts at b times its capacity).
 template <typename T>
 struct WarpReduceSlices {
-  Entry<T>* set;
-  int64_t set_capacity;
-  int32_t* vwork;
-  int64_t vwork_capacity;
-  int32_t* arena;
-  int64_t arena_capacity;
+  unsigned char* pool;
+  uint64_t pool_bytes;
+  unsigned long long* pool_used;
   int64_t* pivot_keys;
   int32_t* pivot_slots;
   int64_t pivot_capacity;  // a power of two >= 2 (slot_capacity)

@@ -98,12 +98,15 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
   // launch.
   const EngineSettings engine = engine_settings();
   const size_t budget = workspace_budget();
+  // Per cloud as the scalar reduction's slices: the warp reduction's pool is their sum (or a
+  // floor, a constant the budget does not divide).
   const size_t per_cloud =
       tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, engine.block_topology);
   int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
   chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
-  const size_t ws_bytes =
-      tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap, engine.block_topology);
+  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap,
+                                                        engine.block_topology,
+                                                        engine.warp_reduction);
   auto workspace = engine_workspace(ws_bytes, opts, "tsloss", chunk, per_cloud);
   auto terms_ws = at::empty({static_cast<int64_t>(tsl::cuda::tsloss_forward_workspace_bytes(B, N))},
                             opts.dtype(at::kByte));

@@ -72,13 +72,17 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
   // Clouds per launch: bounded by the sort's 32-bit offsets and by a workspace budget, so a
   // large batch runs as a few launches instead of one giant allocation.
   const size_t budget = workspace_budget();
-  const size_t per_cloud = tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, engine.block_topology) +
-                           static_cast<size_t>(N * N) * elem;
+  // Per cloud as the scalar reduction's slices: the warp reduction's pool is their sum (or a
+  // floor, a constant the budget does not divide).
+  const size_t per_cloud =
+      tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, engine.block_topology) +
+      static_cast<size_t>(N * N) * elem;
   int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
   chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
 
-  const size_t ws_bytes =
-      tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap, engine.block_topology);
+  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap,
+                                                        engine.block_topology,
+                                                        engine.warp_reduction);
   auto workspace = engine_workspace(ws_bytes, opts, "vr_persistence", chunk, per_cloud);
   auto dist = at::empty({chunk, N, N}, opts);
 

@@ -214,6 +214,22 @@ void test_small_set() {
           (long long)small, (long long)m, int(s));
     CHECK(m || num_pairs == 0, "no columns, %lld pairs", (long long)num_pairs);
   }
+  // With a pool the set takes a second part from it; a pool too small leaves the set full.
+  std::vector<uint64_t> words(4096);
+  for (uint64_t bytes : {uint64_t(1000), uint64_t(8 * words.size())}) {
+    unsigned long long used = 0;
+    tsl::WarpReduceMemory<T> pooled = mem;
+    pooled.pool = tsl::WarpPool{reinterpret_cast<unsigned char*>(words.data()), bytes, &used};
+    HostWarp w(7);
+    tsl::WarpReduceStats stats;
+    tsl::WarpReducer<HostWarp, T> reducer(w, d, T(1), pooled, &stats);
+    tsl::index_t num_pairs = -1;
+    const tsl::Status s = reducer.run(&column, 1, &num_pairs);
+    const bool fits = bytes > 1024 * sizeof(tsl::Entry<T>);
+    CHECK(s == (fits ? tsl::kOk : tsl::kHeapFull) && stats.grown == (fits ? 1 : 0),
+          "a %llu-byte pool: status %d, grown %lld", (unsigned long long)bytes, int(s),
+          (long long)stats.grown);
+  }
 }
 
 // ---- clouds -----------------------------------------------------------------------------------
@@ -311,7 +327,7 @@ struct SizeCounters {
   int64_t clouds = 0, columns = 0, max_columns = 0, prim_steps = 0, flag_chunks = 0,
           sort_stages = 0, steps = 0, collectives = 0, barriers = 0, shared_bytes = 0,
           scan_steps = 0, pivot_queries = 0, set_high = 0, max_set_high = 0, vwork_high = 0,
-          arena = 0, max_arena = 0, additions = 0, emergent = 0, pushed = 0;
+          arena = 0, max_arena = 0, additions = 0, emergent = 0, pushed = 0, grown = 0;
 };
 std::map<int64_t, SizeCounters> g_counters;
 
@@ -385,6 +401,7 @@ bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t
   s.additions += r.additions;
   s.emergent += r.emergent;
   s.pushed += r.entries_pushed;
+  s.grown += r.grown;
   s.steps += ews.warp.steps;
   s.collectives += ews.warp.collectives;
   s.barriers += ews.warp.barriers;
@@ -498,15 +515,15 @@ void print_counters() {
                 s.collectives / c, s.barriers / c, (long long)s.shared_bytes);
   }
   std::printf("H1 reduction (one warp per cloud), per cloud (max over clouds in brackets):\n");
-  std::printf("%6s %9s %9s %9s %10s %14s %9s %14s\n", "N", "emergent", "queries", "additions",
-              "pushed", "set high", "V high", "arena");
+  std::printf("%6s %9s %9s %9s %10s %14s %9s %14s %8s\n", "N", "emergent", "queries",
+              "additions", "pushed", "set high", "V high", "arena", "grown");
   for (auto& e : g_counters) {
     const SizeCounters& s = e.second;
     const double c = double(s.clouds);
-    std::printf("%6lld %9.1f %9.1f %9.1f %10.0f %7.1f [%5lld] %9lld %7.1f [%5lld]\n",
+    std::printf("%6lld %9.1f %9.1f %9.1f %10.0f %7.1f [%5lld] %9lld %7.1f [%5lld] %8.2f\n",
                 (long long)e.first, s.emergent / c, s.pivot_queries / c, s.additions / c,
                 s.pushed / c, s.set_high / c, (long long)s.max_set_high, (long long)s.vwork_high,
-                s.arena / c, (long long)s.max_arena);
+                s.arena / c, (long long)s.max_arena, s.grown / c);
   }
 }
 
