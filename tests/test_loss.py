@@ -190,6 +190,36 @@ def test_stability_zero_when_unchanged_positive_after_change():
     assert float(module.last_terms["stability"]) == 0.0
 
 
+def test_previous_from_inference_mode_is_a_constant():
+    """A topology made under torch.inference_mode (an evaluation step) feeds the next training
+    step's stability term: autograd cannot save inference tensors, so the loss copies them."""
+    x = generic_cloud().float()
+    module = T.TSLoss(stability=1.0)
+    with torch.inference_mode():
+        module(x)
+    z = (x + 0.1).requires_grad_(True)
+    module(z).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    assert float(module.last_terms["stability"]) > 0.0
+    # A previous topology that requires grad is a constant: no gradient reaches it.
+    _, terms = T.loss(x, return_terms=True)
+    prev = type(terms["topology"])(terms["topology"].h0.clone().requires_grad_(True),
+                                   terms["topology"].h1)
+    value = T.loss(z.detach().requires_grad_(True), stability=1.0, previous=prev)
+    value.backward()
+    assert prev.h0.grad is None
+
+
+def test_previous_of_the_wrong_kind_or_shape_is_refused():
+    x = generic_cloud().float()
+    _, terms = T.loss(x, return_terms=True)
+    top = terms["topology"]
+    with pytest.raises(TypeError, match="previous must be the PromptTopology"):
+        T.loss(x, stability=1.0, previous=(top.h0, top.h1))
+    with pytest.raises(ValueError, match="previous.h1 has shape"):
+        T.loss(x, stability=1.0, previous=type(top)(top.h0, top.h1[0]))
+
+
 def test_scale_normalisation_makes_loss_scale_invariant():
     x = generic_cloud().float()
     torch.testing.assert_close(T.loss(x), T.loss(3.0 * x), rtol=1e-5, atol=1e-6)

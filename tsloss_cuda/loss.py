@@ -116,7 +116,8 @@ def loss(
             float64 (computed in float64) soft-prompt embeddings.
         connectivity, redundancy, stability: weights of the three terms.
         previous: the :class:`PromptTopology` of the previous call (``terms["topology"]`` of a
-            call with ``return_terms=True``); None makes the stability term 0.
+            call with ``return_terms=True``), a constant (no gradient flows into it); None
+            makes the stability term 0.
         normalize: ``"mean"`` (divide by the mean pairwise distance) or ``"none"``.
         connectivity_mode: ``"total"`` or ``"target"`` (needs ``target``).
         target: τ for ``connectivity_mode="target"``.
@@ -143,12 +144,26 @@ def loss(
     kk = k if need_h1 else 0
     prev_h0 = prev_h1 = None
     if previous is not None:
-        prev_h0 = previous.h0.to(device=x.device, dtype=x.dtype)
-        prev_h1 = _match_width(previous.h1.to(device=x.device, dtype=x.dtype), kk)
+        if not all(isinstance(getattr(previous, a, None), torch.Tensor) for a in ("h0", "h1")):
+            raise TypeError("previous must be the PromptTopology of an earlier call "
+                            "(terms['topology'], with tensors .h0 and .h1), got "
+                            f"{type(previous).__name__}")
+        # A constant of this call: detached (no gradient flows into the previous topology), and
+        # copied when it was made under torch.inference_mode, whose tensors autograd cannot save.
+        prev_h0 = previous.h0.detach().to(device=x.device, dtype=x.dtype)
+        prev_h1 = previous.h1.detach().to(device=x.device, dtype=x.dtype)
         h0_shape = (b, max(n - 1, 0))
         if tuple(prev_h0.shape) != h0_shape:
             raise ValueError(f"previous.h0 has shape {tuple(prev_h0.shape)}, expected "
                              f"{h0_shape} (same B and N as the previous call)")
+        if prev_h1.dim() != 2 or prev_h1.shape[0] != b:
+            raise ValueError(f"previous.h1 has shape {tuple(prev_h1.shape)}, expected ({b}, K) "
+                             "(same B as the previous call)")
+        prev_h1 = _match_width(prev_h1, kk)
+        if prev_h0.is_inference() and not torch.is_inference_mode_enabled():
+            prev_h0 = prev_h0.clone()
+        if prev_h1.is_inference() and not torch.is_inference_mode_enabled():
+            prev_h1 = prev_h1.clone()
         prev_h0, prev_h1 = prev_h0.contiguous(), prev_h1.contiguous()
 
     # One op computes the distances once, the scale, the diagrams and every term; its backward
