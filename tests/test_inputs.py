@@ -512,3 +512,21 @@ def test_tsloss_backward_refuses_an_edge_outside_the_cloud():
     saved[7][0, 0, 1] = 8
     with pytest.raises(RuntimeError, match=r"h1_edges names point 8 of a cloud of 8 points"):
         ops.tsloss_backward(*grads, *saved, *options)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e300, 1e-300])
+def test_gradient_at_extreme_float64_scales(scale):
+    """A bar's gradient is a sum of unit vectors, whatever the cloud's scale: float64 clouds whose
+    squared distances under- or overflow (the forward rescales those pairs) must get it too, not
+    zeros (the backward once took sqrt of the raw squares: 0 or Inf lengths)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=g)
+
+    def grad(s):
+        y = (x * s).requires_grad_(True)
+        d = vr_persistence(y)
+        (d.h0[..., 1].sum() + d.h1.sum()).backward()
+        return y.grad
+
+    torch.testing.assert_close(grad(scale), grad(1.0), rtol=0, atol=1e-14)
+

@@ -77,6 +77,16 @@ TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
   return m * sqrt(s);
 }
 
+// |x - y| as the forward computes it: the canonical sum's square root, or, for float64 points
+// whose sum may have under- or overflowed (outside [1e-290, 1e290]), the scaled distance. For
+// the backward's edge lengths, which must not fall to 0 or Inf where the forward's value did not.
+template <typename T>
+TSL_HD double point_distance(const T* x, const T* y, index_t dim) {
+  const double s = squared_distance(x, y, dim);
+  if (sizeof(T) == 8 && !(s >= 1e-290 && s <= 1e290) && s == s) return scaled_distance(x, y, dim);
+  return sqrt(s);
+}
+
 // A Gram-form square of two float32 points proved to give their canonical float32 distance, or
 // not: nn = |y_i|^2 + |y_j|^2 and g = y_i . y_j summed in double in any order, with or without
 // FMA, y = fl(x - c) rounded in double (a float32 difference breaks the bound: the native

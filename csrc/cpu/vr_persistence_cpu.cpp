@@ -171,7 +171,7 @@ void scatter_edge(T g, int64_t u, int64_t v, bool distances, const T* x, int64_t
   }
   const T* xu = x + u * D;
   const T* xv = x + v * D;
-  const double len = std::sqrt(tsl::squared_distance(xu, xv, D));
+  const double len = tsl::point_distance(xu, xv, D);
   if (len == 0.0) return;
   const double s = static_cast<double>(g) / len;
   T* gu = grad + u * D;
