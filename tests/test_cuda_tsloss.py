@@ -103,6 +103,33 @@ def test_invalid_cloud_is_marked_not_raised():
     torch.testing.assert_close(value[[0, 2]], ref[[0, 2]], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kw", [{}, {"normalize": "none"}, {"connectivity_mode": "target",
+                                                           "target": 0.5}])
+def test_invalid_cloud_gets_no_gradient(kw):
+    """An invalid cloud's loss is NaN; its gradient is zero, as the reference composition gives
+    (its bars are masked), not what a tree built on NaN distances would give; the others are
+    as on the CPU."""
+    x = cloud(3, 12, 5, dtype=torch.float64)
+    bad = x.clone()
+    bad[1, 4, 2] = float("nan")
+    xg2 = bad.cuda().requires_grad_(True)
+    T.loss(xg2, reduction="none", **kw).sum().backward()  # a NaN sum: every cloud's grad is 1
+    assert (xg2.grad[1] == 0).all()
+    xc = x[[0, 2]].clone().requires_grad_(True)
+    T.loss(xc, reduction="none", **kw).sum().backward()
+    torch.testing.assert_close(xg2.grad[[0, 2]].cpu(), xc.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_distances_summing_past_float64_are_valid():
+    """Finite distances whose sum overflows: the CPU takes the cloud (scale Inf), so must the
+    fused op (it once flagged a non-finite sum as invalid input)."""
+    x = torch.tensor([[[0.0], [8e307], [-8e307]]], dtype=torch.float64)
+    cpu = T.loss(x, reduction="none", return_terms=True)
+    gpu = T.loss(x.cuda(), reduction="none", return_terms=True)
+    assert int(gpu[1]["h1_count"][0]) == int(cpu[1]["h1_count"][0]) >= 0
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], equal_nan=True)
+
+
 def _kernels(fn):
     from torch.profiler import ProfilerActivity, profile
     fn()

@@ -47,13 +47,15 @@ __device__ __forceinline__ Candidate<T> warp_argmin(Candidate<T> c) {
 template <typename T>
 __global__ void __launch_bounds__(kMaxThreads) h0_mst_kernel(const T* __restrict__ dist, int64_t N, T* __restrict__ h0,
                               int64_t* __restrict__ h0_edges, int64_t* __restrict__ best_parent,
-                              T* __restrict__ threshold, MstEdge<T>* __restrict__ mst_all) {
+                              T* __restrict__ threshold, MstEdge<T>* __restrict__ mst_all,
+                              unsigned long long* __restrict__ clear) {
   __shared__ Candidate<T> s_warp[kMaxWarps];
   __shared__ Candidate<T> s_next;
   __shared__ T s_radius[kMaxWarps];
 
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  if (clear != nullptr && b == 0 && tid == 0) *clear = 0;
   const int nthreads = blockDim.x, nwarps = (nthreads + 31) >> 5;
   const T* d = dist + b * N * N;
   MstEdge<T>* mst = mst_all + b * N;
@@ -174,20 +176,23 @@ __global__ void __launch_bounds__(kMaxThreads) h0_mst_kernel(const T* __restrict
 template <typename T>
 cudaError_t launch_h0_mst(const T* dist, int64_t B, int64_t N, T* h0, int64_t* h0_edges,
                           int64_t* best_parent, T* threshold, void* mst_scratch,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, unsigned long long* clear) {
   if (B == 0 || N == 0) return cudaSuccess;
   int threads = (int)((N + 31) / 32 * 32);
   threads = threads < 32 ? 32 : (threads > kMaxThreads ? kMaxThreads : threads);
   // One block per cloud; gridDim.x allows 2^31 - 1 blocks.
   h0_mst_kernel<T><<<(unsigned)B, threads, 0, stream>>>(
-      dist, N, h0, h0_edges, best_parent, threshold, static_cast<MstEdge<T>*>(mst_scratch));
+      dist, N, h0, h0_edges, best_parent, threshold, static_cast<MstEdge<T>*>(mst_scratch),
+      clear);
   return cudaGetLastError();
 }
 
 template cudaError_t launch_h0_mst<float>(const float*, int64_t, int64_t, float*, int64_t*,
-                                          int64_t*, float*, void*, cudaStream_t);
+                                          int64_t*, float*, void*, cudaStream_t,
+                                          unsigned long long*);
 template cudaError_t launch_h0_mst<double>(const double*, int64_t, int64_t, double*, int64_t*,
-                                           int64_t*, double*, void*, cudaStream_t);
+                                           int64_t*, double*, void*, cudaStream_t,
+                                           unsigned long long*);
 
 }  // namespace cuda
 }  // namespace tsl

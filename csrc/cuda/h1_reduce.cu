@@ -420,14 +420,17 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
   T* threshold = part<T>(w, L.threshold);
   H1Column<T>* columns = part<H1Column<T>>(w, L.columns);
   int32_t* counts = part<int32_t>(w, L.counts);
+  // The warp reduction's pool counter, zeroed by the H0 kernel on the way.
+  unsigned long long* pool_used =
+      L.h1 && warp_reduction ? part<unsigned long long>(w, L.pool_used) : nullptr;
   cudaError_t err;
   if (block_topology) {
     err = launch_topology(dist, B, N, L.h1, h0, h0_edges, best_parent, threshold,
                           L.h1 ? columns : nullptr, counts, part<void>(w, L.topology_scratch),
-                          topology_scratch_bytes(B, N, sizeof(T)), stream);
+                          topology_scratch_bytes(B, N, sizeof(T)), stream, pool_used);
   } else {
     err = launch_h0_mst(dist, B, N, h0, h0_edges, best_parent, threshold, part<void>(w, L.mst),
-                        stream);
+                        stream, pool_used);
   }
   if (err != cudaSuccess) return err;
 
@@ -448,10 +451,8 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
   H1Pair<T>* pairs = part<H1Pair<T>>(w, L.pairs);
   if (warp_reduction) {
     // The pivot table, stored-column index and pairs are the scalar kernel's buffers (its int64
-    // index arrays reread as int32); the arrays grow from the pool, whose counter starts at 0.
-    unsigned long long* used = part<unsigned long long>(w, L.pool_used);
-    if ((err = cudaMemsetAsync(used, 0, sizeof *used, stream)) != cudaSuccess) return err;
-    const WarpReduceSlices<T> g{part<unsigned char>(w, L.pool), L.pool_bytes, used,
+    // index arrays reread as int32); the arrays grow from the pool.
+    const WarpReduceSlices<T> g{part<unsigned char>(w, L.pool), L.pool_bytes, pool_used,
                                 part<int64_t>(w, L.pivot_keys), part<int32_t>(w, L.pivot_slots),
                                 L.P,                            part<int32_t>(w, L.v_start),
                                 part<int32_t>(w, L.v_length),   pairs,

@@ -186,10 +186,12 @@ cudaError_t launch_tsloss_backward(const T* g_loss, const T* g_conn, const T* g_
 // NaN when any distance of the cloud is NaN or +-Inf, which makes no H1 column and which
 // launch_vr_persistence reports as h1_count = -2).
 // mst_scratch: (B, N) MstEdge<T>-sized slots (see vr_workspace_bytes).
+// clear: a counter set to 0 on the way (the warp reduction's pool; a kernel of its own would
+// cost a launch), or null.
 template <typename T>
 cudaError_t launch_h0_mst(const T* dist, int64_t B, int64_t N, T* h0, int64_t* h0_edges,
                           int64_t* best_parent, T* threshold, void* mst_scratch,
-                          cudaStream_t stream);
+                          cudaStream_t stream, unsigned long long* clear = nullptr);
 
 // The per-cloud topology pass (core/topology_block.h), one block per cloud: the enclosing
 // radius, Prim's tree, H0 bars in filtration order and the H1 columns in reverse filtration
@@ -201,15 +203,18 @@ cudaError_t launch_h0_mst(const T* dist, int64_t B, int64_t N, T* h0, int64_t* h
 //   counts:      (B,) int32
 //   scratch:     topology_scratch_bytes(B, N, sizeof(T)) bytes (0 while Prim's state fits in
 //                shared memory, N up to about 1100)
+//   clear:       as launch_h0_mst
 size_t topology_scratch_bytes(int64_t B, int64_t N, size_t elem_size);
 template <typename T>
 cudaError_t launch_topology(const T* dist, int64_t B, int64_t N, bool h1, T* h0,
                             int64_t* h0_edges, int64_t* best_parent, T* threshold,
                             H1Column<T>* columns, int32_t* counts, void* scratch,
-                            size_t scratch_bytes, cudaStream_t stream);
+                            size_t scratch_bytes, cudaStream_t stream,
+                            unsigned long long* clear = nullptr);
 
 // The warp reduction's global memory: one pool that every cloud's arrays take their second
-// parts from (core/h1_reduce_warp.h's WarpPool; `pool_used` must be zero at the launch), and
+// parts from (core/h1_reduce_warp.h's WarpPool; `pool_used` must be zero at the launch: the H0
+// kernel before it clears it), and
 // per-cloud slices of its pivot table, stored-column index, pairs and status (cloud b's part of
 // each starts at b times its capacity).
 template <typename T>

@@ -30,9 +30,11 @@ __device__ P* carve(unsigned char*& at, int64_t count) {
 template <typename T, bool kShared>
 __global__ void topology_kernel(const T* __restrict__ dist, int64_t N, bool h1, T* h0,
                                 int64_t* h0_edges, int64_t* best_parent, T* threshold,
-                                H1Column<T>* columns, int32_t* counts, unsigned char* scratch) {
+                                H1Column<T>* columns, int32_t* counts, unsigned char* scratch,
+                                unsigned long long* clear) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t b = blockIdx.x;
+  if (clear != nullptr && b == 0 && threadIdx.x == 0) *clear = 0;
   unsigned char* at = kShared ? smem : scratch + (size_t)b * state_bytes<T>(N);
   // 8-byte parts first, then 4-byte, then bytes: every part stays aligned.
   uint64_t* key_hi = carve<uint64_t>(at, N);
@@ -78,28 +80,31 @@ template <typename T>
 cudaError_t launch_topology(const T* dist, int64_t B, int64_t N, bool h1, T* h0,
                             int64_t* h0_edges, int64_t* best_parent, T* threshold,
                             H1Column<T>* columns, int32_t* counts, void* scratch,
-                            size_t scratch_bytes, cudaStream_t stream) {
+                            size_t scratch_bytes, cudaStream_t stream,
+                            unsigned long long* clear) {
   if (B == 0 || N == 0) return cudaSuccess;
   const size_t bytes = state_bytes<T>(N);
   const int threads = topology_threads(N);
   if (bytes <= kSharedLimit) {
     topology_kernel<T, true><<<(unsigned)B, threads, bytes, stream>>>(
-        dist, N, h1, h0, h0_edges, best_parent, threshold, columns, counts, nullptr);
+        dist, N, h1, h0, h0_edges, best_parent, threshold, columns, counts, nullptr, clear);
   } else {
     if (scratch == nullptr || scratch_bytes < bytes * (size_t)B) return cudaErrorInvalidValue;
     topology_kernel<T, false><<<(unsigned)B, threads, 0, stream>>>(
         dist, N, h1, h0, h0_edges, best_parent, threshold, columns, counts,
-        static_cast<unsigned char*>(scratch));
+        static_cast<unsigned char*>(scratch), clear);
   }
   return cudaGetLastError();
 }
 
 template cudaError_t launch_topology<float>(const float*, int64_t, int64_t, bool, float*,
                                             int64_t*, int64_t*, float*, H1Column<float>*,
-                                            int32_t*, void*, size_t, cudaStream_t);
+                                            int32_t*, void*, size_t, cudaStream_t,
+                                            unsigned long long*);
 template cudaError_t launch_topology<double>(const double*, int64_t, int64_t, bool, double*,
                                              int64_t*, int64_t*, double*, H1Column<double>*,
-                                             int32_t*, void*, size_t, cudaStream_t);
+                                             int32_t*, void*, size_t, cudaStream_t,
+                                            unsigned long long*);
 
 }  // namespace cuda
 }  // namespace tsl

@@ -45,7 +45,10 @@ __global__ void __launch_bounds__(kTermThreads)
   if (threadIdx.x == 0) {
     double sum = 0.0;
     for (int64_t t = 0; t < tiles; ++t) sum = __dadd_rn(sum, partial[b * tiles + t]);
-    bool bad = !isfinite(sum);
+    // A non-finite distance: the engine (launch_vr_persistence, run before on these distances)
+    // counted it -2. Not a non-finite sum: finite distances near the float64 limit may sum
+    // past it, and the CPU takes such a cloud (its scale is Inf).
+    bool bad = h1_count[b] == kInvalidInputCount;
     // A lone point has no distance to carry a non-finite coordinate.
     if (N == 1)
       for (int64_t k = 0; k < D; ++k) bad |= !isfinite((double)x[b * D + k]);
@@ -137,6 +140,13 @@ __global__ void __launch_bounds__(kTermThreads)
                             reduced_grad(g_scale, b, B, reduction)};
   const double s = (double)scales[b];
   const int64_t count = h1_count[b];
+  if (count == kInvalidInputCount) {
+    // An invalid cloud (NaN loss) gets no gradient, as the reference composition, which masks
+    // its bars with torch.where, gives it; its tree was built on a NaN or Inf matrix.
+    for (int64_t r = threadIdx.x; r < E; r += blockDim.x) edge_w[b * E + r] = 0.0;
+    if (threadIdx.x == 0) dense[b] = 0.0;
+    return;
+  }
   double ds = 0.0;
   for (int64_t r = threadIdx.x; r < H0; r += blockDim.x)
     edge_w[b * E + r] = h0_death_grad(topo_h0[b * H0 + r], o.has_prev ? prev_h0[b * H0 + r] : T(0),
