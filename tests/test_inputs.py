@@ -530,3 +530,37 @@ def test_gradient_at_extreme_float64_scales(scale):
 
     torch.testing.assert_close(grad(scale), grad(1.0), rtol=0, atol=1e-14)
 
+
+@pytest.mark.parametrize("dtype,scales", [(torch.float32, [1e-30, 1e-20, 1e20, 1e30]),
+                                          (torch.float64, [1e-200, 1e-300, 1e200, 1e300])])
+def test_loss_gradient_far_from_unit_scale(dtype, scales):
+    """TSLoss with normalize="mean" is scale invariant, so its gradient at s x is the gradient at
+    x over s. The pair weights (~1/s^2) once left the dtype's range in the backward's tiles:
+    NaN and Inf gradients for small prompts, zeros for large ones."""
+    from tsloss_cuda import loss
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64).to(dtype)
+
+    def grad(s):
+        y = (x * s).requires_grad_(True)
+        loss(y).backward()
+        return y.grad
+
+    ref = grad(1.0)
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    for s in scales:
+        torch.testing.assert_close(grad(s) * s, ref, rtol=0, atol=tol * float(ref.abs().max()))
+
+
+def test_distance_gradient_of_subnormal_points():
+    """float32 points around 1e-40 (subnormal): the distances' gradient is a sum of unit vectors,
+    finite (its weights 1/d once overflowed float32 to Inf and NaN)."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(6, 3, generator=g) * 1e-40).float()
+    y = x.clone().requires_grad_(True)
+    pairwise_distance(y).sum().backward()
+    yd = x.double().requires_grad_(True)
+    pairwise_distance(yd).sum().backward()
+    assert torch.isfinite(y.grad).all()
+    torch.testing.assert_close(y.grad.double(), yd.grad, rtol=0, atol=1e-3)
+

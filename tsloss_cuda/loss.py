@@ -160,10 +160,9 @@ def loss(
             raise ValueError(f"previous.h1 has shape {tuple(prev_h1.shape)}, expected ({b}, K) "
                              "(same B as the previous call)")
         prev_h1 = _match_width(prev_h1, kk)
-        if prev_h0.is_inference() and not torch.is_inference_mode_enabled():
-            prev_h0 = prev_h0.clone()
-        if prev_h1.is_inference() and not torch.is_inference_mode_enabled():
-            prev_h1 = prev_h1.clone()
+        if not torch.compiler.is_compiling():  # Dynamo cannot trace is_inference()
+            prev_h0 = prev_h0.clone() if prev_h0.is_inference() else prev_h0
+            prev_h1 = prev_h1.clone() if prev_h1.is_inference() else prev_h1
         prev_h0, prev_h1 = prev_h0.contiguous(), prev_h1.contiguous()
 
     # One op computes the distances once, the scale, the diagrams and every term; its backward

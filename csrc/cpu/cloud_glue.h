@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
@@ -141,12 +142,37 @@ inline int64_t cloud_grain(int64_t work_per_cloud) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_cloud));
 }
 
+// Pair weights w_ij / d_ij for the tiles, which sum in T. Clouds far from unit scale (float32
+// distances of 1e-30 or 1e25, float64 ones past 1e+-150) have weights past T's range, which
+// the tiles turned into Inf, NaN or 0; such a cloud's weights are scaled by 2^k into it and
+// pair_gradients scales the gradient back. A power of two changes no rounding where the values
+// stay normal, and clouds whose largest weight lies within 2^+-kWeightSafe keep k = 0 and
+// their bits.
+template <typename T>
+struct PairWeights {
+  static constexpr int kWeightSafe = sizeof(T) == 4 ? 60 : 500;
+  int k = 0;
+  // From the largest exponent of w / d over the pairs (w != 0, d > 0), before any weight().
+  void choose(int max_exponent) {
+    k = max_exponent > kWeightSafe || max_exponent < -kWeightSafe ? -max_exponent : 0;
+  }
+  static int exponent(double w, double d) { return std::ilogb(w) - std::ilogb(d); }
+  // (T)(w / d) times 2^k: when k = 0 exactly (T)(w / d).
+  T weight(double w, double d) const {
+    if (k == 0) return static_cast<T>(w / d);
+    int ew, ed;
+    const double mw = std::frexp(w, &ew), md = std::frexp(d, &ed);
+    return static_cast<T>(std::ldexp(mw / md, ew - ed + k));
+  }
+};
+
 // The gradient on the points of a function of the distances, for every cloud of x (B, N, D):
 // gx_i = sum_j W_ij (x_i - x_j), W symmetric, by the pair tiles (cpu/distance_grad_tiles.h, one
 // visit per unordered pair). weights(b, W) writes cloud b's W_ij below the diagonal
-// (W[i * n4 + j], j < i < N, n4 = N rounded up to 4) into W, zero elsewhere on entry. With at
-// least two clouds per thread each task takes whole clouds; otherwise each cloud's coordinate
-// chunks are shared out. Neither the split nor the thread count changes a sum's order.
+// (W[i * n4 + j], j < i < N, n4 = N rounded up to 4) into W, zero elsewhere on entry, scaled by
+// 2^k (PairWeights), and returns k. With at least two clouds per thread each task takes whole
+// clouds; otherwise each cloud's coordinate chunks are shared out. Neither the split nor the
+// thread count changes a sum's order.
 template <typename T, class Weights>
 void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const Weights& weights) {
   if (B == 0 || N == 0 || D == 0) return;  // no chunk to run (the callers return earlier)
@@ -158,26 +184,33 @@ void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const W
   // width changes no sum's order).
   if (!per_cloud) chunk = std::min(chunk, std::max<int64_t>(16, (D / threads) & ~int64_t(15)));
   const int64_t chunks = (D + chunk - 1) / chunk;
-  auto fill = [&](int64_t b, T* W) {
+  auto fill = [&](int64_t b, T* W) -> int {
     std::fill(W, W + n4 * n4, T(0));
-    weights(b, W);
+    return weights(b, W);
   };
-  // Chunk c of cloud b under W; meanwhile chunk nc of cloud nb is prefetched (nb < 0: none).
-  auto run_chunk = [&](int64_t b, int64_t c, const T* W, T* scratch, int64_t nb, int64_t nc) {
-    const int64_t nk = nc * chunk;
-    cpu::pair_grad_chunk(px + b * N * D, N, D, W, n4, c * chunk, std::min(chunk, D - c * chunk),
-                         scratch, po + b * N * D, nb < 0 ? nullptr : px + nb * N * D + nk,
+  // Chunk c of cloud b under W (scaled by 2^k); meanwhile chunk nc of cloud nb is prefetched
+  // (nb < 0: none).
+  auto run_chunk = [&](int64_t b, int64_t c, const T* W, int k, T* scratch, int64_t nb,
+                       int64_t nc) {
+    const int64_t nk = nc * chunk, k0 = c * chunk, kc = std::min(chunk, D - k0);
+    cpu::pair_grad_chunk(px + b * N * D, N, D, W, n4, k0, kc, scratch, po + b * N * D,
+                         nb < 0 ? nullptr : px + nb * N * D + nk,
                          nb < 0 ? nullptr : po + nb * N * D + nk,
                          nb < 0 ? 0 : std::min(chunk, D - nk));
+    if (k == 0) return;
+    for (int64_t i = 0; i < N; ++i)
+      for (T* g = po + b * N * D + i * D + k0, *e = g + kc; g < e; ++g)
+        *g = static_cast<T>(std::ldexp(static_cast<double>(*g), -k));
   };
   if (per_cloud) {
     at::parallel_for(0, B, cloud_grain(N * N * D), [&](int64_t begin, int64_t end) {
       std::vector<T> W(n4 * n4), scratch(2 * n4 * chunk);
       for (int64_t b = begin; b < end; ++b) {
-        fill(b, W.data());
+        const int k = fill(b, W.data());
         // The next chunk is this cloud's, or the next cloud's first in this task.
-        for (int64_t c = 0; c + 1 < chunks; ++c) run_chunk(b, c, W.data(), scratch.data(), b, c + 1);
-        run_chunk(b, chunks - 1, W.data(), scratch.data(), b + 1 < end ? b + 1 : -1, 0);
+        for (int64_t c = 0; c + 1 < chunks; ++c)
+          run_chunk(b, c, W.data(), k, scratch.data(), b, c + 1);
+        run_chunk(b, chunks - 1, W.data(), k, scratch.data(), b + 1 < end ? b + 1 : -1, 0);
       }
     });
     return;
@@ -188,11 +221,11 @@ void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const W
   // and 12.7).
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, N * N * chunk));
   for (int64_t b = 0; b < B; ++b) {
-    fill(b, W.data());
+    const int k = fill(b, W.data());
     at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
       std::vector<T> scratch(2 * n4 * chunk);
       for (int64_t c = begin; c < end; ++c)
-        run_chunk(b, c, W.data(), scratch.data(), c + 1 < end ? b : -1, c + 1);
+        run_chunk(b, c, W.data(), k, scratch.data(), c + 1 < end ? b : -1, c + 1);
     });
   }
 }

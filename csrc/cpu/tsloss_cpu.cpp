@@ -280,13 +280,22 @@ at::Tensor tsloss_backward_cpu(
         add(e[2], e[3], ew[H0 + q]);
       }
       const scalar_t* db = pd + b * N * N;
+      glue::PairWeights<scalar_t> pw;
+      int top = INT_MIN;
+      for (int64_t i = 1; i < N; ++i)
+        for (int64_t j = 0; j < i; ++j) {
+          const double d = static_cast<double>(db[i * N + j]), w = wd[i * n4 + j];
+          if (d > 0.0 && w != 0.0 && std::isfinite(w)) top = std::max(top, pw.exponent(w, d));
+        }
+      if (top != INT_MIN) pw.choose(top);
       for (int64_t i = 1; i < N; ++i)
         for (int64_t j = 0; j < i; ++j) {
           const double d = static_cast<double>(db[i * N + j]);
-          W[i * n4 + j] = d > 0.0 ? static_cast<scalar_t>(wd[i * n4 + j] / d) : scalar_t(0);
+          W[i * n4 + j] = d > 0.0 ? pw.weight(wd[i * n4 + j], d) : scalar_t(0);
         }
       // Kept for the next call, unless an unusually large cloud grew it.
       if (int64_t(wd.size()) > glue::kKeepEntries) std::vector<double>().swap(wd);
+      return pw.k;
     });
   });
   return out;

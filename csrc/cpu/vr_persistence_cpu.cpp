@@ -93,11 +93,24 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::T
                                    [&](int64_t b, scalar_t* W) {
       const scalar_t* gb = pg + b * N * N;
       const scalar_t* db = pd + b * N * N;
+      // (g_ij + g_ji) / d_ij in T, as before, unless the cloud's weights leave T's range.
+      glue::PairWeights<scalar_t> pw;
+      int top = INT_MIN;
+      for (int64_t i = 1; i < N; ++i)
+        for (int64_t j = 0; j < i; ++j) {
+          const scalar_t d = db[i * N + j], w = gb[i * N + j] + gb[j * N + i];
+          if (d > scalar_t(0) && w != scalar_t(0) && std::isfinite(w))
+            top = std::max(top, pw.exponent(double(w), double(d)));
+        }
+      if (top != INT_MIN) pw.choose(top);
       for (int64_t i = 1; i < N; ++i)
         for (int64_t j = 0; j < i; ++j) {
           const scalar_t d = db[i * N + j];
-          W[i * n4 + j] = d > scalar_t(0) ? (gb[i * N + j] + gb[j * N + i]) / d : scalar_t(0);
+          if (!(d > scalar_t(0))) continue;
+          const scalar_t w = gb[i * N + j] + gb[j * N + i];
+          W[i * n4 + j] = pw.k == 0 ? w / d : pw.weight(double(w), double(d));
         }
+      return pw.k;
     });
   });
   return out;
