@@ -139,7 +139,7 @@ def loss(
                    (connectivity, redundancy, stability))
     x = _as_prompts(prompts)
     b, n = x.shape[0], x.shape[1]
-    k = default_max_h1(n) if max_h1 is None else max_h1
+    k = default_max_h1(n) if max_h1 is None else int(max_h1)
     need_h1 = redundancy != 0 or stability != 0 or return_terms
     kk = k if need_h1 else 0
     prev_h0 = prev_h1 = None

@@ -1,6 +1,7 @@
 """Batched Vietoris–Rips persistence (H0, H1) of point clouds or distance matrices."""
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from typing import List, Optional
@@ -27,14 +28,23 @@ H1_OVERFLOW = -1
 INVALID_INPUT = -2
 
 
-def check_max_h1(max_h1) -> None:
-    """An H1 capacity argument: None (the default) or an int >= 0; errors name ``max_h1``."""
+# No cloud has more H1 bars than edges: C(4096, 2) < 2^24 at the engine's largest N.
+_MAX_H1_LIMIT = 1 << 32
+
+
+def check_max_h1(max_h1) -> Optional[int]:
+    """An H1 capacity argument: None (the default) or an integer in [0, 2^32] (numpy's too),
+    returned as an int; errors name ``max_h1``."""
     if max_h1 is None:
-        return
-    if isinstance(max_h1, bool) or not isinstance(max_h1, int):
+        return None
+    if isinstance(max_h1, (bool, np.bool_)) or not isinstance(max_h1, numbers.Integral):
         raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
     if max_h1 < 0:
         raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
+    if max_h1 > _MAX_H1_LIMIT:
+        raise ValueError(f"max_h1 must be at most 2**32 (more rows than any cloud has bars), "
+                         f"got {max_h1}")
+    return int(max_h1)
 
 
 def default_max_h1(n: int) -> int:
@@ -168,11 +178,16 @@ def vr_persistence(
     (the CPU raises there too), gets NaN ``h0``/``h1`` values and ``h1_count = -2``
     (``INVALID_INPUT``), so a loss built on it is NaN and :meth:`Diagrams.to_numpy` raises.
     """
-    xb = _as_batch(x, "x", square=distances)
-    n = xb.shape[1]
+    if isinstance(maxdim, (bool, np.bool_)) or not isinstance(maxdim, numbers.Integral):
+        raise TypeError(f"maxdim must be an int (0 or 1), got {maxdim!r}")
     if maxdim not in (0, 1):
         raise ValueError(f"maxdim must be 0 or 1, got {maxdim}")
-    check_max_h1(max_h1)
+    if not isinstance(distances, (bool, np.bool_)):
+        raise TypeError(f"distances must be a bool, got {distances!r}")
+    maxdim, distances = int(maxdim), bool(distances)
+    xb = _as_batch(x, "x", square=distances)
+    n = xb.shape[1]
+    max_h1 = check_max_h1(max_h1)
     if max_h1 is None:
         max_h1 = default_max_h1(n)
     out = _engine(xb)(xb, maxdim, distances, max_h1)
