@@ -28,22 +28,20 @@ H1_OVERFLOW = -1
 INVALID_INPUT = -2
 
 
-# No cloud has more H1 bars than edges: C(4096, 2) < 2^24 at the engine's largest N.
-_MAX_H1_LIMIT = 1 << 32
 
 
 def check_max_h1(max_h1) -> Optional[int]:
-    """An H1 capacity argument: None (the default) or an integer in [0, 2^32] (numpy's too),
-    returned as an int; errors name ``max_h1``."""
+    """An H1 capacity argument: None (the default) or an integer >= 0 (numpy's too) that fits
+    int64, returned as an int; errors name ``max_h1``. (The op refuses what would not fit in
+    memory, naming what suffices.)"""
     if max_h1 is None:
         return None
     if isinstance(max_h1, (bool, np.bool_)) or not isinstance(max_h1, numbers.Integral):
         raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
     if max_h1 < 0:
         raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
-    if max_h1 > _MAX_H1_LIMIT:
-        raise ValueError(f"max_h1 must be at most 2**32 (more rows than any cloud has bars), "
-                         f"got {max_h1}")
+    if max_h1 >= 1 << 63:
+        raise ValueError(f"max_h1 must be below 2**63 (an int64), got {max_h1}")
     return int(max_h1)
 
 
