@@ -71,6 +71,7 @@ class Diagrams:
             a cloud with invalid input: NaN or Inf values, a bad matrix, or finite points
             whose distance overflows the dtype (its ``h0`` and ``h1`` values are NaN).
         truncated: ``(B,)`` bool, whether ``h1_count > K`` (then the K most persistent are kept).
+        num_points: N, where known (``h0`` cannot tell N = 0 from N = 1).
 
     ``h0`` and ``h1`` carry gradients to the input points (or distance matrix).
     """
@@ -81,11 +82,13 @@ class Diagrams:
     h1_edges: torch.Tensor
     h1_count: torch.Tensor
     truncated: torch.Tensor
+    num_points: Optional[int] = None
 
     def to_numpy(self) -> List[List[np.ndarray]]:
         """Per cloud, ``[H0, H1]`` float64 arrays in ripser.py's format.
 
-        H0 includes its ``(0, inf)`` row and leaves zero-length bars out, as ripser.py does.
+        H0 includes its ``(0, inf)`` row (none for an empty cloud) and leaves zero-length bars
+        out, as ripser.py does.
         This copies to the host: use it for analysis, not inside a training step.
         """
         h0 = self.h0.detach().double().cpu().numpy()
@@ -94,8 +97,9 @@ class Diagrams:
         if (counts == INVALID_INPUT).any():
             raise RuntimeError(
                 f"clouds {np.flatnonzero(counts == INVALID_INPUT).tolist()} had invalid input "
-                "(NaN or Inf, or a distance matrix that is not a symmetric, non-negative matrix "
-                "with zero diagonal); their diagrams are NaN")
+                "(NaN or Inf, points whose distances overflow the dtype, or a distance matrix "
+                "that is not a symmetric, non-negative matrix with zero diagonal); their "
+                "diagrams are NaN")
         if (counts < 0).any():
             raise RuntimeError(
                 f"H1 of clouds {np.flatnonzero(counts < 0).tolist()} overflowed the CUDA "
@@ -104,7 +108,8 @@ class Diagrams:
         out = []
         for b in range(h0.shape[0]):
             bars0 = h0[b][h0[b, :, 1] > 0]
-            bars0 = np.concatenate([bars0, [[0.0, np.inf]]], axis=0)
+            if self.num_points != 0:
+                bars0 = np.concatenate([bars0, [[0.0, np.inf]]], axis=0)
             out.append([bars0, h1[b, : counts[b]].copy()])
         return out
 
@@ -193,7 +198,7 @@ def vr_persistence(
         # The input's own NaN/Inf and bad matrices, and (count -2 from the engine) distances
         # that overflowed from finite points.
         out = mark_invalid_clouds(out, invalid_clouds(xb, distances) | (out[4] == INVALID_INPUT))
-    return Diagrams(*out)
+    return Diagrams(*out, num_points=n)
 
 
 def _engine(x: torch.Tensor):
