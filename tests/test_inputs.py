@@ -563,3 +563,22 @@ def test_distance_gradient_of_subnormal_points():
     assert torch.isfinite(y.grad).all()
     torch.testing.assert_close(y.grad.double(), yd.grad, rtol=0, atol=1e-3)
 
+
+def test_distance_gradient_op_ignores_infinite_distances():
+    """The raw backward op with an Inf distance (never from the forward, which refuses it, but
+    callable): that pair weighs 0, the others as before (its weights' scale once took the Inf's
+    exponent and zeroed the whole cloud)."""
+    ops = torch.ops.tsloss_cuda
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 5, 3, generator=g, dtype=torch.float64)
+    dist = ops.pairwise_distance(x)
+    grad = torch.rand(1, 5, 5, generator=g, dtype=torch.float64) * 0.4
+    grad[0, 1, 0] = grad[0, 0, 1] = 0.1
+    inf = dist.clone()
+    inf[0, 1, 0] = inf[0, 0, 1] = float("inf")
+    zero = grad.clone()
+    zero[0, 1, 0] = zero[0, 0, 1] = 0.0
+    got = ops.pairwise_distance_backward(grad, x, inf)
+    assert torch.isfinite(got).all() and got.abs().sum() > 0
+    torch.testing.assert_close(got, ops.pairwise_distance_backward(zero, x, dist))
+

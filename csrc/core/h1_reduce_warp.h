@@ -58,7 +58,8 @@ struct WarpReduceStats {
 };
 
 // Global memory that the warps of a launch take their arrays' second parts from: a bump
-// allocation (fetch_add), never returned; a grown array's old part is left behind.
+// allocation (reserve, which takes nothing when the request does not fit), never returned; a
+// grown array's old part is left behind.
 struct WarpPool {
   unsigned char* base = nullptr;  // null: no reserve, the arrays keep the parts they are given
   uint64_t bytes = 0;
@@ -323,8 +324,9 @@ class WarpReducer {
     if (slow < need - a.fast_capacity) slow = need - a.fast_capacity;
     if (slow < 1024) slow = 1024;
     const uint64_t bytes = (uint64_t(slow) * sizeof(X) + 15) & ~uint64_t(15);
-    const uint64_t at = w_.fetch_add(m_.pool.used, bytes);
-    if (at + bytes > m_.pool.bytes) return false;
+    // Taken only if it fits: a failed request leaves the pool to the other clouds.
+    const uint64_t at = w_.reserve(m_.pool.used, bytes, m_.pool.bytes);
+    if (at == ~uint64_t(0)) return false;
     X* fresh = reinterpret_cast<X*>(m_.pool.base + at);
     const X* old = a.slow;
     const index_t keep = used > a.fast_capacity ? used - a.fast_capacity : 0;

@@ -68,11 +68,22 @@ struct CudaWarp {
 
   __device__ __forceinline__ void sync() { __syncwarp(); }
 
-  // *p += v once for the warp (lane 0's atomic); every lane gets the old value.
-  __device__ __forceinline__ uint64_t fetch_add(unsigned long long* p, uint64_t v) {
-    unsigned long long old = 0;
-    if (lane() == 0) old = atomicAdd(p, (unsigned long long)v);
-    return __shfl_sync(0xffffffffu, old, 0);
+  // *p += v once for the warp (lane 0's compare-and-swap), only if the sum stays <= limit;
+  // every lane gets the old value, or ~0 when it would not fit (and *p is unchanged).
+  __device__ __forceinline__ uint64_t reserve(unsigned long long* p, uint64_t v, uint64_t limit) {
+    unsigned long long got = ~0ull;
+    if (lane() == 0) {
+      unsigned long long old = *(volatile unsigned long long*)p;
+      while (old <= limit && v <= limit - old) {
+        const unsigned long long seen = atomicCAS(p, old, old + v);
+        if (seen == old) {
+          got = old;
+          break;
+        }
+        old = seen;
+      }
+    }
+    return __shfl_sync(0xffffffffu, got, 0);
   }
 };
 

@@ -104,11 +104,16 @@ class HostWarp {
 
   void sync() { collective("sync"); }
 
-  // *p += v once for the warp; every lane gets the old value. Atomic: the emulated op runs
-  // several clouds' warps on host threads against one pool.
-  uint64_t fetch_add(unsigned long long* p, uint64_t v) {
-    collective("fetch_add");
-    return __atomic_fetch_add(p, (unsigned long long)v, __ATOMIC_RELAXED);
+  // *p += v once for the warp, only if the sum stays <= limit; every lane gets the old value,
+  // or ~0 when it would not fit (and *p is unchanged). Atomic, as on the device.
+  uint64_t reserve(unsigned long long* p, uint64_t v, uint64_t limit) {
+    collective("reserve");
+    unsigned long long old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (old <= limit && v <= limit - old)
+      if (__atomic_compare_exchange_n(p, &old, old + v, false, __ATOMIC_RELAXED,
+                                      __ATOMIC_RELAXED))
+        return old;
+    return ~uint64_t(0);
   }
 
   const WarpCounters& counters() const { return *counters_; }

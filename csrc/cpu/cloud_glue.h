@@ -148,15 +148,41 @@ inline int64_t cloud_grain(int64_t work_per_cloud) {
 // pair_gradients scales the gradient back. A power of two changes no rounding where the values
 // stay normal, and clouds whose largest weight lies within 2^+-kWeightSafe keep k = 0 and
 // their bits.
+struct PairValue {
+  double w, d;
+};
+
 template <typename T>
 struct PairWeights {
   static constexpr int kWeightSafe = sizeof(T) == 4 ? 60 : 500;
   int k = 0;
-  // From the largest exponent of w / d over the pairs (w != 0, d > 0), before any weight().
-  void choose(int max_exponent) {
-    k = max_exponent > kWeightSafe || max_exponent < -kWeightSafe ? -max_exponent : 0;
+  // Chooses k for the pairs j < i < n; pair(i, j) gives their PairValue. The largest |w| and
+  // the least and largest d bound the largest weight (between wmax / dmax and wmax / dmin):
+  // most clouds stop there with k = 0; only those whose bounds leave 2^+-kWeightSafe take the
+  // exact largest exponent.
+  template <class Pair>
+  void fit(int64_t n, const Pair& pair) {
+    double wmax = 0.0, dmin = INFINITY, dmax = 0.0;
+    for (int64_t i = 1; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j) {
+        const PairValue p = pair(i, j);
+        if (!(p.d > 0.0 && p.d < INFINITY)) continue;  // no direction, or a weight of 0
+        const double w = std::fabs(p.w);
+        wmax = w > wmax ? w : wmax;
+        dmin = p.d < dmin ? p.d : dmin;
+        dmax = p.d > dmax ? p.d : dmax;
+      }
+    const double safe = std::ldexp(1.0, kWeightSafe);
+    if (!(wmax > 0.0) || (wmax / dmin <= safe && wmax / dmax >= 1.0 / safe)) return;
+    int top = INT_MIN;
+    for (int64_t i = 1; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j) {
+        const PairValue p = pair(i, j);
+        if (p.d > 0.0 && p.d < INFINITY && p.w != 0.0 && std::isfinite(p.w))
+          top = std::max(top, std::ilogb(p.w) - std::ilogb(p.d));  // each in [-1074, 1023]
+      }
+    if (top > kWeightSafe || (top != INT_MIN && top < -kWeightSafe)) k = -top;
   }
-  static int exponent(double w, double d) { return std::ilogb(w) - std::ilogb(d); }
   // (T)(w / d) times 2^k: when k = 0 exactly (T)(w / d).
   T weight(double w, double d) const {
     if (k == 0) return static_cast<T>(w / d);

@@ -281,13 +281,9 @@ at::Tensor tsloss_backward_cpu(
       }
       const scalar_t* db = pd + b * N * N;
       glue::PairWeights<scalar_t> pw;
-      int top = INT_MIN;
-      for (int64_t i = 1; i < N; ++i)
-        for (int64_t j = 0; j < i; ++j) {
-          const double d = static_cast<double>(db[i * N + j]), w = wd[i * n4 + j];
-          if (d > 0.0 && w != 0.0 && std::isfinite(w)) top = std::max(top, pw.exponent(w, d));
-        }
-      if (top != INT_MIN) pw.choose(top);
+      pw.fit(N, [&](int64_t i, int64_t j) {
+        return glue::PairValue{wd[i * n4 + j], static_cast<double>(db[i * N + j])};
+      });
       for (int64_t i = 1; i < N; ++i)
         for (int64_t j = 0; j < i; ++j) {
           const double d = static_cast<double>(db[i * N + j]);

@@ -95,14 +95,9 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::T
       const scalar_t* db = pd + b * N * N;
       // (g_ij + g_ji) / d_ij in T, as before, unless the cloud's weights leave T's range.
       glue::PairWeights<scalar_t> pw;
-      int top = INT_MIN;
-      for (int64_t i = 1; i < N; ++i)
-        for (int64_t j = 0; j < i; ++j) {
-          const scalar_t d = db[i * N + j], w = gb[i * N + j] + gb[j * N + i];
-          if (d > scalar_t(0) && w != scalar_t(0) && std::isfinite(w))
-            top = std::max(top, pw.exponent(double(w), double(d)));
-        }
-      if (top != INT_MIN) pw.choose(top);
+      pw.fit(N, [&](int64_t i, int64_t j) {
+        return glue::PairValue{double(gb[i * N + j] + gb[j * N + i]), double(db[i * N + j])};
+      });
       for (int64_t i = 1; i < N; ++i)
         for (int64_t j = 0; j < i; ++j) {
           const scalar_t d = db[i * N + j];

@@ -229,7 +229,16 @@ void test_small_set() {
     CHECK(s == (fits ? tsl::kOk : tsl::kHeapFull) && stats.grown == (fits ? 1 : 0),
           "a %llu-byte pool: status %d, grown %lld", (unsigned long long)bytes, int(s),
           (long long)stats.grown);
+    CHECK(fits || used == 0, "a request that did not fit took %llu bytes of the pool", used);
   }
+  // A request that does not fit takes nothing: a later, smaller one still gets its bytes.
+  HostWarp w(3);
+  unsigned long long used = 0;
+  const uint64_t a = w.reserve(&used, 100, 150), b = w.reserve(&used, 100, 150),
+                 c = w.reserve(&used, 50, 150), e = w.reserve(&used, 1, 150);
+  CHECK(a == 0 && b == ~uint64_t(0) && c == 100 && e == ~uint64_t(0) && used == 150,
+        "reserve: %llu %llu %llu %llu, used %llu", (unsigned long long)a, (unsigned long long)b,
+        (unsigned long long)c, (unsigned long long)e, used);
 }
 
 // ---- clouds -----------------------------------------------------------------------------------
