@@ -146,57 +146,61 @@ inline int64_t cloud_grain(int64_t work_per_cloud) {
 // distances of 1e-30 or 1e25, float64 ones past 1e+-150) have weights past T's range, which
 // the tiles turned into Inf, NaN or 0; such a cloud's weights are scaled by 2^k into it and
 // pair_gradients scales the gradient back. A power of two changes no rounding where the values
-// stay normal, and clouds whose largest weight lies within 2^+-kWeightSafe keep k = 0 and
-// their bits.
+// stay normal. The quotient is taken in double and rounded to T once (for float w and d that is
+// float division's own result), so a cloud whose largest weight lies within 2^+-kSafe keeps
+// its bits, at the cost of a max per pair.
 struct PairValue {
   double w, d;
 };
 
-template <typename T>
-struct PairWeights {
-  static constexpr int kWeightSafe = sizeof(T) == 4 ? 60 : 500;
-  int k = 0;
-  // Chooses k for the pairs j < i < n; pair(i, j) gives their PairValue. The largest |w| and
-  // the least and largest d bound the largest weight (between wmax / dmax and wmax / dmin):
-  // most clouds stop there with k = 0; only those whose bounds leave 2^+-kWeightSafe take the
-  // exact largest exponent.
-  template <class Pair>
-  void fit(int64_t n, const Pair& pair) {
-    double wmax = 0.0, dmin = INFINITY, dmax = 0.0;
-    for (int64_t i = 1; i < n; ++i)
-      for (int64_t j = 0; j < i; ++j) {
-        const PairValue p = pair(i, j);
-        if (!(p.d > 0.0 && p.d < INFINITY)) continue;  // no direction, or a weight of 0
-        const double w = std::fabs(p.w);
-        wmax = w > wmax ? w : wmax;
-        dmin = p.d < dmin ? p.d : dmin;
-        dmax = p.d > dmax ? p.d : dmax;
+// Writes W[i * n4 + j] = pair(i, j).w / pair(i, j).d for j < i < n (pairs with d <= 0 are left
+// alone: zero), times 2^k; returns k.
+template <typename T, class Pair>
+int fill_pair_weights(int64_t n, int64_t n4, T* W, const Pair& pair) {
+  constexpr int kSafe = sizeof(T) == 4 ? 60 : 500;
+  double top = 0.0;
+  bool weighs = false;  // a w != 0: a top of 0 is then an underflow, not a cloud without weight
+  for (int64_t i = 1; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) {
+      const PairValue p = pair(i, j);
+      if (!(p.d > 0.0)) continue;
+      const double q = p.w / p.d, a = std::fabs(q);
+      W[i * n4 + j] = static_cast<T>(q);
+      top = a > top ? a : top;
+      weighs |= p.w != 0.0;
+    }
+  const double safe = std::ldexp(1.0, kSafe);
+  if (top <= safe && (top >= 1.0 / safe || !weighs)) return 0;
+  // The largest exponent of a weight (finite w and d; each ilogb in [-1074, 1023]).
+  int e = INT_MIN;
+  for (int64_t i = 1; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) {
+      const PairValue p = pair(i, j);
+      if (p.d > 0.0 && p.d < INFINITY && p.w != 0.0 && std::isfinite(p.w))
+        e = std::max(e, std::ilogb(p.w) - std::ilogb(p.d));
+    }
+  if (e == INT_MIN || (e <= kSafe && e >= -kSafe)) return 0;
+  const int k = -e;
+  for (int64_t i = 1; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) {
+      const PairValue p = pair(i, j);
+      if (!(p.d > 0.0)) continue;
+      if (!(p.d < INFINITY)) {
+        W[i * n4 + j] = T(0);
+        continue;
       }
-    const double safe = std::ldexp(1.0, kWeightSafe);
-    if (!(wmax > 0.0) || (wmax / dmin <= safe && wmax / dmax >= 1.0 / safe)) return;
-    int top = INT_MIN;
-    for (int64_t i = 1; i < n; ++i)
-      for (int64_t j = 0; j < i; ++j) {
-        const PairValue p = pair(i, j);
-        if (p.d > 0.0 && p.d < INFINITY && p.w != 0.0 && std::isfinite(p.w))
-          top = std::max(top, std::ilogb(p.w) - std::ilogb(p.d));  // each in [-1074, 1023]
-      }
-    if (top > kWeightSafe || (top != INT_MIN && top < -kWeightSafe)) k = -top;
-  }
-  // (T)(w / d) times 2^k: when k = 0 exactly (T)(w / d).
-  T weight(double w, double d) const {
-    if (k == 0) return static_cast<T>(w / d);
-    int ew, ed;
-    const double mw = std::frexp(w, &ew), md = std::frexp(d, &ed);
-    return static_cast<T>(std::ldexp(mw / md, ew - ed + k));
-  }
-};
+      int ew, ed;
+      const double mw = std::frexp(p.w, &ew), md = std::frexp(p.d, &ed);
+      W[i * n4 + j] = static_cast<T>(std::ldexp(mw / md, ew - ed + k));
+    }
+  return k;
+}
 
 // The gradient on the points of a function of the distances, for every cloud of x (B, N, D):
 // gx_i = sum_j W_ij (x_i - x_j), W symmetric, by the pair tiles (cpu/distance_grad_tiles.h, one
 // visit per unordered pair). weights(b, W) writes cloud b's W_ij below the diagonal
 // (W[i * n4 + j], j < i < N, n4 = N rounded up to 4) into W, zero elsewhere on entry, scaled by
-// 2^k (PairWeights), and returns k. With at least two clouds per thread each task takes whole
+// 2^k (fill_pair_weights), and returns k. With at least two clouds per thread each task takes whole
 // clouds; otherwise each cloud's coordinate chunks are shared out. Neither the split nor the
 // thread count changes a sum's order.
 template <typename T, class Weights>

@@ -280,18 +280,12 @@ at::Tensor tsloss_backward_cpu(
         add(e[2], e[3], ew[H0 + q]);
       }
       const scalar_t* db = pd + b * N * N;
-      glue::PairWeights<scalar_t> pw;
-      pw.fit(N, [&](int64_t i, int64_t j) {
+      const int k = glue::fill_pair_weights(N, n4, W, [&](int64_t i, int64_t j) {
         return glue::PairValue{wd[i * n4 + j], static_cast<double>(db[i * N + j])};
       });
-      for (int64_t i = 1; i < N; ++i)
-        for (int64_t j = 0; j < i; ++j) {
-          const double d = static_cast<double>(db[i * N + j]);
-          W[i * n4 + j] = d > 0.0 ? pw.weight(wd[i * n4 + j], d) : scalar_t(0);
-        }
       // Kept for the next call, unless an unusually large cloud grew it.
       if (int64_t(wd.size()) > glue::kKeepEntries) std::vector<double>().swap(wd);
-      return pw.k;
+      return k;
     });
   });
   return out;

@@ -93,19 +93,10 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::T
                                    [&](int64_t b, scalar_t* W) {
       const scalar_t* gb = pg + b * N * N;
       const scalar_t* db = pd + b * N * N;
-      // (g_ij + g_ji) / d_ij in T, as before, unless the cloud's weights leave T's range.
-      glue::PairWeights<scalar_t> pw;
-      pw.fit(N, [&](int64_t i, int64_t j) {
+      // (g_ij + g_ji) / d_ij, the sum in T as before.
+      return glue::fill_pair_weights(N, n4, W, [&](int64_t i, int64_t j) {
         return glue::PairValue{double(gb[i * N + j] + gb[j * N + i]), double(db[i * N + j])};
       });
-      for (int64_t i = 1; i < N; ++i)
-        for (int64_t j = 0; j < i; ++j) {
-          const scalar_t d = db[i * N + j];
-          if (!(d > scalar_t(0))) continue;
-          const scalar_t w = gb[i * N + j] + gb[j * N + i];
-          W[i * n4 + j] = pw.k == 0 ? w / d : pw.weight(double(w), double(d));
-        }
-      return pw.k;
     });
   });
   return out;
