@@ -147,6 +147,13 @@ def _files(d):
     return out
 
 
+def test_progress_shows_time_left_only_while_runs_remain(tmp_path, capsys):
+    run_comparison(str(tmp_path / "a"), SPECS[:3], fake_train, CONFIG, quiet=False)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    assert "3/3" in bar[-1] and "left" not in bar[-1] and "done" in bar[-1], bar[-1]
+    assert any("left" in line for line in bar)  # an estimate once a run had finished
+
+
 def test_resume_trains_only_missing_runs(tmp_path):
     full = run_comparison(str(tmp_path / "a"), SPECS, fake_train, CONFIG, quiet=True)
     assert [r["run_id"] for r in full] == [s.run_id for s in SPECS] and len(full) == 8

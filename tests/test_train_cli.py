@@ -138,6 +138,32 @@ def test_metrics_rows_equal_analyze(tiny_models, tmp_path):
     assert ",," not in "\n".join(rows) and "-0.0," not in "\n".join(rows)
 
 
+def test_rerun_into_a_folder_keeps_only_its_own_checkpoints(tiny_models, tmp_path):
+    """A second run into the same --output-dir with another --log-every: the checkpoint folder
+    holds this run's prompts only (an earlier run's steps 2 and 4 once stayed, and analyze read
+    them with this run's)."""
+    out = tmp_path / "run"
+    base = ["--model", tiny_models["bert"], "--output-dir", str(out), "--no-plots"]
+    assert _run(base + _set(TINY, "--log-every", "2")).returncode == 0
+    r = _run(base + TINY)
+    assert r.returncode == 0, r.stderr
+    ck = out / "checkpoints" / "tsloss_seed0"
+    assert sorted(os.listdir(ck)) == [f"step_{s:06d}.pt" for s in (0, 3, 6)]
+    r = _run(base + TINY + ["--checkpoint-every", "0"])
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(ck) == []
+
+
+def test_prompt_longer_than_the_model_is_one_line(tiny_models, tmp_path):
+    # The tiny models have 128 positions: 120 prompt tokens and 32 of text do not fit.
+    for kind in ("bert", "gpt2"):
+        r = _run(["--model", tiny_models[kind], "--output-dir", str(tmp_path)] +
+                 _set(TINY, "--prompt-length", "120"))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and "--prompt-length 120" in r.stderr, r.stderr
+        assert "128 positions" in r.stderr
+
+
 def test_quiet_prints_no_progress(tmp_path):
     _minilm_dir()  # the default model, whose loading draws transformers' own bar
     args = ["--max-steps", "1", "--max-val", "10", "--no-plots", "--output-dir", str(tmp_path)]

@@ -319,6 +319,8 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
                 done[spec.run_id] = dict(result, **spec.to_json(), run_id=spec.run_id)
                 if prov is not None:
                     done[spec.run_id][PROVENANCE] = dict(prov)
+            if i == len(todo) - 1:
+                bar.set_postfix_str("done", refresh=False)  # no time left to estimate
             bar.update(1)
     finally:
         bar.close()

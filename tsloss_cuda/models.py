@@ -174,6 +174,18 @@ def detect_checkpoint_task(path: str) -> str:
     return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in archs) else "encoder"
 
 
+def check_positions(model: torch.nn.Module, prompt_length: int, max_length: int) -> None:
+    """Refuses a prompt and text longer than the model's positions (its position table would
+    be indexed past its end: a shape error or an IndexError deep in the model)."""
+    cfg = getattr(model, "config", None)
+    limit = next((v for v in (getattr(cfg, k, None) for k in
+                              ("max_position_embeddings", "n_positions", "max_seq_len"))
+                  if isinstance(v, int) and v > 0), None)
+    if limit is not None and prompt_length + max_length > limit:
+        raise CLIError(f"--prompt-length {prompt_length} plus --max-length {max_length} tokens "
+                       f"exceed the model's {limit} positions")
+
+
 def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
                cache_dir: Optional[str] = None) -> Tuple[object, torch.nn.Module, str]:
     """(tokenizer, frozen model in eval mode, task) for a known name or a local folder.

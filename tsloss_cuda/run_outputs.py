@@ -76,6 +76,20 @@ def compare_table(results: List[Dict], regs: List[str], target: float) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_folder(run_dir: str, run_id: str, keep: bool) -> str:
+    """The run's checkpoint folder, emptied of an earlier run's prompts (``step_*.pt``): a rerun
+    into the same output folder with another --log-every or --max-steps left them there, mixed
+    into this run's for ``tsloss_cuda.analyze``. Created when ``keep`` (checkpoints are due)."""
+    folder = os.path.join(run_dir, "checkpoints", run_id)
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith("step_") and name.endswith(".pt"):
+                os.remove(os.path.join(folder, name))
+    if keep:
+        os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 def write_metrics(path: str, rows: List[Dict]) -> None:
     cols = [c for c in LEAD_COLUMNS if any(c in r for r in rows)]
     for r in rows:

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 
 from ._cli import (DEVICE_HELP, CLIError, Parser, check_device, fraction,  # noqa: E402
                    nonneg_float, nonneg_int, positive_float, positive_int, run_main)
-from .models import DEFAULT_MODEL, GEMMA, load_model, resolve_model  # noqa: E402
+from .models import DEFAULT_MODEL, GEMMA, check_positions, load_model, resolve_model  # noqa: E402
+from .run_outputs import checkpoint_folder  # noqa: E402
 from .tasks import DATA_CSV, batch, encode, load_data, take, task_spec  # noqa: E402
 
 PROG = "python -m tsloss_cuda.train"
@@ -263,9 +264,10 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     steps_to_target = None
     every = args.log_every if args.checkpoint_every is None else args.checkpoint_every
     run_id = run_id or f"{reg_name}_seed{seed}"
-    ckpt_dir = os.path.join(run_dir, "checkpoints", run_id) if (run_dir and every) else None
-    if ckpt_dir and dist.main:
-        os.makedirs(ckpt_dir, exist_ok=True)
+    ckpt_dir = None
+    if run_dir and dist.main:  # emptied of an earlier run's prompts, due or not
+        folder = checkpoint_folder(run_dir, run_id, keep=bool(every))
+        ckpt_dir = folder if every else None
 
     def save(step: int) -> None:  # the checkpoint and diagram snapshot due at ``step``
         if ckpt_dir and dist.main and (step % every == 0 or step == args.max_steps):
@@ -363,6 +365,7 @@ def run(args) -> int:
     try:
         path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main)
         tok, model, task = load_model(path, args.task, dist.device, args.quiet)
+        check_positions(model, args.prompt_length, args.max_length)
         if args.threads is None:
             args.threads = 1 if task == "encoder" else 0
         if args.threads > 0:
