@@ -440,22 +440,32 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
             except Exception as e:  # an input kind a peer does not support
                 cand[kind] = e
         good = {k: v for k, v in cand.items() if not isinstance(v, Exception)}
+        errors = {k: repr(v) for k, v in cand.items() if isinstance(v, Exception)}
         r = base(impl, op)
         r["device"] = dev_peer
-        if not good:
-            r.update(correct=False, error=repr(cand["points"]), median_s=None)
-            recs.append(r)
-            if progress:
-                progress.update(1)
-            continue
         results = {}
-        fastest_warm = min(v[3] for v in good.values())
+        if good:
+            fastest_warm = min(v[3] for v in good.values())
         for kind, (run, to_dgms, first, warm) in good.items():
             if warm > SLOW_S and warm > SLOW_FACTOR * fastest_warm:
                 results[kind] = (first, to_dgms, [warm], True)  # clearly slower: not repeated
                 continue
-            _, _, times = time_fn(run, reps)
+            try:
+                _, _, times = time_fn(run, reps)
+            except Exception as e:  # a peer failing on a later call: that kind errored
+                errors[kind] = repr(e)
+                continue
             results[kind] = (first, to_dgms, times, False)
+        if errors:
+            r["errors"] = errors  # per input kind, whether or not another kind ran
+        if not results:
+            r.update(correct=False, median_s=None,
+                     error="; ".join(f"{k}: {v}" for k, v in errors.items()))
+            r["note"] = f"ERROR: {r['error']}"
+            recs.append(r)
+            if progress:
+                progress.update(1)
+            continue
         kind = min(results, key=lambda k: statistics.median(results[k][2]))
         first, to_dgms, times, _ = results[kind]
         ok, err = check_diagrams(ref, to_dgms(first), inp.diam,
@@ -467,7 +477,11 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
                  correct=ok,
                  reps=len(times), max_bottleneck_over_diam=err, input=kind, peer_clouds=k,
                  alternatives={c: dict(median_s=scale * statistics.median(v[2]), reps=len(v[2]),
-                                       warmup_only=v[3]) for c, v in results.items()},
+                                       warmup_only=v[3],
+                                       correct=c == kind or check_diagrams(
+                                           ref, v[1](v[0]), inp.diam,
+                                           reports_inf=impl != "torch-topological")[0])
+                               for c, v in results.items()},
                  matrix_precompute_s=scale * inp.dm_time,
                  matrix_precompute_method=inp.dm_method)
         recs.append(r)
@@ -495,7 +509,8 @@ def incl_matrix_ratio(r: dict, ours_s: float) -> float:
     faster still (then that run)."""
     costs = [r["median_s"] + r["matrix_precompute_s"]]
     points = r.get("alternatives", {}).get("points")
-    if points and points.get("median_s") is not None:
+    # The points run counts only if its diagrams passed the check too.
+    if points and points.get("median_s") is not None and points.get("correct", True):
         costs.append(points["median_s"])
     return min(costs) / ours_s
 
@@ -597,14 +612,17 @@ def markdown(records, meta, scal) -> str:
              f"({meta['threads']} threads), our CPU kernels' build: "
              f"{meta.get('cpu_isa', 'not recorded')}; load average at start {meta['load_start']}, "
              f"at end {meta['load_end']}; median of at least {meta['reps']} reps after a warm-up "
-             f"(calls under 50 ms repeated until ~{MIN_TOTAL_S} s is timed, at most {MAX_REPS}).",
+             f"(calls under 50 ms repeated until ~{MIN_TOTAL_S} s is timed, at most {MAX_REPS})."
+             + (f" Not run (not importable here): {', '.join(meta['skipped_impls'])}."
+                if meta.get("skipped_impls") else ""),
              "",
              "Cells: median time of the whole batch, and in parentheses the ratio peer / ours "
              "(> 1 means ours is faster). `points`/`matrix`: the faster input kind for the peer "
              "(the distance matrix is precomputed outside the timed region). "
              "`forward`: H0+H1 diagrams; `loss_fwd_bwd`: ours = TSLoss forward+backward, "
              "torch-topological = VietorisRipsComplex(dim=1) + sum of persistences, "
-             "forward+backward. WRONG = failed the bottleneck check vs ripser.py.", "",
+             "forward+backward. WRONG = failed the bottleneck check vs ripser.py; ERROR = the "
+             "peer raised on every input kind (messages below).", "",
              "The last column is the best peer's ratio if its distance matrix had been computed "
              "inside the timed region: the faster of a batched float64 torch.cdist and a batched "
              "float64 numpy Gram form (sklearn's recipe) of the points, at its fastest "
@@ -623,7 +641,7 @@ def markdown(records, meta, scal) -> str:
                 continue
             r = rs[0]
             if not r["correct"]:
-                cells.append("WRONG")
+                cells.append("ERROR" if r.get("error") else "WRONG")
                 continue
             c = fmt_t(r["median_s"])
             if i != "ours":
@@ -645,6 +663,11 @@ def markdown(records, meta, scal) -> str:
         lines += [""] + [f"† N,D,B = {n},{d},{b}: the peer ran on the first {k} clouds (and was "
                          f"checked on them); its time is scaled by {b}/{k}, an estimate. Ours ran "
                          f"all {b} (checked on those {k})." for n, d, b, k in sub]
+    failed = [r for r in records if r.get("errors")]
+    if failed:
+        lines += ["", "Peer errors (an input kind that raised; the other kind, if any, was timed):"]
+        lines += [f"- {r['impl']} at N,D,B = {r['N']},{r['D']},{r['B']} ({r['op']}), "
+                  f"{kind}: {msg[:200]}" for r in failed for kind, msg in r["errors"].items()]
     lines += goals(records)
     if scal:
         lines += ["", "## Scaling of ours (forward H0+H1)", "",
@@ -706,11 +729,12 @@ def result_stem(dev: str, isa: Optional[str], args) -> str:
     requested = {i.strip() for i in args.impls.split(",") if i.strip()}
     partial = ["quick" if args.quick else "gpu-configs" if args.gpu_configs
                else "configs" if args.configs else "",
-               "impls" if requested != set(ALL_IMPLS) else ""]
+               "impls" if requested != set(ALL_IMPLS) else "",
+               f"{args.threads}t" if args.threads else ""]
     return "-".join([stem] + [p for p in partial if p])
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", type=parse_cfg, help="N,D,B triples")
     ap.add_argument("--quick", action="store_true", help="a small subset (< 1 minute)")
@@ -734,6 +758,11 @@ def main(argv=None):
                     help="peers run on at most this many clouds of a batch, their time scaled "
                          "to the whole batch (0: all clouds)")
     ap.add_argument("--render", metavar="JSON", help="only re-render .md/.png from a results JSON")
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.render:
         src = Path(args.render)
@@ -764,6 +793,8 @@ def main(argv=None):
         ap.error(f"unknown impls {sorted(unknown)}; choose from {ALL_IMPLS}")
     skipped = [i for i in impls if not available(i)]
     impls = [i for i in impls if i not in skipped]
+    if skipped:  # also in the markdown's header and the JSON's meta.skipped_impls
+        print(f"skipped (not importable): {', '.join(skipped)}", flush=True)
     if args.configs:
         configs = args.configs
     elif args.gpu_configs:

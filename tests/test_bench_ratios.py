@@ -40,14 +40,16 @@ def test_without_a_points_run_the_matrix_cost_is_added():
     (["--gpu-configs", "--impls", "ours,ripser"], "dev-gpu-configs-impls"),
     (["--configs", "16,768,64"], "dev-configs"),
     (["--impls", "ours"], "dev-impls"),
+    (["--threads", "1"], "dev-1t"),
+    (["--isa", "baseline", "--quick", "--threads", "2"], "dev-baseline-quick-2t"),
 ])
 def test_a_partial_run_never_takes_the_full_suites_file_name(argv, stem):
-    import argparse
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--isa")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--gpu-configs", action="store_true")
-    ap.add_argument("--configs", nargs="+")
-    ap.add_argument("--impls", default=",".join(bench.ALL_IMPLS))
-    args = ap.parse_args(argv)
+    args = bench.build_parser().parse_args(argv)  # main's own parser
     assert bench.result_stem("dev", args.isa, args) == stem
+
+
+def test_an_unchecked_points_run_does_not_count():
+    """The points run whose diagrams failed the check is no time to compare against."""
+    r = record(2.0, 1.0, points_s=0.5)
+    r["alternatives"]["points"]["correct"] = False
+    assert bench.incl_matrix_ratio(r, 1.0) == pytest.approx(3.0)

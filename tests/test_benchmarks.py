@@ -51,6 +51,40 @@ def test_runner_tiny(tmp_path, impls):
     assert len(goal) == 1 and ("(met)" in goal[0] or "(missed" in goal[0]), goal
 
 
+@pytest.mark.parametrize("mode", ["both", "points", "timed"])
+def test_a_failing_peer_is_reported_not_fatal(tmp_path, mode):
+    """A peer raising on both input kinds is an ERROR cell with its messages; on one kind, the
+    other is timed and the error still listed; on a timed repetition, the run goes on."""
+    pytest.importorskip("ripser")
+    pytest.importorskip("gudhi")
+    run = _load()
+    orig = run.PEERS["ripser"][0]
+
+    def peer(inp, kind):
+        if mode == "both" or (mode == "points" and kind == "points"):
+            raise RuntimeError(f"boom on {kind}")
+        go, to_dgms = orig(inp, kind)
+        calls = [0]
+
+        def again():
+            calls[0] += 1
+            if mode == "timed" and calls[0] > 1:
+                raise RuntimeError("boom on a repetition")
+            return go()
+        return again, to_dgms
+    run.PEERS["ripser"] = (peer, run.PEERS["ripser"][1])
+    payload = run.main(["--configs", "8,4,2", "--reps", "2", "--impls", "ours,ripser",
+                        "--out", str(tmp_path), "--name", "t", "--no-progress"])
+    rec = next(r for r in payload["records"] if r["impl"] == "ripser")
+    md = (tmp_path / "t.md").read_text()
+    assert "boom" in md and "Peer errors" in md
+    if mode == "points":
+        assert rec["correct"] and rec["input"] == "matrix" and "points" in rec["errors"]
+    else:
+        assert not rec["correct"] and rec["median_s"] is None and "ERROR" in md
+        assert set(rec["errors"]) == {"points", "matrix"}
+
+
 def test_render_roundtrip(tmp_path):
     pytest.importorskip("ripser")
     pytest.importorskip("gudhi")
