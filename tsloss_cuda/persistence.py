@@ -103,7 +103,8 @@ class Diagrams:
         if (counts < 0).any():
             raise RuntimeError(
                 f"H1 of clouds {np.flatnonzero(counts < 0).tolist()} overflowed the CUDA "
-                "workspace; raise TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_ARENA and recompute")
+                "workspace; raise TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_ARENA / "
+                "TSLOSS_CUDA_H1_COLUMNS and recompute")
         counts = np.minimum(counts, h1.shape[1])
         out = []
         for b in range(h0.shape[0]):
