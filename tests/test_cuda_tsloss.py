@@ -120,6 +120,18 @@ def test_invalid_cloud_gets_no_gradient(kw):
     torch.testing.assert_close(xg2.grad[[0, 2]].cpu(), xc.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_gradient_of_float64_prompts_far_from_unit_scale(scale):
+    """Weights over distances (~1/s^2) leave double's range here; the gradient must not."""
+    x = cloud(2, 10, 4, dtype=torch.float64) * scale
+    xc = x.clone().requires_grad_(True)
+    T.loss(xc).backward()
+    xg = x.cuda().requires_grad_(True)
+    T.loss(xg).backward()
+    assert torch.isfinite(xg.grad).all()
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, rtol=1e-10, atol=0)
+
+
 def test_distances_summing_past_float64_are_valid():
     """Finite distances whose sum overflows: the CPU takes the cloud (scale Inf), so must the
     fused op (it once flagged a non-finite sum as invalid input)."""

@@ -167,6 +167,9 @@ constexpr int kGradJ = 128;      // pair weights staged per round
 
 // gx_i = sum_j W_ij (x_i - x_j): the dense weight over d_ij for every pair, then each reported
 // edge touching row i. Thread (row, coordinate); x_j is read coalesced along the coordinates.
+// The dense sum runs over (x_i - x_j) / d_ij and takes the cloud's dense weight once at the end,
+// and an edge's term is its weight times (x_i - x_j) / d: weights over distances (~1/s^2 for a
+// cloud of scale s) leave double's range for float64 prompts past 1e+-150, unit vectors do not.
 template <typename T>
 __global__ void __launch_bounds__(kGradRows * kGradCols)
     tsloss_grad_kernel(const T* __restrict__ x, int64_t N, int64_t D, const T* __restrict__ dist,
@@ -194,7 +197,7 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
         double v = 0.0;
         if (ii < N && j < N && j != ii) {
           const double d = (double)db[ii * N + j];
-          v = d > 0.0 ? wd / d : 0.0;
+          v = d > 0.0 ? 1.0 / d : 0.0;
         }
         w[r][jj] = v;
       }
@@ -206,6 +209,7 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
         acc = __dadd_rn(acc, __dmul_rn(w[row][jj], t));
       }
     }
+    acc = __dmul_rn(wd, acc);
   }
   if (!live) return;
   // The bars' edges (H0 deaths, then per H1 bar birth and death), in the order of the CPU.
@@ -221,7 +225,7 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
       const double d = (double)db[i * N + other];
       if (!(d > 0.0)) continue;
       const double ge = e >= H0 && side == 0 ? -g : g;
-      acc = __dadd_rn(acc, __dmul_rn(ge / d, __dsub_rn(xi, (double)xb[other * D + k])));
+      acc = __dadd_rn(acc, __dmul_rn(ge, __ddiv_rn(__dsub_rn(xi, (double)xb[other * D + k]), d)));
     }
   }
   grad[b * N * D + i * D + k] = (T)acc;
