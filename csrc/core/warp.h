@@ -16,8 +16,8 @@
 //   inside one `each` gives order-dependent results, which the parity tests catch.
 // - Collectives (ballot, any, all, shfl, min, match_any, sync, and reserve: one bounded atomic
 //   add for the warp, its old value to every lane) are called outside `each`, where the whole
-//   warp stands at the same point; the host asserts it. Their results are uniform: plain values that
-//   every lane holds, so control flow outside `each` is warp-uniform.
+//   warp stands at the same point; the host asserts it. Their results are uniform: plain
+//   values that every lane holds, so control flow outside `each` is warp-uniform.
 // - Every lane of the warp takes part in every collective (full mask): algorithms keep idle
 //   lanes in the loop with a neutral value instead of letting them leave.
 // - A block type runs warp phases `blk.each_warp([&](W& w, int warp) { ... })` separated by

@@ -200,9 +200,9 @@ int fill_pair_weights(int64_t n, int64_t n4, T* W, const Pair& pair) {
 // gx_i = sum_j W_ij (x_i - x_j), W symmetric, by the pair tiles (cpu/distance_grad_tiles.h, one
 // visit per unordered pair). weights(b, W) writes cloud b's W_ij below the diagonal
 // (W[i * n4 + j], j < i < N, n4 = N rounded up to 4) into W, zero elsewhere on entry, scaled by
-// 2^k (fill_pair_weights), and returns k. With at least two clouds per thread each task takes whole
-// clouds; otherwise each cloud's coordinate chunks are shared out. Neither the split nor the
-// thread count changes a sum's order.
+// 2^k (fill_pair_weights), and returns k. With at least two clouds per thread each task takes
+// whole clouds; otherwise each cloud's coordinate chunks are shared out. Neither the split nor
+// the thread count changes a sum's order.
 template <typename T, class Weights>
 void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const Weights& weights) {
   if (B == 0 || N == 0 || D == 0) return;  // no chunk to run (the callers return earlier)

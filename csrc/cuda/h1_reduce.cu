@@ -391,8 +391,9 @@ size_t vr_workspace_bytes(int64_t B, int64_t N, int maxdim, size_t elem_size,
 uint64_t warp_pool_bytes(int64_t B, const H1Capacity& cap, size_t elem_size) {
   // The scalar kernel's per-cloud heaps (entries and int64 V entries) and arena, as one pool.
   const uint64_t entry = elem_size == sizeof(float) ? sizeof(Entry<float>) : sizeof(Entry<double>);
-  const uint64_t slices =
-      uint64_t(B) * (uint64_t(cap.heap) * (entry + sizeof(index_t)) + uint64_t(cap.arena) * sizeof(index_t));
+  const uint64_t per_cloud =
+      uint64_t(cap.heap) * (entry + sizeof(index_t)) + uint64_t(cap.arena) * sizeof(index_t);
+  const uint64_t slices = uint64_t(B) * per_cloud;
   return slices > kMinWarpPoolBytes ? slices : kMinWarpPoolBytes;
 }
 

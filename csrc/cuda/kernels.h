@@ -4,8 +4,9 @@
 // synchronises with the host, and all are deterministic (no floating-point atomics; every sum
 // runs in a fixed order). One exception, in which clouds fail rather than in any value: when
 // the warp reduction's shared pool runs out, which of its clouds get -1 depends on the order
-// the warps reached it (see warp_reduction below). Memory comes from the caller: `vr_workspace_bytes` says how much one
-// call of `launch_vr_persistence` needs, so the torch glue can take it from the caching allocator.
+// the warps reached it (see warp_reduction below). Memory comes from the caller:
+// `vr_workspace_bytes` says how much one call of `launch_vr_persistence` needs, so the torch
+// glue can take it from the caching allocator.
 //
 // Tensors are dense and row-major; "(B, N, D) T" below means B*N*D contiguous elements of T,
 // where T is float or double (the only instantiations). Index outputs are int64.
