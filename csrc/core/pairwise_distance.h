@@ -77,14 +77,24 @@ TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
   return m * sqrt(s);
 }
 
-// |x - y| as the forward computes it: the canonical sum's square root, or, for float64 points
-// whose sum may have under- or overflowed (outside [1e-290, 1e290]), the scaled distance. For
-// the backward's edge lengths, which must not fall to 0 or Inf where the forward's value did not.
+// float64 squares outside [kSafeSquareLow, kSafeSquareHigh] may have under- or overflowed;
+// float32 points summed in double cannot.
+constexpr double kSafeSquareLow = 1e-290, kSafeSquareHigh = 1e290;
+
+// |x - y| from its canonical square s: sqrt(s), or the scaled distance where s may have under-
+// or overflowed (float64 points). The one rule of the forward (CPU and CUDA) and the backward.
+template <typename T>
+TSL_HD double distance_from_square(double s, const T* x, const T* y, index_t dim) {
+  if (sizeof(T) == 8 && !(s >= kSafeSquareLow && s <= kSafeSquareHigh) && s == s)
+    return scaled_distance(x, y, dim);
+  return sqrt(s);
+}
+
+// |x - y| as the forward computes it: the backward's edge lengths must not fall to 0 or Inf
+// where the forward's value did not.
 template <typename T>
 TSL_HD double point_distance(const T* x, const T* y, index_t dim) {
-  const double s = squared_distance(x, y, dim);
-  if (sizeof(T) == 8 && !(s >= 1e-290 && s <= 1e290) && s == s) return scaled_distance(x, y, dim);
-  return sqrt(s);
+  return distance_from_square(squared_distance(x, y, dim), x, y, dim);
 }
 
 // A Gram-form square of two float32 points proved to give their canonical float32 distance, or

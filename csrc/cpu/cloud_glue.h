@@ -309,14 +309,7 @@ void finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t 
     out[i * N + i] = T(0);
     const double* si = sq + (i - i0) * N;
     for (int64_t j = 0; j < i; ++j) {
-      const double s = si[j];
-      double dist;
-      if (s >= cpu::SafeRange<T>::low && s <= cpu::SafeRange<T>::high)
-        dist = std::sqrt(s);
-      else if (std::isnan(s))
-        dist = s;
-      else
-        dist = tsl::scaled_distance(x + i * D, x + j * D, D);  // float64 under/overflow, rare
+      const double dist = tsl::distance_from_square(si[j], x + i * D, x + j * D, D);
       const T v = static_cast<T>(dist);
       if (!std::isfinite(v)) {
         for (int64_t p : {j, i})

@@ -12,8 +12,8 @@
 // L1-resident chunk, which leaves its registers free for a larger tile. So batch layout, thread
 // count and CPU never change a bit, in float64 too. float32 coordinates are widened to double in
 // registers, so a float32 distance is the correctly rounded value in all but ~1e-9 of cases: the
-// matrix ripser.py builds from the same points. Only float64 sums outside [SafeRange::low,
-// SafeRange::high], where squares may have under- or overflowed, need the caller's scaled
+// matrix ripser.py builds from the same points. Only float64 sums outside [tsl::kSafeSquareLow,
+// tsl::kSafeSquareHigh], where squares may have under- or overflowed, need the caller's scaled
 // recomputation. float32 clouds of 32-256 points in D >= 256 reach the same floats faster through
 // certified_squares_lower: Gram sums with FMA, each pair proved equal to the canonical float32
 // distance by a rounding bound or recomputed canonically.
@@ -37,15 +37,6 @@ namespace cpu {
 #define TSL_UNROLL _Pragma("GCC unroll 16")
 
 using tsl::kDistanceLanes;
-
-template <typename T>
-struct SafeRange {  // float32 input, summed in double: no square can under- or overflow
-  static constexpr double low = 0.0, high = INFINITY;
-};
-template <>
-struct SafeRange<double> {
-  static constexpr double low = 1e-290, high = 1e290;
-};
 
 // Portable vector types (GCC/Clang extensions): the compiler lowers them to the widest
 // registers the clone's target has, or to pairs of narrower ones.

@@ -57,9 +57,7 @@ template <typename T>
 __device__ __forceinline__ T finish_distance(double s, const T* xi, const T* xj, int64_t D) {
   // float64 sums outside the safe range may have under- or overflowed: recomputed with scaling,
   // as the CPU does (float32 inputs summed in double cannot).
-  if (sizeof(T) == 8 && !(s >= 1e-290 && s <= 1e290) && !isnan(s))
-    return (T)scaled_distance(xi, xj, D);
-  return (T)sqrt(s);
+  return (T)distance_from_square(s, xi, xj, D);
 }
 
 // One block's tile sums, complete in every lane of each group of eight: Gram, the products and
