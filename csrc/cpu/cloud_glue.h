@@ -234,7 +234,7 @@ void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const W
   };
   if (per_cloud) {
     at::parallel_for(0, B, cloud_grain(N * N * D), [&](int64_t begin, int64_t end) {
-      std::vector<T> W(n4 * n4), scratch(2 * n4 * chunk);
+      cpu::LineVector<T> W(n4 * n4), scratch(2 * n4 * chunk);
       for (int64_t b = begin; b < end; ++b) {
         const int k = fill(b, W.data());
         // The next chunk is this cloud's, or the next cloud's first in this task.
@@ -253,7 +253,7 @@ void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const W
   for (int64_t b = 0; b < B; ++b) {
     const int k = fill(b, W.data());
     at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(2 * n4 * chunk);
+      cpu::LineVector<T> scratch(2 * n4 * chunk);
       for (int64_t c = begin; c < end; ++c)
         run_chunk(b, c, W.data(), k, scratch.data(), c + 1 < end ? b : -1, c + 1);
     });

@@ -140,11 +140,14 @@ int main(int argc, char** argv) {
   std::vector<float> x(batch * n * dim);
   for (float& v : x) v = normal(rng);
   std::vector<double> xd(x.begin(), x.end());
-  std::vector<double> sq(n * n), scratch(tsloss::cpu::lower_cloud_scratch(n));
+  std::vector<double> sq(n * n);
+  tsloss::cpu::LineVector<double> scratch(tsloss::cpu::lower_cloud_scratch(n));
   // The backward's weights (every pair, so no tile is skipped), gradients and scratch.
   const int64_t n4 = (n + 3) / 4 * 4;
-  std::vector<float> wf(n4 * n4, 0.5f), gf(batch * n * dim), bf(2 * n4 * tsloss::cpu::grad_chunk(4));
-  std::vector<double> wd(n4 * n4, 0.5), gd(batch * n * dim), bd(2 * n4 * tsloss::cpu::grad_chunk(8));
+  std::vector<float> wf(n4 * n4, 0.5f), gf(batch * n * dim);
+  tsloss::cpu::LineVector<float> bf(2 * n4 * tsloss::cpu::grad_chunk(4));
+  std::vector<double> wd(n4 * n4, 0.5), gd(batch * n * dim);
+  tsloss::cpu::LineVector<double> bd(2 * n4 * tsloss::cpu::grad_chunk(8));
   const double pair_coords = double(n) * double(n - 1) / 2.0 * double(dim);
   const double grad_coords = double(n) * double(n) * double(dim);
   std::printf("N=%lld D=%lld B=%lld, one thread, 1e9 pair-coordinates per second "
