@@ -134,7 +134,8 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
     const int64_t sweep_chunks = B == 1 && N >= 64 && threads > 1 ? 4 * threads : 1;
     at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
       tsl::HostWorkspace<scalar_t>& ws = thread_workspace<scalar_t>();
-      std::vector<scalar_t> matrix(distances || fused ? N * N : 0);
+      // On 64-byte lines: N = 16k float rows then start on lines for the engine's band masks.
+      cpu::LineVector<scalar_t> matrix(distances || fused ? N * N : 0);
       std::vector<double> sq;
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* cloud = pd + b * N * D;
