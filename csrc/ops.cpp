@@ -37,8 +37,8 @@ TORCH_LIBRARY(tsloss_cuda, m) {
   // Returns, in x.dtype unless said: loss, connectivity_term, redundancy_term, stability_term,
   //   scale: () or (B,) with reduction 0; h1_count (B,) int64 (CUDA: -1 overflow, -2 invalid
   //   input); topo_h0 (B, N-1) and topo_h1 (B, K): the topology for the next call's previous;
-  //   then, for the backward: scales (B,), dist (B, N, N), h0_edges (B, N-1, 2) int64,
-  //   h1_edges (B, K, 4) int64.
+  //   then, for the backward: scales (B,) (the raw mean distances, before the clamp),
+  //   dist (B, N, N), h0_edges (B, N-1, 2) int64, h1_edges (B, K, 4) int64.
   //
   // tsloss_backward: the gradient (B, N, D) on x given the gradients of the five reduced
   //   outputs (absent = zero), the forward's saved outputs and the same options.

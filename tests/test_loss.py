@@ -210,6 +210,30 @@ def test_previous_from_inference_mode_is_a_constant():
     assert prev.h0.grad is None
 
 
+def test_previous_from_inference_mode_feeds_a_compiled_step():
+    """An eager evaluation step under torch.inference_mode, then a compiled training step: the
+    topology it returned must not be an inference tensor, which a compiled graph would save for
+    its backward (Dynamo cannot test for one, so `loss` cannot copy it there)."""
+    x = generic_cloud().float()
+    with torch.inference_mode():
+        _, terms = T.loss(x, return_terms=True)
+        module = T.TSLoss(stability=1.0)
+        module(x)
+    prev = terms["topology"]
+    assert not prev.h0.is_inference() and not prev.h1.is_inference()
+    assert not module.previous.h0.is_inference()
+    step = torch.compile(lambda p, pv: T.loss(p, previous=pv, stability=1.0), fullgraph=True)
+    grads = []
+    for fn in (step, lambda p, pv: T.loss(p, previous=pv, stability=1.0)):
+        z = (x + 0.1).requires_grad_(True)
+        fn(z, prev).backward()
+        grads.append(z.grad)
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+    z = (x + 0.1).requires_grad_(True)
+    torch.compile(module, fullgraph=True)(z).backward()
+    assert torch.isfinite(z.grad).all() and float(module.last_terms["stability"]) > 0.0
+
+
 def test_previous_of_the_wrong_kind_or_shape_is_refused():
     x = generic_cloud().float()
     _, terms = T.loss(x, return_terms=True)

@@ -130,6 +130,27 @@ def test_all_points_equal(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_scale_clamp_at_and_below_the_bound(device, dtype, fraction):
+    # Two points the dtype's smallest normal apart: a mean distance at the clamp's bound, where
+    # the gradient passes (the normalised loss is constant: zero gradient), and half of it, held
+    # by the clamp (the scale a constant: a gradient of ~1/tiny). The clamped scale is the same
+    # in both, so the backward must not decide from it.
+    tiny = torch.finfo(dtype).tiny
+    x = torch.tensor([[0.0], [tiny * fraction]], dtype=dtype, device=device)
+    grads = []
+    for fn in (T.loss, reference_loss):
+        xr = x.clone().requires_grad_()
+        value, terms = fn(xr, return_terms=True, redundancy=0.0)
+        assert float(terms["scale"].detach()) == tiny
+        grads.append(torch.autograd.grad(value, xr)[0])
+    g, gr = grads
+    assert torch.isfinite(g).all() and torch.equal(g, gr), (g, gr)
+    assert (torch.count_nonzero(g) == 0) == (fraction == 1.0), g
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_no_h1_bars(device):
     # Points on a line: a tree, no loops.
     t = torch.linspace(0, 1, 9, dtype=torch.float64)

@@ -117,7 +117,9 @@ def loss(
         connectivity, redundancy, stability: weights of the three terms.
         previous: the :class:`PromptTopology` of the previous call (``terms["topology"]`` of a
             call with ``return_terms=True``), a constant (no gradient flows into it); None
-            makes the stability term 0.
+            makes the stability term 0. One made under ``torch.inference_mode`` is fine, unless
+            that call was compiled: evaluate compiled code under ``torch.no_grad()``, since a
+            compiled training step cannot save inference tensors for its backward.
         normalize: ``"mean"`` (divide by the mean pairwise distance) or ``"none"``.
         connectivity_mode: ``"total"`` or ``"target"`` (needs ``target``).
         target: τ for ``connectivity_mode="target"``.
@@ -160,7 +162,10 @@ def loss(
             raise ValueError(f"previous.h1 has shape {tuple(prev_h1.shape)}, expected ({b}, K) "
                              "(same B as the previous call)")
         prev_h1 = _match_width(prev_h1, kk)
-        if not torch.compiler.is_compiling():  # Dynamo cannot trace is_inference()
+        # Compiled, Dynamo cannot test is_inference(), and a copy inside the graph does not help
+        # (the saved tensor is the input): the topologies `loss` returns are never inference
+        # tensors when made eagerly (_topology).
+        if not torch.compiler.is_compiling():
             prev_h0 = prev_h0.clone() if prev_h0.is_inference() else prev_h0
             prev_h1 = prev_h1.clone() if prev_h1.is_inference() else prev_h1
         prev_h0, prev_h1 = prev_h0.contiguous(), prev_h1.contiguous()
@@ -179,9 +184,19 @@ def loss(
         "stability": stab,
         "scale": scale,
         "h1_count": h1_count,
-        "topology": PromptTopology(topo_h0.detach(), topo_h1.detach()),
+        "topology": _topology(topo_h0, topo_h1),
     }
     return out, terms
+
+
+def _topology(h0: torch.Tensor, h1: torch.Tensor) -> PromptTopology:
+    """The summary for a later call's ``previous``. Made under ``torch.inference_mode`` (an
+    evaluation step), it is copied outside that mode: autograd cannot save inference tensors,
+    and a compiled training step cannot test for them (Dynamo does not trace is_inference)."""
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return PromptTopology(h0.clone(), h1.clone())
+    return PromptTopology(h0.detach(), h1.detach())
 
 
 class TSLoss(torch.nn.Module):
@@ -190,7 +205,9 @@ class TSLoss(torch.nn.Module):
     Takes the keyword options of :func:`loss` (except ``previous`` and ``return_terms``).
     ``forward(prompts)`` returns the loss; ``last_terms`` holds the detached per-term tensors
     of the last call for logging (read them at your logging interval, not every step).
-    ``reset()`` forgets the previous diagram.
+    ``reset()`` forgets the previous diagram. A compiled module evaluated under
+    ``torch.inference_mode`` keeps an inference-tensor diagram that its next compiled training
+    call cannot save for the backward: evaluate compiled code under ``torch.no_grad()``.
     """
 
     def __init__(self, *, connectivity: float = 1.0, redundancy: float = 1.0,

@@ -43,21 +43,33 @@ TSL_HD T tiny_of() {
   return sizeof(T) == 4 ? (T)FLT_MIN : (T)DBL_MIN;
 }
 
-// The scale of a cloud from the sum of its distances over unordered pairs {i > j}: the mean
-// over the n(n-1) ordered pairs, clamped to the dtype's smallest normal so that a cloud of equal
-// points divides by something. `grad_passes` says whether d s / d distances is non-zero there
-// (torch's clamp_min passes the gradient where the input is >= the bound).
+// The raw scale of a cloud from the sum of its distances over unordered pairs {i > j}: their
+// mean over the n(n-1) ordered pairs. The forward saves it for the backward, which clamps it
+// again: the clamped value alone cannot tell a mean at the bound (the gradient passes) from one
+// below it (it does not).
 template <typename T>
-TSL_HD T cloud_scale(double pair_sum, index_t n, bool normalize, bool* grad_passes) {
+TSL_HD T raw_scale(double pair_sum, index_t n) {
+  const double ordered = n > 1 ? (double)(n * (n - 1)) : 1.0;
+  return (T)((T)(2.0 * pair_sum) / (T)ordered);
+}
+
+// The scale from the raw mean: clamped to the dtype's smallest normal so that a cloud of equal
+// points divides by something, 1 without normalize. `grad_passes` says whether d s / d distances
+// is non-zero (torch's clamp_min passes the gradient where the input is >= the bound).
+template <typename T>
+TSL_HD T clamp_scale(T raw, bool normalize, bool* grad_passes) {
   if (!normalize) {
     *grad_passes = false;
     return T(1);
   }
-  const double ordered = n > 1 ? (double)(n * (n - 1)) : 1.0;
-  const T raw = (T)((T)(2.0 * pair_sum) / (T)ordered);
   *grad_passes = raw >= tiny_of<T>();
   if (raw != raw) return raw;  // NaN passes through, as through torch's clamp_min
   return *grad_passes ? raw : tiny_of<T>();
+}
+
+template <typename T>
+TSL_HD T cloud_scale(double pair_sum, index_t n, bool normalize, bool* grad_passes) {
+  return clamp_scale<T>(raw_scale<T>(pair_sum, n), normalize, grad_passes);
 }
 
 TSL_HD double conn_value(double u, const TermOptions& o) {

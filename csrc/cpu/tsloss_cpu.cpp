@@ -153,7 +153,7 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
         }
         bool passes = false;
         const scalar_t s = tsl::cloud_scale<scalar_t>(pair_sum, N, normalize, &passes);
-        psc[b] = s;
+        psc[b] = tsl::raw_scale<scalar_t>(pair_sum, N);  // for the backward
         tsl::CloudOutput<scalar_t> out{h0.data(),         pe0 + b * H0 * 2, h1.data(),
                                        pe1 + b * K * 4,   pcount + b,       &truncated,
                                        K};
@@ -241,7 +241,9 @@ at::Tensor tsloss_backward_cpu(
           a * w_red + tsl::reduced_grad(ptr(gr), b, B, static_cast<int>(reduction)),
           a * w_stab + tsl::reduced_grad(ptr(gs), b, B, static_cast<int>(reduction)),
           tsl::reduced_grad(ptr(gsc), b, B, static_cast<int>(reduction))};
-      const double s = static_cast<double>(psc[b]);
+      bool passes = false;  // the clamp of the scale passes the gradient unless the raw mean
+                            // fell below it
+      const double s = static_cast<double>(tsl::clamp_scale<scalar_t>(psc[b], normalize, &passes));
       double ds = k.scale;
       double* w = edge_w.data() + b * E;
       for (int64_t r = 0; r < H0; ++r)
@@ -250,8 +252,6 @@ at::Tensor tsloss_backward_cpu(
       for (int64_t q = 0; q < K; ++q)
         w[H0 + q] = tsl::h1_pers_grad(pt1[b * K + q], pp1 ? pp1[b * K + q] : scalar_t(0), q,
                                       pcount[b], K, s, opt, k, &ds);
-      // The clamp of the scale passes the gradient unless the raw mean fell below it.
-      const bool passes = normalize && psc[b] > tsl::tiny_of<scalar_t>();
       dense[b] = tsl::dense_pair_weight(ds, N, passes);
     }
 

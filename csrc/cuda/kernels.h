@@ -153,7 +153,8 @@ size_t tsloss_forward_workspace_bytes(int64_t B, int64_t N);
 //   prev_h0/1:  (B, N-1), (B, K) T, read only when o.has_prev
 //   reduction:  TsReduction
 //   topo_h0/1:  (B, N-1), (B, K) T out: u and v (NaN for invalid clouds)
-//   scales:     (B,) T out;  loss, conn, red, stab, scale: () or (B,) T out (reduction)
+//   scales:     (B,) T out: the raw mean distances (tsl::raw_scale), before the clamp
+//   loss, conn, red, stab, scale: () or (B,) T out (reduction)
 //   workspace:  tsloss_forward_workspace_bytes(B, N) bytes, distance partials already written
 template <typename T>
 cudaError_t launch_tsloss_terms(const T* x, int64_t B, int64_t N, int64_t D, const T* h0,

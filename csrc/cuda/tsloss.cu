@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kTermThreads)
                         T* __restrict__ topo_h1, T* __restrict__ scales,
                         double* __restrict__ per_cloud) {
   __shared__ double scratch[kTermThreads / 32];
-  __shared__ T s_scale;
+  __shared__ T s_scale, s_raw;
   __shared__ bool s_bad;
   const int64_t b = blockIdx.x;
   const int64_t H0 = N > 0 ? N - 1 : 0;
@@ -53,7 +53,8 @@ __global__ void __launch_bounds__(kTermThreads)
     if (N == 1)
       for (int64_t k = 0; k < D; ++k) bad |= !isfinite((double)x[b * D + k]);
     bool passes;
-    s_scale = cloud_scale<T>(sum, N, o.normalize, &passes);
+    s_raw = raw_scale<T>(sum, N);
+    s_scale = clamp_scale<T>(s_raw, o.normalize, &passes);
     s_bad = bad;
   }
   __syncthreads();
@@ -91,7 +92,7 @@ __global__ void __launch_bounds__(kTermThreads)
   const double red = r;
   const double stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (K > 0 ? s1 / (double)K : 0.0)
                                  : 0.0;
-  scales[b] = s;
+  scales[b] = s_raw;  // for the backward, which clamps it again
   if (bad) h1_count[b] = kInvalidInputCount;
   double* v = per_cloud + b * 5;
   v[0] = o.w_conn * conn + o.w_red * red + o.w_stab * stab;
@@ -138,7 +139,8 @@ __global__ void __launch_bounds__(kTermThreads)
                             a * o.w_red + reduced_grad(g_red, b, B, reduction),
                             a * o.w_stab + reduced_grad(g_stab, b, B, reduction),
                             reduced_grad(g_scale, b, B, reduction)};
-  const double s = (double)scales[b];
+  bool passes;  // the clamp passes the gradient unless the raw mean fell below it
+  const double s = (double)clamp_scale<T>(scales[b], o.normalize, &passes);
   const int64_t count = h1_count[b];
   if (count == kInvalidInputCount) {
     // An invalid cloud (NaN loss) gets no gradient, as the reference composition, which masks
@@ -157,8 +159,7 @@ __global__ void __launch_bounds__(kTermThreads)
                                           o, k, &ds);
   ds = block_sum(ds, scratch);
   if (threadIdx.x == 0)
-    dense[b] = dense_pair_weight(__dadd_rn(ds, k.scale), N,
-                                 o.normalize && scales[b] > tiny_of<T>());
+    dense[b] = dense_pair_weight(__dadd_rn(ds, k.scale), N, passes);
 }
 
 constexpr int kGradRows = 8;     // rows of x per block
