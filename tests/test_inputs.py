@@ -327,6 +327,36 @@ def test_deterministic_across_calls_and_threads(rng, dtype, distances):
         torch.set_num_threads(old)
 
 
+def test_flushed_subnormals_are_the_same_bits_at_any_thread_count():
+    # torch.set_flush_denormal sets the calling thread's mode only; the pool's threads, started
+    # before, kept theirs, so clouds of subnormal coordinates gave other bits where a worker ran
+    # them (a batch's clouds 2 and 3 at two threads; every pair of a lone cloud split among them).
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(np.ldexp(rng.standard_normal((64, 512)),
+                                  rng.integers(-149, -120, (64, 512))).astype(np.float32))
+    batch = x[None].expand(4, 64, 512)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pairwise_distance(batch)  # the pool's threads exist before the mode changes
+        if not torch.set_flush_denormal(True):
+            pytest.skip("no flush-denormal mode on this CPU")
+        got = [pairwise_distance(batch), vr_persistence(batch)]
+        torch.set_num_threads(1)
+        lone = [pairwise_distance(x), vr_persistence(x)]
+        torch.set_num_threads(2)
+        split = [pairwise_distance(x), vr_persistence(x)]  # one cloud, shared by the threads
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(old)
+    for b in range(4):
+        assert torch.equal(got[0][b], lone[0][0]), b
+        for f in FIELDS:
+            assert torch.equal(getattr(got[1], f)[b], getattr(lone[1], f)[0]), (b, f)
+    assert torch.equal(split[0], lone[0])
+    _same(split[1], lone[1])
+
+
 def test_absurd_max_h1_is_refused_by_name():
     # 10**12 rows would exhaust memory; the error names the argument and what suffices.
     with pytest.raises(RuntimeError, match=r"max_h1 = 1000000000000 .* pass max_h1 <= 10"):

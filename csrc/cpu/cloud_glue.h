@@ -8,6 +8,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 #include <stdlib.h>
 
@@ -28,6 +31,31 @@
 
 namespace tsloss {
 namespace glue {
+
+// at::parallel_for, with the calling thread's handling of subnormals (x86: MXCSR's
+// flush-to-zero and denormals-are-zero bits, which torch.set_flush_denormal sets on the calling
+// thread only) in every task, so that results do not depend on which thread ran them: with the
+// pool's threads left as they were, a flushed call gave subnormal clouds different bits at one
+// and two threads.
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+#if defined(__x86_64__) || defined(_M_X64)
+  constexpr unsigned kSubnormalBits = 0x8040;  // FTZ | DAZ
+  const unsigned mode = _mm_getcsr() & kSubnormalBits;
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    struct Mode {  // restored however the task ends
+      unsigned saved;
+      explicit Mode(unsigned m) : saved(_mm_getcsr()) {
+        if ((saved & kSubnormalBits) != m) _mm_setcsr((saved & ~kSubnormalBits) | m);
+      }
+      ~Mode() { _mm_setcsr(saved); }
+    } guard(mode);
+    f(b, e);
+  });
+#else
+  at::parallel_for(begin, end, grain, f);
+#endif
+}
 
 // Who is asking, for error messages: the function the user called and its points argument.
 struct Caller {
@@ -233,7 +261,7 @@ void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const W
         *g = static_cast<T>(std::ldexp(static_cast<double>(*g), -k));
   };
   if (per_cloud) {
-    at::parallel_for(0, B, cloud_grain(N * N * D), [&](int64_t begin, int64_t end) {
+    glue::parallel_for(0, B, cloud_grain(N * N * D), [&](int64_t begin, int64_t end) {
       cpu::LineVector<T> W(n4 * n4), scratch(2 * n4 * chunk);
       for (int64_t b = begin; b < end; ++b) {
         const int k = fill(b, W.data());
@@ -252,7 +280,7 @@ void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const W
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, N * N * chunk));
   for (int64_t b = 0; b < B; ++b) {
     const int k = fill(b, W.data());
-    at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
+    glue::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
       cpu::LineVector<T> scratch(2 * n4 * chunk);
       for (int64_t c = begin; c < end; ++c)
         run_chunk(b, c, W.data(), k, scratch.data(), c + 1 < end ? b : -1, c + 1);
@@ -276,7 +304,7 @@ constexpr int64_t kKeepEntries = int64_t(1) << 18;
 struct ParallelChunks {
   template <class Body>
   void operator()(int64_t chunks, const Body& body) const {
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    glue::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) body(c);
     });
   }
@@ -368,7 +396,7 @@ void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const
                              int64_t grain = 1) {
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
   const int64_t units = (blocks + 1) / 2;
-  at::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
+  glue::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t b = u / units, q = u % units;
       for (int64_t block : {q, blocks - 1 - q}) {
@@ -411,7 +439,7 @@ inline void split_certified_distances(const float* x, int64_t B, int64_t N, int6
   auto bound = [&](int64_t p) {
     return p == parts ? D : p * D / parts / cpu::kChunk * cpu::kChunk;
   };
-  at::parallel_for(0, B * parts, 1, [&](int64_t begin, int64_t end) {
+  glue::parallel_for(0, B * parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / parts, p = t % parts;
       cpu::gram_sums_lower(x + b * N * D, N, D, bound(p), bound(p + 1) - bound(p),

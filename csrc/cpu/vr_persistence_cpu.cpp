@@ -40,7 +40,7 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
     check_lone_points(px, B, N, D, op);
     if (B >= 2 * at::get_num_threads()) {
       // Enough clouds for every thread: whole clouds per task (tiled from one widened copy).
-      at::parallel_for(0, B, cloud_grain(N * N * D), [&](int64_t begin, int64_t end) {
+      glue::parallel_for(0, B, cloud_grain(N * N * D), [&](int64_t begin, int64_t end) {
         std::vector<double> sq;
         for (int64_t b = begin; b < end; ++b)
           cloud_distances(px + b * N * D, N, D, b, sq, po + b * N * N, op);
@@ -132,7 +132,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
     // only when there is one cloud).
     const int64_t threads = at::get_num_threads();
     const int64_t sweep_chunks = B == 1 && N >= 64 && threads > 1 ? 4 * threads : 1;
-    at::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
+    glue::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
       tsl::HostWorkspace<scalar_t>& ws = thread_workspace<scalar_t>();
       // On 64-byte lines: N = 16k float rows then start on lines for the engine's band masks.
       cpu::LineVector<scalar_t> matrix(distances || fused ? N * N : 0);
@@ -204,7 +204,7 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
     const int64_t* pe0 = e0.data_ptr<int64_t>();
     const int64_t* pe1 = e1.data_ptr<int64_t>();
     scalar_t* pgrad = grad.data_ptr<scalar_t>();
-    at::parallel_for(0, B, cloud_grain((H0 + 2 * K) * D), [&](int64_t begin, int64_t end) {
+    glue::parallel_for(0, B, cloud_grain((H0 + 2 * K) * D), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* xb = px + b * N * D;
         scalar_t* gb = pgrad + b * N * D;

@@ -35,7 +35,7 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
   if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_emulated_cpu", [&] {
     const scalar_t* pd = dist.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    glue::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       tsl::EmulatedWorkspace<scalar_t> ws;
       std::vector<scalar_t> matrix(distances ? N * N : 0);
       for (int64_t b = begin; b < end; ++b) {
