@@ -357,6 +357,40 @@ def test_flushed_subnormals_are_the_same_bits_at_any_thread_count():
     _same(split[1], lone[1])
 
 
+def _message(fn, *args, **kw) -> str:
+    with pytest.raises(RuntimeError) as err:
+        fn(*args, **kw)
+    return str(err.value).splitlines()[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_errors_name_the_first_bad_cloud_and_pair_at_any_thread_count(dtype):
+    # Several bad clouds (or pairs): one thread names the first; two threads named whichever
+    # task failed first ("cloud 2" for "cloud 0", "points 0 and 16" for "points 0 and 1").
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 300, generator=g, dtype=dtype)
+    x[0, 3, 7] = float("nan")
+    batch = x.expand(8, 64, 300)
+    huge = torch.finfo(dtype).max * 0.75
+    far = torch.randn(1, 64, 300, generator=g, dtype=dtype)
+    far[0, 0::2, 0], far[0, 1::2, 0] = -huge, huge  # every pair of odd and even points overflows
+    calls = [(pairwise_distance, batch, "point 3 of cloud 0"),
+             (vr_persistence, batch, "point 3 of cloud 0"),
+             (pairwise_distance, far, "points 0 and 1"), (vr_persistence, far, "points 0 and 1"),
+             (pairwise_distance, far.expand(8, 64, 300), "points 0 and 1 of cloud 0")]
+    old = torch.get_num_threads()
+    try:
+        for fn, arg, named in calls:
+            seen = set()
+            for threads in (1, 2, 1, 2):
+                torch.set_num_threads(threads)
+                for _ in range(3):
+                    seen.add(_message(fn, arg))
+            assert len(seen) == 1 and named in next(iter(seen)), seen
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_absurd_max_h1_is_refused_by_name():
     # 10**12 rows would exhaust memory; the error names the argument and what suffices.
     with pytest.raises(RuntimeError, match=r"max_h1 = 1000000000000 .* pass max_h1 <= 10"):

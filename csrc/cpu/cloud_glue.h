@@ -19,6 +19,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -32,29 +33,47 @@
 namespace tsloss {
 namespace glue {
 
-// at::parallel_for, with the calling thread's handling of subnormals (x86: MXCSR's
-// flush-to-zero and denormals-are-zero bits, which torch.set_flush_denormal sets on the calling
-// thread only) in every task, so that results do not depend on which thread ran them: with the
-// pool's threads left as they were, a flushed call gave subnormal clouds different bits at one
-// and two threads.
+// at::parallel_for, with two things made independent of which thread ran what:
+// - the calling thread's handling of subnormals (x86: MXCSR's flush-to-zero and
+//   denormals-are-zero bits, which torch.set_flush_denormal sets on the calling thread only) in
+//   every task: with the pool's threads left as they were, a flushed call gave subnormal clouds
+//   different bits at one and two threads;
+// - the error raised: the one of the task that starts first, as one thread would have raised
+//   (tasks run their range in order and stop at their first error), not whichever came first.
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
 #if defined(__x86_64__) || defined(_M_X64)
   constexpr unsigned kSubnormalBits = 0x8040;  // FTZ | DAZ
   const unsigned mode = _mm_getcsr() & kSubnormalBits;
-  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
-    struct Mode {  // restored however the task ends
-      unsigned saved;
-      explicit Mode(unsigned m) : saved(_mm_getcsr()) {
-        if ((saved & kSubnormalBits) != m) _mm_setcsr((saved & ~kSubnormalBits) | m);
-      }
-      ~Mode() { _mm_setcsr(saved); }
-    } guard(mode);
-    f(b, e);
-  });
+  struct Mode {  // restored however the task ends
+    unsigned saved;
+    explicit Mode(unsigned m) : saved(_mm_getcsr()) {
+      if ((saved & kSubnormalBits) != m) _mm_setcsr((saved & ~kSubnormalBits) | m);
+    }
+    ~Mode() { _mm_setcsr(saved); }
+  };
 #else
-  at::parallel_for(begin, end, grain, f);
+  struct Mode {
+    explicit Mode(unsigned) {}
+  };
+  const unsigned mode = 0;
 #endif
+  std::mutex lock;
+  int64_t first = end;
+  std::exception_ptr error;
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    Mode guard(mode);
+    try {
+      f(b, e);
+    } catch (...) {
+      std::lock_guard<std::mutex> hold(lock);
+      if (b < first) {
+        first = b;
+        error = std::current_exception();
+      }
+    }
+  });
+  if (error) std::rethrow_exception(error);
 }
 
 // Who is asking, for error messages: the function the user called and its points argument.
