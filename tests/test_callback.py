@@ -141,17 +141,85 @@ def test_weight_zero_only_logs_the_topology(tmp_path):
 def test_weight_must_be_nonnegative():
     with pytest.raises(ValueError, match="weight"):
         TSLossCallback(-1.0)
+    for bad in (float("nan"), float("inf")):  # would make every gradient NaN or inf
+        with pytest.raises(ValueError, match="weight"):
+            TSLossCallback(bad)
+    with pytest.raises(TypeError, match="weight must be a real number"):
+        TSLossCallback("0.1")
+
+
+def _hooks():
+    """(args, state, control) for calling the callback's hooks without a Trainer run."""
+    args = transformers.TrainingArguments("unused", report_to=[], use_cpu=True)
+    return args, transformers.TrainerState(), transformers.TrainerControl()
 
 
 def _log_once(cb, model, step=2):
     """The callback's keys added to one training log at ``step``, without a Trainer run."""
-    args = transformers.TrainingArguments("unused", report_to=[], use_cpu=True)
-    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    args, state, control = _hooks()
     cb.on_train_begin(args, state, control, model=model)
     state.global_step = step
     logs = {"loss": 1.0}
     cb.on_log(args, state, control, logs=logs, model=model)
     return logs
+
+
+def test_second_training_run_restarts_the_stability_term():
+    """trainer.train() again (a new run, or after a prompt reset) must not pull the prompt
+    towards the last prompt of the previous run: the trained stability term starts at 0."""
+    cb, model = TSLossCallback(WEIGHT, stability=1.0), _model()
+    prompt = prompt_parameters(model)
+    args, state, control = _hooks()
+    g = torch.Generator().manual_seed(2)
+
+    def step_stability():
+        cb.on_pre_optimizer_step(args, state, control, model=model)
+        with torch.no_grad():  # a stand-in for the optimizer moving the prompt
+            prompt.add_(0.3 * torch.randn(prompt.shape, generator=g))
+        return float(cb.loss_fn.last_terms["stability"])
+
+    cb.on_train_begin(args, state, control, model=model)
+    assert step_stability() == 0.0
+    assert step_stability() > 0.0  # within a run, against the previous step's prompt
+    cb.on_train_begin(args, state, control, model=model)
+    assert step_stability() == 0.0
+
+
+def test_eval_logs_get_no_topology():
+    """An evaluation log (no "loss") is not a training log: it gets no summary, and does not
+    become the previous prompt that the next training log's ts_stability is measured from."""
+    cb, model = TSLossCallback(WEIGHT), _model()
+    args, state, control = _hooks()
+    cb.on_train_begin(args, state, control, model=model)
+    state.global_step = 2
+    state.log_history = [{"eval_loss": 1.0, "step": 2}]
+    logs = {"eval_loss": 1.0}
+    cb.on_log(args, state, control, logs=logs, model=model)
+    assert logs == {"eval_loss": 1.0} and state.log_history == [{"eval_loss": 1.0, "step": 2}]
+    with torch.no_grad():
+        prompt = prompt_parameters(model)
+        prompt.add_(0.3 * torch.randn(prompt.shape, generator=torch.Generator().manual_seed(2)))
+    state.global_step = 3
+    logs = {"loss": 1.0}
+    cb.on_log(args, state, control, logs=logs, model=model)
+    assert logs["topology/ts_stability"] == 0.0  # the first training log
+
+
+def test_log_history_is_updated_only_at_its_own_step():
+    """The Trainer copied logs into log_history before on_log: the summary goes into that entry,
+    never into an earlier step's (a log_history entry the Trainer did not add for this log)."""
+    cb, model = TSLossCallback(WEIGHT), _model()
+    args, state, control = _hooks()
+    cb.on_train_begin(args, state, control, model=model)
+    state.global_step = 3
+    state.log_history = [{"loss": 0.9, "step": 2}]
+    cb.on_log(args, state, control, logs={"loss": 0.8}, model=model)
+    assert state.log_history == [{"loss": 0.9, "step": 2}]
+    state.log_history.append({"loss": 0.8, "step": 3})
+    logs = {"loss": 0.8}
+    cb.on_log(args, state, control, logs=logs, model=model)
+    assert "topology/h0_count" in logs and state.log_history[-1] == dict(logs, step=3)
+    assert state.log_history[0] == {"loss": 0.9, "step": 2}
 
 
 def test_logged_terms_use_the_callback_options():

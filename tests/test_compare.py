@@ -113,6 +113,16 @@ def test_comparison_specs():
         apply_overrides(args, RunSpec("tsloss", 0, (("nope", 1.0),)))
 
 
+def test_sweep_keeps_the_base_weight_without_a_plain_tsloss():
+    """A sweep weight equal to --reg-weight is the plain tsloss variant, so it is run once; when
+    tsloss is not among the regularisers no plain run exists and the weight must stay."""
+    ids = [s.run_id for s in comparison_specs(["none"], [0], [0.1, 0.3], base_weight=0.1)]
+    assert ids == ["none_seed0", "tsloss_w0.1_seed0", "tsloss_w0.3_seed0"]
+    ids = [s.run_id for s in comparison_specs(["none", "tsloss"], [0], [0.1, 0.3],
+                                              base_weight=0.1)]
+    assert ids == ["none_seed0", "tsloss_seed0", "tsloss_w0.3_seed0"]
+
+
 STEPS = [0, 5, 10]
 
 
@@ -342,6 +352,55 @@ def test_report_shows_the_last_invocation_only(tmp_path):
     assert "From 4 runs (2 variants, seeds 0, 1)" in text
     assert "4 run(s) in runs/ that the last invocation did not ask for are left out" in text
     assert "tsloss_stab" not in text and "tsloss_w0.3" not in text
+
+
+def test_repeated_run_ids_are_refused(tmp_path):
+    """Two specs of one run id would write one file: the second run would silently replace
+    the first. Refused before anything is trained or written."""
+    twins = [RunSpec("tsloss", 0, (("reg_weight", w),), "tsloss_sweep") for w in (0.1, 0.3)]
+    out = tmp_path / "cmp"
+    for specs in (twins, SPECS[:1] * 2):
+        with pytest.raises(ValueError, match="run ids repeat"):
+            run_comparison(str(out), specs, lambda s: pytest.fail("trained"), CONFIG, quiet=True)
+    assert not out.exists()
+
+
+def test_a_run_without_its_prompt_is_trained_again(tmp_path):
+    """A runs/<id>.json whose prompt file is gone is no finished run (its prompt is part of
+    the result): it is retrained, not loaded without a prompt."""
+    out = str(tmp_path)
+    run_comparison(out, SPECS[:2], fake_train, CONFIG, quiet=True)
+    os.remove(os.path.join(out, "prompts", "prompt_tsloss_seed0.pt"))
+    assert load_run(out, "tsloss_seed0") is None and load_run(out, "none_seed0") is not None
+    again = []
+    res = run_comparison(out, SPECS[:2], lambda s: again.append(s.run_id) or fake_train(s),
+                         CONFIG, quiet=True)
+    assert again == ["tsloss_seed0"] and torch.equal(res[1]["prompt"],
+                                                      fake_train(SPECS[1])["prompt"])
+
+
+def test_more_sweep_weights_extend_a_comparison(tmp_path):
+    """Which variants to run (--compare-regularizers, --compare-weights, --compare-stability)
+    is not a setting of a run: left out of the config (``ignore``), so a second invocation with
+    another weight trains only the new runs in the same folder."""
+    from tsloss_cuda.compare import comparison_config
+    out = str(tmp_path)
+    ignore = ("compare_regularizers", "compare_weights", "compare_stability")
+    args = argparse.Namespace(lr=0.01, reg_weight=0.1, compare_regularizers=["none", "tsloss"],
+                              compare_weights=[], compare_stability=0.0)
+
+    def compare(weights):
+        args.compare_weights = weights
+        cfg = comparison_config(args, out, ignore=ignore)
+        assert cfg == {"lr": 0.01, "reg_weight": 0.1}
+        specs = comparison_specs(args.compare_regularizers, [0], weights, base_weight=0.1)
+        trained = []
+        run_comparison(out, specs, lambda s: trained.append(s.run_id) or fake_train(s), cfg,
+                       quiet=True)
+        return trained
+
+    assert compare([0.3]) == ["none_seed0", "tsloss_seed0", "tsloss_w0.3_seed0"]
+    assert compare([0.3, 1.0]) == ["tsloss_w1_seed0"]
 
 
 def test_runs_without_their_config_are_refused(tmp_path):

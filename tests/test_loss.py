@@ -6,6 +6,7 @@ import torch
 from torch.library import opcheck
 
 import tsloss_cuda as T
+from reference_loss import reference_loss
 
 ops = torch.ops.tsloss_cuda
 
@@ -188,6 +189,47 @@ def test_stability_zero_when_unchanged_positive_after_change():
     module.reset()
     module(x)
     assert float(module.last_terms["stability"]) == 0.0
+
+
+def test_last_terms_are_detached():
+    # Kept for logging until the next call: a tensor that required grad would hold the whole
+    # step's graph alive.
+    module = T.TSLoss(stability=1.0)
+    x = generic_cloud().requires_grad_()
+    module(x)
+    module(x)
+    terms = module.last_terms
+    assert {"connectivity", "redundancy", "stability", "scale", "h1_count"} <= set(terms)
+    tensors = [v for v in terms.values() if isinstance(v, torch.Tensor)]
+    assert not any(t.requires_grad for t in tensors)
+
+
+def test_reset_forgets_the_last_terms():
+    # A reset module (a new run, or a prompt of another shape) must not log the terms of the
+    # prompt it had before.
+    module = T.TSLoss(stability=1.0)
+    module(generic_cloud())
+    assert module.last_terms and module.previous is not None
+    module.reset()
+    assert module.last_terms == {} and module.previous is None
+
+
+@pytest.mark.parametrize("kw", [
+    dict(redundancy=0.0, stability=1.0),  # no redundancy, but the stability term needs H1
+    dict(redundancy=0.0, stability=0.0),  # no term needs H1: the previous H1 goes unused
+    dict(connectivity_mode="target", target=-0.3),  # a negative τ is taken as given
+], ids=["stability-without-redundancy", "connectivity-only", "negative-target"])
+def test_value_only_calls_equal_the_reference(kw):
+    """Without return_terms the op skips H1 when no weighted term needs it: each such call,
+    against a previous prompt with a loop (so that its H1 counts), and a negative τ, must give
+    the reference's value."""
+    x0 = noisy_circle().unsqueeze(0)
+    prev = T.loss(x0, return_terms=True)[1]["topology"]
+    assert float(prev.h1.sum()) > 0
+    g = torch.Generator().manual_seed(1)
+    x = x0 + 0.05 * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    torch.testing.assert_close(T.loss(x, previous=prev, **kw),
+                               reference_loss(x, previous=prev, **kw), rtol=1e-12, atol=0)
 
 
 def test_previous_from_inference_mode_is_a_constant():

@@ -195,3 +195,48 @@ def test_censoring_does_not_pull_the_comparison_to_zero():
     t = stats.sign_test(stats.paired_outcomes(v, b))
     assert (t.wins, t.ties, t.losses) == (6, 0, 0) and t.decide(+1) == "held"
     assert stats.run_summary(rows(False), 0.8)["reached"] == 0.0
+
+
+def test_a_row_at_the_target_reaches_it():
+    rows = [{"step": s, "val_acc": a} for s, a in ((0, 0.5), (5, 0.8), (10, 0.9))]
+    assert stats.steps_to_target(rows, 0.8) == 5  # an accuracy equal to the target counts
+    assert stats.run_summary(rows, 0.8)["reached"] == 1.0
+
+
+def test_a_single_row_run_is_censored_after_its_step():
+    # One row gives no logging interval: the run had not reached the target at its only step,
+    # so the earliest it could is one step later, not that step.
+    rows = [{"step": 10, "val_acc": 0.5}]
+    assert stats.log_interval(rows) == 1
+    assert stats.censored_steps(rows, 0.8) == 11.0
+
+
+def test_auc_of_rows_at_one_step_is_the_last_accuracy():
+    # No step span to divide by: the mean accuracy is the last one, not 0/0.
+    rows = [{"step": 5, "val_acc": 0.3}, {"step": 5, "val_acc": 0.6}]
+    assert stats.accuracy_auc(rows) == 0.6
+
+
+def test_both_reached_at_the_same_step_is_a_tie():
+    assert stats.steps_outcome((10.0, True), (10.0, True)) == 0
+    t = stats.sign_test(stats.paired_outcomes({s: (10.0, True) for s in range(6)},
+                                              {s: (10.0, True) for s in range(6)}))
+    assert (t.wins, t.ties, t.losses) == (0, 6, 0) and t.decide(+1) == "untested"
+
+
+def test_sign_test_p_is_at_most_one():
+    # Equal wins and losses: both tails hold the middle term, so 2·tail exceeds 1 unclipped.
+    assert stats.sign_test({0: 1, 1: -1}).p == 1.0
+    assert stats.sign_test({**dict.fromkeys(range(4), 1), **dict.fromkeys(range(4, 8), -1),
+                            8: 0}).p == 1.0
+
+
+def test_perfect_rank_correlation_keeps_a_finite_interval():
+    """Monotone data: every resample has rho = ±1, whose Fisher z is infinite; clipped, the
+    interval is the point ±1 and the claim is decided, not left NaN."""
+    x = np.arange(5.0)
+    up = stats.spearman_interval(x, x ** 3)
+    assert up.value == 1 and up.low == pytest.approx(1) and up.high == pytest.approx(1)
+    assert up.decide(+1) == "held" and up.undefined < 0.05
+    down = stats.spearman_interval(x, -x)
+    assert down.low == pytest.approx(-1) and down.decide(-1) == "held"

@@ -47,6 +47,37 @@ def test_scale_of_a_collapsed_prompt_is_logged_as_zero(prompt):
     assert square["ts_scale"] > 0.5
 
 
+def test_zero_length_h0_bars_are_not_counted():
+    """A duplicated point joins its twin at distance 0: no component lived, so neither the count
+    nor the mean lifetime may include it; a collapsed prompt has no H0 bars at all."""
+    line = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    got = to_floats(topology_metrics(line))
+    assert got["h0_count"] == 2 and got["h0_mean_life"] == 1.5 and got["h0_total"] == 3
+    collapsed = to_floats(topology_metrics(torch.ones(3, 4)))
+    assert collapsed["h0_count"] == 0 and collapsed["h0_mean_life"] == 0
+
+
+def test_prompt_without_bars_has_zero_means_not_nan():
+    # A mean over no bars is logged as 0 (a NaN would read as a flagged diagram).
+    line = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [6.0, 0.0]])
+    got = to_floats(topology_metrics(line))
+    assert got["h1_count"] == 0 and got["h1_mean_life"] == 0 and got["h1_max_life"] == 0
+    assert to_floats(topology_metrics(torch.ones(3, 4)))["h0_mean_life"] == 0
+
+
+def test_negative_zero_is_logged_as_zero():
+    # A CSV cell would read "-0.0".
+    got = to_floats({"v": torch.tensor(-0.0), "w": torch.tensor(-1.5)})
+    assert str(got["v"]) == "0.0" and got["w"] == -1.5
+
+
+@pytest.mark.parametrize("every", [0, -3, 0.5, 2.5, True, "x", float("nan")])
+def test_tracker_refuses_an_interval_that_is_not_a_positive_integer(every):
+    # Each was silently clamped to 1 or truncated, or failed in int() without the name.
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        TopologyTracker(every)
+
+
 def test_tracker_refuses_options_that_are_not_term_options():
     with pytest.raises(ValueError, match="stability"):
         TopologyTracker(1, tsloss_terms=True, term_options={"stability": 0.5})

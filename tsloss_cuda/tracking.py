@@ -6,6 +6,7 @@ interval. :class:`StepTimer` times training steps without a host sync per step.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
@@ -110,7 +111,9 @@ class TopologyTracker:
 
     def __init__(self, every: int = 10, *, tsloss_terms: bool = False,
                  term_options: Optional[Mapping[str, Any]] = None) -> None:
-        self.every = max(int(every), 1)
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+            raise ValueError(f"every must be a positive integer (steps), got {every!r}")
+        self.every = every
         self._pending: List[tuple] = []
         self._probe = None
         unknown = sorted(set(term_options or {}) - set(TERM_OPTIONS))
