@@ -180,7 +180,7 @@ def test_non_finite_distances(rng, bad, where):
     if where in ("upper", "both"):
         d[1, 2, 5] = bad
     # the message names the cloud and the bad entry where the user put it
-    at = r"\(2, 5\)" if where == "upper" else r"\(5, 2\)"
+    at = r"\(5, 2\)" if where == "lower" else r"\(2, 5\)"  # the upper one where both are
     with pytest.raises(RuntimeError,
                        match=r"distance matrix of cloud 1 contains NaN or Inf at " + at):
         vr_persistence(d, distances=True)
@@ -231,13 +231,38 @@ def test_distance_matrix_nonzero_diagonal(rng):
 
 
 def test_distance_matrix_rounding_asymmetry_is_accepted(rng):
-    """Symmetric up to rounding is fine: the lower triangle is read, as ripser.py does."""
+    """Symmetric up to rounding is fine: the upper triangle is read, as ripser.py and giotto-ph
+    read it."""
     d = _dist(rng, dtype=torch.float32)
-    e = d.clone()
-    e[7, 3] = torch.nextafter(e[7, 3], torch.tensor(10.0))
-    a = vr_persistence(e, distances=True)
-    lower = torch.tril(e) + torch.tril(e, -1).T
-    _same(a, vr_persistence(lower, distances=True))
+    for i, j in ((7, 3), (3, 7)):
+        e = d.clone()
+        e[i, j] = torch.nextafter(e[i, j], torch.tensor(10.0))
+        a = vr_persistence(e, distances=True)
+        upper = torch.triu(e) + torch.triu(e, 1).T
+        _same(a, vr_persistence(upper, distances=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_asymmetric_matrix_reads_as_ripser_and_giotto_read_it(dtype):
+    # A lower-triangle reading gave H0 deaths {1, 2} here, both references {1.00005, 2}.
+    ripser = pytest.importorskip("ripser")
+    gph = pytest.importorskip("gph")
+    a = np.array([[0, 1.00005, 2], [1, 0, 3], [2, 3, 0]], dtype)
+    ours = vr_persistence(torch.from_numpy(a), distances=True).to_numpy()[0][0]
+    for ref in (ripser.ripser(a, distance_matrix=True)["dgms"][0],
+                gph.ripser_parallel(a, metric="precomputed")["dgms"][0]):
+        # ripser.py computes in float32 whatever the input
+        assert sorted(ours[np.isfinite(ours[:, 1]), 1].astype(np.float32).tolist()) == \
+            sorted(ref[np.isfinite(ref[:, 1]), 1].astype(np.float32).tolist())
+
+
+def test_distance_gradient_goes_to_the_entry_read():
+    d = pairwise_distance(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]]))
+    d = d.clone().requires_grad_()
+    dg = vr_persistence(d, distances=True)
+    dg.h0.sum().backward()
+    assert torch.count_nonzero(torch.tril(d.grad)) == 0
+    assert torch.count_nonzero(torch.triu(d.grad, 1)) == 3  # the tree's three edges
 
 
 # ---- layouts ------------------------------------------------------------------------------------

@@ -33,10 +33,10 @@ def test_gradcheck_diagram_values(field):
 
 
 def test_gradcheck_from_distance_matrix():
-    # Perturb only the strictly lower triangle (what the op reads); the matrix stays a valid
+    # Perturb only the strictly upper triangle (what the op reads); the matrix stays a valid
     # distance matrix with zero diagonal.
     d0 = T.pairwise_distance(generic_cloud(b=1, n=9))[0]
-    rows, cols = torch.tril_indices(9, 9, offset=-1)
+    rows, cols = torch.triu_indices(9, 9, offset=1)
     v = d0[rows, cols].clone().requires_grad_()
 
     def diagram(v):
@@ -53,8 +53,8 @@ def test_double_backward_through_vr_persistence(distances):
     # differentiable tensor ops (the kernel has no derivative; the second derivative was silently
     # zero before). Both orders checked numerically, and the first order equals the kernel's.
     x = generic_cloud(b=1, n=8, d=3)
-    if distances:  # the strictly lower triangle as the variable, as in the test above
-        rows, cols = torch.tril_indices(8, 8, offset=-1)
+    if distances:  # the strictly upper triangle as the variable, as in the test above
+        rows, cols = torch.triu_indices(8, 8, offset=1)
         x = T.pairwise_distance(x)[0][rows, cols]
 
     def bars(x):

@@ -97,8 +97,8 @@ def _bar_gradient(grad_h0, grad_h1, x, h0_edges, h1_edges, distances: bool) -> t
     w = torch.where(valid, w, torch.zeros_like(w))
     u, v = edges[..., 0].clamp_min(0), edges[..., 1].clamp_min(0)
     b, n = x.shape[0], x.shape[1]
-    if distances:  # the op reads the lower triangle: entry (max, min) of each edge
-        i, j = torch.maximum(u, v), torch.minimum(u, v)
+    if distances:  # the op reads the upper triangle: entry (min, max) of each edge
+        i, j = torch.minimum(u, v), torch.maximum(u, v)
         return x.new_zeros(b, n * n).scatter_add(1, i * n + j, w).view(b, n, n)
     d = x.shape[2]
     iu, iv = u.unsqueeze(-1).expand(-1, -1, d), v.unsqueeze(-1).expand(-1, -1, d)

@@ -511,28 +511,30 @@ void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D, const Caller
                 k / std::max<int64_t>(N * D, 1), "); persistence of non-finite points is undefined");
 }
 
-// A user's distance matrix is read through its lower triangle (as ripser.py does); it must be
-// finite, non-negative, zero on the diagonal and symmetric up to rounding. Errors name cloud
-// `b` of the batch and the entry as the user indexes it (the upper one where that is bad).
+// A user's distance matrix is read through its upper triangle, entries (j, i) with j < i, as
+// ripser.py and giotto-ph read it (they differ from a lower-triangle reading on a matrix
+// symmetric only up to rounding); it must be finite, non-negative, zero on the diagonal and
+// symmetric up to rounding. Errors name cloud `b` of the batch and the entry as the user indexes
+// it (the upper one, unless only the lower is bad).
 template <typename T>
-void symmetric_from_lower(const T* in, int64_t n, int64_t b, T* out) {
+void symmetric_from_upper(const T* in, int64_t n, int64_t b, T* out) {
   for (int64_t i = 0; i < n; ++i) {
     TSL_CHECK(in[i * n + i] == T(0), "vr_persistence: distance matrix of cloud ", b,
                 " has non-zero diagonal entry ", in[i * n + i], " at (", i, ", ", i, ")");
     out[i * n + i] = T(0);
     for (int64_t j = 0; j < i; ++j) {
-      const T lo = in[i * n + j], up = in[j * n + i];
-      const bool lo_ok = std::isfinite(lo);
-      TSL_CHECK(lo_ok && std::isfinite(up), "vr_persistence: distance matrix of cloud ", b,
-                  " contains NaN or Inf at (", lo_ok ? j : i, ", ", lo_ok ? i : j, ")");
-      TSL_CHECK(lo >= T(0), "vr_persistence: distance matrix of cloud ", b,
-                  " has negative entry ", lo, " at (", i, ", ", j, ")");
+      const T up = in[j * n + i], lo = in[i * n + j];
+      const bool up_ok = std::isfinite(up);
+      TSL_CHECK(up_ok && std::isfinite(lo), "vr_persistence: distance matrix of cloud ", b,
+                  " contains NaN or Inf at (", up_ok ? i : j, ", ", up_ok ? j : i, ")");
+      TSL_CHECK(up >= T(0), "vr_persistence: distance matrix of cloud ", b,
+                  " has negative entry ", up, " at (", j, ", ", i, ")");
       const T scale = std::abs(lo) > std::abs(up) ? std::abs(lo) : std::abs(up);
       TSL_CHECK(std::abs(lo - up) <= T(1e-4) * scale, "vr_persistence: distance matrix of cloud ",
-                  b, " is not symmetric: entry (", i, ", ", j, ") = ", lo, " but (", j, ", ",
-                  i, ") = ", up);
-      out[i * n + j] = lo;
-      out[j * n + i] = lo;
+                  b, " is not symmetric: entry (", j, ", ", i, ") = ", up, " but (", i, ", ",
+                  j, ") = ", lo);
+      out[i * n + j] = up;
+      out[j * n + i] = up;
     }
   }
 }

@@ -140,7 +140,7 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* cloud = pd + b * N * D;
         if (distances) {
-          symmetric_from_lower(cloud, N, b, matrix.data());
+          symmetric_from_upper(cloud, N, b, matrix.data());
           cloud = matrix.data();
         } else if (fused) {
           cloud_distances(cloud, N, D, b, sq, matrix.data(), kVr);
@@ -159,14 +159,14 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
 
 // Scatter d(value)/d(input) for every reported edge: a bar value is the length of its edge, so
 // with points it moves both endpoints along their difference, with distances it is the one
-// (lower-triangle) entry that was read. Zero-length edges and padding rows (-1) get nothing.
+// (upper-triangle) entry that was read. Zero-length edges and padding rows (-1) get nothing.
 template <typename T>
 void scatter_edge(T g, int64_t u, int64_t v, bool distances, const T* x, int64_t N, int64_t D,
                   T* grad) {
   if (g == T(0) || u < 0 || v < 0 || u == v) return;
   if (distances) {
     const int64_t hi = u > v ? u : v, lo = u > v ? v : u;
-    grad[hi * N + lo] += g;
+    grad[lo * N + hi] += g;
     return;
   }
   const T* xu = x + u * D;

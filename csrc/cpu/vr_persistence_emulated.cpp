@@ -41,7 +41,7 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* cloud = pd + b * N * N;
         if (distances) {
-          glue::symmetric_from_lower(cloud, N, b, matrix.data());
+          glue::symmetric_from_upper(cloud, N, b, matrix.data());
           cloud = matrix.data();
         }
         const auto out = glue::cloud_output<scalar_t>(h0, h0_edges, h1, h1_edges, h1_count,

@@ -60,7 +60,7 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
       const T g = edge_grad(e, g0, g1);
       if (g == T(0) || !live_edge(e, N)) continue;
       const int64_t hi = e.u > e.v ? e.u : e.v, lo = e.u > e.v ? e.v : e.u;
-      gb[hi * N + lo] += g;
+      gb[lo * N + hi] += g;
     }
     return;
   }

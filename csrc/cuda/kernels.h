@@ -79,11 +79,12 @@ template <typename T>
 cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64_t D, T* out,
                                          double* partial, cudaStream_t stream);
 
-// Symmetric matrices from the lower triangles of user distance matrices (ripser.py's reading).
-//   in:  (B, N, N) T; only entries (i, j) with i > j are read
-//   out: (B, N, N) T; out[i][j] = out[j][i] = in[max][min], zero diagonal
+// Symmetric matrices from the upper triangles of user distance matrices (ripser.py's and
+// giotto-ph's reading).
+//   in:  (B, N, N) T; only entries (i, j) with i < j are read
+//   out: (B, N, N) T; out[i][j] = out[j][i] = in[min][max], zero diagonal
 template <typename T>
-cudaError_t launch_symmetrize_lower(const T* in, int64_t B, int64_t N, T* out,
+cudaError_t launch_symmetrize_upper(const T* in, int64_t B, int64_t N, T* out,
                                     cudaStream_t stream);
 
 // H0 and H1 persistence of B clouds from their symmetric distance matrices.
@@ -129,7 +130,7 @@ size_t vr_backward_workspace_bytes(int64_t B, int64_t H0, int64_t K);
 //   grad_h1:   (B, K, 2) T
 //   x:         (B, N, D) T points, or (B, N, N) T distances when `distances`
 //   h0_edges:  (B, H0, 2) int64; h1_edges: (B, K, 4) int64; rows with -1 are skipped
-//   grad:      like x, must be zero on entry; with distances only lower-triangle entries get
+//   grad:      like x, must be zero on entry; with distances only upper-triangle entries get
 //              gradient (the entries the forward read)
 //   workspace: vr_backward_workspace_bytes(B, H0, K) bytes
 template <typename T>

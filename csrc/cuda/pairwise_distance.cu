@@ -209,14 +209,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
-__global__ void symmetrize_lower_kernel(const T* __restrict__ in, int64_t B, int64_t N,
+__global__ void symmetrize_upper_kernel(const T* __restrict__ in, int64_t B, int64_t N,
                                         T* __restrict__ out) {
   const int64_t total = B * N * N;
   for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < total;
        g += (int64_t)gridDim.x * blockDim.x) {
     const int64_t b = g / (N * N), r = g % (N * N), i = r / N, j = r % N;
     const int64_t hi = i > j ? i : j, lo = i > j ? j : i;
-    out[g] = i == j ? T(0) : in[(b * N + hi) * N + lo];
+    out[g] = i == j ? T(0) : in[(b * N + lo) * N + hi];
   }
 }
 
@@ -250,13 +250,13 @@ cudaError_t launch_pairwise_distance(const T* x, int64_t B, int64_t N, int64_t D
 }
 
 template <typename T>
-cudaError_t launch_symmetrize_lower(const T* in, int64_t B, int64_t N, T* out,
+cudaError_t launch_symmetrize_upper(const T* in, int64_t B, int64_t N, T* out,
                                     cudaStream_t stream) {
   const int64_t total = B * N * N;
   if (total == 0) return cudaSuccess;
   const int64_t blocks64 = (total + 255) / 256;
   const unsigned blocks = (unsigned)(blocks64 < 65535 * 8 ? blocks64 : 65535 * 8);
-  symmetrize_lower_kernel<T><<<blocks, 256, 0, stream>>>(in, B, N, out);
+  symmetrize_upper_kernel<T><<<blocks, 256, 0, stream>>>(in, B, N, out);
   return cudaGetLastError();
 }
 
@@ -269,9 +269,9 @@ template cudaError_t launch_pairwise_distance_sum<float>(const float*, int64_t, 
 template cudaError_t launch_pairwise_distance_sum<double>(const double*, int64_t, int64_t,
                                                           int64_t, double*, double*,
                                                           cudaStream_t);
-template cudaError_t launch_symmetrize_lower<float>(const float*, int64_t, int64_t, float*,
+template cudaError_t launch_symmetrize_upper<float>(const float*, int64_t, int64_t, float*,
                                                     cudaStream_t);
-template cudaError_t launch_symmetrize_lower<double>(const double*, int64_t, int64_t, double*,
+template cudaError_t launch_symmetrize_upper<double>(const double*, int64_t, int64_t, double*,
                                                      cudaStream_t);
 
 }  // namespace cuda

@@ -4,7 +4,7 @@
 //
 // Differences from the CPU kernels, all forced by "no host sync": inputs are not scanned for
 // NaN/Inf, and user distance matrices are not checked for symmetry, sign or zero diagonal (the
-// lower triangle is read as on the CPU). A cloud whose H1 reduction overflows the fixed
+// upper triangle is read as on the CPU). A cloud whose H1 reduction overflows the fixed
 // workspace reports h1_count = -1 and truncated = true (see kernels.h); the capacities can be
 // raised with TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_COLUMNS / TSLOSS_CUDA_H1_ARENA.
 //
@@ -92,7 +92,7 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
     for (int64_t b0 = 0; b0 < B; b0 += chunk) {
       const int64_t nb = std::min(chunk, B - b0);
       if (distances) {
-        check_cuda(tsl::cuda::launch_symmetrize_lower<scalar_t>(px + b0 * N * N, nb, N, pd,
+        check_cuda(tsl::cuda::launch_symmetrize_upper<scalar_t>(px + b0 * N * N, nb, N, pd,
                                                                 stream),
                    "vr_persistence (distances)");
       } else {
