@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tsloss_cuda import default_max_h1, pairwise_distance, vr_persistence
+from tsloss_cuda import loss as tsloss
 
 KMAX = None
 
@@ -403,6 +404,10 @@ def test_errors_name_the_first_bad_cloud_and_pair_at_any_thread_count(dtype):
              (vr_persistence, batch, "point 3 of cloud 0"),
              (pairwise_distance, far, "points 0 and 1"), (vr_persistence, far, "points 0 and 1"),
              (pairwise_distance, far.expand(8, 64, 300), "points 0 and 1 of cloud 0")]
+    two = torch.randn(2, 12, 1, generator=g, dtype=dtype)  # few clouds: balanced row blocks
+    two[0, 5, 0] = two[0, 8, 0] = float("nan")
+    calls += [(pairwise_distance, two, "point 5 of cloud 0"),
+              (vr_persistence, two, "point 5 of cloud 0"), (tsloss, two, "point 5 of cloud 0")]
     old = torch.get_num_threads()
     try:
         for fn, arg, named in calls:

@@ -33,6 +33,7 @@ they receive these keys; ``Trainer(callbacks=[...])`` puts it after them, and th
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Dict, Optional
 
 import torch
@@ -87,7 +88,7 @@ class TSLossCallback(TrainerCallback):
 
     def __init__(self, weight: float = 0.1, *, prefix: str = "topology/", **options: Any) -> None:
         _check_hook_exists()
-        if isinstance(weight, (bool, str, bytes)) or not isinstance(weight, (int, float)):
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
             raise TypeError(f"weight must be a real number, got {weight!r}")
         if not 0 <= weight < math.inf:  # NaN or inf would make every gradient NaN or inf
             raise ValueError(f"weight must be finite and >= 0, got {weight}")

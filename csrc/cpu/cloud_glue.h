@@ -409,21 +409,35 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
 
 // Row-block units of the n-row lower triangles of B clouds, with balanced work: unit q of a
 // cloud takes its row blocks q and blocks - 1 - q (rows of block r hold about r times the pairs
-// of block 0). f(b, i0, i1) per block, in parallel, at least `grain` units a task.
+// of block 0). f(b, i0, i1) per block, in parallel, at least `grain` units a task. An error is
+// that of the first block in (cloud, row) order, as the whole clouds' row-ordered path raises
+// it: a unit runs its last block before the next unit's first.
 template <class F>
 void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const F& f,
                              int64_t grain = 1) {
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
   const int64_t units = (blocks + 1) / 2;
+  std::mutex lock;
+  int64_t first = B * blocks;
+  std::exception_ptr error;
   glue::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t b = u / units, q = u % units;
       for (int64_t block : {q, blocks - 1 - q}) {
-        f(b, block * rows_per_block, std::min(n, (block + 1) * rows_per_block));
+        try {
+          f(b, block * rows_per_block, std::min(n, (block + 1) * rows_per_block));
+        } catch (...) {
+          std::lock_guard<std::mutex> hold(lock);
+          if (b * blocks + block < first) {
+            first = b * blocks + block;
+            error = std::current_exception();
+          }
+        }
         if (block == blocks - 1 - q) break;  // the middle block of an odd count, done once
       }
     }
   });
+  if (error) std::rethrow_exception(error);
 }
 
 // The float32 distances of B clouds, fewer than twice the threads (a training step's one
