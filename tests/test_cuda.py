@@ -154,6 +154,23 @@ def test_backward_matches_cpu(distances, dtype):
     assert torch.equal(gpu, again)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matrix_symmetric_up_to_rounding_reads_the_upper_triangle(dtype):
+    # As the CPU (and ripser.py, giotto-ph) read it: every upper entry nudged up by 5e-5
+    # relative, within the accepted asymmetry, so a lower-triangle reading gives other values.
+    g = torch.Generator().manual_seed(6)
+    d = _cpu_dist(torch.randn(4, 30, 3, generator=g, dtype=dtype))
+    d = d + torch.triu(d, 1) * 5e-5
+    cpu = _forward(d, True)
+    _assert_same(cpu, _forward(d.cuda(), True), exact=True, rtol=0)
+    e0, e1 = cpu[1], cpu[3]
+    g0 = torch.randn(e0.shape[:-1] + (2,), generator=g, dtype=dtype)
+    g1 = torch.randn(e1.shape[:-1] + (2,), generator=g, dtype=dtype)
+    grad = ops.vr_persistence_backward(g0.cuda(), g1.cuda(), d.cuda(), e0.cuda(), e1.cuda(), True)
+    assert torch.count_nonzero(torch.tril(grad)) == 0
+    assert torch.equal(grad.cpu(), ops.vr_persistence_backward(g0, g1, d, e0, e1, True))
+
+
 def test_invalid_input_is_flagged_not_raised():
     # No host check on CUDA: the bad cloud gets NaN values and count -2, the others are exact.
     x = torch.randn(3, 10, 4, device="cuda")
