@@ -282,6 +282,10 @@ def test_previous_of_the_wrong_kind_or_shape_is_refused():
     top = terms["topology"]
     with pytest.raises(TypeError, match="previous must be the PromptTopology"):
         T.loss(x, stability=1.0, previous=(top.h0, top.h1))
+    # A complex topology was cast to real with only a warning; no topology is integer.
+    for bad in (top.h0.to(torch.complex64), top.h0.long()):
+        with pytest.raises(TypeError, match="previous must hold real floating-point"):
+            T.loss(x, stability=1.0, previous=type(top)(bad, top.h1))
     with pytest.raises(ValueError, match="previous.h1 has shape"):
         T.loss(x, stability=1.0, previous=type(top)(top.h0, top.h1[0]))
 

@@ -150,6 +150,9 @@ def loss(
             raise TypeError("previous must be the PromptTopology of an earlier call "
                             "(terms['topology'], with tensors .h0 and .h1), got "
                             f"{type(previous).__name__}")
+        if not (previous.h0.is_floating_point() and previous.h1.is_floating_point()):
+            raise TypeError("previous must hold real floating-point tensors (a topology of an "
+                            f"earlier call), got {previous.h0.dtype} and {previous.h1.dtype}")
         # A constant of this call: detached (no gradient flows into the previous topology), and
         # copied when it was made under torch.inference_mode, whose tensors autograd cannot save.
         prev_h0 = previous.h0.detach().to(device=x.device, dtype=x.dtype)
