@@ -40,6 +40,24 @@ namespace glue {
 //   different bits at one and two threads;
 // - the error raised: the one of the task that starts first, as one thread would have raised
 //   (tasks run their range in order and stop at their first error), not whichever came first.
+// Of the errors caught in several threads, the one of the lowest position (keep() inside a catch
+// block; rethrow() once the threads are done).
+struct FirstError {
+  std::mutex lock;
+  int64_t at = INT64_MAX;
+  std::exception_ptr error;
+  void keep(int64_t position) {
+    std::lock_guard<std::mutex> hold(lock);
+    if (position < at) {
+      at = position;
+      error = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (error) std::rethrow_exception(error);
+  }
+};
+
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -58,22 +76,16 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   };
   const unsigned mode = 0;
 #endif
-  std::mutex lock;
-  int64_t first = end;
-  std::exception_ptr error;
+  FirstError first;
   at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
     Mode guard(mode);
     try {
       f(b, e);
     } catch (...) {
-      std::lock_guard<std::mutex> hold(lock);
-      if (b < first) {
-        first = b;
-        error = std::current_exception();
-      }
+      first.keep(b);
     }
   });
-  if (error) std::rethrow_exception(error);
+  first.rethrow();
 }
 
 // Who is asking, for error messages: the function the user called and its points argument.
@@ -417,9 +429,7 @@ void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const
                              int64_t grain = 1) {
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
   const int64_t units = (blocks + 1) / 2;
-  std::mutex lock;
-  int64_t first = B * blocks;
-  std::exception_ptr error;
+  FirstError first;
   glue::parallel_for(0, B * units, grain, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t b = u / units, q = u % units;
@@ -427,17 +437,13 @@ void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const
         try {
           f(b, block * rows_per_block, std::min(n, (block + 1) * rows_per_block));
         } catch (...) {
-          std::lock_guard<std::mutex> hold(lock);
-          if (b * blocks + block < first) {
-            first = b * blocks + block;
-            error = std::current_exception();
-          }
+          first.keep(b * blocks + block);
         }
         if (block == blocks - 1 - q) break;  // the middle block of an odd count, done once
       }
     }
   });
-  if (error) std::rethrow_exception(error);
+  first.rethrow();
 }
 
 // The float32 distances of B clouds, fewer than twice the threads (a training step's one
