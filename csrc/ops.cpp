@@ -16,7 +16,7 @@
 TORCH_LIBRARY(tsloss_cuda, m) {
   m.def("pairwise_distance(Tensor x) -> Tensor");
   m.def(
-      "vr_persistence(Tensor x, int maxdim, bool distances, int max_h1) -> "
+      "vr_persistence(Tensor x, int maxdim, bool distances, SymInt max_h1) -> "
       "(Tensor h0, Tensor h0_edges, Tensor h1, Tensor h1_edges, Tensor h1_count, "
       "Tensor truncated)");
   m.def("pairwise_distance_backward(Tensor grad, Tensor x, Tensor dist) -> Tensor");
@@ -43,7 +43,7 @@ TORCH_LIBRARY(tsloss_cuda, m) {
   // tsloss_backward: the gradient (B, N, D) on x given the gradients of the five reduced
   //   outputs (absent = zero), the forward's saved outputs and the same options.
   m.def(
-      "tsloss_forward(Tensor x, Tensor? prev_h0, Tensor? prev_h1, int maxdim, int max_h1, "
+      "tsloss_forward(Tensor x, Tensor? prev_h0, Tensor? prev_h1, int maxdim, SymInt max_h1, "
       "bool normalize, bool target_mode, float target, float p, float connectivity, "
       "float redundancy, float stability, int reduction) -> "
       "(Tensor loss, Tensor connectivity_term, Tensor redundancy_term, Tensor stability_term, "
@@ -57,7 +57,7 @@ TORCH_LIBRARY(tsloss_cuda, m) {
       "float p, float connectivity, float redundancy, float stability, int reduction) -> Tensor");
   // The CPU engine run through the warp kernels on the host emulation (TSLOSS_ENGINE=emulated).
   m.def(
-      "vr_persistence_emulated(Tensor x, int maxdim, bool distances, int max_h1) -> "
+      "vr_persistence_emulated(Tensor x, int maxdim, bool distances, SymInt max_h1) -> "
       "(Tensor h0, Tensor h0_edges, Tensor h1, Tensor h1_edges, Tensor h1_count, "
       "Tensor truncated)");
 }
@@ -106,7 +106,7 @@ constexpr int kTSLossOutputs = 12, kTSLossInputs = 13;
 class TSLossFunction : public torch::autograd::Function<TSLossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& prev_h0,
-                               const OptTensor& prev_h1, int64_t maxdim, int64_t max_h1,
+                               const OptTensor& prev_h1, int64_t maxdim, c10::SymInt max_h1,
                                bool normalize, bool target_mode, double target, double p,
                                double w_conn, double w_red, double w_stab, int64_t reduction) {
     static const auto op = c10::Dispatcher::singleton()
@@ -160,8 +160,9 @@ class TSLossFunction : public torch::autograd::Function<TSLossFunction> {
   using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                              at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                              at::Tensor, at::Tensor>;
-  using Forward = Outputs(const at::Tensor&, const OptTensor&, const OptTensor&, int64_t, int64_t,
-                          bool, bool, double, double, double, double, double, int64_t);
+  using Forward = Outputs(const at::Tensor&, const OptTensor&, const OptTensor&, int64_t,
+                          c10::SymInt, bool, bool, double, double, double, double, double,
+                          int64_t);
   using Backward = at::Tensor(const OptTensor&, const OptTensor&, const OptTensor&,
                               const OptTensor&, const OptTensor&, const at::Tensor&,
                               const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -172,9 +173,10 @@ class TSLossFunction : public torch::autograd::Function<TSLossFunction> {
 
 TSLossFunction::Outputs tsloss_forward_autograd(const at::Tensor& x, const OptTensor& prev_h0,
                                                 const OptTensor& prev_h1, int64_t maxdim,
-                                                int64_t max_h1, bool normalize, bool target_mode,
-                                                double target, double p, double w_conn,
-                                                double w_red, double w_stab, int64_t reduction) {
+                                                c10::SymInt max_h1, bool normalize,
+                                                bool target_mode, double target, double p,
+                                                double w_conn, double w_red, double w_stab,
+                                                int64_t reduction) {
   auto o = TSLossFunction::apply(x, prev_h0, prev_h1, maxdim, max_h1, normalize, target_mode,
                                  target, p, w_conn, w_red, w_stab, reduction);
   static_assert(kTSLossOutputs == 12, "tsloss_forward returns twelve tensors");

@@ -352,6 +352,30 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-6, atol=1e-9)
 
 
+def test_dynamic_shapes_compile_once_for_every_number_of_points():
+    # The H1 capacity (default 4N) is a SymInt: as an int, every new N specialised the graph
+    # and recompiled, prompt lengths and batch sizes alike. (Without the on-disk caches: an
+    # entry compiled by another version of the ops brings its guards along.)
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.compiler.config.patch(force_disable_caches=True):
+        loss = torch.compile(lambda p: T.loss(p, return_terms=True), dynamic=True,
+                             fullgraph=True)
+        diagram = torch.compile(lambda p: T.vr_persistence(p).h1, dynamic=True, fullgraph=True)
+        for b, n in ((2, 10), (3, 12), (2, 17)):
+            x = cloud(b, n, 3, seed=n, dtype=torch.float32)
+            xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+            (vc, tc), (ve, te) = loss(xc), T.loss(xe, return_terms=True)
+            torch.testing.assert_close(vc, ve, rtol=1e-6, atol=0)
+            assert tc["topology"].h1.shape == (b, 4 * n)
+            vc.backward()
+            ve.backward()
+            torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-6, atol=1e-9)
+            assert torch.equal(diagram(x), T.vr_persistence(x).h1)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+
+
 def test_module_keeps_previous_and_matches_reference():
     x = cloud(2, 12, 6)
     module = T.TSLoss(stability=1.0, connectivity_mode="target", target=0.5)
