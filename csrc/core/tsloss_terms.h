@@ -67,11 +67,6 @@ TSL_HD T clamp_scale(T raw, bool normalize, bool* grad_passes) {
   return *grad_passes ? raw : tiny_of<T>();
 }
 
-template <typename T>
-TSL_HD T cloud_scale(double pair_sum, index_t n, bool normalize, bool* grad_passes) {
-  return clamp_scale<T>(raw_scale<T>(pair_sum, n), normalize, grad_passes);
-}
-
 TSL_HD double conn_value(double u, const TermOptions& o) {
   return o.target_mode ? fabs(u - o.target) : u;
 }

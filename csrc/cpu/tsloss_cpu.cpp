@@ -152,8 +152,9 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
             for (int64_t j = 0; j < i; ++j) pair_sum += static_cast<double>(db[i * N + j]);
         }
         bool passes = false;
-        const scalar_t s = tsl::cloud_scale<scalar_t>(pair_sum, N, normalize, &passes);
-        psc[b] = tsl::raw_scale<scalar_t>(pair_sum, N);  // for the backward
+        const scalar_t raw = tsl::raw_scale<scalar_t>(pair_sum, N);
+        const scalar_t s = tsl::clamp_scale<scalar_t>(raw, normalize, &passes);
+        psc[b] = raw;  // for the backward, which clamps it again
         tsl::CloudOutput<scalar_t> out{h0.data(),         pe0 + b * H0 * 2, h1.data(),
                                        pe1 + b * K * 4,   pcount + b,       &truncated,
                                        K};
