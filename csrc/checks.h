@@ -82,6 +82,44 @@ inline void check_points_or_distances(const at::Tensor& x, bool distances,
   }
 }
 
+// tsloss_forward's options, on every backend.
+inline void check_tsloss_options(int64_t maxdim, int64_t max_h1, double p, int64_t reduction) {
+  TSL_CHECK(maxdim == 0 || maxdim == 1, "tsloss_forward: maxdim must be 0 or 1, got ", maxdim);
+  TSL_CHECK(max_h1 >= 0, "tsloss_forward: max_h1 must be >= 0, got ", max_h1);
+  TSL_CHECK(p > 0, "tsloss_forward: p must be > 0, got ", p);
+  TSL_CHECK(reduction >= 0 && reduction <= 2,
+            "tsloss_forward: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+}
+
+// The previous topology of the stability term: prev_h0 (B, N-1) and prev_h1 (B, K) on x's
+// device, both or neither; returned in x's dtype and contiguous (undefined when absent). Both
+// backends' forward and backward index them at those shapes (a CUDA kernel given prev_h0 alone
+// would read prev_h1 through a null pointer), and a tensor on another device is refused rather
+// than copied: a copy from the host would block the step and break CUDA-graph capture.
+inline std::pair<at::Tensor, at::Tensor> check_previous(const char* op,
+                                                        const c10::optional<at::Tensor>& prev_h0,
+                                                        const c10::optional<at::Tensor>& prev_h1,
+                                                        const at::Tensor& x, int64_t H0,
+                                                        int64_t K) {
+  const bool h0 = prev_h0.has_value() && prev_h0->defined();
+  const bool h1 = prev_h1.has_value() && prev_h1->defined();
+  TSL_CHECK(h0 == h1, op, ": prev_h0 and prev_h1 must be given together");
+  if (!h0) return {at::Tensor(), at::Tensor()};
+  const int64_t B = x.size(0);
+  TSL_CHECK(prev_h0->dim() == 2 && prev_h0->size(0) == B && prev_h0->size(1) == H0, op,
+            ": prev_h0 must be (B, N-1) = (", B, ", ", H0, "), got ", prev_h0->sizes());
+  TSL_CHECK(prev_h1->dim() == 2 && prev_h1->size(0) == B && prev_h1->size(1) == K, op,
+            ": prev_h1 must be (B, K) = (", B, ", ", K, "), got ", prev_h1->sizes());
+  for (const at::Tensor* t : {&*prev_h0, &*prev_h1}) {
+    TSL_CHECK(t->device() == x.device(), op, ": ", t == &*prev_h0 ? "prev_h0" : "prev_h1",
+              " must be on x's device ", x.device(), ", got ", t->device());
+    TSL_CHECK(at::isFloatingType(t->scalar_type()), op, ": ",
+              t == &*prev_h0 ? "prev_h0" : "prev_h1", " must be floating point, got ",
+              t->scalar_type());
+  }
+  return {prev_h0->to(x.scalar_type()).contiguous(), prev_h1->to(x.scalar_type()).contiguous()};
+}
+
 inline void check_max_h1(int64_t max_h1) {
   TSL_CHECK(max_h1 >= 0, "vr_persistence: max_h1 must be >= 0, got ", max_h1);
 }
@@ -161,6 +199,8 @@ inline void check_tsloss_backward_inputs(
     TSL_CHECK((*g)->numel() == values, op, ": an output gradient must have ",
               reduction == 0 ? "B values (reduction none)" : "one value (reduced outputs)",
               ", got shape ", (*g)->sizes());
+    TSL_CHECK((*g)->device() == x.device(), op, ": an output gradient must be on x's device ",
+              x.device(), ", got ", (*g)->device());
   }
 }
 

@@ -211,6 +211,37 @@ def test_backward_refuses_a_tensor_on_another_device():
                                     h0_edges, h1_edges, False)
 
 
+def test_loss_ops_refuse_tensors_on_another_device():
+    # The CUDA glue copied a host-side previous topology or gradient to the device: a blocking
+    # copy in the training step that breaks CUDA-graph capture. It now refuses it, as
+    # vr_persistence_backward does, and with x on the host and the topology on the device (the
+    # dispatcher then picks the CUDA kernel) the error names the tensor too.
+    from test_tsloss_op import _direct_calls
+    x = cloud(2, 9, 4, dtype=torch.float64).cuda()
+    forward, backward, (p0, p1) = _direct_calls(x)
+    for name, call in (("tsloss_forward", forward), ("tsloss_backward", backward)):
+        with pytest.raises(RuntimeError, match=rf"^{name}: prev_h0 must be on x's device cuda:0, got cpu"):
+            call(p0.cpu(), p1.cpu())
+        with pytest.raises(RuntimeError, match=rf"^{name}: prev_h1 must be on x's device cuda:0, got cpu"):
+            call(p0, p1.cpu())
+    with pytest.raises(RuntimeError, match=r"^tsloss_backward: an output gradient must be on x's device"):
+        backward(p0, p1, grad=torch.ones((), dtype=x.dtype))
+    xc = x.cpu()
+    with pytest.raises(RuntimeError, match=r"^tsloss_forward: prev_h0 must be on x's device cpu, got cuda:0"):
+        ops.tsloss_forward(xc, p0, p1, 1, 36, True, False, 0.0, 1.0, 1.0, 1.0, 0.5, 1)
+
+
+def test_loss_op_errors_name_loss_and_prompts():
+    # As on the CPU: the user called tsloss_cuda.loss on prompts, not vr_persistence on x.
+    bad = torch.zeros(3, 4, device="cuda")
+    with pytest.raises(RuntimeError, match=r"^loss: prompts must be \(B, N, D\) points"):
+        ops.tsloss_forward(bad, None, None, 1, 8, True, False, 0.0, 1.0, 1.0, 1.0, 0.0, 1)
+    x = cloud(1, 4, 3).cuda()
+    with pytest.raises(RuntimeError, match=r"^loss: max_h1 = "):
+        ops.tsloss_forward(x.expand(4096, 4, 3), None, None, 1, 10 ** 7, True, False, 0.0, 1.0,
+                           1.0, 1.0, 0.0, 1)
+
+
 def test_empty_batch_reductions():
     x = torch.zeros(0, 5, 3, device="cuda")
     assert torch.isnan(T.loss(x)).item() and T.loss(x, reduction="sum").item() == 0

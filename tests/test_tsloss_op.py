@@ -308,6 +308,45 @@ def test_compiled_autograd_runs_the_backward():
     assert torch.equal(xc.grad, xe.grad)
 
 
+def _direct_calls(x):
+    """tsloss_forward and tsloss_backward called directly (as autograd never calls them) with a
+    previous topology (prev_h0, prev_h1) of the caller's choosing, and a valid pair."""
+    args = (x, None, None, 1, 36, True, False, 0.0, 1.0, 1.0, 1.0, 0.0, 1)
+    out = ops.tsloss_forward(*args)
+    saved = (x, out[9], out[8], out[6], out[7], out[5], out[10], out[11])
+    g = torch.ones((), dtype=x.dtype, device=x.device)
+
+    def forward(p0, p1):
+        return ops.tsloss_forward(x, p0, p1, 1, 36, True, False, 0.0, 1.0, 1.0, 1.0, 0.5, 1)
+
+    def backward(p0, p1, grad=g):
+        return ops.tsloss_backward(grad, None, None, None, None, *saved, p0, p1, True, False,
+                                   0.0, 1.0, 1.0, 1.0, 0.5, 1)
+
+    return forward, backward, (out[6] * 1.1, out[7])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_direct_calls_check_the_previous_topology(device):
+    # Autograd hands the backward the forward's checked tensors; a direct call may not. The
+    # CUDA backward did not check them: given prev_h0 alone it read prev_h1 through a null
+    # pointer, and of another shape out of bounds.
+    x = cloud(2, 9, 4).to(device)
+    forward, backward, (p0, p1) = _direct_calls(x)
+    for name, call in (("tsloss_forward", forward), ("tsloss_backward", backward)):
+        for a, b in ((p0, None), (None, p1)):
+            with pytest.raises(RuntimeError, match=rf"^{name}: prev_h0 and prev_h1 must be given together"):
+                call(a, b)
+        with pytest.raises(RuntimeError, match=rf"^{name}: prev_h1 must be \(B, K\) = \(2, 36\), got \[2, 5\]"):
+            call(p0, p1[:, :5])
+        with pytest.raises(RuntimeError, match=rf"^{name}: prev_h0 must be \(B, N-1\) = \(2, 8\), got \[1, 8\]"):
+            call(p0[:1], p1)
+        with pytest.raises(RuntimeError, match=rf"^{name}: prev_h0 must be floating point, got Long"):
+            call(p0.long(), p1)
+    # Another floating dtype is taken in x's (float32 here, as the forward saw it).
+    torch.testing.assert_close(backward(p0.float(), p1.float()), backward(p0, p1), rtol=1e-6, atol=1e-7)
+
+
 def test_opcheck():
     x = cloud(3, 10, 4).float().requires_grad_()
     args = (x, None, None, 1, 40, True, False, 0.0, 1.0, 1.0, 1.0, 0.0, 1)

@@ -211,6 +211,12 @@ struct SpillRange {
 
 }  // namespace warp_reduce_detail
 
+// Entries of each reduction array a warp keeps in shared memory on the device: the set's
+// unsorted tail (every pivot query scans it; its sorted runs follow in global memory) and as
+// many V edges of each kind. The device's launcher splits its arrays there, and the host
+// emulation does by default, so that the tests run the device's split.
+constexpr index_t kDeviceFastEntries = 256;
+
 // One cloud's reduction by one warp, pairs as reduce_h1 reports them (the same set; their order
 // is the reduction's, which the reporting sorts).
 template <class W, typename T>

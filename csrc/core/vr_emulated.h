@@ -32,7 +32,7 @@ struct EmulationOptions {
   int warps = 0;      // 0: topology_warps(n)
   bool warp_reduction = true;  // false: the scalar reduce_h1 on the emulated columns
   // Entries of each reduction array in the fast (shared-memory) part; the rest spills.
-  index_t shared_entries = 1024;
+  index_t shared_entries = kDeviceFastEntries;
 };
 
 // The reduction's arrays on the host: a fast part of fixed size, second parts from a pool as

@@ -44,30 +44,6 @@ tsl::TermOptions term_options(bool has_prev, bool normalize, bool target_mode, d
   return tsl::TermOptions{normalize, target_mode, has_prev, target, p, w_conn, w_red, w_stab};
 }
 
-void check_options(int64_t maxdim, int64_t max_h1, double p, int64_t reduction) {
-  TSL_CHECK(maxdim == 0 || maxdim == 1, "tsloss_forward: maxdim must be 0 or 1, got ", maxdim);
-  TSL_CHECK(max_h1 >= 0, "tsloss_forward: max_h1 must be >= 0, got ", max_h1);
-  TSL_CHECK(p > 0, "tsloss_forward: p must be > 0, got ", p);
-  TSL_CHECK(reduction >= 0 && reduction <= 2,
-            "tsloss_forward: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
-}
-
-// prev_h0 (B, N-1) and prev_h1 (B, K) of x's dtype, both or neither.
-std::pair<at::Tensor, at::Tensor> previous_of(const c10::optional<at::Tensor>& prev_h0,
-                                              const c10::optional<at::Tensor>& prev_h1,
-                                              const at::Tensor& x, int64_t H0, int64_t K) {
-  const bool h0 = prev_h0.has_value() && prev_h0->defined();
-  const bool h1 = prev_h1.has_value() && prev_h1->defined();
-  TSL_CHECK(h0 == h1, "tsloss: prev_h0 and prev_h1 must be given together");
-  if (!h0) return {at::Tensor(), at::Tensor()};
-  const int64_t B = x.size(0);
-  TSL_CHECK(prev_h0->dim() == 2 && prev_h0->size(0) == B && prev_h0->size(1) == H0,
-            "tsloss: prev_h0 must be (B, N-1) = (", B, ", ", H0, "), got ", prev_h0->sizes());
-  TSL_CHECK(prev_h1->dim() == 2 && prev_h1->size(0) == B && prev_h1->size(1) == K,
-            "tsloss: prev_h1 must be (B, K) = (", B, ", ", K, "), got ", prev_h1->sizes());
-  return {prev_h0->to(x.scalar_type()).contiguous(), prev_h1->to(x.scalar_type()).contiguous()};
-}
-
 // Reduces per-cloud values (double) over the batch into out (T; shape () or (B,)).
 template <typename T>
 void reduce_into(const std::vector<double>& v, int64_t reduction, T* out) {
@@ -91,13 +67,13 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
                               double p, double w_conn, double w_red, double w_stab,
                               int64_t reduction) {
   check_points_or_distances(x_in, false, kOp.op, kOp.points);
-  check_options(maxdim, max_h1, p, reduction);
+  check_tsloss_options(maxdim, max_h1, p, reduction);
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   const int64_t H0 = N > 0 ? N - 1 : 0;
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
   check_h1_capacity(K, B, N, x_in.element_size(), kOp.op);
   auto x = x_in.contiguous();
-  auto [prev_h0, prev_h1] = previous_of(prev_h0_in, prev_h1_in, x, H0, K);
+  auto [prev_h0, prev_h1] = check_previous("tsloss_forward", prev_h0_in, prev_h1_in, x, H0, K);
   const tsl::TermOptions opt = term_options(prev_h0.defined(), normalize, target_mode, target, p,
                                             w_conn, w_red, w_stab);
   auto opts = x.options();
@@ -215,7 +191,7 @@ at::Tensor tsloss_backward_cpu(
   auto topo_h0 = topo_h0_in.to(st).contiguous(), topo_h1 = topo_h1_in.to(st).contiguous();
   auto count = h1_count_in.contiguous();
   auto e0 = h0_edges_in.contiguous(), e1 = h1_edges_in.contiguous();
-  auto [prev_h0, prev_h1] = previous_of(prev_h0_in, prev_h1_in, x, H0, K);
+  auto [prev_h0, prev_h1] = check_previous("tsloss_backward", prev_h0_in, prev_h1_in, x, H0, K);
   const tsl::TermOptions opt = term_options(prev_h0.defined(), normalize, target_mode, target, p,
                                             w_conn, w_red, w_stab);
   const std::vector<double> gl = grad_values(grad_loss), gc = grad_values(grad_conn),

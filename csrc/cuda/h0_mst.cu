@@ -178,6 +178,7 @@ cudaError_t launch_h0_mst(const T* dist, int64_t B, int64_t N, T* h0, int64_t* h
                           int64_t* best_parent, T* threshold, void* mst_scratch,
                           cudaStream_t stream, unsigned long long* clear) {
   if (B == 0 || N == 0) return cudaSuccess;
+  if (N > kMaxPoints) return cudaErrorInvalidValue;  // each thread visits kPerThread vertices
   int threads = (int)((N + 31) / 32 * 32);
   threads = threads < 32 ? 32 : (threads > kMaxThreads ? kMaxThreads : threads);
   // One block per cloud; gridDim.x allows 2^31 - 1 blocks.

@@ -411,6 +411,7 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                   int clouds_per_warp, cudaStream_t stream,
                                   bool block_topology, bool warp_reduction) {
   if (B == 0) return cudaSuccess;
+  if (N > kMaxPoints) return cudaErrorInvalidValue;  // the kernels' per-thread shares stop there
   if (clouds_per_warp < 0 || clouds_per_warp > 32) return cudaErrorInvalidValue;
   if (B > vr_max_clouds_per_call(N)) return cudaErrorInvalidValue;
   const Layout<T> L(B, N, maxdim, cap, block_topology, warp_reduction);

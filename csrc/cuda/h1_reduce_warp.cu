@@ -12,10 +12,9 @@ namespace cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
-// Entries of each array a warp keeps in shared memory: 256 coboundary entries (the set's
-// unsorted tail, which every pivot query scans; its sorted runs follow in global memory) and 256
-// V edges of each kind, 6 KB per warp, 24 KB per block.
-constexpr int kFastEntries = 256;
+// Entries of each array a warp keeps in shared memory (see kDeviceFastEntries): 6 KB per warp
+// in float32, 24 KB per block.
+constexpr int kFastEntries = int(kDeviceFastEntries);
 static_assert(kFastEntries >= WarpReducer<CudaWarp, float>::kSealAt &&
                   kFastEntries >= WarpReducer<CudaWarp, double>::kSealAt,
               "the reduction's tail must fit the shared part of its set");

@@ -28,10 +28,18 @@ const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
   return given(t) ? t->data_ptr<T>() : nullptr;
 }
 
-// An optional tensor on x's device, in x's dtype, contiguous (undefined when absent).
+// An optional tensor (already checked to be on x's device) in x's dtype, contiguous (undefined
+// when absent).
 c10::optional<at::Tensor> like_x(const c10::optional<at::Tensor>& t, const at::Tensor& x) {
   if (!given(t)) return c10::nullopt;
-  return t->to(x.device(), x.scalar_type()).contiguous();
+  return t->to(x.scalar_type()).contiguous();
+}
+
+// check_previous's pair as the launchers take it: absent tensors as nullopt.
+std::pair<c10::optional<at::Tensor>, c10::optional<at::Tensor>> previous_or_none(
+    std::pair<at::Tensor, at::Tensor> prev) {
+  if (!prev.first.defined()) return {c10::nullopt, c10::nullopt};
+  return {std::move(prev.first), std::move(prev.second)};
 }
 
 using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -44,27 +52,20 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
                                int64_t max_h1, bool normalize, bool target_mode, double target,
                                double p, double w_conn, double w_red, double w_stab,
                                int64_t reduction) {
-  check_points_or_distances(x_in, false);
-  TSL_CHECK(maxdim == 0 || maxdim == 1, "tsloss_forward: maxdim must be 0 or 1, got ", maxdim);
-  TSL_CHECK(max_h1 >= 0, "tsloss_forward: max_h1 must be >= 0, got ", max_h1);
-  TSL_CHECK(p > 0, "tsloss_forward: p must be > 0, got ", p);
-  TSL_CHECK(reduction >= 0 && reduction <= 2,
-            "tsloss_forward: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
-  c10::cuda::CUDAGuard guard(x_in.device());
-  auto x = x_in.contiguous();
-  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  // Errors name what the user called: tsloss_cuda.loss and its prompts, as on the CPU.
+  check_points_or_distances(x_in, false, "loss", "prompts");
+  check_tsloss_options(maxdim, max_h1, p, reduction);
+  const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   const int64_t H0 = N > 0 ? N - 1 : 0;
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
-  check_h1_capacity(K, B, N, x.element_size());
-  TSL_CHECK(given(prev_h0_in) == given(prev_h1_in),
-            "tsloss: prev_h0 and prev_h1 must be given together");
-  auto prev_h0 = like_x(prev_h0_in, x), prev_h1 = like_x(prev_h1_in, x);
-  if (prev_h0) {
-    TSL_CHECK(prev_h0->dim() == 2 && prev_h0->size(0) == B && prev_h0->size(1) == H0,
-              "tsloss: prev_h0 must be (B, N-1) = (", B, ", ", H0, "), got ", prev_h0->sizes());
-    TSL_CHECK(prev_h1->dim() == 2 && prev_h1->size(0) == B && prev_h1->size(1) == K,
-              "tsloss: prev_h1 must be (B, K) = (", B, ", ", K, "), got ", prev_h1->sizes());
-  }
+  check_h1_capacity(K, B, N, x_in.element_size(), "loss");
+  // Before the guard: with x on the host and a previous topology on a GPU, the dispatcher
+  // brings the call here, and the error should name the tensor.
+  c10::optional<at::Tensor> prev_h0, prev_h1;  // not a structured binding: lambdas capture them
+  std::tie(prev_h0, prev_h1) =
+      previous_or_none(check_previous("tsloss_forward", prev_h0_in, prev_h1_in, x_in, H0, K));
+  c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = x_in.contiguous();
   const tsl::TermOptions o{normalize, target_mode, prev_h0.has_value(), target, p,
                            w_conn,    w_red,       w_stab};
   auto opts = x.options();
@@ -166,7 +167,9 @@ at::Tensor tsloss_backward_cuda(
   auto topo_h1 = topo_h1_in.to(x.scalar_type()).contiguous();
   auto count = h1_count_in.contiguous();
   auto e0 = h0_edges_in.contiguous(), e1 = h1_edges_in.contiguous();
-  auto prev_h0 = like_x(prev_h0_in, x), prev_h1 = like_x(prev_h1_in, x);
+  c10::optional<at::Tensor> prev_h0, prev_h1;
+  std::tie(prev_h0, prev_h1) = previous_or_none(
+      check_previous("tsloss_backward", prev_h0_in, prev_h1_in, x, N > 0 ? N - 1 : 0, K));
   auto gl = like_x(grad_loss, x), gc = like_x(grad_conn, x), gr = like_x(grad_red, x),
        gs = like_x(grad_stab, x), gsc = like_x(grad_scale, x);
   const tsl::TermOptions o{normalize, target_mode, prev_h0.has_value(), target, p,

@@ -530,6 +530,82 @@ void test_growing_buffers() {
   }
 }
 
+// The device's default reduction (cuda/h1_reduce.cu, reduce_kernel) runs reduce_h1 once per
+// cloud over fixed buffers, its coboundary heap dropping cancelling pairs when full
+// (EntryHeap::compact); the host engine grows its heaps instead, so no other host test runs
+// compaction. Wherever a fixed heap suffices the pairs must be the engine's, and where it does
+// not the reduction must say so (the device then flags the cloud). Some capacities must succeed
+// only by compacting: the same heap without compaction fills.
+template <typename T>
+void test_device_heap_compaction() {
+  std::mt19937 rng(21);
+  std::uniform_int_distribution<int> coord(0, 2);
+  std::normal_distribution<double> gauss;
+  int exercised = 0;
+  for (int kind = 0; kind < 3; ++kind) {
+    const int64_t n = kind == 0 ? 48 : 40, dim = kind == 0 ? 2 : 3;
+    std::vector<T> x(n * dim), dist(n * n);
+    for (int64_t p = 0; p < n; ++p)
+      for (int64_t c = 0; c < dim; ++c)
+        x[p * dim + c] = kind == 0   ? T(c == 0 ? std::cos(2 * M_PI * p / n)
+                                                : std::sin(2 * M_PI * p / n))
+                         : kind == 1 ? T(coord(rng))
+                                     : T(gauss(rng));
+    tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
+    const tsl::DistanceMatrix<T> d{dist.data(), n};
+    const int64_t K = n * n;
+    std::vector<T> h0(2 * n), h1(2 * K);
+    std::vector<int64_t> h0_edges(2 * n), h1_edges(4 * K), count(1);
+    bool truncated = false;
+    tsl::HostWorkspace<T> ws;  // keeps the columns and the engine's pairs
+    tsl::vr_persistence_cloud(dist.data(), n, 1,
+                              tsl::CloudOutput<T>{h0.data(), h0_edges.data(), h1.data(),
+                                                  h1_edges.data(), &count[0], &truncated, K},
+                              ws);
+    auto by_diagram = [](const tsl::H1Pair<T>& a, const tsl::H1Pair<T>& b) {
+      return tsl::h1_pair_before(a, b);
+    };
+    std::vector<tsl::H1Pair<T>> expected = ws.pairs;
+    std::sort(expected.begin(), expected.end(), by_diagram);
+    const tsl::index_t m = (tsl::index_t)ws.columns.size();
+    const tsl::index_t P = tsl::next_pow2(2 * m + 2), big = 1 << 20;
+    const T threshold = tsl::enclosing_radius(d);
+    for (tsl::index_t cap : {4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 384, 1024}) {
+      tsl::Status status[2];
+      for (int compacts = 0; compacts < 2; ++compacts) {
+        std::vector<tsl::Entry<T>> heap(cap);
+        std::vector<tsl::index_t> vheap(big), keys(P), slots(P), start(m + 1), length(m + 1),
+            arena(big);
+        std::vector<tsl::H1Pair<T>> pairs(m + 1);
+        tsl::H1Workspace<T> w{tsl::EntryHeap<T>{heap.data(), 0, cap, compacts == 1},
+                              tsl::IndexHeap{vheap.data(), 0, big},
+                              tsl::PivotTable{keys.data(), slots.data(), P, 0},
+                              start.data(), length.data(), m + 1, arena.data(), big, 0, 0};
+        tsl::index_t np = 0;
+        status[compacts] = tsl::reduce_h1(d, ws.columns.data(), m, threshold, w, pairs.data(),
+                                          m + 1, &np);
+        CHECK(status[compacts] == tsl::kOk || status[compacts] == tsl::kHeapFull,
+              "kind %d, heap %lld: status %d", kind, (long long)cap, (int)status[compacts]);
+        if (status[compacts] != tsl::kOk) continue;
+        pairs.resize(np);
+        std::sort(pairs.begin(), pairs.end(), by_diagram);
+        bool same = pairs.size() == expected.size();
+        for (size_t q = 0; same && q < pairs.size(); ++q)
+          same = pairs[q].birth == expected[q].birth && pairs[q].death == expected[q].death &&
+                 pairs[q].birth_edge == expected[q].birth_edge &&
+                 pairs[q].death_triangle == expected[q].death_triangle;
+        CHECK(same, "kind %d, heap %lld (%s): pairs differ from the engine's", kind,
+              (long long)cap, compacts ? "compacting" : "fixed");
+      }
+      CHECK(!(status[0] == tsl::kOk && status[1] != tsl::kOk),
+            "kind %d, heap %lld: compacting failed where a plain heap sufficed", kind,
+            (long long)cap);
+      exercised += status[0] == tsl::kHeapFull && status[1] == tsl::kOk;
+    }
+  }
+  CHECK(exercised > 0, "no heap size needed compaction to succeed");
+}
+
 // Clouds for the sweep tests: Gaussian points, or points of a small integer grid (many exactly
 // equal lengths, where the tie rules decide).
 template <typename T>
@@ -704,6 +780,7 @@ void run_all() {
   test_sweep_builds<T>();
   test_split_sweep<T>();
   test_growing_buffers<T>();
+  test_device_heap_compaction<T>();
   test_distance_tiles<T>();
   test_pair_grad<T>();
   test_square<T>();

@@ -365,10 +365,10 @@ bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t
   tsl::EmulationOptions opt;
   opt.seed = seed;
   opt.warps = warps;
-  // The reduction's fast (shared-memory) part: from none at all, every entry spilled, to the
-  // default.
-  static const tsl::index_t kShared[] = {0, 7, 64, 1024};
-  opt.shared_entries = kShared[(seed >> 8) % 4];
+  // The reduction's fast (shared-memory) part: from none at all, every entry spilled, through
+  // the device's split, to more than the device has.
+  static const tsl::index_t kShared[] = {0, 7, 64, tsl::kDeviceFastEntries, 1024};
+  opt.shared_entries = kShared[(seed >> 8) % 5];
   tsl::vr_persistence_cloud_emulated(dist.data(), n, 1, emu.view(K), ews, opt);
 
   bool ok = same_bits(ref.h0, emu.h0) && ref.h0_edges == emu.h0_edges &&
