@@ -51,10 +51,12 @@ def test_runner_tiny(tmp_path, impls):
     assert len(goal) == 1 and ("(met)" in goal[0] or "(missed" in goal[0]), goal
 
 
-@pytest.mark.parametrize("mode", ["both", "points", "timed"])
+@pytest.mark.parametrize("mode", ["both", "points", "timed", "declined"])
 def test_a_failing_peer_is_reported_not_fatal(tmp_path, mode):
     """A peer raising on both input kinds is an ERROR cell with its messages; on one kind, the
-    other is timed and the error still listed; on a timed repetition, the run goes on."""
+    other is timed and the error still listed; on a timed repetition, the run goes on. A kind
+    the peer declines by design (NotImplementedError, as torch-topological does for matrices)
+    is no error."""
     pytest.importorskip("ripser")
     pytest.importorskip("gudhi")
     run = _load()
@@ -63,6 +65,8 @@ def test_a_failing_peer_is_reported_not_fatal(tmp_path, mode):
     def peer(inp, kind):
         if mode == "both" or (mode == "points" and kind == "points"):
             raise RuntimeError(f"boom on {kind}")
+        if mode == "declined" and kind == "points":
+            raise NotImplementedError("timed on matrices only")
         go, to_dgms = orig(inp, kind)
         calls = [0]
 
@@ -77,6 +81,10 @@ def test_a_failing_peer_is_reported_not_fatal(tmp_path, mode):
                         "--out", str(tmp_path), "--name", "t", "--no-progress"])
     rec = next(r for r in payload["records"] if r["impl"] == "ripser")
     md = (tmp_path / "t.md").read_text()
+    if mode == "declined":
+        assert rec["correct"] and rec["input"] == "matrix" and "errors" not in rec
+        assert "Peer errors" not in md and "timed on matrices only" not in md
+        return
     assert "boom" in md and "Peer errors" in md
     if mode == "points":
         assert rec["correct"] and rec["input"] == "matrix" and "points" in rec["errors"]
