@@ -99,11 +99,16 @@ struct Caller {
 // each first write faults: for the (64, 64, 2048) float32 TSLoss gradient at two threads the
 // backward ran 2.2x slower than at (56, 64, 2048) (perf: 21 % of the samples zeroing fresh pages
 // in the kernel, against 2 %), because glibc reuses the smaller one's memory and not this one's.
+// Smaller outputs fault too: glibc trims a freed block at the top of its heap back to the
+// kernel, so depending on the heap's layout a training loop's 3 MB TSLoss gradient at
+// (16, 768, 64) was faulted in afresh at every step (185-242 minor faults, 1.04-1.22 ms a step
+// against 0.79-0.91) or never. So every output past glibc's default mmap threshold (128 KB)
+// comes from here.
 // A training loop asks for the same sizes every step, so a few buffers serve it. Holds at most
 // TSLOSS_CPU_OUTPUT_CACHE_MB (default 256; 0: off) of freed buffers, the oldest dropped first.
 class OutputCache {
  public:
-  static constexpr size_t kMinBytes = size_t(4) << 20;  // smaller ones glibc reuses well
+  static constexpr size_t kMinBytes = size_t(128) << 10;
 
   static OutputCache& instance() {
     static OutputCache* cache = new OutputCache();  // never destroyed: tensors may outlive it
@@ -112,8 +117,9 @@ class OutputCache {
 
   size_t capacity() const { return capacity_; }
 
-  // A buffer of `bytes`, 2 MB-aligned (huge pages where the kernel grants them): a cached one,
-  // else a fresh one; nullptr if the allocation failed.
+  // A buffer of `bytes`, 2 MB-aligned if at least 2 MB (huge pages where the kernel grants
+  // them), else 64-byte aligned: a cached one, else a fresh one; nullptr if the allocation
+  // failed.
   void* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -126,7 +132,7 @@ class OutputCache {
         }
     }
     void* p = nullptr;
-    if (posix_memalign(&p, kHuge, bytes) != 0) return nullptr;
+    if (posix_memalign(&p, bytes >= kHuge ? kHuge : 64, bytes) != 0) return nullptr;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const size_t whole = bytes & ~(kHuge - 1);
     if (whole > 0) madvise(p, whole, MADV_HUGEPAGE);
