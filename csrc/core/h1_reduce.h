@@ -179,6 +179,16 @@ struct IndexHeap {
   }
 };
 
+// The pivot table of a cloud with m columns: the least power of two of at least 2(m + 1) keys,
+// so that it stays at most half full. Every engine sizes it so (a device launch's slices hold
+// the largest, and each cloud uses this much of its own), so probe sequences, which depend on
+// the capacity, are the same in all of them, and a cloud clears only its own table.
+TSL_HD index_t pivot_table_capacity(index_t m) {
+  index_t p = 1;
+  while (p < 2 * m + 2) p <<= 1;
+  return p;
+}
+
 // Open-addressing map from a pivot triangle to the slot of the column that owns it.
 struct PivotTable {
   index_t* keys;   // -1: empty

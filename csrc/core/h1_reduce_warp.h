@@ -239,6 +239,10 @@ class WarpReducer {
     if (num_columns > 0 && m_.set.capacity() < 2 * kSealAt && !grow(m_.set, 2 * kSealAt, 0))
       return kHeapFull;
     if (2 * (num_columns + 1) > m_.pivot_capacity) return kPivotTableFull;
+    // The cloud's own table within its slice, as every engine sizes it: the same probes, and
+    // only that much to clear (a device slice holds the launch's largest).
+    const index_t own = pivot_table_capacity(num_columns);
+    if (own < m_.pivot_capacity) m_.pivot_capacity = own;
     w_.each([&](int lane) {
       for (index_t s = lane; s < m_.pivot_capacity; s += warp::kLanes) m_.pivot_keys[s] = -1;
     });

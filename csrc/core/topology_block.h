@@ -12,6 +12,13 @@
 
 namespace tsl {
 
+// Warps of the topology block for n points: enough lanes for a row, at most 8 warps (256
+// threads) so that several clouds share an SM. The CUDA launcher and the emulation both take it.
+TSL_HD int topology_warps(index_t n) {
+  const index_t w = (n + warp::kLanes - 1) / warp::kLanes;
+  return int(w < 1 ? 1 : (w > 8 ? 8 : w));
+}
+
 // Memory of one cloud's topology pass. The per-vertex Prim state and the warp words are the
 // block's shared memory on the device where they fit (topology_shared_bytes), else a slice of
 // global scratch; the outputs are global. All sizes are fixed by n alone.

@@ -20,13 +20,6 @@
 
 namespace tsl {
 
-// Warps of the topology block for n points: enough lanes for a row, at most 8 warps (256
-// threads) so that several clouds share an SM. The CUDA launcher uses the same rule.
-TSL_HD int topology_warps(index_t n) {
-  const index_t w = (n + warp::kLanes - 1) / warp::kLanes;
-  return int(w < 1 ? 1 : (w > 8 ? 8 : w));
-}
-
 struct EmulationOptions {
   uint64_t seed = 0;  // 0: lanes and warps in order; otherwise shuffled from this seed
   int warps = 0;      // 0: topology_warps(n)
@@ -58,7 +51,7 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
                                     WarpCounters* counters) {
   const index_t m = (index_t)columns.size();
   const index_t fast = opt.shared_entries;
-  const index_t pivot_capacity = next_pow2(2 * m + 2);
+  const index_t pivot_capacity = pivot_table_capacity(m);
   b.pivot_keys.resize(pivot_capacity);
   b.pivot_slots.resize(pivot_capacity);
   b.v_start.resize(m + 1);

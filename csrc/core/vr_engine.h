@@ -116,16 +116,10 @@ inline void collect_h1_columns(const DistanceMatrix<T>& d, T threshold,
             [](const H1Column<T>& a, const H1Column<T>& b) { return column_before(a, b); });
 }
 
-inline index_t next_pow2(index_t v) {
-  index_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 template <typename T>
 inline void run_h1_reduction(const DistanceMatrix<T>& d, T threshold, HostWorkspace<T>& ws) {
   const index_t m = (index_t)ws.columns.size();
-  const index_t pivot_capacity = next_pow2(2 * m + 2);
+  const index_t pivot_capacity = pivot_table_capacity(m);
   ws.pivot_keys.resize(pivot_capacity);
   ws.pivot_slots.resize(pivot_capacity);
   ws.v_start.resize(m + 1);

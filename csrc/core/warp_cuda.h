@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "warp.h"
 
 namespace tsl {
@@ -34,7 +36,16 @@ struct CudaWarp {
     return __shfl_sync(0xffffffffu, v.v, src);
   }
 
-  // Butterfly reductions: every lane ends with the result, no second broadcast needed.
+  template <typename T>
+  __device__ __forceinline__ static T uniform(T m) {
+    if constexpr (std::is_floating_point<T>::value) return __shfl_sync(0xffffffffu, m, 0);
+    return m;
+  }
+
+  // Butterfly reductions. For integers every lane ends with the same result. Floats that
+  // compare equal can differ in their bits (-0 and +0), and lanes would end with different ones,
+  // so the result is lane 0's: the lowest lane's value among the equal least, which is what
+  // HostWarp's scan in lane order returns.
   template <typename T>
   __device__ __forceinline__ T min(const Var<T>& v) {
     T m = v.v;
@@ -43,7 +54,7 @@ struct CudaWarp {
       const T o = __shfl_xor_sync(0xffffffffu, m, off);
       m = o < m ? o : m;
     }
-    return m;
+    return uniform(m);
   }
   template <typename T>
   __device__ __forceinline__ T max(const Var<T>& v) {
@@ -53,7 +64,7 @@ struct CudaWarp {
       const T o = __shfl_xor_sync(0xffffffffu, m, off);
       m = o > m ? o : m;
     }
-    return m;
+    return uniform(m);
   }
   __device__ __forceinline__ int64_t sum(const Var<int64_t>& v) {
     long long s = v.v;

@@ -233,9 +233,11 @@ __global__ void reduce_kernel(const T* __restrict__ dist, int64_t B, int64_t N,
     rb.num_pairs[b] = 0;
     return;
   }
+  // The cloud's own table within its slice (m <= S: at most P), as the host engine sizes it.
   H1Workspace<T> ws{EntryHeap<T>{heap + b * cap.heap, 0, cap.heap},
                     IndexHeap{rb.vheap + b * cap.heap, 0, cap.heap},
-                    PivotTable{rb.pivot_keys + b * P, rb.pivot_slots + b * P, P, 0},
+                    PivotTable{rb.pivot_keys + b * P, rb.pivot_slots + b * P,
+                               pivot_table_capacity((index_t)m), 0},
                     rb.v_start + b * (S + 1),
                     rb.v_length + b * (S + 1),
                     S + 1,

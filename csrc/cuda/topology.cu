@@ -64,10 +64,7 @@ __global__ void topology_kernel(const T* __restrict__ dist, int64_t N, bool h1, 
   cloud_topology(blk, c);
 }
 
-int topology_threads(int64_t N) {
-  const int64_t w = (N + 31) / 32;
-  return 32 * (int)(w < 1 ? 1 : (w > 8 ? 8 : w));  // tsl::topology_warps
-}
+int topology_threads(int64_t N) { return 32 * topology_warps((index_t)N); }
 
 }  // namespace
 

@@ -568,7 +568,7 @@ void test_device_heap_compaction() {
     std::vector<tsl::H1Pair<T>> expected = ws.pairs;
     std::sort(expected.begin(), expected.end(), by_diagram);
     const tsl::index_t m = (tsl::index_t)ws.columns.size();
-    const tsl::index_t P = tsl::next_pow2(2 * m + 2), big = 1 << 20;
+    const tsl::index_t P = tsl::pivot_table_capacity(m), big = 1 << 20;
     const T threshold = tsl::enclosing_radius(d);
     for (tsl::index_t cap : {4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 384, 1024}) {
       tsl::Status status[2];

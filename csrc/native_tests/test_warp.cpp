@@ -186,6 +186,63 @@ void test_refusals() {
         "uniform collectives and barriers must not abort");
 }
 
+// A device launch gives every cloud a pivot slice sized for the launch's largest; each cloud
+// uses the table every engine sizes for its own columns (tsl::pivot_table_capacity), so it
+// probes as the host engines do and clears only that: the same pairs, and the rest of the
+// slice untouched.
+template <typename T>
+void test_pivot_table_within_a_slice() {
+  std::mt19937 rng(31);
+  std::normal_distribution<double> gauss;
+  const int64_t n = 40, dim = 3;
+  std::vector<T> x(n * dim), dist(n * n);
+  for (T& v : x) v = T(gauss(rng));
+  tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
+  const tsl::DistanceMatrix<T> d{dist.data(), n};
+  const int64_t K = n * n;
+  std::vector<T> h0(2 * n), h1(2 * K);
+  std::vector<int64_t> h0_edges(2 * n), h1_edges(4 * K), count(1);
+  bool truncated = false;
+  tsl::HostWorkspace<T> ws;  // the engine's columns and pairs
+  tsl::vr_persistence_cloud(dist.data(), n, 1,
+                            tsl::CloudOutput<T>{h0.data(), h0_edges.data(), h1.data(),
+                                                h1_edges.data(), &count[0], &truncated, K},
+                            ws);
+  const index_t m = (index_t)ws.columns.size(), own = tsl::pivot_table_capacity(m);
+  const index_t slice = 8 * own, fast = 1 << 15;
+  std::vector<int64_t> keys(slice, 777);
+  std::vector<int32_t> slots(slice, 555), v_start(m + 1), v_length(m + 1), vwork(fast),
+      arena(fast);
+  std::vector<tsl::Entry<T>> set(fast);
+  std::vector<tsl::H1Pair<T>> pairs(m + 1);
+  const tsl::WarpReduceMemory<T> mem{
+      tsl::Spill<tsl::Entry<T>>{set.data(), fast, nullptr, 0},
+      tsl::Spill<int32_t>{vwork.data(), fast, nullptr, 0},
+      tsl::Spill<int32_t>{arena.data(), fast, nullptr, 0},
+      keys.data(), slots.data(), slice, v_start.data(), v_length.data(), m + 1, pairs.data(),
+      m + 1};
+  HostWarp w(9);
+  tsl::WarpReducer<HostWarp, T> reducer(w, d, tsl::enclosing_radius(d), mem, nullptr);
+  index_t num_pairs = -1;
+  const tsl::Status s = reducer.run(ws.columns.data(), m, &num_pairs);
+  auto by_diagram = [](const tsl::H1Pair<T>& a, const tsl::H1Pair<T>& b) {
+    return tsl::h1_pair_before(a, b);
+  };
+  std::vector<tsl::H1Pair<T>> got(pairs.begin(), pairs.begin() + (s == tsl::kOk ? num_pairs : 0));
+  std::vector<tsl::H1Pair<T>> expected = ws.pairs;
+  std::sort(got.begin(), got.end(), by_diagram);
+  std::sort(expected.begin(), expected.end(), by_diagram);
+  bool same = s == tsl::kOk && got.size() == expected.size();
+  for (size_t q = 0; same && q < got.size(); ++q)
+    same = got[q].birth_edge == expected[q].birth_edge &&
+           got[q].death_triangle == expected[q].death_triangle;
+  CHECK(same, "a %lld-slot slice (own table %lld): status %d, %lld pairs against %zu",
+        (long long)slice, (long long)own, int(s), (long long)num_pairs, expected.size());
+  bool untouched = true;
+  for (index_t k = own; k < slice; ++k) untouched = untouched && keys[k] == 777 && slots[k] == 555;
+  CHECK(untouched, "the slice past the cloud's own %lld-slot table was touched", (long long)own);
+}
+
 // A set too small for the tail and one run (TSLOSS_CUDA_H1_HEAP < 256 on the device) refuses a
 // cloud with columns, and only such a cloud.
 void test_small_set() {
@@ -628,6 +685,8 @@ int main(int argc, char** argv) {
   test_block_sort();
   test_unchecked_matrices();
   test_small_set();
+  test_pivot_table_within_a_slice<float>();
+  test_pivot_table_within_a_slice<double>();
   test_parity(big, mid);
   if (counters) print_counters();
   return tsl_test::finish_checks("warp");
