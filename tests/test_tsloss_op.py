@@ -308,6 +308,33 @@ def test_compiled_autograd_runs_the_backward():
     assert torch.equal(xc.grad, xe.grad)
 
 
+def test_a_cloud_whose_h1_overflows_the_device_pool(monkeypatch):
+    # The device reports a cloud whose H1 reduction exhausts its memory pool (h1_count -1, H1
+    # rows padding, H0 exact): no bar of it is trusted, so its redundancy is 0 and its
+    # stability compares no H1. The CPU engine grows its buffers instead; the emulation of the
+    # device's kernels takes the device's path with a fixed pool (24 KB: the 100-gon's ties
+    # need over 32 KB, the Gaussian cloud under 16 KB).
+    t = torch.arange(100, dtype=torch.float64) * (2 * math.pi / 100)
+    ring = torch.stack([t.cos(), t.sin()], 1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([ring, torch.randn(100, 2, generator=g, dtype=torch.float64)])
+    exact = T.vr_persistence(x)
+    monkeypatch.setenv("TSLOSS_ENGINE", "emulated")
+    monkeypatch.setenv("TSLOSS_EMULATED_POOL_BYTES", "24576")
+    dg = T.vr_persistence(x)
+    assert dg.h1_count.tolist() == [-1, int(exact.h1_count[1])]
+    assert dg.truncated.tolist() == [True, False]
+    assert not dg.h1[0].any() and (dg.h1_edges[0] == -1).all()
+    assert torch.equal(dg.h0, exact.h0) and torch.equal(dg.h1[1], exact.h1[1])
+    prev = T.loss(x + 0.05 * torch.randn(x.shape, generator=g, dtype=x.dtype),
+                  return_terms=True)[1]["topology"]
+    for kw in ({}, {"stability": 0.5, "previous": prev}):
+        fused, ref = both(x, reduction="none", **kw)
+        assert_same(fused, ref, TOL[torch.float64])
+        assert fused[1]["redundancy"][0] == 0 and fused[1]["redundancy"][1] > 0
+        assert torch.isfinite(fused[2]).all()
+
+
 def _direct_calls(x):
     """tsloss_forward and tsloss_backward called directly (as autograd never calls them) with a
     previous topology (prev_h0, prev_h1) of the caller's choosing, and a valid pair."""

@@ -205,7 +205,9 @@ def vr_persistence(
 
 def _engine(x: torch.Tensor):
     """The op for ``x``: TSLOSS_ENGINE=emulated runs CPU tensors through the GPU engine's kernels
-    on the host warp emulation (tests and CI without a GPU); otherwise ``vr_persistence``."""
+    on the host warp emulation (tests and CI without a GPU); otherwise ``vr_persistence``.
+    There, TSLOSS_EMULATED_POOL_BYTES fixes the reduction's memory pool as the device's is fixed,
+    so that a cloud exhausting it is reported (``h1_count`` -1) as on the device."""
     if os.environ.get("TSLOSS_ENGINE", "") == "emulated" and not x.is_cuda:
         from ._emulated import op
         return op

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "h1_reduce_warp.h"
@@ -26,7 +27,22 @@ struct EmulationOptions {
   bool warp_reduction = true;  // false: the scalar reduce_h1 on the emulated columns
   // Entries of each reduction array in the fast (shared-memory) part; the rest spills.
   index_t shared_entries = kDeviceFastEntries;
+  // 0: the pool grows and the reduction reruns until the cloud fits. Otherwise the device's
+  // way: a pool of this many bytes, and a cloud that exhausts it is reported (h1_count -1,
+  // truncated, H1 rows padding, H0 exact), as the device's finalize reports it.
+  uint64_t fixed_pool_bytes = 0;
 };
+
+// The options of the emulated ops (TSLOSS_ENGINE=emulated): TSLOSS_EMULATED_POOL_BYTES, when
+// set, fixes the reduction's pool at that many bytes, so that a cloud which exhausts it is
+// reported as the device reports it (h1_count -1) instead of rerun with more: the tests' way
+// into the device's overflow path. Read at every call, as TSLOSS_ENGINE is.
+inline EmulationOptions emulation_options_from_env() {
+  EmulationOptions opt;
+  const char* v = std::getenv("TSLOSS_EMULATED_POOL_BYTES");
+  if (v != nullptr && *v != '\0') opt.fixed_pool_bytes = std::strtoull(v, nullptr, 10);
+  return opt;
+}
 
 // The reduction's arrays on the host: a fast part of fixed size, second parts from a pool as
 // on the device (they start empty and grow from it), and a pool that doubles, the reduction
@@ -60,8 +76,10 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
   b.set_fast.resize(fast);
   b.vwork_fast.resize(fast);
   b.arena_fast.resize(fast);
+  const bool fixed = opt.fixed_pool_bytes > 0;
   for (;;) {
-    b.pool.resize((b.pool_bytes + 7) / 8);
+    const uint64_t pool_bytes = fixed ? opt.fixed_pool_bytes : b.pool_bytes;
+    b.pool.resize((pool_bytes + 7) / 8);
     b.pool_used = 0;
     WarpReduceMemory<T> mem{Spill<Entry<T>>{b.set_fast.data(), fast, nullptr, 0},
                             Spill<int32_t>{b.vwork_fast.data(), fast, nullptr, 0},
@@ -69,7 +87,7 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
                             b.pivot_keys.data(), b.pivot_slots.data(), pivot_capacity,
                             b.v_start.data(), b.v_length.data(), m + 1,
                             pairs.data(), m + 1};
-    mem.pool = WarpPool{reinterpret_cast<unsigned char*>(b.pool.data()), b.pool_bytes,
+    mem.pool = WarpPool{reinterpret_cast<unsigned char*>(b.pool.data()), pool_bytes,
                         &b.pool_used};
     HostWarp w(opt.seed, counters);
     WarpReduceStats local;
@@ -82,6 +100,7 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
       return kOk;
     }
     if (s != kHeapFull && s != kReductionArenaFull) return s;  // sized exactly above: not reached
+    if (fixed) return s;
     b.pool_bytes *= 2;
   }
 }
@@ -162,7 +181,7 @@ inline void vr_persistence_cloud_emulated(const T* dist, index_t n, int maxdim,
   if (opt.warp_reduction) {
     ws.status = run_h1_reduction_warp(d, threshold, columns, ws.reduce, ws.host.pairs, opt,
                                       &ws.reduction, &ws.warp);
-    if (ws.status != kOk) {  // not reached: the host grows what the device would report
+    if (ws.status != kOk) {  // a fixed pool ran out: reported as the device's finalize does
       *out.h1_count = -1;
       *out.truncated = true;
       return;

@@ -35,6 +35,7 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
   if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "vr_persistence_emulated_cpu", [&] {
     const scalar_t* pd = dist.data_ptr<scalar_t>();
+    const tsl::EmulationOptions opt = tsl::emulation_options_from_env();
     glue::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       tsl::EmulatedWorkspace<scalar_t> ws;
       std::vector<scalar_t> matrix(distances ? N * N : 0);
@@ -46,7 +47,7 @@ vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distanc
         }
         const auto out = glue::cloud_output<scalar_t>(h0, h0_edges, h1, h1_edges, h1_count,
                                                        truncated, b);
-        tsl::vr_persistence_cloud_emulated(cloud, N, static_cast<int>(maxdim), out, ws);
+        tsl::vr_persistence_cloud_emulated(cloud, N, static_cast<int>(maxdim), out, ws, opt);
       }
     });
   });
