@@ -94,6 +94,7 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
     for (auto* v : {&b.vwork_fast, &b.arena_fast, &b.v_start, &b.v_length, &b.pivot_slots})
       poison(*v, opt);
     poison(b.set_fast, opt);
+    poison(b.pivot_keys, opt);
     poison(b.pool, opt);
     poison(pairs, opt);
     b.pool_used = 0;
