@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "check.h"
+#include "engine_reference.h"
 #include "core/pairwise_distance.h"
 #include "core/vr_engine.h"
 #include "cpu/distance_tiles.h"
@@ -553,21 +554,8 @@ void test_device_heap_compaction() {
                                      : T(gauss(rng));
     tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
     const tsl::DistanceMatrix<T> d{dist.data(), n};
-    const int64_t K = n * n;
-    std::vector<T> h0(2 * n), h1(2 * K);
-    std::vector<int64_t> h0_edges(2 * n), h1_edges(4 * K), count(1);
-    bool truncated = false;
-    tsl::HostWorkspace<T> ws;  // keeps the columns and the engine's pairs
-    tsl::vr_persistence_cloud(dist.data(), n, 1,
-                              tsl::CloudOutput<T>{h0.data(), h0_edges.data(), h1.data(),
-                                                  h1_edges.data(), &count[0], &truncated, K},
-                              ws);
-    auto by_diagram = [](const tsl::H1Pair<T>& a, const tsl::H1Pair<T>& b) {
-      return tsl::h1_pair_before(a, b);
-    };
-    std::vector<tsl::H1Pair<T>> expected = ws.pairs;
-    std::sort(expected.begin(), expected.end(), by_diagram);
-    const tsl::index_t m = (tsl::index_t)ws.columns.size();
+    const tsl_test::EngineReference<T> ref = tsl_test::engine_reference(dist, n);
+    const tsl::index_t m = (tsl::index_t)ref.columns.size();
     const tsl::index_t P = tsl::pivot_table_capacity(m), big = 1 << 20;
     const T threshold = tsl::enclosing_radius(d);
     for (tsl::index_t cap : {4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 384, 1024}) {
@@ -582,19 +570,15 @@ void test_device_heap_compaction() {
                               tsl::PivotTable{keys.data(), slots.data(), P, 0},
                               start.data(), length.data(), m + 1, arena.data(), big, 0, 0};
         tsl::index_t np = 0;
-        status[compacts] = tsl::reduce_h1(d, ws.columns.data(), m, threshold, w, pairs.data(),
+        status[compacts] = tsl::reduce_h1(d, ref.columns.data(), m, threshold, w, pairs.data(),
                                           m + 1, &np);
         CHECK(status[compacts] == tsl::kOk || status[compacts] == tsl::kHeapFull,
               "kind %d, heap %lld: status %d", kind, (long long)cap, (int)status[compacts]);
         if (status[compacts] != tsl::kOk) continue;
         pairs.resize(np);
-        std::sort(pairs.begin(), pairs.end(), by_diagram);
-        bool same = pairs.size() == expected.size();
-        for (size_t q = 0; same && q < pairs.size(); ++q)
-          same = pairs[q].birth == expected[q].birth && pairs[q].death == expected[q].death &&
-                 pairs[q].birth_edge == expected[q].birth_edge &&
-                 pairs[q].death_triangle == expected[q].death_triangle;
-        CHECK(same, "kind %d, heap %lld (%s): pairs differ from the engine's", kind,
+        tsl_test::sort_by_diagram(pairs);
+        CHECK(tsl_test::same_pairs(pairs, ref.pairs),
+              "kind %d, heap %lld (%s): pairs differ from the engine's", kind,
               (long long)cap, compacts ? "compacting" : "fixed");
       }
       CHECK(!(status[0] == tsl::kOk && status[1] != tsl::kOk),

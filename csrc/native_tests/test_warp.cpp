@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "engine_reference.h"
 #include "core/pairwise_distance.h"
 #include "core/vr_emulated.h"
 
@@ -199,16 +200,8 @@ void test_pivot_table_within_a_slice() {
   for (T& v : x) v = T(gauss(rng));
   tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
   const tsl::DistanceMatrix<T> d{dist.data(), n};
-  const int64_t K = n * n;
-  std::vector<T> h0(2 * n), h1(2 * K);
-  std::vector<int64_t> h0_edges(2 * n), h1_edges(4 * K), count(1);
-  bool truncated = false;
-  tsl::HostWorkspace<T> ws;  // the engine's columns and pairs
-  tsl::vr_persistence_cloud(dist.data(), n, 1,
-                            tsl::CloudOutput<T>{h0.data(), h0_edges.data(), h1.data(),
-                                                h1_edges.data(), &count[0], &truncated, K},
-                            ws);
-  const index_t m = (index_t)ws.columns.size(), own = tsl::pivot_table_capacity(m);
+  const tsl_test::EngineReference<T> ref = tsl_test::engine_reference(dist, n);
+  const index_t m = (index_t)ref.columns.size(), own = tsl::pivot_table_capacity(m);
   const index_t slice = 8 * own, fast = 1 << 15;
   std::vector<int64_t> keys(slice, 777);
   std::vector<int32_t> slots(slice, 555), v_start(m + 1), v_length(m + 1), vwork(fast),
@@ -224,20 +217,12 @@ void test_pivot_table_within_a_slice() {
   HostWarp w(9);
   tsl::WarpReducer<HostWarp, T> reducer(w, d, tsl::enclosing_radius(d), mem, nullptr);
   index_t num_pairs = -1;
-  const tsl::Status s = reducer.run(ws.columns.data(), m, &num_pairs);
-  auto by_diagram = [](const tsl::H1Pair<T>& a, const tsl::H1Pair<T>& b) {
-    return tsl::h1_pair_before(a, b);
-  };
+  const tsl::Status s = reducer.run(ref.columns.data(), m, &num_pairs);
   std::vector<tsl::H1Pair<T>> got(pairs.begin(), pairs.begin() + (s == tsl::kOk ? num_pairs : 0));
-  std::vector<tsl::H1Pair<T>> expected = ws.pairs;
-  std::sort(got.begin(), got.end(), by_diagram);
-  std::sort(expected.begin(), expected.end(), by_diagram);
-  bool same = s == tsl::kOk && got.size() == expected.size();
-  for (size_t q = 0; same && q < got.size(); ++q)
-    same = got[q].birth_edge == expected[q].birth_edge &&
-           got[q].death_triangle == expected[q].death_triangle;
-  CHECK(same, "a %lld-slot slice (own table %lld): status %d, %lld pairs against %zu",
-        (long long)slice, (long long)own, int(s), (long long)num_pairs, expected.size());
+  tsl_test::sort_by_diagram(got);
+  CHECK(s == tsl::kOk && tsl_test::same_pairs(got, ref.pairs),
+        "a %lld-slot slice (own table %lld): status %d, %lld pairs against %zu",
+        (long long)slice, (long long)own, int(s), (long long)num_pairs, ref.pairs.size());
   bool untouched = true;
   for (index_t k = own; k < slice; ++k) untouched = untouched && keys[k] == 777 && slots[k] == 555;
   CHECK(untouched, "the slice past the cloud's own %lld-slot table was touched", (long long)own);
