@@ -18,7 +18,7 @@
 #   tsloss      kernels launched by one TSLoss forward+backward (budget 8) and CUDA-event times
 #   warp_tests  TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp: checks the warp kernels are
 #               launched, runs test_cuda + test_cuda_tsloss, then memcheck, racecheck and
-#               synccheck as above with the time left
+#               synccheck as above (all on the light smoke) with the time left
 #   profile     tools/profile_ops.py per-kernel tables at (64, 4096, 1), (64, 4096, 64) and
 #               (256, 768, 256) (2 iterations; B = 1024 takes ~2.6 s a call), and with 32 clouds
 #               per warp at (256, 768, 256)
@@ -153,13 +153,14 @@ pytest_run() {  # name pytest-args...: the shared options, junit XML into the re
 sanitize() {  # dir tool...: compute-sanitizer on gpu_smoke.py, each tool under a timeout
   # memcheck (the likeliest finding) runs alone first with half the time, so that it reaches a
   # verdict; the other tools then run at once, on the light smoke (no N = 256), with the rest.
+  # MEMCHECK_LIGHT=1: memcheck on the light smoke too (where little time is left).
   local dir=$R/$1 t0=$SECONDS rc=0 t
   command -v compute-sanitizer >/dev/null || { echo "CHECK FAILED: no compute-sanitizer"; return 1; }
   mkdir -p "$dir"
   local tools=("${@:2}") rest=()
   for t in "${tools[@]}"; do [ "$t" = memcheck ] || rest+=("$t"); done
   if [ ${#rest[@]} -lt ${#tools[@]} ]; then
-    sanitize_with "$dir" $(((PHASE_LIMIT - 15) / 2)) 0 memcheck || rc=1
+    sanitize_with "$dir" $(((PHASE_LIMIT - 15) / 2)) "${MEMCHECK_LIGHT:-0}" memcheck || rc=1
   fi
   if [ ${#rest[@]} -gt 0 ]; then
     sanitize_with "$dir" $((PHASE_LIMIT - 15 - (SECONDS - t0))) 1 "${rest[@]}" || rc=1
@@ -243,8 +244,8 @@ do_warp_tests() {
   # The tests first, the sanitizers after them: processes on one GPU take turns, so running
   # them side by side would only slow both towards their timeouts.
   pytest_run warp_tests $PAR tests/test_cuda.py tests/test_cuda_tsloss.py || rc=1
-  PHASE_LIMIT=$((PHASE_LIMIT - (SECONDS - t0))) sanitize sanitizer-warp memcheck racecheck synccheck ||
-    rc=1
+  MEMCHECK_LIGHT=1 PHASE_LIMIT=$((PHASE_LIMIT - (SECONDS - t0))) \
+    sanitize sanitizer-warp memcheck racecheck synccheck || rc=1
   return $rc
 }
 
