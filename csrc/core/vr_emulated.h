@@ -90,13 +90,15 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
   const bool fixed = opt.fixed_pool_bytes > 0;
   for (;;) {
     const uint64_t pool_bytes = fixed ? opt.fixed_pool_bytes : b.pool_bytes;
-    // The pool (16 MB) is poisoned whole when it grows, then only where the last cloud wrote.
-    const size_t fresh = b.pool.size(), words = (pool_bytes + 7) / 8;
+    // The pool (16 MB) is poisoned whole when it grows, then only where the last cloud wrote
+    // (within the pool as it is now: a fixed pool may be smaller than the last one).
+    const size_t kept = b.pool.size(), words = (pool_bytes + 7) / 8;
     b.pool.resize(words);
-    if (opt.seed != 0 && words > fresh)
-      std::memset((void*)(b.pool.data() + fresh), 0x5A, (words - fresh) * 8);
-    if (opt.seed != 0)
-      std::memset((void*)b.pool.data(), 0x5A, std::min<size_t>(b.pool_used, fresh * 8));
+    if (opt.seed != 0) {
+      if (words > kept) std::memset((void*)(b.pool.data() + kept), 0x5A, (words - kept) * 8);
+      const size_t written = std::min<size_t>(b.pool_used, std::min(kept, words) * 8);
+      std::memset((void*)b.pool.data(), 0x5A, written);
+    }
     for (auto* v : {&b.vwork_fast, &b.arena_fast, &b.v_start, &b.v_length, &b.pivot_slots})
       poison(*v, opt);
     poison(b.set_fast, opt);

@@ -395,6 +395,32 @@ bool compare_cloud(const std::vector<double>& pts, int64_t n, int64_t dim, uint6
   return compare_matrix(dist, n, dim, seed, warps, what);
 }
 
+// One workspace through a cloud with the growing pool, then with a smaller fixed one (the
+// device's overflow path): the seeded poisoning stays within the pool as it now is (ASan in
+// .ci/run), and the cloud that exhausts it is reported as the device reports it.
+void test_fixed_pool_after_a_larger_one() {
+  using T = double;
+  const int64_t n = 100, K = 4 * n;
+  std::vector<T> x(2 * n), dist(n * n);
+  for (int64_t p = 0; p < n; ++p) {
+    x[2 * p] = std::cos(2 * M_PI * p / n);
+    x[2 * p + 1] = std::sin(2 * M_PI * p / n);
+  }
+  tsl::pairwise_distance_cloud(x.data(), n, 2, dist.data());
+  Outputs<T> out(n, K);
+  tsl::EmulatedWorkspace<T> ews;
+  tsl::EmulationOptions opt;
+  opt.seed = 3;
+  tsl::vr_persistence_cloud_emulated(dist.data(), n, 1, out.view(K), ews, opt);
+  CHECK(out.count == 1 && ews.status == tsl::kOk, "the ring: count %lld, status %d",
+        (long long)out.count, int(ews.status));
+  opt.fixed_pool_bytes = 24576;  // the ring's ties need over 32 KB
+  tsl::vr_persistence_cloud_emulated(dist.data(), n, 1, out.view(K), ews, opt);
+  CHECK(out.count == -1 && out.truncated && ews.status != tsl::kOk,
+        "the ring in a 24 KB pool: count %lld, status %d", (long long)out.count,
+        int(ews.status));
+}
+
 // One distance matrix through both engines (dim: the points' dimension, for the report only).
 template <typename T>
 bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t seed, int warps,
@@ -670,6 +696,7 @@ int main(int argc, char** argv) {
   test_block_sort();
   test_unchecked_matrices();
   test_small_set();
+  test_fixed_pool_after_a_larger_one();
   test_pivot_table_within_a_slice<float>();
   test_pivot_table_within_a_slice<double>();
   test_parity(big, mid);
