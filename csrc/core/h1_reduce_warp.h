@@ -54,7 +54,7 @@ struct Spill {
 struct WarpReduceStats {
   int64_t columns = 0, emergent = 0, pivot_queries = 0, additions = 0, widenings = 0,
           entries_pushed = 0, set_high = 0, vwork_high = 0, arena_used = 0, cancel_passes = 0,
-          grown = 0;
+          grown = 0, compactions = 0;
 };
 
 // Global memory that the warps of a launch take their arrays' second parts from: a bump
@@ -160,6 +160,9 @@ TSL_HD index_t probe(W& w, const WarpReduceMemory<T>& m, int64_t key, int32_t in
     const int first = warp::lowest_bit(mh | me);
     const index_t at = (h + first) & mask;
     if (insert_slot < 0) return (mh >> first) & 1u ? m.pivot_slots[at] : -1;
+    // Every lane read the table above; a ballot orders no memory, so lane 0's store could
+    // otherwise reach the slot before another lane's load of it (test_races' write after read).
+    w.sync();
     w.each([&](int lane) {
       if (lane != 0) return;
       m.pivot_keys[at] = key;
@@ -557,6 +560,7 @@ class WarpReducer {
 
   // Every run into one sorted, cancelled run (when the set is full); the tail stays.
   TSL_HD void compact_all() {
+    if (stats_) ++stats_->compactions;
     index_t out = kSealAt;
     for (int r = 0; r < runs_; ++r) {
       const index_t h = w_.shfl(head_, r), e = w_.shfl(end_, r);
@@ -619,6 +623,9 @@ class WarpReducer {
       });
       const uint64_t mh = w_.min(hi);
       if (mh == ~uint64_t(0)) {
+        // The tail starts over at position 0, which the lanes have just read: their loads
+        // before any lane's store there (test_races' write after read).
+        w_.sync();
         reset_set();
         *pivot = Entry<T>{T(0), -1};
         return kOk;

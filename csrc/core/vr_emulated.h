@@ -22,6 +22,28 @@
 
 namespace tsl {
 
+// A test's view of the emulated kernels' device memory (csrc/native_tests/race_watch.h): before
+// each kernel it is told which buffers are the device's (shared or global memory there), and
+// when the kernel ends. Everything else a kernel touches is registers on the device.
+class DeviceMemoryWatch {
+ public:
+  struct Buffer {
+    const char* name;
+    const void* data;
+    size_t bytes;
+  };
+  virtual void launch(const char* kernel, const Buffer* buffers, int count) = 0;
+  virtual void finish() = 0;
+
+ protected:
+  ~DeviceMemoryWatch() = default;
+};
+
+template <typename V>
+inline DeviceMemoryWatch::Buffer device_buffer(const char* name, const V& v) {
+  return {name, v.data(), v.size() * sizeof(v[0])};
+}
+
 struct EmulationOptions {
   uint64_t seed = 0;  // 0: lanes and warps in order; otherwise shuffled from this seed
   int warps = 0;      // 0: topology_warps(n)
@@ -32,6 +54,7 @@ struct EmulationOptions {
   // way: a pool of this many bytes, and a cloud that exhausts it is reported (h1_count -1,
   // truncated, H1 rows padding, H0 exact), as the device's finalize reports it.
   uint64_t fixed_pool_bytes = 0;
+  DeviceMemoryWatch* watch = nullptr;  // tests only
 };
 
 // The options of the emulated ops (TSLOSS_ENGINE=emulated): TSLOSS_EMULATED_POOL_BYTES, when
@@ -117,14 +140,29 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
     WarpReduceStats local;
     WarpReducer<HostWarp, T> reducer(w, d, threshold, mem, &local);
     index_t num_pairs = 0;
+    host_schedule.warp = 0;  // a warp launched alone: its uniform code is its lanes'
+    schedule_fence();
+    if (opt.watch) {
+      const DeviceMemoryWatch::Buffer buffers[] = {
+          device_buffer("set", b.set_fast),          device_buffer("vwork", b.vwork_fast),
+          device_buffer("arena", b.arena_fast),      device_buffer("pivot_keys", b.pivot_keys),
+          device_buffer("pivot_slots", b.pivot_slots), device_buffer("v_start", b.v_start),
+          device_buffer("v_length", b.v_length),     device_buffer("pairs", pairs),
+          {"pool", b.pool.data(), size_t(pool_bytes)}, device_buffer("columns", columns)};
+      opt.watch->launch("h1_reduce_warp", buffers, int(sizeof buffers / sizeof buffers[0]));
+    }
     const Status s = reducer.run(columns.data(), m, &num_pairs);
+    if (opt.watch) opt.watch->finish();
     if (s == kOk) {
       pairs.resize(num_pairs);
       if (stats) *stats = local;
       return kOk;
     }
     if (s != kHeapFull && s != kReductionArenaFull) return s;  // sized exactly above: not reached
-    if (fixed) return s;
+    if (fixed) {
+      if (stats) *stats = local;
+      return s;
+    }
     b.pool_bytes *= 2;
   }
 }
@@ -201,7 +239,27 @@ inline void vr_persistence_cloud_emulated(const T* dist, index_t n, int maxdim,
                      columns.data(),
                      &num_columns};
   HostBlock blk(opt.warps > 0 ? opt.warps : topology_warps(n), opt.seed);
+  host_schedule.warp = -1;
+  schedule_fence();
+  if (opt.watch) {
+    const DeviceMemoryWatch::Buffer buffers[] = {
+        device_buffer("key_hi", ws.key_hi),
+        device_buffer("key_lo", ws.key_lo),
+        device_buffer("parent", ws.parent),
+        device_buffer("in_tree", ws.in_tree),
+        device_buffer("warp_words", ws.warp_words),
+        device_buffer("warp_values", ws.warp_values),
+        device_buffer("mst", ws.mst),
+        device_buffer("best_parent", ws.best_parent),
+        device_buffer("columns", columns),
+        {"h0", out.h0, size_t(2 * (n - 1)) * sizeof(T)},
+        {"h0_edges", out.h0_edges, size_t(2 * (n - 1)) * sizeof(int64_t)},
+        {"threshold", &threshold, sizeof threshold},
+        {"num_columns", &num_columns, sizeof num_columns}};
+    opt.watch->launch("cloud_topology", buffers, int(sizeof buffers / sizeof buffers[0]));
+  }
   cloud_topology(blk, c, &ws.topology);
+  if (opt.watch) opt.watch->finish();
   ws.warp.steps += blk.counters().steps;
   ws.warp.collectives += blk.counters().collectives;
   ws.warp.barriers += blk.counters().barriers;

@@ -18,6 +18,10 @@
 //   add for the warp, its old value to every lane) are called outside `each`, where the whole
 //   warp stands at the same point; the host asserts it. Their results are uniform: plain
 //   values that every lane holds, so control flow outside `each` is warp-uniform.
+// - Only sync() (and a block barrier) orders memory: a word one lane stores and another lane
+//   loads, or loads before another stores to it, needs a barrier between the two steps, even
+//   with ballots or shuffles between them. Lockstep on the host hides a missing one;
+//   test_races (csrc/native_tests/race_watch.h) sees every access and finds it.
 // - Every lane of the warp takes part in every collective (full mask): algorithms keep idle
 //   lanes in the loop with a neutral value instead of letting them leave.
 // - A block type runs warp phases `blk.each_warp([&](W& w, int warp) { ... })` separated by

@@ -7,16 +7,39 @@
 // Collectives abort when called from inside per-lane code: that is a point the lanes may reach
 // at different times, where a real warp would deadlock or read garbage.
 //
-// The emulation says nothing about speed, bank conflicts or memory ordering; the counters say
-// how much work and memory the device would see.
+// The emulation says nothing about speed or bank conflicts; the counters say how much work and
+// memory the device would see. Memory ordering it exposes to a watcher: the schedule below says
+// which lane runs and how many warp and block barriers have passed, so that a test which sees
+// every memory access (csrc/native_tests/race_watch.h) can flag two lanes' accesses to one word
+// with no barrier between them, as compute-sanitizer's racecheck does on the device. Lockstep
+// hides those: the host finishes every lane's step before the next, a device warp need not.
 #pragma once
 
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <atomic>
+
 #include "warp.h"
 
 namespace tsl {
+
+// Who runs now in this thread's emulation. warp -1: block-uniform code (every thread of the
+// block runs it on the device); lane -1: warp-uniform code (every lane of the warp). Barrier
+// counts only grow: an access recorded with the counts of its time is ordered before a later one
+// when a barrier both threads took part in has passed since.
+struct HostSchedule {
+  int warp = -1;
+  int lane = -1;
+  uint64_t block_barriers = 0;
+  uint64_t warp_barriers[warp::kLanes] = {};  // per warp of the block (at most 32)
+};
+inline thread_local HostSchedule host_schedule;
+
+// Around every schedule update: the race detector's instrumentation is placed after the
+// compiler's optimisations, which would otherwise drop the updates as never read, or move the
+// kernel's loads and stores across them (a compiler barrier; no instruction is emitted).
+inline void schedule_fence() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 
 // Work counted by the emulation, summed over the warps that share it.
 struct WarpCounters {
@@ -35,8 +58,9 @@ class HostWarp {
   };
 
   // seed 0: lanes in order 0..31 (fast, for the emulated op); otherwise a reshuffled order.
-  explicit HostWarp(uint64_t seed = 0, WarpCounters* counters = nullptr)
-      : state_(seed), counters_(counters ? counters : &own_) {
+  // id: the warp's place in its block (0 for a warp launched alone).
+  explicit HostWarp(uint64_t seed = 0, WarpCounters* counters = nullptr, int id = 0)
+      : state_(seed), id_(id), counters_(counters ? counters : &own_) {
     for (int l = 0; l < warp::kLanes; ++l) order_[l] = l;
   }
 
@@ -46,7 +70,17 @@ class HostWarp {
     ++counters_->steps;
     if (state_) shuffle();
     in_lane_ = true;
-    for (int t = 0; t < warp::kLanes; ++t) f(order_[t]);
+    HostSchedule& now = host_schedule;
+    schedule_fence();
+    now.warp = id_;
+    for (int t = 0; t < warp::kLanes; ++t) {
+      now.lane = order_[t];
+      schedule_fence();
+      f(order_[t]);
+      schedule_fence();
+    }
+    now.lane = -1;
+    schedule_fence();
     in_lane_ = false;
   }
 
@@ -102,7 +136,14 @@ class HostWarp {
     return r;
   }
 
-  void sync() { collective("sync"); }
+  // The only collective that orders memory: ballots, shuffles and reductions exchange
+  // registers, and a lane's earlier stores need not be visible to the others after them.
+  void sync() {
+    collective("sync");
+    schedule_fence();
+    ++host_schedule.warp_barriers[id_];
+    schedule_fence();
+  }
 
   // *p += v once for the warp, only if the sum stays <= limit; every lane gets the old value,
   // or ~0 when it would not fit (and *p is unchanged). Atomic, as on the device.
@@ -147,6 +188,7 @@ class HostWarp {
   }
 
   uint64_t state_;
+  int id_;
   int order_[warp::kLanes];
   bool in_lane_ = false;
   WarpCounters own_;
@@ -163,7 +205,8 @@ class HostBlock {
   HostBlock(int warps, uint64_t seed = 0)
       : warps_(warps < 1 ? 1 : (warps > kMaxWarps ? kMaxWarps : warps)), state_(seed) {
     for (int w = 0; w < warps_; ++w) {
-      warp_[w] = HostWarp(seed ? seed * 0x9E3779B97F4A7C15ull + uint64_t(w) + 1 : 0, &counters_);
+      warp_[w] =
+          HostWarp(seed ? seed * 0x9E3779B97F4A7C15ull + uint64_t(w) + 1 : 0, &counters_, w);
       order_[w] = w;
     }
   }
@@ -179,7 +222,15 @@ class HostBlock {
     if (in_phase_) fail("each_warp nested in a phase");
     in_phase_ = true;
     if (state_) shuffle();
-    for (int t = 0; t < warps_; ++t) f(warp_[order_[t]], order_[t]);
+    for (int t = 0; t < warps_; ++t) {
+      schedule_fence();
+      host_schedule.warp = order_[t];
+      schedule_fence();
+      f(warp_[order_[t]], order_[t]);
+    }
+    schedule_fence();
+    host_schedule.warp = -1;
+    schedule_fence();
     in_phase_ = false;
   }
 
@@ -188,13 +239,22 @@ class HostBlock {
   void first_warp(F&& f) {
     if (in_phase_) fail("first_warp nested in a phase");
     in_phase_ = true;
+    schedule_fence();
+    host_schedule.warp = 0;
+    schedule_fence();
     f(warp_[0]);
+    schedule_fence();
+    host_schedule.warp = -1;
+    schedule_fence();
     in_phase_ = false;
   }
 
   void sync() {
     if (in_phase_) fail("block barrier inside a warp phase");
     ++counters_.barriers;
+    schedule_fence();
+    ++host_schedule.block_barriers;
+    schedule_fence();
   }
 
   const WarpCounters& counters() const { return counters_; }
