@@ -160,8 +160,9 @@ TSL_HD index_t probe(W& w, const WarpReduceMemory<T>& m, int64_t key, int32_t in
     const int first = warp::lowest_bit(mh | me);
     const index_t at = (h + first) & mask;
     if (insert_slot < 0) return (mh >> first) & 1u ? m.pivot_slots[at] : -1;
-    // Every lane read the table above; a ballot orders no memory, so lane 0's store could
-    // otherwise reach the slot before another lane's load of it (test_races' write after read).
+    // Every lane read the table above. Under the warp contract only a barrier orders those
+    // loads before lane 0's store (the ballot consumes them, so hardware likely orders them
+    // anyway); test_races holds the code to the contract.
     w.sync();
     w.each([&](int lane) {
       if (lane != 0) return;
@@ -623,8 +624,9 @@ class WarpReducer {
       });
       const uint64_t mh = w_.min(hi);
       if (mh == ~uint64_t(0)) {
-        // The tail starts over at position 0, which the lanes have just read: their loads
-        // before any lane's store there (test_races' write after read).
+        // The tail starts over at position 0, which the lanes have just read: a barrier orders
+        // their loads before the next stores there, as the warp contract asks (the min above
+        // consumes them, so hardware likely orders them anyway; test_races holds the contract).
         w_.sync();
         reset_set();
         *pivot = Entry<T>{T(0), -1};

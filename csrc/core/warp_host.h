@@ -38,7 +38,8 @@ inline thread_local HostSchedule host_schedule;
 
 // Around every schedule update: the race detector's instrumentation is placed after the
 // compiler's optimisations, which would otherwise drop the updates as never read, or move the
-// kernel's loads and stores across them (a compiler barrier; no instruction is emitted).
+// kernel's loads and stores across them (a compiler barrier: no instruction in a normal build,
+// a call into race_watch.cpp under the race test's instrumentation).
 inline void schedule_fence() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 
 // Work counted by the emulation, summed over the warps that share it.
@@ -72,6 +73,7 @@ class HostWarp {
     in_lane_ = true;
     HostSchedule& now = host_schedule;
     schedule_fence();
+    const int caller = now.warp;  // the code around the step keeps its own (warp or block)
     now.warp = id_;
     for (int t = 0; t < warp::kLanes; ++t) {
       now.lane = order_[t];
@@ -80,6 +82,7 @@ class HostWarp {
       schedule_fence();
     }
     now.lane = -1;
+    now.warp = caller;
     schedule_fence();
     in_lane_ = false;
   }

@@ -24,6 +24,7 @@ struct RaceWatch::Cell {
   uint32_t write_warp_barriers, write_block_barriers, read_warp_barriers, read_block_barriers;
   int8_t write_warp, write_lane, read_warp, read_lane;
   bool written, read;
+  bool write_atomic, read_atomic;  // the last write, and every read since it, were atomics
 };
 
 struct RaceWatch::Region {
@@ -94,7 +95,9 @@ void RaceWatch::report(const Region& r, uintptr_t address, const char* kind, int
                           other_warp, other_lane});
 }
 
-void RaceWatch::access(uintptr_t address, size_t bytes, bool write) {
+void RaceWatch::access(uintptr_t address, size_t bytes, Access how) {
+  const bool write = how == kWrite || how == kAtomicUpdate;
+  const bool atomic = how == kAtomicRead || how == kAtomicUpdate;
   const tsl::HostSchedule& now = tsl::host_schedule;
   const int warp = now.warp, lane = now.lane;
   const uint32_t block = uint32_t(now.block_barriers - block_base_);
@@ -112,31 +115,34 @@ void RaceWatch::access(uintptr_t address, size_t bytes, bool write) {
     Cell& c = r->cell(address + k);
     const char* hazard = nullptr;
     int ow = 0, ol = 0;
+    const bool after_write = c.written && !(atomic && c.write_atomic) &&
+                             !same_thread(c.write_warp, c.write_lane) &&
+                             !ordered(c.write_warp, c.write_warp_barriers, c.write_block_barriers);
     if (write) {
-      if (lane < 0) {
+      if (lane < 0 && !atomic) {
         hazard = "write by every lane", ow = warp, ol = lane;
-      } else if (c.written && !same_thread(c.write_warp, c.write_lane) &&
-                 !ordered(c.write_warp, c.write_warp_barriers, c.write_block_barriers)) {
+      } else if (after_write) {
         hazard = "write after write", ow = c.write_warp, ol = c.write_lane;
-      } else if (c.read && !same_thread(c.read_warp, c.read_lane) &&
+      } else if (c.read && !(atomic && c.read_atomic) && !same_thread(c.read_warp, c.read_lane) &&
                  !ordered(c.read_warp, c.read_warp_barriers, c.read_block_barriers)) {
         hazard = "write after read", ow = c.read_warp, ol = c.read_lane;
       }
       c.written = true;
+      c.write_atomic = atomic;
       c.write_warp = int8_t(warp), c.write_lane = int8_t(lane);
       c.write_warp_barriers = own, c.write_block_barriers = block;
       c.read = false;  // later accesses meet this write first
     } else {
-      if (c.written && !same_thread(c.write_warp, c.write_lane) &&
-          !ordered(c.write_warp, c.write_warp_barriers, c.write_block_barriers))
-        hazard = "read after write", ow = c.write_warp, ol = c.write_lane;
+      if (after_write) hazard = "read after write", ow = c.write_warp, ol = c.write_lane;
       if (c.read && !same_thread(c.read_warp, c.read_lane) &&
           !ordered(c.read_warp, c.read_warp_barriers, c.read_block_barriers)) {
         // Unordered readers merge: every lane of one warp, or every thread.
         if (c.read_warp != warp) c.read_warp = -1;
         c.read_lane = -1;
+        c.read_atomic = c.read_atomic && atomic;
       } else {
         c.read_warp = int8_t(warp), c.read_lane = int8_t(lane);
+        c.read_atomic = atomic;
       }
       c.read = true;
       c.read_warp_barriers = own, c.read_block_barriers = block;
@@ -178,75 +184,116 @@ std::string RaceWatch::describe(const Hazard& h) const {
 }  // namespace tsl_test
 
 // ---- the instrumentation's entry points (GCC's -fsanitize=thread ABI) --------------------------
-// Loads and stores report to the armed watch; atomics do what they say (none of them is in a
-// watched buffer: the pool's counter is not); function entry and exit are not instrumented
-// (--param=tsan-instrument-func-entry-exit=0).
+// Loads, stores and atomics report to the armed watch, and the atomics then do what they say;
+// function entry and exit are not instrumented (--param=tsan-instrument-func-entry-exit=0).
 namespace {
-inline void seen(const void* p, size_t n, bool write) {
-  if (tsl_test::g_armed) tsl_test::g_armed->access(reinterpret_cast<uintptr_t>(p), n, write);
+bool g_inside = false;  // the watch's own memset (a fresh shadow page) is not the kernel's
+using tsl_test::RaceWatch;
+inline void seen(const void* p, size_t n, RaceWatch::Access how) {
+  if (tsl_test::g_armed == nullptr || g_inside) return;
+  g_inside = true;
+  tsl_test::g_armed->access(reinterpret_cast<uintptr_t>(p), n, how);
+  g_inside = false;
 }
+constexpr RaceWatch::Access kLoad = RaceWatch::kRead, kStore = RaceWatch::kWrite,
+                            kAtomicLoad = RaceWatch::kAtomicRead,
+                            kAtomicRmw = RaceWatch::kAtomicUpdate;
 }  // namespace
+
+// memcpy, memset and memmove of the linked objects (-Wl,--wrap=...): the instrumentation leaves
+// them to the TSan runtime's interceptors, which are not linked.
+extern "C" {
+void* __real_memcpy(void*, const void*, size_t);
+void* __real_memset(void*, int, size_t);
+void* __real_memmove(void*, const void*, size_t);
+void* __wrap_memcpy(void* d, const void* s, size_t n) {
+  seen(s, n, kLoad);
+  seen(d, n, kStore);
+  return __real_memcpy(d, s, n);
+}
+void* __wrap_memmove(void* d, const void* s, size_t n) {
+  seen(s, n, kLoad);
+  seen(d, n, kStore);
+  return __real_memmove(d, s, n);
+}
+void* __wrap_memset(void* d, int c, size_t n) {
+  seen(d, n, kStore);
+  return __real_memset(d, c, n);
+}
+}
 
 extern "C" {
 void __tsan_init() { tsl_test::g_instrumented = true; }
-#define TSL_WATCH_SIZE(n)                                                           \
-  void __tsan_read##n(void* p) { seen(p, n, false); }                               \
-  void __tsan_write##n(void* p) { seen(p, n, true); }                               \
-  void __tsan_unaligned_read##n(void* p) { seen(p, n, false); }                     \
-  void __tsan_unaligned_write##n(void* p) { seen(p, n, true); }                     \
-  void __tsan_volatile_read##n(void* p) { seen(p, n, false); }                      \
-  void __tsan_volatile_write##n(void* p) { seen(p, n, true); }
+#define TSL_WATCH_SIZE(n)                                                      \
+  void __tsan_read##n(void* p) { seen(p, n, kLoad); }                          \
+  void __tsan_write##n(void* p) { seen(p, n, kStore); }                        \
+  void __tsan_unaligned_read##n(void* p) { seen(p, n, kLoad); }                \
+  void __tsan_unaligned_write##n(void* p) { seen(p, n, kStore); }              \
+  void __tsan_volatile_read##n(void* p) { seen(p, n, kLoad); }                 \
+  void __tsan_volatile_write##n(void* p) { seen(p, n, kStore); }
 TSL_WATCH_SIZE(1)
 TSL_WATCH_SIZE(2)
 TSL_WATCH_SIZE(4)
 TSL_WATCH_SIZE(8)
 TSL_WATCH_SIZE(16)
 #undef TSL_WATCH_SIZE
-void __tsan_read_range(void* p, unsigned long n) { seen(p, n, false); }
-void __tsan_write_range(void* p, unsigned long n) { seen(p, n, true); }
+void __tsan_read_range(void* p, unsigned long n) { seen(p, n, kLoad); }
+void __tsan_write_range(void* p, unsigned long n) { seen(p, n, kStore); }
 void __tsan_func_entry(void*) {}
 void __tsan_func_exit() {}
 void __tsan_vptr_update(void**, void*) {}
 void __tsan_vptr_read(void**) {}
 
-// Memory orders arrive as the C++ enum's values; relaxed is always enough here (one thread).
+// Memory orders arrive as the C++ enum's values; every atomic runs sequentially consistent
+// (one thread runs the emulation).
 #define TSL_ATOMIC(bits, type)                                                                  \
   type __tsan_atomic##bits##_load(const volatile type* a, int) {                                \
+    seen((const void*)a, sizeof(type), kAtomicLoad);                                            \
     return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                \
   }                                                                                             \
   void __tsan_atomic##bits##_store(volatile type* a, type v, int) {                             \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                   \
   }                                                                                             \
   type __tsan_atomic##bits##_exchange(volatile type* a, type v, int) {                          \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                         \
   }                                                                                             \
   type __tsan_atomic##bits##_fetch_add(volatile type* a, type v, int) {                         \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                          \
   }                                                                                             \
   type __tsan_atomic##bits##_fetch_sub(volatile type* a, type v, int) {                         \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                          \
   }                                                                                             \
   type __tsan_atomic##bits##_fetch_and(volatile type* a, type v, int) {                         \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                          \
   }                                                                                             \
   type __tsan_atomic##bits##_fetch_or(volatile type* a, type v, int) {                          \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                           \
   }                                                                                             \
   type __tsan_atomic##bits##_fetch_xor(volatile type* a, type v, int) {                         \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                          \
   }                                                                                             \
   int __tsan_atomic##bits##_compare_exchange_strong(volatile type* a, type* expected, type v,   \
                                                     int, int) {                                 \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     return __atomic_compare_exchange_n(a, expected, v, false, __ATOMIC_SEQ_CST,                 \
                                        __ATOMIC_SEQ_CST);                                       \
   }                                                                                             \
   int __tsan_atomic##bits##_compare_exchange_weak(volatile type* a, type* expected, type v,     \
                                                   int, int) {                                   \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     return __atomic_compare_exchange_n(a, expected, v, false, __ATOMIC_SEQ_CST,                 \
                                        __ATOMIC_SEQ_CST);                                       \
   }                                                                                             \
   type __tsan_atomic##bits##_compare_exchange_val(volatile type* a, type expected, type v, int, \
                                                   int) {                                        \
+    seen((const void*)a, sizeof(type), kAtomicRmw);                                             \
     __atomic_compare_exchange_n(a, &expected, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);    \
     return expected;                                                                            \
   }

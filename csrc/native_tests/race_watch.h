@@ -16,7 +16,11 @@
 // warp and block barrier counts of its time (HostSchedule). A hazard is two accesses to one byte
 // by different threads, at least one a write, with no barrier both took part in between:
 // read after write, write after write, write after read. Code that every lane runs (warp-uniform
-// code, lane -1) reads as all 32 lanes; a write there is 32 writers of one word.
+// code, lane -1) reads as all 32 lanes; a write there is 32 writers of one word. Atomics count
+// (an atomic is not a race with another atomic, only with a plain access), and so do memcpy,
+// memset and memmove calls: the link wraps them (-Wl,--wrap), since the instrumentation leaves
+// them to a TSan runtime that is not there. GCC only: Clang's instrumentation calls entry
+// points (__tsan_memcpy, ...) that this runtime has not been tried with.
 //
 // Single-threaded: one watch is armed at a time, in the thread that runs the kernels.
 #pragma once
@@ -47,8 +51,11 @@ class RaceWatch final : public tsl::DeviceMemoryWatch {
   void launch(const char* kernel, const Buffer* buffers, int count) override;
   void finish() override;
 
-  // Called by the instrumentation (race_watch.cpp) for every load and store.
-  void access(uintptr_t address, size_t bytes, bool write);
+  // How a load or store touches memory. Atomics conflict with plain accesses only: two
+  // threads' atomics on one word are not a race.
+  enum Access { kRead, kWrite, kAtomicRead, kAtomicUpdate };
+  // Called by the instrumentation (race_watch.cpp) for every load, store, atomic and mem* call.
+  void access(uintptr_t address, size_t bytes, Access how);
 
   int64_t hazards() const { return hazard_count_; }
   const std::vector<Hazard>& first_hazards() const { return first_; }  // the first 16
