@@ -160,12 +160,6 @@ int64_t RaceWatch::watched_accesses(const std::string& buffer) const {
   return 0;
 }
 
-void RaceWatch::clear_counts() {
-  hazard_count_ = watched_ = 0;
-  first_.clear();
-  per_buffer_.clear();
-}
-
 std::string RaceWatch::describe(const Hazard& h) const {
   auto who = [](int w, int l) {
     char s[48];

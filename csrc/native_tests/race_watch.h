@@ -63,7 +63,6 @@ class RaceWatch final : public tsl::DeviceMemoryWatch {
   int64_t watched_accesses() const { return watched_; }
   int64_t watched_accesses(const std::string& buffer) const;
   std::string describe(const Hazard& h) const;
-  void clear_counts();
 
  private:
   struct Cell;
