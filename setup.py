@@ -57,6 +57,35 @@ def _share_libstdcxx() -> None:
                   "use the libstdc++ that torch uses")
 
 
+# Flags that change floating-point results. Every build promises ripser.py's diagrams and the
+# same bits on every CPU and the GPU, which rests on IEEE rounding, no contraction and honest
+# NaN tests; a build with any of these would be silently wrong (and on the GPU, where nvcc
+# defines no macro for them, nothing in the code could notice).
+_UNSAFE_MATH = {
+    "-ffast-math", "-Ofast", "-funsafe-math-optimizations", "-ffinite-math-only",
+    "-ffp-contract=fast", "-use_fast_math", "--use_fast_math", "-ftz=true", "--ftz=true",
+    "-prec-div=false", "--prec-div=false", "-prec-sqrt=false", "--prec-sqrt=false",
+    "-fmad=true", "--fmad=true",
+}
+
+
+def _refuse_unsafe_math() -> None:
+    """Stop the build when the environment passes a fast-math flag, naming the variable."""
+    for var in ("CFLAGS", "CXXFLAGS", "CPPFLAGS", "NVCC_APPEND_FLAGS", "NVCC_PREPEND_FLAGS"):
+        found = []
+        for flag in os.environ.get(var, "").split():
+            parts = [flag]
+            if flag.startswith(("-Xcompiler=", "--compiler-options=")):
+                parts = flag.split("=", 1)[1].split(",")
+            found += [p for p in parts if p in _UNSAFE_MATH]
+        if found:
+            raise SystemExit(
+                f"tsloss_cuda: ${var} contains {' '.join(found)}, which changes floating-point "
+                "results (the engine promises ripser.py's diagrams, bit for bit on every build); "
+                f"unset it for this build."
+            )
+
+
 def _extension():
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -ffp-contract=off: no FMA contraction anywhere, so that every x86 build (and the GPU) gives
@@ -75,6 +104,7 @@ def _extension():
 
 
 _share_libstdcxx()
+_refuse_unsafe_math()
 setup(
     name="tsloss_cuda",
     version="0.1.0",

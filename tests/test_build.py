@@ -1,6 +1,9 @@
 """How the extension was linked: facts that decide whether it can live beside torch."""
+import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +29,23 @@ def test_extension_shares_torchs_libstdcxx():
                           capture_output=True, text=True, check=True).stdout
     leaked = [ln for ln in syms.splitlines() if "std::locale::" in ln or "codecvt<" in ln]
     assert not leaked, leaked[:5]
+
+
+def test_build_refuses_fast_math():
+    # Fast math would change the diagrams silently (on the GPU nvcc defines no macro the code
+    # could test), so setup.py stops before compiling and names the variable.
+    root = Path(__file__).resolve().parents[1]
+    unsafe = ("CFLAGS", "CXXFLAGS", "CPPFLAGS", "NVCC_APPEND_FLAGS", "NVCC_PREPEND_FLAGS")
+    base = {k: v for k, v in os.environ.items() if k not in unsafe}
+
+    def name(extra):
+        return subprocess.run([sys.executable, "setup.py", "--name"], cwd=root,
+                              env=dict(base, **extra), capture_output=True, text=True,
+                              timeout=120)
+
+    for var, flags in [("CXXFLAGS", "-O2 -ffast-math"), ("NVCC_APPEND_FLAGS", "-use_fast_math"),
+                       ("NVCC_PREPEND_FLAGS", "-Xcompiler=-fPIC,-Ofast")]:
+        out = name({var: flags})
+        assert out.returncode != 0 and f"${var} contains" in out.stderr, out.stderr[-500:]
+    clean = name({"CXXFLAGS": "-O2", "NVCC_APPEND_FLAGS": "-lineinfo"})
+    assert clean.returncode == 0 and "tsloss_cuda" in clean.stdout, clean.stderr[-500:]

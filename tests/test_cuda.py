@@ -349,3 +349,17 @@ def test_tie_heavy_clouds_match_cpu(monkeypatch, name, cloud, dtype):
     gpu = ops.vr_persistence(d.cuda(), 1, True, k)
     assert int(cpu[4]) > 0  # H1 bars exist, so the reduction did work
     _assert_same(cpu, gpu, exact=True, rtol=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clouds_past_1024_points_match_cpu(dtype):
+    """N = 1300: Prim's kernel gives each thread several vertices past 1024, and the topology
+    kernel (TSLOSS_CUDA_TOPOLOGY=block, the warp_tests phase) keeps its state in global scratch
+    instead of shared memory past ~1190 points; no other test reaches either path."""
+    g = torch.Generator().manual_seed(1300)
+    x = torch.randn(2, 1300, 3, generator=g, dtype=dtype)
+    d = _cpu_dist(x)
+    cpu = ops.vr_persistence(d, 1, True, 1024)
+    gpu = ops.vr_persistence(d.cuda(), 1, True, 1024)
+    assert (cpu[4] > 0).all() and not cpu[5].any()  # H1 bars, none cut off
+    _assert_same(cpu, gpu, exact=True, rtol=0.0)

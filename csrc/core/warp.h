@@ -8,8 +8,9 @@
 // host build must run the very code the device runs.
 //
 // Rules of the contract, which HostWarp enforces or exposes:
-// - A per-lane value is a `typename W::template Var<T>`; lane l's copy is `v[l]`. On the device
-//   a Var is one register and `[l]` ignores l; on the host it is an array of 32.
+// - A per-lane value is a `typename W::template Var<T>`; lane l's copy is `v[l]`, used only in
+//   lane l's own step. On the device a Var is one register and `[l]` ignores l; on the host it
+//   is an array of 32, and `[l]` aborts from another lane's step or from warp-uniform code.
 // - Per-lane code runs inside `w.each([&](int lane) { ... })`. It may read anything, write only
 //   its own lane's Vars and its own shared or global words. The host runs the lanes one after
 //   another, in a shuffled order under test, so code that lets a lane see another lane's write
@@ -63,22 +64,38 @@ TSL_HD int lowest_bit(uint32_t m) {
 // the scalar engine) becomes 0.0 and gets the same key. Negative values (an invalid distance
 // matrix, which CUDA does not check on the host) come below the positive ones in their own
 // order, so the keys order every non-NaN value as the scalar engine's comparisons do: the warp
-// reduction's sorted runs and its argmin must agree, or a column's reduction never ends. NaNs
-// get keys of their own, never all ones (the "none" marker of the argmins).
+// reduction's sorted runs and its argmin must agree, or a column's reduction never ends. Every
+// NaN gets one key, above +Inf and below all ones (the "none" marker of the argmins), as the
+// scalar engine sorts NaN diameters last: a NaN's bits are not portable (x86 makes its NaNs
+// negative and keeps them through `x + 0`, the device replaces them by one positive NaN), and
+// keys from the bits put the emulation's NaNs first and the device's last.
 TSL_HD uint64_t order_bits(double x) {
+  if (x != x) return ~uint64_t(0) - 1;
   const double y = x + 0.0;
   uint64_t u;
   memcpy(&u, &y, sizeof u);
-  const uint64_t k = (u >> 63) ? ~u : u | (uint64_t(1) << 63);
-  return k == ~uint64_t(0) ? k - 1 : k;
+  return (u >> 63) ? ~u : u | (uint64_t(1) << 63);
 }
 TSL_HD uint64_t order_bits(float x) {
+  if (x != x) return 0xfffffffeu;
   const float y = x + 0.0f;
   uint32_t u;
   memcpy(&u, &y, sizeof u);
-  const uint32_t k = (u >> 31) ? ~u : u | 0x80000000u;
-  return k == ~0u ? k - 1 : k;  // the device's NaN, 0x7fffffff, would be all ones
+  return (u >> 31) ? ~u : u | 0x80000000u;
 }
+
+// The butterfly of CudaWarp's float and integer min and max, here so that the host tests run
+// it step by step: at step s every lane takes its partner lane ^ butterfly_offset(s)'s value
+// when that is strictly better. Offsets rise, so lane 0 ends with the lowest lane's value among
+// equal best ones, which is what HostWarp's scan in lane order returns; equal floats can differ
+// in their bits (-0 and +0). Falling offsets preferred lanes 0, 16, 8, 24, 4, ... instead. NaN
+// inputs are outside the contract: a tree and a scan drop them differently.
+constexpr int kButterflySteps = 5;
+TSL_HD int butterfly_offset(int step) { return 1 << step; }
+template <typename T>
+TSL_HD T keep_min(T mine, T other) { return other < mine ? other : mine; }
+template <typename T>
+TSL_HD T keep_max(T mine, T other) { return other > mine ? other : mine; }
 
 }  // namespace warp
 }  // namespace tsl

@@ -42,28 +42,25 @@ struct CudaWarp {
     return m;
   }
 
-  // Butterfly reductions. For integers every lane ends with the same result. Floats that
-  // compare equal can differ in their bits (-0 and +0), and lanes would end with different ones,
-  // so the result is lane 0's: the lowest lane's value among the equal least, which is what
-  // HostWarp's scan in lane order returns.
+  // Butterfly reductions (warp::keep_min's tree, whose step order the host tests check). For
+  // integers every lane ends with the same result. Floats that compare equal can differ in
+  // their bits (-0 and +0), and lanes would end with different ones, so the result is lane 0's:
+  // the lowest lane's value among the equal least, which is what HostWarp's scan in lane order
+  // returns.
   template <typename T>
   __device__ __forceinline__ T min(const Var<T>& v) {
     T m = v.v;
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const T o = __shfl_xor_sync(0xffffffffu, m, off);
-      m = o < m ? o : m;
-    }
+    for (int s = 0; s < warp::kButterflySteps; ++s)
+      m = warp::keep_min(m, T(__shfl_xor_sync(0xffffffffu, m, warp::butterfly_offset(s))));
     return uniform(m);
   }
   template <typename T>
   __device__ __forceinline__ T max(const Var<T>& v) {
     T m = v.v;
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const T o = __shfl_xor_sync(0xffffffffu, m, off);
-      m = o > m ? o : m;
-    }
+    for (int s = 0; s < warp::kButterflySteps; ++s)
+      m = warp::keep_max(m, T(__shfl_xor_sync(0xffffffffu, m, warp::butterfly_offset(s))));
     return uniform(m);
   }
   __device__ __forceinline__ int64_t sum(const Var<int64_t>& v) {

@@ -49,13 +49,31 @@ struct WarpCounters {
   int64_t barriers = 0;     // block barriers
 };
 
+// Aborts unless lane `lane` is the one running its step now (the rule HostWarp::Var enforces).
+inline void own_lane(int lane) {
+  if (host_schedule.lane == lane) return;
+  fprintf(stderr, "HostWarp: lane %d's Var copy used from %s\n", lane,
+          host_schedule.lane < 0 ? "warp-uniform code" : "another lane's step");
+  abort();
+}
+
 class HostWarp {
  public:
+  // Lane l's copy is v[l]; `[l]` is the kernels' way in, from lane l's own step only: on the
+  // device a Var is the running thread's register and `[l]` ignores l, so reading another
+  // lane's copy, or any copy from warp-uniform code, would read something else there. The
+  // collectives (and tests that set up lanes by hand) use v.
   template <typename T>
   struct Var {
     T v[warp::kLanes];
-    T& operator[](int lane) { return v[lane]; }
-    const T& operator[](int lane) const { return v[lane]; }
+    T& operator[](int lane) {
+      own_lane(lane);
+      return v[lane];
+    }
+    const T& operator[](int lane) const {
+      own_lane(lane);
+      return v[lane];
+    }
   };
 
   // seed 0: lanes in order 0..31 (fast, for the emulated op); otherwise a reshuffled order.
@@ -90,7 +108,7 @@ class HostWarp {
   uint32_t ballot(const Var<bool>& p) {
     collective("ballot");
     uint32_t m = 0;
-    for (int l = 0; l < warp::kLanes; ++l) m |= uint32_t(p[l] ? 1 : 0) << l;
+    for (int l = 0; l < warp::kLanes; ++l) m |= uint32_t(p.v[l] ? 1 : 0) << l;
     return m;
   }
   bool any(const Var<bool>& p) { return ballot(p) != 0; }
@@ -101,7 +119,7 @@ class HostWarp {
   T shfl(const Var<T>& v, int src) {
     collective("shfl");
     if (src < 0 || src >= warp::kLanes) fail("shfl from a lane outside the warp");
-    return v[src];
+    return v.v[src];
   }
 
   // The least value over the lanes (an argmin when the value is a packed key that ends in
@@ -109,22 +127,22 @@ class HostWarp {
   template <typename T>
   T min(const Var<T>& v) {
     collective("min");
-    T m = v[0];
-    for (int l = 1; l < warp::kLanes; ++l) m = v[l] < m ? v[l] : m;
+    T m = v.v[0];
+    for (int l = 1; l < warp::kLanes; ++l) m = v.v[l] < m ? v.v[l] : m;
     return m;
   }
   template <typename T>
   T max(const Var<T>& v) {
     collective("max");
-    T m = v[0];
-    for (int l = 1; l < warp::kLanes; ++l) m = v[l] > m ? v[l] : m;
+    T m = v.v[0];
+    for (int l = 1; l < warp::kLanes; ++l) m = v.v[l] > m ? v.v[l] : m;
     return m;
   }
   // Sum in a fixed order: integers only (a float sum's bits would depend on the order).
   int64_t sum(const Var<int64_t>& v) {
     collective("sum");
     int64_t s = 0;
-    for (int l = 0; l < warp::kLanes; ++l) s += v[l];
+    for (int l = 0; l < warp::kLanes; ++l) s += v.v[l];
     return s;
   }
 
@@ -133,8 +151,8 @@ class HostWarp {
     collective("match_any");
     Var<uint32_t> r;
     for (int l = 0; l < warp::kLanes; ++l) {
-      r[l] = 0;
-      for (int m = 0; m < warp::kLanes; ++m) r[l] |= uint32_t(v[m] == v[l]) << m;
+      r.v[l] = 0;
+      for (int m = 0; m < warp::kLanes; ++m) r.v[l] |= uint32_t(v.v[m] == v.v[l]) << m;
     }
     return r;
   }

@@ -157,19 +157,20 @@ at::Tensor tsloss_backward_cuda(
   check_tsloss_backward_inputs(x_in, dist_in, scales_in, topo_h0_in, topo_h1_in, h1_count_in,
                                h0_edges_in, h1_edges_in, reduction,
                                {&grad_loss, &grad_conn, &grad_red, &grad_stab, &grad_scale});
+  const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
+  const int64_t K = topo_h1_in.size(1);
+  // Before the guard, as in the forward: the error should name the misplaced tensor.
+  c10::optional<at::Tensor> prev_h0, prev_h1;
+  std::tie(prev_h0, prev_h1) = previous_or_none(
+      check_previous("tsloss_backward", prev_h0_in, prev_h1_in, x_in, N > 0 ? N - 1 : 0, K));
   c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
-  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
-  const int64_t K = topo_h1_in.size(1);
   auto dist = dist_in.to(x.scalar_type()).contiguous();
   auto scales = scales_in.to(x.scalar_type()).contiguous();
   auto topo_h0 = topo_h0_in.to(x.scalar_type()).contiguous();
   auto topo_h1 = topo_h1_in.to(x.scalar_type()).contiguous();
   auto count = h1_count_in.contiguous();
   auto e0 = h0_edges_in.contiguous(), e1 = h1_edges_in.contiguous();
-  c10::optional<at::Tensor> prev_h0, prev_h1;
-  std::tie(prev_h0, prev_h1) = previous_or_none(
-      check_previous("tsloss_backward", prev_h0_in, prev_h1_in, x, N > 0 ? N - 1 : 0, K));
   auto gl = like_x(grad_loss, x), gc = like_x(grad_conn, x), gr = like_x(grad_red, x),
        gs = like_x(grad_stab, x), gsc = like_x(grad_scale, x);
   const tsl::TermOptions o{normalize, target_mode, prev_h0.has_value(), target, p,

@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
@@ -63,7 +64,7 @@ void test_warp_primitives() {
   for (int l = 0; l < 32; ++l) {
     uint32_t expect = 0;
     for (int m = 0; m < 32; ++m) expect |= uint32_t(m % 3 == l % 3) << m;
-    CHECK(same[l] == expect, "match_any lane %d", l);
+    CHECK(same.v[l] == expect, "match_any lane %d", l);
   }
   CHECK(tsl::warp::lanes_below(0) == 0 && tsl::warp::lanes_below(5) == 0x1f &&
             tsl::warp::lanes_below(31) == 0x7fffffffu,
@@ -105,6 +106,13 @@ void test_warp_primitives() {
   float nan_f;
   std::memcpy(&nan_f, &device_nan, sizeof nan_f);
   CHECK(tsl::warp::order_bits(nan_f) != 0xffffffffu, "no float key is all ones");
+  // Every NaN one key, above +Inf: x86's negative NaN keys as the device's positive one.
+  const double x86_nan = -std::numeric_limits<double>::quiet_NaN();
+  CHECK(tsl::warp::order_bits(x86_nan) == tsl::warp::order_bits(nan_bits) &&
+            tsl::warp::order_bits(double(INFINITY)) < tsl::warp::order_bits(x86_nan) &&
+            tsl::warp::order_bits(-nan_f) == tsl::warp::order_bits(nan_f) &&
+            tsl::warp::order_bits(float(INFINITY)) < tsl::warp::order_bits(-nan_f),
+        "NaN keys ignore the NaN's bits and sort last");
 }
 
 // A lane-order dependency shows up as a changed result: a lane reads a word its neighbour writes
@@ -181,12 +189,65 @@ void test_refusals() {
           blk.each_warp([&](HostWarp&, int) { blk.sync(); });
         }),
         "a block barrier inside a warp phase must abort");
+  // A Var is one register per thread on the device: `[l]` there ignores l.
+  CHECK(aborts([] {
+          HostWarp w(1);
+          HostWarp::Var<int> v;
+          w.each([&](int l) { v[l] = l; });
+          w.each([&](int l) { v[l] = v[(l + 1) % 32]; });
+        }),
+        "a lane reading another lane's Var copy must abort");
+  CHECK(aborts([] {
+          HostWarp w(1);
+          HostWarp::Var<int> v;
+          w.each([&](int l) { v[l] = l; });
+          if (v[0] == 0) w.sync();
+        }),
+        "warp-uniform code reading a Var copy must abort");
   CHECK(!aborts([] {
           HostBlock blk(2, 1);
           blk.each_warp([&](HostWarp& w, int) { w.sync(); });
           blk.sync();
         }),
         "uniform collectives and barriers must not abort");
+}
+
+// CudaWarp's min and max run warp::keep_min/keep_max over the butterfly_offset steps; run here
+// step by step over 32 lanes, lane 0 must end with what HostWarp's scan returns, bit for bit:
+// -0 and +0 tie, and the lowest lane's wins. (Falling offsets failed this.)
+template <typename T>
+void test_butterfly_matches_scan() {
+  std::mt19937 rng(7);
+  int64_t differ = 0, ties = 0;
+  for (int q = 0; q < 2000; ++q) {
+    T lanes[32];
+    for (int l = 0; l < 32; ++l) {
+      const int r = int(rng() % 6);
+      lanes[l] = r == 0 ? T(-0.0) : r == 1 ? T(0.0) : T(r) / T(4);
+      if (q % 2) lanes[l] = -lanes[l];  // max ties too: -0 against +0 at the top
+    }
+    for (const bool is_min : {true, false}) {
+      T tree[32];
+      std::copy(lanes, lanes + 32, tree);
+      for (int s = 0; s < tsl::warp::kButterflySteps; ++s) {
+        T next[32];
+        for (int l = 0; l < 32; ++l) {
+          const T other = tree[l ^ tsl::warp::butterfly_offset(s)];
+          next[l] = is_min ? tsl::warp::keep_min(tree[l], other)
+                           : tsl::warp::keep_max(tree[l], other);
+        }
+        std::copy(next, next + 32, tree);
+      }
+      HostWarp w;
+      HostWarp::Var<T> v;
+      w.each([&](int l) { v[l] = lanes[l]; });
+      const T scan = is_min ? w.min(v) : w.max(v);
+      ties += scan == T(0);
+      differ += std::memcmp(&tree[0], &scan, sizeof(T)) != 0;
+    }
+  }
+  CHECK(differ == 0 && ties > 0, "the device's butterfly and the host's scan differ in %lld of "
+        "4000 reductions (%lld with a zero result)", (long long)differ, (long long)ties);
 }
 
 // A device launch gives every cloud a pivot slice sized for the launch's largest; each cloud
@@ -487,6 +548,17 @@ void test_unchecked_matrices() {
     CHECK(emu.count == tsl::kInvalidInputCount,
           "a matrix with %s entries gave h1_count %lld, not kInvalidInputCount",
           bad != bad ? "NaN" : "Inf", (long long)emu.count);
+    if (bad != bad) {
+      // The host's NaN (x86: negative) and the device's (positive) give the same tree and
+      // columns: the edges reach the user even for an invalid cloud.
+      std::vector<double> flipped = d;
+      for (double& v : flipped)
+        if (v != v) v = -v;
+      Outputs<double> other(n, K);
+      tsl::vr_persistence_cloud_emulated(flipped.data(), n, 1, other.view(K), ews, opt);
+      CHECK(other.h0_edges == emu.h0_edges && other.h1_edges == emu.h1_edges,
+            "the sign of the NaN entries changed the emulated edges (n = %lld)", (long long)n);
+    }
     ++with_nan;
   }
   std::printf("unchecked matrices: %lld with negative entries equal the scalar engine, %lld with "
@@ -611,6 +683,8 @@ int main(int argc, char** argv) {
   test_warp_primitives();
   test_shuffle_exposes_order_dependence();
   test_refusals();
+  test_butterfly_matches_scan<float>();
+  test_butterfly_matches_scan<double>();
   test_block_sort();
   test_unchecked_matrices();
   test_small_set();
