@@ -132,6 +132,18 @@ def test_gradient_of_float64_prompts_far_from_unit_scale(scale):
     torch.testing.assert_close(xg.grad.cpu(), xc.grad, rtol=1e-10, atol=0)
 
 
+def test_gradient_with_a_subnormal_float64_distance():
+    """Two points 1e-310 apart: 1/d overflows double, and Inf times a zero difference made both
+    rows NaN; the CPU op scales such weights, so the two must still agree."""
+    x = torch.tensor([[[0.0, 0.0], [1e-310, 0.0], [1.0, 0.5], [0.3, 2.0]]], dtype=torch.float64)
+    xc = x.clone().requires_grad_(True)
+    T.loss(xc).backward()
+    xg = x.cuda().requires_grad_(True)
+    T.loss(xg).backward()
+    assert torch.isfinite(xc.grad).all() and torch.isfinite(xg.grad).all()
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, rtol=1e-10, atol=1e-14)
+
+
 def test_distances_summing_past_float64_are_valid():
     """Finite distances whose sum overflows: the CPU takes the cloud (scale Inf), so must the
     fused op (it once flagged a non-finite sum as invalid input)."""

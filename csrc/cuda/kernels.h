@@ -73,7 +73,8 @@ int64_t distance_tiles(int64_t N);
 // The same distances, and per block the sum of its distances over pairs i > j, for the scale of
 // TSLoss without another pass: the cloud's sum is the sum of its distance_tiles(N) partials in
 // order (launch_tsloss_terms does it). A non-finite distance (non-finite input, or a float32
-// overflow) makes its partial non-finite: the invalid-input flag.
+// overflow) makes its partial non-finite; validity comes from the engine's h1_count (-2), not
+// from the partials, since finite distances near the float64 limit may sum past it.
 //   partial: (B, distance_tiles(N)) double, out; nullptr: not written
 template <typename T>
 cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64_t D, T* out,

@@ -24,8 +24,9 @@
 //
 // Each pair is computed once and written to both triangles, so the matrix is exactly
 // symmetric. The epilogue adds the block's distances (a per-block partial, in a fixed order: no
-// atomics) for the scale of TSLoss; a non-finite distance makes that partial non-finite, which
-// is the invalid-input flag.
+// atomics) for the scale of TSLoss. A non-finite distance makes that partial non-finite, but
+// validity is not read from it (finite distances near the float64 limit may sum past it): the
+// engine's h1_count of -2 is the invalid-input flag (tsloss.cu).
 #include <cuda_runtime.h>
 
 #include "../core/common.h"

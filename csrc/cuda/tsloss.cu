@@ -171,6 +171,9 @@ constexpr int kGradJ = 128;      // pair weights staged per round
 // The dense sum runs over (x_i - x_j) / d_ij and takes the cloud's dense weight once at the end,
 // and an edge's term is its weight times (x_i - x_j) / d: weights over distances (~1/s^2 for a
 // cloud of scale s) leave double's range for float64 prompts past 1e+-150, unit vectors do not.
+// The dense term multiplies by a staged 1 / d_ij (a division per pair and coordinate would cost
+// the loop most of its speed); a subnormal float64 d, whose reciprocal overflows, is staged as
+// -1 / (d * 2^64) and its difference scaled by 2^64 (exact): no Inf times a zero difference.
 template <typename T>
 __global__ void __launch_bounds__(kGradRows * kGradCols)
     tsloss_grad_kernel(const T* __restrict__ x, int64_t N, int64_t D, const T* __restrict__ dist,
@@ -198,7 +201,8 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
         double v = 0.0;
         if (ii < N && j < N && j != ii) {
           const double d = (double)db[ii * N + j];
-          v = d > 0.0 ? 1.0 / d : 0.0;
+          if (d >= 0x1p-1022) v = 1.0 / d;
+          else if (d > 0.0) v = -1.0 / __dmul_rn(d, 0x1p64);
         }
         w[r][jj] = v;
       }
@@ -206,8 +210,8 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
       if (!live) continue;
       const int64_t jn = N - j0 < kGradJ ? N - j0 : kGradJ;
       for (int64_t jj = 0; jj < jn; ++jj) {
-        const double t = __dsub_rn(xi, (double)xb[(j0 + jj) * D + k]);
-        acc = __dadd_rn(acc, __dmul_rn(w[row][jj], t));
+        const double t = __dsub_rn(xi, (double)xb[(j0 + jj) * D + k]), r = w[row][jj];
+        acc = __dadd_rn(acc, r < 0.0 ? __dmul_rn(-r, __dmul_rn(t, 0x1p64)) : __dmul_rn(r, t));
       }
     }
     acc = __dmul_rn(wd, acc);
