@@ -63,9 +63,8 @@ def _share_libstdcxx() -> None:
 # defines no macro for them, nothing in the code could notice).
 _UNSAFE_MATH = {
     "-ffast-math", "-Ofast", "-funsafe-math-optimizations", "-ffinite-math-only",
-    "-ffp-contract=fast", "-use_fast_math", "--use_fast_math", "-ftz=true", "--ftz=true",
-    "-prec-div=false", "--prec-div=false", "-prec-sqrt=false", "--prec-sqrt=false",
-    "-fmad=true", "--fmad=true",
+    "-use_fast_math", "--use_fast_math", "-ftz=true", "--ftz=true", "-prec-div=false",
+    "--prec-div=false", "-prec-sqrt=false", "--prec-sqrt=false", "-fmad=true", "--fmad=true",
 }
 
 
@@ -82,7 +81,7 @@ def _refuse_unsafe_math() -> None:
             raise SystemExit(
                 f"tsloss_cuda: ${var} contains {' '.join(found)}, which changes floating-point "
                 "results (the engine promises ripser.py's diagrams, bit for bit on every build); "
-                f"unset it for this build."
+                "unset it for this build."
             )
 
 

@@ -36,8 +36,8 @@
 # call's timeout_s, or the call is killed before the results are packed. Each phase runs under
 # min(its cap, time left) and is skipped for time when less than its minimum is left.
 # RESULT: PASSED (exit 0) when every phase ran and passed; INCOMPLETE (exit 2) when every phase
-# that ran passed but some were skipped (for time, or rc 77: a tool or input missing there); FAILED (exit 1) when a phase timed out, failed,
-# was interrupted or unknown.
+# that ran passed but some were skipped (for time, or rc 77: a tool or input missing there);
+# FAILED (exit 1) when a phase timed out, failed, was interrupted or unknown.
 # Results: OUT_DIR/log.txt (all output) and OUT_DIR/results.tgz (everything else: junit XML,
 # sanitizer reports, launches, profiles, bench), packed on every exit path (only 8 files come
 # back). stdout: per phase its status and time, pytest summaries, sanitizer ERROR SUMMARY lines.
@@ -166,7 +166,8 @@ sanitize() {  # dir tool...: compute-sanitizer on gpu_smoke.py, each tool under 
   local tools=("${@:2}") rest=()
   for t in "${tools[@]}"; do [ "$t" = memcheck ] || rest+=("$t"); done
   if [ ${#rest[@]} -lt ${#tools[@]} ]; then
-    sanitize_with "$dir" $(((PHASE_LIMIT - 15) / 2)) "${MEMCHECK_LIGHT:-0}" memcheck || rc=1
+    sanitize_with "$dir" $(((PHASE_LIMIT - 15 - (SECONDS - t0)) / 2)) "${MEMCHECK_LIGHT:-0}" \
+      memcheck || rc=1
   fi
   if [ ${#rest[@]} -gt 0 ]; then
     sanitize_with "$dir" $((PHASE_LIMIT - 15 - (SECONDS - t0))) 1 "${rest[@]}" || rc=1
