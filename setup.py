@@ -60,28 +60,50 @@ def _share_libstdcxx() -> None:
 # Flags that change floating-point results. Every build promises ripser.py's diagrams and the
 # same bits on every CPU and the GPU, which rests on IEEE rounding, no contraction and honest
 # NaN tests; a build with any of these would be silently wrong (and on the GPU, where nvcc
-# defines no macro for them, nothing in the code could notice).
+# defines no macro for them, nothing in the code could notice). -Ofast is refused only where our
+# own -O3 may not come after it (nvcc's host compiler): in CFLAGS a later -O3 cancels it.
 _UNSAFE_MATH = {
-    "-ffast-math", "-Ofast", "-funsafe-math-optimizations", "-ffinite-math-only",
-    "-use_fast_math", "--use_fast_math", "-ftz=true", "--ftz=true", "-prec-div=false",
-    "--prec-div=false", "-prec-sqrt=false", "--prec-sqrt=false", "-fmad=true", "--fmad=true",
+    "-ffast-math", "-funsafe-math-optimizations", "-ffinite-math-only", "-fassociative-math",
+    "-freciprocal-math", "-fno-signed-zeros", "-fcx-limited-range", "-ffp-model=fast",
+    "-fno-honor-nans", "-fno-honor-infinities", "-use_fast_math", "--use_fast_math",
+    "-ftz=true", "--ftz=true", "-prec-div=false", "--prec-div=false", "-prec-sqrt=false",
+    "--prec-sqrt=false", "-fmad=true", "--fmad=true",
 }
+_NVCC_VALUED = {"-ftz", "--ftz", "-prec-div", "--prec-div", "-prec-sqrt", "--prec-sqrt", "-fmad",
+                "--fmad"}  # nvcc also takes these as "--ftz true"
+_HOST_OPTIONS = ("-Xcompiler", "--compiler-options")
+
+
+def _flags(value: str, nvcc: bool):
+    """The flags a variable passes, with nvcc's "-Xcompiler a,b" lists and (for nvcc's variables)
+    its "--opt value" pairs unfolded."""
+    words = value.split()
+    i = 0
+    while i < len(words):
+        word, nxt = words[i], words[i + 1] if i + 1 < len(words) else ""
+        i += 1
+        if word in _HOST_OPTIONS or word.startswith(tuple(o + "=" for o in _HOST_OPTIONS)):
+            host = word.split("=", 1)[1] if "=" in word else nxt
+            i += "=" not in word
+            yield from (f for f in host.split(",") if f)
+        elif nvcc and word in _NVCC_VALUED and nxt:
+            i += 1
+            yield f"{word}={nxt}"
+        else:
+            yield word
 
 
 def _refuse_unsafe_math() -> None:
     """Stop the build when the environment passes a fast-math flag, naming the variable."""
     for var in ("CFLAGS", "CXXFLAGS", "CPPFLAGS", "NVCC_APPEND_FLAGS", "NVCC_PREPEND_FLAGS"):
-        found = []
-        for flag in os.environ.get(var, "").split():
-            parts = [flag]
-            if flag.startswith(("-Xcompiler=", "--compiler-options=")):
-                parts = flag.split("=", 1)[1].split(",")
-            found += [p for p in parts if p in _UNSAFE_MATH]
+        nvcc = var.startswith("NVCC")
+        found = [f for f in _flags(os.environ.get(var, ""), nvcc)
+                 if f in _UNSAFE_MATH or (nvcc and f == "-Ofast")]
         if found:
             raise SystemExit(
-                f"tsloss_cuda: ${var} contains {' '.join(found)}, which changes floating-point "
-                "results (the engine promises ripser.py's diagrams, bit for bit on every build); "
-                "unset it for this build."
+                f"tsloss_cuda: ${var} contains {' '.join(found)}, which changes "
+                "floating-point results (the engine promises ripser.py's diagrams, bit for bit on "
+                "every build); unset it for this build."
             )
 
 

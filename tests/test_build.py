@@ -43,9 +43,14 @@ def test_build_refuses_fast_math():
                               env=dict(base, **extra), capture_output=True, text=True,
                               timeout=120)
 
-    for var, flags in [("CXXFLAGS", "-O2 -ffast-math"), ("NVCC_APPEND_FLAGS", "-use_fast_math"),
-                       ("NVCC_PREPEND_FLAGS", "-Xcompiler=-fPIC,-Ofast")]:
+    for var, flags, bad in [("CXXFLAGS", "-O2 -ffast-math", "-ffast-math"),
+                            ("NVCC_APPEND_FLAGS", "-use_fast_math", "-use_fast_math"),
+                            ("NVCC_PREPEND_FLAGS", "-Xcompiler=-fPIC,-Ofast", "-Ofast"),
+                            ("NVCC_APPEND_FLAGS", "-Xcompiler -O2,-freciprocal-math",
+                             "-freciprocal-math"),
+                            ("NVCC_APPEND_FLAGS", "--ftz true", "--ftz=true")]:
         out = name({var: flags})
-        assert out.returncode != 0 and f"${var} contains" in out.stderr, out.stderr[-500:]
-    clean = name({"CXXFLAGS": "-O2", "NVCC_APPEND_FLAGS": "-lineinfo"})
+        assert out.returncode != 0 and f"${var} contains {bad}," in out.stderr, out.stderr[-500:]
+    # A later -O3 of ours cancels -Ofast in CFLAGS; --ftz false is the default.
+    clean = name({"CXXFLAGS": "-O2 -Ofast", "NVCC_APPEND_FLAGS": "-lineinfo --ftz false"})
     assert clean.returncode == 0 and "tsloss_cuda" in clean.stdout, clean.stderr[-500:]

@@ -241,6 +241,11 @@ def test_loss_ops_refuse_tensors_on_another_device():
     xc = x.cpu()
     with pytest.raises(RuntimeError, match=r"^tsloss_forward: prev_h0 must be on x's device cpu, got cuda:0"):
         ops.tsloss_forward(xc, p0, p1, 1, 36, True, False, 0.0, 1.0, 1.0, 1.0, 0.5, 1)
+    # The backward too: its check used to come after the device guard, which refused a CPU x
+    # with c10's message instead.
+    _, backward_cpu, (q0, q1) = _direct_calls(xc)
+    with pytest.raises(RuntimeError, match=r"^tsloss_backward: prev_h0 must be on x's device cpu, got cuda:0"):
+        backward_cpu(q0.cuda(), q1.cuda())
 
 
 def test_loss_op_errors_name_loss_and_prompts():

@@ -20,7 +20,8 @@
 #               then racecheck, synccheck and initcheck at once on its light variant (no N = 256;
 #               the workspaces come from at::empty, which initcheck watches). Skipped (77) where
 #               the host refuses the tool: gVisor hosts answered "Device not supported"
-#               (/work/.library/device/KINDS.md, 2026-11-04); a one-line probe decides, once
+#               (/work/.library/device/KINDS.md, 2026-11-04); a one-line probe at the start
+#               (results/sanitizer-probe.txt) decides for both sanitizer phases
 #   warp_sanitizer  the warp engine's memcheck, racecheck and synccheck, all on the light smoke
 #   profile     tools/profile_ops.py per-kernel tables at (64, 4096, 1), (64, 4096, 64) and
 #               (256, 768, 256) (2 iterations; B = 1024 takes ~2.6 s a call), and with 32 clouds
@@ -61,8 +62,10 @@ PY=${PYTHON:-python3}
 # Each phase's cap and minimum useful time, in s (build took 41-56 s on the H200).
 declare -A CAP=([build]=150 [cuda_tests]=150 [warp_tests]=120 [tsloss]=30 [sanitizer]=150
                 [warp_sanitizer]=90 [profile]=90 [bench]=150 [train]=180 [suite]=300)
-declare -A MIN=([build]=60 [cuda_tests]=60 [warp_tests]=45 [tsloss]=20 [sanitizer]=45
-                [warp_sanitizer]=40 [profile]=30 [bench]=45 [train]=60 [suite]=120)
+# A sanitizer phase gives memcheck half its time after 15 s of margin, and compute-sanitizer
+# with torch's import takes ~10-20 s to start: under 60 s it could only time out.
+declare -A MIN=([build]=60 [cuda_tests]=60 [warp_tests]=45 [tsloss]=20 [sanitizer]=60
+                [warp_sanitizer]=60 [profile]=30 [bench]=45 [train]=60 [suite]=120)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
 PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
@@ -90,7 +93,7 @@ trap finish EXIT
 trap 'SUMMARY+=("interrupted by a signal"); FAILED=1; exit 1' INT TERM
 
 note() {  # name status failed?: one summary row
-  SUMMARY+=("$(printf '%-11s %s' "$1" "$2")")
+  SUMMARY+=("$(printf '%-14s %s' "$1" "$2")")
   [ "$3" = 0 ] || FAILED=1
 }
 
@@ -175,15 +178,20 @@ sanitize() {  # dir tool...: compute-sanitizer on gpu_smoke.py, each tool under 
   return $rc
 }
 
-sanitizer_attaches() {  # once per run (the answer is kept in the results): can the tool attach?
+sanitizer_probe() {  # host_info, once, outside every phase's time: can the tool attach here?
+  command -v compute-sanitizer >/dev/null || return 0
   local f=$R/sanitizer-probe.txt
-  if [ ! -f "$f" ]; then
-    timeout --kill-after=5 90 compute-sanitizer --tool memcheck $PY -c \
-      "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()" >"$f" 2>&1
-    echo "probe rc $?" >>"$f"
-  fi
-  # Only the refusal seen on gVisor skips; any other failure is left to the real run to report.
-  if grep -q "Device not supported" "$f"; then
+  timeout --kill-after=5 60 compute-sanitizer --tool memcheck $PY -c \
+    "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()" >"$f.part" 2>&1
+  echo "probe rc $?" >>"$f.part"
+  mv "$f.part" "$f"  # whole or absent: a probe cut short leaves no verdict
+  echo "sanitizer probe: $(grep -qs 'Device not supported' "$f" && echo 'refused (Device not supported)' || tail -1 "$f")"
+}
+
+sanitizer_attaches() {  # the probe's verdict: only the refusal seen on gVisor skips; any other
+  # failure (or no probe) is left to the real run to report.
+  local f=$R/sanitizer-probe.txt
+  if grep -qs "Device not supported" "$f"; then
     echo "SKIP: compute-sanitizer refuses this host's device: $(grep -m1 'Device not supported' "$f")"
     return 1
   fi
@@ -330,6 +338,7 @@ host_info() {
   else
     echo "wheels: none in .whl/ (bench needs them: bash tools/fetch_peer_wheels.sh, carry .whl)"
   fi
+  sanitizer_probe
 }
 
 PYTEST_OPTS="-v --tb=short --durations=15 -rfEs -p no:cacheprovider"
@@ -344,11 +353,11 @@ for f in $(compgen -A function); do export -f "$f"; done
 
 say "gpu_check: phases ${PHASES[*]}; budget $BUDGET s; pytest $PYTEST_OPTS $PAR"
 if [ "$DRY" != 1 ]; then
-  timeout 120 bash -c host_info >>"$LOG" 2>&1 &
+  timeout 180 bash -c host_info >>"$LOG" 2>&1 &
   CUR=$! CUR_NAME=host_info
   wait "$CUR"
   CUR=
-  SUMMARY+=("$(grep -aE '^(host|wheels)' "$LOG")")
+  SUMMARY+=("$(grep -aE '^(host|wheels|sanitizer probe)' "$LOG")")
   echo "${SUMMARY[0]}"
 fi
 for p in "${PHASES[@]}"; do

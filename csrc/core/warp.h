@@ -10,7 +10,8 @@
 // Rules of the contract, which HostWarp enforces or exposes:
 // - A per-lane value is a `typename W::template Var<T>`; lane l's copy is `v[l]`, used only in
 //   lane l's own step. On the device a Var is one register and `[l]` ignores l; on the host it
-//   is an array of 32, and `[l]` aborts from another lane's step or from warp-uniform code.
+//   is an array of 32, and `[l]` aborts from another lane's step or from warp-uniform code
+//   (it checks the lane, not the warp: another warp's Var is the algorithm's to avoid).
 // - Per-lane code runs inside `w.each([&](int lane) { ... })`. It may read anything, write only
 //   its own lane's Vars and its own shared or global words. The host runs the lanes one after
 //   another, in a shuffled order under test, so code that lets a lane see another lane's write

@@ -1,6 +1,6 @@
 // The per-cloud topology pass (core/topology_block.h) as a CUDA kernel: one block per cloud, the
 // algorithm instantiated on CudaBlock. Prim's state lives in shared memory where it fits (N up
-// to about 1100 points), else in a per-cloud slice of global scratch.
+// to about 1190 points), else in a per-cloud slice of global scratch.
 #include <cuda_runtime.h>
 
 #include "../core/topology_block.h"

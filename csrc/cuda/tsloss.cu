@@ -211,7 +211,10 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
       const int64_t jn = N - j0 < kGradJ ? N - j0 : kGradJ;
       for (int64_t jj = 0; jj < jn; ++jj) {
         const double t = __dsub_rn(xi, (double)xb[(j0 + jj) * D + k]), r = w[row][jj];
-        acc = __dadd_rn(acc, r < 0.0 ? __dmul_rn(-r, __dmul_rn(t, 0x1p64)) : __dmul_rn(r, t));
+        if constexpr (sizeof(T) == 8)  // a float32 distance is never below 2^-149 > 2^-1022
+          acc = __dadd_rn(acc, r < 0.0 ? __dmul_rn(-r, __dmul_rn(t, 0x1p64)) : __dmul_rn(r, t));
+        else
+          acc = __dadd_rn(acc, __dmul_rn(r, t));
       }
     }
     acc = __dmul_rn(wd, acc);
