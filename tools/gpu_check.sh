@@ -179,7 +179,8 @@ sanitize() {  # dir tool...: compute-sanitizer on gpu_smoke.py, each tool under 
 }
 
 sanitizer_probe() {  # host_info, once, outside every phase's time: can the tool attach here?
-  command -v compute-sanitizer >/dev/null || return 0
+  # Only for a run with a sanitizer phase: the probe costs ~15 s of the lease.
+  [ "$WANT_SANITIZER" = 1 ] && command -v compute-sanitizer >/dev/null || return 0
   local f=$R/sanitizer-probe.txt
   timeout --kill-after=5 60 compute-sanitizer --tool memcheck $PY -c \
     "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()" >"$f.part" 2>&1
@@ -347,7 +348,9 @@ $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=" --timeout=90 --time
 # The test files share no temp files, and their env changes are monkeypatched per process.
 PAR=
 [ "${GPU_CHECK_XDIST:-4}" != 0 ] && $PY -c "import xdist" 2>/dev/null && PAR="-n ${GPU_CHECK_XDIST:-4}"
-export PYTHONUNBUFFERED=1 PY R PAR PYTEST_OPTS
+WANT_SANITIZER=0
+for p in "${PHASES[@]}"; do [[ $p == *sanitizer ]] && WANT_SANITIZER=1; done
+export PYTHONUNBUFFERED=1 PY R PAR PYTEST_OPTS WANT_SANITIZER
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # where host_info puts the wheels
 for f in $(compgen -A function); do export -f "$f"; done
 
