@@ -406,9 +406,24 @@ bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t
                     const char* what) {
   const int64_t K = std::max<int64_t>(4 * n, 8) / (seed % 3 == 0 ? 8 : 1);  // some truncate
   Outputs<T> ref(n, K), emu(n, K);
-  tsl::HostWorkspace<T> hws;
+  // Both engines keep their workspaces from cloud to cloud, as the ops keep theirs per thread:
+  // a cloud starts in buffers the last one left, which the emulation poisons where they were
+  // written, so a read of another cloud's data still shows. A fresh workspace every cloud cost
+  // the emulation a 16 MB pool to map and poison each time (under ASan, where every such block
+  // is mapped and unmapped anew, ~2 minutes of the sanitizer run, most of it in the kernel).
+  // Every 16th cloud still starts from empty workspaces.
+  static tsl::HostWorkspace<T> kept_hws;
+  static tsl::EmulatedWorkspace<T> kept_ews;
+  tsl::HostWorkspace<T> fresh_hws;
+  tsl::EmulatedWorkspace<T> fresh_ews;
+  const bool fresh = seed % 16 == 0;
+  tsl::HostWorkspace<T>& hws = fresh ? fresh_hws : kept_hws;
+  tsl::EmulatedWorkspace<T>& ews = fresh ? fresh_ews : kept_ews;
+  ews.topology = {};  // this cloud's counters alone
+  ews.reduction = {};
+  ews.warp = {};
+  ews.status = tsl::kOk;
   tsl::vr_persistence_cloud(dist.data(), n, 1, ref.view(K), hws);
-  tsl::EmulatedWorkspace<T> ews;
   tsl::EmulationOptions opt;
   opt.seed = seed;
   opt.warps = warps;
