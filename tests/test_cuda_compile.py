@@ -7,9 +7,10 @@ built, test_races not built: .ci/run's CMake builds run both) and the profiling 
 tiny batch; skipped only without cmake or nvcc.
 Then runs g++ -fsyntax-only over csrc/cuda/*.cpp against torch's CUDA headers.
 
-TSLOSS_CMAKE_BUILD_DIR names an existing build of this tree configured with the CUDA kernels on
-(.ci/run's build-ci, which it has just built and tested): the targets are then brought up to
+TSLOSS_CMAKE_BUILD_DIR may name an existing build of this tree configured with the CUDA kernels
+on (.ci/run's build-ci, which it has just built and tested): the targets are then brought up to
 date there, in seconds, rather than compiled again from nothing (over two minutes on 2 cores).
+Any other folder there gets the fresh build.
 """
 from __future__ import annotations
 
@@ -39,24 +40,47 @@ def _run(cmd, **kw):
     return proc
 
 
+def _existing_build():
+    """TSLOSS_CMAKE_BUILD_DIR as a Path where it is a build of this tree with the CUDA kernels on,
+    else None (a fresh build then): .ci/run's CMake finds nvcc on PATH only, this file also
+    through CUDA_HOME, so its build-ci may lack the kernels that this check must compile."""
+    existing = os.environ.get("TSLOSS_CMAKE_BUILD_DIR")
+    cache = Path(existing or ".") / "CMakeCache.txt"
+    if not existing or not cache.is_file():
+        return None
+    # Reconfiguring it with a CUDA compiler named anew would wipe its cache and rebuild it all;
+    # the build below reruns CMake by itself if a CMakeLists.txt changed.
+    settings = cache.read_text().splitlines()
+    source = [line.split("=", 1)[1] for line in settings
+              if line.startswith("CMAKE_HOME_DIRECTORY:")]
+    if "TSLOSS_CUDA_KERNELS:BOOL=ON" not in settings or not source or (
+            os.path.realpath(source[0]) != os.path.realpath(ROOT)):
+        return None
+    return Path(existing)
+
+
+def test_existing_build_is_used_only_where_it_compiles_the_kernels(tmp_path, monkeypatch):
+    def cache(name, kernels, source):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "CMakeCache.txt").write_text(
+            f"TSLOSS_CUDA_KERNELS:BOOL={kernels}\nCMAKE_HOME_DIRECTORY:INTERNAL={source}\n")
+        return folder
+
+    cases = [(cache("good", "ON", ROOT), True), (cache("no_kernels", "OFF", ROOT), False),
+             (cache("other_tree", "ON", str(tmp_path)), False), (tmp_path / "missing", False)]
+    for folder, used in cases:
+        monkeypatch.setenv("TSLOSS_CMAKE_BUILD_DIR", str(folder))
+        assert (_existing_build() == folder) is used, folder
+    monkeypatch.delenv("TSLOSS_CMAKE_BUILD_DIR")
+    assert _existing_build() is None
+
+
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not found")
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 def test_cuda_kernels_and_native_tests_build(tmp_path):
-    existing = os.environ.get("TSLOSS_CMAKE_BUILD_DIR")
-    if existing:
-        build = Path(existing)
-        cache = build / "CMakeCache.txt"
-        assert cache.is_file(), f"TSLOSS_CMAKE_BUILD_DIR={existing}: no CMakeCache.txt there"
-        # Reconfiguring with a CUDA compiler named anew would wipe the cache and rebuild it all;
-        # the build below reruns CMake by itself if a CMakeLists.txt changed.
-        settings = cache.read_text()
-        assert "TSLOSS_CUDA_KERNELS:BOOL=ON" in settings, (
-            f"TSLOSS_CMAKE_BUILD_DIR={existing} was configured without the CUDA kernels")
-        source = [line.split("=", 1)[1] for line in settings.splitlines()
-                  if line.startswith("CMAKE_HOME_DIRECTORY:")]
-        assert source and os.path.realpath(source[0]) == os.path.realpath(ROOT), (
-            f"TSLOSS_CMAKE_BUILD_DIR={existing} is a build of {source}, not of {ROOT}")
-    else:
+    build = _existing_build()
+    if build is None:
         build = tmp_path / "build"
         _run(["cmake", "-S", ROOT, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
               "-DTSLOSS_CUDA_KERNELS=ON", f"-DCMAKE_CUDA_COMPILER={_nvcc()}"])

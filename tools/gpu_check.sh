@@ -20,8 +20,8 @@
 #               then racecheck, synccheck and initcheck at once on its light variant (no N = 256;
 #               the workspaces come from at::empty, which initcheck watches). Skipped (77) where
 #               the host refuses the tool: gVisor hosts answered "Device not supported"
-#               (/work/.library/device/KINDS.md, 2026-11-04); a one-line probe at the start
-#               (results/sanitizer-probe.txt) decides for both sanitizer phases
+#               (/work/.library/device/KINDS.md, 2026-11-04); a one-line probe at the start, when a
+#               sanitizer phase is asked for (results/sanitizer-probe.txt), decides for both
 #   warp_sanitizer  the warp engine's memcheck, racecheck and synccheck, all on the light smoke
 #   profile     tools/profile_ops.py per-kernel tables at (64, 4096, 1), (64, 4096, 64) and
 #               (256, 768, 256) (2 iterations; B = 1024 takes ~2.6 s a call), and with 32 clouds
