@@ -273,3 +273,24 @@ def test_gemma_job_two_steps(tmp_path):
         pos = (mask.cumsum(1) - 1).clamp_min(0)
         full = model(inputs_embeds=emb, attention_mask=mask, position_ids=pos).logits
     torch.testing.assert_close(got, full[:, -1][:, labels], rtol=1e-4, atol=1e-4)
+
+
+def test_bad_soft_prompt_arguments_name_the_argument():
+    """Each of these failed later with torch's message (randint's overloads, a '<' between str
+    and int, an IndexError in the first forward), or not at all (no labels)."""
+    model = tiny_llama()
+    vocab = model.get_input_embeddings().weight.shape[0]
+    cases = [(dict(n_prompts=2.5), TypeError, "n_prompts must be an int"),
+             (dict(n_prompts=True), TypeError, "n_prompts must be an int"),
+             (dict(n_prompts="3"), TypeError, "n_prompts must be an int"),
+             (dict(n_prompts=0), ValueError, "n_prompts must be >= 1"),
+             (dict(label_ids=[1, vocab]), ValueError,
+              rf"label_ids must be token ids in \[0, {vocab}\)"),
+             (dict(label_ids=[-1, 2]), ValueError, "label_ids must be token ids"),
+             (dict(label_ids=[[1, 2]]), ValueError, "label_ids must be C >= 1 integer token ids"),
+             (dict(label_ids=[]), ValueError, "label_ids must be C >= 1 integer token ids"),
+             (dict(label_ids=[1.5, 2.0]), ValueError, "label_ids must be C >= 1 integer token ids")]
+    for change, exc, message in cases:
+        args = dict(n_prompts=N, label_ids=LABELS) | change
+        with pytest.raises(exc, match=message):
+            SoftPromptModel(model, args.pop("n_prompts"), task="causal", **args)

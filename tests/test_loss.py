@@ -1,6 +1,7 @@
 """Gradients of the persistence op, TSLoss terms, op registration and torch.compile."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.library import opcheck
@@ -338,6 +339,25 @@ def test_bad_loss_options_name_the_argument():
         T.loss(x, p=0)
     with pytest.raises(TypeError, match="prompts"):
         T.loss(torch.ones(3, 4, dtype=torch.int64))
+    # Non-finite options gave a NaN or Inf loss, or (p = inf) a redundancy of 0.
+    for name, bad in [("connectivity", float("nan")), ("redundancy", float("inf")),
+                      ("stability", -float("inf")), ("p", float("inf"))]:
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            T.loss(x, **{name: bad})
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            T.TSLoss(**{name: bad})
+    with pytest.raises(ValueError, match="target must be finite"):
+        T.loss(x, connectivity_mode="target", target=float("nan"))
+    # A tensor option was read back to the host on every call, and silently got no gradient.
+    with pytest.raises(TypeError, match="connectivity must be a Python number"):
+        T.loss(x, connectivity=torch.tensor(0.5, requires_grad=True))
+    assert torch.isfinite(T.loss(x, connectivity=np.float64(0.5), p=np.int64(2)))
+    # The same error on a TSLoss's later call as on its first.
+    module = T.TSLoss()
+    for _ in range(2):
+        with pytest.raises(TypeError, match="prompts must be a torch.Tensor"):
+            module([[0.0, 1.0], [1.0, 0.0]])
+        module(x)
 
 
 # ---- registration: opcheck and torch.compile -------------------------------------------------

@@ -211,3 +211,9 @@ def test_tracker_records_tsloss_terms_of_the_prompt_it_is_given():
     assert r1["ts_stability"] == pytest.approx(float(tb["stability"]), rel=1e-6) and \
         r1["ts_stability"] > 0
     assert r0["h1_entropy"] == 0.0 and str(to_floats({"z": -torch.zeros(())})["z"]) == "0.0"
+
+
+def test_linear_head_needs_a_label_count():
+    for bad, exc in [(0, ValueError), (2.0, TypeError), (None, TypeError)]:
+        with pytest.raises(exc, match="num_labels"):
+            SoftPromptModel(tiny_bert(), 4, head="linear", num_labels=bad)

@@ -24,7 +24,7 @@ NAN_POINTS = [[0.0, float("nan")], [1.0, 1.0]]
 def _fixtures(d):
     """Bad inputs on disk under ``d``: a file, a CSV without the columns, bad checkpoints."""
     os.makedirs(os.path.join(d, "empty"), exist_ok=True)
-    for sub in ("junk", "shape", "good"):
+    for sub in ("junk", "shape", "good", "nonfinite"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     open(os.path.join(d, "afile"), "w").close()
     with open(os.path.join(d, "bad.csv"), "w") as f:
@@ -35,6 +35,8 @@ def _fixtures(d):
         f.write("not a checkpoint")
     torch.save(torch.zeros(3, 4, 5), os.path.join(d, "shape", "step_1.pt"))
     torch.save(torch.randn(4, 3), os.path.join(d, "good", "step_1.pt"))
+    torch.save(torch.randn(4, 3), os.path.join(d, "nonfinite", "step_1.pt"))
+    torch.save(torch.tensor(NAN_POINTS), os.path.join(d, "nonfinite", "step_2.pt"))
     _comparison_fixtures(d)
 
 
@@ -143,6 +145,7 @@ ANALYZE_CASES = [
     ("{d}/empty", "DIR"),
     ("{d}/junk", "checkpoint"),
     ("{d}/shape", "checkpoint"),
+    ("{d}/nonfinite", "step_2.pt"),
     ("{d}/good --device tpu", "--device"),
     ("{d}/good --output-dir {d}/afile", "--output-dir"),
 ]
@@ -190,6 +193,13 @@ FUNCTION_CASES = [
      "target"),
     ("loss(x, redundancy='1')", lambda: T.loss(torch.randn(5, 3), redundancy="1"), TypeError,
      "redundancy"),
+    ("loss(x, connectivity=float('nan'))",
+     lambda: T.loss(torch.randn(5, 3), connectivity=float("nan")), ValueError, "connectivity"),
+    ("loss(x, p=float('inf'))", lambda: T.loss(torch.randn(5, 3), p=float("inf")), ValueError,
+     "p "),
+    ("loss(x, connectivity=torch.tensor(0.5))",
+     lambda: T.loss(torch.randn(5, 3), connectivity=torch.tensor(0.5)), TypeError,
+     "connectivity"),
     ("loss([1.0])", lambda: T.loss([1.0]), TypeError, "prompts"),
     ("loss(torch.randn(4))", lambda: T.loss(torch.randn(4)), ValueError, "prompts"),
     ("loss(x, reduction='avg')", lambda: T.loss(torch.randn(5, 3), reduction="avg"), ValueError,

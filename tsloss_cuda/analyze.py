@@ -57,6 +57,9 @@ def load_prompt(path: str) -> torch.Tensor:
     if t.dim() != 2 or not t.is_floating_point() or t.shape[0] < 1 or t.shape[1] < 1:
         raise CLIError(f"checkpoint {path}: expected a float (N, D) prompt, got "
                        f"{tuple(t.shape)} {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise CLIError(f"checkpoint {path}: the prompt holds NaN or Inf values (a diverged "
+                       "run?), whose topology is undefined")
     return t.float()
 
 

@@ -19,6 +19,7 @@ tests/reference_loss.py keeps the same definition as a composition of the public
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -42,14 +43,26 @@ class PromptTopology(NamedTuple):
     h1: torch.Tensor
 
 
+# What ``loss(..., return_terms=True)`` returns beside the loss: tensors, and the topology.
+Terms = Dict[str, Union[torch.Tensor, PromptTopology]]
+
+
 def _real(name: str, value) -> float:
-    """``value`` as a float, or a TypeError that names the argument."""
+    """``value`` as a finite float, or an error that names the argument. A tensor is refused:
+    the op takes its options as numbers, so a tensor's value would be read back from its device
+    on every call (a host synchronisation) and no gradient would reach it."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a Python number, got a tensor; options are constants "
+                        "of the op (pass float(t) once, outside the training step)")
     if isinstance(value, (bool, str, bytes)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not -math.inf < number < math.inf:  # not math.isfinite: Dynamo traces a comparison
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
 
 
 def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
@@ -71,9 +84,13 @@ def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
     check_max_h1(max_h1)
 
 
-def _as_prompts(prompts: torch.Tensor) -> torch.Tensor:
+def _check_prompts_type(prompts) -> None:
     if not isinstance(prompts, torch.Tensor):
         raise TypeError(f"prompts must be a torch.Tensor, got {type(prompts).__name__}")
+
+
+def _as_prompts(prompts: torch.Tensor) -> torch.Tensor:
+    _check_prompts_type(prompts)
     if prompts.dim() not in (2, 3):
         raise ValueError(f"prompts must be (N, D) or (B, N, D), got shape {tuple(prompts.shape)}")
     if not prompts.is_floating_point():
@@ -108,13 +125,15 @@ def loss(
     reduction: str = "mean",
     return_terms: bool = False,
     max_h1: Optional[int] = None,
-) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+) -> Union[torch.Tensor, Tuple[torch.Tensor, Terms]]:
     """Topological Soft Prompt Loss of a prompt or a batch of prompts.
 
     Args:
         prompts: ``(N, D)`` or ``(B, N, D)`` float32/float16/bfloat16 (computed in float32) or
             float64 (computed in float64) soft-prompt embeddings.
-        connectivity, redundancy, stability: weights of the three terms.
+        connectivity, redundancy, stability: weights of the three terms (finite Python
+            numbers, as every option here: a tensor is refused, since the op would read it back
+            from its device on every call).
         previous: the :class:`PromptTopology` of the previous call (``terms["topology"]`` of a
             call with ``return_terms=True``), a constant (no gradient flows into it); None
             makes the stability term 0. One made under ``torch.inference_mode`` is fine, unless
@@ -123,11 +142,14 @@ def loss(
         normalize: ``"mean"`` (divide by the mean pairwise distance) or ``"none"``.
         connectivity_mode: ``"total"`` or ``"target"`` (needs ``target``).
         target: τ for ``connectivity_mode="target"``.
-        p: exponent of the H1 persistences in the redundancy term.
+        p: exponent of the H1 persistences in the redundancy term (finite, > 0).
         reduction: ``"mean"`` or ``"sum"`` over prompts (scalar), or ``"none"`` (``(B,)``).
             For an empty batch (B = 0) ``"mean"`` is NaN, as ``torch.mean`` of no elements.
         return_terms: also return a dict of the unweighted terms (reduced like the loss),
-            ``scale``, ``h1_count`` ``(B,)``, and ``topology`` (detached, for ``previous``).
+            ``scale`` (per prompt the mean pairwise distance, at least the dtype's smallest
+            normal number so that coincident points divide by no zero, or 1 with
+            ``normalize="none"``; reduced alike),
+            ``h1_count`` ``(B,)``, and ``topology`` (detached, for ``previous``).
         max_h1: H1 capacity per prompt (default 4·N); the K most persistent bars are used.
 
     Returns:
@@ -225,13 +247,14 @@ class TSLoss(torch.nn.Module):
                             connectivity_mode=connectivity_mode, target=target, p=p,
                             reduction=reduction, max_h1=max_h1)
         self.previous: Optional[PromptTopology] = None
-        self.last_terms: Dict[str, torch.Tensor] = {}
+        self.last_terms: Terms = {}
 
     def reset(self) -> None:
         self.previous = None
         self.last_terms = {}
 
     def forward(self, prompts: torch.Tensor) -> torch.Tensor:
+        _check_prompts_type(prompts)
         if self.previous is not None and prompts.dim() in (2, 3):
             # Shapes only: no host synchronisation.
             b, n = (1, prompts.shape[0]) if prompts.dim() == 2 else tuple(prompts.shape[:2])

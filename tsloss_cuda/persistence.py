@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -63,7 +64,8 @@ class Diagrams:
             Rows ``>= min(h1_count, K)`` are padding ``(0, 0)``.
         h1_edges: ``(B, K, 4)`` int64, ``(i, j, k, l)``: birth edge ``(i < j)`` and death edge
             ``(k < l)``, the longest edge of the triangle that kills the class. Padding is -1.
-        h1_count: ``(B,)`` int64, the true number of H1 pairs (zero-persistence pairs excluded).
+        h1_count: ``(B,)`` int64, the true number of H1 pairs (zero-persistence pairs excluded;
+            0 with ``maxdim=0``, where H1 is not computed).
             On CUDA only, two negative codes: -1 (``H1_OVERFLOW``) marks a cloud whose H1
             reduction outgrew its fixed device workspace (its H1 rows are all padding,
             ``truncated`` is True, H0 is exact; raise ``TSLOSS_CUDA_H1_HEAP`` /
@@ -72,6 +74,7 @@ class Diagrams:
             whose distance overflows the dtype (its ``h0`` and ``h1`` values are NaN).
         truncated: ``(B,)`` bool, whether ``h1_count > K`` (then the K most persistent are kept).
         num_points: N, where known (``h0`` cannot tell N = 0 from N = 1).
+        maxdim: the ``maxdim`` of the call: 0 when H1 was not computed.
 
     ``h0`` and ``h1`` carry gradients to the input points (or distance matrix).
     """
@@ -83,12 +86,15 @@ class Diagrams:
     h1_count: torch.Tensor
     truncated: torch.Tensor
     num_points: Optional[int] = None
+    maxdim: int = 1
 
     def to_numpy(self) -> List[List[np.ndarray]]:
-        """Per cloud, ``[H0, H1]`` float64 arrays in ripser.py's format.
+        """Per cloud, ``[H0, H1]`` float64 arrays in ripser.py's format (``[H0]`` with
+        ``maxdim=0``, as ripser.py gives).
 
         H0 includes its ``(0, inf)`` row (none for an empty cloud) and leaves zero-length bars
-        out, as ripser.py does.
+        out, as ripser.py does. A truncated cloud (``h1_count > K``) has only its K most
+        persistent H1 bars, with a warning naming it: pass a larger ``max_h1`` for all.
         This copies to the host: use it for analysis, not inside a training step.
         """
         h0 = self.h0.detach().double().cpu().numpy()
@@ -105,13 +111,18 @@ class Diagrams:
                 f"H1 of clouds {np.flatnonzero(counts < 0).tolist()} overflowed the CUDA "
                 "workspace; raise TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_ARENA / "
                 "TSLOSS_CUDA_H1_COLUMNS and recompute")
+        if (counts > h1.shape[1]).any():
+            warnings.warn(
+                f"H1 of clouds {np.flatnonzero(counts > h1.shape[1]).tolist()} has more bars than "
+                f"max_h1 = {h1.shape[1]}; only the {h1.shape[1]} most persistent are returned "
+                "(pass a larger max_h1 for all)", stacklevel=2)
         counts = np.minimum(counts, h1.shape[1])
         out = []
         for b in range(h0.shape[0]):
             bars0 = h0[b][h0[b, :, 1] > 0]
             if self.num_points != 0:
                 bars0 = np.concatenate([bars0, [[0.0, np.inf]]], axis=0)
-            out.append([bars0, h1[b, : counts[b]].copy()])
+            out.append([bars0] if self.maxdim == 0 else [bars0, h1[b, : counts[b]].copy()])
         return out
 
 
@@ -200,7 +211,7 @@ def vr_persistence(
         # The input's own NaN/Inf and bad matrices, and (count -2 from the engine) distances
         # that overflowed from finite points.
         out = mark_invalid_clouds(out, invalid_clouds(xb, distances) | (out[4] == INVALID_INPUT))
-    return Diagrams(*out, num_points=n)
+    return Diagrams(*out, num_points=n, maxdim=maxdim)
 
 
 def _engine(x: torch.Tensor):

@@ -24,6 +24,7 @@ TSLoss is one line for both::
 """
 from __future__ import annotations
 
+import numbers
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -105,6 +106,27 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
     return (cols * mask.long()).argmax(1)
 
 
+def _count(name: str, value) -> None:
+    """A TypeError or ValueError naming the argument unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _label_ids(label_ids, model: nn.Module) -> torch.Tensor:
+    """``label_ids`` as a ``(C,)`` long tensor of ids in the model's vocabulary."""
+    ids = torch.as_tensor(label_ids)
+    if ids.dim() != 1 or ids.numel() < 1 or ids.is_floating_point() or ids.is_complex():
+        raise ValueError("label_ids must be C >= 1 integer token ids, one per label, got "
+                         f"{tuple(ids.shape)} {ids.dtype}")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = ids.long()
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise ValueError(f"label_ids must be token ids in [0, {vocab}), got {ids.tolist()}")
+    return ids
+
+
 class SoftPromptModel(nn.Module):
     """A frozen transformers model with a learnable soft prompt.
 
@@ -131,8 +153,9 @@ class SoftPromptModel(nn.Module):
                  init_ids: Optional[Sequence[int]] = None,
                  generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
-        if n_prompts < 1:
-            raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+        _count("n_prompts", n_prompts)
+        if head == "linear":
+            _count("num_labels", num_labels)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if head not in HEADS:
@@ -148,8 +171,7 @@ class SoftPromptModel(nn.Module):
         if task == "causal":
             if label_ids is None:
                 raise ValueError("a causal model needs label_ids (the verbalizer's token ids)")
-            self.register_buffer("label_ids", torch.as_tensor(label_ids).long(),
-                                 persistent=False)
+            self.register_buffer("label_ids", _label_ids(label_ids, model), persistent=False)
         elif head == "linear":
             self.head = nn.Linear(self.prompt.shape[1], num_labels).to(self.prompt.device)
         else:

@@ -143,7 +143,11 @@ class TopologyTracker:
         if terms:
             for name in TERMS:
                 t = terms.get(name)
-                if isinstance(t, torch.Tensor) and t.numel() == 1:
+                if isinstance(t, torch.Tensor) and t.numel() != 1:
+                    raise ValueError(f"terms: {name} has shape {tuple(t.shape)}; the tracker "
+                                     "records one prompt, so its terms must be scalars (one "
+                                     "prompt's loss terms, or reduction='mean' or 'sum')")
+                if isinstance(t, torch.Tensor):
                     t = t.detach().float().reshape(())
                     if name == "scale":  # the clamp is not the prompt's scale
                         t = torch.where(t <= _SCALE_FLOOR, torch.zeros_like(t), t)

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a local folder of a transformers causal LM or encoder")
     p.add_argument("--model-cache", default=None,
                    help="folder of converted models (default: $TSLOSS_CACHE, else "
-                        "~/.cache/tsloss_cuda/models)")
+                        "~/.cache/tsloss_cuda/models)%(default).0s")
     p.add_argument("--task", default="auto", choices=("auto", "causal", "encoder"),
                    help="how to tune the model (auto: detected from the checkpoint)")
     p.add_argument("--data", default=DATA_CSV, help="CSV with columns text,label,split")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads per process (0: torch's default). Default: 1 for an "
                         "encoder, whose small matmuls only contend for a small shared machine's "
                         "cores, and torch's default for a causal LM, whose larger ones scale "
-                        "(Gemma 3 270M: 1.7 s/step on 1 thread, 1.0 s on 2)")
+                        "(Gemma 3 270M: 1.7 s/step on 1 thread, 1.0 s on 2)%(default).0s")
     p.add_argument("--max-steps", type=positive_int, default=100, help="optimizer steps per run")
     p.add_argument("--batch-size", type=positive_int, default=8, help="examples per rank per step")
     p.add_argument("--prompt-length", type=positive_int, default=8, help="N, soft prompt vectors")
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt init: sampled vocabulary embeddings, Gaussian, or the embeddings "
                         "of --init-text's tokens repeated to N")
     p.add_argument("--init-text", default=None,
-                   help="text of --init text (default: the task's instruction)")
+                   help="text of --init text (default: the task's instruction)%(default).0s")
     p.add_argument("--head", default="similarity", choices=("similarity", "linear"),
                    help="encoder: score labels by similarity to label descriptions (only the "
                         "prompt trains) or with a trainable linear head")
