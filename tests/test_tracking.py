@@ -90,6 +90,20 @@ def _capture(monkeypatch):
     return figs
 
 
+def test_tracker_refuses_the_terms_of_a_batch():
+    """One prompt per tracker: a batch's per-prompt terms were dropped without a word."""
+    from tsloss_cuda.loss import loss
+    prompt = torch.randn(5, 3)
+    tracker = TopologyTracker(1)
+    _, batched = loss(torch.randn(3, 5, 3), reduction="none", return_terms=True)
+    with pytest.raises(ValueError, match=r"terms: connectivity has shape \(3,\)"):
+        tracker.update(0, prompt, terms=batched)
+    _, one = loss(prompt, return_terms=True)
+    tracker.update(0, prompt, terms=one)
+    row = tracker.flush()[0]
+    assert row["ts_connectivity"] == pytest.approx(float(one["connectivity"]))
+
+
 def test_a_nan_death_is_not_drawn_as_an_infinite_bar(monkeypatch):
     figs = _capture(monkeypatch)
     h0 = np.array([[0.0, 1.0], [0.0, np.nan], [0.0, np.inf]])
