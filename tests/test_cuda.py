@@ -264,6 +264,16 @@ def test_loss_and_gradient_match_cpu(dtype):
         x = x + 0.05 * torch.randn(x.shape, generator=g, dtype=dtype)
 
 
+def test_gradient_of_subnormal_float64_edges():
+    """As the CPU (tests/test_inputs.py): edges of subnormal length get a unit gradient, not
+    +-Inf or NaN (the backward kernel's g / length overflowed)."""
+    for gap in (1e-310, 5e-324):
+        x = torch.tensor([[0.0, 0.0], [gap, 0.0]], dtype=torch.float64, device="cuda",
+                         requires_grad=True)
+        tsloss_cuda.vr_persistence(x).h0[..., 1].sum().backward()
+        assert x.grad.cpu().tolist() == [[-1.0, 0.0], [1.0, 0.0]], gap
+
+
 def test_training_step_has_no_host_sync():
     # A whole TSLoss step (forward, backward, optimizer) under sync-debug "error": any .item(),
     # .cpu() or data-dependent host branch on the loss path raises.

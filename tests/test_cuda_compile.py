@@ -45,8 +45,10 @@ def _existing_build():
     else None (a fresh build then): .ci/run's CMake finds nvcc on PATH only, this file also
     through CUDA_HOME, so its build-ci may lack the kernels that this check must compile."""
     existing = os.environ.get("TSLOSS_CMAKE_BUILD_DIR")
-    cache = Path(existing or ".") / "CMakeCache.txt"
-    if not existing or not cache.is_file():
+    if not existing:
+        return None
+    cache = Path(existing) / "CMakeCache.txt"
+    if not cache.is_file():
         return None
     # Reconfiguring it with a CUDA compiler named anew would wipe its cache and rebuild it all;
     # the build below reruns CMake by itself if a CMakeLists.txt changed.

@@ -8,13 +8,15 @@ The whole ripser.py-parity and loss suites run through the emulated kernels with
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 import tsloss_cuda
 from cases import all_clouds, hard_clouds
-from tsloss_cuda import _emulated  # noqa: F401  (the emulated op's fake kernel and autograd)
 
 ops = torch.ops.tsloss_cuda
 
@@ -99,6 +101,16 @@ def test_opcheck_emulated():
     opcheck(ops.vr_persistence_emulated.default, (x, 0, False, 48))
     d = ops.pairwise_distance(x.detach()).requires_grad_(True)
     opcheck(ops.vr_persistence_emulated.default, (d, 1, True, 48))
+
+
+def test_emulated_op_is_complete_once_the_package_is_imported():
+    """Its fake kernel and autograd were registered by tsloss_cuda._emulated, imported only by
+    the TSLOSS_ENGINE switch: opcheck of the op failed in a session that had not used it."""
+    code = ("import sys, torch, tsloss_cuda\n"
+            "torch.library.opcheck(torch.ops.tsloss_cuda.vr_persistence_emulated.default,\n"
+            "                      (torch.randn(2, 8, 3, requires_grad=True), 1, False, 32))\n"
+            "assert 'tsloss_cuda._emulated' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

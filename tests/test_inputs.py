@@ -607,7 +607,7 @@ def test_tsloss_backward_refuses_an_edge_outside_the_cloud():
         ops.tsloss_backward(*grads, *saved, *options)
 
 
-@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e300, 1e-300])
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e300, 1e-300, 1e-305])
 def test_gradient_at_extreme_float64_scales(scale):
     """A bar's gradient is a sum of unit vectors, whatever the cloud's scale: float64 clouds whose
     squared distances under- or overflow (the forward rescales those pairs) must get it too, not
@@ -622,6 +622,18 @@ def test_gradient_at_extreme_float64_scales(scale):
         return y.grad
 
     torch.testing.assert_close(grad(scale), grad(1.0), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("distances", [False, True])
+def test_gradient_of_subnormal_float64_edges(distances):
+    """Edges shorter than ~2.2e-308 (subnormal lengths): g / length overflowed float64, so the
+    gradient from points was +-Inf (and NaN where a coordinate difference is 0) while the
+    forward's values were right; from the distance matrix it was always a plain 1."""
+    for gap in (1e-310, 5e-324):
+        x = torch.tensor([[0.0, 0.0], [gap, 0.0]], dtype=torch.float64, requires_grad=True)
+        inp = pairwise_distance(x) if distances else x
+        vr_persistence(inp, distances=distances).h0[..., 1].sum().backward()
+        assert x.grad.tolist() == [[-1.0, 0.0], [1.0, 0.0]], gap
 
 
 @pytest.mark.parametrize("dtype,scales", [(torch.float32, [1e-30, 1e-20, 1e20, 1e30]),

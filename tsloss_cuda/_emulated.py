@@ -6,13 +6,6 @@ device's algorithm on machines without a GPU.
 """
 from __future__ import annotations
 
-import torch
-
-from ._ops import _vr_persistence_backward, _vr_persistence_fake, _vr_persistence_setup, ops
-
-torch.library.register_fake("tsloss_cuda::vr_persistence_emulated")(_vr_persistence_fake)
-torch.library.register_autograd(
-    "tsloss_cuda::vr_persistence_emulated", _vr_persistence_backward,
-    setup_context=_vr_persistence_setup)
+from ._ops import ops  # registers the op's fake kernel and autograd with the others
 
 op = ops.vr_persistence_emulated

@@ -113,6 +113,12 @@ def _bar_gradient(grad_h0, grad_h1, x, h0_edges, h1_edges, distances: bool) -> t
 
 torch.library.register_autograd(
     "tsloss_cuda::vr_persistence", _vr_persistence_backward, setup_context=_vr_persistence_setup)
+# The GPU engine's kernels on the host warp emulation (TSLOSS_ENGINE=emulated, tests) share the
+# signature. Registered here, with the op's library, so that opcheck and torch.compile find them
+# before anything imports ._emulated.
+torch.library.register_fake("tsloss_cuda::vr_persistence_emulated")(_vr_persistence_fake)
+torch.library.register_autograd("tsloss_cuda::vr_persistence_emulated", _vr_persistence_backward,
+                                setup_context=_vr_persistence_setup)
 
 
 # ---- TSLoss: one forward and one backward op ---------------------------------------------------

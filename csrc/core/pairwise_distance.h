@@ -97,6 +97,21 @@ TSL_HD double point_distance(const T* x, const T* y, index_t dim) {
   return distance_from_square(squared_distance(x, y, dim), x, y, dim);
 }
 
+// What a reported edge's gradient g puts on its endpoints' coordinate differences:
+// step_k = s * (diff_k * m), g times d|x_u - x_v| / dx_u. m = 1, except where g / len could
+// overflow (len < 2^-900: float64 points closer than ~1e-271, subnormal differences included);
+// there the length and the differences are scaled by m = 2^1000, exactly, so the step keeps
+// its two roundings and stays finite. Zero-length edges get nothing (s = 0), as the forward's
+// value has no direction there.
+struct EdgeScale {
+  double s, m;
+};
+TSL_HD EdgeScale edge_scale(double g, double len) {
+  if (len == 0.0) return {0.0, 1.0};
+  if (len >= 0x1p-900) return {g / len, 1.0};
+  return {g / (len * 0x1p1000), 0x1p1000};
+}
+
 // A Gram-form square of two float32 points proved to give their canonical float32 distance, or
 // not: nn = |y_i|^2 + |y_j|^2 and g = y_i . y_j summed in double in any order, with or without
 // FMA, y = fl(x - c) rounded in double (a float32 difference breaks the bound: the native

@@ -171,13 +171,13 @@ void scatter_edge(T g, int64_t u, int64_t v, bool distances, const T* x, int64_t
   }
   const T* xu = x + u * D;
   const T* xv = x + v * D;
-  const double len = tsl::point_distance(xu, xv, D);
-  if (len == 0.0) return;
-  const double s = static_cast<double>(g) / len;
+  const tsl::EdgeScale e = tsl::edge_scale(static_cast<double>(g), tsl::point_distance(xu, xv, D));
+  if (e.s == 0.0) return;
   T* gu = grad + u * D;
   T* gv = grad + v * D;
   for (int64_t k = 0; k < D; ++k) {
-    const T step = static_cast<T>(s * (static_cast<double>(xu[k]) - static_cast<double>(xv[k])));
+    const T step = static_cast<T>(
+        e.s * ((static_cast<double>(xu[k]) - static_cast<double>(xv[k])) * e.m));
     gu[k] += step;
     gv[k] -= step;
   }

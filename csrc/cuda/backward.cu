@@ -49,7 +49,7 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
                                    const int64_t* __restrict__ h0_edges, int64_t H0,
                                    const int64_t* __restrict__ h1_edges, int64_t K,
                                    bool distances, T* __restrict__ grad,
-                                   double* __restrict__ scale_all) {
+                                   tsl::EdgeScale* __restrict__ scale_all) {
   const int64_t b = blockIdx.x;
   const int64_t R = H0 + 2 * K;
   if (distances) {
@@ -66,30 +66,30 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
   }
   const T* xb = x + b * N * D;
   T* gb = grad + b * N * D;
-  double* scale = scale_all + b * R;
+  tsl::EdgeScale* scale = scale_all + b * R;
   for (int64_t r = threadIdx.x; r < R; r += blockDim.x) {
     const EdgeRef e = edge_ref(b, r, h0_edges, H0, h1_edges, K);
     const T g = edge_grad(e, g0, g1);
-    double s = 0.0;  // 0: the edge contributes nothing (same skips as the CPU)
+    tsl::EdgeScale s{0.0, 1.0};  // s = 0: the edge contributes nothing (same skips as the CPU)
     if (g != T(0) && live_edge(e, N)) {
       const T* xu = xb + e.u * D;
       const T* xv = xb + e.v * D;
       // The canonical order (eight lane sums, a fixed tree), as the CPU's scatter_edge: a single
       // running sum rounds differently from D = 4 on.
-      const double len = tsl::point_distance(xu, xv, D);
-      if (len != 0.0) s = (double)g / len;
+      s = tsl::edge_scale((double)g, tsl::point_distance(xu, xv, D));
     }
     scale[r] = s;
   }
   __syncthreads();
   for (int64_t k = threadIdx.x; k < D; k += blockDim.x) {
     for (int64_t r = 0; r < R; ++r) {
-      const double s = scale[r];
-      if (s == 0.0) continue;
+      const tsl::EdgeScale s = scale[r];
+      if (s.s == 0.0) continue;
       const EdgeRef e = edge_ref(b, r, h0_edges, H0, h1_edges, K);
       // __dmul_rn: for T = double the cast is a no-op and nvcc would fuse the product into
       // the += below (one rounding instead of the CPU's two).
-      const T step = (T)__dmul_rn(s, (double)xb[e.u * D + k] - (double)xb[e.v * D + k]);
+      const double diff = __dmul_rn((double)xb[e.u * D + k] - (double)xb[e.v * D + k], s.m);
+      const T step = (T)__dmul_rn(s.s, diff);
       gb[e.u * D + k] += step;
       gb[e.v * D + k] -= step;
     }
@@ -99,7 +99,7 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
 }  // namespace
 
 size_t vr_backward_workspace_bytes(int64_t B, int64_t H0, int64_t K) {
-  return sizeof(double) * (size_t)(B * (H0 + 2 * K) > 0 ? B * (H0 + 2 * K) : 1);
+  return sizeof(tsl::EdgeScale) * (size_t)(B * (H0 + 2 * K) > 0 ? B * (H0 + 2 * K) : 1);
 }
 
 template <typename T>
@@ -110,7 +110,7 @@ cudaError_t launch_vr_backward(const T* grad_h0, const T* grad_h1, const T* x, i
   if (B == 0 || N == 0 || H0 + 2 * K == 0) return cudaSuccess;
   vr_backward_kernel<T><<<(unsigned)B, 256, 0, stream>>>(grad_h0, grad_h1, x, N, D, h0_edges,
                                                          H0, h1_edges, K, distances, grad,
-                                                         static_cast<double*>(workspace));
+                                                         static_cast<tsl::EdgeScale*>(workspace));
   return cudaGetLastError();
 }
 

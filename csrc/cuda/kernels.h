@@ -122,7 +122,7 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                   int clouds_per_warp, cudaStream_t stream,
                                   bool block_topology = false, bool warp_reduction = false);
 
-// Bytes of workspace launch_vr_backward<T> needs (one double per reported edge).
+// Bytes of workspace launch_vr_backward<T> needs (an EdgeScale, two doubles, per reported edge).
 size_t vr_backward_workspace_bytes(int64_t B, int64_t H0, int64_t K);
 
 // Gradient of the reported bar values with respect to the input, in the CPU's summation order
