@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import json
 import math
 import os
 import sys
@@ -24,6 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tsloss_cuda import stats  # noqa: E402
+from tsloss_cuda._cli import CLIError  # noqa: E402
+from tsloss_cuda.compare import RUN_KEYS, read_record  # noqa: E402
 from tsloss_cuda.stats import Interval, SignTest, variant_of  # noqa: E402
 
 #: Measure -> what it is, for claim 3; the paper expects a negative correlation for each.
@@ -37,8 +38,7 @@ def _saved(out: str) -> Tuple[Dict, Dict, Optional[List[str]]]:
     for name in ("comparison.json", "summary.json"):
         path = os.path.join(out, name)
         if os.path.isfile(path):
-            with open(path) as f:
-                saved = json.load(f)
+            saved = read_record(path, {}, "OUT_DIR")
             specs = saved.get("specs") or {r["run_id"]: r for r in saved.get("runs", [])
                                            if "run_id" in r}
             # A folder from before "last" was recorded: every run it ever asked for.
@@ -58,8 +58,7 @@ def load(out: str) -> Tuple[List[Dict], Dict, int]:
     if files:
         results = []
         for p in files:
-            with open(p) as f:
-                results.append(json.load(f))
+            results.append(read_record(p, RUN_KEYS, "OUT_DIR"))
     else:
         path = os.path.join(out, "metrics.csv")
         if not os.path.isfile(path):
@@ -274,7 +273,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if not os.path.isdir(a.out_dir):
         sys.exit(f"compare_report: OUT_DIR {a.out_dir} is not a folder")
-    results, config, left_out = load(a.out_dir)
+    try:
+        results, config, left_out = load(a.out_dir)
+    except CLIError as exc:
+        sys.exit(f"compare_report: {exc}")
     target = a.target if a.target is not None else float(config.get("target_acc", 0.8))
     sys.stdout.write(report(a.out_dir, results, config, a.baseline, a.variant, target,
                             a.n_boot, a.seed, left_out))

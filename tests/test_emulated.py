@@ -17,6 +17,7 @@ import torch
 
 import tsloss_cuda
 from cases import all_clouds, hard_clouds
+from tsloss_cuda import _emulated  # the TSLOSS_ENGINE switch's module, spied on below
 
 ops = torch.ops.tsloss_cuda
 

@@ -215,6 +215,24 @@ def test_reset_forgets_the_last_terms():
     assert module.last_terms == {} and module.previous is None
 
 
+def test_state_dict_keeps_the_previous_diagram(tmp_path):
+    """A run resumed from a checkpoint must compute the stability term as one not stopped:
+    state_dict() was empty, so a resumed module started again from no previous diagram."""
+    g = torch.Generator().manual_seed(3)
+    p1, p2 = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    running = T.TSLoss(stability=1.0)
+    running(p1)
+    torch.save(running.state_dict(), tmp_path / "tsloss.pt")
+    resumed = T.TSLoss(stability=1.0)
+    resumed.load_state_dict(torch.load(tmp_path / "tsloss.pt"))
+    assert torch.equal(resumed(p2), running(p2))
+    fresh = T.TSLoss(stability=1.0)
+    fresh.load_state_dict(T.TSLoss().state_dict())  # a module that never ran: none kept
+    assert fresh.previous is None
+    with pytest.raises(ValueError, match="previous_h0 and previous_h1"):
+        fresh.load_state_dict({"_extra_state": {"previous_h0": torch.zeros(1, 7)}})
+
+
 @pytest.mark.parametrize("kw", [
     dict(redundancy=0.0, stability=1.0),  # no redundancy, but the stability term needs H1
     dict(redundancy=0.0, stability=0.0),  # no term needs H1: the previous H1 goes unused

@@ -31,6 +31,10 @@ def _fixtures(d):
         f.write("a,b\n1,2\n")
     with open(os.path.join(d, "header.csv"), "w") as f:
         f.write("text,label,split\n")
+    with open(os.path.join(d, "short.csv"), "w") as f:  # a row cut short
+        f.write("text,label,split\ngood,pos,train\nbad\nok,neg,validation\n")
+    with open(os.path.join(d, "long.csv"), "w") as f:  # a text with an unquoted comma
+        f.write("text,label,split\ngood,pos,train\nbad, really,neg,train\nok,neg,validation\n")
     with open(os.path.join(d, "junk", "step_1.pt"), "w") as f:
         f.write("not a checkpoint")
     torch.save(torch.zeros(3, 4, 5), os.path.join(d, "shape", "step_1.pt"))
@@ -92,6 +96,14 @@ def _comparison_fixtures(d):
                         ("version", dict(mine, version="0.0.0")),
                         ("old", NO_PROVENANCE)):
         _comparison_folder(os.path.join(d, f"cmp_{name}"), run=other)
+    # Damaged files in a comparison folder: comparison.json cut short or emptied, a run's record
+    # emptied.
+    for name, file, text in (("cut", compare.CONFIG_FILE, '{"config": {'),
+                             ("empty", compare.CONFIG_FILE, "{}"),
+                             ("run", os.path.join("runs", "none_seed0.json"), "{}")):
+        _comparison_folder(os.path.join(d, f"cmp_{name}"), run=mine)
+        with open(os.path.join(d, f"cmp_{name}", file), "w") as f:
+            f.write(text)
 
 
 # (argv with {d} for the fixture folder, text the message must contain: the argument's name,
@@ -118,6 +130,9 @@ TRAIN_CASES = [
     ("--data {d}/nonexistent.csv", "--data"),
     ("--data {d}/bad.csv", "--data"),
     ("--data {d}/header.csv", "--data"),
+    ("--data {d}/short.csv", "--data: {d}/short.csv line 3 has 1 field, its header 3"),
+    ("--data {d}/long.csv", "--data: {d}/long.csv line 3 has 4 fields"),
+    ("--max-length 1", "--max-length 1: this tokenizer needs at least"),
     ("--output-dir {d}/afile", "--output-dir"),
     # A resume needs comparison.json: without it the settings of the runs in runs/ are unknown.
     (CMP + " --output-dir {d}/cmp_no_config",
@@ -132,6 +147,11 @@ TRAIN_CASES = [
      + T.__version__),
     (CMP + " --output-dir {d}/cmp_old",
      "--output-dir {d}/cmp_old holds run none_seed0 recorded without its world size"),
+    (CMP + " --output-dir {d}/cmp_cut", "--output-dir: cannot read {d}/cmp_cut/comparison.json"),
+    (CMP + " --output-dir {d}/cmp_empty",
+     "--output-dir: {d}/cmp_empty/comparison.json is not a file of a tsloss_cuda comparison"),
+    (CMP + " --output-dir {d}/cmp_run",
+     "--output-dir: {d}/cmp_run/runs/none_seed0.json is not a file of a tsloss_cuda comparison"),
     # A single run would overwrite a comparison's prompts/ (its config alone, or its runs alone).
     ("--max-steps 1 --output-dir {d}/cmp_begun",
      "--output-dir {d}/cmp_begun holds a --compare comparison"),
@@ -318,6 +338,25 @@ def test_function_errors(text, call, exc, name):
         call()
     msg = str(info.value)
     assert "\n" not in msg and name in msg, msg
+
+
+def test_data_with_a_byte_order_mark_is_read(tmp_path):
+    """Spreadsheets' "CSV UTF-8" starts with a byte-order mark, which made the first column
+    '\ufefftext' and the file refused for want of a text column."""
+    from tsloss_cuda.tasks import load_data
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbftext,label,split\na,pos,train\nc,neg,validation\n")
+    assert load_data(str(path)) == ({"train": (["a"], [1]), "validation": (["c"], [0])},
+                                    ["neg", "pos"])
+
+
+def test_comparison_report_names_a_damaged_file(bad_inputs):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "python", "compare_report.py"),
+                        os.path.join(bad_inputs, "cmp_run")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("compare_report: OUT_DIR: ") and "none_seed0.json" in lines[0]
 
 
 def test_device_flags_have_help():

@@ -81,6 +81,10 @@ class TSLossCallback(TrainerCallback):
     TSLoss of the last optimizer step's prompt, before the factor ``weight`` (a 0-d tensor, not
     synchronised until logged).
 
+    Every ``trainer.train()`` starts the stability term afresh, ``resume_from_checkpoint``
+    included: a Trainer checkpoint does not hold the callback's previous diagram, so the first
+    resumed step's stability term is 0, as a new run's.
+
     Raises:
         ImportError: the installed transformers has no ``on_pre_optimizer_step`` hook.
         RuntimeError: from ``on_train_begin``, under DeepSpeed or FSDP.

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._cli import CLIError
+from ._cli import CLIError, first_line
 
 CONFIG_FILE = "comparison.json"
 #: Key of a run's record holding :func:`provenance`.
@@ -201,13 +201,39 @@ def save_run(out_dir: str, spec: RunSpec, result: Mapping[str, Any],
     _write_json(os.path.join(out_dir, "runs", f"{spec.run_id}.json"), body)
 
 
+#: What a comparison's files must hold to be read back: key -> type.
+CONFIG_KEYS: Mapping[str, type] = {"config": dict, "specs": dict}
+RUN_KEYS: Mapping[str, type] = {"run_id": str, "regularizer": str, "seed": int, "variant": str,
+                                "overrides": dict, "rows": list}
+
+
+def read_record(path: str, keys: Mapping[str, type],
+                arg: str = "--output-dir") -> Dict[str, Any]:
+    """The JSON object in ``path`` with ``keys`` of their types, else a :class:`CLIError`
+    naming ``arg`` and the file: a resume or a report must not end in a traceback on a file
+    that was cut short, damaged or written by hand."""
+    try:
+        with open(path) as f:
+            body = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise CLIError(f"{arg}: cannot read {path}: {first_line(exc)}") from None
+    bad = sorted(keys) if not isinstance(body, dict) else [
+        k for k, kind in keys.items() if not isinstance(body.get(k), kind)]
+    if bad:
+        raise CLIError(f"{arg}: {path} is not a file of a tsloss_cuda comparison (no valid "
+                       f"{', '.join(bad)}): restore it, remove it or use another folder")
+    return body
+
+
 def load_run(out_dir: str, run_id: str) -> Optional[Dict[str, Any]]:
     """A finished run as :func:`save_run` wrote it (prompt tensor included), or None."""
     path = os.path.join(out_dir, "runs", f"{run_id}.json")
     if not (os.path.isfile(path) and os.path.isfile(prompt_path(out_dir, run_id))):
         return None
-    with open(path) as f:
-        res = json.load(f)
+    res = read_record(path, RUN_KEYS)
+    if res["run_id"] != run_id:
+        raise CLIError(f"--output-dir: {path} holds run {res['run_id']!r}, not {run_id!r}: "
+                       "restore it, remove it or use another folder")
     res["snapshots"] = _decode_snapshots(res.get("snapshots") or {})
     res["prompt"] = torch.load(prompt_path(out_dir, run_id), map_location="cpu")
     return res
@@ -226,8 +252,7 @@ def _check_config(out_dir: str, config: Mapping[str, Any],
                        "settings of its runs are unknown: use another --output-dir (or restore "
                        f"its {CONFIG_FILE})")
     if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = read_record(path, CONFIG_KEYS)
         for k in sorted(set(old["config"]) | set(config)):
             if old["config"].get(k) != config.get(k):
                 raise CLIError(

@@ -151,11 +151,12 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(B, N, N)`` distances in x's dtype, float32 for half-precision input (B = 1 for 2-D
-        input): exactly symmetric, exact
-        zero diagonal, by the difference form (no Gram-form cancellation for close points).
-        float32 rows are widened and summed in float64, so each float32 distance is the
-        float64 distance rounded once (the matrix ripser.py builds); float64 pairs whose
-        squares would under- or overflow are recomputed with scaling.
+        input): exactly symmetric, exact zero diagonal, by the difference form (no Gram-form
+        cancellation for close points). float32 rows are widened and summed in float64, so
+        each float32 distance is the float64 distance rounded once; float64 pairs whose
+        squares would under- or overflow are recomputed with scaling. ripser.py given points
+        computes its distances by sklearn's Gram form, which can differ in the last bit: give
+        it this matrix (``distance_matrix=True``) to compare diagrams exactly.
         Differentiable.
     """
     return ops.pairwise_distance(_as_batch(x, "x", square=False))

@@ -60,9 +60,14 @@ def task_spec(path: str, names: Sequence[str]) -> TaskSpec:
 def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[str]]:
     """split -> (texts, label indices), and the sorted label names."""
     try:
-        with open(path, newline="") as f:
+        # utf-8-sig: spreadsheet programs' "CSV UTF-8" starts with a byte-order mark, which
+        # would otherwise become part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            rows = list(reader)
+            rows, lines = [], []
+            for row in reader:
+                rows.append(row)
+                lines.append(reader.line_num)
             columns = set(reader.fieldnames or ())
     except OSError as exc:
         raise CLIError(f"--data: cannot read {path}: {exc.strerror or exc}") from None
@@ -72,6 +77,13 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
         raise CLIError(f"--data: {path} needs columns text,label,split")
     if not rows:
         raise CLIError(f"--data: {path} has no rows after its header")
+    width = len(reader.fieldnames)
+    for row, line in zip(rows, lines):
+        if None in row.values() or None in row:  # DictReader's fill for short and long rows
+            given = width - list(row.values()).count(None) + len(row.get(None) or ())
+            hint = "; quote texts that contain commas" if given > width else ""
+            raise CLIError(f"--data: {path} line {line} has {given} field"
+                           f"{'s' if given != 1 else ''}, its header {width}{hint}")
     names = sorted({r["label"] for r in rows})
     out: Dict[str, Tuple[List[str], List[int]]] = {}
     for split in ("train", "validation"):
@@ -130,6 +142,10 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
     """
     y = torch.tensor(labels)
     if task == "encoder":
+        least = tok.num_special_tokens_to_add() + 1
+        if max_length < least:  # the tokenizer's own error names neither flag nor cause
+            raise CLIError(f"--max-length {max_length}: this tokenizer needs at least {least} "
+                           f"tokens per sentence (its {least - 1} special tokens and one word)")
         enc = tok(texts, padding="max_length", truncation=True, max_length=max_length,
                   return_tensors="pt")
         desc = tok([spec.describe.format(label=n) for n in names], padding=True,
