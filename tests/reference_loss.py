@@ -70,8 +70,10 @@ def reference_loss(
                           torch.zeros_like(pers))
     red = powered.sum(-1)
 
+    # stable: tied persistences keep their row order, as in the op, so that the gradient at a
+    # tie (a subgradient) is the same one, not whichever order the sort happened to pick.
     h1_sorted = torch.sort(torch.where(valid, pers, torch.zeros_like(pers)), dim=-1,
-                           descending=True).values
+                           descending=True, stable=True).values
     if previous is None:
         stab = x.new_zeros(b)
     else:

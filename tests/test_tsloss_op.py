@@ -163,6 +163,22 @@ def test_no_h1_bars(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_tied_h1_persistences_with_stability(device):
+    """Integer clouds have H1 bars of equal persistence: the stability term's gradient at such a
+    tie is the subgradient of one order (rows kept in order, as the op sorts), which the
+    reference matched only once its sort was made stable (4 % apart before)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 3, (3, 15, 3), generator=g).double().to(device)
+    prev = torch.randint(0, 3, (3, 15, 3), generator=g).double().to(device)
+    _, terms = T.loss(prev, return_terms=True)
+    dg = T.vr_persistence(x)
+    pers = [(h[:int(c), 1] - h[:int(c), 0]).tolist() for h, c in zip(dg.h1, dg.h1_count)]
+    assert any(len(set(row)) < len(row) for row in pers)  # ties there are
+    fused, ref = both(x, stability=1.0, previous=terms["topology"])
+    assert_same(fused, ref, 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("max_h1", [0, 1, 3])
 def test_truncated_h1(device, max_h1):
     x = cloud(2, 30, 16, seed=4).to(device)

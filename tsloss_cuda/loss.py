@@ -25,7 +25,7 @@ from typing import Dict, NamedTuple, Optional, Tuple, Union
 import torch
 
 from ._ops import ops
-from .persistence import check_max_h1, default_max_h1
+from .persistence import check_dense, check_max_h1, default_max_h1
 
 _NORMALIZE = ("mean", "none")
 _MODES = ("total", "target")
@@ -87,6 +87,7 @@ def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
 def _check_prompts_type(prompts) -> None:
     if not isinstance(prompts, torch.Tensor):
         raise TypeError(f"prompts must be a torch.Tensor, got {type(prompts).__name__}")
+    check_dense(prompts, "prompts")
 
 
 def _as_prompts(prompts: torch.Tensor) -> torch.Tensor:

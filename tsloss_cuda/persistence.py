@@ -126,9 +126,19 @@ class Diagrams:
         return out
 
 
+def check_dense(x: torch.Tensor, name: str) -> None:
+    """The ops read strided memory: a sparse or nested tensor is refused by name, not by the
+    dispatcher's message about backends."""
+    if x.is_nested or x.layout != torch.strided:
+        kind = "a nested tensor" if x.is_nested else f"layout {x.layout}"
+        raise TypeError(f"{name} must be a dense (strided) tensor, got {kind}; convert it "
+                        "first (e.g. .to_dense(), or one call per cloud)")
+
+
 def _as_batch(x: torch.Tensor, name: str, *, square: bool) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_dense(x, name)
     what = ("(N, N) or (B, N, N) distance matrix (distances=True)" if square
             else "(N, D) or (B, N, D) tensor of points")
     if x.dim() not in (2, 3):
