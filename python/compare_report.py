@@ -24,7 +24,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tsloss_cuda import stats  # noqa: E402
 from tsloss_cuda._cli import CLIError  # noqa: E402
-from tsloss_cuda.compare import RUN_KEYS, read_record  # noqa: E402
+from tsloss_cuda.compare import (CONFIG_KEYS, RUN_KEYS, nonempty_dicts,  # noqa: E402
+                                  read_record)
 from tsloss_cuda.stats import Interval, SignTest, variant_of  # noqa: E402
 
 #: Measure -> what it is, for claim 3; the paper expects a negative correlation for each.
@@ -38,7 +39,9 @@ def _saved(out: str) -> Tuple[Dict, Dict, Optional[List[str]]]:
     for name in ("comparison.json", "summary.json"):
         path = os.path.join(out, name)
         if os.path.isfile(path):
-            saved = read_record(path, {}, "OUT_DIR")
+            keys = CONFIG_KEYS if name == "comparison.json" else {
+                "runs": lambda v: v is None or nonempty_dicts(v)}
+            saved = read_record(path, keys, "OUT_DIR")
             specs = saved.get("specs") or {r["run_id"]: r for r in saved.get("runs", [])
                                            if "run_id" in r}
             # A folder from before "last" was recorded: every run it ever asked for.

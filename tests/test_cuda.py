@@ -264,14 +264,19 @@ def test_loss_and_gradient_match_cpu(dtype):
         x = x + 0.05 * torch.randn(x.shape, generator=g, dtype=dtype)
 
 
-def test_gradient_of_subnormal_float64_edges():
-    """As the CPU (tests/test_inputs.py): edges of subnormal length get a unit gradient, not
-    +-Inf or NaN (the backward kernel's g / length overflowed)."""
-    for gap in (1e-310, 5e-324):
-        x = torch.tensor([[0.0, 0.0], [gap, 0.0]], dtype=torch.float64, device="cuda",
-                         requires_grad=True)
-        tsloss_cuda.vr_persistence(x).h0[..., 1].sum().backward()
-        assert x.grad.cpu().tolist() == [[-1.0, 0.0], [1.0, 0.0]], gap
+def test_gradient_of_far_scaled_float64_edges():
+    """As the CPU (tests/test_inputs.py), bit for bit: subnormal edge lengths, and weights whose
+    g / length leaves the normal range, get g times the unit vector, not +-Inf, NaN or 0."""
+    cases = [(1e-310, 0.0, 1.0), (5e-324, 0.0, 1.0), (1e-320, 1.0, 1.0), (3e-320, 1 / 3, 1.0),
+             (3e300, 4 / 3, 1e-30), (3e-270, 4 / 3, 1e40)]
+    for gap, slope, weight in cases:
+        grads = []
+        for device in ("cpu", "cuda"):
+            x = torch.tensor([[0.0, 0.0], [gap, gap * slope]], dtype=torch.float64,
+                             device=device, requires_grad=True)
+            (tsloss_cuda.vr_persistence(x).h0[..., 1].sum() * weight).backward()
+            grads.append(x.grad.cpu())
+        assert torch.isfinite(grads[0]).all() and torch.equal(grads[0], grads[1]), (gap, grads)
 
 
 def test_training_step_has_no_host_sync():

@@ -95,6 +95,19 @@ def test_emulated_errors_match_cpu():
             op(x, 1, False, 8)
 
 
+@pytest.mark.parametrize("value", ["-1", "1e6", "abc", "18446744073709551615", str(2**40 + 1)])
+def test_bad_pool_setting_is_an_error_naming_it(monkeypatch, value):
+    """strtoull read these silently: -1 and 2^64 - 1 as sizes that wrapped to an empty pool
+    (every cloud reported -1, as if the device had run out), 1e6 as 1 byte, abc as 0."""
+    t = 2 * np.pi * np.arange(40) / 40
+    x = torch.as_tensor(np.stack([np.cos(t), np.sin(t)], 1))[None]
+    monkeypatch.setenv("TSLOSS_EMULATED_POOL_BYTES", value)
+    with pytest.raises(Exception, match="TSLOSS_EMULATED_POOL_BYTES must be a whole number"):
+        ops.vr_persistence_emulated(x, 1, False, 160)
+    monkeypatch.setenv("TSLOSS_EMULATED_POOL_BYTES", "4000000")  # a pool this cloud fits in
+    _same(ops.vr_persistence_emulated(x, 1, False, 160), ops.vr_persistence(x, 1, False, 160))
+
+
 def test_opcheck_emulated():
     from torch.library import opcheck
     x = torch.randn(2, 12, 3, dtype=torch.float64, requires_grad=True)

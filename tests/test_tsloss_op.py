@@ -166,7 +166,7 @@ def test_no_h1_bars(device):
 def test_tied_h1_persistences_with_stability(device):
     """Integer clouds have H1 bars of equal persistence: the stability term's gradient at such a
     tie is the subgradient of one order (rows kept in order, as the op sorts), which the
-    reference matched only once its sort was made stable (4 % apart before)."""
+    reference matched only once its sort was made stable."""
     g = torch.Generator().manual_seed(7)
     x = torch.randint(0, 3, (3, 15, 3), generator=g).double().to(device)
     prev = torch.randint(0, 3, (3, 15, 3), generator=g).double().to(device)

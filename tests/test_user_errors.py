@@ -74,7 +74,8 @@ def _comparison_folder(out, *, config=True, run=None):
             json.dump(body, f, indent=1, allow_nan=False)
             f.write("\n")
     if run is not None:
-        record = dict(specs[0].to_json(), run_id=specs[0].run_id, rows=[], snapshots={})
+        record = dict(specs[0].to_json(), run_id=specs[0].run_id, rows=[{"step": 0}],
+                      snapshots={})
         if run is not NO_PROVENANCE:
             record[compare.PROVENANCE] = run
         os.makedirs(os.path.join(out, "runs"))
@@ -100,7 +101,8 @@ def _comparison_fixtures(d):
     # emptied.
     for name, file, text in (("cut", compare.CONFIG_FILE, '{"config": {'),
                              ("empty", compare.CONFIG_FILE, "{}"),
-                             ("run", os.path.join("runs", "none_seed0.json"), "{}")):
+                             ("run", os.path.join("runs", "none_seed0.json"), "{}"),
+                             ("prompt", os.path.join("prompts", "prompt_none_seed0.pt"), "x")):
         _comparison_folder(os.path.join(d, f"cmp_{name}"), run=mine)
         with open(os.path.join(d, f"cmp_{name}", file), "w") as f:
             f.write(text)
@@ -130,7 +132,7 @@ TRAIN_CASES = [
     ("--data {d}/nonexistent.csv", "--data"),
     ("--data {d}/bad.csv", "--data"),
     ("--data {d}/header.csv", "--data"),
-    ("--data {d}/short.csv", "--data: {d}/short.csv line 3 has 1 field, its header 3"),
+    ("--data {d}/short.csv", "--data: {d}/short.csv line 3 has 1 field, the header has 3"),
     ("--data {d}/long.csv", "--data: {d}/long.csv line 3 has 4 fields"),
     ("--max-length 1", "--max-length 1: this tokenizer needs at least"),
     ("--output-dir {d}/afile", "--output-dir"),
@@ -152,6 +154,8 @@ TRAIN_CASES = [
      "--output-dir: {d}/cmp_empty/comparison.json is not a file of a tsloss_cuda comparison"),
     (CMP + " --output-dir {d}/cmp_run",
      "--output-dir: {d}/cmp_run/runs/none_seed0.json is not a file of a tsloss_cuda comparison"),
+    (CMP + " --output-dir {d}/cmp_prompt",
+     "--output-dir: cannot read {d}/cmp_prompt/prompts/prompt_none_seed0.pt"),
     # A single run would overwrite a comparison's prompts/ (its config alone, or its runs alone).
     ("--max-steps 1 --output-dir {d}/cmp_begun",
      "--output-dir {d}/cmp_begun holds a --compare comparison"),
@@ -354,13 +358,31 @@ def test_data_with_a_byte_order_mark_is_read(tmp_path):
                                     ["neg", "pos"])
 
 
-def test_comparison_report_names_a_damaged_file(bad_inputs):
+def test_data_rows_may_leave_other_columns_out(tmp_path):
+    """Only text, label and split must be there: a notes column that some rows leave out, or
+    a trailing comma in the header, loaded before the field-count check and still do."""
+    from tsloss_cuda.tasks import load_data
+    notes = tmp_path / "notes.csv"
+    notes.write_text("text,label,split,notes\na,pos,train,x\nc,neg,validation\n")
+    comma = tmp_path / "comma.csv"
+    comma.write_text("text,label,split,\na,pos,train\nc,neg,validation\n")
+    for path in (notes, comma):
+        assert load_data(str(path)) == ({"train": (["a"], [1]), "validation": (["c"], [0])},
+                                        ["neg", "pos"])
+
+
+@pytest.mark.parametrize("folder,file", [("cmp_run", "none_seed0.json"),
+                                         ("cmp_empty", "comparison.json"),
+                                         ("cmp_cut", "comparison.json")])
+def test_comparison_report_names_a_damaged_file(bad_inputs, folder, file):
+    """One line naming the file, not a traceback, nor (an emptied comparison.json) a report
+    made with the default settings."""
     r = subprocess.run([sys.executable, os.path.join(ROOT, "python", "compare_report.py"),
-                        os.path.join(bad_inputs, "cmp_run")],
+                        os.path.join(bad_inputs, folder)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert lines[0].startswith("compare_report: OUT_DIR: ") and "none_seed0.json" in lines[0]
+    assert lines[0].startswith("compare_report: OUT_DIR: ") and file in lines[0]
 
 
 def test_device_flags_have_help():

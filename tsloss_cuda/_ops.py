@@ -103,9 +103,14 @@ def _bar_gradient(grad_h0, grad_h1, x, h0_edges, h1_edges, distances: bool) -> t
     d = x.shape[2]
     iu, iv = u.unsqueeze(-1).expand(-1, -1, d), v.unsqueeze(-1).expand(-1, -1, d)
     diff = x.gather(1, iu) - x.gather(1, iv)
-    sq = (diff * diff).sum(-1, keepdim=True)
-    pos = sq > 0  # coincident points have no direction, as in the kernel
-    unit = torch.where(pos, diff / torch.where(pos, sq, torch.ones_like(sq)).sqrt(),
+    # Scaled by the largest |difference| (a constant to the unit vector, so detached) before
+    # squaring, as the kernel's lengths: float64 squares of edges below ~1e-154 or above ~1e154
+    # would under- or overflow, and gave those edges no gradient.
+    top = diff.detach().abs().amax(-1, keepdim=True)
+    pos = top > 0  # coincident points have no direction, as in the kernel
+    r = diff / torch.where(pos, top, torch.ones_like(top))
+    sq = (r * r).sum(-1, keepdim=True)  # sqrt after the mask: its derivative at 0 is Inf
+    unit = torch.where(pos, r / torch.where(pos, sq, torch.ones_like(sq)).sqrt(),
                        torch.zeros_like(diff))
     t = w.unsqueeze(-1) * unit
     return torch.zeros_like(x).scatter_add(1, iu, t).scatter_add(1, iv, -t)

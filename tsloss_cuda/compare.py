@@ -201,24 +201,38 @@ def save_run(out_dir: str, spec: RunSpec, result: Mapping[str, Any],
     _write_json(os.path.join(out_dir, "runs", f"{spec.run_id}.json"), body)
 
 
-#: What a comparison's files must hold to be read back: key -> type.
-CONFIG_KEYS: Mapping[str, type] = {"config": dict, "specs": dict}
-RUN_KEYS: Mapping[str, type] = {"run_id": str, "regularizer": str, "seed": int, "variant": str,
-                                "overrides": dict, "rows": list}
+def _of(kind: type) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, kind)
 
 
-def read_record(path: str, keys: Mapping[str, type],
+def nonempty_dicts(v: Any) -> bool:
+    """A non-empty list of objects: a run's metric rows (step 0 at least)."""
+    return isinstance(v, list) and len(v) > 0 and all(isinstance(r, dict) for r in v)
+
+
+#: What a comparison's files must hold to be read back: key -> test of its value.
+CONFIG_KEYS: Mapping[str, Callable[[Any], bool]] = {
+    "config": _of(dict),
+    "specs": lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values())}
+RUN_KEYS: Mapping[str, Callable[[Any], bool]] = {
+    "run_id": _of(str), "regularizer": _of(str), "seed": _of(int), "variant": _of(str),
+    "overrides": _of(dict), "rows": nonempty_dicts,
+    "snapshots": lambda v: v is None or isinstance(v, dict),
+    PROVENANCE: lambda v: v is None or isinstance(v, dict)}
+
+
+def read_record(path: str, keys: Mapping[str, Callable[[Any], bool]],
                 arg: str = "--output-dir") -> Dict[str, Any]:
-    """The JSON object in ``path`` with ``keys`` of their types, else a :class:`CLIError`
-    naming ``arg`` and the file: a resume or a report must not end in a traceback on a file
-    that was cut short, damaged or written by hand."""
+    """The JSON object in ``path`` whose ``keys`` pass their tests (a missing key is None),
+    else a :class:`CLIError` naming ``arg`` and the file: a resume or a report must not end in
+    a traceback on a file that was cut short, damaged or written by hand."""
     try:
         with open(path) as f:
             body = json.load(f)
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise CLIError(f"{arg}: cannot read {path}: {first_line(exc)}") from None
     bad = sorted(keys) if not isinstance(body, dict) else [
-        k for k, kind in keys.items() if not isinstance(body.get(k), kind)]
+        k for k, valid in keys.items() if not valid(body.get(k))]
     if bad:
         raise CLIError(f"{arg}: {path} is not a file of a tsloss_cuda comparison (no valid "
                        f"{', '.join(bad)}): restore it, remove it or use another folder")
@@ -234,8 +248,17 @@ def load_run(out_dir: str, run_id: str) -> Optional[Dict[str, Any]]:
     if res["run_id"] != run_id:
         raise CLIError(f"--output-dir: {path} holds run {res['run_id']!r}, not {run_id!r}: "
                        "restore it, remove it or use another folder")
-    res["snapshots"] = _decode_snapshots(res.get("snapshots") or {})
-    res["prompt"] = torch.load(prompt_path(out_dir, run_id), map_location="cpu")
+    try:
+        res["snapshots"] = _decode_snapshots(res.get("snapshots") or {})
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"--output-dir: {path} has snapshots that are not diagrams "
+                       f"({first_line(exc)}): restore it, remove it or use another folder"
+                       ) from None
+    try:
+        res["prompt"] = torch.load(prompt_path(out_dir, run_id), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, named as such
+        raise CLIError(f"--output-dir: cannot read {prompt_path(out_dir, run_id)}: "
+                       f"{first_line(exc)}") from None
     return res
 
 

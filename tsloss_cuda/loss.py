@@ -231,9 +231,12 @@ class TSLoss(torch.nn.Module):
     Takes the keyword options of :func:`loss` (except ``previous`` and ``return_terms``).
     ``forward(prompts)`` returns the loss; ``last_terms`` holds the detached per-term tensors
     of the last call for logging (read them at your logging interval, not every step).
-    ``reset()`` forgets the previous diagram. ``state_dict()`` holds it (as ``_extra_state``), so
-    a training run resumed from a checkpoint computes the stability term as one not stopped
-    would. A compiled module evaluated under
+    ``reset()`` forgets the previous diagram. ``state_dict()`` stays empty, so that a model
+    holding a TSLoss saves as before (safetensors takes tensors only, strict loading of older
+    checkpoints finds no missing key); to resume the stability term exactly, save
+    ``previous._asdict()`` (``previous`` is a :class:`PromptTopology` of tensors, or None) with
+    the checkpoint and assign ``PromptTopology(**saved)`` back.
+    A compiled module evaluated under
     ``torch.inference_mode`` keeps an inference-tensor diagram that its next compiled training
     call cannot save for the backward: evaluate compiled code under ``torch.no_grad()``.
     """
@@ -273,20 +276,6 @@ class TSLoss(torch.nn.Module):
         self.last_terms = {k: v.detach() if isinstance(v, torch.Tensor) else v
                            for k, v in terms.items()}
         return value
-
-    def get_extra_state(self) -> Dict[str, Optional[torch.Tensor]]:
-        prev = self.previous
-        return {"previous_h0": None if prev is None else prev.h0,
-                "previous_h1": None if prev is None else prev.h1}
-
-    def set_extra_state(self, state: Dict[str, Optional[torch.Tensor]]) -> None:
-        h0, h1 = state.get("previous_h0"), state.get("previous_h1")
-        if (h0 is None) != (h1 is None) or not all(
-                t is None or isinstance(t, torch.Tensor) for t in (h0, h1)):
-            raise ValueError("TSLoss.load_state_dict: _extra_state must hold previous_h0 and "
-                             "previous_h1, both tensors or both None")
-        self.previous = None if h0 is None else PromptTopology(h0, h1)
-        self.last_terms = {}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -129,10 +129,12 @@ class Diagrams:
 def check_dense(x: torch.Tensor, name: str) -> None:
     """The ops read strided memory: a sparse or nested tensor is refused by name, not by the
     dispatcher's message about backends."""
-    if x.is_nested or x.layout != torch.strided:
-        kind = "a nested tensor" if x.is_nested else f"layout {x.layout}"
-        raise TypeError(f"{name} must be a dense (strided) tensor, got {kind}; convert it "
-                        "first (e.g. .to_dense(), or one call per cloud)")
+    if x.is_nested:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got a nested tensor; clouds "
+                        "of different sizes take one call each (x.unbind())")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}; "
+                        "convert it first (.to_dense())")
 
 
 def _as_batch(x: torch.Tensor, name: str, *, square: bool) -> torch.Tensor:
@@ -165,8 +167,9 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
         cancellation for close points). float32 rows are widened and summed in float64, so
         each float32 distance is the float64 distance rounded once; float64 pairs whose
         squares would under- or overflow are recomputed with scaling. ripser.py given points
-        computes its distances by sklearn's Gram form, which can differ in the last bit: give
-        it this matrix (``distance_matrix=True``) to compare diagrams exactly.
+        computes its distances by sklearn's Gram form: in float32 up to the last bit apart
+        from these, in float64 far more for points close together relative to their norms.
+        Give it this matrix (``distance_matrix=True``) to compare diagrams exactly.
         Differentiable.
     """
     return ops.pairwise_distance(_as_batch(x, "x", square=False))

@@ -79,11 +79,14 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
         raise CLIError(f"--data: {path} has no rows after its header")
     width = len(reader.fieldnames)
     for row, line in zip(rows, lines):
-        if None in row.values() or None in row:  # DictReader's fill for short and long rows
+        # DictReader fills a short row's missing fields with None and keeps a long row's extra
+        # ones under the key None. Other columns may be left empty; these three may not.
+        short = any(row[k] is None for k in ("text", "label", "split"))
+        if short or None in row:
             given = width - list(row.values()).count(None) + len(row.get(None) or ())
-            hint = "; quote texts that contain commas" if given > width else ""
+            hint = "" if short else "; quote texts that contain commas"
             raise CLIError(f"--data: {path} line {line} has {given} field"
-                           f"{'s' if given != 1 else ''}, its header {width}{hint}")
+                           f"{'s' if given != 1 else ''}, the header has {width}{hint}")
     names = sorted({r["label"] for r in rows})
     out: Dict[str, Tuple[List[str], List[int]]] = {}
     for split in ("train", "validation"):

@@ -57,9 +57,10 @@ TSL_HD double squared_distance(const T* x, const T* y, index_t dim) {
 }
 
 // |x - y| scaled by the largest coordinate difference first (as hypot does for two
-// coordinates): exact where the plain sum of squares would under- or overflow float64.
+// coordinates): exact where the plain sum of squares would under- or overflow float64. With a
+// power-of-two `scale`, |x - y| * scale, rounded once where |x - y| alone would be subnormal.
 template <typename T>
-TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
+TSL_HD double scaled_distance(const T* x, const T* y, index_t dim, double scale = 1.0) {
   double m = 0.0;
   for (index_t k = 0; k < dim; ++k) {
     const double t = fabs((double)x[k] - (double)y[k]);
@@ -74,7 +75,7 @@ TSL_HD double scaled_distance(const T* x, const T* y, index_t dim) {
     const double t = ((double)x[k] - (double)y[k]) / m;
     s = add_rn(s, mul_rn(t, t));  // nvcc would fuse s += t * t
   }
-  return m * sqrt(s);
+  return (m * scale) * sqrt(s);
 }
 
 // float64 squares outside [kSafeSquareLow, kSafeSquareHigh] may have under- or overflowed;
@@ -98,18 +99,25 @@ TSL_HD double point_distance(const T* x, const T* y, index_t dim) {
 }
 
 // What a reported edge's gradient g puts on its endpoints' coordinate differences:
-// step_k = s * (diff_k * m), g times d|x_u - x_v| / dx_u. m = 1, except where g / len could
-// overflow (len < 2^-900: float64 points closer than ~1e-271, subnormal differences included);
-// there the length and the differences are scaled by m = 2^1000, exactly, so the step keeps
-// its two roundings and stays finite. Zero-length edges get nothing (s = 0), as the forward's
-// value has no direction there.
+// step_k = s * (diff_k * m), g times d|x_u - x_v| / dx_u. Normally (s, m) = (g / len, 1).
+// Where len is subnormal or g / len leaves the normal range (float64 edges shorter than
+// ~2.2e-308, or a g far from 1 on a very short or long edge), lengths and differences are
+// scaled by a power of two m bringing len near 1: the length is recomputed from the scaled
+// differences, since a subnormal len has lost its precision, and the step stays finite and
+// nonzero. Zero-length edges get nothing (s = 0): the forward's value has no direction there.
 struct EdgeScale {
   double s, m;
 };
-TSL_HD EdgeScale edge_scale(double g, double len) {
-  if (len == 0.0) return {0.0, 1.0};
-  if (len >= 0x1p-900) return {g / len, 1.0};
-  return {g / (len * 0x1p1000), 0x1p1000};
+template <typename T>
+TSL_HD EdgeScale edge_scale(double g, const T* x, const T* y, index_t dim) {
+  const double len = point_distance(x, y, dim);
+  if (len == 0.0 || g == 0.0) return {0.0, 1.0};
+  const double s = g / len;
+  if (len >= 0x1p-1022 && fabs(s) >= 0x1p-1022 && fabs(s) <= 0x1p1023) return {s, 1.0};
+  int e = ilogb(len);
+  e = e < -1000 ? -1000 : (e > 1000 ? 1000 : e);  // m itself must be a finite double
+  const double m = ldexp(1.0, -e);
+  return {g / scaled_distance(x, y, dim, m), m};
 }
 
 // A Gram-form square of two float32 points proved to give their canonical float32 distance, or

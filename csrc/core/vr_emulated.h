@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "h1_reduce_warp.h"
@@ -61,10 +63,23 @@ struct EmulationOptions {
 // set, fixes the reduction's pool at that many bytes, so that a cloud which exhausts it is
 // reported as the device reports it (h1_count -1) instead of rerun with more: the tests' way
 // into the device's overflow path. Read at every call, as TSLOSS_ENGINE is.
+// Digits only, at most 2^40 (a TiB); anything else is an error naming the variable: strtoull
+// took "-1" as 2^64 - 1, "1e6" as 1 and "abc" as 0, and sizes near 2^64 wrapped to an empty
+// pool, each silently.
 inline EmulationOptions emulation_options_from_env() {
+  constexpr uint64_t kMaxPoolBytes = uint64_t(1) << 40;
   EmulationOptions opt;
   const char* v = std::getenv("TSLOSS_EMULATED_POOL_BYTES");
-  if (v != nullptr && *v != '\0') opt.fixed_pool_bytes = std::strtoull(v, nullptr, 10);
+  if (v == nullptr || *v == '\0') return opt;
+  uint64_t bytes = 0;
+  for (const char* c = v; *c != '\0'; ++c) {
+    const uint64_t digit = uint64_t(*c - '0');
+    if (*c < '0' || *c > '9' || bytes > (kMaxPoolBytes - digit) / 10)
+      throw std::invalid_argument(std::string("TSLOSS_EMULATED_POOL_BYTES must be a whole number "
+                                              "of bytes from 0 to 2^40, got '") + v + "'");
+    bytes = bytes * 10 + digit;
+  }
+  opt.fixed_pool_bytes = bytes;
   return opt;
 }
 

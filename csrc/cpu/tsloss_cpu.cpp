@@ -110,7 +110,8 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
     const int64_t sweep_chunks = B == 1 && N >= 64 && threads > 1 ? 4 * threads : 1;
     const int64_t work = N * N * (N + (fused ? D : 0));
     const bool emulated = emulated_engine();
-    const tsl::EmulationOptions emulation_opt = tsl::emulation_options_from_env();
+    const tsl::EmulationOptions emulation_opt =
+        emulated ? tsl::emulation_options_from_env() : tsl::EmulationOptions{};
     glue::parallel_for(0, B, cloud_grain(work), [&](int64_t begin, int64_t end) {
       tsl::HostWorkspace<scalar_t>& ws = thread_workspace<scalar_t>();
       tsl::EmulatedWorkspace<scalar_t> emulated_ws;

@@ -171,7 +171,7 @@ void scatter_edge(T g, int64_t u, int64_t v, bool distances, const T* x, int64_t
   }
   const T* xu = x + u * D;
   const T* xv = x + v * D;
-  const tsl::EdgeScale e = tsl::edge_scale(static_cast<double>(g), tsl::point_distance(xu, xv, D));
+  const tsl::EdgeScale e = tsl::edge_scale(static_cast<double>(g), xu, xv, D);
   if (e.s == 0.0) return;
   T* gu = grad + u * D;
   T* gv = grad + v * D;

@@ -76,7 +76,7 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
       const T* xv = xb + e.v * D;
       // The canonical order (eight lane sums, a fixed tree), as the CPU's scatter_edge: a single
       // running sum rounds differently from D = 4 on.
-      s = tsl::edge_scale((double)g, tsl::point_distance(xu, xv, D));
+      s = tsl::edge_scale((double)g, xu, xv, D);
     }
     scale[r] = s;
   }
