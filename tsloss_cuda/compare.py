@@ -293,7 +293,7 @@ def _check_config(out_dir: str, config: Mapping[str, Any],
 
 def _check_provenance(out_dir: str, run: Mapping[str, Any], prov: Mapping[str, Any]) -> None:
     """Refuse to reuse a finished run made by another world size, data file or version."""
-    if PROVENANCE not in run:
+    if run.get(PROVENANCE) is None:
         raise CLIError(f"--output-dir {out_dir} holds run {run['run_id']} recorded without its "
                        "world size, data file sha256 and version (an older tsloss_cuda), so "
                        "it may not match: use another --output-dir")
