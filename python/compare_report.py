@@ -40,7 +40,7 @@ def _saved(out: str) -> Tuple[Dict, Dict, Optional[List[str]]]:
         path = os.path.join(out, name)
         if os.path.isfile(path):
             keys = CONFIG_KEYS if name == "comparison.json" else {
-                "runs": lambda v: v is None or nonempty_dicts(v)}
+                "runs": lambda v: v is None or v == [] or nonempty_dicts(v)}
             saved = read_record(path, keys, "OUT_DIR")
             specs = saved.get("specs") or {r["run_id"]: r for r in saved.get("runs", [])
                                            if "run_id" in r}
