@@ -760,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--peer-clouds", type=int, default=PEER_CLOUDS,
                     help="peers run on at most this many clouds of a batch, their time scaled "
                          "to the whole batch (0: all clouds)")
-    ap.add_argument("--render", metavar="JSON", help="only re-render .md/.png from a results JSON")
+    ap.add_argument("--render", metavar="JSON", help="only re-render .md/.png from a results JSON (and refresh its derived ratios)")
     return ap
 
 

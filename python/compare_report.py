@@ -1,7 +1,7 @@
 """Markdown report of a ``--compare`` folder: which of the paper's three claims held.
 
     python python/compare_report.py OUT_DIR [--baseline none] [--variant tsloss] [--target 0.8]
-        > docs/compare-llm.md
+        > report.md
 
 Reads ``OUT_DIR/runs/*.json`` (a comparison in progress works: it reports the runs that
 exist), else ``OUT_DIR/metrics.csv``; only the runs of the last invocation that
@@ -88,12 +88,26 @@ def fmt(x: Optional[float], digits: int = 3) -> str:
     return "n/a" if x is None or np.isnan(x) else f"{x:+.{digits}f}"
 
 
-def ci(iv: Interval, digits: int = 3) -> str:
+def ci(iv: Interval, digits: int = 3, bound: float = 1.0) -> str:
+    """``[low, high]``; an end clipped to +-``bound`` (the most an accuracy difference can be)
+    is marked, since it is the clip and not an estimate."""
     if np.isnan(iv.low) or np.isnan(iv.high):
-        return "n/a" + (f" ({iv.nonfinite} non-finite)" if iv.nonfinite else "")
+        return "n/a" + (f" ({iv.nonfinite} non-finite)" if iv.nonfinite else
+                        " (no spread between seeds)" if iv.undefined == 1 else "")
     if np.isinf(iv.low) and np.isinf(iv.high):
         return "unbounded (n < 4)"
-    return f"[{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]"
+    lo = "-1 (clipped)" if iv.low <= -bound else f"{iv.low:+.{digits}f}"
+    hi = "+1 (clipped)" if iv.high >= bound else f"{iv.high:+.{digits}f}"
+    return f"[{lo}, {hi}]"
+
+
+def why_untested(*ivs: Interval) -> str:
+    """Why intervals have no verdict, in words."""
+    why = {"non-finite values" if iv.nonfinite else "n < 4 seeds" if iv.n < 4 else
+           "no spread between seeds" if iv.undefined == 1 else
+           "a constant measure" if np.isnan(iv.value) else "n < 4 seeds"
+           for iv in ivs if iv.decide(+1) == "untested"}
+    return "; ".join(sorted(why)) or "n < 4 seeds"
 
 
 def state(x: Union[Interval, SignTest], sign: int) -> str:
@@ -117,6 +131,11 @@ def verdict(states: List[str], why_untested: str) -> str:
     return "was inconclusive" if "inconclusive" in s else "did not hold"
 
 
+def _steps(grid: List[float]) -> str:
+    g = [f"{x:g}" for x in grid]
+    return ", ".join(g) if len(g) <= 6 else f"{', '.join(g[:3])}, ..., {g[-1]} ({len(g)} logs)"
+
+
 def steps_text(t: SignTest, reached: str) -> str:
     return f"{t.wins}/{t.ties}/{t.losses}, reached {reached}"
 
@@ -131,6 +150,16 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
                  f"(variants: {', '.join(variants)})")
     others = [v for v in variants if v != baseline]
     exact = stats.resamples_exact(len(seeds))
+    # Pairs must share their logging schedule, or a "final" accuracy or a step to target would
+    # compare different training lengths (the job logs every run alike; merged folders may not).
+    steps_of = {(variant_of(r), int(r["seed"])): [row["step"] for row in r["rows"]]
+                for r in results}
+    for (v, s_), grid in sorted(steps_of.items()):
+        base = steps_of.get((baseline, s_))
+        if base is not None and grid != base:
+            sys.exit(f"compare_report: {v} seed {s_} was logged at steps {_steps(grid)} and "
+                     f"{baseline} seed {s_} at {_steps(base)}: paired statistics need one "
+                     "schedule (same --max-steps and --log-every)")
 
     def paired(v: str, stat: str) -> Interval:  # accuracies: a difference lies in [-1, 1]
         return stats.paired_difference(stats.by_seed(results, v, stat, target),
@@ -159,9 +188,8 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
     else:
         st, reached = steps(variant)
         auc, final = paired(variant, "auc"), paired(variant, "final_acc")
-        why = "non-finite values" if auc.nonfinite or final.nonfinite else "n < 4 seeds"
-        c1 = verdict([st.decide(+1), auc.decide(+1)], why)
-        c2 = verdict([final.decide(+1)], why)
+        c1 = verdict([st.decide(+1), auc.decide(+1)], why_untested(auc))
+        c2 = verdict([final.decide(+1)], why_untested(final))
         st_why = ""
         if st.decide(+1) == "untested" and auc.decide(+1) != "untested":
             c1, st_why = c1 + " on the accuracy AUC alone", " (too few untied seeds to test)"
@@ -173,7 +201,7 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
           for d in ("held", "inconclusive", "untested")}
     tested = len(rho) - len(by["untested"])
     if not tested:
-        c3 = "untested (n < 3 runs or < 4 seeds)"
+        c3 = f"untested ({why_untested(*rho.values())})" if rho else "untested (no measures)"
     elif by["held"]:
         c3 = f"held for {len(by['held'])} of {tested} measures ({', '.join(by['held'])})"
     elif by["inconclusive"]:
@@ -183,8 +211,8 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         c3 = f"did not hold for any of {tested} measures"
     lines.append(
         head + c12 + f"**claim 3 (stable, compact prompts do better) {c3}** ("
-        + "; ".join(f"{MEASURES[m].split(' (')[0]} ρ = {fmt(iv.value, 2)}, {ci(iv, 2)}"
-                    for m, iv in rho.items())
+        + "; ".join(f"{MEASURES[m].split(' (')[0]} ρ = {fmt(iv.value, 2)}, "
+                    f"{ci(iv, 2, math.inf)}" for m, iv in rho.items())
         + f", across {len(results)} runs of {len(seeds)} seeds). A claim holds only where its "
         "95 % interval excludes zero in the claimed direction; claim 3's measures are "
         f"{len(rho)} separate tests at 95 % each, not corrected for multiplicity.")
@@ -195,8 +223,10 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
     draw += "; with fewer than 4 seeds there is no interval and a claim is untested"
     lines.append(
         f"\nDifferences are variant − `{baseline}`, paired by seed (same seed: same prompt "
-        "initialisation and data order); intervals are 95 % studentized bootstraps over seeds "
-        f"({draw}). Steps to target: a run that "
+        "initialisation and data order); intervals are 95 %: the union of Student's t "
+        "interval and a studentized bootstrap over seeds (the bootstrap alone is too narrow "
+        f"for tied accuracy differences; {draw}); an end at ±1 is the clip to what an "
+        "accuracy difference can be. Steps to target: a run that "
         "never reaches the target is censored; per seed the variant wins (it reached the "
         "target at an earlier log, or reached it where the baseline did not), ties (same log, "
         "or neither reached it) or loses, and an exact two-sided sign test over the untied "
@@ -245,7 +275,7 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
                     if iv.nonfinite else "")
             note += (f"; {iv.undefined:.1%} of resamples without ρ left out"
                      if iv.undefined else "")
-            lines.append(f"| {MEASURES[m]} | {fmt(iv.value, 2)} | {ci(iv, 2)} | "
+            lines.append(f"| {MEASURES[m]} | {fmt(iv.value, 2)} | {ci(iv, 2, math.inf)} | "
                          f"{len(results) - iv.nonfinite} / {iv.n} | "
                          f"{state(iv, -1)}{note} |")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from tsloss_cuda._cli import CLIError
 from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_specs, load_run,
                                  run_comparison)
 from tsloss_cuda.run_outputs import write_outputs
+from tsloss_cuda.stats import Interval
 
 
 def _rows(steps, accs, **cols):
@@ -78,9 +79,11 @@ def test_paired_difference():
     assert iv.value == pytest.approx(1.5) and iv.n == 5  # differences 2, 3, 0, 1.5, 1
     assert iv.low < iv.value < iv.high and iv.mc_error == 0
     assert iv == stats.paired_difference(var, base, seed=9)  # 5 seeds: enumerated, no RNG
+    # Every seed gained exactly 1: no spread, so no interval (4 wins of 4 prove nothing).
     same = stats.paired_difference({s: s + 1.0 for s in range(4)}, {s: float(s) for s in range(4)})
-    assert same[:4] == (1.0, 1.0, 1.0, 4) and same.excludes_zero(+1)
-    assert not same.excludes_zero(-1)
+    assert same.value == 1 and same.n == 4 and same.undefined == 1
+    assert same.decide(+1) == "untested" and not same.excludes_zero(+1)
+    assert same.decide(-1) == "not held"  # no seed was worse
     two = stats.paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})  # too few to bound
     assert two[:4] == (1.0, -math.inf, math.inf, 2) and two.decide(+1) == "untested"
     one = stats.paired_difference({0: 2.0}, {0: 1.0})
@@ -257,12 +260,12 @@ def test_report_says_what_held(tmp_path):
     text = report("--variant", "tsloss_w0.3")
     first = text.split("\n\n")[1]
     assert "From 12 runs (3 variants, seeds 0, 1, 2, 3)" in first
-    assert "**claim 2 (higher final accuracy) held** (+0.187, [+0.175, +0.212])" in first
+    assert "**claim 2 (higher final accuracy) held** (+0.187, [+0.148, +0.227])" in first
     # 3 wins, 1 tie: too few untied seeds for the sign test, so the AUC decides claim 1.
     assert ("**claim 1 (faster convergence) held on the accuracy AUC alone** (steps to "
             "target, wins/ties/losses 3/1/0, reached 4/4 vs none 1/4, sign test p = 0.25") in first
     assert "| 0.3 | tsloss_w0.3 |" in text and "| 0.1 | tsloss |" in text
-    assert "| tsloss_w0.3 | final accuracy (+) | +0.187 | [+0.175, +0.212] | 4 | held |" in text
+    assert "| tsloss_w0.3 | final accuracy (+) | +0.187 | [+0.148, +0.227] | 4 | held |" in text
     assert "| 12 / 4 |" in text  # claim 3: 12 runs, 4 seeds resampled
     assert "claim 2 (higher final accuracy) did not hold" in report()
 
@@ -333,7 +336,7 @@ def test_report_of_a_comparison_in_progress_says_untested(tmp_path):
     first = _report_text(out).split("\n\n")[1]
     assert "**claim 1 (faster convergence) untested (n < 4 seeds)**" in first
     assert "**claim 2 (higher final accuracy) untested (n < 4 seeds)**" in first
-    assert "**claim 3 (stable, compact prompts do better) untested (n < 3 runs or < 4 seeds)**" \
+    assert "**claim 3 (stable, compact prompts do better) untested (n < 4 seeds)**" \
         in first
     assert "did not hold" not in first
 
@@ -456,3 +459,42 @@ def test_single_run_refuses_a_comparison_folder(tmp_path, capsys):
     other = tmp_path / "other"
     (other / "runs" / "prompt_tuning").mkdir(parents=True)
     assert not holds_comparison(str(other)) and holds_comparison(out)
+
+
+
+def _report_module():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python",
+                        "compare_report.py")
+    spec = importlib.util.spec_from_file_location("compare_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_report_names_why_and_marks_clipped_ends():
+    """A clipped end is printed as the clip, not as an estimate of -1.000; an untested claim
+    says why (no spread, a constant measure, too few seeds); pairs logged on different
+    schedules are refused, since their "final" accuracies are not at one step."""
+    rep = _report_module()
+    assert rep.ci(Interval(-0.045, -1.0, 0.069, 5)) == "[-1 (clipped), +0.069]"
+    assert rep.ci(Interval(0.5, -0.2, 1.0, 5)) == "[-0.200, +1 (clipped)]"
+    assert rep.ci(Interval(0.9, 0.5, 1.0, 5), 2, math.inf) == "[+0.50, +1.00]"  # a correlation
+    assert rep.ci(Interval(0.1, math.nan, math.nan, 5, undefined=1.0)) == \
+        "n/a (no spread between seeds)"
+    flat = stats.mean_interval({s: 0.02 for s in range(5)})
+    const = stats.spearman_interval([1.0] * 8, list(range(8)), [0, 0, 1, 1, 2, 2, 3, 3])
+    few = stats.mean_interval({0: 0.1, 1: 0.2})
+    assert rep.why_untested(flat) == "no spread between seeds"
+    assert rep.why_untested(const) == "a constant measure"
+    assert rep.why_untested(few) == "n < 4 seeds"
+
+    def run(variant, seed, steps):
+        return {"variant": variant, "regularizer": variant, "seed": seed, "overrides": {},
+                "rows": [{"step": s, "val_acc": 0.5 + 0.01 * i} for i, s in enumerate(steps)]}
+    results = [run(v, s, [0, 5, 10]) for v in ("none", "tsloss") for s in range(4)]
+    assert "claim 2" in rep.report("x", results, {}, "none", "tsloss", 0.8, 200, 0)
+    results[-1] = run("tsloss", 3, [0, 10, 20])
+    with pytest.raises(SystemExit, match="tsloss seed 3 was logged at steps 0, 10, 20 and none "
+                                         "seed 3 at 0, 5, 10"):
+        rep.report("x", results, {}, "none", "tsloss", 0.8, 200, 0)

@@ -37,7 +37,7 @@ def test_mean_interval_covers_95_percent_with_few_seeds(name, draw, mu, low):
     rng = np.random.default_rng(7)
     for n in (5, 10):
         cover, plain = _coverage(draw, mu, n, 1500, rng, n_boot=1000)
-        assert low <= cover <= 0.97, (name, n, cover)
+        assert low <= cover <= 0.98, (name, n, cover)  # the t ends make it conservative
         if n == 5:
             assert plain < 0.9, (name, plain)
 
@@ -45,7 +45,7 @@ def test_mean_interval_covers_95_percent_with_few_seeds(name, draw, mu, low):
 def test_exact_resamples_are_the_ordered_bootstrap():
     """The multiset enumeration with multinomial weights is the n^n equally likely ordered
     resamples, grouped: the same distribution of the mean, so the same interval."""
-    d = np.array([0.3, -0.1, 0.7, 0.2])
+    d = np.array([0.0, 0.1, 0.2, 1.5])  # skewed: the bootstrap-t's high end, the t interval's low
     counts, w, exact = stats.resamples(4, 0, 0)
     assert exact and len(counts) == math.comb(7, 4) and w.sum() == pytest.approx(1)
     ordered = np.array(list(itertools.product(range(4), repeat=4)))
@@ -56,16 +56,19 @@ def test_exact_resamples_are_the_ordered_bootstrap():
         assert np.mean(means_o <= v + 1e-12) == pytest.approx(w[means_w <= v + 1e-12].sum())
 
     # the studentized interval from a direct computation over the 256 ordered resamples
-    def t_star(idx):
-        x = d[idx]
-        se = x.std(ddof=1) / 2
-        diff = x.mean() - d.mean()
-        return diff / se if se > 1e-12 else math.copysign(math.inf, diff)
-    t = np.sort([t_star(i) for i in ordered])
     se = d.std(ddof=1) / 2
+
+    def t_star(idx):  # a resample without spread is standardised by the sample's se
+        x = d[idx]
+        se_b = x.std(ddof=1) / 2
+        return (x.mean() - d.mean()) / (se_b if se_b > 1e-12 else se)
+    t = np.sort([t_star(i) for i in ordered])
     q_lo, q_hi = t[math.ceil(0.025 * 256) - 1], t[math.ceil(0.975 * 256) - 1]
+    boot = (d.mean() - q_hi * se, d.mean() - q_lo * se)
+    student = (d.mean() - 3.182446 * se, d.mean() + 3.182446 * se)  # t(0.975, 3 df)
+    assert boot[1] > student[1] + 1 and student[0] < boot[0] - 0.1  # each gives one end
     iv = stats.mean_interval(dict(enumerate(d)))
-    assert (iv.low, iv.high) == pytest.approx((d.mean() - q_hi * se, d.mean() - q_lo * se))
+    assert (iv.low, iv.high) == pytest.approx((student[0], boot[1]))
     assert iv.mc_error == 0
 
 
@@ -98,13 +101,46 @@ def test_enumerated_intervals_do_not_depend_on_the_rng_seed():
 
 
 def test_floating_point_zero_is_zero():
-    """0.1 + 0.2 - 0.3 = 5.6e-17 on every seed: the interval is [5.6e-17, 5.6e-17], which
-    lies above 0 only by rounding."""
+    """0.1 + 0.2 - 0.3 = 5.6e-17 on every seed: data without spread have no interval (it was
+    the point [5.6e-17, 5.6e-17], above 0 only by rounding), and an end that rounding puts
+    just past 0 does not count."""
     iv = stats.paired_difference({s: 0.1 + 0.2 for s in range(5)}, {s: 0.3 for s in range(5)})
-    assert 0 < iv.low < 1e-16
-    assert iv.decide(+1) == "not held" and not iv.excludes_zero(+1)
+    assert 0 < iv.value < 1e-16 and math.isnan(iv.low) and iv.undefined == 1
+    assert iv.decide(+1) == iv.decide(-1) == "not held" and not iv.excludes_zero(+1)
     assert Interval(0.0, -0.3, -2.2e-17, 5).decide(-1) == "not held"
     assert Interval(0.1, 1e-6, 0.2, 5).decide(+1) == "held"
+
+
+def test_tied_discrete_differences_do_not_make_effects():
+    """Accuracy differences come in steps of one validation example and tie often. With no
+    true effect (-1, 0 or +1 example in 150 with probabilities .3, .4, .3), the bootstrap-t
+    alone called a one-sided effect 7.6 % of the time at n = 5 (nominal 2.5 %) and covered 86 %;
+    with the t interval's ends it must stay near nominal. 1000 data sets at n = 4 and 5:
+    Monte-Carlo sd of the rate ~0.005."""
+    rng = np.random.default_rng(11)
+    for n in (4, 5):
+        held = covered = 0
+        for _ in range(1000):
+            d = rng.choice([-1, 0, 1], size=n, p=[0.3, 0.4, 0.3]) / 150
+            iv = stats.mean_interval(dict(enumerate(d)))
+            held += iv.decide(+1) == "held"
+            covered += not (iv.low > 0 or iv.high < 0)  # NaN (no spread) counts as covering
+        assert held / 1000 <= 0.035 and covered / 1000 >= 0.93, (n, held, covered)
+    # the reviewer's cases: each "held" before
+    for d in ([0, 0, 1, 1, 1], [0, 1, 1, 1]):
+        iv = stats.mean_interval(dict(enumerate(np.array(d) / 150)))
+        assert iv.low < 0 < iv.high and iv.decide(+1) == "not held", (d, iv)
+    same = stats.mean_interval({i: 1 / 150 for i in range(4)})
+    assert same.decide(+1) == "untested" and same.undefined == 1
+
+
+def test_t_quantile():
+    assert stats.t_975(1) == pytest.approx(12.706205) and stats.t_975(4) == pytest.approx(2.776445)
+    assert stats.t_975(30) == pytest.approx(2.042272, abs=1e-6)
+    for df, exact in ((31, 2.039513446), (60, 2.000297822), (1000, 1.962339081)):
+        assert stats.t_975(df) == pytest.approx(exact, abs=1e-7)
+    with pytest.raises(ValueError, match="df"):
+        stats.t_975(0)
 
 
 def test_monte_carlo_error_makes_a_near_end_inconclusive():

@@ -1,6 +1,7 @@
 """End-to-end CLI tests: tiny models saved from configs (no download), torchrun DDP, analysis."""
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -294,3 +295,36 @@ def test_analyze_default_output_dir_of_dot_and_root(tmp_path, monkeypatch):
     assert default_output_dir("..") == str(tmp_path / "runs") + "_analysis"
     assert default_output_dir("/") == str(here / "root_analysis")
     assert default_output_dir("a/b/") == os.path.join("a", "b_analysis")
+
+
+def test_a_diverged_run_is_recorded_with_nan_rows(tiny_models, tmp_path, monkeypatch, capsys):
+    """A prompt gone NaN ends its training, not the comparison: the run's rows from there are
+    NaN (its accuracy is not argmax's class 0 of NaN logits), the record saves and resumes
+    (json NaN), and the report says the interval has a non-finite value."""
+    from tsloss_cuda import train
+    from tsloss_cuda.compare import load_run
+    real_step, calls = torch.optim.Adam.step, {"n": 0}
+
+    def step(self, *a, **k):  # the second update of the first run turns the prompt NaN
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "cmp"
+    args = ["--model", tiny_models["bert"], "--compare", "--compare-regularizers", "none",
+            "tsloss", "--seeds", "0", "--output-dir", str(out)] + TINY
+    assert train.main(args) == 0
+    assert "none_seed0: the prompt is not finite after step 2" in capsys.readouterr().err
+    run = load_run(str(out), "none_seed0")
+    assert run["diverged_at"] == 2 and [r["step"] for r in run["rows"]] == [0, 3, 6]
+    assert run["rows"][0]["val_acc"] == run["rows"][0]["val_acc"]  # step 0: finite
+    assert all(math.isnan(r["val_acc"]) for r in run["rows"][1:])
+    assert set(run["snapshots"]) == {"step 0"}
+    other = load_run(str(out), "tsloss_seed0")  # the next run trains normally
+    assert other["diverged_at"] is None and not any(math.isnan(r["val_acc"]) for r in other["rows"])
+    assert train.main(args) == 0  # resumes: both runs read back, none retrained
+    assert calls["n"] == 2 + 6

@@ -60,7 +60,7 @@ RESERVE=10       # s kept for the summary and the packing
 DRY=${GPU_CHECK_DRYRUN:-0}
 PY=${PYTHON:-python3}
 # Each phase's cap and minimum useful time, in s (build took 41-56 s on the H200).
-declare -A CAP=([build]=150 [cuda_tests]=150 [warp_tests]=120 [tsloss]=30 [sanitizer]=150
+declare -A CAP=([build]=150 [cuda_tests]=150 [warp_tests]=120 [tsloss]=60 [sanitizer]=150
                 [warp_sanitizer]=90 [profile]=90 [bench]=150 [train]=180 [suite]=300)
 # A sanitizer phase gives memcheck half its time after 15 s of margin, and compute-sanitizer
 # with torch's import takes ~10-20 s to start: under 60 s it could only time out.

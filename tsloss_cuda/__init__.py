@@ -3,11 +3,13 @@
 Public API:
     pairwise_distance(x)                   batched Euclidean distances
     vr_persistence(x, maxdim=1, ...)       H0/H1 diagrams with gradients -> Diagrams
+    default_max_h1(n)                      the default H1 capacity K for clouds of n points
     loss(prompts, ...)                     TSLoss
     TSLoss(...)                            stateful module (keeps the previous diagram)
+    PromptTopology                         the topology a stability term compares against
     SoftPromptModel, prompt_parameters     soft prompts for transformers / PEFT models
     TopologyTracker, topology_metrics      prompt topology over training
-    cpu_isa, set_cpu_isa                   which x86 build of the CPU kernels runs (same bits)
+    cpu_isa, set_cpu_isa, supported_cpu_isas   which x86 build of the CPU kernels runs (same bits)
 
 Main job: python -m tsloss_cuda.train (see --help); analysis: python -m tsloss_cuda.analyze DIR.
 """

@@ -154,10 +154,10 @@ def _atomic(path: str, write: Callable[[str], None]) -> None:
             os.remove(tmp)
 
 
-def _write_json(path: str, obj: Any) -> None:
+def _write_json(path: str, obj: Any, allow_nan: bool = False) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
+            json.dump(obj, f, indent=1, allow_nan=allow_nan)
             f.write("\n")
     _atomic(path, write)
 
@@ -198,7 +198,8 @@ def save_run(out_dir: str, spec: RunSpec, result: Mapping[str, Any],
     body.update(spec.to_json(), run_id=spec.run_id)
     if prov is not None:
         body[PROVENANCE] = dict(prov)
-    _write_json(os.path.join(out_dir, "runs", f"{spec.run_id}.json"), body)
+    # NaN stays NaN: a diverged run (train_one) is a result, read back by json as NaN.
+    _write_json(os.path.join(out_dir, "runs", f"{spec.run_id}.json"), body, allow_nan=True)
 
 
 def _of(kind: type) -> Callable[[Any], bool]:

@@ -14,8 +14,12 @@ import torch
 LEAD_COLUMNS = ("regularizer", "variant", "seed", "step", "val_acc", "task_loss", "reg_loss")
 
 
-def _mean_std(v: List[float]) -> str:
-    return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "n/a"
+def _mean_sd(v: List[float], digits: int = 3) -> str:
+    """Mean ± the sample standard deviation (n - 1); no spread is shown for a single value."""
+    if not v:
+        return "n/a"
+    sd = f"{np.std(v, ddof=1):.{digits}f}" if len(v) > 1 else "n/a"
+    return f"{np.mean(v):.{digits}f} ± {sd}"
 
 
 def variant(res: Mapping) -> str:
@@ -60,18 +64,19 @@ def compare_table(results: List[Dict], regs: List[str], target: float) -> str:
     """Markdown table: one row per variant (regulariser, or named variant such as
     ``tsloss_stab``), aggregated over seeds; ``regs`` variants first, in that order."""
     regs = list(regs) + [v for v in dict.fromkeys(variant(r) for r in results) if v not in regs]
-    lines = [f"| regularizer | steps to val acc ≥ {target:.2f} (mean ± std, reached/runs) | "
-             "final val acc (mean ± std) | s/step | regulariser share of step time |",
+    lines = [f"| regularizer | steps to val acc ≥ {target:.2f} (mean ± sd of the runs that "
+             "reached it, reached/runs) | final val acc (mean ± sd) | s/step | "
+             "regulariser share of step time |",
              "|---|---|---|---|---|"]
     for reg in regs:
         rs = [r for r in results if variant(r) == reg]
         if not rs:
             continue
         hit = [r["steps_to_target"] for r in rs if r["steps_to_target"] is not None]
-        steps = (f"{np.mean(hit):.0f} ± {np.std(hit):.0f} ({len(hit)}/{len(rs)})" if hit
+        steps = (f"{_mean_sd(hit, 0)} ({len(hit)}/{len(rs)})" if hit
                  else f"not reached (0/{len(rs)})")
         share = np.mean([r["reg_share"] for r in rs]) * 100
-        lines.append(f"| {reg} | {steps} | {_mean_std([r['final_acc'] for r in rs])} | "
+        lines.append(f"| {reg} | {steps} | {_mean_sd([r['final_acc'] for r in rs])} | "
                      f"{np.mean([r['sec_per_step'] for r in rs]):.3f} | {share:.1f}% |")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ all-reduce per step, so the prompts stay identical; rank 0 alone evaluates and w
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -269,24 +270,43 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         folder = checkpoint_folder(run_dir, run_id, keep=bool(every))
         ckpt_dir = folder if every else None
 
+    diverged: Optional[int] = None  # the first step whose prompt was not finite
+
+    def check_finite(step: int) -> None:
+        # A prompt gone NaN/Inf ends the training but not the run: its later rows are NaN, so
+        # a comparison records it (and its statistics show it) instead of stopping there.
+        nonlocal diverged
+        if diverged is None and not bool(torch.isfinite(spm.prompt).all()):
+            diverged = step
+            if dist.main:
+                tqdm.write(f"{run_id}: the prompt is not finite after step {step} (diverged; "
+                           "try a lower --lr or --reg-weight): its rows from there are NaN",
+                           file=sys.stderr)
+
     def save(step: int) -> None:  # the checkpoint and diagram snapshot due at ``step``
         if ckpt_dir and dist.main and (step % every == 0 or step == args.max_steps):
             torch.save(spm.prompt.detach().cpu().clone(),
                        os.path.join(ckpt_dir, f"step_{step:06d}.pt"))
-        if dist.main and step in snap_steps:  # logged or not (--log-every)
+        if dist.main and step in snap_steps and diverged is None:  # logged or not
             snapshots[f"step {step}"] = vr_persistence(spm.prompt.detach().float()).to_numpy()[0]
 
     def log(step: int) -> None:
         nonlocal loss_acc, reg_acc, n_acc, steps_to_target
         # The TSLoss terms of the prompt as it is now, whatever the regulariser (the
         # regulariser's own last call saw the prompt before this step's update).
-        tracker.update(step, spm.prompt)
-        row = {"regularizer": reg_name, "seed": seed}
-        row.update(tracker.flush()[0])
+        row: Dict = {"regularizer": reg_name, "seed": seed}
+        if diverged is None:
+            tracker.update(step, spm.prompt)
+            row.update(tracker.flush()[0])
+        else:  # the CPU engine refuses a non-finite prompt: every column of step 0's is NaN
+            row.update({k: math.nan for k in rows[0] if k not in row}, step=step)
         if n_acc:
             row.update(to_floats({"task_loss": loss_acc / n_acc, "reg_loss": reg_acc / n_acc}))
+        elif diverged is not None:
+            row.update(task_loss=math.nan, reg_loss=math.nan)
         loss_acc, reg_acc, n_acc = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
-        row["val_acc"] = evaluate(spm, val, task, dev)
+        # A non-finite prompt's logits are NaN, and argmax would count them as class 0.
+        row["val_acc"] = evaluate(spm, val, task, dev) if diverged is None else math.nan
         if steps_to_target is None and row["val_acc"] >= args.target_acc:
             steps_to_target = step
         rows.append(row)
@@ -297,6 +317,10 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     bar = tqdm(range(1, args.max_steps + 1), desc=run_id, leave=False,
                disable=args.quiet or not dist.main, position=progress_pos, dynamic_ncols=True)
     for step in bar:
+        if diverged is not None:  # nothing left to train: log the NaN rows that are due
+            if dist.main and (step % args.log_every == 0 or step == args.max_steps):
+                log(step)
+            continue
         if pos + global_b > m:
             perm, pos = torch.randperm(m, generator=order), 0
         idx = perm[pos + dist.rank * args.batch_size: pos + (dist.rank + 1) * args.batch_size]
@@ -317,6 +341,10 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         dist.average_grads(params)
         opt.step()
         timer.add("step", t0, timer.mark())
+        # Every step on the CPU (free there, and the CPU TSLoss refuses a NaN prompt), only at
+        # logs on a GPU (a host sync). Every rank holds the same prompt, so all stop together.
+        if dev.type == "cpu" or step % args.log_every == 0 or step == args.max_steps:
+            check_finite(step)
         timer.add("reg", t1, t2)
         loss_acc += task_loss.detach()
         n_acc += 1
@@ -332,7 +360,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     return {"regularizer": reg_name, "seed": seed, "rows": rows, "snapshots": snapshots,
             "prompt": spm.prompt.detach().cpu().clone(),
             "final_acc": rows[-1]["val_acc"] if rows else None,
-            "steps_to_target": steps_to_target,
+            "steps_to_target": steps_to_target, "diverged_at": diverged,
             "sec_per_step": step_time / args.max_steps,
             "reg_share": reg_time / step_time if step_time > 0 else 0.0}
 
