@@ -361,7 +361,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             "prompt": spm.prompt.detach().cpu().clone(),
             "final_acc": rows[-1]["val_acc"] if rows else None,
             "steps_to_target": steps_to_target, "diverged_at": diverged,
-            "sec_per_step": step_time / args.max_steps,
+            "sec_per_step": step_time / (args.max_steps if diverged is None else diverged),
             "reg_share": reg_time / step_time if step_time > 0 else 0.0}
 
 
