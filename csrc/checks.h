@@ -4,6 +4,7 @@
 
 #include <torch/types.h>
 
+#include <cmath>
 #include <cstdio>
 #include <initializer_list>
 #include <string>
@@ -96,11 +97,14 @@ inline void check_tsloss_options(int64_t maxdim, int64_t max_h1, double p, int64
 // backends' forward and backward index them at those shapes (a CUDA kernel given prev_h0 alone
 // would read prev_h1 through a null pointer), and a tensor on another device is refused rather
 // than copied: a copy from the host would block the step and break CUDA-graph capture.
+// With `values` (the forward's call), CPU values are checked too: a NaN or Inf previous made
+// the stability term, and the loss, NaN or Inf with no error. On CUDA that scan would
+// synchronise: the terms kernel marks such a cloud h1_count = -2 (INVALID_INPUT) instead.
 inline std::pair<at::Tensor, at::Tensor> check_previous(const char* op,
                                                         const c10::optional<at::Tensor>& prev_h0,
                                                         const c10::optional<at::Tensor>& prev_h1,
                                                         const at::Tensor& x, int64_t H0,
-                                                        int64_t K) {
+                                                        int64_t K, bool values = false) {
   const bool h0 = prev_h0.has_value() && prev_h0->defined();
   const bool h1 = prev_h1.has_value() && prev_h1->defined();
   TSL_CHECK(h0 == h1, op, ": prev_h0 and prev_h1 must be given together");
@@ -117,7 +121,22 @@ inline std::pair<at::Tensor, at::Tensor> check_previous(const char* op,
               t == &*prev_h0 ? "prev_h0" : "prev_h1", " must be floating point, got ",
               t->scalar_type());
   }
-  return {prev_h0->to(x.scalar_type()).contiguous(), prev_h1->to(x.scalar_type()).contiguous()};
+  auto h0v = prev_h0->to(x.scalar_type()).contiguous();
+  auto h1v = prev_h1->to(x.scalar_type()).contiguous();
+  if (values && x.device().is_cpu()) {
+    // After the conversion: a float64 previous beyond float32's range is Inf for float32 x.
+    for (const at::Tensor* t : {&h0v, &h1v}) {
+      const int64_t cols = t->size(1);
+      AT_DISPATCH_FLOATING_TYPES(t->scalar_type(), "check_previous", [&] {
+        const scalar_t* p = t->data_ptr<scalar_t>();
+        for (int64_t k = 0; k < t->numel(); ++k)
+          TSL_CHECK(std::isfinite(p[k]), op, ": ", t == &h0v ? "prev_h0" : "prev_h1",
+                    " contains NaN or Inf (cloud ", k / cols, ", column ", k % cols,
+                    "); previous must be the finite topology of an earlier call");
+      });
+    }
+  }
+  return {h0v, h1v};
 }
 
 inline void check_max_h1(int64_t max_h1) {

@@ -103,6 +103,26 @@ def test_invalid_cloud_is_marked_not_raised():
     torch.testing.assert_close(value[[0, 2]], ref[[0, 2]], rtol=1e-5, atol=1e-6)
 
 
+def test_non_finite_previous_is_marked_not_raised():
+    """The CPU refuses a NaN or Inf previous by name; CUDA cannot look without a host sync, so
+    that cloud is marked invalid (h1_count -2) with a NaN loss and no gradient, the others as
+    without it."""
+    x = cloud(3, 12, 5, dtype=torch.float64).cuda()
+    prev = T.loss(x, stability=1.0, reduction="none", return_terms=True)[1]["topology"]
+    h0 = prev.h0.clone()
+    h0[1, 2] = float("nan")
+    xg = (x + 0.01).requires_grad_(True)
+    value, terms = T.loss(xg, stability=1.0, previous=T.PromptTopology(h0, prev.h1),
+                          reduction="none", return_terms=True)
+    assert torch.isnan(value[1]) and torch.isfinite(value[[0, 2]]).all()
+    assert int(terms["h1_count"][1]) == -2 and (terms["h1_count"][[0, 2]] >= 0).all()
+    value.nansum().backward()
+    assert (xg.grad[1] == 0).all() and xg.grad[[0, 2]].abs().sum() > 0
+    ref = T.loss((x + 0.01)[[0, 2]], stability=1.0, reduction="none",
+                 previous=T.PromptTopology(prev.h0[[0, 2]], prev.h1[[0, 2]]))
+    torch.testing.assert_close(value[[0, 2]], ref, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("kw", [{}, {"normalize": "none"}, {"connectivity_mode": "target",
                                                            "target": 0.5}])
 def test_invalid_cloud_gets_no_gradient(kw):

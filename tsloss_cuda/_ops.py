@@ -93,27 +93,63 @@ def _bar_gradient(grad_h0, grad_h1, x, h0_edges, h1_edges, distances: bool) -> t
     is the length of a known edge (h0 births are 0; rows past h1_count have edges -1)."""
     edges = torch.cat([h0_edges, h1_edges[..., :2], h1_edges[..., 2:]], dim=1)  # (B, E, 2)
     w = torch.cat([grad_h0[..., 1], grad_h1[..., 0], grad_h1[..., 1]], dim=1)  # (B, E)
-    valid = (edges >= 0).all(-1)
+    valid, u, v = _edge_ends(edges)
     w = torch.where(valid, w, torch.zeros_like(w))
-    u, v = edges[..., 0].clamp_min(0), edges[..., 1].clamp_min(0)
     b, n = x.shape[0], x.shape[1]
     if distances:  # the op reads the upper triangle: entry (min, max) of each edge
         i, j = torch.minimum(u, v), torch.maximum(u, v)
         return x.new_zeros(b, n * n).scatter_add(1, i * n + j, w).view(b, n, n)
     d = x.shape[2]
     iu, iv = u.unsqueeze(-1).expand(-1, -1, d), v.unsqueeze(-1).expand(-1, -1, d)
-    diff = x.gather(1, iu) - x.gather(1, iv)
-    # Scaled by the largest |difference| (a constant to the unit vector, so detached) before
-    # squaring, as the kernel's lengths: float64 squares of edges below ~1e-154 or above ~1e154
-    # would under- or overflow, and gave those edges no gradient.
-    top = diff.detach().abs().amax(-1, keepdim=True)
-    pos = top > 0  # coincident points have no direction, as in the kernel
-    r = diff / torch.where(pos, top, torch.ones_like(top))
-    sq = (r * r).sum(-1, keepdim=True)  # sqrt after the mask: its derivative at 0 is Inf
-    unit = torch.where(pos, r / torch.where(pos, sq, torch.ones_like(sq)).sqrt(),
-                       torch.zeros_like(diff))
+    r, _top, pos, root = scaled_difference(x.gather(1, iu) - x.gather(1, iv))
+    unit = torch.where(pos, r / root, torch.zeros_like(r))
     t = w.unsqueeze(-1) * unit
     return torch.zeros_like(x).scatter_add(1, iu, t).scatter_add(1, iv, -t)
+
+
+def _edge_ends(edges: torch.Tensor):
+    """``(valid, u, v)`` of ``(B, E, 2)`` edges: padding edges (-1) are invalid, read as (0, 0)."""
+    valid = (edges >= 0).all(-1)
+    return valid, edges[..., 0].clamp_min(0), edges[..., 1].clamp_min(0)
+
+
+def scaled_difference(diff: torch.Tensor):
+    """``(r, top, pos, root)`` of differences ``(..., D)``: ``r = diff / top`` with ``top``
+    their largest |entry| (keepdim), ``pos = top > 0`` and ``root = |r|`` (1 where not pos):
+    the length is ``top * root``, the unit vector ``r / root``. Scaled as the kernel's lengths:
+    float64 squares of edges below ~1e-154 or above ~1e154 would under- or overflow, and gave
+    those edges no gradient. ``top`` is detached: ``top * |diff / top|`` is ``|diff|`` for
+    any constant ``top``, so every derivative is exact. Coincident points (not pos) have no
+    direction, as in the kernel; the sqrt comes after the mask (its derivative at 0 is Inf)."""
+    if diff.shape[-1] == 0:  # D = 0: coincident points (amax has no empty reduction)
+        top = diff.new_zeros(diff.shape[:-1] + (1,))
+    else:
+        top = diff.detach().abs().amax(-1, keepdim=True)
+    pos = top > 0
+    r = diff / torch.where(pos, top, torch.ones_like(top))
+    sq = (r * r).sum(-1, keepdim=True)
+    return r, top, pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt()
+
+
+def edge_lengths(x: torch.Tensor, edges: torch.Tensor, distances: bool) -> torch.Tensor:
+    """``(B, E)`` lengths of ``(B, E, 2)`` edges of ``x`` (points, or with ``distances`` the
+    matrix entry (min, max), as the op reads it) as differentiable tensor ops, to any order and
+    in forward mode; 0 for padding edges (-1) and coincident points. The lengths that the op
+    returns as bars, up to rounding: what forward AD and torch.func transforms differentiate
+    (tsloss_cuda.persistence)."""
+    valid, u, v = _edge_ends(edges)
+    b, n = x.shape[0], x.shape[1]
+    if n == 0:  # only padding edges, and no entry (0, 0) to read for them
+        return x.new_zeros(edges.shape[:2])
+    if distances:
+        i, j = torch.minimum(u, v), torch.maximum(u, v)
+        length = x.reshape(b, n * n).gather(1, i * n + j)
+    else:
+        d = x.shape[2]
+        iu, iv = u.unsqueeze(-1).expand(-1, -1, d), v.unsqueeze(-1).expand(-1, -1, d)
+        _r, top, pos, root = scaled_difference(x.gather(1, iu) - x.gather(1, iv))
+        length = torch.where(pos, top * root, torch.zeros_like(root)).squeeze(-1)
+    return torch.where(valid, length, torch.zeros_like(length))
 
 
 torch.library.register_autograd(

@@ -20,12 +20,15 @@ tests/reference_loss.py keeps the same definition as a composition of the public
 from __future__ import annotations
 
 import math
+import sys
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
+import torch.utils.checkpoint
 
 from ._ops import ops
-from .persistence import check_dense, check_max_h1, default_max_h1
+from .persistence import (HALF_DTYPES, check_dense, check_max_h1, default_max_h1,
+                          functorch_transform_active, transform_differentiates)
 
 _NORMALIZE = ("mean", "none")
 _MODES = ("total", "target")
@@ -94,8 +97,10 @@ def _as_prompts(prompts: torch.Tensor) -> torch.Tensor:
     _check_prompts_type(prompts)
     if prompts.dim() not in (2, 3):
         raise ValueError(f"prompts must be (N, D) or (B, N, D), got shape {tuple(prompts.shape)}")
-    if not prompts.is_floating_point():
-        raise TypeError(f"prompts must be a floating-point tensor, got {prompts.dtype}")
+    if prompts.dtype not in (torch.float32, torch.float64) + HALF_DTYPES:
+        # As vr_persistence: float8 and the like are refused, not silently widened.
+        raise TypeError("prompts must be float32 or float64 (float16 and bfloat16 are computed "
+                        f"in float32), got {prompts.dtype}")
     # Half precision cannot resolve near-equal distances; float64 stays float64 (gradcheck).
     compute = torch.float64 if prompts.dtype == torch.float64 else torch.float32
     x = prompts.to(compute)
@@ -131,7 +136,8 @@ def loss(
 
     Args:
         prompts: ``(N, D)`` or ``(B, N, D)`` float32/float16/bfloat16 (computed in float32) or
-            float64 (computed in float64) soft-prompt embeddings.
+            float64 (computed in float64) soft-prompt embeddings, N at most 4096
+            (other dtypes, float8 included, raise a TypeError).
         connectivity, redundancy, stability: weights of the three terms (finite Python
             numbers, as every option here: a tensor is refused, since the op would read it back
             from its device on every call).
@@ -151,18 +157,30 @@ def loss(
             normal number so that coincident points divide by no zero, or 1 with
             ``normalize="none"``; reduced alike),
             ``h1_count`` ``(B,)``, and ``topology`` (detached, for ``previous``).
-        max_h1: H1 capacity per prompt (default 4·N); the K most persistent bars are used.
+        max_h1: H1 capacity per prompt (default 4·N, at least 8); the K most persistent bars
+            are used.
 
     Returns:
         The loss (float32 or float64 tensor; scalar unless ``reduction="none"``), and with
         ``return_terms=True`` a tuple ``(loss, terms)``.
 
     The loss, the terms and the scale are differentiable once: the backward is one fused op
-    (``create_graph=True`` raises a RuntimeError).
+    (``create_graph=True`` raises a RuntimeError), in reverse mode only. It runs under
+    ``torch.func.vmap``; forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp``,
+    ``jacfwd``, ``hessian``) and ``torch.func.grad``/``vjp``/``jacrev`` raise a
+    NotImplementedError (:func:`vr_persistence` supports them all).
     """
     _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
                    (connectivity, redundancy, stability))
     x = _as_prompts(prompts)
+    if transform_differentiates(x):
+        # The fused op's autograd is C++ reverse mode only: upstream's messages blamed vmap
+        # (which works) or asked for a feature request.
+        raise NotImplementedError(
+            "tsloss_cuda.loss supports reverse-mode autograd only (loss.backward(), "
+            "torch.autograd.grad), and torch.func.vmap; not forward-mode AD "
+            "(torch.autograd.forward_ad, torch.func.jvp/jacfwd/hessian) nor torch.func.grad/vjp/"
+            "jacrev: use reverse mode, or compose vr_persistence, which supports them")
     b, n = x.shape[0], x.shape[1]
     k = default_max_h1(n) if max_h1 is None else int(max_h1)
     need_h1 = redundancy != 0 or stability != 0 or return_terms
@@ -239,6 +257,14 @@ class TSLoss(torch.nn.Module):
     A compiled module evaluated under
     ``torch.inference_mode`` keeps an inference-tensor diagram that its next compiled training
     call cannot save for the backward: evaluate compiled code under ``torch.no_grad()``.
+
+    Under ``torch.utils.checkpoint`` (either ``use_reentrant``), the recomputation in the
+    backward reuses the previous topology of the forward it repeats and updates no state (with
+    several calls before one backward, that of the last call). Under a torch.func transform
+    (vmap, grad, jvp, ...), whose tensors the state cannot keep, the call raises a
+    RuntimeError: use :func:`loss` with ``previous`` there. So does ``torch.export`` with
+    ``stability != 0``, which would bake in one previous topology and drop the update: export
+    :func:`loss` with ``previous`` as an input and ``terms["topology"]`` as an output.
     """
 
     def __init__(self, *, connectivity: float = 1.0, redundancy: float = 1.0,
@@ -254,28 +280,73 @@ class TSLoss(torch.nn.Module):
                             reduction=reduction, max_h1=max_h1)
         self.previous: Optional[PromptTopology] = None
         self.last_terms: Terms = {}
+        # The previous that the last forward used, for its recomputation by a checkpoint.
+        self._used_previous: Optional[PromptTopology] = None
 
     def reset(self) -> None:
         self.previous = None
         self.last_terms = {}
+        self._used_previous = None
 
     def forward(self, prompts: torch.Tensor) -> torch.Tensor:
         _check_prompts_type(prompts)
-        if self.previous is not None and prompts.dim() in (2, 3):
+        if functorch_transform_active():
+            # The state would keep the transform's tensors (BatchedTensor, ...), which fail
+            # at the next plain call.
+            raise RuntimeError(
+                "TSLoss keeps state between calls (previous, last_terms) and cannot run under "
+                "torch.func transforms (vmap, grad, jvp, functionalize, ...): call "
+                "tsloss_cuda.loss(prompts, previous=..., return_terms=True) there and keep "
+                "terms['topology'] yourself")
+        exporting = torch.compiler.is_exporting()
+        if exporting and self.options["stability"] != 0:
+            # Export would bake in this call's previous and drop the state update.
+            raise RuntimeError(
+                "TSLoss(stability != 0) cannot be exported: its previous topology is state "
+                "that an exported program cannot keep; export tsloss_cuda.loss(prompts, "
+                "stability=..., previous=PromptTopology(h0, h1), return_terms=True) with the "
+                "previous topology as an input and terms['topology'] as an output instead")
+        recomputing = _checkpoint_recomputation()
+        previous = self._used_previous if recomputing else self.previous
+        if previous is not None and prompts.dim() in (2, 3):
             # Shapes only: no host synchronisation.
             b, n = (1, prompts.shape[0]) if prompts.dim() == 2 else tuple(prompts.shape[:2])
-            pb, pn = self.previous.h0.shape[0], self.previous.h0.shape[1] + 1
+            pb, pn = previous.h0.shape[0], previous.h0.shape[1] + 1
             # h0 has N - 1 columns, and none for N = 0 as for N = 1.
-            if (b, max(n - 1, 0)) != tuple(self.previous.h0.shape):
+            if (b, max(n - 1, 0)) != tuple(previous.h0.shape):
                 raise ValueError(
                     f"TSLoss: prompts changed shape from B={pb}, N={pn} to B={b}, N={n} since the "
                     "previous call; the stability term compares prompts of one shape: call "
                     "reset() first")
-        value, terms = loss(prompts, previous=self.previous, return_terms=True, **self.options)
-        self.previous = terms["topology"]
-        self.last_terms = {k: v.detach() if isinstance(v, torch.Tensor) else v
-                           for k, v in terms.items()}
+        value, terms = loss(prompts, previous=previous, return_terms=True, **self.options)
+        if not (recomputing or exporting):  # an exported program keeps no state
+            self._used_previous = previous
+            self.previous = terms["topology"]
+            self.last_terms = {k: v.detach() if isinstance(v, torch.Tensor) else v
+                               for k, v in terms.items()}
         return value
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+# Frames of torch.utils.checkpoint that rerun the checkpointed function during the backward:
+# the non-reentrant variant's recompute_fn and the reentrant variant's CheckpointFunction.backward.
+_CHECKPOINT_FILE = torch.utils.checkpoint.__file__
+_RECOMPUTE_FRAMES = ("recompute_fn", "backward")
+
+
+def _checkpoint_recomputation() -> bool:
+    """Whether this call is torch.utils.checkpoint's recomputation of an earlier forward: it
+    runs in the backward (a graph task is current), below one of checkpoint's recompute frames.
+    A forward called in a backward hook is not one. Compiled code is not asked (its checkpoints
+    recompute inside the graph); the normal route costs one call."""
+    if torch.compiler.is_compiling() or torch._C._current_graph_task_id() == -1:
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in _RECOMPUTE_FRAMES and code.co_filename == _CHECKPOINT_FILE:
+            return True
+        frame = frame.f_back
+    return False

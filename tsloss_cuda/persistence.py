@@ -9,8 +9,11 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
+from torch._C._functorch import TransformType, peek_interpreter_stack
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from ._ops import ops
+from ._ops import edge_lengths, ops, scaled_difference
 
 #: Default H1 capacity per cloud is ``H1_CAPACITY_PER_POINT * N`` (at least ``H1_MIN_CAPACITY``).
 #: Gaussian clouds in high dimension give up to about 2·N H1 pairs (at N = 256), so clouds of
@@ -170,9 +173,22 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
         computes its distances by sklearn's Gram form: in float32 up to the last bit apart
         from these, in float64 far more for points close together relative to their norms.
         Give it this matrix (``distance_matrix=True``) to compare diagrams exactly.
-        Differentiable.
+        Differentiable: reverse mode, forward mode (``torch.autograd.forward_ad``) and the
+        torch.func transforms (grad, jacrev, jvp, jacfwd, hessian, vmap); under forward AD and
+        the transforms other than vmap the distances are also built as tensor ops, with the
+        op's values (B·N·N·D memory).
+
+    On the CPU, NaN or Inf coordinates, and finite points whose distance overflows the dtype,
+    raise a RuntimeError naming the point; on CUDA they are not checked on the host (which
+    would synchronise) and give non-finite distances.
     """
-    return ops.pairwise_distance(_as_batch(x, "x", square=False))
+    xb = _as_batch(x, "x", square=False)
+    if not transform_differentiates(xb):
+        return ops.pairwise_distance(xb)
+    # The differences' lengths as tensor ops (B·N·N·D memory): with the op's values.
+    _r, top, pos, root = scaled_difference(xb.unsqueeze(2) - xb.unsqueeze(1))
+    return _with_derivatives(ops.pairwise_distance(xb.detach()),
+                             torch.where(pos, top * root, torch.zeros_like(root)).squeeze(-1))
 
 
 def vr_persistence(
@@ -189,17 +205,22 @@ def vr_persistence(
     Args:
         x: points ``(N, D)`` / ``(B, N, D)``, or with ``distances=True`` a distance matrix
             ``(N, N)`` / ``(B, N, N)`` (read through its upper triangle, as ripser.py and
-            giotto-ph read it). float32 or float64;
+            giotto-ph read it). At most 4096 points per cloud. float32 or float64;
             float16 and bfloat16 are widened to float32 first (as :func:`tsloss_cuda.loss`
             does: half precision cannot tell near-equal distances apart), so their diagrams
             are float32 and gradients flow back to the half-precision input.
         maxdim: 1 for H0 and H1, 0 for H0 only (``h1`` then has K = 0 rows).
         distances: whether ``x`` is a distance matrix.
-        max_h1: capacity K of the H1 outputs; default :func:`default_max_h1` (4·N).
+        max_h1: capacity K of the H1 outputs; default :func:`default_max_h1` (4·N, at least 8).
 
     Returns:
         :class:`Diagrams` on x's device, in x's dtype (float32 for half-precision input);
-        ``h0``/``h1`` are differentiable w.r.t. ``x``.
+        ``h0``/``h1`` are differentiable w.r.t. ``x``: in reverse mode (twice, with
+        ``create_graph=True``), in forward mode (``torch.autograd.forward_ad``) and under the
+        torch.func transforms (grad, jacrev, jvp, jacfwd, hessian, vmap). Under forward AD and
+        the transforms other than vmap, the op runs on the detached points and each bar end
+        is rebuilt as the length of its edge in tensor ops, which carry the derivatives (the
+        values stay the op's).
 
     Invalid values (NaN or Inf; with ``distances=True`` also a matrix that is not symmetric to
     1e-4 relative, has a negative entry or a non-zero diagonal) raise a RuntimeError naming the
@@ -220,12 +241,59 @@ def vr_persistence(
     max_h1 = check_max_h1(max_h1)
     if max_h1 is None:
         max_h1 = default_max_h1(n)
-    out = _engine(xb)(xb, maxdim, distances, max_h1)
+    if not transform_differentiates(xb):
+        out = _engine(xb)(xb, maxdim, distances, max_h1)
+    else:
+        # The op on constant points, and every bar end again as the length of its edge in
+        # tensor ops, which forward AD and torch.func differentiate (to any order).
+        h0, h0_edges, h1, h1_edges, count, truncated = _engine(xb)(
+            xb.detach(), maxdim, distances, max_h1)
+        deaths = edge_lengths(xb, h0_edges, distances)
+        h1_ends = torch.stack([edge_lengths(xb, h1_edges[..., :2], distances),
+                               edge_lengths(xb, h1_edges[..., 2:], distances)], -1)
+        out = (_with_derivatives(h0, torch.stack([torch.zeros_like(deaths), deaths], -1)),
+               h0_edges, _with_derivatives(h1, h1_ends), h1_edges, count, truncated)
     if xb.is_cuda:
         # The input's own NaN/Inf and bad matrices, and (count -2 from the engine) distances
         # that overflowed from finite points.
         out = mark_invalid_clouds(out, invalid_clouds(xb, distances) | (out[4] == INVALID_INPUT))
     return Diagrams(*out, num_points=n, maxdim=maxdim)
+
+
+def transform_differentiates(x: torch.Tensor) -> bool:
+    """Whether derivatives of ``x`` are taken in forward mode (a forward-AD tangent) or by a
+    torch.func transform other than vmap (jvp, jacfwd, grad, vjp, jacrev, hessian). The ops'
+    autograd (torch.library.register_autograd) serves plain reverse mode only: it dropped
+    tangents (silently zero derivatives) and refused torch.func.grad. vmap alone runs the op
+    through torch's batching fallback. A few attribute reads on the normal route."""
+    if _differentiating_transform():
+        return True
+    return fwAD._current_level >= 0 and fwAD.unpack_dual(x).tangent is not None
+
+
+@torch.compiler.assume_constant_result
+def _differentiating_transform() -> bool:
+    """Whether a torch.func jvp or grad transform is active. A constant to Dynamo, which cannot
+    trace the interpreter stack: compiled code runs under a transform only when it applies the
+    transform itself (torch refuses torch.func.grad(compiled_fn)), and Dynamo then guards on
+    the stack."""
+    if peek_interpreter_stack() is None:
+        return False
+    return any(i.key() in (TransformType.Grad, TransformType.Jvp)
+               for i in retrieve_all_functorch_interpreters())
+
+
+@torch.compiler.assume_constant_result
+def functorch_transform_active() -> bool:
+    """Whether any torch.func transform (vmap, grad, jvp, functionalize) is active. A constant
+    to Dynamo, as :func:`_differentiating_transform`."""
+    return peek_interpreter_stack() is not None
+
+
+def _with_derivatives(value: torch.Tensor, rebuilt: torch.Tensor) -> torch.Tensor:
+    """The op's ``value`` (constant) with the derivatives of ``rebuilt``, the same numbers up to
+    rounding: ``rebuilt - rebuilt.detach()`` is exactly 0, so the values are the op's bits."""
+    return value + (rebuilt - rebuilt.detach())
 
 
 def _engine(x: torch.Tensor):

@@ -381,7 +381,7 @@ void finish_distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t 
           for (int64_t k = 0; k < D; ++k)
             TSL_CHECK(std::isfinite(x[p * D + k]), op.op, ": ", op.points, " contains NaN or Inf ",
                         "(point ", p, " of cloud ", b, ", coordinate ", k,
-                        "); persistence of non-finite points is undefined");
+                        "); distances and persistence of non-finite points are undefined");
         TSL_CHECK(sizeof(T) != 4, op.op, ": the distance between points ", j,
                     " and ", i, " of cloud ", b, " (", dist, ") overflows float32; pass float64 "
                     "points");

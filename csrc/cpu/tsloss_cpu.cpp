@@ -73,7 +73,8 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
   const int64_t K = maxdim >= 1 ? max_h1 : 0;
   check_h1_capacity(K, B, N, x_in.element_size(), kOp.op);
   auto x = x_in.contiguous();
-  auto [prev_h0, prev_h1] = check_previous("tsloss_forward", prev_h0_in, prev_h1_in, x, H0, K);
+  auto [prev_h0, prev_h1] =
+      check_previous("tsloss_forward", prev_h0_in, prev_h1_in, x, H0, K, /*values=*/true);
   const tsl::TermOptions opt = term_options(prev_h0.defined(), normalize, target_mode, target, p,
                                             w_conn, w_red, w_stab);
   auto opts = x.options();

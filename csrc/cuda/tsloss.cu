@@ -93,7 +93,10 @@ __global__ void __launch_bounds__(kTermThreads)
   const double stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (K > 0 ? s1 / (double)K : 0.0)
                                  : 0.0;
   scales[b] = s_raw;  // for the backward, which clamps it again
-  if (bad) h1_count[b] = kInvalidInputCount;
+  // A non-finite previous (the CPU raises, naming it): the stability term and the loss are NaN
+  // or Inf; marked on the device, as an invalid input is, since a host check would synchronise.
+  // The backward then gives the cloud no gradient, as any invalid cloud.
+  if (bad || (o.has_prev && !isfinite(stab))) h1_count[b] = kInvalidInputCount;
   double* v = per_cloud + b * 5;
   v[0] = o.w_conn * conn + o.w_red * red + o.w_stab * stab;
   v[1] = conn;

@@ -1,0 +1,307 @@
+"""torch features beyond plain reverse mode: forward-mode AD, torch.func transforms, activation
+checkpointing, torch.export and dynamic shapes, with the ops and the stateful TSLoss."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch.export import Dim
+from torch.utils.checkpoint import checkpoint
+
+import tsloss_cuda as T
+from tsloss_cuda._ops import edge_lengths
+
+
+def circle(b: int = 2, n: int = 12, d: int = 3, seed: int = 0) -> torch.Tensor:
+    """Noisy circles in R^d: every cloud has an H1 bar, so h1 carries derivatives too."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 2 * math.pi, n + 1, dtype=torch.float64)[:n]
+    c = torch.zeros(b, n, d, dtype=torch.float64)
+    c[..., 0], c[..., 1] = t.cos(), t.sin()
+    return c + 0.1 * torch.randn(b, n, d, dtype=torch.float64, generator=g)
+
+
+def bars(x: torch.Tensor, distances: bool = False) -> torch.Tensor:
+    dg = T.vr_persistence(x, distances=distances)
+    return torch.cat([dg.h0.flatten(1), dg.h1.flatten(1)], 1)
+
+
+def reverse_jacobian(f, x: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.functional.jacobian(f, x)  # the ops' registered (reverse) autograd
+
+
+# ---- forward mode and torch.func (differentiated by rebuilding the bars from their edges) -----
+
+@pytest.mark.parametrize("distances", [False, True])
+def test_jacfwd_and_jacrev_equal_the_reverse_jacobian(distances):
+    # jacfwd gave an all-zero Jacobian (tangents dropped); jacrev raised about setup_context.
+    x = circle()
+    if distances:
+        x = T.pairwise_distance(x)
+    f = lambda t: bars(t, distances)  # noqa: E731
+    ref = reverse_jacobian(f, x)
+    assert ref.abs().sum() > 1 and (ref[:, 2 * 11:] != 0).any()  # h1 has derivatives too
+    torch.testing.assert_close(torch.func.jacfwd(f)(x), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.func.jacrev(f)(x), ref, rtol=0, atol=1e-12)
+
+
+def test_jvp_of_pairwise_distance():
+    x, t = circle(), circle(seed=1)
+    value, tangent = torch.func.jvp(T.pairwise_distance, (x,), (t,))
+    ref = torch.autograd.functional.jvp(T.pairwise_distance, x, t)[1]
+    assert torch.equal(value, T.pairwise_distance(x))
+    assert ref.abs().sum() > 1
+    torch.testing.assert_close(tangent, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.func.jacrev(T.pairwise_distance)(x),
+                               reverse_jacobian(T.pairwise_distance, x), rtol=0, atol=1e-12)
+
+
+def test_forward_ad_dual_tensors():
+    x, t = circle(), circle(seed=1)
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(bars(fwAD.make_dual(x, t)))
+    assert out.tangent is not None
+    assert torch.equal(out.primal, bars(x))  # the op's values, bit for bit
+    ref = torch.autograd.functional.jvp(bars, x, t)[1]
+    torch.testing.assert_close(out.tangent, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("distances", [False, True])
+def test_gradcheck_forward_mode(distances):
+    x = circle(b=1, n=8)
+    if distances:  # the strictly upper triangle as the variable, as in test_loss
+        rows, cols = torch.triu_indices(8, 8, offset=1)
+        v = T.pairwise_distance(x)[0][rows, cols]
+        f = lambda v: bars(torch.zeros(8, 8, dtype=v.dtype)  # noqa: E731
+                           .index_put((rows, cols), v).index_put((cols, rows), v), True)
+        x = v
+    else:
+        f = bars
+    assert torch.autograd.gradcheck(f, (x.requires_grad_(),), check_forward_ad=True,
+                                    check_batched_forward_grad=True)
+
+
+def test_func_grad_and_hessian_equal_autograd():
+    x = circle()
+    f = lambda t: T.vr_persistence(t).h1.sum() + T.vr_persistence(t).h0.square().sum()  # noqa
+    xr = x.clone().requires_grad_()
+    f(xr).backward()
+    torch.testing.assert_close(torch.func.grad(f)(x), xr.grad, rtol=0, atol=1e-12)
+    ref = torch.autograd.functional.hessian(f, x)  # the double backward of the op
+    assert ref.abs().sum() > 1
+    torch.testing.assert_close(torch.func.hessian(f)(x), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("distances", [False, True])
+def test_rebuilt_bars_equal_the_op(distances):
+    # What the transforms differentiate: every bar end as the length of its edge.
+    x = circle(b=3, n=16, d=5)
+    if distances:
+        x = T.pairwise_distance(x)
+    dg = T.vr_persistence(x, distances=distances)
+    torch.testing.assert_close(edge_lengths(x, dg.h0_edges, distances), dg.h0[..., 1],
+                               rtol=1e-14, atol=0)
+    rebuilt = torch.stack([edge_lengths(x, dg.h1_edges[..., :2], distances),
+                           edge_lengths(x, dg.h1_edges[..., 2:], distances)], -1)
+    torch.testing.assert_close(rebuilt, dg.h1, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 3), (2, 1, 3), (0, 5, 3), (2, 4, 0), (2, 1, 0)])
+def test_transforms_on_degenerate_shapes(shape):
+    # No points (only padding edges), one point, no clouds, no coordinates.
+    x = torch.randn(*shape, dtype=torch.float64)
+    fs = [T.pairwise_distance, lambda t: bars(T.pairwise_distance(t), True)]
+    if shape[2] > 0 or shape[1] <= 1:  # the op refuses D = 0 for two or more points
+        fs.append(bars)
+    for f in fs:
+        value, tangent = torch.func.jvp(f, (x,), (torch.ones_like(x),))
+        assert torch.equal(value, f(x)) and tangent.shape == value.shape
+        assert torch.func.jacrev(f)(x).shape == value.shape + x.shape
+
+
+def test_vmap_runs_the_op_with_eager_values():
+    x = circle(b=3)
+    h1 = torch.func.vmap(lambda t: T.vr_persistence(t).h1)(x.unsqueeze(1)).squeeze(1)
+    assert torch.equal(h1, T.vr_persistence(x).h1)
+    assert torch.equal(torch.func.vmap(T.pairwise_distance)(x.unsqueeze(1)).squeeze(1),
+                       T.pairwise_distance(x))
+    loss = torch.func.vmap(lambda t: T.loss(t))(x.unsqueeze(1))
+    torch.testing.assert_close(loss, T.loss(x, reduction="none"), rtol=1e-15, atol=0)
+
+
+def test_compile_fullgraph_keeps_one_graph_and_compiles_transforms():
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    x, t = circle(), circle(seed=1)
+    f = lambda q: T.vr_persistence(q).h1.sum() + T.pairwise_distance(q).sum() + T.loss(q)  # noqa
+    xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.compile(f, fullgraph=True)(xc).backward()
+    f(xe).backward()
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-12, atol=1e-12)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    g = lambda q: torch.func.jvp(bars, (q,), (t,))[1]  # noqa: E731
+    torch.testing.assert_close(torch.compile(g, fullgraph=True)(x), g(x), rtol=0, atol=1e-12)
+    h = torch.func.grad(lambda q: T.vr_persistence(q).h1.sum())
+    torch.testing.assert_close(torch.compile(h, fullgraph=True)(x), h(x), rtol=0, atol=1e-12)
+
+
+def test_loss_names_what_it_does_not_support():
+    # It raised upstream's messages ("cannot use C++ torch::autograd::Function with functorch
+    # transforms (vmap, ...)", although vmap works; "please open a feature request").
+    x, t = circle(), circle(seed=1)
+    with pytest.raises(NotImplementedError, match="reverse-mode autograd only"):
+        torch.func.jvp(T.loss, (x,), (t,))
+    with pytest.raises(NotImplementedError, match="reverse-mode autograd only"):
+        torch.func.grad(T.loss)(x)
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
+        T.loss(fwAD.make_dual(x, t))
+
+
+# ---- TSLoss: activation checkpointing, torch.func, torch.export --------------------------------
+
+def prompt_steps():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 8, 6, dtype=torch.float64, generator=g) for _ in range(3)]
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpoint_recomputation_uses_the_forwards_previous(use_reentrant):
+    # The recomputation in the backward ran forward again against `previous` already replaced
+    # by this step's own topology: a zero stability gradient from the second step on.
+    plain, ckpt = T.TSLoss(stability=10.0), T.TSLoss(stability=10.0)
+    for step, p in enumerate(prompt_steps()):
+        pp, pc = p.clone().requires_grad_(), p.clone().requires_grad_()
+        plain(pp).backward()
+        checkpoint(ckpt, pc, use_reentrant=use_reentrant).backward()
+        torch.testing.assert_close(pc.grad, pp.grad, rtol=1e-12, atol=1e-15)
+        assert torch.equal(ckpt.last_terms["stability"], plain.last_terms["stability"])
+        assert step == 0 or float(plain.last_terms["stability"]) > 0
+    assert torch.equal(ckpt.previous.h0, plain.previous.h0)
+
+
+def test_forward_in_a_backward_hook_is_not_a_recomputation():
+    steps = prompt_steps()
+    hooked, plain = T.TSLoss(stability=1.0), T.TSLoss(stability=1.0)
+    hooked(steps[0])
+    plain(steps[0])
+    seen = {}
+
+    def hook(grad):
+        seen["value"] = hooked(steps[1])
+        return grad
+
+    y = steps[2].clone().requires_grad_() * 2
+    y.register_hook(hook)
+    y.sum().backward()
+    assert torch.equal(seen["value"], plain(steps[1]))
+    assert torch.equal(hooked.previous.h1, plain.previous.h1)
+
+
+def test_module_refuses_torch_func_and_keeps_its_state():
+    # Under vmap its state kept BatchedTensors, and the next plain call failed.
+    x = prompt_steps()[0]
+    m = T.TSLoss(stability=1.0)
+    first = m(x)
+    previous = m.previous
+    with pytest.raises(RuntimeError, match="cannot run under torch.func transforms"):
+        torch.func.vmap(m)(x.unsqueeze(1))
+    with pytest.raises(RuntimeError, match="cannot run under torch.func transforms"):
+        torch.func.grad(m)(x)
+    assert m.previous is previous
+    assert torch.equal(m(x), first)  # same prompts, same previous: stability 0
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self, stability: float) -> None:
+        super().__init__()
+        self.criterion = T.TSLoss(stability=stability)
+
+    def forward(self, prompts: torch.Tensor) -> torch.Tensor:
+        return self.criterion(prompts)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_export_refuses_a_stateful_module(strict):
+    # Exported, it kept previous=None and dropped the update: 0.6765 where eager gave 0.7207.
+    x = prompt_steps()[0]
+    with pytest.raises(RuntimeError, match="cannot be exported"):
+        torch.export.export(_Holder(1.0), (x,), strict=strict)
+    exported = torch.export.export(_Holder(0.0), (x,), strict=strict).module()
+    torch.testing.assert_close(exported(x), T.loss(x), rtol=1e-15, atol=0)
+
+
+def test_export_the_functional_loss_with_previous_as_input():
+    # What the error points to: previous in, topology out, the same values as TSLoss.
+    class Step(torch.nn.Module):
+        def forward(self, prompts, prev_h0, prev_h1):
+            value, terms = T.loss(prompts, stability=1.0, return_terms=True,
+                                  previous=T.PromptTopology(prev_h0, prev_h1))
+            return value, terms["topology"].h0, terms["topology"].h1
+
+    steps = prompt_steps()
+    topology = T.loss(steps[0], return_terms=True)[1]["topology"]
+    exported = torch.export.export(Step(), (steps[1], topology.h0, topology.h1)).module()
+    m = T.TSLoss(stability=1.0)
+    m(steps[0])
+    value, _h0, _h1 = exported(steps[1], topology.h0, topology.h1)
+    torch.testing.assert_close(value, m(steps[1]), rtol=1e-15, atol=0)
+
+
+# ---- shapes and inputs -----------------------------------------------------------------------
+
+def test_dynamic_shapes_share_a_graph_from_three_points():
+    # N - 1 (h0's rows) is a size that torch's tracer specialises at 1: export takes
+    # Dim("N", min=3), and dynamic=True gives N = 1, N = 2 and B = 0, 1 graphs of their own.
+    from torch._dynamo.utils import counters
+
+    class Loss(torch.nn.Module):
+        def forward(self, x):
+            return T.loss(x), T.vr_persistence(x).h1
+
+    ep = torch.export.export(Loss(), (torch.randn(3, 8, 4),),
+                             dynamic_shapes={"x": {0: Dim("B", min=1), 1: Dim("N", min=3)}})
+    for b, n in ((1, 3), (4, 3), (2, 20)):
+        x = torch.randn(b, n, 4)
+        value, h1 = ep.module()(x)
+        torch.testing.assert_close(value, T.loss(x), rtol=1e-6, atol=0)
+        assert torch.equal(h1, T.vr_persistence(x).h1)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.compiler.config.patch(force_disable_caches=True):
+        f = torch.compile(lambda p: T.loss(p), dynamic=True, fullgraph=True)
+        for b, n in ((2, 10), (3, 12), (2, 3)):
+            f(torch.randn(b, n, 3))
+        assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_loss_refuses_float8_as_vr_persistence_does():
+    x = torch.randn(2, 6, 3).to(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match="prompts must be float32 or float64"):
+        T.loss(x)
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        T.vr_persistence(x)
+
+
+def test_docstrings_state_the_limits():
+    for f in (T.vr_persistence, T.loss):
+        assert "4096" in f.__doc__ and "4·N, at least 8" in f.__doc__
+    assert "RuntimeError" in T.pairwise_distance.__doc__
+
+
+def test_non_finite_previous_raises():
+    """A NaN or Inf previous made the loss NaN or Inf with no error (the prompts are checked);
+    a float64 previous beyond float32's range is Inf for float32 prompts."""
+    nan = T.PromptTopology(torch.full((2, 5), float("nan")), torch.zeros(2, 24))
+    with pytest.raises(RuntimeError, match=r"prev_h0 contains NaN or Inf \(cloud 0, column 0\)"):
+        T.loss(torch.randn(2, 6, 3), stability=1.0, previous=nan)
+    h1 = torch.zeros(2, 24, dtype=torch.float64)
+    h1[1, 3] = 1e300
+    big = T.PromptTopology(torch.zeros(2, 5, dtype=torch.float64), h1)
+    with pytest.raises(RuntimeError, match=r"prev_h1 contains NaN or Inf \(cloud 1, column 3\)"):
+        T.loss(torch.randn(2, 6, 3), stability=1.0, previous=big)
+    h1[1, 3] = 1e100  # finite in float64, and its square too
+    assert torch.isfinite(T.loss(torch.randn(2, 6, 3, dtype=torch.float64), stability=1.0,
+                                 previous=T.PromptTopology(big.h0, h1)))
