@@ -101,9 +101,11 @@ def ci(iv: Interval, digits: int = 3, bound: float = 1.0) -> str:
     return f"[{lo}, {hi}]"
 
 
-def why_untested(*ivs: Interval) -> str:
-    """Why intervals have no verdict, in words."""
-    why = {"non-finite values" if iv.nonfinite else "n < 4 seeds" if iv.n < 4 else
+def why_untested(*ivs: Interval, dropped: bool = False) -> str:
+    """Why intervals have no verdict, in words. ``dropped``: their non-finite units were left
+    out (correlations), so those do not explain it."""
+    why = {"non-finite values" if iv.nonfinite and not dropped else
+           "n < 4 seeds" if iv.n < 4 else
            "no spread between seeds" if iv.undefined == 1 else
            "a constant measure" if np.isnan(iv.value) else "n < 4 seeds"
            for iv in ivs if iv.decide(+1) == "untested"}
@@ -201,7 +203,8 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
           for d in ("held", "inconclusive", "untested")}
     tested = len(rho) - len(by["untested"])
     if not tested:
-        c3 = f"untested ({why_untested(*rho.values())})" if rho else "untested (no measures)"
+        c3 = (f"untested ({why_untested(*rho.values(), dropped=True)})" if rho
+              else "untested (no measures)")
     elif by["held"]:
         c3 = f"held for {len(by['held'])} of {tested} measures ({', '.join(by['held'])})"
     elif by["inconclusive"]:

@@ -488,6 +488,11 @@ def test_report_names_why_and_marks_clipped_ends():
     assert rep.why_untested(flat) == "no spread between seeds"
     assert rep.why_untested(const) == "a constant measure"
     assert rep.why_untested(few) == "n < 4 seeds"
+    # A correlation drops its non-finite runs and is still computed: they are no reason.
+    dropped = stats.spearman_interval([1.0] * 7 + [math.nan], list(range(8)),
+                                      [0, 0, 1, 1, 2, 2, 3, 3])
+    assert dropped.nonfinite == 1 and rep.why_untested(dropped) == "non-finite values"
+    assert rep.why_untested(dropped, dropped=True) == "a constant measure"
 
     def run(variant, seed, steps):
         return {"variant": variant, "regularizer": variant, "seed": seed, "overrides": {},

@@ -134,6 +134,31 @@ def test_tied_discrete_differences_do_not_make_effects():
     assert same.decide(+1) == "untested" and same.undefined == 1
 
 
+def test_data_without_spread_are_decided_by_the_sign_test():
+    """Every seed the same difference: no interval exists, and the decision must not be less
+    than what one more, different seed would give (five at +1 and one at +2 held)."""
+    five, six = ({i: 1 / 150 for i in range(n)} for n in (5, 6))
+    assert stats.mean_interval(five).decide(+1) == "untested"  # 5 of 5: p = 0.0625
+    assert stats.mean_interval(six).decide(+1) == "held"  # 6 of 6: p = 0.031
+    assert stats.mean_interval({**six, 5: 2 / 150}).decide(+1) == "held"
+    assert stats.mean_interval(six).decide(-1) == "not held"
+    assert stats.mean_interval({i: -1 / 150 for i in range(20)}).decide(+1) == "not held"
+
+
+def test_an_end_from_the_t_interval_has_no_monte_carlo_error():
+    """10 seeds draw resamples, so bootstrap ends carry a Monte-Carlo error; an end that
+    Student's t gave does not, and must not make a near end inconclusive."""
+    assert Interval(0.1, 0.004, 0.2, 12, mc_error=0.01, mc_ends=(False, True)).decide(+1) == "held"
+    assert Interval(0.1, 0.004, 0.2, 12, mc_error=0.01).decide(+1) == "inconclusive"
+    d = np.array([0.0, 0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.0, 0.2, 2.5])  # skewed: ends from both
+    iv = stats.mean_interval(dict(enumerate(d)), n_boot=2000)
+    half = stats.t_975(9) * d.std(ddof=1) / math.sqrt(10)
+    assert iv.mc_error > 0
+    assert iv.mc_ends == (iv.low != pytest.approx(d.mean() - half, abs=1e-12),
+                          iv.high != pytest.approx(d.mean() + half, abs=1e-12))
+    assert iv.mc_ends == (False, True)  # the low end is t's, the high the bootstrap's
+
+
 def test_t_quantile():
     assert stats.t_975(1) == pytest.approx(12.706205) and stats.t_975(4) == pytest.approx(2.776445)
     assert stats.t_975(30) == pytest.approx(2.042272, abs=1e-6)

@@ -305,3 +305,17 @@ def test_non_finite_previous_raises():
     h1[1, 3] = 1e100  # finite in float64, and its square too
     assert torch.isfinite(T.loss(torch.randn(2, 6, 3, dtype=torch.float64), stability=1.0,
                                  previous=T.PromptTopology(big.h0, h1)))
+
+
+def test_plain_calls_take_the_op_route():
+    """The rebuilt route is for forward AD and torch.func's differentiating transforms only:
+    plain reverse mode and vmap keep the op's own autograd (and its speed)."""
+    from tsloss_cuda.persistence import transform_differentiates
+    x = circle()
+    assert not transform_differentiates(x)
+    assert not transform_differentiates(x.requires_grad_())
+    seen = []
+    torch.func.vmap(lambda t: seen.append(transform_differentiates(t)) or t.sum())(x)
+    assert seen == [False]
+    torch.func.grad(lambda t: seen.append(transform_differentiates(t)) or t.sum())(x.detach())
+    assert seen == [False, True]

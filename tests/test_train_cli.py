@@ -299,8 +299,8 @@ def test_analyze_default_output_dir_of_dot_and_root(tmp_path, monkeypatch):
 
 def test_a_diverged_run_is_recorded_with_nan_rows(tiny_models, tmp_path, monkeypatch, capsys):
     """A prompt gone NaN ends its training, not the comparison: the run's rows from there are
-    NaN (its accuracy is not argmax's class 0 of NaN logits), the record saves and resumes
-    (json NaN), and the report says the interval has a non-finite value."""
+    NaN (its accuracy is not argmax's class 0 of NaN logits), no NaN checkpoint is written
+    (analyze refuses one), and the record saves and resumes (json NaN)."""
     from tsloss_cuda import train
     from tsloss_cuda.compare import load_run
     real_step, calls = torch.optim.Adam.step, {"n": 0}
@@ -324,7 +324,32 @@ def test_a_diverged_run_is_recorded_with_nan_rows(tiny_models, tmp_path, monkeyp
     assert run["rows"][0]["val_acc"] == run["rows"][0]["val_acc"]  # step 0: finite
     assert all(math.isnan(r["val_acc"]) for r in run["rows"][1:])
     assert set(run["snapshots"]) == {"step 0"}
+    assert os.listdir(out / "checkpoints" / "none_seed0") == ["step_000000.pt"]  # no NaN one
     other = load_run(str(out), "tsloss_seed0")  # the next run trains normally
     assert other["diverged_at"] is None and not any(math.isnan(r["val_acc"]) for r in other["rows"])
     assert train.main(args) == 0  # resumes: both runs read back, none retrained
     assert calls["n"] == 2 + 6
+
+
+def test_a_diverged_head_counts_as_a_diverged_run(tiny_models, tmp_path, monkeypatch, capsys):
+    """With --head linear a NaN head gives NaN logits, which argmax would count as class 0:
+    the run is diverged whichever trained tensor went NaN."""
+    from tsloss_cuda import train
+    real_step, calls = torch.optim.Adam.step, {"n": 0}
+
+    def step(self, *a, **k):  # the first update turns the head's weight NaN, not the prompt
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            with torch.no_grad():
+                self.param_groups[1]["params"][0].fill_(float("nan"))
+        return out
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "one"
+    assert train.main(["--model", tiny_models["bert"], "--head", "linear", "--output-dir",
+                       str(out)] + TINY) == 0
+    assert "the prompt or the head is not finite after step 1" in capsys.readouterr().err
+    rows = _csv_rows(out / "metrics.csv")
+    assert [r["step"] for r in rows] == ["0", "3", "6"]
+    assert rows[0]["val_acc"] != "nan" and [r["val_acc"] for r in rows[1:]] == ["nan", "nan"]

@@ -120,7 +120,8 @@ class Interval(NamedTuple):
     """A statistic with its 95 % bootstrap interval over ``n`` resampled units (seeds).
 
     An end may be infinite (too few units to bound it) and is NaN only without an interval.
-    mc_error: the Monte-Carlo error of the ends (0 when the resamples were enumerated).
+    mc_error: the Monte-Carlo error of the ends (0 when the resamples were enumerated);
+    mc_ends: whether (low, high) each carry it (an end of Student's t interval does not).
     nonfinite: input units whose value was not finite (a paired interval is then NaN; a
     correlation drops them). undefined: the share of resamples whose statistic is undefined
     (a constant variable in a correlation), left out of the percentiles; 1 for a mean of data
@@ -134,26 +135,30 @@ class Interval(NamedTuple):
     mc_error: float = 0.0
     nonfinite: int = 0
     undefined: float = 0.0
+    mc_ends: Tuple[bool, bool] = (True, True)
 
     def decide(self, sign: int) -> str:
         """``held`` when the whole interval lies on the side of 0 given by ``sign`` (+1 or -1)
         by more than the rounding tolerance and the Monte-Carlo error; ``inconclusive`` when
         the near end is within the Monte-Carlo error of that; ``untested`` without an interval
         or with both ends infinite (fewer than 4 units); else ``not held``. Data without spread
-        (``undefined`` = 1: every unit the same value) have no interval, but a value that is
-        not on the claimed side on every unit is ``not held``; one that is, ``untested``."""
+        (``undefined`` = 1: every unit the same value) have no interval; they are decided by
+        the exact sign test of n equal outcomes: ``not held`` when the value is not on the
+        claimed side, ``held`` when n >= 6 (p = 2·0.5^n < 0.05), else ``untested``."""
         if self.undefined == 1 and math.isfinite(self.value):
-            off = self.value * sign <= TOL * max(1.0, abs(self.value))
-            return "not held" if off else "untested"
+            if self.value * sign <= TOL * max(1.0, abs(self.value)):
+                return "not held"
+            return "held" if 2 * 0.5 ** self.n < 0.05 else "untested"
         if math.isnan(self.low) or math.isnan(self.high) or (self.low, self.high) == (
                 -math.inf, math.inf):  # no interval, or too few units to bound one
             return "untested"
         margin = self.low if sign > 0 else -self.high
+        mc = self.mc_error if self.mc_ends[0 if sign > 0 else 1] else 0.0
         finite = [abs(v) for v in (self.low, self.high) if math.isfinite(v)]
         tol = TOL * max([1.0] + finite)  # a mean of exact zeros may round to 2.2e-17
-        if margin - self.mc_error > tol:
+        if margin - mc > tol:
             return "held"
-        return "inconclusive" if margin + self.mc_error > tol else "not held"
+        return "inconclusive" if margin + mc > tol else "not held"
 
     def excludes_zero(self, sign: int) -> bool:
         return self.decide(sign) == "held"
@@ -226,9 +231,9 @@ def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int
     A non-finite value makes the whole result NaN (counted in ``nonfinite``), never dropped.
     Fewer than 2 units give a NaN interval and fewer than 4 an unbounded one: with 3, one unit
     drawn 3 times has probability 1/27 > 2.5 %, so an end would rest on single-unit resamples.
-    Data without spread (every value equal) give a NaN interval with ``undefined`` = 1: five
-    seeds that each gained exactly one validation example bound nothing (a sign test of 5 wins
-    has p = 0.0625).
+    Data without spread (every value equal) give a NaN interval with ``undefined`` = 1, which
+    :meth:`Interval.decide` judges by the sign test: five seeds that each gained exactly one
+    validation example prove nothing (5 wins of 5: p = 0.0625), six do (p = 0.031).
     """
     d = np.array([values[k] for k in sorted(values)], dtype=float)
     bad = int(np.sum(~np.isfinite(d)))
@@ -248,8 +253,9 @@ def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int
     se_b = np.sqrt((counts * (d[None] - m[:, None]) ** 2).sum(1) / (n - 1) / n)
     lo, hi, mc, _ = _studentized(mean, se, m, se_b, w, exact, scale)
     half = t_975(n - 1) * se
+    ends = (lo <= mean - half, hi >= mean + half)  # which ends the bootstrap gave (with mc)
     lo, hi = min(lo, mean - half), max(hi, mean + half)
-    return Interval(mean, max(lo, bounds[0]), min(hi, bounds[1]), n, mc)
+    return Interval(mean, max(lo, bounds[0]), min(hi, bounds[1]), n, mc, mc_ends=ends)
 
 
 def paired_difference(variant: Mapping[int, float], baseline: Mapping[int, float], *,

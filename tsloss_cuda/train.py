@@ -270,24 +270,30 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         folder = checkpoint_folder(run_dir, run_id, keep=bool(every))
         ckpt_dir = folder if every else None
 
-    diverged: Optional[int] = None  # the first step whose prompt was not finite
+    # The step at which the trained tensors were found not finite: on the CPU the first such
+    # step, on a GPU the first log, snapshot or last step after it.
+    diverged: Optional[int] = None
 
     def check_finite(step: int) -> None:
         # A prompt gone NaN/Inf ends the training but not the run: its later rows are NaN, so
         # a comparison records it (and its statistics show it) instead of stopping there.
         nonlocal diverged
-        if diverged is None and not bool(torch.isfinite(spm.prompt).all()):
+        # The head too: a NaN head gives NaN logits, which argmax reads as class 0.
+        if diverged is None and not all(bool(torch.isfinite(p).all()) for p in params):
             diverged = step
             if dist.main:
-                tqdm.write(f"{run_id}: the prompt is not finite after step {step} (diverged; "
-                           "try a lower --lr or --reg-weight): its rows from there are NaN",
+                what = "the prompt" if spm.head is None else "the prompt or the head"
+                tqdm.write(f"{run_id}: {what} is not finite after step {step} (diverged; try a "
+                           "lower --lr, --head-lr or --reg-weight): its rows from there are NaN",
                            file=sys.stderr)
 
     def save(step: int) -> None:  # the checkpoint and diagram snapshot due at ``step``
+        if diverged is not None:  # no NaN checkpoint (analyze refuses one), no snapshot
+            return
         if ckpt_dir and dist.main and (step % every == 0 or step == args.max_steps):
             torch.save(spm.prompt.detach().cpu().clone(),
                        os.path.join(ckpt_dir, f"step_{step:06d}.pt"))
-        if dist.main and step in snap_steps and diverged is None:  # logged or not
+        if dist.main and step in snap_steps:  # logged or not (--log-every)
             snapshots[f"step {step}"] = vr_persistence(spm.prompt.detach().float()).to_numpy()[0]
 
     def log(step: int) -> None:
@@ -341,9 +347,11 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         dist.average_grads(params)
         opt.step()
         timer.add("step", t0, timer.mark())
-        # Every step on the CPU (free there, and the CPU TSLoss refuses a NaN prompt), only at
-        # logs on a GPU (a host sync). Every rank holds the same prompt, so all stop together.
-        if dev.type == "cpu" or step % args.log_every == 0 or step == args.max_steps:
+        # Every step on the CPU (free there, and the CPU TSLoss refuses a NaN prompt); on a GPU
+        # (a host sync) before what reads the prompt on the host: a log, a checkpoint, a
+        # snapshot, the end. Every rank holds the same parameters, so all stop together.
+        if (dev.type == "cpu" or step % args.log_every == 0 or step == args.max_steps
+                or step in snap_steps or (every and step % every == 0)):
             check_finite(step)
         timer.add("reg", t1, t2)
         loss_acc += task_loss.detach()
