@@ -378,3 +378,25 @@ def test_clouds_past_1024_points_match_cpu(dtype):
     gpu = ops.vr_persistence(d.cuda(), 1, True, 1024)
     assert (cpu[4] > 0).all() and not cpu[5].any()  # H1 bars, none cut off
     _assert_same(cpu, gpu, exact=True, rtol=0.0)
+
+
+@pytest.mark.parametrize("distances", [False, True])
+def test_forward_mode_and_torch_func_on_cuda(distances):
+    """jacfwd (bars rebuilt from their edges in tensor ops) and the op's reverse Jacobian on
+    CUDA agree, and with the CPU's; the values stay the op's."""
+    import tsloss_cuda as T
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 10, 3, dtype=torch.float64, generator=g)
+    if distances:
+        x = T.pairwise_distance(x)
+
+    def bars(t):
+        dg = T.vr_persistence(t, distances=distances)
+        return torch.cat([dg.h0.flatten(1), dg.h1.flatten(1)], 1)
+    xc = x.cuda()
+    fwd = torch.func.jacfwd(bars)(xc)
+    rev = torch.autograd.functional.jacobian(bars, xc)
+    assert rev.abs().sum() > 1
+    torch.testing.assert_close(fwd, rev, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fwd.cpu(), torch.func.jacfwd(bars)(x), rtol=0, atol=1e-12)
+    assert torch.equal(torch.func.jvp(bars, (xc,), (torch.ones_like(xc),))[0], bars(xc))
