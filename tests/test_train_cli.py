@@ -297,23 +297,30 @@ def test_analyze_default_output_dir_of_dot_and_root(tmp_path, monkeypatch):
     assert default_output_dir("a/b/") == os.path.join("a", "b_analysis")
 
 
+def _nan_at_update(monkeypatch, n: int, group: int) -> dict:
+    """Make Adam's ``n``-th update (counted over the process) fill the first tensor of
+    parameter group ``group`` (0: the prompt, 1: a linear head) with NaN; returns the count."""
+    real_step, calls = torch.optim.Adam.step, {"n": 0}
+
+    def step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == n:
+            with torch.no_grad():
+                self.param_groups[group]["params"][0].fill_(float("nan"))
+        return out
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return calls
+
+
 def test_a_diverged_run_is_recorded_with_nan_rows(tiny_models, tmp_path, monkeypatch, capsys):
     """A prompt gone NaN ends its training, not the comparison: the run's rows from there are
     NaN (its accuracy is not argmax's class 0 of NaN logits), no NaN checkpoint is written
     (analyze refuses one), and the record saves and resumes (json NaN)."""
     from tsloss_cuda import train
     from tsloss_cuda.compare import load_run
-    real_step, calls = torch.optim.Adam.step, {"n": 0}
-
-    def step(self, *a, **k):  # the second update of the first run turns the prompt NaN
-        out = real_step(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            with torch.no_grad():
-                self.param_groups[0]["params"][0].fill_(float("nan"))
-        return out
-    monkeypatch.setattr(torch.optim.Adam, "step", step)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = _nan_at_update(monkeypatch, 2, group=0)  # the first run's prompt
     out = tmp_path / "cmp"
     args = ["--model", tiny_models["bert"], "--compare", "--compare-regularizers", "none",
             "tsloss", "--seeds", "0", "--output-dir", str(out)] + TINY
@@ -335,17 +342,7 @@ def test_a_diverged_head_counts_as_a_diverged_run(tiny_models, tmp_path, monkeyp
     """With --head linear a NaN head gives NaN logits, which argmax would count as class 0:
     the run is diverged whichever trained tensor went NaN."""
     from tsloss_cuda import train
-    real_step, calls = torch.optim.Adam.step, {"n": 0}
-
-    def step(self, *a, **k):  # the first update turns the head's weight NaN, not the prompt
-        out = real_step(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            with torch.no_grad():
-                self.param_groups[1]["params"][0].fill_(float("nan"))
-        return out
-    monkeypatch.setattr(torch.optim.Adam, "step", step)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _nan_at_update(monkeypatch, 1, group=1)  # the head's weight, not the prompt
     out = tmp_path / "one"
     assert train.main(["--model", tiny_models["bert"], "--head", "linear", "--output-dir",
                        str(out)] + TINY) == 0
