@@ -10,7 +10,7 @@ from tsloss_cuda.loss import loss as ts_loss  # noqa: E402
 from tsloss_cuda.prompt_tuning import (TEMPERATURE, SoftPromptModel, detect_task,  # noqa: E402
                                        prompt_parameters)
 from tsloss_cuda.tracking import METRICS, TopologyTracker, topology_metrics, to_floats  # noqa: E402
-from tsloss_cuda.train import REGULARIZERS, make_regularizer  # noqa: E402
+from tsloss_cuda.training import REGULARIZERS, make_regularizer  # noqa: E402
 
 
 def tiny_bert():

@@ -120,7 +120,7 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
                   task: str, world: int, total_s: float) -> str:
     """metrics.csv, summary.json, prompts/*.pt, PNG plots; returns the comparison table.
 
-    ``results`` are :func:`tsloss_cuda.train.train_one`'s dicts, or the same loaded back by
+    ``results`` are :func:`tsloss_cuda.training.train_one`'s dicts, or the same loaded back by
     :func:`tsloss_cuda.compare.load_run` (``variant``/``run_id`` then name the runs).
     ``summary.json`` names no folder of this machine: paths are relative to ``out``, and a
     model given by name stays a name.

@@ -14,25 +14,23 @@ all-reduce per step, so the prompts stay identical; rank 0 alone evaluates and w
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the job never downloads
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch  # noqa: E402
 
-from ._cli import (DEVICE_HELP, CLIError, Parser, check_device, fraction,  # noqa: E402
-                   nonneg_float, nonneg_int, positive_float, positive_int, run_main)
+from ._cli import (DEVICE_HELP, CLIError, Parser, fraction, nonneg_float,  # noqa: E402
+                   nonneg_int, positive_float, positive_int, run_main)
 from .models import DEFAULT_MODEL, GEMMA, check_positions, load_model, resolve_model  # noqa: E402
-from .run_outputs import checkpoint_folder  # noqa: E402
-from .tasks import DATA_CSV, batch, encode, load_data, take, task_spec  # noqa: E402
+from .tasks import DATA_CSV, encode, load_data, take, task_spec  # noqa: E402
+from .training import REGULARIZERS, Dist, train_one  # noqa: E402
 
 PROG = "python -m tsloss_cuda.train"
-REGULARIZERS = ("none", "l2", "pairwise", "tsloss")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,266 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars (model loading too)")
     return p
-
-
-# ---------------------------------------------------------------------------------------------
-# regularisers
-
-def make_regularizer(name: str, args) -> Tuple[Callable[[torch.Tensor], torch.Tensor],
-                                               Optional[torch.nn.Module]]:
-    """(fn prompt (N, D) -> scalar, the TSLoss module for ``tsloss`` else None)."""
-    from tsloss_cuda.loss import TSLoss
-    from tsloss_cuda.persistence import pairwise_distance
-    if name == "none":
-        return (lambda p: p.new_zeros(())), None
-    if name == "l2":
-        return (lambda p: (p ** 2).sum(-1).mean()), None  # mean squared norm of the vectors
-    if name == "pairwise":
-        def pairwise(p: torch.Tensor) -> torch.Tensor:
-            n = p.shape[0]
-            return pairwise_distance(p.float()).sum() / max(n * (n - 1), 1)
-        return pairwise, None
-    if name == "tsloss":
-        mod = TSLoss(connectivity=args.ts_connectivity, redundancy=args.ts_redundancy,
-                     stability=args.ts_stability)
-        return mod, mod
-    raise CLIError(f"unknown regularizer {name!r}; choose from {', '.join(REGULARIZERS)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers
-
-class Dist:
-    """World info; ``world == 1`` means plain single-process training."""
-
-    def __init__(self, device: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "cuda":
-            check_device(device)
-            self.device = torch.device("cuda", local if self.world > 1 else 0)
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = torch.device("cpu")
-        if self.world > 1:
-            import torch.distributed as dist
-            dist.init_process_group("nccl" if device == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def broadcast(self, params: List[torch.Tensor]) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-            for p in params:
-                dist.broadcast(p.data, 0)
-
-    def average_grads(self, params: List[torch.Tensor]) -> None:
-        """One all-reduce of all gradients (flattened): cheap for a prompt and a head."""
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat /= self.world
-        off = 0
-        for p in params:
-            n = p.grad.numel()
-            p.grad.copy_(flat[off:off + n].view_as(p.grad))
-            off += n
-
-    def close(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-            dist.barrier()
-            dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------
-# training
-
-@torch.inference_mode()
-def evaluate(spm, data: Dict[str, torch.Tensor], task: str, device,
-             batch_size: int = 64) -> float:
-    """Validation accuracy (one host read per call)."""
-    correct = torch.zeros((), device=device)
-    m = data["y"].shape[0]
-    for s in range(0, m, batch_size):
-        b = batch(data, torch.arange(s, min(s + batch_size, m)), task, device)
-        correct += (spm(b["input_ids"], b["attention_mask"])["logits"].argmax(-1)
-                    == b["labels"]).sum()
-    return float(correct) / m
-
-
-def build_prompt_model(args, tok, model, task: str, data, n_labels: int,
-                       gen: torch.Generator):
-    """The :class:`SoftPromptModel` of one run, as the flags ask."""
-    from tsloss_cuda.prompt_tuning import SoftPromptModel
-    split = data["train"]
-    init_ids = None
-    if args.init == "text":
-        init_ids = tok.encode(args.init_text or "", add_special_tokens=False)
-        if not init_ids:
-            raise CLIError("--init-text: the text has no tokens")
-    label_inputs = (split["label_ids"], split["label_mask"]) if task == "encoder" else None
-    return SoftPromptModel(model, args.prompt_length, task=task, num_labels=n_labels,
-                           label_ids=split["label_ids"] if task == "causal" else None,
-                           label_inputs=label_inputs, head=args.head, init=args.init,
-                           init_ids=init_ids, generator=gen)
-
-
-def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_labels: int,
-              dist: Dist, run_dir: Optional[str], progress_pos: int = 0,
-              run_id: Optional[str] = None) -> Dict:
-    """Train one prompt; returns rows, timings, snapshots and the final prompt (rank 0 view).
-
-    ``run_id`` names the checkpoint folder and the progress bar (default ``REG_seedS``).
-
-    Each row describes the prompt after ``step`` updates (the one saved as its checkpoint):
-    validation accuracy, topology and TSLoss terms. ``task_loss``/``reg_loss`` are the means
-    over the training steps since the previous row; step 0's are those of step 1, whose batch
-    is computed at the initial prompt.
-    """
-    from tsloss_cuda.persistence import vr_persistence
-    from tsloss_cuda.tracking import StepTimer, TopologyTracker, to_floats
-    from tqdm.auto import tqdm
-
-    dev = dist.device
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    spm = build_prompt_model(args, tok, model, task, data, n_labels, gen).to(dev)
-    params = spm.trainable_parameters()
-    dist.broadcast(params)  # identical start on every rank
-    groups = [{"params": [spm.prompt], "lr": args.lr}]
-    if spm.head is not None:
-        groups.append({"params": list(spm.head.parameters()), "lr": args.head_lr})
-    opt = torch.optim.Adam(groups)
-    reg_fn, _ = make_regularizer(reg_name, args)
-    tracker = TopologyTracker(args.log_every, tsloss_terms=True)
-    train, val = data["train"], data["validation"]
-    m = train["y"].shape[0]
-    global_b = args.batch_size * dist.world
-    order = torch.Generator().manual_seed(1000 + seed)  # same permutation on every rank
-    perm, pos = torch.randperm(m, generator=order), 0
-
-    rows: List[Dict] = []
-    snapshots: Dict[str, list] = {}
-    snap_steps = {0, args.max_steps // 2, args.max_steps}
-    loss_acc = torch.zeros((), device=dev)
-    reg_acc = torch.zeros((), device=dev)
-    n_acc = 0
-    timer = StepTimer(dev)  # CUDA events: no host sync per step
-    steps_to_target = None
-    every = args.log_every if args.checkpoint_every is None else args.checkpoint_every
-    run_id = run_id or f"{reg_name}_seed{seed}"
-    ckpt_dir = None
-    if run_dir and dist.main:  # emptied of an earlier run's prompts, due or not
-        folder = checkpoint_folder(run_dir, run_id, keep=bool(every))
-        ckpt_dir = folder if every else None
-
-    # The step at which the trained tensors were found not finite: on the CPU the first such
-    # step, on a GPU the first log, snapshot or last step after it.
-    diverged: Optional[int] = None
-
-    def check_finite(step: int) -> None:
-        # A prompt gone NaN/Inf ends the training but not the run: its later rows are NaN, so
-        # a comparison records it (and its statistics show it) instead of stopping there.
-        nonlocal diverged
-        # The head too: a NaN head gives NaN logits, which argmax reads as class 0.
-        if diverged is None and not all(bool(torch.isfinite(p).all()) for p in params):
-            diverged = step
-            if dist.main:
-                what = "the prompt" if spm.head is None else "the prompt or the head"
-                tqdm.write(f"{run_id}: {what} is not finite after step {step} (diverged; try a "
-                           "lower --lr, --head-lr or --reg-weight): its rows from there are NaN",
-                           file=sys.stderr)
-
-    def save(step: int) -> None:  # the checkpoint and diagram snapshot due at ``step``
-        if diverged is not None:  # no NaN checkpoint (analyze refuses one), no snapshot
-            return
-        if ckpt_dir and dist.main and (step % every == 0 or step == args.max_steps):
-            torch.save(spm.prompt.detach().cpu().clone(),
-                       os.path.join(ckpt_dir, f"step_{step:06d}.pt"))
-        if dist.main and step in snap_steps:  # logged or not (--log-every)
-            snapshots[f"step {step}"] = vr_persistence(spm.prompt.detach().float()).to_numpy()[0]
-
-    def log(step: int) -> None:
-        nonlocal loss_acc, reg_acc, n_acc, steps_to_target
-        # The TSLoss terms of the prompt as it is now, whatever the regulariser (the
-        # regulariser's own last call saw the prompt before this step's update).
-        row: Dict = {"regularizer": reg_name, "seed": seed}
-        if diverged is None:
-            tracker.update(step, spm.prompt)
-            row.update(tracker.flush()[0])
-        else:  # the CPU engine refuses a non-finite prompt: every column of step 0's is NaN
-            row.update({k: math.nan for k in rows[0] if k not in row}, step=step)
-        if n_acc:
-            row.update(to_floats({"task_loss": loss_acc / n_acc, "reg_loss": reg_acc / n_acc}))
-        elif diverged is not None:
-            row.update(task_loss=math.nan, reg_loss=math.nan)
-        loss_acc, reg_acc, n_acc = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
-        # A non-finite prompt's logits are NaN, and argmax would count them as class 0.
-        row["val_acc"] = evaluate(spm, val, task, dev) if diverged is None else math.nan
-        if steps_to_target is None and row["val_acc"] >= args.target_acc:
-            steps_to_target = step
-        rows.append(row)
-
-    if dist.main:
-        log(0)
-        save(0)
-    bar = tqdm(range(1, args.max_steps + 1), desc=run_id, leave=False,
-               disable=args.quiet or not dist.main, position=progress_pos, dynamic_ncols=True)
-    for step in bar:
-        if diverged is not None:  # nothing left to train: log the NaN rows that are due
-            if dist.main and (step % args.log_every == 0 or step == args.max_steps):
-                log(step)
-            continue
-        if pos + global_b > m:
-            perm, pos = torch.randperm(m, generator=order), 0
-        idx = perm[pos + dist.rank * args.batch_size: pos + (dist.rank + 1) * args.batch_size]
-        pos += global_b
-        b = batch(train, idx, task, dev)
-        t0 = timer.mark()
-        opt.zero_grad(set_to_none=False)
-        task_loss = spm(**b)["loss"]
-        task_loss.backward()
-        t1 = timer.mark()
-        if reg_name != "none":
-            # The regulariser gets its own backward so that its cost can be timed on its own.
-            reg = reg_fn(spm.prompt)
-            (g,) = torch.autograd.grad(args.reg_weight * reg, spm.prompt)
-            spm.prompt.grad.add_(g)
-            reg_acc += reg.detach()
-        t2 = timer.mark()
-        dist.average_grads(params)
-        opt.step()
-        timer.add("step", t0, timer.mark())
-        # Every step on the CPU (free there, and the CPU TSLoss refuses a NaN prompt); on a GPU
-        # (a host sync) before what reads the prompt on the host: a log, a checkpoint, a
-        # snapshot, the end. Every rank holds the same parameters, so all stop together.
-        if (dev.type == "cpu" or step % args.log_every == 0 or step == args.max_steps
-                or step in snap_steps or (every and step % every == 0)):
-            check_finite(step)
-        timer.add("reg", t1, t2)
-        loss_acc += task_loss.detach()
-        n_acc += 1
-        if step == 1 and dist.main:  # step 1's losses were computed at the initial prompt
-            rows[0].update(to_floats({"task_loss": task_loss, "reg_loss": reg_acc}))
-        if dist.main and (step % args.log_every == 0 or step == args.max_steps):
-            log(step)
-            bar.set_postfix(acc=f"{rows[-1]['val_acc']:.3f}", loss=f"{rows[-1]['task_loss']:.3f}")
-        save(step)
-    bar.close()
-    seconds = timer.totals()
-    step_time, reg_time = seconds["step"], seconds["reg"]
-    return {"regularizer": reg_name, "seed": seed, "rows": rows, "snapshots": snapshots,
-            "prompt": spm.prompt.detach().cpu().clone(),
-            "final_acc": rows[-1]["val_acc"] if rows else None,
-            "steps_to_target": steps_to_target, "diverged_at": diverged,
-            "sec_per_step": step_time / (args.max_steps if diverged is None else diverged),
-            "reg_share": reg_time / step_time if step_time > 0 else 0.0}
 
 
 def run(args) -> int:
