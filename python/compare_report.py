@@ -236,7 +236,7 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         "seeds decides; p < 0.05 needs 6 untied seeds or more, so with fewer claim 1 rests on "
         "the accuracy AUC. Claim 3's Spearman ρ pools all runs; its interval resamples seeds "
         "with all their runs (runs of one seed share start and data order), studentized on "
-        "Fisher's z with a jackknife over seeds."
+        "Fisher's z with a jackknife over seeds and joined with Student's t interval there."
         + (f" {left_out} run(s) in runs/ that the last invocation did not ask for are left "
            "out." if left_out else "") + "\n")
 
