@@ -147,9 +147,15 @@ def edge_lengths(x: torch.Tensor, edges: torch.Tensor, distances: bool) -> torch
     else:
         d = x.shape[2]
         iu, iv = u.unsqueeze(-1).expand(-1, -1, d), v.unsqueeze(-1).expand(-1, -1, d)
-        _r, top, pos, root = scaled_difference(x.gather(1, iu) - x.gather(1, iv))
-        length = torch.where(pos, top * root, torch.zeros_like(root)).squeeze(-1)
+        length = difference_length(x.gather(1, iu) - x.gather(1, iv))
     return torch.where(valid, length, torch.zeros_like(length))
+
+
+def difference_length(diff: torch.Tensor) -> torch.Tensor:
+    """``|diff|`` over the last dimension as differentiable tensor ops, scaled as
+    :func:`scaled_difference` (0 for a zero difference, with a zero derivative)."""
+    _r, top, pos, root = scaled_difference(diff)
+    return torch.where(pos, top * root, torch.zeros_like(root)).squeeze(-1)
 
 
 torch.library.register_autograd(

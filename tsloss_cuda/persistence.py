@@ -13,7 +13,7 @@ import torch.autograd.forward_ad as fwAD
 from torch._C._functorch import TransformType, peek_interpreter_stack
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from ._ops import edge_lengths, ops, scaled_difference
+from ._ops import difference_length, edge_lengths, ops
 
 #: Default H1 capacity per cloud is ``H1_CAPACITY_PER_POINT * N`` (at least ``H1_MIN_CAPACITY``).
 #: Gaussian clouds in high dimension give up to about 2·N H1 pairs (at N = 256), so clouds of
@@ -186,9 +186,8 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     if not transform_differentiates(xb):
         return ops.pairwise_distance(xb)
     # The differences' lengths as tensor ops (B·N·N·D memory): with the op's values.
-    _r, top, pos, root = scaled_difference(xb.unsqueeze(2) - xb.unsqueeze(1))
     return _with_derivatives(ops.pairwise_distance(xb.detach()),
-                             torch.where(pos, top * root, torch.zeros_like(root)).squeeze(-1))
+                             difference_length(xb.unsqueeze(2) - xb.unsqueeze(1)))
 
 
 def vr_persistence(

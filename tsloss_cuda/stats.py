@@ -149,7 +149,7 @@ class Interval(NamedTuple):
         if self.undefined == 1 and math.isfinite(self.value):
             if self.value * sign <= TOL * max(1.0, abs(self.value)):
                 return "not held"
-            return "held" if 2 * 0.5 ** self.n < 0.05 else "untested"
+            return "held" if sign_test(dict.fromkeys(range(self.n), 1)).p < 0.05 else "untested"
         if math.isnan(self.low) or math.isnan(self.high) or (self.low, self.high) == (
                 -math.inf, math.inf):  # no interval, or too few units to bound one
             return "untested"
@@ -188,10 +188,12 @@ def resamples(n: int, n_boot: int, seed: int) -> Tuple[np.ndarray, np.ndarray, b
 
 
 def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: np.ndarray,
-                 exact: bool, scale: float) -> Tuple[float, float, float, float]:
-    """(low, high, Monte-Carlo error, undefined share): the 95 % studentized bootstrap interval
-    ``[est - q(0.975)·se, est - q(0.025)·se]``, q the weighted quantiles of
-    ``t* = (stat - est) / se_b`` over the resamples.
+                 exact: bool, scale: float, units: int
+                 ) -> Tuple[float, float, float, float, Tuple[bool, bool]]:
+    """(low, high, Monte-Carlo error, undefined share, which ends carry that error): the 95 %
+    studentized bootstrap interval ``[est - q(0.975)·se, est - q(0.025)·se]``, q the weighted
+    quantiles of ``t* = (stat - est) / se_b`` over the resamples, joined with Student's t
+    interval ``est ± t(0.975, units - 1)·se`` (see the module's notes), whose ends carry none.
 
     A resample without spread (``se_b`` = 0: one unit drawn n times, or only tied values
     drawn) has no t*; it is standardised by the sample's own ``se`` instead. Dropping it would
@@ -203,9 +205,9 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
     undefined = float(w[~ok].sum())
     stat, se_b, w = stat[ok], se_b[ok], w[ok]
     if stat.size == 0 or not math.isfinite(se):
-        return float("nan"), float("nan"), 0.0, undefined
+        return float("nan"), float("nan"), 0.0, undefined, (True, True)
     if se <= 1e-12 * scale:  # every unit equal: the resamples all equal the estimate
-        return est, est, 0.0, undefined
+        return est, est, 0.0, undefined, (True, True)
     t = (stat - est) / np.where(se_b > 1e-9 * scale, se_b, se)
     order = np.argsort(t, kind="mergesort")
     t, cum = t[order], np.cumsum(w[order]) / w.sum()
@@ -218,7 +220,9 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
         for i in (lo, hi):
             a, b = max(int(i - h), 0), min(int(math.ceil(i + h)), t.size - 1)
             mc = max(mc, (t[i] - t[a]) * se, (t[b] - t[i]) * se)
-    return float(est - t[hi] * se), float(est - t[lo] * se), float(mc), undefined
+    low, high, half = float(est - t[hi] * se), float(est - t[lo] * se), t_975(units - 1) * se
+    ends = (low <= est - half, high >= est + half)
+    return min(low, est - half), max(high, est + half), float(mc), undefined, ends
 
 
 def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int = 0,
@@ -252,10 +256,7 @@ def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int
     counts, w, exact = resamples(n, n_boot, seed)
     m = counts @ d / n
     se_b = np.sqrt((counts * (d[None] - m[:, None]) ** 2).sum(1) / (n - 1) / n)
-    lo, hi, mc, _ = _studentized(mean, se, m, se_b, w, exact, scale)
-    half = t_975(n - 1) * se
-    ends = (lo <= mean - half, hi >= mean + half)  # which ends the bootstrap gave (with mc)
-    lo, hi = min(lo, mean - half), max(hi, mean + half)
+    lo, hi, mc, _, ends = _studentized(mean, se, m, se_b, w, exact, scale, n)
     return Interval(mean, max(lo, bounds[0]), min(hi, bounds[1]), n, mc, mc_ends=ends)
 
 
@@ -424,11 +425,9 @@ def spearman_interval(x: Sequence[float], y: Sequence[float],
     one = np.ones((1, ids.size))
     z0, se0 = float(_fisher_z(x, y, one[:, member])[0]), float(_jackknife_se(x, y, member, one)[0])
     counts, w, exact = resamples(ids.size, n_boot, seed)
-    lo, hi, mc, undef = _studentized(z0, se0, _fisher_z(x, y, counts[:, member]),
-                                     _jackknife_se(x, y, member, counts), w, exact, 1.0)
-    half = t_975(ids.size - 1) * se0  # joined with the t interval on z, as a mean's
-    ends = (lo <= z0 - half, hi >= z0 + half)
-    lo, hi = min(lo, z0 - half), max(hi, z0 + half)
+    lo, hi, mc, undef, ends = _studentized(z0, se0, _fisher_z(x, y, counts[:, member]),
+                                           _jackknife_se(x, y, member, counts), w, exact, 1.0,
+                                           int(ids.size))
     return Interval(rho, float(np.tanh(lo)), float(np.tanh(hi)), int(ids.size), mc, bad, undef,
                     ends)
 
