@@ -67,9 +67,14 @@ def test_spearman_interval():
     iv = stats.spearman_interval(x, x ** 3, n_boot=500)
     assert iv.value == 1 and iv.n == 12 and iv.low == pytest.approx(1) and iv.excludes_zero(+1)
     iv = stats.spearman_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5], n_boot=500, seed=3)
-    assert iv.low <= iv.value <= iv.high
-    assert iv == stats.spearman_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5], n_boot=500,
-                                         seed=3)  # a fixed RNG seed: reproducible
+    assert iv.low < iv.value < iv.high and iv.mc_error == 0  # 6 runs: enumerated, no RNG
+    assert iv == stats.spearman_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5], seed=4)
+    # 12 runs are drawn: a fixed RNG seed reproduces the interval, another moves its ends.
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=12), rng.normal(size=12)
+    drawn = stats.spearman_interval(x, y, n_boot=500, seed=3)
+    assert drawn.mc_error > 0 and drawn == stats.spearman_interval(x, y, n_boot=500, seed=3)
+    assert drawn != stats.spearman_interval(x, y, n_boot=500, seed=4)
 
 
 def test_paired_difference():
@@ -503,3 +508,51 @@ def test_report_names_why_and_marks_clipped_ends():
     with pytest.raises(SystemExit, match="tsloss seed 3 was logged at steps 0, 10, 20 and none "
                                          "seed 3 at 0, 5, 10"):
         rep.report("x", results, {}, "none", "tsloss", 0.8, 200, 0)
+
+
+def test_infinities_and_nan_survive_a_run_record(tmp_path):
+    """H0's infinite bar is stored as a string (JSON has no infinity): each sign must come back
+    as itself, and NaN (a diverged run's values) stays NaN."""
+    from tsloss_cuda.compare import _encode
+    assert _encode([-math.inf, math.inf, 1.5]) == ["-inf", "inf", 1.5]
+    assert _encode({"a": np.array([[0.0, -np.inf]])}) == {"a": [[0.0, "-inf"]]}
+    out, spec = str(tmp_path), SPECS[0]
+    res = fake_train(spec)
+    res["snapshots"] = {"step 0": [np.array([[-np.inf, np.inf], [0.0, np.nan]]),
+                                   np.zeros((0, 2))]}
+    run_comparison(out, [spec], lambda s: res, CONFIG, quiet=True)
+    h0, h1 = load_run(out, spec.run_id)["snapshots"]["step 0"]
+    assert h0[0, 0] == -math.inf and h0[0, 1] == math.inf and math.isnan(h0[1, 1])
+    assert h0[1, 0] == 0.0 and h1.shape == (0, 2)
+
+
+def test_a_record_under_another_runs_name_is_refused(tmp_path):
+    """A runs/<id>.json copied or renamed by hand holds another run: loading it as this run
+    would resume a comparison with the wrong run's results."""
+    out = str(tmp_path)
+    run_comparison(out, SPECS[:1], fake_train, CONFIG, quiet=True)
+    a = SPECS[0].run_id
+    shutil.copy(os.path.join(out, "runs", f"{a}.json"), os.path.join(out, "runs", "B.json"))
+    shutil.copy(os.path.join(out, "prompts", f"prompt_{a}.pt"),
+                os.path.join(out, "prompts", "prompt_B.pt"))
+    with pytest.raises(CLIError, match=f"--output-dir: .*B.json holds run '{a}', not 'B'"):
+        load_run(out, "B")
+    assert load_run(out, a)["run_id"] == a
+
+
+def test_checkpoint_every_is_no_setting_of_a_comparison(tmp_path):
+    """Checkpoints are extra files, not a result: a resume with another --checkpoint-every
+    must reuse the finished runs, so the config leaves it out."""
+    from tsloss_cuda.compare import comparison_config
+    from tsloss_cuda.train import build_parser
+    out = str(tmp_path / "o")
+
+    def config(every):
+        args = build_parser().parse_args(["--compare", "--output-dir", out,
+                                          "--checkpoint-every", str(every)])
+        assert args.checkpoint_every == every
+        return comparison_config(args, out)
+
+    cfg = config(3)
+    assert "checkpoint_every" not in cfg and "lr" in cfg
+    assert cfg == config(5)

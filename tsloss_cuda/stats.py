@@ -20,7 +20,8 @@ own se; data without any spread (every seed the same difference) have no interva
 t statistic exists there (``undefined`` = 1). With 3 seeds or fewer one seed drawn every time
 is likelier than 2.5 %, so there is no interval: 4 seeds are the fewest that can test
 anything. Spearman intervals are the same union on
-Fisher's z, with a cluster jackknife standard error (:func:`spearman_interval`): simulated with
+Fisher's z, with a cluster jackknife standard error (floored, for Student's half, by the
+resamples' spread: :func:`spearman_interval`): simulated with
 independent measures, 5 seeds of 7 runs (600 sets each), the bootstrap-t alone excluded zero
 6.7 % of the time without a shared effect per seed and 10.0 % with one (sd 2), the union 2.2 %
 and 3.8 % (nominal 5 %). With at most
@@ -188,12 +189,15 @@ def resamples(n: int, n_boot: int, seed: int) -> Tuple[np.ndarray, np.ndarray, b
 
 
 def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: np.ndarray,
-                 exact: bool, scale: float, units: int
+                 exact: bool, scale: float, units: int, se_t: Optional[float] = None
                  ) -> Tuple[float, float, float, float, Tuple[bool, bool]]:
     """(low, high, Monte-Carlo error, undefined share, which ends carry that error): the 95 %
     studentized bootstrap interval ``[est - q(0.975)·se, est - q(0.025)·se]``, q the weighted
     quantiles of ``t* = (stat - est) / se_b`` over the resamples, joined with Student's t
-    interval ``est ± t(0.975, units - 1)·se`` (see the module's notes), whose ends carry none.
+    interval ``est ± t(0.975, units - 1)·se_t`` (see the module's notes), whose ends carry none.
+    ``se_t`` defaults to ``se``; a jackknife ``se`` can be 0 while the resamples spread (see
+    :func:`spearman_interval`), and then the bootstrap-t half is dropped and Student's half alone
+    is the interval; with ``se_t`` 0 as well every resample equals ``est``, the interval too.
 
     A resample without spread (``se_b`` = 0: one unit drawn n times, or only tied values
     drawn) has no t*; it is standardised by the sample's own ``se`` instead. Dropping it would
@@ -204,10 +208,14 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
     ok = np.isfinite(stat) & np.isfinite(se_b)
     undefined = float(w[~ok].sum())
     stat, se_b, w = stat[ok], se_b[ok], w[ok]
-    if stat.size == 0 or not math.isfinite(se):
+    se_t = se if se_t is None else se_t
+    if stat.size == 0 or not math.isfinite(se) or not math.isfinite(se_t):
         return float("nan"), float("nan"), 0.0, undefined, (True, True)
-    if se <= 1e-12 * scale:  # every unit equal: the resamples all equal the estimate
-        return est, est, 0.0, undefined, (True, True)
+    half = t_975(units - 1) * se_t
+    if se <= 1e-12 * scale:  # no t statistic
+        if se_t <= 1e-12 * scale:  # every resample equals the estimate (rho = ±1 clipped)
+            return est, est, 0.0, undefined, (True, True)
+        return est - half, est + half, 0.0, undefined, (False, False)
     t = (stat - est) / np.where(se_b > 1e-9 * scale, se_b, se)
     order = np.argsort(t, kind="mergesort")
     t, cum = t[order], np.cumsum(w[order]) / w.sum()
@@ -220,7 +228,7 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
         for i in (lo, hi):
             a, b = max(int(i - h), 0), min(int(math.ceil(i + h)), t.size - 1)
             mc = max(mc, (t[i] - t[a]) * se, (t[b] - t[i]) * se)
-    low, high, half = float(est - t[hi] * se), float(est - t[lo] * se), t_975(units - 1) * se
+    low, high = float(est - t[hi] * se), float(est - t[lo] * se)
     ends = (low <= est - half, high >= est + half)
     return min(low, est - half), max(high, est + half), float(mc), undefined, ends
 
@@ -394,6 +402,20 @@ def _jackknife_se(x: np.ndarray, y: np.ndarray, member: np.ndarray, counts: np.n
     return np.sqrt((n - 1) / n * (counts * (z - mean[:, None]) ** 2).sum(1))
 
 
+def _robust_sd(v: np.ndarray, w: np.ndarray) -> float:
+    """The weighted interquartile range of the finite ``v`` over 1.349 (a normal's sd): the
+    spread of the resampled z, robust to resamples of few distinct clusters, whose rho of ±1
+    puts z at the clip (±10.7)."""
+    ok = np.isfinite(v)
+    v, w = v[ok], w[ok]
+    if v.size == 0:
+        return 0.0
+    order = np.argsort(v, kind="mergesort")
+    v, cum = v[order], np.cumsum(w[order]) / w.sum()
+    q = lambda p: v[min(int(np.searchsorted(cum, p - 1e-12)), v.size - 1)]  # noqa: E731
+    return float(q(0.75) - q(0.25)) / 1.349
+
+
 def spearman_interval(x: Sequence[float], y: Sequence[float],
                       clusters: Optional[Sequence[int]] = None, *, n_boot: int = 20000,
                       seed: int = 0) -> Interval:
@@ -405,10 +427,16 @@ def spearman_interval(x: Sequence[float], y: Sequence[float],
     z with a jackknife-over-clusters standard error in each resample, joined with Student's t
     interval on z (as :func:`mean_interval`: the bootstrap-t alone is too narrow), then mapped
     back to rho
-    (``mc_error`` stays in z units, an upper bound in rho). Pairs with a non-finite value are
+    (``mc_error`` stays in z units, an upper bound in rho). Student's half uses the larger of
+    the jackknife se and the resampled z's spread (interquartile range / 1.349): the jackknife
+    se can be 0 where the resamples spread (x = 1..6 against y = 2, 1, 4, 3, 6, 5: every
+    leave-one-out rho is 0.83), which made a zero-width interval; without that se there is no
+    t statistic, and Student's half alone is the interval (with drawn resamples the spread
+    carries a Monte-Carlo error of about 1 % of itself, not counted in ``mc_error``). Pairs with a non-finite value are
     dropped and counted (``nonfinite``); resamples with a constant variable have no rho
     (``undefined``). Fewer than 3 runs or 2 clusters give a NaN interval, fewer than 4 clusters
-    an unbounded one (see :func:`mean_interval`).
+    an unbounded one (see :func:`mean_interval`). A perfect rank agreement has rho = ±1 in
+    every resample: its interval is that point (Fisher's z clipped), and the claim is decided.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     c = np.arange(x.size) if clusters is None else np.asarray(clusters)
@@ -425,9 +453,10 @@ def spearman_interval(x: Sequence[float], y: Sequence[float],
     one = np.ones((1, ids.size))
     z0, se0 = float(_fisher_z(x, y, one[:, member])[0]), float(_jackknife_se(x, y, member, one)[0])
     counts, w, exact = resamples(ids.size, n_boot, seed)
-    lo, hi, mc, undef, ends = _studentized(z0, se0, _fisher_z(x, y, counts[:, member]),
-                                           _jackknife_se(x, y, member, counts), w, exact, 1.0,
-                                           int(ids.size))
+    z = _fisher_z(x, y, counts[:, member])
+    lo, hi, mc, undef, ends = _studentized(z0, se0, z, _jackknife_se(x, y, member, counts), w,
+                                           exact, 1.0, int(ids.size),
+                                           max(se0, _robust_sd(z, w)))
     return Interval(rho, float(np.tanh(lo)), float(np.tanh(hi)), int(ids.size), mc, bad, undef,
                     ends)
 
