@@ -580,6 +580,16 @@ void test_device_heap_compaction() {
         CHECK(tsl_test::same_pairs(pairs, ref.pairs),
               "kind %d, heap %lld (%s): pairs differ from the engine's", kind,
               (long long)cap, compacts ? "compacting" : "fixed");
+        // A stored V column is Z/2-reduced: an edge twice would cancel, so keeping both only
+        // fills the device's fixed arena sooner (the diagrams cannot show it).
+        for (tsl::index_t s = 0; s < w.slots_used; ++s) {
+          std::vector<tsl::index_t> col(arena.begin() + start[s],
+                                        arena.begin() + start[s] + length[s]);
+          std::sort(col.begin(), col.end());
+          CHECK(std::adjacent_find(col.begin(), col.end()) == col.end(),
+                "kind %d, heap %lld: V column %lld keeps a cancelling pair", kind,
+                (long long)cap, (long long)s);
+        }
       }
       CHECK(!(status[0] == tsl::kOk && status[1] != tsl::kOk),
             "kind %d, heap %lld: compacting failed where a plain heap sufficed", kind,
@@ -588,6 +598,17 @@ void test_device_heap_compaction() {
     }
   }
   CHECK(exercised > 0, "no heap size needed compaction to succeed");
+}
+
+// prim_better with no best yet (bidx < 0) takes any candidate: the CUDA Prim (h0_mst.cu) starts
+// every vertex at best 0 with parent -1, and the host Prim never asks this, so only here is it
+// checked without a GPU.
+void test_prim_first_contact() {
+  CHECK(tsl::prim_better(1.0, 5, 0.0, -1) && tsl::prim_better(1.0f, 5, 2.0f, -1),
+        "prim_better refuses a candidate when there is no best");
+  CHECK(tsl::prim_better(1.0, 5, 1.0, 3) && !tsl::prim_better(1.0, 3, 1.0, 5) &&
+            tsl::prim_better(0.5, 9, 1.0, 3),
+        "prim_better: by diameter, then by the larger index first");
 }
 
 // Clouds for the sweep tests: Gaussian points, or points of a small integer grid (many exactly
@@ -778,6 +799,7 @@ void run_all() {
 }  // namespace
 
 int main() {
+  test_prim_first_contact();
   test_index_decoding();
   test_certified_distances();
   test_scaled_distance();
