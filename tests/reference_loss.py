@@ -1,14 +1,25 @@
 """TSLoss as a composition of the public ops (pairwise_distance, vr_persistence) and torch
 tensor ops: the definition `tsloss_cuda.loss` had before it became one fused op, kept as the
-reference the fused op is tested against (tests/test_tsloss_op.py)."""
+reference the fused op is tested against (tests/test_tsloss_op.py).
+
+Self-contained beside those two ops: it takes nothing from tsloss_cuda/loss.py (a bug in its
+input conversion or capacity default would otherwise change both sides of a comparison). It
+assumes valid options and prompts; their validation is tested against `loss` itself."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from tsloss_cuda.loss import PromptTopology, _as_prompts, _check_options
-from tsloss_cuda.persistence import default_max_h1, pairwise_distance, vr_persistence
+from tsloss_cuda.loss import PromptTopology
+from tsloss_cuda.persistence import pairwise_distance, vr_persistence
+
+
+def _prompts(prompts: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) in the compute dtype: float64 stays float64, everything else (float32,
+    float16, bfloat16) is computed in float32."""
+    x = prompts.to(torch.float64 if prompts.dtype == torch.float64 else torch.float32)
+    return x if x.dim() == 3 else x.unsqueeze(0)
 
 
 def _match_width(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -41,10 +52,9 @@ def reference_loss(
     max_h1: Optional[int] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
     """The composition tsloss_cuda.loss was before it became one op: the reference."""
-    _check_options(normalize, connectivity_mode, target, p, reduction, max_h1)
-    x = _as_prompts(prompts)
+    x = _prompts(prompts)
     b, n = x.shape[0], x.shape[1]
-    k = default_max_h1(n) if max_h1 is None else max_h1
+    k = max(4 * n, 8) if max_h1 is None else max_h1  # the documented default: 4·N, at least 8
     need_h1 = redundancy != 0 or stability != 0 or return_terms
 
     # One distance matrix serves the scale and the diagram; gradients of both flow through it.

@@ -119,7 +119,8 @@ def test_tsloss_gradient_is_not_clipped(tmp_path):
 
 def test_weight_zero_only_logs_the_topology(tmp_path):
     plain, _ = _train(tmp_path / "plain", None, 1)
-    zero, trainer = _train(tmp_path / "zero", TSLossCallback(0.0), 1)
+    cb = TSLossCallback(0.0)
+    zero, trainer = _train(tmp_path / "zero", cb, 1)
     assert torch.equal(zero.prompts[0], plain.prompts[0])
     assert not torch.equal(plain.final, plain.prompts[0])  # training moved the prompt
     assert torch.equal(zero.final, plain.final)  # ... and weight 0 changed nothing
@@ -130,6 +131,9 @@ def test_weight_zero_only_logs_the_topology(tmp_path):
         assert all(k in logs for k in logged), sorted(logs)
     hist = [h for h in trainer.state.log_history if "loss" in h]
     assert all(k in h for h in hist for k in logged)
+    # Weight 0 skips TSLoss itself (its cost and its NaN risk), not only its gradient.
+    assert cb.last_loss is None
+    assert not any("topology/tsloss" in l for l in train_logs + hist)
     # The logged topology is that of the prompt after the logged step.
     want = topology_metrics(zero.prompts[1])
     for k in ("h0_count", "h0_total", "h0_entropy"):
@@ -183,6 +187,42 @@ def test_second_training_run_restarts_the_stability_term():
     assert step_stability() > 0.0  # within a run, against the previous step's prompt
     cb.on_train_begin(args, state, control, model=model)
     assert step_stability() == 0.0
+
+
+def test_weight_zero_leaves_the_gradient_alone():
+    """Weight 0 adds nothing, not even a zero gradient where none was: a prompt without .grad
+    keeps None (the optimizer skips it) and TSLoss is not evaluated."""
+    cb, model = TSLossCallback(0.0), _model()
+    args, state, control = _hooks()
+    cb.on_train_begin(args, state, control, model=model)
+    cb.on_pre_optimizer_step(args, state, control, model=model)
+    assert prompt_parameters(model).grad is None and cb.last_loss is None
+    state.global_step = 1
+    logs = {"loss": 1.0}
+    cb.on_log(args, state, control, logs=logs, model=model)
+    assert "topology/h0_count" in logs and "topology/tsloss" not in logs
+
+
+def test_second_training_run_restarts_the_logged_stability():
+    """The logged ts_stability of a new trainer.train() is measured from no previous prompt,
+    not from the last log of the previous run (whose prompt may have been replaced)."""
+    cb, model = TSLossCallback(WEIGHT), _model()
+    prompt = prompt_parameters(model)
+    g = torch.Generator().manual_seed(2)
+
+    def move():
+        with torch.no_grad():
+            prompt.add_(0.3 * torch.randn(prompt.shape, generator=g))
+
+    assert _log_once(cb, model, step=2)["topology/ts_stability"] == 0.0
+    move()
+    args, state, control = _hooks()
+    state.global_step = 3
+    logs = {"loss": 1.0}
+    cb.on_log(args, state, control, logs=logs, model=model)
+    assert logs["topology/ts_stability"] > 0.0  # the same run: measured from step 2's prompt
+    move()
+    assert _log_once(cb, model, step=4)["topology/ts_stability"] == 0.0  # a new run
 
 
 def test_eval_logs_get_no_topology():

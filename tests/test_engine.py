@@ -1,6 +1,8 @@
 """The exact engine: equality with ripser.py, edge conventions, batching, output format."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,24 @@ def test_points_match_ripser(name, idx, cloud, dtype):
 
 # ---- (3) edges explain the values exactly ------------------------------------------------------
 
+def _edge_index(e: np.ndarray) -> np.ndarray:
+    """The combinatorial index C(v, 2) + u of edges (u < v), rows of ``e``: the filtration's
+    tie-breaker (at equal lengths the larger index comes first, as in ripser)."""
+    u, v = e[:, 0].astype(np.int64), e[:, 1].astype(np.int64)
+    return v * (v - 1) // 2 + u
+
+
+def test_tied_bars_come_in_filtration_order():
+    """The two squares' tied bars, literally: H0's unit edges by decreasing index, and the
+    squares' equal H1 bars the later-born first (equal births: the smaller birth edge)."""
+    square = torch.tensor([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=torch.float64)
+    assert vr_persistence(square).h0_edges[0].tolist() == [[2, 3], [0, 3], [1, 2]]
+    two = torch.cat([square, square + torch.tensor([10.0, 0.0])])
+    dg = vr_persistence(two)
+    assert int(dg.h1_count[0]) == 3  # and a thin loop across the gap
+    assert dg.h1_edges[0, :2].tolist() == [[0, 1, 1, 3], [4, 5, 5, 7]]
+
+
 def _check_edges(dgm, dist: torch.Tensor, b: int = 0):
     """Every reported edge's length equals its value exactly; padding and ordering conventions."""
     d = dist.detach().numpy()
@@ -90,6 +110,10 @@ def _check_edges(dgm, dist: torch.Tensor, b: int = 0):
     np.testing.assert_array_equal(h0[:, 1], d[e0[:, 0], e0[:, 1]])
     assert (np.diff(h0[:, 1]) >= 0).all(), "h0 must be sorted by death"
     assert _h0_edges_form_spanning_tree(e0, n), "h0 edges must form a spanning tree"
+    # Ties in filtration order: an equal death comes first for the larger edge index.
+    tied = h0[1:, 1] == h0[:-1, 1]
+    assert (_edge_index(e0[:-1])[tied] > _edge_index(e0[1:])[tied]).all(), \
+        "equal H0 deaths must come by decreasing edge index"
 
     live, pad = slice(0, kept), slice(kept, k)
     assert (e1[live] >= 0).all() and (e1[live] < n).all()
@@ -100,6 +124,13 @@ def _check_edges(dgm, dist: torch.Tensor, b: int = 0):
     assert (h1[live, 1] > h1[live, 0]).all(), "zero-persistence pairs must be excluded"
     pers = h1[live, 1] - h1[live, 0]
     assert (np.diff(pers) <= 0).all(), "h1 must be ordered by decreasing persistence"
+    # Equal persistence: the later birth in filtration order first (a larger birth, or an equal
+    # birth with the smaller edge index).
+    tied = pers[1:] == pers[:-1]
+    b0, b1 = h1[live, 0][:-1], h1[live, 0][1:]
+    i0, i1 = _edge_index(e1[live, :2])[:-1], _edge_index(e1[live, :2])[1:]
+    assert ((b0 > b1) | ((b0 == b1) & (i0 < i1)))[tied].all(), \
+        "equal H1 persistences must come by reverse filtration order of their births"
     assert (h1[pad] == 0).all(), "h1 padding rows must be (0, 0)"
     assert (e1[pad] == -1).all(), "h1_edges padding must be -1"
 
@@ -325,6 +356,33 @@ def test_default_capacity_does_not_truncate_gaussian_256_768():
     assert dgm.h1.shape == (2, 1024, 2)
     assert not dgm.truncated.any()
     assert (dgm.h1_count > 0).all() and (dgm.h1_count <= 1024).all()
+
+
+@pytest.mark.parametrize("n,k", [(0, 8), (1, 8), (2, 8), (3, 12), (5, 20)])
+def test_default_capacity_is_4n_at_least_8(n, k):
+    # The documented default K = max(4·N, 8), as literal numbers: not read back through
+    # default_max_h1, which would follow a change of its constants.
+    assert default_max_h1(n) == k
+    dgm = vr_persistence(torch.randn(n, 3))
+    assert dgm.h1.shape == (1, k, 2) and dgm.h1_edges.shape == (1, k, 4)
+
+
+def test_to_numpy_warns_only_when_bars_were_dropped():
+    # A capacity equal to the number of bars keeps them all: no warning; one less drops one.
+    torch.manual_seed(0)
+    x = torch.randn(1, 40, 8)
+    count = int(vr_persistence(x).h1_count[0])
+    assert count > 2
+    exact = vr_persistence(x, max_h1=count)
+    assert not exact.truncated.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(exact.to_numpy()[0][1]) == count
+    short = vr_persistence(x, max_h1=count - 1)
+    assert short.truncated.all()
+    with pytest.warns(UserWarning, match=rf"H1 of clouds \[0\] has more bars than max_h1 = "
+                                         rf"{count - 1}"):
+        assert len(short.to_numpy()[0][1]) == count - 1
 
 
 # ---- (8) maxdim=0, tiny N, large N -------------------------------------------------------------

@@ -149,6 +149,16 @@ def test_negative_max_h1(max_h1):
         vr_persistence(torch.randn(5, 3), max_h1=max_h1)
 
 
+def test_max_h1_must_fit_int64():
+    # 2**63 does not fit an int64: refused by name before the op sees it. 2**63 - 1 fits, and
+    # the op refuses it as any capacity that cannot be allocated, naming what suffices.
+    with pytest.raises(ValueError, match=r"max_h1 must be below 2\*\*63 \(an int64\), got "
+                                         r"9223372036854775808"):
+        vr_persistence(torch.randn(5, 3), max_h1=2**63)
+    with pytest.raises(RuntimeError, match=r"max_h1 = 9223372036854775807 .* pass max_h1 <= 10"):
+        vr_persistence(torch.randn(5, 3), max_h1=2**63 - 1)
+
+
 @pytest.mark.parametrize("maxdim", [-1, 2, 3])
 def test_bad_maxdim(maxdim):
     with pytest.raises(ValueError, match=r"maxdim must be 0 or 1"):
@@ -459,6 +469,18 @@ def test_invalid_cloud_flags_agree_with_cpu_checks(rng):
     flags = invalid_clouds(dm, True)
     assert flags.tolist() == [_cpu_rejects(dm[b], True) for b in range(8)]
     assert flags.tolist() == [False, True, True, True, True, False, True, False]
+
+
+@pytest.mark.parametrize("rel", [1e-6, 5e-5, 2e-4, 1e-3, 1e-1])
+@pytest.mark.parametrize("where", [(0, 1), (1, 0)], ids=["upper", "lower"])
+def test_invalid_cloud_flags_follow_the_cpu_asymmetry_bound(rng, rel, where):
+    # The CPU op accepts |lower - upper| <= 1e-4 · max(|lower|, |upper|) (rounding) and rejects
+    # more; the no-sync flags of the CUDA path must draw the same line, on either side of it.
+    from tsloss_cuda.persistence import invalid_clouds
+    d = _dist(rng)[None].clone()
+    d[(0,) + where] *= 1 + rel
+    assert invalid_clouds(d, True).tolist() == [rel > 1e-4]
+    assert _cpu_rejects(d, True) == (rel > 1e-4)
 
 
 def test_marked_clouds_are_nan_with_invalid_count(rng):

@@ -33,19 +33,49 @@ def test_gradcheck_diagram_values(field):
     assert torch.autograd.gradcheck(lambda x: getattr(T.vr_persistence(x), field), (x,))
 
 
-def test_gradcheck_from_distance_matrix():
-    # Perturb only the strictly upper triangle (what the op reads); the matrix stays a valid
-    # distance matrix with zero diagonal.
-    d0 = T.pairwise_distance(generic_cloud(b=1, n=9))[0]
-    rows, cols = torch.triu_indices(9, 9, offset=1)
-    v = d0[rows, cols].clone().requires_grad_()
+def _matrix(up, lo, n):
+    """An (n, n) distance matrix whose strict upper triangle is ``up`` and strict lower
+    (transposed) ``lo``: two autograd leaves, so that a gradient written to the wrong triangle
+    shows (the op reads the upper one; the lower one must get exactly zero). Equal values keep
+    the matrix symmetric, as the op requires (to 1e-4 relative), under gradcheck's steps too."""
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    return torch.zeros(n, n, dtype=up.dtype).index_put((rows, cols), up).index_put((cols, rows), lo)
 
-    def diagram(v):
-        d = torch.zeros(9, 9, dtype=v.dtype).index_put((rows, cols), v).index_put((cols, rows), v)
-        dg = T.vr_persistence(d, distances=True)
+
+def _triangles(x, n):
+    """The strict upper triangle of the distances of points ``x``, as two separate leaves."""
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    up = T.pairwise_distance(x)[0][rows, cols]
+    return up.clone().requires_grad_(), up.clone().requires_grad_()
+
+
+def test_gradcheck_from_distance_matrix():
+    # Perturb only the strictly off-diagonal entries; the matrix stays a valid distance matrix
+    # with zero diagonal. The upper and lower triangles are separate inputs: the lower one's
+    # numerical derivative is zero, and so must the analytical one be.
+    up, lo = _triangles(generic_cloud(b=1, n=9), 9)
+
+    def diagram(up, lo):
+        dg = T.vr_persistence(_matrix(up, lo, 9), distances=True)
         return dg.h0, dg.h1
 
-    assert torch.autograd.gradcheck(diagram, (v,))
+    assert torch.autograd.gradcheck(diagram, (up, lo))
+
+
+def test_distance_matrix_gradient_is_the_same_with_create_graph():
+    # create_graph=True takes the differentiable formula (_ops._bar_gradient), which must put
+    # the gradient where the kernel puts it: on the upper-triangle entry that the op reads.
+    D = T.pairwise_distance(noisy_circle(n=12, d=3))[0].clone().requires_grad_()
+
+    def value():
+        dg = T.vr_persistence(D, distances=True)
+        return dg.h0.sum() + dg.h1.sum()
+
+    kernel, = torch.autograd.grad(value(), D)
+    differentiable, = torch.autograd.grad(value(), D, create_graph=True)
+    assert torch.count_nonzero(torch.triu(kernel, 1)) > 11  # the tree's edges and a loop
+    assert torch.count_nonzero(torch.tril(kernel)) == 0
+    assert torch.equal(differentiable, kernel)
 
 
 @pytest.mark.parametrize("distances", [False, True])
@@ -54,27 +84,29 @@ def test_double_backward_through_vr_persistence(distances):
     # differentiable tensor ops (the kernel has no derivative; the second derivative was silently
     # zero before). Both orders checked numerically, and the first order equals the kernel's.
     x = generic_cloud(b=1, n=8, d=3)
-    if distances:  # the strictly upper triangle as the variable, as in the test above
-        rows, cols = torch.triu_indices(8, 8, offset=1)
-        x = T.pairwise_distance(x)[0][rows, cols]
+    if distances:  # the two strict triangles as separate variables, as in the test above
+        inputs = _triangles(x, 8)
+    else:
+        inputs = (x.requires_grad_(),)
 
-    def bars(x):
-        if distances:
-            x = torch.zeros(8, 8, dtype=x.dtype).index_put((rows, cols), x).index_put((cols, rows), x)
-        dg = T.vr_persistence(x, distances=distances)
+    def bars(*inputs):
+        dg = T.vr_persistence(_matrix(*inputs, 8) if distances else inputs[0],
+                              distances=distances)
         return dg.h0, dg.h1
 
-    x.requires_grad_()
-    assert torch.autograd.gradgradcheck(bars, (x,))
+    assert torch.autograd.gradgradcheck(bars, inputs)
 
-    def value(x):
-        h0, h1 = bars(x)
+    def value(*inputs):
+        h0, h1 = bars(*inputs)
         return (h0[..., 1] ** 2).sum() + h1.sum()
 
-    g0, = torch.autograd.grad(value(x), x)
-    g1, = torch.autograd.grad(value(x), x, create_graph=True)
-    assert torch.allclose(g1, g0, rtol=1e-12, atol=1e-14)
-    g2, = torch.autograd.grad((g1 ** 2).sum(), x)
+    g0 = torch.autograd.grad(value(*inputs), inputs)
+    g1 = torch.autograd.grad(value(*inputs), inputs, create_graph=True)
+    for a, b in zip(g1, g0):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    if distances:  # the lower triangle is not read
+        assert torch.count_nonzero(g0[1]) == 0 and torch.count_nonzero(g1[1]) == 0
+    g2, = torch.autograd.grad(sum((g ** 2).sum() for g in g1), inputs[0])
     assert g2.abs().max() > 0
 
 
@@ -115,6 +147,21 @@ def test_gradcheck_pairwise_distance():
 def test_gradcheck_loss_terms(kw):
     x = generic_cloud().requires_grad_()
     assert torch.autograd.gradcheck(lambda x: T.loss(x, **kw), (x,))
+
+
+@pytest.mark.parametrize("normalize", ["none", "mean"])
+def test_target_mode_gradient_is_zero_at_the_kink(normalize):
+    """|δ/s - τ| at δ/s = τ exactly: the gradient is 0 there, as torch.abs's (and the
+    reference's); gradcheck cannot see this, its finite differences step over the kink."""
+    x = torch.tensor([[0.0], [0.5]], dtype=torch.float64, requires_grad=True)
+    target = 0.5 if normalize == "none" else 1.0  # two points: s is their distance
+    T.loss(x, normalize=normalize, connectivity_mode="target", target=target,
+           redundancy=0.0).backward()
+    assert x.grad.abs().max() == 0, x.grad
+    ref = x.detach().clone().requires_grad_()
+    reference_loss(ref, normalize=normalize, connectivity_mode="target", target=target,
+                   redundancy=0.0).backward()
+    assert torch.equal(x.grad, ref.grad)
 
 
 def test_gradcheck_stability_term():
@@ -237,6 +284,20 @@ def test_reset_forgets_the_last_terms():
     assert module.last_terms == {} and module.previous is None
 
 
+@pytest.mark.parametrize("second", [(2, 9, 3), (3, 8, 3), (9, 3)], ids=["N", "B", "2-D"])
+def test_module_names_a_change_of_prompt_shape(second):
+    # The module checks the shape itself, before `loss` would refuse previous.h0's shape: its
+    # message says what changed and what to do (reset()); afterwards the new shape is fine.
+    module = T.TSLoss(stability=1.0)
+    module(torch.randn(2, 8, 3))
+    b, n = (1, second[0]) if len(second) == 2 else second[:2]
+    with pytest.raises(ValueError, match=rf"prompts changed shape from B=2, N=8 to B={b}, "
+                                         rf"N={n} .*call reset\(\) first"):
+        module(torch.randn(*second))
+    module.reset()
+    assert math.isfinite(float(module(torch.randn(*second))))
+
+
 def test_previous_diagram_saved_by_hand_resumes_exactly(tmp_path):
     """As the docstring says: state_dict() stays empty (a model holding a TSLoss must still
     save with safetensors and load older checkpoints strictly), and ``previous`` saved and
@@ -289,6 +350,23 @@ def test_previous_from_inference_mode_is_a_constant():
     value = T.loss(z.detach().requires_grad_(True), stability=1.0, previous=prev)
     value.backward()
     assert prev.h0.grad is None
+
+
+@pytest.mark.parametrize("which", ["h0", "h1", "both"])
+def test_previous_holding_inference_tensors_is_copied(which):
+    """A PromptTopology built by hand under torch.inference_mode (not by `loss`, whose
+    topologies are copied out of it): `loss` must copy each inference tensor, h0 and h1 alike,
+    or the backward cannot save it."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 8, 3)
+    with torch.inference_mode():
+        h0, h1 = torch.rand(2, 7), torch.zeros(2, 32)  # K = 4·N: h1 is used as it is
+    if which != "both":  # the other one an ordinary tensor
+        h0, h1 = (h0, h1.clone()) if which == "h0" else (h0.clone(), h1)
+    assert h0.is_inference() == (which != "h1") and h1.is_inference() == (which != "h0")
+    z.requires_grad_()
+    T.loss(z, stability=1.0, previous=T.PromptTopology(h0, h1)).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
 
 
 def test_previous_from_inference_mode_feeds_a_compiled_step():

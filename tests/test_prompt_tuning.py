@@ -69,6 +69,24 @@ def test_encoder_trains_with_each_regularizer(reg):
         assert rows[-1]["ts_stability"] > 0  # stateful: compared with the previous step
 
 
+def test_regularizer_values_are_their_documented_definitions():
+    """l2: the mean over prompt vectors of the squared norm; pairwise: the mean distance over
+    the N(N-1) ordered pairs of distinct vectors. Computed here without the package."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(5, 4, generator=g)
+    l2, none_mod = make_regularizer("l2", _Args)
+    assert none_mod is None
+    want = torch.stack([v.dot(v) for v in p]).mean()
+    assert float(l2(p)) == pytest.approx(float(want), rel=1e-6)
+    pairwise, _ = make_regularizer("pairwise", _Args)
+    dist = torch.cdist(p.double(), p.double())
+    off = dist[~torch.eye(5, dtype=torch.bool)]
+    assert off.numel() == 20 and float(pairwise(p)) == pytest.approx(float(off.mean()), rel=1e-6)
+    assert float(pairwise(p[:1])) == 0.0  # one vector: no pair, no division by zero
+    none, _ = make_regularizer("none", _Args)
+    assert float(none(p)) == 0.0
+
+
 def test_detect_task_tells_generating_lms_from_encoders():
     small = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=64)

@@ -159,6 +159,40 @@ def test_an_end_from_the_t_interval_has_no_monte_carlo_error():
     assert iv.mc_ends == (False, True)  # the low end is t's, the high the bootstrap's
 
 
+def test_monte_carlo_error_is_the_99_percent_band_of_the_end_ranks():
+    """mc_error, recomputed from its definition on the same draws: the studentized end's rank
+    among the draws moves by about z(0.995)·sqrt(B·0.025·0.975) from one RNG seed to
+    another; the error is the most an end moves over that band, in units of the se."""
+    d = np.linspace(-0.3, 1.5, 10)
+    iv = stats.mean_interval(dict(enumerate(d)), n_boot=4000, seed=0)
+    counts, _, exact = stats.resamples(10, 4000, 0)
+    assert not exact
+    se = d.std(ddof=1) / math.sqrt(10)
+    m = counts @ d / 10
+    se_b = np.sqrt((counts * (d[None] - m[:, None]) ** 2).sum(1) / 9 / 10)
+    t = np.sort((m - d.mean()) / se_b)
+    h = 2.5758293 * math.sqrt(4000 * 0.025 * 0.975)  # z(0.995): a 99 % band
+    want = 0.0
+    for q in (0.025, 0.975):
+        i = int(np.searchsorted(np.arange(1, 4001) / 4000, q - 1e-12))
+        lo, hi = max(int(i - h), 0), min(math.ceil(i + h), 3999)
+        want = max(want, (t[i] - t[lo]) * se, (t[hi] - t[i]) * se)
+    assert iv.mc_error == pytest.approx(want, rel=1e-9)
+
+
+def test_jackknife_se_is_the_delete_one_formula():
+    """The cluster jackknife se of Fisher's z, by hand: sqrt((n-1)/n · Σ (z_(i) - mean)²) over
+    the n leave-one-cluster-out estimates."""
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=8), rng.normal(size=8)
+    y = x + y
+    c = np.repeat(np.arange(4), 2)  # 4 clusters of 2 runs
+    z = np.array([math.atanh(stats.spearman(x[c != k], y[c != k])) for k in range(4)])
+    want = math.sqrt(3 / 4 * ((z - z.mean()) ** 2).sum())
+    got = stats._jackknife_se(x, y, c, np.ones((1, 4)))[0]
+    assert got == pytest.approx(want, rel=1e-12)
+
+
 def test_t_quantile():
     assert stats.t_975(1) == pytest.approx(12.706205) and stats.t_975(4) == pytest.approx(2.776445)
     assert stats.t_975(30) == pytest.approx(2.042272, abs=1e-6)

@@ -71,15 +71,18 @@ def test_forward_ad_dual_tensors():
 @pytest.mark.parametrize("distances", [False, True])
 def test_gradcheck_forward_mode(distances):
     x = circle(b=1, n=8)
-    if distances:  # the strictly upper triangle as the variable, as in test_loss
+    if distances:
+        # The strict upper and lower triangles as separate variables (equal values: a valid
+        # matrix), as in test_loss: the op reads the upper one, so the lower one's derivatives
+        # must be exactly zero, which one variable written to both triangles could not show.
         rows, cols = torch.triu_indices(8, 8, offset=1)
         v = T.pairwise_distance(x)[0][rows, cols]
-        f = lambda v: bars(torch.zeros(8, 8, dtype=v.dtype)  # noqa: E731
-                           .index_put((rows, cols), v).index_put((cols, rows), v), True)
-        x = v
+        f = lambda up, lo: bars(torch.zeros(8, 8, dtype=up.dtype)  # noqa: E731
+                                .index_put((rows, cols), up).index_put((cols, rows), lo), True)
+        inputs = (v.clone().requires_grad_(), v.clone().requires_grad_())
     else:
-        f = bars
-    assert torch.autograd.gradcheck(f, (x.requires_grad_(),), check_forward_ad=True,
+        f, inputs = bars, (x.requires_grad_(),)
+    assert torch.autograd.gradcheck(f, inputs, check_forward_ad=True,
                                     check_batched_forward_grad=True)
 
 

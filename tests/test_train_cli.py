@@ -350,3 +350,108 @@ def test_a_diverged_head_counts_as_a_diverged_run(tiny_models, tmp_path, monkeyp
     rows = _csv_rows(out / "metrics.csv")
     assert [r["step"] for r in rows] == ["0", "3", "6"]
     assert rows[0]["val_acc"] != "nan" and [r["val_acc"] for r in rows[1:]] == ["nan", "nan"]
+
+
+def test_reg_weight_scales_the_regularizer(tiny_models, tmp_path, monkeypatch):
+    """--reg-weight multiplies the regulariser's gradient: TSLoss at weight 0 trains exactly
+    the prompt of no regulariser (same seed, same batches), and at weight 1 another one."""
+    from tsloss_cuda import train
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "cmp"
+    assert train.main(["--model", tiny_models["bert"], "--compare", "--compare-regularizers",
+                       "none", "--compare-weights", "0", "1", "--seeds", "0", "--no-plots",
+                       "--checkpoint-every", "0", "--output-dir", str(out)]
+                      + _set(TINY, "--max-steps", "3")) == 0
+    none = _final(out, "none", 0)
+    assert torch.equal(_final(out, "tsloss_w0", 0), none)
+    assert not torch.equal(_final(out, "tsloss_w1", 0), none)
+
+
+def test_steps_to_target_counts_an_accuracy_equal_to_the_target(tiny_models, tmp_path,
+                                                               monkeypatch):
+    """--target-acc is reached at the first log whose accuracy is >= it: a validation
+    accuracy (a fraction of a small set) often equals a round target exactly."""
+    from tsloss_cuda import train, training
+    accs = iter([0.25, 0.5, 0.75])  # logs at steps 0, 3, 6
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: next(accs))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "one"
+    assert train.main(["--model", tiny_models["bert"], "--regularizer", "none", "--target-acc",
+                       "0.5", "--no-plots", "--checkpoint-every", "0", "--output-dir", str(out)]
+                      + TINY) == 0
+    run, = json.loads((out / "summary.json").read_text())["runs"]
+    assert run["steps_to_target"] == 3 and run["final_acc"] == 0.75
+
+
+def test_average_grads_divides_the_sum_by_the_world(monkeypatch):
+    """The all-reduce sums the ranks' gradients; the step needs their mean, the gradient of
+    the mean loss over the global batch. Adam all but hides a missing division (it divides
+    by the gradient's own scale), so the DDP test cannot see it: a stand-in all-reduce of 3
+    ranks, no process group needed."""
+    import torch.distributed
+    from tsloss_cuda.training import Dist
+    g = torch.Generator().manual_seed(0)
+    params = [torch.zeros(2, 3, requires_grad=True), torch.zeros(4, requires_grad=True)]
+    grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(3)]
+    for p, gr in zip(params, grads[0]):
+        p.grad = gr.clone()
+    others = sum(torch.cat([x.reshape(-1) for x in rank]) for rank in grads[1:])
+    calls = []
+
+    def all_reduce(t, *a, **k):  # this rank's gradients plus those of ranks 1 and 2
+        calls.append(t.numel())
+        t.add_(others)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    d = Dist.__new__(Dist)
+    d.world, d.rank = 3, 0
+    d.average_grads(params)
+    assert calls == [10]  # one all-reduce of everything
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.grad, sum(rank[i] for rank in grads) / 3)
+    d.world = 1  # one process: nothing to reduce
+    before = [p.grad.clone() for p in params]
+    d.average_grads(params)
+    assert calls == [10] and all(torch.equal(p.grad, b) for p, b in zip(params, before))
+
+
+def test_ranks_train_on_disjoint_halves_of_the_global_batch(tiny_models, tmp_path,
+                                                            monkeypatch):
+    """With 2 ranks of --batch-size 4, rank 0 takes the first half and rank 1 the second half
+    of the batch of 8 that one process would take: together the same data, not one half twice.
+    The DDP test sees this only through the prompts of two torchrun processes; here each rank
+    runs in this process with a stand-in for the process group, and its batches' indices are
+    recorded."""
+    from tsloss_cuda import train, training
+    seen = []
+    real_batch = training.batch
+    monkeypatch.setattr(training, "batch",
+                        lambda split, idx, *a: seen.append(idx.tolist()) or
+                        real_batch(split, idx, *a))
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)  # no validation batches
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def batches(world, rank, size):
+        class OneRank(training.Dist):
+            def __init__(self, device):
+                self.world, self.rank, self.device = world, rank, torch.device("cpu")
+
+            def broadcast(self, params):
+                pass
+
+            def average_grads(self, params):
+                pass
+
+            def close(self):
+                pass
+        monkeypatch.setattr(train, "Dist", OneRank)
+        seen.clear()
+        out = tmp_path / f"w{world}r{rank}"
+        assert train.main(["--model", tiny_models["bert"], "--regularizer", "none",
+                           "--no-plots", "--checkpoint-every", "0", "--output-dir", str(out)]
+                          + _set(_set(TINY, "--batch-size", size), "--max-steps", "3")) == 0
+        return list(seen)
+
+    single = batches(1, 0, "8")
+    halves = batches(2, 0, "4"), batches(2, 1, "4")
+    assert len(single) == 3 and all(len(b) == 8 for b in single)
+    assert [a + b for a, b in zip(*halves)] == single

@@ -203,8 +203,8 @@ def vr_persistence(
 
     Args:
         x: points ``(N, D)`` / ``(B, N, D)``, or with ``distances=True`` a distance matrix
-            ``(N, N)`` / ``(B, N, N)`` (read through its upper triangle, as ripser.py and
-            giotto-ph read it). At most 4096 points per cloud. float32 or float64;
+            ``(N, N)`` / ``(B, N, N)`` (read through its upper triangle, as ripser.py reads
+            it). At most 4096 points per cloud. float32 or float64;
             float16 and bfloat16 are widened to float32 first (as :func:`tsloss_cuda.loss`
             does: half precision cannot tell near-equal distances apart), so their diagrams
             are float32 and gradients flow back to the half-precision input.

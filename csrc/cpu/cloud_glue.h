@@ -538,8 +538,8 @@ void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D, const Caller
 }
 
 // A user's distance matrix is read through its upper triangle, entries (j, i) with j < i, as
-// ripser.py and giotto-ph read it (they differ from a lower-triangle reading on a matrix
-// symmetric only up to rounding); it must be finite, non-negative, zero on the diagonal and
+// ripser.py reads it (a lower-triangle reading differs on a matrix symmetric only up to
+// rounding, and so does giotto-ph 0.2.4, which gave one such 4-cycle an infinite H1 bar); it must be finite, non-negative, zero on the diagonal and
 // symmetric up to rounding. Errors name cloud `b` of the batch and the entry as the user indexes
 // it (the upper one, unless only the lower is bad).
 template <typename T>
