@@ -188,6 +188,18 @@ def resamples(n: int, n_boot: int, seed: int) -> Tuple[np.ndarray, np.ndarray, b
     return counts, np.full(n_boot, 1.0 / n_boot), False
 
 
+def _sorted_cdf(v: np.ndarray, w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``v`` sorted (stably), and the cumulative share of the weights ``w`` up to each."""
+    order = np.argsort(v, kind="mergesort")
+    return v[order], np.cumsum(w[order]) / w.sum()
+
+
+def _rank(cum: np.ndarray, q: float) -> int:
+    """The inverse CDF's position for probability ``q`` (the slack keeps a probability step
+    that lands on ``q`` on its side)."""
+    return int(min(np.searchsorted(cum, q - 1e-12), cum.size - 1))
+
+
 def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: np.ndarray,
                  exact: bool, scale: float, units: int, se_t: Optional[float] = None
                  ) -> Tuple[float, float, float, float, Tuple[bool, bool]]:
@@ -216,12 +228,8 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
         if se_t <= 1e-12 * scale:  # every resample equals the estimate (rho = ±1 clipped)
             return est, est, 0.0, undefined, (True, True)
         return est - half, est + half, 0.0, undefined, (False, False)
-    t = (stat - est) / np.where(se_b > 1e-9 * scale, se_b, se)
-    order = np.argsort(t, kind="mergesort")
-    t, cum = t[order], np.cumsum(w[order]) / w.sum()
-    # Inverse CDF (the slack keeps a probability step that lands on 0.025 on its side).
-    at = lambda q: int(min(np.searchsorted(cum, q - 1e-12), t.size - 1))  # noqa: E731
-    lo, hi = at(0.025), at(0.975)
+    t, cum = _sorted_cdf((stat - est) / np.where(se_b > 1e-9 * scale, se_b, se), w)
+    lo, hi = _rank(cum, 0.025), _rank(cum, 0.975)
     mc = 0.0
     if not exact:  # 99 % band of each quantile's rank among the draws, in units of se
         h = _MC_Z * math.sqrt(t.size * 0.025 * 0.975)
@@ -410,10 +418,8 @@ def _robust_sd(v: np.ndarray, w: np.ndarray) -> float:
     v, w = v[ok], w[ok]
     if v.size == 0:
         return 0.0
-    order = np.argsort(v, kind="mergesort")
-    v, cum = v[order], np.cumsum(w[order]) / w.sum()
-    q = lambda p: v[min(int(np.searchsorted(cum, p - 1e-12)), v.size - 1)]  # noqa: E731
-    return float(q(0.75) - q(0.25)) / 1.349
+    v, cum = _sorted_cdf(v, w)
+    return float(v[_rank(cum, 0.75)] - v[_rank(cum, 0.25)]) / 1.349
 
 
 def spearman_interval(x: Sequence[float], y: Sequence[float],
