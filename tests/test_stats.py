@@ -354,6 +354,21 @@ def test_spearman_interval_has_width_where_the_jackknife_se_is_zero():
                                    np.arange(12.0) + np.tile([1, -1], 6)).decide(+1) == "held"
 
 
+def test_a_student_end_from_drawn_resamples_carries_their_error():
+    """10 runs are drawn, not enumerated; here the resamples' spread exceeds the jackknife se
+    and sets Student's ends, so they move with the RNG seed (the low end from -0.003 to
+    +0.011) and must carry a Monte-Carlo error: every seed says 'inconclusive', none 'held'
+    or 'not held' by the luck of its draws."""
+    x = [0.129603, -0.372527, 0.06183, -0.395678, -1.073637, 0.998479, 0.114614, 1.2612,
+         -0.507865, 0.252141]
+    y = [0.483466, -1.397186, -0.739602, 0.147127, -0.746686, -0.340853, -0.351695, 0.323432,
+         -0.665479, 1.107882]
+    ivs = [stats.spearman_interval(x, y, seed=s) for s in range(4)]
+    assert all(iv.mc_ends == (True, True) and iv.mc_error > 0 for iv in ivs)
+    assert {iv.decide(+1) for iv in ivs} == {"inconclusive"}
+    assert min(iv.low for iv in ivs) < 0 < max(iv.low for iv in ivs)
+
+
 def test_spearman_interval_keeps_its_level_with_a_shared_effect_per_seed():
     """Independent measures, 5 seeds of 7 runs each with an effect shared by a seed's runs (sd
     2): the bootstrap-t alone excluded zero ~10 % of the time (nominal 5 %); joined with the t

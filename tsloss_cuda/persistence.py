@@ -60,11 +60,14 @@ class Diagrams:
 
     Attributes:
         h0: ``(B, N-1, 2)`` float, rows ``(birth=0, death)`` sorted by death (ties: filtration
-            order). The one infinite H0 bar of each cloud is implicit and not stored.
+            order: the larger edge index C(v, 2) + u first). The one infinite H0 bar
+            of each cloud is implicit and not stored.
         h0_edges: ``(B, N-1, 2)`` int64, vertices ``(u < v)`` of the edge whose length is the
             death.
-        h1: ``(B, K, 2)`` float, rows ``(birth, death)`` ordered by decreasing persistence.
-            Rows ``>= min(h1_count, K)`` are padding ``(0, 0)``.
+        h1: ``(B, K, 2)`` float, rows ``(birth, death)`` ordered by decreasing persistence
+            (ties: the later birth in filtration order first, i.e. a larger birth, or an equal
+            one with the smaller birth-edge index; this decides which tied bars a truncation
+            to K keeps). Rows ``>= min(h1_count, K)`` are padding ``(0, 0)``.
         h1_edges: ``(B, K, 4)`` int64, ``(i, j, k, l)``: birth edge ``(i < j)`` and death edge
             ``(k < l)``, the longest edge of the triangle that kills the class. Padding is -1.
         h1_count: ``(B,)`` int64, the true number of H1 pairs (zero-persistence pairs excluded;

@@ -123,7 +123,8 @@ class Interval(NamedTuple):
 
     An end may be infinite (too few units to bound it) and is NaN only without an interval.
     mc_error: the Monte-Carlo error of the ends (0 when the resamples were enumerated);
-    mc_ends: whether (low, high) each carry it (an end of Student's t interval does not).
+    mc_ends: whether (low, high) each carry it (an end of Student's t interval does not, unless
+    its se came from drawn resamples: :func:`spearman_interval`).
     nonfinite: input units whose value was not finite (a paired interval is then NaN; a
     correlation drops them). undefined: the share of resamples whose statistic is undefined
     (a constant variable in a correlation), left out of the percentiles; 1 for a mean of data
@@ -201,8 +202,8 @@ def _rank(cum: np.ndarray, q: float) -> int:
 
 
 def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: np.ndarray,
-                 exact: bool, scale: float, units: int, se_t: Optional[float] = None
-                 ) -> Tuple[float, float, float, float, Tuple[bool, bool]]:
+                 exact: bool, scale: float, units: int, se_t: Optional[float] = None,
+                 se_t_mc: float = 0.0) -> Tuple[float, float, float, float, Tuple[bool, bool]]:
     """(low, high, Monte-Carlo error, undefined share, which ends carry that error): the 95 %
     studentized bootstrap interval ``[est - q(0.975)·se, est - q(0.025)·se]``, q the weighted
     quantiles of ``t* = (stat - est) / se_b`` over the resamples, joined with Student's t
@@ -210,6 +211,8 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
     ``se_t`` defaults to ``se``; a jackknife ``se`` can be 0 while the resamples spread (see
     :func:`spearman_interval`), and then the bootstrap-t half is dropped and Student's half alone
     is the interval; with ``se_t`` 0 as well every resample equals ``est``, the interval too.
+    ``se_t_mc``: the Monte-Carlo error of a ``se_t`` taken from drawn resamples; Student's ends
+    then carry ``t(0.975, units - 1)·se_t_mc`` (``mc_error`` is the larger of the two errors).
 
     A resample without spread (``se_b`` = 0: one unit drawn n times, or only tied values
     drawn) has no t*; it is standardised by the sample's own ``se`` instead. Dropping it would
@@ -227,7 +230,8 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
     if se <= 1e-12 * scale:  # no t statistic
         if se_t <= 1e-12 * scale:  # every resample equals the estimate (rho = ±1 clipped)
             return est, est, 0.0, undefined, (True, True)
-        return est - half, est + half, 0.0, undefined, (False, False)
+        mc_t = t_975(units - 1) * se_t_mc
+        return est - half, est + half, mc_t, undefined, (mc_t > 0, mc_t > 0)
     t, cum = _sorted_cdf((stat - est) / np.where(se_b > 1e-9 * scale, se_b, se), w)
     lo, hi = _rank(cum, 0.025), _rank(cum, 0.975)
     mc = 0.0
@@ -237,8 +241,9 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
             a, b = max(int(i - h), 0), min(int(math.ceil(i + h)), t.size - 1)
             mc = max(mc, (t[i] - t[a]) * se, (t[b] - t[i]) * se)
     low, high = float(est - t[hi] * se), float(est - t[lo] * se)
-    ends = (low <= est - half, high >= est + half)
-    return min(low, est - half), max(high, est + half), float(mc), undefined, ends
+    mc_t = t_975(units - 1) * se_t_mc
+    ends = (low <= est - half or mc_t > 0, high >= est + half or mc_t > 0)
+    return min(low, est - half), max(high, est + half), float(max(mc, mc_t)), undefined, ends
 
 
 def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int = 0,
@@ -410,16 +415,26 @@ def _jackknife_se(x: np.ndarray, y: np.ndarray, member: np.ndarray, counts: np.n
     return np.sqrt((n - 1) / n * (counts * (z - mean[:, None]) ** 2).sum(1))
 
 
-def _robust_sd(v: np.ndarray, w: np.ndarray) -> float:
-    """The weighted interquartile range of the finite ``v`` over 1.349 (a normal's sd): the
-    spread of the resampled z, robust to resamples of few distinct clusters, whose rho of ±1
-    puts z at the clip (±10.7)."""
+def _robust_sd(v: np.ndarray, w: np.ndarray, exact: bool) -> Tuple[float, float]:
+    """(sd, its Monte-Carlo error): the weighted interquartile range of the finite ``v`` over
+    1.349 (a normal's sd), the spread of the resampled z, robust to resamples of few distinct
+    clusters, whose rho of ±1 puts z at the clip (±10.7). From drawn resamples, the error is
+    the most the range moves while each quartile's rank moves within its 99 % band (as the
+    ends' in :func:`_studentized`); 0 when enumerated."""
     ok = np.isfinite(v)
     v, w = v[ok], w[ok]
     if v.size == 0:
-        return 0.0
+        return 0.0, 0.0
     v, cum = _sorted_cdf(v, w)
-    return float(v[_rank(cum, 0.75)] - v[_rank(cum, 0.25)]) / 1.349
+    i25, i75 = _rank(cum, 0.25), _rank(cum, 0.75)
+    sd, mc = float(v[i75] - v[i25]) / 1.349, 0.0
+    if not exact:
+        h = _MC_Z * math.sqrt(v.size * 0.25 * 0.75)
+        at = lambda i: v[min(max(i, 0), v.size - 1)]  # noqa: E731
+        wider = at(math.ceil(i75 + h)) - at(int(i25 - h))
+        narrower = at(int(i75 - h)) - at(math.ceil(i25 + h))
+        mc = max(float(wider - (v[i75] - v[i25])), float((v[i75] - v[i25]) - narrower)) / 1.349
+    return sd, mc
 
 
 def spearman_interval(x: Sequence[float], y: Sequence[float],
@@ -437,8 +452,8 @@ def spearman_interval(x: Sequence[float], y: Sequence[float],
     the jackknife se and the resampled z's spread (interquartile range / 1.349): the jackknife
     se can be 0 where the resamples spread (x = 1..6 against y = 2, 1, 4, 3, 6, 5: every
     leave-one-out rho is 0.83), which made a zero-width interval; without that se there is no
-    t statistic, and Student's half alone is the interval (with drawn resamples the spread
-    carries a Monte-Carlo error of about 1 % of itself, not counted in ``mc_error``). Pairs with a non-finite value are
+    t statistic, and Student's half alone is the interval (from drawn resamples the spread
+    carries a Monte-Carlo error, and so do Student's ends then: ``mc_ends``). Pairs with a non-finite value are
     dropped and counted (``nonfinite``); resamples with a constant variable have no rho
     (``undefined``). Fewer than 3 runs or 2 clusters give a NaN interval, fewer than 4 clusters
     an unbounded one (see :func:`mean_interval`). A perfect rank agreement has rho = ±1 in
@@ -460,9 +475,10 @@ def spearman_interval(x: Sequence[float], y: Sequence[float],
     z0, se0 = float(_fisher_z(x, y, one[:, member])[0]), float(_jackknife_se(x, y, member, one)[0])
     counts, w, exact = resamples(ids.size, n_boot, seed)
     z = _fisher_z(x, y, counts[:, member])
+    floor, floor_mc = _robust_sd(z, w, exact)
     lo, hi, mc, undef, ends = _studentized(z0, se0, z, _jackknife_se(x, y, member, counts), w,
-                                           exact, 1.0, int(ids.size),
-                                           max(se0, _robust_sd(z, w)))
+                                           exact, 1.0, int(ids.size), max(se0, floor),
+                                           floor_mc if floor > se0 else 0.0)
     return Interval(rho, float(np.tanh(lo)), float(np.tanh(hi)), int(ids.size), mc, bad, undef,
                     ends)
 
