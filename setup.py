@@ -5,6 +5,7 @@ FORCE_CUDA=1; TSLOSS_FORCE_CPU=1 forces a CPU-only build. torch is taken from th
 (`pip install -e . --no-build-isolation`); nothing here may pull a torch of its own.
 """
 import glob
+import importlib.util
 import os
 
 from setuptools import find_packages, setup
@@ -107,6 +108,23 @@ def _refuse_unsafe_math() -> None:
             )
 
 
+def _write_source_digest() -> None:
+    """csrc/generated/source_digest.h: the digest of the sources this build compiles, which
+    tsloss_cuda.build_info() compares with the checkout's. Rewritten only when it changes, so
+    that an unchanged tree rebuilds nothing."""
+    spec = importlib.util.spec_from_file_location(
+        "_tsl_build_info", os.path.join(ROOT, "tsloss_cuda", "build_info.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (f'// Written by setup.py; not in git.\n#define TSL_SOURCE_DIGEST '
+            f'"{module.source_digest(ROOT)}"\n')
+    path = os.path.join(ROOT, "csrc", "generated", "source_digest.h")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.isfile(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+
+
 def _extension():
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -ffp-contract=off: no FMA contraction anywhere, so that every x86 build (and the GPU) gives
@@ -126,6 +144,7 @@ def _extension():
 
 _share_libstdcxx()
 _refuse_unsafe_math()
+_write_source_digest()
 setup(
     name="tsloss_cuda",
     version="0.1.0",

@@ -193,8 +193,9 @@ TORCH_LIBRARY_IMPL(tsloss_cuda, Autograd, m) {
 }
 
 // Importing the extension module is what loads the registrations above. Its Python API is the
-// x86 level of the CPU kernels (tsloss_cuda/cpu_isa.py wraps it) and a count for the emulation's
-// tests: not ops, because they configure or observe the process rather than compute on tensors.
+// x86 level of the CPU kernels (tsloss_cuda/cpu_isa.py wraps it), the digest of the sources it
+// was built from and a count for the emulation's tests: not ops, because they configure or
+// observe the process rather than compute on tensors.
 static PyObject* cpu_levels(PyObject*, PyObject*) {
   return Py_BuildValue("(ii)", tsl::detected_x86_level(), tsl::x86_level());
 }
@@ -209,11 +210,26 @@ static PyObject* emulated_clouds(PyObject*, PyObject*) {
   return PyLong_FromLongLong(tsl::emulated_cloud_count().load());
 }
 
+// The digest setup.py computed of the sources it compiled (tsloss_cuda/build_info.py); a build
+// made some other way has none.
+#if __has_include("generated/source_digest.h")
+#include "generated/source_digest.h"
+#endif
+#ifndef TSL_SOURCE_DIGEST
+#define TSL_SOURCE_DIGEST "unknown"
+#endif
+
+static PyObject* source_digest(PyObject*, PyObject*) {
+  return PyUnicode_FromString(TSL_SOURCE_DIGEST);
+}
+
 static PyMethodDef tsloss_methods[] = {
     {"cpu_levels", cpu_levels, METH_NOARGS,
      "(detected, active) x86 levels of the CPU kernels: 0 baseline, 3 AVX2, 4 AVX-512."},
     {"set_cpu_level", set_cpu_level, METH_O,
      "Caps the CPU kernels' x86 level at 0, 3 or 4 (-1 lifts the cap); False if the CPU lacks it."},
+    {"source_digest", source_digest, METH_NOARGS,
+     "Digest of the sources the extension was compiled from (tsloss_cuda.build_info)."},
     {"emulated_clouds", emulated_clouds, METH_NOARGS,
      "Clouds run through the host warp emulation so far (tests of TSLOSS_ENGINE=emulated)."},
     {nullptr, nullptr, 0, nullptr}};

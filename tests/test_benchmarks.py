@@ -34,7 +34,7 @@ def test_runner_tiny(tmp_path, impls):
     for r in recs:
         assert keys <= set(r), r
         assert (r["N"], r["D"], r["B"]) == (8, 4, 2)
-        assert r["input"] in ("points", "matrix")
+        assert r["input"] in ("points", "matrix", run.ONE_THREAD)
         assert r["correct"] is True, r
         assert r["median_s"] > 0
     ops = {(r["impl"], r["op"]) for r in recs}

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import tsloss_cuda
 import tsloss_cuda._C as ext
+from tsloss_cuda.build_info import source_digest
 
 
 def _tool(name: str) -> str:
@@ -54,3 +56,35 @@ def test_build_refuses_fast_math():
     # A later -O3 of ours cancels -Ofast in CFLAGS; --ftz false is the default.
     clean = name({"CXXFLAGS": "-O2 -Ofast", "NVCC_APPEND_FLAGS": "-lineinfo --ftz false"})
     assert clean.returncode == 0 and "tsloss_cuda" in clean.stdout, clean.stderr[-500:]
+
+
+def test_extension_was_built_from_this_checkout():
+    # A stale editable build runs yesterday's kernels under today's tests and benchmarks.
+    info = tsloss_cuda.build_info()
+    if info["checkout_digest"] is None:
+        pytest.skip("installed without its csrc/ checkout")
+    assert info["source_digest"] == info["checkout_digest"] and info["stale"] is False, (
+        f"{info}: csrc/ changed since the extension was built; rebuild with "
+        "`pip install -e . --no-build-isolation`")
+
+
+def test_source_digest_follows_the_compiled_sources(tmp_path):
+    root = Path(tsloss_cuda.__file__).resolve().parent.parent
+    shutil.copytree(root / "csrc", tmp_path / "csrc")
+    shutil.copy(root / "setup.py", tmp_path / "setup.py")
+    digest = source_digest(str(tmp_path))
+    assert digest == source_digest(str(root)) and len(digest) == 16
+    # Neither the native tests nor the digest's own header are compiled into the extension.
+    for skipped in ("native_tests/test_core.cpp", "generated/source_digest.h"):
+        (tmp_path / "csrc" / skipped).parent.mkdir(exist_ok=True)
+        (tmp_path / "csrc" / skipped).write_text("// changed\n")
+        assert source_digest(str(tmp_path)) == digest, skipped
+    for compiled in ("core/common.h", "cuda/h1_reduce.cu", "ops.cpp"):
+        path = tmp_path / "csrc" / compiled
+        before = path.read_bytes()
+        path.write_bytes(before + b" ")
+        assert source_digest(str(tmp_path)) != digest, compiled
+        path.write_bytes(before)
+    (tmp_path / "setup.py").write_text("# flags changed\n")
+    assert source_digest(str(tmp_path)) != digest
+    assert source_digest(str(tmp_path / "nowhere")) is None

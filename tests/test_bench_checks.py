@@ -1,0 +1,169 @@
+"""What the benchmark suite accepts as a correct result, and what its verdicts compare against:
+a timed row is only as good as its check."""
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import tsloss_cuda
+
+ripser = pytest.importorskip("ripser")
+pytest.importorskip("gudhi")  # bottleneck distances
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_run", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "run.py"))
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _case(n=40, d=16, b=2):
+    x = bench.make_clouds(n, d, b)
+    inp = bench.Inputs(x)
+    ref = [ripser.ripser(m, maxdim=1, distance_matrix=True)["dgms"] for m in inp.dm]
+    return x, inp, ref
+
+
+def _copy(dgms):
+    return [[np.array(d, dtype=np.float64) for d in cloud] for cloud in dgms]
+
+
+def test_ours_equals_ripser_under_the_tight_check():
+    x, inp, ref = _case()
+    got = tsloss_cuda.vr_persistence(x).to_numpy()
+    assert bench.check_diagrams(ref, got, inp.diam, same_count=True) == (True, 0.0)
+
+
+def test_a_missing_short_bar_fails():
+    # The old bound (1e-4 of the diameter) passed a diagram without its shortest H1 bars.
+    x, inp, ref = _case()
+    got = _copy(tsloss_cuda.vr_persistence(x).to_numpy())
+    h1 = got[0][1]
+    assert len(h1) > 2
+    got[0][1] = np.delete(h1, np.argmin(h1[:, 1] - h1[:, 0]), axis=0)
+    assert not bench.check_diagrams(ref, got, inp.diam, same_count=True)[0]
+
+
+def test_a_bar_moved_past_the_tolerance_fails_and_within_it_passes():
+    x, inp, ref = _case()
+    got = tsloss_cuda.vr_persistence(x).to_numpy()
+    for factor, passes in ((3.0, False), (0.5, True)):
+        moved = _copy(got)
+        moved[1][0][0, 1] += factor * bench.TOL * inp.diam[1]
+        ok, err = bench.check_diagrams(ref, moved, inp.diam, same_count=True)
+        assert ok is passes and err == pytest.approx(factor * bench.TOL, rel=1e-3)
+
+
+def test_a_peers_extra_bar_below_a_float32_step_passes_but_not_ours():
+    # GUDHI computes in float64 and may keep a bar that float32 rounding makes zero-length.
+    x, inp, ref = _case()
+    extra = _copy(tsloss_cuda.vr_persistence(x).to_numpy())
+    b = extra[0][1][0, 0]
+    extra[0][1] = np.vstack([extra[0][1], [[b, b * (1 + 2 ** -24)]]])
+    assert bench.check_diagrams(ref, extra, inp.diam)[0]
+    assert not bench.check_diagrams(ref, extra, inp.diam, same_count=True)[0]
+
+
+def test_an_infinite_bar_count_decides():
+    x, inp, ref = _case()
+    got = _copy(tsloss_cuda.vr_persistence(x).to_numpy())
+    got[0][0] = got[0][0][np.isfinite(got[0][0][:, 1])]
+    assert bench.check_diagrams(ref, got, inp.diam) == (False, math.inf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_reference_loss_from_ripser_equals_ours(dtype):
+    x, inp, ref = _case(b=3)
+    ours = tsloss_cuda.loss(x.to(dtype), reduction="none").double().numpy()
+    want = bench.reference_loss(ref, inp.dm)
+    np.testing.assert_allclose(ours, want, rtol=bench.LOSS_RTOL / 10)
+    # Not a tautology: each term moves it.
+    assert not np.allclose(bench.reference_loss([[r[0], r[1][:0]] for r in ref], inp.dm), want,
+                           rtol=bench.LOSS_RTOL)
+
+
+def test_a_wrong_loss_value_is_a_wrong_row(tmp_path, monkeypatch):
+    # The TSLoss row was "correct" whenever its value was finite.
+    real = bench.reference_loss
+    monkeypatch.setattr(bench, "reference_loss", lambda ref, dm: real(ref, dm) * (1 + 1e-4))
+    payload = bench.main(["--configs", "12,4,2", "--reps", "1", "--impls", "ours",
+                          "--out", str(tmp_path), "--name", "w", "--cpu", "--no-progress"])
+    rows = {r["op"]: r for r in payload["records"]}
+    assert rows["forward"]["correct"] is True
+    assert rows["loss_fwd_bwd"]["correct"] is False
+    assert rows["loss_fwd_bwd"]["max_loss_rel_err"] == pytest.approx(1e-4, rel=0.05)
+    assert "WRONG" in (tmp_path / "w.md").read_text()
+
+
+def test_the_fastest_kind_that_passed_is_the_peers_time(tmp_path, monkeypatch):
+    # A faster kind with wrong diagrams made the whole peer WRONG, dropping it from the verdicts.
+    orig = bench.PEERS["ripser"][0]
+
+    def peer(inp, kind):
+        run, to_dgms = orig(inp, kind)
+        if kind == "points":  # instant and wrong
+            out = run()
+            return (lambda: out), (lambda o: [[d[0], d[1][:0]] for d in o])
+        return run, to_dgms
+    monkeypatch.setitem(bench.PEERS, "ripser", (peer, "forward"))
+    payload = bench.main(["--configs", "12,4,2", "--reps", "1", "--impls", "ours,ripser",
+                          "--out", str(tmp_path), "--name", "k", "--cpu", "--no-progress"])
+    rec = next(r for r in payload["records"] if r["impl"] == "ripser")
+    assert rec["input"] == "matrix" and rec["correct"] is True
+    assert rec["alternatives"]["points"]["correct"] is False
+    assert rec["alternatives"]["points"]["median_s"] < rec["median_s"]
+
+
+def _record(impl, ratio, op="forward", n=64):
+    return dict(impl=impl, device="cpu", N=n, D=8, B=2, op=op, median_s=1.0, correct=True,
+                ratio_to_ours=ratio, input="matrix")
+
+
+def test_goals_name_the_peers_a_verdict_leaves_out():
+    ours = [dict(_record("ours", None), op=op) for op in ("forward", "loss_fwd_bwd")]
+    some = ours + [_record("ripser", 5.0), dict(_record("gudhi", None), correct=False)]
+    text = "\n".join(bench.goals(some))
+    assert "5.00× (met; 1 of 5 peers)" in text
+    assert "not against gph-1t (not run), gph-all (not run), gudhi (WRONG)" in text
+    everyone = ours + [_record(i, 3.0 + k) for k, i in
+                       enumerate(["ripser", "gph-1t", "gph-all", "gudhi", "gudhi-sklearn"])]
+    text = "\n".join(bench.goals(everyone))
+    assert "3.00× (met)" in text and "peers" not in text.split("| 64 |")[1]
+
+
+def test_a_capped_build_names_its_files(tmp_path):
+    # TSLOSS_CPU_ISA (or set_cpu_isa) below the CPU's best once wrote the full-speed file name.
+    if len(tsloss_cuda.supported_cpu_isas()) < 2:
+        pytest.skip("this CPU runs only the baseline build")
+    try:
+        tsloss_cuda.set_cpu_isa("baseline")
+        payload = bench.main(["--configs", "8,4,2", "--reps", "1", "--impls", "ours",
+                              "--out", str(tmp_path), "--cpu", "--no-progress"])
+    finally:
+        tsloss_cuda.set_cpu_isa(None)
+    assert payload["meta"]["cpu_isa"] == "baseline"
+    names = {p.name for p in tmp_path.iterdir()}
+    assert any(n.endswith("-baseline-configs-impls.json") for n in names), names
+    assert payload["meta"]["engine"]["source_digest"] == tsloss_cuda.build_info()["source_digest"]
+    assert payload["meta"]["torch_cpu_capability"] and "family" in payload["meta"]["cpu_id"]
+
+
+def test_a_busy_machine_is_flagged(tmp_path, monkeypatch):
+    # Another process holding a core made two threads slower than one (pairwise_distance 80x);
+    # those times went into the tables unmarked.
+    for speedup, flagged in ((0.5, True), (1.9, False)):
+        monkeypatch.setattr(bench, "parallel_speedup", lambda: speedup)
+        payload = bench.main(["--configs", "8,4,2", "--reps", "1", "--impls", "ours",
+                              "--out", str(tmp_path), "--name", "busy", "--cpu", "--no-progress"])
+        assert all(r["parallel_speedup"] == speedup for r in payload["records"])
+        md = (tmp_path / "busy.md").read_text()
+        assert ("the machine was busy" in md) is (flagged and os.cpu_count() > 1)
+
+
+def test_the_probe_measures_threads():
+    # On any machine one thread cannot be many times faster than all of them at once unless
+    # something else runs; the probe is a ratio of two real timings, positive and finite.
+    s = bench.parallel_speedup()
+    assert math.isfinite(s) and s > 0
