@@ -10,7 +10,9 @@
 
 #include "check.h"
 #include "engine_reference.h"
+#include "vr_reference.h"
 #include "core/pairwise_distance.h"
+#include "core/tsloss_terms.h"
 #include "core/vr_engine.h"
 #include "cpu/distance_tiles.h"
 #include "cpu/distance_grad_tiles.h"
@@ -777,6 +779,415 @@ void test_scaled_distance() {
   CHECK(tsl::is_finite(std::numeric_limits<float>::max()), "!is_finite(FLT_MAX)");
 }
 
+// ---- The engine against an independent persistence (vr_reference.h) -------------------------
+
+// Clouds for the comparison with the reference: 0 Gaussian; 1 integer-rounded Gaussian (many
+// equal lengths); 2 points of a small lattice, some of them repeated; 3 Gaussian points of
+// which about a third repeat earlier ones; 4 a regular polygon in the first two coordinates
+// (every chord of one span equal, exactly at phase 0 and radius 1, up to rounding otherwise),
+// sometimes with its centre. Points are shuffled: the engine's index tie rules then meet many
+// vertex orders.
+std::vector<double> reference_cloud(int kind, int n, int dim, std::mt19937& rng) {
+  std::normal_distribution<double> gauss;
+  std::uniform_real_distribution<double> uniform;
+  std::vector<double> x(n * dim, 0.0);
+  switch (kind) {
+    case 0:
+      for (double& v : x) v = gauss(rng);
+      break;
+    case 1: {
+      const double scale = 1.0 + rng() % 3;
+      for (double& v : x) v = std::round(scale * gauss(rng));
+      break;
+    }
+    case 2: {
+      const int side = 2 + rng() % 3;
+      const double step = rng() % 2 ? 1.0 : 0.1;  // 0.1: equal integer steps, inexact lengths
+      for (double& v : x) v = step * double(rng() % side);
+      break;
+    }
+    case 3:
+      for (int p = 0; p < n; ++p) {
+        const int from = p > 0 && rng() % 3 == 0 ? int(rng() % p) : p;
+        for (int k = 0; k < dim; ++k) x[p * dim + k] = from == p ? gauss(rng) : x[from * dim + k];
+      }
+      break;
+    default: {
+      const bool exact = rng() % 2;
+      const bool centre = n > 3 && rng() % 2;
+      const int ring = centre ? n - 1 : n;
+      const double phase = exact ? 0.0 : 2 * M_PI * uniform(rng);
+      const double radius = exact ? 1.0 : 0.5 + 2 * uniform(rng);
+      const double offset = exact ? 0.0 : gauss(rng);
+      for (int p = 0; p < n; ++p) {
+        for (int k = 0; k < dim; ++k) x[p * dim + k] = offset;
+        if (p == ring) continue;  // the centre
+        x[p * dim] += radius * std::cos(phase + 2 * M_PI * p / ring);
+        x[p * dim + 1] += radius * std::sin(phase + 2 * M_PI * p / ring);
+      }
+      break;
+    }
+  }
+  std::vector<int> order(n);
+  for (int p = 0; p < n; ++p) order[p] = p;
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<double> shuffled(n * dim);
+  for (int p = 0; p < n; ++p)
+    for (int k = 0; k < dim; ++k) shuffled[p * dim + k] = x[order[p] * dim + k];
+  return shuffled;
+}
+
+struct ReferenceTally {
+  long clouds = 0, bars = 0, zero_length = 0, tied_clouds = 0, truncated = 0;
+};
+
+// Bars (birth, death) in the engine's documented H1 order (README: by decreasing persistence,
+// the later birth first, then the later birth edge in the filtration).
+template <typename T>
+std::vector<tsl_ref::RefBar<T>> in_h1_order(std::vector<tsl_ref::RefBar<T>> bars) {
+  std::sort(bars.begin(), bars.end(), [](const tsl_ref::RefBar<T>& a, const tsl_ref::RefBar<T>& b) {
+    const T pa = a.death - a.birth, pb = b.death - b.birth;
+    if (pa != pb) return pa > pb;
+    return a.birth != b.birth ? a.birth > b.birth : a.birth_position > b.birth_position;
+  });
+  return bars;
+}
+
+// One cloud against the reference. Values, from the reference in its own tie order: the H0
+// deaths and the H1 bars in the documented orders, H1's count whole at the default capacity and
+// truncated to its first rows at a small one; every reported edge has its bar's value as its
+// length. Simplices, from the reference in the documented tie order (ripser.py's), where the
+// pairing is unique: each H0 row's edge, each H1 row's birth edge, and a death edge that is a
+// side of the reference's death triangle.
+template <typename T>
+void compare_with_reference(const std::vector<double>& pts, int n, int dim, const char* tag,
+                            ReferenceTally& tally) {
+  const std::vector<T> x(pts.begin(), pts.end());
+  const std::vector<double> xr(x.begin(), x.end());  // the points as the engine sees them
+  // The engine's distances (pairwise_distance_cloud): the canonical square in double, its
+  // root rounded to T. The same values, so bars compare with ==.
+  std::vector<T> dist(n * n, T(0));
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < i; ++j)
+      dist[i * n + j] = dist[j * n + i] =
+          T(std::sqrt(tsl::squared_distance(&x[i * dim], &x[j * dim], dim)));
+  const tsl_ref::RefDiagram<T> ref = tsl_ref::vr_reference(dist.data(), n);
+  const tsl_ref::RefDiagram<T> ordered =
+      tsl_ref::vr_reference(dist.data(), n, tsl_ref::Order::kRipser);
+  CHECK(ref.essential_h0 == 1 && ref.essential_h1 == 0 && (int)ref.h0.size() == n - 1,
+        "%s: the reference itself: %d infinite H0, %d infinite H1, %zu H0 deaths", tag,
+        ref.essential_h0, ref.essential_h1, ref.h0.size());
+  std::vector<T> deaths, ordered_deaths;
+  for (const auto& bar : ref.h0) deaths.push_back(bar.death);
+  for (const auto& bar : ordered.h0) ordered_deaths.push_back(bar.death);
+  std::sort(deaths.begin(), deaths.end());
+  const std::vector<tsl_ref::RefBar<T>> expect = in_h1_order(ref.h1);
+  const std::vector<tsl_ref::RefBar<T>> named = in_h1_order(ordered.h1);
+  const int64_t refcount = (int64_t)expect.size();
+  // The reference's own claim: its two tie orders give the same values.
+  bool same_values = ordered_deaths.size() == deaths.size() && named.size() == expect.size();
+  for (size_t q = 0; same_values && q < named.size(); ++q)
+    same_values = named[q].birth == expect[q].birth && named[q].death == expect[q].death;
+  std::sort(ordered_deaths.begin(), ordered_deaths.end());
+  CHECK(same_values && ordered_deaths == deaths,
+        "%s: the reference's diagrams differ between its two tie orders", tag);
+
+  auto length = [&](int64_t u, int64_t v) {
+    return u >= 0 && u < v && v < n ? dist[u * n + v] : T(-1);
+  };
+  const int64_t K = std::max<int64_t>(4 * n, 8);  // the default capacity (default_max_h1)
+  const Result<T> r = run<T>(xr, n, dim, K);
+  for (int k = 0; k + 1 < n; ++k) {
+    const int64_t u = r.h0_edges[2 * k], v = r.h0_edges[2 * k + 1];
+    CHECK(r.h0[2 * k] == T(0) && r.h0[2 * k + 1] == deaths[k],
+          "%s: H0 bar %d (%.9g, %.9g), reference death %.9g", tag, k, (double)r.h0[2 * k],
+          (double)r.h0[2 * k + 1], (double)deaths[k]);
+    CHECK(length(u, v) == r.h0[2 * k + 1], "%s: H0 bar %d death %.9g, its edge (%lld,%lld)",
+          tag, k, (double)r.h0[2 * k + 1], (long long)u, (long long)v);
+    // In filtration order: the same order as the engine's (by death, the larger index first).
+    const int* e = ordered.h0[k].death_vertices;
+    CHECK(u == e[0] && v == e[1], "%s: H0 bar %d edge (%lld,%lld), reference (%d,%d)", tag, k,
+          (long long)u, (long long)v, e[0], e[1]);
+  }
+  CHECK(r.count == refcount, "%s: H1 count %lld, reference %lld (+%d of zero length)", tag,
+        (long long)r.count, (long long)refcount, ref.h1_zero_length);
+  CHECK(r.truncated == (r.count > K), "%s: truncated %d with count %lld of capacity %lld", tag,
+        int(r.truncated), (long long)r.count, (long long)K);
+  const int64_t keep = std::min<int64_t>(std::min<int64_t>(r.count, refcount), K);
+  for (int64_t q = 0; q < keep; ++q) {
+    const T b = r.h1[2 * q], d = r.h1[2 * q + 1];
+    CHECK(b == expect[q].birth && d == expect[q].death,
+          "%s: H1 row %lld (%.9g, %.9g), reference (%.9g, %.9g)", tag, (long long)q, (double)b,
+          (double)d, (double)expect[q].birth, (double)expect[q].death);
+    const int64_t* e = &r.h1_edges[4 * q];
+    CHECK(length(e[0], e[1]) == b, "%s: H1 row %lld birth %.9g, its edge (%lld,%lld)", tag,
+          (long long)q, (double)b, (long long)e[0], (long long)e[1]);
+    CHECK(length(e[2], e[3]) == d, "%s: H1 row %lld death %.9g, its edge (%lld,%lld)", tag,
+          (long long)q, (double)d, (long long)e[2], (long long)e[3]);
+    const int* be = named[q].birth_vertices;
+    const int* dt = named[q].death_vertices;
+    auto in_triangle = [&](int64_t w) { return w == dt[0] || w == dt[1] || w == dt[2]; };
+    CHECK(e[0] == be[0] && e[1] == be[1] && in_triangle(e[2]) && in_triangle(e[3]),
+          "%s: H1 row %lld edges (%lld,%lld) (%lld,%lld), reference birth (%d,%d) death "
+          "(%d,%d,%d)", tag, (long long)q, (long long)e[0], (long long)e[1], (long long)e[2],
+          (long long)e[3], be[0], be[1], dt[0], dt[1], dt[2]);
+  }
+  check_padding(r, K, tag);
+
+  // At a capacity of 2 the kept rows are the first two of the same order.
+  const Result<T> small = run<T>(xr, n, dim, 2);
+  const int64_t kept = std::min<int64_t>(refcount, 2);
+  CHECK(small.count == refcount && small.truncated == (refcount > 2),
+        "%s: at capacity 2, H1 count %lld (truncated %d), reference %lld", tag,
+        (long long)small.count, int(small.truncated), (long long)refcount);
+  for (int64_t q = 0; q < kept; ++q)
+    CHECK(small.h1[2 * q] == expect[q].birth && small.h1[2 * q + 1] == expect[q].death &&
+              small.h1_edges[4 * q] == named[q].birth_vertices[0] &&
+              small.h1_edges[4 * q + 1] == named[q].birth_vertices[1],
+          "%s: at capacity 2, H1 row %lld (%.9g, %.9g) born at (%lld,%lld), reference "
+          "(%.9g, %.9g) at (%d,%d)", tag, (long long)q, (double)small.h1[2 * q],
+          (double)small.h1[2 * q + 1], (long long)small.h1_edges[4 * q],
+          (long long)small.h1_edges[4 * q + 1], (double)expect[q].birth,
+          (double)expect[q].death, named[q].birth_vertices[0], named[q].birth_vertices[1]);
+  check_padding(small, 2, tag);
+
+  // Heaps and the arena from one entry up: every column that overflows resumes where it
+  // stopped (reduce_column), and the result must not show it.
+  const Result<T> grown = run<T>(xr, n, dim, K, 1, 1);
+  CHECK(grown.count == r.count && grown.h1 == r.h1 && grown.h1_edges == r.h1_edges,
+        "%s: buffers grown from one entry change H1 (count %lld, not %lld, or a row)", tag,
+        (long long)grown.count, (long long)r.count);
+
+  std::vector<T> lengths;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < i; ++j) lengths.push_back(dist[i * n + j]);
+  std::sort(lengths.begin(), lengths.end());
+  ++tally.clouds;
+  tally.bars += refcount;
+  tally.zero_length += ref.h1_zero_length;
+  tally.tied_clouds += std::adjacent_find(lengths.begin(), lengths.end()) != lengths.end();
+  tally.truncated += r.truncated;
+}
+
+// The engine against vr_reference on clouds of every kind, N = 3..16, dim 2..5.
+template <typename T>
+void test_against_reference(int trials) {
+  static const char* kinds[] = {"gaussian", "rounded", "lattice", "duplicates", "polygon"};
+  std::mt19937 rng(sizeof(T) == 4 ? 101 : 202);
+  char tag[160];
+  for (int kind = 0; kind < 5; ++kind) {
+    ReferenceTally tally;
+    for (int n = 3; n <= 16; ++n)
+      for (int dim = 2; dim <= 5; ++dim)
+        for (int trial = 0; trial < trials; ++trial) {
+          const std::vector<double> pts = reference_cloud(kind, n, dim, rng);
+          std::snprintf(tag, sizeof tag, "reference, %s %s n=%d dim=%d trial %d",
+                        sizeof(T) == 4 ? "float" : "double", kinds[kind], n, dim, trial);
+          compare_with_reference<T>(pts, n, dim, tag, tally);
+        }
+    std::printf("reference, %s %s: %ld clouds, %ld H1 bars (and %ld zero-length pairs), %ld "
+                "clouds with equal edge lengths, %ld truncated at 4N\n",
+                sizeof(T) == 4 ? "float" : "double", kinds[kind], tally.clouds, tally.bars,
+                tally.zero_length, tally.tied_clouds, tally.truncated);
+    // Guards against a comparison gone vacuous (say, a generator that lost its ties or bars).
+    CHECK(tally.bars >= tally.clouds / 4 && (kind == 0 || tally.tied_clouds >= tally.clouds / 2),
+          "reference, %s: too few bars (%ld) or tied clouds (%ld) in %ld clouds", kinds[kind],
+          tally.bars, tally.tied_clouds, tally.clouds);
+  }
+}
+
+// ---- TSLoss terms (core/tsloss_terms.h) against their definitions ---------------------------
+
+// The header's definitions for one cloud, re-derived: u_r = D_r / s, v_q = P_q / s for
+// q < count (P_q = d_q - b_q), else 0; C = mean_r u_r or mean_r |u_r - target|;
+// R = sum_{q < count} v_q^p; S = mean_r (u_r - prev0_r)^2 + mean_q (v_q - prev1_q)^2 over all
+// K rows; F = kc C + kr R + ks S. u and v are rounded to T as the forward rounds them (D, P and
+// s must be T values); with T = double, F is the smooth function whose derivatives the
+// backward's pieces give.
+template <typename T>
+double plain_objective(const std::vector<double>& D, const std::vector<double>& P, int64_t count,
+                       double s, const std::vector<double>& prev0,
+                       const std::vector<double>& prev1, const tsl::TermOptions& o, double kc,
+                       double kr, double ks, double* C = nullptr, double* R = nullptr,
+                       double* S = nullptr) {
+  const size_t H0 = D.size(), K = P.size();
+  double c = 0, r = 0, s0 = 0, s1 = 0;
+  for (size_t i = 0; i < H0; ++i) {
+    const double u = (double)(T(D[i]) / T(s));
+    c += o.target_mode ? std::fabs(u - o.target) : u;
+    s0 += (u - prev0[i]) * (u - prev0[i]);
+  }
+  for (size_t q = 0; q < K; ++q) {
+    const double v = (int64_t)q < count ? (double)(T(P[q]) / T(s)) : 0.0;
+    if ((int64_t)q < count)
+      r += o.p == 1.0 ? v : o.p == 2.0 ? v * v : o.p == 1.5 ? v * std::sqrt(v) : std::pow(v, o.p);
+    s1 += (v - prev1[q]) * (v - prev1[q]);
+  }
+  const double conn = c / H0, red = r, stab = o.has_prev ? s0 / H0 + s1 / K : 0.0;
+  if (C) *C = conn;
+  if (R) *R = red;
+  if (S) *S = stab;
+  return kc * conn + kr * red + ks * stab;
+}
+
+// The scale: raw_scale is the mean over ordered pairs, rounded in T; clamp_scale keeps it at
+// least the smallest normal, passing the gradient exactly where the raw mean reaches it, and
+// is 1 (no gradient) without normalize.
+template <typename T>
+void test_tsloss_scale() {
+  const T tiny = std::numeric_limits<T>::min();
+  for (int64_t n : {2, 3, 7, 40}) {
+    const double pair_sum = 1.2345 * double(n * (n - 1) / 2);  // mean distance 1.2345
+    const double raw = (double)tsl::raw_scale<T>(pair_sum, n);
+    CHECK(std::fabs(raw - 1.2345) <= 4 * std::numeric_limits<T>::epsilon(),
+          "raw_scale(n=%lld) = %.17g, the mean is 1.2345", (long long)n, raw);
+  }
+  bool passes = false;
+  CHECK(tsl::clamp_scale(T(0.5), true, &passes) == T(0.5) && passes, "clamp_scale(0.5)");
+  CHECK(tsl::clamp_scale(tiny, true, &passes) == tiny && passes, "clamp_scale at the bound");
+  CHECK(tsl::clamp_scale(T(0), true, &passes) == tiny && !passes, "clamp_scale(0)");
+  CHECK(tsl::clamp_scale(tiny / T(4), true, &passes) == tiny && !passes, "clamp_scale below");
+  CHECK(tsl::clamp_scale(T(7), false, &passes) == T(1) && !passes, "clamp_scale without normalize");
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  CHECK(std::isnan(tsl::clamp_scale(nan, true, &passes)), "clamp_scale(NaN) is not NaN");
+}
+
+// cloud_terms against plain_objective, with every option: normalize on/off, connectivity
+// total/target, p = 1, 2, 1.5, with and without a previous topology, count at 0, part of K, all
+// of K and negative (no bar trusted). Padding rows hold values that must not count.
+template <typename T>
+void test_tsloss_forward() {
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<double> uni(0.1, 2.0);
+  const int64_t n = 7, H0 = n - 1, K = 6;
+  for (int64_t count : {int64_t(0), int64_t(3), K, int64_t(-1)})
+    for (bool normalize : {false, true})
+      for (bool target_mode : {false, true})
+        for (double p : {1.0, 2.0, 1.5})
+          for (bool has_prev : {false, true}) {
+            std::vector<T> h0(2 * H0), h1(2 * K), prev0(H0), prev1(K), topo0(H0, T(-3)),
+                topo1(K, T(-3));
+            std::vector<double> D(H0), P(K), p0(H0, 0.0), p1(K, 0.0);
+            for (int64_t r = 0; r < H0; ++r) {
+              h0[2 * r] = T(0);
+              h0[2 * r + 1] = T(uni(rng));
+              D[r] = (double)h0[2 * r + 1];
+            }
+            for (int64_t q = 0; q < K; ++q) {
+              h1[2 * q] = T(uni(rng));
+              h1[2 * q + 1] = h1[2 * q] + T(uni(rng));
+              P[q] = (double)(h1[2 * q + 1] - h1[2 * q]);
+            }
+            for (int64_t r = 0; r < H0; ++r) p0[r] = (double)(prev0[r] = T(uni(rng)));
+            for (int64_t q = 0; q < K; ++q) p1[q] = (double)(prev1[q] = T(uni(rng)));
+            bool passes;
+            const T s = tsl::clamp_scale(tsl::raw_scale<T>(uni(rng) * 21.0, n), normalize,
+                                         &passes);
+            const tsl::TermOptions o{normalize, target_mode, has_prev, 0.8, p, 0.7, 1.3, 0.4};
+            const tsl::CloudSums got = tsl::cloud_terms(
+                h0.data(), n, h1.data(), K, count, s, has_prev ? prev0.data() : nullptr,
+                has_prev ? prev1.data() : nullptr, o, topo0.data(), topo1.data());
+            double C, R, S;
+            plain_objective<T>(D, P, count, (double)s, p0, p1, o, 0, 0, 0, &C, &R, &S);
+            auto close = [](double a, double b) {
+              return std::fabs(a - b) <= 1e-12 * (1.0 + std::fabs(b));
+            };
+            CHECK(close(got.conn, C) && close(got.red, R) && close(got.stab, S),
+                  "cloud_terms (%s count=%lld normalize=%d target=%d p=%g prev=%d): "
+                  "C %.17g vs %.17g, R %.17g vs %.17g, S %.17g vs %.17g",
+                  sizeof(T) == 4 ? "float" : "double", (long long)count, int(normalize),
+                  int(target_mode), p, int(has_prev), got.conn, C, got.red, R, got.stab, S);
+            bool topo_ok = true;
+            for (int64_t r = 0; r < H0; ++r) topo_ok &= topo0[r] == T(D[r]) / s;
+            for (int64_t q = 0; q < K; ++q)
+              topo_ok &= topo1[q] == (q < count ? T(P[q]) / s : T(0));
+            CHECK(topo_ok, "cloud_terms topology (count=%lld normalize=%d): not u and v",
+                  (long long)count, int(normalize));
+          }
+}
+
+// The backward's pieces against finite differences of plain_objective in double: h0_death_grad
+// is dF/dD_r, h1_pers_grad dF/dP_q (0 for padding), the *ds they accumulate dF/ds with D and P
+// held, and dense_pair_weight spreads it over the pairs as s = 2 sum_{i>j} d_ij / (n (n - 1))
+// does. Targets sit between the u values, clear of the kink, where the slope is pinned to 0.
+void test_tsloss_backward() {
+  std::mt19937 rng(37);
+  std::uniform_real_distribution<double> uni(0.1, 2.0);
+  const int64_t n = 6, H0 = n - 1, K = 5;
+  const double kc = 0.7, kr = 1.3, ks = 0.45;
+  const tsl::CloudCoefficients k{kc, kr, ks, 0.0};
+  for (int64_t count : {int64_t(2), K})
+    for (bool target_mode : {false, true})
+      for (double p : {1.0, 2.0, 1.5})
+        for (bool has_prev : {false, true}) {
+          std::vector<double> D(H0), P(K), p0(H0, 0.0), p1(K, 0.0);
+          for (double& v : D) v = uni(rng);
+          for (double& v : P) v = uni(rng);
+          if (has_prev) {
+            for (double& v : p0) v = uni(rng);
+            for (double& v : p1) v = uni(rng);
+          }
+          const double s = 0.9;
+          std::vector<double> u(D);
+          for (double& v : u) v /= s;
+          std::sort(u.begin(), u.end());
+          const tsl::TermOptions o{true, target_mode, has_prev, 0.5 * (u[1] + u[2]), p,
+                                   kc, kr, ks};
+          auto F = [&](const std::vector<double>& Dx, const std::vector<double>& Px, double sx) {
+            return plain_objective<double>(Dx, Px, count, sx, p0, p1, o, kc, kr, ks);
+          };
+          auto fd_close = [](double fd, double g) {
+            return std::fabs(fd - g) <= 1e-6 * (1.0 + std::fabs(g));
+          };
+          const double h = 1e-6;
+          double ds = 0.0;
+          for (int64_t r = 0; r < H0; ++r) {
+            std::vector<double> Dp(D), Dm(D);
+            Dp[r] += h;
+            Dm[r] -= h;
+            const double fd = (F(Dp, P, s) - F(Dm, P, s)) / (2 * h);
+            const double g = tsl::h0_death_grad(D[r] / s, p0[r], H0, s, o, k, &ds);
+            CHECK(fd_close(fd, g), "h0_death_grad (target=%d p=%g prev=%d) row %lld: %.12g, "
+                  "finite difference %.12g", int(target_mode), p, int(has_prev), (long long)r,
+                  g, fd);
+          }
+          for (int64_t q = 0; q < K; ++q) {
+            std::vector<double> Pp(P), Pm(P);
+            Pp[q] += h;
+            Pm[q] -= h;
+            const double fd = (F(D, Pp, s) - F(D, Pm, s)) / (2 * h);
+            const double v = q < count ? P[q] / s : 0.0;
+            const double g = tsl::h1_pers_grad(v, p1[q], q, count, K, s, o, k, &ds);
+            CHECK(fd_close(fd, g), "h1_pers_grad (count=%lld target=%d p=%g prev=%d) row %lld: "
+                  "%.12g, finite difference %.12g", (long long)count, int(target_mode), p,
+                  int(has_prev), (long long)q, g, fd);
+          }
+          const double fds = (F(D, P, s + h) - F(D, P, s - h)) / (2 * h);
+          CHECK(fd_close(fds, ds), "d/ds (count=%lld target=%d p=%g prev=%d): %.12g, finite "
+                "difference %.12g", (long long)count, int(target_mode), p, int(has_prev), ds, fds);
+          // One pair's distance moves the sum, and the scale with it.
+          const double pair_sum = s * double(n * (n - 1)) / 2.0;
+          auto scale_of = [&](double sum) { return 2.0 * sum / double(n * (n - 1)); };
+          const double fdw =
+              (F(D, P, scale_of(pair_sum + h)) - F(D, P, scale_of(pair_sum - h))) / (2 * h);
+          const double w = tsl::dense_pair_weight(ds, n, true);
+          CHECK(fd_close(fdw, w), "dense_pair_weight: %.12g, finite difference %.12g", w, fdw);
+          CHECK(tsl::dense_pair_weight(ds, n, false) == 0.0, "dense_pair_weight without passing");
+        }
+  // The kink of |u - target|: slope 0, as torch's abs.
+  const tsl::TermOptions kink{true, true, false, 1.25, 1.0, 1.0, 1.0, 0.0};
+  double ds = 0.0;
+  CHECK(tsl::h0_death_grad(1.25, 0.0, 4, 2.0, kink, k, &ds) == 0.0 && ds == 0.0,
+        "h0_death_grad at the kink is not 0");
+  // The batch reduction: d mean / d L_b = 1 / B, d sum / d L_b = 1, none: each its own.
+  const double g[3] = {3.0, 5.0, 7.0};
+  CHECK(tsl::reduced_grad(g, 1, 3, tsl::kReduceNone) == 5.0 &&
+            tsl::reduced_grad(g, 1, 3, tsl::kReduceMean) == 1.0 &&
+            tsl::reduced_grad(g, 2, 3, tsl::kReduceSum) == 3.0 &&
+            tsl::reduced_grad<double>(nullptr, 1, 3, tsl::kReduceSum) == 0.0,
+        "reduced_grad");
+}
+
 template <typename T>
 void run_all() {
   test_rank_orders_with_nan<T>();
@@ -794,6 +1205,9 @@ void run_all() {
   test_tiny<T>();
   test_random_mst<T>(1, 40, 3);
   test_random_mst<T>(2, 100, 8);
+  test_against_reference<T>(20);
+  test_tsloss_scale<T>();
+  test_tsloss_forward<T>();
 }
 
 }  // namespace
@@ -803,6 +1217,7 @@ int main() {
   test_index_decoding();
   test_certified_distances();
   test_scaled_distance();
+  test_tsloss_backward();
   run_all<float>();
   run_all<double>();
   return tsl_test::finish_checks("core");
