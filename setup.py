@@ -7,6 +7,12 @@ FORCE_CUDA=1; TSLOSS_FORCE_CPU=1 forces a CPU-only build. torch is taken from th
 import glob
 import importlib.util
 import os
+import shlex
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
 
 from setuptools import find_packages, setup
 
@@ -56,6 +62,71 @@ def _share_libstdcxx() -> None:
             os.environ[var] = " ".join(f for f in flags.split() if f != "-static-libstdc++")
             print(f"tsloss_cuda: ignoring -static-libstdc++ in ${var}: a torch extension must "
                   "use the libstdc++ that torch uses")
+
+
+def _elf_needed(path: str) -> list:
+    """The DT_NEEDED names of a 64-bit little-endian ELF shared object ([] for anything else)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = []
+    for _name, kind, _flags, _addr, off, size, link, *_ in sections:
+        if kind != 6:  # SHT_DYNAMIC; its sh_link is the string table
+            continue
+        strtab = sections[link][4]
+        for at in range(off, off + size, 16):
+            tag, val = struct.unpack_from("<qQ", data, at)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                names.append(data[strtab + val:data.index(b"\0", strtab + val)].decode())
+    return names
+
+
+def _libstdcxx_link_args() -> list:
+    """Extra link arguments that make the extension use torch's shared libstdc++.
+
+    The H200 host's compiler (CXX=/opt/gcc/bin/g++) linked libstdc++.a into the extension unasked,
+    with no flag in the environment: _C.so had no NEEDED libstdc++ (tests/test_build.py,
+    2026-12-04). A static copy beside torch's shared one once made every error message with a
+    number segfault. So a probe links a small shared object the way the extension will be linked;
+    where it needs no shared libstdc++, the libstdc++ this process loaded with torch is linked by
+    path, ahead of the compiler's own -lstdc++, and probed again.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    flags = shlex.split(os.environ.get("LDFLAGS", ""))
+
+    def needs_shared(extra: list):
+        with tempfile.TemporaryDirectory() as tmp:
+            src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
+            with open(src, "w") as f:
+                f.write("#include <string>\nstd::string tsl_probe(int n) { return std::to_string(n); }\n")
+            try:
+                ok = subprocess.run(cxx + ["-shared", "-fPIC", src, "-o", lib] + flags + extra,
+                                    capture_output=True, timeout=120).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                return None
+            return any(n.startswith("libstdc++.so") for n in _elf_needed(lib)) if ok else None
+
+    if needs_shared([]) is not False:
+        return []  # shared already, or no verdict (the real build reports its own errors)
+    import torch  # noqa: F401  (loads the libstdc++ torch runs with)
+    with open("/proc/self/maps") as f:
+        loaded = sorted({ln.split()[-1] for ln in f if "/libstdc++.so" in ln})
+    if loaded and needs_shared(loaded[:1]):
+        print(f"tsloss_cuda: {cxx[0]} links libstdc++ statically; linking {loaded[0]}, the "
+              "libstdc++ torch uses, instead")
+        return loaded[:1]
+    print(f"tsloss_cuda: WARNING: {cxx[0]} links libstdc++ statically and no shared libstdc++ "
+          "could replace it; set CXX to a compiler with a shared libstdc++ (tests/test_build.py "
+          "will fail)")
+    return []
 
 
 # Flags that change floating-point results. Every build promises ripser.py's diagrams and the
@@ -130,7 +201,8 @@ def _extension():
     # -ffp-contract=off: no FMA contraction anywhere, so that every x86 build (and the GPU) gives
     # the same bits (core/pairwise_distance.h).
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
-    kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
+    kwargs = dict(extra_link_args=["-fopenmp"] + _libstdcxx_link_args(),
+                  include_dirs=[os.path.join(ROOT, "csrc")])
     if _use_cuda():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))

@@ -63,16 +63,18 @@ TORCH_LIBRARY(tsloss_cuda, m) {
 }
 
 // Gradient of pairwise_distance w.r.t. the points, for every backend without its own kernel
-// (CUDA, meta): gx_i = sum_j w_ij (x_i - x_j), w_ij = (g_ij + g_ji) / d_ij, and 0 for
-// coincident points, which have no direction. The CPU kernel fuses the same sum. By the
-// difference form, as the CPU: the Gram form rowsum(w) x_i - (w x)_i loses ~1e-2 relative in
-// float32 on a pair 1e-4 apart (w ~ 1/d is largest exactly there) and ~1e-3 on clouds far from the
-// origin. The (B, N, c, D) differences go in column chunks of at most 256 MB.
+// (CUDA, meta): gx_i = sum_j (g_ij + g_ji) u_ij with the unit vector u_ij = (x_i - x_j) / d_ij,
+// and 0 for coincident points, which have no direction. The CPU kernel fuses the same sum. Unit
+// vectors, not weights (g_ij + g_ji) / d_ij: a weight overflows where the gradient does not (TSLoss
+// at its scale clamp, two points half the smallest normal apart: g ~ 1/tiny over d ~ tiny gave
+// inf on the H200; the CPU kernel scales its weights instead). By the difference form, as the CPU:
+// the Gram form loses ~1e-2 relative in float32 on a pair 1e-4 apart and ~1e-3 on clouds far from
+// the origin. The (B, N, c, D) differences go in column chunks of at most 256 MB.
 static at::Tensor pairwise_distance_backward_composite(const at::Tensor& grad, const at::Tensor& x,
                                                        const at::Tensor& dist) {
   auto pos = dist > 0;
-  auto w = at::where(pos, (grad + grad.transpose(1, 2)) / at::where(pos, dist, at::ones_like(dist)),
-                     at::zeros_like(dist));
+  auto g = at::where(pos, grad + grad.transpose(1, 2), at::zeros_like(dist));
+  auto d = at::where(pos, dist, at::ones_like(dist));
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
   auto out = at::zeros_like(x, at::MemoryFormat::Contiguous);
   if (B == 0 || N == 0 || D == 0) return out;
@@ -80,8 +82,8 @@ static at::Tensor pairwise_distance_backward_composite(const at::Tensor& grad, c
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / per_column));
   for (int64_t j0 = 0; j0 < N; j0 += chunk) {
     const int64_t c = std::min(chunk, N - j0);
-    auto diff = x.unsqueeze(2) - x.narrow(1, j0, c).unsqueeze(1);  // (B, N, c, D)
-    out.add_((w.narrow(2, j0, c).unsqueeze(-1) * diff).sum(2));
+    auto unit = (x.unsqueeze(2) - x.narrow(1, j0, c).unsqueeze(1)) / d.narrow(2, j0, c).unsqueeze(-1);
+    out.add_((g.narrow(2, j0, c).unsqueeze(-1) * unit).sum(2));  // unit: (B, N, c, D)
   }
   return out;
 }

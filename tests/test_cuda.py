@@ -187,9 +187,8 @@ def test_invalid_input_is_flagged_not_raised():
 def test_overflowing_distances_of_finite_points_are_flagged(block, monkeypatch):
     """Finite points whose distance overflows the dtype: the CPU raises; CUDA, which does not
     check on the host, must flag the cloud (count -2, NaN values), the clouds beside it exact."""
-    if block:
-        monkeypatch.setenv("TSLOSS_CUDA_TOPOLOGY", "block")
-        monkeypatch.setenv("TSLOSS_CUDA_REDUCE", "warp")
+    monkeypatch.setenv("TSLOSS_CUDA_TOPOLOGY", "block" if block else "global")
+    monkeypatch.setenv("TSLOSS_CUDA_REDUCE", "warp" if block else "thread")
     for dtype, big in ((torch.float64, 1e308), (torch.float32, 3e38)):
         g = torch.Generator().manual_seed(5)
         x = torch.randn(3, 12, 4, generator=g, dtype=dtype)
@@ -202,6 +201,19 @@ def test_overflowing_distances_of_finite_points_are_flagged(block, monkeypatch):
         assert torch.isnan(dg.h0[1]).all()
         assert torch.equal(dg.h0[[0, 2]].cpu(), ref.h0) and torch.equal(dg.h1[[0, 2]].cpu(), ref.h1)
         assert torch.isnan(tsloss_cuda.loss(x.cuda(), reduction="none")[1])
+
+
+@pytest.mark.parametrize("name, value", [("TSLOSS_CUDA_TOPOLOGY", "Block"),
+                                         ("TSLOSS_CUDA_REDUCE", "warps")])
+def test_misspelt_engine_switch_is_refused(name, value, monkeypatch):
+    """A switch with an unknown value names itself and its values, rather than running the
+    default engine it may have meant to avoid."""
+    monkeypatch.setenv(name, value)
+    x = torch.randn(2, 8, 3, device="cuda")
+    with pytest.raises(RuntimeError, match=f"{name} must be .* or .*, got '{value}'"):
+        tsloss_cuda.vr_persistence(x)
+    with pytest.raises(RuntimeError, match=name):
+        tsloss_cuda.loss(x)
 
 
 def test_warp_reduction_grows_from_its_pool(monkeypatch):
@@ -354,8 +366,9 @@ def test_reduce_mapping_does_not_change_results(monkeypatch, per_warp):
 @pytest.mark.parametrize("name,cloud", list(hard_clouds()), ids=lambda v: v if isinstance(v, str) else "")
 def test_tie_heavy_clouds_match_cpu(monkeypatch, name, cloud, dtype):
     """Clouds whose H1 working set runs to thousands of entries (the warp reduction's sorted
-    runs, merges and compaction all run; gpu_check.sh's warp_tests phase reruns this file with
-    TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp) give the CPU engine's pairs exactly."""
+    runs, merges and compaction all run; gpu_check.sh's global_tests phase reruns this file on
+    the first engine, TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread) give the CPU engine's
+    pairs exactly."""
     monkeypatch.setenv("TSLOSS_CUDA_H1_HEAP", str(1 << 17))  # the capacity is not under test
     x = torch.as_tensor(cloud, dtype=dtype)[None]
     d = _cpu_dist(x)
@@ -369,7 +382,7 @@ def test_tie_heavy_clouds_match_cpu(monkeypatch, name, cloud, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_clouds_past_1024_points_match_cpu(dtype):
     """N = 1300: Prim's kernel gives each thread several vertices past 1024, and the topology
-    kernel (TSLOSS_CUDA_TOPOLOGY=block, the warp_tests phase) keeps its state in global scratch
+    kernel (TSLOSS_CUDA_TOPOLOGY=block, the default) keeps its state in global scratch
     instead of shared memory past ~1190 points; no other test reaches either path."""
     g = torch.Generator().manual_seed(1300)
     x = torch.randn(2, 1300, 3, generator=g, dtype=dtype)

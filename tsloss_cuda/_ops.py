@@ -52,10 +52,11 @@ def _pairwise_distance_backward(ctx, grad):
     x, dist = ctx.saved_tensors
     if torch.is_grad_enabled():
         # create_graph=True (double backward): the same sum as differentiable tensor ops.
+        # Unit vectors times the symmetric gradient, as the composite (csrc/ops.cpp says why).
         pos = dist > 0
-        w = torch.where(pos, (grad + grad.transpose(1, 2)) / torch.where(pos, dist, torch.ones_like(dist)),
-                        torch.zeros_like(dist))
-        return (w.unsqueeze(-1) * (x.unsqueeze(2) - x.unsqueeze(1))).sum(2)
+        g = torch.where(pos, grad + grad.transpose(1, 2), torch.zeros_like(dist))
+        unit = (x.unsqueeze(2) - x.unsqueeze(1)) / torch.where(pos, dist, torch.ones_like(dist)).unsqueeze(-1)
+        return (g.unsqueeze(-1) * unit).sum(2)
     # d d_ij / d x_i = (x_i - x_j) / d_ij; coincident points contribute nothing. A fused CPU
     # kernel; elsewhere a C++ composite of bmm and elementwise ops (csrc/ops.cpp).
     return ops.pairwise_distance_backward(grad, x, dist)

@@ -3,9 +3,9 @@
 // the emulated op (TSLOSS_ENGINE=emulated) check the device's code against the scalar engine.
 //
 // The topology pass (topology_block.h) runs on an emulated block, the H1 reduction
-// (h1_reduce_warp.h) on an emulated warp; the CUDA path runs the same two as kernels behind
-// TSLOSS_CUDA_TOPOLOGY=block and TSLOSS_CUDA_REDUCE=warp, and by default still its global passes
-// and the scalar reduce_h1, one thread per cloud.
+// (h1_reduce_warp.h) on an emulated warp; the CUDA path runs the same two as its default kernels
+// (its global passes and the scalar reduce_h1, one thread per cloud, behind
+// TSLOSS_CUDA_TOPOLOGY=global and TSLOSS_CUDA_REDUCE=thread).
 #pragma once
 
 #include <algorithm>

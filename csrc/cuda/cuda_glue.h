@@ -38,26 +38,34 @@ inline tsl::cuda::H1Capacity h1_capacity(int64_t n) {
 }
 
 // How the engine runs, read from the environment at every call so that both ops switch together
-// (tools/gpu_check.sh runs the CUDA tests each way): TSLOSS_CUDA_TOPOLOGY=block builds the tree
-// and the H1 columns with the one-block-per-cloud topology kernel, TSLOSS_CUDA_REDUCE=warp
-// reduces H1 with one warp per cloud, TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP (1..32, 0 automatic)
-// tunes the one-thread reduction's mapping.
+// (tools/gpu_check.sh runs the CUDA tests each way). By default the warp-cooperative engine: the
+// one-block-per-cloud topology kernel builds the tree and the H1 columns (TSLOSS_CUDA_TOPOLOGY=
+// block) and one warp per cloud reduces H1 (TSLOSS_CUDA_REDUCE=warp); on the H200 it gave the
+// same diagrams as the global passes (=global) and the one-thread reduction (=thread) in every
+// CUDA test and was faster at every size measured (benchmarks/results/h200-2026-12-04).
+// TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP (1..32, 0 automatic) tunes the one-thread reduction's mapping.
 struct EngineSettings {
   bool block_topology;
   bool warp_reduction;
   int clouds_per_warp;
 };
 
-inline bool env_is(const char* name, const char* value) {
+// Whether the setting `name` picks `preferred` (also when unset) over `other`; anything else is
+// refused, since a misspelt switch would otherwise measure the engine it meant to avoid.
+inline bool env_choice(const char* name, const char* preferred, const char* other) {
   const char* v = std::getenv(name);
-  return v != nullptr && std::strcmp(v, value) == 0;
+  if (v == nullptr || *v == '\0' || std::strcmp(v, preferred) == 0) return true;
+  TSL_CHECK(std::strcmp(v, other) == 0, name, " must be ", preferred, " (the default) or ", other,
+            ", got '", v, "'");
+  return false;
 }
 
 inline EngineSettings engine_settings() {
   const int64_t clouds_per_warp = env_int("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", 0);
   TSL_CHECK(clouds_per_warp <= 32, "TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP must be 1..32, got ",
             clouds_per_warp);
-  return EngineSettings{env_is("TSLOSS_CUDA_TOPOLOGY", "block"), env_is("TSLOSS_CUDA_REDUCE", "warp"),
+  return EngineSettings{env_choice("TSLOSS_CUDA_TOPOLOGY", "block", "global"),
+                        env_choice("TSLOSS_CUDA_REDUCE", "warp", "thread"),
                         static_cast<int>(clouds_per_warp)};
 }
 

@@ -165,7 +165,8 @@ cudaError_t launch_tsloss_terms(const T* x, int64_t B, int64_t N, int64_t D, con
                                 T* topo_h0, T* topo_h1, T* scales, T* loss, T* conn, T* red,
                                 T* stab, T* scale, void* workspace, cudaStream_t stream);
 
-// Bytes of workspace launch_tsloss_backward needs: one double per reported edge and per cloud.
+// Bytes of workspace launch_tsloss_backward needs: one double per reported edge and per cloud,
+// and each cloud's edge incidence lists (N + 1 offsets, up to 2 (N - 1) + 4 K keys).
 size_t tsloss_backward_workspace_bytes(int64_t B, int64_t N, int64_t K);
 
 // Gradient of the loss on the points, in two kernels: the pair weights of every cloud (the bars'

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include "../core/common.h"
+#include "../core/edge_incidence.h"
 #include "../core/tsloss_terms.h"
 #include "kernels.h"
 
@@ -123,7 +124,8 @@ __global__ void tsloss_reduce_kernel(const double* __restrict__ per_cloud, int64
 }
 
 // Per cloud: the weight of each reported edge (H0 rows, then H1 rows; the birth edge takes
-// minus the bar's weight) and the dense weight of every pair from the scale.
+// minus the bar's weight), the dense weight of every pair from the scale, and each point's
+// incidences among the edges (core/edge_incidence.h): offsets (N + 1) into keys, per cloud.
 template <typename T>
 __global__ void __launch_bounds__(kTermThreads)
     tsloss_edge_weights_kernel(const T* g_loss, const T* g_conn, const T* g_red,
@@ -133,7 +135,9 @@ __global__ void __launch_bounds__(kTermThreads)
                                const int64_t* __restrict__ h1_count,
                                const T* __restrict__ prev_h0, const T* __restrict__ prev_h1,
                                TermOptions o, int reduction, double* __restrict__ edge_w,
-                               double* __restrict__ dense) {
+                               double* __restrict__ dense, const int64_t* __restrict__ h0_edges,
+                               const int64_t* __restrict__ h1_edges,
+                               int64_t* __restrict__ offsets, int64_t* __restrict__ keys) {
   __shared__ double scratch[kTermThreads / 32];
   const int64_t b = blockIdx.x;
   const int64_t H0 = N > 0 ? N - 1 : 0, E = H0 + K;
@@ -149,6 +153,7 @@ __global__ void __launch_bounds__(kTermThreads)
     // An invalid cloud (NaN loss) gets no gradient, as the reference composition, which masks
     // its bars with torch.where, gives it; its tree was built on a NaN or Inf matrix.
     for (int64_t r = threadIdx.x; r < E; r += blockDim.x) edge_w[b * E + r] = 0.0;
+    for (int64_t r = threadIdx.x; r <= N; r += blockDim.x) offsets[b * (N + 1) + r] = 0;
     if (threadIdx.x == 0) dense[b] = 0.0;
     return;
   }
@@ -163,6 +168,23 @@ __global__ void __launch_bounds__(kTermThreads)
   ds = block_sum(ds, scratch);
   if (threadIdx.x == 0)
     dense[b] = dense_pair_weight(__dadd_rn(ds, k.scale), N, passes);
+  // The incidence lists, from the weights just written (block_sum's barriers order them): each
+  // thread counts its points' keys, thread 0 turns the counts into offsets, each fills its own.
+  const double* w = edge_w + b * E;
+  const int64_t* e0 = h0_edges + b * H0 * 2;
+  const int64_t* e1 = h1_edges + b * K * 4;
+  int64_t* off = offsets + b * (N + 1);
+  int64_t* kb = keys + b * incidence_capacity(N, K);
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
+    off[i + 1] = point_incidences(i, N, H0, K, w, e0, e1, nullptr);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    off[0] = 0;
+    for (int64_t i = 0; i < N; ++i) off[i + 1] += off[i];
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
+    point_incidences(i, N, H0, K, w, e0, e1, kb + off[i]);
 }
 
 constexpr int kGradRows = 8;     // rows of x per block
@@ -182,7 +204,8 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
     tsloss_grad_kernel(const T* __restrict__ x, int64_t N, int64_t D, const T* __restrict__ dist,
                        const double* __restrict__ dense, const double* __restrict__ edge_w,
                        const int64_t* __restrict__ h0_edges, const int64_t* __restrict__ h1_edges,
-                       int64_t K, T* __restrict__ grad) {
+                       int64_t K, const int64_t* __restrict__ offsets,
+                       const int64_t* __restrict__ keys, T* __restrict__ grad) {
   __shared__ double w[kGradRows][kGradJ];
   const int64_t b = blockIdx.z;
   const int row = threadIdx.x / kGradCols, col = threadIdx.x % kGradCols;
@@ -223,21 +246,20 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
     acc = __dmul_rn(wd, acc);
   }
   if (!live) return;
-  // The bars' edges (H0 deaths, then per H1 bar birth and death), in the order of the CPU.
-  for (int64_t e = 0; e < E; ++e) {
+  // The bars' edges that touch row i (H0 deaths, then per H1 bar birth and death), in the
+  // order of the CPU: row i's incidence list, keys 2e + side (core/edge_incidence.h).
+  const int64_t* kb = keys + b * incidence_capacity(N, K);
+  const int64_t end = offsets[b * (N + 1) + i + 1];
+  for (int64_t q = offsets[b * (N + 1) + i]; q < end; ++q) {
+    const int64_t e = kb[q] >> 1;
+    const int side = (int)(kb[q] & 1);
+    const EdgeEnds p = edge_endpoints(e, side, H0, h0_edges + b * H0 * 2, h1_edges + b * K * 4);
+    const int64_t other = p.u == i ? p.v : p.u;
+    const double d = (double)db[i * N + other];
+    if (!(d > 0.0)) continue;
     const double g = edge_w[b * E + e];
-    if (g == 0.0) continue;
-    const int64_t* p = e < H0 ? h0_edges + (b * H0 + e) * 2 : nullptr;
-    for (int side = 0; side < (e < H0 ? 1 : 2); ++side) {
-      if (e >= H0) p = h1_edges + (b * K + (e - H0)) * 4 + 2 * side;
-      const int64_t u = p[0], v = p[1];
-      if (u < 0 || v < 0 || u >= N || v >= N || u == v || (u != i && v != i)) continue;
-      const int64_t other = u == i ? v : u;
-      const double d = (double)db[i * N + other];
-      if (!(d > 0.0)) continue;
-      const double ge = e >= H0 && side == 0 ? -g : g;
-      acc = __dadd_rn(acc, __dmul_rn(ge, __ddiv_rn(__dsub_rn(xi, (double)xb[other * D + k]), d)));
-    }
+    const double ge = e >= H0 && side == 0 ? -g : g;
+    acc = __dadd_rn(acc, __dmul_rn(ge, __ddiv_rn(__dsub_rn(xi, (double)xb[other * D + k]), d)));
   }
   grad[b * N * D + i * D + k] = (T)acc;
 }
@@ -250,7 +272,8 @@ size_t tsloss_forward_workspace_bytes(int64_t B, int64_t N) {
 
 size_t tsloss_backward_workspace_bytes(int64_t B, int64_t N, int64_t K) {
   const int64_t H0 = N > 0 ? N - 1 : 0;
-  return sizeof(double) * (size_t)(B * (H0 + K) + B + 1);
+  return sizeof(double) * (size_t)(B * (H0 + K) + B + 1) +
+         sizeof(int64_t) * (size_t)(B * (N + 1 + incidence_capacity(N, K)));
 }
 
 template <typename T>
@@ -284,16 +307,20 @@ cudaError_t launch_tsloss_backward(const T* g_loss, const T* g_conn, const T* g_
   const int64_t H0 = N - 1;
   double* edge_w = static_cast<double*>(workspace);
   double* dense = edge_w + B * (H0 + K);
+  int64_t* offsets = reinterpret_cast<int64_t*>(dense + B + 1);
+  int64_t* keys = offsets + B * (N + 1);
+  const int64_t cap = incidence_capacity(N, K);
   tsloss_edge_weights_kernel<T><<<(unsigned)B, kTermThreads, 0, stream>>>(
       g_loss, g_conn, g_red, g_stab, g_scale, B, N, scales, topo_h0, topo_h1, K, h1_count,
-      prev_h0, prev_h1, o, reduction, edge_w, dense);
+      prev_h0, prev_h1, o, reduction, edge_w, dense, h0_edges, h1_edges, offsets, keys);
   for (int64_t b0 = 0; b0 < B; b0 += 65535) {
     const int64_t nb = B - b0 < 65535 ? B - b0 : 65535;
     dim3 grid((unsigned)((D + kGradCols - 1) / kGradCols), (unsigned)((N + kGradRows - 1) / kGradRows),
               (unsigned)nb);
     tsloss_grad_kernel<T><<<grid, kGradRows * kGradCols, 0, stream>>>(
         x + b0 * N * D, N, D, dist + b0 * N * N, dense + b0, edge_w + b0 * (H0 + K),
-        h0_edges + b0 * H0 * 2, h1_edges + b0 * K * 4, K, grad + b0 * N * D);
+        h0_edges + b0 * H0 * 2, h1_edges + b0 * K * 4, K, offsets + b0 * (N + 1),
+        keys + b0 * cap, grad + b0 * N * D);
   }
   return cudaGetLastError();
 }

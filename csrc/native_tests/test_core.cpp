@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <utility>
@@ -11,6 +12,7 @@
 #include "check.h"
 #include "engine_reference.h"
 #include "vr_reference.h"
+#include "core/edge_incidence.h"
 #include "core/pairwise_distance.h"
 #include "core/tsloss_terms.h"
 #include "core/vr_engine.h"
@@ -1210,6 +1212,88 @@ void run_all() {
   test_tsloss_forward<T>();
 }
 
+
+// ---- Edge incidence lists (core/edge_incidence.h) --------------------------------------------
+
+// The CUDA gradient's edge sum for point i and one coordinate, as it ran before the incidence
+// lists: every reported edge scanned in order. The lists must give the same terms in the same
+// order, so the same bits.
+double edge_sum_by_scan(int64_t i, int64_t N, int64_t H0, int64_t K, const std::vector<double>& w,
+                        const std::vector<int64_t>& e0, const std::vector<int64_t>& e1,
+                        const std::vector<double>& d, const std::vector<double>& xk) {
+  double acc = 0.0;
+  for (int64_t e = 0; e < H0 + K; ++e) {
+    const double g = w[e];
+    if (g == 0.0) continue;
+    for (int side = 0; side < (e < H0 ? 1 : 2); ++side) {
+      const int64_t* p = e < H0 ? &e0[2 * e] : &e1[4 * (e - H0) + 2 * side];
+      const int64_t u = p[0], v = p[1];
+      if (u < 0 || v < 0 || u >= N || v >= N || u == v || (u != i && v != i)) continue;
+      const int64_t other = u == i ? v : u;
+      const double dd = d[i * N + other];
+      if (!(dd > 0.0)) continue;
+      const double ge = e >= H0 && side == 0 ? -g : g;
+      acc = acc + ge * ((xk[i] - xk[other]) / dd);
+    }
+  }
+  return acc;
+}
+
+void test_edge_incidence() {
+  std::mt19937_64 rng(2026);
+  int clouds = 0;
+  for (int64_t N : {1, 2, 3, 5, 17, 64}) {
+    for (int64_t K : {int64_t(0), int64_t(1), int64_t(7), 3 * N}) {
+      for (int rep = 0; rep < 20; ++rep, ++clouds) {
+        const int64_t H0 = N - 1, E = H0 + K;
+        // Endpoints mostly valid, some -1 (rows past h1_count), out of range or a loop; weights
+        // mostly nonzero; repeated edges and hubs (a point in many edges) come from small N.
+        auto end = [&]() -> int64_t {
+          const int r = int(rng() % 20);
+          return r == 0 ? -1 : r == 1 ? N : int64_t(rng() % uint64_t(N));
+        };
+        std::vector<int64_t> e0(2 * H0), e1(4 * K);
+        for (auto& v : e0) v = end();
+        for (auto& v : e1) v = end();
+        std::vector<double> w(E);
+        for (auto& v : w) v = rng() % 5 == 0 ? 0.0 : std::ldexp(double(rng() % 2001) - 1000.0, -7);
+        std::vector<double> d(N * N), xk(N);
+        for (auto& v : d) v = rng() % 9 == 0 ? 0.0 : 0.25 + double(rng() % 1000) / 97.0;
+        for (auto& v : xk) v = double(int64_t(rng() % 2001) - 1000) / 37.0;
+        // The kernel's construction: counts, offsets by a prefix sum, then each point's keys.
+        std::vector<int64_t> off(N + 1, 0), keys(tsl::incidence_capacity(N, K), -1);
+        for (int64_t i = 0; i < N; ++i)
+          off[i + 1] = tsl::point_incidences(i, N, H0, K, w.data(), e0.data(), e1.data(), nullptr);
+        for (int64_t i = 0; i < N; ++i) off[i + 1] += off[i];
+        CHECK(off[N] <= tsl::incidence_capacity(N, K), "N=%lld K=%lld: %lld keys, capacity %lld",
+              (long long)N, (long long)K, (long long)off[N], (long long)tsl::incidence_capacity(N, K));
+        if (off[N] > tsl::incidence_capacity(N, K)) continue;
+        for (int64_t i = 0; i < N; ++i)
+          tsl::point_incidences(i, N, H0, K, w.data(), e0.data(), e1.data(), keys.data() + off[i]);
+        for (int64_t i = 0; i < N; ++i) {
+          double acc = 0.0;
+          for (int64_t q = off[i]; q < off[i + 1]; ++q) {
+            CHECK(q == off[i] || keys[q] > keys[q - 1], "keys not increasing");
+            const int64_t e = keys[q] >> 1;
+            const int side = int(keys[q] & 1);
+            const tsl::EdgeEnds p = tsl::edge_endpoints(e, side, H0, e0.data(), e1.data());
+            CHECK(w[e] != 0.0 && (p.u == i || p.v == i) && p.u != p.v, "a key that gives no term");
+            const int64_t other = p.u == i ? p.v : p.u;
+            const double dd = d[i * N + other];
+            if (!(dd > 0.0)) continue;
+            const double ge = e >= H0 && side == 0 ? -w[e] : w[e];
+            acc = acc + ge * ((xk[i] - xk[other]) / dd);
+          }
+          const double want = edge_sum_by_scan(i, N, H0, K, w, e0, e1, d, xk);
+          CHECK(std::memcmp(&acc, &want, sizeof acc) == 0, "N=%lld K=%lld point %lld: %.17g by "
+                "the lists, %.17g by the scan", (long long)N, (long long)K, (long long)i, acc, want);
+        }
+      }
+    }
+  }
+  std::printf("edge incidence: %d clouds, lists equal to the scan bit for bit\n", clouds);
+}
+
 }  // namespace
 
 int main() {
@@ -1218,6 +1302,7 @@ int main() {
   test_certified_distances();
   test_scaled_distance();
   test_tsloss_backward();
+  test_edge_incidence();
   run_all<float>();
   run_all<double>();
   return tsl_test::finish_checks("core");
