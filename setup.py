@@ -13,6 +13,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from typing import Optional
 
 from setuptools import find_packages, setup
 
@@ -64,19 +65,28 @@ def _share_libstdcxx() -> None:
                   "use the libstdc++ that torch uses")
 
 
-def _elf_needed(path: str) -> list:
-    """The DT_NEEDED names of a 64-bit little-endian ELF shared object ([] for anything else)."""
+def _elf_needed(path: str) -> Optional[list]:
+    """The DT_NEEDED names of a 64-bit little-endian ELF shared object; None where it cannot
+    tell (another ELF kind, no dynamic section, a file it cannot read)."""
+    try:
+        return _elf_needed_or_raise(path)
+    except (OSError, ValueError, IndexError, struct.error):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _elf_needed_or_raise(path: str) -> Optional[list]:
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return []
+        return None
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    names = []
+    names, dynamic = [], False
     for _name, kind, _flags, _addr, off, size, link, *_ in sections:
         if kind != 6:  # SHT_DYNAMIC; its sh_link is the string table
             continue
+        dynamic = True
         strtab = sections[link][4]
         for at in range(off, off + size, 16):
             tag, val = struct.unpack_from("<qQ", data, at)
@@ -84,7 +94,7 @@ def _elf_needed(path: str) -> list:
                 break
             if tag == 1:  # DT_NEEDED
                 names.append(data[strtab + val:data.index(b"\0", strtab + val)].decode())
-    return names
+    return names if dynamic else None
 
 
 def _libstdcxx_link_args() -> list:
@@ -95,12 +105,15 @@ def _libstdcxx_link_args() -> list:
     2026-12-04). A static copy beside torch's shared one once made every error message with a
     number segfault. So a probe links a small shared object the way the extension will be linked;
     where it needs no shared libstdc++, the libstdc++ this process loaded with torch is linked by
-    path, ahead of the compiler's own -lstdc++, and probed again.
+    path, ahead of the compiler's own -lstdc++, and probed again. (Where that compiler's headers
+    need symbols newer than torch's libstdc++, those would still come from libstdc++.a.)
     """
     if not sys.platform.startswith("linux"):
         return []
     cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
-    flags = shlex.split(os.environ.get("LDFLAGS", ""))
+    # setuptools links with CXX and the rest of LDSHARED, then LDFLAGS
+    ldshared = os.environ.get("LDSHARED") or sysconfig.get_config_var("LDSHARED") or ""
+    flags = shlex.split(ldshared)[1:] + shlex.split(os.environ.get("LDFLAGS", ""))
 
     def needs_shared(extra: list):
         with tempfile.TemporaryDirectory() as tmp:
@@ -112,13 +125,15 @@ def _libstdcxx_link_args() -> list:
                                     capture_output=True, timeout=120).returncode == 0
             except (OSError, subprocess.SubprocessError):
                 return None
-            return any(n.startswith("libstdc++.so") for n in _elf_needed(lib)) if ok else None
+            needed = _elf_needed(lib) if ok else None
+            return None if needed is None else any(n.startswith("libstdc++.so") for n in needed)
 
     if needs_shared([]) is not False:
         return []  # shared already, or no verdict (the real build reports its own errors)
     import torch  # noqa: F401  (loads the libstdc++ torch runs with)
     with open("/proc/self/maps") as f:
-        loaded = sorted({ln.split()[-1] for ln in f if "/libstdc++.so" in ln})
+        loaded = sorted({p for p in (ln.split()[-1] for ln in f if "/libstdc++.so" in ln)
+                         if p.startswith("/") and os.path.exists(p)})
     if loaded and needs_shared(loaded[:1]):
         print(f"tsloss_cuda: {cxx[0]} links libstdc++ statically; linking {loaded[0]}, the "
               "libstdc++ torch uses, instead")

@@ -82,7 +82,7 @@ static at::Tensor pairwise_distance_backward_composite(const at::Tensor& grad, c
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / per_column));
   for (int64_t j0 = 0; j0 < N; j0 += chunk) {
     const int64_t c = std::min(chunk, N - j0);
-    auto unit = (x.unsqueeze(2) - x.narrow(1, j0, c).unsqueeze(1)) / d.narrow(2, j0, c).unsqueeze(-1);
+    auto unit = (x.unsqueeze(2) - x.narrow(1, j0, c).unsqueeze(1)).div_(d.narrow(2, j0, c).unsqueeze(-1));
     out.add_((g.narrow(2, j0, c).unsqueeze(-1) * unit).sum(2));  // unit: (B, N, c, D)
   }
   return out;

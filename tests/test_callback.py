@@ -96,6 +96,19 @@ def test_callback_adds_the_tsloss_gradient(tmp_path, accumulation):
     assert not any(k.startswith("topology/") for l in plain.logs for k in l)
 
 
+def test_install_registers_once(tmp_path):
+    """Passed to the Trainer and installed too, the callback runs once per step, first."""
+    rec, cb = Record(), TSLossCallback(WEIGHT)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True,
+                                          max_steps=1, save_strategy="no")
+    trainer = transformers.Trainer(model=_model(), args=args, train_dataset=_data(),
+                                   callbacks=[rec, cb])
+    assert cb.install(trainer) is cb and cb.install(trainer) is cb
+    callbacks = trainer.callback_handler.callbacks
+    assert callbacks[0] is cb and sum(c is cb for c in callbacks) == 1
+    assert any(c is rec for c in callbacks)
+
+
 def test_tsloss_gradient_is_not_clipped(tmp_path):
     """With max_grad_norm tiny, the Trainer clips the task gradient to that norm, and the TSLoss
     gradient, added after the clipping, still moves the prompt by -lr·weight·∇TSLoss."""

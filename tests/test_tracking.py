@@ -170,3 +170,17 @@ def test_step_timer_on_cpu_uses_the_host_clock():
     timer.add("step", 1.0, 3.5)
     timer.add("step", 4.0, 4.5)
     assert timer.totals() == {"step": 3.0}
+
+
+def test_a_diverged_prompt_is_logged_as_nan_not_raised():
+    """A NaN prompt on the CPU (a diverged run): every metric and term NaN, as CUDA flags it,
+    rather than the CPU engine's error, which stopped a run that only logged its topology."""
+    tracker = TopologyTracker(1, tsloss_terms=True)
+    prompt = torch.randn(8, 16)
+    tracker.update(0, prompt)
+    prompt[3, 5] = float("nan")
+    tracker.update(1, prompt)
+    first, second = tracker.flush()
+    assert all(math.isfinite(v) for v in first.values())
+    assert all(math.isnan(v) for k, v in second.items() if k != "step"), second
+    assert set(second) == set(first)

@@ -418,3 +418,21 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         _fixtures(tmp)
         print(table(tmp))
+
+
+def test_analyze_picks_the_prompt_of_a_dict_checkpoint(tmp_path):
+    """A dict checkpoint: the preferred key, else the one tensor whose key names a prompt, else
+    the only 2-D tensor; a state_dict with several 2-D weights is refused by name (the first 2-D
+    tensor of a PEFT model's state_dict is the vocabulary embedding, not the prompt)."""
+    prompt, vocab = torch.randn(8, 16), torch.randn(100, 16)
+    cases = [({"prompt": prompt, "w": vocab}, prompt),
+             ({"base_model.word_embeddings.weight": vocab,
+               "prompt_encoder.default.embedding.weight": prompt}, prompt),
+             ({"only": prompt, "bias": torch.zeros(16)}, prompt)]
+    for i, (obj, want) in enumerate(cases):
+        torch.save(obj, tmp_path / f"c{i}.pt")
+        assert torch.equal(analyze.load_prompt(str(tmp_path / f"c{i}.pt")), want)
+    torch.save({"word_embeddings.weight": vocab, "lm_head.weight": vocab.clone()}, tmp_path / "m.pt")
+    with pytest.raises(analyze.CLIError, match="2 .* tensors could be the prompt "
+                                               r"\(word_embeddings.weight, lm_head.weight\)"):
+        analyze.load_prompt(str(tmp_path / "m.pt"))

@@ -36,6 +36,25 @@ def checkpoint_step(name: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def _prompt_entry(obj: dict, path: str) -> torch.Tensor:
+    """The prompt in a dict checkpoint: a preferred key, else the one 2-D tensor whose key names a
+    prompt, else the only 2-D tensor. Several candidates are refused by name: a model's
+    state_dict holds 2-D weights (the vocabulary embedding first), none of them the prompt."""
+    for k in PREFERRED_KEYS:
+        if isinstance(obj.get(k), torch.Tensor):
+            return obj[k]
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor) and v.dim() == 2}
+    named = [k for k in tensors if "prompt" in k.lower()]
+    pick = named or list(tensors)
+    if len(pick) == 1:
+        return tensors[pick[0]]
+    if not pick:
+        raise CLIError(f"no (N, D) prompt tensor in checkpoint {path}")
+    shown = ", ".join(pick[:5]) + (f" and {len(pick) - 5} more" if len(pick) > 5 else "")
+    raise CLIError(f"checkpoint {path}: {len(pick)} (N, D) tensors could be the prompt ({shown}); "
+                   f"save the prompt alone or under one of the keys {', '.join(PREFERRED_KEYS)}")
+
+
 def load_prompt(path: str) -> torch.Tensor:
     """The ``(N, D)`` prompt stored in a ``.pt`` file, as float32."""
     try:
@@ -47,11 +66,7 @@ def load_prompt(path: str) -> torch.Tensor:
     if isinstance(obj, torch.Tensor):
         t = obj
     elif isinstance(obj, dict):
-        cands = [obj[k] for k in PREFERRED_KEYS if isinstance(obj.get(k), torch.Tensor)]
-        cands += [v for v in obj.values() if isinstance(v, torch.Tensor) and v.dim() == 2]
-        if not cands:
-            raise CLIError(f"no (N, D) prompt tensor in checkpoint {path}")
-        t = cands[0]
+        t = _prompt_entry(obj, path)
     else:
         raise CLIError(f"checkpoint {path} holds a {type(obj).__name__}, not a prompt tensor")
     if t.dim() != 2 or not t.is_floating_point() or t.shape[0] < 1 or t.shape[1] < 1:

@@ -81,6 +81,14 @@ class TSLossCallback(TrainerCallback):
     TSLoss of the last optimizer step's prompt, before the factor ``weight`` (a 0-d tensor, not
     synchronised until logged).
 
+    Each training log gains ``<prefix>`` + the topology metrics of the prompt at that step
+    (:data:`tsloss_cuda.tracking.METRICS`), its ``ts_*`` terms, and ``tsloss``: ``last_loss``,
+    the trained loss of the last optimizer step, before ``weight`` and with the stability term
+    against the previous step's prompt, so it need not equal the logged ``ts_*`` terms, which
+    describe the logged prompt and measure stability against the previous log. A diverged
+    (NaN) prompt logs NaN. H1 metrics count the bars the engine reported; like
+    :func:`tsloss_cuda.loss`, they see at most ``max_h1`` bars (default 4·N, at least 8).
+
     Every ``trainer.train()`` starts the stability term afresh, ``resume_from_checkpoint``
     included: a Trainer checkpoint does not hold the callback's previous diagram, so the first
     resumed step's stability term is 0, as a new run's.
@@ -107,8 +115,13 @@ class TSLossCallback(TrainerCallback):
         return TopologyTracker(1, tsloss_terms=True, term_options=terms)
 
     def install(self, trainer) -> "TSLossCallback":
-        """Register as the trainer's first callback, ahead of its reporters; returns self."""
-        trainer.callback_handler.callbacks.insert(0, self)
+        """Register as the trainer's first callback, ahead of its reporters; returns self.
+
+        Registered once: a callback also passed as ``Trainer(callbacks=[...])`` moves to the front
+        (twice registered, it added its gradient twice and logged a stability of 0)."""
+        callbacks = trainer.callback_handler.callbacks
+        callbacks[:] = [cb for cb in callbacks if cb is not self]
+        callbacks.insert(0, self)
         return self
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

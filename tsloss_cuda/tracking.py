@@ -57,13 +57,16 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     Returns:
         dict name -> 0-d float32 tensor on ``prompt``'s device (names in :data:`METRICS`).
         H0 uses the N-1 finite bars of positive length (the infinite bar is left out). On CUDA,
-        a prompt whose H1 outgrew the device workspace has NaN H1 metrics, and an invalid
-        prompt (NaN or Inf) NaN metrics throughout: not the 0 bars they would otherwise count.
+        a prompt whose H1 outgrew the device workspace has NaN H1 metrics. An invalid prompt
+        (NaN or Inf, a diverged run) has NaN metrics throughout, on either device: not the 0 bars
+        they would otherwise count, and not an error that would stop the run logging it.
     """
     if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2:
         got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
         raise ValueError(f"prompt must be an (N, D) tensor, got {got}")
     x = prompt.detach().float()
+    if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):  # the CPU engine raises
+        return {k: torch.full((), float("nan")) for k in METRICS}
     dg = vr_persistence(x, 1)
     life0 = dg.h0[0, :, 1] - dg.h0[0, :, 0]  # (N-1,)
     valid0 = life0 > 0
@@ -95,10 +98,12 @@ def to_floats(values: Mapping[str, torch.Tensor]) -> Dict[str, float]:
 
 
 class TopologyTracker:
-    """Every ``every`` steps, records topology metrics and the TSLoss terms of a prompt.
+    """Records topology metrics and the TSLoss terms of a prompt, every ``every`` steps.
 
-    ``update(step, prompt, terms)`` keeps device tensors; ``flush()`` reads the pending ones back
-    (one transfer per record) and returns them as rows of floats.
+    ``due(step)`` says whether a step is one to record (a multiple of ``every``); the caller asks
+    it, and ``update(step, prompt, terms)`` records whenever it is called, keeping device tensors.
+    ``flush()`` reads the pending ones back (one transfer per record) and returns them as rows of
+    floats.
 
     With ``tsloss_terms=True``, ``update`` without ``terms`` computes the unweighted TSLoss
     terms of the prompt it is given, with ``term_options`` (any of :data:`TERM_OPTIONS`; default
@@ -131,6 +136,9 @@ class TopologyTracker:
         if self._shape is not None and prompt.shape != self._shape:
             self._probe.reset()  # prompts of different N cannot be compared for stability
         self._shape = prompt.shape
+        if prompt.device.type == "cpu" and not bool(torch.isfinite(prompt).all()):
+            # NaN terms, as CUDA gives them, rather than the CPU engine's error
+            return {name: torch.full((), float("nan")) for name in TERMS}
         with torch.no_grad():
             self._probe(prompt.detach())
         return self._probe.last_terms

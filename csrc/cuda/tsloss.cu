@@ -170,6 +170,9 @@ __global__ void __launch_bounds__(kTermThreads)
     dense[b] = dense_pair_weight(__dadd_rn(ds, k.scale), N, passes);
   // The incidence lists, from the weights just written (block_sum's barriers order them): each
   // thread counts its points' keys, thread 0 turns the counts into offsets, each fills its own.
+  // N (H0 + K) edge reads per cloud, on this one block: small beside the gradient's N^2 D at the
+  // sizes prompts have; at thousands of points and a few coordinates the grid-wide scan it
+  // replaced may have been faster (neither measured).
   const double* w = edge_w + b * E;
   const int64_t* e0 = h0_edges + b * H0 * 2;
   const int64_t* e1 = h1_edges + b * K * 4;

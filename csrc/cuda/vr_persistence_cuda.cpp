@@ -8,11 +8,11 @@
 // workspace reports h1_count = -1 and truncated = true (see kernels.h); the capacities can be
 // raised with TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_COLUMNS / TSLOSS_CUDA_H1_ARENA.
 //
-// TSLOSS_CUDA_TOPOLOGY=block builds the tree and the H1 columns with the one-block-per-cloud
-// topology kernel (topology.cu) instead of the global passes, TSLOSS_CUDA_REDUCE=warp reduces
-// H1 with one warp per cloud (h1_reduce_warp.cu) instead of one thread (cuda_glue.h's
-// engine_settings, read by the fused TSLoss op too); both off by default until a GPU run has
-// checked them (tools/gpu_check.sh runs the CUDA tests both ways).
+// By default the one-block-per-cloud topology kernel (topology.cu) builds the tree and the H1
+// columns and one warp per cloud reduces H1 (h1_reduce_warp.cu); TSLOSS_CUDA_TOPOLOGY=global and
+// TSLOSS_CUDA_REDUCE=thread select the global passes and the one-thread reduction instead
+// (cuda_glue.h's engine_settings, read by the fused TSLoss op too; tools/gpu_check.sh runs the
+// CUDA tests both ways).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
