@@ -14,8 +14,11 @@ A step is forward, backward into the prompt and an Adam update, on a batch of
 * ``answer-C eager``: the same with eager instead of SDPA attention.
 
 Prints a Markdown table of the median seconds per step, then, per thread count, how much of
-an answer-C step is matrix products and the sgemm rate at the step's MLP shape, so the step
-can be projected onto a CPU with a different sgemm rate.
+an answer-C step is matrix products, the sgemm rate at the step's MLP shape, and the time
+the step's matrix-product FLOPs (counted by ``torch.utils.flop_counter``, which leaves out
+the products inside SDPA attention, ~1 % here) need at that rate: an estimate of the floor, as
+the rate is one shape's, that a float32 step on these threads cannot go much below without
+doing less arithmetic.
 
 ``--torch-isa avx2`` caps torch's own kernels, MKL and oneDNN at AVX2 (it sets
 ``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS`` and ``ONEDNN_MAX_CPU_ISA`` before torch
@@ -72,6 +75,14 @@ def gemm_share(step: Callable[[], torch.Tensor]) -> float:
     mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm",
                                                                  "aten::bmm"))
     return mm / max(total, 1)
+
+
+def gemm_gflop(step: Callable[[], torch.Tensor]) -> float:
+    """GFLOP of matrix products in one forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as count:
+        step().backward()
+    return count.get_total_flops() / 1e9
 
 
 def sgemm_gflops(rows: int, hidden: int, inner: int, reps: int = 30) -> float:
@@ -149,13 +160,15 @@ def main(argv=None) -> int:
     model.set_attn_implementation("sdpa")
     cfg = model.config
     rows = args.batch * (args.prompt + args.text)
-    print()
+    flop = gemm_gflop(answer_c)
+    print(f"\nanswer-C step: {flop:.4g} GFLOP in matrix products (forward and backward)")
     for t in args.threads:
         torch.set_num_threads(t)
         rate = sgemm_gflops(rows, cfg.hidden_size, cfg.intermediate_size)
         print(f"{t} thread{'s' * (t > 1)}: answer-C step {100 * gemm_share(answer_c):.0f} % in "
               f"matrix products; sgemm ({rows} x {cfg.hidden_size}) @ ({cfg.hidden_size} x "
-              f"{cfg.intermediate_size}) {rate:.0f} GFLOP/s", flush=True)
+              f"{cfg.intermediate_size}) {rate:.0f} GFLOP/s, at which the step's products "
+              f"alone take {flop / rate:.2f} s", flush=True)
     return 0
 
 

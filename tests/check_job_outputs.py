@@ -73,8 +73,10 @@ def problems(run_dir: str, analysis_dir: Optional[str] = None) -> List[str]:
 def _compare_analysis(rows: List[Dict[str, str]], analysis_dir: str) -> List[str]:
     """The analysis of the first run's checkpoints equals that run's metrics rows."""
     got = _rows(os.path.join(analysis_dir, "topology_metrics.csv"))
-    first = [r for r in rows if (r["regularizer"], r["seed"]) ==
-             (rows[0]["regularizer"], rows[0]["seed"])]
+    def run(r: Dict[str, str]) -> tuple:  # named variants (tsloss_stab) share a regulariser
+        return r.get("variant") or r["regularizer"], r["seed"]
+
+    first = [r for r in rows if run(r) == run(rows[0])]
     bad = []
     if [r["step"] for r in got] != [r["step"] for r in first]:
         bad.append(f"analysis steps {[r['step'] for r in got]} != metrics.csv's")

@@ -1,6 +1,7 @@
 """The benchmark runner works end to end on a tiny config (never asserts timings)."""
 import importlib.util
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -193,6 +194,13 @@ def test_llm_step_on_a_tiny_causal_lm(tmp_path):
             if ln.startswith("| answer-C") or ln.startswith("| full-vocab")] == [
         "answer-C", "full-vocab"]
     assert "1 thread: answer-C step" in out and "GFLOP/s" in out, out
+    # The FLOP count: forward and backward each 2 FLOPs per multiply-add of every linear layer
+    # over the 2 x (8 + 6) rows (q, k, v, o 32 x 32; MLP 3 x 32 x 64), plus the 3 label rows of
+    # the head at the 2 answer positions (attention is SDPA, which the counter leaves out).
+    flop = float(re.search(r"answer-C step: ([0-9.e+-]+) GFLOP in matrix", out).group(1))
+    forward = 2 * (2 * (8 + 6) * (4 * 32 * 32 + 3 * 32 * 64) + 2 * 32 * 3)
+    assert flop * 1e9 == pytest.approx(2 * forward, rel=1e-3), out
+    assert re.search(r"1 thread: .* step's products alone take [0-9.]+ s", out), out
     # In a process that already loaded torch the cap cannot apply: refused, not ignored.
     spec = importlib.util.spec_from_file_location("llm_step", script)
     mod = importlib.util.module_from_spec(spec)

@@ -310,3 +310,37 @@ def test_deepspeed_and_fsdp_are_refused_at_train_begin(engine, match):
     state, control = transformers.TrainerState(), transformers.TrainerControl()
     with pytest.raises(RuntimeError, match=match):
         TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=_model())
+
+
+def test_analyze_reads_a_trainer_runs_adapter_checkpoints(tmp_path):
+    """`python -m tsloss_cuda.analyze OUTPUT_DIR` on a Trainer run of PEFT prompt tuning: its
+    checkpoint-STEP/adapter_model.safetensors files, in step order, give the topology of the
+    prompt saved at each step (a .safetensors file given directly too)."""
+    from safetensors.torch import load_file, save_file
+
+    from tsloss_cuda.analyze import analyze
+
+    model = _model()
+    args = transformers.TrainingArguments(str(tmp_path / "run"), max_steps=4, save_steps=2,
+                                          learning_rate=LR, report_to=[], use_cpu=True,
+                                          disable_tqdm=True, logging_steps=10)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_data())
+    trainer.train()
+    trainer.save_model()  # the final adapter beside the checkpoints: not one of them
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    saved = {s: tmp_path / "run" / f"checkpoint-{s}" / "adapter_model.safetensors"
+             for s in (2, 4)}
+    prompts = {s: load_file(str(p))["prompt_embeddings"] for s, p in saved.items()}
+    assert not torch.equal(prompts[2], prompts[4])  # two states of one prompt
+    rows = analyze(str(tmp_path / "run"), str(tmp_path / "out"), plots=False)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["checkpoint"] for r in rows] == [f"checkpoint-{s}/adapter_model.safetensors"
+                                               for s in (2, 4)]
+    for row, s in zip(rows, (2, 4)):
+        want = topology_metrics(prompts[s])
+        assert row["h0_total"] == pytest.approx(float(want["h0_total"]), rel=1e-6)
+        assert row["h1_count"] == float(want["h1_count"])
+    (tmp_path / "flat").mkdir()
+    save_file({"prompt_embeddings": prompts[4]}, str(tmp_path / "flat" / "step_4.safetensors"))
+    flat = analyze(str(tmp_path / "flat"), str(tmp_path / "out2"), plots=False)
+    assert flat[0]["step"] == 4 and flat[0]["h0_total"] == rows[1]["h0_total"]

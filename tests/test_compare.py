@@ -15,7 +15,7 @@ from tsloss_cuda import stats
 from tsloss_cuda._cli import CLIError
 from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_specs, load_run,
                                  run_comparison)
-from tsloss_cuda.run_outputs import write_outputs
+from tsloss_cuda.run_outputs import earlier_job, write_outputs
 from tsloss_cuda.stats import Interval
 
 
@@ -242,6 +242,48 @@ def test_outputs_from_loaded_runs(tmp_path):
     header = (out / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("regularizer,variant,seed,step,val_acc,task_loss,reg_loss,")
     assert len(results) == len(summary["runs"]) == 8
+
+
+def test_a_rerun_removes_the_earlier_jobs_files(tmp_path, capsys):
+    """A job rerun into a used folder (the default runs/prompt_tuning is one) removes, and
+    names, the earlier job's prompts, checkpoints, figures and rank files that it did not
+    write itself (analyze and readers would take them for this job's). It keeps every other
+    file: a run the earlier summary.json does not list, a comparison's finished run
+    (runs/RUN.json), anything written since this job started, and files of other names."""
+    out = tmp_path / "job"
+    stale = ["prompts/prompt_none_seed0.pt", "checkpoints/none_seed0/step_000010.pt",
+             "diagrams_none.png", "curves.png", "topology.png", "prompt_rank1.pt"]
+    kept = ["notes.txt", "checkpoints/none_seed0/mine.txt", "prompts/mine.pt",
+            "prompts/prompt_pairwise_seed0.pt", "checkpoints/pairwise_seed0/step_000010.pt",
+            "runs/pairwise_seed0.json", "prompts/prompt_l2_seed0.pt",
+            "checkpoints/l2_seed0/step_000010.pt"]
+    for f in stale + kept:
+        (out / f).parent.mkdir(parents=True, exist_ok=True)
+        (out / f).write_bytes(b"x")
+        os.utime(out / f, (1e9, 1e9))
+    earlier = [{"regularizer": r, "seed": 0} for r in ("none", "pairwise", "tsloss")]
+    (out / "summary.json").write_text(json.dumps({"runs": earlier}))
+    job = earlier_job(str(out))
+    assert job.run_ids == ("none_seed0", "pairwise_seed0", "tsloss_seed0")
+    fresh = out / "prompts" / "prompt_none_seed0.pt"  # a job writing here meanwhile
+    data = tmp_path / "data.csv"
+    data.write_text("text,label,split\n")
+    args = argparse.Namespace(model="tiny-model", data=str(data), output_dir=str(out),
+                              max_steps=10, log_every=5, checkpoint_every=0, target_acc=0.8,
+                              no_plots=True)
+    write_outputs(str(out), args, [fake_train(RunSpec("tsloss", 0))], ["tsloss"], "tiny",
+                  "causal", 1, 1.0, job)
+    assert [f for f in stale if (out / f).exists()] == []
+    assert [f for f in kept if not (out / f).exists()] == []
+    assert (out / "prompts" / "prompt_tsloss_seed0.pt").exists()
+    assert "removed 6 files of the earlier job" in capsys.readouterr().out
+    for f in stale:
+        (out / f).parent.mkdir(parents=True, exist_ok=True)
+        (out / f).write_bytes(b"x")  # newer than the job's start: not the earlier job's
+    write_outputs(str(out), args, [fake_train(RunSpec("tsloss", 0))], ["tsloss"], "tiny",
+                  "causal", 1, 1.0, job)
+    assert [f for f in stale if not (out / f).exists()] == [] and fresh.exists()
+    assert earlier_job(str(tmp_path / "new")) is None  # nothing recorded: nothing removed
 
 
 def test_report_says_what_held(tmp_path):

@@ -24,7 +24,7 @@ NAN_POINTS = [[0.0, float("nan")], [1.0, 1.0]]
 def _fixtures(d):
     """Bad inputs on disk under ``d``: a file, a CSV without the columns, bad checkpoints."""
     os.makedirs(os.path.join(d, "empty"), exist_ok=True)
-    for sub in ("junk", "shape", "good", "nonfinite"):
+    for sub in ("junk", "junk_st", "shape", "good", "nonfinite"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     open(os.path.join(d, "afile"), "w").close()
     with open(os.path.join(d, "bad.csv"), "w") as f:
@@ -36,6 +36,8 @@ def _fixtures(d):
     with open(os.path.join(d, "long.csv"), "w") as f:  # a text with an unquoted comma
         f.write("text,label,split\ngood,pos,train\nbad, really,neg,train\nok,neg,validation\n")
     with open(os.path.join(d, "junk", "step_1.pt"), "w") as f:
+        f.write("not a checkpoint")
+    with open(os.path.join(d, "junk_st", "step_1.safetensors"), "w") as f:
         f.write("not a checkpoint")
     torch.save(torch.zeros(3, 4, 5), os.path.join(d, "shape", "step_1.pt"))
     torch.save(torch.randn(4, 3), os.path.join(d, "good", "step_1.pt"))
@@ -168,6 +170,7 @@ ANALYZE_CASES = [
     ("{d}/nonexistent", "DIR"),
     ("{d}/empty", "DIR"),
     ("{d}/junk", "checkpoint"),
+    ("{d}/junk_st", "checkpoint"),
     ("{d}/shape", "checkpoint"),
     ("{d}/nonfinite", "step_2.pt"),
     ("{d}/good --device tpu", "--device"),

@@ -1,9 +1,13 @@
 """Topology of saved soft prompts: ``python -m tsloss_cuda.analyze DIR``.
 
-DIR holds ``.pt`` prompt checkpoints, each a ``(N, D)`` tensor or a dict with one
-(``prompt``/``prompt_embeddings`` keys first, e.g. PEFT adapter state dicts), such as the
-``checkpoints/REG_seedS/step_000010.pt`` files of ``python -m tsloss_cuda.train``. When every
-file name holds a training step (``step_10``, ``step-000010``, ``step10``), the checkpoints are
+DIR holds ``.pt`` or ``.safetensors`` prompt checkpoints, each a ``(N, D)`` tensor or a dict
+with one (``prompt``/``prompt_embeddings`` keys first, e.g. PEFT adapter state dicts), such as
+the ``checkpoints/REG_seedS/step_000010.pt`` files of ``python -m tsloss_cuda.train``; or a
+Hugging Face ``Trainer``'s output folder, whose ``checkpoint-STEP`` folders each hold a PEFT
+prompt-tuning adapter (``adapter_model.safetensors`` or ``.bin``; a final adapter saved beside
+them is not read).
+When every file name holds a training step (``step_10``, ``step-000010``, ``step10``,
+``checkpoint-10``), the checkpoints are
 analysed in step order; otherwise (e.g. ``prompt_tsloss_seed0.pt`` .. ``seed2.pt``, different
 runs) in name order, numbered 0, 1, ... in the ``step`` column, and without ``ts_stability``,
 which compares a prompt with its predecessor in training. Writes ``topology_metrics.csv`` (the
@@ -29,10 +33,17 @@ PROG = "python -m tsloss_cuda.analyze"
 PREFERRED_KEYS = ("prompt", "prompt_embeddings", "embedding.weight")
 
 
+#: Checkpoint file types read directly in DIR.
+EXTENSIONS = (".pt", ".safetensors")
+#: A PEFT adapter's file in a Trainer's ``checkpoint-STEP`` folder, by preference.
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
 def checkpoint_step(name: str) -> Optional[int]:
-    """The training step in a checkpoint's file name (``step_10``, ``step-000010``, ``step10``),
-    or None: another number in a name (a seed, a version) is no step."""
-    m = re.search(r"step[_-]?(\d+)", name)
+    """The training step in a checkpoint's file name (``step_10``, ``step-000010``, ``step10``)
+    or a Trainer's folder name (``checkpoint-10``), or None: another number in a name (a seed,
+    a version) is no step."""
+    m = re.search(r"(?:step[_-]?|checkpoint-)(\d+)", name)
     return int(m.group(1)) if m else None
 
 
@@ -55,14 +66,31 @@ def _prompt_entry(obj: dict, path: str) -> torch.Tensor:
                    f"save the prompt alone or under one of the keys {', '.join(PREFERRED_KEYS)}")
 
 
-def load_prompt(path: str) -> torch.Tensor:
-    """The ``(N, D)`` prompt stored in a ``.pt`` file, as float32."""
+def _read(path: str) -> object:
+    """The object in a checkpoint file: a safetensors file's dict, else torch.load's."""
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CLIError(f"reading {path} needs the safetensors package: "
+                           "pip install safetensors") from None
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for bad files
+            raise CLIError(f"cannot read checkpoint {path}: not a safetensors file "
+                           f"({type(exc).__name__})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
         # torch's own first line is a bare key or a page of weights_only advice
         raise CLIError(f"cannot read checkpoint {path}: not a tensor file written by "
                        f"torch.save ({type(exc).__name__})") from None
+
+
+def load_prompt(path: str) -> torch.Tensor:
+    """The ``(N, D)`` prompt stored in a ``.pt``, ``.bin`` or ``.safetensors`` file, as
+    float32."""
+    obj = _read(path)
     if isinstance(obj, torch.Tensor):
         t = obj
     elif isinstance(obj, dict):
@@ -78,16 +106,32 @@ def load_prompt(path: str) -> torch.Tensor:
     return t.float()
 
 
+def _trainer_adapters(folder: str, entries: List[str]) -> List[str]:
+    """``checkpoint-STEP/adapter_model.*`` of a Trainer's output folder, relative to it."""
+    found = []
+    for n in entries:
+        sub = os.path.join(folder, n)
+        if n.startswith("checkpoint-") and os.path.isdir(sub):
+            have = [f for f in ADAPTER_FILES if os.path.isfile(os.path.join(sub, f))]
+            if have:
+                found.append(os.path.join(n, have[0]))
+    return found
+
+
 def list_checkpoints(folder: str) -> Tuple[List[str], List[int], bool]:
-    """(paths, steps, whether every step came from the name) in step order."""
+    """(paths, steps, whether every step came from the name) in step order: the checkpoint
+    files in ``folder``, else the adapters of its ``checkpoint-STEP`` folders (a Trainer's)."""
     if not os.path.isdir(folder):
         raise CLIError(f"DIR: not a folder: {folder}")
     try:
-        names = [n for n in os.listdir(folder) if n.endswith(".pt")]
+        entries = os.listdir(folder)
     except OSError as exc:
         raise CLIError(f"DIR: cannot read folder {folder}: {exc.strerror}") from None
+    # A Trainer's folder: its checkpoints, not the final adapter save_model may put beside them.
+    names = _trainer_adapters(folder, entries) or [n for n in entries if n.endswith(EXTENSIONS)]
     if not names:
-        raise CLIError(f"DIR: no .pt checkpoints in {folder}")
+        raise CLIError(f"DIR: no .pt or .safetensors checkpoints, nor Trainer checkpoint-STEP "
+                       f"folders with a PEFT adapter, in {folder}")
     found = {n: checkpoint_step(n) for n in names}
     named = all(s is not None for s in found.values()) and len(set(found.values())) == len(names)
     if named:
@@ -136,12 +180,12 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
     for i, (step, prompt) in enumerate(zip(steps, prompts)):
         p = prompt.to(dev)
         tracker.update(step, p)
-        if i in keep:
-            snaps[f"step {step}" if named else os.path.basename(paths[i])] = \
-                vr_persistence(p).to_numpy()[0]
+        if i in keep:  # on the CPU, as the job's snapshots (no device workspace to overflow)
+            snaps[f"step {step}" if named else os.path.relpath(paths[i], folder)] = \
+                vr_persistence(prompt).to_numpy()[0]
     rows = tracker.flush()
     for row, path in zip(rows, paths):
-        row["checkpoint"] = os.path.basename(path)
+        row["checkpoint"] = os.path.relpath(path, folder)  # checkpoint-10/adapter_model...
         if not named:  # the previous file is no earlier state of this prompt
             row.pop("ts_stability", None)
     os.makedirs(out_dir, exist_ok=True)
@@ -164,7 +208,8 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog=PROG, description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", metavar="DIR", help="folder of .pt prompt checkpoints")
+    ap.add_argument("folder", metavar="DIR", help="folder of .pt or .safetensors prompt "
+                    "checkpoints, or a Trainer's output folder (checkpoint-STEP/adapter_model.*)")
     ap.add_argument("--output-dir", default=None,
                     help="where outputs go (default: DIR_analysis, beside DIR)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Dict, List, Mapping, Sequence
+import time
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -95,6 +96,63 @@ def checkpoint_folder(run_dir: str, run_id: str, keep: bool) -> str:
     return folder
 
 
+class EarlierJob(NamedTuple):
+    """What a job found in its output folder when it started (:func:`earlier_job`)."""
+    run_ids: Tuple[str, ...]  # the runs of the job whose summary.json was there
+    started: float  # this job's start (time.time()): files written since are not the earlier's
+
+
+def earlier_job(out: str) -> Optional[EarlierJob]:
+    """The runs recorded by an earlier job's ``summary.json`` in ``out``, read before this job
+    writes anything; None where there is none (a new or foreign folder: nothing is removed)."""
+    try:
+        with open(os.path.join(out, "summary.json")) as f:
+            runs = json.load(f)["runs"]
+        ids = tuple(f"{variant(r)}_seed{r['seed']}" for r in runs)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return EarlierJob(ids, time.time())
+
+
+def remove_stale_outputs(out: str, earlier: EarlierJob, run_ids: Sequence[str],
+                         figures: Sequence[str], world: int) -> List[str]:
+    """Remove what the earlier job in ``out`` wrote and this one did not, so that the folder
+    describes this job alone: the prompts and checkpoints (``step_*.pt``) of the earlier job's
+    runs that are not in ``run_ids``, the figures not in ``figures`` (all of them under
+    --no-plots), and ``prompt_rankR.pt`` unless this job ran R as one of several ranks. Only
+    files of these names, last written before this job started, are touched (a job writing
+    into the same folder meanwhile keeps its files), and a comparison's finished run
+    (``runs/RUN.json``) keeps its prompt and checkpoints even where this job left it out (a
+    restart with fewer regularisers or seeds). Returns the removed paths."""
+    removed = []
+    keep = set(run_ids)
+    recorded = os.path.join(out, "runs")
+    if os.path.isdir(recorded):
+        keep |= {n[:-5] for n in os.listdir(recorded) if n.endswith(".json")}
+    gone = set(earlier.run_ids) - keep
+    keep_ranks = {f"prompt_rank{r}.pt" for r in range(world)} if world > 1 else set()
+
+    def drop(path: str) -> None:
+        if os.path.isfile(path) and os.path.getmtime(path) < earlier.started:
+            os.remove(path)
+            removed.append(path)
+
+    for run in gone:
+        drop(os.path.join(out, "prompts", f"prompt_{run}.pt"))
+        folder = os.path.join(out, "checkpoints", run)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith("step_") and name.endswith(".pt"):
+                    drop(os.path.join(folder, name))
+    for name in os.listdir(out):
+        figure = (name in ("curves.png", "topology.png")
+                  or (name.startswith("diagrams_") and name.endswith(".png")))
+        rank = name.startswith("prompt_rank") and name.endswith(".pt")
+        if (figure and name not in figures) or (rank and name not in keep_ranks):
+            drop(os.path.join(out, name))
+    return removed
+
+
 def write_metrics(path: str, rows: List[Dict]) -> None:
     cols = [c for c in LEAD_COLUMNS if any(c in r for r in rows)]
     for r in rows:
@@ -117,8 +175,12 @@ def metrics_rows(results: Sequence[Mapping]) -> List[Dict]:
 
 
 def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_path: str,
-                  task: str, world: int, total_s: float) -> str:
+                  task: str, world: int, total_s: float,
+                  earlier: Optional[EarlierJob] = None) -> str:
     """metrics.csv, summary.json, prompts/*.pt, PNG plots; returns the comparison table.
+    With ``earlier`` (:func:`earlier_job` of ``out`` at the job's start), the earlier job's
+    files that this one did not write are removed and listed on stdout
+    (:func:`remove_stale_outputs`).
 
     ``results`` are :func:`tsloss_cuda.training.train_one`'s dicts, or the same loaded back by
     :func:`tsloss_cuda.compare.load_run` (``variant``/``run_id`` then name the runs).
@@ -140,6 +202,7 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    figures = []
     if not args.no_plots:
         from tsloss_cuda import plots
         first: Dict[str, Dict] = {}
@@ -150,10 +213,20 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
                           title="Soft prompt tuning: " + ", ".join(by_run))
         plots.plot_topology(by_run, os.path.join(out, "topology.png"),
                             title="Prompt topology over training")
+        figures += ["curves.png", "topology.png"]
         for reg, res in first.items():
             if res["snapshots"]:
                 plots.plot_diagrams(
                     res["snapshots"], os.path.join(out, f"diagrams_{reg}.png"),
                     title=f"Prompt persistence, regulariser {reg}, seed {res['seed']} "
                           f"(N = {res['prompt'].shape[0]} vectors)")
+                figures.append(f"diagrams_{reg}.png")
+    if earlier is not None:
+        removed = remove_stale_outputs(out, earlier, [f"{variant(r)}_seed{r['seed']}"
+                                                      for r in results], figures, world)
+        if removed:
+            shown = ", ".join(os.path.relpath(p, out) for p in removed[:6])
+            more = f" and {len(removed) - 6} more" if len(removed) > 6 else ""
+            print(f"removed {len(removed)} files of the earlier job in {out} that this job "
+                  f"did not write: {shown}{more}")
     return table

@@ -56,7 +56,9 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
 
     Returns:
         dict name -> 0-d float32 tensor on ``prompt``'s device (names in :data:`METRICS`).
-        H0 uses the N-1 finite bars of positive length (the infinite bar is left out). On CUDA,
+        H0 uses the N-1 finite bars of positive length (the infinite bar is left out). H1 uses
+        the K = max(4N, 8) most persistent bars where ``h1_count`` (the true count) exceeds K
+        (:func:`vr_persistence`'s default capacity; not reached in practice at N <= 256). On CUDA,
         a prompt whose H1 outgrew the device workspace has NaN H1 metrics. An invalid prompt
         (NaN or Inf, a diverged run) has NaN metrics throughout, on either device: not the 0 bars
         they would otherwise count, and not an error that would stop the run logging it.

@@ -115,7 +115,7 @@ def run(args) -> int:
     from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_config,
                                      comparison_specs, holds_comparison, provenance,
                                      run_comparison)
-    from tsloss_cuda.run_outputs import write_outputs
+    from tsloss_cuda.run_outputs import earlier_job, write_outputs
     regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
     if args.compare:
         # Each run is named by its variant and seed: a repeated value would name two runs alike.
@@ -152,6 +152,7 @@ def run(args) -> int:
         if args.init == "text" and args.init_text is None:
             args.init_text = spec.instruction  # recorded with the other flags
         out = args.output_dir
+        earlier = earlier_job(out)  # read before this job writes its own summary.json
         if dist.main:
             os.makedirs(out, exist_ok=True)
         t0 = time.perf_counter()
@@ -173,7 +174,7 @@ def run(args) -> int:
             torch.save(results[-1]["prompt"], os.path.join(out, f"prompt_rank{dist.rank}.pt"))
         if dist.main:
             table = write_outputs(out, args, results, regs, path, task,
-                                  dist.world, time.perf_counter() - t0)
+                                  dist.world, time.perf_counter() - t0, earlier)
             print(table)
             print(f"outputs written to {out}")
     finally:

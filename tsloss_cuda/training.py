@@ -200,7 +200,10 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             torch.save(spm.prompt.detach().cpu().clone(),
                        os.path.join(ckpt_dir, f"step_{step:06d}.pt"))
         if dist.main and step in snap_steps:  # logged or not (--log-every)
-            snapshots[f"step {step}"] = vr_persistence(spm.prompt.detach().float()).to_numpy()[0]
+            # On the CPU engine (the same bits as CUDA's): it has no fixed workspace to
+            # overflow, which on the device would make to_numpy stop the run for a plot.
+            snapshots[f"step {step}"] = vr_persistence(
+                spm.prompt.detach().float().cpu()).to_numpy()[0]
 
     def log(step: int) -> None:
         nonlocal loss_acc, reg_acc, n_acc, steps_to_target
