@@ -340,6 +340,18 @@ def test_analyze_reads_a_trainer_runs_adapter_checkpoints(tmp_path):
         want = topology_metrics(prompts[s])
         assert row["h0_total"] == pytest.approx(float(want["h0_total"]), rel=1e-6)
         assert row["h1_count"] == float(want["h1_count"])
+    import json
+    import shutil
+    from tsloss_cuda._cli import CLIError
+    other = tmp_path / "other" / "checkpoint-4"
+    shutil.copytree(saved[4].parent, other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PROMPT_TUNING"
+    for change, message in ((dict(peft_type="PREFIX_TUNING"), "a PREFIX_TUNING adapter"),
+                            (dict(num_transformer_submodules=2), "holds 2 prompts")):
+        (other / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(CLIError, match=message):  # not a prompt's token vectors
+            analyze(str(other.parent), str(tmp_path / "out3"), plots=False)
     (tmp_path / "flat").mkdir()
     save_file({"prompt_embeddings": prompts[4]}, str(tmp_path / "flat" / "step_4.safetensors"))
     flat = analyze(str(tmp_path / "flat"), str(tmp_path / "out2"), plots=False)

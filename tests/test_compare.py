@@ -15,7 +15,7 @@ from tsloss_cuda import stats
 from tsloss_cuda._cli import CLIError
 from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_specs, load_run,
                                  run_comparison)
-from tsloss_cuda.run_outputs import earlier_job, write_outputs
+from tsloss_cuda.run_outputs import announce_removal, earlier_job, write_outputs
 from tsloss_cuda.stats import Interval
 
 
@@ -252,7 +252,8 @@ def test_a_rerun_removes_the_earlier_jobs_files(tmp_path, capsys):
     (runs/RUN.json), anything written since this job started, and files of other names."""
     out = tmp_path / "job"
     stale = ["prompts/prompt_none_seed0.pt", "checkpoints/none_seed0/step_000010.pt",
-             "diagrams_none.png", "curves.png", "topology.png", "prompt_rank1.pt"]
+             "checkpoints/none_seed1/step_000010.pt", "diagrams_none.png", "curves.png",
+             "topology.png", "prompt_rank1.pt"]
     kept = ["notes.txt", "checkpoints/none_seed0/mine.txt", "prompts/mine.pt",
             "prompts/prompt_pairwise_seed0.pt", "checkpoints/pairwise_seed0/step_000010.pt",
             "runs/pairwise_seed0.json", "prompts/prompt_l2_seed0.pt",
@@ -262,9 +263,13 @@ def test_a_rerun_removes_the_earlier_jobs_files(tmp_path, capsys):
         (out / f).write_bytes(b"x")
         os.utime(out / f, (1e9, 1e9))
     earlier = [{"regularizer": r, "seed": 0} for r in ("none", "pairwise", "tsloss")]
-    (out / "summary.json").write_text(json.dumps({"runs": earlier}))
+    (out / "summary.json").write_text(json.dumps({"runs": earlier + [{"regularizer": "none",
+                                                                      "seed": 1}]}))
     job = earlier_job(str(out))
-    assert job.run_ids == ("none_seed0", "pairwise_seed0", "tsloss_seed0")
+    assert job.run_ids == ("none_seed0", "pairwise_seed0", "tsloss_seed0", "none_seed1")
+    announce_removal(str(out), job, ["tsloss_seed0"])  # at the job's start
+    said = capsys.readouterr().out
+    assert "runs none_seed0, none_seed1: their prompts" in said and "pairwise" not in said
     fresh = out / "prompts" / "prompt_none_seed0.pt"  # a job writing here meanwhile
     data = tmp_path / "data.csv"
     data.write_text("text,label,split\n")
@@ -276,7 +281,8 @@ def test_a_rerun_removes_the_earlier_jobs_files(tmp_path, capsys):
     assert [f for f in stale if (out / f).exists()] == []
     assert [f for f in kept if not (out / f).exists()] == []
     assert (out / "prompts" / "prompt_tsloss_seed0.pt").exists()
-    assert "removed 6 files of the earlier job" in capsys.readouterr().out
+    assert "removed 7 files of the earlier job" in capsys.readouterr().out
+    assert not (out / "checkpoints" / "none_seed1").exists()  # emptied: gone too
     for f in stale:
         (out / f).parent.mkdir(parents=True, exist_ok=True)
         (out / f).write_bytes(b"x")  # newer than the job's start: not the earlier job's
@@ -284,6 +290,10 @@ def test_a_rerun_removes_the_earlier_jobs_files(tmp_path, capsys):
                   "causal", 1, 1.0, job)
     assert [f for f in stale if not (out / f).exists()] == [] and fresh.exists()
     assert earlier_job(str(tmp_path / "new")) is None  # nothing recorded: nothing removed
+    for odd in ('{"runs": ["a"]}', '{"runs": {"a": 1}}', '{"runs": [null]}', '[]', '{"x": 1}',
+                '{"runs": [{"regularizer": "none"}]}', "not json"):
+        (out / "summary.json").write_text(odd)  # not ours: its folder is left alone
+        assert earlier_job(str(out)) is None, odd
 
 
 def test_report_says_what_held(tmp_path):

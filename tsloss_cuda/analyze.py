@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import re
 import sys
@@ -87,9 +88,35 @@ def _read(path: str) -> object:
                        f"torch.save ({type(exc).__name__})") from None
 
 
+#: PEFT adapter types whose saved ``prompt_embeddings`` are the prompt's N token vectors
+#: (prefix tuning saves per-layer keys and values instead).
+PROMPT_ADAPTERS = ("PROMPT_TUNING", "P_TUNING")
+
+
+def _check_adapter(path: str) -> None:
+    """Refuse a PEFT adapter whose saved tensor is no single prompt, by its adapter_config.json."""
+    config = os.path.join(os.path.dirname(path), "adapter_config.json")
+    if not os.path.basename(path).startswith("adapter_model.") or not os.path.isfile(config):
+        return
+    try:
+        with open(config) as f:
+            cfg = json.load(f)
+        kind, parts = cfg.get("peft_type"), cfg.get("num_transformer_submodules") or 1
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: the tensor's own checks below still apply
+    if kind not in PROMPT_ADAPTERS:
+        raise CLIError(f"checkpoint {path}: a {kind} adapter, whose tensors are not a prompt's "
+                       f"token vectors; analyze reads {' and '.join(PROMPT_ADAPTERS)} adapters")
+    if parts != 1:
+        raise CLIError(f"checkpoint {path}: the adapter holds {parts} prompts, one per "
+                       "transformer submodule (an encoder-decoder model's), stacked; analyze "
+                       "reads one prompt")
+
+
 def load_prompt(path: str) -> torch.Tensor:
     """The ``(N, D)`` prompt stored in a ``.pt``, ``.bin`` or ``.safetensors`` file, as
     float32."""
+    _check_adapter(path)
     obj = _read(path)
     if isinstance(obj, torch.Tensor):
         t = obj

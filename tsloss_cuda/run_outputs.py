@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import time
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -109,9 +110,30 @@ def earlier_job(out: str) -> Optional[EarlierJob]:
         with open(os.path.join(out, "summary.json")) as f:
             runs = json.load(f)["runs"]
         ids = tuple(f"{variant(r)}_seed{r['seed']}" for r in runs)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # not a summary.json of ours: its folder's files are not the job's to remove
     return EarlierJob(ids, time.time())
+
+
+def runs_to_remove(out: str, earlier: Optional[EarlierJob], run_ids: Sequence[str]) -> List[str]:
+    """The earlier job's runs whose prompts and checkpoints this job will remove at its end:
+    those not in ``run_ids`` nor recorded as a comparison's finished run (``runs/RUN.json``)."""
+    if earlier is None:
+        return []
+    keep = set(run_ids)
+    recorded = os.path.join(out, "runs")
+    if os.path.isdir(recorded):
+        keep |= {n[:-5] for n in os.listdir(recorded) if n.endswith(".json")}
+    return [r for r in earlier.run_ids if r not in keep]
+
+
+def announce_removal(out: str, earlier: Optional[EarlierJob], run_ids: Sequence[str]) -> None:
+    """Say at the job's start, not after hours of training, which earlier runs it replaces."""
+    replaced = runs_to_remove(out, earlier, run_ids)
+    if replaced:
+        print(f"{out} holds an earlier job's runs {', '.join(replaced)}: their prompts and "
+              "checkpoints are removed when this job finishes (use another --output-dir to "
+              "keep them)", flush=True)
 
 
 def remove_stale_outputs(out: str, earlier: EarlierJob, run_ids: Sequence[str],
@@ -124,26 +146,28 @@ def remove_stale_outputs(out: str, earlier: EarlierJob, run_ids: Sequence[str],
     into the same folder meanwhile keeps its files), and a comparison's finished run
     (``runs/RUN.json``) keeps its prompt and checkpoints even where this job left it out (a
     restart with fewer regularisers or seeds). Returns the removed paths."""
-    removed = []
-    keep = set(run_ids)
-    recorded = os.path.join(out, "runs")
-    if os.path.isdir(recorded):
-        keep |= {n[:-5] for n in os.listdir(recorded) if n.endswith(".json")}
-    gone = set(earlier.run_ids) - keep
+    removed: List[str] = []
     keep_ranks = {f"prompt_rank{r}.pt" for r in range(world)} if world > 1 else set()
 
     def drop(path: str) -> None:
-        if os.path.isfile(path) and os.path.getmtime(path) < earlier.started:
-            os.remove(path)
-            removed.append(path)
+        try:
+            if os.path.isfile(path) and os.path.getmtime(path) < earlier.started:
+                os.remove(path)
+                removed.append(path)
+        except OSError as exc:  # the job's own outputs are written: say so, do not fail it
+            print(f"could not remove {path}: {exc.strerror}", file=sys.stderr)
 
-    for run in gone:
+    for run in runs_to_remove(out, earlier, run_ids):
         drop(os.path.join(out, "prompts", f"prompt_{run}.pt"))
         folder = os.path.join(out, "checkpoints", run)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
                 if name.startswith("step_") and name.endswith(".pt"):
                     drop(os.path.join(folder, name))
+            try:
+                os.rmdir(folder)  # where nothing else is left in it
+            except OSError:
+                pass
     for name in os.listdir(out):
         figure = (name in ("curves.png", "topology.png")
                   or (name.startswith("diagrams_") and name.endswith(".png")))

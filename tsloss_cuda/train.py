@@ -115,7 +115,7 @@ def run(args) -> int:
     from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_config,
                                      comparison_specs, holds_comparison, provenance,
                                      run_comparison)
-    from tsloss_cuda.run_outputs import earlier_job, write_outputs
+    from tsloss_cuda.run_outputs import announce_removal, earlier_job, write_outputs
     regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
     if args.compare:
         # Each run is named by its variant and seed: a repeated value would name two runs alike.
@@ -155,6 +155,7 @@ def run(args) -> int:
         earlier = earlier_job(out)  # read before this job writes its own summary.json
         if dist.main:
             os.makedirs(out, exist_ok=True)
+            announce_removal(out, earlier, [s.run_id for s in specs])
         t0 = time.perf_counter()
 
         def train_fn(spec: RunSpec) -> Dict:
