@@ -32,11 +32,50 @@ def n_infinite(dgm) -> int:
 
 
 def bottleneck(a, b) -> float:
-    """Exact bottleneck distance between the finite parts of two diagrams (empties allowed)."""
+    """Exact bottleneck distance (L-infinity) between the finite parts of two diagrams (empties
+    allowed): the least t at which a perfect matching exists in the usual bipartite graph (each
+    bar to a bar of the other diagram or to the diagonal, at half its length; diagonal to
+    diagonal free), by bisection over the candidate costs.
+
+    Not gudhi.bottleneck_distance alone, which gave 0.66 for H0 diagrams (births all 0)
+    that are 1.1e-7 apart (gudhi 3.13.0: bars 1.794, 2.193, 2.458 against ripser.py's same
+    three plus two of 1.5e-8 and 3e-8, a cloud with repeated points).
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
     fa, fb = finite_part(a), finite_part(b)
-    if len(fa) == 0 and len(fb) == 0:
+    n, m = len(fa), len(fb)
+    if n == 0 and m == 0:
         return 0.0
-    return float(gudhi.bottleneck_distance(fa, fb, 0.0))
+    if n + m > 400:  # a dense (n + m)^2 matching is slow there: gudhi's value, unchecked
+        return float(gudhi.bottleneck_distance(fa, fb, 0.0))
+    cost = np.full((n + m, m + n), np.inf)
+    cost[:n, :m] = np.maximum(np.abs(fa[:, None, 0] - fb[None, :, 0]),
+                              np.abs(fa[:, None, 1] - fb[None, :, 1]))
+    cost[np.arange(n), m + np.arange(n)] = (fa[:, 1] - fa[:, 0]) / 2  # a's bars to the diagonal
+    cost[n + np.arange(m), np.arange(m)] = (fb[:, 1] - fb[:, 0]) / 2  # b's bars to the diagonal
+    cost[n:, m:] = 0.0
+    values = np.unique(cost[np.isfinite(cost)])
+
+    def perfect(t: float) -> bool:
+        match = maximum_bipartite_matching(csr_matrix((cost <= t).astype(np.int8)),
+                                           perm_type="column")
+        return bool((match >= 0).all())
+
+    # gudhi's value, where right, is found with two matchings: it admits a perfect matching
+    # and the next smaller candidate does not. Else (its bug) the bisection decides.
+    i = int(np.argmin(np.abs(values - gudhi.bottleneck_distance(fa, fb, 0.0))))
+    if perfect(values[i]) and (i == 0 or not perfect(values[i - 1])):
+        return float(values[i])
+    lo, hi = 0, len(values) - 1  # values[hi] always admits one: each bar to the diagonal
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if perfect(values[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(values[lo])
 
 
 def ripser_reference(x, distance_matrix: bool = False, maxdim: int = 1) -> List[np.ndarray]:
