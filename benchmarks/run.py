@@ -950,8 +950,8 @@ def main(argv=None):
             ap.error(f"--isa: {err}")
     # A build capped below the CPU's best (--isa, or TSLOSS_CPU_ISA) names its files, so that a
     # capped run never takes the full-speed run's file.
-    capped = tsloss_cuda.cpu_isa() if tsloss_cuda.cpu_isa() != tsloss_cuda.supported_cpu_isas()[-1] \
-        else args.isa
+    isa = tsloss_cuda.cpu_isa()
+    capped = isa if isa != tsloss_cuda.supported_cpu_isas()[-1] else args.isa
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = set(impls) - set(ALL_IMPLS)
     if unknown:
@@ -994,7 +994,7 @@ def main(argv=None):
     n_runs = sum((2 if i == "ours" else 1) for i in impls) * len(configs)
     dev = device_name(cuda)
     meta = dict(device=dev, cpu=cpu_model(), cpu_id=cpu_id(), cores=os.cpu_count(),
-                threads=args.threads or torch.get_num_threads(), cpu_isa=tsloss_cuda.cpu_isa(),
+                threads=args.threads or torch.get_num_threads(), cpu_isa=isa,
                 # what times torch.cdist and pytorch-topological (not capped by --isa)
                 torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 torch=torch.__version__, cuda=torch.cuda.get_device_name(0) if cuda else None,

@@ -26,6 +26,7 @@ from tsloss_cuda import stats  # noqa: E402
 from tsloss_cuda._cli import CLIError  # noqa: E402
 from tsloss_cuda.compare import (CONFIG_KEYS, RUN_KEYS, nonempty_dicts,  # noqa: E402
                                   read_record)
+from tsloss_cuda.run_outputs import run_id  # noqa: E402
 from tsloss_cuda.stats import Interval, SignTest, variant_of  # noqa: E402
 
 #: Measure -> what it is, for claim 3; the paper expects a negative correlation for each.
@@ -75,10 +76,11 @@ def load(out: str) -> Tuple[List[Dict], Dict, int]:
                 row = {k: float(x) for k, x in r.items() if k not in ("regularizer", "variant")}
                 groups.setdefault((v, int(row["seed"])), []).append(row)
         # The specs carry each run's overrides (the weight sweep's weights).
-        results = [{"variant": v, "regularizer": regs[v], "seed": s, "rows": rows,
-                    "run_id": f"{v}_seed{s}",
-                    "overrides": specs.get(f"{v}_seed{s}", {}).get("overrides", {})}
+        results = [{"variant": v, "regularizer": regs[v], "seed": s, "rows": rows}
                    for (v, s), rows in groups.items()]
+        for r in results:
+            r["run_id"] = run_id(r)
+            r["overrides"] = specs.get(r["run_id"], {}).get("overrides", {})
     keep = set(last) if last is not None else None
     mine = [r for r in results if keep is None or r.get("run_id", "") in keep]
     return sorted(mine, key=order), config, len(results) - len(mine)

@@ -146,8 +146,9 @@ def _trainer_adapters(folder: str, entries: List[str]) -> List[str]:
 
 
 def list_checkpoints(folder: str) -> Tuple[List[str], List[int], bool]:
-    """(paths, steps, whether every step came from the name) in step order: the checkpoint
-    files in ``folder``, else the adapters of its ``checkpoint-STEP`` folders (a Trainer's)."""
+    """(paths, steps, whether every step came from the name) in step order: the adapters of
+    ``folder``'s ``checkpoint-STEP`` folders where it is a Trainer's output folder, else the
+    checkpoint files in ``folder``."""
     if not os.path.isdir(folder):
         raise CLIError(f"DIR: not a folder: {folder}")
     try:

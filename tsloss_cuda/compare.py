@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from . import run_outputs
 from ._cli import CLIError, first_line
 
 CONFIG_FILE = "comparison.json"
@@ -59,7 +60,7 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         """Stable file name of the run, e.g. ``tsloss_w0.3_seed3``."""
-        return f"{self.variant}_seed{self.seed}"
+        return run_outputs.run_id(self.to_json())
 
     def to_json(self) -> Dict[str, Any]:
         return {"regularizer": self.regularizer, "seed": self.seed, "variant": self.variant,
@@ -103,8 +104,7 @@ NOT_CONFIG = ("output_dir", "quiet", "no_plots", "threads", "compare", "seeds", 
 def comparison_config(args: Any, out_dir: str, ignore: Sequence[str] = ()) -> Dict[str, Any]:
     """The job's settings that a comparison folder records and must match on a restart:
     ``vars(args)`` without :data:`NOT_CONFIG` and ``ignore``, paths relative to ``out_dir``."""
-    from .run_outputs import portable_config
-    cfg = portable_config(args, out_dir)
+    cfg = run_outputs.portable_config(args, out_dir)
     return {k: v for k, v in cfg.items() if k not in NOT_CONFIG and k not in ignore}
 
 

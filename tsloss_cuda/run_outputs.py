@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 import torch
 
+from .stats import variant_of as variant
+
 #: metrics.csv columns first in this order (``variant`` only in comparisons with named
 #: variants); the topology columns follow.
 LEAD_COLUMNS = ("regularizer", "variant", "seed", "step", "val_acc", "task_loss", "reg_loss")
@@ -24,9 +26,17 @@ def _mean_sd(v: List[float], digits: int = 3) -> str:
     return f"{np.mean(v):.{digits}f} ± {sd}"
 
 
-def variant(res: Mapping) -> str:
-    """The run's variant (``tsloss_stab``, ``tsloss_w0.3``, ...), else its regulariser."""
-    return res.get("variant") or res["regularizer"]
+def run_id(res: Mapping) -> str:
+    """The name of the run's prompt and checkpoint folder, e.g. ``tsloss_w0.3_seed3``."""
+    return f"{variant(res)}_seed{res['seed']}"
+
+
+def prompt_checkpoints(folder: str) -> List[str]:
+    """The prompts a run saved in its checkpoint folder (``step_*.pt``); none if no folder."""
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+            if n.startswith("step_") and n.endswith(".pt")]
 
 
 #: The installed package's folder: files shipped in it are named from the package on.
@@ -83,15 +93,13 @@ def compare_table(results: List[Dict], regs: List[str], target: float) -> str:
     return "\n".join(lines)
 
 
-def checkpoint_folder(run_dir: str, run_id: str, keep: bool) -> str:
+def checkpoint_folder(run_dir: str, name: str, keep: bool) -> str:
     """The run's checkpoint folder, emptied of an earlier run's prompts (``step_*.pt``): a rerun
     into the same output folder with another --log-every or --max-steps left them there, mixed
     into this run's for ``tsloss_cuda.analyze``. Created when ``keep`` (checkpoints are due)."""
-    folder = os.path.join(run_dir, "checkpoints", run_id)
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if name.startswith("step_") and name.endswith(".pt"):
-                os.remove(os.path.join(folder, name))
+    folder = os.path.join(run_dir, "checkpoints", name)
+    for path in prompt_checkpoints(folder):
+        os.remove(path)
     if keep:
         os.makedirs(folder, exist_ok=True)
     return folder
@@ -109,7 +117,7 @@ def earlier_job(out: str) -> Optional[EarlierJob]:
     try:
         with open(os.path.join(out, "summary.json")) as f:
             runs = json.load(f)["runs"]
-        ids = tuple(f"{variant(r)}_seed{r['seed']}" for r in runs)
+        ids = tuple(run_id(r) for r in runs)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # not a summary.json of ours: its folder's files are not the job's to remove
     return EarlierJob(ids, time.time())
@@ -160,14 +168,12 @@ def remove_stale_outputs(out: str, earlier: EarlierJob, run_ids: Sequence[str],
     for run in runs_to_remove(out, earlier, run_ids):
         drop(os.path.join(out, "prompts", f"prompt_{run}.pt"))
         folder = os.path.join(out, "checkpoints", run)
-        if os.path.isdir(folder):
-            for name in os.listdir(folder):
-                if name.startswith("step_") and name.endswith(".pt"):
-                    drop(os.path.join(folder, name))
-            try:
-                os.rmdir(folder)  # where nothing else is left in it
-            except OSError:
-                pass
+        for path in prompt_checkpoints(folder):
+            drop(path)
+        try:
+            os.rmdir(folder)  # where it is there and nothing else is left in it
+        except OSError:
+            pass
     for name in os.listdir(out):
         figure = (name in ("curves.png", "topology.png")
                   or (name.startswith("diagrams_") and name.endswith(".png")))
@@ -215,7 +221,7 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
     write_metrics(os.path.join(out, "metrics.csv"), metrics_rows(results))
     for res in results:
         torch.save(res["prompt"], os.path.join(
-            out, "prompts", f"prompt_{variant(res)}_seed{res['seed']}.pt"))
+            out, "prompts", f"prompt_{run_id(res)}.pt"))
     table = compare_table(results, regs, args.target_acc)
     model = portable_path(model_path, out) if os.path.exists(str(args.model)) else args.model
     summary = {
@@ -246,8 +252,8 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
                           f"(N = {res['prompt'].shape[0]} vectors)")
                 figures.append(f"diagrams_{reg}.png")
     if earlier is not None:
-        removed = remove_stale_outputs(out, earlier, [f"{variant(r)}_seed{r['seed']}"
-                                                      for r in results], figures, world)
+        removed = remove_stale_outputs(out, earlier, [run_id(r) for r in results], figures,
+                                       world)
         if removed:
             shown = ", ".join(os.path.relpath(p, out) for p in removed[:6])
             more = f" and {len(removed) - 6} more" if len(removed) > 6 else ""

@@ -499,6 +499,7 @@ def run_summary(rows: Rows, target: float) -> Dict[str, float]:
 
 
 def variant_of(r: Mapping) -> str:
+    """The run's variant (``tsloss_stab``, ``tsloss_w0.3``, ...), else its regulariser."""
     return r.get("variant") or r["regularizer"]
 
 

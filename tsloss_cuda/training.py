@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ._cli import CLIError, check_device
-from .run_outputs import checkpoint_folder
+from .run_outputs import checkpoint_folder, run_id as run_name
 from .tasks import batch
 
 REGULARIZERS = ("none", "l2", "pairwise", "tsloss")
@@ -170,7 +170,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     timer = StepTimer(dev)  # CUDA events: no host sync per step
     steps_to_target = None
     every = args.log_every if args.checkpoint_every is None else args.checkpoint_every
-    run_id = run_id or f"{reg_name}_seed{seed}"
+    run_id = run_id or run_name({"regularizer": reg_name, "seed": seed})
     ckpt_dir = None
     if run_dir and dist.main:  # emptied of an earlier run's prompts, due or not
         folder = checkpoint_folder(run_dir, run_id, keep=bool(every))
