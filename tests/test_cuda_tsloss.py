@@ -165,8 +165,8 @@ def test_gradient_with_a_subnormal_float64_distance():
 
 
 def test_distances_summing_past_float64_are_valid():
-    """Finite distances whose sum overflows: the CPU takes the cloud (scale Inf), so must the
-    fused op (it once flagged a non-finite sum as invalid input)."""
+    """Finite distances whose sum overflows: the CPU takes the cloud (valid diagrams, a NaN
+    scale), so must the fused op (it once flagged a non-finite sum as invalid input)."""
     x = torch.tensor([[[0.0], [8e307], [-8e307]]], dtype=torch.float64)
     cpu = T.loss(x, reduction="none", return_terms=True)
     gpu = T.loss(x.cuda(), reduction="none", return_terms=True)

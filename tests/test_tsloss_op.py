@@ -164,6 +164,47 @@ def test_scale_clamp_at_and_below_the_bound(device, dtype, fraction):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_a_float32_prompt_whose_distances_sum_past_float32(device):
+    """Finite distances whose float32 sum overflows (mean ~2e36 at N = 64): the scale is the
+    mean all the same, so the loss is the one of the prompt shrunk by 1e36 and so, scaled, is its
+    gradient. Rounded to float32 first, the sum was Inf: every term 0, the gradient 0."""
+    x = cloud(1, 64, 3, seed=4, dtype=torch.float32).to(device)
+    assert float(T.pairwise_distance(x * 1e36).double().sum()) > torch.finfo(torch.float32).max
+    got, want = [], []
+    for prompt, out in ((x * 1e36, got), (x, want)):
+        xr = prompt.clone().requires_grad_()
+        value, terms = T.loss(xr, return_terms=True)
+        out += [value.detach(), terms["scale"].detach(), torch.autograd.grad(value, xr)[0]]
+    assert torch.isfinite(got[1]) and float(got[1]) == pytest.approx(1e36 * float(want[1]),
+                                                                     rel=1e-6)
+    assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-5) and float(want[0]) > 0
+    torch.testing.assert_close(got[2] * 1e36, want[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_distances_summing_past_float64_give_a_nan_loss(device):
+    """Finite float64 distances whose sum overflows float64: the diagrams are valid, but no mean
+    distance can be formed from the sum, so the scale and the loss are NaN (loud), not Inf
+    (every term 0: a loss that silently stops)."""
+    x = torch.tensor([[[0.0], [8e307], [-8e307]]], dtype=torch.float64, device=device)
+    value, terms = T.loss(x, reduction="none", return_terms=True)
+    assert int(terms["h1_count"][0]) == 0
+    assert torch.isnan(terms["scale"]).all() and torch.isnan(value).all()
+    plain = T.loss(x, normalize="none", reduction="none")  # no scale, a finite loss
+    assert torch.isfinite(plain).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_with_a_subnormal_float64_distance(device):
+    """Two points 1e-310 apart: 1/d overflows double, and Inf times a zero difference made both
+    rows NaN; the op scales such weights."""
+    x = torch.tensor([[[0.0, 0.0], [1e-310, 0.0], [1.0, 0.5], [0.3, 2.0]]], dtype=torch.float64,
+                     device=device).requires_grad_(True)
+    T.loss(x).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_no_h1_bars(device):
     # Points on a line: a tree, no loops.
     t = torch.linspace(0, 1, 9, dtype=torch.float64)

@@ -54,10 +54,18 @@ TSL_HD T tiny_of() {
 // mean over the n(n-1) ordered pairs. The forward saves it for the backward, which clamps it
 // again: the clamped value alone cannot tell a mean at the bound (the gradient passes) from one
 // below it (it does not).
+// The sum over ordered pairs is rounded to T first, as the composition it replaced summed in T.
+// Where that sum outgrows T but the mean does not (float32 distances above ~1e34 at N = 64),
+// the mean is taken from the double sum instead: rounded to T, the sum was Inf, every term 0
+// and the gradient 0, a silently dead loss. A sum past float64's range (float64 distances above
+// ~1e304 at N = 64) leaves no mean to take: the scale is NaN, and so the loss.
 template <typename T>
 TSL_HD T raw_scale(double pair_sum, index_t n) {
   const double ordered = n > 1 ? (double)(n * (n - 1)) : 1.0;
-  return (T)((T)(2.0 * pair_sum) / (T)ordered);
+  if (!(pair_sum <= DBL_MAX)) return (T)NAN;  // NaN in, NaN out too
+  const T total = (T)(2.0 * pair_sum);
+  if (total > (sizeof(T) == 4 ? (T)FLT_MAX : (T)DBL_MAX)) return (T)(2.0 * (pair_sum / ordered));
+  return (T)(total / (T)ordered);
 }
 
 // The scale from the raw mean: clamped to the dtype's smallest normal so that a cloud of equal

@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(kTermThreads)
     for (int64_t t = 0; t < tiles; ++t) sum = __dadd_rn(sum, partial[b * tiles + t]);
     // A non-finite distance: the engine (launch_vr_persistence, run before on these distances)
     // counted it -2. Not a non-finite sum: finite distances near the float64 limit may sum
-    // past it, and the CPU takes such a cloud (its scale is Inf).
+    // past it, and the CPU takes such a cloud (its diagrams are valid; raw_scale makes its
+    // scale NaN).
     bool bad = h1_count[b] == kInvalidInputCount;
     // A lone point has no distance to carry a non-finite coordinate.
     if (N == 1)

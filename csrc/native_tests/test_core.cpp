@@ -1044,6 +1044,20 @@ void test_tsloss_scale() {
     CHECK(std::fabs(raw - 1.2345) <= 4 * std::numeric_limits<T>::epsilon(),
           "raw_scale(n=%lld) = %.17g, the mean is 1.2345", (long long)n, raw);
   }
+  // A sum that outgrows T (float32 only: the sum is double) keeps its mean; one past double has
+  // none (NaN, not the Inf that zeroed every term).
+  const T big = std::numeric_limits<T>::max() / T(4);
+  for (int64_t n : {2, 3, 64}) {
+    const double pair_sum = double(big) * double(n * (n - 1) / 2);  // mean distance: big
+    const T raw = tsl::raw_scale<T>(pair_sum, n);
+    if (pair_sum <= std::numeric_limits<double>::max())
+      CHECK(std::fabs((double)raw - (double)big) <= 4 * std::numeric_limits<T>::epsilon() * big,
+            "raw_scale(n=%lld) of a sum past T = %.17g, the mean is %.17g", (long long)n,
+            (double)raw, (double)big);
+    else
+      CHECK(std::isnan(raw), "raw_scale(n=%lld) of a sum past double = %.17g, not NaN",
+            (long long)n, (double)raw);
+  }
   bool passes = false;
   CHECK(tsl::clamp_scale(T(0.5), true, &passes) == T(0.5) && passes, "clamp_scale(0.5)");
   CHECK(tsl::clamp_scale(tiny, true, &passes) == tiny && passes, "clamp_scale at the bound");
