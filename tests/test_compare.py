@@ -608,3 +608,21 @@ def test_checkpoint_every_is_no_setting_of_a_comparison(tmp_path):
     cfg = config(3)
     assert "checkpoint_every" not in cfg and "lr" in cfg
     assert cfg == config(5)
+
+
+def test_compare_table_rows_are_the_means_and_sds_of_the_runs():
+    """One row per variant over its seeds: steps over the runs that reached the target (with
+    reached/runs), final accuracy mean ± sample sd, mean s/step, mean share in percent."""
+    from tsloss_cuda.run_outputs import compare_table
+
+    def run(reg, seed, steps, acc, sec, share, **extra):
+        return dict(regularizer=reg, seed=seed, steps_to_target=steps, final_acc=acc,
+                    sec_per_step=sec, reg_share=share, **extra)
+
+    results = [run("none", 0, 40, 0.70, 0.10, 0.0), run("none", 1, None, 0.50, 0.14, 0.0),
+               run("none", 2, 60, 0.90, 0.12, 0.0),
+               run("tsloss", 0, 20, 0.80, 0.2, 0.02, variant="tsloss_w0.3")]
+    lines = compare_table(results, ["none"], 0.75).splitlines()
+    assert lines[2] == "| none | 50 ± 14 (2/3) | 0.700 ± 0.200 | 0.120 | 0.0% |"
+    assert lines[3] == "| tsloss_w0.3 | 20 ± n/a (1/1) | 0.800 ± n/a | 0.200 | 2.0% |"
+    assert len(lines) == 4

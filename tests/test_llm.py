@@ -137,6 +137,56 @@ def test_verbalizer_takes_the_token_that_follows_the_cue():
         verbalizer(tok, ["good", "great"], " review:")  # ... but "▁", "##great" after the cue
 
 
+def test_causal_encoding_pads_left_and_keeps_the_cue_when_it_truncates():
+    """The answer position is the last column of every row: texts padded on the left, a long
+    text cut at its end so that the cue survives whole."""
+    from tsloss_cuda.tasks import TaskSpec, encode
+    tok = tiny_tokenizer()
+    spec = TaskSpec(instruction="?", cue=" review:", describe="{label}")
+    data = encode(tok, ["good so great so good", "bad"], [2, 1], "causal",
+                  ["good", "bad", "great"], 5, spec)
+    # good=2 bad=3 so=4 great=6 review=7 :=8 [PAD]=1
+    assert data["ids"].tolist() == [[2, 4, 6, 7, 8], [1, 1, 3, 7, 8]]
+    assert data["mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert data["y"].tolist() == [2, 1] and data["label_ids"].tolist() == [2, 3, 6]
+
+
+def test_batch_trims_padding_columns_only():
+    """Rows of a batch as model inputs: columns no row uses are dropped (left for causal rows,
+    right for encoder rows), every real token and the causal answer column kept."""
+    from tsloss_cuda.tasks import batch
+    ids = torch.tensor([[1, 1, 1, 5, 6], [1, 1, 4, 2, 3], [1, 7, 8, 9, 3]])
+    causal = {"ids": ids, "mask": (ids != 1).long(), "y": torch.tensor([0, 1, 2])}
+    b = batch(causal, torch.tensor([0, 1]), "causal", torch.device("cpu"))
+    assert b["input_ids"].tolist() == [[1, 5, 6], [4, 2, 3]]
+    assert b["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert b["labels"].tolist() == [0, 1]
+    right = torch.tensor([[5, 6, 0, 0, 0], [4, 2, 3, 0, 0], [7, 0, 0, 0, 0]])
+    encoder = {"ids": right, "mask": (right != 0).long(), "y": torch.tensor([2, 0, 1])}
+    b = batch(encoder, torch.tensor([2, 0]), "encoder", torch.device("cpu"))
+    assert b["input_ids"].tolist() == [[7, 0], [5, 6]] and b["labels"].tolist() == [1, 2]
+
+
+def test_evaluate_is_the_argmax_accuracy_over_every_row_once():
+    """Validation accuracy over 10 rows in batches of 4 (the last one short): each row is scored
+    once, by the argmax of its logits against its label."""
+    from tsloss_cuda.training import evaluate
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(64, 3, generator=g)  # logits as a function of the answer token
+    ids = torch.randint(2, 64, (10, 6), generator=g)
+    pred = table[ids[:, -1]].argmax(-1)
+    y = torch.where(torch.arange(10) < 7, pred, (pred + 1) % 3)  # 7 of 10 right
+    seen = []
+
+    def spm(input_ids, attention_mask):
+        seen.extend(input_ids[:, -1].tolist())
+        return {"logits": table[input_ids[:, -1]]}
+
+    data = {"ids": ids, "mask": torch.ones_like(ids), "y": y}
+    assert evaluate(spm, data, "causal", torch.device("cpu"), batch_size=4) == 0.7
+    assert seen == ids[:, -1].tolist()
+
+
 def test_text_init_repeats_the_text_embeddings():
     assert text_init_ids([3, 4, 5], 7).tolist() == [3, 4, 5, 3, 4, 5, 3]
     assert text_init_ids([3, 4, 5], 2).tolist() == [3, 4]
@@ -220,6 +270,27 @@ def test_ranks_wait_for_one_conversion(monkeypatch, tmp_path):
         (target / "config.json").write_text("{}")  # the other process's conversion
     rank.join(timeout=10)
     assert not rank.is_alive() and calls == []
+
+
+def test_conversion_parses_the_gguf_file_once(monkeypatch, tmp_path):
+    """transformers makes a gguf.GGUFReader for the tokenizer, the config and the weights; during
+    a conversion all three get one reader per file, and the class is restored afterwards."""
+    import types
+    from tsloss_cuda import models
+    made = []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            made.append((path, mode))
+
+    monkeypatch.setitem(sys.modules, "gguf", types.SimpleNamespace(GGUFReader=Reader))
+    a, b = str(tmp_path / "a.gguf"), str(tmp_path / "b.gguf")
+    with models._gguf_read_once():
+        import gguf
+        first = gguf.GGUFReader(a)
+        assert gguf.GGUFReader(a) is first and gguf.GGUFReader(tmp_path / "a.gguf") is first
+        assert gguf.GGUFReader(b) is not first
+    assert made == [(a, "r"), (b, "r")] and sys.modules["gguf"].GGUFReader is Reader
 
 
 def test_llm_extra_names_the_gemma_packages():

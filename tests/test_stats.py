@@ -382,3 +382,14 @@ def test_spearman_interval_keeps_its_level_with_a_shared_effect_per_seed():
         iv = stats.spearman_interval(x, y, c)
         rejected += iv.low > 0 or iv.high < 0
     assert rejected / 250 <= 0.06, rejected
+
+
+def test_run_summary_takes_the_final_topology_and_accuracy():
+    rows = [{"step": 0, "val_acc": 0.2, "ts_connectivity": 5.0, "ts_redundancy": 1.0},
+            {"step": 10, "val_acc": 0.6, "ts_connectivity": 3.0, "ts_redundancy": 0.5},
+            {"step": 20, "val_acc": 0.5, "ts_connectivity": 2.0, "ts_redundancy": 0.25}]
+    s = stats.run_summary(rows, 0.55)
+    assert s["ts_connectivity"] == 2.0 and s["ts_redundancy"] == 0.25
+    assert "ts_stability" not in s  # not recorded, not invented
+    assert s["final_acc"] == 0.5 and s["steps_to_target"] == 10 and s["reached"] == 1.0
+    assert s["auc"] == pytest.approx((0.4 + 0.55) * 10 / 20)  # trapezoids / span

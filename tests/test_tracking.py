@@ -57,6 +57,41 @@ def test_zero_length_h0_bars_are_not_counted():
     assert collapsed["h0_count"] == 0 and collapsed["h0_mean_life"] == 0
 
 
+def _metrics_of(h0: np.ndarray, h1: np.ndarray) -> dict:
+    """The metrics by their definitions, from ripser.py's finite bars of positive length."""
+    out = {}
+    for dim, dgm in (("h0", h0), ("h1", h1)):
+        life = dgm[:, 1] - dgm[:, 0]
+        p = life / life.sum()
+        out.update({f"{dim}_count": len(life), f"{dim}_mean_life": life.mean(),
+                    f"{dim}_max_life": life.max(), f"{dim}_total": life.sum(),
+                    f"{dim}_entropy": float(-(p * np.log(p)).sum())})
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_equal_the_definitions_on_ripsers_diagrams(seed):
+    """Clouds with several H1 bars of unequal lives (two noisy loops and scatter), every metric
+    against its definition on ripser.py's diagrams: the masks keep the real bars and only them."""
+    pytest.importorskip("ripser")
+    from diagram_utils import finite_part, ripser_reference
+    g = torch.Generator().manual_seed(seed)
+    t = 2 * math.pi * torch.rand(30, generator=g)
+    loops = torch.cat([torch.stack([torch.cos(t[:18]), torch.sin(t[:18]), 0 * t[:18]], 1),
+                       torch.stack([3 + 0.5 * torch.cos(t[18:]), 0.5 * torch.sin(t[18:]),
+                                    0 * t[18:]], 1)])
+    x = torch.cat([loops + 0.05 * torch.randn(30, 3, generator=g),
+                   torch.randn(10, 3, generator=g)]).float()
+    ref = ripser_reference(x.numpy())
+    h0, h1 = finite_part(ref[0]), finite_part(ref[1])
+    assert len(h1) >= 2 and np.ptp(h1[:, 1] - h1[:, 0]) > 0.1  # several bars, unequal
+    want = _metrics_of(h0, h1)
+    got = to_floats(topology_metrics(x))
+    assert set(got) == set(METRICS)
+    for name in METRICS:
+        assert got[name] == pytest.approx(want[name], rel=1e-5, abs=1e-6), name
+
+
 def test_prompt_without_bars_has_zero_means_not_nan():
     # A mean over no bars is logged as 0 (a NaN would read as a flagged diagram).
     line = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [6.0, 0.0]])

