@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -241,6 +242,21 @@ FUNCTION_CASES = [
     ("TSLoss(normalize='max')", lambda: T.TSLoss(normalize="max"), ValueError, "normalize"),
     ("topology_metrics(torch.randn(2, 5, 3))", lambda: T.topology_metrics(torch.randn(2, 5, 3)),
      ValueError, "prompt"),
+    ("topology_metrics([[0.0, 1.0]])", lambda: T.topology_metrics([[0.0, 1.0]]), TypeError,
+     "prompt"),
+    ("topology_metrics(torch.ones(4, 3, dtype=torch.int64))",
+     lambda: T.topology_metrics(torch.ones(4, 3, dtype=torch.int64)), TypeError, "prompt"),
+    ("loss(x, target=0.5)", lambda: T.loss(torch.randn(5, 3), target=0.5), ValueError,
+     "connectivity_mode"),
+    ("TSLoss(target=5.0)", lambda: T.TSLoss(target=5.0), ValueError, "target"),
+    ("loss(x, return_terms='no')", lambda: T.loss(torch.randn(5, 3), return_terms="no"),
+     TypeError, "return_terms"),
+    ("loss(x, redundancy=np.True_)", lambda: T.loss(torch.randn(5, 3), redundancy=np.True_),
+     TypeError, "redundancy"),
+    ("default_max_h1(2.5)", lambda: T.default_max_h1(2.5), TypeError, "n "),
+    ("default_max_h1(-3)", lambda: T.default_max_h1(-3), ValueError, "n "),
+    ("TSLoss(stability=1.0) on N=1, then on N=6", lambda: _shapes(T.TSLoss(stability=1.0), 1, 6),
+     ValueError, "N=0 or 1 to B=1, N=6"),
     ("prompt_parameters(torch.nn.Linear(2, 2))",
      lambda: T.prompt_parameters(torch.nn.Linear(2, 2)), ValueError, "SoftPromptModel"),
     ("vr_persistence(torch.tensor([[0., nan], [1., 1.]]))",
@@ -255,8 +271,12 @@ KNOWN_CASES = []
 
 
 def _two_shapes(module):
-    module(torch.randn(5, 3))
-    module(torch.randn(6, 3))
+    _shapes(module, 5, 6)
+
+
+def _shapes(module, *ns):
+    for n in ns:
+        module(torch.randn(n, 3))
 
 
 def _run_cli(main, argv):

@@ -23,6 +23,7 @@ import math
 import sys
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.utils.checkpoint
 
@@ -57,7 +58,8 @@ def _real(name: str, value) -> float:
     if isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a Python number, got a tensor; options are constants "
                         "of the op (pass float(t) once, outside the training step)")
-    if isinstance(value, (bool, str, bytes)):
+    # numpy's bool too: float() would take np.True_ as 1.0.
+    if isinstance(value, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         number = float(value)
@@ -76,6 +78,9 @@ def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
         raise ValueError(f"connectivity_mode must be one of {_MODES}, got {connectivity_mode!r}")
     if connectivity_mode == "target" and target is None:
         raise ValueError("connectivity_mode='target' needs target=τ (a float)")
+    if connectivity_mode != "target" and target is not None:
+        raise ValueError(f"target={target!r} is used only with connectivity_mode='target', got "
+                         f"connectivity_mode={connectivity_mode!r}")
     if target is not None:
         _real("target", target)
     if not _real("p", p) > 0:
@@ -173,6 +178,8 @@ def loss(
     """
     _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
                    (connectivity, redundancy, stability))
+    if not isinstance(return_terms, bool):  # "no" would be true: a tuple where one loss was due
+        raise TypeError(f"return_terms must be True or False, got {return_terms!r}")
     x = _as_prompts(prompts)
     if transform_differentiates(x):
         # The fused op's autograd is C++ reverse mode only: upstream's messages blamed vmap
@@ -314,9 +321,10 @@ class TSLoss(torch.nn.Module):
             b, n = (1, prompts.shape[0]) if prompts.dim() == 2 else tuple(prompts.shape[:2])
             pb, pn = previous.h0.shape[0], previous.h0.shape[1] + 1
             # h0 has N - 1 columns, and none for N = 0 as for N = 1.
+            was = f"N={pn}" if pn > 1 else "N=0 or 1"
             if (b, max(n - 1, 0)) != tuple(previous.h0.shape):
                 raise ValueError(
-                    f"TSLoss: prompts changed shape from B={pb}, N={pn} to B={b}, N={n} since the "
+                    f"TSLoss: prompts changed shape from B={pb}, {was} to B={b}, N={n} since the "
                     "previous call; the stability term compares prompts of one shape: call "
                     "reset() first")
         value, terms = loss(prompts, previous=previous, return_terms=True, **self.options)

@@ -63,9 +63,12 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
         (NaN or Inf, a diverged run) has NaN metrics throughout, on either device: not the 0 bars
         they would otherwise count, and not an error that would stop the run logging it.
     """
-    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2:
-        got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
-        raise ValueError(f"prompt must be an (N, D) tensor, got {got}")
+    if not isinstance(prompt, torch.Tensor):
+        raise TypeError(f"prompt must be a torch.Tensor, got {type(prompt).__name__}")
+    if prompt.dim() != 2:
+        raise ValueError(f"prompt must be an (N, D) tensor, got shape {tuple(prompt.shape)}")
+    if not prompt.is_floating_point():  # an integer prompt is no soft prompt; bool even less
+        raise TypeError(f"prompt must be a floating-point tensor, got {prompt.dtype}")
     x = prompt.detach().float()
     if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):  # the CPU engine raises
         return {k: torch.full((), float("nan")) for k in METRICS}
