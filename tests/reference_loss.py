@@ -94,7 +94,12 @@ def reference_loss(
                              f"{tuple(deaths.shape)} (same B and N as the previous call)")
         stab = ((deaths - prev_h0) ** 2).mean(-1) if n > 1 else x.new_zeros(b)
         if kk > 0:
-            stab = stab + ((h1_sorted - prev_h1) ** 2).mean(-1)
+            # Over the rows holding a bar now or in the previous topology (through its last
+            # non-zero row): the rows past both add 0, and must not dilute the mean.
+            row = torch.arange(1, kk + 1, device=x.device)
+            rows = torch.maximum(dg.h1_count.clamp(0, kk),
+                                 torch.where(prev_h1 != 0, row, 0).amax(-1))
+            stab = stab + ((h1_sorted - prev_h1) ** 2).sum(-1) / rows.clamp_min(1).to(x.dtype)
 
     total = connectivity * conn + redundancy * red + stability * stab
     out = _reduce(total, reduction)

@@ -255,6 +255,34 @@ def test_truncated_h1(device, max_h1):
     assert_same(fused, ref, 1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_stability_does_not_depend_on_the_capacity_unless_it_truncates(device):
+    """max_h1 is a capacity: at any width that holds every bar, now and in the previous
+    topology, the stability term (and its gradient) is the same; its H1 part is the mean over
+    the rows that hold a bar in either call, which here is the explicit sum over the bars."""
+    x0 = cloud(2, 20, 2, seed=6).to(device)
+    x1 = x0 + 0.1 * cloud(2, 20, 2, seed=7).to(device)
+    prev = T.loss(x0, return_terms=True, max_h1=200)[1]["topology"]
+    got = []
+    for k in (20, 48, 200):
+        xr = x1.clone().requires_grad_()
+        _, terms = T.loss(xr, previous=prev, stability=1.0, return_terms=True, max_h1=k,
+                          reduction="none")
+        got.append((terms["stability"].detach(),
+                    torch.autograd.grad(terms["stability"].sum(), xr)[0]))
+        now = terms["topology"].h1
+    counts = (now != 0).sum(-1), (prev.h1 != 0).sum(-1)
+    assert int(torch.maximum(*counts).max()) <= 20  # none truncated at any width
+    assert counts[0].tolist() == [1, 4] and counts[1].tolist() == [2, 2]  # fewer bars, then more
+    for s, g in got[1:]:
+        torch.testing.assert_close(s, got[0][0], rtol=1e-14, atol=0)
+        torch.testing.assert_close(g, got[0][1], rtol=1e-12, atol=1e-15)
+    rows = torch.maximum(*counts)
+    h0_part = ((terms["topology"].h0 - prev.h0) ** 2).mean(-1)
+    h1_part = ((now - prev.h1) ** 2).sum(-1) / rows
+    torch.testing.assert_close(got[0][0], h0_part + h1_part, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("shape", [(0, 3), (2, 0, 3), (1, 4), (2, 1, 4)])
 def test_module_calls_again_on_clouds_of_zero_or_one_point(shape):
     # h0 has N - 1 columns, none for N = 0 as for N = 1; a second call once read N = 0 as a change.

@@ -10,7 +10,8 @@ read. This is *our* definition. For a prompt P of N points with diagram (H0, H1)
   ``|δ/s − τ|`` (``"target"``: pulls components to a common scale, as Hofer et al. 2019);
 * redundancy: ``Σ_{H1 bars} ((death − birth)/s)^p``;
 * stability: mean squared difference between the sorted H0 deaths/s of this call and of the
-  previous one, plus the same for the sorted, zero-padded H1 persistences/s; 0 on a first call.
+  previous one, plus the same for the sorted H1 persistences/s, over the rows that hold a bar in
+  either call (the shorter list zero-padded); 0 on a first call.
 
 ``TSLoss = connectivity·C + redundancy·R + stability·S`` per prompt, then reduced over the batch.
 Everything stays on the prompt's device; nothing synchronises with the host. The loss is one

@@ -7,7 +7,8 @@
 //   connectivity C = mean_r u_r                      ("total")
 //                  = mean_r |u_r - target|           ("target")
 //   redundancy   R = sum_{q < count} v_q^p
-//   stability    S = mean_r (u_r - prev0_r)^2 + mean_q (v_q - prev1_q)^2   (with a previous call)
+//   stability    S = mean_r (u_r - prev0_r)^2 + mean_{q < M} (v_q - prev1_q)^2   (with a previous
+//                    call; M = stability_rows: the rows holding a bar now or then)
 //   L = w_C C + w_R R + w_S S
 //
 // The per-element pieces are separate functions so that the host can loop over a cloud while a
@@ -118,6 +119,18 @@ TSL_HD T h1_unit(T birth, T death, T s, index_t q, int64_t count) {
   return q < count ? (T)(death - birth) / s : T(0);
 }
 
+// The rows the stability term's H1 part averages over: those holding a bar of this call
+// (count, at most K) or of the previous one (its last non-zero row). Rows past both are zero in
+// both and add nothing; averaged over all K rows, as before, the term shrank as max_h1 grew
+// although no bar was truncated (K/M times smaller).
+template <typename T>
+TSL_HD index_t stability_rows(const T* prev_h1, index_t K, int64_t count) {
+  const index_t now = count < 0 ? 0 : (count < (int64_t)K ? (index_t)count : K);
+  for (index_t q = K; q > now; --q)
+    if (prev_h1[q - 1] != T(0)) return q;  // NaN too: it must reach the term
+  return now;
+}
+
 // Per-cloud sums of the three terms, before the weights.
 struct CloudSums {
   double conn, red, stab;
@@ -154,7 +167,9 @@ TSL_HD CloudSums cloud_terms(const T* h0, index_t n, const T* h1, index_t K, int
   }
   out.conn = H0 > 0 ? c / (double)H0 : 0.0;
   out.red = r;
-  out.stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (K > 0 ? s1 / (double)K : 0.0) : 0.0;
+  const index_t rows = o.has_prev ? stability_rows(prev_h1, K, count) : 0;
+  out.stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (rows > 0 ? s1 / (double)rows : 0.0)
+                        : 0.0;
   return out;
 }
 
@@ -176,13 +191,14 @@ TSL_HD double h0_death_grad(T u, T prev, index_t H0, double s, const TermOptions
 }
 
 // d out / d (d_q - b_q) for H1 row q, given v_q; adds -(d out / d v_q) v_q / s to *ds. Padding
-// rows carry nothing: their v is the constant 0.
+// rows carry nothing: their v is the constant 0. rows: stability_rows of the cloud (at least
+// q + 1 for a bar's row q).
 template <typename T>
-TSL_HD double h1_pers_grad(T v, T prev, index_t q, int64_t count, index_t K, double s,
+TSL_HD double h1_pers_grad(T v, T prev, index_t q, int64_t count, index_t rows, double s,
                            const TermOptions& o, const CloudCoefficients& k, double* ds) {
   if (q >= count) return 0.0;
   double g = k.red * red_slope((double)v, o);
-  if (o.has_prev) g += k.stab * 2.0 * ((double)v - (double)prev) / (double)K;
+  if (o.has_prev) g += k.stab * 2.0 * ((double)v - (double)prev) / (double)rows;
   *ds -= g * (double)v / s;
   return g / s;
 }

@@ -230,9 +230,10 @@ at::Tensor tsloss_backward_cpu(
       for (int64_t r = 0; r < H0; ++r)
         w[r] = tsl::h0_death_grad(pt0[b * H0 + r], pp0 ? pp0[b * H0 + r] : scalar_t(0), H0, s,
                                   opt, k, &ds);
+      const int64_t rows = pp1 ? tsl::stability_rows(pp1 + b * K, K, pcount[b]) : 0;
       for (int64_t q = 0; q < K; ++q)
         w[H0 + q] = tsl::h1_pers_grad(pt1[b * K + q], pp1 ? pp1[b * K + q] : scalar_t(0), q,
-                                      pcount[b], K, s, opt, k, &ds);
+                                      pcount[b], rows, s, opt, k, &ds);
       dense[b] = tsl::dense_pair_weight(ds, N, passes);
     }
 

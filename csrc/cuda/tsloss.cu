@@ -41,6 +41,7 @@ __global__ void __launch_bounds__(kTermThreads)
   __shared__ double scratch[kTermThreads / 32];
   __shared__ T s_scale, s_raw;
   __shared__ bool s_bad;
+  __shared__ int64_t s_rows;
   const int64_t b = blockIdx.x;
   const int64_t H0 = N > 0 ? N - 1 : 0;
   if (threadIdx.x == 0) {
@@ -58,6 +59,10 @@ __global__ void __launch_bounds__(kTermThreads)
     s_raw = raw_scale<T>(sum, N);
     s_scale = clamp_scale<T>(s_raw, o.normalize, &passes);
     s_bad = bad;
+    // Serial, as the host's: K is at most a few thousand rows, read once.
+    s_rows = o.has_prev ? stability_rows(prev_h1 + b * K, K,
+                                         bad ? (int64_t)kInvalidInputCount : h1_count[b])
+                        : 0;
   }
   __syncthreads();
   const T s = s_scale;
@@ -92,8 +97,9 @@ __global__ void __launch_bounds__(kTermThreads)
   if (threadIdx.x != 0) return;
   const double conn = H0 > 0 ? c / (double)H0 : 0.0;
   const double red = r;
-  const double stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (K > 0 ? s1 / (double)K : 0.0)
-                                 : 0.0;
+  const double stab =
+      o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (s_rows > 0 ? s1 / (double)s_rows : 0.0)
+                 : 0.0;
   scales[b] = s_raw;  // for the backward, which clamps it again
   // A non-finite previous (the CPU raises, naming it): the stability term and the loss are NaN
   // or Inf; marked on the device, as an invalid input is, since a host check would synchronise.
@@ -158,14 +164,19 @@ __global__ void __launch_bounds__(kTermThreads)
     if (threadIdx.x == 0) dense[b] = 0.0;
     return;
   }
+  __shared__ int64_t s_rows;  // every thread of the block reaches this (the return above is
+                              // the whole block's)
+  if (threadIdx.x == 0) s_rows = o.has_prev ? stability_rows(prev_h1 + b * K, K, count) : 0;
+  __syncthreads();
+  const int64_t rows = s_rows;
   double ds = 0.0;
   for (int64_t r = threadIdx.x; r < H0; r += blockDim.x)
     edge_w[b * E + r] = h0_death_grad(topo_h0[b * H0 + r], o.has_prev ? prev_h0[b * H0 + r] : T(0),
                                       H0, s, o, k, &ds);
   for (int64_t q = threadIdx.x; q < K; q += blockDim.x)
     edge_w[b * E + H0 + q] = h1_pers_grad(topo_h1[b * K + q],
-                                          o.has_prev ? prev_h1[b * K + q] : T(0), q, count, K, s,
-                                          o, k, &ds);
+                                          o.has_prev ? prev_h1[b * K + q] : T(0), q, count, rows,
+                                          s, o, k, &ds);
   ds = block_sum(ds, scratch);
   if (threadIdx.x == 0)
     dense[b] = dense_pair_weight(__dadd_rn(ds, k.scale), N, passes);

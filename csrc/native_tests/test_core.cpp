@@ -1002,8 +1002,9 @@ void test_against_reference(int trials) {
 
 // The header's definitions for one cloud, re-derived: u_r = D_r / s, v_q = P_q / s for
 // q < count (P_q = d_q - b_q), else 0; C = mean_r u_r or mean_r |u_r - target|;
-// R = sum_{q < count} v_q^p; S = mean_r (u_r - prev0_r)^2 + mean_q (v_q - prev1_q)^2 over all
-// K rows; F = kc C + kr R + ks S. u and v are rounded to T as the forward rounds them (D, P and
+// R = sum_{q < count} v_q^p; S = mean_r (u_r - prev0_r)^2 + mean_q (v_q - prev1_q)^2 over the
+// rows that hold a bar now (q < count) or held one then (prev1_q != 0), counted up to the last
+// such row (0 if none); F = kc C + kr R + ks S. u and v are rounded to T as the forward rounds them (D, P and
 // s must be T values); with T = double, F is the smooth function whose derivatives the
 // backward's pieces give.
 template <typename T>
@@ -1013,6 +1014,9 @@ double plain_objective(const std::vector<double>& D, const std::vector<double>& 
                        double kr, double ks, double* C = nullptr, double* R = nullptr,
                        double* S = nullptr) {
   const size_t H0 = D.size(), K = P.size();
+  size_t rows = 0;
+  for (size_t q = 0; q < K; ++q)
+    if ((int64_t)q < count || prev1[q] != 0.0) rows = q + 1;
   double c = 0, r = 0, s0 = 0, s1 = 0;
   for (size_t i = 0; i < H0; ++i) {
     const double u = (double)(T(D[i]) / T(s));
@@ -1025,7 +1029,8 @@ double plain_objective(const std::vector<double>& D, const std::vector<double>& 
       r += o.p == 1.0 ? v : o.p == 2.0 ? v * v : o.p == 1.5 ? v * std::sqrt(v) : std::pow(v, o.p);
     s1 += (v - prev1[q]) * (v - prev1[q]);
   }
-  const double conn = c / H0, red = r, stab = o.has_prev ? s0 / H0 + s1 / K : 0.0;
+  const double conn = c / H0, red = r,
+               stab = o.has_prev ? s0 / H0 + (rows > 0 ? s1 / rows : 0.0) : 0.0;
   if (C) *C = conn;
   if (R) *R = red;
   if (S) *S = stab;
@@ -1069,14 +1074,16 @@ void test_tsloss_scale() {
 }
 
 // cloud_terms against plain_objective, with every option: normalize on/off, connectivity
-// total/target, p = 1, 2, 1.5, with and without a previous topology, count at 0, part of K, all
-// of K and negative (no bar trusted). Padding rows hold values that must not count.
+// total/target, p = 1, 2, 1.5, with and without a previous topology (its bars in none, some or
+// all of the K rows), count at 0, part of K, all of K and negative (no bar trusted). Padding
+// rows hold values that must not count.
 template <typename T>
 void test_tsloss_forward() {
   std::mt19937 rng(31);
   std::uniform_real_distribution<double> uni(0.1, 2.0);
   const int64_t n = 7, H0 = n - 1, K = 6;
   for (int64_t count : {int64_t(0), int64_t(3), K, int64_t(-1)})
+   for (int64_t prev_count : {int64_t(0), int64_t(2), int64_t(4), K})
     for (bool normalize : {false, true})
       for (bool target_mode : {false, true})
         for (double p : {1.0, 2.0, 1.5})
@@ -1095,7 +1102,9 @@ void test_tsloss_forward() {
               P[q] = (double)(h1[2 * q + 1] - h1[2 * q]);
             }
             for (int64_t r = 0; r < H0; ++r) p0[r] = (double)(prev0[r] = T(uni(rng)));
-            for (int64_t q = 0; q < K; ++q) p1[q] = (double)(prev1[q] = T(uni(rng)));
+            // The previous call's bars fill its first prev_count rows, zeros after them.
+            for (int64_t q = 0; q < K; ++q)
+              p1[q] = (double)(prev1[q] = q < prev_count ? T(uni(rng)) : T(0));
             bool passes;
             const T s = tsl::clamp_scale(tsl::raw_scale<T>(uni(rng) * 21.0, n), normalize,
                                          &passes);
@@ -1133,6 +1142,7 @@ void test_tsloss_backward() {
   const double kc = 0.7, kr = 1.3, ks = 0.45;
   const tsl::CloudCoefficients k{kc, kr, ks, 0.0};
   for (int64_t count : {int64_t(2), K})
+   for (int64_t prev_count : {int64_t(0), int64_t(3), K})  // the previous bars: fewer, more, all
     for (bool target_mode : {false, true})
       for (double p : {1.0, 2.0, 1.5})
         for (bool has_prev : {false, true}) {
@@ -1141,7 +1151,7 @@ void test_tsloss_backward() {
           for (double& v : P) v = uni(rng);
           if (has_prev) {
             for (double& v : p0) v = uni(rng);
-            for (double& v : p1) v = uni(rng);
+            for (int64_t q = 0; q < K; ++q) p1[q] = q < prev_count ? uni(rng) : 0.0;
           }
           const double s = 0.9;
           std::vector<double> u(D);
@@ -1173,7 +1183,10 @@ void test_tsloss_backward() {
             Pm[q] -= h;
             const double fd = (F(D, Pp, s) - F(D, Pm, s)) / (2 * h);
             const double v = q < count ? P[q] / s : 0.0;
-            const double g = tsl::h1_pers_grad(v, p1[q], q, count, K, s, o, k, &ds);
+            const double g = tsl::h1_pers_grad(v, p1[q], q, count,
+                                               has_prev ? tsl::stability_rows(p1.data(), K, count)
+                                                        : 0,
+                                               s, o, k, &ds);
             CHECK(fd_close(fd, g), "h1_pers_grad (count=%lld target=%d p=%g prev=%d) row %lld: "
                   "%.12g, finite difference %.12g", (long long)count, int(target_mode), p,
                   int(has_prev), (long long)q, g, fd);
