@@ -1,4 +1,5 @@
 """The benchmark runner works end to end on a tiny config (never asserts timings)."""
+import argparse
 import importlib.util
 import json
 import re
@@ -108,7 +109,7 @@ def test_render_roundtrip(tmp_path):
 def test_config_parsing():
     run = _load()
     assert run.parse_cfg("16,768,64") == (16, 768, 64)
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"config must be N,D,B, got '16,768'"):
         run.parse_cfg("16,768")
 
 

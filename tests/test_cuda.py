@@ -55,6 +55,8 @@ def test_families_match_cpu(name, idx, cloud, dtype):
     cpu_p = _forward(x, False)
     gpu_p = _forward(x.cuda(), False)
     torch.testing.assert_close(gpu_p[0].cpu(), cpu_p[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(gpu_p[4].cpu(), cpu_p[4]), (gpu_p[4], cpu_p[4])
+    torch.testing.assert_close(gpu_p[2].cpu(), cpu_p[2], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("B,N,D", [(1, 64, 32), (64, 64, 16), (256, 128, 8), (1024, 256, 4)])

@@ -323,7 +323,7 @@ def test_expanded_stride0_inputs(rng):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed devices need a CUDA device")
 @pytest.mark.cuda
-def test_mixed_devices():  # pragma: no cover - needs a GPU
+def test_cuda_points_give_cuda_outputs():  # pragma: no cover - needs a GPU
     x = torch.randn(5, 3, device="cuda")
     dgm = vr_persistence(x)
     assert dgm.h0.device == x.device and dgm.h1_count.device == x.device

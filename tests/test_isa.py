@@ -111,6 +111,9 @@ def test_every_build_gives_the_same_bits(rng, dtype, restore_isa):
             grad_points, = torch.autograd.grad(dgm.h0[:, 1].sum() + dgm.h1.sum() + dist.sum(), xg)
             results[isa] = (dist.detach(), dgm, grad_points)
         ref_dist, ref_dgm, ref_grad = results[BUILDS[0]]
+        # And the bits are the canonical ones (float64 too), so that a CPU with one build only
+        # still checks something here.
+        assert torch.equal(ref_dist, canonical_distances(x[None])), f"{name} {dtype}: not canonical"
         for isa in BUILDS[1:]:
             dist, dgm, grad_points = results[isa]
             assert torch.equal(dist, ref_dist), f"{name} {dtype}: distances differ, {isa} vs baseline"

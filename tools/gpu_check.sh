@@ -11,7 +11,7 @@
 #               compile and link lines, the libraries linked and cuobjdump --list-elf; checks every
 #               op has a CUDA kernel. A failed build ends the run.
 #   cuda_tests  test_cuda, test_cuda_tsloss, test_build, test_tsloss_op's CUDA cases (its CPU
-#               compile tests run in CI), and test_inputs' cuda, mixed-devices and backward cases,
+#               compile tests run in CI), and test_inputs' cuda and backward cases,
 #               on the default engine (the warp-cooperative one since 2026-12-04)
 #   global_tests  TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread (the first engine: global
 #               passes, one thread per cloud): checks its kernels are launched, runs test_cuda +
@@ -254,7 +254,7 @@ raise SystemExit(bool(missing))"
 do_cuda_tests() {  # -k keeps the other files whole and picks test_inputs' CUDA-relevant cases
   pytest_run cuda_tests $PAR tests/test_cuda.py tests/test_cuda_tsloss.py tests/test_tsloss_op.py \
     tests/test_build.py tests/test_inputs.py \
-    -k "(not test_inputs.py or cuda or mixed_devices or backward) and (not test_tsloss_op.py or cuda)"
+    -k "(not test_inputs.py or cuda or backward) and (not test_tsloss_op.py or cuda)"
 }
 
 do_sanitizer() { sanitize sanitizer memcheck racecheck synccheck initcheck; }
