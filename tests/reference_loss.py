@@ -60,7 +60,14 @@ def reference_loss(
     # One distance matrix serves the scale and the diagram; gradients of both flow through it.
     dist = pairwise_distance(x)
     if normalize == "mean":
-        scale = dist.sum((-2, -1)) / max(n * (n - 1), 1)
+        ordered = max(n * (n - 1), 1)
+        total = dist.sum((-2, -1))
+        # Past the dtype's range: a float32 sum is taken in float64 (its mean fits), a float64
+        # one leaves no mean (NaN), as the op's raw_scale.
+        wide = dist.double().sum((-2, -1))
+        scale = torch.where(torch.isinf(total) & torch.isfinite(wide),
+                            (wide / ordered).to(x.dtype), total / ordered)
+        scale = torch.where(torch.isinf(wide), torch.full_like(scale, float("nan")), scale)
         scale = scale.clamp_min(torch.finfo(x.dtype).tiny)
     else:
         scale = torch.ones(b, dtype=x.dtype, device=x.device)

@@ -179,6 +179,8 @@ def test_a_float32_prompt_whose_distances_sum_past_float32(device):
                                                                      rel=1e-6)
     assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-5) and float(want[0]) > 0
     torch.testing.assert_close(got[2] * 1e36, want[2], rtol=1e-4, atol=1e-6)
+    fused, ref = both(x * 1e36)
+    assert_same(fused, ref, TOL[torch.float32])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -192,14 +194,20 @@ def test_distances_summing_past_float64_give_a_nan_loss(device):
     assert torch.isnan(terms["scale"]).all() and torch.isnan(value).all()
     plain = T.loss(x, normalize="none", reduction="none")  # no scale, a finite loss
     assert torch.isfinite(plain).all()
+    # With a previous topology too: NaN, the count kept (CUDA once marked the cloud invalid).
+    prev = T.loss(x * 1e-300, return_terms=True)[1]["topology"]
+    xr = x.clone().requires_grad_()
+    value, terms = T.loss(xr, previous=prev, stability=1.0, reduction="none", return_terms=True)
+    assert torch.isnan(value).all() and int(terms["h1_count"][0]) == 0
+    value.sum().backward()
+    assert torch.isnan(xr.grad).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_gradient_with_a_subnormal_float64_distance(device):
+def test_gradient_with_a_subnormal_float64_distance():
     """Two points 1e-310 apart: 1/d overflows double, and Inf times a zero difference made both
-    rows NaN; the op scales such weights."""
-    x = torch.tensor([[[0.0, 0.0], [1e-310, 0.0], [1.0, 0.5], [0.3, 2.0]]], dtype=torch.float64,
-                     device=device).requires_grad_(True)
+    rows NaN; the op scales such weights (CUDA against this: tests/test_cuda_tsloss.py)."""
+    x = torch.tensor([[[0.0, 0.0], [1e-310, 0.0], [1.0, 0.5], [0.3, 2.0]]],
+                     dtype=torch.float64).requires_grad_(True)
     T.loss(x).backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 

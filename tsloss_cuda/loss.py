@@ -162,7 +162,7 @@ def loss(
             ``scale`` (per prompt the mean pairwise distance, at least the dtype's smallest
             normal number so that coincident points divide by no zero, or 1 with
             ``normalize="none"``; reduced alike; NaN, and so the loss, for a float64 prompt
-            whose distances sum past float64's range, ~1e304 apart at N = 64),
+            whose distances sum past float64's range, ~1e305 apart at N = 64),
             ``h1_count`` ``(B,)``, and ``topology`` (detached, for ``previous``).
         max_h1: H1 capacity per prompt (default 4·N, at least 8); the K most persistent bars
             are used.

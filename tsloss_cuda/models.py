@@ -101,11 +101,11 @@ def _ensure_gemma(target: str, quiet: bool) -> None:
 
 @contextlib.contextmanager
 def _gguf_read_once() -> Iterator[None]:
-    """One parse of a GGUF file for the whole conversion. transformers builds a new
+    """One GGUF reader per file for the whole conversion. transformers builds a new
     ``gguf.GGUFReader`` for the tokenizer, for the config and for the weights, and each reader
     walks all of the file's metadata, most of it the 262 k-token vocabulary one string at a time
-    (20-45 s each on a 2-core Zen 1). The readers are only read from, so one per path serves all
-    three. Should transformers stop taking the class from the ``gguf`` module, the conversion
+    (20-45 s each on a 2-core Zen 1; transformers' own pass over the fields still runs three
+    times). The readers are only read from, so one per path serves all three. Should transformers stop taking the class from the ``gguf`` module, the conversion
     runs as before, only slower."""
     import gguf
     original = gguf.GGUFReader

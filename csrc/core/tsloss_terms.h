@@ -56,10 +56,10 @@ TSL_HD T tiny_of() {
 // again: the clamped value alone cannot tell a mean at the bound (the gradient passes) from one
 // below it (it does not).
 // The sum over ordered pairs is rounded to T first, as the composition it replaced summed in T.
-// Where that sum outgrows T but the mean does not (float32 distances above ~1e34 at N = 64),
+// Where that sum outgrows T but the mean does not (float32 distances above ~1e35 at N = 64),
 // the mean is taken from the double sum instead: rounded to T, the sum was Inf, every term 0
 // and the gradient 0, a silently dead loss. A sum past float64's range (float64 distances above
-// ~1e304 at N = 64) leaves no mean to take: the scale is NaN, and so the loss.
+// ~1e305 at N = 64) leaves no mean to take: the scale is NaN, and so the loss.
 template <typename T>
 TSL_HD T raw_scale(double pair_sum, index_t n) {
   const double ordered = n > 1 ? (double)(n * (n - 1)) : 1.0;
@@ -120,9 +120,10 @@ TSL_HD T h1_unit(T birth, T death, T s, index_t q, int64_t count) {
 }
 
 // The rows the stability term's H1 part averages over: those holding a bar of this call
-// (count, at most K) or of the previous one (its last non-zero row). Rows past both are zero in
-// both and add nothing; averaged over all K rows, as before, the term shrank as max_h1 grew
-// although no bar was truncated (K/M times smaller).
+// (count, at most K) or of the previous one (its last non-zero row: a topology keeps no count,
+// and a bar's persistence is never 0). Rows past both are zero in both and add nothing.
+// Averaged over all K rows, as before, the term shrank as max_h1 grew although no bar was
+// truncated (K/M times smaller).
 template <typename T>
 TSL_HD index_t stability_rows(const T* prev_h1, index_t K, int64_t count) {
   const index_t now = count < 0 ? 0 : (count < (int64_t)K ? (index_t)count : K);

@@ -103,8 +103,11 @@ __global__ void __launch_bounds__(kTermThreads)
   scales[b] = s_raw;  // for the backward, which clamps it again
   // A non-finite previous (the CPU raises, naming it): the stability term and the loss are NaN
   // or Inf; marked on the device, as an invalid input is, since a host check would synchronise.
-  // The backward then gives the cloud no gradient, as any invalid cloud.
-  if (bad || (o.has_prev && !isfinite(stab))) h1_count[b] = kInvalidInputCount;
+  // The backward then gives the cloud no gradient, as any invalid cloud. Not for a NaN scale (a
+  // float64 distance sum past the range, raw_scale): every term is NaN there anyway, and the
+  // CPU keeps the cloud's count.
+  if (bad || (o.has_prev && !isfinite(stab) && isfinite((double)s)))
+    h1_count[b] = kInvalidInputCount;
   double* v = per_cloud + b * 5;
   v[0] = o.w_conn * conn + o.w_red * red + o.w_stab * stab;
   v[1] = conn;

@@ -1004,9 +1004,9 @@ void test_against_reference(int trials) {
 // q < count (P_q = d_q - b_q), else 0; C = mean_r u_r or mean_r |u_r - target|;
 // R = sum_{q < count} v_q^p; S = mean_r (u_r - prev0_r)^2 + mean_q (v_q - prev1_q)^2 over the
 // rows that hold a bar now (q < count) or held one then (prev1_q != 0), counted up to the last
-// such row (0 if none); F = kc C + kr R + ks S. u and v are rounded to T as the forward rounds them (D, P and
-// s must be T values); with T = double, F is the smooth function whose derivatives the
-// backward's pieces give.
+// such row (0 if none); F = kc C + kr R + ks S. u and v are rounded to T as the forward rounds
+// them (D, P and s must be T values); with T = double, F is the smooth function whose
+// derivatives the backward's pieces give.
 template <typename T>
 double plain_objective(const std::vector<double>& D, const std::vector<double>& P, int64_t count,
                        double s, const std::vector<double>& prev0,
@@ -1083,7 +1083,7 @@ void test_tsloss_forward() {
   std::uniform_real_distribution<double> uni(0.1, 2.0);
   const int64_t n = 7, H0 = n - 1, K = 6;
   for (int64_t count : {int64_t(0), int64_t(3), K, int64_t(-1)})
-   for (int64_t prev_count : {int64_t(0), int64_t(2), int64_t(4), K})
+    for (int64_t prev_count : {int64_t(0), int64_t(2), int64_t(4), K})  // the previous bars
     for (bool normalize : {false, true})
       for (bool target_mode : {false, true})
         for (double p : {1.0, 2.0, 1.5})
@@ -1142,7 +1142,7 @@ void test_tsloss_backward() {
   const double kc = 0.7, kr = 1.3, ks = 0.45;
   const tsl::CloudCoefficients k{kc, kr, ks, 0.0};
   for (int64_t count : {int64_t(2), K})
-   for (int64_t prev_count : {int64_t(0), int64_t(3), K})  // the previous bars: fewer, more, all
+    for (int64_t prev_count : {int64_t(0), int64_t(3), K})  // the previous bars: fewer, more, all
     for (bool target_mode : {false, true})
       for (double p : {1.0, 2.0, 1.5})
         for (bool has_prev : {false, true}) {
