@@ -53,6 +53,25 @@ def test_distance_matrix_matches_ripser(name, idx, cloud):
     assert not bool(dgm.truncated[0])
 
 
+# Every third cloud of two points or more (GUDHI builds no complex of one point).
+GUDHI_CASES = [(c, i) for c, i in zip(CLOUDS, IDS) if len(c[2]) >= 2][::3]
+
+
+@pytest.mark.parametrize("name,idx,cloud", [c for c, _ in GUDHI_CASES],
+                         ids=[i for _, i in GUDHI_CASES])
+def test_float64_distance_matrix_matches_gudhi(name, idx, cloud):
+    """ripser.py rounds distances to float32, so float64 diagrams are checked against GUDHI's
+    Rips complex in double on the same matrix: the same bars, counts included, to 1e-12 of the
+    diameter (where float32 rounding could merge or split a bar 1 ulp long)."""
+    gudhi = pytest.importorskip("gudhi")
+    dm = pairwise_distance(_t(cloud, torch.float64))[0]
+    ours = vr_persistence(dm, distances=True).to_numpy()[0]
+    st = gudhi.RipsComplex(distance_matrix=dm.numpy()).create_simplex_tree(max_dimension=2)
+    st.compute_persistence()
+    ref = [st.persistence_intervals_in_dimension(k).reshape(-1, 2) for k in (0, 1)]
+    assert_diagrams_match(ours, ref, scaled_tol(1e-12, dm), what=f"{name}[{idx}]")
+
+
 # ---- (2) points in, float64 and float32 -------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
