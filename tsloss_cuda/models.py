@@ -6,9 +6,8 @@
   extra). The GGUF file is converted once into a transformers folder (weights dequantised,
   tokenizer included) under the model cache, because reading the GGUF file (its 262 k-token
   vocabulary above all), building the tokenizer and dequantising take a minute or two while
-  loading the saved folder takes seconds. The conversion holds a
-  file lock (torchrun ranks wait for one conversion) and first deletes what killed conversions
-  left behind.
+  loading the saved folder takes seconds. The conversion holds a file lock (torchrun ranks
+  wait for one conversion) and first deletes what killed conversions left behind.
 * any local folder with a ``config.json``.
 
 The cache is ``--model-cache DIR``, else ``$TSLOSS_CACHE``, else
@@ -105,8 +104,9 @@ def _gguf_read_once() -> Iterator[None]:
     ``gguf.GGUFReader`` for the tokenizer, for the config and for the weights, and each reader
     walks all of the file's metadata, most of it the 262 k-token vocabulary one string at a time
     (20-45 s each on a 2-core Zen 1; transformers' own pass over the fields still runs three
-    times). The readers are only read from, so one per path serves all three. Should transformers stop taking the class from the ``gguf`` module, the conversion
-    runs as before, only slower."""
+    times). The readers are only read from, so one per path serves all three. Should
+    transformers stop taking the class from the ``gguf`` module, the conversion runs as before,
+    only slower."""
     import gguf
     original = gguf.GGUFReader
     readers: dict = {}

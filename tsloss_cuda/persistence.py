@@ -51,13 +51,13 @@ def check_max_h1(max_h1) -> Optional[int]:
 
 def default_max_h1(n: int) -> int:
     """The default H1 capacity K for clouds of ``n`` points."""
-    if isinstance(n, torch.SymInt):  # a tensor's size under torch.compile: valid, and kept symbolic
-        return max(H1_CAPACITY_PER_POINT * n, H1_MIN_CAPACITY)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"n must be an integer (points per cloud), got {n!r}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0 (points per cloud), got {n}")
-    return max(H1_CAPACITY_PER_POINT * int(n), H1_MIN_CAPACITY)
+    if not isinstance(n, torch.SymInt):  # a size under torch.compile is valid, kept symbolic
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"n must be an integer (points per cloud), got {n!r}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0 (points per cloud), got {n}")
+        n = int(n)
+    return max(H1_CAPACITY_PER_POINT * n, H1_MIN_CAPACITY)
 
 
 @dataclass
