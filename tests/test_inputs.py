@@ -62,10 +62,16 @@ def test_not_a_tensor():
 
 
 def test_zero_dimensional_points():
-    with pytest.raises(RuntimeError, match=r"D >= 1"):
+    # The message gives the caller's shape, not the op's batched one.
+    with pytest.raises(ValueError, match=r"x must have D >= 1 .* got shape \(5, 0\)$"):
         vr_persistence(torch.zeros(5, 0))
-    with pytest.raises(RuntimeError, match=r"D >= 1"):
+    with pytest.raises(ValueError, match=r"x must have D >= 1 .* got shape \(2, 5, 0\)$"):
         vr_persistence(torch.zeros(2, 5, 0))
+    with pytest.raises(ValueError, match=r"prompts must have D >= 1 .* got shape \(5, 0\)$"):
+        tsloss(torch.zeros(5, 0))
+    # One point has no edge: its diagram is the same in R^0 as anywhere.
+    one = vr_persistence(torch.zeros(1, 0))
+    assert one.h0.shape == (1, 0, 2) and one.h1_count.tolist() == [0]
 
 
 def test_pairwise_distance_zero_dimensional_points_are_all_coincident():
@@ -207,9 +213,9 @@ def test_nan_on_distance_diagonal(rng):
 # ---- malformed distance matrices ----------------------------------------------------------------
 
 def test_distance_matrix_not_square():
-    with pytest.raises(RuntimeError, match=r"distance matrix must be square"):
+    with pytest.raises(ValueError, match=r"distance matrix .* got shape \(4, 5\): not square"):
         vr_persistence(torch.zeros(4, 5), distances=True)
-    with pytest.raises(RuntimeError, match=r"distance matrix must be square"):
+    with pytest.raises(ValueError, match=r"distance matrix .* got shape \(2, 5, 4\): not square"):
         vr_persistence(torch.zeros(2, 5, 4), distances=True)
 
 

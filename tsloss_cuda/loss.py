@@ -103,6 +103,9 @@ def _as_prompts(prompts: torch.Tensor) -> torch.Tensor:
     _check_prompts_type(prompts)
     if prompts.dim() not in (2, 3):
         raise ValueError(f"prompts must be (N, D) or (B, N, D), got shape {tuple(prompts.shape)}")
+    if prompts.shape[-1] == 0 and prompts.shape[-2] > 1:
+        raise ValueError(f"prompts must have D >= 1 coordinates per point, got shape "
+                         f"{tuple(prompts.shape)}")
     if prompts.dtype not in (torch.float32, torch.float64) + HALF_DTYPES:
         # As vr_persistence: float8 and the like are refused, not silently widened.
         raise TypeError("prompts must be float32 or float64 (float16 and bfloat16 are computed "

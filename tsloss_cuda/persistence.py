@@ -157,6 +157,9 @@ def _as_batch(x: torch.Tensor, name: str, *, square: bool) -> torch.Tensor:
             else "(N, D) or (B, N, D) tensor of points")
     if x.dim() not in (2, 3):
         raise ValueError(f"{name} must be a {what}, got shape {tuple(x.shape)}")
+    # Checked here, where the caller's own shape is known (the op sees the batched one).
+    if square and x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"{name} must be a {what}, got shape {tuple(x.shape)}: not square")
     if x.dtype in HALF_DTYPES:
         # As tsloss_cuda.loss does: half precision cannot resolve near-equal distances.
         x = x.float()
@@ -246,6 +249,9 @@ def vr_persistence(
     maxdim, distances = int(maxdim), bool(distances)
     xb = _as_batch(x, "x", square=distances)
     n = xb.shape[1]
+    if not distances and xb.shape[2] == 0 and n > 1:
+        # R^0 has one point, so such a cloud has no edges to filter (pairwise_distance allows it).
+        raise ValueError(f"x must have D >= 1 coordinates per point, got shape {tuple(x.shape)}")
     max_h1 = check_max_h1(max_h1)
     if max_h1 is None:
         max_h1 = default_max_h1(n)
