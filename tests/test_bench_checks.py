@@ -162,8 +162,23 @@ def test_a_busy_machine_is_flagged(tmp_path, monkeypatch):
         assert ("the machine was busy" in md) is (flagged and os.cpu_count() > 1)
 
 
-def test_the_probe_measures_threads():
-    # On any machine one thread cannot be many times faster than all of them at once unless
-    # something else runs; the probe is a ratio of two real timings, positive and finite.
-    s = bench.parallel_speedup()
-    assert math.isfinite(s) and s > 0
+def test_the_probe_measures_threads(monkeypatch):
+    # The probe is one thread's time over all threads' time, each timed under its own count.
+    threads = torch.get_num_threads()
+    seen = []
+
+    def fake_time(run, reps, cuda=False, adaptive=True):
+        seen.append(torch.get_num_threads())
+        return None, 0.0, [8.0 / torch.get_num_threads(), 9.0]  # the min is taken
+
+    monkeypatch.setattr(bench, "time_fn", fake_time)
+    assert bench.parallel_speedup() == threads
+    assert seen == [1, threads] and torch.get_num_threads() == threads
+    monkeypatch.undo()
+    # Real timings: with one thread both sides do the same work, so the ratio is about 1.
+    torch.set_num_threads(1)
+    try:
+        s = bench.parallel_speedup()
+    finally:
+        torch.set_num_threads(threads)
+    assert math.isfinite(s) and 0.5 < s < 2, s
