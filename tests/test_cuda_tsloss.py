@@ -201,9 +201,12 @@ def test_launches_and_no_host_sync():
     engine, _ = _kernels(lambda: ops.vr_persistence(x, 1, False, 256))
     loss, syncs = _kernels(step)
     # Ours: the distance kernel (which the engine count above includes), the terms and their
-    # reduction, the two backward kernels; plus the autograd engine's own seed of ones. The
-    # issue asks for <= 8 in all: printed here, asserted in tools/profile_ops.py's report.
-    print(f"vr_persistence forward: {len(engine)} kernels; TSLoss forward+backward: {len(loss)}")
+    # reduction, the two backward kernels; plus the autograd engine's own seed of ones, which
+    # the budget of 8 for TSLoss forward+backward (issue 19) leaves out, as profile_ops does.
+    ours = [e.name for e in loss if "FillFunctor" not in e.name]
+    print(f"vr_persistence forward: {len(engine)} kernels; TSLoss forward+backward: {len(ours)} "
+          f"and {len(loss) - len(ours)} seed fill(s)")
+    assert len(ours) <= 8, ours
     assert len(loss) <= len(engine) + 5, [e.name for e in loss]
     assert not syncs, syncs
 
