@@ -7,6 +7,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+import tsloss_cuda  # noqa: E402
 from tsloss_cuda.callback import TSLossCallback  # noqa: E402
 from tsloss_cuda.loss import loss as tsloss  # noqa: E402
 from tsloss_cuda.prompt_tuning import prompt_parameters  # noqa: E402
@@ -163,6 +164,8 @@ def test_weight_must_be_nonnegative():
             TSLossCallback(bad)
     with pytest.raises(TypeError, match="weight must be a real number"):
         TSLossCallback("0.1")
+    with pytest.raises(TypeError, match="prefix must be a str"):  # failed at the first log
+        TSLossCallback(WEIGHT, prefix=None)
 
 
 def _hooks():
@@ -304,8 +307,11 @@ def test_needs_the_pre_optimizer_step_hook(monkeypatch):
     (dict(deepspeed={"zero_optimization": {"stage": 2}}), "DeepSpeed.*\\.grad"),
     (dict(deepspeed_plugin=object()), "DeepSpeed"),  # accelerate launch --use_deepspeed
     (dict(fsdp="full_shard"), "FSDP.*shard"),
+    (dict(ACCELERATE_USE_FSDP="true"), "FSDP.*shard"),  # accelerate launch --use_fsdp
 ])
-def test_deepspeed_and_fsdp_are_refused_at_train_begin(engine, match):
+def test_deepspeed_and_fsdp_are_refused_at_train_begin(engine, match, monkeypatch):
+    for name in [k for k in engine if k.isupper()]:
+        monkeypatch.setenv(name, engine.pop(name))
     args = types.SimpleNamespace(**engine)
     state, control = transformers.TrainerState(), transformers.TrainerControl()
     with pytest.raises(RuntimeError, match=match):
@@ -356,3 +362,80 @@ def test_analyze_reads_a_trainer_runs_adapter_checkpoints(tmp_path):
     save_file({"prompt_embeddings": prompts[4]}, str(tmp_path / "flat" / "step_4.safetensors"))
     flat = analyze(str(tmp_path / "flat"), str(tmp_path / "out2"), plots=False)
     assert flat[0]["step"] == 4 and flat[0]["h0_total"] == rows[1]["h0_total"]
+
+
+def test_analyze_reads_a_named_adapter_one_folder_deeper(tmp_path):
+    """PEFT saves an adapter not named "default" to checkpoint-STEP/NAME/; two adapters in one
+    checkpoint are refused by name (analyze reads one prompt a step)."""
+    from safetensors.torch import load_file
+
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.analyze import analyze
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=4, intermediate_size=64)
+    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)
+    model = peft.get_peft_model(transformers.LlamaForCausalLM(cfg), config, adapter_name="mine")
+    model.save_pretrained(str(tmp_path / "run" / "checkpoint-3"))
+    saved = tmp_path / "run" / "checkpoint-3" / "mine" / "adapter_model.safetensors"
+    rows = analyze(str(tmp_path / "run"), str(tmp_path / "out"), plots=False)
+    assert [(r["step"], r["checkpoint"]) for r in rows] == [
+        (3, "checkpoint-3/mine/adapter_model.safetensors")]
+    want = topology_metrics(load_file(str(saved))["prompt_embeddings"])
+    assert rows[0]["h0_total"] == pytest.approx(float(want["h0_total"]), rel=1e-6)
+    model.add_adapter("other", config)
+    model.save_pretrained(str(tmp_path / "run" / "checkpoint-3"))
+    with pytest.raises(CLIError, match=r"holds 2 PEFT adapters \(mine, other\)"):
+        analyze(str(tmp_path / "run"), str(tmp_path / "out2"), plots=False)
+
+
+def test_an_encoder_decoder_prompt_is_refused_at_train_begin():
+    """A seq2seq PEFT prompt stacks an encoder and a decoder prompt into one embedding: one
+    cloud of both would mix them (analyze refuses such an adapter too)."""
+    cfg = transformers.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                num_heads=2, decoder_start_token_id=0)
+    model = peft.get_peft_model(transformers.T5ForConditionalGeneration(cfg),
+                                peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM",
+                                                        num_virtual_tokens=4))
+    assert prompt_parameters(model).shape[0] == 8  # both prompts
+    args, state, control = _hooks()
+    with pytest.raises(RuntimeError, match="adapter 'default' holds 2 prompts"):
+        TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=model)
+    TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=_model())  # one prompt
+
+
+def test_a_diverged_prompt_logs_nan_and_the_run_goes_on():
+    """On the CPU the engine raises for a NaN prompt; the callback logs NaN instead, as on CUDA,
+    and leaves the (already NaN) gradient alone."""
+    cb, model = TSLossCallback(WEIGHT), _model()
+    args, state, control = _hooks()
+    cb.on_train_begin(args, state, control, model=model)
+    prompt = prompt_parameters(model)
+    with torch.no_grad():
+        prompt[0, 0] = float("nan")
+    prompt.grad = torch.ones_like(prompt)
+    cb.on_pre_optimizer_step(args, state, control, model=model)
+    assert torch.equal(prompt.grad, torch.ones_like(prompt))
+    state.global_step = 1
+    logs = {"loss": float("nan")}
+    cb.on_log(args, state, control, logs=logs, model=model)
+    for key in ("tsloss", "ts_connectivity", "h0_total"):
+        assert logs["topology/" + key] != logs["topology/" + key], key  # NaN
+
+
+def test_logged_tsloss_is_the_trained_loss_of_the_step(tmp_path):
+    """``topology/tsloss`` at step k is TSLoss (unweighted) of the prompt the k-th optimizer
+    step started from, with stability against the prompt before it (weighted up here: one SGD
+    step moves the diagram by ~1e-8 of the loss)."""
+    cb = TSLossCallback(WEIGHT, stability=1e4)
+    rec, _ = _train(tmp_path, cb, 1)
+    logs = [l for l in rec.logs if "loss" in l]
+    first = tsloss(rec.prompts[0], stability=1e4)  # no previous prompt: no stability term
+    assert logs[0]["topology/tsloss"] == pytest.approx(float(first), rel=1e-6)
+    fn = tsloss_cuda.TSLoss(stability=1e4)
+    fn(rec.prompts[0])
+    second = fn(rec.prompts[1])
+    without = tsloss(rec.prompts[1])
+    assert float(second) > float(without) * (1 + 1e-5)  # the stability term counts
+    assert logs[1]["topology/tsloss"] == pytest.approx(float(second), rel=1e-6)

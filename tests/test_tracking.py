@@ -134,9 +134,24 @@ def test_tracker_refuses_the_terms_of_a_batch():
     with pytest.raises(ValueError, match=r"terms: connectivity has shape \(3,\)"):
         tracker.update(0, prompt, terms=batched)
     _, one = loss(prompt, return_terms=True)
-    tracker.update(0, prompt, terms=one)
+    tracker.update(0, prompt, terms=one)  # the whole dict: h1_count and topology come along
     row = tracker.flush()[0]
     assert row["ts_connectivity"] == pytest.approx(float(one["connectivity"]))
+
+
+def test_tracker_refuses_terms_it_would_drop():
+    """A misspelled key or a value of another kind was dropped without a word; plain numbers are
+    recorded as the tensors are."""
+    prompt, tracker = torch.randn(5, 3), TopologyTracker(1)
+    with pytest.raises(ValueError, match=r"terms: unknown key\(s\) redundancy_; the recorded "
+                                         r"terms are connectivity, redundancy, stability, scale"):
+        tracker.update(0, prompt, terms={"connectivity": 0.5, "redundancy_": torch.tensor(1.0)})
+    with pytest.raises(TypeError, match="terms: connectivity must be a tensor or a number, got str"):
+        tracker.update(0, prompt, terms={"connectivity": "0.5"})
+    assert tracker.flush() == []  # nothing half-recorded
+    tracker.update(0, prompt, terms={"connectivity": 0.5, "redundancy": torch.tensor(0.25)})
+    row = tracker.flush()[0]
+    assert (row["ts_connectivity"], row["ts_redundancy"]) == (0.5, 0.25)
 
 
 def test_a_nan_death_is_not_drawn_as_an_infinite_bar(monkeypatch):
@@ -219,3 +234,10 @@ def test_a_diverged_prompt_is_logged_as_nan_not_raised():
     assert all(math.isfinite(v) for v in first.values())
     assert all(math.isnan(v) for k, v in second.items() if k != "step"), second
     assert set(second) == set(first)
+    # float32, as the docstring says, whatever the default dtype
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert all(v.dtype == torch.float32 for v in topology_metrics(prompt).values())
+    finally:
+        torch.set_default_dtype(before)

@@ -133,15 +133,28 @@ def load_prompt(path: str) -> torch.Tensor:
     return t.float()
 
 
+def _adapter_file(folder: str) -> Optional[str]:
+    return next((f for f in ADAPTER_FILES if os.path.isfile(os.path.join(folder, f))), None)
+
+
 def _trainer_adapters(folder: str, entries: List[str]) -> List[str]:
-    """``checkpoint-STEP/adapter_model.*`` of a Trainer's output folder, relative to it."""
+    """``checkpoint-STEP/adapter_model.*`` of a Trainer's output folder, relative to it; PEFT
+    saves an adapter not named "default" one folder deeper, ``checkpoint-STEP/NAME/``."""
     found = []
     for n in entries:
         sub = os.path.join(folder, n)
-        if n.startswith("checkpoint-") and os.path.isdir(sub):
-            have = [f for f in ADAPTER_FILES if os.path.isfile(os.path.join(sub, f))]
-            if have:
-                found.append(os.path.join(n, have[0]))
+        if not (n.startswith("checkpoint-") and os.path.isdir(sub)):
+            continue
+        have = _adapter_file(sub)
+        if have:
+            found.append(os.path.join(n, have))
+            continue
+        named = sorted((a, f) for a in os.listdir(sub) if os.path.isdir(os.path.join(sub, a))
+                       for f in [_adapter_file(os.path.join(sub, a))] if f)
+        if len(named) > 1:
+            raise CLIError(f"DIR: {sub} holds {len(named)} PEFT adapters "
+                           f"({', '.join(a for a, _ in named)}); analyze reads one prompt a step")
+        found += [os.path.join(n, a, f) for a, f in named]
     return found
 
 

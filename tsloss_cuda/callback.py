@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, Dict, Optional
 
 import torch
@@ -60,9 +61,23 @@ def _check_engine(args) -> None:
         raise RuntimeError("TSLossCallback does not work under DeepSpeed: its engine keeps the "
                            "gradients in its own buffers, not in the prompt's .grad, so the "
                            "TSLoss gradient would never reach the optimizer")
-    if getattr(args, "fsdp", None):
+    # `accelerate launch --use_fsdp` leaves args.fsdp empty; accelerate reads this instead.
+    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         raise RuntimeError("TSLossCallback does not work under FSDP: each rank holds a shard of "
                            "the prompt, and TSLoss needs the whole (N, D) prompt")
+
+
+def _check_model(model) -> None:
+    """An encoder-decoder model's PEFT prompt is two prompts stacked (one per transformer
+    submodule): one point cloud of both would mix them."""
+    config = getattr(model, "peft_config", None)
+    active = getattr(model, "active_adapter", None)
+    if isinstance(config, dict) and isinstance(active, str) and active in config:
+        parts = getattr(config[active], "num_transformer_submodules", None) or 1
+        if parts != 1:
+            raise RuntimeError(f"TSLossCallback takes one prompt: adapter {active!r} holds {parts} "
+                               "prompts, one per transformer submodule (an encoder-decoder "
+                               "model's), stacked into one embedding")
 
 
 class TSLossCallback(TrainerCallback):
@@ -86,8 +101,9 @@ class TSLossCallback(TrainerCallback):
     the trained loss of the last optimizer step, before ``weight`` and with the stability term
     against the previous step's prompt, so it need not equal the logged ``ts_*`` terms, which
     describe the logged prompt and measure stability against the previous log. A diverged
-    (NaN) prompt logs NaN. H1 metrics count the bars the engine reported; like
-    :func:`tsloss_cuda.loss`, they see at most ``max_h1`` bars (default 4·N, at least 8).
+    (NaN) prompt logs NaN, and the run goes on, on either device. The H1 metrics
+    (:func:`tsloss_cuda.tracking.topology_metrics`) see at most the default capacity of bars
+    (4·N, at least 8); the ``ts_*`` terms and the trained loss see ``max_h1`` where given.
 
     Every ``trainer.train()`` starts the stability term afresh, ``resume_from_checkpoint``
     included: a Trainer checkpoint does not hold the callback's previous diagram, so the first
@@ -95,7 +111,9 @@ class TSLossCallback(TrainerCallback):
 
     Raises:
         ImportError: the installed transformers has no ``on_pre_optimizer_step`` hook.
-        RuntimeError: from ``on_train_begin``, under DeepSpeed or FSDP.
+        TypeError: ``prefix`` is not a str.
+        RuntimeError: from ``on_train_begin``, under DeepSpeed or FSDP, or for a PEFT adapter
+            of several stacked prompts (``num_transformer_submodules`` > 1).
     """
 
     def __init__(self, weight: float = 0.1, *, prefix: str = "topology/", **options: Any) -> None:
@@ -105,6 +123,8 @@ class TSLossCallback(TrainerCallback):
         if not 0 <= weight < math.inf:  # NaN or inf would make every gradient NaN or inf
             raise ValueError(f"weight must be finite and >= 0, got {weight}")
         self.weight = float(weight)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str (prepended to the logged keys), got {prefix!r}")
         self.prefix = prefix
         self.loss_fn = TSLoss(**options)
         self.last_loss: Optional[torch.Tensor] = None
@@ -126,14 +146,21 @@ class TSLossCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         _check_engine(args)
+        _check_model(model)
         # No stability term (logged or trained) against another training run's prompt.
         self.loss_fn.reset()
         self._tracker = self._new_tracker()
+        self.last_loss = None
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.weight == 0:
             return
         prompt = prompt_parameters(model)
+        if prompt.device.type == "cpu" and not bool(torch.isfinite(prompt).all()):
+            # Diverged: the CPU engine would raise; CUDA gives NaN, and adding NaN to a NaN
+            # prompt's gradient changes nothing. Log NaN on either device.
+            self.last_loss = torch.full((), math.nan, dtype=prompt.dtype)
+            return
         with torch.enable_grad():
             value = self.loss_fn(prompt)
             (g,) = torch.autograd.grad(self.weight * value, prompt)
@@ -141,7 +168,7 @@ class TSLossCallback(TrainerCallback):
             prompt.grad = g.to(prompt.dtype)
         else:
             prompt.grad.add_(g.to(prompt.grad.dtype))
-        self.last_loss = value.detach()
+        self.last_loss = value.detach().reshape(())  # reduction="none" gives (1,)
 
     def on_log(self, args, state, control, logs: Optional[Dict[str, float]] = None, model=None,
                **kwargs):

@@ -71,7 +71,7 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
         raise TypeError(f"prompt must be a floating-point tensor, got {prompt.dtype}")
     x = prompt.detach().float()
     if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):  # the CPU engine raises
-        return {k: torch.full((), float("nan")) for k in METRICS}
+        return {k: torch.full((), float("nan"), dtype=torch.float32) for k in METRICS}
     dg = vr_persistence(x, 1)
     life0 = dg.h0[0, :, 1] - dg.h0[0, :, 0]  # (N-1,)
     valid0 = life0 > 0
@@ -116,7 +116,9 @@ class TopologyTracker:
     (0 for the first record, or when N changes). Every column of a row then describes the same
     prompt: the training job and ``tsloss_cuda.analyze`` both record this way, so a row of one
     equals the row of the other for the same saved prompt. ``ts_scale`` is the scale the terms
-    are divided by (1 with ``normalize="none"``), 0 for a prompt of coincident points.
+    are divided by (1 with ``normalize="none"``), 0 for a prompt of coincident points. Given
+    ``terms`` (the dict of ``tsloss_cuda.loss(..., return_terms=True)``, or scalars under the
+    names in :data:`TERMS`) are recorded as they are; another key is an error.
     """
 
     def __init__(self, every: int = 10, *, tsloss_terms: bool = False,
@@ -143,7 +145,7 @@ class TopologyTracker:
         self._shape = prompt.shape
         if prompt.device.type == "cpu" and not bool(torch.isfinite(prompt).all()):
             # NaN terms, as CUDA gives them, rather than the CPU engine's error
-            return {name: torch.full((), float("nan")) for name in TERMS}
+            return {name: torch.full((), float("nan"), dtype=torch.float32) for name in TERMS}
         with torch.no_grad():
             self._probe(prompt.detach())
         return self._probe.last_terms
@@ -154,8 +156,18 @@ class TopologyTracker:
         if terms is None and self._probe is not None:
             terms = self._terms_of(prompt)
         if terms:
+            # The rest of tsloss_cuda.loss(..., return_terms=True)'s dict may come along.
+            unknown = sorted(set(terms) - set(TERMS) - {"h1_count", "topology"})
+            if unknown:
+                raise ValueError(f"terms: unknown key(s) {', '.join(map(str, unknown))}; the "
+                                 f"recorded terms are {', '.join(TERMS)}")
             for name in TERMS:
                 t = terms.get(name)
+                if isinstance(t, numbers.Real) and not isinstance(t, bool):
+                    t = torch.tensor(float(t))
+                elif t is not None and not isinstance(t, torch.Tensor):
+                    raise TypeError(f"terms: {name} must be a tensor or a number, got "
+                                    f"{type(t).__name__}")
                 if isinstance(t, torch.Tensor) and t.numel() != 1:
                     raise ValueError(f"terms: {name} has shape {tuple(t.shape)}; the tracker "
                                      "records one prompt, so its terms must be scalars (one "
