@@ -109,9 +109,22 @@ def why_untested(*ivs: Interval, dropped: bool = False) -> str:
     why = {"non-finite values" if iv.nonfinite and not dropped else
            "n < 4 seeds" if iv.n < 4 else
            "no spread between seeds" if iv.undefined == 1 else
-           "a constant measure" if np.isnan(iv.value) else "n < 4 seeds"
+           "a constant measure" if np.isnan(iv.value) else
+           # a correlation whose jackknife has no se: too few seeds carry the variation
+           "a measure constant once one seed is left out" if iv.n >= 4 else "no interval"
            for iv in ivs if iv.decide(+1) == "untested"}
-    return "; ".join(sorted(why)) or "n < 4 seeds"
+    return "; ".join(sorted(why)) or "no interval"
+
+
+def parametric_note(n: int) -> str:
+    """What a verdict on ``n`` seeds rests on, where no distribution-free test can hold."""
+    if n < 4 or 2 * 0.5 ** n < 0.05:
+        return ""
+    return (f" With {n} seeds no distribution-free test of a paired difference can reach "
+            f"p < 0.05 (the sign and Wilcoxon tests cannot go below {2 * 0.5 ** n:.4g}), so a "
+            "verdict rests on Student's t and the bootstrap-t, which assume the differences "
+            "near normal; differences without spread have neither and are decided by the "
+            "exact sign test, which needs 6 seeds.")
 
 
 def state(x: Union[Interval, SignTest], sign: int) -> str:
@@ -238,7 +251,9 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         "seeds decides; p < 0.05 needs 6 untied seeds or more, so with fewer claim 1 rests on "
         "the accuracy AUC. Claim 3's Spearman ρ pools all runs; its interval resamples seeds "
         "with all their runs (runs of one seed share start and data order), studentized on "
-        "Fisher's z with a jackknife over seeds and joined with Student's t interval there."
+        "Fisher's z with a jackknife over seeds and joined with Student's t interval there. "
+        "Each row of the tables below is a separate test at 95 %, not corrected for "
+        "multiplicity." + parametric_note(len(seeds))
         + (f" {left_out} run(s) in runs/ that the last invocation did not ask for are left "
            "out." if left_out else "") + "\n")
 

@@ -626,3 +626,36 @@ def test_compare_table_rows_are_the_means_and_sds_of_the_runs():
     assert lines[2] == "| none | 50 ± 14 (2/3) | 0.700 ± 0.200 | 0.120 | 0.0% |"
     assert lines[3] == "| tsloss_w0.3 | 20 ± n/a (1/1) | 0.800 ± n/a | 0.200 | 2.0% |"
     assert len(lines) == 4
+
+
+def test_report_verdicts_from_their_parts():
+    """How a claim's parts make its verdict, how a table row says the data point the other way,
+    and the clip to [-1, 1] of an accuracy difference (a bootstrap-t end of -1.6 here)."""
+    rep = _report_module()
+    assert rep.verdict(["held", "held"], "") == "held"
+    assert rep.verdict(["held", "not held"], "") == "partly held"
+    assert rep.verdict(["held", "untested"], "") == "held"  # untested parts are left out
+    assert rep.verdict(["inconclusive", "not held"], "") == "was inconclusive"
+    assert rep.verdict(["not held", "not held"], "") == "did not hold"
+    assert rep.verdict(["untested"], "n < 4 seeds") == "untested (n < 4 seeds)"
+    assert rep.state(Interval(0.1, 0.05, 0.2, 5), +1) == "held"
+    assert rep.state(Interval(-0.1, -0.2, -0.05, 5), +1) == "not held (the other way)"
+    assert rep.state(Interval(0.1, -0.05, 0.2, 5), +1) == "not held"
+    assert rep.state(Interval(0.1, 0.001, 0.2, 5, mc_error=0.01), +1).startswith("inconclusive")
+    assert "cannot go below 0.0625" in rep.parametric_note(5)
+    assert rep.parametric_note(6) == "" and rep.parametric_note(3) == ""
+    one_seed = np.zeros(15)
+    one_seed[[0, 1]] = [1.0, 2.0]  # varies in seed 0 only: no jackknife se, no interval
+    iv = stats.spearman_interval(one_seed, np.linspace(0.9, 0.5, 15), np.repeat(np.arange(5), 3))
+    assert rep.why_untested(iv, dropped=True) == "a measure constant once one seed is left out"
+    gain = [0.007, -0.033, -0.207, 0.0, 0.007]
+
+    def run(variant, seed, final):
+        return {"variant": variant, "regularizer": variant, "seed": seed, "overrides": {},
+                "rows": [{"step": 0, "val_acc": 0.5}, {"step": 10, "val_acc": final}]}
+    results = ([run("none", s, 0.5) for s in range(5)]
+               + [run("tsloss", s, 0.5 + g) for s, g in enumerate(gain)])
+    text = rep.report("x", results, {}, "none", "tsloss", 0.9, 200, 0)
+    row = next(l for l in text.splitlines() if l.startswith("| tsloss | final accuracy"))
+    assert "[-1 (clipped), +0.069]" in row and row.endswith("| not held |"), row
+    assert "**claim 2 (higher final accuracy) did not hold**" in text

@@ -393,3 +393,39 @@ def test_run_summary_takes_the_final_topology_and_accuracy():
     assert "ts_stability" not in s  # not recorded, not invented
     assert s["final_acc"] == 0.5 and s["steps_to_target"] == 10 and s["reached"] == 1.0
     assert s["auc"] == pytest.approx((0.4 + 0.55) * 10 / 20)  # trapezoids / span
+
+
+def test_resamples_with_rho_but_no_jackknife_se_are_kept():
+    """A measure nonzero in two seeds only (H1 bars are rare): resamples holding one of them
+    once have a rho, but leaving that seed out leaves the measure constant, so no jackknife se.
+    They are standardised by the sample's se, as resamples without spread are, not dropped
+    (which cut one tail selectively); ``undefined`` counts only the resamples without rho."""
+    c = np.repeat(np.arange(5), 3)
+    x = np.zeros(15)
+    x[[0, 4]] = [1.0, 2.0]
+    y = np.random.default_rng(3).normal(size=15)
+    iv = stats.spearman_interval(x, y, c)
+    counts, w, exact = stats.resamples(5, 0, 0)
+    assert exact
+    no_rho, no_se = 0.0, 0.0
+    member = c
+    se = stats._jackknife_se(x, y, member, counts)
+    for k, (cnt, wt) in enumerate(zip(counts, w)):
+        runs = np.concatenate([np.flatnonzero(c == s) for s in range(5)
+                               for _ in range(int(cnt[s]))])
+        rho = stats.spearman(x[runs], y[runs])
+        no_rho += wt * math.isnan(rho)
+        no_se += wt * (not math.isnan(rho) and not math.isfinite(se[k]))
+    assert no_se > 0.05  # the case is exercised
+    assert iv.undefined == pytest.approx(no_rho, abs=1e-12)
+    assert math.isfinite(iv.low) and math.isfinite(iv.high)
+
+
+def test_a_correlation_carried_by_one_seed_has_no_interval():
+    """Leaving out the one seed where the measure varies leaves it constant: the sample has no
+    jackknife se and no interval (a correlation from one seed's runs shows nothing)."""
+    c = np.repeat(np.arange(5), 3)
+    x = np.zeros(15)
+    x[[0, 1]] = [1.0, 2.0]
+    iv = stats.spearman_interval(x, np.linspace(0.9, 0.5, 15), c)
+    assert math.isfinite(iv.value) and math.isnan(iv.low) and iv.decide(-1) == "untested"

@@ -215,12 +215,13 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
     then carry ``t(0.975, units - 1)·se_t_mc`` (``mc_error`` is the larger of the two errors).
 
     A resample without spread (``se_b`` = 0: one unit drawn n times, or only tied values
-    drawn) has no t*; it is standardised by the sample's own ``se`` instead. Dropping it would
-    cut one tail short, and ``t* = ±inf`` would let three tied values out of five (accuracy
+    drawn) or without a standard error (``se_b`` NaN: a jackknife whose leave-one-out samples
+    include a constant variable, though the resample's own statistic exists) has no t*; it is
+    standardised by the sample's own ``se`` instead. Dropping it would cut one tail short, and ``t* = ±inf`` would let three tied values out of five (accuracy
     differences come in steps of 1 / validation size) unbound an end. ``scale``: the data's
     magnitude, for the tolerance under which a spread is 0.
     """
-    ok = np.isfinite(stat) & np.isfinite(se_b)
+    ok = np.isfinite(stat)
     undefined = float(w[~ok].sum())
     stat, se_b, w = stat[ok], se_b[ok], w[ok]
     se_t = se if se_t is None else se_t
@@ -232,7 +233,8 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
             return est, est, 0.0, undefined, (True, True)
         mc_t = t_975(units - 1) * se_t_mc
         return est - half, est + half, mc_t, undefined, (mc_t > 0, mc_t > 0)
-    t, cum = _sorted_cdf((stat - est) / np.where(se_b > 1e-9 * scale, se_b, se), w)
+    t, cum = _sorted_cdf((stat - est) / np.where(np.isfinite(se_b) & (se_b > 1e-9 * scale),
+                                                 se_b, se), w)
     lo, hi = _rank(cum, 0.025), _rank(cum, 0.975)
     mc = 0.0
     if not exact:  # 99 % band of each quantile's rank among the draws, in units of se
