@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 
 from tsloss_cuda._cli import CLIError  # noqa: E402
 from tsloss_cuda.models import GEMMA, LLM_EXTRA, STALE_AFTER_S, resolve_model  # noqa: E402
-from tsloss_cuda.prompt_tuning import (SoftPromptModel, peft_answer_logits,  # noqa: E402
-                                       prompt_parameters, text_init_ids)
+from tsloss_cuda.prompt_tuning import (SoftPromptModel, last_real_index,  # noqa: E402
+                                       peft_answer_logits, prompt_parameters, text_init_ids)
 from tsloss_cuda.tasks import verbalizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,34 +137,75 @@ def test_verbalizer_takes_the_token_that_follows_the_cue():
         verbalizer(tok, ["good", "great"], " review:")  # ... but "▁", "##great" after the cue
 
 
-def test_causal_encoding_pads_left_and_keeps_the_cue_when_it_truncates():
-    """The answer position is the last column of every row: texts padded on the left, a long
-    text cut at its end so that the cue survives whole."""
+def test_causal_encoding_pads_right_and_keeps_the_cue_when_it_truncates():
+    """Each row's tokens from column 0, as when it runs alone, padded on the right; a long text
+    cut at its end so that the cue survives whole."""
     from tsloss_cuda.tasks import TaskSpec, encode
     tok = tiny_tokenizer()
     spec = TaskSpec(instruction="?", cue=" review:", describe="{label}")
     data = encode(tok, ["good so great so good", "bad"], [2, 1], "causal",
                   ["good", "bad", "great"], 5, spec)
     # good=2 bad=3 so=4 great=6 review=7 :=8 [PAD]=1
-    assert data["ids"].tolist() == [[2, 4, 6, 7, 8], [1, 1, 3, 7, 8]]
-    assert data["mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert data["ids"].tolist() == [[2, 4, 6, 7, 8], [3, 7, 8, 1, 1]]
+    assert data["mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert data["y"].tolist() == [2, 1] and data["label_ids"].tolist() == [2, 3, 6]
 
 
+def test_causal_encoding_keeps_leading_special_tokens_only():
+    """A tokenizer that wraps a text as [CLS] text [SEP] (or appends an EOS): the trailing token
+    would sit between the text and the cue, and truncation dropped it from long rows only, so
+    rows had two formats. The leading one stays, counted in max_length."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from tsloss_cuda.tasks import TaskSpec, encode
+    words = ["[UNK]", "[PAD]", "good", "bad", "so", "-", "great", "review", ":", "[CLS]",
+             "[SEP]"]
+    t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 9), ("[SEP]", 10)])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=t, unk_token="[UNK]",
+                                               pad_token="[PAD]", cls_token="[CLS]",
+                                               sep_token="[SEP]")
+    assert tok.encode("bad") == [9, 3, 10]
+    spec = TaskSpec(instruction="?", cue=" review:", describe="{label}")
+    data = encode(tok, ["good so great so good", "bad"], [2, 1], "causal",
+                  ["good", "bad", "great"], 6, spec)
+    assert data["ids"].tolist() == [[9, 2, 4, 6, 7, 8], [9, 3, 7, 8, 1, 1]]
+
+
+def test_right_padding_gives_each_row_its_logits_alone_under_a_sliding_window():
+    """Gemma 3's sliding-window layers count columns, pads included: rows padded on the left
+    got other logits in a batch than alone (0.08 here, window 8); padded on the right, as
+    encode pads, they get the same."""
+    from tsloss_cuda.tasks import _pad_right
+    small = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, num_key_value_heads=1, head_dim=8, sliding_window=8,
+                 layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    lm = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**small)).eval()
+    spm = SoftPromptModel(lm, 4, task="causal", label_ids=LABELS, init="random",
+                          generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(2, 64, (n,), generator=g).tolist() for n in (3, 7, 5, 9)]
+    ids, mask = _pad_right(rows, 0)
+    with torch.no_grad():
+        together = spm(ids, mask)["logits"]
+        alone = torch.cat([spm(torch.tensor([r]))["logits"] for r in rows])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_batch_trims_padding_columns_only():
-    """Rows of a batch as model inputs: columns no row uses are dropped (left for causal rows,
-    right for encoder rows), every real token and the causal answer column kept."""
+    """Rows of a batch as model inputs: the right-hand columns no row uses are dropped, every
+    real token (and so each causal answer position) kept."""
     from tsloss_cuda.tasks import batch
-    ids = torch.tensor([[1, 1, 1, 5, 6], [1, 1, 4, 2, 3], [1, 7, 8, 9, 3]])
-    causal = {"ids": ids, "mask": (ids != 1).long(), "y": torch.tensor([0, 1, 2])}
-    b = batch(causal, torch.tensor([0, 1]), "causal", torch.device("cpu"))
-    assert b["input_ids"].tolist() == [[1, 5, 6], [4, 2, 3]]
-    assert b["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
-    assert b["labels"].tolist() == [0, 1]
     right = torch.tensor([[5, 6, 0, 0, 0], [4, 2, 3, 0, 0], [7, 0, 0, 0, 0]])
-    encoder = {"ids": right, "mask": (right != 0).long(), "y": torch.tensor([2, 0, 1])}
-    b = batch(encoder, torch.tensor([2, 0]), "encoder", torch.device("cpu"))
+    data = {"ids": right, "mask": (right != 0).long(), "y": torch.tensor([2, 0, 1])}
+    b = batch(data, torch.tensor([2, 0]), torch.device("cpu"))
     assert b["input_ids"].tolist() == [[7, 0], [5, 6]] and b["labels"].tolist() == [1, 2]
+    assert b["attention_mask"].tolist() == [[1, 0], [1, 1]]
+    b = batch(data, torch.tensor([0, 1]), torch.device("cpu"))
+    assert b["input_ids"].tolist() == [[5, 6, 0], [4, 2, 3]]
 
 
 def test_evaluate_is_the_argmax_accuracy_over_every_row_once():
@@ -183,7 +224,7 @@ def test_evaluate_is_the_argmax_accuracy_over_every_row_once():
         return {"logits": table[input_ids[:, -1]]}
 
     data = {"ids": ids, "mask": torch.ones_like(ids), "y": y}
-    assert evaluate(spm, data, "causal", torch.device("cpu"), batch_size=4) == 0.7
+    assert evaluate(spm, data, torch.device("cpu"), batch_size=4) == 0.7
     assert seen == ids[:, -1].tolist()
 
 
@@ -206,12 +247,15 @@ def test_peft_prompt_tuning_gives_the_same_loss():
         prompt_parameters(pm).copy_(spm.prompt)
     ids, y = _batch()
     mask = torch.ones_like(ids)
-    mask[:2, :3] = 0  # left padding
+    mask[:2, -3:] = 0  # right padding, as tasks.encode pads
     logits = peft_answer_logits(pm, ids, mask, LABELS)
     torch.testing.assert_close(logits, spm(ids, mask)["logits"], rtol=1e-5, atol=1e-5)
-    # PEFT's own forward (it prepends the virtual tokens itself) agrees at the shifted index.
-    full = pm(input_ids=ids[2:], attention_mask=mask[2:]).logits
-    torch.testing.assert_close(logits[2:], full[:, -1][:, LABELS], rtol=1e-5, atol=1e-5)
+    # PEFT's own forward (it prepends the virtual tokens itself) agrees at each row's answer
+    # position, shifted by the virtual tokens: padded rows included.
+    full = pm(input_ids=ids, attention_mask=mask).logits
+    at = last_real_index(mask) + N
+    torch.testing.assert_close(logits, full[torch.arange(5), at][:, LABELS], rtol=1e-5,
+                               atol=1e-5)
     torch.nn.functional.cross_entropy(logits, y).backward()
     assert prompt_parameters(pm).grad.abs().sum() > 0
 
@@ -365,3 +409,14 @@ def test_bad_soft_prompt_arguments_name_the_argument():
         args = dict(n_prompts=N, label_ids=LABELS) | change
         with pytest.raises(exc, match=message):
             SoftPromptModel(model, args.pop("n_prompts"), task="causal", **args)
+
+
+def test_every_rank_needs_a_full_slice_of_the_global_batch():
+    """2 ranks x 4 over 6 training rows: rank 1's slice of each shuffled batch had 2 rows (its
+    gradient weighed as much as rank 0's 4) or none (an error deep in tasks.batch)."""
+    from tsloss_cuda.training import check_global_batch
+    with pytest.raises(CLIError, match=r"--batch-size 4 x 2 ranks is 8 examples a step, more "
+                                       r"than the 6 training rows"):
+        check_global_batch(4, 2, 6)
+    check_global_batch(3, 2, 6)
+    check_global_batch(8, 1, 6)  # one process takes all 6 rows

@@ -169,6 +169,21 @@ def test_vocab_init_copies_embeddings():
         SoftPromptModel(model, 0)
 
 
+def test_random_init_is_gaussian_with_the_embeddings_per_dimension_std():
+    """init="random": independent of the vocabulary rows, each dimension's spread that of the
+    embedding table's (here scaled up per dimension, so a plain N(0, 1) would not match)."""
+    model = tiny_bert()
+    scale = torch.linspace(0.1, 3.0, 32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(scale / model.get_input_embeddings().weight.std(0))
+    spm = SoftPromptModel(model, 4000, init="random", generator=torch.Generator().manual_seed(3))
+    prompt = spm.prompt.detach()
+    emb = model.get_input_embeddings().weight.detach()
+    assert not (prompt[:, None, :] == emb[None]).all(-1).any()
+    torch.testing.assert_close(prompt.std(0), emb.std(0), rtol=0.06, atol=0)
+    assert prompt.mean(0).abs().max() < 0.1 * scale.max()
+
+
 def test_peft_prompt_tuning_one_line_tsloss():
     peft = pytest.importorskip("peft")
     cfg = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)
@@ -235,3 +250,21 @@ def test_linear_head_needs_a_label_count():
     for bad, exc in [(0, ValueError), (2.0, TypeError), (None, TypeError)]:
         with pytest.raises(exc, match="num_labels"):
             SoftPromptModel(tiny_bert(), 4, head="linear", num_labels=bad)
+
+
+def test_label_targets_are_embedded_without_dropout():
+    """A model built from a config starts in train mode: the label-description targets, computed
+    once, were embedded with dropout on (fixed noise in every later score). They are embedded in
+    eval mode, and the model's own mode is left as it was."""
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=4, intermediate_size=64,
+                                  hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg)
+    assert model.training
+    desc = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(6))
+    spm = SoftPromptModel(model, 4, head="similarity", label_inputs=(desc, torch.ones_like(desc)))
+    assert model.training
+    with torch.no_grad():
+        h = model.eval()(input_ids=desc).last_hidden_state.mean(1)
+    torch.testing.assert_close(spm.label_emb, torch.nn.functional.normalize(h, dim=-1))

@@ -84,7 +84,8 @@ def answer_logits(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor,
         index: ``(B,)`` the position whose next-token prediction is the answer.
         label_ids: ``(C,)`` the verbalizer's token ids.
     """
-    # Positions count real tokens only, so left padding does not shift them.
+    # Positions count real tokens only: padding on either side leaves them as they would be
+    # unpadded (on the right, which tasks.encode uses, they are plain arange, as PEFT's).
     pos = (mask.long().cumsum(1) - 1).clamp_min(0)
     hidden = _decoder_body(lm)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                use_cache=False).last_hidden_state  # (B, T, D)
@@ -145,6 +146,11 @@ class SoftPromptModel(nn.Module):
             of ``init_ids`` repeated/truncated to N).
         init_ids: token ids of the init text.
         generator: optional ``torch.Generator`` for the initialisation.
+
+    The frozen model keeps its train/eval mode and follows ``.train()`` / ``.eval()``: in train
+    mode its dropout is on, as in PEFT prompt tuning under a ``Trainer``; the training job runs
+    it in eval mode (``models.load_model``). The label-description targets are always
+    embedded in eval mode.
     """
 
     def __init__(self, model: nn.Module, n_prompts: int, *, task: Optional[str] = None,
@@ -178,10 +184,13 @@ class SoftPromptModel(nn.Module):
             if label_inputs is None:
                 raise ValueError("head='similarity' needs label_inputs (label description ids "
                                  "and mask)")
+            was_training = model.training
+            model.eval()  # fixed targets: no dropout in them, whatever the model's mode
             with torch.no_grad():
                 ids, mask = (t.to(self.prompt.device) for t in label_inputs)
                 emb = model.get_input_embeddings()(ids)
                 target = self._pool(emb, mask)
+            model.train(was_training)
             self.register_buffer("label_emb", nn.functional.normalize(target, dim=-1),
                                  persistent=False)  # (C, D)
 
@@ -268,6 +277,9 @@ def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
     :class:`SoftPromptModel` does, so the answer position shifts by that many. The prompt
     comes from ``peft_model.get_prompt`` and the frozen base model runs without its
     full-vocabulary head; ``answer_index`` (default: last unmasked token) indexes ``input_ids``.
+    Positions count real tokens (as :func:`answer_logits`); PEFT's own forward numbers every
+    column, pads included, so on left-padded rows the two differ: pad on the right (as
+    :func:`tsloss_cuda.tasks.encode` does) for a prompt that PEFT then scores alike.
     """
     base = peft_model.get_base_model()
     tok = base.get_input_embeddings()(input_ids)

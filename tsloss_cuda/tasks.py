@@ -122,15 +122,32 @@ def verbalizer(tok, names: Sequence[str], cue: str) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def _pad_left(rows: List[List[int]], pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Left padding puts every row's last real token (the answer position) in the last column."""
+def _pad_right(rows: List[List[int]], pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Right padding: every row's tokens sit in columns 0.. as when it runs alone, so position
+    ids, sliding-window attention (Gemma's window counts columns, pads included) and PEFT's own
+    forward (plain ``arange`` positions) all see it as they would unpadded; the answer position
+    is each row's last real token (:func:`~tsloss_cuda.prompt_tuning.last_real_index`)."""
     length = max(len(r) for r in rows)
     ids = torch.full((len(rows), length), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, length - len(r):] = torch.tensor(r)
-        mask[i, length - len(r):] = 1
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
     return ids, mask
+
+
+def _leading_specials(tok, probe: str) -> List[int]:
+    """The special tokens the tokenizer puts before a text (Gemma's BOS, BERT's [CLS]); not
+    those after it ([SEP], an EOS), which would sit between the text and the cue. Found around
+    ``probe``'s own tokens (a probe of unknown words would give [UNK], itself special)."""
+    full, bare = tok.encode(probe), tok.encode(probe, add_special_tokens=False)
+    for i in range(len(full) - len(bare) + 1):
+        if bare and full[i:i + len(bare)] == bare:
+            return full[:i]
+    special, k = set(tok.all_special_ids), 0
+    while k < len(full) and full[k] in special:
+        k += 1
+    return full[:k]
 
 
 def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str],
@@ -139,9 +156,9 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
     label tensors.
 
     encoder: right-padded texts; ``label_ids``/``label_mask`` ``(C, Lc)`` the label
-    descriptions. causal: left-padded ``"<text><cue>"`` (truncated to ``max_length`` tokens,
-    the cue kept), so the answer position is the last column; ``label_ids`` ``(C,)`` the
-    verbalizer's tokens.
+    descriptions. causal: right-padded ``"<text><cue>"`` after the tokenizer's leading special
+    tokens (truncated to ``max_length`` tokens, the cue kept), the answer position each row's
+    last real token; ``label_ids`` ``(C,)`` the verbalizer's tokens.
     """
     y = torch.tensor(labels)
     if task == "encoder":
@@ -158,11 +175,12 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
     label_ids = verbalizer(tok, names, spec.cue)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     cue = tok.encode(spec.cue, add_special_tokens=False)
+    lead = _leading_specials(tok, spec.cue)
     rows = []
     for t in texts:
-        body = tok.encode(t)  # with the tokenizer's own special tokens (Gemma's BOS)
+        body = lead + tok.encode(t, add_special_tokens=False)
         rows.append(body[: max(max_length - len(cue), 1)] + cue)
-    ids, mask = _pad_left(rows, pad)
+    ids, mask = _pad_right(rows, pad)
     return {"ids": ids, "mask": mask, "y": y, "label_ids": label_ids}
 
 
@@ -171,12 +189,12 @@ def take(data: Dict[str, torch.Tensor], n: int) -> Dict[str, torch.Tensor]:
     return {k: (v[:n] if k in EXAMPLE_KEYS else v) for k, v in data.items()}
 
 
-def batch(data: Dict[str, torch.Tensor], idx: torch.Tensor, task: str,
+def batch(data: Dict[str, torch.Tensor], idx: torch.Tensor,
           device: torch.device) -> Dict[str, torch.Tensor]:
     """Rows ``idx`` as model inputs, trimmed to the longest text in them (most of the compute
-    saved): ``input_ids``/``attention_mask`` ``(B, L')`` and ``labels`` ``(B,)``."""
+    saved; both tasks pad on the right): ``input_ids``/``attention_mask`` ``(B, L')`` and
+    ``labels`` ``(B,)``."""
     ids, mask = data["ids"][idx], data["mask"][idx]
-    used = mask.any(0).nonzero()
-    lo, hi = (0, int(used.max()) + 1) if task == "encoder" else (int(used.min()), mask.shape[1])
-    return {"input_ids": ids[:, lo:hi].to(device), "attention_mask": mask[:, lo:hi].to(device),
+    hi = int(mask.any(0).nonzero().max()) + 1
+    return {"input_ids": ids[:, :hi].to(device), "attention_mask": mask[:, :hi].to(device),
             "labels": data["y"][idx].to(device)}

@@ -98,13 +98,12 @@ class Dist:
 # training
 
 @torch.inference_mode()
-def evaluate(spm, data: Dict[str, torch.Tensor], task: str, device,
-             batch_size: int = 64) -> float:
+def evaluate(spm, data: Dict[str, torch.Tensor], device, batch_size: int = 64) -> float:
     """Validation accuracy (one host read per call)."""
     correct = torch.zeros((), device=device)
     m = data["y"].shape[0]
     for s in range(0, m, batch_size):
-        b = batch(data, torch.arange(s, min(s + batch_size, m)), task, device)
+        b = batch(data, torch.arange(s, min(s + batch_size, m)), device)
         correct += (spm(b["input_ids"], b["attention_mask"])["logits"].argmax(-1)
                     == b["labels"]).sum()
     return float(correct) / m
@@ -125,6 +124,15 @@ def build_prompt_model(args, tok, model, task: str, data, n_labels: int,
                            label_ids=split["label_ids"] if task == "causal" else None,
                            label_inputs=label_inputs, head=args.head, init=args.init,
                            init_ids=init_ids, generator=gen)
+
+
+def check_global_batch(batch_size: int, world: int, m: int) -> None:
+    """Ranks take consecutive slices of one shuffled global batch and average their gradients
+    with equal weights, so each needs a full slice: past ``m`` rows a rank's slice was short or
+    empty (an error in ``tasks.batch``). One process just takes all ``m`` rows."""
+    if world > 1 and batch_size * world > m:
+        raise CLIError(f"--batch-size {batch_size} x {world} ranks is {batch_size * world} "
+                       f"examples a step, more than the {m} training rows: lower --batch-size")
 
 
 def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_labels: int,
@@ -158,6 +166,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     train, val = data["train"], data["validation"]
     m = train["y"].shape[0]
     global_b = args.batch_size * dist.world
+    check_global_batch(args.batch_size, dist.world, m)
     order = torch.Generator().manual_seed(1000 + seed)  # same permutation on every rank
     perm, pos = torch.randperm(m, generator=order), 0
 
@@ -221,7 +230,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             row.update(task_loss=math.nan, reg_loss=math.nan)
         loss_acc, reg_acc, n_acc = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
         # A non-finite prompt's logits are NaN, and argmax would count them as class 0.
-        row["val_acc"] = evaluate(spm, val, task, dev) if diverged is None else math.nan
+        row["val_acc"] = evaluate(spm, val, dev) if diverged is None else math.nan
         if steps_to_target is None and row["val_acc"] >= args.target_acc:
             steps_to_target = step
         rows.append(row)
@@ -240,7 +249,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             perm, pos = torch.randperm(m, generator=order), 0
         idx = perm[pos + dist.rank * args.batch_size: pos + (dist.rank + 1) * args.batch_size]
         pos += global_b
-        b = batch(train, idx, task, dev)
+        b = batch(train, idx, dev)
         t0 = timer.mark()
         opt.zero_grad(set_to_none=False)
         task_loss = spm(**b)["loss"]
