@@ -146,7 +146,8 @@ def test_tracker_refuses_terms_it_would_drop():
     with pytest.raises(ValueError, match=r"terms: unknown key\(s\) redundancy_; the recorded "
                                          r"terms are connectivity, redundancy, stability, scale"):
         tracker.update(0, prompt, terms={"connectivity": 0.5, "redundancy_": torch.tensor(1.0)})
-    with pytest.raises(TypeError, match="terms: connectivity must be a tensor or a number, got str"):
+    with pytest.raises(TypeError, match="terms: connectivity must be a tensor or a number, "
+                                        "got str"):
         tracker.update(0, prompt, terms={"connectivity": "0.5"})
     assert tracker.flush() == []  # nothing half-recorded
     tracker.update(0, prompt, terms={"connectivity": 0.5, "redundancy": torch.tensor(0.25)})

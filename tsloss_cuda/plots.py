@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 Rows = List[Dict[str, float]]
 
 #: Panels of :func:`plot_topology`, most telling first: (column, title, y label). The CSV keeps
-#: every column; these are the ones worth a picture (h0_total is h0_count·h0_mean_life, h1_mean_life
-#: and h1_entropy follow the H1 bar count).
+#: every column; these are the ones worth a picture (h0_total is h0_count·h0_mean_life,
+#: h1_mean_life and h1_entropy follow the H1 bar count).
 TOPOLOGY_PANELS: Tuple[Tuple[str, str, str], ...] = (
     ("ts_connectivity", "TSLoss connectivity term", "mean H0 death / scale"),
     ("ts_scale", "Prompt scale", "mean pairwise distance"),

@@ -217,8 +217,9 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
     A resample without spread (``se_b`` = 0: one unit drawn n times, or only tied values
     drawn) or without a standard error (``se_b`` NaN: a jackknife whose leave-one-out samples
     include a constant variable, though the resample's own statistic exists) has no t*; it is
-    standardised by the sample's own ``se`` instead. Dropping it would cut one tail short, and ``t* = ±inf`` would let three tied values out of five (accuracy
-    differences come in steps of 1 / validation size) unbound an end. ``scale``: the data's
+    standardised by the sample's own ``se`` instead. Dropping it would cut one tail short, and
+    ``t* = ±inf`` would let three tied values out of five (accuracy differences come in steps
+    of 1 / validation size) unbound an end. ``scale``: the data's
     magnitude, for the tolerance under which a spread is 0.
     """
     ok = np.isfinite(stat)
