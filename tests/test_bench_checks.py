@@ -97,6 +97,42 @@ def test_a_wrong_loss_value_is_a_wrong_row(tmp_path, monkeypatch):
     assert "WRONG" in (tmp_path / "w.md").read_text()
 
 
+class _HalfGradient(torch.autograd.Function):
+    """The identity forward, half the gradient backward: a backward that skips work."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 0.5
+
+
+@pytest.mark.parametrize("broken", ["half", "none"])
+def test_a_wrong_gradient_is_a_wrong_row(tmp_path, monkeypatch, broken):
+    """The timed TSLoss backward was never checked: one that did half the work, or none (the
+    loss of detached points), kept the row correct and doubled its ratio."""
+    real = tsloss_cuda.loss
+
+    def loss(x, *args, **kwargs):
+        if x.requires_grad:
+            x = _HalfGradient.apply(x) if broken == "half" else x.detach()
+        value = real(x, *args, **kwargs)
+        return value if value.requires_grad else value.requires_grad_()
+
+    monkeypatch.setattr(tsloss_cuda, "loss", loss)
+    payload = bench.main(["--configs", "12,4,2", "--reps", "1", "--impls", "ours",
+                          "--out", str(tmp_path), "--name", "g", "--cpu", "--no-progress"])
+    row = next(r for r in payload["records"] if r["op"] == "loss_fwd_bwd")
+    assert row["correct"] is False and row["grad_rel_err"] > 0.4, row["grad_rel_err"]
+    monkeypatch.setattr(tsloss_cuda, "loss", real)
+    payload = bench.main(["--configs", "12,4,2", "--reps", "1", "--impls", "ours",
+                          "--out", str(tmp_path), "--name", "ok", "--cpu", "--no-progress"])
+    row = next(r for r in payload["records"] if r["op"] == "loss_fwd_bwd")
+    assert row["correct"] is True and row["grad_rel_err"] < bench.GRAD_RTOL
+
+
 def test_the_fastest_kind_that_passed_is_the_peers_time(tmp_path, monkeypatch):
     # A faster kind with wrong diagrams made the whole peer WRONG, dropping it from the verdicts.
     orig = bench.PEERS["ripser"][0]
@@ -131,6 +167,48 @@ def test_goals_name_the_peers_a_verdict_leaves_out():
                        enumerate(["ripser", "gph-1t", "gph-all", "gudhi", "gudhi-sklearn"])]
     text = "\n".join(bench.goals(everyone))
     assert "3.00× (met)" in text and "peers" not in text.split("| 64 |")[1]
+
+
+def _goal_row(records, busy=frozenset()):
+    text = "\n".join(bench.goals(records, busy))
+    return [c.strip() for c in next(l for l in text.splitlines()
+                                    if l.startswith("| %d |" % records[0]["N"])).split("|")[4:8]]
+
+
+@pytest.mark.parametrize("n, need, cap", [(16, 10, 2.0), (64, 2, 2.0), (128, 2, 1.5)])
+def test_goal_thresholds_on_both_sides(n, need, cap):
+    """Every goal's threshold, as the issues state them: forward >= 10x the best peer at
+    N <= 32 and 2x above, TSLoss fwd+bwd >= 3x torch-topological and <= 2x our forward
+    (1.5x at N >= 128); ours WRONG and a busy machine are said, not blamed on a peer."""
+    def config(fwd_ratio, loss_ratio, over, ours_ok=True):
+        ours = [dict(_record("ours", None, n=n), median_s=1.0, correct=ours_ok),
+                dict(_record("ours", None, "loss_fwd_bwd", n), median_s=over)]
+        peers = [_record(i, fwd_ratio, n=n) for i in
+                 ("ripser", "gph-1t", "gph-all", "gudhi", "gudhi-sklearn")]
+        if fwd_ratio is not None:  # the best peer (the lowest ratio) decides
+            peers[0] = dict(peers[0], ratio_to_ours=fwd_ratio * 3)
+        return ours + peers + [_record("torch-topological", loss_ratio, "loss_fwd_bwd", n)]
+
+    met = _goal_row(config(need * 1.01, 3.03, cap * 0.99))
+    assert [c.split("(")[1] for c in met] == ["met)", "met)", "met)", "met)"], met
+    missed = _goal_row(config(need * 0.99, 2.97, cap * 1.01))
+    assert missed == [f"{need * 0.99:.2f}× (missed, needs {need}×)"] * 2 + [
+        "2.97× (missed, needs 3×)", f"{cap * 1.01:.2f}× (missed, needs ≤ {cap}×)"], missed
+    # With the matrix's cost added the same peers can fall behind: the second column's own ratio.
+    timed = [dict(r, ratio_to_ours_incl_matrix=need * 1.5) if r.get("ratio_to_ours") and
+             r["op"] == "forward" and r["impl"] != "ours" else r
+             for r in config(need * 0.99, 3.03, cap * 0.99)]
+    assert _goal_row(timed)[:2] == [f"{need * 0.99:.2f}× (missed, needs {need}×)",
+                                    f"{need * 1.5:.2f}× (met)"]
+    wrong = config(None, 3.03, cap * 0.99, ours_ok=False)
+    for r in wrong:
+        if r["impl"] not in ("ours", "torch-topological"):
+            r["ratio_to_ours"] = None  # no peer gets a ratio against a wrong result
+    row = _goal_row(wrong)
+    assert row[:2] == ["ours WRONG", "ours WRONG"] and row[3] == "ours WRONG", row
+    assert "not against" not in "\n".join(bench.goals(wrong))
+    busy = _goal_row(config(need * 1.01, 3.03, cap * 0.99), {(n, 8, 2)})
+    assert all(c.endswith("busy: rerun") for c in busy), busy
 
 
 def test_a_capped_build_names_its_files(tmp_path):

@@ -41,6 +41,11 @@ def test_runner_tiny(tmp_path, impls):
         assert r["median_s"] > 0
     ops = {(r["impl"], r["op"]) for r in recs}
     assert ("ours", "forward") in ops and ("ours", "loss_fwd_bwd") in ops
+    ours = {r["op"]: r for r in recs if r["impl"] == "ours"}
+    for r in recs:  # > 1: ours faster; the peer's time over ours for the same op
+        if r["impl"] != "ours":
+            assert r["ratio_to_ours"] == pytest.approx(
+                r["median_s"] / ours[r["op"]]["median_s"], rel=1e-12), r
     md = (tmp_path / "tiny.md").read_text()
     assert md.startswith("# Benchmarks")
     rows = [ln for ln in md.splitlines() if ln.startswith("| 8 | 4 | 2 |")]
