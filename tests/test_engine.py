@@ -551,3 +551,25 @@ def test_float32_points_h0_equals_ripser_exactly(rng):
         ours = vr_persistence(x).to_numpy()[0][0]
         ref = ripser_reference(x.numpy().astype(np.float64))[0]
         np.testing.assert_array_equal(np.sort(ours[:, 1]), np.sort(ref[:, 1]))
+
+
+def test_a_grid_past_the_int32_triangle_index():
+    """A 49 x 49 unit grid: N = 2401 points, so triangle indices pass 2^31 (C(2401, 3) = 2.3e9,
+    from N = 2345 on) and no smaller cloud covers them. Known diagram: every unit square is one
+    H1 bar [1, sqrt 2), killed by one of its diagonals; every H0 bar dies at 1."""
+    side = 49
+    grid = torch.stack(torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)),
+                                      indexing="ij"), -1).reshape(-1, 2)
+    dg = vr_persistence(grid)
+    squares = (side - 1) ** 2
+    assert dg.h1_count.tolist() == [squares] and not bool(dg.truncated.any())
+    h1, edges = dg.h1[0, :squares], dg.h1_edges[0, :squares].long()
+    diag = torch.tensor(2.0, dtype=torch.float32).sqrt()
+    assert bool((h1[:, 0] == 1).all()) and bool((h1[:, 1] == diag).all())
+    assert bool((dg.h0[0, :, 1] == 1).all()) and dg.h0.shape[1] == side * side - 1
+    p = grid.long()
+    birth = (p[edges[:, 0]] - p[edges[:, 1]]).abs().sum(1)
+    death = (p[edges[:, 2]] - p[edges[:, 3]]).abs()
+    assert bool((birth == 1).all()) and bool((death == 1).all())  # an edge; a diagonal
+    corner = torch.minimum(p[edges[:, 2]], p[edges[:, 3]])  # each square's diagonal once
+    assert len({(int(a), int(b)) for a, b in corner}) == squares

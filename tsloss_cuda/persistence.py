@@ -211,7 +211,10 @@ def vr_persistence(
 ) -> Diagrams:
     """Vietoris–Rips persistence diagrams H0 and H1 of a batch of clouds, in one call.
 
-    Equal to ripser.py's diagrams (Z/2 coefficients, same tie-breaking: diameter, then index).
+    Equal to ripser.py's diagrams (Z/2 coefficients, same tie-breaking: diameter, then index)
+    for float32 input, on the same distance matrix; ripser.py computes in float32, so float64
+    diagrams equal a float64 Rips computation (GUDHI's) instead and may hold or lack a bar one
+    float32 step long.
 
     Args:
         x: points ``(N, D)`` / ``(B, N, D)``, or with ``distances=True`` a distance matrix
