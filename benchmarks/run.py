@@ -873,7 +873,7 @@ def markdown(records, meta, scal) -> str:
         lines += ["", "Peer errors (an input kind that raised; the other kind, if any, was timed):"]
         lines += [f"- {r['impl']} at N,D,B = {r['N']},{r['D']},{r['B']} ({r['op']}), "
                   f"{kind}: {msg[:200]}" for r in failed for kind, msg in r["errors"].items()]
-    lines += goals(records, {b[:3] for b in busy_configs(records, meta)})
+    lines += goals(records, {b[:3] for b in busy})
     if scal:
         lines += ["", "## Scaling of ours (forward H0+H1)", "",
                   "| axis | sizes (N, D, B) | median times | fitted exponent |", "|---|---|---|---|"]
