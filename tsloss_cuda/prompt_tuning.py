@@ -25,6 +25,7 @@ TSLoss is one line for both::
 from __future__ import annotations
 
 import numbers
+import weakref
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -101,6 +102,49 @@ def answer_logits(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor,
     return logits.float()
 
 
+_CHECKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def check_answer_logits(lm: nn.Module, label_ids: torch.Tensor) -> None:
+    """Raise ValueError if :func:`answer_logits` does not reproduce ``lm``'s own logits.
+
+    Models transform the head's output in their ``forward`` in their own ways (Cohere
+    multiplies by ``logit_scale``, Granite divides by ``logits_scaling``, another model
+    multiplies by an attribute of that same name), and :func:`answer_logits` applies only
+    Gemma's softcap. A model it does not match would train on a silently different loss, so
+    the two are compared once, on one row of four label-word tokens, in eval mode.
+
+    Args:
+        lm: a transformers causal LM.
+        label_ids: ``(C,)`` the verbalizer's token ids, on ``lm``'s device.
+    """
+    if lm in _CHECKED:
+        return
+    label_ids = label_ids.to(lm.get_input_embeddings().weight.device)
+    ids = label_ids.repeat(4)[:4].unsqueeze(0)  # (1, 4) tokens the model surely has
+    mask = torch.ones_like(ids)
+    was_training = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            own = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[0, -1]
+            own = own[label_ids].float()
+            ours = answer_logits(lm, lm.get_input_embeddings()(ids), mask,
+                                 ids.new_tensor([3]), label_ids)[0]
+    finally:
+        lm.train(was_training)
+    dtype = lm.get_input_embeddings().weight.dtype
+    tol = (1e-4 if dtype in (torch.float32, torch.float64) else 3e-2) * \
+        max(1.0, float(own.abs().max()))
+    err = float((own - ours).abs().max())
+    if not err <= tol:
+        raise ValueError(f"{type(lm).__name__}'s forward turns hidden states into logits in a "
+                         f"way answer_logits does not reproduce (label-word logits {err:.3g} "
+                         "apart, on one row): this model is not supported for verbalizer "
+                         "prompt tuning")
+    _CHECKED.add(lm)
+
+
 def last_real_index(mask: torch.Tensor) -> torch.Tensor:
     """``(B,)`` index of each row's last unmasked position (either padding side)."""
     cols = torch.arange(mask.shape[1], device=mask.device)
@@ -141,10 +185,13 @@ class SoftPromptModel(nn.Module):
             descriptions, embedded once without the prompt.
         head: encoder: ``"similarity"`` (head-free) or ``"linear"``.
         num_labels: classes of the linear head.
-        init: ``"vocab"`` (N randomly sampled vocabulary embeddings, as Lester et al. 2021),
-            ``"random"`` (Gaussian with the embeddings' per-dim std) or ``"text"`` (embeddings
-            of ``init_ids`` repeated/truncated to N).
-        init_ids: token ids of the init text.
+        init: ``"vocab"`` (the embeddings of N token ids sampled uniformly, with replacement,
+            from ``init_ids``, by default the whole vocabulary, special and unused tokens
+            included; Lester et al. 2021 sample among the 5,000 most common tokens, which
+            :func:`tsloss_cuda.tasks.frequent_tokens` approximates), ``"random"`` (Gaussian
+            with the embeddings' per-dim std) or ``"text"`` (embeddings of ``init_ids``
+            repeated/truncated to N).
+        init_ids: ``"text"``: token ids of the init text; ``"vocab"``: the ids to sample from.
         generator: optional ``torch.Generator`` for the initialisation.
 
     The frozen model keeps its train/eval mode and follows ``.train()`` / ``.eval()``: in train
@@ -178,6 +225,7 @@ class SoftPromptModel(nn.Module):
             if label_ids is None:
                 raise ValueError("a causal model needs label_ids (the verbalizer's token ids)")
             self.register_buffer("label_ids", _label_ids(label_ids, model), persistent=False)
+            check_answer_logits(model, self.label_ids)
         elif head == "linear":
             self.head = nn.Linear(self.prompt.shape[1], num_labels).to(self.prompt.device)
         else:
@@ -205,7 +253,14 @@ class SoftPromptModel(nn.Module):
                     raise ValueError("init='text' needs init_ids")
                 return embed(text_init_ids(init_ids, n).to(dev)).float().clone()
             if init == "vocab":
-                ids = torch.randint(0, v, (n,), generator=generator)
+                if init_ids is None:
+                    ids = torch.randint(0, v, (n,), generator=generator)
+                else:
+                    pool = torch.as_tensor(init_ids, dtype=torch.long).reshape(-1)
+                    if pool.numel() == 0 or pool.min() < 0 or pool.max() >= v:
+                        raise ValueError(f"init_ids must be token ids in [0, {v}) to sample "
+                                         f"from, got {pool.numel()} ids")
+                    ids = pool[torch.randint(0, pool.numel(), (n,), generator=generator)]
                 return embed(ids.to(dev)).float().clone()
             # The std over a sample of the vocabulary: the full table can be 100s of MB.
             sample = embed(torch.randperm(v, generator=generator)[:4096].to(dev)).float()
@@ -277,6 +332,7 @@ def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
     :class:`SoftPromptModel` does, so the answer position shifts by that many. The prompt
     comes from ``peft_model.get_prompt`` and the frozen base model runs without its
     full-vocabulary head; ``answer_index`` (default: last unmasked token) indexes ``input_ids``.
+    The first call on a model runs :func:`check_answer_logits` on it.
     Positions count real tokens (as :func:`answer_logits`); PEFT's own forward numbers every
     column, pads included, so on left-padded rows the two differ: pad on the right (as
     :func:`tsloss_cuda.tasks.encode` does) for a prompt that PEFT then scores alike.
@@ -289,8 +345,9 @@ def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
     mask = torch.cat([attention_mask.new_ones(b, nv), attention_mask], 1)
     if answer_index is None:
         answer_index = last_real_index(attention_mask)
-    return answer_logits(base, torch.cat([prompt, tok], 1), mask, answer_index + nv,
-                         torch.as_tensor(label_ids, device=input_ids.device))
+    label_ids = torch.as_tensor(label_ids, device=input_ids.device)
+    check_answer_logits(base, label_ids)
+    return answer_logits(base, torch.cat([prompt, tok], 1), mask, answer_index + nv, label_ids)
 
 
 def _peft_type(model: nn.Module, name: str, encoder: nn.Module) -> str:

@@ -184,6 +184,23 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
     return {"ids": ids, "mask": mask, "y": y, "label_ids": label_ids}
 
 
+def frequent_tokens(data: Dict[str, torch.Tensor], exclude: List[int],
+                    k: int = 5000) -> List[int]:
+    """The ``k`` most frequent token ids of a split's unmasked text, ``exclude`` (the special
+    tokens) left out; ties go to the smaller id. Lester et al. (2021) initialise a prompt from
+    the 5,000 most common tokens of the vocabulary; offline, the task's own texts stand in
+    for the pretraining corpus' counts."""
+    counts = torch.bincount(data["ids"][data["mask"].bool()])
+    if exclude:
+        drop = torch.tensor(sorted(set(exclude)))
+        counts[drop[drop < counts.numel()]] = 0
+    ids = torch.arange(counts.numel())
+    order = sorted(ids[counts > 0].tolist(), key=lambda i: (-int(counts[i]), i))
+    if not order:
+        raise CLIError("--init frequent: the training texts have no tokens but special ones")
+    return order[:k]
+
+
 def take(data: Dict[str, torch.Tensor], n: int) -> Dict[str, torch.Tensor]:
     """The first ``n`` examples of an encoded split (label tensors unchanged)."""
     return {k: (v[:n] if k in EXAMPLE_KEYS else v) for k, v in data.items()}

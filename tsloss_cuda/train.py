@@ -73,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=positive_int, default=100, help="optimizer steps per run")
     p.add_argument("--batch-size", type=positive_int, default=8, help="examples per rank per step")
     p.add_argument("--prompt-length", type=positive_int, default=8, help="N, soft prompt vectors")
-    p.add_argument("--init", default="vocab", choices=("vocab", "random", "text"),
-                   help="prompt init: sampled vocabulary embeddings, Gaussian, or the embeddings "
-                        "of --init-text's tokens repeated to N")
+    p.add_argument("--init", default="vocab", choices=("vocab", "frequent", "random", "text"),
+                   help="prompt init: embeddings of tokens sampled from the whole vocabulary, "
+                        "or from the 5000 most frequent tokens of the training texts (Lester et "
+                        "al.'s recipe), Gaussian, or the embeddings of --init-text's tokens "
+                        "repeated to N")
     p.add_argument("--init-text", default=None,
                    help="text of --init text (default: the task's instruction)%(default).0s")
     p.add_argument("--head", default="similarity", choices=("similarity", "linear"),

@@ -15,7 +15,7 @@ import torch
 
 from ._cli import CLIError, check_device
 from .run_outputs import checkpoint_folder, run_id as run_name
-from .tasks import batch
+from .tasks import batch, frequent_tokens
 
 REGULARIZERS = ("none", "l2", "pairwise", "tsloss")
 
@@ -114,15 +114,17 @@ def build_prompt_model(args, tok, model, task: str, data, n_labels: int,
     """The :class:`SoftPromptModel` of one run, as the flags ask."""
     from tsloss_cuda.prompt_tuning import SoftPromptModel
     split = data["train"]
-    init_ids = None
-    if args.init == "text":
+    init, init_ids = args.init, None
+    if init == "text":
         init_ids = tok.encode(args.init_text or "", add_special_tokens=False)
         if not init_ids:
             raise CLIError("--init-text: the text has no tokens")
+    elif init == "frequent":
+        init, init_ids = "vocab", frequent_tokens(split, tok.all_special_ids)
     label_inputs = (split["label_ids"], split["label_mask"]) if task == "encoder" else None
     return SoftPromptModel(model, args.prompt_length, task=task, num_labels=n_labels,
                            label_ids=split["label_ids"] if task == "causal" else None,
-                           label_inputs=label_inputs, head=args.head, init=args.init,
+                           label_inputs=label_inputs, head=args.head, init=init,
                            init_ids=init_ids, generator=gen)
 
 
