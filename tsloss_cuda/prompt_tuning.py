@@ -280,7 +280,10 @@ class SoftPromptModel(nn.Module):
         return torch.cat([p, tok], 1), mask
 
     def _pool(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Masked mean ``(B, D)`` of the encoder's last hidden states."""
+        """Masked mean ``(B, D)`` of the encoder's last hidden states, the prompt's positions
+        included: sentence-transformers' mean pooling of the input the encoder sees. (Leaving
+        them out would make the prompt act only through attention, as in a causal LM; the
+        committed comparisons pooled them.)"""
         hidden = self.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return ((hidden * m).sum(1) / m.sum(1).clamp_min(1.0)).float()
