@@ -108,6 +108,11 @@ def test_double_backward_through_vr_persistence(distances):
         assert torch.count_nonzero(g0[1]) == 0 and torch.count_nonzero(g1[1]) == 0
     g2, = torch.autograd.grad(sum((g ** 2).sum() for g in g1), inputs[0])
     assert g2.abs().max() > 0
+    # Empty clouds: their padding edges read as vertex 0, which they lack.
+    e = torch.zeros(2, 0, 0 if distances else 3, dtype=torch.float64, requires_grad=True)
+    dg = T.vr_persistence(e, distances=distances)
+    g, = torch.autograd.grad(dg.h0.sum() + dg.h1.sum(), e, create_graph=True)
+    assert g.shape == e.shape
 
 
 @pytest.mark.parametrize("scale", [1e-200, 1e-310, 1e200])
@@ -405,6 +410,39 @@ def test_previous_of_the_wrong_kind_or_shape_is_refused():
             T.loss(x, stability=1.0, previous=type(top)(bad, top.h1))
     with pytest.raises(ValueError, match="previous.h1 has shape"):
         T.loss(x, stability=1.0, previous=type(top)(top.h0, top.h1[0]))
+    # On another device: refused, not copied (a host-to-device copy would block every step).
+    with pytest.raises(ValueError, match="previous.h0 is on meta, the prompts on cpu"):
+        T.loss(x, stability=1.0, previous=type(top)(top.h0.to("meta"), top.h1))
+    with pytest.raises(ValueError, match="previous.h1 is on meta"):
+        T.loss(x, stability=1.0, previous=type(top)(top.h0, top.h1.to("meta")))
+    # The module's state restored without PromptTopology(**saved): the same named TypeError.
+    module = T.TSLoss(stability=1.0)
+    for wrong in (top._asdict(), tuple(top)):
+        module.previous = wrong
+        with pytest.raises(TypeError, match="previous must be the PromptTopology"):
+            module(x)
+
+
+def test_the_module_moves_its_restored_previous_to_the_prompts_device(monkeypatch):
+    """TSLoss owns its previous topology: one restored on another device (loaded with
+    map_location="cpu" for a CUDA run) is moved once, where the functional loss refuses it."""
+    x = generic_cloud().float()
+    module = T.TSLoss(stability=1.0)
+    module(x)
+    want = module.previous
+    moved = []
+
+    class Elsewhere(torch.Tensor):  # a CPU tensor that reports another device until moved
+        @property
+        def device(self):
+            return torch.device("meta")
+
+        def to(self, *args, **kwargs):
+            moved.append(args)
+            return torch.Tensor(self).clone()
+    module.previous = T.PromptTopology(*(t.as_subclass(Elsewhere) for t in want))
+    torch.testing.assert_close(module(x), T.loss(x, stability=1.0, previous=want))
+    assert moved == [(x.device,), (x.device,)] and type(module.previous.h0) is torch.Tensor
 
 
 def test_scale_normalisation_makes_loss_scale_invariant():

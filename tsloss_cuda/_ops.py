@@ -97,6 +97,8 @@ def _bar_gradient(grad_h0, grad_h1, x, h0_edges, h1_edges, distances: bool) -> t
     valid, u, v = _edge_ends(edges)
     w = torch.where(valid, w, torch.zeros_like(w))
     b, n = x.shape[0], x.shape[1]
+    if n == 0:  # padding edges read as vertex 0, which an empty cloud lacks
+        return torch.zeros_like(x)
     if distances:  # the op reads the upper triangle: entry (min, max) of each edge
         i, j = torch.minimum(u, v), torch.maximum(u, v)
         return x.new_zeros(b, n * n).scatter_add(1, i * n + j, w).view(b, n, n)

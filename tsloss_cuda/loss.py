@@ -151,8 +151,9 @@ def loss(
             numbers, as every option here: a tensor is refused, since the op would read it back
             from its device on every call).
         previous: the :class:`PromptTopology` of the previous call (``terms["topology"]`` of a
-            call with ``return_terms=True``), a constant (no gradient flows into it); None
-            makes the stability term 0. One made under ``torch.inference_mode`` is fine, unless
+            call with ``return_terms=True``), a constant (no gradient flows into it), on the
+            prompts' device (another device is a ValueError, not a copy that would block each
+            step); None makes the stability term 0. One made under ``torch.inference_mode`` is fine, unless
             that call was compiled: evaluate compiled code under ``torch.no_grad()``, since a
             compiled training step cannot save inference tensors for its backward.
         normalize: ``"mean"`` (divide by the mean pairwise distance) or ``"none"``.
@@ -206,10 +207,15 @@ def loss(
         if not (previous.h0.is_floating_point() and previous.h1.is_floating_point()):
             raise TypeError("previous must hold real floating-point tensors (a topology of an "
                             f"earlier call), got {previous.h0.dtype} and {previous.h1.dtype}")
+        for name, t in (("h0", previous.h0), ("h1", previous.h1)):
+            if t.device != x.device:  # a host-to-device copy here would block every step
+                raise ValueError(f"previous.{name} is on {t.device}, the prompts on {x.device}: "
+                                 "move the previous topology to the prompts' device once "
+                                 "(PromptTopology(*(t.to(device) for t in previous)))")
         # A constant of this call: detached (no gradient flows into the previous topology), and
         # copied when it was made under torch.inference_mode, whose tensors autograd cannot save.
-        prev_h0 = previous.h0.detach().to(device=x.device, dtype=x.dtype)
-        prev_h1 = previous.h1.detach().to(device=x.device, dtype=x.dtype)
+        prev_h0 = previous.h0.detach().to(dtype=x.dtype)
+        prev_h1 = previous.h1.detach().to(dtype=x.dtype)
         h0_shape = (b, max(n - 1, 0))
         if tuple(prev_h0.shape) != h0_shape:
             raise ValueError(f"previous.h0 has shape {tuple(prev_h0.shape)}, expected "
@@ -265,7 +271,8 @@ class TSLoss(torch.nn.Module):
     holding a TSLoss saves as before (safetensors takes tensors only, strict loading of older
     checkpoints finds no missing key); to resume the stability term exactly, save
     ``previous._asdict()`` (``previous`` is a :class:`PromptTopology` of tensors, or None) with
-    the checkpoint and assign ``PromptTopology(**saved)`` back.
+    the checkpoint and assign ``PromptTopology(**saved)`` back (on any device: the next
+    forward moves it to the prompts' device once).
     A compiled module evaluated under
     ``torch.inference_mode`` keeps an inference-tensor diagram that its next compiled training
     call cannot save for the backward: evaluate compiled code under ``torch.no_grad()``.
@@ -320,7 +327,17 @@ class TSLoss(torch.nn.Module):
                 "previous topology as an input and terms['topology'] as an output instead")
         recomputing = _checkpoint_recomputation()
         previous = self._used_previous if recomputing else self.previous
-        if previous is not None and prompts.dim() in (2, 3):
+        topology = previous is not None and all(
+            isinstance(getattr(previous, a, None), torch.Tensor) for a in ("h0", "h1"))
+        if topology and previous.h0.device != prompts.device:
+            # State this module owns, restored on another device (a checkpoint loaded with
+            # map_location="cpu", or .to() after a CPU run): moved once, then kept there.
+            previous = PromptTopology(*(t.to(prompts.device) for t in previous))
+            if recomputing:
+                self._used_previous = previous
+            else:
+                self.previous = previous
+        if topology and prompts.dim() in (2, 3):
             # Shapes only: no host synchronisation.
             b, n = (1, prompts.shape[0]) if prompts.dim() == 2 else tuple(prompts.shape[:2])
             pb, pn = previous.h0.shape[0], previous.h0.shape[1] + 1
