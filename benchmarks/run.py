@@ -18,6 +18,9 @@ conservative choice: it favours peers; its cost is recorded as ``matrix_precompu
 
 Each timing is the median of at least ``--reps`` repetitions after one warm-up (calls faster
 than 50 ms are repeated until ~0.25 s is timed, at most 200 times, for every implementation).
+Ours is timed before the peers and again after them; its median pools both, and a config whose
+two timings differ by more than ``DRIFT`` is marked for a rerun (as one whose thread probe read
+a busy machine).
 Every result is checked against ripser.py (float64 distance matrix): bottleneck distance of H0
 and H1 per cloud within 16 float32 steps of the cloud's diameter (``TOL``), the same infinite
 bars (and for ours the same bar counts), else the row is ``correct: false`` and gets no ratio.
@@ -401,6 +404,9 @@ def parallel_speedup() -> float:
 
 # Below this, a config's times say more about the other process than about the code.
 BUSY_SPEEDUP = 1.2
+# Ours is timed before and after the peers (median after / median before); past this ratio either
+# way the machine's speed changed in between.
+DRIFT = 1.25
 
 
 def time_fn(run, reps: int, cuda: bool = False, adaptive: bool = True):
@@ -543,6 +549,7 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
             recs.append(r)
             if progress:
                 progress.update(1)
+        ours_timed = [(recs[-2], fwd), (recs[-1], loss)]
     for impl in impls:
         if impl == "ours":
             continue
@@ -612,6 +619,16 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
         recs.append(r)
         if progress:
             progress.update(1)
+    if "ours" in impls and len(impls) > 1:
+        # Ours again after the peers (A-B-A): a machine whose speed changed while the peers ran
+        # shows as drift between ours' two timings, instead of skewing the ratios unseen.
+        with torch_threads(threads):
+            for r, run in ours_timed:
+                _, _, again = time_fn(run, reps, cuda)
+                r.update(times_after_s=again,
+                         drift=statistics.median(again) / statistics.median(r["times_s"]),
+                         median_s=statistics.median(r["times_s"] + again),
+                         reps=len(r["times_s"]) + len(again))
     # per-cloud µs and ratios (peer time / our time, same op)
     ours = {r["op"]: r for r in recs if r["impl"] == "ours"}
     for r in recs:
@@ -689,9 +706,22 @@ def busy_configs(records, meta) -> list:
                    and meta.get("cores", 1) > 1})
 
 
-def goals(records, busy=frozenset()) -> list:
+def unsteady_configs(records) -> list:
+    """(N, D, B, drift) of the configs where ours' time before the peers and after them differ
+    by more than :data:`DRIFT` either way (the largest drift of the config's ops)."""
+    worst = {}
+    for r in records:
+        d = r.get("drift")
+        if r["impl"] == "ours" and d is not None and not 1 / DRIFT <= d <= DRIFT:
+            k = (r["N"], r["D"], r["B"])
+            worst[k] = max(worst.get(k, 1.0), d, key=lambda v: max(v, 1 / v))
+    return sorted(k + (d,) for k, d in worst.items())
+
+
+def goals(records, busy=frozenset(), unsteady=frozenset()) -> list:
     """The issue's speed goals checked against this run's ratios, one line per config.
-    ``busy``: the configs (N, D, B) whose thread probe read low; their verdicts are marked."""
+    ``busy``: the configs (N, D, B) whose thread probe read low; ``unsteady``: those where ours'
+    time drifted while the peers ran. Their verdicts are marked."""
     keys = sorted({(r["N"], r["D"], r["B"]) for r in records})
     gpu = any(r["device"] == "cuda" for r in records if r["impl"] == "ours")
     lines = ["", "## Goals", "",
@@ -746,8 +776,9 @@ def goals(records, busy=frozenset()) -> list:
                 cells[i] = "ours WRONG"
         if ours_wrong(k, "forward") or ours_wrong(k, "loss_fwd_bwd"):
             cells[3] = "ours WRONG"
-        if k in busy:  # a verdict from times another process skewed
-            cells = [c if c in ("not measured", "ours WRONG") else c + ", busy: rerun"
+        why = "busy" if k in busy else "unsteady" if k in unsteady else None
+        if why:  # a verdict from times another process or a changing machine skewed
+            cells = [c if c in ("not measured", "ours WRONG") else c + f", {why}: rerun"
                      for c in cells]
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells) + " |")
     left_out = {}  # what is missing and why -> the configs
@@ -799,6 +830,8 @@ def markdown(records, meta, scal) -> str:
              f"{meta.get('cpu_isa', 'not recorded')}; load average at start {meta['load_start']}, "
              f"at end {meta['load_end']}; median of at least {meta['reps']} reps after a warm-up "
              f"(calls under 50 ms repeated until ~{MIN_TOTAL_S} s is timed, at most {MAX_REPS})."
+             + (" Ours was timed before the peers and again after them; its median pools both."
+                if any("drift" in r for r in records) else "")
              + (f" Not run (not importable here): {', '.join(meta['skipped_impls'])}."
                 if meta.get("skipped_impls") else "")
              + (f" Engine: commit {engine.get('git_head')}, sources {engine['source_digest']}."
@@ -862,6 +895,11 @@ def markdown(records, meta, scal) -> str:
                          f"only {s:.2f}× as fast as one thread at the start of this config): its "
                          "times say more about the other process than about the code; rerun it."
                          for n, d, b, s in busy]
+    unsteady = unsteady_configs(records)
+    if unsteady:
+        lines += [""] + [f"**N,D,B = {n},{d},{b}: ours ran {v:.2f}× as long after the peers as "
+                         "before them**: the machine's speed changed while the peers ran, so "
+                         "the ratios mix two speeds; rerun it." for n, d, b, v in unsteady]
     sub = sorted({(r["N"], r["D"], r["B"], r["peer_clouds"]) for r in records
                   if r.get("peer_clouds", r["B"]) < r["B"]})
     if sub:
@@ -873,7 +911,7 @@ def markdown(records, meta, scal) -> str:
         lines += ["", "Peer errors (an input kind that raised; the other kind, if any, was timed):"]
         lines += [f"- {r['impl']} at N,D,B = {r['N']},{r['D']},{r['B']} ({r['op']}), "
                   f"{kind}: {msg[:200]}" for r in failed for kind, msg in r["errors"].items()]
-    lines += goals(records, {b[:3] for b in busy})
+    lines += goals(records, {b[:3] for b in busy}, {u[:3] for u in unsteady})
     if scal:
         lines += ["", "## Scaling of ours (forward H0+H1)", "",
                   "| axis | sizes (N, D, B) | median times | fitted exponent |", "|---|---|---|---|"]

@@ -152,6 +152,50 @@ def test_the_fastest_kind_that_passed_is_the_peers_time(tmp_path, monkeypatch):
     assert rec["alternatives"]["points"]["median_s"] < rec["median_s"]
 
 
+@pytest.mark.parametrize("after", [2.0, 1.2, 0.5])
+def test_ours_is_timed_before_and_after_the_peers(tmp_path, monkeypatch, after):
+    """A-B-A: the machine's speed changing while the peers run shows as drift between ours'
+    two timings; past DRIFT either way the config's verdicts are marked for a rerun."""
+    state = {"peers": False}
+    orig = bench.PEERS["ripser"][0]
+
+    def peer(inp, kind):
+        state["peers"] = True
+        return orig(inp, kind)
+
+    def fake_time(run, reps, cuda=False, adaptive=True):
+        t = 1e-3 * (after if state["peers"] else 1.0)
+        return run(), t, [t] * max(reps, 1)
+    monkeypatch.setitem(bench.PEERS, "ripser", (peer, "forward"))
+    monkeypatch.setattr(bench, "time_fn", fake_time)
+    monkeypatch.setattr(bench, "parallel_speedup", lambda: 2.0)
+    payload = bench.main(["--configs", "12,4,2", "--reps", "2", "--impls", "ours,ripser",
+                          "--out", str(tmp_path), "--name", "aba", "--cpu", "--no-progress"])
+    ours = [r for r in payload["records"] if r["impl"] == "ours"]
+    assert len(ours) == 2
+    for r in ours:
+        assert r["times_s"] == [1e-3] * 2 and r["times_after_s"] == [1e-3 * after] * 2
+        assert r["drift"] == pytest.approx(after) and r["reps"] == 4
+        assert r["median_s"] == pytest.approx(1e-3 * (1 + after) / 2)
+    md = (tmp_path / "aba.md").read_text()
+    marked = after != 1.2
+    assert ("as long after the peers as before them" in md) is marked
+    assert ("unsteady: rerun" in md) is marked
+    alone = bench.main(["--configs", "12,4,2", "--reps", "1", "--impls", "ours", "--out",
+                        str(tmp_path), "--name", "alone", "--cpu", "--no-progress"])
+    assert all("drift" not in r for r in alone["records"])
+
+
+def test_unsteady_configs_keep_the_worst_drift_either_way():
+    recs = [dict(_record("ours", None, op), drift=d) for op, d in
+            (("forward", 0.7), ("loss_fwd_bwd", 1.3))] + [dict(_record("ripser", 2.0), drift=9)]
+    assert bench.unsteady_configs(recs) == [(64, 8, 2, 0.7)]
+    recs[0]["drift"] = 1 / 1.25
+    assert bench.unsteady_configs(recs) == [(64, 8, 2, 1.3)]
+    recs[1]["drift"] = 1.25
+    assert bench.unsteady_configs(recs) == []
+
+
 def _record(impl, ratio, op="forward", n=64):
     return dict(impl=impl, device="cpu", N=n, D=8, B=2, op=op, median_s=1.0, correct=True,
                 ratio_to_ours=ratio, input="matrix")
