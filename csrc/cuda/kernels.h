@@ -207,7 +207,7 @@ cudaError_t launch_h0_mst(const T* dist, int64_t B, int64_t N, T* h0, int64_t* h
 //   columns:     (B, N(N-1)/2) H1Column<T>; cloud b's first counts[b] are its columns
 //   counts:      (B,) int32
 //   scratch:     topology_scratch_bytes(B, N, sizeof(T)) bytes (0 while Prim's state fits in
-//                shared memory, N up to about 1100)
+//                shared memory, N up to about 1190)
 //   clear:       as launch_h0_mst
 size_t topology_scratch_bytes(int64_t B, int64_t N, size_t elem_size);
 template <typename T>
