@@ -71,12 +71,16 @@ def _real(name: str, value) -> float:
     return number
 
 
+def _one_of(name: str, value, choices: Tuple[str, ...]) -> None:
+    # A str first: `in` on a numpy array compares elementwise and raises numpy's own error.
+    if not (isinstance(value, str) and value in choices):
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
                    weights: Tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
-    if normalize not in _NORMALIZE:
-        raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
-    if connectivity_mode not in _MODES:
-        raise ValueError(f"connectivity_mode must be one of {_MODES}, got {connectivity_mode!r}")
+    _one_of("normalize", normalize, _NORMALIZE)
+    _one_of("connectivity_mode", connectivity_mode, _MODES)
     if connectivity_mode == "target" and target is None:
         raise ValueError("connectivity_mode='target' needs target=τ (a float)")
     if connectivity_mode != "target" and target is not None:
@@ -88,8 +92,7 @@ def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
         raise ValueError(f"p must be > 0, got {p}")
     for name, w in zip(("connectivity", "redundancy", "stability"), weights):
         _real(name, w)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    _one_of("reduction", reduction, _REDUCTIONS)
     check_max_h1(max_h1)
 
 
