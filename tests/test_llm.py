@@ -305,8 +305,23 @@ def test_a_softcapped_head_is_reproduced():
     with torch.no_grad():
         embeds, mask = spm._embed(ids, torch.ones_like(ids))  # the prompt, then the tokens
         full = lm(inputs_embeds=embeds, attention_mask=mask).logits[:, -1][:, LABELS]
-        assert full.abs().max() < 0.05
         torch.testing.assert_close(spm(ids)["logits"], full, rtol=1e-5, atol=1e-6)
+        lm.config.final_logit_softcapping = None  # the cap changes these logits by over 10 %
+        raw = lm(inputs_embeds=embeds, attention_mask=mask).logits[:, -1][:, LABELS]
+        assert (raw - full).abs().max() > 0.1 * full.abs().max()
+
+
+def test_the_check_does_not_compile_a_compiled_model():
+    """answer_logits runs the model's body, never the compiled forward: checking through that
+    forward compiled it (36 s) for nothing."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    spm = SoftPromptModel(torch.compile(tiny_llama()), N, task="causal", label_ids=LABELS)
+    assert not counters["stats"]["unique_graphs"], dict(counters["stats"])
+    ids, y = _batch()
+    spm(ids, labels=y)["loss"].backward()
+    assert spm.prompt.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("arch,config", [("Cohere", {"logit_scale": 0.0625}),
@@ -314,7 +329,7 @@ def test_a_softcapped_head_is_reproduced():
 def test_a_logit_transform_answer_logits_lacks_is_refused(arch, config):
     """Cohere and Granite rescale their logits in forward: a prompt tuned on the unscaled
     label logits would optimise a different loss, silently. PEFT's path is refused alike."""
-    with pytest.raises(ValueError, match=f"{arch}ForCausalLM's forward turns hidden states"):
+    with pytest.raises(ValueError, match=f"{arch}ForCausalLM's own logits and answer_logits'"):
         _spm(_lm(arch, **config))
     peft = pytest.importorskip("peft")
     pm = peft.get_peft_model(_lm(arch, **config),

@@ -111,8 +111,9 @@ def test_double_backward_through_vr_persistence(distances):
     # Empty clouds: their padding edges read as vertex 0, which they lack.
     e = torch.zeros(2, 0, 0 if distances else 3, dtype=torch.float64, requires_grad=True)
     dg = T.vr_persistence(e, distances=distances)
-    g, = torch.autograd.grad(dg.h0.sum() + dg.h1.sum(), e, create_graph=True)
-    assert g.shape == e.shape
+    g, = torch.autograd.grad((dg.h0[..., 1] ** 2).sum() + dg.h1.sum(), e, create_graph=True)
+    gg, = torch.autograd.grad((g ** 2).sum(), e)
+    assert g.shape == gg.shape == e.shape
 
 
 @pytest.mark.parametrize("scale", [1e-200, 1e-310, 1e200])
@@ -440,9 +441,13 @@ def test_the_module_moves_its_restored_previous_to_the_prompts_device(monkeypatc
         def to(self, *args, **kwargs):
             moved.append(args)
             return torch.Tensor(self).clone()
-    module.previous = T.PromptTopology(*(t.as_subclass(Elsewhere) for t in want))
-    torch.testing.assert_close(module(x), T.loss(x, stability=1.0, previous=want))
-    assert moved == [(x.device,), (x.device,)] and type(module.previous.h0) is torch.Tensor
+    for elsewhere in ((0, 1), (1,)):  # both tensors, or h1 alone
+        moved.clear()
+        module.previous = T.PromptTopology(*(t.as_subclass(Elsewhere) if i in elsewhere else t
+                                             for i, t in enumerate(want)))
+        torch.testing.assert_close(module(x), T.loss(x, stability=1.0, previous=want))
+        assert len(moved) == len(elsewhere) and type(module.previous.h1) is torch.Tensor
+        module.previous = want
 
 
 def test_scale_normalisation_makes_loss_scale_invariant():

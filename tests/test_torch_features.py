@@ -322,3 +322,28 @@ def test_plain_calls_take_the_op_route():
     assert seen == [False]
     torch.func.grad(lambda t: seen.append(transform_differentiates(t)) or t.sum())(x.detach())
     assert seen == [False, True]
+
+
+@pytest.mark.parametrize("bad", ["maxdim", "max_h1", "dtype", "reduction"])
+def test_fake_kernels_refuse_what_the_kernels_refuse(bad):
+    """A direct call of an op, traced (fake tensors, as torch.compile runs it), fails with the
+    kernel's own message instead of building a graph that fails only when it runs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    args = dict(dict(maxdim=1, max_h1=8, dtype=torch.float32, reduction=1), **{
+        "maxdim": dict(maxdim=2), "max_h1": dict(max_h1=-1), "dtype": dict(dtype=torch.int64),
+        "reduction": dict(reduction=5)}[bad])
+    ops = torch.ops.tsloss_cuda
+    calls = [lambda x: ops.tsloss_forward(x, None, None, args["maxdim"], args["max_h1"], True,
+                                          0, 0.0, 1.0, 1.0, 1.0, 0.0, args["reduction"])]
+    if bad != "reduction":
+        calls.append(lambda x: ops.vr_persistence(x, args["maxdim"], False, args["max_h1"]))
+    want = {"maxdim": "maxdim must be 0 or 1, got 2", "max_h1": "max_h1 must be >= 0, got -1",
+            "dtype": "must be float32 or float64, got",
+            "reduction": "reduction must be 0 (none), 1 (mean) or 2 (sum), got 5"}[bad]
+    for call in calls:
+        with FakeTensorMode():
+            x = torch.ones(2, 5, 3, dtype=args["dtype"])
+            with pytest.raises(RuntimeError, match=want.replace("(", r"\(").replace(")", r"\)")):
+                call(x)
+        with pytest.raises(RuntimeError, match=want.split(", got")[0].split(" (")[0]):
+            call(torch.ones(2, 5, 3, dtype=args["dtype"]))  # the kernel's own check, eagerly

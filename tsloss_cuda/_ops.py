@@ -19,9 +19,18 @@ def _pairwise_distance_fake(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0], x.shape[1], x.shape[1]))
 
 
+def _check_engine_args(op: str, x, maxdim, max_h1) -> None:
+    """The kernels' own checks, so that a direct call of the op fails alike when traced."""
+    torch._check(maxdim in (0, 1), lambda: f"{op}: maxdim must be 0 or 1, got {maxdim}")
+    torch._check(max_h1 >= 0, lambda: f"{op}: max_h1 must be >= 0, got {max_h1}")
+    torch._check(x.dtype in (torch.float32, torch.float64),
+                 lambda: f"{op}: x must be float32 or float64, got {x.dtype}")
+
+
 @torch.library.register_fake("tsloss_cuda::vr_persistence")
 def _vr_persistence_fake(x, maxdim, distances, max_h1):
     torch._check(x.dim() == 3, lambda: f"vr_persistence: x must be 3-D, got {tuple(x.shape)}")
+    _check_engine_args("vr_persistence", x, maxdim, max_h1)
     b, n = x.shape[0], x.shape[1]
     h0 = max(n - 1, 0) if isinstance(n, int) else n - 1
     k = max_h1 if maxdim >= 1 else 0
@@ -98,7 +107,7 @@ def _bar_gradient(grad_h0, grad_h1, x, h0_edges, h1_edges, distances: bool) -> t
     w = torch.where(valid, w, torch.zeros_like(w))
     b, n = x.shape[0], x.shape[1]
     if n == 0:  # padding edges read as vertex 0, which an empty cloud lacks
-        return torch.zeros_like(x)
+        return x * 0  # empty, and still a function of x for a further derivative
     if distances:  # the op reads the upper triangle: entry (min, max) of each edge
         i, j = torch.minimum(u, v), torch.maximum(u, v)
         return x.new_zeros(b, n * n).scatter_add(1, i * n + j, w).view(b, n, n)
@@ -177,6 +186,9 @@ torch.library.register_autograd("tsloss_cuda::vr_persistence_emulated", _vr_pers
 def _tsloss_forward_fake(x, prev_h0, prev_h1, maxdim, max_h1, normalize, target_mode, target, p,
                          connectivity, redundancy, stability, reduction):
     torch._check(x.dim() == 3, lambda: f"tsloss_forward: x must be (B, N, D), got {tuple(x.shape)}")
+    _check_engine_args("tsloss_forward", x, maxdim, max_h1)
+    torch._check(reduction in (0, 1, 2), lambda: "tsloss_forward: reduction must be 0 (none), "
+                 f"1 (mean) or 2 (sum), got {reduction}")
     b, n = x.shape[0], x.shape[1]
     h0 = max(n - 1, 0) if isinstance(n, int) else n - 1
     k = max_h1 if maxdim >= 1 else 0

@@ -332,7 +332,7 @@ class TSLoss(torch.nn.Module):
         previous = self._used_previous if recomputing else self.previous
         topology = previous is not None and all(
             isinstance(getattr(previous, a, None), torch.Tensor) for a in ("h0", "h1"))
-        if topology and previous.h0.device != prompts.device:
+        if topology and any(t.device != prompts.device for t in (previous.h0, previous.h1)):
             # State this module owns, restored on another device (a checkpoint loaded with
             # map_location="cpu", or .to() after a CPU run): moved once, then kept there.
             previous = PromptTopology(*(t.to(prompts.device) for t in previous))

@@ -112,12 +112,15 @@ def check_answer_logits(lm: nn.Module, label_ids: torch.Tensor) -> None:
     multiplies by ``logit_scale``, Granite divides by ``logits_scaling``, another model
     multiplies by an attribute of that same name), and :func:`answer_logits` applies only
     Gemma's softcap. A model it does not match would train on a silently different loss, so
-    the two are compared once, on one row of four label-word tokens, in eval mode.
+    the two are compared once per model, on one row of four label-word tokens, in eval mode,
+    within 1 % of the largest logit (3 % in half precision): the transforms guarded against
+    change logits by a factor, and TF32 matmuls may round at 1e-3.
 
     Args:
         lm: a transformers causal LM.
         label_ids: ``(C,)`` the verbalizer's token ids, on ``lm``'s device.
     """
+    lm = getattr(lm, "_orig_mod", lm)  # torch.compile's wrapper: answer_logits runs the body
     if lm in _CHECKED:
         return
     label_ids = label_ids.to(lm.get_input_embeddings().weight.device)
@@ -134,14 +137,14 @@ def check_answer_logits(lm: nn.Module, label_ids: torch.Tensor) -> None:
     finally:
         lm.train(was_training)
     dtype = lm.get_input_embeddings().weight.dtype
-    tol = (1e-4 if dtype in (torch.float32, torch.float64) else 3e-2) * \
+    tol = (1e-2 if dtype in (torch.float32, torch.float64) else 3e-2) * \
         max(1.0, float(own.abs().max()))
     err = float((own - ours).abs().max())
     if not err <= tol:
-        raise ValueError(f"{type(lm).__name__}'s forward turns hidden states into logits in a "
-                         f"way answer_logits does not reproduce (label-word logits {err:.3g} "
-                         "apart, on one row): this model is not supported for verbalizer "
-                         "prompt tuning")
+        raise ValueError(f"{type(lm).__name__}'s own logits and answer_logits' differ (label-word "
+                         f"logits {err:.3g} apart, on one row): its forward transforms its "
+                         "logits (or its inputs) in a way answer_logits does not reproduce, so "
+                         "this model is not supported for verbalizer prompt tuning")
     _CHECKED.add(lm)
 
 

@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-length", type=positive_int, default=8, help="N, soft prompt vectors")
     p.add_argument("--init", default="vocab", choices=("vocab", "frequent", "random", "text"),
                    help="prompt init: embeddings of tokens sampled from the whole vocabulary, "
-                        "or from the 5000 most frequent tokens of the training texts (Lester et "
-                        "al.'s recipe), Gaussian, or the embeddings of --init-text's tokens "
-                        "repeated to N")
+                        "or from the training texts' most frequent tokens, up to 5000 (Lester et "
+                        "al.'s recipe, with the task's texts for the pretraining corpus), "
+                        "Gaussian, or the embeddings of --init-text's tokens repeated to N")
     p.add_argument("--init-text", default=None,
                    help="text of --init text (default: the task's instruction)%(default).0s")
     p.add_argument("--head", default="similarity", choices=("similarity", "linear"),
