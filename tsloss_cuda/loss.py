@@ -156,9 +156,10 @@ def loss(
         previous: the :class:`PromptTopology` of the previous call (``terms["topology"]`` of a
             call with ``return_terms=True``), a constant (no gradient flows into it), on the
             prompts' device (another device is a ValueError, not a copy that would block each
-            step); None makes the stability term 0. One made under ``torch.inference_mode`` is fine, unless
-            that call was compiled: evaluate compiled code under ``torch.no_grad()``, since a
-            compiled training step cannot save inference tensors for its backward.
+            step); None makes the stability term 0. One made under ``torch.inference_mode`` is
+            fine, unless that call was compiled: evaluate compiled code under
+            ``torch.no_grad()``, since a compiled training step cannot save inference tensors
+            for its backward.
         normalize: ``"mean"`` (divide by the mean pairwise distance) or ``"none"``.
         connectivity_mode: ``"total"`` or ``"target"`` (needs ``target``).
         target: τ for ``connectivity_mode="target"``.
