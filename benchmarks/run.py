@@ -523,7 +523,7 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
             # Only the first k clouds are checked against ripser; a cloud past them whose H1
             # overflowed its capacity would otherwise pass as correct.
             truncated = bool(first.truncated.any())
-            r = base("ours", "forward")
+            fwd_rec = r = base("ours", "forward")
             r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times,
                      correct=ok and not truncated, reps=len(times),
                      max_bottleneck_over_diam=err, input="points", truncated=truncated)
@@ -539,7 +539,7 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
             loss_err = float(np.max(np.abs(each[:k] - want) / np.maximum(np.abs(want), 1e-30)))
             mean_err = abs(val - each.mean()) / max(abs(each.mean()), 1e-30)
             g_err = grad_err()
-            r = base("ours", "loss_fwd_bwd")
+            loss_rec = r = base("ours", "loss_fwd_bwd")
             r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times,
                      reps=len(times), loss_value=val, input="points", truncated=truncated,
                      max_loss_rel_err=loss_err, grad_rel_err=g_err,
@@ -549,7 +549,7 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
             recs.append(r)
             if progress:
                 progress.update(1)
-        ours_timed = [(recs[-2], fwd), (recs[-1], loss)]
+        ours_timed = [(fwd_rec, fwd), (loss_rec, loss)]
     for impl in impls:
         if impl == "ours":
             continue

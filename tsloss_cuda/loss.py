@@ -52,6 +52,12 @@ class PromptTopology(NamedTuple):
 Terms = Dict[str, Union[torch.Tensor, PromptTopology]]
 
 
+def _is_topology(previous) -> bool:
+    """Whether ``previous`` can serve as a topology: tensors ``.h0`` and ``.h1`` (a
+    PromptTopology, or another named tuple a checkpoint restored)."""
+    return all(isinstance(getattr(previous, a, None), torch.Tensor) for a in ("h0", "h1"))
+
+
 def _real(name: str, value) -> float:
     """``value`` as a finite float, or an error that names the argument. A tensor is refused:
     the op takes its options as numbers, so a tensor's value would be read back from its device
@@ -204,7 +210,7 @@ def loss(
     kk = k if need_h1 else 0
     prev_h0 = prev_h1 = None
     if previous is not None:
-        if not all(isinstance(getattr(previous, a, None), torch.Tensor) for a in ("h0", "h1")):
+        if not _is_topology(previous):
             raise TypeError("previous must be the PromptTopology of an earlier call "
                             "(terms['topology'], with tensors .h0 and .h1), got "
                             f"{type(previous).__name__}")
@@ -331,8 +337,7 @@ class TSLoss(torch.nn.Module):
                 "previous topology as an input and terms['topology'] as an output instead")
         recomputing = _checkpoint_recomputation()
         previous = self._used_previous if recomputing else self.previous
-        topology = previous is not None and all(
-            isinstance(getattr(previous, a, None), torch.Tensor) for a in ("h0", "h1"))
+        topology = _is_topology(previous)
         if topology and any(t.device != prompts.device for t in (previous.h0, previous.h1)):
             # State this module owns, restored on another device (a checkpoint loaded with
             # map_location="cpu", or .to() after a CPU run): moved once, then kept there.

@@ -194,8 +194,8 @@ def frequent_tokens(data: Dict[str, torch.Tensor], exclude: List[int],
     if exclude:
         drop = torch.tensor(sorted(set(exclude)))
         counts[drop[drop < counts.numel()]] = 0
-    ids = torch.arange(counts.numel())
-    order = sorted(ids[counts > 0].tolist(), key=lambda i: (-int(counts[i]), i))
+    order = torch.argsort(-counts, stable=True)  # stable: ties keep the smaller id first
+    order = order[counts[order] > 0].tolist()
     if not order:
         raise CLIError("--init frequent: the training texts have no tokens but special ones")
     return order[:k]
