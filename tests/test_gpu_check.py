@@ -1,0 +1,107 @@
+"""tools/gpu_check.sh rehearsed on the CPU: a device lease is 15 minutes, so a phase that can
+only fail there (a bash array a phase's child shell never sees, a parse that finds nothing)
+must fail here first. Fake tools on PATH stand in for the device's."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ("pairwise_distance_kernel", "topology_kernel", "reduce_warp_kernel",
+           "tsloss_grad_kernel")
+
+# What ncu prints for the launches it profiled (the lines the phase reads, as ncu 2025 lays them
+# out), one figure changed per kernel so that each check reads its own launch.
+NCU_OUTPUT = "==PROF== Connected to process 1 (python3)\n" + "".join(f"""\
+  void tsl::cuda::(anonymous namespace)::{k}<float>(float const*) (3, 64, 1)x(512, 1, 1), \
+Context 1, Stream 7, Device 0, CC 9.0
+    Section: GPU Speed Of Light Throughput
+    ----------------------- ----------- ------------
+    Memory Throughput                 %        12.34
+    Duration                         ms         1.1{i}
+    Compute (SM) Throughput           %        15.67
+    Section: Launch Statistics
+    Registers Per Thread    register/thread     128
+    Section: Occupancy
+    Achieved Occupancy                %        24.50
+""" for i, k in enumerate(KERNELS))
+
+
+def run_check(tmp_path: Path, *phases: str, ncu: str = None, **env) -> subprocess.CompletedProcess:
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("bash and coreutils' timeout are needed")
+    repo = tmp_path / "repo"  # a bare copy: no .whl/ for host_info to install
+    (repo / "tools").mkdir(parents=True)
+    shutil.copy(ROOT / "tools" / "gpu_check.sh", repo / "tools")
+    path = os.environ["PATH"]
+    if ncu is not None:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        fake = bin_dir / "ncu"
+        fake.write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path}/ncu-args"\n{ncu}\n')
+        fake.chmod(0o755)
+        path = f"{bin_dir}{os.pathsep}{path}"
+    else:
+        path = os.pathsep.join(p for p in path.split(os.pathsep)
+                               if not (Path(p) / "ncu").exists())
+    full_env = dict(os.environ, PATH=path, PYTHON=sys.executable, **env)
+    return subprocess.run(["bash", str(repo / "tools" / "gpu_check.sh"), str(tmp_path / "out"),
+                           *phases], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_dry_run_plans_every_default_phase(tmp_path):
+    r = run_check(tmp_path, GPU_CHECK_DRYRUN="1")
+    assert "RESULT:" in r.stdout, r.stdout + r.stderr
+    for name in ("build", "cuda_tests", "global_tests", "tsloss", "sanitizer", "global_sanitizer",
+                 "profile", "bench", "ncu"):
+        assert f"=== {name}: " in r.stdout, name
+    assert "UNKNOWN phase" not in r.stdout
+
+
+def test_ncu_phase_profiles_each_kernel(tmp_path):
+    r = run_check(tmp_path, "ncu", ncu=f"cat <<'EOF'\n{NCU_OUTPUT}EOF")
+    assert r.returncode == 0, r.stdout + r.stderr
+    checks = [ln for ln in r.stdout.splitlines() if ln.startswith("CHECK ncu ")]
+    assert [ln.split()[2].rstrip(":") for ln in checks] == list(KERNELS)
+    for i, ln in enumerate(checks):
+        assert ln.endswith(f": mem 12.34 %,time 1.1{i} ms,SM 15.67 %,regs 128,"
+                           "occupancy 24.50 %"), ln
+    args = (tmp_path / "ncu-args").read_text()
+    assert args.startswith("--clock-control none --set detailed --target-processes all -k "
+                           f"regex:{'|'.join(KERNELS)} -c 4 "), args
+    assert args.count("--clock-control") == 1  # one process, one start of torch under ncu
+    with subprocess.Popen(["tar", "tzf", str(tmp_path / "out" / "results.tgz")],
+                          stdout=subprocess.PIPE, text=True) as p:
+        assert "results/ncu.txt" in p.stdout.read()
+
+
+def test_ncu_phase_fails_for_a_kernel_it_did_not_profile(tmp_path):
+    head = NCU_OUTPUT.index("  void", NCU_OUTPUT.index("reduce_warp_kernel") - 80)
+    tail = NCU_OUTPUT.index("  void", head + 10)
+    r = run_check(tmp_path, "ncu", ncu=f"cat <<'EOF'\n{NCU_OUTPUT[:head] + NCU_OUTPUT[tail:]}EOF")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "CHECK ncu reduce_warp_kernel: FAILED: not profiled" in r.stdout
+    assert "CHECK ncu tsloss_grad_kernel: mem 12.34 %,time 1.13 ms" in r.stdout
+
+
+def test_ncu_phase_skips_where_counters_cannot_be_read(tmp_path):
+    r = run_check(tmp_path, "ncu", ncu="echo '==ERROR== Failed to initialize the profiler: "
+                  "LibraryNotLoaded'; exit 1")
+    assert r.returncode == 2, r.stdout + r.stderr  # INCOMPLETE: skipped, not failed
+    assert "SKIP: ncu cannot read this host's counters" in r.stdout
+    assert "RESULT: INCOMPLETE: not run: ncu (skipped)" in r.stdout
+
+
+def test_ncu_phase_fails_when_nothing_was_profiled(tmp_path):
+    r = run_check(tmp_path, "ncu", ncu="echo '==WARNING== No kernels were profiled.'")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "RESULT: FAILED" in r.stdout
+
+
+def test_ncu_phase_skips_without_ncu(tmp_path):
+    r = run_check(tmp_path, "ncu")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "SKIP: no ncu on this host" in r.stdout
