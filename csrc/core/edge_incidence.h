@@ -3,7 +3,7 @@
 //
 // The CUDA gradient kernel runs one thread per (point, coordinate). Each thread once scanned
 // every reported edge of its cloud (H0 + K of them) to find the few that touch its point: at
-// (N, D, B) = (256, 768, 1024) that scan was 2 * 10^11 iterations and 72 % of a TSLoss
+// (N, D, B) = (256, 768, 1024) that scan was 2 * 10^11 iterations and 84 % of a TSLoss
 // forward+backward on the H200 (576 of 690 ms, benchmarks/results/h200-2026-12-04). A point's
 // incidences are now listed once per cloud, as keys 2e + side in increasing order, so each
 // thread reads only its own point's few, and adds them in the same order: the same bits.

@@ -14,8 +14,8 @@
 //   reversed: filtration order) of the run heads (a run holds each triangle once) and a scan of
 //   the tail (at most kSealAt entries). The copies are counted by the warp: an even count
 //   cancels, an odd one leaves one copy. A pivot query costs O(1 + kSealAt / 32) warp steps
-//   however large the set; before, the whole set was scanned on every query (a ring of 256
-//   points: 525 k entries).
+//   however large the set; before, the whole set was scanned on every query (a bare ring of
+//   256 points: sets of up to 27 k entries, benchmarks/README.md's `--probe` table).
 // - The pivot table is probed 32 slots at a time; the first hit or empty slot in probe order
 //   decides, as a linear probe would.
 // - Working V columns cancel their pairs when stored: sorted by the warp, runs of even length
