@@ -10,6 +10,8 @@ import torch
 from tsloss_cuda import default_max_h1, pairwise_distance, vr_persistence
 from tsloss_cuda import loss as tsloss
 
+from distance_utils import canonical_distances
+
 KMAX = None
 
 
@@ -520,10 +522,53 @@ def test_subnormal_distance_matrix_finishes_and_scales(rng, dtype, unit):
     assert torch.equal(tiny.h1.double() / unit, ref.h1.double())
 
 
-def test_subnormal_float32_points_finish():
+def _subnormal_float32_cloud():
+    """40 points whose coordinates are float32 subnormals (small multiples of 2^-149, some
+    coincident), and their distances as the op rounds them (tests/distance_utils.py: float64
+    distances of the float32 values, rounded once to float32, exact as
+    test_engine.py::test_float32_points_h0_equals_ripser_exactly shows)."""
     x = torch.tensor(np.random.default_rng(1).normal(size=(40, 2)) * 1e-44, dtype=torch.float32)
+    return x, canonical_distances(x[None])[0]
+
+
+def _mst_weights(d: np.ndarray) -> np.ndarray:
+    """Sorted edge weights of a minimum spanning tree (Prim on the dense matrix): the same for
+    every MST, ties or not. Not SciPy's minimum_spanning_tree, which finds no edge at these
+    magnitudes and reads a zero distance (coincident points) as no edge."""
+    n = len(d)
+    done = np.zeros(n, dtype=bool)
+    done[0] = True
+    best, out = d[0].copy(), []
+    for _ in range(n - 1):
+        j = int(np.argmin(np.where(done, np.inf, best)))
+        out.append(best[j])
+        done[j] = True
+        best = np.minimum(best, d[j])
+    return np.sort(out)
+
+
+def test_subnormal_float32_points_finish():
+    x, d = _subnormal_float32_cloud()
     dg = vr_persistence(x)
-    assert (dg.h0[..., 1] >= 0).all() and int(dg.h1_count) >= 0
+    assert not bool(dg.truncated.any())
+    # Finishing is not enough: an all-zero diagram (flushed subnormals, squares underflowing
+    # in float32) also finishes. The H0 deaths are the MST's edges, bit for bit.
+    deaths = np.sort(dg.h0[0, :, 1].double().numpy())
+    want = _mst_weights(d.double().numpy())
+    assert np.count_nonzero(want) > 30  # a few coincident points, the rest apart
+    np.testing.assert_array_equal(deaths, want)
+
+
+def test_subnormal_float32_points_h1_equals_ripser():
+    ripser = pytest.importorskip("ripser")
+    x, d = _subnormal_float32_cloud()
+    dg = vr_persistence(x)
+    # ripser.py takes a float32 distance matrix unchanged, so its bars are the same float32s.
+    ref = ripser.ripser(d.numpy(), maxdim=1, distance_matrix=True)["dgms"][1]
+    ours = dg.h1[0, :int(dg.h1_count)].double().numpy()
+    assert len(ref) > 0  # this cloud has loops: 4 bars
+    bars = [np.array(sorted(map(tuple, a.astype(np.float64).tolist()))) for a in (ours, ref)]
+    np.testing.assert_array_equal(*bars)  # the sorted (birth, death) pairs, exactly
 
 
 def test_float64_distances_beyond_the_square_range():

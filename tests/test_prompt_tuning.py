@@ -6,7 +6,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tsloss_cuda.loss import loss as ts_loss  # noqa: E402
+from tsloss_cuda.loss import TSLoss, loss as ts_loss  # noqa: E402
 from tsloss_cuda.prompt_tuning import (TEMPERATURE, SoftPromptModel, detect_task,  # noqa: E402
                                        prompt_parameters)
 from tsloss_cuda.tracking import METRICS, TopologyTracker, topology_metrics, to_floats  # noqa: E402
@@ -85,6 +85,53 @@ def test_regularizer_values_are_their_documented_definitions():
     assert float(pairwise(p[:1])) == 0.0  # one vector: no pair, no division by zero
     none, _ = make_regularizer("none", _Args)
     assert float(none(p)) == 0.0
+
+
+class _DistinctWeights:
+    ts_connectivity, ts_redundancy, ts_stability = 0.3, 1.7, 0.6
+
+
+def _hexagon_prompts():
+    """A noisy hexagon (one H1 bar, so the redundancy term is not 0), then the same with one
+    vector pushed out (its diagram moves, so the stability term is not 0 either)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.arange(6) * (math.pi / 3)
+    p = torch.zeros(6, 8)
+    p[:, 0], p[:, 1] = a.cos(), a.sin()
+    p += 0.05 * torch.randn(6, 8, generator=g)
+    q = p.clone()
+    q[0] *= 1.5
+    return p, q
+
+
+def test_tsloss_regularizer_applies_the_ts_weights():
+    """make_regularizer("tsloss") as train_one calls it: its values are tsloss_cuda.loss with
+    --ts-connectivity/--ts-redundancy/--ts-stability as the weights (the job's other options
+    are the defaults), the second call's stability measured against the first's topology."""
+    p, q = _hexagon_prompts()
+    fn, mod = make_regularizer("tsloss", _DistinctWeights)
+    assert fn is mod
+    w = dict(connectivity=0.3, redundancy=1.7, stability=0.6)
+    _, t_p = ts_loss(p, return_terms=True, **w)
+    want_q, t_q = ts_loss(q, previous=t_p["topology"], return_terms=True, **w)
+    # Every term counts, and differently: weights dropped or swapped move the value.
+    assert int(t_q["h1_count"]) == 1
+    terms = [float(t_q[k]) for k in ("connectivity", "redundancy", "stability")]
+    assert min(terms) > 0.02 and abs(terms[0] - terms[1]) > 0.3, terms
+    torch.testing.assert_close(fn(p), ts_loss(p, **w), rtol=0, atol=0)  # no previous yet
+    torch.testing.assert_close(fn(q), want_q, rtol=0, atol=0)
+    assert float(mod.last_terms["stability"]) == terms[2]
+
+
+def test_ts_flags_reach_the_tsloss_regularizer():
+    """The job's own parser: each --ts-* flag lands on its TSLoss weight; unset, the documented
+    defaults (1, 1, 0). No other TSLoss option is set by the job."""
+    from tsloss_cuda.train import build_parser
+    flags = ["--ts-connectivity", "0.3", "--ts-redundancy", "1.7", "--ts-stability", "0.6"]
+    for argv, want in [(flags, TSLoss(connectivity=0.3, redundancy=1.7, stability=0.6)),
+                       ([], TSLoss(connectivity=1.0, redundancy=1.0, stability=0.0))]:
+        _, mod = make_regularizer("tsloss", build_parser().parse_args(argv))
+        assert mod.options == want.options, argv
 
 
 def test_detect_task_tells_generating_lms_from_encoders():

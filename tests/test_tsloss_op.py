@@ -205,11 +205,21 @@ def test_distances_summing_past_float64_give_a_nan_loss(device):
 
 def test_gradient_with_a_subnormal_float64_distance():
     """Two points 1e-310 apart: 1/d overflows double, and Inf times a zero difference made both
-    rows NaN; the op scales such weights (CUDA against this: tests/test_cuda_tsloss.py)."""
-    x = torch.tensor([[[0.0, 0.0], [1e-310, 0.0], [1.0, 0.5], [0.3, 2.0]]],
-                     dtype=torch.float64).requires_grad_(True)
+    rows NaN; the op scales such weights (CUDA against this: tests/test_cuda_tsloss.py).
+    The gradient is the reference's: finite and not zero there is not enough, since zeroing the
+    two rows or flipping the sign would pass that."""
+    pts = [[[0.0, 0.0], [1e-310, 0.0], [1.0, 0.5], [0.3, 2.0]]]
+    x = torch.tensor(pts, dtype=torch.float64).requires_grad_(True)
     T.loss(x).backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    r = torch.tensor(pts, dtype=torch.float64).requires_grad_(True)
+    reference_loss(r).backward()
+    # The reference differentiates through pairwise_distance's backward, finite at this input.
+    assert torch.isfinite(r.grad).all()
+    # The file's float64 tolerance; the entries are ~0.1, so atol=1e-14 is ~1e-13 of them.
+    torch.testing.assert_close(x.grad, r.grad, rtol=TOL[torch.float64], atol=1e-14)
+    # The rows that the overflowing 1/d made NaN: finite, and carrying their H0 edge's weight.
+    pair = x.grad[0, :2]
+    assert torch.isfinite(pair).all() and bool((pair.abs().sum(-1) > 1e-3).all()), pair
 
 
 @pytest.mark.parametrize("device", DEVICES)
