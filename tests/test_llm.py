@@ -501,3 +501,16 @@ def test_every_rank_needs_a_full_slice_of_the_global_batch():
         check_global_batch(4, 2, 6)
     check_global_batch(3, 2, 6)
     check_global_batch(8, 1, 6)  # one process takes all 6 rows
+
+
+def test_an_encoder_with_an_lm_head_is_refused_as_causal():
+    """BERT loaded as BertLMHeadModel (what --task causal makes of an encoder) has an LM head
+    but attends both ways: no next-token answer to score. It was refused as a model whose
+    logits answer_logits cannot reproduce, which sent users after the wrong cause."""
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    bert = transformers.BertLMHeadModel(cfg).eval()
+    with pytest.raises(ValueError, match=r"BertLMHeadModel is not a causal \(left-to-right\) LM"
+                                         r".*--task encoder"):
+        _spm(bert)

@@ -106,7 +106,8 @@ _CHECKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 def check_answer_logits(lm: nn.Module, label_ids: torch.Tensor) -> None:
-    """Raise ValueError if :func:`answer_logits` does not reproduce ``lm``'s own logits.
+    """Raise ValueError if :func:`answer_logits` does not reproduce ``lm``'s own logits, or if
+    ``lm`` is not left to right (a later token changes an earlier position's logits).
 
     Models transform the head's output in their ``forward`` in their own ways (Cohere
     multiplies by ``logit_scale``, Granite divides by ``logits_scaling``, another model
@@ -128,17 +129,31 @@ def check_answer_logits(lm: nn.Module, label_ids: torch.Tensor) -> None:
     mask = torch.ones_like(ids)
     was_training = lm.training
     lm.eval()
+    # The same row with its last token changed: a left-to-right model's first three positions
+    # cannot see it.
+    later = ids.clone()
+    later[0, -1] = (ids[0, -1] + 1) % lm.get_input_embeddings().weight.shape[0]
     try:
         with torch.no_grad():
-            own = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[0, -1]
-            own = own[label_ids].float()
+            logits = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[0]
+            own = logits[-1, label_ids].float()
             ours = answer_logits(lm, lm.get_input_embeddings()(ids), mask,
                                  ids.new_tensor([3]), label_ids)[0]
+            moved = lm(input_ids=later, attention_mask=mask, use_cache=False).logits[0]
     finally:
         lm.train(was_training)
     dtype = lm.get_input_embeddings().weight.dtype
-    tol = (1e-2 if dtype in (torch.float32, torch.float64) else 3e-2) * \
-        max(1.0, float(own.abs().max()))
+    rel = 1e-2 if dtype in (torch.float32, torch.float64) else 3e-2
+    tol = rel * max(1.0, float(own.abs().max()))
+    # A causal model's first positions do not move at all (0 in float32 and bfloat16 alike); a
+    # random tiny BERT's moved 3e-3 as much as the changed position's own logits.
+    change = (moved.float() - logits.float()).abs().amax(-1)  # (4,) per position
+    if not float(change[:3].max()) <= 1e-3 * float(change[3]):
+        # An encoder with an LM head (e.g. BERT loaded as BertLMHeadModel without is_decoder):
+        # every position sees the whole row, so there is no next-token answer to score.
+        raise ValueError(f"{type(lm).__name__} is not a causal (left-to-right) LM: its logits "
+                         "at a position change with a later token, so it cannot score an answer "
+                         "by next-token prediction; use task 'encoder' (--task encoder)")
     err = float((own - ours).abs().max())
     if not err <= tol:
         raise ValueError(f"{type(lm).__name__}'s own logits and answer_logits' differ (label-word "
