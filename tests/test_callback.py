@@ -439,3 +439,51 @@ def test_logged_tsloss_is_the_trained_loss_of_the_step(tmp_path):
     without = tsloss(rec.prompts[1])
     assert float(second) > float(without) * (1 + 1e-5)  # the stability term counts
     assert logs[1]["topology/tsloss"] == pytest.approx(float(second), rel=1e-6)
+
+
+@pytest.mark.parametrize("unscaled_before", [False, True])
+def test_fp16_gradients_are_unscaled_before_the_tsloss_gradient_joins_them(unscaled_before):
+    """A Trainer that neither clips nor measures the gradient norm leaves fp16 gradients scaled
+    at the hook: added to them unscaled, the TSLoss gradient came out of scaler.step divided by
+    the loss scale (65536x too small). Where the Trainer did unscale, nothing changes."""
+    model = _model()
+    p = prompt_parameters(model)
+    p0 = p.detach().clone()
+    inner = torch.optim.SGD([p], lr=LR)
+    scaler = torch.amp.GradScaler("cpu", init_scale=65536.0)
+    accelerated = types.SimpleNamespace(optimizer=inner, scaler=scaler)  # accelerate's wrapper
+    args, state, control = _hooks()
+    cb = TSLossCallback(WEIGHT)
+    cb.on_train_begin(args, state, control, model=model)
+    scaler.scale((p * 0).sum()).backward()  # a zero task gradient, scaled
+    if unscaled_before:
+        scaler.unscale_(inner)
+    cb.on_pre_optimizer_step(args, state, control, model=model, optimizer=accelerated)
+    scaler.step(inner)
+    x = p0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(tsloss(x), x)
+    torch.testing.assert_close(p.detach() - p0, -LR * WEIGHT * g, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("optim", ["lomo", "adalomo", "galore_adamw_layerwise",
+                                   "apollo_adamw_layerwise"])
+def test_optimizers_that_step_during_backward_are_refused(optim):
+    """They update every parameter in backward hooks and their step() does nothing: the TSLoss
+    gradient added before step() would silently never train."""
+    args = types.SimpleNamespace(optim=optim)
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    with pytest.raises(RuntimeError, match=f"optim='{optim}'.*during the backward pass"):
+        TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=_model())
+
+
+def test_a_model_without_a_soft_prompt_is_refused_at_train_begin():
+    """A LoRA model has no prompt: said at train begin, not after the first optimizer step's
+    forward and backward passes."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=4, intermediate_size=64)
+    lora = peft.get_peft_model(transformers.LlamaForCausalLM(cfg),
+                               peft.LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"]))
+    args, state, control = _hooks()
+    with pytest.raises(ValueError, match="no soft prompt"):
+        TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=lora)

@@ -242,3 +242,14 @@ def test_a_diverged_prompt_is_logged_as_nan_not_raised():
         assert all(v.dtype == torch.float32 for v in topology_metrics(prompt).values())
     finally:
         torch.set_default_dtype(before)
+
+
+def test_tracker_keeps_given_terms_on_the_prompts_device():
+    """flush stacks a row's values into one tensor: a number or a CPU tensor given as a term of
+    a CUDA prompt made that stack fail. No GPU here: the meta device stands in for CUDA (the
+    metrics run on it through the ops' fake kernels)."""
+    prompt, tracker = torch.randn(6, 8, device="meta"), TopologyTracker(1)
+    tracker.update(0, prompt, terms={"connectivity": 0.5, "redundancy": torch.tensor(0.2)})
+    (_, vals), = tracker._pending
+    assert {"ts_connectivity", "ts_redundancy", "h0_total"} <= set(vals)
+    assert {v.device.type for v in vals.values()} == {"meta"}

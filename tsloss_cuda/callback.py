@@ -7,8 +7,9 @@ and TSLoss depends on the prompt alone. So :class:`TSLossCallback` adds that gra
 all-reduce of distributed training), just before ``optimizer.step()``. That hook exists only in
 recent transformers releases (the constructor raises an ImportError on one without it). The
 added gradient reaches the update through the prompt's ``.grad``: this works for optimizers that
-read ``.grad`` in ``step()`` (torch's, and the usual ``optim`` choices; not those that update
-during the backward pass, such as LOMO), in one process or with data parallelism:
+read ``.grad`` in ``step()`` (torch's, and the usual ``optim`` choices; those that update
+during the backward pass, LOMO and the layer-wise ones, are refused), in one process or with
+data parallelism:
 
 * gradient accumulation: the hook runs once per optimizer step, on the accumulated gradient,
   which the Trainer has already scaled to a mean; adding ``weight · ∇TSLoss`` once per step is
@@ -16,8 +17,8 @@ during the backward pass, such as LOMO), in one process or with data parallelism
 * distributed data parallel: every rank holds the same prompt, so every rank adds the same
   gradient and the prompts stay identical.
 * gradient clipping (``max_grad_norm``) happens before the hook, so the TSLoss gradient itself is
-  not clipped. With fp16 loss scaling, keep ``max_grad_norm > 0`` so that the gradients are
-  unscaled before the hook.
+  not clipped, and the logged ``grad_norm`` leaves it out. With fp16 loss scaling the hook
+  unscales the gradients first where the Trainer has not.
 * DeepSpeed keeps gradients in its own buffers, not in ``.grad``, and FSDP shards the prompt
   across ranks: ``on_train_begin`` raises a RuntimeError for either, where the callback would
   silently not train (DeepSpeed) or see a shard of the prompt (FSDP).
@@ -61,6 +62,11 @@ def _check_engine(args) -> None:
         raise RuntimeError("TSLossCallback does not work under DeepSpeed: its engine keeps the "
                            "gradients in its own buffers, not in the prompt's .grad, so the "
                            "TSLoss gradient would never reach the optimizer")
+    optim = str(getattr(getattr(args, "optim", None), "value", getattr(args, "optim", "")))
+    if optim in ("lomo", "adalomo") or optim.endswith("_layerwise"):
+        raise RuntimeError(f"TSLossCallback does not work with optim={optim!r}: it updates the "
+                           "parameters during the backward pass, so the TSLoss gradient added "
+                           "to the prompt's .grad before optimizer.step() would never be used")
     # `accelerate launch --use_fsdp` leaves args.fsdp empty; accelerate reads this instead.
     if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         raise RuntimeError("TSLossCallback does not work under FSDP: each rank holds a shard of "
@@ -78,6 +84,22 @@ def _check_model(model) -> None:
             raise RuntimeError(f"TSLossCallback takes one prompt: adapter {active!r} holds {parts} "
                                "prompts, one per transformer submodule (an encoder-decoder "
                                "model's), stacked into one embedding")
+
+
+def _unscale(optimizer) -> None:
+    """With fp16 loss scaling the gradients must be unscaled before the TSLoss gradient joins
+    them, or ``scaler.step`` divides it by the loss scale too (65536 at the start). Trainers
+    unscale before the hook only where they clip (or, in recent releases, measure the norm); a
+    second ``unscale_`` in one step raises, which means it was done."""
+    scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer
+    inner = getattr(optimizer, "optimizer", None)
+    if scaler is None or inner is None or not scaler.is_enabled():
+        return
+    try:
+        scaler.unscale_(inner)
+    except RuntimeError as e:
+        if "already been called" not in str(e):
+            raise
 
 
 class TSLossCallback(TrainerCallback):
@@ -112,8 +134,10 @@ class TSLossCallback(TrainerCallback):
     Raises:
         ImportError: the installed transformers has no ``on_pre_optimizer_step`` hook.
         TypeError: ``prefix`` is not a str.
-        RuntimeError: from ``on_train_begin``, under DeepSpeed or FSDP, or for a PEFT adapter
-            of several stacked prompts (``num_transformer_submodules`` > 1).
+        RuntimeError: from ``on_train_begin``, under DeepSpeed or FSDP, with an optimizer that
+            updates during the backward pass (``lomo``, ``adalomo``, ``*_layerwise``), or for a
+            PEFT adapter of several stacked prompts (``num_transformer_submodules`` > 1).
+        ValueError: from ``on_train_begin``, for a model without a soft prompt.
     """
 
     def __init__(self, weight: float = 0.1, *, prefix: str = "topology/", **options: Any) -> None:
@@ -147,15 +171,17 @@ class TSLossCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         _check_engine(args)
         _check_model(model)
+        prompt_parameters(model)  # no soft prompt: say so now, not after the first steps
         # No stability term (logged or trained) against another training run's prompt.
         self.loss_fn.reset()
         self._tracker = self._new_tracker()
         self.last_loss = None
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.weight == 0:
             return
         prompt = prompt_parameters(model)
+        _unscale(optimizer)
         if prompt.device.type == "cpu" and not bool(torch.isfinite(prompt).all()):
             # Diverged: the CPU engine would raise; CUDA gives NaN, and adding NaN to a NaN
             # prompt's gradient changes nothing. Log NaN on either device.

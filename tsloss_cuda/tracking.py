@@ -173,7 +173,8 @@ class TopologyTracker:
                                      "records one prompt, so its terms must be scalars (one "
                                      "prompt's loss terms, or reduction='mean' or 'sum')")
                 if isinstance(t, torch.Tensor):
-                    t = t.detach().float().reshape(())
+                    # flush stacks the row's values: all of them on the prompt's device
+                    t = t.detach().float().reshape(()).to(prompt.device)
                     if name == "scale":  # the clamp is not the prompt's scale
                         t = torch.where(t <= _SCALE_FLOOR, torch.zeros_like(t), t)
                     vals["ts_" + name] = t
