@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from tsloss_cuda._cli import CLIError  # noqa: E402
 from tsloss_cuda.models import GEMMA, load_model  # noqa: E402
 from tsloss_cuda.prompt_tuning import SoftPromptModel  # noqa: E402
 
@@ -98,6 +99,9 @@ def sgemm_gflops(rows: int, hidden: int, inner: int, reps: int = 30) -> float:
     return 2 * rows * hidden * inner / statistics.median(times) / 1e9
 
 
+VARIANTS = ("full-vocab", "last-pos-vocab", "answer-C", "answer-C eager")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=GEMMA)
@@ -110,11 +114,25 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-isa", choices=["native", "avx2"], default="native",
                     help="avx2: cap torch, MKL and oneDNN at AVX2 (see the module doc)")
     args = ap.parse_args(argv)
+    # Checked before the model loads (20 s and more): a bad value failed only after it.
+    for name in ("steps", "batch", "prompt", "text"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if min(args.threads) < 1:
+        ap.error(f"--threads must be >= 1, got {min(args.threads)}")
+    names = [n.strip() for n in args.variants.split(",")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {', '.join(map(repr, unknown))}; known: "
+                 f"{', '.join(VARIANTS)}")
     if args.torch_isa == "avx2" and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
         ap.error("--torch-isa avx2 must be on the command line: the cap is set before torch "
                  "loads (this process already loaded it)")
 
-    tok, model, _ = load_model(args.model, "causal", torch.device("cpu"), quiet=True)
+    try:
+        tok, model, _ = load_model(args.model, "causal", torch.device("cpu"), quiet=True)
+    except CLIError as e:
+        ap.error(str(e))  # it names --model
     g = torch.Generator().manual_seed(0)
     v = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(10, min(v, 30000), (args.batch, args.text), generator=g)
@@ -144,7 +162,7 @@ def main(argv=None) -> int:
 
     fns = {"full-vocab": full_vocab, "last-pos-vocab": last_pos_vocab, "answer-C": answer_c,
            "answer-C eager": answer_c}
-    names = [n.strip() for n in args.variants.split(",")]
+    assert set(fns) == set(VARIANTS)
     print(f"{args.model}: batch {args.batch} x ({args.prompt} prompt + {args.text} text) "
           f"tokens, float32, median of {args.steps} steps (s/step), torch ISA "
           f"{torch.backends.cpu.get_cpu_capability()}\n")

@@ -216,6 +216,28 @@ def test_llm_step_on_a_tiny_causal_lm(tmp_path):
             mod.main(["--model", str(tmp_path), "--torch-isa", "avx2"])
 
 
+@pytest.mark.parametrize("argv,match", [
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--threads", "1", "0"], "--threads must be >= 1, got 0"),
+    (["--variants", "answer-C,bogus"], "--variants: unknown 'bogus'; known: full-vocab"),
+    (["--model", "/nonexistent/model"], "--model.*not found"),
+])
+def test_llm_step_refuses_bad_arguments_before_loading(argv, match, capsys, monkeypatch):
+    """Each of these failed with a traceback (KeyError, StatisticsError, RuntimeError, CLIError)
+    and the first three only after the model had loaded, 20 s and more."""
+    spec = importlib.util.spec_from_file_location("llm_step", RUN.parent / "llm_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not argv[0] == "--model":
+        def loaded(*a, **k):
+            raise AssertionError("the model was loaded before the arguments were checked")
+        monkeypatch.setattr(mod, "load_model", loaded)
+    with pytest.raises(SystemExit) as e:
+        mod.main(argv)
+    assert e.value.code == 2
+    assert re.search(match, capsys.readouterr().err.splitlines()[-1])
+
+
 def test_profile_ops_tiny(tmp_path):
     """tools/profile_ops.py (the GPU check's profile phase) runs on the CPU and names our ops."""
     spec = importlib.util.spec_from_file_location(
