@@ -17,13 +17,13 @@ import glob
 import math
 import os
 import sys
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tsloss_cuda import stats  # noqa: E402
-from tsloss_cuda._cli import CLIError  # noqa: E402
+from tsloss_cuda._cli import CLIError, Parser, nonneg_int, positive_int  # noqa: E402
 from tsloss_cuda.compare import (CONFIG_KEYS, RUN_KEYS, nonempty_dicts,  # noqa: E402
                                   read_record)
 from tsloss_cuda.run_outputs import run_id  # noqa: E402
@@ -51,10 +51,13 @@ def _saved(out: str) -> Tuple[Dict, Dict, Optional[List[str]]]:
     return {}, {}, None
 
 
-def load(out: str) -> Tuple[List[Dict], Dict, int]:
+def load(out: str) -> Tuple[List[Dict], Dict, int, List[str]]:
     """(results with ``variant``, ``seed``, ``rows``, ``overrides``; the job configuration;
-    runs on disk left out because the last invocation did not ask for them)."""
+    runs on disk left out because the last invocation did not ask for them; the variants it
+    asked for, run yet or not)."""
     config, specs, last = _saved(out)
+    planned = list(dict.fromkeys(specs[i].get("variant") or specs[i].get("regularizer")
+                                 for i in last or () if i in specs))
     # One order whatever the source, so the report is the same from the runs' files and from
     # the metrics.csv committed without them.
     order = lambda r: (variant_of(r), r["seed"])  # noqa: E731
@@ -83,7 +86,7 @@ def load(out: str) -> Tuple[List[Dict], Dict, int]:
             r["overrides"] = specs.get(r["run_id"], {}).get("overrides", {})
     keep = set(last) if last is not None else None
     mine = [r for r in results if keep is None or r.get("run_id", "") in keep]
-    return sorted(mine, key=order), config, len(results) - len(mine)
+    return sorted(mine, key=order), config, len(results) - len(mine), planned
 
 
 def fmt(x: Optional[float], digits: int = 3) -> str:
@@ -158,12 +161,19 @@ def steps_text(t: SignTest, reached: str) -> str:
 
 
 def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: str,
-           target: float, n_boot: int, seed: int, left_out: int = 0) -> str:
-    """The markdown report of ``results`` (as :func:`load` returns them)."""
+           target: float, n_boot: int, seed: int, left_out: int = 0,
+           planned: Sequence[str] = ()) -> str:
+    """The markdown report of ``results`` (as :func:`load` returns them). ``planned``: the
+    variants the comparison asked for, which ``variant`` may be before its first run ends."""
     variants = list(dict.fromkeys(variant_of(r) for r in results))
     seeds = stats.seeds_of(results)
     if baseline not in variants:
         sys.exit(f"compare_report: --baseline {baseline} has no runs in {out} "
+                 f"(variants: {', '.join(variants)})")
+    # As --baseline; but a variant the comparison asked for may have no finished run yet (a
+    # comparison in progress), and is reported as such.
+    if variant not in variants and variant not in planned:
+        sys.exit(f"compare_report: --variant {variant} has no runs in {out} "
                  f"(variants: {', '.join(variants)})")
     others = [v for v in variants if v != baseline]
     exact = stats.resamples_exact(len(seeds))
@@ -313,26 +323,37 @@ def weight_sweep(results: List[Dict], config: Dict) -> List[Tuple[float, str]]:
     return sorted(((w, v) for v, w in out.items()))
 
 
+def accuracy(text: str) -> float:
+    """``--target``: an accuracy in (0, 1]; at 0 or below every run reaches it at step 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected an accuracy in (0, 1], got {text}")
+    return value
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir", metavar="OUT_DIR", help="a --compare output folder")
     p.add_argument("--baseline", default="none", help="variant the others are compared with")
     p.add_argument("--variant", default="tsloss", help="variant that claims 1 and 2 are about")
-    p.add_argument("--target", type=float, default=None,
+    p.add_argument("--target", type=accuracy, default=None,
                    help="target accuracy (default: the job's --target-acc, else 0.8)")
-    p.add_argument("--n-boot", type=int, default=20000,
+    p.add_argument("--n-boot", type=positive_int, default=20000,
                    help="bootstrap resamples when there are too many seeds to enumerate them")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (idem)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="bootstrap RNG seed (idem)")
     a = p.parse_args(argv)
     if not os.path.isdir(a.out_dir):
         sys.exit(f"compare_report: OUT_DIR {a.out_dir} is not a folder")
     try:
-        results, config, left_out = load(a.out_dir)
+        results, config, left_out, planned = load(a.out_dir)
     except CLIError as exc:
         sys.exit(f"compare_report: {exc}")
     target = a.target if a.target is not None else float(config.get("target_acc", 0.8))
     sys.stdout.write(report(a.out_dir, results, config, a.baseline, a.variant, target,
-                            a.n_boot, a.seed, left_out))
+                            a.n_boot, a.seed, left_out, planned))
     return 0
 
 

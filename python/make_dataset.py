@@ -35,6 +35,7 @@ import argparse
 import csv
 import os
 import random
+import sys
 
 ITEMS = ["movie", "hotel", "pizza", "phone", "concert", "book", "laptop", "restaurant", "game",
          "service", "flight", "coffee", "jacket", "museum", "course", "headphones"]
@@ -195,10 +196,17 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tslos
 def write(task: str, path: str) -> int:
     """Write ``task``'s CSV to ``path``; returns the number of rows."""
     rows = TASKS[task]()
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label", "split"])
-        w.writerows(rows)
+    # Written beside it and moved over it: a crash mid-write leaves the shipped file whole.
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "split"])
+            w.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return len(rows)
 
 
@@ -208,7 +216,15 @@ def main(argv=None) -> None:
     ap.add_argument("--out", help="output CSV (default tsloss_cuda/data/<task>.csv)")
     args = ap.parse_args(argv)
     path = args.out or os.path.join(DATA_DIR, f"{args.task}.csv")
-    n = write(args.task, path)
+    if os.path.isdir(path):
+        sys.exit(f"make_dataset: --out {path} is a folder; name the CSV file to write")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        sys.exit(f"make_dataset: --out {path}: folder not found: {folder}")
+    try:
+        n = write(args.task, path)
+    except OSError as exc:
+        sys.exit(f"make_dataset: --out {path}: cannot write: {exc.strerror or exc}")
     print(f"wrote {n} rows to {os.path.normpath(path)}")
 
 

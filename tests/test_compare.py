@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -396,6 +397,41 @@ def test_report_of_a_comparison_in_progress_says_untested(tmp_path):
     assert "**claim 3 (stable, compact prompts do better) untested (n < 4 seeds)**" \
         in first
     assert "did not hold" not in first
+
+
+def test_report_refuses_a_variant_the_comparison_never_asked_for(tmp_path, capsys):
+    """--variant bogus reported "no `bogus` runs yet" and exit 0 where --baseline bogus is an
+    error listing the variants; a variant asked for whose runs have not ended is still that."""
+    out = str(tmp_path)
+    run_comparison(out, comparison_specs(["none", "tsloss"], [0]), fake_train,
+                   {"target_acc": 0.8}, quiet=True)
+    os.remove(os.path.join(out, "runs", "tsloss_seed0.json"))  # in progress: none_seed0 done
+    rep = _report_module()
+    for flag in ("--variant", "--baseline"):
+        with pytest.raises(SystemExit, match=rf"^compare_report: {flag} bogus has no runs in "
+                                             rf"{re.escape(out)} \(variants: none\)$"):
+            rep.main([out, flag, "bogus"])
+    assert rep.main([out]) == 0
+    assert "no `tsloss` runs yet, so claims 1 and 2 are untested" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("--n-boot", "0", "an integer >= 1"),  # was ZeroDivisionError with >= 10 seeds
+    ("--n-boot", "-5", "an integer >= 1"),  # was numpy's "negative dimensions"
+    ("--seed", "-1", "an integer >= 0"),  # was numpy's "expected non-negative integer"
+    ("--target", "5", "an accuracy in (0, 1]"),
+    ("--target", "nan", "an accuracy in (0, 1]"),
+    ("--target", "-1", "an accuracy in (0, 1]"),  # every run reached it at step 0
+    ("--target", "0", "an accuracy in (0, 1]")])
+def test_report_options_are_checked_before_any_data_is_read(tmp_path, capsys, option, value,
+                                                            expected):
+    """One line naming the option, exit status 2, before OUT_DIR is looked at (it does not
+    exist here)."""
+    with pytest.raises(SystemExit) as info:
+        _report_module().main([str(tmp_path / "nonexistent"), option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert f"error: argument {option}: expected {expected}, got {value} (see --help)" in err
 
 
 def test_report_shows_the_last_invocation_only(tmp_path):

@@ -1,4 +1,5 @@
-"""The shipped task CSVs: exactly what python/make_dataset.py generates, and well formed."""
+"""The shipped task CSVs: exactly what python/make_dataset.py generates, well formed, and
+what `--data` accepts (tsloss_cuda.tasks.load_data)."""
 import csv
 import importlib.util
 import os
@@ -69,3 +70,61 @@ def test_topics_design():
     counts = {lab: sum(r["label"] == lab for r in val) for lab in ("food", "science", "sports",
                                                                    "travel")}
     assert len(set(counts.values())) == 1 and min(counts.values()) >= 40, counts
+
+
+@pytest.mark.parametrize("where", ["missing", "folder"])
+def test_out_that_cannot_be_a_file_is_one_line(where, tmp_path):
+    """--out in a folder that does not exist, or naming a folder: a traceback
+    (FileNotFoundError, IsADirectoryError) before; now one line naming --out, nothing written."""
+    out = tmp_path / "nodir" / "x.csv" if where == "missing" else tmp_path
+    with pytest.raises(SystemExit, match=r"^make_dataset: --out .*(folder not found|is a folder)"):
+        _generator().main(["--out", str(out)])
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_crash_mid_write_leaves_the_file_whole(tmp_path, monkeypatch):
+    """Without --out the shipped CSV is rewritten: it was truncated first, so a crash while
+    writing left it cut short. Now the new file is written beside it and moved over it."""
+    gen = _generator()
+    target = tmp_path / "reviews.csv"
+    target.write_text("text,label,split\nold,pos,train\n")
+
+    def rows():
+        yield ("new", "pos", "train")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(gen.TASKS, "reviews", rows)
+    with pytest.raises(KeyboardInterrupt):
+        gen.write("reviews", str(target))
+    assert target.read_text() == "text,label,split\nold,pos,train\n"
+    assert os.listdir(tmp_path) == ["reviews.csv"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("body,message", [
+    # one label: task loss 0, val accuracy 1.000 after no training at all
+    ("good,pos,train\nbad,pos,train\nfine,pos,validation\n",
+     "has one label in its 'train' rows ('pos'); a classifier needs at least 2"),
+    # a class only validation has, which no step trains
+    ("good,pos,train\nbad,neg,train\nfine,other,validation\n",
+     "line 4 has validation label 'other', which no 'train' row has"),
+    # rows of other splits were dropped from both, unseen
+    ("good,pos,Train\nbad,neg,train\nfine,pos,validation\n",
+     "line 2 has split 'Train'; the splits are train and validation"),
+    ("good,pos,train\nbad,neg,train\nfine,pos,validation\nok,neg,valid\n",
+     "line 5 has split 'valid'; the splits are train and validation"),
+])
+def test_data_that_cannot_train_a_classifier_is_refused(tmp_path, body, message):
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.tasks import load_data
+    path = tmp_path / "task.csv"
+    path.write_text("text,label,split\n" + body)
+    with pytest.raises(CLIError) as info:
+        load_data(str(path))
+    assert str(info.value) == f"--data: {path} {message}"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_shipped_csv_loads(task):
+    from tsloss_cuda.tasks import load_data
+    data, names = load_data(os.path.join(DATA, f"{task}.csv"))
+    assert len(names) >= 2 and set(data) == {"train", "validation"}

@@ -17,7 +17,7 @@ def _coverage(draw, mu, n, reps, rng, n_boot):
         iv = stats.mean_interval(dict(enumerate(d)), n_boot=n_boot, seed=i)
         hits += iv.low <= mu <= iv.high
         if n == 5:  # the plain 2.5 / 97.5 % percentile bootstrap, exactly, for contrast
-            counts, w, _ = stats.resamples(n, 0, 0)
+            counts, w, _ = stats.resamples(n, 1, 0)
             m = counts @ d / n
             o = np.argsort(m)
             cum = np.cumsum(w[o])
@@ -46,7 +46,7 @@ def test_exact_resamples_are_the_ordered_bootstrap():
     """The multiset enumeration with multinomial weights is the n^n equally likely ordered
     resamples, grouped: the same distribution of the mean, so the same interval."""
     d = np.array([0.0, 0.1, 0.2, 1.5])  # skewed: the bootstrap-t's high end, the t interval's low
-    counts, w, exact = stats.resamples(4, 0, 0)
+    counts, w, exact = stats.resamples(4, 1, 0)
     assert exact and len(counts) == math.comb(7, 4) and w.sum() == pytest.approx(1)
     ordered = np.array(list(itertools.product(range(4), repeat=4)))
     means_o = np.sort(d[ordered].mean(1))
@@ -98,6 +98,23 @@ def test_ends_are_clipped_to_the_possible_range():
 def test_enumerated_intervals_do_not_depend_on_the_rng_seed():
     d = {s: v for s, v in enumerate([0.02, 0.05, -0.01, 0.04, 0.03])}
     assert len({stats.mean_interval(d, seed=s) for s in range(5)}) == 1
+
+
+@pytest.mark.parametrize("n_boot", [0, -5])
+def test_n_boot_below_one_is_refused(n_boot):
+    """Drawn (10 seeds), n_boot 0 divided by zero and -5 reached numpy as "negative
+    dimensions"; enumerated (5 seeds) it was ignored. Each public function names it either
+    way."""
+    many, few = dict(enumerate(np.linspace(0, 1, 10))), dict(enumerate([0.1, 0.3, 0.2, 0.5, 0.4]))
+    calls = [lambda: stats.resamples(10, n_boot, 0), lambda: stats.resamples(5, n_boot, 0),
+             lambda: stats.mean_interval(many, n_boot=n_boot),
+             lambda: stats.mean_interval(few, n_boot=n_boot),
+             lambda: stats.paired_difference(many, dict.fromkeys(many, 0.0), n_boot=n_boot),
+             lambda: stats.spearman_interval(list(many.values()), list(many.values())[::-1],
+                                             n_boot=n_boot)]
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"^n_boot must be >= 1, got {n_boot}$"):
+            call()
 
 
 def test_floating_point_zero_is_zero():
@@ -405,7 +422,7 @@ def test_resamples_with_rho_but_no_jackknife_se_are_kept():
     x[[0, 4]] = [1.0, 2.0]
     y = np.random.default_rng(3).normal(size=15)
     iv = stats.spearman_interval(x, y, c)
-    counts, w, exact = stats.resamples(5, 0, 0)
+    counts, w, exact = stats.resamples(5, 1, 0)
     assert exact
     no_rho, no_se = 0.0, 0.0
     member = c

@@ -172,12 +172,20 @@ def resamples_exact(n: int) -> bool:
     return n >= 1 and math.comb(2 * n - 1, n) <= EXACT_MAX
 
 
+def _check_n_boot(n_boot: int) -> None:
+    # Checked whether or not draws are needed, so a bad value fails with 4 seeds as with 10;
+    # unchecked, drawing divided by 0 or passed numpy "negative dimensions".
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+
+
 def resamples(n: int, n_boot: int, seed: int) -> Tuple[np.ndarray, np.ndarray, bool]:
     """Bootstrap resamples of ``n`` units as counts: ``(counts (B, n), weights (B,), exact)``.
 
     Every distinct multiset with its multinomial probability when there are at most
-    :data:`EXACT_MAX` (exact, no RNG), else ``n_boot`` draws with equal weights.
+    :data:`EXACT_MAX` (exact, no RNG), else ``n_boot`` (>= 1) draws with equal weights.
     """
+    _check_n_boot(n_boot)
     if resamples_exact(n):
         counts = np.array([np.bincount(c, minlength=n) for c in
                            itertools.combinations_with_replacement(range(n), n)])
@@ -264,6 +272,7 @@ def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int
     :meth:`Interval.decide` judges by the sign test: five seeds that each gained exactly one
     validation example prove nothing (5 wins of 5: p = 0.0625), six do (p = 0.031).
     """
+    _check_n_boot(n_boot)
     d = np.array([values[k] for k in sorted(values)], dtype=float)
     bad = int(np.sum(~np.isfinite(d)))
     if d.size == 0 or bad:
@@ -462,6 +471,7 @@ def spearman_interval(x: Sequence[float], y: Sequence[float],
     an unbounded one (see :func:`mean_interval`). A perfect rank agreement has rho = ±1 in
     every resample: its interval is that point (Fisher's z clipped), and the claim is decided.
     """
+    _check_n_boot(n_boot)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     c = np.arange(x.size) if clusters is None else np.asarray(clusters)
     keep = np.isfinite(x) & np.isfinite(y)

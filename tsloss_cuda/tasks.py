@@ -1,6 +1,7 @@
 """Classification data for the training job: the CSV, what each task says, and token tensors.
 
-A task is a CSV with columns ``text,label,split`` (splits ``train`` and ``validation``). How a
+A task is a CSV with columns ``text,label,split`` (splits ``train`` and ``validation``, no
+other; at least 2 labels in ``train``, and every ``validation`` label among them). How a
 model sees it comes from a :class:`TaskSpec`: known files get theirs from :data:`SPECS` (by
 file name), any other CSV a generic one built from its label names.
 
@@ -20,6 +21,8 @@ import torch
 from ._cli import CLIError, first_line
 
 DATA_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reviews.csv")
+#: The values of a CSV's split column.
+SPLITS = ("train", "validation")
 #: Per-example tensors of an encoded split; everything else in it describes the labels.
 EXAMPLE_KEYS = ("ids", "mask", "y")
 
@@ -87,12 +90,27 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
             hint = "" if short else "; quote texts that contain commas"
             raise CLIError(f"--data: {path} line {line} has {given} field"
                            f"{'s' if given != 1 else ''}, the header has {width}{hint}")
-    names = sorted({r["label"] for r in rows})
-    out: Dict[str, Tuple[List[str], List[int]]] = {}
-    for split in ("train", "validation"):
-        sel = [r for r in rows if r["split"] == split]
-        if not sel:
+    for row, line in zip(rows, lines):
+        # Any other value ("Train", "valid") would drop its rows from both splits unseen.
+        if row["split"] not in SPLITS:
+            raise CLIError(f"--data: {path} line {line} has split {row['split']!r}; the "
+                           f"splits are {' and '.join(SPLITS)}")
+    for split in SPLITS:
+        if not any(r["split"] == split for r in rows):
             raise CLIError(f"--data: {path} has no {split!r} rows")
+    # The classes are the training labels: with one, the task loss is 0 and every prediction
+    # right; a label only in validation would be a class the model is never trained on.
+    names = sorted({r["label"] for r in rows if r["split"] == "train"})
+    if len(names) < 2:
+        raise CLIError(f"--data: {path} has one label in its 'train' rows ({names[0]!r}); "
+                       "a classifier needs at least 2")
+    for row, line in zip(rows, lines):
+        if row["label"] not in names:
+            raise CLIError(f"--data: {path} line {line} has validation label "
+                           f"{row['label']!r}, which no 'train' row has")
+    out: Dict[str, Tuple[List[str], List[int]]] = {}
+    for split in SPLITS:
+        sel = [r for r in rows if r["split"] == split]
         out[split] = ([r["text"] for r in sel], [names.index(r["label"]) for r in sel])
     return out, names
 
