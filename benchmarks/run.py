@@ -958,9 +958,12 @@ def plots(records, scal, path_prefix: Path):
 
 
 def parse_cfg(s: str):
-    parts = [int(v) for v in s.split(",")]
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"config must be N,D,B, got {s!r}")
+    try:
+        parts = [int(v) for v in s.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"config must be N,D,B, each an integer >= 1, got {s!r}")
     return tuple(parts)
 
 
@@ -1007,10 +1010,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error(f"--reps must be >= 1, got {args.reps}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
     if args.render:
         src = Path(args.render)
-        payload = json.loads(src.read_text())
-        recs = payload["records"]
+        try:
+            payload = json.loads(src.read_text())
+            recs = payload["records"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--render {src}: not a results JSON of this script ({type(e).__name__}: "
+                     f"{e})")
         for r in recs:  # recompute derived fields (older files)
             r["correct"] = bool(r["correct"])
             if r.get("ratio_to_ours") is not None and r.get("input") == "matrix":
@@ -1050,7 +1061,7 @@ def main(argv=None):
         configs = QUICK_CONFIGS
     else:
         configs = CPU_CONFIGS + (GPU_EXTRA if cuda else [])
-    reps = max(1, args.reps)
+    reps = args.reps
     if args.peer_clouds < 0:
         ap.error(f"--peer-clouds must be >= 0 (0: all clouds), got {args.peer_clouds}")
 
@@ -1093,6 +1104,8 @@ def main(argv=None):
     records = []
     t_start = time.perf_counter()
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out {out}: not a folder")
     out.mkdir(parents=True, exist_ok=True)
     stem = args.name or result_stem(dev, None if cuda else capped, args)
     if meta["engine"].get("stale"):

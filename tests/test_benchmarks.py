@@ -217,6 +217,25 @@ def test_llm_step_on_a_tiny_causal_lm(tmp_path):
 
 
 @pytest.mark.parametrize("argv,match", [
+    (["--configs", "0,2,1"], "config must be N,D,B, each an integer >= 1, got '0,2,1'"),
+    (["--configs", "4,x,2"], "config must be N,D,B"),
+    (["--reps", "-3"], "--reps must be >= 1, got -3"),  # was silently 1
+    (["--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["--render", "{tmp}/none.json"], "--render .*none.json: not a results JSON.*FileNotFound"),
+    (["--render", "{tmp}/other.json"], "--render .*other.json: not a results JSON.*KeyError"),
+    (["--out", "{tmp}/other.json", "--configs", "8,4,2", "--impls", "ours"],
+     "--out .*other.json: not a folder"),
+])
+def test_run_refuses_bad_arguments(argv, match, tmp_path, capsys):
+    """Tracebacks before (numpy's zero-size array, KeyError 'records', FileExistsError ...)."""
+    (tmp_path / "other.json").write_text('{"summary": 1}')  # a JSON, not a results file
+    with pytest.raises(SystemExit) as e:
+        _load().main([a.format(tmp=tmp_path) for a in argv])
+    assert e.value.code == 2
+    assert re.search(match, capsys.readouterr().err.splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv,match", [
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--threads", "1", "0"], "--threads must be >= 1, got 0"),
     (["--variants", "answer-C,bogus"], "--variants: unknown 'bogus'; known: full-vocab"),
