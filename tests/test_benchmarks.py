@@ -229,8 +229,9 @@ def test_llm_step_on_a_tiny_causal_lm(tmp_path):
 def test_run_refuses_bad_arguments(argv, match, tmp_path, capsys):
     """Tracebacks before (numpy's zero-size array, KeyError 'records', FileExistsError ...)."""
     (tmp_path / "other.json").write_text('{"summary": 1}')  # a JSON, not a results file
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]  # never the repo's
     with pytest.raises(SystemExit) as e:
-        _load().main([a.format(tmp=tmp_path) for a in argv])
+        _load().main([a.format(tmp=tmp_path) for a in argv] + out)
     assert e.value.code == 2
     assert re.search(match, capsys.readouterr().err.splitlines()[-1])
 
