@@ -72,18 +72,34 @@ def agree(ours, peer, tol):
     return True
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--clouds", default=",".join(clouds()))
-    ap.add_argument("--impls", default="ours,ripser,gph")
+    ap.add_argument("--clouds", default=",".join(clouds()),
+                    help=f"comma-separated subset of {','.join(clouds())}")
+    ap.add_argument("--impls", default="ours,ripser,gph", help="comma-separated subset")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--save")
-    ap.add_argument("--compare")
-    args = ap.parse_args()
+    ap.add_argument("--save", help="write our diagrams to this .npz file")
+    ap.add_argument("--compare", help="an .npz file of --save: flag clouds whose bits differ")
+    args = ap.parse_args(argv)
+    # Checked before the first cloud is timed (KeyError, AttributeError tracebacks before).
+    for flag, given, known in (("--clouds", args.clouds, clouds()),
+                               ("--impls", args.impls, ("ours", "ripser", "gph"))):
+        unknown = [v for v in given.split(",") if v not in known]
+        if unknown:
+            ap.error(f"{flag}: unknown {', '.join(map(repr, unknown))}; known: {','.join(known)}")
+    if args.reps < 1:
+        ap.error(f"--reps must be >= 1, got {args.reps}")
+    for flag in ("save", "compare"):  # np.savez appends .npz to a name without it
+        path = getattr(args, flag)
+        if path is not None and not path.endswith(".npz"):
+            ap.error(f"--{flag} {path}: name a .npz file")
     torch.set_num_threads(1)
     impls = args.impls.split(",")
     saved = {}
-    before = dict(np.load(args.compare)) if args.compare else None
+    try:
+        before = dict(np.load(args.compare)) if args.compare else None
+    except OSError as e:
+        ap.error(f"--compare {args.compare}: {e}")
     print(f"{'cloud':14} {'N':>4} {'h1':>5} " + " ".join(f"{i + ' s':>9}" for i in impls)
           + "  check")
     for name in args.clouds.split(","):

@@ -273,3 +273,23 @@ def test_profile_ops_tiny(tmp_path):
     assert json.loads((tmp_path / "profile-cpu-8-4-2.json").read_text())["traceEvents"]
     with pytest.raises(SystemExit):
         mod.main(["--configs", "8,4"])  # not an N,D,B triple
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--clouds", "bogus"], "--clouds: unknown 'bogus'; known: "),
+    (["--impls", "ours,bogus"], "--impls: unknown 'bogus'; known: ours,ripser,gph"),
+    (["--reps", "0"], "--reps must be >= 1, got 0"),
+    (["--save", "{tmp}/t1"], "--save .*/t1: name a .npz file"),  # np.savez wrote t1.npz
+    (["--compare", "{tmp}/none.npz"], "--compare .*none.npz: .*No such file"),
+])
+def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys):
+    """Each was a traceback (KeyError, AttributeError, FileNotFoundError), some after a cloud
+    had been timed."""
+    spec = importlib.util.spec_from_file_location("ties", RUN.parent / "ties.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main([a.format(tmp=tmp_path) for a in argv] + ["--impls", "ours"] * (
+            argv[0] != "--impls"))
+    assert e.value.code == 2
+    assert re.search(match, capsys.readouterr().err.splitlines()[-1])
