@@ -253,3 +253,14 @@ def test_tracker_keeps_given_terms_on_the_prompts_device():
     (_, vals), = tracker._pending
     assert {"ts_connectivity", "ts_redundancy", "h0_total"} <= set(vals)
     assert {v.device.type for v in vals.values()} == {"meta"}
+
+
+def test_stability_across_a_change_of_shape_is_not_measured():
+    """Prompts of different N (checkpoints of two runs read by analyze) have no stability
+    distance: NaN, where a 0 read as "unchanged"."""
+    g = torch.Generator().manual_seed(0)
+    tracker = TopologyTracker(1, tsloss_terms=True)
+    for step, n in enumerate((8, 8, 10, 10)):
+        tracker.update(step, torch.randn(n, 16, generator=g))
+    stab = [row["ts_stability"] for row in tracker.flush()]
+    assert stab[0] == 0.0 and stab[1] > 0 and math.isnan(stab[2]) and stab[3] > 0, stab

@@ -113,9 +113,9 @@ class TopologyTracker:
     With ``tsloss_terms=True``, ``update`` without ``terms`` computes the unweighted TSLoss
     terms of the prompt it is given, with ``term_options`` (any of :data:`TERM_OPTIONS`; default
     TSLoss's defaults), and ``ts_stability`` measured against the prompt of the previous record
-    (0 for the first record, or when N changes). Every column of a row then describes the same
-    prompt: the training job and ``tsloss_cuda.analyze`` both record this way, so a row of one
-    equals the row of the other for the same saved prompt. ``ts_scale`` is the scale the terms
+    (0 for the first record; NaN, not measured, when the prompt's shape changes). Every column
+    of a row then describes the same prompt: the training job and ``tsloss_cuda.analyze`` both
+    record this way, so a row of one equals the row of the other for the same saved prompt. ``ts_scale`` is the scale the terms
     are divided by (1 with ``normalize="none"``), 0 for a prompt of coincident points. Given
     ``terms`` (the dict of ``tsloss_cuda.loss(..., return_terms=True)``, or scalars under the
     names in :data:`TERMS`) are recorded as they are; another key is an error.
@@ -140,7 +140,8 @@ class TopologyTracker:
         return step % self.every == 0
 
     def _terms_of(self, prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if self._shape is not None and prompt.shape != self._shape:
+        reshaped = self._shape is not None and prompt.shape != self._shape
+        if reshaped:
             self._probe.reset()  # prompts of different N cannot be compared for stability
         self._shape = prompt.shape
         if prompt.device.type == "cpu" and not bool(torch.isfinite(prompt).all()):
@@ -148,6 +149,9 @@ class TopologyTracker:
             return {name: torch.full((), float("nan"), dtype=torch.float32) for name in TERMS}
         with torch.no_grad():
             self._probe(prompt.detach())
+        if reshaped:  # not measured, which a 0 ("unchanged") would hide
+            return dict(self._probe.last_terms,
+                        stability=torch.full((), float("nan"), device=prompt.device))
         return self._probe.last_terms
 
     def update(self, step: int, prompt: torch.Tensor,
