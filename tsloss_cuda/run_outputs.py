@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -93,16 +94,42 @@ def compare_table(results: List[Dict], regs: List[str], target: float) -> str:
     return "\n".join(lines)
 
 
+def staging_folder(run_dir: str, name: str) -> str:
+    """Where a run writes its checkpoints until :func:`commit_checkpoints` moves them into
+    ``checkpoints/NAME``: beside it, hidden (a run that does not finish leaves the earlier run's
+    checkpoints as its metrics.csv and summary.json list them)."""
+    return os.path.join(run_dir, "checkpoints", f".{name}.partial")
+
+
 def checkpoint_folder(run_dir: str, name: str, keep: bool) -> str:
-    """The run's checkpoint folder, emptied of an earlier run's prompts (``step_*.pt``): a rerun
-    into the same output folder with another --log-every or --max-steps left them there, mixed
-    into this run's for ``tsloss_cuda.analyze``. Created when ``keep`` (checkpoints are due)."""
-    folder = os.path.join(run_dir, "checkpoints", name)
+    """The run's :func:`staging_folder`, empty (a killed job's is removed), created when
+    ``keep`` (checkpoints are due)."""
+    stage = staging_folder(run_dir, name)
+    shutil.rmtree(stage, ignore_errors=True)
+    if keep:
+        os.makedirs(stage)
+    return stage
+
+
+def commit_checkpoints(run_dir: str, name: str) -> None:
+    """Once the run's outputs are written: its checkpoint folder's prompts (``step_*.pt``) are
+    replaced by the staged ones. An earlier run's go, staged or not: a rerun into the same
+    output folder with another --log-every or --max-steps left them there, mixed into this
+    run's for ``tsloss_cuda.analyze``."""
+    folder, stage = os.path.join(run_dir, "checkpoints", name), staging_folder(run_dir, name)
     for path in prompt_checkpoints(folder):
         os.remove(path)
-    if keep:
+    if os.path.isdir(stage):
         os.makedirs(folder, exist_ok=True)
-    return folder
+        for path in prompt_checkpoints(stage):
+            os.replace(path, os.path.join(folder, os.path.basename(path)))
+        shutil.rmtree(stage)
+
+
+def discard_checkpoints(run_dir: str, name: str) -> None:
+    """Remove a run's staged checkpoints (a run that failed or was interrupted); the earlier
+    run's stay."""
+    shutil.rmtree(staging_folder(run_dir, name), ignore_errors=True)
 
 
 class EarlierJob(NamedTuple):
@@ -206,11 +233,12 @@ def metrics_rows(results: Sequence[Mapping]) -> List[Dict]:
 
 def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_path: str,
                   task: str, world: int, total_s: float,
-                  earlier: Optional[EarlierJob] = None) -> str:
+                  earlier: Optional[EarlierJob] = None, staged: Sequence[str] = ()) -> str:
     """metrics.csv, summary.json, prompts/*.pt, PNG plots; returns the comparison table.
     With ``earlier`` (:func:`earlier_job` of ``out`` at the job's start), the earlier job's
     files that this one did not write are removed and listed on stdout
-    (:func:`remove_stale_outputs`).
+    (:func:`remove_stale_outputs`). The checkpoints of the runs ``staged`` move into place
+    (:func:`commit_checkpoints`) once metrics.csv and summary.json list them.
 
     ``results`` are :func:`tsloss_cuda.training.train_one`'s dicts, or the same loaded back by
     :func:`tsloss_cuda.compare.load_run` (``variant``/``run_id`` then name the runs).
@@ -232,6 +260,8 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    for name in staged:
+        commit_checkpoints(out, name)
     figures = []
     if not args.no_plots:
         from tsloss_cuda import plots

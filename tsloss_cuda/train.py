@@ -24,13 +24,25 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch  # noqa: E402
 
-from ._cli import (DEVICE_HELP, CLIError, Parser, fraction, nonneg_float,  # noqa: E402
-                   nonneg_int, positive_float, positive_int, run_main)
-from .models import DEFAULT_MODEL, GEMMA, check_positions, load_model, resolve_model  # noqa: E402
+from ._cli import (DEVICE_HELP, CLIError, Parser, bounded, fraction,  # noqa: E402
+                   nonneg_float, nonneg_int, positive_int, run_main)
+from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions,  # noqa: E402
+                     load_model, resolve_model)
 from .tasks import DATA_CSV, encode, load_data, take, task_spec  # noqa: E402
-from .training import REGULARIZERS, Dist, train_one  # noqa: E402
+from .training import MAX_LR, MAX_SEED, REGULARIZERS, Dist, train_one  # noqa: E402
 
 PROG = "python -m tsloss_cuda.train"
+
+seed_int = bounded(int, 0, MAX_SEED, "an integer in [0, 2**64 - 1001]")
+learning_rate = bounded(float, 0.0, MAX_LR, f"a number > 0 and at most {MAX_LR:g}", strict=True)
+
+#: Each mode's own flags: dest -> (default, the other mode's flag for the same thing). Their
+#: argparse default is None, so that one given in the other mode, which would ignore it, is
+#: told from one left out (whatever its value) and refused; run() then sets the defaults.
+SINGLE_FLAGS = {"seed": (0, "--seeds"), "regularizer": ("tsloss", "--compare-regularizers")}
+COMPARE_FLAGS = {"seeds": ([0, 1, 2], "--seed"),
+                 "compare_regularizers": (list(REGULARIZERS), "--regularizer"),
+                 "compare_weights": ([], None), "compare_stability": (0.0, None)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,23 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="auto", choices=("auto", "causal", "encoder"),
                    help="how to tune the model (auto: detected from the checkpoint)")
     p.add_argument("--data", default=DATA_CSV, help="CSV with columns text,label,split")
-    p.add_argument("--regularizer", default="tsloss", choices=REGULARIZERS,
-                   help="prompt regulariser (pairwise = mean pairwise distance between prompt "
-                        "vectors)")
+    p.add_argument("--regularizer", default=None, choices=REGULARIZERS,
+                   help="prompt regulariser of a single run (pairwise = mean pairwise distance "
+                        "between prompt vectors; default: tsloss)%(default).0s")
     p.add_argument("--compare", action="store_true",
                    help="train every regulariser with every --seeds and print a comparison table")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of a single run")
-    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2],
-                   help="seeds for --compare")
+    p.add_argument("--seed", type=seed_int, default=None,
+                   help="seed of a single run (default: 0)%(default).0s")
+    p.add_argument("--seeds", type=seed_int, nargs="+", default=None,
+                   help="seeds for --compare (default: 0 1 2)%(default).0s")
     p.add_argument("--compare-regularizers", nargs="+", choices=REGULARIZERS,
-                   default=list(REGULARIZERS), metavar="REG",
-                   help="the regularisers --compare runs (any of: " + ", ".join(REGULARIZERS) + ")")
-    p.add_argument("--compare-weights", type=nonneg_float, nargs="*", default=[],
+                   default=None, metavar="REG",
+                   help="the regularisers --compare runs (any of: " + ", ".join(REGULARIZERS)
+                        + "; default: all)%(default).0s")
+    p.add_argument("--compare-weights", type=nonneg_float, nargs="*", default=None,
                    help="--compare also sweeps TSLoss at these --reg-weight values (variants "
-                        "tsloss_wW, same seeds)")
-    p.add_argument("--compare-stability", type=nonneg_float, default=0.0,
+                        "tsloss_wW, same seeds; default: none)%(default).0s")
+    p.add_argument("--compare-stability", type=nonneg_float, default=None,
                    help="> 0: --compare also runs TSLoss with this stability weight (variant "
-                        "tsloss_stab)")
+                        "tsloss_stab; default: 0)%(default).0s")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="where the model, the prompt and TSLoss run: " + DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=None,
@@ -83,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="similarity", choices=("similarity", "linear"),
                    help="encoder: score labels by similarity to label descriptions (only the "
                         "prompt trains) or with a trainable linear head")
-    p.add_argument("--lr", type=positive_float, default=0.01,
+    p.add_argument("--lr", type=learning_rate, default=0.01,
                    help="Adam learning rate of the prompt")
-    p.add_argument("--head-lr", type=positive_float, default=0.005,
+    p.add_argument("--head-lr", type=learning_rate, default=0.005,
                    help="Adam learning rate of the encoder's --head linear")
     p.add_argument("--max-length", type=positive_int, default=32, help="max tokens per sentence")
     p.add_argument("--reg-weight", type=nonneg_float, default=0.1,
@@ -113,11 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_mode_flags(args) -> None:
+    """Refuse the other mode's flags, which it would ignore; set the defaults of those not given
+    (both modes', so the recorded configuration is as before)."""
+    other = SINGLE_FLAGS if args.compare else COMPARE_FLAGS
+    for dest, (_, instead) in other.items():
+        if getattr(args, dest) is not None:
+            flag = "--" + dest.replace("_", "-")
+            if args.compare:
+                raise CLIError(f"{flag} is an option of a single run, which --compare ignores: "
+                               f"use {instead}")
+            raise CLIError(f"{flag} is an option of --compare, which a single run ignores: add "
+                           "--compare" + (f", or use {instead}" if instead else ""))
+    for dest, (default, _) in {**SINGLE_FLAGS, **COMPARE_FLAGS}.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+
+
 def run(args) -> int:
     from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_config,
                                      comparison_specs, holds_comparison, provenance,
                                      run_comparison)
-    from tsloss_cuda.run_outputs import announce_removal, earlier_job, write_outputs
+    from tsloss_cuda.run_outputs import (announce_removal, commit_checkpoints,
+                                         discard_checkpoints, earlier_job, write_outputs)
+    check_mode_flags(args)
     regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
     if args.compare:
         # Each run is named by its variant and seed: a repeated value would name two runs alike.
@@ -130,14 +163,20 @@ def run(args) -> int:
     specs = (comparison_specs(regs, args.seeds, args.compare_weights, args.compare_stability,
                               args.reg_weight)
              if args.compare else [RunSpec(args.regularizer, args.seed)])
+    if not args.output_dir:  # os.makedirs("") fails only once the model is loaded
+        raise CLIError("--output-dir is empty: name a folder (. for the current one)")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise CLIError(f"--output-dir {args.output_dir} exists and is not a folder")
+    if args.model == GEMMA:  # the conversion would make it, after the data is loaded
+        check_cache(args.model_cache)
     if not args.compare and holds_comparison(args.output_dir):
         # A single run writes prompts/, metrics.csv and summary.json over the comparison's.
         raise CLIError(f"--output-dir {args.output_dir} holds a --compare comparison, which a "
                        "single run would overwrite: use another --output-dir")
     data_raw, names = load_data(args.data)
     dist = Dist(args.device)
+    out = args.output_dir
+    staged: List[str] = []  # runs whose checkpoints wait in their staging folders
     try:
         path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main)
         tok, model, task = load_model(path, args.task, dist.device, args.quiet)
@@ -153,7 +192,6 @@ def run(args) -> int:
             data["validation"] = take(data["validation"], args.max_val)
         if args.init == "text" and args.init_text is None:
             args.init_text = spec.instruction  # recorded with the other flags
-        out = args.output_dir
         earlier = earlier_job(out)  # read before this job writes its own summary.json
         if dist.main:
             os.makedirs(out, exist_ok=True)
@@ -161,9 +199,15 @@ def run(args) -> int:
         t0 = time.perf_counter()
 
         def train_fn(spec: RunSpec) -> Dict:
-            return train_one(apply_overrides(args, spec), spec.regularizer, spec.seed, tok,
-                             model, task, data, len(names), dist, out,
-                             progress_pos=1 if args.compare else 0, run_id=spec.run_id)
+            staged.append(spec.run_id)
+            result = train_one(apply_overrides(args, spec), spec.regularizer, spec.seed, tok,
+                               model, task, data, len(names), dist, out,
+                               progress_pos=1 if args.compare else 0, run_id=spec.run_id)
+            if args.compare and dist.main:
+                # A comparison records each run as it finishes (runs/RUN.json, next), and a
+                # restart skips it: its checkpoints go in now, not with metrics.csv at the end.
+                commit_checkpoints(out, spec.run_id)
+            return result
 
         if args.compare:  # each run is written as it finishes; a restart trains the rest
             ignore = ("compare_regularizers", "compare_weights", "compare_stability")
@@ -176,11 +220,16 @@ def run(args) -> int:
             os.makedirs(out, exist_ok=True)
             torch.save(results[-1]["prompt"], os.path.join(out, f"prompt_rank{dist.rank}.pt"))
         if dist.main:
+            # A single run's checkpoints go in with metrics.csv and summary.json.
             table = write_outputs(out, args, results, regs, path, task,
-                                  dist.world, time.perf_counter() - t0, earlier)
+                                  dist.world, time.perf_counter() - t0, earlier,
+                                  staged=() if args.compare else staged)
             print(table)
             print(f"outputs written to {out}")
     finally:
+        if dist.main:  # a run that did not finish: the earlier run's checkpoints stay
+            for run_id in staged:
+                discard_checkpoints(out, run_id)
         dist.close()
     return 0
 

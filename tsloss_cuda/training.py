@@ -18,6 +18,14 @@ from .run_outputs import checkpoint_folder, run_id as run_name
 from .tasks import batch, frequent_tokens
 
 REGULARIZERS = ("none", "l2", "pairwise", "tsloss")
+#: torch generators take seeds below 2**64, and a run's data order is seeded with 1000 + seed.
+MAX_SEED = 2 ** 64 - 1 - 1000
+#: Adam's first step moves each coordinate by about lr: its step size, lr / (1 - beta1), is a
+#: float32 scalar (past 3.4e37 a RuntimeError), and the prompt's topology needs its distances,
+#: up to 2 lr sqrt(D), in float32 (past about 4e36 for D = 384, a RuntimeError). Below this
+#: bound a prompt grown too large turns the model's output NaN (its norms square it): a
+#: divergence, which the run records.
+MAX_LR = 1e30
 
 # ---------------------------------------------------------------------------------------------
 # regularisers
@@ -142,7 +150,10 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
               run_id: Optional[str] = None) -> Dict:
     """Train one prompt; returns rows, timings, snapshots and the final prompt (rank 0 view).
 
-    ``run_id`` names the checkpoint folder and the progress bar (default ``REG_seedS``).
+    ``run_id`` names the checkpoint folder and the progress bar (default ``REG_seedS``). The
+    checkpoints are staged under ``run_dir``: the caller moves them into place once the run's
+    outputs are written (``run_outputs.commit_checkpoints``), or removes them
+    (``discard_checkpoints``), so a run that does not finish leaves the earlier one's.
 
     Each row describes the prompt after ``step`` updates (the one saved as its checkpoint):
     validation accuracy, topology and TSLoss terms. ``task_loss``/``reg_loss`` are the means
@@ -183,7 +194,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     every = args.log_every if args.checkpoint_every is None else args.checkpoint_every
     run_id = run_id or run_name({"regularizer": reg_name, "seed": seed})
     ckpt_dir = None
-    if run_dir and dist.main:  # emptied of an earlier run's prompts, due or not
+    if run_dir and dist.main:  # staged: the caller commits or discards them (run_outputs)
         folder = checkpoint_folder(run_dir, run_id, keep=bool(every))
         ckpt_dir = folder if every else None
 
