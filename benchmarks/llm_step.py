@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from tsloss_cuda._cli import CLIError  # noqa: E402
+from tsloss_cuda._cli import CLIError, positive_int  # noqa: E402
 from tsloss_cuda.models import GEMMA, load_model  # noqa: E402
 from tsloss_cuda.prompt_tuning import SoftPromptModel  # noqa: E402
 
@@ -105,21 +105,16 @@ VARIANTS = ("full-vocab", "last-pos-vocab", "answer-C", "answer-C eager")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=GEMMA)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--prompt", type=int, default=8)
-    ap.add_argument("--text", type=int, default=32)
+    ap.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=positive_int, default=3, help="timed steps per variant")
+    ap.add_argument("--batch", type=positive_int, default=8)
+    ap.add_argument("--prompt", type=positive_int, default=8)
+    ap.add_argument("--text", type=positive_int, default=32)
     ap.add_argument("--variants", default="full-vocab,last-pos-vocab,answer-C,answer-C eager")
     ap.add_argument("--torch-isa", choices=["native", "avx2"], default="native",
                     help="avx2: cap torch, MKL and oneDNN at AVX2 (see the module doc)")
     args = ap.parse_args(argv)
-    # Checked before the model loads (20 s and more): a bad value failed only after it.
-    for name in ("steps", "batch", "prompt", "text"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if min(args.threads) < 1:
-        ap.error(f"--threads must be >= 1, got {min(args.threads)}")
+    # Checked before the model loads (20 s and more): a bad name failed only after it.
     names = [n.strip() for n in args.variants.split(",")]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 import tsloss_cuda
+from tsloss_cuda._cli import positive_int
 
 warnings.filterwarnings("ignore")
 
@@ -987,7 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gpu-configs", action="store_true",
                     help="only the GPU sizes of the issue (%s)" % " ".join(
                         "%d,%d,%d" % c for c in GPU_EXTRA))
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=positive_int, default=5)
     ap.add_argument("--impls", default=",".join(ALL_IMPLS), help="comma-separated subset")
     ap.add_argument("--out", default=str(ROOT / "results"), help="output directory")
     ap.add_argument("--name", help="file stem (default: the device name, then the --isa, then "
@@ -995,7 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scaling", action="store_true", help="fit time exponents in N, B, D")
     ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--threads", type=int,
+    ap.add_argument("--threads", type=positive_int,
                     help="torch threads for ours (default: all); peers keep all threads")
     ap.add_argument("--isa", choices=("baseline", "avx2", "avx512"),
                     help="x86 build of our CPU kernels (default: the best this CPU runs); the "
@@ -1010,10 +1011,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
-    if args.reps < 1:
-        ap.error(f"--reps must be >= 1, got {args.reps}")
-    if args.threads is not None and args.threads < 1:
-        ap.error(f"--threads must be >= 1, got {args.threads}")
     if args.render:
         src = Path(args.render)
         try:

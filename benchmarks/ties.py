@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import tsloss_cuda
+from tsloss_cuda._cli import positive_int
 
 FIELDS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
 
@@ -77,7 +78,7 @@ def main(argv=None):
     ap.add_argument("--clouds", default=",".join(clouds()),
                     help=f"comma-separated subset of {','.join(clouds())}")
     ap.add_argument("--impls", default="ours,ripser,gph", help="comma-separated subset")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=positive_int, default=3)
     ap.add_argument("--save", help="write our diagrams to this .npz file")
     ap.add_argument("--compare", help="an .npz file of --save: flag clouds whose bits differ")
     args = ap.parse_args(argv)
@@ -87,8 +88,6 @@ def main(argv=None):
         unknown = [v for v in given.split(",") if v not in known]
         if unknown:
             ap.error(f"{flag}: unknown {', '.join(map(repr, unknown))}; known: {','.join(known)}")
-    if args.reps < 1:
-        ap.error(f"--reps must be >= 1, got {args.reps}")
     for flag in ("save", "compare"):  # np.savez appends .npz to a name without it
         path = getattr(args, flag)
         if path is not None and not path.endswith(".npz"):

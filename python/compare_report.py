@@ -11,7 +11,6 @@ those of :mod:`tsloss_cuda.stats`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import math
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tsloss_cuda import stats  # noqa: E402
-from tsloss_cuda._cli import CLIError, Parser, nonneg_int, positive_int  # noqa: E402
+from tsloss_cuda._cli import CLIError, Parser, bounded, nonneg_int, positive_int  # noqa: E402
 from tsloss_cuda.compare import (CONFIG_KEYS, RUN_KEYS, nonempty_dicts,  # noqa: E402
                                   read_record)
 from tsloss_cuda.run_outputs import run_id  # noqa: E402
@@ -323,15 +322,8 @@ def weight_sweep(results: List[Dict], config: Dict) -> List[Tuple[float, str]]:
     return sorted(((w, v) for v, w in out.items()))
 
 
-def accuracy(text: str) -> float:
-    """``--target``: an accuracy in (0, 1]; at 0 or below every run reaches it at step 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= 1:  # NaN too
-        raise argparse.ArgumentTypeError(f"expected an accuracy in (0, 1], got {text}")
-    return value
+#: ``--target``: an accuracy in (0, 1]; at 0 or below every run reaches it at step 0.
+accuracy = bounded(float, 0.0, 1.0, "an accuracy in (0, 1]", strict=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

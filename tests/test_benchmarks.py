@@ -219,8 +219,8 @@ def test_llm_step_on_a_tiny_causal_lm(tmp_path):
 @pytest.mark.parametrize("argv,match", [
     (["--configs", "0,2,1"], "config must be N,D,B, each an integer >= 1, got '0,2,1'"),
     (["--configs", "4,x,2"], "config must be N,D,B"),
-    (["--reps", "-3"], "--reps must be >= 1, got -3"),  # was silently 1
-    (["--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["--reps", "-3"], "--reps: expected an integer >= 1, got -3"),  # was silently 1
+    (["--threads", "-1"], "--threads: expected an integer >= 1, got -1"),
     (["--render", "{tmp}/none.json"], "--render .*none.json: not a results JSON.*FileNotFound"),
     (["--render", "{tmp}/other.json"], "--render .*other.json: not a results JSON.*KeyError"),
     (["--out", "{tmp}/other.json", "--configs", "8,4,2", "--impls", "ours"],
@@ -237,8 +237,8 @@ def test_run_refuses_bad_arguments(argv, match, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--steps", "0"], "--steps must be >= 1, got 0"),
-    (["--threads", "1", "0"], "--threads must be >= 1, got 0"),
+    (["--steps", "0"], "--steps: expected an integer >= 1, got 0"),
+    (["--threads", "1", "0"], "--threads: expected an integer >= 1, got 0"),
     (["--variants", "answer-C,bogus"], "--variants: unknown 'bogus'; known: full-vocab"),
     (["--model", "/nonexistent/model"], "--model.*not found"),
 ])
@@ -278,7 +278,7 @@ def test_profile_ops_tiny(tmp_path):
 @pytest.mark.parametrize("argv,match", [
     (["--clouds", "bogus"], "--clouds: unknown 'bogus'; known: "),
     (["--impls", "ours,bogus"], "--impls: unknown 'bogus'; known: ours,ripser,gph"),
-    (["--reps", "0"], "--reps must be >= 1, got 0"),
+    (["--reps", "0"], "--reps: expected an integer >= 1, got 0"),
     (["--save", "{tmp}/t1"], "--save .*/t1: name a .npz file"),  # np.savez wrote t1.npz
     (["--compare", "{tmp}/none.npz"], "--compare .*none.npz: .*No such file"),
 ])

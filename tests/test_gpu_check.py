@@ -25,6 +25,8 @@ Context 1, Stream 7, Device 0, CC 9.0
     Compute (SM) Throughput           %        15.67
     Section: Launch Statistics
     Registers Per Thread    register/thread     128
+    Section: Memory Workload Analysis
+    Memory Throughput           Gbyte/second        99.99
     Section: Occupancy
     Achieved Occupancy                %        24.50
 """ for i, k in enumerate(KERNELS))
@@ -45,8 +47,7 @@ def run_check(tmp_path: Path, *phases: str, ncu: str = None, **env) -> subproces
         fake.chmod(0o755)
         path = f"{bin_dir}{os.pathsep}{path}"
     else:
-        path = os.pathsep.join(p for p in path.split(os.pathsep)
-                               if not (Path(p) / "ncu").exists())
+        env.setdefault("NCU", str(tmp_path / "no-ncu"))  # whatever this machine has
     full_env = dict(os.environ, PATH=path, PYTHON=sys.executable, **env)
     return subprocess.run(["bash", str(repo / "tools" / "gpu_check.sh"), str(tmp_path / "out"),
                            *phases], capture_output=True, text=True, env=full_env, timeout=300)

@@ -332,13 +332,13 @@ EOF
 }
 
 do_ncu() {
-  command -v ncu >/dev/null || { echo "SKIP: no ncu on this host"; return 77; }
+  command -v "${NCU:-ncu}" >/dev/null || { echo "SKIP: no ncu on this host"; return 77; }
   # Here, not global: a phase runs in a child bash, which inherits functions, not arrays.
   local kernels=(pairwise_distance_kernel topology_kernel reduce_warp_kernel tsloss_grad_kernel)
   local f=$R/ncu.txt k v rc
   # One TSLoss forward+backward launches each of the four once, in this order: the first four
   # matching launches are one of each, in one process (each start under ncu costs seconds).
-  ncu --clock-control none --set detailed --target-processes all \
+  "${NCU:-ncu}" --clock-control none --set detailed --target-processes all \
     -k "regex:$(IFS='|'; echo "${kernels[*]}")" -c ${#kernels[@]} $PY -c "
 import torch, tsloss_cuda
 x = torch.randn(64, 64, 4096, device='cuda', requires_grad=True)
@@ -352,8 +352,10 @@ torch.cuda.synchronize()" >"$f" 2>&1
   [ $rc = 0 ] || echo "CHECK FAILED: ncu rc $rc"
   for k in "${kernels[@]}"; do
     # Its launch's headline figures (a launch's header is indented 2, its metrics 4 or more).
-    v=$(awk -v k="$k" '/^  [^ ]/ {on = index($0, k) > 0}
-      on && /^ +(Duration|Achieved Occupancy|Registers Per Thread|Compute \(SM\) Throughput|Memory Throughput) / {
+    # Only these sections: Memory Workload Analysis has a "Memory Throughput" in Gbyte/s too.
+    v=$(awk -v k="$k" '/^  [^ ]/ {on = index($0, k) > 0} /^ +Section: / {sec = $0}
+      on && sec ~ /Speed Of Light|Launch Statistics|Occupancy/ &&
+      /^ +(Duration|Achieved Occupancy|Registers Per Thread|Compute \(SM\) Throughput|Memory Throughput) / {
         n = "mem"; if ($1 == "Duration") n = "time"
         else if ($1 == "Achieved") n = "occupancy"; else if ($1 == "Registers") n = "regs"
         else if ($1 == "Compute") n = "SM"
