@@ -309,7 +309,8 @@ def _check_provenance(out_dir: str, run: Mapping[str, Any], prov: Mapping[str, A
 
 def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[RunSpec], Dict],
                    config: Mapping[str, Any], *, quiet: bool = False, write: bool = True,
-                   prov: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+                   prov: Optional[Mapping[str, Any]] = None,
+                   on_saved: Optional[Callable[[RunSpec], None]] = None) -> List[Dict[str, Any]]:
     """Train every spec not yet finished in ``out_dir``; return all results in spec order.
 
     Args:
@@ -327,6 +328,8 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
         prov: :func:`provenance` of this job, recorded in each new run and checked against
             each finished one (a mismatch is a :class:`CLIError`); None records and checks
             nothing.
+        on_saved: called with each spec once its run is recorded (``write``), e.g. to move the
+            run's checkpoints into place: a restart skips a recorded run.
 
     Returns:
         One result per spec, each with ``run_id``, ``variant``, ``overrides`` added; finished
@@ -364,6 +367,8 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
             if write:  # returned as read back, so a resumed comparison returns the same
                 save_run(out_dir, spec, result, prov)
                 done[spec.run_id] = load_run(out_dir, spec.run_id)
+                if on_saved is not None:
+                    on_saved(spec)
             else:
                 done[spec.run_id] = dict(result, **spec.to_json(), run_id=spec.run_id)
                 if prov is not None:

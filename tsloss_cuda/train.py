@@ -200,20 +200,18 @@ def run(args) -> int:
 
         def train_fn(spec: RunSpec) -> Dict:
             staged.append(spec.run_id)
-            result = train_one(apply_overrides(args, spec), spec.regularizer, spec.seed, tok,
-                               model, task, data, len(names), dist, out,
-                               progress_pos=1 if args.compare else 0, run_id=spec.run_id)
-            if args.compare and dist.main:
-                # A comparison records each run as it finishes (runs/RUN.json, next), and a
-                # restart skips it: its checkpoints go in now, not with metrics.csv at the end.
-                commit_checkpoints(out, spec.run_id)
-            return result
+            return train_one(apply_overrides(args, spec), spec.regularizer, spec.seed, tok,
+                             model, task, data, len(names), dist, out,
+                             progress_pos=1 if args.compare else 0, run_id=spec.run_id)
 
         if args.compare:  # each run is written as it finishes; a restart trains the rest
             ignore = ("compare_regularizers", "compare_weights", "compare_stability")
             config = comparison_config(args, out, ignore=ignore)
+            # A restart skips a recorded run (runs/RUN.json): its checkpoints go in with that
+            # record, not with metrics.csv at the end.
             results = run_comparison(out, specs, train_fn, config, quiet=args.quiet,
-                                     write=dist.main, prov=provenance(args.data, dist.world))
+                                     write=dist.main, prov=provenance(args.data, dist.world),
+                                     on_saved=lambda spec: commit_checkpoints(out, spec.run_id))
         else:
             results = [train_fn(specs[0])]
         if dist.world > 1:  # each rank saves its prompt so identity across ranks can be checked
