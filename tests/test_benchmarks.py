@@ -114,7 +114,8 @@ def test_render_roundtrip(tmp_path):
 def test_config_parsing():
     run = _load()
     assert run.parse_cfg("16,768,64") == (16, 768, 64)
-    with pytest.raises(argparse.ArgumentTypeError, match=r"config must be N,D,B, got '16,768'"):
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match=r"config must be N,D,B, each an integer >= 1, got '16,768'"):
         run.parse_cfg("16,768")
 
 
