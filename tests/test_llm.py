@@ -379,6 +379,29 @@ def test_conversion_deletes_what_killed_conversions_left(monkeypatch, tmp_path):
     assert resolve_model(GEMMA, cache_dir=str(tmp_path), quiet=True) == path and len(calls) == 1
 
 
+def test_job_checks_the_model_cache_once(monkeypatch, tmp_path):
+    """The job refuses a bad cache before it loads anything (tests/test_user_errors.py), and
+    resolve_model then converts into the folder so checked, without checking it again."""
+    from tsloss_cuda import models, train
+    calls = _fake_conversion(monkeypatch)
+    checked, check = [], models.check_cache
+
+    def counted(cache_dir=None):
+        checked.append(cache_dir)
+        return check(cache_dir)
+
+    def stop(path, *args, **kwargs):
+        raise CLIError(f"stopped before loading {path}")
+
+    monkeypatch.setattr(models, "check_cache", counted)
+    monkeypatch.setattr(train, "check_cache", counted)
+    monkeypatch.setattr(train, "load_model", stop)
+    cache = str(tmp_path / "cache")
+    assert train.main(["--model", GEMMA, "--model-cache", cache, "--max-steps", "1",
+                       "--output-dir", str(tmp_path / "out"), "--quiet"]) == 2
+    assert checked == [cache] and calls == [os.path.join(cache, GEMMA)]
+
+
 def test_ranks_wait_for_one_conversion(monkeypatch, tmp_path):
     """While another process converts (holds the lock), a rank waits, then uses its result."""
     import fcntl

@@ -104,14 +104,16 @@ def test_enumerated_intervals_do_not_depend_on_the_rng_seed():
 def test_n_boot_below_one_is_refused(n_boot):
     """Drawn (10 seeds), n_boot 0 divided by zero and -5 reached numpy as "negative
     dimensions"; enumerated (5 seeds) it was ignored. Each public function names it either
-    way."""
+    way, checked on entry: also where no resample is made (3 seeds, or no spread)."""
     many, few = dict(enumerate(np.linspace(0, 1, 10))), dict(enumerate([0.1, 0.3, 0.2, 0.5, 0.4]))
-    calls = [lambda: stats.resamples(10, n_boot, 0), lambda: stats.resamples(5, n_boot, 0),
-             lambda: stats.mean_interval(many, n_boot=n_boot),
+    calls = [lambda: stats.mean_interval(many, n_boot=n_boot),
              lambda: stats.mean_interval(few, n_boot=n_boot),
+             lambda: stats.mean_interval({0: 0.1, 1: 0.3, 2: 0.2}, n_boot=n_boot),
+             lambda: stats.mean_interval(dict.fromkeys(range(5), 0.5), n_boot=n_boot),
              lambda: stats.paired_difference(many, dict.fromkeys(many, 0.0), n_boot=n_boot),
              lambda: stats.spearman_interval(list(many.values()), list(many.values())[::-1],
-                                             n_boot=n_boot)]
+                                             n_boot=n_boot),
+             lambda: stats.spearman_interval([1.0, 2.0, 3.0], [3.0, 1.0, 2.0], n_boot=n_boot)]
     for call in calls:
         with pytest.raises(ValueError, match=rf"^n_boot must be >= 1, got {n_boot}$"):
             call()

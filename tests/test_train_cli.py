@@ -359,6 +359,22 @@ def test_analyze_orders_names_without_steps_by_name(tmp_path):
     assert list_checkpoints(str(steps_dir))[1:] == ([2, 10], True)
 
 
+def test_analyze_refuses_two_checkpoints_of_one_step(tmp_path, capsys):
+    """Every name holds a step but one step twice (a re-save under another name): name order
+    put step_10 before step_2 and dropped ts_stability, with no word; now refused by name."""
+    from tsloss_cuda import analyze
+    g = torch.Generator().manual_seed(0)
+    for name in ("step_2.pt", "step_10.pt", "step-000010.pt", "step_3.pt", "step_003.pt"):
+        torch.save(torch.randn(5, 4, generator=g), tmp_path / name)
+    with pytest.raises(analyze.CLIError, match=r"holds 2 checkpoints of step 3 "
+                       r"\(step_003\.pt, step_3\.pt\); analyze reads one training run's"):
+        analyze.list_checkpoints(str(tmp_path))
+    assert analyze.main([str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"{analyze.PROG}: error: DIR: {tmp_path} holds") and "\n" not in err
+    assert not os.path.exists(analyze.default_output_dir(str(tmp_path)))
+
+
 def test_analyze_default_output_dir_of_dot_and_root(tmp_path, monkeypatch):
     from tsloss_cuda.analyze import default_output_dir
     here = tmp_path / "runs" / "ck"

@@ -23,8 +23,10 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _number(kind: Callable, low: float, strict: bool, what: str,
-            high: float = math.inf) -> Callable[[str], float]:
+def bounded(kind: Callable, low: float, high: float, what: str,
+            strict: bool = False) -> Callable[[str], float]:
+    """An argparse ``type=`` of ``kind`` (int or float) from ``low`` (excluded if ``strict``) to
+    ``high``; ``what`` says the range in its errors."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -38,18 +40,11 @@ def _number(kind: Callable, low: float, strict: bool, what: str,
     return parse
 
 
-def bounded(kind: Callable, low: float, high: float, what: str,
-            strict: bool = False) -> Callable[[str], float]:
-    """An argparse ``type=`` of ``kind`` (int or float) from ``low`` (excluded if ``strict``) to
-    ``high``; ``what`` says the range in its errors."""
-    return _number(kind, low, strict, what, high)
-
-
 #: argparse ``type=`` values; argparse prefixes their messages with ``argument --NAME:``.
-positive_int = _number(int, 0, True, "an integer >= 1")
-nonneg_int = _number(int, 0, False, "an integer >= 0")
-positive_float = _number(float, 0.0, True, "a number > 0")
-nonneg_float = _number(float, 0.0, False, "a number >= 0")
+positive_int = bounded(int, 0, math.inf, "an integer >= 1", strict=True)
+nonneg_int = bounded(int, 0, math.inf, "an integer >= 0")
+positive_float = bounded(float, 0.0, math.inf, "a number > 0", strict=True)
+nonneg_float = bounded(float, 0.0, math.inf, "a number >= 0")
 
 
 def fraction(text: str) -> float:

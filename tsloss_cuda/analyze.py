@@ -8,9 +8,10 @@ prompt-tuning adapter (``adapter_model.safetensors`` or ``.bin``; a final adapte
 them is not read).
 When every file name holds a training step (``step_10``, ``step-000010``, ``step10``,
 ``checkpoint-10``), the checkpoints are
-analysed in step order; otherwise (e.g. ``prompt_tsloss_seed0.pt`` .. ``seed2.pt``, different
-runs) in name order, numbered 0, 1, ... in the ``step`` column, and without ``ts_stability``,
-which compares a prompt with its predecessor in training. Writes ``topology_metrics.csv`` (the
+analysed in step order (two of one step are refused, naming them); otherwise (e.g.
+``prompt_tsloss_seed0.pt`` .. ``seed2.pt``, different runs) in name order, numbered 0, 1, ...
+in the ``step`` column, and without ``ts_stability``, which compares a prompt with its
+predecessor in training. Writes ``topology_metrics.csv`` (the
 columns of the training job's ``metrics.csv``: the same values for the same prompt),
 ``topology.png`` (metrics and TSLoss terms against the step) and ``diagrams.png`` (barcodes and
 diagrams of the first, middle and last checkpoints) into ``DIR_analysis`` next to DIR unless
@@ -161,7 +162,8 @@ def _trainer_adapters(folder: str, entries: List[str]) -> List[str]:
 def list_checkpoints(folder: str) -> Tuple[List[str], List[int], bool]:
     """(paths, steps, whether every step came from the name) in step order: the adapters of
     ``folder``'s ``checkpoint-STEP`` folders where it is a Trainer's output folder, else the
-    checkpoint files in ``folder``."""
+    checkpoint files in ``folder``. Names that all hold a step but hold one step twice are
+    refused (a :class:`CLIError` naming them); names without steps go in name order."""
     if not os.path.isdir(folder):
         raise CLIError(f"DIR: not a folder: {folder}")
     try:
@@ -174,10 +176,18 @@ def list_checkpoints(folder: str) -> Tuple[List[str], List[int], bool]:
         raise CLIError(f"DIR: no .pt or .safetensors checkpoints, nor Trainer checkpoint-STEP "
                        f"folders with a PEFT adapter, in {folder}")
     found = {n: checkpoint_step(n) for n in names}
-    named = all(s is not None for s in found.values()) and len(set(found.values())) == len(names)
+    named = all(s is not None for s in found.values())
     if named:
-        names.sort(key=lambda n: found[n])
+        names.sort(key=lambda n: (found[n], n))
         steps = [found[n] for n in names]
+        # Two files of one step (step_10.pt and step_10.safetensors, two runs' step_10): name
+        # order instead would put step_10 before step_2 and drop ts_stability without a word.
+        twice = next((s for s, t in zip(steps, steps[1:]) if s == t), None)
+        if twice is not None:
+            same = [n for n in names if found[n] == twice]
+            raise CLIError(f"DIR: {folder} holds {len(same)} checkpoints of step {twice} "
+                           f"({', '.join(same)}); analyze reads one training run's checkpoints, "
+                           "one per step")
     else:  # not one training run's steps: the checkpoints in name order, numbered 0, 1, ...
         names.sort()
         steps = list(range(len(names)))

@@ -30,6 +30,7 @@ import torch
 
 from . import run_outputs
 from ._cli import CLIError, first_line
+from .training import REGULARIZERS
 
 CONFIG_FILE = "comparison.json"
 #: Key of a run's record holding :func:`provenance`.
@@ -93,6 +94,65 @@ def comparison_specs(regs: Sequence[str], seeds: Sequence[int], weights: Sequenc
             continue
         variants.append(("tsloss", (("reg_weight", float(w)),), f"tsloss_w{w:g}"))
     return [RunSpec(r, int(s), o, n) for s in seeds for r, o, n in variants]
+
+
+#: Each mode's own flags of the training job: dest -> (default, the other mode's flag for the
+#: same thing). Their argparse default (``train.build_parser``) is None, so that one given in
+#: the other mode, which would ignore it, is told from one left out (whatever its value) and
+#: refused; :func:`check_mode_flags` then sets the defaults.
+SINGLE_FLAGS = {"seed": (0, "--seeds"), "regularizer": ("tsloss", "--compare-regularizers")}
+COMPARE_FLAGS = {"seeds": ([0, 1, 2], "--seed"),
+                 "compare_regularizers": (list(REGULARIZERS), "--regularizer"),
+                 "compare_weights": ([], None), "compare_stability": (0.0, None)}
+
+
+def check_mode_flags(args: Any) -> None:
+    """Refuse the other mode's flags, which it would ignore; set the defaults of those not given
+    (both modes', so the recorded configuration is as before)."""
+    other = SINGLE_FLAGS if args.compare else COMPARE_FLAGS
+    for dest, (_, instead) in other.items():
+        if getattr(args, dest) is not None:
+            flag = "--" + dest.replace("_", "-")
+            if args.compare:
+                raise CLIError(f"{flag} is an option of a single run, which --compare ignores: "
+                               f"use {instead}")
+            raise CLIError(f"{flag} is an option of --compare, which a single run ignores: add "
+                           "--compare" + (f", or use {instead}" if instead else ""))
+    for dest, (default, _) in {**SINGLE_FLAGS, **COMPARE_FLAGS}.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+
+
+def job_specs(args: Any) -> List[RunSpec]:
+    """The runs of the training job's arguments ``args`` (an ``argparse.Namespace``): the single
+    run's, or :func:`comparison_specs` for ``--compare``. Refuses (a :class:`CLIError`) the
+    other mode's flags (:func:`check_mode_flags`, which also sets the defaults) and a repeated
+    value of ``--seeds``, ``--compare-regularizers`` or ``--compare-weights``."""
+    check_mode_flags(args)
+    if not args.compare:
+        return [RunSpec(args.regularizer, args.seed)]
+    # Each run is named by its variant and seed: a repeated value would name two runs alike.
+    for flag, names in (("--seeds", [str(s) for s in args.seeds]),
+                        ("--compare-regularizers", list(args.compare_regularizers)),
+                        ("--compare-weights", [f"{w:g}" for w in args.compare_weights or []])):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise CLIError(f"{flag} repeats {', '.join(repeated)}: each value names runs once")
+    return comparison_specs(list(args.compare_regularizers), args.seeds, args.compare_weights,
+                            args.compare_stability, args.reg_weight)
+
+
+def check_output_dir(out: str, single: bool) -> None:
+    """Refuse (a :class:`CLIError`) an ``--output-dir`` the training job cannot use: empty, not
+    a folder, or, for a ``single`` run, holding a comparison (see :func:`holds_comparison`)."""
+    if not out:  # os.makedirs("") fails only once the model is loaded
+        raise CLIError("--output-dir is empty: name a folder (. for the current one)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"--output-dir {out} exists and is not a folder")
+    if single and holds_comparison(out):
+        # A single run writes prompts/, metrics.csv and summary.json over the comparison's.
+        raise CLIError(f"--output-dir {out} holds a --compare comparison, which a single run "
+                       "would overwrite: use another --output-dir")
 
 
 #: Job arguments that change no result of a run (or that the specs carry), left out of the

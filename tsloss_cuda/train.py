@@ -24,8 +24,8 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch  # noqa: E402
 
-from ._cli import (DEVICE_HELP, CLIError, Parser, bounded, fraction,  # noqa: E402
-                   nonneg_float, nonneg_int, positive_int, run_main)
+from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float,  # noqa: E402
+                   nonneg_int, positive_int, run_main)
 from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions,  # noqa: E402
                      load_model, resolve_model)
 from .tasks import DATA_CSV, encode, load_data, take, task_spec  # noqa: E402
@@ -35,14 +35,6 @@ PROG = "python -m tsloss_cuda.train"
 
 seed_int = bounded(int, 0, MAX_SEED, "an integer in [0, 2**64 - 1001]")
 learning_rate = bounded(float, 0.0, MAX_LR, f"a number > 0 and at most {MAX_LR:g}", strict=True)
-
-#: Each mode's own flags: dest -> (default, the other mode's flag for the same thing). Their
-#: argparse default is None, so that one given in the other mode, which would ignore it, is
-#: told from one left out (whatever its value) and refused; run() then sets the defaults.
-SINGLE_FLAGS = {"seed": (0, "--seeds"), "regularizer": ("tsloss", "--compare-regularizers")}
-COMPARE_FLAGS = {"seeds": ([0, 1, 2], "--seed"),
-                 "compare_regularizers": (list(REGULARIZERS), "--regularizer"),
-                 "compare_weights": ([], None), "compare_stability": (0.0, None)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,58 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_mode_flags(args) -> None:
-    """Refuse the other mode's flags, which it would ignore; set the defaults of those not given
-    (both modes', so the recorded configuration is as before)."""
-    other = SINGLE_FLAGS if args.compare else COMPARE_FLAGS
-    for dest, (_, instead) in other.items():
-        if getattr(args, dest) is not None:
-            flag = "--" + dest.replace("_", "-")
-            if args.compare:
-                raise CLIError(f"{flag} is an option of a single run, which --compare ignores: "
-                               f"use {instead}")
-            raise CLIError(f"{flag} is an option of --compare, which a single run ignores: add "
-                           "--compare" + (f", or use {instead}" if instead else ""))
-    for dest, (default, _) in {**SINGLE_FLAGS, **COMPARE_FLAGS}.items():
-        if getattr(args, dest) is None:
-            setattr(args, dest, default)
-
-
 def run(args) -> int:
-    from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_config,
-                                     comparison_specs, holds_comparison, provenance,
-                                     run_comparison)
+    from tsloss_cuda.compare import (RunSpec, apply_overrides, check_output_dir,
+                                     comparison_config, job_specs, provenance, run_comparison)
     from tsloss_cuda.run_outputs import (announce_removal, commit_checkpoints,
                                          discard_checkpoints, earlier_job, write_outputs)
-    check_mode_flags(args)
+    specs = job_specs(args)  # refuses the other mode's flags; sets both modes' defaults
     regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
-    if args.compare:
-        # Each run is named by its variant and seed: a repeated value would name two runs alike.
-        for flag, names in (("--seeds", [str(s) for s in args.seeds]),
-                            ("--compare-regularizers", regs),
-                            ("--compare-weights", [f"{w:g}" for w in args.compare_weights or []])):
-            repeated = sorted({n for n in names if names.count(n) > 1})
-            if repeated:
-                raise CLIError(f"{flag} repeats {', '.join(repeated)}: each value names runs once")
-    specs = (comparison_specs(regs, args.seeds, args.compare_weights, args.compare_stability,
-                              args.reg_weight)
-             if args.compare else [RunSpec(args.regularizer, args.seed)])
-    if not args.output_dir:  # os.makedirs("") fails only once the model is loaded
-        raise CLIError("--output-dir is empty: name a folder (. for the current one)")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise CLIError(f"--output-dir {args.output_dir} exists and is not a folder")
-    if args.model == GEMMA:  # the conversion would make it, after the data is loaded
-        check_cache(args.model_cache)
-    if not args.compare and holds_comparison(args.output_dir):
-        # A single run writes prompts/, metrics.csv and summary.json over the comparison's.
-        raise CLIError(f"--output-dir {args.output_dir} holds a --compare comparison, which a "
-                       "single run would overwrite: use another --output-dir")
+    check_output_dir(args.output_dir, single=not args.compare)
+    # The conversion would make the cache after the data is loaded: refused before that.
+    cache = check_cache(args.model_cache) if args.model == GEMMA else None
     data_raw, names = load_data(args.data)
     dist = Dist(args.device)
     out = args.output_dir
     staged: List[str] = []  # runs whose checkpoints wait in their staging folders
     try:
-        path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main)
+        path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main,
+                             checked_cache=cache)
         tok, model, task = load_model(path, args.task, dist.device, args.quiet)
         check_positions(model, args.prompt_length, args.max_length)
         if args.threads is None:
