@@ -3,7 +3,7 @@ type check of the CUDA torch glue.
 
 Configures the top-level CMakeLists.txt in a temporary directory, builds `tsloss_cuda_kernels`
 (nvcc, sm_80 and sm_90), `test_core`, `profile_core` and `test_warp`, runs ctest (test_warp only
-built, test_races not built: .ci/run's CMake builds run both) and the profiling harness on a
+built, test_races and test_cuda_host not built: .ci/run's CMake builds run them) and the profiling harness on a
 tiny batch; skipped only without cmake or nvcc.
 Then runs g++ -fsyntax-only over csrc/cuda/*.cpp against torch's CUDA headers.
 
@@ -91,8 +91,10 @@ def test_cuda_kernels_and_native_tests_build(tmp_path):
           "profile_core", "test_warp"])
     assert any(name.startswith("libtsloss_cuda_kernels") for name in os.listdir(build))
     # test_warp's 10,000-cloud parity (about 20 s) runs in .ci/run's two CMake builds, and
-    # test_races (half a minute) in the plain one; here test_warp only has to build.
-    _run(["ctest", "--test-dir", str(build), "--output-on-failure", "-E", "^test_(warp|races)$"])
+    # test_races (half a minute) and test_cuda_host (15 s) in the plain one; here test_warp only
+    # has to build.
+    _run(["ctest", "--test-dir", str(build), "--output-on-failure", "-E",
+          "^test_(warp|races|cuda_host)$"])
     # The profiling harness runs and reports every phase on a tiny batch.
     out = _run([str(build / "profile_core"), "12", "5", "3", "1"]).stdout
     for phase in ("distances", "prim", "apparent-pair sweep", "reduction", "engine total"):

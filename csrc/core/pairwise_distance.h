@@ -154,13 +154,22 @@ TSL_HD bool certify_float_square(double nn, double g, index_t dim, double* s) {
 // anyway). Any float32 centre keeps the bound; a central one keeps the norms, and so the bound,
 // small (the first point alone, an outlier, made nearly every pair fail). T is float; a template
 // so that the float64 instantiation of the CUDA kernel, which never calls it, compiles.
+TSL_HD index_t certify_centre_count(index_t n) { return n < 8 ? n : 8; }
+// Row r < certify_centre_count(n) of those rows.
+TSL_HD index_t certify_centre_row(index_t r, index_t n) {
+  return r * n / certify_centre_count(n);
+}
+// The centre coordinate from its rows' sum in row order (acc = 0, then acc + x_r for each r).
+TSL_HD float certify_centre_of_sum(double sum, index_t n) {
+  const float c = (float)(sum / double(certify_centre_count(n)));
+  return isfinite(c) ? c : 0.0f;
+}
 template <typename T>
 TSL_HD float certify_centre(const T* x, index_t n, index_t dim, index_t k) {
-  const index_t rows = n < 8 ? n : 8;
   double acc = 0.0;
-  for (index_t r = 0; r < rows; ++r) acc = add_rn(acc, (double)x[(r * n / rows) * dim + k]);
-  const float c = (float)(acc / double(rows));
-  return isfinite(c) ? c : 0.0f;
+  for (index_t r = 0; r < certify_centre_count(n); ++r)
+    acc = add_rn(acc, (double)x[certify_centre_row(r, n) * dim + k]);
+  return certify_centre_of_sum(acc, n);
 }
 
 // Dense (n, n) distances of one cloud x (n, dim): exactly symmetric, exact zero diagonal.

@@ -528,17 +528,13 @@ inline bool certify_float_distances(int64_t n, int64_t dim) {
 // route at (64, 4096).
 inline void certify_centre_rows(const float* x, int64_t n, int64_t dim, float* centre) {
   thread_local std::vector<double> sum;
-  const int64_t rows = n < 8 ? n : 8;
   sum.assign(dim, 0.0);
   double* acc = sum.data();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x + (r * n / rows) * dim;
+  for (int64_t r = 0; r < tsl::certify_centre_count(n); ++r) {
+    const float* row = x + tsl::certify_centre_row(r, n) * dim;
     for (int64_t k = 0; k < dim; ++k) acc[k] += static_cast<double>(row[k]);
   }
-  for (int64_t k = 0; k < dim; ++k) {
-    const float c = static_cast<float>(acc[k] / double(rows));
-    centre[k] = std::isfinite(c) ? c : 0.0f;  // a non-finite point fails certification anyway
-  }
+  for (int64_t k = 0; k < dim; ++k) centre[k] = tsl::certify_centre_of_sum(acc[k], n);
 }
 
 // Gram sums over coordinates [k0, k0 + kc) of a cloud x (n rows, dim apart) less `centre` (dim

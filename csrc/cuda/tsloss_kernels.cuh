@@ -1,0 +1,293 @@
+// The fused TSLoss ops' CUDA kernels (launched from tsloss.cu), in a header of their own so
+// that csrc/native_tests/test_cuda_host.cpp runs this very code on the host, each CUDA thread a
+// fiber (native_tests/cuda_host.h). It includes no CUDA header: nvcc provides the intrinsics,
+// the host test a shim of them.
+//
+// CUDA kernels of the fused TSLoss ops: the terms of every cloud from its diagrams (one block per
+// cloud), their reduction over the batch, and the backward (the pair weights of every cloud,
+// then one pass over the pairs). The per-element arithmetic is core/tsloss_terms.h, the code
+// the CPU op runs. Sums run in fixed orders (block trees of fixed shape, no atomics), so results
+// do not change from run to run; nothing synchronises with the host, and the kernels keep no
+// state between calls (CUDA-graph capturable).
+#pragma once
+
+#include <stdint.h>
+
+#include "../core/common.h"
+#include "../core/edge_incidence.h"
+#include "../core/tsloss_terms.h"
+
+namespace tsl {
+namespace cuda {
+namespace tsloss_kernel {
+
+constexpr int kTermThreads = 256;
+
+// Sums v over the block in a fixed tree (the same for every launch); every thread gets the sum.
+__device__ inline double block_sum(double v, double* scratch) {
+  for (int off = 16; off > 0; off >>= 1) v = __dadd_rn(v, __shfl_down_sync(0xffffffffu, v, off));
+  const int warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (threadIdx.x % 32 == 0) scratch[warp] = v;
+  __syncthreads();
+  double s = 0.0;
+  for (int w = 0; w < warps; ++w) s = __dadd_rn(s, scratch[w]);
+  return s;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kTermThreads)
+    tsloss_terms_kernel(const T* __restrict__ x, int64_t N, int64_t D,
+                        const double* __restrict__ partial, int64_t tiles,
+                        const T* __restrict__ h0, const T* __restrict__ h1, int64_t K,
+                        int64_t* __restrict__ h1_count, const T* __restrict__ prev_h0,
+                        const T* __restrict__ prev_h1, TermOptions o, T* __restrict__ topo_h0,
+                        T* __restrict__ topo_h1, T* __restrict__ scales,
+                        double* __restrict__ per_cloud) {
+  __shared__ double scratch[kTermThreads / 32];
+  __shared__ T s_scale, s_raw;
+  __shared__ bool s_bad;
+  __shared__ int64_t s_rows;
+  const int64_t b = blockIdx.x;
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  if (threadIdx.x == 0) {
+    double sum = 0.0;
+    for (int64_t t = 0; t < tiles; ++t) sum = __dadd_rn(sum, partial[b * tiles + t]);
+    // A non-finite distance: the engine (launch_vr_persistence, run before on these distances)
+    // counted it -2. Not a non-finite sum: finite distances near the float64 limit may sum
+    // past it, and the CPU takes such a cloud (its diagrams are valid; raw_scale makes its
+    // scale NaN).
+    bool bad = h1_count[b] == kInvalidInputCount;
+    // A lone point has no distance to carry a non-finite coordinate.
+    if (N == 1)
+      for (int64_t k = 0; k < D; ++k) bad |= !isfinite((double)x[b * D + k]);
+    bool passes;
+    s_raw = raw_scale<T>(sum, N);
+    s_scale = clamp_scale<T>(s_raw, o.normalize, &passes);
+    s_bad = bad;
+    // Serial, as the host's: K is at most a few thousand rows, read once.
+    s_rows = o.has_prev ? stability_rows(prev_h1 + b * K, K,
+                                         bad ? (int64_t)kInvalidInputCount : h1_count[b])
+                        : 0;
+  }
+  __syncthreads();
+  const T s = s_scale;
+  const bool bad = s_bad;
+  const int64_t count = bad ? kInvalidInputCount : h1_count[b];  // as vr_persistence marks it
+  // An invalid cloud is marked as vr_persistence marks it: NaN H0 deaths, no trusted H1 bar
+  // (count -2), so its loss is NaN wherever it has an H0 bar; the composition agrees.
+  const T nan = (T)NAN;
+  double c = 0.0, s0 = 0.0, r = 0.0, s1 = 0.0;
+  for (int64_t i = threadIdx.x; i < H0; i += blockDim.x) {
+    const T u = bad ? nan : h0_unit(h0[(b * H0 + i) * 2 + 1], s);
+    topo_h0[b * H0 + i] = u;
+    c += conn_value((double)u, o);
+    if (o.has_prev) {
+      const double t = (double)u - (double)prev_h0[b * H0 + i];
+      s0 += t * t;
+    }
+  }
+  for (int64_t q = threadIdx.x; q < K; q += blockDim.x) {
+    const T v = h1_unit(h1[(b * K + q) * 2], h1[(b * K + q) * 2 + 1], s, q, count);
+    topo_h1[b * K + q] = v;
+    if (q < count) r += red_value((double)v, o);
+    if (o.has_prev) {
+      const double t = (double)v - (double)prev_h1[b * K + q];
+      s1 += t * t;
+    }
+  }
+  c = block_sum(c, scratch);
+  s0 = block_sum(s0, scratch);
+  r = block_sum(r, scratch);
+  s1 = block_sum(s1, scratch);
+  if (threadIdx.x != 0) return;
+  const double conn = H0 > 0 ? c / (double)H0 : 0.0;
+  const double red = r;
+  const double stab =
+      o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (s_rows > 0 ? s1 / (double)s_rows : 0.0)
+                 : 0.0;
+  scales[b] = s_raw;  // for the backward, which clamps it again
+  // A non-finite previous (the CPU raises, naming it): the stability term and the loss are NaN
+  // or Inf; marked on the device, as an invalid input is, since a host check would synchronise.
+  // The backward then gives the cloud no gradient, as any invalid cloud. Not for a NaN scale (a
+  // float64 distance sum past the range, raw_scale): every term is NaN there anyway, and the
+  // CPU keeps the cloud's count.
+  if (bad || (o.has_prev && !isfinite(stab) && isfinite((double)s)))
+    h1_count[b] = kInvalidInputCount;
+  double* v = per_cloud + b * 5;
+  v[0] = o.w_conn * conn + o.w_red * red + o.w_stab * stab;
+  v[1] = conn;
+  v[2] = red;
+  v[3] = stab;
+  v[4] = (double)s;
+}
+
+// out[m] (m = loss, connectivity, redundancy, stability, scale) reduced over the batch in order;
+// with kReduceNone, B values each. One block.
+template <typename T>
+__global__ void tsloss_reduce_kernel(const double* __restrict__ per_cloud, int64_t B,
+                                     int reduction, T* loss, T* conn, T* red, T* stab, T* scale) {
+  T* outs[5] = {loss, conn, red, stab, scale};
+  if (reduction == kReduceNone) {
+    for (int64_t e = threadIdx.x; e < 5 * B; e += blockDim.x)
+      outs[e / B][e % B] = (T)per_cloud[(e % B) * 5 + e / B];
+    return;
+  }
+  if (threadIdx.x >= 5) return;
+  double s = 0.0;
+  for (int64_t b = 0; b < B; ++b) s = __dadd_rn(s, per_cloud[b * 5 + threadIdx.x]);
+  outs[threadIdx.x][0] = (T)(reduction == kReduceMean ? s / (double)B : s);
+}
+
+// Per cloud: the weight of each reported edge (H0 rows, then H1 rows; the birth edge takes
+// minus the bar's weight), the dense weight of every pair from the scale, and each point's
+// incidences among the edges (core/edge_incidence.h): offsets (N + 1) into keys, per cloud.
+template <typename T>
+__global__ void __launch_bounds__(kTermThreads)
+    tsloss_edge_weights_kernel(const T* g_loss, const T* g_conn, const T* g_red,
+                               const T* g_stab, const T* g_scale, int64_t B, int64_t N,
+                               const T* __restrict__ scales, const T* __restrict__ topo_h0,
+                               const T* __restrict__ topo_h1, int64_t K,
+                               const int64_t* __restrict__ h1_count,
+                               const T* __restrict__ prev_h0, const T* __restrict__ prev_h1,
+                               TermOptions o, int reduction, double* __restrict__ edge_w,
+                               double* __restrict__ dense, const int64_t* __restrict__ h0_edges,
+                               const int64_t* __restrict__ h1_edges,
+                               int64_t* __restrict__ offsets, int64_t* __restrict__ keys) {
+  __shared__ double scratch[kTermThreads / 32];
+  const int64_t b = blockIdx.x;
+  const int64_t H0 = N > 0 ? N - 1 : 0, E = H0 + K;
+  const double a = reduced_grad(g_loss, b, B, reduction);
+  const CloudCoefficients k{a * o.w_conn + reduced_grad(g_conn, b, B, reduction),
+                            a * o.w_red + reduced_grad(g_red, b, B, reduction),
+                            a * o.w_stab + reduced_grad(g_stab, b, B, reduction),
+                            reduced_grad(g_scale, b, B, reduction)};
+  bool passes;  // the clamp passes the gradient unless the raw mean fell below it
+  const double s = (double)clamp_scale<T>(scales[b], o.normalize, &passes);
+  const int64_t count = h1_count[b];
+  if (count == kInvalidInputCount) {
+    // An invalid cloud (NaN loss) gets no gradient, as the reference composition, which masks
+    // its bars with torch.where, gives it; its tree was built on a NaN or Inf matrix.
+    for (int64_t r = threadIdx.x; r < E; r += blockDim.x) edge_w[b * E + r] = 0.0;
+    for (int64_t r = threadIdx.x; r <= N; r += blockDim.x) offsets[b * (N + 1) + r] = 0;
+    if (threadIdx.x == 0) dense[b] = 0.0;
+    return;
+  }
+  __shared__ int64_t s_rows;  // every thread of the block reaches this (the return above is
+                              // the whole block's)
+  if (threadIdx.x == 0) s_rows = o.has_prev ? stability_rows(prev_h1 + b * K, K, count) : 0;
+  __syncthreads();
+  const int64_t rows = s_rows;
+  double ds = 0.0;
+  for (int64_t r = threadIdx.x; r < H0; r += blockDim.x)
+    edge_w[b * E + r] = h0_death_grad(topo_h0[b * H0 + r], o.has_prev ? prev_h0[b * H0 + r] : T(0),
+                                      H0, s, o, k, &ds);
+  for (int64_t q = threadIdx.x; q < K; q += blockDim.x)
+    edge_w[b * E + H0 + q] = h1_pers_grad(topo_h1[b * K + q],
+                                          o.has_prev ? prev_h1[b * K + q] : T(0), q, count, rows,
+                                          s, o, k, &ds);
+  ds = block_sum(ds, scratch);
+  if (threadIdx.x == 0)
+    dense[b] = dense_pair_weight(__dadd_rn(ds, k.scale), N, passes);
+  // The incidence lists, from the weights just written (block_sum's barriers order them): each
+  // thread counts its points' keys, thread 0 turns the counts into offsets, each fills its own.
+  // N (H0 + K) edge reads per cloud, on this one block: small beside the gradient's N^2 D at the
+  // sizes prompts have; at thousands of points and a few coordinates the grid-wide scan it
+  // replaced may have been faster (neither measured).
+  const double* w = edge_w + b * E;
+  const int64_t* e0 = h0_edges + b * H0 * 2;
+  const int64_t* e1 = h1_edges + b * K * 4;
+  int64_t* off = offsets + b * (N + 1);
+  int64_t* kb = keys + b * incidence_capacity(N, K);
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
+    off[i + 1] = point_incidences(i, N, H0, K, w, e0, e1, nullptr);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    off[0] = 0;
+    for (int64_t i = 0; i < N; ++i) off[i + 1] += off[i];
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
+    point_incidences(i, N, H0, K, w, e0, e1, kb + off[i]);
+}
+
+constexpr int kGradRows = 8;     // rows of x per block
+constexpr int kGradCols = 32;    // coordinates per block (a warp reads them coalesced)
+constexpr int kGradJ = 128;      // pair weights staged per round
+
+// gx_i = sum_j W_ij (x_i - x_j): the dense weight over d_ij for every pair, then each reported
+// edge touching row i. Thread (row, coordinate); x_j is read coalesced along the coordinates.
+// The dense sum runs over (x_i - x_j) / d_ij and takes the cloud's dense weight once at the end,
+// and an edge's term is its weight times (x_i - x_j) / d: weights over distances (~1/s^2 for a
+// cloud of scale s) leave double's range for float64 prompts past 1e+-150, unit vectors do not.
+// The dense term multiplies by a staged 1 / d_ij (a division per pair and coordinate would cost
+// the loop most of its speed); a subnormal float64 d, whose reciprocal overflows, is staged as
+// -1 / (d * 2^64) and its difference scaled by 2^64 (exact): no Inf times a zero difference.
+template <typename T>
+__global__ void __launch_bounds__(kGradRows * kGradCols)
+    tsloss_grad_kernel(const T* __restrict__ x, int64_t N, int64_t D, const T* __restrict__ dist,
+                       const double* __restrict__ dense, const double* __restrict__ edge_w,
+                       const int64_t* __restrict__ h0_edges, const int64_t* __restrict__ h1_edges,
+                       int64_t K, const int64_t* __restrict__ offsets,
+                       const int64_t* __restrict__ keys, T* __restrict__ grad) {
+  __shared__ double w[kGradRows][kGradJ];
+  const int64_t b = blockIdx.z;
+  const int row = threadIdx.x / kGradCols, col = threadIdx.x % kGradCols;
+  const int64_t i = (int64_t)blockIdx.y * kGradRows + row;
+  const int64_t k = (int64_t)blockIdx.x * kGradCols + col;
+  const int64_t H0 = N > 0 ? N - 1 : 0, E = H0 + K;
+  const T* xb = x + b * N * D;
+  const T* db = dist + b * N * N;
+  const double wd = dense[b];
+  const bool live = i < N && k < D;
+  const double xi = live ? (double)xb[i * D + k] : 0.0;
+  double acc = 0.0;
+  if (wd != 0.0) {
+    for (int64_t j0 = 0; j0 < N; j0 += kGradJ) {
+      __syncthreads();
+      for (int e = threadIdx.x; e < kGradRows * kGradJ; e += blockDim.x) {
+        const int r = e / kGradJ, jj = e % kGradJ;
+        const int64_t ii = (int64_t)blockIdx.y * kGradRows + r, j = j0 + jj;
+        double v = 0.0;
+        if (ii < N && j < N && j != ii) {
+          const double d = (double)db[ii * N + j];
+          if (d >= 0x1p-1022) v = 1.0 / d;
+          else if (d > 0.0) v = -1.0 / __dmul_rn(d, 0x1p64);
+        }
+        w[r][jj] = v;
+      }
+      __syncthreads();
+      if (!live) continue;
+      const int64_t jn = N - j0 < kGradJ ? N - j0 : kGradJ;
+      for (int64_t jj = 0; jj < jn; ++jj) {
+        const double t = __dsub_rn(xi, (double)xb[(j0 + jj) * D + k]), r = w[row][jj];
+        if constexpr (sizeof(T) == 8)  // a float32 distance is never below 2^-149 > 2^-1022
+          acc = __dadd_rn(acc, r < 0.0 ? __dmul_rn(-r, __dmul_rn(t, 0x1p64)) : __dmul_rn(r, t));
+        else
+          acc = __dadd_rn(acc, __dmul_rn(r, t));
+      }
+    }
+    acc = __dmul_rn(wd, acc);
+  }
+  if (!live) return;
+  // The bars' edges that touch row i (H0 deaths, then per H1 bar birth and death), in the
+  // order of the CPU: row i's incidence list, keys 2e + side (core/edge_incidence.h).
+  const int64_t* kb = keys + b * incidence_capacity(N, K);
+  const int64_t end = offsets[b * (N + 1) + i + 1];
+  for (int64_t q = offsets[b * (N + 1) + i]; q < end; ++q) {
+    const int64_t e = kb[q] >> 1;
+    const int side = (int)(kb[q] & 1);
+    const EdgeEnds p = edge_endpoints(e, side, H0, h0_edges + b * H0 * 2, h1_edges + b * K * 4);
+    const int64_t other = p.u == i ? p.v : p.u;
+    const double d = (double)db[i * N + other];
+    if (!(d > 0.0)) continue;
+    const double g = edge_w[b * E + e];
+    const double ge = e >= H0 && side == 0 ? -g : g;
+    acc = __dadd_rn(acc, __dmul_rn(ge, __ddiv_rn(__dsub_rn(xi, (double)xb[other * D + k]), d)));
+  }
+  grad[b * N * D + i * D + k] = (T)acc;
+}
+
+}  // namespace tsloss_kernel
+}  // namespace cuda
+}  // namespace tsl
