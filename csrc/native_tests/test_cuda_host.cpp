@@ -10,10 +10,6 @@
 // Run by ctest (not under the sanitizers: ASan does not follow swapcontext's stacks).
 //
 //   test_cuda_host
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -31,25 +27,11 @@ namespace {
 namespace dk = tsl::cuda::distance_kernel;
 namespace tk = tsl::cuda::tsloss_kernel;
 using tsl::index_t;
+using tsl_test::aborts;
 
 template <typename T>
 bool same_bits(T a, T b) {
   return std::memcmp(&a, &b, sizeof(T)) == 0 || (a != a && b != b);
-}
-
-// Runs `body` in a child process; true when the child died by SIGABRT.
-template <class Body>
-bool aborts(const Body& body) {
-  std::fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    if (!std::freopen("/dev/null", "w", stderr)) _exit(2);
-    body();
-    _exit(0);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
 }
 
 // The shim itself: a block sum through shared memory and both shuffles, in any fiber order.

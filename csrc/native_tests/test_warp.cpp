@@ -154,21 +154,6 @@ void test_block_sort() {
   }
 }
 
-// Runs `body` in a child process; true when the child died by SIGABRT.
-template <class Body>
-bool aborts(const Body& body) {
-  fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    freopen("/dev/null", "w", stderr);  // the expected complaint is not a test failure
-    body();
-    _exit(0);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
-}
-
 void test_refusals() {
   CHECK(aborts([] {
           HostWarp w(1);
