@@ -149,6 +149,8 @@ TRAIN_CASES = [
     ("--max-length 1", "--max-length 1: this tokenizer needs at least"),
     ("--output-dir {d}/afile", "--output-dir"),
     ("--output-dir ''", "--output-dir is empty"),
+    # Refused before the model loads (minutes for Gemma), not when the outputs are written.
+    ("--output-dir {d}/afile/sub", "--output-dir {d}/afile/sub cannot be created: Not a directory"),
     ("--model gemma-3-270m --model-cache {d}/afile",
      "--model-cache {d}/afile must be a folder"),
     # One mode's flags in the other, which ignored them, even at their default values.
@@ -374,6 +376,17 @@ def test_largest_seed_and_learning_rate_train():
     prompt.sum().backward()
     opt.step()
     assert torch.isfinite(prompt).all()
+
+
+def test_output_dir_probe_leaves_no_folder(tmp_path):
+    """The early --output-dir check creates the folders it needs to write a file in, then
+    removes them again (the error cases above check the single folder)."""
+    deep = tmp_path / "a" / "b" / "c"
+    compare.check_output_dir(str(deep), single=True)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # an existing folder is written in, and stays as it was
+    compare.check_output_dir(str(tmp_path / "kept"), single=True)
+    assert list((tmp_path / "kept").iterdir()) == []
 
 
 def test_refused_resume_leaves_comparison_json_as_it_was(tmp_path):

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -149,10 +150,39 @@ def check_output_dir(out: str, single: bool) -> None:
         raise CLIError("--output-dir is empty: name a folder (. for the current one)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--output-dir {out} exists and is not a folder")
+    check_writable(out)
     if single and holds_comparison(out):
         # A single run writes prompts/, metrics.csv and summary.json over the comparison's.
         raise CLIError(f"--output-dir {out} holds a --compare comparison, which a single run "
                        "would overwrite: use another --output-dir")
+
+
+def check_writable(out: str) -> None:
+    """Refuse an ``--output-dir`` that cannot be created or written (a file among its parents,
+    a read-only or virtual file system, no permission) before the model loads, rather than
+    after it (minutes for the Gemma job). Tries both, then removes the folders it made. Only
+    the main process of a torchrun job tries: the others' probes would race its removal."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    made: List[str] = []
+    path = os.path.abspath(out)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        made.append(path)
+        path = os.path.dirname(path)
+    step = "created"
+    try:
+        os.makedirs(out, exist_ok=True)
+        step = "written"
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise CLIError(f"--output-dir {out} cannot be {step}: {e.strerror or e}") from None
+    finally:
+        for folder in made:  # deepest first; one that another process filled meanwhile stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
 
 
 #: Job arguments that change no result of a run (or that the specs carry), left out of the
