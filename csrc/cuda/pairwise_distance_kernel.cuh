@@ -30,8 +30,8 @@
 // of loads (the centre's eight rows, then the tiles) with the whole block at a barrier, at one
 // 512-thread block per SM (128 registers): ~5 us a chunk, where its arithmetic is ~0.8 us. Now
 // each thread loads the next chunk into registers (nine values, the centre's row among them)
-// before computing this one, so the loads fly during the arithmetic; 111 (sm_80) and 115
-// (sm_90) registers, no spills. Not measured on a GPU yet; one cloud of 64 points is still 3
+// before computing this one, so the loads fly during the arithmetic; 126 (sm_80) and 122
+// (sm_90) registers, no spills (one 512-thread block per SM, as before). Not measured on a GPU yet; one cloud of 64 points is still 3
 // blocks on 132 SMs (splitting a cloud's coordinates over blocks is the next step: the Gram
 // sums may be added in any order).
 //
@@ -86,10 +86,13 @@ struct Staged {
   T i[kPerThread], j[kPerThread], centre_row;
 };
 
+// centre_src: this thread's row of the centre's eight (nullptr: none), found once per tile by
+// the caller: its index is an int64 division, which the compiler may not hoist out of the
+// chunk loop from under the condition that guards it.
 template <typename T, bool Gram>
 __device__ __forceinline__ void load_chunk(const T* __restrict__ xb, int64_t N, int64_t D,
                                            int64_t i0, int64_t j0, int64_t k, int row,
-                                           Staged<T>& st) {
+                                           const T* centre_src, Staged<T>& st) {
   const bool in = k < D;
   // One address a tile, stepped by kPass rows: eight live row pointers spilled on sm_80.
   const T* pi = xb + (i0 + row) * D + k;
@@ -100,9 +103,7 @@ __device__ __forceinline__ void load_chunk(const T* __restrict__ xb, int64_t N, 
     st.i[m] = (in && i0 + row + kPass * m < N) ? pi[m * step] : T(0);
     st.j[m] = (in && j0 + row + kPass * m < N) ? pj[m * step] : T(0);
   }
-  if (Gram)
-    st.centre_row = (in && row < certify_centre_count(N)) ? xb[certify_centre_row(row, N) * D + k]
-                                                         : T(0);
+  if (Gram) st.centre_row = (in && centre_src != nullptr) ? centre_src[k] : T(0);
 }
 
 // Writes a loaded chunk to shared memory, widened exactly (Gram: less the centre, a rounded
@@ -153,12 +154,14 @@ __device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, i
     for (int c = 0; c < kReg; ++c) acc[a][c] = 0.0;
   }
   const int row = tid / kChunk, cs = tid % kChunk;
+  const T* centre_src =
+      Gram && row < certify_centre_count(N) ? xb + certify_centre_row(row, N) * D : nullptr;
   Staged<T> st;
-  load_chunk<T, Gram>(xb, N, D, i0, j0, cs, row, st);
+  load_chunk<T, Gram>(xb, N, D, i0, j0, cs, row, centre_src, st);
   store_chunk<T, Gram>(st, N, D, i0, j0, cs, row, cs, xi, xj, centre_rows);
   for (int64_t k0 = 0; k0 < D; k0 += kChunk) {
     const bool more = k0 + kChunk < D;
-    if (more) load_chunk<T, Gram>(xb, N, D, i0, j0, k0 + kChunk + cs, row, st);
+    if (more) load_chunk<T, Gram>(xb, N, D, i0, j0, k0 + kChunk + cs, row, centre_src, st);
 #pragma unroll(sizeof(T) == 8 ? 2 : 1)  // 2 spills the float32 kernel (ptxas, sm_90)
     for (int c = lane; c < kChunk; c += kLanes) {
       double u[kReg], v[kReg];
