@@ -85,7 +85,9 @@ struct WarpReduceMemory {
 namespace warp_reduce_detail {
 
 // Earliest cofacet of {i > j} (length de) up to the threshold, as earliest_cofacet, by the warp:
-// third vertices k = lane (mod 32), rows i and j read at k (coalesced).
+// third vertices k = lane (mod 32), rows i and j read at k (coalesced). Both reads of a k are
+// tested with `&`, not `&&`: short-circuited, the PTX issued the second load only after the
+// first had come back and been compared.
 template <class W, typename T>
 TSL_HD Entry<T> earliest_cofacet(W& w, const DistanceMatrix<T>& d, index_t i, index_t j, T de,
                                  T threshold) {
@@ -95,7 +97,7 @@ TSL_HD Entry<T> earliest_cofacet(W& w, const DistanceMatrix<T>& d, index_t i, in
     typename W::template Var<bool> ok;
     w.each([&](int lane) {
       const index_t k = top - warp::kLanes + lane;
-      ok[lane] = k >= 0 && k != i && k != j && d(i, k) <= de && d(j, k) <= de;
+      ok[lane] = k >= 0 && k != i && k != j && ((d(i, k) <= de) & (d(j, k) <= de));
     });
     const uint32_t m = w.ballot(ok);
     if (m) return Entry<T>{de, cofacet_index(i, j, top - warp::kLanes + highest_bit(m))};
@@ -117,7 +119,7 @@ TSL_HD Entry<T> earliest_cofacet(W& w, const DistanceMatrix<T>& d, index_t i, in
     typename W::template Var<bool> ok;
     w.each([&](int lane) {
       const index_t k = top - warp::kLanes + lane;
-      ok[lane] = k >= 0 && k != i && k != j && d(i, k) <= best && d(j, k) <= best;
+      ok[lane] = k >= 0 && k != i && k != j && ((d(i, k) <= best) & (d(j, k) <= best));
     });
     const uint32_t m = w.ballot(ok);
     if (m) return Entry<T>{best, cofacet_index(i, j, top - warp::kLanes + highest_bit(m))};

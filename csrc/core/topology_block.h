@@ -6,6 +6,7 @@
 // sort): the native tests compare them bit for bit through the host emulation.
 #pragma once
 
+#include "apparent_pairs.h"
 #include "h0_mst.h"
 #include "h1_reduce.h"
 #include "warp.h"
@@ -89,16 +90,32 @@ TSL_HD int argmin_lane(W& w, const typename W::template Var<uint64_t>& hi,
 // Whether the edge {i > j} of length de is the facet of an apparent pair (in_apparent_pair's
 // answer), reading d(k, j) rather than d(j, k): across a warp j runs over consecutive values,
 // so the reads of row k are coalesced. The largest k within de of both ends gives the earliest
-// cofacet.
+// cofacet. The third vertices go a block of kBlock at a time from the top, as a mask built
+// without branches, then its highest bit: the k a vertex-by-vertex scan with early exit finds,
+// but with a block's loads independent. That scan made each lane a chain of dependent reads
+// (the next k's loads waited on this k's branch), and the block waited at every chunk's barriers
+// for its longest lane: ~1,850 dependent steps per N = 64 cloud and ~32,000 per N = 256 cloud in
+// the emulation, against 62 and ~1,000 blocks now; the reading of the H200's 0.27 ms for one
+// N = 64 cloud and 27.5 ms for 1024 of N = 256 (benchmarks/README.md). The tests stay
+// (d <= de) per read, so a NaN distance never qualifies, as before.
 // `visited` (host statistics only; null on the device) counts the third vertices read.
 template <typename T>
 TSL_HD bool apparent_facet_by_columns(const DistanceMatrix<T>& d, index_t i, index_t j, T de,
                                       int64_t* visited) {
-  for (index_t k = d.n - 1; k >= 0; --k) {
-    if (k == i || k == j) continue;
-    const T dik = d(i, k), dkj = d(k, j);
-    if (visited) ++*visited;
-    if (dik <= de && dkj <= de) return is_latest_facet(i, j, k, de, dik, dkj);
+  for (index_t hi = d.n; hi > 0; hi -= kBlock) {
+    const index_t lo = hi > kBlock ? hi - kBlock : 0;
+    uint32_t m = 0;
+    for (index_t t = 0; t < hi - lo; ++t) {
+      const index_t k = lo + t;
+      m |= uint32_t((d(i, k) <= de) & (d(k, j) <= de)) << t;
+    }
+    if (i >= lo && i < hi) m &= ~(uint32_t(1) << (i - lo));
+    if (j >= lo && j < hi) m &= ~(uint32_t(1) << (j - lo));
+    if (visited) *visited += hi - lo;
+    if (m) {
+      const index_t k = lo + highest_bit(m);
+      return is_latest_facet(i, j, k, de, d(i, k), d(k, j));
+    }
   }
   return false;
 }
@@ -131,7 +148,8 @@ TSL_HD int64_t block_sort(Block& blk, const Array& x, index_t count, const Less&
         w.each([&](int lane) {
           for (index_t t = index_t(warp_id) * warp::kLanes + lane; t < p2 / 2;
                t += blk.threads()) {
-            const index_t a = (t / j) * 2 * j + t % j;
+            // (t / j) * 2j + t % j, j a power of two: by masks, not a 64-bit division.
+            const index_t a = ((t & ~(j - 1)) << 1) + (t & (j - 1));
             const index_t b = j == (k >> 1) ? (a ^ (k - 1)) : a + j;
             if (b < count && less(x[b], x[a])) {
               const auto s = x[a];
