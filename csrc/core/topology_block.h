@@ -60,6 +60,13 @@ struct TopologyStats {
   int64_t columns = 0;
   int64_t sort_stages = 0;   // compare-exchange rounds of the two sorts, one barrier each
   int64_t scan_steps = 0;    // third vertices visited by the apparent-pair tests, all lanes
+  int64_t scan_path = 0;     // per chunk, the most rounds of distance reads any lane made (a
+                             // block's loads are one round): the chain the chunk waits on
+};
+
+// What one apparent-pair test read: third vertices, and rounds of independent loads.
+struct ScanCount {
+  int64_t reads = 0, rounds = 0;
 };
 
 namespace topology_detail {
@@ -98,10 +105,10 @@ TSL_HD int argmin_lane(W& w, const typename W::template Var<uint64_t>& hi,
 // the emulation, against 62 and ~1,000 blocks now; the reading of the H200's 0.27 ms for one
 // N = 64 cloud and 27.5 ms for 1024 of N = 256 (benchmarks/README.md). The tests stay
 // (d <= de) per read, so a NaN distance never qualifies, as before.
-// `visited` (host statistics only; null on the device) counts the third vertices read.
+// `visited` (host statistics only; null on the device) counts what the test read.
 template <typename T>
 TSL_HD bool apparent_facet_by_columns(const DistanceMatrix<T>& d, index_t i, index_t j, T de,
-                                      int64_t* visited) {
+                                      ScanCount* visited) {
   for (index_t hi = d.n; hi > 0; hi -= kBlock) {
     const index_t lo = hi > kBlock ? hi - kBlock : 0;
     uint32_t m = 0;
@@ -111,7 +118,10 @@ TSL_HD bool apparent_facet_by_columns(const DistanceMatrix<T>& d, index_t i, ind
     }
     if (i >= lo && i < hi) m &= ~(uint32_t(1) << (i - lo));
     if (j >= lo && j < hi) m &= ~(uint32_t(1) << (j - lo));
-    if (visited) *visited += hi - lo;
+    if (visited) {
+      visited->reads += hi - lo;
+      ++visited->rounds;
+    }
     if (m) {
       const index_t k = lo + highest_bit(m);
       return is_latest_facet(i, j, k, de, d(i, k), d(k, j));
@@ -122,7 +132,7 @@ TSL_HD bool apparent_facet_by_columns(const DistanceMatrix<T>& d, index_t i, ind
 
 template <typename T>
 TSL_HD bool is_column(const DistanceMatrix<T>& d, const int32_t* parent, T threshold, index_t e,
-                      index_t* i, index_t* j, T* de, int64_t* visited) {
+                      index_t* i, index_t* j, T* de, ScanCount* visited) {
   edge_vertices(e, d.n, i, j);
   *de = d(*i, *j);
   if (!(*de <= threshold)) return false;  // a NaN radius (or length) makes no column
@@ -294,14 +304,20 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
     const index_t E = n * (n - 1) / 2;
     index_t base = 0;
     for (index_t e0 = 0; e0 < E; e0 += nthreads) {
+      int64_t chunk_rounds = 0;  // host statistics only
       blk.each_warp([&](W& w, int warp_id) {
         typename W::template Var<bool> keep;
         w.each([&](int lane) {
           const index_t e = e0 + index_t(warp_id) * warp::kLanes + lane;
           index_t i, j;
           T de;
+          ScanCount scan;
           keep[lane] = e < E && is_column(c.d, c.parent, radius, e, &i, &j, &de,
-                                          stats ? &stats->scan_steps : nullptr);
+                                          stats ? &scan : nullptr);
+          if (stats) {
+            stats->scan_steps += scan.reads;
+            chunk_rounds = scan.rounds > chunk_rounds ? scan.rounds : chunk_rounds;
+          }
         });
         const uint32_t m = w.ballot(keep);
         w.each([&](int lane) {
@@ -324,7 +340,10 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
       });
       for (int k = 0; k < blk.warps(); ++k) base += warp::popcount(c.warp_words[k]);
       blk.sync();  // the warp words are reused by the next chunk
-      if (stats) ++stats->flag_chunks;
+      if (stats) {
+        ++stats->flag_chunks;
+        stats->scan_path += chunk_rounds;
+      }
     }
     const int64_t s = block_sort(blk, c.columns, base, ColumnOrder<T>());
     if (stats) {

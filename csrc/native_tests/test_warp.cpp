@@ -341,7 +341,7 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
 struct SizeCounters {
   int64_t clouds = 0, columns = 0, max_columns = 0, prim_steps = 0, flag_chunks = 0,
           sort_stages = 0, steps = 0, collectives = 0, barriers = 0, shared_bytes = 0,
-          scan_steps = 0, pivot_queries = 0, set_high = 0, max_set_high = 0, vwork_high = 0,
+          scan_steps = 0, scan_path = 0, pivot_queries = 0, set_high = 0, max_set_high = 0, vwork_high = 0,
           arena = 0, max_arena = 0, additions = 0, emergent = 0, pushed = 0, grown = 0;
 };
 std::map<int64_t, SizeCounters> g_counters;
@@ -447,6 +447,7 @@ bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t
   s.flag_chunks += ews.topology.flag_chunks;
   s.sort_stages += ews.topology.sort_stages;
   s.scan_steps += ews.topology.scan_steps;
+  s.scan_path += ews.topology.scan_path;
   const tsl::WarpReduceStats& r = ews.reduction;
   s.pivot_queries += r.pivot_queries;
   s.set_high += r.set_high;
@@ -568,17 +569,18 @@ void test_unchecked_matrices() {
 
 void print_counters() {
   std::printf("topology pass (one block per cloud), per cloud:\n");
-  std::printf("%6s %7s %9s %8s %8s %8s %9s %11s %10s %12s %9s %8s\n", "N", "clouds", "columns",
-              "max", "prim", "chunks", "sortrnds", "scan/edge", "warpsteps", "collectives",
-              "barriers", "smem(B)");
+  std::printf("%6s %7s %9s %8s %8s %8s %9s %11s %10s %10s %12s %9s %8s\n", "N", "clouds",
+              "columns", "max", "prim", "chunks", "sortrnds", "scan/edge", "scanpath",
+              "warpsteps", "collectives", "barriers", "smem(B)");
   for (auto& e : g_counters) {
     const SizeCounters& s = e.second;
     const double c = double(s.clouds);
     const double edges = double(e.first) * double(e.first - 1) / 2;
-    std::printf("%6lld %7lld %9.1f %8lld %8.0f %8.0f %9.1f %11.1f %10.0f %12.0f %9.0f %8lld\n",
+    std::printf("%6lld %7lld %9.1f %8lld %8.0f %8.0f %9.1f %11.1f %10.0f %10.0f %12.0f %9.0f "
+                "%8lld\n",
                 (long long)e.first, (long long)s.clouds, s.columns / c, (long long)s.max_columns,
                 s.prim_steps / c, s.flag_chunks / c, s.sort_stages / c, s.scan_steps / c / edges,
-                s.steps / c,
+                s.scan_path / c, s.steps / c,
                 s.collectives / c, s.barriers / c, (long long)s.shared_bytes);
   }
   std::printf("H1 reduction (one warp per cloud), per cloud (max over clouds in brackets):\n");
