@@ -258,8 +258,11 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
         int32_t bv = -1;
         const T* row = c.d.row(current);
         for (index_t v = lane; v < n; v += warp::kLanes) {
+          // Read before the test: behind the branch, each of a lane's row reads waited for its
+          // in-tree test (and the previous vertex's branches) before it could issue.
+          const T x = row[v];
           if (c.in_tree[v]) continue;
-          const uint64_t h = warp::order_bits(row[v]);
+          const uint64_t h = warp::order_bits(x);
           const uint32_t l = tie_key(edge_index(current, v));
           if (h < c.key_hi[v] || (h == c.key_hi[v] && l < c.key_lo[v])) {
             c.key_hi[v] = h;
