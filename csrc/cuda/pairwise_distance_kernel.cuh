@@ -31,9 +31,9 @@
 // 512-thread block per SM (128 registers): ~5 us a chunk, where its arithmetic is ~0.8 us. Now
 // each thread loads the next chunk into registers (nine values, the centre's row among them)
 // before computing this one, so the loads fly during the arithmetic; 126 (sm_80) and 122
-// (sm_90) registers, no spills (one 512-thread block per SM, as before). Not measured on a GPU yet; one cloud of 64 points is still 3
-// blocks on 132 SMs (splitting a cloud's coordinates over blocks is the next step: the Gram
-// sums may be added in any order).
+// (sm_90) registers, no spills (one 512-thread block per SM, as before). Not measured on a GPU
+// yet; one cloud of 64 points is still 3 blocks on 132 SMs (splitting a cloud's coordinates over
+// blocks is the next step: the Gram sums may be added in any order).
 //
 // Each pair is computed once and written to both triangles, so the matrix is exactly
 // symmetric. The epilogue adds the block's distances (a per-block partial, in a fixed order: no

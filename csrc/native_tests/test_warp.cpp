@@ -341,8 +341,9 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
 struct SizeCounters {
   int64_t clouds = 0, columns = 0, max_columns = 0, prim_steps = 0, flag_chunks = 0,
           sort_stages = 0, steps = 0, collectives = 0, barriers = 0, shared_bytes = 0,
-          scan_steps = 0, scan_path = 0, pivot_queries = 0, set_high = 0, max_set_high = 0, vwork_high = 0,
-          arena = 0, max_arena = 0, additions = 0, emergent = 0, pushed = 0, grown = 0;
+          scan_steps = 0, scan_path = 0, pivot_queries = 0, set_high = 0, max_set_high = 0,
+          vwork_high = 0, arena = 0, max_arena = 0, additions = 0, emergent = 0, pushed = 0,
+          grown = 0;
 };
 std::map<int64_t, SizeCounters> g_counters;
 
