@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
-from typing import Callable
+from typing import Callable, List, Tuple
 
 
 class CLIError(Exception):
@@ -52,6 +53,16 @@ def fraction(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
     return value
+
+
+def missing_folders(path: str) -> Tuple[str, List[str]]:
+    """The nearest of ``path`` (made absolute) and its parents that exists, and the ones below it
+    that do not, deepest first: the folders ``os.makedirs(path)`` would have to create."""
+    there, missing = os.path.abspath(path), []
+    while not os.path.exists(there):
+        missing.append(there)
+        there = os.path.dirname(there)
+    return there, missing
 
 
 #: The end of each tool's --device help.

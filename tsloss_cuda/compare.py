@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from . import run_outputs
-from ._cli import CLIError, first_line
-from .training import REGULARIZERS
+from ._cli import CLIError, first_line, missing_folders
+from .training import REGULARIZERS, launch_rank
 
 CONFIG_FILE = "comparison.json"
 #: Key of a run's record holding :func:`provenance`.
@@ -162,13 +162,9 @@ def check_writable(out: str) -> None:
     a read-only or virtual file system, no permission) before the model loads, rather than
     after it (minutes for the Gemma job). Tries both, then removes the folders it made. Only
     the main process of a torchrun job tries: the others' probes would race its removal."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launch_rank() != 0:
         return
-    made: List[str] = []
-    path = os.path.abspath(out)
-    while not os.path.isdir(path) and os.path.dirname(path) != path:
-        made.append(path)
-        path = os.path.dirname(path)
+    _, made = missing_folders(out)
     step = "created"
     try:
         os.makedirs(out, exist_ok=True)

@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from ._cli import CLIError, first_line
+from ._cli import CLIError, first_line, missing_folders
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 GEMMA = "gemma-3-270m"
@@ -45,9 +45,7 @@ def check_cache(cache_dir: Optional[str] = None) -> str:
     the nearest of its parents that exists, is not a folder: making it would fail with an
     OSError that names no option."""
     root = cache_root(cache_dir)
-    there = os.path.abspath(root)
-    while not os.path.exists(there):
-        there = os.path.dirname(there)
+    there, _ = missing_folders(root)
     if not os.path.isdir(there):
         name = ("--model-cache" if cache_dir else
                 "$TSLOSS_CACHE" if os.environ.get("TSLOSS_CACHE") else "the model cache")

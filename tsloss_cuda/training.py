@@ -54,12 +54,17 @@ def make_regularizer(name: str, args) -> Tuple[Callable[[torch.Tensor], torch.Te
 # ---------------------------------------------------------------------------------------------
 # distributed helpers
 
+def launch_rank() -> int:
+    """This process's rank in a torchrun job (0 outside one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 class Dist:
     """World info; ``world == 1`` means plain single-process training."""
 
     def __init__(self, device: str) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = launch_rank()
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device == "cuda":
             check_device(device)
