@@ -26,7 +26,8 @@ and H1 per cloud within 16 float32 steps of the cloud's diameter (``TOL``), the 
 bars (and for ours the same bar counts), else the row is ``correct: false`` and gets no ratio.
 Our TSLoss row is checked by value (each cloud's loss against the one from ripser.py's
 diagrams, ``LOSS_RTOL``) and by gradient (the timed backward's gradient along a seeded
-direction against a float64 central difference, ``GRAD_RTOL``); torch-topological's by its
+direction against a float64 central difference, ``GRAD_RTOL``, at a step within which no bar
+changes its edges); torch-topological's by its
 diagrams. ripser.py's own matrix row is the reference itself, so it cannot fail its check.
 
 Usage::
@@ -91,8 +92,13 @@ TOL = 16 * 2.0 ** -23
 # mean distance) within float32 rounding of the sums.
 LOSS_RTOL = 1e-5
 # The float32 gradient along one direction against a float64 central difference (step 1e-6
-# of the largest coordinate): float32 rounding and the difference's own error are ~1e-6.
+# of the largest coordinate, smaller where a bar changes its edges within it: difference_step):
+# float32 rounding and the difference's own error are ~1e-6.
 GRAD_RTOL = 1e-4
+GRAD_STEP = 1e-6
+# The smallest step tried, relative to the largest coordinate: float64 rounding of the loss then
+# costs ~1e-6 of the derivative at the suite's sizes.
+GRAD_STEP_FLOOR = 1e-9
 # A peer's input kind whose warm-up is this much slower than the other's (and slower than
 # SLOW_S seconds) is not repeated: its warm-up time is recorded instead.
 SLOW_S = 1.0
@@ -459,21 +465,52 @@ def ours_runs(x: torch.Tensor, cuda: bool):
     def per_cloud():  # untimed, for the check: the same batch, the loss of each cloud
         return tsloss_cuda.loss(x, reduction="none").detach().double().cpu().numpy()
 
-    def grad_err() -> float:
+    def grad_err() -> tuple:
         """Untimed: the timed backward's gradient (left in ``xr.grad`` by the last rep) along a
         seeded direction u, against the float64 loss's central difference along u: the
-        backward against the forward, whose value is checked against ripser.py."""
+        backward against the forward, whose value is checked against ripser.py. Returns the
+        relative error and the step (relative to the largest coordinate)."""
         if xr.grad is None:
-            return math.inf
+            return math.inf, math.nan
         x64 = x.detach().double()
         u = torch.randn(x64.shape, generator=torch.Generator().manual_seed(1),
                         dtype=torch.float64).to(x64.device)
-        h = 1e-6 * float(x64.abs().max())
-        with torch.no_grad():
-            fd = float(tsloss_cuda.loss(x64 + h * u) - tsloss_cuda.loss(x64 - h * u)) / (2 * h)
-        an = float((xr.grad.double() * u).sum())
-        return abs(an - fd) / max(abs(fd), 1e-30)
+        return directional_error(xr.grad, x64, u)
     return fwd, loss, per_cloud, grad_err
+
+
+def _pairing(x64: torch.Tensor) -> tuple:
+    d = tsloss_cuda.vr_persistence(x64, maxdim=1)
+    return d.h0_edges, d.h1_edges, d.h1_count
+
+
+def difference_step(x64: torch.Tensor, u: torch.Tensor) -> float:
+    """The step of the central difference along ``u``, relative to the largest coordinate:
+    GRAD_STEP, divided by ten (down to GRAD_STEP_FLOOR) while x +- h u pairs some bar by other
+    edges than x does. TSLoss is smooth only between such changes; a difference across one
+    measures a jump, not the derivative (at (128, 2048, 16) one cloud's H1 edges changed within
+    1e-6, and a correct backward read 0.5 % off)."""
+    scale = float(x64.abs().max())
+    want = _pairing(x64)
+    rel = GRAD_STEP
+    while rel > GRAD_STEP_FLOOR * 1.5:
+        h = rel * scale
+        if all(all(torch.equal(a, b) for a, b in zip(want, _pairing(x64 + s * h * u)))
+               for s in (1.0, -1.0)):
+            break
+        rel /= 10
+    return rel
+
+
+def directional_error(grad: torch.Tensor, x64: torch.Tensor, u: torch.Tensor) -> tuple:
+    """|grad . u - central difference of tsloss_cuda.loss along u| / |difference|, in float64,
+    at difference_step's step; returns (that error, the step)."""
+    rel = difference_step(x64, u)
+    h = rel * float(x64.abs().max())
+    with torch.no_grad():
+        fd = float(tsloss_cuda.loss(x64 + h * u) - tsloss_cuda.loss(x64 - h * u)) / (2 * h)
+    an = float((grad.double() * u).sum())
+    return abs(an - fd) / max(abs(fd), 1e-30), rel
 
 
 @contextlib.contextmanager
@@ -539,11 +576,11 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
             want = reference_loss(ref, inp.dm)
             loss_err = float(np.max(np.abs(each[:k] - want) / np.maximum(np.abs(want), 1e-30)))
             mean_err = abs(val - each.mean()) / max(abs(each.mean()), 1e-30)
-            g_err = grad_err()
+            g_err, g_step = grad_err()
             loss_rec = r = base("ours", "loss_fwd_bwd")
             r.update(median_s=statistics.median(times), warmup_s=warm, times_s=times,
                      reps=len(times), loss_value=val, input="points", truncated=truncated,
-                     max_loss_rel_err=loss_err, grad_rel_err=g_err,
+                     max_loss_rel_err=loss_err, grad_rel_err=g_err, grad_step=g_step,
                      correct=bool(math.isfinite(val) and loss_err <= LOSS_RTOL
                                   and mean_err <= LOSS_RTOL and g_err <= GRAD_RTOL
                                   and not truncated))
@@ -819,6 +856,7 @@ def markdown(records, meta, scal) -> str:
     # What this run did, from its own records (a file re-rendered later keeps its rules).
     tol = meta.get("tolerance_bottleneck_over_diameter", TOL)
     checked_loss = any("max_loss_rel_err" in r for r in records)
+    checked_grad = any("grad_step" in r for r in records)
     builders = ("the faster of a batched float64 torch.cdist and a batched float64 numpy Gram "
                 "form (sklearn's recipe) of the points, at its fastest repetition (a lower bound "
                 "on what a user pays)"
@@ -857,6 +895,9 @@ def markdown(records, meta, scal) -> str:
         + ("; ours: also the same number of bars, and TSLoss's value within "
            f"{LOSS_RTOL:g} of the one computed from ripser.py's diagrams" if checked_loss
            else "; TSLoss rows: a finite value")
+        + (f", and its gradient along a seeded direction within {GRAD_RTOL:g} of a float64 "
+           "central difference whose step no bar changes its edges within" if checked_grad
+           else "")
         + "); ERROR = the peer raised on every input kind (messages below).", "",
         "The last column is the best peer's ratio if its distance matrix had been computed "
         f"inside the timed region: {builders}, or the peer's own run on the points where "

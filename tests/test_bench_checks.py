@@ -133,6 +133,33 @@ def test_a_wrong_gradient_is_a_wrong_row(tmp_path, monkeypatch, broken):
     assert row["correct"] is True and row["grad_rel_err"] < bench.GRAD_RTOL
 
 
+def test_the_gradient_check_steps_inside_one_pairing():
+    """A central difference across a change of the bars' edges measures a jump, not the
+    derivative: at the fixed step (1e-6 of the largest coordinate) a (128, 2048, 16) batch read
+    a correct backward 0.5 % off. Here edges (0, 2) and (1, 3) of a near-square differ by 2e-8,
+    and u moves point 3 so that a step past 2e-8 swaps them on one side."""
+    x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0 + 1e-8], [1.0, 1.0 + 3e-8]]],
+                     dtype=torch.float64)
+    u = torch.zeros_like(x)
+    u[0, 3, 1] = 1.0
+    xr = x.clone().requires_grad_(True)
+    tsloss_cuda.loss(xr).backward()
+    step = bench.difference_step(x, u)
+    assert bench.GRAD_STEP_FLOOR <= step < 2e-8
+    err, used = bench.directional_error(xr.grad, x, u)
+    assert used == step and err < bench.GRAD_RTOL, err
+    # The fixed step crosses the swap, and the difference there is not the derivative.
+    h = bench.GRAD_STEP
+    with torch.no_grad():
+        fd = float(tsloss_cuda.loss(x + h * u) - tsloss_cuda.loss(x - h * u)) / (2 * h)
+    assert abs(fd - float((xr.grad * u).sum())) > 10 * bench.GRAD_RTOL * abs(fd)
+    # A generic cloud keeps the first step.
+    y = bench.make_clouds(12, 4, 2).double()
+    assert bench.difference_step(y, torch.randn(y.shape, dtype=torch.float64,
+                                                generator=torch.Generator().manual_seed(1))) \
+        == bench.GRAD_STEP
+
+
 def test_the_fastest_kind_that_passed_is_the_peers_time(tmp_path, monkeypatch):
     # A faster kind with wrong diagrams made the whole peer WRONG, dropping it from the verdicts.
     orig = bench.PEERS["ripser"][0]
