@@ -107,9 +107,9 @@ double peak_base(const double* b, int64_t n) { return peak_body<16, kCanonical>(
 // The most a kernel of the build's width could reach: subtract + FMA (baseline: subtract,
 // multiply, add, as it has no FMA) or, with canonical, the canonical order's three operations.
 double limit(int level, bool canonical) {
-  // Line-aligned, as the kernels' rows are: from a plain vector (16-byte aligned) the AVX2 loop's
-  // 32-byte loads split cache lines or not by where the allocator put it, and on a Zen 5 EPYC
-  // its reading moved between 21.6 and 32.7 G from one N, D, B to another.
+  // Line-aligned, as the kernels' rows are. From a plain vector (16-byte aligned) the loads split
+  // cache lines by where the allocator put it: on a Zen 5 EPYC the AVX-512 limit read 32-34 G
+  // (66-68 G aligned), the AVX2 one 21.6 or 32.7 G from one N, D, B to another (32-34 aligned).
   tsloss::cpu::LineVector<double> buf(16 * 12 * 8, 0.25);
   const int64_t iters = 20000000;
   double best = 0.0;
