@@ -101,9 +101,10 @@ TSL_HD int argmin_lane(W& w, const typename W::template Var<uint64_t>& hi,
 // without branches, then its highest bit: the k a vertex-by-vertex scan with early exit finds,
 // but with a block's loads independent. That scan made each lane a chain of dependent reads
 // (the next k's loads waited on this k's branch), and the block waited at every chunk's barriers
-// for its longest lane: ~1,850 dependent steps per N = 64 cloud and ~32,000 per N = 256 cloud in
-// the emulation, against 62 and ~1,000 rounds now; the reading of the H200's 0.27 ms for one
-// N = 64 cloud and 27.5 ms for 1024 of N = 256 (benchmarks/README.md). The tests stay
+// for its longest lane: the chain per cloud (`test_warp --counters`, "scanpath": per chunk, the
+// most rounds of reads of any lane) went from 720 to 34 rounds at N = 64 and from 31,252 to
+// 1,153 at N = 256; the reading of the H200's 0.27 ms for one N = 64 cloud and 27.5 ms for
+// 1024 of N = 256 (benchmarks/README.md). The tests stay
 // (d <= de) per read, so a NaN distance never qualifies, as before.
 // `visited` (host statistics only; null on the device) counts what the test read.
 template <typename T>
