@@ -61,6 +61,8 @@ def _float32_clouds(rng: np.random.Generator):
     yield "integer-50x256", rng.integers(-2, 3, (50, 256)).astype(float)
     base = rng.standard_normal((16, 700))
     yield "duplicates-32x700", np.concatenate([base, base])
+    # Gram sums by panels (130 points: a part-filled last panel; 261 coordinates: chunk tails).
+    yield "off-centre-130x261", 1e4 + rng.standard_normal((130, 261))
 
 
 def test_float32_distances_are_the_canonical_sums(rng, restore_isa):

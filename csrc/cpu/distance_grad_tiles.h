@@ -35,42 +35,6 @@ namespace cpu {
 // 16 (a vector of floats).
 inline int64_t grad_chunk(int64_t value_bytes) { return 512 / value_bytes; }
 
-// The lines of the next chunk's rows (points to read, gradients to write), prefetched a few per
-// tile while the current chunk computes. Rows 2-16 KB apart are not followed by the hardware
-// prefetchers (they stay within a 4 KB page), so without this every chunk began by waiting on
-// DRAM for its rows and on reads-for-ownership of its gradient lines (a third of the backward at
-// (64, 2048, 64), one thread); issued as one burst at the chunk's start, the prefetches stalled
-// on the core's miss buffers instead.
-struct RowPrefetch {
-  const char* x = nullptr;  // the next line to fetch, or nullptr: nothing (left) to fetch
-  const char* g = nullptr;
-  int64_t stride = 0;          // bytes between rows
-  int64_t rows = 0, lines = 0;  // rows left, and 64-byte lines per row
-  int64_t per_tile = 0, line = 0;
-
-  RowPrefetch() = default;
-  RowPrefetch(const void* x_, const void* g_, int64_t stride_, int64_t rows_, int64_t row_bytes,
-              int64_t tiles)
-      : x(static_cast<const char*>(x_)), g(static_cast<const char*>(g_)), stride(stride_),
-        rows(rows_), lines((row_bytes + 63) / 64) {
-    per_tile = (rows * lines + tiles - 1) / (tiles > 0 ? tiles : 1);
-    if (rows <= 0 || lines <= 0) x = nullptr;
-  }
-  __attribute__((always_inline)) inline void step() {
-    for (int64_t q = 0; q < per_tile && x != nullptr; ++q) {
-      __builtin_prefetch(x + line * 64, 0, 3);
-      __builtin_prefetch(g + line * 64, 0, 3);  // read, not prefetchw (that needs PRFCHW): the
-                                                // line arrives exclusive all the same
-      if (++line == lines) {
-        line = 0;
-        --rows;
-        x = rows > 0 ? x + stride : nullptr;  // never a pointer past the last row
-        g = rows > 0 ? g + stride : nullptr;
-      }
-    }
-  }
-};
-
 // gs (n4 rows of C, zero on entry) += the pair terms of rows xs (n4 rows of C, padding rows and
 // coordinates zero) under W (n4 x n4, read below the diagonal; zero for padding rows). Rows of
 // xs and gs are S apart. C is a multiple of 16. pf: the next chunk's lines, a few per tile.
