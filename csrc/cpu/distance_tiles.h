@@ -439,18 +439,6 @@ struct RowPrefetch {
   }
 };
 
-// Gram sums of a float32 cloud as a matrix product, for the certified route's AVX2 and AVX-512
-// builds: y_i . y_j for j <= i (y = x - centre) into sq[i * n + j], the squared norms on the
-// diagonal, in no canonical order (the certificate's bound holds for any). Per chunk of kGramChunk
-// coordinates the centred rows are packed transposed into panels of NR points (a panel: the
-// chunk's coordinates in order, NR doubles each, contiguous), and each MR x NR tile of the lower
-// triangle sums its products in MR x NV registers: per coordinate NV vector loads of the column
-// panel, MR broadcasts of the row points, MR x NV fused multiply-adds. The points lie across the
-// lanes, so no lane sums are carried or reduced, and a tile's sums stay in registers for a whole
-// chunk. Over the lane-sum tiles (lower_cloud_body<Gram>, the baseline's) this removed the
-// per-chunk widened rows, the carried lane sums and the in-block pairs, which cost that kernel
-// a third of its time or more (benchmarks/results/kernel_rates-amd-epyc-zen5-2c.md). Tiles that
-// straddle the diagonal compute a few pairs above it (unused): at 32 points a third of the work.
 // An L x L block of doubles transposed in registers (v[r][c] becomes v[c][r]): the off-diagonal
 // half-blocks swapped at every scale, log2(L) rounds of two-vector shuffles.
 constexpr int butterfly_lane(int lanes, int h, bool upper, int l) {
@@ -574,6 +562,19 @@ __attribute__((always_inline)) inline void gram_pack_points(const float* x, int6
                                    : 0.0;
 }
 
+// Gram sums of a float32 cloud as a matrix product, for the certified route's AVX2 and AVX-512
+// builds: y_i . y_j for j <= i (y = x - centre) into sq[i * n + j], the squared norms on the
+// diagonal, in no canonical order (the certificate's bound holds for any). Per chunk of kGramChunk
+// coordinates the centred rows are packed transposed into panels of NR points (a panel: the
+// chunk's coordinates in order, NR doubles each, contiguous), and each MR x NR tile of the lower
+// triangle sums its products in MR x NV registers: per coordinate NV vector loads of the column
+// panel, MR broadcasts of the row points, MR x NV fused multiply-adds. The points lie across the
+// lanes, so no lane sums are carried or reduced, and a tile's sums stay in registers for a whole
+// chunk. Over the lane-sum tiles (lower_cloud_body<Gram>, the baseline's) this removed the
+// per-chunk widened rows, the carried lane sums and the in-block pairs, which cost that kernel
+// a third of its time or more (benchmarks/results/kernel_rates-amd-epyc-zen5-2c.md), for the
+// packing's cost and the pairs computed above the diagonal by tiles that straddle it (unused;
+// 5 % of the work at 256 points, 21 % at 32): a gain from 128 points on (gram_panels).
 template <int Bytes, int MR, int NV>
 __attribute__((always_inline)) inline void gram_panel_body(const float* x, int64_t n,
                                                            int64_t dim, int64_t ld, double* sq,
