@@ -642,12 +642,12 @@ struct BaseShape {  // SSE2: no FMA instructions
 };
 // The Gram kernel's tiles (gram_panel_body): MR rows x NV vectors of sums. AVX-512: 8 x 16
 // points, 16 sums, 2 column vectors and a broadcast in flight of 32 registers. AVX2: 4 x 12,
-// 12 sums and 4 operands fill its 16.
+// 12 sums and 4 operands fill its 16. nr: points per panel.
 struct Avx512Gram {
-  static constexpr int bytes = 64, mr = 8, nv = 2;
+  static constexpr int bytes = 64, mr = 8, nv = 2, nr = nv * bytes / 8;
 };
 struct Avx2Gram {
-  static constexpr int bytes = 32, mr = 4, nv = 3;
+  static constexpr int bytes = 32, mr = 4, nv = 3, nr = nv * bytes / 8;
 };
 
 #ifdef TSL_X86_LEVELS
@@ -803,11 +803,11 @@ inline void gram_sums_lower(const float* x, int64_t n, int64_t dim, int64_t k0, 
   };
 #ifdef TSL_X86_LEVELS
   if (x86_level() == 4 && gram_panels(n)) {
-    double* s = room(gram_panel_scratch<Avx512Gram::mr, Avx512Gram::nv * 8>(n));
+    double* s = room(gram_panel_scratch<Avx512Gram::mr, Avx512Gram::nr>(n));
     return gram_panel_v4(x + k0, n, kc, dim, sq, s, centre + k0);
   }
   if (x86_level() == 3 && gram_panels(n)) {
-    double* s = room(gram_panel_scratch<Avx2Gram::mr, Avx2Gram::nv * 4>(n));
+    double* s = room(gram_panel_scratch<Avx2Gram::mr, Avx2Gram::nr>(n));
     return gram_panel_v3(x + k0, n, kc, dim, sq, s, centre + k0);
   }
   if (x86_level() == 4)
