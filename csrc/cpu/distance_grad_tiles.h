@@ -35,6 +35,25 @@ namespace cpu {
 // 16 (a vector of floats).
 inline int64_t grad_chunk(int64_t value_bytes) { return 512 / value_bytes; }
 
+// w = W's 4 x 4 block at `block` (rows n4 apart) plus zero, so that -0 weighs as +0 (as the
+// broadcast VD{} + w did); whether any is nonzero. Four row vectors rather than sixteen scalars:
+// one at a time, the weights' adds, compares and broadcasts took ~100 instructions a tile.
+template <typename A>
+__attribute__((always_inline)) inline bool tile_weights(const A* block, int64_t n4, A (&w)[4][4]) {
+  using V4 = typename Vec<A, 4 * int(sizeof(A))>::type;
+  using M4 = typename Vec<std::conditional_t<sizeof(A) == 4, int32_t, int64_t>,
+                          4 * int(sizeof(A))>::type;
+  M4 nonzero = M4{};
+  TSL_UNROLL for (int a = 0; a < 4; ++a) {
+    V4 r;
+    load(r, block + a * n4);
+    r += V4{};
+    store(w[a], r);
+    nonzero |= r != V4{};
+  }
+  return (nonzero[0] | nonzero[1] | nonzero[2] | nonzero[3]) != 0;
+}
+
 // gs (n4 rows of C, zero on entry) += the pair terms of rows xs (n4 rows of C, padding rows and
 // coordinates zero) under W (n4 x n4, read below the diagonal; zero for padding rows). Rows of
 // xs and gs are S apart. C is a multiple of 16. pf: the next chunk's lines, a few per tile.
@@ -56,14 +75,8 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
     A* gi = gs + bi * 4 * S;
     for (int64_t bj = 0; bj < bi; ++bj) {
       pf.step();
-      A w[4][4];
-      bool any = false;
-      TSL_UNROLL for (int a = 0; a < 4; ++a)
-        TSL_UNROLL for (int b = 0; b < 4; ++b) {
-          w[a][b] = W[(bi * 4 + a) * n4 + bj * 4 + b];
-          any |= w[a][b] != A(0);
-        }
-      if (!any) continue;
+      alignas(64) A w[4][4];
+      if (!tile_weights(W + bi * 4 * n4 + bj * 4, n4, w)) continue;
       const A* xj = xs + bj * 4 * S;
       A* gj = gs + bj * 4 * S;
       for (int64_t s = 0; s < steps; ++s) {
@@ -82,7 +95,7 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
         TSL_UNROLL for (int a = 0; a < 4; ++a)
           TSL_UNROLL for (int b = 0; b < 4; ++b) {
             subtract<OnFma>(t[a][b], u[a], v[b]);
-            t[a][b] *= VD{} + w[a][b];
+            t[a][b] *= w[a][b] - VD{};  // a broadcast (w - 0 is w)
           }
         TSL_UNROLL for (int a = 0; a < 4; ++a) ga[a] += (t[a][0] + t[a][1]) + (t[a][2] + t[a][3]);
         TSL_UNROLL for (int b = 0; b < 4; ++b) gb[b] -= (t[0][b] + t[1][b]) + (t[2][b] + t[3][b]);
