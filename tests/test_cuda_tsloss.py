@@ -200,14 +200,14 @@ def test_launches_and_no_host_sync():
 
     engine, _ = _kernels(lambda: ops.vr_persistence(x, 1, False, 256))
     loss, syncs = _kernels(step)
-    # Ours: the distance kernel (which the engine count above includes), the terms and their
-    # reduction, the two backward kernels; plus the autograd engine's own seed of ones, which
-    # the budget of 8 for TSLoss forward+backward (issue 19) leaves out, as profile_ops does.
+    # Ours: the distance kernel (which the engine count above includes), the terms with the
+    # batch's reduction in their last block, the two backward kernels; plus the autograd
+    # engine's own seed of ones. Issue 19's budget of 8 counts every kernel the profiler sees.
     ours = [e.name for e in loss if "FillFunctor" not in e.name]
     print(f"vr_persistence forward: {len(engine)} kernels; TSLoss forward+backward: {len(ours)} "
           f"and {len(loss) - len(ours)} seed fill(s)")
-    assert len(ours) <= 8, ours
-    assert len(loss) <= len(engine) + 5, [e.name for e in loss]
+    assert len(loss) <= 8, [e.name for e in loss]
+    assert len(loss) <= len(engine) + 4, [e.name for e in loss]
     assert not syncs, syncs
 
 

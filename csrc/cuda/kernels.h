@@ -75,10 +75,13 @@ int64_t distance_tiles(int64_t N);
 // order (launch_tsloss_terms does it). A non-finite distance (non-finite input, or a float32
 // overflow) makes its partial non-finite; validity comes from the engine's h1_count (-2), not
 // from the partials, since finite distances near the float64 limit may sum past it.
-//   partial: (B, distance_tiles(N)) double, out; nullptr: not written
+//   partial:   (B, distance_tiles(N)) double, out; nullptr: not written
+//   zero_word: set to 0 by the launch (nullptr: none), for the kernel that reads the partials
+//              next (launch_tsloss_terms: its blocks' completion count, in its workspace)
 template <typename T>
 cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64_t D, T* out,
-                                         double* partial, cudaStream_t stream);
+                                         double* partial, cudaStream_t stream,
+                                         unsigned* zero_word = nullptr);
 
 // Symmetric matrices from the upper triangles of user distance matrices (ripser.py's and
 // giotto-ph's reading).
@@ -144,10 +147,14 @@ cudaError_t launch_vr_backward(const T* grad_h0, const T* grad_h1, const T* x, i
 
 // Bytes of workspace the forward needs: the distance partials of launch_pairwise_distance_sum
 // ((B, distance_tiles(N)) doubles, which that launch writes first into the start of this same
-// workspace) and five values per cloud.
+// workspace), five values per cloud and the terms kernel's completion count.
 size_t tsloss_forward_workspace_bytes(int64_t B, int64_t N);
 
-// The terms of every cloud from its diagrams, then their reduction over the batch (two kernels).
+// Where that workspace holds the completion count: launch_pairwise_distance_sum's zero_word.
+unsigned* tsloss_terms_counter(void* workspace, int64_t B, int64_t N);
+
+// The terms of every cloud from its diagrams, then their reduction over the batch, in one kernel
+// (the block that finishes last reduces).
 //   x:          (B, N, D) T points (read only for N = 1, whose non-finite coordinates have no
 //               distance to show in)
 //   h0, h1:     (B, N-1, 2), (B, K, 2) T, from launch_vr_persistence on the same distances
@@ -158,6 +165,8 @@ size_t tsloss_forward_workspace_bytes(int64_t B, int64_t N);
 //   scales:     (B,) T out: the raw mean distances (tsl::raw_scale), before the clamp
 //   loss, conn, red, stab, scale: () or (B,) T out (reduction)
 //   workspace:  tsloss_forward_workspace_bytes(B, N) bytes, distance partials already written
+//               and its completion count cleared (launch_pairwise_distance_sum, zero_word =
+//               tsloss_terms_counter(workspace, B, N), earlier on the same stream)
 template <typename T>
 cudaError_t launch_tsloss_terms(const T* x, int64_t B, int64_t N, int64_t D, const T* h0,
                                 const T* h1, int64_t K, int64_t* h1_count, const T* prev_h0,

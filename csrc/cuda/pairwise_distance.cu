@@ -20,8 +20,12 @@ int64_t distance_tiles(int64_t N) {
 
 template <typename T>
 cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64_t D, T* out,
-                                         double* partial, cudaStream_t stream) {
-  if (B == 0 || N == 0) return cudaSuccess;
+                                         double* partial, cudaStream_t stream,
+                                         unsigned* zero_word) {
+  if (B == 0) return cudaSuccess;
+  // No pairs, no blocks: the word is cleared apart (a cloud of no points, never a prompt).
+  if (N == 0)
+    return zero_word ? cudaMemsetAsync(zero_word, 0, sizeof(unsigned), stream) : cudaSuccess;
   const int64_t tiles = distance_tiles(N);
   // gridDim.y is limited to 65535; larger batches run as several launches.
   for (int64_t b0 = 0; b0 < B; b0 += 65535) {
@@ -29,7 +33,8 @@ cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64
     dim3 grid((unsigned)tiles, (unsigned)nb);
     constexpr bool gram = sizeof(T) == 4;  // float32: the certified route
     pairwise_distance_kernel<T, gram><<<grid, kThreads, 0, stream>>>(
-        x + b0 * N * D, N, D, out + b0 * N * N, partial ? partial + b0 * tiles : nullptr, tiles);
+        x + b0 * N * D, N, D, out + b0 * N * N, partial ? partial + b0 * tiles : nullptr, tiles,
+        b0 == 0 ? zero_word : nullptr);
   }
   return cudaGetLastError();
 }
@@ -37,7 +42,7 @@ cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64
 template <typename T>
 cudaError_t launch_pairwise_distance(const T* x, int64_t B, int64_t N, int64_t D, T* out,
                                      cudaStream_t stream) {
-  return launch_pairwise_distance_sum<T>(x, B, N, D, out, nullptr, stream);
+  return launch_pairwise_distance_sum<T>(x, B, N, D, out, nullptr, stream, nullptr);
 }
 
 template <typename T>
@@ -56,10 +61,11 @@ template cudaError_t launch_pairwise_distance<float>(const float*, int64_t, int6
 template cudaError_t launch_pairwise_distance<double>(const double*, int64_t, int64_t, int64_t,
                                                       double*, cudaStream_t);
 template cudaError_t launch_pairwise_distance_sum<float>(const float*, int64_t, int64_t, int64_t,
-                                                         float*, double*, cudaStream_t);
+                                                         float*, double*, cudaStream_t,
+                                                         unsigned*);
 template cudaError_t launch_pairwise_distance_sum<double>(const double*, int64_t, int64_t,
                                                           int64_t, double*, double*,
-                                                          cudaStream_t);
+                                                          cudaStream_t, unsigned*);
 template cudaError_t launch_symmetrize_upper<float>(const float*, int64_t, int64_t, float*,
                                                     cudaStream_t);
 template cudaError_t launch_symmetrize_upper<double>(const double*, int64_t, int64_t, double*,

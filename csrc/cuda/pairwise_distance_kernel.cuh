@@ -206,11 +206,16 @@ __device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, i
     }
 }
 
-// Gram: the certified route (float32 only), else the canonical sums.
+// Gram: the certified route (float32 only), else the canonical sums. zero_word (or nullptr): a
+// word block (0, 0) sets to 0, the completion count of the kernel that reads the partials next
+// on this stream (tsloss_terms_kernel), which would otherwise need a launch of its own to clear.
 template <typename T, bool Gram>
 __global__ void __launch_bounds__(kThreads)
     pairwise_distance_kernel(const T* __restrict__ x, int64_t N, int64_t D, T* __restrict__ out,
-                             double* __restrict__ partial, int64_t tiles) {
+                             double* __restrict__ partial, int64_t tiles,
+                             unsigned* __restrict__ zero_word) {
+  if (zero_word != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+    *zero_word = 0u;
   __shared__ double xi[kBlockRows][kStride];
   __shared__ double xj[kBlockRows][kStride];
   __shared__ double centre_rows[kPass][kChunk];

@@ -14,6 +14,11 @@ size_t tsloss_forward_workspace_bytes(int64_t B, int64_t N) {
   return sizeof(double) * (size_t)(B * distance_tiles(N) + 5 * B + 1);
 }
 
+unsigned* tsloss_terms_counter(void* workspace, int64_t B, int64_t N) {
+  return reinterpret_cast<unsigned*>(static_cast<double*>(workspace) + B * distance_tiles(N) +
+                                     5 * B);
+}
+
 size_t tsloss_backward_workspace_bytes(int64_t B, int64_t N, int64_t K) {
   const int64_t H0 = N > 0 ? N - 1 : 0;
   return sizeof(double) * (size_t)(B * (H0 + K) + B + 1) +
@@ -32,9 +37,8 @@ cudaError_t launch_tsloss_terms(const T* x, int64_t B, int64_t N, int64_t D, con
   double* per_cloud = partial + B * tiles;
   tsloss_terms_kernel<T><<<(unsigned)B, kTermThreads, 0, stream>>>(
       x, N, D, partial, tiles, h0, h1, K, h1_count, prev_h0, prev_h1, o, topo_h0, topo_h1,
-      scales, per_cloud);
-  tsloss_reduce_kernel<T><<<1, 256, 0, stream>>>(per_cloud, B, reduction, loss, conn, red, stab,
-                                                 scale);
+      scales, per_cloud, reduction, loss, conn, red, stab, scale,
+      tsloss_terms_counter(workspace, B, N));
   return cudaGetLastError();
 }
 

@@ -1,7 +1,7 @@
 // CUDA kernels of the fused TSLoss ops: thin torch glue around kernels.h. The forward is the
 // distance kernel (whose epilogue leaves the per-cloud distance sums and the invalid-input flag),
-// the engine (launch_vr_persistence) and the terms with their reduction; the backward is two
-// kernels. Same results as the CPU op, on the current stream, workspaces from the caching
+// the engine (launch_vr_persistence) and the terms with their reduction, one kernel (its last
+// block reduces; the distance kernel clears its count); the backward is two kernels. Same results as the CPU op, on the current stream, workspaces from the caching
 // allocator, no host synchronisation: a cloud with a non-finite distance is not reported on the
 // host but gets NaN values and h1_count = -2 (INVALID_INPUT), as vr_persistence marks it.
 #include <ATen/cuda/CUDAContext.h>
@@ -116,7 +116,8 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* pd = dist.data_ptr<scalar_t>();
     check_cuda(tsl::cuda::launch_pairwise_distance_sum<scalar_t>(
-                   px, B, N, D, pd, static_cast<double*>(terms_ws.data_ptr()), stream),
+                   px, B, N, D, pd, static_cast<double*>(terms_ws.data_ptr()), stream,
+                   tsl::cuda::tsloss_terms_counter(terms_ws.data_ptr(), B, N)),
                "tsloss_forward (distances)");
     for (int64_t b0 = 0; b0 < B; b0 += chunk) {
       const int64_t nb = std::min(chunk, B - b0);

@@ -4,11 +4,12 @@
 // the host test a shim of them.
 //
 // CUDA kernels of the fused TSLoss ops: the terms of every cloud from its diagrams (one block per
-// cloud), their reduction over the batch, and the backward (the pair weights of every cloud,
-// then one pass over the pairs). The per-element arithmetic is core/tsloss_terms.h, the code
-// the CPU op runs. Sums run in fixed orders (block trees of fixed shape, no atomics), so results
-// do not change from run to run; nothing synchronises with the host, and the kernels keep no
-// state between calls (CUDA-graph capturable).
+// cloud) and their reduction over the batch by the block that finishes last, and the backward
+// (the pair weights of every cloud, then one pass over the pairs). The per-element arithmetic is
+// core/tsloss_terms.h, the code the CPU op runs. Sums run in fixed orders (block trees of fixed
+// shape; the batch in cloud order, whichever block does it; the one atomic only elects that
+// block), so results do not change from run to run; nothing synchronises with the host, and the
+// kernels keep no state between calls (CUDA-graph capturable).
 #pragma once
 
 #include <stdint.h>
@@ -35,6 +36,30 @@ __device__ inline double block_sum(double v, double* scratch) {
   return s;
 }
 
+// out[m] (m = loss, connectivity, redundancy, stability, scale) reduced over the B clouds'
+// per_cloud values in cloud order; with kReduceNone, B values each. Run by one block.
+template <typename T>
+__device__ void reduce_batch(const volatile double* per_cloud, int64_t B, int reduction, T* loss,
+                             T* conn, T* red, T* stab, T* scale) {
+  T* outs[5] = {loss, conn, red, stab, scale};
+  if (reduction == kReduceNone) {
+    for (int64_t e = threadIdx.x; e < 5 * B; e += blockDim.x)
+      outs[e / B][e % B] = (T)per_cloud[(e % B) * 5 + e / B];
+    return;
+  }
+  if (threadIdx.x >= 5) return;
+  double s = 0.0;
+  for (int64_t b = 0; b < B; ++b) s = __dadd_rn(s, per_cloud[b * 5 + threadIdx.x]);
+  outs[threadIdx.x][0] = (T)(reduction == kReduceMean ? s / (double)B : s);
+}
+
+// One block per cloud (B blocks): the cloud's terms into per_cloud, then, in the block that
+// finishes last, the batch's reduction (reduce_batch). A kernel of its own for the reduction
+// cost a launch, and TSLoss forward+backward has a budget of eight with torch's seed fill of the
+// backward among them. *done counts the finished blocks and must be 0 at launch
+// (launch_pairwise_distance_sum clears it). Each block's thread 0 writes its values, fences and
+// takes a ticket; the block with ticket B - 1 fences again and reads every cloud's values
+// (volatile: not from a stale cache line).
 template <typename T>
 __global__ void __launch_bounds__(kTermThreads)
     tsloss_terms_kernel(const T* __restrict__ x, int64_t N, int64_t D,
@@ -43,10 +68,11 @@ __global__ void __launch_bounds__(kTermThreads)
                         int64_t* __restrict__ h1_count, const T* __restrict__ prev_h0,
                         const T* __restrict__ prev_h1, TermOptions o, T* __restrict__ topo_h0,
                         T* __restrict__ topo_h1, T* __restrict__ scales,
-                        double* __restrict__ per_cloud) {
+                        double* __restrict__ per_cloud, int reduction, T* loss, T* conn, T* red,
+                        T* stab, T* scale, unsigned* done) {
   __shared__ double scratch[kTermThreads / 32];
   __shared__ T s_scale, s_raw;
-  __shared__ bool s_bad;
+  __shared__ bool s_bad, s_last;
   __shared__ int64_t s_rows;
   const int64_t b = blockIdx.x;
   const int64_t H0 = N > 0 ? N - 1 : 0;
@@ -100,43 +126,33 @@ __global__ void __launch_bounds__(kTermThreads)
   s0 = block_sum(s0, scratch);
   r = block_sum(r, scratch);
   s1 = block_sum(s1, scratch);
-  if (threadIdx.x != 0) return;
-  const double conn = H0 > 0 ? c / (double)H0 : 0.0;
-  const double red = r;
-  const double stab =
-      o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (s_rows > 0 ? s1 / (double)s_rows : 0.0)
-                 : 0.0;
-  scales[b] = s_raw;  // for the backward, which clamps it again
-  // A non-finite previous (the CPU raises, naming it): the stability term and the loss are NaN
-  // or Inf; marked on the device, as an invalid input is, since a host check would synchronise.
-  // The backward then gives the cloud no gradient, as any invalid cloud. Not for a NaN scale (a
-  // float64 distance sum past the range, raw_scale): every term is NaN there anyway, and the
-  // CPU keeps the cloud's count.
-  if (bad || (o.has_prev && !isfinite(stab) && isfinite((double)s)))
-    h1_count[b] = kInvalidInputCount;
-  double* v = per_cloud + b * 5;
-  v[0] = o.w_conn * conn + o.w_red * red + o.w_stab * stab;
-  v[1] = conn;
-  v[2] = red;
-  v[3] = stab;
-  v[4] = (double)s;
-}
-
-// out[m] (m = loss, connectivity, redundancy, stability, scale) reduced over the batch in order;
-// with kReduceNone, B values each. One block.
-template <typename T>
-__global__ void tsloss_reduce_kernel(const double* __restrict__ per_cloud, int64_t B,
-                                     int reduction, T* loss, T* conn, T* red, T* stab, T* scale) {
-  T* outs[5] = {loss, conn, red, stab, scale};
-  if (reduction == kReduceNone) {
-    for (int64_t e = threadIdx.x; e < 5 * B; e += blockDim.x)
-      outs[e / B][e % B] = (T)per_cloud[(e % B) * 5 + e / B];
-    return;
+  if (threadIdx.x == 0) {
+    const double t_conn = H0 > 0 ? c / (double)H0 : 0.0;
+    const double t_red = r;
+    const double t_stab =
+        o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (s_rows > 0 ? s1 / (double)s_rows : 0.0)
+                   : 0.0;
+    scales[b] = s_raw;  // for the backward, which clamps it again
+    // A non-finite previous (the CPU raises, naming it): the stability term and the loss are
+    // NaN or Inf; marked on the device, as an invalid input is, since a host check would
+    // synchronise. The backward then gives the cloud no gradient, as any invalid cloud. Not for
+    // a NaN scale (a float64 distance sum past the range, raw_scale): every term is NaN there
+    // anyway, and the CPU keeps the cloud's count.
+    if (bad || (o.has_prev && !isfinite(t_stab) && isfinite((double)s)))
+      h1_count[b] = kInvalidInputCount;
+    double* v = per_cloud + b * 5;
+    v[0] = o.w_conn * t_conn + o.w_red * t_red + o.w_stab * t_stab;
+    v[1] = t_conn;
+    v[2] = t_red;
+    v[3] = t_stab;
+    v[4] = (double)s;
+    __threadfence();
+    s_last = atomicAdd(done, 1u) == gridDim.x - 1;
   }
-  if (threadIdx.x >= 5) return;
-  double s = 0.0;
-  for (int64_t b = 0; b < B; ++b) s = __dadd_rn(s, per_cloud[b * 5 + threadIdx.x]);
-  outs[threadIdx.x][0] = (T)(reduction == kReduceMean ? s / (double)B : s);
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  reduce_batch<T>(per_cloud, (int64_t)gridDim.x, reduction, loss, conn, red, stab, scale);
 }
 
 // Per cloud: the weight of each reported edge (H0 rows, then H1 rows; the birth edge takes

@@ -12,7 +12,10 @@
 // partial mask.
 //
 // One block at a time, so `__shared__` is `static`: a kernel's shared arrays are shared by the
-// block's fibers and, as on the device, hold the previous block's values until written.
+// block's fibers and, as on the device, hold the previous block's values until written. Blocks
+// run in index order with seed 0 and in a seeded random order otherwise, since the device
+// promises none (a grid's last block to finish need not be its last index); atomicAdd and
+// __threadfence are then plain, as one block runs at a time.
 #pragma once
 
 #include <ucontext.h>
@@ -185,21 +188,28 @@ inline void run_block(unsigned threads, uint64_t seed, const std::function<void(
   }
 }
 
-// Every block of grid, in order, each with blockDim threads.
+// Every block of grid, each with blockDim threads: in index order (seed 0) or in a random order
+// drawn from the seed.
 inline void launch(dim3 grid, dim3 block_dim, uint64_t seed, const std::function<void()>& kernel) {
   gridDim = grid;
   blockDim = block_dim;
   const unsigned threads = block_dim.x * block_dim.y * block_dim.z;
   if (threads == 0 || threads > 1024 || threads % 32) refuse("blocks of whole warps, <= 1024");
+  std::vector<dim3> order;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        blockIdx = dim3(x, y, z);
-        run_block(threads, seed ? seed * 0x9E3779B97F4A7C15ull + (uint64_t(z) << 40) +
-                                      (uint64_t(y) << 20) + x
-                                : 0,
-                  kernel);
-      }
+      for (unsigned x = 0; x < grid.x; ++x) order.push_back(dim3(x, y, z));
+  if (seed) {
+    std::mt19937_64 rng(seed);
+    std::shuffle(order.begin(), order.end(), rng);
+  }
+  for (const dim3& at : order) {
+    blockIdx = at;
+    run_block(threads, seed ? seed * 0x9E3779B97F4A7C15ull + (uint64_t(at.z) << 40) +
+                                  (uint64_t(at.y) << 20) + at.x
+                            : 0,
+              kernel);
+  }
 }
 
 template <typename T>
@@ -236,6 +246,12 @@ T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
   const unsigned lane = cuda_host::block().fibers[cuda_host::block().current].tid & 31u;
   return cuda_host::exchange(mask, v, lane + delta < 32 ? lane + delta : lane);
 }
+inline unsigned atomicAdd(unsigned* address, unsigned v) {
+  const unsigned old = *address;
+  *address = old + v;
+  return old;
+}
+inline void __threadfence() {}
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }

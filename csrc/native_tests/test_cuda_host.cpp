@@ -5,8 +5,9 @@
 //   Gram sums with the canonical fallback, float64's canonical sums), its Gram sums bit for bit
 //   against a host sum in the kernel's stated order, its per-block partials, and its results
 //   unchanged by the order the fibers run in;
-// - the fused TSLoss kernels (csrc/cuda/tsloss_kernels.cuh): terms, reduction, edge weights and
-//   incidence lists, gradient, on the scalar engine's diagrams of the distance kernel's output.
+// - the fused TSLoss kernels (csrc/cuda/tsloss_kernels.cuh): terms, the batch's reduction by the
+//   last block to finish (blocks run in a seeded order), edge weights and incidence lists,
+//   gradient, on the scalar engine's diagrams of the distance kernel's output.
 // Run by ctest (not under the sanitizers: ASan does not follow swapcontext's stacks).
 //
 //   test_cuda_host
@@ -102,10 +103,10 @@ void check_block_sum() {
   }
 }
 
-// The kernel on B clouds of x (B, N, D); returns (out, partial).
+// The kernel on B clouds of x (B, N, D); returns (out, partial), and clears *zero_word if given.
 template <typename T>
 void run_kernel(const std::vector<T>& x, int64_t B, int64_t N, int64_t D, uint64_t seed,
-                std::vector<T>* out, std::vector<double>* partial) {
+                std::vector<T>* out, std::vector<double>* partial, unsigned* zero_word = nullptr) {
   const int64_t nt = (N + dk::kBlockRows - 1) / dk::kBlockRows, tiles = nt * (nt + 1) / 2;
   out->assign(B * N * N, T(-7));
   partial->assign(B * tiles, -7.0);
@@ -113,7 +114,7 @@ void run_kernel(const std::vector<T>& x, int64_t B, int64_t N, int64_t D, uint64
   double* p = partial->data();
   constexpr bool gram = sizeof(T) == 4;
   cuda_host::launch(dim3(unsigned(tiles), unsigned(B)), dim3(dk::kThreads), seed, [&] {
-    dk::pairwise_distance_kernel<T, gram>(x.data(), N, D, o, p, tiles);
+    dk::pairwise_distance_kernel<T, gram>(x.data(), N, D, o, p, tiles, zero_word);
   });
 }
 
@@ -281,7 +282,9 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
   if (c.dup) std::memcpy(&x[2 * D], &x[1 * D], D * sizeof(T));
   std::vector<T> dist;
   std::vector<double> partial;
-  run_kernel(x, B, N, D, seed, &dist, &partial);
+  unsigned done = 12345u;  // the terms kernel's completion count, cleared by the distances
+  run_kernel(x, B, N, D, seed, &dist, &partial, &done);
+  CHECK(done == 0u, "the distance kernel left the completion count at %u", done);
   const int64_t tiles = int64_t(partial.size()) / B;
 
   std::vector<T> h0(B * H0 * 2), h1(B * K * 2);
@@ -305,21 +308,20 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
   const T* p1 = c.has_prev ? prev1.data() : nullptr;
   const tsl::TermOptions o{c.normalize, c.target_mode, c.has_prev, 0.5, 2.0, 1.0, 0.7, 0.3};
 
-  // Forward.
+  // Forward: the terms and, by the block that finishes last (a random one under a seed: blocks
+  // run in a seeded order), the batch's reduction.
   std::vector<T> topo0(B * H0, T(-7)), topo1(B * K, T(-7)), scales(B, T(-7));
   std::vector<double> per_cloud(B * 5, -7.0);
   std::vector<int64_t> count_out = count;
+  const int R = c.reduction == tsl::kReduceNone ? int(B) : 1;
+  std::vector<T> outs(5 * R, T(-7));
   cuda_host::launch(dim3(unsigned(B)), dim3(tk::kTermThreads), seed, [&] {
     tk::tsloss_terms_kernel<T>(x.data(), N, D, partial.data(), tiles, h0.data(), h1.data(), K,
                                count_out.data(), p0, p1, o, topo0.data(), topo1.data(),
-                               scales.data(), per_cloud.data());
+                               scales.data(), per_cloud.data(), c.reduction, &outs[0], &outs[R],
+                               &outs[2 * R], &outs[3 * R], &outs[4 * R], &done);
   });
-  const int R = c.reduction == tsl::kReduceNone ? int(B) : 1;
-  std::vector<T> outs(5 * R, T(-7));
-  cuda_host::launch(dim3(1), dim3(256), seed, [&] {
-    tk::tsloss_reduce_kernel<T>(per_cloud.data(), B, c.reduction, &outs[0], &outs[R],
-                                &outs[2 * R], &outs[3 * R], &outs[4 * R]);
-  });
+  CHECK(done == unsigned(B), "%u of %lld blocks counted themselves done", done, (long long)B);
   int bad = 0;
   auto close = [](double got, double want, double tol) {
     if (!std::isfinite(want)) return same_bits(got, want) || (got != got && want != want);
@@ -489,6 +491,11 @@ int main() {
   check_tsloss<double>({3, 30, 40, 64, true, true, true, tsl::kReduceSum, true, true, true}, 22);
   check_tsloss<double>({2, 13, 5, 32, true, false, false, tsl::kReduceNone, false, false, false}, 23);
   check_tsloss<float>({2, 130, 33, 256, true, true, false, tsl::kReduceNone, true, true, true}, 24);
+  // More blocks than the reduction's five threads, in index order (seed 0) and shuffled.
+  for (uint64_t seed : {0, 25, 26})
+    check_tsloss<double>({9, 12, 6, 32, false, true, false, seed == 26 ? tsl::kReduceNone
+                                                                         : tsl::kReduceMean,
+                          false, false, false}, seed);
   std::printf("%llu fiber switches\n", (unsigned long long)cuda_host::block().switches);
   return tsl_test::finish_checks("cuda_host");
 }
