@@ -1,9 +1,10 @@
 // CUDA kernels of the fused TSLoss ops: thin torch glue around kernels.h. The forward is the
 // distance kernel (whose epilogue leaves the per-cloud distance sums and the invalid-input flag),
 // the engine (launch_vr_persistence) and the terms with their reduction, one kernel (its last
-// block reduces; the distance kernel clears its count); the backward is two kernels. Same results as the CPU op, on the current stream, workspaces from the caching
-// allocator, no host synchronisation: a cloud with a non-finite distance is not reported on the
-// host but gets NaN values and h1_count = -2 (INVALID_INPUT), as vr_persistence marks it.
+// block reduces; the distance kernel clears its count); the backward is two kernels. Same results
+// as the CPU op, on the current stream, workspaces from the caching allocator, no host
+// synchronisation: a cloud with a non-finite distance is not reported on the host but gets NaN
+// values and h1_count = -2 (INVALID_INPUT), as vr_persistence marks it.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

@@ -491,11 +491,14 @@ int main() {
   check_tsloss<double>({3, 30, 40, 64, true, true, true, tsl::kReduceSum, true, true, true}, 22);
   check_tsloss<double>({2, 13, 5, 32, true, false, false, tsl::kReduceNone, false, false, false}, 23);
   check_tsloss<float>({2, 130, 33, 256, true, true, false, tsl::kReduceNone, true, true, true}, 24);
-  // More blocks than the reduction's five threads, in index order (seed 0) and shuffled.
+  // More blocks than the reduction's five threads, in index order (seed 0), reversed (25) and
+  // shuffled (26); and 5 B values past the block's 256 threads (reduction none, reversed).
   for (uint64_t seed : {0, 25, 26})
     check_tsloss<double>({9, 12, 6, 32, false, true, false, seed == 26 ? tsl::kReduceNone
                                                                          : tsl::kReduceMean,
                           false, false, false}, seed);
+  check_tsloss<float>({60, 5, 3, 8, false, true, false, tsl::kReduceNone, false, false, false},
+                      29);
   std::printf("%llu fiber switches\n", (unsigned long long)cuda_host::block().switches);
   return tsl_test::finish_checks("cuda_host");
 }
