@@ -7,15 +7,15 @@
 // difference form (the Gram form rowsum(W) x_i - (W x)_i cancels for close points, where
 // W_ij ~ 1/d_ij is largest). Each unordered pair is visited once and its term
 // t = W_ij (x_i - x_j) goes to both rows: four operations per pair and coordinate (subtract,
-// multiply, add, subtract; the first subtract on the FMA units where the build has them),
-// two per ordered pair, where a row-by-row form spends three (it ran
+// multiply, add, subtract; where the build has FMA, the multiply and one of the other three run
+// on the FMA units: FmaOps), two per ordered pair, where a row-by-row form spends three (it ran
 // 1.4-3.0x off the FMA limit in build/kernel_rates; the pair tiles 0.9-1.4x at 128 points or
 // more, 1.3-2.0x below, where they stream memory: benchmarks/README.md). Work is cut by
 // coordinate chunks: the chunk of every row and of its gradient stay in L1/L2 while all 4 x 4
 // tiles of row blocks run over it, and chunks are independent, so several threads can share one
 // cloud without write conflicts. Tiles whose sixteen weights are all zero are skipped (sparse
 // upstream gradients; normalize="none": only the bars' edges weigh). Sums run in a fixed order
-// (nothing fused: an FMA by one rounds as the subtract does): the result does not depend on the
+// (nothing fused: an FMA by one rounds as the add or subtract does): the result does not depend on the
 // build, the thread count or the batch.
 #pragma once
 
@@ -58,11 +58,19 @@ __attribute__((always_inline)) inline bool tile_weights(const A* block, int64_t 
 // coordinates zero) under W (n4 x n4, read below the diagonal; zero for padding rows). Rows of
 // xs and gs are S apart. C is a multiple of 16. pf: the next chunk's lines, a few per tile.
 //
-// Each term's subtract runs on the FMA units when OnFma (subtract<true>: the subtract's own bits):
-// per pair and vector the multiply and the subtract then take the FMA units and the two adds into
-// the gradients the adders, where all three adds and subtracts queued on the adders before. On
-// Zen 4 the adders are separate units, so that was the backward's bound.
-template <typename A, int Bytes, bool OnFma>
+// Which of a tile's operations run on the FMA units as FMAs by one (subtract, add_into,
+// subtract_from: each the plain operation's bits). Per pair and vector a tile does a subtract, a
+// multiply and two adds; where the adders are units of their own (AMD Zen), the multiply alone
+// leaves the FMA units half idle.
+//   - subtracts: each term's subtract, so the FMA units take two operations and the adders two.
+//     Each costs a register copy (an FMA overwrites an operand and u[a] lives on).
+//   - column_sums: the adds of the column sums into gb instead, into operands that die there: the
+//     same balance with no copy. AVX-512 (Zen 5, float32 tiles): 1.02-1.09x faster than
+//     subtracts at 128-256 points, within noise below (benchmarks/README.md); the AVX2 build,
+//     with half the registers, ran 0.87x as fast that way, so it keeps subtracts.
+enum class FmaOps { none, subtracts, column_sums };
+
+template <typename A, int Bytes, FmaOps Fma>
 __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, const A* W,
                                                                 int64_t n4, int64_t C, int64_t S,
                                                                 A* gs, RowPrefetch& pf) {
@@ -94,11 +102,18 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
         VD t[4][4];
         TSL_UNROLL for (int a = 0; a < 4; ++a)
           TSL_UNROLL for (int b = 0; b < 4; ++b) {
-            subtract<OnFma>(t[a][b], u[a], v[b]);
+            subtract<Fma == FmaOps::subtracts>(t[a][b], u[a], v[b]);
             t[a][b] *= w[a][b] - VD{};  // a broadcast (w - 0 is w)
           }
         TSL_UNROLL for (int a = 0; a < 4; ++a) ga[a] += (t[a][0] + t[a][1]) + (t[a][2] + t[a][3]);
-        TSL_UNROLL for (int b = 0; b < 4; ++b) gb[b] -= (t[0][b] + t[1][b]) + (t[2][b] + t[3][b]);
+        // gb[b] -= (t[0][b] + t[1][b]) + (t[2][b] + t[3][b]), the terms' second use, in place.
+        constexpr bool adds = Fma == FmaOps::column_sums;
+        TSL_UNROLL for (int b = 0; b < 4; ++b) {
+          add_into<adds>(t[0][b], t[1][b]);
+          add_into<adds>(t[2][b], t[3][b]);
+          add_into<adds>(t[0][b], t[2][b]);
+          subtract_from<adds>(gb[b], t[0][b]);
+        }
         TSL_UNROLL for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &ga[a], sizeof(VD));
         TSL_UNROLL for (int b = 0; b < 4; ++b) memcpy(gj + b * S + s * L, &gb[b], sizeof(VD));
       }
@@ -120,7 +135,7 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
       }
       TSL_UNROLL for (int p = 0; p < 6; ++p) {
         VD t;
-        subtract<OnFma>(t, u[ia[p]], u[ib[p]]);
+        subtract<Fma != FmaOps::none>(t, u[ia[p]], u[ib[p]]);
         t *= VD{} + w[p];
         g[ia[p]] += t;
         g[ib[p]] -= t;
@@ -134,20 +149,20 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
 template <typename A>
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void pair_grad_chunk_v4(
     const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs, RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 64, true>(xs, W, n4, C, S, gs, pf);
+  pair_grad_chunk_body<A, 64, FmaOps::column_sums>(xs, W, n4, C, S, gs, pf);
 }
 template <typename A>
 __attribute__((target("avx2,fma"))) void pair_grad_chunk_v3(const A* xs, const A* W, int64_t n4,
                                                            int64_t C, int64_t S, A* gs,
                                                            RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 32, true>(xs, W, n4, C, S, gs, pf);
+  pair_grad_chunk_body<A, 32, FmaOps::subtracts>(xs, W, n4, C, S, gs, pf);
 }
 #endif
 
 template <typename A>
 void pair_grad_chunk_base(const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs,
                           RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 16, false>(xs, W, n4, C, S, gs, pf);
+  pair_grad_chunk_body<A, 16, FmaOps::none>(xs, W, n4, C, S, gs, pf);
 }
 
 template <typename T>

@@ -116,6 +116,36 @@ __attribute__((always_inline)) inline void subtract(V& t, const V& u, const V& w
   }
 }
 
+// a += b and a -= b, rounded once as the add and the subtract round them, computed as b * 1 + a
+// and -(b * 1) + a by an FMA instruction where OnFma (the product is exact, so the one rounding
+// is the add's). An FMA overwrites one of its operands: a is the one, so only sums whose left
+// operand dies there (an accumulator, a partial sum) belong here; the copy that a live operand
+// would need costs an instruction of its own. Why: see subtract.
+template <bool OnFma, typename V>
+__attribute__((always_inline)) inline void add_into(V& a, const V& b) {
+  if constexpr (OnFma) {
+    const V one = V{} + 1;
+    if constexpr (sizeof(a[0]) == 8)
+      asm("vfmadd231pd %1, %2, %0" : "+v"(a) : "vm"(b), "v"(one));
+    else
+      asm("vfmadd231ps %1, %2, %0" : "+v"(a) : "vm"(b), "v"(one));
+  } else {
+    a += b;
+  }
+}
+template <bool OnFma, typename V>
+__attribute__((always_inline)) inline void subtract_from(V& a, const V& b) {
+  if constexpr (OnFma) {
+    const V one = V{} + 1;
+    if constexpr (sizeof(a[0]) == 8)
+      asm("vfnmadd231pd %1, %2, %0" : "+v"(a) : "vm"(b), "v"(one));
+    else
+      asm("vfnmadd231ps %1, %2, %0" : "+v"(a) : "vm"(b), "v"(one));
+  } else {
+    a -= b;
+  }
+}
+
 // Keeps a loaded tile operand in a register. Left alone, GCC folds every use of an operand into
 // its arithmetic as a memory operand, so the AVX2 build's 2 x 4 tile issued 10 loads per
 // iteration instead of 6; on the Sapphire Rapids Xeon that loop ran at 9.7 G pair-coordinates/s
