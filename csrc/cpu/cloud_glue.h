@@ -261,6 +261,53 @@ int fill_pair_weights(int64_t n, int64_t n4, T* W, const Pair& pair) {
   return k;
 }
 
+// An addend of one pair's numerator: g added to pair {i, j}, j < i, at pair = i * n4 + j.
+struct PairTerm {
+  int64_t pair;
+  double g;
+};
+
+// fill_pair_weights for numerators w_ij = w + the terms of pair {i, j} in the order given (as a
+// double matrix of w with each term added in turn would hold them), distances d (n x n, T):
+// the same weights, bits and scale k. Most pairs have no term (TSLoss: the dense scale weight on
+// every pair, the bars' weights on ~3n edges), so their quotients run as vectors
+// (cpu::uniform_weight_rows) and the few with terms are redone one by one. The bound on the
+// largest quotient that the vector pass gives (edge pairs counted with w alone too) is exact
+// enough to keep the scale at zero when it lies well inside the safe range, and an edge pair
+// within it shows that the largest is not below it; otherwise (extreme scales, no edge) the
+// scalar fill_pair_weights decides, over a matrix of the numerators. terms: reordered.
+template <typename T>
+int fill_uniform_pair_weights(int64_t n, int64_t n4, T* W, double w, const T* d,
+                              std::vector<PairTerm>& terms) {
+  constexpr int kSafe = sizeof(T) == 4 ? 60 : 500;
+  const double safe = std::ldexp(1.0, kSafe);
+  const double top = cpu::uniform_weight_rows(n, n4, d, w, W);
+  std::stable_sort(terms.begin(), terms.end(),
+                   [](const PairTerm& a, const PairTerm& b) { return a.pair < b.pair; });
+  double top_terms = 0.0;
+  int64_t groups = 0;
+  for (size_t t = 0; t < terms.size();) {
+    const int64_t p = terms[t].pair;
+    double sum = w;
+    for (; t < terms.size() && terms[t].pair == p; ++t) sum += terms[t].g;
+    terms[groups++] = PairTerm{p, sum};  // each group's numerator, in pair order
+    const double dp = static_cast<double>(d[(p / n4) * n + p % n4]);
+    if (!(dp > 0.0)) continue;
+    const double q = sum / dp, a = std::fabs(q);
+    W[p] = static_cast<T>(q);
+    top_terms = a > top_terms ? a : top_terms;
+  }
+  terms.resize(groups);
+  if (top <= safe && top_terms <= safe && top_terms >= 1.0 / safe) return 0;
+  return fill_pair_weights(n, n4, W, [&](int64_t i, int64_t j) {
+    const int64_t p = i * n4 + j;
+    const auto at = std::lower_bound(terms.begin(), terms.end(), p,
+                                     [](const PairTerm& a, int64_t v) { return a.pair < v; });
+    const double num = at != terms.end() && at->pair == p ? at->g : w;
+    return PairValue{num, static_cast<double>(d[i * n + j])};
+  });
+}
+
 // The gradient on the points of a function of the distances, for every cloud of x (B, N, D):
 // gx_i = sum_j W_ij (x_i - x_j), W symmetric, by the pair tiles (cpu/distance_grad_tiles.h, one
 // visit per unordered pair). weights(b, W) writes cloud b's W_ij below the diagonal

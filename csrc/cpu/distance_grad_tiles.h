@@ -19,6 +19,7 @@
 // build, the thread count or the batch.
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -211,6 +212,71 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
   for (int64_t v = 0; v < n4 * C; ++v) gs[v] = T(0);
   pair_grad_dispatch<T>(xs, W, n4, C, C, gs, pf);
   for (int64_t r = 0; r < n; ++r) memcpy(gx + r * dim + k0, gs + r * C, sizeof(T) * kc);
+}
+
+// Rows i = 1 .. n - 1 of the pair weights of a uniform numerator: W[i * n4 + j] = T(w / d_ij)
+// for j < i where d_ij > 0 (d: n x n, T), +0 where not (W's zero there, as glue::pair_gradients
+// hands it); returns the largest |w / d_ij| over the pairs with d_ij > 0. The quotient is taken in double and rounded to T once, as glue::fill_pair_weights takes
+// it (a vector division rounds as the scalar one), so the same bits; the maximum keeps its
+// "a > top ? a : top" (a NaN quotient leaves it). TSLoss's dense weight over all pairs: one
+// scalar division per pair took a third of its backward at (256, 16, 4).
+template <typename T, int Bytes>
+__attribute__((always_inline)) inline double uniform_weight_rows_body(int64_t n, int64_t n4,
+                                                                      const T* d, double w,
+                                                                      T* W) {
+  using VD = typename Vec<double, Bytes>::type;
+  using VT = typename Vec<T, Bytes * int(sizeof(T)) / 8>::type;
+  constexpr int L = Vec<double, Bytes>::lanes;
+  VD top = VD{};
+  double top1 = 0.0;
+  const VD wv = VD{} + w, zero = VD{};
+  for (int64_t i = 1; i < n; ++i) {
+    const T* di = d + i * n;
+    T* Wi = W + i * n4;
+    int64_t j = 0;
+    for (; j + L <= i; j += L) {
+      VT dt;
+      load(dt, di + j);
+      const VD dv = __builtin_convertvector(dt, VD);
+      const auto pos = dv > zero;
+      const VD q = pos ? wv / dv : zero;
+      const VT qt = __builtin_convertvector(q, VT);
+      store(Wi + j, qt);
+      const VD a = pos ? (q < zero ? -q : q) : zero;
+      top = a > top ? a : top;
+    }
+    for (; j < i; ++j) {
+      const double dj = static_cast<double>(di[j]);
+      if (!(dj > 0.0)) continue;
+      const double q = w / dj, a = std::fabs(q);
+      Wi[j] = static_cast<T>(q);
+      top1 = a > top1 ? a : top1;
+    }
+  }
+  for (int l = 0; l < L; ++l) top1 = top[l] > top1 ? top[l] : top1;
+  return top1;
+}
+
+#ifdef TSL_X86_LEVELS
+template <typename T>
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) double uniform_weight_rows_v4(
+    int64_t n, int64_t n4, const T* d, double w, T* W) {
+  return uniform_weight_rows_body<T, 64>(n, n4, d, w, W);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) double uniform_weight_rows_v3(int64_t n, int64_t n4,
+                                                                  const T* d, double w, T* W) {
+  return uniform_weight_rows_body<T, 32>(n, n4, d, w, W);
+}
+#endif
+
+template <typename T>
+double uniform_weight_rows(int64_t n, int64_t n4, const T* d, double w, T* W) {
+#ifdef TSL_X86_LEVELS
+  if (x86_level() == 4) return uniform_weight_rows_v4<T>(n, n4, d, w, W);
+  if (x86_level() == 3) return uniform_weight_rows_v3<T>(n, n4, d, w, W);
+#endif
+  return uniform_weight_rows_body<T, 16>(n, n4, d, w, W);
 }
 
 }  // namespace cpu

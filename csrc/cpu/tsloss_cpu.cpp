@@ -243,17 +243,16 @@ at::Tensor tsloss_backward_cpu(
     const scalar_t* pd = dist.data_ptr<scalar_t>();
     const int64_t* pe0 = e0.data_ptr<int64_t>();
     const int64_t* pe1 = e1.data_ptr<int64_t>();
-    // The weights summed in double, then divided by the distance and rounded once.
+    // The weights summed in double (the dense weight, then each edge's in order), then divided
+    // by the distance and rounded once.
     glue::pair_gradients<scalar_t>(x.data_ptr<scalar_t>(), B, N, D, out.data_ptr<scalar_t>(),
                                    [&](int64_t b, scalar_t* W) {
-      thread_local std::vector<double> wd;
-      wd.assign(n4 * n4, 0.0);
-      for (int64_t i = 1; i < N; ++i)
-        for (int64_t j = 0; j < i; ++j) wd[i * n4 + j] = dense[b];
+      thread_local std::vector<glue::PairTerm> terms;
+      terms.clear();
       const double* ew = edge_w.data() + b * E;
       auto add = [&](int64_t u, int64_t v, double g) {
         if (u < 0 || v < 0 || u == v) return;
-        wd[std::max(u, v) * n4 + std::min(u, v)] += g;
+        terms.push_back(glue::PairTerm{std::max(u, v) * n4 + std::min(u, v), g});
       };
       for (int64_t r = 0; r < H0; ++r) add(pe0[(b * H0 + r) * 2], pe0[(b * H0 + r) * 2 + 1], ew[r]);
       for (int64_t q = 0; q < K; ++q) {
@@ -261,13 +260,7 @@ at::Tensor tsloss_backward_cpu(
         add(e[0], e[1], -ew[H0 + q]);
         add(e[2], e[3], ew[H0 + q]);
       }
-      const scalar_t* db = pd + b * N * N;
-      const int k = glue::fill_pair_weights(N, n4, W, [&](int64_t i, int64_t j) {
-        return glue::PairValue{wd[i * n4 + j], static_cast<double>(db[i * N + j])};
-      });
-      // Kept for the next call, unless an unusually large cloud grew it.
-      if (int64_t(wd.size()) > glue::kKeepEntries) std::vector<double>().swap(wd);
-      return k;
+      return glue::fill_uniform_pair_weights(N, n4, W, dense[b], pd + b * N * N, terms);
     });
   });
   return out;
