@@ -261,10 +261,13 @@ int fill_pair_weights(int64_t n, int64_t n4, T* W, const Pair& pair) {
   return k;
 }
 
-// An addend of one pair's numerator: g added to pair {i, j}, j < i, at pair = i * n4 + j.
+// An addend of one pair's numerator: g added to (or, where minus, subtracted from) pair {i, j},
+// j < i, at pair = i * n4 + j. A subtraction rather than the add of -g, as the numerators' old
+// matrix compiled it: the two differ in the sign of a NaN g's result.
 struct PairTerm {
   int64_t pair;
   double g;
+  bool minus;
 };
 
 // fill_pair_weights for numerators w_ij = w + the terms of pair {i, j} in the order given (as a
@@ -289,8 +292,9 @@ int fill_uniform_pair_weights(int64_t n, int64_t n4, T* W, double w, const T* d,
   for (size_t t = 0; t < terms.size();) {
     const int64_t p = terms[t].pair;
     double sum = w;
-    for (; t < terms.size() && terms[t].pair == p; ++t) sum += terms[t].g;
-    terms[groups++] = PairTerm{p, sum};  // each group's numerator, in pair order
+    for (; t < terms.size() && terms[t].pair == p; ++t)
+      sum = terms[t].minus ? sum - terms[t].g : sum + terms[t].g;
+    terms[groups++] = PairTerm{p, sum, false};  // each group's numerator, in pair order
     const double dp = static_cast<double>(d[(p / n4) * n + p % n4]);
     if (!(dp > 0.0)) continue;
     const double q = sum / dp, a = std::fabs(q);

@@ -15,8 +15,9 @@
 // tiles of row blocks run over it, and chunks are independent, so several threads can share one
 // cloud without write conflicts. Tiles whose sixteen weights are all zero are skipped (sparse
 // upstream gradients; normalize="none": only the bars' edges weigh). Sums run in a fixed order
-// (nothing fused: an FMA by one rounds as the add or subtract does): the result does not depend on the
-// build, the thread count or the batch.
+// (nothing fused: an FMA by one rounds as the add or subtract does): the result does not depend
+// on the build, the thread count or the batch. NaN results excepted in their sign and payload:
+// when both operands are NaN, a subtract passes on its first and an FMA its multiplied one's.
 #pragma once
 
 #include <math.h>
@@ -229,7 +230,7 @@ __attribute__((always_inline)) inline double uniform_weight_rows_body(int64_t n,
   constexpr int L = Vec<double, Bytes>::lanes;
   VD top = VD{};
   double top1 = 0.0;
-  const VD wv = VD{} + w, zero = VD{};
+  const VD wv = w - VD{}, zero = VD{};  // a broadcast that keeps -0 (w - 0 is w; -0 + 0 is +0)
   for (int64_t i = 1; i < n; ++i) {
     const T* di = d + i * n;
     T* Wi = W + i * n4;

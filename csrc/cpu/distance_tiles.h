@@ -803,7 +803,7 @@ inline bool certify_float_distances(int64_t n, int64_t dim) {
 // each coordinate's sum in row order as there: the same bits in every build. Per coordinate it
 // ran 1.4x slower at (32, 2048), one thread (build/kernel_rates); row by row into a double array
 // (a load, an add and a store per coordinate and row, two lanes) it took 14 % of the certified
-// route at (32, 2048, 64) with AVX-512, 4.1 us a cloud.
+// route at (32, 2048, 64) with AVX-512, 3.9-4.1 us a cloud (now 3.0).
 template <int Bytes>
 __attribute__((always_inline)) inline void certify_centre_body(const float* x, int64_t n,
                                                                int64_t dim, float* centre) {

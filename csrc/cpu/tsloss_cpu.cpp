@@ -250,15 +250,16 @@ at::Tensor tsloss_backward_cpu(
       thread_local std::vector<glue::PairTerm> terms;
       terms.clear();
       const double* ew = edge_w.data() + b * E;
-      auto add = [&](int64_t u, int64_t v, double g) {
+      auto add = [&](int64_t u, int64_t v, double g, bool minus) {
         if (u < 0 || v < 0 || u == v) return;
-        terms.push_back(glue::PairTerm{std::max(u, v) * n4 + std::min(u, v), g});
+        terms.push_back(glue::PairTerm{std::max(u, v) * n4 + std::min(u, v), g, minus});
       };
-      for (int64_t r = 0; r < H0; ++r) add(pe0[(b * H0 + r) * 2], pe0[(b * H0 + r) * 2 + 1], ew[r]);
+      for (int64_t r = 0; r < H0; ++r)
+        add(pe0[(b * H0 + r) * 2], pe0[(b * H0 + r) * 2 + 1], ew[r], false);
       for (int64_t q = 0; q < K; ++q) {
         const int64_t* e = pe1 + (b * K + q) * 4;
-        add(e[0], e[1], -ew[H0 + q]);
-        add(e[2], e[3], ew[H0 + q]);
+        add(e[0], e[1], ew[H0 + q], true);  // the birth edge's weight counts negatively
+        add(e[2], e[3], ew[H0 + q], false);
       }
       return glue::fill_uniform_pair_weights(N, n4, W, dense[b], pd + b * N * N, terms);
     });

@@ -402,6 +402,49 @@ void pair_grad_reference(const T* x, int64_t n, int64_t dim, const T* W, int64_t
   }
 }
 
+// TSLoss's dense pair weights (cpu::uniform_weight_rows) in every build against the scalar
+// quotient glue::fill_pair_weights takes, T(w / d) for d > 0, W left alone elsewhere, bit for bit
+// (zero signs and NaNs included), and their largest |w / d|: distances zero, negative, NaN,
+// infinite, subnormal and ordinary, numerators of both signs, zeros of both signs, NaN, huge and
+// tiny, at sizes that leave a row's tail to the scalar loop.
+template <typename T>
+void test_uniform_weight_rows() {
+  std::mt19937 rng(29);
+  std::uniform_real_distribution<double> uniform(0.1, 10.0);
+  const double ws[] = {1.0, -2.5, 0.0, -0.0, 1e300, -1e-300, 3.7e-5, double(NAN)};
+  for (int level : {0, 3, 4}) {
+    if (!tsl::set_x86_cap(level)) continue;
+    for (int64_t n : {1, 2, 5, 9, 17, 40}) {
+      for (double w : ws) {
+        const int64_t n4 = (n + 3) / 4 * 4;
+        std::vector<T> d(n * n), W(n4 * n4, T(0)), ref(n4 * n4, T(0));
+        for (T& v : d) {
+          const int r = int(rng() % 20);
+          v = r == 0 ? T(0) : r == 1 ? T(-0.0) : r == 2 ? T(NAN) : r == 3 ? T(INFINITY)
+            : r == 4 ? T(-1) : r == 5 ? std::numeric_limits<T>::denorm_min() : T(uniform(rng));
+        }
+        double top_ref = 0.0;
+        for (int64_t i = 1; i < n; ++i)
+          for (int64_t j = 0; j < i; ++j) {
+            const double dj = static_cast<double>(d[i * n + j]);
+            if (!(dj > 0.0)) continue;
+            const double q = w / dj, a = std::fabs(q);
+            ref[i * n4 + j] = static_cast<T>(q);
+            top_ref = a > top_ref ? a : top_ref;
+          }
+        const double top = tsloss::cpu::uniform_weight_rows<T>(n, n4, d.data(), w, W.data());
+        CHECK(memcmp(&top, &top_ref, sizeof top) == 0, "uniform weights' top, level %d n=%lld "
+              "w=%g: %.17g vs %.17g", level, (long long)n, w, top, top_ref);
+        for (int64_t e = 0; e < n4 * n4; ++e)
+          CHECK(memcmp(&W[e], &ref[e], sizeof(T)) == 0, "uniform weights, level %d n=%lld w=%g, "
+                "entry %lld: %.17g vs %.17g", level, (long long)n, w, (long long)e, double(W[e]),
+                double(ref[e]));
+      }
+    }
+  }
+  tsl::set_x86_cap(-1);
+}
+
 // The distance backward's tiles (pairwise_distance, TSLoss) in every build, in place and through scratch, at the op's chunk
 // width and at the narrowest, each chunk prefetching the next (the next cloud's first at a
 // cloud's end), against the scalar order bit for bit, zero signs included. Some clouds weigh
@@ -1228,6 +1271,7 @@ void run_all() {
   test_device_heap_compaction<T>();
   test_distance_tiles<T>();
   test_pair_grad<T>();
+  test_uniform_weight_rows<T>();
   test_square<T>();
   test_hexagon<T>();
   test_duplicates<T>();
