@@ -217,10 +217,11 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
 
 // Rows i = 1 .. n - 1 of the pair weights of a uniform numerator: W[i * n4 + j] = T(w / d_ij)
 // for j < i where d_ij > 0 (d: n x n, T), +0 where not (W's zero there, as glue::pair_gradients
-// hands it); returns the largest |w / d_ij| over the pairs with d_ij > 0. The quotient is taken in double and rounded to T once, as glue::fill_pair_weights takes
-// it (a vector division rounds as the scalar one), so the same bits; the maximum keeps its
-// "a > top ? a : top" (a NaN quotient leaves it). TSLoss's dense weight over all pairs: one
-// scalar division per pair took a third of its backward at (256, 16, 4).
+// hands it); returns the largest |w / d_ij| over the pairs with d_ij > 0. The quotient is taken
+// in double and rounded to T once, as glue::fill_pair_weights takes it (a vector division rounds
+// as the scalar one), so the same bits; the maximum keeps its "a > top ? a : top" (a NaN quotient
+// leaves it). TSLoss's dense weight over all pairs: one scalar division per pair took a third of
+// its backward at (256, 16, 4).
 template <typename T, int Bytes>
 __attribute__((always_inline)) inline double uniform_weight_rows_body(int64_t n, int64_t n4,
                                                                       const T* d, double w,
