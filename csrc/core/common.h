@@ -19,6 +19,16 @@
 #define TSL_HD_COLD inline
 #endif
 
+// A loop over a compile-time count, unrolled: on the device an array indexed by its counter
+// then stays in registers (a run-time index would put it in local memory).
+#if defined(__CUDACC__) || defined(__clang__)
+#define TSL_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define TSL_UNROLL _Pragma("GCC unroll 16")
+#else
+#define TSL_UNROLL
+#endif
+
 namespace tsl {
 
 using index_t = int64_t;

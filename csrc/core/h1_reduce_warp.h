@@ -31,6 +31,8 @@
 // and the native tests compare the two on every cloud they run.
 #pragma once
 
+#include <type_traits>
+
 #include "apparent_pairs.h"
 #include "h1_reduce.h"
 #include "topology_block.h"
@@ -84,47 +86,102 @@ struct WarpReduceMemory {
 
 namespace warp_reduce_detail {
 
-// Earliest cofacet of {i > j} (length de) up to the threshold, as earliest_cofacet, by the warp:
-// third vertices k = lane (mod 32), rows i and j read at k (coalesced). Both reads of a k are
-// tested with `&`, not `&&`: short-circuited, the PTX issued the second load only after the
-// first had come back and been compared.
+// Rounds of 32 third vertices whose distances the warp reads before it tests the first. Round
+// by round, each round's two reads waited on the device for the previous round's test: one
+// memory trip per 32 third vertices, from DRAM at (256, 768, 1024), where a cloud's 256 KB of
+// distances leave the caches. A group of R rounds is one trip; R is a template parameter (a
+// run-time count of rounds made ptxas spill 10x more), chosen from N by with_rounds so that small
+// clouds read no rounds past their last vertex. Reads past it are clamped to it, never used.
+constexpr int kMostRounds = 8;
+
+// f(std::integral_constant<int, R>{}) with R = 1, 2, 4 or 8, the fewest rounds that cover n
+// vertices (8 above 256: groups of 8 rounds).
+template <class F>
+TSL_HD auto with_rounds(index_t n, F&& f) {
+  if (n <= warp::kLanes) return f(std::integral_constant<int, 1>{});
+  if (n <= 2 * warp::kLanes) return f(std::integral_constant<int, 2>{});
+  if (n <= 4 * warp::kLanes) return f(std::integral_constant<int, 4>{});
+  return f(std::integral_constant<int, kMostRounds>{});
+}
+
+// The highest third vertex k of the edge {i > j} whose far sides are both within `limit`, as
+// cofacet_index(i, j, k), or -1: k = lane (mod 32), rows i and j read at k (coalesced), from
+// the top, so the first block with a hit gives its highest bit. Both reads of a k are tested
+// with `&`, not `&&`: short-circuited, the PTX issued the second load only after the first had
+// come back and been compared.
+template <int R, class W, typename T>
+TSL_HD index_t highest_within(W& w, const DistanceMatrix<T>& d, index_t i, index_t j, T limit) {
+  for (index_t top = d.n; top > 0; top -= R * warp::kLanes) {
+    typename W::template Var<bool> ok[R];
+    w.each([&](int lane) {
+      T fi[R], fj[R];
+      TSL_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const index_t k = top - warp::kLanes * (r + 1) + lane;
+        fi[r] = d(i, k >= 0 ? k : 0);
+        fj[r] = d(j, k >= 0 ? k : 0);
+      }
+      TSL_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const index_t k = top - warp::kLanes * (r + 1) + lane;
+        ok[r][lane] = k >= 0 && k != i && k != j && ((fi[r] <= limit) & (fj[r] <= limit));
+      }
+    });
+    TSL_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const uint32_t m = w.ballot(ok[r]);
+      if (m) return cofacet_index(i, j, top - warp::kLanes * (r + 1) + highest_bit(m));
+    }
+  }
+  return -1;
+}
+
+// Each lane's least far side max(d(i, k), d(j, k)) over its third vertices k = lane (mod 32),
+// in rising k as before (the same comparisons in the same order).
+template <int R, class W, typename T>
+TSL_HD void least_far_side(W& w, const DistanceMatrix<T>& d, index_t i, index_t j,
+                           typename W::template Var<T>& least) {
+  const index_t n = d.n;
+  w.each([&](int lane) {
+    T b = T(INFINITY);
+    for (index_t k0 = 0; k0 < n; k0 += R * warp::kLanes) {
+      T fi[R], fj[R];
+      TSL_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const index_t k = k0 + warp::kLanes * r + lane;
+        fi[r] = d(i, k < n ? k : n - 1);
+        fj[r] = d(j, k < n ? k : n - 1);
+      }
+      TSL_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const index_t k = k0 + warp::kLanes * r + lane;
+        if (k >= n || k == i || k == j) continue;
+        const T a = fi[r] > fj[r] ? fi[r] : fj[r];
+        b = a < b ? a : b;
+      }
+    }
+    least[lane] = b;
+  });
+}
+
+// Earliest cofacet of {i > j} (length de) up to the threshold, as earliest_cofacet, by the warp.
 template <class W, typename T>
 TSL_HD Entry<T> earliest_cofacet(W& w, const DistanceMatrix<T>& d, index_t i, index_t j, T de,
                                  T threshold) {
   if (de > threshold) return Entry<T>{T(0), -1};
-  const index_t n = d.n;
-  for (index_t top = n; top > 0; top -= warp::kLanes) {
-    typename W::template Var<bool> ok;
-    w.each([&](int lane) {
-      const index_t k = top - warp::kLanes + lane;
-      ok[lane] = k >= 0 && k != i && k != j && ((d(i, k) <= de) & (d(j, k) <= de));
-    });
-    const uint32_t m = w.ballot(ok);
-    if (m) return Entry<T>{de, cofacet_index(i, j, top - warp::kLanes + highest_bit(m))};
-  }
-  typename W::template Var<T> least;
-  w.each([&](int lane) {
-    T b = T(INFINITY);
-    for (index_t k = lane; k < n; k += warp::kLanes) {
-      if (k == i || k == j) continue;
-      const T a = d(i, k) > d(j, k) ? d(i, k) : d(j, k);
-      b = a < b ? a : b;
-    }
-    least[lane] = b;
+  return with_rounds(d.n, [&](auto rounds) -> Entry<T> {
+    constexpr int R = decltype(rounds)::value;
+    const index_t within = highest_within<R>(w, d, i, j, de);
+    if (within >= 0) return Entry<T>{de, within};
+    typename W::template Var<T> least;
+    least_far_side<R>(w, d, i, j, least);
+    const T best = w.min(least);
+    if (!(best <= threshold)) return Entry<T>{T(0), -1};
+    // best > de here, so a cofacet attains it exactly where both far sides are within it.
+    const index_t at = highest_within<R>(w, d, i, j, best);
+    if (at >= 0) return Entry<T>{best, at};
+    return Entry<T>{T(0), -1};  // unreachable: some k attains the least far side
   });
-  const T best = w.min(least);
-  if (!(best <= threshold)) return Entry<T>{T(0), -1};
-  // best > de here, so a cofacet attains it exactly where both far sides are within it.
-  for (index_t top = n; top > 0; top -= warp::kLanes) {
-    typename W::template Var<bool> ok;
-    w.each([&](int lane) {
-      const index_t k = top - warp::kLanes + lane;
-      ok[lane] = k >= 0 && k != i && k != j && ((d(i, k) <= best) & (d(j, k) <= best));
-    });
-    const uint32_t m = w.ballot(ok);
-    if (m) return Entry<T>{best, cofacet_index(i, j, top - warp::kLanes + highest_bit(m))};
-  }
-  return Entry<T>{T(0), -1};  // unreachable: some k attains the least far side
 }
 
 // apparent_facet by the warp.
@@ -388,13 +445,84 @@ class WarpReducer {
     edge_vertices(edge, d_.n, &i, &j);
     const T de = d_(i, j);
     if (de > upper) return kOk;
-    for (index_t k0 = 0; k0 < d_.n; k0 += warp::kLanes) {
+    return warp_reduce_detail::with_rounds(d_.n, [&](auto rounds) {
+      return push_groups<decltype(rounds)::value>(i, j, de, lower, upper);
+    });
+  }
+
+  // push_coboundary's cofacets R rounds of 32 third vertices at a time: every round's reads
+  // first, then each round's ballot; the entries go to the tail in round order, as round by
+  // round. A group that would fill the tail takes the round by round path, which seals between
+  // rounds (out of line: no call in this loop, whose registers would be saved around it).
+  template <int R>
+  TSL_HD Status push_groups(index_t i, index_t j, T de, T lower, T upper) {
+    const index_t n = d_.n;
+    for (index_t g0 = 0; g0 < n; g0 += R * warp::kLanes) {
+      typename W::template Var<T> diam[R];
+      w_.each([&](int lane) {
+        T fi[R], fj[R];
+        TSL_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const index_t k = g0 + warp::kLanes * r + lane;
+          fi[r] = d_(i, k < n ? k : n - 1);
+          fj[r] = d_(j, k < n ? k : n - 1);
+        }
+        TSL_UNROLL
+        for (int r = 0; r < R; ++r) {  // cofacet_diameter's expression
+          const T m = fi[r] > fj[r] ? fi[r] : fj[r];
+          diam[r][lane] = m > de ? m : de;
+        }
+      });
+      uint32_t mask[R];
+      index_t total = 0;
+      TSL_UNROLL
+      for (int r = 0; r < R; ++r) {
+        typename W::template Var<bool> in;
+        w_.each([&](int lane) {
+          const index_t k = g0 + warp::kLanes * r + lane;
+          in[lane] = k < n && k != i && k != j && diam[r][lane] > lower && diam[r][lane] <= upper;
+        });
+        mask[r] = w_.ballot(in);
+        total += warp::popcount(mask[r]);
+      }
+      if (total == 0) continue;
+      if (tail_ + total > kSealAt) {
+        const Status s = push_rounds(i, j, de, lower, upper, g0, g0 + R * warp::kLanes);
+        if (s != kOk) return s;
+        continue;
+      }
+      w_.each([&](int lane) {
+        index_t at = tail_;
+        TSL_UNROLL
+        for (int r = 0; r < R; ++r) {
+          if ((mask[r] >> lane) & 1u)
+            m_.set[at + warp::popcount(mask[r] & warp::lanes_below(lane))] =
+                Entry<T>{diam[r][lane], cofacet_index(i, j, g0 + warp::kLanes * r + lane)};
+          at += warp::popcount(mask[r]);
+        }
+      });
+      tail_ += total;
+      if (stats_) {
+        stats_->entries_pushed += total;
+        if (tail_ > stats_->set_high) stats_->set_high = tail_;
+      }
+    }
+    w_.sync();
+    return kOk;
+  }
+
+  // push_groups' third vertices [g0, g1) round by round, sealing the tail where a round would
+  // not fit (the distances read again: this runs about once per kSealAt pushed entries).
+  TSL_HD_COLD Status push_rounds(index_t i, index_t j, T de, T lower, T upper, index_t g0,
+                                 index_t g1) {
+    const index_t n = d_.n;
+    for (index_t k0 = g0; k0 < n && k0 < g1; k0 += warp::kLanes) {
       typename W::template Var<bool> in;
       typename W::template Var<T> diam;
       w_.each([&](int lane) {
         const index_t k = k0 + lane;
         in[lane] = false;
-        if (k >= d_.n || k == i || k == j) return;
+        if (k >= n || k == i || k == j) return;
         diam[lane] = cofacet_diameter(d_, de, i, j, k);
         in[lane] = diam[lane] > lower && diam[lane] <= upper;
       });
@@ -416,7 +544,6 @@ class WarpReducer {
         if (tail_ > stats_->set_high) stats_->set_high = tail_;
       }
     }
-    w_.sync();
     return kOk;
   }
 

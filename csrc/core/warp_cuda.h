@@ -49,6 +49,14 @@ struct CudaWarp {
   // returns.
   template <typename T>
   __device__ __forceinline__ T min(const Var<T>& v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // Integers on sm_80 and later: redux.sync, one instruction per 32-bit word, where the
+    // butterfly is five dependent shuffle-and-compare rounds (two shuffles each for 64 bits).
+    // The pivot query takes three 64-bit reductions and Prim's step one; both are chains that
+    // a warp runs alone. An integer minimum is exact either way.
+    if constexpr (std::is_integral<T>::value && (sizeof(T) == 4 || sizeof(T) == 8))
+      return redux_min(v.v);
+#endif
     T m = v.v;
 #pragma unroll
     for (int s = 0; s < warp::kButterflySteps; ++s)
@@ -64,10 +72,20 @@ struct CudaWarp {
     return uniform(m);
   }
   __device__ __forceinline__ int64_t sum(const Var<int64_t>& v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // Three 32-bit redux.sync sums of 26-, 26- and 12-bit pieces (32 of them stay below 2^31),
+    // recombined modulo 2^64: the two's-complement sum the butterfly's adds give.
+    const uint64_t u = uint64_t(v.v);
+    const uint64_t s0 = __reduce_add_sync(0xffffffffu, unsigned(u & 0x3ffffffu));
+    const uint64_t s1 = __reduce_add_sync(0xffffffffu, unsigned((u >> 26) & 0x3ffffffu));
+    const uint64_t s2 = __reduce_add_sync(0xffffffffu, unsigned(u >> 52));
+    return int64_t(s0 + (s1 << 26) + (s2 << 52));
+#else
     long long s = v.v;
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
     return s;
+#endif
   }
 
   __device__ __forceinline__ Var<uint32_t> match_any(const Var<uint32_t>& v) {
@@ -75,6 +93,29 @@ struct CudaWarp {
   }
 
   __device__ __forceinline__ void sync() { __syncwarp(); }
+
+ private:
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  // 64 bits: the high words' minimum (signed for a signed type), then the least low word among
+  // the lanes that hold it, compared unsigned: the lexicographic order of the two words.
+  template <typename T>
+  __device__ __forceinline__ static T redux_min(T x) {
+    if constexpr (sizeof(T) == 4) {
+      return T(__reduce_min_sync(0xffffffffu, x));
+    } else {
+      const uint64_t u = uint64_t(x);
+      uint32_t hi_bits;
+      if constexpr (std::is_signed<T>::value)
+        hi_bits = uint32_t(__reduce_min_sync(0xffffffffu, int(int32_t(u >> 32))));
+      else
+        hi_bits = __reduce_min_sync(0xffffffffu, unsigned(u >> 32));
+      const unsigned lo = uint32_t(u >> 32) == hi_bits ? unsigned(u) : 0xffffffffu;
+      return T((uint64_t(hi_bits) << 32) | __reduce_min_sync(0xffffffffu, lo));
+    }
+  }
+#endif
+
+ public:
 
   // *p += v once for the warp (lane 0's compare-and-swap), only if the sum stays <= limit;
   // every lane gets the old value, or ~0 when it would not fit (and *p is unchanged).

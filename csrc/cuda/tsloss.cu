@@ -63,8 +63,8 @@ cudaError_t launch_tsloss_backward(const T* g_loss, const T* g_conn, const T* g_
       prev_h0, prev_h1, o, reduction, edge_w, dense, h0_edges, h1_edges, offsets, keys);
   for (int64_t b0 = 0; b0 < B; b0 += 65535) {
     const int64_t nb = B - b0 < 65535 ? B - b0 : 65535;
-    dim3 grid((unsigned)((D + kGradCols - 1) / kGradCols), (unsigned)((N + kGradRows - 1) / kGradRows),
-              (unsigned)nb);
+    dim3 grid((unsigned)((D + kGradBlockCols - 1) / kGradBlockCols),
+              (unsigned)((N + kGradBlockRows - 1) / kGradBlockRows), (unsigned)nb);
     tsloss_grad_kernel<T><<<grid, kGradRows * kGradCols, 0, stream>>>(
         x + b0 * N * D, N, D, dist + b0 * N * N, dense + b0, edge_w + b0 * (H0 + K),
         h0_edges + b0 * H0 * 2, h1_edges + b0 * K * 4, K, offsets + b0 * (N + 1),

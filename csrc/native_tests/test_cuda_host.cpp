@@ -262,6 +262,8 @@ struct TsCase {
   bool has_prev, normalize, target_mode;
   int reduction;
   bool dup, invalid, scale_grad;
+  bool still_first = false;  // reduction none: cloud 0's upstream gradients all zero (zero
+                             // weights on valid edges, which give no incidences)
 };
 
 template <typename T>
@@ -370,6 +372,8 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
   std::vector<T> gl(R), gc(R), gr(R), gs(R), gsc(R);
   for (auto* v : {&gl, &gc, &gr, &gs, &gsc})
     for (auto& e : *v) e = T(g(rng));
+  if (c.still_first)
+    for (auto* v : {&gl, &gc, &gr, &gs, &gsc}) (*v)[0] = T(0);
   const T* g_scale = c.scale_grad ? gsc.data() : nullptr;
   const int64_t cap = tsl::incidence_capacity(N, K);
   std::vector<double> edge_w(B * E, -7.0), dense(B + 1, -7.0);
@@ -421,8 +425,8 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
         (long long)K, bad);
 
   std::vector<T> grad(B * N * D, T(-7));
-  const dim3 grid(unsigned((D + tk::kGradCols - 1) / tk::kGradCols),
-                  unsigned((N + tk::kGradRows - 1) / tk::kGradRows), unsigned(B));
+  const dim3 grid(unsigned((D + tk::kGradBlockCols - 1) / tk::kGradBlockCols),
+                  unsigned((N + tk::kGradBlockRows - 1) / tk::kGradBlockRows), unsigned(B));
   cuda_host::launch(grid, dim3(tk::kGradRows * tk::kGradCols), seed, [&] {
     tk::tsloss_grad_kernel<T>(x.data(), N, D, dist.data(), dense.data(), edge_w.data(), e0.data(),
                               e1.data(), K, offsets.data(), keys.data(), grad.data());
@@ -485,8 +489,8 @@ int main() {
   check_distances<float>(1, 65, 65, 0, 17);
   check_gram_sums(33, 200, 5);
   check_gram_sums(64, 129, 6);
-  // TSLoss: N past a gradient block's 8 rows and past 128 (two rounds of staged weights), D past
-  // 32 coordinates; stability, target mode, each reduction, repeated points, an invalid cloud.
+  // TSLoss: N past a gradient block's 32 rows and past 64 (two rounds of staged weights), D not
+  // a multiple of 32 (and past a block's 64 coordinates below); stability, target mode, each reduction, repeated points, an invalid cloud.
   check_tsloss<float>({3, 30, 40, 64, false, true, false, tsl::kReduceMean, false, false, true}, 21);
   check_tsloss<double>({3, 30, 40, 64, true, true, true, tsl::kReduceSum, true, true, true}, 22);
   check_tsloss<double>({2, 13, 5, 32, true, false, false, tsl::kReduceNone, false, false, false}, 23);
@@ -499,6 +503,10 @@ int main() {
                           false, false, false}, seed);
   check_tsloss<float>({60, 5, 3, 8, false, true, false, tsl::kReduceNone, false, false, false},
                       29);
+  // Past the edge-weight kernel's staged chunk of edges (E = 1,499 > 3 x 512) and past a
+  // gradient block's 32 rows many times; cloud 0 with zero weights on all its edges.
+  check_tsloss<float>({3, 300, 70, 1200, true, true, false, tsl::kReduceNone, false, false, true,
+                       true}, 30);
   std::printf("%llu fiber switches\n", (unsigned long long)cuda_host::block().switches);
   return tsl_test::finish_checks("cuda_host");
 }
