@@ -100,8 +100,9 @@ struct CudaWarp {
   // the lanes that hold it, compared unsigned: the lexicographic order of the two words.
   template <typename T>
   __device__ __forceinline__ static T redux_min(T x) {
-    if constexpr (sizeof(T) == 4) {
-      return T(__reduce_min_sync(0xffffffffu, x));
+    if constexpr (sizeof(T) == 4) {  // int or unsigned exactly: the overloads there are
+      using Word = std::conditional_t<std::is_signed<T>::value, int, unsigned>;
+      return T(__reduce_min_sync(0xffffffffu, Word(x)));
     } else {
       const uint64_t u = uint64_t(x);
       uint32_t hi_bits;

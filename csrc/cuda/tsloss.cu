@@ -52,6 +52,8 @@ cudaError_t launch_tsloss_backward(const T* g_loss, const T* g_conn, const T* g_
                                    const TermOptions& o, int reduction, T* grad,
                                    void* workspace, cudaStream_t stream) {
   if (B == 0 || N == 0 || D == 0) return cudaSuccess;
+  // The edge-weight kernel keeps a cloud's offsets in shared memory, kMaxPoints + 1 of them.
+  if (N > kMaxPoints) return cudaErrorInvalidValue;
   const int64_t H0 = N - 1;
   double* edge_w = static_cast<double*>(workspace);
   double* dense = edge_w + B * (H0 + K);

@@ -339,8 +339,8 @@ __global__ void __launch_bounds__(kGradRows * kGradCols)
           for (int c = 0; c < RK; ++c) {
             const double t = __dsub_rn(xi[q][c], xv[c]);
             if constexpr (sizeof(T) == 8)  // a float32 distance is never below 2^-149 > 2^-1022
-              acc[q][c] = __dadd_rn(acc[q][c],
-                                    r < 0.0 ? __dmul_rn(-r, __dmul_rn(t, 0x1p64)) : __dmul_rn(r, t));
+              acc[q][c] = __dadd_rn(
+                  acc[q][c], r < 0.0 ? __dmul_rn(-r, __dmul_rn(t, 0x1p64)) : __dmul_rn(r, t));
             else
               acc[q][c] = __dadd_rn(acc[q][c], __dmul_rn(r, t));
           }

@@ -490,7 +490,8 @@ int main() {
   check_gram_sums(33, 200, 5);
   check_gram_sums(64, 129, 6);
   // TSLoss: N past a gradient block's 32 rows and past 64 (two rounds of staged weights), D not
-  // a multiple of 32 (and past a block's 64 coordinates below); stability, target mode, each reduction, repeated points, an invalid cloud.
+  // a multiple of 32 (and past a block's 64 coordinates below); stability, target mode, each
+  // reduction, repeated points, an invalid cloud.
   check_tsloss<float>({3, 30, 40, 64, false, true, false, tsl::kReduceMean, false, false, true}, 21);
   check_tsloss<double>({3, 30, 40, 64, true, true, true, tsl::kReduceSum, true, true, true}, 22);
   check_tsloss<double>({2, 13, 5, 32, true, false, false, tsl::kReduceNone, false, false, false}, 23);

@@ -662,7 +662,8 @@ void probe(int64_t n) {
     std::printf("%-14s %6lld %8lld %8lld %8lld %8lld %12lld %12lld %10lld %10.3f %10.3f  %s\n",
                 c.name, (long long)n, (long long)ews.reduction.columns,
                 (long long)ews.reduction.pivot_queries, (long long)ews.reduction.additions,
-                (long long)ews.reduction.entries_pushed, (long long)(ews.warp.steps - only_topology.warp.steps),
+                (long long)ews.reduction.entries_pushed,
+                (long long)(ews.warp.steps - only_topology.warp.steps),
                 (long long)(ews.warp.collectives - only_topology.warp.collectives),
                 (long long)ews.reduction.set_high, emu_s, scalar_s, ok ? "same" : "DIFFERENT");
   }
