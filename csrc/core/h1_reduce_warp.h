@@ -104,6 +104,20 @@ TSL_HD auto with_rounds(index_t n, F&& f) {
   return f(std::integral_constant<int, kMostRounds>{});
 }
 
+// Rows i and j at the third vertices k0 + 32 r + lane, r < R, clamped into [0, n) (a clamped
+// read is never used): a group's reads all issue before any is tested.
+template <int R, typename T>
+TSL_HD void read_rounds(const DistanceMatrix<T>& d, index_t i, index_t j, index_t k0, int lane,
+                        T (&fi)[R], T (&fj)[R]) {
+  TSL_UNROLL
+  for (int r = 0; r < R; ++r) {
+    index_t k = k0 + warp::kLanes * r + lane;
+    k = k < 0 ? 0 : (k < d.n ? k : d.n - 1);
+    fi[r] = d(i, k);
+    fj[r] = d(j, k);
+  }
+}
+
 // The highest third vertex k of the edge {i > j} whose far sides are both within `limit`, as
 // cofacet_index(i, j, k), or -1: k = lane (mod 32), rows i and j read at k (coalesced), from
 // the top, so the first block with a hit gives its highest bit. Both reads of a k are tested
@@ -114,17 +128,13 @@ TSL_HD index_t highest_within(W& w, const DistanceMatrix<T>& d, index_t i, index
   for (index_t top = d.n; top > 0; top -= R * warp::kLanes) {
     typename W::template Var<bool> ok[R];
     w.each([&](int lane) {
-      T fi[R], fj[R];
+      T fi[R], fj[R];  // round R - 1 - r of the group from top - 32 R is round r from the top
+      read_rounds<R>(d, i, j, top - R * warp::kLanes, lane, fi, fj);
       TSL_UNROLL
       for (int r = 0; r < R; ++r) {
         const index_t k = top - warp::kLanes * (r + 1) + lane;
-        fi[r] = d(i, k >= 0 ? k : 0);
-        fj[r] = d(j, k >= 0 ? k : 0);
-      }
-      TSL_UNROLL
-      for (int r = 0; r < R; ++r) {
-        const index_t k = top - warp::kLanes * (r + 1) + lane;
-        ok[r][lane] = k >= 0 && k != i && k != j && ((fi[r] <= limit) & (fj[r] <= limit));
+        ok[r][lane] = k >= 0 && k != i && k != j &&
+                      ((fi[R - 1 - r] <= limit) & (fj[R - 1 - r] <= limit));
       }
     });
     TSL_UNROLL
@@ -146,12 +156,7 @@ TSL_HD void least_far_side(W& w, const DistanceMatrix<T>& d, index_t i, index_t 
     T b = T(INFINITY);
     for (index_t k0 = 0; k0 < n; k0 += R * warp::kLanes) {
       T fi[R], fj[R];
-      TSL_UNROLL
-      for (int r = 0; r < R; ++r) {
-        const index_t k = k0 + warp::kLanes * r + lane;
-        fi[r] = d(i, k < n ? k : n - 1);
-        fj[r] = d(j, k < n ? k : n - 1);
-      }
+      read_rounds<R>(d, i, j, k0, lane, fi, fj);
       TSL_UNROLL
       for (int r = 0; r < R; ++r) {
         const index_t k = k0 + warp::kLanes * r + lane;
@@ -461,12 +466,7 @@ class WarpReducer {
       typename W::template Var<T> diam[R];
       w_.each([&](int lane) {
         T fi[R], fj[R];
-        TSL_UNROLL
-        for (int r = 0; r < R; ++r) {
-          const index_t k = g0 + warp::kLanes * r + lane;
-          fi[r] = d_(i, k < n ? k : n - 1);
-          fj[r] = d_(j, k < n ? k : n - 1);
-        }
+        warp_reduce_detail::read_rounds<R>(d_, i, j, g0, lane, fi, fj);
         TSL_UNROLL
         for (int r = 0; r < R; ++r) {  // cofacet_diameter's expression
           const T m = fi[r] > fj[r] ? fi[r] : fj[r];
