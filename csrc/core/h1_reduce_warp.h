@@ -94,8 +94,8 @@ namespace warp_reduce_detail {
 // clouds read no rounds past their last vertex. Reads past it are clamped to it, never used.
 constexpr int kMostRounds = 8;
 
-// f(std::integral_constant<int, R>{}) with R = 1, 2, 4 or 8, the fewest rounds that cover n
-// vertices (8 above 256: groups of 8 rounds).
+// f(std::integral_constant<int, R>{}) with R = 1, 2, 4 or 8: the fewest rounds that cover n
+// vertices up to 256, and groups of 8 rounds past that.
 template <class F>
 TSL_HD auto with_rounds(index_t n, F&& f) {
   if (n <= warp::kLanes) return f(std::integral_constant<int, 1>{});

@@ -52,8 +52,8 @@ struct CudaWarp {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     // Integers on sm_80 and later: redux.sync, one instruction per 32-bit word, where the
     // butterfly is five dependent shuffle-and-compare rounds (two shuffles each for 64 bits).
-    // The pivot query takes three 64-bit reductions and Prim's step one; both are chains that
-    // a warp runs alone. An integer minimum is exact either way.
+    // The pivot query takes three 64-bit minima and a sum, Prim's step one minimum; both are
+    // chains that a warp runs alone. An integer minimum is exact either way.
     if constexpr (std::is_integral<T>::value && (sizeof(T) == 4 || sizeof(T) == 8))
       return redux_min(v.v);
 #endif
