@@ -381,7 +381,9 @@ torch.cuda.synchronize()" >"$f" 2>&1
 
 do_ncu_source() {
   command -v "${NCU:-ncu}" >/dev/null || { echo "SKIP: no ncu on this host"; return 77; }
-  local rep=$R/ncu-reduce f=$R/ncu-reduce.log rc
+  # The report stays out of results.tgz (source counters make it large; a file past 16 MB
+  # would not come back): its details and source pages come back as text.
+  local rep=/tmp/ncu-reduce f=$R/ncu-reduce.log rc
   # One cloud (a warp's latency chain alone), then a batch whose distances leave the caches.
   "${NCU:-ncu}" --clock-control none --import-source yes --section WarpStateStats \
     --section SourceCounters --section SchedulerStats --section LaunchStats --section Occupancy \
