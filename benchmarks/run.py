@@ -485,9 +485,10 @@ def gradient_check(grad: torch.Tensor, x: torch.Tensor) -> tuple:
     x64 = x.double()
     u = torch.randn(x64.shape, generator=torch.Generator().manual_seed(1),
                     dtype=torch.float64).to(x64.device)
-    apart = paired_apart(x, x64)
+    want = _pairing(x64)  # once: a float64 persistence of the whole batch
+    apart = paired_apart(x, x64, want)
     u[apart.to(u.device)] = 0.0
-    err, step = directional_error(grad, x64, u)
+    err, step = directional_error(grad, x64, u, want)
     return err, step, int(apart.sum())
 
 
@@ -496,11 +497,11 @@ def _pairing(x64: torch.Tensor) -> tuple:
     return d.h0_edges, d.h1_edges, d.h1_count
 
 
-def paired_apart(x: torch.Tensor, x64: torch.Tensor) -> torch.Tensor:
+def paired_apart(x: torch.Tensor, x64: torch.Tensor, want: Optional[tuple] = None) -> torch.Tensor:
     """``(B,)`` bool: clouds whose bars x (its own dtype) pairs with other edges than x64
     does, each cloud's H0 and H1 edge rows compared as sets (bars of equal persistence may
-    come in either order)."""
-    a, b = _pairing(x), _pairing(x64)
+    come in either order). ``want``: x64's ``_pairing``, where the caller has it."""
+    a, b = _pairing(x), (want if want is not None else _pairing(x64))
 
     def rows(e: torch.Tensor) -> list:
         return [sorted(map(tuple, c.tolist())) for c in e.cpu()]
@@ -511,14 +512,18 @@ def paired_apart(x: torch.Tensor, x64: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.bool)
 
 
-def difference_step(x64: torch.Tensor, u: torch.Tensor) -> float:
+def difference_step(x64: torch.Tensor, u: torch.Tensor, want: Optional[tuple] = None,
+                    scale: Optional[float] = None) -> float:
     """The step of the central difference along ``u``, relative to the largest coordinate:
     GRAD_STEP, divided by ten (down to GRAD_STEP_FLOOR) while x +- h u pairs some bar by other
     edges than x does. TSLoss is smooth only between such changes; a difference across one
     measures a jump, not the derivative (at (128, 2048, 16) one cloud's H1 edges changed within
-    1e-6, and a correct backward read 0.5 % off)."""
-    scale = float(x64.abs().max())
-    want = _pairing(x64)
+    1e-6, and a correct backward read 0.5 % off). ``want`` and ``scale``: x64's ``_pairing``
+    and largest coordinate, where the caller has them."""
+    if scale is None:
+        scale = float(x64.abs().max())
+    if want is None:
+        want = _pairing(x64)
     rel = GRAD_STEP
     while rel > GRAD_STEP_FLOOR * 1.5:
         h = rel * scale
@@ -529,11 +534,13 @@ def difference_step(x64: torch.Tensor, u: torch.Tensor) -> float:
     return rel
 
 
-def directional_error(grad: torch.Tensor, x64: torch.Tensor, u: torch.Tensor) -> tuple:
+def directional_error(grad: torch.Tensor, x64: torch.Tensor, u: torch.Tensor,
+                      want: Optional[tuple] = None) -> tuple:
     """|grad . u - central difference of tsloss_cuda.loss along u| / |difference|, in float64,
-    at difference_step's step; returns (that error, the step)."""
-    rel = difference_step(x64, u)
-    h = rel * float(x64.abs().max())
+    at difference_step's step; returns (that error, the step). ``want``: as difference_step's."""
+    scale = float(x64.abs().max())
+    rel = difference_step(x64, u, want, scale)
+    h = rel * scale
     with torch.no_grad():
         fd = float(tsloss_cuda.loss(x64 + h * u) - tsloss_cuda.loss(x64 - h * u)) / (2 * h)
     an = float((grad.double() * u).sum())
