@@ -450,6 +450,12 @@ bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t
   s.scan_steps += ews.topology.scan_steps;
   s.scan_path += ews.topology.scan_path;
   const tsl::WarpReduceStats& r = ews.reduction;
+  if (r.widening_misses != 0) {
+    ok = false;
+    ++tsl_test::failures();
+    std::printf("FAIL %s n=%lld seed=%llu: %lld widenings missed the next cofacet level\n", what,
+                (long long)n, (unsigned long long)seed, (long long)r.widening_misses);
+  }
   s.pivot_queries += r.pivot_queries;
   s.set_high += r.set_high;
   s.max_set_high = std::max<int64_t>(s.max_set_high, r.set_high);
@@ -662,6 +668,9 @@ void probe(int64_t n) {
                     ref.count == emu.count && ews.status == tsl::kOk;
     CHECK(ok, "probe %s n=%lld: the emulated reduction differs from the scalar engine", c.name,
           (long long)n);
+    CHECK(ews.reduction.widening_misses == 0,
+          "probe %s n=%lld: %lld widenings missed the next cofacet level", c.name, (long long)n,
+          (long long)ews.reduction.widening_misses);
     std::printf("%-14s %6lld %8lld %8lld %8lld %8lld %12lld %12lld %10lld %10.3f %10.3f  %s\n",
                 c.name, (long long)n, (long long)ews.reduction.columns,
                 (long long)ews.reduction.pivot_queries, (long long)ews.reduction.additions,
