@@ -212,6 +212,10 @@ static PyObject* emulated_clouds(PyObject*, PyObject*) {
   return PyLong_FromLongLong(tsl::emulated_cloud_count().load());
 }
 
+static PyObject* emulated_block_reductions(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(tsl::emulated_block_reductions().load());
+}
+
 // The digest setup.py computed of the sources it compiled (tsloss_cuda/build_info.py); a build
 // made some other way has none.
 #if __has_include("generated/source_digest.h")
@@ -234,6 +238,8 @@ static PyMethodDef tsloss_methods[] = {
      "Digest of the sources the extension was compiled from (tsloss_cuda.build_info)."},
     {"emulated_clouds", emulated_clouds, METH_NOARGS,
      "Clouds run through the host warp emulation so far (tests of TSLOSS_ENGINE=emulated)."},
+    {"emulated_block_reductions", emulated_block_reductions, METH_NOARGS,
+     "Of those, H1 reductions run on an emulated block of warps (TSLOSS_EMULATED_REDUCE_WARPS)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef tsloss_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,

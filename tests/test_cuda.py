@@ -218,6 +218,40 @@ def test_misspelt_engine_switch_is_refused(name, value, monkeypatch):
         tsloss_cuda.loss(x)
 
 
+@pytest.mark.parametrize("warps", ["2", "5", "16", "0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_block_reduction_matches_cpu(warps, dtype, monkeypatch):
+    """TSLOSS_CUDA_REDUCE_WARPS: a block of warps per cloud committing columns in order
+    (core/h1_reduce_block.h; 0 picks the count from B) gives the CPU engine's pairs exactly,
+    on Gaussian batches of 1 to 64 clouds and on tie-heavy clouds whose sets grow from the
+    pool. No other test runs the block kernel on a device."""
+    monkeypatch.setenv("TSLOSS_CUDA_TOPOLOGY", "block")
+    monkeypatch.setenv("TSLOSS_CUDA_REDUCE", "warp")
+    monkeypatch.setenv("TSLOSS_CUDA_REDUCE_WARPS", warps)
+    monkeypatch.setenv("TSLOSS_CUDA_H1_HEAP", str(1 << 17))  # the capacity is not under test
+    g = torch.Generator().manual_seed(int(warps) + 40)
+    batches = [torch.randn(b, n, d, generator=g, dtype=dtype)
+               for n, d, b in ((16, 768, 1), (64, 4096, 1), (64, 32, 3), (100, 8, 64),
+                               (256, 64, 2))]
+    batches += [torch.as_tensor(c, dtype=dtype)[None] for _, c in list(hard_clouds())[:4]]
+    for x in batches:
+        d = _cpu_dist(x)
+        k = 4 * x.shape[1]
+        cpu = ops.vr_persistence(d, 1, True, k)
+        gpu = ops.vr_persistence(d.cuda(), 1, True, k)
+        assert int(cpu[4].sum()) > 0  # H1 bars exist, so the reduction did work
+        _assert_same(cpu, gpu, exact=True, rtol=0.0)
+
+
+@pytest.mark.parametrize("value", ["17", "-1", "four"])
+def test_block_reduction_setting_is_checked(value, monkeypatch):
+    """A warps-per-cloud setting out of range or unreadable names itself."""
+    monkeypatch.setenv("TSLOSS_CUDA_REDUCE_WARPS", value)
+    x = torch.randn(2, 8, 3, device="cuda")
+    with pytest.raises(RuntimeError, match="TSLOSS_CUDA_REDUCE_WARPS must be 0"):
+        tsloss_cuda.vr_persistence(x)
+
+
 def test_warp_reduction_grows_from_its_pool(monkeypatch):
     """The warp reduction's arrays grow from a pool the launch shares: a bare regular 512-gon,
     whose working set peaks at 215 k entries (the default heap is 65 k per cloud), comes out

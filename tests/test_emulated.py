@@ -150,3 +150,31 @@ def test_switch_routes_fused_loss_through_emulation(monkeypatch, dtype):
     for k in t0:
         pairs = zip(t0[k], t1[k]) if k == "topology" else [(t0[k], t1[k])]
         assert all(torch.equal(a, b) for a, b in pairs), k
+
+
+@pytest.mark.parametrize("warps", ["3", "16"])
+def test_block_reduction_through_the_ops(monkeypatch, warps):
+    """TSLOSS_EMULATED_REDUCE_WARPS: the emulated op reduces H1 on a block of warps
+    (block_reduce, the kernel TSLOSS_CUDA_REDUCE_WARPS runs) with the CPU engine's bits, on a
+    batch with ties (a ring) and Gaussian clouds."""
+    t = 2 * np.pi * np.arange(40) / 40
+    ring = torch.as_tensor(np.stack([np.cos(t), np.sin(t), 0 * t], 1))
+    x = torch.cat([ring[None], torch.randn(3, 40, 3, generator=torch.Generator().manual_seed(3),
+                                           dtype=torch.float64)])
+    from tsloss_cuda import _C
+    before = _C.emulated_block_reductions()
+    ops.vr_persistence_emulated(x, 1, False, 160)
+    assert _C.emulated_block_reductions() == before  # one warp unless asked
+    monkeypatch.setenv("TSLOSS_EMULATED_REDUCE_WARPS", warps)
+    out = ops.vr_persistence_emulated(x, 1, False, 160)
+    assert _C.emulated_block_reductions() == before + 4  # every cloud on a block
+    assert int(out[4].sum()) > 0
+    _same(out, ops.vr_persistence(x, 1, False, 160))
+
+
+@pytest.mark.parametrize("value", ["0", "17", "x", "-2", "100"])
+def test_bad_reduce_warps_setting_is_an_error_naming_it(monkeypatch, value):
+    monkeypatch.setenv("TSLOSS_EMULATED_REDUCE_WARPS", value)
+    x = torch.randn(1, 12, 3, dtype=torch.float64)
+    with pytest.raises(Exception, match="TSLOSS_EMULATED_REDUCE_WARPS must be 1..16"):
+        ops.vr_persistence_emulated(x, 1, False, 48)

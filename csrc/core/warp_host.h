@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "warp.h"
@@ -47,6 +48,9 @@ struct WarpCounters {
   int64_t steps = 0;        // `each` calls: warp-wide instructions issued, roughly
   int64_t collectives = 0;  // ballots, shuffles, reductions, syncs
   int64_t barriers = 0;     // block barriers
+  // A block's chain: per phase, the most steps any of its warps took (first_warp: warp 0's).
+  // The warps of a phase run side by side on a device, so this, not steps, is the block's time.
+  int64_t span = 0;
 };
 
 // Aborts unless lane `lane` is the one running its step now (the rule HostWarp::Var enforces).
@@ -237,18 +241,24 @@ class HostBlock {
 
   int warps() const { return warps_; }
   int threads() const { return warps_ * warp::kLanes; }
+  // Warp k, for state a warp keeps from phase to phase (block_reduce's reducers).
+  HostWarp& warp(int k) { return warp_[k]; }
 
   template <class F>
   void each_warp(F&& f) {
     if (in_phase_) fail("each_warp nested in a phase");
     in_phase_ = true;
     if (state_) shuffle();
+    int64_t longest = 0;
     for (int t = 0; t < warps_; ++t) {
       schedule_fence();
       host_schedule.warp = order_[t];
       schedule_fence();
+      const int64_t before = counters_.steps;
       f(warp_[order_[t]], order_[t]);
+      longest = std::max<int64_t>(longest, counters_.steps - before);
     }
+    counters_.span += longest;
     schedule_fence();
     host_schedule.warp = -1;
     schedule_fence();
@@ -263,7 +273,9 @@ class HostBlock {
     schedule_fence();
     host_schedule.warp = 0;
     schedule_fence();
+    const int64_t before = counters_.steps;
     f(warp_[0]);
+    counters_.span += counters_.steps - before;
     schedule_fence();
     host_schedule.warp = -1;
     schedule_fence();

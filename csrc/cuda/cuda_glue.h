@@ -44,10 +44,14 @@ inline tsl::cuda::H1Capacity h1_capacity(int64_t n) {
 // same diagrams as the global passes (=global) and the one-thread reduction (=thread) in every
 // CUDA test and was faster at every size measured (benchmarks/results/h200-2026-12-04).
 // TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP (1..32, 0 automatic) tunes the one-thread reduction's mapping.
+// TSLOSS_CUDA_REDUCE_WARPS (1 by default, 2..16, 0 automatic) gives the warp reduction that many
+// warps per cloud, a block committing columns in order (core/h1_reduce_block.h): for batches
+// too small to fill the GPU. Emulated bit for bit, not yet timed on a GPU: hence not the default.
 struct EngineSettings {
   bool block_topology;
   bool warp_reduction;
   int clouds_per_warp;
+  int reduce_warps;
 };
 
 // Whether the setting `name` picks `preferred` (also when unset) over `other`; anything else is
@@ -64,9 +68,18 @@ inline EngineSettings engine_settings() {
   const int64_t clouds_per_warp = env_int("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", 0);
   TSL_CHECK(clouds_per_warp <= 32, "TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP must be 1..32, got ",
             clouds_per_warp);
+  // Parsed here, not by env_int, which takes 0 and anything unreadable as unset.
+  int reduce_warps = 1;
+  if (const char* v = std::getenv("TSLOSS_CUDA_REDUCE_WARPS"); v != nullptr && *v != '\0') {
+    char* end = nullptr;
+    const long parsed = std::strtol(v, &end, 10);
+    TSL_CHECK(*end == '\0' && parsed >= 0 && parsed <= 16,
+              "TSLOSS_CUDA_REDUCE_WARPS must be 0 (automatic) or 1..16, got '", v, "'");
+    reduce_warps = static_cast<int>(parsed);
+  }
   return EngineSettings{env_choice("TSLOSS_CUDA_TOPOLOGY", "block", "global"),
                         env_choice("TSLOSS_CUDA_REDUCE", "warp", "thread"),
-                        static_cast<int>(clouds_per_warp)};
+                        static_cast<int>(clouds_per_warp), reduce_warps};
 }
 
 // Bytes of engine workspace one call may allocate: TSLOSS_CUDA_WORKSPACE_MB, else an eighth of

@@ -411,8 +411,9 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                   int64_t* h1_count, bool* truncated, void* workspace,
                                   size_t workspace_bytes, const H1Capacity& cap,
                                   int clouds_per_warp, cudaStream_t stream,
-                                  bool block_topology, bool warp_reduction) {
+                                  bool block_topology, bool warp_reduction, int reduce_warps) {
   if (B == 0) return cudaSuccess;
+  if (reduce_warps < 0 || reduce_warps > 16) return cudaErrorInvalidValue;
   if (N > kMaxPoints) return cudaErrorInvalidValue;  // the kernels' per-thread shares stop there
   if (clouds_per_warp < 0 || clouds_per_warp > 32) return cudaErrorInvalidValue;
   if (B > vr_max_clouds_per_call(N)) return cudaErrorInvalidValue;
@@ -462,7 +463,7 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                 part<int32_t>(w, L.v_length),   pairs,
                                 L.S + 1,                        rb.status,
                                 part<int64_t>(w, L.num_pairs)};
-    err = launch_reduce_warp(dist, B, N, threshold, columns, counts, g, stream);
+    err = launch_reduce_warp(dist, B, N, threshold, columns, counts, g, stream, reduce_warps);
     if (err != cudaSuccess) return err;
     finalize_kernel<T><<<(unsigned)B, 128, 0, stream>>>(dist, threshold, N, K, pairs, L.S + 1,
                                                         rb.status, rb.num_pairs, h1, h1_edges,
@@ -472,8 +473,8 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
   // Small blocks (4 warps) spread the warps over all SMs.
   constexpr int kReduceThreads = 128;
   const int per_warp = clouds_per_warp > 0 ? clouds_per_warp : reduce_clouds_per_warp(B);
-  const int64_t reduce_warps = (B + per_warp - 1) / per_warp;
-  reduce_kernel<T><<<(unsigned)((reduce_warps * 32 + kReduceThreads - 1) / kReduceThreads),
+  const int64_t thread_warps = (B + per_warp - 1) / per_warp;
+  reduce_kernel<T><<<(unsigned)((thread_warps * 32 + kReduceThreads - 1) / kReduceThreads),
                      kReduceThreads, 0, stream>>>(dist, B, N, threshold, columns, counts, cap,
                                                   L.S, L.P, part<Entry<T>>(w, L.heap), pairs,
                                                   rb, per_warp);
@@ -486,12 +487,12 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
 template cudaError_t launch_vr_persistence<float>(const float*, int64_t, int64_t, int, int64_t,
                                                   float*, int64_t*, float*, int64_t*, int64_t*,
                                                   bool*, void*, size_t, const H1Capacity&, int,
-                                                  cudaStream_t, bool, bool);
+                                                  cudaStream_t, bool, bool, int);
 template cudaError_t launch_vr_persistence<double>(const double*, int64_t, int64_t, int,
                                                    int64_t, double*, int64_t*, double*,
                                                    int64_t*, int64_t*, bool*, void*, size_t,
                                                    const H1Capacity&, int, cudaStream_t, bool,
-                                                   bool);
+                                                   bool, int);
 
 }  // namespace cuda
 }  // namespace tsl

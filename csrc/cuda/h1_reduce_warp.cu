@@ -3,6 +3,7 @@
 // memory that the launch's clouds share.
 #include <cuda_runtime.h>
 
+#include "../core/h1_reduce_block.h"
 #include "../core/h1_reduce_warp.h"
 #include "../core/warp_cuda.h"
 #include "kernels.h"
@@ -57,24 +58,104 @@ __global__ void __launch_bounds__(32)
   }
 }
 
+// A block of warps per cloud (core/h1_reduce_block.h): each warp's set tail and V in dynamic
+// shared memory (5 KB a warp), the arena's fast part and the block's commit state static. At
+// most kBlockWarps warps: 512 threads leave ptxas the 128 registers the warp kernel takes.
+constexpr int kBlockWarps = 16;
+
+template <typename T>
+size_t block_shared_bytes(int warps) {
+  return size_t(warps) * kFastEntries * (sizeof(Entry<T>) + sizeof(int32_t));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBlockWarps * 32, 1)
+    reduce_block_kernel(const T* __restrict__ dist, int64_t B, int64_t N,
+                        const T* __restrict__ threshold, const H1Column<T>* __restrict__ columns,
+                        const int32_t* __restrict__ counts, WarpReduceSlices<T> g) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ BlockReduceShared<T> sh;
+  __shared__ int32_t s_arena[kFastEntries];
+  const int warps = int(blockDim.x >> 5), warp = int(threadIdx.x >> 5);
+  Entry<T>* s_set = reinterpret_cast<Entry<T>*>(smem);
+  int32_t* s_vwork = reinterpret_cast<int32_t*>(s_set + (size_t)warps * kFastEntries);
+  const int64_t b = blockIdx.x;
+  const int64_t E = N * (N - 1) / 2, m = counts[b];
+  const WarpReduceMemory<T> mem{
+      Spill<Entry<T>>{s_set + (size_t)warp * kFastEntries, kFastEntries, nullptr, 0},
+      Spill<int32_t>{s_vwork + (size_t)warp * kFastEntries, kFastEntries, nullptr, 0},
+      Spill<int32_t>{s_arena, kFastEntries, nullptr, 0},
+      g.pivot_keys + b * g.pivot_capacity,
+      g.pivot_slots + b * g.pivot_capacity,
+      g.pivot_capacity,
+      g.v_start + b * g.slot_capacity,
+      g.v_length + b * g.slot_capacity,
+      g.slot_capacity,
+      g.pairs + b * g.slot_capacity,
+      g.slot_capacity,
+      WarpPool{g.pool, g.pool_bytes, g.pool_used}};
+  CudaBlock blk;
+  // Each thread's own warp's reducer: the block's code asks for warp k's only in that warp.
+  WarpReducer<CudaWarp, T> reducer(blk.warp(warp), DistanceMatrix<T>{dist + b * N * N, N},
+                                   threshold[b], mem, nullptr);
+  index_t np = 0;
+  const Status s = block_reduce(
+      blk, sh, columns + b * E, m, [&](int) -> WarpReducer<CudaWarp, T>& { return reducer; },
+      &np);
+  if (threadIdx.x == 0) {
+    g.status[b] = s;
+    g.num_pairs[b] = s == kOk ? np : 0;
+  }
+}
+
 }  // namespace
+
+int reduce_warps_per_cloud(int64_t B, int requested) {
+  if (requested == 1 || B == 0) return 1;
+  if (requested > 1) return requested < kBlockWarps ? requested : kBlockWarps;
+  // Automatic: blocks while the batch leaves most of the GPU's multiprocessors idle, up to
+  // half of their warps in all (as topology_threads).
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  int64_t want = (int64_t)sms * 4 / B;  // four warps a multiprocessor
+  if (want > kBlockWarps) want = kBlockWarps;
+  return want >= 2 ? (int)want : 1;
+}
 
 template <typename T>
 cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* threshold,
                                const H1Column<T>* columns, const int32_t* counts,
-                               const WarpReduceSlices<T>& slices, cudaStream_t stream) {
+                               const WarpReduceSlices<T>& slices, cudaStream_t stream,
+                               int warps_per_cloud) {
   if (B == 0) return cudaSuccess;
-  reduce_warp_kernel<T><<<(unsigned)B, 32, 0, stream>>>(
+  const int warps = reduce_warps_per_cloud(B, warps_per_cloud);
+  if (warps <= 1) {
+    reduce_warp_kernel<T><<<(unsigned)B, 32, 0, stream>>>(
+        dist, B, N, threshold, columns, counts, slices);
+    return cudaGetLastError();
+  }
+  const size_t bytes = block_shared_bytes<T>(warps);
+  // Past the 48 KB a kernel gets unasked (16 warps: 80 KB); set once per size, it stays set.
+  cudaError_t err = cudaFuncSetAttribute(reduce_block_kernel<T>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)block_shared_bytes<T>(kBlockWarps));
+  if (err != cudaSuccess) return err;
+  reduce_block_kernel<T><<<(unsigned)B, warps * 32, bytes, stream>>>(
       dist, B, N, threshold, columns, counts, slices);
   return cudaGetLastError();
 }
 
 template cudaError_t launch_reduce_warp<float>(const float*, int64_t, int64_t, const float*,
                                                const H1Column<float>*, const int32_t*,
-                                               const WarpReduceSlices<float>&, cudaStream_t);
+                                               const WarpReduceSlices<float>&, cudaStream_t, int);
 template cudaError_t launch_reduce_warp<double>(const double*, int64_t, int64_t, const double*,
                                                 const H1Column<double>*, const int32_t*,
-                                                const WarpReduceSlices<double>&, cudaStream_t);
+                                                const WarpReduceSlices<double>&, cudaStream_t,
+                                                int);
 
 }  // namespace cuda
 }  // namespace tsl

@@ -115,6 +115,9 @@ cudaError_t launch_symmetrize_upper(const T* in, int64_t B, int64_t N, T* out,
 //                    of fixed slices, so a cloud reports -1 only when the pool runs out (then
 //                    which ones depends on the warps' order); the workspace must be sized with
 //                    the same flag
+//   reduce_warps:    with warp_reduction, warps per cloud: 1, 2..16 (a block of warps that
+//                    commit columns in order, core/h1_reduce_block.h), or 0 (automatic:
+//                    reduce_warps_per_cloud); same results
 // B must not exceed vr_max_clouds_per_call(N). A cloud whose H1 reduction exceeds `cap` gets
 // h1_count = -1, truncated = true and all-padding H1 rows (its H0 is still exact).
 template <typename T>
@@ -123,7 +126,8 @@ cudaError_t launch_vr_persistence(const T* dist, int64_t B, int64_t N, int maxdi
                                   int64_t* h1_count, bool* truncated, void* workspace,
                                   size_t workspace_bytes, const H1Capacity& cap,
                                   int clouds_per_warp, cudaStream_t stream,
-                                  bool block_topology = false, bool warp_reduction = false);
+                                  bool block_topology = false, bool warp_reduction = false,
+                                  int reduce_warps = 1);
 
 // Bytes of workspace launch_vr_backward<T> needs (an EdgeScale, two doubles, per reported edge).
 size_t vr_backward_workspace_bytes(int64_t B, int64_t H0, int64_t K);
@@ -248,11 +252,18 @@ struct WarpReduceSlices {
 };
 
 // The H1 reduction with one warp per cloud (core/h1_reduce_warp.h) over the columns of
-// launch_topology (or of the global passes): four clouds per block of 128 threads.
+// launch_topology (or of the global passes), one cloud a block; with warps_per_cloud 2..16 a
+// block of that many warps per cloud (core/h1_reduce_block.h), 0 picking it from B and the SM
+// count (reduce_warps_per_cloud). Same pairs either way.
 template <typename T>
 cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* threshold,
                                const H1Column<T>* columns, const int32_t* counts,
-                               const WarpReduceSlices<T>& slices, cudaStream_t stream);
+                               const WarpReduceSlices<T>& slices, cudaStream_t stream,
+                               int warps_per_cloud = 1);
+
+// The warps per cloud launch_reduce_warp runs for a batch of B clouds and a requested count
+// (1: one warp; 2..16 that many; 0: automatic, blocks while B is under the SMs' count).
+int reduce_warps_per_cloud(int64_t B, int requested);
 
 }  // namespace cuda
 }  // namespace tsl

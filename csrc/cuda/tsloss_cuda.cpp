@@ -129,7 +129,7 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
                      h1_edges.data_ptr<int64_t>() + b0 * K * 4,
                      h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
                      workspace.data_ptr(), ws_bytes, cap, engine.clouds_per_warp, stream,
-                     engine.block_topology, engine.warp_reduction),
+                     engine.block_topology, engine.warp_reduction, engine.reduce_warps),
                  "tsloss_forward (persistence)");
     }
     check_cuda(tsl::cuda::launch_tsloss_terms<scalar_t>(

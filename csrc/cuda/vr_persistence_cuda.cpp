@@ -107,7 +107,7 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
                      h1_edges.data_ptr<int64_t>() + b0 * K * 4,
                      h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
                      workspace.data_ptr(), ws_bytes, cap, engine.clouds_per_warp, stream,
-                     engine.block_topology, engine.warp_reduction),
+                     engine.block_topology, engine.warp_reduction, engine.reduce_warps),
                  "vr_persistence");
     }
   });

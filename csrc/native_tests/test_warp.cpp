@@ -7,6 +7,9 @@
 //                                                prints the emulation's counters per N
 //   test_warp --probe N                          the reduction's work on a ring, a ring with
 //                                                centre, a lattice and a Gaussian cloud of N
+//   test_warp --columns N D                      the reduction's work per column on a Gaussian
+//                                                cloud, and what K warps committing columns in
+//                                                order could take
 // Environment: TEST_WARP_ONLY_N=n runs the parity on size n alone (other clouds then differ),
 // TEST_WARP_VERBOSE=1 prints each cloud and its time.
 //
@@ -440,6 +443,30 @@ bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t
                 (unsigned long long)seed, warps, (long long)emu.count, (long long)ref.count,
                 ews.host.columns.size(), hws.columns.size());
   }
+  // Every other cloud again through the block reduction (block_reduce), on 2 to 16 warps run in
+  // a shuffled order each phase.
+  if (seed % 2 == 1) {
+    static tsl::EmulatedWorkspace<T> block_ews;
+    Outputs<T> blk(n, K);
+    tsl::EmulationOptions bopt = opt;
+    bopt.reduce_warps = 2 + int((seed >> 4) % 15);
+    // A third of them in short rounds: a warp stops after a few pivot queries, so that columns
+    // still reducing sit in the window (the commit must stop at them).
+    bopt.reduce_queries = (seed >> 9) % 3 == 0 ? tsl::index_t(1 + (seed >> 11) % 4) : -1;
+    tsl::vr_persistence_cloud_emulated(dist.data(), n, 1, blk.view(K), block_ews, bopt);
+    const bool same = same_bits(ref.h1, blk.h1) && ref.h1_edges == blk.h1_edges &&
+                      ref.count == blk.count && ref.truncated == blk.truncated &&
+                      block_ews.status == tsl::kOk;
+    if (!same) {
+      ok = false;
+      ++tsl_test::failures();
+      std::printf("FAIL %s n=%lld dim=%lld %s seed=%llu: the block reduction on %d warps differs "
+                  "from the scalar engine (count %lld vs %lld, status %d)\n",
+                  what, (long long)n, (long long)dim, sizeof(T) == 4 ? "float" : "double",
+                  (unsigned long long)seed, bopt.reduce_warps, (long long)blk.count,
+                  (long long)ref.count, int(block_ews.status));
+    }
+  }
   SizeCounters& s = g_counters[n];
   ++s.clouds;
   s.columns += ews.topology.columns;
@@ -681,6 +708,85 @@ void probe(int64_t n) {
   }
 }
 
+// --columns N D: how the warp reduction's work on one Gaussian cloud of N points in D dimensions
+// (the benchmark's kind, seeded as the probe's) spreads over its columns, and what a block of K
+// warps could take that reduced up to K consecutive columns at once and committed them in column
+// order. A column's pivot is final once every earlier column is committed (the pivot table then
+// holds what the serial reduction's held), so a column waits for the commit before it, and its
+// warp takes the column K places on. Each column's cost is its warp steps when reduced after all
+// earlier ones (the run on columns [0, c] less the run on [0, c)); the schedule leaves out the
+// commits' own steps and a column's extra work when a column of its window takes the pivot it
+// had found first. Beside it, block_reduce on K warps in the emulation: its span (per phase the
+// longest warp's steps: the chain a device would run), all its warps' steps, and its rounds.
+void columns_work(int64_t n, int64_t dim) {
+  if (n < 4 || n > 1024 || dim < 1) {
+    std::printf("--columns takes N in 4..1024 and D >= 1, got %lld %lld\n", (long long)n,
+                (long long)dim);
+    ++tsl_test::failures();
+    return;
+  }
+  std::mt19937 rng(7);
+  std::normal_distribution<double> g;
+  std::vector<double> x(n * dim), dist(n * n);
+  for (double& v : x) v = g(rng);
+  tsl::pairwise_distance_cloud(x.data(), n, dim, dist.data());
+  const int64_t K = 4 * n;
+  Outputs<double> emu(n, K);
+  tsl::EmulatedWorkspace<double> ews;
+  tsl::EmulationOptions opt;
+  opt.warp_reduction = true;
+  tsl::vr_persistence_cloud_emulated(dist.data(), n, 1, emu.view(K), ews, opt);
+  const std::vector<tsl::H1Column<double>> columns = ews.host.columns;
+  const tsl::DistanceMatrix<double> d{dist.data(), n};
+  double radius = INFINITY;  // the enclosing radius, as the topology pass finds it
+  for (int64_t u = 0; u < n; ++u) {
+    double m = 0.0;
+    for (int64_t v = 0; v < n; ++v) m = std::max(m, dist[u * n + v]);
+    radius = std::min(radius, m);
+  }
+  std::vector<int64_t> cost;
+  int64_t before = 0;
+  for (size_t c = 0; c <= columns.size(); ++c) {
+    const std::vector<tsl::H1Column<double>> prefix(columns.begin(), columns.begin() + c);
+    tsl::EmulatedReduceBuffers<double> b;
+    std::vector<tsl::H1Pair<double>> pairs;
+    tsl::WarpCounters wc;
+    const tsl::Status s =
+        tsl::run_h1_reduction_warp(d, radius, prefix, b, pairs, opt, nullptr, &wc);
+    CHECK(s == tsl::kOk, "--columns: the reduction of %zu columns failed (%d)", c, int(s));
+    if (c > 0) cost.push_back(wc.steps - before);
+    before = wc.steps;
+  }
+  const int64_t m = (int64_t)cost.size();
+  int64_t total = 0, heaviest = 0;
+  for (int64_t v : cost) total += v, heaviest = std::max(heaviest, v);
+  std::printf("N = %lld, D = %lld: %lld columns, %lld warp steps, the heaviest column %lld\n",
+              (long long)n, (long long)dim, (long long)m, (long long)total, (long long)heaviest);
+  std::printf("%6s %14s %8s %14s %14s %8s %8s\n", "warps", "schedule", "speedup", "block span",
+              "block steps", "speedup", "rounds");
+  for (int k : {1, 2, 4, 8, 16, 32}) {
+    std::vector<int64_t> commit(m);
+    for (int64_t c = 0; c < m; ++c) {
+      const int64_t start = c >= k ? commit[c - k] : 0;
+      commit[c] = std::max(start + cost[c], c > 0 ? commit[c - 1] : 0);
+    }
+    const int64_t span = m ? commit[m - 1] : 0;
+    // The block reduction itself (block_reduce): its chain, each phase's longest warp.
+    tsl::EmulationOptions bopt = opt;
+    bopt.reduce_warps = k;
+    if (const char* q = std::getenv("TEST_WARP_QUERIES")) bopt.reduce_queries = std::atoll(q);
+    tsl::EmulatedReduceBuffers<double> b;
+    std::vector<tsl::H1Pair<double>> pairs;
+    tsl::WarpCounters wc;
+    const tsl::Status s = tsl::run_h1_reduction_warp(d, radius, columns, b, pairs, bopt, nullptr,
+                                                     &wc);
+    CHECK(s == tsl::kOk, "--columns: the block reduction on %d warps failed (%d)", k, int(s));
+    std::printf("%6d %14lld %8.2f %14lld %14lld %8.2f %8lld\n", k, (long long)span,
+                span ? double(total) / span : 1.0, (long long)wc.span, (long long)wc.steps,
+                wc.span ? double(total) / wc.span : 1.0, (long long)(wc.barriers / 3));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -697,6 +803,10 @@ int main(int argc, char** argv) {
     } else if (arg == "--probe" && a + 1 < argc) {
       probe(std::atoll(argv[++a]));
       return tsl_test::finish_checks("warp probe");
+    } else if (arg == "--columns" && a + 2 < argc) {
+      const int64_t n = std::atoll(argv[++a]);
+      columns_work(n, std::atoll(argv[++a]));
+      return tsl_test::finish_checks("warp columns");
     } else {
       std::printf("unknown argument %s\n", argv[a]);
       return 2;
