@@ -241,6 +241,12 @@ def test_block_reduction_matches_cpu(warps, dtype, monkeypatch):
         gpu = ops.vr_persistence(d.cuda(), 1, True, k)
         assert int(cpu[4].sum()) > 0  # H1 bars exist, so the reduction did work
         _assert_same(cpu, gpu, exact=True, rtol=0.0)
+    # The setting reaches the block kernel (one cloud: the automatic count is a block too).
+    d = _cpu_dist(batches[0]).cuda()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        ops.vr_persistence(d, 1, True, 64)
+        torch.cuda.synchronize()
+    assert any("reduce_block_kernel" in e.name for e in prof.events())
 
 
 @pytest.mark.parametrize("value", ["17", "-1", "four"])

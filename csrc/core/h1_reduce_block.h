@@ -54,11 +54,14 @@ struct BlockReduceShared {
 
 // One cloud's reduction by a block. reducer_of(warp_id) is that warp's WarpReducer (on the
 // device each thread's own; on the host an array), each with its own set and V in its memory,
-// and the same pivot table, slots, pairs and arena. *num_pairs as run() reports it.
+// and the same pivot table, slots, pairs and arena. *num_pairs as run() reports it. queries:
+// the pivot queries a warp takes in a round before the commit (<= 0: until its column has a
+// candidate); rounds then end sooner, the pairs are the same.
 template <class Block, typename T, class ReducerOf>
 TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<T>* columns,
                            index_t num_columns, ReducerOf&& reducer_of, index_t* num_pairs,
                            index_t queries = -1) {
+  if (queries <= 0) queries = -1;  // no budget: a budget of 0 would never reduce
   using W = typename Block::Warp;
   using R = WarpReducer<W, T>;
   using namespace warp_reduce_detail;
@@ -91,6 +94,7 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
     for (int k = 0; k < K; ++k)
       if (sh.stage[k] < -1) s = Status(-2 - sh.stage[k]);
     const index_t first = num_columns < K ? num_columns : K;
+    w.sync();  // every lane read the rows lane 0 now writes
     w.each([&](int lane) {
       if (lane != 0) return;
       sh.arena = reducer_of(0).memory().arena;
@@ -150,15 +154,10 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
       });
     });
     blk.sync();
-    Status failed = kOk;  // block-uniform: every thread reads the same rows
-    for (int k = 0; k < K; ++k)
-      if (sh.stage[k] < -1) failed = Status(-2 - sh.stage[k]);
-    if (failed != kOk) {
-      *num_pairs = 0;
-      return failed;
-    }
 
-    // ---- One warp: the window's longest prefix of final candidates, committed in order.
+    // ---- One warp: a warp's failure ends the reduction; else the window's longest prefix of
+    // final candidates, committed in order. (Only this warp reads the rows the others wrote:
+    // a check of them in every thread here raced with this warp's writes below.)
     blk.first_warp([&](W& w) {
       R& r0 = reducer_of(0);
       WarpReduceMemory<T>& m = r0.memory();
@@ -167,11 +166,13 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
       index_t committed = sh.committed, next_column = sh.next_column;
       int32_t head = sh.window_head, size = sh.window_size;
       Status s = kOk;
+      for (int k = 0; k < K; ++k)
+        if (sh.stage[k] < -1) s = Status(-2 - sh.stage[k]);
       index_t write_at[kBlockReduceMaxWarps], take[kBlockReduceMaxWarps];
       for (int k = 0; k < K; ++k) write_at[k] = take[k] = -1;
       int32_t freed[kBlockReduceMaxWarps];
       int nfreed = 0;
-      while (size > 0) {
+      while (s == kOk && size > 0) {
         const int32_t id = sh.window[head];
         if (sh.stage[id] == R::kAdvancing) break;  // not done yet
         const bool zero = sh.stage[id] == R::kZero;
@@ -219,6 +220,7 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
         freed[nfreed++] = id;
       }
       // The committed warps take the next columns, in order, at the window's back.
+      w.sync();  // every lane read the window and the rows lane 0 now writes
       for (int f = 0; f < nfreed && next_column < num_columns; ++f) {
         take[freed[f]] = next_column++;
         const int32_t at = int32_t((head + size) % K);
@@ -259,7 +261,7 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
     });
     blk.sync();
   }
-  *num_pairs = sh.num_pairs;
+  *num_pairs = sh.status == kOk ? sh.num_pairs : 0;
   return Status(sh.status);
 }
 

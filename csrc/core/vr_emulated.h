@@ -69,9 +69,9 @@ struct EmulationOptions {
 // Digits only, at most 2^40 (a TiB); anything else is an error naming the variable: strtoull
 // took "-1" as 2^64 - 1, "1e6" as 1 and "abc" as 0, and sizes near 2^64 wrapped to an empty
 // pool, each silently.
-// TSLOSS_EMULATED_REDUCE_WARPS (1..16, as TSLOSS_CUDA_REDUCE_WARPS; 1, the default, one warp)
-// runs the reduction on a block of that many warps (block_reduce), so that the Python suites
-// can run through the block kernel's code too.
+// TSLOSS_EMULATED_REDUCE_WARPS (1..16; 1, the default, one warp; no automatic 0, which on the
+// device reads the SM count) runs the reduction on a block of that many warps (block_reduce),
+// so that the Python suites can run through the block kernel's code too.
 inline EmulationOptions emulation_options_from_env() {
   constexpr uint64_t kMaxPoolBytes = uint64_t(1) << 40;
   EmulationOptions opt;
@@ -180,7 +180,6 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
     WarpReducer<HostWarp, T> reducer(w, d, threshold, mem, &local);
     index_t num_pairs = 0;
     if (opt.reduce_warps > 0) {
-      emulated_block_reductions().fetch_add(1, std::memory_order_relaxed);
       HostBlock blk(K, opt.seed);
       std::vector<WarpReducer<HostWarp, T>> reducers;
       reducers.reserve(K);
@@ -192,9 +191,22 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
       }
       BlockReduceShared<T> shared;
       if (opt.seed != 0) std::memset((void*)&shared, 0x5A, sizeof shared);  // as poison()
+      host_schedule.warp = -1;  // a block: each phase names its warps
+      schedule_fence();
+      if (opt.watch) {
+        const DeviceMemoryWatch::Buffer buffers[] = {
+            device_buffer("set", b.set_fast),          device_buffer("vwork", b.vwork_fast),
+            device_buffer("arena", b.arena_fast),      device_buffer("pivot_keys", b.pivot_keys),
+            device_buffer("pivot_slots", b.pivot_slots), device_buffer("v_start", b.v_start),
+            device_buffer("v_length", b.v_length),     device_buffer("pairs", pairs),
+            {"pool", b.pool.data(), size_t(pool_bytes)}, device_buffer("columns", columns),
+            {"block_shared", &shared, sizeof shared}};
+        opt.watch->launch("h1_reduce_block", buffers, int(sizeof buffers / sizeof buffers[0]));
+      }
       const Status s = block_reduce(blk, shared, columns.data(), m,
                                     [&](int k) -> WarpReducer<HostWarp, T>& { return reducers[k]; },
                                     &num_pairs, opt.reduce_queries);
+      if (opt.watch) opt.watch->finish();
       if (counters) {
         counters->steps += blk.counters().steps;
         counters->collectives += blk.counters().collectives;
@@ -202,6 +214,7 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
         counters->span += blk.counters().span;
       }
       if (s == kOk) {
+        emulated_block_reductions().fetch_add(1, std::memory_order_relaxed);
         pairs.resize(num_pairs);
         if (stats) *stats = local;
         return kOk;

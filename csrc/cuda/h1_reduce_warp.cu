@@ -95,12 +95,14 @@ __global__ void __launch_bounds__(kBlockWarps * 32, 1)
       g.slot_capacity,
       WarpPool{g.pool, g.pool_bytes, g.pool_used}};
   CudaBlock blk;
-  // Each thread's own warp's reducer: the block's code asks for warp k's only in that warp.
+  // Each thread's own warp's reducer: the block's code asks for warp k's only in that warp, or
+  // for what every warp's holds alike (the capacities).
   WarpReducer<CudaWarp, T> reducer(blk.warp(warp), DistanceMatrix<T>{dist + b * N * N, N},
                                    threshold[b], mem, nullptr);
+  WarpReducer<CudaWarp, T>* const own = &reducer;
   index_t np = 0;
   const Status s = block_reduce(
-      blk, sh, columns + b * E, m, [&](int) -> WarpReducer<CudaWarp, T>& { return reducer; },
+      blk, sh, columns + b * E, m, [own](int) -> WarpReducer<CudaWarp, T>& { return *own; },
       &np);
   if (threadIdx.x == 0) {
     g.status[b] = s;
@@ -132,18 +134,39 @@ cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* thr
                                const WarpReduceSlices<T>& slices, cudaStream_t stream,
                                int warps_per_cloud) {
   if (B == 0) return cudaSuccess;
-  const int warps = reduce_warps_per_cloud(B, warps_per_cloud);
+  int warps = reduce_warps_per_cloud(B, warps_per_cloud);
+  // Each warp of a block takes its set's second part (1,024 entries) from the pool at the
+  // start, where one warp takes one a cloud: the pool, sized for one warp a cloud, keeps three
+  // quarters for growth, or the clouds would run out that one warp finishes.
+  const uint64_t set_part = 1024 * sizeof(Entry<T>);
+  while (warps > 1 && 4 * (uint64_t)B * (uint64_t)warps * set_part > slices.pool_bytes) warps /= 2;
+  // And the warps' dynamic shared memory (5 KB each) within what a block may have here: past
+  // 48 KB only by asking, and some GPUs (sm_75: 64 KB) give less than 16 warps' 80 KB.
+  if (warps > 1) {
+    int device = 0, optin = 0;
+    cudaFuncAttributes attr;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+            cudaSuccess ||
+        cudaFuncGetAttributes(&attr, reduce_block_kernel<T>) != cudaSuccess) {
+      cudaGetLastError();
+      warps = 1;
+    } else {
+      const size_t room = (size_t)optin > attr.sharedSizeBytes ? optin - attr.sharedSizeBytes : 0;
+      while (warps > 1 && block_shared_bytes<T>(warps) > room) --warps;
+    }
+  }
   if (warps <= 1) {
     reduce_warp_kernel<T><<<(unsigned)B, 32, 0, stream>>>(
         dist, B, N, threshold, columns, counts, slices);
     return cudaGetLastError();
   }
   const size_t bytes = block_shared_bytes<T>(warps);
-  // Past the 48 KB a kernel gets unasked (16 warps: 80 KB); set once per size, it stays set.
-  cudaError_t err = cudaFuncSetAttribute(reduce_block_kernel<T>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)block_shared_bytes<T>(kBlockWarps));
-  if (err != cudaSuccess) return err;
+  if (bytes > 48 * 1024) {  // the default a kernel gets unasked
+    const cudaError_t err = cudaFuncSetAttribute(
+        reduce_block_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (err != cudaSuccess) return err;
+  }
   reduce_block_kernel<T><<<(unsigned)B, warps * 32, bytes, stream>>>(
       dist, B, N, threshold, columns, counts, slices);
   return cudaGetLastError();

@@ -285,6 +285,12 @@ void test_kernels(double fraction) {
       opt.shared_entries = kShared[(q / tsl_test::kFamilies) % 4];
       // Now and then the device's fixed pool, small enough that tie-heavy clouds exhaust it.
       if (q % 7 == 6) opt.fixed_pool_bytes = 8192;
+      // Every third cloud's reduction on a block of 2 to 16 warps (block_reduce), some of them
+      // in short rounds.
+      if (q % 3 == 1) {
+        opt.reduce_warps = 2 + int(rng() % 15);
+        opt.reduce_queries = q % 2 ? -1 : 1 + tsl::index_t(rng() % 3);
+      }
       const auto c0 = std::chrono::steady_clock::now();
       if (q % 2) run_cloud<double>(watch, pts, s.n, dim, opt, sweep, tsl_test::family_name(family));
       else run_cloud<float>(watch, pts, s.n, dim, opt, sweep, tsl_test::family_name(family));
@@ -299,7 +305,7 @@ void test_kernels(double fraction) {
         (long long)sweep.hazard_clouds, (long long)sweep.clouds);
   // The kernels' own accesses were seen (an uninstrumented copy of them would see none).
   for (const char* b : {"key_hi", "parent", "in_tree", "warp_words", "mst", "columns", "h0",
-                        "pivot_keys", "pivot_slots", "v_start", "pairs", "pool"})
+                        "pivot_keys", "pivot_slots", "v_start", "pairs", "pool", "block_shared"})
     CHECK(watch.watched_accesses(b) > 0, "no access to %s was seen", b);
   if (fraction >= 0.5)  // then some clouds have a shared part (a tiny sweep may not)
     for (const char* b : {"set", "vwork", "arena"})
