@@ -175,11 +175,28 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
                             pairs.data(), m + 1};
     mem.pool = WarpPool{reinterpret_cast<unsigned char*>(b.pool.data()), pool_bytes,
                         &b.pool_used};
-    HostWarp w(opt.seed, counters);
     WarpReduceStats local;
-    WarpReducer<HostWarp, T> reducer(w, d, threshold, mem, &local);
     index_t num_pairs = 0;
-    if (opt.reduce_warps > 0) {
+    // What the reduction's kernel sees of device memory (the block's shared rows too).
+    BlockReduceShared<T> shared;
+    const bool block = opt.reduce_warps > 0;
+    if (block && opt.seed != 0) std::memset((void*)&shared, 0x5A, sizeof shared);  // as poison()
+    // A warp launched alone: its uniform code is its lanes'; a block: each phase names its warps.
+    host_schedule.warp = block ? -1 : 0;
+    schedule_fence();
+    if (opt.watch) {
+      const DeviceMemoryWatch::Buffer buffers[] = {
+          device_buffer("set", b.set_fast),          device_buffer("vwork", b.vwork_fast),
+          device_buffer("arena", b.arena_fast),      device_buffer("pivot_keys", b.pivot_keys),
+          device_buffer("pivot_slots", b.pivot_slots), device_buffer("v_start", b.v_start),
+          device_buffer("v_length", b.v_length),     device_buffer("pairs", pairs),
+          {"pool", b.pool.data(), size_t(pool_bytes)}, device_buffer("columns", columns),
+          {"block_shared", &shared, sizeof shared}};
+      opt.watch->launch(block ? "h1_reduce_block" : "h1_reduce_warp", buffers,
+                        int(sizeof buffers / sizeof buffers[0]) - (block ? 0 : 1));
+    }
+    Status s;
+    if (block) {
       HostBlock blk(K, opt.seed);
       std::vector<WarpReducer<HostWarp, T>> reducers;
       reducers.reserve(K);
@@ -189,58 +206,23 @@ inline Status run_h1_reduction_warp(const DistanceMatrix<T>& d, T threshold,
         own.vwork = Spill<int32_t>{b.vwork_fast.data() + k * fast, fast, nullptr, 0};
         reducers.emplace_back(blk.warp(k), d, threshold, own, &local);
       }
-      BlockReduceShared<T> shared;
-      if (opt.seed != 0) std::memset((void*)&shared, 0x5A, sizeof shared);  // as poison()
-      host_schedule.warp = -1;  // a block: each phase names its warps
-      schedule_fence();
-      if (opt.watch) {
-        const DeviceMemoryWatch::Buffer buffers[] = {
-            device_buffer("set", b.set_fast),          device_buffer("vwork", b.vwork_fast),
-            device_buffer("arena", b.arena_fast),      device_buffer("pivot_keys", b.pivot_keys),
-            device_buffer("pivot_slots", b.pivot_slots), device_buffer("v_start", b.v_start),
-            device_buffer("v_length", b.v_length),     device_buffer("pairs", pairs),
-            {"pool", b.pool.data(), size_t(pool_bytes)}, device_buffer("columns", columns),
-            {"block_shared", &shared, sizeof shared}};
-        opt.watch->launch("h1_reduce_block", buffers, int(sizeof buffers / sizeof buffers[0]));
-      }
-      const Status s = block_reduce(blk, shared, columns.data(), m,
-                                    [&](int k) -> WarpReducer<HostWarp, T>& { return reducers[k]; },
-                                    &num_pairs, opt.reduce_queries);
-      if (opt.watch) opt.watch->finish();
+      s = block_reduce(blk, shared, columns.data(), m,
+                       [&](int k) -> WarpReducer<HostWarp, T>& { return reducers[k]; },
+                       &num_pairs, opt.reduce_queries);
       if (counters) {
         counters->steps += blk.counters().steps;
         counters->collectives += blk.counters().collectives;
         counters->barriers += blk.counters().barriers;
         counters->span += blk.counters().span;
       }
-      if (s == kOk) {
-        emulated_block_reductions().fetch_add(1, std::memory_order_relaxed);
-        pairs.resize(num_pairs);
-        if (stats) *stats = local;
-        return kOk;
-      }
-      if (s != kHeapFull && s != kReductionArenaFull) return s;
-      if (fixed) {
-        if (stats) *stats = local;
-        return s;
-      }
-      b.pool_bytes *= 2;
-      continue;
+      if (s == kOk) emulated_block_reductions().fetch_add(1, std::memory_order_relaxed);
+    } else {
+      HostWarp w(opt.seed, counters);
+      WarpReducer<HostWarp, T> reducer(w, d, threshold, mem, &local);
+      const int64_t steps_before = counters ? counters->steps : 0;
+      s = reducer.run(columns.data(), m, &num_pairs);
+      if (counters) counters->span += counters->steps - steps_before;  // one warp: its steps
     }
-    host_schedule.warp = 0;  // a warp launched alone: its uniform code is its lanes'
-    schedule_fence();
-    if (opt.watch) {
-      const DeviceMemoryWatch::Buffer buffers[] = {
-          device_buffer("set", b.set_fast),          device_buffer("vwork", b.vwork_fast),
-          device_buffer("arena", b.arena_fast),      device_buffer("pivot_keys", b.pivot_keys),
-          device_buffer("pivot_slots", b.pivot_slots), device_buffer("v_start", b.v_start),
-          device_buffer("v_length", b.v_length),     device_buffer("pairs", pairs),
-          {"pool", b.pool.data(), size_t(pool_bytes)}, device_buffer("columns", columns)};
-      opt.watch->launch("h1_reduce_warp", buffers, int(sizeof buffers / sizeof buffers[0]));
-    }
-    const int64_t steps_before = counters ? counters->steps : 0;
-    const Status s = reducer.run(columns.data(), m, &num_pairs);
-    if (counters) counters->span += counters->steps - steps_before;  // one warp: its steps
     if (opt.watch) opt.watch->finish();
     if (s == kOk) {
       pairs.resize(num_pairs);

@@ -24,6 +24,25 @@ static_assert(kFastEntries >= WarpReducer<CudaWarp, float>::kSealAt &&
                   kFastEntries >= WarpReducer<CudaWarp, double>::kSealAt,
               "the reduction's tail must fit the shared part of its set");
 
+// Cloud b's slices of the launch's arrays, with the fast parts of its set, V and arena (each
+// kFastEntries long) where the kernel keeps them.
+template <typename T>
+__device__ WarpReduceMemory<T> cloud_memory(const WarpReduceSlices<T>& g, int64_t b,
+                                            Entry<T>* set, int32_t* vwork, int32_t* arena) {
+  return WarpReduceMemory<T>{Spill<Entry<T>>{set, kFastEntries, nullptr, 0},
+                             Spill<int32_t>{vwork, kFastEntries, nullptr, 0},
+                             Spill<int32_t>{arena, kFastEntries, nullptr, 0},
+                             g.pivot_keys + b * g.pivot_capacity,
+                             g.pivot_slots + b * g.pivot_capacity,
+                             g.pivot_capacity,
+                             g.v_start + b * g.slot_capacity,
+                             g.v_length + b * g.slot_capacity,
+                             g.slot_capacity,
+                             g.pairs + b * g.slot_capacity,
+                             g.slot_capacity,
+                             WarpPool{g.pool, g.pool_bytes, g.pool_used}};
+}
+
 template <typename T>
 __global__ void __launch_bounds__(32)
     reduce_warp_kernel(const T* __restrict__ dist, int64_t B, int64_t N,
@@ -34,19 +53,7 @@ __global__ void __launch_bounds__(32)
   __shared__ int32_t s_arena[kFastEntries];
   const int64_t b = blockIdx.x;
   const int64_t E = N * (N - 1) / 2, m = counts[b];
-  const WarpReduceMemory<T> mem{
-      Spill<Entry<T>>{s_set, kFastEntries, nullptr, 0},
-      Spill<int32_t>{s_vwork, kFastEntries, nullptr, 0},
-      Spill<int32_t>{s_arena, kFastEntries, nullptr, 0},
-      g.pivot_keys + b * g.pivot_capacity,
-      g.pivot_slots + b * g.pivot_capacity,
-      g.pivot_capacity,
-      g.v_start + b * g.slot_capacity,
-      g.v_length + b * g.slot_capacity,
-      g.slot_capacity,
-      g.pairs + b * g.slot_capacity,
-      g.slot_capacity,
-      WarpPool{g.pool, g.pool_bytes, g.pool_used}};
+  const WarpReduceMemory<T> mem = cloud_memory(g, b, s_set, s_vwork, s_arena);
   CudaWarp w;
   WarpReducer<CudaWarp, T> reducer(w, DistanceMatrix<T>{dist + b * N * N, N}, threshold[b], mem,
                                    nullptr);
@@ -81,19 +88,9 @@ __global__ void __launch_bounds__(kBlockWarps * 32, 1)
   int32_t* s_vwork = reinterpret_cast<int32_t*>(s_set + (size_t)warps * kFastEntries);
   const int64_t b = blockIdx.x;
   const int64_t E = N * (N - 1) / 2, m = counts[b];
-  const WarpReduceMemory<T> mem{
-      Spill<Entry<T>>{s_set + (size_t)warp * kFastEntries, kFastEntries, nullptr, 0},
-      Spill<int32_t>{s_vwork + (size_t)warp * kFastEntries, kFastEntries, nullptr, 0},
-      Spill<int32_t>{s_arena, kFastEntries, nullptr, 0},
-      g.pivot_keys + b * g.pivot_capacity,
-      g.pivot_slots + b * g.pivot_capacity,
-      g.pivot_capacity,
-      g.v_start + b * g.slot_capacity,
-      g.v_length + b * g.slot_capacity,
-      g.slot_capacity,
-      g.pairs + b * g.slot_capacity,
-      g.slot_capacity,
-      WarpPool{g.pool, g.pool_bytes, g.pool_used}};
+  const WarpReduceMemory<T> mem =
+      cloud_memory(g, b, s_set + (size_t)warp * kFastEntries,
+                   s_vwork + (size_t)warp * kFastEntries, s_arena);
   CudaBlock blk;
   // Each thread's own warp's reducer: the block's code asks for warp k's only in that warp, or
   // for what every warp's holds alike (the capacities).
