@@ -135,8 +135,8 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
       index_t kept = 0;
       H1Pair<T> p{};
       bool pair = false;
-      if (s == kOk && moved) {
-        if (r.stage() == R::kCandidate || r.stage() == R::kEmergent) kept = r.sort_and_count_v();
+      if (s == kOk && moved && r.stage() != R::kAdvancing) {  // done: a candidate, or zero
+        if (r.stage() != R::kZero) kept = r.sort_and_count_v();
         pair = r.pair_of_column(&p);
       }
       w.each([&](int lane) {
