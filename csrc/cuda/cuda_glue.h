@@ -72,8 +72,8 @@ inline EngineSettings engine_settings() {
   int reduce_warps = 1;
   if (const char* v = std::getenv("TSLOSS_CUDA_REDUCE_WARPS"); v != nullptr && *v != '\0') {
     char* end = nullptr;
-    const long parsed = std::strtol(v, &end, 10);
-    TSL_CHECK(*end == '\0' && parsed >= 0 && parsed <= 16,
+    const long parsed = std::strtol(v, &end, 10);  // digits only: strtol takes " 5" and "+5"
+    TSL_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && parsed >= 0 && parsed <= 16,
               "TSLOSS_CUDA_REDUCE_WARPS must be 0 (automatic) or 1..16, got '", v, "'");
     reduce_warps = static_cast<int>(parsed);
   }

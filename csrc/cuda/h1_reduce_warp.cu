@@ -112,8 +112,8 @@ __global__ void __launch_bounds__(kBlockWarps * 32, 1)
 int reduce_warps_per_cloud(int64_t B, int requested) {
   if (requested == 1 || B == 0) return 1;
   if (requested > 1) return requested < kBlockWarps ? requested : kBlockWarps;
-  // Automatic: blocks while the batch leaves most of the GPU's multiprocessors idle, up to
-  // half of their warps in all (as topology_threads).
+  // Automatic: blocks while the batch leaves most of the GPU's multiprocessors idle, about four
+  // warps a multiprocessor in all.
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
@@ -139,6 +139,7 @@ cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* thr
   while (warps > 1 && 4 * (uint64_t)B * (uint64_t)warps * set_part > slices.pool_bytes) warps /= 2;
   // And the warps' dynamic shared memory (5 KB each) within what a block may have here: past
   // 48 KB only by asking, and some GPUs (sm_75: 64 KB) give less than 16 warps' 80 KB.
+  size_t room = 0, fixed = 0;  // dynamic shared memory a block may have; the kernel's static
   if (warps > 1) {
     int device = 0, optin = 0;
     cudaFuncAttributes attr;
@@ -149,7 +150,8 @@ cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* thr
       cudaGetLastError();
       warps = 1;
     } else {
-      const size_t room = (size_t)optin > attr.sharedSizeBytes ? optin - attr.sharedSizeBytes : 0;
+      fixed = attr.sharedSizeBytes;
+      room = (size_t)optin > fixed ? optin - fixed : 0;
       while (warps > 1 && block_shared_bytes<T>(warps) > room) --warps;
     }
   }
@@ -159,10 +161,16 @@ cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* thr
     return cudaGetLastError();
   }
   const size_t bytes = block_shared_bytes<T>(warps);
-  if (bytes > 48 * 1024) {  // the default a kernel gets unasked
+  // Unasked, a block gets 48 KB in all, its static shared memory (3.5-3.8 KB here) included:
+  // nine warps' 45 KB already pass it. Raised to all this device allows (the same value from
+  // every caller, so a thread launching fewer warps never lowers it under another's launch).
+  if (bytes + fixed > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(
-        reduce_block_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    if (err != cudaSuccess) return err;
+        reduce_block_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)room);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // returned, not left pending for the next launch's check
+      return err;
+    }
   }
   reduce_block_kernel<T><<<(unsigned)B, warps * 32, bytes, stream>>>(
       dist, B, N, threshold, columns, counts, slices);

@@ -453,18 +453,21 @@ bool compare_matrix(const std::vector<T>& dist, int64_t n, int64_t dim, uint64_t
     // A third of them in short rounds: a warp stops after a few pivot queries, so that columns
     // still reducing sit in the window (the commit must stop at them).
     bopt.reduce_queries = (seed >> 9) % 3 == 0 ? tsl::index_t(1 + (seed >> 11) % 4) : -1;
+    block_ews.reduction = {};
+    block_ews.status = tsl::kOk;
     tsl::vr_persistence_cloud_emulated(dist.data(), n, 1, blk.view(K), block_ews, bopt);
     const bool same = same_bits(ref.h1, blk.h1) && ref.h1_edges == blk.h1_edges &&
                       ref.count == blk.count && ref.truncated == blk.truncated &&
-                      block_ews.status == tsl::kOk;
+                      block_ews.status == tsl::kOk && block_ews.reduction.widening_misses == 0;
     if (!same) {
       ok = false;
       ++tsl_test::failures();
       std::printf("FAIL %s n=%lld dim=%lld %s seed=%llu: the block reduction on %d warps differs "
-                  "from the scalar engine (count %lld vs %lld, status %d)\n",
+                  "from the scalar engine (count %lld vs %lld, status %d, widening misses %lld)\n",
                   what, (long long)n, (long long)dim, sizeof(T) == 4 ? "float" : "double",
                   (unsigned long long)seed, bopt.reduce_warps, (long long)blk.count,
-                  (long long)ref.count, int(block_ews.status));
+                  (long long)ref.count, int(block_ews.status),
+                  (long long)block_ews.reduction.widening_misses);
     }
   }
   SizeCounters& s = g_counters[n];
