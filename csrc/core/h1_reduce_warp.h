@@ -308,8 +308,7 @@ class WarpReducer {
     if (num_columns + 1 > m_.slot_capacity) return kPivotTableFull;
     // The tail and one run; a cloud without columns needs neither (TSLOSS_CUDA_H1_HEAP < 256
     // flagged every cloud).
-    if (num_columns > 0 && m_.set.capacity() < 2 * kSealAt && !grow(m_.set, 2 * kSealAt, 0))
-      return kHeapFull;
+    if (num_columns > 0 && make_room() != kOk) return kHeapFull;
     if (2 * (num_columns + 1) > m_.pivot_capacity) return kPivotTableFull;
     // The cloud's own table within its slice, as every engine sizes it: the same probes, and
     // only that much to clear (a device slice holds the launch's largest).
@@ -328,7 +327,7 @@ class WarpReducer {
     return kOk;
   }
 
-  // ---- One column in steps: run() takes them in turn; BlockReducer (h1_reduce_block.h) gives
+  // ---- One column in steps: run() takes them in turn; block_reduce (h1_reduce_block.h) gives
   // each warp of a block a column and commits them in column order.
   enum Stage : int32_t {
     kEmergent = 0,    // candidate: the emergent test's first cofacet; V = {the edge}, no set
@@ -337,7 +336,6 @@ class WarpReducer {
     kAdvancing = 3,   // the set holds the banded coboundary; reduce on
   };
   TSL_HD Stage stage() const { return stage_; }
-  TSL_HD const H1Column<T>& column() const { return col_; }
   TSL_HD const Entry<T>& pivot() const { return pivot_; }
 
   // Starts `col`: the emergent test against the pivot table as it is (kEmergent), else its
@@ -455,7 +453,7 @@ class WarpReducer {
     return true;
   }
 
-  // For BlockReducer. A candidate's V with its pairs cancelled: sorted in place, and how many
+  // For block_reduce. A candidate's V with its pairs cancelled: sorted in place, and how many
   // entries stay (V is the same sum, so the column may still reduce on).
   TSL_HD index_t sort_and_count_v() {
     using namespace warp_reduce_detail;
@@ -477,8 +475,7 @@ class WarpReducer {
     w_.sync();
   }
   TSL_HD WarpReduceMemory<T>& memory() { return m_; }
-  TSL_HD W& warp() { return w_; }
-  // The set's room for its tail and one run, as run() makes it.
+  // The set's room for its tail and one sealed run, which every reduction needs first.
   TSL_HD Status make_room() {
     return m_.set.capacity() < 2 * kSealAt && !grow(m_.set, 2 * kSealAt, 0) ? kHeapFull : kOk;
   }
