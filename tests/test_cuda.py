@@ -260,6 +260,63 @@ def test_block_reduction_setting_is_checked(value, monkeypatch):
         tsloss_cuda.vr_persistence(x)
 
 
+def _slice_clouds() -> list[torch.Tensor]:
+    """float32 batches the distance kernel splits: 1 and 3 tiles, D past whole chunks, repeated
+    points and a far cluster (blocks that sum again canonically), a batch of 3."""
+    g = torch.Generator().manual_seed(61)
+    xs = [torch.randn(b, n, d, generator=g) for b, n, d in
+          ((1, 64, 4096), (1, 64, 4136), (2, 33, 200), (3, 16, 768), (1, 100, 1000))]
+    dup = torch.randn(1, 40, 700, generator=g)
+    dup[:, 1::3] = dup[:, 0:-1:3]
+    far = torch.randn(1, 40, 300, generator=g) + 1e4
+    return xs + [dup, far]
+
+
+@pytest.mark.parametrize("slices", ["0", "2", "7", "64"])
+def test_distance_slices_match_cpu(slices, monkeypatch):
+    """TSLOSS_CUDA_DISTANCE_SLICES: each distance tile's coordinates summed over several blocks
+    that a grid barrier joins (pairwise_distance_kernel.cuh) gives the CPU's distances bit for
+    bit, and the same diagrams and TSLoss value and gradient as the one-block kernel. No other
+    test runs the split kernel on a device."""
+    for x in _slice_clouds():
+        xc = x.cuda()
+        monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", slices)
+        d = ops.pairwise_distance(xc)
+        split = [t.cpu() for t in ops.vr_persistence(xc, 1, False, K)]
+        xg = xc.clone().requires_grad_(True)
+        value = tsloss_cuda.loss(xg)
+        value.backward()
+        monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", "1")
+        assert torch.equal(d.cpu(), _cpu_dist(x)), x.shape
+        whole = [t.cpu() for t in ops.vr_persistence(xc, 1, False, K)]
+        _assert_same(whole, split, exact=True, rtol=0.0)
+        xw = xc.clone().requires_grad_(True)
+        ref = tsloss_cuda.loss(xw)
+        ref.backward()
+        assert torch.equal(value, ref) and torch.equal(xg.grad, xw.grad), x.shape
+    # The setting reaches the split kernel: one cloud of 64 points in 4,096 dimensions splits.
+    monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", slices)
+    x = _slice_clouds()[0].cuda()
+    for op in (ops.pairwise_distance, lambda x: ops.vr_persistence(x, 1, False, K),
+               tsloss_cuda.loss):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            op(x)
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events()]
+        assert any("pairwise_distance_split_kernel" in n for n in names), names
+
+
+@pytest.mark.parametrize("value", ["65", "-1", "auto", " 2", "+2"])
+def test_distance_slices_setting_is_checked(value, monkeypatch):
+    """A slices setting out of range or unreadable names itself."""
+    monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", value)
+    x = torch.randn(1, 8, 300, device="cuda")
+    with pytest.raises(RuntimeError, match="TSLOSS_CUDA_DISTANCE_SLICES must be 0"):
+        ops.pairwise_distance(x)
+    with pytest.raises(RuntimeError, match="TSLOSS_CUDA_DISTANCE_SLICES must be 0"):
+        tsloss_cuda.loss(x)
+
+
 def test_warp_reduction_grows_from_its_pool(monkeypatch):
     """The warp reduction's arrays grow from a pool the launch shares: a bare regular 512-gon,
     whose working set peaks at 215 k entries (the default heap is 65 k per cloud), comes out
@@ -359,11 +416,13 @@ def test_training_step_has_no_host_sync():
     assert torch.isfinite(v).item() and torch.isfinite(prompt).all().item()
 
 
-def test_cuda_graph_replay_equals_eager():
+@pytest.mark.parametrize("slices, shape", [("1", (8, 32, 64)), ("0", (1, 64, 512))])
+def test_cuda_graph_replay_equals_eager(slices, shape, monkeypatch):
     # Forward+backward of the loss captured once, replayed on new inputs: no host sync or
-    # allocation outside the graph's pool may happen inside, and replays must equal eager.
+    # allocation outside the graph's pool may happen inside, and replays must equal eager. The
+    # second case captures the split distance kernel's cooperative launch.
+    monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", slices)
     g = torch.Generator().manual_seed(3)
-    shape = (8, 32, 64)
     x = torch.randn(shape, generator=g).cuda().requires_grad_(True)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

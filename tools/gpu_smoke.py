@@ -1,5 +1,6 @@
 """A small CUDA workload for compute-sanitizer: every op forward and backward, both dtypes,
-points and distance input, the loss with all terms, N = 256 split over several launches (one and
+points and distance input, the loss with all terms, float32 clouds in a few hundred dimensions
+(the ones TSLOSS_CUDA_DISTANCE_SLICES splits), N = 256 split over several launches (one and
 a few clouds per launch), a tie-heavy ring (exact), an H1 overflow, a NaN cloud, invalid distance
 matrices and overflowing distances.
 
@@ -59,6 +60,7 @@ def main() -> int:
         (vc).backward()
         (vg + v2).backward()
         good &= check(f"loss {dtype}", torch.allclose(vc, vg.cpu(), rtol=1e-5, atol=1e-6))
+    good &= wide_clouds(g)
     if os.environ.get("GPU_SMOKE_LIGHT", "0") != "1":
         good &= large_clouds(g)
     else:
@@ -67,6 +69,28 @@ def main() -> int:
     torch.cuda.synchronize()
     print("gpu_smoke:", "all checks passed" if good else "FAILED", flush=True)
     return 0 if good else 1
+
+
+def wide_clouds(g: torch.Generator) -> bool:
+    """float32 clouds in a few hundred dimensions, one and two per batch: the batches that
+    TSLOSS_CUDA_DISTANCE_SLICES=0 splits over several blocks a tile (one with repeated points,
+    whose tiles sum again canonically)."""
+    good = True
+    for b, n, d in ((1, 40, 300), (2, 33, 200)):
+        x = torch.randn(b, n, d, generator=g)
+        if b == 1:
+            x[:, 1::3] = x[:, 0:-1:3]
+        good &= check(f"pairwise_distance ({b}, {n}, {d}) float32",
+                      torch.equal(ops.pairwise_distance(x), ops.pairwise_distance(x.cuda()).cpu()))
+        cpu = ops.vr_persistence(x, 1, False, 64)
+        gpu = ops.vr_persistence(x.cuda(), 1, False, 64)
+        good &= check(f"vr_persistence ({b}, {n}, {d}) float32",
+                      all(torch.equal(c, v.cpu()) for c, v in zip(cpu, gpu)))
+        xg = x.cuda().requires_grad_(True)
+        tsloss_cuda.loss(xg).backward()
+        good &= check(f"loss ({b}, {n}, {d}) float32 gradient",
+                      bool(torch.isfinite(xg.grad).all()))
+    return good
 
 
 def large_clouds(g: torch.Generator) -> bool:

@@ -47,11 +47,15 @@ inline tsl::cuda::H1Capacity h1_capacity(int64_t n) {
 // TSLOSS_CUDA_REDUCE_WARPS (1 by default, 2..16, 0 automatic) gives the warp reduction that many
 // warps per cloud, a block committing columns in order (core/h1_reduce_block.h): for batches
 // too small to fill the GPU. Emulated bit for bit, not yet timed on a GPU: hence not the default.
+// TSLOSS_CUDA_DISTANCE_SLICES (1 by default, 0 automatic, 2..64) splits each distance tile's
+// coordinates over that many blocks (float32 points, batches too small to fill the GPU:
+// tsl::cuda::distance_slices); the same bits, and not the default for the same reason.
 struct EngineSettings {
   bool block_topology;
   bool warp_reduction;
   int clouds_per_warp;
   int reduce_warps;
+  int distance_slices;
 };
 
 // Whether the setting `name` picks `preferred` (also when unset) over `other`; anything else is
@@ -64,22 +68,42 @@ inline bool env_choice(const char* name, const char* preferred, const char* othe
   return false;
 }
 
+// A count setting where 0 means automatic: digits only, 0..most; unset or empty: fallback.
+// Not env_int, which takes 0 and anything unreadable as unset.
+inline int env_count(const char* name, int most, int fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  const long parsed = std::strtol(v, &end, 10);  // digits only: strtol takes " 5" and "+5"
+  TSL_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && parsed >= 0 && parsed <= most, name,
+            " must be 0 (automatic) or 1..", most, ", got '", v, "'");
+  return static_cast<int>(parsed);
+}
+
 inline EngineSettings engine_settings() {
   const int64_t clouds_per_warp = env_int("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", 0);
   TSL_CHECK(clouds_per_warp <= 32, "TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP must be 1..32, got ",
             clouds_per_warp);
-  // Parsed here, not by env_int, which takes 0 and anything unreadable as unset.
-  int reduce_warps = 1;
-  if (const char* v = std::getenv("TSLOSS_CUDA_REDUCE_WARPS"); v != nullptr && *v != '\0') {
-    char* end = nullptr;
-    const long parsed = std::strtol(v, &end, 10);  // digits only: strtol takes " 5" and "+5"
-    TSL_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && parsed >= 0 && parsed <= 16,
-              "TSLOSS_CUDA_REDUCE_WARPS must be 0 (automatic) or 1..16, got '", v, "'");
-    reduce_warps = static_cast<int>(parsed);
-  }
   return EngineSettings{env_choice("TSLOSS_CUDA_TOPOLOGY", "block", "global"),
                         env_choice("TSLOSS_CUDA_REDUCE", "warp", "thread"),
-                        static_cast<int>(clouds_per_warp), reduce_warps};
+                        static_cast<int>(clouds_per_warp),
+                        env_count("TSLOSS_CUDA_REDUCE_WARPS", 16, 1),
+                        env_count("TSLOSS_CUDA_DISTANCE_SLICES", 64, 1)};
+}
+
+// The distance kernel's slice workspace for one launch of B clouds of x's dtype, undefined where
+// that launch does not split (tsl::cuda::distance_slice_workspace_bytes). Its bytes are a
+// tensor's numel (kByte).
+inline at::Tensor distance_slice_workspace(const EngineSettings& e, int64_t B, int64_t N,
+                                           int64_t D, const at::Tensor& x) {
+  const size_t bytes = tsl::cuda::distance_slice_workspace_bytes(B, N, D, x.element_size(),
+                                                                 e.distance_slices);
+  if (bytes == 0) return at::Tensor();
+  return at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+}
+inline void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+inline size_t bytes_or_zero(const at::Tensor& t) {
+  return t.defined() ? static_cast<size_t>(t.numel()) : 0;
 }
 
 // Bytes of engine workspace one call may allocate: TSLOSS_CUDA_WORKSPACE_MB, else an eighth of

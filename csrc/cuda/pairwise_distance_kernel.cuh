@@ -1,7 +1,8 @@
 // The batched pairwise distance kernel (launched from pairwise_distance.cu), in a header of its
 // own so that csrc/native_tests/test_cuda_host.cpp runs this very code on the host: each CUDA
 // thread a fiber (native_tests/cuda_host.h), bit for bit against the canonical distances. It
-// includes no CUDA header: nvcc provides the intrinsics, the host test a shim of them.
+// includes no CUDA header but cooperative_groups for the split kernel, which only nvcc compiles:
+// nvcc provides the intrinsics, the host test a shim of them.
 //
 // Batched pairwise distances: lower-triangle tiles of 32 x 32 pairs, each thread holding a 4 x 4
 // register tile of pairs for one of eight lanes.
@@ -31,9 +32,9 @@
 // 512-thread block per SM (128 registers): ~5 us a chunk, where its arithmetic is ~0.8 us. Now
 // each thread loads the next chunk into registers (nine values, the centre's row among them)
 // before computing this one, so the loads fly during the arithmetic; 126 (sm_80) and 122
-// (sm_90) registers, no spills (one 512-thread block per SM, as before). Not measured on a GPU
-// yet; one cloud of 64 points is still 3 blocks on 132 SMs (splitting a cloud's coordinates over
-// blocks is the next step: the Gram sums may be added in any order).
+// (sm_90) registers, no spills (one 512-thread block per SM, as before). One cloud of 64 points
+// is still 3 blocks on 132 SMs: the split kernel below spreads each tile's coordinates over
+// several blocks (TSLOSS_CUDA_DISTANCE_SLICES).
 //
 // Each pair is computed once and written to both triangles, so the matrix is exactly
 // symmetric. The epilogue adds the block's distances (a per-block partial, in a fixed order: no
@@ -46,6 +47,10 @@
 
 #include "../core/common.h"
 #include "../core/pairwise_distance.h"
+
+#ifdef __CUDACC__
+#include <cooperative_groups.h>
+#endif
 
 namespace tsl {
 namespace cuda {
@@ -91,9 +96,9 @@ struct Staged {
 // chunk loop from under the condition that guards it.
 template <typename T, bool Gram>
 __device__ __forceinline__ void load_chunk(const T* __restrict__ xb, int64_t N, int64_t D,
-                                           int64_t i0, int64_t j0, int64_t k, int row,
-                                           const T* centre_src, Staged<T>& st) {
-  const bool in = k < D;
+                                           int64_t k_end, int64_t i0, int64_t j0, int64_t k,
+                                           int row, const T* centre_src, Staged<T>& st) {
+  const bool in = k < k_end;
   // One address a tile, stepped by kPass rows: eight live row pointers spilled on sm_80.
   const T* pi = xb + (i0 + row) * D + k;
   const T* pj = xb + (j0 + row) * D + k;
@@ -112,7 +117,7 @@ __device__ __forceinline__ void load_chunk(const T* __restrict__ xb, int64_t N, 
 // barrier of its own (readers of the previous chunk, then of this one). centre_rows: the
 // kPass x kChunk doubles the centre's rows pass through.
 template <typename T, bool Gram>
-__device__ __forceinline__ void store_chunk(const Staged<T>& st, int64_t N, int64_t D,
+__device__ __forceinline__ void store_chunk(const Staged<T>& st, int64_t N, int64_t k_end,
                                             int64_t i0, int64_t j0, int64_t k, int row, int c,
                                             double (*xi)[kStride], double (*xj)[kStride],
                                             double (*centre_rows)[kChunk]) {
@@ -122,9 +127,9 @@ __device__ __forceinline__ void store_chunk(const Staged<T>& st, int64_t N, int6
   if (Gram) {  // tsl::certify_centre of coordinate k, from the rows the block loaded
     double sum = 0.0;
     for (int r = 0; r < certify_centre_count(N); ++r) sum = __dadd_rn(sum, centre_rows[r][c]);
-    ck = k < D ? (double)certify_centre_of_sum(sum, N) : 0.0;
+    ck = k < k_end ? (double)certify_centre_of_sum(sum, N) : 0.0;
   }
-  const bool in = k < D;
+  const bool in = k < k_end;
 #pragma unroll
   for (int m = 0; m < kPerThread; ++m) {
     const int r = row + kPass * m;
@@ -134,15 +139,18 @@ __device__ __forceinline__ void store_chunk(const Staged<T>& st, int64_t N, int6
   __syncthreads();
 }
 
-// One block's tile sums, complete in every lane of each group of eight: Gram, the products and
-// both rows' squared norms of the points less the centre (tsl::certify_centre, as the CPU's);
-// else the canonical sums. acc, nu, nv: zeroed here. The chunk loop is pipelined by one: each
-// thread loads chunk n + 1 into registers before computing chunk n from shared memory, where
-// the first kernel loaded, then computed, with the whole block waiting on the loads (~5 us of
-// each 64-coordinate chunk at one block per SM on the H200, a reading of its 0.33 ms per cloud).
+// One block's tile sums over the coordinates [k_begin, k_end) (k_begin a multiple of kChunk),
+// complete in every lane of each group of eight: Gram, the products and both rows' squared
+// norms of the points less the centre (tsl::certify_centre, as the CPU's); else the canonical
+// sums, which only the whole range [0, D) gives. acc, nu, nv: zeroed here. The chunk loop is
+// pipelined by one: each thread loads chunk n + 1 into registers before computing chunk n from
+// shared memory, where the first kernel loaded, then computed, with the whole block waiting on
+// the loads (~5 us of each 64-coordinate chunk at one block per SM on the H200, a reading of its
+// 0.33 ms per cloud).
 template <typename T, bool Gram>
 __device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, int64_t D,
-                                          int64_t i0, int64_t j0, int ti, int tj, int lane,
+                                          int64_t k_begin, int64_t k_end, int64_t i0,
+                                          int64_t j0, int ti, int tj, int lane,
                                           int tid, double (*xi)[kStride], double (*xj)[kStride],
                                           double (*centre_rows)[kChunk],
                                           double (&acc)[kReg][kReg], double (&nu)[kReg],
@@ -157,11 +165,12 @@ __device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, i
   const T* centre_src =
       Gram && row < certify_centre_count(N) ? xb + certify_centre_row(row, N) * D : nullptr;
   Staged<T> st;
-  load_chunk<T, Gram>(xb, N, D, i0, j0, cs, row, centre_src, st);
-  store_chunk<T, Gram>(st, N, D, i0, j0, cs, row, cs, xi, xj, centre_rows);
-  for (int64_t k0 = 0; k0 < D; k0 += kChunk) {
-    const bool more = k0 + kChunk < D;
-    if (more) load_chunk<T, Gram>(xb, N, D, i0, j0, k0 + kChunk + cs, row, centre_src, st);
+  load_chunk<T, Gram>(xb, N, D, k_end, i0, j0, k_begin + cs, row, centre_src, st);
+  store_chunk<T, Gram>(st, N, k_end, i0, j0, k_begin + cs, row, cs, xi, xj, centre_rows);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) {
+    const bool more = k0 + kChunk < k_end;
+    if (more)
+      load_chunk<T, Gram>(xb, N, D, k_end, i0, j0, k0 + kChunk + cs, row, centre_src, st);
 #pragma unroll(sizeof(T) == 8 ? 2 : 1)  // 2 spills the float32 kernel (ptxas, sm_90)
     for (int c = lane; c < kChunk; c += kLanes) {
       double u[kReg], v[kReg];
@@ -188,7 +197,8 @@ __device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, i
       }
     }
     if (more)
-      store_chunk<T, Gram>(st, N, D, i0, j0, k0 + kChunk + cs, row, cs, xi, xj, centre_rows);
+      store_chunk<T, Gram>(st, N, k_end, i0, j0, k0 + kChunk + cs, row, cs, xi, xj,
+                           centre_rows);
   }
   // The lane tree: xor 1, then 2, then 4, the canonical one (IEEE addition is commutative, so
   // every lane of the group ends with the same sum); the Gram sums may take any order.
@@ -206,62 +216,79 @@ __device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, i
     }
 }
 
-// Gram: the certified route (float32 only), else the canonical sums. zero_word (or nullptr): a
-// word block (0, 0) sets to 0, the completion count of the kernel that reads the partials next
-// on this stream (tsloss_terms_kernel), which would otherwise need a launch of its own to clear.
-template <typename T, bool Gram>
-__global__ void __launch_bounds__(kThreads)
-    pairwise_distance_kernel(const T* __restrict__ x, int64_t N, int64_t D, T* __restrict__ out,
-                             double* __restrict__ partial, int64_t tiles,
-                             unsigned* __restrict__ zero_word) {
-  if (zero_word != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
-    *zero_word = 0u;
-  __shared__ double xi[kBlockRows][kStride];
-  __shared__ double xj[kBlockRows][kStride];
-  __shared__ double centre_rows[kPass][kChunk];
-  __shared__ double warp_sums[kThreads / 32];
-  const int64_t b = blockIdx.y;
-  int64_t bi, bj;
-  tile_of(blockIdx.x, &bi, &bj);
-  const int64_t i0 = bi * kBlockRows, j0 = bj * kBlockRows;
-  const int tid = threadIdx.x, lane = tid % kLanes, group = tid / kLanes;
-  const int ti = (group / (kBlockRows / kReg)) * kReg, tj = (group % (kBlockRows / kReg)) * kReg;
-  const T* xb = x + b * N * D;
+// A block's shared memory: the two row blocks of its tile as staged, the centre's rows, and the
+// warps' sums of the epilogue.
+struct TileShared {
+  double xi[kBlockRows][kStride];
+  double xj[kBlockRows][kStride];
+  double centre_rows[kPass][kChunk];
+  double warp_sums[kThreads / 32];
+};
 
-  double acc[kReg][kReg], nu[kReg], nv[kReg];
-  bool canonical = !Gram;
+// Where a thread works in tile `tile`: the tile's first rows (i0, j0), the thread, its lane of
+// eight and its register tile's rows (ti, tj) within the tile.
+struct TilePlace {
+  int64_t i0, j0;
+  int tid, lane, ti, tj;
+};
+__device__ __forceinline__ TilePlace place_in(int64_t tile) {
+  int64_t bi, bj;
+  tile_of(tile, &bi, &bj);
+  TilePlace p;
+  p.i0 = bi * kBlockRows;
+  p.j0 = bj * kBlockRows;
+  p.tid = threadIdx.x;
+  p.lane = p.tid % kLanes;
+  const int group = p.tid / kLanes;
+  p.ti = (group / (kBlockRows / kReg)) * kReg;
+  p.tj = (group % (kBlockRows / kReg)) * kReg;
+  return p;
+}
+
+template <typename T, bool Gram>
+__device__ __forceinline__ void tile_sums(const T* __restrict__ xb, int64_t N, int64_t D,
+                                          int64_t k_begin, int64_t k_end, const TilePlace& p,
+                                          TileShared& sh, double (&acc)[kReg][kReg],
+                                          double (&nu)[kReg], double (&nv)[kReg]) {
+  tile_sums<T, Gram>(xb, N, D, k_begin, k_end, p.i0, p.j0, p.ti, p.tj, p.lane, p.tid, sh.xi,
+                     sh.xj, sh.centre_rows, acc, nu, nv);
+}
+
+// From a tile's sums over all D coordinates to its distances. Gram: each lane certifies the
+// pairs it writes; where any pair of the block fails, the block sums its whole tile again
+// canonically (duplicates, far clusters, non-finite points: one pass more, rather than a thread
+// summing its pairs alone while its warp waits). Then each pair is written to both triangles
+// of ob (the cloud's (N, N) output), and the block's sum of distances over its pairs i > j to
+// *partial_slot (nullptr: none) in a fixed order. Lane l of a group reads only its pairs l and
+// l + 8 of acc, and the nu and nv they take.
+template <typename T, bool Gram>
+__device__ __forceinline__ void finish_tile(const T* __restrict__ xb, int64_t N, int64_t D,
+                                            const TilePlace& p, TileShared& sh,
+                                            double (&acc)[kReg][kReg], double (&nu)[kReg],
+                                            double (&nv)[kReg], T* __restrict__ ob,
+                                            double* partial_slot) {
   if (Gram) {
-    tile_sums<T, true>(xb, N, D, i0, j0, ti, tj, lane, tid, xi, xj, centre_rows, acc, nu, nv);
-    // Each lane certifies the pairs it writes (below); where any pair of the block fails, the
-    // block sums its whole tile again canonically (duplicates, far clusters, non-finite points:
-    // one pass more, rather than a thread summing its pairs alone while its warp waits).
     int fail = 0;
 #pragma unroll
     for (int e = 0; e < kReg * kReg; ++e) {
       const int a = e / kReg, q = e % kReg;
-      const int64_t i = i0 + ti + a, j = j0 + tj + q;
-      if (e % kLanes != lane || i >= N || j >= i) continue;
+      const int64_t i = p.i0 + p.ti + a, j = p.j0 + p.tj + q;
+      if (e % kLanes != p.lane || i >= N || j >= i) continue;
       double s;
       if (certify_float_square(__dadd_rn(nu[a], nv[q]), acc[a][q], D, &s))
         acc[a][q] = s;
       else
         fail = 1;
     }
-    canonical = __syncthreads_or(fail) != 0;
+    if (__syncthreads_or(fail) != 0) tile_sums<T, false>(xb, N, D, 0, D, p, sh, acc, nu, nv);
   }
-  if (canonical)
-    tile_sums<T, false>(xb, N, D, i0, j0, ti, tj, lane, tid, xi, xj, centre_rows, acc,
-                       nu, nv);
 
-  // Lane l of the group writes pairs l and l + 8 of its 16; the block's sum of distances over
-  // its pairs i > j goes to partial[b * tiles + tile] in a fixed order.
   double local = 0.0;
-  T* ob = out + b * N * N;
 #pragma unroll
   for (int e = 0; e < kReg * kReg; ++e) {
-    if (e % kLanes != lane) continue;
+    if (e % kLanes != p.lane) continue;
     const int a = e / kReg, q = e % kReg;
-    const int64_t i = i0 + ti + a, j = j0 + tj + q;
+    const int64_t i = p.i0 + p.ti + a, j = p.j0 + p.tj + q;
     if (i >= N || j >= N || j > i) continue;
     if (i == j) {
       ob[i * N + i] = T(0);
@@ -272,17 +299,134 @@ __global__ void __launch_bounds__(kThreads)
     ob[j * N + i] = d;
     local = __dadd_rn(local, (double)d);
   }
-  if (partial == nullptr) return;
+  if (partial_slot == nullptr) return;
   for (int off = 16; off > 0; off >>= 1)
     local = __dadd_rn(local, __shfl_down_sync(0xffffffffu, local, off));
-  if (tid % 32 == 0) warp_sums[tid / 32] = local;
+  if (p.tid % 32 == 0) sh.warp_sums[p.tid / 32] = local;
   __syncthreads();
-  if (tid == 0) {
+  if (p.tid == 0) {
     double s = 0.0;
-    for (int w = 0; w < kThreads / 32; ++w) s = __dadd_rn(s, warp_sums[w]);
-    partial[b * tiles + blockIdx.x] = s;
+    for (int w = 0; w < kThreads / 32; ++w) s = __dadd_rn(s, sh.warp_sums[w]);
+    *partial_slot = s;
   }
 }
+
+// Gram: the certified route (float32 only), else the canonical sums. zero_word (or nullptr): a
+// word block (0, 0) sets to 0, the completion count of the kernel that reads the partials next
+// on this stream (tsloss_terms_kernel), which would otherwise need a launch of its own to clear.
+// Grid: (tiles, B).
+template <typename T, bool Gram>
+__global__ void __launch_bounds__(kThreads)
+    pairwise_distance_kernel(const T* __restrict__ x, int64_t N, int64_t D, T* __restrict__ out,
+                             double* __restrict__ partial, int64_t tiles,
+                             unsigned* __restrict__ zero_word) {
+  if (zero_word != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+    *zero_word = 0u;
+  __shared__ TileShared sh;
+  const int64_t b = blockIdx.y;
+  const TilePlace p = place_in(blockIdx.x);
+  const T* xb = x + b * N * D;
+  double acc[kReg][kReg], nu[kReg], nv[kReg];
+  tile_sums<T, Gram>(xb, N, D, 0, D, p, sh, acc, nu, nv);
+  finish_tile<T, Gram>(xb, N, D, p, sh, acc, nu, nv, out + b * N * N,
+                       partial ? partial + b * tiles + blockIdx.x : nullptr);
+}
+
+// ---- The certified route with each tile's coordinates split over `slices` blocks -------------
+// For batches whose tiles leave most of the GPU idle: one cloud of 64 points is 3 blocks, each
+// summing 4,096 coordinates alone (the H100 took 0.175 ms for it, 64 clouds 0.50 ms). The
+// Gram sums may be added in any order (certify_float_square's bound holds for every order), so
+// block (tile * slices + s, b) sums the coordinates [s * per_slice, (s + 1) * per_slice) of its
+// tile into the workspace; after a grid-wide barrier the tile's slice-0 block adds the slices
+// in slice order and finishes the tile as the one-block kernel does (certification, the
+// canonical fallback over all D, the writes and the partial), so every output is the one-block
+// kernel's bit for bit. The device kernel is the two phases with cooperative_groups' grid sync
+// between them (a cooperative launch, which the launcher sizes to fit the GPU at once); the
+// host test (native_tests/test_cuda_host.cpp) launches the phases one after the other.
+
+// Values a block writes per slice: each of the 64 register tiles' 16 Gram sums and 4 + 4 norms.
+constexpr int kSliceGroupValues = kReg * kReg + 2 * kReg;  // 24
+constexpr int64_t kSliceValues = int64_t(kGroups) * kSliceGroupValues;
+
+// The first phase: this block's slice sums into ws ((B, tiles, slices, kSliceValues) doubles).
+// Lane l of a group writes Gram sums l and l + 8 and norm l (nu 0-3, then nv 0-3): a group's
+// lanes hold the same sums after the lane tree. Compile-time indices keep acc in registers.
+template <typename T>
+__device__ __forceinline__ void distance_slice_sums(const T* __restrict__ x, int64_t N,
+                                                    int64_t D, int64_t tiles, int slices,
+                                                    int64_t per_slice, double* __restrict__ ws,
+                                                    TileShared& sh, unsigned* zero_word) {
+  if (zero_word != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+    *zero_word = 0u;
+  const int64_t b = blockIdx.y, tile = blockIdx.x / slices, s = blockIdx.x % slices;
+  const TilePlace p = place_in(tile);
+  const int64_t k_begin = s * per_slice;
+  const int64_t k_end = k_begin + per_slice < D ? k_begin + per_slice : D;
+  double acc[kReg][kReg], nu[kReg], nv[kReg];
+  tile_sums<T, true>(x + b * N * D, N, D, k_begin, k_end, p, sh, acc, nu, nv);
+  double* out = ws + ((b * tiles + tile) * slices + s) * kSliceValues +
+                (p.tid / kLanes) * kSliceGroupValues;
+#pragma unroll
+  for (int e = 0; e < kReg * kReg; ++e)
+    if (e % kLanes == p.lane) out[e] = acc[e / kReg][e % kReg];
+#pragma unroll
+  for (int a = 0; a < kReg; ++a) {
+    if (p.lane == a) out[kReg * kReg + a] = nu[a];
+    if (p.lane == kReg + a) out[kReg * kReg + kReg + a] = nv[a];
+  }
+}
+
+// The second phase, after every block's first: blocks of slice 0 add their tile's slices in
+// slice order (the values lane l reads: finish_tile's) and finish it; the others return.
+template <typename T>
+__device__ __forceinline__ void distance_finish_slices(const T* __restrict__ x, int64_t N,
+                                                       int64_t D, T* __restrict__ out,
+                                                       double* __restrict__ partial,
+                                                       int64_t tiles, int slices,
+                                                       const double* __restrict__ ws,
+                                                       TileShared& sh) {
+  if (blockIdx.x % slices != 0) return;
+  const int64_t b = blockIdx.y, tile = blockIdx.x / slices;
+  const TilePlace p = place_in(tile);
+  double acc[kReg][kReg], nu[kReg], nv[kReg];
+#pragma unroll
+  for (int a = 0; a < kReg; ++a) {
+    nu[a] = nv[a] = 0.0;
+#pragma unroll
+    for (int q = 0; q < kReg; ++q) acc[a][q] = 0.0;
+  }
+  const double* in = ws + (b * tiles + tile) * slices * kSliceValues +
+                     (p.tid / kLanes) * kSliceGroupValues;
+  for (int s = 0; s < slices; ++s, in += kSliceValues) {
+#pragma unroll
+    for (int e = 0; e < kReg * kReg; ++e)
+      if (e % kLanes == p.lane) acc[e / kReg][e % kReg] = __dadd_rn(acc[e / kReg][e % kReg], in[e]);
+#pragma unroll
+    for (int a = 0; a < kReg; ++a) {
+      // Lane l's pairs l and l + 8 are rows a = l / 4 and l / 4 + 2, column q = l % 4.
+      if (a % 2 == p.lane / kReg) nu[a] = __dadd_rn(nu[a], in[kReg * kReg + a]);
+      if (a == p.lane % kReg) nv[a] = __dadd_rn(nv[a], in[kReg * kReg + kReg + a]);
+    }
+  }
+  const T* xb = x + b * N * D;
+  finish_tile<T, true>(xb, N, D, p, sh, acc, nu, nv, out + b * N * N,
+                       partial ? partial + b * tiles + tile : nullptr);
+}
+
+#ifdef __CUDACC__
+// Grid: (tiles * slices, B), launched cooperatively (every block resident at once).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pairwise_distance_split_kernel(const T* __restrict__ x, int64_t N, int64_t D,
+                                   T* __restrict__ out, double* __restrict__ partial,
+                                   int64_t tiles, int slices, int64_t per_slice,
+                                   double* __restrict__ ws, unsigned* __restrict__ zero_word) {
+  __shared__ TileShared sh;
+  distance_slice_sums<T>(x, N, D, tiles, slices, per_slice, ws, sh, zero_word);
+  cooperative_groups::this_grid().sync();
+  distance_finish_slices<T>(x, N, D, out, partial, tiles, slices, ws, sh);
+}
+#endif
 
 template <typename T>
 __global__ void symmetrize_upper_kernel(const T* __restrict__ in, int64_t B, int64_t N,

@@ -112,13 +112,15 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
   auto workspace = engine_workspace(ws_bytes, opts, "tsloss", chunk, per_cloud);
   auto terms_ws = at::empty({static_cast<int64_t>(tsl::cuda::tsloss_forward_workspace_bytes(B, N))},
                             opts.dtype(at::kByte));
+  const at::Tensor slices = distance_slice_workspace(engine, B, N, D, x);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tsloss_forward_cuda", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* pd = dist.data_ptr<scalar_t>();
     check_cuda(tsl::cuda::launch_pairwise_distance_sum<scalar_t>(
                    px, B, N, D, pd, static_cast<double*>(terms_ws.data_ptr()), stream,
-                   tsl::cuda::tsloss_terms_counter(terms_ws.data_ptr(), B, N)),
+                   tsl::cuda::tsloss_terms_counter(terms_ws.data_ptr(), B, N),
+                   engine.distance_slices, data_or_null(slices), bytes_or_zero(slices)),
                "tsloss_forward (distances)");
     for (int64_t b0 = 0; b0 < B; b0 += chunk) {
       const int64_t nb = std::min(chunk, B - b0);

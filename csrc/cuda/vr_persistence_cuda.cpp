@@ -40,9 +40,12 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x_in) {
   auto out = at::empty({B, N, N}, x.options());
   if (B == 0 || N == 0) return out;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const EngineSettings engine = engine_settings();
+  const at::Tensor slices = distance_slice_workspace(engine, B, N, D, x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cuda", [&] {
     check_cuda(tsl::cuda::launch_pairwise_distance<scalar_t>(
-                   x.data_ptr<scalar_t>(), B, N, D, out.data_ptr<scalar_t>(), stream),
+                   x.data_ptr<scalar_t>(), B, N, D, out.data_ptr<scalar_t>(), stream,
+                   engine.distance_slices, data_or_null(slices), bytes_or_zero(slices)),
                "pairwise_distance");
   });
   return out;
@@ -85,6 +88,10 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
                                                         engine.warp_reduction);
   auto workspace = engine_workspace(ws_bytes, opts, "vr_persistence", chunk, per_cloud);
   auto dist = at::empty({chunk, N, N}, opts);
+  // Sized for a launch of `chunk` clouds; a last, smaller launch that would take more (more
+  // slices each) runs unsplit, with the same bits. Only batches far below a launch's size split.
+  const at::Tensor slices =
+      distances ? at::Tensor() : distance_slice_workspace(engine, chunk, N, D, x);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "vr_persistence_cuda", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
@@ -96,8 +103,9 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
                                                                 stream),
                    "vr_persistence (distances)");
       } else {
-        check_cuda(tsl::cuda::launch_pairwise_distance<scalar_t>(px + b0 * N * D, nb, N, D, pd,
-                                                                 stream),
+        check_cuda(tsl::cuda::launch_pairwise_distance<scalar_t>(
+                       px + b0 * N * D, nb, N, D, pd, stream, engine.distance_slices,
+                       data_or_null(slices), bytes_or_zero(slices)),
                    "vr_persistence (pairwise distances)");
       }
       check_cuda(tsl::cuda::launch_vr_persistence<scalar_t>(

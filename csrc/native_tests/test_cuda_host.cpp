@@ -205,8 +205,8 @@ void check_gram_sums(int64_t N, int64_t D, uint64_t seed) {
     const int ti = (group / (dk::kBlockRows / dk::kReg)) * dk::kReg;
     const int tj = (group % (dk::kBlockRows / dk::kReg)) * dk::kReg;
     double acc[dk::kReg][dk::kReg], nu[dk::kReg], nv[dk::kReg];
-    dk::tile_sums<float, true>(x.data(), N, D, i0, j0, ti, tj, lane, tid, xi, xj, centre_rows,
-                               acc, nu, nv);
+    dk::tile_sums<float, true>(x.data(), N, D, 0, D, i0, j0, ti, tj, lane, tid, xi, xj,
+                               centre_rows, acc, nu, nv);
     for (int a = 0; a < dk::kReg; ++a)
       for (int q = 0; q < dk::kReg; ++q) {
         const int64_t i = i0 + ti + a, j = j0 + tj + q;
@@ -249,6 +249,86 @@ void check_gram_sums(int64_t N, int64_t D, uint64_t seed) {
         (long long)D, certified, pairs);
 }
 
+
+// The split kernel's two phases (pairwise_distance_kernel.cuh), launched one after the other as
+// the device's grid barrier orders them, blocks in a seeded order: the one-block kernel's
+// distances and partials bit for bit, the zero word cleared, and the slices' sums the tile's
+// Gram sums and norms (to rounding: the certificate, not the order, makes the distances equal;
+// a lost or doubled slice would pass wherever a pair then failed certification and was summed
+// again canonically). slices_want: as the launcher's split_plan turns a request into slices of
+// whole chunks.
+void check_split(int64_t B, int64_t N, int64_t D, int kind, int slices_want, uint64_t seed) {
+  const std::vector<float> x = cloud<float>(B, N, D, kind, seed);
+  std::vector<float> out;
+  std::vector<double> partial;
+  run_kernel(x, B, N, D, 0, &out, &partial);
+  const int64_t nt = (N + dk::kBlockRows - 1) / dk::kBlockRows, tiles = nt * (nt + 1) / 2;
+  const int64_t chunks = (D + dk::kChunk - 1) / dk::kChunk;
+  const int64_t per = (chunks + slices_want - 1) / slices_want;
+  const int slices = int((chunks + per - 1) / per);
+  CHECK(slices >= 2, "split N=%lld D=%lld: %d slices (a test of nothing)", (long long)N,
+        (long long)D, slices);
+  std::vector<double> ws(B * tiles * slices * dk::kSliceValues, NAN);
+  std::vector<float> out2(B * N * N, -7.0f);
+  std::vector<double> partial2(B * tiles, -7.0);
+  unsigned zero = 5;
+  const dim3 grid(unsigned(tiles * slices), unsigned(B));
+  cuda_host::launch(grid, dim3(dk::kThreads), seed, [&] {
+    __shared__ dk::TileShared sh;
+    dk::distance_slice_sums<float>(x.data(), N, D, tiles, slices, per * dk::kChunk, ws.data(), sh,
+                                   &zero);
+  });
+  cuda_host::launch(grid, dim3(dk::kThreads), seed + 1, [&] {
+    __shared__ dk::TileShared sh;
+    dk::distance_finish_slices<float>(x.data(), N, D, out2.data(), partial2.data(), tiles, slices,
+                                      ws.data(), sh);
+  });
+  int bad = 0, sums = 0;
+  for (int64_t e = 0; e < B * N * N; ++e) bad += !same_bits(out[e], out2[e]);
+  for (int64_t e = 0; e < B * tiles; ++e) bad += !same_bits(partial[e], partial2[e]);
+  CHECK(bad == 0 && zero == 0u, "split N=%lld D=%lld kind=%d slices=%d: %d values differ from "
+        "the one-block kernel's, zero word %u", (long long)N, (long long)D, kind, slices, bad,
+        zero);
+  // The slices' sums against the host's, from the same centred coordinates.
+  if (kind == 3) return;  // non-finite sums compare as NaN
+  for (int64_t b = 0; b < B; ++b) {
+    const float* c = x.data() + b * N * D;
+    std::vector<double> y(N * D);
+    for (int64_t k = 0; k < D; ++k) {
+      const double ck = double(tsl::certify_centre(c, N, D, k));
+      for (int64_t i = 0; i < N; ++i) y[i * D + k] = double(c[i * D + k]) - ck;
+    }
+    auto dot = [&](int64_t i, int64_t j) {
+      long double s = 0.0L;
+      for (int64_t k = 0; k < D; ++k) s += (long double)y[i * D + k] * y[j * D + k];
+      return double(s);
+    };
+    for (int64_t t = 0; t < tiles; ++t) {
+      int64_t bi, bj;
+      dk::tile_of(t, &bi, &bj);
+      for (int g = 0; g < dk::kGroups; ++g) {
+        const int ti = (g / (dk::kBlockRows / dk::kReg)) * dk::kReg;
+        const int tj = (g % (dk::kBlockRows / dk::kReg)) * dk::kReg;
+        for (int v = 0; v < dk::kSliceGroupValues; ++v) {
+          const int64_t i = bi * dk::kBlockRows + ti + (v < 16 ? v / 4 : v < 20 ? v - 16 : 0);
+          const int64_t j = bj * dk::kBlockRows + tj + (v < 16 ? v % 4 : v < 20 ? 0 : v - 20);
+          if (i >= N || j >= N) continue;
+          const double want = v < 16 ? dot(i, j) : v < 20 ? dot(i, i) : dot(j, j);
+          double got = 0.0;
+          for (int s = 0; s < slices; ++s)
+            got += ws[((b * tiles + t) * slices + s) * dk::kSliceValues +
+                      g * dk::kSliceGroupValues + v];
+          const double scale = dot(i, i) + dot(j, j);
+          if (!(std::fabs(got - want) <= 1e-12 * scale + 1e-300) && sums++ < 3)
+            std::printf("  slice sums (b, tile, group, value) = (%lld, %lld, %d, %d): %.17g, "
+                        "host %.17g\n", (long long)b, (long long)t, g, v, got, want);
+        }
+      }
+    }
+  }
+  CHECK(sums == 0, "split N=%lld D=%lld kind=%d slices=%d: %d slice sums off the host's",
+        (long long)N, (long long)D, kind, slices, sums);
+}
 
 // The fused TSLoss kernels (csrc/cuda/tsloss_kernels.cuh) on B clouds: the distance kernel, the
 // scalar engine's diagrams, then the terms, their reduction, the edge weights with each point's
@@ -489,6 +569,16 @@ int main() {
   check_distances<float>(1, 65, 65, 0, 17);
   check_gram_sums(33, 200, 5);
   check_gram_sums(64, 129, 6);
+  // The split kernel: 1 and 3 tiles, D past and short of whole chunks, slices of one chunk and
+  // of several (the last one short), repeated points, far clusters and non-finite points (blocks
+  // summing again canonically), two clouds.
+  check_split(1, 64, 4096 + 40, 0, 32, 41);
+  check_split(2, 33, 200, 0, 2, 42);
+  check_split(1, 40, 700, 1, 5, 43);
+  check_split(2, 40, 300, 2, 3, 44);
+  check_split(1, 40, 300, 3, 4, 45);
+  check_split(1, 40, 256, 5, 64, 46);
+  check_split(1, 2, 130, 0, 3, 47);
   // TSLoss: N past a gradient block's 32 rows and past 64 (two rounds of staged weights), D not
   // a multiple of 32 (and past a block's 64 coordinates below); stability, target mode, each
   // reduction, repeated points, an invalid cloud.
