@@ -276,8 +276,7 @@ def _slice_clouds() -> list[torch.Tensor]:
 def test_distance_slices_match_cpu(slices, monkeypatch):
     """TSLOSS_CUDA_DISTANCE_SLICES: each distance tile's coordinates summed over several blocks
     that a grid barrier joins (pairwise_distance_kernel.cuh) gives the CPU's distances bit for
-    bit, and the same diagrams and TSLoss value and gradient as the one-block kernel. No other
-    test runs the split kernel on a device."""
+    bit, and the same diagrams and TSLoss value and gradient as the one-block kernel."""
     for x in _slice_clouds():
         xc = x.cuda()
         monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", slices)
@@ -304,6 +303,21 @@ def test_distance_slices_match_cpu(slices, monkeypatch):
             torch.cuda.synchronize()
         names = [e.name for e in prof.events()]
         assert any("pairwise_distance_split_kernel" in n for n in names), names
+
+
+def test_distance_slices_in_chunked_launches(monkeypatch):
+    """A batch that vr_persistence runs as several launches (a 1 MB workspace budget) splits
+    each launch's distances with the workspace sized for the first: the same diagrams."""
+    g = torch.Generator().manual_seed(62)
+    x = torch.randn(5, 64, 300, generator=g).cuda()
+    monkeypatch.setenv("TSLOSS_CUDA_WORKSPACE_MB", "1")
+    monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", "1")
+    whole = [t.cpu() for t in ops.vr_persistence(x, 1, False, K)]
+    monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", "0")
+    split = [t.cpu() for t in ops.vr_persistence(x, 1, False, K)]
+    _assert_same(whole, split, exact=True, rtol=0.0)
+    cpu = ops.vr_persistence(x.cpu(), 1, False, K)
+    _assert_same(cpu, split, exact=True, rtol=0.0)
 
 
 @pytest.mark.parametrize("value", ["65", "-1", "auto", " 2", "+2"])
@@ -436,6 +450,11 @@ def test_cuda_graph_replay_equals_eager(slices, shape, monkeypatch):
     with torch.cuda.graph(graph):
         value = tsloss_cuda.loss(x)
         value.backward()
+    if slices == "0":  # the captured graph holds the split kernel
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            graph.replay()
+            torch.cuda.synchronize()
+        assert any("pairwise_distance_split_kernel" in e.name for e in prof.events())
     for _ in range(3):
         new = torch.randn(shape, generator=g).cuda()
         with torch.no_grad():

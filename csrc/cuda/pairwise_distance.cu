@@ -53,8 +53,13 @@ SplitPlan split_plan(int64_t B, int64_t N, int64_t D, size_t elem_size, int requ
   int64_t want = requested == 0 ? (chunks + 1) / 2 : requested;
   want = std::min(want, std::min(chunks, fit));
   if (want < 2) return none;
-  const int64_t per = (chunks + want - 1) / want;  // chunks a slice; no slice is left empty
-  return SplitPlan{int((chunks + per - 1) / per), per * kChunk};
+  const distance_kernel::SliceCut cut = distance_kernel::cut_slices(chunks, want);
+  return SplitPlan{cut.slices, cut.per_chunks * kChunk};
+}
+
+size_t plan_bytes(int64_t B, int64_t N, const SplitPlan& plan) {
+  if (plan.slices < 2) return 0;
+  return (size_t)(B * distance_tiles(N) * plan.slices * kSliceValues) * sizeof(double);
 }
 
 }  // namespace
@@ -65,9 +70,7 @@ int distance_slices(int64_t B, int64_t N, int64_t D, size_t elem_size, int reque
 
 size_t distance_slice_workspace_bytes(int64_t B, int64_t N, int64_t D, size_t elem_size,
                                       int requested) {
-  const SplitPlan plan = split_plan(B, N, D, elem_size, requested);
-  if (plan.slices < 2) return 0;
-  return (size_t)(B * distance_tiles(N) * plan.slices * kSliceValues) * sizeof(double);
+  return plan_bytes(B, N, split_plan(B, N, D, elem_size, requested));
 }
 
 template <typename T>
@@ -81,9 +84,10 @@ cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64
     return zero_word ? cudaMemsetAsync(zero_word, 0, sizeof(unsigned), stream) : cudaSuccess;
   const int64_t tiles = distance_tiles(N);
   if constexpr (sizeof(T) == sizeof(float)) {
-    const SplitPlan plan = split_plan(B, N, D, sizeof(T), slices_requested);
-    const size_t need = distance_slice_workspace_bytes(B, N, D, sizeof(T), slices_requested);
-    if (plan.slices > 1 && slice_workspace != nullptr && slice_workspace_bytes >= need) {
+    const SplitPlan plan = slice_workspace != nullptr
+                               ? split_plan(B, N, D, sizeof(T), slices_requested)
+                               : SplitPlan{1, D};
+    if (plan.slices > 1 && slice_workspace_bytes >= plan_bytes(B, N, plan)) {
       double* ws = static_cast<double*>(slice_workspace);
       int slices = plan.slices;
       int64_t per_slice = plan.per_slice;
@@ -93,9 +97,10 @@ cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64
       const cudaError_t err = cudaLaunchCooperativeKernel(
           (const void*)pairwise_distance_split_kernel<T>,
           dim3((unsigned)(tiles * slices), (unsigned)B), dim3(kThreads), args, 0, stream);
-      if (err == cudaSuccess) return cudaSuccess;
-      // Refused (e.g. fewer blocks resident than the occupancy query promised, under MPS):
-      // the one-block kernel gives the same bits.
+      // Refused for its size or kind (fewer blocks resident than the occupancy query promised,
+      // e.g. under MPS): the one-block kernel gives the same bits. Any other error is the
+      // caller's to see (a failed stream capture would fail the fallback too, with another name).
+      if (err != cudaErrorCooperativeLaunchTooLarge && err != cudaErrorNotSupported) return err;
       cudaGetLastError();
     }
   }

@@ -31,7 +31,7 @@
 // of loads (the centre's eight rows, then the tiles) with the whole block at a barrier, at one
 // 512-thread block per SM (128 registers): ~5 us a chunk, where its arithmetic is ~0.8 us. Now
 // each thread loads the next chunk into registers (nine values, the centre's row among them)
-// before computing this one, so the loads fly during the arithmetic; 126 (sm_80) and 122
+// before computing this one, so the loads fly during the arithmetic; 124 (sm_80) and 128
 // (sm_90) registers, no spills (one 512-thread block per SM, as before). One cloud of 64 points
 // is still 3 blocks on 132 SMs: the split kernel below spreads each tile's coordinates over
 // several blocks (TSLOSS_CUDA_DISTANCE_SLICES).
@@ -344,6 +344,17 @@ __global__ void __launch_bounds__(kThreads)
 // between them (a cooperative launch, which the launcher sizes to fit the GPU at once); the
 // host test (native_tests/test_cuda_host.cpp) launches the phases one after the other.
 
+// Slices of whole chunks for `want` slices of `chunks` (want >= 1): each slice per_chunks chunks,
+// the last one possibly shorter, none empty. The launcher's plan and the host test share it.
+struct SliceCut {
+  int slices;
+  int64_t per_chunks;
+};
+__host__ __device__ inline SliceCut cut_slices(int64_t chunks, int64_t want) {
+  const int64_t per = (chunks + want - 1) / want;
+  return SliceCut{int((chunks + per - 1) / per), per};
+}
+
 // Values a block writes per slice: each of the 64 register tiles' 16 Gram sums and 4 + 4 norms.
 constexpr int kSliceGroupValues = kReg * kReg + 2 * kReg;  // 24
 constexpr int64_t kSliceValues = int64_t(kGroups) * kSliceGroupValues;
@@ -377,7 +388,8 @@ __device__ __forceinline__ void distance_slice_sums(const T* __restrict__ x, int
 }
 
 // The second phase, after every block's first: blocks of slice 0 add their tile's slices in
-// slice order (the values lane l reads: finish_tile's) and finish it; the others return.
+// slice order (lane l the Gram sums finish_tile reads, l and l + 8, and all eight norms) and
+// finish it; the others return.
 template <typename T>
 __device__ __forceinline__ void distance_finish_slices(const T* __restrict__ x, int64_t N,
                                                        int64_t D, T* __restrict__ out,
@@ -401,11 +413,12 @@ __device__ __forceinline__ void distance_finish_slices(const T* __restrict__ x, 
 #pragma unroll
     for (int e = 0; e < kReg * kReg; ++e)
       if (e % kLanes == p.lane) acc[e / kReg][e % kReg] = __dadd_rn(acc[e / kReg][e % kReg], in[e]);
+    // Every norm, in every lane: a lane-dependent choice of them made ptxas index nv at run
+    // time, in local memory (32 bytes of stack).
 #pragma unroll
     for (int a = 0; a < kReg; ++a) {
-      // Lane l's pairs l and l + 8 are rows a = l / 4 and l / 4 + 2, column q = l % 4.
-      if (a % 2 == p.lane / kReg) nu[a] = __dadd_rn(nu[a], in[kReg * kReg + a]);
-      if (a == p.lane % kReg) nv[a] = __dadd_rn(nv[a], in[kReg * kReg + kReg + a]);
+      nu[a] = __dadd_rn(nu[a], in[kReg * kReg + a]);
+      nv[a] = __dadd_rn(nv[a], in[kReg * kReg + kReg + a]);
     }
   }
   const T* xb = x + b * N * D;

@@ -255,8 +255,8 @@ void check_gram_sums(int64_t N, int64_t D, uint64_t seed) {
 // distances and partials bit for bit, the zero word cleared, and the slices' sums the tile's
 // Gram sums and norms (to rounding: the certificate, not the order, makes the distances equal;
 // a lost or doubled slice would pass wherever a pair then failed certification and was summed
-// again canonically). slices_want: as the launcher's split_plan turns a request into slices of
-// whole chunks.
+// again canonically). slices_want: a request, cut into slices of whole chunks by cut_slices, as
+// the launcher's split_plan cuts it.
 void check_split(int64_t B, int64_t N, int64_t D, int kind, int slices_want, uint64_t seed) {
   const std::vector<float> x = cloud<float>(B, N, D, kind, seed);
   std::vector<float> out;
@@ -264,8 +264,12 @@ void check_split(int64_t B, int64_t N, int64_t D, int kind, int slices_want, uin
   run_kernel(x, B, N, D, 0, &out, &partial);
   const int64_t nt = (N + dk::kBlockRows - 1) / dk::kBlockRows, tiles = nt * (nt + 1) / 2;
   const int64_t chunks = (D + dk::kChunk - 1) / dk::kChunk;
-  const int64_t per = (chunks + slices_want - 1) / slices_want;
-  const int slices = int((chunks + per - 1) / per);
+  const dk::SliceCut cut = dk::cut_slices(chunks, slices_want);
+  const int64_t per = cut.per_chunks;
+  const int slices = cut.slices;
+  CHECK((slices - 1) * per < chunks && slices * per >= chunks && slices <= slices_want,
+        "cut_slices(%lld, %d): %d slices of %lld chunks", (long long)chunks, slices_want, slices,
+        (long long)per);
   CHECK(slices >= 2, "split N=%lld D=%lld: %d slices (a test of nothing)", (long long)N,
         (long long)D, slices);
   std::vector<double> ws(B * tiles * slices * dk::kSliceValues, NAN);
