@@ -37,8 +37,8 @@
 #               Skipped (77) where ncu is missing or cannot read counters (gVisor, KINDS.md)
 # Named only: global_profile (the first engine at (256, 768, 256), also with 32 clouds per warp),
 # mix_profile (the profile's sizes with the global topology passes and the warp reduction),
-# ncu_source (the warp reduction's stall reasons and per-SASS-instruction samples, at
-# (64, 4096, 1) and (256, 768, 1024): where its latency chains wait),
+# ncu_source (the warp reduction's and the topology kernel's stall reasons and per-SASS-
+# instruction samples, at (64, 4096, 1) and (256, 768, 1024): where their latency chains wait),
 # block_profile (TSLOSS_CUDA_REDUCE_WARPS: checks the block reduction's kernel is launched, then
 # the profile at (16, 768, 1), (64, 4096, 1), (64, 4096, 64) and (256, 768, 16) with 1, 0
 # (automatic) and 16 warps per cloud), slices_profile (TSLOSS_CUDA_DISTANCE_SLICES: checks the
@@ -428,10 +428,12 @@ do_ncu_source() {
   # The report stays out of results.tgz (source counters make it large; a file past 16 MB
   # would not come back): its details and source pages come back as text.
   local rep=/tmp/ncu-reduce f=$R/ncu-reduce.log rc
-  # One cloud (a warp's latency chain alone), then a batch whose distances leave the caches.
+  # One cloud (a warp's latency chain alone), then a batch whose distances leave the caches;
+  # the topology kernel of both too (20.8 ms at (256, 768, 1024) on the H100, where the global
+  # passes took ~12 ms: which of its phases waits, and on what).
   "${NCU:-ncu}" --clock-control none --import-source yes --section WarpStateStats \
     --section SourceCounters --section SchedulerStats --section LaunchStats --section Occupancy \
-    -k "regex:reduce_warp_kernel" -c 2 -f -o "$rep" $PY -c "
+    -k "regex:reduce_warp_kernel|topology_kernel" -c 4 -f -o "$rep" $PY -c "
 import torch, tsloss_cuda
 for b, n, d in ((1, 64, 4096), (1024, 256, 768)):
     tsloss_cuda.vr_persistence(torch.randn(b, n, d, device='cuda'))
@@ -445,7 +447,8 @@ torch.cuda.synchronize()" >"$f" 2>&1
   "${NCU:-ncu}" -i "$rep.ncu-rep" --page details --print-details all >"$R/ncu-reduce-details.txt" 2>&1
   "${NCU:-ncu}" -i "$rep.ncu-rep" --page source --csv --print-source sass \
     >"$R/ncu-reduce-sass.csv" 2>&1 || echo "CHECK ncu source page: rc $? (the details page stands)"
-  grep -E 'Warp Cycles Per Issued|Stall|stall' "$R/ncu-reduce-details.txt" | head -n 12
+  grep -E '^  [a-z_ ]*void|Warp Cycles Per Issued|Stall|stall' "$R/ncu-reduce-details.txt" |
+    head -n 30
   echo "CHECK ncu_source: $(wc -l <"$R/ncu-reduce-sass.csv") lines of SASS samples"
 }
 
