@@ -15,6 +15,9 @@ namespace tsl {
 
 // Warps of the topology block for n points: enough lanes for a row, at most 8 warps (256
 // threads) so that several clouds share an SM. The CUDA launcher and the emulation both take it.
+// Words of the block's ballots between two barriers of the H1 column pass: the warp words.
+constexpr int kFlagWords = 32;
+
 TSL_HD int topology_warps(index_t n) {
   const index_t w = (n + warp::kLanes - 1) / warp::kLanes;
   return int(w < 1 ? 1 : (w > 8 ? 8 : w));
@@ -33,7 +36,7 @@ struct TopologyCloud {
   uint32_t* key_lo;
   int32_t* parent;
   uint8_t* in_tree;
-  uint32_t* warp_words;  // one word per warp (ballots, partial minima)
+  uint32_t* warp_words;  // kFlagWords words (ballots; partial minima, one per warp)
   T* warp_values;        // one value per warp
   MstEdge<T>* mst;       // n - 1 edges in Prim order, sorted in place afterwards
   // outputs
@@ -50,18 +53,19 @@ TSL_HD int64_t topology_state_bytes(int64_t n, int64_t value_size, int64_t edge_
   const int64_t per_vertex = 8 + 4 + 4 + 1;
   int64_t bytes = per_vertex * n;
   bytes = (bytes + 7) / 8 * 8 + edge_size * n;
-  return bytes + (4 + value_size) * 32;
+  return bytes + 4 * kFlagWords + value_size * 32;
 }
 
 // Work of one cloud's pass, as the emulation counts it.
 struct TopologyStats {
   int64_t prim_steps = 0;
-  int64_t flag_chunks = 0;   // block-wide chunks of edges tested
+  int64_t flag_chunks = 0;   // spans of edges tested between two barriers
   int64_t columns = 0;
   int64_t sort_stages = 0;   // compare-exchange rounds of the two sorts, one barrier each
   int64_t scan_steps = 0;    // third vertices visited by the apparent-pair tests, all lanes
-  int64_t scan_path = 0;     // per chunk, the most rounds of distance reads any lane made (a
-                             // block's loads are one round): the chain the chunk waits on
+  int64_t scan_path = 0;     // per span, the most rounds of distance reads a warp made: over
+                             // its sub-chunks, the most any of its lanes made (a block of
+                             // loads is one round): the chain the span waits on
 };
 
 // What one apparent-pair test read: third vertices, and rounds of independent loads.
@@ -303,47 +307,66 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
   }
 
   // ---- H1 columns: every edge tested by its own lane, kept ones compacted in index order by
-  // ballots and the per-warp counts before them.
+  // ballots and the counts of the words before them. The block's 32 warp words hold
+  // kFlagWords / warps sub-chunks of a lane an edge per warp between two barriers: each warp
+  // tests its sub-chunks in turn, waiting only for its own slowest lane in each, where one
+  // sub-chunk per barrier made the whole block wait for its slowest lane at every 32 x warps
+  // edges (N = 256: 128 chunks of 256 edges, two barriers each; now 32, with 8 warps).
   if (c.h1) {
     const index_t E = n * (n - 1) / 2;
+    const int warps = blk.warps();
+    const int subs = kFlagWords / warps > 0 ? kFlagWords / warps : 1;
+    const index_t span = index_t(subs) * nthreads;  // edges between two barriers
     index_t base = 0;
-    for (index_t e0 = 0; e0 < E; e0 += nthreads) {
-      int64_t chunk_rounds = 0;  // host statistics only
+    for (index_t e0 = 0; e0 < E; e0 += span) {
+      int64_t chunk_rounds = 0;  // host statistics only: the slowest warp's chain
       blk.each_warp([&](W& w, int warp_id) {
-        typename W::template Var<bool> keep;
-        w.each([&](int lane) {
-          const index_t e = e0 + index_t(warp_id) * warp::kLanes + lane;
-          index_t i, j;
-          T de;
-          ScanCount scan;
-          keep[lane] = e < E && is_column(c.d, c.parent, radius, e, &i, &j, &de,
-                                          stats ? &scan : nullptr);
-          if (stats) {
-            stats->scan_steps += scan.reads;
-            chunk_rounds = scan.rounds > chunk_rounds ? scan.rounds : chunk_rounds;
-          }
-        });
-        const uint32_t m = w.ballot(keep);
-        w.each([&](int lane) {
-          if (lane == 0) c.warp_words[warp_id] = m;
-        });
+        int64_t warp_rounds = 0;
+        for (int sub = 0; sub < subs; ++sub) {
+          // Word q = sub * warps + warp_id holds edges e0 + 32 q + lane: words in edge order.
+          const index_t q = index_t(sub) * warps + warp_id;
+          typename W::template Var<bool> keep;
+          int64_t sub_rounds = 0;
+          w.each([&](int lane) {
+            const index_t e = e0 + q * warp::kLanes + lane;
+            index_t i, j;
+            T de;
+            ScanCount scan;
+            keep[lane] = e < E && is_column(c.d, c.parent, radius, e, &i, &j, &de,
+                                            stats ? &scan : nullptr);
+            if (stats) {
+              stats->scan_steps += scan.reads;
+              sub_rounds = scan.rounds > sub_rounds ? scan.rounds : sub_rounds;
+            }
+          });
+          const uint32_t m = w.ballot(keep);
+          w.each([&](int lane) {
+            if (lane == 0) c.warp_words[q] = m;
+          });
+          warp_rounds += sub_rounds;
+        }
+        chunk_rounds = warp_rounds > chunk_rounds ? warp_rounds : chunk_rounds;
       });
       blk.sync();
       blk.each_warp([&](W& w, int warp_id) {
         index_t offset = base;
-        for (int k = 0; k < warp_id; ++k) offset += warp::popcount(c.warp_words[k]);
-        const uint32_t m = c.warp_words[warp_id];
-        w.each([&](int lane) {
-          if (!((m >> lane) & 1u)) return;
-          const index_t e = e0 + index_t(warp_id) * warp::kLanes + lane;
-          index_t i, j;
-          edge_vertices(e, n, &i, &j);
-          c.columns[offset + warp::popcount(m & warp::lanes_below(lane))] =
-              H1Column<T>{c.d(i, j), i, j};
-        });
+        index_t counted = 0;  // words before `offset`'s
+        for (int sub = 0; sub < subs; ++sub) {
+          const index_t q = index_t(sub) * warps + warp_id;
+          for (; counted < q; ++counted) offset += warp::popcount(c.warp_words[counted]);
+          const uint32_t m = c.warp_words[q];
+          w.each([&](int lane) {
+            if (!((m >> lane) & 1u)) return;
+            const index_t e = e0 + q * warp::kLanes + lane;
+            index_t i, j;
+            edge_vertices(e, n, &i, &j);
+            c.columns[offset + warp::popcount(m & warp::lanes_below(lane))] =
+                H1Column<T>{c.d(i, j), i, j};
+          });
+        }
       });
-      for (int k = 0; k < blk.warps(); ++k) base += warp::popcount(c.warp_words[k]);
-      blk.sync();  // the warp words are reused by the next chunk
+      for (int q = 0; q < subs * warps; ++q) base += warp::popcount(c.warp_words[q]);
+      blk.sync();  // the warp words are reused by the next span
       if (stats) {
         ++stats->flag_chunks;
         stats->scan_path += chunk_rounds;
