@@ -251,13 +251,18 @@ def test_block_reduction_matches_cpu(warps, dtype, monkeypatch):
     assert any("reduce_block_kernel" in e.name for e in prof.events())
 
 
-@pytest.mark.parametrize("value", ["17", "-1", "four", " 5", "+5"])
-def test_block_reduction_setting_is_checked(value, monkeypatch):
-    """A warps-per-cloud setting out of range or unreadable names itself."""
-    monkeypatch.setenv("TSLOSS_CUDA_REDUCE_WARPS", value)
-    x = torch.randn(2, 8, 3, device="cuda")
-    with pytest.raises(RuntimeError, match="TSLOSS_CUDA_REDUCE_WARPS must be 0"):
-        tsloss_cuda.vr_persistence(x)
+@pytest.mark.parametrize("name, value",
+                         [("TSLOSS_CUDA_REDUCE_WARPS", v) for v in ("17", "-1", "four", " 5", "+5")]
+                         + [("TSLOSS_CUDA_DISTANCE_SLICES", v)
+                            for v in ("65", "-1", "auto", " 2", "+2")])
+def test_count_setting_is_checked(name, value, monkeypatch):
+    """A count setting (warps per cloud, distance slices) out of range or unreadable names
+    itself, in every op that reads the engine's settings."""
+    monkeypatch.setenv(name, value)
+    x = torch.randn(1, 8, 300, device="cuda")
+    for op in (tsloss_cuda.vr_persistence, ops.pairwise_distance, tsloss_cuda.loss):
+        with pytest.raises(RuntimeError, match=f"{name} must be 0"):
+            op(x)
 
 
 def _slice_clouds() -> list[torch.Tensor]:
@@ -318,17 +323,6 @@ def test_distance_slices_in_chunked_launches(monkeypatch):
     _assert_same(whole, split, exact=True, rtol=0.0)
     cpu = ops.vr_persistence(x.cpu(), 1, False, K)
     _assert_same(cpu, split, exact=True, rtol=0.0)
-
-
-@pytest.mark.parametrize("value", ["65", "-1", "auto", " 2", "+2"])
-def test_distance_slices_setting_is_checked(value, monkeypatch):
-    """A slices setting out of range or unreadable names itself."""
-    monkeypatch.setenv("TSLOSS_CUDA_DISTANCE_SLICES", value)
-    x = torch.randn(1, 8, 300, device="cuda")
-    with pytest.raises(RuntimeError, match="TSLOSS_CUDA_DISTANCE_SLICES must be 0"):
-        ops.pairwise_distance(x)
-    with pytest.raises(RuntimeError, match="TSLOSS_CUDA_DISTANCE_SLICES must be 0"):
-        tsloss_cuda.loss(x)
 
 
 def test_warp_reduction_grows_from_its_pool(monkeypatch):
