@@ -49,7 +49,8 @@ inline tsl::cuda::H1Capacity h1_capacity(int64_t n) {
 // too small to fill the GPU. Emulated bit for bit, not yet timed on a GPU: hence not the default.
 // TSLOSS_CUDA_DISTANCE_SLICES (1 by default, 0 automatic, 2..64) splits each distance tile's
 // coordinates over that many blocks (float32 points, batches too small to fill the GPU:
-// tsl::cuda::distance_slices); the same bits, and not the default for the same reason.
+// tsl::cuda::distance_slice_workspace_bytes); the same bits, and not the default for the same
+// reason.
 struct EngineSettings {
   bool block_topology;
   bool warp_reduction;

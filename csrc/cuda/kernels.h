@@ -63,7 +63,7 @@ int64_t vr_max_clouds_per_call(int64_t N);
 // certify (pairwise_distance.cu).
 //   x:   (B, N, D) T, points
 //   out: (B, N, N) T, exactly symmetric with an exact zero diagonal
-//   slices_requested, slice_workspace, slice_workspace_bytes: see distance_slices
+//   slices_requested, slice_workspace, slice_workspace_bytes: see distance_slice_workspace_bytes
 template <typename T>
 cudaError_t launch_pairwise_distance(const T* x, int64_t B, int64_t N, int64_t D, T* out,
                                      cudaStream_t stream, int slices_requested = 1,
@@ -73,16 +73,15 @@ cudaError_t launch_pairwise_distance(const T* x, int64_t B, int64_t N, int64_t D
 // Blocks per cloud of launch_pairwise_distance_sum: lower-triangle tiles of 32 x 32 pairs.
 int64_t distance_tiles(int64_t N);
 
-// Blocks each tile's coordinates are split over (float32 points only; 1: no split), for a batch
-// whose tiles would leave the GPU idle (one cloud of 64 points is 3 tiles): the split kernel
-// sums each slice of coordinates in a block of its own, then, after a grid-wide barrier (a
-// cooperative launch), adds the slices and finishes each tile as the one-block kernel does; the
-// same bits (pairwise_distance_kernel.cuh). requested (TSLOSS_CUDA_DISTANCE_SLICES): 1 never
-// splits, 0 picks as many as keep every block resident at once (at most one per two
-// 64-coordinate chunks), 2..64 that many within the same bounds. The launchers split only with
-// a slice workspace of at least distance_slice_workspace_bytes for the same arguments (0: no
-// split), and fall back to the one-block kernel if the cooperative launch is refused.
-int distance_slices(int64_t B, int64_t N, int64_t D, size_t elem_size, int requested);
+// Bytes of workspace for splitting each distance tile's coordinates over several blocks (float32
+// points only; 0: no split), for a batch whose tiles would leave the GPU idle (one cloud of 64
+// points is 3 tiles): the split kernel sums each slice of coordinates in a block of its own,
+// then, after a grid-wide barrier (a cooperative launch), adds the slices and finishes each
+// tile as the one-block kernel does; the same bits (pairwise_distance_kernel.cuh). requested
+// (TSLOSS_CUDA_DISTANCE_SLICES): 1 never splits, 0 picks as many slices as keep every block
+// resident at once (at most one per two 64-coordinate chunks), 2..64 that many within the same
+// bounds. The launchers split only with a slice workspace of at least these bytes for their own
+// arguments, and fall back to the one-block kernel if the cooperative launch is refused.
 size_t distance_slice_workspace_bytes(int64_t B, int64_t N, int64_t D, size_t elem_size,
                                       int requested);
 
@@ -94,7 +93,7 @@ size_t distance_slice_workspace_bytes(int64_t B, int64_t N, int64_t D, size_t el
 //   partial:   (B, distance_tiles(N)) double, out; nullptr: not written
 //   zero_word: set to 0 by the launch (nullptr: none), for the kernel that reads the partials
 //              next (launch_tsloss_terms: its blocks' completion count, in its workspace)
-//   slices_requested, slice_workspace, slice_workspace_bytes: see distance_slices
+//   slices_requested, slice_workspace, slice_workspace_bytes: see distance_slice_workspace_bytes
 template <typename T>
 cudaError_t launch_pairwise_distance_sum(const T* x, int64_t B, int64_t N, int64_t D, T* out,
                                          double* partial, cudaStream_t stream,

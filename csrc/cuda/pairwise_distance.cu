@@ -64,10 +64,6 @@ size_t plan_bytes(int64_t B, int64_t N, const SplitPlan& plan) {
 
 }  // namespace
 
-int distance_slices(int64_t B, int64_t N, int64_t D, size_t elem_size, int requested) {
-  return split_plan(B, N, D, elem_size, requested).slices;
-}
-
 size_t distance_slice_workspace_bytes(int64_t B, int64_t N, int64_t D, size_t elem_size,
                                       int requested) {
   return plan_bytes(B, N, split_plan(B, N, D, elem_size, requested));

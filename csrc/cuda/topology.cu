@@ -68,8 +68,9 @@ __global__ void topology_kernel(const T* __restrict__ dist, int64_t N, bool h1, 
 // prompt, a small batch), more warps, up to 32 and one edge a lane, so that the apparent-pair
 // flags (a lane per edge, 1,024 edges between two barriers, kFlagWords / warps sub-chunks a
 // warp) and the sorts take fewer rounds: N = 64 has 2,016 edges, 32 sub-chunks in turn on each
-// of topology_warps' two warps and one each on 32 (the H100 took 0.147 ms for one such cloud). Blocks aim at half of the GPU's warps in all. The pass gives the
-// same results at every warp count (test_warp runs 1 to 8, 16 and 32).
+// of topology_warps' two warps and one each on 32 (the H100 took 0.147 ms for one such cloud).
+// Blocks aim at half of the GPU's warps in all. The pass gives the same results at every warp
+// count (test_warp runs 1 to 8, 16 and 32).
 template <class Kernel>
 int topology_threads(Kernel kernel, int64_t B, int64_t N) {
   int warps = topology_warps((index_t)N);
