@@ -365,7 +365,7 @@ constexpr int64_t kSliceValues = int64_t(kGroups) * kSliceGroupValues;
 template <typename T>
 __device__ __forceinline__ void distance_slice_sums(const T* __restrict__ x, int64_t N,
                                                     int64_t D, int64_t tiles, int slices,
-                                                    int64_t per_slice, double* __restrict__ ws,
+                                                    int64_t per_slice, double* ws,
                                                     TileShared& sh, unsigned* zero_word) {
   if (zero_word != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
     *zero_word = 0u;
@@ -389,14 +389,14 @@ __device__ __forceinline__ void distance_slice_sums(const T* __restrict__ x, int
 
 // The second phase, after every block's first: blocks of slice 0 add their tile's slices in
 // slice order (lane l the Gram sums finish_tile reads, l and l + 8, and all eight norms) and
-// finish it; the others return.
+// finish it; the others return. ws is not __restrict__: other blocks wrote it earlier in the
+// same kernel, so its loads must not take the non-coherent read-only path (ld.global.nc).
 template <typename T>
 __device__ __forceinline__ void distance_finish_slices(const T* __restrict__ x, int64_t N,
                                                        int64_t D, T* __restrict__ out,
                                                        double* __restrict__ partial,
                                                        int64_t tiles, int slices,
-                                                       const double* __restrict__ ws,
-                                                       TileShared& sh) {
+                                                       const double* ws, TileShared& sh) {
   if (blockIdx.x % slices != 0) return;
   const int64_t b = blockIdx.y, tile = blockIdx.x / slices;
   const TilePlace p = place_in(tile);
@@ -433,7 +433,7 @@ __global__ void __launch_bounds__(kThreads)
     pairwise_distance_split_kernel(const T* __restrict__ x, int64_t N, int64_t D,
                                    T* __restrict__ out, double* __restrict__ partial,
                                    int64_t tiles, int slices, int64_t per_slice,
-                                   double* __restrict__ ws, unsigned* __restrict__ zero_word) {
+                                   double* ws, unsigned* __restrict__ zero_word) {
   __shared__ TileShared sh;
   distance_slice_sums<T>(x, N, D, tiles, slices, per_slice, ws, sh, zero_word);
   cooperative_groups::this_grid().sync();
