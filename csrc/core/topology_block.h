@@ -13,11 +13,13 @@
 
 namespace tsl {
 
+// Words of the block's ballots between two barriers of the H1 column pass: the warp words, one
+// at least for each of a block's up to 32 warps.
+constexpr int kFlagWords = 32;
+static_assert(kFlagWords >= 32, "every warp of a 1,024-thread block needs a warp word");
+
 // Warps of the topology block for n points: enough lanes for a row, at most 8 warps (256
 // threads) so that several clouds share an SM. The CUDA launcher and the emulation both take it.
-// Words of the block's ballots between two barriers of the H1 column pass: the warp words.
-constexpr int kFlagWords = 32;
-
 TSL_HD int topology_warps(index_t n) {
   const index_t w = (n + warp::kLanes - 1) / warp::kLanes;
   return int(w < 1 ? 1 : (w > 8 ? 8 : w));
@@ -36,7 +38,7 @@ struct TopologyCloud {
   uint32_t* key_lo;
   int32_t* parent;
   uint8_t* in_tree;
-  uint32_t* warp_words;  // kFlagWords words (ballots; partial minima, one per warp)
+  uint32_t* warp_words;  // kFlagWords words: the H1 column pass's ballots
   T* warp_values;        // one value per warp
   MstEdge<T>* mst;       // n - 1 edges in Prim order, sorted in place afterwards
   // outputs
@@ -366,7 +368,9 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
         }
       });
       for (int q = 0; q < subs * warps; ++q) base += warp::popcount(c.warp_words[q]);
-      blk.sync();  // the warp words are reused by the next span
+      // The warp words are reused by the next span, and the last span's columns are read by
+      // the sort below.
+      blk.sync();
       if (stats) {
         ++stats->flag_chunks;
         stats->scan_path += chunk_rounds;

@@ -277,7 +277,7 @@ inline void vr_persistence_cloud_emulated(const T* dist, index_t n, int maxdim,
   ws.key_lo.resize(n);
   ws.parent.resize(n);
   ws.in_tree.resize(n);
-  ws.warp_words.assign(HostBlock::kMaxWarps, 0);
+  ws.warp_words.assign(kFlagWords, 0);
   ws.warp_values.assign(HostBlock::kMaxWarps, T(0));
   ws.mst.resize(n - 1);
   ws.best_parent.resize(n);

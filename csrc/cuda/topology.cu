@@ -42,7 +42,7 @@ __global__ void topology_kernel(const T* __restrict__ dist, int64_t N, bool h1, 
   T* warp_values = carve<T>(at, 32);
   uint32_t* key_lo = carve<uint32_t>(at, N);
   int32_t* parent = carve<int32_t>(at, N);
-  uint32_t* warp_words = carve<uint32_t>(at, 32);
+  uint32_t* warp_words = carve<uint32_t>(at, kFlagWords);
   uint8_t* in_tree = carve<uint8_t>(at, N);
   const int64_t H0 = N > 0 ? N - 1 : 0, E = N * (N - 1) / 2;
   const TopologyCloud<T> c{DistanceMatrix<T>{dist + b * N * N, N},
@@ -66,9 +66,10 @@ __global__ void topology_kernel(const T* __restrict__ dist, int64_t N, bool h1, 
 
 // Threads of a block: topology_warps(N) where the batch fills the GPU; where it does not (one
 // prompt, a small batch), more warps, up to 32 and one edge a lane, so that the apparent-pair
-// flags (a lane per edge, 1,024 edges between two barriers, kFlagWords / warps sub-chunks a
-// warp) and the sorts take fewer rounds: N = 64 has 2,016 edges, 32 sub-chunks in turn on each
-// of topology_warps' two warps and one each on 32 (the H100 took 0.147 ms for one such cloud).
+// flags (a lane per edge, up to 1,024 edges between two barriers, kFlagWords / warps sub-chunks
+// a warp) and the sorts take fewer rounds: N = 64 has 2,016 edges, two spans of 16 sub-chunks
+// in turn on each of topology_warps' two warps, of one on each of 32 (the H100 took 0.147 ms
+// for one such cloud).
 // Blocks aim at half of the GPU's warps in all. The pass gives the same results at every warp
 // count (test_warp runs 1 to 8, 16 and 32).
 template <class Kernel>
