@@ -216,6 +216,19 @@ static PyObject* emulated_block_reductions(PyObject*, PyObject*) {
   return PyLong_FromLongLong(tsl::emulated_block_reductions().load());
 }
 
+namespace tsloss {
+int64_t output_cache_held();  // cpu/vr_persistence_cpu.cpp
+}
+
+static PyObject* output_cache_held(PyObject*, PyObject*) {
+  try {
+    return PyLong_FromLongLong(tsloss::output_cache_held());
+  } catch (const std::exception& e) {  // the setting is read here first, and may be refused
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 // The digest setup.py computed of the sources it compiled (tsloss_cuda/build_info.py); a build
 // made some other way has none.
 #if __has_include("generated/source_digest.h")
@@ -240,6 +253,8 @@ static PyMethodDef tsloss_methods[] = {
      "Clouds run through the host warp emulation so far (tests of TSLOSS_ENGINE=emulated)."},
     {"emulated_block_reductions", emulated_block_reductions, METH_NOARGS,
      "Of those, H1 reductions run on an emulated block of warps (TSLOSS_EMULATED_REDUCE_WARPS)."},
+    {"output_cache_held", output_cache_held, METH_NOARGS,
+     "Bytes of freed CPU outputs kept for reuse (TSLOSS_CPU_OUTPUT_CACHE_MB; for the tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef tsloss_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,

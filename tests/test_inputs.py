@@ -249,6 +249,22 @@ def test_distance_matrix_nonzero_diagonal(rng):
         vr_persistence(d, distances=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negative_zero_entries_read_as_zero(dtype):
+    """A matrix with -0 off the diagonal (a product or difference that underflowed) equals one
+    with +0 there, and gives its bits: a -0 H0 death came out before, equal in value but not
+    in bits (torch.equal cannot tell them apart; signbit can)."""
+    pts = torch.tensor([[0.0], [0.0], [1.0], [3.0]], dtype=dtype)
+    d = torch.cdist(pts, pts)
+    neg = d.clone()
+    neg[0, 1] = neg[1, 0] = -0.0
+    assert torch.signbit(neg[0, 1]) and not torch.signbit(d[0, 1])
+    a, b = vr_persistence(neg, distances=True), vr_persistence(d, distances=True)
+    _same(a, b)
+    assert not torch.signbit(a.h0).any()
+    assert torch.equal(torch.signbit(a.h1), torch.signbit(b.h1))
+
+
 def test_distance_matrix_rounding_asymmetry_is_accepted(rng):
     """Symmetric up to rounding is fine: the upper triangle is read, as ripser.py and giotto-ph
     read it."""

@@ -285,6 +285,11 @@ def test_frequent_init_samples_the_most_frequent_text_tokens():
     assert sorted(set(which.tolist())) == [2, 3, 4, 5]
     with pytest.raises(ValueError, match="init_ids must be token ids in"):
         SoftPromptModel(model, N, task="causal", label_ids=LABELS, init="vocab", init_ids=[64])
+    # A text's ids too: the embedding lookup raised a bare IndexError naming nothing.
+    for ids in ([999], [3, -1]):
+        with pytest.raises(ValueError, match=r"init_ids must be token ids in \[0, 64\).* "
+                           + str(ids[-1])):
+            SoftPromptModel(model, N, task="causal", label_ids=LABELS, init="text", init_ids=ids)
 
 
 SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -304,6 +304,22 @@ def test_module_names_a_change_of_prompt_shape(second):
     assert math.isfinite(float(module(torch.randn(*second))))
 
 
+@pytest.mark.parametrize("second", [(2, 9, 3), (3, 8, 3), (9, 3)], ids=["N", "B", "2-D"])
+def test_module_without_stability_takes_a_new_prompt_shape(second):
+    # With stability=0 nothing compares the two prompts: a smaller last batch or another
+    # prompt length starts over, as after reset(), with the loss of a fresh module.
+    torch.manual_seed(0)
+    first, x = torch.randn(2, 8, 3), torch.randn(*second)
+    module = T.TSLoss()
+    module(first)
+    got = module(x)
+    assert float(module.last_terms["stability"]) == 0.0
+    assert torch.equal(got, T.TSLoss()(x))
+    assert torch.equal(module.previous.h0, T.loss(x, return_terms=True)[1]["topology"].h0)
+    # and back: the shape it had first is new again
+    assert torch.equal(module(first), T.TSLoss()(first))
+
+
 def test_previous_diagram_saved_by_hand_resumes_exactly(tmp_path):
     """As the docstring says: state_dict() stays empty (a model holding a TSLoss must still
     save with safetensors and load older checkpoints strictly), and ``previous`` saved and
@@ -323,12 +339,12 @@ def test_previous_diagram_saved_by_hand_resumes_exactly(tmp_path):
 @pytest.mark.parametrize("kw", [
     dict(redundancy=0.0, stability=1.0),  # no redundancy, but the stability term needs H1
     dict(redundancy=0.0, stability=0.0),  # no term needs H1: the previous H1 goes unused
-    dict(connectivity_mode="target", target=-0.3),  # a negative τ is taken as given
-], ids=["stability-without-redundancy", "connectivity-only", "negative-target"])
+    dict(connectivity_mode="target", target=0.3),
+], ids=["stability-without-redundancy", "connectivity-only", "target"])
 def test_value_only_calls_equal_the_reference(kw):
     """Without return_terms the op skips H1 when no weighted term needs it: each such call,
-    against a previous prompt with a loop (so that its H1 counts), and a negative τ, must give
-    the reference's value."""
+    against a previous prompt with a loop (so that its H1 counts), and the target mode, must
+    give the reference's value."""
     x0 = noisy_circle().unsqueeze(0)
     prev = T.loss(x0, return_terms=True)[1]["topology"]
     assert float(prev.h1.sum()) > 0

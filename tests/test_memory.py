@@ -52,9 +52,14 @@ for dim in (8192, 1024):                          # an 8 MB and a 1 MB float32 g
         out = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
         assert torch.equal(out, ref)              # a reused buffer is fully rewritten
         ptrs.append(out.data_ptr())
-        # torch's allocator makes resizable storages; the cache's are wrapped (from_blob).
-        from_cache = not out.untyped_storage().resizable()
+        held, size = T._C.output_cache_held(), out.untyped_storage().nbytes()
         del out
+        from_cache = T._C.output_cache_held() == held + size  # given back to the cache
+    resized = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
+    resized.resize_(2, 64, dim + 3)               # resizable as any CPU output: torch's memory
+    resized[:] = 1
+    assert resized.untyped_storage().resizable() and float(resized.sum()) == 2 * 64 * (dim + 3)
+    del resized
     kept = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
     other = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
     assert kept.data_ptr() != other.data_ptr()    # two live outputs never share a buffer
@@ -67,12 +72,12 @@ for _ in range(2):                                # autograd takes the output as
 """
 
 
-# Per setting: {size: (distinct addresses over 3 calls, from the cache)}; None: not asserted
-# (without reuse glibc may still hand back the same address).
+# Per setting: {size: (distinct addresses over 3 calls, kept by the cache when freed)}; None:
+# not asserted (without reuse glibc may still hand back the same address).
 @pytest.mark.parametrize("setting, want", [
     (None, {8192: (1, 1), 1024: (1, 1)}),
     ("0", {8192: (None, 0), 1024: (None, 0)}),    # off: torch's allocator
-    ("4", {8192: (None, 1), 1024: (1, 1)}),       # 8 MB is more than it holds; 1 MB is reused
+    ("4", {8192: (None, 0), 1024: (1, 1)}),       # 8 MB is more than it holds; 1 MB is reused
 ])
 def test_large_outputs_reuse_freed_buffers(setting, want):
     import subprocess
@@ -88,6 +93,28 @@ def test_large_outputs_reuse_freed_buffers(setting, want):
         assert got[dim][1] == from_cache, (dim, got)
         if distinct is not None:
             assert got[dim][0] == distinct, (dim, got)
+
+
+@pytest.mark.parametrize("setting", ["abc", "-5", "1e3", " 5", "99999999999999999999",
+                                     "1048577"])
+def test_a_misread_cache_setting_is_refused_by_name(setting):
+    """atoll read "abc" and "-5" as 0 (off) and "1e3" as 1 MB, and a huge value overflowed the
+    shift to bytes, all without a word; the other settings name themselves when refused."""
+    import subprocess
+    env = dict(os.environ, TSLOSS_CPU_OUTPUT_CACHE_MB=setting)
+    probe = ("import torch, tsloss_cuda as T\n"
+             "for _ in range(2):\n"  # refused at every large output, not only the first
+             "    try:\n"
+             "        T.pairwise_distance(torch.randn(8, 128, 4))\n"  # 512 KB
+
+             "    except RuntimeError as e:\n"
+             "        print(str(e).splitlines()[0])\n"
+             "print(T.pairwise_distance(torch.randn(2, 8, 4)).shape[0])\n")  # small: no cache
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    want = ("TSLOSS_CPU_OUTPUT_CACHE_MB must be a whole number of MB, 0 (off) to 1048576, got "
+            f"'{setting}'")
+    assert out == [want, want, "2"], out
 
 
 # A steady training step touches no fresh pages. Below the 4 MB where the output cache began,

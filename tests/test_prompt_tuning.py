@@ -126,11 +126,14 @@ def test_tsloss_regularizer_applies_the_ts_weights():
 def test_ts_flags_reach_the_tsloss_regularizer():
     """The job's own parser: each --ts-* flag lands on its TSLoss weight; unset, the documented
     defaults (1, 1, 0). No other TSLoss option is set by the job."""
+    from tsloss_cuda.compare import job_specs
     from tsloss_cuda.train import build_parser
     flags = ["--ts-connectivity", "0.3", "--ts-redundancy", "1.7", "--ts-stability", "0.6"]
     for argv, want in [(flags, TSLoss(connectivity=0.3, redundancy=1.7, stability=0.6)),
                        ([], TSLoss(connectivity=1.0, redundancy=1.0, stability=0.0))]:
-        _, mod = make_regularizer("tsloss", build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        job_specs(args)  # as train.run: refuses unused flags, sets the defaults
+        _, mod = make_regularizer("tsloss", args)
         assert mod.options == want.options, argv
 
 

@@ -8,7 +8,8 @@ import torch
 
 from tsloss_cuda import plots, tracking
 from tsloss_cuda.persistence import H1_OVERFLOW, INVALID_INPUT, Diagrams, vr_persistence
-from tsloss_cuda.tracking import METRICS, StepTimer, TopologyTracker, to_floats, topology_metrics
+from tsloss_cuda.tracking import (METRICS, TERMS, StepTimer, TopologyTracker,
+                                  float32_engine_refuses, to_floats, topology_metrics)
 
 SQUARE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
 
@@ -242,6 +243,50 @@ def test_a_diverged_prompt_is_logged_as_nan_not_raised():
         assert all(v.dtype == torch.float32 for v in topology_metrics(prompt).values())
     finally:
         torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_prompt_past_float32s_range_is_logged_as_nan_not_raised(dtype):
+    """Finite values whose float32 distances overflow (or, in float64, values float32 cannot
+    hold): the CPU engine raised "overflows float32; pass float64 points", naming an input the
+    caller never made, where the docstring promises NaN metrics. The float64 prompt's terms
+    are computed in float64 (finite); its float32 metrics are NaN. A quarter of it takes the
+    exact check (the bound allows an overflow) and has none; 1e36 is finite throughout."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(8, 16, generator=g, dtype=torch.float64)
+    huge = (base * (1e300 if dtype == torch.float64 else 1e38)).to(dtype)
+    assert torch.isfinite(huge).all()
+    assert float32_engine_refuses(huge)
+    if dtype != torch.float64:
+        quarter = huge / 4
+        assert 8 * float(quarter.abs().max()) > torch.finfo(torch.float32).max  # 2 sqrt(D) max
+        assert not float32_engine_refuses(quarter)
+    tracker = TopologyTracker(1, tsloss_terms=True)
+    tracker.update(0, huge)
+    tracker.update(1, (base * 1e36).to(dtype) if dtype != torch.float64 else base)
+    first, second = tracker.flush()
+    assert all(math.isnan(first[k]) for k in METRICS), first
+    # (a float64 prompt's scale, ~1e301, is logged as float32's inf)
+    terms = [first["ts_" + t] for t in TERMS if t != "scale"]
+    assert all(map(math.isnan if dtype != torch.float64 else math.isfinite, terms)), first
+    assert all(math.isfinite(v) for k, v in second.items() if k != "ts_stability"), second
+
+
+def test_the_overflow_check_is_the_engines_own():
+    """float32_engine_refuses decides as the float32 engine does: on points whose largest
+    distance lies within a few ulps of float32's largest value, it says True exactly where
+    vr_persistence raises."""
+    big = torch.finfo(torch.float32).max
+    for scale in (0.9999998, 0.9999999, 1.0, 1.0000001, 1.0000002):
+        x = torch.tensor([[0.0], [big * scale / 2], [-big * scale / 2]], dtype=torch.float64)
+        x = x.float()
+        try:
+            vr_persistence(x)
+            raised = False
+        except RuntimeError as e:
+            assert "overflows float32" in str(e)
+            raised = True
+        assert float32_engine_refuses(x) == raised, scale
 
 
 def test_tracker_keeps_given_terms_on_the_prompts_device():

@@ -26,7 +26,7 @@ NAN_POINTS = [[0.0, float("nan")], [1.0, 1.0]]
 def _fixtures(d):
     """Bad inputs on disk under ``d``: a file, a CSV without the columns, bad checkpoints."""
     os.makedirs(os.path.join(d, "empty"), exist_ok=True)
-    for sub in ("junk", "junk_st", "shape", "good", "nonfinite"):
+    for sub in ("junk", "junk_st", "shape", "good", "nonfinite", "huge"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     open(os.path.join(d, "afile"), "w").close()
     with open(os.path.join(d, "bad.csv"), "w") as f:
@@ -45,6 +45,9 @@ def _fixtures(d):
     torch.save(torch.randn(4, 3), os.path.join(d, "good", "step_1.pt"))
     torch.save(torch.randn(4, 3), os.path.join(d, "nonfinite", "step_1.pt"))
     torch.save(torch.tensor(NAN_POINTS), os.path.join(d, "nonfinite", "step_2.pt"))
+    # finite, but past float32, in which analyze computes: it blamed NaN or Inf the file lacks
+    torch.save(torch.full((6, 4), 1e300, dtype=torch.float64).cumsum(0),
+               os.path.join(d, "huge", "step_1.pt"))
     _comparison_fixtures(d)
 
 
@@ -59,6 +62,8 @@ NO_PROVENANCE = object()
 def _cmp_config(out):
     """The configuration train.run records for the CMP invocation into ``out``."""
     args = train.build_parser().parse_args(CMP.split() + ["--output-dir", out, "--quiet"])
+    compare.job_specs(args)  # as train.run: the defaults of the flags only some runs use
+    compare.settle_head(args, "encoder")
     return compare.comparison_config(args, out, ignore=CMP_IGNORE)
 
 
@@ -159,6 +164,18 @@ TRAIN_CASES = [
     ("--max-steps 1 --compare-regularizers none",
      "--compare-regularizers is an option of --compare"),
     ("--max-steps 1 --compare-stability 0", "--compare-stability is an option of --compare"),
+    # A flag that no run of the job uses, ignored and then recorded as if it had been.
+    ("--max-steps 1 --init-text hello", "--init-text is an option of --init text"),
+    ("--max-steps 1 --head-lr 0.1", "--head-lr is an option of --head linear"),
+    ("--max-steps 1 --regularizer l2 --ts-stability 0.3",
+     "--ts-stability is a TSLoss weight, which this run does not use (--regularizer l2)"),
+    ("--max-steps 1 --regularizer none --reg-weight 0.5",
+     "--reg-weight is a regulariser's weight, which this run does not use"),
+    (CMP + " --max-steps 1 --compare-weights 0.3 --reg-weight 0.2",
+     "--reg-weight is a regulariser's weight, which no run of this comparison uses (its "
+     "variants: none, tsloss_w0.3)"),
+    (CMP + " --compare-weights", "--compare-weights"),
+    ("--max-steps 1 --task causal --head linear", "--head is an option of an encoder"),
     (CMP + " --max-steps 1 --seed 7", "--seed is an option of a single run"),
     (CMP + " --max-steps 1 --regularizer tsloss", "--regularizer is an option of a single run"),
     # A resume needs comparison.json: without it the settings of the runs in runs/ are unknown.
@@ -196,6 +213,7 @@ ANALYZE_CASES = [
     ("{d}/junk_st", "checkpoint"),
     ("{d}/shape", "checkpoint"),
     ("{d}/nonfinite", "step_2.pt"),
+    ("{d}/huge", "past float32's range"),
     ("{d}/good --device tpu", "--device"),
     ("{d}/good --output-dir {d}/afile", "--output-dir"),
 ]
@@ -283,6 +301,12 @@ FUNCTION_CASES = [
     ("loss(x, target=0.5)", lambda: T.loss(torch.randn(5, 3), target=0.5), ValueError,
      "connectivity_mode"),
     ("TSLoss(target=5.0)", lambda: T.TSLoss(target=5.0), ValueError, "target"),
+    # |u - τ| of a death u >= 0 and τ < 0 is the "total" term plus a constant: a slip of sign
+    ("loss(x, connectivity_mode='target', target=-1)",
+     lambda: T.loss(torch.randn(5, 3), connectivity_mode="target", target=-1), ValueError,
+     "target must be >= 0"),
+    ("TopologyTracker(1, term_options=dict(p=2))",
+     lambda: T.TopologyTracker(1, term_options=dict(p=2)), ValueError, "tsloss_terms=True"),
     ("loss(x, return_terms='no')", lambda: T.loss(torch.randn(5, 3), return_terms="no"),
      TypeError, "return_terms"),
     ("loss(x, redundancy=np.True_)", lambda: T.loss(torch.randn(5, 3), redundancy=np.True_),

@@ -131,6 +131,11 @@ def load_prompt(path: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise CLIError(f"checkpoint {path}: the prompt holds NaN or Inf values (a diverged "
                        "run?), whose topology is undefined")
+    from tsloss_cuda.tracking import float32_engine_refuses
+    if float32_engine_refuses(t):
+        raise CLIError(f"checkpoint {path}: the prompt's values (up to "
+                       f"{float(t.detach().abs().max()):.3g}) or distances are past float32's "
+                       "range, in which analyze computes (a diverged run?)")
     return t.float()
 
 

@@ -31,7 +31,7 @@ import torch
 
 from . import run_outputs
 from ._cli import CLIError, first_line, missing_folders
-from .training import REGULARIZERS, launch_rank
+from .training import REGULARIZERS, RUN_FLAG_DEFAULTS, launch_rank
 
 CONFIG_FILE = "comparison.json"
 #: Key of a run's record holding :func:`provenance`.
@@ -124,14 +124,71 @@ def check_mode_flags(args: Any) -> None:
             setattr(args, dest, default)
 
 
+def _tsloss_weight(dest: str) -> Callable[[Any, "RunSpec"], bool]:
+    return lambda args, spec: spec.regularizer == "tsloss" and dest not in dict(spec.overrides)
+
+
+def _regularizers(args: Any, specs: Sequence["RunSpec"]) -> str:
+    if not args.compare:
+        return f"--regularizer {args.regularizer}"
+    return "its variants: " + ", ".join(dict.fromkeys(spec.variant for spec in specs))
+
+
+#: Of each flag in :data:`~tsloss_cuda.training.RUN_FLAG_DEFAULTS` (and ``--init-text``):
+#: whether a run uses it (the job's arguments, the run's spec), what it is, and what made the
+#: job's runs leave it unused.
+_RUN_FLAG_USES = {
+    "reg_weight": (lambda args, spec: spec.regularizer != "none"
+                   and "reg_weight" not in dict(spec.overrides), "a regulariser's weight",
+                   _regularizers),
+    "ts_connectivity": (_tsloss_weight("ts_connectivity"), "a TSLoss weight", _regularizers),
+    "ts_redundancy": (_tsloss_weight("ts_redundancy"), "a TSLoss weight", _regularizers),
+    "ts_stability": (_tsloss_weight("ts_stability"), "a TSLoss weight", _regularizers),
+    "head_lr": (lambda args, spec: args.head == "linear", "an option of --head linear",
+                lambda args, specs: f"--head {args.head or RUN_FLAG_DEFAULTS['head']}"),
+    "init_text": (lambda args, spec: args.init == "text", "an option of --init text",
+                  lambda args, specs: f"--init {args.init}"),
+}
+
+
+def check_run_flags(args: Any, specs: Sequence["RunSpec"], given: Sequence[str]) -> None:
+    """Refuse (a :class:`CLIError`) a flag among ``given`` (dests) that no run of ``specs``
+    uses, as :func:`check_mode_flags` refuses the other mode's: it would be ignored, and
+    recorded in the outputs as if it had been used."""
+    for dest in given:
+        uses, what, why = _RUN_FLAG_USES[dest]
+        if not any(uses(args, spec) for spec in specs):
+            job = "no run of this comparison uses" if args.compare else "this run does not use"
+            raise CLIError(f"--{dest.replace('_', '-')} is {what}, which {job} "
+                           f"({why(args, specs)})")
+
+
+def settle_head(args: Any, task: str, loaded: bool = True) -> None:
+    """Refuse ``--head`` for a causal LM (which predicts the labels as next words: no head);
+    once the model is ``loaded``, set its default. Called before too, where the ``task`` is
+    already known (``--task``, the named causal LM), so that the refusal comes first."""
+    if task == "causal" and args.head is not None:
+        tuned = "--task causal" if args.task == "causal" else f"{args.model}, a causal LM,"
+        raise CLIError(f"--head is an option of an encoder; {tuned} predicts the labels as next "
+                       "words, with no head")
+    if args.head is None and loaded:
+        args.head = RUN_FLAG_DEFAULTS["head"]
+
+
 def job_specs(args: Any) -> List[RunSpec]:
     """The runs of the training job's arguments ``args`` (an ``argparse.Namespace``): the single
     run's, or :func:`comparison_specs` for ``--compare``. Refuses (a :class:`CLIError`) the
     other mode's flags (:func:`check_mode_flags`, which also sets the defaults) and a repeated
     value of ``--seeds``, ``--compare-regularizers`` or ``--compare-weights``."""
     check_mode_flags(args)
+    given = [d for d in _RUN_FLAG_USES if getattr(args, d) is not None]
+    for dest, default in RUN_FLAG_DEFAULTS.items():
+        if dest != "head" and getattr(args, dest) is None:  # the head waits for the model
+            setattr(args, dest, default)
     if not args.compare:
-        return [RunSpec(args.regularizer, args.seed)]
+        specs = [RunSpec(args.regularizer, args.seed)]
+        check_run_flags(args, specs, given)
+        return specs
     # Each run is named by its variant and seed: a repeated value would name two runs alike.
     for flag, names in (("--seeds", [str(s) for s in args.seeds]),
                         ("--compare-regularizers", list(args.compare_regularizers)),
@@ -139,8 +196,10 @@ def job_specs(args: Any) -> List[RunSpec]:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise CLIError(f"{flag} repeats {', '.join(repeated)}: each value names runs once")
-    return comparison_specs(list(args.compare_regularizers), args.seeds, args.compare_weights,
-                            args.compare_stability, args.reg_weight)
+    specs = comparison_specs(list(args.compare_regularizers), args.seeds, args.compare_weights,
+                             args.compare_stability, args.reg_weight)
+    check_run_flags(args, specs, given)
+    return specs
 
 
 def check_output_dir(out: str, single: bool) -> None:

@@ -92,8 +92,10 @@ def _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
     if connectivity_mode != "target" and target is not None:
         raise ValueError(f"target={target!r} is used only with connectivity_mode='target', got "
                          f"connectivity_mode={connectivity_mode!r}")
-    if target is not None:
-        _real("target", target)
+    if target is not None and _real("target", target) < 0:
+        # |u - τ| of a death u >= 0 is u + |τ|: the "total" term plus a constant
+        raise ValueError(f"target must be >= 0 (τ is compared with deaths over the scale, "
+                         f"which are >= 0), got {target}")
     if not _real("p", p) > 0:
         raise ValueError(f"p must be > 0, got {p}")
     for name, w in zip(("connectivity", "redundancy", "stability"), weights):
@@ -168,7 +170,7 @@ def loss(
             for its backward.
         normalize: ``"mean"`` (divide by the mean pairwise distance) or ``"none"``.
         connectivity_mode: ``"total"`` or ``"target"`` (needs ``target``).
-        target: τ for ``connectivity_mode="target"``.
+        target: τ >= 0 for ``connectivity_mode="target"``.
         p: exponent of the H1 persistences in the redundancy term (finite, > 0).
         reduction: ``"mean"`` or ``"sum"`` over prompts (scalar), or ``"none"`` (``(B,)``).
             For an empty batch (B = 0) ``"mean"`` is NaN, as ``torch.mean`` of no elements.
@@ -277,7 +279,10 @@ class TSLoss(torch.nn.Module):
     Takes the keyword options of :func:`loss` (except ``previous`` and ``return_terms``).
     ``forward(prompts)`` returns the loss; ``last_terms`` holds the detached per-term tensors
     of the last call for logging (read them at your logging interval, not every step).
-    ``reset()`` forgets the previous diagram. ``state_dict()`` stays empty, so that a model
+    ``reset()`` forgets the previous diagram. Prompts of another shape (B or N) than the last
+    call's are a ValueError with ``stability != 0``, whose term compares the two; with
+    ``stability=0`` the call starts over as after ``reset()`` (its stability term is 0, as in a
+    first call). ``state_dict()`` stays empty, so that a model
     holding a TSLoss saves as before (safetensors takes tensors only, strict loading of older
     checkpoints finds no missing key); to resume the stability term exactly, save
     ``previous._asdict()`` (``previous`` is a :class:`PromptTopology` of tensors, or None) with
@@ -353,10 +358,15 @@ class TSLoss(torch.nn.Module):
             # h0 has N - 1 columns, and none for N = 0 as for N = 1.
             was = f"N={pn}" if pn > 1 else "N=0 or 1"
             if (b, max(n - 1, 0)) != tuple(previous.h0.shape):
-                raise ValueError(
-                    f"TSLoss: prompts changed shape from B={pb}, {was} to B={b}, N={n} since the "
-                    "previous call; the stability term compares prompts of one shape: call "
-                    "reset() first")
+                if self.options["stability"] == 0:
+                    # The term is weighed by 0: a smaller last batch or another prompt length
+                    # starts over, as after reset(), instead of stopping the run.
+                    previous = None
+                else:
+                    raise ValueError(
+                        f"TSLoss: prompts changed shape from B={pb}, {was} to B={b}, N={n} since "
+                        "the previous call; the stability term compares prompts of one shape: "
+                        "call reset() first")
         value, terms = loss(prompts, previous=previous, return_terms=True, **self.options)
         if not (recomputing or exporting):  # an exported program keeps no state
             self._used_previous = previous

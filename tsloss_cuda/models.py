@@ -201,7 +201,8 @@ def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = Fals
             print(f"{GEMMA}: cached at {target}", file=sys.stderr)
         return target
     if not os.path.isdir(name):
-        raise CLIError(f"--model: folder not found: {name}")
+        raise CLIError(f"--model: folder not found: {name} (the named models are "
+                       f"{DEFAULT_MODEL} and {GEMMA}, spelled so)")
     if not os.path.isfile(os.path.join(name, "config.json")):
         raise CLIError(f"--model: not a transformers checkpoint (no config.json): {name}")
     return name

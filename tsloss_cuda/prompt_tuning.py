@@ -63,6 +63,14 @@ def text_init_ids(ids: Sequence[int], n: int) -> torch.Tensor:
     return torch.tensor(list(ids) * reps)[:n]
 
 
+def _check_token_ids(ids: torch.Tensor, vocab: int, what: str) -> None:
+    """Refuse ids outside the embedding table (its lookup would raise a bare IndexError)."""
+    bad = ids[(ids < 0) | (ids >= vocab)]
+    if bad.numel():
+        raise ValueError(f"init_ids must be token ids in [0, {vocab}) (the model's vocabulary); "
+                         f"{what} include {bad[0].item()}")
+
+
 def _decoder_body(lm: nn.Module) -> nn.Module:
     """The transformer under a causal LM's head (Llama/Gemma ``.model``, GPT-2 ``.transformer``)."""
     for name in ("model", "transformer"):
@@ -273,15 +281,17 @@ class SoftPromptModel(nn.Module):
             if init == "text":
                 if init_ids is None:
                     raise ValueError("init='text' needs init_ids")
-                return embed(text_init_ids(init_ids, n).to(dev)).float().clone()
+                ids = text_init_ids(init_ids, n)
+                _check_token_ids(ids, v, "the init text's token ids")
+                return embed(ids.to(dev)).float().clone()
             if init == "vocab":
                 if init_ids is None:
                     ids = torch.randint(0, v, (n,), generator=generator)
                 else:
                     pool = torch.as_tensor(init_ids, dtype=torch.long).reshape(-1)
-                    if pool.numel() == 0 or pool.min() < 0 or pool.max() >= v:
-                        raise ValueError(f"init_ids must be token ids in [0, {v}) to sample "
-                                         f"from, got {pool.numel()} ids")
+                    if pool.numel() == 0:
+                        raise ValueError("init_ids must be token ids to sample from, got none")
+                    _check_token_ids(pool, v, "the token ids to sample from")
                     ids = pool[torch.randint(0, pool.numel(), (n,), generator=generator)]
                 return embed(ids.to(dev)).float().clone()
             # The std over a sample of the vocabulary: the full table can be 100s of MB.

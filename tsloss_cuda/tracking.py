@@ -6,6 +6,7 @@ interval. :class:`StepTimer` times training steps without a host sync per step.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import time
 from collections import deque
@@ -13,7 +14,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from tsloss_cuda.persistence import INVALID_INPUT, vr_persistence
+from tsloss_cuda.persistence import INVALID_INPUT, pairwise_distance, vr_persistence
 
 #: Metric names, in CSV column order.
 METRICS = ("h0_count", "h1_count", "h0_mean_life", "h0_max_life", "h1_mean_life", "h1_max_life",
@@ -47,6 +48,25 @@ def _masked_mean_max(life: torch.Tensor, valid: torch.Tensor):
     return cnt, mean, mx, total
 
 
+def float32_engine_refuses(prompt: torch.Tensor) -> bool:
+    """Whether the CPU engine, computing in float32, would raise for this CPU ``(..., N, D)``
+    prompt: it holds NaN or Inf, or (not finite as float32) values past float32's range, or a
+    distance between two of its points overflows float32. CUDA flags such a prompt instead of
+    raising (a host sync); a run that diverged reaches either. The distances are computed
+    (exactly: the float32 engine rounds the float64 distances of the same points) only where a
+    bound on them allows an overflow."""
+    x = prompt.detach().float()
+    if not bool(torch.isfinite(x).all()):
+        return True
+    if x.numel() == 0:
+        return False
+    bound = 2.0 * math.sqrt(x.shape[-1]) * float(x.abs().max())
+    if bound < torch.finfo(torch.float32).max:
+        return False
+    xd = x.double().reshape(-1, x.shape[-2], x.shape[-1])
+    return bool(torch.isinf(pairwise_distance(xd).float()).any())
+
+
 @torch.no_grad()
 def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Bar counts, mean/max lifetimes, persistent entropy and total persistence of H0 and H1.
@@ -60,8 +80,9 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
         the K = max(4N, 8) most persistent bars where ``h1_count`` (the true count) exceeds K
         (:func:`vr_persistence`'s default capacity; not reached in practice at N <= 256). On CUDA,
         a prompt whose H1 outgrew the device workspace has NaN H1 metrics. An invalid prompt
-        (NaN or Inf, a diverged run) has NaN metrics throughout, on either device: not the 0 bars
-        they would otherwise count, and not an error that would stop the run logging it.
+        (NaN or Inf, or distances past float32's range: a diverged run) has NaN metrics
+        throughout, on either device: not the 0 bars they would otherwise count, and not an
+        error that would stop the run logging it.
     """
     if not isinstance(prompt, torch.Tensor):
         raise TypeError(f"prompt must be a torch.Tensor, got {type(prompt).__name__}")
@@ -70,7 +91,7 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     if not prompt.is_floating_point():  # an integer prompt is no soft prompt; bool even less
         raise TypeError(f"prompt must be a floating-point tensor, got {prompt.dtype}")
     x = prompt.detach().float()
-    if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):  # the CPU engine raises
+    if x.device.type == "cpu" and float32_engine_refuses(x):  # the CPU engine would raise
         return {k: torch.full((), float("nan"), dtype=torch.float32) for k in METRICS}
     dg = vr_persistence(x, 1)
     life0 = dg.h0[0, :, 1] - dg.h0[0, :, 0]  # (N-1,)
@@ -131,6 +152,9 @@ class TopologyTracker:
         unknown = sorted(set(term_options or {}) - set(TERM_OPTIONS))
         if unknown:
             raise ValueError(f"term_options: {', '.join(unknown)} not among {TERM_OPTIONS}")
+        if term_options and not tsloss_terms:  # they shape the terms only it computes
+            raise ValueError("term_options are options of the TSLoss terms that tsloss_terms=True "
+                             "computes; pass tsloss_terms=True, or no term_options")
         if tsloss_terms:
             from tsloss_cuda.loss import TSLoss
             self._probe = TSLoss(stability=1.0, **dict(term_options or {}))
@@ -144,7 +168,9 @@ class TopologyTracker:
         if reshaped:
             self._probe.reset()  # prompts of different N cannot be compared for stability
         self._shape = prompt.shape
-        if prompt.device.type == "cpu" and not bool(torch.isfinite(prompt).all()):
+        if prompt.device.type == "cpu" and (
+                not bool(torch.isfinite(prompt).all())
+                or (prompt.dtype != torch.float64 and float32_engine_refuses(prompt))):
             # NaN terms, as CUDA gives them, rather than the CPU engine's error
             return {name: torch.full((), float("nan"), dtype=torch.float32) for name in TERMS}
         with torch.no_grad():

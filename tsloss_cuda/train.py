@@ -30,6 +30,7 @@ from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions,  # noqa
                      load_model, resolve_model)
 from .tasks import DATA_CSV, encode, load_data, take, task_spec  # noqa: E402
 from .training import MAX_LR, MAX_SEED, REGULARIZERS, Dist, train_one  # noqa: E402
+from .training import RUN_FLAG_DEFAULTS as D  # noqa: E402
 
 PROG = "python -m tsloss_cuda.train"
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, metavar="REG",
                    help="the regularisers --compare runs (any of: " + ", ".join(REGULARIZERS)
                         + "; default: all)%(default).0s")
-    p.add_argument("--compare-weights", type=nonneg_float, nargs="*", default=None,
+    p.add_argument("--compare-weights", type=nonneg_float, nargs="+", default=None,
                    help="--compare also sweeps TSLoss at these --reg-weight values (variants "
                         "tsloss_wW, same seeds; default: none)%(default).0s")
     p.add_argument("--compare-stability", type=nonneg_float, default=None,
@@ -86,22 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "Gaussian, or the embeddings of --init-text's tokens repeated to N")
     p.add_argument("--init-text", default=None,
                    help="text of --init text (default: the task's instruction)%(default).0s")
-    p.add_argument("--head", default="similarity", choices=("similarity", "linear"),
-                   help="encoder: score labels by similarity to label descriptions (only the "
-                        "prompt trains) or with a trainable linear head")
+    p.add_argument("--head", default=None, choices=("similarity", "linear"),
+                   help="an encoder's labels: scored by similarity to label descriptions (only "
+                        "the prompt trains) or by a trainable linear head (default: "
+                        f"{D['head']}; a causal LM predicts them as next words)%(default).0s")
     p.add_argument("--lr", type=learning_rate, default=0.01,
                    help="Adam learning rate of the prompt")
-    p.add_argument("--head-lr", type=learning_rate, default=0.005,
-                   help="Adam learning rate of the encoder's --head linear")
+    p.add_argument("--head-lr", type=learning_rate, default=None,
+                   help="Adam learning rate of the encoder's --head linear (default: "
+                        f"{D['head_lr']:g})%(default).0s")
     p.add_argument("--max-length", type=positive_int, default=32, help="max tokens per sentence")
-    p.add_argument("--reg-weight", type=nonneg_float, default=0.1,
-                   help="weight of the regulariser added to the task loss")
-    p.add_argument("--ts-connectivity", type=nonneg_float, default=1.0,
-                   help="TSLoss connectivity weight")
-    p.add_argument("--ts-redundancy", type=nonneg_float, default=1.0,
-                   help="TSLoss redundancy weight")
-    p.add_argument("--ts-stability", type=nonneg_float, default=0.0,
-                   help="TSLoss stability weight")
+    p.add_argument("--reg-weight", type=nonneg_float, default=None,
+                   help="weight of the regulariser added to the task loss (default: "
+                        f"{D['reg_weight']:g})%(default).0s")
+    for term in ("connectivity", "redundancy", "stability"):
+        p.add_argument(f"--ts-{term}", type=nonneg_float, default=None,
+                       help=f"TSLoss {term} weight (default: {D['ts_' + term]:g})%(default).0s")
     p.add_argument("--log-every", type=positive_int, default=10,
                    help="steps between evaluations / metrics rows; other steps do not wait for "
                         "the device, except checkpoint saves, step 1 and step max/2")
@@ -121,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from tsloss_cuda.compare import (RunSpec, apply_overrides, check_output_dir,
-                                     comparison_config, job_specs, provenance, run_comparison)
+                                     comparison_config, job_specs, provenance, run_comparison,
+                                     settle_head)
     from tsloss_cuda.run_outputs import (announce_removal, commit_checkpoints,
                                          discard_checkpoints, earlier_job, write_outputs)
     specs = job_specs(args)  # refuses the other mode's flags; sets both modes' defaults
@@ -129,6 +131,7 @@ def run(args) -> int:
     check_output_dir(args.output_dir, single=not args.compare)
     # The conversion would make the cache after the data is loaded: refused before that.
     cache = check_cache(args.model_cache) if args.model == GEMMA else None
+    settle_head(args, "causal" if args.model == GEMMA else args.task, loaded=False)
     data_raw, names = load_data(args.data)
     dist = Dist(args.device)
     out = args.output_dir
@@ -137,6 +140,7 @@ def run(args) -> int:
         path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main,
                              checked_cache=cache)
         tok, model, task = load_model(path, args.task, dist.device, args.quiet)
+        settle_head(args, task)  # known once the model is
         check_positions(model, args.prompt_length, args.max_length)
         if args.threads is None:
             args.threads = 1 if task == "encoder" else 0

@@ -26,6 +26,10 @@ MAX_SEED = 2 ** 64 - 1 - 1000
 #: bound a prompt grown too large turns the model's output NaN (its norms square it): a
 #: divergence, which the run records.
 MAX_LR = 1e30
+#: Defaults of the job's flags that only some runs use (compare.check_run_flags refuses one
+#: given where no run uses it; its argparse default is None so that it can tell).
+RUN_FLAG_DEFAULTS = {"reg_weight": 0.1, "ts_connectivity": 1.0, "ts_redundancy": 1.0,
+                     "ts_stability": 0.0, "head": "similarity", "head_lr": 0.005}
 
 # ---------------------------------------------------------------------------------------------
 # regularisers

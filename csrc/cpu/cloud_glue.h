@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -16,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -116,6 +118,10 @@ class OutputCache {
   }
 
   size_t capacity() const { return capacity_; }
+  size_t held() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return held_;
+  }
 
   // A buffer of `bytes`, 2 MB-aligned if at least 2 MB (huge pages where the kernel grants
   // them), else 64-byte aligned: a cached one, else a fresh one; nullptr if the allocation
@@ -163,10 +169,21 @@ class OutputCache {
  private:
   static constexpr size_t kHuge = size_t(2) << 20;
 
+  // A misspelt setting is refused, not read as 0 (off) or a prefix ("1e3": 1 MB); the check
+  // runs at every large output until the constructor succeeds.
   OutputCache() {
+    constexpr long long kMostMb = 1ll << 20;  // 1 TB; more would overflow the shift
     const char* v = std::getenv("TSLOSS_CPU_OUTPUT_CACHE_MB");
-    const long long mb = v != nullptr && *v != '\0' ? std::atoll(v) : 256;
-    capacity_ = mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
+    long long mb = 256;
+    if (v != nullptr && *v != '\0') {
+      char* end = nullptr;
+      errno = 0;
+      mb = std::strtoll(v, &end, 10);  // digits only: strtoll takes " 5" and "+5"
+      TSL_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && errno == 0 && mb <= kMostMb,
+                "TSLOSS_CPU_OUTPUT_CACHE_MB must be a whole number of MB, 0 (off) to ",
+                int64_t(kMostMb), ", got '", v, "'");
+    }
+    capacity_ = static_cast<size_t>(mb) << 20;
   }
 
   std::mutex mutex_;
@@ -175,17 +192,33 @@ class OutputCache {
   size_t capacity_ = 0;
 };
 
+// A cached buffer as a storage's data: given back to the cache when the storage frees it.
+struct CachedBlock {
+  void* p;
+  size_t bytes;
+  static void give_back(void* ctx) {
+    const CachedBlock* b = static_cast<const CachedBlock*>(ctx);
+    OutputCache::instance().give(b->p, b->bytes);
+    delete b;
+  }
+};
+
 // A contiguous tensor for a kernel that writes all of it (contents undefined until then). Large
-// ones come from OutputCache; the rest from torch's allocator.
+// ones come from OutputCache; the rest from torch's allocator. The storage stays resizable, as
+// any CPU tensor's (resize_, out= arguments): a resize takes torch's CPU allocator and gives
+// the cached buffer back (at::from_blob's storage refused every resize).
 inline at::Tensor empty_written(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  OutputCache& cache = OutputCache::instance();
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
                        c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  if (cache.capacity() == 0 || bytes < OutputCache::kMinBytes) return at::empty(sizes, options);
+  if (bytes < OutputCache::kMinBytes) return at::empty(sizes, options);
+  OutputCache& cache = OutputCache::instance();  // reads the setting at the first large output
+  if (cache.capacity() == 0) return at::empty(sizes, options);
   void* p = cache.take(bytes);
   if (p == nullptr) return at::empty(sizes, options);  // let torch's allocator say why
-  return at::from_blob(
-      p, sizes, [bytes](void* q) { OutputCache::instance().give(q, bytes); }, options);
+  c10::DataPtr data(p, new CachedBlock{p, bytes}, &CachedBlock::give_back, c10::Device(c10::kCPU));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(data),
+                       c10::GetCPUAllocator(), /*resizable=*/true);
+  return at::empty({0}, options).set_(std::move(storage), 0, sizes);
 }
 
 // Cloud b's slots in vr_persistence's outputs (h0 (B, N-1, 2), h0_edges (B, N-1, 2), h1 (B, K, 2),
@@ -592,12 +625,15 @@ void check_lone_points(const T* x, int64_t B, int64_t N, int64_t D, const Caller
 // ripser.py reads it (a lower-triangle reading differs on a matrix symmetric only up to
 // rounding, and so does giotto-ph 0.2.4, which gave one such 4-cycle an infinite H1 bar); it must be finite, non-negative, zero on the diagonal and
 // symmetric up to rounding. Errors name cloud `b` of the batch and the entry as the user indexes
-// it (the upper one, unless only the lower is bad).
+// it (the upper one, unless only the lower is bad). A -0 entry is read as +0 (as on CUDA), so
+// that no -0 death comes out of a matrix equal to one without it.
 template <typename T>
 void symmetric_from_upper(const T* in, int64_t n, int64_t b, T* out) {
   for (int64_t i = 0; i < n; ++i) {
     TSL_CHECK(in[i * n + i] == T(0), "vr_persistence: distance matrix of cloud ", b,
-                " has non-zero diagonal entry ", in[i * n + i], " at (", i, ", ", i, ")");
+                " has non-zero diagonal entry ", in[i * n + i], " at (", i, ", ", i,
+                "); a distance matrix is zero there (torch.cdist leaves rounding error: zero "
+                "it with m.diagonal(dim1=-2, dim2=-1).zero_(), or pass the points)");
     out[i * n + i] = T(0);
     for (int64_t j = 0; j < i; ++j) {
       const T up = in[j * n + i], lo = in[i * n + j];
@@ -609,9 +645,9 @@ void symmetric_from_upper(const T* in, int64_t n, int64_t b, T* out) {
       const T scale = std::abs(lo) > std::abs(up) ? std::abs(lo) : std::abs(up);
       TSL_CHECK(std::abs(lo - up) <= T(1e-4) * scale, "vr_persistence: distance matrix of cloud ",
                   b, " is not symmetric: entry (", j, ", ", i, ") = ", up, " but (", i, ", ",
-                  j, ") = ", lo);
-      out[i * n + j] = up;
-      out[j * n + i] = up;
+                  j, ") = ", lo, "; it must be, up to rounding (a triangle alone: m + m.mT)");
+      out[i * n + j] = up + T(0);  // -0 as +0: the same diagrams' bits for equal matrices
+      out[j * n + i] = up + T(0);
     }
   }
 }

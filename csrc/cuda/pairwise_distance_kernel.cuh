@@ -449,7 +449,7 @@ __global__ void symmetrize_upper_kernel(const T* __restrict__ in, int64_t B, int
        g += (int64_t)gridDim.x * blockDim.x) {
     const int64_t b = g / (N * N), r = g % (N * N), i = r / N, j = r % N;
     const int64_t hi = i > j ? i : j, lo = i > j ? j : i;
-    out[g] = i == j ? T(0) : in[(b * N + lo) * N + hi];
+    out[g] = i == j ? T(0) : in[(b * N + lo) * N + hi] + T(0);  // -0 as +0, as the CPU reads it
   }
 }
 
