@@ -173,6 +173,17 @@ def test_matrix_symmetric_up_to_rounding_reads_the_upper_triangle(dtype):
     assert torch.equal(grad.cpu(), ops.vr_persistence_backward(g0, g1, d, e0, e1, True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negative_zero_entries_read_as_zero_on_cuda(dtype):
+    # Duplicated points at distance -0 (both triangles): +0 on both devices, so no -0 death.
+    pts = torch.tensor([[[0.0], [0.0], [1.0], [3.0]]], dtype=dtype)
+    d = _cpu_dist(pts)
+    d[0, 0, 1] = d[0, 1, 0] = -0.0
+    cpu, gpu = _forward(d, True), _forward(d.cuda(), True)
+    _assert_same(cpu, gpu, exact=True, rtol=0)
+    assert not torch.signbit(gpu[0]).any() and not torch.signbit(cpu[0]).any()
+
+
 def test_invalid_input_is_flagged_not_raised():
     # No host check on CUDA: the bad cloud gets NaN values and count -2, the others are exact.
     x = torch.randn(3, 10, 4, device="cuda")
