@@ -405,15 +405,19 @@ def test_an_encoder_decoder_prompt_is_refused_at_train_begin():
     TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=_model())  # one prompt
 
 
-def test_a_diverged_prompt_logs_nan_and_the_run_goes_on():
-    """On the CPU the engine raises for a NaN prompt; the callback logs NaN instead, as on CUDA,
-    and leaves the (already NaN) gradient alone."""
+@pytest.mark.parametrize("bad", ["nan", "past float32"])
+def test_a_diverged_prompt_logs_nan_and_the_run_goes_on(bad):
+    """On the CPU the engine raises for a NaN prompt, and for one whose distances overflow
+    float32; the callback logs NaN instead, as on CUDA, and leaves the gradient alone."""
     cb, model = TSLossCallback(WEIGHT), _model()
     args, state, control = _hooks()
     cb.on_train_begin(args, state, control, model=model)
     prompt = prompt_parameters(model)
     with torch.no_grad():
-        prompt[0, 0] = float("nan")
+        if bad == "nan":
+            prompt[0, 0] = float("nan")
+        else:
+            prompt.mul_(1e38 / float(prompt.abs().max()))
     prompt.grad = torch.ones_like(prompt)
     cb.on_pre_optimizer_step(args, state, control, model=model)
     assert torch.equal(prompt.grad, torch.ones_like(prompt))

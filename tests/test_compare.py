@@ -500,6 +500,35 @@ def test_more_sweep_weights_extend_a_comparison(tmp_path):
     assert compare([0.3, 1.0]) == ["tsloss_w1_seed0"]
 
 
+def test_a_begun_comparison_is_extended_with_its_recorded_flags(tmp_path):
+    """The job refuses a flag that no run uses, but a comparison records every flag, used or
+    not, and a later invocation must repeat them: extending a TSLoss comparison by a run
+    without TSLoss, with the recorded --ts-stability, goes through (it was refused, and left
+    out, the configuration check refused the folder: stuck either way)."""
+    from tsloss_cuda.compare import comparison_config, job_specs, settle_head
+    from tsloss_cuda.train import build_parser
+    out = str(tmp_path)
+    ignore = ("compare_regularizers", "compare_weights", "compare_stability")
+
+    def invoke(*regs, stability="0.3"):
+        argv = ["--compare", "--seeds", "0", "--compare-regularizers", *regs,
+                "--output-dir", out] + (["--ts-stability", stability] if stability else [])
+        args = build_parser().parse_args(argv)
+        specs = job_specs(args)
+        settle_head(args, "encoder")
+        trained = []
+        run_comparison(out, specs, lambda s: trained.append(s.run_id) or fake_train(s),
+                       comparison_config(args, out, ignore=ignore), quiet=True)
+        return trained
+
+    with pytest.raises(CLIError, match="--ts-stability is a TSLoss weight, which no run"):
+        invoke("none")  # a fresh comparison: the flag would be ignored
+    assert invoke("tsloss") == ["tsloss_seed0"]
+    assert invoke("none") == ["none_seed0"]
+    with pytest.raises(CLIError, match="ts_stability=0.3, not 0.0"):
+        invoke("l2", stability=None)
+
+
 def test_runs_without_their_config_are_refused(tmp_path):
     out = str(tmp_path)
     run_comparison(out, SPECS[:2], fake_train, CONFIG, quiet=True)
@@ -632,7 +661,7 @@ def test_a_record_under_another_runs_name_is_refused(tmp_path):
 def test_checkpoint_every_is_no_setting_of_a_comparison(tmp_path):
     """Checkpoints are extra files, not a result: a resume with another --checkpoint-every
     must reuse the finished runs, so the config leaves it out."""
-    from tsloss_cuda.compare import comparison_config
+    from tsloss_cuda.compare import comparison_config, job_specs, settle_head
     from tsloss_cuda.train import build_parser
     out = str(tmp_path / "o")
 
@@ -640,10 +669,13 @@ def test_checkpoint_every_is_no_setting_of_a_comparison(tmp_path):
         args = build_parser().parse_args(["--compare", "--output-dir", out,
                                           "--checkpoint-every", str(every)])
         assert args.checkpoint_every == every
+        job_specs(args)  # as train.run records it: every flag's default set
+        settle_head(args, "encoder")
         return comparison_config(args, out)
 
     cfg = config(3)
     assert "checkpoint_every" not in cfg and "lr" in cfg
+    assert cfg["reg_weight"] == 0.1 and cfg["head"] == "similarity"
     assert cfg == config(5)
 
 

@@ -56,10 +56,15 @@ for dim in (8192, 1024):                          # an 8 MB and a 1 MB float32 g
         del out
         from_cache = T._C.output_cache_held() == held + size  # given back to the cache
     resized = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
-    resized.resize_(2, 64, dim + 3)               # resizable as any CPU output: torch's memory
+    held, size = T._C.output_cache_held(), resized.untyped_storage().nbytes()
+    resized.resize_(4, 64, dim + 3)               # resizable as any CPU output: torch's memory,
+    assert T._C.output_cache_held() == held + (size if from_cache else 0)  # the buffer given back
     resized[:] = 1
-    assert resized.untyped_storage().resizable() and float(resized.sum()) == 2 * 64 * (dim + 3)
-    del resized
+    assert resized.untyped_storage().resizable() and float(resized.sum()) == 4 * 64 * (dim + 3)
+    grown = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
+    torch.add(torch.ones(8, 64, dim), 1, out=grown)   # an out= argument grows it
+    assert grown.shape == (8, 64, dim) and float(grown[7, 63, 0]) == 2
+    del resized, grown
     kept = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
     other = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
     assert kept.data_ptr() != other.data_ptr()    # two live outputs never share a buffer

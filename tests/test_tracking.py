@@ -9,7 +9,7 @@ import torch
 from tsloss_cuda import plots, tracking
 from tsloss_cuda.persistence import H1_OVERFLOW, INVALID_INPUT, Diagrams, vr_persistence
 from tsloss_cuda.tracking import (METRICS, TERMS, StepTimer, TopologyTracker,
-                                  float32_engine_refuses, to_floats, topology_metrics)
+                                  cpu_engine_refuses, to_floats, topology_metrics)
 
 SQUARE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
 
@@ -251,16 +251,17 @@ def test_a_prompt_past_float32s_range_is_logged_as_nan_not_raised(dtype):
     hold): the CPU engine raised "overflows float32; pass float64 points", naming an input the
     caller never made, where the docstring promises NaN metrics. The float64 prompt's terms
     are computed in float64 (finite); its float32 metrics are NaN. A quarter of it takes the
-    exact check (the bound allows an overflow) and has none; 1e36 is finite throughout."""
+    engine's check (the bound allows an overflow) and has none; 1e36 is finite throughout."""
     g = torch.Generator().manual_seed(0)
     base = torch.randn(8, 16, generator=g, dtype=torch.float64)
     huge = (base * (1e300 if dtype == torch.float64 else 1e38)).to(dtype)
     assert torch.isfinite(huge).all()
-    assert float32_engine_refuses(huge)
+    assert cpu_engine_refuses(huge.float())
+    assert cpu_engine_refuses(huge) == (dtype != torch.float64)  # float64 computes in float64
     if dtype != torch.float64:
         quarter = huge / 4
         assert 8 * float(quarter.abs().max()) > torch.finfo(torch.float32).max  # 2 sqrt(D) max
-        assert not float32_engine_refuses(quarter)
+        assert not cpu_engine_refuses(quarter)
     tracker = TopologyTracker(1, tsloss_terms=True)
     tracker.update(0, huge)
     tracker.update(1, (base * 1e36).to(dtype) if dtype != torch.float64 else base)
@@ -272,21 +273,42 @@ def test_a_prompt_past_float32s_range_is_logged_as_nan_not_raised(dtype):
     assert all(math.isfinite(v) for k, v in second.items() if k != "ts_stability"), second
 
 
-def test_the_overflow_check_is_the_engines_own():
-    """float32_engine_refuses decides as the float32 engine does: on points whose largest
-    distance lies within a few ulps of float32's largest value, it says True exactly where
-    vr_persistence raises."""
-    big = torch.finfo(torch.float32).max
+def test_a_float64_prompt_past_float64s_range_is_logged_as_nan():
+    """The float64 terms' engine raised "exceeds the float64 range" from the tracker."""
+    q = torch.zeros(3, 2, dtype=torch.float64)
+    q[1, 0], q[2, 0], q[0, 1] = 1.7e308, -1.7e308, 1.0
+    assert cpu_engine_refuses(q)
+    tracker = TopologyTracker(1, tsloss_terms=True)
+    tracker.update(0, q)
+    (row,) = tracker.flush()
+    assert all(math.isnan(v) for k, v in row.items() if k != "step"), row
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_overflow_check_is_the_engines_own(dtype):
+    """cpu_engine_refuses decides as the engine does: on points whose largest distance lies
+    within a few ulps of the dtype's largest value, it says True exactly where vr_persistence
+    raises, on 3 points in 1-D and on 40 in 300-D (float32's certified Gram route)."""
+    big = torch.finfo(dtype).max
+    g = torch.Generator().manual_seed(1)
+    wide = torch.randn(40, 300, generator=g, dtype=torch.float64)
+    wide /= float(torch.cdist(wide, wide).max())
+    seen = set()
     for scale in (0.9999998, 0.9999999, 1.0, 1.0000001, 1.0000002):
-        x = torch.tensor([[0.0], [big * scale / 2], [-big * scale / 2]], dtype=torch.float64)
-        x = x.float()
-        try:
-            vr_persistence(x)
-            raised = False
-        except RuntimeError as e:
-            assert "overflows float32" in str(e)
-            raised = True
-        assert float32_engine_refuses(x) == raised, scale
+        line = torch.tensor([[0.0], [0.5], [-0.5]], dtype=torch.float64)
+        for x in (line * big * scale, wide * big * scale):
+            x = x.to(dtype)
+            if not torch.isfinite(x).all():
+                continue
+            try:
+                vr_persistence(x)
+                raised = False
+            except RuntimeError as e:
+                assert "overflows float32" in str(e) or "exceeds the float64 range" in str(e)
+                raised = True
+            assert cpu_engine_refuses(x) == raised, (scale, x.shape)
+            seen.add(raised)
+    assert seen == {False, True}
 
 
 def test_tracker_keeps_given_terms_on_the_prompts_device():

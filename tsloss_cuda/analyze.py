@@ -131,8 +131,8 @@ def load_prompt(path: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise CLIError(f"checkpoint {path}: the prompt holds NaN or Inf values (a diverged "
                        "run?), whose topology is undefined")
-    from tsloss_cuda.tracking import float32_engine_refuses
-    if float32_engine_refuses(t):
+    from tsloss_cuda.tracking import cpu_engine_refuses
+    if cpu_engine_refuses(t.float()):
         raise CLIError(f"checkpoint {path}: the prompt's values (up to "
                        f"{float(t.detach().abs().max()):.3g}) or distances are past float32's "
                        "range, in which analyze computes (a diverged run?)")

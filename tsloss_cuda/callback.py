@@ -43,7 +43,7 @@ from transformers import TrainerCallback
 
 from tsloss_cuda.loss import TSLoss
 from tsloss_cuda.prompt_tuning import prompt_parameters
-from tsloss_cuda.tracking import TERM_OPTIONS, TopologyTracker, to_floats
+from tsloss_cuda.tracking import TERM_OPTIONS, TopologyTracker, cpu_engine_refuses, to_floats
 
 
 def _check_hook_exists() -> None:
@@ -182,9 +182,10 @@ class TSLossCallback(TrainerCallback):
             return
         prompt = prompt_parameters(model)
         _unscale(optimizer)
-        if prompt.device.type == "cpu" and not bool(torch.isfinite(prompt).all()):
-            # Diverged: the CPU engine would raise; CUDA gives NaN, and adding NaN to a NaN
-            # prompt's gradient changes nothing. Log NaN on either device.
+        if prompt.device.type == "cpu" and cpu_engine_refuses(prompt):
+            # Diverged (NaN, Inf, distances past the dtype's range): the CPU engine would raise;
+            # CUDA gives NaN, and adding NaN to a NaN prompt's gradient changes nothing. Log NaN
+            # on either device.
             self.last_loss = torch.full((), math.nan, dtype=prompt.dtype)
             return
         with torch.enable_grad():

@@ -31,6 +31,7 @@ import torch
 
 from . import run_outputs
 from ._cli import CLIError, first_line, missing_folders
+from .models import GEMMA
 from .training import REGULARIZERS, RUN_FLAG_DEFAULTS, launch_rank
 
 CONFIG_FILE = "comparison.json"
@@ -128,6 +129,11 @@ def _tsloss_weight(dest: str) -> Callable[[Any, "RunSpec"], bool]:
     return lambda args, spec: spec.regularizer == "tsloss" and dest not in dict(spec.overrides)
 
 
+def _causal(args: Any) -> bool:
+    """Whether the job's model is known to be tuned as a causal LM before it is loaded."""
+    return args.task == "causal" or args.model == GEMMA
+
+
 def _regularizers(args: Any, specs: Sequence["RunSpec"]) -> str:
     if not args.compare:
         return f"--regularizer {args.regularizer}"
@@ -145,7 +151,8 @@ _RUN_FLAG_USES = {
     "ts_redundancy": (_tsloss_weight("ts_redundancy"), "a TSLoss weight", _regularizers),
     "ts_stability": (_tsloss_weight("ts_stability"), "a TSLoss weight", _regularizers),
     "head_lr": (lambda args, spec: args.head == "linear", "an option of --head linear",
-                lambda args, specs: f"--head {args.head or RUN_FLAG_DEFAULTS['head']}"),
+                lambda args, specs: "a causal LM has no head" if _causal(args)
+                else f"--head {args.head or RUN_FLAG_DEFAULTS['head']}"),
     "init_text": (lambda args, spec: args.init == "text", "an option of --init text",
                   lambda args, specs: f"--init {args.init}"),
 }
@@ -198,7 +205,11 @@ def job_specs(args: Any) -> List[RunSpec]:
             raise CLIError(f"{flag} repeats {', '.join(repeated)}: each value names runs once")
     specs = comparison_specs(list(args.compare_regularizers), args.seeds, args.compare_weights,
                              args.compare_stability, args.reg_weight)
-    check_run_flags(args, specs, given)
+    # A comparison already begun records every flag's value, used or not, and a restart or an
+    # extension must repeat them (its configuration check says so): there a flag that no run of
+    # this invocation uses is the recorded setting, not a slip.
+    if not os.path.isfile(os.path.join(args.output_dir, CONFIG_FILE)):
+        check_run_flags(args, specs, given)
     return specs
 
 

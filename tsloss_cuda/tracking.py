@@ -48,23 +48,27 @@ def _masked_mean_max(life: torch.Tensor, valid: torch.Tensor):
     return cnt, mean, mx, total
 
 
-def float32_engine_refuses(prompt: torch.Tensor) -> bool:
-    """Whether the CPU engine, computing in float32, would raise for this CPU ``(..., N, D)``
-    prompt: it holds NaN or Inf, or (not finite as float32) values past float32's range, or a
-    distance between two of its points overflows float32. CUDA flags such a prompt instead of
-    raising (a host sync); a run that diverged reaches either. The distances are computed
-    (exactly: the float32 engine rounds the float64 distances of the same points) only where a
-    bound on them allows an overflow."""
-    x = prompt.detach().float()
-    if not bool(torch.isfinite(x).all()):
-        return True
+def cpu_engine_refuses(prompt: torch.Tensor) -> bool:
+    """Whether the CPU engine would raise for this ``(..., N, D)`` prompt, computing in float64
+    for a float64 prompt and in float32 otherwise (as :func:`tsloss_cuda.loss` does): it holds
+    NaN or Inf (or, widened to float32, values past its range), or a distance between two of
+    its points overflows the computing dtype. CUDA flags such a prompt instead of raising (a
+    host sync); a run that diverged reaches either. One pass over the prompt; the engine's own
+    distances are computed only where the bound 2 sqrt(D) max|x| on them allows an overflow."""
+    x = prompt.detach()
+    x = x if x.dtype == torch.float64 else x.float()
     if x.numel() == 0:
         return False
-    bound = 2.0 * math.sqrt(x.shape[-1]) * float(x.abs().max())
-    if bound < torch.finfo(torch.float32).max:
+    m = float(x.abs().max())  # NaN and Inf propagate
+    if not math.isfinite(m):
+        return True
+    if 2.0 * math.sqrt(x.shape[-1]) * m < torch.finfo(x.dtype).max:
         return False
-    xd = x.double().reshape(-1, x.shape[-2], x.shape[-1])
-    return bool(torch.isinf(pairwise_distance(xd).float()).any())
+    try:  # finite points of a valid shape: the only error left is the overflow
+        pairwise_distance(x.reshape(-1, x.shape[-2], x.shape[-1]))
+    except RuntimeError:
+        return True
+    return False
 
 
 @torch.no_grad()
@@ -91,7 +95,7 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     if not prompt.is_floating_point():  # an integer prompt is no soft prompt; bool even less
         raise TypeError(f"prompt must be a floating-point tensor, got {prompt.dtype}")
     x = prompt.detach().float()
-    if x.device.type == "cpu" and float32_engine_refuses(x):  # the CPU engine would raise
+    if x.device.type == "cpu" and cpu_engine_refuses(x):  # the CPU engine would raise
         return {k: torch.full((), float("nan"), dtype=torch.float32) for k in METRICS}
     dg = vr_persistence(x, 1)
     life0 = dg.h0[0, :, 1] - dg.h0[0, :, 0]  # (N-1,)
@@ -168,9 +172,7 @@ class TopologyTracker:
         if reshaped:
             self._probe.reset()  # prompts of different N cannot be compared for stability
         self._shape = prompt.shape
-        if prompt.device.type == "cpu" and (
-                not bool(torch.isfinite(prompt).all())
-                or (prompt.dtype != torch.float64 and float32_engine_refuses(prompt))):
+        if prompt.device.type == "cpu" and cpu_engine_refuses(prompt):
             # NaN terms, as CUDA gives them, rather than the CPU engine's error
             return {name: torch.full((), float("nan"), dtype=torch.float32) for name in TERMS}
         with torch.no_grad():

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -213,9 +214,12 @@ inline at::Tensor empty_written(at::IntArrayRef sizes, const at::TensorOptions& 
   if (bytes < OutputCache::kMinBytes) return at::empty(sizes, options);
   OutputCache& cache = OutputCache::instance();  // reads the setting at the first large output
   if (cache.capacity() == 0) return at::empty(sizes, options);
+  // The context first: were its allocation to throw, no buffer taken would be lost.
+  std::unique_ptr<CachedBlock> block(new CachedBlock{nullptr, bytes});
   void* p = cache.take(bytes);
   if (p == nullptr) return at::empty(sizes, options);  // let torch's allocator say why
-  c10::DataPtr data(p, new CachedBlock{p, bytes}, &CachedBlock::give_back, c10::Device(c10::kCPU));
+  block->p = p;
+  c10::DataPtr data(p, block.release(), &CachedBlock::give_back, c10::Device(c10::kCPU));
   c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(data),
                        c10::GetCPUAllocator(), /*resizable=*/true);
   return at::empty({0}, options).set_(std::move(storage), 0, sizes);
