@@ -176,6 +176,7 @@ TRAIN_CASES = [
      "variants: none, tsloss_w0.3)"),
     (CMP + " --compare-weights", "--compare-weights"),
     ("--max-steps 1 --task causal --head linear", "--head is an option of an encoder"),
+    ("--max-steps 1 --model-cache {d}/cache", "--model-cache is the folder --model gemma-3-270m"),
     (CMP + " --max-steps 1 --seed 7", "--seed is an option of a single run"),
     (CMP + " --max-steps 1 --regularizer tsloss", "--regularizer is an option of a single run"),
     # A resume needs comparison.json: without it the settings of the runs in runs/ are unknown.

@@ -140,7 +140,8 @@ def _regularizers(args: Any, specs: Sequence["RunSpec"]) -> str:
     return "its variants: " + ", ".join(dict.fromkeys(spec.variant for spec in specs))
 
 
-#: Of each flag in :data:`~tsloss_cuda.training.RUN_FLAG_DEFAULTS` (and ``--init-text``):
+#: Of each flag in :data:`~tsloss_cuda.training.RUN_FLAG_DEFAULTS` (and ``--init-text``,
+#: ``--model-cache``):
 #: whether a run uses it (the job's arguments, the run's spec), what it is, and what made the
 #: job's runs leave it unused.
 _RUN_FLAG_USES = {
@@ -155,6 +156,9 @@ _RUN_FLAG_USES = {
                 else f"--head {args.head or RUN_FLAG_DEFAULTS['head']}"),
     "init_text": (lambda args, spec: args.init == "text", "an option of --init text",
                   lambda args, specs: f"--init {args.init}"),
+    "model_cache": (lambda args, spec: args.model == GEMMA,
+                    f"the folder --model {GEMMA} is converted into",
+                    lambda args, specs: f"--model {args.model}"),
 }
 
 
