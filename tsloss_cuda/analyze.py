@@ -132,11 +132,12 @@ def load_prompt(path: str) -> torch.Tensor:
         raise CLIError(f"checkpoint {path}: the prompt holds NaN or Inf values (a diverged "
                        "run?), whose topology is undefined")
     from tsloss_cuda.tracking import cpu_engine_refuses
-    if cpu_engine_refuses(t.float()):
+    x = t.float()
+    if cpu_engine_refuses(x):
         raise CLIError(f"checkpoint {path}: the prompt's values (up to "
                        f"{float(t.detach().abs().max()):.3g}) or distances are past float32's "
                        "range, in which analyze computes (a diverged run?)")
-    return t.float()
+    return x
 
 
 def _adapter_file(folder: str) -> Optional[str]:
