@@ -16,7 +16,7 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from ._ops import difference_length, edge_lengths, ops
 
 #: Default H1 capacity per cloud is ``H1_CAPACITY_PER_POINT * N`` (at least ``H1_MIN_CAPACITY``).
-#: Gaussian clouds in high dimension give up to about 2·N H1 pairs (at N = 256), so clouds of
+#: Gaussian clouds in high dimension give up to about 2.6·N H1 pairs (at N = 256), so clouds of
 #: N <= 256 do not truncate in practice; ``truncated`` reports it whenever they do.
 H1_CAPACITY_PER_POINT = 4
 H1_MIN_CAPACITY = 8
@@ -219,7 +219,8 @@ def vr_persistence(
     Args:
         x: points ``(N, D)`` / ``(B, N, D)``, or with ``distances=True`` a distance matrix
             ``(N, N)`` / ``(B, N, N)`` (read through its upper triangle, as ripser.py reads
-            it). At most 4096 points per cloud. float32 or float64;
+            it). At most 4096 points per cloud; a single cloud gives outputs with B = 1.
+            float32 or float64;
             float16 and bfloat16 are widened to float32 first (as :func:`tsloss_cuda.loss`
             does: half precision cannot tell near-equal distances apart), so their diagrams
             are float32 and gradients flow back to the half-precision input.

@@ -213,8 +213,11 @@ class SoftPromptModel(nn.Module):
         label_ids: causal: ``(C,)`` verbalizer token ids (required).
         label_inputs: encoder with ``head="similarity"``: ``(ids, mask)`` ``(C, Lc)`` of the label
             descriptions, embedded once without the prompt.
-        head: encoder: ``"similarity"`` (head-free) or ``"linear"``.
-        num_labels: classes of the linear head.
+        head: encoder: ``"linear"`` (the default: a trainable linear layer on the masked
+            mean of the last hidden states) or ``"similarity"`` (head-free: the label
+            descriptions' embeddings score the classes; the training job's default). Ignored
+            for a causal LM.
+        num_labels: classes of the linear head (default 2: set it to the task's).
         init: ``"vocab"`` (the embeddings of N token ids sampled uniformly, with replacement,
             from ``init_ids``, by default the whole vocabulary, special and unused tokens
             included; Lester et al. 2021 sample among the 5,000 most common tokens, which
