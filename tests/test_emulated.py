@@ -178,3 +178,20 @@ def test_bad_reduce_warps_setting_is_an_error_naming_it(monkeypatch, value):
     x = torch.randn(1, 12, 3, dtype=torch.float64)
     with pytest.raises(Exception, match="TSLOSS_EMULATED_REDUCE_WARPS must be 1..16"):
         ops.vr_persistence_emulated(x, 1, False, 48)
+
+
+def test_a_cloud_past_the_pool_is_flagged_and_to_numpy_refuses_it(monkeypatch):
+    """A cloud whose H1 outgrew the device pool has h1_count -1 (H1_OVERFLOW): its H1 rows are
+    padding, and to_numpy raises rather than return them as bars."""
+    from tsloss_cuda.persistence import H1_OVERFLOW
+    t = 2 * np.pi * np.arange(100) / 100
+    ring = torch.as_tensor(np.stack([np.cos(t), np.sin(t)], 1))[None]
+    monkeypatch.setenv("TSLOSS_ENGINE", "emulated")
+    monkeypatch.setenv("TSLOSS_EMULATED_POOL_BYTES", "24576")
+    dg = tsloss_cuda.vr_persistence(ring)
+    assert dg.h1_count.tolist() == [H1_OVERFLOW] and dg.truncated.tolist() == [True]
+    assert torch.equal(dg.h1, torch.zeros_like(dg.h1))
+    with pytest.raises(RuntimeError, match=r"H1 of clouds \[0\] overflowed the CUDA workspace"):
+        dg.to_numpy()
+    monkeypatch.setenv("TSLOSS_EMULATED_POOL_BYTES", "4000000")  # the same cloud, fitting
+    assert tsloss_cuda.vr_persistence(ring).h1_count.tolist() == [1]

@@ -170,6 +170,13 @@ def test_target_mode_gradient_is_zero_at_the_kink(normalize):
     assert torch.equal(x.grad, ref.grad)
 
 
+def test_target_zero_is_the_total_mode():
+    """τ = 0 is allowed (τ >= 0): |δ/s - 0| is the "total" term, to the bit."""
+    x = generic_cloud()
+    got = T.loss(x, connectivity_mode="target", target=0.0, reduction="none")
+    assert torch.equal(got, T.loss(x, reduction="none"))
+
+
 def test_gradcheck_stability_term():
     x0 = generic_cloud()
     _, terms = T.loss(x0, return_terms=True)
@@ -425,8 +432,15 @@ def test_previous_of_the_wrong_kind_or_shape_is_refused():
     for bad in (top.h0.to(torch.complex64), top.h0.long()):
         with pytest.raises(TypeError, match="previous must hold real floating-point"):
             T.loss(x, stability=1.0, previous=type(top)(bad, top.h1))
+        with pytest.raises(TypeError, match="previous must hold real floating-point"):
+            T.loss(x, stability=1.0, previous=type(top)(top.h0, bad.new_zeros(top.h1.shape)))
     with pytest.raises(ValueError, match="previous.h1 has shape"):
         T.loss(x, stability=1.0, previous=type(top)(top.h0, top.h1[0]))
+    # h1 of another batch than h0's: named here, not the op's own error.
+    xb = torch.randn(2, 10, 5, generator=torch.Generator().manual_seed(0))
+    tb = T.loss(xb, return_terms=True)[1]["topology"]
+    with pytest.raises(ValueError, match=r"previous.h1 has shape \(3, \d+\), expected \(2, K\)"):
+        T.loss(xb, stability=1.0, previous=type(tb)(tb.h0, torch.cat([tb.h1, tb.h1[:1]])))
     # On another device: refused, not copied (a host-to-device copy would block every step).
     with pytest.raises(ValueError, match="previous.h0 is on meta, the prompts on cpu"):
         T.loss(x, stability=1.0, previous=type(top)(top.h0.to("meta"), top.h1))

@@ -276,7 +276,8 @@ def test_spearman_interval_resamples_seeds_not_runs():
     drawn = [stats.spearman_interval(xs, ys, twelve, n_boot=2000, seed=s) for s in range(3)]
     assert all(iv.mc_error > 0 and iv.n == 12 for iv in drawn)
     assert {iv.decide(+1) for iv in drawn} == {"held"}
-    assert stats.spearman_interval(x[:2], y[:2]).decide(-1) == "untested"  # n < 3
+    two = stats.spearman_interval(x[:2], y[:2])  # n < 3: no interval at all, not (-inf, inf)
+    assert two.decide(-1) == "untested" and math.isnan(two.low) and math.isnan(two.high)
     assert stats.spearman_interval(x[:7], y[:7], seeds[:7]).decide(-1) == "untested"  # 1 seed
     assert stats.spearman_interval(x[:21], y[:21], seeds[:21]).decide(-1) == "untested"  # 3
 

@@ -134,6 +134,19 @@ def test_vmap_runs_the_op_with_eager_values():
     torch.testing.assert_close(loss, T.loss(x, reduction="none"), rtol=1e-15, atol=0)
 
 
+def test_jvp_of_vmap_rebuilds_the_bars():
+    """jvp outside vmap: inside, the points are batched tensors whose tangent unpack_dual cannot
+    see, so only the transform stack's Jvp level sends them to the rebuilt bars (without it:
+    "Batching rule not implemented for aten::_unpack_dual")."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 2, dtype=torch.float64, generator=g)
+    t = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    f = lambda q: T.vr_persistence(q).h0[..., 1].sum()  # noqa: E731
+    _, tangent = torch.func.jvp(torch.func.vmap(f), (x,), (t,))
+    jac = torch.func.jacrev(lambda q: torch.stack([f(c) for c in q]))(x)
+    torch.testing.assert_close(tangent, (jac * t).sum((1, 2, 3)), rtol=1e-12, atol=1e-12)
+
+
 def test_compile_fullgraph_keeps_one_graph_and_compiles_transforms():
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
@@ -331,7 +344,7 @@ def test_fake_kernels_refuse_what_the_kernels_refuse(bad):
     from torch._subclasses.fake_tensor import FakeTensorMode
     args = dict(dict(maxdim=1, max_h1=8, dtype=torch.float32, reduction=1), **{
         "maxdim": dict(maxdim=2), "max_h1": dict(max_h1=-1), "dtype": dict(dtype=torch.int64),
-        "reduction": dict(reduction=5)}[bad])
+        "reduction": dict(reduction=3)}[bad])
     ops = torch.ops.tsloss_cuda
     calls = [lambda x: ops.tsloss_forward(x, None, None, args["maxdim"], args["max_h1"], True,
                                           0, 0.0, 1.0, 1.0, 1.0, 0.0, args["reduction"])]
@@ -339,7 +352,7 @@ def test_fake_kernels_refuse_what_the_kernels_refuse(bad):
         calls.append(lambda x: ops.vr_persistence(x, args["maxdim"], False, args["max_h1"]))
     want = {"maxdim": "maxdim must be 0 or 1, got 2", "max_h1": "max_h1 must be >= 0, got -1",
             "dtype": "must be float32 or float64, got",
-            "reduction": "reduction must be 0 (none), 1 (mean) or 2 (sum), got 5"}[bad]
+            "reduction": "reduction must be 0 (none), 1 (mean) or 2 (sum), got 3"}[bad]
     for call in calls:
         with FakeTensorMode():
             x = torch.ones(2, 5, 3, dtype=args["dtype"])
@@ -347,3 +360,21 @@ def test_fake_kernels_refuse_what_the_kernels_refuse(bad):
                 call(x)
         with pytest.raises(RuntimeError, match=want.split(", got")[0].split(" (")[0]):
             call(torch.ones(2, 5, 3, dtype=args["dtype"]))  # the kernel's own check, eagerly
+
+
+def test_fake_kernels_accept_what_the_kernels_accept():
+    """The edges of the checks above: max_h1 = 0 (K = 0 rows) and reductions 0, 1 and 2 trace as
+    they run."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    ops = torch.ops.tsloss_cuda
+    forward = lambda x, k, r: ops.tsloss_forward(x, None, None, 1, k, True, 0, 0.0, 1.0, 1.0,  # noqa
+                                                 1.0, 0.0, r)
+    calls = [lambda x: ops.vr_persistence(x, 1, False, 0)[2], lambda x: forward(x, 0, 1)[7]]
+    for call in calls:
+        assert tuple(call(torch.randn(2, 5, 3)).shape)[:2] == (2, 0)
+        with FakeTensorMode():
+            assert tuple(call(torch.ones(2, 5, 3)).shape)[:2] == (2, 0)
+    for r in (0, 1, 2):
+        want = [o.shape for o in forward(torch.randn(2, 5, 3), 8, r)]
+        with FakeTensorMode():
+            assert [o.shape for o in forward(torch.ones(2, 5, 3), 8, r)] == want

@@ -150,6 +150,9 @@ def test_tracker_refuses_terms_it_would_drop():
     with pytest.raises(TypeError, match="terms: connectivity must be a tensor or a number, "
                                         "got str"):
         tracker.update(0, prompt, terms={"connectivity": "0.5"})
+    with pytest.raises(TypeError, match="terms: connectivity must be a tensor or a number, "
+                                        "got bool"):
+        tracker.update(0, prompt, terms={"connectivity": True})  # not logged as 1.0
     assert tracker.flush() == []  # nothing half-recorded
     tracker.update(0, prompt, terms={"connectivity": 0.5, "redundancy": torch.tensor(0.25)})
     row = tracker.flush()[0]

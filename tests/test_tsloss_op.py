@@ -301,8 +301,9 @@ def test_stability_does_not_depend_on_the_capacity_unless_it_truncates(device):
     torch.testing.assert_close(got[0][0], h0_part + h1_part, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("shape", [(0, 3), (2, 0, 3), (1, 4), (2, 1, 4)])
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0, 3), (1, 4), (2, 1, 4), (1, 0), (3, 1, 0)])
 def test_module_calls_again_on_clouds_of_zero_or_one_point(shape):
+    # One point needs no coordinates ((1, 0): loss 0, as vr_persistence takes it); two do.
     # h0 has N - 1 columns, none for N = 0 as for N = 1; a second call once read N = 0 as a change.
     m = T.TSLoss(stability=1.0)
     for _ in range(2):
