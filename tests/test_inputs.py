@@ -442,6 +442,14 @@ def test_errors_name_the_first_bad_cloud_and_pair_at_any_thread_count(dtype):
     two[0, 5, 0] = two[0, 8, 0] = float("nan")
     calls += [(pairwise_distance, two, "point 5 of cloud 0"),
               (vr_persistence, two, "point 5 of cloud 0"), (tsloss, two, "point 5 of cloud 0")]
+    # The first bad cloud after cloud 0, in a later task of whole clouds (four clouds, two
+    # threads: two tasks), and in the few-cloud route (float32: the certified distances).
+    later = torch.randn(4, 32, 8, generator=g, dtype=dtype)
+    later[3, 5, 2] = float("nan")
+    few = torch.zeros(2, 32, 256, dtype=dtype)
+    few[1, 3, 0], few[1, 9, 0] = -huge, huge
+    calls += [(fn, later, "point 5 of cloud 3") for fn in (pairwise_distance, vr_persistence, tsloss)]
+    calls += [(fn, few, "points 3 and 9 of cloud 1") for fn in (pairwise_distance, vr_persistence)]
     old = torch.get_num_threads()
     try:
         for fn, arg, named in calls:
@@ -459,6 +467,8 @@ def test_absurd_max_h1_is_refused_by_name():
     # 10**12 rows would exhaust memory; the error names the argument and what suffices.
     with pytest.raises(RuntimeError, match=r"max_h1 = 1000000000000 .* pass max_h1 <= 10"):
         vr_persistence(torch.randn(5, 3), max_h1=10**12)
+    with pytest.raises(RuntimeError, match=r"^loss: max_h1 = 1000000000000 .* pass max_h1 <= 10"):
+        tsloss(torch.randn(5, 3), max_h1=10**12)  # in the name of the op called
     # surplus capacity that fits stays legal
     assert vr_persistence(torch.randn(5, 3), max_h1=1000).h1.shape == (1, 1000, 2)
 

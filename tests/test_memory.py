@@ -69,6 +69,11 @@ for dim in (8192, 1024):                          # an 8 MB and a 1 MB float32 g
     other = torch.ops.tsloss_cuda.pairwise_distance_backward(g, x, d)
     assert kept.data_ptr() != other.data_ptr()    # two live outputs never share a buffer
     print(dim, len(set(ptrs)), int(from_cache))
+if from_cache:                                    # 1 MB and 8 MB buffers are cached now: a
+    held = T._C.output_cache_held()               # 512 KB output takes none of them
+    small = torch.ops.tsloss_cuda.pairwise_distance_backward(g[:2], x[:2], d[:2])
+    assert T._C.output_cache_held() == held, "a smaller output took a larger cached buffer"
+    del small
 x.requires_grad_()
 for _ in range(2):                                # autograd takes the output as x.grad
     T.loss(x).backward()

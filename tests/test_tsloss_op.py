@@ -310,6 +310,18 @@ def test_module_calls_again_on_clouds_of_zero_or_one_point(shape):
         assert float(m(torch.randn(*shape))) == 0.0
 
 
+def test_backward_reads_a_strided_output_gradient():
+    """The per-cloud losses' gradient as torch.stack's backward hands it on: a column of a
+    (B, 2) gradient, stride 2."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 9, 4, dtype=torch.float64, generator=g).requires_grad_()
+    w = torch.rand(3, 2, dtype=torch.float64, generator=g) + 0.5
+    per_cloud = T.loss(x, reduction="none")
+    got, = torch.autograd.grad((torch.stack([per_cloud, per_cloud.detach()], 1) * w).sum(), x)
+    want, = torch.autograd.grad((T.loss(x, reduction="none") * w[:, 0].contiguous()).sum(), x)
+    assert torch.equal(got, want)
+
+
 def test_previous_of_another_shape_is_refused():
     x = cloud()
     prev = T.loss(x, return_terms=True)[1]["topology"]
