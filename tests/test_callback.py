@@ -491,3 +491,29 @@ def test_a_model_without_a_soft_prompt_is_refused_at_train_begin():
     args, state, control = _hooks()
     with pytest.raises(ValueError, match="no soft prompt"):
         TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=lora)
+
+
+def test_unscale_reraises_a_runtime_error_other_than_already_unscaled():
+    """Only "already been called" means the Trainer unscaled first; any other scaler error
+    surfaces, rather than leave the gradients scaled while the TSLoss gradient joins them
+    unscaled."""
+    from tsloss_cuda.callback import _unscale
+
+    class Scaler:
+        def __init__(self, msg):
+            self.msg, self.calls = msg, 0
+
+        def is_enabled(self):
+            return True
+
+        def unscale_(self, opt):
+            self.calls += 1
+            raise RuntimeError(self.msg)
+
+    inner = object()
+    done = Scaler("unscale_() has already been called on this optimizer since the last update()")
+    _unscale(types.SimpleNamespace(optimizer=inner, scaler=done))  # swallowed
+    assert done.calls == 1
+    other = Scaler("CUDA error: an illegal memory access was encountered")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        _unscale(types.SimpleNamespace(optimizer=inner, scaler=other))

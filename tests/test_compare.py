@@ -728,3 +728,79 @@ def test_report_verdicts_from_their_parts():
     row = next(l for l in text.splitlines() if l.startswith("| tsloss | final accuracy"))
     assert "[-1 (clipped), +0.069]" in row and row.endswith("| not held |"), row
     assert "**claim 2 (higher final accuracy) did not hold**" in text
+
+
+def test_compare_defaults_are_every_regularizer_with_seeds_0_1_2(tmp_path):
+    """The documented comparison is every regulariser with seeds 0, 1 and 2, seed-major; a single run is tsloss, seed 0."""
+    from tsloss_cuda.compare import job_specs
+    from tsloss_cuda.train import build_parser
+    from tsloss_cuda.training import REGULARIZERS
+    args = build_parser().parse_args(["--compare", "--output-dir", str(tmp_path / "c")])
+    specs = job_specs(args)
+    assert args.seeds == [0, 1, 2]
+    assert [(s.regularizer, s.seed) for s in specs] == [
+        (r, s) for s in (0, 1, 2) for r in REGULARIZERS]
+    single = build_parser().parse_args(["--output-dir", str(tmp_path / "s")])
+    assert [(s.regularizer, s.seed) for s in job_specs(single)] == [("tsloss", 0)]
+
+
+def test_a_readonly_rank_returns_results_with_their_provenance(tmp_path):
+    """A rank that writes nothing returns the same record keys as rank 0 (which reads them
+    back), provenance included."""
+    from tsloss_cuda.compare import PROVENANCE, RunSpec, run_comparison
+    spec = RunSpec("none", 0)
+
+    def train(s):
+        return {"regularizer": s.regularizer, "seed": s.seed, "prompt": torch.zeros(2, 2),
+                "rows": [{"step": 0, "val_acc": 0.5}], "snapshots": {}}
+
+    prov = {"world_size": 2, "data_sha256": "ab" * 32, "version": "x"}
+    out = str(tmp_path / "o")
+    (main,) = run_comparison(out, [spec], train, {"lr": 0.1}, quiet=True, prov=prov)
+    (other,) = run_comparison(str(tmp_path / "p"), [spec], train, {"lr": 0.1}, quiet=True,
+                              write=False, prov=prov)
+    assert main[PROVENANCE] == prov and other[PROVENANCE] == prov
+    assert other["run_id"] == main["run_id"] == spec.run_id
+
+
+def test_a_single_process_rerun_removes_every_ranks_prompt(tmp_path):
+    """After an earlier 2-rank job, a one-process job in the same folder leaves no prompt_rank*.pt (it
+    wrote none); a 2-rank job keeps its own two and drops a third rank's."""
+    import json
+    import time
+    from tsloss_cuda.run_outputs import EarlierJob, remove_stale_outputs
+    for world, kept in ((1, set()), (2, {"prompt_rank0.pt", "prompt_rank1.pt"})):
+        out = tmp_path / f"w{world}"
+        out.mkdir()
+        (out / "summary.json").write_text(json.dumps({"runs": []}))
+        for r in range(3):
+            (out / f"prompt_rank{r}.pt").write_bytes(b"x")
+            os.utime(out / f"prompt_rank{r}.pt", (time.time() - 60, time.time() - 60))
+        earlier = EarlierJob((), time.time())
+        remove_stale_outputs(str(out), earlier, [], [], world)
+        assert {n for n in os.listdir(out) if n.startswith("prompt_rank")} == kept
+
+
+def test_curves_and_diagrams_show_each_variants_first_seed(tmp_path, monkeypatch):
+    """curves.png, topology.png and diagrams_<variant>.png show the first seed of each variant, as the
+    figure titles say."""
+    import numpy as np
+    from tsloss_cuda import plots
+    from tsloss_cuda.run_outputs import write_outputs
+    seen = {}
+    monkeypatch.setattr(plots, "plot_curves", lambda by_run, path, **k: seen.update(c=list(by_run)))
+    monkeypatch.setattr(plots, "plot_topology", lambda by_run, path, **k: None)
+    monkeypatch.setattr(plots, "plot_diagrams",
+                        lambda snaps, path, title="", **k: seen.setdefault("d", []).append(title))
+    snaps = {"step 0": [np.array([[0.0, 1.0]]), np.zeros((0, 2))]}
+    results = [{"regularizer": r, "seed": s, "rows": [{"regularizer": r, "seed": s, "step": 0,
+                                                       "val_acc": 0.5}],
+                "snapshots": snaps, "prompt": torch.zeros(2, 2), "final_acc": 0.5,
+                "steps_to_target": None, "sec_per_step": 0.1, "reg_share": 0.0}
+               for s in (3, 5) for r in ("none", "tsloss")]
+    import argparse
+    args = argparse.Namespace(target_acc=0.8, no_plots=False, model="m", data="d",
+                              output_dir=str(tmp_path))
+    write_outputs(str(tmp_path), args, results, ["none", "tsloss"], "m", "encoder", 1, 1.0)
+    assert seen["c"] == ["none (seed 3)", "tsloss (seed 3)"]
+    assert all("seed 3" in t for t in seen["d"]) and len(seen["d"]) == 2

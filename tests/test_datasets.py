@@ -128,3 +128,14 @@ def test_shipped_csv_loads(task):
     from tsloss_cuda.tasks import load_data
     data, names = load_data(os.path.join(DATA, f"{task}.csv"))
     assert len(names) >= 2 and set(data) == {"train", "validation"}
+
+
+def test_a_generic_task_asks_which_of_its_labels(tmp_path):
+    """A CSV without a known spec gets the question "Is this a, b or c?" (the default --init text), a cue " Answer:" and
+    the bare label as its description."""
+    from tsloss_cuda.tasks import SPECS, task_spec
+    spec = task_spec(str(tmp_path / "mine.csv"), ["cats", "dogs", "fish"])
+    assert spec.instruction == "Is this cats, dogs or fish?"
+    assert spec.cue == " Answer:" and spec.describe.format(label="dogs") == "dogs"
+    assert task_spec(str(tmp_path / "two.csv"), ["no", "yes"]).instruction == "Is this no or yes?"
+    assert task_spec("/any/where/reviews.csv", ["x", "y"]) is SPECS["reviews.csv"]

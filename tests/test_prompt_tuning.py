@@ -318,3 +318,34 @@ def test_label_targets_are_embedded_without_dropout():
     with torch.no_grad():
         h = model.eval()(input_ids=desc).last_hidden_state.mean(1)
     torch.testing.assert_close(spm.label_emb, torch.nn.functional.normalize(h, dim=-1))
+
+
+def test_similarity_logits_are_cosines_times_20():
+    """The head-free logits are 20 times a cosine (docs/compare.md), so every logit lies in
+    [-20, 20] and some are well above 1. (The test above scales its reference by the same
+    constant, so it holds for any value.)"""
+    from tsloss_cuda.prompt_tuning import TEMPERATURE, SoftPromptModel
+    assert TEMPERATURE == 20.0
+    desc = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(6))
+    spm = SoftPromptModel(tiny_bert(), 2, head="similarity",
+                          label_inputs=(desc, torch.ones_like(desc)),
+                          generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, 64, (5, 7), generator=torch.Generator().manual_seed(1))
+    logits = spm(ids, torch.ones_like(ids))["logits"]
+    assert float(logits.abs().max()) <= 20.0 + 1e-4
+    assert float(logits.abs().max()) > 1.0  # cosines of BERT embeddings, scaled by 20
+
+
+def test_linear_head_pools_the_real_tokens_only():
+    """Padding columns change no logit of the linear head (the similarity head normalises the pooled
+    vector, so only the linear head shows a wrong denominator)."""
+    from tsloss_cuda.prompt_tuning import SoftPromptModel
+    spm = SoftPromptModel(tiny_bert(), 3, head="linear", num_labels=3,
+                          generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, 64, (2, 5), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    padded = torch.cat([ids, torch.zeros(2, 4, dtype=ids.dtype)], 1)
+    pmask = torch.cat([mask, torch.zeros(2, 4, dtype=mask.dtype)], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(spm(padded, pmask)["logits"], spm(ids, mask)["logits"],
+                                   rtol=1e-4, atol=1e-5)

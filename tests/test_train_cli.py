@@ -544,3 +544,82 @@ def test_ranks_train_on_disjoint_halves_of_the_global_batch(tiny_models, tmp_pat
     halves = batches(2, 0, "4"), batches(2, 1, "4")
     assert len(single) == 3 and all(len(b) == 8 for b in single)
     assert [a + b for a, b in zip(*halves)] == single
+
+
+def test_each_update_uses_its_own_steps_gradient_only(tiny_models, tmp_path, monkeypatch):
+    """Each Adam step sees the gradient of that step's batch at the prompt it starts from,
+    not a sum over earlier steps (two runs that accumulated alike would still compare
+    equal)."""
+    from tsloss_cuda import train, training
+    rec = {"steps": []}
+    real_build, real_batch, real_step = (training.build_prompt_model, training.batch,
+                                         torch.optim.Adam.step)
+    batches = []
+
+    def build(*a, **k):
+        rec["spm"] = real_build(*a, **k)
+        return rec["spm"]
+
+    def step(self, *a, **k):
+        p = self.param_groups[0]["params"][0]
+        rec["steps"].append((p.detach().clone(), p.grad.detach().clone()))
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(training, "build_prompt_model", build)
+    monkeypatch.setattr(training, "batch", lambda *a: batches.append(real_batch(*a)) or batches[-1])
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)  # no validation batches
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert train.main(["--model", tiny_models["bert"], "--regularizer", "none", "--no-plots",
+                       "--checkpoint-every", "0", "--output-dir", str(tmp_path / "o")]
+                      + _set(TINY, "--max-steps", "3")) == 0
+    spm = rec["spm"]
+    assert len(rec["steps"]) == len(batches) == 3
+    for (start, grad), b in zip(rec["steps"], batches):
+        with torch.no_grad():
+            spm.prompt.copy_(start)
+        (g,) = torch.autograd.grad(spm(**b)["loss"], spm.prompt)
+        torch.testing.assert_close(grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_each_epoch_sees_every_training_row_once(tiny_models, tmp_path, monkeypatch):
+    """8 training rows in batches of 4 are two steps an epoch, together a permutation of all
+    8 rows: no epoch's last batch is dropped."""
+    from tsloss_cuda import train, training
+    csv_path = tmp_path / "t.csv"
+    words = ["good", "bad", "fine", "great", "poor", "nice", "awful", "okay"]
+    lines = ["text,label,split"] + [f"{w} movie,{'pos' if i % 2 else 'neg'},train"
+                                    for i, w in enumerate(words)]
+    lines += ["nice film,pos,validation", "bad film,neg,validation"]
+    csv_path.write_text("\n".join(lines) + "\n")
+    seen = []
+    real_batch = training.batch
+    monkeypatch.setattr(training, "batch",
+                        lambda split, idx, *a: seen.append(idx.tolist()) or
+                        real_batch(split, idx, *a))
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)  # no validation batches
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = _set(_set(TINY, "--batch-size", "4"), "--max-steps", "6")
+    assert train.main(["--model", tiny_models["bert"], "--regularizer", "none", "--data",
+                       str(csv_path), "--no-plots", "--checkpoint-every", "0",
+                       "--output-dir", str(tmp_path / "o")] + args) == 0
+    assert len(seen) == 6 and all(len(b) == 4 for b in seen)
+    for epoch in range(3):
+        assert sorted(seen[2 * epoch] + seen[2 * epoch + 1]) == list(range(8)), seen
+
+
+def test_a_diverged_runs_time_per_step_counts_its_trained_steps(tiny_models, tmp_path,
+                                                                 monkeypatch, capsys):
+    """A run that diverged after step 2 of 6 trained 2 steps, so its time per step is its step time / 2
+    (and reg_share the regulariser's part of it)."""
+    from tsloss_cuda import tracking, train
+    monkeypatch.setattr(tracking.StepTimer, "totals", lambda self: {"step": 6.0, "reg": 1.5})
+    _nan_at_update(monkeypatch, 2, group=0)
+    out = tmp_path / "one"
+    assert train.main(["--model", tiny_models["bert"], "--regularizer", "tsloss", "--no-plots",
+                       "--checkpoint-every", "0", "--output-dir", str(out)] + TINY) == 0
+    assert "not finite after step 2" in capsys.readouterr().err
+    import json
+    run, = json.loads((out / "summary.json").read_text())["runs"]
+    assert run["diverged_at"] == 2
+    assert run["sec_per_step"] == pytest.approx(3.0) and run["reg_share"] == pytest.approx(0.25)

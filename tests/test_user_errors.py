@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import types
 
 import numpy as np
 import pytest
@@ -553,3 +554,43 @@ def test_analyze_picks_the_prompt_of_a_dict_checkpoint(tmp_path):
     with pytest.raises(analyze.CLIError, match="2 .* tensors could be the prompt "
                                                r"\(word_embeddings.weight, lm_head.weight\)"):
         analyze.load_prompt(str(tmp_path / "m.pt"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_analyze_names_a_nan_or_inf_checkpoint_as_such(tmp_path, bad):
+    """A NaN/Inf prompt is refused as such (a diverged run), not as values past float32's
+    range."""
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.analyze import load_prompt
+    path = str(tmp_path / "step_1.pt")
+    torch.save(torch.tensor([[0.0, bad], [1.0, 1.0]]), path)
+    with pytest.raises(CLIError, match=r"NaN or Inf values \(a diverged run\?\)") as e:
+        load_prompt(path)
+    assert "float32's range" not in str(e.value)
+
+
+def test_analyze_diagrams_show_the_first_middle_and_last_checkpoints(tmp_path, monkeypatch):
+    """diagrams.png holds the persistence of the first, middle and last checkpoints, as the module doc says."""
+    from tsloss_cuda import plots
+    from tsloss_cuda.analyze import analyze
+    seen = {}
+    monkeypatch.setattr(plots, "plot_topology", lambda *a, **k: None)
+    monkeypatch.setattr(plots, "plot_diagrams", lambda snaps, *a, **k: seen.update(snaps))
+    d = tmp_path / "ck"
+    d.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for s in (0, 5, 10, 15, 20):
+        torch.save(torch.randn(5, 3, generator=g), d / f"step_{s}.pt")
+    rows = analyze(str(d), str(tmp_path / "out"))
+    assert [r["step"] for r in rows] == [0, 5, 10, 15, 20]
+    assert set(seen) == {"step 0", "step 10", "step 20"}
+
+
+def test_a_prompt_and_text_that_fill_the_positions_exactly_are_accepted():
+    """N + max_length equal to the model's positions fits (positions 0 .. limit - 1); one more is refused."""
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.models import check_positions
+    model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=16))
+    check_positions(model, 6, 10)
+    with pytest.raises(CLIError, match="exceed the model's 16 positions"):
+        check_positions(model, 6, 11)
