@@ -503,6 +503,21 @@ def test_average_grads_divides_the_sum_by_the_world(monkeypatch):
     assert calls == [10] and all(torch.equal(p.grad, b) for p, b in zip(params, before))
 
 
+def _recorded_batches(monkeypatch) -> list:
+    """The job's training batches as it takes them, in order: (row indices, the batch). No
+    validation batches (evaluate gives 0.5), no download."""
+    from tsloss_cuda import training
+    seen, real_batch = [], training.batch
+
+    def batch(split, idx, *a):
+        seen.append((idx.tolist(), real_batch(split, idx, *a)))
+        return seen[-1][1]
+    monkeypatch.setattr(training, "batch", batch)
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return seen
+
+
 def test_ranks_train_on_disjoint_halves_of_the_global_batch(tiny_models, tmp_path,
                                                             monkeypatch):
     """With 2 ranks of --batch-size 4, rank 0 takes the first half and rank 1 the second half
@@ -511,13 +526,7 @@ def test_ranks_train_on_disjoint_halves_of_the_global_batch(tiny_models, tmp_pat
     runs in this process with a stand-in for the process group, and its batches' indices are
     recorded."""
     from tsloss_cuda import train, training
-    seen = []
-    real_batch = training.batch
-    monkeypatch.setattr(training, "batch",
-                        lambda split, idx, *a: seen.append(idx.tolist()) or
-                        real_batch(split, idx, *a))
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)  # no validation batches
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen = _recorded_batches(monkeypatch)
 
     def batches(world, rank, size):
         class OneRank(training.Dist):
@@ -538,7 +547,7 @@ def test_ranks_train_on_disjoint_halves_of_the_global_batch(tiny_models, tmp_pat
         assert train.main(["--model", tiny_models["bert"], "--regularizer", "none",
                            "--no-plots", "--checkpoint-every", "0", "--output-dir", str(out)]
                           + _set(_set(TINY, "--batch-size", size), "--max-steps", "3")) == 0
-        return list(seen)
+        return [idx for idx, _ in seen]
 
     single = batches(1, 0, "8")
     halves = batches(2, 0, "4"), batches(2, 1, "4")
@@ -552,9 +561,8 @@ def test_each_update_uses_its_own_steps_gradient_only(tiny_models, tmp_path, mon
     equal)."""
     from tsloss_cuda import train, training
     rec = {"steps": []}
-    real_build, real_batch, real_step = (training.build_prompt_model, training.batch,
-                                         torch.optim.Adam.step)
-    batches = []
+    real_build, real_step = training.build_prompt_model, torch.optim.Adam.step
+    batches = _recorded_batches(monkeypatch)
 
     def build(*a, **k):
         rec["spm"] = real_build(*a, **k)
@@ -566,16 +574,13 @@ def test_each_update_uses_its_own_steps_gradient_only(tiny_models, tmp_path, mon
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(training, "build_prompt_model", build)
-    monkeypatch.setattr(training, "batch", lambda *a: batches.append(real_batch(*a)) or batches[-1])
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)  # no validation batches
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert train.main(["--model", tiny_models["bert"], "--regularizer", "none", "--no-plots",
                        "--checkpoint-every", "0", "--output-dir", str(tmp_path / "o")]
                       + _set(TINY, "--max-steps", "3")) == 0
     spm = rec["spm"]
     assert len(rec["steps"]) == len(batches) == 3
-    for (start, grad), b in zip(rec["steps"], batches):
+    for (start, grad), (_, b) in zip(rec["steps"], batches):
         with torch.no_grad():
             spm.prompt.copy_(start)
         (g,) = torch.autograd.grad(spm(**b)["loss"], spm.prompt)
@@ -585,24 +590,19 @@ def test_each_update_uses_its_own_steps_gradient_only(tiny_models, tmp_path, mon
 def test_each_epoch_sees_every_training_row_once(tiny_models, tmp_path, monkeypatch):
     """8 training rows in batches of 4 are two steps an epoch, together a permutation of all
     8 rows: no epoch's last batch is dropped."""
-    from tsloss_cuda import train, training
+    from tsloss_cuda import train
     csv_path = tmp_path / "t.csv"
     words = ["good", "bad", "fine", "great", "poor", "nice", "awful", "okay"]
     lines = ["text,label,split"] + [f"{w} movie,{'pos' if i % 2 else 'neg'},train"
                                     for i, w in enumerate(words)]
     lines += ["nice film,pos,validation", "bad film,neg,validation"]
     csv_path.write_text("\n".join(lines) + "\n")
-    seen = []
-    real_batch = training.batch
-    monkeypatch.setattr(training, "batch",
-                        lambda split, idx, *a: seen.append(idx.tolist()) or
-                        real_batch(split, idx, *a))
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)  # no validation batches
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recorded = _recorded_batches(monkeypatch)
     args = _set(_set(TINY, "--batch-size", "4"), "--max-steps", "6")
     assert train.main(["--model", tiny_models["bert"], "--regularizer", "none", "--data",
                        str(csv_path), "--no-plots", "--checkpoint-every", "0",
                        "--output-dir", str(tmp_path / "o")] + args) == 0
+    seen = [idx for idx, _ in recorded]
     assert len(seen) == 6 and all(len(b) == 4 for b in seen)
     for epoch in range(3):
         assert sorted(seen[2 * epoch] + seen[2 * epoch + 1]) == list(range(8)), seen
@@ -610,8 +610,8 @@ def test_each_epoch_sees_every_training_row_once(tiny_models, tmp_path, monkeypa
 
 def test_a_diverged_runs_time_per_step_counts_its_trained_steps(tiny_models, tmp_path,
                                                                  monkeypatch, capsys):
-    """A run that diverged after step 2 of 6 trained 2 steps, so its time per step is its step time / 2
-    (and reg_share the regulariser's part of it)."""
+    """A run that diverged after step 2 of 6 trained 2 steps, so its time per step is its
+    step time / 2 (and reg_share the regulariser's part of it)."""
     from tsloss_cuda import tracking, train
     monkeypatch.setattr(tracking.StepTimer, "totals", lambda self: {"step": 6.0, "reg": 1.5})
     _nan_at_update(monkeypatch, 2, group=0)
