@@ -329,14 +329,17 @@ accuracy = bounded(float, 0.0, 1.0, "an accuracy in (0, 1]", strict=True)
 def main(argv: Optional[List[str]] = None) -> int:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir", metavar="OUT_DIR", help="a --compare output folder")
-    p.add_argument("--baseline", default="none", help="variant the others are compared with (default: none)")
-    p.add_argument("--variant", default="tsloss", help="variant that claims 1 and 2 are about (default: tsloss)")
+    p.add_argument("--baseline", default="none",
+                   help="variant the others are compared with (default: none)")
+    p.add_argument("--variant", default="tsloss",
+                   help="variant that claims 1 and 2 are about (default: tsloss)")
     p.add_argument("--target", type=accuracy, default=None,
                    help="target accuracy (default: the job's --target-acc, else 0.8)")
     p.add_argument("--n-boot", type=positive_int, default=20000,
                    help="bootstrap resamples when there are too many seeds to enumerate them "
                         "(default: 20000)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="bootstrap RNG seed (idem; default: 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="bootstrap RNG seed (idem; default: 0)")
     a = p.parse_args(argv)
     if not os.path.isdir(a.out_dir):
         sys.exit(f"compare_report: OUT_DIR {a.out_dir} is not a folder")

@@ -731,7 +731,8 @@ def test_report_verdicts_from_their_parts():
 
 
 def test_compare_defaults_are_every_regularizer_with_seeds_0_1_2(tmp_path):
-    """The documented comparison is every regulariser with seeds 0, 1 and 2, seed-major; a single run is tsloss, seed 0."""
+    """The documented comparison is every regulariser with seeds 0, 1 and 2, seed-major; a
+    single run is tsloss, seed 0."""
     from tsloss_cuda.compare import job_specs
     from tsloss_cuda.train import build_parser
     from tsloss_cuda.training import REGULARIZERS
@@ -764,9 +765,8 @@ def test_a_readonly_rank_returns_results_with_their_provenance(tmp_path):
 
 
 def test_a_single_process_rerun_removes_every_ranks_prompt(tmp_path):
-    """After an earlier 2-rank job, a one-process job in the same folder leaves no prompt_rank*.pt (it
-    wrote none); a 2-rank job keeps its own two and drops a third rank's."""
-    import json
+    """After an earlier 2-rank job, a one-process job in the same folder leaves no
+    prompt_rank*.pt (it wrote none); a 2-rank job keeps its own two and drops a third rank's."""
     import time
     from tsloss_cuda.run_outputs import EarlierJob, remove_stale_outputs
     for world, kept in ((1, set()), (2, {"prompt_rank0.pt", "prompt_rank1.pt"})):
@@ -782,13 +782,12 @@ def test_a_single_process_rerun_removes_every_ranks_prompt(tmp_path):
 
 
 def test_curves_and_diagrams_show_each_variants_first_seed(tmp_path, monkeypatch):
-    """curves.png, topology.png and diagrams_<variant>.png show the first seed of each variant, as the
-    figure titles say."""
-    import numpy as np
+    """curves.png, topology.png and diagrams_<variant>.png show the first seed of each
+    variant, as the figure titles say."""
     from tsloss_cuda import plots
-    from tsloss_cuda.run_outputs import write_outputs
     seen = {}
-    monkeypatch.setattr(plots, "plot_curves", lambda by_run, path, **k: seen.update(c=list(by_run)))
+    monkeypatch.setattr(plots, "plot_curves",
+                        lambda by_run, path, **k: seen.update(c=list(by_run)))
     monkeypatch.setattr(plots, "plot_topology", lambda by_run, path, **k: None)
     monkeypatch.setattr(plots, "plot_diagrams",
                         lambda snaps, path, title="", **k: seen.setdefault("d", []).append(title))
@@ -798,7 +797,6 @@ def test_curves_and_diagrams_show_each_variants_first_seed(tmp_path, monkeypatch
                 "snapshots": snaps, "prompt": torch.zeros(2, 2), "final_acc": 0.5,
                 "steps_to_target": None, "sec_per_step": 0.1, "reg_share": 0.0}
                for s in (3, 5) for r in ("none", "tsloss")]
-    import argparse
     args = argparse.Namespace(target_acc=0.8, no_plots=False, model="m", data="d",
                               output_dir=str(tmp_path))
     write_outputs(str(tmp_path), args, results, ["none", "tsloss"], "m", "encoder", 1, 1.0)

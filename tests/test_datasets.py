@@ -131,8 +131,8 @@ def test_shipped_csv_loads(task):
 
 
 def test_a_generic_task_asks_which_of_its_labels(tmp_path):
-    """A CSV without a known spec gets the question "Is this a, b or c?" (the default --init text), a cue " Answer:" and
-    the bare label as its description."""
+    """A CSV without a known spec gets the question "Is this a, b or c?" (the default --init
+    text), a cue " Answer:" and the bare label as its description."""
     from tsloss_cuda.tasks import SPECS, task_spec
     spec = task_spec(str(tmp_path / "mine.csv"), ["cats", "dogs", "fish"])
     assert spec.instruction == "Is this cats, dogs or fish?"

@@ -448,7 +448,8 @@ def test_errors_name_the_first_bad_cloud_and_pair_at_any_thread_count(dtype):
     later[3, 5, 2] = float("nan")
     few = torch.zeros(2, 32, 256, dtype=dtype)
     few[1, 3, 0], few[1, 9, 0] = -huge, huge
-    calls += [(fn, later, "point 5 of cloud 3") for fn in (pairwise_distance, vr_persistence, tsloss)]
+    calls += [(fn, later, "point 5 of cloud 3")
+              for fn in (pairwise_distance, vr_persistence, tsloss)]
     calls += [(fn, few, "points 3 and 9 of cloud 1") for fn in (pairwise_distance, vr_persistence)]
     old = torch.get_num_threads()
     try:

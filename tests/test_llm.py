@@ -545,7 +545,8 @@ def test_an_encoder_with_an_lm_head_is_refused_as_causal():
 
 
 def test_model_cache_flag_wins_over_the_environment(monkeypatch, tmp_path):
-    """The documented order: --model-cache DIR, else $TSLOSS_CACHE, else ~/.cache/tsloss_cuda/models."""
+    """The documented order: --model-cache DIR, else $TSLOSS_CACHE, else
+    ~/.cache/tsloss_cuda/models."""
     from tsloss_cuda.models import cache_root
     monkeypatch.setenv("TSLOSS_CACHE", str(tmp_path / "env"))
     assert cache_root(str(tmp_path / "flag")) == str(tmp_path / "flag")

@@ -367,8 +367,10 @@ def test_fake_kernels_accept_what_the_kernels_accept():
     they run."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     ops = torch.ops.tsloss_cuda
-    forward = lambda x, k, r: ops.tsloss_forward(x, None, None, 1, k, True, 0, 0.0, 1.0, 1.0,  # noqa
-                                                 1.0, 0.0, r)
+
+    def forward(x, k, r):
+        return ops.tsloss_forward(x, None, None, 1, k, True, 0, 0.0, 1.0, 1.0, 1.0, 0.0, r)
+
     calls = [lambda x: ops.vr_persistence(x, 1, False, 0)[2], lambda x: forward(x, 0, 1)[7]]
     for call in calls:
         assert tuple(call(torch.randn(2, 5, 3)).shape)[:2] == (2, 0)

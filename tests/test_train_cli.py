@@ -619,7 +619,6 @@ def test_a_diverged_runs_time_per_step_counts_its_trained_steps(tiny_models, tmp
     assert train.main(["--model", tiny_models["bert"], "--regularizer", "tsloss", "--no-plots",
                        "--checkpoint-every", "0", "--output-dir", str(out)] + TINY) == 0
     assert "not finite after step 2" in capsys.readouterr().err
-    import json
     run, = json.loads((out / "summary.json").read_text())["runs"]
     assert run["diverged_at"] == 2
     assert run["sec_per_step"] == pytest.approx(3.0) and run["reg_share"] == pytest.approx(0.25)

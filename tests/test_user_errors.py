@@ -570,7 +570,8 @@ def test_analyze_names_a_nan_or_inf_checkpoint_as_such(tmp_path, bad):
 
 
 def test_analyze_diagrams_show_the_first_middle_and_last_checkpoints(tmp_path, monkeypatch):
-    """diagrams.png holds the persistence of the first, middle and last checkpoints, as the module doc says."""
+    """diagrams.png holds the persistence of the first, middle and last checkpoints, as the
+    module doc says."""
     from tsloss_cuda import plots
     from tsloss_cuda.analyze import analyze
     seen = {}
@@ -587,7 +588,8 @@ def test_analyze_diagrams_show_the_first_middle_and_last_checkpoints(tmp_path, m
 
 
 def test_a_prompt_and_text_that_fill_the_positions_exactly_are_accepted():
-    """N + max_length equal to the model's positions fits (positions 0 .. limit - 1); one more is refused."""
+    """N + max_length equal to the model's positions fits (positions 0 .. limit - 1); one more
+    is refused."""
     from tsloss_cuda._cli import CLIError
     from tsloss_cuda.models import check_positions
     model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=16))
