@@ -243,6 +243,7 @@ def test_outputs_from_loaded_runs(tmp_path):
     header = (out / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("regularizer,variant,seed,step,val_acc,task_loss,reg_loss,")
     assert len(results) == len(summary["runs"]) == 8
+    assert not [r for r in summary["runs"] if "rows" in r]  # the rows are metrics.csv's
 
 
 def test_a_rerun_removes_the_earlier_jobs_files(tmp_path, capsys):

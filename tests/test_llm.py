@@ -13,7 +13,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from tsloss_cuda._cli import CLIError  # noqa: E402
-from tsloss_cuda.models import GEMMA, LLM_EXTRA, STALE_AFTER_S, resolve_model  # noqa: E402
+from tsloss_cuda.models import (GEMMA, LLM_EXTRA, STALE_AFTER_S, load_model,  # noqa: E402
+                                resolve_model)
 from tsloss_cuda.prompt_tuning import (SoftPromptModel, last_real_index,  # noqa: E402
                                        peft_answer_logits, prompt_parameters, text_init_ids)
 from tsloss_cuda.tasks import verbalizer  # noqa: E402
@@ -226,6 +227,17 @@ def test_evaluate_is_the_argmax_accuracy_over_every_row_once():
     data = {"ids": ids, "mask": torch.ones_like(ids), "y": y}
     assert evaluate(spm, data, torch.device("cpu"), batch_size=4) == 0.7
     assert seen == ids[:, -1].tolist()
+    seen.clear()  # batches of 3: the last one a single row
+    assert evaluate(spm, data, torch.device("cpu"), batch_size=3) == 0.7
+    assert seen == ids[:, -1].tolist()
+
+
+def test_a_bfloat16_checkpoint_loads_in_float32_on_the_cpu(tmp_path):
+    """load_model: on the CPU the weights are float32 whatever the checkpoint stores."""
+    tiny_llama().to(torch.bfloat16).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    _, model, task = load_model(str(tmp_path), "causal", torch.device("cpu"), quiet=True)
+    assert task == "causal" and {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_text_init_repeats_the_text_embeddings():
@@ -483,10 +495,8 @@ def test_gemma_job_two_steps(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "causal"
 
-    from tsloss_cuda.models import load_model
-    from tsloss_cuda.tasks import verbalizer as verb
     tok, model, _ = load_model(path, "causal", torch.device("cpu"), quiet=True)
-    labels = verb(tok, ["negative", "neutral", "positive"], " Sentiment:")
+    labels = verbalizer(tok, ["negative", "neutral", "positive"], " Sentiment:")
     assert all(t.startswith("▁") for t in tok.convert_ids_to_tokens(labels.tolist()))
     spm = SoftPromptModel(model, 4, task="causal", label_ids=labels)
     enc = tok(["A fine film. Sentiment:", "Awful. Sentiment:"], return_tensors="pt",

@@ -219,6 +219,24 @@ def test_vocab_init_copies_embeddings():
         SoftPromptModel(model, 0)
 
 
+def test_vocab_init_draws_from_the_whole_pool_by_the_generator():
+    """init="vocab" with init_ids (--init frequent's tokens): N ids drawn uniformly from the
+    pool by the generator, so each seed starts from its own prompt."""
+    model = tiny_bert()
+    emb = model.get_input_embeddings().weight.detach()
+    pool = list(range(10, 30))
+
+    def drawn(seed):
+        spm = SoftPromptModel(model, 8, init="vocab", init_ids=pool,
+                              generator=torch.Generator().manual_seed(seed))
+        return (spm.prompt.detach()[:, None] == emb[None]).all(-1).int().argmax(1).tolist()
+
+    draws = [drawn(seed) for seed in range(4)]
+    assert drawn(0) == draws[0] and len({tuple(d) for d in draws}) == 4
+    ids = set().union(*draws)
+    assert ids <= set(pool) and ids - set(pool[:8])  # not only the pool's first N
+
+
 def test_random_init_is_gaussian_with_the_embeddings_per_dimension_std():
     """init="random": independent of the vocabulary rows, each dimension's spread that of the
     embedding table's (here scaled up per dimension, so a plain N(0, 1) would not match)."""
@@ -250,6 +268,17 @@ def test_peft_prompt_tuning_one_line_tsloss():
     assert not torch.equal(before, prompt_parameters(pm).detach())
     with pytest.raises(ValueError):
         prompt_parameters(torch.nn.Linear(2, 2))
+
+
+def test_a_list_of_active_adapters_gives_the_first_ones_prompt():
+    """Several active adapters: the first one's prompt (as transformers' active_adapter())."""
+    peft = pytest.importorskip("peft")
+    pm = peft.get_peft_model(tiny_gpt2(), peft.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                                  num_virtual_tokens=5))
+    pm.add_adapter("other", peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    pm.active_adapter = ["other", "default"]
+    prompt = prompt_parameters(pm)
+    assert prompt.shape == (3, 32) and prompt is pm.prompt_encoder["other"].embedding.weight
 
 
 @pytest.mark.parametrize("kind", ["P_TUNING", "PREFIX_TUNING"])
@@ -324,7 +353,6 @@ def test_similarity_logits_are_cosines_times_20():
     """The head-free logits are 20 times a cosine (docs/compare.md), so every logit lies in
     [-20, 20] and some are well above 1. (The test above scales its reference by the same
     constant, so it holds for any value.)"""
-    from tsloss_cuda.prompt_tuning import TEMPERATURE, SoftPromptModel
     assert TEMPERATURE == 20.0
     desc = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(6))
     spm = SoftPromptModel(tiny_bert(), 2, head="similarity",
@@ -339,7 +367,6 @@ def test_similarity_logits_are_cosines_times_20():
 def test_linear_head_pools_the_real_tokens_only():
     """Padding columns change no logit of the linear head (the similarity head normalises the pooled
     vector, so only the linear head shows a wrong denominator)."""
-    from tsloss_cuda.prompt_tuning import SoftPromptModel
     spm = SoftPromptModel(tiny_bert(), 3, head="linear", num_labels=3,
                           generator=torch.Generator().manual_seed(0))
     ids = torch.randint(1, 64, (2, 5), generator=torch.Generator().manual_seed(2))

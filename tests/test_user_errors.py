@@ -146,7 +146,7 @@ TRAIN_CASES = [
     ("--regularizer dropout", "--regularizer"),
     ("--device tpu", "--device"),
     ("--model {d}/nonexistent", "--model"),
-    ("--model {d}", "--model"),
+    ("--model {d}", "--model: not a transformers checkpoint (no config.json): {d}"),
     ("--data {d}/nonexistent.csv", "--data"),
     ("--data {d}/bad.csv", "--data"),
     ("--data {d}/header.csv", "--data"),
