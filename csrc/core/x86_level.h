@@ -12,18 +12,31 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TSL_X86_LEVELS 1
+#include <cpuid.h>
 #endif
 
 namespace tsl {
 
-// 4: AVX-512 (F and VL), 3: AVX2 + FMA, 0: baseline or not x86-64. Probed once.
+#ifdef TSL_X86_LEVELS
+// LZCNT (CPUID 0x80000001, ECX bit 5), which the sweep's levels 3 and 4 are compiled with: on a
+// CPU without it the same bytes run as BSR, which gives a bit's index, not the count of zeros
+// above it, so its masks would be wrong without a fault. Every AVX2 CPU made has it, but a
+// hypervisor can hide it while passing AVX2 on; the probe is cpuid's own, as compilers' names
+// for the bit differ.
+inline bool cpu_has_lzcnt() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(0x80000001u, &a, &b, &c, &d) && ((c >> 5) & 1u);
+}
+#endif
+
+// 4: AVX-512 (F and VL), 3: AVX2 + FMA, each with LZCNT; 0: baseline or not x86-64. Probed once.
 inline int detected_x86_level() {
 #ifdef TSL_X86_LEVELS
-  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-                               ? 4
-                               : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-                                      ? 3
-                                      : 0);
+  static const int level =
+      !cpu_has_lzcnt() ? 0
+      : __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+          ? 4
+          : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 3 : 0);
   return level;
 #else
   return 0;
