@@ -144,6 +144,33 @@ def _libstdcxx_link_args() -> list:
     return []
 
 
+def _openmp_args() -> list:
+    """["-fopenmp"] where the compiler builds and links OpenMP code, else [] with a warning.
+
+    torch's at::parallel_for spreads the batch over torch's threads only in code compiled with
+    OpenMP (its inline OpenMP backend); without it every CPU op runs on the calling thread, with
+    the same results. Apple's clang refuses -fopenmp outright (and torch's macOS wheels ship no
+    omp.h), so a probe decides rather than the platform: a compiler that cannot builds the
+    single-threaded extension instead of failing.
+    """
+    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint tsl_probe() { return omp_get_max_threads(); }\n")
+        try:
+            ok = subprocess.run(cxx + ["-fopenmp", "-shared", "-fPIC", src, "-o", lib],
+                                capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+    if ok:
+        return ["-fopenmp"]
+    print(f"tsloss_cuda: WARNING: {cxx[0]} cannot build OpenMP code (-fopenmp with omp.h); the "
+          "CPU ops will run on one thread. Set CXX to a compiler with OpenMP (GCC, or LLVM clang "
+          "with libomp) for the multi-threaded build.")
+    return []
+
+
 # Flags that change floating-point results. Every build promises ripser.py's diagrams and the
 # same bits on every CPU and the GPU, which rests on IEEE rounding, no contraction and honest
 # NaN tests; a build with any of these would be silently wrong (and on the GPU, where nvcc
@@ -215,8 +242,9 @@ def _extension():
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -ffp-contract=off: no FMA contraction anywhere, so that every x86 build (and the GPU) gives
     # the same bits (core/pairwise_distance.h).
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
-    kwargs = dict(extra_link_args=["-fopenmp"] + _libstdcxx_link_args(),
+    openmp = _openmp_args()
+    cxx = ["-O3", "-std=c++17", "-ffp-contract=off"] + openmp
+    kwargs = dict(extra_link_args=openmp + _libstdcxx_link_args(),
                   include_dirs=[os.path.join(ROOT, "csrc")])
     if _use_cuda():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))

@@ -5,6 +5,7 @@
 // backward ops have no autograd of their own (pairwise_distance's double backward is a
 // composition of tensor ops in _ops.py).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <algorithm>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -202,6 +203,18 @@ static PyObject* cpu_levels(PyObject*, PyObject*) {
   return Py_BuildValue("(ii)", tsl::detected_x86_level(), tsl::x86_level());
 }
 
+// Whether at::parallel_for spreads a batch over torch's threads in this build: torch's inline
+// OpenMP backend works only in code compiled with OpenMP, which setup.py leaves out (with a
+// warning) where the compiler has none. The CPU ops' translation units include the same headers
+// with the same flags as this one.
+static PyObject* parallel_build(PyObject*, PyObject*) {
+#ifdef INTRA_OP_PARALLEL
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
 static PyObject* set_cpu_level(PyObject*, PyObject* arg) {
   const long level = PyLong_AsLong(arg);
   if (level == -1 && PyErr_Occurred()) return nullptr;
@@ -245,6 +258,8 @@ static PyObject* source_digest(PyObject*, PyObject*) {
 static PyMethodDef tsloss_methods[] = {
     {"cpu_levels", cpu_levels, METH_NOARGS,
      "(detected, active) x86 levels of the CPU kernels: 0 baseline, 3 AVX2, 4 AVX-512."},
+    {"parallel_build", parallel_build, METH_NOARGS,
+     "Whether the CPU ops spread a batch over torch's threads (False: built without OpenMP)."},
     {"set_cpu_level", set_cpu_level, METH_O,
      "Caps the CPU kernels' x86 level at 0, 3 or 4 (-1 lifts the cap); False if the CPU lacks it."},
     {"source_digest", source_digest, METH_NOARGS,

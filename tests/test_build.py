@@ -58,6 +58,22 @@ def test_build_refuses_fast_math():
     assert clean.returncode == 0 and "tsloss_cuda" in clean.stdout, clean.stderr[-500:]
 
 
+def test_cpu_ops_spread_over_threads_only_where_the_compiler_has_openmp():
+    # torch's at::parallel_for runs a batch on one thread in code built without OpenMP; setup.py
+    # probes the compiler for it instead of passing -fopenmp blindly (Apple's clang refuses the
+    # flag), and warns when it has to leave it out. This machine's GCC has it.
+    assert tsloss_cuda.build_info()["parallel"] is True
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "setup.py", "--name"], cwd=root,
+                         env=dict(os.environ, CXX="/nonexistent/c++"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("tsloss_cuda"), out.stderr[-500:]
+    assert "/nonexistent/c++ cannot build OpenMP code" in out.stdout, out.stdout[-500:]
+    out = subprocess.run([sys.executable, "setup.py", "--name"], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert "OpenMP" not in out.stdout, out.stdout[-500:]
+
+
 def test_extension_was_built_from_this_checkout():
     # A stale editable build runs yesterday's kernels under today's tests and benchmarks.
     info = tsloss_cuda.build_info()

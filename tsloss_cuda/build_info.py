@@ -55,7 +55,9 @@ def build_info() -> dict:
       None when the package has no ``csrc/`` beside it (an installed wheel);
     - ``stale``: True when the two differ (the sources changed since the build: rebuild with
       ``pip install -e . --no-build-isolation``), None when there is no checkout to compare;
-    - ``cpu_isa``: the x86 build of the CPU kernels now active (:func:`tsloss_cuda.cpu_isa`).
+    - ``cpu_isa``: the x86 build of the CPU kernels now active (:func:`tsloss_cuda.cpu_isa`);
+    - ``parallel``: whether the CPU ops spread a batch over torch's threads; False for a build
+      whose compiler had no OpenMP (``setup.py`` warned then), where they run on one thread.
     """
     from . import _C
     from .cpu_isa import cpu_isa
@@ -63,4 +65,5 @@ def build_info() -> dict:
     built = _C.source_digest()
     checkout = source_digest(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return dict(source_digest=built, checkout_digest=checkout,
-                stale=None if checkout is None else built != checkout, cpu_isa=cpu_isa())
+                stale=None if checkout is None else built != checkout, cpu_isa=cpu_isa(),
+                parallel=bool(_C.parallel_build()))

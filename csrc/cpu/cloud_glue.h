@@ -38,8 +38,8 @@ namespace glue {
 
 // at::parallel_for, with two things made independent of which thread ran what:
 // - the calling thread's handling of subnormals (x86: MXCSR's flush-to-zero and
-//   denormals-are-zero bits, which torch.set_flush_denormal sets on the calling thread only) in
-//   every task: with the pool's threads left as they were, a flushed call gave subnormal clouds
+//   denormals-are-zero bits; arm64: FPCR's flush-to-zero; torch.set_flush_denormal sets them on
+//   the calling thread only) in every task: with the pool's threads left as they were, a flushed call gave subnormal clouds
 //   different bits at one and two threads;
 // - the error raised: the one of the task that starts first, as one thread would have raised
 //   (tasks run their range in order and stop at their first error), not whichever came first.
@@ -73,6 +73,24 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
     }
     ~Mode() { _mm_setcsr(saved); }
   };
+#elif defined(__aarch64__)
+  // FPCR's FZ bit, arm64's flush-to-zero; compiled for arm64 by tests/test_portability.py, not
+  // yet run on one.
+  constexpr uint64_t kSubnormalBits = uint64_t(1) << 24;
+  struct Mode {  // restored however the task ends
+    uint64_t saved;
+    explicit Mode(uint64_t m) : saved(get()) {
+      if ((saved & kSubnormalBits) != m) set((saved & ~kSubnormalBits) | m);
+    }
+    ~Mode() { set(saved); }
+    static uint64_t get() {
+      uint64_t v;
+      asm volatile("mrs %0, fpcr" : "=r"(v));
+      return v;
+    }
+    static void set(uint64_t v) { asm volatile("msr fpcr, %0" : : "r"(v)); }
+  };
+  const uint64_t mode = Mode::get() & kSubnormalBits;
 #else
   struct Mode {
     explicit Mode(unsigned) {}

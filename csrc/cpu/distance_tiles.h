@@ -35,12 +35,23 @@
 #include <immintrin.h>  // certify_row_v4/v3 only, inside their target attributes
 #endif
 
+// The FMA forms below are GCC's x86 assembly. A compiler for another target rejects their operand
+// constraints even in a branch never taken, and Clang rejects a 256- or 512-bit operand in a
+// function without the target attribute (these helpers take theirs from the caller they are
+// inlined into): both failed to build. Elsewhere each helper is the plain operation, whose bits
+// the FMA forms equal (multiply_add's sums aside: their bound holds either way).
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
+#define TSL_X86_ASM 1
+#else
+#define TSL_X86_ASM 0
+#endif
+
 namespace tsloss {
 namespace cpu {
 
-// Register tiles live in registers only if GCC unrolls every loop over them fully; left to its
-// heuristics it kept the AVX2 build's accumulators on the stack (5x slower than SSE2).
-#define TSL_UNROLL _Pragma("GCC unroll 16")
+// Register tiles live in registers only if every loop over them is unrolled fully (TSL_UNROLL,
+// core/common.h); left to its heuristics GCC kept the AVX2 build's accumulators on the stack
+// (5x slower than SSE2).
 
 using tsl::kDistanceLanes;
 
@@ -104,6 +115,7 @@ __attribute__((always_inline)) inline void load_wide(VD& v, const T* p) {
 // contract, would never emit it, and the intrinsic would tie this header to one target.
 template <bool OnFma, typename V>
 __attribute__((always_inline)) inline void subtract(V& t, const V& u, const V& w) {
+#if TSL_X86_ASM
   if constexpr (OnFma) {
     const V one = V{} + 1;
     t = u;
@@ -111,9 +123,10 @@ __attribute__((always_inline)) inline void subtract(V& t, const V& u, const V& w
       asm("vfnmadd231pd %2, %1, %0" : "+v"(t) : "v"(one), "vm"(w));
     else
       asm("vfnmadd231ps %2, %1, %0" : "+v"(t) : "v"(one), "vm"(w));
-  } else {
-    t = u - w;
+    return;
   }
+#endif
+  t = u - w;
 }
 
 // a += b and a -= b, rounded once as the add and the subtract round them, computed as b * 1 + a
@@ -123,27 +136,31 @@ __attribute__((always_inline)) inline void subtract(V& t, const V& u, const V& w
 // would need costs an instruction of its own. Why: see subtract.
 template <bool OnFma, typename V>
 __attribute__((always_inline)) inline void add_into(V& a, const V& b) {
+#if TSL_X86_ASM
   if constexpr (OnFma) {
     const V one = V{} + 1;
     if constexpr (sizeof(a[0]) == 8)
       asm("vfmadd231pd %1, %2, %0" : "+v"(a) : "vm"(b), "v"(one));
     else
       asm("vfmadd231ps %1, %2, %0" : "+v"(a) : "vm"(b), "v"(one));
-  } else {
-    a += b;
+    return;
   }
+#endif
+  a += b;
 }
 template <bool OnFma, typename V>
 __attribute__((always_inline)) inline void subtract_from(V& a, const V& b) {
+#if TSL_X86_ASM
   if constexpr (OnFma) {
     const V one = V{} + 1;
     if constexpr (sizeof(a[0]) == 8)
       asm("vfnmadd231pd %1, %2, %0" : "+v"(a) : "vm"(b), "v"(one));
     else
       asm("vfnmadd231ps %1, %2, %0" : "+v"(a) : "vm"(b), "v"(one));
-  } else {
-    a -= b;
+    return;
   }
+#endif
+  a -= b;
 }
 
 // Keeps a loaded tile operand in a register. Left alone, GCC folds every use of an operand into
@@ -154,7 +171,7 @@ __attribute__((always_inline)) inline void subtract_from(V& a, const V& b) {
 // emits nothing and changes no bit.
 template <typename V>
 __attribute__((always_inline)) inline void in_register(V& v) {
-#if defined(__x86_64__) || defined(__i386__)
+#if TSL_X86_ASM
   asm("" : "+v"(v));
 #else
   (void)v;
@@ -167,11 +184,18 @@ __attribute__((always_inline)) inline void in_register(V& v) {
 template <bool Fused, typename V>
 __attribute__((always_inline)) inline void multiply_add(V& acc, const V& u, const V& w) {
   static_assert(sizeof(acc[0]) == 8, "Gram sums run in double lanes");
+#if TSL_X86_ASM
   if constexpr (Fused) {
     asm("vfmadd231pd %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(w));
-  } else {
-    acc += u * w;
+    return;
   }
+#elif defined(__clang__) && __has_builtin(__builtin_elementwise_fma)
+  if constexpr (Fused) {
+    acc = __builtin_elementwise_fma(u, w, acc);
+    return;
+  }
+#endif
+  acc += u * w;
 }
 
 // A build's shape: Bytes of doubles per vector, so L lanes per vector and G passes (lane groups)
