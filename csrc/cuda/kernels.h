@@ -281,7 +281,8 @@ cudaError_t launch_reduce_warp(const T* dist, int64_t B, int64_t N, const T* thr
                                int warps_per_cloud = 1);
 
 // The warps per cloud launch_reduce_warp runs for a batch of B clouds and a requested count
-// (1: one warp; 2..16 that many; 0: automatic, blocks while B is under the SMs' count).
+// (1: one warp; 2..16 that many; 0: automatic, about four warps a multiprocessor in all, so
+// blocks while B <= 2 x the SMs' count).
 int reduce_warps_per_cloud(int64_t B, int requested);
 
 }  // namespace cuda

@@ -279,10 +279,11 @@ void test_kernels(double fraction) {
       const std::vector<double> pts = tsl_test::make_cloud(family, s.n, &dim, rng);
       tsl::EmulationOptions opt;
       opt.seed = 1 + rng();
-      // topology_warps(n), 1 to 8 warps, or the 16 and 32 the device takes for small batches
-      // (two and one sub-chunks a warp in the flag pass's spans).
-      static const int kWide[] = {16, 32};
-      opt.warps = q % 3 == 0 ? 0 : (q % 5 == 4 ? kWide[(q / 5) % 2] : 1 + int(rng() % 8));
+      // topology_warps(n), 1 to 8 warps, or wider blocks the device takes for small batches
+      // (topology_threads gives any count to 32: two and one sub-chunks a warp in the flag
+      // pass's spans at 16 and 32, uneven splits at 12 and 21).
+      static const int kWide[] = {12, 16, 21, 32};
+      opt.warps = q % 3 == 0 ? 0 : (q % 5 == 4 ? kWide[(q / 5) % 4] : 1 + int(rng() % 8));
       // Every entry spilled, a few, the device's split: the spill and growth paths run too.
       static const tsl::index_t kShared[] = {0, 7, 64, tsl::kDeviceFastEntries};
       opt.shared_entries = kShared[(q / tsl_test::kFamilies) % 4];

@@ -527,10 +527,12 @@ void test_parity(double big_fraction, double mid_fraction) {
       int64_t dim = 0;
       const std::vector<double> pts = make_cloud(family, s.n, &dim, rng);
       const uint64_t seed = 1 + rng();
-      // topology_warps(n), or 1 to 8 warps, or the 16 and 32 that a device block takes when
-      // the batch has fewer clouds than the GPU has multiprocessors (topology.cu).
-      static const int kWarpChoices[] = {1, 2, 3, 4, 5, 6, 7, 8, 16, 32};
-      const int warps = (q / kFamilies) % 4 == 0 ? 0 : kWarpChoices[rng() % 10];
+      // topology_warps(n), or 1 to 8 warps, or the wider blocks a device takes for batches of
+      // fewer than 8 clouds a multiprocessor: any count to 32 (topology_threads in
+      // topology.cu: 21 warps for 200 clouds on 132 multiprocessors).
+      static const int kWarpChoices[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 21, 24, 31, 32};
+      constexpr int kChoices = int(sizeof(kWarpChoices) / sizeof(kWarpChoices[0]));
+      const int warps = (q / kFamilies) % 4 == 0 ? 0 : kWarpChoices[rng() % kChoices];
       const auto t0 = std::chrono::steady_clock::now();
       const bool ok = (q / kFamilies) % 2 == 0
                           ? compare_cloud<float>(pts, s.n, dim, seed, warps, family_name(family))
