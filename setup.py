@@ -257,6 +257,11 @@ def _extension():
     return CppExtension("tsloss_cuda._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
+if sys.platform == "win32":  # pragma: no cover - build-time message
+    # The kernels use GCC/Clang vector extensions and attributes, and the build GCC-style
+    # flags; MSVC takes neither.
+    raise SystemExit("tsloss_cuda: Windows builds are not supported (the CPU kernels need GCC or "
+                     "Clang on Linux or macOS); under Windows, use WSL2.")
 _share_libstdcxx()
 _refuse_unsafe_math()
 _write_source_digest()
