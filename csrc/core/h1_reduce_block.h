@@ -168,8 +168,13 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
       Status s = kOk;
       for (int k = 0; k < K; ++k)
         if (sh.stage[k] < -1) s = Status(-2 - sh.stage[k]);
-      index_t write_at[kBlockReduceMaxWarps], take[kBlockReduceMaxWarps];
-      for (int k = 0; k < K; ++k) write_at[k] = take[k] = -1;
+      // Which warps write a V, and where, and which take a column: straight into their rows
+      // (lane 0; read by the other warps after the barrier). Kept as local arrays until then,
+      // they took the kernel's stack frame past the device's 1 KB default (ptxas: 1,056 bytes).
+      w.each([&](int lane) {
+        if (lane != 0) return;
+        for (int k = 0; k < K; ++k) sh.write_at[k] = sh.take[k] = -1;
+      });
       int32_t freed[kBlockReduceMaxWarps];
       int nfreed = 0;
       while (s == kOk && size > 0) {
@@ -207,10 +212,10 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
             if (lane != 0) return;
             m.v_start[slot] = int32_t(start);
             m.v_length[slot] = int32_t(length);
+            sh.write_at[id] = start;
           });
           w.sync();
           probe(w, m, sh.pivot[id].index, int32_t(slot));
-          write_at[id] = start;
           arena_size += length;
           ++slots_used;
         }
@@ -222,11 +227,13 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
       // The committed warps take the next columns, in order, at the window's back.
       w.sync();  // every lane read the window and the rows lane 0 now writes
       for (int f = 0; f < nfreed && next_column < num_columns; ++f) {
-        take[freed[f]] = next_column++;
+        const index_t column = next_column++;
         const int32_t at = int32_t((head + size) % K);
         const int32_t id = freed[f];
         w.each([&](int lane) {
-          if (lane == 0) sh.window[at] = id;
+          if (lane != 0) return;
+          sh.take[id] = column;
+          sh.window[at] = id;
         });
         ++size;
       }
@@ -242,10 +249,6 @@ TSL_HD Status block_reduce(Block& blk, BlockReduceShared<T>& sh, const H1Column<
         sh.window_head = head;
         sh.window_size = size;
         sh.status = int32_t(s);
-        for (int k = 0; k < K; ++k) {
-          sh.write_at[k] = write_at[k];
-          sh.take[k] = take[k];
-        }
         for (int f = 0; f < nfreed; ++f) sh.stage[freed[f]] = -1;  // done with its column
       });
     });
