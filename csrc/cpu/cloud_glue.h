@@ -39,8 +39,8 @@ namespace glue {
 // at::parallel_for, with two things made independent of which thread ran what:
 // - the calling thread's handling of subnormals (x86: MXCSR's flush-to-zero and
 //   denormals-are-zero bits; arm64: FPCR's flush-to-zero; torch.set_flush_denormal sets them on
-//   the calling thread only) in every task: with the pool's threads left as they were, a flushed call gave subnormal clouds
-//   different bits at one and two threads;
+//   the calling thread only) in every task: with the pool's threads left as they were, a
+//   flushed call gave subnormal clouds different bits at one and two threads;
 // - the error raised: the one of the task that starts first, as one thread would have raised
 //   (tasks run their range in order and stop at their first error), not whichever came first.
 // Of the errors caught in several threads, the one of the lowest position (keep() inside a catch
