@@ -149,11 +149,17 @@ def _openmp_args() -> list:
 
     torch's at::parallel_for spreads the batch over torch's threads only in code compiled with
     OpenMP (its inline OpenMP backend); without it every CPU op runs on the calling thread, with
-    the same results. Apple's clang refuses -fopenmp outright (and torch's macOS wheels ship no
-    omp.h), so a probe decides rather than the platform: a compiler that cannot builds the
-    single-threaded extension instead of failing.
+    the same results. A probe decides, so that a compiler without OpenMP builds the
+    single-threaded extension instead of failing. macOS is left out whatever the compiler:
+    Apple's clang refuses -fopenmp, and another compiler's libomp would be a second OpenMP
+    runtime beside the one torch's wheel loads, on which libomp can abort (pytorch_scatter leaves
+    macOS out for the same reason).
     """
     cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    if sys.platform == "darwin":
+        print("tsloss_cuda: WARNING: macOS build without OpenMP; the CPU ops will run on one "
+              "thread.")
+        return []
     with tempfile.TemporaryDirectory() as tmp:
         src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
         with open(src, "w") as f:
