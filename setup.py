@@ -97,6 +97,26 @@ def _elf_needed_or_raise(path: str) -> Optional[list]:
     return names if dynamic else None
 
 
+def _cxx() -> list:
+    """The C++ compiler setuptools builds with, as a command."""
+    return shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+
+
+def _link_probe(source: str, args: list, inspect=lambda lib: True):
+    """inspect(path) of a shared object built from C++ ``source`` with the build's compiler and
+    ``args``; None where the compiler failed or could not be run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
+        with open(src, "w") as f:
+            f.write(source)
+        try:
+            ok = subprocess.run(_cxx() + ["-shared", "-fPIC", src, "-o", lib] + args,
+                                capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return inspect(lib) if ok else None
+
+
 def _libstdcxx_link_args() -> list:
     """Extra link arguments that make the extension use torch's shared libstdc++.
 
@@ -110,23 +130,16 @@ def _libstdcxx_link_args() -> list:
     """
     if not sys.platform.startswith("linux"):
         return []
-    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    cxx = _cxx()
     # setuptools links with CXX and the rest of LDSHARED, then LDFLAGS
     ldshared = os.environ.get("LDSHARED") or sysconfig.get_config_var("LDSHARED") or ""
     flags = shlex.split(ldshared)[1:] + shlex.split(os.environ.get("LDFLAGS", ""))
 
     def needs_shared(extra: list):
-        with tempfile.TemporaryDirectory() as tmp:
-            src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
-            with open(src, "w") as f:
-                f.write("#include <string>\nstd::string tsl_probe(int n) { return std::to_string(n); }\n")
-            try:
-                ok = subprocess.run(cxx + ["-shared", "-fPIC", src, "-o", lib] + flags + extra,
-                                    capture_output=True, timeout=120).returncode == 0
-            except (OSError, subprocess.SubprocessError):
-                return None
-            needed = _elf_needed(lib) if ok else None
-            return None if needed is None else any(n.startswith("libstdc++.so") for n in needed)
+        needed = _link_probe(
+            "#include <string>\nstd::string tsl_probe(int n) { return std::to_string(n); }\n",
+            flags + extra, _elf_needed)
+        return None if needed is None else any(n.startswith("libstdc++.so") for n in needed)
 
     if needs_shared([]) is not False:
         return []  # shared already, or no verdict (the real build reports its own errors)
@@ -155,23 +168,14 @@ def _openmp_args() -> list:
     runtime beside the one torch's wheel loads, on which libomp can abort (pytorch_scatter leaves
     macOS out for the same reason).
     """
-    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
     if sys.platform == "darwin":
         print("tsloss_cuda: WARNING: macOS build without OpenMP; the CPU ops will run on one "
               "thread.")
         return []
-    with tempfile.TemporaryDirectory() as tmp:
-        src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
-        with open(src, "w") as f:
-            f.write("#include <omp.h>\nint tsl_probe() { return omp_get_max_threads(); }\n")
-        try:
-            ok = subprocess.run(cxx + ["-fopenmp", "-shared", "-fPIC", src, "-o", lib],
-                                capture_output=True, timeout=120).returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            ok = False
-    if ok:
+    if _link_probe("#include <omp.h>\nint tsl_probe() { return omp_get_max_threads(); }\n",
+                   ["-fopenmp"]):
         return ["-fopenmp"]
-    print(f"tsloss_cuda: WARNING: {cxx[0]} cannot build OpenMP code (-fopenmp with omp.h); the "
+    print(f"tsloss_cuda: WARNING: {_cxx()[0]} cannot build OpenMP code (-fopenmp with omp.h); the "
           "CPU ops will run on one thread. Set CXX to a compiler with OpenMP (GCC, or LLVM clang "
           "with libomp) for the multi-threaded build.")
     return []
