@@ -60,8 +60,8 @@ def test_build_refuses_fast_math():
 
 def test_cpu_ops_spread_over_threads_only_where_the_compiler_has_openmp():
     # torch's at::parallel_for runs a batch on one thread in code built without OpenMP; setup.py
-    # probes the compiler for it instead of passing -fopenmp blindly (Apple's clang refuses the
-    # flag), and warns when it has to leave it out. This machine's GCC has it.
+    # probes the compiler for it instead of passing -fopenmp blindly, and warns when it has to
+    # leave it out (macOS always). This machine's GCC has it.
     assert tsloss_cuda.build_info()["parallel"] is True
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "setup.py", "--name"], cwd=root,

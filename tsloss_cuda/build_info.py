@@ -56,8 +56,8 @@ def build_info() -> dict:
     - ``stale``: True when the two differ (the sources changed since the build: rebuild with
       ``pip install -e . --no-build-isolation``), None when there is no checkout to compare;
     - ``cpu_isa``: the x86 build of the CPU kernels now active (:func:`tsloss_cuda.cpu_isa`);
-    - ``parallel``: whether the CPU ops spread a batch over torch's threads; False for a build
-      whose compiler had no OpenMP (``setup.py`` warned then), where they run on one thread.
+    - ``parallel``: whether the CPU ops spread a batch over torch's threads; False for a macOS
+      build or one whose compiler had no OpenMP (``setup.py`` warned then): one thread.
     """
     from . import _C
     from .cpu_isa import cpu_isa
