@@ -90,6 +90,35 @@ struct WarpReduceMemory {
 
 namespace warp_reduce_detail {
 
+// Vertex indices on the per-step paths below are 32-bit: each 64-bit integer operation is two
+// or more instructions on the device, and these paths are chains of dependent ones. A vertex is
+// below kMaxPoints and a distance's offset i * n + k below kMaxPoints^2; only a triangle index
+// (C(n, 3), past 2^32) needs 64 bits, and cofacet_index32 forms it there.
+using vertex_t = int32_t;
+static_assert(kMaxPoints * kMaxPoints <= INT32_MAX, "distance offsets must fit vertex_t");
+
+// Row i of d, read at 32-bit third vertices: the offset i * n + k in 32 unsigned bits, so that
+// an address is one add and one wide multiply-add (from a signed offset, the compiler formed
+// the 64-bit sum of the widened i * n and k, five instructions).
+template <typename T>
+struct Row32 {
+  const T* data;
+  uint32_t offset;
+  TSL_HD Row32(const DistanceMatrix<T>& d, vertex_t i)
+      : data(d.data), offset(uint32_t(i) * uint32_t(d.n)) {}
+  TSL_HD T operator[](vertex_t k) const { return data[offset + uint32_t(k)]; }
+};
+
+// cofacet_index(i, j, k) for the edge {i > j} and a third vertex k: the same triangle index,
+// its vertices a > b > c ordered by 32-bit min and max, C(b, 2) + c in 32 bits and C(a, 3) in
+// 64 as C(a, 2) (a - 2) / 3, an exact division, so a product with the inverse of 3 modulo 2^64.
+TSL_HD index_t cofacet_index32(vertex_t i, vertex_t j, vertex_t k) {
+  const uint32_t a = uint32_t(k > i ? k : i), c = uint32_t(k < j ? k : j);
+  const uint32_t b = uint32_t(k > i ? i : (k > j ? k : j));
+  const uint64_t a3 = uint64_t(a * (a - 1) / 2) * (a - 2) * 0xAAAAAAAAAAAAAAABull;
+  return index_t(a3 + (b * (b - 1) / 2 + c));
+}
+
 // Rounds of 32 third vertices whose distances the warp reads before it tests the first. Round
 // by round, each round's two reads waited on the device for the previous round's test: one
 // memory trip per 32 third vertices, from DRAM at (256, 768, 1024), where a cloud's 256 KB of
@@ -111,14 +140,16 @@ TSL_HD auto with_rounds(index_t n, F&& f) {
 // Rows i and j at the third vertices k0 + 32 r + lane, r < R, clamped into [0, n) (a clamped
 // read is never used): a group's reads all issue before any is tested.
 template <int R, typename T>
-TSL_HD void read_rounds(const DistanceMatrix<T>& d, index_t i, index_t j, index_t k0, int lane,
+TSL_HD void read_rounds(const DistanceMatrix<T>& d, vertex_t i, vertex_t j, vertex_t k0, int lane,
                         T (&fi)[R], T (&fj)[R]) {
+  const vertex_t n = vertex_t(d.n);
+  const Row32<T> ri(d, i), rj(d, j);
   TSL_UNROLL
   for (int r = 0; r < R; ++r) {
-    index_t k = k0 + warp::kLanes * r + lane;
-    k = k < 0 ? 0 : (k < d.n ? k : d.n - 1);
-    fi[r] = d(i, k);
-    fj[r] = d(j, k);
+    vertex_t k = k0 + warp::kLanes * r + lane;
+    k = k < 0 ? 0 : (k < n ? k : n - 1);
+    fi[r] = ri[k];
+    fj[r] = rj[k];
   }
 }
 
@@ -128,15 +159,15 @@ TSL_HD void read_rounds(const DistanceMatrix<T>& d, index_t i, index_t j, index_
 // with `&`, not `&&`: short-circuited, the PTX issued the second load only after the first had
 // come back and been compared.
 template <int R, class W, typename T>
-TSL_HD index_t highest_within(W& w, const DistanceMatrix<T>& d, index_t i, index_t j, T limit) {
-  for (index_t top = d.n; top > 0; top -= R * warp::kLanes) {
+TSL_HD index_t highest_within(W& w, const DistanceMatrix<T>& d, vertex_t i, vertex_t j, T limit) {
+  for (vertex_t top = vertex_t(d.n); top > 0; top -= R * warp::kLanes) {
     typename W::template Var<bool> ok[R];
     w.each([&](int lane) {
       T fi[R], fj[R];  // round R - 1 - r of the group from top - 32 R is round r from the top
       read_rounds<R>(d, i, j, top - R * warp::kLanes, lane, fi, fj);
       TSL_UNROLL
       for (int r = 0; r < R; ++r) {
-        const index_t k = top - warp::kLanes * (r + 1) + lane;
+        const vertex_t k = top - warp::kLanes * (r + 1) + lane;
         ok[r][lane] = k >= 0 && k != i && k != j &&
                       ((fi[R - 1 - r] <= limit) & (fj[R - 1 - r] <= limit));
       }
@@ -144,7 +175,7 @@ TSL_HD index_t highest_within(W& w, const DistanceMatrix<T>& d, index_t i, index
     TSL_UNROLL
     for (int r = 0; r < R; ++r) {
       const uint32_t m = w.ballot(ok[r]);
-      if (m) return cofacet_index(i, j, top - warp::kLanes * (r + 1) + highest_bit(m));
+      if (m) return cofacet_index32(i, j, top - warp::kLanes * (r + 1) + highest_bit(m));
     }
   }
   return -1;
@@ -153,17 +184,17 @@ TSL_HD index_t highest_within(W& w, const DistanceMatrix<T>& d, index_t i, index
 // Each lane's least far side max(d(i, k), d(j, k)) over its third vertices k = lane (mod 32),
 // in rising k as before (the same comparisons in the same order).
 template <int R, class W, typename T>
-TSL_HD void least_far_side(W& w, const DistanceMatrix<T>& d, index_t i, index_t j,
+TSL_HD void least_far_side(W& w, const DistanceMatrix<T>& d, vertex_t i, vertex_t j,
                            typename W::template Var<T>& least) {
-  const index_t n = d.n;
+  const vertex_t n = vertex_t(d.n);
   w.each([&](int lane) {
     T b = T(INFINITY);
-    for (index_t k0 = 0; k0 < n; k0 += R * warp::kLanes) {
+    for (vertex_t k0 = 0; k0 < n; k0 += R * warp::kLanes) {
       T fi[R], fj[R];
       read_rounds<R>(d, i, j, k0, lane, fi, fj);
       TSL_UNROLL
       for (int r = 0; r < R; ++r) {
-        const index_t k = k0 + warp::kLanes * r + lane;
+        const vertex_t k = k0 + warp::kLanes * r + lane;
         if (k >= n || k == i || k == j) continue;
         const T a = fi[r] > fj[r] ? fi[r] : fj[r];
         b = a < b ? a : b;
@@ -175,7 +206,7 @@ TSL_HD void least_far_side(W& w, const DistanceMatrix<T>& d, index_t i, index_t 
 
 // Earliest cofacet of {i > j} (length de) up to the threshold, as earliest_cofacet, by the warp.
 template <class W, typename T>
-TSL_HD Entry<T> earliest_cofacet(W& w, const DistanceMatrix<T>& d, index_t i, index_t j, T de,
+TSL_HD Entry<T> earliest_cofacet(W& w, const DistanceMatrix<T>& d, vertex_t i, vertex_t j, T de,
                                  T threshold) {
   if (de > threshold) return Entry<T>{T(0), -1};
   return with_rounds(d.n, [&](auto rounds) -> Entry<T> {
@@ -200,7 +231,7 @@ TSL_HD Entry<T> apparent_facet(W& w, const DistanceMatrix<T>& d, Entry<T> t, T t
   if (f.diameter == t.diameter) {
     index_t i, j;
     edge_vertices(f.index, d.n, &i, &j);
-    const Entry<T> back = earliest_cofacet(w, d, i, j, f.diameter, threshold);
+    const Entry<T> back = earliest_cofacet(w, d, vertex_t(i), vertex_t(j), f.diameter, threshold);
     if (back.index == t.index) return f;
   }
   return Entry<T>{T(0), -1};
@@ -297,6 +328,7 @@ class WarpReducer {
   // The tail's capacity: every pivot query scans the tail, and a sealed run costs a sort of it
   // and its merges. Positions [0, kSealAt) of the set; a launcher keeps them in shared memory.
   static constexpr index_t kSealAt = 256;
+  using vertex_t = warp_reduce_detail::vertex_t;
 
   TSL_HD WarpReducer(W& w, const DistanceMatrix<T>& d, T threshold, const WarpReduceMemory<T>& m,
                      WarpReduceStats* stats)
@@ -345,7 +377,7 @@ class WarpReducer {
     col_ = col;
     e_ = edge_index(col.i, col.j);
     if (stats_) ++stats_->columns;
-    first_ = earliest_cofacet(w_, d_, col.i, col.j, col.diameter, threshold_);
+    first_ = earliest_cofacet(w_, d_, vertex_t(col.i), vertex_t(col.j), col.diameter, threshold_);
     if (first_.index >= 0 && first_.diameter == col.diameter &&
         probe(w_, m_, first_.index, -1) < 0 &&
         apparent_facet(w_, d_, first_, threshold_).index < 0) {
@@ -572,8 +604,8 @@ class WarpReducer {
   // Whether third vertex k makes a cofacet of the edge {i, j} of diameter `diam` in
   // (lower, upper]; one past `upper` goes into `least`, the lane's part of above_ (both push
   // paths).
-  TSL_HD bool in_band(index_t k, index_t i, index_t j, T diam, T lower, T upper, T& least) {
-    if (k >= d_.n || k == i || k == j) return false;
+  TSL_HD bool in_band(vertex_t k, vertex_t i, vertex_t j, T diam, T lower, T upper, T& least) {
+    if (k >= vertex_t(d_.n) || k == i || k == j) return false;
     if (diam > upper) {
       if (diam < least) least = diam;
       return false;
@@ -591,7 +623,7 @@ class WarpReducer {
     const T de = d_(i, j);
 
     return warp_reduce_detail::with_rounds(d_.n, [&](auto rounds) {
-      return push_groups<decltype(rounds)::value>(i, j, de, lower, upper);
+      return push_groups<decltype(rounds)::value>(vertex_t(i), vertex_t(j), de, lower, upper);
     });
   }
 
@@ -600,16 +632,17 @@ class WarpReducer {
   // round. A group that would fill the tail takes the round by round path, which seals between
   // rounds (out of line: no call in this loop, whose registers would be saved around it).
   template <int R>
-  TSL_HD Status push_groups(index_t i, index_t j, T de, T lower, T upper) {
-    const index_t n = d_.n;
+  TSL_HD Status push_groups(vertex_t i, vertex_t j, T de, T lower, T upper) {
+    using namespace warp_reduce_detail;
+    const vertex_t n = vertex_t(d_.n);
     // above_ in a register through the loop (the reducer object is in local memory on the
     // device: see benchmarks/README.md), back in it around the out-of-line path and at the end.
     typename W::template Var<T> least = above_;
-    for (index_t g0 = 0; g0 < n; g0 += R * warp::kLanes) {
+    for (vertex_t g0 = 0; g0 < n; g0 += R * warp::kLanes) {
       typename W::template Var<T> diam[R];
       w_.each([&](int lane) {
         T fi[R], fj[R];
-        warp_reduce_detail::read_rounds<R>(d_, i, j, g0, lane, fi, fj);
+        read_rounds<R>(d_, i, j, g0, lane, fi, fj);
         TSL_UNROLL
         for (int r = 0; r < R; ++r) {  // cofacet_diameter's expression
           const T m = fi[r] > fj[r] ? fi[r] : fj[r];
@@ -622,7 +655,7 @@ class WarpReducer {
       for (int r = 0; r < R; ++r) {
         typename W::template Var<bool> in;
         w_.each([&](int lane) {
-          const index_t k = g0 + warp::kLanes * r + lane;
+          const vertex_t k = g0 + warp::kLanes * r + lane;
           in[lane] = in_band(k, i, j, diam[r][lane], lower, upper, least[lane]);
         });
         mask[r] = w_.ballot(in);
@@ -642,7 +675,7 @@ class WarpReducer {
         for (int r = 0; r < R; ++r) {
           if ((mask[r] >> lane) & 1u)
             m_.set[at + warp::popcount(mask[r] & warp::lanes_below(lane))] =
-                Entry<T>{diam[r][lane], cofacet_index(i, j, g0 + warp::kLanes * r + lane)};
+                Entry<T>{diam[r][lane], cofacet_index32(i, j, g0 + warp::kLanes * r + lane)};
           at += warp::popcount(mask[r]);
         }
       });
@@ -659,17 +692,20 @@ class WarpReducer {
 
   // push_groups' third vertices [g0, g1) round by round, sealing the tail where a round would
   // not fit (the distances read again: this runs about once per kSealAt pushed entries).
-  TSL_HD_COLD Status push_rounds(index_t i, index_t j, T de, T lower, T upper, index_t g0,
-                                 index_t g1) {
-    const index_t n = d_.n;
-    for (index_t k0 = g0; k0 < n && k0 < g1; k0 += warp::kLanes) {
+  TSL_HD_COLD Status push_rounds(vertex_t i, vertex_t j, T de, T lower, T upper, vertex_t g0,
+                                 vertex_t g1) {
+    using namespace warp_reduce_detail;
+    const vertex_t n = vertex_t(d_.n);
+    const Row32<T> ri(d_, i), rj(d_, j);
+    for (vertex_t k0 = g0; k0 < n && k0 < g1; k0 += warp::kLanes) {
       typename W::template Var<bool> in;
       typename W::template Var<T> diam;
       w_.each([&](int lane) {
-        const index_t k = k0 + lane;
+        const vertex_t k = k0 + lane;
         in[lane] = false;
         if (k >= n || k == i || k == j) return;
-        diam[lane] = cofacet_diameter(d_, de, i, j, k);
+        const T m = ri[k] > rj[k] ? ri[k] : rj[k];  // cofacet_diameter's expression
+        diam[lane] = m > de ? m : de;
         in[lane] = in_band(k, i, j, diam[lane], lower, upper, above_[lane]);
       });
       const uint32_t mask = w_.ballot(in);
@@ -682,7 +718,7 @@ class WarpReducer {
       w_.each([&](int lane) {
         if (!in[lane]) return;
         m_.set[tail_ + warp::popcount(mask & warp::lanes_below(lane))] =
-            Entry<T>{diam[lane], cofacet_index(i, j, k0 + lane)};
+            Entry<T>{diam[lane], cofacet_index32(i, j, k0 + lane)};
       });
       tail_ += count;
       if (stats_) {
