@@ -704,7 +704,8 @@ class WarpReducer {
         const vertex_t k = k0 + lane;
         in[lane] = false;
         if (k >= n || k == i || k == j) return;
-        const T m = ri[k] > rj[k] ? ri[k] : rj[k];  // cofacet_diameter's expression
+        const T a = ri[k], b = rj[k];  // cofacet_diameter's expression
+        const T m = a > b ? a : b;
         diam[lane] = m > de ? m : de;
         in[lane] = in_band(k, i, j, diam[lane], lower, upper, above_[lane]);
       });
