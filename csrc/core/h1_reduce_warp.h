@@ -119,6 +119,18 @@ TSL_HD index_t cofacet_index32(vertex_t i, vertex_t j, vertex_t k) {
   return index_t(a3 + (b * (b - 1) / 2 + c));
 }
 
+// edge_vertices in 32 bits: an edge index is below C(kMaxPoints, 2) < 2^24, so a float root
+// (within one of the vertex) and 32-bit corrections give the same {i > j}.
+TSL_HD void edge_vertices32(uint32_t idx, vertex_t n, vertex_t* i, vertex_t* j) {
+  vertex_t v = vertex_t((1.0f + sqrtf(1.0f + 8.0f * float(idx))) * 0.5f);
+  if (v > n - 1) v = n - 1;
+  while (v > 1 && uint32_t(v) * uint32_t(v - 1) / 2 > idx) --v;
+  while (v < n - 1 && uint32_t(v + 1) * uint32_t(v) / 2 <= idx) ++v;
+  *i = v;
+  *j = vertex_t(idx - uint32_t(v) * uint32_t(v - 1) / 2);
+}
+static_assert(kMaxPoints * (kMaxPoints - 1) / 2 < (1 << 24), "edge indices must be exact floats");
+
 // Rounds of 32 third vertices whose distances the warp reads before it tests the first. Round
 // by round, each round's two reads waited on the device for the previous round's test: one
 // memory trip per 32 third vertices, from DRAM at (256, 768, 1024), where a cloud's 256 KB of
@@ -229,9 +241,9 @@ template <class W, typename T>
 TSL_HD Entry<T> apparent_facet(W& w, const DistanceMatrix<T>& d, Entry<T> t, T threshold) {
   const Entry<T> f = latest_facet(d, t.index);
   if (f.diameter == t.diameter) {
-    index_t i, j;
-    edge_vertices(f.index, d.n, &i, &j);
-    const Entry<T> back = earliest_cofacet(w, d, vertex_t(i), vertex_t(j), f.diameter, threshold);
+    vertex_t i, j;
+    edge_vertices32(uint32_t(f.index), vertex_t(d.n), &i, &j);
+    const Entry<T> back = earliest_cofacet(w, d, i, j, f.diameter, threshold);
     if (back.index == t.index) return f;
   }
   return Entry<T>{T(0), -1};
@@ -618,12 +630,13 @@ class WarpReducer {
   // than `upper`, none of whose cofacets is pushed, so that above_ is exact: over the native
   // tests' 10,002 clouds no V edge was, and the warp steps were the same with an early return.
   TSL_HD Status push_coboundary(index_t edge, T lower, T upper) {
-    index_t i, j;
-    edge_vertices(edge, d_.n, &i, &j);
-    const T de = d_(i, j);
+    using namespace warp_reduce_detail;
+    vertex_t i, j;
+    edge_vertices32(uint32_t(edge), vertex_t(d_.n), &i, &j);
+    const T de = Row32<T>(d_, i)[j];
 
-    return warp_reduce_detail::with_rounds(d_.n, [&](auto rounds) {
-      return push_groups<decltype(rounds)::value>(vertex_t(i), vertex_t(j), de, lower, upper);
+    return with_rounds(d_.n, [&](auto rounds) {
+      return push_groups<decltype(rounds)::value>(i, j, de, lower, upper);
     });
   }
 
