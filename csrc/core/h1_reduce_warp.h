@@ -40,6 +40,11 @@
 
 namespace tsl {
 
+// A Spill's capacity, at most this (WarpReducer::grow and make_room hold it there), so that a
+// position is indexed in 32 bits: in 64, each access cost the device two or more instructions
+// per step. (v_start keeps arena positions as int32_t already.)
+constexpr index_t kMaxSpillPositions = INT32_MAX;
+
 template <typename X>
 struct Spill {
   X* fast;
@@ -48,7 +53,8 @@ struct Spill {
   index_t slow_capacity;
   TSL_HD index_t capacity() const { return fast_capacity + slow_capacity; }
   TSL_HD X& operator[](index_t i) const {
-    return i < fast_capacity ? fast[i] : slow[i - fast_capacity];
+    const int32_t at = int32_t(i), fast_end = int32_t(fast_capacity);
+    return at < fast_end ? fast[at] : slow[at - fast_end];
   }
 };
 
@@ -521,6 +527,9 @@ class WarpReducer {
   TSL_HD WarpReduceMemory<T>& memory() { return m_; }
   // The set's room for its tail and one sealed run, which every reduction needs first.
   TSL_HD Status make_room() {
+    if (m_.set.capacity() > kMaxSpillPositions || m_.vwork.capacity() > kMaxSpillPositions)
+      return kHeapFull;
+    if (m_.arena.capacity() > kMaxSpillPositions) return kReductionArenaFull;
     return m_.set.capacity() < 2 * kSealAt && !grow(m_.set, 2 * kSealAt, 0) ? kHeapFull : kOk;
   }
   // Grows the arena (a block's, held by the committing warp) to `need` entries, `used` kept.
@@ -547,6 +556,9 @@ class WarpReducer {
     index_t slow = 2 * a.slow_capacity;
     if (slow < need - a.fast_capacity) slow = need - a.fast_capacity;
     if (slow < 1024) slow = 1024;
+    // Past kMaxSpillPositions the array is full, as when the pool is spent.
+    if (slow > kMaxSpillPositions - a.fast_capacity) slow = kMaxSpillPositions - a.fast_capacity;
+    if (a.fast_capacity + slow < need) return false;
     const uint64_t bytes = (uint64_t(slow) * sizeof(X) + 15) & ~uint64_t(15);
     // Taken only if it fits: a failed request leaves the pool to the other clouds.
     const uint64_t at = w_.reserve(m_.pool.used, bytes, m_.pool.bytes);
