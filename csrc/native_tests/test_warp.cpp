@@ -279,6 +279,53 @@ void test_pivot_table_within_a_slice() {
   CHECK(untouched, "the slice past the cloud's own %lld-slot table was touched", (long long)own);
 }
 
+// The reducer's 32-bit vertex arithmetic (h1_reduce_warp.h: cofacet_index32, edge_vertices32,
+// Row32) against the engine's 64-bit forms up to kMaxPoints, where the parity tests' clouds stay
+// far below it: every triple of 128 points, the top vertices of 4,096 against random others,
+// every edge of 4,096 points and a few smaller n, and row reads at the matrix's far corner.
+void test_index32() {
+  namespace wr = tsl::warp_reduce_detail;
+  int64_t bad = 0;
+  for (index_t i = 1; i < 128; ++i)
+    for (index_t j = 0; j < i; ++j)
+      for (index_t k = 0; k < 128; ++k)
+        if (k != i && k != j)
+          bad += wr::cofacet_index32(wr::vertex_t(i), wr::vertex_t(j), wr::vertex_t(k)) !=
+                 tsl::cofacet_index(i, j, k);
+  const index_t n = tsl::kMaxPoints;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<index_t> vertex(0, n - 1);
+  for (int t = 0; t < 2000000; ++t) {
+    index_t i = t % 2 ? n - 1 - t % 64 : vertex(rng), j = vertex(rng), k = vertex(rng);
+    if (i == j || k == i || k == j) continue;
+    if (i < j) std::swap(i, j);
+    bad += wr::cofacet_index32(wr::vertex_t(i), wr::vertex_t(j), wr::vertex_t(k)) !=
+           tsl::cofacet_index(i, j, k);
+  }
+  CHECK(bad == 0, "cofacet_index32 differs from cofacet_index on %lld triples", (long long)bad);
+  bad = 0;
+  for (index_t m : {index_t(2), index_t(3), index_t(17), index_t(1000), n})
+    for (index_t e = 0; e < m * (m - 1) / 2; ++e) {
+      index_t i, j;
+      wr::vertex_t i32, j32;
+      tsl::edge_vertices(e, m, &i, &j);
+      wr::edge_vertices32(uint32_t(e), wr::vertex_t(m), &i32, &j32);
+      bad += i32 != i || j32 != j;
+    }
+  CHECK(bad == 0, "edge_vertices32 differs from edge_vertices on %lld edges", (long long)bad);
+  // Entries equal to their offsets (exact in float below 2^24 = n^2).
+  std::vector<float> dist(n * n);
+  for (index_t o = 0; o < n * n; ++o) dist[o] = float(o);
+  const tsl::DistanceMatrix<float> d{dist.data(), n};
+  bad = 0;
+  for (index_t i : {index_t(0), index_t(1), n / 2, n - 2, n - 1}) {
+    const wr::Row32<float> row(d, wr::vertex_t(i));
+    for (index_t k : {index_t(0), index_t(31), n - 33, n - 1})
+      bad += row[wr::vertex_t(k)] != d(i, k);
+  }
+  CHECK(bad == 0, "Row32 read %lld entries other than DistanceMatrix's", (long long)bad);
+}
+
 // A set too small for the tail and one run (TSLOSS_CUDA_H1_HEAP < 256 on the device) refuses a
 // cloud with columns, and only such a cloud.
 void test_small_set() {
@@ -818,6 +865,7 @@ int main(int argc, char** argv) {
     }
   }
   test_warp_primitives();
+  test_index32();
   test_shuffle_exposes_order_dependence();
   test_refusals();
   test_butterfly_matches_scan<float>();
