@@ -9,6 +9,7 @@
 #include "apparent_pairs.h"
 #include "h0_mst.h"
 #include "h1_reduce.h"
+#include "index32.h"
 #include "warp.h"
 
 namespace tsl {
@@ -77,7 +78,14 @@ struct ScanCount {
 
 namespace topology_detail {
 
-TSL_HD uint32_t tie_key(index_t edge) { return ~uint32_t(edge); }  // larger index comes first
+// Vertices, edge indices (< 2^24) and distance offsets (< 2^24) of the pass are 32-bit
+// (index32.h): every 64-bit integer operation is two or more instructions on the device.
+using index32::vertex_t;
+using index32::Dist32;
+using index32::edge_index32;
+using index32::edge_vertices32;
+
+TSL_HD uint32_t tie_key(uint32_t edge) { return ~edge; }  // larger index comes first
 
 // The lane holding the least (hi, lo) key. Keys are unique among lanes that hold a vertex, and
 // lanes without one hold all ones. For float the key packs into one 64-bit word: one reduction.
@@ -114,13 +122,14 @@ TSL_HD int argmin_lane(W& w, const typename W::template Var<uint64_t>& hi,
 // (d <= de) per read, so a NaN distance never qualifies, as before.
 // `visited` (host statistics only; null on the device) counts what the test read.
 template <typename T>
-TSL_HD bool apparent_facet_by_columns(const DistanceMatrix<T>& d, index_t i, index_t j, T de,
+TSL_HD bool apparent_facet_by_columns(const Dist32<T>& d, vertex_t i, vertex_t j, T de,
                                       ScanCount* visited) {
-  for (index_t hi = d.n; hi > 0; hi -= kBlock) {
-    const index_t lo = hi > kBlock ? hi - kBlock : 0;
+  constexpr vertex_t kB = vertex_t(kBlock);
+  for (vertex_t hi = vertex_t(d.n); hi > 0; hi -= kB) {
+    const vertex_t lo = hi > kB ? hi - kB : 0;
     uint32_t m = 0;
-    for (index_t t = 0; t < hi - lo; ++t) {
-      const index_t k = lo + t;
+    for (vertex_t t = 0; t < hi - lo; ++t) {
+      const vertex_t k = lo + t;
       m |= uint32_t((d(i, k) <= de) & (d(k, j) <= de)) << t;
     }
     if (i >= lo && i < hi) m &= ~(uint32_t(1) << (i - lo));
@@ -130,7 +139,7 @@ TSL_HD bool apparent_facet_by_columns(const DistanceMatrix<T>& d, index_t i, ind
       ++visited->rounds;
     }
     if (m) {
-      const index_t k = lo + highest_bit(m);
+      const vertex_t k = lo + highest_bit(m);
       return is_latest_facet(i, j, k, de, d(i, k), d(k, j));
     }
   }
@@ -138,9 +147,9 @@ TSL_HD bool apparent_facet_by_columns(const DistanceMatrix<T>& d, index_t i, ind
 }
 
 template <typename T>
-TSL_HD bool is_column(const DistanceMatrix<T>& d, const int32_t* parent, T threshold, index_t e,
-                      index_t* i, index_t* j, T* de, ScanCount* visited) {
-  edge_vertices(e, d.n, i, j);
+TSL_HD bool is_column(const Dist32<T>& d, const int32_t* parent, T threshold, uint32_t e,
+                      vertex_t* i, vertex_t* j, T* de, ScanCount* visited) {
+  edge_vertices32(e, vertex_t(d.n), i, j);
   *de = d(*i, *j);
   if (!(*de <= threshold)) return false;  // a NaN radius (or length) makes no column
   if (parent[*i] == *j || parent[*j] == *i) return false;
@@ -154,20 +163,22 @@ TSL_HD bool is_column(const DistanceMatrix<T>& d, const int32_t* parent, T thres
 // compare-exchange puts the lesser element first (the first round of each merge pairs mirrored
 // positions), so positions past `count` act as +infinity and are never touched. `less` must be
 // a strict total order: then the result is the one sorted sequence, whatever the schedule.
-template <class Block, class Array, class Less>
-TSL_HD int64_t block_sort(Block& blk, const Array& x, index_t count, const Less& less) {
+// Index is the type of positions: index_t for any count, uint32_t (block_sort_as) where count
+// is below 2^31 (the topology pass's columns and tree edges, fewer than 2^24).
+template <typename Index, class Block, class Array, class Less>
+TSL_HD int64_t block_sort_as(Block& blk, const Array& x, Index count, const Less& less) {
   int64_t stages = 0;
-  index_t p2 = 1;
+  Index p2 = 1;
   while (p2 < count) p2 <<= 1;
-  for (index_t k = 2; k <= p2; k <<= 1) {
-    for (index_t j = k >> 1; j > 0; j >>= 1) {
+  for (Index k = 2; k <= p2; k <<= 1) {
+    for (Index j = k >> 1; j > 0; j >>= 1) {
       blk.each_warp([&](typename Block::Warp& w, int warp_id) {
         w.each([&](int lane) {
-          for (index_t t = index_t(warp_id) * warp::kLanes + lane; t < p2 / 2;
-               t += blk.threads()) {
+          for (Index t = Index(warp_id) * warp::kLanes + lane; t < p2 / 2;
+               t += Index(blk.threads())) {
             // (t / j) * 2j + t % j, j a power of two: by masks, not a 64-bit division.
-            const index_t a = ((t & ~(j - 1)) << 1) + (t & (j - 1));
-            const index_t b = j == (k >> 1) ? (a ^ (k - 1)) : a + j;
+            const Index a = ((t & ~(j - 1)) << 1) + (t & (j - 1));
+            const Index b = j == (k >> 1) ? (a ^ (k - 1)) : a + j;
             if (b < count && less(x[b], x[a])) {
               const auto s = x[a];
               x[a] = x[b];
@@ -183,16 +194,31 @@ TSL_HD int64_t block_sort(Block& blk, const Array& x, index_t count, const Less&
   return stages;
 }
 
+template <class Block, class Array, class Less>
+TSL_HD int64_t block_sort(Block& blk, const Array& x, index_t count, const Less& less) {
+  return block_sort_as<index_t>(blk, x, count, less);
+}
+
+// column_before and mst_edge_before with 32-bit edge indices (index32.h): the same order for
+// vertices below kMaxPoints.
 template <typename T>
 struct ColumnOrder {
   TSL_HD bool operator()(const H1Column<T>& a, const H1Column<T>& b) const {
-    return column_before(a, b);
+    using index32::vertex_t;
+    const uint32_t ia = index32::edge_index32(vertex_t(a.i), vertex_t(a.j));
+    const uint32_t ib = index32::edge_index32(vertex_t(b.i), vertex_t(b.j));
+    return b.diameter < a.diameter || (b.diameter == a.diameter && ib > ia);
   }
 };
 template <typename T>
 struct MstOrder {
   TSL_HD bool operator()(const MstEdge<T>& a, const MstEdge<T>& b) const {
-    return mst_edge_before(a, b);
+    using index32::vertex_t;
+    const uint32_t ia = index32::edge_index32(vertex_t(a.u), vertex_t(a.v));
+    const uint32_t ib = index32::edge_index32(vertex_t(b.u), vertex_t(b.v));
+    const bool na = a.diameter != a.diameter, nb = b.diameter != b.diameter;
+    if (na || nb) return na == nb ? ia > ib : nb;
+    return a.diameter < b.diameter || (a.diameter == b.diameter && ia > ib);
   }
 };
 
@@ -204,6 +230,8 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
   using namespace topology_detail;
   const index_t n = c.d.n;
   if (n <= 0) return;
+  const vertex_t n32 = vertex_t(n);  // n <= kMaxPoints
+  const Dist32<T> d32(c.d);
   const int nthreads = blk.threads();
 
   // ---- enclosing radius: column maxima (coalesced; equal to row maxima), then their minimum.
@@ -217,10 +245,10 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
     w.each([&](int lane) {
       T r = T(INFINITY);  // a lane without a vertex never wins
       bool seen = false;
-      for (index_t v = index_t(warp_id) * warp::kLanes + lane; v < n; v += nthreads) {
+      for (vertex_t v = warp_id * warp::kLanes + lane; v < n32; v += nthreads) {
         T m = T(0);
-        for (index_t u = 0; u < n; ++u) {
-          const T x = c.d(u, v);
+        for (vertex_t u = 0; u < n32; ++u) {
+          const T x = d32(u, v);
           m = x > m ? x : m;
           seen |= !is_finite(x);
         }
@@ -247,15 +275,15 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
   blk.first_warp([&](W& w) {
     w.each([&](int lane) {
       if (lane == 0) *c.threshold = radius;
-      for (index_t v = lane; v < n; v += warp::kLanes) {
+      for (vertex_t v = lane; v < n32; v += warp::kLanes) {
         c.key_hi[v] = ~uint64_t(0);
         c.key_lo[v] = ~0u;
         c.parent[v] = -1;
         c.in_tree[v] = v == 0;
       }
     });
-    index_t current = 0;
-    for (index_t step = 0; step + 1 < n; ++step) {
+    vertex_t current = 0;
+    for (vertex_t step = 0; step + 1 < n32; ++step) {
       typename W::template Var<uint64_t> hi;
       typename W::template Var<uint32_t> lo;
       typename W::template Var<int32_t> vertex;
@@ -263,35 +291,36 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
         uint64_t bh = ~uint64_t(0);
         uint32_t bl = ~0u;
         int32_t bv = -1;
-        const T* row = c.d.row(current);
-        for (index_t v = lane; v < n; v += warp::kLanes) {
+        for (vertex_t v = lane; v < n32; v += warp::kLanes) {
           // Read before the test: behind the branch, each of a lane's row reads waited for its
           // in-tree test (and the previous vertex's branches) before it could issue.
-          const T x = row[v];
+          const T x = d32(current, v);
           if (c.in_tree[v]) continue;
           const uint64_t h = warp::order_bits(x);
-          const uint32_t l = tie_key(edge_index(current, v));
+          const uint32_t l = tie_key(edge_index32(current, v));
           if (h < c.key_hi[v] || (h == c.key_hi[v] && l < c.key_lo[v])) {
             c.key_hi[v] = h;
             c.key_lo[v] = l;
-            c.parent[v] = int32_t(current);
+            c.parent[v] = current;
           }
           if (c.key_hi[v] < bh || (c.key_hi[v] == bh && c.key_lo[v] < bl)) {
             bh = c.key_hi[v];
             bl = c.key_lo[v];
-            bv = int32_t(v);
+            bv = v;
           }
         }
         hi[lane] = bh;
         lo[lane] = bl;
         vertex[lane] = bv;
       });
-      const index_t next = w.shfl(vertex, argmin_lane<T>(w, hi, lo));
+      const vertex_t next = w.shfl(vertex, argmin_lane<T>(w, hi, lo));
       w.each([&](int lane) {
-        if (next % warp::kLanes != lane) return;  // the owner records the edge
+        if (int(uint32_t(next) % warp::kLanes) != lane) return;  // the owner records the edge
         c.in_tree[next] = 1;
-        const index_t p = c.parent[next];
-        c.mst[step] = MstEdge<T>{c.d(p, next), p < next ? p : next, p < next ? next : p};
+        const vertex_t p = c.parent[next];
+        // Vertices widen through uint32_t: non-negative, so their high words are known zeros.
+        c.mst[step] = MstEdge<T>{d32(p, next), index_t(uint32_t(p < next ? p : next)),
+                                 index_t(uint32_t(p < next ? next : p))};
       });
       current = next;
     }
@@ -302,7 +331,7 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
   if (c.best_parent) {
     blk.each_warp([&](W& w, int warp_id) {
       w.each([&](int lane) {
-        for (index_t v = index_t(warp_id) * warp::kLanes + lane; v < n; v += nthreads)
+        for (vertex_t v = warp_id * warp::kLanes + lane; v < n32; v += nthreads)
           c.best_parent[v] = c.parent[v];
       });
     });
@@ -314,27 +343,28 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
   // tests its sub-chunks in turn, waiting only for its own slowest lane in each, where one
   // sub-chunk per barrier made the whole block wait for its slowest lane at every 32 x warps
   // edges (N = 256: 128 chunks of 256 edges, two barriers each; now 32, with 8 warps).
+  // Edge indices, spans and column counts are below C(kMaxPoints, 2) < 2^24: 32-bit.
   if (c.h1) {
-    const index_t E = n * (n - 1) / 2;
+    const uint32_t E = uint32_t(n32) * uint32_t(n32 - 1) / 2;
     const int warps = blk.warps();
     const int subs = kFlagWords / warps > 0 ? kFlagWords / warps : 1;
-    const index_t span = index_t(subs) * nthreads;  // edges between two barriers
-    index_t base = 0;
-    for (index_t e0 = 0; e0 < E; e0 += span) {
+    const uint32_t span = uint32_t(subs) * uint32_t(nthreads);  // edges between two barriers
+    uint32_t base = 0;
+    for (uint32_t e0 = 0; e0 < E; e0 += span) {
       int64_t chunk_rounds = 0;  // host statistics only: the slowest warp's chain
       blk.each_warp([&](W& w, int warp_id) {
         int64_t warp_rounds = 0;
         for (int sub = 0; sub < subs; ++sub) {
           // Word q = sub * warps + warp_id holds edges e0 + 32 q + lane: words in edge order.
-          const index_t q = index_t(sub) * warps + warp_id;
+          const uint32_t q = uint32_t(sub * warps + warp_id);
           typename W::template Var<bool> keep;
           int64_t sub_rounds = 0;
           w.each([&](int lane) {
-            const index_t e = e0 + q * warp::kLanes + lane;
-            index_t i, j;
+            const uint32_t e = e0 + q * warp::kLanes + uint32_t(lane);
+            vertex_t i, j;
             T de;
             ScanCount scan;
-            keep[lane] = e < E && is_column(c.d, c.parent, radius, e, &i, &j, &de,
+            keep[lane] = e < E && is_column(d32, c.parent, radius, e, &i, &j, &de,
                                             stats ? &scan : nullptr);
             if (stats) {
               stats->scan_steps += scan.reads;
@@ -351,19 +381,20 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
       });
       blk.sync();
       blk.each_warp([&](W& w, int warp_id) {
-        index_t offset = base;
-        index_t counted = 0;  // words before `offset`'s
+        uint32_t offset = base;
+        uint32_t counted = 0;  // words before `offset`'s
         for (int sub = 0; sub < subs; ++sub) {
-          const index_t q = index_t(sub) * warps + warp_id;
+          const uint32_t q = uint32_t(sub * warps + warp_id);
           for (; counted < q; ++counted) offset += warp::popcount(c.warp_words[counted]);
           const uint32_t m = c.warp_words[q];
           w.each([&](int lane) {
             if (!((m >> lane) & 1u)) return;
-            const index_t e = e0 + q * warp::kLanes + lane;
-            index_t i, j;
-            edge_vertices(e, n, &i, &j);
-            c.columns[offset + warp::popcount(m & warp::lanes_below(lane))] =
-                H1Column<T>{c.d(i, j), i, j};
+            const uint32_t e = e0 + q * warp::kLanes + uint32_t(lane);
+            vertex_t i, j;
+            edge_vertices32(e, n32, &i, &j);
+            // Vertices widen through uint32_t: non-negative, their high words are known zeros.
+            c.columns[offset + uint32_t(warp::popcount(m & warp::lanes_below(lane)))] =
+                H1Column<T>{d32(i, j), index_t(uint32_t(i)), index_t(uint32_t(j))};
           });
         }
       });
@@ -376,7 +407,7 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
         stats->scan_path += chunk_rounds;
       }
     }
-    const int64_t s = block_sort(blk, c.columns, base, ColumnOrder<T>());
+    const int64_t s = block_sort_as<uint32_t>(blk, c.columns, base, ColumnOrder<T>());
     if (stats) {
       stats->sort_stages += s;
       stats->columns += base;
@@ -395,11 +426,11 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
   }
 
   // ---- H0 bars in filtration order of their death edges
-  const int64_t s = block_sort(blk, c.mst, n - 1, MstOrder<T>());
+  const int64_t s = block_sort_as<uint32_t>(blk, c.mst, uint32_t(n32 - 1), MstOrder<T>());
   if (stats) stats->sort_stages += s;
   blk.each_warp([&](W& w, int warp_id) {
     w.each([&](int lane) {
-      for (index_t r = index_t(warp_id) * warp::kLanes + lane; r + 1 < n; r += nthreads) {
+      for (vertex_t r = warp_id * warp::kLanes + lane; r + 1 < n32; r += nthreads) {
         c.h0[2 * r] = T(0);
         c.h0[2 * r + 1] = c.mst[r].diameter;
         c.h0_edges[2 * r] = c.mst[r].u;

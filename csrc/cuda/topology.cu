@@ -45,7 +45,12 @@ __global__ void topology_kernel(const T* __restrict__ dist, int64_t N, bool h1, 
   uint32_t* warp_words = carve<uint32_t>(at, kFlagWords);
   uint8_t* in_tree = carve<uint8_t>(at, N);
   const int64_t H0 = N > 0 ? N - 1 : 0, E = N * (N - 1) / 2;
-  const TopologyCloud<T> c{DistanceMatrix<T>{dist + b * N * N, N},
+  // The cloud's matrix through an opaque copy: seen through, the compiler folded its offset
+  // b * N * N into every 32-bit distance offset of the pass (index32.h's Dist32) and formed each
+  // address in 64 bits, six instructions a read where Dist32 means two.
+  const T* cloud = dist + b * N * N;
+  asm("mov.b64 %0, %0;" : "+l"(cloud));
+  const TopologyCloud<T> c{DistanceMatrix<T>{cloud, N},
                            h1,
                            key_hi,
                            key_lo,
@@ -107,6 +112,7 @@ cudaError_t launch_topology(const T* dist, int64_t B, int64_t N, bool h1, T* h0,
                             size_t scratch_bytes, cudaStream_t stream,
                             unsigned long long* clear) {
   if (B == 0 || N == 0) return cudaSuccess;
+  if (N > kMaxPoints) return cudaErrorInvalidValue;  // the pass's arithmetic is 32-bit (index32.h)
   const size_t bytes = state_bytes<T>(N);
   if (bytes <= kSharedLimit) {
     const int threads = topology_threads(topology_kernel<T, true>, B, N);
