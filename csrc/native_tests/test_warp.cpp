@@ -279,12 +279,12 @@ void test_pivot_table_within_a_slice() {
   CHECK(untouched, "the slice past the cloud's own %lld-slot table was touched", (long long)own);
 }
 
-// The reducer's 32-bit vertex arithmetic (h1_reduce_warp.h: cofacet_index32, edge_vertices32,
-// Row32) against the engine's 64-bit forms up to kMaxPoints, where the parity tests' clouds stay
-// far below it: every triple of 128 points, the top vertices of 4,096 against random others,
-// every edge of 4,096 points and a few smaller n, and row reads at the matrix's far corner.
+// The device passes' 32-bit vertex arithmetic (core/index32.h) against the engine's 64-bit forms
+// up to kMaxPoints, where the parity tests' clouds stay far below it: every triple of 128 points
+// and the top vertices of 4,096 against random others, every edge (and every pair's edge index)
+// of 4,096 points and a few smaller n, and reads at the matrix's far corners.
 void test_index32() {
-  namespace wr = tsl::warp_reduce_detail;
+  namespace wr = tsl::index32;
   int64_t bad = 0;
   for (index_t i = 1; i < 128; ++i)
     for (index_t j = 0; j < i; ++j)
@@ -313,17 +313,24 @@ void test_index32() {
       bad += i32 != i || j32 != j;
     }
   CHECK(bad == 0, "edge_vertices32 differs from edge_vertices on %lld edges", (long long)bad);
+  bad = 0;
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < n; ++j)
+      if (i != j)
+        bad += index_t(wr::edge_index32(wr::vertex_t(i), wr::vertex_t(j))) != tsl::edge_index(i, j);
+  CHECK(bad == 0, "edge_index32 differs from edge_index on %lld pairs", (long long)bad);
   // Entries equal to their offsets (exact in float below 2^24 = n^2).
   std::vector<float> dist(n * n);
   for (index_t o = 0; o < n * n; ++o) dist[o] = float(o);
   const tsl::DistanceMatrix<float> d{dist.data(), n};
   bad = 0;
+  const wr::Dist32<float> d32(d);
   for (index_t i : {index_t(0), index_t(1), n / 2, n - 2, n - 1}) {
     const wr::Row32<float> row(d, wr::vertex_t(i));
     for (index_t k : {index_t(0), index_t(31), n - 33, n - 1})
-      bad += row[wr::vertex_t(k)] != d(i, k);
+      bad += row[wr::vertex_t(k)] != d(i, k) || d32(wr::vertex_t(i), wr::vertex_t(k)) != d(i, k);
   }
-  CHECK(bad == 0, "Row32 read %lld entries other than DistanceMatrix's", (long long)bad);
+  CHECK(bad == 0, "Row32 or Dist32 read %lld entries other than DistanceMatrix's", (long long)bad);
 }
 
 // A set too small for the tail and one run (TSLOSS_CUDA_H1_HEAP < 256 on the device) refuses a
