@@ -654,24 +654,30 @@ class WarpReducer {
         total += warp::popcount(mask[r]);
       }
       if (total == 0) continue;
-      if (tail_ + total > kSealAt) {
+      // tail_ and the set's parts as locals through the group's stores: read from the object
+      // (in local memory on the device), they were read again after each store to the set,
+      // which may alias it as far as the compiler knows (three loads a round). Not held
+      // through the whole loop, nor d_: that made ptxas spill in the double kernels.
+      const index_t tail = tail_;
+      if (tail + total > kSealAt) {
         above_ = least;
         const Status s = push_rounds(i, j, de, lower, upper, g0, g0 + R * warp::kLanes);
         if (s != kOk) return s;
         least = above_;
         continue;
       }
+      const Spill<Entry<T>> set = m_.set;
       w_.each([&](int lane) {
-        index_t at = tail_;
+        index_t at = tail;
         TSL_UNROLL
         for (int r = 0; r < R; ++r) {
           if ((mask[r] >> lane) & 1u)
-            m_.set[at + warp::popcount(mask[r] & warp::lanes_below(lane))] =
+            set[at + warp::popcount(mask[r] & warp::lanes_below(lane))] =
                 Entry<T>{diam[r][lane], cofacet_index32(i, j, g0 + warp::kLanes * r + lane)};
           at += warp::popcount(mask[r]);
         }
       });
-      tail_ += total;
+      tail_ = tail + total;
       if (stats_) {
         stats_->entries_pushed += total;
         if (tail_ > stats_->set_high) stats_->set_high = tail_;
@@ -883,10 +889,27 @@ class WarpReducer {
   // {.., -1} if the set sums to zero.
   TSL_HD Status pivot_of_set(Entry<T>* pivot) {
     if (stats_) ++stats_->pivot_queries;
+    // The members the passes read, as locals: the reducer object lives in local memory on the
+    // device (seal_tail and grow take `this`), and a member read after a store to the set, which
+    // may alias it as far as the compiler knows, was a local load again (the set's parts and
+    // tail_ on every cancelled copy). head and dead go back to the members before seal_tail and
+    // each return; all are read again after seal_tail, which changes them.
+    Spill<Entry<T>> set = m_.set;
+    index_t tail = tail_, dead = dead_;
+    int runs = runs_;
+    typename W::template Var<index_t> head = head_, end = end_;
     for (;;) {
-      if (dead_ > 64 && 2 * dead_ > tail_) {
+      if (dead > 64 && 2 * dead > tail) {
+        head_ = head;
+        dead_ = dead;
         const Status s = seal_tail();
         if (s != kOk) return s;
+        set = m_.set;
+        tail = tail_;
+        dead = dead_;
+        runs = runs_;
+        head = head_;
+        end = end_;
       }
       // One pass over the tail: each lane's least key there, how many copies of it the lane
       // holds and where the first is. Copies of the set's least key can only sit in lanes
@@ -897,8 +920,8 @@ class WarpReducer {
       w_.each([&](int lane) {
         uint64_t th = ~uint64_t(0), tl = ~uint64_t(0);
         int64_t c = 0, f = INT64_MAX;
-        for (index_t s = lane; s < tail_; s += warp::kLanes) {
-          const Entry<T> x = m_.set[s];
+        for (index_t s = lane; s < tail; s += warp::kLanes) {
+          const Entry<T> x = set[s];
           if (x.index < 0) continue;
           const uint64_t h = warp::order_bits(x.diameter), l = ~uint64_t(x.index);
           if (h < th || (h == th && l < tl)) {
@@ -915,8 +938,8 @@ class WarpReducer {
         copies[lane] = c;
         first[lane] = f;
         uint64_t bh = th, bl = tl;
-        if (lane < runs_ && head_[lane] < end_[lane]) {
-          const Entry<T> x = m_.set[head_[lane]];
+        if (lane < runs && head[lane] < end[lane]) {
+          const Entry<T> x = set[head[lane]];
           const uint64_t h = warp::order_bits(x.diameter), l = ~uint64_t(x.index);
           if (h < bh || (h == bh && l < bl)) {
             bh = h;
@@ -932,6 +955,7 @@ class WarpReducer {
         // their loads before the next stores there, as the warp contract asks (the min above
         // consumes them, so hardware likely orders them anyway; test_races holds the contract).
         w_.sync();
+        head_ = head;
         reset_set();
         *pivot = Entry<T>{T(0), -1};
         return kOk;
@@ -943,8 +967,7 @@ class WarpReducer {
       // The copies of the earliest entry: at run heads (one per run at most) and in the tail.
       typename W::template Var<bool> at_head, holds;
       w_.each([&](int lane) {
-        at_head[lane] =
-            lane < runs_ && head_[lane] < end_[lane] && m_.set[head_[lane]].index == index;
+        at_head[lane] = lane < runs && head[lane] < end[lane] && set[head[lane]].index == index;
         holds[lane] = tail_hi[lane] == mh && tail_lo[lane] == ml;
         if (!holds[lane]) {
           copies[lane] = 0;
@@ -957,17 +980,19 @@ class WarpReducer {
       // The copy left behind: the first run's head, else the tail's first copy.
       const int keep_run = (count & 1) && heads ? warp::lowest_bit(heads) : -1;
       const int64_t keep_tail = (count & 1) && !heads ? w_.min(first) : -1;
-      const int64_t keep = keep_run >= 0 ? w_.shfl(head_, keep_run) : keep_tail;
+      const int64_t keep = keep_run >= 0 ? w_.shfl(head, keep_run) : keep_tail;
       w_.each([&](int lane) {
-        if (at_head[lane] && lane != keep_run) ++head_[lane];
+        if (at_head[lane] && lane != keep_run) ++head[lane];
         if (!holds[lane]) return;
-        for (index_t s = first[lane]; s < tail_; s += warp::kLanes)
-          if (m_.set[s].index == index && s != keep_tail) m_.set[s].index = -1;
+        for (index_t s = first[lane]; s < tail; s += warp::kLanes)
+          if (set[s].index == index && s != keep_tail) set[s].index = -1;
       });
       w_.sync();
-      dead_ += keep_tail >= 0 ? in_tail - 1 : in_tail;
+      dead += keep_tail >= 0 ? in_tail - 1 : in_tail;
       if (keep >= 0) {
-        *pivot = m_.set[keep];
+        head_ = head;
+        dead_ = dead;
+        *pivot = set[keep];
         return kOk;
       }
     }
