@@ -119,8 +119,9 @@ struct Entry {
   index_t index;  // -1: no simplex
 };
 
-template <typename T>
-TSL_HD bool filtration_less(T da, index_t ia, T db, index_t ib) {
+// I: index_t, or uint32_t where the device passes form edge indices in 32 bits (index32.h).
+template <typename T, typename I>
+TSL_HD bool filtration_less(T da, I ia, T db, I ib) {
   return da < db || (da == db && ia > ib);
 }
 

@@ -15,6 +15,14 @@ struct MstEdge {
   index_t u, v;  // u < v
 };
 
+// mst_edge_before on (diameter, edge index) pairs, of any index type.
+template <typename T, typename I>
+TSL_HD bool mst_edge_order(T da, I ia, T db, I ib) {
+  const bool na = da != da, nb = db != db;
+  if (na || nb) return na == nb ? ia > ib : nb;
+  return filtration_less(da, ia, db, ib);
+}
+
 // Is the candidate edge (d, idx) better than the current best (bd, bidx)? bidx < 0: no best.
 template <typename T>
 TSL_HD bool prim_better(T d, index_t idx, T bd, index_t bidx) {
@@ -73,10 +81,7 @@ TSL_HD void prim_mst(const DistanceMatrix<T>& d, T* best_d, index_t* best_parent
 // bars would share a row and one row would stay unwritten.
 template <typename T>
 TSL_HD bool mst_edge_before(const MstEdge<T>& a, const MstEdge<T>& b) {
-  const index_t ia = edge_index(a.u, a.v), ib = edge_index(b.u, b.v);
-  const bool na = a.diameter != a.diameter, nb = b.diameter != b.diameter;
-  if (na || nb) return na == nb ? ia > ib : nb;
-  return filtration_less(a.diameter, ia, b.diameter, ib);
+  return mst_edge_order(a.diameter, edge_index(a.u, a.v), b.diameter, edge_index(b.u, b.v));
 }
 
 // Is the edge {i, j} in the tree? `best_parent` as left by prim_mst.

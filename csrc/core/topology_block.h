@@ -205,20 +205,16 @@ template <typename T>
 struct ColumnOrder {
   TSL_HD bool operator()(const H1Column<T>& a, const H1Column<T>& b) const {
     using index32::vertex_t;
-    const uint32_t ia = index32::edge_index32(vertex_t(a.i), vertex_t(a.j));
-    const uint32_t ib = index32::edge_index32(vertex_t(b.i), vertex_t(b.j));
-    return b.diameter < a.diameter || (b.diameter == a.diameter && ib > ia);
+    return filtration_less(b.diameter, index32::edge_index32(vertex_t(b.i), vertex_t(b.j)),
+                           a.diameter, index32::edge_index32(vertex_t(a.i), vertex_t(a.j)));
   }
 };
 template <typename T>
 struct MstOrder {
   TSL_HD bool operator()(const MstEdge<T>& a, const MstEdge<T>& b) const {
     using index32::vertex_t;
-    const uint32_t ia = index32::edge_index32(vertex_t(a.u), vertex_t(a.v));
-    const uint32_t ib = index32::edge_index32(vertex_t(b.u), vertex_t(b.v));
-    const bool na = a.diameter != a.diameter, nb = b.diameter != b.diameter;
-    if (na || nb) return na == nb ? ia > ib : nb;
-    return a.diameter < b.diameter || (a.diameter == b.diameter && ia > ib);
+    return mst_edge_order(a.diameter, index32::edge_index32(vertex_t(a.u), vertex_t(a.v)),
+                          b.diameter, index32::edge_index32(vertex_t(b.u), vertex_t(b.v)));
   }
 };
 
