@@ -122,7 +122,8 @@ class Diagrams:
             raise RuntimeError(
                 f"H1 of clouds {np.flatnonzero(counts < 0).tolist()} overflowed the CUDA "
                 "workspace; raise TSLOSS_CUDA_H1_HEAP / TSLOSS_CUDA_H1_ARENA / "
-                "TSLOSS_CUDA_H1_COLUMNS and recompute")
+                "TSLOSS_CUDA_H1_COLUMNS and recompute (one array of a cloud holds at most "
+                "2^31 - 1 entries, whatever the settings)")
         if (counts > h1.shape[1]).any():
             warnings.warn(
                 f"H1 of clouds {np.flatnonzero(counts > h1.shape[1]).tolist()} has more bars than "

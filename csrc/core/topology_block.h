@@ -288,8 +288,8 @@ TSL_HD void cloud_topology(Block& blk, const TopologyCloud<T>& c, TopologyStats*
         uint32_t bl = ~0u;
         int32_t bv = -1;
         for (vertex_t v = lane; v < n32; v += warp::kLanes) {
-          // Read before the test: behind the branch, each of a lane's row reads waited for its
-          // in-tree test (and the previous vertex's branches) before it could issue.
+          // Written before the in-tree test so that the row read need not wait for it; ptxas
+          // (nvcc 13, sm_90) still issues the load after that branch, so this is the intent only.
           const T x = d32(current, v);
           if (c.in_tree[v]) continue;
           const uint64_t h = warp::order_bits(x);
