@@ -341,6 +341,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="bootstrap RNG seed (idem; default: 0)")
     a = p.parse_args(argv)
+    if a.variant == a.baseline:
+        p.error(f"--variant and --baseline are both {a.variant}: name two different variants")
     if not os.path.isdir(a.out_dir):
         sys.exit(f"compare_report: OUT_DIR {a.out_dir} is not a folder")
     try:

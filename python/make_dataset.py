@@ -215,6 +215,10 @@ def main(argv=None) -> None:
     ap.add_argument("--task", choices=sorted(TASKS), default="reviews")
     ap.add_argument("--out", help="output CSV (default tsloss_cuda/data/<task>.csv)")
     args = ap.parse_args(argv)
+    if args.out is not None and not args.out.strip():
+        # Empty would fall back to the package's own file and overwrite it.
+        sys.exit("make_dataset: --out is empty; name the CSV file to write (or leave --out out "
+                 "for the package's default)")
     path = args.out or os.path.join(DATA_DIR, f"{args.task}.csv")
     if os.path.isdir(path):
         sys.exit(f"make_dataset: --out {path} is a folder; name the CSV file to write")

@@ -436,6 +436,14 @@ def test_report_options_are_checked_before_any_data_is_read(tmp_path, capsys, op
     assert f"error: argument {option}: expected {expected}, got {shown} (see --help)" in err
 
 
+def test_report_refuses_a_variant_compared_with_itself(tmp_path, capsys):
+    """Each claim then compared a variant with itself and was reported as not holding."""
+    with pytest.raises(SystemExit) as info:
+        _report_module().main([str(tmp_path), "--variant", "l2", "--baseline", "l2"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--variant and --baseline are both l2" in err, err
+
+
 def test_report_shows_the_last_invocation_only(tmp_path):
     """A second, smaller invocation on the same folder: the report shows its runs, not the
     earlier seeds and variants still in runs/."""

@@ -82,6 +82,15 @@ def test_out_that_cannot_be_a_file_is_one_line(where, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_refused_not_the_default(out, monkeypatch, tmp_path):
+    """--out '' fell back to the package's own CSV and overwrote it."""
+    gen = _generator()
+    monkeypatch.setattr(gen, "write", lambda *a: pytest.fail("wrote a file"))
+    with pytest.raises(SystemExit, match=r"^make_dataset: --out is empty"):
+        gen.main(["--out", out])
+
+
 def test_a_crash_mid_write_leaves_the_file_whole(tmp_path, monkeypatch):
     """Without --out the shipped CSV is rewritten: it was truncated first, so a crash while
     writing left it cut short. Now the new file is written beside it and moved over it."""

@@ -180,6 +180,42 @@ def test_causal_lm_classifies_by_label_words():
         SoftPromptModel(model, 4)
 
 
+def test_answer_index_is_checked_and_scores_the_position_it_names():
+    """answer_index counts positions of input_ids: one outside [0, L) once scored the prompt's
+    last vector (-1) or failed with the prompt-shifted index in torch's message."""
+    model = tiny_gpt2()
+    spm = SoftPromptModel(model, 4, label_ids=torch.tensor([3, 7, 11]), init="random",
+                          generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, 64, (2, 6), generator=torch.Generator().manual_seed(2))
+    at = spm(ids, answer_index=torch.tensor([2, 5]))["logits"]
+    emb = torch.cat([spm.prompt.expand(2, -1, -1), model.get_input_embeddings()(ids)], 1)
+    full = model(inputs_embeds=emb).logits[:, :, [3, 7, 11]]
+    torch.testing.assert_close(at, torch.stack([full[0, 4 + 2], full[1, 4 + 5]]))
+    torch.testing.assert_close(spm(ids, answer_index=3)["logits"], full[:, 4 + 3])
+    for bad, exc, text in ((torch.tensor([-1, 2]), ValueError, r"in \[0, 6\), got -1"),
+                           (torch.tensor([6, 0]), ValueError, r"in \[0, 6\), got 6"),
+                           (torch.tensor([1, 2, 3]), ValueError, r"shape \(2,\)"),
+                           (torch.tensor([1.0, 2.0]), TypeError, "integer positions")):
+        with pytest.raises(exc, match="answer_index " if exc is TypeError else text):
+            spm(ids, answer_index=bad)
+
+
+def test_init_ids_and_label_inputs_are_checked():
+    """A float id was truncated to another token; label inputs of the wrong form failed in
+    torch with messages that named no argument."""
+    with pytest.raises(TypeError, match="init_ids must be integer token ids"):
+        SoftPromptModel(tiny_bert(), 4, init="vocab", init_ids=[1.5, 2.7])
+    with pytest.raises(TypeError, match="init_ids must be integer token ids"):
+        SoftPromptModel(tiny_bert(), 4, init="text", init_ids=[1.5, 2.7])
+    desc = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(6))
+    for bad, exc, text in ((desc, TypeError, "pair"),
+                           ((desc, torch.ones(3, 5)), ValueError, "one shape"),
+                           ((desc + 100, torch.ones_like(desc)), ValueError, r"\[0, 64\)"),
+                           ((desc.float(), torch.ones_like(desc)), TypeError, "integer")):
+        with pytest.raises(exc, match="label_inputs.*" + text):
+            SoftPromptModel(tiny_bert(), 4, head="similarity", label_inputs=bad)
+
+
 def test_encoder_head_free_scores_label_descriptions():
     model = tiny_bert()
     desc = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(6))

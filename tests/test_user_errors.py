@@ -36,6 +36,10 @@ def _fixtures(d):
         f.write("text,label,split\n")
     with open(os.path.join(d, "short.csv"), "w") as f:  # a row cut short
         f.write("text,label,split\ngood,pos,train\nbad\nok,neg,validation\n")
+    with open(os.path.join(d, "blank.csv"), "w") as f:  # a blank label would be a class
+        f.write("text,label,split\ngood,pos,train\nbad,neg,train\nmeh, ,train\nok,neg,validation\n")
+    with open(os.path.join(d, "notext.csv"), "w") as f:
+        f.write("text,label,split\ngood,pos,train\n,neg,train\nok,neg,validation\n")
     with open(os.path.join(d, "long.csv"), "w") as f:  # a text with an unquoted comma
         f.write("text,label,split\ngood,pos,train\nbad, really,neg,train\nok,neg,validation\n")
     with open(os.path.join(d, "junk", "step_1.pt"), "w") as f:
@@ -138,7 +142,17 @@ TRAIN_CASES = [
     ("--log-every 0", "--log-every"),
     ("--checkpoint-every -1", "--checkpoint-every"),
     ("--target-acc 1.5", "--target-acc"),
+    ("--target-acc nan", "--target-acc: expected a number in [0, 1]"),
     ("--threads -1", "--threads"),
+    ("--threads 100000", "--threads: expected an integer in [0, 1024]"),
+    # A regulariser that adds nothing trains as none under its name.
+    ("--max-steps 1 --reg-weight 0", "--reg-weight 0: tsloss would train without a regulariser"),
+    ("--max-steps 1 --ts-connectivity 0 --ts-redundancy 0",
+     "--ts-connectivity, --ts-redundancy and --ts-stability are all 0"),
+    (CMP + " --max-steps 1 --compare-weights 0",
+     "--compare-weights 0: tsloss_w0 would train without a regulariser"),
+    ("--data {d}/blank.csv", "--data: {d}/blank.csv line 4 has an empty label"),
+    ("--data {d}/notext.csv", "--data: {d}/notext.csv line 3 has an empty text"),
     ("--seeds", "--seeds"),
     ("--compare --seeds 0 0", "--seeds"),
     ("--compare --compare-weights 0.3 0.30000001", "--compare-weights"),
@@ -315,6 +329,14 @@ FUNCTION_CASES = [
     ("loss(x, connectivity_mode='target', target=-1)",
      lambda: T.loss(torch.randn(5, 3), connectivity_mode="target", target=-1), ValueError,
      "target must be >= 0"),
+    ("TopologyTracker(1, tsloss_terms='no')", lambda: T.TopologyTracker(1, tsloss_terms="no"),
+     TypeError, "tsloss_terms"),
+    ("TopologyTracker(1).due('10')", lambda: T.TopologyTracker(1).due("10"), TypeError, "step"),
+    ("TopologyTracker(1).update(7.5, x)",
+     lambda: T.TopologyTracker(1).update(7.5, torch.randn(4, 3)), TypeError, "step"),
+    ("topology_metrics(torch.randn(5, 0))", lambda: T.topology_metrics(torch.randn(5, 0)),
+     ValueError, "prompt must have D >= 1"),
+    ("set_cpu_isa(['avx2'])", lambda: T.set_cpu_isa(["avx2"]), TypeError, "isa"),
     ("TopologyTracker(1, term_options=dict(p=2))",
      lambda: T.TopologyTracker(1, term_options=dict(p=2)), ValueError, "tsloss_terms=True"),
     ("loss(x, return_terms='no')", lambda: T.loss(torch.randn(5, 3), return_terms="no"),

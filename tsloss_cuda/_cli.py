@@ -48,11 +48,7 @@ positive_float = bounded(float, 0.0, math.inf, "a number > 0", strict=True)
 nonneg_float = bounded(float, 0.0, math.inf, "a number >= 0")
 
 
-def fraction(text: str) -> float:
-    value = nonneg_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
+fraction = bounded(float, 0.0, 1.0, "a number in [0, 1]")
 
 
 def missing_folders(path: str) -> Tuple[str, List[str]]:

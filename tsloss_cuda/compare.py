@@ -199,6 +199,7 @@ def job_specs(args: Any) -> List[RunSpec]:
     if not args.compare:
         specs = [RunSpec(args.regularizer, args.seed)]
         check_run_flags(args, specs, given)
+        check_regularizers_act(args, specs)
         return specs
     # Each run is named by its variant and seed: a repeated value would name two runs alike.
     for flag, names in (("--seeds", [str(s) for s in args.seeds]),
@@ -214,7 +215,27 @@ def job_specs(args: Any) -> List[RunSpec]:
     # this invocation uses is the recorded setting, not a slip.
     if not os.path.isfile(os.path.join(args.output_dir, CONFIG_FILE)):
         check_run_flags(args, specs, given)
+    check_regularizers_act(args, specs)
     return specs
+
+
+def check_regularizers_act(args: Any, specs: Sequence[RunSpec]) -> None:
+    """Refuse (a :class:`CLIError`) a run whose regulariser would add nothing (a weight of 0,
+    or TSLoss with every term weighed 0): it would train as ``none`` under another name, and
+    its results would be reported as that regulariser's."""
+    for spec in specs:
+        run = apply_overrides(args, spec)
+        if spec.regularizer == "none":
+            continue
+        if run.reg_weight == 0:
+            flag = ("--compare-weights 0" if "reg_weight" in dict(spec.overrides)
+                    else "--reg-weight 0")
+            raise CLIError(f"{flag}: {spec.variant} would train without a regulariser, as "
+                           "none; give a weight > 0")
+        if spec.regularizer == "tsloss" and not (run.ts_connectivity or run.ts_redundancy
+                                                 or run.ts_stability):
+            raise CLIError(f"--ts-connectivity, --ts-redundancy and --ts-stability are all 0: "
+                           f"{spec.variant} would train without a regulariser; give one > 0")
 
 
 def check_output_dir(out: str, single: bool) -> None:

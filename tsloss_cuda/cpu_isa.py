@@ -39,6 +39,9 @@ def set_cpu_isa(isa: str | None) -> str:
     if isa is None:
         _C.set_cpu_level(-1)
         return cpu_isa()
+    if not isinstance(isa, str):
+        raise TypeError(f"set_cpu_isa: isa must be one of {', '.join(ISAS)} or None, got "
+                        f"{type(isa).__name__}")
     if isa not in _LEVELS:
         raise ValueError(f"set_cpu_isa: isa must be one of {', '.join(ISAS)} or None, got {isa!r}")
     if not _C.set_cpu_level(_LEVELS[isa]):

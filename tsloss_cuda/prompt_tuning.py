@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -61,6 +61,35 @@ def text_init_ids(ids: Sequence[int], n: int) -> torch.Tensor:
         raise ValueError("the init text has no tokens")
     reps = -(-n // len(ids))
     return torch.tensor(list(ids) * reps)[:n]
+
+
+def _init_ids(init_ids) -> torch.Tensor:
+    """``init_ids`` as a flat long tensor; a TypeError naming it for non-integer ids (a float
+    would be truncated to another token)."""
+    ids = torch.as_tensor(init_ids)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"init_ids must be integer token ids, got {ids.dtype}")
+    return ids.long().reshape(-1)
+
+
+def _label_inputs(label_inputs, vocab: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``label_inputs`` checked: a pair ``(ids, mask)`` of ``(C, Lc)`` tensors, ids in the
+    vocabulary; a TypeError or ValueError naming it otherwise."""
+    if (not isinstance(label_inputs, (tuple, list)) or len(label_inputs) != 2
+            or not all(isinstance(t, torch.Tensor) for t in label_inputs)):
+        raise TypeError("label_inputs must be a pair (ids, mask) of (C, Lc) tensors, got "
+                        f"{type(label_inputs).__name__}")
+    ids, mask = label_inputs
+    if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1 or mask.shape != ids.shape:
+        raise ValueError("label_inputs must be (ids, mask) of one shape (C, Lc), C, Lc >= 1, "
+                         f"got {tuple(ids.shape)} and {tuple(mask.shape)}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"label_inputs' ids must be integer token ids, got {ids.dtype}")
+    bad = ids[(ids < 0) | (ids >= vocab)]
+    if bad.numel():
+        raise ValueError(f"label_inputs' ids must be token ids in [0, {vocab}) (the model's "
+                         f"vocabulary), got {bad[0].item()}")
+    return ids, mask
 
 
 def _check_token_ids(ids: torch.Tensor, vocab: int, what: str) -> None:
@@ -181,6 +210,33 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
     return (cols * mask.long()).argmax(1)
 
 
+def answer_positions(answer_index, input_ids: torch.Tensor) -> torch.Tensor:
+    """``answer_index`` as a ``(B,)`` long tensor on ``input_ids``' device, each in ``[0, L)``
+    for ``(B, L)`` ids; a TypeError or ValueError naming it otherwise. Out-of-range values would
+    index the prompt or a neighbouring row's position once shifted past the prompt. On the host
+    the range is checked at once; on an accelerator asynchronously (a device assert), since a
+    check there would synchronise every step."""
+    b, length = input_ids.shape[0], input_ids.shape[1]
+    idx = torch.as_tensor(answer_index, device=input_ids.device)
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise TypeError(f"answer_index must hold integer positions, got {idx.dtype}")
+    if idx.dim() == 0:
+        idx = idx.expand(b)
+    if tuple(idx.shape) != (b,):
+        raise ValueError(f"answer_index must have shape ({b},) for input_ids of shape "
+                         f"{tuple(input_ids.shape)}, got {tuple(idx.shape)}")
+    idx = idx.long()
+    inside = (idx >= 0) & (idx < length)
+    if idx.device.type == "cpu":
+        if not bool(inside.all()):
+            bad = idx[~inside][0].item()
+            raise ValueError(f"answer_index must be positions in input_ids, in [0, {length}), "
+                             f"got {bad}")
+    else:
+        torch._assert_async(inside.all(), f"answer_index must be positions in [0, {length})")
+    return idx
+
+
 def _count(name: str, value) -> None:
     """A TypeError or ValueError naming the argument unless ``value`` is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -234,7 +290,8 @@ class SoftPromptModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, n_prompts: int, *, task: Optional[str] = None,
-                 label_ids: Optional[torch.Tensor] = None, label_inputs=None,
+                 label_ids: Optional[torch.Tensor] = None,
+                 label_inputs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                  head: str = "linear", num_labels: int = 2, init: str = "vocab",
                  init_ids: Optional[Sequence[int]] = None,
                  generator: Optional[torch.Generator] = None) -> None:
@@ -267,8 +324,9 @@ class SoftPromptModel(nn.Module):
                                  "and mask)")
             was_training = model.training
             model.eval()  # fixed targets: no dropout in them, whatever the model's mode
+            vocab = model.get_input_embeddings().weight.shape[0]
             with torch.no_grad():
-                ids, mask = (t.to(self.prompt.device) for t in label_inputs)
+                ids, mask = (t.to(self.prompt.device) for t in _label_inputs(label_inputs, vocab))
                 emb = model.get_input_embeddings()(ids)
                 target = self._pool(emb, mask)
             model.train(was_training)
@@ -284,14 +342,14 @@ class SoftPromptModel(nn.Module):
             if init == "text":
                 if init_ids is None:
                     raise ValueError("init='text' needs init_ids")
-                ids = text_init_ids(init_ids, n)
+                ids = text_init_ids(_init_ids(init_ids).tolist(), n)
                 _check_token_ids(ids, v, "the init text's token ids")
                 return embed(ids.to(dev)).float().clone()
             if init == "vocab":
                 if init_ids is None:
                     ids = torch.randint(0, v, (n,), generator=generator)
                 else:
-                    pool = torch.as_tensor(init_ids, dtype=torch.long).reshape(-1)
+                    pool = _init_ids(init_ids)
                     if pool.numel() == 0:
                         raise ValueError("init_ids must be token ids to sample from, got none")
                     _check_token_ids(pool, v, "the token ids to sample from")
@@ -342,8 +400,8 @@ class SoftPromptModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         embeds, mask = self._embed(input_ids, attention_mask)
         if self.task == "causal":
-            if answer_index is None:
-                answer_index = last_real_index(attention_mask)
+            answer_index = (last_real_index(attention_mask) if answer_index is None else
+                            answer_positions(answer_index, input_ids))
             logits = answer_logits(self.model, embeds, mask, answer_index + self.n_prompts,
                                    self.label_ids)
         elif self.head is not None:
@@ -381,8 +439,8 @@ def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
     prompt = peft_model.get_prompt(batch_size=b).to(tok.dtype)  # (B, Nv, D)
     nv = prompt.shape[1]
     mask = torch.cat([attention_mask.new_ones(b, nv), attention_mask], 1)
-    if answer_index is None:
-        answer_index = last_real_index(attention_mask)
+    answer_index = (last_real_index(attention_mask) if answer_index is None else
+                    answer_positions(answer_index, input_ids))
     label_ids = torch.as_tensor(label_ids, device=input_ids.device)
     check_answer_logits(base, label_ids)
     return answer_logits(base, torch.cat([prompt, tok], 1), mask, answer_index + nv, label_ids)

@@ -91,6 +91,10 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
             raise CLIError(f"--data: {path} line {line} has {given} field"
                            f"{'s' if given != 1 else ''}, the header has {width}{hint}")
     for row, line in zip(rows, lines):
+        # A blank label would become a class of its own, a blank text an input of no tokens.
+        for key in ("text", "label"):
+            if not row[key].strip():
+                raise CLIError(f"--data: {path} line {line} has an empty {key}")
         # Any other value ("Train", "valid") would drop its rows from both splits unseen.
         if row["split"] not in SPLITS:
             raise CLIError(f"--data: {path} line {line} has split {row['split']!r}; the "

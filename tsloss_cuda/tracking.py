@@ -71,6 +71,14 @@ def cpu_engine_refuses(prompt: torch.Tensor) -> bool:
     return False
 
 
+def _step(step) -> int:
+    """``step`` as an int; a TypeError naming it otherwise (a float or a string would be stored
+    in the rows as it is, or fail in ``%`` with an unrelated message)."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"step must be an int, got {step!r}")
+    return int(step)
+
+
 @torch.no_grad()
 def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Bar counts, mean/max lifetimes, persistent entropy and total persistence of H0 and H1.
@@ -92,6 +100,8 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
         raise TypeError(f"prompt must be a torch.Tensor, got {type(prompt).__name__}")
     if prompt.dim() != 2:
         raise ValueError(f"prompt must be an (N, D) tensor, got shape {tuple(prompt.shape)}")
+    if prompt.shape[1] == 0:  # vr_persistence would name its own argument, x
+        raise ValueError(f"prompt must have D >= 1 coordinates, got shape {tuple(prompt.shape)}")
     if not prompt.is_floating_point():  # an integer prompt is no soft prompt; bool even less
         raise TypeError(f"prompt must be a floating-point tensor, got {prompt.dtype}")
     x = prompt.detach().float()
@@ -150,6 +160,8 @@ class TopologyTracker:
                  term_options: Optional[Mapping[str, Any]] = None) -> None:
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"every must be a positive integer (steps), got {every!r}")
+        if not isinstance(tsloss_terms, bool):  # "no" would be true
+            raise TypeError(f"tsloss_terms must be a bool, got {tsloss_terms!r}")
         self.every = every
         self._pending: List[tuple] = []
         self._probe = None
@@ -165,7 +177,7 @@ class TopologyTracker:
         self._shape = None
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0
+        return _step(step) % self.every == 0
 
     def _terms_of(self, prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
         reshaped = self._shape is not None and prompt.shape != self._shape
@@ -184,6 +196,7 @@ class TopologyTracker:
 
     def update(self, step: int, prompt: torch.Tensor,
                terms: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        step = _step(step)
         vals = topology_metrics(prompt)
         if terms is None and self._probe is not None:
             terms = self._terms_of(prompt)

@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float,  # noqa: E402
                    nonneg_int, positive_int, run_main)
+
 from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions,  # noqa: E402
                      load_model, resolve_model)
 from .tasks import DATA_CSV, encode, load_data, take, task_spec  # noqa: E402
@@ -36,6 +37,8 @@ PROG = "python -m tsloss_cuda.train"
 
 seed_int = bounded(int, 0, MAX_SEED, "an integer in [0, 2**64 - 1001]")
 learning_rate = bounded(float, 0.0, MAX_LR, f"a number > 0 and at most {MAX_LR:g}", strict=True)
+#: ``--threads``: far past any machine's cores, a count fails only inside a library's pool.
+thread_count = bounded(int, 0, 1024, "an integer in [0, 1024]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tsloss_stab; default: 0)%(default).0s")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="where the model, the prompt and TSLoss run: " + DEVICE_HELP)
-    p.add_argument("--threads", type=nonneg_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="torch CPU threads per process (0: torch's default). Default: 1 for an "
                         "encoder, whose small matmuls only contend for a small shared machine's "
                         "cores, and torch's default for a causal LM, whose larger ones scale "
