@@ -85,7 +85,11 @@ def reference_loss(
     # Padding is masked before the power: d/dx x^p at 0 is infinite for p < 1.
     powered = torch.where(valid, torch.where(valid, pers, torch.ones_like(pers)) ** p,
                           torch.zeros_like(pers))
-    red = powered.sum(-1)
+    # A cloud whose H1 is unknown (h1_count < 0: the device's workspace overflowed, or invalid
+    # input) has no redundancy to give: NaN, and no gradient through it (torch.where).
+    unknown = dg.h1_count < 0
+    nan = torch.full((), float("nan"), dtype=x.dtype, device=x.device)
+    red = torch.where(unknown, nan, powered.sum(-1))
 
     # stable: tied persistences keep their row order, as in the op, so that the gradient at a
     # tie (a subgradient) is the same one, not whichever order the sort happened to pick.
@@ -107,8 +111,11 @@ def reference_loss(
             rows = torch.maximum(dg.h1_count.clamp(0, kk),
                                  torch.where(prev_h1 != 0, row, 0).amax(-1))
             stab = stab + ((h1_sorted - prev_h1) ** 2).sum(-1) / rows.clamp_min(1).to(x.dtype)
+        stab = torch.where(unknown, nan, stab)  # its H1 part unknown, as the redundancy
 
-    total = connectivity * conn + redundancy * red + stability * stab
+    # A term weighed 0 is left out: an unknown (NaN) one makes the loss NaN only where it counts.
+    total = sum((w * t for w, t in ((connectivity, conn), (redundancy, red), (stability, stab))
+                 if w != 0), x.new_zeros(b))
     out = _reduce(total, reduction)
     if not return_terms:
         return out
@@ -118,6 +125,7 @@ def reference_loss(
         "stability": _reduce(stab, reduction),
         "scale": _reduce(scale, reduction),
         "h1_count": dg.h1_count,
-        "topology": PromptTopology(deaths.detach(), h1_sorted.detach()),
+        "topology": PromptTopology(deaths.detach(),
+                                   torch.where(unknown[:, None], nan, h1_sorted).detach()),
     }
     return out, terms

@@ -24,7 +24,12 @@ def cloud(b=3, n=12, d=5, seed=0, dtype=torch.float64):
 
 
 def rel_err(got, ref):
+    """Largest difference relative to the reference's largest magnitude; NaN where the
+    reference is NaN and nowhere else (else inf)."""
     got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
+    if got.shape != ref.shape or not torch.equal(got.isnan(), ref.isnan()):
+        return float("inf")
+    got, ref = got[~ref.isnan()], ref[~ref.isnan()]
     if ref.numel() == 0:
         return 0.0
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
@@ -444,15 +449,19 @@ def test_compiled_autograd_runs_the_backward():
 
 def test_a_cloud_whose_h1_overflows_the_device_pool(monkeypatch):
     # The device reports a cloud whose H1 reduction exhausts its memory pool (h1_count -1, H1
-    # rows padding, H0 exact): no bar of it is trusted, so its redundancy is 0 and its
-    # stability compares no H1. The CPU engine grows its buffers instead; the emulation of the
-    # device's kernels takes the device's path with a fixed pool (24 KB: the 100-gon's ties
-    # need over 32 KB, the Gaussian cloud under 16 KB).
+    # rows padding, H0 exact): its loops are unknown, so its redundancy, its stability and its
+    # loss are NaN (it was a plausible loss without its loops: 0.049 for the ring's 1.363), and
+    # so are the H1 rows of its topology (a later call's stability compares with them); its
+    # connectivity is exact, and with redundancy and stability weighed 0 so is its loss. The
+    # CPU engine grows its buffers instead; the emulation of the device's kernels takes the
+    # device's path with a fixed pool (24 KB: the 100-gon's ties need over 32 KB, the Gaussian
+    # cloud under 16 KB).
     t = torch.arange(100, dtype=torch.float64) * (2 * math.pi / 100)
     ring = torch.stack([t.cos(), t.sin()], 1)
     g = torch.Generator().manual_seed(0)
     x = torch.stack([ring, torch.randn(100, 2, generator=g, dtype=torch.float64)])
     exact = T.vr_persistence(x)
+    exact_conn = T.loss(x, return_terms=True, reduction="none")[1]["connectivity"]
     monkeypatch.setenv("TSLOSS_ENGINE", "emulated")
     monkeypatch.setenv("TSLOSS_EMULATED_POOL_BYTES", "24576")
     dg = T.vr_persistence(x)
@@ -465,8 +474,18 @@ def test_a_cloud_whose_h1_overflows_the_device_pool(monkeypatch):
     for kw in ({}, {"stability": 0.5, "previous": prev}):
         fused, ref = both(x, reduction="none", **kw)
         assert_same(fused, ref, TOL[torch.float64])
-        assert fused[1]["redundancy"][0] == 0 and fused[1]["redundancy"][1] > 0
-        assert torch.isfinite(fused[2]).all()
+        (value, terms, grad) = fused
+        assert value[0].isnan() and terms["redundancy"][0].isnan() and value[1].isfinite()
+        assert terms["stability"][0].isnan() == ("previous" in kw)
+        assert terms["topology"].h1[0].isnan().all() and terms["topology"].h1[1].isfinite().all()
+        assert torch.equal(terms["connectivity"], exact_conn)
+        assert torch.isfinite(grad).all()
+    # The mean over the batch is NaN: the loss does not pass for a number without the ring.
+    assert T.loss(x).isnan() and T.TSLoss()(x).isnan()
+    # H1 weighed 0: the overflowed cloud's loss is its exact connectivity, with its gradient.
+    fused, ref = both(x, reduction="none", redundancy=0.0)
+    assert_same(fused, ref, TOL[torch.float64])
+    assert fused[0].isfinite().all() and fused[2][0].abs().sum() > 0
 
 
 def _direct_calls(x):

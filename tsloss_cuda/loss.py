@@ -179,7 +179,11 @@ def loss(
             normal number so that coincident points divide by no zero, or 1 with
             ``normalize="none"``; reduced alike; NaN, and so the loss, for a float64 prompt
             whose distances sum past float64's range, ~1e305 apart at N = 64),
-            ``h1_count`` ``(B,)``, and ``topology`` (detached, for ``previous``).
+            ``h1_count`` ``(B,)``, and ``topology`` (detached, for ``previous``). A prompt
+            whose H1 outgrew the CUDA workspace (``h1_count`` -1, see ``TSLOSS_CUDA_H1_HEAP``)
+            has NaN redundancy, stability (with ``previous``) and H1 topology, so its loss is
+            NaN unless both weigh 0; those terms pass it no gradient, its connectivity (from
+            its exact H0) keeps its own. Raise the setting rather than train on it.
         max_h1: H1 capacity per prompt (default 4·N, at least 8); the K most persistent bars
             are used.
 

@@ -44,8 +44,11 @@ enum Status : int32_t {
 };
 
 // h1_count of a cloud with a non-finite distance on CUDA (Python's INVALID_INPUT); the CPU
-// raises instead. -1 is an overflowed workspace.
+// raises instead.
 constexpr int64_t kInvalidInputCount = -2;
+// h1_count of a cloud whose H1 reduction outgrew the device's workspace (Python's
+// H1_OVERFLOW): its H0 is exact, its H1 unknown. The CPU grows its buffers instead.
+constexpr int64_t kH1OverflowCount = -1;
 
 // NaN and +-Inf alike (x - x is NaN for both), without <cmath>'s host-only overloads.
 template <typename T>

@@ -9,7 +9,13 @@
 //   redundancy   R = sum_{q < count} v_q^p
 //   stability    S = mean_r (u_r - prev0_r)^2 + mean_{q < M} (v_q - prev1_q)^2   (with a previous
 //                    call; M = stability_rows: the rows holding a bar now or then)
-//   L = w_C C + w_R R + w_S S
+//   L = w_C C + w_R R + w_S S      (a term weighed 0 left out: loss_of)
+//
+// A cloud whose H1 is unknown (count < 0: the device's reduction ran out of memory, or the
+// input was invalid) has R = NaN, S = NaN with a previous call, and NaN H1 rows in its topology:
+// its loss is NaN wherever those terms count, never a plausible number without its loops. They
+// pass no gradient (known_coefficients); an overflowed cloud's connectivity, from its exact H0,
+// keeps its own.
 //
 // The per-element pieces are separate functions so that the host can loop over a cloud while a
 // CUDA block gives each element a thread and reduces in a fixed order. u and v are rounded to T
@@ -112,10 +118,12 @@ TSL_HD T h0_unit(T death, T s) {
   return death / s;
 }
 
-// H1 row q: v_q (rounded to T), 0 for padding rows and for clouds whose count is negative (the
-// CUDA overflow / invalid-input codes: no bar is trusted).
+// H1 row q: v_q (rounded to T), 0 for padding rows, NaN for every row of a cloud whose count is
+// negative (the CUDA overflow / invalid-input codes: its bars are unknown, and a later call's
+// stability term must not compare with an empty diagram).
 template <typename T>
 TSL_HD T h1_unit(T birth, T death, T s, index_t q, int64_t count) {
+  if (count < 0) return (T)NAN;
   return q < count ? (T)(death - birth) / s : T(0);
 }
 
@@ -136,6 +144,24 @@ TSL_HD index_t stability_rows(const T* prev_h1, index_t K, int64_t count) {
 struct CloudSums {
   double conn, red, stab;
 };
+
+// The redundancy and stability of a cloud from their sums: NaN where the cloud's H1 is unknown
+// (count < 0), the stability only with a previous call (without one it is 0 by definition).
+TSL_HD double redundancy_of(double r, int64_t count) { return count < 0 ? (double)NAN : r; }
+TSL_HD double stability_of(double h0_part, double h1_part, int64_t count, bool has_prev) {
+  if (!has_prev) return 0.0;
+  return count < 0 ? (double)NAN : h0_part + h1_part;
+}
+
+// A cloud's loss: a term weighed 0 is left out, so that an unknown (NaN) term makes the loss
+// NaN only where it counts (redundancy 0 without stability: H1 does not enter the loss).
+TSL_HD double loss_of(double conn, double red, double stab, const TermOptions& o) {
+  double v = 0.0;
+  if (o.w_conn != 0.0) v += o.w_conn * conn;
+  if (o.w_red != 0.0) v += o.w_red * red;
+  if (o.w_stab != 0.0) v += o.w_stab * stab;
+  return v;
+}
 
 // All terms of one cloud, serially (the host's loop; a CUDA block computes the same per element
 // and reduces). h0: (n-1, 2) rows (0, death); h1: (K, 2) rows (birth, death); prev_h0: (n-1),
@@ -167,10 +193,10 @@ TSL_HD CloudSums cloud_terms(const T* h0, index_t n, const T* h1, index_t K, int
     }
   }
   out.conn = H0 > 0 ? c / (double)H0 : 0.0;
-  out.red = r;
+  out.red = redundancy_of(r, count);
   const index_t rows = o.has_prev ? stability_rows(prev_h1, K, count) : 0;
-  out.stab = o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (rows > 0 ? s1 / (double)rows : 0.0)
-                        : 0.0;
+  out.stab = stability_of(H0 > 0 ? s0 / (double)H0 : 0.0, rows > 0 ? s1 / (double)rows : 0.0,
+                          count, o.has_prev);
   return out;
 }
 
@@ -179,6 +205,14 @@ TSL_HD CloudSums cloud_terms(const T* h0, index_t n, const T* h1, index_t K, int
 struct CloudCoefficients {
   double conn, red, stab, scale;  // d out / d C, d R, d S, and d out / d s directly
 };
+
+// The coefficients that reach a cloud's points: an unknown (NaN) redundancy or stability term
+// (count < 0) passes none, as torch.where passes none to the branch it does not take. (An
+// invalid cloud, kInvalidInputCount, gets no gradient at all: its tree was built on NaN.)
+TSL_HD CloudCoefficients known_coefficients(CloudCoefficients k, int64_t count) {
+  if (count < 0) k.red = k.stab = 0.0;
+  return k;
+}
 
 // d out / d D_r (the H0 death) for row r, given u_r; adds -(d out / d u_r) u_r / s to *ds.
 template <typename T>

@@ -150,7 +150,7 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
         v_red[b] = t.red;
         v_stab[b] = t.stab;
         v_scale[b] = static_cast<double>(s);
-        v_total[b] = w_conn * t.conn + w_red * t.red + w_stab * t.stab;
+        v_total[b] = tsl::loss_of(t.conn, t.red, t.stab, opt);
       }
       trim_thread_workspace(ws);
     });
@@ -217,11 +217,12 @@ at::Tensor tsloss_backward_cpu(
     const int64_t* pcount = count.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) {
       const double a = tsl::reduced_grad(ptr(gl), b, B, static_cast<int>(reduction));
-      const tsl::CloudCoefficients k{
-          a * w_conn + tsl::reduced_grad(ptr(gc), b, B, static_cast<int>(reduction)),
-          a * w_red + tsl::reduced_grad(ptr(gr), b, B, static_cast<int>(reduction)),
-          a * w_stab + tsl::reduced_grad(ptr(gs), b, B, static_cast<int>(reduction)),
-          tsl::reduced_grad(ptr(gsc), b, B, static_cast<int>(reduction))};
+      const tsl::CloudCoefficients k = tsl::known_coefficients(
+          {a * w_conn + tsl::reduced_grad(ptr(gc), b, B, static_cast<int>(reduction)),
+           a * w_red + tsl::reduced_grad(ptr(gr), b, B, static_cast<int>(reduction)),
+           a * w_stab + tsl::reduced_grad(ptr(gs), b, B, static_cast<int>(reduction)),
+           tsl::reduced_grad(ptr(gsc), b, B, static_cast<int>(reduction))},
+          pcount[b]);
       bool passes = false;  // the clamp of the scale passes the gradient unless the raw mean
                             // fell below it
       const double s = static_cast<double>(tsl::clamp_scale<scalar_t>(psc[b], normalize, &passes));

@@ -130,20 +130,20 @@ __global__ void __launch_bounds__(kTermThreads)
   s1 = block_sum(s1, scratch);
   if (threadIdx.x == 0) {
     const double t_conn = H0 > 0 ? c / (double)H0 : 0.0;
-    const double t_red = r;
-    const double t_stab =
-        o.has_prev ? (H0 > 0 ? s0 / (double)H0 : 0.0) + (s_rows > 0 ? s1 / (double)s_rows : 0.0)
-                   : 0.0;
+    const double t_red = redundancy_of(r, count);
+    const double t_stab = stability_of(H0 > 0 ? s0 / (double)H0 : 0.0,
+                                       s_rows > 0 ? s1 / (double)s_rows : 0.0, count, o.has_prev);
     scales[b] = s_raw;  // for the backward, which clamps it again
     // A non-finite previous (the CPU raises, naming it): the stability term and the loss are
     // NaN or Inf; marked on the device, as an invalid input is, since a host check would
     // synchronise. The backward then gives the cloud no gradient, as any invalid cloud. Not for
     // a NaN scale (a float64 distance sum past the range, raw_scale): every term is NaN there
-    // anyway, and the CPU keeps the cloud's count.
-    if (bad || (o.has_prev && !isfinite(t_stab) && isfinite((double)s)))
+    // anyway, and the CPU keeps the cloud's count. Nor for an overflowed cloud, whose stability
+    // is NaN for want of its H1 (its count stays kH1OverflowCount).
+    if (bad || (o.has_prev && count >= 0 && !isfinite(t_stab) && isfinite((double)s)))
       h1_count[b] = kInvalidInputCount;
     double* v = per_cloud + b * 5;
-    v[0] = o.w_conn * t_conn + o.w_red * t_red + o.w_stab * t_stab;
+    v[0] = loss_of(t_conn, t_red, t_stab, o);
     v[1] = t_conn;
     v[2] = t_red;
     v[3] = t_stab;
@@ -176,10 +176,11 @@ __global__ void __launch_bounds__(kTermThreads)
   const int64_t b = blockIdx.x;
   const int64_t H0 = N > 0 ? N - 1 : 0, E = H0 + K;
   const double a = reduced_grad(g_loss, b, B, reduction);
-  const CloudCoefficients k{a * o.w_conn + reduced_grad(g_conn, b, B, reduction),
-                            a * o.w_red + reduced_grad(g_red, b, B, reduction),
-                            a * o.w_stab + reduced_grad(g_stab, b, B, reduction),
-                            reduced_grad(g_scale, b, B, reduction)};
+  const CloudCoefficients k = known_coefficients(
+      {a * o.w_conn + reduced_grad(g_conn, b, B, reduction),
+       a * o.w_red + reduced_grad(g_red, b, B, reduction),
+       a * o.w_stab + reduced_grad(g_stab, b, B, reduction), reduced_grad(g_scale, b, B, reduction)},
+      h1_count[b]);
   bool passes;  // the clamp passes the gradient unless the raw mean fell below it
   const double s = (double)clamp_scale<T>(scales[b], o.normalize, &passes);
   const int64_t count = h1_count[b];

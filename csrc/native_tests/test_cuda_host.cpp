@@ -348,6 +348,7 @@ struct TsCase {
   bool dup, invalid, scale_grad;
   bool still_first = false;  // reduction none: cloud 0's upstream gradients all zero (zero
                              // weights on valid edges, which give no incidences)
+  bool overflow = false;     // the last cloud's H1 outgrew the device's workspace (count -1)
 };
 
 template <typename T>
@@ -386,6 +387,7 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
     count[b] = o.count;
   }
   if (c.invalid) count[1] = tsl::kInvalidInputCount;
+  if (c.overflow) count[B - 1] = tsl::kH1OverflowCount;
   std::vector<T> prev0(B * H0), prev1(B * K, T(0));
   for (auto& v : prev0) v = T(uni(rng));
   for (int64_t b = 0; b < B; ++b)
@@ -480,10 +482,12 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
       continue;
     }
     const double a = tsl::reduced_grad(gl.data(), b, B, c.reduction);
-    const tsl::CloudCoefficients k{a * o.w_conn + tsl::reduced_grad(gc.data(), b, B, c.reduction),
-                                   a * o.w_red + tsl::reduced_grad(gr.data(), b, B, c.reduction),
-                                   a * o.w_stab + tsl::reduced_grad(gs.data(), b, B, c.reduction),
-                                   tsl::reduced_grad(g_scale, b, B, c.reduction)};
+    tsl::CloudCoefficients k{a * o.w_conn + tsl::reduced_grad(gc.data(), b, B, c.reduction),
+                             a * o.w_red + tsl::reduced_grad(gr.data(), b, B, c.reduction),
+                             a * o.w_stab + tsl::reduced_grad(gs.data(), b, B, c.reduction),
+                             tsl::reduced_grad(g_scale, b, B, c.reduction)};
+    // An overflowed cloud's NaN redundancy and stability pass no gradient.
+    if (count_out[b] == tsl::kH1OverflowCount) k.red = k.stab = 0.0;
     bool passes;
     const double s = double(tsl::clamp_scale<T>(scales[b], c.normalize, &passes));
     double ds = k.scale;
@@ -590,6 +594,12 @@ int main() {
   check_tsloss<double>({3, 30, 40, 64, true, true, true, tsl::kReduceSum, true, true, true}, 22);
   check_tsloss<double>({2, 13, 5, 32, true, false, false, tsl::kReduceNone, false, false, false}, 23);
   check_tsloss<float>({2, 130, 33, 256, true, true, false, tsl::kReduceNone, true, true, true}, 24);
+  // An overflowed cloud (count -1) beside an invalid one, with and without a previous topology.
+  for (bool prev : {false, true}) {
+    TsCase c{3, 30, 40, 64, prev, true, false, tsl::kReduceNone, false, true, true};
+    c.overflow = true;
+    check_tsloss<double>(c, 30 + prev);
+  }
   // More blocks than the reduction's five threads, in index order (seed 0), reversed (25) and
   // shuffled (26); and 5 B values past the block's 256 threads (reduction none, reversed).
   for (uint64_t seed : {0, 25, 26})
