@@ -125,7 +125,6 @@ def reference_loss(
         "stability": _reduce(stab, reduction),
         "scale": _reduce(scale, reduction),
         "h1_count": dg.h1_count,
-        "topology": PromptTopology(deaths.detach(),
-                                   torch.where(unknown[:, None], nan, h1_sorted).detach()),
+        "topology": PromptTopology(deaths.detach(), h1_sorted.detach()),
     }
     return out, terms

@@ -183,7 +183,9 @@ def loss(
             whose H1 outgrew the CUDA workspace (``h1_count`` -1, see ``TSLOSS_CUDA_H1_HEAP``)
             has NaN redundancy, stability (with ``previous``) and H1 topology, so its loss is
             NaN unless both weigh 0; those terms pass it no gradient, its connectivity (from
-            its exact H0) keeps its own. Raise the setting rather than train on it.
+            its exact H0) keeps its own; its topology's H1 rows are zeros (:class:`TSLoss`
+            keeps the previous call's rows instead). Raise the setting rather than train on
+            it.
         max_h1: H1 capacity per prompt (default 4·N, at least 8); the K most persistent bars
             are used.
 
@@ -374,13 +376,26 @@ class TSLoss(torch.nn.Module):
         value, terms = loss(prompts, previous=previous, return_terms=True, **self.options)
         if not (recomputing or exporting):  # an exported program keeps no state
             self._used_previous = previous
-            self.previous = terms["topology"]
+            self.previous = _known_topology(terms["topology"], terms["h1_count"], previous)
             self.last_terms = {k: v.detach() if isinstance(v, torch.Tensor) else v
                                for k, v in terms.items()}
         return value
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+def _known_topology(topology: PromptTopology, h1_count: torch.Tensor,
+                    previous: Optional[PromptTopology]) -> PromptTopology:
+    """The topology to keep for the next call: a prompt whose H1 is unknown (``h1_count`` < 0:
+    the CUDA workspace overflowed) keeps the previous call's H1 rows, where the op returns
+    zeros, so that the next stability term does not count its bars as new. On the device,
+    without a synchronisation."""
+    if previous is None or previous.h1.shape != topology.h1.shape:
+        return topology
+    unknown = (h1_count < 0).unsqueeze(-1)
+    return PromptTopology(topology.h0, torch.where(unknown, previous.h1.to(topology.h1.dtype),
+                                                   topology.h1))
 
 
 # Frames of torch.utils.checkpoint that rerun the checkpointed function during the backward:

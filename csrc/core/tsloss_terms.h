@@ -12,10 +12,10 @@
 //   L = w_C C + w_R R + w_S S      (a term weighed 0 left out: loss_of)
 //
 // A cloud whose H1 is unknown (count < 0: the device's reduction ran out of memory, or the
-// input was invalid) has R = NaN, S = NaN with a previous call, and NaN H1 rows in its topology:
-// its loss is NaN wherever those terms count, never a plausible number without its loops. They
-// pass no gradient (known_coefficients); an overflowed cloud's connectivity, from its exact H0,
-// keeps its own.
+// input was invalid) has R = NaN and S = NaN with a previous call: its loss is NaN wherever
+// those terms count, never a plausible number without its loops. They pass no gradient
+// (known_coefficients); an overflowed cloud's connectivity, from its exact H0, keeps its own.
+// Its topology's H1 rows are zeros (h1_unit).
 //
 // The per-element pieces are separate functions so that the host can loop over a cloud while a
 // CUDA block gives each element a thread and reduces in a fixed order. u and v are rounded to T
@@ -118,12 +118,12 @@ TSL_HD T h0_unit(T death, T s) {
   return death / s;
 }
 
-// H1 row q: v_q (rounded to T), 0 for padding rows, NaN for every row of a cloud whose count is
-// negative (the CUDA overflow / invalid-input codes: its bars are unknown, and a later call's
-// stability term must not compare with an empty diagram).
+// H1 row q: v_q (rounded to T), 0 for padding rows and for every row of a cloud whose count is
+// negative (the CUDA overflow / invalid-input codes: no bar is known; the terms built on them
+// are NaN, redundancy_of and stability_of). Zeros rather than NaN in the topology, which a later
+// call takes as its previous one, where NaN is refused (TSLoss keeps the last known rows).
 template <typename T>
 TSL_HD T h1_unit(T birth, T death, T s, index_t q, int64_t count) {
-  if (count < 0) return (T)NAN;
   return q < count ? (T)(death - birth) / s : T(0);
 }
 
