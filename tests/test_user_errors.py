@@ -145,12 +145,6 @@ TRAIN_CASES = [
     ("--target-acc nan", "--target-acc: expected a number in [0, 1]"),
     ("--threads -1", "--threads"),
     ("--threads 100000", "--threads: expected an integer in [0, 1024]"),
-    # A regulariser that adds nothing trains as none under its name.
-    ("--max-steps 1 --reg-weight 0", "--reg-weight 0: tsloss would train without a regulariser"),
-    ("--max-steps 1 --ts-connectivity 0 --ts-redundancy 0",
-     "--ts-connectivity, --ts-redundancy and --ts-stability are all 0"),
-    (CMP + " --max-steps 1 --compare-weights 0",
-     "--compare-weights 0: tsloss_w0 would train without a regulariser"),
     ("--data {d}/blank.csv", "--data: {d}/blank.csv line 4 has an empty label"),
     ("--data {d}/notext.csv", "--data: {d}/notext.csv line 3 has an empty text"),
     ("--seeds", "--seeds"),
@@ -232,6 +226,8 @@ ANALYZE_CASES = [
     ("{d}/huge", "past float32's range"),
     ("{d}/good --device tpu", "--device"),
     ("{d}/good --output-dir {d}/afile", "--output-dir"),
+    # Refused before the persistence is computed, not at the first write after it.
+    ("{d}/good --output-dir {d}/afile/sub", "cannot be created: Not a directory"),
 ]
 if not torch.cuda.is_available():  # the documented clean error for a GPU flag on a CPU host
     TRAIN_CASES.append(("--device cuda", "--device"))
@@ -417,6 +413,24 @@ def test_train_errors(args, name, bad_inputs, tmp_path):
     _check_one_line(rc, err, train.PROG, name.format(d=bad_inputs))
     assert not (tmp_path / "out").exists()  # nothing written before the error
     assert _tree(bad_inputs) == before  # the comparison folders included
+
+
+@pytest.mark.parametrize("argv,warned", [
+    (["--reg-weight", "0"], ["--reg-weight 0: tsloss trains without a regulariser"]),
+    (["--regularizer", "l2", "--reg-weight", "0"], ["--reg-weight 0: l2 trains without"]),
+    (["--ts-connectivity", "0", "--ts-redundancy", "0"], ["are all 0: tsloss trains without"]),
+    (["--ts-connectivity", "0", "--ts-redundancy", "0", "--ts-stability", "0.5"], []),
+    (["--regularizer", "none"], []),
+    # A sweep's weight 0 is named so (tsloss_w0): a control, as none is.
+    (["--compare", "--seeds", "0", "--compare-regularizers", "none", "tsloss",
+      "--compare-weights", "0", "1"], []),
+    (["--compare", "--seeds", "0", "--reg-weight", "0", "--compare-regularizers", "l2",
+      "tsloss"], ["l2 trains without", "tsloss trains without"])])
+def test_a_regularizer_weighed_0_under_its_own_name_is_warned_about(argv, warned, tmp_path):
+    """It trains as none while its results read as the regulariser's."""
+    args = train.build_parser().parse_args(argv + ["--output-dir", str(tmp_path / "o")])
+    got = compare.inactive_regularizers(args, compare.job_specs(args))
+    assert len(got) == len(warned) and all(w in g for w, g in zip(warned, got)), got
 
 
 def test_largest_seed_and_learning_rate_train():

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from typing import Callable, List, Tuple
 
 
@@ -59,6 +60,28 @@ def missing_folders(path: str) -> Tuple[str, List[str]]:
         missing.append(there)
         there = os.path.dirname(there)
     return there, missing
+
+
+def check_writable(out: str, flag: str) -> None:
+    """Refuse (a :class:`CLIError` naming ``flag``) an output folder that cannot be created or
+    written (a file among its parents, a read-only or virtual file system, no permission)
+    before the work, rather than after it (minutes for the Gemma job). Tries both, then removes
+    the folders it made."""
+    _, made = missing_folders(out)
+    step = "created"
+    try:
+        os.makedirs(out, exist_ok=True)
+        step = "written"
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise CLIError(f"{flag} {out} cannot be {step}: {e.strerror or e}") from None
+    finally:
+        for folder in made:  # deepest first; one that another process filled meanwhile stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
 
 
 #: The end of each tool's --device help.

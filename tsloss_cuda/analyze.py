@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ._cli import DEVICE_HELP, CLIError, Parser, check_device, first_line, run_main
+from ._cli import (DEVICE_HELP, CLIError, Parser, check_device, check_writable, first_line,
+                   run_main)
 
 PROG = "python -m tsloss_cuda.analyze"
 PREFERRED_KEYS = ("prompt", "prompt_embeddings", "embedding.weight")
@@ -229,6 +230,7 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
     out_dir = out_dir or default_output_dir(folder)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise CLIError(f"--output-dir {out_dir} exists and is not a folder")
+    check_writable(out_dir, "--output-dir")  # before the work, not after it
     prompts = [load_prompt(p) for p in paths]  # every file read before anything is written
     dev = torch.device(device)
     tracker = TopologyTracker(1, tsloss_terms=True)
@@ -256,7 +258,8 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
         name = os.path.basename(os.path.abspath(folder)) or folder  # "." by its name
         xlabel = "training step" if named else "checkpoint (file name order)"
         P.plot_topology({name: rows}, os.path.join(out_dir, "topology.png"), xlabel=xlabel,
-                        title=f"Prompt topology of the checkpoints in {name}")
+                        title=f"Prompt topology of the checkpoints in {name}",
+                        xticklabels=None if named else [r["checkpoint"] for r in rows])
         P.plot_diagrams(snaps, os.path.join(out_dir, "diagrams.png"),
                         title=f"Persistence of the prompts in {name}")
     return rows

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from . import run_outputs
-from ._cli import CLIError, first_line, missing_folders
+from ._cli import CLIError, check_writable, first_line
 from .models import GEMMA
 from .training import REGULARIZERS, RUN_FLAG_DEFAULTS, launch_rank
 
@@ -199,7 +198,6 @@ def job_specs(args: Any) -> List[RunSpec]:
     if not args.compare:
         specs = [RunSpec(args.regularizer, args.seed)]
         check_run_flags(args, specs, given)
-        check_regularizers_act(args, specs)
         return specs
     # Each run is named by its variant and seed: a repeated value would name two runs alike.
     for flag, names in (("--seeds", [str(s) for s in args.seeds]),
@@ -215,27 +213,26 @@ def job_specs(args: Any) -> List[RunSpec]:
     # this invocation uses is the recorded setting, not a slip.
     if not os.path.isfile(os.path.join(args.output_dir, CONFIG_FILE)):
         check_run_flags(args, specs, given)
-    check_regularizers_act(args, specs)
     return specs
 
 
-def check_regularizers_act(args: Any, specs: Sequence[RunSpec]) -> None:
-    """Refuse (a :class:`CLIError`) a run whose regulariser would add nothing (a weight of 0,
-    or TSLoss with every term weighed 0): it would train as ``none`` under another name, and
-    its results would be reported as that regulariser's."""
-    for spec in specs:
+def inactive_regularizers(args: Any, specs: Sequence[RunSpec]) -> List[str]:
+    """Warnings for the variants whose regulariser adds nothing to the loss (a weight of 0, or
+    TSLoss with every term weighed 0) under a name that does not say so: they train as
+    ``none``, and their results would read as that regulariser's. A sweep's ``tsloss_w0``
+    names its weight (a control, as ``none`` is), and is not warned about."""
+    out = []
+    for variant, spec in {s.variant: s for s in specs}.items():
         run = apply_overrides(args, spec)
-        if spec.regularizer == "none":
+        if spec.regularizer == "none" or "reg_weight" in dict(spec.overrides):
             continue
         if run.reg_weight == 0:
-            flag = ("--compare-weights 0" if "reg_weight" in dict(spec.overrides)
-                    else "--reg-weight 0")
-            raise CLIError(f"{flag}: {spec.variant} would train without a regulariser, as "
-                           "none; give a weight > 0")
-        if spec.regularizer == "tsloss" and not (run.ts_connectivity or run.ts_redundancy
-                                                 or run.ts_stability):
-            raise CLIError(f"--ts-connectivity, --ts-redundancy and --ts-stability are all 0: "
-                           f"{spec.variant} would train without a regulariser; give one > 0")
+            out.append(f"--reg-weight 0: {variant} trains without a regulariser, as none")
+        elif spec.regularizer == "tsloss" and not (run.ts_connectivity or run.ts_redundancy
+                                                   or run.ts_stability):
+            out.append(f"--ts-connectivity, --ts-redundancy and --ts-stability are all 0: "
+                       f"{variant} trains without a regulariser, as none")
+    return out
 
 
 def check_output_dir(out: str, single: bool) -> None:
@@ -245,35 +242,12 @@ def check_output_dir(out: str, single: bool) -> None:
         raise CLIError("--output-dir is empty: name a folder (. for the current one)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--output-dir {out} exists and is not a folder")
-    check_writable(out)
+    if launch_rank() == 0:  # the others' probes would race its removal
+        check_writable(out, "--output-dir")
     if single and holds_comparison(out):
         # A single run writes prompts/, metrics.csv and summary.json over the comparison's.
         raise CLIError(f"--output-dir {out} holds a --compare comparison, which a single run "
                        "would overwrite: use another --output-dir")
-
-
-def check_writable(out: str) -> None:
-    """Refuse an ``--output-dir`` that cannot be created or written (a file among its parents,
-    a read-only or virtual file system, no permission) before the model loads, rather than
-    after it (minutes for the Gemma job). Tries both, then removes the folders it made. Only
-    the main process of a torchrun job tries: the others' probes would race its removal."""
-    if launch_rank() != 0:
-        return
-    _, made = missing_folders(out)
-    step = "created"
-    try:
-        os.makedirs(out, exist_ok=True)
-        step = "written"
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise CLIError(f"--output-dir {out} cannot be {step}: {e.strerror or e}") from None
-    finally:
-        for folder in made:  # deepest first; one that another process filled meanwhile stays
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
 
 
 #: Job arguments that change no result of a run (or that the specs carry), left out of the

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the job runs without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 Rows = List[Dict[str, float]]
@@ -71,8 +72,12 @@ def plot_curves(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[s
 
 def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[str] = None,
                   xlabel: str = "training step",
-                  panels: Sequence[Tuple[str, str, str]] = TOPOLOGY_PANELS) -> str:
+                  panels: Sequence[Tuple[str, str, str]] = TOPOLOGY_PANELS,
+                  xticklabels: Optional[Sequence[str]] = None) -> str:
     """Topology metrics and TSLoss terms against step, one line per run label.
+
+    ``xticklabels``: names for the steps 0, 1, ... (checkpoints without steps), shown on the x
+    axis where there are few enough to read (12), else integer ticks only.
 
     Panels whose value never changes (in any run) are left out and listed, with their value, in
     a note under the figure, so that e.g. a prompt without loops does not fill it with flat
@@ -97,6 +102,13 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
                 s, v = zip(*pts)
                 ax.plot(s, v, marker=".", label=label)
         ax.set(title=name, xlabel=xlabel, ylabel=unit)
+        if xticklabels is not None:  # fractional ticks would name no checkpoint
+            if len(xticklabels) <= 12:
+                ax.set_xticks(range(len(xticklabels)),
+                              [t if len(t) <= 18 else "…" + t[-17:] for t in xticklabels],
+                              rotation=30, ha="right", fontsize=7)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")

@@ -125,11 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from tsloss_cuda.compare import (RunSpec, apply_overrides, check_output_dir,
-                                     comparison_config, job_specs, provenance, run_comparison,
-                                     settle_head)
+                                     comparison_config, inactive_regularizers, job_specs,
+                                     provenance, run_comparison, settle_head)
     from tsloss_cuda.run_outputs import (announce_removal, commit_checkpoints,
                                          discard_checkpoints, earlier_job, write_outputs)
     specs = job_specs(args)  # refuses the other mode's flags; sets both modes' defaults
+    for warning in inactive_regularizers(args, specs):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
     check_output_dir(args.output_dir, single=not args.compare)
     # The conversion would make the cache after the data is loaded: refused before that.
