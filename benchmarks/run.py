@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 import tsloss_cuda
-from tsloss_cuda._cli import positive_int
+from tsloss_cuda._cli import Parser, missing_folders, positive_int
 
 warnings.filterwarnings("ignore")
 
@@ -702,19 +702,31 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
                          drift=statistics.median(again) / statistics.median(r["times_s"]),
                          median_s=statistics.median(r["times_s"] + again),
                          reps=len(r["times_s"]) + len(again))
-    # per-cloud µs and ratios (peer time / our time, same op)
-    ours = {r["op"]: r for r in recs if r["impl"] == "ours"}
+    derive(recs)
+    return recs
+
+
+def derive(recs: list) -> list:
+    """The fields derived from the timings, in place, for the live run and ``--render`` alike:
+    ``per_cloud_us``, ``ratio_to_ours`` (peer median / our median for the same op and config;
+    None unless both passed their checks) and, for a peer fastest on the matrix,
+    ``ratio_to_ours_incl_matrix``."""
+    ours = {(r["N"], r["D"], r["B"], r["op"]): r for r in recs if r["impl"] == "ours"}
     for r in recs:
         if r.get("median_s") is None:
             continue
-        r["per_cloud_us"] = r["median_s"] / b * 1e6
-        o = ours.get(r["op"])
+        r["per_cloud_us"] = r["median_s"] / r["B"] * 1e6
+        o = ours.get((r["N"], r["D"], r["B"], r["op"]))
         r["ratio_to_ours"] = (r["median_s"] / o["median_s"]
-                              if o and r["correct"] and o["correct"] else None)
+                              if o and o.get("median_s") and r["correct"] and o["correct"]
+                              else None)
+        r.pop("ratio_to_ours_incl_matrix", None)
         if r["ratio_to_ours"] is not None and r.get("input") == "matrix":
             r["ratio_to_ours_incl_matrix"] = incl_matrix_ratio(r, o["median_s"])
         if not r["correct"]:
             r["note"] = "WRONG: result failed the check; not reported as a speed"
+        elif str(r.get("note", "")).startswith("WRONG"):
+            del r["note"]
     return recs
 
 
@@ -735,13 +747,19 @@ def incl_matrix_ratio(r: dict, ours_s: float) -> float:
 # --------------------------------------------------------------------------------------------
 # scaling
 # --------------------------------------------------------------------------------------------
-def scaling(reps, cuda, progress_cls, threads: Optional[int] = None):
+SCALING_SWEEPS = {
+    "N": [(n, 768, 16) for n in (16, 32, 64, 128, 256)],
+    "B": [(64, 768, b) for b in (4, 16, 64, 256)],
+    "D": [(64, d, 16) for d in (64, 256, 1024, 4096)],
+}
+
+
+def scaling(reps, cuda, progress_cls, threads: Optional[int] = None, sweeps=None):
+    """Ours' forward over one size at a time, and the fitted exponent of each axis. Each point
+    starts with the configs' thread probe (:func:`parallel_speedup`): a point that read below
+    :data:`BUSY_SPEEDUP` is ``busy``, and so is its axis (its exponent mixes two speeds)."""
     import tsloss_cuda
-    sweeps = {
-        "N": [(n, 768, 16) for n in (16, 32, 64, 128, 256)],
-        "B": [(64, 768, b) for b in (4, 16, 64, 256)],
-        "D": [(64, d, 16) for d in (64, 256, 1024, 4096)],
-    }
+    sweeps = SCALING_SWEEPS if sweeps is None else sweeps
     out = {}
     bar = progress_cls(total=sum(len(v) for v in sweeps.values()), desc="scaling")
     for axis, cfgs in sweeps.items():
@@ -749,16 +767,19 @@ def scaling(reps, cuda, progress_cls, threads: Optional[int] = None):
         for (n, d, b) in cfgs:
             x = make_clouds(n, d, b)
             x = x.cuda() if cuda else x
+            speedup = round(parallel_speedup(), 2)
             with torch_threads(threads):
                 _, _, times = time_fn(lambda: tsloss_cuda.vr_persistence(x, maxdim=1), reps,
                                       cuda)
-            pts.append(dict(N=n, D=d, B=b, median_s=statistics.median(times)))
+            pts.append(dict(N=n, D=d, B=b, median_s=statistics.median(times),
+                            parallel_speedup=speedup,
+                            busy=bool(speedup < BUSY_SPEEDUP and os.cpu_count() > 1)))
             bar.update(1)
         key = axis
         xs = np.log([p[key] for p in pts])
         ys = np.log([p["median_s"] for p in pts])
         slope = float(np.polyfit(xs, ys, 1)[0])
-        out[axis] = dict(points=pts, exponent=slope)
+        out[axis] = dict(points=pts, exponent=slope, busy=any(p["busy"] for p in pts))
     bar.close()
     return out
 
@@ -791,12 +812,29 @@ def unsteady_configs(records) -> list:
     return sorted(k + (d,) for k, d in worst.items())
 
 
+def shown(value: float, limit: float, at_least: bool) -> str:
+    """``value`` with 2 decimals, or as many more as it takes for the number shown to agree with
+    the verdict ``value >= limit`` (``at_least``) or ``value <= limit``: 2.0005 against "≤ 2" is
+    missed, and "2.00" would read as met."""
+    met = value >= limit if at_least else value <= limit
+    for digits in range(2, 13):
+        text = f"{value:.{digits}f}"
+        r = float(text)
+        if (r >= limit if at_least else r <= limit) == met:
+            return text
+    return repr(value)
+
+
 def goals(records, busy=frozenset(), unsteady=frozenset()) -> list:
     """The issue's speed goals checked against this run's ratios, one line per config.
     ``busy``: the configs (N, D, B) whose thread probe read low; ``unsteady``: those where ours'
     time drifted while the peers ran. Their verdicts are marked."""
     keys = sorted({(r["N"], r["D"], r["B"]) for r in records})
     gpu = any(r["device"] == "cuda" for r in records if r["impl"] == "ours")
+    ran = {(r["N"], r["D"], r["B"]) for r in records if r["impl"] == "ours"}
+    if not ran:  # every goal is a ratio to ours
+        return ["", "## Goals", "", "Not checked: ours was not run (`--impls` without `ours`), "
+                "so no peer has a ratio to ours."]
     lines = ["", "## Goals", "",
              "Forward: ours ≥ 2× the best peer at every config, ≥ 10× at N ≤ 32, checked both "
              "with the peer's distance matrix free and with its cost added (the faster of "
@@ -815,7 +853,8 @@ def goals(records, busy=frozenset(), unsteady=frozenset()) -> list:
     def verdict(ratio, need, of=""):
         if ratio is None:
             return "not measured"
-        return f"{ratio:.2f}× ({'met' if ratio >= need else f'missed, needs {need}×'}{of})"
+        return (f"{shown(ratio, need, True)}× "
+                f"({'met' if ratio >= need else f'missed, needs {need}×'}{of})")
 
     def ours_wrong(k, op):  # ours failed its check: no peer has a ratio, and none is to blame
         return any(r["impl"] == "ours" and r["op"] == op and not r["correct"]
@@ -826,6 +865,10 @@ def goals(records, busy=frozenset(), unsteady=frozenset()) -> list:
               and r["impl"] != "ours" and r.get("ratio_to_ours") is not None]
         fwd = [r for r in rs if r["op"] == "forward"]
         # "The best peer" is the best of those that ran and passed: say so where some did not.
+        if k not in ran:
+            lines.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(["ours not run"] * 4)
+                         + " |")
+            continue
         missing = [i for i in forward_peers if i not in {r["impl"] for r in fwd}]
         of = f"; {len(forward_peers) - len(missing)} of {len(forward_peers)} peers" if missing else ""
         if missing and not ours_wrong(k, "forward"):
@@ -841,7 +884,8 @@ def goals(records, busy=frozenset(), unsteady=frozenset()) -> list:
         over = (ours["loss_fwd_bwd"] / ours["forward"]
                 if ours.get("loss_fwd_bwd") and ours.get("forward") else None)
         own = ("not measured" if over is None else
-               f"{over:.2f}× ({'met' if over <= cap else f'missed, needs ≤ {cap}×'})")
+               f"{shown(over, cap, False)}× "
+               f"({'met' if over <= cap else f'missed, needs ≤ {cap}×'})")
         cells = [verdict(free, need, of), verdict(timed, need, of),
                  verdict(loss, 100 if gpu else 3), own]
         for i, op in ((0, "forward"), (1, "forward"), (2, "loss_fwd_bwd")):
@@ -858,8 +902,13 @@ def goals(records, busy=frozenset(), unsteady=frozenset()) -> list:
     for k, missing in partial.items():
         why = []
         for i in missing:
-            rec = [r for r in records if r["impl"] == i and (r["N"], r["D"], r["B"]) == k]
-            why.append(f"{i} ({'not run' if not rec else 'ERROR' if rec[0].get('error') else 'WRONG'})")
+            rec = [r for r in records if r["impl"] == i and (r["N"], r["D"], r["B"]) == k
+                   and r["op"] == "forward"]
+            # WRONG only for a peer whose own check failed; a peer that passed but has no ratio
+            # (ours had no forward time here) is not to blame
+            state = ("not run" if not rec else "ERROR" if rec[0].get("error")
+                     else "WRONG" if not rec[0]["correct"] else "no ratio to ours")
+            why.append(f"{i} ({state})")
         left_out.setdefault(", ".join(why), []).append(k)
     for why, ks in left_out.items():
         where = "; ".join("%d,%d,%d" % k for k in ks)
@@ -991,41 +1040,131 @@ def markdown(records, meta, scal) -> str:
                   f"{kind}: {msg[:200]}" for r in failed for kind, msg in r["errors"].items()]
     lines += goals(records, {b[:3] for b in busy}, {u[:3] for u in unsteady})
     if scal:
+        probed = any("parallel_speedup" in p for s in scal.values() for p in s["points"])
         lines += ["", "## Scaling of ours (forward H0+H1)", "",
                   "| axis | sizes (N, D, B) | median times | fitted exponent |", "|---|---|---|---|"]
         for axis, s in scal.items():
             sizes = ", ".join(f"({p['N']},{p['D']},{p['B']})" for p in s["points"])
-            ts = ", ".join(fmt_t(p["median_s"]) for p in s["points"])
-            lines.append(f"| {axis} | {sizes} | {ts} | {s['exponent']:.2f} |")
+            ts = ", ".join(fmt_t(p["median_s"]) + (" (busy)" if p.get("busy") else "")
+                           for p in s["points"])
+            fit = f"{s['exponent']:.2f}" + (", busy: rerun" if s.get("busy") else "")
+            lines.append(f"| {axis} | {sizes} | {ts} | {fit} |")
+        busy_axes = [a for a, s in scal.items() if s.get("busy")]
+        if busy_axes:
+            lines += ["", f"**Scaling along {', '.join(busy_axes)}: the machine was busy** at the "
+                      f"points marked (busy) (the thread probe read below {BUSY_SPEEDUP}× before "
+                      "them): the fitted exponent mixes two speeds; rerun it."]
+        elif not probed:
+            lines += ["", "(This sweep's points were timed without the thread probe: whether the "
+                      "machine was busy is not known.)"]
     return "\n".join(lines) + "\n"
 
 
+# The plots' x axes; each config's other two sizes are held in its series and written beside it.
+AXIS_LABEL = {"N": "N (points per cloud)", "B": "B (clouds per batch)"}
+OTHER_SIZES = {"N": ("D", "B"), "B": ("N", "D")}
+MARKERS = {"ours": "o", "ripser": "s", "gph-1t": "^", "gph-all": "v", "gudhi": "D",
+           "gudhi-sklearn": "P", "torch-topological": "X"}
+
+
+def plot_series(records, axis: str) -> tuple:
+    """What the vs-``axis`` plot draws, from the correct forward rows: (series, labels).
+    A series is one impl's configs whose other two sizes are equal (only ``axis`` varies along
+    it, so only its points are joined): dict(impl, fixed, x, y, estimate), ``y`` in µs per
+    cloud, ``estimate`` true for a peer time scaled from its first ``peer_clouds`` clouds (the
+    table's †). A label is one per config: dict(x, y, text), the config's other sizes, at ours'
+    point where ours has one, else at the config's lowest point."""
+    other = OTHER_SIZES[axis]
+    fwd = [r for r in records if r["op"] == "forward" and r["correct"] and r.get("median_s")]
+    series = []
+    for impl in [i for i in ALL_IMPLS if any(r["impl"] == i for r in fwd)]:
+        groups = {}
+        for r in fwd:
+            if r["impl"] == impl:
+                groups.setdefault(tuple(r[o] for o in other), []).append(r)
+        for fixed, rs in sorted(groups.items()):
+            rs.sort(key=lambda r: r[axis])
+            series.append(dict(impl=impl, fixed=dict(zip(other, fixed)),
+                               x=[r[axis] for r in rs],
+                               y=[r["median_s"] / r["B"] * 1e6 for r in rs],
+                               estimate=[r["impl"] != "ours"
+                                         and r.get("peer_clouds", r["B"]) < r["B"] for r in rs]))
+    labels = []
+    for key in sorted({(r["N"], r["D"], r["B"]) for r in fwd}):
+        rs = [r for r in fwd if (r["N"], r["D"], r["B"]) == key]
+        at = ([r for r in rs if r["impl"] == "ours"]
+              or sorted(rs, key=lambda r: r["median_s"]))[0]
+        size = dict(zip("NDB", key))
+        labels.append(dict(x=size[axis], y=at["median_s"] / at["B"] * 1e6,
+                           text=", ".join(f"{o}={size[o]}" for o in other)))
+    return series, labels
+
+
 def plots(records, scal, path_prefix: Path):
+    """``<stem>-vs-N.png`` and ``<stem>-vs-B.png``: µs per cloud of each impl's correct forward
+    rows against N or B. The suite's configs vary N, D and B together, so points are joined
+    only where the other two sizes are equal, and each config is labelled with them."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except Exception:
         return []
     written = []
-    fwd = [r for r in records if r["op"] == "forward" and r["correct"] and r.get("median_s")]
+    colors = {i: f"C{n}" for n, i in enumerate(ALL_IMPLS)}
     for axis in ("N", "B"):
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        impls = [i for i in ALL_IMPLS if any(r["impl"] == i for r in fwd)]
-        for i in impls:
-            pts = sorted((r[axis], r["per_cloud_us"], r) for r in fwd if r["impl"] == i)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=i, alpha=0.8)
+        series, labels = plot_series(records, axis)
+        fig, ax = plt.subplots(figsize=(8, 5))
+        handles, joined, hollow = {}, False, False
+        for sr in series:
+            c, m = colors[sr["impl"]], MARKERS.get(sr["impl"], "o")
+            if len(sr["x"]) > 1:
+                ax.plot(sr["x"], sr["y"], "-", color=c, alpha=0.6, lw=1)
+                joined = True
+            for x, y, est in zip(sr["x"], sr["y"], sr["estimate"]):
+                ax.plot([x], [y], m, color=c, ms=7, alpha=0.9, mec=c,
+                        mfc="none" if est else c, mew=1.3)
+                hollow |= est
+            handles.setdefault(sr["impl"], Line2D([], [], color=c, marker=m, ls="",
+                                                  label=sr["impl"]))
+        last = {}  # x -> (y, text offset) of the label below: close labels are stacked
+        for lb in sorted(labels, key=lambda lb: (lb["x"], lb["y"])):
+            y0, dy0 = last.get(lb["x"], (None, -3))
+            dy = dy0 + 8 if y0 is not None and math.log10(lb["y"] / y0) < 0.08 else -3
+            last[lb["x"]] = (lb["y"], dy)
+            ax.annotate(lb["text"], (lb["x"], lb["y"]), xytext=(6, dy),
+                        textcoords="offset points", fontsize=6.5, color="0.25")
+        legend = list(handles.values())
         if scal and axis in scal:
             sp = scal[axis]["points"]
-            ax.plot([p[axis] for p in sp], [p["median_s"] / p["B"] * 1e6 for p in sp], "k-",
-                    label=f"ours sweep (slope {scal[axis]['exponent']:.2f} in batch time)")
+            fixed = ", ".join(f"{o}={sp[0][o]}" for o in OTHER_SIZES[axis])
+            legend += ax.plot([p[axis] for p in sp], [p["median_s"] / p["B"] * 1e6 for p in sp],
+                              "k-", label=f"ours sweep, {fixed} (slope "
+                                          f"{scal[axis]['exponent']:.2f} in batch time"
+                                          + ("; busy: rerun" if scal[axis].get("busy") else "")
+                                          + ")")
+        if joined:
+            legend.append(Line2D([], [], color="0.5", lw=1,
+                                 label=f"line: same {' and '.join(OTHER_SIZES[axis])}, "
+                                       f"only {axis} varies"))
+        if hollow:
+            legend.append(Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
+                                 label="hollow: peer timed on a subset of the clouds,\n"
+                                       "scaled to B (an estimate, † in the table)"))
+        xs = [x for sr in series for x in sr["x"]] + (
+            [p[axis] for p in scal[axis]["points"]] if scal and axis in scal else [])
+        if xs:  # room on the right for the labels
+            ax.set_xlim(min(xs) / 1.4, max(xs) * 2.6)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel(axis)
+        ax.set_xlabel(AXIS_LABEL[axis])
         ax.set_ylabel("µs per cloud (forward H0+H1)")
-        ax.set_title(f"time vs {axis} ({path_prefix.name})")
-        ax.legend(fontsize=7)
+        ax.set_title(f"forward time per cloud vs {axis} ({path_prefix.name}); "
+                     f"each config labelled with its {' and '.join(OTHER_SIZES[axis])}",
+                     fontsize=9)
+        if legend:
+            ax.legend(handles=legend, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         p = path_prefix.parent / f"{path_prefix.name}-vs-{axis}.png"
@@ -1058,18 +1197,28 @@ def result_stem(dev: str, isa: Optional[str], args) -> str:
     return "-".join([stem] + [p for p in partial if p])
 
 
+PROG = "benchmarks/run.py"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # tsloss_cuda's parser: an argument error is one line, "PROG: error: ... (see --help)"
+    ap = Parser(prog=PROG, description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", type=parse_cfg, help="N,D,B triples")
     ap.add_argument("--quick", action="store_true", help="a small subset (< 1 minute)")
     ap.add_argument("--gpu-configs", action="store_true",
                     help="only the GPU sizes of the issue (%s)" % " ".join(
                         "%d,%d,%d" % c for c in GPU_EXTRA))
-    ap.add_argument("--reps", type=positive_int, default=5)
+    ap.add_argument("--reps", type=positive_int, default=5,
+                    help="repetitions (timed calls on the whole batch) per implementation, op "
+                         "and config, after one untimed warm-up; the median is reported (default "
+                         "5; calls under 50 ms "
+                         f"are repeated until ~{MIN_TOTAL_S} s is timed, at most {MAX_REPS} times)")
     ap.add_argument("--impls", default=",".join(ALL_IMPLS), help="comma-separated subset")
     ap.add_argument("--out", default=str(ROOT / "results"), help="output directory")
-    ap.add_argument("--name", help="file stem (default: the device name, then the --isa, then "
-                                   "-quick/-gpu-configs/-configs/-impls for a partial run)")
+    ap.add_argument("--name", help="file stem, no folder (default: the device name, then "
+                                   "-<isa> with --isa, then -quick/-gpu-configs/-configs, "
+                                   "-impls and -<T>t (--threads T) as they apply, for a partial "
+                                   "run)")
     ap.add_argument("--scaling", action="store_true", help="fit time exponents in N, B, D")
     ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
     ap.add_argument("--no-progress", action="store_true")
@@ -1081,33 +1230,94 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--peer-clouds", type=int, default=PEER_CLOUDS,
                     help="peers run on at most this many clouds of a batch, their time scaled "
                          "to the whole batch (0: all clouds)")
-    ap.add_argument("--render", metavar="JSON", help="only re-render .md/.png from a results JSON (and refresh its derived ratios)")
+    ap.add_argument("--render", metavar="JSON",
+                    help="only re-render .md/.png from a results JSON (and refresh its derived "
+                         "fields: per_cloud_us, ratio_to_ours, ratio_to_ours_incl_matrix)")
     return ap
+
+
+# What every record needs for --render to derive its fields and draw the tables.
+RECORD_KEYS = ("impl", "op", "N", "D", "B", "correct")
+
+
+def render(src: Path, ap) -> dict:
+    """--render: the JSON's derived fields recomputed (:func:`derive`, as the live run does),
+    then the JSON, markdown and plots rewritten. A file this script did not write is one line
+    naming --render, before anything is written."""
+    def bad(why):
+        ap.error(f"--render {src}: not a results JSON of this script ({why})")
+    try:
+        payload = json.loads(src.read_text())
+        recs, meta = payload["records"], payload["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        bad(f"{type(e).__name__}: {e}")
+    if not isinstance(recs, list) or not isinstance(meta, dict):
+        bad("'records' is not a list or 'meta' not an object")
+    for i, r in enumerate(recs):
+        if not isinstance(r, dict):
+            bad(f"record {i} is not an object")
+        lack = [k for k in RECORD_KEYS if k not in r]
+        if lack:
+            bad(f"record {i} ({r.get('impl', '?')}) lacks {', '.join(map(repr, lack))}")
+    try:
+        for r in recs:
+            r["correct"] = bool(r["correct"])
+        derive(recs)
+        md = markdown(recs, meta, payload.get("scaling"))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        bad(f"{type(e).__name__}: {e}")
+    src.write_text(json.dumps(payload, indent=1, default=float))
+    src.with_suffix(".md").write_text(md)
+    plots(recs, payload.get("scaling"), src.with_suffix(""))
+    print(md)
+    return payload
+
+
+def check_out(out: Path, ap) -> None:
+    """--out must be a folder this process can create and write, checked before any timing (a
+    failure in write() came after the first config's)."""
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out {out}: not a folder")
+    there, _ = missing_folders(str(out))
+    if not os.path.isdir(there):
+        ap.error(f"--out {out}: cannot create it ({there} is not a folder)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".run-py-write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        ap.error(f"--out {out}: cannot create or write it ({e.strerror or e})")
+
+
+def check_name(name: Optional[str], ap) -> None:
+    """--name is a file stem in --out: a path separator would make write() fail (or write
+    elsewhere) after the first config was timed."""
+    if name is None:
+        return
+    seps = {os.sep, os.altsep or os.sep, "/"}
+    if not name.strip() or name in (".", "..") or any(c in name for c in seps):
+        ap.error(f"--name {name!r}: a file stem without a folder (use --out for the folder)")
+
+
+def check_reference(ap) -> None:
+    """ripser.py computes the reference diagrams every result is checked against and GUDHI the
+    bottleneck distances of that check: without either, a run would time ours and then fail."""
+    need = {"ripser": "ripser.py computes the reference diagrams every result is checked against",
+            "gudhi": "GUDHI computes the bottleneck distances of that check"}
+    for mod, why in need.items():
+        try:
+            __import__(mod)
+        except Exception as e:
+            ap.error(f"{mod} is not importable ({type(e).__name__}: {e}); {why}; "
+                     "pip install ripser gudhi")
 
 
 def main(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.render:
-        src = Path(args.render)
-        try:
-            payload = json.loads(src.read_text())
-            recs = payload["records"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            ap.error(f"--render {src}: not a results JSON of this script ({type(e).__name__}: "
-                     f"{e})")
-        for r in recs:  # recompute derived fields (older files)
-            r["correct"] = bool(r["correct"])
-            if r.get("ratio_to_ours") is not None and r.get("input") == "matrix":
-                o = [q for q in recs if q["impl"] == "ours" and q["op"] == r["op"]
-                     and (q["N"], q["D"], q["B"]) == (r["N"], r["D"], r["B"])][0]
-                r["ratio_to_ours_incl_matrix"] = incl_matrix_ratio(r, o["median_s"])
-        src.write_text(json.dumps(payload, indent=1, default=float))
-        md = markdown(recs, payload["meta"], payload.get("scaling"))
-        src.with_suffix(".md").write_text(md)
-        plots(recs, payload.get("scaling"), src.with_suffix(""))
-        print(md)
-        return payload
+        return render(Path(args.render), ap)
 
     cuda = torch.cuda.is_available() and not args.cpu
     if args.isa:
@@ -1120,11 +1330,21 @@ def main(argv=None):
     isa = tsloss_cuda.cpu_isa()
     capped = isa if isa != tsloss_cuda.supported_cpu_isas()[-1] else args.isa
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    if not impls:
+        ap.error("--impls: no implementation given")
     unknown = set(impls) - set(ALL_IMPLS)
     if unknown:
-        ap.error(f"unknown impls {sorted(unknown)}; choose from {ALL_IMPLS}")
+        ap.error(f"--impls: unknown {sorted(unknown)}; choose from {ALL_IMPLS}")
+    if args.peer_clouds < 0:
+        ap.error(f"--peer-clouds must be >= 0 (0: all clouds), got {args.peer_clouds}")
+    check_name(args.name, ap)
+    out = Path(args.out)
+    check_reference(ap)
     skipped = [i for i in impls if not available(i)]
     impls = [i for i in impls if i not in skipped]
+    if not impls:
+        ap.error(f"--impls: none of {', '.join(skipped)} is importable here")
+    check_out(out, ap)  # creates the folder: the last check before timing
     if skipped:  # also in the markdown's header and the JSON's meta.skipped_impls
         print(f"skipped (not importable): {', '.join(skipped)}", flush=True)
     if args.configs:
@@ -1136,8 +1356,6 @@ def main(argv=None):
     else:
         configs = CPU_CONFIGS + (GPU_EXTRA if cuda else [])
     reps = args.reps
-    if args.peer_clouds < 0:
-        ap.error(f"--peer-clouds must be >= 0 (0: all clouds), got {args.peer_clouds}")
 
     try:
         from tqdm import tqdm
@@ -1177,10 +1395,6 @@ def main(argv=None):
                 if cuda else None)
     records = []
     t_start = time.perf_counter()
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        ap.error(f"--out {out}: not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     stem = args.name or result_stem(dev, None if cuda else capped, args)
     if meta["engine"].get("stale"):
         print("WARNING: the extension was built from other sources than csrc/ now holds; these "

@@ -294,3 +294,271 @@ def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys):
             argv[0] != "--impls"))
     assert e.value.code == 2
     assert re.search(match, capsys.readouterr().err.splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Fake records: the review's defects in the reporting, without timing anything
+# --------------------------------------------------------------------------------------------
+META = dict(device="dev", cpu="cpu", cores=2, torch="2", threads=2, load_start="0",
+            load_end="0", reps=1)
+
+
+def _rec(impl, n, d, b, median_s, op="forward", correct=True, **kw):
+    r = dict(impl=impl, device="cpu", N=n, D=d, B=b, op=op, reps=1, median_s=median_s,
+             times_s=[median_s], correct=correct, input="points")
+    r.update(kw)
+    return r
+
+
+def test_plot_series_joins_only_configs_that_differ_in_the_plotted_size():
+    """The suite's configs vary N, D and B together: a line (and the eye) may only follow one
+    size where the other two are equal, and each config says what they are."""
+    run = _load()
+    recs = [_rec("ours", 16, 768, 64, 1e-3), _rec("ours", 32, 2048, 64, 2e-3),
+            _rec("ours", 64, 2048, 64, 8e-3), _rec("ours", 256, 768, 4, 4e-3),
+            _rec("ripser", 32, 2048, 64, 9e-3, peer_clouds=64),
+            _rec("ripser", 256, 768, 4, 9e-3, peer_clouds=2),  # scaled from 2 clouds: estimate
+            _rec("ripser", 64, 2048, 64, 1.0, correct=False)]  # WRONG: not drawn
+    series, labels = run.plot_series(recs, "N")
+    got = {(s["impl"], tuple(s["fixed"].items())): (s["x"], s["estimate"]) for s in series}
+    assert got == {("ours", (("D", 768), ("B", 4))): ([256], [False]),
+                   ("ours", (("D", 768), ("B", 64))): ([16], [False]),
+                   ("ours", (("D", 2048), ("B", 64))): ([32, 64], [False, False]),
+                   ("ripser", (("D", 768), ("B", 4))): ([256], [True]),
+                   ("ripser", (("D", 2048), ("B", 64))): ([32], [False])}
+    ours = [s for s in series if s["impl"] == "ours" and s["x"] == [32, 64]][0]
+    assert ours["y"] == pytest.approx([2e-3 / 64 * 1e6, 8e-3 / 64 * 1e6])
+    # one label per config, at ours' point
+    assert sorted((lb["x"], lb["text"]) for lb in labels) == [
+        (16, "D=768, B=64"), (32, "D=2048, B=64"), (64, "D=2048, B=64"), (256, "D=768, B=4")]
+    assert [lb["y"] for lb in labels if lb["x"] == 256] == [pytest.approx(4e-3 / 4 * 1e6)]
+    series, labels = run.plot_series(recs, "B")
+    assert sorted(lb["text"] for lb in labels if lb["x"] == 64) == [
+        "N=16, D=768", "N=32, D=2048", "N=64, D=2048"]
+    assert all(len(s["x"]) == 1 for s in series)  # no two configs share N and D
+    # without ours, the label sits at the config's lowest point
+    peers = [r for r in recs if r["impl"] != "ours"] + [_rec("gph-1t", 32, 2048, 64, 5e-3)]
+    _, labels = run.plot_series(peers, "B")
+    assert sorted((lb["x"], lb["text"], lb["y"]) for lb in labels) == [
+        (4, "N=256, D=768", pytest.approx(9e-3 / 4 * 1e6)),
+        (64, "N=32, D=2048", pytest.approx(5e-3 / 64 * 1e6))]
+
+
+def test_plots_say_what_they_draw(tmp_path, monkeypatch):
+    """Axis labels, one label per config, hollow markers for the † estimates said in the
+    legend; the two file names the docs use."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+    run = _load()
+    seen = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, *a, **k):
+        ax = fig.axes[0]
+        seen[Path(path).name] = dict(
+            xlabel=ax.get_xlabel(), texts=sorted(t.get_text() for t in ax.texts),
+            legend=[t.get_text() for t in ax.get_legend().get_texts()],
+            hollow=sum(1 for ln in ax.lines if ln.get_markerfacecolor() == "none"))
+        return save(fig, path, *a, **k)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    recs = [_rec("ours", 16, 768, 64, 1e-3), _rec("ours", 64, 2048, 64, 8e-3),
+            _rec("ripser", 16, 768, 64, 9e-3, peer_clouds=8),
+            _rec("ripser", 64, 2048, 64, 9e-2, peer_clouds=64)]
+    written = run.plots(recs, None, tmp_path / "x")
+    assert sorted(Path(p).name for p in written) == ["x-vs-B.png", "x-vs-N.png"]
+    n, b = seen["x-vs-N.png"], seen["x-vs-B.png"]
+    assert n["xlabel"] == "N (points per cloud)" and b["xlabel"] == "B (clouds per batch)"
+    assert n["texts"] == ["D=2048, B=64", "D=768, B=64"]
+    assert b["texts"] == ["N=16, D=768", "N=64, D=2048"]
+    for plot in (n, b):
+        assert plot["hollow"] == 1
+        assert any("hollow" in t and "estimate" in t for t in plot["legend"]), plot["legend"]
+        assert {"ours", "ripser"} <= set(plot["legend"])
+
+
+def test_render_recomputes_every_derived_field(tmp_path):
+    """--render said it refreshed the derived ratios but kept per_cloud_us and ratio_to_ours as
+    they were (a hand-corrected time kept its old ratio)."""
+    run = _load()
+    recs = [_rec("ours", 8, 4, 2, 1e-3, per_cloud_us=1.0, ratio_to_ours=1.0),
+            _rec("ripser", 8, 4, 2, 4e-3, per_cloud_us=7.0, ratio_to_ours=7.0,
+                 input="matrix", matrix_precompute_s=1e-3,
+                 alternatives={"matrix": dict(median_s=4e-3)},
+                 ratio_to_ours_incl_matrix=9.0),
+            _rec("gph-1t", 8, 4, 2, 2e-3, correct=False, ratio_to_ours=2.0),
+            _rec("ours", 16, 4, 2, 3e-3, correct=False, ratio_to_ours=1.0),
+            _rec("ripser", 16, 4, 2, 6e-3, ratio_to_ours=2.0, input="matrix",
+                 matrix_precompute_s=1e-3, ratio_to_ours_incl_matrix=2.3)]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(dict(meta=META, records=recs, scaling=None)))
+    run.main(["--render", str(path)])
+    got = {(r["impl"], r["N"]): r for r in json.loads(path.read_text())["records"]}
+    assert got["ours", 8]["per_cloud_us"] == pytest.approx(500.0)
+    assert got["ours", 8]["ratio_to_ours"] == pytest.approx(1.0)
+    assert got["ripser", 8]["per_cloud_us"] == pytest.approx(2000.0)
+    assert got["ripser", 8]["ratio_to_ours"] == pytest.approx(4.0)
+    assert got["ripser", 8]["ratio_to_ours_incl_matrix"] == pytest.approx(5.0)
+    assert got["gph-1t", 8]["ratio_to_ours"] is None  # its own check failed
+    # ours failed at N=16: no peer has a ratio there
+    assert got["ripser", 16]["ratio_to_ours"] is None
+    assert "ratio_to_ours_incl_matrix" not in got["ripser", 16]
+    md = (tmp_path / "r.md").read_text()
+    assert "4.00×, matrix" in md and "7.00×" not in md
+
+
+@pytest.mark.parametrize("broken,match", [
+    (lambda r: r.pop("correct"), r"record 1 \(ripser\) lacks 'correct'"),
+    (lambda r: r.pop("B"), r"record 1 \(ripser\) lacks 'B'"),
+    (lambda r: r.pop("matrix_precompute_s"), "KeyError: 'matrix_precompute_s'"),
+])
+def test_render_refuses_a_record_it_cannot_use_in_one_line(tmp_path, capsys, broken, match):
+    run = _load()
+    recs = [_rec("ours", 8, 4, 2, 1e-3),
+            _rec("ripser", 8, 4, 2, 4e-3, input="matrix", matrix_precompute_s=1e-3)]
+    broken(recs[1])
+    path = tmp_path / "r.json"
+    text = json.dumps(dict(meta=META, records=recs))
+    path.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        run.main(["--render", str(path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--render" in err[0] and re.search(match, err[0]), err
+    assert path.read_text() == text and not (tmp_path / "r.md").exists()  # nothing written
+
+
+def test_scaling_probes_the_machine_and_marks_busy_points(monkeypatch):
+    """The configs' busy probe, now on every scaling point: an exponent from a loaded machine
+    is marked, not printed as clean."""
+    run = _load()
+    probes = iter([2.0, 0.6, 1.9, 1.9])
+    monkeypatch.setattr(run, "parallel_speedup", lambda: next(probes))
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    sweeps = {"N": [(8, 4, 2), (16, 4, 2)], "B": [(8, 4, 1), (8, 4, 2)]}
+    scal = run.scaling(1, False, lambda **k: type("Bar", (), dict(
+        update=lambda *a: None, close=lambda *a: None))(), sweeps=sweeps)
+    assert [p["busy"] for p in scal["N"]["points"]] == [False, True]
+    assert [p["parallel_speedup"] for p in scal["N"]["points"]] == [2.0, 0.6]
+    assert scal["N"]["busy"] is True and scal["B"]["busy"] is False
+    json.dumps(scal)  # into the JSON as it is
+    md = run.markdown([_rec("ours", 8, 4, 2, 1e-3)], META, scal)
+    row = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| N |")
+           or ln.startswith("| B |")}
+    assert "busy: rerun" in row["N"] and "(busy)" in row["N"]
+    assert "busy" not in row["B"]
+    assert "Scaling along N: the machine was busy" in md
+
+
+def test_goals_without_ours_blame_no_peer():
+    """--impls ripser,gph-1t: the peers have no ratio because ours did not run, and they were
+    labelled WRONG for it."""
+    run = _load()
+    recs = [_rec("ripser", 16, 768, 64, 1e-2), _rec("gph-1t", 16, 768, 64, 1e-2)]
+    md = run.markdown(recs, META, None)
+    assert "(WRONG)" not in md and "| WRONG" not in md
+    assert "ours was not run" in md
+    # ours ran at one config only: the other's row says so; a peer is WRONG for its own check
+    recs += [_rec("ours", 32, 768, 64, 1e-3), _rec("ripser", 32, 768, 64, 1e-2),
+             _rec("gph-1t", 32, 768, 64, 1e-2, correct=False)]
+    lines = run.goals(run.derive(recs))
+    row16 = [ln for ln in lines if ln.startswith("| 16 | 768 | 64 |")][0]
+    assert row16.count("ours not run") == 4
+    notes = [ln for ln in lines if "the forward verdicts compare" in ln]
+    assert len(notes) == 1 and "32,768,64" in notes[0] and "gph-1t (WRONG)" in notes[0]
+    assert "ripser (" not in notes[0] and "16,768,64" not in notes[0]
+
+
+@pytest.mark.parametrize("value,limit,at_least,verdict", [
+    (2.0005, 2.0, False, "missed"), (1.9995, 2, True, "missed"), (9.9999, 10, True, "missed"),
+    (2.0, 2.0, False, "met"), (10.0, 10, True, "met"), (3.456, 3, True, "met")])
+def test_a_verdicts_number_never_contradicts_it(value, limit, at_least, verdict):
+    run = _load()
+    text = run.shown(value, limit, at_least)
+    shown = float(text)
+    assert (shown >= limit if at_least else shown <= limit) == (verdict == "met"), text
+    assert len(text.split(".")[1]) >= 2
+
+
+def test_goals_cell_of_a_near_miss_shows_the_digits_that_miss():
+    run = _load()
+    recs = [_rec("ours", 16, 768, 64, 1e-3), _rec("ours", 16, 768, 64, 2.0005e-3,
+                                                  op="loss_fwd_bwd")]
+    row = [ln for ln in run.goals(run.derive(recs)) if ln.startswith("| 16 |")][0]
+    assert "2.00× (missed" not in row and "(missed, needs ≤ 2.0×)" in row
+    assert re.search(r"2\.0+[1-9]+× \(missed", row), row
+
+
+@pytest.mark.parametrize("missing", ["ripser", "gudhi"])
+def test_a_missing_reference_library_is_one_line_before_timing(missing, tmp_path, capsys,
+                                                                monkeypatch):
+    """ripser.py (the reference diagrams) and GUDHI (the bottleneck check) were imported where
+    first used: a traceback, after ours had been timed."""
+    import sys
+    run = _load()
+    monkeypatch.setitem(sys.modules, missing, None)  # import raises ImportError
+
+    def timed(*a, **k):
+        raise AssertionError("a config was timed before the reference was checked")
+    monkeypatch.setattr(run, "bench_config", timed)
+    with pytest.raises(SystemExit) as e:
+        run.main(["--configs", "8,4,2", "--impls", "ours", "--out", str(tmp_path / "o"),
+                  "--no-progress", "--cpu"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{missing} is not importable" in err[0], err
+    assert "pip install ripser gudhi" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--impls", ","], "--impls: no implementation given"),
+    (["--impls", "ours,bogus"], r"--impls: unknown \['bogus'\]"),
+    (["--out", "/proc/x"], "--out /proc/x: cannot create"),
+    (["--out", "{tmp}/file/x"], "--out .*/file/x: cannot create it .*file is not a folder"),
+    (["--name", "a/b"], "--name 'a/b': a file stem without a folder"),
+    (["--name", ""], "--name '': a file stem"),
+    (["--reps", "x"], "argument --reps: expected an integer >= 1, got 'x'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_argument_errors_are_one_line_before_timing(argv, match, tmp_path, capsys, monkeypatch):
+    """argparse's errors came with a 5-line usage block; --out /proc/x was an OSError
+    traceback and --name a/b one after the first config was timed; --impls , wrote empty
+    files."""
+    (tmp_path / "file").write_text("")
+    run = _load()
+
+    def timed(*a, **k):
+        raise AssertionError("a config was timed before the arguments were checked")
+    monkeypatch.setattr(run, "bench_config", timed)
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        run.main([a.format(tmp=tmp_path) for a in argv] + out + ["--configs", "8,4,2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("benchmarks/run.py: error: ") and err[0].endswith("(see --help)")
+    assert re.search(match, err[0]), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_says_the_defaults():
+    ap = _load().build_parser()
+    text = " ".join(ap.format_help().split())
+    assert "-<T>t (--threads T)" in text  # --name's default stem
+    reps = [a for a in ap._actions if a.dest == "reps"][0]
+    assert reps.default == 5 and "default 5" in reps.help
+    assert "warm-up" in reps.help and "median" in reps.help and "timed call" in reps.help
+
+
+def test_no_importable_implementation_is_refused(tmp_path, capsys, monkeypatch):
+    """Every implementation asked for skipped as not importable left an empty run."""
+    run = _load()
+    monkeypatch.setattr(run, "available", lambda impl: impl != "gudhi-sklearn")
+    with pytest.raises(SystemExit) as e:
+        run.main(["--impls", "gudhi-sklearn", "--configs", "8,4,2", "--out",
+                  str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["benchmarks/run.py: error: --impls: none of gudhi-sklearn is importable here "
+                   "(see --help)"]
+    assert not (tmp_path / "o").exists()
