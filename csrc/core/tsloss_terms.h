@@ -219,7 +219,8 @@ template <typename T>
 TSL_HD double h0_death_grad(T u, T prev, index_t H0, double s, const TermOptions& o,
                             const CloudCoefficients& k, double* ds) {
   double g = k.conn * conn_slope((double)u, o);
-  if (o.has_prev) g += k.stab * 2.0 * ((double)u - (double)prev);
+  // Not by a zero coefficient: 0 times a non-finite previous would be NaN (known_coefficients).
+  if (o.has_prev && k.stab != 0.0) g += k.stab * 2.0 * ((double)u - (double)prev);
   g /= (double)H0;
   *ds -= g * (double)u / s;
   return g / s;
@@ -233,7 +234,7 @@ TSL_HD double h1_pers_grad(T v, T prev, index_t q, int64_t count, index_t rows, 
                            const TermOptions& o, const CloudCoefficients& k, double* ds) {
   if (q >= count) return 0.0;
   double g = k.red * red_slope((double)v, o);
-  if (o.has_prev) g += k.stab * 2.0 * ((double)v - (double)prev) / (double)rows;
+  if (o.has_prev && k.stab != 0.0) g += k.stab * 2.0 * ((double)v - (double)prev) / (double)rows;
   *ds -= g * (double)v / s;
   return g / s;
 }

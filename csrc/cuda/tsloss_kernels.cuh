@@ -131,16 +131,18 @@ __global__ void __launch_bounds__(kTermThreads)
   if (threadIdx.x == 0) {
     const double t_conn = H0 > 0 ? c / (double)H0 : 0.0;
     const double t_red = redundancy_of(r, count);
-    const double t_stab = stability_of(H0 > 0 ? s0 / (double)H0 : 0.0,
-                                       s_rows > 0 ? s1 / (double)s_rows : 0.0, count, o.has_prev);
+    const double h0_part = H0 > 0 ? s0 / (double)H0 : 0.0;
+    const double h1_part = s_rows > 0 ? s1 / (double)s_rows : 0.0;
+    const double t_stab = stability_of(h0_part, h1_part, count, o.has_prev);
     scales[b] = s_raw;  // for the backward, which clamps it again
     // A non-finite previous (the CPU raises, naming it): the stability term and the loss are
     // NaN or Inf; marked on the device, as an invalid input is, since a host check would
     // synchronise. The backward then gives the cloud no gradient, as any invalid cloud. Not for
     // a NaN scale (a float64 distance sum past the range, raw_scale): every term is NaN there
-    // anyway, and the CPU keeps the cloud's count. Nor for an overflowed cloud, whose stability
-    // is NaN for want of its H1 (its count stays kH1OverflowCount).
-    if (bad || (o.has_prev && count >= 0 && !isfinite(t_stab) && isfinite((double)s)))
+    // anyway, and the CPU keeps the cloud's count. Read from the sums, not the term: an
+    // overflowed cloud's stability is NaN for want of its H1, and it keeps kH1OverflowCount
+    // unless its previous is non-finite too.
+    if (bad || (o.has_prev && !isfinite(h0_part + h1_part) && isfinite((double)s)))
       h1_count[b] = kInvalidInputCount;
     double* v = per_cloud + b * 5;
     v[0] = loss_of(t_conn, t_red, t_stab, o);

@@ -349,6 +349,7 @@ struct TsCase {
   bool still_first = false;  // reduction none: cloud 0's upstream gradients all zero (zero
                              // weights on valid edges, which give no incidences)
   bool overflow = false;     // the last cloud's H1 outgrew the device's workspace (count -1)
+  bool nan_prev = false;     // and its previous H0 row holds a NaN: relabelled invalid
 };
 
 template <typename T>
@@ -390,6 +391,7 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
   if (c.overflow) count[B - 1] = tsl::kH1OverflowCount;
   std::vector<T> prev0(B * H0), prev1(B * K, T(0));
   for (auto& v : prev0) v = T(uni(rng));
+  if (c.nan_prev) prev0[(B - 1) * H0] = std::numeric_limits<T>::quiet_NaN();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t q = 0; q < K / 2; ++q) prev1[b * K + q] = T(uni(rng));
   const T* p0 = c.has_prev ? prev0.data() : nullptr;
@@ -428,6 +430,11 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
                                                  K, count[b], s, p0 ? p0 + b * H0 : nullptr,
                                                  p1 ? p1 + b * K : nullptr, o, t0.data(),
                                                  t1.data());
+    if (c.nan_prev && b == B - 1) {  // a non-finite previous: marked invalid, NaN loss
+      bad += per_cloud[b * 5] == per_cloud[b * 5];
+      bad += count_out[b] != tsl::kInvalidInputCount;
+      continue;
+    }
     if (invalid) {  // NaN deaths: a NaN loss, no gradient (below)
       for (int64_t r = 0; r < H0; ++r) bad += topo0[b * H0 + r] == topo0[b * H0 + r];
       bad += per_cloud[b * 5] == per_cloud[b * 5];
@@ -594,10 +601,12 @@ int main() {
   check_tsloss<double>({3, 30, 40, 64, true, true, true, tsl::kReduceSum, true, true, true}, 22);
   check_tsloss<double>({2, 13, 5, 32, true, false, false, tsl::kReduceNone, false, false, false}, 23);
   check_tsloss<float>({2, 130, 33, 256, true, true, false, tsl::kReduceNone, true, true, true}, 24);
-  // An overflowed cloud (count -1) beside an invalid one, with and without a previous topology.
-  for (bool prev : {false, true}) {
-    TsCase c{3, 30, 40, 64, prev, true, false, tsl::kReduceNone, false, true, true};
+  // An overflowed cloud (count -1) beside an invalid one, with and without a previous topology,
+  // and with a NaN in its previous (invalid then: no gradient, not a NaN one).
+  for (int prev : {0, 1, 2}) {
+    TsCase c{3, 30, 40, 64, prev > 0, true, false, tsl::kReduceNone, false, true, true};
     c.overflow = true;
+    c.nan_prev = prev == 2;
     check_tsloss<double>(c, 30 + prev);
   }
   // More blocks than the reduction's five threads, in index order (seed 0), reversed (25) and
