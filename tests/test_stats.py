@@ -164,6 +164,70 @@ def test_data_without_spread_are_decided_by_the_sign_test():
     assert stats.mean_interval({i: -1 / 150 for i in range(20)}).decide(+1) == "not held"
 
 
+def test_randomization_p_is_the_share_of_sign_vectors():
+    """The exact paired randomization test: every one of the 2^n sign vectors, counted where
+    |sum ±|d|| reaches the observed |sum d| (ties within rounding count)."""
+    rng = np.random.default_rng(3)
+    for d in ([1, 1, 1, 1, 1, 1, -1], [0, 1, 1, 1, 1, 1], rng.normal(0.3, 1, 9),
+              np.array([3, -1, 2, 2, 0, 1, 1, -2]) / 150):
+        d = np.asarray(d, dtype=float)
+        obs = abs(d.sum())
+        want = np.mean([abs(np.dot(s, np.abs(d))) >= obs - 1e-12
+                        for s in itertools.product((1, -1), repeat=d.size)])
+        assert stats.randomization_p(d) == (pytest.approx(want), 0.0)
+    assert stats.randomization_p([1.0] * 6)[0] == 2 / 64
+    assert stats.randomization_p([0.0, 1, 1, 1, 1, 1])[0] == 2 / 32  # a zero flips to itself
+
+
+def test_randomization_p_is_drawn_beyond_twenty_units(monkeypatch):
+    """Above RANDOMIZATION_EXACT_MAX the sign vectors are drawn (seeded): p is within its
+    Monte-Carlo error of the enumerated p, and the same seed gives the same p."""
+    d = np.random.default_rng(5).normal(0.4, 1, 21)
+    p, err = stats.randomization_p(d, n_draws=20000, seed=1)
+    assert err > 0 and (p, err) == stats.randomization_p(d, n_draws=20000, seed=1)
+    monkeypatch.setattr(stats, "RANDOMIZATION_EXACT_MAX", 21)
+    exact, zero = stats.randomization_p(d)
+    assert zero == 0 and abs(p - exact) <= err, (p, exact, err)
+    monkeypatch.undo()
+    iv = stats.mean_interval(dict(enumerate(d)), n_boot=2000)
+    assert iv.randomization_mc > 0 and iv.randomization_p == stats.randomization_p(
+        d, n_draws=2000, seed=0)[0]
+
+
+def test_discrete_means_need_the_randomization_test_from_six_seeds():
+    """7 seeds at +1 example of 150 but one at -1: Student's t p = 0.047, and the interval
+    excluded 0 ('held'), though the exact sign-flip test gives p = 0.125. Enumerated under no
+    effect (each seed ±1 at random), the interval alone called an effect 8/128 = 6.25 % of the
+    time (nominal one-sided 2.5 %). From 6 seeds 'held' also needs the randomization p < 0.05;
+    with 5 or fewer it cannot reach that and is not computed."""
+    d = {i: v / 150 for i, v in enumerate([1, 1, 1, 1, 1, 1, -1])}
+    iv = stats.mean_interval(d, bounds=(-1, 1))
+    assert iv.low > 0 and iv.randomization_p == 0.125 and iv.decide(+1) == "not held"
+    for n in (6, 7, 8, 9):
+        rate = sum(math.comb(n, k) / 2 ** n for k in range(n + 1)
+                   if stats.mean_interval({i: (1 if i < k else -1) / 150 for i in range(n)}
+                                          ).decide(+1) == "held")
+        assert rate <= 0.025, (n, rate)
+    assert math.isnan(stats.mean_interval({i: v for i, v in enumerate([1, 1, 1, 1, 2.0])}
+                                          ).randomization_p)
+    # an effect the exact test sees still holds: 6 of 6 positive (p = 2/64)
+    six = stats.mean_interval({i: v / 150 for i, v in enumerate([1, 2, 1, 3, 1, 2])})
+    assert six.randomization_p == 2 / 64 and six.decide(+1) == "held"
+
+
+def test_decide_combines_the_interval_and_the_randomization_test():
+    """An Interval built without randomization_p decides as before; with it, 'held' needs
+    p < 0.05 beyond its Monte-Carlo error, and within that error it is inconclusive."""
+    assert Interval(0.1, 0.05, 0.2, 5).decide(+1) == "held"
+    assert Interval(0.1, 0.05, 0.2, 7, randomization_p=0.03).decide(+1) == "held"
+    assert Interval(0.1, 0.05, 0.2, 7, randomization_p=0.06).decide(+1) == "not held"
+    assert Interval(0.1, 0.05, 0.2, 30, randomization_p=0.045,
+                    randomization_mc=0.01).decide(+1) == "inconclusive"
+    assert Interval(0.1, 0.001, 0.2, 30, mc_error=0.01, randomization_p=0.2,
+                    randomization_mc=0.01).decide(+1) == "not held"
+    assert Interval(0.1, -0.05, 0.2, 7, randomization_p=0.01).decide(+1) == "not held"
+
+
 def test_an_end_from_the_t_interval_has_no_monte_carlo_error():
     """10 seeds draw resamples, so bootstrap ends carry a Monte-Carlo error; an end that
     Student's t gave does not, and must not make a near end inconclusive."""
@@ -355,6 +419,21 @@ def test_perfect_rank_correlation_keeps_a_finite_interval():
     assert up.decide(+1) == "held" and up.undefined < 0.05
     down = stats.spearman_interval(x, -x)
     assert down.low == pytest.approx(-1) and down.decide(-1) == "held"
+
+
+def test_a_perfect_ordering_of_four_seeds_is_untested():
+    """Under independence a perfect ordering of 4 units has probability 2/4! = 0.083 (either
+    direction): its point interval [-1, -1] must not decide; of 5 units, 2/5! = 0.017, it does.
+    Runs pooled by seed count seeds, not runs."""
+    four = stats.spearman_interval([1.0, 2, 3, 4], [0.9, 0.8, 0.7, 0.6])
+    assert four.value == -1 and (four.low, four.high) == (-math.inf, math.inf)
+    assert four.decide(-1) == "untested" and four.decide(+1) == "untested"
+    x = np.arange(8.0)
+    assert stats.spearman_interval(x, -x, np.repeat(np.arange(4), 2)).decide(-1) == "untested"
+    five = stats.spearman_interval(np.arange(5.0), [0.9, 0.8, 0.7, 0.6, 0.5])
+    assert five.low == pytest.approx(-1) and five.decide(-1) == "held"
+    x = np.arange(10.0)
+    assert stats.spearman_interval(x, -x, np.repeat(np.arange(5), 2)).decide(-1) == "held"
 
 
 def test_spearman_interval_has_width_where_the_jackknife_se_is_zero():

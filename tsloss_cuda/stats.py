@@ -12,19 +12,59 @@ as its ends, which may leave the data's range. A mean's interval is the union of
 Student's t interval: accuracy differences are discrete (steps of 1 / validation size) and
 often tied, and there the bootstrap-t alone is too narrow (simulated with differences of -1, 0
 or +1 examples in 150 and no true effect, it covered 86 % at n = 5 and called a one-sided
-effect 7.6 % of the time instead of 2.5 %; the union, 97 % and 1.7 %). Simulated
-(``tests/test_stats.py``), the union covers 96-97 % of normal means at n = 5 and 10, and
-94-95 % of exponential (skewed) ones, where the t interval alone covers less. A resample
-without spread (one seed drawn n times, or tied values only) is standardised by the sample's
-own se; data without any spread (every seed the same difference) have no interval, since no
-t statistic exists there (``undefined`` = 1). With 3 seeds or fewer one seed drawn every time
-is likelier than 2.5 %, so there is no interval: 4 seeds are the fewest that can test
-anything. Spearman intervals are the same union on
+effect 7.6 % of the time instead of 2.5 %). Simulated (``tests/test_stats.py``), the union
+covers 96-97 % of normal means at n = 5 and 10, and 94-95 % of exponential (skewed) ones, where
+the t interval alone covers less. A resample without spread (one seed drawn n times, or tied
+values only) is standardised by the sample's own se; data without any spread (every seed the
+same difference) have no interval, since no t statistic exists there (``undefined`` = 1), and
+are decided by the exact sign test. With 3 seeds or fewer one seed drawn every time is likelier
+than 2.5 %, so there is no interval: 4 seeds are the fewest that can test anything.
+
+**Discrete differences: the randomization test.** Even the union is too liberal for a few
+discrete differences: 7 seeds at +1, +1, +1, +1, +1, +1, -1 examples of 150 have t p = 0.047,
+but the exact sign test gives 0.125, and with each seed ±1 at random the interval alone called
+a one-sided effect 6.25 % of the time at n = 7 (nominal 2.5 %). So from
+:data:`RANDOMIZATION_MIN` = 6 seeds a mean's ``held`` also needs the exact paired randomization
+(sign-flip) test of the mean, two-sided p < 0.05 (:func:`randomization_p`,
+:attr:`Interval.randomization_p`), which is exact whatever the differences' distribution,
+given symmetry under no effect (the seed's pairing). With 5 seeds or fewer its smallest p is
+2 / 2^n >= 0.0625, so there the interval alone decides, resting on Student's t (as
+``python/compare_report.py`` notes). With 6 or more the test applies even when some
+differences are 0, which flip to themselves: 6 seeds of which one tied at 0 and five at +1 have
+p = 0.0625, ``not held``, though 5 seeds at +1, +1, +1, +1, +2 hold by the interval alone; the
+exact test is the one to trust where it can decide. The 2^n sign vectors are enumerated for
+n <= :data:`RANDOMIZATION_EXACT_MAX` = 20 (a million vectors, in chunks); beyond that
+``n_boot`` vectors are drawn with the bootstrap's RNG seed and p carries its Monte-Carlo error
+(:attr:`Interval.randomization_mc`; within it of 0.05 the verdict is ``inconclusive``). Drawing
+rather than dropping the test there keeps one rule for every n: Student's t is then a good
+approximation for bounded differences, but "good" has no bound for a few distinct values, and
+drawing costs milliseconds. Exact one-sided false ``held`` rates of the new rule, every data
+set enumerated with its probability under no effect (nominal 2.5 %):
+
+=====================================  =====  =====  =====  =====  =====
+differences (examples of 150)          n = 5  n = 6  n = 7  n = 8  n = 9
+=====================================  =====  =====  =====  =====  =====
+-1, 0, +1 with probability .3, .4, .3  1.62   0.07   0.23   0.40   0.56
+-1 or +1, each 1/2                     0      1.56   0.78   0.39   1.95
+-2 .. +2, each 1/5                     3.52   0.41   0.80   0.96   0.73
+=====================================  =====  =====  =====  =====  =====
+
+(in %; the interval alone: 2.60, 3.01, 1.82, 2.58 at n = 6-9 for the first, 1.56, 6.25, 3.52,
+1.95 for the second, 2.25, 2.31, 1.81, 1.11 for the third; n = 5 is unchanged, where only the
+interval decides, and so is n = 4: 0, 0, 2.24.) With 4 seeds the randomization test cannot
+decide anything (smallest p 2/16 = 0.125), so an oddity remains there: +1, +1, +1, +2 examples
+hold by the interval, while +1, +1, +1, +1, without spread, go to the sign test (p = 0.125) and
+are ``untested``. The interval's verdict at n = 4 and 5 is parametric, and the rates above show
+it near nominal for these data (3.5 % at worst).
+
+Spearman intervals are the same union on Spearman intervals are the same union on
 Fisher's z, with a cluster jackknife standard error (floored, for Student's half, by the
 resamples' spread: :func:`spearman_interval`): simulated with
 independent measures, 5 seeds of 7 runs (600 sets each), the bootstrap-t alone excluded zero
 6.7 % of the time without a shared effect per seed and 10.0 % with one (sd 2), the union 2.2 %
-and 3.8 % (nominal 5 %). With at most
+and 3.8 % (nominal 5 %). A perfect ordering (rho = ±1 in every resample) has a point
+interval, kept only where such an ordering is unlikely under independence, 2 / seeds! < 0.05
+(5 seeds or more); with 4 (p = 0.083) it is unbounded, ``untested``. With at most
 :data:`EXACT_MAX` distinct resamples (n <= 9 seeds) the bootstrap distribution is enumerated
 exactly (every multiset of seeds, multinomially weighted), so no interval depends on an RNG
 seed; beyond that ``n_boot`` resamples are drawn and each end carries its Monte-Carlo error
@@ -128,7 +168,9 @@ class Interval(NamedTuple):
     nonfinite: input units whose value was not finite (a paired interval is then NaN; a
     correlation drops them). undefined: the share of resamples whose statistic is undefined
     (a constant variable in a correlation), left out of the percentiles; 1 for a mean of data
-    without spread, which has no interval.
+    without spread, which has no interval. randomization_p, randomization_mc: the two-sided p
+    of the exact paired randomization test of a mean of 6 units or more, and its Monte-Carlo
+    error (0 when enumerated): :func:`randomization_p`; NaN (not tested) otherwise.
     """
 
     value: float
@@ -139,6 +181,16 @@ class Interval(NamedTuple):
     nonfinite: int = 0
     undefined: float = 0.0
     mc_ends: Tuple[bool, bool] = (True, True)
+    randomization_p: float = math.nan  # one object: Intervals without a p compare equal
+    randomization_mc: float = 0.0
+
+    def _randomization(self) -> str:
+        """``held`` (p < 0.05 beyond its Monte-Carlo error), ``inconclusive`` (within it) or
+        ``not held`` for :attr:`randomization_p`; ``held`` when there is none (NaN)."""
+        p, e = self.randomization_p, self.randomization_mc
+        if math.isnan(p) or p + e < 0.05:
+            return "held"
+        return "inconclusive" if p - e < 0.05 else "not held"
 
     def decide(self, sign: int) -> str:
         """``held`` when the whole interval lies on the side of 0 given by ``sign`` (+1 or -1)
@@ -147,7 +199,12 @@ class Interval(NamedTuple):
         or with both ends infinite (fewer than 4 units); else ``not held``. Data without spread
         (``undefined`` = 1: every unit the same value) have no interval; they are decided by
         the exact sign test of n equal outcomes: ``not held`` when the value is not on the
-        claimed side, ``held`` when n >= 6 (p = 2·0.5^n < 0.05), else ``untested``."""
+        claimed side, ``held`` when n >= 6 (p = 2·0.5^n < 0.05), else ``untested``.
+
+        With :attr:`randomization_p` (a mean of 6 units or more: :func:`mean_interval`),
+        ``held`` also needs that exact paired randomization test's two-sided p < 0.05: an
+        interval on the claimed side with p >= 0.05 is ``not held`` (``inconclusive`` where a
+        drawn p is within its Monte-Carlo error, :attr:`randomization_mc`, of 0.05)."""
         if self.undefined == 1 and math.isfinite(self.value):
             if self.value * sign <= TOL * max(1.0, abs(self.value)):
                 return "not held"
@@ -160,8 +217,10 @@ class Interval(NamedTuple):
         finite = [abs(v) for v in (self.low, self.high) if math.isfinite(v)]
         tol = TOL * max([1.0] + finite)  # a mean of exact zeros may round to 2.2e-17
         if margin - mc > tol:
-            return "held"
-        return "inconclusive" if margin + mc > tol else "not held"
+            return self._randomization()
+        if margin + mc > tol:
+            return "not held" if self._randomization() == "not held" else "inconclusive"
+        return "not held"
 
     def excludes_zero(self, sign: int) -> bool:
         return self.decide(sign) == "held"
@@ -258,6 +317,49 @@ def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: n
     return min(low, est - half), max(high, est + half), float(max(mc, mc_t)), undefined, ends
 
 
+#: Fewest units for which the paired randomization test can reach p < 0.05 (2 / 2^6 = 0.031;
+#: 5 units: 2 / 2^5 = 0.0625), and so the fewest whose mean's ``held`` also needs it.
+RANDOMIZATION_MIN = 6
+#: Most units whose 2^n sign vectors :func:`randomization_p` enumerates (2^20 = 1,048,576).
+RANDOMIZATION_EXACT_MAX = 20
+#: Sign vectors per chunk of the enumeration (bounds its memory to chunk × n floats).
+_FLIP_CHUNK = 1 << 16
+
+
+def randomization_p(values: Sequence[float], *, n_draws: int = 20000, seed: int = 0
+                    ) -> Tuple[float, float]:
+    """(two-sided p, its Monte-Carlo error) of the exact paired randomization test of a mean
+    of 0 (Fisher's sign-flip test): under no effect each difference's sign is a fair coin, and
+    p is the share of the 2^n sign vectors whose ``|sum ±|d_i||`` is at least the observed
+    ``|sum d_i|`` (within rounding). Enumerated, with error 0, for n <=
+    :data:`RANDOMIZATION_EXACT_MAX`; beyond, ``n_draws`` sign vectors are drawn (``seed``), p is
+    ``(1 + hits) / (1 + n_draws)`` (a valid p, the observed vector counted once) and its error
+    the 99 % band ``2.576·sqrt(p (1 - p) / n_draws)``. A zero difference flips to itself, so
+    with k non-zero differences p is at least 2 / 2^k. Empty data give p = 1."""
+    a = np.abs(np.asarray(values, dtype=float))
+    n = a.size
+    if n == 0:
+        return 1.0, 0.0
+    obs = abs(float(np.sum(values)))
+    tol = 1e-9 * max(float(a.sum()), 1e-300)  # the same sum added in another order
+    if n <= RANDOMIZATION_EXACT_MAX:
+        hits, total = 0, 1 << n
+        bit = np.arange(n, dtype=np.int64)
+        for start in range(0, total, _FLIP_CHUNK):
+            idx = np.arange(start, min(start + _FLIP_CHUNK, total), dtype=np.int64)
+            signs = 1.0 - 2.0 * ((idx[:, None] >> bit[None]) & 1)
+            hits += int(np.count_nonzero(np.abs(signs @ a) >= obs - tol))
+        return hits / total, 0.0
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, n_draws, _FLIP_CHUNK):
+        m = min(_FLIP_CHUNK, n_draws - start)
+        signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n))
+        hits += int(np.count_nonzero(np.abs(signs @ a) >= obs - tol))
+    p = (1 + hits) / (1 + n_draws)
+    return p, _MC_Z * math.sqrt(p * (1 - p) / n_draws)
+
+
 def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int = 0,
                   bounds: Tuple[float, float] = (-math.inf, math.inf)) -> Interval:
     """Mean of ``values`` (unit -> value) with its 95 % interval: the union of the studentized
@@ -271,7 +373,9 @@ def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int
     drawn 3 times has probability 1/27 > 2.5 %, so an end would rest on single-unit resamples.
     Data without spread (every value equal) give a NaN interval with ``undefined`` = 1, which
     :meth:`Interval.decide` judges by the sign test: five seeds that each gained exactly one
-    validation example prove nothing (5 wins of 5: p = 0.0625), six do (p = 0.031).
+    validation example prove nothing (5 wins of 5: p = 0.0625), six do (p = 0.031). With 6
+    units or more it also carries the exact randomization test's p (:func:`randomization_p`,
+    ``n_boot`` sign vectors and ``seed`` where they are drawn), which ``held`` needs below 0.05.
     """
     _check_n_boot(n_boot)
     d = np.array([values[k] for k in sorted(values)], dtype=float)
@@ -291,7 +395,10 @@ def mean_interval(values: Mapping[int, float], *, n_boot: int = 20000, seed: int
     m = counts @ d / n
     se_b = np.sqrt((counts * (d[None] - m[:, None]) ** 2).sum(1) / (n - 1) / n)
     lo, hi, mc, _, ends = _studentized(mean, se, m, se_b, w, exact, scale, n)
-    return Interval(mean, max(lo, bounds[0]), min(hi, bounds[1]), n, mc, mc_ends=ends)
+    rp, rmc = (randomization_p(d, n_draws=n_boot, seed=seed) if n >= RANDOMIZATION_MIN
+               else (math.nan, 0.0))
+    return Interval(mean, max(lo, bounds[0]), min(hi, bounds[1]), n, mc, mc_ends=ends,
+                    randomization_p=rp, randomization_mc=rmc)
 
 
 def paired_difference(variant: Mapping[int, float], baseline: Mapping[int, float], *,
@@ -470,7 +577,9 @@ def spearman_interval(x: Sequence[float], y: Sequence[float],
     dropped and counted (``nonfinite``); resamples with a constant variable have no rho
     (``undefined``). Fewer than 3 runs or 2 clusters give a NaN interval, fewer than 4 clusters
     an unbounded one (see :func:`mean_interval`). A perfect rank agreement has rho = ±1 in
-    every resample: its interval is that point (Fisher's z clipped), and the claim is decided.
+    every resample: its interval is that point (Fisher's z clipped), and the claim is decided
+    where such an ordering is unlikely under independence, ``2 / clusters! < 0.05`` (5 clusters
+    or more: 2/120 = 0.017); with 4 (2/24 = 0.083) the interval is unbounded (``untested``).
     """
     _check_n_boot(n_boot)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -493,6 +602,12 @@ def spearman_interval(x: Sequence[float], y: Sequence[float],
     lo, hi, mc, undef, ends = _studentized(z0, se0, z, _jackknife_se(x, y, member, counts), w,
                                            exact, 1.0, int(ids.size), max(se0, floor),
                                            floor_mc if floor > se0 else 0.0)
+    if lo == hi and 2 / math.factorial(int(ids.size)) >= 0.05:
+        # A point interval: every resample equals the estimate, a perfect ordering (rho = ±1).
+        # Under independence the units' ordering is uniform, so a perfect one in either
+        # direction has probability 2 / units!: 0.083 with 4 units, too likely to decide.
+        return Interval(rho, -math.inf, math.inf, int(ids.size), nonfinite=bad,
+                        undefined=undef)
     return Interval(rho, float(np.tanh(lo)), float(np.tanh(hi)), int(ids.size), mc, bad, undef,
                     ends)
 
