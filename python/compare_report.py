@@ -6,8 +6,10 @@
 Reads ``OUT_DIR/runs/*.json`` (a comparison in progress works: it reports the runs that
 exist), else ``OUT_DIR/metrics.csv``; only the runs of the last invocation that
 ``comparison.json`` recorded are reported. A claim holds only when its 95 % interval (or, for
-steps to target, its sign test) excludes no effect in the claimed direction; the statistics are
-those of :mod:`tsloss_cuda.stats`.
+steps to target, its sign test) excludes no effect in the claimed direction, and a mean
+difference of 6 paired seeds or more also passes the exact randomization test; the statistics
+are those of :mod:`tsloss_cuda.stats`. Each claim's method is described by the seeds its pair
+shares (a variant may have fewer seeds than the baseline).
 """
 from __future__ import annotations
 
@@ -99,10 +101,37 @@ def ci(iv: Interval, digits: int = 3, bound: float = 1.0) -> str:
         return "n/a" + (f" ({iv.nonfinite} non-finite)" if iv.nonfinite else
                         " (no spread between seeds)" if iv.undefined == 1 else "")
     if np.isinf(iv.low) and np.isinf(iv.high):
-        return "unbounded (n < 4)"
+        return "unbounded (n < 4)" if iv.n < 4 else f"unbounded ({perfect_ordering(iv.n)})"
     lo = "-1 (clipped)" if iv.low <= -bound else f"{iv.low:+.{digits}f}"
     hi = "+1 (clipped)" if iv.high >= bound else f"{iv.high:+.{digits}f}"
     return f"[{lo}, {hi}]"
+
+
+def perfect_ordering(n: int) -> str:
+    """Why a perfect rank ordering of ``n`` seeds decides nothing
+    (:func:`stats.spearman_interval`)."""
+    return f"a perfect ordering of {n} seeds, p = 2/{n}! = {2 / math.factorial(n):.3f}"
+
+
+def same_difference(iv: Interval) -> str:
+    """How data without spread (every seed the same difference) were decided: the exact sign
+    test of n equal outcomes (:meth:`Interval.decide`)."""
+    p = min(1.0, 2 * 0.5 ** iv.n)
+    return (f"every seed the same difference: exact sign test {iv.n if iv.value > 0 else 0} "
+            f"of {iv.n}, p = {p:.3f}")
+
+
+def evidence(iv: Interval, digits: int = 3, bound: float = 1.0) -> str:
+    """A difference's test as the report prints it: :func:`ci` and, where the decision used
+    it, the exact randomization test's p; for data without spread, the sign test that decided
+    them instead of an interval."""
+    if iv.undefined == 1 and not iv.nonfinite and math.isfinite(iv.value):
+        return same_difference(iv)
+    text = ci(iv, digits, bound)
+    if math.isfinite(iv.randomization_p):
+        text += f", randomization p = {iv.randomization_p:.3f}" + (
+            f" ± {iv.randomization_mc:.3f}" if iv.randomization_mc else "")
+    return text
 
 
 def why_untested(*ivs: Interval, dropped: bool = False) -> str:
@@ -112,21 +141,43 @@ def why_untested(*ivs: Interval, dropped: bool = False) -> str:
            "n < 4 seeds" if iv.n < 4 else
            "no spread between seeds" if iv.undefined == 1 else
            "a constant measure" if np.isnan(iv.value) else
+           perfect_ordering(iv.n) if iv.n >= 4 and np.isinf(iv.low) and np.isinf(iv.high) else
            # a correlation whose jackknife has no se: too few seeds carry the variation
            "a measure constant once one seed is left out" if iv.n >= 4 else "no interval"
            for iv in ivs if iv.decide(+1) == "untested"}
     return "; ".join(sorted(why)) or "no interval"
 
 
-def parametric_note(n: int) -> str:
-    """What a verdict on ``n`` seeds rests on, where no distribution-free test can hold."""
+def parametric_note(n: int, who: str = "") -> str:
+    """What a verdict on ``n`` paired seeds rests on, where no distribution-free test can
+    hold; ``who``: the claims or rows it concerns, where pairs differ in n."""
     if n < 4 or 2 * 0.5 ** n < 0.05:
         return ""
-    return (f" With {n} seeds no distribution-free test of a paired difference can reach "
+    return (f" With {n} seeds{who} no distribution-free test of a paired difference can reach "
             f"p < 0.05 (the sign and Wilcoxon tests cannot go below {2 * 0.5 ** n:.4g}), so a "
             "verdict rests on Student's t and the bootstrap-t, which assume the differences "
             "near normal; differences without spread have neither and are decided by the "
             "exact sign test, which needs 6 seeds.")
+
+
+def draw_text(n: int, n_boot: int, seed: int) -> str:
+    """How the bootstrap of ``n`` seeds was done (:func:`stats.resamples`)."""
+    if n < 4:
+        return f"no resampling with {n} seeds"
+    if stats.resamples_exact(n):
+        return (f"all {math.comb(2 * n - 1, n)} distinct resamples of the {n} seeds, each with "
+                "its probability: no RNG")
+    return (f"{n_boot} resamples of the {n} seeds, RNG seed {seed}; an end within its "
+            "Monte-Carlo error of 0 is inconclusive")
+
+
+def by_n(uses: Sequence[Tuple[str, int]]) -> Dict[int, List[str]]:
+    """n -> what uses it (claims, table rows), in order, each named once."""
+    out: Dict[int, List[str]] = {}
+    for who, n in uses:
+        if who not in out.setdefault(n, []):
+            out[n].append(who)
+    return out
 
 
 def state(x: Union[Interval, SignTest], sign: int) -> str:
@@ -175,7 +226,6 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         sys.exit(f"compare_report: --variant {variant} has no runs in {out} "
                  f"(variants: {', '.join(variants)})")
     others = [v for v in variants if v != baseline]
-    exact = stats.resamples_exact(len(seeds))
     # Pairs must share their logging schedule, or a "final" accuracy or a step to target would
     # compare different training lengths (the job logs every run alike; merged folders may not).
     steps_of = {(variant_of(r), int(r["seed"])): [row["step"] for row in r["rows"]]
@@ -194,8 +244,12 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
 
     def steps(v: str) -> Tuple[SignTest, str]:
         mine, base = (stats.steps_by_seed(results, x, target) for x in (v, baseline))
-        reached = (f"{sum(r for _, r in mine.values())}/{len(mine)} vs {baseline} "
-                   f"{sum(r for _, r in base.values())}/{len(base)}")
+        # Counted over the paired seeds, the ones the sign test compares.
+        both = sorted(set(mine) & set(base))
+        reached = (f"{sum(mine[s_][1] for s_ in both)}/{len(both)} vs {baseline} "
+                   f"{sum(base[s_][1] for s_ in both)}/{len(both)}"
+                   + (" of the paired seeds" if len(both) < max(len(mine), len(base))
+                      else ""))
         return stats.sign_test(stats.paired_outcomes(mine, base)), reached
 
     summaries = [stats.run_summary(r["rows"], target) for r in results]
@@ -209,6 +263,8 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
     head = (f"From {len(results)} runs ({len(variants)} variants, seeds "
             f"{', '.join(map(str, seeds))}), `{variant}` against `{baseline}`, "
             f"target accuracy {target:.2f}: ")
+    # Which n each claim's resampling and tests ran on: a pair's seeds, not all seeds.
+    uses: List[Tuple[str, int]] = []
     if variant not in variants:
         c12 = f"no `{variant}` runs yet, so claims 1 and 2 are untested; "
     else:
@@ -219,10 +275,14 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         st_why = ""
         if st.decide(+1) == "untested" and auc.decide(+1) != "untested":
             c1, st_why = c1 + " on the accuracy AUC alone", " (too few untied seeds to test)"
+        sep = lambda iv: "; " if iv.undefined == 1 else ", "  # noqa: E731
         c12 = (f"**claim 1 (faster convergence) {c1}** (steps to target, wins/ties/losses "
                f"{steps_text(st, reached)}, sign test p = {st.p:.2f}{st_why}; accuracy AUC "
-               f"{fmt(auc.value)}, 95 % CI {ci(auc)}); **claim 2 (higher final accuracy) "
-               f"{c2}** ({fmt(final.value)}, {ci(final)}); ")
+               f"{fmt(auc.value)}{sep(auc)}"
+               f"{'' if auc.undefined == 1 else '95 % CI '}{evidence(auc)}); "
+               f"**claim 2 (higher final accuracy) {c2}** ({fmt(final.value)}{sep(final)}"
+               f"{evidence(final)}); ")
+        uses.append(("claims 1 and 2", auc.n))
     by = {d: [MEASURES[m].split(" (")[0] for m, iv in rho.items() if iv.decide(-1) == d]
           for d in ("held", "inconclusive", "untested")}
     tested = len(rho) - len(by["untested"])
@@ -236,18 +296,35 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
               f"({', '.join(by['inconclusive'])}) and held for none")
     else:
         c3 = f"did not hold for any of {tested} measures"
+    rhos = "; ".join(f"{MEASURES[m].split(' (')[0]} ρ = {fmt(iv.value, 2)}, "
+                     f"{ci(iv, 2, math.inf)}" for m, iv in rho.items())
     lines.append(
         head + c12 + f"**claim 3 (stable, compact prompts do better) {c3}** ("
-        + "; ".join(f"{MEASURES[m].split(' (')[0]} ρ = {fmt(iv.value, 2)}, "
-                    f"{ci(iv, 2, math.inf)}" for m, iv in rho.items())
-        + f", across {len(results)} runs of {len(seeds)} seeds). A claim holds only where its "
+        + (rhos + ", " if rhos else "")
+        + f"across {len(results)} runs of {len(seeds)} seeds). A claim holds only where its "
         "95 % interval excludes zero in the claimed direction; claim 3's measures are "
         f"{len(rho)} separate tests at 95 % each, not corrected for multiplicity.")
-    draw = (f"all {math.comb(2 * len(seeds) - 1, len(seeds))} distinct resamples of the "
-            f"{len(seeds)} seeds, each with its probability: no RNG" if exact else
-            f"{n_boot} resamples, RNG seed {seed}; an end within its Monte-Carlo error of 0 is "
-            "inconclusive")
+    uses += [("claim 3", iv.n) for iv in rho.values()]
+    # the table's other rows, by variant (the claims' variant is claims 1 and 2)
+    pairs = {v: paired(v, "final_acc").n for v in others if v != variant}
+    uses += [(f"the {v} rows", n) for v, n in pairs.items()]
+    ns = by_n(uses) or {len(seeds): []}
+    if len(ns) == 1:
+        draw = draw_text(next(iter(ns)), n_boot, seed)
+    else:  # pairs of different seeds (a variant still running, a failed run)
+        draw = "; ".join(f"{' and '.join(who)}: {draw_text(n, n_boot, seed)}"
+                         for n, who in sorted(ns.items()))
     draw += "; with fewer than 4 seeds there is no interval and a claim is untested"
+    pair_ns = by_n([(who, n) for who, n in uses if who != "claim 3"])
+    notes = "".join(parametric_note(n, "" if len(pair_ns) == 1 else f" ({' and '.join(who)})")
+                    for n, who in sorted(pair_ns.items()))
+    if any(n >= stats.RANDOMIZATION_MIN for n in pair_ns):
+        notes += (" From 6 paired seeds a difference holds only where the exact paired "
+                  "randomization (sign-flip) test of its mean also gives two-sided p < 0.05 "
+                  f"(all 2^n sign vectors up to {stats.RANDOMIZATION_EXACT_MAX} seeds, else "
+                  f"{n_boot} drawn, p then within its Monte-Carlo error of 0.05 being "
+                  "inconclusive): Student's t and the bootstrap-t are too liberal for a few "
+                  "discrete differences.")
     lines.append(
         f"\nDifferences are variant − `{baseline}`, paired by seed (same seed: same prompt "
         "initialisation and data order); intervals are 95 %: the union of Student's t "
@@ -262,7 +339,7 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         "with all their runs (runs of one seed share start and data order), studentized on "
         "Fisher's z with a jackknife over seeds and joined with Student's t interval there. "
         "Each row of the tables below is a separate test at 95 %, not corrected for "
-        "multiplicity." + parametric_note(len(seeds))
+        "multiplicity." + notes
         + (f" {left_out} run(s) in runs/ that the last invocation did not ask for are left "
            "out." if left_out else "") + "\n")
 
@@ -278,7 +355,7 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         for stat, label in (("auc", "accuracy AUC / step span (+)"),
                             ("final_acc", "final accuracy (+)")):
             iv = paired(v, stat)
-            lines.append(f"| {v} | {label} | {fmt(iv.value)} | {ci(iv)} | {iv.n} | "
+            lines.append(f"| {v} | {label} | {fmt(iv.value)} | {evidence(iv)} | {iv.n} | "
                          f"{state(iv, +1)} |")
 
     sweep = weight_sweep(results, config)
@@ -292,7 +369,7 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
             iv = paired(v, "final_acc")
             lines.append(f"| {w:g} | {v} | {np.mean([s['final_acc'] for s in mine]):.3f} | "
                          f"{np.mean([s['auc'] for s in mine]):.3f} | {fmt(iv.value)} | "
-                         f"{ci(iv)} | {iv.n} |")
+                         f"{evidence(iv)} | {iv.n} |")
 
     if rho:
         lines.append("\n## Claim 3: final topology against final accuracy (all runs)\n")

@@ -811,3 +811,86 @@ def test_curves_and_diagrams_show_each_variants_first_seed(tmp_path, monkeypatch
     write_outputs(str(tmp_path), args, results, ["none", "tsloss"], "m", "encoder", 1, 1.0)
     assert seen["c"] == ["none (seed 3)", "tsloss (seed 3)"]
     assert all("seed 3" in t for t in seen["d"]) and len(seen["d"]) == 2
+
+
+def _synthetic_run(variant, seed, accs, topo=None):
+    rows = [{"step": 10 * i, "val_acc": a} for i, a in enumerate(accs)]
+    if topo is not None:
+        rows[-1].update(ts_connectivity=topo[0], ts_redundancy=topo[1], ts_stability=topo[2])
+    return {"variant": variant, "regularizer": variant, "seed": seed, "overrides": {},
+            "rows": rows}
+
+
+def test_report_describes_each_pair_by_its_own_seeds():
+    """The resampling, the parametric caveat and the reached counts follow the seeds a pair
+    shares, not all seeds: a variant of 9 seeds against a baseline of 10 is enumerated (not
+    "2000 resamples"), one of 5 in a comparison of 6 seeds gets the n <= 5 caveat, one of 4
+    is not described as "126 resamples of the 5 seeds", and reached counts paired seeds."""
+    rep = _report_module()
+    rng = np.random.default_rng(0)
+    res = []
+    for s in range(10):
+        res.append(_synthetic_run("none", s, [0.5, 0.7, 0.75 + 0.01 * s], rng.normal(size=3)))
+        if s < 9:
+            res.append(_synthetic_run("tsloss", s, [0.5, 0.72, 0.76 + 0.013 * s * (s % 3)],
+                                      rng.normal(size=3)))
+    methods = rep.report("x", res, {}, "none", "tsloss", 0.8, 2000, 0).split("\n\n")[2]
+    assert ("claims 1 and 2: all 24310 distinct resamples of the 9 seeds, each with its "
+            "probability: no RNG") in methods
+    assert "claim 3: 2000 resamples of the 10 seeds, RNG seed 0" in methods
+    assert "From 6 paired seeds a difference holds only where the exact paired randomization" \
+        in methods
+
+    res = []
+    for s in range(6):
+        res.append(_synthetic_run("none", s, [0.5, 0.7, 0.75]))
+        if s < 5:
+            res.append(_synthetic_run("tsloss", s, [0.5, 0.7, 0.80 + 0.01 * s]))
+    text = rep.report("x", res, {}, "none", "tsloss", 0.8, 2000, 0)
+    first, methods = text.split("\n\n")[1:3]
+    assert "With 5 seeds no distribution-free test" in methods
+    assert "all 126 distinct resamples of the 5 seeds" in methods
+    assert "reached 5/5 vs none 0/5 of the paired seeds" in first  # not "0/6"
+    # no measures: no stray comma before "across"
+    assert "(across 11 runs of 6 seeds)" in first and "(, across" not in first
+
+    res = [_synthetic_run("none", s, [0.5, 0.7, 0.75]) for s in range(5)]
+    res += [_synthetic_run("tsloss", s, [0.5, 0.7, 0.8 + 0.01 * s]) for s in range(4)]
+    methods = rep.report("x", res, {}, "none", "tsloss", 0.8, 2000, 0).split("\n\n")[2]
+    assert "all 35 distinct resamples of the 4 seeds" in methods and "126" not in methods
+
+
+def test_report_names_the_sign_test_that_decided_equal_differences():
+    """Every seed the same gain has no interval: the report says the exact sign test decided
+    it (6 of 6, p = 0.031) instead of "n/a (no spread between seeds)" next to "held"."""
+    rep = _report_module()
+    res = []
+    for s in range(6):
+        res.append(_synthetic_run("none", s, [0.5, 0.6, 0.7 + 0.01 * s]))
+        res.append(_synthetic_run("tsloss", s, [0.5, 0.6 + 1 / 150, 0.7 + 0.01 * s + 1 / 150]))
+    text = rep.report("x", res, {}, "none", "tsloss", 0.8, 2000, 0)
+    first = text.split("\n\n")[1]
+    assert ("**claim 2 (higher final accuracy) held** (+0.007; every seed the same difference: "
+            "exact sign test 6 of 6, p = 0.031)") in first
+    assert ("accuracy AUC +0.005; every seed the same difference: exact sign test 6 of 6, "
+            "p = 0.031)") in first
+    assert "no spread between seeds)" not in first
+    row = next(l for l in text.splitlines() if l.startswith("| tsloss | final accuracy"))
+    assert "exact sign test 6 of 6, p = 0.031 | 6 | held |" in row, row
+
+
+def test_report_shows_the_randomization_test_and_the_untested_perfect_ordering():
+    """7 seeds at +1, ..., +1, -1 examples: the interval excludes 0 but the randomization test
+    (p = 0.125) does not, and the report says so; a perfect ordering of 4 seeds is untested,
+    with its reason."""
+    rep = _report_module()
+    res = []
+    for s, k in enumerate([1, 1, 1, 1, 1, 1, -1]):
+        res.append(_synthetic_run("none", s, [0.5, 0.6, 0.7 + 0.01 * s]))
+        res.append(_synthetic_run("tsloss", s, [0.5, 0.6, 0.7 + 0.01 * s + k / 150]))
+    first = rep.report("x", res, {}, "none", "tsloss", 0.8, 2000, 0).split("\n\n")[1]
+    assert ("**claim 2 (higher final accuracy) did not hold** (+0.005, [+0.000, +0.009], "
+            "randomization p = 0.125)") in first
+    iv = stats.spearman_interval([1.0, 2, 3, 4], [0.9, 0.8, 0.7, 0.6])
+    assert rep.why_untested(iv) == "a perfect ordering of 4 seeds, p = 2/4! = 0.083"
+    assert rep.ci(iv) == "unbounded (a perfect ordering of 4 seeds, p = 2/4! = 0.083)"
