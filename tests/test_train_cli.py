@@ -326,7 +326,32 @@ def test_ddp_two_cpu_ranks_keep_identical_prompts(tiny_models, tmp_path):
     # batch of 4 alone, ends far outside this tolerance.
     torch.testing.assert_close(p0, single, rtol=1e-4, atol=1e-5)
     assert not torch.equal(single, start)
+    # The logged task loss is the global batch's (the ranks' mean), not rank 0's half: it was
+    # 1.169 against 1.139 at step 0.
+    ddp_loss = [float(r["task_loss"]) for r in _csv_rows(ddp_dir / "metrics.csv")]
+    single_loss = [float(r["task_loss"]) for r in _csv_rows(single_dir / "metrics.csv")]
+    torch.testing.assert_close(torch.tensor(ddp_loss), torch.tensor(single_loss), rtol=1e-4,
+                               atol=1e-6)
 
+
+def test_causal_texts_keep_a_word_before_the_cue():
+    """A causal row is the tokenizer's leading specials, the text, then the cue, truncated to
+    --max-length from the text's end. Too short for one word, every row was the cue alone (the
+    same input for all, trained silently); that is refused, and the shortest allowed length
+    keeps one word of each text."""
+    from transformers import AutoTokenizer
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.tasks import SPECS, _leading_specials, encode
+    tok = AutoTokenizer.from_pretrained(_minilm_dir())
+    spec = SPECS["reviews.csv"]
+    texts, labels = ["a fine film", "dull and long"], [2, 0]
+    names = ["negative", "neutral", "positive"]
+    least = (len(_leading_specials(tok, spec.cue))
+             + len(tok.encode(spec.cue, add_special_tokens=False)) + 1)
+    with pytest.raises(CLIError, match=f"--max-length {least - 1}: .* at least {least} tokens"):
+        encode(tok, texts, labels, "causal", names, least - 1, spec)
+    ids = encode(tok, texts, labels, "causal", names, least, spec)["ids"]
+    assert ids.shape[1] == least and not torch.equal(ids[0], ids[1])
 
 def test_middle_diagram_snapshot_when_not_a_logging_step(tiny_models, tmp_path):
     """Diagrams at steps 0, max/2 and max, even where max/2 (3) is no multiple of --log-every."""
@@ -538,6 +563,9 @@ def test_ranks_train_on_disjoint_halves_of_the_global_batch(tiny_models, tmp_pat
 
             def average_grads(self, params):
                 pass
+
+            def mean(self, t):
+                return t
 
             def close(self):
                 pass

@@ -198,10 +198,15 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     cue = tok.encode(spec.cue, add_special_tokens=False)
     lead = _leading_specials(tok, spec.cue)
+    least = len(lead) + len(cue) + 1
+    if max_length < least:  # shorter, every row was the cue alone: the same input for all
+        raise CLIError(f"--max-length {max_length}: this tokenizer and cue need at least {least} "
+                       f"tokens per text ({len(lead)} leading special, the cue's {len(cue)} and "
+                       "one word)")
     rows = []
     for t in texts:
         body = lead + tok.encode(t, add_special_tokens=False)
-        rows.append(body[: max(max_length - len(cue), 1)] + cue)
+        rows.append(body[: max_length - len(cue)] + cue)
     ids, mask = _pad_right(rows, pad)
     return {"ids": ids, "mask": mask, "y": y, "label_ids": label_ids}
 

@@ -104,6 +104,16 @@ class Dist:
             p.grad.copy_(flat[off:off + n].view_as(p.grad))
             off += n
 
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` averaged over the ranks (every rank must call it): a logged task loss is the
+        global batch's, not rank 0's share of it."""
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / self.world
+
     def close(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -296,9 +306,16 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         timer.add("reg", t1, t2)
         loss_acc += task_loss.detach()
         n_acc += 1
-        if step == 1 and dist.main:  # step 1's losses were computed at the initial prompt
-            rows[0].update(to_floats({"task_loss": task_loss, "reg_loss": reg_acc}))
-        if dist.main and (step % args.log_every == 0 or step == args.max_steps):
+        logging = step % args.log_every == 0 or step == args.max_steps
+        if step == 1:  # step 1's losses were computed at the initial prompt
+            first = dist.mean(task_loss.detach())  # a collective: every rank
+            if dist.main:
+                rows[0].update(to_floats({"task_loss": first, "reg_loss": reg_acc}))
+        if logging:  # the ranks' batches are one global batch: their mean, on every rank
+            loss_acc = dist.mean(loss_acc)
+            if not dist.main:  # the main rank's log() starts the next row's sums
+                loss_acc, reg_acc, n_acc = torch.zeros_like(loss_acc), torch.zeros_like(reg_acc), 0
+        if dist.main and logging:
             log(step)
             bar.set_postfix(acc=f"{rows[-1]['val_acc']:.3f}", loss=f"{rows[-1]['task_loss']:.3f}")
         save(step)
