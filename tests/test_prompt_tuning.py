@@ -330,6 +330,35 @@ def test_other_peft_types_have_no_soft_prompt(kind):
         prompt_parameters(pm)
 
 
+def test_an_encoder_decoder_prompt_is_refused_as_one_cloud():
+    """PEFT stacks one prompt per transformer submodule (an encoder-decoder's two): TSLoss on
+    both as one (2N, D) cloud moved rows the model never used and mixed the two."""
+    peft = pytest.importorskip("peft")
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+        decoder_start_token_id=0))
+    pm = peft.get_peft_model(t5, peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM",
+                                                         num_virtual_tokens=4))
+    with pytest.raises(ValueError, match="holds 2 prompts stacked.*num_virtual_tokens = 4"):
+        prompt_parameters(pm)
+
+
+@pytest.mark.parametrize("kind", ["PREFIX_TUNING", "LORA"])
+def test_peft_answer_logits_names_a_type_without_an_input_prompt(kind):
+    """Prefix tuning's prompt is key/value prefixes and LoRA has none: PEFT failed inside with
+    'DynamicCache' object has no attribute 'to' or a missing prompt_encoder."""
+    peft = pytest.importorskip("peft")
+    from tsloss_cuda.prompt_tuning import peft_answer_logits
+    cfg = (peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)
+           if kind == "PREFIX_TUNING" else
+           peft.LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["c_attn"]))
+    pm = peft.get_peft_model(tiny_gpt2(), cfg)
+    ids = torch.randint(1, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="PEFT type is " + ("PREFIX_TUNING" if kind ==
+                                                              "PREFIX_TUNING" else "none")):
+        peft_answer_logits(pm, ids, torch.ones_like(ids), torch.tensor([3, 7]))
+
+
 def test_topology_metrics_of_a_square():
     sq = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     m = to_floats(topology_metrics(sq))

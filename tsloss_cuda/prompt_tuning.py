@@ -433,6 +433,12 @@ def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
     column, pads included, so on left-padded rows the two differ: pad on the right (as
     :func:`tsloss_cuda.tasks.encode` does) for a prompt that PEFT then scores alike.
     """
+    active = _active_encoder(peft_model)
+    kind = _peft_type(peft_model, *active) if active is not None else "none"
+    if kind not in _INPUT_PROMPT_TYPES:  # PEFT's own errors named neither the type nor why
+        raise ValueError(f"peft_answer_logits takes a prompt put before the input embeddings "
+                         f"(PEFT prompt tuning or P-tuning); {type(peft_model).__name__}'s "
+                         f"PEFT type is {kind}")
     base = peft_model.get_base_model()
     tok = base.get_input_embeddings()(input_ids)
     b = input_ids.shape[0]
@@ -457,14 +463,14 @@ def _peft_type(model: nn.Module, name: str, encoder: nn.Module) -> str:
         type(encoder).__name__
 
 
-def _peft_prompt(model: nn.Module) -> Optional[torch.Tensor]:
-    """The prompt of a PEFT prompt-tuning model, None if ``model`` has no prompt encoder.
+#: PEFT types whose prompt is virtual tokens before the input embeddings (prefix tuning's are
+#: key/value prefixes; multitask prompt tuning needs task ids).
+_INPUT_PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
 
-    Other prompt-learning types also hold an ``embedding`` table, but it is not the prompt the
-    model sees: P-tuning feeds it through an MLP/LSTM, prefix tuning makes key/value prefixes
-    of it, multitask prompt tuning mixes it with task factors. TSLoss on it would regularise
-    the wrong tensor, so they are refused.
-    """
+
+def _active_encoder(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
+    """(name, prompt encoder) of a PEFT model's active adapter (the first of a list, else the
+    first adapter), None without prompt encoders."""
     encoders = getattr(model, "prompt_encoder", None)
     if not isinstance(encoders, nn.ModuleDict) or len(encoders) == 0:
         return None
@@ -473,13 +479,36 @@ def _peft_prompt(model: nn.Module) -> Optional[torch.Tensor]:
         name = name[0]
     if name not in encoders:
         name = next(iter(encoders.keys()))
-    enc = encoders[name]
+    return name, encoders[name]
+
+
+def _peft_prompt(model: nn.Module) -> Optional[torch.Tensor]:
+    """The prompt of a PEFT prompt-tuning model, None if ``model`` has no prompt encoder.
+
+    Other prompt-learning types also hold an ``embedding`` table, but it is not the prompt the
+    model sees: P-tuning feeds it through an MLP/LSTM, prefix tuning makes key/value prefixes
+    of it, multitask prompt tuning mixes it with task factors. TSLoss on it would regularise
+    the wrong tensor, so they are refused.
+    """
+    active = _active_encoder(model)
+    if active is None:
+        return None
+    name, enc = active
     kind = _peft_type(model, name, enc)
     emb = getattr(enc, "embedding", None)
     if kind != "PROMPT_TUNING" or not isinstance(emb, nn.Embedding):
         raise ValueError(f"no soft prompt found in {type(model).__name__}: its PEFT type is "
                          f"{kind}, and only PEFT prompt tuning (PeftType.PROMPT_TUNING) has "
                          "its soft prompt as a parameter")
+    config = getattr(model, "peft_config", {}).get(name) if isinstance(
+        getattr(model, "peft_config", None), dict) else None
+    parts = getattr(config, "num_transformer_submodules", None) or 1
+    if parts != 1:  # one cloud of both would mix two prompts (and rows the model may not use)
+        nv = getattr(config, "num_virtual_tokens", None)
+        raise ValueError(f"the prompt of adapter {name!r} holds {parts} prompts stacked, one per "
+                         "transformer submodule (an encoder-decoder model's); TSLoss takes one "
+                         f"prompt: regularise each block of num_virtual_tokens = {nv} rows of "
+                         f"prompt_encoder[{name!r}].embedding.weight on its own")
     return emb.weight
 
 
@@ -488,10 +517,10 @@ def prompt_parameters(model: nn.Module) -> torch.Tensor:
     model.
 
     For PEFT ``PromptTuningConfig`` models this is the active adapter's
-    ``prompt_encoder[name].embedding.weight`` (``N = num_virtual_tokens ·
-    num_transformer_submodules``). The returned tensor is the live parameter (not a copy), so
-    a loss on it back-propagates into the prompt. Other PEFT types (P-tuning, prefix tuning,
-    ...) raise a ValueError naming the type.
+    ``prompt_encoder[name].embedding.weight`` (``N = num_virtual_tokens``). The returned tensor
+    is the live parameter (not a copy), so a loss on it back-propagates into the prompt. Other
+    PEFT types (P-tuning, prefix tuning, ...) raise a ValueError naming the type, and so does
+    an encoder-decoder model's adapter, which stacks one prompt per transformer submodule.
     """
     if isinstance(model, SoftPromptModel):
         return model.prompt
