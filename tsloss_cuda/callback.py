@@ -42,7 +42,7 @@ import torch
 from transformers import TrainerCallback
 
 from tsloss_cuda.loss import TSLoss
-from tsloss_cuda.prompt_tuning import prompt_parameters
+from tsloss_cuda.prompt_tuning import prompt_parameters, stacked_prompts
 from tsloss_cuda.tracking import TERM_OPTIONS, TopologyTracker, cpu_engine_refuses, to_floats
 
 
@@ -76,14 +76,11 @@ def _check_engine(args) -> None:
 def _check_model(model) -> None:
     """An encoder-decoder model's PEFT prompt is two prompts stacked (one per transformer
     submodule): one point cloud of both would mix them."""
-    config = getattr(model, "peft_config", None)
-    active = getattr(model, "active_adapter", None)
-    if isinstance(config, dict) and isinstance(active, str) and active in config:
-        parts = getattr(config[active], "num_transformer_submodules", None) or 1
-        if parts != 1:
-            raise RuntimeError(f"TSLossCallback takes one prompt: adapter {active!r} holds {parts} "
-                               "prompts, one per transformer submodule (an encoder-decoder "
-                               "model's), stacked into one embedding")
+    active, parts, _ = stacked_prompts(model)
+    if parts != 1:
+        raise RuntimeError(f"TSLossCallback takes one prompt: adapter {active!r} holds {parts} "
+                           "prompts, one per transformer submodule (an encoder-decoder "
+                           "model's), stacked into one embedding")
 
 
 def _unscale(optimizer) -> None:

@@ -482,6 +482,19 @@ def _active_encoder(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
     return name, encoders[name]
 
 
+def stacked_prompts(model: nn.Module) -> Tuple[Optional[str], int, Optional[int]]:
+    """(name, parts, num_virtual_tokens) of a PEFT model's active prompt adapter: ``parts`` is
+    its ``num_transformer_submodules``, the prompts stacked in its one embedding (2 for an
+    encoder-decoder model's), 1 where there is no such adapter or config."""
+    active = _active_encoder(model)
+    configs = getattr(model, "peft_config", None)
+    if active is None or not isinstance(configs, dict) or active[0] not in configs:
+        return None, 1, None
+    config = configs[active[0]]
+    return (active[0], getattr(config, "num_transformer_submodules", None) or 1,
+            getattr(config, "num_virtual_tokens", None))
+
+
 def _peft_prompt(model: nn.Module) -> Optional[torch.Tensor]:
     """The prompt of a PEFT prompt-tuning model, None if ``model`` has no prompt encoder.
 
@@ -500,11 +513,8 @@ def _peft_prompt(model: nn.Module) -> Optional[torch.Tensor]:
         raise ValueError(f"no soft prompt found in {type(model).__name__}: its PEFT type is "
                          f"{kind}, and only PEFT prompt tuning (PeftType.PROMPT_TUNING) has "
                          "its soft prompt as a parameter")
-    config = getattr(model, "peft_config", {}).get(name) if isinstance(
-        getattr(model, "peft_config", None), dict) else None
-    parts = getattr(config, "num_transformer_submodules", None) or 1
+    _, parts, nv = stacked_prompts(model)
     if parts != 1:  # one cloud of both would mix two prompts (and rows the model may not use)
-        nv = getattr(config, "num_virtual_tokens", None)
         raise ValueError(f"the prompt of adapter {name!r} holds {parts} prompts stacked, one per "
                          "transformer submodule (an encoder-decoder model's); TSLoss takes one "
                          f"prompt: regularise each block of num_virtual_tokens = {nv} rows of "
