@@ -205,9 +205,11 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     rows: List[Dict] = []
     snapshots: Dict[str, list] = {}
     snap_steps = {0, args.max_steps // 2, args.max_steps}
-    loss_acc = torch.zeros((), device=dev)
-    reg_acc = torch.zeros((), device=dev)
-    n_acc = 0
+    def new_sums() -> Tuple[torch.Tensor, torch.Tensor, int]:
+        """The losses summed since the last row: task, regulariser, steps."""
+        return torch.zeros((), device=dev), torch.zeros((), device=dev), 0
+
+    loss_acc, reg_acc, n_acc = new_sums()
     timer = StepTimer(dev)  # CUDA events: no host sync per step
     steps_to_target = None
     every = args.log_every if args.checkpoint_every is None else args.checkpoint_every
@@ -260,7 +262,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             row.update(to_floats({"task_loss": loss_acc / n_acc, "reg_loss": reg_acc / n_acc}))
         elif diverged is not None:
             row.update(task_loss=math.nan, reg_loss=math.nan)
-        loss_acc, reg_acc, n_acc = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
+        loss_acc, reg_acc, n_acc = new_sums()
         # A non-finite prompt's logits are NaN, and argmax would count them as class 0.
         row["val_acc"] = evaluate(spm, val, dev) if diverged is None else math.nan
         if steps_to_target is None and row["val_acc"] >= args.target_acc:
@@ -314,7 +316,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
         if logging:  # the ranks' batches are one global batch: their mean, on every rank
             loss_acc = dist.mean(loss_acc)
             if not dist.main:  # the main rank's log() starts the next row's sums
-                loss_acc, reg_acc, n_acc = torch.zeros_like(loss_acc), torch.zeros_like(reg_acc), 0
+                loss_acc, reg_acc, n_acc = new_sums()
         if dist.main and logging:
             log(step)
             bar.set_postfix(acc=f"{rows[-1]['val_acc']:.3f}", loss=f"{rows[-1]['task_loss']:.3f}")
