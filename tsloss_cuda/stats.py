@@ -57,7 +57,7 @@ hold by the interval, while +1, +1, +1, +1, without spread, go to the sign test 
 are ``untested``. The interval's verdict at n = 4 and 5 is parametric, and the rates above show
 it near nominal for these data (3.5 % at worst).
 
-Spearman intervals are the same union on Spearman intervals are the same union on
+Spearman intervals are the same union on
 Fisher's z, with a cluster jackknife standard error (floored, for Student's half, by the
 resamples' spread: :func:`spearman_interval`): simulated with
 independent measures, 5 seeds of 7 runs (600 sets each), the bootstrap-t alone excluded zero
@@ -342,20 +342,22 @@ def randomization_p(values: Sequence[float], *, n_draws: int = 20000, seed: int 
         return 1.0, 0.0
     obs = abs(float(np.sum(values)))
     tol = 1e-9 * max(float(a.sum()), 1e-300)  # the same sum added in another order
+
+    def at_least(signs: np.ndarray) -> int:  # sign vectors whose |sum| reaches the observed
+        return int(np.count_nonzero(np.abs(signs @ a) >= obs - tol))
+
     if n <= RANDOMIZATION_EXACT_MAX:
         hits, total = 0, 1 << n
         bit = np.arange(n, dtype=np.int64)
         for start in range(0, total, _FLIP_CHUNK):
             idx = np.arange(start, min(start + _FLIP_CHUNK, total), dtype=np.int64)
-            signs = 1.0 - 2.0 * ((idx[:, None] >> bit[None]) & 1)
-            hits += int(np.count_nonzero(np.abs(signs @ a) >= obs - tol))
+            hits += at_least(1.0 - 2.0 * ((idx[:, None] >> bit[None]) & 1))
         return hits / total, 0.0
     rng = np.random.default_rng(seed)
     hits = 0
     for start in range(0, n_draws, _FLIP_CHUNK):
         m = min(_FLIP_CHUNK, n_draws - start)
-        signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n))
-        hits += int(np.count_nonzero(np.abs(signs @ a) >= obs - tol))
+        hits += at_least(1.0 - 2.0 * rng.integers(0, 2, size=(m, n)))
     p = (1 + hits) / (1 + n_draws)
     return p, _MC_Z * math.sqrt(p * (1 - p) / n_draws)
 
