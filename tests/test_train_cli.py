@@ -636,6 +636,10 @@ def test_each_epoch_sees_every_training_row_once(tiny_models, tmp_path, monkeypa
         assert sorted(seen[2 * epoch] + seen[2 * epoch + 1]) == list(range(8)), seen
 
 
+def _no_constant(name: str):
+    raise AssertionError(f"summary.json holds {name}, which strict JSON has not")
+
+
 def test_a_diverged_runs_time_per_step_counts_its_trained_steps(tiny_models, tmp_path,
                                                                  monkeypatch, capsys):
     """A run that diverged after step 2 of 6 trained 2 steps, so its time per step is its
@@ -647,6 +651,7 @@ def test_a_diverged_runs_time_per_step_counts_its_trained_steps(tiny_models, tmp
     assert train.main(["--model", tiny_models["bert"], "--regularizer", "tsloss", "--no-plots",
                        "--checkpoint-every", "0", "--output-dir", str(out)] + TINY) == 0
     assert "not finite after step 2" in capsys.readouterr().err
-    run, = json.loads((out / "summary.json").read_text())["runs"]
-    assert run["diverged_at"] == 2
+    # Strict JSON (no NaN token, which jq and JavaScript refuse): the accuracy is null.
+    run, = json.loads((out / "summary.json").read_text(), parse_constant=_no_constant)["runs"]
+    assert run["diverged_at"] == 2 and run["final_acc"] is None
     assert run["sec_per_step"] == pytest.approx(3.0) and run["reg_share"] == pytest.approx(0.25)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import sys
@@ -231,6 +232,17 @@ def metrics_rows(results: Sequence[Mapping]) -> List[Dict]:
     return rows
 
 
+def _nulls_for_nan(v: Any) -> Any:
+    """``v`` with its non-finite floats (a diverged run's final accuracy) as None: summary.json
+    is read by tools whose JSON has no NaN (jq, JavaScript), where Python's ``NaN`` is an
+    error."""
+    if isinstance(v, dict):
+        return {k: _nulls_for_nan(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_nulls_for_nan(x) for x in v]
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_path: str,
                   task: str, world: int, total_s: float,
                   earlier: Optional[EarlierJob] = None, staged: Sequence[str] = ()) -> str:
@@ -259,7 +271,7 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
                  for r in results],
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        json.dump(_nulls_for_nan(summary), f, indent=2, allow_nan=False)
     for name in staged:
         commit_checkpoints(out, name)
     figures = []
