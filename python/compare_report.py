@@ -302,8 +302,9 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         head + c12 + f"**claim 3 (stable, compact prompts do better) {c3}** ("
         + (rhos + ", " if rhos else "")
         + f"across {len(results)} runs of {len(seeds)} seeds). A claim holds only where its "
-        "95 % interval excludes zero in the claimed direction; claim 3's measures are "
-        f"{len(rho)} separate tests at 95 % each, not corrected for multiplicity.")
+        "95 % interval excludes zero in the claimed direction"
+        + ("" if len(rho) < 2 else f"; claim 3's measures are {len(rho)} separate tests at "
+           "95 % each, not corrected for multiplicity") + ".")
     uses += [("claim 3", iv.n) for iv in rho.values()]
     # the table's other rows, by variant (the claims' variant is claims 1 and 2)
     pairs = {v: paired(v, "final_acc").n for v in others if v != variant}

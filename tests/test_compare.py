@@ -853,6 +853,8 @@ def test_report_describes_each_pair_by_its_own_seeds():
     assert "reached 5/5 vs none 0/5 of the paired seeds" in first  # not "0/6"
     # no measures: no stray comma before "across"
     assert "(across 11 runs of 6 seeds)" in first and "(, across" not in first
+    assert "excludes zero in the claimed direction." in first  # not "0 separate tests"
+    assert "separate tests" not in first
 
     res = [_synthetic_run("none", s, [0.5, 0.7, 0.75]) for s in range(5)]
     res += [_synthetic_run("tsloss", s, [0.5, 0.7, 0.8 + 0.01 * s]) for s in range(4)]
