@@ -636,6 +636,26 @@ def test_each_epoch_sees_every_training_row_once(tiny_models, tmp_path, monkeypa
         assert sorted(seen[2 * epoch] + seen[2 * epoch + 1]) == list(range(8)), seen
 
 
+def test_max_val_warns_where_the_first_rows_leave_a_class_out(tiny_models, tmp_path, capsys):
+    """--max-val keeps the validation split's first rows: of a file sorted by label that is
+    its first classes alone, which the job says rather than validating on them silently."""
+    from tsloss_cuda import train
+    csv_path = tmp_path / "sorted.csv"
+    lines = ["text,label,split"] + [f"{w} movie,{'pos' if i % 2 else 'neg'},train"
+                                    for i, w in enumerate(["good", "bad", "fine", "poor"])]
+    lines += [f"{w} film,neg,validation" for w in ("bad", "poor", "awful")]
+    lines += [f"{w} film,pos,validation" for w in ("good", "nice", "great")]
+    csv_path.write_text("\n".join(lines) + "\n")
+    args = ["--model", tiny_models["bert"], "--regularizer", "none", "--data", str(csv_path),
+            "--no-plots", "--checkpoint-every", "0", "--output-dir", str(tmp_path / "o")]
+    args += _set(_set(TINY, "--max-steps", "1"), "--max-val", "3")
+    assert train.main(args) == 0
+    assert ("warning: --max-val 3 keeps the first validation rows, which hold no pos: shuffle"
+            in capsys.readouterr().err)
+    assert train.main(_set(args, "--max-val", "4")) == 0  # both classes: no warning
+    assert "warning" not in capsys.readouterr().err
+
+
 def _no_constant(name: str):
     raise AssertionError(f"summary.json holds {name}, which strict JSON has not")
 

@@ -233,6 +233,13 @@ def take(data: Dict[str, torch.Tensor], n: int) -> Dict[str, torch.Tensor]:
     return {k: (v[:n] if k in EXAMPLE_KEYS else v) for k, v in data.items()}
 
 
+def classes_left_out(data: Dict[str, torch.Tensor], n: int, names: Sequence[str]) -> List[str]:
+    """The classes of an encoded split that its first ``n`` examples (:func:`take`) do not
+    hold: a file sorted by label would be validated on its first classes alone."""
+    seen = set(data["y"][:n].tolist())
+    return [names[c] for c in sorted(set(data["y"].tolist()) - seen)]
+
+
 def batch(data: Dict[str, torch.Tensor], idx: torch.Tensor,
           device: torch.device) -> Dict[str, torch.Tensor]:
     """Rows ``idx`` as model inputs, trimmed to the longest text in them (most of the compute

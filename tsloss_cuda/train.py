@@ -29,7 +29,7 @@ from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float,  # noqa
 
 from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions,  # noqa: E402
                      load_model, resolve_model)
-from .tasks import DATA_CSV, encode, load_data, take, task_spec  # noqa: E402
+from .tasks import DATA_CSV, classes_left_out, encode, load_data, take, task_spec  # noqa: E402
 from .training import MAX_LR, MAX_SEED, REGULARIZERS, Dist, train_one  # noqa: E402
 from .training import RUN_FLAG_DEFAULTS as D  # noqa: E402
 
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoints/REG_seedS/, for tsloss_cuda.analyze (default: --log-every, "
                         "so each metrics row has its prompt; 0: none)%(default).0s")
     p.add_argument("--max-val", type=nonneg_int, default=0,
-                   help="cap on validation examples (0: all)")
+                   help="cap on validation examples: the first N rows of the validation split (0: all)")
     p.add_argument("--output-dir", default="runs/prompt_tuning", help="where outputs go")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars (model loading too)")
@@ -155,6 +155,10 @@ def run(args) -> int:
         data = {s: encode(tok, *data_raw[s], task, names, args.max_length, spec)
                 for s in data_raw}
         if args.max_val:
+            if dist.main and (left := classes_left_out(data["validation"], args.max_val, names)):
+                print(f"{PROG}: warning: --max-val {args.max_val} keeps the first validation "
+                      f"rows, which hold no {', '.join(left)}: shuffle the file's rows",
+                      file=sys.stderr, flush=True)
             data["validation"] = take(data["validation"], args.max_val)
         if args.init == "text" and args.init_text is None:
             args.init_text = spec.instruction  # recorded with the other flags
