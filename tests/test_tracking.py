@@ -178,6 +178,37 @@ def test_constant_note_shows_the_first_finite_value(monkeypatch):
     assert len(notes) == 1 and "= 1.5" in notes[0] and "nan" not in notes[0], notes
 
 
+def test_a_run_that_diverged_after_its_first_record_is_drawn_not_constant(monkeypatch):
+    """One measured value, then NaN (a run diverged before its second record): the figure said
+    "every metric is constant", the opposite of what happened. It is drawn instead."""
+    figs = _capture(monkeypatch)
+    rows = [{"step": 0, "ts_scale": 0.14, "h1_count": 2.0},
+            {"step": 3, "ts_scale": math.nan, "h1_count": math.nan},
+            {"step": 6, "ts_scale": math.nan, "h1_count": math.nan}]
+    plots.plot_topology({"run": rows}, "unused.png")
+    titles = [ax.get_title() for ax in figs[0].axes if ax.get_title()]
+    assert titles == ["Prompt scale", "H1: number of loops"]
+    assert not [t for t in figs[0].texts if "constant" in t.get_text()]
+
+
+def test_steps_and_bar_counts_get_whole_number_ticks(monkeypatch):
+    """A run of one step: matplotlib's ticks were 0.0, 0.2, ... 1.0 on every step axis and
+    0.5 bars on the count panels."""
+    figs = _capture(monkeypatch)
+    rows = [{"step": 0, "task_loss": 1.0, "val_acc": 0.5, "h1_count": 2.0, "ts_scale": 0.1},
+            {"step": 1, "task_loss": 0.9, "val_acc": 0.6, "h1_count": 3.0, "ts_scale": 0.2}]
+    plots.plot_curves({"run": rows}, "unused.png")
+    plots.plot_topology({"run": rows}, "unused.png")
+    axes = [ax for fig in figs for ax in fig.axes if ax.get_title()]
+    assert len(axes) == 4
+    for ax in axes:
+        ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 1.5]
+        assert ticks and all(t == int(t) for t in ticks), (ax.get_title(), ticks)
+    count = next(ax for ax in axes if ax.get_title() == "H1: number of loops")
+    ticks = [t for t in count.get_yticks() if 1.5 <= t <= 3.5]
+    assert ticks and all(t == int(t) for t in ticks), ticks
+
+
 class _FakeEvent:
     """A CUDA event on a fake clock: completes when the test says so."""
     clock = 0.0

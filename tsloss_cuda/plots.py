@@ -38,8 +38,18 @@ def _save(fig, path: str) -> str:
 
 
 def _constant(values: Sequence[float]) -> bool:
+    """Whether a column is flat: its non-NaN values equal, and at least two of them where it
+    has NaN (one measured value of a run that diverged after it is a change, not a constant)."""
     finite = [v for v in values if not math.isnan(v)]
-    return not finite or max(finite) - min(finite) <= 1e-12 * max(1.0, abs(finite[0]))
+    if len(finite) < (2 if len(finite) < len(values) else 1):
+        return not finite
+    return max(finite) - min(finite) <= 1e-12 * max(1.0, abs(finite[0]))
+
+
+def _whole_numbers(axis) -> None:
+    """Integer ticks: steps and bar counts have no 0.2 or 1.5 (matplotlib's choice for a short
+    range)."""
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _first_value(values: Sequence[float]) -> float:
@@ -64,6 +74,7 @@ def plot_curves(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[s
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+        _whole_numbers(ax.xaxis)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -102,13 +113,14 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
                 s, v = zip(*pts)
                 ax.plot(s, v, marker=".", label=label)
         ax.set(title=name, xlabel=xlabel, ylabel=unit)
-        if xticklabels is not None:  # fractional ticks would name no checkpoint
-            if len(xticklabels) <= 12:
-                ax.set_xticks(range(len(xticklabels)),
-                              [t if len(t) <= 18 else "…" + t[-17:] for t in xticklabels],
-                              rotation=30, ha="right", fontsize=7)
-            else:
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if xticklabels is not None and len(xticklabels) <= 12:  # name each checkpoint
+            ax.set_xticks(range(len(xticklabels)),
+                          [t if len(t) <= 18 else "…" + t[-17:] for t in xticklabels],
+                          rotation=30, ha="right", fontsize=7)
+        else:
+            _whole_numbers(ax.xaxis)
+        if col.endswith("_count"):
+            _whole_numbers(ax.yaxis)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
