@@ -400,7 +400,8 @@ def test_gradient_of_far_scaled_float64_edges():
     """As the CPU (tests/test_inputs.py), bit for bit: subnormal edge lengths, and weights whose
     g / length leaves the normal range, get g times the unit vector, not +-Inf, NaN or 0."""
     cases = [(1e-310, 0.0, 1.0), (5e-324, 0.0, 1.0), (1e-320, 1.0, 1.0), (3e-320, 1 / 3, 1.0),
-             (3e300, 4 / 3, 1e-30), (3e-270, 4 / 3, 1e40)]
+             (3e300, 4 / 3, 1e-30), (3e-270, 4 / 3, 1e40), (6e-311, 4 / 3, 1e300),
+             (6e307, 4 / 3, 1e-318)]
     for gap, slope, weight in cases:
         grads = []
         for device in ("cpu", "cuda"):

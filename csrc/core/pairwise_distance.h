@@ -104,7 +104,10 @@ TSL_HD double point_distance(const T* x, const T* y, index_t dim) {
 // ~2.2e-308, or a g far from 1 on a very short or long edge), lengths and differences are
 // scaled by a power of two m bringing len near 1: the length is recomputed from the scaled
 // differences, since a subnormal len has lost its precision, and the step stays finite and
-// nonzero. Zero-length edges get nothing (s = 0): the forward's value has no direction there.
+// nonzero wherever g times the unit vector is (for every |g| < 2^973 ~ 1.5e292). m is a normal
+// double (flushed-subnormal modes read it as itself), 2^-1022 to 2^1023, so a subnormal len
+// scales to len * m >= 2^-51 and a huge one to len * m < 4. Zero-length edges get nothing
+// (s = 0): the forward's value has no direction there.
 struct EdgeScale {
   double s, m;
 };
@@ -115,7 +118,7 @@ TSL_HD EdgeScale edge_scale(double g, const T* x, const T* y, index_t dim) {
   const double s = g / len;
   if (len >= 0x1p-1022 && fabs(s) >= 0x1p-1022 && fabs(s) <= 0x1p1023) return {s, 1.0};
   int e = ilogb(len);
-  e = e < -1000 ? -1000 : (e > 1000 ? 1000 : e);  // m itself must be a finite double
+  e = e < -1023 ? -1023 : (e > 1022 ? 1022 : e);  // m = 2^-e: a finite, normal double
   const double m = ldexp(1.0, -e);
   return {g / scaled_distance(x, y, dim, m), m};
 }
