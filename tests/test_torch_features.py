@@ -47,6 +47,23 @@ def test_jacfwd_and_jacrev_equal_the_reverse_jacobian(distances):
     torch.testing.assert_close(torch.func.jacrev(f)(x), ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype,scale", [(torch.float64, 1e-309), (torch.float64, 1e300),
+                                         (torch.float32, 1e-39), (torch.float32, 1e37)])
+def test_jacfwd_at_far_scales_equals_jacrev(dtype, scale):
+    """Forward mode divided each tangent by the largest coordinate difference: at a subnormal
+    one (1 / 3e-309 is past float64's range) the Jacobian was Inf and NaN where reverse mode
+    gave the unit vectors. The scale is now a clamped power of two."""
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    x = (x * scale).to(dtype)
+    f = lambda t: T.vr_persistence(t).h0[..., 1].sum()  # noqa: E731
+    want = torch.tensor([[-1.0, -1.0], [1.0, 0.0], [0.0, 1.0]], dtype=dtype)
+    torch.testing.assert_close(torch.func.jacrev(f)(x), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(torch.func.jacfwd(f)(x), want, rtol=1e-6, atol=0)
+    moved = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], dtype=dtype)  # point 1 along x
+    tangent = torch.func.jvp(T.pairwise_distance, (x,), (moved,))[1]
+    torch.testing.assert_close(tangent[0, 0], torch.tensor([0.0, 1.0, 0.0], dtype=dtype))
+
+
 def test_jvp_of_pairwise_distance():
     x, t = circle(), circle(seed=1)
     value, tangent = torch.func.jvp(T.pairwise_distance, (x,), (t,))

@@ -125,20 +125,33 @@ def _edge_ends(edges: torch.Tensor):
     return valid, edges[..., 0].clamp_min(0), edges[..., 1].clamp_min(0)
 
 
+#: The largest |e| of the power of two 2^-e that scales a difference (by dtype): a float32
+#: difference of 2^-149 (float64: 2^-1074) scales past 2^-60, whose square is a normal number,
+#: one of 2^127 (2^1023) below 2^40 (2^425), whose squares sum over 8192 coordinates without
+#: overflow; a tangent (forward mode) scaled by 2^-e overflows only past 2^38 (2^424).
+SCALE_EXPONENT_LIMIT = {torch.float32: 90, torch.float64: 600}
+
+
 def scaled_difference(diff: torch.Tensor):
-    """``(r, top, pos, root)`` of differences ``(..., D)``: ``r = diff / top`` with ``top``
-    their largest |entry| (keepdim), ``pos = top > 0`` and ``root = |r|`` (1 where not pos):
-    the length is ``top * root``, the unit vector ``r / root``. Scaled as the kernel's lengths:
-    float64 squares of edges below ~1e-154 or above ~1e154 would under- or overflow, and gave
-    those edges no gradient. ``top`` is detached: ``top * |diff / top|`` is ``|diff|`` for
-    any constant ``top``, so every derivative is exact. Coincident points (not pos) have no
-    direction, as in the kernel; the sqrt comes after the mask (its derivative at 0 is Inf)."""
+    """``(r, top, pos, root)`` of differences ``(..., D)`` (float32/float64): ``r = diff / top``
+    with ``top`` (keepdim) a power of two near their largest |entry| (exact: no rounding),
+    ``pos`` where that entry is > 0 and ``root = |r|`` (1 where not pos): the length is
+    ``top * root``, the unit vector ``r / root``. Scaled as the kernel's lengths: float64 squares
+    of edges below ~1e-154 or above ~1e154 would under- or overflow, and gave those edges no
+    gradient. ``top`` is detached: ``top * |diff / top|`` is ``|diff|`` for any constant
+    ``top``, so every derivative is exact. It is clamped (:data:`SCALE_EXPONENT_LIMIT`) rather
+    than the largest |entry| itself: forward mode divides a tangent by it, and 1 / 3e-309 is past
+    float64's range. Coincident points (not pos) have no direction, as in the kernel; the sqrt
+    comes after the mask (its derivative at 0 is Inf)."""
     if diff.shape[-1] == 0:  # D = 0: coincident points (amax has no empty reduction)
-        top = diff.new_zeros(diff.shape[:-1] + (1,))
+        big = diff.new_zeros(diff.shape[:-1] + (1,))
     else:
-        top = diff.detach().abs().amax(-1, keepdim=True)
-    pos = top > 0
-    r = diff / torch.where(pos, top, torch.ones_like(top))
+        big = diff.detach().abs().amax(-1, keepdim=True)
+    pos = big > 0
+    limit = SCALE_EXPONENT_LIMIT[diff.dtype]
+    e = torch.frexp(torch.where(pos, big, torch.ones_like(big))).exponent.clamp(-limit, limit)
+    top = torch.ldexp(torch.ones_like(big), e)
+    r = diff * torch.ldexp(torch.ones_like(big), -e)
     sq = (r * r).sum(-1, keepdim=True)
     return r, top, pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt()
 
