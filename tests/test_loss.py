@@ -446,6 +446,11 @@ def test_previous_of_the_wrong_kind_or_shape_is_refused():
         T.loss(x, stability=1.0, previous=type(top)(top.h0.to("meta"), top.h1))
     with pytest.raises(ValueError, match="previous.h1 is on meta"):
         T.loss(x, stability=1.0, previous=type(top)(top.h0, top.h1.to("meta")))
+    # Sparse: refused by name, where it failed in .contiguous() ("unsupported memory format").
+    with pytest.raises(TypeError, match="previous.h0 must be a dense"):
+        T.loss(x, stability=1.0, previous=type(top)(top.h0.to_sparse(), top.h1))
+    with pytest.raises(TypeError, match="previous.h1 must be a dense"):
+        T.loss(x, stability=1.0, previous=type(top)(top.h0, top.h1.to_sparse_csr()))
     # The module's state restored without PromptTopology(**saved): the same named TypeError.
     module = T.TSLoss(stability=1.0)
     for wrong in (top._asdict(), tuple(top)):
@@ -537,6 +542,14 @@ def test_bad_loss_options_name_the_argument():
             T.TSLoss(**{name: bad})
     with pytest.raises(ValueError, match="target must be finite"):
         T.loss(x, connectivity_mode="target", target=float("nan"))
+    # An integer past float64's range raised a bare OverflowError naming no argument.
+    for name in ("connectivity", "redundancy", "stability", "p"):
+        with pytest.raises(ValueError, match=rf"^{name} must be finite, got 1.000e\+400$"):
+            T.loss(x, **{name: 10**400})
+        with pytest.raises(ValueError, match=f"{name} must be finite, got -1.000e"):
+            T.TSLoss(**{name: -10**400})
+    with pytest.raises(ValueError, match="target must be finite, got 1.000e\\+5000"):
+        T.loss(x, connectivity_mode="target", target=10**5000)  # str() of it would raise
     # A tensor option was read back to the host on every call, and silently got no gradient.
     with pytest.raises(TypeError, match="connectivity must be a Python number"):
         T.loss(x, connectivity=torch.tensor(0.5, requires_grad=True))

@@ -292,6 +292,10 @@ FUNCTION_CASES = [
      lambda: T.loss(torch.randn(5, 3), connectivity=float("nan")), ValueError, "connectivity"),
     ("loss(x, p=float('inf'))", lambda: T.loss(torch.randn(5, 3), p=float("inf")), ValueError,
      "p "),
+    ("loss(x, p=10**400)", lambda: T.loss(torch.randn(5, 3), p=10**400), ValueError, "p "),
+    ("loss(x, stability=1, previous=PromptTopology(h0.to_sparse(), h1))",
+     lambda: T.loss(torch.randn(5, 3), stability=1.0, previous=T.PromptTopology(
+         torch.zeros(1, 4).to_sparse(), torch.zeros(1, 20))), TypeError, "previous.h0 "),
     ("loss(x, connectivity=torch.tensor(0.5))",
      lambda: T.loss(torch.randn(5, 3), connectivity=torch.tensor(0.5)), TypeError,
      "connectivity"),

@@ -21,7 +21,9 @@ tests/reference_loss.py keeps the same definition as a composition of the public
 from __future__ import annotations
 
 import math
+import numbers
 import sys
+from decimal import Decimal
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -72,9 +74,19 @@ def _real(name: str, value) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    except OverflowError:  # an integer (or fraction) past float64's range, as Inf is
+        raise ValueError(f"{name} must be finite, got {_abbreviated(value)}") from None
     if not -math.inf < number < math.inf:  # not math.isfinite: Dynamo traces a comparison
         raise ValueError(f"{name} must be finite, got {value!r}")
     return number
+
+
+def _abbreviated(value) -> str:
+    """A number too large for a float, short: 10**400 as 1.000e+400 (not 401 digits; past
+    4300 digits, str() of an int raises)."""
+    if isinstance(value, numbers.Rational):
+        return f"{Decimal(value.numerator) / Decimal(value.denominator):.3e}"
+    return f"a {type(value).__name__} past float64's range"
 
 
 def _one_of(name: str, value, choices: Tuple[str, ...]) -> None:
@@ -222,6 +234,8 @@ def loss(
             raise TypeError("previous must be the PromptTopology of an earlier call "
                             "(terms['topology'], with tensors .h0 and .h1), got "
                             f"{type(previous).__name__}")
+        check_dense(previous.h0, "previous.h0")  # .contiguous() below refuses a sparse one
+        check_dense(previous.h1, "previous.h1")
         if not (previous.h0.is_floating_point() and previous.h1.is_floating_point()):
             raise TypeError("previous must hold real floating-point tensors (a topology of an "
                             f"earlier call), got {previous.h0.dtype} and {previous.h1.dtype}")
