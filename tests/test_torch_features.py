@@ -3,6 +3,7 @@ checkpointing, torch.export and dynamic shapes, with the ops and the stateful TS
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -354,29 +355,64 @@ def test_plain_calls_take_the_op_route():
     assert seen == [False, True]
 
 
-@pytest.mark.parametrize("bad", ["maxdim", "max_h1", "dtype", "reduction"])
+def _forward(x, prev=(None, None), maxdim=1, max_h1=8, p=1.0, reduction=1):
+    return torch.ops.tsloss_cuda.tsloss_forward(x, *prev, maxdim, max_h1, True, 0, 0.0, p, 1.0,
+                                                1.0, 0.0, reduction)
+
+
+def _persistence(x, maxdim=1, distances=False, max_h1=8):
+    return torch.ops.tsloss_cuda.vr_persistence(x, maxdim, distances, max_h1)
+
+
+def _pairwise(x):
+    return torch.ops.tsloss_cuda.pairwise_distance(x)
+
+
+#: An input the kernels refuse: x's shape and dtype, the op calls given it, the message.
+REFUSED = {
+    "maxdim": ((2, 5, 3), torch.float32, [lambda x: _forward(x, maxdim=2),
+                                          lambda x: _persistence(x, maxdim=2)],
+               "maxdim must be 0 or 1, got 2"),
+    "max_h1": ((2, 5, 3), torch.float32, [lambda x: _forward(x, max_h1=-1),
+                                          lambda x: _persistence(x, max_h1=-1)],
+               "max_h1 must be >= 0, got -1"),
+    "dtype": ((2, 5, 3), torch.int64, [_forward, _persistence, _pairwise],
+              "must be float32 or float64, got"),
+    "float16": ((2, 5, 3), torch.float16, [_forward, _persistence, _pairwise],
+                "must be float32 or float64, got"),
+    "reduction": ((2, 5, 3), torch.float32, [lambda x: _forward(x, reduction=3)],
+                  "reduction must be 0 (none), 1 (mean) or 2 (sum), got 3"),
+    "N": ((1, 4097, 1), torch.float32, [_forward, _persistence],
+          "N = 4097 points exceeds the supported maximum of 4096"),
+    "D": ((2, 3, 0), torch.float32, [_forward, _persistence], "points need D >= 1, got [2, 3, 0]"),
+    "square": ((2, 3, 4), torch.float32, [lambda x: _persistence(x, distances=True)],
+               "a distance matrix must be square, got [2, 3, 4]"),
+    "p": ((2, 5, 3), torch.float32, [lambda x: _forward(x, p=0.0)], "p must be > 0, got 0"),
+    "prev_alone": ((2, 5, 3), torch.float32,
+                   [lambda x: _forward(x, prev=(x.new_zeros(2, 4), None)),
+                    lambda x: _forward(x, prev=(None, x.new_zeros(2, 8)))],
+                   "prev_h0 and prev_h1 must be given together"),
+    "prev_h0": ((2, 5, 3), torch.float32,
+                [lambda x: _forward(x, prev=(x.new_zeros(2, 5), x.new_zeros(2, 8)))],
+                "prev_h0 must be (B, N-1) = (2, 4), got [2, 5]"),
+    "prev_h1": ((2, 5, 3), torch.float32,
+                [lambda x: _forward(x, prev=(x.new_zeros(2, 4), x.new_zeros(3, 8)))],
+                "prev_h1 must be (B, K) = (2, 8), got [3, 8]"),
+}
+
+
+@pytest.mark.parametrize("bad", REFUSED)
 def test_fake_kernels_refuse_what_the_kernels_refuse(bad):
     """A direct call of an op, traced (fake tensors, as torch.compile runs it), fails with the
     kernel's own message instead of building a graph that fails only when it runs."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    args = dict(dict(maxdim=1, max_h1=8, dtype=torch.float32, reduction=1), **{
-        "maxdim": dict(maxdim=2), "max_h1": dict(max_h1=-1), "dtype": dict(dtype=torch.int64),
-        "reduction": dict(reduction=3)}[bad])
-    ops = torch.ops.tsloss_cuda
-    calls = [lambda x: ops.tsloss_forward(x, None, None, args["maxdim"], args["max_h1"], True,
-                                          0, 0.0, 1.0, 1.0, 1.0, 0.0, args["reduction"])]
-    if bad != "reduction":
-        calls.append(lambda x: ops.vr_persistence(x, args["maxdim"], False, args["max_h1"]))
-    want = {"maxdim": "maxdim must be 0 or 1, got 2", "max_h1": "max_h1 must be >= 0, got -1",
-            "dtype": "must be float32 or float64, got",
-            "reduction": "reduction must be 0 (none), 1 (mean) or 2 (sum), got 3"}[bad]
+    shape, dtype, calls, want = REFUSED[bad]
     for call in calls:
         with FakeTensorMode():
-            x = torch.ones(2, 5, 3, dtype=args["dtype"])
-            with pytest.raises(RuntimeError, match=want.replace("(", r"\(").replace(")", r"\)")):
-                call(x)
-        with pytest.raises(RuntimeError, match=want.split(", got")[0].split(" (")[0]):
-            call(torch.ones(2, 5, 3, dtype=args["dtype"]))  # the kernel's own check, eagerly
+            with pytest.raises(RuntimeError, match=re.escape(want)):
+                call(torch.ones(shape, dtype=dtype))
+        with pytest.raises(RuntimeError, match=re.escape(want.split(", got")[0].split(" (")[0])):
+            call(torch.ones(shape, dtype=dtype))  # the kernel's own check, eagerly
 
 
 def test_fake_kernels_accept_what_the_kernels_accept():

@@ -7,6 +7,7 @@ lets the ops run under torch.compile and with no host synchronisation.
 from __future__ import annotations
 
 import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_or
 
 from . import _C  # noqa: F401  (loads the TORCH_LIBRARY registrations)
 
@@ -16,6 +17,8 @@ ops = torch.ops.tsloss_cuda
 @torch.library.register_fake("tsloss_cuda::pairwise_distance")
 def _pairwise_distance_fake(x: torch.Tensor) -> torch.Tensor:
     torch._check(x.dim() == 3, lambda: f"pairwise_distance: x must be (B, N, D), got {tuple(x.shape)}")
+    torch._check(x.dtype in (torch.float32, torch.float64),
+                 lambda: f"pairwise_distance: x must be float32 or float64, got {x.dtype}")
     return x.new_empty((x.shape[0], x.shape[1], x.shape[1]))
 
 
@@ -27,10 +30,31 @@ def _check_engine_args(op: str, x, maxdim, max_h1) -> None:
                  lambda: f"{op}: x must be float32 or float64, got {x.dtype}")
 
 
+#: The most points per cloud (tsl::kMaxPoints, csrc/core/common.h).
+MAX_POINTS = 4096
+
+
+def _check_cloud(op: str, x, distances: bool) -> None:
+    """check_points_or_distances (csrc/checks.h) on ``(B, N, D)`` x. Each check is one
+    (symbolic) condition, never a Python branch on a size that may be symbolic."""
+    n, d = x.shape[1], x.shape[2]
+    # Refused where N is known to exceed it: a guard N <= 4096 would break export's unbounded
+    # Dim("N", min=3); a dynamic N past it is the kernel's to refuse when it runs.
+    torch._check(not statically_known_true(n > MAX_POINTS),
+                 lambda: f"{op}: N = {n} points exceeds the supported maximum of {MAX_POINTS}")
+    if distances:
+        torch._check(n == d, lambda: f"{op}: a distance matrix must be square, got "
+                     f"{list(x.shape)}")
+    else:
+        torch._check(sym_or(d >= 1, n <= 1),
+                     lambda: f"{op}: points need D >= 1, got {list(x.shape)}")
+
+
 @torch.library.register_fake("tsloss_cuda::vr_persistence")
 def _vr_persistence_fake(x, maxdim, distances, max_h1):
     torch._check(x.dim() == 3, lambda: f"vr_persistence: x must be 3-D, got {tuple(x.shape)}")
     _check_engine_args("vr_persistence", x, maxdim, max_h1)
+    _check_cloud("vr_persistence", x, distances)
     b, n = x.shape[0], x.shape[1]
     h0 = max(n - 1, 0) if isinstance(n, int) else n - 1
     k = max_h1 if maxdim >= 1 else 0
@@ -202,9 +226,12 @@ def _tsloss_forward_fake(x, prev_h0, prev_h1, maxdim, max_h1, normalize, target_
     _check_engine_args("tsloss_forward", x, maxdim, max_h1)
     torch._check(reduction in (0, 1, 2), lambda: "tsloss_forward: reduction must be 0 (none), "
                  f"1 (mean) or 2 (sum), got {reduction}")
+    torch._check(p > 0, lambda: f"tsloss_forward: p must be > 0, got {p:g}")
+    _check_cloud("loss", x, False)  # the kernel names the public function, as here
     b, n = x.shape[0], x.shape[1]
     h0 = max(n - 1, 0) if isinstance(n, int) else n - 1
     k = max_h1 if maxdim >= 1 else 0
+    _check_previous(x, prev_h0, prev_h1, h0, k)
     reduced = (b,) if reduction == 0 else ()
     long = dict(dtype=torch.int64, device=x.device)
     return (
@@ -215,6 +242,27 @@ def _tsloss_forward_fake(x, prev_h0, prev_h1, maxdim, max_h1, normalize, target_
         x.new_empty((b,)), x.new_empty((b, n, n)),
         torch.empty((b, h0, 2), **long), torch.empty((b, k, 4), **long),
     )
+
+
+def _check_previous(x, prev_h0, prev_h1, h0, k) -> None:
+    """check_previous (csrc/checks.h): prev_h0 ``(B, N-1)`` and prev_h1 ``(B, K)``, floating
+    point on x's device, both or neither (the values are the kernel's to check)."""
+    op = "tsloss_forward"
+    torch._check((prev_h0 is None) == (prev_h1 is None),
+                 lambda: f"{op}: prev_h0 and prev_h1 must be given together")
+    if prev_h0 is None:
+        return
+    b = x.shape[0]
+    for name, t, width, what in (("prev_h0", prev_h0, h0, "N-1"), ("prev_h1", prev_h1, k, "K")):
+        def shape(name=name, t=t, width=width, what=what) -> str:
+            return f"{op}: {name} must be (B, {what}) = ({b}, {width}), got {list(t.shape)}"
+        torch._check(t.dim() == 2, shape)
+        torch._check(t.shape[0] == b, shape)  # one symbolic equality each: guards, no branch
+        torch._check(t.shape[1] == width, shape)
+        torch._check(t.device == x.device, lambda: f"{op}: {name} must be on x's device "
+                     f"{x.device}, got {t.device}")
+        torch._check(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got "
+                     f"{t.dtype}")
 
 
 @torch.library.register_fake("tsloss_cuda::tsloss_backward")
