@@ -311,6 +311,19 @@ def test_dynamic_shapes_share_a_graph_from_three_points():
         assert counters["stats"]["unique_graphs"] == 1
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_jit_trace_with_the_default_capacity_equals_eager():
+    """torch.jit.trace gives x.shape[1] as a 0-dim tensor, which default_max_h1 refused (a
+    TypeError). The trace keeps the traced N's K, the op's constant."""
+    x, y = circle(), circle(seed=1)
+    persistence = torch.jit.trace(lambda q: T.vr_persistence(q).h1, (x,))
+    value = torch.jit.trace(lambda q: T.loss(q), (x,))
+    for q in (x, y):
+        assert torch.equal(persistence(q), T.vr_persistence(q).h1)
+        assert torch.equal(value(q), T.loss(q))
+    assert persistence(circle(n=16)).shape[1] == T.default_max_h1(12)
+
+
 def test_loss_refuses_float8_as_vr_persistence_does():
     x = torch.randn(2, 6, 3).to(torch.float8_e4m3fn)
     with pytest.raises(TypeError, match="prompts must be float32 or float64"):

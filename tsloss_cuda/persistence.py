@@ -50,7 +50,13 @@ def check_max_h1(max_h1) -> Optional[int]:
 
 
 def default_max_h1(n: int) -> int:
-    """The default H1 capacity K for clouds of ``n`` points."""
+    """The default H1 capacity K for clouds of ``n`` points (an int; under ``torch.jit.trace``
+    also the 0-dim integer tensor that a size is there). A trace keeps the traced N's K: run
+    on clouds of another N, its ``h1`` has that many rows (``truncated`` reports a cloud with
+    more bars)."""
+    if _traced_size(n):
+        # The ops take K as an int, which a trace records as a constant (the tracer warns).
+        n = int(n)
     if not isinstance(n, torch.SymInt):  # a size under torch.compile is valid, kept symbolic
         if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise TypeError(f"n must be an integer (points per cloud), got {n!r}")
@@ -58,6 +64,12 @@ def default_max_h1(n: int) -> int:
             raise ValueError(f"n must be >= 0 (points per cloud), got {n}")
         n = int(n)
     return max(H1_CAPACITY_PER_POINT * n, H1_MIN_CAPACITY)
+
+
+def _traced_size(n) -> bool:
+    """Whether ``n`` is a size as torch.jit.trace gives it: a 0-dim integer tensor."""
+    return (isinstance(n, torch.Tensor) and torch.jit.is_tracing() and n.dim() == 0
+            and not (n.is_floating_point() or n.is_complex() or n.dtype == torch.bool))
 
 
 @dataclass
