@@ -311,6 +311,30 @@ def test_dynamic_shapes_share_a_graph_from_three_points():
         assert counters["stats"]["unique_graphs"] == 1
 
 
+@pytest.mark.parametrize("stability", [0.0, 1.0])
+def test_compiled_module_shares_a_graph_across_prompt_lengths(stability):
+    """The module formatted the previous N into a message on every call, which pinned N in the
+    graph: each new N recompiled, and past 8 recompiles the module silently ran eagerly. Now a
+    first call, a call with a previous topology and (stability 0) one that starts over."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    module, eager = T.TSLoss(stability=stability), T.TSLoss(stability=stability)
+    compiled = torch.compile(module, backend=counter, dynamic=True, fullgraph=True)
+    g = torch.Generator().manual_seed(0)
+    last = None
+    for n in (10, 10, 11, 11, 12, 12, 13, 13):
+        if stability and n != last:  # the stability term compares prompts of one shape
+            module.reset()
+            eager.reset()
+        last = n
+        x = torch.randn(2, n, 3, dtype=torch.float64, generator=g)
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-12, atol=0)
+        torch.testing.assert_close(module.last_terms["stability"], eager.last_terms["stability"],
+                                   rtol=1e-12, atol=0)
+    assert counter.frame_count == (3 if stability == 0 else 2)
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
 def test_jit_trace_with_the_default_capacity_equals_eager():
     """torch.jit.trace gives x.shape[1] as a 0-dim tensor, which default_max_h1 refused (a

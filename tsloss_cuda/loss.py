@@ -374,15 +374,17 @@ class TSLoss(torch.nn.Module):
         if topology and prompts.dim() in (2, 3):
             # Shapes only: no host synchronisation.
             b, n = (1, prompts.shape[0]) if prompts.dim() == 2 else tuple(prompts.shape[:2])
-            pb, pn = previous.h0.shape[0], previous.h0.shape[1] + 1
-            # h0 has N - 1 columns, and none for N = 0 as for N = 1.
-            was = f"N={pn}" if pn > 1 else "N=0 or 1"
             if (b, max(n - 1, 0)) != tuple(previous.h0.shape):
                 if self.options["stability"] == 0:
                     # The term is weighed by 0: a smaller last batch or another prompt length
                     # starts over, as after reset(), instead of stopping the run.
                     previous = None
                 else:
+                    # Formatted here only: compiled, a size in a string is a constant, and the
+                    # previous N pinned every later call's N (a recompile for each new N).
+                    pb, pn = previous.h0.shape[0], previous.h0.shape[1] + 1
+                    # h0 has N - 1 columns, and none for N = 0 as for N = 1.
+                    was = f"N={pn}" if pn > 1 else "N=0 or 1"
                     raise ValueError(
                         f"TSLoss: prompts changed shape from B={pb}, {was} to B={b}, N={n} since "
                         "the previous call; the stability term compares prompts of one shape: "
