@@ -122,7 +122,7 @@ class HostWarp {
   template <typename T>
   T shfl(const Var<T>& v, int src) {
     collective("shfl");
-    if (src < 0 || src >= warp::kLanes) fail("shfl from a lane outside the warp");
+    if (src < 0 || src >= warp::kLanes) fail("shfl", "from a lane outside the warp");
     return v.v[src];
   }
 
@@ -190,11 +190,17 @@ class HostWarp {
     require_uniform(what);
     ++counters_->collectives;
   }
+  // Per-lane code of any warp (a lane of warp 0 calling warp 1's ballot runs one lane's
+  // collective on the device, where CudaBlock::warp(k) is the caller's own warp), and another
+  // warp's phase, count as not uniform here.
   void require_uniform(const char* what) const {
-    if (in_lane_) fail(what);
+    if (in_lane_ || host_schedule.lane >= 0)
+      fail(what, "reached from per-lane code (not warp-uniform)");
+    if (host_schedule.warp >= 0 && host_schedule.warp != id_)
+      fail(what, "reached from another warp's code (on the device: that warp's own)");
   }
-  [[noreturn]] static void fail(const char* what) {
-    fprintf(stderr, "HostWarp: %s reached from per-lane code (not warp-uniform)\n", what);
+  [[noreturn]] static void fail(const char* what, const char* where) {
+    fprintf(stderr, "HostWarp: %s %s\n", what, where);
     abort();
   }
   void shuffle() {
@@ -283,7 +289,8 @@ class HostBlock {
   }
 
   void sync() {
-    if (in_phase_) fail("block barrier inside a warp phase");
+    if (in_phase_ || host_schedule.lane >= 0)
+      fail("block barrier inside a warp phase or a lane's step");
     ++counters_.barriers;
     schedule_fence();
     ++host_schedule.block_barriers;

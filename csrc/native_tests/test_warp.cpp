@@ -177,6 +177,35 @@ void test_refusals() {
           blk.each_warp([&](HostWarp&, int) { blk.sync(); });
         }),
         "a block barrier inside a warp phase must abort");
+  // Another warp's collective: from a lane's step (one lane of a ballot on the device) or from
+  // another warp's phase (on the device, that warp's own ballot, over other values).
+  CHECK(aborts([] {
+          HostBlock blk(2, 1);
+          HostWarp::Var<bool> p;
+          for (bool& b : p.v) b = true;
+          blk.first_warp([&](HostWarp& w) {
+            w.each([&](int l) {
+              if (l == 0) blk.warp(1).ballot(p);
+            });
+          });
+        }),
+        "another warp's ballot from per-lane code must abort");
+  CHECK(aborts([] {
+          HostBlock blk(2, 1);
+          blk.first_warp([&](HostWarp& w) {
+            w.each([&](int l) {
+              if (l == 3) blk.warp(1).sync();
+            });
+          });
+        }),
+        "another warp's sync from per-lane code must abort");
+  CHECK(aborts([] {
+          HostBlock blk(2, 1);
+          HostWarp::Var<bool> p;
+          for (bool& b : p.v) b = true;
+          blk.first_warp([&](HostWarp&) { blk.warp(1).ballot(p); });
+        }),
+        "another warp's ballot from a warp's phase must abort");
   // A Var is one register per thread on the device: `[l]` there ignores l.
   CHECK(aborts([] {
           HostWarp w(1);
