@@ -3,6 +3,7 @@ verbalizer, the PEFT path, and (slow) 2 steps of the Gemma job."""
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -552,6 +553,51 @@ def test_an_encoder_with_an_lm_head_is_refused_as_causal():
     with pytest.raises(ValueError, match=r"BertLMHeadModel is not a causal \(left-to-right\) LM"
                                          r".*--task encoder"):
         _spm(bert)
+
+
+def _checkpoint(tmp_path, config, arch: str) -> str:
+    """A checkpoint folder with ``config`` alone, saved as the architecture ``arch``."""
+    config.architectures = [arch]
+    config.save_pretrained(tmp_path / arch)
+    return str(tmp_path / arch)
+
+
+@pytest.mark.parametrize("config,arch,task", [
+    (transformers.Gemma3Config(), "Gemma3ForConditionalGeneration", "causal"),
+    (transformers.Gemma3TextConfig(), "Gemma3ForCausalLM", "causal"),
+    (transformers.LlamaConfig(), "LlamaForCausalLM", "causal"),
+    (transformers.GPT2Config(), "GPT2LMHeadModel", "causal"),
+    # AutoModelForCausalLM loads a BERT config too (as BertLMHeadModel): the checkpoint's
+    # architecture, not its config class, says whether it generates.
+    (transformers.BertConfig(), "BertModel", "encoder"),
+    (transformers.BertConfig(), "BertForMaskedLM", "encoder"),
+    (transformers.XLMRobertaConfig(), "XLMRobertaModel", "encoder")])
+def test_auto_task_follows_what_the_checkpoint_generates(tmp_path, config, arch, task):
+    """--task auto went by the architecture name's ending: the generative
+    Gemma3ForConditionalGeneration (Gemma 3 4B+) was tuned as a sentence encoder."""
+    from tsloss_cuda.models import detect_checkpoint_task
+    assert detect_checkpoint_task(_checkpoint(tmp_path, config, arch)) == task
+
+
+def test_auto_task_refuses_what_it_cannot_tune(tmp_path):
+    """An encoder-decoder was classed as an encoder and failed inside transformers; a generator
+    that AutoModelForCausalLM cannot load (LLaVA in transformers 5) was tuned as an encoder."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+    from tsloss_cuda.models import detect_checkpoint_task
+    t5 = _checkpoint(tmp_path, transformers.T5Config(), "T5ForConditionalGeneration")
+    for task in ("auto", "causal", "encoder"):
+        with pytest.raises(CLIError, match=f"^--model: {re.escape(t5)} is an encoder-decoder "
+                                           r"model \(T5ForConditionalGeneration\), which no "
+                                           "--task"):
+            load_model(t5, task, torch.device("cpu"), quiet=True)
+    llava = transformers.LlavaConfig()
+    path = _checkpoint(tmp_path, llava, "LlavaForConditionalGeneration")
+    if type(llava) in MODEL_FOR_CAUSAL_LM_MAPPING:  # a later transformers loads it
+        assert detect_checkpoint_task(path) == "causal"
+    else:
+        with pytest.raises(CLIError, match="generates text, but AutoModelForCausalLM cannot "
+                                           "load it"):
+            detect_checkpoint_task(path)
 
 
 def test_model_cache_flag_wins_over_the_environment(monkeypatch, tmp_path):

@@ -148,6 +148,11 @@ def test_detect_task_tells_generating_lms_from_encoders():
     assert [detect_task(m) for m in causal] == ["causal"] * 2
     # Masked LMs have an output embedding too, but they do not generate.
     assert [detect_task(m) for m in encoders] == ["encoder"] * 3
+    # An encoder-decoder was an encoder, whose forward then asked for decoder inputs.
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2))
+    with pytest.raises(ValueError, match="T5ForConditionalGeneration is an encoder-decoder"):
+        detect_task(t5)
 
 
 def test_causal_lm_classifies_by_label_words():

@@ -266,6 +266,30 @@ def test_cli_causal_lm(tiny_models, tmp_path):
     assert torch.equal(p6, _final(tmp_path, "tsloss", 0))
 
 
+def test_auto_tunes_a_conditional_generation_lm_as_causal(tmp_path):
+    """Gemma 3 4B+ (as Mistral 3, LLaVA, Qwen-VL) is a Gemma3ForConditionalGeneration: --task
+    auto read the name's ending and tuned it, silently, as a sentence encoder."""
+    src, d = _minilm_dir(), tmp_path / "gemma3"
+    v = 30522  # MiniLM's tokenizer; the image tokens take its last ids
+    cfg = transformers.Gemma3Config(
+        text_config=dict(vocab_size=v, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=64, num_key_value_heads=1,
+                         head_dim=8, sliding_window=8,
+                         layer_types=["sliding_attention", "full_attention"]),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=28, patch_size=14),
+        mm_tokens_per_image=4, image_token_index=v - 1, boi_token_index=v - 2,
+        eoi_token_index=v - 3)
+    torch.manual_seed(0)
+    transformers.Gemma3ForConditionalGeneration(cfg).save_pretrained(d)
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    tok.save_pretrained(d)
+    r = _run(["--model", str(d), "--regularizer", "none", "--no-plots",
+              "--output-dir", str(tmp_path / "out")] + _set(TINY, "--max-steps", "1"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["task"] == "causal"
+
+
 @pytest.mark.parametrize("args,module", [
     (["--model", "/nonexistent/model"], "tsloss_cuda.train"),
     (["--regularizer", "dropout"], "tsloss_cuda.train"),

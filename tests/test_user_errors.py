@@ -42,6 +42,10 @@ def _fixtures(d):
         f.write("text,label,split\ngood,pos,train\n,neg,train\nok,neg,validation\n")
     with open(os.path.join(d, "long.csv"), "w") as f:  # a text with an unquoted comma
         f.write("text,label,split\ngood,pos,train\nbad, really,neg,train\nok,neg,validation\n")
+    os.makedirs(os.path.join(d, "t5"), exist_ok=True)  # its config alone: refused before loading
+    with open(os.path.join(d, "t5", "config.json"), "w") as f:
+        json.dump({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"],
+                   "is_encoder_decoder": True}, f)
     with open(os.path.join(d, "junk", "step_1.pt"), "w") as f:
         f.write("not a checkpoint")
     with open(os.path.join(d, "junk_st", "step_1.safetensors"), "w") as f:
@@ -155,6 +159,9 @@ TRAIN_CASES = [
     ("--device tpu", "--device"),
     ("--model {d}/nonexistent", "--model"),
     ("--model {d}", "--model: not a transformers checkpoint (no config.json): {d}"),
+    # An encoder-decoder was tuned as an encoder and failed inside transformers.
+    ("--model {d}/t5", "--model: {d}/t5 is an encoder-decoder model (T5ForConditionalGeneration), "
+     "which no --task tunes"),
     ("--data {d}/nonexistent.csv", "--data"),
     ("--data {d}/bad.csv", "--data"),
     ("--data {d}/header.csv", "--data"),

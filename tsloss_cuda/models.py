@@ -208,15 +208,56 @@ def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = Fals
     return name
 
 
-#: Class-name endings of transformers architectures that generate text.
-CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+#: Class-name endings of text generators, for an architecture this transformers does not define
+#: (remote code); the classes it defines say themselves whether they generate.
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def generates(arch: str) -> bool:
+    """Whether the transformers class named ``arch`` generates text, as the class itself says
+    (``can_generate``); by the name's ending only where this transformers lacks the class.
+    The endings alone missed Gemma 3 4B+, Mistral 3, LLaVA and Qwen-VL, which are
+    ``*ForConditionalGeneration`` (as T5 is, an encoder-decoder)."""
+    try:
+        import transformers
+        cls = getattr(transformers, arch, None)
+    except (ImportError, RuntimeError):  # no transformers, or the class' dependency is missing
+        cls = None
+    can = getattr(cls, "can_generate", None)
+    return bool(can()) if callable(can) else arch.endswith(CAUSAL_ARCHITECTURES)
+
+
+def check_decoder_only(config, what: str) -> None:
+    """Refuses an encoder-decoder (T5, BART): the job tunes a causal LM through its decoder
+    alone and an encoder through ``AutoModel``, which builds the whole encoder-decoder and then
+    fails for want of decoder inputs (a transformers error naming no flag)."""
+    if getattr(config, "is_encoder_decoder", False):
+        archs = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+        raise CLIError(f"--model: {what} is an encoder-decoder model ({archs}), which no "
+                       "--task tunes (causal: a decoder-only LM; encoder: an encoder)")
+
+
+def checkpoint_task(config, what: str) -> str:
+    """``causal`` when the checkpoint's architecture generates text and AutoModelForCausalLM
+    loads its config, ``encoder`` when it does not generate; a :class:`CLIError` for an
+    encoder-decoder, or a generator that AutoModelForCausalLM cannot load (as an encoder it
+    would be tuned silently as something it is not)."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+    check_decoder_only(config, what)
+    archs = list(getattr(config, "architectures", None) or [])
+    if not any(generates(a) for a in archs):
+        return "encoder"
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise CLIError(f"--model: {what} ({', '.join(archs)}) generates text, but "
+                       "AutoModelForCausalLM cannot load it (--task causal tunes the LMs it "
+                       "loads; --task auto does not tune a generator as an encoder)")
+    return "causal"
 
 
 def detect_checkpoint_task(path: str) -> str:
-    """``causal`` when the checkpoint's architecture generates text, else ``encoder``."""
+    """:func:`checkpoint_task` of the checkpoint folder ``path``."""
     from transformers import AutoConfig
-    archs = AutoConfig.from_pretrained(path).architectures or []
-    return "causal" if any(a.endswith(CAUSAL_ARCHITECTURES) for a in archs) else "encoder"
+    return checkpoint_task(AutoConfig.from_pretrained(path), path)
 
 
 def check_positions(model: torch.nn.Module, prompt_length: int, max_length: int) -> None:
@@ -235,15 +276,18 @@ def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
                cache_dir: Optional[str] = None) -> Tuple[object, torch.nn.Module, str]:
     """(tokenizer, frozen model in eval mode, task) for a known name or a local folder.
 
-    ``task`` is ``causal``, ``encoder`` or ``auto`` (from the checkpoint's architecture).
+    ``task`` is ``causal``, ``encoder`` or ``auto`` (:func:`checkpoint_task`); an
+    encoder-decoder is refused whatever ``task``.
     On CPU the weights are float32 whatever the checkpoint stores.
     """
     _transformers_logging(quiet)
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     path = resolve_model(name, cache_dir, quiet)
     try:
+        config = AutoConfig.from_pretrained(path)
+        check_decoder_only(config, path)
         if task == "auto":
-            task = detect_checkpoint_task(path)
+            task = checkpoint_task(config, path)
         cls = AutoModelForCausalLM if task == "causal" else AutoModel
         dtype = torch.float32 if device.type == "cpu" else "auto"
         model = cls.from_pretrained(path, dtype=dtype)

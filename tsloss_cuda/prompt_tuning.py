@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .models import CAUSAL_ARCHITECTURES
+from .models import generates
 
 TASKS = ("causal", "encoder")
 INITS = ("vocab", "random", "text")
@@ -41,17 +41,19 @@ TEMPERATURE = 20.0
 
 
 def detect_task(model: nn.Module) -> str:
-    """``"causal"`` for a model with an LM head that generates, else ``"encoder"`` (masked LMs
-    and bare encoders included)."""
+    """``"causal"`` for a model that generates text, else ``"encoder"`` (masked LMs and bare
+    encoders included): as ``--task auto`` decides (:func:`tsloss_cuda.models.generates`), from
+    the checkpoint's architectures or the model's own class. A ValueError for an
+    encoder-decoder (T5, BART), whose decoder needs inputs of its own."""
     cfg = getattr(model, "config", None)
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise ValueError(f"{type(model).__name__} is an encoder-decoder model; SoftPromptModel "
+                         "tunes a decoder-only causal LM or an encoder")
     archs = list(getattr(cfg, "architectures", None) or []) + [type(model).__name__]
-    if any(a.endswith(CAUSAL_ARCHITECTURES) for a in archs):
+    if any(generates(a) for a in archs):
         return "causal"
-    can_generate = getattr(model, "can_generate", None)
-    if callable(can_generate) and can_generate() \
-            and not getattr(cfg, "is_encoder_decoder", False):
-        return "causal"
-    return "encoder"
+    can_generate = getattr(model, "can_generate", None)  # a class transformers does not name
+    return "causal" if callable(can_generate) and can_generate() else "encoder"
 
 
 def text_init_ids(ids: Sequence[int], n: int) -> torch.Tensor:

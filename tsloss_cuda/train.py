@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of converted models (default: $TSLOSS_CACHE, else "
                         "~/.cache/tsloss_cuda/models)%(default).0s")
     p.add_argument("--task", default="auto", choices=("auto", "causal", "encoder"),
-                   help="how to tune the model (auto: detected from the checkpoint)")
+                   help="how to tune the model (auto: causal where the checkpoint's "
+                        "architecture generates text, else encoder; an encoder-decoder is "
+                        "refused)")
     p.add_argument("--data", default=DATA_CSV, help="CSV with columns text,label,split")
     p.add_argument("--regularizer", default=None, choices=REGULARIZERS,
                    help="prompt regulariser of a single run (pairwise = mean pairwise distance "
