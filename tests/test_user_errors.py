@@ -643,3 +643,28 @@ def test_a_prompt_and_text_that_fill_the_positions_exactly_are_accepted():
     check_positions(model, 6, 10)
     with pytest.raises(CLIError, match="exceed the model's 16 positions"):
         check_positions(model, 6, 11)
+
+
+@pytest.mark.parametrize("family", ["Roberta", "MPNet"])
+def test_roberta_family_positions_start_past_the_padding_row(family):
+    """RoBERTa-family encoders number positions from padding_idx + 1 (MPNet's padding_idx is 1
+    whatever the config says): 20 rows hold 18 positions. 19 passed the check and then failed
+    inside the model with an IndexError naming no flag."""
+    transformers = pytest.importorskip("transformers")
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.models import check_positions
+    from tsloss_cuda.prompt_tuning import SoftPromptModel
+    cfg = getattr(transformers, f"{family}Config")(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=20, pad_token_id=1 if family == "Roberta"
+        else 0)
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{family}Model")(cfg).eval()
+    check_positions(model, 4, 14)
+    with pytest.raises(CLIError, match=r"^--prompt-length 4 plus --max-length 15 tokens exceed "
+                                       r"the model's 18 positions \(20 less the 2 its"):
+        check_positions(model, 4, 15)
+    spm = SoftPromptModel(model, 4, task="encoder", head="linear", num_labels=2,
+                          generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, 64, (1, 14))
+    assert spm(ids, torch.ones_like(ids))["logits"].shape == (1, 2)  # the accepted size runs

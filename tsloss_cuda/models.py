@@ -260,16 +260,36 @@ def detect_checkpoint_task(path: str) -> str:
     return checkpoint_task(AutoConfig.from_pretrained(path), path)
 
 
+def position_offset(model: torch.nn.Module) -> int:
+    """How many rows of the position table come before the first position: ``padding_idx + 1``
+    for RoBERTa-family encoders (RoBERTa, XLM-R, CamemBERT, MPNet, Longformer...), whose
+    embeddings number an ``inputs_embeds`` input from there (fairseq's rule: row
+    ``padding_idx`` is the padding's, those below unused; MPNet fixes it at 1 whatever the
+    config's pad_token_id), else 0."""
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    for module in modules:
+        pad = getattr(module, "padding_idx", None)
+        if callable(getattr(module, "create_position_ids_from_inputs_embeds", None)) \
+                and isinstance(pad, int):
+            return pad + 1
+    return 0
+
+
 def check_positions(model: torch.nn.Module, prompt_length: int, max_length: int) -> None:
     """Refuses a prompt and text longer than the model's positions (its position table would
     be indexed past its end: a shape error or an IndexError deep in the model)."""
     cfg = getattr(model, "config", None)
-    limit = next((v for v in (getattr(cfg, k, None) for k in
+    table = next((v for v in (getattr(cfg, k, None) for k in
                               ("max_position_embeddings", "n_positions", "max_seq_len"))
                   if isinstance(v, int) and v > 0), None)
-    if limit is not None and prompt_length + max_length > limit:
+    if table is None:
+        return
+    offset = position_offset(model)
+    limit = table - offset
+    if prompt_length + max_length > limit:
+        why = f" ({table} less the {offset} its position ids skip)" if offset else ""
         raise CLIError(f"--prompt-length {prompt_length} plus --max-length {max_length} tokens "
-                       f"exceed the model's {limit} positions")
+                       f"exceed the model's {limit} positions{why}")
 
 
 def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
