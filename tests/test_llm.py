@@ -309,6 +309,23 @@ SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_h
              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
 
 
+def test_frequent_init_counts_the_texts_not_the_cue():
+    """Every causal row ends in the cue, so its tokens ranked first in the pool though no
+    training text holds them. Truncated and padded rows lose their cue alone."""
+    from tsloss_cuda.tasks import TaskSpec, encode, frequent_tokens
+    tok = tiny_tokenizer()
+    spec = TaskSpec(instruction="?", cue=" review:", describe="{label}")
+    texts, names = ["so great", "great - so", "so so good so"], ["good", "bad"]
+    # so=4 -=5 great=6 good=2; the cue review=7 :=8 is in every row, never in a text
+    data = encode(tok, texts, [0, 1, 0], "causal", names, 32, spec)
+    assert frequent_tokens(data, tok.all_special_ids) == [4, 6, 2, 5]
+    assert data["cue_ids"].tolist() == [7, 8]
+    cut = encode(tok, texts, [0, 1, 0], "causal", names, 3, spec)  # one text token a row
+    assert frequent_tokens(cut, tok.all_special_ids) == [4, 6]
+    enc = encode(tok, texts, [0, 1, 0], "encoder", names, 8, spec)  # no cue: every text token
+    assert "cue_ids" not in enc and frequent_tokens(enc, tok.all_special_ids) == [4, 6, 2, 5]
+
+
 def _lm(arch: str, **config):
     torch.manual_seed(0)
     cfg = getattr(transformers, arch + "Config")(**SMALL, **config)

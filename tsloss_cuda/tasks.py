@@ -23,7 +23,8 @@ from ._cli import CLIError, first_line
 DATA_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reviews.csv")
 #: The values of a CSV's split column.
 SPLITS = ("train", "validation")
-#: Per-example tensors of an encoded split; everything else in it describes the labels.
+#: Per-example tensors of an encoded split; everything else in it describes the labels (and the
+#: causal cue).
 EXAMPLE_KEYS = ("ids", "mask", "y")
 
 
@@ -180,7 +181,8 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
     encoder: right-padded texts; ``label_ids``/``label_mask`` ``(C, Lc)`` the label
     descriptions. causal: right-padded ``"<text><cue>"`` after the tokenizer's leading special
     tokens (truncated to ``max_length`` tokens, the cue kept), the answer position each row's
-    last real token; ``label_ids`` ``(C,)`` the verbalizer's tokens.
+    last real token; ``label_ids`` ``(C,)`` the verbalizer's tokens, ``cue_ids`` the cue's,
+    which end every row.
     """
     y = torch.tensor(labels)
     if task == "encoder":
@@ -208,16 +210,29 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
         body = lead + tok.encode(t, add_special_tokens=False)
         rows.append(body[: max_length - len(cue)] + cue)
     ids, mask = _pad_right(rows, pad)
-    return {"ids": ids, "mask": mask, "y": y, "label_ids": label_ids}
+    return {"ids": ids, "mask": mask, "y": y, "label_ids": label_ids,
+            "cue_ids": torch.tensor(cue, dtype=torch.long)}
+
+
+def _text_mask(data: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(M, L)`` bool: the tokens of the texts, a causal row's cue (its last real tokens, the
+    same in every row) left out; an encoder's rows have no cue."""
+    mask = data["mask"].bool()
+    cue = data.get("cue_ids")
+    if cue is None or cue.numel() == 0:
+        return mask
+    ends = mask.sum(1, keepdim=True) - cue.numel()  # (M, 1): where each row's cue begins
+    return mask & (torch.arange(mask.shape[1]) < ends)
 
 
 def frequent_tokens(data: Dict[str, torch.Tensor], exclude: List[int],
                     k: int = 5000) -> List[int]:
-    """The ``k`` most frequent token ids of a split's unmasked text, ``exclude`` (the special
-    tokens) left out; ties go to the smaller id. Lester et al. (2021) initialise a prompt from
-    the 5,000 most common tokens of the vocabulary; offline, the task's own texts stand in
-    for the pretraining corpus' counts."""
-    counts = torch.bincount(data["ids"][data["mask"].bool()])
+    """The ``k`` most frequent token ids of a split's texts, ``exclude`` (the special tokens)
+    and a causal row's cue left out (it ends every row: its tokens ranked first, though no
+    text holds them); ties go to the smaller id. Lester et al. (2021) initialise a prompt
+    from the 5,000 most common tokens of the vocabulary; offline, the task's own texts stand
+    in for the pretraining corpus' counts."""
+    counts = torch.bincount(data["ids"][_text_mask(data)])
     if exclude:
         drop = torch.tensor(sorted(set(exclude)))
         counts[drop[drop < counts.numel()]] = 0
