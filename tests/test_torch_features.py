@@ -182,6 +182,20 @@ def test_compile_fullgraph_keeps_one_graph_and_compiles_transforms():
     torch.testing.assert_close(torch.compile(h, fullgraph=True)(x), h(x), rtol=0, atol=1e-12)
 
 
+def test_compile_of_forward_mode_on_float64_clouds_of_several_widths():
+    """The rebuilt lengths' power-of-two scale once came from frexp's int32 exponent, which
+    Inductor's CPU code could not mix with float64 lanes: a C++ compile error at D = 1 and 8
+    (circle()'s D = 2 compiled)."""
+    g = torch.Generator().manual_seed(3)
+    for d in (1, 8):
+        torch._dynamo.reset()
+        x = torch.randn(7, d, generator=g, dtype=torch.float64)
+        t = torch.randn(7, d, generator=g, dtype=torch.float64)
+        f = lambda q: torch.func.jvp(T.pairwise_distance, (q,), (t,))[1]  # noqa: E731
+        torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x), rtol=0,
+                                   atol=1e-12)
+
+
 def test_loss_names_what_it_does_not_support():
     # It raised upstream's messages ("cannot use C++ torch::autograd::Function with functorch
     # transforms (vmap, ...)", although vmap works; "please open a feature request").

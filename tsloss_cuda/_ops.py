@@ -158,7 +158,7 @@ SCALE_EXPONENT_LIMIT = {torch.float32: 90, torch.float64: 600}
 
 def scaled_difference(diff: torch.Tensor):
     """``(r, top, pos, root)`` of differences ``(..., D)`` (float32/float64): ``r = diff / top``
-    with ``top`` (keepdim) a power of two near their largest |entry| (exact: no rounding),
+    with ``top`` (keepdim) a power of two near their largest |entry|,
     ``pos`` where that entry is > 0 and ``root = |r|`` (1 where not pos): the length is
     ``top * root``, the unit vector ``r / root``. Scaled as the kernel's lengths: float64 squares
     of edges below ~1e-154 or above ~1e154 would under- or overflow, and gave those edges no
@@ -173,9 +173,12 @@ def scaled_difference(diff: torch.Tensor):
         big = diff.detach().abs().amax(-1, keepdim=True)
     pos = big > 0
     limit = SCALE_EXPONENT_LIMIT[diff.dtype]
-    e = torch.frexp(torch.where(pos, big, torch.ones_like(big))).exponent.clamp(-limit, limit)
-    top = torch.ldexp(torch.ones_like(big), e)
-    r = diff * torch.ldexp(torch.ones_like(big), -e)
+    # The exponent as a float, not frexp's int32: Inductor's CPU code cannot mix an int32
+    # tensor with float64 lanes (a C++ compile error under torch.compile). Any power of two
+    # near the largest entry serves, so floor(log2) may be one off.
+    e = torch.floor(torch.log2(torch.where(pos, big, torch.ones_like(big)))).clamp(-limit, limit)
+    top = torch.exp2(e)
+    r = diff * torch.exp2(-e)
     sq = (r * r).sum(-1, keepdim=True)
     return r, top, pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt()
 
