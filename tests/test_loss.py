@@ -550,6 +550,8 @@ def test_bad_loss_options_name_the_argument():
             T.TSLoss(**{name: -10**400})
     with pytest.raises(ValueError, match="target must be finite, got 1.000e\\+5000"):
         T.loss(x, connectivity_mode="target", target=10**5000)  # str() of it would raise
+    with pytest.raises(ValueError, match="p must be finite, got an int past float64's range"):
+        T.loss(x, p=10**1000000)  # past Decimal's exponent range too
     # A tensor option was read back to the host on every call, and silently got no gradient.
     with pytest.raises(TypeError, match="connectivity must be a Python number"):
         T.loss(x, connectivity=torch.tensor(0.5, requires_grad=True))

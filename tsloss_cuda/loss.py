@@ -85,8 +85,12 @@ def _abbreviated(value) -> str:
     """A number too large for a float, short: 10**400 as 1.000e+400 (not 401 digits; past
     4300 digits, str() of an int raises)."""
     if isinstance(value, numbers.Rational):
-        return f"{Decimal(value.numerator) / Decimal(value.denominator):.3e}"
-    return f"a {type(value).__name__} past float64's range"
+        try:
+            return f"{Decimal(value.numerator) / Decimal(value.denominator):.3e}"
+        except ArithmeticError:  # past Decimal's own exponent range (10**1000000)
+            pass
+    kind = type(value).__name__
+    return f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind} past float64's range"
 
 
 def _one_of(name: str, value, choices: Tuple[str, ...]) -> None:
