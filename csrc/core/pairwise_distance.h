@@ -103,11 +103,11 @@ TSL_HD double point_distance(const T* x, const T* y, index_t dim) {
 // Where len is subnormal or g / len leaves the normal range (float64 edges shorter than
 // ~2.2e-308, or a g far from 1 on a very short or long edge), lengths and differences are
 // scaled by a power of two m bringing len near 1: the length is recomputed from the scaled
-// differences, since a subnormal len has lost its precision, and the step stays finite and
-// nonzero wherever g times the unit vector is (for every |g| < 2^973 ~ 1.5e292). m is a normal
-// double (flushed-subnormal modes read it as itself), 2^-1022 to 2^1023, so a subnormal len
-// scales to len * m >= 2^-51 and a huge one to len * m < 4. Zero-length edges get nothing
-// (s = 0): the forward's value has no direction there.
+// differences, since a subnormal len has lost its precision. The step stays finite for every
+// |g| < 2^973 ~ 1.5e292, and nonzero for a normal g (a subnormal g over an edge past 2^1023 may
+// round to 0). m is a normal double (flushed-subnormal modes read it as itself), 2^-1022 to
+// 2^1023, so a subnormal len scales to len * m >= 2^-51 and a huge one to len * m < 4.
+// Zero-length edges get nothing (s = 0): the forward's value has no direction there.
 struct EdgeScale {
   double s, m;
 };
