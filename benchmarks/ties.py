@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import time
 
 import numpy as np
 import torch
 
 import tsloss_cuda
-from tsloss_cuda._cli import positive_int
+from tsloss_cuda._cli import CLIError, check_writable, positive_int
 
 FIELDS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
 
@@ -79,7 +80,8 @@ def main(argv=None):
                     help=f"comma-separated subset of {','.join(clouds())}")
     ap.add_argument("--impls", default="ours,ripser,gph", help="comma-separated subset")
     ap.add_argument("--reps", type=positive_int, default=3)
-    ap.add_argument("--save", help="write our diagrams to this .npz file")
+    ap.add_argument("--save",
+                    help="write our diagrams to this .npz file (its folder made if missing)")
     ap.add_argument("--compare", help="an .npz file of --save: flag clouds whose bits differ")
     args = ap.parse_args(argv)
     # Checked before the first cloud is timed (KeyError, AttributeError tracebacks before).
@@ -92,6 +94,11 @@ def main(argv=None):
         path = getattr(args, flag)
         if path is not None and not path.endswith(".npz"):
             ap.error(f"--{flag} {path}: name a .npz file")
+    if args.save is not None:  # its folder, made at the end; a traceback there before
+        try:
+            check_writable(os.path.dirname(os.path.abspath(args.save)), "--save")
+        except CLIError as e:
+            ap.error(str(e))
     torch.set_num_threads(1)
     impls = args.impls.split(",")
     saved = {}
@@ -130,6 +137,7 @@ def main(argv=None):
         row = " ".join(f"{times[i]:9.3f}" for i in impls)
         print(f"{name:14} {len(m):4d} {int(d.h1_count[0]):5d} {row}  {'; '.join(notes) or 'ok'}")
     if args.save:
+        os.makedirs(os.path.dirname(os.path.abspath(args.save)), exist_ok=True)  # as checked
         np.savez(args.save, **saved)
 
 

@@ -282,13 +282,19 @@ def test_profile_ops_tiny(tmp_path):
     (["--reps", "0"], "--reps: expected an integer >= 1, got 0"),
     (["--save", "{tmp}/t1"], "--save .*/t1: name a .npz file"),  # np.savez wrote t1.npz
     (["--compare", "{tmp}/none.npz"], "--compare .*none.npz: .*No such file"),
+    (["--save", "{tmp}/file/t.npz"], "--save .*/file cannot be created"),
 ])
-def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys):
+def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
     """Each was a traceback (KeyError, AttributeError, FileNotFoundError), some after a cloud
-    had been timed."""
+    had been timed (--save: after every cloud)."""
+    (tmp_path / "file").write_text("")
     spec = importlib.util.spec_from_file_location("ties", RUN.parent / "ties.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+
+    def timed(*a, **k):
+        raise AssertionError("a cloud was timed before the arguments were checked")
+    monkeypatch.setattr(mod, "median_time", timed)
     with pytest.raises(SystemExit) as e:
         mod.main([a.format(tmp=tmp_path) for a in argv] + ["--impls", "ours"] * (
             argv[0] != "--impls"))
