@@ -20,12 +20,13 @@ import argparse
 import itertools
 import os
 import time
+import zipfile
 
 import numpy as np
 import torch
 
 import tsloss_cuda
-from tsloss_cuda._cli import CLIError, check_writable, positive_int
+from tsloss_cuda._cli import CLIError, check_writable, first_line, positive_int
 
 FIELDS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
 
@@ -106,6 +107,9 @@ def main(argv=None):
         before = dict(np.load(args.compare)) if args.compare else None
     except OSError as e:
         ap.error(f"--compare {args.compare}: {e}")
+    except (ValueError, TypeError, zipfile.BadZipFile) as e:  # np.load took it for a pickle,
+        # an .npy array or a broken zip: a traceback before
+        ap.error(f"--compare {args.compare}: not an .npz of --save ({first_line(e)})")
     print(f"{'cloud':14} {'N':>4} {'h1':>5} " + " ".join(f"{i + ' s':>9}" for i in impls)
           + "  check")
     for name in args.clouds.split(","):
@@ -118,11 +122,17 @@ def main(argv=None):
         ours = d.to_numpy()[0]
         if "ours" in impls:
             times["ours"] = t
+        absent = []  # fields the --compare file lacks: it was saved for other clouds
         for f in FIELDS:
             key = f"{name}/{f}"
             saved[key] = getattr(d, f).numpy()
-            if before is not None and not np.array_equal(before[key], saved[key]):
+            if before is not None and key not in before:
+                absent.append(f)
+            elif before is not None and not np.array_equal(before[key], saved[key]):
                 notes.append(f"{f} differs from {args.compare}")
+        if absent:
+            what = name if len(absent) == len(FIELDS) else ",".join(absent)
+            notes.append(f"{what} not in {args.compare}")
         if "ripser" in impls:
             from ripser import ripser
             times["ripser"], r = median_time(

@@ -282,11 +282,13 @@ def test_profile_ops_tiny(tmp_path):
     (["--reps", "0"], "--reps: expected an integer >= 1, got 0"),
     (["--save", "{tmp}/t1"], "--save .*/t1: name a .npz file"),  # np.savez wrote t1.npz
     (["--compare", "{tmp}/none.npz"], "--compare .*none.npz: .*No such file"),
-    (["--save", "{tmp}/file/t.npz"], "--save .*/file cannot be created"),
+    (["--compare", "{tmp}/text.npz"], "--compare .*text.npz: not an .npz of --save"),
+    (["--save", "{tmp}/file/t.npz"], "--save .*/file cannot be created"),  # after every cloud
 ])
 def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
-    """Each was a traceback (KeyError, AttributeError, FileNotFoundError), some after a cloud
-    had been timed (--save: after every cloud)."""
+    """Each was a traceback (KeyError, AttributeError, FileNotFoundError, ValueError), some
+    after a cloud had been timed."""
+    (tmp_path / "text.npz").write_text("hi")  # np.load took it for a pickle
     (tmp_path / "file").write_text("")
     spec = importlib.util.spec_from_file_location("ties", RUN.parent / "ties.py")
     mod = importlib.util.module_from_spec(spec)
@@ -300,6 +302,21 @@ def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
             argv[0] != "--impls"))
     assert e.value.code == 2
     assert re.search(match, capsys.readouterr().err.splitlines()[-1])
+
+
+def test_ties_compare_notes_a_cloud_the_file_lacks(tmp_path, capsys):
+    """A --compare file saved for other clouds was a KeyError traceback after the timing."""
+    spec = importlib.util.spec_from_file_location("ties", RUN.parent / "ties.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    saved = tmp_path / "sub" / "r.npz"  # --save makes its folder
+    mod.main(["--clouds", "rounded400x2", "--reps", "1", "--impls", "ours", "--save", str(saved)])
+    capsys.readouterr()
+    mod.main(["--clouds", "rounded400x2,polygon256", "--reps", "1", "--impls", "ours",
+              "--compare", str(saved)])
+    rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert rows["rounded400x2"].endswith("  ok"), rows
+    assert rows["polygon256"].endswith(f"  polygon256 not in {saved}"), rows
 
 
 # --------------------------------------------------------------------------------------------
