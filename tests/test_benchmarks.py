@@ -319,6 +319,23 @@ def test_ties_compare_notes_a_cloud_the_file_lacks(tmp_path, capsys):
     assert rows["polygon256"].endswith(f"  polygon256 not in {saved}"), rows
 
 
+def test_gpu_smoke_help_and_no_cuda_are_one_line(capsys):
+    """--help started the workload and, without CUDA, the first .cuda() was an AssertionError
+    traceback."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_smoke", RUN.parents[1] / "tools" / "gpu_smoke.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0 and "GPU_SMOKE_LIGHT" in capsys.readouterr().out
+    if mod.torch.cuda.is_available():
+        return
+    assert mod.main([]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gpu_smoke.py: error: needs a CUDA device (torch sees none)")
+
+
 # --------------------------------------------------------------------------------------------
 # Fake records: the review's defects in the reporting, without timing anything
 # --------------------------------------------------------------------------------------------

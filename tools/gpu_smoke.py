@@ -13,6 +13,7 @@ the N = 256 sections (the slow ones under racecheck and initcheck).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -30,7 +31,13 @@ def check(name: str, ok: bool) -> bool:
     return ok
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    # No options: --help says what it runs (and the environment it reads) without running it.
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    if not torch.cuda.is_available():  # an AssertionError ('not compiled with CUDA') before
+        print("gpu_smoke.py: error: needs a CUDA device (torch sees none)", file=sys.stderr)
+        return 2
     print("engine:", " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
                               if k.startswith("TSLOSS_CUDA_")) or "defaults", flush=True)
     good = True
@@ -57,9 +64,14 @@ def main() -> int:
         vc, tc = tsloss_cuda.loss(xc, stability=0.5, return_terms=True)
         vg, tg = tsloss_cuda.loss(xg, stability=0.5, return_terms=True)
         v2 = tsloss_cuda.loss(xg, stability=0.5, previous=tg["topology"])
-        (vc).backward()
-        (vg + v2).backward()
+        vc.backward()
+        vg.backward()  # the CPU's loss: their gradients are compared (only values were before)
+        grad_gpu = xg.grad.clone()
+        v2.backward()  # the stability term's backward, under the sanitizer (topology detached)
         good &= check(f"loss {dtype}", torch.allclose(vc, vg.cpu(), rtol=1e-5, atol=1e-6))
+        tol = 1e-5 if dtype == torch.float32 else 1e-10  # as tests/test_cuda.py's
+        good &= check(f"loss {dtype} gradient",
+                      torch.allclose(xc.grad, grad_gpu.cpu(), rtol=tol, atol=tol))
     good &= wide_clouds(g)
     if os.environ.get("GPU_SMOKE_LIGHT", "0") != "1":
         good &= large_clouds(g)
