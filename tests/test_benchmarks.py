@@ -277,6 +277,30 @@ def test_profile_ops_tiny(tmp_path):
 
 
 @pytest.mark.parametrize("argv,match", [
+    (["--device", "cpu", "--launches-only"], "--launches-only needs --device cuda"),  # ignored
+    (["--device", "gpu"], "--device gpu: expected cpu or cuda"),
+    (["--device", "cpu", "--out", "{tmp}/file"], "--out .*/file cannot be created"),
+])
+def test_profile_ops_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
+    """Tracebacks (RuntimeError, FileExistsError) or, --launches-only, full CPU tables."""
+    (tmp_path / "file").write_text("")
+    spec = importlib.util.spec_from_file_location(
+        "profile_ops", RUN.parents[1] / "tools" / "profile_ops.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def profiled(*a, **k):
+        raise AssertionError("a config was profiled before the arguments were checked")
+    monkeypatch.setattr(mod, "profile_config", profiled)
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        mod.main([a.format(tmp=tmp_path) for a in argv] + out + ["--configs", "8,4,2"])
+    assert e.value.code == 2
+    assert re.search(match, capsys.readouterr().err.splitlines()[-1])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
     (["--clouds", "bogus"], "--clouds: unknown 'bogus'; known: "),
     (["--impls", "ours,bogus"], "--impls: unknown 'bogus'; known: ours,ripser,gph"),
     (["--reps", "0"], "--reps: expected an integer >= 1, got 0"),

@@ -27,6 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import tsloss_cuda
+from tsloss_cuda._cli import CLIError, check_writable
 
 DEFAULT_CONFIGS = [(16, 768, 64), (64, 4096, 64), (256, 768, 4), (256, 768, 1024)]
 
@@ -132,7 +133,8 @@ def profile_config(n: int, d: int, b: int, device: torch.device, iters: int, out
 
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda where torch sees a CUDA device)")
     ap.add_argument("--configs", nargs="+", type=parse_config, default=DEFAULT_CONFIGS,
                     help="N,D,B triples")
     ap.add_argument("--iters", type=int, default=5)
@@ -140,13 +142,25 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--out", default="profile-out")
     ap.add_argument("--no-trace", action="store_true", help="write no Chrome trace (.json)")
     ap.add_argument("--launches-only", action="store_true",
-                    help="CUDA: only the launch counts and CUDA-event times of each config")
+                    help="--device cuda only: just the launch counts and CUDA-event times of each "
+                    "config")
     args = ap.parse_args(argv)
     if args.iters < 1:
         ap.error(f"--iters must be >= 1, got {args.iters}")
-    device = torch.device(args.device)
+    try:  # 'gpu' was a RuntimeError traceback listing every device type torch knows
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        ap.error(f"--device {args.device}: expected cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch has no CUDA device here")
+    if args.launches_only and device.type != "cuda":  # was ignored: full CPU tables instead
+        ap.error("--launches-only needs --device cuda")
+    try:  # a file there was a FileExistsError traceback
+        check_writable(args.out, "--out")
+    except CLIError as e:
+        ap.error(str(e))
     os.makedirs(args.out, exist_ok=True)
     for n, d, b in args.configs:
         if device.type == "cuda":
