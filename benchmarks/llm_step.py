@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from tsloss_cuda._cli import CLIError, positive_int  # noqa: E402
+from tsloss_cuda._cli import CLIError, first_line, positive_int  # noqa: E402
 from tsloss_cuda.models import GEMMA, load_model  # noqa: E402
 from tsloss_cuda.prompt_tuning import SoftPromptModel  # noqa: E402
 
@@ -134,8 +134,12 @@ def main(argv=None) -> int:
     mask = torch.ones_like(ids)
     label_ids = torch.tensor([5676, 12643, 4414]) % v  # Gemma's " negative/neutral/positive"
     y = torch.arange(args.batch) % 3
-    spm = SoftPromptModel(model, args.prompt, task="causal", label_ids=label_ids,
-                          generator=g)
+    try:
+        spm = SoftPromptModel(model, args.prompt, task="causal", label_ids=label_ids,
+                              generator=g)
+    except ValueError as e:  # an encoder: a traceback before, whose advice (--task) is not ours
+        reason = first_line(e).split("; use task")[0]
+        ap.error(f"--model {args.model}: needs a causal LM ({reason})")
     # The old path's labels: -100 everywhere but the answer token after the last position.
     full_ids = torch.cat([ids, label_ids[y][:, None]], 1)
     lm_labels = torch.full((args.batch, args.prompt + args.text + 1), -100)

@@ -259,6 +259,27 @@ def test_llm_step_refuses_bad_arguments_before_loading(argv, match, capsys, monk
     assert re.search(match, capsys.readouterr().err.splitlines()[-1])
 
 
+def test_llm_step_refuses_an_encoder_in_one_line(capsys, monkeypatch):
+    """An encoder (all-MiniLM-L6-v2) was a ValueError traceback advising --task, which this
+    script does not have."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    spec = importlib.util.spec_from_file_location("llm_step", RUN.parent / "llm_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    bert = transformers.BertLMHeadModel(cfg).eval()  # what task "causal" makes of an encoder
+    monkeypatch.setattr(mod, "load_model", lambda *a, **k: (None, bert, None))
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--model", "encoder", "--threads", "1", "--batch", "1", "--text", "4"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert re.search(r"--model encoder: needs a causal LM \(BertLMHeadModel is not a causal", err)
+    assert "--task" not in err, err
+
+
 def test_profile_ops_tiny(tmp_path):
     """tools/profile_ops.py (the GPU check's profile phase) runs on the CPU and names our ops."""
     spec = importlib.util.spec_from_file_location(
