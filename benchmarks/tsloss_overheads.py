@@ -22,6 +22,7 @@ import time
 import torch
 
 import tsloss_cuda
+from tsloss_cuda._cli import positive_int  # 0 was a RuntimeError traceback
 
 CONFIGS = [(16, 768, 64), (32, 2048, 64), (64, 2048, 64), (64, 4096, 16), (128, 2048, 16),
            (256, 768, 4)]
@@ -113,12 +114,12 @@ def one_prompt(isas) -> None:
     tsloss_cuda.set_cpu_isa(None)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     ap.add_argument("--one-prompt", action="store_true",
                     help="only the one-prompt table, in every build this CPU supports")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.one_prompt:
         one_prompt(tsloss_cuda.supported_cpu_isas())

@@ -280,6 +280,39 @@ def test_llm_step_refuses_an_encoder_in_one_line(capsys, monkeypatch):
     assert "--task" not in err, err
 
 
+def _script(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("script,argv,match", [
+    ("benchmarks/tsloss_overheads.py", ["--threads", "0"],
+     "argument --threads: expected an integer >= 1, got 0"),  # set_num_threads' RuntimeError
+    ("tools/tsloss_before_after.py", ["--rounds", "0"],
+     "argument --rounds: expected an integer >= 1, got 0"),  # the median of nothing
+    ("tools/tsloss_before_after.py", ["--configs", "16,64,0"],
+     "argument --configs: N, D and B must be >= 1, got '16,64,0'"),  # ZeroDivisionError
+    ("tools/tsloss_before_after.py", ["--configs", "0,64,8"],
+     "argument --configs: N, D and B must be >= 1, got '0,64,8'"),  # accepted
+])
+def test_small_scripts_refuse_bad_numbers_in_one_line(script, argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        _script(RUN.parents[1] / script).main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {match}")
+
+
+def test_compare_launches_names_a_missing_file(tmp_path, capsys):
+    """A FileNotFoundError traceback before."""
+    (tmp_path / "a.txt").write_text("")
+    mod = _script(RUN.parents[1] / "tools" / "compare_launches.py")
+    assert mod.main([str(tmp_path / "a.txt"), str(tmp_path / "nope.txt")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"compare_launches.py: error: {tmp_path / 'nope.txt'}: No such file or directory")
+
+
 def test_profile_ops_tiny(tmp_path):
     """tools/profile_ops.py (the GPU check's profile phase) runs on the CPU and names our ops."""
     spec = importlib.util.spec_from_file_location(

@@ -51,7 +51,11 @@ def main(argv: List[str]) -> int:
     if len(argv) < 2:
         print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
         return 2
-    lines = compare(argv)
+    try:
+        lines = compare(argv)
+    except OSError as e:  # a missing or unreadable file: a FileNotFoundError traceback before
+        print(f"compare_launches.py: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     print("compare runs:", ", ".join(argv))
     for line in lines:
         print(line)

@@ -36,9 +36,9 @@ def parse_config(text: str) -> Tuple[int, int, int]:
     try:
         n, d, b = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--configs: expected N,D,B, got {text!r}") from None
-    if min(n, d, b) < 1:
-        raise argparse.ArgumentTypeError(f"--configs: N, D and B must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected N,D,B, got {text!r}") from None
+    if min(n, d, b) < 1:  # argparse's message names --configs
+        raise argparse.ArgumentTypeError(f"N, D and B must be >= 1, got {text!r}")
     return n, d, b
 
 

@@ -21,16 +21,15 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # profile_ops, when imported
+
 import tsloss_cuda  # noqa: E402
+from profile_ops import parse_config  # noqa: E402
 from reference_loss import reference_loss  # noqa: E402
+from tsloss_cuda._cli import positive_int  # noqa: E402
 
 CONFIGS = [(16, 768, 64), (32, 2048, 64), (64, 2048, 64), (64, 4096, 16), (128, 2048, 16),
            (256, 768, 4)]
-
-
-def parse(text):
-    n, d, b = (int(v) for v in text.split(","))
-    return n, d, b
 
 
 def timed(fn, clock, min_total=0.25, min_reps=5):
@@ -47,8 +46,9 @@ def timed(fn, clock, min_total=0.25, min_reps=5):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--configs", nargs="+", type=parse, default=CONFIGS)
-    ap.add_argument("--rounds", type=int, default=3)
+    # Each >= 1 (B = 0 divided by zero, --rounds 0 took the median of nothing: tracebacks).
+    ap.add_argument("--configs", nargs="+", type=parse_config, default=CONFIGS)
+    ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--one-thread", action="store_true")
     args = ap.parse_args(argv)
     clock = time.perf_counter
