@@ -11,11 +11,16 @@ import pytest
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+def _script(path: Path):
+    """A benchmark or tool script loaded as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load():
+    return _script(RUN)
 
 
 @pytest.mark.parametrize("impls", ["ours,ripser", "ours,ripser,gph-1t,torch-topological"])
@@ -209,9 +214,7 @@ def test_llm_step_on_a_tiny_causal_lm(tmp_path):
     assert flop * 1e9 == pytest.approx(2 * forward, rel=1e-3), out
     assert re.search(r"1 thread: .* step's products alone take [0-9.]+ s", out), out
     # In a process that already loaded torch the cap cannot apply: refused, not ignored.
-    spec = importlib.util.spec_from_file_location("llm_step", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(script)
     if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
         with pytest.raises(SystemExit):
             mod.main(["--model", str(tmp_path), "--torch-isa", "avx2"])
@@ -246,9 +249,7 @@ def test_run_refuses_bad_arguments(argv, match, tmp_path, capsys):
 def test_llm_step_refuses_bad_arguments_before_loading(argv, match, capsys, monkeypatch):
     """Each of these failed with a traceback (KeyError, StatisticsError, RuntimeError, CLIError)
     and the first three only after the model had loaded, 20 s and more."""
-    spec = importlib.util.spec_from_file_location("llm_step", RUN.parent / "llm_step.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(RUN.parent / "llm_step.py")
     if not argv[0] == "--model":
         def loaded(*a, **k):
             raise AssertionError("the model was loaded before the arguments were checked")
@@ -264,9 +265,7 @@ def test_llm_step_refuses_an_encoder_in_one_line(capsys, monkeypatch):
     script does not have."""
     transformers = pytest.importorskip("transformers")
     import torch
-    spec = importlib.util.spec_from_file_location("llm_step", RUN.parent / "llm_step.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(RUN.parent / "llm_step.py")
     cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
                                   num_attention_heads=2, intermediate_size=64)
     torch.manual_seed(0)
@@ -278,13 +277,6 @@ def test_llm_step_refuses_an_encoder_in_one_line(capsys, monkeypatch):
     err = capsys.readouterr().err.splitlines()[-1]
     assert re.search(r"--model encoder: needs a causal LM \(BertLMHeadModel is not a causal", err)
     assert "--task" not in err, err
-
-
-def _script(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("script,argv,match", [
@@ -315,10 +307,7 @@ def test_compare_launches_names_a_missing_file(tmp_path, capsys):
 
 def test_profile_ops_tiny(tmp_path):
     """tools/profile_ops.py (the GPU check's profile phase) runs on the CPU and names our ops."""
-    spec = importlib.util.spec_from_file_location(
-        "profile_ops", RUN.parents[1] / "tools" / "profile_ops.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(RUN.parents[1] / "tools" / "profile_ops.py")
     assert mod.main(["--device", "cpu", "--configs", "8,4,2", "--iters", "1", "--rows", "50",
                      "--out", str(tmp_path)]) == 0
     table = (tmp_path / "profile-cpu-8-4-2.txt").read_text()
@@ -338,10 +327,7 @@ def test_profile_ops_tiny(tmp_path):
 def test_profile_ops_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
     """Tracebacks (RuntimeError, FileExistsError) or, --launches-only, full CPU tables."""
     (tmp_path / "file").write_text("")
-    spec = importlib.util.spec_from_file_location(
-        "profile_ops", RUN.parents[1] / "tools" / "profile_ops.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(RUN.parents[1] / "tools" / "profile_ops.py")
 
     def profiled(*a, **k):
         raise AssertionError("a config was profiled before the arguments were checked")
@@ -368,9 +354,7 @@ def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
     after a cloud had been timed."""
     (tmp_path / "text.npz").write_text("hi")  # np.load took it for a pickle
     (tmp_path / "file").write_text("")
-    spec = importlib.util.spec_from_file_location("ties", RUN.parent / "ties.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(RUN.parent / "ties.py")
 
     def timed(*a, **k):
         raise AssertionError("a cloud was timed before the arguments were checked")
@@ -384,9 +368,7 @@ def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
 
 def test_ties_compare_notes_a_cloud_the_file_lacks(tmp_path, capsys):
     """A --compare file saved for other clouds was a KeyError traceback after the timing."""
-    spec = importlib.util.spec_from_file_location("ties", RUN.parent / "ties.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(RUN.parent / "ties.py")
     saved = tmp_path / "sub" / "r.npz"  # --save makes its folder
     mod.main(["--clouds", "rounded400x2", "--reps", "1", "--impls", "ours", "--save", str(saved)])
     capsys.readouterr()
@@ -400,10 +382,7 @@ def test_ties_compare_notes_a_cloud_the_file_lacks(tmp_path, capsys):
 def test_gpu_smoke_help_and_no_cuda_are_one_line(capsys):
     """--help started the workload and, without CUDA, the first .cuda() was an AssertionError
     traceback."""
-    spec = importlib.util.spec_from_file_location(
-        "gpu_smoke", RUN.parents[1] / "tools" / "gpu_smoke.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script(RUN.parents[1] / "tools" / "gpu_smoke.py")
     with pytest.raises(SystemExit) as e:
         mod.main(["--help"])
     assert e.value.code == 0 and "GPU_SMOKE_LIGHT" in capsys.readouterr().out
