@@ -446,3 +446,26 @@ def test_linear_head_pools_the_real_tokens_only():
     with torch.no_grad():
         torch.testing.assert_close(spm(padded, pmask)["logits"], spm(ids, mask)["logits"],
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("head", ["linear", "similarity"])
+def test_an_encoder_model_cast_whole_still_classifies(head, dtype):
+    """`.to(dtype)` of the whole SoftPromptModel casts its head or label embeddings too; the pooled
+    vector was float32 whatever the model, so both heads failed on a dtype mismatch. The logits
+    stay float32 (as the causal ones) and close to the uncast model's."""
+    desc = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(6))
+    kw = (dict(num_labels=3) if head == "linear" else
+          dict(label_inputs=(desc, torch.ones_like(desc))))
+    spm = SoftPromptModel(tiny_bert(), 4, head=head, generator=torch.Generator().manual_seed(0),
+                          **kw)
+    ids, mask, labels = _encoder_batch()
+    with torch.no_grad():
+        want = spm(ids, mask)["logits"]
+    cast = spm.to(dtype)
+    out = cast(ids, mask, labels=labels)
+    assert out["logits"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    tol = 1e-6 if dtype == torch.float64 else 0.15
+    torch.testing.assert_close(out["logits"], want, rtol=tol, atol=tol * 20)
+    out["loss"].backward()
+    assert cast.prompt.grad is not None and cast.prompt.grad.dtype == dtype

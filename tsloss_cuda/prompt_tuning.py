@@ -407,10 +407,13 @@ class SoftPromptModel(nn.Module):
             logits = answer_logits(self.model, embeds, mask, answer_index + self.n_prompts,
                                    self.label_ids)
         elif self.head is not None:
-            logits = self.head(self._pool(embeds, mask))
+            # In the head's dtype, which follows a cast of the whole module (.bfloat16()); the
+            # logits in float32, as the causal ones.
+            pooled = self._pool(embeds, mask)
+            logits = self.head(pooled.to(self.head.weight.dtype)).float()
         else:
             pooled = nn.functional.normalize(self._pool(embeds, mask), dim=-1)
-            logits = TEMPERATURE * pooled @ self.label_emb.t()
+            logits = TEMPERATURE * pooled @ self.label_emb.float().t()
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = nn.functional.cross_entropy(logits, labels)
