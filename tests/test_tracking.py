@@ -365,3 +365,17 @@ def test_stability_across_a_change_of_shape_is_not_measured():
         tracker.update(step, torch.randn(n, 16, generator=g))
     stab = [row["ts_stability"] for row in tracker.flush()]
     assert stab[0] == 0.0 and stab[1] > 0 and math.isnan(stab[2]) and stab[3] > 0, stab
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float16, torch.bfloat16])
+def test_tracker_terms_take_any_float_prompt_as_its_metrics_do(dtype):
+    """topology_metrics widens any float prompt to float32; with tsloss_terms=True the same
+    prompt went to TSLoss as it was, which refuses float8 (naming `prompts`, an argument the
+    caller never passed). The terms are now those of the widened prompt."""
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randn(7, 12, generator=g).to(dtype) for _ in range(2)]
+    tracker, ref = TopologyTracker(1, tsloss_terms=True), TopologyTracker(1, tsloss_terms=True)
+    for step, p in enumerate(prompts):
+        tracker.update(step, p)
+        ref.update(step, p.float())
+    assert tracker.flush() == ref.flush()

@@ -184,11 +184,14 @@ class TopologyTracker:
         if reshaped:
             self._probe.reset()  # prompts of different N cannot be compared for stability
         self._shape = prompt.shape
-        if prompt.device.type == "cpu" and cpu_engine_refuses(prompt):
+        # Any float dtype, as topology_metrics takes: TSLoss refuses float8, and computes the
+        # others in float32 (float64 in float64) anyway.
+        x = prompt.detach() if prompt.dtype == torch.float64 else prompt.detach().float()
+        if x.device.type == "cpu" and cpu_engine_refuses(x):
             # NaN terms, as CUDA gives them, rather than the CPU engine's error
             return {name: torch.full((), float("nan"), dtype=torch.float32) for name in TERMS}
         with torch.no_grad():
-            self._probe(prompt.detach())
+            self._probe(x)
         if reshaped:  # not measured, which a 0 ("unchanged") would hide
             return dict(self._probe.last_terms,
                         stability=torch.full((), float("nan"), device=prompt.device))
