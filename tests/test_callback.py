@@ -518,3 +518,60 @@ def test_unscale_reraises_a_runtime_error_other_than_already_unscaled():
     other = Scaler("CUDA error: an illegal memory access was encountered")
     with pytest.raises(RuntimeError, match="illegal memory access"):
         _unscale(types.SimpleNamespace(optimizer=inner, scaler=other))
+
+
+def _classifier(task_type="SEQ_CLS"):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=4, intermediate_size=64, num_labels=2,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cls = {"SEQ_CLS": transformers.BertForSequenceClassification,
+           "TOKEN_CLS": transformers.BertForTokenClassification}[task_type]
+    return peft.get_peft_model(cls(cfg), peft.PromptTuningConfig(task_type=task_type,
+                                                                  num_virtual_tokens=5))
+
+
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", "TOKEN_CLS"])
+def test_a_trainer_that_sums_accumulated_losses_is_warned_of(task_type, recwarn):
+    """transformers leaves the 1/G of gradient accumulation to a model whose forward takes
+    **kwargs; its classifiers' losses ignore num_items_in_batch, so their task gradient is G
+    times its mean and TSLoss weighed G times less than `weight` (the docstring said no scaling
+    was needed). Warned of, with G > 1 only, and not for a causal LM (whose loss divides by
+    num_items_in_batch)."""
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    for g, model, warned in [(2, _classifier(task_type), True), (1, _classifier(task_type), False),
+                             (2, _model(), False)]:
+        args = types.SimpleNamespace(gradient_accumulation_steps=g)
+        recwarn.clear()
+        TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=model)
+        hits = [w for w in recwarn if "model_accepts_loss_kwargs = False" in str(w.message)]
+        assert len(hits) == int(warned), (task_type, g, [str(w.message) for w in recwarn])
+    TSLossCallback(0.0).on_train_begin(types.SimpleNamespace(gradient_accumulation_steps=2),
+                                       state, control, model=_classifier(task_type))
+    assert not [w for w in recwarn if "model_accepts_loss_kwargs" in str(w.message)]
+
+
+def test_the_warnings_advice_gives_the_mean_task_gradient(tmp_path):
+    """What the warning advises: with trainer.model_accepts_loss_kwargs = False, one step of a
+    sequence classifier at G = 2 moves the prompt as at G = 1 (weight 0: the task alone)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 64, (4, 8), generator=g)
+    data = [{"input_ids": x, "attention_mask": torch.ones_like(x), "labels": torch.tensor(i % 2)}
+            for i, x in enumerate(ids)]
+    steps = {}
+    for accumulation in (1, 2):
+        model = _classifier()
+        before = prompt_parameters(model).detach().clone()
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / str(accumulation)), max_steps=1, report_to=[],
+            use_cpu=True, optim="sgd", learning_rate=LR, lr_scheduler_type="constant",
+            max_grad_norm=0.0, per_device_train_batch_size=4 // accumulation,
+            gradient_accumulation_steps=accumulation, save_strategy="no", disable_tqdm=True,
+            seed=0)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+        TSLossCallback(0.0).install(trainer)
+        trainer.model_accepts_loss_kwargs = False
+        trainer.train()
+        steps[accumulation] = prompt_parameters(model).detach() - before
+    assert steps[1].abs().max() > 0
+    torch.testing.assert_close(steps[2], steps[1], rtol=1e-4, atol=1e-7)

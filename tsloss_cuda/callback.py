@@ -14,6 +14,11 @@ data parallelism:
 * gradient accumulation: the hook runs once per optimizer step, on the accumulated gradient,
   which the Trainer has already scaled to a mean; adding ``weight · ∇TSLoss`` once per step is
   the gradient of ``mean task loss + weight · TSLoss``. No 1/accumulation scaling is needed.
+  Except where the Trainer sums the micro-batches' losses: a model whose ``forward`` takes
+  ``**kwargs`` but whose loss ignores ``num_items_in_batch`` (transformers' sequence and token
+  classifiers), whose task gradient is then G times its mean (G accumulation steps), so that
+  TSLoss weighs G times less. ``on_train_begin`` warns of it; set
+  ``trainer.model_accepts_loss_kwargs = False`` (the Trainer then divides by G).
 * distributed data parallel: every rank holds the same prompt, so every rank adds the same
   gradient and the prompts stay identical.
 * gradient clipping (``max_grad_norm``) happens before the hook, so the TSLoss gradient itself is
@@ -33,9 +38,11 @@ they receive these keys; ``Trainer(callbacks=[...])`` puts it after them, and th
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -81,6 +88,27 @@ def _check_model(model) -> None:
         raise RuntimeError(f"TSLossCallback takes one prompt: adapter {active!r} holds {parts} "
                            "prompts, one per transformer submodule (an encoder-decoder "
                            "model's), stacked into one embedding")
+
+
+def _sums_accumulated_losses(args, model) -> bool:
+    """Whether the Trainer adds the micro-batches' losses rather than their mean: it leaves the
+    1/G to a model that takes loss kwargs (``num_items_in_batch``, the whole batch's count),
+    deciding as the Trainer does (an ``accepts_loss_kwargs`` attribute, else a ``**kwargs`` in
+    ``forward``), while the model's loss function may not take that count at all."""
+    if getattr(args, "gradient_accumulation_steps", 1) <= 1:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "accepts_loss_kwargs"):
+        accepts = bool(base.accepts_loss_kwargs)
+    else:
+        accepts = any(p.kind == inspect.Parameter.VAR_KEYWORD
+                      for p in inspect.signature(base.forward).parameters.values())
+    loss_type = getattr(base, "loss_type", None)
+    if not accepts or loss_type is None:  # no loss of transformers' to tell by
+        return False
+    from transformers.loss.loss_utils import LOSS_MAPPING
+    loss_fn = LOSS_MAPPING.get(loss_type)
+    return loss_fn is not None and "num_items_in_batch" not in inspect.signature(loss_fn).parameters
 
 
 def _unscale(optimizer) -> None:
@@ -169,6 +197,16 @@ class TSLossCallback(TrainerCallback):
         _check_engine(args)
         _check_model(model)
         prompt_parameters(model)  # no soft prompt: say so now, not after the first steps
+        if self.weight != 0 and _sums_accumulated_losses(args, model):
+            g = args.gradient_accumulation_steps
+            warnings.warn(
+                f"TSLossCallback: with gradient_accumulation_steps={g}, the Trainer sums the "
+                f"micro-batch losses of {type(model).__name__} (its forward takes **kwargs, but "
+                "its loss ignores num_items_in_batch: transformers issue 37766), so the task "
+                f"gradient is {g} times its mean and TSLoss weighs {g} times less than "
+                f"weight={self.weight} says. Set trainer.model_accepts_loss_kwargs = False "
+                "before trainer.train() (the Trainer then averages), unless a compute_loss_func "
+                "of yours divides by num_items_in_batch", stacklevel=2)
         # No stability term (logged or trained) against another training run's prompt.
         self.loss_fn.reset()
         self._tracker = self._new_tracker()
