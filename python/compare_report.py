@@ -74,11 +74,18 @@ def load(out: str) -> Tuple[List[Dict], Dict, int, List[str]]:
         groups: Dict[Tuple[str, int], List[Dict]] = {}
         regs: Dict[str, str] = {}
         with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                v = r.get("variant") or r["regularizer"]
-                regs[v] = r["regularizer"]
-                row = {k: float(x) for k, x in r.items() if k not in ("regularizer", "variant")}
-                groups.setdefault((v, int(row["seed"])), []).append(row)
+            reader = csv.DictReader(f)
+            try:
+                for r in reader:
+                    v = r.get("variant") or r["regularizer"]
+                    regs[v] = r["regularizer"]
+                    row = {k: float(x) for k, x in r.items()
+                           if k not in ("regularizer", "variant")}
+                    groups.setdefault((v, int(row["seed"])), []).append(row)
+            except (csv.Error, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+                # A file cut short (an interrupted write) or edited: a row without its values.
+                raise CLIError(f"OUT_DIR: cannot read {path}, line {reader.line_num}: "
+                               f"{type(exc).__name__}: {exc}") from None
         # The specs carry each run's overrides (the weight sweep's weights).
         results = [{"variant": v, "regularizer": regs[v], "seed": s, "rows": rows}
                    for (v, s), rows in groups.items()]

@@ -1,5 +1,6 @@
 """Comparison statistics (hand-computed values) and the resumable comparison runner."""
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -896,3 +897,27 @@ def test_report_shows_the_randomization_test_and_the_untested_perfect_ordering()
     iv = stats.spearman_interval([1.0, 2, 3, 4], [0.9, 0.8, 0.7, 0.6])
     assert rep.why_untested(iv) == "a perfect ordering of 4 seeds, p = 2/4! = 0.083"
     assert rep.ci(iv) == "unbounded (a perfect ordering of 4 seeds, p = 2/4! = 0.083)"
+
+
+def test_report_of_a_metrics_csv_cut_short_is_a_one_line_error(tmp_path):
+    """A folder read from metrics.csv alone (the runs' files gone) whose file was cut mid-row, or
+    holds a row written by hand without its numbers, ended in float('')'s traceback."""
+    out = str(tmp_path)
+    run_comparison(out, comparison_specs(["none", "tsloss"], [0]), fake_train,
+                   {"target_acc": 0.8}, quiet=True)
+    for p in glob.glob(os.path.join(out, "runs", "*.json")):
+        os.remove(p)
+    rows = ["regularizer,seed,step,val_acc"] + [f"{v},0,{s},0.{5 + s}" for v in ("none", "tsloss")
+                                                for s in range(3)]
+    csv_path = os.path.join(out, "metrics.csv")
+    rep = _report_module()
+    for text, line in [("\n".join(rows) + "\n", None), ("\n".join(rows)[:-3], 7),
+                       ("\n".join(rows[:3] + ["none,0,,0.5"] + rows[3:]) + "\n", 4)]:
+        with open(csv_path, "w") as f:
+            f.write(text)
+        if line is None:
+            assert rep.main([out]) == 0
+            continue
+        with pytest.raises(SystemExit, match=rf"^compare_report: OUT_DIR: cannot read "
+                                             rf"{re.escape(csv_path)}, line {line}: \w+Error"):
+            rep.main([out])
