@@ -7,6 +7,9 @@ import math
 import os
 import re
 import shutil
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -190,7 +193,7 @@ def test_resume_trains_only_missing_runs(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_comparison(b, SPECS, flaky, CONFIG, quiet=True)
     assert sorted(os.listdir(os.path.join(b, "runs"))) == sorted(f"{i}.json" for i in calls)
-    assert not [f for f in os.listdir(os.path.join(b, "prompts")) if ".tmp" in f]
+    assert not [f for f in os.listdir(os.path.join(b, "prompts")) if ".partial" in f]
 
     again = []
     resumed = run_comparison(b, SPECS, lambda s: again.append(s.run_id) or fake_train(s),
@@ -297,6 +300,240 @@ def test_a_rerun_removes_the_earlier_jobs_files(tmp_path, capsys):
                 '{"runs": [{"regularizer": "none"}]}', "not json"):
         (out / "summary.json").write_text(odd)  # not ours: its folder is left alone
         assert earlier_job(str(out)) is None, odd
+
+
+def _tree(folder):
+    """Every folder and file under ``folder``, hidden ones too: relative path -> bytes (None
+    for a folder)."""
+    found = {}
+    for root, dirs, names in os.walk(folder):
+        for d in dirs:
+            found[os.path.relpath(os.path.join(root, d), folder)] = None
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return found
+
+
+def _fake_figures(monkeypatch):
+    """plots' functions writing their title (fast, and telling one figure from another)."""
+    from tsloss_cuda import plots
+
+    def fake(what, path, title=""):
+        with open(path, "w") as f:
+            f.write(title)
+    for name in ("plot_curves", "plot_topology", "plot_diagrams"):
+        monkeypatch.setattr(plots, name, fake)
+
+
+def _age(folder, seconds=60):
+    """Date every file under ``folder`` ``seconds`` back."""
+    old = time.time() - seconds
+    for root, _, names in os.walk(folder):
+        for name in names:
+            os.utime(os.path.join(root, name), (old, old))
+
+
+def _args(out, **changed):
+    args = dict(model="tiny-model", data=str(out.parent / "data.csv"), output_dir=str(out),
+                max_steps=10, log_every=5, checkpoint_every=5, target_acc=0.8, no_plots=False)
+    return argparse.Namespace(**dict(args, **changed))
+
+
+def _earlier_job_folder(tmp_path, monkeypatch):
+    """A folder holding an earlier job's complete outputs, a minute old: runs none_seed0 and
+    tsloss_seed0, their prompts and checkpoints (steps 0, 5, 10), curves.png, topology.png,
+    diagrams_none.png, diagrams_tsloss.png, metrics.csv and summary.json."""
+    from tsloss_cuda.run_outputs import commit_checkpoints, staging_folder
+    _fake_figures(monkeypatch)
+    out = tmp_path / "job"
+    (tmp_path / "data.csv").write_text("text,label,split\n")
+    earlier = [fake_train(RunSpec("none", 0)), fake_train(RunSpec("tsloss", 0))]
+    for res in earlier:
+        stage = staging_folder(str(out), f"{res['regularizer']}_seed0")
+        os.makedirs(stage)
+        for step in (0, 5, 10):
+            torch.save(torch.full((4, 3), float(step)), os.path.join(stage, f"step_{step:06d}.pt"))
+    write_outputs(str(out), _args(out), earlier, ["none", "tsloss"], "tiny", "causal", 1, 1.0)
+    for res in earlier:
+        commit_checkpoints(str(out), f"{res['regularizer']}_seed0")
+    _age(out)
+    return out
+
+
+def _rerun(out):
+    """A rerun of tsloss_seed0 alone (--log-every 2) into ``out`` about to write its outputs:
+    the earlier job read at its start, its new checkpoints staged. Returns a function calling
+    write_outputs for it."""
+    from tsloss_cuda.run_outputs import staging_folder
+    job = earlier_job(str(out))
+    stage = staging_folder(str(out), "tsloss_seed0")
+    os.makedirs(stage)
+    for step in (0, 2, 4):
+        torch.save(torch.full((4, 3), -float(step)), os.path.join(stage, f"step_{step:06d}.pt"))
+    res = dict(fake_train(RunSpec("tsloss", 0)), prompt=torch.ones(4, 3), final_acc=0.25)
+    args = _args(out, log_every=2, checkpoint_every=2)
+    return lambda: write_outputs(str(out), args, [res], ["tsloss"], "tiny", "causal", 1, 2.0,
+                                 job, staged=["tsloss_seed0"])
+
+
+def _only_the_rerun(out):
+    """The folder describes the rerun of tsloss_seed0 alone, complete."""
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["regularizer"] for r in summary["runs"]] == ["tsloss"]
+    assert summary["runs"][0]["final_acc"] == 0.25 and summary["config"]["log_every"] == 2
+    assert {r.split(",")[0] for r in (out / "metrics.csv").read_text().splitlines()[1:]} == \
+        {"tsloss"}
+    assert os.listdir(out / "prompts") == ["prompt_tsloss_seed0.pt"]
+    assert torch.equal(torch.load(out / "prompts" / "prompt_tsloss_seed0.pt"), torch.ones(4, 3))
+    assert os.listdir(out / "checkpoints") == ["tsloss_seed0"]  # none_seed0's and the stage gone
+    ck = out / "checkpoints" / "tsloss_seed0"
+    assert sorted(os.listdir(ck)) == ["step_000000.pt", "step_000002.pt", "step_000004.pt"]
+    assert torch.equal(torch.load(ck / "step_000004.pt"), torch.full((4, 3), -4.0))
+    assert sorted(n for n in os.listdir(out) if n.endswith(".png")) == [
+        "curves.png", "diagrams_tsloss.png", "topology.png"]  # diagrams_none.png gone
+    assert not [p for p in _tree(out) if ".partial" in p]
+
+
+def _write_part(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+#: A step of write_outputs that fails after writing part of its file: (module, name, stand-in).
+_FAILS = {
+    "a figure": ("tsloss_cuda.plots", "plot_diagrams",
+                 lambda snaps, path, **k: _write_part(path, b"\x89PNG")),
+    "a prompt": ("torch", "save", lambda obj, path: _write_part(path, b"PK")),
+    "summary.json": ("json", "dump", lambda obj, f, **k: f.write("{")),
+}
+
+
+@pytest.mark.parametrize("step,exc", [("a figure", KeyboardInterrupt), ("a prompt", KeyboardInterrupt),
+                                      ("summary.json", KeyboardInterrupt),
+                                      ("a figure", OSError(28, "No space left on device"))])
+def test_outputs_that_fail_or_are_interrupted_leave_the_folder_as_it_was(
+        tmp_path, monkeypatch, step, exc):
+    """Ctrl-C or an error while write_outputs writes (the figures take seconds) leaves every
+    file of the earlier job as it was, staged checkpoints included (train discards them): it
+    once left this job's metrics.csv beside the earlier summary.json, figures and checkpoints
+    (which tsloss_cuda.analyze then read as this job's), or an empty summary.json."""
+    import importlib
+    out = _earlier_job_folder(tmp_path, monkeypatch)
+    write = _rerun(out)
+    before = _tree(out)
+    module, name, part = _FAILS[step]
+
+    def fail(*a, **k):
+        part(*a, **k)
+        raise exc
+    monkeypatch.setattr(importlib.import_module(module), name, fail)
+    with pytest.raises(exc if isinstance(exc, type) else type(exc)):
+        write()
+    assert _tree(out) == before
+
+
+@pytest.mark.parametrize("where", ["os.replace", "commit_checkpoints"])
+def test_ctrl_c_while_the_outputs_go_in_waits_till_they_are_all_in(tmp_path, monkeypatch,
+                                                                   capsys, where):
+    """Ctrl-C while write_outputs renames its files into place, commits the checkpoints and
+    removes the earlier job's files takes effect once all of that is done: the folder is the
+    rerun's, complete, and the KeyboardInterrupt follows."""
+    from tsloss_cuda import run_outputs
+    out = _earlier_job_folder(tmp_path, monkeypatch)
+    write = _rerun(out)
+    handler = signal.getsignal(signal.SIGINT)
+    sent = []
+
+    def ctrl_c_then(real):
+        def wrapped(*a, **k):
+            if not sent:
+                sent.append(where)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # where not held back, the interrupt comes here
+            return real(*a, **k)
+        return wrapped
+    if where == "os.replace":
+        monkeypatch.setattr(os, "replace", ctrl_c_then(os.replace))
+    else:
+        monkeypatch.setattr(run_outputs, "commit_checkpoints",
+                            ctrl_c_then(run_outputs.commit_checkpoints))
+    with pytest.raises(KeyboardInterrupt):
+        write()
+    assert sent
+    _only_the_rerun(out)
+    assert "removed 5 files of the earlier job" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C is no longer held back
+
+
+#: os.replace calls of the rerun's write_outputs: metrics.csv, its prompt, 3 figures, 3
+#: checkpoints, summary.json.
+_REPLACES = 9
+
+
+@pytest.mark.parametrize("k", range(_REPLACES))
+def test_a_crash_while_the_outputs_go_in_orphans_no_earlier_file(tmp_path, monkeypatch, k):
+    """A crash (not Ctrl-C, which waits) at any rename of write_outputs leaves no prompt or
+    checkpoint that summary.json does not name, so a rerun knows and removes it: summary.json
+    once named this job's runs alone before the earlier job's files were removed, and those
+    of an interrupted job stayed for good."""
+    from tsloss_cuda.run_outputs import discard_checkpoints
+    out = _earlier_job_folder(tmp_path, monkeypatch)
+    write = _rerun(out)
+    real, calls = os.replace, []
+
+    def replace(*a, **kw):
+        calls.append(a)
+        if len(calls) == k + 1:
+            raise RuntimeError("crash")
+        return real(*a, **kw)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(RuntimeError, match="crash"):
+        write()
+    monkeypatch.setattr(os, "replace", real)
+    discard_checkpoints(str(out), "tsloss_seed0")  # as train does
+    named = set(earlier_job(str(out)).run_ids)
+    prompts = {n[len("prompt_"):-len(".pt")] for n in os.listdir(out / "prompts")}
+    checkpoints = set(os.listdir(out / "checkpoints"))
+    assert prompts | checkpoints <= named, (prompts, checkpoints, named)
+    assert not [p for p in _tree(out) if ".partial" in p]
+    _age(out)
+    _rerun(out)()  # the job again, to its end: the earlier job's files are gone
+    _only_the_rerun(out)
+
+
+def test_ctrl_c_is_held_back_on_the_main_thread_only():
+    """deferred_sigint: on the main thread a Ctrl-C in the block raises KeyboardInterrupt at its
+    end, not before, and the handler is put back; ignored where it was ignored; off the main
+    thread (no handler can be set there) the block just runs."""
+    from tsloss_cuda._files import deferred_sigint
+    handler, done = signal.getsignal(signal.SIGINT), []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_sigint():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            done.append(1)
+    assert done == [1] and signal.getsignal(signal.SIGINT) is handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_sigint():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    errors = []
+
+    def off_main():
+        try:
+            with deferred_sigint():
+                done.append(2)
+        except Exception as e:  # ValueError: signal only works in main thread
+            errors.append(e)
+    t = threading.Thread(target=off_main)
+    t.start()
+    t.join()
+    assert errors == [] and done == [1, 2]
 
 
 def test_report_says_what_held(tmp_path):
@@ -796,11 +1033,13 @@ def test_curves_and_diagrams_show_each_variants_first_seed(tmp_path, monkeypatch
     variant, as the figure titles say."""
     from tsloss_cuda import plots
     seen = {}
+    def touch(path):  # a figure is written, under a temporary name put in place after
+        open(path, "wb").close()
     monkeypatch.setattr(plots, "plot_curves",
-                        lambda by_run, path, **k: seen.update(c=list(by_run)))
-    monkeypatch.setattr(plots, "plot_topology", lambda by_run, path, **k: None)
-    monkeypatch.setattr(plots, "plot_diagrams",
-                        lambda snaps, path, title="", **k: seen.setdefault("d", []).append(title))
+                        lambda by_run, path, **k: touch(path) or seen.update(c=list(by_run)))
+    monkeypatch.setattr(plots, "plot_topology", lambda by_run, path, **k: touch(path))
+    monkeypatch.setattr(plots, "plot_diagrams", lambda snaps, path, title="", **k:
+                        touch(path) or seen.setdefault("d", []).append(title))
     snaps = {"step 0": [np.array([[0.0, 1.0]]), np.zeros((0, 2))]}
     results = [{"regularizer": r, "seed": s, "rows": [{"regularizer": r, "seed": s, "step": 0,
                                                        "val_acc": 0.5}],

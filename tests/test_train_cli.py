@@ -198,6 +198,28 @@ def test_a_run_that_does_not_finish_leaves_the_earlier_run(tiny_models, tmp_path
     assert _files(out) == before  # no staged checkpoints left either
 
 
+def test_a_run_stopped_while_writing_its_outputs_leaves_the_earlier_run(tiny_models, tmp_path,
+                                                                        monkeypatch):
+    """Ctrl-C while a rerun (another --log-every) writes summary.json, after metrics.csv and
+    the final prompt, leaves the earlier run's files as they were: it once left this run's
+    metrics.csv and prompt beside a cut summary.json and the earlier run's checkpoints."""
+    from tsloss_cuda import train
+    out = tmp_path / "run"
+    args = ["--model", tiny_models["bert"], "--no-plots", "--output-dir", str(out)] + TINY
+    assert train.main(args) == 0
+    before = _files(out)
+    real_dump = json.dump
+
+    def dump(obj, f, **k):
+        if "summary" in os.path.basename(getattr(f, "name", "")):
+            f.write("{")
+            raise KeyboardInterrupt
+        return real_dump(obj, f, **k)
+    monkeypatch.setattr(json, "dump", dump)
+    assert train.main(_set(args, "--log-every", "2")) == 130
+    assert _files(out) == before
+
+
 def test_an_interrupted_comparison_keeps_its_finished_runs(tiny_models, tmp_path,
                                                            monkeypatch):
     """A comparison records each run as it finishes: interrupted in its second run, the first

@@ -30,6 +30,7 @@ import torch
 
 from . import run_outputs
 from ._cli import CLIError, check_writable, first_line
+from ._files import atomic_write
 from .models import GEMMA
 from .training import REGULARIZERS, RUN_FLAG_DEFAULTS, launch_rank
 
@@ -299,22 +300,12 @@ def holds_comparison(out_dir: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # files
 
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _write_json(path: str, obj: Any, allow_nan: bool = False) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, allow_nan=allow_nan)
             f.write("\n")
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _encode(v: Any) -> Any:
@@ -347,8 +338,8 @@ def save_run(out_dir: str, spec: RunSpec, result: Mapping[str, Any],
     with its :func:`provenance` ``prov`` when given."""
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "prompts"), exist_ok=True)
-    _atomic(prompt_path(out_dir, spec.run_id),
-            lambda tmp: torch.save(result["prompt"].detach().cpu().clone(), tmp))
+    atomic_write(prompt_path(out_dir, spec.run_id),
+                 lambda tmp: torch.save(result["prompt"].detach().cpu().clone(), tmp))
     body = {k: _encode(v) for k, v in result.items() if k not in _NOT_IN_JSON}
     body.update(spec.to_json(), run_id=spec.run_id)
     if prov is not None:

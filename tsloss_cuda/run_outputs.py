@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 import torch
 
+from ._files import PartialFiles, deferred_sigint
 from .stats import variant_of as variant
 
 #: metrics.csv columns first in this order (``variant`` only in comparisons with named
@@ -250,55 +251,91 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
     With ``earlier`` (:func:`earlier_job` of ``out`` at the job's start), the earlier job's
     files that this one did not write are removed and listed on stdout
     (:func:`remove_stale_outputs`). The checkpoints of the runs ``staged`` move into place
-    (:func:`commit_checkpoints`) once metrics.csv and summary.json list them.
+    (:func:`commit_checkpoints`) with metrics.csv and summary.json, which list them.
+
+    All or nothing: every file is first written under a hidden temporary name
+    (:func:`tsloss_cuda._files.partial_path`); an error or Ctrl-C meanwhile removes those and
+    leaves the folder as it was (the staged checkpoints too: the caller discards them). Then,
+    with Ctrl-C held back until it is done (:func:`tsloss_cuda._files.deferred_sigint`), the
+    files are renamed into place, the staged checkpoints committed, the earlier job's files
+    removed, and summary.json put in place last: a crash in the middle leaves the earlier
+    summary.json, which still names the earlier job's runs for a rerun to remove.
 
     ``results`` are :func:`tsloss_cuda.training.train_one`'s dicts, or the same loaded back by
     :func:`tsloss_cuda.compare.load_run` (``variant``/``run_id`` then name the runs).
     ``summary.json`` names no folder of this machine: paths are relative to ``out``, and a
     model given by name stays a name.
     """
-    os.makedirs(os.path.join(out, "prompts"), exist_ok=True)
-    write_metrics(os.path.join(out, "metrics.csv"), metrics_rows(results))
-    for res in results:
-        torch.save(res["prompt"], os.path.join(
-            out, "prompts", f"prompt_{run_id(res)}.pt"))
-    table = compare_table(results, regs, args.target_acc)
-    model = portable_path(model_path, out) if os.path.exists(str(args.model)) else args.model
-    summary = {
-        "config": portable_config(args, out), "model": model, "task": task,
-        "world_size": world, "total_seconds": total_s, "table_markdown": table,
-        "runs": [{k: v for k, v in r.items() if k not in ("rows", "snapshots", "prompt")}
-                 for r in results],
-    }
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(_nulls_for_nan(summary), f, indent=2, allow_nan=False)
-    for name in staged:
-        commit_checkpoints(out, name)
-    figures = []
-    if not args.no_plots:
-        from tsloss_cuda import plots
-        first: Dict[str, Dict] = {}
-        for res in results:  # curves: the first seed of each variant
-            first.setdefault(variant(res), res)
-        by_run = {f"{k} (seed {v['seed']})": v["rows"] for k, v in first.items()}
-        plots.plot_curves(by_run, os.path.join(out, "curves.png"),
-                          title="Soft prompt tuning: " + ", ".join(by_run))
-        plots.plot_topology(by_run, os.path.join(out, "topology.png"),
-                            title="Prompt topology over training")
-        figures += ["curves.png", "topology.png"]
-        for reg, res in first.items():
-            if res["snapshots"]:
-                plots.plot_diagrams(
-                    res["snapshots"], os.path.join(out, f"diagrams_{reg}.png"),
-                    title=f"Prompt persistence, regulariser {reg}, seed {res['seed']} "
-                          f"(N = {res['prompt'].shape[0]} vectors)")
-                figures.append(f"diagrams_{reg}.png")
-    if earlier is not None:
-        removed = remove_stale_outputs(out, earlier, [run_id(r) for r in results], figures,
-                                       world)
-        if removed:
-            shown = ", ".join(os.path.relpath(p, out) for p in removed[:6])
-            more = f" and {len(removed) - 6} more" if len(removed) > 6 else ""
-            print(f"removed {len(removed)} files of the earlier job in {out} that this job "
-                  f"did not write: {shown}{more}")
+    prompts = os.path.join(out, "prompts")
+    made_prompts = not os.path.isdir(prompts)
+    os.makedirs(prompts, exist_ok=True)
+    summary_path = os.path.join(out, "summary.json")
+    figures: List[str] = []
+    with PartialFiles() as files:
+        try:
+            files.write(os.path.join(out, "metrics.csv"),
+                        lambda tmp: write_metrics(tmp, metrics_rows(results)))
+            for res in results:
+                files.write(os.path.join(prompts, f"prompt_{run_id(res)}.pt"),
+                            lambda tmp, res=res: torch.save(res["prompt"], tmp))
+            table = compare_table(results, regs, args.target_acc)
+            model = (portable_path(model_path, out) if os.path.exists(str(args.model))
+                     else args.model)
+            summary = {
+                "config": portable_config(args, out), "model": model, "task": task,
+                "world_size": world, "total_seconds": total_s, "table_markdown": table,
+                "runs": [{k: v for k, v in r.items() if k not in ("rows", "snapshots", "prompt")}
+                         for r in results],
+            }
+
+            def write_summary(tmp: str) -> None:
+                with open(tmp, "w") as f:
+                    json.dump(_nulls_for_nan(summary), f, indent=2, allow_nan=False)
+            files.write(summary_path, write_summary)
+            if not args.no_plots:
+                figures = _write_figures(files, out, results)
+        except BaseException:
+            if made_prompts:  # the folder as it was: without a prompts/ it did not have
+                try:
+                    os.rmdir(prompts)
+                except OSError:
+                    pass
+            raise
+        with deferred_sigint():
+            files.put(*[p for p in files.pending() if p != summary_path])
+            for name in staged:
+                commit_checkpoints(out, name)
+            removed = ([] if earlier is None else
+                       remove_stale_outputs(out, earlier, [run_id(r) for r in results],
+                                            figures, world))
+            files.put(summary_path)  # last: till then the earlier one names the earlier runs
+            if removed:
+                shown = ", ".join(os.path.relpath(p, out) for p in removed[:6])
+                more = f" and {len(removed) - 6} more" if len(removed) > 6 else ""
+                print(f"removed {len(removed)} files of the earlier job in {out} that this job "
+                      f"did not write: {shown}{more}")
     return table
+
+
+def _write_figures(files: PartialFiles, out: str, results: Sequence[Mapping]) -> List[str]:
+    """curves.png, topology.png and diagrams_VARIANT.png (the first seed of each variant) as
+    temporaries of ``files``; returns their names."""
+    from tsloss_cuda import plots
+    first: Dict[str, Mapping] = {}
+    for res in results:  # curves: the first seed of each variant
+        first.setdefault(variant(res), res)
+    by_run = {f"{k} (seed {v['seed']})": v["rows"] for k, v in first.items()}
+    files.write(os.path.join(out, "curves.png"), lambda tmp: plots.plot_curves(
+        by_run, tmp, title="Soft prompt tuning: " + ", ".join(by_run)))
+    files.write(os.path.join(out, "topology.png"), lambda tmp: plots.plot_topology(
+        by_run, tmp, title="Prompt topology over training"))
+    figures = ["curves.png", "topology.png"]
+    for reg, res in first.items():
+        if res["snapshots"]:
+            files.write(os.path.join(out, f"diagrams_{reg}.png"),
+                        lambda tmp, reg=reg, res=res: plots.plot_diagrams(
+                            res["snapshots"], tmp,
+                            title=f"Prompt persistence, regulariser {reg}, seed {res['seed']} "
+                                  f"(N = {res['prompt'].shape[0]} vectors)"))
+            figures.append(f"diagrams_{reg}.png")
+    return figures

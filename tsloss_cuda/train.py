@@ -129,6 +129,7 @@ def run(args) -> int:
     from tsloss_cuda.compare import (RunSpec, apply_overrides, check_output_dir,
                                      comparison_config, inactive_regularizers, job_specs,
                                      provenance, run_comparison, settle_head)
+    from tsloss_cuda._files import atomic_write
     from tsloss_cuda.run_outputs import (announce_removal, commit_checkpoints,
                                          discard_checkpoints, earlier_job, write_outputs)
     specs = job_specs(args)  # refuses the other mode's flags; sets both modes' defaults
@@ -188,7 +189,8 @@ def run(args) -> int:
             results = [train_fn(specs[0])]
         if dist.world > 1:  # each rank saves its prompt so identity across ranks can be checked
             os.makedirs(out, exist_ok=True)
-            torch.save(results[-1]["prompt"], os.path.join(out, f"prompt_rank{dist.rank}.pt"))
+            atomic_write(os.path.join(out, f"prompt_rank{dist.rank}.pt"),
+                         lambda tmp: torch.save(results[-1]["prompt"], tmp))
         if dist.main:
             # A single run's checkpoints go in with metrics.csv and summary.json.
             table = write_outputs(out, args, results, regs, path, task,
