@@ -536,6 +536,24 @@ def test_ctrl_c_is_held_back_on_the_main_thread_only():
     assert errors == [] and done == [1, 2]
 
 
+def test_ctrl_c_between_a_runs_record_and_its_checkpoints_waits(tmp_path):
+    """A comparison records a finished run (runs/RUN.json) and then moves its checkpoints into
+    place (on_saved): Ctrl-C between the two once left a recorded run, which a restart skips,
+    without its checkpoints (train then discards the staged ones)."""
+    saved = []
+
+    def on_saved(spec):
+        if not saved:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # where not held back, the interrupt comes here
+        saved.append(spec.run_id)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(str(tmp_path), SPECS[:2], fake_train, CONFIG, quiet=True,
+                       on_saved=on_saved)
+    assert saved == [SPECS[0].run_id]
+    assert os.listdir(tmp_path / "runs") == [f"{SPECS[0].run_id}.json"]
+
+
 def test_report_says_what_held(tmp_path):
     """python/compare_report.py on a fake comparison: tsloss_w0.3 beats the baseline's final
     accuracy by 0.2, 0.2, 0.2, 0.15 on seeds 0-3, so claim 2 holds; the plain tsloss equals

@@ -30,7 +30,7 @@ import torch
 
 from . import run_outputs
 from ._cli import CLIError, check_writable, first_line
-from ._files import atomic_write
+from ._files import atomic_write, deferred_sigint
 from .models import GEMMA
 from .training import REGULARIZERS, RUN_FLAG_DEFAULTS, launch_rank
 
@@ -475,7 +475,8 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
             each finished one (a mismatch is a :class:`CLIError`); None records and checks
             nothing.
         on_saved: called with each spec once its run is recorded (``write``), e.g. to move the
-            run's checkpoints into place: a restart skips a recorded run.
+            run's checkpoints into place: a restart skips a recorded run. Ctrl-C is held back
+            from the record's writing till on_saved returns (:func:`deferred_sigint`).
 
     Returns:
         One result per spec, each with ``run_id``, ``variant``, ``overrides`` added; finished
@@ -511,10 +512,11 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
             result = train_fn(spec)
             spent.append(time.perf_counter() - t0)
             if write:  # returned as read back, so a resumed comparison returns the same
-                save_run(out_dir, spec, result, prov)
+                with deferred_sigint():  # the record and on_saved's checkpoints go in together
+                    save_run(out_dir, spec, result, prov)
+                    if on_saved is not None:
+                        on_saved(spec)
                 done[spec.run_id] = load_run(out_dir, spec.run_id)
-                if on_saved is not None:
-                    on_saved(spec)
             else:
                 done[spec.run_id] = dict(result, **spec.to_json(), run_id=spec.run_id)
                 if prov is not None:
