@@ -121,8 +121,14 @@ class TSLossFunction : public torch::autograd::Function<TSLossFunction> {
     variable_list outs{std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out),
                        std::get<4>(out), std::get<5>(out), std::get<6>(out), std::get<7>(out),
                        std::get<8>(out), std::get<9>(out), std::get<10>(out), std::get<11>(out)};
-    ctx->save_for_backward({x, outs[9], outs[8], outs[6], outs[7], outs[5], outs[10], outs[11],
-                            prev_h0.value_or(at::Tensor()), prev_h1.value_or(at::Tensor())});
+    // Detached aliases (the same storage and version counter), not this Function's outputs: a
+    // saved output reaches a saved-tensors pack hook with its grad_fn, this node, and the hook's
+    // holder of non-reentrant checkpointing (torch.utils.checkpoint, use_reentrant=False) then
+    // kept the node alive through its own saved variables: 17 tensors leaked every step.
+    ctx->save_for_backward({x, outs[9].detach(), outs[8].detach(), outs[6].detach(),
+                            outs[7].detach(), outs[5].detach(), outs[10].detach(),
+                            outs[11].detach(), prev_h0.value_or(at::Tensor()),
+                            prev_h1.value_or(at::Tensor())});
     ctx->saved_data["normalize"] = normalize;
     ctx->saved_data["target_mode"] = target_mode;
     ctx->saved_data["target"] = target;
