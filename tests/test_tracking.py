@@ -379,3 +379,32 @@ def test_tracker_terms_take_any_float_prompt_as_its_metrics_do(dtype):
         tracker.update(step, p)
         ref.update(step, p.float())
     assert tracker.flush() == ref.flush()
+
+
+def test_metrics_and_terms_keep_float32_on_the_prompts_device_whatever_torchs_defaults():
+    """The NaN results (a diverged prompt) and a number given as a term were made with torch's
+    default dtype or device: under set_default_dtype(float64) every metric came back float64,
+    and under set_default_device("meta") a diverged CPU prompt's metrics landed on meta, where
+    the tracker could not record them. The docstring promises 0-d float32 on the prompt's
+    device."""
+    g = torch.Generator().manual_seed(0)
+    good, bad = torch.randn(6, 3, generator=g), torch.full((6, 3), float("nan"))
+    other = torch.randn(5, 3, generator=g)
+    try:
+        torch.set_default_dtype(torch.float64)
+        for p in (good, bad):
+            assert {v.dtype for v in topology_metrics(p).values()} == {torch.float32}
+        with torch.device("meta"):
+            for p in (good, bad):
+                assert {(v.dtype, v.device.type) for v in topology_metrics(p).values()} == \
+                    {(torch.float32, "cpu")}
+            tracker = TopologyTracker(1, tsloss_terms=True)
+            tracker.update(0, good)
+            tracker.update(1, good.double(), terms={"connectivity": 0.5})
+            tracker.update(2, other)  # reshaped: stability not measured
+            tracker.update(3, bad)
+            rows = tracker.flush()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert rows[1]["ts_connectivity"] == 0.5 and math.isnan(rows[2]["ts_stability"])
+    assert math.isnan(rows[3]["h0_total"]) and math.isnan(rows[3]["ts_connectivity"])

@@ -106,7 +106,8 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
         raise TypeError(f"prompt must be a floating-point tensor, got {prompt.dtype}")
     x = prompt.detach().float()
     if x.device.type == "cpu" and cpu_engine_refuses(x):  # the CPU engine would raise
-        return {k: torch.full((), float("nan"), dtype=torch.float32) for k in METRICS}
+        return {k: torch.full((), float("nan"), dtype=torch.float32, device=x.device)
+                for k in METRICS}
     dg = vr_persistence(x, 1)
     life0 = dg.h0[0, :, 1] - dg.h0[0, :, 0]  # (N-1,)
     valid0 = life0 > 0
@@ -123,7 +124,7 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     # above would count those as 0 bars.
     bad1 = dg.h1_count[0] < 0
     bad0 = (dg.h1_count[0] == INVALID_INPUT) | torch.isnan(life0).any()
-    nan = torch.full((), float("nan"), device=x.device)
+    nan = torch.full((), float("nan"), dtype=torch.float32, device=x.device)
     return {k: torch.where(bad0 if k.startswith("h0") else bad1, nan, v.float())
             for k, v in vals.items()}
 
@@ -189,12 +190,14 @@ class TopologyTracker:
         x = prompt.detach() if prompt.dtype == torch.float64 else prompt.detach().float()
         if x.device.type == "cpu" and cpu_engine_refuses(x):
             # NaN terms, as CUDA gives them, rather than the CPU engine's error
-            return {name: torch.full((), float("nan"), dtype=torch.float32) for name in TERMS}
+            return {name: torch.full((), float("nan"), dtype=torch.float32, device=x.device)
+                    for name in TERMS}
         with torch.no_grad():
             self._probe(x)
         if reshaped:  # not measured, which a 0 ("unchanged") would hide
             return dict(self._probe.last_terms,
-                        stability=torch.full((), float("nan"), device=prompt.device))
+                        stability=torch.full((), float("nan"), dtype=torch.float32,
+                                             device=prompt.device))
         return self._probe.last_terms
 
     def update(self, step: int, prompt: torch.Tensor,
@@ -212,7 +215,7 @@ class TopologyTracker:
             for name in TERMS:
                 t = terms.get(name)
                 if isinstance(t, numbers.Real) and not isinstance(t, bool):
-                    t = torch.tensor(float(t))
+                    t = torch.tensor(float(t), dtype=torch.float32, device=prompt.device)
                 elif t is not None and not isinstance(t, torch.Tensor):
                     raise TypeError(f"terms: {name} must be a tensor or a number, got "
                                     f"{type(t).__name__}")
