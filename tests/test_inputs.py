@@ -126,14 +126,21 @@ def test_single_point_batch(distances):
 
 
 def test_too_many_points_names_the_limit():
+    """A shape error naming the argument, as the README promises for bad arguments: it was the
+    op's RuntimeError, which names neither (the op itself still raises it, test_torch_features)."""
+    from tsloss_cuda import loss
     kmax = _kmax()
-    with pytest.raises(RuntimeError, match=rf"N = {kmax + 1}.*maximum of {kmax}"):
+    with pytest.raises(ValueError, match=rf"^x must have at most {kmax} points a cloud, got "
+                                         rf"shape \({kmax + 1}, 1\)$"):
         vr_persistence(torch.zeros(kmax + 1, 1))
-    with pytest.raises(RuntimeError, match=rf"maximum of {kmax}"):
+    with pytest.raises(ValueError, match=rf"^x must have at most {kmax} points"):
         vr_persistence(torch.zeros(1, kmax + 1, kmax + 1), distances=True)
     # A batch does not bypass the limit either.
-    with pytest.raises(RuntimeError, match=rf"maximum of {kmax}"):
+    with pytest.raises(ValueError, match=rf"^x must have at most {kmax} points"):
         vr_persistence(torch.zeros(2, kmax + 1, 1), maxdim=0)
+    with pytest.raises(ValueError, match=rf"^prompts must have at most {kmax} points"):
+        loss(torch.zeros(2, kmax + 1, 1))
+    vr_persistence(torch.zeros(kmax, 1), maxdim=0)  # the limit itself is taken
 
 
 # ---- dtypes, arguments --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 import torch.utils.checkpoint
 
 from ._ops import ops
-from .persistence import (HALF_DTYPES, check_dense, check_max_h1, default_max_h1,
+from .persistence import (HALF_DTYPES, check_dense, check_max_h1, check_points, default_max_h1,
                           functorch_transform_active, transform_differentiates)
 
 _NORMALIZE = ("mean", "none")
@@ -133,6 +133,7 @@ def _as_prompts(prompts: torch.Tensor) -> torch.Tensor:
     if prompts.shape[-1] == 0 and prompts.shape[-2] > 1:
         raise ValueError(f"prompts must have D >= 1 coordinates per point, got shape "
                          f"{tuple(prompts.shape)}")
+    check_points(prompts, "prompts")
     if prompts.dtype not in (torch.float32, torch.float64) + HALF_DTYPES:
         # As vr_persistence: float8 and the like are refused, not silently widened.
         raise TypeError("prompts must be float32 or float64 (float16 and bfloat16 are computed "

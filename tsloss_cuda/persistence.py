@@ -13,7 +13,7 @@ import torch.autograd.forward_ad as fwAD
 from torch._C._functorch import TransformType, peek_interpreter_stack
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from ._ops import difference_length, edge_lengths, ops
+from ._ops import MAX_POINTS, difference_length, edge_lengths, ops
 
 #: Default H1 capacity per cloud is ``H1_CAPACITY_PER_POINT * N`` (at least ``H1_MIN_CAPACITY``).
 #: Gaussian clouds in high dimension give up to about 2.6·N H1 pairs (at N = 256), so clouds of
@@ -162,6 +162,16 @@ def check_dense(x: torch.Tensor, name: str) -> None:
                         "convert it first (.to_dense())")
 
 
+def check_points(x: torch.Tensor, name: str) -> None:
+    """At most MAX_POINTS points a cloud, a shape error naming ``name``. Only where N is a
+    number: a symbolic N (torch.compile, dynamic shapes) is left to the op's fake kernel, as a
+    test here would guard every graph on it."""
+    n = x.shape[-2]
+    if isinstance(n, int) and n > MAX_POINTS:
+        raise ValueError(f"{name} must have at most {MAX_POINTS} points a cloud, got shape "
+                         f"{tuple(x.shape)}")
+
+
 def _as_batch(x: torch.Tensor, name: str, *, square: bool) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -173,6 +183,7 @@ def _as_batch(x: torch.Tensor, name: str, *, square: bool) -> torch.Tensor:
     # Checked here, where the caller's own shape is known (the op sees the batched one).
     if square and x.shape[-1] != x.shape[-2]:
         raise ValueError(f"{name} must be a {what}, got shape {tuple(x.shape)}: not square")
+    check_points(x, name)
     if x.dtype in HALF_DTYPES:
         # As tsloss_cuda.loss does: half precision cannot resolve near-equal distances.
         x = x.float()
