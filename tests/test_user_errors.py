@@ -271,6 +271,8 @@ FUNCTION_CASES = [
      ValueError, "x must have at most 4096 points"),
     ("loss(torch.zeros(4097, 2))", lambda: T.loss(torch.zeros(4097, 2)), ValueError,
      "prompts must have at most 4096 points"),
+    ("topology_metrics(torch.zeros(4097, 2))", lambda: T.topology_metrics(torch.zeros(4097, 2)),
+     ValueError, "prompt must have at most 4096 points"),
     ("vr_persistence(torch.randn(5, 0))",
      lambda: T.vr_persistence(torch.randn(5, 0)), ValueError, "got shape (5, 0)"),
     ("loss(torch.randn(5, 0))", lambda: T.loss(torch.randn(5, 0)), ValueError, "got shape (5, 0)"),

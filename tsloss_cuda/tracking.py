@@ -14,7 +14,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from tsloss_cuda.persistence import INVALID_INPUT, pairwise_distance, vr_persistence
+from tsloss_cuda.persistence import INVALID_INPUT, check_points, pairwise_distance, vr_persistence
 
 #: Metric names, in CSV column order.
 METRICS = ("h0_count", "h1_count", "h0_mean_life", "h0_max_life", "h1_mean_life", "h1_max_life",
@@ -104,6 +104,7 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
         raise ValueError(f"prompt must have D >= 1 coordinates, got shape {tuple(prompt.shape)}")
     if not prompt.is_floating_point():  # an integer prompt is no soft prompt; bool even less
         raise TypeError(f"prompt must be a floating-point tensor, got {prompt.dtype}")
+    check_points(prompt, "prompt")  # vr_persistence would name its own argument, x
     x = prompt.detach().float()
     if x.device.type == "cpu" and cpu_engine_refuses(x):  # the CPU engine would raise
         return {k: torch.full((), float("nan"), dtype=torch.float32, device=x.device)
