@@ -115,9 +115,12 @@ class TSLossFunction : public torch::autograd::Function<TSLossFunction> {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("tsloss_cuda::tsloss_forward", "")
                                .typed<Forward>();
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto out = op.call(x, prev_h0, prev_h1, maxdim, max_h1, normalize, target_mode, target, p,
-                       w_conn, w_red, w_stab, reduction);
+    Outputs out;
+    {  // Not over the detach below: under this guard it would take a version counter of its own
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      out = op.call(x, prev_h0, prev_h1, maxdim, max_h1, normalize, target_mode, target, p,
+                    w_conn, w_red, w_stab, reduction);
+    }
     variable_list outs{std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out),
                        std::get<4>(out), std::get<5>(out), std::get<6>(out), std::get<7>(out),
                        std::get<8>(out), std::get<9>(out), std::get<10>(out), std::get<11>(out)};

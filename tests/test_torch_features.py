@@ -250,6 +250,23 @@ def test_non_reentrant_checkpointing_leaks_nothing(name):
     assert live[1] <= live[0], live
 
 
+@pytest.mark.parametrize("edit", ["topology.h0", "topology.h1", "h1_count"])
+def test_a_saved_output_edited_in_place_before_backward_is_an_error(edit):
+    """The op saves detached aliases of its outputs (the leak test above); taken under the
+    dispatch guard of the op call, they had version counters of their own, and an output edited
+    in place before backward gave a wrong gradient where autograd's error was due."""
+    g = torch.Generator().manual_seed(0)
+    _, first = T.loss(torch.randn(9, 5, dtype=torch.float64, generator=g), return_terms=True)
+    x = torch.randn(9, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    out, terms = T.loss(x, stability=1.0, previous=first["topology"], return_terms=True)
+    part, _, field = edit.partition(".")
+    target = getattr(terms[part], field) if field else terms[part]
+    with torch.no_grad():
+        target.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
 def test_forward_in_a_backward_hook_is_not_a_recomputation():
     steps = prompt_steps()
     hooked, plain = T.TSLoss(stability=1.0), T.TSLoss(stability=1.0)
