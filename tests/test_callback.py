@@ -526,7 +526,8 @@ def _classifier(task_type="SEQ_CLS"):
                                   num_attention_heads=4, intermediate_size=64, num_labels=2,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cls = {"SEQ_CLS": transformers.BertForSequenceClassification,
-           "TOKEN_CLS": transformers.BertForTokenClassification}[task_type]
+           "TOKEN_CLS": transformers.BertForTokenClassification,
+           "QUESTION_ANS": transformers.BertForQuestionAnswering}[task_type]
     return peft.get_peft_model(cls(cfg), peft.PromptTuningConfig(task_type=task_type,
                                                                   num_virtual_tokens=5))
 
@@ -540,7 +541,9 @@ def test_a_trainer_that_sums_accumulated_losses_is_warned_of(task_type, recwarn)
     num_items_in_batch)."""
     state, control = transformers.TrainerState(), transformers.TrainerControl()
     for g, model, warned in [(2, _classifier(task_type), True), (1, _classifier(task_type), False),
-                             (2, _model(), False)]:
+                             (2, _model(), False),
+                             # start/end positions, no `labels`: no item count, the Trainer divides
+                             (2, _classifier("QUESTION_ANS"), False)]:
         args = types.SimpleNamespace(gradient_accumulation_steps=g)
         recwarn.clear()
         TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=model)
@@ -551,9 +554,11 @@ def test_a_trainer_that_sums_accumulated_losses_is_warned_of(task_type, recwarn)
     assert not [w for w in recwarn if "model_accepts_loss_kwargs" in str(w.message)]
 
 
-def test_the_warnings_advice_gives_the_mean_task_gradient(tmp_path):
+def test_the_warnings_advice_gives_the_mean_task_gradient_and_silences_it(tmp_path, recwarn):
     """What the warning advises: with trainer.model_accepts_loss_kwargs = False, one step of a
-    sequence classifier at G = 2 moves the prompt as at G = 1 (weight 0: the task alone)."""
+    sequence classifier at G = 2 moves the prompt as at G = 1 (weight 0: the task alone), and an
+    installed callback reads the Trainer's setting, so it no longer warns (it read the model's
+    only, and warned on)."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 64, (4, 8), generator=g)
     data = [{"input_ids": x, "attention_mask": torch.ones_like(x), "labels": torch.tensor(i % 2)}
@@ -575,3 +580,14 @@ def test_the_warnings_advice_gives_the_mean_task_gradient(tmp_path):
         steps[accumulation] = prompt_parameters(model).detach() - before
     assert steps[1].abs().max() > 0
     torch.testing.assert_close(steps[2], steps[1], rtol=1e-4, atol=1e-7)
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    for advised in (False, True):
+        trainer = transformers.Trainer(model=_classifier(), args=args, train_dataset=data)
+        callback = TSLossCallback(WEIGHT).install(trainer)
+        trainer.model_accepts_loss_kwargs = not advised
+        recwarn.clear()
+        callback.on_train_begin(args, state, control, model=trainer.model)
+        hits = [w for w in recwarn if "model_accepts_loss_kwargs = False" in str(w.message)]
+        assert len(hits) == int(not advised)
+    import pickle
+    assert pickle.loads(pickle.dumps(callback))._trainer is None  # a weak reference, dropped

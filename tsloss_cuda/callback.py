@@ -43,7 +43,8 @@ import math
 import numbers
 import os
 import warnings
-from typing import Any, Dict, Optional
+import weakref
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from transformers import TrainerCallback
@@ -90,15 +91,27 @@ def _check_model(model) -> None:
                            "model's), stacked into one embedding")
 
 
-def _sums_accumulated_losses(args, model) -> bool:
-    """Whether the Trainer adds the micro-batches' losses rather than their mean: it leaves the
-    1/G to a model that takes loss kwargs (``num_items_in_batch``, the whole batch's count),
-    deciding as the Trainer does (an ``accepts_loss_kwargs`` attribute, else a ``**kwargs`` in
-    ``forward``), while the model's loss function may not take that count at all."""
+def _sums_accumulated_losses(args, model, trainer=None) -> bool:
+    """Whether the Trainer adds the micro-batches' losses rather than their mean. It leaves the
+    1/G to the loss when it counts the batch's items (``num_items_in_batch``, from a ``labels``
+    key) for a model that takes loss kwargs, or for a ``compute_loss_func``; a model whose loss
+    function takes no such count then sums. Decided as the Trainer decides: from ``trainer``'s
+    own settings where :meth:`TSLossCallback.install` gave it (a user may have set them), else
+    from the model's ``accepts_loss_kwargs`` or ``**kwargs`` as the Trainer's constructor does."""
     if getattr(args, "gradient_accumulation_steps", 1) <= 1:
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if hasattr(base, "accepts_loss_kwargs"):
+    from transformers.utils import find_labels
+    labels = list(getattr(args, "label_names", None) or find_labels(type(base)))
+    if "labels" not in labels:  # no item count: the Trainer divides by G itself
+        return False
+    if trainer is not None:
+        if getattr(trainer, "loss_is_scaled_for_ga", None) is not None:
+            return False  # the user's own word on it
+        if getattr(trainer, "compute_loss_func", None) is not None:
+            return False  # it is given the count
+        accepts = bool(getattr(trainer, "model_accepts_loss_kwargs", False))
+    elif hasattr(base, "accepts_loss_kwargs"):
         accepts = bool(base.accepts_loss_kwargs)
     else:
         accepts = any(p.kind == inspect.Parameter.VAR_KEYWORD
@@ -178,6 +191,12 @@ class TSLossCallback(TrainerCallback):
         self.loss_fn = TSLoss(**options)
         self.last_loss: Optional[torch.Tensor] = None
         self._tracker = self._new_tracker()
+        self._trainer: Optional[Callable[[], Any]] = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_trainer"] = None  # a weak reference does not pickle; install() sets it again
+        return state
 
     def _new_tracker(self) -> TopologyTracker:
         terms = {k: v for k, v in self.loss_fn.options.items() if k in TERM_OPTIONS}
@@ -191,19 +210,21 @@ class TSLossCallback(TrainerCallback):
         callbacks = trainer.callback_handler.callbacks
         callbacks[:] = [cb for cb in callbacks if cb is not self]
         callbacks.insert(0, self)
+        self._trainer = weakref.ref(trainer)  # its loss settings, read at train begin
         return self
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         _check_engine(args)
         _check_model(model)
         prompt_parameters(model)  # no soft prompt: say so now, not after the first steps
-        if self.weight != 0 and _sums_accumulated_losses(args, model):
+        trainer = self._trainer() if self._trainer is not None else None
+        if self.weight != 0 and _sums_accumulated_losses(args, model, trainer):
             g = args.gradient_accumulation_steps
             warnings.warn(
                 f"TSLossCallback: with gradient_accumulation_steps={g}, the Trainer sums the "
-                f"micro-batch losses of {type(model).__name__} (its forward takes **kwargs, but "
-                "its loss ignores num_items_in_batch: transformers issue 37766), so the task "
-                f"gradient is {g} times its mean and TSLoss weighs {g} times less than "
+                f"micro-batch losses of {type(model).__name__} (it leaves the 1/G to the "
+                "model's loss, which ignores num_items_in_batch: transformers issue 37766), so "
+                f"the task gradient is {g} times its mean and TSLoss weighs {g} times less than "
                 f"weight={self.weight} says. Set trainer.model_accepts_loss_kwargs = False "
                 "before trainer.train() (the Trainer then averages), unless a compute_loss_func "
                 "of yours divides by num_items_in_batch", stacklevel=2)
