@@ -409,7 +409,8 @@ _FAILS = {
 }
 
 
-@pytest.mark.parametrize("step,exc", [("a figure", KeyboardInterrupt), ("a prompt", KeyboardInterrupt),
+@pytest.mark.parametrize("step,exc", [("a figure", KeyboardInterrupt),
+                                      ("a prompt", KeyboardInterrupt),
                                       ("summary.json", KeyboardInterrupt),
                                       ("a figure", OSError(28, "No space left on device"))])
 def test_outputs_that_fail_or_are_interrupted_leave_the_folder_as_it_was(
@@ -431,6 +432,33 @@ def test_outputs_that_fail_or_are_interrupted_leave_the_folder_as_it_was(
     with pytest.raises(exc if isinstance(exc, type) else type(exc)):
         write()
     assert _tree(out) == before
+
+
+def test_a_killed_jobs_temporary_files_go_with_the_next_job(tmp_path, monkeypatch, capsys):
+    """A job killed (SIGTERM from timeout or Slurm, SIGKILL, out of memory) while it wrote its
+    outputs left its hidden .NAME.partial-PID files for good: no rename or later job took them
+    away. The next job's write_outputs removes those of processes no longer running, and leaves
+    a running process's alone."""
+    import subprocess
+    import sys
+    out = _earlier_job_folder(tmp_path, monkeypatch)
+    write = _rerun(out)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = [out / f".metrics.partial-{gone}.csv", out / f".curves.partial-{gone}.png",
+                out / "prompts" / f".prompt_none_seed0.partial-{gone}.pt"]
+        live = out / f".summary.partial-{running.pid}.json"
+        for p in dead + [live]:
+            p.write_bytes(b"part")
+        write()
+        assert live.exists() and not [p for p in dead if p.exists()]
+        live.unlink()
+        _only_the_rerun(out)
+    finally:
+        running.kill()
+        running.wait()
 
 
 @pytest.mark.parametrize("where", ["os.replace", "commit_checkpoints"])

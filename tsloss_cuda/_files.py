@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
 from typing import Callable, Iterator, List, Tuple
@@ -17,6 +18,38 @@ def partial_path(path: str) -> str:
     folder, name = os.path.split(path)
     stem, ext = os.path.splitext(name)
     return os.path.join(folder, f".{stem}.partial-{os.getpid()}{ext}")
+
+
+_PARTIAL = re.compile(r"^\..+\.partial-(\d+)(\.[^.]*)?$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
+
+
+def remove_leftovers(folder: str) -> List[str]:
+    """Remove the :func:`partial_path` files in ``folder`` of processes no longer running: a job
+    killed (SIGTERM, SIGKILL, out of memory) while it wrote leaves them, and no rename or later
+    job would otherwise take them away. Returns the paths removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _PARTIAL.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                _remove(path)
+                removed.append(path)
+    return removed
 
 
 def _remove(path: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 import torch
 
-from ._files import PartialFiles, deferred_sigint
+from ._files import PartialFiles, deferred_sigint, remove_leftovers
 from .stats import variant_of as variant
 
 #: metrics.csv columns first in this order (``variant`` only in comparisons with named
@@ -267,6 +267,8 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
     model given by name stays a name.
     """
     prompts = os.path.join(out, "prompts")
+    for folder in (out, prompts):  # a killed job's temporaries (Ctrl-C removes its own)
+        remove_leftovers(folder)
     made_prompts = not os.path.isdir(prompts)
     os.makedirs(prompts, exist_ok=True)
     summary_path = os.path.join(out, "summary.json")
