@@ -17,6 +17,19 @@ from typing import Dict, List, Optional
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def tree(folder: str) -> Dict[str, Optional[bytes]]:
+    """Every folder and file under ``folder``, hidden ones too: relative path -> bytes (None
+    for a folder); two trees compare whole folders."""
+    found: Dict[str, Optional[bytes]] = {}
+    for root, dirs, names in os.walk(folder):
+        for d in dirs:
+            found[os.path.relpath(os.path.join(root, d), folder)] = None
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return found
+
+
 def _rows(path: str) -> List[Dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

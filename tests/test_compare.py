@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from check_job_outputs import problems
+from check_job_outputs import problems, tree as _tree
 from tsloss_cuda import stats
 from tsloss_cuda._cli import CLIError
 from tsloss_cuda.compare import (RunSpec, apply_overrides, comparison_specs, load_run,
@@ -300,19 +300,6 @@ def test_a_rerun_removes_the_earlier_jobs_files(tmp_path, capsys):
                 '{"runs": [{"regularizer": "none"}]}', "not json"):
         (out / "summary.json").write_text(odd)  # not ours: its folder is left alone
         assert earlier_job(str(out)) is None, odd
-
-
-def _tree(folder):
-    """Every folder and file under ``folder``, hidden ones too: relative path -> bytes (None
-    for a folder)."""
-    found = {}
-    for root, dirs, names in os.walk(folder):
-        for d in dirs:
-            found[os.path.relpath(os.path.join(root, d), folder)] = None
-        for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                found[os.path.relpath(os.path.join(root, name), folder)] = f.read()
-    return found
 
 
 def _fake_figures(monkeypatch):

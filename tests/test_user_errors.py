@@ -20,6 +20,8 @@ import torch
 import tsloss_cuda as T
 from tsloss_cuda import analyze, compare, train
 
+from check_job_outputs import tree as _tree
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN_POINTS = [[0.0, float("nan")], [1.0, 1.0]]
 
@@ -391,18 +393,6 @@ def _run_cli(main, argv):
         except SystemExit as exc:  # argparse errors exit
             rc = exc.code
     return rc, err.getvalue()
-
-
-def _tree(d):
-    """Every folder and file under ``d``, with the file's bytes."""
-    tree = {}
-    for root, dirs, files in os.walk(d):
-        for name in dirs:
-            tree[os.path.relpath(os.path.join(root, name), d)] = None
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                tree[os.path.relpath(os.path.join(root, name), d)] = f.read()
-    return tree
 
 
 @pytest.fixture(scope="module")
