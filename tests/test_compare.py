@@ -448,6 +448,29 @@ def test_a_killed_jobs_temporary_files_go_with_the_next_job(tmp_path, monkeypatc
         running.wait()
 
 
+def test_a_killed_comparisons_temporary_records_go_with_its_restart(tmp_path):
+    """The twin of the test above for --compare: a comparison killed while it recorded a run
+    left .RUN.partial-PID.json in runs/ (and its prompt's in prompts/) for good; its restart
+    removes them, and trains and records the run."""
+    import subprocess
+    import sys
+    out = str(tmp_path)
+    specs = comparison_specs(["none", "tsloss"], [0])
+    run_comparison(out, specs[:1], fake_train, {"target_acc": 0.8}, quiet=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = [os.path.join(out, "runs", f".tsloss_seed0.partial-{gone}.json"),
+            os.path.join(out, "prompts", f".prompt_tsloss_seed0.partial-{gone}.pt"),
+            os.path.join(out, f".comparison.partial-{gone}.json")]
+    for p in dead:
+        with open(p, "wb") as f:
+            f.write(b"part")
+    results = run_comparison(out, specs, fake_train, {"target_acc": 0.8}, quiet=True)
+    assert [r["run_id"] for r in results] == ["none_seed0", "tsloss_seed0"]
+    assert not [p for p in dead if os.path.exists(p)]
+    assert not [p for p in _tree(out) if ".partial" in p]
+
+
 @pytest.mark.parametrize("where", ["os.replace", "commit_checkpoints"])
 def test_ctrl_c_while_the_outputs_go_in_waits_till_they_are_all_in(tmp_path, monkeypatch,
                                                                    capsys, where):

@@ -30,7 +30,7 @@ import torch
 
 from . import run_outputs
 from ._cli import CLIError, check_writable, first_line
-from ._files import atomic_write, deferred_sigint
+from ._files import atomic_write, deferred_sigint, remove_leftovers
 from .models import GEMMA
 from .training import REGULARIZERS, RUN_FLAG_DEFAULTS, launch_rank
 
@@ -496,6 +496,8 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
             if run is not None:
                 _check_provenance(out_dir, run, prov)
     if write:  # only once every check passed: a refused resume leaves the folder as it was
+        for folder in (out_dir, os.path.join(out_dir, "runs"), os.path.join(out_dir, "prompts")):
+            remove_leftovers(folder)  # a killed job's temporary records and prompts
         _write_json(os.path.join(out_dir, CONFIG_FILE), recorded)
     todo = [s for s in specs if done[s.run_id] is None]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="comparison", unit="run",
