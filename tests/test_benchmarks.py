@@ -23,6 +23,23 @@ def _load():
     return _script(RUN)
 
 
+def _refused_before_timing(mod, timer, argv, tmp_path, capsys, monkeypatch):
+    """``mod.main(argv)`` with the function ``timer`` (what times or profiles a config) failing
+    if reached, and a default --out under ``tmp_path``: asserts exit status 2 and that --out was
+    not made; returns stderr's lines."""
+    (tmp_path / "file").write_text("")
+
+    def timed(*a, **k):
+        raise AssertionError(f"{timer} ran before the arguments were checked")
+    monkeypatch.setattr(mod, timer, timed)
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        mod.main([a.format(tmp=tmp_path) for a in argv] + out + ["--configs", "8,4,2"])
+    assert e.value.code == 2
+    assert not (tmp_path / "out").exists()
+    return capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.parametrize("impls", ["ours,ripser", "ours,ripser,gph-1t,torch-topological"])
 def test_runner_tiny(tmp_path, impls):
     pytest.importorskip("ripser")
@@ -326,18 +343,9 @@ def test_profile_ops_tiny(tmp_path):
 ])
 def test_profile_ops_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
     """Tracebacks (RuntimeError, FileExistsError) or, --launches-only, full CPU tables."""
-    (tmp_path / "file").write_text("")
     mod = _script(RUN.parents[1] / "tools" / "profile_ops.py")
-
-    def profiled(*a, **k):
-        raise AssertionError("a config was profiled before the arguments were checked")
-    monkeypatch.setattr(mod, "profile_config", profiled)
-    out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as e:
-        mod.main([a.format(tmp=tmp_path) for a in argv] + out + ["--configs", "8,4,2"])
-    assert e.value.code == 2
-    assert re.search(match, capsys.readouterr().err.splitlines()[-1])
-    assert not (tmp_path / "out").exists()
+    err = _refused_before_timing(mod, "profile_config", argv, tmp_path, capsys, monkeypatch)
+    assert re.search(match, err[-1])
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -621,21 +629,10 @@ def test_argument_errors_are_one_line_before_timing(argv, match, tmp_path, capsy
     """argparse's errors came with a 5-line usage block; --out /proc/x was an OSError
     traceback and --name a/b one after the first config was timed; --impls , wrote empty
     files."""
-    (tmp_path / "file").write_text("")
-    run = _load()
-
-    def timed(*a, **k):
-        raise AssertionError("a config was timed before the arguments were checked")
-    monkeypatch.setattr(run, "bench_config", timed)
-    out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as e:
-        run.main([a.format(tmp=tmp_path) for a in argv] + out + ["--configs", "8,4,2"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _refused_before_timing(_load(), "bench_config", argv, tmp_path, capsys, monkeypatch)
     assert len(err) == 1, err
     assert err[0].startswith("benchmarks/run.py: error: ") and err[0].endswith("(see --help)")
     assert re.search(match, err[0]), err
-    assert not (tmp_path / "out").exists()
 
 
 def test_help_says_the_defaults():
