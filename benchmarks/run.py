@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 import tsloss_cuda
-from tsloss_cuda._cli import Parser, missing_folders, positive_int
+from tsloss_cuda._cli import CLIError, Parser, check_writable, positive_int
 
 warnings.filterwarnings("ignore")
 
@@ -1275,19 +1275,16 @@ def render(src: Path, ap) -> dict:
 
 def check_out(out: Path, ap) -> None:
     """--out must be a folder this process can create and write, checked before any timing (a
-    failure in write() came after the first config's)."""
+    failure in write() came after the first config's). Left created: write() fills it."""
     if out.exists() and not out.is_dir():
         ap.error(f"--out {out}: not a folder")
-    there, _ = missing_folders(str(out))
-    if not os.path.isdir(there):
-        ap.error(f"--out {out}: cannot create it ({there} is not a folder)")
     try:
+        check_writable(str(out), "--out")
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".run-py-write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        ap.error(f"--out {out}: cannot create or write it ({e.strerror or e})")
+    except CLIError as e:
+        ap.error(str(e))
+    except OSError as e:  # made writable by check_writable, then gone or changed meanwhile
+        ap.error(f"--out {out} cannot be created: {e.strerror or e}")
 
 
 def check_name(name: Optional[str], ap) -> None:

@@ -618,8 +618,8 @@ def test_a_missing_reference_library_is_one_line_before_timing(missing, tmp_path
 @pytest.mark.parametrize("argv,match", [
     (["--impls", ","], "--impls: no implementation given"),
     (["--impls", "ours,bogus"], r"--impls: unknown \['bogus'\]"),
-    (["--out", "/proc/x"], "--out /proc/x: cannot create"),
-    (["--out", "{tmp}/file/x"], "--out .*/file/x: cannot create it .*file is not a folder"),
+    (["--out", "/proc/x"], "--out /proc/x cannot be created: No such file or directory"),
+    (["--out", "{tmp}/file/x"], "--out .*/file/x cannot be created: Not a directory"),
     (["--name", "a/b"], "--name 'a/b': a file stem without a folder"),
     (["--name", ""], "--name '': a file stem"),
     (["--reps", "x"], "argument --reps: expected an integer >= 1, got 'x'"),
