@@ -2,6 +2,7 @@
 flagged diagrams, collapsed prompts, NaN columns, and step timing by CUDA events."""
 import math
 
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
@@ -408,3 +409,103 @@ def test_metrics_and_terms_keep_float32_on_the_prompts_device_whatever_torchs_de
         torch.set_default_dtype(torch.float32)
     assert rows[1]["ts_connectivity"] == 0.5 and math.isnan(rows[2]["ts_stability"])
     assert math.isnan(rows[3]["h0_total"]) and math.isnan(rows[3]["ts_connectivity"])
+
+
+def _rows(k: int):
+    return [{"step": s, "task_loss": 1.0 / (s + k + 1), "val_acc": 0.1 * k,
+             "ts_scale": 0.1 * s + k, "h1_count": float(s % 3 + k % 2)} for s in range(3)]
+
+
+def test_every_run_of_a_large_comparison_has_its_own_style(monkeypatch):
+    """Matplotlib's cycle has ten colours and every line had marker ".": the eleventh run of a
+    comparison was drawn as the first, the "none" baseline."""
+    figs = _capture(monkeypatch)
+    runs = {f"run{k}": _rows(k) for k in range(12)}
+    plots.plot_curves(runs, "unused.png")
+    plots.plot_topology(runs, "unused.png")
+    for fig in figs:
+        for ax in (a for a in fig.axes if a.get_title()):
+            styles = {ln.get_label(): (matplotlib.colors.to_hex(ln.get_color()),
+                                       ln.get_linestyle(), ln.get_marker())
+                      for ln in ax.get_lines()}
+            assert len(styles) == 12 and len(set(styles.values())) == 12, styles
+    curve_style = {ln.get_label(): ln.get_linestyle() for ln in figs[0].axes[0].get_lines()}
+    topo_style = {ln.get_label(): ln.get_linestyle() for ln in figs[1].axes[0].get_lines()}
+    assert curve_style == topo_style  # the same run looks the same in both figures
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("n_runs", [1, 5, 9, 12, 20])
+def test_the_legend_clears_the_panel_titles(monkeypatch, n_runs):
+    """The layout kept a fixed 7 % of the height for the legend: from 9 runs (three rows) it
+    covered the first row of panel titles."""
+    figs = _capture(monkeypatch)
+    plots.plot_topology({f"a longer run label {k}": _rows(k) for k in range(n_runs)},
+                        "unused.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    suptitle = fig._suptitle.get_window_extent(renderer)
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert titles
+    assert not any(_overlap(legend, t) for t in titles)
+    assert not _overlap(legend, suptitle)
+
+
+def test_checkpoint_ticks_differ_where_the_names_do(monkeypatch):
+    """Ticks kept each name's last 17 characters: experiment_{alpha,...}_final_prompt.pt read
+    "…a_final_prompt.pt" four times in five."""
+    names = [f"experiment_{w}_final_prompt.pt" for w in ("alpha", "beta", "gamma", "delta",
+                                                         "epsilon")]
+    ticks, shared = plots._short_names(names)
+    assert ticks == ["alpha", "beta", "gamma", "delta", "epsilon"]
+    assert shared == "experiment_…_final_prompt.pt"
+    assert plots._short_names(["run.pt", "run2.pt"]) == (["run.pt", "run2.pt"], "")
+    figs = _capture(monkeypatch)
+    rows = [{"step": i, "ts_scale": 0.1 * i} for i in range(5)]
+    plots.plot_topology({"ckpts": rows}, "unused.png", xticklabels=names)
+    ax = next(a for a in figs[0].axes if a.get_title())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ticks
+    assert "experiment_…_final_prompt.pt" in ax.get_xlabel()
+
+
+def test_a_short_bar_is_marked_and_the_bars_counted(monkeypatch):
+    """A bar 1e-4 of the axis long was drawn 0.02 px wide: a barcode of 3 H1 bars showed 1."""
+    figs = _capture(monkeypatch)
+    h0 = np.array([[0.0, 0.5], [0.0, 1.0], [0.0, np.inf]])
+    h1 = np.array([[0.6, 0.9], [0.7, 0.7001], [0.8, 0.80005]])
+    plots.plot_diagrams({"step 40": [h0, h1]}, "unused.png")
+    barcode = figs[0].axes[0]
+    assert "3 H0 and 3 H1 bars" in barcode.get_title()
+    ticks = [ln for ln in barcode.get_lines() if ln.get_marker() == "|"]
+    assert sorted(float(ln.get_xdata()[0]) for ln in ticks) == [0.7, 0.8]
+
+
+def test_long_snapshot_labels_do_not_run_into_each_other(monkeypatch):
+    figs = _capture(monkeypatch)
+    h0, h1 = np.array([[0.0, 1.0], [0.0, np.inf]]), np.zeros((0, 2))
+    snaps = {f"experiment_{w}_with_a_long_name/final_prompt.pt": [h0, h1]
+             for w in ("alpha", "beta", "gamma")}
+    plots.plot_diagrams(snaps, "unused.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for row in (0, 1):
+        boxes = [fig.axes[row * 3 + j].title.get_window_extent(renderer) for j in range(3)]
+        assert not _overlap(boxes[0], boxes[1]) and not _overlap(boxes[1], boxes[2])
+
+
+def test_the_constant_note_says_when_some_records_were_not_finite(monkeypatch):
+    figs = _capture(monkeypatch)
+    ok = [{"step": s, "h1_count": 0.0, "ts_scale": 0.1 * s} for s in range(3)]
+    diverged = [{"step": 0, "h1_count": 0.0, "ts_scale": 0.1},
+                {"step": 1, "h1_count": math.nan, "ts_scale": math.nan}]
+    plots.plot_topology({"ok": ok}, "unused.png")
+    plots.plot_topology({"ok": ok, "diverged": diverged}, "unused.png")
+    notes = [[t.get_text() for t in f.texts if "constant" in t.get_text()][0] for f in figs]
+    assert notes[0].startswith("Not drawn, constant at every record: H1: number of loops = 0")
+    assert notes[1].startswith("Not drawn, constant at every finite record:")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import textwrap
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
@@ -52,6 +54,36 @@ def _whole_numbers(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
+#: Line styles after matplotlib's ten colours: a comparison of 11+ runs gave its eleventh the
+#: colour and marker of the first (the "none" baseline).
+_DASHES = ("-", "--", ":", "-.")
+_MARKERS = (".", "x", "+", "^")
+
+
+def _styles(labels: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """A distinct (colour, line style, marker) per run label, in order; the same label gets the
+    same style in every figure of a job."""
+    return {label: {"color": f"C{i % 10}", "ls": _DASHES[(i // 10) % 4],
+                    "marker": _MARKERS[(i // 10) % 4]}
+            for i, label in enumerate(labels)}
+
+
+def _short_names(names: Sequence[str], width: int = 18) -> Tuple[List[str], str]:
+    """Tick labels for ``names``: the prefix and suffix they all share taken off (returned, as
+    "prefix…suffix", for the axis label), then each cut to its last ``width`` characters. Cut
+    first, names that differ in the middle (run_alpha_final.pt, run_gamma_final.pt) read
+    alike."""
+    if len(names) < 2:
+        return [n if len(n) <= width else "…" + n[-(width - 1):] for n in names], ""
+    pre = os.path.commonprefix(list(names))
+    suf = os.path.commonprefix([n[len(pre):][::-1] for n in names])[::-1]
+    cut = [n[len(pre):len(n) - len(suf)] for n in names]
+    if not all(cut):  # one name is all shared text (run.pt beside run2.pt): keep them whole
+        pre, suf, cut = "", "", list(names)
+    ticks = [c if len(c) <= width else "…" + c[-(width - 1):] for c in cut]
+    return ticks, (f"{pre}…{suf}" if pre or suf else "")
+
+
 def _first_value(values: Sequence[float]) -> float:
     """The first non-NaN value (NaN if none): what a constant column's note shows."""
     return next((v for v in values if not math.isnan(v)), math.nan)
@@ -64,17 +96,23 @@ def plot_curves(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[s
     rows_by_run: label -> metric rows (dicts with ``step``, ``task_loss``, ``val_acc``).
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    styles = _styles(list(rows_by_run))
     for label, rows in rows_by_run.items():
         steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r.get("task_loss", np.nan) for r in rows], marker=".", label=label)
-        axes[1].plot(steps, [r.get("val_acc", np.nan) for r in rows], marker=".", label=label)
+        axes[0].plot(steps, [r.get("task_loss", np.nan) for r in rows], label=label,
+                     **styles[label])
+        axes[1].plot(steps, [r.get("val_acc", np.nan) for r in rows], label=label,
+                     **styles[label])
     axes[0].set(xlabel=xlabel, ylabel="cross-entropy",
                 title="Task loss on the training batches\n(mean since the previous record)")
     axes[1].set(xlabel=xlabel, ylabel="accuracy", title="Validation accuracy")
     for ax in axes:
-        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         _whole_numbers(ax.xaxis)
+    if len(rows_by_run) > 4:  # one legend, beside the panels: inside, a comparison's hid lines
+        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    else:
+        axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -95,28 +133,34 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
     zero lines.
     """
     shown, flat = [], []
+    gaps = False  # a flat column with NaN records (a run that diverged): said in the note
     for col, name, unit in panels:
         vals = [r[col] for rows in rows_by_run.values() for r in rows if col in r]
         if not vals:
             continue
         if _constant(vals):
             flat.append(f"{name.splitlines()[0]} = {_first_value(vals):.4g}")
+            gaps |= any(math.isnan(v) for v in vals)
         else:
             shown.append((col, name, unit))
     cols = 3
     nrows = max(1, math.ceil(len(shown) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.3 * cols, 3.1 * nrows + 0.9), squeeze=False)
+    legend_rows = math.ceil(len(rows_by_run) / 4)  # 4 labels a row (ncol below)
+    height = 3.1 * nrows + 0.6 + 0.2 * legend_rows  # inches: panels, the title, the legend
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.3 * cols, height), squeeze=False)
+    styles = _styles(list(rows_by_run))
+    ticks, shared = (_short_names(xticklabels) if xticklabels is not None else ([], ""))
     for ax, (col, name, unit) in zip(axes.flat, shown):
         for label, rows in rows_by_run.items():
             pts = [(r["step"], r[col]) for r in rows if col in r]
             if pts:
                 s, v = zip(*pts)
-                ax.plot(s, v, marker=".", label=label)
+                ax.plot(s, v, label=label, **styles[label])
         ax.set(title=name, xlabel=xlabel, ylabel=unit)
         if xticklabels is not None and len(xticklabels) <= 12:  # name each checkpoint
-            ax.set_xticks(range(len(xticklabels)),
-                          [t if len(t) <= 18 else "…" + t[-17:] for t in xticklabels],
-                          rotation=30, ha="right", fontsize=7)
+            ax.set_xticks(range(len(ticks)), ticks, rotation=30, ha="right", fontsize=7)
+            if shared:
+                ax.set_xlabel(f"{xlabel}\n{shared}", fontsize=8)
         else:
             _whole_numbers(ax.xaxis)
         if col.endswith("_count"):
@@ -128,14 +172,25 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
         axes.flat[0].text(0.5, 0.5, "every metric is constant", ha="center", va="center")
     handles, labels = (axes.flat[0].get_legend_handles_labels() if shown else ([], []))
     fig.suptitle(title or "Prompt topology over training", fontsize=13)
-    fig.tight_layout(rect=(0, 0.06 if flat else 0, 1, 0.93 if handles else 0.97))
+    # Room above the panels for the title (0.45 in) and one 0.2 in line per legend row: a
+    # fixed 7 % let a legend of 9+ runs cover the first row's titles.
+    below_title = 1 - 0.45 / height
+    top = below_title - (0.2 * legend_rows + 0.05) / height if handles else below_title
+    fig.tight_layout(rect=(0, 0.06 if flat else 0, 1, top))
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=10,
-                   bbox_to_anchor=(0.5, 0.955), frameon=False)
+                   bbox_to_anchor=(0.5, below_title), frameon=False)
     if flat:
-        note = "Not drawn, constant at every record: " + "; ".join(flat)
+        note = (f"Not drawn, constant at every {'finite ' if gaps else ''}record: "
+                + "; ".join(flat))
         fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=9, wrap=True)
     return _save(fig, path)
+
+
+def _wrap(label: str, width: int = 36) -> str:
+    """A panel label in lines that fit a 4.2 in panel: long checkpoint paths ran into the next
+    panel's title."""
+    return "\n".join(textwrap.wrap(label, width, break_on_hyphens=False)) or label
 
 
 def _finite_top(h0: np.ndarray, h1: np.ndarray) -> float:
@@ -169,9 +224,13 @@ def plot_diagrams(snapshots: Mapping[str, Sequence[np.ndarray]], path: str, *,
                     fontsize=8)
             y += 1
         for dim, b, d in bars:
-            ax.plot([b, d], [y, y], color="C0" if dim == 0 else "C3", lw=1.6)
+            color = "C0" if dim == 0 else "C3"
+            ax.plot([b, d], [y, y], color=color, lw=1.6)
+            if d - b < 0.01 * top:  # under a pixel or two: a tick marks where the bar is
+                ax.plot([b], [y], "|", color=color, ms=6, mew=1.6)
             y += 1
-        ax.set(title=f"{label}: barcode", xlabel="filtration (distance)",
+        ax.set(title=f"{_wrap(label)}\nbarcode: {len(h0)} H0 and {len(h1)} H1 bars",
+               xlabel="filtration (distance)",
                ylabel="bars: H0 blue, H1 red", xlim=(0, top * 1.02), ylim=(-0.8, max(y, 1) + 0.3))
         ax.set_yticks([])
         ax.grid(alpha=0.3, axis="x")
@@ -186,7 +245,7 @@ def plot_diagrams(snapshots: Mapping[str, Sequence[np.ndarray]], path: str, *,
                        color="C0", label="H0, infinite death")
         ax.scatter(h1[:, 0], h1[:, 1], s=14, color="C3",
                    label="H1" if len(h1) else "H1 (none)")
-        ax.set(title=f"{label}: persistence diagram", xlabel="birth (distance)",
+        ax.set(title=f"{_wrap(label)}\npersistence diagram", xlabel="birth (distance)",
                ylabel="death (distance)", xlim=(-0.03 * top, top * 1.02),
                ylim=(-0.03 * top, top * 1.08))
         ax.legend(fontsize=8, loc="lower right")
