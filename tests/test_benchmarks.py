@@ -481,6 +481,55 @@ def test_plots_say_what_they_draw(tmp_path, monkeypatch):
         assert {"ours", "ripser"} <= set(plot["legend"])
 
 
+def test_plot_labels_and_title_stay_inside_the_figure(tmp_path, monkeypatch):
+    """The rightmost config's label ran past the frame (B = 1024's "N=256, D=768"), and the
+    one-line title, centred over axes the legend narrows, began left of the figure."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+    run = _load()
+    seen = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, *a, **k):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        frame = ax.get_window_extent(renderer)
+        title = ax.title.get_window_extent(renderer)
+        seen[Path(path).name] = dict(
+            inside=[t.get_window_extent(renderer).x1 <= frame.x1 for t in ax.texts],
+            title_x0=title.x0, tight=k.get("bbox_inches"))
+        return save(fig, path, *a, **k)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    recs = [_rec("ours", 64, 4096, 1, 1.6e-3), _rec("ours", 64, 4096, 64, 3.5e-3),
+            _rec("ours", 256, 768, 1024, 7.8e-2),
+            _rec("ripser", 256, 768, 1024, 50.0, peer_clouds=64)]
+    run.plots(recs, None, tmp_path / "nvidia-h100-80gb-hbm3-gpu-configs")
+    assert len(seen) == 2
+    for name, plot in seen.items():
+        assert plot["inside"] and all(plot["inside"]), (name, plot)
+        assert plot["title_x0"] >= 0, (name, plot)
+        assert plot["tight"] == "tight"
+
+
+@pytest.mark.parametrize("method,builder", [
+    ("numpy_gram", "the faster of torch.cdist and a numpy Gram form"),
+    (None, "a float64 torch.cdist, the only builder this run timed")])
+def test_goals_name_the_matrix_builder_the_run_timed(method, builder):
+    """The goals said "the faster of torch.cdist and a numpy Gram form" in files whose own
+    introduction said torch.cdist was the only builder timed."""
+    run = _load()
+    extra = {"matrix_precompute_method": method} if method else {}
+    recs = [_rec("ours", 16, 768, 64, 1e-3),
+            _rec("ripser", 16, 768, 64, 9e-3, input="matrix", matrix_precompute_s=1e-3,
+                 **extra)]
+    text = " ".join(run.goals(run.derive(recs)))
+    assert builder in text
+    assert ("Gram" in text) == (method is not None)
+    intro = run.markdown(run.derive(recs), META, None)
+    assert ("only builder this run timed" in intro) == (method is None)
+
+
 def test_render_recomputes_every_derived_field(tmp_path):
     """--render said it refreshed the derived ratios but kept per_cloud_us and ratio_to_ours as
     they were (a hand-corrected time kept its old ratio)."""
