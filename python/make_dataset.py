@@ -36,6 +36,7 @@ import csv
 import os
 import random
 import sys
+from typing import Dict, Set
 
 ITEMS = ["movie", "hotel", "pizza", "phone", "concert", "book", "laptop", "restaurant", "game",
          "service", "flight", "coffee", "jacket", "museum", "course", "headphones"]
@@ -76,7 +77,7 @@ def split_rows(rows, rng: random.Random, val_frac: float, noise: float):
 def make(n_per_class: int = 200, seed: int = 0, noise: float = 0.04, val_frac: float = 0.25):
     """Rows ``(text, label, split)``: 3·n_per_class unique sentences, stratified split."""
     rng = random.Random(seed)
-    rows = {"positive": set(), "negative": set(), "neutral": set()}
+    rows: Dict[str, Set[str]] = {"positive": set(), "negative": set(), "neutral": set()}
     while any(len(v) < n_per_class for v in rows.values()):
         item = rng.choice(ITEMS)
         kind = rng.random()
@@ -163,8 +164,8 @@ def make_topics(n_per_class: int = 200, seed: int = 0, noise: float = 0.04,
     """Rows ``(text, label, split)``: 4·n_per_class unique sentences, stratified split."""
     rng = random.Random(seed)
     labels = sorted(TOPIC_PHRASES)
-    rows = {label: set() for label in labels}
-    seen = {}
+    rows: Dict[str, Set[str]] = {label: set() for label in labels}
+    seen: Dict[str, str] = {}
 
     def phrase(label):
         pool = TOPIC_AMBIGUOUS if rng.random() < ambiguous else TOPIC_PHRASES

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import tempfile
-from typing import Callable, List, Tuple
+from typing import Callable, List, NoReturn, Tuple
 
 
 class CLIError(Exception):
@@ -20,7 +20,7 @@ def first_line(exc: BaseException) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 

@@ -37,7 +37,7 @@ def remove_leftovers(folder: str) -> List[str]:
     """Remove the :func:`partial_path` files in ``folder`` of processes no longer running: a job
     killed (SIGTERM, SIGKILL, out of memory) while it wrote leaves them, and no rename or later
     job would otherwise take them away. Returns the paths removed."""
-    removed = []
+    removed: List[str] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -79,7 +79,7 @@ class PartialFiles:
     def __init__(self) -> None:
         self._pending: List[Tuple[str, str]] = []  # (temporary, final) not yet put in place
 
-    def write(self, path: str, write: Callable[[str], None]) -> None:
+    def write(self, path: str, write: Callable[[str], object]) -> None:
         """``write(tmp)`` for ``path``'s temporary name ``tmp``, kept until :meth:`put`."""
         tmp = partial_path(path)
         self._pending.append((tmp, path))

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -183,15 +183,16 @@ def list_checkpoints(folder: str) -> Tuple[List[str], List[int], bool]:
         raise CLIError(f"DIR: no .pt or .safetensors checkpoints, nor Trainer checkpoint-STEP "
                        f"folders with a PEFT adapter, in {folder}")
     found = {n: checkpoint_step(n) for n in names}
-    named = all(s is not None for s in found.values())
+    numbered = {n: s for n, s in found.items() if s is not None}
+    named = len(numbered) == len(found)
     if named:
-        names.sort(key=lambda n: (found[n], n))
-        steps = [found[n] for n in names]
+        names.sort(key=lambda n: (numbered[n], n))
+        steps = [numbered[n] for n in names]
         # Two files of one step (step_10.pt and step_10.safetensors, two runs' step_10): name
         # order instead would put step_10 before step_2 and drop ts_stability without a word.
         twice = next((s for s, t in zip(steps, steps[1:]) if s == t), None)
         if twice is not None:
-            same = [n for n in names if found[n] == twice]
+            same = [n for n in names if numbered[n] == twice]
             raise CLIError(f"DIR: {folder} holds {len(same)} checkpoints of step {twice} "
                            f"({', '.join(same)}); analyze reads one training run's checkpoints, "
                            "one per step")
@@ -218,8 +219,9 @@ def default_output_dir(folder: str) -> str:
 
 
 def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
-            plots: bool = True) -> List[Dict[str, float]]:
-    """Metrics rows (one per checkpoint) and, with ``plots``, the PNG figures in ``out_dir``."""
+            plots: bool = True) -> List[Dict[str, Union[float, str]]]:
+    """Metrics rows (one per checkpoint; its ``checkpoint`` name a str) and, with ``plots``, the
+    PNG figures in ``out_dir``."""
     from tsloss_cuda.persistence import vr_persistence
     from tsloss_cuda.tracking import TopologyTracker
 
@@ -242,7 +244,7 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
         if i in keep:  # on the CPU, as the job's snapshots (no device workspace to overflow)
             snaps[f"step {step}" if named else os.path.relpath(paths[i], folder)] = \
                 vr_persistence(prompt).to_numpy()[0]
-    rows = tracker.flush()
+    rows: List[Dict[str, Union[float, str]]] = [dict(r) for r in tracker.flush()]
     for row, path in zip(rows, paths):
         row["checkpoint"] = os.path.relpath(path, folder)  # checkpoint-10/adapter_model...
         if not named:  # the previous file is no earlier state of this prompt
@@ -259,7 +261,7 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
         xlabel = "training step" if named else "checkpoint (file name order)"
         P.plot_topology({name: rows}, os.path.join(out_dir, "topology.png"), xlabel=xlabel,
                         title=f"Prompt topology of the checkpoints in {name}",
-                        xticklabels=None if named else [r["checkpoint"] for r in rows])
+                        xticklabels=None if named else [str(r["checkpoint"]) for r in rows])
         P.plot_diagrams(snaps, os.path.join(out_dir, "diagrams.png"),
                         title=f"Persistence of the prompts in {name}")
     return rows

@@ -121,7 +121,12 @@ def _sums_accumulated_losses(args, model, trainer=None) -> bool:
         return False
     from transformers.loss.loss_utils import LOSS_MAPPING
     loss_fn = LOSS_MAPPING.get(loss_type)
-    return loss_fn is not None and "num_items_in_batch" not in inspect.signature(loss_fn).parameters
+    if loss_fn is None:
+        return False
+    # mypy infers the mapping's values, functions of different signatures, as builtins.function,
+    # which it does not take for a Callable.
+    signature = inspect.signature(loss_fn)  # type: ignore[arg-type]
+    return "num_items_in_batch" not in signature.parameters
 
 
 def _unscale(optimizer) -> None:
@@ -187,10 +192,10 @@ class TSLossCallback(TrainerCallback):
         self.weight = float(weight)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str (prepended to the logged keys), got {prefix!r}")
-        self.prefix = prefix
-        self.loss_fn = TSLoss(**options)
+        self.prefix: str = prefix
+        self.loss_fn: TSLoss = TSLoss(**options)
         self.last_loss: Optional[torch.Tensor] = None
-        self._tracker = self._new_tracker()
+        self._tracker: TopologyTracker = self._new_tracker()
         self._trainer: Optional[Callable[[], Any]] = None
 
     def __getstate__(self) -> Dict[str, Any]:

@@ -520,15 +520,21 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
                         on_saved(spec)
                 done[spec.run_id] = load_run(out_dir, spec.run_id)
             else:
-                done[spec.run_id] = dict(result, **spec.to_json(), run_id=spec.run_id)
+                run = dict(result, **spec.to_json(), run_id=spec.run_id)
                 if prov is not None:
-                    done[spec.run_id][PROVENANCE] = dict(prov)
+                    run[PROVENANCE] = dict(prov)
+                done[spec.run_id] = run
             if i == len(todo) - 1:
                 bar.set_postfix_str("done", refresh=False)  # no time left to estimate
             bar.update(1)
     finally:
         bar.close()
-    return [done[i] for i in ids]
+    runs = []
+    for run_id in ids:
+        run = done[run_id]
+        assert run is not None  # loaded, or run above (and read back where written)
+        runs.append(run)
+    return runs
 
 
 def _hms(seconds: float) -> str:

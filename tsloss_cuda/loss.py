@@ -24,7 +24,8 @@ import math
 import numbers
 import sys
 from decimal import Decimal
-from typing import Dict, NamedTuple, Optional, Tuple, Union
+from types import FrameType
+from typing import Literal, NamedTuple, Optional, Tuple, TypedDict, Union, cast, overload
 
 import numpy as np
 import torch
@@ -50,8 +51,16 @@ class PromptTopology(NamedTuple):
     h1: torch.Tensor
 
 
-# What ``loss(..., return_terms=True)`` returns beside the loss: tensors, and the topology.
-Terms = Dict[str, Union[torch.Tensor, PromptTopology]]
+class Terms(TypedDict, total=False):
+    """What ``loss(..., return_terms=True)`` returns beside the loss: tensors, and the topology
+    (every key there; :attr:`TSLoss.last_terms` is empty before the first call)."""
+
+    connectivity: torch.Tensor
+    redundancy: torch.Tensor
+    stability: torch.Tensor
+    scale: torch.Tensor
+    h1_count: torch.Tensor
+    topology: PromptTopology
 
 
 def _is_topology(previous) -> bool:
@@ -86,7 +95,7 @@ def _abbreviated(value) -> str:
     4300 digits, str() of an int raises)."""
     if isinstance(value, numbers.Rational):
         try:
-            return f"{Decimal(value.numerator) / Decimal(value.denominator):.3e}"
+            return f"{Decimal(int(value.numerator)) / Decimal(int(value.denominator)):.3e}"
         except ArithmeticError:  # past Decimal's own exponent range (10**1000000)
             pass
     kind = type(value).__name__
@@ -154,6 +163,27 @@ def _match_width(t: torch.Tensor, width: int) -> torch.Tensor:
 _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 
 
+@overload
+def loss(
+    prompts: torch.Tensor, *, connectivity: float = ..., redundancy: float = ...,
+    stability: float = ..., previous: Optional[PromptTopology] = ..., normalize: str = ...,
+    connectivity_mode: str = ..., target: Optional[float] = ..., p: float = ...,
+    reduction: str = ..., return_terms: Literal[False] = ..., max_h1: Optional[int] = ...,
+) -> torch.Tensor: ...
+@overload
+def loss(
+    prompts: torch.Tensor, *, connectivity: float = ..., redundancy: float = ...,
+    stability: float = ..., previous: Optional[PromptTopology] = ..., normalize: str = ...,
+    connectivity_mode: str = ..., target: Optional[float] = ..., p: float = ...,
+    reduction: str = ..., return_terms: Literal[True], max_h1: Optional[int] = ...,
+) -> Tuple[torch.Tensor, Terms]: ...
+@overload
+def loss(
+    prompts: torch.Tensor, *, connectivity: float = ..., redundancy: float = ...,
+    stability: float = ..., previous: Optional[PromptTopology] = ..., normalize: str = ...,
+    connectivity_mode: str = ..., target: Optional[float] = ..., p: float = ...,
+    reduction: str = ..., return_terms: bool, max_h1: Optional[int] = ...,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, Terms]]: ...
 def loss(
     prompts: torch.Tensor,
     *,
@@ -277,7 +307,7 @@ def loss(
         float(connectivity), float(redundancy), float(stability), _REDUCTION_CODES[reduction])
     if not return_terms:
         return out
-    terms = {
+    terms: Terms = {
         "connectivity": conn,
         "redundancy": red,
         "stability": stab,
@@ -286,6 +316,20 @@ def loss(
         "topology": _topology(topo_h0, topo_h1),
     }
     return out, terms
+
+
+class _Options(TypedDict):
+    """TSLoss's keyword options of :func:`loss`."""
+
+    connectivity: float
+    redundancy: float
+    stability: float
+    normalize: str
+    connectivity_mode: str
+    target: Optional[float]
+    p: float
+    reduction: str
+    max_h1: Optional[int]
 
 
 def _topology(h0: torch.Tensor, h1: torch.Tensor) -> PromptTopology:
@@ -333,10 +377,10 @@ class TSLoss(torch.nn.Module):
         super().__init__()
         _check_options(normalize, connectivity_mode, target, p, reduction, max_h1,
                        (connectivity, redundancy, stability))
-        self.options = dict(connectivity=connectivity, redundancy=redundancy,
-                            stability=stability, normalize=normalize,
-                            connectivity_mode=connectivity_mode, target=target, p=p,
-                            reduction=reduction, max_h1=max_h1)
+        self.options = _Options(connectivity=connectivity, redundancy=redundancy,
+                                stability=stability, normalize=normalize,
+                                connectivity_mode=connectivity_mode, target=target, p=p,
+                                reduction=reduction, max_h1=max_h1)
         self.previous: Optional[PromptTopology] = None
         self.last_terms: Terms = {}
         # The previous that the last forward used, for its recomputation by a checkpoint.
@@ -368,7 +412,8 @@ class TSLoss(torch.nn.Module):
         recomputing = _checkpoint_recomputation()
         previous = self._used_previous if recomputing else self.previous
         topology = _is_topology(previous)
-        if topology and any(t.device != prompts.device for t in (previous.h0, previous.h1)):
+        if topology and previous is not None and any(t.device != prompts.device
+                                                      for t in (previous.h0, previous.h1)):
             # State this module owns, restored on another device (a checkpoint loaded with
             # map_location="cpu", or .to() after a CPU run): moved once, then kept there.
             previous = PromptTopology(*(t.to(prompts.device) for t in previous))
@@ -376,7 +421,7 @@ class TSLoss(torch.nn.Module):
                 self._used_previous = previous
             else:
                 self.previous = previous
-        if topology and prompts.dim() in (2, 3):
+        if topology and previous is not None and prompts.dim() in (2, 3):
             # Shapes only: no host synchronisation.
             b, n = (1, prompts.shape[0]) if prompts.dim() == 2 else tuple(prompts.shape[:2])
             if (b, max(n - 1, 0)) != tuple(previous.h0.shape):
@@ -398,8 +443,8 @@ class TSLoss(torch.nn.Module):
         if not (recomputing or exporting):  # an exported program keeps no state
             self._used_previous = previous
             self.previous = _known_topology(terms["topology"], terms["h1_count"], previous)
-            self.last_terms = {k: v.detach() if isinstance(v, torch.Tensor) else v
-                               for k, v in terms.items()}
+            self.last_terms = cast(Terms, {k: v.detach() if isinstance(v, torch.Tensor) else v
+                                           for k, v in terms.items()})  # the same keys
         return value
 
     def extra_repr(self) -> str:
@@ -432,7 +477,7 @@ def _checkpoint_recomputation() -> bool:
     recompute inside the graph); the normal route costs one call."""
     if torch.compiler.is_compiling() or torch._C._current_graph_task_id() == -1:
         return False
-    frame = sys._getframe(1)
+    frame: Optional[FrameType] = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
         if code.co_name in _RECOMPUTE_FRAMES and code.co_filename == _CHECKPOINT_FILE:

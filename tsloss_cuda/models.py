@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Literal, Optional, Tuple
 
 import torch
 
@@ -128,17 +128,18 @@ def _gguf_read_once() -> Iterator[None]:
     original = gguf.GGUFReader
     readers: dict = {}
 
-    def reader(path, mode: str = "r"):
+    def reader(path, mode: Literal["r", "r+", "c"] = "r"):
         key = (os.path.realpath(path), mode)
         if key not in readers:
             readers[key] = original(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = reader
+    # mypy refuses to rebind a class in a module, which this patch does on purpose.
+    gguf.GGUFReader = reader  # type: ignore[misc, assignment]
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader = original  # type: ignore[misc]
 
 
 def _convert_gemma(pkg, target: str, quiet: bool) -> None:
@@ -162,7 +163,8 @@ def _convert_gemma(pkg, target: str, quiet: bool) -> None:
                                                          dtype=torch.float32)
         # The legacy GGUF loader dequantises every weight into plain float tensors; only the
         # quantizer's bookkeeping remains, and it makes save_pretrained refuse.
-        model.hf_quantizer = None
+        # torch's stubs type Module.__setattr__ for tensors and modules only
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         out = os.path.join(tmp, "model")
@@ -319,7 +321,9 @@ def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
         raise CLIError(f"--model: cannot load {path}: {first_line(exc)}") from None
     for p in model.parameters():  # frozen: autograd never tracks the model's weights
         p.requires_grad_(False)
-    model.to(device).eval()  # dropout off, so every rank computes the same thing
+    # transformers wraps its to() with functools.wraps(torch.nn.Module.to), which mypy reads as
+    # the unbound method: device would be self.
+    model.to(device).eval()  # type: ignore[arg-type]  # dropout off: every rank computes alike
     if task == "causal" and tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
     return tok, model, task

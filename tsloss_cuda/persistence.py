@@ -44,7 +44,7 @@ def check_max_h1(max_h1) -> Optional[int]:
         raise TypeError(f"max_h1 must be an int or None, got {max_h1!r}")
     if max_h1 < 0:
         raise ValueError(f"max_h1 must be >= 0, got {max_h1}")
-    if max_h1 >= 1 << 63:
+    if int(max_h1) >= 1 << 63:  # numbers.Integral defines no __ge__
         raise ValueError(f"max_h1 must be below 2**63 (an int64), got {max_h1}")
     return int(max_h1)
 

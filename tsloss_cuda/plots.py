@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -13,7 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-Rows = List[Dict[str, float]]
+#: Metric rows: numbers under the columns drawn (``step`` and the panels'); the other columns,
+#: such as analyze's ``checkpoint`` names (str), are not read.
+Rows = Sequence[Mapping[str, Any]]
 
 #: Panels of :func:`plot_topology`, most telling first: (column, title, y label). The CSV keeps
 #: every column; these are the ones worth a picture (h0_total is h0_count·h0_mean_life,

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import numbers
 import weakref
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .models import generates
+
+if TYPE_CHECKING:  # peft is optional, and only typed here
+    from peft import PeftModel
 
 TASKS = ("causal", "encoder")
 INITS = ("vocab", "random", "text")
@@ -102,6 +105,20 @@ def _check_token_ids(ids: torch.Tensor, vocab: int, what: str) -> None:
                          f"{what} include {bad[0].item()}")
 
 
+def _input_embeddings(model: nn.Module) -> nn.Embedding:
+    """``model.get_input_embeddings()``: the token embedding of a transformers model, whose
+    ``weight`` is the ``(V, D)`` table (nn.Module's type knows no such method)."""
+    get: Callable[[], nn.Embedding] = getattr(model, "get_input_embeddings")
+    return get()
+
+
+def _output_embeddings(model: nn.Module) -> nn.Linear:
+    """``model.get_output_embeddings()``: a causal LM's head, ``weight`` ``(V, D)`` and maybe a
+    ``bias``."""
+    get: Callable[[], nn.Linear] = getattr(model, "get_output_embeddings")
+    return get()
+
+
 def _decoder_body(lm: nn.Module) -> nn.Module:
     """The transformer under a causal LM's head (Llama/Gemma ``.model``, GPT-2 ``.transformer``)."""
     for name in ("model", "transformer"):
@@ -130,11 +147,12 @@ def answer_logits(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor,
     hidden = _decoder_body(lm)(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                use_cache=False).last_hidden_state  # (B, T, D)
     h = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # (B, D)
-    head = lm.get_output_embeddings()
+    head = _output_embeddings(lm)
     w = head.weight[label_ids]  # (C, D): C rows instead of the whole vocabulary
     logits = h @ w.t()
-    if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias[label_ids]
+    bias = getattr(head, "bias", None)
+    if bias is not None:
+        logits = logits + bias[label_ids]
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:  # Gemma 2 squashes its logits; the argmax is unchanged, the loss is not
         logits = torch.tanh(logits / cap) * cap
@@ -163,7 +181,7 @@ def check_answer_logits(lm: nn.Module, label_ids: torch.Tensor) -> None:
     lm = getattr(lm, "_orig_mod", lm)  # torch.compile's wrapper: answer_logits runs the body
     if lm in _CHECKED:
         return
-    label_ids = label_ids.to(lm.get_input_embeddings().weight.device)
+    label_ids = label_ids.to(_input_embeddings(lm).weight.device)
     ids = label_ids.repeat(4)[:4].unsqueeze(0)  # (1, 4) tokens the model surely has
     mask = torch.ones_like(ids)
     was_training = lm.training
@@ -171,17 +189,17 @@ def check_answer_logits(lm: nn.Module, label_ids: torch.Tensor) -> None:
     # The same row with its last token changed: a left-to-right model's first three positions
     # cannot see it.
     later = ids.clone()
-    later[0, -1] = (ids[0, -1] + 1) % lm.get_input_embeddings().weight.shape[0]
+    later[0, -1] = (ids[0, -1] + 1) % _input_embeddings(lm).weight.shape[0]
     try:
         with torch.no_grad():
             logits = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[0]
             own = logits[-1, label_ids].float()
-            ours = answer_logits(lm, lm.get_input_embeddings()(ids), mask,
+            ours = answer_logits(lm, _input_embeddings(lm)(ids), mask,
                                  ids.new_tensor([3]), label_ids)[0]
             moved = lm(input_ids=later, attention_mask=mask, use_cache=False).logits[0]
     finally:
         lm.train(was_training)
-    dtype = lm.get_input_embeddings().weight.dtype
+    dtype = _input_embeddings(lm).weight.dtype
     rel = 1e-2 if dtype in (torch.float32, torch.float64) else 3e-2
     tol = rel * max(1.0, float(own.abs().max()))
     # A dense causal model's first positions do not move at all (0 in float32 and bfloat16
@@ -253,7 +271,7 @@ def _label_ids(label_ids, model: nn.Module) -> torch.Tensor:
     if ids.dim() != 1 or ids.numel() < 1 or ids.is_floating_point() or ids.is_complex():
         raise ValueError("label_ids must be C >= 1 integer token ids, one per label, got "
                          f"{tuple(ids.shape)} {ids.dtype}")
-    vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = _input_embeddings(model).weight.shape[0]
     ids = ids.long()
     if ids.min() < 0 or ids.max() >= vocab:
         raise ValueError(f"label_ids must be token ids in [0, {vocab}), got {ids.tolist()}")
@@ -291,6 +309,11 @@ class SoftPromptModel(nn.Module):
     embedded in eval mode.
     """
 
+    #: Buffers: causal, the verbalizer's ``(C,)`` token ids; encoder with ``head="similarity"``,
+    #: the ``(C, D)`` normalised label-description embeddings.
+    label_ids: torch.Tensor
+    label_emb: torch.Tensor
+
     def __init__(self, model: nn.Module, n_prompts: int, *, task: Optional[str] = None,
                  label_ids: Optional[torch.Tensor] = None,
                  label_inputs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
@@ -326,10 +349,10 @@ class SoftPromptModel(nn.Module):
                                  "and mask)")
             was_training = model.training
             model.eval()  # fixed targets: no dropout in them, whatever the model's mode
-            vocab = model.get_input_embeddings().weight.shape[0]
+            vocab = _input_embeddings(model).weight.shape[0]
             with torch.no_grad():
                 ids, mask = (t.to(self.prompt.device) for t in _label_inputs(label_inputs, vocab))
-                emb = model.get_input_embeddings()(ids)
+                emb = _input_embeddings(model)(ids)
                 target = self._pool(emb, mask)
             model.train(was_training)
             self.register_buffer("label_emb", nn.functional.normalize(target, dim=-1),
@@ -337,7 +360,7 @@ class SoftPromptModel(nn.Module):
 
     def _initial(self, n: int, init: str, init_ids, generator) -> torch.Tensor:
         """``(N, D)`` float32 start; through the embedding module, which may scale (Gemma)."""
-        embed = self.model.get_input_embeddings()
+        embed = _input_embeddings(self.model)
         v = embed.weight.shape[0]
         dev = embed.weight.device
         with torch.no_grad():
@@ -368,7 +391,7 @@ class SoftPromptModel(nn.Module):
 
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """``(B, L)`` ids and mask -> ``(B, N+L, D)`` embeddings and ``(B, N+L)`` mask."""
-        tok = self.model.get_input_embeddings()(input_ids)
+        tok = _input_embeddings(self.model)(input_ids)
         b = input_ids.shape[0]
         p = self.prompt.to(tok.dtype).unsqueeze(0).expand(b, -1, -1)
         mask = torch.cat([attention_mask.new_ones(b, self.n_prompts), attention_mask], 1)
@@ -424,7 +447,7 @@ class SoftPromptModel(nn.Module):
         return [self.prompt] + (list(self.head.parameters()) if self.head is not None else [])
 
 
-def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
+def peft_answer_logits(peft_model: PeftModel, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor, label_ids: torch.Tensor,
                        answer_index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`answer_logits` ``(B, C)`` for a PEFT prompt-tuning causal LM.
@@ -445,7 +468,7 @@ def peft_answer_logits(peft_model: nn.Module, input_ids: torch.Tensor,
                          f"(PEFT prompt tuning or P-tuning); {type(peft_model).__name__}'s "
                          f"PEFT type is {kind}")
     base = peft_model.get_base_model()
-    tok = base.get_input_embeddings()(input_ids)
+    tok = _input_embeddings(base)(input_ids)
     b = input_ids.shape[0]
     prompt = peft_model.get_prompt(batch_size=b).to(tok.dtype)  # (B, Nv, D)
     nv = prompt.shape[1]
@@ -482,7 +505,7 @@ def _active_encoder(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
     name = getattr(model, "active_adapter", None)
     if isinstance(name, (list, tuple)):
         name = name[0]
-    if name not in encoders:
+    if not isinstance(name, str) or name not in encoders:  # None: no active adapter named
         name = next(iter(encoders.keys()))
     return name, encoders[name]
 

@@ -277,9 +277,9 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
         try:
             files.write(os.path.join(out, "metrics.csv"),
                         lambda tmp: write_metrics(tmp, metrics_rows(results)))
-            for res in results:
+            for res in results:  # write() calls its function at once: this res
                 files.write(os.path.join(prompts, f"prompt_{run_id(res)}.pt"),
-                            lambda tmp, res=res: torch.save(res["prompt"], tmp))
+                            lambda tmp: torch.save(res["prompt"], tmp))
             table = compare_table(results, regs, args.target_acc)
             model = (portable_path(model_path, out) if os.path.exists(str(args.model))
                      else args.model)
@@ -332,10 +332,10 @@ def _write_figures(files: PartialFiles, out: str, results: Sequence[Mapping]) ->
     files.write(os.path.join(out, "topology.png"), lambda tmp: plots.plot_topology(
         by_run, tmp, title="Prompt topology over training"))
     figures = ["curves.png", "topology.png"]
-    for reg, res in first.items():
+    for reg, res in first.items():  # write() calls its function at once: this reg and res
         if res["snapshots"]:
             files.write(os.path.join(out, f"diagrams_{reg}.png"),
-                        lambda tmp, reg=reg, res=res: plots.plot_diagrams(
+                        lambda tmp: plots.plot_diagrams(
                             res["snapshots"], tmp,
                             title=f"Prompt persistence, regulariser {reg}, seed {res['seed']} "
                                   f"(N = {res['prompt'].shape[0]} vectors)"))

@@ -81,11 +81,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 Rows = Sequence[Mapping[str, float]]
+#: 1-d values: a sequence of numbers, or an array
+Values = Union[Sequence[float], np.ndarray]
 
 #: Final topology measures correlated with final accuracy (claim 3): the TSLoss connectivity
 #: and redundancy terms, and the stability distance to the previous logged prompt. The paper
@@ -266,7 +268,7 @@ def _sorted_cdf(v: np.ndarray, w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def _rank(cum: np.ndarray, q: float) -> int:
     """The inverse CDF's position for probability ``q`` (the slack keeps a probability step
     that lands on ``q`` on its side)."""
-    return int(min(np.searchsorted(cum, q - 1e-12), cum.size - 1))
+    return min(int(np.searchsorted(cum, q - 1e-12)), cum.size - 1)
 
 
 def _studentized(est: float, se: float, stat: np.ndarray, se_b: np.ndarray, w: np.ndarray,
@@ -326,7 +328,7 @@ RANDOMIZATION_EXACT_MAX = 20
 _FLIP_CHUNK = 1 << 16
 
 
-def randomization_p(values: Sequence[float], *, n_draws: int = 20000, seed: int = 0
+def randomization_p(values: Values, *, n_draws: int = 20000, seed: int = 0
                     ) -> Tuple[float, float]:
     """(two-sided p, its Monte-Carlo error) of the exact paired randomization test of a mean
     of 0 (Fisher's sign-flip test): under no effect each difference's sign is a fair coin, and
@@ -470,7 +472,7 @@ def paired_outcomes(variant: Mapping[int, Tuple[float, bool]],
 # ---------------------------------------------------------------------------------------------
 # Spearman
 
-def ranks(x: Sequence[float]) -> np.ndarray:
+def ranks(x: Values) -> np.ndarray:
     """1-based ranks; tied values share the mean of their ranks."""
     x = np.asarray(x, dtype=float)
     return _midranks(x, np.ones((1, x.size)))[0] if x.size else np.zeros(0)
@@ -502,7 +504,7 @@ def _spearman_weighted(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarra
     return np.where(ok, cov / np.sqrt(np.where(ok, vx * vy, 1.0)), np.nan)
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Values, y: Values) -> float:
     """Spearman rank correlation (Pearson correlation of average ranks); NaN if one is constant.
 
     Raises ValueError on a non-finite value: NaN has no rank (drop it first).
@@ -559,7 +561,7 @@ def _robust_sd(v: np.ndarray, w: np.ndarray, exact: bool) -> Tuple[float, float]
     return sd, mc
 
 
-def spearman_interval(x: Sequence[float], y: Sequence[float],
+def spearman_interval(x: Values, y: Values,
                       clusters: Optional[Sequence[int]] = None, *, n_boot: int = 20000,
                       seed: int = 0) -> Interval:
     """:func:`spearman` with a 95 % studentized cluster bootstrap interval.

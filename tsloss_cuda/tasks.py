@@ -81,7 +81,7 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
         raise CLIError(f"--data: {path} needs columns text,label,split")
     if not rows:
         raise CLIError(f"--data: {path} has no rows after its header")
-    width = len(reader.fieldnames)
+    width = len(reader.fieldnames or ())  # not None: it named the columns above
     for row, line in zip(rows, lines):
         # DictReader fills a short row's missing fields with None and keeps a long row's extra
         # ones under the key None. Other columns may be left empty; these three may not.
@@ -237,10 +237,10 @@ def frequent_tokens(data: Dict[str, torch.Tensor], exclude: List[int],
         drop = torch.tensor(sorted(set(exclude)))
         counts[drop[drop < counts.numel()]] = 0
     order = torch.argsort(-counts, stable=True)  # stable: ties keep the smaller id first
-    order = order[counts[order] > 0].tolist()
-    if not order:
+    ranked: List[int] = order[counts[order] > 0].tolist()
+    if not ranked:
         raise CLIError("--init frequent: the training texts have no tokens but special ones")
-    return order[:k]
+    return ranked[:k]
 
 
 def take(data: Dict[str, torch.Tensor], n: int) -> Dict[str, torch.Tensor]:

@@ -10,11 +10,14 @@ import math
 import numbers
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from tsloss_cuda.persistence import INVALID_INPUT, check_points, pairwise_distance, vr_persistence
+
+if TYPE_CHECKING:  # loss imports this module
+    from tsloss_cuda.loss import Terms, TSLoss
 
 #: Metric names, in CSV column order.
 METRICS = ("h0_count", "h1_count", "h0_mean_life", "h0_max_life", "h1_mean_life", "h1_max_life",
@@ -164,9 +167,9 @@ class TopologyTracker:
             raise ValueError(f"every must be a positive integer (steps), got {every!r}")
         if not isinstance(tsloss_terms, bool):  # "no" would be true
             raise TypeError(f"tsloss_terms must be a bool, got {tsloss_terms!r}")
-        self.every = every
-        self._pending: List[tuple] = []
-        self._probe = None
+        self.every: int = every
+        self._pending: List[Tuple[int, Dict[str, torch.Tensor]]] = []
+        self._probe: Optional[TSLoss] = None
         unknown = sorted(set(term_options or {}) - set(TERM_OPTIONS))
         if unknown:
             raise ValueError(f"term_options: {', '.join(unknown)} not among {TERM_OPTIONS}")
@@ -176,12 +179,13 @@ class TopologyTracker:
         if tsloss_terms:
             from tsloss_cuda.loss import TSLoss
             self._probe = TSLoss(stability=1.0, **dict(term_options or {}))
-        self._shape = None
+        self._shape: Optional[torch.Size] = None
 
     def due(self, step: int) -> bool:
         return _step(step) % self.every == 0
 
-    def _terms_of(self, prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _terms_of(self, prompt: torch.Tensor) -> Union[Terms, Dict[str, torch.Tensor]]:
+        assert self._probe is not None  # update calls it only with tsloss_terms=True
         reshaped = self._shape is not None and prompt.shape != self._shape
         if reshaped:
             self._probe.reset()  # prompts of different N cannot be compared for stability
@@ -196,13 +200,15 @@ class TopologyTracker:
         with torch.no_grad():
             self._probe(x)
         if reshaped:  # not measured, which a 0 ("unchanged") would hide
-            return dict(self._probe.last_terms,
-                        stability=torch.full((), float("nan"), dtype=torch.float32,
-                                             device=prompt.device))
+            terms = self._probe.last_terms.copy()
+            terms["stability"] = torch.full((), float("nan"), dtype=torch.float32,
+                                            device=prompt.device)
+            return terms
         return self._probe.last_terms
 
     def update(self, step: int, prompt: torch.Tensor,
-               terms: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+               terms: Optional[Union[Terms, Mapping[str, Union[torch.Tensor, float]]]] = None
+               ) -> None:
         step = _step(step)
         vals = topology_metrics(prompt)
         if terms is None and self._probe is not None:
@@ -235,7 +241,7 @@ class TopologyTracker:
     def flush(self) -> List[Dict[str, float]]:
         rows = []
         for step, vals in self._pending:
-            row = {"step": step}
+            row: Dict[str, float] = {"step": step}
             row.update(to_floats(vals))
             rows.append(row)
         self._pending = []

@@ -95,13 +95,17 @@ class Dist:
         if self.world == 1:
             return
         import torch.distributed as dist
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        grads: List[torch.Tensor] = []
+        for p in params:
+            assert p.grad is not None  # called after the backward, which gives each one
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= self.world
         off = 0
-        for p in params:
-            n = p.grad.numel()
-            p.grad.copy_(flat[off:off + n].view_as(p.grad))
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[off:off + n].view_as(g))
             off += n
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
