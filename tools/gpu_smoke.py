@@ -66,6 +66,7 @@ def main(argv=None) -> int:
         v2 = tsloss_cuda.loss(xg, stability=0.5, previous=tg["topology"])
         vc.backward()
         vg.backward()  # the CPU's loss: their gradients are compared (only values were before)
+        assert xc.grad is not None and xg.grad is not None  # leaves, after their backward
         grad_gpu = xg.grad.clone()
         v2.backward()  # the stability term's backward, under the sanitizer (topology detached)
         good &= check(f"loss {dtype}", torch.allclose(vc, vg.cpu(), rtol=1e-5, atol=1e-6))
@@ -100,6 +101,7 @@ def wide_clouds(g: torch.Generator) -> bool:
                       all(torch.equal(c, v.cpu()) for c, v in zip(cpu, gpu)))
         xg = x.cuda().requires_grad_(True)
         tsloss_cuda.loss(xg).backward()
+        assert xg.grad is not None  # a leaf, after its backward
         good &= check(f"loss ({b}, {n}, {d}) float32 gradient",
                       bool(torch.isfinite(xg.grad).all()))
     return good

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -131,7 +131,7 @@ def profile_config(n: int, d: int, b: int, device: torch.device, iters: int, out
     return header + table
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda where torch sees a CUDA device)")
