@@ -7,11 +7,11 @@ input conversion or capacity default would otherwise change both sides of a comp
 assumes valid options and prompts; their validation is tested against `loss` itself."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
-from tsloss_cuda.loss import PromptTopology
+from tsloss_cuda.loss import PromptTopology, Terms
 from tsloss_cuda.persistence import pairwise_distance, vr_persistence
 
 
@@ -50,7 +50,7 @@ def reference_loss(
     reduction: str = "mean",
     return_terms: bool = False,
     max_h1: Optional[int] = None,
-) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+) -> Union[torch.Tensor, Tuple[torch.Tensor, Terms]]:
     """The composition tsloss_cuda.loss was before it became one op: the reference."""
     x = _prompts(prompts)
     b, n = x.shape[0], x.shape[1]
@@ -77,6 +77,7 @@ def reference_loss(
     if connectivity_mode == "total":
         conn = deaths.mean(-1) if n > 1 else x.new_zeros(b)
     else:
+        assert target is not None  # connectivity_mode="target" needs one (as loss checks)
         conn = (deaths - target).abs().mean(-1) if n > 1 else x.new_zeros(b)
 
     kk = dg.h1.shape[1]
@@ -119,7 +120,7 @@ def reference_loss(
     out = _reduce(total, reduction)
     if not return_terms:
         return out
-    terms = {
+    terms: Terms = {
         "connectivity": _reduce(conn, reduction),
         "redundancy": _reduce(red, reduction),
         "stability": _reduce(stab, reduction),
