@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -521,3 +523,29 @@ def test_fake_kernels_accept_what_the_kernels_accept():
         want = [o.shape for o in forward(torch.randn(2, 5, 3), 8, r)]
         with FakeTensorMode():
             assert [o.shape for o in forward(torch.ones(2, 5, 3), 8, r)] == want
+
+
+def test_the_dynamo_constant_mark_is_the_one_torch_sets():
+    """persistence marks its transform probes constant to Dynamo by the attribute that
+    torch.compiler.assume_constant_result sets, without importing torch._dynamo (0.7 s at every
+    import). Should torch's decorator change what it sets, this fails rather than the mark
+    silently doing nothing."""
+    from tsloss_cuda import persistence
+
+    def probe() -> bool:
+        return False
+    assert torch.compiler.assume_constant_result(probe) is probe
+    assert vars(probe) == {"_dynamo_marked_constant": True}
+    for fn in (persistence._differentiating_transform, persistence.functorch_transform_active):
+        assert vars(fn) == vars(probe), fn.__name__
+
+
+def test_import_leaves_dynamo_and_sympy_unloaded():
+    """``import tsloss_cuda`` took 1.1 s beyond torch's own import: torch._dynamo (0.7 s) for a
+    decorator, sympy (0.3 s) for the fake kernels' symbolic checks. An eager user, a --help and
+    every DataLoader worker paid it."""
+    code = ("import sys, tsloss_cuda; "
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]", out

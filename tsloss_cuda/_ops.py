@@ -7,7 +7,6 @@ lets the ops run under torch.compile and with no host synchronisation.
 from __future__ import annotations
 
 import torch
-from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_or
 
 from . import _C  # noqa: F401  (loads the TORCH_LIBRARY registrations)
 
@@ -37,6 +36,9 @@ MAX_POINTS = 4096
 def _check_cloud(op: str, x, distances: bool) -> None:
     """check_points_or_distances (csrc/checks.h) on ``(B, N, D)`` x. Each check is one
     (symbolic) condition, never a Python branch on a size that may be symbolic."""
+    # Imported here: it brings sympy (0.3 s), which fake tensors have loaded already and an
+    # eager user never needs.
+    from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_or
     n, d = x.shape[1], x.shape[2]
     # Refused where N is known to exceed it: a guard N <= 4096 would break export's unbounded
     # Dim("N", min=3); a dynamic N past it is the kernel's to refuse when it runs.

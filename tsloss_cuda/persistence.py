@@ -5,7 +5,7 @@ import numbers
 import os
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -313,7 +313,16 @@ def transform_differentiates(x: torch.Tensor) -> bool:
     return fwAD._current_level >= 0 and fwAD.unpack_dual(x).tangent is not None
 
 
-@torch.compiler.assume_constant_result
+def _constant_to_dynamo(fn: Callable[[], bool]) -> Callable[[], bool]:
+    """``torch.compiler.assume_constant_result(fn)`` without its import of torch._dynamo
+    (0.7 s at every ``import tsloss_cuda``, for users who never compile): that decorator only
+    sets this attribute, which Dynamo reads when it traces a call. tests/test_torch_features.py
+    checks that the decorator still sets exactly it."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@_constant_to_dynamo
 def _differentiating_transform() -> bool:
     """Whether a torch.func jvp or grad transform is active. A constant to Dynamo, which cannot
     trace the interpreter stack: compiled code runs under a transform only when it applies the
@@ -325,7 +334,7 @@ def _differentiating_transform() -> bool:
                for i in retrieve_all_functorch_interpreters())
 
 
-@torch.compiler.assume_constant_result
+@_constant_to_dynamo
 def functorch_transform_active() -> bool:
     """Whether any torch.func transform (vmap, grad, jvp, functionalize) is active. A constant
     to Dynamo, as :func:`_differentiating_transform`."""
