@@ -83,6 +83,12 @@ def _step(step) -> int:
 
 
 @torch.no_grad()
+def _nan(device: torch.device) -> torch.Tensor:
+    """A metric or term not measured: a float32 NaN on the prompt's device (not torch's default
+    dtype or device), as every measured value is."""
+    return torch.full((), float("nan"), dtype=torch.float32, device=device)
+
+
 def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Bar counts, mean/max lifetimes, persistent entropy and total persistence of H0 and H1.
 
@@ -110,8 +116,7 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     check_points(prompt, "prompt")  # vr_persistence would name its own argument, x
     x = prompt.detach().float()
     if x.device.type == "cpu" and cpu_engine_refuses(x):  # the CPU engine would raise
-        return {k: torch.full((), float("nan"), dtype=torch.float32, device=x.device)
-                for k in METRICS}
+        return {k: _nan(x.device) for k in METRICS}
     dg = vr_persistence(x, 1)
     life0 = dg.h0[0, :, 1] - dg.h0[0, :, 0]  # (N-1,)
     valid0 = life0 > 0
@@ -128,7 +133,7 @@ def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     # above would count those as 0 bars.
     bad1 = dg.h1_count[0] < 0
     bad0 = (dg.h1_count[0] == INVALID_INPUT) | torch.isnan(life0).any()
-    nan = torch.full((), float("nan"), dtype=torch.float32, device=x.device)
+    nan = _nan(x.device)
     return {k: torch.where(bad0 if k.startswith("h0") else bad1, nan, v.float())
             for k, v in vals.items()}
 
@@ -195,14 +200,12 @@ class TopologyTracker:
         x = prompt.detach() if prompt.dtype == torch.float64 else prompt.detach().float()
         if x.device.type == "cpu" and cpu_engine_refuses(x):
             # NaN terms, as CUDA gives them, rather than the CPU engine's error
-            return {name: torch.full((), float("nan"), dtype=torch.float32, device=x.device)
-                    for name in TERMS}
+            return {name: _nan(x.device) for name in TERMS}
         with torch.no_grad():
             self._probe(x)
         if reshaped:  # not measured, which a 0 ("unchanged") would hide
             terms = self._probe.last_terms.copy()
-            terms["stability"] = torch.full((), float("nan"), dtype=torch.float32,
-                                            device=prompt.device)
+            terms["stability"] = _nan(prompt.device)
             return terms
         return self._probe.last_terms
 
