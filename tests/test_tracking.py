@@ -430,6 +430,8 @@ def test_every_run_of_a_large_comparison_has_its_own_style(monkeypatch):
                       for ln in ax.get_lines()}
             assert len(styles) == 12 and len(set(styles.values())) == 12, styles
     curve_style = {ln.get_label(): ln.get_linestyle() for ln in figs[0].axes[0].get_lines()}
+    styles = plots._styles([str(k) for k in range(160)])  # what the docstring promises
+    assert len({tuple(v.values()) for v in styles.values()}) == 160
     topo_style = {ln.get_label(): ln.get_linestyle() for ln in figs[1].axes[0].get_lines()}
     assert curve_style == topo_style  # the same run looks the same in both figures
 
@@ -464,7 +466,13 @@ def test_checkpoint_ticks_differ_where_the_names_do(monkeypatch):
     ticks, shared = plots._short_names(names)
     assert ticks == ["alpha", "beta", "gamma", "delta", "epsilon"]
     assert shared == "experiment_…_final_prompt.pt"
-    assert plots._short_names(["run.pt", "run2.pt"]) == (["run.pt", "run2.pt"], "")
+    assert plots._short_names(["run.pt", "run2.pt"]) == (["run", "run2"], "….pt")
+    # Shared text ends at a separator: cut anywhere, these ticked "1, 2, 3" and "alph, bet".
+    assert plots._short_names(["epoch_10.pt", "epoch_20.pt", "epoch_30.pt"]) == (
+        ["10", "20", "30"], "epoch_….pt")
+    assert plots._short_names(names[:4])[0] == ["alpha", "beta", "gamma", "delta"]
+    assert plots._short_names(["prompt_v10.pt", "prompt_v20.pt"])[0] == ["v10", "v20"]
+    assert plots._short_names(["same", "same"]) == (["same", "same"], "")
     figs = _capture(monkeypatch)
     rows = [{"step": i, "ts_scale": 0.1 * i} for i in range(5)]
     plots.plot_topology({"ckpts": rows}, "unused.png", xticklabels=names)
@@ -509,3 +517,13 @@ def test_the_constant_note_says_when_some_records_were_not_finite(monkeypatch):
     notes = [[t.get_text() for t in f.texts if "constant" in t.get_text()][0] for f in figs]
     assert notes[0].startswith("Not drawn, constant at every record: H1: number of loops = 0")
     assert notes[1].startswith("Not drawn, constant at every finite record:")
+
+
+def test_topology_metrics_runs_without_autograd(monkeypatch):
+    """Its @torch.no_grad() once moved onto a helper defined above it."""
+    seen = []
+    real = tracking.vr_persistence
+    monkeypatch.setattr(tracking, "vr_persistence",
+                        lambda *a, **k: seen.append(torch.is_grad_enabled()) or real(*a, **k))
+    tracking.topology_metrics(torch.randn(6, 3, requires_grad=True))
+    assert seen == [False]

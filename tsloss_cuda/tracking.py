@@ -82,13 +82,13 @@ def _step(step) -> int:
     return int(step)
 
 
-@torch.no_grad()
 def _nan(device: torch.device) -> torch.Tensor:
     """A metric or term not measured: a float32 NaN on the prompt's device (not torch's default
     dtype or device), as every measured value is."""
     return torch.full((), float("nan"), dtype=torch.float32, device=device)
 
 
+@torch.no_grad()
 def topology_metrics(prompt: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Bar counts, mean/max lifetimes, persistent entropy and total persistence of H0 and H1.
 
