@@ -63,24 +63,31 @@ _MARKERS = (".", "x", "+", "^")
 
 
 def _styles(labels: Sequence[str]) -> Dict[str, Dict[str, str]]:
-    """A distinct (colour, line style, marker) per run label, in order; the same label gets the
-    same style in every figure of a job."""
+    """A distinct (colour, line style, marker) per run label, in order, for up to 160 labels;
+    the same label gets the same style in every figure of a job."""
     return {label: {"color": f"C{i % 10}", "ls": _DASHES[(i // 10) % 4],
-                    "marker": _MARKERS[(i // 10) % 4]}
+                    "marker": _MARKERS[(i // 40) % 4]}
             for i, label in enumerate(labels)}
 
 
+#: Where a shared prefix or suffix may end: cut anywhere else, epoch_{10,20}.pt shared "0.pt"
+#: and ticked "1" and "2", and {alpha,delta}_final.pt shared "a_final.pt".
+_NAME_SEPARATORS = "_-./ "
+
+
 def _short_names(names: Sequence[str], width: int = 18) -> Tuple[List[str], str]:
-    """Tick labels for ``names``: the prefix and suffix they all share taken off (returned, as
-    "prefix…suffix", for the axis label), then each cut to its last ``width`` characters. Cut
-    first, names that differ in the middle (run_alpha_final.pt, run_gamma_final.pt) read
-    alike."""
+    """Tick labels for ``names``: the prefix and suffix they all share, up to a separator
+    (``_-./`` or a space), taken off (returned, as "prefix…suffix", for the axis label), then
+    each cut to its last ``width`` characters. Cut first, names that differ in the middle
+    (run_alpha_final.pt, run_gamma_final.pt) read alike."""
     if len(names) < 2:
         return [n if len(n) <= width else "…" + n[-(width - 1):] for n in names], ""
     pre = os.path.commonprefix(list(names))
+    pre = pre[:max((i + 1 for i, c in enumerate(pre) if c in _NAME_SEPARATORS), default=0)]
     suf = os.path.commonprefix([n[len(pre):][::-1] for n in names])[::-1]
+    suf = suf[min((i for i, c in enumerate(suf) if c in _NAME_SEPARATORS), default=len(suf)):]
     cut = [n[len(pre):len(n) - len(suf)] for n in names]
-    if not all(cut):  # one name is all shared text (run.pt beside run2.pt): keep them whole
+    if not all(cut):  # one name is all shared text (run.pt beside run_2.pt): keep them whole
         pre, suf, cut = "", "", list(names)
     ticks = [c if len(c) <= width else "…" + c[-(width - 1):] for c in cut]
     return ticks, (f"{pre}…{suf}" if pre or suf else "")
