@@ -36,8 +36,8 @@ MAX_POINTS = 4096
 def _check_cloud(op: str, x, distances: bool) -> None:
     """check_points_or_distances (csrc/checks.h) on ``(B, N, D)`` x. Each check is one
     (symbolic) condition, never a Python branch on a size that may be symbolic."""
-    # Imported here: it brings sympy (0.3 s), which fake tensors have loaded already and an
-    # eager user never needs.
+    # Imported here, when a fake kernel first runs (under compile, export or a FakeTensorMode):
+    # it brings sympy, 0.3 s that every eager user paid at import.
     from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_or
     n, d = x.shape[1], x.shape[2]
     # Refused where N is known to exceed it: a guard N <= 4096 would break export's unbounded
