@@ -32,7 +32,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, List
+from typing import Callable, List, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The ISA cap must be in the environment before torch loads MKL and oneDNN, so it is read
@@ -124,11 +124,15 @@ def main(argv=None) -> int:
                  "loads (this process already loaded it)")
 
     try:
-        tok, model, _ = load_model(args.model, "causal", torch.device("cpu"), quiet=True)
+        tok, loaded, _ = load_model(args.model, "causal", torch.device("cpu"), quiet=True)
+        from transformers import PreTrainedModel
+        model = cast(PreTrainedModel, loaded)  # a causal LM: load_model's task is "causal"
     except CLIError as e:
         ap.error(str(e))  # it names --model
     g = torch.Generator().manual_seed(0)
-    v = model.get_input_embeddings().weight.shape[0]
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    v = weight.shape[0]
     ids = torch.randint(10, min(v, 30000), (args.batch, args.text), generator=g)
     mask = torch.ones_like(ids)
     label_ids = torch.tensor([5676, 12643, 4414]) % v  # Gemma's " negative/neutral/positive"

@@ -253,7 +253,7 @@ class Inputs:
         # median 9.6 ms in others, which would have lifted our "matrix timed" ratio by a third.
         # A lower bound on the user's cost keeps that column from flattering us.
         self.dm_times = {name: min(time_fn(fn, 5)[2]) for name, fn in matrix_builders(x).items()}
-        self.dm_method = min(self.dm_times, key=self.dm_times.get)
+        self.dm_method = min(self.dm_times, key=self.dm_times.__getitem__)
         self.dm_time = self.dm_times[self.dm_method]
 
 
@@ -357,7 +357,7 @@ KINDS = {"torch-topological": ("points", ONE_THREAD)}
 PEERS = {
     "ripser": (peer_ripser, "forward"),
     "gph-1t": (lambda i, k: peer_gph(i, k, 1), "forward"),
-    "gph-all": (lambda i, k: peer_gph(i, k, os.cpu_count()), "forward"),
+    "gph-all": (lambda i, k: peer_gph(i, k, os.cpu_count() or 1), "forward"),
     "gudhi": (peer_gudhi, "forward"),
     "gudhi-sklearn": (peer_gudhi_sklearn, "forward"),
     "torch-topological": (peer_torch_topological, "loss_fwd_bwd"),
@@ -628,7 +628,7 @@ def bench_config(cfg, impls, reps, cuda, progress=None, peer_clouds=PEER_CLOUDS,
             continue
         make, op = PEERS[impl]
         dev_peer = "cpu"
-        cand = {}
+        cand: dict[str, tuple | Exception] = {}
         for kind in KINDS.get(impl, ("points", "matrix")):
             try:
                 run, to_dgms = make(inp, kind)
@@ -721,7 +721,7 @@ def derive(recs: list) -> list:
                               if o and o.get("median_s") and r["correct"] and o["correct"]
                               else None)
         r.pop("ratio_to_ours_incl_matrix", None)
-        if r["ratio_to_ours"] is not None and r.get("input") == "matrix":
+        if o is not None and r["ratio_to_ours"] is not None and r.get("input") == "matrix":
             r["ratio_to_ours_incl_matrix"] = incl_matrix_ratio(r, o["median_s"])
         if not r["correct"]:
             r["note"] = "WRONG: result failed the check; not reported as a speed"
@@ -773,7 +773,7 @@ def scaling(reps, cuda, progress_cls, threads: Optional[int] = None, sweeps=None
                                       cuda)
             pts.append(dict(N=n, D=d, B=b, median_s=statistics.median(times),
                             parallel_speedup=speedup,
-                            busy=bool(speedup < BUSY_SPEEDUP and os.cpu_count() > 1)))
+                            busy=bool(speedup < BUSY_SPEEDUP and (os.cpu_count() or 1) > 1)))
             bar.update(1)
         key = axis
         xs = np.log([p[key] for p in pts])
@@ -803,7 +803,7 @@ def busy_configs(records, meta) -> list:
 def unsteady_configs(records) -> list:
     """(N, D, B, drift) of the configs where ours' time before the peers and after them differ
     by more than :data:`DRIFT` either way (the largest drift of the config's ops)."""
-    worst = {}
+    worst: dict[tuple, float] = {}
     for r in records:
         d = r.get("drift")
         if r["impl"] == "ours" and d is not None and not 1 / DRIFT <= d <= DRIFT:
@@ -901,18 +901,18 @@ def goals(records, busy=frozenset(), unsteady=frozenset()) -> list:
             cells = [c if c in ("not measured", "ours WRONG") else c + f", {why}: rerun"
                      for c in cells]
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells) + " |")
-    left_out = {}  # what is missing and why -> the configs
+    left_out: dict[str, list] = {}  # what is missing and why -> the configs
     for k, missing in partial.items():
-        why = []
-        for i in missing:
-            rec = [r for r in records if r["impl"] == i and (r["N"], r["D"], r["B"]) == k
+        reasons = []
+        for impl in missing:
+            rec = [r for r in records if r["impl"] == impl and (r["N"], r["D"], r["B"]) == k
                    and r["op"] == "forward"]
             # WRONG only for a peer whose own check failed; a peer that passed but has no ratio
             # (ours had no forward time here) is not to blame
             state = ("not run" if not rec else "ERROR" if rec[0].get("error")
                      else "WRONG" if not rec[0]["correct"] else "no ratio to ours")
-            why.append(f"{i} ({state})")
-        left_out.setdefault(", ".join(why), []).append(k)
+            reasons.append(f"{impl} ({state})")
+        left_out.setdefault(", ".join(reasons), []).append(k)
     for why, ks in left_out.items():
         where = "; ".join("%d,%d,%d" % k for k in ks)
         lines.append(f"\nN,D,B = {where}: the forward verdicts compare against the peers that "
@@ -1081,7 +1081,7 @@ def plot_series(records, axis: str) -> tuple:
     fwd = [r for r in records if r["op"] == "forward" and r["correct"] and r.get("median_s")]
     series = []
     for impl in [i for i in ALL_IMPLS if any(r["impl"] == i for r in fwd)]:
-        groups = {}
+        groups: dict[tuple, list] = {}
         for r in fwd:
             if r["impl"] == impl:
                 groups.setdefault(tuple(r[o] for o in other), []).append(r)
@@ -1119,7 +1119,8 @@ def plots(records, scal, path_prefix: Path):
     for axis in ("N", "B"):
         series, labels = plot_series(records, axis)
         fig, ax = plt.subplots(figsize=(8, 5))
-        handles, joined, hollow = {}, False, False
+        handles: dict[str, Line2D] = {}
+        joined, hollow = False, False
         for sr in series:
             c, m = colors[sr["impl"]], MARKERS.get(sr["impl"], "o")
             if len(sr["x"]) > 1:
@@ -1131,7 +1132,7 @@ def plots(records, scal, path_prefix: Path):
                 hollow |= est
             handles.setdefault(sr["impl"], Line2D([], [], color=c, marker=m, ls="",
                                                   label=sr["impl"]))
-        last = {}  # x -> (y, text offset) of the label below: close labels are stacked
+        last: dict[int, tuple] = {}  # x -> (y, text offset) of the label below: stacked
         rightmost = max((lb["x"] for lb in labels), default=None)
         for lb in sorted(labels, key=lambda lb: (lb["x"], lb["y"])):
             y0, dy0 = last.get(lb["x"], (None, -3))

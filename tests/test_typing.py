@@ -1,7 +1,7 @@
-"""The typed public API: mypy passes on the package and the front ends with the project's
-configuration (pyproject.toml's [tool.mypy]), and a user's code type-checks against the
-package's own annotations (the py.typed marker ships them; without it mypy reads the package as
-untyped, every name Any).
+"""The typed public API: mypy passes on the package, the front ends, benchmarks/ and tools/
+with the project's configuration (pyproject.toml's [tool.mypy]), and a user's code type-checks
+against the package's own annotations (the py.typed marker ships them; without it mypy reads
+the package as untyped, every name Any).
 
 mypy's cache lives in a fixed folder under the system temp (one per checkout), so that a second
 run takes seconds; the first analyses torch's stubs (and, for the package's own check,
@@ -34,11 +34,12 @@ def _mypy(args, cwd, monkeypatch):
     return stdout + stderr, status
 
 
-def test_package_and_front_ends_type_check(monkeypatch):
+def test_package_front_ends_and_tools_type_check(monkeypatch):
     if not (ROOT / "pyproject.toml").is_file() or not (ROOT / "python").is_dir():
         pytest.skip("needs the checkout (pyproject.toml, python/)")
     out, status = _mypy(["--config-file", str(ROOT / "pyproject.toml"),
-                         "--cache-dir", _cache_dir("project"), "tsloss_cuda", "python"],
+                         "--cache-dir", _cache_dir("project"), "tsloss_cuda", "python",
+                         "benchmarks", "tools"],
                         ROOT, monkeypatch)
     assert status == 0, out
 
