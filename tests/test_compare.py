@@ -177,6 +177,25 @@ def test_progress_shows_time_left_only_while_runs_remain(tmp_path, capsys):
     assert any("left" in line for line in bar)  # an estimate once a run had finished
 
 
+def test_time_left_is_the_mean_run_time_times_the_runs_left(tmp_path, monkeypatch):
+    """Each run takes 100 s on a fake clock: before run i of 4 the bar says (4 - i) x 100 s."""
+    import tsloss_cuda.compare as compare_mod
+    clock = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(compare_mod.time, "perf_counter", lambda: float(next(clock)))
+    import tqdm.auto
+    shown = []
+    real_tqdm = tqdm.auto.tqdm
+
+    def spy(*a, **k):
+        bar = real_tqdm(*a, **k)
+        bar.set_postfix_str = lambda text, **kw: shown.append(text)
+        return bar
+    monkeypatch.setattr(tqdm.auto, "tqdm", spy)
+    run_comparison(str(tmp_path / "a"), SPECS[:4], fake_train, CONFIG, quiet=True)
+    assert [t.split(", ")[-1] for t in shown[1:4]] == [
+        "~0:05:00 left", "~0:03:20 left", "~0:01:40 left"], shown
+
+
 def test_resume_trains_only_missing_runs(tmp_path):
     full = run_comparison(str(tmp_path / "a"), SPECS, fake_train, CONFIG, quiet=True)
     assert [r["run_id"] for r in full] == [s.run_id for s in SPECS] and len(full) == 8

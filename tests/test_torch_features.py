@@ -232,6 +232,21 @@ def test_checkpoint_recomputation_uses_the_forwards_previous(use_reentrant):
     assert torch.equal(ckpt.previous.h0, plain.previous.h0)
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpoint_recomputation_leaves_the_modules_state_alone(use_reentrant):
+    """Two checkpointed calls before one backward: each recomputation must not move
+    `previous` back to its own call's topology (a recomputation that updated the state left
+    the first call's, and the next step's stability term measured against it)."""
+    a, b = prompt_steps()[:2]
+    m = T.TSLoss(stability=1.0)
+    pa, pb = a.clone().requires_grad_(), b.clone().requires_grad_()
+    (checkpoint(m, pa, use_reentrant=use_reentrant)
+     + checkpoint(m, pb, use_reentrant=use_reentrant)).backward()
+    _, terms = T.loss(b, stability=1.0, return_terms=True)
+    assert torch.equal(m.previous.h0, terms["topology"].h0)
+    assert torch.equal(m.previous.h1, terms["topology"].h1)
+
+
 @pytest.mark.parametrize("name", ["TSLoss", "loss", "pairwise_distance", "vr_persistence"])
 def test_non_reentrant_checkpointing_leaks_nothing(name):
     """The fused op saved four of its own outputs for the backward; under non-reentrant

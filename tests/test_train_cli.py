@@ -721,3 +721,14 @@ def test_a_diverged_runs_time_per_step_counts_its_trained_steps(tiny_models, tmp
     run, = json.loads((out / "summary.json").read_text(), parse_constant=_no_constant)["runs"]
     assert run["diverged_at"] == 2 and run["final_acc"] is None
     assert run["sec_per_step"] == pytest.approx(3.0) and run["reg_share"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("name,step", [
+    ("step10.pt", 10), ("step_10.pt", 10), ("step-000010.pt", 10), ("prompt_step_250.pt", 250),
+    ("checkpoint-10", 10), ("checkpoint-10/adapter_model.safetensors", 10),
+    ("seed3.pt", None), ("prompt_v2.pt", None), ("final.pt", None)])
+def test_checkpoint_step_reads_the_documented_forms(name, step):
+    """A name without a separator (step10.pt) must count as a step too, or analyze orders the
+    files by name and drops their stability, without a word."""
+    from tsloss_cuda.analyze import checkpoint_step
+    assert checkpoint_step(name) == step
