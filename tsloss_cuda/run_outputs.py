@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -277,9 +278,9 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
         try:
             files.write(os.path.join(out, "metrics.csv"),
                         lambda tmp: write_metrics(tmp, metrics_rows(results)))
-            for res in results:  # write() calls its function at once: this res
+            for res in results:  # partial binds this run's prompt, whenever write() calls it
                 files.write(os.path.join(prompts, f"prompt_{run_id(res)}.pt"),
-                            lambda tmp: torch.save(res["prompt"], tmp))
+                            functools.partial(torch.save, res["prompt"]))
             table = compare_table(results, regs, args.target_acc)
             model = (portable_path(model_path, out) if os.path.exists(str(args.model))
                      else args.model)
@@ -332,12 +333,11 @@ def _write_figures(files: PartialFiles, out: str, results: Sequence[Mapping]) ->
     files.write(os.path.join(out, "topology.png"), lambda tmp: plots.plot_topology(
         by_run, tmp, title="Prompt topology over training"))
     figures = ["curves.png", "topology.png"]
-    for reg, res in first.items():  # write() calls its function at once: this reg and res
-        if res["snapshots"]:
-            files.write(os.path.join(out, f"diagrams_{reg}.png"),
-                        lambda tmp: plots.plot_diagrams(
-                            res["snapshots"], tmp,
-                            title=f"Prompt persistence, regulariser {reg}, seed {res['seed']} "
-                                  f"(N = {res['prompt'].shape[0]} vectors)"))
+    for reg, res in first.items():  # partial binds this reg and res (a lambda's late binding
+        if res["snapshots"]:        # would give every figure the last one's, were write() lazy)
+            files.write(os.path.join(out, f"diagrams_{reg}.png"), functools.partial(
+                plots.plot_diagrams, res["snapshots"],
+                title=f"Prompt persistence, regulariser {reg}, seed {res['seed']} "
+                      f"(N = {res['prompt'].shape[0]} vectors)"))
             figures.append(f"diagrams_{reg}.png")
     return figures
