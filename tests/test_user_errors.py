@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -464,6 +465,56 @@ def test_output_dir_probe_leaves_no_folder(tmp_path):
     (tmp_path / "kept").mkdir()  # an existing folder is written in, and stays as it was
     compare.check_output_dir(str(tmp_path / "kept"), single=True)
     assert list((tmp_path / "kept").iterdir()) == []
+
+
+def _long_folder(root, size):
+    """A folder path of ``size`` bytes under ``root``, in names of at most 200 bytes."""
+    path = str(root)
+    while len(path) < size - 201:
+        path += "/" + "a" * 200
+    return path + "/" + "b" * (size - len(path) - 1)
+
+
+def _analyze_argv(tmp_path):
+    os.makedirs(tmp_path / "ck")
+    torch.save(torch.randn(6, 4), tmp_path / "ck" / "step_1.pt")
+    return [str(tmp_path / "ck")]
+
+
+@pytest.mark.parametrize("main,argv,longest", [
+    (train.main, lambda p: ["--quiet"], "checkpoints/.tsloss_seed0.partial/step_000100.pt"),
+    (train.main, lambda p: ["--quiet", "--compare", "--seeds", "12", "--max-steps", "1234567"],
+     "checkpoints/.pairwise_seed12.partial/step_1234567.pt"),
+    (analyze.main, _analyze_argv, "topology_metrics.csv")])
+@pytest.mark.parametrize("room", [1, 0, -100])
+def test_output_dir_too_long_for_its_files(main, argv, longest, room, tmp_path):
+    """A folder that leaves no room under PATH_MAX for the longest file the job writes in it is
+    refused up front (the training job failed only after loading the model); one byte more
+    room runs on, and a path of exactly the limit is one the system takes."""
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1  # bytes, without the NUL
+    args = argv(tmp_path)
+    if main is train.main:  # were the folder let through, the job stops at the data, untrained
+        args += ["--data", str(tmp_path / "absent.csv")]
+    out = _long_folder(tmp_path / "o", limit - len("/" + longest) - room + 1)
+    assert len(os.path.join(out, longest)) == limit + 1 - room
+    if room == 1:  # the job's longest path fits exactly: the check lets it through
+        os.makedirs(out)
+        with open(os.path.join(out, "x" * len(longest)), "w"):  # the system takes it
+            pass
+        with pytest.raises(OSError, match="too long"):
+            open(os.path.join(out, "x" * (len(longest) + 1)), "w")
+        shutil.rmtree(tmp_path / "o")
+        if main is train.main:
+            compare.check_output_dir(out, single=True, longest=longest)
+        else:
+            analyze.check_writable(out, "--output-dir", longest)
+        assert not (tmp_path / "o").exists()
+        return
+    rc, err = _run_cli(main, args + ["--output-dir", out])
+    _check_one_line(rc, err, main.__module__.replace("tsloss_cuda.", "python -m tsloss_cuda."),
+                    "--output-dir is too long")
+    assert (f"({longest} in it: {limit + 1 - room})" if room == 0 else "File name too long") in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_refused_resume_leaves_comparison_json_as_it_was(tmp_path):

@@ -3,6 +3,7 @@ parser whose errors are one line, and one format for every message: ``PROG: erro
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -62,11 +63,12 @@ def missing_folders(path: str) -> Tuple[str, List[str]]:
     return there, missing
 
 
-def check_writable(out: str, flag: str) -> None:
+def check_writable(out: str, flag: str, longest: str = "") -> None:
     """Refuse (a :class:`CLIError` naming ``flag``) an output folder that cannot be created or
     written (a file among its parents, a read-only or virtual file system, no permission)
     before the work, rather than after it (minutes for the Gemma job). Tries both, then removes
-    the folders it made."""
+    the folders it made. ``longest``: the longest path the tool writes, relative to ``out``; a
+    folder so long that this path would pass the system's limit (PATH_MAX) is refused too."""
     _, made = missing_folders(out)
     step = "created"
     try:
@@ -74,14 +76,34 @@ def check_writable(out: str, flag: str) -> None:
         step = "written"
         with tempfile.TemporaryFile(dir=out):
             pass
+        if longest:  # TemporaryFile opens the folder (O_TMPFILE): no long name was tried
+            _check_length(out, flag, longest)
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise CLIError(f"{flag} is too long ({len(os.fsencode(out))} bytes): "
+                           f"{e.strerror}") from None
         raise CLIError(f"{flag} {out} cannot be {step}: {e.strerror or e}") from None
     finally:
         for folder in made:  # deepest first; one that another process filled meanwhile stays
             try:
                 os.rmdir(folder)
-            except OSError:
-                break
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENAMETOOLONG):  # else never made
+                    break
+
+
+def _check_length(out: str, flag: str, longest: str) -> None:
+    try:
+        limit = os.pathconf(out, "PC_PATH_MAX")  # with the terminating NUL
+    except (OSError, ValueError):  # not known here: the writes will tell
+        return
+    if limit <= 0:  # no limit
+        return
+    size = len(os.fsencode(os.path.join(out, longest)))
+    if size >= limit:
+        raise CLIError(f"{flag} is too long ({len(os.fsencode(out))} bytes): the files written "
+                       f"in it would pass this system's path limit of {limit - 1} bytes "
+                       f"({longest} in it: {size}); use a shorter folder")
 
 
 #: The end of each tool's --device help.

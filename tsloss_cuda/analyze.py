@@ -232,7 +232,7 @@ def analyze(folder: str, out_dir: Optional[str] = None, device: str = "cpu",
     out_dir = out_dir or default_output_dir(folder)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise CLIError(f"--output-dir {out_dir} exists and is not a folder")
-    check_writable(out_dir, "--output-dir")  # before the work, not after it
+    check_writable(out_dir, "--output-dir", "topology_metrics.csv")  # before the work
     prompts = [load_prompt(p) for p in paths]  # every file read before anything is written
     dev = torch.device(device)
     tracker = TopologyTracker(1, tsloss_terms=True)

@@ -236,15 +236,16 @@ def inactive_regularizers(args: Any, specs: Sequence[RunSpec]) -> List[str]:
     return out
 
 
-def check_output_dir(out: str, single: bool) -> None:
+def check_output_dir(out: str, single: bool, longest: str = "") -> None:
     """Refuse (a :class:`CLIError`) an ``--output-dir`` the training job cannot use: empty, not
-    a folder, or, for a ``single`` run, holding a comparison (see :func:`holds_comparison`)."""
+    a folder, not writable, too long for ``longest`` (see :func:`_cli.check_writable`), or, for
+    a ``single`` run, holding a comparison (see :func:`holds_comparison`)."""
     if not out:  # os.makedirs("") fails only once the model is loaded
         raise CLIError("--output-dir is empty: name a folder (. for the current one)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--output-dir {out} exists and is not a folder")
     if launch_rank() == 0:  # the others' probes would race its removal
-        check_writable(out, "--output-dir")
+        check_writable(out, "--output-dir", longest)
     if single and holds_comparison(out):
         # A single run writes prompts/, metrics.csv and summary.json over the comparison's.
         raise CLIError(f"--output-dir {out} holds a --compare comparison, which a single run "

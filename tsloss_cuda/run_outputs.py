@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 import torch
 
-from ._files import PartialFiles, deferred_sigint, remove_leftovers
+from ._files import PartialFiles, deferred_sigint, partial_path, remove_leftovers
 from .stats import variant_of as variant
 
 #: metrics.csv columns first in this order (``variant`` only in comparisons with named
@@ -102,6 +102,23 @@ def staging_folder(run_dir: str, name: str) -> str:
     ``checkpoints/NAME``: beside it, hidden (a run that does not finish leaves the earlier run's
     checkpoints as its metrics.csv and summary.json list them)."""
     return os.path.join(run_dir, "checkpoints", f".{name}.partial")
+
+
+def checkpoint_name(step: int) -> str:
+    """The file of a run's prompt after ``step`` updates, in its checkpoint folder."""
+    return f"step_{step:06d}.pt"
+
+
+def longest_output(run_ids: Sequence[str], max_steps: int) -> str:
+    """The longest path, relative to the output folder, that the job writes for these runs (a
+    staged checkpoint, or a prompt's or a run record's temporary name), for the up-front check
+    that the folder leaves room for it."""
+    names = []
+    for run in run_ids:
+        names += [os.path.join(staging_folder("", run), checkpoint_name(max_steps)),
+                  partial_path(os.path.join("prompts", f"prompt_{run}.pt")),
+                  partial_path(os.path.join("runs", f"{run}.json"))]
+    return max(names, key=len)
 
 
 def checkpoint_folder(run_dir: str, name: str, keep: bool) -> str:

@@ -131,12 +131,14 @@ def run(args) -> int:
                                      provenance, run_comparison, settle_head)
     from tsloss_cuda._files import atomic_write
     from tsloss_cuda.run_outputs import (announce_removal, commit_checkpoints,
-                                         discard_checkpoints, earlier_job, write_outputs)
+                                         discard_checkpoints, earlier_job, longest_output,
+                                         write_outputs)
     specs = job_specs(args)  # refuses the other mode's flags; sets both modes' defaults
     for warning in inactive_regularizers(args, specs):
         print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     regs = list(args.compare_regularizers) if args.compare else [args.regularizer]
-    check_output_dir(args.output_dir, single=not args.compare)
+    check_output_dir(args.output_dir, single=not args.compare,
+                     longest=longest_output([s.run_id for s in specs], args.max_steps))
     # The conversion would make the cache after the data is loaded: refused before that.
     cache = check_cache(args.model_cache) if args.model == GEMMA else None
     settle_head(args, "causal" if args.model == GEMMA else args.task, loaded=False)

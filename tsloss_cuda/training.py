@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ._cli import CLIError, check_device
-from .run_outputs import checkpoint_folder, run_id as run_name
+from .run_outputs import checkpoint_folder, checkpoint_name, run_id as run_name
 from .tasks import batch, frequent_tokens
 
 REGULARIZERS = ("none", "l2", "pairwise", "tsloss")
@@ -245,7 +245,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             return
         if ckpt_dir and dist.main and (step % every == 0 or step == args.max_steps):
             torch.save(spm.prompt.detach().cpu().clone(),
-                       os.path.join(ckpt_dir, f"step_{step:06d}.pt"))
+                       os.path.join(ckpt_dir, checkpoint_name(step)))
         if dist.main and step in snap_steps:  # logged or not (--log-every)
             # On the CPU engine (the same bits as CUDA's): it has no fixed workspace to
             # overflow, which on the device would make to_numpy stop the run for a plot.
