@@ -30,7 +30,7 @@ NAN_POINTS = [[0.0, float("nan")], [1.0, 1.0]]
 def _fixtures(d):
     """Bad inputs on disk under ``d``: a file, a CSV without the columns, bad checkpoints."""
     os.makedirs(os.path.join(d, "empty"), exist_ok=True)
-    for sub in ("junk", "junk_st", "shape", "good", "nonfinite", "huge"):
+    for sub in ("junk", "junk_st", "shape", "sparse", "big", "good", "nonfinite", "huge"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     open(os.path.join(d, "afile"), "w").close()
     with open(os.path.join(d, "bad.csv"), "w") as f:
@@ -54,6 +54,8 @@ def _fixtures(d):
     with open(os.path.join(d, "junk_st", "step_1.safetensors"), "w") as f:
         f.write("not a checkpoint")
     torch.save(torch.zeros(3, 4, 5), os.path.join(d, "shape", "step_1.pt"))
+    torch.save(torch.eye(4, 3).to_sparse(), os.path.join(d, "sparse", "step_1.pt"))
+    torch.save(torch.randn(analyze.MAX_POINTS + 1, 2), os.path.join(d, "big", "step_1.pt"))
     torch.save(torch.randn(4, 3), os.path.join(d, "good", "step_1.pt"))
     torch.save(torch.randn(4, 3), os.path.join(d, "nonfinite", "step_1.pt"))
     torch.save(torch.tensor(NAN_POINTS), os.path.join(d, "nonfinite", "step_2.pt"))
@@ -232,6 +234,8 @@ ANALYZE_CASES = [
     ("{d}/junk", "checkpoint"),
     ("{d}/junk_st", "checkpoint"),
     ("{d}/shape", "checkpoint"),
+    ("{d}/sparse", "step_1.pt: a torch.sparse_coo tensor"),
+    ("{d}/big", "step_1.pt: 4097 token vectors"),
     ("{d}/nonfinite", "step_2.pt"),
     ("{d}/huge", "past float32's range"),
     ("{d}/good --device tpu", "--device"),

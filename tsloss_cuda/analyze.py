@@ -31,6 +31,7 @@ import torch
 
 from ._cli import (DEVICE_HELP, CLIError, Parser, check_device, check_writable, first_line,
                    run_main)
+from ._ops import MAX_POINTS
 
 PROG = "python -m tsloss_cuda.analyze"
 PREFERRED_KEYS = ("prompt", "prompt_embeddings", "embedding.weight")
@@ -126,9 +127,14 @@ def load_prompt(path: str) -> torch.Tensor:
         t = _prompt_entry(obj, path)
     else:
         raise CLIError(f"checkpoint {path} holds a {type(obj).__name__}, not a prompt tensor")
+    if t.layout != torch.strided:  # torch's checks below would name aten ops, not the file
+        raise CLIError(f"checkpoint {path}: a {t.layout} tensor; analyze reads dense prompts")
     if t.dim() != 2 or not t.is_floating_point() or t.shape[0] < 1 or t.shape[1] < 1:
         raise CLIError(f"checkpoint {path}: expected a float (N, D) prompt, got "
                        f"{tuple(t.shape)} {t.dtype}")
+    if t.shape[0] > MAX_POINTS:
+        raise CLIError(f"checkpoint {path}: {t.shape[0]} token vectors, more than the "
+                       f"{MAX_POINTS} points a cloud that tsloss_cuda computes")
     if not torch.isfinite(t).all():
         raise CLIError(f"checkpoint {path}: the prompt holds NaN or Inf values (a diverged "
                        "run?), whose topology is undefined")
