@@ -62,7 +62,8 @@ import numpy as np
 import torch
 
 import tsloss_cuda
-from tsloss_cuda._cli import CLIError, Parser, check_writable, positive_int
+from tsloss_cuda._cli import CLIError, Parser, bounded, check_writable, positive_int
+from tsloss_cuda._ops import MAX_POINTS
 
 warnings.filterwarnings("ignore")
 
@@ -1192,7 +1193,14 @@ def parse_cfg(s: str):
         parts = []
     if len(parts) != 3 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"config must be N,D,B, each an integer >= 1, got {s!r}")
+    if parts[0] > MAX_POINTS:  # the op's error came after the configs before it were timed
+        raise argparse.ArgumentTypeError(f"N = {parts[0]} points exceeds the supported maximum "
+                                         f"of {MAX_POINTS}, got {s!r}")
     return tuple(parts)
+
+
+#: --threads: at most the training CLI's 1024 (100000 was a segmentation fault in libgomp).
+thread_count = bounded(int, 0, 1024, "an integer in [1, 1024]", strict=True)
 
 
 def result_stem(dev: str, isa: Optional[str], args) -> str:
@@ -1214,11 +1222,15 @@ PROG = "benchmarks/run.py"
 def build_parser() -> argparse.ArgumentParser:
     # tsloss_cuda's parser: an argument error is one line, "PROG: error: ... (see --help)"
     ap = Parser(prog=PROG, description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", nargs="+", type=parse_cfg, help="N,D,B triples")
-    ap.add_argument("--quick", action="store_true", help="a small subset (< 1 minute)")
-    ap.add_argument("--gpu-configs", action="store_true",
-                    help="only the GPU sizes of the issue (%s)" % " ".join(
-                        "%d,%d,%d" % c for c in GPU_EXTRA))
+    # One of the three: the file stem (result_stem) names the one given, so a combination ran
+    # one set into another's file name (--gpu-configs --configs ... into -gpu-configs.json).
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--configs", nargs="+", type=parse_cfg,
+                       help=f"N,D,B triples (N at most {MAX_POINTS})")
+    which.add_argument("--quick", action="store_true", help="a small subset (< 1 minute)")
+    which.add_argument("--gpu-configs", action="store_true",
+                       help="only the GPU sizes of the issue (%s)" % " ".join(
+                           "%d,%d,%d" % c for c in GPU_EXTRA))
     ap.add_argument("--reps", type=positive_int, default=5,
                     help="repetitions (timed calls on the whole batch) per implementation, op "
                          "and config, after one untimed warm-up; the median is reported (default "
@@ -1233,8 +1245,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scaling", action="store_true", help="fit time exponents in N, B, D")
     ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--threads", type=positive_int,
-                    help="torch threads for ours (default: all); peers keep all threads")
+    ap.add_argument("--threads", type=thread_count,
+                    help="torch threads for ours, 1 to 1024 (default: all); peers keep all "
+                         "threads")
     ap.add_argument("--isa", choices=("baseline", "avx2", "avx512"),
                     help="x86 build of our CPU kernels (default: the best this CPU runs); the "
                          "result files are named after it")

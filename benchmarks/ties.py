@@ -96,6 +96,8 @@ def main(argv=None):
         if path is not None and not path.endswith(".npz"):
             ap.error(f"--{flag} {path}: name a .npz file")
     if args.save is not None:  # its folder, made at the end; a traceback there before
+        if os.path.isdir(args.save):  # np.savez's IsADirectoryError, after every cloud
+            ap.error(f"--save {args.save}: a folder, not a file")
         try:
             check_writable(os.path.dirname(os.path.abspath(args.save)), "--save")
         except CLIError as e:

@@ -22,7 +22,11 @@ import time
 import torch
 
 import tsloss_cuda
-from tsloss_cuda._cli import positive_int  # 0 was a RuntimeError traceback
+from tsloss_cuda._cli import bounded
+
+#: 0 was a RuntimeError traceback and 100000 a segmentation fault in libgomp (the training
+#: CLI's bound)
+thread_count = bounded(int, 0, 1024, "an integer in [1, 1024]", strict=True)
 
 CONFIGS = [(16, 768, 64), (32, 2048, 64), (64, 2048, 64), (64, 4096, 16), (128, 2048, 16),
            (256, 768, 4)]
@@ -115,8 +119,10 @@ def one_prompt(isas) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    # the docstring's first paragraph (its first line cut the sentence)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=thread_count, default=2,
+                    help="torch threads, 1 to 1024 (default 2)")
     ap.add_argument("--one-prompt", action="store_true",
                     help="only the one-prompt table, in every build this CPU supports")
     args = ap.parse_args(argv)

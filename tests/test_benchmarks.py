@@ -241,7 +241,7 @@ def test_llm_step_on_a_tiny_causal_lm(tmp_path):
     (["--configs", "0,2,1"], "config must be N,D,B, each an integer >= 1, got '0,2,1'"),
     (["--configs", "4,x,2"], "config must be N,D,B"),
     (["--reps", "-3"], "--reps: expected an integer >= 1, got -3"),  # was silently 1
-    (["--threads", "-1"], "--threads: expected an integer >= 1, got -1"),
+    (["--threads", "-1"], "--threads: expected an integer in \\[1, 1024\\], got -1"),
     (["--render", "{tmp}/none.json"], "--render .*none.json: not a results JSON.*FileNotFound"),
     (["--render", "{tmp}/other.json"], "--render .*other.json: not a results JSON.*KeyError"),
     (["--out", "{tmp}/other.json", "--configs", "8,4,2", "--impls", "ours"],
@@ -298,7 +298,7 @@ def test_llm_step_refuses_an_encoder_in_one_line(capsys, monkeypatch):
 
 @pytest.mark.parametrize("script,argv,match", [
     ("benchmarks/tsloss_overheads.py", ["--threads", "0"],
-     "argument --threads: expected an integer >= 1, got 0"),  # set_num_threads' RuntimeError
+     "argument --threads: expected an integer in [1, 1024], got 0"),  # set_num_threads' error
     ("tools/tsloss_before_after.py", ["--rounds", "0"],
      "argument --rounds: expected an integer >= 1, got 0"),  # the median of nothing
     ("tools/tsloss_before_after.py", ["--configs", "16,64,0"],
@@ -311,6 +311,49 @@ def test_small_scripts_refuse_bad_numbers_in_one_line(script, argv, match, capsy
         _script(RUN.parents[1] / script).main(argv)
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {match}")
+
+
+def test_tsloss_overheads_refuses_too_many_threads(capsys, monkeypatch):
+    """--threads 100000 was a segmentation fault in libgomp (the training CLI's bound)."""
+    mod = _script(RUN.parent / "tsloss_overheads.py")
+
+    def threads(n):
+        raise AssertionError(f"set_num_threads({n}) before the arguments were checked")
+    monkeypatch.setattr(mod.torch, "set_num_threads", threads)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--threads", "100000"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: argument --threads: expected an integer in [1, 1024], got 100000")
+
+
+def test_compare_launches_help_and_too_few_files(tmp_path, capsys):
+    """--help printed only the usage line and exited 2 (with more arguments, it was read as a
+    file name)."""
+    mod = _script(RUN.parents[1] / "tools" / "compare_launches.py")
+    for argv in (["--help"], ["--help", str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]):
+        with pytest.raises(SystemExit) as e:
+            mod.main(argv)
+        assert e.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "a ratio above 1 means the later run was faster" in out, out
+        assert "Exits 1 if no config is common to all" in out, out
+    with pytest.raises(SystemExit) as e:
+        mod.main([str(tmp_path / "a.txt")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "compare_launches.py: error: needs two or more launches.txt files to compare, got 1")
+
+
+def test_tsloss_overheads_help_has_the_whole_first_paragraph(capsys):
+    """--help cut the description at the docstring's first line break ("... and the main
+    job's")."""
+    mod = _script(RUN.parent / "tsloss_overheads.py")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "and the main job's regulariser step, hot and after other work." in out, out
 
 
 def test_compare_launches_names_a_missing_file(tmp_path, capsys):
@@ -340,6 +383,9 @@ def test_profile_ops_tiny(tmp_path):
     (["--device", "cpu", "--launches-only"], "--launches-only needs --device cuda"),  # ignored
     (["--device", "gpu"], "--device gpu: expected cpu or cuda"),
     (["--device", "cpu", "--out", "{tmp}/file"], "--out .*/file cannot be created"),
+    (["--device", "cpu", "--configs", "4097,2,1"],  # a traceback after the profiling
+     r"argument --configs: N = 4097 points exceeds the supported maximum of 4096, "
+     r"got '4097,2,1'"),
 ])
 def test_profile_ops_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
     """Tracebacks (RuntimeError, FileExistsError) or, --launches-only, full CPU tables."""
@@ -356,12 +402,14 @@ def test_profile_ops_refuses_bad_arguments(argv, match, tmp_path, capsys, monkey
     (["--compare", "{tmp}/none.npz"], "--compare .*none.npz: .*No such file"),
     (["--compare", "{tmp}/text.npz"], "--compare .*text.npz: not an .npz of --save"),
     (["--save", "{tmp}/file/t.npz"], "--save .*/file cannot be created"),  # after every cloud
+    (["--save", "{tmp}/dir.npz"], "--save .*/dir.npz: a folder, not a file"),  # IsADirectoryError
 ])
 def test_ties_refuses_bad_arguments(argv, match, tmp_path, capsys, monkeypatch):
     """Each was a traceback (KeyError, AttributeError, FileNotFoundError, ValueError), some
     after a cloud had been timed."""
     (tmp_path / "text.npz").write_text("hi")  # np.load took it for a pickle
     (tmp_path / "file").write_text("")
+    (tmp_path / "dir.npz").mkdir()
     mod = _script(RUN.parent / "ties.py")
 
     def timed(*a, **k):
@@ -673,6 +721,14 @@ def test_a_missing_reference_library_is_one_line_before_timing(missing, tmp_path
     (["--name", ""], "--name '': a file stem"),
     (["--reps", "x"], "argument --reps: expected an integer >= 1, got 'x'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    # libgomp's segmentation fault at the first config
+    (["--threads", "100000"], r"--threads: expected an integer in \[1, 1024\], got 100000"),
+    (["--configs", "4097,2,1"],  # a traceback after 40 s of timing
+     "argument --configs: N = 4097 points exceeds the supported maximum of 4096, got '4097,2,1'"),
+    # (the helper adds --configs 8,4,2) a custom run written as ...-gpu-configs.json
+    (["--gpu-configs"], "argument --configs: not allowed with argument --gpu-configs"),
+    (["--quick"], "argument --configs: not allowed with argument --quick"),
+    (["--quick", "--gpu-configs"], "argument --gpu-configs: not allowed with argument --quick"),
 ])
 def test_argument_errors_are_one_line_before_timing(argv, match, tmp_path, capsys, monkeypatch):
     """argparse's errors came with a 5-line usage block; --out /proc/x was an OSError

@@ -10,9 +10,10 @@ one line per config that every file has: "compare (N, D, B): forward a / b ms (a
 """
 from __future__ import annotations
 
+import argparse
 import re
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 LINE = re.compile(r"^\(N, D, B\) = \((\d+), (\d+), (\d+)\): TSLoss forward\+backward \d+ kernels"
                   r".*?, ([0-9.]+) ms; forward \d+ kernels, ([0-9.]+) ms")
@@ -47,16 +48,22 @@ def compare(paths: List[str]) -> List[str]:
     return lines
 
 
-def main(argv: List[str]) -> int:
-    if len(argv) < 2:
-        print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
-        return 2
+def main(argv: Optional[List[str]] = None) -> int:
+    # --help was read as a file name (or, alone, printed the usage line and exited 2)
+    ap = argparse.ArgumentParser(prog="compare_launches.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", metavar="LAUNCHES_TXT",
+                    help="launches.txt of tools/profile_ops.py, two or more; the first is the "
+                         "baseline of the ratios")
+    paths = ap.parse_args(argv).runs
+    if len(paths) < 2:
+        ap.error(f"needs two or more launches.txt files to compare, got {len(paths)}")
     try:
-        lines = compare(argv)
+        lines = compare(paths)
     except OSError as e:  # a missing or unreadable file: a FileNotFoundError traceback before
         print(f"compare_launches.py: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
-    print("compare runs:", ", ".join(argv))
+    print("compare runs:", ", ".join(paths))
     for line in lines:
         print(line)
     if not lines:

@@ -28,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import tsloss_cuda
 from tsloss_cuda._cli import CLIError, check_writable
+from tsloss_cuda._ops import MAX_POINTS
 
 DEFAULT_CONFIGS = [(16, 768, 64), (64, 4096, 64), (256, 768, 4), (256, 768, 1024)]
 
@@ -39,6 +40,9 @@ def parse_config(text: str) -> Tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected N,D,B, got {text!r}") from None
     if min(n, d, b) < 1:  # argparse's message names --configs
         raise argparse.ArgumentTypeError(f"N, D and B must be >= 1, got {text!r}")
+    if n > MAX_POINTS:  # the op's error, a traceback, came after the configs before it
+        raise argparse.ArgumentTypeError(f"N = {n} points exceeds the supported maximum of "
+                                         f"{MAX_POINTS}, got {text!r}")
     return n, d, b
 
 
