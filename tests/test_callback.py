@@ -10,7 +10,7 @@ peft = pytest.importorskip("peft")
 import tsloss_cuda  # noqa: E402
 from tsloss_cuda.callback import TSLossCallback  # noqa: E402
 from tsloss_cuda.loss import loss as tsloss  # noqa: E402
-from tsloss_cuda.prompt_tuning import prompt_parameters  # noqa: E402
+from tsloss_cuda.prompt_tuning import SoftPromptModel, prompt_parameters  # noqa: E402
 from tsloss_cuda.tracking import topology_metrics  # noqa: E402
 
 LR, WEIGHT = 0.1, 0.5
@@ -492,6 +492,24 @@ def test_a_model_without_a_soft_prompt_is_refused_at_train_begin():
     args, state, control = _hooks()
     with pytest.raises(ValueError, match="no soft prompt"):
         TSLossCallback(WEIGHT).on_train_begin(args, state, control, model=lora)
+
+
+def test_the_prompt_of_a_compiled_model_is_found():
+    """Trainer(model=torch.compile(model)) with the callback: torch.compile's wrapper is seen
+    through to the model's own parameter, for a SoftPromptModel (it was refused as holding no
+    soft prompt) as for a PEFT model (whose prompt_encoder the wrapper forwards)."""
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32))
+    spm = SoftPromptModel(bert, 6, num_labels=3)
+    for model in (spm, _model()):
+        assert prompt_parameters(torch.compile(model)) is prompt_parameters(model)
+    args, state, control = _hooks()
+    cb = TSLossCallback(WEIGHT)
+    cb.on_train_begin(args, state, control, model=torch.compile(spm))
+    cb.on_pre_optimizer_step(args, state, control, model=torch.compile(spm))
+    assert spm.prompt.grad is not None and spm.prompt.grad.abs().max() > 0
 
 
 def test_unscale_reraises_a_runtime_error_other_than_already_unscaled():

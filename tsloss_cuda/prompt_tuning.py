@@ -552,7 +552,7 @@ def _peft_prompt(model: nn.Module) -> Optional[torch.Tensor]:
 
 def prompt_parameters(model: nn.Module) -> torch.Tensor:
     """The soft-prompt tensor ``(N, D)`` of a :class:`SoftPromptModel` or a PEFT prompt-tuning
-    model.
+    model, also inside DDP, DataParallel and ``torch.compile`` wrappers.
 
     For PEFT ``PromptTuningConfig`` models this is the active adapter's
     ``prompt_encoder[name].embedding.weight`` (``N = num_virtual_tokens``). The returned tensor
@@ -562,7 +562,9 @@ def prompt_parameters(model: nn.Module) -> torch.Tensor:
     """
     if isinstance(model, SoftPromptModel):
         return model.prompt
-    inner = getattr(model, "module", None)  # DDP / DataParallel wrappers
+    # DDP / DataParallel wrappers; torch.compile's (it forwards a PEFT model's prompt_encoder,
+    # not the isinstance test above)
+    inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
     inner_error: Optional[ValueError] = None
     if isinstance(inner, nn.Module) and inner is not model:
         try:
