@@ -154,6 +154,45 @@ def test_vmap_runs_the_op_with_eager_values():
     torch.testing.assert_close(loss, T.loss(x, reduction="none"), rtol=1e-15, atol=0)
 
 
+@pytest.mark.parametrize("in_dim", [0, 1])
+def test_vmap_folds_into_the_ops_batch(in_dim, capfd):
+    """vr_persistence itself under vmap (Diagrams is a pytree; it was refused as no Tensor),
+    the vmapped dimension joined to the op's batch: the values and gradients of one batched
+    call, without torch's per-sample fallback and its warning at every call."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 9, 5, dtype=torch.float64, generator=g)  # (V, B, N, D)
+    xv, flat = x.movedim(0, in_dim), x.flatten(0, 1)
+    got, want = torch.func.vmap(T.vr_persistence, in_dims=in_dim)(xv), T.vr_persistence(flat)
+    assert isinstance(got, T.Diagrams) and (got.num_points, got.maxdim) == (9, 1)
+    for k in ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated"):
+        assert torch.equal(getattr(got, k), getattr(want, k).unflatten(0, (4, 3))), k
+    assert torch.equal(torch.func.vmap(T.pairwise_distance, in_dims=in_dim)(xv),
+                       T.pairwise_distance(flat).unflatten(0, (4, 3)))
+    xg, xr = xv.clone().requires_grad_(), flat.clone().requires_grad_()
+    f = lambda t: T.vr_persistence(t).h1.sum() + T.pairwise_distance(t).sum()  # noqa: E731
+    torch.func.vmap(f, in_dims=in_dim)(xg).sum().backward()
+    f(xr).backward()
+    assert torch.equal(xg.grad.movedim(in_dim, 0), xr.grad.unflatten(0, (4, 3)))
+    # An unbatched argument beside a batched one (expanded to every sample).
+    d = want
+    grads = torch.randn(4, *d.h0.shape, dtype=torch.float64, generator=g)
+    op = lambda gh0: torch.ops.tsloss_cuda.vr_persistence_backward(  # noqa: E731
+        gh0, torch.ones_like(d.h1), flat, d.h0_edges, d.h1_edges, False)
+    assert torch.equal(torch.func.vmap(op)(grads), torch.stack([op(gh0) for gh0 in grads]))
+    # TSLoss: per cloud (reduction none) joined to the batch; reduced, once per sample.
+    for reduction in ("none", "mean", "sum"):
+        fl = lambda t: T.loss(t, reduction=reduction, stability=0.5,  # noqa: E731
+                              previous=T.loss(t.detach(), return_terms=True)[1]["topology"])
+        xg, xs = xv.clone().requires_grad_(), x.clone().requires_grad_()
+        got = torch.func.vmap(fl, in_dims=in_dim)(xg)
+        want = torch.stack([fl(c) for c in xs])
+        assert torch.equal(got, want), reduction
+        got.sum().backward()
+        want.sum().backward()
+        assert torch.equal(xg.grad.movedim(in_dim, 0), xs.grad), reduction
+    assert "batching rule" not in capfd.readouterr().err
+
+
 def test_jvp_of_vmap_rebuilds_the_bars():
     """jvp outside vmap: inside, the points are batched tensors whose tangent unpack_dual cannot
     see, so only the transform stack's Jvp level sends them to the rebuilt bars (without it:

@@ -222,6 +222,41 @@ torch.library.register_autograd("tsloss_cuda::vr_persistence_emulated", _vr_pers
                                 setup_context=_vr_persistence_setup)
 
 
+def _join_vmap(op, reduction: int = -1):
+    """A vmap rule for an op whose tensors hold one entry per cloud, first: the vmapped
+    dimension joins the clouds' batch, one call of the batched op, where torch's fallback
+    called it once per sample and printed a warning at every call. TSLoss's ops reduce over
+    the batch unless their argument ``reduction`` (its position) is 0 (none); then they are
+    called once per sample, as the fallback did, without its warning."""
+    def rule(info, in_dims, *args):
+        v = info.batch_size
+        if reduction >= 0 and args[reduction] != 0:
+            outs = [op(*(a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)))
+                    for i in range(v)]
+            return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+        b, flat = None, []
+        for a, d in zip(args, in_dims):
+            if isinstance(a, torch.Tensor):
+                a = a.expand(v, *a.shape) if d is None else a.movedim(d, 0)
+                b = a.shape[1] if b is None else b  # every tensor's: (B, ...)
+                a = a.flatten(0, 1)
+            flat.append(a)
+        out = op(*flat)
+        if isinstance(out, torch.Tensor):
+            return out.unflatten(0, (v, b)), 0
+        return tuple(o.unflatten(0, (v, b)) for o in out), (0,) * len(out)
+    return rule
+
+
+for _name in ("pairwise_distance", "pairwise_distance_backward", "vr_persistence",
+              "vr_persistence_backward", "vr_persistence_emulated"):
+    torch.library.register_vmap(f"tsloss_cuda::{_name}", _join_vmap(getattr(ops, _name).default))
+torch.library.register_vmap("tsloss_cuda::tsloss_forward",
+                            _join_vmap(ops.tsloss_forward.default, reduction=12))
+torch.library.register_vmap("tsloss_cuda::tsloss_backward",
+                            _join_vmap(ops.tsloss_backward.default, reduction=22))
+
+
 # ---- TSLoss: one forward and one backward op ---------------------------------------------------
 
 @torch.library.register_fake("tsloss_cuda::tsloss_forward")

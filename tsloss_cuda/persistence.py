@@ -151,6 +151,19 @@ class Diagrams:
         return out
 
 
+_TENSORS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
+
+
+# A pytree node (its tensors the leaves, N and maxdim the context), so that torch.func.vmap and
+# the other transforms take vr_persistence itself, not only a function returning its tensors.
+torch.utils._pytree.register_pytree_node(
+    Diagrams,
+    lambda d: ([getattr(d, k) for k in _TENSORS], (d.num_points, d.maxdim)),
+    lambda leaves, context: Diagrams(**dict(zip(_TENSORS, leaves)), num_points=context[0],
+                                     maxdim=context[1]),
+    serialized_type_name="tsloss_cuda.Diagrams")
+
+
 def check_dense(x: torch.Tensor, name: str) -> None:
     """The ops read strided memory: a sparse or nested tensor is refused by name, not by the
     dispatcher's message about backends."""
