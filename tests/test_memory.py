@@ -156,3 +156,56 @@ def test_a_steady_training_step_faults_in_no_fresh_pages():
                          text=True, check=True)
     faults = float(out.stdout.split()[-1])
     assert faults < 8, f"{faults:.1f} minor page faults per step"
+
+
+# A fork while another thread held the output cache's mutex (csrc/cpu/cloud_glue.h, in take or
+# give) left the child's copy locked for good: the child's first large output hung. The window
+# is held open here: glibc's fork locks every malloc arena first, and with the per-thread cache
+# off (GLIBC_TUNABLES) a thread that gives a buffer back and drops it (past the 1 MB cache)
+# mallocs inside the mutex, so it waits there through the fork. vr_persistence drops its 1 MB
+# distance matrix at its end, after the engine: without the fix a child hung within the first
+# 10 forks in each of 27 runs (about one fork in four).
+_FORK_PROBE = """
+import os, random, threading, time, torch, tsloss_cuda as T
+torch.set_num_threads(1)          # no OpenMP pool to fork; the calls below run on their thread
+stop = threading.Event()
+def churn():
+    x = torch.randn(1, 513, 2)    # a 1.05 MB distance matrix inside each call
+    while not stop.is_set():
+        T.vr_persistence(x)
+thread = threading.Thread(target=churn)
+thread.start()
+time.sleep(0.05)
+hung, start = 0, time.monotonic()
+for forks in range(1, 101):
+    time.sleep(random.uniform(0, 0.005))     # a random point of the other thread's call
+    pid = os.fork()
+    if pid == 0:
+        torch.set_num_threads(1)
+        T.pairwise_distance(torch.randn(1, 256, 2))   # a 256 KB output: from the cache
+        os._exit(0)
+    deadline = time.monotonic() + 2
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            hung = forks
+            break
+        time.sleep(0.001)
+    if hung or time.monotonic() - start > 5:
+        break
+stop.set()
+thread.join()
+print(hung, forks)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's fork and allocator")
+def test_a_fork_beside_a_thread_using_the_output_cache_does_not_hang_the_child():
+    import subprocess
+    env = dict(os.environ, TSLOSS_CPU_OUTPUT_CACHE_MB="1",
+               GLIBC_TUNABLES="glibc.malloc.tcache_count=0")
+    out = subprocess.run([sys.executable, "-c", _FORK_PROBE], env=env, capture_output=True,
+                         text=True, check=True, timeout=120)
+    hung, forks = (int(v) for v in out.stdout.split())
+    assert not hung, f"fork {hung} of {forks}: the child's large output hung"

@@ -13,6 +13,7 @@
 #include <xmmintrin.h>
 #endif
 
+#include <pthread.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -203,6 +204,10 @@ class OutputCache {
                 int64_t(kMostMb), ", got '", v, "'");
     }
     capacity_ = static_cast<size_t>(mb) << 20;
+    // A fork while another thread held mutex_ left the child's copy locked for good (its first
+    // large output, or a freed one, hung): the fork waits for the mutex and both sides free it.
+    pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                   [] { instance().mutex_.unlock(); });
   }
 
   std::mutex mutex_;
