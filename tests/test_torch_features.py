@@ -193,6 +193,44 @@ def test_vmap_folds_into_the_ops_batch(in_dim, capfd):
     assert "batching rule" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_vmap_over_cotangents_and_over_nothing(reduction):
+    """vmap of autograd.grad over cotangents runs tsloss_backward under vmap (a reduced loss:
+    once per cotangent, whose one output the rule first took for a tuple of outputs); a vmap
+    over zero samples of a reduced loss names the reduction (a bare IndexError was raised)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 7, 4, dtype=torch.float64, generator=g).requires_grad_()
+    out = T.loss(x, reduction=reduction)
+    vs = torch.randn(5, *out.shape, dtype=torch.float64, generator=g)
+    grad = lambda v: torch.autograd.grad(out, x, v, retain_graph=True)[0]  # noqa: E731
+    assert torch.equal(torch.func.vmap(grad)(vs), torch.stack([grad(v) for v in vs]))
+    empty = torch.func.vmap(lambda t: T.loss(t, reduction=reduction))
+    if reduction == "none":
+        assert empty(torch.randn(0, 3, 7, 4)).shape == (0, 3)
+    else:
+        with pytest.raises(RuntimeError, match="size 0 needs reduction='none'"):
+            empty(torch.randn(0, 3, 7, 4))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_export_returns_diagrams_of_a_dynamic_n(strict, tmp_path):
+    """A symbolic N in Diagrams' pytree context was baked into the program as a stale symbol
+    (num_points came back as it, and the program could not be saved); N is read from the
+    outputs instead."""
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return T.vr_persistence(x)
+
+    g = torch.Generator().manual_seed(5)
+    ep = torch.export.export(M(), (torch.randn(2, 7, 3, generator=g),),
+                             dynamic_shapes=({1: Dim("N", min=3, max=64)},), strict=strict)
+    x = torch.randn(2, 11, 3, generator=g)
+    got, want = ep.module()(x), T.vr_persistence(x)
+    assert isinstance(got, T.Diagrams) and got.num_points == 11 and got.maxdim == 1
+    assert torch.equal(got.h1, want.h1) and torch.equal(got.h0_edges, want.h0_edges)
+    torch.export.save(ep, tmp_path / "m.pt2")
+
+
 def test_jvp_of_vmap_rebuilds_the_bars():
     """jvp outside vmap: inside, the points are batched tensors whose tangent unpack_dual cannot
     see, so only the transform stack's Jvp level sends them to the rebuilt bars (without it:

@@ -231,8 +231,13 @@ def _join_vmap(op, reduction: int = -1):
     def rule(info, in_dims, *args):
         v = info.batch_size
         if reduction >= 0 and args[reduction] != 0:
+            if v == 0:  # no sample to call the op on, so no output shapes
+                raise RuntimeError(f"{op.name()}: vmap over a dimension of size 0 needs "
+                                   "reduction='none' (a batch's mean or sum runs per sample)")
             outs = [op(*(a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)))
                     for i in range(v)]
+            if isinstance(outs[0], torch.Tensor):  # tsloss_backward's gradient
+                return torch.stack(outs), 0
             return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
         b, flat = None, []
         for a, d in zip(args, in_dims):

@@ -154,14 +154,28 @@ class Diagrams:
 _TENSORS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
 
 
+def _diagrams_leaves(d: Diagrams):
+    # A symbolic N (torch.export's dynamic shapes; dynamo takes a SymInt for an int) would be
+    # baked into the program's output spec as a stale symbol that cannot be saved: N is then
+    # read from the outputs instead.
+    symbolic = not isinstance(d.num_points, int) or torch.compiler.is_compiling()
+    n = None if symbolic else d.num_points
+    return [getattr(d, k) for k in _TENSORS], (n, d.maxdim)
+
+
+def _diagrams_from_leaves(leaves, context) -> Diagrams:
+    n, maxdim = context
+    h0 = leaves[0]  # not always a tensor: vmap unflattens its out_dims too
+    if n is None and isinstance(h0, torch.Tensor) and h0.dim() >= 2:
+        rows = h0.shape[-2]  # N - 1 finite H0 bars, or 0 for N = 0 and 1
+        n = rows + 1 if isinstance(rows, int) and rows > 0 else None
+    return Diagrams(**dict(zip(_TENSORS, leaves)), num_points=n, maxdim=maxdim)
+
+
 # A pytree node (its tensors the leaves, N and maxdim the context), so that torch.func.vmap and
 # the other transforms take vr_persistence itself, not only a function returning its tensors.
-torch.utils._pytree.register_pytree_node(
-    Diagrams,
-    lambda d: ([getattr(d, k) for k in _TENSORS], (d.num_points, d.maxdim)),
-    lambda leaves, context: Diagrams(**dict(zip(_TENSORS, leaves)), num_points=context[0],
-                                     maxdim=context[1]),
-    serialized_type_name="tsloss_cuda.Diagrams")
+torch.utils._pytree.register_pytree_node(Diagrams, _diagrams_leaves, _diagrams_from_leaves,
+                                         serialized_type_name="tsloss_cuda.Diagrams")
 
 
 def check_dense(x: torch.Tensor, name: str) -> None:
