@@ -229,6 +229,11 @@ def test_export_returns_diagrams_of_a_dynamic_n(strict, tmp_path):
     assert isinstance(got, T.Diagrams) and got.num_points == 11 and got.maxdim == 1
     assert torch.equal(got.h1, want.h1) and torch.equal(got.h0_edges, want.h0_edges)
     torch.export.save(ep, tmp_path / "m.pt2")
+    # Empty clouds: N = 0 is kept (read from h0, it gave None, and to_numpy an H0 bar).
+    x = torch.randn(2, 0, 3)
+    got = torch.export.export(M(), (x,), strict=strict).module()(x)
+    listed = lambda d: [[a.tolist() for a in c] for c in d.to_numpy()]  # noqa: E731
+    assert got.num_points == 0 and listed(got) == listed(T.vr_persistence(x)) == [[[], []]] * 2
 
 
 def test_jvp_of_vmap_rebuilds_the_bars():

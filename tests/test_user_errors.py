@@ -521,6 +521,18 @@ def test_output_dir_too_long_for_its_files(main, argv, longest, room, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_relative_output_dir_refused_as_too_long_leaves_no_folder(tmp_path, monkeypatch):
+    """The probe made a relative folder that fits the limit, then refused it for the files to
+    go in it, and could not remove it by its absolute path (too long): 21 folders stayed."""
+    from tsloss_cuda._cli import CLIError, check_writable
+    monkeypatch.chdir(tmp_path)
+    out = _long_folder("r", 4080)
+    assert len(os.path.abspath(out)) >= os.pathconf(".", "PC_PATH_MAX")
+    with pytest.raises(CLIError, match="--output-dir is too long"):
+        check_writable(out, "--output-dir", "topology_metrics.csv")
+    assert os.listdir(tmp_path) == []
+
+
 def test_refused_resume_leaves_comparison_json_as_it_was(tmp_path):
     """The provenance cases above ask for the folder's own runs, so an early rewrite of
     comparison.json would be invisible there; asking for one more run shows it: a report of

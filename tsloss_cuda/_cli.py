@@ -69,7 +69,13 @@ def check_writable(out: str, flag: str, longest: str = "") -> None:
     before the work, rather than after it (minutes for the Gemma job). Tries both, then removes
     the folders it made. ``longest``: the longest path the tool writes, relative to ``out``; a
     folder so long that this path would pass the system's limit (PATH_MAX) is refused too."""
-    _, made = missing_folders(out)
+    _, missing = missing_folders(out)
+    # Removed by the paths given, not the absolute ones: a relative path that fits the limit
+    # may be made, and its absolute form be too long to remove.
+    made, folder = [], os.path.normpath(out)
+    for _ in missing:
+        made.append(folder)
+        folder = os.path.dirname(folder)
     step = "created"
     try:
         os.makedirs(out, exist_ok=True)

@@ -157,10 +157,10 @@ _TENSORS = ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated")
 def _diagrams_leaves(d: Diagrams):
     # A symbolic N (torch.export's dynamic shapes; dynamo takes a SymInt for an int) would be
     # baked into the program's output spec as a stale symbol that cannot be saved: N is then
-    # read from the outputs instead.
-    symbolic = not isinstance(d.num_points, int) or torch.compiler.is_compiling()
-    n = None if symbolic else d.num_points
-    return [getattr(d, k) for k in _TENSORS], (n, d.maxdim)
+    # read from the outputs instead, but for N = 0, which h0's rows cannot tell from N = 1.
+    n = d.num_points
+    symbolic = type(n) is not int or (torch.compiler.is_compiling() and not n == 0)
+    return [getattr(d, k) for k in _TENSORS], (None if symbolic else n, d.maxdim)
 
 
 def _diagrams_from_leaves(leaves, context) -> Diagrams:
