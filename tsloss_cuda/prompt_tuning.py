@@ -564,7 +564,9 @@ def prompt_parameters(model: nn.Module) -> torch.Tensor:
         return model.prompt
     # DDP / DataParallel wrappers; torch.compile's (it forwards a PEFT model's prompt_encoder,
     # not the isinstance test above)
-    inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+    inner = getattr(model, "module", None)
+    if inner is None:
+        inner = getattr(model, "_orig_mod", None)
     inner_error: Optional[ValueError] = None
     if isinstance(inner, nn.Module) and inner is not model:
         try:
