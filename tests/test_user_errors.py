@@ -521,6 +521,21 @@ def test_output_dir_too_long_for_its_files(main, argv, longest, room, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_job_leaves_the_callers_thread_count(tmp_path):
+    """train.main in a caller's process (these tests) set torch's threads to --threads (1 for
+    the encoder task) for good: the profile test after this file's cases then saw vr_persistence
+    run one-threaded, without its separate distance op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rc, err = _run_cli(train.main, ["--max-length", "1", "--quiet", "--threads", "1",
+                                        "--output-dir", str(tmp_path / "o")])
+        assert rc == 2 and "--max-length 1" in err  # refused after the model and threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_relative_output_dir_refused_as_too_long_leaves_no_folder(tmp_path, monkeypatch):
     """The probe made a relative folder that fits the limit, then refused it for the files to
     go in it, and could not remove it by its absolute path (too long): 21 folders stayed."""

@@ -146,6 +146,7 @@ def run(args) -> int:
     dist = Dist(args.device)
     out = args.output_dir
     staged: List[str] = []  # runs whose checkpoints wait in their staging folders
+    threads = torch.get_num_threads()  # restored: main may run in its caller's process
     try:
         path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main,
                              checked_cache=cache)
@@ -205,6 +206,7 @@ def run(args) -> int:
             for run_id in staged:
                 discard_checkpoints(out, run_id)
         dist.close()
+        torch.set_num_threads(threads)
     return 0
 
 
