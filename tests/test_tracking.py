@@ -1,6 +1,7 @@
 """Tracking and plots on the outputs CUDA can produce (built by hand, so they run on the CPU):
 flagged diagrams, collapsed prompts, NaN columns, and step timing by CUDA events."""
 import math
+import os
 
 import matplotlib.colors
 import numpy as np
@@ -208,6 +209,22 @@ def test_steps_and_bar_counts_get_whole_number_ticks(monkeypatch):
     count = next(ax for ax in axes if ax.get_title() == "H1: number of loops")
     ticks = [t for t in count.get_yticks() if 1.5 <= t <= 3.5]
     assert ticks and all(t == int(t) for t in ticks), ticks
+
+
+def test_figures_leave_the_callers_matplotlib_backend(tmp_path):
+    """plots set matplotlib.use("Agg") at import: analyze() or the figures called from a
+    notebook switched its inline backend off for the rest of the session. The figures draw
+    without pyplot now, and the files are the same bytes."""
+    import subprocess
+    import sys
+    code = ("import matplotlib, sys; from tsloss_cuda import plots; "
+            "rows = [{'step': 0, 'task_loss': 1.0, 'val_acc': 0.5}, "
+            "{'step': 1, 'task_loss': 0.9, 'val_acc': 0.6}]; "
+            "plots.plot_curves({'run': rows}, sys.argv[1]); print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.png")], check=True,
+                         capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="svg"))
+    assert out.stdout.strip() == "svg"
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 class _FakeEvent:

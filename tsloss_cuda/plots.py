@@ -6,12 +6,12 @@ import os
 import textwrap
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: the job runs without a display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures without pyplot: they need no display, and the caller's backend stays (pyplot's
+# matplotlib.use("Agg") switched a notebook's inline backend off for good).
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+import numpy as np
 
 #: Metric rows: numbers under the columns drawn (``step`` and the panels'); the other columns,
 #: such as analyze's ``checkpoint`` names (str), are not read.
@@ -35,9 +35,14 @@ TOPOLOGY_PANELS: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
+def _figure(figsize: Tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # what pyplot gave it headless: a renderer to measure text with
+    return fig
+
+
 def _save(fig, path: str) -> str:
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -104,7 +109,8 @@ def plot_curves(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[s
 
     rows_by_run: label -> metric rows (dicts with ``step``, ``task_loss``, ``val_acc``).
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = _figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     styles = _styles(list(rows_by_run))
     for label, rows in rows_by_run.items():
         steps = [r["step"] for r in rows]
@@ -156,7 +162,8 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
     nrows = max(1, math.ceil(len(shown) / cols))
     legend_rows = math.ceil(len(rows_by_run) / 4)  # 4 labels a row (ncol below)
     height = 3.1 * nrows + 0.6 + 0.2 * legend_rows  # inches: panels, the title, the legend
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.3 * cols, height), squeeze=False)
+    fig = _figure(figsize=(4.3 * cols, height))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     styles = _styles(list(rows_by_run))
     ticks, shared = (_short_names(xticklabels) if xticklabels is not None else ([], ""))
     for ax, (col, name, unit) in zip(axes.flat, shown):
@@ -217,7 +224,8 @@ def plot_diagrams(snapshots: Mapping[str, Sequence[np.ndarray]], path: str, *,
     death on a dashed "∞" line at the top of the diagram.
     """
     n = max(len(snapshots), 1)
-    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 7.2), squeeze=False)
+    fig = _figure(figsize=(4.2 * n, 7.2))
+    axes = fig.subplots(2, n, squeeze=False)
     # One filtration scale for every snapshot, so they compare at a glance.
     top = max([_finite_top(h0, h1) for h0, h1 in snapshots.values()] or [1.0])
     for j, (label, (h0, h1)) in enumerate(snapshots.items()):
