@@ -205,6 +205,24 @@ def test_answer_index_is_checked_and_scores_the_position_it_names():
             spm(ids, answer_index=bad)
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(head="similarity", label_inputs=(torch.tensor([[1, 500]]), torch.ones(1, 2))),
+    dict(init="text", init_ids=[1.5]),
+    dict(task="causal")])  # no label_ids
+def test_a_refused_model_is_left_as_it_was(kwargs):
+    """The model was frozen before the arguments were checked, and put in eval mode for the
+    label embeddings with no way back on an error: a refused call left the caller's model
+    without gradients and without dropout."""
+    model = tiny_bert().train()
+    frozen = model.embeddings.word_embeddings.weight
+    frozen.requires_grad_(False)  # the caller's own choice stays too
+    with pytest.raises((ValueError, TypeError)):
+        SoftPromptModel(model, 4, **kwargs)
+    assert model.training
+    assert all(p.requires_grad for p in model.parameters() if p is not frozen)
+    assert not frozen.requires_grad
+
+
 def test_init_ids_and_label_inputs_are_checked():
     """A float id was truncated to another token; label inputs of the wrong form failed in
     torch with messages that named no argument."""

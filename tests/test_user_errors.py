@@ -521,19 +521,34 @@ def test_output_dir_too_long_for_its_files(main, argv, longest, room, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_the_job_leaves_the_callers_thread_count(tmp_path):
-    """train.main in a caller's process (these tests) set torch's threads to --threads (1 for
-    the encoder task) for good: the profile test after this file's cases then saw vr_persistence
-    run one-threaded, without its separate distance op."""
-    before = torch.get_num_threads()
+def test_the_job_leaves_the_callers_settings(tmp_path):
+    """train.main in a caller's process (these tests, a notebook) set torch's threads to
+    --threads (1 for the encoder task) for good: the profile test after this file's cases then
+    saw vr_persistence run one-threaded, without its separate distance op. It also left
+    transformers' warnings silenced and, --quiet, its progress bars off; and importing the job
+    set HF_HUB_OFFLINE for the process and its children."""
+    from transformers.utils import logging
+    before = torch.get_num_threads(), logging.get_verbosity(), logging.is_progress_bar_enabled()
     torch.set_num_threads(2)
+    logging.set_verbosity_warning()
+    logging.enable_progress_bar()
     try:
         rc, err = _run_cli(train.main, ["--max-length", "1", "--quiet", "--threads", "1",
                                         "--output-dir", str(tmp_path / "o")])
         assert rc == 2 and "--max-length 1" in err  # refused after the model and threads
         assert torch.get_num_threads() == 2
+        assert logging.get_verbosity() == logging.WARNING and logging.is_progress_bar_enabled()
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before[0])
+        logging.set_verbosity(before[1])
+        (logging.enable_progress_bar if before[2] else logging.disable_progress_bar)()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_NO_ADVISORY_WARNINGS")}
+    out = subprocess.run([sys.executable, "-c", "import os, tsloss_cuda.train; print("
+                          "os.environ.get('HF_HUB_OFFLINE'), "
+                          "os.environ.get('TRANSFORMERS_NO_ADVISORY_WARNINGS'))"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "None"]
 
 
 def test_a_relative_output_dir_refused_as_too_long_leaves_no_folder(tmp_path, monkeypatch):

@@ -64,6 +64,17 @@ def _transformers_logging(quiet: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
+def transformers_logging(state: Optional[Tuple[int, bool]] = None) -> Tuple[int, bool]:
+    """transformers' verbosity and whether it draws progress bars, which loading sets for the
+    job: given ``state`` (what an earlier call returned), set back to it."""
+    from transformers.utils import logging
+    now = (logging.get_verbosity(), logging.is_progress_bar_enabled())
+    if state is not None:
+        logging.set_verbosity(state[0])
+        (logging.enable_progress_bar if state[1] else logging.disable_progress_bar)()
+    return now
+
+
 def _gguf_package():
     try:
         import gguf  # noqa: F401  transformers reads GGUF files through it
@@ -158,9 +169,10 @@ def _convert_gemma(pkg, target: str, quiet: bool) -> None:
         # The GGUF reader draws a bar of its own that transformers' switch does not reach.
         with open(os.devnull, "w") as devnull, _gguf_read_once(), \
                 contextlib.redirect_stderr(devnull if quiet else sys.stderr):
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
-                                                         dtype=torch.float32)
+                                                         dtype=torch.float32,
+                                                         local_files_only=True)
         # The legacy GGUF loader dequantises every weight into plain float tensors; only the
         # quantizer's bookkeeping remains, and it makes save_pretrained refuse.
         # torch's stubs type Module.__setattr__ for tensors and modules only
@@ -262,7 +274,7 @@ def checkpoint_task(config, what: str) -> str:
 def detect_checkpoint_task(path: str) -> str:
     """:func:`checkpoint_task` of the checkpoint folder ``path``."""
     from transformers import AutoConfig
-    return checkpoint_task(AutoConfig.from_pretrained(path), path)
+    return checkpoint_task(AutoConfig.from_pretrained(path, local_files_only=True), path)
 
 
 def position_offset(model: torch.nn.Module) -> int:
@@ -309,14 +321,14 @@ def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     path = resolve_model(name, cache_dir, quiet)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
         check_decoder_only(config, path)
         if task == "auto":
             task = checkpoint_task(config, path)
         cls = AutoModelForCausalLM if task == "causal" else AutoModel
         dtype = torch.float32 if device.type == "cpu" else "auto"
-        model = cls.from_pretrained(path, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(path)
+        model = cls.from_pretrained(path, dtype=dtype, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise CLIError(f"--model: cannot load {path}: {first_line(exc)}") from None
     for p in model.parameters():  # frozen: autograd never tracks the model's weights

@@ -332,31 +332,40 @@ class SoftPromptModel(nn.Module):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.model, self.task = model, task
-        for p in model.parameters():
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:
             p.requires_grad_(False)
-        self.prompt = nn.Parameter(self._initial(n_prompts, init, init_ids, generator))
-        self.head: Optional[nn.Linear] = None
-        if task == "causal":
-            if label_ids is None:
-                raise ValueError("a causal model needs label_ids (the verbalizer's token ids)")
-            self.register_buffer("label_ids", _label_ids(label_ids, model), persistent=False)
-            check_answer_logits(model, self.label_ids)
-        elif head == "linear":
-            self.head = nn.Linear(self.prompt.shape[1], num_labels).to(self.prompt.device)
-        else:
-            if label_inputs is None:
-                raise ValueError("head='similarity' needs label_inputs (label description ids "
-                                 "and mask)")
-            was_training = model.training
-            model.eval()  # fixed targets: no dropout in them, whatever the model's mode
-            vocab = _input_embeddings(model).weight.shape[0]
-            with torch.no_grad():
-                ids, mask = (t.to(self.prompt.device) for t in _label_inputs(label_inputs, vocab))
-                emb = _input_embeddings(model)(ids)
-                target = self._pool(emb, mask)
-            model.train(was_training)
-            self.register_buffer("label_emb", nn.functional.normalize(target, dim=-1),
-                                 persistent=False)  # (C, D)
+        try:
+            self.prompt = nn.Parameter(self._initial(n_prompts, init, init_ids, generator))
+            self.head: Optional[nn.Linear] = None
+            if task == "causal":
+                if label_ids is None:
+                    raise ValueError("a causal model needs label_ids (the verbalizer's token ids)")
+                self.register_buffer("label_ids", _label_ids(label_ids, model), persistent=False)
+                check_answer_logits(model, self.label_ids)
+            elif head == "linear":
+                self.head = nn.Linear(self.prompt.shape[1], num_labels).to(self.prompt.device)
+            else:
+                if label_inputs is None:
+                    raise ValueError("head='similarity' needs label_inputs (label description ids "
+                                     "and mask)")
+                was_training = model.training
+                model.eval()  # fixed targets: no dropout in them, whatever the model's mode
+                vocab = _input_embeddings(model).weight.shape[0]
+                try:
+                    with torch.no_grad():
+                        ids, mask = (t.to(self.prompt.device)
+                                     for t in _label_inputs(label_inputs, vocab))
+                        emb = _input_embeddings(model)(ids)
+                        target = self._pool(emb, mask)
+                finally:
+                    model.train(was_training)
+                self.register_buffer("label_emb", nn.functional.normalize(target, dim=-1),
+                                     persistent=False)  # (C, D)
+        except BaseException:  # a refused argument leaves the caller's model as it was
+            for p in trainable:
+                p.requires_grad_(True)
+            raise
 
     def _initial(self, n: int, init: str, init_ids, generator) -> torch.Tensor:
         """``(N, D)`` float32 start; through the embedding module, which may scale (Gemma)."""

@@ -19,19 +19,15 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the job never downloads
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+import torch
 
-import torch  # noqa: E402
-
-from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float,  # noqa: E402
-                   nonneg_int, positive_int, run_main)
-
-from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions,  # noqa: E402
-                     load_model, resolve_model)
-from .tasks import DATA_CSV, classes_left_out, encode, load_data, take, task_spec  # noqa: E402
-from .training import MAX_LR, MAX_SEED, REGULARIZERS, Dist, train_one  # noqa: E402
-from .training import RUN_FLAG_DEFAULTS as D  # noqa: E402
+from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float, nonneg_int,
+                   positive_int, run_main)
+from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions, load_model,
+                     resolve_model, transformers_logging)
+from .tasks import DATA_CSV, classes_left_out, encode, load_data, take, task_spec
+from .training import MAX_LR, MAX_SEED, REGULARIZERS, Dist, train_one
+from .training import RUN_FLAG_DEFAULTS as D
 
 PROG = "python -m tsloss_cuda.train"
 
@@ -146,7 +142,8 @@ def run(args) -> int:
     dist = Dist(args.device)
     out = args.output_dir
     staged: List[str] = []  # runs whose checkpoints wait in their staging folders
-    threads = torch.get_num_threads()  # restored: main may run in its caller's process
+    # Restored: main may run in its caller's process (tests, a notebook).
+    threads, logging_state = torch.get_num_threads(), transformers_logging()
     try:
         path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main,
                              checked_cache=cache)
@@ -207,6 +204,7 @@ def run(args) -> int:
                 discard_checkpoints(out, run_id)
         dist.close()
         torch.set_num_threads(threads)
+        transformers_logging(logging_state)
     return 0
 
 
