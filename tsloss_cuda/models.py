@@ -64,9 +64,10 @@ def _transformers_logging(quiet: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def transformers_logging(state: Optional[Tuple[int, bool]] = None) -> Tuple[int, bool]:
-    """transformers' verbosity and whether it draws progress bars, which loading sets for the
-    job: given ``state`` (what an earlier call returned), set back to it."""
+def logging_settings(state: Optional[Tuple[int, bool]] = None) -> Tuple[int, bool]:
+    """transformers' verbosity and whether it draws progress bars, which
+    :func:`_transformers_logging` sets for the job: given ``state`` (what an earlier call
+    returned), set back to it."""
     from transformers.utils import logging
     now = (logging.get_verbosity(), logging.is_progress_bar_enabled())
     if state is not None:

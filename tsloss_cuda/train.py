@@ -24,7 +24,7 @@ import torch
 from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float, nonneg_int,
                    positive_int, run_main)
 from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions, load_model,
-                     resolve_model, transformers_logging)
+                     logging_settings, resolve_model)
 from .tasks import DATA_CSV, classes_left_out, encode, load_data, take, task_spec
 from .training import MAX_LR, MAX_SEED, REGULARIZERS, Dist, train_one
 from .training import RUN_FLAG_DEFAULTS as D
@@ -143,7 +143,7 @@ def run(args) -> int:
     out = args.output_dir
     staged: List[str] = []  # runs whose checkpoints wait in their staging folders
     # Restored: main may run in its caller's process (tests, a notebook).
-    threads, logging_state = torch.get_num_threads(), transformers_logging()
+    threads, logging_state = torch.get_num_threads(), logging_settings()
     try:
         path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main,
                              checked_cache=cache)
@@ -204,7 +204,7 @@ def run(args) -> int:
                 discard_checkpoints(out, run_id)
         dist.close()
         torch.set_num_threads(threads)
-        transformers_logging(logging_state)
+        logging_settings(logging_state)
     return 0
 
 
