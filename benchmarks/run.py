@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 import tsloss_cuda
-from tsloss_cuda._cli import CLIError, Parser, bounded, check_writable, positive_int
+from tsloss_cuda._cli import CLIError, Parser, check_writable, positive_int, positive_threads
 from tsloss_cuda._ops import MAX_POINTS
 
 warnings.filterwarnings("ignore")
@@ -1196,10 +1196,6 @@ def parse_cfg(s: str):
     return tuple(parts)
 
 
-#: --threads: at most the training CLI's 1024 (100000 was a segmentation fault in libgomp).
-thread_count = bounded(int, 0, 1024, "an integer in [1, 1024]", strict=True)
-
-
 def result_stem(dev: str, isa: Optional[str], args) -> str:
     """The default file stem: the device, its CPU build, and for a partial run (a subset of the
     configs or of the implementations) what was left out, so that a partial run never overwrites
@@ -1242,7 +1238,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scaling", action="store_true", help="fit time exponents in N, B, D")
     ap.add_argument("--cpu", action="store_true", help="run ours on CPU even if CUDA exists")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--threads", type=thread_count,
+    ap.add_argument("--threads", type=positive_threads,
                     help="torch threads for ours, 1 to 1024 (default: all); peers keep all "
                          "threads")
     ap.add_argument("--isa", choices=("baseline", "avx2", "avx512"),

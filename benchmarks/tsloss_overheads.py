@@ -22,11 +22,7 @@ import time
 import torch
 
 import tsloss_cuda
-from tsloss_cuda._cli import bounded
-
-#: 0 was a RuntimeError traceback and 100000 a segmentation fault in libgomp (the training
-#: CLI's bound)
-thread_count = bounded(int, 0, 1024, "an integer in [1, 1024]", strict=True)
+from tsloss_cuda._cli import positive_threads  # 0 was a RuntimeError traceback
 
 CONFIGS = [(16, 768, 64), (32, 2048, 64), (64, 2048, 64), (64, 4096, 16), (128, 2048, 16),
            (256, 768, 4)]
@@ -121,7 +117,7 @@ def one_prompt(isas) -> None:
 def main(argv=None) -> None:
     # the docstring's first paragraph (its first line cut the sentence)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=thread_count, default=2,
+    ap.add_argument("--threads", type=positive_threads, default=2,
                     help="torch threads, 1 to 1024 (default 2)")
     ap.add_argument("--one-prompt", action="store_true",
                     help="only the one-prompt table, in every build this CPU supports")

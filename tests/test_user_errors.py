@@ -528,10 +528,9 @@ def test_the_job_leaves_the_callers_settings(tmp_path):
     transformers' warnings silenced and, --quiet, its progress bars off; and importing the job
     set HF_HUB_OFFLINE for the process and its children."""
     from transformers.utils import logging
-    before = torch.get_num_threads(), logging.get_verbosity(), logging.is_progress_bar_enabled()
+    from tsloss_cuda.models import logging_settings
+    before = torch.get_num_threads(), logging_settings((logging.WARNING, True))
     torch.set_num_threads(2)
-    logging.set_verbosity_warning()
-    logging.enable_progress_bar()
     try:
         rc, err = _run_cli(train.main, ["--max-length", "1", "--quiet", "--threads", "1",
                                         "--output-dir", str(tmp_path / "o")])
@@ -540,8 +539,7 @@ def test_the_job_leaves_the_callers_settings(tmp_path):
         assert logging.get_verbosity() == logging.WARNING and logging.is_progress_bar_enabled()
     finally:
         torch.set_num_threads(before[0])
-        logging.set_verbosity(before[1])
-        (logging.enable_progress_bar if before[2] else logging.disable_progress_bar)()
+        logging_settings(before[1])
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_NO_ADVISORY_WARNINGS")}
     out = subprocess.run([sys.executable, "-c", "import os, tsloss_cuda.train; print("

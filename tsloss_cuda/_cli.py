@@ -51,6 +51,9 @@ nonneg_float = bounded(float, 0.0, math.inf, "a number >= 0")
 
 
 fraction = bounded(float, 0.0, 1.0, "a number in [0, 1]")
+#: A ``--threads`` of at least one: far past any machine's cores, a count fails only inside a
+#: library's pool (100000 was a segmentation fault in libgomp). The training CLI's bound too.
+positive_threads = bounded(int, 0, 1024, "an integer in [1, 1024]", strict=True)
 
 
 def missing_folders(path: str) -> Tuple[str, List[str]]:
