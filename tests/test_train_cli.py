@@ -536,11 +536,17 @@ def test_steps_to_target_counts_an_accuracy_equal_to_the_target(tiny_models, tmp
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: next(accs))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "one"
+    torch.manual_seed(12345)
+    expected = torch.rand(3)
+    torch.manual_seed(12345)
     assert train.main(["--model", tiny_models["bert"], "--regularizer", "none", "--target-acc",
                        "0.5", "--no-plots", "--checkpoint-every", "0", "--output-dir", str(out)]
                       + TINY) == 0
     run, = json.loads((out / "summary.json").read_text())["runs"]
     assert run["steps_to_target"] == 3 and run["final_acc"] == 0.75
+    # The run seeds torch's global generator; its caller's next draws are those it would have
+    # made without the run.
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_average_grads_divides_the_sum_by_the_world(monkeypatch):

@@ -142,8 +142,12 @@ def run(args) -> int:
     dist = Dist(args.device)
     out = args.output_dir
     staged: List[str] = []  # runs whose checkpoints wait in their staging folders
-    # Restored: main may run in its caller's process (tests, a notebook).
+    # Restored: main may run in its caller's process (tests, a notebook). Each run seeds
+    # torch's global generator (train_one): the caller's next draws must not depend on it.
     threads, logging_state = torch.get_num_threads(), logging_settings()
+    rng = torch.get_rng_state()
+    device_rng = (torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda"
+                  else None)
     try:
         path = resolve_model(args.model, args.model_cache, args.quiet or not dist.main,
                              checked_cache=cache)
@@ -205,6 +209,9 @@ def run(args) -> int:
         dist.close()
         torch.set_num_threads(threads)
         logging_settings(logging_state)
+        torch.set_rng_state(rng)
+        if device_rng is not None:
+            torch.cuda.set_rng_state(device_rng, dist.device)
     return 0
 
 
