@@ -534,6 +534,7 @@ void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<do
   sq.resize(kRowBlock * N);
   for (int64_t i0 = 0; i0 < N; i0 += kRowBlock)
     distance_rows(x, N, D, i0, std::min(N, i0 + kRowBlock), b, sq.data(), out, op, sum);
+  cpu::release_row_scratch();
 }
 
 // Row-block units of the n-row lower triangles of B clouds, with balanced work: unit q of a
@@ -559,6 +560,7 @@ void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const
         if (block == blocks - 1 - q) break;  // the middle block of an odd count, done once
       }
     }
+    cpu::release_row_scratch();  // the row kernel's, if this task grew it large
   });
   first.rethrow();
 }
@@ -626,7 +628,8 @@ inline void split_certified_distances(const float* x, int64_t B, int64_t N, int6
           sq[i * N + j] = tsl::squared_distance(xb + i * D, xb + j * D, D);
     finish_distance_rows(xb, N, D, i0, i1, b, sq + i0 * N, out + b * N * N, op);
   });
-  if (int64_t(partial_buf.size()) > kKeepEntries) std::vector<double>().swap(partial_buf);
+  cpu::keep_small(partial_buf);
+  cpu::keep_small(centre_buf);
 }
 
 // float64 keeps the canonical sums (no bound certifies them).

@@ -267,7 +267,8 @@ inline const double* wide_row(const T* row, int64_t dim, double* buf) {
 }
 
 // Squared distances of rows [i0, i1) of one cloud x (n, dim) to every earlier row (and to each
-// other): sq[(i - i0) * n + j] for i0 <= i < i1 and j < i. `wide` is scratch for 4 * dim doubles.
+// other): sq[(i - i0) * n + j] for i0 <= i < i1 and j < i. `wide` is scratch for
+// min(i1 - i0, 4) * dim doubles.
 // The path of clouds too large for the whole-cloud kernel: a block of four rows against earlier
 // rows two at a time, the block's own pairs one by one.
 template <typename T, int Bytes>
@@ -776,12 +777,32 @@ inline void gram_cloud_base(const float* x, int64_t n, int64_t dim, int64_t ld, 
 
 using tsl::x86_level;  // which build below to run
 
+// Thread scratch that scales with D is kept across calls (a training step would otherwise fault
+// it in anew each time) up to kKeepScratch entries, and given back past that, when the task that
+// grew it ends: at D = 2^25 the row kernel's four widened rows alone held 1 GiB per thread.
+constexpr int64_t kKeepScratch = int64_t(1) << 18;
+
+template <class Vector>
+void keep_small(Vector& v) {
+  if (int64_t(v.capacity()) > kKeepScratch) Vector().swap(v);
+}
+
+// The row kernel's widened float rows (up to 4 * dim doubles), the executing thread's.
+inline LineVector<double>& wide_rows_scratch() {
+  thread_local LineVector<double> wide;
+  return wide;
+}
+
+// Called as a task of row blocks ends: gives back the thread's widened rows if large.
+inline void release_row_scratch() { keep_small(wide_rows_scratch()); }
+
 // The best build for this CPU.
 template <typename T>
 void squared_distance_lower_rows(const T* x, int64_t n, int64_t dim, int64_t i0, int64_t i1,
                                  double* sq) {
-  thread_local LineVector<double> wide;
-  if (!std::is_same<T, double>::value && int64_t(wide.size()) < 4 * dim) wide.resize(4 * dim);
+  LineVector<double>& wide = wide_rows_scratch();
+  const int64_t need = (i1 - i0 < 4 ? i1 - i0 : 4) * dim;
+  if (!std::is_same<T, double>::value && int64_t(wide.size()) < need) wide.resize(need);
   double* w = wide.data();
 #ifdef TSL_X86_LEVELS
   if (x86_level() == 4) return lower_rows_v4<T>(x, n, dim, i0, i1, sq, w);
@@ -800,6 +821,7 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
   if (!whole_cloud_tiles(n)) {
     for (int64_t i0 = 0; i0 < n; i0 += 4)
       squared_distance_lower_rows(x, n, dim, i0, i0 + 4 < n ? i0 + 4 : n, sq + i0 * n);
+    release_row_scratch();
     return;
   }
   thread_local LineVector<double> scratch;
@@ -1034,6 +1056,7 @@ inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, d
         if (sq[i * n + j] == kDoubtful)
           sq[i * n + j] = tsl::squared_distance(x + i * dim, x + j * dim, dim);
   }
+  keep_small(centre);
   return count;
 }
 
