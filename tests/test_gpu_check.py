@@ -2,6 +2,7 @@
 only fail there (a bash array a phase's child shell never sees, a parse that finds nothing)
 must fail here first. Fake tools on PATH stand in for the device's."""
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,8 +131,9 @@ exec %s "$@"
 
 @pytest.mark.parametrize("works", [True, False])
 def test_slices_profile_checks_the_kernel_and_compares(tmp_path, works):
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PROFILE % sys.executable)
+    (tmp_path / "a venv").mkdir()  # the script once split $PYTHON at a space
+    fake = tmp_path / "a venv" / "python"
+    fake.write_text(FAKE_PROFILE % shlex.quote(sys.executable))
     fake.chmod(0o755)
     r = run_check(tmp_path, "slices_profile", PYTHON=str(fake), SPLIT_WORKS="1" if works else "0")
     if works:
@@ -161,7 +163,7 @@ def test_only_the_whole_suite_may_skip(tmp_path, phase, passes):
     """The whole suite skips some tests on a GPU host by design (a CPU-only README check,
     packages the image lacks): it once could only fail there. The CUDA tests may not skip."""
     fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTEST % sys.executable)
+    fake.write_text(FAKE_PYTEST % shlex.quote(sys.executable))
     fake.chmod(0o755)
     r = run_check(tmp_path, phase, PYTHON=str(fake))
     assert "junit: tests 5, failures 0, errors 0, skipped 2" in r.stdout, r.stdout + r.stderr

@@ -21,7 +21,7 @@ done
 mkdir -p "$DIR"
 # Older copies of these packages would be installed side by side and stop the install there.
 for name in ripser giotto_ph gudhi torch_topological POT pot; do rm -f "$DIR/$name"-*.whl; done
-${PYTHON:-python3} -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+"${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --abi cp312 --abi abi3 --abi none "${plats[@]}" -d "$DIR" "${PKGS[@]}"
 ls -l "$DIR"
 du -sh "$DIR"

