@@ -163,3 +163,38 @@ def test_scripts_import_the_installed_package_not_their_checkouts(script, tmp_pa
     r = subprocess.run([sys.executable, str(root / script), "--help"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert "the environment tsloss_cuda" in r.stderr, (r.returncode, r.stderr[-1500:])
+
+
+def test_an_isolated_build_finds_the_torch_the_user_imports(tmp_path):
+    """Plain `pip install -e .` builds in an isolated environment: setuptools, no torch. The
+    backend then looked for torch only in the environment's own site-packages, so a torch that
+    the user's Python imports from elsewhere (the user site, a --system-site-packages base, a
+    .pth file's folder) was not found and the build stopped. It now asks that Python, run as the
+    user runs it. Emulated: a venv whose torch comes through a .pth file, run without site (-S)
+    with only setuptools on its path, and pip's PYTHONNOUSERSITE and PYTHONPATH set."""
+    import setuptools
+    import torch
+    import venv
+    root = Path(__file__).resolve().parents[1]
+    torch_site = Path(torch.__file__).resolve().parents[1]
+    env_dir = tmp_path / "env"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    own_site = subprocess.run([str(python), "-c", "import sysconfig; "
+                               "print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    (Path(own_site) / "elsewhere.pth").write_text(f"{torch_site}\n")
+    isolated = tmp_path / "overlay"
+    isolated.mkdir()
+    setuptools_site = Path(setuptools.__file__).resolve().parents[1]
+    for name in ("setuptools", "pkg_resources", "_distutils_hack"):
+        if (setuptools_site / name).exists():
+            (isolated / name).symlink_to(setuptools_site / name)
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import importlib.util\n"
+            "assert importlib.util.find_spec('torch') is None  # isolated\n"
+            "import build_backend, torch; print(torch.__file__)")
+    env = dict(os.environ, PYTHONNOUSERSITE="1", PYTHONPATH=str(isolated))
+    out = subprocess.run([str(python), "-S", "-c", code, str(isolated), str(root / "tools")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert Path(out.stdout.strip()).resolve() == Path(torch.__file__).resolve()
