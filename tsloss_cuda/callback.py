@@ -149,7 +149,9 @@ class TSLossCallback(TrainerCallback):
     """Adds ``weight · TSLoss(prompt)`` to the training objective and logs prompt topology.
 
     Args:
-        weight: the TSLoss weight (0: only log the topology).
+        weight: the TSLoss weight, finite and >= 0 (0: only log the topology and the
+            ``ts_*`` terms; no loss is computed, so there is no ``tsloss`` key and
+            ``last_loss`` stays None).
         prefix: prepended to the logged keys, e.g. ``topology/ts_connectivity``.
         **options: TSLoss options (``connectivity``, ``redundancy``, ``stability``,
             ``normalize``, ...; see :func:`tsloss_cuda.loss`). The logged ``ts_*`` terms use
@@ -162,11 +164,11 @@ class TSLossCallback(TrainerCallback):
     synchronised until logged).
 
     Each training log gains ``<prefix>`` + the topology metrics of the prompt at that step
-    (:data:`tsloss_cuda.tracking.METRICS`), its ``ts_*`` terms, and ``tsloss``: ``last_loss``,
-    the trained loss of the last optimizer step, before ``weight`` and with the stability term
-    against the previous step's prompt, so it need not equal the logged ``ts_*`` terms, which
-    describe the logged prompt and measure stability against the previous log. A diverged
-    (NaN) prompt logs NaN, and the run goes on, on either device. The H1 metrics
+    (:data:`tsloss_cuda.tracking.METRICS`), its ``ts_*`` terms, and (weight > 0) ``tsloss``:
+    ``last_loss``, the trained loss of the last optimizer step, before ``weight`` and with the
+    stability term against the previous step's prompt, so it need not equal the logged ``ts_*``
+    terms, which describe the logged prompt and measure stability against the previous log.
+    A diverged (NaN) prompt logs NaN, and the run goes on, on either device. The H1 metrics
     (:func:`tsloss_cuda.tracking.topology_metrics`) see at most the default capacity of bars
     (4·N, at least 8); the ``ts_*`` terms and the trained loss see ``max_h1`` where given.
 
@@ -176,7 +178,11 @@ class TSLossCallback(TrainerCallback):
 
     Raises:
         ImportError: the installed transformers has no ``on_pre_optimizer_step`` hook.
-        TypeError: ``prefix`` is not a str.
+        TypeError: from the constructor: ``prefix`` is not a str, ``weight`` is not a real
+            number, or an option is unknown or of the wrong type (checked as :class:`TSLoss`
+            checks them).
+        ValueError: from the constructor: ``weight`` is negative or not finite, or an
+            option's value is invalid.
         RuntimeError: from ``on_train_begin``, under DeepSpeed or FSDP, with an optimizer that
             updates during the backward pass (``lomo``, ``adalomo``, ``*_layerwise``), or for a
             PEFT adapter of several stacked prompts (``num_transformer_submodules`` > 1).

@@ -224,8 +224,8 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     """Euclidean distances within each cloud.
 
     Args:
-        x: ``(N, D)`` or ``(B, N, D)`` float32/float64 points; float16/bfloat16 are computed
-            in float32.
+        x: ``(N, D)`` or ``(B, N, D)`` float32/float64 points, at most 4096 a cloud (a
+            ValueError otherwise); float16/bfloat16 are computed in float32.
 
     Returns:
         ``(B, N, N)`` distances in x's dtype, float32 for half-precision input (B = 1 for 2-D
