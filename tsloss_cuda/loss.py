@@ -51,6 +51,14 @@ class PromptTopology(NamedTuple):
     h1: torch.Tensor
 
 
+# The name torch.export.save records for it, and a type torch.load(weights_only=True) may
+# rebuild (tensors only): an exported program that takes a previous topology or returns
+# terms["topology"] ran but could neither be saved nor loaded.
+torch.utils._pytree._register_namedtuple(PromptTopology,
+                                         serialized_type_name="tsloss_cuda.PromptTopology")
+torch.serialization.add_safe_globals([PromptTopology])
+
+
 class Terms(TypedDict, total=False):
     """What ``loss(..., return_terms=True)`` returns beside the loss: tensors, and the topology
     (every key there; :attr:`TSLoss.last_terms` is empty before the first call)."""
@@ -402,11 +410,13 @@ class TSLoss(torch.nn.Module):
                 "tsloss_cuda.loss(prompts, previous=..., return_terms=True) there and keep "
                 "terms['topology'] yourself")
         exporting = torch.compiler.is_exporting()
-        if exporting and self.options["stability"] != 0:
-            # Export would bake in this call's previous and drop the state update.
+        tracing = torch.jit.is_tracing()
+        if (exporting or tracing) and self.options["stability"] != 0:
+            # Export or a trace would bake in this call's previous and drop the state update.
+            how = "exported" if exporting else "traced (torch.jit.trace)"
             raise RuntimeError(
-                "TSLoss(stability != 0) cannot be exported: its previous topology is state "
-                "that an exported program cannot keep; export tsloss_cuda.loss(prompts, "
+                f"TSLoss(stability != 0) cannot be {how}: its previous topology is state "
+                "that such a program cannot keep; use tsloss_cuda.loss(prompts, "
                 "stability=..., previous=PromptTopology(h0, h1), return_terms=True) with the "
                 "previous topology as an input and terms['topology'] as an output instead")
         recomputing = _checkpoint_recomputation()
@@ -440,7 +450,7 @@ class TSLoss(torch.nn.Module):
                         "the previous call; the stability term compares prompts of one shape: "
                         "call reset() first")
         value, terms = loss(prompts, previous=previous, return_terms=True, **self.options)
-        if not (recomputing or exporting):  # an exported program keeps no state
+        if not (recomputing or exporting or tracing):  # such programs keep no state
             self._used_previous = previous
             self.previous = _known_topology(terms["topology"], terms["h1_count"], previous)
             self.last_terms = cast(Terms, {k: v.detach() if isinstance(v, torch.Tensor) else v

@@ -176,6 +176,9 @@ def _diagrams_from_leaves(leaves, context) -> Diagrams:
 # the other transforms take vr_persistence itself, not only a function returning its tensors.
 torch.utils._pytree.register_pytree_node(Diagrams, _diagrams_leaves, _diagrams_from_leaves,
                                          serialized_type_name="tsloss_cuda.Diagrams")
+# Tensors and two ints: torch.load's default weights_only=True may rebuild it (a saved
+# diagram, an exported program's example inputs).
+torch.serialization.add_safe_globals([Diagrams])
 
 
 def check_dense(x: torch.Tensor, name: str) -> None:
