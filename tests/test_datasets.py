@@ -5,6 +5,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tsloss_cuda", "data")
@@ -147,4 +148,62 @@ def test_a_generic_task_asks_which_of_its_labels(tmp_path):
     assert spec.instruction == "Is this cats, dogs or fish?"
     assert spec.cue == " Answer:" and spec.describe.format(label="dogs") == "dogs"
     assert task_spec(str(tmp_path / "two.csv"), ["no", "yes"]).instruction == "Is this no or yes?"
-    assert task_spec("/any/where/reviews.csv", ["x", "y"]) is SPECS["reviews.csv"]
+    # A shipped file's spec goes with its name and its labels: a user's own reviews.csv of
+    # other labels was asked about sentiment ("This review is spam.").
+    assert task_spec("/any/where/reviews.csv", ["negative", "neutral", "positive"]) \
+        is SPECS["reviews.csv"]
+    assert task_spec("/any/where/topics.csv", ["food", "science", "sports", "travel"]) \
+        is SPECS["topics.csv"]
+    mine = task_spec("/any/where/reviews.csv", ["ham", "spam"])
+    assert mine.instruction == "Is this ham or spam?" and mine.cue == " Answer:"
+
+
+def test_labels_are_read_without_surrounding_spaces(tmp_path):
+    """'positive ' from a spreadsheet cell was a class of its own beside 'positive', which an
+    uncased encoder describes alike: it trained six classes of which three could never win."""
+    from tsloss_cuda.tasks import load_data
+    path = tmp_path / "task.csv"
+    path.write_text("text,label,split\ngood,pos ,train\nbad,neg,train\nfine, pos,validation\n"
+                    "ok,pos,train\n")
+    data, names = load_data(str(path))
+    assert names == ["neg", "pos"]
+    assert data["train"][1] == [1, 0, 1] and data["validation"][1] == [1]
+
+
+@pytest.mark.parametrize("header", ["text,label,split,text", "text,label,split,label",
+                                    "split,text,label,split"])
+def test_a_repeated_column_name_is_refused(tmp_path, header):
+    """csv.DictReader keeps the last of two columns of one name: the job trained on the wrong
+    texts, or blamed an empty label that the first column had."""
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.tasks import load_data
+    path = tmp_path / "task.csv"
+    path.write_text(header + "\n" + "a,pos,train,x\nb,neg,train,x\nc,pos,validation,x\n")
+    name = next(n for n in ("text", "label", "split") if header.split(",").count(n) > 1)
+    with pytest.raises(CLIError, match=f"more than one column named '{name}'"):
+        load_data(str(path))
+
+
+def test_labels_an_encoder_reads_alike_are_refused():
+    """The encoder compares the prompted text with each label's description: two labels that
+    tokenize alike (case, for an uncased tokenizer) make one of them a class that never wins;
+    a description longer than the tokenizer's limit failed inside the model (exit 1)."""
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.tasks import check_descriptions
+
+    class Uncased:
+        model_max_length = 4
+
+        def __call__(self, texts):
+            rows = [[hash(w) % 1000 for w in t.lower().split()] for t in texts]
+            width = max(len(r) for r in rows)
+            return (torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+                    torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]))
+
+    tok = Uncased()
+    check_descriptions(tok, ["neg", "pos"], *tok(["neg", "pos"]))
+    with pytest.raises(CLIError, match="labels 'Pos' and 'pos' have the same description"):
+        check_descriptions(tok, ["Pos", "neg", "pos"], *tok(["Pos", "neg", "pos"]))
+    long = "a very long label of words"
+    with pytest.raises(CLIError, match="is 6 tokens described, more than this model's 4"):
+        check_descriptions(tok, ["neg", long], *tok(["neg", long]))

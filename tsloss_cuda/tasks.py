@@ -2,8 +2,9 @@
 
 A task is a CSV with columns ``text,label,split`` (splits ``train`` and ``validation``, no
 other; at least 2 labels in ``train``, and every ``validation`` label among them). How a
-model sees it comes from a :class:`TaskSpec`: known files get theirs from :data:`SPECS` (by
-file name), any other CSV a generic one built from its label names.
+model sees it comes from a :class:`TaskSpec`: the shipped files get theirs from :data:`SPECS`
+(by file name and label set), any other CSV a generic one built from its label names. Labels
+are read without surrounding whitespace.
 
 * causal LMs read ``"<text><cue>"`` and predict the label word as the next token (the
   verbalizer maps each label to one token id);
@@ -35,26 +36,32 @@ class TaskSpec:
     instruction: what the task asks (the default text of ``--init text``).
     cue: appended to each text for causal LMs; the label word is the next token after it.
     describe: format of a label's description for the encoder, ``{label}`` is the label name.
+    labels: the sorted label names it is written for (a known file's; empty for a generic spec).
     """
     instruction: str
     cue: str
     describe: str
+    labels: Tuple[str, ...] = ()
 
 
 SPECS: Dict[str, TaskSpec] = {
     "reviews.csv": TaskSpec(
         instruction="Is the sentiment of this review negative, neutral or positive?",
-        cue=" Sentiment:", describe="This review is {label}."),
+        cue=" Sentiment:", describe="This review is {label}.",
+        labels=("negative", "neutral", "positive")),
     "topics.csv": TaskSpec(
         instruction="Is this text about food, science, sports or travel?",
-        cue=" Topic:", describe="This text is about {label}."),
+        cue=" Topic:", describe="This text is about {label}.",
+        labels=("food", "science", "sports", "travel")),
 }
 
 
 def task_spec(path: str, names: Sequence[str]) -> TaskSpec:
-    """The spec of the CSV at ``path``: a known one, else generic from the label names."""
+    """The spec of the CSV at ``path``: a known one where its name and labels are a shipped
+    file's (a user's own ``reviews.csv`` of other labels is not asked about sentiment), else
+    generic from the label names."""
     known = SPECS.get(os.path.basename(path))
-    if known is not None:
+    if known is not None and tuple(names) == known.labels:
         return known
     return TaskSpec(instruction=f"Is this {', '.join(names[:-1])} or {names[-1]}?"
                     if len(names) > 1 else f"Is this {names[0]}?",
@@ -79,6 +86,9 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
         raise CLIError(f"--data: {path} is not a CSV text file: {first_line(exc)}") from None
     if not {"text", "label", "split"} <= columns:
         raise CLIError(f"--data: {path} needs columns text,label,split")
+    for name in ("text", "label", "split"):  # DictReader would keep the last one, unsaid
+        if (reader.fieldnames or []).count(name) > 1:
+            raise CLIError(f"--data: {path} has more than one column named {name!r}")
     if not rows:
         raise CLIError(f"--data: {path} has no rows after its header")
     width = len(reader.fieldnames or ())  # not None: it named the columns above
@@ -96,6 +106,8 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
         for key in ("text", "label"):
             if not row[key].strip():
                 raise CLIError(f"--data: {path} line {line} has an empty {key}")
+        # "positive " from a spreadsheet cell is "positive", not a class of its own.
+        row["label"] = row["label"].strip()
         # Any other value ("Train", "valid") would drop its rows from both splits unseen.
         if row["split"] not in SPLITS:
             raise CLIError(f"--data: {path} line {line} has split {row['split']!r}; the "
@@ -118,6 +130,28 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
         sel = [r for r in rows if r["split"] == split]
         out[split] = ([r["text"] for r in sel], [names.index(r["label"]) for r in sel])
     return out, names
+
+
+def check_descriptions(tok, names: Sequence[str], ids: torch.Tensor,
+                       mask: torch.Tensor) -> None:
+    """The encoder's label descriptions (``ids``/``mask`` ``(C, Lc)``) must differ as tokens (an
+    uncased tokenizer reads ``Positive`` and ``positive`` alike: one of the two could never be
+    predicted) and fit the tokenizer's length (the model's own error names neither)."""
+    seen: Dict[Tuple[int, ...], str] = {}
+    for name, row, keep in zip(names, ids.tolist(), mask.tolist()):
+        tokens = tuple(t for t, k in zip(row, keep) if k)
+        if tokens in seen:
+            raise CLIError(f"--data: labels {seen[tokens]!r} and {name!r} have the same "
+                           "description for this tokenizer, so the model cannot tell them "
+                           "apart: spell them alike or rename one")
+        seen[tokens] = name
+    limit = getattr(tok, "model_max_length", None)
+    if isinstance(limit, int) and limit < 1_000_000:  # transformers' "no limit" is ~1e30
+        for name, keep in zip(names, mask.tolist()):
+            if sum(keep) > limit:
+                raise CLIError(f"--data: label {name[:40]!r}{'...' if len(name) > 40 else ''}"
+                               f" is {sum(keep)} tokens described, more than this model's "
+                               f"{limit}")
 
 
 def verbalizer(tok, names: Sequence[str], cue: str) -> torch.Tensor:
@@ -194,6 +228,7 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
                   return_tensors="pt")
         desc = tok([spec.describe.format(label=n) for n in names], padding=True,
                    return_tensors="pt")
+        check_descriptions(tok, names, desc["input_ids"], desc["attention_mask"])
         return {"ids": enc["input_ids"], "mask": enc["attention_mask"], "y": y,
                 "label_ids": desc["input_ids"], "label_mask": desc["attention_mask"]}
     label_ids = verbalizer(tok, names, spec.cue)
