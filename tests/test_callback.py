@@ -609,3 +609,12 @@ def test_the_warnings_advice_gives_the_mean_task_gradient_and_silences_it(tmp_pa
         assert len(hits) == int(not advised)
     import pickle
     assert pickle.loads(pickle.dumps(callback))._trainer is None  # a weak reference, dropped
+    # Installed in a Trainer that took the advice, then given to another that did not
+    # (callbacks=[...]): it judged the second run by the first Trainer's settings, unwarned.
+    advised = trainer  # the last one above: model_accepts_loss_kwargs = False, and installed
+    other = transformers.Trainer(model=_classifier(), args=args, train_dataset=data,
+                                 callbacks=[callback])
+    recwarn.clear()
+    callback.on_train_begin(args, state, control, model=other.model)
+    assert [w for w in recwarn if "model_accepts_loss_kwargs = False" in str(w.message)]
+    assert advised.model_accepts_loss_kwargs is False

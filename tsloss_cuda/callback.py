@@ -229,6 +229,9 @@ class TSLossCallback(TrainerCallback):
         _check_model(model)
         prompt_parameters(model)  # no soft prompt: say so now, not after the first steps
         trainer = self._trainer() if self._trainer is not None else None
+        if trainer is not None and not (trainer.model is model and any(
+                cb is self for cb in trainer.callback_handler.callbacks)):
+            trainer = None  # installed in another Trainer, now run by this one: not its settings
         if self.weight != 0 and _sums_accumulated_losses(args, model, trainer):
             g = args.gradient_accumulation_steps
             warnings.warn(
