@@ -69,8 +69,14 @@ def problems(run_dir: str, analysis_dir: Optional[str] = None) -> List[str]:
             bad.append(f"metrics.csv steps of {reg} seed {seed}: {[r['step'] for r in mine]}")
         ck = os.path.join(run_dir, "checkpoints", f"{reg}_seed{seed}")
         want = [f"step_{s:06d}.pt" for s in steps]
-        if cfg.get("checkpoint_every") is None and sorted(os.listdir(ck)) != want:
-            bad.append(f"{ck} holds {sorted(os.listdir(ck))}, expected {want}")
+        # A run's own interval (a resumed comparison reuses runs saved at another), else the
+        # job's; the metrics rows by default.
+        job_every = cfg.get("checkpoint_every")
+        every = res.get("checkpoint_every",
+                        cfg["log_every"] if job_every is None else job_every)
+        held = sorted(os.listdir(ck)) if os.path.isdir(ck) else []
+        if every == cfg["log_every"] and held != want:
+            bad.append(f"{ck} holds {held}, expected {want}")
         if not os.path.isfile(os.path.join(run_dir, "prompts", f"prompt_{reg}_seed{seed}.pt")):
             bad.append(f"no final prompt for {reg} seed {seed}")
     if not cfg["no_plots"]:

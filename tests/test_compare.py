@@ -1235,3 +1235,22 @@ def test_report_of_a_metrics_csv_cut_short_is_a_one_line_error(tmp_path):
         with pytest.raises(SystemExit, match=rf"^compare_report: OUT_DIR: cannot read "
                                              rf"{re.escape(csv_path)}, line {line}: \w+Error"):
             rep.main([out])
+
+
+def test_a_new_comparison_refused_in_its_first_run_leaves_no_settings(tmp_path):
+    """An argument only a run checks (a --task causal the model cannot do) was refused after
+    comparison.json was written: the corrected command was then refused for other settings,
+    and so was any single run into the folder. A comparison with a run recorded keeps them."""
+    from tsloss_cuda._cli import CLIError
+
+    def refused(spec):
+        raise CLIError("refused in the run")
+
+    out = str(tmp_path / "a")
+    with pytest.raises(CLIError, match="refused in the run"):
+        run_comparison(out, SPECS[:2], refused, CONFIG, quiet=True)
+    assert not os.path.exists(os.path.join(out, "comparison.json"))
+    run_comparison(out, SPECS[:1], fake_train, dict(CONFIG, lr=0.02), quiet=True)  # other ones
+    with pytest.raises(CLIError, match="refused in the run"):
+        run_comparison(out, SPECS[:2], refused, dict(CONFIG, lr=0.02), quiet=True)
+    assert os.path.exists(os.path.join(out, "comparison.json"))  # one run depends on it

@@ -700,7 +700,7 @@ def test_max_val_warns_where_the_first_rows_leave_a_class_out(tiny_models, tmp_p
     csv_path.write_text("\n".join(lines) + "\n")
     args = ["--model", tiny_models["bert"], "--regularizer", "none", "--data", str(csv_path),
             "--no-plots", "--checkpoint-every", "0", "--output-dir", str(tmp_path / "o")]
-    args += _set(_set(TINY, "--max-steps", "1"), "--max-val", "3")
+    args += _set(_set(_set(TINY, "--max-steps", "1"), "--max-val", "3"), "--batch-size", "4")
     assert train.main(args) == 0
     assert ("warning: --max-val 3 keeps the first validation rows, which hold no pos: shuffle"
             in capsys.readouterr().err)
@@ -738,3 +738,30 @@ def test_checkpoint_step_reads_the_documented_forms(name, step):
     files by name and drops their stability, without a word."""
     from tsloss_cuda.analyze import checkpoint_step
     assert checkpoint_step(name) == step
+
+
+def test_late_refusals_write_nothing_and_each_run_records_its_checkpoints(tiny_models, tmp_path,
+                                                                          capsys):
+    """--init-text of no tokens was refused in the first run, after --compare had written its
+    settings, which then refused the corrected command (and a single run left an empty
+    folder). A resumed comparison reuses runs checkpointed at another --checkpoint-every:
+    each run records its own. A --batch-size above the training rows is said, not capped
+    unsaid."""
+    from tsloss_cuda import train
+    model = ["--model", tiny_models["bert"]]
+    for mode in ([], ["--compare", "--seeds", "0", "--compare-regularizers", "none"]):
+        out = tmp_path / ("cmp" if mode else "one")
+        assert train.main(model + mode + ["--init", "text", "--init-text", " ", "--quiet",
+                                          "--output-dir", str(out)] + TINY) == 2
+        assert "--init-text: the text has no tokens" in capsys.readouterr().err
+        assert not out.exists()
+    cmp = model + ["--compare", "--compare-regularizers", "none", "--no-plots", "--quiet",
+                   "--output-dir", str(tmp_path / "cmp")] + TINY
+    assert train.main(cmp + ["--seeds", "0", "--checkpoint-every", "0"]) == 0
+    assert train.main(cmp + ["--seeds", "0", "1"]) == 0
+    runs = json.loads((tmp_path / "cmp" / "summary.json").read_text())["runs"]
+    assert [(r["seed"], r["checkpoint_every"]) for r in runs] == [(0, 0), (1, 3)]
+    capsys.readouterr()
+    assert train.main(model + ["--regularizer", "none", "--no-plots", "--quiet", "--output-dir",
+                               str(tmp_path / "big")] + TINY + ["--batch-size", "100000"]) == 0
+    assert "--batch-size 100000 is more than the" in capsys.readouterr().err

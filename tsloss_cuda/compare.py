@@ -16,6 +16,7 @@ Files are written to a temporary name and renamed, so a killed job leaves no hal
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -496,10 +497,12 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
         for run in done.values():
             if run is not None:
                 _check_provenance(out_dir, run, prov)
+    config_path = os.path.join(out_dir, CONFIG_FILE)
+    fresh = write and not os.path.exists(config_path)
     if write:  # only once every check passed: a refused resume leaves the folder as it was
         for folder in (out_dir, os.path.join(out_dir, "runs"), os.path.join(out_dir, "prompts")):
             remove_leftovers(folder)  # a killed job's temporary records and prompts
-        _write_json(os.path.join(out_dir, CONFIG_FILE), recorded)
+        _write_json(config_path, recorded)
     todo = [s for s in specs if done[s.run_id] is None]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="comparison", unit="run",
                disable=quiet, dynamic_ncols=True)
@@ -528,6 +531,13 @@ def run_comparison(out_dir: str, specs: Sequence[RunSpec], train_fn: Callable[[R
             if i == len(todo) - 1:
                 bar.set_postfix_str("done", refresh=False)  # no time left to estimate
             bar.update(1)
+    except BaseException:
+        # A new comparison refused in its first run (an argument only a run checks) records
+        # no settings: left behind, they refused the corrected command and any single run.
+        if fresh and not any(done.values()):
+            with contextlib.suppress(OSError):
+                os.remove(config_path)
+        raise
     finally:
         bar.close()
     runs = []

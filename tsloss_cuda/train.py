@@ -14,6 +14,7 @@ all-reduce per step, so the prompts stay identical; rank 0 alone evaluates and w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -26,7 +27,8 @@ from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float, nonneg_
 from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions, load_model,
                      logging_settings, resolve_model)
 from .tasks import DATA_CSV, classes_left_out, encode, load_data, take, task_spec
-from .training import MAX_LR, MAX_SEED, REGULARIZERS, Dist, train_one
+from .training import (MAX_LR, MAX_SEED, REGULARIZERS, Dist, batch_warning, init_text_ids,
+                       train_one)
 from .training import RUN_FLAG_DEFAULTS as D
 
 PROG = "python -m tsloss_cuda.train"
@@ -142,6 +144,7 @@ def run(args) -> int:
     dist = Dist(args.device)
     out = args.output_dir
     staged: List[str] = []  # runs whose checkpoints wait in their staging folders
+    made = False  # whether this job made the output folder, until it finishes
     # Restored: main may run in its caller's process (tests, a notebook). Each run seeds
     # torch's global generator (train_one): the caller's next draws must not depend on it.
     threads, logging_state = torch.get_num_threads(), logging_settings()
@@ -167,10 +170,16 @@ def run(args) -> int:
                       f"rows, which hold no {', '.join(left)}: shuffle the file's rows",
                       file=sys.stderr, flush=True)
             data["validation"] = take(data["validation"], args.max_val)
-        if args.init == "text" and args.init_text is None:
-            args.init_text = spec.instruction  # recorded with the other flags
+        if args.init == "text":
+            if args.init_text is None:
+                args.init_text = spec.instruction  # recorded with the other flags
+            init_text_ids(args, tok)  # refused here, not after the folder is written
+        if dist.main and (said := batch_warning(args.batch_size, dist.world,
+                                                len(data["train"]["y"]))):
+            print(f"{PROG}: warning: {said}", file=sys.stderr, flush=True)
         earlier = earlier_job(out)  # read before this job writes its own summary.json
         if dist.main:
+            made = not os.path.exists(out)
             os.makedirs(out, exist_ok=True)
             announce_removal(out, earlier, [s.run_id for s in specs])
         t0 = time.perf_counter()
@@ -202,10 +211,14 @@ def run(args) -> int:
                                   staged=() if args.compare else staged)
             print(table)
             print(f"outputs written to {out}")
+        made = False  # finished: the folder is the job's
     finally:
         if dist.main:  # a run that did not finish: the earlier run's checkpoints stay
             for run_id in staged:
                 discard_checkpoints(out, run_id)
+            if made:  # a folder this job made and left empty (a late refusal) goes too
+                with contextlib.suppress(OSError):
+                    os.rmdir(out)
         dist.close()
         torch.set_num_threads(threads)
         logging_settings(logging_state)

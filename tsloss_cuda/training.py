@@ -140,6 +140,14 @@ def evaluate(spm, data: Dict[str, torch.Tensor], device, batch_size: int = 64) -
     return float(correct) / m
 
 
+def init_text_ids(args, tok) -> List[int]:
+    """The token ids of ``--init-text`` (``--init text``); checked before the job writes."""
+    ids = tok.encode(args.init_text or "", add_special_tokens=False)
+    if not ids:
+        raise CLIError("--init-text: the text has no tokens")
+    return ids
+
+
 def build_prompt_model(args, tok, model, task: str, data, n_labels: int,
                        gen: torch.Generator):
     """The :class:`SoftPromptModel` of one run, as the flags ask."""
@@ -147,9 +155,7 @@ def build_prompt_model(args, tok, model, task: str, data, n_labels: int,
     split = data["train"]
     init, init_ids = args.init, None
     if init == "text":
-        init_ids = tok.encode(args.init_text or "", add_special_tokens=False)
-        if not init_ids:
-            raise CLIError("--init-text: the text has no tokens")
+        init_ids = init_text_ids(args, tok)
     elif init == "frequent":
         init, init_ids = "vocab", frequent_tokens(split, tok.all_special_ids)
     label_inputs = (split["label_ids"], split["label_mask"]) if task == "encoder" else None
@@ -162,10 +168,19 @@ def build_prompt_model(args, tok, model, task: str, data, n_labels: int,
 def check_global_batch(batch_size: int, world: int, m: int) -> None:
     """Ranks take consecutive slices of one shuffled global batch and average their gradients
     with equal weights, so each needs a full slice: past ``m`` rows a rank's slice was short or
-    empty (an error in ``tasks.batch``). One process just takes all ``m`` rows."""
+    empty (an error in ``tasks.batch``). One process just takes all ``m`` rows (the job warns
+    of it: :func:`batch_warning`)."""
     if world > 1 and batch_size * world > m:
         raise CLIError(f"--batch-size {batch_size} x {world} ranks is {batch_size * world} "
                        f"examples a step, more than the {m} training rows: lower --batch-size")
+
+
+def batch_warning(batch_size: int, world: int, m: int) -> Optional[str]:
+    """What a single process says of a ``--batch-size`` above the ``m`` training rows."""
+    if world == 1 and batch_size > m:
+        return (f"--batch-size {batch_size} is more than the {m} training rows: each step "
+                f"takes all {m}")
+    return None
 
 
 def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_labels: int,
@@ -333,4 +348,6 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
             "final_acc": rows[-1]["val_acc"] if rows else None,
             "steps_to_target": steps_to_target, "diverged_at": diverged,
             "sec_per_step": step_time / (args.max_steps if diverged is None else diverged),
-            "reg_share": reg_time / step_time if step_time > 0 else 0.0}
+            "reg_share": reg_time / step_time if step_time > 0 else 0.0,
+            # Its own: a resumed comparison reuses runs checkpointed at another interval.
+            "checkpoint_every": every}
