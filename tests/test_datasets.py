@@ -184,26 +184,23 @@ def test_a_repeated_column_name_is_refused(tmp_path, header):
         load_data(str(path))
 
 
-def test_labels_an_encoder_reads_alike_are_refused():
-    """The encoder compares the prompted text with each label's description: two labels that
-    tokenize alike (case, for an uncased tokenizer) make one of them a class that never wins;
-    a description longer than the tokenizer's limit failed inside the model (exit 1)."""
+def test_labels_the_similarity_head_reads_alike_are_refused():
+    """The similarity head compares the prompted text with each label's description: two
+    labels that tokenize alike (case, for an uncased tokenizer) make one of them a class that
+    never wins; a description past the model's positions failed inside the model (exit 1)."""
     from tsloss_cuda._cli import CLIError
     from tsloss_cuda.tasks import check_descriptions
 
-    class Uncased:
-        model_max_length = 4
+    def uncased(texts):
+        rows = [[hash(w) % 1000 for w in t.lower().split()] for t in texts]
+        width = max(len(r) for r in rows)
+        return (torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+                torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]))
 
-        def __call__(self, texts):
-            rows = [[hash(w) % 1000 for w in t.lower().split()] for t in texts]
-            width = max(len(r) for r in rows)
-            return (torch.tensor([r + [0] * (width - len(r)) for r in rows]),
-                    torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]))
-
-    tok = Uncased()
-    check_descriptions(tok, ["neg", "pos"], *tok(["neg", "pos"]))
+    check_descriptions(["neg", "pos"], *uncased(["neg", "pos"]), 4)
     with pytest.raises(CLIError, match="labels 'Pos' and 'pos' have the same description"):
-        check_descriptions(tok, ["Pos", "neg", "pos"], *tok(["Pos", "neg", "pos"]))
+        check_descriptions(["Pos", "neg", "pos"], *uncased(["Pos", "neg", "pos"]), 4)
     long = "a very long label of words"
-    with pytest.raises(CLIError, match="is 6 tokens described, more than this model's 4"):
-        check_descriptions(tok, ["neg", long], *tok(["neg", long]))
+    with pytest.raises(CLIError, match="is 6 tokens described, more than the model's 4 posit"):
+        check_descriptions(["neg", long], *uncased(["neg", long]), 4)
+    check_descriptions(["neg", long], *uncased(["neg", long]), None)  # no table: not checked

@@ -539,6 +539,10 @@ def test_steps_to_target_counts_an_accuracy_equal_to_the_target(tiny_models, tmp
     torch.manual_seed(12345)
     expected = torch.rand(3)
     torch.manual_seed(12345)
+    # Nor may a CPU run seed CUDA's generators: torch.manual_seed queued that for a CUDA not
+    # yet started, which the job could not give back.
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
     assert train.main(["--model", tiny_models["bert"], "--regularizer", "none", "--target-acc",
                        "0.5", "--no-plots", "--checkpoint-every", "0", "--output-dir", str(out)]
                       + TINY) == 0
@@ -546,7 +550,7 @@ def test_steps_to_target_counts_an_accuracy_equal_to_the_target(tiny_models, tmp
     assert run["steps_to_target"] == 3 and run["final_acc"] == 0.75
     # The run seeds torch's global generator; its caller's next draws are those it would have
     # made without the run.
-    assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(torch.rand(3), expected) and seeded == []
 
 
 def test_average_grads_divides_the_sum_by_the_world(monkeypatch):
@@ -765,3 +769,18 @@ def test_late_refusals_write_nothing_and_each_run_records_its_checkpoints(tiny_m
     assert train.main(model + ["--regularizer", "none", "--no-plots", "--quiet", "--output-dir",
                                str(tmp_path / "big")] + TINY + ["--batch-size", "100000"]) == 0
     assert "--batch-size 100000 is more than the" in capsys.readouterr().err
+
+
+def test_labels_alike_train_under_the_linear_head(tiny_models, tmp_path):
+    """--head linear predicts class indices and reads no description: 'Pos' and 'pos' are two
+    classes it can learn, as before the similarity head's check."""
+    from tsloss_cuda import train
+    path = tmp_path / "cased.csv"
+    path.write_text("text,label,split\n" + "".join(
+        f"{w} one,{lab},{split}\n" for split in ("train", "validation")
+        for w, lab in (("good", "Pos"), ("fine", "pos"), ("bad", "neg"))))
+    args = ["--model", tiny_models["bert"], "--data", str(path), "--regularizer", "none",
+            "--max-steps", "1", "--log-every", "1", "--batch-size", "3", "--prompt-length", "4",
+            "--no-plots", "--checkpoint-every", "0", "--quiet"]
+    assert train.main(args + ["--head", "linear", "--output-dir", str(tmp_path / "a")]) == 0
+    assert train.main(args + ["--output-dir", str(tmp_path / "b")]) == 2

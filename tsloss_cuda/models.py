@@ -293,13 +293,24 @@ def position_offset(model: torch.nn.Module) -> int:
     return 0
 
 
+def _position_table(model: torch.nn.Module) -> Optional[int]:
+    cfg = getattr(model, "config", None)
+    return next((v for v in (getattr(cfg, k, None) for k in
+                             ("max_position_embeddings", "n_positions", "max_seq_len"))
+                 if isinstance(v, int) and v > 0), None)
+
+
+def model_positions(model: torch.nn.Module) -> Optional[int]:
+    """The tokens one input of ``model`` may hold (its position table less the ids it skips),
+    or None where its config names no table."""
+    table = _position_table(model)
+    return None if table is None else table - position_offset(model)
+
+
 def check_positions(model: torch.nn.Module, prompt_length: int, max_length: int) -> None:
     """Refuses a prompt and text longer than the model's positions (its position table would
     be indexed past its end: a shape error or an IndexError deep in the model)."""
-    cfg = getattr(model, "config", None)
-    table = next((v for v in (getattr(cfg, k, None) for k in
-                              ("max_position_embeddings", "n_positions", "max_seq_len"))
-                  if isinstance(v, int) and v > 0), None)
+    table = _position_table(model)
     if table is None:
         return
     offset = position_offset(model)

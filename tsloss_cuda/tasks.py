@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -132,26 +132,24 @@ def load_data(path: str) -> Tuple[Dict[str, Tuple[List[str], List[int]]], List[s
     return out, names
 
 
-def check_descriptions(tok, names: Sequence[str], ids: torch.Tensor,
-                       mask: torch.Tensor) -> None:
-    """The encoder's label descriptions (``ids``/``mask`` ``(C, Lc)``) must differ as tokens (an
-    uncased tokenizer reads ``Positive`` and ``positive`` alike: one of the two could never be
-    predicted) and fit the tokenizer's length (the model's own error names neither)."""
+def check_descriptions(names: Sequence[str], ids: torch.Tensor, mask: torch.Tensor,
+                       positions: Optional[int]) -> None:
+    """The similarity head's label descriptions (``ids``/``mask`` ``(C, Lc)``, run through the
+    model without the prompt) must differ as tokens (an uncased tokenizer reads ``Positive``
+    and ``positive`` alike: one of the two could never be predicted) and fit the model's
+    ``positions`` (its own error names neither the flag nor the label)."""
     seen: Dict[Tuple[int, ...], str] = {}
     for name, row, keep in zip(names, ids.tolist(), mask.tolist()):
         tokens = tuple(t for t, k in zip(row, keep) if k)
         if tokens in seen:
             raise CLIError(f"--data: labels {seen[tokens]!r} and {name!r} have the same "
-                           "description for this tokenizer, so the model cannot tell them "
-                           "apart: spell them alike or rename one")
+                           "description for this tokenizer, so the similarity head cannot "
+                           "tell them apart: spell them alike, rename one, or use --head linear")
         seen[tokens] = name
-    limit = getattr(tok, "model_max_length", None)
-    if isinstance(limit, int) and limit < 1_000_000:  # transformers' "no limit" is ~1e30
-        for name, keep in zip(names, mask.tolist()):
-            if sum(keep) > limit:
-                raise CLIError(f"--data: label {name[:40]!r}{'...' if len(name) > 40 else ''}"
-                               f" is {sum(keep)} tokens described, more than this model's "
-                               f"{limit}")
+        if positions is not None and len(tokens) > positions:
+            raise CLIError(f"--data: label {name[:40]!r}{'...' if len(name) > 40 else ''} is "
+                           f"{len(tokens)} tokens described, more than the model's {positions} "
+                           "positions")
 
 
 def verbalizer(tok, names: Sequence[str], cue: str) -> torch.Tensor:
@@ -228,7 +226,6 @@ def encode(tok, texts: List[str], labels: List[int], task: str, names: List[str]
                   return_tensors="pt")
         desc = tok([spec.describe.format(label=n) for n in names], padding=True,
                    return_tensors="pt")
-        check_descriptions(tok, names, desc["input_ids"], desc["attention_mask"])
         return {"ids": enc["input_ids"], "mask": enc["attention_mask"], "y": y,
                 "label_ids": desc["input_ids"], "label_mask": desc["attention_mask"]}
     label_ids = verbalizer(tok, names, spec.cue)

@@ -25,8 +25,9 @@ import torch
 from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float, nonneg_int,
                    positive_int, run_main)
 from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions, load_model,
-                     logging_settings, resolve_model)
-from .tasks import DATA_CSV, classes_left_out, encode, load_data, take, task_spec
+                     logging_settings, model_positions, resolve_model)
+from .tasks import (DATA_CSV, check_descriptions, classes_left_out, encode, load_data, take,
+                    task_spec)
 from .training import (MAX_LR, MAX_SEED, REGULARIZERS, Dist, batch_warning, init_text_ids,
                        train_one)
 from .training import RUN_FLAG_DEFAULTS as D
@@ -164,6 +165,9 @@ def run(args) -> int:
         spec = task_spec(args.data, names)
         data = {s: encode(tok, *data_raw[s], task, names, args.max_length, spec)
                 for s in data_raw}
+        if task == "encoder" and args.head == "similarity":  # the head that reads them
+            check_descriptions(names, data["train"]["label_ids"], data["train"]["label_mask"],
+                               model_positions(model))
         if args.max_val:
             if dist.main and (left := classes_left_out(data["validation"], args.max_val, names)):
                 print(f"{PROG}: warning: --max-val {args.max_val} keeps the first validation "

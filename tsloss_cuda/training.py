@@ -203,7 +203,12 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     from tqdm.auto import tqdm
 
     dev = dist.device
-    torch.manual_seed(seed)
+    # The generators the run draws from (a linear head's init on the CPU, the job's device),
+    # not torch.manual_seed's every CUDA device, which it would also queue for a CUDA not yet
+    # started: the job gives back only the states it saved (train.run).
+    torch.default_generator.manual_seed(seed)
+    if dev.type == "cuda":
+        torch.cuda.manual_seed(seed)  # the current device: the job's (Dist sets it)
     gen = torch.Generator().manual_seed(seed)
     spm = build_prompt_model(args, tok, model, task, data, n_labels, gen).to(dev)
     params = spm.trainable_parameters()
