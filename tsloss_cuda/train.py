@@ -147,7 +147,8 @@ def run(args) -> int:
     staged: List[str] = []  # runs whose checkpoints wait in their staging folders
     made = False  # whether this job made the output folder, until it finishes
     # Restored: main may run in its caller's process (tests, a notebook). Each run seeds
-    # torch's global generator (train_one): the caller's next draws must not depend on it.
+    # torch's CPU generator and the job's device's (train_one): the caller's next draws must
+    # not depend on it.
     threads, logging_state = torch.get_num_threads(), logging_settings()
     rng = torch.get_rng_state()
     device_rng = (torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda"
