@@ -438,15 +438,13 @@ void pair_gradients(const T* px, int64_t B, int64_t N, int64_t D, T* po, const W
 
 // Each thread keeps its engine workspace across calls: a training loop calls the op every step,
 // and allocating (and page-faulting) the buffers anew costs more than a small cloud's whole
-// persistence. A workspace that grew past kKeepEntries for an unusually large cloud is dropped
-// after the call rather than held for the life of the thread.
+// persistence. A workspace that grew past cpu::kKeepScratch entries for an unusually large cloud
+// is dropped after the call rather than held for the life of the thread.
 template <typename T>
 tsl::HostWorkspace<T>& thread_workspace() {
   thread_local tsl::HostWorkspace<T> ws;
   return ws;
 }
-
-constexpr int64_t kKeepEntries = int64_t(1) << 18;
 
 // Runs the chunks of a split apparent-pair sweep on torch's threads.
 struct ParallelChunks {
@@ -460,9 +458,9 @@ struct ParallelChunks {
 
 template <typename T>
 void trim_thread_workspace(tsl::HostWorkspace<T>& ws) {
-  if (ws.heap_capacity > kKeepEntries || ws.vheap_capacity > kKeepEntries ||
-      ws.arena_capacity > kKeepEntries ||
-      int64_t(ws.pivot_keys.size()) > kKeepEntries)
+  if (ws.heap_capacity > cpu::kKeepScratch || ws.vheap_capacity > cpu::kKeepScratch ||
+      ws.arena_capacity > cpu::kKeepScratch ||
+      int64_t(ws.pivot_keys.size()) > cpu::kKeepScratch)
     ws = tsl::HostWorkspace<T>();
 }
 

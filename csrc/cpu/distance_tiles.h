@@ -777,9 +777,10 @@ inline void gram_cloud_base(const float* x, int64_t n, int64_t dim, int64_t ld, 
 
 using tsl::x86_level;  // which build below to run
 
-// Thread scratch that scales with D is kept across calls (a training step would otherwise fault
-// it in anew each time) up to kKeepScratch entries, and given back past that, when the task that
-// grew it ends: at D = 2^25 the row kernel's four widened rows alone held 1 GiB per thread.
+// Thread scratch is kept across calls (a training step would otherwise fault it in anew each
+// time) up to kKeepScratch entries, and given back past that when the task or call that grew it
+// ends (glue's engine workspaces too): at D = 2^25 the row kernel's four widened rows alone held
+// 1 GiB per thread.
 constexpr int64_t kKeepScratch = int64_t(1) << 18;
 
 template <class Vector>
