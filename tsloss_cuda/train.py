@@ -28,8 +28,8 @@ from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions, load_mo
                      logging_settings, model_positions, resolve_model)
 from .tasks import (DATA_CSV, check_descriptions, classes_left_out, encode, load_data, take,
                     task_spec)
-from .training import (MAX_LR, MAX_SEED, REGULARIZERS, Dist, batch_warning, init_text_ids,
-                       train_one)
+from .training import (MAX_LR, MAX_SEED, REGULARIZERS, Dist, check_global_batch,
+                       init_text_ids, train_one)
 from .training import RUN_FLAG_DEFAULTS as D
 
 PROG = "python -m tsloss_cuda.train"
@@ -179,8 +179,9 @@ def run(args) -> int:
             if args.init_text is None:
                 args.init_text = spec.instruction  # recorded with the other flags
             init_text_ids(args, tok)  # refused here, not after the folder is written
-        if dist.main and (said := batch_warning(args.batch_size, dist.world,
-                                                len(data["train"]["y"]))):
+        # Every rank refuses a global batch past the rows; one process warns and goes on.
+        said = check_global_batch(args.batch_size, dist.world, len(data["train"]["y"]))
+        if said and dist.main:
             print(f"{PROG}: warning: {said}", file=sys.stderr, flush=True)
         earlier = earlier_job(out)  # read before this job writes its own summary.json
         if dist.main:

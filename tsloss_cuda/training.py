@@ -165,19 +165,15 @@ def build_prompt_model(args, tok, model, task: str, data, n_labels: int,
                            init_ids=init_ids, generator=gen)
 
 
-def check_global_batch(batch_size: int, world: int, m: int) -> None:
+def check_global_batch(batch_size: int, world: int, m: int) -> Optional[str]:
     """Ranks take consecutive slices of one shuffled global batch and average their gradients
     with equal weights, so each needs a full slice: past ``m`` rows a rank's slice was short or
-    empty (an error in ``tasks.batch``). One process just takes all ``m`` rows (the job warns
-    of it: :func:`batch_warning`)."""
+    empty (an error in ``tasks.batch``), refused. One process just takes all ``m`` rows: the
+    warning to print is returned (None if the batch fits)."""
     if world > 1 and batch_size * world > m:
         raise CLIError(f"--batch-size {batch_size} x {world} ranks is {batch_size * world} "
                        f"examples a step, more than the {m} training rows: lower --batch-size")
-
-
-def batch_warning(batch_size: int, world: int, m: int) -> Optional[str]:
-    """What a single process says of a ``--batch-size`` above the ``m`` training rows."""
-    if world == 1 and batch_size > m:
+    if batch_size > m:
         return (f"--batch-size {batch_size} is more than the {m} training rows: each step "
                 f"takes all {m}")
     return None
@@ -221,8 +217,7 @@ def train_one(args, reg_name: str, seed: int, tok, model, task: str, data, n_lab
     tracker = TopologyTracker(args.log_every, tsloss_terms=True)
     train, val = data["train"], data["validation"]
     m = train["y"].shape[0]
-    global_b = args.batch_size * dist.world
-    check_global_batch(args.batch_size, dist.world, m)
+    global_b = args.batch_size * dist.world  # past m only in one process (check_global_batch)
     order = torch.Generator().manual_seed(1000 + seed)  # same permutation on every rank
     perm, pos = torch.randperm(m, generator=order), 0
 
