@@ -422,6 +422,23 @@ def test_previous_from_inference_mode_feeds_a_compiled_step():
     assert torch.isfinite(z.grad).all() and float(module.last_terms["stability"]) > 0.0
 
 
+def test_module_evaluated_under_inference_mode_after_training_keeps_normal_state():
+    """The module's second call (a previous topology held, whose H1 rows it may keep), made
+    eagerly under torch.inference_mode, and then a compiled training step: the kept H1 must
+    not be an inference tensor, as after a first call."""
+    x = generic_cloud().float()
+    module = T.TSLoss(stability=1.0)
+    step = torch.compile(module, fullgraph=True)
+    z = (x + 0.1).requires_grad_(True)
+    step(z).backward()
+    with torch.inference_mode():
+        module(x)
+    assert not module.previous.h0.is_inference() and not module.previous.h1.is_inference()
+    z = (x + 0.1).requires_grad_(True)
+    step(z).backward()
+    assert torch.isfinite(z.grad).all() and float(module.last_terms["stability"]) > 0.0
+
+
 def test_previous_of_the_wrong_kind_or_shape_is_refused():
     x = generic_cloud().float()
     _, terms = T.loss(x, return_terms=True)

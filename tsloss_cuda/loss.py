@@ -359,15 +359,20 @@ class TSLoss(torch.nn.Module):
     ``reset()`` forgets the previous diagram. Prompts of another shape (B or N) than the last
     call's are a ValueError with ``stability != 0``, whose term compares the two; with
     ``stability=0`` the call starts over as after ``reset()`` (its stability term is 0, as in a
-    first call). ``state_dict()`` stays empty, so that a model
-    holding a TSLoss saves as before (safetensors takes tensors only, strict loading of older
-    checkpoints finds no missing key); to resume the stability term exactly, save
-    ``previous._asdict()`` (``previous`` is a :class:`PromptTopology` of tensors, or None) with
-    the checkpoint and assign ``PromptTopology(**saved)`` back (on any device: the next
-    forward moves it to the prompts' device once).
-    A compiled module evaluated under
-    ``torch.inference_mode`` keeps an inference-tensor diagram that its next compiled training
-    call cannot save for the backward: evaluate compiled code under ``torch.no_grad()``.
+    first call). Every call updates ``previous``, in any grad mode and in ``train()`` as in
+    ``eval()``: a validation or logging call on the same prompts between two training steps,
+    or gradient accumulation over micro-batches that share one prompt, leaves the next call's
+    stability term comparing (nearly) the same prompts, 0 for equal ones. Make such calls
+    with :func:`loss`, whose ``previous`` is yours to pass.
+    ``state_dict()`` stays empty, so that a model holding a TSLoss saves as before
+    (safetensors takes tensors only, strict loading of older checkpoints finds no missing
+    key); to resume the stability term exactly, save ``previous._asdict()`` (``previous`` is
+    a :class:`PromptTopology` of tensors, or None) with the checkpoint and assign
+    ``PromptTopology(**saved)`` back (on any device: the next forward moves it to the
+    prompts' device once). A compiled module evaluated under ``torch.inference_mode`` keeps
+    an inference-tensor diagram that its next compiled training call cannot save for the
+    backward: evaluate compiled code under ``torch.no_grad()`` (an eager evaluation there is
+    fine: its diagram is copied out of inference mode).
 
     Under ``torch.utils.checkpoint`` (either ``use_reentrant``), the recomputation in the
     backward reuses the previous topology of the forward it repeats and updates no state (with
@@ -469,6 +474,10 @@ def _known_topology(topology: PromptTopology, h1_count: torch.Tensor,
     without a synchronisation."""
     if previous is None or previous.h1.shape != topology.h1.shape:
         return topology
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+        # As in _topology: kept for a training step, so not made as an inference tensor.
+        with torch.inference_mode(False):
+            return _known_topology(topology, h1_count, previous)
     unknown = (h1_count < 0).unsqueeze(-1)
     return PromptTopology(topology.h0, torch.where(unknown, previous.h1.to(topology.h1.dtype),
                                                    topology.h1))
