@@ -510,6 +510,52 @@ def test_a_short_bar_is_marked_and_the_bars_counted(monkeypatch):
     assert sorted(float(ln.get_xdata()[0]) for ln in ticks) == [0.7, 0.8]
 
 
+def test_a_short_h0_bar_is_not_hidden_at_the_left_edge(monkeypatch):
+    """H0 bars start at 0, where the barcode's axis started: a short bar's tick was half
+    clipped under the spine, and near-duplicate points' bars vanished."""
+    figs = _capture(monkeypatch)
+    h0 = np.array([[0.0, 0.004], [0.0, 0.005], [0.0, 3.7], [0.0, np.inf]])
+    plots.plot_diagrams({"step 10": [h0, np.zeros((0, 2))]}, "unused.png")
+    barcode = figs[0].axes[0]
+    ticks = [ln for ln in barcode.get_lines() if ln.get_marker() == "|"]
+    assert len(ticks) == 2
+    # The tick's half width (6 points at 90 dpi) lies inside the axis.
+    fig = figs[0]
+    fig.canvas.draw()
+    left = barcode.transData.transform((0.0, 0.0))[0] - barcode.get_window_extent().x0
+    assert left >= 3 * fig.dpi / 72, left
+
+
+def test_checkpoint_ticks_stay_distinct_when_cut(monkeypatch):
+    """Cut to their last 18 characters, names that differ further left read alike."""
+    names = ["lr0.01_seed0_checkpoint_final_prompt.pt", "lr0.1_seed0_checkpoint_best_prompt.pt",
+             "lr0.1_seed0_checkpoint_final_prompt.pt"]
+    ticks, _ = plots._short_names(names)
+    assert len(set(ticks)) == 3, ticks
+    assert all(len(t) <= len(n) for t, n in zip(ticks, names))
+    assert plots._short_names(["a_" + "x" * 30, "b_" + "x" * 30, "a_" + "x" * 30])[0][0] == (
+        plots._short_names(["a_" + "x" * 30, "b_" + "x" * 30])[0][0])  # repeats stay repeats
+
+
+def test_the_legend_names_a_run_missing_from_the_first_panel(monkeypatch):
+    figs = _capture(monkeypatch)
+    a = [{"step": s, "ts_scale": 0.2 * s, "h0_mean_life": 0.1 * s} for s in range(3)]
+    b = [{"step": s, "h0_mean_life": 0.3 * s} for s in range(3)]  # not in the first panel
+    plots.plot_topology({"A": a, "B": b}, "unused.png")
+    legend = figs[0].legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["A", "B"]
+
+
+def test_a_column_that_is_never_finite_is_noted_not_drawn_empty(monkeypatch):
+    figs = _capture(monkeypatch)
+    rows = [{"step": s, "h0_max_life": math.inf, "ts_scale": 0.1 * s} for s in range(3)]
+    plots.plot_topology({"run": rows}, "unused.png")
+    titles = [ax.get_title() for ax in figs[0].axes if ax.get_title()]
+    assert titles == ["Prompt scale"], titles
+    note = [t.get_text() for t in figs[0].texts if "constant" in t.get_text()][0]
+    assert "or never finite" in note and "never finite" in note.split(":", 1)[1], note
+
+
 def test_long_snapshot_labels_do_not_run_into_each_other(monkeypatch):
     figs = _capture(monkeypatch)
     h0, h1 = np.array([[0.0, 1.0], [0.0, np.inf]]), np.zeros((0, 2))

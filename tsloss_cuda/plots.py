@@ -47,9 +47,10 @@ def _save(fig, path: str) -> str:
 
 
 def _constant(values: Sequence[float]) -> bool:
-    """Whether a column is flat: its non-NaN values equal, and at least two of them where it
-    has NaN (one measured value of a run that diverged after it is a change, not a constant)."""
-    finite = [v for v in values if not math.isnan(v)]
+    """Whether a column is flat: its finite values equal, and at least two of them where it
+    has others (one measured value of a run that diverged after it is a change, not a
+    constant); a column without a finite value has nothing to draw, and counts as flat."""
+    finite = [v for v in values if math.isfinite(v)]
     if len(finite) < (2 if len(finite) < len(values) else 1):
         return not finite
     return max(finite) - min(finite) <= 1e-12 * max(1.0, abs(finite[0]))
@@ -94,13 +95,17 @@ def _short_names(names: Sequence[str], width: int = 18) -> Tuple[List[str], str]
     cut = [n[len(pre):len(n) - len(suf)] for n in names]
     if not all(cut):  # one name is all shared text (run.pt beside run_2.pt): keep them whole
         pre, suf, cut = "", "", list(names)
-    ticks = [c if len(c) <= width else "…" + c[-(width - 1):] for c in cut]
+    # Wider where the cut makes different names alike (lr0.01_..._final, lr0.1_..._final).
+    for w in range(width, max(width, *map(len, cut)) + 1):
+        ticks = [c if len(c) <= w else "…" + c[-(w - 1):] for c in cut]
+        if len(set(ticks)) == len(set(cut)):
+            break
     return ticks, (f"{pre}…{suf}" if pre or suf else "")
 
 
 def _first_value(values: Sequence[float]) -> float:
-    """The first non-NaN value (NaN if none): what a constant column's note shows."""
-    return next((v for v in values if not math.isnan(v)), math.nan)
+    """The first finite value (NaN if none): what a constant column's note shows."""
+    return next((v for v in values if math.isfinite(v)), math.nan)
 
 
 def plot_curves(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional[str] = None,
@@ -148,14 +153,20 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
     zero lines.
     """
     shown, flat = [], []
-    gaps = False  # a flat column with NaN records (a run that diverged): said in the note
+    gaps = False  # a flat column with non-finite records (a run that diverged): said in the note
+    never = False  # a column without a finite record
     for col, name, unit in panels:
         vals = [r[col] for rows in rows_by_run.values() for r in rows if col in r]
         if not vals:
             continue
         if _constant(vals):
-            flat.append(f"{name.splitlines()[0]} = {_first_value(vals):.4g}")
-            gaps |= any(math.isnan(v) for v in vals)
+            first = _first_value(vals)
+            if math.isnan(first):
+                flat.append(f"{name.splitlines()[0]}: never finite")
+                never = True
+            else:
+                flat.append(f"{name.splitlines()[0]} = {first:.4g}")
+                gaps |= not all(math.isfinite(v) for v in vals)
         else:
             shown.append((col, name, unit))
     cols = 3
@@ -186,7 +197,11 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
         ax.axis("off")
     if not shown:
         axes.flat[0].text(0.5, 0.5, "every metric is constant", ha="center", va="center")
-    handles, labels = (axes.flat[0].get_legend_handles_labels() if shown else ([], []))
+    # Every run that has a line somewhere, in run order: a run missing from the first panel
+    # (rows without its column) was drawn elsewhere without a legend entry.
+    drawn = {ln.get_label(): ln for ax in axes.flat for ln in ax.get_lines()}
+    labels = [label for label in rows_by_run if label in drawn]
+    handles = [drawn[label] for label in labels]
     fig.suptitle(title or "Prompt topology over training", fontsize=13)
     # Room above the panels for the title (0.45 in) and one 0.2 in line per legend row: a
     # fixed 7 % let a legend of 9+ runs cover the first row's titles.
@@ -197,8 +212,8 @@ def plot_topology(rows_by_run: Mapping[str, Rows], path: str, *, title: Optional
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=10,
                    bbox_to_anchor=(0.5, below_title), frameon=False)
     if flat:
-        note = (f"Not drawn, constant at every {'finite ' if gaps else ''}record: "
-                + "; ".join(flat))
+        note = (f"Not drawn, constant at every {'finite ' if gaps else ''}record"
+                + (" or never finite" if never else "") + ": " + "; ".join(flat))
         fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=9, wrap=True)
     return _save(fig, path)
 
@@ -248,7 +263,8 @@ def plot_diagrams(snapshots: Mapping[str, Sequence[np.ndarray]], path: str, *,
             y += 1
         ax.set(title=f"{_wrap(label)}\nbarcode: {len(h0)} H0 and {len(h1)} H1 bars",
                xlabel="filtration (distance)",
-               ylabel="bars: H0 blue, H1 red", xlim=(0, top * 1.02), ylim=(-0.8, max(y, 1) + 0.3))
+               ylabel="bars: H0 blue, H1 red", xlim=(-0.03 * top, top * 1.02),
+               ylim=(-0.8, max(y, 1) + 0.3))  # from below 0: a short H0 bar's tick is at 0
         ax.set_yticks([])
         ax.grid(alpha=0.3, axis="x")
 
