@@ -100,6 +100,12 @@ def fmt(x: Optional[float], digits: int = 3) -> str:
     return "n/a" if x is None or np.isnan(x) else f"{x:+.{digits}f}"
 
 
+def mean_of(summaries: List[Dict], key: str) -> str:
+    """The mean of one summary value over runs, "n/a" (as ``fmt``) where a run has none."""
+    values = [s[key] for s in summaries]
+    return "n/a" if not values or not np.isfinite(values).all() else f"{np.mean(values):.3f}"
+
+
 def ci(iv: Interval, digits: int = 3, bound: float = 1.0) -> str:
     """``[low, high]``; an end clipped to +-``bound`` (the most an accuracy difference can be)
     is marked, since it is the clip and not an estimate."""
@@ -374,8 +380,8 @@ def report(out: str, results: List[Dict], config: Dict, baseline: str, variant: 
         for w, v in sweep:
             mine = [stats.run_summary(r["rows"], target) for r in results if variant_of(r) == v]
             iv = paired(v, "final_acc")
-            lines.append(f"| {w:g} | {v} | {np.mean([s['final_acc'] for s in mine]):.3f} | "
-                         f"{np.mean([s['auc'] for s in mine]):.3f} | {fmt(iv.value)} | "
+            lines.append(f"| {w:g} | {v} | {mean_of(mine, 'final_acc')} | "
+                         f"{mean_of(mine, 'auc')} | {fmt(iv.value)} | "
                          f"{evidence(iv)} | {iv.n} |")
 
     if rho:

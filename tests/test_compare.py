@@ -917,6 +917,15 @@ def _report_module():
     return mod
 
 
+def test_weight_sweep_means_say_n_a_for_a_diverged_run():
+    """The sweep's mean columns printed "nan" where every other cell of the report says
+    "n/a" for a run without a finite value."""
+    rep = _report_module()
+    runs = [{"final_acc": 0.5, "auc": 0.4}, {"final_acc": math.nan, "auc": 0.2}]
+    assert rep.mean_of(runs, "final_acc") == "n/a" and rep.mean_of(runs, "auc") == "0.300"
+    assert rep.mean_of([], "auc") == "n/a"
+
+
 def test_report_names_why_and_marks_clipped_ends():
     """A clipped end is printed as the clip, not as an estimate of -1.000; an untested claim
     says why (no spread, a constant measure, too few seeds); pairs logged on different
