@@ -771,6 +771,94 @@ def test_late_refusals_write_nothing_and_each_run_records_its_checkpoints(tiny_m
     assert "--batch-size 100000 is more than the" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory):
+    """Checkpoint folders the job must either tune or refuse in one line: an ALBERT (its
+    16-wide embeddings projected to 32-wide hidden states), a GPT-2 whose tokenizer has no
+    padding token, a BERT of 1,000 embeddings beside a 30,522-token tokenizer, a T5 encoder
+    saved alone, and a BERT without tokenizer files."""
+    src = _minilm_dir()
+    base = tmp_path_factory.mktemp("odd")
+    torch.manual_seed(0)
+    small = dict(num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=128)
+    models = {
+        "albert": transformers.AlbertModel(transformers.AlbertConfig(
+            vocab_size=30522, embedding_size=16, hidden_size=32, **small)),
+        "gpt2_nopad": transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=30522, n_embd=32, n_layer=1, n_head=2, n_positions=128)),
+        "bigtok": transformers.BertModel(transformers.BertConfig(
+            vocab_size=1000, hidden_size=32, **small)),
+        "t5enc": transformers.T5EncoderModel(transformers.T5Config(
+            vocab_size=30522, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)),
+        "notok": transformers.BertModel(transformers.BertConfig(
+            vocab_size=30522, hidden_size=32, **small)),
+    }
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    nopad = transformers.AutoTokenizer.from_pretrained(src)
+    nopad.pad_token, nopad.eos_token = None, "[SEP]"
+    out = {}
+    for name, model in models.items():
+        d = str(base / name)
+        model.save_pretrained(d)
+        if name != "notok":
+            (nopad if name == "gpt2_nopad" else tok).save_pretrained(d)
+        out[name] = d
+    return out
+
+
+def test_odd_checkpoint_folders_train_or_are_refused_in_one_line(odd_models, tmp_path, capsys):
+    """Each once failed: the linear head was sized by the embeddings, not the hidden states
+    it reads (ALBERT: a shape error at step 0); --task encoder did not pad with the
+    end-of-text token where the tokenizer has no padding token (transformers' advice); a
+    tokenizer past the embedding table gave an IndexError traceback; AutoModel built a saved
+    T5 encoder as the whole T5 (a transformers error); a folder without tokenizer files
+    trained on [UNK] rows, or blamed --data; a file was "folder not found"."""
+    from tsloss_cuda import train
+    common = ["--regularizer", "tsloss", "--max-steps", "2", "--log-every", "1",
+              "--max-val", "12", "--batch-size", "4", "--prompt-length", "4", "--max-length",
+              "16", "--no-plots", "--quiet"]
+    for name, extra in (("albert", ["--head", "linear"]), ("albert", []),
+                        ("gpt2_nopad", ["--task", "encoder"])):
+        out = tmp_path / f"{name}{len(extra)}"
+        assert train.main(["--model", odd_models[name], "--output-dir", str(out)] + common
+                          + extra) == 0, capsys.readouterr().err
+        prompt = _final(out, "tsloss", 0)
+        assert prompt.shape == (4, 16 if name == "albert" else 32)
+    capsys.readouterr()
+    for name, extra, says in (
+            ("bigtok", ["--head", "linear"], "past the model's 1000 input embeddings"),
+            ("bigtok", ["--init", "text", "--init-text", "zebra"], "1000 input embeddings"),
+            ("t5enc", [], "(T5EncoderModel) is part of an encoder-decoder model"),
+            ("notok", [], "has no tokenizer files"),
+            ("notok", ["--head", "linear"], "has no tokenizer files")):
+        out = tmp_path / "refused"
+        assert train.main(["--model", odd_models[name], "--output-dir", str(out)] + common
+                          + extra) == 2
+        err = capsys.readouterr().err
+        assert f"error: --model: " in err and says in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+    config = os.path.join(odd_models["albert"], "config.json")
+    assert train.main(["--model", config, "--output-dir", str(tmp_path / "f")] + common) == 2
+    assert "config.json is a file; name the checkpoint's folder" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tiny_models, tmp_path, monkeypatch, capsys):
+    """A run that failed after its first checkpoint removed its staging folder but left the
+    checkpoints/ folder around it, so the output folder the job had made stayed too."""
+    from tsloss_cuda import train, training
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(training, "evaluate", fail)
+    out = tmp_path / "new"
+    assert train.main(["--model", tiny_models["bert"], "--regularizer", "none", "--no-plots",
+                       "--output-dir", str(out)] + TINY) == 1
+    assert "evaluation failed" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_labels_alike_train_under_the_linear_head(tiny_models, tmp_path):
     """--head linear predicts class indices and reads no description: 'Pos' and 'pos' are two
     classes it can learn, as before the similarity head's check."""

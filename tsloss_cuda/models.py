@@ -8,7 +8,7 @@
   vocabulary above all), building the tokenizer and dequantising take a minute or two while
   loading the saved folder takes seconds. The conversion holds a file lock (torchrun ranks
   wait for one conversion) and first deletes what killed conversions left behind.
-* any local folder with a ``config.json``.
+* any local folder with a ``config.json``, its weights and its tokenizer's files.
 
 The cache is ``--model-cache DIR``, else ``$TSLOSS_CACHE``, else
 ``~/.cache/tsloss_cuda/models``; each named model gets a subfolder of it.
@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Iterator, Literal, Optional, Tuple
+from typing import Iterator, Literal, Mapping, Optional, Tuple
 
 import torch
 
@@ -218,12 +218,44 @@ def resolve_model(name: str, cache_dir: Optional[str] = None, quiet: bool = Fals
         if not quiet:
             print(f"{GEMMA}: cached at {target}", file=sys.stderr)
         return target
+    if os.path.isfile(name):
+        raise CLIError(f"--model: {name} is a file; name the checkpoint's folder (the one that "
+                       "holds config.json)")
     if not os.path.isdir(name):
         raise CLIError(f"--model: folder not found: {name} (the named models are "
                        f"{DEFAULT_MODEL} and {GEMMA}, spelled so)")
     if not os.path.isfile(os.path.join(name, "config.json")):
         raise CLIError(f"--model: not a transformers checkpoint (no config.json): {name}")
     return name
+
+
+#: Files that hold a tokenizer's vocabulary (fast tokenizers, WordPiece, byte-level BPE, and
+#: any SentencePiece ``*.model``). Without one, transformers builds a tokenizer of a few
+#: special tokens from config.json alone, and a run trains on [UNK] rows.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tekken.json")
+
+
+def check_tokenizer_files(folder: str) -> None:
+    """Refuses a checkpoint folder without a tokenizer's vocabulary (:data:`TOKENIZER_FILES`
+    or a ``*.model`` file)."""
+    names = os.listdir(folder)
+    if not any(n in TOKENIZER_FILES or n.endswith(".model") for n in names):
+        raise CLIError(f"--model: {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)} "
+                       "or a SentencePiece *.model): save the tokenizer beside the weights "
+                       "(tokenizer.save_pretrained(folder))")
+
+
+def check_token_ids(model: torch.nn.Module, splits: Mapping[str, Mapping[str, torch.Tensor]],
+                    ) -> None:
+    """Refuses token ids (``ids``, ``label_ids``, ``cue_ids`` of encoded ``splits``, as
+    :func:`tasks.encode` gives them) past the model's input embeddings: a tokenizer that does
+    not belong to the weights, which would index the table past its end deep in the model."""
+    rows = model.get_input_embeddings().num_embeddings  # type: ignore[operator]
+    top = max((int(t.max()) for split in splits.values() for k, t in split.items()
+               if k in ("ids", "label_ids", "cue_ids") and t.numel()), default=-1)
+    if top >= rows:
+        raise CLIError(f"--model: its tokenizer gives token id {top}, past the model's {rows} "
+                       "input embeddings: the tokenizer files do not belong to these weights")
 
 
 #: Class-name endings of text generators, for an architecture this transformers does not define
@@ -243,6 +275,21 @@ def generates(arch: str) -> bool:
         cls = None
     can = getattr(cls, "can_generate", None)
     return bool(can()) if callable(can) else arch.endswith(CAUSAL_ARCHITECTURES)
+
+
+def check_encoder_loads(config, what: str) -> None:
+    """Refuses, for ``--task encoder``, the encoder half of an encoder-decoder saved alone
+    (T5EncoderModel, MT5EncoderModel; BartForCausalLM's decoder alike): its config says it is
+    not an encoder-decoder, but AutoModel builds the config class' whole encoder-decoder, which
+    then fails for want of decoder inputs."""
+    try:
+        whole = bool(getattr(type(config)(), "is_encoder_decoder", False))
+    except Exception:  # a config class that needs arguments: not one of these
+        whole = False
+    if whole:
+        archs = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+        raise CLIError(f"--model: {what} ({archs}) is part of an encoder-decoder model, which "
+                       "transformers' AutoModel loads whole: --task encoder cannot tune it")
 
 
 def check_decoder_only(config, what: str) -> None:
@@ -337,6 +384,9 @@ def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
         check_decoder_only(config, path)
         if task == "auto":
             task = checkpoint_task(config, path)
+        if task == "encoder":
+            check_encoder_loads(config, path)
+        check_tokenizer_files(path)
         cls = AutoModelForCausalLM if task == "causal" else AutoModel
         dtype = torch.float32 if device.type == "cpu" else "auto"
         model = cls.from_pretrained(path, dtype=dtype, local_files_only=True)
@@ -348,6 +398,11 @@ def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
     # transformers wraps its to() with functools.wraps(torch.nn.Module.to), which mypy reads as
     # the unbound method: device would be self.
     model.to(device).eval()  # type: ignore[arg-type]  # dropout off: every rank computes alike
-    if task == "causal" and tok.pad_token_id is None and tok.eos_token_id is not None:
+    # Both tasks pad on the right under a mask: a decoder-only LM without a padding token
+    # (GPT-2, Llama) pads with its end-of-text token, as a causal run or an encoder.
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
+    if task == "encoder" and tok.pad_token_id is None:
+        raise CLIError(f"--model: the tokenizer of {path} has neither a padding nor an "
+                       "end-of-text token, which --task encoder pads the texts with")
     return tok, model, task

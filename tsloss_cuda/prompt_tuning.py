@@ -344,7 +344,11 @@ class SoftPromptModel(nn.Module):
                 self.register_buffer("label_ids", _label_ids(label_ids, model), persistent=False)
                 check_answer_logits(model, self.label_ids)
             elif head == "linear":
-                self.head = nn.Linear(self.prompt.shape[1], num_labels).to(self.prompt.device)
+                # It reads the pooled hidden states, whose width is the prompt's (the
+                # embeddings') except where the model projects them up (ALBERT, ELECTRA).
+                width = getattr(getattr(model, "config", None), "hidden_size", None)
+                width = width if isinstance(width, int) else self.prompt.shape[1]
+                self.head = nn.Linear(width, num_labels).to(self.prompt.device)
             else:
                 if label_inputs is None:
                     raise ValueError("head='similarity' needs label_inputs (label description ids "

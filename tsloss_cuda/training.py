@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ._cli import CLIError, check_device
+from .models import check_token_ids
 from .run_outputs import checkpoint_folder, checkpoint_name, run_id as run_name
 from .tasks import batch, frequent_tokens
 
@@ -140,11 +141,12 @@ def evaluate(spm, data: Dict[str, torch.Tensor], device, batch_size: int = 64) -
     return float(correct) / m
 
 
-def init_text_ids(args, tok) -> List[int]:
+def init_text_ids(args, tok, model) -> List[int]:
     """The token ids of ``--init-text`` (``--init text``); checked before the job writes."""
     ids = tok.encode(args.init_text or "", add_special_tokens=False)
     if not ids:
         raise CLIError("--init-text: the text has no tokens")
+    check_token_ids(model, {"init": {"ids": torch.tensor(ids)}})
     return ids
 
 
@@ -155,7 +157,7 @@ def build_prompt_model(args, tok, model, task: str, data, n_labels: int,
     split = data["train"]
     init, init_ids = args.init, None
     if init == "text":
-        init_ids = init_text_ids(args, tok)
+        init_ids = init_text_ids(args, tok, model)
     elif init == "frequent":
         init, init_ids = "vocab", frequent_tokens(split, tok.all_special_ids)
     label_inputs = (split["label_ids"], split["label_mask"]) if task == "encoder" else None
