@@ -621,6 +621,30 @@ def test_dynamic_shapes_compile_once_for_every_number_of_points():
     assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
 
 
+def test_pairwise_distance_with_a_gradient_compiles_once_for_every_shape():
+    """Its backward had no fake kernel: fake tensors ran the C++ composite, whose sizes fixed
+    B, N and D, so a compiled training step recompiled for every new shape and, fullgraph,
+    failed at the recompile limit."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+
+    def step(x):
+        T.pairwise_distance(x @ w).mean().backward()
+        return w.grad
+
+    with torch.compiler.config.patch(force_disable_caches=True):
+        compiled = torch.compile(step, dynamic=True, fullgraph=False)
+        for b, n in ((2, 5), (3, 7), (4, 6), (5, 9)):
+            x = cloud(b, n, 3, seed=n)
+            w.grad = None
+            got = compiled(x).clone()
+            w.grad = None
+            torch.testing.assert_close(got, step(x), rtol=1e-12, atol=0)
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+
+
 def test_module_keeps_previous_and_matches_reference():
     x = cloud(2, 12, 6)
     module = T.TSLoss(stability=1.0, connectivity_mode="target", target=0.5)

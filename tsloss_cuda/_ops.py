@@ -71,6 +71,13 @@ def _vr_persistence_fake(x, maxdim, distances, max_h1):
     )
 
 
+@torch.library.register_fake("tsloss_cuda::pairwise_distance_backward")
+def _pairwise_distance_backward_fake(grad, x, dist):
+    # Without it, fake tensors ran the C++ composite (csrc/ops.cpp), whose x.size() calls fixed
+    # B, N and D: a compiled step with a gradient recompiled for every new shape.
+    return x.new_empty(x.shape)  # contiguous, as the composite and the CPU kernel write it
+
+
 @torch.library.register_fake("tsloss_cuda::vr_persistence_backward")
 def _vr_persistence_backward_fake(grad_h0, grad_h1, x, h0_edges, h1_edges, distances):
     return x.new_empty(x.shape)  # contiguous, as the kernels write it (x may be permuted)
