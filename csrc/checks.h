@@ -150,7 +150,8 @@ inline void check_max_h1(int64_t max_h1) {
 inline void check_h1_capacity(int64_t max_h1, int64_t B, int64_t N, int64_t value_bytes,
                               const char* op = "vr_persistence") {
   const int64_t edges = N * (N - 1) / 2;
-  const double bytes = double(B) * double(max_h1) * double(2 * value_bytes + 4 * 8);
+  // At least one cloud's: with B = 0, a max_h1 past the edges overflowed torch's strides.
+  const double bytes = double(B > 1 ? B : 1) * double(max_h1) * double(2 * value_bytes + 4 * 8);
   TSL_CHECK(max_h1 <= edges || bytes <= double(1ull << 30), op, ": max_h1 = ",
               max_h1, " asks for ", bytes / double(1ull << 30), " GiB of H1 outputs, but a ",
               "cloud of ", N, " points has at most ", edges, " H1 bars; pass max_h1 <= ",

@@ -479,6 +479,12 @@ def test_absurd_max_h1_is_refused_by_name():
         tsloss(torch.randn(5, 3), max_h1=10**12)  # in the name of the op called
     # surplus capacity that fits stays legal
     assert vr_persistence(torch.randn(5, 3), max_h1=1000).h1.shape == (1, 1000, 2)
+    # An empty batch too: its outputs' strides overflowed ("Stride calculation overflowed").
+    with pytest.raises(RuntimeError, match=r"max_h1 = 4611686018427387904 .* pass max_h1 <= 10"):
+        vr_persistence(torch.randn(0, 5, 3), max_h1=2**62)
+    with pytest.raises(RuntimeError, match=r"^loss: max_h1 = 4611686018427387904 .* <= 10"):
+        tsloss(torch.randn(0, 5, 3), max_h1=2**62, reduction="none")
+    assert vr_persistence(torch.randn(0, 5, 3), max_h1=1000).h1.shape == (0, 1000, 2)
 
 
 # ---- the CUDA path's no-sync validity flags, checked here against the CPU op's verdict ------

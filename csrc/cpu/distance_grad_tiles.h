@@ -178,8 +178,11 @@ void pair_grad_dispatch(const T* xs, const T* W, int64_t n4, int64_t C, int64_t 
 }
 
 // gx[:, k0:k0+kc] of one cloud x (n, dim) under W (n4 x n4, see pair_grad_chunk_body). When the
-// cloud fills its row blocks and the chunk its vectors (n % 4 == 0, kc % 16 == 0) and rows are not
-// a multiple of 2 KB apart, the tiles read x and add into gx in place. Otherwise through scratch
+// cloud fills its row blocks and the chunk its vectors (n % 4 == 0, kc % 16 == 0), its rows start
+// on cache lines (x, gx and the row length multiples of 64 bytes) and are not a multiple of 2 KB
+// apart, the tiles read x and add into gx in place. Rows off the lines (D = 2047 or 2050 doubles)
+// split a load or store in every vector there: 1.5-2.0x slower than through scratch at
+// (64, 2047), AVX-512 (benchmarks/README.md, "Backward rows off the cache lines"). Otherwise through scratch
 // of 2 * n4 * C values (C: kc rounded up to 16), zero-padded: the sixteen rows a tile touches,
 // 8 KB apart at D = 2048 floats, would share L1 sets (in place was 0.8x as fast at (64,4096,16),
 // 1.3x faster at (16,768,64), one thread). next_x, next_g, next_kc: where the chunk that comes
@@ -193,7 +196,10 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
   if (next_x != nullptr)
     pf = RowPrefetch(next_x, next_g, dim * int64_t(sizeof(T)), n, next_kc * int64_t(sizeof(T)),
                      blocks * (blocks + 1) / 2);
-  if (n == n4 && kc % 16 == 0 && (dim * int64_t(sizeof(T))) % 2048 != 0) {
+  const int64_t row_bytes = dim * int64_t(sizeof(T));
+  const bool lines = row_bytes % 64 == 0 && reinterpret_cast<uintptr_t>(x + k0) % 64 == 0 &&
+                     reinterpret_cast<uintptr_t>(gx + k0) % 64 == 0;
+  if (n == n4 && kc % 16 == 0 && lines && row_bytes % 2048 != 0) {
     for (int64_t r = 0; r < n; ++r) memset(gx + r * dim + k0, 0, sizeof(T) * kc);
     pair_grad_dispatch<T>(x + k0, W, n4, kc, dim, gx + k0, pf);
     return;

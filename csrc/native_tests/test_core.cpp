@@ -468,26 +468,33 @@ void test_pair_grad() {
               if (uniform(rng) < keep) W[b * n4 * n4 + i * n4 + j] = static_cast<T>(normal(rng));
           pair_grad_reference(&x[b * n * dim], n, dim, &W[b * n4 * n4], n4, &ref[b * n * dim]);
         }
-        for (int64_t chunk : {tsloss::cpu::grad_chunk(sizeof(T)), int64_t(16)}) {
-          std::vector<T> gx(B * n * dim, T(-1)), scratch(2 * n4 * chunk);
-          const int64_t chunks = (dim + chunk - 1) / chunk;
-          for (int64_t b = 0; b < B; ++b)
-            for (int64_t c = 0; c < chunks; ++c) {
-              const bool last = c + 1 == chunks;
-              const int64_t nb = last ? b + 1 : b, nk = last ? 0 : (c + 1) * chunk;
-              const bool next = nb < B;
-              tsloss::cpu::pair_grad_chunk(
-                  &x[b * n * dim], n, dim, &W[b * n4 * n4], n4, c * chunk,
-                  std::min(chunk, dim - c * chunk), scratch.data(), &gx[b * n * dim],
-                  next ? &x[nb * n * dim + nk] : nullptr, next ? &gx[nb * n * dim + nk] : nullptr,
-                  next ? std::min(chunk, dim - nk) : 0);
-            }
-          for (int64_t e = 0; e < B * n * dim; ++e)
-            CHECK(std::signbit(gx[e]) == std::signbit(ref[e]) && (gx[e] == ref[e]),
-                  "distance gradient tiles, level %d n=%lld dim=%lld chunk=%lld, entry %lld: "
-                  "%.17g vs %.17g", level, (long long)n, (long long)dim, (long long)chunk,
-                  (long long)e, (double)gx[e], (double)ref[e]);
-        }
+        // Rows on 64-byte lines (as torch's tensors start: in place where the shape allows)
+        // and 16 bytes off them (through scratch).
+        for (int64_t chunk : {tsloss::cpu::grad_chunk(sizeof(T)), int64_t(16)})
+          for (int64_t off : {int64_t(0), int64_t(16 / sizeof(T))}) {
+            tsloss::cpu::LineVector<T> xl(off + B * n * dim), gl(off + B * n * dim, T(-1));
+            std::copy(x.begin(), x.end(), xl.begin() + off);
+            T* const xp = xl.data() + off;
+            T* const gx = gl.data() + off;
+            std::vector<T> scratch(2 * n4 * chunk);
+            const int64_t chunks = (dim + chunk - 1) / chunk;
+            for (int64_t b = 0; b < B; ++b)
+              for (int64_t c = 0; c < chunks; ++c) {
+                const bool last = c + 1 == chunks;
+                const int64_t nb = last ? b + 1 : b, nk = last ? 0 : (c + 1) * chunk;
+                const bool next = nb < B;
+                tsloss::cpu::pair_grad_chunk(
+                    &xp[b * n * dim], n, dim, &W[b * n4 * n4], n4, c * chunk,
+                    std::min(chunk, dim - c * chunk), scratch.data(), &gx[b * n * dim],
+                    next ? &xp[nb * n * dim + nk] : nullptr,
+                    next ? &gx[nb * n * dim + nk] : nullptr, next ? std::min(chunk, dim - nk) : 0);
+              }
+            for (int64_t e = 0; e < B * n * dim; ++e)
+              CHECK(std::signbit(gx[e]) == std::signbit(ref[e]) && (gx[e] == ref[e]),
+                    "distance gradient tiles, level %d n=%lld dim=%lld chunk=%lld off=%lld, "
+                    "entry %lld: %.17g vs %.17g", level, (long long)n, (long long)dim,
+                    (long long)chunk, (long long)off, (long long)e, (double)gx[e], (double)ref[e]);
+          }
       }
     }
   }
