@@ -774,7 +774,8 @@ def test_late_refusals_write_nothing_and_each_run_records_its_checkpoints(tiny_m
 @pytest.fixture(scope="module")
 def odd_models(tmp_path_factory):
     """Checkpoint folders the job must either tune or refuse in one line: an ALBERT (its
-    16-wide embeddings projected to 32-wide hidden states), a GPT-2 whose tokenizer has no
+    16-wide embeddings projected to 32-wide hidden states), an OPT (32-wide hidden states
+    projected back to its 16-wide embeddings), a GPT-2 whose tokenizer has no
     padding token, a BERT of 1,000 embeddings beside a 30,522-token tokenizer, a T5 encoder
     saved alone, and a BERT without tokenizer files."""
     src = _minilm_dir()
@@ -793,6 +794,10 @@ def odd_models(tmp_path_factory):
             vocab_size=30522, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)),
         "notok": transformers.BertModel(transformers.BertConfig(
             vocab_size=30522, hidden_size=32, **small)),
+        # Hidden states projected back down to the embeddings' width, as OPT-350m's.
+        "opt_proj": transformers.OPTModel(transformers.OPTConfig(
+            vocab_size=30522, hidden_size=32, word_embed_proj_dim=16, num_hidden_layers=1,
+            num_attention_heads=2, ffn_dim=64, max_position_embeddings=128)),
     }
     tok = transformers.AutoTokenizer.from_pretrained(src)
     nopad = transformers.AutoTokenizer.from_pretrained(src)
@@ -819,12 +824,13 @@ def test_odd_checkpoint_folders_train_or_are_refused_in_one_line(odd_models, tmp
               "--max-val", "12", "--batch-size", "4", "--prompt-length", "4", "--max-length",
               "16", "--no-plots", "--quiet"]
     for name, extra in (("albert", ["--head", "linear"]), ("albert", []),
+                        ("opt_proj", ["--task", "encoder", "--head", "linear"]),
                         ("gpt2_nopad", ["--task", "encoder"])):
         out = tmp_path / f"{name}{len(extra)}"
         assert train.main(["--model", odd_models[name], "--output-dir", str(out)] + common
                           + extra) == 0, capsys.readouterr().err
         prompt = _final(out, "tsloss", 0)
-        assert prompt.shape == (4, 16 if name == "albert" else 32)
+        assert prompt.shape == (4, 16 if name in ("albert", "opt_proj") else 32)
     capsys.readouterr()
     for name, extra, says in (
             ("bigtok", ["--head", "linear"], "past the model's 1000 input embeddings"),
@@ -857,6 +863,19 @@ def test_a_failed_run_leaves_no_folder_it_made(tiny_models, tmp_path, monkeypatc
                        "--output-dir", str(out)] + TINY) == 1
     assert "evaluation failed" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_rank_without_its_world_is_refused(tiny_models, tmp_path, monkeypatch, capsys):
+    """RANK=1 left in the environment without torchrun's WORLD_SIZE trained as a rank that
+    writes nothing and exited 0; an unreadable RANK was int()'s bare message."""
+    from tsloss_cuda import train
+    args = ["--model", tiny_models["bert"], "--output-dir", str(tmp_path / "o")] + TINY
+    for rank, says in (("1", "$RANK 1 must be from 0 to $WORLD_SIZE - 1 = 0"),
+                       ("x", "$RANK must be a whole number (torchrun sets it), got 'x'")):
+        monkeypatch.setenv("RANK", rank)
+        assert train.main(args) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_labels_alike_train_under_the_linear_head(tiny_models, tmp_path):

@@ -344,11 +344,10 @@ class SoftPromptModel(nn.Module):
                 self.register_buffer("label_ids", _label_ids(label_ids, model), persistent=False)
                 check_answer_logits(model, self.label_ids)
             elif head == "linear":
-                # It reads the pooled hidden states, whose width is the prompt's (the
-                # embeddings') except where the model projects them up (ALBERT, ELECTRA).
-                width = getattr(getattr(model, "config", None), "hidden_size", None)
-                width = width if isinstance(width, int) else self.prompt.shape[1]
-                self.head = nn.Linear(width, num_labels).to(self.prompt.device)
+                # It reads the pooled hidden states, whose width is the embeddings' except where
+                # the model projects them (ALBERT up to hidden_size, OPT-350m back down from
+                # it): asked of the model, one token's pass.
+                self.head = nn.Linear(self._hidden_width(), num_labels).to(self.prompt.device)
             else:
                 if label_inputs is None:
                     raise ValueError("head='similarity' needs label_inputs (label description ids "
@@ -397,6 +396,16 @@ class SoftPromptModel(nn.Module):
             sample = embed(torch.randperm(v, generator=generator)[:4096].to(dev)).float()
             std = sample.std(0)
             return torch.randn(n, std.shape[0], generator=generator).to(dev) * std
+
+    def _hidden_width(self) -> int:
+        """The width of the encoder's last hidden states for an input of embeddings."""
+        weight = _input_embeddings(self.model).weight
+        probe = torch.zeros(1, 1, self.prompt.shape[1], dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            hidden = self.model(inputs_embeds=probe,
+                                attention_mask=torch.ones(1, 1, dtype=torch.long,
+                                                          device=weight.device))
+        return int(hidden.last_hidden_state.shape[-1])
 
     @property
     def n_prompts(self) -> int:
