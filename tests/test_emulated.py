@@ -127,6 +127,18 @@ def test_emulated_op_is_complete_once_the_package_is_imported():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
+@pytest.mark.parametrize("value", ["Emulated", "emulated ", "emulate", "cpu"])
+def test_a_misspelt_engine_switch_is_refused(monkeypatch, value):
+    """Any value but unset, empty or "emulated" ran the CPU engine unsaid: a suite meant for
+    the emulation passed without running it."""
+    monkeypatch.setenv("TSLOSS_ENGINE", value)
+    x = torch.randn(2, 6, 3)
+    for call in (lambda: tsloss_cuda.vr_persistence(x), lambda: tsloss_cuda.loss(x)):
+        with pytest.raises((ValueError, RuntimeError),
+                           match="TSLOSS_ENGINE must be unset, empty or 'emulated', got"):
+            call()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_switch_routes_fused_loss_through_emulation(monkeypatch, dtype):
     # The fused TSLoss op reads the switch in C++; the emulation's cloud count shows it ran, and

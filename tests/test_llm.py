@@ -437,6 +437,19 @@ def test_job_checks_the_model_cache_once(monkeypatch, tmp_path):
     assert checked == [cache] and calls == [os.path.join(cache, GEMMA)]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_cache_that_cannot_be_made_is_named(monkeypatch, tmp_path, capsys):
+    """An uncreatable $TSLOSS_CACHE ended the job with an OSError naming neither it nor the
+    variable (exit 1)."""
+    from tsloss_cuda import train
+    monkeypatch.setenv("TSLOSS_CACHE", "/proc/tsloss_cache_test")
+    assert train.main(["--model", GEMMA, "--max-steps", "1", "--output-dir",
+                       str(tmp_path / "out"), "--quiet"]) == 2
+    assert "error: $TSLOSS_CACHE /proc/tsloss_cache_test cannot be created" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ranks_wait_for_one_conversion(monkeypatch, tmp_path):
     """While another process converts (holds the lock), a rank waits, then uses its result."""
     import fcntl

@@ -56,4 +56,5 @@ def _apply_environment() -> None:
         try:
             set_cpu_isa(isa)
         except ValueError as err:
-            raise ValueError(f"TSLOSS_CPU_ISA={isa!r}: {str(err).split(': ', 1)[1]}") from None
+            why = str(err).split(": ", 1)[1].replace(" or None", "")  # a name, not None
+            raise ValueError(f"TSLOSS_CPU_ISA={isa!r}: {why}") from None

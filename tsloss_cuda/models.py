@@ -26,7 +26,7 @@ from typing import Iterator, Literal, Mapping, Optional, Tuple
 
 import torch
 
-from ._cli import CLIError, first_line, missing_folders
+from ._cli import CLIError, check_writable, first_line, missing_folders
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 GEMMA = "gemma-3-270m"
@@ -49,11 +49,12 @@ def check_cache(cache_dir: Optional[str] = None) -> str:
     OSError that names no option."""
     root = cache_root(cache_dir)
     there, _ = missing_folders(root)
+    name = ("--model-cache" if cache_dir else
+            "$TSLOSS_CACHE" if os.environ.get("TSLOSS_CACHE") else "the model cache")
     if not os.path.isdir(there):
-        name = ("--model-cache" if cache_dir else
-                "$TSLOSS_CACHE" if os.environ.get("TSLOSS_CACHE") else "the model cache")
         raise CLIError(f"{name} {root} must be a folder (of converted models): {there} exists "
                        "and is not one")
+    check_writable(root, name)  # one that cannot be made or written: named, not an OSError
     return root
 
 

@@ -381,8 +381,13 @@ def _engine(x: torch.Tensor):
     """The op for ``x``: TSLOSS_ENGINE=emulated runs CPU tensors through the GPU engine's kernels
     on the host warp emulation (tests and CI without a GPU); otherwise ``vr_persistence``.
     There, TSLOSS_EMULATED_POOL_BYTES fixes the reduction's memory pool as the device's is fixed,
-    so that a cloud exhausting it is reported (``h1_count`` -1) as on the device."""
-    if os.environ.get("TSLOSS_ENGINE", "") == "emulated" and not x.is_cuda:
+    so that a cloud exhausting it is reported (``h1_count`` -1) as on the device. Any other
+    value is refused (a misspelt switch ran this engine unsaid). Read when the call runs; a
+    compiled function keeps the engine it was traced with."""
+    engine = os.environ.get("TSLOSS_ENGINE", "")
+    if engine not in ("", "emulated"):
+        raise ValueError(f"TSLOSS_ENGINE must be unset, empty or 'emulated', got {engine!r}")
+    if engine == "emulated" and not x.is_cuda:
         from ._emulated import op
         return op
     return ops.vr_persistence

@@ -59,18 +59,32 @@ def make_regularizer(name: str, args) -> Tuple[Callable[[torch.Tensor], torch.Te
 # ---------------------------------------------------------------------------------------------
 # distributed helpers
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise CLIError(f"${name} must be a whole number (torchrun sets it), got {value!r}") from None
+
+
 def launch_rank() -> int:
     """This process's rank in a torchrun job (0 outside one)."""
-    return int(os.environ.get("RANK", "0"))
+    return _env_int("RANK", 0)
 
 
 class Dist:
     """World info; ``world == 1`` means plain single-process training."""
 
     def __init__(self, device: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world = _env_int("WORLD_SIZE", 1)
         self.rank = launch_rank()
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = _env_int("LOCAL_RANK", 0)
+        if not 0 <= self.rank < self.world:  # a RANK left set without torchrun's WORLD_SIZE
+            # trained and then wrote nothing, as a rank other than 0 does
+            raise CLIError(f"$RANK {self.rank} must be from 0 to $WORLD_SIZE - 1 = "
+                           f"{self.world - 1}: run under torchrun, or unset RANK")
         if device == "cuda":
             check_device(device)
             self.device = torch.device("cuda", local if self.world > 1 else 0)

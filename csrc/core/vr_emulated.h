@@ -63,7 +63,7 @@ struct EmulationOptions {
 };
 
 // The options of the emulated ops (TSLOSS_ENGINE=emulated): TSLOSS_EMULATED_POOL_BYTES, when
-// set, fixes the reduction's pool at that many bytes, so that a cloud which exhausts it is
+// set and not 0 (0: not fixed, as unset), fixes the reduction's pool at that many bytes, so that a cloud which exhausts it is
 // reported as the device reports it (h1_count -1) instead of rerun with more: the tests' way
 // into the device's overflow path. Read at every call, as TSLOSS_ENGINE is.
 // Digits only, at most 2^40 (a TiB); anything else is an error naming the variable: strtoull
@@ -91,7 +91,7 @@ inline EmulationOptions emulation_options_from_env() {
     const uint64_t digit = uint64_t(*c - '0');
     if (*c < '0' || *c > '9' || bytes > (kMaxPoolBytes - digit) / 10)
       throw std::invalid_argument(std::string("TSLOSS_EMULATED_POOL_BYTES must be a whole number "
-                                              "of bytes from 0 to 2^40, got '") + v + "'");
+                                              "of bytes from 0 (not fixed) to 2^40, got '") + v + "'");
     bytes = bytes * 10 + digit;
   }
   opt.fixed_pool_bytes = bytes;

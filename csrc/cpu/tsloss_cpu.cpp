@@ -33,10 +33,14 @@ const Caller kOp{"loss", "prompts"};
 // TSLOSS_ENGINE=emulated: the diagrams come from the GPU engine's kernels on the host warp
 // emulation (core/vr_emulated.h), so that the loss suites check the device's algorithm on a
 // machine without a GPU, as persistence.py does for vr_persistence. Read at every call: a test
-// switches it within a process.
+// switches it within a process. Anything but unset, empty or "emulated" is refused: a misspelt
+// switch ran the CPU engine, and a suite meant for the emulation passed without running it.
 bool emulated_engine() {
   const char* e = std::getenv("TSLOSS_ENGINE");
-  return e != nullptr && std::strcmp(e, "emulated") == 0;
+  if (e == nullptr || *e == '\0') return false;
+  TSL_CHECK(std::strcmp(e, "emulated") == 0,
+            "TSLOSS_ENGINE must be unset, empty or 'emulated', got '", e, "'");
+  return true;
 }
 
 tsl::TermOptions term_options(bool has_prev, bool normalize, bool target_mode, double target,

@@ -20,20 +20,32 @@ inline void check_cuda(cudaError_t err, const char* what) {
   TSL_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
-// A positive integer setting from the environment; unset, empty or not positive: fallback.
-inline int64_t env_int(const char* name, int64_t fallback) {
+// A positive integer setting from the environment: digits only, 1..most; unset or empty:
+// fallback; anything else an error naming it. atoll read "1e6" as 1 (every cloud overflowed
+// after the error message said to raise the setting), "-5" or "abc" as unset, and 20 digits
+// as LLONG_MAX, whose byte counts wrapped.
+inline int64_t env_int(const char* name, int64_t fallback, int64_t most) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
-  const long long parsed = std::atoll(v);
-  return parsed > 0 ? static_cast<int64_t>(parsed) : fallback;
+  int64_t parsed = 0;
+  bool ok = true;
+  for (const char* c = v; *c != '\0' && ok; ++c) {
+    ok = *c >= '0' && *c <= '9' && parsed <= (most - (*c - '0')) / 10;
+    if (ok) parsed = parsed * 10 + (*c - '0');
+  }
+  TSL_CHECK(ok && parsed >= 1, name, " must be a whole number from 1 to ", most, ", got '", v,
+            "'");
+  return parsed;
 }
 
-// The H1 capacities for clouds of n points, with the TSLOSS_CUDA_H1_* overrides.
+// The H1 capacities for clouds of n points, with the TSLOSS_CUDA_H1_* overrides (entries; one
+// array of a cloud holds at most 2^31 - 1: positions are 32-bit on the device).
 inline tsl::cuda::H1Capacity h1_capacity(int64_t n) {
+  constexpr int64_t kMost = (int64_t(1) << 31) - 1;
   tsl::cuda::H1Capacity c = tsl::cuda::default_h1_capacity(n);
-  c.heap = env_int("TSLOSS_CUDA_H1_HEAP", c.heap);
-  c.columns = env_int("TSLOSS_CUDA_H1_COLUMNS", c.columns);
-  c.arena = env_int("TSLOSS_CUDA_H1_ARENA", c.arena);
+  c.heap = env_int("TSLOSS_CUDA_H1_HEAP", c.heap, kMost);
+  c.columns = env_int("TSLOSS_CUDA_H1_COLUMNS", c.columns, kMost);
+  c.arena = env_int("TSLOSS_CUDA_H1_ARENA", c.arena, kMost);
   return c;
 }
 
@@ -70,7 +82,7 @@ inline bool env_choice(const char* name, const char* preferred, const char* othe
 }
 
 // A count setting where 0 means automatic: digits only, 0..most; unset or empty: fallback.
-// Not env_int, which takes 0 and anything unreadable as unset.
+// Not env_int, which refuses 0.
 inline int env_count(const char* name, int most, int fallback) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
@@ -82,12 +94,9 @@ inline int env_count(const char* name, int most, int fallback) {
 }
 
 inline EngineSettings engine_settings() {
-  const int64_t clouds_per_warp = env_int("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", 0);
-  TSL_CHECK(clouds_per_warp <= 32, "TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP must be 1..32, got ",
-            clouds_per_warp);
   return EngineSettings{env_choice("TSLOSS_CUDA_TOPOLOGY", "block", "global"),
                         env_choice("TSLOSS_CUDA_REDUCE", "warp", "thread"),
-                        static_cast<int>(clouds_per_warp),
+                        env_count("TSLOSS_CUDA_REDUCE_CLOUDS_PER_WARP", 32, 0),
                         env_count("TSLOSS_CUDA_REDUCE_WARPS", 16, 1),
                         env_count("TSLOSS_CUDA_DISTANCE_SLICES", 64, 1)};
 }
@@ -114,7 +123,7 @@ inline size_t bytes_or_zero(const at::Tensor& t) {
 inline size_t workspace_budget() {
   const size_t total = at::cuda::getCurrentDeviceProperties()->totalGlobalMem;
   const size_t fallback = std::max<size_t>(size_t(2048) << 20, total / 8);
-  const int64_t mb = env_int("TSLOSS_CUDA_WORKSPACE_MB", 0);
+  const int64_t mb = env_int("TSLOSS_CUDA_WORKSPACE_MB", 0, int64_t(1) << 30);  // 1 PB
   return mb > 0 ? static_cast<size_t>(mb) << 20 : fallback;
 }
 
