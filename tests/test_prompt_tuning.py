@@ -487,3 +487,26 @@ def test_an_encoder_model_cast_whole_still_classifies(head, dtype):
     torch.testing.assert_close(out["logits"], want, rtol=tol, atol=tol * 20)
     out["loss"].backward()
     assert cast.prompt.grad is not None and cast.prompt.grad.dtype == dtype
+
+
+def test_linear_head_is_sized_by_the_hidden_states_without_drawing_from_the_generator():
+    """The head's width comes from one token's pass through the model (ALBERT projects its
+    embeddings up, OPT-350m its hidden states down); in eval mode, so that a model in train
+    mode does not spend dropout draws and move the head's initial weights."""
+    heads = []
+    for training in (False, True):
+        model = tiny_bert().train(training)
+        torch.manual_seed(5)
+        spm = SoftPromptModel(model, 4, task="encoder", head="linear", num_labels=3,
+                              init="random")
+        assert model.training == training  # given back as it was
+        heads.append(spm.head.weight.detach().clone())
+    assert heads[0].shape == (3, 32) and torch.equal(heads[0], heads[1])
+    cfg = transformers.AlbertConfig(vocab_size=64, embedding_size=16, hidden_size=32,
+                                    num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, max_position_embeddings=64)
+    albert = SoftPromptModel(transformers.AlbertModel(cfg).eval(), 4, task="encoder",
+                             head="linear", num_labels=2)
+    assert albert.prompt.shape == (4, 16) and albert.head.weight.shape == (2, 32)
+    ids, mask, _ = _encoder_batch()
+    assert albert(ids[:, :5], mask[:, :5])["logits"].shape == (12, 2)

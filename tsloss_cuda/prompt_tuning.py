@@ -398,13 +398,20 @@ class SoftPromptModel(nn.Module):
             return torch.randn(n, std.shape[0], generator=generator).to(dev) * std
 
     def _hidden_width(self) -> int:
-        """The width of the encoder's last hidden states for an input of embeddings."""
+        """The width of the encoder's last hidden states for an input of embeddings. In eval
+        mode: a dropout would draw from torch's generator, and move the head's initial weights
+        drawn next."""
         weight = _input_embeddings(self.model).weight
         probe = torch.zeros(1, 1, self.prompt.shape[1], dtype=weight.dtype, device=weight.device)
-        with torch.no_grad():
-            hidden = self.model(inputs_embeds=probe,
-                                attention_mask=torch.ones(1, 1, dtype=torch.long,
-                                                          device=weight.device))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                hidden = self.model(inputs_embeds=probe,
+                                    attention_mask=torch.ones(1, 1, dtype=torch.long,
+                                                              device=weight.device))
+        finally:
+            self.model.train(was_training)
         return int(hidden.last_hidden_state.shape[-1])
 
     @property
