@@ -450,6 +450,27 @@ def test_a_cache_that_cannot_be_made_is_named(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_read_only_cache_that_holds_the_model_is_fine(monkeypatch, tmp_path):
+    """The write test is for a cache a conversion will write: one converted ahead of time on
+    a read-only mount was refused. Nor does it remove the folder it made (under torchrun
+    another rank's removal raced this one's write)."""
+    import errno
+    import tempfile
+    from tsloss_cuda import models
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    ready = tmp_path / "ready"
+    (ready / GEMMA).mkdir(parents=True)
+    (ready / GEMMA / "config.json").write_text("{}")
+    assert models.check_cache(str(ready)) == str(ready)
+    with pytest.raises(CLIError, match="--model-cache .*empty cannot be written: Read-only"):
+        models.check_cache(str(tmp_path / "empty"))
+    assert (tmp_path / "empty").is_dir()  # made, and kept for the conversion
+
+
 def test_ranks_wait_for_one_conversion(monkeypatch, tmp_path):
     """While another process converts (holds the lock), a rank waits, then uses its result."""
     import fcntl

@@ -490,9 +490,9 @@ def test_an_encoder_model_cast_whole_still_classifies(head, dtype):
 
 
 def test_linear_head_is_sized_by_the_hidden_states_without_drawing_from_the_generator():
-    """The head's width comes from one token's pass through the model (ALBERT projects its
-    embeddings up, OPT-350m its hidden states down); in eval mode, so that a model in train
-    mode does not spend dropout draws and move the head's initial weights."""
+    """The head's width is the hidden states' (ALBERT projects its embeddings up, OPT-350m its
+    hidden states down), read from the config: no pass through the model, whose dropout in
+    train mode drew from the generator and moved the head's initial weights."""
     heads = []
     for training in (False, True):
         model = tiny_bert().train(training)
@@ -510,3 +510,15 @@ def test_linear_head_is_sized_by_the_hidden_states_without_drawing_from_the_gene
     assert albert.prompt.shape == (4, 16) and albert.head.weight.shape == (2, 32)
     ids, mask, _ = _encoder_batch()
     assert albert(ids[:, :5], mask[:, :5])["logits"].shape == (12, 2)
+
+
+def test_linear_head_on_a_funnel_encoder():
+    """A probe pass of one token to size the head failed inside Funnel (it pools by 4)."""
+    cfg = transformers.FunnelConfig(vocab_size=64, d_model=32, n_head=2, d_head=16, d_inner=64,
+                                    block_sizes=[1, 1], num_decoder_layers=1,
+                                    max_position_embeddings=64)
+    torch.manual_seed(0)
+    spm = SoftPromptModel(transformers.FunnelModel(cfg).eval(), 4, task="encoder",
+                          head="linear", num_labels=3)
+    ids, mask, _ = _encoder_batch()
+    assert spm(ids, mask)["logits"].shape == (12, 3)

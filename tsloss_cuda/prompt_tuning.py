@@ -345,8 +345,7 @@ class SoftPromptModel(nn.Module):
                 check_answer_logits(model, self.label_ids)
             elif head == "linear":
                 # It reads the pooled hidden states, whose width is the embeddings' except where
-                # the model projects them (ALBERT up to hidden_size, OPT-350m back down from
-                # it): asked of the model, one token's pass.
+                # the model projects them (ALBERT up to hidden_size, OPT-350m back down from it).
                 self.head = nn.Linear(self._hidden_width(), num_labels).to(self.prompt.device)
             else:
                 if label_inputs is None:
@@ -398,21 +397,17 @@ class SoftPromptModel(nn.Module):
             return torch.randn(n, std.shape[0], generator=generator).to(dev) * std
 
     def _hidden_width(self) -> int:
-        """The width of the encoder's last hidden states for an input of embeddings. In eval
-        mode: a dropout would draw from torch's generator, and move the head's initial weights
-        drawn next."""
-        weight = _input_embeddings(self.model).weight
-        probe = torch.zeros(1, 1, self.prompt.shape[1], dtype=weight.dtype, device=weight.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                hidden = self.model(inputs_embeds=probe,
-                                    attention_mask=torch.ones(1, 1, dtype=torch.long,
-                                                              device=weight.device))
-        finally:
-            self.model.train(was_training)
-        return int(hidden.last_hidden_state.shape[-1])
+        """The width of the encoder's last hidden states, from its config: OPT's
+        ``word_embed_proj_dim`` (OPT-350m projects them back down to the embeddings' width),
+        else ``hidden_size`` (ALBERT and ELECTRA project the embeddings up to it), else the
+        embeddings' width. Not a probe pass: one token broke Funnel (it pools the sequence by
+        4) and switched BigBird to full attention for good."""
+        cfg = getattr(self.model, "config", None)
+        for key in ("word_embed_proj_dim", "hidden_size"):
+            width = getattr(cfg, key, None)
+            if isinstance(width, int) and width > 0:
+                return width
+        return self.prompt.shape[1]
 
     @property
     def n_prompts(self) -> int:
@@ -462,6 +457,10 @@ class SoftPromptModel(nn.Module):
             # In the head's dtype, which follows a cast of the whole module (.bfloat16()); the
             # logits in float32, as the causal ones.
             pooled = self._pool(embeds, mask)
+            if pooled.shape[-1] != self.head.in_features:  # a config that misnames the width
+                raise ValueError(f"head='linear' was sized {self.head.in_features} wide from "
+                                 f"the model's config, but its hidden states are "
+                                 f"{pooled.shape[-1]} wide: use head='similarity'")
             logits = self.head(pooled.to(self.head.weight.dtype)).float()
         else:
             pooled = nn.functional.normalize(self._pool(embeds, mask), dim=-1)
