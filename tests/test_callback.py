@@ -550,6 +550,31 @@ def _classifier(task_type="SEQ_CLS"):
                                                                   num_virtual_tokens=5))
 
 
+def test_a_prompt_narrower_than_the_embeddings_is_refused_at_train_begin():
+    """PEFT sizes the prompt by config.hidden_size: an ALBERT's (embeddings 16 wide, hidden
+    states 32) was 32 wide and the run failed inside PEFT's first forward. Refused when
+    training begins, naming the setting; token_dim=16 trains."""
+    from tsloss_cuda.callback import TSLossCallback
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    args = transformers.TrainingArguments("unused", report_to=[], use_cpu=True)
+    for token_dim, ok in ((None, False), (16, True)):
+        torch.manual_seed(0)
+        base = transformers.AlbertForSequenceClassification(transformers.AlbertConfig(
+            vocab_size=64, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+            num_attention_heads=2, intermediate_size=64, num_labels=2))
+        extra = {} if token_dim is None else {"token_dim": token_dim}
+        model = peft.get_peft_model(base, peft.PromptTuningConfig(
+            task_type="SEQ_CLS", num_virtual_tokens=4, **extra))
+        cb = TSLossCallback(0.1)
+        if ok:
+            cb.on_train_begin(args, state, control, model=model)
+        else:
+            with pytest.raises(ValueError, match=r"soft prompt is 32 wide but "
+                                                 r"AlbertForSequenceClassification's input "
+                                                 r"embeddings are 16 wide .*token_dim=16"):
+                cb.on_train_begin(args, state, control, model=model)
+
+
 @pytest.mark.parametrize("task_type", ["SEQ_CLS", "TOKEN_CLS"])
 def test_a_trainer_that_sums_accumulated_losses_is_warned_of(task_type, recwarn):
     """transformers leaves the 1/G of gradient accumulation to a model whose forward takes

@@ -91,6 +91,20 @@ def _check_model(model) -> None:
                            "model's), stacked into one embedding")
 
 
+def _check_prompt_width(model, prompt: torch.Tensor) -> None:
+    """PEFT sizes a prompt by ``config.hidden_size``, which is not the input embeddings' width
+    where the model projects them (ALBERT, OPT-350m): the run then failed in PEFT's first
+    forward (a torch.cat of the two), after the Trainer had set up."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get = getattr(base, "get_input_embeddings", None)
+    width = getattr(get() if callable(get) else None, "embedding_dim", None)
+    if isinstance(width, int) and prompt.shape[-1] != width:
+        raise ValueError(f"TSLossCallback: the soft prompt is {prompt.shape[-1]} wide but "
+                         f"{type(base).__name__}'s input embeddings are {width} wide (PEFT "
+                         "sizes it by config.hidden_size): pass "
+                         f"PromptTuningConfig(token_dim={width})")
+
+
 def _sums_accumulated_losses(args, model, trainer=None) -> bool:
     """Whether the Trainer adds the micro-batches' losses rather than their mean. It leaves the
     1/G to the loss when it counts the batch's items (``num_items_in_batch``, from a ``labels``
@@ -186,7 +200,9 @@ class TSLossCallback(TrainerCallback):
         RuntimeError: from ``on_train_begin``, under DeepSpeed or FSDP, with an optimizer that
             updates during the backward pass (``lomo``, ``adalomo``, ``*_layerwise``), or for a
             PEFT adapter of several stacked prompts (``num_transformer_submodules`` > 1).
-        ValueError: from ``on_train_begin``, for a model without a soft prompt.
+        ValueError: from ``on_train_begin``, for a model without a soft prompt, or one whose
+            width is not the input embeddings' (PEFT's ``token_dim`` defaults to
+            ``config.hidden_size``, which ALBERT and OPT-350m project from).
     """
 
     def __init__(self, weight: float = 0.1, *, prefix: str = "topology/", **options: Any) -> None:
@@ -227,7 +243,8 @@ class TSLossCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         _check_engine(args)
         _check_model(model)
-        prompt_parameters(model)  # no soft prompt: say so now, not after the first steps
+        # No soft prompt, or one of the wrong width: say so now, not after the first steps.
+        _check_prompt_width(model, prompt_parameters(model))
         trainer = self._trainer() if self._trainer is not None else None
         if trainer is not None and not (trainer.model is model and any(
                 cb is self for cb in trainer.callback_handler.callbacks)):
