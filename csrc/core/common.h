@@ -157,4 +157,19 @@ TSL_HD T enclosing_radius(const DistanceMatrix<T>& d) {
   return best;
 }
 
+// An environment setting's number: digits only (no sign, space or exponent), at most `most`;
+// false for anything else. The one reading of the host's and the CUDA glue's settings: atoll
+// and strtoull read a prefix ("1e6" as 1, "-1" as 2^64 - 1) and wrapped near 2^64, unsaid.
+inline bool parse_count(const char* v, uint64_t most, uint64_t* out) {
+  if (v == nullptr || *v == '\0') return false;
+  uint64_t n = 0;
+  for (; *v != '\0'; ++v) {
+    const uint64_t d = uint64_t(*v - '0');
+    if (*v < '0' || *v > '9' || d > most || n > (most - d) / 10) return false;
+    n = n * 10 + d;
+  }
+  *out = n;
+  return true;
+}
+
 }  // namespace tsl

@@ -87,13 +87,9 @@ inline EmulationOptions emulation_options_from_env() {
   const char* v = std::getenv("TSLOSS_EMULATED_POOL_BYTES");
   if (v == nullptr || *v == '\0') return opt;
   uint64_t bytes = 0;
-  for (const char* c = v; *c != '\0'; ++c) {
-    const uint64_t digit = uint64_t(*c - '0');
-    if (*c < '0' || *c > '9' || bytes > (kMaxPoolBytes - digit) / 10)
-      throw std::invalid_argument(std::string("TSLOSS_EMULATED_POOL_BYTES must be a whole number "
-                                              "of bytes from 0 (not fixed) to 2^40, got '") + v + "'");
-    bytes = bytes * 10 + digit;
-  }
+  if (!parse_count(v, kMaxPoolBytes, &bytes))
+    throw std::invalid_argument(std::string("TSLOSS_EMULATED_POOL_BYTES must be a whole number "
+                                            "of bytes from 0 (not fixed) to 2^40, got '") + v + "'");
   opt.fixed_pool_bytes = bytes;
   return opt;
 }

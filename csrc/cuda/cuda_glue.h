@@ -27,15 +27,10 @@ inline void check_cuda(cudaError_t err, const char* what) {
 inline int64_t env_int(const char* name, int64_t fallback, int64_t most) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
-  int64_t parsed = 0;
-  bool ok = true;
-  for (const char* c = v; *c != '\0' && ok; ++c) {
-    ok = *c >= '0' && *c <= '9' && parsed <= (most - (*c - '0')) / 10;
-    if (ok) parsed = parsed * 10 + (*c - '0');
-  }
-  TSL_CHECK(ok && parsed >= 1, name, " must be a whole number from 1 to ", most, ", got '", v,
-            "'");
-  return parsed;
+  uint64_t parsed = 0;
+  TSL_CHECK(tsl::parse_count(v, uint64_t(most), &parsed) && parsed >= 1, name,
+            " must be a whole number from 1 to ", most, ", got '", v, "'");
+  return static_cast<int64_t>(parsed);
 }
 
 // The H1 capacities for clouds of n points, with the TSLOSS_CUDA_H1_* overrides (entries; one
@@ -86,10 +81,9 @@ inline bool env_choice(const char* name, const char* preferred, const char* othe
 inline int env_count(const char* name, int most, int fallback) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
-  char* end = nullptr;
-  const long parsed = std::strtol(v, &end, 10);  // digits only: strtol takes " 5" and "+5"
-  TSL_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && parsed >= 0 && parsed <= most, name,
-            " must be 0 (automatic) or 1..", most, ", got '", v, "'");
+  uint64_t parsed = 0;
+  TSL_CHECK(tsl::parse_count(v, uint64_t(most), &parsed), name, " must be 0 (automatic) or 1..",
+            most, ", got '", v, "'");
   return static_cast<int>(parsed);
 }
 

@@ -1379,7 +1379,36 @@ void test_edge_incidence() {
 
 }  // namespace
 
+// The environment settings' number reading: digits only, within the bound, and no wrap near
+// 2^64 (nor below 10, where most - digit went negative).
+void test_parse_count() {
+  struct Case {
+    const char* text;
+    uint64_t most;
+    bool ok;
+    uint64_t value;
+  };
+  const Case cases[] = {
+      {"0", 16, true, 0},          {"16", 16, true, 16},       {"17", 16, false, 0},
+      {"007", 16, true, 7},        {"", 16, false, 0},         {"1e6", uint64_t(1) << 40, false, 0},
+      {"-1", 16, false, 0},        {"+5", 16, false, 0},       {" 5", 16, false, 0},
+      {"5 ", 16, false, 0},        {"abc", 16, false, 0},      {"8", 7, false, 0},
+      {"7", 7, true, 7},           {"1099511627776", uint64_t(1) << 40, true, uint64_t(1) << 40},
+      {"1099511627777", uint64_t(1) << 40, false, 0},
+      {"18446744073709551615", ~uint64_t(0), true, ~uint64_t(0)},
+      {"18446744073709551616", ~uint64_t(0), false, 0},
+      {"99999999999999999999999", ~uint64_t(0), false, 0}};
+  for (const Case& c : cases) {
+    uint64_t got = 12345;
+    const bool ok = tsl::parse_count(c.text, c.most, &got);
+    CHECK(ok == c.ok && (!ok || got == c.value), "parse_count('%s', %llu): %d %llu", c.text,
+          (unsigned long long)c.most, int(ok), (unsigned long long)got);
+  }
+  CHECK(!tsl::parse_count(nullptr, 16, nullptr), "parse_count(nullptr)");
+}
+
 int main() {
+  test_parse_count();
   test_prim_first_contact();
   test_index_decoding();
   test_certified_distances();
