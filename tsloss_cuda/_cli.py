@@ -66,12 +66,14 @@ def missing_folders(path: str) -> Tuple[str, List[str]]:
     return there, missing
 
 
-def check_writable(out: str, flag: str, longest: str = "") -> None:
+def check_writable(out: str, flag: str, longest: str = "", keep: bool = False) -> None:
     """Refuse (a :class:`CLIError` naming ``flag``) an output folder that cannot be created or
     written (a file among its parents, a read-only or virtual file system, no permission)
     before the work, rather than after it (minutes for the Gemma job). Tries both, then removes
     the folders it made. ``longest``: the longest path the tool writes, relative to ``out``; a
-    folder so long that this path would pass the system's limit (PATH_MAX) is refused too."""
+    folder so long that this path would pass the system's limit (PATH_MAX) is refused too.
+    ``keep``: the folders made stay (a cache that ranks of one job test at once: one rank's
+    removal raced another's write)."""
     _, missing = missing_folders(out)
     # Removed by the paths given, not the absolute ones: a relative path that fits the limit
     # may be made, and its absolute form be too long to remove.
@@ -93,7 +95,7 @@ def check_writable(out: str, flag: str, longest: str = "") -> None:
                            f"{e.strerror}") from None
         raise CLIError(f"{flag} {out} cannot be {step}: {e.strerror or e}") from None
     finally:
-        for folder in made:  # deepest first; one that another process filled meanwhile stays
+        for folder in made if not keep else ():  # deepest first; one another process filled stays
             try:
                 os.rmdir(folder)
             except OSError as e:

@@ -26,7 +26,7 @@ from typing import Iterator, Literal, Mapping, Optional, Tuple
 
 import torch
 
-from ._cli import CLIError, first_line, missing_folders
+from ._cli import CLIError, check_writable, first_line, missing_folders
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 GEMMA = "gemma-3-270m"
@@ -54,18 +54,10 @@ def check_cache(cache_dir: Optional[str] = None) -> str:
     if not os.path.isdir(there):
         raise CLIError(f"{name} {root} must be a folder (of converted models): {there} exists "
                        "and is not one")
-    if not os.path.isfile(os.path.join(root, GEMMA, "config.json")):  # a conversion will write
-        # Made and kept, not removed after the test as check_writable does: under torchrun
-        # another rank's removal raced this one's write (a read-only cache that holds the
-        # converted model is fine: nothing is written to it).
-        step = "created"
-        try:
-            os.makedirs(root, exist_ok=True)
-            step = "written"
-            with tempfile.TemporaryFile(dir=root):
-                pass
-        except OSError as e:
-            raise CLIError(f"{name} {root} cannot be {step}: {e.strerror or e}") from None
+    # Only where a conversion will write: a read-only cache that holds the converted model is
+    # fine. Kept once made: under torchrun every rank tests it at once.
+    if not os.path.isfile(os.path.join(root, GEMMA, "config.json")):
+        check_writable(root, name, keep=True)
     return root
 
 
