@@ -458,6 +458,15 @@ def test_errors_name_the_first_bad_cloud_and_pair_at_any_thread_count(dtype):
     calls += [(fn, later, "point 5 of cloud 3")
               for fn in (pairwise_distance, vr_persistence, tsloss)]
     calls += [(fn, few, "points 3 and 9 of cloud 1") for fn in (pairwise_distance, vr_persistence)]
+    # Few clouds, float32: cloud 0 (two tight clusters far apart) mostly fails the certificate and
+    # takes the canonical rows, cloud 1 certifies; cloud 0's late bad point must still be named
+    # (the certified clouds' rows once ran, and raised, first).
+    v = 1e3 * torch.randn(256, generator=g, dtype=dtype)
+    mixed = torch.randn(2, 64, 256, generator=g, dtype=dtype)
+    mixed[0] = torch.cat([v + 1e-3 * mixed[0, :32], -v + 1e-3 * mixed[0, 32:]])
+    mixed[0, 60, 0] = mixed[1, 5, 0] = float("nan")
+    calls += [(fn, mixed, "point 60 of cloud 0")
+              for fn in (pairwise_distance, vr_persistence, tsloss)]
     old = torch.get_num_threads()
     try:
         for fn, arg, named in calls:

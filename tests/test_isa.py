@@ -45,9 +45,10 @@ def _clouds(rng: np.random.Generator):
 
 
 def _float32_clouds(rng: np.random.Generator):
-    """Clouds of the certified route (32-256 points, D >= 256): centred, off-centre, exact ties
-    and magnitudes 1e-30..1e30 certify (nearly) every pair from their Gram sums; duplicate points
-    and two tight clusters far apart send pairs to the canonical sums, one by one and tiled."""
+    """Clouds of the certified route (32-256 points, D >= 256; up to 1024 with AVX2 and AVX-512):
+    centred, off-centre, exact ties and magnitudes 1e-30..1e30 certify (nearly) every pair from
+    their Gram sums; duplicate points and two tight clusters far apart send pairs to the
+    canonical sums, one by one and tiled."""
     yield "centred-64x2048", rng.standard_normal((64, 2048))
     yield "centred-200x300", rng.standard_normal((200, 300))
     yield "off-centre-40x300", 1e4 + rng.standard_normal((40, 300))
@@ -63,13 +64,20 @@ def _float32_clouds(rng: np.random.Generator):
     yield "duplicates-32x700", np.concatenate([base, base])
     # Gram sums by panels (130 points: a part-filled last panel; 261 coordinates: chunk tails).
     yield "off-centre-130x261", 1e4 + rng.standard_normal((130, 261))
+    # Past 256 points (the baseline build takes the canonical rows there): duplicates one by one,
+    # two clusters tiled row block by row block.
+    base = rng.standard_normal((150, 260))
+    yield "duplicates-300x260", 3.0 + np.concatenate([base, base])
+    v = 1e3 * rng.standard_normal(256)
+    yield "two-clusters-520x256", np.concatenate([v + 1e-3 * rng.standard_normal((260, 256)),
+                                                  -v + 1e-3 * rng.standard_normal((260, 256))])
 
 
 def test_float32_distances_are_the_canonical_sums(rng, restore_isa):
-    """Clouds of 32-256 points in 256+ dimensions take Gram sums, certified against a rounding
-    bound, instead of the canonical ones (certified_squares_lower in csrc/cpu/distance_tiles.h):
-    the float32 distances must still be the canonical sums' bits, in every build, whole clouds
-    per thread (a batch) or row blocks (one cloud)."""
+    """Clouds of 32-256 points (1024 with AVX2, AVX-512) in 256+ dimensions take Gram sums,
+    certified against a rounding bound, instead of the canonical ones (certified_squares_lower in
+    csrc/cpu/distance_tiles.h): the float32 distances must still be the canonical sums' bits, in
+    every build, whole clouds per thread (a batch) or row blocks (one cloud)."""
     for name, cloud in _float32_clouds(rng):
         x = torch.tensor(cloud, dtype=torch.float32)
         ref = canonical_distances(x[None])[0]

@@ -518,14 +518,17 @@ void distance_rows(const T* x, int64_t N, int64_t D, int64_t i0, int64_t i1, int
 template <typename T>
 void cloud_distances(const T* x, int64_t N, int64_t D, int64_t b, std::vector<double>& sq,
                      T* out, const Caller& op, double* sum = nullptr) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (cpu::certify_float_distances(N, D)) {
+      sq.resize(N * N);
+      cpu::certified_squares_lower(x, N, D, sq.data());  // same floats, fewer operations
+      finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op, sum);
+      return;
+    }
+  }
   if (cpu::whole_cloud_tiles(N)) {
     sq.resize(N * N);
-    bool done = false;
-    if constexpr (std::is_same<T, float>::value) {
-      done = cpu::certify_float_distances(N, D);
-      if (done) cpu::certified_squares_lower(x, N, D, sq.data());  // same floats, fewer operations
-    }
-    if (!done) cpu::squared_distance_lower(x, N, D, sq.data());
+    cpu::squared_distance_lower(x, N, D, sq.data());
     finish_distance_rows(x, N, D, 0, N, b, sq.data(), out, op, sum);
     return;
   }
@@ -569,18 +572,30 @@ void for_balanced_row_blocks(int64_t B, int64_t n, int64_t rows_per_block, const
 // in any order: the bound allows it), then row blocks of all clouds are summed, certified and
 // finished in parallel. The canonical row blocks ran 2.4x slower per cloud than whole clouds on
 // the certified route (one (64, 4096) cloud at 2 threads, AVX2: 0.58 ms, against 0.24 ms per
-// cloud in a batch of 4). done[b] is set for each cloud written; a cloud with more than an eighth
-// of its pairs uncertified is left to the caller's canonical row blocks.
-inline void split_certified_distances(const float* x, int64_t B, int64_t N, int64_t D,
-                                      float* out, const Caller& op, std::vector<char>& done) {
+// cloud in a batch of 4). A cloud with more than an eighth of its pairs uncertified takes
+// rows(b, i0, i1), the canonical rows, in the same pass of row blocks as the others' finish, so
+// that an error is the first in (cloud, row) order. Clouds go in groups whose partial sums (an
+// N x N matrix per cloud and part) fit kSplitDoubles.
+constexpr int64_t kSplitDoubles = int64_t(1) << 23;  // 64 MiB
+
+template <class Rows>
+void split_certified_group(const float* x, int64_t b0, int64_t B, int64_t N, int64_t D,
+                           float* out, const Caller& op, const Rows& rows, int64_t grain) {
   const int64_t threads = at::get_num_threads();
-  const int64_t parts =
-      std::max<int64_t>(1, std::min<int64_t>((threads + B - 1) / B, D / cpu::kChunk));
+  const int64_t parts = std::max<int64_t>(
+      1, std::min({(threads + B - 1) / B, D / cpu::kChunk, kSplitDoubles / (B * N * N)}));
   // Kept by the calling thread across calls (a training step calls this every step, and fresh
-  // buffers would be page-faulted in each time) unless large. Lambdas see another thread's
-  // copies under these names (thread_local is not captured): they use the pointers.
+  // buffers would be page-faulted in each time) unless large, an error passing through or not.
+  // Lambdas see another thread's copies under these names (thread_local is not captured): they
+  // use the pointers.
   thread_local std::vector<float> centre_buf;
   thread_local std::vector<double> partial_buf, norms_buf;
+  struct KeepSmall {
+    ~KeepSmall() {
+      cpu::keep_small(partial_buf);
+      cpu::keep_small(centre_buf);
+    }
+  } keep_small;
   centre_buf.resize(B * D);
   partial_buf.resize(B * parts * N * N);
   norms_buf.resize(B * N);
@@ -615,24 +630,35 @@ inline void split_certified_distances(const float* x, int64_t B, int64_t N, int6
         for (int64_t j = 0; j < i; ++j) sq[i * N + j] += sq[p * N * N + i * N + j];
     doubtful[b] += cpu::certify_rows(sq, norms + b * N, N, D, i0, i1);
   });
+  std::vector<char> done(B);
   for (int64_t b = 0; b < B; ++b) done[b] = doubtful[b] * 8 <= N * (N - 1) / 2;
-  for_balanced_row_blocks(B, N, 8, [&](int64_t b, int64_t i0, int64_t i1) {
-    if (!done[b]) return;
+  for_balanced_row_blocks(B, N, kRowBlock, [&](int64_t b, int64_t i0, int64_t i1) {
+    if (!done[b]) return rows(b0 + b, i0, i1);
     const float* xb = x + b * N * D;
     double* sq = partial + b * parts * N * N;
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = 0; j < i; ++j)
         if (sq[i * N + j] == cpu::kDoubtful)
           sq[i * N + j] = tsl::squared_distance(xb + i * D, xb + j * D, D);
-    finish_distance_rows(xb, N, D, i0, i1, b, sq + i0 * N, out + b * N * N, op);
-  });
-  cpu::keep_small(partial_buf);
-  cpu::keep_small(centre_buf);
+    finish_distance_rows(xb, N, D, i0, i1, b0 + b, sq + i0 * N, out + b * N * N, op);
+  }, grain);
+}
+
+template <class Rows>
+void split_certified_distances(const float* x, int64_t B, int64_t N, int64_t D, float* out,
+                               const Caller& op, const Rows& rows, int64_t grain) {
+  const int64_t group = std::max<int64_t>(1, kSplitDoubles / (N * N));
+  for (int64_t b0 = 0; b0 < B; b0 += group)
+    split_certified_group(x + b0 * N * D, b0, std::min(group, B - b0), N, D, out + b0 * N * N,
+                          op, rows, grain);
 }
 
 // float64 keeps the canonical sums (no bound certifies them).
-inline void split_certified_distances(const double*, int64_t, int64_t, int64_t, double*,
-                                      const Caller&, std::vector<char>&) {}
+template <class Rows>
+void split_certified_distances(const double*, int64_t B, int64_t N, int64_t, double*,
+                               const Caller&, const Rows& rows, int64_t grain) {
+  for_balanced_row_blocks(B, N, kRowBlock, rows, grain);
+}
 
 // Distances (B, N, N) of points x (B, N, D) float32/float64, as the pairwise_distance op computes
 // them (parallel over clouds, or over row blocks for few clouds), with its checks reported in

@@ -14,9 +14,10 @@
 // registers, so a float32 distance is the correctly rounded value in all but ~1e-9 of cases: the
 // matrix ripser.py builds from the same points. Only float64 sums outside [tsl::kSafeSquareLow,
 // tsl::kSafeSquareHigh], where squares may have under- or overflowed, need the caller's scaled
-// recomputation. float32 clouds of 32-256 points in D >= 256 reach the same floats faster through
-// certified_squares_lower: Gram sums with FMA, each pair proved equal to the canonical float32
-// distance by a rounding bound or recomputed canonically.
+// recomputation. float32 clouds of 32-256 points in D >= 256 (up to 1024 points with AVX2 and
+// AVX-512) reach the same floats faster through certified_squares_lower: Gram sums with FMA, each
+// pair proved equal to the canonical float32 distance by a rounding bound or recomputed
+// canonically.
 #pragma once
 
 #include <stdint.h>
@@ -840,9 +841,19 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
 // faster than the canonical kernel below 256 dimensions (Sapphire Rapids: at (64, 64) 10-25 %
 // slower in every build, at (64, 256) 20 % faster with AVX2 and the baseline, about even with
 // AVX-512; at (64, 4096) 1.4-1.5x faster); at 8 points it is 1.4-1.6x slower and at 16-24
-// points it gains only at large D, so it starts at 32 points.
+// points it gains only at large D, so it starts at 32 points. Past 256 points the canonical
+// sums go row block by row block, and the route (the panel kernel of AVX2 and AVX-512) ran
+// 1.5-2.2x faster than they did at 300-1024 points (Zen 4 EPYC, D = 768 and 4096, two threads;
+// benchmarks/README.md); the baseline's lane-sum Gram kernel, eight carried sums a pair, was
+// 1.5x faster at 300 points but no faster at 512-1024, so it stops at 256. The panels' sums
+// take n x n doubles of scratch per working thread (8 MB at 1024 points): the route stops
+// there.
 inline bool certify_float_distances(int64_t n, int64_t dim) {
-  return n >= 32 && n <= 256 && dim >= 256;
+  if (n < 32 || dim < 256) return false;
+#ifdef TSL_X86_LEVELS
+  if (x86_level() >= 3) return n <= 1024;
+#endif
+  return n <= 256;
 }
 
 // The certified route's centre: coordinate k is tsl::certify_centre(x, n, dim, k) (the GPU
@@ -909,21 +920,25 @@ inline void gram_sums_lower(const float* x, int64_t n, int64_t dim, int64_t k0, 
     if (int64_t(scratch.size()) < doubles) scratch.resize(doubles);
     return scratch.data();
   };
+  x += k0;
+  centre += k0;
 #ifdef TSL_X86_LEVELS
-  if (x86_level() == 4 && gram_panels(n)) {
-    double* s = room(gram_panel_scratch<Avx512Gram::mr, Avx512Gram::nr>(n));
-    return gram_panel_v4(x + k0, n, kc, dim, sq, s, centre + k0);
-  }
-  if (x86_level() == 3 && gram_panels(n)) {
-    double* s = room(gram_panel_scratch<Avx2Gram::mr, Avx2Gram::nr>(n));
-    return gram_panel_v3(x + k0, n, kc, dim, sq, s, centre + k0);
-  }
-  if (x86_level() == 4)
-    return gram_cloud_v4(x + k0, n, kc, dim, sq, room(lower_cloud_scratch(n, true)), centre + k0);
-  if (x86_level() == 3)
-    return gram_cloud_v3(x + k0, n, kc, dim, sq, room(lower_cloud_scratch(n, true)), centre + k0);
+  if (x86_level() == 4 && gram_panels(n))
+    gram_panel_v4(x, n, kc, dim, sq, room(gram_panel_scratch<Avx512Gram::mr, Avx512Gram::nr>(n)),
+                  centre);
+  else if (x86_level() == 3 && gram_panels(n))
+    gram_panel_v3(x, n, kc, dim, sq, room(gram_panel_scratch<Avx2Gram::mr, Avx2Gram::nr>(n)),
+                  centre);
+  else if (x86_level() == 4)
+    gram_cloud_v4(x, n, kc, dim, sq, room(lower_cloud_scratch(n, true)), centre);
+  else if (x86_level() == 3)
+    gram_cloud_v3(x, n, kc, dim, sq, room(lower_cloud_scratch(n, true)), centre);
+  else
 #endif
-  gram_cloud_base(x + k0, n, kc, dim, sq, room(lower_cloud_scratch(n, true)), centre + k0);
+    gram_cloud_base(x, n, kc, dim, sq, room(lower_cloud_scratch(n, true)), centre);
+  // Up to 256 points kept as the canonical kernel's is; past that the panels' n x n sums are
+  // given back when over the kept size (past ~450 points; 8 MB at 1024).
+  if (n > 256) keep_small(scratch);
 }
 
 constexpr double kDoubtful = -1.0;  // no square is negative
@@ -1014,7 +1029,7 @@ inline int64_t certify_rows(double* sq, const double* norms, int64_t n, int64_t 
   return count;
 }
 
-// The float32 distances of one cloud x (n, dim), n <= 256, with one fused multiply-add per pair
+// The float32 distances of one cloud x (n, dim) with one fused multiply-add per pair
 // and coordinate (AVX2, AVX-512; a multiply and an add on the baseline) where the canonical sums
 // take a subtract, a multiply and an add: 1.1-1.6x faster at 32-256 points on a Zen 5 EPYC
 // (build/kernel_rates, "certified" against "forward (stream)").
@@ -1051,6 +1066,7 @@ inline int64_t certified_squares_lower(const float* x, int64_t n, int64_t dim, d
     squared_distance_lower(x, n, dim, canonical.data());
     for (int64_t p = 0; p < n * n; ++p)
       if (sq[p] == kDoubtful) sq[p] = canonical[p];
+    keep_small(canonical);
   } else if (count > 0) {
     for (int64_t i = 1; i < n; ++i)
       for (int64_t j = 0; j < i; ++j)

@@ -49,17 +49,17 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
     }
     // Few clouds: certified where the route applies, the work of all of them shared out; the
     // others by balanced row blocks of all clouds, so that one large cloud keeps every thread busy.
-    std::vector<char> done(B, 0);
-    if (cpu::certify_float_distances(N, D))
-      split_certified_distances(px, B, N, D, po, op, done);
     const int64_t grain =
         std::max<int64_t>(1, 262144 / (2 * kRowBlock * N * std::max<int64_t>(D, 1)));
-    for_balanced_row_blocks(B, N, kRowBlock, [&](int64_t b, int64_t i0, int64_t i1) {
-      if (done[b]) return;
+    auto rows = [&](int64_t b, int64_t i0, int64_t i1) {
       thread_local std::vector<double> sq;  // the executing thread's
       sq.resize(kRowBlock * N);
       distance_rows(px + b * N * D, N, D, i0, i1, b, sq.data(), po + b * N * N, op);
-    }, grain);
+    };
+    if (cpu::certify_float_distances(N, D))
+      split_certified_distances(px, B, N, D, po, op, rows, grain);
+    else
+      for_balanced_row_blocks(B, N, kRowBlock, rows, grain);
   });
   return out;
 }

@@ -12,9 +12,9 @@
 //     subtract on the FMA units), the most our bit-identical kernels could reach;
 //   - forward: the whole-cloud distance kernel on B clouds of N x D float32 points, streaming
 //     them from memory as the op does, and on one cloud kept in cache;
-//   - certified: what the ops run on whole float32 clouds of 32-256 points in D >= 256,
-//     streaming: Gram sums (one FMA per pair-coordinate) certified against the canonical
-//     float32 distances;
+//   - certified: what the ops run on whole float32 clouds of 32-256 points in D >= 256 (AVX2
+//     and AVX-512: up to 1024), streaming: Gram sums (one FMA per pair-coordinate) certified
+//     against the canonical float32 distances;
 //   - backward: the gradient's pair tiles (cpu/distance_grad_tiles.h) over the batch, float32 and
 //     float64, counted as N x N x D pair-coordinates per cloud (two operations each: the ordered
 //     pairs), so that the same fma limit applies.
