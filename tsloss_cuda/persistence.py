@@ -193,11 +193,11 @@ def check_dense(x: torch.Tensor, name: str) -> None:
 
 
 def check_points(x: torch.Tensor, name: str) -> None:
-    """At most MAX_POINTS points a cloud, a shape error naming ``name``. Only where N is a
-    number: a symbolic N (torch.compile, dynamic shapes) is left to the op's fake kernel, as a
-    test here would guard every graph on it."""
+    """At most MAX_POINTS points a cloud, a shape error naming ``name``. Only in eager calls:
+    traced (torch.compile, torch.export), N may be symbolic and a test here would guard every
+    graph on it (Dynamo passes a symbolic N as an int), so the op's fake kernel refuses it."""
     n = x.shape[-2]
-    if isinstance(n, int) and n > MAX_POINTS:
+    if not torch.compiler.is_compiling() and isinstance(n, int) and n > MAX_POINTS:
         raise ValueError(f"{name} must have at most {MAX_POINTS} points a cloud, got shape "
                          f"{tuple(x.shape)}")
 
