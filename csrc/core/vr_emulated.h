@@ -63,9 +63,10 @@ struct EmulationOptions {
 };
 
 // The options of the emulated ops (TSLOSS_ENGINE=emulated): TSLOSS_EMULATED_POOL_BYTES, when
-// set and not 0 (0: not fixed, as unset), fixes the reduction's pool at that many bytes, so that a cloud which exhausts it is
-// reported as the device reports it (h1_count -1) instead of rerun with more: the tests' way
-// into the device's overflow path. Read at every call, as TSLOSS_ENGINE is.
+// set and not 0 (0: not fixed, as unset), fixes the reduction's pool at that many bytes, so
+// that a cloud which exhausts it is reported as the device reports it (h1_count -1) instead of
+// rerun with more: the tests' way into the device's overflow path. Read at every call, as
+// TSLOSS_ENGINE is.
 // Digits only, at most 2^40 (a TiB); anything else is an error naming the variable: strtoull
 // took "-1" as 2^64 - 1, "1e6" as 1 and "abc" as 0, and sizes near 2^64 wrapped to an empty
 // pool, each silently.

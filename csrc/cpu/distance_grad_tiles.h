@@ -182,11 +182,12 @@ void pair_grad_dispatch(const T* xs, const T* W, int64_t n4, int64_t C, int64_t 
 // on cache lines (x, gx and the row length multiples of 64 bytes) and are not a multiple of 2 KB
 // apart, the tiles read x and add into gx in place. Rows off the lines (D = 2047 or 2050 doubles)
 // split a load or store in every vector there: 1.5-2.0x slower than through scratch at
-// (64, 2047), AVX-512 (benchmarks/README.md, "Backward rows off the cache lines"). Otherwise through scratch
-// of 2 * n4 * C values (C: kc rounded up to 16), zero-padded: the sixteen rows a tile touches,
-// 8 KB apart at D = 2048 floats, would share L1 sets (in place was 0.8x as fast at (64,4096,16),
-// 1.3x faster at (16,768,64), one thread). next_x, next_g, next_kc: where the chunk that comes
-// after this one starts (rows dim apart, as here; nullptr if none), prefetched meanwhile.
+// (64, 2047), AVX-512 (benchmarks/README.md, "Backward rows off the cache lines"). Otherwise
+// through scratch of 2 * n4 * C values (C: kc rounded up to 16), zero-padded: the sixteen rows
+// a tile touches, 8 KB apart at D = 2048 floats, would share L1 sets (in place was 0.8x as fast
+// at (64,4096,16), 1.3x faster at (16,768,64), one thread). next_x, next_g, next_kc: where the
+// chunk that comes after this one starts (rows dim apart, as here; nullptr if none),
+// prefetched meanwhile.
 template <typename T>
 void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4, int64_t k0,
                      int64_t kc, T* scratch, T* gx, const T* next_x = nullptr,

@@ -936,9 +936,9 @@ inline void gram_sums_lower(const float* x, int64_t n, int64_t dim, int64_t k0, 
   else
 #endif
     gram_cloud_base(x, n, kc, dim, sq, room(lower_cloud_scratch(n, true)), centre);
-  // Up to 256 points kept as the canonical kernel's is; past that the panels' n x n sums are
-  // given back when over the kept size (past ~450 points; 8 MB at 1024).
-  if (n > 256) keep_small(scratch);
+  // Kept where the canonical kernel keeps its whole-cloud scratch; past that the panels' n x n
+  // sums are given back when over the kept size (past ~450 points; 8 MB at 1024).
+  if (!whole_cloud_tiles(n)) keep_small(scratch);
 }
 
 constexpr double kDoubtful = -1.0;  // no square is negative
