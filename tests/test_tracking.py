@@ -211,6 +211,20 @@ def test_steps_and_bar_counts_get_whole_number_ticks(monkeypatch):
     assert ticks and all(t == int(t) for t in ticks), ticks
 
 
+def test_step_ticks_are_round_numbers(monkeypatch):
+    """The default job logs steps 0, 10, ..., 100: matplotlib's integer locator ticked them
+    0, 15, ..., 105 (and 50 steps 0, 6, ..., 54)."""
+    figs = _capture(monkeypatch)
+    for last, step in ((100, 20), (50, 10), (1000, 200)):
+        rows = [{"step": s, "task_loss": 1.0 / (1 + s), "ts_scale": 1.0 + s}
+                for s in range(0, last + 1, 10)]
+        plots.plot_topology({"run": rows}, "unused.png")
+        ax = next(ax for ax in figs[-1].axes if ax.get_title() == "Prompt scale")
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks == list(range(0, last + 1, step)), (last, ticks)
+
+
 def test_figures_leave_the_callers_matplotlib_backend(tmp_path):
     """plots set matplotlib.use("Agg") at import: analyze() or the figures called from a
     notebook switched its inline backend off for the rest of the session. The figures draw
