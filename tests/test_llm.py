@@ -414,6 +414,33 @@ def test_conversion_deletes_what_killed_conversions_left(monkeypatch, tmp_path):
     assert resolve_model(GEMMA, cache_dir=str(tmp_path), quiet=True) == path and len(calls) == 1
 
 
+def test_a_cache_folder_without_a_model_is_converted_again(monkeypatch, tmp_path):
+    """A conversion on torchrun rank 1 left the cache folder with the tokenizer alone; every
+    later job's conversion then failed to rename onto it ("Directory not empty")."""
+    calls = _fake_conversion(monkeypatch)  # makes the folder: fails where one is left
+    broken = tmp_path / GEMMA
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{}")
+    path = resolve_model(GEMMA, cache_dir=str(tmp_path), quiet=True)
+    assert calls == [path] and os.listdir(path) == ["config.json"]
+
+
+def test_a_conversion_saved_on_a_rank_other_than_0_is_whole(tmp_path):
+    """transformers writes a model on rank 0 alone once torch.distributed runs; the conversion
+    runs in whichever torchrun rank takes the lock, and must write it whole."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from tsloss_cuda import models
+    dist.init_process_group("fake", store=FakeStore(), rank=1, world_size=2)
+    try:
+        models._save_conversion(tiny_llama(), tiny_tokenizer(), str(tmp_path / "model"))
+    finally:
+        dist.destroy_process_group()
+    written = os.listdir(tmp_path / "model")
+    assert "config.json" in written and "model.safetensors" in written, written
+
+
 def test_job_checks_the_model_cache_once(monkeypatch, tmp_path):
     """The job refuses a bad cache before it loads anything (tests/test_user_errors.py), and
     resolve_model then converts into the folder so checked, without checking it again."""

@@ -128,6 +128,8 @@ def _ensure_gemma(target: str, quiet: bool) -> None:
         if os.path.isfile(os.path.join(target, "config.json")):
             return
         _remove_stale_conversions(parent)
+        if os.path.isdir(target):  # no model: a conversion on a torchrun rank other than 0
+            shutil.rmtree(target)  # left its tokenizer alone, and no rename goes onto it
         _convert_gemma(pkg, target, quiet)
 
 
@@ -158,6 +160,25 @@ def _gguf_read_once() -> Iterator[None]:
         gguf.GGUFReader = original  # type: ignore[misc]
 
 
+def _save_conversion(model, tok, out: str) -> None:
+    """Write the converted model and its tokenizer into ``out``, whole, in any process.
+    transformers writes a model on rank 0 alone once torch.distributed runs
+    (``should_save_on_this_rank``), and the conversion runs in whichever torchrun rank took the
+    lock: rank 1's folder held the tokenizer only, was renamed into the cache, and every later
+    job failed on it. The conversion is one process's file work, so every rank writes; should
+    transformers skip the model another way, the folder is refused here, before the rename."""
+    if hasattr(model, "should_save_on_this_rank"):
+        model.should_save_on_this_rank = lambda is_main_process: True  # shadows the method
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    written = os.listdir(out)
+    if "config.json" not in written or not any(f.endswith(".safetensors") for f in written):
+        import transformers
+        raise CLIError(f"--model: converting {GEMMA} wrote no model (only "
+                       f"{', '.join(sorted(written)) or 'nothing'}); transformers "
+                       f"{transformers.__version__} skipped it in this process")
+
+
 def _convert_gemma(pkg, target: str, quiet: bool) -> None:
     """GGUF -> transformers folder at ``target``, written beside it and renamed into place at
     the end, so an interrupted conversion never looks like a cache."""
@@ -185,8 +206,7 @@ def _convert_gemma(pkg, target: str, quiet: bool) -> None:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         out = os.path.join(tmp, "model")
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        _save_conversion(model, tok, out)
         try:
             os.replace(out, target)
         except OSError:  # unlocked, another process (a torchrun rank) finished first
