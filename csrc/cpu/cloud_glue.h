@@ -21,8 +21,8 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <memory>
@@ -210,8 +210,8 @@ class OutputCache {
   // its mmap threshold (up to 32 MB), so torch's later large allocations landed in the heap
   // around the cache's long-lived buffers, where glibc could not trim them. With shapes varying
   // at every step, resident memory stood ~1.6x the cap above the same run without the cache
-  // (+438 MB at 256 MB, 164 MB of it freed heap glibc kept); mapped, a dropped buffer goes back
-  // to the kernel whole and moves no threshold.
+  // (+454-476 MB at 256 MB, 178-199 MB of it freed heap glibc kept); mapped, a dropped buffer
+  // goes back to the kernel whole and moves no threshold.
   static void* allocate(size_t bytes) {
 #if defined(__linux__)
     const size_t len = whole_pages(bytes), align = bytes >= kHuge ? kHuge : 0;
