@@ -82,7 +82,7 @@ def test_float32_distances_are_the_canonical_sums(rng, restore_isa):
         x = torch.tensor(cloud, dtype=torch.float32)
         ref = canonical_distances(x[None])[0]
         # Whole clouds per task with at least two clouds per thread; fewer clouds split each
-        # cloud's coordinates among the threads (split_certified_distances), one range per
+        # cloud's coordinates among the threads (split_certified_group), one range per
         # thread: 1, 2 and 3 of them.
         batch = x.expand(2 * torch.get_num_threads(), *x.shape)
         for isa in BUILDS:

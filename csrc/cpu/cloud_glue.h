@@ -177,7 +177,7 @@ class OutputCache {
     if (p == nullptr) return allocate(bytes);
 #if defined(__linux__)
     // A buffer of 2 MB or more is 2 MB-aligned, so a larger one than asked for is too.
-    if (had > bytes && whole_pages(had) > whole_pages(bytes))
+    if (whole_pages(had) > whole_pages(bytes))
       munmap(static_cast<char*>(p) + whole_pages(bytes), whole_pages(had) - whole_pages(bytes));
 #endif
     return p;
@@ -704,9 +704,15 @@ void split_certified_group(const float* x, int64_t b0, int64_t B, int64_t N, int
   }, grain);
 }
 
+// The distances of few clouds: float32 clouds by the certified split where the route applies
+// (cpu::certify_float_distances, as cloud_distances decides for whole clouds), all others by
+// rows(b, i0, i1), the canonical rows, in balanced row blocks of all clouds, so that one large
+// cloud keeps every thread busy.
 template <class Rows>
-void split_certified_distances(const float* x, int64_t B, int64_t N, int64_t D, float* out,
-                               const Caller& op, const Rows& rows, int64_t grain) {
+void few_cloud_distances(const float* x, int64_t B, int64_t N, int64_t D, float* out,
+                         const Caller& op, const Rows& rows, int64_t grain) {
+  if (!cpu::certify_float_distances(N, D))
+    return for_balanced_row_blocks(B, N, kRowBlock, rows, grain);
   const int64_t group = std::max<int64_t>(1, kSplitDoubles / (N * N));
   for (int64_t b0 = 0; b0 < B; b0 += group)
     split_certified_group(x + b0 * N * D, b0, std::min(group, B - b0), N, D, out + b0 * N * N,
@@ -715,8 +721,8 @@ void split_certified_distances(const float* x, int64_t B, int64_t N, int64_t D, 
 
 // float64 keeps the canonical sums (no bound certifies them).
 template <class Rows>
-void split_certified_distances(const double*, int64_t B, int64_t N, int64_t, double*,
-                               const Caller&, const Rows& rows, int64_t grain) {
+void few_cloud_distances(const double*, int64_t B, int64_t N, int64_t, double*, const Caller&,
+                         const Rows& rows, int64_t grain) {
   for_balanced_row_blocks(B, N, kRowBlock, rows, grain);
 }
 

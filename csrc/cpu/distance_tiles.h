@@ -836,7 +836,7 @@ void squared_distance_lower(const T* x, int64_t n, int64_t dim, double* sq) {
 }
 
 // Whether float32 clouds of n points in dim dimensions take the certified route
-// (certified_squares_lower; for few clouds glue::split_certified_distances). Its costs
+// (certified_squares_lower; for few clouds glue::few_cloud_distances). Its costs
 // per point (the centre, the centred copy) and per pair (two square roots, the test) left it no
 // faster than the canonical kernel below 256 dimensions (Sapphire Rapids: at (64, 64) 10-25 %
 // slower in every build, at (64, 256) 20 % faster with AVX2 and the baseline, about even with

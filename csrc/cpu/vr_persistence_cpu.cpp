@@ -47,8 +47,7 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
       });
       return;
     }
-    // Few clouds: certified where the route applies, the work of all of them shared out; the
-    // others by balanced row blocks of all clouds, so that one large cloud keeps every thread busy.
+    // Few clouds: the work of all of them shared out among the threads.
     const int64_t grain =
         std::max<int64_t>(1, 262144 / (2 * kRowBlock * N * std::max<int64_t>(D, 1)));
     auto rows = [&](int64_t b, int64_t i0, int64_t i1) {
@@ -56,10 +55,7 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
       sq.resize(kRowBlock * N);
       distance_rows(px + b * N * D, N, D, i0, i1, b, sq.data(), po + b * N * N, op);
     };
-    if (cpu::certify_float_distances(N, D))
-      split_certified_distances(px, B, N, D, po, op, rows, grain);
-    else
-      for_balanced_row_blocks(B, N, kRowBlock, rows, grain);
+    few_cloud_distances(px, B, N, D, po, op, rows, grain);
   });
   return out;
 }
