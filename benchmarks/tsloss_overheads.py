@@ -4,8 +4,9 @@ regulariser step, hot and after other work.
     python benchmarks/tsloss_overheads.py [--threads 2]
 
 Prints (1) ``torch.autograd.grad`` of ``tsloss_cuda.loss`` alone, µs per cloud, best of 7, at
-the suite's CPU configs; (2) one regulariser step as ``train.py`` runs it (the regulariser on one
-(8, 384) prompt, its own ``autograd.grad``, added into the prompt's gradient) for TSLoss, L2 and
+the suite's CPU configs; (2) one regulariser step as the training job runs it
+(``tsloss_cuda/training.py``: the regulariser on one (8, 384) prompt, its own ``autograd.grad``,
+added into the prompt's gradient) for TSLoss, L2 and
 ``torch.pdist(p).mean()``: median µs of 200 steps back to back ("hot") and each right after
 twenty 512 x 512 matmuls ("after other work"); (3) the op's forward with and without grad and
 its backward through autograd for one (8, 64) prompt; (4) one prompt (B = 1) at the suite's

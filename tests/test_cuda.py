@@ -1,9 +1,11 @@
 """CUDA kernels against the CPU engine; every test is skipped without a CUDA device.
 
 H0 must match exactly (values and edges) when both engines read the same distance matrix;
-H1 values match up to float rounding and the counts exactly. From points the two engines
-compute distances differently (CPU: tiled difference form summed in float64; CUDA: difference
-form), which can move a value by an ulp, so points are compared with a tolerance.
+H1 values match up to float rounding and the counts exactly. From points both engines sum the
+distances in the canonical order (csrc/core/pairwise_distance.h), so their distances are equal
+bit for bit: test_distance_slices_match_cpu here and test_cuda_tsloss.py's
+test_distance_kernel_has_the_canonical_bits require that; test_families_match_cpu's
+from-points diagrams are compared with a tolerance only.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@
 // setting, never a limit. The second parts come from a reserve that all clouds of a launch
 // share (WarpPool): a full array takes one twice as large and copies itself over, so a
 // tie-heavy cloud can use many times an average cloud's memory. Only the reserve can run out,
-// and then the status says which array was full (see h1_reduce.h's Status).
+// and then the status says which array was full (see common.h's Status).
 //
 // The pairs equal reduce_h1's: the persistence pairing does not depend on how V is represented,
 // and the native tests compare the two on every cloud they run.

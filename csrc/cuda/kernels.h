@@ -60,7 +60,7 @@ int64_t vr_max_clouds_per_call(int64_t N);
 // Euclidean distances, each entry the canonical one of core/pairwise_distance.h, the CPU's bit
 // for bit: float64 points by the canonical sum itself (double, eight lane sums, no FMA), float32
 // points by certified Gram sums, a block falling back to the canonical sum where a pair does not
-// certify (pairwise_distance.cu).
+// certify (pairwise_distance_kernel.cuh).
 //   x:   (B, N, D) T, points
 //   out: (B, N, N) T, exactly symmetric with an exact zero diagonal
 //   slices_requested, slice_workspace, slice_workspace_bytes: see distance_slice_workspace_bytes

@@ -40,7 +40,8 @@
 // symmetric. The epilogue adds the block's distances (a per-block partial, in a fixed order: no
 // atomics) for the scale of TSLoss. A non-finite distance makes that partial non-finite, but
 // validity is not read from it (finite distances near the float64 limit may sum past it): the
-// engine's h1_count of -2 is the invalid-input flag (tsloss.cu).
+// engine's h1_count of -2 is the invalid-input flag (set in h1_reduce.cu, read in
+// tsloss_kernels.cuh).
 #pragma once
 
 #include <stdint.h>

@@ -269,10 +269,10 @@ std::vector<float> certified_test_cloud(int kind, int64_t n, int64_t dim, std::m
   return x;
 }
 
-// The CUDA kernel's float32 route (csrc/cuda/pairwise_distance.cu), its arithmetic modelled on
-// the host: the centre tsl::certify_centre, y = x - c rounded in double; eight lanes each
-// sum the coordinates k = l (mod 8) by FMA in double (the Gram product and both norms); the
-// lanes meet by the xor tree 1, 2, 4; then tsl::certify_float_square, as the kernel calls it.
+// The CUDA kernel's float32 route (csrc/cuda/pairwise_distance_kernel.cuh), its arithmetic modelled
+// on the host: the centre tsl::certify_centre, y = x - c rounded in double; eight lanes each sum
+// the coordinates k = l (mod 8) by FMA in double (the Gram product and both norms); the lanes meet
+// by the xor tree 1, 2, 4; then tsl::certify_float_square, as the kernel calls it.
 double gpu_route_square(const float* x, int64_t n, int64_t dim, int64_t i, int64_t j,
                         int64_t* fallbacks) {
   double g[8] = {0}, ni[8] = {0}, nj[8] = {0};
@@ -586,12 +586,12 @@ void test_growing_buffers() {
   }
 }
 
-// The device's default reduction (cuda/h1_reduce.cu, reduce_kernel) runs reduce_h1 once per
-// cloud over fixed buffers, its coboundary heap dropping cancelling pairs when full
-// (EntryHeap::compact); the host engine grows its heaps instead, so no other host test runs
-// compaction. Wherever a fixed heap suffices the pairs must be the engine's, and where it does
-// not the reduction must say so (the device then flags the cloud). Some capacities must succeed
-// only by compacting: the same heap without compaction fills.
+// The first engine's reduction (TSLOSS_CUDA_REDUCE=thread: cuda/h1_reduce.cu, reduce_kernel) runs
+// reduce_h1 once per cloud over fixed buffers, its coboundary heap dropping cancelling pairs when
+// full (EntryHeap::compact); the host engine grows its heaps instead, so no other host test runs
+// compaction. Wherever a fixed heap suffices the pairs must be the engine's, and where it does not
+// the reduction must say so (the device then flags the cloud). Some capacities must succeed only by
+// compacting: the same heap without compaction fills.
 template <typename T>
 void test_device_heap_compaction() {
   std::mt19937 rng(21);
