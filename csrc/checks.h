@@ -1,5 +1,5 @@
-// Argument checks shared by the CPU and CUDA glue. Messages name the argument and what was
-// expected, because they surface in Python as the user's error.
+// Argument checks and empty outputs shared by the CPU and CUDA glue. Messages name the argument
+// and what was expected, because they surface in Python as the user's error.
 #pragma once
 
 #include <torch/types.h>
@@ -10,8 +10,10 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "core/common.h"
+#include "core/tsloss_terms.h"
 
 namespace tsloss {
 
@@ -139,10 +141,6 @@ inline std::pair<at::Tensor, at::Tensor> check_previous(const char* op,
   return {h0v, h1v};
 }
 
-inline void check_max_h1(int64_t max_h1) {
-  TSL_CHECK(max_h1 >= 0, "vr_persistence: max_h1 must be >= 0, got ", max_h1);
-}
-
 // A capacity beyond the number of edges can never fill; when it would also cost over 1 GiB of
 // outputs (failing in the allocator, or with overcommit killed while padding them), refuse it
 // while the message can still name the argument. Small surplus capacity stays legal, and so does
@@ -156,6 +154,18 @@ inline void check_h1_capacity(int64_t max_h1, int64_t B, int64_t N, int64_t valu
               max_h1, " asks for ", bytes / double(1ull << 30), " GiB of H1 outputs, but a ",
               "cloud of ", N, " points has at most ", edges, " H1 bars; pass max_h1 <= ",
               edges);
+}
+
+// vr_persistence's arguments, on every backend; returns the H1 capacity K of its outputs (0
+// when maxdim is 0).
+inline int64_t check_vr_persistence_args(const at::Tensor& x, int64_t maxdim, bool distances,
+                                         int64_t max_h1) {
+  check_points_or_distances(x, distances);
+  TSL_CHECK(max_h1 >= 0, "vr_persistence: max_h1 must be >= 0, got ", max_h1);
+  TSL_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
+  const int64_t K = maxdim >= 1 ? max_h1 : 0;
+  check_h1_capacity(K, x.size(0), x.size(1), x.element_size());
+  return K;
 }
 
 // A tensor of the given shape and dtype on x's device, or an error naming it: the backward ops
@@ -245,6 +255,32 @@ inline Diagrams6 empty_diagrams(const at::TensorOptions& opts, int64_t B, int64_
   return {at::empty({B, H0, 2}, opts), at::empty({B, H0, 2}, iopts),
           at::empty({B, K, 2}, opts),  at::empty({B, K, 4}, iopts),
           at::empty({B}, iopts),       at::empty({B}, opts.dtype(at::kBool))};
+}
+
+// tsloss_forward's outputs but the distances, uninitialised, for B clouds of N points and H1
+// capacity K: loss, conn, red, stab and scale ((B,) with reduction none, else ()), h1_count
+// (B,) int64, topo_h0 (B, N-1), topo_h1 (B, K) and scales (B,) of the input's dtype, h0_edges
+// (B, N-1, 2) and h1_edges (B, K, 4) int64. Every backend's forward fills them.
+using TSLossOutputs11 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                   at::Tensor>;
+inline TSLossOutputs11 empty_tsloss_outputs(const at::TensorOptions& opts, int64_t B, int64_t N,
+                                            int64_t K, int64_t reduction) {
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  const auto iopts = opts.dtype(at::kLong);
+  const std::vector<int64_t> reduced =
+      reduction == tsl::kReduceNone ? std::vector<int64_t>{B} : std::vector<int64_t>{};
+  return {at::empty(reduced, opts), at::empty(reduced, opts),      at::empty(reduced, opts),
+          at::empty(reduced, opts), at::empty(reduced, opts),      at::empty({B}, iopts),
+          at::empty({B, H0}, opts), at::empty({B, K}, opts),       at::empty({B}, opts),
+          at::empty({B, H0, 2}, iopts), at::empty({B, K, 4}, iopts)};
+}
+
+// TSLoss's term options in the kernels' struct, on every backend.
+inline tsl::TermOptions term_options(bool has_prev, bool normalize, bool target_mode,
+                                     double target, double p, double w_conn, double w_red,
+                                     double w_stab) {
+  return tsl::TermOptions{normalize, target_mode, has_prev, target, p, w_conn, w_red, w_stab};
 }
 
 }  // namespace tsloss

@@ -8,19 +8,15 @@
 #include <torch/types.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "../checks.h"
-#include "../core/pairwise_distance.h"
 #include "../core/tsloss_terms.h"
 #include "../core/vr_emulated.h"
 #include "../core/vr_engine.h"
 #include "cloud_glue.h"
-#include "distance_tiles.h"
-#include "distance_grad_tiles.h"
 
 namespace tsloss {
 namespace {
@@ -41,11 +37,6 @@ bool emulated_engine() {
   TSL_CHECK(std::strcmp(e, "emulated") == 0,
             "TSLOSS_ENGINE must be unset, empty or 'emulated', got '", e, "'");
   return true;
-}
-
-tsl::TermOptions term_options(bool has_prev, bool normalize, bool target_mode, double target,
-                              double p, double w_conn, double w_red, double w_stab) {
-  return tsl::TermOptions{normalize, target_mode, has_prev, target, p, w_conn, w_red, w_stab};
 }
 
 // Reduces per-cloud values (double) over the batch into out (T; shape () or (B,)).
@@ -82,16 +73,9 @@ ForwardOut tsloss_forward_cpu(const at::Tensor& x_in, const c10::optional<at::Te
   const tsl::TermOptions opt = term_options(prev_h0.defined(), normalize, target_mode, target, p,
                                             w_conn, w_red, w_stab);
   auto opts = x.options();
-  auto iopts = opts.dtype(at::kLong);
-  const std::vector<int64_t> reduced =
-      reduction == tsl::kReduceNone ? std::vector<int64_t>{B} : std::vector<int64_t>{};
-  auto loss = at::empty(reduced, opts), conn = at::empty(reduced, opts),
-       red = at::empty(reduced, opts), stab = at::empty(reduced, opts),
-       scale = at::empty(reduced, opts);
-  auto h1_count = at::empty({B}, iopts);
-  auto topo_h0 = at::empty({B, H0}, opts), topo_h1 = at::empty({B, K}, opts);
-  auto scales = at::empty({B}, opts);
-  auto h0_edges = at::empty({B, H0, 2}, iopts), h1_edges = at::empty({B, K, 4}, iopts);
+  at::Tensor loss, conn, red, stab, scale, h1_count, topo_h0, topo_h1, scales, h0_edges, h1_edges;
+  std::tie(loss, conn, red, stab, scale, h1_count, topo_h0, topo_h1, scales, h0_edges,
+           h1_edges) = empty_tsloss_outputs(opts, B, N, K, reduction);
   // With enough clouds for every thread, each task computes its clouds' distances itself (one
   // parallel region; the matrix is still in cache for the engine). Otherwise the rows of the
   // few clouds are shared out first.

@@ -6,7 +6,6 @@
 #include <torch/types.h>
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "../checks.h"
@@ -100,12 +99,8 @@ at::Tensor pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64_t max_h1) {
-  check_points_or_distances(x_in, distances);
-  check_max_h1(max_h1);
-  TSL_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
+  const int64_t K = check_vr_persistence_args(x_in, maxdim, distances, max_h1);
   const int64_t B = x_in.size(0), N = x_in.size(1);
-  const int64_t K = maxdim >= 1 ? max_h1 : 0;
-  check_h1_capacity(K, B, N, x_in.element_size());
   // With enough clouds for every thread, each task computes its clouds' distances itself: one
   // parallel region, and the matrix stays in cache. Otherwise the distances are parallel over
   // row blocks first, so that one large cloud still uses every thread.

@@ -7,7 +7,6 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
-#include <cmath>
 #include <vector>
 
 #include "../checks.h"
@@ -20,12 +19,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 vr_persistence_emulated_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances,
                             int64_t max_h1) {
-  check_points_or_distances(x_in, distances);
-  check_max_h1(max_h1);
-  TSL_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
+  const int64_t K = check_vr_persistence_args(x_in, maxdim, distances, max_h1);
   const int64_t B = x_in.size(0), N = x_in.size(1);
-  const int64_t K = maxdim >= 1 ? max_h1 : 0;
-  check_h1_capacity(K, B, N, x_in.element_size());
   // From points, the CPU op's distances, checked in vr_persistence's name as the CPU op checks.
   const at::Tensor dist =
       distances ? x_in.contiguous() : glue::distances(x_in, {"vr_persistence", "x"});

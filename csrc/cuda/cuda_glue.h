@@ -135,5 +135,54 @@ inline at::Tensor engine_workspace(size_t bytes, const at::TensorOptions& option
   return at::Tensor();
 }
 
+// How a batch of B clouds runs through the engine: `chunk` clouds per launch, bounded by the
+// sort's 32-bit offsets and by the workspace budget, so that a large batch runs as a few
+// launches instead of one giant allocation, and the workspace of one launch. `extra_per_cloud`
+// is other per-cloud memory of a launch that the budget covers (vr_persistence's distances).
+struct EnginePlan {
+  tsl::cuda::H1Capacity cap;
+  int64_t chunk;
+  size_t ws_bytes;
+  at::Tensor workspace;
+};
+inline EnginePlan engine_plan(const EngineSettings& engine, int64_t B, int64_t N, int dim,
+                              const at::TensorOptions& opts, size_t extra_per_cloud,
+                              const char* op) {
+  const tsl::cuda::H1Capacity cap = h1_capacity(N);
+  const size_t elem = opts.dtype().itemsize();
+  // Per cloud as the scalar reduction's slices: the warp reduction's pool is their sum (or a
+  // floor, a constant the budget does not divide).
+  const size_t per_cloud =
+      tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, engine.block_topology) +
+      extra_per_cloud;
+  int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
+  chunk = std::max<int64_t>(
+      1, std::min<int64_t>(chunk, static_cast<int64_t>(workspace_budget() / per_cloud)));
+  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap,
+                                                        engine.block_topology,
+                                                        engine.warp_reduction);
+  return {cap, chunk, ws_bytes, engine_workspace(ws_bytes, opts, op, chunk, per_cloud)};
+}
+
+// The engine on clouds b0 .. b0 + nb of a batch whose distances `dist` (nb, N, N) holds, into
+// the diagram outputs of the whole batch (empty_diagrams' shapes and order; `truncated` may be
+// any (B,) bool tensor).
+template <typename T>
+void launch_persistence(const T* dist, int64_t b0, int64_t nb, int64_t N, int dim, int64_t K,
+                        const at::Tensor& h0, const at::Tensor& h0_edges, const at::Tensor& h1,
+                        const at::Tensor& h1_edges, const at::Tensor& h1_count,
+                        const at::Tensor& truncated, const EnginePlan& plan,
+                        const EngineSettings& engine, cudaStream_t stream, const char* what) {
+  const int64_t H0 = N > 0 ? N - 1 : 0;
+  check_cuda(tsl::cuda::launch_vr_persistence<T>(
+                 dist, nb, N, dim, K, h0.data_ptr<T>() + b0 * H0 * 2,
+                 h0_edges.data_ptr<int64_t>() + b0 * H0 * 2, h1.data_ptr<T>() + b0 * K * 2,
+                 h1_edges.data_ptr<int64_t>() + b0 * K * 4, h1_count.data_ptr<int64_t>() + b0,
+                 truncated.data_ptr<bool>() + b0, plan.workspace.data_ptr(), plan.ws_bytes,
+                 plan.cap, engine.clouds_per_warp, stream, engine.block_topology,
+                 engine.warp_reduction, engine.reduce_warps),
+             what);
+}
+
 }  // namespace cuda_glue
 }  // namespace tsloss

@@ -67,20 +67,14 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
       previous_or_none(check_previous("tsloss_forward", prev_h0_in, prev_h1_in, x_in, H0, K));
   c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
-  const tsl::TermOptions o{normalize, target_mode, prev_h0.has_value(), target, p,
-                           w_conn,    w_red,       w_stab};
+  const tsl::TermOptions o = term_options(prev_h0.has_value(), normalize, target_mode, target, p,
+                                          w_conn, w_red, w_stab);
   auto opts = x.options();
-  auto iopts = opts.dtype(at::kLong);
-  const std::vector<int64_t> reduced =
-      reduction == tsl::kReduceNone ? std::vector<int64_t>{B} : std::vector<int64_t>{};
-  auto loss = at::empty(reduced, opts), conn = at::empty(reduced, opts),
-       red = at::empty(reduced, opts), stab = at::empty(reduced, opts),
-       scale = at::empty(reduced, opts);
-  auto h1_count = at::empty({B}, iopts);
-  auto topo_h0 = at::empty({B, H0}, opts), topo_h1 = at::empty({B, K}, opts);
-  auto scales = at::empty({B}, opts);
+  at::Tensor loss, conn, red, stab, scale, h1_count, topo_h0, topo_h1, scales, h0_edges, h1_edges;
+  std::tie(loss, conn, red, stab, scale, h1_count, topo_h0, topo_h1, scales, h0_edges,
+           h1_edges) = empty_tsloss_outputs(opts, B, N, K, reduction);
   auto dist = at::empty({B, N, N}, opts);
-  auto h0_edges = at::empty({B, H0, 2}, iopts), h1_edges = at::empty({B, K, 4}, iopts);
+  // The engine's own diagrams, which the terms kernel reads (the op returns their edges).
   auto h0 = at::empty({B, H0, 2}, opts), h1 = at::empty({B, K, 2}, opts);
   auto truncated = at::empty({B}, opts.dtype(at::kBool));
   if (B == 0) {
@@ -93,23 +87,12 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
   }
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const tsl::cuda::H1Capacity cap = h1_capacity(N);
   const int dim = static_cast<int>(maxdim);
-  const size_t elem = x.element_size();
   // The engine as vr_persistence runs it (same settings), its workspace bounding the clouds per
-  // launch.
+  // launch; the whole batch's distances stay (the backward takes them).
   const EngineSettings engine = engine_settings();
-  const size_t budget = workspace_budget();
-  // Per cloud as the scalar reduction's slices: the warp reduction's pool is their sum (or a
-  // floor, a constant the budget does not divide).
-  const size_t per_cloud =
-      tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, engine.block_topology);
-  int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
-  chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
-  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap,
-                                                        engine.block_topology,
-                                                        engine.warp_reduction);
-  auto workspace = engine_workspace(ws_bytes, opts, "tsloss", chunk, per_cloud);
+  const EnginePlan plan = engine_plan(engine, B, N, dim, opts, 0, "tsloss");
+  const int64_t chunk = plan.chunk;
   auto terms_ws = at::empty({static_cast<int64_t>(tsl::cuda::tsloss_forward_workspace_bytes(B, N))},
                             opts.dtype(at::kByte));
   const at::Tensor slices = distance_slice_workspace(engine, B, N, D, x);
@@ -124,15 +107,9 @@ ForwardOut tsloss_forward_cuda(const at::Tensor& x_in,
                "tsloss_forward (distances)");
     for (int64_t b0 = 0; b0 < B; b0 += chunk) {
       const int64_t nb = std::min(chunk, B - b0);
-      check_cuda(tsl::cuda::launch_vr_persistence<scalar_t>(
-                     pd + b0 * N * N, nb, N, dim, K, h0.data_ptr<scalar_t>() + b0 * H0 * 2,
-                     h0_edges.data_ptr<int64_t>() + b0 * H0 * 2,
-                     h1.data_ptr<scalar_t>() + b0 * K * 2,
-                     h1_edges.data_ptr<int64_t>() + b0 * K * 4,
-                     h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
-                     workspace.data_ptr(), ws_bytes, cap, engine.clouds_per_warp, stream,
-                     engine.block_topology, engine.warp_reduction, engine.reduce_warps),
-                 "tsloss_forward (persistence)");
+      launch_persistence<scalar_t>(pd + b0 * N * N, b0, nb, N, dim, K, h0, h0_edges, h1,
+                                   h1_edges, h1_count, truncated, plan, engine, stream,
+                                   "tsloss_forward (persistence)");
     }
     check_cuda(tsl::cuda::launch_tsloss_terms<scalar_t>(
                    px, B, N, D, h0.data_ptr<scalar_t>(), h1.data_ptr<scalar_t>(), K,
@@ -177,8 +154,8 @@ at::Tensor tsloss_backward_cuda(
   auto e0 = h0_edges_in.contiguous(), e1 = h1_edges_in.contiguous();
   auto gl = like_x(grad_loss, x), gc = like_x(grad_conn, x), gr = like_x(grad_red, x),
        gs = like_x(grad_stab, x), gsc = like_x(grad_scale, x);
-  const tsl::TermOptions o{normalize, target_mode, prev_h0.has_value(), target, p,
-                           w_conn,    w_red,       w_stab};
+  const tsl::TermOptions o = term_options(prev_h0.has_value(), normalize, target_mode, target, p,
+                                          w_conn, w_red, w_stab);
   auto grad = at::empty_like(x);
   if (B == 0 || N == 0 || D == 0) return grad.zero_();
   auto workspace = at::empty(

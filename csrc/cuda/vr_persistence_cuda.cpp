@@ -53,40 +53,23 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x_in) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int64_t max_h1) {
-  check_points_or_distances(x_in, distances);
-  check_max_h1(max_h1);
-  TSL_CHECK(maxdim == 0 || maxdim == 1, "vr_persistence: maxdim must be 0 or 1, got ", maxdim);
+  const int64_t K = check_vr_persistence_args(x_in, maxdim, distances, max_h1);
   c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
-  const int64_t K = maxdim >= 1 ? max_h1 : 0;
-  check_h1_capacity(K, B, N, x.element_size());
   auto opts = x.options();
-  const int64_t H0 = N > 0 ? N - 1 : 0;
   at::Tensor h0, h0_edges, h1, h1_edges, h1_count, truncated;
   std::tie(h0, h0_edges, h1, h1_edges, h1_count, truncated) = empty_diagrams(opts, B, N, K);
   if (B == 0) return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const tsl::cuda::H1Capacity cap = h1_capacity(N);
   const EngineSettings engine = engine_settings();
   const int dim = static_cast<int>(maxdim);
-  const size_t elem = x.element_size();
-  // Clouds per launch: bounded by the sort's 32-bit offsets and by a workspace budget, so a
-  // large batch runs as a few launches instead of one giant allocation.
-  const size_t budget = workspace_budget();
-  // Per cloud as the scalar reduction's slices: the warp reduction's pool is their sum (or a
-  // floor, a constant the budget does not divide).
-  const size_t per_cloud =
-      tsl::cuda::vr_workspace_bytes(1, N, dim, elem, cap, engine.block_topology) +
-      static_cast<size_t>(N * N) * elem;
-  int64_t chunk = std::min<int64_t>(B, tsl::cuda::vr_max_clouds_per_call(N));
-  chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, static_cast<int64_t>(budget / per_cloud)));
-
-  const size_t ws_bytes = tsl::cuda::vr_workspace_bytes(chunk, N, dim, elem, cap,
-                                                        engine.block_topology,
-                                                        engine.warp_reduction);
-  auto workspace = engine_workspace(ws_bytes, opts, "vr_persistence", chunk, per_cloud);
+  // A launch's distance matrices share the budget with its workspace.
+  const EnginePlan plan = engine_plan(engine, B, N, dim, opts,
+                                      static_cast<size_t>(N * N) * x.element_size(),
+                                      "vr_persistence");
+  const int64_t chunk = plan.chunk;
   auto dist = at::empty({chunk, N, N}, opts);
   // Sized for a launch of `chunk` clouds; a last, smaller launch that would take more (more
   // slices each) runs unsplit, with the same bits. Only batches far below a launch's size split.
@@ -108,15 +91,8 @@ vr_persistence_cuda(const at::Tensor& x_in, int64_t maxdim, bool distances, int6
                        data_or_null(slices), bytes_or_zero(slices)),
                    "vr_persistence (pairwise distances)");
       }
-      check_cuda(tsl::cuda::launch_vr_persistence<scalar_t>(
-                     pd, nb, N, dim, K, h0.data_ptr<scalar_t>() + b0 * H0 * 2,
-                     h0_edges.data_ptr<int64_t>() + b0 * H0 * 2,
-                     h1.data_ptr<scalar_t>() + b0 * K * 2,
-                     h1_edges.data_ptr<int64_t>() + b0 * K * 4,
-                     h1_count.data_ptr<int64_t>() + b0, truncated.data_ptr<bool>() + b0,
-                     workspace.data_ptr(), ws_bytes, cap, engine.clouds_per_warp, stream,
-                     engine.block_topology, engine.warp_reduction, engine.reduce_warps),
-                 "vr_persistence");
+      launch_persistence<scalar_t>(pd, b0, nb, N, dim, K, h0, h0_edges, h1, h1_edges, h1_count,
+                                   truncated, plan, engine, stream, "vr_persistence");
     }
   });
   return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
