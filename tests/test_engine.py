@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import tsloss_cuda
 from tsloss_cuda import default_max_h1, pairwise_distance, vr_persistence
 
-from cases import all_clouds, families
+from cases import all_clouds
 from diagram_utils import (assert_diagrams_match, finite_part, ripser_reference, scaled_tol)
 
 CLOUDS = list(all_clouds(0))

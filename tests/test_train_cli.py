@@ -842,7 +842,7 @@ def test_odd_checkpoint_folders_train_or_are_refused_in_one_line(odd_models, tmp
         assert train.main(["--model", odd_models[name], "--output-dir", str(out)] + common
                           + extra) == 2
         err = capsys.readouterr().err
-        assert f"error: --model: " in err and says in err and len(err.splitlines()) == 1, err
+        assert "error: --model: " in err and says in err and len(err.splitlines()) == 1, err
         assert not out.exists()
     config = os.path.join(odd_models["albert"], "config.json")
     assert train.main(["--model", config, "--output-dir", str(tmp_path / "f")] + common) == 2

@@ -6,8 +6,8 @@
 For each config (default: the benchmark's GPU-relevant sizes), one warm-up call, then --iters
 calls of `vr_persistence` forward and --iters of `tsloss_cuda.loss` forward+backward under
 torch.profiler (CPU activity, plus CUDA activity on a CUDA device, so every kernel of ours —
-pairwise_distance, h0_mst, the H1 flag and reduce kernels, backward — appears with its own
-time). Prints the top entries by self device time (CPU: self CPU time) and writes, per config,
+the default engine's pairwise_distance, topology, reduce_warp and finalize kernels, and TSLoss's
+terms, edge-weight and gradient kernels — appears with its own time). Prints the top entries by self device time (CPU: self CPU time) and writes, per config,
 DIR/profile-<device>-<N>-<D>-<B>.txt and a Chrome trace (.json) for chrome://tracing (not with
 --no-trace: a trace is megabytes, and tools/gpu_check.sh brings back little).
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -46,11 +46,12 @@ def parse_config(text: str) -> Tuple[int, int, int]:
     return n, d, b
 
 
-def launches_and_times(n: int, d: int, b: int, iters: int) -> str:
-    """One line: kernels of a TSLoss forward+backward and of a forward, and their CUDA-event
-    times (median of iters), at (N, D, B) on the current CUDA device."""
+def workload(n: int, d: int, b: int,
+             device: torch.device) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """The two calls measured at (N, D, B): the forward on one Gaussian batch, and TSLoss
+    forward+backward on a copy of it."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(b, n, d, generator=g).cuda()
+    x = torch.randn(b, n, d, generator=g).to(device)
     prompts = x.clone().requires_grad_(True)
 
     def forward() -> None:
@@ -59,6 +60,14 @@ def launches_and_times(n: int, d: int, b: int, iters: int) -> str:
     def loss_step() -> None:
         prompts.grad = None
         tsloss_cuda.loss(prompts).backward()
+
+    return forward, loss_step
+
+
+def launches_and_times(n: int, d: int, b: int, iters: int) -> str:
+    """One line: kernels of a TSLoss forward+backward and of a forward, and their CUDA-event
+    times (median of iters), at (N, D, B) on the current CUDA device."""
+    forward, loss_step = workload(n, d, b, torch.device("cuda"))
 
     def kernels(fn) -> List[str]:
         fn()
@@ -98,17 +107,7 @@ def launches_and_times(n: int, d: int, b: int, iters: int) -> str:
 
 def profile_config(n: int, d: int, b: int, device: torch.device, iters: int, out_dir: str,
                    rows: int, trace: bool = True) -> str:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(b, n, d, generator=g).to(device)
-    prompts = x.clone().requires_grad_(True)
-
-    def forward() -> None:
-        tsloss_cuda.vr_persistence(x, maxdim=1)
-
-    def loss_step() -> None:
-        prompts.grad = None
-        tsloss_cuda.loss(prompts).backward()
-
+    forward, loss_step = workload(n, d, b, device)
     cuda = device.type == "cuda"
     forward()
     loss_step()  # warm-up: module load, allocator, thread workspaces

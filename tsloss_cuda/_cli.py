@@ -46,7 +46,6 @@ def bounded(kind: Callable, low: float, high: float, what: str,
 #: argparse ``type=`` values; argparse prefixes their messages with ``argument --NAME:``.
 positive_int = bounded(int, 0, math.inf, "an integer >= 1", strict=True)
 nonneg_int = bounded(int, 0, math.inf, "an integer >= 0")
-positive_float = bounded(float, 0.0, math.inf, "a number > 0", strict=True)
 nonneg_float = bounded(float, 0.0, math.inf, "a number >= 0")
 
 

@@ -29,8 +29,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ._cli import (DEVICE_HELP, CLIError, Parser, check_device, check_writable, first_line,
-                   run_main)
+from ._cli import DEVICE_HELP, CLIError, Parser, check_device, check_writable, run_main
 from ._ops import MAX_POINTS
 
 PROG = "python -m tsloss_cuda.analyze"

@@ -19,7 +19,6 @@
 
 #include <vector>
 
-#include "h0_mst.h"
 #include "h1_reduce.h"
 
 namespace tsl {

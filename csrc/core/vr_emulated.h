@@ -341,7 +341,7 @@ inline void vr_persistence_cloud_emulated(const T* dist, index_t n, int maxdim,
     ws.status = run_h1_reduction_warp(d, threshold, columns, ws.reduce, ws.host.pairs, opt,
                                       &ws.reduction, &ws.warp);
     if (ws.status != kOk) {  // a fixed pool ran out: reported as the device's finalize does
-      *out.h1_count = -1;
+      *out.h1_count = kH1OverflowCount;
       *out.truncated = true;
       return;
     }

@@ -183,7 +183,6 @@ class HostWarp {
   }
 
   const WarpCounters& counters() const { return *counters_; }
-  bool in_lane() const { return in_lane_; }
 
  private:
   void collective(const char* what) {

@@ -23,7 +23,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <cmath>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -310,14 +309,9 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
 // eight lane sums carry over to the next chunk in `part`. Without chunks a tile streams its
 // eight full rows from L2 (128 KB at D = 2048), and that, not the arithmetic, set the pace.
 // kChunk is a multiple of the eight lanes, so a coordinate's lane is its offset's in the chunk.
-#ifndef TSL_CHUNK
-#define TSL_CHUNK 128
-#endif
-#ifndef TSL_PAD
-#define TSL_PAD 8
-#endif
-constexpr int64_t kChunk = TSL_CHUNK;
-constexpr int64_t kStride = kChunk + TSL_PAD;
+constexpr int64_t kChunk = 128;
+// A cache line beyond the chunk: rows a power of two apart (1 KB) would share L1 sets.
+constexpr int64_t kStride = kChunk + 8;
 constexpr int64_t kBlock = 4;  // rows per block: 16 pairs per block pair, 6 inside a block
 
 static_assert(kChunk % kDistanceLanes == 0, "a chunk must hold whole lane groups");
@@ -524,10 +518,7 @@ __attribute__((always_inline)) inline void transpose(V (&v)[L]) {
   }
 }
 
-#ifndef TSL_GRAM_CHUNK
-#define TSL_GRAM_CHUNK 128
-#endif
-constexpr int64_t kGramChunk = TSL_GRAM_CHUNK;
+constexpr int64_t kGramChunk = 128;
 
 // Points per panel-padded row of the Gram kernel: n rounded up to whole row blocks (MR), then to
 // whole panels (NR).

@@ -7,7 +7,6 @@
 // them in that same order (there are only N-1+2K of them).
 #include <cuda_runtime.h>
 
-#include "../core/common.h"
 #include "../core/pairwise_distance.h"
 #include "kernels.h"
 

@@ -301,7 +301,7 @@ __global__ void finalize_kernel(const T* __restrict__ dist, const T* __restrict_
   }
   if (threadIdx.x == 0) {
     const bool invalid = N > 0 && threshold[b] != threshold[b];
-    h1_count[b] = invalid ? kInvalidInputCount : (failed ? -1 : count);
+    h1_count[b] = invalid ? kInvalidInputCount : (failed ? kH1OverflowCount : count);
     truncated[b] = !invalid && (failed || count > K);
   }
 }

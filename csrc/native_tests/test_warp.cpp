@@ -27,10 +27,6 @@
 #include <string>
 #include <vector>
 
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include "check.h"
 #include "clouds.h"
 #include "engine_reference.h"

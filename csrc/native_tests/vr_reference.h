@@ -35,7 +35,6 @@ struct RefBar {
   int birth_vertices[3];  // ascending, unused entries -1: a vertex (H0) or an edge (H1)
   int death_vertices[3];  // an edge (H0) or a triangle (H1)
   int birth_position;     // in the filtration order used
-  int death_position;
 };
 
 template <typename T>
@@ -117,7 +116,7 @@ RefDiagram<T> vr_reference(const T* dist, int n, Order order = Order::kLexicogra
     const int low = c.back();
     owner[low] = p;
     paired[low] = paired[p] = true;
-    RefBar<T> bar{s[low].diameter, s[p].diameter, {}, {}, low, p};
+    RefBar<T> bar{s[low].diameter, s[p].diameter, {}, {}, low};
     std::copy(s[low].v, s[low].v + 3, bar.birth_vertices);
     std::copy(s[p].v, s[p].v + 3, bar.death_vertices);
     if (s[low].dim == 0) out.h0.push_back(bar);
