@@ -37,10 +37,10 @@ def test_distance_kernel_has_the_canonical_bits(dtype, b, n, d):
 
 def test_float32_distances_that_do_not_certify_are_canonical():
     """float32 clouds take certified Gram sums on the GPU; a block with a pair the bound cannot
-    certify sums its tile again canonically (csrc/cuda/pairwise_distance_kernel.cuh). Duplicates, two
-    tight clusters far apart and a NaN point force that; integer ties, an off-centre cloud, an
-    outlier, tiny magnitudes and all points equal mostly certify. One batch, beside a Gaussian
-    cloud, several blocks per cloud; every bit compared."""
+    certify sums its tile again canonically (csrc/cuda/pairwise_distance_kernel.cuh).
+    Duplicates, two tight clusters far apart and a NaN point force that; integer ties, an
+    off-centre cloud, an outlier, tiny magnitudes and all points equal mostly certify. One
+    batch, beside a Gaussian cloud, several blocks per cloud; every bit compared."""
     g = torch.Generator().manual_seed(5)
     n, d = 70, 300
     base = torch.randn(9, n, d, generator=g, dtype=torch.float64)

@@ -7,7 +7,8 @@ For each config (default: the benchmark's GPU-relevant sizes), one warm-up call,
 calls of `vr_persistence` forward and --iters of `tsloss_cuda.loss` forward+backward under
 torch.profiler (CPU activity, plus CUDA activity on a CUDA device, so every kernel of ours —
 the default engine's pairwise_distance, topology, reduce_warp and finalize kernels, and TSLoss's
-terms, edge-weight and gradient kernels — appears with its own time). Prints the top entries by self device time (CPU: self CPU time) and writes, per config,
+terms, edge-weight and gradient kernels — appears with its own time). Prints the top entries
+by self device time (CPU: self CPU time) and writes, per config,
 DIR/profile-<device>-<N>-<D>-<B>.txt and a Chrome trace (.json) for chrome://tracing (not with
 --no-trace: a trace is megabytes, and tools/gpu_check.sh brings back little).
 

@@ -1,7 +1,8 @@
 // The terms of TSLoss for one cloud and their derivatives, shared by the CPU op
-// (cpu/tsloss_cpu.cpp) and the CUDA kernels (cuda/tsloss_kernels.cuh), so the CPU tests exercise the
-// arithmetic the GPU runs. Definitions (tsloss_cuda/loss.py): for a cloud of n points with
-// scale s, H0 deaths D_r (n - 1 of them) and H1 bars (b_q, d_q) (K rows, `count` real ones):
+// (cpu/tsloss_cpu.cpp) and the CUDA kernels (cuda/tsloss_kernels.cuh), so the CPU tests
+// exercise the arithmetic the GPU runs. Definitions (tsloss_cuda/loss.py): for a cloud of n
+// points with scale s, H0 deaths D_r (n - 1 of them) and H1 bars (b_q, d_q) (K rows, `count`
+// real ones):
 //
 //   u_r = D_r / s,  v_q = (d_q - b_q) / s for q < count, else 0 (padding)
 //   connectivity C = mean_r u_r                      ("total")

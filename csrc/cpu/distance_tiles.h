@@ -310,7 +310,8 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
 // eight full rows from L2 (128 KB at D = 2048), and that, not the arithmetic, set the pace.
 // kChunk is a multiple of the eight lanes, so a coordinate's lane is its offset's in the chunk.
 constexpr int64_t kChunk = 128;
-// A cache line beyond the chunk: rows a power of two apart (1 KB) would share L1 sets.
+// A cache line of padding per row; none, and other chunk sizes (64-2048), ran within noise
+// (benchmarks/README.md, "Tried and dropped").
 constexpr int64_t kStride = kChunk + 8;
 constexpr int64_t kBlock = 4;  // rows per block: 16 pairs per block pair, 6 inside a block
 
