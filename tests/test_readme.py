@@ -26,7 +26,7 @@ COVERED = {
                                                        "test_train_extra_names_the_default_model",
     'pip install -e ".[test]" --no-build-isolation': ".ci/run (install step)",
     "python -m tsloss_cuda.train --help": "test_train_help",
-    "python -m tsloss_cuda.train --compare":
+    "python -m tsloss_cuda.train --compare --output-dir runs/compare":
         "test_train_cli.py::test_cli_compare_end_to_end_and_analyze (tiny model, 6 steps)",
     "python -m tsloss_cuda.train --model /path/to/qwen --device cuda --prompt-length 20":
         "test_gpu_command_gives_a_clean_error_on_cpu (a GPU host: tools/gpu_check.sh's train "
