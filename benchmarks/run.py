@@ -56,7 +56,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -119,10 +119,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def cpu_id() -> str:
-    """Family, model and stepping, and the vector extensions: CPUs sold under one model name
-    (the VMs' "AMD EPYC") differ in these."""
-    info = {}
+def _cpuinfo() -> Dict[str, str]:
+    """The first CPU's family, model, stepping and flags from /proc/cpuinfo ({} without it)."""
+    info: Dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
             key, _, value = line.partition(":")
@@ -130,6 +129,15 @@ def cpu_id() -> str:
             if key in ("cpu family", "model", "stepping", "flags") and key not in info:
                 info[key] = value.strip()
     except OSError:
+        return {}
+    return info
+
+
+def cpu_id() -> str:
+    """Family, model and stepping, and the vector extensions: CPUs sold under one model name
+    (the VMs' "AMD EPYC") differ in these."""
+    info = _cpuinfo()
+    if not info:
         return platform.machine()
     flags = set(info.get("flags", "").split())
     vec = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
@@ -143,6 +151,13 @@ def device_name(use_cuda: bool) -> str:
     model = cpu_model().lower()
     model = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*$", " ", model)
     words = [w for w in re.split(r"[^a-z0-9]+", model) if w][:3]
+    if not any(ch.isdigit() for w in words for ch in w):
+        # A model name without a number (a VM's "Intel(R) Xeon(R) Processor", "AMD EPYC") is
+        # shared by CPU generations: the family and model keep one's results from overwriting
+        # another's.
+        info = _cpuinfo()
+        if "cpu family" in info and "model" in info:
+            words.append(f"f{info['cpu family']}m{info['model']}")
     return "cpu-" + "-".join(words or ["unknown"]) + f"-{os.cpu_count()}c"
 
 

@@ -141,6 +141,23 @@ def test_config_parsing():
         run.parse_cfg("16,768")
 
 
+@pytest.mark.parametrize("model,cpuinfo,stem", [
+    ("Intel(R) Xeon(R) Processor", {"cpu family": "6", "model": "207"}, "cpu-intel-xeon-f6m207"),
+    ("AMD EPYC", {"cpu family": "26", "model": "2"}, "cpu-amd-epyc-f26m2"),
+    ("AMD EPYC 9B14 96-Core Processor", {"cpu family": "25", "model": "17"},
+     "cpu-amd-epyc-9b14"),
+    ("Intel(R) Xeon(R) Processor", {}, "cpu-intel-xeon")])
+def test_default_stem_tells_cpu_generations_apart(monkeypatch, model, cpuinfo, stem):
+    """These VMs name every Xeon "Intel(R) Xeon(R) Processor": a Sapphire Rapids run's files
+    were overwritten by an Emerald Rapids one's, under the same stem. A model name without a
+    number takes the family and model."""
+    run = _load()
+    monkeypatch.setattr(run, "cpu_model", lambda: model)
+    monkeypatch.setattr(run, "_cpuinfo", lambda: dict(cpuinfo))
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    assert run.device_name(False) == stem + "-2c"
+
+
 def test_peer_subset_is_scaled_and_marked(tmp_path):
     # Peers run on the first --peer-clouds clouds of a larger batch; their time is scaled to the
     # whole batch and the table says so. Ours always runs the whole batch.
