@@ -173,3 +173,35 @@ def test_only_the_whole_suite_may_skip(tmp_path, phase, passes):
 def test_a_budget_that_is_no_number_is_refused(tmp_path):
     r = run_check(tmp_path, "build", GPU_CHECK_BUDGET_S="9m", GPU_CHECK_DRYRUN="1")
     assert r.returncode == 1 and "GPU_CHECK_BUDGET_S must be a whole number" in r.stderr
+
+
+@pytest.mark.parametrize("script,first", [
+    ("gpu_check.sh", "The CUDA path end to end"),
+    ("fetch_peer_wheels.sh", "Downloads the benchmark's peer libraries")])
+def test_help_prints_the_header_and_touches_nothing(tmp_path, script, first):
+    """--help was taken for the output folder: gpu_check.sh went on to plan its phases, the build
+    first, and fetch_peer_wheels.sh handed it to mkdir and rm."""
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    shutil.copy(ROOT / "tools" / script, repo / "tools")
+    env = dict(os.environ, GPU_CHECK_DRYRUN="1", PYTHON=sys.executable)  # nothing is built
+    r = subprocess.run(["bash", str(repo / "tools" / script), "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith(first), r.stdout + r.stderr
+    if script == "gpu_check.sh":
+        assert "build " in r.stdout and "ncu_source" in r.stdout
+    assert [p.name for p in repo.iterdir()] == ["tools"] and list(tmp_path.iterdir()) == [repo]
+
+
+def test_build_on_a_torch_without_cuda_keeps_the_extension(tmp_path):
+    """Run by hand on a CPU machine, the build phase deleted the extension, then failed to build
+    one with FORCE_CUDA=1 (an error with a CPU-only torch): the checkout was left without it."""
+    import torch
+    if torch.version.cuda is not None:
+        pytest.skip("this torch has CUDA: the build phase would rebuild the extension")
+    ext = tmp_path / "repo" / "tsloss_cuda" / "_C.test.so"
+    ext.parent.mkdir(parents=True)
+    ext.write_bytes(b"\x7fELF")
+    r = run_check(tmp_path, "build")
+    assert r.returncode == 1 and "has no CUDA" in r.stdout, r.stdout + r.stderr
+    assert ext.exists()

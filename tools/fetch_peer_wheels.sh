@@ -11,6 +11,10 @@
 # is 2.39). About 7 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case ${1:-} in  # not a folder: mkdir and rm would take the flag for their own
+  -h | --help) sed -n '2,/^set -euo/p' tools/fetch_peer_wheels.sh | sed '$d;s/^# \{0,1\}//'; exit 0 ;;
+  -*) echo "usage: bash tools/fetch_peer_wheels.sh [DIR] (--help: what it does)" >&2; exit 1 ;;
+esac
 DIR=${1:-.whl}
 PKGS=(ripser==0.6.15 giotto-ph==0.2.4 gudhi==3.13.0 torch-topological==0.1.9 POT==0.9.5)
 plats=()

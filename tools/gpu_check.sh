@@ -63,6 +63,10 @@
 # back). stdout: per phase its status and time, pytest summaries, sanitizer ERROR SUMMARY lines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+case ${1:-} in  # not an output folder: realpath would take the flag for its own
+  -h | --help) sed -n '2,/^set -uo/p' tools/gpu_check.sh | sed '$d;s/^# \{0,1\}//'; exit 0 ;;
+  -*) echo "usage: bash tools/gpu_check.sh OUT_DIR [phase ...] (--help: the phases)" >&2; exit 1 ;;
+esac
 OUT=$(realpath -m "${1:?usage: bash tools/gpu_check.sh OUT_DIR [phase ...]}")
 shift
 R=$OUT/results   # everything but the log; packed into results.tgz
@@ -267,6 +271,13 @@ sanitize_with() {  # dir limit light tool...: the tools at once, each under the 
 
 do_build() {
   local so
+  # On a host whose torch has no CUDA, FORCE_CUDA=1 fails: the CPU extension would be deleted
+  # and not rebuilt (a user's checkout, run by hand).
+  "$PY" -c "import torch; raise SystemExit(torch.version.cuda is None)" || {
+    echo "CHECK FAILED: this torch ($("$PY" -c 'import torch; print(torch.__version__)' 2>&1)) has no" \
+         "CUDA: gpu_check.sh runs on a GPU host; the extension was left as it was"
+    return 1
+  }
   rm -f tsloss_cuda/_C*.so  # a stale extension must not pass for this build
   ninja --version
   nvcc --version | tail -n 2
