@@ -177,8 +177,8 @@ class OutputCache {
     if (p == nullptr) return allocate(bytes);
 #if defined(__linux__)
     // A buffer of 2 MB or more is 2 MB-aligned, so a larger one than asked for is too.
-    if (whole_pages(had) > whole_pages(bytes))
-      munmap(static_cast<char*>(p) + whole_pages(bytes), whole_pages(had) - whole_pages(bytes));
+    const size_t keep = whole_pages(bytes), mapped = whole_pages(had);
+    if (mapped > keep) munmap(static_cast<char*>(p) + keep, mapped - keep);
 #endif
     return p;
   }
