@@ -64,6 +64,35 @@ def test_dry_run_plans_every_default_phase(tmp_path):
     assert "UNKNOWN phase" not in r.stdout
 
 
+NEXT_RUN = ("build", "cuda_tests", "tsloss", "profile", "block_profile", "slices_profile",
+            "sanitizer", "block_sanitizer", "bench", "ncu_source")
+
+
+def test_dry_run_charges_typical_times_and_reports_the_worst_case(tmp_path):
+    """The dry run charged every phase its whole cap, so the next device run's plan (DEVELOPERS.md,
+    README's GPU section) read INCOMPLETE although its phases' measured times fit the budget."""
+    r = run_check(tmp_path / "a", *NEXT_RUN, GPU_CHECK_DRYRUN="1", GPU_CHECK_BUDGET_S="540")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "RESULT: DRY RUN: every phase runs at typical phase times" in r.stdout
+    assert "build          dry run (about 85 s, up to 150 s)" in r.stdout
+    worst = [ln for ln in r.stdout.splitlines() if ln.startswith("worst case")]
+    assert worst == ["worst case (every phase to its cap): slices_profile (time) sanitizer (time) "
+                     "block_sanitizer (time) bench (time) ncu_source (time)"], r.stdout
+    r = run_check(tmp_path / "b", *NEXT_RUN, GPU_CHECK_DRYRUN="1", GPU_CHECK_BUDGET_S="300")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "RESULT: DRY RUN: at typical phase times, not run: sanitizer (time)" in r.stdout
+
+
+def test_every_phase_has_a_cap_a_minimum_and_a_typical_time():
+    import re
+    text = (ROOT / "tools" / "gpu_check.sh").read_text()
+    tables = {name: set(re.findall(r"\[(\w+)\]=", re.search(
+        rf"declare -A {name}=\((.*?)\)\n", text, re.S).group(1)))
+        for name in ("CAP", "MIN", "TYP")}
+    phases = set(re.findall(r"^do_(\w+)\(\)", text, re.M))
+    assert tables["CAP"] == tables["MIN"] == tables["TYP"] == phases, tables
+
+
 def test_ncu_phase_profiles_each_kernel(tmp_path):
     r = run_check(tmp_path, "ncu", ncu=f"cat <<'EOF'\n{NCU_OUTPUT}EOF")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -5,7 +5,9 @@
 #   device run: command 'bash tools/gpu_check.sh "$OUT"', timeout_s 600, carry [".whl"]
 #   (with less device time left: timeout_s what is left, GPU_CHECK_BUDGET_S 30 s under it, so
 #   that the script packs its results before the call is cut)
-#   bash tools/gpu_check.sh OUT_DIR [phase ...]      # GPU_CHECK_DRYRUN=1: plan and commands only
+#   bash tools/gpu_check.sh OUT_DIR [phase ...]      # GPU_CHECK_DRYRUN=1: plan and commands only,
+#   each phase charged its typical time (measured on a device where one has run it), then which
+#   phases the budget would skip if every phase ran to its cap
 #
 # The default run, most important first (a fresh host rebuilds; later phases may run out of time):
 #   build       rm tsloss_cuda/_C*.so, pip install -v -e . with FORCE_CUDA=1 and
@@ -102,6 +104,18 @@ declare -A MIN=([build]=60 [cuda_tests]=60 [global_tests]=45 [tsloss]=20 [saniti
                 [global_sanitizer]=60 [profile]=30 [bench]=110 [train]=60 [suite]=120
                 [global_profile]=30 [global_bench]=110 [ncu]=60 [mix_profile]=30 [ncu_source]=35
                 [block_profile]=40 [block_sanitizer]=60 [slices_profile]=30)
+# Each phase's typical time, in s, which a dry run charges (a run charges what the phase takes):
+# measured on the H100 (h100-2026-12-05/call1/log.txt: build 83, cuda_tests 55, tsloss 9,
+# sanitizer 43, profile 15, bench 106, ncu 18, mix_profile 14) or on the H200
+# (h200-2026-12-04/call*-log.txt: the first engine's tests 48, its bench 93, its sanitizer 106,
+# the warp sanitizer on the light smoke 38, global_profile as warp_profile 17); estimated for
+# phases no device has run: block_profile (three profiles, each ~15 s and a launch check),
+# slices_profile (two), block_sanitizer (the warp sanitizer's three tools), ncu_source (ncu at
+# two sizes with source counters), train and suite (their caps).
+declare -A TYP=([build]=85 [cuda_tests]=55 [global_tests]=50 [tsloss]=10 [sanitizer]=45
+                [global_sanitizer]=106 [profile]=15 [bench]=106 [train]=180 [suite]=300
+                [global_profile]=20 [global_bench]=100 [ncu]=20 [mix_profile]=15 [ncu_source]=40
+                [block_profile]=50 [block_sanitizer]=45 [slices_profile]=35)
 # What tells the story of a phase, copied from the log to stdout after it: the verdicts (pytest's
 # last line, junit counts, sanitizer summaries, checks) first, then up to 15 lines of detail.
 PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:|compare )|kernels \(budget|done, [0-9]+ s$|^wrote '
@@ -110,6 +124,8 @@ PAT1='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:|compare )|kernels \(budg
 PATV='^=+ .* in [0-9.]+s|^junit:|SUMMARY:|^(CHECK|SKIP:|compare )'
 PAT2='^(FAILED|ERROR|SKIPPED) |crashed|Timeout|rror:'
 SUMMARY=() FAILED=0 NOT_RUN=() SIM=0 CUR= CUR_NAME=
+# A dry run's worst case alongside: every phase runs to its cap.
+WORST=0 WORST_NOT_RUN=()
 say() { echo "$*" | tee -a "$LOG"; }
 
 finish() {  # every exit path: stop the running phase, print the summary, pack the results
@@ -121,7 +137,12 @@ finish() {  # every exit path: stop the running phase, print the summary, pack t
   say "==== SUMMARY ($((SECONDS + SIM)) s, budget ${BUDGET} s)"
   printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"
   local status=0
-  if [ "$FAILED" != 0 ]; then say "RESULT: FAILED" && status=1
+  if [ "$DRY" = 1 ]; then  # nothing ran: the plan at typical phase times, then the worst case
+    if [ ${#NOT_RUN[@]} -gt 0 ]; then
+      say "RESULT: DRY RUN: at typical phase times, not run: ${NOT_RUN[*]}" && status=2
+    else say "RESULT: DRY RUN: every phase runs at typical phase times"; fi
+    say "worst case (every phase to its cap): ${WORST_NOT_RUN[*]:-every phase runs}"
+  elif [ "$FAILED" != 0 ]; then say "RESULT: FAILED" && status=1
   elif [ ${#NOT_RUN[@]} -gt 0 ]; then say "RESULT: INCOMPLETE: not run: ${NOT_RUN[*]}" && status=2
   else say "RESULT: PASSED"; fi
   tar czf "$OUT/results.tgz" -C "$OUT" results && rm -rf "$R"
@@ -137,7 +158,13 @@ note() {  # name status failed?: one summary row
 }
 
 phase() {  # name: runs do_<name> under min(cap, time left), its output into the log
-  local name=$1 limit=${CAP[$1]} left rc off t t0=$SECONDS verdicts
+  local name=$1 limit=${CAP[$1]} left rc off t t0=$SECONDS verdicts worst
+  if [ "$DRY" = 1 ] && [ "$BUDGET" -gt 0 ]; then
+    worst=$((BUDGET - RESERVE - SECONDS - WORST))
+    [ "$worst" -gt "$limit" ] && worst=$limit
+    if [ "$worst" -lt "${MIN[$name]}" ]; then WORST_NOT_RUN+=("$name (time)")
+    else WORST=$((WORST + worst)); fi
+  fi
   if [ "$BUDGET" -gt 0 ]; then
     left=$((BUDGET - RESERVE - SECONDS - SIM))
     [ "$left" -lt "$limit" ] && limit=$left
@@ -149,10 +176,12 @@ phase() {  # name: runs do_<name> under min(cap, time left), its output into the
     fi
   fi
   say "=== $name: limit $limit s, at $((SECONDS + SIM)) s"
-  if [ "$DRY" = 1 ]; then  # the commands, and the worst case: the phase uses all its time
+  if [ "$DRY" = 1 ]; then  # the commands; the phase takes its typical time
     declare -f "do_$name" | sed '1,2d;$d' | tee -a "$LOG"
-    SIM=$((SIM + limit))
-    note "$name" "dry run (up to $limit s)" 0
+    t=${TYP[$name]}
+    [ "$t" -gt "$limit" ] && t=$limit
+    SIM=$((SIM + t))
+    note "$name" "dry run (about $t s, up to $limit s)" 0
     return 0
   fi
   off=$(stat -c %s "$LOG")
