@@ -689,3 +689,36 @@ def test_import_leaves_dynamo_and_sympy_unloaded():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]", out
+
+
+def test_calls_without_a_gradient_skip_the_autograd_kernel(monkeypatch):
+    """Where no gradient can be recorded, the wrappers call the op below its Python-registered
+    autograd kernel (a fifth of a small prompt's call): same bits, nothing recorded; with a
+    gradient, under vmap and while compiling they go through it."""
+    import contextlib
+    import tsloss_cuda.persistence as P
+    entered = []
+
+    @contextlib.contextmanager
+    def counting():
+        entered.append(1)
+        with torch._C._AutoDispatchBelowAutograd():
+            yield
+
+    monkeypatch.setattr(P, "_BELOW_AUTOGRAD", counting)
+    x = torch.randn(3, 11, 6, dtype=torch.float64, requires_grad=True)
+    with_grad = T.vr_persistence(x), T.pairwise_distance(x)
+    assert entered == [] and with_grad[0].h1.requires_grad and with_grad[1].requires_grad
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            d, p = T.vr_persistence(x), T.pairwise_distance(x)
+        assert not (d.h0.requires_grad or d.h1.requires_grad or p.requires_grad)
+        for name in ("h0", "h0_edges", "h1", "h1_edges", "h1_count", "truncated"):
+            assert torch.equal(getattr(d, name), getattr(with_grad[0], name)), name
+        assert torch.equal(p, with_grad[1])
+    assert len(entered) == 4
+    T.vr_persistence(x.detach())  # grad mode on, nothing to differentiate
+    assert len(entered) == 5
+    with torch.no_grad():
+        v = torch.vmap(T.pairwise_distance)(x)
+    assert len(entered) == 5 and torch.equal(v.squeeze(1), with_grad[1])  # (N, D) in: B = 1
