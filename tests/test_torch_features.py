@@ -722,3 +722,17 @@ def test_calls_without_a_gradient_skip_the_autograd_kernel(monkeypatch):
     with torch.no_grad():
         v = torch.vmap(T.pairwise_distance)(x)
     assert len(entered) == 5 and torch.equal(v.squeeze(1), with_grad[1])  # (N, D) in: B = 1
+
+    # A mode's handler runs before the op's dispatch, with grad mode as the caller left it:
+    # its own differentiable work (here a learnable scale of the distances) is recorded.
+    w = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    class ScaleDistances(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            return out * w if func is torch.ops.tsloss_cuda.pairwise_distance else out
+
+    with ScaleDistances():
+        scaled = T.pairwise_distance(x.detach())
+    scaled.sum().backward()
+    assert len(entered) == 5 and torch.equal(w.grad, with_grad[1].detach().sum())

@@ -342,9 +342,13 @@ def _run(op: Callable[..., Any], x: torch.Tensor, *args: Any) -> Any:
     mode off, or ``x`` needs none): the ops' autograd is registered in Python
     (``torch.library.register_autograd``), whose kernel only redispatches below itself then, at
     ~6 µs a call: a fifth of a (8, 768) prompt's ``vr_persistence``. Not while compiling,
-    tracing or under a torch.func transform, which see the op through their own dispatch."""
+    tracing or under a torch.func transform, which see the op through their own dispatch, nor
+    where ``__torch_function__`` code (a mode, a subclass) would run inside the guard: its own
+    differentiable work would go unrecorded."""
     if ((torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling()
-            or torch.jit.is_tracing() or functorch_transform_active()):
+            or torch.jit.is_tracing() or functorch_transform_active()
+            or torch._C._is_torch_function_mode_enabled()
+            or torch._C._has_torch_function_unary(x)):
         return op(x, *args)
     with _BELOW_AUTOGRAD():
         return op(x, *args)
