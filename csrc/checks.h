@@ -67,6 +67,14 @@ std::string message(const Parts&... parts) {
     }                                                                                \
   } while (0)
 
+// Every op on clouds refuses more than kMaxPoints points a cloud, pairwise_distance too (which
+// could compute more): a traced call with a dynamic N reaches the kernel unchecked, and should
+// fail as the eager call does.
+inline void check_max_points(const at::Tensor& x, const char* op) {
+  TSL_CHECK(x.size(1) <= tsl::kMaxPoints, op, ": N = ", x.size(1),
+            " points exceeds the supported maximum of ", tsl::kMaxPoints);
+}
+
 // `op` and `arg` name what the user called and its argument (tsloss_cuda.loss's points are
 // `prompts`).
 inline void check_points_or_distances(const at::Tensor& x, bool distances,
@@ -76,8 +84,7 @@ inline void check_points_or_distances(const at::Tensor& x, bool distances,
             x.sizes());
   TSL_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": ", arg,
             " must be float32 or float64, got ", x.scalar_type());
-  TSL_CHECK(x.size(1) <= tsl::kMaxPoints, op, ": N = ", x.size(1),
-            " points exceeds the supported maximum of ", tsl::kMaxPoints);
+  check_max_points(x, op);
   if (distances) {
     TSL_CHECK(x.size(1) == x.size(2), op, ": a distance matrix must be square, got ", x.sizes());
   } else {

@@ -504,6 +504,21 @@ def test_dynamic_shapes_share_a_graph_from_three_points():
         assert counters["stats"]["unique_graphs"] == 1
 
 
+@pytest.mark.parametrize("fn", [T.pairwise_distance, lambda x: T.vr_persistence(x).h1, T.loss],
+                         ids=["pairwise_distance", "vr_persistence", "loss"])
+def test_a_dynamic_n_past_the_maximum_is_refused_when_it_runs(fn):
+    """Traced with a dynamic N, no check can refuse 4097 points before the call: the kernel
+    does, as the eager call does (pairwise_distance's kernel once computed them)."""
+    torch._dynamo.reset()
+    f = torch.compile(fn, backend="aot_eager", dynamic=True, fullgraph=True)
+    for n in (5, 7):
+        f(torch.randn(n, 2))
+    with pytest.raises(RuntimeError, match="N = 4097 points exceeds the supported maximum of 4096"):
+        f(torch.zeros(4097, 1))
+    with pytest.raises(ValueError, match="at most 4096 points"):
+        fn(torch.zeros(4097, 1))
+
+
 @pytest.mark.parametrize("stability", [0.0, 1.0])
 def test_compiled_module_shares_a_graph_across_prompt_lengths(stability):
     """The module formatted the previous N into a message on every call, which pinned N in the
@@ -612,7 +627,7 @@ REFUSED = {
                 "must be float32 or float64, got"),
     "reduction": ((2, 5, 3), torch.float32, [lambda x: _forward(x, reduction=3)],
                   "reduction must be 0 (none), 1 (mean) or 2 (sum), got 3"),
-    "N": ((1, 4097, 1), torch.float32, [_forward, _persistence],
+    "N": ((1, 4097, 1), torch.float32, [_forward, _persistence, _pairwise],
           "N = 4097 points exceeds the supported maximum of 4096"),
     "D": ((2, 3, 0), torch.float32, [_forward, _persistence], "points need D >= 1, got [2, 3, 0]"),
     "square": ((2, 3, 4), torch.float32, [lambda x: _persistence(x, distances=True)],

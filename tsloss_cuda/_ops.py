@@ -18,6 +18,7 @@ def _pairwise_distance_fake(x: torch.Tensor) -> torch.Tensor:
     torch._check(x.dim() == 3, lambda: f"pairwise_distance: x must be (B, N, D), got {tuple(x.shape)}")
     torch._check(x.dtype in (torch.float32, torch.float64),
                  lambda: f"pairwise_distance: x must be float32 or float64, got {x.dtype}")
+    _check_max_points("pairwise_distance", x.shape[1])
     return x.new_empty((x.shape[0], x.shape[1], x.shape[1]))
 
 
@@ -33,17 +34,22 @@ def _check_engine_args(op: str, x, maxdim, max_h1) -> None:
 MAX_POINTS = 4096
 
 
+def _check_max_points(op: str, n) -> None:
+    """Refused where N is known to exceed MAX_POINTS: a guard N <= 4096 would break export's
+    unbounded Dim("N", min=3); a dynamic N past it is the kernel's to refuse when it runs."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+    torch._check(not statically_known_true(n > MAX_POINTS),
+                 lambda: f"{op}: N = {n} points exceeds the supported maximum of {MAX_POINTS}")
+
+
 def _check_cloud(op: str, x, distances: bool) -> None:
     """check_points_or_distances (csrc/checks.h) on ``(B, N, D)`` x. Each check is one
     (symbolic) condition, never a Python branch on a size that may be symbolic."""
     # Imported here, when a fake kernel first runs (under compile, export or a FakeTensorMode):
     # it brings sympy, 0.3 s that every eager user paid at import.
-    from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_or
+    from torch.fx.experimental.symbolic_shapes import sym_or
     n, d = x.shape[1], x.shape[2]
-    # Refused where N is known to exceed it: a guard N <= 4096 would break export's unbounded
-    # Dim("N", min=3); a dynamic N past it is the kernel's to refuse when it runs.
-    torch._check(not statically_known_true(n > MAX_POINTS),
-                 lambda: f"{op}: N = {n} points exceeds the supported maximum of {MAX_POINTS}")
+    _check_max_points(op, n)
     if distances:
         torch._check(n == d, lambda: f"{op}: a distance matrix must be square, got "
                      f"{list(x.shape)}")

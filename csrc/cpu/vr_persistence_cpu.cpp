@@ -29,6 +29,7 @@ at::Tensor distances_cpu(const at::Tensor& x_in, const Caller& op) {
               x_in.sizes());
   TSL_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               op.op, ": x must be float32 or float64, got ", x_in.scalar_type());
+  check_max_points(x_in, op.op);
   const int64_t B = x_in.size(0), N = x_in.size(1), D = x_in.size(2);
   auto out = glue::empty_written({B, N, N}, x_in.options());
   if (B == 0 || N == 0) return out;

@@ -34,6 +34,7 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x_in) {
               x_in.sizes());
   TSL_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "pairwise_distance: x must be float32 or float64, got ", x_in.scalar_type());
+  check_max_points(x_in, "pairwise_distance");
   c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
