@@ -696,10 +696,7 @@ void split_certified_group(const float* x, int64_t b0, int64_t B, int64_t N, int
     if (!done[b]) return rows(b0 + b, i0, i1);
     const float* xb = x + b * N * D;
     double* sq = partial + b * parts * N * N;
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = 0; j < i; ++j)
-        if (sq[i * N + j] == cpu::kDoubtful)
-          sq[i * N + j] = tsl::squared_distance(xb + i * D, xb + j * D, D);
+    cpu::recompute_doubtful_rows(xb, N, D, i0, i1, sq);
     finish_distance_rows(xb, N, D, i0, i1, b0 + b, sq + i0 * N, out + b * N * N, op);
   }, grain);
 }
