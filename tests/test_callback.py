@@ -643,3 +643,13 @@ def test_the_warnings_advice_gives_the_mean_task_gradient_and_silences_it(tmp_pa
     callback.on_train_begin(args, state, control, model=other.model)
     assert [w for w in recwarn if "model_accepts_loss_kwargs = False" in str(w.message)]
     assert advised.model_accepts_loss_kwargs is False
+    # The Trainer's own word on the 1/G (loss_is_scaled_for_ga, set by a user) settles it,
+    # whatever the model takes: no warning either way.
+    for scaled in (False, True):
+        trainer = transformers.Trainer(model=_classifier(), args=args, train_dataset=data)
+        callback = TSLossCallback(WEIGHT).install(trainer)
+        trainer.model_accepts_loss_kwargs = True  # warned above
+        trainer.loss_is_scaled_for_ga = scaled
+        recwarn.clear()
+        callback.on_train_begin(args, state, control, model=trainer.model)
+        assert not [w for w in recwarn if "model_accepts_loss_kwargs" in str(w.message)]

@@ -975,6 +975,30 @@ def test_infinities_and_nan_survive_a_run_record(tmp_path):
     assert h0[1, 0] == 0.0 and h1.shape == (0, 2)
 
 
+@pytest.mark.parametrize("rows", [[], [1, 2], None])
+def test_a_record_without_metric_rows_is_refused(tmp_path, rows):
+    """A run holds step 0's row at least: a record without rows (or not dicts) is damaged,
+    refused naming the file, not loaded for the report to fail on with an IndexError."""
+    out = str(tmp_path)
+    run_comparison(out, SPECS[:1], fake_train, CONFIG, quiet=True)
+    path = os.path.join(out, "runs", f"{SPECS[0].run_id}.json")
+    with open(path) as f:
+        body = json.load(f)
+    body["rows"] = rows
+    with open(path, "w") as f:
+        json.dump(body, f)
+    want = rf"--output-dir: .*{SPECS[0].run_id}.json is not a file of a tsloss_cuda comparison"
+    with pytest.raises(CLIError, match=want + r" \(no valid rows\)"):
+        load_run(out, SPECS[0].run_id)
+
+
+def test_time_left_reads_hours_minutes_seconds():
+    """The comparison's progress bar: minutes wrap at the hour."""
+    from tsloss_cuda.compare import _hms
+    assert [_hms(s) for s in (0, 59.4, 3599, 3700, 7325, 90061)] == [
+        "0:00:00", "0:00:59", "0:59:59", "1:01:40", "2:02:05", "25:01:01"]
+
+
 def test_a_record_under_another_runs_name_is_refused(tmp_path):
     """A runs/<id>.json copied or renamed by hand holds another run: loading it as this run
     would resume a comparison with the wrong run's results."""

@@ -192,6 +192,13 @@ def test_randomization_p_is_drawn_beyond_twenty_units(monkeypatch):
     iv = stats.mean_interval(dict(enumerate(d)), n_boot=2000)
     assert iv.randomization_mc > 0 and iv.randomization_p == stats.randomization_p(
         d, n_draws=2000, seed=0)[0]
+    # The observed signs count among the draws: where no drawn vector reaches them (21 equal
+    # signs, 20 draws), p is 1/21, never 0 (which would call an effect 'held' at any n_draws).
+    same = {i: 1.0 + 0.01 * (i % 3) for i in range(21)}
+    p, err = stats.randomization_p(list(same.values()), n_draws=20, seed=0)
+    assert p == 1 / 21 and err > 0
+    iv = stats.mean_interval(same, n_boot=20)
+    assert iv.randomization_p == 1 / 21 and iv.decide(+1) == "inconclusive"
 
 
 def test_discrete_means_need_the_randomization_test_from_six_seeds():
