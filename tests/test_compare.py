@@ -467,6 +467,26 @@ def test_a_killed_jobs_temporary_files_go_with_the_next_job(tmp_path, monkeypatc
         running.wait()
 
 
+def test_another_users_temporary_files_are_left_alone(tmp_path, monkeypatch):
+    """A partial file of a process this user may not signal (os.kill: PermissionError) belongs
+    to another user's running job in a shared folder: kept, as a running process's own."""
+    from tsloss_cuda import _files
+
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    theirs, gone = tmp_path / ".summary.partial-4242.json", tmp_path / ".metrics.partial-4243.csv"
+    for p in (theirs, gone):
+        p.write_bytes(b"part")
+    monkeypatch.setattr(_files.os, "kill", kill)
+    assert _files.remove_leftovers(str(tmp_path)) == [] and theirs.exists() and gone.exists()
+    monkeypatch.undo()
+
+    def dead(pid, sig):
+        raise ProcessLookupError(3, "No such process")
+    monkeypatch.setattr(_files.os, "kill", dead)
+    assert sorted(_files.remove_leftovers(str(tmp_path))) == sorted([str(theirs), str(gone)])
+
+
 def test_a_killed_comparisons_temporary_records_go_with_its_restart(tmp_path):
     """The twin of the test above for --compare: a comparison killed while it recorded a run
     left .RUN.partial-PID.json in runs/ (and its prompt's in prompts/) for good; its restart

@@ -152,6 +152,7 @@ TRAIN_CASES = [
     ("--checkpoint-every -1", "--checkpoint-every"),
     ("--target-acc 1.5", "--target-acc"),
     ("--target-acc nan", "--target-acc: expected a number in [0, 1]"),
+    ("--reg-weight inf", "--reg-weight: expected a number >= 0, got 'inf'"),
     ("--threads -1", "--threads"),
     ("--threads 100000", "--threads: expected an integer in [0, 1024]"),
     ("--data {d}/blank.csv", "--data: {d}/blank.csv line 4 has an empty label"),
@@ -469,6 +470,29 @@ def test_output_dir_probe_leaves_no_folder(tmp_path):
     (tmp_path / "kept").mkdir()  # an existing folder is written in, and stays as it was
     compare.check_output_dir(str(tmp_path / "kept"), single=True)
     assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_output_dir_probe_keeps_its_folders_when_asked_and_knows_no_limit(tmp_path, monkeypatch):
+    """keep=True (the model cache, which the ranks of one job probe at once) leaves the folders
+    it made; a system that reports no path limit (pathconf -1) has no length refused."""
+    from tsloss_cuda import _cli
+    deep = tmp_path / "a" / "b"
+    _cli.check_writable(str(deep), "--model-cache", keep=True)
+    assert deep.is_dir() and list(deep.iterdir()) == []
+    monkeypatch.setattr(_cli.os, "pathconf", lambda path, name: -1)
+    _cli.check_writable(str(tmp_path / "c"), "--output-dir", "x" * 10000)
+    assert not (tmp_path / "c").exists()
+
+
+def test_device_cuda_without_a_visible_gpu_is_refused_by_name(monkeypatch):
+    """A CUDA build of torch that sees no GPU (CUDA_VISIBLE_DEVICES="", no driver): one line
+    naming --device, before any work (this machine's torch is CPU-only, so torch is told so)."""
+    from tsloss_cuda._cli import CLIError, check_device
+    check_device("cpu")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CLIError, match="--device cuda: torch sees no CUDA device"):
+        check_device("cuda")
 
 
 def _long_folder(root, size):
