@@ -440,6 +440,27 @@ def test_outputs_that_fail_or_are_interrupted_leave_the_folder_as_it_was(
     assert _tree(out) == before
 
 
+def test_outputs_that_fail_in_a_new_folder_leave_no_prompts_folder(tmp_path, monkeypatch):
+    """The folder as it was covers a prompts/ the job made: its rmdir ran before the prompts'
+    temporaries were removed, so it failed (not empty) and an empty prompts/ stayed."""
+    import types
+
+    from tsloss_cuda import plots
+    out = tmp_path / "new"
+    out.mkdir()
+
+    def fail(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(plots, "plot_curves", fail)
+    args = types.SimpleNamespace(target_acc=0.5, model="m", no_plots=False)
+    res = [dict(regularizer="l2", seed=0, prompt=torch.ones(2, 2), snapshots={},
+                rows=[{"regularizer": "l2", "seed": 0, "step": 0, "val_acc": 0.5}],
+                final_acc=0.5, steps_to_target=0, sec_per_step=0.1, reg_share=0.1)]
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_outputs(str(out), args, res, ["l2"], "m", "causal", 1, 1.0)
+    assert os.listdir(out) == []
+
+
 def test_a_killed_jobs_temporary_files_go_with_the_next_job(tmp_path, monkeypatch, capsys):
     """A job killed (SIGTERM from timeout or Slurm, SIGKILL, out of memory) while it wrote its
     outputs left its hidden .NAME.partial-PID files for good: no rename or later job took them

@@ -315,6 +315,7 @@ def write_outputs(out: str, args, results: List[Dict], regs: List[str], model_pa
             if not args.no_plots:
                 figures = _write_figures(files, out, results)
         except BaseException:
+            files.discard()  # first: the prompts' temporaries would keep prompts/ from going
             if made_prompts:  # the folder as it was: without a prompts/ it did not have
                 try:
                     os.rmdir(prompts)
