@@ -461,6 +461,46 @@ def test_outputs_that_fail_in_a_new_folder_leave_no_prompts_folder(tmp_path, mon
     assert os.listdir(out) == []
 
 
+def test_committed_checkpoints_replace_only_the_runs_prompts(tmp_path):
+    """A run's checkpoint folder may hold the user's own files (a copied best.pt): only its
+    step_*.pt prompts are the run's to replace."""
+    from tsloss_cuda.run_outputs import commit_checkpoints, staging_folder
+    folder = tmp_path / "checkpoints" / "tsloss_seed0"
+    folder.mkdir(parents=True)
+    for name in ("best.pt", "step_000005.pt"):
+        torch.save(torch.ones(2), folder / name)
+    os.makedirs(staging_folder(str(tmp_path), "tsloss_seed0"))
+    torch.save(torch.zeros(2), os.path.join(staging_folder(str(tmp_path), "tsloss_seed0"),
+                                            "step_000001.pt"))
+    commit_checkpoints(str(tmp_path), "tsloss_seed0")
+    assert sorted(os.listdir(folder)) == ["best.pt", "step_000001.pt"]
+
+
+def test_metrics_columns_lead_in_the_documented_order():
+    """docs/outputs.md's order (regularizer, variant, seed, step, val_acc, task_loss,
+    reg_loss), then the topology columns as the rows give them, whatever order the rows
+    were built in."""
+    import csv
+    import tempfile
+
+    from tsloss_cuda.run_outputs import write_metrics
+    row = {"h0_total": 1.0, "regularizer": "l2", "reg_loss": 0.5, "seed": 0, "step": 0,
+           "task_loss": 2.0, "val_acc": 0.3, "h1_count": 0}
+    with tempfile.TemporaryDirectory() as d:
+        write_metrics(os.path.join(d, "m.csv"), [row])
+        with open(os.path.join(d, "m.csv")) as f:
+            assert next(csv.reader(f)) == ["regularizer", "seed", "step", "val_acc", "task_loss",
+                                           "reg_loss", "h0_total", "h1_count"]
+
+
+def test_the_longest_output_is_the_longest_runs():
+    """The up-front length check tests the longest path of any run, not the first run's."""
+    from tsloss_cuda.run_outputs import longest_output
+    path = longest_output(["none_seed0", "tsloss_stab_w0.25_seed10"], 10)
+    assert "tsloss_stab_w0.25_seed10" in path
+    assert len(path) >= len(longest_output(["tsloss_stab_w0.25_seed10"], 10))
+
+
 def test_a_killed_jobs_temporary_files_go_with_the_next_job(tmp_path, monkeypatch, capsys):
     """A job killed (SIGTERM from timeout or Slurm, SIGKILL, out of memory) while it wrote its
     outputs left its hidden .NAME.partial-PID files for good: no rename or later job took them

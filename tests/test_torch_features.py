@@ -661,14 +661,18 @@ def test_fake_kernels_refuse_what_the_kernels_refuse(bad):
 
 
 def test_fake_kernels_accept_what_the_kernels_accept():
-    """The edges of the checks above: max_h1 = 0 (K = 0 rows) and reductions 0, 1 and 2 trace as
-    they run."""
+    """The edges of the checks above: N = 4096, a point in R^0, max_h1 = 0 (K = 0 rows) and
+    reductions 0, 1 and 2 trace as they run."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     ops = torch.ops.tsloss_cuda
 
     def forward(x, k, r):
         return ops.tsloss_forward(x, None, None, 1, k, True, 0, 0.0, 1.0, 1.0, 1.0, 0.0, r)
 
+    with FakeTensorMode():  # the largest N, and one point in R^0 (no edge, so no D needed)
+        assert tuple(ops.pairwise_distance(torch.ones(1, 4096, 1)).shape) == (1, 4096, 4096)
+        assert tuple(ops.vr_persistence(torch.ones(1, 1, 0), 1, False, 8)[0].shape) == (1, 0, 2)
+    assert tuple(ops.vr_persistence(torch.ones(1, 1, 0), 1, False, 8)[0].shape) == (1, 0, 2)
     calls = [lambda x: ops.vr_persistence(x, 1, False, 0)[2], lambda x: forward(x, 0, 1)[7]]
     for call in calls:
         assert tuple(call(torch.randn(2, 5, 3)).shape)[:2] == (2, 0)

@@ -701,14 +701,16 @@ if __name__ == "__main__":
 
 
 def test_analyze_picks_the_prompt_of_a_dict_checkpoint(tmp_path):
-    """A dict checkpoint: the preferred key, else the one tensor whose key names a prompt, else
-    the only 2-D tensor; a state_dict with several 2-D weights is refused by name (the first 2-D
+    """A dict checkpoint: the preferred key, else the one tensor whose key names a prompt (in
+    any case), else the only 2-D tensor; a state_dict with several 2-D weights is refused by name (the first 2-D
     tensor of a PEFT model's state_dict is the vocabulary embedding, not the prompt)."""
     prompt, vocab = torch.randn(8, 16), torch.randn(100, 16)
     cases = [({"prompt": prompt, "w": vocab}, prompt),
              ({"base_model.word_embeddings.weight": vocab,
                "prompt_encoder.default.embedding.weight": prompt}, prompt),
-             ({"only": prompt, "bias": torch.zeros(16)}, prompt)]
+             ({"vocab.weight": vocab, "Prompt_Embeddings": prompt}, prompt),  # any case
+             ({"only": prompt, "bias": torch.zeros(16)}, prompt),
+             ({"only": torch.ones(4096, 2)}, torch.ones(4096, 2))]  # the most points
     for i, (obj, want) in enumerate(cases):
         torch.save(obj, tmp_path / f"c{i}.pt")
         assert torch.equal(analyze.load_prompt(str(tmp_path / f"c{i}.pt")), want)
@@ -747,6 +749,25 @@ def test_analyze_diagrams_show_the_first_middle_and_last_checkpoints(tmp_path, m
     rows = analyze(str(d), str(tmp_path / "out"))
     assert [r["step"] for r in rows] == [0, 5, 10, 15, 20]
     assert set(seen) == {"step 0", "step 10", "step 20"}
+
+
+def test_analyze_axes_name_steps_or_files(tmp_path, monkeypatch):
+    """topology.png's x-axis: the training step for step_*.pt checkpoints; for other names the
+    files in name order, ticked with their names (no step to read)."""
+    from tsloss_cuda import plots
+    from tsloss_cuda.analyze import analyze
+    axes = []
+    monkeypatch.setattr(plots, "plot_topology",
+                        lambda *a, **k: axes.append((k["xlabel"], k["xticklabels"])))
+    monkeypatch.setattr(plots, "plot_diagrams", lambda *a, **k: None)
+    for folder, names in (("steps", ["step_1.pt", "step_2.pt"]),
+                          ("runs", ["prompt_seed0.pt", "prompt_seed1.pt"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            torch.save(torch.randn(5, 3), tmp_path / folder / name)
+        analyze(str(tmp_path / folder), str(tmp_path / f"{folder}_out"))
+    assert axes == [("training step", None),
+                    ("checkpoint (file name order)", ["prompt_seed0.pt", "prompt_seed1.pt"])]
 
 
 def test_a_prompt_and_text_that_fill_the_positions_exactly_are_accepted():
