@@ -527,6 +527,50 @@ def test_reg_weight_scales_the_regularizer(tiny_models, tmp_path, monkeypatch):
     assert not torch.equal(_final(out, "tsloss_w1", 0), none)
 
 
+def test_logged_losses_are_means_over_the_steps_since_the_last_log(tiny_models, tmp_path,
+                                                                     monkeypatch):
+    """metrics.csv's reg_loss (docs/outputs.md: a mean) at a logged step is the mean of the
+    regulariser's values over the steps since the previous row; step 0's is step 1's value,
+    taken at the initial prompt."""
+    import csv
+    from tsloss_cuda import train, training
+    seen = []
+    real = training.make_regularizer
+
+    def recording(name, args):
+        fn, mod = real(name, args)
+
+        def reg(p):
+            value = fn(p)
+            seen.append(float(value))
+            return value
+        return reg, mod
+    monkeypatch.setattr(training, "make_regularizer", recording)
+    out = tmp_path / "o"
+    assert train.main(["--model", tiny_models["bert"], "--regularizer", "l2", "--no-plots",
+                       "--checkpoint-every", "0", "--output-dir", str(out)] + TINY) == 0
+    with open(out / "metrics.csv") as f:
+        logged = {int(r["step"]): float(r["reg_loss"]) for r in csv.DictReader(f)}
+    assert len(seen) == 6 and sorted(logged) == [0, 3, 6]  # --max-steps 6 --log-every 3
+    want = {0: seen[0], 3: sum(seen[:3]) / 3, 6: sum(seen[3:]) / 3}
+    for step in logged:
+        assert logged[step] == pytest.approx(want[step], rel=1e-6), (step, logged, seen)
+
+
+def test_a_seeds_run_does_not_depend_on_the_runs_before_it(tiny_models, tmp_path,
+                                                           monkeypatch):
+    """A linear head draws its start from torch's default generator, which each run seeds: seed
+    1 trains the same prompt alone as after seed 0's run."""
+    from tsloss_cuda import train
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for seeds in (["1"], ["0", "1"]):
+        assert train.main(["--model", tiny_models["bert"], "--compare", "--compare-regularizers",
+                           "none", "--head", "linear", "--seeds", *seeds, "--no-plots",
+                           "--checkpoint-every", "0", "--output-dir",
+                           str(tmp_path / "_".join(seeds))] + _set(TINY, "--max-steps", "3")) == 0
+    assert torch.equal(_final(tmp_path / "1", "none", 1), _final(tmp_path / "0_1", "none", 1))
+
+
 def test_steps_to_target_counts_an_accuracy_equal_to_the_target(tiny_models, tmp_path,
                                                                monkeypatch):
     """--target-acc is reached at the first log whose accuracy is >= it: a validation
