@@ -137,6 +137,39 @@ def test_ts_flags_reach_the_tsloss_regularizer():
         assert mod.options == want.options, argv
 
 
+def test_answer_logits_add_the_heads_bias():
+    """An LM head with a bias (as some checkpoints have): the label-word logits are the model's
+    own, bias included (the bias rows of the label words only)."""
+    from tsloss_cuda.prompt_tuning import answer_logits
+    torch.manual_seed(0)
+    lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64)).eval()
+    lm.lm_head = torch.nn.Linear(32, 64, bias=True)
+    torch.nn.init.normal_(lm.lm_head.bias, std=3.0)
+    embeds, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.long)
+    index, labels = torch.tensor([4, 2]), torch.tensor([7, 11, 3])
+    with torch.no_grad():
+        own = lm(inputs_embeds=embeds, attention_mask=mask).logits
+        own = own[torch.arange(2), index][:, labels]
+        got = answer_logits(lm, embeds, mask, index, labels)
+    torch.testing.assert_close(got, own, rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_width_prefers_the_projected_width():
+    """OPT-350m projects its hidden states down to word_embed_proj_dim: that, not hidden_size,
+    is the width a linear head reads."""
+    import types
+    model = types.SimpleNamespace(config=types.SimpleNamespace(word_embed_proj_dim=16,
+                                                               hidden_size=32))
+    fake = types.SimpleNamespace(model=model, prompt=torch.zeros(4, 8))
+    assert SoftPromptModel._hidden_width(fake) == 16
+    model.config = types.SimpleNamespace(hidden_size=32)
+    assert SoftPromptModel._hidden_width(fake) == 32
+    model.config = None
+    assert SoftPromptModel._hidden_width(fake) == 8
+
+
 def test_detect_task_tells_generating_lms_from_encoders():
     small = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=64)
