@@ -252,8 +252,10 @@ def _extension():
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -ffp-contract=off: no FMA contraction anywhere, so that every x86 build (and the GPU) gives
     # the same bits (core/pairwise_distance.h).
+    # No -std: torch's BuildExtension adds the standard its headers need (C++20 since 2.14,
+    # whose headers refuse C++17; a fixed -std=c++17 broke every build against it).
     openmp = _openmp_args()
-    cxx = ["-O3", "-std=c++17", "-ffp-contract=off"] + openmp
+    cxx = ["-O3", "-ffp-contract=off"] + openmp
     kwargs = dict(extra_link_args=openmp + _libstdcxx_link_args(),
                   include_dirs=[os.path.join(ROOT, "csrc")])
     if _use_cuda():
@@ -261,6 +263,7 @@ def _extension():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         # --fmad=false: nvcc contracts multiply-adds by default; the shared term and gradient
         # code (core/tsloss_terms.h) must round as the CPU build does.
+        # -std=c++17 as CMake's compile check: the .cu files include no torch header.
         nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
         return CUDAExtension("tsloss_cuda._C", sources, define_macros=[("TSLOSS_WITH_CUDA", None)],
                              extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)

@@ -68,7 +68,10 @@ def reference_loss(
         scale = torch.where(torch.isinf(total) & torch.isfinite(wide),
                             (wide / ordered).to(x.dtype), total / ordered)
         scale = torch.where(torch.isinf(wide), torch.full_like(scale, float("nan")), scale)
-        scale = scale.clamp_min(torch.finfo(x.dtype).tiny)
+        # The floor passes the gradient where the scale equals it, as the op's does. Not
+        # clamp_min: its gradient there is 1 up to torch 2.13 and 0 from 2.14. NaN stays NaN.
+        tiny = torch.finfo(x.dtype).tiny
+        scale = torch.where(scale < tiny, torch.full_like(scale, tiny), scale)
     else:
         scale = torch.ones(b, dtype=x.dtype, device=x.device)
     dg = vr_persistence(dist, 1 if need_h1 else 0, distances=True, max_h1=k)

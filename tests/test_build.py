@@ -59,6 +59,16 @@ def test_build_refuses_fast_math():
     assert clean.returncode == 0 and "tsloss_cuda" in clean.stdout, clean.stderr[-500:]
 
 
+def test_the_cxx_standard_is_left_to_torch():
+    # torch 2.14's headers refuse C++17 ("C++20 or later compatible compiler is required to use
+    # ATen"): setup.py's -std=c++17 broke every build against it, the CUDA one included
+    # (checked with 2.14.1+cu130). torch's BuildExtension adds the standard its headers need
+    # where the flags name none; only nvcc's .cu files, which include no torch header, fix theirs.
+    text = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    stds = re.findall(r'^ *(\w+) = \[.*"-std=[^"]*"', text, re.M)
+    assert stds == ["nvcc"], stds
+
+
 def test_cpu_ops_spread_over_threads_only_where_the_compiler_has_openmp():
     # torch's at::parallel_for runs a batch on one thread in code built without OpenMP; setup.py
     # probes the compiler for it instead of passing -fopenmp blindly, and warns when it has to

@@ -141,7 +141,8 @@ def test_cuda_glue_type_checks(tmp_path):
     glue = [os.path.join(ROOT, "csrc", "cuda", f) for f in sorted(os.listdir(os.path.join(ROOT, "csrc", "cuda")))
             if f.endswith(".cpp")]
     assert glue, "no CUDA glue found"
-    flags = ["g++", "-std=c++17", "-fsyntax-only", f"-I{tmp_path}", f"-I{_cuda_include()}",
+    # C++20, as setup.py's build: torch's BuildExtension picks it (2.14's headers refuse C++17).
+    flags = ["g++", "-std=c++20", "-fsyntax-only", f"-I{tmp_path}", f"-I{_cuda_include()}",
              f"-I{os.path.join(ROOT, 'csrc')}"] + [f"-I{p}" for p in include_paths()]
     for src in glue:
         _run(flags + [src])

@@ -34,7 +34,6 @@
 // - p other than 1 and 2: the device's pow is within 2 ulp, glibc's within 1.
 #pragma once
 
-#include <float.h>
 #include <math.h>
 
 #include "common.h"
@@ -53,9 +52,18 @@ struct TermOptions {
   double w_conn, w_red, w_stab;
 };
 
+// The limits from the compiler's own macros (GCC, Clang; nvcc passes its host compiler's), not
+// <float.h>'s: macOS's math.h takes float.h for INFINITY alone (__need_infinity_nan), and under
+// libc++ in C++20 (no transitive include of the whole float.h first) the wrapper's guard then
+// hides FLT_MIN and the rest (tests/test_portability.py, arm64 macOS).
 template <typename T>
 TSL_HD T tiny_of() {
-  return sizeof(T) == 4 ? (T)FLT_MIN : (T)DBL_MIN;
+  return sizeof(T) == 4 ? (T)__FLT_MIN__ : (T)__DBL_MIN__;
+}
+
+template <typename T>
+TSL_HD T max_of() {
+  return sizeof(T) == 4 ? (T)__FLT_MAX__ : (T)__DBL_MAX__;
 }
 
 // The raw scale of a cloud from the sum of its distances over unordered pairs {i > j}: their
@@ -70,9 +78,9 @@ TSL_HD T tiny_of() {
 template <typename T>
 TSL_HD T raw_scale(double pair_sum, index_t n) {
   const double ordered = n > 1 ? (double)(n * (n - 1)) : 1.0;
-  if (!(pair_sum <= DBL_MAX)) return (T)NAN;  // NaN in, NaN out too
+  if (!(pair_sum <= max_of<double>())) return (T)NAN;  // NaN in, NaN out too
   const T total = (T)(2.0 * pair_sum);
-  if (total > (sizeof(T) == 4 ? (T)FLT_MAX : (T)DBL_MAX)) return (T)(2.0 * (pair_sum / ordered));
+  if (total > max_of<T>()) return (T)(2.0 * (pair_sum / ordered));
   return (T)(total / (T)ordered);
 }
 
