@@ -441,6 +441,77 @@ def test_a_conversion_saved_on_a_rank_other_than_0_is_whole(tmp_path):
     assert "config.json" in written and "model.safetensors" in written, written
 
 
+@pytest.mark.parametrize("keep", [(), ("config.json",), ("model.safetensors",)])
+def test_a_conversion_that_wrote_no_model_is_refused_before_the_rename(tmp_path, keep):
+    """Should transformers skip the model (as on a torchrun rank other than 0, before the
+    fix), the folder holds the tokenizer without config.json or weights: it must be refused,
+    not renamed into the cache, where every later job would fail on it."""
+    from tsloss_cuda import models
+
+    class Skipping(torch.nn.Module):
+        def save_pretrained(self, out):
+            os.makedirs(out, exist_ok=True)
+            for name in keep:
+                (tmp_path / "model" / name).write_text("{}")
+
+    with pytest.raises(CLIError, match="wrote no model") as err:
+        models._save_conversion(Skipping(), tiny_tokenizer(), str(tmp_path / "model"))
+    assert "tokenizer" in str(err.value)
+
+
+def test_an_encoder_whose_tokenizer_has_no_padding_or_end_of_text_is_refused(tmp_path):
+    """--task encoder pads the texts on the right under a mask, with the tokenizer's padding
+    token, else its end-of-text token; with neither, batching failed inside transformers."""
+    cfg = transformers.BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=16)
+    transformers.BertModel(cfg).save_pretrained(tmp_path)
+    tok = tiny_tokenizer()
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(CLIError, match="has neither a padding nor an end-of-text token"):
+        load_model(str(tmp_path), "encoder", torch.device("cpu"), quiet=True)
+    tok.eos_token = "review"  # pads with it, as a decoder-only LM's encoder run does
+    tok.save_pretrained(tmp_path)
+    loaded, model, task = load_model(str(tmp_path), "encoder", torch.device("cpu"), quiet=True)
+    assert task == "encoder" and loaded.pad_token == "review"
+    # Frozen and in eval mode: autograd never tracks the weights, and dropout is off.
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("broken,says", [
+    ({"config.json": {"hidden_size": "x"}}, "Validation error for field 'hidden_size': TypeError"),
+    ({"config.json": {"hidden_size": 16}}, "the shapes of its weights do not match its config"),
+    ({"tokenizer.json": "{}", "tokenizer_config.json": None}, "no 'added_tokens' in its files"),
+    ({"tokenizer.json": "{"}, "Expecting property name")])
+def test_a_checkpoint_transformers_cannot_read_is_one_line_naming_the_flag(tmp_path, broken,
+                                                                           says):
+    """An invalid config value was a traceback (huggingface_hub's validator); weights that do
+    not fit the config a RuntimeError pointing at a report the job had silenced; an empty
+    tokenizer.json a bare KeyError. Each is a user's file, so a user error naming --model."""
+    from tsloss_cuda import train
+    cfg = transformers.BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=16)
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "m")
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good"]))
+    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(
+        tmp_path / "m")
+    for name, value in broken.items():
+        path = tmp_path / "m" / name
+        if value is None:
+            path.unlink()
+            continue
+        if isinstance(value, dict):
+            value = json.dumps(dict(json.loads(path.read_text()), **value))
+        path.write_text(value)
+    with pytest.raises(CLIError, match=f"^--model: cannot load {tmp_path / 'm'}: .*{says}"):
+        load_model(str(tmp_path / "m"), "encoder", torch.device("cpu"), quiet=True)
+    err = subprocess.run([sys.executable, "-m", "tsloss_cuda.train", "--model", str(tmp_path / "m"),
+                          "--output-dir", str(tmp_path / "out"), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert err.returncode == 2 and len(err.stderr.splitlines()) == 1, err.stderr[-2000:]
+    assert says in err.stderr and not (tmp_path / "out").exists()
+
+
 def test_job_checks_the_model_cache_once(monkeypatch, tmp_path):
     """The job refuses a bad cache before it loads anything (tests/test_user_errors.py), and
     resolve_model then converts into the folder so checked, without checking it again."""
@@ -645,6 +716,11 @@ def _checkpoint(tmp_path, config, arch: str) -> str:
     (transformers.Gemma3TextConfig(), "Gemma3ForCausalLM", "causal"),
     (transformers.LlamaConfig(), "LlamaForCausalLM", "causal"),
     (transformers.GPT2Config(), "GPT2LMHeadModel", "causal"),
+    # A generator whose name has none of the endings: the class says so.
+    (transformers.ReformerConfig(), "ReformerModelWithLMHead", "causal"),
+    # Classes this transformers lacks (remote code): by the name's ending.
+    (transformers.LlamaConfig(), "MyRemoteLMHeadModel", "causal"),
+    (transformers.LlamaConfig(), "MyRemoteModel", "encoder"),
     # AutoModelForCausalLM loads a BERT config too (as BertLMHeadModel): the checkpoint's
     # architecture, not its config class, says whether it generates.
     (transformers.BertConfig(), "BertModel", "encoder"),

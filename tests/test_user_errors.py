@@ -770,15 +770,30 @@ def test_analyze_axes_name_steps_or_files(tmp_path, monkeypatch):
                     ("checkpoint (file name order)", ["prompt_seed0.pt", "prompt_seed1.pt"])]
 
 
-def test_a_prompt_and_text_that_fill_the_positions_exactly_are_accepted():
+@pytest.mark.parametrize("key", ["max_position_embeddings", "n_positions", "max_seq_len"])
+def test_a_prompt_and_text_that_fill_the_positions_exactly_are_accepted(key):
     """N + max_length equal to the model's positions fits (positions 0 .. limit - 1); one more
-    is refused."""
+    is refused. Configs name the table as BERT's, GPT-2's or MPT's do."""
     from tsloss_cuda._cli import CLIError
     from tsloss_cuda.models import check_positions
-    model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=16))
+    model = types.SimpleNamespace(config=types.SimpleNamespace(**{key: 16}))
     check_positions(model, 6, 10)
     with pytest.raises(CLIError, match="exceed the model's 16 positions"):
         check_positions(model, 6, 11)
+
+
+def test_a_position_table_of_no_rows_is_no_limit():
+    """A config that sets its table size to 0 or -1 (no learned table) limits nothing; the next
+    name that holds a size counts."""
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.models import check_positions, model_positions
+    for none in (0, -1):
+        model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=none))
+        check_positions(model, 8, 4096)
+        assert model_positions(model) is None
+        model.config.n_positions = 12
+        with pytest.raises(CLIError, match="exceed the model's 12 positions"):
+            check_positions(model, 8, 5)
 
 
 @pytest.mark.parametrize("family", ["Roberta", "MPNet"])
@@ -804,3 +819,32 @@ def test_roberta_family_positions_start_past_the_padding_row(family):
                           generator=torch.Generator().manual_seed(0))
     ids = torch.randint(3, 64, (1, 14))
     assert spm(ids, torch.ones_like(ids))["logits"].shape == (1, 2)  # the accepted size runs
+
+
+def test_a_token_id_equal_to_the_embedding_rows_is_refused():
+    """Ids 0 .. rows - 1 index the table; id ``rows`` is past its end. Every id field of every
+    split counts (the label words and the cue, not only the texts)."""
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.models import check_token_ids
+    model = torch.nn.Module()
+    model.get_input_embeddings = lambda: torch.nn.Embedding(10, 2)
+    fine = {"ids": torch.tensor([[0, 9]]), "label_ids": torch.tensor([[9]]),
+            "cue_ids": torch.zeros(0, dtype=torch.long), "mask": torch.tensor([[10, 11]])}
+    check_token_ids(model, {"train": fine, "validation": fine})
+    for key in ("ids", "label_ids", "cue_ids"):
+        past = dict(fine, **{key: torch.tensor([[10]])})
+        with pytest.raises(CLIError, match="gives token id 10, past the model's 10 input"):
+            check_token_ids(model, {"train": fine, "validation": past})
+
+
+def test_a_sentencepiece_model_file_is_a_tokenizer(tmp_path):
+    """T5, Llama 2 and ALBERT checkpoints may carry their vocabulary as a SentencePiece
+    ``*.model`` file alone; a folder with config.json and weights only is refused."""
+    from tsloss_cuda._cli import CLIError
+    from tsloss_cuda.models import check_tokenizer_files
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CLIError, match="has no tokenizer files"):
+        check_tokenizer_files(str(tmp_path))
+    (tmp_path / "spiece.model").write_bytes(b"")
+    check_tokenizer_files(str(tmp_path))

@@ -392,6 +392,25 @@ def check_positions(model: torch.nn.Module, prompt_length: int, max_length: int)
                        f"exceed the model's {limit} positions{why}")
 
 
+@contextlib.contextmanager
+def _loading(path: str) -> Iterator[None]:
+    """transformers' errors on reading a checkpoint folder as one :class:`CLIError` naming
+    ``--model``: a config.json, weights or tokenizer files it cannot read (an invalid config value
+    was a traceback of huggingface_hub's validator; a ``tokenizer.json`` of ``{}`` a bare
+    KeyError), or weights whose shapes are not the config's."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001  whatever transformers raises reading the files
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # "Validation error for field 'hidden_size':" says what only on its next line.
+        text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else first_line(exc)
+        if isinstance(exc, KeyError):  # str() is the key alone
+            text = f"no {text} in its files"
+        if "ignore_mismatched_sizes" in text:  # "...look at the above report", which it hid
+            text = "the shapes of its weights do not match its config.json"
+        raise CLIError(f"--model: cannot load {path}: {text or type(exc).__name__}") from None
+
+
 def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
                cache_dir: Optional[str] = None) -> Tuple[object, torch.nn.Module, str]:
     """(tokenizer, frozen model in eval mode, task) for a known name or a local folder.
@@ -403,20 +422,19 @@ def load_model(name: str, task: str, device: torch.device, quiet: bool = False,
     _transformers_logging(quiet)
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     path = resolve_model(name, cache_dir, quiet)
-    try:
+    with _loading(path):
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        check_decoder_only(config, path)
-        if task == "auto":
-            task = checkpoint_task(config, path)
-        if task == "encoder":
-            check_encoder_loads(config, path)
-        check_tokenizer_files(path)
-        cls = AutoModelForCausalLM if task == "causal" else AutoModel
-        dtype = torch.float32 if device.type == "cpu" else "auto"
+    check_decoder_only(config, path)
+    if task == "auto":
+        task = checkpoint_task(config, path)
+    if task == "encoder":
+        check_encoder_loads(config, path)
+    check_tokenizer_files(path)
+    cls = AutoModelForCausalLM if task == "causal" else AutoModel
+    dtype = torch.float32 if device.type == "cpu" else "auto"
+    with _loading(path):
         model = cls.from_pretrained(path, dtype=dtype, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CLIError(f"--model: cannot load {path}: {first_line(exc)}") from None
     for p in model.parameters():  # frozen: autograd never tracks the model's weights
         p.requires_grad_(False)
     # transformers wraps its to() with functools.wraps(torch.nn.Module.to), which mypy reads as
