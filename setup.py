@@ -49,6 +49,32 @@ def _use_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+def _cuda_include_dirs() -> list:
+    """Include folders a CUDA build needs beyond torch's: refuses a CUDA_HOME without the
+    runtime's headers (torch takes it from nvcc's path: /usr/local for a /usr/local/bin/nvcc),
+    and adds the folders of the pip nvidia-* packages that a CUDA torch brings where the toolkit
+    lacks the library headers torch's CUDA headers include (cusparse.h, cublas_v2.h): an
+    nvcc-only toolkit, as conda's cuda-nvcc or this project's CI machine has."""
+    include = os.path.join(CUDA_HOME, "include")
+    if not os.path.isfile(os.path.join(include, "cuda_runtime_api.h")):
+        raise SystemExit(f"tsloss_cuda: CUDA_HOME={CUDA_HOME} has no include/cuda_runtime_api.h; "
+                         "set CUDA_HOME to the CUDA toolkit's folder (the one holding bin/nvcc "
+                         "and include/), e.g. /usr/local/cuda, or TSLOSS_FORCE_CPU=1.")
+    wanted = ("cusparse.h", "cublas_v2.h")
+    if all(os.path.isfile(os.path.join(include, h)) for h in wanted):
+        return []
+    spec = importlib.util.find_spec("nvidia")
+    found = []
+    for base in (spec.submodule_search_locations or []) if spec else []:
+        for sub in sorted(os.listdir(base)):
+            folder = os.path.join(base, sub, "include")
+            if any(os.path.isfile(os.path.join(folder, h)) for h in wanted):
+                found.append(folder)
+    if found:
+        print(f"tsloss_cuda: {include} lacks the CUDA library headers; using {', '.join(found)}")
+    return found
+
+
 def _share_libstdcxx() -> None:
     """Drop -static-libstdc++ from the link flags the environment passes in.
 
@@ -259,6 +285,8 @@ def _extension():
     kwargs = dict(extra_link_args=openmp + _libstdcxx_link_args(),
                   include_dirs=[os.path.join(ROOT, "csrc")])
     if _use_cuda():
+        # Searched after every other folder: where the toolkit has a header, its own wins.
+        cxx += [f"-idirafter{folder}" for folder in _cuda_include_dirs()]
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         # --fmad=false: nvcc contracts multiply-adds by default; the shared term and gradient
