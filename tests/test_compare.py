@@ -24,6 +24,16 @@ from tsloss_cuda.run_outputs import announce_removal, earlier_job, write_outputs
 from tsloss_cuda.stats import Interval
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Python's own SIGINT handler in every test here: a suite started with ``&`` from a shell
+    without job control inherits SIGINT ignored, where the Ctrl-C tests' signal did nothing and
+    four of them failed."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _rows(steps, accs, **cols):
     return [dict(step=s, val_acc=a, **{k: v[i] for k, v in cols.items()})
             for i, (s, a) in enumerate(zip(steps, accs))]
