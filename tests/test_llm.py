@@ -534,6 +534,18 @@ def test_job_checks_the_model_cache_once(monkeypatch, tmp_path):
                        "--output-dir", str(tmp_path / "out"), "--quiet"]) == 2
     assert checked == [cache] and calls == [os.path.join(cache, GEMMA)]
 
+def test_a_bad_model_cache_is_refused_before_the_data_is_read(tmp_path, capsys):
+    """The cache is checked before the data is loaded and encoded (a minute for a large file),
+    not by the conversion after it: with both wrong, the cache is named."""
+    from tsloss_cuda import train
+    bad = tmp_path / "cache"
+    bad.write_text("")
+    assert train.main(["--model", GEMMA, "--model-cache", str(bad), "--data",
+                       str(tmp_path / "none.csv"), "--max-steps", "1", "--output-dir",
+                       str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model-cache {bad} must be a folder" in err, err
+
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_a_cache_that_cannot_be_made_is_named(monkeypatch, tmp_path, capsys):

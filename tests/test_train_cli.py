@@ -935,3 +935,96 @@ def test_labels_alike_train_under_the_linear_head(tiny_models, tmp_path):
             "--no-plots", "--checkpoint-every", "0", "--quiet"]
     assert train.main(args + ["--head", "linear", "--output-dir", str(tmp_path / "a")]) == 0
     assert train.main(args + ["--output-dir", str(tmp_path / "b")]) == 2
+
+
+def test_an_encoder_trains_on_one_thread_and_a_causal_lm_on_torchs_default(tiny_models, tmp_path,
+                                                                          monkeypatch):
+    """--threads' default: 1 for an encoder (its small matmuls only contend for a small
+    machine's cores), torch's own for a causal LM; a count given wins. The caller's count comes
+    back at the end."""
+    from tsloss_cuda import train
+    calls, real = [], torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n))[1])
+    before = torch.get_num_threads()
+    common = ["--regularizer", "none", "--max-steps", "1", "--log-every", "1", "--max-val", "4",
+              "--batch-size", "2", "--prompt-length", "2", "--max-length", "8", "--no-plots",
+              "--quiet", "--checkpoint-every", "0"]
+    for kind, extra, want in (("bert", [], [1]), ("gpt2", [], []),
+                              ("gpt2", ["--threads", "2"], [2])):
+        calls.clear()
+        out = tmp_path / f"{kind}{len(extra)}"
+        assert train.main(["--model", tiny_models[kind], "--output-dir", str(out)] + common
+                          + extra) == 0
+        assert calls == want + [before] and torch.get_num_threads() == before, (kind, calls)
+
+
+def test_max_val_evaluates_the_first_rows_only(tiny_models, tmp_path, monkeypatch):
+    """--max-val N scores every evaluation on the validation split's first N rows; 0, on all."""
+    from tsloss_cuda import train, training
+    from tsloss_cuda.tasks import DATA_CSV, load_data
+    seen, real = [], training.evaluate
+    monkeypatch.setattr(training, "evaluate",
+                        lambda spm, data, *a, **k: (seen.append(len(data["y"])),
+                                                    real(spm, data, *a, **k))[1])
+    common = ["--model", tiny_models["bert"], "--regularizer", "none", "--max-steps", "1",
+              "--log-every", "1", "--batch-size", "2", "--prompt-length", "2", "--max-length",
+              "8", "--no-plots", "--quiet", "--checkpoint-every", "0"]
+    rows = len(load_data(DATA_CSV)[0]["validation"][0])
+    for cap, want in ((4, 4), (0, rows)):
+        seen.clear()
+        assert train.main(common + ["--max-val", str(cap), "--output-dir",
+                                    str(tmp_path / f"out{cap}")]) == 0
+        assert seen and set(seen) == {want}, (cap, seen)
+
+
+def test_init_text_defaults_to_the_tasks_instruction(tiny_models, tmp_path):
+    """--init text without --init-text starts the prompt from the task's instruction, and
+    summary.json records that text with the other flags."""
+    from tsloss_cuda import train
+    from tsloss_cuda.tasks import DATA_CSV, load_data, task_spec
+    out = tmp_path / "out"
+    assert train.main(["--model", tiny_models["bert"], "--init", "text", "--regularizer", "none",
+                       "--no-plots", "--quiet", "--output-dir", str(out)] + TINY) == 0
+    instruction = task_spec(DATA_CSV, load_data(DATA_CSV)[1]).instruction
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert instruction and config["init_text"] == instruction
+
+
+def test_a_job_says_at_its_start_which_earlier_runs_it_replaces(tiny_models, tmp_path, capsys):
+    """Said before training, not after hours of it: the earlier job's runs this one does not
+    repeat go when it finishes."""
+    from tsloss_cuda import train
+    out = tmp_path / "out"
+    common = ["--model", tiny_models["bert"], "--regularizer", "none", "--no-plots",
+              "--output-dir", str(out)] + TINY
+    assert train.main(common + ["--seed", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    assert train.main(common + ["--seed", "1"]) == 0
+    said = capsys.readouterr()
+    line = f"{out} holds an earlier job's runs none_seed0: their prompts and checkpoints are removed"
+    assert line in said.out, said.out
+    assert said.out.index(line) < said.out.index("outputs written to")
+
+
+def test_head_for_a_causal_lm_is_refused_before_the_model_loads(tiny_models, tmp_path,
+                                                                monkeypatch, capsys):
+    """--task causal (or the named causal LM) says at once that --head has no use, not after
+    the model and the data are loaded."""
+    from tsloss_cuda import train
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(train, "resolve_model", loaded)
+    assert train.main(["--model", tiny_models["gpt2"], "--task", "causal", "--head", "linear",
+                       "--output-dir", str(tmp_path / "out"), "--quiet"] + TINY) == 2
+    assert "--head is an option of an encoder; --task causal predicts the labels as next " \
+           "words" in capsys.readouterr().err
+
+
+def test_a_regulariser_weighed_0_is_warned_about(tiny_models, tmp_path, capsys):
+    """A tsloss run at --reg-weight 0 trains as none; its results would read as TSLoss'."""
+    from tsloss_cuda import train
+    assert train.main(["--model", tiny_models["bert"], "--reg-weight", "0", "--no-plots",
+                       "--quiet", "--output-dir", str(tmp_path / "out")] + TINY) == 0
+    err = capsys.readouterr().err
+    assert "train: warning: --reg-weight 0: tsloss trains without a regulariser, as none" in err
