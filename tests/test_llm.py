@@ -33,6 +33,12 @@ def tiny_llama():
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
+def tiny_bert():
+    cfg = transformers.BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=16)
+    return transformers.BertModel(cfg)
+
+
 def tiny_tokenizer():
     """A word-level tokenizer: one token per vocabulary word, punctuation split off."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -462,9 +468,7 @@ def test_a_conversion_that_wrote_no_model_is_refused_before_the_rename(tmp_path,
 def test_an_encoder_whose_tokenizer_has_no_padding_or_end_of_text_is_refused(tmp_path):
     """--task encoder pads the texts on the right under a mask, with the tokenizer's padding
     token, else its end-of-text token; with neither, batching failed inside transformers."""
-    cfg = transformers.BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=16)
-    transformers.BertModel(cfg).save_pretrained(tmp_path)
+    tiny_bert().save_pretrained(tmp_path)
     tok = tiny_tokenizer()
     tok.pad_token = None
     tok.save_pretrained(tmp_path)
@@ -489,9 +493,7 @@ def test_a_checkpoint_transformers_cannot_read_is_one_line_naming_the_flag(tmp_p
     not fit the config a RuntimeError pointing at a report the job had silenced; an empty
     tokenizer.json a bare KeyError. Each is a user's file, so a user error naming --model."""
     from tsloss_cuda import train
-    cfg = transformers.BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=16)
-    transformers.BertModel(cfg).save_pretrained(tmp_path / "m")
+    tiny_bert().save_pretrained(tmp_path / "m")
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good"]))
     transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(
         tmp_path / "m")
@@ -533,6 +535,7 @@ def test_job_checks_the_model_cache_once(monkeypatch, tmp_path):
     assert train.main(["--model", GEMMA, "--model-cache", cache, "--max-steps", "1",
                        "--output-dir", str(tmp_path / "out"), "--quiet"]) == 2
     assert checked == [cache] and calls == [os.path.join(cache, GEMMA)]
+
 
 def test_a_bad_model_cache_is_refused_before_the_data_is_read(tmp_path, capsys):
     """The cache is checked before the data is loaded and encoded (a minute for a large file),

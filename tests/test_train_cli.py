@@ -946,9 +946,7 @@ def test_an_encoder_trains_on_one_thread_and_a_causal_lm_on_torchs_default(tiny_
     calls, real = [], torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n))[1])
     before = torch.get_num_threads()
-    common = ["--regularizer", "none", "--max-steps", "1", "--log-every", "1", "--max-val", "4",
-              "--batch-size", "2", "--prompt-length", "2", "--max-length", "8", "--no-plots",
-              "--quiet", "--checkpoint-every", "0"]
+    common = ["--regularizer", "none", "--no-plots", "--checkpoint-every", "0"] + TINY
     for kind, extra, want in (("bert", [], [1]), ("gpt2", [], []),
                               ("gpt2", ["--threads", "2"], [2])):
         calls.clear()
@@ -966,14 +964,13 @@ def test_max_val_evaluates_the_first_rows_only(tiny_models, tmp_path, monkeypatc
     monkeypatch.setattr(training, "evaluate",
                         lambda spm, data, *a, **k: (seen.append(len(data["y"])),
                                                     real(spm, data, *a, **k))[1])
-    common = ["--model", tiny_models["bert"], "--regularizer", "none", "--max-steps", "1",
-              "--log-every", "1", "--batch-size", "2", "--prompt-length", "2", "--max-length",
-              "8", "--no-plots", "--quiet", "--checkpoint-every", "0"]
+    common = ["--model", tiny_models["bert"], "--regularizer", "none", "--no-plots",
+              "--checkpoint-every", "0"]
     rows = len(load_data(DATA_CSV)[0]["validation"][0])
     for cap, want in ((4, 4), (0, rows)):
         seen.clear()
-        assert train.main(common + ["--max-val", str(cap), "--output-dir",
-                                    str(tmp_path / f"out{cap}")]) == 0
+        assert train.main(common + _set(TINY, "--max-val", str(cap)) + [
+            "--output-dir", str(tmp_path / f"out{cap}")]) == 0
         assert seen and set(seen) == {want}, (cap, seen)
 
 

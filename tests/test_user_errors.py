@@ -702,8 +702,9 @@ if __name__ == "__main__":
 
 def test_analyze_picks_the_prompt_of_a_dict_checkpoint(tmp_path):
     """A dict checkpoint: the preferred key, else the one tensor whose key names a prompt (in
-    any case), else the only 2-D tensor; a state_dict with several 2-D weights is refused by name (the first 2-D
-    tensor of a PEFT model's state_dict is the vocabulary embedding, not the prompt)."""
+    any case), else the only 2-D tensor; a state_dict with several 2-D weights is refused by
+    name (the first 2-D tensor of a PEFT model's state_dict is the vocabulary embedding, not the
+    prompt)."""
     prompt, vocab = torch.randn(8, 16), torch.randn(100, 16)
     cases = [({"prompt": prompt, "w": vocab}, prompt),
              ({"base_model.word_embeddings.weight": vocab,
