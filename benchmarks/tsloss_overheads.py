@@ -11,8 +11,10 @@ added into the prompt's gradient) for TSLoss, L2 and
 twenty 512 x 512 matmuls ("after other work"); (3) the op's forward with and without grad and
 its backward through autograd for one (8, 64) prompt; (4) one prompt (B = 1) at the suite's
 (N, D): ``pairwise_distance``, ``vr_persistence`` and TSLoss forward+backward, median ms of 21
-(``--one-prompt``: this table alone, in every build the CPU supports). Numbers are in
-benchmarks/README.md.
+(``--one-prompt``: this table alone, in every build the CPU supports); (5) ``--vr``: this table
+alone, in every build: ``vr_persistence``'s forward, its backward op alone (an upstream gradient
+of ones on every bar) and forward+backward through autograd, median µs per cloud of 21, at the
+suite's configs and at B = 1. Numbers are in benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -115,6 +117,29 @@ def one_prompt(isas) -> None:
     tsloss_cuda.set_cpu_isa(None)
 
 
+def vr_gradient(isas) -> None:
+    """vr_persistence's backward from points (cpu/edge_gradients.h) beside its forward."""
+    ops = torch.ops.tsloss_cuda
+    print("\n| build | (N, D, B) | forward, µs | backward op, µs | forward+backward, µs |"
+          "\n|---|---|--:|--:|--:|")
+    for isa in isas:
+        tsloss_cuda.set_cpu_isa(isa)
+        for n, d, b in [c for n, d, b in CONFIGS for c in ((n, d, b), (n, d, 1))]:
+            x = torch.randn(b, n, d, generator=torch.Generator().manual_seed(0))
+            h0, e0, h1, e1, _count, _trunc = ops.vr_persistence(x, 1, False, 4 * n)
+            g0, g1 = torch.ones_like(h0), torch.ones_like(h1)
+            xg = x.clone().requires_grad_()
+
+            def both():
+                dgm = tsloss_cuda.vr_persistence(xg)
+                torch.autograd.grad(dgm.h0.sum() + dgm.h1.sum(), xg)
+            us = [median_ms(f) * 1e3 / b for f in (
+                lambda: tsloss_cuda.vr_persistence(x),
+                lambda: ops.vr_persistence_backward(g0, g1, x, e0, e1, False), both)]
+            print(f"| {isa} | ({n}, {d}, {b}) | {us[0]:.0f} | {us[1]:.0f} | {us[2]:.0f} |")
+    tsloss_cuda.set_cpu_isa(None)
+
+
 def main(argv=None) -> None:
     # the docstring's first paragraph (its first line cut the sentence)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -122,10 +147,16 @@ def main(argv=None) -> None:
                     help="torch threads, 1 to 1024 (default 2)")
     ap.add_argument("--one-prompt", action="store_true",
                     help="only the one-prompt table, in every build this CPU supports")
+    ap.add_argument("--vr", action="store_true",
+                    help="only vr_persistence's forward and backward, in every build this CPU "
+                         "supports")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.one_prompt:
         one_prompt(tsloss_cuda.supported_cpu_isas())
+        return
+    if args.vr:
+        vr_gradient(tsloss_cuda.supported_cpu_isas())
         return
     backward_alone()
     regulariser_step()

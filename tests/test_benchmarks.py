@@ -373,6 +373,24 @@ def test_tsloss_overheads_help_has_the_whole_first_paragraph(capsys):
     assert "and the main job's regulariser step, hot and after other work." in out, out
 
 
+def test_tsloss_overheads_vr_table_has_a_row_per_build_and_config(capsys, monkeypatch):
+    """--vr: vr_persistence's forward, backward op and forward+backward, in every build."""
+    import tsloss_cuda
+    mod = _script(RUN.parent / "tsloss_overheads.py")
+    monkeypatch.setattr(mod, "CONFIGS", [(6, 5, 3)])
+    monkeypatch.setattr(mod, "median_ms", lambda f, reps=21: (f(), 0.5)[1])
+    monkeypatch.setattr(mod.torch, "set_num_threads", lambda n: None)  # the session's stays
+    before = tsloss_cuda.cpu_isa()
+    mod.main(["--vr", "--threads", "1"])
+    assert tsloss_cuda.cpu_isa() == before
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    builds = tsloss_cuda.supported_cpu_isas()
+    assert [row.split(" | ")[:2] for row in rows] == [
+        [f"| {isa}", cfg] for isa in builds for cfg in ("(6, 5, 3)", "(6, 5, 1)")]
+    # 0.5 ms a call, per cloud: 167 us at B = 3, 500 at B = 1
+    assert rows[0].endswith("| 167 | 167 | 167 |") and rows[1].endswith("| 500 | 500 | 500 |")
+
+
 def test_compare_launches_names_a_missing_file(tmp_path, capsys):
     """A FileNotFoundError traceback before."""
     (tmp_path / "a.txt").write_text("")

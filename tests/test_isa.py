@@ -267,3 +267,62 @@ def test_pairwise_distance_gradient_same_bits_everywhere(rng, dtype, restore_isa
                 assert torch.equal(got, results[0][1]), f"n={n}, d={d}: gradient differs ({what})"
     finally:
         torch.set_num_threads(threads)
+
+
+def _bar_gradient_reference(x: np.ndarray, dgm, w0: np.ndarray, w1: np.ndarray) -> np.ndarray:
+    """vr_persistence's backward from points by its rule, step by step in numpy: edge after edge
+    (the h0 rows, then each h1 row's birth and death edge), s = g / |x_u - x_v| with the canonical
+    length, step = T(s * (x_u - x_v)) added to u's row and subtracted from v's in T. Lengths near
+    1 only (no rescaling)."""
+    out = np.zeros_like(x)
+    e0, e1 = dgm.h0_edges.numpy(), dgm.h1_edges.numpy()
+    for b in range(x.shape[0]):
+        edges = [(w0[b, r, 1], *e0[b, r]) for r in range(e0.shape[1])]
+        for r in range(e1.shape[1]):
+            edges += [(w1[b, r, 0], *e1[b, r, :2]), (w1[b, r, 1], *e1[b, r, 2:])]
+        for g, u, v in edges:
+            if g == 0 or u < 0 or v < 0 or u == v:
+                continue
+            diff = x[b, u].astype(np.float64) - x[b, v].astype(np.float64)
+            sq = np.pad(diff * diff, (0, -len(diff) % 8)).reshape(-1, 8)
+            lanes = np.add.accumulate(sq, axis=0)[-1]  # each lane in increasing k
+            length = np.sqrt(((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+                             + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])))
+            if length == 0:  # coincident points: no direction
+                continue
+            step = (float(g) / length * diff).astype(x.dtype)
+            out[b, u] = out[b, u] + step
+            out[b, v] = out[b, v] - step
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vr_persistence_gradient_same_bits_everywhere(rng, dtype, restore_isa):
+    """vr_persistence's backward from points (cpu/edge_gradients.h): the rule's own bits in every
+    build, thread count and batch layout, whether the clouds are shared out whole or one cloud's
+    coordinates among the threads (130 points in 300 dimensions: several blocks), and with
+    duplicate points (a zero bar with no direction)."""
+    threads = torch.get_num_threads()
+    try:
+        for n, d, b in [(6, 3, 5), (20, 17, 4), (40, 100, 3), (130, 300, 2)]:
+            x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
+            x[:, -1] = x[:, 0]
+            dgm = vr_persistence(x)
+            w0 = torch.tensor(rng.standard_normal(tuple(dgm.h0.shape)), dtype=dtype)
+            w1 = torch.tensor(rng.standard_normal(tuple(dgm.h1.shape)), dtype=dtype)
+            want = torch.from_numpy(_bar_gradient_reference(x.numpy(), dgm, w0.numpy(),
+                                                            w1.numpy()))
+            assert (want != 0).any()
+            for isa in BUILDS:
+                tsloss_cuda.set_cpu_isa(isa)
+                for t in sorted({1, max(threads, 2)}):
+                    torch.set_num_threads(t)
+                    for name, xs, order in _layouts(x):
+                        xg = xs.detach().clone().requires_grad_(True)
+                        got_dgm = vr_persistence(xg)
+                        got, = torch.autograd.grad((got_dgm.h0 * w0[order]).sum()
+                                                   + (got_dgm.h1 * w1[order]).sum(), xg)
+                        assert torch.equal(got, want[order]), (
+                            f"n={n}, d={d}, {name}, {isa}, {t} threads: gradient differs")
+    finally:
+        torch.set_num_threads(threads)

@@ -111,9 +111,9 @@ TSL_HD double point_distance(const T* x, const T* y, index_t dim) {
 struct EdgeScale {
   double s, m;
 };
+// The same from the edge's length len = point_distance(x, y, dim), however it was summed.
 template <typename T>
-TSL_HD EdgeScale edge_scale(double g, const T* x, const T* y, index_t dim) {
-  const double len = point_distance(x, y, dim);
+TSL_HD EdgeScale edge_scale_of_length(double g, double len, const T* x, const T* y, index_t dim) {
   if (len == 0.0 || g == 0.0) return {0.0, 1.0};
   const double s = g / len;
   if (len >= 0x1p-1022 && fabs(s) >= 0x1p-1022 && fabs(s) <= 0x1p1023) return {s, 1.0};
@@ -121,6 +121,10 @@ TSL_HD EdgeScale edge_scale(double g, const T* x, const T* y, index_t dim) {
   e = e < -1023 ? -1023 : (e > 1022 ? 1022 : e);  // m = 2^-e: a finite, normal double
   const double m = ldexp(1.0, -e);
   return {g / scaled_distance(x, y, dim, m), m};
+}
+template <typename T>
+TSL_HD EdgeScale edge_scale(double g, const T* x, const T* y, index_t dim) {
+  return edge_scale_of_length(g, point_distance(x, y, dim), x, y, dim);
 }
 
 // A Gram-form square of two float32 points proved to give their canonical float32 distance, or

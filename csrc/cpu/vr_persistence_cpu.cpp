@@ -13,6 +13,7 @@
 #include "../core/vr_engine.h"
 #include "cloud_glue.h"
 #include "distance_tiles.h"
+#include "edge_gradients.h"
 
 namespace tsloss {
 namespace {
@@ -149,30 +150,57 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
   return {h0, h0_edges, h1, h1_edges, h1_count, truncated};
 }
 
-// Scatter d(value)/d(input) for every reported edge: a bar value is the length of its edge, so
-// with points it moves both endpoints along their difference, with distances it is the one
-// (upper-triangle) entry that was read. Zero-length edges and padding rows (-1) get nothing.
+// d(value)/d(input) for every reported edge: a bar value is the length of its edge, so with
+// distances it is the one (upper-triangle) entry that was read, and with points it moves both
+// endpoints along their difference (cpu/edge_gradients.h). Zero gradients, zero-length edges and
+// padding rows (-1) give nothing.
 template <typename T>
-void scatter_edge(T g, int64_t u, int64_t v, bool distances, const T* x, int64_t N, int64_t D,
-                  T* grad) {
-  if (g == T(0) || u < 0 || v < 0 || u == v) return;
-  if (distances) {
-    const int64_t hi = u > v ? u : v, lo = u > v ? v : u;
-    grad[lo * N + hi] += g;
-    return;
+struct CloudEdges {
+  const T* g0;         // (H0, 2): the deaths' gradients at [r * 2 + 1]
+  const T* g1;         // (K, 2)
+  const int64_t* e0;   // (H0, 2)
+  const int64_t* e1;   // (K, 4)
+  int64_t H0, K;
+  // Edge r < H0 + 2K in the op's order: h0 row r, then h1 row q's birth (2q) and death edge.
+  void at(int64_t r, T& g, int64_t& u, int64_t& v) const {
+    const int64_t* e;
+    if (r < H0) {
+      e = e0 + r * 2;
+      g = g0[r * 2 + 1];
+    } else {
+      const int64_t q = (r - H0) / 2, side = (r - H0) % 2;
+      e = e1 + q * 4 + side * 2;
+      g = g1[q * 2 + side];
+    }
+    u = e[0];
+    v = e[1];
   }
-  const T* xu = x + u * D;
-  const T* xv = x + v * D;
-  const tsl::EdgeScale e = tsl::edge_scale(static_cast<double>(g), xu, xv, D);
-  if (e.s == 0.0) return;
-  T* gu = grad + u * D;
-  T* gv = grad + v * D;
-  for (int64_t k = 0; k < D; ++k) {
-    const T step = static_cast<T>(
-        e.s * ((static_cast<double>(xu[k]) - static_cast<double>(xv[k])) * e.m));
-    gu[k] += step;
-    gv[k] -= step;
+  int64_t count() const { return H0 + 2 * K; }
+};
+
+template <typename T>
+bool live(T g, int64_t u, int64_t v) {
+  return g != T(0) && u >= 0 && v >= 0 && u != v;
+}
+
+// The edges of one cloud with a gradient, in order (their scales still to come).
+template <typename T>
+void live_edges(const CloudEdges<T>& c, std::vector<cpu::LiveEdge>& out) {
+  out.clear();
+  for (int64_t r = 0; r < c.count(); ++r) {
+    T g;
+    int64_t u, v;
+    c.at(r, g, u, v);
+    if (live(g, u, v)) out.push_back({u, v, static_cast<double>(g), {0.0, 1.0}});
   }
+}
+
+// Drops the edges whose scale is zero, keeping the order.
+inline int64_t compact(std::vector<cpu::LiveEdge>& edges) {
+  int64_t n = 0;
+  for (const cpu::LiveEdge& e : edges)
+    if (e.scale.s != 0.0) edges[n++] = e;
+  return n;
 }
 
 at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tensor& grad_h1,
@@ -187,31 +215,72 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
   auto e0 = h0_edges_in.contiguous();
   auto e1 = h1_edges_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
-  const int64_t H0 = e0.size(1), K = e1.size(1);
+  const int64_t H0 = e0.size(1), K = e1.size(1), R = H0 + 2 * K;
   auto grad = glue::empty_written(x.sizes(), x.options()).zero_();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "vr_persistence_backward_cpu", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
-    const scalar_t* pg0 = g0.data_ptr<scalar_t>();
-    const scalar_t* pg1 = g1.data_ptr<scalar_t>();
-    const int64_t* pe0 = e0.data_ptr<int64_t>();
-    const int64_t* pe1 = e1.data_ptr<int64_t>();
     scalar_t* pgrad = grad.data_ptr<scalar_t>();
-    glue::parallel_for(0, B, cloud_grain((H0 + 2 * K) * D), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* xb = px + b * N * D;
+    auto cloud = [&](int64_t b) {
+      return CloudEdges<scalar_t>{g0.data_ptr<scalar_t>() + b * H0 * 2,
+                                  g1.data_ptr<scalar_t>() + b * K * 2,
+                                  e0.data_ptr<int64_t>() + b * H0 * 2,
+                                  e1.data_ptr<int64_t>() + b * K * 4, H0, K};
+    };
+    if (distances) {
+      glue::parallel_for(0, B, cloud_grain(R), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const CloudEdges<scalar_t> c = cloud(b);
+          scalar_t* gb = pgrad + b * N * N;
+          for (int64_t r = 0; r < R; ++r) {
+            scalar_t g;
+            int64_t u, v;
+            c.at(r, g, u, v);
+            if (live(g, u, v)) gb[std::min(u, v) * N + std::max(u, v)] += g;
+          }
+        }
+      });
+      return;
+    }
+    const int64_t threads = at::get_num_threads();
+    if (B >= 2 * threads) {  // whole clouds per task
+      glue::parallel_for(0, B, cloud_grain(R * D), [&](int64_t begin, int64_t end) {
+        std::vector<cpu::LiveEdge> edges;
+        for (int64_t b = begin; b < end; ++b) {
+          const scalar_t* xb = px + b * N * D;
+          live_edges(cloud(b), edges);
+          cpu::edge_scales(xb, D, edges.data(), 0, int64_t(edges.size()));
+          cpu::scatter_edges(xb, D, edges.data(), compact(edges), 0, D, pgrad + b * N * D, D);
+        }
+      });
+      return;
+    }
+    // Few clouds: each cloud's lengths, then its coordinate ranges, shared out. A task takes
+    // ~2^16 edge-coordinates at least (fewer ran slower shared than on one thread).
+    std::vector<cpu::LiveEdge> edges;
+    for (int64_t b = 0; b < B; ++b) {
+      const scalar_t* xb = px + b * N * D;
+      live_edges(cloud(b), edges);
+      const int64_t edge_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, D));
+      glue::parallel_for(0, int64_t(edges.size()), edge_grain, [&](int64_t r0, int64_t r1) {
+        cpu::edge_scales(xb, D, edges.data(), r0, r1);
+      });
+      const int64_t count = compact(edges);
+      constexpr int64_t kSpan = 64;  // coordinates a task unit: whole vectors of every build
+      const int64_t spans = (D + kSpan - 1) / kSpan;
+      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, count * kSpan));
+      glue::parallel_for(0, spans, grain, [&](int64_t s0, int64_t s1) {
+        const int64_t k0 = s0 * kSpan, k1 = std::min(D, s1 * kSpan), w = k1 - k0;
         scalar_t* gb = pgrad + b * N * D;
-        for (int64_t r = 0; r < H0; ++r) {
-          const int64_t* e = pe0 + (b * H0 + r) * 2;
-          scatter_edge(pg0[(b * H0 + r) * 2 + 1], e[0], e[1], distances, xb, N, D, gb);
+        if (w == D) {  // the whole cloud in one task: in place
+          cpu::scatter_edges(xb, D, edges.data(), count, 0, D, gb, D);
+          return;
         }
-        for (int64_t r = 0; r < K; ++r) {
-          const int64_t* e = pe1 + (b * K + r) * 4;
-          const scalar_t* g = pg1 + (b * K + r) * 2;
-          scatter_edge(g[0], e[0], e[1], distances, xb, N, D, gb);
-          scatter_edge(g[1], e[2], e[3], distances, xb, N, D, gb);
-        }
-      }
-    });
+        cpu::LineVector<scalar_t> block(N * w, scalar_t(0));
+        cpu::scatter_edges(xb, D, edges.data(), count, k0, k1, block.data(), w);
+        for (int64_t r = 0; r < N; ++r)
+          std::copy(block.data() + r * w, block.data() + (r + 1) * w, gb + r * D + k0);
+      });
+    }
   });
   return grad;
 }

@@ -73,7 +73,7 @@ __global__ void vr_backward_kernel(const T* __restrict__ g0, const T* __restrict
     if (g != T(0) && live_edge(e, N)) {
       const T* xu = xb + e.u * D;
       const T* xv = xb + e.v * D;
-      // The canonical order (eight lane sums, a fixed tree), as the CPU's scatter_edge: a single
+      // The canonical order (eight lane sums, a fixed tree), as the CPU's edge_scales: a single
       // running sum rounds differently from D = 4 on.
       s = tsl::edge_scale((double)g, xu, xv, D);
     }

@@ -18,6 +18,7 @@
 #include "core/vr_engine.h"
 #include "cpu/distance_tiles.h"
 #include "cpu/distance_grad_tiles.h"
+#include "cpu/edge_gradients.h"
 
 namespace {
 
@@ -496,6 +497,90 @@ void test_pair_grad() {
                     "entry %lld: %.17g vs %.17g", level, (long long)n, (long long)dim,
                     (long long)chunk, (long long)off, (long long)e, (double)gx[e], (double)ref[e]);
           }
+      }
+    }
+  }
+  tsl::set_x86_cap(-1);
+}
+
+// vr_persistence's backward from points (cpu/edge_gradients.h) in every build against the
+// scalar rule the CUDA kernel also runs (tsl::edge_scale, then step = T(s * (diff * m)) added to
+// u's row and subtracted from v's, edge after edge), bit for bit, zero signs included: lengths
+// summed several edges side by side, whole rows and blocks of coordinates added into a block of
+// their own (k0 > 0, its own row stride), dimensions that leave tails to the scalar loops, edges
+// sharing endpoints, duplicate points (no direction: s = 0), and scales far from 1, where the
+// lengths and differences are rescaled (tiny or huge points, huge gradients).
+template <typename T>
+void test_edge_gradients() {
+  std::mt19937 rng(41);
+  std::normal_distribution<double> normal;
+  const double big = sizeof(T) == 8 ? 1e300 : 1e30, tiny = sizeof(T) == 8 ? 1e-300 : 1e-30;
+  for (int level : {0, 3, 4}) {
+    if (!tsl::set_x86_cap(level)) continue;
+    for (int64_t n : {2, 5, 13}) {
+      for (int64_t dim : {1, 7, 8, 9, 17, 100, 300}) {
+        for (int kind = 0; kind < 4; ++kind) {  // ordinary; tiny, huge points; huge g on small ones
+          const double scale =
+              kind == 1 ? tiny : kind == 2 ? big / 1e6 : kind == 3 ? tiny * 1e10 : 1.0;
+          std::vector<T> x(n * dim);
+          for (T& v : x) v = static_cast<T>((3.0 + normal(rng)) * scale);
+          std::copy(x.begin(), x.begin() + dim, x.begin() + (n - 1) * dim);  // a duplicate
+          std::vector<tsloss::cpu::LiveEdge> edges;
+          for (int64_t r = 0; r < 3 * n; ++r) {
+            const int64_t u = int64_t(rng() % n), v = int64_t(rng() % n);
+            if (u == v) continue;
+            const double g = normal(rng) * (kind == 3 ? big : 1.0);
+            edges.push_back({u, v, static_cast<double>(static_cast<T>(g)), {0.0, 1.0}});
+          }
+          const int64_t count = int64_t(edges.size());
+          std::vector<T> ref(n * dim, T(0));
+          for (const auto& e : edges) {
+            const T* xu = &x[e.u * dim];
+            const T* xv = &x[e.v * dim];
+            const tsl::EdgeScale sc = tsl::edge_scale(e.g, xu, xv, dim);
+            if (sc.s == 0.0) continue;
+            for (int64_t k = 0; k < dim; ++k) {
+              const T step = static_cast<T>(
+                  sc.s * ((static_cast<double>(xu[k]) - static_cast<double>(xv[k])) * sc.m));
+              ref[e.u * dim + k] += step;
+              ref[e.v * dim + k] -= step;
+            }
+          }
+          // Lengths in two ranges, as two threads would take them.
+          tsloss::cpu::edge_scales(x.data(), dim, edges.data(), 0, count / 2);
+          tsloss::cpu::edge_scales(x.data(), dim, edges.data(), count / 2, count);
+          for (const auto& e : edges) {
+            const tsl::EdgeScale want = tsl::edge_scale(e.g, &x[e.u * dim], &x[e.v * dim], dim);
+            CHECK(memcmp(&want, &e.scale, sizeof want) == 0, "edge scale, level %d n=%lld "
+                  "dim=%lld kind %d: (%.17g, %g) vs (%.17g, %g)", level, (long long)n,
+                  (long long)dim, kind, e.scale.s, e.scale.m, want.s, want.m);
+          }
+          int64_t live = 0;
+          for (const auto& e : edges)
+            if (e.scale.s != 0.0) edges[live++] = e;
+          // The whole rows in place, then blocks of coordinates each into a block of its own.
+          for (int64_t span : {dim, int64_t(8), int64_t(5)}) {
+            std::vector<T> got(n * dim, T(0));
+            for (int64_t k0 = 0; k0 < dim; k0 += span) {
+              const int64_t k1 = std::min(dim, k0 + span), w = k1 - k0;
+              if (w == dim) {
+                tsloss::cpu::scatter_edges(x.data(), dim, edges.data(), live, 0, dim, got.data(),
+                                           dim);
+                continue;
+              }
+              std::vector<T> block(n * w, T(0));
+              tsloss::cpu::scatter_edges(x.data(), dim, edges.data(), live, k0, k1, block.data(),
+                                         w);
+              for (int64_t r = 0; r < n; ++r)
+                std::copy(&block[r * w], &block[r * w] + w, &got[r * dim + k0]);
+            }
+            for (int64_t i = 0; i < n * dim; ++i)
+              CHECK(memcmp(&got[i], &ref[i], sizeof(T)) == 0, "edge gradient, level %d n=%lld "
+                    "dim=%lld kind %d span %lld, entry %lld: %.17g vs %.17g", level,
+                    (long long)n, (long long)dim, kind, (long long)span, (long long)i,
+                    double(got[i]), double(ref[i]));
+          }
+        }
       }
     }
   }
@@ -1284,6 +1369,7 @@ void run_all() {
   test_device_heap_compaction<T>();
   test_distance_tiles<T>();
   test_pair_grad<T>();
+  test_edge_gradients<T>();
   test_uniform_weight_rows<T>();
   test_square<T>();
   test_hexagon<T>();
