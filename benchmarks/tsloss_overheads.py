@@ -98,12 +98,22 @@ def median_ms(f, reps: int = 21) -> float:
     return statistics.median(times) * 1e3
 
 
+def each_build(isas):
+    """Sets each build in turn; puts back the caller's (a TSLOSS_CPU_ISA cap too) at the end."""
+    before = tsloss_cuda.cpu_isa()
+    try:
+        for isa in isas:
+            tsloss_cuda.set_cpu_isa(isa)
+            yield isa
+    finally:
+        tsloss_cuda.set_cpu_isa(before)
+
+
 def one_prompt(isas) -> None:
     """A training step's case: one prompt, B = 1, the work split among the threads."""
     print("\n| build | (N, D) | pairwise_distance, ms | vr_persistence, ms | TSLoss fwd+bwd, ms |"
           "\n|---|---|--:|--:|--:|")
-    for isa in isas:
-        tsloss_cuda.set_cpu_isa(isa)
+    for isa in each_build(isas):
         for n, d, _ in CONFIGS:
             x = torch.randn(1, n, d, generator=torch.Generator().manual_seed(0))
             xg = x.clone().requires_grad_()
@@ -114,7 +124,6 @@ def one_prompt(isas) -> None:
             print(f"| {isa} | ({n}, {d}) | {median_ms(lambda: tsloss_cuda.pairwise_distance(x)):.3f}"
                   f" | {median_ms(lambda: tsloss_cuda.vr_persistence(x)):.3f}"
                   f" | {median_ms(loss_step):.3f} |")
-    tsloss_cuda.set_cpu_isa(None)
 
 
 def vr_gradient(isas) -> None:
@@ -122,8 +131,7 @@ def vr_gradient(isas) -> None:
     ops = torch.ops.tsloss_cuda
     print("\n| build | (N, D, B) | forward, µs | backward op, µs | forward+backward, µs |"
           "\n|---|---|--:|--:|--:|")
-    for isa in isas:
-        tsloss_cuda.set_cpu_isa(isa)
+    for isa in each_build(isas):
         for n, d, b in [c for n, d, b in CONFIGS for c in ((n, d, b), (n, d, 1))]:
             x = torch.randn(b, n, d, generator=torch.Generator().manual_seed(0))
             h0, e0, h1, e1, _count, _trunc = ops.vr_persistence(x, 1, False, 4 * n)
@@ -137,7 +145,6 @@ def vr_gradient(isas) -> None:
                 lambda: tsloss_cuda.vr_persistence(x),
                 lambda: ops.vr_persistence_backward(g0, g1, x, e0, e1, False), both)]
             print(f"| {isa} | ({n}, {d}, {b}) | {us[0]:.0f} | {us[1]:.0f} | {us[2]:.0f} |")
-    tsloss_cuda.set_cpu_isa(None)
 
 
 def main(argv=None) -> None:
