@@ -4,9 +4,9 @@
 //   gx_u += T(s * ((x_u - x_v) * m)),   gx_v -= the same,   (s, m) = tsl::edge_scale(g, ...),
 //
 // edge after edge in the op's order (the h0 rows, then each h1 row's birth and death edge), so
-// each coordinate's sum has one fixed order. Two passes, as the CUDA kernel (cuda/backward.cu)
-// makes them: every edge's scale from its canonical length over all of D, then the scatter, whose
-// coordinate ranges are independent and can be shared among threads. Both passes are vectorised
+// each coordinate's sum has one fixed order. Two passes, as the CUDA kernel makes them
+// (cuda/vr_backward_kernel.cuh): every edge's scale from its canonical length over all of D, then
+// the scatter, whose coordinate ranges are independent and can be shared among threads. Both passes are vectorised
 // per x86 level in double lanes with the scalar operations' own roundings (a length's eight
 // canonical lane sums, a subtract, two products, a conversion, an add and a subtract per
 // coordinate), so the builds, the thread count and the split give the same bits. One edge at a

@@ -7,7 +7,9 @@
 //   unchanged by the order the fibers run in;
 // - the fused TSLoss kernels (csrc/cuda/tsloss_kernels.cuh): terms, the batch's reduction by the
 //   last block to finish (blocks run in a seeded order), edge weights and incidence lists,
-//   gradient, on the scalar engine's diagrams of the distance kernel's output.
+//   gradient, on the scalar engine's diagrams of the distance kernel's output;
+// - vr_persistence's backward (csrc/cuda/vr_backward_kernel.cuh): bit for bit against the CPU
+//   op's edge by edge rule (cpu/edge_gradients.h), from points and from distances.
 // Run by ctest (not under the sanitizers: ASan does not follow swapcontext's stacks).
 //
 //   test_cuda_host
@@ -22,6 +24,8 @@
 #include "cuda_host.h"
 #include "cuda/pairwise_distance_kernel.cuh"
 #include "cuda/tsloss_kernels.cuh"
+#include "cuda/vr_backward_kernel.cuh"
+#include "cpu/edge_gradients.h"
 
 namespace {
 
@@ -565,6 +569,84 @@ void check_tsloss(const TsCase& c, uint64_t seed) {
   CHECK(edge_terms > N, "tsloss gradient N=%lld: only %lld edge terms (a test of nothing)",
         (long long)N, (long long)edge_terms);
 }
+// vr_persistence's backward kernel against the CPU op's code (cpu/edge_gradients.h: lengths,
+// then the scatter, edge after edge in the op's order; test_core checks it against the scalar
+// rule), bit for bit, zero signs included, under several fiber and block orders. The edges are
+// the op's rows: h0 rows (their death's gradient), then each h1 row's birth and death edge, with
+// -1 padding rows, loops (u == v), repeated and shared endpoints, duplicate points (no
+// direction), zero gradients, and tiny or huge clouds (the rescaled lengths). D past the block's
+// 256 threads. From distances: the upper-triangle entry of each edge, summed in the same order.
+template <typename T>
+void check_vr_backward(int64_t B, int64_t N, int64_t D, int64_t K, double scale, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal;
+  const int64_t H0 = N - 1, R = H0 + 2 * K;
+  std::vector<T> x(B * N * D), g0(B * H0 * 2), g1(B * K * 2);
+  for (T& v : x) v = T((3.0 + normal(rng)) * scale);
+  for (int64_t b = 0; b < B; ++b)  // a duplicate point
+    std::copy(&x[b * N * D], &x[b * N * D] + D, &x[(b * N + N - 1) * D]);
+  for (T& v : g0) v = rng() % 5 == 0 ? T(0) : T(normal(rng));
+  for (T& v : g1) v = rng() % 5 == 0 ? T(0) : T(normal(rng));
+  std::vector<int64_t> e0(B * H0 * 2), e1(B * K * 4);
+  auto vertex = [&] { return rng() % 9 == 0 ? int64_t(-1) : int64_t(rng() % N); };
+  for (int64_t& v : e0) v = vertex();
+  for (int64_t& v : e1) v = vertex();
+  for (bool distances : {false, true}) {
+    const int64_t W = distances ? N : D;  // the input's row length
+    std::vector<T> in(B * N * W);
+    if (distances) {
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < N; ++i)
+          for (int64_t j = 0; j < N; ++j)
+            in[(b * N + i) * N + j] = T(tsl::point_distance(&x[(b * N + i) * D],
+                                                            &x[(b * N + j) * D], D));
+    } else {
+      in = x;
+    }
+    std::vector<T> want(B * N * W, T(0));
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<tsloss::cpu::LiveEdge> edges;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t* e = r < H0 ? &e0[(b * H0 + r) * 2]
+                                  : &e1[(b * K + (r - H0) / 2) * 4 + 2 * ((r - H0) % 2)];
+        const T g = r < H0 ? g0[(b * H0 + r) * 2 + 1]
+                           : g1[(b * K + (r - H0) / 2) * 2 + (r - H0) % 2];
+        if (g == T(0) || e[0] < 0 || e[1] < 0 || e[0] == e[1]) continue;
+        if (distances)
+          want[(b * N + std::min(e[0], e[1])) * N + std::max(e[0], e[1])] += g;
+        else
+          edges.push_back({e[0], e[1], double(g), {0.0, 1.0}});
+      }
+      if (distances) continue;
+      const T* xb = &x[b * N * D];
+      tsloss::cpu::edge_scales(xb, D, edges.data(), 0, int64_t(edges.size()));
+      int64_t live = 0;
+      for (const auto& e : edges)
+        if (e.scale.s != 0.0) edges[live++] = e;
+      tsloss::cpu::scatter_edges(xb, D, edges.data(), live, 0, D, &want[b * N * D], D);
+    }
+    for (uint64_t order : {uint64_t(0), seed * 4 + 1, seed * 4 + 2}) {
+      std::vector<T> got(B * N * W, T(0));
+      std::vector<tsl::EdgeScale> work(B * R);
+      cuda_host::launch(dim3(unsigned(B)), dim3(tsl::cuda::vr_backward::kThreads), order, [&] {
+        tsl::cuda::vr_backward::vr_backward_kernel<T>(g0.data(), g1.data(), in.data(), N, D,
+                                                      e0.data(), H0, e1.data(), K, distances,
+                                                      got.data(), work.data());
+      });
+      int64_t bad = 0, moved = 0;
+      for (int64_t i = 0; i < B * N * W; ++i) {
+        bad += std::memcmp(&got[i], &want[i], sizeof(T)) != 0;
+        moved += want[i] != T(0);
+      }
+      CHECK(bad == 0, "vr backward %s B=%lld N=%lld D=%lld K=%lld scale %g, order %llu: %lld "
+            "of %lld entries differ", distances ? "(distances)" : "(points)", (long long)B,
+            (long long)N, (long long)D, (long long)K, scale, (unsigned long long)order,
+            (long long)bad, (long long)(B * N * W));
+      CHECK(moved > 0, "vr backward: no gradient (a test of nothing)");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -621,6 +703,15 @@ int main() {
   // gradient block's 32 rows many times; cloud 0 with zero weights on all its edges.
   check_tsloss<float>({3, 300, 70, 1200, true, true, false, tsl::kReduceNone, false, false, true,
                        true}, 30);
+  // vr_persistence's backward: one cloud and several, D short of and past the block's threads,
+  // many more h1 rows than points, and float64 clouds whose lengths are subnormal or whose
+  // steps would be (g / len past the normal range): rescaled by m.
+  check_vr_backward<float>(3, 12, 5, 20, 1.0, 51);
+  check_vr_backward<double>(2, 30, 300, 40, 1.0, 52);
+  check_vr_backward<float>(1, 40, 513, 160, 1.0, 53);
+  check_vr_backward<double>(2, 9, 17, 12, 1e-310, 54);
+  check_vr_backward<double>(1, 9, 17, 12, 1e307, 55);
+  check_vr_backward<float>(2, 9, 17, 12, 1e-30, 56);
   std::printf("%llu fiber switches\n", (unsigned long long)cuda_host::block().switches);
   return tsl_test::finish_checks("cuda_host");
 }
