@@ -104,6 +104,15 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
+def _builds_and_threads(threads: int):
+    """Each build this CPU runs, at one thread and at max(threads, 2): set, then yielded."""
+    for isa in BUILDS:
+        tsloss_cuda.set_cpu_isa(isa)
+        for t in sorted({1, max(threads, 2)}):
+            torch.set_num_threads(t)
+            yield isa, t
+
+
 def _equal(a, b) -> bool:
     return all(torch.equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
 
@@ -209,23 +218,20 @@ def test_tsloss_same_bits_in_every_build_and_layout(rng, dtype, restore_isa):
         for n, d, b in [(12, 7, 5), (40, 33, 4), (70, 9, 3), (20, 300, 5), (40, 700, 3)]:
             x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
             results = []
-            for isa in BUILDS:
-                tsloss_cuda.set_cpu_isa(isa)
-                for t in sorted({1, max(threads, 2)}):
-                    torch.set_num_threads(t)
-                    for name, xs in [("batched", x), ("strided", x.transpose(1, 2).contiguous()
-                                                      .transpose(1, 2))]:
-                        xg = xs.detach().clone().requires_grad_(True)
-                        value = tsloss_cuda.loss(xg, **opts)
-                        grad, = torch.autograd.grad(value.sum(), xg)
-                        results.append((f"{isa}, {t} threads, {name}", value.detach(), grad))
-                    for i in range(b):  # each cloud alone
-                        xg = x[i:i + 1].detach().clone().requires_grad_(True)
-                        value = tsloss_cuda.loss(xg, **opts)
-                        grad, = torch.autograd.grad(value.sum(), xg)
-                        ref = results[0]
-                        assert torch.equal(value[0], ref[1][i]), f"cloud {i} alone, {isa}, {t}"
-                        assert torch.equal(grad[0], ref[2][i]), f"cloud {i} alone, {isa}, {t}"
+            for isa, t in _builds_and_threads(threads):
+                for name, xs in [("batched", x), ("strided", x.transpose(1, 2).contiguous()
+                                                  .transpose(1, 2))]:
+                    xg = xs.detach().clone().requires_grad_(True)
+                    value = tsloss_cuda.loss(xg, **opts)
+                    grad, = torch.autograd.grad(value.sum(), xg)
+                    results.append((f"{isa}, {t} threads, {name}", value.detach(), grad))
+                for i in range(b):  # each cloud alone
+                    xg = x[i:i + 1].detach().clone().requires_grad_(True)
+                    value = tsloss_cuda.loss(xg, **opts)
+                    grad, = torch.autograd.grad(value.sum(), xg)
+                    ref = results[0]
+                    assert torch.equal(value[0], ref[1][i]), f"cloud {i} alone, {isa}, {t}"
+                    assert torch.equal(grad[0], ref[2][i]), f"cloud {i} alone, {isa}, {t}"
             for what, value, grad in results[1:]:
                 assert torch.equal(value, results[0][1]), f"n={n}: loss differs ({what})"
                 assert torch.equal(grad, results[0][2]), f"n={n}: gradient differs ({what})"
@@ -247,21 +253,18 @@ def test_pairwise_distance_gradient_same_bits_everywhere(rng, dtype, restore_isa
             grad = torch.tensor(rng.standard_normal((b, n, n)), dtype=dtype)
             grad[1:] *= torch.tensor(rng.random((b - 1, n, n)) < 0.05, dtype=dtype)
             results = []
-            for isa in BUILDS:
-                tsloss_cuda.set_cpu_isa(isa)
-                for t in sorted({1, max(threads, 2)}):
-                    torch.set_num_threads(t)
-                    for name, xs, order in _layouts(x):
-                        xg = xs.detach().clone().requires_grad_(True)
-                        got, = torch.autograd.grad(pairwise_distance(xg), xg, grad[order])
-                        results.append((f"{name}, {isa}, {t} threads", got[torch.argsort(
-                            torch.tensor(order))]))
-                    for i in range(b):
-                        xg = x[i].detach().clone().requires_grad_(True)
-                        got, = torch.autograd.grad(pairwise_distance(xg), xg, grad[i:i + 1])
-                        results.append((f"cloud {i} alone, {isa}, {t} threads",
-                                        torch.cat([results[0][1][:i], got[None],
-                                                   results[0][1][i + 1:]])))
+            for isa, t in _builds_and_threads(threads):
+                for name, xs, order in _layouts(x):
+                    xg = xs.detach().clone().requires_grad_(True)
+                    got, = torch.autograd.grad(pairwise_distance(xg), xg, grad[order])
+                    results.append((f"{name}, {isa}, {t} threads", got[torch.argsort(
+                        torch.tensor(order))]))
+                for i in range(b):
+                    xg = x[i].detach().clone().requires_grad_(True)
+                    got, = torch.autograd.grad(pairwise_distance(xg), xg, grad[i:i + 1])
+                    results.append((f"cloud {i} alone, {isa}, {t} threads",
+                                    torch.cat([results[0][1][:i], got[None],
+                                               results[0][1][i + 1:]])))
             assert torch.isfinite(results[0][1]).all()
             for what, got in results[1:]:
                 assert torch.equal(got, results[0][1]), f"n={n}, d={d}: gradient differs ({what})"
@@ -313,16 +316,13 @@ def test_vr_persistence_gradient_same_bits_everywhere(rng, dtype, restore_isa):
             want = torch.from_numpy(_bar_gradient_reference(x.numpy(), dgm, w0.numpy(),
                                                             w1.numpy()))
             assert (want != 0).any()
-            for isa in BUILDS:
-                tsloss_cuda.set_cpu_isa(isa)
-                for t in sorted({1, max(threads, 2)}):
-                    torch.set_num_threads(t)
-                    for name, xs, order in _layouts(x):
-                        xg = xs.detach().clone().requires_grad_(True)
-                        got_dgm = vr_persistence(xg)
-                        got, = torch.autograd.grad((got_dgm.h0 * w0[order]).sum()
-                                                   + (got_dgm.h1 * w1[order]).sum(), xg)
-                        assert torch.equal(got, want[order]), (
-                            f"n={n}, d={d}, {name}, {isa}, {t} threads: gradient differs")
+            for isa, t in _builds_and_threads(threads):
+                for name, xs, order in _layouts(x):
+                    xg = xs.detach().clone().requires_grad_(True)
+                    got_dgm = vr_persistence(xg)
+                    got, = torch.autograd.grad((got_dgm.h0 * w0[order]).sum()
+                                               + (got_dgm.h1 * w1[order]).sum(), xg)
+                    assert torch.equal(got, want[order]), (
+                        f"n={n}, d={d}, {name}, {isa}, {t} threads: gradient differs")
     finally:
         torch.set_num_threads(threads)
