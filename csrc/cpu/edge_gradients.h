@@ -6,12 +6,12 @@
 // edge after edge in the op's order (the h0 rows, then each h1 row's birth and death edge), so
 // each coordinate's sum has one fixed order. Two passes, as the CUDA kernel makes them
 // (cuda/vr_backward_kernel.cuh): every edge's scale from its canonical length over all of D, then
-// the scatter, whose coordinate ranges are independent and can be shared among threads. Both passes are vectorised
-// per x86 level in double lanes with the scalar operations' own roundings (a length's eight
-// canonical lane sums, a subtract, two products, a conversion, an add and a subtract per
-// coordinate), so the builds, the thread count and the split give the same bits. One edge at a
-// time in scalar double took ~2.2 us an edge at D = 2048: 0.57 ms of backward for one 64-point
-// cloud, 2.5x its forward (benchmarks/README.md, "vr_persistence's backward").
+// the scatter, whose coordinate ranges are independent and can be shared among threads. Both
+// passes are vectorised per x86 level in double lanes with the scalar operations' own roundings
+// (a length's eight canonical lane sums, a subtract, two products, a conversion, an add and a
+// subtract per coordinate), so the builds, the thread count and the split give the same bits.
+// One edge at a time in scalar double took ~2.2 us an edge at D = 2048: 0.57 ms of backward for
+// one 64-point cloud, 2.5x its forward (benchmarks/README.md, "vr_persistence's backward").
 #pragma once
 
 #include <stdint.h>
@@ -149,9 +149,7 @@ __attribute__((target("avx2,fma"))) void scatter_edges_v3(const T* x, int64_t di
                                                          const LiveEdge* edges, int64_t count,
                                                          int64_t k0, int64_t k1, T* g,
                                                          int64_t gs) {
-  // Four floats a step (two SSE registers of doubles converted into one of floats): two a
-  // step, through 8-byte vectors, ran 1.3x slower. Doubles two a step, as the registers hold.
-  scatter_edges_body<T, sizeof(T) == 4 ? 32 : 16>(x, dim, edges, count, k0, k1, g, gs);
+  scatter_edges_body<T, 32>(x, dim, edges, count, k0, k1, g, gs);
 }
 #endif
 
