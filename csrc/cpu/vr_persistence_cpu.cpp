@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../core/edge_incidence.h"
 #include "../core/pairwise_distance.h"
 #include "../core/vr_engine.h"
 #include "cloud_glue.h"
@@ -152,47 +153,19 @@ vr_persistence_cpu(const at::Tensor& x_in, int64_t maxdim, bool distances, int64
 
 // d(value)/d(input) for every reported edge: a bar value is the length of its edge, so with
 // distances it is the one (upper-triangle) entry that was read, and with points it moves both
-// endpoints along their difference (cpu/edge_gradients.h). Zero gradients, zero-length edges and
-// padding rows (-1) give nothing.
-template <typename T>
-struct CloudEdges {
-  const T* g0;         // (H0, 2): the deaths' gradients at [r * 2 + 1]
-  const T* g1;         // (K, 2)
-  const int64_t* e0;   // (H0, 2)
-  const int64_t* e1;   // (K, 4)
-  int64_t H0, K;
-  // Edge r < H0 + 2K in the op's order: h0 row r, then h1 row q's birth (2q) and death edge.
-  void at(int64_t r, T& g, int64_t& u, int64_t& v) const {
-    const int64_t* e;
-    if (r < H0) {
-      e = e0 + r * 2;
-      g = g0[r * 2 + 1];
-    } else {
-      const int64_t q = (r - H0) / 2, side = (r - H0) % 2;
-      e = e1 + q * 4 + side * 2;
-      g = g1[q * 2 + side];
+// endpoints along their difference (cpu/edge_gradients.h). f(g, u, v) for each edge of one cloud
+// that has a gradient, in the op's order (core/edge_incidence.h: the h0 rows, then each h1 row's
+// birth and death edge); zero gradients, loops and padding rows (-1) give nothing. g0, g1, e0
+// and e1 are the cloud's rows of grad_h0 (H0, 2), grad_h1 (K, 2), h0_edges and h1_edges.
+template <typename T, class F>
+void each_edge_with_gradient(const T* g0, const T* g1, const int64_t* e0, const int64_t* e1,
+                             int64_t H0, int64_t K, const F& f) {
+  for (int64_t e = 0; e < H0 + K; ++e)
+    for (int side = 0; side < tsl::edge_sides(e, H0); ++side) {
+      const tsl::EdgeEnds p = tsl::edge_endpoints(e, side, H0, e0, e1);
+      const T g = e < H0 ? g0[2 * e + 1] : g1[2 * (e - H0) + side];
+      if (g != T(0) && p.u >= 0 && p.v >= 0 && p.u != p.v) f(g, p.u, p.v);
     }
-    u = e[0];
-    v = e[1];
-  }
-  int64_t count() const { return H0 + 2 * K; }
-};
-
-template <typename T>
-bool live(T g, int64_t u, int64_t v) {
-  return g != T(0) && u >= 0 && v >= 0 && u != v;
-}
-
-// The edges of one cloud with a gradient, in order (their scales still to come).
-template <typename T>
-void live_edges(const CloudEdges<T>& c, std::vector<cpu::LiveEdge>& out) {
-  out.clear();
-  for (int64_t r = 0; r < c.count(); ++r) {
-    T g;
-    int64_t u, v;
-    c.at(r, g, u, v);
-    if (live(g, u, v)) out.push_back({u, v, static_cast<double>(g), {0.0, 1.0}});
-  }
 }
 
 // Drops the edges whose scale is zero, keeping the order.
@@ -220,23 +193,27 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "vr_persistence_backward_cpu", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     scalar_t* pgrad = grad.data_ptr<scalar_t>();
-    auto cloud = [&](int64_t b) {
-      return CloudEdges<scalar_t>{g0.data_ptr<scalar_t>() + b * H0 * 2,
-                                  g1.data_ptr<scalar_t>() + b * K * 2,
-                                  e0.data_ptr<int64_t>() + b * H0 * 2,
-                                  e1.data_ptr<int64_t>() + b * K * 4, H0, K};
+    // Cloud b's edges with a gradient, in order, to f(g, u, v).
+    auto each_edge = [&](int64_t b, const auto& f) {
+      each_edge_with_gradient(g0.data_ptr<scalar_t>() + b * H0 * 2,
+                              g1.data_ptr<scalar_t>() + b * K * 2,
+                              e0.data_ptr<int64_t>() + b * H0 * 2,
+                              e1.data_ptr<int64_t>() + b * K * 4, H0, K, f);
+    };
+    // Cloud b's edges with a gradient, as edges to scale (their scales still to come).
+    auto live_edges = [&](int64_t b, std::vector<cpu::LiveEdge>& out) {
+      out.clear();
+      each_edge(b, [&](scalar_t g, int64_t u, int64_t v) {
+        out.push_back({u, v, static_cast<double>(g), {0.0, 1.0}});
+      });
     };
     if (distances) {
       glue::parallel_for(0, B, cloud_grain(R), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
-          const CloudEdges<scalar_t> c = cloud(b);
           scalar_t* gb = pgrad + b * N * N;
-          for (int64_t r = 0; r < R; ++r) {
-            scalar_t g;
-            int64_t u, v;
-            c.at(r, g, u, v);
-            if (live(g, u, v)) gb[std::min(u, v) * N + std::max(u, v)] += g;
-          }
+          each_edge(b, [&](scalar_t g, int64_t u, int64_t v) {
+            gb[std::min(u, v) * N + std::max(u, v)] += g;
+          });
         }
       });
       return;
@@ -247,7 +224,7 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
         std::vector<cpu::LiveEdge> edges;
         for (int64_t b = begin; b < end; ++b) {
           const scalar_t* xb = px + b * N * D;
-          live_edges(cloud(b), edges);
+          live_edges(b, edges);
           cpu::edge_scales(xb, D, edges.data(), 0, int64_t(edges.size()));
           cpu::scatter_edges(xb, D, edges.data(), compact(edges), 0, D, pgrad + b * N * D, D);
         }
@@ -257,10 +234,10 @@ at::Tensor vr_persistence_backward_cpu(const at::Tensor& grad_h0, const at::Tens
     // Few clouds: each cloud's lengths, then its coordinate ranges, shared out. A task takes
     // ~2^16 edge-coordinates at least (fewer ran slower shared than on one thread).
     std::vector<cpu::LiveEdge> edges;
+    const int64_t edge_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, D));
     for (int64_t b = 0; b < B; ++b) {
       const scalar_t* xb = px + b * N * D;
-      live_edges(cloud(b), edges);
-      const int64_t edge_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, D));
+      live_edges(b, edges);
       glue::parallel_for(0, int64_t(edges.size()), edge_grain, [&](int64_t r0, int64_t r1) {
         cpu::edge_scales(xb, D, edges.data(), r0, r1);
       });
