@@ -246,7 +246,11 @@ __attribute__((always_inline)) inline double uniform_weight_rows_body(int64_t n,
     for (; j + L <= i; j += L) {
       VT dt;
       load(dt, di + j);
-      const VD dv = __builtin_convertvector(dt, VD);
+      VD dv;
+      if constexpr (std::is_same<T, float>::value)
+        widen<(Bytes >= 32)>(dv, dt);
+      else
+        dv = __builtin_convertvector(dt, VD);
       const auto pos = dv > zero;
       const VD q = pos ? wv / dv : zero;
       const VT qt = __builtin_convertvector(q, VT);

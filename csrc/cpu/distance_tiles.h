@@ -96,14 +96,37 @@ __attribute__((always_inline)) inline void store(void* p, const V& v) {
   memcpy(p, &v, sizeof(V));
 }
 
+// Float lanes widened to double, exactly. GCC 12 splits __builtin_convertvector of 8 floats to a
+// 512-bit vector (and of 4 to a 256-bit one) into two conversions of half the width, a lane
+// extract and an insert: four instructions where vcvtps2pd is one. In the row kernel, which widens
+// every point vector it loads, that took a third of its instructions (one float32 prompt of
+// 16 points in 2048 dimensions ran at 0.6x the float64 one). Vex: the caller's build has AVX
+// (the baseline build's scatter holds 256-bit vectors in SSE register pairs, which asm cannot
+// name; a wrong Vex fails to compile, "impossible constraint").
+template <bool Vex, typename VD, typename VT>
+__attribute__((always_inline)) inline void widen(VD& v, const VT& t) {
+  static_assert(sizeof(VD) == 2 * sizeof(VT), "floats to doubles");
+#if TSL_X86_ASM
+  if constexpr (Vex && sizeof(VD) >= 32) {
+    asm("vcvtps2pd %1, %0" : "=v"(v) : "vm"(t));
+    return;
+  }
+#endif
+  v = __builtin_convertvector(t, VD);
+}
+
 // Loads L coordinates as double lanes: float rows are loaded at half the width and widened
-// exactly.
-template <typename VD, int L, typename T>
+// exactly. Vex: see widen; 256-bit vectors and wider are the AVX builds' except where a caller
+// says otherwise.
+template <typename VD, int L, typename T, bool Vex = sizeof(VD) >= 32>
 __attribute__((always_inline)) inline void load_wide(VD& v, const T* p) {
   using VT = typename Vec<T, L * int(sizeof(T))>::type;
   VT t;
   load(t, p);
-  v = __builtin_convertvector(t, VD);
+  if constexpr (std::is_same<T, float>::value)
+    widen<Vex>(v, t);
+  else
+    v = __builtin_convertvector(t, VD);
 }
 
 // u - w, rounded once as the subtract rounds it, but computed as -(w * 1) + u by an FMA
@@ -255,13 +278,56 @@ __attribute__((always_inline)) inline void squared_distance_tile(const double* c
   for (int p = 0; p < TI * TJ; ++p) out[p] = tsl::lane_tree(lanes + p * kDistanceLanes);
 }
 
-// Row `row` of x as double: itself for float64, else widened into buf.
-template <typename T>
-inline const double* wide_row(const T* row, int64_t dim, double* buf) {
+// The canonical lane sums of the six pairs (a, b), b < a, among four rows xi (double), side by
+// side: lanes[p * 8 + l] for the pairs in kBlockPairA/B order. One pair at a time, each pair's
+// sums were one chain of dependent adds: at 16 points those pairs, a fifth of all, took two fifths
+// of the row kernel.
+constexpr int kBlockPairA[6] = {1, 2, 2, 3, 3, 3}, kBlockPairB[6] = {0, 0, 1, 0, 1, 2};
+
+template <int Bytes>
+__attribute__((always_inline)) inline void block_pair_lane_sums(const double* const* xi,
+                                                                int64_t dim, double* lanes) {
+  using VD = typename Lanes<Bytes>::VD;
+  constexpr int L = Lanes<Bytes>::L, G = Lanes<Bytes>::G;
+  const int64_t body = dim - dim % kDistanceLanes;
+  for (int g = 0; g < G; ++g) {
+    VD acc[6];
+    TSL_UNROLL for (int p = 0; p < 6; ++p) acc[p] = VD{};
+    for (int64_t k = g * L; k < body; k += kDistanceLanes) {
+      VD u[4];
+      TSL_UNROLL for (int a = 0; a < 4; ++a) load(u[a], xi[a] + k);
+      TSL_UNROLL for (int p = 0; p < 6; ++p) {
+        const VD t = u[kBlockPairA[p]] - u[kBlockPairB[p]];
+        acc[p] += t * t;
+      }
+    }
+    TSL_UNROLL for (int p = 0; p < 6; ++p) store(lanes + p * kDistanceLanes + g * L, acc[p]);
+  }
+  TSL_UNROLL for (int p = 0; p < 6; ++p)
+    for (int64_t k = body; k < dim; ++k) {
+      const double t = xi[kBlockPairA[p]][k] - xi[kBlockPairB[p]][k];
+      double& lane = lanes[p * kDistanceLanes + k % kDistanceLanes];
+      lane += t * t;
+    }
+}
+
+// Row `row` of x as double: itself for float64, else widened into buf, in the caller's vectors
+// (an out-of-line copy ran at SSE2 width in every build).
+template <typename T, int Bytes>
+__attribute__((always_inline)) inline const double* wide_row(const T* row, int64_t dim,
+                                                             double* buf) {
   if constexpr (std::is_same<T, double>::value) {
     return row;
   } else {
-    for (int64_t k = 0; k < dim; ++k) buf[k] = static_cast<double>(row[k]);
+    using VD = typename Lanes<Bytes>::VD;
+    constexpr int L = Lanes<Bytes>::L;
+    int64_t k = 0;
+    for (; k + L <= dim; k += L) {
+      VD v;
+      load_wide<VD, L>(v, row + k);
+      store(buf + k, v);
+    }
+    for (; k < dim; ++k) buf[k] = static_cast<double>(row[k]);
     return buf;
   }
 }
@@ -279,9 +345,9 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
   for (int64_t i = i0; i < i1; i += TI) {
     const int rows = i1 - i < TI ? int(i1 - i) : TI;
     const double* xi[TI];
-    xi[0] = wide_row(x + i * dim, dim, wide);
+    xi[0] = wide_row<T, Bytes>(x + i * dim, dim, wide);
     for (int a = 1; a < TI; ++a)  // a short last block repeats its first row, never stored
-      xi[a] = a < rows ? wide_row(x + (i + a) * dim, dim, wide + a * dim) : xi[0];
+      xi[a] = a < rows ? wide_row<T, Bytes>(x + (i + a) * dim, dim, wide + a * dim) : xi[0];
     double tile[TI * TJ] = {};
     int64_t j = 0;
     for (; j + TJ <= i; j += TJ) {
@@ -295,12 +361,14 @@ __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n
       squared_distance_tile<T, Bytes, TI, 1>(xi, xj, dim, tile);
       for (int a = 0; a < rows; ++a) sq[(i - i0 + a) * n + j] = tile[a];
     }
-    for (int a = 1; a < rows; ++a)
-      for (int b = 0; b < a; ++b) {
-        const double* xa[1] = {xi[a]};
-        const T* xb[1] = {x + (i + b) * dim};
-        squared_distance_tile<T, Bytes, 1, 1>(xa, xb, dim, &sq[(i - i0 + a) * n + i + b]);
-      }
+    if (rows > 1) {
+      double lanes[6 * kDistanceLanes];
+      block_pair_lane_sums<Bytes>(xi, dim, lanes);
+      for (int p = 0; p < 6; ++p)
+        if (kBlockPairA[p] < rows)
+          sq[(i - i0 + kBlockPairA[p]) * n + i + kBlockPairB[p]] =
+              tsl::lane_tree(lanes + p * kDistanceLanes);
+    }
   }
 }
 
@@ -868,7 +936,9 @@ __attribute__((always_inline)) inline void certify_centre_body(const float* x, i
     for (int64_t r = 0; r < count; ++r) {
       VF f;
       load(f, x + tsl::certify_centre_row(r, n) * dim + k);
-      acc += __builtin_convertvector(f, VD);
+      VD d;
+      widen<(Bytes >= 32)>(d, f);
+      acc += d;
     }
     const VF c = __builtin_convertvector(acc / divisor, VF);
     const VF finite = (c - c) == VF{} ? c : VF{};  // Inf - Inf and NaN - NaN are NaN

@@ -35,7 +35,8 @@ struct LiveEdge {
 // past the last whole eight by the scalar loop after them. P edges side by side give P times the
 // independent chains: one AVX-512 vector holds all eight lanes, so an edge alone is one chain of
 // dependent adds; four side by side summed float64 edges 1.1-1.4x faster (no change for float32
-// edges, bound by their conversions to double, nor with AVX2, two chains an edge already).
+// edges while their conversions to double took four instructions each (widen, distance_tiles.h),
+// nor with AVX2, two chains an edge already).
 template <typename T, int Bytes, int P>
 __attribute__((always_inline)) inline void canonical_squares_body(const T* x, int64_t dim,
                                                                   const LiveEdge* edges,
@@ -85,8 +86,9 @@ __attribute__((always_inline)) inline void edge_squares_body(const T* x, int64_t
 }
 
 // Coordinates [k0, k1) of every live edge's steps, in the edges' order, into g: row r's
-// coordinate k at g[r * gs + k - k0] (the gradient itself, or a task's own block of it).
-template <typename T, int Bytes>
+// coordinate k at g[r * gs + k - k0] (the gradient itself, or a task's own block of it). Vex:
+// false for the baseline build, whose float32 steps are 256 bits in SSE register pairs (widen).
+template <typename T, int Bytes, bool Vex = true>
 __attribute__((always_inline)) inline void scatter_edges_body(const T* x, int64_t dim,
                                                               const LiveEdge* edges,
                                                               int64_t count, int64_t k0,
@@ -106,8 +108,8 @@ __attribute__((always_inline)) inline void scatter_edges_body(const T* x, int64_
     int64_t k = 0;
     for (; k + L <= w; k += L) {
       VD a, b;
-      load_wide<VD, L>(a, xu + k);
-      load_wide<VD, L>(b, xv + k);
+      load_wide<VD, L, T, Vex>(a, xu + k);
+      load_wide<VD, L, T, Vex>(b, xv + k);
       const VT step = __builtin_convertvector(sv * ((a - b) * mv), VT);
       VT p, q;
       load(p, gu + k);
@@ -178,7 +180,7 @@ void scatter_edges(const T* x, int64_t dim, const LiveEdge* edges, int64_t count
 #endif
   // Four floats a step (two SSE registers of doubles converted into one of floats): two a
   // step, through 8-byte vectors, ran 1.3x slower. Doubles two a step, as the registers hold.
-  scatter_edges_body<T, sizeof(T) == 4 ? 32 : 16>(x, dim, edges, count, k0, k1, g, gs);
+  scatter_edges_body<T, sizeof(T) == 4 ? 32 : 16, false>(x, dim, edges, count, k0, k1, g, gs);
 }
 
 // edges[r].scale = tsl::edge_scale(g, x_u, x_v, dim) for r in [r0, r1), the lengths summed by
