@@ -278,11 +278,15 @@ __attribute__((always_inline)) inline void squared_distance_tile(const double* c
   for (int p = 0; p < TI * TJ; ++p) out[p] = tsl::lane_tree(lanes + p * kDistanceLanes);
 }
 
+// The pairs (a, b) of rows inside a block of four: the six with b < a, then the four a = b (the
+// Gram kernel's norms).
+constexpr int kBlockPairA[10] = {1, 2, 2, 3, 3, 3, 0, 1, 2, 3};
+constexpr int kBlockPairB[10] = {0, 0, 1, 0, 1, 2, 0, 1, 2, 3};
+
 // The canonical lane sums of the six pairs (a, b), b < a, among four rows xi (double), side by
 // side: lanes[p * 8 + l] for the pairs in kBlockPairA/B order. One pair at a time, each pair's
 // sums were one chain of dependent adds: at 16 points those pairs, a fifth of all, took two fifths
 // of the row kernel.
-constexpr int kBlockPairA[6] = {1, 2, 2, 3, 3, 3}, kBlockPairB[6] = {0, 0, 1, 0, 1, 2};
 
 template <int Bytes>
 __attribute__((always_inline)) inline void block_pair_lane_sums(const double* const* xi,
@@ -335,8 +339,9 @@ __attribute__((always_inline)) inline const double* wide_row(const T* row, int64
 // Squared distances of rows [i0, i1) of one cloud x (n, dim) to every earlier row (and to each
 // other): sq[(i - i0) * n + j] for i0 <= i < i1 and j < i. `wide` is scratch for
 // min(i1 - i0, 4) * dim doubles.
-// The path of clouds too large for the whole-cloud kernel: a block of four rows against earlier
-// rows two at a time, the block's own pairs one by one.
+// The path of clouds too large for the whole-cloud kernel, and of few clouds' rows shared among
+// the threads: a block of four rows against earlier rows two at a time (four at a time with
+// AVX-512 ran no faster), the block's own six pairs side by side.
 template <typename T, int Bytes>
 __attribute__((always_inline)) inline void lower_rows_body(const T* x, int64_t n, int64_t dim,
                                                            int64_t i0, int64_t i1, double* sq,
@@ -423,7 +428,6 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
   constexpr bool Fused = Bytes >= 32;  // the AVX2 and AVX-512 builds have FMA
   const int64_t carried = (16 * blocks * (blocks - 1) / 2 + P * blocks) * E;
   for (int64_t v = 0; v < carried; ++v) part[v] = 0.0;
-  const int ia[10] = {1, 2, 2, 3, 3, 3, 0, 1, 2, 3}, ib[10] = {0, 0, 1, 0, 1, 2, 0, 1, 2, 3};
   for (int64_t k0 = 0; k0 < dim; k0 += kChunk) {
     const int64_t kc = dim - k0 < kChunk ? dim - k0 : kChunk;
     const int64_t width = (kc + E - 1) / E * E;
@@ -494,9 +498,9 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
           TSL_UNROLL for (int a = 0; a < kBlock; ++a) load(u[a], xi + a * kStride + k);
           TSL_UNROLL for (int p = 0; p < P; ++p) {
             if constexpr (Gram) {
-              multiply_add<Fused>(acc[p], u[ia[p]], u[ib[p]]);
+              multiply_add<Fused>(acc[p], u[kBlockPairA[p]], u[kBlockPairB[p]]);
             } else {
-              const VD t = u[ia[p]] - u[ib[p]];
+              const VD t = u[kBlockPairA[p]] - u[kBlockPairB[p]];
               acc[p] += t * t;
             }
           }
@@ -514,8 +518,9 @@ __attribute__((always_inline)) inline void lower_cloud_body(const T* x, int64_t 
           if (bi * kBlock + a < n)
             sq[(bi * kBlock + a) * n + bj * kBlock + b] = tsl::lane_tree(carry + (a * kBlock + b) * E);
     TSL_UNROLL for (int p = 0; p < P; ++p)
-      if (bi * kBlock + ia[p] < n)
-        sq[(bi * kBlock + ia[p]) * n + bi * kBlock + ib[p]] = tsl::lane_tree(carry + p * E);
+      if (bi * kBlock + kBlockPairA[p] < n)
+        sq[(bi * kBlock + kBlockPairA[p]) * n + bi * kBlock + kBlockPairB[p]] =
+            tsl::lane_tree(carry + p * E);
     carry += P * E;
   }
 }
