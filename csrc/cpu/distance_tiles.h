@@ -316,7 +316,8 @@ __attribute__((always_inline)) inline void block_pair_lane_sums(const double* co
 }
 
 // Row `row` of x as double: itself for float64, else widened into buf, in the caller's vectors
-// (an out-of-line copy ran at SSE2 width in every build).
+// (the plain loop, left to GCC's vectoriser, ran on 128-bit vectors in the AVX2 build and on
+// split conversions in the AVX-512 one).
 template <typename T, int Bytes>
 __attribute__((always_inline)) inline const double* wide_row(const T* row, int64_t dim,
                                                              double* buf) {
