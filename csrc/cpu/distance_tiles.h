@@ -99,8 +99,9 @@ __attribute__((always_inline)) inline void store(void* p, const V& v) {
 // Float lanes widened to double, exactly. GCC 12 splits __builtin_convertvector of 8 floats to a
 // 512-bit vector (and of 4 to a 256-bit one) into two conversions of half the width, a lane
 // extract and an insert: four instructions where vcvtps2pd is one. In the row kernel, which widens
-// every point vector it loads, that took a third of its instructions (one float32 prompt of
-// 16 points in 2048 dimensions ran at 0.6x the float64 one). Vex: the caller's build has AVX
+// every point vector it loads, that was eight of a tile step's ~40 instructions (one float32
+// prompt of 16 points in 2048 dimensions ran at 0.68x the float64 one's speed, 0.75x with this
+// and the in-block pairs below). Vex: the caller's build has AVX
 // (the baseline build's scatter holds 256-bit vectors in SSE register pairs, which asm cannot
 // name; a wrong Vex fails to compile, "impossible constraint").
 template <bool Vex, typename VD, typename VT>
@@ -287,7 +288,6 @@ constexpr int kBlockPairB[10] = {0, 0, 1, 0, 1, 2, 0, 1, 2, 3};
 // side: lanes[p * 8 + l] for the pairs in kBlockPairA/B order. One pair at a time, each pair's
 // sums were one chain of dependent adds: at 16 points those pairs, a fifth of all, took two fifths
 // of the row kernel.
-
 template <int Bytes>
 __attribute__((always_inline)) inline void block_pair_lane_sums(const double* const* xi,
                                                                 int64_t dim, double* lanes) {
