@@ -244,13 +244,8 @@ __attribute__((always_inline)) inline double uniform_weight_rows_body(int64_t n,
     T* Wi = W + i * n4;
     int64_t j = 0;
     for (; j + L <= i; j += L) {
-      VT dt;
-      load(dt, di + j);
       VD dv;
-      if constexpr (std::is_same<T, float>::value)
-        widen<(Bytes >= 32)>(dv, dt);
-      else
-        dv = __builtin_convertvector(dt, VD);
+      load_wide<VD, L>(dv, di + j);
       const auto pos = dv > zero;
       const VD q = pos ? wv / dv : zero;
       const VT qt = __builtin_convertvector(q, VT);

@@ -933,10 +933,8 @@ __attribute__((always_inline)) inline void centre_sums(const float* const* rows,
   TSL_UNROLL for (int v = 0; v < V; ++v) acc[v] = VD{};
   for (int64_t r = 0; r < count; ++r)
     TSL_UNROLL for (int v = 0; v < V; ++v) {
-      VF f;
-      load(f, rows[r] + k + v * L);
       VD d;
-      widen<(Bytes >= 32)>(d, f);
+      load_wide<VD, L>(d, rows[r] + k + v * L);
       acc[v] += d;
     }
   const VD divisor = VD{} + double(count);
