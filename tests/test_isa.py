@@ -213,9 +213,11 @@ def test_tsloss_same_bits_in_every_build_and_layout(rng, dtype, restore_isa):
     opts = dict(connectivity=1.0, redundancy=1.0, reduction="none")
     try:
         # d = 300: several coordinate chunks of the backward, in place and through scratch, each
-        # prefetching the next (the next cloud's first at a cloud's end); (40, 700, 3) at two
-        # threads: fewer clouds than twice the threads, whose chunks the threads share.
-        for n, d, b in [(12, 7, 5), (40, 33, 4), (70, 9, 3), (20, 300, 5), (40, 700, 3)]:
+        # prefetching the next (the next cloud's first at a cloud's end); d = 512: rows 2 or 4 KB
+        # apart, whose sums run in scratch; (40, 700, 3) at two threads: fewer clouds than twice
+        # the threads, whose chunks the threads share.
+        for n, d, b in [(12, 7, 5), (40, 33, 4), (70, 9, 3), (20, 300, 5), (16, 512, 3),
+                        (40, 700, 3)]:
             x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
             results = []
             for isa, t in _builds_and_threads(threads):
@@ -247,7 +249,7 @@ def test_pairwise_distance_gradient_same_bits_everywhere(rng, dtype, restore_isa
     points (distance 0) get no direction."""
     threads = torch.get_num_threads()
     try:
-        for n, d, b in [(5, 3, 6), (16, 130, 5), (33, 300, 4), (64, 700, 3)]:
+        for n, d, b in [(5, 3, 6), (16, 130, 5), (16, 512, 4), (33, 300, 4), (64, 700, 3)]:
             x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
             x[:, -1] = x[:, 0]  # a duplicate pair in every cloud
             grad = torch.tensor(rng.standard_normal((b, n, n)), dtype=dtype)

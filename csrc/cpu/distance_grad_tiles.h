@@ -56,9 +56,30 @@ __attribute__((always_inline)) inline bool tile_weights(const A* block, int64_t 
   return (nonzero[0] | nonzero[1] | nonzero[2] | nonzero[3]) != 0;
 }
 
-// gs (n4 rows of C, zero on entry) += the pair terms of rows xs (n4 rows of C, padding rows and
-// coordinates zero) under W (n4 x n4, read below the diagonal; zero for padding rows). Rows of
-// xs and gs are S apart. C is a multiple of 16. pf: the next chunk's lines, a few per tile.
+// Stores the C values of row block blk's four rows of src (rows Ss apart) to dst (rows Sd apart);
+// with src nullptr, zeros.
+template <typename A, int Bytes>
+__attribute__((always_inline)) inline void store_block(A* dst, int64_t Sd, const A* src,
+                                                       int64_t Ss, int64_t blk, int64_t C) {
+  using VD = typename Vec<A, Bytes>::type;
+  constexpr int L = Vec<A, Bytes>::lanes;
+  for (int a = 0; a < 4; ++a)
+    for (int64_t k = 0; k < C; k += L) {
+      VD v = VD{};
+      if (src != nullptr) load(v, src + (blk * 4 + a) * Ss + k);
+      memcpy(dst + (blk * 4 + a) * Sd + k, &v, sizeof(VD));
+    }
+}
+
+// The pair terms of rows xs (n4 rows of C, rows Sx apart; padding rows and coordinates zero)
+// under W (n4 x n4, read below the diagonal; zero for padding rows), summed into gs (rows Sg
+// apart). C is a multiple of 16. pf: the next chunk's lines, a few per tile.
+//   - Split false: gs holds the result, zero on entry, rows Sx apart (Sg, gf and Sf unused).
+//   - Split true: gs is scratch, zeroed here one row block at a time as the blocks come in, and
+//     the sums go to gf (rows Sf apart) as they finish: the last row block's tiles are the last
+//     to touch each block. For points rows a multiple of 2 KB apart (pair_grad_chunk). A
+//     template argument, so that the other paths compile as before (a run-time choice cost the
+//     AVX2 build 3-10 % in place at (16, 768) and (256, 768)).
 //
 // Which of a tile's operations run on the FMA units as FMAs by one (subtract, add_into,
 // subtract_from: each the plain operation's bits). Per pair and vector a tile does a subtract, a
@@ -72,32 +93,42 @@ __attribute__((always_inline)) inline bool tile_weights(const A* block, int64_t 
 //     with half the registers, ran 0.87x as fast that way, so it keeps subtracts.
 enum class FmaOps { none, subtracts, column_sums };
 
-template <typename A, int Bytes, FmaOps Fma>
-__attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, const A* W,
-                                                                int64_t n4, int64_t C, int64_t S,
-                                                                A* gs, RowPrefetch& pf) {
+template <typename A, int Bytes, FmaOps Fma, bool Split>
+__attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, int64_t Sx,
+                                                                const A* W, int64_t n4, int64_t C,
+                                                                A* gs, int64_t Sg_, A* gf,
+                                                                int64_t Sf, RowPrefetch& pf) {
+  const int64_t Sg = Split ? Sg_ : Sx;
   using VD = typename Vec<A, Bytes>::type;
   constexpr int L = Vec<A, Bytes>::lanes;
   const int64_t steps = C / L, blocks = n4 / 4;
   const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
   for (int64_t bi = 0; bi < blocks; ++bi) {
-    const A* xi = xs + bi * 4 * S;
-    A* gi = gs + bi * 4 * S;
+    const A* xi = xs + bi * 4 * Sx;
+    A* gi = gs + bi * 4 * Sg;
+    // The last row block's tiles finish each earlier block's sums: they store them to gf.
+    const bool last = Split && bi == blocks - 1;
+    if (Split) store_block<A, Bytes>(gs, Sg, nullptr, 0, bi, C);
     for (int64_t bj = 0; bj < bi; ++bj) {
       pf.step();
       alignas(64) A w[4][4];
-      if (!tile_weights(W + bi * 4 * n4 + bj * 4, n4, w)) continue;
-      const A* xj = xs + bj * 4 * S;
-      A* gj = gs + bj * 4 * S;
+      if (!tile_weights(W + bi * 4 * n4 + bj * 4, n4, w)) {
+        if (last) store_block<A, Bytes>(gf, Sf, gs, Sg, bj, C);
+        continue;
+      }
+      const A* xj = xs + bj * 4 * Sx;
+      A* gj = gs + bj * 4 * Sg;
+      A* const gj_out = last ? gf + bj * 4 * Sf : gj;
+      const int64_t Sj_out = last ? Sf : Sg;
       for (int64_t s = 0; s < steps; ++s) {
         VD u[4], v[4], ga[4], gb[4];
         TSL_UNROLL for (int a = 0; a < 4; ++a) {
-          load(u[a], xi + a * S + s * L);
-          load(ga[a], gi + a * S + s * L);
+          load(u[a], xi + a * Sx + s * L);
+          load(ga[a], gi + a * Sg + s * L);
         }
         TSL_UNROLL for (int b = 0; b < 4; ++b) {
-          load(v[b], xj + b * S + s * L);
-          load(gb[b], gj + b * S + s * L);
+          load(v[b], xj + b * Sx + s * L);
+          load(gb[b], gj + b * Sg + s * L);
         }
         // All sixteen terms first, then short sums into the gradients: chains of one add per
         // row rather than four dependent ones.
@@ -116,8 +147,9 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
           add_into<adds>(t[0][b], t[2][b]);
           subtract_from<adds>(gb[b], t[0][b]);
         }
-        TSL_UNROLL for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &ga[a], sizeof(VD));
-        TSL_UNROLL for (int b = 0; b < 4; ++b) memcpy(gj + b * S + s * L, &gb[b], sizeof(VD));
+        TSL_UNROLL for (int a = 0; a < 4; ++a) memcpy(gi + a * Sg + s * L, &ga[a], sizeof(VD));
+        TSL_UNROLL for (int b = 0; b < 4; ++b)
+          memcpy(gj_out + b * Sj_out + s * L, &gb[b], sizeof(VD));
       }
     }
     // The six pairs inside the block.
@@ -128,12 +160,17 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
       w[p] = W[(bi * 4 + ia[p]) * n4 + bi * 4 + ib[p]];
       any |= w[p] != A(0);
     }
-    if (!any) continue;
+    if (!any) {
+      if (last) store_block<A, Bytes>(gf, Sf, gs, Sg, bi, C);
+      continue;
+    }
+    A* const gi_out = last ? gf + bi * 4 * Sf : gi;  // the last block's own pairs finish it
+    const int64_t Si_out = last ? Sf : Sg;
     for (int64_t s = 0; s < steps; ++s) {
       VD u[4], g[4];
       TSL_UNROLL for (int a = 0; a < 4; ++a) {
-        load(u[a], xi + a * S + s * L);
-        load(g[a], gi + a * S + s * L);
+        load(u[a], xi + a * Sx + s * L);
+        load(g[a], gi + a * Sg + s * L);
       }
       TSL_UNROLL for (int p = 0; p < 6; ++p) {
         VD t;
@@ -142,50 +179,56 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, con
         g[ia[p]] += t;
         g[ib[p]] -= t;
       }
-      TSL_UNROLL for (int a = 0; a < 4; ++a) memcpy(gi + a * S + s * L, &g[a], sizeof(VD));
+      TSL_UNROLL for (int a = 0; a < 4; ++a)
+        memcpy(gi_out + a * Si_out + s * L, &g[a], sizeof(VD));
     }
   }
 }
 
 #ifdef TSL_X86_LEVELS
-template <typename A>
+template <typename A, bool Split>
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void pair_grad_chunk_v4(
-    const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs, RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 64, FmaOps::column_sums>(xs, W, n4, C, S, gs, pf);
+    const A* xs, int64_t Sx, const A* W, int64_t n4, int64_t C, A* gs, int64_t Sg, A* gf,
+    int64_t Sf, RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 64, FmaOps::column_sums, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
 }
-template <typename A>
-__attribute__((target("avx2,fma"))) void pair_grad_chunk_v3(const A* xs, const A* W, int64_t n4,
-                                                           int64_t C, int64_t S, A* gs,
-                                                           RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 32, FmaOps::subtracts>(xs, W, n4, C, S, gs, pf);
+template <typename A, bool Split>
+__attribute__((target("avx2,fma"))) void pair_grad_chunk_v3(
+    const A* xs, int64_t Sx, const A* W, int64_t n4, int64_t C, A* gs, int64_t Sg, A* gf,
+    int64_t Sf, RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 32, FmaOps::subtracts, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
 }
 #endif
 
-template <typename A>
-void pair_grad_chunk_base(const A* xs, const A* W, int64_t n4, int64_t C, int64_t S, A* gs,
-                          RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 16, FmaOps::none>(xs, W, n4, C, S, gs, pf);
+template <typename A, bool Split>
+void pair_grad_chunk_base(const A* xs, int64_t Sx, const A* W, int64_t n4, int64_t C, A* gs,
+                          int64_t Sg, A* gf, int64_t Sf, RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 16, FmaOps::none, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
 }
 
-template <typename T>
-void pair_grad_dispatch(const T* xs, const T* W, int64_t n4, int64_t C, int64_t S, T* gs,
-                        RowPrefetch& pf) {
+template <typename T, bool Split>
+void pair_grad_dispatch(const T* xs, int64_t Sx, const T* W, int64_t n4, int64_t C, T* gs,
+                        int64_t Sg, T* gf, int64_t Sf, RowPrefetch& pf) {
 #ifdef TSL_X86_LEVELS
-  if (x86_level() == 4) return pair_grad_chunk_v4<T>(xs, W, n4, C, S, gs, pf);
-  if (x86_level() == 3) return pair_grad_chunk_v3<T>(xs, W, n4, C, S, gs, pf);
+  if (x86_level() == 4)
+    return pair_grad_chunk_v4<T, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
+  if (x86_level() == 3)
+    return pair_grad_chunk_v3<T, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
 #endif
-  pair_grad_chunk_base<T>(xs, W, n4, C, S, gs, pf);
+  pair_grad_chunk_base<T, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
 }
 
 // gx[:, k0:k0+kc] of one cloud x (n, dim) under W (n4 x n4, see pair_grad_chunk_body). When the
-// cloud fills its row blocks and the chunk its vectors (n % 4 == 0, kc % 16 == 0), its rows start
-// on cache lines (x, gx and the row length multiples of 64 bytes) and are not a multiple of 2 KB
-// apart, the tiles read x and add into gx in place. Rows off the lines (D = 2047 or 2050 doubles)
-// split a load or store in every vector there: 1.5-2.0x slower than through scratch at
-// (64, 2047), AVX-512 (benchmarks/README.md, "Backward rows off the cache lines"). Otherwise
-// through scratch of 2 * n4 * C values (C: kc rounded up to 16), zero-padded: the sixteen rows
-// a tile touches, 8 KB apart at D = 2048 floats, would share L1 sets (in place was 0.8x as fast
-// at (64,4096,16), 1.3x faster at (16,768,64), one thread). next_x, next_g, next_kc: where the
+// cloud fills its row blocks and the chunk its vectors (n % 4 == 0, kc % 16 == 0) and its rows
+// start on cache lines (x, gx and the row length multiples of 64 bytes), the tiles read x in
+// place. They add into gx in place too unless its rows are a multiple of 2 KB apart (D = 2048
+// or 4096 floats): then the sixteen rows a tile touches would share L1 sets (x and gx in place
+// ran 0.8x as fast as through scratch at (64, 4096, 16)), and the sums run in scratch of
+// n4 * kc values, stored to gx as they finish (pair_grad_chunk_body). Rows off the lines
+// (D = 2047 or 2050 doubles) split a load or store in every vector there: 1.5-2.0x slower than
+// through scratch at (64, 2047), AVX-512 (benchmarks/README.md, "Backward rows off the cache
+// lines"). Those, and clouds that do not fill their blocks or chunks, run through scratch of
+// 2 * n4 * C values (C: kc rounded up to 16), zero-padded. next_x, next_g, next_kc: where the
 // chunk that comes after this one starts (rows dim apart, as here; nullptr if none),
 // prefetched meanwhile.
 template <typename T>
@@ -200,9 +243,13 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
   const int64_t row_bytes = dim * int64_t(sizeof(T));
   const bool lines = row_bytes % 64 == 0 && reinterpret_cast<uintptr_t>(x + k0) % 64 == 0 &&
                      reinterpret_cast<uintptr_t>(gx + k0) % 64 == 0;
-  if (n == n4 && kc % 16 == 0 && lines && row_bytes % 2048 != 0) {
+  if (n == n4 && kc % 16 == 0 && lines) {
+    if (row_bytes % 2048 == 0) {
+      pair_grad_dispatch<T, true>(x + k0, dim, W, n4, kc, scratch, kc, gx + k0, dim, pf);
+      return;
+    }
     for (int64_t r = 0; r < n; ++r) memset(gx + r * dim + k0, 0, sizeof(T) * kc);
-    pair_grad_dispatch<T>(x + k0, W, n4, kc, dim, gx + k0, pf);
+    pair_grad_dispatch<T, false>(x + k0, dim, W, n4, kc, gx + k0, 0, nullptr, 0, pf);
     return;
   }
   const int64_t C = (kc + 15) & ~int64_t(15);
@@ -218,7 +265,7 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
     for (; k < C; ++k) row[k] = T(0);
   }
   for (int64_t v = 0; v < n4 * C; ++v) gs[v] = T(0);
-  pair_grad_dispatch<T>(xs, W, n4, C, C, gs, pf);
+  pair_grad_dispatch<T, false>(xs, C, W, n4, C, gs, 0, nullptr, 0, pf);
   for (int64_t r = 0; r < n; ++r) memcpy(gx + r * dim + k0, gs + r * C, sizeof(T) * kc);
 }
 
