@@ -214,10 +214,11 @@ def test_tsloss_same_bits_in_every_build_and_layout(rng, dtype, restore_isa):
     try:
         # d = 300: several coordinate chunks of the backward, in place and through scratch, each
         # prefetching the next (the next cloud's first at a cloud's end); d = 512: rows 2 or 4 KB
-        # apart, whose sums run in scratch; (40, 700, 3) at two threads: fewer clouds than twice
-        # the threads, whose chunks the threads share.
+        # apart, and (10, 64): a last row block of two points, whose sums run in scratch;
+        # (40, 700, 3) at two threads: fewer clouds than twice the threads, whose chunks the
+        # threads share.
         for n, d, b in [(12, 7, 5), (40, 33, 4), (70, 9, 3), (20, 300, 5), (16, 512, 3),
-                        (40, 700, 3)]:
+                        (10, 64, 4), (40, 700, 3)]:
             x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
             results = []
             for isa, t in _builds_and_threads(threads):
@@ -249,7 +250,10 @@ def test_pairwise_distance_gradient_same_bits_everywhere(rng, dtype, restore_isa
     points (distance 0) get no direction."""
     threads = torch.get_num_threads()
     try:
-        for n, d, b in [(5, 3, 6), (16, 130, 5), (16, 512, 4), (33, 300, 4), (64, 700, 3)]:
+        # d = 512: rows 2 or 4 KB apart; (10, 64): a last row block of two points; both sum in
+        # scratch and store the sums as they finish.
+        for n, d, b in [(5, 3, 6), (16, 130, 5), (16, 512, 4), (10, 64, 4), (33, 300, 4),
+                        (64, 700, 3)]:
             x = torch.tensor(3.0 + rng.standard_normal((b, n, d)), dtype=dtype)
             x[:, -1] = x[:, 0]  # a duplicate pair in every cloud
             grad = torch.tensor(rng.standard_normal((b, n, n)), dtype=dtype)

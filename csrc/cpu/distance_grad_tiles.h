@@ -56,14 +56,15 @@ __attribute__((always_inline)) inline bool tile_weights(const A* block, int64_t 
   return (nonzero[0] | nonzero[1] | nonzero[2] | nonzero[3]) != 0;
 }
 
-// Stores the C values of row block blk's four rows of src (rows Ss apart) to dst (rows Sd apart);
-// with src nullptr, zeros.
+// Stores the C values of the first `rows` rows of row block blk of src (rows Ss apart) to dst
+// (rows Sd apart); with src nullptr, zeros.
 template <typename A, int Bytes>
 __attribute__((always_inline)) inline void store_block(A* dst, int64_t Sd, const A* src,
-                                                       int64_t Ss, int64_t blk, int64_t C) {
+                                                       int64_t Ss, int64_t blk, int64_t C,
+                                                       int rows = 4) {
   using VD = typename Vec<A, Bytes>::type;
   constexpr int L = Vec<A, Bytes>::lanes;
-  for (int a = 0; a < 4; ++a)
+  for (int a = 0; a < rows; ++a)
     for (int64_t k = 0; k < C; k += L) {
       VD v = VD{};
       if (src != nullptr) load(v, src + (blk * 4 + a) * Ss + k);
@@ -71,15 +72,27 @@ __attribute__((always_inline)) inline void store_block(A* dst, int64_t Sd, const
     }
 }
 
+// Where pair_grad_chunk_body's split sums go as they finish: to g, rows `stride` apart. A cloud
+// that does not fill its last row block has that block's points in last_x (4 rows of C,
+// zero-padded; nullptr: in xs with the others), and only its last_rows real rows are stored.
+template <typename A>
+struct FinishedSums {
+  A* g = nullptr;
+  int64_t stride = 0;
+  const A* last_x = nullptr;
+  int last_rows = 4;
+};
+
 // The pair terms of rows xs (n4 rows of C, rows Sx apart; padding rows and coordinates zero)
-// under W (n4 x n4, read below the diagonal; zero for padding rows), summed into gs (rows Sg
-// apart). C is a multiple of 16. pf: the next chunk's lines, a few per tile.
-//   - Split false: gs holds the result, zero on entry, rows Sx apart (Sg, gf and Sf unused).
-//   - Split true: gs is scratch, zeroed here one row block at a time as the blocks come in, and
-//     the sums go to gf (rows Sf apart) as they finish: the last row block's tiles are the last
-//     to touch each block. For points rows a multiple of 2 KB apart (pair_grad_chunk). A
-//     template argument, so that the other paths compile as before (a run-time choice cost the
-//     AVX2 build 3-10 % in place at (16, 768) and (256, 768)).
+// under W (n4 x n4, read below the diagonal; zero for padding rows), summed into gs. C is a
+// multiple of 16. pf: the next chunk's lines, a few per tile.
+//   - Split false: gs holds the result, zero on entry, rows Sx apart (Sg and out unused).
+//   - Split true: gs is scratch (rows Sg apart), zeroed here one row block at a time as the
+//     blocks come in, and the sums go to out as they finish: the last row block's tiles are the
+//     last to touch each block. For rows a multiple of 2 KB apart, and clouds that do not fill
+//     their last block (pair_grad_chunk). A template argument, so that the other paths compile
+//     as before (a run-time choice cost the AVX2 build 3-10 % in place at (16, 768) and
+//     (256, 768)).
 //
 // Which of a tile's operations run on the FMA units as FMAs by one (subtract, add_into,
 // subtract_from: each the plain operation's bits). Per pair and vector a tile does a subtract, a
@@ -96,18 +109,24 @@ enum class FmaOps { none, subtracts, column_sums };
 template <typename A, int Bytes, FmaOps Fma, bool Split>
 __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, int64_t Sx,
                                                                 const A* W, int64_t n4, int64_t C,
-                                                                A* gs, int64_t Sg_, A* gf,
-                                                                int64_t Sf, RowPrefetch& pf) {
+                                                                A* gs, int64_t Sg_,
+                                                                const FinishedSums<A>& out,
+                                                                RowPrefetch& pf) {
   const int64_t Sg = Split ? Sg_ : Sx;
+  A* const gf = out.g;
+  const int64_t Sf = out.stride;
   using VD = typename Vec<A, Bytes>::type;
   constexpr int L = Vec<A, Bytes>::lanes;
   const int64_t steps = C / L, blocks = n4 / 4;
   const int ia[6] = {1, 2, 2, 3, 3, 3}, ib[6] = {0, 0, 1, 0, 1, 2};
   for (int64_t bi = 0; bi < blocks; ++bi) {
-    const A* xi = xs + bi * 4 * Sx;
-    A* gi = gs + bi * 4 * Sg;
     // The last row block's tiles finish each earlier block's sums: they store them to gf.
     const bool last = Split && bi == blocks - 1;
+    const bool own_x = last && out.last_x != nullptr;
+    const A* xi = own_x ? out.last_x : xs + bi * 4 * Sx;
+    const int64_t Sxi = own_x ? C : Sx;
+    const int rows = last ? out.last_rows : 4;
+    A* gi = gs + bi * 4 * Sg;
     if (Split) store_block<A, Bytes>(gs, Sg, nullptr, 0, bi, C);
     for (int64_t bj = 0; bj < bi; ++bj) {
       pf.step();
@@ -123,7 +142,7 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, int
       for (int64_t s = 0; s < steps; ++s) {
         VD u[4], v[4], ga[4], gb[4];
         TSL_UNROLL for (int a = 0; a < 4; ++a) {
-          load(u[a], xi + a * Sx + s * L);
+          load(u[a], xi + a * Sxi + s * L);
           load(ga[a], gi + a * Sg + s * L);
         }
         TSL_UNROLL for (int b = 0; b < 4; ++b) {
@@ -161,7 +180,7 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, int
       any |= w[p] != A(0);
     }
     if (!any) {
-      if (last) store_block<A, Bytes>(gf, Sf, gs, Sg, bi, C);
+      if (last) store_block<A, Bytes>(gf, Sf, gs, Sg, bi, C, rows);
       continue;
     }
     A* const gi_out = last ? gf + bi * 4 * Sf : gi;  // the last block's own pairs finish it
@@ -169,7 +188,7 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, int
     for (int64_t s = 0; s < steps; ++s) {
       VD u[4], g[4];
       TSL_UNROLL for (int a = 0; a < 4; ++a) {
-        load(u[a], xi + a * Sx + s * L);
+        load(u[a], xi + a * Sxi + s * L);
         load(g[a], gi + a * Sg + s * L);
       }
       TSL_UNROLL for (int p = 0; p < 6; ++p) {
@@ -180,7 +199,7 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, int
         g[ib[p]] -= t;
       }
       TSL_UNROLL for (int a = 0; a < 4; ++a)
-        memcpy(gi_out + a * Si_out + s * L, &g[a], sizeof(VD));
+        if (a < rows) memcpy(gi_out + a * Si_out + s * L, &g[a], sizeof(VD));
     }
   }
 }
@@ -188,49 +207,48 @@ __attribute__((always_inline)) inline void pair_grad_chunk_body(const A* xs, int
 #ifdef TSL_X86_LEVELS
 template <typename A, bool Split>
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void pair_grad_chunk_v4(
-    const A* xs, int64_t Sx, const A* W, int64_t n4, int64_t C, A* gs, int64_t Sg, A* gf,
-    int64_t Sf, RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 64, FmaOps::column_sums, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
+    const A* xs, int64_t Sx, const A* W, int64_t n4, int64_t C, A* gs, int64_t Sg,
+    const FinishedSums<A>& out, RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 64, FmaOps::column_sums, Split>(xs, Sx, W, n4, C, gs, Sg, out, pf);
 }
 template <typename A, bool Split>
 __attribute__((target("avx2,fma"))) void pair_grad_chunk_v3(
-    const A* xs, int64_t Sx, const A* W, int64_t n4, int64_t C, A* gs, int64_t Sg, A* gf,
-    int64_t Sf, RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 32, FmaOps::subtracts, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
+    const A* xs, int64_t Sx, const A* W, int64_t n4, int64_t C, A* gs, int64_t Sg,
+    const FinishedSums<A>& out, RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 32, FmaOps::subtracts, Split>(xs, Sx, W, n4, C, gs, Sg, out, pf);
 }
 #endif
 
 template <typename A, bool Split>
 void pair_grad_chunk_base(const A* xs, int64_t Sx, const A* W, int64_t n4, int64_t C, A* gs,
-                          int64_t Sg, A* gf, int64_t Sf, RowPrefetch& pf) {
-  pair_grad_chunk_body<A, 16, FmaOps::none, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
+                          int64_t Sg, const FinishedSums<A>& out, RowPrefetch& pf) {
+  pair_grad_chunk_body<A, 16, FmaOps::none, Split>(xs, Sx, W, n4, C, gs, Sg, out, pf);
 }
 
 template <typename T, bool Split>
 void pair_grad_dispatch(const T* xs, int64_t Sx, const T* W, int64_t n4, int64_t C, T* gs,
-                        int64_t Sg, T* gf, int64_t Sf, RowPrefetch& pf) {
+                        int64_t Sg, const FinishedSums<T>& out, RowPrefetch& pf) {
 #ifdef TSL_X86_LEVELS
-  if (x86_level() == 4)
-    return pair_grad_chunk_v4<T, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
-  if (x86_level() == 3)
-    return pair_grad_chunk_v3<T, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
+  if (x86_level() == 4) return pair_grad_chunk_v4<T, Split>(xs, Sx, W, n4, C, gs, Sg, out, pf);
+  if (x86_level() == 3) return pair_grad_chunk_v3<T, Split>(xs, Sx, W, n4, C, gs, Sg, out, pf);
 #endif
-  pair_grad_chunk_base<T, Split>(xs, Sx, W, n4, C, gs, Sg, gf, Sf, pf);
+  pair_grad_chunk_base<T, Split>(xs, Sx, W, n4, C, gs, Sg, out, pf);
 }
 
 // gx[:, k0:k0+kc] of one cloud x (n, dim) under W (n4 x n4, see pair_grad_chunk_body). When the
-// cloud fills its row blocks and the chunk its vectors (n % 4 == 0, kc % 16 == 0) and its rows
-// start on cache lines (x, gx and the row length multiples of 64 bytes), the tiles read x in
-// place. They add into gx in place too unless its rows are a multiple of 2 KB apart (D = 2048
-// or 4096 floats): then the sixteen rows a tile touches would share L1 sets (x and gx in place
-// ran 0.8x as fast as through scratch at (64, 4096, 16)), and the sums run in scratch of
-// n4 * kc values, stored to gx as they finish (pair_grad_chunk_body). Rows off the lines
-// (D = 2047 or 2050 doubles) split a load or store in every vector there: 1.5-2.0x slower than
-// through scratch at (64, 2047), AVX-512 (benchmarks/README.md, "Backward rows off the cache
-// lines"). Those, and clouds that do not fill their blocks or chunks, run through scratch of
+// chunk fills its vectors (kc % 16 == 0) and the rows start on cache lines (x, gx and the row
+// length multiples of 64 bytes), the tiles read x in place. They add into gx in place too when
+// the cloud fills its row blocks (n % 4 == 0) and its rows are not a multiple of 2 KB apart.
+// Rows 2 KB apart (D = 2048 or 4096 floats) would put the sixteen rows a tile touches in the
+// same L1 sets (x and gx in place ran 0.8x as fast as through scratch at (64, 4096, 16)); there,
+// and for clouds that leave padding rows in their last block (whose points then come from
+// scratch), the sums run in scratch of (n4 + 4) * kc values and are stored to gx as they finish.
+// Rows off the lines (D = 2047 or 2050 doubles) split a load or store in every vector: 1.5-2.0x
+// slower than through scratch at (64, 2047), AVX-512 (benchmarks/README.md, "Backward rows off
+// the cache lines"). Those, and chunks that do not fill their vectors, run through scratch of
 // 2 * n4 * C values (C: kc rounded up to 16), zero-padded. next_x, next_g, next_kc: where the
-// chunk that comes after this one starts (rows dim apart, as here; nullptr if none),
-// prefetched meanwhile.
+// chunk that comes after this one starts (rows dim apart, as here; nullptr if none), prefetched
+// meanwhile.
 template <typename T>
 void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4, int64_t k0,
                      int64_t kc, T* scratch, T* gx, const T* next_x = nullptr,
@@ -243,13 +261,22 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
   const int64_t row_bytes = dim * int64_t(sizeof(T));
   const bool lines = row_bytes % 64 == 0 && reinterpret_cast<uintptr_t>(x + k0) % 64 == 0 &&
                      reinterpret_cast<uintptr_t>(gx + k0) % 64 == 0;
-  if (n == n4 && kc % 16 == 0 && lines) {
-    if (row_bytes % 2048 == 0) {
-      pair_grad_dispatch<T, true>(x + k0, dim, W, n4, kc, scratch, kc, gx + k0, dim, pf);
+  if (kc % 16 == 0 && lines) {
+    if (n == n4 && row_bytes % 2048 != 0) {
+      for (int64_t r = 0; r < n; ++r) memset(gx + r * dim + k0, 0, sizeof(T) * kc);
+      pair_grad_dispatch<T, false>(x + k0, dim, W, n4, kc, gx + k0, 0, {}, pf);
       return;
     }
-    for (int64_t r = 0; r < n; ++r) memset(gx + r * dim + k0, 0, sizeof(T) * kc);
-    pair_grad_dispatch<T, false>(x + k0, dim, W, n4, kc, gx + k0, 0, nullptr, 0, pf);
+    FinishedSums<T> out{gx + k0, dim};
+    if (n != n4) {  // the last block's points, zero-padded, after the sums
+      T* last_x = scratch + n4 * kc;
+      out.last_x = last_x;
+      out.last_rows = int(n - (n4 - 4));
+      for (int64_t a = 0; a < 4; ++a)
+        for (int64_t k = 0; k < kc; ++k)
+          last_x[a * kc + k] = a < out.last_rows ? x[(n4 - 4 + a) * dim + k0 + k] : T(0);
+    }
+    pair_grad_dispatch<T, true>(x + k0, dim, W, n4, kc, scratch, kc, out, pf);
     return;
   }
   const int64_t C = (kc + 15) & ~int64_t(15);
@@ -265,7 +292,7 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
     for (; k < C; ++k) row[k] = T(0);
   }
   for (int64_t v = 0; v < n4 * C; ++v) gs[v] = T(0);
-  pair_grad_dispatch<T, false>(xs, C, W, n4, C, gs, 0, nullptr, 0, pf);
+  pair_grad_dispatch<T, false>(xs, C, W, n4, C, gs, 0, {}, pf);
   for (int64_t r = 0; r < n; ++r) memcpy(gx + r * dim + k0, gs + r * C, sizeof(T) * kc);
 }
 

@@ -449,11 +449,11 @@ void test_uniform_weight_rows() {
 }
 
 // The distance backward's tiles (pairwise_distance, TSLoss) in every build, in place, with the
-// sums in scratch (rows a multiple of 2 KB apart: dim 512 and 1024) and all through
-// scratch, at the op's chunk width and at the narrowest, each chunk prefetching the next (the
-// next cloud's first at a cloud's end), against the scalar order bit for bit, zero signs
-// included. Some clouds weigh only a few pairs (normalize="none": the bars' edges), so that whole
-// tiles are skipped, and one none.
+// sums in scratch (rows a multiple of 2 KB apart: dim 512 and 1024; clouds of n % 4 != 0 at dim
+// 16, 512 and 1024) and all through scratch, at the op's chunk width and at the narrowest, each
+// chunk prefetching the next (the next cloud's first at a cloud's end), against the scalar order
+// bit for bit, zero signs included. Some clouds weigh only a few pairs (normalize="none": the
+// bars' edges), so that whole tiles are skipped, and one none.
 template <typename T>
 void test_pair_grad() {
   std::mt19937 rng(17);
@@ -467,7 +467,7 @@ void test_pair_grad() {
         std::vector<T> x(B * n * dim), W(B * n4 * n4, T(0)), ref(B * n * dim);
         for (T& v : x) v = static_cast<T>(3.0 + normal(rng));
         for (int64_t b = 0; b < B; ++b) {
-          const double keep = b == 0 ? 1.0 : b == 1 ? 0.1 : 0.0;
+          const double keep = b == 0 ? 0.0 : b == 1 ? 0.1 : 1.0;  // the last: every pair
           for (int64_t i = 1; i < n; ++i)
             for (int64_t j = 0; j < i; ++j)
               if (uniform(rng) < keep) W[b * n4 * n4 + i * n4 + j] = static_cast<T>(normal(rng));
@@ -477,23 +477,32 @@ void test_pair_grad() {
         // and 16 bytes off them (through scratch).
         for (int64_t chunk : {tsloss::cpu::grad_chunk(sizeof(T)), int64_t(16)})
           for (int64_t off : {int64_t(0), int64_t(16 / sizeof(T))}) {
-            tsloss::cpu::LineVector<T> xl(off + B * n * dim), gl(off + B * n * dim, T(-1));
+            // Clouds in descending order and 64 values past the last: a row written past a
+            // cloud's end lands in a cloud already checked or in the tail, and a point read
+            // past the last cloud's end is a NaN.
+            const int64_t tail = 64;
+            tsloss::cpu::LineVector<T> xl(off + B * n * dim + tail,
+                                          std::numeric_limits<T>::quiet_NaN());
+            tsloss::cpu::LineVector<T> gl(off + B * n * dim + tail, T(-1));
             std::copy(x.begin(), x.end(), xl.begin() + off);
             T* const xp = xl.data() + off;
             T* const gx = gl.data() + off;
             std::vector<T> scratch(2 * n4 * chunk);
             const int64_t chunks = (dim + chunk - 1) / chunk;
-            for (int64_t b = 0; b < B; ++b)
+            for (int64_t b = B - 1; b >= 0; --b)
               for (int64_t c = 0; c < chunks; ++c) {
                 const bool last = c + 1 == chunks;
-                const int64_t nb = last ? b + 1 : b, nk = last ? 0 : (c + 1) * chunk;
-                const bool next = nb < B;
+                const int64_t nb = last ? b - 1 : b, nk = last ? 0 : (c + 1) * chunk;
+                const bool next = nb >= 0;
                 tsloss::cpu::pair_grad_chunk(
                     &xp[b * n * dim], n, dim, &W[b * n4 * n4], n4, c * chunk,
                     std::min(chunk, dim - c * chunk), scratch.data(), &gx[b * n * dim],
                     next ? &xp[nb * n * dim + nk] : nullptr,
                     next ? &gx[nb * n * dim + nk] : nullptr, next ? std::min(chunk, dim - nk) : 0);
               }
+            for (int64_t e = B * n * dim; e < B * n * dim + tail; ++e)
+              CHECK(gx[e] == T(-1), "distance gradient tiles, level %d n=%lld dim=%lld: wrote "
+                    "past the last cloud", level, (long long)n, (long long)dim);
             for (int64_t e = 0; e < B * n * dim; ++e)
               CHECK(std::signbit(gx[e]) == std::signbit(ref[e]) && (gx[e] == ref[e]),
                     "distance gradient tiles, level %d n=%lld dim=%lld chunk=%lld off=%lld, "
