@@ -235,6 +235,22 @@ void pair_grad_dispatch(const T* xs, int64_t Sx, const T* W, int64_t n4, int64_t
   pair_grad_chunk_base<T, Split>(xs, Sx, W, n4, C, gs, Sg, out, pf);
 }
 
+// rows x width values at dst, row after row: the first `real` rows copied from src (kc <= width
+// values each, rows src_stride apart) and zero-padded, the rest zero.
+template <typename T>
+void copy_rows_zero_padded(T* dst, int64_t rows, int64_t width, const T* src, int64_t src_stride,
+                           int64_t real, int64_t kc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = dst + r * width;
+    int64_t k = 0;
+    if (r < real) {
+      memcpy(row, src + r * src_stride, sizeof(T) * kc);
+      k = kc;
+    }
+    for (; k < width; ++k) row[k] = T(0);
+  }
+}
+
 // gx[:, k0:k0+kc] of one cloud x (n, dim) under W (n4 x n4, see pair_grad_chunk_body). When the
 // chunk fills its vectors (kc % 16 == 0) and the rows start on cache lines (x, gx and the row
 // length multiples of 64 bytes), the tiles read x in place. They add into gx in place too when
@@ -272,9 +288,7 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
       T* last_x = scratch + n4 * kc;
       out.last_x = last_x;
       out.last_rows = int(n - (n4 - 4));
-      for (int64_t a = 0; a < 4; ++a)
-        for (int64_t k = 0; k < kc; ++k)
-          last_x[a * kc + k] = a < out.last_rows ? x[(n4 - 4 + a) * dim + k0 + k] : T(0);
+      copy_rows_zero_padded(last_x, 4, kc, x + (n4 - 4) * dim + k0, dim, out.last_rows, kc);
     }
     pair_grad_dispatch<T, true>(x + k0, dim, W, n4, kc, scratch, kc, out, pf);
     return;
@@ -282,15 +296,7 @@ void pair_grad_chunk(const T* x, int64_t n, int64_t dim, const T* W, int64_t n4,
   const int64_t C = (kc + 15) & ~int64_t(15);
   T* xs = scratch;
   T* gs = scratch + n4 * C;
-  for (int64_t r = 0; r < n4; ++r) {
-    T* row = xs + r * C;
-    int64_t k = 0;
-    if (r < n) {
-      memcpy(row, x + r * dim + k0, sizeof(T) * kc);
-      k = kc;
-    }
-    for (; k < C; ++k) row[k] = T(0);
-  }
+  copy_rows_zero_padded(xs, n4, C, x + k0, dim, n, kc);
   for (int64_t v = 0; v < n4 * C; ++v) gs[v] = T(0);
   pair_grad_dispatch<T, false>(xs, C, W, n4, C, gs, 0, {}, pf);
   for (int64_t r = 0; r < n; ++r) memcpy(gx + r * dim + k0, gs + r * C, sizeof(T) * kc);
