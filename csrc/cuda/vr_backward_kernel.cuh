@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "../core/edge_incidence.h"
 #include "../core/pairwise_distance.h"
 
 namespace tsl {
@@ -20,7 +21,8 @@ namespace vr_backward {
 
 constexpr int kThreads = 256;
 
-// Reported edge r of a cloud (h0 rows first, then per h1 row its birth and death edge).
+// Reported edge r of a cloud (h0 rows first, then per h1 row its birth and death edge), read
+// through edge_endpoints as the CPU op and the TSLoss kernels read them.
 struct EdgeRef {
   int64_t u, v;
   int64_t gi;  // flat index of its gradient in grad_h0 (gi >= 0) or grad_h1 (-1 - gi)
@@ -28,13 +30,11 @@ struct EdgeRef {
 
 __device__ __forceinline__ EdgeRef edge_ref(int64_t b, int64_t r, const int64_t* h0_edges,
                                             int64_t H0, const int64_t* h1_edges, int64_t K) {
-  if (r < H0) {
-    const int64_t* e = h0_edges + (b * H0 + r) * 2;
-    return EdgeRef{e[0], e[1], (b * H0 + r) * 2 + 1};
-  }
-  const int64_t q = (r - H0) / 2, side = (r - H0) % 2;
-  const int64_t* e = h1_edges + (b * K + q) * 4 + 2 * side;
-  return EdgeRef{e[0], e[1], -1 - ((b * K + q) * 2 + side)};
+  const int64_t q = r < H0 ? -1 : (r - H0) / 2;  // the h1 row, for an h1 edge
+  const int side = r < H0 ? 0 : int((r - H0) % 2);
+  const EdgeEnds p =
+      edge_endpoints(r < H0 ? r : H0 + q, side, H0, h0_edges + b * H0 * 2, h1_edges + b * K * 4);
+  return EdgeRef{p.u, p.v, r < H0 ? (b * H0 + r) * 2 + 1 : -1 - ((b * K + q) * 2 + side)};
 }
 
 // An edge the gradient flows through: both endpoints points of the cloud (a negative one marks a
