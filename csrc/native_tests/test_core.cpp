@@ -763,6 +763,37 @@ void test_prim_first_contact() {
         "prim_better: by diameter, then by the larger index first");
 }
 
+// enclosing_radius against its definition, one chain per row (min over rows of the row maximum,
+// starting from +0), bit for bit: matrices of 1 to 40 points, every row length around the
+// eight chains, with the maximum placed at every position and entries +-0, NaN and ties.
+template <typename T>
+void test_enclosing_radius() {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> kind(0, 9);
+  std::uniform_real_distribution<double> val(0.0, 4.0);
+  int64_t bad = 0, cases = 0;
+  for (int64_t n = 1; n <= 40; ++n)
+    for (int trial = 0; trial < 60; ++trial) {
+      std::vector<T> m(n * n);
+      for (T& v : m) {
+        const int k = kind(rng);
+        v = k == 0 ? T(-0.0) : k == 1 ? T(NAN) : k == 2 ? T(1) : T(val(rng));
+      }
+      if (trial % 2 == 1) m[rng() % (n * n)] = T(9);  // one large entry, anywhere
+      T expect = T(0);
+      for (int64_t i = 0; i < n; ++i) {
+        T row_max = T(0);
+        for (int64_t j = 0; j < n; ++j) row_max = m[i * n + j] > row_max ? m[i * n + j] : row_max;
+        if (i == 0 || row_max < expect) expect = row_max;
+      }
+      const T got = tsl::enclosing_radius(tsl::DistanceMatrix<T>{m.data(), n});
+      bad += memcmp(&got, &expect, sizeof(T)) != 0;
+      ++cases;
+    }
+  CHECK(bad == 0, "enclosing_radius differs from one chain per row on %lld of %lld matrices",
+        (long long)bad, (long long)cases);
+}
+
 // Clouds for the sweep tests: Gaussian points, or points of a small integer grid (many exactly
 // equal lengths, where the tie rules decide).
 template <typename T>
@@ -1514,6 +1545,8 @@ int main() {
   test_scaled_distance();
   test_tsloss_backward();
   test_edge_incidence();
+  test_enclosing_radius<float>();
+  test_enclosing_radius<double>();
   run_all<float>();
   run_all<double>();
   return tsl_test::finish_checks("core");
