@@ -764,8 +764,8 @@ void test_prim_first_contact() {
 }
 
 // enclosing_radius against its definition, one chain per row (min over rows of the row maximum,
-// starting from +0), bit for bit: matrices of 1 to 40 points, every row length around the
-// eight chains, with the maximum placed at every position and entries +-0, NaN and ties.
+// starting from +0), bit for bit: matrices of 1 to 40 points (every remainder of the eight
+// chains), entries +-0, NaN and ties, half of them with one large entry at a random place.
 template <typename T>
 void test_enclosing_radius() {
   std::mt19937 rng(7);
